@@ -1,0 +1,608 @@
+// Command report turns the TSV files that bench/run.sh writes into
+// bench/RESULTS.md: machine information, one table per data set (time, peak
+// RSS and repository size of each tool and step, medians over repeated runs),
+// and the ratios of floe to restic and borg next to floe's performance targets.
+//
+// Usage: go run ./bench/report -dir RUNDIR -o bench/RESULTS.md
+//
+// RUNDIR holds:
+//
+//	meta.tsv      key, value                   (machine and tool versions)
+//	datasets.tsv  name, files, bytes
+//	results.tsv   rep, dataset, tool, step, seconds, maxrss_kb, bytes, status
+//
+// A results status is ok, FAIL (the step exited non-zero), MISMATCH (the
+// restore differs from the source), skipped (an earlier step failed), or why
+// the tool did not run ("not built", "build failed"). Numbers are NA when not
+// measured.
+package main
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+func main() {
+	dir := flag.String("dir", "", "run directory with meta.tsv, datasets.tsv, results.tsv")
+	out := flag.String("o", "", "output file (default stdout)")
+	flag.Parse()
+	if *dir == "" {
+		fmt.Fprintln(os.Stderr, "report: -dir is required")
+		os.Exit(2)
+	}
+	in, err := load(*dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	var w io.Writer = os.Stdout
+	var f *os.File
+	if *out != "" {
+		if f, err = os.Create(*out); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+		w = f
+	}
+	bw := bufio.NewWriter(w)
+	write(bw, in)
+	if err := bw.Flush(); err != nil {
+		fmt.Fprintln(os.Stderr, "report:", err)
+		os.Exit(1)
+	}
+	if f != nil {
+		if err := f.Close(); err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+// Row is one line of results.tsv. Seconds, RSSKiB and Bytes are NaN when not
+// measured.
+type Row struct {
+	Rep                    int
+	Dataset, Tool, Step    string
+	Seconds, RSSKiB, Bytes float64
+	Status                 string
+}
+
+type Dataset struct {
+	Name         string
+	Files, Bytes int64
+}
+
+type Input struct {
+	Meta     [][2]string
+	Datasets []Dataset
+	Rows     []Row
+}
+
+func (in *Input) meta(key string) string {
+	for _, kv := range in.Meta {
+		if kv[0] == key {
+			return kv[1]
+		}
+	}
+	return ""
+}
+
+func readTSV(path string) ([][]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var recs [][]string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		recs = append(recs, strings.Split(line, "\t"))
+	}
+	return recs, nil
+}
+
+func num(s string) float64 {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return math.NaN()
+	}
+	return v
+}
+
+func load(dir string) (*Input, error) {
+	in := &Input{}
+	recs, err := readTSV(filepath.Join(dir, "meta.tsv"))
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if len(r) >= 2 {
+			in.Meta = append(in.Meta, [2]string{r[0], strings.Join(r[1:], " ")})
+		}
+	}
+	if recs, err = readTSV(filepath.Join(dir, "datasets.tsv")); err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if len(r) != 3 {
+			return nil, fmt.Errorf("datasets.tsv: want 3 fields, got %q", r)
+		}
+		files, _ := strconv.ParseInt(r[1], 10, 64)
+		bytes, _ := strconv.ParseInt(r[2], 10, 64)
+		in.Datasets = append(in.Datasets, Dataset{r[0], files, bytes})
+	}
+	if recs, err = readTSV(filepath.Join(dir, "results.tsv")); err != nil {
+		return nil, err
+	}
+	for _, r := range recs {
+		if len(r) != 8 {
+			return nil, fmt.Errorf("results.tsv: want 8 fields, got %q", r)
+		}
+		rep, err := strconv.Atoi(r[0])
+		if err != nil {
+			return nil, fmt.Errorf("results.tsv: bad rep %q", r[0])
+		}
+		in.Rows = append(in.Rows, Row{rep, r[1], r[2], r[3], num(r[4]), num(r[5]), num(r[6]), r[7]})
+	}
+	return in, nil
+}
+
+// Median of the values that are not NaN; NaN if there are none.
+func median(vs []float64) float64 {
+	var xs []float64
+	for _, v := range vs {
+		if !math.IsNaN(v) {
+			xs = append(xs, v)
+		}
+	}
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	sort.Float64s(xs)
+	n := len(xs)
+	if n%2 == 1 {
+		return xs[n/2]
+	}
+	return (xs[n/2-1] + xs[n/2]) / 2
+}
+
+// Cell is the aggregate of one dataset, tool and step over all runs.
+type Cell struct {
+	Status                 string // "ok" only if every run was ok
+	Seconds, RSSKiB, Bytes float64
+	N                      int
+}
+
+func (c Cell) OK() bool { return c.Status == "ok" }
+
+// statusRank orders statuses so the most alarming one of several runs shows.
+func statusRank(s string) int {
+	switch s {
+	case "ok":
+		return 0
+	case "FAIL", "MISMATCH":
+		return 3
+	case "skipped":
+		return 2
+	}
+	return 1 // not built, build failed, ...
+}
+
+type key struct{ ds, tool, step string }
+
+func aggregate(rows []Row) map[key]Cell {
+	type acc struct {
+		status        string
+		s, rss, bytes []float64
+	}
+	accs := map[key]*acc{}
+	for _, r := range rows {
+		k := key{r.Dataset, r.Tool, r.Step}
+		a := accs[k]
+		if a == nil {
+			a = &acc{status: "ok"}
+			accs[k] = a
+		}
+		if statusRank(r.Status) > statusRank(a.status) {
+			a.status = r.Status
+		}
+		a.s = append(a.s, r.Seconds)
+		a.rss = append(a.rss, r.RSSKiB)
+		a.bytes = append(a.bytes, r.Bytes)
+	}
+	cells := map[key]Cell{}
+	for k, a := range accs {
+		cells[k] = Cell{a.status, median(a.s), median(a.rss), median(a.bytes), len(a.s)}
+	}
+	return cells
+}
+
+// Formatting.
+
+func fmtSeconds(s float64) string {
+	switch {
+	case math.IsNaN(s):
+		return "–"
+	case s < 10:
+		return fmt.Sprintf("%.2f s", s)
+	}
+	return fmt.Sprintf("%.1f s", s)
+}
+
+func fmtBytes(b float64) string {
+	switch {
+	case math.IsNaN(b):
+		return "–"
+	case b >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", b/(1<<30))
+	}
+	return fmt.Sprintf("%.1f MiB", b/(1<<20))
+}
+
+func fmtRSS(kib float64) string {
+	if math.IsNaN(kib) {
+		return "–"
+	}
+	return fmt.Sprintf("%.0f MiB", kib/1024)
+}
+
+func fmtRatio(r float64) string {
+	if math.IsNaN(r) || math.IsInf(r, 0) {
+		return "n/a"
+	}
+	if r < 10 {
+		return fmt.Sprintf("%.3f×", r)
+	}
+	return fmt.Sprintf("%.1f×", r)
+}
+
+// Targets.
+
+// Target is one of floe's performance goals against restic.
+type Target struct {
+	Measure string
+	Step    string  // step whose numbers are compared; "" = peak over steps
+	Kind    string  // "time", "size", "rss"
+	Min     float64 // time: restic÷floe must be >= Min
+	Max     float64 // size, rss: floe÷restic must be <= Max
+}
+
+// targets on data set ds. Initial backup must be 2× faster than restic on
+// goroot and 3× on large.
+func targets(ds string) []Target {
+	initial := 2.0
+	if ds == "large" {
+		initial = 3.0
+	}
+	return []Target{
+		{"initial backup time", "backup1", "time", initial, 0},
+		{"repeated backup time (nothing changed)", "backup2", "time", 2, 0},
+		{"restore time", "restore", "time", 2, 0},
+		{"repository size", "repo", "size", 0, 1},
+		{"peak RSS, highest of backups and restore", "", "rss", 0, 1},
+	}
+}
+
+var timedSteps = []string{"init", "backup1", "backup2", "restore"}
+
+var stepNames = map[string]string{
+	"init":    "init",
+	"backup1": "initial backup",
+	"backup2": "repeated backup, nothing changed",
+	"restore": "restore to an empty dir",
+}
+
+// peakRSS is the highest peak RSS of the backups and the restore (init is
+// shown but left out: it runs once per repository); NaN unless all ran.
+func peakRSS(cells map[key]Cell, ds, tool string) float64 {
+	peak := math.NaN()
+	for _, s := range []string{"backup1", "backup2", "restore"} {
+		c, ok := cells[key{ds, tool, s}]
+		if !ok || !c.OK() || math.IsNaN(c.RSSKiB) {
+			return math.NaN()
+		}
+		if math.IsNaN(peak) || c.RSSKiB > peak {
+			peak = c.RSSKiB
+		}
+	}
+	return peak
+}
+
+// value of a target's measure for a tool, NaN if not measured.
+func value(cells map[key]Cell, ds, tool string, t Target) float64 {
+	if t.Kind == "rss" && t.Step == "" {
+		return peakRSS(cells, ds, tool)
+	}
+	c, ok := cells[key{ds, tool, t.Step}]
+	if !ok || !c.OK() {
+		return math.NaN()
+	}
+	switch t.Kind {
+	case "time":
+		return c.Seconds
+	case "size":
+		return c.Bytes
+	}
+	return c.RSSKiB
+}
+
+// ratio is the target's ratio of floe to other, oriented so that the target
+// reads naturally: other÷floe for time (bigger is better for floe),
+// floe÷other for size and memory (smaller is better).
+func ratio(cells map[key]Cell, ds, other string, t Target) float64 {
+	f, o := value(cells, ds, "floe", t), value(cells, ds, other, t)
+	if math.IsNaN(f) || math.IsNaN(o) || f == 0 || o == 0 {
+		return math.NaN()
+	}
+	if t.Kind == "time" {
+		return o / f
+	}
+	return f / o
+}
+
+// verdict of target t: "met", "NOT MET" or "not measured".
+func verdict(r float64, t Target) string {
+	if math.IsNaN(r) || math.IsInf(r, 0) {
+		return "not measured"
+	}
+	if (t.Kind == "time" && r >= t.Min) || (t.Kind != "time" && r <= t.Max) {
+		return "met"
+	}
+	return "NOT MET"
+}
+
+func targetText(t Target) string {
+	if t.Kind == "time" {
+		return fmt.Sprintf("restic ÷ floe ≥ %g×", t.Min)
+	}
+	return fmt.Sprintf("floe ÷ restic ≤ %.2f", t.Max)
+}
+
+func bold(v string) string {
+	if v == "NOT MET" {
+		return "**NOT MET**"
+	}
+	return v
+}
+
+// cellText shows a number, or why there is none.
+func cellText(c Cell, ok bool, f func(Cell) string) string {
+	switch {
+	case !ok:
+		return "–"
+	case c.Status == "FAIL" || c.Status == "MISMATCH":
+		return "**" + c.Status + "**"
+	case !c.OK():
+		return c.Status
+	}
+	return f(c)
+}
+
+func write(w io.Writer, in *Input) {
+	cells := aggregate(in.Rows)
+	var tools []string
+	seen := map[string]bool{}
+	for _, r := range in.Rows {
+		if !seen[r.Tool] {
+			seen[r.Tool] = true
+			tools = append(tools, r.Tool)
+		}
+	}
+	hasTool := func(t string) bool { return seen[t] }
+
+	fmt.Fprintln(w, "# floe benchmark: floe vs restic vs borg")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "Generated by `bench/run.sh` (see bench/README.md); do not edit by hand.")
+	fmt.Fprintf(w, "Each number is the median of %s run(s); every tool ran on the same data, in the order %s,\n",
+		orDash(in.meta("repeat")), strings.Join(tools, ", "))
+	fmt.Fprintln(w, "with the source in the page cache, in a fresh repository with empty caches.")
+	fmt.Fprintln(w)
+	if in.meta("scale") == "small" {
+		fmt.Fprintln(w, "> **Smoke run (`BENCH_SCALE=small`).** The data sets are much smaller than the ones the")
+		fmt.Fprintln(w, "> targets are defined on; fixed start-up costs dominate, so the verdicts below are indicative only.")
+		fmt.Fprintln(w)
+	}
+
+	if warn := busy(in); warn != "" {
+		fmt.Fprintln(w, "> **The machine was busy**", warn)
+		fmt.Fprintln(w)
+	}
+
+	// Loud failures first.
+	var bad []string
+	for _, r := range in.Rows {
+		if r.Status == "FAIL" || r.Status == "MISMATCH" || (r.Tool == "floe" && r.Status == "build failed" && r.Step == "init") {
+			what := r.Status
+			switch r.Status {
+			case "MISMATCH":
+				what = "RESTORE DIFFERS FROM SOURCE"
+			case "FAIL":
+				what = "failed (" + stepNames[r.Step] + ")"
+			}
+			bad = append(bad, fmt.Sprintf("run %d, %s, %s: %s", r.Rep, r.Dataset, r.Tool, what))
+		}
+	}
+	if len(bad) > 0 {
+		fmt.Fprintln(w, "## FAILURES")
+		fmt.Fprintln(w)
+		for _, b := range bad {
+			fmt.Fprintf(w, "- **%s**\n", b)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "Logs are in the run directory (`$BENCH_DIR/run/logs`).")
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintln(w, "## Machine and tools")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| | |")
+	fmt.Fprintln(w, "|---|---|")
+	for _, kv := range in.Meta {
+		if kv[0] == "tools" {
+			continue
+		}
+		fmt.Fprintf(w, "| %s | %s |\n", kv[0], kv[1])
+	}
+	fmt.Fprintln(w)
+
+	// Summary of targets.
+	if hasTool("floe") && hasTool("restic") {
+		fmt.Fprintln(w, "## Targets (floe against restic)")
+		fmt.Fprintln(w)
+		count := map[string]int{}
+		var lines []string
+		for _, d := range in.Datasets {
+			for _, t := range targets(d.Name) {
+				r := ratio(cells, d.Name, "restic", t)
+				v := verdict(r, t)
+				count[v]++
+				lines = append(lines, fmt.Sprintf("| %s | %s | %s | %s | %s |", d.Name, t.Measure, fmtRatio(r), targetText(t), bold(v)))
+			}
+		}
+		fmt.Fprintf(w, "%d met, %d not met, %d not measured.\n\n", count["met"], count["NOT MET"], count["not measured"])
+		fmt.Fprintln(w, "| data set | measure | ratio | target | verdict |")
+		fmt.Fprintln(w, "|---|---|---|---|---|")
+		for _, l := range lines {
+			fmt.Fprintln(w, l)
+		}
+		fmt.Fprintln(w)
+	}
+
+	for _, d := range in.Datasets {
+		fmt.Fprintf(w, "## %s: %d files, %s\n", d.Name, d.Files, fmtBytes(float64(d.Bytes)))
+		fmt.Fprintln(w)
+		fmt.Fprint(w, "| step |")
+		for _, t := range tools {
+			fmt.Fprintf(w, " %s time | %s peak RSS |", t, t)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprint(w, "|---|")
+		for range tools {
+			fmt.Fprint(w, "--:|--:|")
+		}
+		fmt.Fprintln(w)
+		for _, s := range timedSteps {
+			fmt.Fprintf(w, "| %s |", stepNames[s])
+			for _, t := range tools {
+				c, ok := cells[key{d.Name, t, s}]
+				fmt.Fprintf(w, " %s | %s |",
+					cellText(c, ok, func(c Cell) string { return fmtSeconds(c.Seconds) }),
+					cellText(c, ok, func(c Cell) string { return fmtRSS(c.RSSKiB) }))
+			}
+			fmt.Fprintln(w)
+		}
+		fmt.Fprint(w, "| repository size (du -sb) |")
+		for _, t := range tools {
+			c, ok := cells[key{d.Name, t, "repo"}]
+			fmt.Fprintf(w, " %s | |", cellText(c, ok, func(c Cell) string { return fmtBytes(c.Bytes) }))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprint(w, "| restore matches source |")
+		for _, t := range tools {
+			c, ok := cells[key{d.Name, t, "verify"}]
+			fmt.Fprintf(w, " %s | |", cellText(c, ok, func(Cell) string { return "yes" }))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintln(w)
+
+		if !hasTool("floe") {
+			continue
+		}
+		others := []string{}
+		for _, t := range tools {
+			if t != "floe" {
+				others = append(others, t)
+			}
+		}
+		if len(others) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "Ratios on %s (time: other ÷ floe, above 1 means floe is faster; size and memory: floe ÷ other, below 1 means floe is smaller):\n\n", d.Name)
+		fmt.Fprint(w, "| measure |")
+		for _, o := range others {
+			fmt.Fprintf(w, " %s |", o)
+		}
+		fmt.Fprintln(w, " target | verdict |")
+		fmt.Fprint(w, "|---|")
+		for range others {
+			fmt.Fprint(w, "--:|")
+		}
+		fmt.Fprintln(w, "---|---|")
+		rows := targets(d.Name)
+		rows = append(rows[:4], append([]Target{
+			{"peak RSS, initial backup", "backup1", "rss", 0, math.NaN()},
+			{"peak RSS, repeated backup", "backup2", "rss", 0, math.NaN()},
+			{"peak RSS, restore", "restore", "rss", 0, math.NaN()},
+		}, rows[4:]...)...)
+		for _, t := range rows {
+			fmt.Fprintf(w, "| %s |", t.Measure)
+			for _, o := range others {
+				fmt.Fprintf(w, " %s |", fmtRatio(ratio(cells, d.Name, o, t)))
+			}
+			if t.Kind != "time" && math.IsNaN(t.Max) || !hasTool("restic") {
+				fmt.Fprintln(w, " – | |")
+				continue
+			}
+			fmt.Fprintf(w, " %s | %s |\n", targetText(t), bold(verdict(ratio(cells, d.Name, "restic", t), t)))
+		}
+		fmt.Fprintln(w)
+	}
+
+	fmt.Fprintln(w, "## Raw measurements")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| run | data set | tool | step | seconds | peak RSS KiB | bytes | status |")
+	fmt.Fprintln(w, "|--:|---|---|---|--:|--:|--:|---|")
+	for _, r := range in.Rows {
+		fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", r.Rep, r.Dataset, r.Tool, r.Step,
+			rawNum(r.Seconds, "%.2f"), rawNum(r.RSSKiB, "%.0f"), rawNum(r.Bytes, "%.0f"), r.Status)
+	}
+}
+
+// busy explains why timings may be noisy when the 1-minute load average at
+// the start or end of the run exceeded the number of CPUs; "" otherwise.
+func busy(in *Input) string {
+	n, err := strconv.Atoi(in.meta("nproc"))
+	if err != nil || n <= 0 {
+		return ""
+	}
+	loads := []string{}
+	over := false
+	for _, k := range []string{"load average at start", "load average at end"} {
+		f := strings.Fields(in.meta(k))
+		if len(f) == 0 {
+			continue
+		}
+		loads = append(loads, f[0])
+		if l, err := strconv.ParseFloat(f[0], 64); err == nil && l > float64(n) {
+			over = true
+		}
+	}
+	if !over {
+		return ""
+	}
+	return fmt.Sprintf("(1-minute load average %s at start and end of the run, on %d CPUs): other work competed with the tools and the timings are noisy. Rerun on an idle machine before drawing conclusions.",
+		strings.Join(loads, " and "), n)
+}
+
+func rawNum(v float64, f string) string {
+	if math.IsNaN(v) {
+		return ""
+	}
+	return fmt.Sprintf(f, v)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "–"
+	}
+	return s
+}

@@ -1,0 +1,111 @@
+package main
+
+import (
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestMedian(t *testing.T) {
+	nan := math.NaN()
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{3}, 3},
+		{[]float64{5, 1, 3}, 3},
+		{[]float64{4, 1, 3, 2}, 2.5},
+		{[]float64{nan, 2, nan}, 2},
+	} {
+		if got := median(c.in); got != c.want {
+			t.Errorf("median(%v) = %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := median([]float64{nan}); !math.IsNaN(got) {
+		t.Errorf("median(NaN) = %v, want NaN", got)
+	}
+}
+
+func rows(tool string, b1, b2, rs, rss, repo float64, status string) []Row {
+	var out []Row
+	for _, s := range []struct {
+		step string
+		sec  float64
+	}{{"init", 0.1}, {"backup1", b1}, {"backup2", b2}, {"restore", rs}} {
+		out = append(out, Row{1, "goroot", tool, s.step, s.sec, rss, math.NaN(), status})
+	}
+	out = append(out, Row{1, "goroot", tool, "repo", math.NaN(), math.NaN(), repo, status})
+	out = append(out, Row{1, "goroot", tool, "verify", math.NaN(), math.NaN(), math.NaN(), status})
+	return out
+}
+
+func TestVerdicts(t *testing.T) {
+	in := &Input{
+		Meta:     [][2]string{{"repeat", "1"}},
+		Datasets: []Dataset{{"goroot", 10, 1000}},
+	}
+	in.Rows = append(in.Rows, rows("floe", 5, 1, 6, 100<<10, 90, "ok")...)
+	in.Rows = append(in.Rows, rows("restic", 11, 1.5, 12, 200<<10, 100, "ok")...)
+	cells := aggregate(in.Rows)
+	want := map[string]string{
+		"initial backup time":                      "met",     // 11/5 = 2.2 >= 2
+		"repeated backup time (nothing changed)":   "NOT MET", // 1.5 < 2
+		"restore time":                             "met",
+		"repository size":                          "met",
+		"peak RSS, highest of backups and restore": "met",
+	}
+	for _, tg := range targets("goroot") {
+		if got := verdict(ratio(cells, "goroot", "restic", tg), tg); got != want[tg.Measure] {
+			t.Errorf("%s: verdict %q, want %q", tg.Measure, got, want[tg.Measure])
+		}
+	}
+	// On "large" the initial backup needs 3x.
+	in.Rows = nil
+	for _, r := range append(rows("floe", 5, 1, 6, 1, 90, "ok"), rows("restic", 11, 1.5, 12, 1, 100, "ok")...) {
+		r.Dataset = "large"
+		in.Rows = append(in.Rows, r)
+	}
+	cells = aggregate(in.Rows)
+	if tg := targets("large")[0]; verdict(ratio(cells, "large", "restic", tg), tg) != "NOT MET" {
+		t.Errorf("large initial backup at 2.2x should not meet the 3x target")
+	}
+}
+
+func TestNotBuilt(t *testing.T) {
+	in := &Input{Datasets: []Dataset{{"goroot", 10, 1000}}}
+	in.Rows = append(in.Rows, rows("floe", math.NaN(), math.NaN(), math.NaN(), math.NaN(), math.NaN(), "not built")...)
+	in.Rows = append(in.Rows, rows("restic", 11, 1.5, 12, 200<<10, 100, "ok")...)
+	cells := aggregate(in.Rows)
+	for _, tg := range targets("goroot") {
+		if got := verdict(ratio(cells, "goroot", "restic", tg), tg); got != "not measured" {
+			t.Errorf("%s: verdict %q, want not measured", tg.Measure, got)
+		}
+	}
+	var sb strings.Builder
+	write(&sb, in)
+	if !strings.Contains(sb.String(), "| not built |") {
+		t.Errorf("report does not say floe is not built:\n%s", sb.String())
+	}
+}
+
+func TestFailureIsLoud(t *testing.T) {
+	in := &Input{Datasets: []Dataset{{"goroot", 10, 1000}}}
+	in.Rows = append(in.Rows, rows("restic", 11, 1.5, 12, 200<<10, 100, "ok")...)
+	in.Rows[len(in.Rows)-1].Status = "MISMATCH"
+	var sb strings.Builder
+	write(&sb, in)
+	if !strings.Contains(sb.String(), "## FAILURES") || !strings.Contains(sb.String(), "RESTORE DIFFERS FROM SOURCE") {
+		t.Errorf("mismatch not reported loudly:\n%s", sb.String())
+	}
+}
+
+func TestBusy(t *testing.T) {
+	in := &Input{Meta: [][2]string{{"nproc", "2"}, {"load average at start", "0.50 0.40 0.30"}, {"load average at end", "1.00 0.5 0.2"}}}
+	if got := busy(in); got != "" {
+		t.Errorf("idle machine reported busy: %q", got)
+	}
+	in.Meta[2][1] = "7.25 3.1 1.0"
+	if got := busy(in); !strings.Contains(got, "0.50 and 7.25") {
+		t.Errorf("busy machine: got %q", got)
+	}
+}

@@ -1,0 +1,336 @@
+#!/usr/bin/env bash
+# bench/run.sh — floe side by side with restic and borg, on the same data, in
+# one run, and write bench/RESULTS.md. See bench/README.md.
+#
+#   bench/run.sh                              # full run (goroot + 2 GiB "large")
+#   BENCH_SCALE=small bench/run.sh            # smoke run, ~1-3 minutes
+#
+# Environment knobs (defaults in brackets):
+#   BENCH_DIR        work dir: data sets, repos, caches, logs  [/tmp/floe-bench]
+#   BENCH_SCALE      full | small                              [full]
+#   BENCH_REPEAT     runs per tool and data set; median taken  [1]
+#   BENCH_TOOLS      tools, in run order                       [floe restic borg]
+#   BENCH_DATASETS   data sets                                 [goroot large]
+#   BENCH_BORG_COMPRESSION  borg -C spec                       [zstd,3]
+#   BENCH_RESULTS    report path                               [bench/RESULTS.md]
+#   BENCH_KEEP       1 = keep repos and restores of the last run for inspection [0]
+#   BENCH_FLOE_BIN   benchmark this floe binary instead of building ./cmd/floe
+#
+# Exit status: 0 when every tool that was built ran every step and every
+# restore matched its source; 1 otherwise (a floe that is not built yet, i.e.
+# no ./cmd/floe, is reported as "not built" and is not a failure).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+WORK=${BENCH_DIR:-/tmp/floe-bench}
+SCALE=${BENCH_SCALE:-full}
+REPEAT=${BENCH_REPEAT:-1}
+TOOLS=${BENCH_TOOLS:-floe restic borg}
+DATASETS=${BENCH_DATASETS:-goroot large}
+BORG_COMPRESSION=${BENCH_BORG_COMPRESSION:-zstd,3}
+OUT=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
+KEEP=${BENCH_KEEP:-0}
+
+MiB=$((1024 * 1024))
+case $SCALE in
+full)  RANDOM_BYTES=$((1024 * MiB)); TEXT_BYTES=$((1024 * MiB)); GOROOT_SUBSET=. ;;
+small) RANDOM_BYTES=$((64 * MiB));   TEXT_BYTES=$((64 * MiB));   GOROOT_SUBSET=src/cmd ;;
+*) echo "run.sh: BENCH_SCALE must be full or small, not '$SCALE'" >&2; exit 2 ;;
+esac
+[[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2; }
+for t in $TOOLS; do case $t in floe|restic|borg) ;; *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;; esac; done
+for d in $DATASETS; do case $d in goroot|large) ;; *) echo "run.sh: unknown data set '$d'" >&2; exit 2 ;; esac; done
+
+DATA=$WORK/data-$SCALE       # prepared data sets, reused across runs
+RUN=$WORK/run                # everything of this run; wiped at start
+LOGS=$RUN/logs
+PW=$WORK/password
+FLOE=$WORK/floe
+TIME=/usr/bin/time
+
+say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { say "FATAL: $*"; exit 2; }
+has() { [[ " $TOOLS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- dependencies
+ensure_deps() {
+	local need=()
+	has restic && ! command -v restic >/dev/null && need+=(restic)
+	has borg && ! command -v borg >/dev/null && need+=(borgbackup)
+	[[ -x $TIME ]] || need+=(time)
+	((${#need[@]})) || return 0
+	say "installing ${need[*]}"
+	local sudo=()
+	[[ $(id -u) == 0 ]] || sudo=(sudo)
+	export DEBIAN_FRONTEND=noninteractive
+	"${sudo[@]}" apt-get install -y "${need[@]}" ||
+		{ "${sudo[@]}" apt-get update && "${sudo[@]}" apt-get install -y "${need[@]}"; } ||
+		die "could not install ${need[*]}"
+}
+
+# ---------------------------------------------------------------- data sets
+# GOROOT of the Go toolchain outside this module (no toolchain switch).
+goroot() { (cd / && go env GOROOT); }
+
+prepare_goroot() {
+	local dst=$DATA/goroot gr
+	[[ -f $DATA/.ready-goroot ]] && return
+	gr=$(goroot)
+	say "preparing goroot: copy of $gr/$GOROOT_SUBSET"
+	rm -rf "$dst"
+	mkdir -p "$dst/$GOROOT_SUBSET"
+	cp -a "$gr/$GOROOT_SUBSET/." "$dst/$GOROOT_SUBSET/"
+	touch "$DATA/.ready-goroot"
+}
+
+prepare_large() {
+	local dst=$DATA/large gr list total passes i
+	[[ -f $DATA/.ready-large ]] && return
+	gr=$(goroot)
+	say "preparing large: $((RANDOM_BYTES / MiB)) MiB random + $((TEXT_BYTES / MiB)) MiB Go source text"
+	rm -rf "$dst"
+	mkdir -p "$dst"
+	head -c "$RANDOM_BYTES" /dev/urandom >"$dst/random.bin"
+	# Compressible text: every .go file of GOROOT, concatenated in a fresh
+	# random order on each pass, until TEXT_BYTES. Different orders make
+	# chunk boundaries fall differently, so passes do not dedup trivially.
+	list=$WORK/gofiles.list
+	find "$gr" -type f -name '*.go' -print0 | sort -z >"$list"
+	total=$(xargs -0 stat -c %s <"$list" | awk '{s += $1} END {print s}')
+	((total > 0)) || die "no .go files under $gr"
+	passes=$(((TEXT_BYTES + total - 1) / total))
+	{ for ((i = 0; i < passes; i++)); do shuf -z <"$list" | xargs -0 cat; done; } 2>/dev/null |
+		head -c "$TEXT_BYTES" >"$dst/source.txt" 2>/dev/null || true
+	[[ $(stat -c %s "$dst/source.txt") == "$TEXT_BYTES" ]] || die "short source.txt"
+	rm -f "$list"
+	touch "$DATA/.ready-large"
+}
+
+# ---------------------------------------------------------------- floe build
+build_floe() {
+	if [[ -n ${BENCH_FLOE_BIN:-} ]]; then
+		FLOE=$(realpath "$BENCH_FLOE_BIN")
+		[[ -x $FLOE ]] && FLOE_STATUS=ok || FLOE_STATUS="not built"
+		say "floe: using $FLOE ($FLOE_STATUS)"
+		return
+	fi
+	rm -f "$FLOE"
+	if [[ ! -d $ROOT/cmd/floe ]]; then
+		FLOE_STATUS="not built"
+		say "floe: no ./cmd/floe yet, reporting floe as not built"
+		return
+	fi
+	say "building floe"
+	if (cd "$ROOT" && go build -o "$FLOE" ./cmd/floe) >"$LOGS/floe-build.log" 2>&1; then
+		FLOE_STATUS=ok
+	else
+		FLOE_STATUS="build failed"
+		say "FAIL: floe build failed, see $LOGS/floe-build.log"
+		sed 's/^/    /' "$LOGS/floe-build.log" | head -20 >&2
+	fi
+}
+
+# ---------------------------------------------------------------- tool commands
+# tool_cmd TOOL STEP sets CMD (argv) and CWD for one step. The environment of
+# the step (passwords, cache dirs) is set in run_tool.
+RESTIC_INIT=()
+tool_cmd() {
+	CWD=$RUN
+	case $1:$2 in
+	floe:init)     CMD=("$FLOE" init -r "$REPO" --password-file "$PW") ;;
+	floe:backup*)  CMD=("$FLOE" backup -r "$REPO" --password-file "$PW" "$SRC") ;;
+	floe:restore)  CMD=("$FLOE" restore latest -r "$REPO" --password-file "$PW" --target "$DST") ;;
+	restic:init)   CMD=(restic init -r "$REPO" "${RESTIC_INIT[@]}") ;;
+	restic:backup*) CMD=(restic backup -r "$REPO" "$SRC") ;;
+	restic:restore) CMD=(restic restore latest -r "$REPO" --target "$DST") ;;
+	borg:init)     CMD=(borg init -e repokey "$REPO") ;;
+	borg:backup1)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-1" "$SRC") ;;
+	borg:backup2)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-2" "$SRC") ;;
+	borg:restore)  CMD=(borg extract "$REPO::bench-2"); CWD=$DST ;;
+	*) die "no command for $1 $2" ;;
+	esac
+}
+
+# ---------------------------------------------------------------- measuring
+# row REP DATASET TOOL STEP SECONDS MAXRSS_KB BYTES STATUS
+row() { (IFS=$'\t'; echo "$*") >>"$RUN/results.tsv"; }
+
+# timed REP DS TOOL STEP: run the step under GNU time; record a row; return
+# non-zero when the step failed.
+timed() {
+	local rep=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log secs kb rc=0
+	log=$LOGS/$ds-$tool-$rep-$step.log
+	tool_cmd "$tool" "$step"
+	rm -f "$tf"
+	sync
+	printf '$ %s\n' "${CMD[*]}" >"$log"
+	(cd "$CWD" && "$TIME" -f '%e %M' -o "$tf" "${CMD[@]}") </dev/null >>"$log" 2>&1 || rc=$?
+	read -r secs kb < <(tail -n 1 "$tf") || true
+	[[ $secs =~ ^[0-9.]+$ ]] || secs=NA
+	[[ $kb =~ ^[0-9]+$ ]] || kb=NA
+	if ((rc == 0)); then
+		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA ok
+		say "  $ds $tool $step: ${secs}s, peak RSS $((${kb/NA/0} / 1024)) MiB"
+	else
+		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA FAIL
+		say "  FAIL: $ds $tool $step exited $rc, log $log:"
+		tail -n 15 "$log" | sed 's/^/    /' >&2
+		FAILED=1
+	fi
+	return $rc
+}
+
+# restored_root SRC DST: where the restore put SRC: DST/SRC (restic, borg:
+# absolute path kept), DST/basename(SRC), or DST itself.
+restored_root() {
+	local c
+	for c in "$2$1" "$2/$(basename "$1")"; do
+		[[ -d $c ]] && { echo "$c"; return; }
+	done
+	echo "$2"
+}
+
+# listing DIR: path, type, mode; size and mtime (seconds) for regular files.
+listing() {
+	(cd "$1" && find . -mindepth 1 \( -type f -printf '%P\t%y\t%m\t%s\t%Ts\n' \) -o -printf '%P\t%y\t%m\n' | LC_ALL=C sort)
+}
+
+verify() {
+	local rep=$1 ds=$2 tool=$3 root log
+	log=$LOGS/$ds-$tool-$rep-verify.log
+	root=$(restored_root "$SRC" "$DST")
+	{
+		echo "source:   $SRC"
+		echo "restored: $root"
+		diff -r -q --no-dereference "$SRC" "$root" &&
+			diff <(listing "$SRC") <(listing "$root") &&
+			echo "content, names, types, modes, sizes and file mtimes match"
+	} >"$log" 2>&1 && {
+		row "$rep" "$ds" "$tool" verify NA NA NA ok
+		say "  $ds $tool verify: restore matches source"
+		return
+	}
+	row "$rep" "$ds" "$tool" verify NA NA NA MISMATCH
+	FAILED=1
+	say "  !!!!!!!! VERIFY FAILED: $tool restore of $ds differs from the source !!!!!!!!"
+	head -n 20 "$log" | sed 's/^/    /' >&2
+	say "  (full diff in $log)"
+}
+
+skip_rest() { # REP DS TOOL STATUS STEP...
+	local rep=$1 ds=$2 tool=$3 status=$4 s
+	shift 4
+	for s in "$@"; do row "$rep" "$ds" "$tool" "$s" NA NA NA "$status"; done
+}
+
+run_tool() {
+	local rep=$1 ds=$2 tool=$3 base=$RUN/$tool/$ds steps=(init backup1 backup2 restore repo verify) i
+	SRC=$DATA/$ds
+	REPO=$base/repo
+	DST=$base/restore
+	rm -rf "$base"
+	mkdir -p "$base/cache" "$base/config" "$DST"
+	if [[ $tool == floe && $FLOE_STATUS != ok ]]; then
+		skip_rest "$rep" "$ds" floe "$FLOE_STATUS" "${steps[@]}"
+		return
+	fi
+	say "$ds: $tool (run $rep/$REPEAT)"
+	# Clean caches and config per run, all inside the work dir; never prompt.
+	export XDG_CACHE_HOME=$base/cache XDG_CONFIG_HOME=$base/config
+	export RESTIC_PASSWORD_FILE=$PW RESTIC_CACHE_DIR=$base/cache/restic
+	export BORG_BASE_DIR=$base/cache/borg BORG_PASSCOMMAND="cat $PW"
+	export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+	export BORG_CHECK_I_KNOW_WHAT_I_AM_DOING=NO BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=NO
+	for ((i = 0; i < 4; i++)); do
+		timed "$rep" "$ds" "$tool" "${steps[i]}" ||
+			{ skip_rest "$rep" "$ds" "$tool" skipped "${steps[@]:i+1}"; cleanup_tool "$base"; return; }
+	done
+	row "$rep" "$ds" "$tool" repo NA NA "$(du -sb "$REPO" | cut -f1)" ok
+	if [[ $tool == floe ]]; then # untimed, for the log: floe's own view of the repo
+		"$FLOE" stats -r "$REPO" --password-file "$PW" --json </dev/null >"$LOGS/$ds-floe-$rep-stats.json" 2>&1 || true
+	fi
+	verify "$rep" "$ds" "$tool"
+	cleanup_tool "$base"
+}
+
+cleanup_tool() { [[ $KEEP == 1 ]] || rm -rf "$1"; }
+
+# warm SRC: read every file once so every tool reads from the page cache.
+warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
+
+# ---------------------------------------------------------------- main
+ensure_deps
+command -v go >/dev/null || die "go not found"
+mkdir -p "$WORK" "$DATA"
+rm -rf "$RUN"
+mkdir -p "$LOGS"
+[[ -f $PW ]] || echo "floe-bench-password-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$PW"
+chmod 600 "$PW"
+: >"$RUN/results.tsv"
+FAILED=0
+FLOE_STATUS=skipped
+START=$(date +%s)
+
+if has restic && restic init --help 2>/dev/null | grep -q -- '--repository-version'; then
+	RESTIC_INIT=(--repository-version 2)
+fi
+# Build the report generator first: a broken one should fail in seconds, not
+# after an hour of measuring.
+(cd "$ROOT" && go build -o "$WORK/report" ./bench/report) || die "cannot build bench/report"
+if has floe; then build_floe; fi
+
+for ds in $DATASETS; do "prepare_$ds"; done
+
+# Machine and tool information, one "key<TAB>value" a line.
+{
+	printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+	printf 'scale\t%s\n' "$SCALE"
+	printf 'repeat\t%s\n' "$REPEAT"
+	printf 'tools\t%s\n' "$TOOLS"
+	printf 'nproc\t%s\n' "$(nproc)"
+	printf 'cpu\t%s\n' "$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+	printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+	printf 'kernel\t%s\n' "$(uname -sr)"
+	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
+	printf 'go\t%s\n' "$(cd / && go version)"
+	if has floe; then
+		rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev="$rev + uncommitted changes"
+		if [[ -n ${BENCH_FLOE_BIN:-} ]]; then rev="binary $FLOE"; else rev="source $rev"; fi
+		printf 'floe\t%s\n' "$FLOE_STATUS, $rev"
+	fi
+	if has restic; then
+		printf 'restic\t%s\n' "$(restic version | head -n 1), repository version ${RESTIC_INIT[1]:-default}, compression auto"
+	fi
+	if has borg; then
+		printf 'borg\t%s\n' "$(borg --version), repokey encryption, compression $BORG_COMPRESSION"
+	fi
+} >"$RUN/meta.tsv"
+
+for ds in $DATASETS; do
+	printf '%s\t%s\t%s\n' "$ds" "$(find "$DATA/$ds" -type f | wc -l)" "$(du -sb "$DATA/$ds" | cut -f1)"
+done >"$RUN/datasets.tsv"
+
+for ((rep = 1; rep <= REPEAT; rep++)); do
+	for ds in $DATASETS; do
+		say "$ds: warming the page cache"
+		warm "$DATA/$ds"
+		for tool in $TOOLS; do run_tool "$rep" "$ds" "$tool"; done
+	done
+done
+
+{
+	printf 'load average at end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+	printf 'duration\t%s s\n' "$(($(date +%s) - START))"
+} >>"$RUN/meta.tsv"
+say "writing $OUT"
+"$WORK/report" -dir "$RUN" -o "$OUT"
+echo
+cat "$OUT"
+echo
+if ((FAILED)); then
+	say "FAILURES: see the tables above and the logs in $LOGS"
+	exit 1
+fi
+say "done in $(($(date +%s) - START)) s; raw results in $RUN/results.tsv"

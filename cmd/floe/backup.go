@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/hook"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+type backupFlags struct {
+	excludes      []string
+	excludeFiles  []string
+	excludeCaches bool
+	oneFS         bool
+	stdin         bool
+	stdinName     string
+	tags          []string
+	host          string
+	parent        string
+	force         bool
+	preHook       string
+	postHook      string
+}
+
+func newBackupCommand(g *globals) *cobra.Command {
+	f := &backupFlags{}
+	c := &cobra.Command{
+		Use:   "backup [flags] PATH...",
+		Short: "Back up files and directories",
+		Long: `Back up files and directories into a new snapshot.
+
+Files whose size, mtime, ctime and inode match the parent snapshot (the
+newest of the same host and paths) are not read again. Each file's metadata
+is compared before and after reading; a file that changed is read again,
+and one that keeps changing is kept as read and listed in the snapshot's
+consistency record.
+
+Without -r/--repo or FLOE_REPOSITORY, the first backup creates a default
+repository in $XDG_DATA_HOME/floe/repository with a random key file in
+$XDG_CONFIG_HOME/floe/repository.key.`,
+		Example: `  floe backup /etc /home
+  floe backup --exclude '*.tmp' --exclude /home/*/.cache --exclude-caches /home
+  pg_dump mydb | floe backup --stdin --stdin-filename mydb.sql
+  floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if f.stdin && len(args) > 0 {
+				return usageError{errors.New("--stdin takes no paths")}
+			}
+			if !f.stdin && len(args) == 0 {
+				return usageError{errors.New("give at least one path to back up")}
+			}
+			return runBackup(cmd.Context(), g, f, args)
+		},
+	}
+	fl := c.Flags()
+	fl.StringArrayVarP(&f.excludes, "exclude", "e", nil, "exclude paths matching `PATTERN` (a name like '*.tmp', or a path like /var/cache); repeatable")
+	fl.StringArrayVar(&f.excludeFiles, "exclude-file", nil, "read exclude patterns from `FILE`, one per line")
+	fl.BoolVar(&f.excludeCaches, "exclude-caches", false, "skip the contents of directories holding a CACHEDIR.TAG")
+	fl.BoolVarP(&f.oneFS, "one-file-system", "x", false, "do not cross file system boundaries")
+	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input (e.g. a database dump)")
+	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin")
+	fl.StringArrayVar(&f.tags, "tag", nil, "add a tag to the snapshot; repeatable")
+	fl.StringVar(&f.host, "host", "", "host name to record (default: this host's name)")
+	fl.StringVar(&f.parent, "parent", "", "compare with this snapshot instead of the newest of the same host and paths")
+	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
+	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
+	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed (FLOE_BACKUP_STATUS is ok or failed)")
+	return c
+}
+
+func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) (err error) {
+	if f.postHook != "" {
+		defer func() {
+			status := "ok"
+			if err != nil {
+				status = "failed"
+			}
+			if herr := hook.Run(context.WithoutCancel(ctx), "post-hook", f.postHook, map[string]string{"FLOE_BACKUP_STATUS": status}); herr != nil {
+				if err == nil {
+					err = herr
+				} else {
+					g.warn("floe: %v", herr)
+				}
+			}
+		}()
+	}
+	if err := hook.Run(ctx, "pre-hook", f.preHook, nil); err != nil {
+		return fmt.Errorf("%w; no backup was made", err)
+	}
+	excludes := append([]string(nil), f.excludes...)
+	for _, file := range f.excludeFiles {
+		pats, err := pathmatch.ReadFile(file)
+		if err != nil {
+			return err
+		}
+		excludes = append(excludes, pats...)
+	}
+	r, err := g.openRepo(ctx, true)
+	if errors.Is(err, errNoRepoGiven) {
+		var keyPath string
+		r, keyPath, err = g.initRepo(ctx, repo.InitOptions{KDF: kdfParams()})
+		if err == nil {
+			g.say("created the default repository at %s\nits key file is %s\nKeep a copy of the key file somewhere else: without it nobody can read these backups.\n", g.repo, keyPath)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	host := f.host
+	if host == "" {
+		host, _ = os.Hostname()
+	}
+	c := g.openCache(r)
+	opts := backup.Options{
+		Excludes: excludes, ExcludeCaches: f.excludeCaches, OneFileSystem: f.oneFS,
+		Hostname: host, Tags: f.tags, Force: f.force,
+		ProgramVersion: "floe " + version,
+		Progress:       &backup.Progress{},
+	}
+	if f.stdin {
+		opts.Stdin, opts.StdinFilename = os.Stdin, f.stdinName
+	} else {
+		opts.Paths = paths
+		parent, trees, err := findParent(ctx, g, r, c, host, paths, f.parent)
+		if err != nil {
+			return err
+		}
+		opts.Parent, opts.ParentTrees = parent, trees
+	}
+	var tw *cache.TreeWriter
+	if c != nil {
+		if tw, err = c.NewTreeWriter(); err != nil {
+			g.warn("warning: %v", err)
+		} else {
+			opts.OnTree = tw.Add
+		}
+	}
+	start := time.Now()
+	st := g.status()
+	p := opts.Progress
+	st.Run(200*time.Millisecond, func() string {
+		return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
+	})
+	res, err := backup.Run(ctx, r, opts)
+	st.Stop()
+	if err != nil {
+		if tw != nil {
+			tw.Abort()
+		}
+		return err
+	}
+	if tw != nil {
+		if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
+			g.warn("warning: %v", err)
+		}
+	}
+	printBackupResult(g, r, res, opts.Parent)
+	if len(res.Errors) > 0 {
+		g.exitCode = ExitPartial
+	}
+	return nil
+}
+
+// findParent picks the snapshot to compare with and where its trees come
+// from: the local cache when it has them (the only way for write-only keys),
+// else the repository.
+func findParent(ctx context.Context, g *globals, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, backup.TreeLoader, error) {
+	abs, err := backup.CleanPaths(paths)
+	if err != nil {
+		return nil, nil, err
+	}
+	var parent *snapshot.Record
+	switch {
+	case explicit != "":
+		if r.WriteOnly() {
+			if c == nil {
+				return nil, nil, errors.New("--parent with a write-only key needs the local cache")
+			}
+			for _, s := range c.Snapshots() {
+				if strings.HasPrefix(s.ID.String(), explicit) {
+					parent = s
+				}
+			}
+			if parent == nil {
+				return nil, nil, fmt.Errorf("parent %s is not in the local cache (a write-only key cannot read it from the repository)", explicit)
+			}
+		} else if parent, err = snapshot.Find(ctx, r, explicit, snapshot.Filter{}); err != nil {
+			return nil, nil, err
+		}
+	case r.WriteOnly():
+		if c != nil {
+			parent = c.Latest(host, abs)
+		}
+	default:
+		all, errs, err := snapshot.List(ctx, r)
+		if err != nil {
+			return nil, nil, err
+		}
+		for _, e := range errs {
+			g.warn("warning: %v", e)
+		}
+		for i := len(all) - 1; i >= 0; i-- {
+			if all[i].Hostname == host && snapshot.SamePaths(all[i].Paths, abs) {
+				parent = all[i]
+				break
+			}
+		}
+	}
+	if parent == nil {
+		return nil, nil, nil
+	}
+	if c != nil {
+		if t := c.Trees(parent.ID); t.Len() > 0 {
+			return parent, fallbackTrees{t, r}, nil
+		}
+	}
+	if r.WriteOnly() {
+		return nil, nil, nil
+	}
+	return parent, snapshot.RepoTrees{Repo: r}, nil
+}
+
+// fallbackTrees reads trees from the cache, else from the repository.
+type fallbackTrees struct {
+	cached *cache.Trees
+	r      *repo.Repository
+}
+
+func (f fallbackTrees) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error) {
+	if t, err := f.cached.LoadTree(ctx, id); err == nil {
+		return t, nil
+	}
+	if f.r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	return snapshot.LoadTree(ctx, f.r, id)
+}
+
+func printBackupResult(g *globals, r *repo.Repository, res *backup.Result, parent *snapshot.Record) {
+	sn := res.Snapshot
+	s := sn.Summary
+	if g.json {
+		errs := make([]map[string]string, 0, len(res.Errors))
+		for _, e := range res.Errors {
+			errs = append(errs, map[string]string{"path": e.Path, "error": e.Err.Error()})
+		}
+		out := map[string]any{"snapshot": res.ID.String(), "summary": s, "consistency": consistencyJSON(sn.Consistency), "errors": errs}
+		if parent != nil {
+			out["parent"] = parent.ID.String()
+		}
+		_ = ui.WriteJSON(os.Stdout, out)
+		return
+	}
+	for _, e := range res.Errors {
+		g.warn("error: %v", e)
+	}
+	if g.quiet {
+		return
+	}
+	if parent != nil {
+		g.say("parent snapshot %s", parent.ID.Short())
+	}
+	g.say("files: %d new, %d changed, %d unchanged; %d directories; %d errors", s.FilesNew, s.FilesChanged, s.FilesUnchanged, s.Dirs, s.Errors)
+	g.say("total size %s; new data %s, stored as %s", ui.Bytes(s.TotalBytes), ui.Bytes(s.DataAdded), ui.Bytes(s.DataAddedStored))
+	if line := consistencyLine(sn.Consistency); line != "" {
+		g.say("%s", line)
+	}
+	g.say("snapshot %s saved in %s", res.ID.Short(), ui.Duration(time.Duration(s.DurationSeconds*float64(time.Second))))
+	if len(res.Errors) > 0 {
+		g.say("some files could not be read (listed above); they are not in the snapshot")
+	}
+}
+
+func consistencyJSON(c snapshot.Consistency) map[string]any {
+	return map[string]any{"checked": c.Checked, "frozen": c.Frozen, "changed_during_read": c.ChangedDuringRead, "changed_count": c.ChangedCount}
+}
+
+// consistencyLine says which files changed while being read, if any.
+func consistencyLine(c snapshot.Consistency) string {
+	if c.ChangedCount == 0 {
+		return ""
+	}
+	shown := c.ChangedDuringRead
+	more := ""
+	if len(shown) > 3 {
+		more = ", ..."
+		shown = shown[:3]
+	}
+	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, strings.Join(shown, ", "), more)
+}

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"errors"
+	"os"
+
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+// Exit codes, documented in `floe --help` and README.md.
+const (
+	ExitOK          = 0
+	ExitError       = 1
+	ExitUsage       = 2
+	ExitPartial     = 3
+	ExitNoRepo      = 10
+	ExitWrongKey    = 11
+	ExitWriteOnly   = 12
+	ExitDamage      = 13
+	ExitInterrupted = 130
+)
+
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// exitError carries a specific exit code.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func exitCodeFor(err error) int {
+	var ee *exitError
+	var ue usageError
+	switch {
+	case errors.As(err, &ee):
+		return ee.code
+	case errors.As(err, &ue):
+		return ExitUsage
+	case errors.Is(err, repo.ErrWrongKey):
+		return ExitWrongKey
+	case errors.Is(err, repo.ErrWriteOnly):
+		return ExitWriteOnly
+	case errors.Is(err, repo.ErrNoRepository), errors.Is(err, errNoRepoGiven):
+		return ExitNoRepo
+	}
+	return ExitError
+}
+
+func hintFor(err error) string {
+	switch {
+	case errors.Is(err, repo.ErrWrongKey):
+		return "check --password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file"
+	case errors.Is(err, repo.ErrNoRepository):
+		return "create one with `floe init -r LOCATION`, or check -r/--repo and FLOE_REPOSITORY"
+	case errors.Is(err, errNoRepoGiven):
+		return "run `floe backup PATH` once to create the default repository, or use `floe init -r LOCATION`"
+	case errors.Is(err, storage.ErrNotExist):
+		return "the object is missing from the repository; run `floe check` to see what is affected"
+	}
+	return ""
+}
+
+func printJSONError(err error, code int) {
+	_ = ui.WriteJSON(os.Stdout, map[string]any{"error": err.Error(), "exit_code": code})
+}

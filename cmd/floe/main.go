@@ -1,0 +1,94 @@
+// Command floe is backup for fleets of Linux servers. This package only
+// parses flags and calls the packages below it (see ../shared/DESIGN.md).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "0.1.0-dev"
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	g := &globals{}
+	root := newRootCommand(g)
+	root.SetArgs(args)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return g.exitCode
+	}
+	code := exitCodeFor(err)
+	if ctx.Err() != nil {
+		code = ExitInterrupted
+		err = errors.New("interrupted")
+	}
+	if g.json {
+		printJSONError(err, code)
+	} else {
+		fmt.Fprintf(os.Stderr, "floe: %v\n", err)
+		if hint := hintFor(err); hint != "" {
+			fmt.Fprintf(os.Stderr, "hint: %s\n", hint)
+		}
+	}
+	return code
+}
+
+func newRootCommand(g *globals) *cobra.Command {
+	root := &cobra.Command{
+		Use:   "floe",
+		Short: "Fast, encrypted, deduplicating backup for fleets of Linux servers",
+		Long: `floe backs up directories into an encrypted, deduplicated repository and
+restores them. Every snapshot is complete; each costs only what changed.
+
+Start with:
+  floe backup /etc /home        back up into the default repository
+  floe snapshots                list snapshots
+  floe restore latest --target /tmp/restore
+
+Exit codes:
+  0   success
+  1   error
+  2   wrong usage (unknown flag, missing argument)
+  3   partial: the command finished, but some files could not be read or written
+  10  repository missing or unreachable
+  11  wrong password or key file
+  12  the key is write-only and the command needs to read backups
+  13  check found damage
+  130 interrupted`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Version:       version,
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			return g.resolve()
+		},
+	}
+	g.addFlags(root)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.AddCommand(
+		newInitCommand(g),
+		newBackupCommand(g),
+		newRestoreCommand(g),
+		newSnapshotsCommand(g),
+		newKeyCommand(g),
+	)
+	for _, add := range extraCommands {
+		root.AddCommand(add(g))
+	}
+	return root
+}
+
+// extraCommands lets each command file register itself.
+var extraCommands []func(*globals) *cobra.Command

@@ -1,0 +1,195 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/restore"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+// snapshotFilterFlags select snapshots for `latest` and listings.
+type snapshotFilterFlags struct {
+	hosts, tags, paths []string
+}
+
+func (f *snapshotFilterFlags) add(c *cobra.Command) {
+	c.Flags().StringArrayVar(&f.hosts, "host", nil, "only snapshots of this host; repeatable")
+	c.Flags().StringArrayVar(&f.tags, "tag", nil, "only snapshots with this tag; repeatable")
+	c.Flags().StringArrayVar(&f.paths, "path", nil, "only snapshots of this path; repeatable")
+}
+
+func (f *snapshotFilterFlags) filter() snapshot.Filter {
+	return snapshot.Filter{Hosts: f.hosts, Tags: f.tags, Paths: f.paths}
+}
+
+// splitSnapshotArg splits "SNAP:PATH".
+func splitSnapshotArg(arg string) (string, string) {
+	if i := strings.IndexByte(arg, ':'); i >= 0 {
+		return arg[:i], arg[i+1:]
+	}
+	return arg, ""
+}
+
+func newRestoreCommand(g *globals) *cobra.Command {
+	var (
+		target             string
+		includes, excludes []string
+		verify, numeric    bool
+		filter             snapshotFilterFlags
+	)
+	c := &cobra.Command{
+		Use:   "restore SNAPSHOT[:PATH] --target DIR",
+		Short: "Restore a snapshot, or a part of it",
+		Long: `Restore files from a snapshot into --target, with their metadata: mode,
+owner, times, symlinks, hard links, device nodes, FIFOs, xattrs; sparse
+files are restored sparse.
+
+SNAPSHOT is an ID, a unique prefix of one, or "latest" (the newest, after
+--host/--tag/--path). SNAPSHOT:PATH restores only PATH: a directory's
+contents go straight into the target.
+
+Nothing is ever written outside the target: names with .. or /, and
+symlinks, in the snapshot or already in the target, cannot escape it.`,
+		Example: `  floe restore latest --target /tmp/restore
+  floe restore 4f2a9c1e:/etc --target /tmp/etc
+  floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if target == "" {
+				return usageError{errors.New("--target is required")}
+			}
+			r, err := g.openRepo(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			spec, sub := splitSnapshotArg(args[0])
+			sn, err := snapshot.Find(ctx, r, spec, filter.filter())
+			if err != nil {
+				return err
+			}
+			p := &restore.Progress{}
+			start := time.Now()
+			st := g.status()
+			st.Run(200*time.Millisecond, func() string {
+				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
+			})
+			res, err := restore.Run(ctx, r, sn.Tree, sub, restore.Options{Target: target, Includes: includes,
+				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p})
+			st.Stop()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				errs := make([]string, 0, len(res.Errors))
+				for _, e := range res.Errors {
+					errs = append(errs, e.Error())
+				}
+				_ = ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
+					"dirs": res.Dirs, "others": res.Others, "bytes": res.Bytes, "verified": res.Verified, "errors": errs,
+					"seconds": time.Since(start).Seconds()})
+			} else {
+				for _, e := range res.Errors {
+					g.warn("error: %v", e)
+				}
+				g.say("restored snapshot %s to %s: %d files, %d directories, %d other, %s in %s",
+					sn.ID.Short(), target, res.Files, res.Dirs, res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
+				if verify {
+					g.say("verified %d files against the snapshot", res.Verified)
+				}
+			}
+			if len(res.Errors) > 0 {
+				return &exitError{ExitPartial, fmt.Errorf("%d errors during restore", len(res.Errors))}
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVarP(&target, "target", "t", "", "directory to restore into (created if missing)")
+	c.Flags().StringArrayVarP(&includes, "include", "i", nil, "restore only paths matching `PATTERN`; repeatable")
+	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "do not restore paths matching `PATTERN`; repeatable")
+	c.Flags().BoolVar(&verify, "verify", false, "read back every restored file and compare it with the snapshot")
+	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
+	filter.add(c)
+	return c
+}
+
+func newSnapshotsCommand(g *globals) *cobra.Command {
+	var filter snapshotFilterFlags
+	c := &cobra.Command{
+		Use:   "snapshots",
+		Short: "List snapshots, newest last",
+		Example: `  floe snapshots
+  floe snapshots --host web1 --tag daily --json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r, err := g.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			all, errs, err := snapshot.List(ctx, r)
+			if err != nil {
+				return err
+			}
+			for _, e := range errs {
+				g.warn("warning: %v", e)
+			}
+			f := filter.filter()
+			var sel []*snapshot.Record
+			for _, s := range all {
+				if f.Match(s.Snapshot) {
+					sel = append(sel, s)
+				}
+			}
+			if g.json {
+				out := make([]map[string]any, 0, len(sel))
+				for _, s := range sel {
+					out = append(out, map[string]any{"id": s.ID.String(), "time": s.Time, "hostname": s.Hostname,
+						"username": s.Username, "paths": s.Paths, "tags": s.Tags, "tree": s.Tree.String(),
+						"summary": s.Summary, "consistency": consistencyJSON(s.Consistency)})
+				}
+				return ui.WriteJSON(os.Stdout, out)
+			}
+			if len(sel) == 0 {
+				g.say("no snapshots")
+				return nil
+			}
+			fmt.Printf("%-8s  %-19s  %-12s  %-10s  %-12s  %s\n", "ID", "Time", "Host", "Size", "Consistency", "Paths")
+			for _, s := range sel {
+				cons := "ok"
+				switch {
+				case !s.Consistency.Checked:
+					cons = "-"
+				case s.Consistency.ChangedCount > 0:
+					cons = fmt.Sprintf("%d changed", s.Consistency.ChangedCount)
+				case s.Consistency.Frozen:
+					cons = "frozen"
+				}
+				tags := ""
+				if len(s.Tags) > 0 {
+					tags = "  [" + strings.Join(s.Tags, ",") + "]"
+				}
+				fmt.Printf("%-8s  %-19s  %-12s  %-10s  %-12s  %s%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
+					s.Hostname, ui.Bytes(s.Summary.TotalBytes), cons, strings.Join(s.Paths, " "), tags)
+			}
+			for _, s := range sel {
+				if line := consistencyLine(s.Consistency); line != "" {
+					fmt.Printf("%s: %s\n", s.ID.Short(), line)
+				}
+			}
+			fmt.Printf("%d snapshots\n", len(sel))
+			return nil
+		},
+	}
+	filter.add(c)
+	return c
+}

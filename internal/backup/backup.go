@@ -1,0 +1,584 @@
+// Package backup saves file system trees (or standard input) as a snapshot.
+//
+// The pipeline: one walker goroutine lists directories in name order and
+// hands regular files to file readers; each reader chunks its file and hands
+// the chunks to blob savers, which hash, compress, encrypt and pack them
+// (repo.SaveBlob). A directory's tree is encoded and saved once all of its
+// entries are done, so walking, reading and saving overlap across both
+// cores while the number of chunk buffers in flight bounds memory.
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/fsmeta"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// Options describe one backup.
+type Options struct {
+	Paths         []string
+	Excludes      []string // glob patterns; see pathmatch.Matcher
+	ExcludeCaches bool     // skip the contents of directories with a valid CACHEDIR.TAG
+	OneFileSystem bool
+
+	Stdin         io.Reader // back up this stream instead of Paths
+	StdinFilename string
+
+	Hostname string
+	Tags     []string
+	// Parent is the snapshot to compare with; nil means the newest snapshot
+	// of the same host and paths. Force re-reads every file.
+	Parent *snapshot.Record
+	Force  bool
+
+	// ParentTrees loads the parent's trees (the repository, or for
+	// write-only keys the local cache).
+	ParentTrees TreeLoader
+	// OnTree, if set, receives every tree saved (the local cache keeps them).
+	OnTree func(id hash.ID, plain []byte)
+
+	// Retries is how often a file that changed while being read is read
+	// again before it is kept as read and recorded as inconsistent.
+	Retries int
+	// Frozen says the sources are a frozen file system snapshot.
+	Frozen bool
+
+	Progress       *Progress
+	ProgramVersion string
+}
+
+// TreeLoader loads trees of earlier snapshots.
+type TreeLoader interface {
+	LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error)
+}
+
+// Progress is updated while the backup runs; read it from another goroutine.
+type Progress struct {
+	FilesDone, BytesDone   atomic.Int64
+	FilesTotal, BytesTotal atomic.Int64 // from a scan that runs alongside
+	ScanDone               atomic.Bool
+	Errors                 atomic.Int64
+	current                atomic.Pointer[string]
+}
+
+// Current returns the file being read.
+func (p *Progress) Current() string {
+	if s := p.current.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+// FileError is a file that could not be read; the backup goes on without it.
+type FileError struct {
+	Path string
+	Err  error
+}
+
+func (e *FileError) Error() string { return fmt.Sprintf("%s: %v", e.Path, e.Err) }
+func (e *FileError) Unwrap() error { return e.Err }
+
+// Result of a backup.
+type Result struct {
+	ID       hash.ID
+	Snapshot *snapshot.Snapshot
+	Errors   []*FileError
+}
+
+// maxChangedListed bounds the consistency record's list of paths.
+const maxChangedListed = 1000
+
+type archiver struct {
+	r      *repo.Repository
+	opts   Options
+	params chunker.Params
+	match  *pathmatch.Matcher
+
+	fileJobs  chan *fileJob
+	chunkJobs chan *chunkJob
+	bufs      chan []byte // chunk buffers: their number bounds memory
+
+	mu        sync.Mutex
+	errs      []*FileError
+	changed   []string
+	nChanged  int
+	hardlinks map[[2]uint64]*fileJob
+
+	filesNew, filesChanged, filesUnchanged, dirs, totalBytes atomic.Uint64
+
+	zeroMu  sync.Mutex
+	zeroIDs map[int]hash.ID
+}
+
+type fileJob struct {
+	path    string
+	node    *snapshot.Node
+	changed bool // the parent had this file (else new)
+	done    chan struct{}
+	err     error
+}
+
+type chunkJob struct {
+	data    []byte
+	slot    *hash.ID
+	wg      *sync.WaitGroup
+	errp    *atomic.Pointer[error]
+	release bool // return data to the buffer pool
+}
+
+// future is a tree (or file) being completed.
+type future struct {
+	done chan struct{}
+	id   hash.ID
+	err  error
+}
+
+// Run performs a backup and writes its snapshot.
+func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error) {
+	start := time.Now()
+	if opts.Retries == 0 {
+		opts.Retries = 2
+	}
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	match, err := pathmatch.New(opts.Excludes)
+	if err != nil {
+		return nil, err
+	}
+	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match,
+		fileJobs: make(chan *fileJob, 64), chunkJobs: make(chan *chunkJob, 8),
+		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}}
+	workers := runtime.GOMAXPROCS(0)
+	nbufs := 2*workers + 2
+	a.bufs = make(chan []byte, nbufs)
+	for i := 0; i < nbufs; i++ {
+		a.bufs <- nil
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	for i := 0; i < workers; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); a.blobSaver(ctx) }()
+	}
+	var fileWG sync.WaitGroup
+	for i := 0; i < workers+1; i++ {
+		fileWG.Add(1)
+		go func() { defer fileWG.Done(); a.fileReader(ctx) }()
+	}
+
+	var paths []string
+	var root hash.ID
+	var rootErr error
+	if opts.Stdin != nil {
+		paths = []string{opts.StdinFilename}
+		root, rootErr = a.saveStdin(ctx)
+	} else {
+		paths, err = CleanPaths(opts.Paths)
+		if err != nil {
+			rootErr = err
+		} else {
+			go a.scan(ctx, paths)
+			var parentRoot *snapshot.Tree
+			if opts.Parent != nil && !opts.Force && opts.ParentTrees != nil {
+				parentRoot, _ = opts.ParentTrees.LoadTree(ctx, opts.Parent.Tree)
+			}
+			f := a.saveRoot(ctx, paths, parentRoot)
+			<-f.done
+			root, rootErr = f.id, f.err
+		}
+	}
+	close(a.fileJobs)
+	fileWG.Wait()
+	close(a.chunkJobs)
+	wg.Wait()
+	if rootErr != nil {
+		return nil, rootErr
+	}
+	if err := r.Flush(ctx); err != nil {
+		return nil, fmt.Errorf("store data: %w", err)
+	}
+	saved := r.SavedStats()
+	sn := &snapshot.Snapshot{
+		Time: start, Hostname: opts.Hostname, Paths: paths, Tags: opts.Tags, Tree: root,
+		ProgramVersion: opts.ProgramVersion,
+		Summary: snapshot.Summary{
+			FilesNew: a.filesNew.Load(), FilesChanged: a.filesChanged.Load(), FilesUnchanged: a.filesUnchanged.Load(),
+			Dirs: a.dirs.Load(), Errors: uint64(len(a.errs)), TotalBytes: a.totalBytes.Load(),
+			DataAdded: saved.RawBytes, DataAddedStored: saved.StoredBytes,
+			DurationSeconds: time.Since(start).Seconds(),
+		},
+		Consistency: snapshot.Consistency{Checked: opts.Stdin == nil, Frozen: opts.Frozen,
+			ChangedDuringRead: a.changed, ChangedCount: a.nChanged},
+	}
+	if opts.Parent != nil {
+		sn.Parent = opts.Parent.ID
+	}
+	if u, err := user.Current(); err == nil {
+		sn.Username = u.Username
+	}
+	sn.UID, sn.GID = uint32(os.Getuid()), uint32(os.Getgid())
+	id, err := snapshot.Save(ctx, r, sn)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(a.errs, func(i, j int) bool { return a.errs[i].Path < a.errs[j].Path })
+	return &Result{ID: id, Snapshot: sn, Errors: a.errs}, nil
+}
+
+// CleanPaths makes the paths absolute and drops those inside another.
+func CleanPaths(in []string) ([]string, error) {
+	if len(in) == 0 {
+		return nil, errors.New("nothing to back up: give at least one path")
+	}
+	var out []string
+	for _, p := range in {
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			return nil, fmt.Errorf("path %s: %w", p, err)
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			return nil, fmt.Errorf("path %s: %w", p, err)
+		}
+		out = append(out, abs)
+	}
+	sort.Strings(out)
+	kept := out[:0]
+	for _, p := range out {
+		if len(kept) > 0 {
+			last := kept[len(kept)-1]
+			if p == last || last == "/" || strings.HasPrefix(p, last+"/") {
+				continue
+			}
+		}
+		kept = append(kept, p)
+	}
+	return kept, nil
+}
+
+func (a *archiver) fail(path string, err error) {
+	a.opts.Progress.Errors.Add(1)
+	a.mu.Lock()
+	a.errs = append(a.errs, &FileError{Path: path, Err: err})
+	a.mu.Unlock()
+}
+
+func (a *archiver) recordChanged(path string) {
+	a.mu.Lock()
+	a.nChanged++
+	if len(a.changed) < maxChangedListed {
+		a.changed = append(a.changed, path)
+	}
+	a.mu.Unlock()
+}
+
+// saveRoot builds the tree of "/" down to each backed-up path: parents are
+// included with their metadata so that restore recreates the full paths.
+func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapshot.Tree) *future {
+	type trie struct {
+		children map[string]*trie
+		target   bool
+	}
+	root := &trie{children: map[string]*trie{}}
+	for _, p := range paths {
+		t := root
+		if p == "/" {
+			t.target = true
+			continue
+		}
+		for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+			next, ok := t.children[c]
+			if !ok {
+				next = &trie{children: map[string]*trie{}}
+				t.children[c] = next
+			}
+			t = next
+		}
+		t.target = true
+	}
+	var build func(dir string, t *trie, parent *snapshot.Tree) *future
+	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
+		if t.target {
+			return a.saveDir(ctx, dir, parent, a.deviceOf(dir))
+		}
+		names := make([]string, 0, len(t.children))
+		for n := range t.children {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		var entries []entry
+		for _, name := range names {
+			p := filepath.Join(dir, name)
+			node, err := fsmeta.NodeFromPath(p, name)
+			if err != nil {
+				return done(hash.ID{}, fmt.Errorf("read %s: %w", p, err))
+			}
+			child := t.children[name]
+			e := entry{node: node}
+			if node.Type == snapshot.TypeDir {
+				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
+			} else if child.target {
+				e = a.saveEntry(ctx, p, node, parent, 0)
+			}
+			entries = append(entries, e)
+		}
+		return a.finishTree(ctx, dir, entries)
+	}
+	return build("/", root, parent)
+}
+
+func (a *archiver) deviceOf(path string) uint64 {
+	n, err := fsmeta.NodeFromPath(path, "x")
+	if err != nil {
+		return 0
+	}
+	return n.Device
+}
+
+func done(id hash.ID, err error) *future {
+	f := &future{done: make(chan struct{}), id: id, err: err}
+	close(f.done)
+	return f
+}
+
+// entry is one child of a directory being saved.
+type entry struct {
+	node *snapshot.Node
+	sub  *future  // directories
+	file *fileJob // regular files being read
+	link *fileJob // hard link to a file read elsewhere in this backup
+}
+
+func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, name string) *snapshot.Tree {
+	if parent == nil || a.opts.ParentTrees == nil {
+		return nil
+	}
+	pn := parent.Find(name)
+	if pn == nil || pn.Type != snapshot.TypeDir || pn.Subtree.IsNull() {
+		return nil
+	}
+	t, err := a.opts.ParentTrees.LoadTree(ctx, pn.Subtree)
+	if err != nil {
+		return nil // a missing parent tree only costs re-reading
+	}
+	return t
+}
+
+// saveDir saves the directory at path, whose entries are compared with
+// parent (the same directory in the parent snapshot, or nil).
+func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tree, dev uint64) *future {
+	if ctx.Err() != nil {
+		return done(hash.ID{}, ctx.Err())
+	}
+	a.dirs.Add(1)
+	ents, err := os.ReadDir(path)
+	if err != nil {
+		a.fail(path, err)
+		ents = nil
+	}
+	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(path) {
+		kept := ents[:0]
+		for _, e := range ents {
+			if e.Name() == pathmatch.CacheTag {
+				kept = append(kept, e)
+			}
+		}
+		ents = kept
+	}
+	entries := make([]entry, 0, len(ents))
+	for _, de := range ents {
+		name := de.Name()
+		p := path + "/" + name
+		if path == "/" {
+			p = "/" + name
+		}
+		if a.match.Match(p) {
+			continue
+		}
+		node, err := fsmeta.NodeFromPath(p, name)
+		if err != nil {
+			a.fail(p, err)
+			continue
+		}
+		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
+	}
+	return a.finishTree(ctx, path, entries)
+}
+
+// saveEntry starts saving one directory entry.
+func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
+	e := entry{node: node}
+	switch node.Type {
+	case snapshot.TypeDir:
+		if a.opts.OneFileSystem && dev != 0 && node.Device != dev {
+			e.sub = a.emptyTree(ctx)
+			return e
+		}
+		e.sub = a.saveDir(ctx, p, a.parentSubtree(ctx, parent, node.Name), dev)
+	case snapshot.TypeFile:
+		a.totalBytes.Add(node.Size)
+		var pn *snapshot.Node
+		if parent != nil {
+			pn = parent.Find(node.Name)
+		}
+		if node.Links > 1 {
+			key := [2]uint64{node.Device, node.Inode}
+			a.mu.Lock()
+			first, seen := a.hardlinks[key]
+			a.mu.Unlock()
+			if seen {
+				e.link = first
+				return e
+			}
+		}
+		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+			node.Content = pn.Content
+			a.filesUnchanged.Add(1)
+			a.opts.Progress.FilesDone.Add(1)
+			a.opts.Progress.BytesDone.Add(int64(node.Size))
+			return e
+		}
+		job := &fileJob{path: p, node: node, changed: pn != nil, done: make(chan struct{})}
+		if node.Links > 1 {
+			a.mu.Lock()
+			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
+			a.mu.Unlock()
+		}
+		select {
+		case a.fileJobs <- job:
+		case <-ctx.Done():
+			job.err = ctx.Err()
+			close(job.done)
+		}
+		e.file = job
+	}
+	return e
+}
+
+// unchanged reports whether a file needs no reading: same size, mtime,
+// ctime, inode and type as in the parent snapshot.
+func unchanged(old, cur *snapshot.Node) bool {
+	return old.Type == snapshot.TypeFile && old.Size == cur.Size && old.Inode == cur.Inode &&
+		old.ModTime.Equal(cur.ModTime) && old.ChangeTime.Equal(cur.ChangeTime) &&
+		uint64(len(old.Content)) > 0 == (cur.Size > 0)
+}
+
+func (a *archiver) haveAll(ids []hash.ID) bool {
+	for _, id := range ids {
+		if !a.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: id}) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *archiver) emptyTree(ctx context.Context) *future {
+	return a.finishTree(ctx, "", nil)
+}
+
+// finishTree waits (in its own goroutine) for the entries, then encodes
+// and saves the tree.
+func (a *archiver) finishTree(ctx context.Context, path string, entries []entry) *future {
+	f := &future{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(entries))}
+		for _, e := range entries {
+			switch {
+			case e.sub != nil:
+				<-e.sub.done
+				if e.sub.err != nil {
+					f.err = e.sub.err
+					return
+				}
+				e.node.Subtree = e.sub.id
+			case e.file != nil:
+				<-e.file.done
+				if e.file.err != nil {
+					if ctx.Err() != nil {
+						f.err = ctx.Err()
+						return
+					}
+					continue // reported; the file is left out
+				}
+			case e.link != nil:
+				<-e.link.done
+				if e.link.err != nil {
+					continue
+				}
+				e.node.Content = e.link.node.Content
+			}
+			tree.Nodes = append(tree.Nodes, e.node)
+		}
+		id, err := a.saveTree(ctx, tree)
+		if err != nil {
+			f.err = fmt.Errorf("save tree of %s: %w", path, err)
+			return
+		}
+		f.id = id
+	}()
+	return f
+}
+
+func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.ID, error) {
+	plain, err := snapshot.EncodeTree(tree)
+	if err != nil {
+		return hash.ID{}, err
+	}
+	id := a.r.BlobID(plain)
+	if _, _, err := a.r.SaveBlob(ctx, repo.TreeBlob, id, plain); err != nil {
+		return hash.ID{}, err
+	}
+	if a.opts.OnTree != nil {
+		a.opts.OnTree(id, plain)
+	}
+	return id, nil
+}
+
+// scan counts files and bytes for the progress ETA.
+func (a *archiver) scan(ctx context.Context, paths []string) {
+	p := a.opts.Progress
+	for _, root := range paths {
+		filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if err != nil || a.match.Match(path) {
+				if d != nil && d.IsDir() && path != root {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+			if d.Type().IsRegular() {
+				if info, err := d.Info(); err == nil {
+					p.FilesTotal.Add(1)
+					p.BytesTotal.Add(info.Size())
+				}
+			}
+			return nil
+		})
+	}
+	p.ScanDone.Store(true)
+}

@@ -1,0 +1,308 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"golang.org/x/sys/unix"
+)
+
+// fileReader reads files handed over by the walker.
+func (a *archiver) fileReader(ctx context.Context) {
+	ch := chunker.New(nil, a.params)
+	for job := range a.fileJobs {
+		if ctx.Err() != nil {
+			job.err = ctx.Err()
+			close(job.done)
+			continue
+		}
+		a.opts.Progress.current.Store(&job.path)
+		err := a.readFile(ctx, ch, job)
+		if err != nil {
+			job.err = err
+			if ctx.Err() == nil {
+				a.fail(job.path, err)
+			}
+		} else if job.changed {
+			a.filesChanged.Add(1)
+		} else {
+			a.filesNew.Add(1)
+		}
+		a.opts.Progress.FilesDone.Add(1)
+		close(job.done)
+	}
+}
+
+// stat of an open file, for the before/after consistency comparison.
+type fileState struct {
+	size, ino, dev uint64
+	mtime, ctime   time.Time
+	blocks         int64
+}
+
+func fstat(f *os.File) (fileState, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fileState{}, err
+	}
+	return fileState{size: uint64(st.Size), ino: st.Ino, dev: st.Dev, blocks: st.Blocks,
+		mtime: time.Unix(st.Mtim.Unix()), ctime: time.Unix(st.Ctim.Unix())}, nil
+}
+
+func (s fileState) same(o fileState) bool {
+	return s.size == o.size && s.ino == o.ino && s.dev == o.dev && s.mtime.Equal(o.mtime) && s.ctime.Equal(o.ctime)
+}
+
+func openNoFollow(path string) (*os.File, error) {
+	// O_NOATIME keeps a backup from touching access times; only the owner
+	// (or root) may ask for it.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NOATIME, 0)
+	if errors.Is(err, syscall.EPERM) {
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	}
+	return f, err
+}
+
+// readFile chunks and saves one file. A file that changed while it was read
+// (size, mtime, ctime or inode differ before and after) is read again, up to
+// Retries times; if it still changes, what was read is kept and the path is
+// recorded in the snapshot's consistency record.
+func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJob) error {
+	f, err := openNoFollow(job.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for attempt := 0; ; attempt++ {
+		before, err := fstat(f)
+		if err != nil {
+			return err
+		}
+		if attempt == 0 && (before.ino != job.node.Inode || before.dev != job.node.Device) {
+			return fmt.Errorf("file was replaced between listing and opening")
+		}
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		sparse := before.blocks*512 < int64(before.size)
+		content, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
+		if err != nil {
+			return err
+		}
+		after, err := fstat(f)
+		if err != nil {
+			return err
+		}
+		consistent := before.same(after) && n == before.size
+		if consistent || attempt >= a.opts.Retries {
+			if !consistent {
+				a.recordChanged(job.path)
+			}
+			job.node.Content = content
+			job.node.Size = n
+			job.node.Sparse = sparse
+			job.node.ModTime, job.node.ChangeTime = before.mtime, before.ctime
+			return nil
+		}
+	}
+}
+
+// chunkFile splits r into chunks and saves them; it returns the chunk IDs
+// in order and the number of bytes read.
+func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.File, sparse bool, size uint64) ([]hash.ID, uint64, error) {
+	var (
+		ids    []hash.ID
+		slots  []*hash.ID
+		wg     sync.WaitGroup
+		errp   atomic.Pointer[error]
+		total  uint64
+		segErr error
+	)
+	addChunk := func(data []byte, release bool) {
+		slot := new(hash.ID)
+		slots = append(slots, slot)
+		wg.Add(1)
+		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release}
+	}
+	chunkRange := func(rd io.Reader) error {
+		ch.Reset(rd)
+		for {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			buf := <-a.bufs
+			data, err := ch.Next(buf)
+			if err == io.EOF {
+				a.bufs <- data
+				return nil
+			}
+			if err != nil {
+				a.bufs <- data
+				return err
+			}
+			total += uint64(len(data))
+			a.opts.Progress.BytesDone.Add(int64(len(data)))
+			addChunk(data, true)
+		}
+	}
+	if sparse {
+		segErr = a.sparseSegments(f, size, func(off, n int64, hole bool) error {
+			if !hole {
+				return chunkRange(io.NewSectionReader(f, off, n))
+			}
+			for n > 0 {
+				l := min(n, int64(a.params.Max))
+				addChunk(zeros(int(l)), false)
+				total += uint64(l)
+				a.opts.Progress.BytesDone.Add(l)
+				n -= l
+			}
+			return nil
+		})
+	} else {
+		segErr = chunkRange(f)
+	}
+	wg.Wait()
+	if segErr != nil {
+		return nil, 0, segErr
+	}
+	if e := errp.Load(); e != nil {
+		return nil, 0, *e
+	}
+	ids = make([]hash.ID, len(slots))
+	for i, s := range slots {
+		ids[i] = *s
+	}
+	return ids, total, nil
+}
+
+var (
+	zeroOnce sync.Once
+	zeroBuf  []byte
+)
+
+// zeros returns n (at most the largest chunk size) zero bytes that must not
+// be modified.
+func zeros(n int) []byte {
+	zeroOnce.Do(func() { zeroBuf = make([]byte, 64<<20) })
+	return zeroBuf[:n:n]
+}
+
+// sparseSegments walks the data and hole regions of a file with
+// SEEK_DATA/SEEK_HOLE, so the holes of a sparse file are never read.
+func (a *archiver) sparseSegments(f *os.File, size uint64, fn func(off, n int64, hole bool) error) error {
+	fd := int(f.Fd())
+	end := int64(size)
+	var off int64
+	for off < end {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, syscall.ENXIO) {
+			data = end // only a hole remains
+		} else if err != nil {
+			return fn(off, end-off, false) // no SEEK_DATA support: read it all
+		}
+		data = min(data, end)
+		if data > off {
+			if err := fn(off, data-off, true); err != nil {
+				return err
+			}
+		}
+		if data >= end {
+			break
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			hole = end
+		}
+		hole = min(hole, end)
+		if err := fn(data, hole-data, false); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return nil
+}
+
+// blobSaver hashes and stores chunks.
+func (a *archiver) blobSaver(ctx context.Context) {
+	for job := range a.chunkJobs {
+		if job.errp.Load() == nil {
+			id := a.r.BlobID(job.data)
+			*job.slot = id
+			if _, _, err := a.r.SaveBlob(ctx, repo.DataBlob, id, job.data); err != nil {
+				job.errp.CompareAndSwap(nil, &err)
+			}
+		}
+		if job.release {
+			data := job.data[:0]
+			if cap(data) > 2*int(a.params.Avg) {
+				data = nil // do not keep rare huge buffers
+			}
+			a.bufs <- data
+		}
+		job.wg.Done()
+	}
+}
+
+// saveStdin backs up a stream as a single file in the root tree.
+func (a *archiver) saveStdin(ctx context.Context) (hash.ID, error) {
+	name := a.opts.StdinFilename
+	if name == "" {
+		name = "stdin"
+	}
+	if err := snapshot.CheckName(name); err != nil {
+		return hash.ID{}, fmt.Errorf("--stdin-filename: %w", err)
+	}
+	ch := chunker.New(nil, a.params)
+	var (
+		slots []*hash.ID
+		wg    sync.WaitGroup
+		errp  atomic.Pointer[error]
+		total uint64
+	)
+	ch.Reset(a.opts.Stdin)
+	for {
+		buf := <-a.bufs
+		data, err := ch.Next(buf)
+		if err == io.EOF {
+			a.bufs <- data
+			break
+		}
+		if err != nil {
+			a.bufs <- data
+			wg.Wait()
+			return hash.ID{}, fmt.Errorf("read standard input: %w", err)
+		}
+		total += uint64(len(data))
+		a.opts.Progress.BytesDone.Add(int64(len(data)))
+		slot := new(hash.ID)
+		slots = append(slots, slot)
+		wg.Add(1)
+		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: true}
+	}
+	wg.Wait()
+	if e := errp.Load(); e != nil {
+		return hash.ID{}, *e
+	}
+	now := time.Now()
+	node := &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
+		ModTime: now, AccessTime: now, ChangeTime: now, Size: total, Links: 1}
+	for _, s := range slots {
+		node.Content = append(node.Content, *s)
+	}
+	a.filesNew.Add(1)
+	a.totalBytes.Add(total)
+	a.opts.Progress.FilesDone.Add(1)
+	return a.saveTree(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{node}})
+}

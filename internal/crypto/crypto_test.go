@@ -1,0 +1,115 @@
+package crypto
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+func TestAEADRoundTripAndTamper(t *testing.T) {
+	a := NewAEAD(RandomKey())
+	msg := []byte("the quick brown fox")
+	env := a.Seal(nil, msg, []byte("ad"))
+	if len(env) != len(msg)+Overhead {
+		t.Fatalf("envelope size %d, want %d", len(env), len(msg)+Overhead)
+	}
+	got, err := a.Open(nil, env, []byte("ad"))
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("Open = %q, %v", got, err)
+	}
+	cases := map[string]func() ([]byte, []byte){
+		"flipped bit": func() ([]byte, []byte) { e := bytes.Clone(env); e[15] ^= 1; return e, []byte("ad") },
+		"other ad":    func() ([]byte, []byte) { return env, []byte("da") },
+		"truncated":   func() ([]byte, []byte) { return env[:len(env)-1], []byte("ad") },
+		"too short":   func() ([]byte, []byte) { return env[:10], []byte("ad") },
+		"other key":   func() ([]byte, []byte) { return NewAEAD(RandomKey()).Seal(nil, msg, []byte("ad")), []byte("ad") },
+	}
+	for name, mk := range cases {
+		e, ad := mk()
+		if _, err := a.Open(nil, e, ad); !errors.Is(err, ErrAuth) {
+			t.Errorf("%s: err = %v, want ErrAuth", name, err)
+		}
+	}
+}
+
+func TestSealUnseal(t *testing.T) {
+	pub, priv, err := GenerateKeyPair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	eph, k1, err := SealTo(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := Unseal(priv, pub, eph)
+	if err != nil || k1 != k2 {
+		t.Fatalf("Unseal gave another key (%v)", err)
+	}
+	_, otherPriv, _ := GenerateKeyPair()
+	if k3, _ := Unseal(otherPriv, pub, eph); k3 == k1 {
+		t.Fatal("a different private key derived the same key")
+	}
+	if _, err := Unseal(priv, pub, PublicKey{}); err == nil {
+		t.Fatal("low-order ephemeral key accepted")
+	}
+	if p2, _ := PublicFromPrivate(priv); p2 != pub {
+		t.Fatal("PublicFromPrivate mismatch")
+	}
+}
+
+func TestKDFBounds(t *testing.T) {
+	p := DefaultKDFParams()
+	p.MemoryKiB = 8 * 1024
+	p.Time = 1
+	k1, err := DeriveKey([]byte("pw"), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, _ := DeriveKey([]byte("pw"), p)
+	k3, _ := DeriveKey([]byte("pW"), p)
+	if k1 != k2 || k1 == k3 {
+		t.Fatal("derivation not deterministic or not passphrase-dependent")
+	}
+	for _, bad := range []KDFParams{
+		{Time: 0, MemoryKiB: 65536, Threads: 1, Salt: p.Salt},
+		{Time: 1, MemoryKiB: 1 << 30, Threads: 1, Salt: p.Salt},
+		{Time: 1, MemoryKiB: 65536, Threads: 0, Salt: p.Salt},
+		{Time: 1, MemoryKiB: 65536, Threads: 1, Salt: nil},
+	} {
+		if _, err := DeriveKey([]byte("pw"), bad); err == nil {
+			t.Errorf("params %+v accepted", bad)
+		}
+	}
+}
+
+func BenchmarkAEADSeal1MiB(b *testing.B) {
+	a := NewAEAD(RandomKey())
+	buf := make([]byte, 1<<20)
+	out := make([]byte, 0, len(buf)+Overhead)
+	b.SetBytes(int64(len(buf)))
+	for i := 0; i < b.N; i++ {
+		a.Seal(out[:0], buf, nil)
+	}
+}
+
+func BenchmarkAEADOpen1MiB(b *testing.B) {
+	a := NewAEAD(RandomKey())
+	buf := make([]byte, 1<<20)
+	env := a.Seal(nil, buf, nil)
+	out := make([]byte, 0, len(buf))
+	b.SetBytes(int64(len(buf)))
+	for i := 0; i < b.N; i++ {
+		if _, err := a.Open(out[:0], env, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func FuzzOpen(f *testing.F) {
+	a := NewAEAD(Key{1})
+	f.Add(a.Seal(nil, []byte("hello"), nil))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, env []byte) {
+		_, _ = a.Open(nil, env, nil) // must not panic
+	})
+}

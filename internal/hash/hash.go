@@ -1,0 +1,80 @@
+// Package hash names things: object names are the unkeyed BLAKE3-256 of their
+// stored bytes; chunk and tree IDs are BLAKE3-256 keyed with the repository's
+// chunk ID key (docs/FORMAT.md).
+package hash
+
+import (
+	"encoding/hex"
+	"fmt"
+
+	"lukechampine.com/blake3"
+)
+
+// Size is the length of an ID in bytes.
+const Size = 32
+
+// ID names an object or a blob.
+type ID [Size]byte
+
+// String returns the ID as 64 lower-case hex digits.
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// Short returns the first 8 hex digits, for display.
+func (id ID) Short() string { return hex.EncodeToString(id[:4]) }
+
+// IsNull reports whether id is all zeros (the zero value, "no ID").
+func (id ID) IsNull() bool { return id == ID{} }
+
+// MarshalText encodes the ID as hex, so IDs read well in JSON.
+func (id ID) MarshalText() ([]byte, error) { return []byte(id.String()), nil }
+
+// UnmarshalText decodes a hex ID.
+func (id *ID) UnmarshalText(b []byte) error {
+	parsed, err := Parse(string(b))
+	if err != nil {
+		return err
+	}
+	*id = parsed
+	return nil
+}
+
+// Parse decodes a 64-digit hex ID.
+func Parse(s string) (ID, error) {
+	var id ID
+	if len(s) != 2*Size {
+		return id, fmt.Errorf("invalid ID %q: want %d hex digits", truncate(s), 2*Size)
+	}
+	if _, err := hex.Decode(id[:], []byte(s)); err != nil {
+		return id, fmt.Errorf("invalid ID %q: %w", truncate(s), err)
+	}
+	return id, nil
+}
+
+func truncate(s string) string {
+	if len(s) > 70 {
+		return s[:70] + "..."
+	}
+	return s
+}
+
+// Sum returns the unkeyed BLAKE3-256 of data: the name of a stored object.
+func Sum(data []byte) ID {
+	return ID(blake3.Sum256(data))
+}
+
+// Keyed computes keyed BLAKE3-256 IDs. It is safe for concurrent use.
+type Keyed struct {
+	key [32]byte
+}
+
+// NewKeyed returns a hasher keyed with key.
+func NewKeyed(key [32]byte) *Keyed { return &Keyed{key: key} }
+
+// Sum returns the keyed BLAKE3-256 of data: the ID of a chunk or tree.
+func (k *Keyed) Sum(data []byte) ID {
+	h := blake3.New(Size, k.key[:])
+	h.Write(data)
+	var id ID
+	h.Sum(id[:0])
+	return id
+}

@@ -1,0 +1,49 @@
+// Package location turns a repository location string (-r/--repo) into a
+// storage backend. Today: local directories; object stores and the floe
+// server add schemes here.
+package location
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+// Open opens the backend of an existing repository.
+func Open(loc string) (storage.Backend, error) {
+	dir, err := localPath(loc)
+	if err != nil {
+		return nil, err
+	}
+	return local.Open(dir)
+}
+
+// Create creates the backend of a new repository.
+func Create(loc string) (storage.Backend, error) {
+	dir, err := localPath(loc)
+	if err != nil {
+		return nil, err
+	}
+	return local.Create(dir)
+}
+
+func localPath(loc string) (string, error) {
+	if loc == "" {
+		return "", fmt.Errorf("no repository given: use -r/--repo or FLOE_REPOSITORY")
+	}
+	if i := strings.Index(loc, ":"); i > 0 && !strings.ContainsAny(loc[:i], "/.") {
+		scheme := loc[:i]
+		if scheme != "local" {
+			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path)", loc, scheme)
+		}
+		loc = loc[i+1:]
+	}
+	abs, err := filepath.Abs(loc)
+	if err != nil {
+		return "", fmt.Errorf("repository location %q: %w", loc, err)
+	}
+	return abs, nil
+}

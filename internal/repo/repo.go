@@ -1,0 +1,266 @@
+// Package repo is the only package that knows the repository format
+// (docs/FORMAT.md): config, keys, packs, index files, blobs, snapshot
+// records. Everything above it asks for blobs by ID and hands it blobs to
+// store.
+package repo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// FormatVersion is the repository format this code reads and writes.
+const FormatVersion = 1
+
+// DefaultPackSize is the target pack size: large enough for object stores,
+// small enough to hold a few in memory.
+const DefaultPackSize = 16 << 20
+
+// ErrNoRepository means there is no repository at the location.
+var ErrNoRepository = errors.New("no repository there")
+
+// ChunkerConfig is the chunker block of the config.
+type ChunkerConfig struct {
+	Min  uint32 `json:"min"`
+	Avg  uint32 `json:"avg"`
+	Max  uint32 `json:"max"`
+	Seed string `json:"seed"`
+}
+
+// Params converts to the chunker's parameters.
+func (c ChunkerConfig) Params() (chunker.Params, error) {
+	p := chunker.Params{Min: c.Min, Avg: c.Avg, Max: c.Max}
+	seed, err := hex.DecodeString(c.Seed)
+	if err != nil || len(seed) != 32 {
+		return p, errors.New("config: chunker seed is not 32 hex-encoded bytes")
+	}
+	copy(p.Seed[:], seed)
+	return p, p.Validate()
+}
+
+// Config is the repository config (docs/FORMAT.md "config").
+type Config struct {
+	Version     int           `json:"version"`
+	ID          string        `json:"id"`
+	Created     time.Time     `json:"created"`
+	Chunker     ChunkerConfig `json:"chunker"`
+	PackSize    int           `json:"pack_size"`
+	Compression string        `json:"compression"`
+}
+
+const adConfig = "floe v1 config"
+
+// InitOptions shape a new repository.
+type InitOptions struct {
+	// Chunker, if set, is copied (init --copy-chunker-params-from).
+	Chunker *ChunkerConfig
+	// KDF overrides the argon2 parameters of passphrase keys (tests use cheap ones).
+	KDF *crypto.KDFParams
+}
+
+// Repository is an open repository.
+type Repository struct {
+	be      storage.Backend
+	cfg     Config
+	secrets Secrets
+	keyID   string
+	kdf     crypto.KDFParams
+
+	ids     *hash.Keyed
+	meta    *crypto.AEAD // index key envelope
+	chunker chunker.Params
+
+	idx *Index
+
+	packKeysMu sync.Mutex
+	packKeys   map[hash.ID]*crypto.AEAD
+
+	writer *packWriter // lazily created by SaveBlob
+	wmu    sync.Mutex
+
+	statsMu sync.Mutex
+	saved   SaveStats // of flushed writers
+}
+
+// Init creates a new repository on be and its first key. With
+// cred.Password nil it makes a key-file key and returns the KeyFile, which
+// the caller must write (mode 0600).
+func Init(ctx context.Context, be storage.Backend, cred Credential, opts InitOptions) (*Repository, *KeyFile, error) {
+	secrets, err := newSecrets()
+	if err != nil {
+		return nil, nil, err
+	}
+	var idBytes [32]byte
+	if _, err := rand.Read(idBytes[:]); err != nil {
+		return nil, nil, err
+	}
+	cfg := Config{Version: FormatVersion, ID: hex.EncodeToString(idBytes[:]), Created: time.Now().UTC(),
+		PackSize: DefaultPackSize, Compression: "zstd"}
+	if opts.Chunker != nil {
+		cfg.Chunker = *opts.Chunker
+	} else {
+		seed := crypto.RandomKey()
+		p := chunker.DefaultParams(seed)
+		cfg.Chunker = ChunkerConfig{Min: p.Min, Avg: p.Avg, Max: p.Max, Seed: hex.EncodeToString(seed[:])}
+	}
+	if _, err := cfg.Chunker.Params(); err != nil {
+		return nil, nil, err
+	}
+	kdf := crypto.DefaultKDFParams()
+	if opts.KDF != nil {
+		kdf = *opts.KDF
+	}
+	// The key first, then the config: a repository whose config exists is
+	// complete, and a crash in between leaves only an orphan key.
+	rec, secret, err := newKeyRecord(secrets, cred.Password, false, kdf)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyID, err := saveKeyRecord(ctx, be, rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	plain, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	meta := crypto.NewAEAD(secrets.IndexKey)
+	if err := be.Save(ctx, storage.Handle{Type: storage.Config}, meta.Seal(nil, plain, []byte(adConfig))); err != nil {
+		return nil, nil, fmt.Errorf("save config: %w", err)
+	}
+	r, err := newRepository(be, cfg, secrets, keyID.String(), kdf)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.idx = newIndex()
+	var kf *KeyFile
+	if secret != nil {
+		kf = &KeyFile{Version: 1, Repository: cfg.ID, Key: keyID.String(), Secret: secret}
+	}
+	return r, kf, nil
+}
+
+func newRepository(be storage.Backend, cfg Config, secrets Secrets, keyID string, kdf crypto.KDFParams) (*Repository, error) {
+	params, err := cfg.Chunker.Params()
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if cfg.PackSize < 1<<20 || cfg.PackSize > 1<<30 {
+		return nil, fmt.Errorf("config: pack size %d outside 1 MiB..1 GiB", cfg.PackSize)
+	}
+	return &Repository{
+		be: be, cfg: cfg, secrets: secrets, keyID: keyID, kdf: kdf,
+		ids:      hash.NewKeyed(secrets.ChunkIDKey),
+		meta:     crypto.NewAEAD(secrets.IndexKey),
+		chunker:  params,
+		packKeys: map[hash.ID]*crypto.AEAD{},
+	}, nil
+}
+
+// OpenOptions tune Open.
+type OpenOptions struct {
+	// KDF is used for keys added later (tests use cheap parameters).
+	KDF *crypto.KDFParams
+}
+
+// Open opens the repository on be with cred. It does not load the index;
+// call LoadIndex before working with blobs.
+func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOptions) (*Repository, error) {
+	if cred.empty() {
+		return nil, errors.New("no password or key file given")
+	}
+	cfgBytes, err := be.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
+	if err != nil {
+		if storage.IsNotExist(err) {
+			return nil, fmt.Errorf("%s: %w", be.Location(), ErrNoRepository)
+		}
+		return nil, fmt.Errorf("read config of %s: %w", be.Location(), err)
+	}
+	var ids []string
+	if cred.KeyFile != nil {
+		ids = []string{cred.KeyFile.Key}
+	} else if ids, err = listKeyIDs(ctx, be); err != nil {
+		return nil, fmt.Errorf("list keys: %w", err)
+	}
+	var (
+		secrets Secrets
+		keyID   string
+		found   bool
+		errs    []error
+	)
+	for _, id := range ids {
+		rec, err := loadKeyRecord(ctx, be, id)
+		if err != nil {
+			if cred.KeyFile != nil && storage.IsNotExist(err) {
+				return nil, fmt.Errorf("key %s of the key file is not in this repository (removed, or another repository): %w", shortName(id), ErrWrongKey)
+			}
+			errs = append(errs, err)
+			continue
+		}
+		s, err := rec.open(cred)
+		if err == nil {
+			secrets, keyID, found = s, id, true
+			break
+		}
+		if !errors.Is(err, ErrWrongKey) {
+			errs = append(errs, fmt.Errorf("key %s: %w", shortName(id), err))
+		}
+	}
+	if !found {
+		if len(errs) > 0 {
+			return nil, fmt.Errorf("%w (also: %v)", ErrWrongKey, errors.Join(errs...))
+		}
+		return nil, ErrWrongKey
+	}
+	plain, err := crypto.NewAEAD(secrets.IndexKey).Open(nil, cfgBytes, []byte(adConfig))
+	if err != nil {
+		return nil, fmt.Errorf("config of %s is damaged (authentication failed)", be.Location())
+	}
+	var cfg Config
+	if err := json.Unmarshal(plain, &cfg); err != nil {
+		return nil, fmt.Errorf("decode config: %w", err)
+	}
+	if cfg.Version != FormatVersion {
+		return nil, fmt.Errorf("repository format version %d is not supported by this floe (it reads version %d); upgrade floe", cfg.Version, FormatVersion)
+	}
+	kdf := crypto.DefaultKDFParams()
+	if opts.KDF != nil {
+		kdf = *opts.KDF
+	}
+	return newRepository(be, cfg, secrets, keyID, kdf)
+}
+
+// Config returns the repository config.
+func (r *Repository) Config() Config { return r.cfg }
+
+// Backend returns the storage the repository lives on.
+func (r *Repository) Backend() storage.Backend { return r.be }
+
+// KeyID returns the ID of the key in use.
+func (r *Repository) KeyID() string { return r.keyID }
+
+// WriteOnly reports whether the key in use is write-only.
+func (r *Repository) WriteOnly() bool { return r.secrets.DataPrivate == nil }
+
+// ChunkerParams returns the repository's chunker parameters.
+func (r *Repository) ChunkerParams() chunker.Params { return r.chunker }
+
+// BlobID computes the ID of a blob's plaintext.
+func (r *Repository) BlobID(data []byte) hash.ID { return r.ids.Sum(data) }
+
+// Index returns the in-memory index (loaded by LoadIndex).
+func (r *Repository) Index() *Index { return r.idx }
+
+// Close flushes nothing: call Flush first when blobs were saved.
+func (r *Repository) Close() error { return r.be.Close() }

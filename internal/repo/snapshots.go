@@ -1,0 +1,94 @@
+package repo
+
+import (
+	"context"
+	"fmt"
+	"sort"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+const adSnapshot = "floe v1 snapshot"
+
+// maxSnapshotSize bounds a snapshot record read from storage.
+const maxSnapshotSize = 64 << 20
+
+// SaveSnapshotRecord seals a snapshot record (JSON from the snapshot
+// package) to the data key and stores it. Write-only keys can do this.
+func (r *Repository) SaveSnapshotRecord(ctx context.Context, plain []byte) (hash.ID, error) {
+	eph, key, err := crypto.SealTo(r.secrets.DataPublic)
+	if err != nil {
+		return hash.ID{}, err
+	}
+	data := crypto.NewAEAD(key).Seal(append([]byte(nil), eph[:]...), plain, []byte(adSnapshot))
+	id := hash.Sum(data)
+	if err := r.be.Save(ctx, storage.Handle{Type: storage.Snapshot, Name: id.String()}, data); err != nil {
+		return id, fmt.Errorf("save snapshot: %w", err)
+	}
+	return id, nil
+}
+
+// LoadSnapshotRecord reads and opens a snapshot record.
+func (r *Repository) LoadSnapshotRecord(ctx context.Context, id hash.ID) ([]byte, error) {
+	if r.WriteOnly() {
+		return nil, ErrWriteOnly
+	}
+	h := storage.Handle{Type: storage.Snapshot, Name: id.String()}
+	fi, err := r.be.Stat(ctx, h)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+	}
+	if fi.Size > maxSnapshotSize {
+		return nil, fmt.Errorf("snapshot %s: %d bytes is too large for a snapshot record", id.Short(), fi.Size)
+	}
+	data, err := storage.ReadAll(ctx, r.be, h)
+	if err != nil {
+		return nil, err
+	}
+	if hash.Sum(data) != id {
+		return nil, fmt.Errorf("snapshot %s: content does not match its name (damaged)", id.Short())
+	}
+	if len(data) < 32+crypto.Overhead {
+		return nil, fmt.Errorf("snapshot %s: too short", id.Short())
+	}
+	var eph crypto.PublicKey
+	copy(eph[:], data[:32])
+	key, err := crypto.Unseal(*r.secrets.DataPrivate, r.secrets.DataPublic, eph)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+	}
+	plain, err := crypto.NewAEAD(key).Open(nil, data[32:], []byte(adSnapshot))
+	if err != nil {
+		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+	}
+	return plain, nil
+}
+
+// RemoveSnapshot deletes a snapshot record (forget). Its data stays until
+// prune collects it.
+func (r *Repository) RemoveSnapshot(ctx context.Context, id hash.ID) error {
+	if err := r.be.Remove(ctx, storage.Handle{Type: storage.Snapshot, Name: id.String()}); err != nil {
+		return fmt.Errorf("remove snapshot %s: %w", id.Short(), err)
+	}
+	return nil
+}
+
+// ResolveSnapshotPrefix returns the snapshot whose ID starts with prefix.
+func (r *Repository) ResolveSnapshotPrefix(ctx context.Context, prefix string) (hash.ID, error) {
+	ids, err := r.ListIDs(ctx, storage.Snapshot)
+	if err != nil {
+		return hash.ID{}, err
+	}
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = id.String()
+	}
+	sort.Strings(names)
+	name, err := uniquePrefix(names, prefix, "snapshot")
+	if err != nil {
+		return hash.ID{}, err
+	}
+	return hash.Parse(name)
+}

@@ -1,0 +1,566 @@
+// Package restore writes a snapshot's files back to disk with their
+// metadata. Everything is created through an os.Root on the target
+// directory, so no name in a snapshot and no symlink, in the snapshot or
+// already in the target, can make restore write outside the target.
+package restore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/floe-backup/floe/internal/fsmeta"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"golang.org/x/sys/unix"
+)
+
+// Options describe one restore.
+type Options struct {
+	Target   string
+	Includes []string // restore only paths these patterns select (and their parents)
+	Excludes []string
+	Verify   bool // read back every file written and compare with the snapshot
+	// NumericOwner restores uid/gid as stored instead of by user/group name.
+	NumericOwner bool
+	Progress     *Progress
+	Workers      int
+}
+
+// Progress is updated while the restore runs.
+type Progress struct {
+	FilesDone, BytesDone   atomic.Int64
+	FilesTotal, BytesTotal atomic.Int64
+}
+
+// Result summarizes a restore.
+type Result struct {
+	Files, Dirs, Others uint64
+	Bytes               uint64
+	Verified            uint64 // files read back and found identical
+	Errors              []error
+}
+
+// ErrUnsafeName means a snapshot holds a name that could escape the target.
+var ErrUnsafeName = errors.New("unsafe name in snapshot")
+
+type restorer struct {
+	r     *repo.Repository
+	opts  Options
+	root  *os.Root
+	incl  *pathmatch.Matcher
+	excl  *pathmatch.Matcher
+	res   Result
+	mu    sync.Mutex
+	dirs  []dirMeta
+	links map[[2]uint64]string // (device, inode) -> first restored path
+	files []*fileJob
+}
+
+type dirMeta struct {
+	rel  string
+	node *snapshot.Node
+}
+
+type fileJob struct {
+	rel  string
+	node *snapshot.Node
+}
+
+// Run restores the tree rootTree. subpath ("" or "/" for everything)
+// selects a directory or file of the snapshot: a directory's contents are
+// restored into the target, a file is restored as target/<name>.
+func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath string, opts Options) (*Result, error) {
+	if r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	incl, err := pathmatch.New(opts.Includes)
+	if err != nil {
+		return nil, err
+	}
+	excl, err := pathmatch.New(opts.Excludes)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(opts.Target, 0o700); err != nil {
+		return nil, fmt.Errorf("create target: %w", err)
+	}
+	root, err := os.OpenRoot(opts.Target)
+	if err != nil {
+		return nil, fmt.Errorf("open target: %w", err)
+	}
+	defer root.Close()
+	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]string{}}
+
+	// Find the subpath's node.
+	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+	if err != nil {
+		return nil, fmt.Errorf("load root tree: %w", err)
+	}
+	snapPath := "/"
+	var single *snapshot.Node
+	for _, c := range strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/") {
+		if c == "" {
+			continue
+		}
+		n := tree.Find(c)
+		if n == nil {
+			return nil, fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
+		}
+		snapPath = path.Join(snapPath, c)
+		if n.Type != snapshot.TypeDir {
+			single = n
+			break
+		}
+		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
+			return nil, fmt.Errorf("load tree of %s: %w", snapPath, err)
+		}
+	}
+	if single != nil {
+		rs.plan(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{single}}, path.Dir(snapPath), "")
+	} else {
+		rs.plan(ctx, tree, snapPath, "")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	rs.restoreFiles(ctx)
+	// Directory metadata last, deepest first: writing into a directory
+	// changes its mtime.
+	for i := len(rs.dirs) - 1; i >= 0; i-- {
+		d := rs.dirs[i]
+		if err := rs.apply(d.rel, d.node); err != nil {
+			rs.fail(err)
+		}
+	}
+	if opts.Verify && ctx.Err() == nil {
+		rs.verify(ctx)
+	}
+	return &rs.res, ctx.Err()
+}
+
+func (rs *restorer) fail(err error) {
+	rs.mu.Lock()
+	rs.res.Errors = append(rs.res.Errors, err)
+	rs.mu.Unlock()
+}
+
+// selected applies includes and excludes to a snapshot path.
+func (rs *restorer) selected(snapPath string, isDir bool) (restore, descend bool) {
+	if rs.excl.Match(snapPath) {
+		return false, false
+	}
+	if rs.incl.Empty() || rs.incl.Match(snapPath) {
+		return true, isDir
+	}
+	// Not selected itself; a directory is entered in case something below is.
+	return false, isDir
+}
+
+// plan creates directories and special files and collects regular files.
+// It returns whether anything was restored below (so that directories are
+// created only when needed with --include).
+func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relDir string) bool {
+	any := false
+	for _, n := range tree.Nodes {
+		if ctx.Err() != nil {
+			return any
+		}
+		if err := snapshot.CheckName(n.Name); err != nil {
+			rs.fail(fmt.Errorf("%s: %w: %v", path.Join(snapDir, n.Name), ErrUnsafeName, err))
+			continue
+		}
+		sp := path.Join(snapDir, n.Name)
+		rel := n.Name
+		if relDir != "" {
+			rel = relDir + "/" + n.Name
+		}
+		restore, descend := rs.selected(sp, n.Type == snapshot.TypeDir)
+		if n.Type == snapshot.TypeDir {
+			if !restore && !descend {
+				continue
+			}
+			if restore || rs.incl.Empty() {
+				if err := rs.mkdir(rel); err != nil {
+					rs.fail(err)
+					continue
+				}
+				rs.dirs = append(rs.dirs, dirMeta{rel, n})
+				rs.res.Dirs++
+				any = true
+				if sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree); err != nil {
+					rs.fail(fmt.Errorf("%s: %w", sp, err))
+				} else {
+					rs.plan(ctx, sub, sp, rel)
+				}
+				continue
+			}
+			// Only an include below may select something: create the
+			// directory afterwards if it did.
+			sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree)
+			if err != nil {
+				rs.fail(fmt.Errorf("%s: %w", sp, err))
+				continue
+			}
+			idx := len(rs.dirs)
+			if err := rs.mkdir(rel); err != nil {
+				rs.fail(err)
+				continue
+			}
+			if rs.plan(ctx, sub, sp, rel) {
+				rs.dirs = append(rs.dirs[:idx], append([]dirMeta{{rel, n}}, rs.dirs[idx:]...)...)
+				rs.res.Dirs++
+				any = true
+			} else {
+				rs.root.Remove(rel) // empty: nothing selected below
+			}
+			continue
+		}
+		if !restore {
+			continue
+		}
+		any = true
+		if err := rs.removeNonMatching(rel, n.Type); err != nil {
+			rs.fail(err)
+			continue
+		}
+		if n.Links > 1 && n.Type != snapshot.TypeDir {
+			key := [2]uint64{n.Device, n.Inode}
+			if first, ok := rs.links[key]; ok {
+				rs.linkLater(rel, first, n)
+				continue
+			}
+			rs.links[key] = rel
+		}
+		switch n.Type {
+		case snapshot.TypeFile:
+			rs.files = append(rs.files, &fileJob{rel: rel, node: n})
+			rs.opts.Progress.FilesTotal.Add(1)
+			rs.opts.Progress.BytesTotal.Add(int64(n.Size))
+		case snapshot.TypeSymlink:
+			if err := rs.root.Symlink(n.LinkTarget, rel); err != nil {
+				rs.fail(fmt.Errorf("restore symlink %s: %w", rel, err))
+				continue
+			}
+			rs.res.Others++
+			if err := rs.apply(rel, n); err != nil {
+				rs.fail(err)
+			}
+		default:
+			if err := rs.special(rel, n); err != nil {
+				rs.fail(err)
+				continue
+			}
+			rs.res.Others++
+		}
+	}
+	return any
+}
+
+// hard links are made after the first copy's content is written.
+func (rs *restorer) linkLater(rel, first string, n *snapshot.Node) {
+	rs.files = append(rs.files, &fileJob{rel: rel, node: &snapshot.Node{Name: n.Name, Type: 0, LinkTarget: first}})
+}
+
+func (rs *restorer) mkdir(rel string) error {
+	err := rs.root.Mkdir(rel, 0o700)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, os.ErrExist) {
+		fi, lerr := rs.root.Lstat(rel)
+		if lerr == nil && fi.IsDir() {
+			return nil
+		}
+		// a file or symlink where the snapshot has a directory: replace it
+		if rerr := rs.root.Remove(rel); rerr != nil {
+			return fmt.Errorf("restore directory %s: %w", rel, rerr)
+		}
+		err = rs.root.Mkdir(rel, 0o700)
+	}
+	if err != nil {
+		return fmt.Errorf("restore directory %s: %w", rel, err)
+	}
+	return nil
+}
+
+// removeNonMatching clears an existing entry so it can be recreated, unless
+// it is a regular file that will be overwritten in place.
+func (rs *restorer) removeNonMatching(rel string, t snapshot.NodeType) error {
+	fi, err := rs.root.Lstat(rel)
+	if err != nil {
+		return nil
+	}
+	if t == snapshot.TypeFile && fi.Mode().IsRegular() {
+		return nil
+	}
+	if fi.IsDir() {
+		return rs.root.RemoveAll(rel)
+	}
+	return rs.root.Remove(rel)
+}
+
+// procPath names rel through an open file descriptor of its parent
+// directory, so that calls which take a path (xattrs, mknod, lutimes) act on
+// the entry inside the target without following any symlink to reach it.
+func (rs *restorer) withParent(rel string, fn func(p string) error) error {
+	dir, name := path.Split(rel)
+	if dir == "" {
+		dir = "."
+	}
+	d, err := rs.root.Open(strings.TrimSuffix(dir, "/"))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
+}
+
+func (rs *restorer) special(rel string, n *snapshot.Node) error {
+	err := rs.withParent(rel, func(p string) error {
+		if err := fsmeta.Create(p, n); err != nil {
+			return err
+		}
+		return fsmeta.Apply(p, n, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner})
+	})
+	if err != nil {
+		return fmt.Errorf("restore %s %s: %w", n.Type, rel, err)
+	}
+	return nil
+}
+
+func (rs *restorer) apply(rel string, n *snapshot.Node) error {
+	return rs.withParent(rel, func(p string) error {
+		return fsmeta.Apply(p, n, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner})
+	})
+}
+
+// restoreFiles writes file contents, spreading the chunks of all files over
+// the workers, so that one large file uses every core too.
+func (rs *restorer) restoreFiles(ctx context.Context) {
+	type chunk struct {
+		f      *openFile
+		h      repo.BlobHandle
+		offset int64
+	}
+	chunks := make(chan chunk, 4*rs.opts.Workers)
+	var wg sync.WaitGroup
+	for i := 0; i < rs.opts.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for c := range chunks {
+				if c.f.failed.Load() || ctx.Err() != nil {
+					c.f.done(rs, nil)
+					continue
+				}
+				data, err := rs.r.LoadBlob(ctx, c.h, buf)
+				if err == nil {
+					buf = data
+					if !(c.f.job.node.Sparse && allZero(data)) {
+						_, err = c.f.f.WriteAt(data, c.offset)
+					}
+					rs.opts.Progress.BytesDone.Add(int64(len(data)))
+				}
+				if err != nil {
+					err = fmt.Errorf("restore %s at offset %d: %w", c.f.job.rel, c.offset, err)
+				}
+				c.f.done(rs, err)
+			}
+		}()
+	}
+	var links []*fileJob
+	for _, job := range rs.files {
+		if ctx.Err() != nil {
+			break
+		}
+		if job.node.Type == 0 { // hard link, after all contents
+			links = append(links, job)
+			continue
+		}
+		f, err := rs.createFile(job)
+		if err != nil {
+			rs.fail(err)
+			continue
+		}
+		if len(job.node.Content) == 0 {
+			f.pending.Store(1)
+			f.done(rs, nil)
+			continue
+		}
+		// offsets from the blobs' sizes in the index
+		offsets := make([]int64, len(job.node.Content))
+		var off int64
+		missing := false
+		for i, id := range job.node.Content {
+			offsets[i] = off
+			loc, ok := rs.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+			if !ok {
+				rs.fail(fmt.Errorf("restore %s: data blob %s: %w", job.rel, id.Short(), repo.ErrBlobNotFound))
+				missing = true
+				break
+			}
+			off += int64(loc.RawLength)
+		}
+		if missing {
+			f.pending.Store(1)
+			f.failed.Store(true)
+			f.done(rs, nil)
+			continue
+		}
+		f.pending.Store(int64(len(job.node.Content)))
+		for i, id := range job.node.Content {
+			chunks <- chunk{f: f, h: repo.BlobHandle{Type: repo.DataBlob, ID: id}, offset: offsets[i]}
+		}
+	}
+	close(chunks)
+	wg.Wait()
+	for _, job := range links {
+		if err := rs.root.Link(job.node.LinkTarget, job.rel); err != nil {
+			rs.fail(fmt.Errorf("restore hard link %s: %w", job.rel, err))
+		}
+	}
+}
+
+type openFile struct {
+	job     *fileJob
+	f       *os.File
+	pending atomic.Int64
+	failed  atomic.Bool
+}
+
+func (rs *restorer) createFile(job *fileJob) (*openFile, error) {
+	f, err := rs.root.OpenFile(job.rel, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", job.rel, err)
+	}
+	if err := f.Truncate(int64(job.node.Size)); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("restore %s: %w", job.rel, err)
+	}
+	return &openFile{job: job, f: f}, nil
+}
+
+// done finishes one chunk; the last closes the file and sets its metadata.
+func (f *openFile) done(rs *restorer, err error) {
+	if err != nil {
+		f.failed.Store(true)
+		rs.fail(err)
+	}
+	if f.pending.Add(-1) != 0 {
+		return
+	}
+	if cerr := f.f.Close(); cerr != nil && !f.failed.Load() {
+		f.failed.Store(true)
+		rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, cerr))
+	}
+	rs.opts.Progress.FilesDone.Add(1)
+	if f.failed.Load() {
+		return
+	}
+	if err := rs.apply(f.job.rel, f.job.node); err != nil {
+		rs.fail(err)
+	}
+	rs.mu.Lock()
+	rs.res.Files++
+	rs.res.Bytes += f.job.node.Size
+	rs.mu.Unlock()
+}
+
+func allZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// verify reads every restored file back and checks each chunk's ID.
+func (rs *restorer) verify(ctx context.Context) {
+	files := make([]*fileJob, 0, len(rs.files))
+	for _, j := range rs.files {
+		if j.node.Type == snapshot.TypeFile {
+			files = append(files, j)
+		}
+	}
+	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(files) || ctx.Err() != nil {
+					return
+				}
+				var err error
+				if buf, err = rs.verifyFile(files[i], buf); err != nil {
+					rs.fail(err)
+				} else {
+					rs.mu.Lock()
+					rs.res.Verified++
+					rs.mu.Unlock()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
+	f, err := rs.root.OpenFile(job.rel, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return buf, fmt.Errorf("verify %s: %w", job.rel, err)
+	}
+	defer f.Close()
+	var off int64
+	for _, id := range job.node.Content {
+		loc, ok := rs.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+		if !ok {
+			return buf, fmt.Errorf("verify %s: blob %s not in index", job.rel, id.Short())
+		}
+		if cap(buf) < int(loc.RawLength) {
+			buf = make([]byte, loc.RawLength)
+		}
+		buf = buf[:loc.RawLength]
+		if _, err := f.ReadAt(buf, off); err != nil {
+			return buf, fmt.Errorf("verify %s: %w", job.rel, err)
+		}
+		if rs.r.BlobID(buf) != id {
+			return buf, fmt.Errorf("verify %s: content at offset %d differs from the snapshot", job.rel, off)
+		}
+		off += int64(loc.RawLength)
+	}
+	if n, err := f.ReadAt(make([]byte, 1), off); n != 0 || err != io.EOF {
+		return buf, fmt.Errorf("verify %s: file is longer than in the snapshot", job.rel)
+	}
+	return buf, nil
+}

@@ -1,0 +1,177 @@
+// Package storage moves opaque bytes: save, load a range, stat, list, remove.
+// It knows nothing of encryption or formats; every backend (local, s3, http,
+// stdio) implements Backend and passes the conformance suite in storagetest.
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+)
+
+// FileType is the kind of object, which maps to a directory in the repository.
+type FileType string
+
+// The object kinds of docs/FORMAT.md.
+const (
+	Config   FileType = "config"
+	Key      FileType = "keys"
+	Pack     FileType = "data"
+	Index    FileType = "index"
+	Snapshot FileType = "snapshots"
+	GCMark   FileType = "gc"
+)
+
+// AllTypes lists the types that hold many objects (all but Config).
+var AllTypes = []FileType{Key, Pack, Index, Snapshot, GCMark}
+
+// Handle names one object. Name is empty for Config.
+type Handle struct {
+	Type FileType
+	Name string
+}
+
+// String returns "config" or "<type>/<name>". A name that is not valid is
+// quoted, so that hostile names cannot garble messages.
+func (h Handle) String() string {
+	if h.Type == Config {
+		if h.Name != "" {
+			return "config/" + strconv.Quote(h.Name)
+		}
+		return "config"
+	}
+	if !validName(h.Name) {
+		return strconv.Quote(string(h.Type)) + "/" + strconv.Quote(h.Name)
+	}
+	return string(h.Type) + "/" + h.Name
+}
+
+// ErrInvalid is returned (wrapped) for a handle or file type that no object
+// can have: an unknown type, a name that is not 64 lower-case hex digits, a
+// Config handle with a name, or List of Config.
+var ErrInvalid = errors.New("invalid object handle")
+
+// NameLen is the length of every object name but Config's (an ID in hex).
+const NameLen = 64
+
+// validName reports whether name is 64 lower-case hex digits.
+func validName(name string) bool {
+	if len(name) != NameLen {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// Validate reports whether h can name an object: the Config handle has an
+// empty name; every other type of AllTypes has a name of 64 lower-case hex
+// digits. Every backend calls it before touching storage, so that no name can
+// reach outside the repository. The error wraps ErrInvalid.
+func (h Handle) Validate() error {
+	switch h.Type {
+	case Config:
+		if h.Name != "" {
+			return fmt.Errorf("%w: config has no name, got %q", ErrInvalid, h.Name)
+		}
+		return nil
+	case Key, Pack, Index, Snapshot, GCMark:
+		if !validName(h.Name) {
+			return fmt.Errorf("%w: name %q of type %s is not %d lower-case hex digits",
+				ErrInvalid, h.Name, h.Type, NameLen)
+		}
+		return nil
+	default:
+		return fmt.Errorf("%w: unknown type %q", ErrInvalid, string(h.Type))
+	}
+}
+
+// ValidateListType reports whether List supports t: every type of AllTypes.
+// List(Config) is not supported (there is one config; use Stat); the error
+// wraps ErrInvalid.
+func ValidateListType(t FileType) error {
+	switch t {
+	case Key, Pack, Index, Snapshot, GCMark:
+		return nil
+	case Config:
+		return fmt.Errorf("%w: cannot list config (use Stat)", ErrInvalid)
+	default:
+		return fmt.Errorf("%w: unknown type %q", ErrInvalid, string(t))
+	}
+}
+
+// CheckRange validates a Load range against an object of the given size and
+// returns the number of bytes to read. Negative offset or length is an
+// ErrInvalid error; a range that ends past size wraps io.ErrUnexpectedEOF.
+// Length 0 means from offset to the end (offset == size gives 0 bytes).
+func CheckRange(offset, length, size int64) (int64, error) {
+	if offset < 0 || length < 0 {
+		return 0, fmt.Errorf("%w: negative range offset %d length %d", ErrInvalid, offset, length)
+	}
+	if offset > size {
+		return 0, fmt.Errorf("offset %d past end of %d-byte object: %w", offset, size, io.ErrUnexpectedEOF)
+	}
+	if length == 0 {
+		return size - offset, nil
+	}
+	if length > size-offset {
+		return 0, fmt.Errorf("range %d+%d past end of %d-byte object: %w", offset, length, size, io.ErrUnexpectedEOF)
+	}
+	return length, nil
+}
+
+// FileInfo describes a stored object.
+type FileInfo struct {
+	Name string
+	Size int64
+}
+
+// ErrNotExist is returned (wrapped) when an object does not exist.
+var ErrNotExist = errors.New("object does not exist")
+
+// ErrExist is returned (wrapped) by Save when the object already exists.
+// Objects are immutable: a writer never overwrites.
+var ErrExist = errors.New("object already exists")
+
+// Backend is the storage interface. Implementations must be safe for
+// concurrent use.
+type Backend interface {
+	// Location describes the backend for messages (never with credentials).
+	Location() string
+	// Save stores data under h atomically: readers see all of it or nothing.
+	// It fails with ErrExist if h exists.
+	Save(ctx context.Context, h Handle, data []byte) error
+	// Load returns length bytes at offset of h; length 0 means to the end.
+	// Reading past the end is an error (io.ErrUnexpectedEOF wrapped);
+	// negative values are ErrInvalid. See CheckRange.
+	Load(ctx context.Context, h Handle, offset, length int64) ([]byte, error)
+	// Stat returns the size of h.
+	Stat(ctx context.Context, h Handle) (FileInfo, error)
+	// List calls fn for every object of type t, in no particular order.
+	// Only names that Validate accepts are reported (temporary files and
+	// strays are skipped). fn may call the backend. An error from fn stops
+	// List and is returned wrapped. List(Config) fails with ErrInvalid.
+	List(ctx context.Context, t FileType, fn func(FileInfo) error) error
+	// Remove deletes h. Removing a missing object returns ErrNotExist.
+	Remove(ctx context.Context, h Handle) error
+	// Close releases resources.
+	Close() error
+}
+
+// Every method but Location and Close checks its handle with Handle.Validate
+// (or ValidateListType) first and fails with a wrapped ErrInvalid. Errors name
+// the operation and handle, e.g. "load data/ab12...: object does not exist".
+
+// IsNotExist reports whether err says an object is missing.
+func IsNotExist(err error) bool { return errors.Is(err, ErrNotExist) }
+
+// ReadAll loads the whole object h. Backend errors already name the handle.
+func ReadAll(ctx context.Context, b Backend, h Handle) ([]byte, error) {
+	return b.Load(ctx, h, 0, 0)
+}

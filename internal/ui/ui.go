@@ -1,0 +1,160 @@
+// Package ui formats what floe tells people and scripts: sizes, durations,
+// progress lines on a terminal (silent otherwise), and JSON documents.
+package ui
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/term"
+)
+
+// IsTerminal reports whether f is a terminal.
+func IsTerminal(f *os.File) bool { return term.IsTerminal(int(f.Fd())) }
+
+// Bytes formats a size with binary units.
+func Bytes(n uint64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := uint64(unit), 0
+	for m := n / unit; m >= unit && exp < 5; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.2f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+// Duration formats a duration for people: 1.2s, 3m04s, 2h05m.
+func Duration(d time.Duration) string {
+	switch {
+	case d < time.Minute:
+		return fmt.Sprintf("%.1fs", d.Seconds())
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	default:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+}
+
+// Rate formats bytes per second.
+func Rate(bytes int64, d time.Duration) string {
+	if d <= 0 {
+		return "-"
+	}
+	return Bytes(uint64(float64(bytes)/d.Seconds())) + "/s"
+}
+
+// WriteJSON writes v as one indented JSON document.
+func WriteJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// WriteJSONLine writes v as one compact JSON line (progress events).
+func WriteJSONLine(w io.Writer, v any) error {
+	return json.NewEncoder(w).Encode(v)
+}
+
+// Status redraws one status line on a terminal; on anything else it is
+// silent, so logs and pipes stay clean.
+type Status struct {
+	mu      sync.Mutex
+	w       *os.File
+	enabled bool
+	last    int
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+// NewStatus returns a status line on w, enabled only if w is a terminal.
+func NewStatus(w *os.File, enabled bool) *Status {
+	return &Status{w: w, enabled: enabled && IsTerminal(w)}
+}
+
+// Run calls line every interval and shows its result until Stop.
+func (s *Status) Run(interval time.Duration, line func() string) {
+	if !s.enabled {
+		return
+	}
+	s.stop, s.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(s.done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.stop:
+				return
+			case <-t.C:
+				s.Show(line())
+			}
+		}
+	}()
+}
+
+// Show replaces the status line.
+func (s *Status) Show(line string) {
+	if !s.enabled {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	width := 0
+	if w, _, err := term.GetSize(int(s.w.Fd())); err == nil {
+		width = w - 1
+	}
+	if width > 0 && len(line) > width {
+		line = line[:width]
+	}
+	pad := ""
+	if n := s.last - len(line); n > 0 {
+		pad = strings.Repeat(" ", n)
+	}
+	fmt.Fprintf(s.w, "\r%s%s", line, pad)
+	s.last = len(line)
+}
+
+// Stop ends Run and clears the line.
+func (s *Status) Stop() {
+	if !s.enabled || s.stop == nil {
+		return
+	}
+	close(s.stop)
+	<-s.done
+	s.mu.Lock()
+	fmt.Fprintf(s.w, "\r%s\r", strings.Repeat(" ", s.last))
+	s.last = 0
+	s.mu.Unlock()
+}
+
+// Progress formats a progress line: done/total items and bytes, rate, ETA.
+func Progress(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanDone bool, current string) string {
+	el := time.Since(start)
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%s] %d", Duration(el), files)
+	if filesTotal > 0 {
+		fmt.Fprintf(&b, "/%d", filesTotal)
+	}
+	fmt.Fprintf(&b, " files, %s", Bytes(uint64(bytes)))
+	if bytesTotal > 0 {
+		pct := 100 * float64(bytes) / float64(bytesTotal)
+		fmt.Fprintf(&b, "/%s (%.0f%%)", Bytes(uint64(bytesTotal)), min(pct, 100))
+	}
+	fmt.Fprintf(&b, ", %s", Rate(bytes, el))
+	if scanDone && bytesTotal > 0 && bytes > 0 && bytes < bytesTotal {
+		eta := time.Duration(float64(el) * float64(bytesTotal-bytes) / float64(bytes))
+		fmt.Fprintf(&b, ", ETA %s", Duration(eta))
+	}
+	if current != "" {
+		fmt.Fprintf(&b, "  %s", current)
+	}
+	return b.String()
+}
