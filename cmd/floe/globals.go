@@ -275,4 +275,3 @@ func (g *globals) say(format string, args ...any) {
 }
 
 func (g *globals) status() *ui.Status { return ui.NewStatus(os.Stderr, !g.quiet && !g.json) }
-

@@ -183,4 +183,3 @@ type RepoTrees struct{ Repo *repo.Repository }
 func (t RepoTrees) LoadTree(ctx context.Context, id hash.ID) (*Tree, error) {
 	return LoadTree(ctx, t.Repo, id)
 }
-
