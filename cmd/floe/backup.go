@@ -109,7 +109,9 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		excludes = append(excludes, pats...)
 	}
 	r, err := g.openRepo(ctx, true)
+	created := false
 	if errors.Is(err, errNoRepoGiven) {
+		created = true
 		var keyPath string
 		r, keyPath, err = g.initRepo(ctx, repo.InitOptions{KDF: kdfParams()})
 		if err == nil {
@@ -170,6 +172,10 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		}
 	}
 	printBackupResult(g, r, res, opts.Parent)
+	if created || ui.IsTerminal(os.Stdout) {
+		g.say("\nnext:\n  %s snapshots                          list snapshots\n  %s ls latest                          list the files of the newest\n  %s restore latest --target DIR       restore it into DIR\n  %s check                              verify the repository",
+			g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix())
+	}
 	if len(res.Errors) > 0 {
 		g.exitCode = ExitPartial
 	}

@@ -275,3 +275,11 @@ func (g *globals) say(format string, args ...any) {
 }
 
 func (g *globals) status() *ui.Status { return ui.NewStatus(os.Stderr, !g.quiet && !g.json) }
+
+// cmdPrefix is how to call floe again with the same repository, for hints.
+func (g *globals) cmdPrefix() string {
+	if g.usingDefault || os.Getenv("FLOE_REPOSITORY") == g.repo {
+		return "floe"
+	}
+	return "floe -r " + g.repo
+}

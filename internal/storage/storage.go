@@ -42,10 +42,14 @@ func (h Handle) String() string {
 		}
 		return "config"
 	}
-	if !validName(h.Name) {
-		return strconv.Quote(string(h.Type)) + "/" + strconv.Quote(h.Name)
+	typ := string(h.Type)
+	if ValidateListType(h.Type) != nil {
+		typ = strconv.Quote(typ)
 	}
-	return string(h.Type) + "/" + h.Name
+	if !validName(h.Name) {
+		return typ + "/" + strconv.Quote(h.Name)
+	}
+	return typ + "/" + h.Name
 }
 
 // ErrInvalid is returned (wrapped) for a handle or file type that no object

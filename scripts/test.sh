@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, vet, unit and end-to-end tests, and a
+# short run of every fuzz target. Installs what the tests need on a fresh
+# Debian machine with Go.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v fusermount3 >/dev/null 2>&1 || need+=(fuse3)
+command -v xattr >/dev/null 2>&1 || true
+if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing test dependencies: ${need[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
+    echo "warning: could not install ${need[*]}; tests that need them are skipped"
+fi
+
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+echo "== go vet"
+go vet ./...
+
+echo "== go test"
+go test -count=1 -timeout 20m ./...
+
+echo "== fuzz (each target briefly)"
+fuzztime=${FUZZTIME:-4s}
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+    echo "fuzz $pkg $target"
+    go test -run='^$' -fuzz="^${target}\$" -fuzztime="$fuzztime" "$pkg" >/tmp/floe-fuzz.log 2>&1 || {
+      cat /tmp/floe-fuzz.log; echo "fuzz target $target in $pkg failed"; exit 1; }
+  done
+done
+echo "all tests passed"
