@@ -1,0 +1,322 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/forget"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+func init() { extraCommands = append(extraCommands, newForgetCommand) }
+
+// forgetGroupJSON is one group of the --json document.
+type forgetGroupJSON struct {
+	Host   string           `json:"host,omitempty"`
+	Paths  []string         `json:"paths,omitempty"`
+	Tags   []string         `json:"tags,omitempty"`
+	Keep   []forgetKeepJSON `json:"keep"`
+	Remove []string         `json:"remove"`
+}
+
+type forgetKeepJSON struct {
+	ID      string   `json:"id"`
+	Reasons []string `json:"reasons"`
+}
+
+type forgetFlags struct {
+	policy                                          forget.Policy
+	within, withinHourly, withinDaily, withinWeekly string
+	withinMonthly, withinYearly                     string
+	groupBy                                         string
+	dryRun                                          bool
+	filter                                          snapshotFilterFlags
+}
+
+// parsePolicy fills f.policy's durations from the flags.
+func (f *forgetFlags) parsePolicy() error {
+	for _, d := range []struct {
+		flag string
+		s    string
+		dst  *forget.Duration
+	}{
+		{"keep-within", f.within, &f.policy.Within},
+		{"keep-within-hourly", f.withinHourly, &f.policy.WithinHourly},
+		{"keep-within-daily", f.withinDaily, &f.policy.WithinDaily},
+		{"keep-within-weekly", f.withinWeekly, &f.policy.WithinWeekly},
+		{"keep-within-monthly", f.withinMonthly, &f.policy.WithinMonthly},
+		{"keep-within-yearly", f.withinYearly, &f.policy.WithinYearly},
+	} {
+		if d.s == "" {
+			continue
+		}
+		v, err := forget.ParseDuration(d.s)
+		if err != nil {
+			return usageError{fmt.Errorf("--%s: %w", d.flag, err)}
+		}
+		*d.dst = v
+	}
+	if err := f.policy.Validate(); err != nil {
+		return usageError{err}
+	}
+	return nil
+}
+
+func newForgetCommand(g *globals) *cobra.Command {
+	f := &forgetFlags{}
+	c := &cobra.Command{
+		Use:   "forget [flags] [SNAPSHOT-ID...]",
+		Short: "Remove snapshots by ID or by a retention policy",
+		Long: `Remove snapshots from the repository: the ones given by ID, or those a
+retention policy does not keep.
+
+The policy is applied to each group of snapshots separately (--group-by,
+default: same host and same paths), and only to snapshots that match
+--host, --tag and --path; others are never touched. Snapshots are taken
+newest first:
+
+  --keep-last N      keep the N newest snapshots
+  --keep-hourly N    keep the newest snapshot of each of the last N hours
+                     that have snapshots; likewise --keep-daily, --keep-weekly
+                     (ISO weeks, Monday to Sunday), --keep-monthly and
+                     --keep-yearly. -1 means no limit.
+  --keep-within D    keep every snapshot newer than the group's newest minus
+                     D (e.g. 36h, 7d, 2w, 1m, 1y, 1y6m; m is months)
+  --keep-within-daily D (and -hourly, -weekly, -monthly, -yearly)
+                     keep the newest snapshot of each day within D
+  --keep-tag T       keep every snapshot tagged T ("a,b": tagged a and b)
+
+A snapshot is kept if any rule keeps it; the output says which. Hours, days
+and so on are counted in the local time zone. A policy with no rule is
+refused, so that a typo cannot delete everything.
+
+forget only removes snapshot records: the data they referenced stays in the
+repository, and space is reclaimed by prune (not yet available).`,
+		Example: `  floe forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
+  floe forget --host web1 --keep-last 10 --keep-within 30d
+  floe forget 4f2a9c1e 77b0d3aa`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := f.parsePolicy(); err != nil {
+				return err
+			}
+			if len(args) > 0 && !f.policy.Empty() {
+				return usageError{errors.New("give snapshot IDs or a policy (--keep-*), not both")}
+			}
+			if len(args) == 0 && f.policy.Empty() {
+				return usageError{errors.New("no policy given: use --keep-last, --keep-daily, --keep-within, ... or give snapshot IDs (forget refuses to remove every snapshot)")}
+			}
+			if len(args) == 0 {
+				if _, err := forget.Group(nil, f.groupBy); err != nil {
+					return usageError{err}
+				}
+			}
+			return runForget(cmd, g, f, args)
+		},
+	}
+	fl := c.Flags()
+	fl.IntVar(&f.policy.Last, "keep-last", 0, "keep the `N` newest snapshots")
+	fl.IntVar(&f.policy.Hourly, "keep-hourly", 0, "keep the newest snapshot of each of the last `N` hours with snapshots")
+	fl.IntVar(&f.policy.Daily, "keep-daily", 0, "keep the newest snapshot of each of the last `N` days with snapshots")
+	fl.IntVar(&f.policy.Weekly, "keep-weekly", 0, "keep the newest snapshot of each of the last `N` ISO weeks with snapshots")
+	fl.IntVar(&f.policy.Monthly, "keep-monthly", 0, "keep the newest snapshot of each of the last `N` months with snapshots")
+	fl.IntVar(&f.policy.Yearly, "keep-yearly", 0, "keep the newest snapshot of each of the last `N` years with snapshots")
+	fl.StringVar(&f.within, "keep-within", "", "keep snapshots newer than the newest minus `DURATION` (36h, 7d, 2w, 1m, 1y)")
+	fl.StringVar(&f.withinHourly, "keep-within-hourly", "", "keep the newest snapshot of each hour within `DURATION`")
+	fl.StringVar(&f.withinDaily, "keep-within-daily", "", "keep the newest snapshot of each day within `DURATION`")
+	fl.StringVar(&f.withinWeekly, "keep-within-weekly", "", "keep the newest snapshot of each week within `DURATION`")
+	fl.StringVar(&f.withinMonthly, "keep-within-monthly", "", "keep the newest snapshot of each month within `DURATION`")
+	fl.StringVar(&f.withinYearly, "keep-within-yearly", "", "keep the newest snapshot of each year within `DURATION`")
+	fl.StringArrayVar(&f.policy.Tags, "keep-tag", nil, "keep snapshots with this `TAG` (\"a,b\": both); repeatable")
+	fl.StringVar(&f.groupBy, "group-by", forget.DefaultGroupBy, "apply the policy per group of `FIELDS`: host, paths, tags, comma-separated, or \"\" for one group")
+	fl.BoolVarP(&f.dryRun, "dry-run", "n", false, "show what would be removed; remove nothing")
+	f.filter.add(c)
+	return c
+}
+
+type forgetGroup struct {
+	key    forget.GroupKey
+	keep   []*snapshot.Record
+	remove []*snapshot.Record
+}
+
+func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) error {
+	ctx := cmd.Context()
+	r, err := g.openRepo(ctx, false)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+
+	var groups []forgetGroup
+	reasons := map[hash.ID][]string{}
+	if len(args) > 0 {
+		var sel []*snapshot.Record
+		seen := map[hash.ID]bool{}
+		for _, a := range args {
+			sn, err := snapshot.Find(ctx, r, a, f.filter.filter())
+			if err != nil {
+				return err
+			}
+			if !seen[sn.ID] {
+				seen[sn.ID] = true
+				sel = append(sel, sn)
+			}
+		}
+		groups = []forgetGroup{{remove: sel}}
+	} else {
+		all, errs, err := snapshot.List(ctx, r)
+		if err != nil {
+			return err
+		}
+		for _, e := range errs {
+			g.warn("warning: %v (not considered)", e)
+		}
+		flt := f.filter.filter()
+		var sel []*snapshot.Record
+		for _, s := range all {
+			if flt.Match(s.Snapshot) {
+				sel = append(sel, s)
+			}
+		}
+		byKey, err := forget.Group(sel, f.groupBy)
+		if err != nil {
+			return usageError{err}
+		}
+		now := time.Now()
+		for _, k := range forget.SortedKeys(byKey) {
+			keep, remove, why := forget.Apply(byKey[k], f.policy, now)
+			for id, w := range why {
+				reasons[id] = w
+			}
+			groups = append(groups, forgetGroup{key: k, keep: keep, remove: remove})
+		}
+	}
+
+	if !g.json && !g.quiet {
+		printForgetPlan(groups, reasons, f.groupBy, len(args) > 0)
+	}
+
+	var toRemove []*snapshot.Record
+	for _, gr := range groups {
+		toRemove = append(toRemove, gr.remove...)
+	}
+	var failed []string
+	removed := 0
+	if !f.dryRun {
+		for _, sn := range toRemove {
+			if ctx.Err() != nil {
+				break
+			}
+			if err := r.RemoveSnapshot(ctx, sn.ID); err != nil {
+				g.warn("error: %v", err)
+				failed = append(failed, err.Error())
+				continue
+			}
+			removed++
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+
+	if g.json {
+		doc := map[string]any{"dry_run": f.dryRun, "groups": forgetJSON(groups, reasons), "removed": removed}
+		if len(failed) > 0 {
+			doc["errors"] = failed
+			g.exitCode = ExitError
+		}
+		return ui.WriteJSON(os.Stdout, doc)
+	}
+	switch {
+	case f.dryRun && len(toRemove) > 0:
+		g.say("dry run: would remove %d snapshots; nothing was changed", len(toRemove))
+	case f.dryRun:
+		g.say("dry run: nothing to remove")
+	case len(toRemove) == 0:
+		g.say("nothing to remove")
+	default:
+		g.say("removed %d snapshots; their data stays in the repository until prune reclaims the space (prune is not yet available)", removed)
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d snapshots could not be removed", len(failed), len(toRemove))
+	}
+	return nil
+}
+
+func groupTitle(k forget.GroupKey, groupBy string) string {
+	var parts []string
+	for _, f := range strings.Split(groupBy, ",") {
+		switch strings.TrimSpace(f) {
+		case "host":
+			parts = append(parts, "host "+k.Host)
+		case "paths":
+			parts = append(parts, "paths "+strings.Join(k.Paths(), " "))
+		case "tags":
+			t := strings.Join(k.Tags(), ",")
+			if t == "" {
+				t = "(none)"
+			}
+			parts = append(parts, "tags "+t)
+		}
+	}
+	if len(parts) == 0 {
+		return "all snapshots"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printForgetPlan(groups []forgetGroup, reasons map[hash.ID][]string, groupBy string, explicit bool) {
+	row := func(s *snapshot.Record, extra string) {
+		tags := strings.Join(s.Tags, ",")
+		fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
+			s.Hostname, tags, extra)
+	}
+	if len(groups) == 0 {
+		fmt.Println("no matching snapshots")
+	}
+	for i, gr := range groups {
+		if i > 0 {
+			fmt.Println()
+		}
+		if !explicit {
+			fmt.Printf("%s:\n", groupTitle(gr.key, groupBy))
+			fmt.Printf("keep %d snapshots:\n", len(gr.keep))
+			if len(gr.keep) > 0 {
+				fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Reasons")
+			}
+			for _, s := range gr.keep {
+				row(s, strings.Join(reasons[s.ID], ", "))
+			}
+		}
+		fmt.Printf("remove %d snapshots:\n", len(gr.remove))
+		if len(gr.remove) > 0 {
+			fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Paths")
+		}
+		for _, s := range gr.remove {
+			row(s, strings.Join(s.Paths, " "))
+		}
+	}
+}
+
+func forgetJSON(groups []forgetGroup, reasons map[hash.ID][]string) []forgetGroupJSON {
+	out := make([]forgetGroupJSON, 0, len(groups))
+	for _, gr := range groups {
+		j := forgetGroupJSON{Host: gr.key.Host, Paths: gr.key.Paths(), Tags: gr.key.Tags(),
+			Keep: []forgetKeepJSON{}, Remove: []string{}}
+		for _, s := range gr.keep {
+			j.Keep = append(j.Keep, forgetKeepJSON{ID: s.ID.String(), Reasons: reasons[s.ID]})
+		}
+		for _, s := range gr.remove {
+			j.Remove = append(j.Remove, s.ID.String())
+		}
+		out = append(out, j)
+	}
+	return out
+}

@@ -1,0 +1,150 @@
+// Package walk walks the trees of a snapshot: depth first, in name order,
+// with full paths ("/etc/passwd"). It is the one tree walker that ls, find,
+// diff, dump and stats share, and it resolves a path inside a snapshot to
+// its node.
+package walk
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// Loader loads a tree by its ID. snapshot.RepoTrees is one; Cache wraps
+// one with a bounded cache.
+type Loader interface {
+	LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error)
+}
+
+// SkipDir, returned by a Func for a directory, skips the directory's
+// contents (and its Leave call). Returned for any other node it is
+// ignored. It is fs.SkipDir, so code used to fs.WalkDir reads naturally.
+var SkipDir = fs.SkipDir
+
+// ErrNotFound is wrapped by Resolve when a path is not in the snapshot.
+var ErrNotFound = errors.New("no such file or directory in the snapshot")
+
+// ErrNotDir is wrapped by Resolve when a path goes through a non-directory.
+var ErrNotDir = errors.New("not a directory")
+
+// Func is called with the full path of a node and the node. The node must
+// not be modified: it may be shared through a Cache.
+type Func func(path string, node *snapshot.Node) error
+
+// Visitor holds the callbacks of Visit.
+type Visitor struct {
+	// Node is called for every node, before a directory's contents.
+	Node Func
+	// Leave, if set, is called after the contents of every directory
+	// whose Node call did not return SkipDir.
+	Leave Func
+}
+
+// Join returns the path of name inside the directory dir ("/" is the
+// snapshot's root). Names are raw bytes; nothing is cleaned.
+func Join(dir, name string) string {
+	if dir == "/" || dir == "" {
+		return "/" + name
+	}
+	return dir + "/" + name
+}
+
+// Walk calls fn for every node below the directory tree (a tree ID) whose
+// path is dir ("/" for a snapshot's root tree), depth first in name order.
+// The directory itself is not visited. An error from fn other than SkipDir
+// stops the walk and is returned; errors loading trees name the path.
+func Walk(ctx context.Context, l Loader, dir string, tree hash.ID, fn Func) error {
+	return Visit(ctx, l, dir, tree, Visitor{Node: fn})
+}
+
+// Visit is Walk with a Leave callback.
+func Visit(ctx context.Context, l Loader, dir string, tree hash.ID, v Visitor) error {
+	err := visit(ctx, l, dir, tree, v)
+	if err == SkipDir {
+		return nil
+	}
+	return err
+}
+
+func visit(ctx context.Context, l Loader, dir string, tree hash.ID, v Visitor) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	t, err := l.LoadTree(ctx, tree)
+	if err != nil {
+		return fmt.Errorf("load tree of %s (%s): %w", dir, tree.Short(), err)
+	}
+	for _, n := range t.Nodes {
+		p := Join(dir, n.Name)
+		err := v.Node(p, n)
+		if n.Type != snapshot.TypeDir {
+			if err != nil && err != SkipDir {
+				return err
+			}
+			continue
+		}
+		if err == SkipDir {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if !n.Subtree.IsNull() {
+			if err := visit(ctx, l, p, n.Subtree, v); err != nil {
+				return err
+			}
+		}
+		if v.Leave != nil {
+			if err := v.Leave(p, n); err != nil && err != SkipDir {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Clean returns p as an absolute, cleaned snapshot path: "" and "." are
+// "/", "etc//passwd/" is "/etc/passwd". ".." cannot climb above "/".
+func Clean(p string) string {
+	return path.Clean("/" + p)
+}
+
+// Root returns a node standing for a snapshot's root directory, whose
+// contents are the tree root. Its name is "/".
+func Root(root hash.ID) *snapshot.Node {
+	return &snapshot.Node{Name: "/", Type: snapshot.TypeDir, Subtree: root}
+}
+
+// Resolve returns the cleaned path p (see Clean) and its node in the
+// snapshot whose root tree is root. The root itself resolves to Root(root).
+// A missing path wraps ErrNotFound, a path through a file ErrNotDir.
+func Resolve(ctx context.Context, l Loader, root hash.ID, p string) (string, *snapshot.Node, error) {
+	p = Clean(p)
+	node := Root(root)
+	cur := "/"
+	for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if c == "" {
+			continue
+		}
+		if node.Type != snapshot.TypeDir {
+			return p, nil, fmt.Errorf("%s: %s is a %s: %w", p, cur, node.Type, ErrNotDir)
+		}
+		t, err := l.LoadTree(ctx, node.Subtree)
+		if err != nil {
+			return p, nil, fmt.Errorf("load tree of %s (%s): %w", cur, node.Subtree.Short(), err)
+		}
+		next := t.Find(c)
+		cur = Join(cur, c)
+		if next == nil {
+			return p, nil, fmt.Errorf("%s: %w", cur, ErrNotFound)
+		}
+		node = next
+	}
+	return p, node, nil
+}
