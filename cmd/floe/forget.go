@@ -236,13 +236,13 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 	switch {
 	case f.dryRun && len(toRemove) > 0:
-		g.say("dry run: would remove %d snapshots; nothing was changed", len(toRemove))
+		g.say("dry run: would remove %s; nothing was changed", snapshotCount(len(toRemove)))
 	case f.dryRun:
 		g.say("dry run: nothing to remove")
 	case len(toRemove) == 0:
 		g.say("nothing to remove")
 	default:
-		g.say("removed %d snapshots; their data stays in the repository until prune reclaims the space (prune is not yet available)", removed)
+		g.say("removed %s; their data stays in the repository until prune reclaims the space (prune is not yet available)", snapshotCount(removed))
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d snapshots could not be removed", len(failed), len(toRemove))
@@ -287,7 +287,7 @@ func printForgetPlan(groups []forgetGroup, reasons map[hash.ID][]string, groupBy
 		}
 		if !explicit {
 			fmt.Printf("%s:\n", groupTitle(gr.key, groupBy))
-			fmt.Printf("keep %d snapshots:\n", len(gr.keep))
+			fmt.Printf("keep %s:\n", snapshotCount(len(gr.keep)))
 			if len(gr.keep) > 0 {
 				fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Reasons")
 			}
@@ -295,7 +295,7 @@ func printForgetPlan(groups []forgetGroup, reasons map[hash.ID][]string, groupBy
 				row(s, strings.Join(reasons[s.ID], ", "))
 			}
 		}
-		fmt.Printf("remove %d snapshots:\n", len(gr.remove))
+		fmt.Printf("remove %s:\n", snapshotCount(len(gr.remove)))
 		if len(gr.remove) > 0 {
 			fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Paths")
 		}
@@ -319,4 +319,11 @@ func forgetJSON(groups []forgetGroup, reasons map[hash.ID][]string) []forgetGrou
 		out = append(out, j)
 	}
 	return out
+}
+
+func snapshotCount(n int) string {
+	if n == 1 {
+		return "1 snapshot"
+	}
+	return fmt.Sprintf("%d snapshots", n)
 }

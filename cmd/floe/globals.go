@@ -30,6 +30,9 @@ type globals struct {
 	json            bool
 	quiet           bool
 
+	cpuProfile string
+	memProfile string
+
 	usingDefault bool // no repository given: the default local one
 	exitCode     int
 }
@@ -46,6 +49,11 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.BoolVar(&g.noCache, "no-cache", false, "do not use the local cache")
 	f.BoolVar(&g.json, "json", false, "print JSON for scripts instead of text")
 	f.BoolVarP(&g.quiet, "quiet", "q", false, "print only errors")
+	// for developers: pprof profiles (see bench/README.md)
+	f.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile to this file")
+	f.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile to this file at exit")
+	_ = f.MarkHidden("cpu-profile")
+	_ = f.MarkHidden("mem-profile")
 }
 
 func envDefault(v *string, name string) {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -17,6 +18,14 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
+	// floe's heap is almost all pointer-free byte buffers (chunks, packs),
+	// which the GC does not scan, so collecting more often costs little
+	// CPU and keeps the peak near the live heap: measured on 512 MiB of
+	// mixed data, GOGC=25 gave 104 MB peak RSS against 150 MB at the
+	// default 100, with the same CPU time. GOGC in the environment wins.
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(25)
+	}
 	os.Exit(run(os.Args[1:]))
 }
 
@@ -26,6 +35,7 @@ func run(args []string) int {
 	g := &globals{}
 	root := newRootCommand(g)
 	root.SetArgs(args)
+	defer g.stopProfiles()
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return g.exitCode
@@ -72,6 +82,9 @@ Exit codes:
 		SilenceErrors: true,
 		Version:       version,
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.startProfiles(); err != nil {
+				return err
+			}
 			return g.resolve()
 		},
 	}

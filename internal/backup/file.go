@@ -245,11 +245,7 @@ func (a *archiver) blobSaver(ctx context.Context) {
 			}
 		}
 		if job.release {
-			data := job.data[:0]
-			if cap(data) > 2*int(a.params.Avg) {
-				data = nil // do not keep rare huge buffers
-			}
-			a.bufs <- data
+			a.bufs <- job.data[:0]
 		}
 		job.wg.Done()
 	}

@@ -25,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"slices"
 	"sync"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -104,32 +105,28 @@ func gear(seed [32]byte) *gearTable {
 	return actual.(*gearTable)
 }
 
-// bufSize is the size of the blocks read from the input. Chunks are assembled
-// in the caller's buffer, so it need not hold a whole chunk; 1 MiB makes few
-// system calls and stays in the CPU's caches between read and scan.
-const bufSize = 1 << 20
-
-var bufPool = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+// readSize bounds how far Next reads past the first point where the chunk
+// could end. Next reads the input straight into the caller's buffer, so most
+// bytes are copied only once (by the read); the bytes read past a cut, at
+// most readSize, are kept for the next chunk and copied twice.
+const readSize = 256 << 10
 
 // Chunker cuts an input into chunks. It is not safe for concurrent use.
 type Chunker struct {
-	rd      io.Reader
-	p       Params
-	g       *gearTable
-	strict  uint64
-	loose   uint64
-	buf     *[]byte // read buffer from bufPool, held while reading an input
-	pos     int     // next unscanned byte of *buf
-	end     int     // end of the data in *buf
-	eof     bool    // rd has reported io.EOF
-	err     error   // sticky error (invalid params, read error)
-	invalid error   // Validate's verdict on p
+	rd            io.Reader
+	p             Params
+	g             *gearTable
+	strict, loose uint64
+	rest          []byte // bytes read past the last cut: rest[pos:]
+	pos           int
+	eof           bool  // rd has reported io.EOF
+	err           error // sticky error: invalid params or a read error
+	invalid       error // Validate's verdict on p
 }
 
 // New returns a Chunker that cuts rd with parameters p. The gear table is
-// computed once per seed and shared, and the read buffer comes from a pool,
-// so New is cheap to call per file. If p is invalid, Next returns Validate's
-// error.
+// computed once per seed and shared, so New is cheap to call per file. If p is
+// invalid, Next returns Validate's error.
 func New(rd io.Reader, p Params) *Chunker {
 	c := &Chunker{p: p}
 	if c.invalid = p.Validate(); c.invalid == nil {
@@ -144,119 +141,118 @@ func New(rd io.Reader, p Params) *Chunker {
 // buffer.
 func (c *Chunker) Reset(rd io.Reader) {
 	c.rd = rd
-	c.pos, c.end = 0, 0
+	c.rest, c.pos = c.rest[:0], 0
 	c.eof = false
 	c.err = c.invalid
 }
 
-// release returns the read buffer to the pool once the input is finished.
-func (c *Chunker) release() {
-	if c.buf != nil {
-		bufPool.Put(c.buf)
-		c.buf = nil
-	}
-	c.pos, c.end = 0, 0
-}
-
-// maxEmptyReads is how many consecutive (0, nil) reads fill tolerates before
-// failing with io.ErrNoProgress, as bufio does.
-const maxEmptyReads = 100
-
-// fill reads the next block of input into the buffer, which must be fully
-// scanned. It returns false at the end of the input or on an error (c.err).
-func (c *Chunker) fill() bool {
-	if c.eof || c.err != nil {
-		return false
-	}
-	if c.buf == nil {
-		c.buf = bufPool.Get().(*[]byte)
-	}
-	buf := *c.buf
-	c.pos, c.end = 0, 0
-	for empty := 0; c.end < len(buf); {
-		n, err := c.rd.Read(buf[c.end:])
-		if n < 0 || n > len(buf)-c.end {
-			c.err = fmt.Errorf("chunker: read: invalid count %d from reader", n)
-			return false
-		}
-		c.end += n
-		if err == io.EOF {
-			c.eof = true
-			break
-		}
-		if err != nil {
-			c.err = fmt.Errorf("chunker: read: %w", err)
-			return false
-		}
-		if n > 0 {
-			// Do not wait for a full buffer: a pipe or socket may
-			// deliver the rest only later.
-			break
-		}
-		if empty++; empty >= maxEmptyReads {
-			c.err = fmt.Errorf("chunker: read: %w", io.ErrNoProgress)
-			return false
-		}
-	}
-	return c.end > 0
-}
-
 // Next returns the next chunk's bytes appended to buf[:0], so a caller can
-// reuse one buffer for every chunk. After the last chunk it returns io.EOF;
-// an empty input yields io.EOF at once. A read error is returned wrapped, and
-// again by later calls.
+// reuse one buffer for every chunk (it grows to about Max bytes). After the
+// last chunk it returns io.EOF; an empty input yields io.EOF at once. A read
+// error is returned wrapped, and again by later calls.
 func (c *Chunker) Next(buf []byte) ([]byte, error) {
 	out := buf[:0]
 	if c.err != nil {
 		return out, c.err
 	}
-	var (
-		minL   = int(c.p.Min)
-		avgL   = int(c.p.Avg)
-		maxL   = int(c.p.Max)
-		warm   = minL - 64 // hashing starts here; earlier bytes are shifted out by Min
-		length = 0         // bytes of the chunk consumed so far
-		h      uint64
-	)
+	var h uint64
+	if c.pos < len(c.rest) {
+		rest := c.rest[c.pos:]
+		n, cut, hh := c.advance(rest, 0, 0)
+		out, h = append(out, rest[:n]...), hh
+		c.pos += n
+		if cut {
+			return out, nil
+		}
+		c.rest, c.pos = c.rest[:0], 0
+	}
 	for {
-		if c.pos == c.end && !c.fill() {
-			if c.err != nil {
-				c.release()
-				return buf[:0], c.err
-			}
-			c.release()
+		length := len(out)
+		if c.eof {
 			if length == 0 {
 				return out, io.EOF
 			}
 			return out, nil
 		}
-		data := (*c.buf)[c.pos:c.end]
-		var n int // bytes of data taken into the chunk
-		cut := false
-		switch {
-		case length < warm:
-			// Too far from Min for any byte to reach the tested hash.
-			n = min(warm-length, len(data))
-		case length < minL-1:
-			// Warm up the hash over the 63 bytes before the first
-			// candidate cut, without testing.
-			n = min(minL-1-length, len(data))
-			h = roll(data[:n], h, c.g)
-		case length < avgL-1:
-			// The byte taken makes length+1 in [Min, Avg): strict.
-			n, cut, h = scan(data[:min(avgL-1-length, len(data))], h, c.strict, c.g)
-		case length < maxL-1:
-			// length+1 in [Avg, Max): loose.
-			n, cut, h = scan(data[:min(maxL-1-length, len(data))], h, c.loose, c.g)
-		default:
-			// length+1 == Max: forced cut.
-			n, cut = 1, true
+		// Read up to readSize bytes past the first possible cut, and
+		// never past Max.
+		want := min(int(c.p.Max), max(length, int(c.p.Min)-1)+readSize) - length
+		if cap(out)-length < want {
+			// Grow like append, so that small inputs in a fresh
+			// buffer stay small.
+			out = slices.Grow(out, min(want, max(cap(out), 64<<10)))
 		}
-		out = append(out, data[:n]...)
-		c.pos += n
-		length += n
+		n, err := c.read(out[length:min(cap(out), length+want)])
+		if err != nil {
+			c.err = err
+			return out[:0], err
+		}
+		out = out[:length+n]
+		k, cut, hh := c.advance(out[length:], length, h)
+		h = hh
 		if cut {
-			return out, nil
+			c.rest, c.pos = append(c.rest[:0], out[length+k:]...), 0
+			return out[:length+k], nil
+		}
+	}
+}
+
+// advance scans data, the bytes that follow the first length bytes of the
+// chunk, with h the hash after those. It returns how many bytes of data
+// belong to the chunk, whether the chunk ends after them, and the hash.
+func (c *Chunker) advance(data []byte, length int, h uint64) (n int, cut bool, hh uint64) {
+	minL, avgL, maxL := int(c.p.Min), int(c.p.Avg), int(c.p.Max)
+	for n < len(data) && !cut {
+		l, rest := length+n, data[n:]
+		var k int
+		switch {
+		case l < minL-64:
+			// Too far from Min for any byte to reach the tested hash
+			// (bit 63 of h depends on the last 64 bytes only).
+			k = min(minL-64-l, len(rest))
+		case l < minL-1:
+			// The 63 bytes before the first candidate cut.
+			k = min(minL-1-l, len(rest))
+			h = roll(rest[:k], h, c.g)
+		case l < avgL-1:
+			// The byte taken makes the length l+1 in [Min, Avg).
+			k, cut, h = scan(rest[:min(avgL-1-l, len(rest))], h, c.strict, c.g)
+		case l < maxL-1:
+			// l+1 in [Avg, Max).
+			k, cut, h = scan(rest[:min(maxL-1-l, len(rest))], h, c.loose, c.g)
+		default:
+			// l+1 == Max.
+			k, cut = 1, true
+		}
+		n += k
+	}
+	return n, cut, h
+}
+
+// maxEmptyReads is how many consecutive (0, nil) reads read tolerates before
+// failing with io.ErrNoProgress, as bufio does.
+const maxEmptyReads = 100
+
+// read reads some bytes into p (len(p) > 0). At the end of the input it sets
+// c.eof and may return 0 bytes.
+func (c *Chunker) read(p []byte) (int, error) {
+	for empty := 0; ; {
+		n, err := c.rd.Read(p)
+		if n < 0 || n > len(p) {
+			return 0, fmt.Errorf("chunker: read: reader returned invalid count %d", n)
+		}
+		if err == io.EOF {
+			c.eof = true
+			return n, nil
+		}
+		if err != nil {
+			return 0, fmt.Errorf("chunker: read: %w", err)
+		}
+		if n > 0 {
+			return n, nil
+		}
+		if empty++; empty >= maxEmptyReads {
+			return 0, fmt.Errorf("chunker: read: %w", io.ErrNoProgress)
 		}
 	}
 }

@@ -6,6 +6,7 @@ package compress
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -28,8 +29,10 @@ func encoder() *zstd.Encoder {
 	encOnce.Do(func() {
 		var err error
 		// EncodeAll is safe for concurrent use; concurrency bounds the
-		// number of encoder states kept.
-		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(8),
+		// encoder states kept, each with a history of the window size.
+		// Chunks average 1 MiB, so a 4 MiB window loses nothing.
+		enc, err = zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithWindowSize(4<<20),
 			zstd.WithZeroFrames(true), zstd.WithEncoderCRC(false))
 		if err != nil {
 			panic("zstd.NewWriter: " + err.Error())
@@ -41,7 +44,7 @@ func encoder() *zstd.Encoder {
 func decoder() *zstd.Decoder {
 	decOnce.Do(func() {
 		var err error
-		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(8), zstd.WithDecoderMaxMemory(128<<20))
+		dec, err = zstd.NewReader(nil, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithDecoderMaxMemory(128<<20))
 		if err != nil {
 			panic("zstd.NewReader: " + err.Error())
 		}

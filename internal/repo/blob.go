@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"runtime"
 	"sync"
 
 	"github.com/floe-backup/floe/internal/compress"
@@ -17,7 +16,7 @@ import (
 // so that a killed backup leaves most of its uploads usable.
 const packsPerIndex = 16
 
-// openPack is a pack being filled in memory by one worker at a time.
+// openPack is a pack being filled in memory.
 type openPack struct {
 	typ       BlobType
 	ephemeral crypto.PublicKey
@@ -26,20 +25,24 @@ type openPack struct {
 	blobs     []PackedBlob
 }
 
-// packWriter accepts blobs from many goroutines. Each goroutine takes an
-// open pack from a pool, so compression and encryption run in parallel;
-// full packs go to uploaders, which add them to the index once stored.
+// packWriter accepts blobs from many goroutines. They compress in parallel;
+// sealing a blob into the one open pack of its type happens under a lock
+// (AES-GCM runs at GB/s, so the lock is held briefly), which keeps memory
+// to three pack buffers: one filling, one uploading, one waiting.
 type packWriter struct {
-	r        *Repository
-	pools    map[BlobType]chan *openPack
-	uploads  chan *openPack
-	upWG     sync.WaitGroup
-	mu       sync.Mutex
-	pending  map[BlobHandle]struct{} // claimed but not yet in the index
-	unsaved  []PackInfo              // stored packs not yet in an index file
-	err      error                   // first upload error; sticky
-	scratch  sync.Pool
-	stats    SaveStats
+	r       *Repository
+	open    map[BlobType]*openPack
+	openMu  sync.Mutex
+	uploads chan *openPack
+	upWG    sync.WaitGroup
+	mu      sync.Mutex
+	pending map[BlobHandle]struct{} // claimed but not yet in the index
+	unsaved []PackInfo              // stored packs not yet in an index file
+	err     error                   // first upload error; sticky
+	scratch sync.Pool
+	free    chan []byte // pack buffers to reuse
+	stats   SaveStats
+	// onUpload is told the size of each stored pack (progress).
 	onUpload func(n int64)
 }
 
@@ -57,24 +60,12 @@ func (r *Repository) packWriter() *packWriter {
 	if r.writer != nil {
 		return r.writer
 	}
-	w := &packWriter{r: r, pools: map[BlobType]chan *openPack{}, uploads: make(chan *openPack),
-		pending: map[BlobHandle]struct{}{}}
-	n := runtime.GOMAXPROCS(0)
-	for _, t := range []BlobType{DataBlob, TreeBlob} {
-		slots := n
-		if t == TreeBlob {
-			slots = 1
-		}
-		ch := make(chan *openPack, slots)
-		for i := 0; i < slots; i++ {
-			ch <- nil // packs are created on first use
-		}
-		w.pools[t] = ch
-	}
-	for i := 0; i < 2; i++ {
-		w.upWG.Add(1)
-		go w.uploader()
-	}
+	w := &packWriter{r: r, open: map[BlobType]*openPack{}, uploads: make(chan *openPack),
+		pending: map[BlobHandle]struct{}{}, free: make(chan []byte, 2)}
+	// One uploader: a local disk stores a pack in well under the time the
+	// workers take to fill one; remote backends will want more.
+	w.upWG.Add(1)
+	go w.uploader()
 	r.writer = w
 	return w
 }
@@ -132,56 +123,68 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, id hash.ID, data 
 	} else {
 		plain = append(append(plain[:0], 0), data...)
 	}
+	envLen := len(plain) + crypto.Overhead
 
-	var p *openPack
-	select {
-	case p = <-w.pools[t]:
-	case <-ctx.Done():
-		return false, 0, ctx.Err()
+	w.openMu.Lock()
+	p := w.open[t]
+	var full *openPack
+	if p != nil && len(p.blobs) > 0 && len(p.buf)+envLen > cap(p.buf) {
+		full, p = p, nil // rotate before the buffer would have to grow
 	}
 	if p == nil {
 		var err error
-		if p, err = w.newPack(t); err != nil {
-			w.pools[t] <- nil
+		if p, err = w.newPack(t, envLen); err != nil {
+			w.openMu.Unlock()
 			return false, 0, err
 		}
+		w.open[t] = p
 	}
 	off := len(p.buf)
 	p.buf = p.aead.Seal(p.buf, plain, blobAD(h))
-	stored := len(p.buf) - off
-	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(stored), RawLength: uint32(len(data))})
+	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(envLen), RawLength: uint32(len(data))})
+	if len(p.buf) >= r.cfg.PackSize && full == nil {
+		full = p
+		delete(w.open, t)
+	}
+	w.openMu.Unlock()
 	*sp = plain
 	w.scratch.Put(sp)
 
-	full := len(p.buf) >= r.cfg.PackSize
-	if full {
-		w.pools[t] <- nil
-	} else {
-		w.pools[t] <- p
-	}
 	w.mu.Lock()
 	w.stats.Blobs++
 	w.stats.RawBytes += uint64(len(data))
-	w.stats.StoredBytes += uint64(stored)
+	w.stats.StoredBytes += uint64(envLen)
 	w.mu.Unlock()
-	if full {
-		if err := w.submit(ctx, p); err != nil {
-			return true, stored, err
+	if full != nil {
+		if err := w.submit(ctx, full); err != nil {
+			return true, envLen, err
 		}
 	}
-	return true, stored, nil
+	return true, envLen, nil
 }
 
-func (w *packWriter) newPack(t BlobType) (*openPack, error) {
+// newPack starts a pack whose buffer holds PackSize bytes (or one blob of
+// need bytes, if larger), so that appending never reallocates.
+func (w *packWriter) newPack(t BlobType, need int) (*openPack, error) {
 	eph, key, err := crypto.SealTo(w.r.secrets.DataPublic)
 	if err != nil {
 		return nil, err
 	}
 	size := w.r.cfg.PackSize
 	if t == TreeBlob {
-		size = 1 << 20
+		size = 4 << 20
 	}
-	return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), buf: make([]byte, 0, size+size/8)}, nil
+	var buf []byte
+	if t == DataBlob {
+		select {
+		case buf = <-w.free:
+		default:
+		}
+	}
+	if cap(buf) < max(size, need) {
+		buf = make([]byte, 0, max(size, need))
+	}
+	return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), buf: buf}, nil
 }
 
 func (w *packWriter) submit(ctx context.Context, p *openPack) error {
@@ -207,6 +210,13 @@ func (w *packWriter) uploader() {
 		if err := w.store(context.Background(), p); err != nil {
 			w.fail(err)
 		}
+		if p.typ == DataBlob {
+			select {
+			case w.free <- p.buf[:0]:
+			default:
+			}
+		}
+		p.buf = nil
 	}
 }
 
@@ -265,14 +275,14 @@ func (r *Repository) Flush(ctx context.Context) error {
 		return nil
 	}
 	var err error
-	for t, pool := range w.pools {
-		for i := 0; i < cap(pool); i++ {
-			p := <-pool
-			if p != nil && len(p.blobs) > 0 && err == nil {
-				err = w.submit(ctx, p)
-			}
+	w.openMu.Lock()
+	open := w.open
+	w.open = map[BlobType]*openPack{}
+	w.openMu.Unlock()
+	for _, t := range []BlobType{DataBlob, TreeBlob} {
+		if p := open[t]; p != nil && len(p.blobs) > 0 && err == nil {
+			err = w.submit(ctx, p)
 		}
-		_ = t
 	}
 	close(w.uploads)
 	w.upWG.Wait()

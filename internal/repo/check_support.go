@@ -5,6 +5,7 @@ package repo
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"sort"
 
@@ -43,6 +44,28 @@ func CheckKeyRecords(ctx context.Context, be storage.Backend) (ids []string, dam
 		}
 	}
 	return ids, damaged, nil
+}
+
+// CheckConfig reads the config again and verifies that it authenticates and
+// decodes to the config the repository was opened with.
+func (r *Repository) CheckConfig(ctx context.Context) error {
+	data, err := r.be.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
+	if err != nil {
+		return fmt.Errorf("read config: %w", err)
+	}
+	plain, err := r.meta.Open(nil, data, []byte(adConfig))
+	if err != nil {
+		return fmt.Errorf("config is damaged: %w", err)
+	}
+	var cfg Config
+	if err := json.Unmarshal(plain, &cfg); err != nil {
+		return fmt.Errorf("config is damaged: %w", err)
+	}
+	if cfg.ID != r.cfg.ID || cfg.Version != r.cfg.Version || cfg.Chunker != r.cfg.Chunker ||
+		cfg.PackSize != r.cfg.PackSize || cfg.Compression != r.cfg.Compression || !cfg.Created.Equal(r.cfg.Created) {
+		return fmt.Errorf("config changed since the repository was opened")
+	}
+	return nil
 }
 
 // UseIndexFiles makes the in-memory index the union of the given index

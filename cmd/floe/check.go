@@ -1,0 +1,306 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/check"
+	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+func init() { extraCommands = append(extraCommands, newCheckCommand) }
+
+// checkMaxAffectedLines caps the damaged paths that text output lists.
+const checkMaxAffectedLines = 200
+
+func newCheckCommand(g *globals) *cobra.Command {
+	var (
+		readData bool
+		subset   string
+	)
+	c := &cobra.Command{
+		Use:   "check [--read-data | --read-data-subset N%|n/m]",
+		Short: "Verify the repository, and show which snapshots and files any damage affects",
+		Long: `Verify the repository: the config and every key, index file, pack header
+and snapshot load and authenticate; the index agrees with the packs; every
+snapshot's trees decode and every blob they need is stored. check reports
+every problem it finds, not only the first, and for each damaged object the
+snapshots and files it affects.
+
+--read-data also reads every pack in full: its name must be the BLAKE3 hash
+of its bytes (b3sum can check that too, without a key), and every blob in
+it must decrypt, decompress and match its ID. That reads the whole
+repository. --read-data-subset reads a share of the packs:
+  N%    a random N% of the packs (decimals allowed)
+  n/m   the n-th of m fixed ranges of pack IDs (1/5 = the first fifth);
+        run 1/m, 2/m, ... m/m in turn to read every pack once per cycle
+
+Packs that no index file lists (left by an interrupted backup) and
+temporary files older than an hour are warnings: harmless, and prune
+removes such packs.
+
+Exit status: 0 when check found no damage (warnings allowed), 13 when it
+found damage, and the usual codes when the repository cannot be opened.`,
+		Example: `  floe check
+  floe check --read-data
+  floe check --read-data-subset 10%      # a random tenth of the packs
+  floe check --read-data-subset 3/7      # run 1/7 ... 7/7 on successive days
+  floe check --json | jq '.errors[].affected'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts := check.Options{ReadData: readData}
+			if subset != "" {
+				s, err := check.ParseSubset(subset)
+				if err != nil {
+					return usageError{err}
+				}
+				opts.Subset = &s
+			}
+			return runCheck(cmd.Context(), g, opts)
+		},
+	}
+	c.Flags().BoolVar(&readData, "read-data", false, "read every pack in full and verify every blob (reads the whole repository)")
+	c.Flags().StringVar(&subset, "read-data-subset", "", "like --read-data, but only for a `SUBSET` of the packs: N% (random) or n/m (the n-th of m parts)")
+	return c
+}
+
+func runCheck(ctx context.Context, g *globals, opts check.Options) error {
+	r, err := g.openRepo(ctx, false)
+	if err != nil {
+		return checkOpenFailure(ctx, g, err)
+	}
+	defer r.Close()
+
+	mode := ""
+	switch {
+	case opts.Subset != nil:
+		mode = ", reading the data of packs " + opts.Subset.String()
+	case opts.ReadData:
+		mode = ", reading all data"
+	}
+	g.say("checking repository %s%s", r.Backend().Location(), mode)
+
+	prog := &check.Progress{}
+	live := newCheckLiveStatus(g, func() string { return checkProgressLine(prog) })
+	opts.Progress = prog
+	res, err := check.Run(ctx, r, opts, func(p *check.Problem) {
+		if g.json || (g.quiet && p.Severity == check.Warning) {
+			return
+		}
+		live.println(p.String())
+	})
+	live.stop()
+	if err != nil {
+		return err
+	}
+	s := res.Summary
+	if g.json {
+		_ = ui.WriteJSON(os.Stdout, struct {
+			Repository string           `json:"repository"`
+			Errors     []*check.Problem `json:"errors"`
+			Warnings   []*check.Problem `json:"warnings"`
+			Summary    check.Summary    `json:"summary"`
+		}{r.Backend().Location(), res.Errors(), res.Warnings(), s})
+		if s.Errors > 0 {
+			g.exitCode = ExitDamage // the document says it all; no second JSON error
+		}
+		return nil
+	}
+	printCheckAffected(res)
+	g.say("%s", checkSummaryLine(s))
+	if s.Errors > 0 {
+		return &exitError{ExitDamage, fmt.Errorf("check found %d problem%s", s.Errors, checkPlural(s.Errors))}
+	}
+	if s.Warnings > 0 {
+		g.say("no damage found (%d warning%s)", s.Warnings, checkPlural(s.Warnings))
+	} else {
+		g.say("no problems found")
+	}
+	return nil
+}
+
+// printCheckAffected lists the damaged paths of each snapshot, and the
+// snapshots whose records cannot be read.
+func printCheckAffected(res *check.Result) {
+	s := res.Summary
+	if len(s.DamagedSnapshots) == 0 {
+		return
+	}
+	withPaths := map[string]bool{}
+	for _, a := range res.Affected {
+		withPaths[a.Snapshot.String()] = true
+	}
+	fmt.Printf("\ndamage affects %d snapshot%s", len(s.DamagedSnapshots), checkPlural(len(s.DamagedSnapshots)))
+	if n := len(res.Affected); n > 0 {
+		fmt.Printf(", %d path%s", n, checkPlural(n))
+	}
+	fmt.Println(":")
+	for _, id := range s.DamagedSnapshots {
+		if !withPaths[id] {
+			fmt.Printf("  snapshot %s: its record cannot be read\n", id[:8])
+		}
+	}
+	for i, a := range res.Affected {
+		if i == checkMaxAffectedLines {
+			fmt.Printf("  ... and %d more (floe check --json lists them all)\n", len(res.Affected)-i)
+			break
+		}
+		fmt.Printf("  %s\n", a)
+	}
+	fmt.Println()
+}
+
+func checkSummaryLine(s check.Summary) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "checked %d key%s, %d index file%s, %d pack%s (%s), %d blob%s, %d snapshot%s, %d tree%s, %d file%s",
+		s.Keys, checkPlural(s.Keys), s.IndexFiles, checkPlural(s.IndexFiles), s.Packs, checkPlural(s.Packs), ui.Bytes(uint64(s.PackBytes)),
+		s.Blobs, checkPlural(s.Blobs), s.Snapshots, checkPlural(s.Snapshots), s.Trees, checkPlural(s.Trees), s.Files, checkPlural(int(s.Files)))
+	if s.ReadData {
+		fmt.Fprintf(&b, "; read %d pack%s (%s) and verified %d blob%s", s.PacksRead, checkPlural(s.PacksRead),
+			ui.Bytes(uint64(s.BytesRead)), s.BlobsVerified, checkPlural(int(s.BlobsVerified)))
+	}
+	fmt.Fprintf(&b, " in %s", ui.Duration(time.Duration(s.DurationSeconds*float64(time.Second))))
+	if s.Errors > 0 || s.Warnings > 0 {
+		fmt.Fprintf(&b, ": %d error%s, %d warning%s", s.Errors, checkPlural(s.Errors), s.Warnings, checkPlural(s.Warnings))
+	}
+	if len(s.DamagedSnapshots) > 0 {
+		fmt.Fprintf(&b, "; %d of %d snapshot%s damaged", len(s.DamagedSnapshots), s.Snapshots, checkPlural(s.Snapshots))
+	}
+	return b.String()
+}
+
+func checkPlural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func checkProgressLine(p *check.Progress) string {
+	phase, since := p.Phase()
+	el := time.Since(since)
+	var b strings.Builder
+	fmt.Fprintf(&b, "[%s] %s", ui.Duration(el), phase)
+	done, total := p.Done.Load(), p.Total.Load()
+	switch {
+	case total > 0:
+		fmt.Fprintf(&b, ": %d/%d", done, total)
+	case done > 0:
+		fmt.Fprintf(&b, ": %d", done)
+	}
+	if bt := p.BytesTotal.Load(); bt > 0 {
+		bd := p.BytesDone.Load()
+		fmt.Fprintf(&b, ", %s/%s (%.0f%%), %s", ui.Bytes(uint64(bd)), ui.Bytes(uint64(bt)),
+			min(100, 100*float64(bd)/float64(bt)), ui.Rate(bd, el))
+		if bd > 0 && bd < bt {
+			eta := time.Duration(float64(el) * float64(bt-bd) / float64(bd))
+			fmt.Fprintf(&b, ", ETA %s", ui.Duration(eta))
+		}
+	}
+	return b.String()
+}
+
+// checkLiveStatus is a status line on stderr that lines printed on stdout
+// interrupt cleanly: the line is cleared before each, and redrawn later.
+type checkLiveStatus struct {
+	mu   sync.Mutex
+	st   *ui.Status
+	on   bool
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func newCheckLiveStatus(g *globals, line func() string) *checkLiveStatus {
+	l := &checkLiveStatus{st: g.status(), on: !g.quiet && !g.json && ui.IsTerminal(os.Stderr), done: make(chan struct{})}
+	if !l.on {
+		return l
+	}
+	l.wg.Add(1)
+	go func() {
+		defer l.wg.Done()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-l.done:
+				return
+			case <-t.C:
+				l.mu.Lock()
+				l.st.Show(line())
+				l.mu.Unlock()
+			}
+		}
+	}()
+	return l
+}
+
+func (l *checkLiveStatus) clear() {
+	if l.on {
+		l.st.Show("")
+		fmt.Fprint(os.Stderr, "\r")
+	}
+}
+
+func (l *checkLiveStatus) println(s string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.clear()
+	fmt.Println(s)
+}
+
+func (l *checkLiveStatus) stop() {
+	if !l.on {
+		return
+	}
+	close(l.done)
+	l.wg.Wait()
+	l.clear()
+}
+
+// checkOpenFailure tells damage that keeps the repository from opening
+// (every key damaged, or the config) from a wrong password, since check is
+// where people look when things break.
+func checkOpenFailure(ctx context.Context, g *globals, err error) error {
+	if errors.Is(err, repo.ErrNoRepository) || errors.Is(err, errNoRepoGiven) || ctx.Err() != nil {
+		return err
+	}
+	msg := err.Error()
+	if strings.Contains(msg, "config") && strings.Contains(msg, "damaged") {
+		return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: %v; without its config nothing in it can be read", msg)}
+	}
+	if !errors.Is(err, repo.ErrWrongKey) {
+		return err
+	}
+	be, berr := location.Open(g.repo)
+	if berr != nil {
+		return err
+	}
+	defer be.Close()
+	ids, damaged, kerr := repo.CheckKeyRecords(ctx, be)
+	if kerr != nil {
+		return err
+	}
+	if len(ids) == 0 {
+		return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: it has no keys (%s/keys is empty)", be.Location())}
+	}
+	if len(damaged) < len(ids) {
+		return err
+	}
+	var lines []string
+	for _, id := range ids {
+		lines = append(lines, "  "+damaged[id].Error())
+	}
+	sort.Strings(lines)
+	return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: every key is damaged (%d of %d), so no password or key file can open it:\n%s",
+		len(damaged), len(ids), strings.Join(lines, "\n"))}
+}

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
+	"github.com/floe-backup/floe/internal/walk"
+)
+
+func init() { extraCommands = append(extraCommands, newFindCommand) }
+
+// findMemoMax bounds the directories whose matches find remembers.
+const findMemoMax = 1 << 20
+
+func newFindCommand(g *globals) *cobra.Command {
+	var (
+		filter    snapshotFilterFlags
+		snapshots []string
+	)
+	c := &cobra.Command{
+		Use:   "find PATTERN...",
+		Short: "Find files in snapshots",
+		Long: `Find the files whose paths match a pattern, in every snapshot (or those
+selected by --host, --tag, --path and --snapshot), oldest snapshot first.
+
+Patterns work as everywhere in floe (backup --exclude, restore --include):
+a pattern without "/" matches a name anywhere ("*.conf", "id_rsa*"); a
+pattern with "/" matches a full path and everything below it
+("/home/*/.ssh", "/etc/nginx/*.conf"). Quote patterns so the shell leaves
+them alone. A leading "!" drops what an earlier pattern matched.
+
+Each match prints the snapshot ID, snapshot time, host, size, modification
+time and path; --json prints one JSON object per match and line.`,
+		Example: `  floe find '*.conf'
+  floe find --host web1 '/etc/nginx/*.conf'
+  floe find 'authorized_keys' --snapshot 4f2a9c1e --json`,
+		Args: usageArgs(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			for _, p := range args {
+				if _, err := filepath.Match(strings.TrimPrefix(p, "!"), ""); err != nil {
+					return usageError{fmt.Errorf("pattern %q: %w", p, err)}
+				}
+			}
+			m, err := pathmatch.New(args)
+			if err != nil {
+				return usageError{err}
+			}
+			if m.Empty() {
+				return usageError{fmt.Errorf("no pattern given")}
+			}
+			r, err := g.openRepo(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			sel, err := selectSnapshots(ctx, g, r, snapshots, filter.filter())
+			if err != nil {
+				return err
+			}
+			out := bufio.NewWriterSize(os.Stdout, 64<<10)
+			defer out.Flush()
+			n, err := findInSnapshots(ctx, treeLoader(r), m, sel, func(sn *snapshot.Record, p string, node *snapshot.Node) error {
+				if g.json {
+					return ui.WriteJSONLine(out, struct {
+						Snapshot string    `json:"snapshot"`
+						Time     time.Time `json:"time"`
+						Hostname string    `json:"hostname"`
+						*nodeJSONObject
+					}{sn.ID.String(), sn.Time, sn.Hostname, nodeJSON(p, node, false)})
+				}
+				size := "-"
+				if node.Type == snapshot.TypeFile {
+					size = ui.Bytes(node.Size)
+				}
+				mt := "-"
+				if !node.ModTime.IsZero() {
+					mt = node.ModTime.Local().Format("2006-01-02 15:04")
+				}
+				_, err := fmt.Fprintf(out, "%s  %s  %-12s %10s  %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"),
+					sn.Hostname, size, mt, displayPath(p))
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			if err := out.Flush(); err != nil {
+				return err
+			}
+			if !g.json && !g.quiet {
+				fmt.Fprintf(os.Stderr, "%d matches in %d snapshots\n", n, len(sel))
+			}
+			return nil
+		},
+	}
+	filter.add(c)
+	c.Flags().StringArrayVar(&snapshots, "snapshot", nil, "search only this snapshot (ID, prefix or \"latest\"); repeatable")
+	return c
+}
+
+// selectSnapshots returns the snapshots given by spec (IDs, prefixes,
+// "latest"), or with none every snapshot that passes the filter, oldest
+// first.
+func selectSnapshots(ctx context.Context, g *globals, r *repo.Repository, specs []string, f snapshot.Filter) ([]*snapshot.Record, error) {
+	if len(specs) > 0 {
+		var sel []*snapshot.Record
+		seen := map[hash.ID]bool{}
+		for _, s := range specs {
+			sn, err := snapshot.Find(ctx, r, s, f)
+			if err != nil {
+				return nil, err
+			}
+			if !seen[sn.ID] {
+				seen[sn.ID] = true
+				sel = append(sel, sn)
+			}
+		}
+		snapshot.SortByTime(sel)
+		return sel, nil
+	}
+	all, errs, err := snapshot.List(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range errs {
+		g.warn("warning: %v", e)
+	}
+	var sel []*snapshot.Record
+	for _, s := range all {
+		if f.Match(s.Snapshot) {
+			sel = append(sel, s)
+		}
+	}
+	return sel, nil
+}
+
+type findMatch struct {
+	path string
+	node *snapshot.Node
+}
+
+// findInSnapshots walks the snapshots and calls fn for every matching
+// path. A directory seen before at the same path with the same subtree
+// (the usual case between snapshots of one host) is not walked again:
+// its matches are remembered.
+func findInSnapshots(ctx context.Context, l walk.Loader, m *pathmatch.Matcher, sel []*snapshot.Record,
+	fn func(sn *snapshot.Record, p string, n *snapshot.Node) error) (int, error) {
+	type key struct {
+		path string
+		id   hash.ID
+	}
+	memo := map[key][]findMatch{}
+	total := 0
+	for _, sn := range sel {
+		var cur []findMatch
+		var stack []int
+		err := walk.Visit(ctx, l, "/", sn.Tree, walk.Visitor{
+			Node: func(p string, n *snapshot.Node) error {
+				if m.Match(p) {
+					cur = append(cur, findMatch{p, n})
+				}
+				if n.Type == snapshot.TypeDir {
+					if ms, ok := memo[key{p, n.Subtree}]; ok {
+						cur = append(cur, ms...)
+						return walk.SkipDir
+					}
+					stack = append(stack, len(cur))
+				}
+				return nil
+			},
+			Leave: func(p string, n *snapshot.Node) error {
+				start := stack[len(stack)-1]
+				stack = stack[:len(stack)-1]
+				if len(memo) < findMemoMax {
+					memo[key{p, n.Subtree}] = cur[start:len(cur):len(cur)]
+				}
+				return nil
+			},
+		})
+		if err != nil {
+			return total, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+		}
+		for _, fm := range cur {
+			if err := fn(sn, fm.path, fm.node); err != nil {
+				return total, err
+			}
+		}
+		total += len(cur)
+	}
+	return total, nil
+}

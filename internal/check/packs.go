@@ -1,0 +1,378 @@
+package check
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// packState is what check learned about a pack with a problem; blob
+// causes are derived from it.
+type packState struct {
+	problem    *Problem
+	missing    bool                     // in the index, not in storage
+	unreadable bool                     // read-data could not read it
+	headerBad  bool                     // its header does not load
+	pastEnd    map[repo.BlobHandle]bool // blobs beyond the end of a truncated pack
+	entryBad   map[repo.BlobHandle]bool
+	read       bool                       // read-data verified its indexed blobs ...
+	blobBad    map[repo.BlobHandle]string // ... and these failed
+}
+
+type packResult struct {
+	id         hash.ID
+	referenced bool
+	state      packState
+	issues     []string
+	header     *repo.PackHeader // of unreferenced packs, to find lost blobs
+	read       bool
+	bytesRead  int64
+	verified   int64
+}
+
+// checkPacks checks every pack the index lists and every pack in
+// storage: presence and size, header against the index, and with ReadData
+// the hash of the whole pack and every blob in it.
+func (c *checker) checkPacks(ctx context.Context) error {
+	ids := make([]hash.ID, 0, len(c.packSizes)+len(c.packRefs))
+	for id := range c.packSizes {
+		ids = append(ids, id)
+	}
+	for id := range c.packRefs {
+		if _, ok := c.packSizes[id]; !ok {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, func(a, b hash.ID) int { return strings.Compare(string(a[:]), string(b[:])) })
+
+	read := map[hash.ID]bool{}
+	var bytesTotal int64
+	if c.opts.ReadData {
+		stored := make([]hash.ID, 0, len(c.packSizes))
+		for id := range c.packSizes {
+			stored = append(stored, id)
+		}
+		sel := stored
+		if c.opts.Subset != nil {
+			sel = c.opts.Subset.Select(stored)
+		}
+		for _, id := range sel {
+			read[id] = true
+			bytesTotal += c.packSizes[id]
+		}
+	}
+	phase := "checking packs"
+	if c.opts.ReadData {
+		phase = "reading packs"
+	}
+	c.opts.Progress.start(phase, int64(len(ids)), bytesTotal)
+
+	var mu sync.Mutex
+	parallel(ctx, len(ids), c.opts.Workers, func(i int) {
+		res := c.checkPack(ctx, ids[i], read[ids[i]])
+		c.opts.Progress.add(1, res.bytesRead)
+		if ctx.Err() != nil {
+			return // errors of a canceled check are no damage
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		c.mergePack(res)
+	})
+	return ctx.Err()
+}
+
+// mergePack records and reports the result of one pack (under a lock).
+func (c *checker) mergePack(res *packResult) {
+	s := &c.res.Summary
+	s.BytesRead += res.bytesRead
+	s.BlobsVerified += res.verified
+	if res.read {
+		s.PacksRead++
+	}
+	object := "data/" + res.id.String()
+	if !res.referenced {
+		s.UnreferencedPacks++
+		if res.header != nil {
+			for _, b := range res.header.Blobs {
+				h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+				if _, ok := c.orphans[h]; !ok {
+					c.orphans[h] = res.id
+				}
+			}
+		}
+		msg := fmt.Sprintf("pack %s is unreferenced (left by an interrupted backup; harmless, prune removes it)", res.id.Short())
+		if c.indexDamaged > 0 {
+			msg = fmt.Sprintf("pack %s is in no readable index file; since an index file is damaged, it may hold data that snapshots need: do not prune", res.id.Short())
+		}
+		if len(res.issues) > 0 {
+			msg += "; also, it " + strings.Join(res.issues, "; ")
+		}
+		c.problem(Warning, KindUnreferenced, object, "%s", msg)
+		return
+	}
+	if len(res.issues) == 0 {
+		return
+	}
+	st := res.state
+	st.problem = c.problem(Error, KindPack, object, "pack %s %s", res.id.Short(), strings.Join(res.issues, "; "))
+	c.packStates[res.id] = &st
+}
+
+// checkPack checks one pack; it touches no shared state but the
+// read-only maps of the index phase.
+func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packResult {
+	refs := c.packRefs[id]
+	size, present := c.packSizes[id]
+	res := &packResult{id: id, referenced: len(refs) > 0}
+	st := &res.state
+	handle := storage.Handle{Type: storage.Pack, Name: id.String()}
+
+	if !res.referenced {
+		if c.indexDamaged > 0 {
+			if hdr, err := c.r.LoadPackHeader(ctx, id, size); err == nil {
+				res.header = hdr
+			}
+		}
+		if read {
+			data, err := c.be.Load(ctx, handle, 0, 0)
+			res.read = err == nil
+			res.bytesRead = int64(len(data))
+			switch {
+			case err != nil:
+				res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))
+			case hash.Sum(data) != id:
+				res.issues = append(res.issues, "is damaged: its content does not match its name")
+			}
+		}
+		return res
+	}
+
+	var indexNames []string
+	for _, ref := range refs {
+		indexNames = append(indexNames, ref.index.Short())
+	}
+	if !present {
+		st.missing = true
+		res.issues = append(res.issues, fmt.Sprintf("is missing (listed in index %s)", strings.Join(indexNames, ", ")))
+		return res
+	}
+
+	// The index says exactly what the pack holds, so its size is known.
+	if want := repo.PackSizeFor(refs[0].info.Blobs); size != want {
+		what := "damaged"
+		if size < want {
+			what = "truncated"
+		}
+		res.issues = append(res.issues, fmt.Sprintf("is %d bytes, but its index entry implies %d (%s)", size, want, what))
+		for _, ref := range refs {
+			for _, b := range ref.info.Blobs {
+				if int64(b.Offset)+int64(b.Length) > size {
+					if st.pastEnd == nil {
+						st.pastEnd = map[repo.BlobHandle]bool{}
+					}
+					st.pastEnd[repo.BlobHandle{Type: b.Type, ID: b.ID}] = true
+				}
+			}
+		}
+	}
+	hdr, err := c.r.LoadPackHeader(ctx, id, size)
+	if err != nil {
+		st.headerBad = true
+		res.issues = append(res.issues, "has a damaged header: "+trimPackPrefix(err.Error(), id))
+	} else {
+		c.compareHeader(res, hdr, refs)
+	}
+
+	if read {
+		c.readPack(ctx, res, handle, refs)
+	}
+	return res
+}
+
+// compareHeader checks that every index entry of the pack matches its header.
+func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []packRef) {
+	st := &res.state
+	inHeader := make(map[repo.BlobHandle]repo.PackedBlob, len(hdr.Blobs))
+	for _, b := range hdr.Blobs {
+		inHeader[repo.BlobHandle{Type: b.Type, ID: b.ID}] = b
+	}
+	indexed := map[repo.BlobHandle]bool{}
+	for _, ref := range refs {
+		bad := 0
+		for _, b := range ref.info.Blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			indexed[h] = true
+			if hb, ok := inHeader[h]; !ok || hb != b || ref.info.Ephemeral != hdr.Ephemeral {
+				if st.entryBad == nil {
+					st.entryBad = map[repo.BlobHandle]bool{}
+				}
+				st.entryBad[h] = true
+				bad++
+			}
+		}
+		switch {
+		case ref.info.Ephemeral != hdr.Ephemeral:
+			res.issues = append(res.issues, fmt.Sprintf("has another key in its header than in index %s", ref.index.Short()))
+		case bad > 0:
+			res.issues = append(res.issues, fmt.Sprintf("disagrees with index %s about %d of its blobs", ref.index.Short(), bad))
+		}
+	}
+	extra := 0
+	for h := range inHeader {
+		if !indexed[h] {
+			extra++
+		}
+	}
+	if extra > 0 {
+		res.issues = append(res.issues, fmt.Sprintf("holds %d blob%s that its index entry does not list", extra, plural(extra)))
+	}
+}
+
+// readPack reads the whole pack, checks its hash and verifies every blob
+// the index lists in it.
+func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.Handle, refs []packRef) {
+	st := &res.state
+	data, err := c.be.Load(ctx, handle, 0, 0)
+	if err != nil {
+		st.unreadable = true
+		res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))
+		return
+	}
+	res.read = true
+	res.bytesRead = int64(len(data))
+	if hash.Sum(data) != res.id {
+		res.issues = append(res.issues, "is damaged: its content does not match its name")
+	}
+	if c.r.WriteOnly() {
+		return
+	}
+	seen := map[repo.BlobHandle]bool{}
+	var blobs []repo.PackBlob
+	for _, ref := range refs {
+		for _, b := range ref.info.Blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			if !seen[h] {
+				seen[h] = true
+				blobs = append(blobs, repo.PackBlob{Handle: h, Offset: b.Offset, Length: b.Length, RawLength: b.RawLength})
+			}
+		}
+	}
+	st.read = true
+	var first string
+	_ = c.r.VerifyPackBlobs(res.id, refs[0].info.Ephemeral, data, blobs, func(b repo.PackBlob, _ []byte, err error) error {
+		if err == nil {
+			res.verified++
+		} else {
+			if st.blobBad == nil {
+				st.blobBad = map[repo.BlobHandle]string{}
+			}
+			st.blobBad[b.Handle] = err.Error()
+			if first == "" {
+				first = err.Error()
+			}
+		}
+		return nil
+	})
+	if n := len(st.blobBad); n > 0 {
+		res.issues = append(res.issues, fmt.Sprintf("has %d damaged blob%s of %d (first: %s)", n, plural(n), len(blobs), first))
+	}
+}
+
+// trimPackPrefix drops the "pack 1a2b3c4d: " that repo's errors start with.
+func trimPackPrefix(msg string, id hash.ID) string {
+	for _, p := range []string{"pack " + id.Short() + ": ", "pack " + id.Short() + " header: "} {
+		if s, ok := strings.CutPrefix(msg, p); ok {
+			return s
+		}
+	}
+	return msg
+}
+
+// cause says why a blob a snapshot needs is damaged, and which problem it
+// belongs to.
+type cause struct {
+	problem *Problem
+	text    string
+	// definite is false when the blob may be intact (its pack's header is
+	// damaged, but the blob itself was not read).
+	definite bool
+}
+
+// blobCause returns why the blob cannot be read, or nil if some copy of
+// it is (as far as this check knows) intact.
+func (c *checker) blobCause(h repo.BlobHandle) *cause {
+	loc, ok := c.r.Index().Lookup(h)
+	if !ok {
+		return c.missing(h)
+	}
+	cs := c.copyCause(loc.Pack, h)
+	if cs == nil {
+		return nil
+	}
+	for _, p := range c.altCopies[h] {
+		if c.copyCause(p, h) == nil {
+			return nil
+		}
+	}
+	return cs
+}
+
+func (c *checker) copyCause(pack hash.ID, h repo.BlobHandle) *cause {
+	ps := c.packStates[pack]
+	if ps == nil {
+		return nil
+	}
+	definite := true
+	var text string
+	switch {
+	case ps.missing:
+		text = fmt.Sprintf("pack %s is missing", pack.Short())
+	case ps.unreadable:
+		text = fmt.Sprintf("pack %s cannot be read", pack.Short())
+	case ps.read:
+		reason, bad := ps.blobBad[h]
+		if !bad {
+			return nil
+		}
+		return &cause{problem: ps.problem, text: reason, definite: true}
+	case ps.pastEnd[h]:
+		text = fmt.Sprintf("pack %s is truncated before the blob's end", pack.Short())
+	case ps.headerBad:
+		text = fmt.Sprintf("pack %s has a damaged header (check --read-data tells whether the blob is intact)", pack.Short())
+		definite = false
+	case ps.entryBad[h]:
+		text = fmt.Sprintf("its index entry disagrees with the header of pack %s", pack.Short())
+		definite = false
+	default:
+		return nil
+	}
+	return &cause{problem: ps.problem, text: fmt.Sprintf("%s blob %s: %s", h.Type, h.ID.Short(), text), definite: definite}
+}
+
+// missing returns the cause of a blob that no index lists.
+func (c *checker) missing(h repo.BlobHandle) *cause {
+	if c.missingProb == nil {
+		c.missingProb = &Problem{Severity: Error, Kind: KindMissingBlob, Object: "index"}
+		c.missingCount = map[repo.BlobType]int{}
+		c.missingSeen = map[repo.BlobHandle]bool{}
+	}
+	text := fmt.Sprintf("%s blob %s is in no index file", h.Type, h.ID.Short())
+	pack, orphan := c.orphans[h]
+	if orphan {
+		text += fmt.Sprintf(" (unreferenced pack %s holds it)", pack.Short())
+	}
+	if !c.missingSeen[h] {
+		c.missingSeen[h] = true
+		c.missingCount[h.Type]++
+		if orphan {
+			c.missingOrphan++
+		}
+	}
+	return &cause{problem: c.missingProb, text: text, definite: true}
+}

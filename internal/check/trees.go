@@ -1,0 +1,156 @@
+package check
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// damage is a damaged file or directory below a tree.
+type damage struct {
+	path  string // relative to the tree; "" is the tree itself
+	cause *cause
+}
+
+// walkSnapshots decodes the trees of every snapshot, each tree once, and
+// records which files and directories of which snapshots are damaged.
+func (c *checker) walkSnapshots(ctx context.Context) error {
+	if c.r.WriteOnly() {
+		return nil
+	}
+	c.opts.Progress.start("checking trees", 0, 0)
+	for _, sn := range c.snapshots {
+		dmg, err := c.walkTree(ctx, sn.Tree)
+		if err != nil {
+			return err
+		}
+		for _, d := range dmg {
+			a := Affected{Snapshot: sn.ID, Path: "/" + d.path, Cause: d.cause.text}
+			c.res.Affected = append(c.res.Affected, a)
+			p := d.cause.problem
+			if len(p.Affected) < MaxAffectedPerProblem {
+				p.Affected = append(p.Affected, a)
+			} else {
+				p.AffectedMore++
+			}
+		}
+	}
+	return nil
+}
+
+// walkTree returns what is damaged in tree id and below, walking it the
+// first time it is asked for.
+func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
+	if d, ok := c.trees[id]; ok {
+		return d, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	tree, cs, err := c.loadTree(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if cs != nil {
+		d := []damage{{cause: cs}}
+		c.trees[id] = d
+		return d, nil
+	}
+	c.res.Summary.Trees++
+	c.opts.Progress.add(1, 0)
+	c.walking[id] = true
+	defer delete(c.walking, id)
+
+	var out []damage
+	for _, n := range tree.Nodes {
+		switch n.Type {
+		case snapshot.TypeDir:
+			switch {
+			case n.Subtree.IsNull():
+				p := c.problem(Error, KindTree, "tree/"+id.String(), "tree %s: directory %s has no subtree", id.Short(), DisplayPath(n.Name))
+				out = append(out, damage{n.Name, &cause{problem: p, text: "directory without contents in tree " + id.Short(), definite: true}})
+				continue
+			case c.walking[n.Subtree]:
+				p := c.problem(Error, KindTree, "tree/"+id.String(), "tree %s: directory %s contains itself (a cycle of trees)", id.Short(), DisplayPath(n.Name))
+				out = append(out, damage{n.Name, &cause{problem: p, text: "directory contains itself", definite: true}})
+				continue
+			}
+			sub, err := c.walkTree(ctx, n.Subtree)
+			if err != nil {
+				return nil, err
+			}
+			for _, d := range sub {
+				p := n.Name
+				if d.path != "" {
+					p += "/" + d.path
+				}
+				out = append(out, damage{p, d.cause})
+			}
+		case snapshot.TypeFile:
+			c.res.Summary.Files++
+			out = append(out, c.fileDamage(n)...)
+		}
+	}
+	c.trees[id] = out
+	return out, nil
+}
+
+// loadTree loads and decodes a tree, or says why it cannot. The error is
+// only for a canceled check.
+func (c *checker) loadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, *cause, error) {
+	h := repo.BlobHandle{Type: repo.TreeBlob, ID: id}
+	cs := c.blobCause(h)
+	if cs != nil && cs.definite {
+		return nil, cs, nil
+	}
+	// A tree whose pack header is damaged may still be intact; loading it
+	// verifies it in full.
+	tree, err := snapshot.LoadTree(ctx, c.r, id)
+	if err == nil {
+		return tree, nil, nil
+	}
+	if ctx.Err() != nil {
+		return nil, nil, ctx.Err()
+	}
+	if cs != nil {
+		return nil, &cause{problem: cs.problem, text: err.Error(), definite: true}, nil
+	}
+	p := c.problem(Error, KindTree, "tree/"+id.String(), "%v", err)
+	return nil, &cause{problem: p, text: err.Error(), definite: true}, nil
+}
+
+// fileDamage returns the damage of a file's content: one entry per
+// problem that damages it.
+func (c *checker) fileDamage(n *snapshot.Node) []damage {
+	var out []damage
+	var counts []int
+	for _, id := range n.Content {
+		cs := c.blobCause(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+		if cs == nil {
+			continue
+		}
+		found := false
+		for i := range out {
+			if out[i].cause.problem == cs.problem {
+				counts[i]++
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, damage{n.Name, cs})
+			counts = append(counts, 1)
+		}
+	}
+	for i := range out {
+		if counts[i] > 1 {
+			cs := *out[i].cause
+			cs.text += fmt.Sprintf(" (and %d more damaged blob%s)", counts[i]-1, plural(counts[i]-1))
+			out[i].cause = &cs
+		}
+	}
+	return out
+}

@@ -1,0 +1,246 @@
+// Package stats measures snapshots and a repository: how much data the
+// snapshots hold (logical size), how much unique data that is after
+// deduplication (raw size), and what it takes in storage after
+// compression and encryption (stored size).
+package stats
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/walk"
+)
+
+// Index looks blobs up; *repo.Index is one.
+type Index interface {
+	Lookup(h repo.BlobHandle) (repo.Location, bool)
+}
+
+// Totals describe a set of snapshots.
+type Totals struct {
+	Snapshots int `json:"snapshots"`
+	// Counted in every snapshot, as a restore of each would create them.
+	Files       uint64 `json:"files"`
+	Dirs        uint64 `json:"dirs"`
+	Others      uint64 `json:"others"` // symlinks, devices, FIFOs, sockets
+	LogicalSize uint64 `json:"logical_size"`
+
+	// Unique blobs the snapshots reference, each counted once. Raw sizes
+	// are plaintext; stored sizes are compressed and encrypted, as in packs.
+	Blobs      uint64 `json:"blobs"`
+	DataBlobs  uint64 `json:"data_blobs"`
+	TreeBlobs  uint64 `json:"tree_blobs"`
+	DataRaw    uint64 `json:"data_raw_size"`
+	TreeRaw    uint64 `json:"tree_raw_size"`
+	RawSize    uint64 `json:"raw_size"`
+	StoredSize uint64 `json:"stored_size"`
+	// MissingBlobs are referenced but not in the index (`floe check`).
+	MissingBlobs uint64 `json:"missing_blobs"`
+
+	// DedupRatio is LogicalSize / DataRaw; CompressionRatio is
+	// RawSize / StoredSize. Zero when undefined.
+	DedupRatio       float64 `json:"dedup_ratio"`
+	CompressionRatio float64 `json:"compression_ratio"`
+}
+
+// Unique is the data that one snapshot references and no other does:
+// what forgetting it (and pruning) would free.
+type Unique struct {
+	Blobs      uint64 `json:"blobs"`
+	RawSize    uint64 `json:"raw_size"`
+	StoredSize uint64 `json:"stored_size"`
+}
+
+// RepoTotals describe the whole repository.
+type RepoTotals struct {
+	Packs     uint64 `json:"packs"`      // pack files in storage
+	PackBytes uint64 `json:"pack_bytes"` // their total size
+	// Every blob in the index, referenced or not.
+	Blobs      uint64 `json:"blobs"`
+	RawSize    uint64 `json:"raw_size"`
+	StoredSize uint64 `json:"stored_size"`
+}
+
+type counts struct {
+	files, dirs, others, size uint64
+}
+
+func (c *counts) add(o counts) {
+	c.files += o.files
+	c.dirs += o.dirs
+	c.others += o.others
+	c.size += o.size
+}
+
+type blobSet map[repo.BlobHandle]struct{}
+
+// Snapshots measures the snapshots whose root trees are roots. Each
+// distinct tree is loaded once: a subtree that several snapshots (or
+// places) share is counted from memory.
+func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.ID) (*Totals, error) {
+	c := &counter{l: l, memo: map[hash.ID]counts{}, blobs: blobSet{}}
+	t := &Totals{Snapshots: len(roots)}
+	var all counts
+	for _, root := range roots {
+		n, err := c.tree(ctx, "/", root)
+		if err != nil {
+			return nil, err
+		}
+		all.add(n)
+	}
+	t.Files, t.Dirs, t.Others, t.LogicalSize = all.files, all.dirs, all.others, all.size
+	for h := range c.blobs {
+		t.Blobs++
+		loc, ok := idx.Lookup(h)
+		if !ok {
+			t.MissingBlobs++
+			continue
+		}
+		if h.Type == repo.TreeBlob {
+			t.TreeBlobs++
+			t.TreeRaw += uint64(loc.RawLength)
+		} else {
+			t.DataBlobs++
+			t.DataRaw += uint64(loc.RawLength)
+		}
+		t.StoredSize += uint64(loc.Length)
+	}
+	t.RawSize = t.DataRaw + t.TreeRaw
+	t.DedupRatio = ratio(t.LogicalSize, t.DataRaw)
+	t.CompressionRatio = ratio(t.RawSize, t.StoredSize)
+	return t, nil
+}
+
+func ratio(a, b uint64) float64 {
+	if b == 0 {
+		return 0
+	}
+	return float64(a) / float64(b)
+}
+
+type counter struct {
+	l     walk.Loader
+	memo  map[hash.ID]counts // per tree: what is below it
+	blobs blobSet
+}
+
+// tree returns the counts below the directory tree id (at path dir) and
+// adds its blobs to the set.
+func (c *counter) tree(ctx context.Context, dir string, id hash.ID) (counts, error) {
+	if n, ok := c.memo[id]; ok {
+		return n, nil
+	}
+	c.blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = struct{}{}
+	var sum counts
+	err := walk.Walk(ctx, c.l, dir, id, func(p string, n *snapshot.Node) error {
+		switch n.Type {
+		case snapshot.TypeDir:
+			sum.dirs++
+			if n.Subtree.IsNull() {
+				return walk.SkipDir
+			}
+			sub, err := c.tree(ctx, p, n.Subtree)
+			if err != nil {
+				return err
+			}
+			sum.add(sub)
+			return walk.SkipDir
+		case snapshot.TypeFile:
+			sum.files++
+			sum.size += n.Size
+			for _, b := range n.Content {
+				c.blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b}] = struct{}{}
+			}
+		default:
+			sum.others++
+		}
+		return nil
+	})
+	if err != nil {
+		return counts{}, err
+	}
+	c.memo[id] = sum
+	return sum, nil
+}
+
+// blobsOf calls fn for every blob below the root trees, skipping trees in
+// seen (and adding the ones it walks).
+func blobsOf(ctx context.Context, l walk.Loader, roots []hash.ID, seen map[hash.ID]bool, fn func(repo.BlobHandle)) error {
+	for _, root := range roots {
+		if seen[root] {
+			continue
+		}
+		seen[root] = true
+		fn(repo.BlobHandle{Type: repo.TreeBlob, ID: root})
+		err := walk.Walk(ctx, l, "/", root, func(p string, n *snapshot.Node) error {
+			switch n.Type {
+			case snapshot.TypeDir:
+				if n.Subtree.IsNull() || seen[n.Subtree] {
+					return walk.SkipDir
+				}
+				seen[n.Subtree] = true
+				fn(repo.BlobHandle{Type: repo.TreeBlob, ID: n.Subtree})
+			case snapshot.TypeFile:
+				for _, b := range n.Content {
+					fn(repo.BlobHandle{Type: repo.DataBlob, ID: b})
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UniqueTo measures the blobs that the snapshot with root tree target
+// references and none of the others do.
+func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.ID, others []hash.ID) (*Unique, error) {
+	set := blobSet{}
+	if err := blobsOf(ctx, l, []hash.ID{target}, map[hash.ID]bool{}, func(h repo.BlobHandle) { set[h] = struct{}{} }); err != nil {
+		return nil, err
+	}
+	seen := map[hash.ID]bool{}
+	for _, o := range others {
+		if len(set) == 0 {
+			break
+		}
+		if err := blobsOf(ctx, l, []hash.ID{o}, seen, func(h repo.BlobHandle) { delete(set, h) }); err != nil {
+			return nil, err
+		}
+	}
+	u := &Unique{}
+	for h := range set {
+		u.Blobs++
+		if loc, ok := idx.Lookup(h); ok {
+			u.RawSize += uint64(loc.RawLength)
+			u.StoredSize += uint64(loc.Length)
+		}
+	}
+	return u, nil
+}
+
+// Repository measures the whole repository: its pack files as stored and
+// every blob in the loaded index.
+func Repository(ctx context.Context, r *repo.Repository) (*RepoTotals, error) {
+	t := &RepoTotals{}
+	err := r.Backend().List(ctx, storage.Pack, func(fi storage.FileInfo) error {
+		t.Packs++
+		t.PackBytes += uint64(fi.Size)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list packs: %w", err)
+	}
+	r.Index().Each(func(h repo.BlobHandle, loc repo.Location) {
+		t.Blobs++
+		t.RawSize += uint64(loc.RawLength)
+		t.StoredSize += uint64(loc.Length)
+	})
+	return t, nil
+}
