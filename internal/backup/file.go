@@ -245,7 +245,11 @@ func (a *archiver) blobSaver(ctx context.Context) {
 			}
 		}
 		if job.release {
-			a.bufs <- job.data[:0]
+			data := job.data[:0]
+			if cap(data) > 4*int(a.params.Avg) {
+				data = nil // a rare huge chunk: do not keep its buffer
+			}
+			a.bufs <- data
 		}
 		job.wg.Done()
 	}

@@ -61,7 +61,7 @@ func (r *Repository) packWriter() *packWriter {
 		return r.writer
 	}
 	w := &packWriter{r: r, open: map[BlobType]*openPack{}, uploads: make(chan *openPack),
-		pending: map[BlobHandle]struct{}{}, free: make(chan []byte, 2)}
+		pending: map[BlobHandle]struct{}{}, free: make(chan []byte, 1)}
 	// One uploader: a local disk stores a pack in well under the time the
 	// workers take to fill one; remote backends will want more.
 	w.upWG.Add(1)

@@ -4,7 +4,6 @@ package testutil
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+	"lukechampine.com/blake3"
 )
 
 // CompareOptions tune DiffTrees.
@@ -451,7 +451,7 @@ func compareContent(pa, pb string, size int64) (string, error) {
 }
 
 // Manifest maps each regular file below root (relative name) to its size
-// and SHA-256, for comparing with a restore when the original has changed
+// and BLAKE3 hash, for comparing with a restore when the original has changed
 // since.
 func Manifest(t testing.TB, root string) map[string]string {
 	t.Helper()
@@ -502,13 +502,13 @@ func manifest(root string) (map[string]string, error) {
 			return err
 		}
 		defer f.Close()
-		h := sha256.New()
+		h := blake3.New(32, nil)
 		n, err := io.Copy(h, f)
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
-		out[rel] = fmt.Sprintf("%d bytes sha256 %x", n, h.Sum(nil))
+		out[rel] = fmt.Sprintf("%d bytes, BLAKE3 %x", n, h.Sum(nil))
 		return nil
 	})
 	return out, err

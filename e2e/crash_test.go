@@ -1,0 +1,158 @@
+package e2e
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+// Backups killed with SIGKILL at random moments leave a repository that
+// check passes, whose earlier snapshots restore byte for byte, and in which
+// the next backup succeeds.
+func TestCrashSafety(t *testing.T) {
+	t.Parallel()
+	const (
+		budget        = 50 * time.Second // stop starting rounds after this
+		minRounds     = 4
+		maxRounds     = 10
+		largeFileSize = 64 << 20
+	)
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 1))
+	start := time.Now()
+
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	testutil.ManyFiles(t, src, 1500, 40<<10, seed) // ~60 MiB
+	for i := range 2 {
+		testutil.WriteRandom(t, filepath.Join(src, fmt.Sprintf("large%d", i)), largeFileSize, seed+uint64(i)+1)
+	}
+	haveCheck := hasCommand(t, "check")
+	if !haveCheck {
+		t.Log("floe has no check command yet: checking with snapshots and restores only")
+	}
+
+	type done struct {
+		id       string
+		manifest map[string]string
+	}
+	var snaps []done
+	maxDelay := 2 * time.Second
+	for round := 0; round < maxRounds && (round < minRounds || time.Since(start) < budget); round++ {
+		if round > 0 {
+			// new data for this round: one large file and some small ones
+			testutil.WriteRandom(t, filepath.Join(src, fmt.Sprintf("large%d", round%2)), largeFileSize, seed+uint64(100+round))
+			for i := range 30 {
+				p := filepath.Join(src, "d"+fmt.Sprint(i%15), fmt.Sprintf("new-%d-%d", round, i))
+				os.WriteFile(p, testutil.RandomBytes(seed+uint64(1000*round+i), 20<<10), 0o644)
+			}
+		}
+		manifest := testutil.Manifest(t, src)
+
+		delay := 50*time.Millisecond + time.Duration(rng.Int64N(int64(maxDelay-50*time.Millisecond)))
+		finished, took, out := e.killBackup(src, delay)
+		if finished {
+			t.Logf("round %d: the backup finished in %v, before the kill: %s", round, took, out)
+			// kill earlier from now on
+			maxDelay = max(100*time.Millisecond, took*9/10)
+		} else {
+			t.Logf("round %d: killed after %v", round, delay)
+		}
+		phase := time.Now()
+
+		if haveCheck {
+			r := e.floe("check")
+			if r.code != 0 {
+				t.Fatalf("round %d: check after a killed backup: %s", round, r)
+			}
+		}
+		list := e.snapshots()
+		ids := map[string]bool{}
+		for _, s := range list {
+			ids[s.ID] = true
+		}
+		for _, s := range snaps {
+			if !ids[s.id] {
+				t.Fatalf("round %d: snapshot %s is gone", round, s.id[:8])
+			}
+		}
+
+		// earlier snapshots restore byte for byte: the first and the newest
+		for i, s := range snaps {
+			if i != 0 && i != len(snaps)-1 {
+				continue
+			}
+			dst := e.path(fmt.Sprintf("restore-%d-%d", round, i))
+			r := e.floe("restore", s.id+":"+src, "--target", dst)
+			if r.code != 0 {
+				t.Fatalf("round %d: restore of snapshot %s: %s", round, s.id[:8], r)
+			}
+			testutil.DiffManifest(t, s.manifest, dst)
+			os.RemoveAll(dst)
+			if t.Failed() {
+				t.FailNow()
+			}
+		}
+
+		checked := time.Since(phase)
+
+		// the next backup succeeds and holds this round's files
+		phase = time.Now()
+		b, _ := e.backup(src)
+		snaps = append(snaps, done{b.Snapshot, manifest})
+		t.Logf("round %d: checks and restores %v, next backup %v", round, checked.Round(time.Millisecond), time.Since(phase).Round(time.Millisecond))
+	}
+	if haveCheck {
+		if r := e.floe("check"); r.code != 0 {
+			t.Fatalf("final check: %s", r)
+		}
+	}
+	last := snaps[len(snaps)-1]
+	dst := e.path("restore-final")
+	e.ok("restore", "--verify", last.id+":"+src, "--target", dst)
+	testutil.DiffManifest(t, last.manifest, dst)
+	t.Logf("%d rounds in %v", len(snaps), time.Since(start).Round(time.Millisecond))
+}
+
+// killBackup starts a backup of src and kills it with SIGKILL after delay.
+// It reports whether the backup had finished already, and when.
+func (e *floeEnv) killBackup(src string, delay time.Duration) (bool, time.Duration, string) {
+	e.t.Helper()
+	cmd := exec.Command(floeBin, append(e.repoArgs(), "backup", "--force", src)...)
+	cmd.Env = e.environ()
+	cmd.Dir = e.dir
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if s, leaked := leakedSecret(out.String()); leaked {
+			e.t.Errorf("backup printed the secret %.6s...", s)
+		}
+	}()
+	select {
+	case err := <-exited:
+		if err != nil {
+			e.t.Fatalf("backup failed before it was killed: %v\n%s", err, out.String())
+		}
+		return true, time.Since(start), strings.TrimSpace(out.String())
+	case <-time.After(delay):
+		cmd.Process.Kill()
+		<-exited
+		return false, delay, ""
+	}
+}

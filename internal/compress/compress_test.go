@@ -1,0 +1,340 @@
+package compress
+
+import (
+	"bytes"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+func randomData(seed uint64, n int) []byte {
+	b := make([]byte, n)
+	rand.NewChaCha8([32]byte{byte(seed)}).Read(b)
+	return b
+}
+
+var (
+	corpusOnce sync.Once
+	corpus     []byte
+)
+
+// textCorpus returns up to n bytes of Go source from GOROOT, or synthetic
+// text if there is none.
+func textCorpus(tb testing.TB, n int) []byte {
+	tb.Helper()
+	corpusOnce.Do(func() {
+		const size = 16 << 20
+		root := filepath.Join(runtime.GOROOT(), "src")
+		filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+			if err != nil || len(corpus) >= size {
+				return filepath.SkipDir
+			}
+			if !d.IsDir() && strings.HasSuffix(path, ".go") {
+				if b, err := os.ReadFile(path); err == nil {
+					corpus = append(corpus, b...)
+				}
+			}
+			return nil
+		})
+		if len(corpus) < 1<<20 {
+			// No GOROOT sources: words from a small vocabulary.
+			r := rand.New(rand.NewPCG(1, 1))
+			words := strings.Fields("the of and to in is for that func return if err nil int string byte range go")
+			for len(corpus) < size {
+				corpus = append(corpus, words[r.IntN(len(words))]...)
+				corpus = append(corpus, " \n"[r.IntN(2)])
+			}
+		}
+	})
+	return corpus[:min(n, len(corpus))]
+}
+
+func roundTrip(t *testing.T, src []byte) (compressed int, ok bool) {
+	t.Helper()
+	prefix := []byte("prefix")
+	out, ok := Compress(bytes.Clone(prefix), src)
+	if !bytes.HasPrefix(out, prefix) {
+		t.Fatalf("Compress lost the prefix of dst")
+	}
+	if !ok {
+		if len(out) != len(prefix) {
+			t.Fatalf("ok=false but dst grew from %d to %d bytes", len(prefix), len(out))
+		}
+		return len(src), false
+	}
+	if len(out)-len(prefix) >= len(src) {
+		t.Fatalf("ok=true but %d bytes compressed to %d", len(src), len(out)-len(prefix))
+	}
+	got, err := Decompress([]byte("other"), out[len(prefix):], len(src))
+	if err != nil {
+		t.Fatalf("Decompress: %v", err)
+	}
+	if !bytes.Equal(got, append([]byte("other"), src...)) {
+		t.Fatalf("round trip of %d bytes differs", len(src))
+	}
+	return len(out) - len(prefix), true
+}
+
+func TestRoundTrip(t *testing.T) {
+	text := textCorpus(t, 8<<20)
+	for _, n := range []int{1000, 4096, trialSize - 1, trialSize, trialSize + 1, 1 << 20, 8 << 20} {
+		c, ok := roundTrip(t, text[:n])
+		if !ok {
+			t.Errorf("text, %d bytes: not compressed", n)
+		}
+		t.Logf("text, %d bytes: %d compressed (%.2f)", n, c, float64(c)/float64(n))
+	}
+	if _, ok := roundTrip(t, make([]byte, 3<<20)); !ok {
+		t.Error("zeros not compressed")
+	}
+	// Text compresses well.
+	if c, _ := roundTrip(t, text[:1<<20]); c > 1<<20/3 {
+		t.Errorf("1 MiB of Go source compressed to %d bytes, want < 1/3", c)
+	}
+}
+
+func TestDoesNotPay(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		src  []byte
+	}{
+		{"empty", nil},
+		{"tiny", []byte("hello, world")},
+		{"random small", randomData(1, 1000)},
+		{"random", randomData(2, 1<<20)},
+		// The trial decides: a compressible tail does not matter.
+		{"random head", append(randomData(3, trialSize), make([]byte, 1<<20)...)},
+		// Saves less than 1/16: random bytes mixed with a few zeros.
+		{"barely", append(randomData(4, 60<<10), make([]byte, 3<<10)...)},
+	} {
+		if _, ok := roundTrip(t, tc.src); ok {
+			t.Errorf("%s: compressed, want ok=false", tc.name)
+		}
+	}
+	// With more zeros the trial saves more than 1/16.
+	if _, ok := roundTrip(t, append(randomData(4, 56<<10), make([]byte, 12<<10)...)); !ok {
+		t.Error("56 KiB random + 12 KiB zeros not compressed")
+	}
+}
+
+func TestMaxSize(t *testing.T) {
+	src := textCorpus(t, 200<<10)
+	c, ok := Compress(nil, src)
+	if !ok {
+		t.Fatal("not compressed")
+	}
+	for _, max := range []int{0, 1000, len(src) - 1} {
+		out, err := Decompress([]byte("x"), c, max)
+		if err == nil || !strings.Contains(err.Error(), "exceeds the limit") {
+			t.Errorf("maxSize %d: %v, want exceeds the limit", max, err)
+		}
+		if string(out) != "x" {
+			t.Errorf("maxSize %d: dst changed on error", max)
+		}
+	}
+	if _, err := Decompress(nil, c, -1); err == nil {
+		t.Error("negative maxSize accepted")
+	}
+	if out, err := Decompress(nil, c, len(src)); err != nil || !bytes.Equal(out, src) {
+		t.Errorf("maxSize = size: %v", err)
+	}
+
+	// A frame that does not declare its size is bounded too.
+	var buf bytes.Buffer
+	w, _ := zstd.NewWriter(&buf, zstd.WithEncoderConcurrency(1))
+	w.Write(src)
+	w.Close()
+	if h := (zstd.Header{}); h.Decode(buf.Bytes()) != nil || h.HasFCS {
+		t.Fatal("stream frame declares its size; test needs another frame")
+	}
+	if _, err := Decompress(nil, buf.Bytes(), len(src)-1); err == nil || !strings.Contains(err.Error(), "exceeds the limit") {
+		t.Errorf("frame without size, maxSize too small: %v", err)
+	}
+	if out, err := Decompress(nil, buf.Bytes(), len(src)); err != nil || !bytes.Equal(out, src) {
+		t.Errorf("frame without size: %v", err)
+	}
+}
+
+func TestCorrupt(t *testing.T) {
+	src := textCorpus(t, 300<<10)
+	c, _ := Compress(nil, src)
+	cases := map[string][]byte{
+		"empty":     nil,
+		"garbage":   randomData(5, 1000),
+		"truncated": c[:len(c)/2],
+		"header":    c[:6],
+		"trailing":  append(bytes.Clone(c), 1, 2, 3, 4, 5, 6, 7, 8),
+		"twice":     append(bytes.Clone(c), c...),
+	}
+	for name, data := range cases {
+		out, err := Decompress([]byte("x"), data, len(src))
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		} else if !strings.HasPrefix(err.Error(), "compress: ") {
+			t.Errorf("%s: error %q lacks the package prefix", name, err)
+		}
+		if string(out) != "x" {
+			t.Errorf("%s: dst changed on error", name)
+		}
+	}
+	// Flipped bits: the AEAD around blobs catches these; here Decompress
+	// must only fail cleanly or return no more than maxSize bytes.
+	r := rand.New(rand.NewPCG(2, 2))
+	for range 300 {
+		d := bytes.Clone(c)
+		d[r.IntN(len(d))] ^= byte(1 << r.IntN(8))
+		if out, err := Decompress(nil, d, len(src)); err == nil && len(out) > len(src) {
+			t.Fatalf("corrupt input decompressed to %d bytes, limit %d", len(out), len(src))
+		}
+	}
+}
+
+func TestConcurrent(t *testing.T) {
+	text := textCorpus(t, 4<<20)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			var c, d []byte
+			for i := range 8 {
+				src := text[(g*8+i)*100<<10:][:100<<10]
+				var ok bool
+				if c, ok = Compress(c[:0], src); !ok {
+					t.Error("not compressed")
+					return
+				}
+				var err error
+				if d, err = Decompress(d[:0], c, len(src)); err != nil || !bytes.Equal(d, src) {
+					t.Errorf("round trip: %v", err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func FuzzDecompress(f *testing.F) {
+	text := textCorpus(f, 100<<10)
+	c, _ := Compress(nil, text[:20<<10])
+	f.Add(c, uint32(20<<10))
+	f.Add(c, uint32(100))
+	f.Add([]byte("\x28\xb5\x2f\xfd\x00\x00\x00"), uint32(10))
+	f.Add([]byte{}, uint32(0))
+	f.Fuzz(func(t *testing.T, data []byte, max uint32) {
+		max %= 4 << 20
+		out, err := Decompress([]byte("x"), data, int(max))
+		if err != nil {
+			if string(out) != "x" {
+				t.Fatalf("dst changed on error %v", err)
+			}
+		} else if len(out) > 1+int(max) || out[0] != 'x' {
+			t.Fatalf("%d bytes out, limit %d", len(out)-1, max)
+		}
+		// Whatever the bytes, they survive a round trip.
+		if c, ok := Compress(nil, data); ok {
+			got, err := Decompress(nil, c, len(data))
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("round trip of %d bytes: %v", len(data), err)
+			}
+		}
+	})
+}
+
+// inputs are the benchmark inputs, in 1 MiB blobs as the chunker cuts them.
+func inputs(b *testing.B) map[string][]byte {
+	m := map[string][]byte{
+		"text":   textCorpus(b, 16<<20),
+		"random": randomData(9, 16<<20),
+	}
+	if exe, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "pkg", "tool", runtime.GOOS+"_"+runtime.GOARCH, "compile")); err == nil {
+		m["binary"] = exe[:min(len(exe), 16<<20)]
+	}
+	return m
+}
+
+const blobSize = 1 << 20
+
+func benchCompress(b *testing.B, data []byte, compress func(dst, src []byte) ([]byte, bool)) {
+	b.SetBytes(int64(len(data)))
+	var dst []byte
+	var stored int
+	for b.Loop() {
+		stored = 0
+		for off := 0; off < len(data); off += blobSize {
+			src := data[off:min(off+blobSize, len(data))]
+			var ok bool
+			if dst, ok = compress(dst[:0], src); ok {
+				stored += len(dst)
+			} else {
+				stored += len(src)
+			}
+		}
+	}
+	b.ReportMetric(float64(stored)/float64(len(data)), "ratio")
+}
+
+func BenchmarkCompress(b *testing.B) {
+	for name, data := range inputs(b) {
+		b.Run(name, func(b *testing.B) { benchCompress(b, data, Compress) })
+	}
+}
+
+func BenchmarkDecompress(b *testing.B) {
+	for name, data := range inputs(b) {
+		var blobs [][]byte
+		for off := 0; off < len(data); off += blobSize {
+			if c, ok := Compress(nil, data[off:min(off+blobSize, len(data))]); ok {
+				blobs = append(blobs, c)
+			}
+		}
+		if len(blobs) == 0 {
+			continue
+		}
+		b.Run(name, func(b *testing.B) {
+			b.SetBytes(int64(len(blobs) * blobSize))
+			var dst []byte
+			for b.Loop() {
+				for _, c := range blobs {
+					var err error
+					if dst, err = Decompress(dst[:0], c, blobSize); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkLevels compares encoder levels and windows, with the same trial;
+// the package comment records the results.
+func BenchmarkLevels(b *testing.B) {
+	in := inputs(b)
+	for _, lv := range []struct {
+		name   string
+		level  zstd.EncoderLevel
+		window int
+	}{
+		{"fastest-1M", zstd.SpeedFastest, 1 << 20},
+		{"default-512K", zstd.SpeedDefault, 512 << 10},
+		{"default-1M", zstd.SpeedDefault, 1 << 20},
+		{"default-8M", zstd.SpeedDefault, 8 << 20},
+		{"better-1M", zstd.SpeedBetterCompression, 1 << 20},
+	} {
+		e := newEncoder(lv.level, lv.window)
+		for _, name := range []string{"text", "binary"} {
+			if data, ok := in[name]; ok {
+				b.Run(fmt.Sprintf("%s/%s", lv.name, name), func(b *testing.B) {
+					benchCompress(b, data, func(dst, src []byte) ([]byte, bool) { return compress(e, dst, src) })
+				})
+			}
+		}
+	}
+}
