@@ -40,7 +40,8 @@ it the backups cannot be read by anyone.`,
 					return fmt.Errorf("open %s: %w", copyFrom, err)
 				}
 				ch := r.Config().Chunker
-				opts.Chunker = &ch
+				key := r.ChunkIDKey()
+				opts.Chunker, opts.ChunkIDKey = &ch, &key
 				r.Close()
 			}
 			r, keyPath, err := g.initRepo(ctx, opts)

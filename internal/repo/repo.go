@@ -65,6 +65,10 @@ const adConfig = "floe v1 config"
 type InitOptions struct {
 	// Chunker, if set, is copied (init --copy-chunker-params-from).
 	Chunker *ChunkerConfig
+	// ChunkIDKey, if set, is copied with the chunker parameters: chunk IDs
+	// are keyed, so two repositories name the same content alike, and
+	// copy deduplicates between them, only if they share this key.
+	ChunkIDKey *crypto.Key
 	// KDF overrides the argon2 parameters of passphrase keys (tests use cheap ones).
 	KDF *crypto.KDFParams
 }
@@ -100,6 +104,9 @@ func Init(ctx context.Context, be storage.Backend, cred Credential, opts InitOpt
 	secrets, err := newSecrets()
 	if err != nil {
 		return nil, nil, err
+	}
+	if opts.ChunkIDKey != nil {
+		secrets.ChunkIDKey = *opts.ChunkIDKey
 	}
 	var idBytes [32]byte
 	if _, err := rand.Read(idBytes[:]); err != nil {
@@ -252,6 +259,10 @@ func (r *Repository) KeyID() string { return r.keyID }
 
 // WriteOnly reports whether the key in use is write-only.
 func (r *Repository) WriteOnly() bool { return r.secrets.DataPrivate == nil }
+
+// ChunkIDKey returns the key of chunk and tree IDs, for
+// init --copy-chunker-params-from; it reveals no data.
+func (r *Repository) ChunkIDKey() crypto.Key { return r.secrets.ChunkIDKey }
 
 // ChunkerParams returns the repository's chunker parameters.
 func (r *Repository) ChunkerParams() chunker.Params { return r.chunker }
