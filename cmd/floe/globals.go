@@ -10,12 +10,14 @@ import (
 	"path/filepath"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
 	"github.com/floe-backup/floe/internal/cache"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -54,6 +56,37 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile to this file at exit")
 	_ = f.MarkHidden("cpu-profile")
 	_ = f.MarkHidden("mem-profile")
+	for _, add := range extraGlobalFlags {
+		add(f)
+	}
+}
+
+// extraGlobalFlags and backendWrappers let features that apply to every
+// command (bandwidth limits, ...) live in their own file.
+var (
+	extraGlobalFlags []func(*pflag.FlagSet)
+	backendWrappers  []func(storage.Backend) (storage.Backend, error)
+)
+
+// openBackend opens the storage at loc with the wrappers applied.
+func openBackend(loc string) (storage.Backend, error) {
+	be, err := location.Open(loc)
+	if err != nil {
+		return nil, err
+	}
+	return wrapBackend(be)
+}
+
+func wrapBackend(be storage.Backend) (storage.Backend, error) {
+	for _, wrap := range backendWrappers {
+		w, err := wrap(be)
+		if err != nil {
+			be.Close()
+			return nil, err
+		}
+		be = w
+	}
+	return be, nil
 }
 
 func envDefault(v *string, name string) {
@@ -215,7 +248,7 @@ func (g *globals) credential(ctx context.Context) (repo.Credential, error) {
 
 // openRepo opens the repository; with loadIndex, also its index.
 func (g *globals) openRepo(ctx context.Context, loadIndex bool) (*repo.Repository, error) {
-	be, err := location.Open(g.repo)
+	be, err := openBackend(g.repo)
 	if err != nil {
 		if g.usingDefault && errors.Is(err, os.ErrNotExist) {
 			return nil, errNoRepoGiven

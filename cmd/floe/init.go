@@ -112,6 +112,9 @@ func (g *globals) initRepo(ctx context.Context, opts repo.InitOptions) (*repo.Re
 	if err != nil {
 		return nil, "", err
 	}
+	if be, err = wrapBackend(be); err != nil {
+		return nil, "", err
+	}
 	r, kf, err := repo.Init(ctx, be, cred, opts)
 	if err != nil {
 		be.Close()
