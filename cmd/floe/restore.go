@@ -42,6 +42,8 @@ func newRestoreCommand(g *globals) *cobra.Command {
 		target             string
 		includes, excludes []string
 		verify, numeric    bool
+		overwrite          string
+		del                bool
 		filter             snapshotFilterFlags
 	)
 	c := &cobra.Command{
@@ -55,11 +57,18 @@ SNAPSHOT is an ID, a unique prefix of one, or "latest" (the newest, after
 --host/--tag/--path). SNAPSHOT:PATH restores only PATH: a directory's
 contents go straight into the target.
 
+Re-running a restore resumes it: files already in the target whose content
+matches the snapshot are left alone (--overwrite if-changed, the default).
+--overwrite always rewrites every file, --overwrite never keeps whatever
+exists. --delete removes what the snapshot does not have, so the restored
+directories match it exactly.
+
 Nothing is ever written outside the target: names with .. or /, and
 symlinks, in the snapshot or already in the target, cannot escape it.`,
 		Example: `  floe restore latest --target /tmp/restore
   floe restore 4f2a9c1e:/etc --target /tmp/etc
-  floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify`,
+  floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify
+  floe restore latest:/srv/www --target /srv/www --delete      # make /srv/www match the snapshot`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -83,7 +92,7 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
 			})
 			res, err := restore.Run(ctx, r, sn.Tree, sub, restore.Options{Target: target, Includes: includes,
-				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p})
+				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p, Overwrite: overwrite, Delete: del})
 			st.Stop()
 			if err != nil {
 				return err
@@ -95,6 +104,7 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 				}
 				_ = ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
 					"dirs": res.Dirs, "others": res.Others, "bytes": res.Bytes, "verified": res.Verified, "errors": errs,
+					"skipped": res.Skipped, "deleted": res.Deleted,
 					"seconds": time.Since(start).Seconds()})
 			} else {
 				for _, e := range res.Errors {
@@ -102,6 +112,9 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 				}
 				g.say("restored snapshot %s to %s: %d files, %d directories, %d other, %s in %s",
 					sn.ID.Short(), target, res.Files, res.Dirs, res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
+				if res.Skipped > 0 || res.Deleted > 0 {
+					g.say("left %d existing entries as they were, deleted %d", res.Skipped, res.Deleted)
+				}
 				if verify {
 					g.say("verified %d files against the snapshot", res.Verified)
 				}
@@ -117,6 +130,8 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "do not restore paths matching `PATTERN`; repeatable")
 	c.Flags().BoolVar(&verify, "verify", false, "read back every restored file and compare it with the snapshot")
 	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
+	c.Flags().StringVar(&overwrite, "overwrite", "if-changed", "existing files: always, if-changed (leave identical ones alone) or never")
+	c.Flags().BoolVar(&del, "delete", false, "delete files in the target that the snapshot does not have")
 	filter.add(c)
 	return c
 }

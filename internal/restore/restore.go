@@ -32,6 +32,14 @@ type Options struct {
 	Includes []string // restore only paths these patterns select (and their parents)
 	Excludes []string
 	Verify   bool // read back every file written and compare with the snapshot
+	// Overwrite decides what happens to files already in the target:
+	// "if-changed" (the default: a file whose content already matches the
+	// snapshot is left alone, so an interrupted restore resumes where it
+	// stopped), "always", or "never" (existing files are kept as they are).
+	Overwrite string
+	// Delete removes files in the restored directories that the snapshot
+	// does not have, so the target matches the snapshot.
+	Delete bool
 	// NumericOwner restores uid/gid as stored instead of by user/group name.
 	NumericOwner bool
 	Progress     *Progress
@@ -44,10 +52,19 @@ type Progress struct {
 	FilesTotal, BytesTotal atomic.Int64
 }
 
+// Overwrite modes.
+const (
+	OverwriteIfChanged = "if-changed"
+	OverwriteAlways    = "always"
+	OverwriteNever     = "never"
+)
+
 // Result summarizes a restore.
 type Result struct {
 	Files, Dirs, Others uint64
 	Bytes               uint64
+	Skipped             uint64 // existing files left alone (identical, or --overwrite never)
+	Deleted             uint64 // entries removed by Delete
 	Verified            uint64 // files read back and found identical
 	Errors              []error
 }
@@ -66,6 +83,7 @@ type restorer struct {
 	dirs  []dirMeta
 	links map[[2]uint64]string // (device, inode) -> first restored path
 	files []*fileJob
+	seen  []dirNames
 }
 
 type dirMeta struct {
@@ -76,6 +94,17 @@ type dirMeta struct {
 type fileJob struct {
 	rel  string
 	node *snapshot.Node
+	// exists: a regular file of the same size is already there; with
+	// if-changed its content is compared before anything is written.
+	exists bool
+	skip   bool
+}
+
+// dirNames records, per restored directory, the names the snapshot has
+// (for Delete).
+type dirNames struct {
+	rel   string
+	names map[string]bool
 }
 
 // Run restores the tree rootTree. subpath ("" or "/" for everything)
@@ -90,6 +119,13 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	switch opts.Overwrite {
+	case "":
+		opts.Overwrite = OverwriteIfChanged
+	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
+	default:
+		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
 	}
 	incl, err := pathmatch.New(opts.Includes)
 	if err != nil {
@@ -141,6 +177,10 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if opts.Delete {
+		rs.deleteExtra()
+	}
+	rs.skipIdentical(ctx)
 	rs.restoreFiles(ctx)
 	// Directory metadata last, deepest first: writing into a directory
 	// changes its mtime.
@@ -179,6 +219,13 @@ func (rs *restorer) selected(snapPath string, isDir bool) (restore, descend bool
 // created only when needed with --include).
 func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relDir string) bool {
 	any := false
+	if rs.opts.Delete {
+		names := make(map[string]bool, len(tree.Nodes))
+		for _, n := range tree.Nodes {
+			names[n.Name] = true
+		}
+		rs.seen = append(rs.seen, dirNames{relDir, names})
+	}
 	for _, n := range tree.Nodes {
 		if ctx.Err() != nil {
 			return any
@@ -237,8 +284,13 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			continue
 		}
 		any = true
-		if err := rs.removeNonMatching(rel, n.Type); err != nil {
+		existing, keep, err := rs.prepareEntry(rel, n)
+		if err != nil {
 			rs.fail(err)
+			continue
+		}
+		if keep {
+			rs.res.Skipped++
 			continue
 		}
 		if n.Links > 1 && n.Type != snapshot.TypeDir {
@@ -251,7 +303,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		}
 		switch n.Type {
 		case snapshot.TypeFile:
-			rs.files = append(rs.files, &fileJob{rel: rel, node: n})
+			rs.files = append(rs.files, &fileJob{rel: rel, node: n, exists: existing})
 			rs.opts.Progress.FilesTotal.Add(1)
 			rs.opts.Progress.BytesTotal.Add(int64(n.Size))
 		case snapshot.TypeSymlink:
@@ -301,20 +353,106 @@ func (rs *restorer) mkdir(rel string) error {
 	return nil
 }
 
-// removeNonMatching clears an existing entry so it can be recreated, unless
-// it is a regular file that will be overwritten in place.
-func (rs *restorer) removeNonMatching(rel string, t snapshot.NodeType) error {
+// prepareEntry looks at what the target already has at rel. It returns
+// keep when the entry stays as it is (--overwrite never, or a symlink that
+// already matches), and sameSize when a regular file of the snapshot's size
+// is there (its content is compared later). Anything else in the way is
+// removed so that the entry can be created afresh: never written through.
+func (rs *restorer) prepareEntry(rel string, n *snapshot.Node) (sameSize, keep bool, err error) {
 	fi, err := rs.root.Lstat(rel)
 	if err != nil {
-		return nil
+		return false, false, nil // nothing there
 	}
-	if t == snapshot.TypeFile && fi.Mode().IsRegular() {
-		return nil
+	if rs.opts.Overwrite == OverwriteNever {
+		return false, true, nil
+	}
+	switch {
+	case n.Type == snapshot.TypeFile && fi.Mode().IsRegular():
+		return uint64(fi.Size()) == n.Size && rs.opts.Overwrite == OverwriteIfChanged, false, nil
+	case n.Type == snapshot.TypeSymlink && fi.Mode()&os.ModeSymlink != 0 && rs.opts.Overwrite == OverwriteIfChanged:
+		if target, err := rs.root.Readlink(rel); err == nil && target == n.LinkTarget {
+			return false, true, rs.apply(rel, n)
+		}
 	}
 	if fi.IsDir() {
-		return rs.root.RemoveAll(rel)
+		err = rs.root.RemoveAll(rel)
+	} else {
+		err = rs.root.Remove(rel)
 	}
-	return rs.root.Remove(rel)
+	if err != nil {
+		return false, false, fmt.Errorf("restore %s: remove what is in the way: %w", rel, err)
+	}
+	return false, false, nil
+}
+
+// skipIdentical compares existing files of the right size with the
+// snapshot (chunk by chunk, by ID) and leaves the identical ones alone:
+// re-running an interrupted restore only writes what is missing.
+func (rs *restorer) skipIdentical(ctx context.Context) {
+	var todo []*fileJob
+	for _, j := range rs.files {
+		if j.exists && j.node.Type == snapshot.TypeFile {
+			todo = append(todo, j)
+		}
+	}
+	if len(todo) == 0 {
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(todo) || ctx.Err() != nil {
+					return
+				}
+				var err error
+				if buf, err = rs.verifyFile(todo[i], buf); err == nil {
+					todo[i].skip = true
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// deleteExtra removes entries of restored directories that the snapshot
+// does not have.
+func (rs *restorer) deleteExtra() {
+	for _, d := range rs.seen {
+		dir := d.rel
+		if dir == "" {
+			dir = "."
+		}
+		f, err := rs.root.Open(dir)
+		if err != nil {
+			continue // not restored (e.g. not selected)
+		}
+		names, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			rs.fail(fmt.Errorf("list %s for --delete: %w", dir, err))
+			continue
+		}
+		for _, name := range names {
+			if d.names[name] {
+				continue
+			}
+			rel := name
+			if d.rel != "" {
+				rel = d.rel + "/" + name
+			}
+			if err := rs.root.RemoveAll(rel); err != nil {
+				rs.fail(fmt.Errorf("--delete %s: %w", rel, err))
+				continue
+			}
+			rs.res.Deleted++
+		}
+	}
 }
 
 // procPath names rel through an open file descriptor of its parent
@@ -396,6 +534,15 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			links = append(links, job)
 			continue
 		}
+		if job.skip {
+			rs.res.Skipped++
+			rs.opts.Progress.FilesDone.Add(1)
+			rs.opts.Progress.BytesDone.Add(int64(job.node.Size))
+			if err := rs.apply(job.rel, job.node); err != nil {
+				rs.fail(err)
+			}
+			continue
+		}
 		f, err := rs.createFile(job)
 		if err != nil {
 			rs.fail(err)
@@ -434,6 +581,18 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	close(chunks)
 	wg.Wait()
 	for _, job := range links {
+		if fi, err := rs.root.Lstat(job.rel); err == nil {
+			if first, err := rs.root.Lstat(job.node.LinkTarget); err == nil && os.SameFile(fi, first) {
+				continue // already linked (resumed restore)
+			}
+			if rs.opts.Overwrite == OverwriteNever {
+				continue
+			}
+			if err := rs.root.Remove(job.rel); err != nil {
+				rs.fail(fmt.Errorf("restore hard link %s: %w", job.rel, err))
+				continue
+			}
+		}
 		if err := rs.root.Link(job.node.LinkTarget, job.rel); err != nil {
 			rs.fail(fmt.Errorf("restore hard link %s: %w", job.rel, err))
 		}

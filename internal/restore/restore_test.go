@@ -1,0 +1,245 @@
+package restore
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+func newRepo(t *testing.T) *repo.Repository {
+	t.Helper()
+	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
+	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// backupDir backs up dir and returns the snapshot's root tree.
+func backupDir(t *testing.T, r *repo.Repository, dir string) hash.ID {
+	t.Helper()
+	res, err := backup.Run(context.Background(), r, backup.Options{Paths: []string{dir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.Snapshot.Tree
+}
+
+func TestRoundTripAndResume(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "a.txt"), "alpha")
+	writeFile(t, filepath.Join(src, "sub", "b.txt"), "beta")
+	testutil.WriteRandom(t, filepath.Join(src, "big.bin"), 3<<20, 1)
+	if err := os.Symlink("a.txt", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	tree := backupDir(t, r, src)
+
+	target := t.TempDir()
+	res, err := Run(ctx, r, tree, src, Options{Target: target, Verify: true})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	if res.Files != 3 || res.Verified != 3 {
+		t.Fatalf("files %d verified %d, want 3", res.Files, res.Verified)
+	}
+	testutil.CompareTrees(t, src, target)
+
+	// Re-running leaves identical files alone...
+	res, err = Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || res.Skipped < 3 || res.Files != 0 {
+		t.Fatalf("resume: skipped %d files %d err %v", res.Skipped, res.Files, err)
+	}
+	// ...rewrites a damaged one of the same size...
+	writeFile(t, filepath.Join(target, "a.txt"), "ALPHA")
+	res, err = Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || res.Files != 1 {
+		t.Fatalf("changed file: rewrote %d files, want 1 (%v)", res.Files, err)
+	}
+	testutil.CompareTrees(t, src, target)
+	// ...and --overwrite never keeps it.
+	writeFile(t, filepath.Join(target, "a.txt"), "ALPHA")
+	if _, err := Run(ctx, r, tree, src, Options{Target: target, Overwrite: OverwriteNever}); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, "a.txt")); string(b) != "ALPHA" {
+		t.Fatalf("--overwrite never replaced the file: %q", b)
+	}
+	// --delete removes what the snapshot lacks; always rewrites.
+	writeFile(t, filepath.Join(target, "extra.txt"), "x")
+	writeFile(t, filepath.Join(target, "sub", "extra", "deep.txt"), "x")
+	res, err = Run(ctx, r, tree, src, Options{Target: target, Delete: true, Overwrite: OverwriteAlways})
+	if err != nil || res.Deleted != 2 {
+		t.Fatalf("--delete deleted %d, want 2 (%v)", res.Deleted, err)
+	}
+	testutil.CompareTrees(t, src, target)
+}
+
+func TestIncludeExclude(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "keep", "x.conf"), "x")
+	writeFile(t, filepath.Join(src, "keep", "y.tmp"), "y")
+	writeFile(t, filepath.Join(src, "other", "z.conf"), "z")
+	tree := backupDir(t, r, src)
+	target := t.TempDir()
+	if _, err := Run(ctx, r, tree, src, Options{Target: target, Includes: []string{src + "/keep"}, Excludes: []string{"*.tmp"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(target, "keep", "x.conf")); err != nil {
+		t.Fatal("included file missing")
+	}
+	for _, p := range []string{"keep/y.tmp", "other"} {
+		if _, err := os.Lstat(filepath.Join(target, p)); err == nil {
+			t.Fatalf("%s restored despite include/exclude", p)
+		}
+	}
+}
+
+// saveTree stores raw tree bytes, bypassing the encoder's checks, as a
+// hostile client could.
+func saveTree(t *testing.T, r *repo.Repository, plain []byte) hash.ID {
+	t.Helper()
+	id := r.BlobID(plain)
+	if _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, id, plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
+func TestCraftedNamesAreRefused(t *testing.T) {
+	ctx := context.Background()
+	for _, evil := range []string{"..", "../../etc", "/etc/passwd", "a/../../b"} {
+		t.Run(evil, func(t *testing.T) {
+			r := newRepo(t)
+			placeholder := strings.Repeat("q", len(evil))
+			content := []byte("pwned")
+			id := r.BlobID(content)
+			r.SaveBlob(ctx, repo.DataBlob, id, content)
+			enc, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: []*snapshot.Node{
+				{Name: placeholder, Type: snapshot.TypeFile, Mode: 0o644, Size: uint64(len(content)), Content: []hash.ID{id}},
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			hostile := bytes.Replace(enc, []byte(placeholder), []byte(evil), 1)
+			tree := saveTree(t, r, hostile)
+
+			base := t.TempDir()
+			target := filepath.Join(base, "a", "b", "target")
+			_, err = Run(ctx, r, tree, "", Options{Target: target})
+			if err == nil {
+				t.Fatal("restore of a tree with a hostile name succeeded")
+			}
+			// nothing anywhere below base but the (empty) target dirs
+			filepath.Walk(base, func(p string, fi os.FileInfo, _ error) error {
+				if fi != nil && !fi.IsDir() {
+					t.Errorf("restore wrote %s", p)
+				}
+				return nil
+			})
+		})
+	}
+}
+
+func TestSymlinksInTargetDoNotLeadOut(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "etc", "passwd"), "from the snapshot")
+	writeFile(t, filepath.Join(src, "file"), "from the snapshot")
+	tree := backupDir(t, r, src)
+
+	outside := t.TempDir()
+	writeFile(t, filepath.Join(outside, "passwd"), "outside")
+	writeFile(t, filepath.Join(outside, "file"), "outside")
+	target := t.TempDir()
+	// the target holds symlinks where the snapshot has a directory and a file
+	if err := os.Symlink(outside, filepath.Join(target, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "file"), filepath.Join(target, "file")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, r, tree, src, Options{Target: target}); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"passwd", "file"} {
+		if b, _ := os.ReadFile(filepath.Join(outside, name)); string(b) != "outside" {
+			t.Fatalf("restore wrote through a symlink into %s: %q", name, b)
+		}
+	}
+	testutil.CompareTrees(t, src, target)
+}
+
+func TestSnapshotSymlinkIsNotFollowed(t *testing.T) {
+	// A snapshot with a symlink pointing outside, restored twice: the
+	// second run must replace the link, not write through it.
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	outside := t.TempDir()
+	writeFile(t, filepath.Join(outside, "victim"), "outside")
+	if err := os.Symlink(filepath.Join(outside, "victim"), filepath.Join(src, "victim")); err != nil {
+		t.Fatal(err)
+	}
+	tree := backupDir(t, r, src)
+	target := t.TempDir()
+	for i := 0; i < 2; i++ {
+		if _, err := Run(ctx, r, tree, src, Options{Target: target, Overwrite: OverwriteAlways}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(outside, "victim")); string(b) != "outside" {
+		t.Fatalf("victim changed: %q", b)
+	}
+}
+
+func TestWriteOnlyKeyCannotRestore(t *testing.T) {
+	ctx := context.Background()
+	be := mem.New()
+	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
+	r, _, err := repo.Init(ctx, be, repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, kf, err := r.AddKey(ctx, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wo, err := repo.Open(ctx, be, repo.Credential{KeyFile: kf}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, wo, hash.ID{1}, "", Options{Target: t.TempDir()}); err != repo.ErrWriteOnly {
+		t.Fatalf("err = %v, want ErrWriteOnly", err)
+	}
+}
