@@ -1,0 +1,63 @@
+package cache
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+func rec(id byte, host string, paths []string, at time.Time) *snapshot.Record {
+	return &snapshot.Record{ID: hash.ID{id}, Snapshot: &snapshot.Snapshot{Time: at, Hostname: host, Paths: paths, Tree: hash.ID{id, 1}}}
+}
+
+func TestTreesAndLatest(t *testing.T) {
+	c, err := Open(t.TempDir(), hash.ID{9}.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree := &snapshot.Tree{Nodes: []*snapshot.Node{{Name: "a", Type: snapshot.TypeFile, Mode: 0o644}}}
+	plain, _ := snapshot.EncodeTree(tree)
+	now := time.Now()
+	for i := byte(1); i <= 4; i++ {
+		w, err := c.NewTreeWriter()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Add(hash.ID{i, 1}, plain)
+		if err := w.Commit(rec(i, "web1", []string{"/etc"}, now.Add(time.Duration(i)*time.Minute))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	latest := c.Latest("web1", []string{"/etc"})
+	if latest == nil || latest.ID != (hash.ID{4}) {
+		t.Fatalf("Latest = %v", latest)
+	}
+	if c.Latest("web2", []string{"/etc"}) != nil || c.Latest("web1", []string{"/home"}) != nil {
+		t.Fatal("Latest matched another host or path set")
+	}
+	got, err := c.Trees(hash.ID{4}).LoadTree(context.Background(), hash.ID{4, 1})
+	if err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "a" {
+		t.Fatalf("cached tree: %v", err)
+	}
+	// only the newest keepPerSeries snapshots are kept
+	if n := len(c.Snapshots()); n != keepPerSeries {
+		t.Fatalf("%d snapshots cached, want %d", n, keepPerSeries)
+	}
+}
+
+func FuzzDecodeTrees(f *testing.F) {
+	var b bytes.Buffer
+	b.Write(make([]byte, 32))
+	b.Write([]byte{3, 'a', 'b', 'c'})
+	f.Add(b.Bytes())
+	f.Add([]byte{})
+	f.Add(append(make([]byte, 32), 0xff, 0xff, 0xff, 0xff, 0x0f))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		DecodeTrees(bufio.NewReader(bytes.NewReader(data)))
+	})
+}

@@ -1,0 +1,63 @@
+package hash
+
+import (
+	"encoding/json"
+	"testing"
+)
+
+func TestParseAndText(t *testing.T) {
+	id := Sum([]byte("floe"))
+	back, err := Parse(id.String())
+	if err != nil || back != id {
+		t.Fatalf("Parse(String()) = %v, %v", back, err)
+	}
+	for _, bad := range []string{"", "abc", id.String()[:63] + "g", id.String() + "00"} {
+		if _, err := Parse(bad); err == nil {
+			t.Errorf("Parse(%q) accepted", bad)
+		}
+	}
+	b, _ := json.Marshal(id)
+	var j ID
+	if err := json.Unmarshal(b, &j); err != nil || j != id {
+		t.Fatalf("JSON round trip: %v", err)
+	}
+	if !(ID{}).IsNull() || id.IsNull() {
+		t.Fatal("IsNull wrong")
+	}
+}
+
+func TestKeyed(t *testing.T) {
+	data := []byte("same content")
+	a := NewKeyed([32]byte{1})
+	b := NewKeyed([32]byte{2})
+	if a.Sum(data) != a.Sum(data) {
+		t.Fatal("keyed hash not deterministic")
+	}
+	if a.Sum(data) == b.Sum(data) || a.Sum(data) == Sum(data) {
+		t.Fatal("keyed hash does not depend on the key")
+	}
+}
+
+func benchmarkKeyed(b *testing.B, size int) {
+	k := NewKeyed([32]byte{1})
+	buf := make([]byte, size)
+	b.SetBytes(int64(size))
+	for i := 0; i < b.N; i++ {
+		k.Sum(buf)
+	}
+}
+
+// Chunk IDs: one keyed hash per chunk (average 1 MiB).
+func BenchmarkKeyed1MiB(b *testing.B) { benchmarkKeyed(b, 1<<20) }
+
+// Trees and small files.
+func BenchmarkKeyed4KiB(b *testing.B) { benchmarkKeyed(b, 4<<10) }
+
+// Object names: one unkeyed hash per stored pack (16 MiB).
+func BenchmarkSum16MiB(b *testing.B) {
+	buf := make([]byte, 16<<20)
+	b.SetBytes(int64(len(buf)))
+	for i := 0; i < b.N; i++ {
+		Sum(buf)
+	}
+}
