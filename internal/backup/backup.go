@@ -59,6 +59,13 @@ type Options struct {
 	Retries int
 	// Frozen says the sources are a frozen file system snapshot.
 	Frozen bool
+	// SourceRoot, if set, maps a backed-up path (or a directory below one)
+	// to the directory its contents are read from, such as a mounted file
+	// system snapshot (see package fssnap). The longest matching entry
+	// wins. The snapshot's paths and nodes, excludes, progress and error
+	// messages all use the original paths; only lstat, reading directories
+	// and reading files use the mapped location.
+	SourceRoot map[string]string
 
 	Progress       *Progress
 	ProgramVersion string
@@ -125,10 +132,16 @@ type archiver struct {
 
 	zeroMu  sync.Mutex
 	zeroIDs map[int]hash.ID
+
+	sources []sourceMapping // Options.SourceRoot, longest first
 }
 
+// sourceMapping is one entry of Options.SourceRoot.
+type sourceMapping struct{ from, to string }
+
 type fileJob struct {
-	path    string
+	path    string // the original path
+	src     string // where to read it (path unless Options.SourceRoot maps it)
 	node    *snapshot.Node
 	changed bool // the parent had this file (else new)
 	done    chan struct{}
@@ -140,7 +153,8 @@ type chunkJob struct {
 	slot    *hash.ID
 	wg      *sync.WaitGroup
 	errp    *atomic.Pointer[error]
-	release bool // return data to the buffer pool
+	release bool     // return data to the buffer pool
+	known   *hash.ID // the ID, when already known (zero chunks of holes)
 }
 
 // future is a tree (or file) being completed.
@@ -166,9 +180,13 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
+	sources, err := sourceMappings(opts.SourceRoot)
+	if err != nil {
+		return nil, err
+	}
 	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match,
 		fileJobs: make(chan *fileJob, 64), chunkJobs: make(chan *chunkJob, 8),
-		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}}
+		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}, sources: sources}
 	workers := runtime.GOMAXPROCS(0)
 	nbufs := 2*workers + 2
 	a.bufs = make(chan []byte, nbufs)
@@ -278,6 +296,78 @@ func CleanPaths(in []string) ([]string, error) {
 	return kept, nil
 }
 
+// sourceMappings checks Options.SourceRoot and sorts it longest first.
+func sourceMappings(m map[string]string) ([]sourceMapping, error) {
+	var out []sourceMapping
+	for from, to := range m {
+		if !filepath.IsAbs(from) || filepath.Clean(from) != from {
+			return nil, fmt.Errorf("source root: %q is not an absolute, clean path", from)
+		}
+		if !filepath.IsAbs(to) {
+			return nil, fmt.Errorf("source root of %s: %q is not an absolute path", from, to)
+		}
+		out = append(out, sourceMapping{from, filepath.Clean(to)})
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i].from) > len(out[j].from) })
+	return out, nil
+}
+
+// within reports whether p is dir or below it.
+func within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// rebase turns p, which is within from, into the same path within to.
+func rebase(p, from, to string) string {
+	if p == from {
+		return to
+	}
+	rest := p
+	if from != "/" {
+		rest = p[len(from):]
+	}
+	if to == "/" {
+		return rest
+	}
+	return to + rest
+}
+
+// src returns where to read the original path p (see Options.SourceRoot).
+func (a *archiver) src(p string) string {
+	for _, m := range a.sources {
+		if within(p, m.from) {
+			return rebase(p, m.from, m.to)
+		}
+	}
+	return p
+}
+
+// origErr rewrites an error about src, the location read for the original
+// path orig, to name orig: users know their files by their real paths, not
+// by a temporary snapshot mount.
+func origErr(err error, orig, src string) error {
+	if err == nil || orig == src {
+		return err
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) && pe == err && within(pe.Path, src) {
+		return &os.PathError{Op: pe.Op, Path: rebase(pe.Path, src, orig), Err: pe.Err}
+	}
+	if msg := err.Error(); strings.Contains(msg, src) {
+		return &renamedError{msg: strings.ReplaceAll(msg, src, orig), err: err}
+	}
+	return err
+}
+
+// renamedError is an error whose message names the original path.
+type renamedError struct {
+	msg string
+	err error
+}
+
+func (e *renamedError) Error() string { return e.msg }
+func (e *renamedError) Unwrap() error { return e.err }
+
 func (a *archiver) fail(path string, err error) {
 	a.opts.Progress.Errors.Add(1)
 	a.mu.Lock()
@@ -321,7 +411,7 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 	var build func(dir string, t *trie, parent *snapshot.Tree) *future
 	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
 		if t.target {
-			return a.saveDir(ctx, dir, parent, a.deviceOf(dir))
+			return a.saveDir(ctx, dir, parent, a.deviceOf(a.src(dir)))
 		}
 		names := make([]string, 0, len(t.children))
 		for n := range t.children {
@@ -331,9 +421,10 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 		var entries []entry
 		for _, name := range names {
 			p := filepath.Join(dir, name)
-			node, err := fsmeta.NodeFromPath(p, name)
+			sp := a.src(p)
+			node, err := fsmeta.NodeFromPath(sp, name)
 			if err != nil {
-				return done(hash.ID{}, fmt.Errorf("read %s: %w", p, err))
+				return done(hash.ID{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
 			}
 			child := t.children[name]
 			e := entry{node: node}
@@ -393,12 +484,13 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		return done(hash.ID{}, ctx.Err())
 	}
 	a.dirs.Add(1)
-	ents, err := os.ReadDir(path)
+	src := a.src(path)
+	ents, err := os.ReadDir(src)
 	if err != nil {
-		a.fail(path, err)
+		a.fail(path, origErr(err, path, src))
 		ents = nil
 	}
-	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(path) {
+	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(src) {
 		kept := ents[:0]
 		for _, e := range ents {
 			if e.Name() == pathmatch.CacheTag {
@@ -417,9 +509,10 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		if a.match.Match(p) {
 			continue
 		}
-		node, err := fsmeta.NodeFromPath(p, name)
+		sp := a.src(p)
+		node, err := fsmeta.NodeFromPath(sp, name)
 		if err != nil {
-			a.fail(p, err)
+			a.fail(p, origErr(err, p, sp))
 			continue
 		}
 		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
@@ -460,7 +553,7 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 			a.opts.Progress.BytesDone.Add(int64(node.Size))
 			return e
 		}
-		job := &fileJob{path: p, node: node, changed: pn != nil, done: make(chan struct{})}
+		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
 		if node.Links > 1 {
 			a.mu.Lock()
 			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
@@ -560,16 +653,25 @@ func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.ID, 
 // scan counts files and bytes for the progress ETA.
 func (a *archiver) scan(ctx context.Context, paths []string) {
 	p := a.opts.Progress
-	for _, root := range paths {
-		filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+	// walk counts below the original path root, reading from its source;
+	// a directory mapped elsewhere (Options.SourceRoot) is walked on its own.
+	var walk func(root string)
+	walk = func(root string) {
+		src := a.src(root)
+		filepath.WalkDir(src, func(sp string, d os.DirEntry, err error) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			path := rebase(sp, src, root)
 			if err != nil || a.match.Match(path) {
 				if d != nil && d.IsDir() && path != root {
 					return filepath.SkipDir
 				}
 				return nil
+			}
+			if d.IsDir() && path != root && a.src(path) != sp {
+				walk(path)
+				return filepath.SkipDir
 			}
 			if d.Type().IsRegular() {
 				if info, err := d.Info(); err == nil {
@@ -579,6 +681,9 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 			}
 			return nil
 		})
+	}
+	for _, root := range paths {
+		walk(root)
 	}
 	p.ScanDone.Store(true)
 }

@@ -30,6 +30,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 		a.opts.Progress.current.Store(&job.path)
 		err := a.readFile(ctx, ch, job)
 		if err != nil {
+			err = origErr(err, job.path, job.src)
 			job.err = err
 			if ctx.Err() == nil {
 				a.fail(job.path, err)
@@ -74,12 +75,20 @@ func openNoFollow(path string) (*os.File, error) {
 	return f, err
 }
 
+// testHookAfterRead lets tests change a file between reading it and the
+// second stat, to exercise the consistency check deterministically.
+var testHookAfterRead func(path string, attempt int)
+
 // readFile chunks and saves one file. A file that changed while it was read
 // (size, mtime, ctime or inode differ before and after) is read again, up to
 // Retries times; if it still changes, what was read is kept and the path is
 // recorded in the snapshot's consistency record.
 func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJob) error {
-	f, err := openNoFollow(job.path)
+	src := job.src
+	if src == "" {
+		src = job.path
+	}
+	f, err := openNoFollow(src)
 	if err != nil {
 		return err
 	}
@@ -99,6 +108,9 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 		content, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
 		if err != nil {
 			return err
+		}
+		if testHookAfterRead != nil {
+			testHookAfterRead(job.path, attempt)
 		}
 		after, err := fstat(f)
 		if err != nil {
@@ -129,11 +141,11 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 		total  uint64
 		segErr error
 	)
-	addChunk := func(data []byte, release bool) {
+	addChunk := func(data []byte, release bool, known *hash.ID) {
 		slot := new(hash.ID)
 		slots = append(slots, slot)
 		wg.Add(1)
-		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release}
+		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
 	}
 	chunkRange := func(rd io.Reader) error {
 		ch.Reset(rd)
@@ -153,7 +165,7 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 			}
 			total += uint64(len(data))
 			a.opts.Progress.BytesDone.Add(int64(len(data)))
-			addChunk(data, true)
+			addChunk(data, true, nil)
 		}
 	}
 	if sparse {
@@ -163,7 +175,8 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 			}
 			for n > 0 {
 				l := min(n, int64(a.params.Max))
-				addChunk(zeros(int(l)), false)
+				id := a.zeroID(int(l))
+				addChunk(zeros(int(l)), false, &id)
 				total += uint64(l)
 				a.opts.Progress.BytesDone.Add(l)
 				n -= l
@@ -197,6 +210,19 @@ var (
 func zeros(n int) []byte {
 	zeroOnce.Do(func() { zeroBuf = make([]byte, 64<<20) })
 	return zeroBuf[:n:n]
+}
+
+// zeroID returns the ID of n zero bytes, hashing each size once: a large
+// sparse file is mostly the same all-zero chunk.
+func (a *archiver) zeroID(n int) hash.ID {
+	a.zeroMu.Lock()
+	defer a.zeroMu.Unlock()
+	id, ok := a.zeroIDs[n]
+	if !ok {
+		id = a.r.BlobID(zeros(n))
+		a.zeroIDs[n] = id
+	}
+	return id
 }
 
 // sparseSegments walks the data and hole regions of a file with
@@ -238,7 +264,12 @@ func (a *archiver) sparseSegments(f *os.File, size uint64, fn func(off, n int64,
 func (a *archiver) blobSaver(ctx context.Context) {
 	for job := range a.chunkJobs {
 		if job.errp.Load() == nil {
-			id := a.r.BlobID(job.data)
+			var id hash.ID
+			if job.known != nil {
+				id = *job.known
+			} else {
+				id = a.r.BlobID(job.data)
+			}
 			*job.slot = id
 			if _, _, err := a.r.SaveBlob(ctx, repo.DataBlob, id, job.data); err != nil {
 				job.errp.CompareAndSwap(nil, &err)

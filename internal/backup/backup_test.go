@@ -1,0 +1,156 @@
+package backup
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+func newRepo(t *testing.T) *repo.Repository {
+	t.Helper()
+	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
+	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+var hookMu sync.Mutex // tests that set testHookAfterRead do not run in parallel
+
+func setHook(t *testing.T, fn func(path string, attempt int)) {
+	hookMu.Lock()
+	testHookAfterRead = fn
+	t.Cleanup(func() { testHookAfterRead = nil; hookMu.Unlock() })
+}
+
+func TestConsistencyRecord(t *testing.T) {
+	src := t.TempDir()
+	stable := filepath.Join(src, "stable")
+	once := filepath.Join(src, "changes-once")
+	always := filepath.Join(src, "keeps-changing")
+	for _, p := range []string{stable, once, always} {
+		os.WriteFile(p, []byte("initial content"), 0o644)
+	}
+	var reads sync.Map
+	setHook(t, func(path string, attempt int) {
+		n, _ := reads.LoadOrStore(path, new(atomic.Int32))
+		n.(*atomic.Int32).Add(1)
+		if (path == once && attempt == 0) || path == always {
+			f, _ := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+			f.Write([]byte("+"))
+			f.Close()
+		}
+	})
+	res, err := Run(context.Background(), newRepo(t), Options{Paths: []string{src}, Retries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := res.Snapshot.Consistency
+	if !c.Checked || c.ChangedCount != 1 || len(c.ChangedDuringRead) != 1 || c.ChangedDuringRead[0] != always {
+		t.Fatalf("consistency = %+v, want only %s", c, always)
+	}
+	count := func(p string) int32 { n, _ := reads.Load(p); return n.(*atomic.Int32).Load() }
+	if count(stable) != 1 || count(once) != 2 || count(always) != 3 {
+		t.Fatalf("reads: stable %d, once %d, always %d; want 1, 2, 3", count(stable), count(once), count(always))
+	}
+}
+
+func TestParentSkipsUnchangedFiles(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	os.Mkdir(filepath.Join(src, "d"), 0o755)
+	for i := 0; i < 20; i++ {
+		testutil.WriteRandom(t, filepath.Join(src, "d", string(rune('a'+i))), 10<<10, uint64(i))
+	}
+	first, err := Run(ctx, r, Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := filepath.Join(src, "d", "c")
+	testutil.WriteRandom(t, changed, 10<<10, 99)
+	var reads atomic.Int32
+	setHook(t, func(string, int) { reads.Add(1) })
+	parent := &snapshot.Record{ID: first.ID, Snapshot: first.Snapshot}
+	second, err := Run(ctx, r, Options{Paths: []string{src}, Parent: parent, ParentTrees: snapshot.RepoTrees{Repo: r}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := second.Snapshot.Summary
+	if reads.Load() != 1 || s.FilesChanged != 1 || s.FilesUnchanged != 19 {
+		t.Fatalf("read %d files, summary %+v; want 1 read, 1 changed, 19 unchanged", reads.Load(), s)
+	}
+	if second.Snapshot.Tree == first.Snapshot.Tree {
+		t.Fatal("tree did not change")
+	}
+}
+
+func TestSparseHolesAreNotRead(t *testing.T) {
+	src := t.TempDir()
+	p := filepath.Join(src, "sparse")
+	f, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("data at the start"), 0)
+	f.WriteAt([]byte("data at the end"), 4<<30-100)
+	f.Truncate(4 << 30)
+	f.Close()
+	start := time.Now()
+	res, err := Run(context.Background(), newRepo(t), Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 4 GiB logical, but only a few KiB of data and one all-zero chunk
+	// per chunk size are new.
+	if s := res.Snapshot.Summary; s.TotalBytes != 4<<30 || s.DataAdded > 64<<20 {
+		t.Fatalf("summary %+v: want 4 GiB total, little new data", s)
+	}
+	t.Logf("4 GiB sparse file backed up in %v", time.Since(start))
+}
+
+func TestExcludes(t *testing.T) {
+	src := t.TempDir()
+	for _, p := range []string{"keep.txt", "skip.tmp", "cache/CACHEDIR.TAG", "cache/junk", "sub/skipdir/x"} {
+		os.MkdirAll(filepath.Dir(filepath.Join(src, p)), 0o755)
+		os.WriteFile(filepath.Join(src, p), []byte("x"), 0o644)
+	}
+	os.WriteFile(filepath.Join(src, "cache/CACHEDIR.TAG"), []byte("Signature: 8a477f597d28d172789f06886806bc55\n"), 0o644)
+	r := newRepo(t)
+	res, err := Run(context.Background(), r, Options{Paths: []string{src}, Excludes: []string{"*.tmp", src + "/sub/skipdir"}, ExcludeCaches: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// keep.txt and CACHEDIR.TAG remain
+	if s := res.Snapshot.Summary; s.FilesNew != 2 {
+		t.Fatalf("backed up %d files, want 2 (keep.txt, CACHEDIR.TAG)", s.FilesNew)
+	}
+}
+
+func TestHardLinksReadOnce(t *testing.T) {
+	src := t.TempDir()
+	testutil.WriteRandom(t, filepath.Join(src, "a"), 1<<20, 1)
+	os.Link(filepath.Join(src, "a"), filepath.Join(src, "b"))
+	os.Link(filepath.Join(src, "a"), filepath.Join(src, "c"))
+	var reads atomic.Int32
+	setHook(t, func(string, int) { reads.Add(1) })
+	res, err := Run(context.Background(), newRepo(t), Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads.Load() != 1 {
+		t.Fatalf("hard-linked file read %d times, want 1", reads.Load())
+	}
+	_ = res
+}
