@@ -272,8 +272,8 @@ func roll(p []byte, h uint64, g *gearTable) uint64 {
 // instructions per byte). The unrolled loop computes the hashes of 4 bytes
 // from the h before them (h<<k plus the hash t of the bytes alone), which
 // leaves one shift and add per 4 bytes on the chain and lets the CPU overlap
-// the rest: about 1.5x faster. At a cut the group is rolled again byte by
-// byte.
+// the rest: about 1.5x faster. A group of 8 bytes that holds a cut is rolled
+// again byte by byte.
 func scan(p []byte, h, mask uint64, g *gearTable) (n int, cut bool, hh uint64) {
 	i := 0
 	for ; i+8 <= len(p); i += 8 {

@@ -322,17 +322,16 @@ func BenchmarkLevels(b *testing.B) {
 		level  zstd.EncoderLevel
 		window int
 	}{
-		{"fastest-1M", zstd.SpeedFastest, 1 << 20},
-		{"default-512K", zstd.SpeedDefault, 512 << 10},
-		{"default-1M", zstd.SpeedDefault, 1 << 20},
-		{"default-8M", zstd.SpeedDefault, 8 << 20},
-		{"better-1M", zstd.SpeedBetterCompression, 1 << 20},
+		{"fastest", zstd.SpeedFastest, windowSize},
+		{"default", zstd.SpeedDefault, windowSize}, // floe
+		{"restic", zstd.SpeedDefault, 512 << 10},   // restic's "auto"
+		{"better", zstd.SpeedBetterCompression, windowSize},
 	} {
-		e := newEncoder(lv.level, lv.window)
+		e := &encoder{Encoder: newEncoder(lv.level, lv.window)}
 		for _, name := range []string{"text", "binary"} {
 			if data, ok := in[name]; ok {
 				b.Run(fmt.Sprintf("%s/%s", lv.name, name), func(b *testing.B) {
-					benchCompress(b, data, func(dst, src []byte) ([]byte, bool) { return compress(e, dst, src) })
+					benchCompress(b, data, func(dst, src []byte) ([]byte, bool) { return e.compress(dst, src) })
 				})
 			}
 		}
