@@ -49,9 +49,13 @@ func TestUnreadableFileAsUser(t *testing.T) {
 		os.Chmod(p, mode)
 	}
 	os.Chmod(filepath.Join(src, "closed"), 0o700) // a directory nobody cannot list
+	// a hostile name: terminal escape sequences must not reach the terminal
+	hostile := filepath.Join(src, "evil-\x1b]0;owned\a-\x1b[2J-name")
+	os.WriteFile(hostile, []byte("x"), 0)
 
 	r := e.runWith(asNobody, append(e.repoArgs(), "backup", src)...)
 	expectCode(t, r, 3)
+	textOut := r
 	for _, name := range []string{filepath.Join(src, "secret.txt"), filepath.Join(src, "closed")} {
 		if !strings.Contains(r.stderr, name) {
 			t.Errorf("the error output does not name %s: %s", name, r)
@@ -60,8 +64,8 @@ func TestUnreadableFileAsUser(t *testing.T) {
 	r = e.runWith(asNobody, append(e.repoArgs(), "backup", "--json", src)...)
 	expectCode(t, r, 3)
 	b := decodeJSON[backupOut](t, r)
-	if b.Summary.Errors != 2 || len(b.Errors) != 2 || b.Snapshot == "" {
-		t.Errorf("--json: %d errors %+v, snapshot %q; want 2 errors and a snapshot", b.Summary.Errors, b.Errors, b.Snapshot)
+	if b.Summary.Errors != 3 || len(b.Errors) != 3 || b.Snapshot == "" {
+		t.Errorf("--json: %d errors %+v, snapshot %q; want 3 errors and a snapshot", b.Summary.Errors, b.Errors, b.Snapshot)
 	}
 
 	if s := e.snapshots(); len(s) != 2 {
@@ -77,6 +81,8 @@ func TestUnreadableFileAsUser(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(dst, "secret.txt")); err == nil {
 		t.Errorf("the unreadable file is in the snapshot")
 	}
+	knownBug(t, strings.ContainsAny(textOut.stdout+textOut.stderr, "\x1b\a"),
+		"cmd/floe/backup.go printBackupResult: file names in error messages are printed raw, so a file name with terminal escape sequences (ESC ] ... BEL, ESC [2J) reaches the terminal; quote them (%%q, as storage.Handle.String does)")
 }
 
 // A file that keeps growing while it is read is recorded in the snapshot's

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/hook"
 	"github.com/floe-backup/floe/internal/pathmatch"
@@ -33,6 +35,8 @@ type backupFlags struct {
 	force         bool
 	preHook       string
 	postHook      string
+	fsSnapshot    string
+	fsSnapshotSz  string
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
@@ -48,19 +52,44 @@ is compared before and after reading; a file that changed is read again,
 and one that keeps changing is kept as read and listed in the snapshot's
 consistency record.
 
+With --fs-snapshot lvm or btrfs (as root), each path is read from a
+read-only snapshot of its file system, taken after the pre-hook: all files
+of one file system as of one instant, while the system keeps running. The
+backup records the original paths and is marked frozen. An LVM snapshot is
+mounted read-only on a temporary directory and needs free space in the
+volume group for the blocks that change meanwhile (--fs-snapshot-size); a
+btrfs snapshot is made at the root of the path's subvolume. The snapshots
+are named floe-snap-* (.floe-snap-* for btrfs) and removed after the
+backup, also when it fails or is interrupted. A snapshot holds one file
+system: file systems mounted below a path, and btrfs subvolumes nested in
+it, are saved as empty directories unless given as paths of their own.
+
 Without -r/--repo or FLOE_REPOSITORY, the first backup creates a default
 repository in $XDG_DATA_HOME/floe/repository with a random key file in
 $XDG_CONFIG_HOME/floe/repository.key.`,
 		Example: `  floe backup /etc /home
   floe backup --exclude '*.tmp' --exclude /home/*/.cache --exclude-caches /home
   pg_dump mydb | floe backup --stdin --stdin-filename mydb.sql
-  floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv`,
+  floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv
+  floe backup --fs-snapshot lvm /srv            # read /srv from an LVM snapshot
+  floe backup --fs-snapshot btrfs /home         # read /home from a btrfs snapshot`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if f.stdin && len(args) > 0 {
 				return usageError{errors.New("--stdin takes no paths")}
 			}
 			if !f.stdin && len(args) == 0 {
 				return usageError{errors.New("give at least one path to back up")}
+			}
+			if f.fsSnapshot != "" && f.stdin {
+				return usageError{errors.New("--fs-snapshot reads paths; it does not go with --stdin")}
+			}
+			if f.fsSnapshot == "" && f.fsSnapshotSz != "" {
+				return usageError{errors.New("--fs-snapshot-size needs --fs-snapshot lvm")}
+			}
+			if f.fsSnapshot != "" {
+				if _, err := fssnap.ParseKind(f.fsSnapshot); err != nil {
+					return usageError{fmt.Errorf("--fs-snapshot: %w", err)}
+				}
 			}
 			return runBackup(cmd.Context(), g, f, args)
 		},
@@ -78,10 +107,20 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
 	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed (FLOE_BACKUP_STATUS is ok or failed)")
+	fl.StringVar(&f.fsSnapshot, "fs-snapshot", "", "read the paths from a read-only snapshot of their file system: `KIND` lvm or btrfs (needs root)")
+	fl.StringVar(&f.fsSnapshotSz, "fs-snapshot-size", "", "room for changed blocks of LVM snapshots: a `SIZE` like 2G, or 20% of the volume, or 50%FREE of the volume group (default 10%)")
 	return c
 }
 
 func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) (err error) {
+	var snapOpts fssnap.Options
+	if f.fsSnapshot != "" {
+		// before the hooks: nothing is done when snapshots cannot be made
+		snapOpts = fssnap.Options{Kind: fssnap.Kind(f.fsSnapshot), Size: f.fsSnapshotSz, Warn: func(msg string) { g.warn("floe: %s", msg) }}
+		if err := fssnap.Preflight(snapOpts); err != nil {
+			return err
+		}
+	}
 	if f.postHook != "" {
 		defer func() {
 			status := "ok"
@@ -144,6 +183,37 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		}
 		opts.Parent, opts.ParentTrees = parent, trees
 	}
+	var snaps *fssnap.Set
+	if f.fsSnapshot != "" {
+		abs := make([]string, 0, len(paths))
+		for _, p := range paths {
+			a, err := filepath.Abs(p)
+			if err != nil {
+				return fmt.Errorf("path %s: %w", p, err)
+			}
+			abs = append(abs, a)
+		}
+		if snaps, err = fssnap.Create(ctx, abs, snapOpts); err != nil {
+			return fmt.Errorf("%w; no backup was made", err)
+		}
+		// removed however the backup ends; after an interrupt ctx is
+		// cancelled, so the removal gets a context of its own
+		defer func() {
+			if rerr := snaps.Remove(context.WithoutCancel(ctx)); rerr != nil {
+				if err == nil {
+					err = rerr
+				} else {
+					g.warn("floe: %v", rerr)
+				}
+			}
+		}()
+		if !g.quiet && !g.json {
+			for _, d := range snaps.Describe() {
+				g.warn("reading from the %s", d)
+			}
+		}
+		opts.SourceRoot, opts.Frozen = snaps.Sources(), true
+	}
 	var tw *cache.TreeWriter
 	if c != nil {
 		if tw, err = c.NewTreeWriter(); err != nil {
@@ -172,6 +242,10 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		}
 	}
 	printBackupResult(g, r, res, opts.Parent)
+	if cerr := snaps.Check(context.WithoutCancel(ctx)); cerr != nil {
+		g.warn("floe: %v", cerr)
+		g.exitCode = ExitPartial
+	}
 	if created || ui.IsTerminal(os.Stdout) {
 		g.say("\nnext:\n  %s snapshots                          list snapshots\n  %s ls latest                          list the files of the newest\n  %s restore latest --target DIR       restore it into DIR\n  %s check                              verify the repository",
 			g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix())

@@ -75,8 +75,10 @@ func (r *Repository) packWriter() *packWriter {
 func (r *Repository) SetUploadObserver(fn func(n int64)) { r.packWriter().onUpload = fn }
 
 // HasBlob reports whether the repository has the blob, stored or pending.
+// A blob whose only copies lie in packs that a gc mark names counts as
+// absent: prune may delete those packs.
 func (r *Repository) HasBlob(h BlobHandle) bool {
-	if r.idx.Has(h) {
+	if r.idx.use(h) {
 		return true
 	}
 	r.wmu.Lock()
@@ -91,11 +93,22 @@ func (r *Repository) HasBlob(h BlobHandle) bool {
 	return ok
 }
 
-// SaveBlob stores a blob unless the repository has it already. The ID must
-// be r.BlobID(data) (callers compute it to check for duplicates early).
-// It returns whether the blob was new and its stored size. SaveBlob is safe
-// for concurrent use; data is not retained.
+// SaveBlob stores a blob unless the repository has it already (see
+// HasBlob). The ID must be r.BlobID(data) (callers compute it to check for
+// duplicates early). It returns whether the blob was new and its stored
+// size. SaveBlob is safe for concurrent use; data is not retained.
 func (r *Repository) SaveBlob(ctx context.Context, t BlobType, id hash.ID, data []byte) (bool, int, error) {
+	return r.saveBlob(ctx, t, id, data, true)
+}
+
+// SaveBlobCopy stores a blob even if the index has it (prune copies the
+// live blobs of packs it repacks); only a copy pending in this writer is
+// not stored twice.
+func (r *Repository) SaveBlobCopy(ctx context.Context, t BlobType, id hash.ID, data []byte) (bool, int, error) {
+	return r.saveBlob(ctx, t, id, data, false)
+}
+
+func (r *Repository) saveBlob(ctx context.Context, t BlobType, id hash.ID, data []byte, dedup bool) (bool, int, error) {
 	w := r.packWriter()
 	h := BlobHandle{t, id}
 	w.mu.Lock()
@@ -104,7 +117,7 @@ func (r *Repository) SaveBlob(ctx context.Context, t BlobType, id hash.ID, data 
 		w.mu.Unlock()
 		return false, 0, err
 	}
-	if _, ok := w.pending[h]; ok || r.idx.Has(h) {
+	if _, ok := w.pending[h]; ok || (dedup && r.idx.use(h)) {
 		w.mu.Unlock()
 		return false, 0, nil
 	}
@@ -232,7 +245,7 @@ func (w *packWriter) store(ctx context.Context, p *openPack) error {
 		return fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
 	info := PackInfo{ID: id, Ephemeral: p.ephemeral, Blobs: p.blobs}
-	w.r.idx.add([]PackInfo{info})
+	w.r.idx.addPacks([]PackInfo{info}, true)
 	if w.onUpload != nil {
 		w.onUpload(int64(len(p.buf)))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
@@ -73,11 +74,16 @@ type Location struct {
 type indexEntry struct {
 	pack                      uint32 // into Index.packs
 	offset, length, rawLength uint32
+	// referenced: HasBlob or SaveBlob relied on this blob, or this
+	// repository stored it (VerifyReferences checks these before a
+	// snapshot is written).
+	referenced bool
 }
 
 type indexPack struct {
 	id        hash.ID
 	ephemeral crypto.PublicKey
+	marked    bool // a gc mark names the pack: prune may delete it
 }
 
 // Index is the in-memory union of all index files. Safe for concurrent use.
@@ -88,32 +94,77 @@ type Index struct {
 	packPos  map[hash.ID]uint32
 	files    map[hash.ID]bool // index files loaded
 	replaced map[hash.ID]bool // index files superseded by a loaded one
+
+	// marked are the packs that gc marks name (docs/FORMAT.md "Garbage
+	// collection"): their blobs are found, but not deduplicated against.
+	marked map[hash.ID]bool
+	loaded time.Time     // when LoadIndex started; zero: never
+	grace  time.Duration // prune's grace period the backup trusts (SetGCGrace)
 }
 
 func newIndex() *Index {
 	return &Index{blobs: map[BlobHandle]indexEntry{}, packPos: map[hash.ID]uint32{},
-		files: map[hash.ID]bool{}, replaced: map[hash.ID]bool{}}
+		files: map[hash.ID]bool{}, replaced: map[hash.ID]bool{}, marked: map[hash.ID]bool{},
+		grace: DefaultGCGrace}
 }
 
 // add merges the packs of one index file.
-func (x *Index) add(packs []PackInfo) {
+func (x *Index) add(packs []PackInfo) { x.addPacks(packs, false) }
+
+// addPacks merges packs; own says this repository stored them (their
+// blobs count as referenced). Of several copies of a blob, one in a pack
+// that no gc mark names is preferred.
+func (x *Index) addPacks(packs []PackInfo, own bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, p := range packs {
 		pos, ok := x.packPos[p.ID]
 		if !ok {
 			pos = uint32(len(x.packs))
-			x.packs = append(x.packs, indexPack{id: p.ID, ephemeral: p.Ephemeral})
+			x.packs = append(x.packs, indexPack{id: p.ID, ephemeral: p.Ephemeral, marked: x.marked[p.ID]})
 			x.packPos[p.ID] = pos
 		}
 		for _, b := range p.Blobs {
 			h := BlobHandle{b.Type, b.ID}
-			if _, dup := x.blobs[h]; dup {
-				continue // any copy serves
+			e := indexEntry{pack: pos, offset: b.Offset, length: b.Length, rawLength: b.RawLength, referenced: own}
+			if old, dup := x.blobs[h]; dup {
+				if !x.packs[old.pack].marked || x.packs[pos].marked {
+					if own && !old.referenced {
+						old.referenced = true
+						x.blobs[h] = old
+					}
+					continue // any copy serves
+				}
+				e.referenced = e.referenced || old.referenced
 			}
-			x.blobs[h] = indexEntry{pack: pos, offset: b.Offset, length: b.Length, rawLength: b.RawLength}
+			x.blobs[h] = e
 		}
 	}
+}
+
+// use reports whether the blob has a copy in a pack that no gc mark names,
+// and if so records that the caller relies on it.
+func (x *Index) use(h BlobHandle) bool {
+	x.mu.RLock()
+	e, ok := x.blobs[h]
+	ok = ok && !x.packs[e.pack].marked
+	x.mu.RUnlock()
+	if ok && !e.referenced {
+		x.mu.Lock()
+		if e, found := x.blobs[h]; found {
+			e.referenced = true
+			x.blobs[h] = e
+		}
+		x.mu.Unlock()
+	}
+	return ok
+}
+
+// Marked reports whether a gc mark loaded with the index names the pack.
+func (x *Index) Marked(pack hash.ID) bool {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return x.marked[pack]
 }
 
 // Has reports whether the blob is in the index.
@@ -374,65 +425,129 @@ func (e *IndexLoadError) Error() string {
 	return fmt.Sprintf("%d index file(s) could not be loaded: %v", len(e.Errs), errors.Join(e.Errs...))
 }
 
-// LoadIndex reads every index file into memory, in parallel. Damaged index
-// files are skipped and reported in an *IndexLoadError; the rest are used.
+// LoadIndex reads every index file and every gc mark into memory, in
+// parallel. Damaged index files are skipped and reported in an
+// *IndexLoadError; the rest are used. Blobs whose only copies lie in
+// packs that gc marks name are found (LoadBlob) but not deduplicated
+// against (HasBlob, SaveBlob).
 func (r *Repository) LoadIndex(ctx context.Context) error {
-	ids, err := r.ListIDs(ctx, storage.Index)
+	start := time.Now()
+	marked, err := r.markedPacks(ctx)
+	if err != nil {
+		return err
+	}
+	files, errs, err := r.loadIndexFiles(ctx)
 	if err != nil {
 		return err
 	}
 	idx := newIndex()
-	type result struct {
-		id  hash.ID
-		f   *IndexFile
-		err error
+	if r.idx != nil {
+		idx.grace = r.idx.grace
 	}
-	jobs := make(chan hash.ID)
-	results := make(chan result)
-	var wg sync.WaitGroup
-	for w := 0; w < 4; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range jobs {
-				f, err := r.LoadIndexFile(ctx, id)
-				results <- result{id, f, err}
-			}
-		}()
-	}
-	go func() {
-		for _, id := range ids {
-			jobs <- id
-		}
-		close(jobs)
-		wg.Wait()
-		close(results)
-	}()
-	var files []result
-	var errs []error
-	for res := range results {
-		if res.err != nil {
-			errs = append(errs, res.err)
-			continue
-		}
-		files = append(files, res)
-		idx.files[res.id] = true
-		for _, s := range res.f.Supersedes {
-			idx.replaced[s] = true
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	for _, res := range files {
-		if idx.replaced[res.id] {
-			continue
-		}
-		idx.add(res.f.Packs)
-	}
+	idx.loaded = start
+	idx.marked = marked
+	idx.addFiles(files)
 	r.idx = idx
 	if len(errs) > 0 {
 		return &IndexLoadError{Errs: errs}
 	}
 	return nil
+}
+
+// addFiles adds index files minus the superseded ones, in a fixed order.
+func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
+	ids := make([]hash.ID, 0, len(files))
+	for id, f := range files {
+		ids = append(ids, id)
+		x.files[id] = true
+		for _, s := range f.Supersedes {
+			x.replaced[s] = true
+		}
+	}
+	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	for _, id := range ids {
+		if !x.replaced[id] {
+			x.add(files[id].Packs)
+		}
+	}
+}
+
+// loadIndexFiles loads every index file. A prune running meanwhile may
+// write an index file that supersedes others and then remove them: a file
+// that vanishes is skipped when a loaded file supersedes it, else the
+// files are listed again (up to three times) to find the new one.
+// Files that cannot be loaded are returned in errs.
+func (r *Repository) loadIndexFiles(ctx context.Context) (map[hash.ID]*IndexFile, []error, error) {
+	files := map[hash.ID]*IndexFile{}
+	tried := map[hash.ID]bool{}
+	var errs []error
+	gone := map[hash.ID]error{}
+	for attempt := 0; ; attempt++ {
+		ids, err := r.ListIDs(ctx, storage.Index)
+		if err != nil {
+			return nil, nil, err
+		}
+		var todo []hash.ID
+		for _, id := range ids {
+			if !tried[id] {
+				tried[id] = true
+				todo = append(todo, id)
+			}
+		}
+		loaded, lerrs := r.loadIndexFileList(ctx, todo)
+		if err := ctx.Err(); err != nil {
+			return nil, nil, err
+		}
+		for i, id := range todo {
+			switch {
+			case lerrs[i] == nil:
+				files[id] = loaded[i]
+			case storage.IsNotExist(lerrs[i]):
+				gone[id] = lerrs[i]
+			default:
+				errs = append(errs, lerrs[i])
+			}
+		}
+		for _, f := range files {
+			for _, s := range f.Supersedes {
+				delete(gone, s)
+			}
+		}
+		if len(gone) == 0 {
+			return files, errs, nil
+		}
+		if len(todo) == 0 || attempt == 2 {
+			for _, err := range gone {
+				errs = append(errs, err)
+			}
+			return files, errs, nil
+		}
+	}
+}
+
+// loadIndexFileList loads the given index files on four goroutines.
+func (r *Repository) loadIndexFileList(ctx context.Context, ids []hash.ID) ([]*IndexFile, []error) {
+	files := make([]*IndexFile, len(ids))
+	errs := make([]error, len(ids))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(4, len(ids)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				files[i], errs[i] = r.LoadIndexFile(ctx, ids[i])
+			}
+		}()
+	}
+	for i := range ids {
+		if ctx.Err() != nil {
+			errs[i] = ctx.Err()
+			continue
+		}
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return files, errs
 }

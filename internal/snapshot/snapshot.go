@@ -30,6 +30,7 @@ type Snapshot struct {
 	Tags           []string
 	Tree           hash.ID // root tree; required
 	Parent         hash.ID // null: no parent (omitted from JSON)
+	Original       hash.ID // copies (floe copy/import): the snapshot's ID where it was first made; null: not a copy
 	ProgramVersion string
 	Summary        Summary
 	Consistency    Consistency
@@ -74,6 +75,7 @@ type snapshotJSON struct {
 	Tags           []string        `json:"tags"`
 	Tree           *hash.ID        `json:"tree"`
 	Parent         string          `json:"parent,omitempty"`
+	Original       string          `json:"original,omitempty"`
 	ProgramVersion string          `json:"program_version"`
 	Summary        Summary         `json:"summary"`
 	Consistency    consistencyJSON `json:"consistency"`
@@ -140,6 +142,9 @@ func MarshalSnapshot(s *Snapshot) ([]byte, error) {
 	if !s.Parent.IsNull() {
 		w.Parent = s.Parent.String()
 	}
+	if !s.Original.IsNull() {
+		w.Original = s.Original.String()
+	}
 	out, err := json.Marshal(&w)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidSnapshot, err)
@@ -194,6 +199,13 @@ func UnmarshalSnapshot(data []byte) (*Snapshot, error) {
 			return nil, fmt.Errorf("%w: parent: %w", ErrInvalidSnapshot, err)
 		}
 		s.Parent = p
+	}
+	if w.Original != "" {
+		o, err := hash.Parse(w.Original)
+		if err != nil {
+			return nil, fmt.Errorf("%w: original: %w", ErrInvalidSnapshot, err)
+		}
+		s.Original = o
 	}
 	return s, nil
 }
