@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 import (
@@ -11,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,7 +127,6 @@ type floeEnv struct {
 	repo                      string
 	pwFile                    string
 	password                  string
-	extraEnv                  []string
 }
 
 func newEnv(t *testing.T) *floeEnv {
@@ -177,7 +179,7 @@ func (e *floeEnv) environ() []string {
 	if tmp := os.Getenv("TMPDIR"); tmp != "" {
 		env = append(env, "TMPDIR="+tmp)
 	}
-	return append(env, e.extraEnv...)
+	return env
 }
 
 // result of one floe run.
@@ -248,11 +250,14 @@ func (e *floeEnv) runWith(o runOpts, args ...string) result {
 	if s, leaked := leakedSecret(r.stdout, r.stderr); leaked {
 		e.t.Errorf("floe %s printed the secret %.6s...: the secret must never appear in output", quoteArgs(args), s)
 	}
-	if strings.Contains(r.stderr, "panic:") || strings.Contains(r.stderr, "goroutine ") {
+	if strings.Contains(r.stderr, "panic: ") || goroutineTrace.MatchString(r.stderr) {
 		e.t.Errorf("floe %s panicked:\n%s", quoteArgs(args), r.stderr)
 	}
 	return r
 }
+
+// goroutineTrace finds the stack dump of a panic or a fatal runtime error.
+var goroutineTrace = regexp.MustCompile(`(?m)^goroutine \d+ \[`)
 
 // repoArgs are the global flags that open the test's repository with its
 // password.

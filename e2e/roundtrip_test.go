@@ -1,3 +1,5 @@
+//go:build linux
+
 package e2e
 
 import (
@@ -237,6 +239,13 @@ func TestStdin(t *testing.T) {
 	}
 	if !bytes.Equal(got, data) {
 		t.Errorf("restored db.sql has %d bytes and differs from the %d bytes given", len(got), len(data))
+	}
+	if hasCommand(t, "dump") {
+		r := e.floe("dump", b.Snapshot+":/db.sql")
+		expectCode(t, r, 0)
+		if r.stdout != string(data) {
+			t.Errorf("dump of db.sql gives %d bytes that differ from the %d bytes given", len(r.stdout), len(data))
+		}
 	}
 	// --stdin with paths is a usage error
 	r = e.runWith(runOpts{stdin: strings.NewReader("x")}, append(e.repoArgs(), "backup", "--stdin", e.dir)...)

@@ -99,10 +99,10 @@ ones). --json prints one object per change and line ("message_type":
 					name += "/"
 				}
 				if ch.Kind == diff.Modified {
-					_, err := fmt.Fprintf(out, "%s  %s  (%s)\n", ch.Kind, displayPath(name), ch.What)
+					_, err := fmt.Fprintf(out, "%s  %s  (%s)\n", ch.Kind, ui.Path(name), ch.What)
 					return err
 				}
-				_, err := fmt.Fprintf(out, "%s  %s\n", ch.Kind, displayPath(name))
+				_, err := fmt.Fprintf(out, "%s  %s\n", ch.Kind, ui.Path(name))
 				return err
 			}
 			var sum diff.Summary

@@ -250,10 +250,11 @@ func (g *globals) credential(ctx context.Context) (repo.Credential, error) {
 func (g *globals) openRepo(ctx context.Context, loadIndex bool) (*repo.Repository, error) {
 	be, err := openBackend(g.repo)
 	if err != nil {
-		if g.usingDefault && errors.Is(err, os.ErrNotExist) {
+		missing := errors.Is(err, os.ErrNotExist) || errors.Is(err, storage.ErrNotExist)
+		if g.usingDefault && missing {
 			return nil, errNoRepoGiven
 		}
-		if errors.Is(err, os.ErrNotExist) {
+		if missing {
 			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
 		}
 		return nil, err
@@ -304,7 +305,7 @@ func (g *globals) openCache(r *repo.Repository) *cache.Cache {
 }
 
 func (g *globals) warn(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, format+"\n", args...)
+	fmt.Fprintln(os.Stderr, ui.Sanitize(fmt.Sprintf(format, args...)))
 }
 
 // say prints a line for people unless --quiet or --json.
@@ -312,7 +313,7 @@ func (g *globals) say(format string, args ...any) {
 	if g.quiet || g.json {
 		return
 	}
-	fmt.Fprintf(os.Stdout, format+"\n", args...)
+	fmt.Fprintln(os.Stdout, ui.Sanitize(fmt.Sprintf(format, args...)))
 }
 
 func (g *globals) status() *ui.Status { return ui.NewStatus(os.Stderr, !g.quiet && !g.json) }

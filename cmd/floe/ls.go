@@ -7,10 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
-	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
@@ -75,7 +72,7 @@ prints one JSON object per node and line, with exact names (not UTF-8:
 					_, err := fmt.Fprintln(out, longLine(path, n, numeric))
 					return err
 				}
-				_, err := fmt.Fprintln(out, displayPath(path))
+				_, err := fmt.Fprintln(out, ui.Path(path))
 				return err
 			}
 			if p != "/" {
@@ -149,16 +146,6 @@ func findSnapshotPath(ctx context.Context, r *repo.Repository, l walk.Loader, sp
 	return sn, p, node, nil
 }
 
-// displayPath returns p for people: as is, or quoted when it holds
-// control characters or bytes that are not UTF-8 (which could garble a
-// terminal or a line-based pipe).
-func displayPath(p string) string {
-	if utf8.ValidString(p) && !strings.ContainsFunc(p, unicode.IsControl) {
-		return p
-	}
-	return strconv.Quote(p)
-}
-
 // modeString formats a node's type and mode like ls -l: "drwxr-xr-x".
 func modeString(n *snapshot.Node) string {
 	var b [10]byte
@@ -210,7 +197,7 @@ func ownerNames(n *snapshot.Node, numeric bool) (string, string) {
 	if numeric || gr == "" {
 		gr = strconv.FormatUint(uint64(n.GID), 10)
 	}
-	return displayPath(u), displayPath(gr)
+	return ui.Path(u), ui.Path(gr)
 }
 
 // longLine formats a node like ls -l.
@@ -226,9 +213,9 @@ func longLine(p string, n *snapshot.Node, numeric bool) string {
 	if !n.ModTime.IsZero() {
 		mt = n.ModTime.Local().Format("2006-01-02 15:04:05")
 	}
-	line := fmt.Sprintf("%s  %-8s %-8s %12s  %s  %s", modeString(n), u, gr, size, mt, displayPath(p))
+	line := fmt.Sprintf("%s  %-8s %-8s %12s  %s  %s", modeString(n), u, gr, size, mt, ui.Path(p))
 	if n.Type == snapshot.TypeSymlink {
-		line += " -> " + displayPath(n.LinkTarget)
+		line += " -> " + ui.Path(n.LinkTarget)
 	}
 	return line
 }

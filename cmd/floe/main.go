@@ -12,6 +12,8 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -48,7 +50,7 @@ func run(args []string) int {
 	if g.json {
 		printJSONError(err, code)
 	} else {
-		fmt.Fprintf(os.Stderr, "floe: %v\n", err)
+		fmt.Fprintf(os.Stderr, "floe: %s\n", ui.Sanitize(err.Error()))
 		if hint := hintFor(err); hint != "" {
 			fmt.Fprintf(os.Stderr, "hint: %s\n", hint)
 		}
@@ -73,6 +75,7 @@ Exit codes:
   1   error
   2   wrong usage (unknown flag, missing argument)
   3   partial: the command finished, but some files could not be read or written
+  4   audit found changes
   10  repository missing or unreachable
   11  wrong password or key file
   12  the key is write-only and the command needs to read backups

@@ -193,12 +193,12 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 				if len(s.Tags) > 0 {
 					tags = "  [" + strings.Join(s.Tags, ",") + "]"
 				}
-				fmt.Printf("%-8s  %-19s  %-12s  %-10s  %-12s  %s%s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-					s.Hostname, ui.Bytes(s.Summary.TotalBytes), cons, strings.Join(s.Paths, " "), tags)
+				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s  %-10s  %-12s  %s%s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
+					s.Hostname, ui.Bytes(s.Summary.TotalBytes), cons, strings.Join(s.Paths, " "), tags)))
 			}
 			for _, s := range sel {
 				if line := consistencyLine(s.Consistency); line != "" {
-					fmt.Printf("%s: %s\n", s.ID.Short(), line)
+					fmt.Printf("%s: %s\n", s.ID.Short(), ui.Sanitize(line))
 				}
 			}
 			fmt.Printf("%d snapshots\n", len(sel))

@@ -84,6 +84,26 @@ type restorer struct {
 	links map[[2]uint64]string // (device, inode) -> first restored path
 	files []*fileJob
 	seen  []dirNames
+
+	zeroMu  sync.Mutex
+	zeroIDs map[uint32]hash.ID
+}
+
+// isZeroChunk reports whether id is the ID of n zero bytes: the chunks a
+// sparse file's holes became. They are not loaded or written; the file was
+// truncated to its size, so the holes are already there.
+func (rs *restorer) isZeroChunk(id hash.ID, n uint32) bool {
+	rs.zeroMu.Lock()
+	defer rs.zeroMu.Unlock()
+	if rs.zeroIDs == nil {
+		rs.zeroIDs = map[uint32]hash.ID{}
+	}
+	z, ok := rs.zeroIDs[n]
+	if !ok {
+		z = rs.r.BlobID(make([]byte, n))
+		rs.zeroIDs[n] = z
+	}
+	return z == id
 }
 
 type dirMeta struct {
@@ -573,10 +593,23 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			f.done(rs, nil)
 			continue
 		}
-		f.pending.Store(int64(len(job.node.Content)))
+		var todo []int
 		for i, id := range job.node.Content {
-			chunks <- chunk{f: f, h: repo.BlobHandle{Type: repo.DataBlob, ID: id}, offset: offsets[i]}
+			size := job.node.Size - uint64(offsets[i])
+			if i+1 < len(offsets) {
+				size = uint64(offsets[i+1] - offsets[i])
+			}
+			if job.node.Sparse && rs.isZeroChunk(id, uint32(size)) {
+				rs.opts.Progress.BytesDone.Add(int64(size))
+				continue
+			}
+			todo = append(todo, i)
 		}
+		f.pending.Store(int64(len(todo)) + 1)
+		for _, i := range todo {
+			chunks <- chunk{f: f, h: repo.BlobHandle{Type: repo.DataBlob, ID: job.node.Content[i]}, offset: offsets[i]}
+		}
+		f.done(rs, nil) // the +1: a file of only holes is finished here
 	}
 	close(chunks)
 	wg.Wait()
@@ -644,6 +677,15 @@ func (f *openFile) done(rs *restorer, err error) {
 	rs.mu.Unlock()
 }
 
+// isHole reports whether [off, off+n) of f holds no data (a hole).
+func isHole(f *os.File, off, n int64) bool {
+	data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		return true // no data after off
+	}
+	return err == nil && data >= off+n
+}
+
 func allZero(b []byte) bool {
 	for len(b) >= 8 {
 		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
@@ -705,6 +747,10 @@ func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 		loc, ok := rs.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
 		if !ok {
 			return buf, fmt.Errorf("verify %s: blob %s not in index", job.rel, id.Short())
+		}
+		if job.node.Sparse && rs.isZeroChunk(id, loc.RawLength) && isHole(f, off, int64(loc.RawLength)) {
+			off += int64(loc.RawLength)
+			continue
 		}
 		if cap(buf) < int(loc.RawLength) {
 			buf = make([]byte, loc.RawLength)

@@ -7,9 +7,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 )
@@ -155,6 +158,47 @@ func Progress(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanD
 	}
 	if current != "" {
 		fmt.Fprintf(&b, "  %s", current)
+	}
+	return b.String()
+}
+
+// Path returns p for people: as is, or quoted when it holds control
+// characters or bytes that are not UTF-8 (which could garble a terminal or
+// a line-based pipe, or smuggle escape sequences into an admin's terminal).
+func Path(p string) string {
+	if utf8.ValidString(p) && !strings.ContainsFunc(p, unicode.IsControl) {
+		return p
+	}
+	return strconv.Quote(p)
+}
+
+// Sanitize escapes control characters (but newlines and tabs) and invalid
+// UTF-8 in a message for a terminal. Error messages embed file names from
+// the backed-up system, which are hostile input.
+func Sanitize(s string) string {
+	clean := true
+	for i, r := range s {
+		if (r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD")) || (unicode.IsControl(r) && r != '\n' && r != '\t') {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); {
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+		case unicode.IsControl(r) && r != '\n' && r != '\t':
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		default:
+			b.WriteString(s[i : i+size])
+		}
+		i += size
 	}
 	return b.String()
 }
