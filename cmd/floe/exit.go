@@ -15,6 +15,7 @@ const (
 	ExitError       = 1
 	ExitUsage       = 2
 	ExitPartial     = 3
+	ExitChanges     = 4 // audit found changes
 	ExitNoRepo      = 10
 	ExitWrongKey    = 11
 	ExitWriteOnly   = 12

@@ -2,16 +2,15 @@ package backup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -65,15 +64,6 @@ func (s fileState) same(o fileState) bool {
 	return s.size == o.size && s.ino == o.ino && s.dev == o.dev && s.mtime.Equal(o.mtime) && s.ctime.Equal(o.ctime)
 }
 
-func openNoFollow(path string) (*os.File, error) {
-	// O_NOATIME keeps a backup from touching access times; only the owner
-	// (or root) may ask for it.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NOATIME, 0)
-	if errors.Is(err, syscall.EPERM) {
-		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-	}
-	return f, err
-}
 
 // testHookAfterRead lets tests change a file between reading it and the
 // second stat, to exercise the consistency check deterministically.
@@ -88,7 +78,7 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 	if src == "" {
 		src = job.path
 	}
-	f, err := openNoFollow(src)
+	f, err := fsmeta.OpenForRead(src)
 	if err != nil {
 		return err
 	}
@@ -169,7 +159,7 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 		}
 	}
 	if sparse {
-		segErr = a.sparseSegments(f, size, func(off, n int64, hole bool) error {
+		segErr = fsmeta.Segments(f, size, func(off, n int64, hole bool) error {
 			if !hole {
 				return chunkRange(io.NewSectionReader(f, off, n))
 			}
@@ -225,40 +215,6 @@ func (a *archiver) zeroID(n int) hash.ID {
 	return id
 }
 
-// sparseSegments walks the data and hole regions of a file with
-// SEEK_DATA/SEEK_HOLE, so the holes of a sparse file are never read.
-func (a *archiver) sparseSegments(f *os.File, size uint64, fn func(off, n int64, hole bool) error) error {
-	fd := int(f.Fd())
-	end := int64(size)
-	var off int64
-	for off < end {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, syscall.ENXIO) {
-			data = end // only a hole remains
-		} else if err != nil {
-			return fn(off, end-off, false) // no SEEK_DATA support: read it all
-		}
-		data = min(data, end)
-		if data > off {
-			if err := fn(off, data-off, true); err != nil {
-				return err
-			}
-		}
-		if data >= end {
-			break
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			hole = end
-		}
-		hole = min(hole, end)
-		if err := fn(data, hole-data, false); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return nil
-}
 
 // blobSaver hashes and stores chunks.
 func (a *archiver) blobSaver(ctx context.Context) {

@@ -19,11 +19,7 @@ import (
 
 func newRepo(t *testing.T) *repo.Repository {
 	t.Helper()
-	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := testutil.NewRepo(t)
 	return r
 }
 

@@ -9,22 +9,17 @@ import (
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/stats"
-	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/walk"
 )
 
 func newRepo(t *testing.T) *repo.Repository {
 	t.Helper()
-	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := testutil.NewRepo(t)
 	return r
 }
 

@@ -1,0 +1,31 @@
+package testutil
+
+import (
+	"context"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/mem"
+)
+
+// Password opens the repositories NewRepo makes.
+const Password = "pw"
+
+// CheapKDF returns argon2 parameters cheap enough for tests that make many
+// keys (never for real keys).
+func CheapKDF() *crypto.KDFParams {
+	return &crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
+}
+
+// NewRepo creates a repository on an in-memory backend, opened with
+// Password. The backend is returned so tests can open it again or damage it.
+func NewRepo(t testing.TB) (*repo.Repository, *mem.Backend) {
+	t.Helper()
+	be := mem.New()
+	r, _, err := repo.Init(context.Background(), be, repo.Credential{Password: []byte(Password)}, repo.InitOptions{KDF: CheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, be
+}
