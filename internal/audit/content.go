@@ -215,5 +215,3 @@ func (h *hasher) compareBytes(ctx context.Context, f *os.File, content []hash.ID
 	}
 	return contentResult{}
 }
-
-

@@ -64,7 +64,6 @@ func (s fileState) same(o fileState) bool {
 	return s.size == o.size && s.ino == o.ino && s.dev == o.dev && s.mtime.Equal(o.mtime) && s.ctime.Equal(o.ctime)
 }
 
-
 // testHookAfterRead lets tests change a file between reading it and the
 // second stat, to exercise the consistency check deterministically.
 var testHookAfterRead func(path string, attempt int)
@@ -214,7 +213,6 @@ func (a *archiver) zeroID(n int) hash.ID {
 	}
 	return id
 }
-
 
 // blobSaver hashes and stores chunks.
 func (a *archiver) blobSaver(ctx context.Context) {
