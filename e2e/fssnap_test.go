@@ -330,6 +330,24 @@ func TestFsSnapshotBtrfs(t *testing.T) {
 		t.Errorf("second backup %+v: want 4 files unchanged", s)
 	}
 	expectNoLeftovers(t, "after the second backup", mnt, "")
+
+	// the top-level subvolume: the subvolume vol inside it is not in its
+	// snapshot, and floe says so; given as a path too, it is read from a
+	// snapshot of its own
+	os.WriteFile(filepath.Join(mnt, "top.txt"), []byte("top\n"), 0o644)
+	r := e.ok("backup", "--fs-snapshot", "btrfs", mnt)
+	if !strings.Contains(r.stderr, "note: "+vol+" is another btrfs subvolume") {
+		t.Errorf("no note that %s is not in the snapshot of %s: %s", vol, mnt, r)
+	}
+	if ls := e.ok("ls", "latest").stdout; !containsLine(ls, mnt+"/top.txt") || !containsLine(ls, vol) || containsLine(ls, vol+"/a.txt") {
+		t.Errorf("want %s/top.txt and %s empty:\n%s", mnt, vol, ls)
+	}
+	b3, r := e.backup("--fs-snapshot", "btrfs", mnt, vol)
+	if strings.Contains(r.stderr, "note:") {
+		t.Errorf("a note although %s was given: %s", vol, r)
+	}
+	e.restoreAndCompare("restore of two subvolumes", b3.Snapshot, mnt, testutil.Manifest(t, mnt), false)
+	expectNoLeftovers(t, "after the backup of two subvolumes", mnt, "")
 }
 
 // However a btrfs snapshot backup fails, the snapshot is deleted: a failing

@@ -83,8 +83,8 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 			if f.fsSnapshot != "" && f.stdin {
 				return usageError{errors.New("--fs-snapshot reads paths; it does not go with --stdin")}
 			}
-			if f.fsSnapshot == "" && f.fsSnapshotSz != "" {
-				return usageError{errors.New("--fs-snapshot-size needs --fs-snapshot lvm")}
+			if f.fsSnapshot != "lvm" && f.fsSnapshotSz != "" {
+				return usageError{errors.New("--fs-snapshot-size is for --fs-snapshot lvm (btrfs snapshots need no size)")}
 			}
 			if f.fsSnapshot != "" {
 				if _, err := fssnap.ParseKind(f.fsSnapshot); err != nil {
