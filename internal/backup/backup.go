@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,6 +135,12 @@ type archiver struct {
 	zeroIDs map[int]hash.ID
 
 	sources []sourceMapping // Options.SourceRoot, longest first
+
+	// anchors are open directories that deep paths are read through
+	// (/proc/self/fd/N/rest), so that no path handed to the kernel exceeds
+	// PATH_MAX however deep the tree is.
+	anchorMu sync.Mutex
+	anchors  map[string]*os.File // by full source path
 }
 
 // sourceMapping is one entry of Options.SourceRoot.
@@ -332,14 +339,69 @@ func rebase(p, from, to string) string {
 	return to + rest
 }
 
-// src returns where to read the original path p (see Options.SourceRoot).
+// src returns where to read the original path p: mapped by
+// Options.SourceRoot, and shortened through an anchor when it is long.
 func (a *archiver) src(p string) string {
+	full := p
 	for _, m := range a.sources {
 		if within(p, m.from) {
-			return rebase(p, m.from, m.to)
+			full = rebase(p, m.from, m.to)
+			break
 		}
 	}
-	return p
+	return a.shorten(full)
+}
+
+// anchorAfter is the path length beyond which a directory becomes an
+// anchor: its children's paths then stay far below PATH_MAX (4096), as a
+// name is at most 255 bytes.
+const anchorAfter = 1024
+
+// shorten rewrites a long path to start at its nearest anchor.
+func (a *archiver) shorten(full string) string {
+	if len(full) <= anchorAfter {
+		return full
+	}
+	a.anchorMu.Lock()
+	defer a.anchorMu.Unlock()
+	for dir := filepath.Dir(full); len(dir) > 1; dir = filepath.Dir(dir) {
+		if f, ok := a.anchors[dir]; ok {
+			return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) + full[len(dir):]
+		}
+	}
+	return full
+}
+
+// anchor opens dir (an original path) as an anchor if its read path is
+// long; the returned function closes it once its subtree is saved.
+func (a *archiver) anchor(dir string) func() {
+	sp := a.src(dir)
+	if len(sp) <= anchorAfter {
+		return func() {}
+	}
+	f, err := os.Open(sp)
+	if err != nil {
+		return func() {} // reading the directory reports the error
+	}
+	full := dir
+	for _, m := range a.sources {
+		if within(dir, m.from) {
+			full = rebase(dir, m.from, m.to)
+			break
+		}
+	}
+	a.anchorMu.Lock()
+	if a.anchors == nil {
+		a.anchors = map[string]*os.File{}
+	}
+	a.anchors[full] = f
+	a.anchorMu.Unlock()
+	return func() {
+		a.anchorMu.Lock()
+		delete(a.anchors, full)
+		a.anchorMu.Unlock()
+		f.Close()
+	}
 }
 
 // origErr rewrites an error about src, the location read for the original
@@ -484,6 +546,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		return done(hash.ID{}, ctx.Err())
 	}
 	a.dirs.Add(1)
+	release := a.anchor(path)
 	src := a.src(path)
 	ents, err := os.ReadDir(src)
 	if err != nil {
@@ -517,7 +580,9 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		}
 		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
 	}
-	return a.finishTree(ctx, path, entries)
+	f := a.finishTree(ctx, path, entries)
+	go func() { <-f.done; release() }()
+	return f
 }
 
 // saveEntry starts saving one directory entry.
