@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/transfer"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+func init() { extraCommands = append(extraCommands, newExportCommand, newImportCommand) }
+
+func newExportCommand(g *globals) *cobra.Command {
+	var (
+		f  transferFlags
+		to string
+	)
+	c := &cobra.Command{
+		Use:   "export [SNAPSHOT...] --to DIR",
+		Short: "Write snapshots to a directory (a removable disk) as a self-contained repository",
+		Long: `Write snapshots to DIR as a self-contained repository, to carry to another
+site on a disk and bring in there with ` + "`floe import`" + `. SNAPSHOT is an ID,
+a unique prefix of one, or "latest"; --all exports every snapshot, and
+--host/--tag/--path alone every snapshot they select.
+
+DIR gets the repository's config and keys, so the same password or key
+file opens it; every pack that holds data the snapshots need, copied as
+stored (no decryption, so it is fast, and nothing on the disk is
+readable without a key); a fresh index of those packs; and the snapshot
+records. DIR is itself a repository: ` + "`floe -r DIR restore ...`" + ` works.
+
+Last, export writes DIR/MANIFEST.json (every file's path, size and BLAKE3
+hash, the snapshot IDs, the time and the source repository's ID) and then
+DIR/MANIFEST.json.b3, the BLAKE3 hash of the manifest. An export that was
+interrupted has no MANIFEST.json.b3, and import refuses it; run the same
+export again to finish it (the packs already written are kept). The
+manifest can also be checked without floe:
+  cd DIR && b3sum -c MANIFEST.json.b3
+
+DIR must be new, empty, or an unfinished export of this repository.`,
+		Example: `  floe export latest --to /mnt/usb/floe-export
+  floe export --host db1 --to /mnt/usb/db1 --connections 8
+  floe import /mnt/usb/floe-export -r /srv/backup --from-password-file /root/.site1-pw   # at the other site`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			if to == "" {
+				return usageError{errors.New("--to DIR is required")}
+			}
+			if err := checkConnections(f.connections); err != nil {
+				return err
+			}
+			r, err := g.openRepo(ctx, true)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			sel, err := f.selected(ctx, g, r, args)
+			if err != nil {
+				return err
+			}
+			prog := &transfer.Progress{}
+			start := time.Now()
+			st := g.status()
+			st.Run(200*time.Millisecond, func() string {
+				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.Phase(),
+					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
+			})
+			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Wrap: wrapBackend})
+			st.Stop()
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+					return err
+				}
+				return fmt.Errorf("%w (run the same export again to finish it)", err)
+			}
+			if g.json {
+				return ui.WriteJSON(os.Stdout, map[string]any{"dir": to, "snapshots": res.Manifest.Snapshots,
+					"packs": res.Packs, "packs_copied": res.Copied, "files": len(res.Manifest.Files), "bytes": res.Bytes,
+					"resumed": res.Resumed, "manifest": filepath.Join(to, transfer.ManifestName),
+					"seconds": time.Since(start).Seconds()})
+			}
+			for _, id := range res.Manifest.Snapshots {
+				g.say("exported snapshot %s", id.Short())
+			}
+			resumed := ""
+			if res.Resumed {
+				resumed = fmt.Sprintf(" (continued: %d packs were there)", res.Packs-res.Copied)
+			}
+			g.say("%d snapshots, %d packs, %s in %d files to %s in %s%s", len(res.Manifest.Snapshots), res.Packs,
+				ui.Bytes(res.Bytes), len(res.Manifest.Files), to, ui.Duration(time.Since(start)), resumed)
+			g.say("manifest: %s (check: cd %s && b3sum -c %s)", filepath.Join(to, transfer.ManifestName), to, transfer.ManifestSumName)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&to, "to", "", "the directory to write (`DIR`)")
+	f.add(c)
+	return c
+}
+
+func newImportCommand(g *globals) *cobra.Command {
+	var (
+		connections                                    int
+		fromPasswordFile, fromPasswordCmd, fromKeyFile string
+	)
+	c := &cobra.Command{
+		Use:   "import DIR",
+		Short: "Bring the snapshots of an export (floe export) into the repository",
+		Long: `Bring the snapshots of an export directory (written by ` + "`floe export`" + `)
+into the repository (-r).
+
+First the export is checked: MANIFEST.json against MANIFEST.json.b3, and
+every file the manifest lists for presence, size and BLAKE3 hash. A file
+that is missing, truncated or altered, a manifest that does not match its
+checksum, a missing MANIFEST.json.b3 (the export was not finished), or an
+object of the repository layout that the manifest does not list, stops
+the import before anything is written, with a list of every problem
+(exit 13). Other files (lost+found, a desktop's trash) are ignored.
+
+Then the snapshots are copied into the repository as ` + "`floe copy`" + ` does,
+sending only what it lacks and skipping snapshots it has already, and
+read back from it to verify them (exit 13 if any blob does not match).
+When the repository has the same keys as the export (it is the exported
+repository's sibling, made from it), packs are copied as they are.
+
+The export opens with the password or key file of the repository it was
+exported from: --from-password-file, --from-password-command or
+--from-key-file; without them, with the credentials of -r.`,
+		Example: `  floe import /mnt/usb/floe-export -r /srv/backup --password-file /root/.pw --from-password-file /root/.site1-pw
+  floe import /mnt/usb/floe-export --connections 8 --limit-upload 51200`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			dir := args[0]
+			if err := checkConnections(connections); err != nil {
+				return err
+			}
+			cred, err := g.credential(ctx)
+			if err != nil {
+				return err
+			}
+			dst, err := g.openRepoWith(ctx, cred)
+			if err != nil {
+				return err
+			}
+			defer dst.Close()
+			own := fromPasswordFile == "" && fromPasswordCmd == "" && fromKeyFile == ""
+			expCred := cred
+			if !own {
+				fg := &globals{repo: dir, passwordFile: fromPasswordFile, passwordCommand: fromPasswordCmd, keyFile: fromKeyFile}
+				if expCred, err = fg.credential(ctx); err != nil {
+					return err
+				}
+			}
+			prog := &transfer.Progress{}
+			start := time.Now()
+			st := g.status()
+			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
+			res, err := transfer.Import(ctx, dir, dst, transfer.ImportOptions{
+				Options: transfer.Options{Connections: connections, Progress: prog},
+				Wrap:    wrapBackend,
+				Open: func(ctx context.Context, be storage.Backend) (*repo.Repository, error) {
+					r, err := repo.Open(ctx, be, expCred, repo.OpenOptions{KDF: kdfParams()})
+					if errors.Is(err, repo.ErrWrongKey) && own {
+						err = fmt.Errorf("%w; the export opens with the password or key file of the repository it came from: give --from-password-file or --from-key-file", err)
+					}
+					return r, err
+				},
+			})
+			st.Stop()
+			if res != nil {
+				reportTransfer(g, "imported", g.repo, res.Result, start)
+			}
+			return transferError(err)
+		},
+	}
+	addConnectionsFlag(c, &connections)
+	c.Flags().StringVar(&fromPasswordFile, "from-password-file", "", "password file of the exported repository")
+	c.Flags().StringVar(&fromPasswordCmd, "from-password-command", "", "command that prints the password of the exported repository")
+	c.Flags().StringVar(&fromKeyFile, "from-key-file", "", "key file of the exported repository")
+	return c
+}
+
+// openRepoWith opens the repository of g with cred, index loaded (as
+// openRepo, for commands that need the credential twice).
+func (g *globals) openRepoWith(ctx context.Context, cred repo.Credential) (*repo.Repository, error) {
+	be, err := openBackend(g.repo)
+	if err != nil {
+		if g.usingDefault && errors.Is(err, os.ErrNotExist) {
+			return nil, errNoRepoGiven
+		}
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
+		}
+		return nil, err
+	}
+	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: kdfParams()})
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	if err := r.LoadIndex(ctx); err != nil {
+		var ile *repo.IndexLoadError
+		if !errors.As(err, &ile) {
+			r.Close()
+			return nil, err
+		}
+		g.warn("warning: %v; run `floe check`", err)
+	}
+	return r, nil
+}

@@ -1,0 +1,120 @@
+package repo
+
+// Helpers for copy, export and import (internal/transfer): moving packs,
+// index files and snapshot records between repositories, still only
+// through this package.
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// SameSecrets reports whether r and o hold the same master secrets (chunk
+// ID key, index key and data key pair): then every stored object of one
+// is readable by the other, and packs, index files and snapshot records
+// can be copied verbatim. A repository exported with `floe export` shares
+// the secrets of its source.
+func (r *Repository) SameSecrets(o *Repository) bool {
+	return subtle.ConstantTimeCompare(r.secrets.ChunkIDKey[:], o.secrets.ChunkIDKey[:]) == 1 &&
+		subtle.ConstantTimeCompare(r.secrets.IndexKey[:], o.secrets.IndexKey[:]) == 1 &&
+		r.secrets.DataPublic == o.secrets.DataPublic
+}
+
+// PackInfoFromBytes checks that data, the whole stored bytes of pack id,
+// hash to its name, and returns the pack's blob list from its header.
+// Export uses it to index the packs it copies without a second read.
+func (r *Repository) PackInfoFromBytes(id hash.ID, data []byte) (PackInfo, error) {
+	if hash.Sum(data) != id {
+		return PackInfo{}, fmt.Errorf("pack %s: content does not match its name (damaged)", id.Short())
+	}
+	size := int64(len(data))
+	if size < int64(packTrailerLen+crypto.Overhead) || string(data[size-int64(len(packMagic)):]) != packMagic {
+		return PackInfo{}, fmt.Errorf("pack %s: not a floe pack (bad trailer)", id.Short())
+	}
+	hdrLen := int64(binary.LittleEndian.Uint32(data[size-int64(packTrailerLen):]))
+	if hdrLen < crypto.Overhead || hdrLen > maxHeaderLen || hdrLen > size-int64(packTrailerLen) {
+		return PackInfo{}, fmt.Errorf("pack %s: header length %d is impossible for a %d-byte pack", id.Short(), hdrLen, size)
+	}
+	body := size - int64(packTrailerLen) - hdrLen
+	plain, err := r.meta.Open(nil, data[body:body+hdrLen], []byte(adPackHeader))
+	if err != nil {
+		return PackInfo{}, fmt.Errorf("pack %s header: %w", id.Short(), err)
+	}
+	hdr, err := DecodePackHeader(plain, body)
+	if err != nil {
+		return PackInfo{}, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	return PackInfo{ID: id, Ephemeral: hdr.Ephemeral, Blobs: hdr.Blobs}, nil
+}
+
+// SaveIndexFileTo seals an index file with r's index key and stores it on
+// be, another repository with the same secrets (an export). An index file
+// that exists already (the same content) is not an error.
+func (r *Repository) SaveIndexFileTo(ctx context.Context, be storage.Backend, f *IndexFile) (hash.ID, error) {
+	data := r.meta.Seal(nil, encodeIndexFile(f), []byte(adIndex))
+	id := hash.Sum(data)
+	if err := be.Save(ctx, storage.Handle{Type: storage.Index, Name: id.String()}, data); err != nil && !isExist(err) {
+		return id, fmt.Errorf("save index %s: %w", id.Short(), err)
+	}
+	return id, nil
+}
+
+// AddIndexFile adds the packs of an index file that was stored directly
+// (SaveIndexFile after copying packs verbatim) to the in-memory index.
+func (r *Repository) AddIndexFile(id hash.ID, f *IndexFile) {
+	r.idx.mu.Lock()
+	r.idx.files[id] = true
+	r.idx.mu.Unlock()
+	r.idx.add(f.Packs)
+}
+
+// FlushStored ends the current pack writer without storing its open
+// packs: it waits for the pack being uploaded, then writes an index file
+// for every stored pack that is not in one yet. An interrupted transfer
+// calls it so that the next run deduplicates against what it uploaded,
+// without uploading more after the interruption. The blobs of the open
+// packs are dropped: the next SaveBlob stores them again. Like Flush, it
+// must not run concurrently with SaveBlob.
+func (r *Repository) FlushStored(ctx context.Context) error {
+	r.wmu.Lock()
+	w := r.writer
+	r.writer = nil
+	r.wmu.Unlock()
+	if w == nil {
+		return nil
+	}
+	w.openMu.Lock()
+	open := w.open
+	w.open = map[BlobType]*openPack{}
+	w.openMu.Unlock()
+	w.mu.Lock()
+	for _, p := range open { // not stored after all
+		for _, b := range p.blobs {
+			w.stats.Blobs--
+			w.stats.RawBytes -= uint64(b.RawLength)
+			w.stats.StoredBytes -= uint64(b.Length)
+		}
+	}
+	w.mu.Unlock()
+	close(w.uploads)
+	w.upWG.Wait()
+	err := w.err
+	if len(w.unsaved) > 0 {
+		if ierr := w.saveIndex(ctx, w.unsaved); err == nil {
+			err = ierr
+		}
+	}
+	r.statsMu.Lock()
+	r.saved.add(w.stats)
+	r.statsMu.Unlock()
+	return err
+}
+
+func isExist(err error) bool { return errors.Is(err, storage.ErrExist) }

@@ -1,0 +1,169 @@
+// Package limit caps the bandwidth of a storage.Backend: a token bucket
+// for the bytes saved (upload) and one for the bytes loaded (download).
+// One Limiter can be shared by several backends, so that a command that
+// talks to two repositories (copy) stays within one limit in all.
+package limit
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// Limiter is a token bucket of bytes per second, safe for concurrent use.
+// It starts empty and holds at most a quarter second of credit, so a
+// transfer after a pause bursts little. A request larger than the bucket
+// is served by going into debt: it waits until its bytes are paid for,
+// and callers after it wait for that debt too, so the average rate never
+// exceeds the limit however large the objects are.
+type Limiter struct {
+	rate  float64 // bytes per second
+	burst float64
+
+	mu     sync.Mutex
+	tokens float64 // may be negative: reserved but not yet paid
+	last   time.Time
+}
+
+// NewLimiter returns a limiter of bytesPerSecond, or nil (no limit) for
+// bytesPerSecond <= 0. A nil *Limiter never waits.
+func NewLimiter(bytesPerSecond int64) *Limiter {
+	if bytesPerSecond <= 0 {
+		return nil
+	}
+	rate := float64(bytesPerSecond)
+	return &Limiter{rate: rate, burst: rate / 4, last: time.Now()}
+}
+
+// Rate returns the limit in bytes per second (0 for no limit).
+func (l *Limiter) Rate() int64 {
+	if l == nil {
+		return 0
+	}
+	return int64(l.rate)
+}
+
+// Wait blocks until n bytes may pass, or ctx ends (then its error is
+// returned and the bytes are given back).
+func (l *Limiter) Wait(ctx context.Context, n int) error {
+	if l == nil || n <= 0 {
+		return ctx.Err()
+	}
+	l.mu.Lock()
+	now := time.Now()
+	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	l.last = now
+	l.tokens -= float64(n)
+	var wait time.Duration
+	if l.tokens < 0 {
+		wait = time.Duration(-l.tokens / l.rate * float64(time.Second))
+	}
+	l.mu.Unlock()
+	if wait <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		l.mu.Lock()
+		l.tokens = min(l.burst, l.tokens+float64(n))
+		l.mu.Unlock()
+		return ctx.Err()
+	}
+}
+
+// Backend is a storage.Backend whose Save waits for the upload limiter
+// (before sending, for the size of the object) and whose Load waits for
+// the download limiter (before reading a range of known length, else
+// after reading, for the bytes read). Stat, List and Remove move little
+// and are not limited.
+type Backend struct {
+	be       storage.Backend
+	upload   *Limiter
+	download *Limiter
+}
+
+// Wrap returns be limited by upload and download (either may be nil). With
+// both nil it returns be itself. The local backend's LeftoverTempFiles
+// (used by check) stays visible through the wrapper.
+func Wrap(be storage.Backend, upload, download *Limiter) storage.Backend {
+	if upload == nil && download == nil {
+		return be
+	}
+	b := &Backend{be: be, upload: upload, download: download}
+	if ll, ok := be.(leftoverLister); ok {
+		return &withLeftovers{Backend: b, ll: ll}
+	}
+	return b
+}
+
+type leftoverLister interface {
+	LeftoverTempFiles() ([]string, error)
+}
+
+type withLeftovers struct {
+	*Backend
+	ll leftoverLister
+}
+
+func (b *withLeftovers) LeftoverTempFiles() ([]string, error) { return b.ll.LeftoverTempFiles() }
+
+var _ storage.Backend = (*Backend)(nil)
+
+// Unwrap returns the backend without limits.
+func (b *Backend) Unwrap() storage.Backend { return b.be }
+
+// Location implements storage.Backend.
+func (b *Backend) Location() string { return b.be.Location() }
+
+// Save implements storage.Backend.
+func (b *Backend) Save(ctx context.Context, h storage.Handle, data []byte) error {
+	if err := b.upload.Wait(ctx, len(data)); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	return b.be.Save(ctx, h, data)
+}
+
+// maxWaitBefore bounds the length Load pays for before reading, so that a
+// bogus range fails at once instead of after a long wait.
+const maxWaitBefore = 256 << 20
+
+// Load implements storage.Backend.
+func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int64) ([]byte, error) {
+	if length > 0 && length <= maxWaitBefore {
+		if err := b.download.Wait(ctx, int(length)); err != nil {
+			return nil, fmt.Errorf("load %s: %w", h, err)
+		}
+		return b.be.Load(ctx, h, offset, length)
+	}
+	data, err := b.be.Load(ctx, h, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.download.Wait(ctx, len(data)); err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	return data, nil
+}
+
+// Stat implements storage.Backend.
+func (b *Backend) Stat(ctx context.Context, h storage.Handle) (storage.FileInfo, error) {
+	return b.be.Stat(ctx, h)
+}
+
+// List implements storage.Backend.
+func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.FileInfo) error) error {
+	return b.be.List(ctx, t, fn)
+}
+
+// Remove implements storage.Backend.
+func (b *Backend) Remove(ctx context.Context, h storage.Handle) error { return b.be.Remove(ctx, h) }
+
+// Close implements storage.Backend.
+func (b *Backend) Close() error { return b.be.Close() }

@@ -1,0 +1,118 @@
+package limit
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/storage/storagetest"
+)
+
+// The machine is shared: these tests assert lower bounds on time only.
+
+func TestConformance(t *testing.T) {
+	storagetest.TestBackend(t, func(t *testing.T) storage.Backend {
+		// fast limits: the suite moves little data
+		return Wrap(mem.New(), NewLimiter(1<<30), NewLimiter(1<<30))
+	})
+}
+
+func TestNoLimitIsTheBackendItself(t *testing.T) {
+	be := mem.New()
+	if got := Wrap(be, nil, NewLimiter(0)); got != storage.Backend(be) {
+		t.Fatalf("Wrap without limits returned %T, want the backend itself", got)
+	}
+}
+
+func TestSaveIsLimited(t *testing.T) {
+	ctx := context.Background()
+	be := Wrap(mem.New(), NewLimiter(4096<<10), nil)
+	start := time.Now()
+	if err := be.Save(ctx, storage.Handle{Type: storage.Pack, Name: storagetest.Name("a")}, make([]byte, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("1 MiB at 4096 KiB/s took %v, want about 250ms", d)
+	}
+	// loads are not limited by the upload limit
+	start = time.Now()
+	if _, err := be.Load(ctx, storage.Handle{Type: storage.Pack, Name: storagetest.Name("a")}, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("unlimited load took %v", time.Since(start))
+}
+
+func TestLoadIsLimitedAndShared(t *testing.T) {
+	ctx := context.Background()
+	inner := mem.New()
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("b")}
+	inner.Set(h, make([]byte, 256<<10))
+	down := NewLimiter(2048 << 10) // 2 MiB/s shared by two backends
+	a, b := Wrap(inner, nil, down), Wrap(inner, nil, down)
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 { // 8 x 256 KiB = 2 MiB: about a second
+		be := a
+		if i%2 == 1 {
+			be = b
+		}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			length := int64(0) // whole object: paid after reading
+			if i%4 == 0 {
+				length = 256 << 10 // known length: paid before
+			}
+			_, err := be.Load(ctx, h, 0, length)
+			errs <- err
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d < 800*time.Millisecond {
+		t.Fatalf("2 MiB at 2 MiB/s over two backends took %v, want about 1s", d)
+	}
+}
+
+func TestWaitHonoursCancel(t *testing.T) {
+	be := Wrap(mem.New(), NewLimiter(1024), nil) // 1 KiB/s: a 1 MiB save would take 17 minutes
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("c")}
+	err := be.Save(ctx, h, make([]byte, 1<<20))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Save: %v, want the context's error", err)
+	}
+	if d := time.Since(start); d > time.Minute {
+		t.Fatalf("Save returned after %v, not when the context ended", d)
+	}
+	if _, err := be.Stat(context.Background(), h); !storage.IsNotExist(err) {
+		t.Fatalf("the canceled save stored the object: %v", err)
+	}
+}
+
+func TestLeftoversStayVisible(t *testing.T) {
+	lb, err := local.Create(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	be := Wrap(lb, NewLimiter(1<<20), nil)
+	if _, ok := be.(interface{ LeftoverTempFiles() ([]string, error) }); !ok {
+		t.Fatal("the limited local backend hides LeftoverTempFiles")
+	}
+	if _, ok := Wrap(mem.New(), NewLimiter(1<<20), nil).(interface{ LeftoverTempFiles() ([]string, error) }); ok {
+		t.Fatal("the limited mem backend claims LeftoverTempFiles")
+	}
+}

@@ -1,0 +1,292 @@
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+// ImportOptions tune Import.
+type ImportOptions struct {
+	// Connections and Progress as for Copy. Import always verifies.
+	Options
+	// Open opens the export's repository on its backend; the caller
+	// supplies the credential (the source repository's password or key
+	// file opens an export).
+	Open func(ctx context.Context, be storage.Backend) (*repo.Repository, error)
+	// Wrap, if set, wraps the backend of the export directory (bandwidth
+	// limits).
+	Wrap func(storage.Backend) (storage.Backend, error)
+}
+
+// ImportResult summarizes an import.
+type ImportResult struct {
+	*Result
+	Manifest *Manifest
+}
+
+// Import checks the export in dir against its manifest (VerifyExport;
+// on any problem it returns an *ExportError and changes nothing), then
+// copies the exported snapshots into dst with Copy and reads them back
+// from dst. When dst has the same secrets as the export (it is the
+// source repository, or shares its keys), the packs dst lacks are copied
+// verbatim instead, with a new index file, and the snapshot records as
+// they are.
+func Import(ctx context.Context, dir string, dst *repo.Repository, opts ImportOptions) (*ImportResult, error) {
+	if err := checkReadable(dst, "destination (import needs a full key of it, to see which snapshots it has and verify them)"); err != nil {
+		return nil, err
+	}
+	prog := opts.Progress
+	if prog == nil {
+		prog = &Progress{}
+		opts.Progress = prog
+	}
+	prog.setPhase("check export")
+	m, err := VerifyExport(ctx, dir, opts.connections())
+	if err != nil {
+		return nil, err
+	}
+	var be storage.Backend
+	be, err = local.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Wrap != nil {
+		if be, err = opts.Wrap(be); err != nil {
+			return nil, err
+		}
+	}
+	exp, err := opts.Open(ctx, be)
+	if err != nil {
+		be.Close()
+		return nil, fmt.Errorf("open the export %s: %w", dir, err)
+	}
+	defer exp.Close()
+	if exp.Config().ID != m.SourceRepository {
+		return nil, fmt.Errorf("export %s: the manifest names repository %s, the export holds %s", dir, m.SourceRepository, exp.Config().ID)
+	}
+	if err := exp.LoadIndex(ctx); err != nil {
+		return nil, fmt.Errorf("export %s: %w", dir, err)
+	}
+	snaps := make([]*snapshot.Record, 0, len(m.Snapshots))
+	for _, id := range m.Snapshots {
+		s, err := snapshot.Load(ctx, exp, id)
+		if err != nil {
+			return nil, fmt.Errorf("export %s: %w", dir, err)
+		}
+		snaps = append(snaps, s)
+	}
+	opts.Verify = true
+	var res *Result
+	if exp.SameSecrets(dst) {
+		res, err = importVerbatim(ctx, exp, dst, snaps, opts.Options)
+	} else {
+		res, err = Copy(ctx, exp, dst, snaps, opts.Options)
+	}
+	if res == nil {
+		return nil, err
+	}
+	return &ImportResult{Result: res, Manifest: m}, err
+}
+
+// importVerbatim copies what dst lacks of snaps from exp, which has the
+// same secrets: whole packs, a new index file for them, and the snapshot
+// records, all as they are.
+func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*snapshot.Record, opts Options) (*Result, error) {
+	prog := opts.Progress
+	snaps = uniqueByID(snaps)
+	snapshot.SortByTime(snaps)
+	prog.SnapshotsTotal.Store(int64(len(snaps)))
+	prog.setPhase("copy")
+	existing, err := existingSnapshots(ctx, dst)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{SharedKey: true, Verbatim: true}
+	var todo []*snapshot.Record
+	var roots []hash.ID
+	for _, s := range snaps {
+		if d, ok := lookupExisting(existing, s); ok {
+			res.Snapshots = append(res.Snapshots, Copied{Source: s.ID, Destination: d, Skipped: true})
+			prog.SnapshotsDone.Add(1)
+			continue
+		}
+		todo = append(todo, s)
+		roots = append(roots, s.Tree)
+	}
+
+	// the packs that hold blobs dst lacks
+	packs := map[hash.ID]bool{}
+	var missing errorList
+	var checked uint64
+	need := func(h repo.BlobHandle) {
+		if h.Type == repo.DataBlob {
+			checked++
+		}
+		if dst.Index().Has(h) {
+			return
+		}
+		loc, ok := exp.Index().Lookup(h)
+		if !ok {
+			missing.add("%s blob %s: %v", h.Type, h.ID.Short(), repo.ErrBlobNotFound)
+			return
+		}
+		packs[loc.Pack] = true
+	}
+	seen := map[hash.ID]bool{}
+	err = walkTrees(ctx, exp, roots, opts.connections(), func(id hash.ID, t *snapshot.Tree) error {
+		need(repo.BlobHandle{Type: repo.TreeBlob, ID: id})
+		for _, n := range t.Nodes {
+			for _, b := range n.Content {
+				if !seen[b] {
+					seen[b] = true
+					need(repo.BlobHandle{Type: repo.DataBlob, ID: b})
+				}
+			}
+		}
+		return nil
+	}, func(id hash.ID, err error) error {
+		return fmt.Errorf("load tree %s from the export: %w", id.Short(), err)
+	})
+	if err != nil {
+		return nil, err
+	}
+	if missing.count > 0 {
+		return nil, fmt.Errorf("the export lacks %d blob(s) its snapshots need: %s", missing.count, missing.list[0])
+	}
+	res.BlobsChecked = checked
+
+	ids := make([]hash.ID, 0, len(packs))
+	for p := range packs {
+		ids = append(ids, p)
+	}
+	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	infos, err := copyPacksVerbatim(ctx, exp, dst, ids, opts.connections(), prog)
+	if len(infos) > 0 {
+		// index what arrived, also after an error, so a new run skips it
+		f := &repo.IndexFile{Packs: infos}
+		id, ierr := dst.SaveIndexFile(context.WithoutCancel(ctx), f)
+		if ierr == nil {
+			dst.AddIndexFile(id, f)
+		} else if err == nil {
+			err = ierr
+		}
+		for _, p := range infos {
+			res.Saved.Packs++
+			for _, b := range p.Blobs {
+				res.Saved.Blobs++
+				res.Saved.RawBytes += uint64(b.RawLength)
+				res.Saved.StoredBytes += uint64(b.Length)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range todo {
+		h := storage.Handle{Type: storage.Snapshot, Name: s.ID.String()}
+		data, err := exp.Backend().Load(ctx, h, 0, 0)
+		if err != nil {
+			return nil, fmt.Errorf("import snapshot %s: %w", s.ID.Short(), err)
+		}
+		if hash.Sum(data) != s.ID {
+			return nil, fmt.Errorf("import snapshot %s: the record does not match its name (damaged)", s.ID.Short())
+		}
+		if err := dst.Backend().Save(ctx, h, data); err != nil && !errors.Is(err, storage.ErrExist) {
+			return nil, fmt.Errorf("import snapshot %s: %w", s.ID.Short(), err)
+		}
+		res.Snapshots = append(res.Snapshots, Copied{Source: s.ID, Destination: s.ID})
+		prog.SnapshotsDone.Add(1)
+	}
+	if opts.Verify {
+		if err := verifyInto(ctx, dst, res, opts.connections(), prog); err != nil {
+			return res, err
+		}
+	}
+	return res, nil
+}
+
+// copyPacksVerbatim copies packs from exp to dst as they are, conns at a
+// time, and returns their index entries. A pack dst has already (left by
+// an interrupted import, not indexed) is indexed from its header.
+func copyPacksVerbatim(ctx context.Context, exp, dst *repo.Repository, ids []hash.ID, conns int, prog *Progress) ([]repo.PackInfo, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		infos []repo.PackInfo
+		first error
+		wg    sync.WaitGroup
+		next  = make(chan hash.ID)
+	)
+	for range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for id := range next {
+				info, err := copyPackVerbatim(ctx, exp, dst, id, prog)
+				mu.Lock()
+				if err != nil {
+					if first == nil {
+						first = err
+					}
+					cancel()
+				} else {
+					infos = append(infos, info)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, id := range ids {
+		select {
+		case next <- id:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(next)
+	wg.Wait()
+	if first == nil {
+		first = ctx.Err()
+	}
+	return infos, first
+}
+
+func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID, prog *Progress) (repo.PackInfo, error) {
+	h := storage.Handle{Type: storage.Pack, Name: id.String()}
+	if fi, err := dst.Backend().Stat(ctx, h); err == nil {
+		hdr, err := dst.LoadPackHeader(ctx, id, fi.Size)
+		if err != nil {
+			return repo.PackInfo{}, fmt.Errorf("import: the destination's %w (run `floe check` on it)", err)
+		}
+		return repo.PackInfo{ID: id, Ephemeral: hdr.Ephemeral, Blobs: hdr.Blobs}, nil
+	} else if !storage.IsNotExist(err) {
+		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
+	}
+	data, err := exp.Backend().Load(ctx, h, 0, 0)
+	if err != nil {
+		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
+	}
+	prog.BytesRead.Add(int64(len(data)))
+	info, err := exp.PackInfoFromBytes(id, data)
+	if err != nil {
+		return repo.PackInfo{}, fmt.Errorf("import: the export's %w", err)
+	}
+	if err := dst.Backend().Save(ctx, h, data); err != nil && !errors.Is(err, storage.ErrExist) {
+		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
+	}
+	prog.BytesSent.Add(int64(len(data)))
+	prog.BlobsSent.Add(int64(len(info.Blobs)))
+	return info, nil
+}

@@ -1,0 +1,200 @@
+// Package transfer moves snapshots between repositories:
+//
+//   - Copy copies snapshots into another repository blob by blob, sending
+//     only the blobs the destination lacks. Between repositories that share
+//     the chunk ID key (init --copy-chunker-params-from) blob and tree IDs
+//     are the same and trees are copied as they are; otherwise every blob
+//     is named again with the destination's key and the trees are
+//     rewritten bottom-up. A copy that is interrupted keeps what it stored;
+//     running it again skips the snapshots and blobs that arrived.
+//   - Export writes a self-contained repository to a directory (a removable
+//     disk): the source's config and keys, the packs the snapshots need,
+//     copied verbatim, a fresh index, the snapshot records, and a manifest
+//     of every file's size and BLAKE3 hash, written last.
+//   - Import checks an export against its manifest, then copies its
+//     snapshots into a repository and reads them back.
+//
+// Loads and saves run in parallel (Options.Connections); bandwidth limits
+// are a storage wrapper (internal/storage/limit) around the backends.
+package transfer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// DefaultConnections is how many loads and saves run at once by default.
+const DefaultConnections = 4
+
+// DefaultFlushInterval is how often a copy makes what it stored durable
+// and indexed (besides after every snapshot), so that an interrupted copy
+// loses at most this much work.
+const DefaultFlushInterval = time.Minute
+
+// Options tune Copy (and the copy step of Import).
+type Options struct {
+	// Connections is how many blobs are loaded and saved at once
+	// (default DefaultConnections).
+	Connections int
+	// Verify reads back every blob of the copied snapshots from the
+	// destination afterwards (LoadBlob checks each against its ID).
+	Verify bool
+	// FlushInterval: see DefaultFlushInterval.
+	FlushInterval time.Duration
+	// Progress, if set, is updated as the copy runs.
+	Progress *Progress
+}
+
+func (o Options) connections() int {
+	if o.Connections <= 0 {
+		return DefaultConnections
+	}
+	return o.Connections
+}
+
+// Progress is updated while a transfer runs; read it from another goroutine.
+type Progress struct {
+	SnapshotsDone, SnapshotsTotal atomic.Int64
+	// Blobs handled, and of those the blobs sent (new to the destination).
+	BlobsDone, BlobsSent atomic.Int64
+	// BytesRead counts plaintext loaded from the source, BytesSent the
+	// plaintext of the blobs sent (copy), or the bytes of files written
+	// (export).
+	BytesRead, BytesSent atomic.Int64
+	// BytesVerified counts what verification read back.
+	BytesVerified atomic.Int64
+	phase         atomic.Pointer[string]
+}
+
+// Phase returns what the transfer is doing ("copy", "verify", ...).
+func (p *Progress) Phase() string {
+	if p == nil {
+		return ""
+	}
+	if s := p.phase.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+func (p *Progress) setPhase(s string) {
+	if p != nil {
+		p.phase.Store(&s)
+	}
+}
+
+// Copied is one snapshot of a transfer.
+type Copied struct {
+	Source      hash.ID `json:"source"`      // its ID in the source
+	Destination hash.ID `json:"destination"` // its ID in the destination
+	// Skipped: the destination had it already (its ID, or a copy of it).
+	Skipped bool `json:"skipped"`
+}
+
+// Result summarizes a copy or an import.
+type Result struct {
+	Snapshots []Copied
+	// SharedKey: the repositories share the chunk ID key, so blobs were
+	// copied by ID; else they were named again and trees rewritten.
+	SharedKey bool
+	// Verbatim: packs were copied as they are (import into a repository
+	// with the same secrets).
+	Verbatim bool
+	// Saved is what the destination stored (new blobs, their plaintext
+	// and stored size, packs).
+	Saved repo.SaveStats
+	// BlobsChecked is how many data blobs the snapshots need.
+	BlobsChecked uint64
+	// Verified, VerifiedBlobs, VerifiedBytes: the read-back (Options.Verify).
+	Verified      bool
+	VerifiedBlobs uint64
+	VerifiedBytes uint64
+}
+
+// VerifyError reports blobs that could not be read back, or did not
+// match their IDs, after a copy.
+type VerifyError struct {
+	Repository string   // location of the repository read back
+	Problems   []string // one line each, the first 1000
+	Count      int      // all problems
+}
+
+func (e *VerifyError) Error() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "verification of the copied snapshots in %s failed: %d problem(s)", e.Repository, e.Count)
+	for i, p := range e.Problems {
+		if i == 10 {
+			fmt.Fprintf(&b, "\n  ... and %d more", e.Count-10)
+			break
+		}
+		b.WriteString("\n  ")
+		b.WriteString(p)
+	}
+	return b.String()
+}
+
+// originOf is the ID a snapshot is known by across copies: the snapshot
+// it is a copy of, else itself.
+func originOf(r *snapshot.Record) hash.ID {
+	if !r.Original.IsNull() {
+		return r.Original
+	}
+	return r.ID
+}
+
+// existingSnapshots maps the ID of every snapshot in r, and the original
+// of every copy in r, to the snapshot's ID in r.
+func existingSnapshots(ctx context.Context, r *repo.Repository) (map[hash.ID]hash.ID, error) {
+	// A damaged snapshot record cannot tell what it is a copy of: at
+	// worst a snapshot is copied again, which costs a duplicate record.
+	all, _, err := snapshot.List(ctx, r)
+	if err != nil {
+		return nil, fmt.Errorf("list snapshots of %s: %w", r.Backend().Location(), err)
+	}
+	m := make(map[hash.ID]hash.ID, 2*len(all))
+	for _, s := range all {
+		m[s.ID] = s.ID
+		if !s.Original.IsNull() {
+			if _, ok := m[s.Original]; !ok {
+				m[s.Original] = s.ID
+			}
+		}
+	}
+	return m, nil
+}
+
+// errorList collects problems from many goroutines.
+type errorList struct {
+	mu    sync.Mutex
+	list  []string
+	count int
+}
+
+func (l *errorList) add(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.count++
+	if len(l.list) < 1000 {
+		l.list = append(l.list, fmt.Sprintf(format, args...))
+	}
+}
+
+func checkReadable(r *repo.Repository, what string) error {
+	if r.WriteOnly() {
+		return fmt.Errorf("%s %s: %w", what, r.Backend().Location(), repo.ErrWriteOnly)
+	}
+	return nil
+}
+
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
