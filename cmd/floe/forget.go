@@ -11,6 +11,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/forget"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -38,6 +39,8 @@ type forgetFlags struct {
 	groupBy                                         string
 	dryRun                                          bool
 	filter                                          snapshotFilterFlags
+	prune                                           bool
+	pruneFlags                                      pruneFlags
 }
 
 // parsePolicy fills f.policy's durations from the flags.
@@ -98,13 +101,20 @@ and so on are counted in the local time zone. A policy with no rule is
 refused, so that a typo cannot delete everything.
 
 forget only removes snapshot records: the data they referenced stays in the
-repository, and space is reclaimed by prune (not yet available).`,
+repository until prune reclaims the space; --prune runs prune afterwards
+(with --grace and --max-unused; see floe prune --help).`,
 		Example: `  floe forget --keep-daily 7 --keep-weekly 5 --keep-monthly 12 --dry-run
   floe forget --host web1 --keep-last 10 --keep-within 30d
-  floe forget 4f2a9c1e 77b0d3aa`,
+  floe forget 4f2a9c1e 77b0d3aa
+  floe forget --keep-daily 7 --keep-weekly 5 --prune`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := f.parsePolicy(); err != nil {
 				return err
+			}
+			if f.prune {
+				if _, err := f.pruneFlags.options(); err != nil {
+					return err
+				}
 			}
 			if len(args) > 0 && !f.policy.Empty() {
 				return usageError{errors.New("give snapshot IDs or a policy (--keep-*), not both")}
@@ -136,6 +146,8 @@ repository, and space is reclaimed by prune (not yet available).`,
 	fl.StringArrayVar(&f.policy.Tags, "keep-tag", nil, "keep snapshots with this `TAG` (\"a,b\": both); repeatable")
 	fl.StringVar(&f.groupBy, "group-by", forget.DefaultGroupBy, "apply the policy per group of `FIELDS`: host, paths, tags, comma-separated, or \"\" for one group")
 	fl.BoolVarP(&f.dryRun, "dry-run", "n", false, "show what would be removed; remove nothing")
+	fl.BoolVar(&f.prune, "prune", false, "run prune after removing snapshots")
+	f.pruneFlags.add(fl, "with --prune: ")
 	f.filter.add(c)
 	return c
 }
@@ -226,8 +238,21 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		}
 	}
 
+	var pruned *prune.Result
+	var pruneErr error
+	if f.prune && !f.dryRun && len(failed) == 0 {
+		opts, _ := f.pruneFlags.options() // validated in RunE
+		pruned, pruneErr = runPrune(ctx, g, r, opts)
+	}
 	if g.json {
 		doc := map[string]any{"dry_run": f.dryRun, "groups": forgetJSON(groups, reasons), "removed": removed}
+		if pruned != nil {
+			doc["prune"] = pruned
+		}
+		if pruneErr != nil {
+			doc["prune_error"] = pruneErr.Error()
+			g.exitCode = ExitError
+		}
 		if len(failed) > 0 {
 			doc["errors"] = failed
 			g.exitCode = ExitError
@@ -241,11 +266,23 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		g.say("dry run: nothing to remove")
 	case len(toRemove) == 0:
 		g.say("nothing to remove")
+	case f.prune:
+		g.say("removed %s", snapshotCount(removed))
 	default:
-		g.say("removed %s; their data stays in the repository until prune reclaims the space (prune is not yet available)", snapshotCount(removed))
+		g.say("removed %s; their data stays in the repository until prune reclaims the space", snapshotCount(removed))
 	}
 	if len(failed) > 0 {
 		return fmt.Errorf("%d of %d snapshots could not be removed", len(failed), len(toRemove))
+	}
+	if f.prune && f.dryRun {
+		g.say("dry run: prune was not run")
+	}
+	if pruneErr != nil {
+		return fmt.Errorf("prune: %w", pruneErr)
+	}
+	if pruned != nil {
+		g.say("")
+		printPruneResult(g, pruned)
 	}
 	return nil
 }

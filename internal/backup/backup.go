@@ -265,6 +265,12 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		sn.Username = u.Username
 	}
 	sn.UID, sn.GID = uint32(os.Getuid()), uint32(os.Getgid())
+	// A backup that ran longer than half the GC grace period may have
+	// deduplicated against data a concurrent prune has since removed:
+	// better no snapshot than a broken one.
+	if err := r.VerifyReferences(ctx); err != nil {
+		return nil, err
+	}
 	id, err := snapshot.Save(ctx, r, sn)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,252 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+func init() { extraCommands = append(extraCommands, newPruneCommand) }
+
+// pruneFlags are the flags of prune (and of forget --prune).
+type pruneFlags struct {
+	grace     string
+	maxUnused string
+}
+
+func (f *pruneFlags) add(fl *pflag.FlagSet, prefix string) {
+	fl.StringVar(&f.grace, "grace", "24h", prefix+"delete marked data only once the mark is older than `DURATION` (e.g. 24h, 2d; 0: see the danger in `floe prune --help`)")
+	fl.StringVar(&f.maxUnused, "max-unused", "10%", prefix+"repack packs whose unused share exceeds `PERCENT` (\"unlimited\": never repack)")
+}
+
+func (f *pruneFlags) options() (prune.Options, error) {
+	grace, err := parseGrace(f.grace)
+	if err != nil {
+		return prune.Options{}, usageError{fmt.Errorf("--grace: %w", err)}
+	}
+	mu, err := parseMaxUnused(f.maxUnused)
+	if err != nil {
+		return prune.Options{}, usageError{fmt.Errorf("--max-unused: %w", err)}
+	}
+	return prune.Options{Grace: grace, MaxUnused: mu}, nil
+}
+
+// parseGrace accepts Go durations (90m, 24h, 0) and days or weeks (2d, 1w).
+func parseGrace(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if d, err := time.ParseDuration(s); err == nil {
+		if d < 0 {
+			return 0, errors.New("must not be negative")
+		}
+		return d, nil
+	}
+	for unit, d := range map[string]time.Duration{"d": 24 * time.Hour, "w": 7 * 24 * time.Hour} {
+		if n, ok := strings.CutSuffix(s, unit); ok {
+			if v, err := strconv.ParseUint(n, 10, 16); err == nil {
+				return time.Duration(v) * d, nil
+			}
+		}
+	}
+	return 0, fmt.Errorf("%q is not a duration (e.g. 24h, 90m, 2d, 1w, 0)", s)
+}
+
+// parseMaxUnused accepts "10%", "10" (percent) or "unlimited".
+func parseMaxUnused(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	if s == "unlimited" {
+		return 1, nil
+	}
+	v, err := strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
+	if err != nil || v < 0 || v > 100 {
+		return 0, fmt.Errorf("%q is not a percentage from 0 to 100 (or \"unlimited\")", s)
+	}
+	return v / 100, nil
+}
+
+func newPruneCommand(g *globals) *cobra.Command {
+	f := &pruneFlags{}
+	var dryRun bool
+	c := &cobra.Command{
+		Use:   "prune [--grace DURATION] [--max-unused PERCENT] [--dry-run]",
+		Short: "Delete data that no snapshot needs, safely while backups run",
+		Long: `Reclaim the space of data that no snapshot needs any more (after forget).
+
+prune needs no lock and may run while backups run. It works in two phases,
+a grace period apart (--grace, default 24h):
+
+  sweep  delete the packs that earlier prunes marked, once the mark is older
+         than the grace period, unless a snapshot written since needs them;
+  mark   mark the packs that no snapshot needs, and the packs that no index
+         file lists (left by a killed backup); copy the used blobs of packs
+         whose unused share exceeds --max-unused (default 10%) into new
+         packs, then mark the old ones.
+
+So space comes back only in a prune that runs a grace period after the
+prune that marked it. Backups ignore marked packs when they deduplicate,
+and a backup that runs longer than half the grace period checks before it
+writes its snapshot that nothing it relies on was marked meanwhile.
+
+--grace 0 deletes at once what the previous prune marked. That is safe only
+when no backup runs between the two prunes and during the second: a backup
+that started before a mark and writes its snapshot after the next prune
+has read the snapshots can lose data it deduplicated against. Use it only
+when you know that no backup runs.
+
+Run one prune at a time. prune needs a full key (it reads the snapshots).
+A prune that is interrupted leaves a repository that check passes; the
+next prune finishes the job. --dry-run shows the plan and changes nothing.`,
+		Example: `  floe prune --dry-run
+  floe prune
+  floe forget --keep-daily 7 --keep-weekly 5 --prune
+  floe prune --max-unused 25% --grace 48h`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts, err := f.options()
+			if err != nil {
+				return err
+			}
+			opts.DryRun = dryRun
+			r, err := g.openRepo(cmd.Context(), false)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			res, err := runPrune(cmd.Context(), g, r, opts)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return ui.WriteJSON(os.Stdout, res)
+			}
+			printPruneResult(g, res)
+			return nil
+		},
+	}
+	f.add(c.Flags(), "")
+	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "show what would be deleted, repacked and marked; change nothing")
+	return c
+}
+
+// runPrune runs prune with a progress line on a terminal.
+func runPrune(ctx context.Context, g *globals, r *repo.Repository, opts prune.Options) (*prune.Result, error) {
+	prog := &prune.Progress{}
+	opts.Progress = prog
+	start := time.Now()
+	st := g.status()
+	st.Run(200*time.Millisecond, func() string {
+		line := fmt.Sprintf("[%s] prune: %s", ui.Duration(time.Since(start)), prog.Phase())
+		done, total := prog.Done.Load(), prog.Total.Load()
+		switch {
+		case prog.Phase() == "repacking" && total > 0:
+			line += fmt.Sprintf(" %s/%s", ui.Bytes(uint64(done)), ui.Bytes(uint64(total)))
+		case total > 0:
+			line += fmt.Sprintf(" %d/%d", done, total)
+		case done > 0:
+			line += fmt.Sprintf(" %d", done)
+		}
+		return line
+	})
+	res, err := prune.Run(ctx, r, opts)
+	st.Stop()
+	if err != nil && res != nil && !g.json {
+		// what was done before the error
+		printPruneResult(g, res)
+	}
+	return res, err
+}
+
+func printPruneResult(g *globals, res *prune.Result) {
+	would := func(done, planned string) string {
+		if res.DryRun {
+			return planned
+		}
+		return done
+	}
+	count := func(c prune.Count) string {
+		return fmt.Sprintf("%s (%s)", packCount(c.Packs), ui.Bytes(uint64(c.Bytes)))
+	}
+	g.say("%d snapshots use %d blobs; %s in storage", res.Snapshots, res.UsedBlobs, count(res.Before))
+	for _, w := range res.Warnings {
+		g.warn("warning: %s", w)
+	}
+	due, notDue := 0, 0
+	var next time.Time
+	for _, m := range res.Marks {
+		if m.Due {
+			due++
+		} else {
+			notDue++
+			if next.IsZero() || m.DueAt.Before(next) {
+				next = m.DueAt
+			}
+		}
+	}
+	switch {
+	case len(res.Marks) == 0:
+		g.say("sweep: no marks from earlier prunes")
+	default:
+		line := fmt.Sprintf("sweep: %d mark(s) due", due)
+		if notDue > 0 {
+			line += fmt.Sprintf(", %d not yet due (the first at %s)", notDue, next.Local().Format("2006-01-02 15:04:05"))
+		}
+		g.say("%s", line)
+	}
+	s := res.Sweep
+	if due > 0 {
+		g.say("  %s %s", would("deleted", "would delete"), count(s.Deleted))
+		if s.Rescued.Packs > 0 {
+			g.say("  %s %s that snapshots written since the mark need", would("kept", "would keep"), count(s.Rescued))
+		}
+		if s.Indexed.Packs > 0 {
+			g.say("  %s %s that a backup indexed after the mark", would("kept", "would keep"), count(s.Indexed))
+		}
+		if s.IndexFilesRemoved > 0 {
+			g.say("  %s %d index files into one", would("replaced", "would replace"), s.IndexFilesRemoved)
+		}
+	}
+	m := res.Mark
+	marked := m.Unused.Packs + m.Repack.Packs + m.Unindexed.Packs
+	if marked == 0 {
+		g.say("mark: nothing to mark")
+	} else {
+		g.say("mark: %s", would("marked", "would mark"))
+		if m.Unused.Packs > 0 {
+			g.say("  %s that no snapshot needs", count(m.Unused))
+		}
+		if m.Repack.Packs > 0 {
+			g.say("  %s to repack, after copying %s of live data %s", count(m.Repack), ui.Bytes(uint64(m.RepackLiveBytes)),
+				would(fmt.Sprintf("into %s", packCount(m.NewPacks)), "into new packs"))
+		}
+		if m.Unindexed.Packs > 0 {
+			g.say("  %s that no index file lists (left by an interrupted backup)", count(m.Unindexed))
+		}
+		if !res.DryRun {
+			g.say("  a prune at or after %s deletes them", m.DeleteAfter.Local().Format("2006-01-02 15:04:05"))
+		}
+	}
+	if m.AlreadyMarked.Packs > 0 {
+		g.say("already marked: %s", count(m.AlreadyMarked))
+	}
+	g.say("kept: %s", count(res.Kept))
+	if res.DryRun {
+		g.say("dry run: nothing was changed")
+	}
+}
+
+func packCount(n int) string {
+	if n == 1 {
+		return "1 pack"
+	}
+	return fmt.Sprintf("%d packs", n)
+}

@@ -1,0 +1,773 @@
+// Package prune reclaims the space of data that no snapshot needs, by the
+// lock-free two-phase garbage collection of docs/FORMAT.md ("Garbage
+// collection"): a run first sweeps (deletes) what earlier runs marked, once
+// their marks are older than the grace period and if still unneeded, and
+// then marks what is unneeded now. Backups may run meanwhile: they do not
+// deduplicate against marked packs (repo.Repository.HasBlob), and a backup
+// that ran longer than half the grace period re-checks what it relies on
+// before it writes its snapshot (repo.Repository.VerifyReferences).
+//
+// Only one prune should run at a time.
+package prune
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// Defaults of the CLI.
+const (
+	DefaultGrace     = repo.DefaultGCGrace
+	DefaultMaxUnused = 0.10
+)
+
+// Options tune Run.
+type Options struct {
+	// Grace is how old a mark must be before its packs are deleted. Zero
+	// deletes in the next run whatever this run marks: safe only when no
+	// backup runs meanwhile (a backup that started before the mark and
+	// writes its snapshot after the next run listed the snapshots loses
+	// data that it deduplicated against).
+	Grace time.Duration
+	// MaxUnused is the share of a pack's bytes that may be unused before
+	// the pack is repacked (its used blobs copied into new packs and the
+	// pack marked). 0 repacks every pack with any unused byte; 1 or more
+	// never repacks.
+	MaxUnused float64
+	// DryRun computes and reports the plan; nothing is written or deleted.
+	DryRun bool
+	// Progress, if set, is updated as Run works.
+	Progress *Progress
+}
+
+// Progress is updated while Run works; read it from another goroutine.
+type Progress struct {
+	phase       atomic.Pointer[string]
+	Done, Total atomic.Int64
+}
+
+// Phase returns what Run is doing.
+func (p *Progress) Phase() string {
+	if s := p.phase.Load(); s != nil {
+		return *s
+	}
+	return ""
+}
+
+func (p *Progress) start(phase string, total int64) {
+	if p == nil {
+		return
+	}
+	p.phase.Store(&phase)
+	p.Done.Store(0)
+	p.Total.Store(total)
+}
+
+func (p *Progress) add(n int64) {
+	if p != nil {
+		p.Done.Add(n)
+	}
+}
+
+// Count is a number of packs and their stored bytes.
+type Count struct {
+	Packs int   `json:"packs"`
+	Bytes int64 `json:"bytes"`
+}
+
+func (c *Count) add(size int64) {
+	c.Packs++
+	c.Bytes += size
+}
+
+// MarkInfo describes a mark found at the start of a run.
+type MarkInfo struct {
+	ID    string    `json:"id"`
+	Time  time.Time `json:"time"`
+	Packs int       `json:"packs"`
+	Due   bool      `json:"due"`    // older than the grace period: swept by this run
+	DueAt time.Time `json:"due_at"` // when it is older than the grace period
+}
+
+// SweepResult is what the sweep phase did (or, in a dry run, would do).
+type SweepResult struct {
+	Deleted Count `json:"deleted"` // marked packs deleted
+	// Rescued are marked packs kept because a snapshot written since the
+	// mark needs a blob that no other pack holds.
+	Rescued Count `json:"rescued"`
+	// Indexed are packs marked while no index file listed them that one
+	// lists now (a backup was still writing them): kept.
+	Indexed           Count  `json:"indexed"`
+	AlreadyGone       int    `json:"already_gone"` // marked packs no longer in storage
+	IndexWritten      string `json:"index_written,omitempty"`
+	IndexFilesRemoved int    `json:"index_files_removed"`
+	MarksRemoved      int    `json:"marks_removed"`
+}
+
+// MarkResult is what the mark phase did (or would do).
+type MarkResult struct {
+	Unused Count `json:"unused"` // packs no snapshot needs
+	Repack Count `json:"repack"` // packs whose used blobs were copied before marking
+	// RepackLiveBytes is the stored size of the blobs copied out of them.
+	RepackLiveBytes int64 `json:"repack_live_bytes"`
+	// Unindexed are packs that no index file lists (a backup was killed,
+	// or is still uploading).
+	Unindexed     Count  `json:"unindexed"`
+	AlreadyMarked Count  `json:"already_marked"` // under marks not yet due
+	NewPacks      int    `json:"new_packs"`      // written by the repack
+	MarkID        string `json:"mark_id,omitempty"`
+	// DeleteAfter is when a prune may delete what this run marked.
+	DeleteAfter time.Time `json:"delete_after,omitzero"`
+}
+
+// Result is what Run did.
+type Result struct {
+	DryRun       bool          `json:"dry_run"`
+	GraceSeconds float64       `json:"grace_seconds"`
+	MaxUnused    float64       `json:"max_unused"`
+	Snapshots    int           `json:"snapshots"`
+	UsedBlobs    int           `json:"used_blobs"`
+	Before       Count         `json:"before"` // packs in storage at the start
+	Marks        []MarkInfo    `json:"marks"`
+	Sweep        SweepResult   `json:"sweep"`
+	Mark         MarkResult    `json:"mark"`
+	Kept         Count         `json:"kept"` // packs of Before that stay, unmarked (not counting new ones)
+	Warnings     []string      `json:"warnings,omitempty"`
+	Duration     time.Duration `json:"-"`
+	DurationSecs float64       `json:"duration_seconds"`
+}
+
+// ErrUnsafe is wrapped by Run's error when the repository is in a state
+// in which prune could delete data that snapshots need (damaged index
+// files or snapshots, blobs missing from the index). Nothing was changed.
+var ErrUnsafe = errors.New("prune refuses to run")
+
+// pack is what the run knows of one pack.
+type pack struct {
+	id        hash.ID
+	size      int64
+	stored    bool // in storage
+	indexed   bool // listed by an index file in use
+	ephemeral crypto.PublicKey
+	blobs     []repo.PackedBlob
+}
+
+type pruner struct {
+	r    *repo.Repository
+	opts Options
+	res  *Result
+
+	snapIDs  []hash.ID
+	marks    map[hash.ID]*repo.GCMark
+	files    map[hash.ID]*repo.IndexFile
+	replaced map[hash.ID]bool
+	packs    map[hash.ID]*pack
+	used     map[repo.BlobHandle]struct{}
+	copies   map[repo.BlobHandle][]hash.ID // used blob -> indexed packs that hold it
+}
+
+// Run prunes r: see the package documentation. It needs a full key.
+func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error) {
+	if r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	start := time.Now()
+	p := &pruner{r: r, opts: opts, res: &Result{DryRun: opts.DryRun, GraceSeconds: opts.Grace.Seconds(),
+		MaxUnused: opts.MaxUnused, Marks: []MarkInfo{}}}
+	if err := p.load(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.findUsed(ctx); err != nil {
+		return nil, err
+	}
+	sw := p.planSweep(time.Now())
+	if !opts.DryRun {
+		if err := p.sweep(ctx, sw); err != nil {
+			return p.res, err
+		}
+	}
+	p.applySweep(sw)
+	mk := p.planMark(sw)
+	if !opts.DryRun {
+		if err := p.mark(ctx, mk); err != nil {
+			return p.res, err
+		}
+	}
+	p.res.Duration = time.Since(start)
+	p.res.DurationSecs = p.res.Duration.Seconds()
+	return p.res, nil
+}
+
+// load lists the snapshots, the packs, the marks and the index. The
+// snapshots are listed first: each was written after its blobs were
+// indexed, so the index read next lists all of them.
+func (p *pruner) load(ctx context.Context) error {
+	prog := p.opts.Progress
+	prog.start("listing snapshots and packs", 0)
+	var err error
+	if p.snapIDs, err = p.r.ListIDs(ctx, storage.Snapshot); err != nil {
+		return err
+	}
+	sizes, err := p.r.ListPacks(ctx)
+	if err != nil {
+		return err
+	}
+	marks, damaged, err := p.r.LoadGCMarks(ctx)
+	if err != nil {
+		return fmt.Errorf("read gc marks: %w", err)
+	}
+	for _, e := range damaged {
+		p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("%v (ignored: it deletes nothing)", e))
+	}
+	p.marks = marks
+
+	prog.start("loading index files", 0)
+	files, errs, err := p.r.LoadIndexFiles(ctx)
+	if err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("%w: %d index file(s) cannot be loaded (%v); the packs they list would look unused. Run `floe check`", ErrUnsafe, len(errs), errors.Join(errs...))
+	}
+	p.files = files
+	p.replaced = map[hash.ID]bool{}
+	for _, f := range files {
+		for _, s := range f.Supersedes {
+			p.replaced[s] = true
+		}
+	}
+	p.packs = map[hash.ID]*pack{}
+	for id, f := range files {
+		if p.replaced[id] {
+			continue
+		}
+		for _, pi := range f.Packs {
+			pk := p.packs[pi.ID]
+			if pk == nil {
+				pk = &pack{id: pi.ID, ephemeral: pi.Ephemeral, indexed: true}
+				p.packs[pi.ID] = pk
+				pk.blobs = append([]repo.PackedBlob(nil), pi.Blobs...)
+				continue
+			}
+			have := map[repo.BlobHandle]bool{}
+			for _, b := range pk.blobs {
+				have[repo.BlobHandle{Type: b.Type, ID: b.ID}] = true
+			}
+			for _, b := range pi.Blobs {
+				if !have[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
+					pk.blobs = append(pk.blobs, b)
+				}
+			}
+		}
+	}
+	for id, size := range sizes {
+		pk := p.packs[id]
+		if pk == nil {
+			pk = &pack{id: id}
+			p.packs[id] = pk
+		}
+		pk.stored, pk.size = true, size
+		p.res.Before.add(size)
+	}
+	marked := map[hash.ID]bool{}
+	for _, m := range marks {
+		for _, id := range m.Packs {
+			marked[id] = true
+		}
+	}
+	p.r.UseIndex(files, marked)
+	return nil
+}
+
+// findUsed loads the snapshots and walks every tree once: the blobs they
+// reference are used.
+func (p *pruner) findUsed(ctx context.Context) error {
+	prog := p.opts.Progress
+	prog.start("loading snapshots", int64(len(p.snapIDs)))
+	recs := make([]*snapshot.Record, len(p.snapIDs))
+	errs := make([]error, len(p.snapIDs))
+	parallel(ctx, len(p.snapIDs), 8, func(i int) {
+		recs[i], errs[i] = snapshot.Load(ctx, p.r, p.snapIDs[i])
+		prog.add(1)
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	var roots []hash.ID
+	for i, rec := range recs {
+		switch {
+		case errs[i] == nil:
+			roots = append(roots, rec.Tree)
+			p.res.Snapshots++
+		case storage.IsNotExist(errs[i]): // forgotten meanwhile
+		default:
+			return fmt.Errorf("%w: %v; its data would look unused. Run `floe check`", ErrUnsafe, errs[i])
+		}
+	}
+
+	prog.start("reading trees", 0)
+	used := map[repo.BlobHandle]struct{}{}
+	visited := map[hash.ID]bool{}
+	var frontier []hash.ID
+	for _, t := range roots {
+		if !visited[t] {
+			visited[t] = true
+			frontier = append(frontier, t)
+		}
+	}
+	const batch = 256 // trees in memory at once
+	for len(frontier) > 0 {
+		n := min(batch, len(frontier))
+		cur := frontier[:n]
+		frontier = frontier[n:]
+		trees := make([]*snapshot.Tree, len(cur))
+		terrs := make([]error, len(cur))
+		parallel(ctx, len(cur), 8, func(i int) {
+			trees[i], terrs[i] = snapshot.LoadTree(ctx, p.r, cur[i])
+		})
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		for i, t := range trees {
+			if terrs[i] != nil {
+				return fmt.Errorf("%w: tree %s cannot be read: %v. Run `floe check`", ErrUnsafe, cur[i].Short(), terrs[i])
+			}
+			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i]}] = struct{}{}
+			for _, node := range t.Nodes {
+				for _, c := range node.Content {
+					used[repo.BlobHandle{Type: repo.DataBlob, ID: c}] = struct{}{}
+				}
+				if !node.Subtree.IsNull() && !visited[node.Subtree] {
+					visited[node.Subtree] = true
+					frontier = append(frontier, node.Subtree)
+				}
+			}
+		}
+		prog.add(int64(len(cur)))
+	}
+	p.used = used
+	p.res.UsedBlobs = len(used)
+
+	p.copies = map[repo.BlobHandle][]hash.ID{}
+	for _, id := range sortedPacks(p.packs) {
+		pk := p.packs[id]
+		if !pk.indexed {
+			continue
+		}
+		for _, b := range pk.blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			if _, ok := used[h]; ok {
+				p.copies[h] = append(p.copies[h], id)
+			}
+		}
+	}
+	if missing := len(used) - len(p.copies); missing > 0 {
+		return fmt.Errorf("%w: %d blob(s) that snapshots need are in no index file. Run `floe check`", ErrUnsafe, missing)
+	}
+	return nil
+}
+
+// sweepPlan is what the sweep phase does.
+type sweepPlan struct {
+	due, notDue  map[hash.ID]bool // marks
+	notDueMarked map[hash.ID]bool // packs named by marks not yet due
+	delete       map[hash.ID]bool
+	gone         map[hash.ID]bool // marked, no longer in storage
+	index        *repo.IndexFile  // to write first; nil: none needed
+}
+
+func (p *pruner) planSweep(now time.Time) *sweepPlan {
+	s := &sweepPlan{due: map[hash.ID]bool{}, notDue: map[hash.ID]bool{}, notDueMarked: map[hash.ID]bool{},
+		delete: map[hash.ID]bool{}, gone: map[hash.ID]bool{}}
+	cutoff := now.Add(-p.opts.Grace)
+	for _, id := range sortedIDs(p.marks) {
+		m := p.marks[id]
+		due := !m.Time.After(cutoff)
+		p.res.Marks = append(p.res.Marks, MarkInfo{ID: id.String(), Time: m.Time, Packs: len(m.Packs), Due: due,
+			DueAt: m.Time.Add(p.opts.Grace)})
+		if due {
+			s.due[id] = true
+		} else {
+			s.notDue[id] = true
+			for _, pk := range m.Packs {
+				s.notDueMarked[pk] = true
+			}
+		}
+	}
+	if len(s.due) == 0 {
+		return s
+	}
+	cand := map[hash.ID]bool{}
+	unindexedAtMark := map[hash.ID]bool{}
+	var supersede []hash.ID
+	for id := range s.due {
+		m := p.marks[id]
+		for _, pk := range m.Packs {
+			cand[pk] = true
+		}
+		for _, pk := range m.Unindexed {
+			unindexedAtMark[pk] = true
+		}
+		supersede = append(supersede, m.SupersedeIndex...)
+	}
+	res := &p.res.Sweep
+	for _, id := range sortedSet(cand) {
+		pk := p.packs[id]
+		switch {
+		case s.notDueMarked[id]:
+			// a younger mark names it too: that mark decides
+		case pk == nil || !pk.stored:
+			s.gone[id] = true
+			res.AlreadyGone++
+		case !pk.indexed:
+			// No index file lists it (a killed backup's upload, or a
+			// pack this sweep dropped from the index before it was
+			// killed): nothing can refer to it.
+			s.delete[id] = true
+		case unindexedAtMark[id]:
+			// A backup indexed it after the mark: not garbage after all;
+			// the mark phase looks at it again.
+			res.Indexed.add(pk.size)
+		default:
+			s.delete[id] = true
+		}
+	}
+	// A used blob needs a copy that stays: keep a marked pack that holds
+	// a blob whose every other copy is going too.
+	survives := func(q hash.ID) bool {
+		pk := p.packs[q]
+		return pk.stored && pk.indexed && !s.delete[q]
+	}
+	for _, id := range sortedSet(s.delete) {
+		pk := p.packs[id]
+		if !pk.indexed {
+			continue
+		}
+		for _, b := range pk.blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			if _, ok := p.used[h]; !ok {
+				continue
+			}
+			safe := false
+			for _, q := range p.copies[h] {
+				if survives(q) {
+					safe = true
+					break
+				}
+			}
+			if !safe {
+				delete(s.delete, id)
+				res.Rescued.add(pk.size)
+				break
+			}
+		}
+	}
+	for id := range s.delete {
+		res.Deleted.add(p.packs[id].size)
+	}
+	res.MarksRemoved = len(s.due)
+
+	// The new index file is needed when an indexed pack goes, or to clean
+	// up index files that are superseded already.
+	need := len(supersede) > 0
+	for id := range s.delete {
+		need = need || p.packs[id].indexed
+	}
+	for id := range s.gone {
+		need = need || (p.packs[id] != nil && p.packs[id].indexed)
+	}
+	for id := range p.files {
+		need = need || p.replaced[id]
+	}
+	if !need {
+		return s
+	}
+	f := &repo.IndexFile{Packs: []repo.PackInfo{}}
+	seen := map[hash.ID]bool{}
+	for _, id := range sortedIDs(p.files) {
+		f.Supersedes = append(f.Supersedes, id)
+		seen[id] = true
+	}
+	for _, id := range supersede {
+		if !seen[id] {
+			seen[id] = true
+			f.Supersedes = append(f.Supersedes, id)
+		}
+	}
+	for _, id := range sortedPacks(p.packs) {
+		pk := p.packs[id]
+		if pk.indexed && !s.delete[id] && !s.gone[id] {
+			f.Packs = append(f.Packs, repo.PackInfo{ID: id, Ephemeral: pk.ephemeral, Blobs: pk.blobs})
+		}
+	}
+	s.index = f
+	res.IndexFilesRemoved = len(f.Supersedes)
+	return s
+}
+
+// sweep carries out the sweep plan in the order that keeps a repository
+// consistent at every instant: the new index first (packs about to go are
+// then in no index file in use), the packs, the index files the new one
+// supersedes, and the marks last (a killed sweep is finished by the next).
+func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
+	res := &p.res.Sweep
+	var newIndex hash.ID
+	if s.index != nil {
+		p.opts.Progress.start("writing the index", 0)
+		id, err := p.r.SaveIndexFile(ctx, s.index)
+		if err != nil {
+			return err
+		}
+		newIndex = id
+		res.IndexWritten = id.String()
+	}
+	p.opts.Progress.start("deleting packs", int64(len(s.delete)))
+	for _, id := range sortedSet(s.delete) {
+		if err := p.r.RemovePack(ctx, id); err != nil {
+			return err
+		}
+		p.opts.Progress.add(1)
+	}
+	if s.index != nil {
+		p.opts.Progress.start("deleting index files", int64(len(s.index.Supersedes)))
+		for _, id := range s.index.Supersedes {
+			if id == newIndex {
+				continue
+			}
+			if err := p.r.RemoveIndexFile(ctx, id); err != nil {
+				return err
+			}
+			p.opts.Progress.add(1)
+		}
+	}
+	for _, id := range sortedSet(s.due) {
+		if err := p.r.RemoveGCMark(ctx, id); err != nil && !storage.IsNotExist(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// applySweep updates what the run knows as if the sweep had happened (it
+// did, unless this is a dry run).
+func (p *pruner) applySweep(s *sweepPlan) {
+	for id := range s.delete {
+		p.packs[id].stored = false
+		p.packs[id].indexed = false
+	}
+	for id := range s.gone {
+		if pk := p.packs[id]; pk != nil {
+			pk.indexed = false
+		}
+	}
+}
+
+// markPlan is what the mark phase does.
+type markPlan struct {
+	unused, repack, unindexed []hash.ID
+	copy                      map[hash.ID][]repo.PackBlob // of repacked packs
+}
+
+func (p *pruner) planMark(s *sweepPlan) *markPlan {
+	m := &markPlan{copy: map[hash.ID][]repo.PackBlob{}}
+	res := &p.res.Mark
+	live := func(q hash.ID) bool {
+		pk := p.packs[q]
+		return pk.stored && pk.indexed
+	}
+	// Each used blob is kept in one pack: preferably one not marked, then
+	// the one with the most used bytes (so that full packs stay as they
+	// are), then the lowest ID.
+	usedBytes := map[hash.ID]int64{}
+	for id, pk := range p.packs {
+		if !live(id) {
+			continue
+		}
+		for _, b := range pk.blobs {
+			if _, ok := p.used[repo.BlobHandle{Type: b.Type, ID: b.ID}]; ok {
+				usedBytes[id] += int64(b.Length)
+			}
+		}
+	}
+	keeper := make(map[repo.BlobHandle]hash.ID, len(p.copies))
+	for h, qs := range p.copies {
+		var best hash.ID
+		found := false
+		better := func(q hash.ID) bool {
+			if !found {
+				return true
+			}
+			if s.notDueMarked[q] != s.notDueMarked[best] {
+				return !s.notDueMarked[q]
+			}
+			if usedBytes[q] != usedBytes[best] {
+				return usedBytes[q] > usedBytes[best]
+			}
+			return string(q[:]) < string(best[:])
+		}
+		for _, q := range qs {
+			if live(q) && better(q) {
+				best, found = q, true
+			}
+		}
+		if found {
+			keeper[h] = best
+		}
+	}
+	for _, id := range sortedPacks(p.packs) {
+		pk := p.packs[id]
+		if !pk.stored {
+			continue
+		}
+		if s.notDueMarked[id] {
+			res.AlreadyMarked.add(pk.size)
+			continue
+		}
+		if !pk.indexed {
+			m.unindexed = append(m.unindexed, id)
+			res.Unindexed.add(pk.size)
+			continue
+		}
+		var kept []repo.PackBlob
+		var keptLen []repo.PackedBlob
+		var off, liveBytes int64
+		seen := map[repo.BlobHandle]bool{}
+		for _, b := range pk.blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			if keeper[h] != id || seen[h] {
+				continue
+			}
+			seen[h] = true
+			kept = append(kept, repo.PackBlob{Handle: h, Offset: b.Offset, Length: b.Length, RawLength: b.RawLength})
+			keptLen = append(keptLen, repo.PackedBlob{Type: b.Type, ID: b.ID, Offset: uint32(off), Length: b.Length, RawLength: b.RawLength})
+			off += int64(b.Length)
+			liveBytes += int64(b.Length)
+		}
+		if len(kept) == 0 {
+			m.unused = append(m.unused, id)
+			res.Unused.add(pk.size)
+			continue
+		}
+		// unused: what a pack of only the kept blobs would not hold
+		waste := pk.size - repo.PackSizeFor(keptLen)
+		if waste > 0 && float64(waste) > p.opts.MaxUnused*float64(pk.size) {
+			m.repack = append(m.repack, id)
+			m.copy[id] = kept
+			res.Repack.add(pk.size)
+			res.RepackLiveBytes += liveBytes
+			continue
+		}
+		p.res.Kept.add(pk.size)
+	}
+	return m
+}
+
+// mark copies the used blobs of the packs to repack into new packs (which
+// Flush indexes), then writes one mark for the unused, repacked and
+// unindexed packs.
+func (p *pruner) mark(ctx context.Context, m *markPlan) error {
+	res := &p.res.Mark
+	if len(m.repack) > 0 {
+		p.opts.Progress.start("repacking", res.RepackLiveBytes)
+		before := p.r.SavedStats().Packs
+		err := p.repack(ctx, m)
+		if ferr := p.r.Flush(ctx); err == nil {
+			err = ferr
+		}
+		res.NewPacks = int(p.r.SavedStats().Packs - before)
+		if err != nil {
+			return fmt.Errorf("repack: %w", err)
+		}
+	}
+	all := append(append(append([]hash.ID(nil), m.unused...), m.repack...), m.unindexed...)
+	if len(all) == 0 {
+		return nil
+	}
+	sortIDs(all)
+	p.opts.Progress.start("marking", 0)
+	mk := &repo.GCMark{Time: time.Now().UTC(), Packs: all, Unindexed: m.unindexed}
+	id, err := p.r.SaveGCMark(ctx, mk)
+	if err != nil {
+		return err
+	}
+	res.MarkID = id.String()
+	res.DeleteAfter = mk.Time.Add(p.opts.Grace)
+	return nil
+}
+
+func (p *pruner) repack(ctx context.Context, m *markPlan) error {
+	for _, id := range m.repack {
+		err := p.r.LoadBlobsFromPack(ctx, id, m.copy[id], func(b repo.PackBlob, data []byte, err error) error {
+			if err != nil {
+				return fmt.Errorf("pack %s: %w", id.Short(), err)
+			}
+			if _, _, err := p.r.SaveBlobCopy(ctx, b.Handle.Type, b.Handle.ID, data); err != nil {
+				return err
+			}
+			p.opts.Progress.add(int64(b.Length))
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parallel calls fn(0..n-1) on up to workers goroutines; it stops handing
+// out work when ctx is canceled.
+func parallel(ctx context.Context, n, workers int, fn func(i int)) {
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < min(workers, n); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				fn(i)
+			}
+		}()
+	}
+	for i := 0; i < n && ctx.Err() == nil; i++ {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+}
+
+func sortIDs(ids []hash.ID) {
+	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+}
+
+func sortedSet(m map[hash.ID]bool) []hash.ID {
+	ids := make([]hash.ID, 0, len(m))
+	for id, ok := range m {
+		if ok {
+			ids = append(ids, id)
+		}
+	}
+	sortIDs(ids)
+	return ids
+}
+
+func sortedIDs[V any](m map[hash.ID]V) []hash.ID {
+	ids := make([]hash.ID, 0, len(m))
+	for id := range m {
+		ids = append(ids, id)
+	}
+	sortIDs(ids)
+	return ids
+}
+
+func sortedPacks(m map[hash.ID]*pack) []hash.ID { return sortedIDs(m) }
