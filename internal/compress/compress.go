@@ -37,6 +37,7 @@ package compress
 import (
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -72,9 +73,19 @@ type encoder struct {
 	trial []byte
 }
 
-var encoders = sync.Pool{New: func() any {
-	return &encoder{Encoder: newEncoder(zstd.SpeedDefault, windowSize), trial: make([]byte, 0, trialSize)}
-}}
+// encoders holds at most GOMAXPROCS encoders, made on first use: more
+// concurrent compressions than cores gain nothing, and each encoder keeps
+// ~4 MiB of state. A sync.Pool would both make more under bursts (every
+// directory's tree is compressed in its own goroutine) and drop them at
+// each GC, only to make them again.
+var encoders = func() chan *encoder {
+	n := runtime.GOMAXPROCS(0)
+	ch := make(chan *encoder, n)
+	for i := 0; i < n; i++ {
+		ch <- nil
+	}
+	return ch
+}()
 
 var decoders = sync.Pool{New: func() any {
 	d, err := zstd.NewReader(nil,
@@ -98,8 +109,11 @@ func Compress(dst, src []byte) (out []byte, ok bool) {
 	if len(src) == 0 {
 		return dst, false
 	}
-	e := encoders.Get().(*encoder)
-	defer encoders.Put(e)
+	e := <-encoders
+	if e == nil {
+		e = &encoder{Encoder: newEncoder(zstd.SpeedDefault, windowSize), trial: make([]byte, 0, trialSize)}
+	}
+	defer func() { encoders <- e }()
 	return e.compress(dst, src)
 }
 

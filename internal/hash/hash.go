@@ -6,6 +6,7 @@ package hash
 import (
 	"encoding/hex"
 	"fmt"
+	"sync"
 
 	"lukechampine.com/blake3"
 )
@@ -64,7 +65,8 @@ func Sum(data []byte) ID {
 
 // Keyed computes keyed BLAKE3-256 IDs. It is safe for concurrent use.
 type Keyed struct {
-	key [32]byte
+	key  [32]byte
+	pool sync.Pool // *blake3.Hasher: one per chunk would be 3.4 KiB of garbage
 }
 
 // NewKeyed returns a hasher keyed with key.
@@ -72,9 +74,32 @@ func NewKeyed(key [32]byte) *Keyed { return &Keyed{key: key} }
 
 // Sum returns the keyed BLAKE3-256 of data: the ID of a chunk or tree.
 func (k *Keyed) Sum(data []byte) ID {
-	h := blake3.New(Size, k.key[:])
+	h, _ := k.pool.Get().(*blake3.Hasher)
+	if h == nil {
+		h = blake3.New(Size, k.key[:])
+	} else {
+		h.Reset()
+	}
 	h.Write(data)
 	var id ID
 	h.Sum(id[:0])
+	k.pool.Put(h)
+	return id
+}
+
+// Writer computes the unkeyed BLAKE3-256 of bytes written to it: the name
+// of an object written piece by piece.
+type Writer struct{ h *blake3.Hasher }
+
+// NewWriter returns an empty Writer.
+func NewWriter() *Writer { return &Writer{h: blake3.New(Size, nil)} }
+
+// Write adds p; it never fails.
+func (w *Writer) Write(p []byte) (int, error) { return w.h.Write(p) }
+
+// Sum returns the hash of everything written.
+func (w *Writer) Sum() ID {
+	var id ID
+	w.h.Sum(id[:0])
 	return id
 }

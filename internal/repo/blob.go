@@ -21,9 +21,19 @@ type openPack struct {
 	typ       BlobType
 	ephemeral crypto.PublicKey
 	aead      *crypto.AEAD
-	buf       []byte
 	blobs     []PackedBlob
+	// Either the pack is buffered whole in buf, or (when the backend is a
+	// storage.StreamSaver) each blob is written to out as it is sealed,
+	// hashed on the way for the pack's name, and buf is not used.
+	buf     []byte
+	out     storage.PendingObject
+	name    *hash.Writer
+	written int
+	err     error // first write error of a streamed pack
 }
+
+// size is the number of bytes of blobs in the pack so far.
+func (p *openPack) size() int { return p.written + len(p.buf) }
 
 // packWriter accepts blobs from many goroutines. They compress in parallel;
 // sealing a blob into the one open pack of its type happens under a lock
@@ -41,6 +51,7 @@ type packWriter struct {
 	err     error                   // first upload error; sticky
 	scratch sync.Pool
 	free    chan []byte // pack buffers to reuse
+	stage   []byte      // a blob being sealed into a streamed pack (under openMu)
 	stats   SaveStats
 	// onUpload is told the size of each stored pack (progress).
 	onUpload func(n int64)
@@ -141,7 +152,7 @@ func (r *Repository) saveBlob(ctx context.Context, t BlobType, id hash.ID, data 
 	w.openMu.Lock()
 	p := w.open[t]
 	var full *openPack
-	if p != nil && len(p.blobs) > 0 && len(p.buf)+envLen > cap(p.buf) {
+	if p != nil && len(p.blobs) > 0 && p.out == nil && len(p.buf)+envLen > cap(p.buf)-headerRoom(len(p.blobs)+1) {
 		full, p = p, nil // rotate before the buffer would have to grow
 	}
 	if p == nil {
@@ -152,10 +163,19 @@ func (r *Repository) saveBlob(ctx context.Context, t BlobType, id hash.ID, data 
 		}
 		w.open[t] = p
 	}
-	off := len(p.buf)
-	p.buf = p.aead.Seal(p.buf, plain, blobAD(h))
+	off := p.size()
+	if p.out != nil {
+		w.stage = p.aead.Seal(w.stage[:0], plain, blobAD(h))
+		p.name.Write(w.stage)
+		if _, err := p.out.Write(w.stage); err != nil && p.err == nil {
+			p.err = err
+		}
+		p.written += len(w.stage)
+	} else {
+		p.buf = p.aead.Seal(p.buf, plain, blobAD(h))
+	}
 	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(envLen), RawLength: uint32(len(data))})
-	if len(p.buf) >= r.cfg.PackSize && full == nil {
+	if p.size() >= r.cfg.PackSize && full == nil {
 		full = p
 		delete(w.open, t)
 	}
@@ -176,12 +196,29 @@ func (r *Repository) saveBlob(ctx context.Context, t BlobType, id hash.ID, data 
 	return true, envLen, nil
 }
 
+// minBlobEstimate is the blob size a pack's header room is planned for; a
+// pack of smaller blobs rotates early instead of reallocating.
+const minBlobEstimate = 4 << 10
+
+// headerRoom is the space the header envelope and trailer of a pack of n
+// blobs can take (type, ID and three uvarints per blob).
+func headerRoom(n int) int {
+	return 64 + n*(1+32+3*binary.MaxVarintLen32) + crypto.Overhead + packTrailerLen
+}
+
 // newPack starts a pack whose buffer holds PackSize bytes (or one blob of
 // need bytes, if larger), so that appending never reallocates.
 func (w *packWriter) newPack(t BlobType, need int) (*openPack, error) {
 	eph, key, err := crypto.SealTo(w.r.secrets.DataPublic)
 	if err != nil {
 		return nil, err
+	}
+	if ss, ok := w.r.be.(storage.StreamSaver); ok {
+		out, err := ss.SaveStream(context.Background(), storage.Pack)
+		if err != nil {
+			return nil, err
+		}
+		return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), out: out, name: hash.NewWriter()}, nil
 	}
 	size := w.r.cfg.PackSize
 	if t == TreeBlob {
@@ -194,8 +231,11 @@ func (w *packWriter) newPack(t BlobType, need int) (*openPack, error) {
 		default:
 		}
 	}
-	if cap(buf) < max(size, need) {
-		buf = make([]byte, 0, max(size, need))
+	// room for the blobs, the header and the trailer: a pack is stored
+	// from this buffer without ever being copied
+	want := max(size, need) + headerRoom(size/minBlobEstimate)
+	if cap(buf) < want {
+		buf = make([]byte, 0, want)
 	}
 	return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), buf: buf}, nil
 }
@@ -223,7 +263,7 @@ func (w *packWriter) uploader() {
 		if err := w.store(context.Background(), p); err != nil {
 			w.fail(err)
 		}
-		if p.typ == DataBlob {
+		if p.typ == DataBlob && cap(p.buf) > 0 {
 			select {
 			case w.free <- p.buf[:0]:
 			default:
@@ -236,6 +276,9 @@ func (w *packWriter) uploader() {
 // store finishes a pack (header + trailer), saves it, and indexes it.
 func (w *packWriter) store(ctx context.Context, p *openPack) error {
 	hdr := encodePackHeader(&PackHeader{Ephemeral: p.ephemeral, Blobs: p.blobs})
+	if p.out != nil {
+		return w.storeStreamed(ctx, p, hdr)
+	}
 	start := len(p.buf)
 	p.buf = w.r.meta.Seal(p.buf, hdr, []byte(adPackHeader))
 	p.buf = binary.LittleEndian.AppendUint32(p.buf, uint32(len(p.buf)-start))
@@ -244,10 +287,36 @@ func (w *packWriter) store(ctx context.Context, p *openPack) error {
 	if err := w.r.be.Save(ctx, storage.Handle{Type: storage.Pack, Name: id.String()}, p.buf); err != nil {
 		return fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
+	return w.stored(ctx, p, id, len(p.buf))
+}
+
+// storeStreamed finishes a pack written to a storage.PendingObject.
+func (w *packWriter) storeStreamed(ctx context.Context, p *openPack, hdr []byte) error {
+	if p.err != nil {
+		p.out.Abort()
+		return fmt.Errorf("write pack: %w", p.err)
+	}
+	tail := w.r.meta.Seal(nil, hdr, []byte(adPackHeader))
+	tail = binary.LittleEndian.AppendUint32(tail, uint32(len(tail)))
+	tail = append(tail, packMagic...)
+	p.name.Write(tail)
+	if _, err := p.out.Write(tail); err != nil {
+		p.out.Abort()
+		return fmt.Errorf("write pack: %w", err)
+	}
+	id := p.name.Sum()
+	if err := p.out.Commit(ctx, id.String()); err != nil {
+		return fmt.Errorf("save pack %s: %w", id.Short(), err)
+	}
+	return w.stored(ctx, p, id, p.written+len(tail))
+}
+
+// stored indexes a pack that is now in storage.
+func (w *packWriter) stored(ctx context.Context, p *openPack, id hash.ID, size int) error {
 	info := PackInfo{ID: id, Ephemeral: p.ephemeral, Blobs: p.blobs}
 	w.r.idx.addPacks([]PackInfo{info}, true)
 	if w.onUpload != nil {
-		w.onUpload(int64(len(p.buf)))
+		w.onUpload(int64(size))
 	}
 	w.mu.Lock()
 	for _, b := range p.blobs {
@@ -293,8 +362,13 @@ func (r *Repository) Flush(ctx context.Context) error {
 	w.open = map[BlobType]*openPack{}
 	w.openMu.Unlock()
 	for _, t := range []BlobType{DataBlob, TreeBlob} {
-		if p := open[t]; p != nil && len(p.blobs) > 0 && err == nil {
+		p := open[t]
+		switch {
+		case p == nil:
+		case len(p.blobs) > 0 && err == nil:
 			err = w.submit(ctx, p)
+		case p.out != nil:
+			p.out.Abort() // no temporary file left behind
 		}
 	}
 	close(w.uploads)

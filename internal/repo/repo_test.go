@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/crypto"
@@ -87,9 +88,27 @@ func TestChangePassword(t *testing.T) {
 	}
 }
 
+// bufferedBackend hides the backend's StreamSaver, so packs are built in
+// memory (as for backends that cannot stream).
+type bufferedBackend struct{ storage.Backend }
+
 func TestBlobRoundTripAndReopen(t *testing.T) {
+	for _, streamed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("streamed=%v", streamed), func(t *testing.T) { testBlobRoundTrip(t, streamed) })
+	}
+}
+
+func testBlobRoundTrip(t *testing.T, streamed bool) {
 	ctx := context.Background()
-	r, be := newRepo(t)
+	be := mem.New()
+	var sb storage.Backend = be
+	if !streamed {
+		sb = bufferedBackend{be}
+	}
+	r, _, err := Init(ctx, sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
 	r.cfg.PackSize = 1 << 20 // several packs
 	blobs := map[hash.ID][]byte{}
 	for i := 0; i < 40; i++ {
