@@ -1,0 +1,188 @@
+package mount
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+func rec(id string, host string, t time.Time) *snapshot.Record {
+	var h hash.ID
+	copy(h[:], id)
+	return &snapshot.Record{ID: h, Snapshot: &snapshot.Snapshot{Hostname: host, Time: t}}
+}
+
+// paths lists the layout as "path" or "path -> target", depth first.
+func paths(v *vnode) []string {
+	var out []string
+	for _, c := range v.children {
+		switch {
+		case c.link != "":
+			out = append(out, c.path+" -> "+c.link)
+		case c.snap != nil:
+			out = append(out, c.path+" = "+c.snap.ID.String()[:10])
+		default:
+			out = append(out, c.path+"/")
+			out = append(out, paths(c)...)
+		}
+	}
+	return out
+}
+
+func TestBuildLayout(t *testing.T) {
+	t0 := time.Date(2026, 11, 21, 20, 30, 0, 5, time.UTC)
+	snaps := []*snapshot.Record{
+		rec("\x01\x02\x03\x04\xaa", "web1", t0),
+		rec("\x01\x02\x03\x04\xbb", "web1", t0.Add(500*time.Millisecond)), // same second; IDs differ in the 9th digit
+		rec("\x05\x00\x00\x00\x00", "db/1", t0.Add(25*time.Hour)),
+		rec("\x06\x00\x00\x00\x00", "", t0.Add(26*time.Hour)),
+	}
+	got := strings.Join(paths(buildLayout(snaps, time.UTC)), "\n")
+	want := strings.Join([]string{
+		"dates/",
+		"dates/2026-11-21/",
+		"dates/2026-11-21/web1-20:30:00 = 01020304aa",
+		"dates/2026-11-21/web1-20:30:00-01020304b = 01020304bb",
+		"dates/2026-11-22/",
+		"dates/2026-11-22/db_1-21:30:00 = 0500000000",
+		"dates/2026-11-22/unknown-host-22:30:00 = 0600000000",
+		"hosts/",
+		"hosts/db_1/",
+		"hosts/db_1/2026-11-22T21:30:00 = 0500000000",
+		"hosts/db_1/latest -> 2026-11-22T21:30:00",
+		"hosts/unknown-host/",
+		"hosts/unknown-host/2026-11-22T22:30:00 = 0600000000",
+		"hosts/unknown-host/latest -> 2026-11-22T22:30:00",
+		"hosts/web1/",
+		"hosts/web1/2026-11-21T20:30:00 = 01020304aa",
+		"hosts/web1/2026-11-21T20:30:00-01020304b = 01020304bb",
+		"hosts/web1/latest -> 2026-11-21T20:30:00-01020304b",
+		"ids/",
+		"ids/01020304a = 01020304aa",
+		"ids/01020304b = 01020304bb",
+		"ids/050000000 = 0500000000",
+		"ids/060000000 = 0600000000",
+		"latest -> ids/060000000",
+	}, "\n")
+	if got != want {
+		t.Errorf("layout:\n%s\nwant:\n%s", got, want)
+	}
+
+	empty := buildLayout(nil, time.UTC)
+	if got := strings.Join(paths(empty), " "); got != "dates/ hosts/ ids/" {
+		t.Errorf("empty repository: %s", got)
+	}
+}
+
+func TestSafeName(t *testing.T) {
+	for in, want := range map[string]string{"web1": "web1", "": "x", ".": "_.", "..": "_..", "a/b": "a_b", "a\x00b": "a_b"} {
+		if got := safeName(in, "x"); got != want {
+			t.Errorf("safeName(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFuseDev(t *testing.T) {
+	for _, d := range [][2]uint32{{1, 3}, {7, 7}, {8, 17}, {259, 0}, {4095, 255}, {4096, 256}, {12, 1 << 19}} {
+		rdev := unix.Mkdev(d[0], d[1])
+		got := fuseDev(rdev)
+		// the kernel's new_decode_dev
+		major := (got & 0xfff00) >> 8
+		minor := (got & 0xff) | ((got >> 12) & 0xfff00)
+		if major != d[0]&0xfff || minor != d[1]&0xfffff {
+			t.Errorf("device %d:%d encoded as %#x, which decodes as %d:%d", d[0], d[1], got, major, minor)
+		}
+	}
+}
+
+func TestInoOf(t *testing.T) {
+	seen := map[uint64]string{}
+	for _, p := range []string{"/a", "/b", "/a/b", "/ab", "/a\x00b"} {
+		ino := inoOf("ids/x", p)
+		if ino <= 1 || ino == ^uint64(0) {
+			t.Errorf("reserved inode number %d for %q", ino, p)
+		}
+		if q, dup := seen[ino]; dup {
+			t.Errorf("%q and %q share inode %d", p, q, ino)
+		}
+		seen[ino] = p
+		if inoOf("ids/x", p) != ino {
+			t.Errorf("inode number of %q is not stable", p)
+		}
+	}
+	if inoOf("ids/x", "/a") == inoOf("ids/y", "/a") {
+		t.Errorf("two views share an inode number")
+	}
+}
+
+// The blob cache loads each blob once however many readers want it at
+// the same time, stays within its bound, and loads evicted blobs again.
+func TestBlobCache(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	var ids []hash.ID
+	for i := 0; i < 8; i++ {
+		data := testutil.RandomBytes(uint64(i), 1<<20)
+		id := r.BlobID(data)
+		if _, _, err := r.SaveBlob(ctx, repo.DataBlob, id, data); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := newBlobCache(ctx, r, 3<<20, 2)
+
+	var wg sync.WaitGroup
+	for i := 0; i < 16; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			data, err := c.get(ctx, ids[0])
+			if err != nil || r.BlobID(data) != ids[0] {
+				t.Errorf("get: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if loads, _, _ := c.stats(); loads != 1 {
+		t.Errorf("16 concurrent reads of one blob loaded it %d times", loads)
+	}
+	for _, id := range ids {
+		if _, err := c.get(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	loads, _, size := c.stats()
+	if size > 3<<20 {
+		t.Errorf("cache holds %d bytes, bound 3 MiB", size)
+	}
+	if _, err := c.get(ctx, ids[0]); err != nil { // evicted: loaded again
+		t.Fatal(err)
+	}
+	if l, _, _ := c.stats(); l != loads+1 {
+		t.Errorf("an evicted blob was not loaded again (%d loads, then %d)", loads, l)
+	}
+
+	// prefetch loads in the background; a get afterwards finds it
+	c.prefetch(ids[5])
+	if _, err := c.get(ctx, ids[5]); err != nil {
+		t.Fatal(err)
+	}
+
+	var missing hash.ID
+	missing[0] = 0xee
+	if _, err := c.get(ctx, missing); err == nil {
+		t.Errorf("get of a missing blob succeeded")
+	}
+}
