@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"runtime"
@@ -87,6 +88,59 @@ type restorer struct {
 
 	zeroMu  sync.Mutex
 	zeroIDs map[uint32]hash.ID
+
+	dirsMu  sync.Mutex
+	dirRoot map[string]*dirHandle
+
+	// fresh holds the directories this restore created (and the target, if
+	// it was empty): nothing can be in the way inside them, so their
+	// entries need no look at what exists.
+	fresh map[string]bool
+}
+
+// dirHandle is a directory of the target opened once (as an os.Root below
+// the target root) for all files being created in it: opening each file
+// through the target root would resolve every component of its path again.
+type dirHandle struct {
+	root *os.Root
+	refs int
+}
+
+// acquireDir returns the handle of directory rel ("" is the target).
+func (rs *restorer) acquireDir(rel string) (*os.Root, error) {
+	rs.dirsMu.Lock()
+	defer rs.dirsMu.Unlock()
+	if rs.dirRoot == nil {
+		rs.dirRoot = map[string]*dirHandle{}
+	}
+	if d, ok := rs.dirRoot[rel]; ok {
+		d.refs++
+		return d.root, nil
+	}
+	r := rs.root
+	if rel != "" {
+		var err error
+		if r, err = rs.root.OpenRoot(rel); err != nil {
+			return nil, err
+		}
+	}
+	rs.dirRoot[rel] = &dirHandle{root: r, refs: 1}
+	return r, nil
+}
+
+func (rs *restorer) releaseDir(rel string) {
+	rs.dirsMu.Lock()
+	defer rs.dirsMu.Unlock()
+	d := rs.dirRoot[rel]
+	if d == nil {
+		return
+	}
+	if d.refs--; d.refs == 0 {
+		delete(rs.dirRoot, rel)
+		if d.root != rs.root {
+			d.root.Close()
+		}
+	}
 }
 
 // isZeroChunk reports whether id is the ID of n zero bytes: the chunks a
@@ -163,7 +217,10 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 		return nil, fmt.Errorf("open target: %w", err)
 	}
 	defer root.Close()
-	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]string{}}
+	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]string{}, fresh: map[string]bool{}}
+	if names, err := root.FS().(fs.ReadDirFS).ReadDir("."); err == nil && len(names) == 0 {
+		rs.fresh[""] = true
+	}
 
 	// Find the subpath's node.
 	tree, err := snapshot.LoadTree(ctx, r, rootTree)
@@ -304,10 +361,13 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			continue
 		}
 		any = true
-		existing, keep, err := rs.prepareEntry(rel, n)
-		if err != nil {
-			rs.fail(err)
-			continue
+		var existing, keep bool
+		if !rs.fresh[relDir] {
+			var err error
+			if existing, keep, err = rs.prepareEntry(rel, n); err != nil {
+				rs.fail(err)
+				continue
+			}
 		}
 		if keep {
 			rs.res.Skipped++
@@ -354,6 +414,7 @@ func (rs *restorer) linkLater(rel, first string, n *snapshot.Node) {
 func (rs *restorer) mkdir(rel string) error {
 	err := rs.root.Mkdir(rel, 0o700)
 	if err == nil {
+		rs.fresh[rel] = true
 		return nil
 	}
 	if errors.Is(err, os.ErrExist) {
@@ -513,10 +574,13 @@ func (rs *restorer) apply(rel string, n *snapshot.Node) error {
 // restoreFiles writes file contents, spreading the chunks of all files over
 // the workers, so that one large file uses every core too.
 func (rs *restorer) restoreFiles(ctx context.Context) {
+	// A chunk task writes one blob of a file; createOnly tasks finish a
+	// file that has no data to write (empty, or only holes).
 	type chunk struct {
-		f      *openFile
-		h      repo.BlobHandle
-		offset int64
+		f          *openFile
+		h          repo.BlobHandle
+		offset     int64
+		createOnly bool
 	}
 	chunks := make(chan chunk, 4*rs.opts.Workers)
 	var wg sync.WaitGroup
@@ -528,6 +592,10 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			for c := range chunks {
 				if c.f.failed.Load() || ctx.Err() != nil {
 					c.f.done(rs, nil)
+					continue
+				}
+				if err := c.f.open(rs); err != nil || c.createOnly {
+					c.f.done(rs, err)
 					continue
 				}
 				data, err := rs.r.LoadBlob(ctx, c.h, buf)
@@ -563,16 +631,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			}
 			continue
 		}
-		f, err := rs.createFile(job)
-		if err != nil {
-			rs.fail(err)
-			continue
-		}
-		if len(job.node.Content) == 0 {
-			f.pending.Store(1)
-			f.done(rs, nil)
-			continue
-		}
+		f := &openFile{job: job}
 		// offsets from the blobs' sizes in the index
 		offsets := make([]int64, len(job.node.Content))
 		var off int64
@@ -605,11 +664,30 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			}
 			todo = append(todo, i)
 		}
-		f.pending.Store(int64(len(todo)) + 1)
+		f.dirRel = strings.TrimSuffix(path.Dir(job.rel), ".")
+		d, err := rs.acquireDir(f.dirRel)
+		if err != nil {
+			rs.fail(fmt.Errorf("restore %s: %w", job.rel, err))
+			continue
+		}
+		f.dir = d
+		// Created here, one after another: on ext4 concurrent creates in
+		// the same directories only contend (measured: 5.2 s serial vs
+		// 7-9 s from four workers for GOROOT's 15,000 files).
+		if err := f.open(rs); err != nil {
+			f.pending.Store(1)
+			f.done(rs, err)
+			continue
+		}
+		if len(todo) == 0 {
+			f.pending.Store(1)
+			chunks <- chunk{f: f, createOnly: true}
+			continue
+		}
+		f.pending.Store(int64(len(todo)))
 		for _, i := range todo {
 			chunks <- chunk{f: f, h: repo.BlobHandle{Type: repo.DataBlob, ID: job.node.Content[i]}, offset: offsets[i]}
 		}
-		f.done(rs, nil) // the +1: a file of only holes is finished here
 	}
 	close(chunks)
 	wg.Wait()
@@ -634,21 +712,32 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 
 type openFile struct {
 	job     *fileJob
+	dir     *os.Root // the file's directory, held until done
+	dirRel  string
+	once    sync.Once
 	f       *os.File
+	openErr error
 	pending atomic.Int64
 	failed  atomic.Bool
 }
 
-func (rs *restorer) createFile(job *fileJob) (*openFile, error) {
-	f, err := rs.root.OpenFile(job.rel, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("restore %s: %w", job.rel, err)
-	}
-	if err := f.Truncate(int64(job.node.Size)); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("restore %s: %w", job.rel, err)
-	}
-	return &openFile{job: job, f: f}, nil
+// open creates the file, once, at its full size (holes where nothing is
+// written), without following a symlink.
+func (f *openFile) open(rs *restorer) error {
+	f.once.Do(func() {
+		file, err := f.dir.OpenFile(path.Base(f.job.rel), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|unix.O_NOFOLLOW, 0o600)
+		if err == nil {
+			if err = file.Truncate(int64(f.job.node.Size)); err != nil {
+				file.Close()
+			}
+		}
+		if err != nil {
+			f.openErr = fmt.Errorf("restore %s: %w", f.job.rel, err)
+			return
+		}
+		f.f = file
+	})
+	return f.openErr
 }
 
 // done finishes one chunk; the last closes the file and sets its metadata.
@@ -660,16 +749,25 @@ func (f *openFile) done(rs *restorer, err error) {
 	if f.pending.Add(-1) != 0 {
 		return
 	}
+	rs.opts.Progress.FilesDone.Add(1)
+	if f.dir != nil {
+		defer rs.releaseDir(f.dirRel)
+	}
+	if f.f == nil {
+		return // never created: the error is reported
+	}
+	if !f.failed.Load() {
+		// metadata through the open descriptor, after the last write
+		if err := fsmeta.ApplyFile(f.f, f.job.node, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner}); err != nil {
+			rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, err))
+		}
+	}
 	if cerr := f.f.Close(); cerr != nil && !f.failed.Load() {
 		f.failed.Store(true)
 		rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, cerr))
 	}
-	rs.opts.Progress.FilesDone.Add(1)
 	if f.failed.Load() {
 		return
-	}
-	if err := rs.apply(f.job.rel, f.job.node); err != nil {
-		rs.fail(err)
 	}
 	rs.mu.Lock()
 	rs.res.Files++
