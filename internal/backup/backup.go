@@ -329,33 +329,13 @@ func sourceMappings(m map[string]string) ([]sourceMapping, error) {
 	return out, nil
 }
 
-// within reports whether p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
-}
-
-// rebase turns p, which is within from, into the same path within to.
-func rebase(p, from, to string) string {
-	if p == from {
-		return to
-	}
-	rest := p
-	if from != "/" {
-		rest = p[len(from):]
-	}
-	if to == "/" {
-		return rest
-	}
-	return to + rest
-}
-
 // src returns where to read the original path p: mapped by
 // Options.SourceRoot, and shortened through an anchor when it is long.
 func (a *archiver) src(p string) string {
 	full := p
 	for _, m := range a.sources {
-		if within(p, m.from) {
-			full = rebase(p, m.from, m.to)
+		if pathmatch.Within(p, m.from) {
+			full = pathmatch.Rebase(p, m.from, m.to)
 			break
 		}
 	}
@@ -395,8 +375,8 @@ func (a *archiver) anchor(dir string) func() {
 	}
 	full := dir
 	for _, m := range a.sources {
-		if within(dir, m.from) {
-			full = rebase(dir, m.from, m.to)
+		if pathmatch.Within(dir, m.from) {
+			full = pathmatch.Rebase(dir, m.from, m.to)
 			break
 		}
 	}
@@ -422,8 +402,8 @@ func origErr(err error, orig, src string) error {
 		return err
 	}
 	var pe *os.PathError
-	if errors.As(err, &pe) && pe == err && within(pe.Path, src) {
-		return &os.PathError{Op: pe.Op, Path: rebase(pe.Path, src, orig), Err: pe.Err}
+	if errors.As(err, &pe) && pe == err && pathmatch.Within(pe.Path, src) {
+		return &os.PathError{Op: pe.Op, Path: pathmatch.Rebase(pe.Path, src, orig), Err: pe.Err}
 	}
 	if msg := err.Error(); strings.Contains(msg, src) {
 		return &renamedError{msg: strings.ReplaceAll(msg, src, orig), err: err}
@@ -737,7 +717,7 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			path := rebase(sp, src, root)
+			path := pathmatch.Rebase(sp, src, root)
 			if err != nil || a.match.Match(path) {
 				if d != nil && d.IsDir() && path != root {
 					return filepath.SkipDir

@@ -9,12 +9,13 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
-	"golang.org/x/sys/unix"
 )
 
 // fileReader reads files handed over by the walker.

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/floe-backup/floe/internal/pathmatch"
+
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -141,7 +143,7 @@ func TestSourceRootErrorsNameOriginalPaths(t *testing.T) {
 		{"/x", "/", "/s", "/s/x"},
 		{"/a/b", "/a", "/", "/b"},
 	} {
-		if got := rebase(c.p, c.from, c.to); got != c.want {
+		if got := pathmatch.Rebase(c.p, c.from, c.to); got != c.want {
 			t.Errorf("rebase(%s, %s, %s) = %s, want %s", c.p, c.from, c.to, got, c.want)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
@@ -196,7 +197,7 @@ func (c *checker) loadIndex(ctx context.Context) error {
 	c.opts.Progress.start("loading index files", int64(len(ids)), 0)
 	files := make([]*repo.IndexFile, len(ids))
 	errs := make([]error, len(ids))
-	parallel(ctx, len(ids), 4, func(i int) {
+	par.For(ctx, len(ids), 4, func(_, i int) {
 		files[i], errs[i] = c.r.LoadIndexFile(ctx, ids[i])
 		c.opts.Progress.add(1, 0)
 	})
@@ -256,7 +257,7 @@ func (c *checker) loadSnapshots(ctx context.Context) error {
 	c.opts.Progress.start("loading snapshots", int64(len(ids)), 0)
 	recs := make([]*snapshot.Record, len(ids))
 	errs := make([]error, len(ids))
-	parallel(ctx, len(ids), 8, func(i int) {
+	par.For(ctx, len(ids), 8, func(_, i int) {
 		recs[i], errs[i] = snapshot.Load(ctx, c.r, ids[i])
 		c.opts.Progress.add(1, 0)
 	})
@@ -342,25 +343,4 @@ func plural(n int) string {
 		return ""
 	}
 	return "s"
-}
-
-// parallel calls fn(0..n-1) on up to workers goroutines; it stops handing
-// out work when ctx is canceled.
-func parallel(ctx context.Context, n, workers int, fn func(i int)) {
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < min(workers, n); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				fn(i)
-			}
-		}()
-	}
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }

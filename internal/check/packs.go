@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -74,7 +75,7 @@ func (c *checker) checkPacks(ctx context.Context) error {
 	c.opts.Progress.start(phase, int64(len(ids)), bytesTotal)
 
 	var mu sync.Mutex
-	parallel(ctx, len(ids), c.opts.Workers, func(i int) {
+	par.For(ctx, len(ids), c.opts.Workers, func(_, i int) {
 		res := c.checkPack(ctx, ids[i], read[ids[i]])
 		c.opts.Progress.add(1, res.bytesRead)
 		if ctx.Err() != nil {

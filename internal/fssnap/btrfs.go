@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/floe-backup/floe/internal/pathmatch"
 )
 
 // btrfsRootInode is the inode number of the root directory of every btrfs
@@ -55,7 +57,7 @@ func (s *Set) btrfs(ctx context.Context, p, real string, isDir bool, m *Mount, w
 	// the subvolume's root too: read it from the snapshot should another
 	// path hold it
 	s.sources[root] = sn.path
-	return rebase(real, root, sn.path), nil
+	return pathmatch.Rebase(real, root, sn.path), nil
 }
 
 // subvolumeRoot finds the root of the btrfs subvolume holding the directory

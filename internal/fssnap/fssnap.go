@@ -32,6 +32,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/floe-backup/floe/internal/pathmatch"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -227,7 +229,7 @@ func notSnapshotted(nested []boundary, given []string, sources map[string]string
 	sort.Strings(paths)
 	for _, p := range paths {
 		for _, b := range nested {
-			if b.path == p || !within(b.path, p) || seen[b.path] {
+			if b.path == p || !pathmatch.Within(b.path, p) || seen[b.path] {
 				continue
 			}
 			// covered: read from a snapshot of its own (given as a path,

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/floe-backup/floe/internal/pathmatch"
 )
 
 var (
@@ -122,9 +124,9 @@ func (s *Set) lvm(ctx context.Context, p, real string, m *Mount, size string, wa
 	// the snapshot shows the whole file system; the mount m may show only
 	// its directory m.Root. The mount point too is read from the snapshot
 	// should another path hold it.
-	at := rebase(m.Root, "/", sn.root)
+	at := pathmatch.Rebase(m.Root, "/", sn.root)
 	s.sources[m.Point] = at
-	return rebase(real, m.Point, at), nil
+	return pathmatch.Rebase(real, m.Point, at), nil
 }
 
 // logicalVolume finds the LVM logical volume behind a mount: its device

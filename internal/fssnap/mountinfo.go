@@ -6,6 +6,8 @@ import (
 	"io"
 	"strconv"
 	"strings"
+
+	"github.com/floe-backup/floe/internal/pathmatch"
 )
 
 // Mount is one line of /proc/self/mountinfo (see proc(5)).
@@ -132,7 +134,7 @@ func FindMount(mounts []Mount, path string) (*Mount, bool) {
 	var best *Mount
 	for i := range mounts {
 		m := &mounts[i]
-		if !within(path, m.Point) {
+		if !pathmatch.Within(path, m.Point) {
 			continue
 		}
 		if best == nil || len(m.Point) >= len(best.Point) {
@@ -140,24 +142,4 @@ func FindMount(mounts []Mount, path string) (*Mount, bool) {
 		}
 	}
 	return best, best != nil
-}
-
-// within reports whether p is dir or below it.
-func within(p, dir string) bool {
-	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
-}
-
-// rebase turns p, which is within from, into the same path within to.
-func rebase(p, from, to string) string {
-	if p == from {
-		return to
-	}
-	rest := p
-	if from != "/" {
-		rest = p[len(from):]
-	}
-	if to == "/" {
-		return rest
-	}
-	return to + rest
 }

@@ -113,3 +113,23 @@ func (r rule) matches(path, base string) bool {
 	}
 	return false
 }
+
+// Within reports whether the clean absolute path p is dir or below it.
+func Within(p, dir string) bool {
+	return p == dir || dir == "/" || strings.HasPrefix(p, dir+"/")
+}
+
+// Rebase turns p, which is Within from, into the same path within to.
+func Rebase(p, from, to string) string {
+	if p == from {
+		return to
+	}
+	rest := p
+	if from != "/" {
+		rest = p[len(from):]
+	}
+	if to == "/" {
+		return rest
+	}
+	return to + rest
+}

@@ -15,12 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
@@ -297,7 +297,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 	prog.start("loading snapshots", int64(len(p.snapIDs)))
 	recs := make([]*snapshot.Record, len(p.snapIDs))
 	errs := make([]error, len(p.snapIDs))
-	parallel(ctx, len(p.snapIDs), 8, func(i int) {
+	par.For(ctx, len(p.snapIDs), 8, func(_, i int) {
 		recs[i], errs[i] = snapshot.Load(ctx, p.r, p.snapIDs[i])
 		prog.add(1)
 	})
@@ -333,7 +333,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		frontier = frontier[n:]
 		trees := make([]*snapshot.Tree, len(cur))
 		terrs := make([]error, len(cur))
-		parallel(ctx, len(cur), 8, func(i int) {
+		par.For(ctx, len(cur), 8, func(_, i int) {
 			trees[i], terrs[i] = snapshot.LoadTree(ctx, p.r, cur[i])
 		})
 		if err := ctx.Err(); err != nil {
@@ -723,27 +723,6 @@ func (p *pruner) repack(ctx context.Context, m *markPlan) error {
 		}
 	}
 	return nil
-}
-
-// parallel calls fn(0..n-1) on up to workers goroutines; it stops handing
-// out work when ctx is canceled.
-func parallel(ctx context.Context, n, workers int, fn func(i int)) {
-	next := make(chan int)
-	var wg sync.WaitGroup
-	for w := 0; w < min(workers, n); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				fn(i)
-			}
-		}()
-	}
-	for i := 0; i < n && ctx.Err() == nil; i++ {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
 }
 
 func sortIDs(ids []hash.ID) {

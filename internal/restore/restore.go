@@ -19,12 +19,14 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
-	"golang.org/x/sys/unix"
 )
 
 // Options describe one restore.
@@ -479,26 +481,14 @@ func (rs *restorer) skipIdentical(ctx context.Context) {
 	if len(todo) == 0 {
 		return
 	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var buf []byte
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(todo) || ctx.Err() != nil {
-					return
-				}
-				var err error
-				if buf, err = rs.verifyFile(todo[i], buf); err == nil {
-					todo[i].skip = true
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	workers := runtime.GOMAXPROCS(0)
+	bufs := make([][]byte, workers)
+	par.For(ctx, len(todo), workers, func(w, i int) {
+		var err error
+		if bufs[w], err = rs.verifyFile(todo[i], bufs[w]); err == nil {
+			todo[i].skip = true
+		}
+	})
 }
 
 // deleteExtra removes entries of restored directories that the snapshot
@@ -808,30 +798,18 @@ func (rs *restorer) verify(ctx context.Context) {
 		}
 	}
 	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < runtime.GOMAXPROCS(0); w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var buf []byte
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(files) || ctx.Err() != nil {
-					return
-				}
-				var err error
-				if buf, err = rs.verifyFile(files[i], buf); err != nil {
-					rs.fail(err)
-				} else {
-					rs.mu.Lock()
-					rs.res.Verified++
-					rs.mu.Unlock()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	workers := runtime.GOMAXPROCS(0)
+	bufs := make([][]byte, workers)
+	par.For(ctx, len(files), workers, func(w, i int) {
+		var err error
+		if bufs[w], err = rs.verifyFile(files[i], bufs[w]); err != nil {
+			rs.fail(err)
+			return
+		}
+		rs.mu.Lock()
+		rs.res.Verified++
+		rs.mu.Unlock()
+	})
 }
 
 func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
