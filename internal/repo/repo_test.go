@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/crypto"
@@ -19,7 +21,7 @@ func cheapKDF() *crypto.KDFParams {
 	return &crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
 }
 
-func newRepo(t *testing.T) (*Repository, *mem.Backend) {
+func newRepo(t testing.TB) (*Repository, *mem.Backend) {
 	t.Helper()
 	be := mem.New()
 	r, _, err := Init(context.Background(), be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
@@ -338,5 +340,39 @@ func FuzzOpen(f *testing.F) {
 		b.Set(storage.Handle{Type: storage.Config}, cfgBytes)
 		b.Set(storage.Handle{Type: storage.Key, Name: hash.Sum(keyBytes).String()}, keyBytes)
 		Open(ctx, b, Credential{Password: []byte("pw")}, OpenOptions{})
+	})
+}
+
+// FuzzLoadGCMark seals fuzzed plaintext as a gc mark, so the decoder
+// behind the authentication is exercised: it must fail cleanly, never panic.
+func FuzzLoadGCMark(f *testing.F) {
+	ctx := context.Background()
+	r, be := newRepo(f)
+	f.Add([]byte(`{"time":"2026-11-21T00:00:00Z","packs":["` + hash.ID{1}.String() + `"]}`))
+	f.Add([]byte(`{"packs":[1,2,3]}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, plain []byte) {
+		data := r.meta.Seal(nil, plain, []byte(adGCMark))
+		id := hash.Sum(data)
+		be.Set(storage.Handle{Type: storage.GCMark, Name: id.String()}, data)
+		r.LoadGCMark(ctx, id)
+	})
+}
+
+// FuzzReadKeyFile: a local key file of any content gives an error or a
+// valid key file, never a panic.
+func FuzzReadKeyFile(f *testing.F) {
+	f.Add([]byte(`{"version":1,"repository":"x","key":"` + hash.ID{2}.String() + `","secret":"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}`))
+	f.Add([]byte(`{}`))
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, content []byte) {
+		p := filepath.Join(dir, "key")
+		if err := os.WriteFile(p, content, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		kf, err := ReadKeyFile(p)
+		if err == nil && (len(kf.Secret) != 32 || kf.Version != 1) {
+			t.Fatalf("accepted an invalid key file: %+v", kf)
+		}
 	})
 }
