@@ -247,8 +247,15 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		g.exitCode = ExitPartial
 	}
 	if created || ui.IsTerminal(os.Stdout) {
-		g.say("\nnext:\n  %s snapshots                          list snapshots\n  %s ls latest                          list the files of the newest\n  %s restore latest --target DIR       restore it into DIR\n  %s check                              verify the repository",
-			g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix(), g.cmdPrefix())
+		g.say("\nnext:")
+		for _, hint := range [][2]string{
+			{"snapshots", "list snapshots"},
+			{"ls latest", "list the files of the newest"},
+			{"restore latest --target DIR", "restore it into DIR"},
+			{"check", "verify the repository"},
+		} {
+			g.say("  %-40s %s", g.cmdPrefix()+" "+hint[0], hint[1])
+		}
 	}
 	if len(res.Errors) > 0 {
 		g.exitCode = ExitPartial
