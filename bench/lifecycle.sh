@@ -79,7 +79,7 @@ if [ -e /dev/fuse ] && command -v fusermount3 >/dev/null; then
   if mountpoint -q mnt; then
     f=$(find mnt/latest/ -name big.bin | head -1)
     start=$(date +%s.%N); cat "$f" > /dev/null; end=$(date +%s.%N)
-    mount_s=$(echo "$end - $start" | bc)
+    mount_s=$(printf '%.2f' "$(echo "$end - $start" | bc)")
   fi
   kill -INT $mpid 2>/dev/null || true; wait $mpid 2>/dev/null || true
 fi
@@ -111,7 +111,7 @@ figure is their sum. restic prune takes an exclusive lock; floe's does not.
 
 ## copy to a second local repository
 
-$((copied / 1048576)) MiB of repository data ($ROUNDS snapshots minus the forgotten ones).
+$((copied / 1048576)) MiB of repository data: the 3 snapshots that forget kept.
 
 | | seconds | MB/s of repository data | peak RSS (MiB) |
 |---|--:|--:|--:|
