@@ -13,7 +13,7 @@ import (
 	"testing"
 	"testing/iotest"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // smallParams cut small chunks so that tests see many of them quickly.
@@ -74,7 +74,7 @@ func lengths(chunks [][]byte) []int {
 // of the package.
 func refGear(seed [32]byte) (g [256]uint64) {
 	for i := range g {
-		h := blake3.New(32, seed[:])
+		h, _ := blake3.NewKeyed(seed[:])
 		h.Write(append([]byte("floe gear"), byte(i)))
 		g[i] = binary.LittleEndian.Uint64(h.Sum(nil)[:8])
 	}

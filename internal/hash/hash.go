@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"sync"
 
-	"lukechampine.com/blake3"
+	"github.com/zeebo/blake3"
 )
 
 // Size is the length of an ID in bytes.
@@ -66,7 +66,7 @@ func Sum(data []byte) ID {
 // Keyed computes keyed BLAKE3-256 IDs. It is safe for concurrent use.
 type Keyed struct {
 	key  [32]byte
-	pool sync.Pool // *blake3.Hasher: one per chunk would be 3.4 KiB of garbage
+	pool sync.Pool // *blake3.Hasher, reset between uses
 }
 
 // NewKeyed returns a hasher keyed with key.
@@ -76,7 +76,10 @@ func NewKeyed(key [32]byte) *Keyed { return &Keyed{key: key} }
 func (k *Keyed) Sum(data []byte) ID {
 	h, _ := k.pool.Get().(*blake3.Hasher)
 	if h == nil {
-		h = blake3.New(Size, k.key[:])
+		var err error
+		if h, err = blake3.NewKeyed(k.key[:]); err != nil {
+			panic("blake3.NewKeyed with a 32-byte key: " + err.Error()) // cannot happen
+		}
 	} else {
 		h.Reset()
 	}
@@ -92,7 +95,7 @@ func (k *Keyed) Sum(data []byte) ID {
 type Writer struct{ h *blake3.Hasher }
 
 // NewWriter returns an empty Writer.
-func NewWriter() *Writer { return &Writer{h: blake3.New(Size, nil)} }
+func NewWriter() *Writer { return &Writer{h: blake3.New()} }
 
 // Write adds p; it never fails.
 func (w *Writer) Write(p []byte) (int, error) { return w.h.Write(p) }

@@ -16,7 +16,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-	"lukechampine.com/blake3"
+
+	"github.com/floe-backup/floe/internal/hash"
 )
 
 // CompareOptions tune DiffTrees.
@@ -502,13 +503,13 @@ func manifest(root string) (map[string]string, error) {
 			return err
 		}
 		defer f.Close()
-		h := blake3.New(32, nil)
+		h := hash.NewWriter()
 		n, err := io.Copy(h, f)
 		if err != nil {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
-		out[rel] = fmt.Sprintf("%d bytes, BLAKE3 %x", n, h.Sum(nil))
+		out[rel] = fmt.Sprintf("%d bytes, BLAKE3 %s", n, h.Sum())
 		return nil
 	})
 	return out, err

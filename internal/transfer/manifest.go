@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"lukechampine.com/blake3"
-
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -164,7 +162,7 @@ func writeManifest(dir string, m *Manifest) error {
 	if err := writeFileAtomic(dir, ManifestName, data); err != nil {
 		return err
 	}
-	sum := blake3.Sum256(data)
+	sum := hash.Sum(data)
 	return writeFileAtomic(dir, ManifestSumName, []byte(hex.EncodeToString(sum[:])+"  "+ManifestName+"\n"))
 }
 
@@ -183,12 +181,12 @@ func hashFile(p string) (int64, string, error) {
 		return 0, "", err
 	}
 	defer f.Close()
-	h := blake3.New(32, nil)
+	h := hash.NewWriter()
 	n, err := io.Copy(h, f)
 	if err != nil {
 		return n, "", err
 	}
-	return n, hex.EncodeToString(h.Sum(nil)), nil
+	return n, h.Sum().String(), nil
 }
 
 // VerifyExport checks an export directory against its manifest: the
@@ -229,7 +227,7 @@ func VerifyExport(ctx context.Context, dir string, workers int) (*Manifest, erro
 	if err != nil {
 		return nil, bad("%s: %v", ManifestName, err)
 	}
-	if sum := blake3.Sum256(data); !bytes.Equal(sum[:], want) {
+	if sum := hash.Sum(data); !bytes.Equal(sum[:], want) {
 		return nil, bad("%s does not match its checksum in %s (truncated or altered)", ManifestName, ManifestSumName)
 	}
 	var m Manifest

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"lukechampine.com/blake3"
+	"github.com/floe-backup/floe/internal/hash"
 )
 
 // FuzzVerifyExport gives VerifyExport a manifest of any content with a
@@ -19,7 +19,7 @@ func FuzzVerifyExport(f *testing.F) {
 	f.Add([]byte(`{"version":1,"files":[{"path":"data/ab/` + string(make([]byte, 0)) + `"}]}`))
 	f.Fuzz(func(t *testing.T, manifest []byte) {
 		dir := t.TempDir()
-		sum := blake3.Sum256(manifest)
+		sum := hash.Sum(manifest)
 		if err := os.WriteFile(filepath.Join(dir, ManifestName), manifest, 0o600); err != nil {
 			t.Fatal(err)
 		}
