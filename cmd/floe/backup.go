@@ -107,7 +107,7 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
 	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed (FLOE_BACKUP_STATUS is ok or failed)")
-	fl.StringVar(&f.fsSnapshot, "fs-snapshot", "", "read the paths from a read-only snapshot of their file system: `KIND` lvm or btrfs (needs root)")
+	fl.StringVar(&f.fsSnapshot, "fs-snapshot", "", "read the paths from a read-only snapshot of their file system: `KIND` lvm or btrfs (needs root). The view is crash-consistent: quiesce writers with --pre-hook for application consistency")
 	fl.StringVar(&f.fsSnapshotSz, "fs-snapshot-size", "", "room for changed blocks of LVM snapshots: a `SIZE` like 2G, or 20% of the volume, or 50%FREE of the volume group (default 10%)")
 	return c
 }
