@@ -215,6 +215,9 @@ func printPruneResult(g *globals, res *prune.Result) {
 			g.say("  %s %d index files into one", would("replaced", "would replace"), s.IndexFilesRemoved)
 		}
 	}
+	if t := s.TempFilesRemoved; t.Packs > 0 {
+		g.say("  removed %d temporary files left by interrupted writers (%s)", t.Packs, ui.Bytes(uint64(t.Bytes)))
+	}
 	m := res.Mark
 	marked := m.Unused.Packs + m.Repack.Packs + m.Unindexed.Packs
 	if marked == 0 {

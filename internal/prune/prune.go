@@ -113,6 +113,9 @@ type SweepResult struct {
 	IndexWritten      string `json:"index_written,omitempty"`
 	IndexFilesRemoved int    `json:"index_files_removed"`
 	MarksRemoved      int    `json:"marks_removed"`
+	// TempFilesRemoved are temporary files (half-written objects of
+	// killed writers) older than the grace period that were deleted.
+	TempFilesRemoved Count `json:"temp_files_removed"`
 }
 
 // MarkResult is what the mark phase did (or would do).
@@ -198,6 +201,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		}
 	}
 	p.applySweep(sw)
+	if !opts.DryRun {
+		p.removeTempFiles()
+	}
 	mk := p.planMark(sw)
 	if !opts.DryRun {
 		if err := p.mark(ctx, mk); err != nil {
@@ -207,6 +213,22 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	p.res.Duration = time.Since(start)
 	p.res.DurationSecs = p.res.Duration.Seconds()
 	return p.res, nil
+}
+
+// removeTempFiles deletes what killed writers left, once older than the
+// grace period: a writer still filling a file is younger than that.
+func (p *pruner) removeTempFiles() {
+	c, ok := p.r.Backend().(interface {
+		RemoveTempFiles(time.Duration) (int, int64, error)
+	})
+	if !ok {
+		return
+	}
+	n, size, err := c.RemoveTempFiles(p.opts.Grace)
+	p.res.Sweep.TempFilesRemoved = Count{Packs: n, Bytes: size}
+	if err != nil {
+		p.res.Warnings = append(p.res.Warnings, err.Error())
+	}
 }
 
 // load lists the snapshots, the packs, the marks and the index. The

@@ -114,6 +114,16 @@ type withLeftovers struct {
 
 func (b *withLeftovers) LeftoverTempFiles() ([]string, error) { return b.ll.LeftoverTempFiles() }
 
+// RemoveTempFiles passes prune's clean-up through, when the backend has it.
+func (b *withLeftovers) RemoveTempFiles(age time.Duration) (int, int64, error) {
+	if c, ok := b.ll.(interface {
+		RemoveTempFiles(time.Duration) (int, int64, error)
+	}); ok {
+		return c.RemoveTempFiles(age)
+	}
+	return 0, 0, nil
+}
+
 var _ storage.Backend = (*Backend)(nil)
 
 // Unwrap returns the backend without limits.

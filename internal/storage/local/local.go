@@ -420,6 +420,33 @@ func (b *Backend) Close() error { return nil }
 // TempMaxAge anywhere in the repository layout: what a crashed Save left.
 // `check` reports them; they are safe to delete.
 func (b *Backend) LeftoverTempFiles() ([]string, error) {
+	return b.tempFilesOlderThan(TempMaxAge)
+}
+
+// RemoveTempFiles deletes temporary files older than age: what writers
+// that were killed left (a streamed pack is a temporary file until it is
+// complete). prune calls it with its grace period, so that a file a running
+// writer is still filling is never removed. It returns how many files and
+// bytes it removed.
+func (b *Backend) RemoveTempFiles(age time.Duration) (int, int64, error) {
+	paths, err := b.tempFilesOlderThan(age)
+	n, size := 0, int64(0)
+	for _, p := range paths {
+		fi, serr := os.Lstat(p)
+		if serr != nil || !fi.Mode().IsRegular() {
+			continue
+		}
+		if rerr := os.Remove(p); rerr == nil {
+			n++
+			size += fi.Size()
+		} else if err == nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = fmt.Errorf("remove temporary file: %w", rerr)
+		}
+	}
+	return n, size, err
+}
+
+func (b *Backend) tempFilesOlderThan(age time.Duration) ([]string, error) {
 	dirs := []string{b.dir}
 	for _, t := range storage.AllTypes {
 		dirs = append(dirs, filepath.Join(b.dir, string(t)))
@@ -434,7 +461,7 @@ func (b *Backend) LeftoverTempFiles() ([]string, error) {
 			dirs = append(dirs, filepath.Join(pack, e.Name()))
 		}
 	}
-	cutoff := time.Now().Add(-TempMaxAge)
+	cutoff := time.Now().Add(-age)
 	var old []string
 	for _, d := range dirs {
 		entries, err := os.ReadDir(d)

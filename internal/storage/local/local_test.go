@@ -369,3 +369,32 @@ func TestLinkNoReplace(t *testing.T) {
 		t.Errorf("linked content %q", data)
 	}
 }
+
+func TestRemoveTempFiles(t *testing.T) {
+	b, dir := newRepo(t)
+	old := time.Now().Add(-2 * time.Hour)
+	oldFile := filepath.Join(dir, "data", TempPrefix+"killed")
+	newFile := filepath.Join(dir, "data", TempPrefix+"filling")
+	object := filepath.Join(dir, "index", "not-temp")
+	for _, p := range []string{oldFile, newFile, object} {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if p != newFile {
+			os.Chtimes(p, old, old)
+		}
+	}
+	n, size, err := b.RemoveTempFiles(time.Hour)
+	if err != nil || n != 1 || size != int64(len("partial")) {
+		t.Fatalf("RemoveTempFiles(1h) = %d, %d, %v; want 1 file", n, size, err)
+	}
+	for p, want := range map[string]bool{oldFile: false, newFile: true, object: true} {
+		if _, err := os.Stat(p); (err == nil) != want {
+			t.Errorf("%s: exists=%v, want %v", p, err == nil, want)
+		}
+	}
+	// age 0 (prune --grace 0): every temporary file goes
+	if n, _, _ := b.RemoveTempFiles(0); n != 1 {
+		t.Errorf("RemoveTempFiles(0) removed %d, want the 1 left", n)
+	}
+}
