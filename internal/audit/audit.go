@@ -25,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/walk"
@@ -168,7 +169,7 @@ func Run(ctx context.Context, opts Options) (*Report, error) {
 	if opts.Other != nil {
 		otherPaths := cleanAll(opts.Other.Paths)
 		for _, r := range roots {
-			if !slices.ContainsFunc(otherPaths, func(p string) bool { return under(r, p) }) {
+			if !slices.ContainsFunc(otherPaths, func(p string) bool { return pathmatch.Within(r, p) }) {
 				a.rep.NotCovered = append(a.rep.NotCovered, r)
 			}
 		}
@@ -206,9 +207,9 @@ func intersect(a, b []string) []string {
 	for _, x := range a {
 		for _, y := range b {
 			switch {
-			case under(x, y):
+			case pathmatch.Within(x, y):
 				out = append(out, x)
-			case under(y, x):
+			case pathmatch.Within(y, x):
 				out = append(out, y)
 			}
 		}
@@ -216,7 +217,7 @@ func intersect(a, b []string) []string {
 	slices.Sort(out)
 	var kept []string
 	for _, p := range out {
-		if !slices.ContainsFunc(kept, func(k string) bool { return under(p, k) }) {
+		if !slices.ContainsFunc(kept, func(k string) bool { return pathmatch.Within(p, k) }) {
 			kept = append(kept, p)
 		}
 	}

@@ -10,6 +10,8 @@ import (
 	"regexp/syntax"
 	"slices"
 	"strings"
+
+	"github.com/floe-backup/floe/internal/pathmatch"
 )
 
 // Rules files (AIDE's syntax, simplified). One rule a line; blank lines and
@@ -300,7 +302,7 @@ func (r *Rules) setNames() string {
 func (r *Rules) Select(p string) (Selection, bool) {
 	best := -1
 	for i, s := range r.Selections {
-		if under(p, s.Path) && (best < 0 || len(s.Path) > len(r.Selections[best].Path)) {
+		if pathmatch.Within(p, s.Path) && (best < 0 || len(s.Path) > len(r.Selections[best].Path)) {
 			best = i
 		}
 	}
@@ -318,11 +320,6 @@ func (r *Rules) Ignored(p string) bool {
 		}
 	}
 	return false
-}
-
-// under reports whether p is dir or below it (both absolute and clean).
-func under(p, dir string) bool {
-	return dir == "/" || p == dir || (strings.HasPrefix(p, dir) && p[len(dir)] == '/')
 }
 
 // DefaultRules returns the parsed DefaultRulesText.
