@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
@@ -324,8 +325,6 @@ func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog
 		infos  []repo.PackInfo
 		copied int
 		first  error
-		wg     sync.WaitGroup
-		next   = make(chan hash.ID)
 	)
 	fail := func(err error) {
 		mu.Lock()
@@ -335,62 +334,46 @@ func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog
 		mu.Unlock()
 		cancel()
 	}
-	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range next {
-				h := storage.Handle{Type: storage.Pack, Name: id.String()}
-				data, ok, err := e.present(ctx, h)
-				if err != nil {
-					fail(fmt.Errorf("export: %w", err))
-					continue
-				}
-				var info repo.PackInfo
-				if ok {
-					if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
-						// intact bytes that do not decode: not from this source
-						fail(fmt.Errorf("export: %s in the export directory: %w", h, err))
-						continue
-					}
-				} else {
-					if data, err = e.from.Load(ctx, h, 0, 0); err != nil {
-						fail(fmt.Errorf("export: %w", err))
-						continue
-					}
-					prog.BytesRead.Add(int64(len(data)))
-					if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
-						fail(fmt.Errorf("export: the source's %w (run `floe check`)", err))
-						continue
-					}
-					if err := e.to.Save(ctx, h, data); err != nil {
-						fail(fmt.Errorf("export: %w", err))
-						continue
-					}
-					prog.BytesSent.Add(int64(len(data)))
-				}
-				e.verifiedObject(h, len(data))
-				mu.Lock()
-				infos = append(infos, info)
-				if !ok {
-					copied++
-				}
-				mu.Unlock()
-				prog.BlobsDone.Add(int64(len(info.Blobs)))
+	par.For(ctx, len(ids), conns, func(_, i int) {
+		id := ids[i]
+		h := storage.Handle{Type: storage.Pack, Name: id.String()}
+		data, ok, err := e.present(ctx, h)
+		if err != nil {
+			fail(fmt.Errorf("export: %w", err))
+			return
+		}
+		var info repo.PackInfo
+		if ok {
+			if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
+				// intact bytes that do not decode: not from this source
+				fail(fmt.Errorf("export: %s in the export directory: %w", h, err))
+				return
 			}
-		}()
-	}
-	for _, id := range ids {
-		select {
-		case next <- id:
-		case <-ctx.Done():
+		} else {
+			if data, err = e.from.Load(ctx, h, 0, 0); err != nil {
+				fail(fmt.Errorf("export: %w", err))
+				return
+			}
+			prog.BytesRead.Add(int64(len(data)))
+			if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
+				fail(fmt.Errorf("export: the source's %w (run `floe check`)", err))
+				return
+			}
+			if err := e.to.Save(ctx, h, data); err != nil {
+				fail(fmt.Errorf("export: %w", err))
+				return
+			}
+			prog.BytesSent.Add(int64(len(data)))
 		}
-		if ctx.Err() != nil {
-			break
+		e.verifiedObject(h, len(data))
+		mu.Lock()
+		infos = append(infos, info)
+		if !ok {
+			copied++
 		}
-	}
-	close(next)
-	wg.Wait()
+		mu.Unlock()
+		prog.BlobsDone.Add(int64(len(info.Blobs)))
+	})
 	if first != nil {
 		return nil, 0, first
 	}

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
@@ -224,39 +225,20 @@ func copyPacksVerbatim(ctx context.Context, exp, dst *repo.Repository, ids []has
 		mu    sync.Mutex
 		infos []repo.PackInfo
 		first error
-		wg    sync.WaitGroup
-		next  = make(chan hash.ID)
 	)
-	for range conns {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for id := range next {
-				info, err := copyPackVerbatim(ctx, exp, dst, id, prog)
-				mu.Lock()
-				if err != nil {
-					if first == nil {
-						first = err
-					}
-					cancel()
-				} else {
-					infos = append(infos, info)
-				}
-				mu.Unlock()
+	par.For(ctx, len(ids), conns, func(_, i int) {
+		info, err := copyPackVerbatim(ctx, exp, dst, ids[i], prog)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			if first == nil {
+				first = err
 			}
-		}()
-	}
-	for _, id := range ids {
-		select {
-		case next <- id:
-		case <-ctx.Done():
+			cancel()
+			return
 		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(next)
-	wg.Wait()
+		infos = append(infos, info)
+	})
 	if first == nil {
 		first = ctx.Err()
 	}
