@@ -15,10 +15,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -272,38 +272,20 @@ func VerifyExport(ctx context.Context, dir string, workers int) (*Manifest, erro
 	}
 
 	// every listed file: present, complete, unaltered
-	var wg sync.WaitGroup
-	next := make(chan ManifestFile)
-	for range max(workers, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for f := range next {
-				size, sum, err := hashFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
-				switch {
-				case errors.Is(err, os.ErrNotExist):
-					problems.add("%s: missing", f.Path)
-				case err != nil:
-					problems.add("%s: %v", f.Path, err)
-				case size != f.Size:
-					problems.add("%s: %d bytes, the manifest says %d (truncated or altered)", f.Path, size, f.Size)
-				case sum != f.BLAKE3:
-					problems.add("%s: content does not match the manifest's BLAKE3 hash (altered or damaged)", f.Path)
-				}
-			}
-		}()
-	}
-	for _, f := range files {
-		select {
-		case next <- f:
-		case <-ctx.Done():
+	par.For(ctx, len(files), max(workers, 1), func(_, i int) {
+		f := files[i]
+		size, sum, err := hashFile(filepath.Join(dir, filepath.FromSlash(f.Path)))
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			problems.add("%s: missing", f.Path)
+		case err != nil:
+			problems.add("%s: %v", f.Path, err)
+		case size != f.Size:
+			problems.add("%s: %d bytes, the manifest says %d (truncated or altered)", f.Path, size, f.Size)
+		case sum != f.BLAKE3:
+			problems.add("%s: content does not match the manifest's BLAKE3 hash (altered or damaged)", f.Path)
 		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(next)
-	wg.Wait()
+	})
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}

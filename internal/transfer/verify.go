@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 )
@@ -83,46 +84,28 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 	var (
 		mu           sync.Mutex
 		nBlobs, nRaw uint64
-		wg           sync.WaitGroup
-		next         = make(chan hash.ID)
 	)
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := range next {
-				err := r.LoadBlobsFromPack(ctx, p, byPack[p], func(b repo.PackBlob, plain []byte, err error) error {
-					if err != nil {
-						if ctx.Err() != nil {
-							return ctx.Err()
-						}
-						problems.add("%v", err) // names the blob and the pack
-						return nil
-					}
-					mu.Lock()
-					nBlobs++
-					nRaw += uint64(len(plain))
-					mu.Unlock()
-					prog.BytesVerified.Add(int64(len(plain)))
-					return nil
-				})
-				if err != nil && ctx.Err() == nil {
-					problems.add("pack %s: %v", p.Short(), err)
+	par.For(ctx, len(packs), workers, func(_, i int) {
+		p := packs[i]
+		err := r.LoadBlobsFromPack(ctx, p, byPack[p], func(b repo.PackBlob, plain []byte, err error) error {
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
 				}
+				problems.add("%v", err) // names the blob and the pack
+				return nil
 			}
-		}()
-	}
-	for _, p := range packs {
-		select {
-		case next <- p:
-		case <-ctx.Done():
+			mu.Lock()
+			nBlobs++
+			nRaw += uint64(len(plain))
+			mu.Unlock()
+			prog.BytesVerified.Add(int64(len(plain)))
+			return nil
+		})
+		if err != nil && ctx.Err() == nil {
+			problems.add("pack %s: %v", p.Short(), err)
 		}
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	close(next)
-	wg.Wait()
+	})
 	if err := ctx.Err(); err != nil {
 		return nBlobs, nRaw, err
 	}
