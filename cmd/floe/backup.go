@@ -14,7 +14,6 @@ import (
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/cache"
 	"github.com/floe-backup/floe/internal/fssnap"
-	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/hook"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
@@ -177,7 +176,10 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		opts.Stdin, opts.StdinFilename = os.Stdin, f.stdinName
 	} else {
 		opts.Paths = paths
-		parent, trees, err := findParent(ctx, g, r, c, host, paths, f.parent)
+		parent, trees, warnings, err := backup.FindParent(ctx, r, c, host, paths, f.parent)
+		for _, w := range warnings {
+			g.warn("warning: %v", w)
+		}
 		if err != nil {
 			return err
 		}
@@ -261,81 +263,6 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		g.exitCode = ExitPartial
 	}
 	return nil
-}
-
-// findParent picks the snapshot to compare with and where its trees come
-// from: the local cache when it has them (the only way for write-only keys),
-// else the repository.
-func findParent(ctx context.Context, g *globals, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, backup.TreeLoader, error) {
-	abs, err := backup.CleanPaths(paths)
-	if err != nil {
-		return nil, nil, err
-	}
-	var parent *snapshot.Record
-	switch {
-	case explicit != "":
-		if r.WriteOnly() {
-			if c == nil {
-				return nil, nil, errors.New("--parent with a write-only key needs the local cache")
-			}
-			for _, s := range c.Snapshots() {
-				if strings.HasPrefix(s.ID.String(), explicit) {
-					parent = s
-				}
-			}
-			if parent == nil {
-				return nil, nil, fmt.Errorf("parent %s is not in the local cache (a write-only key cannot read it from the repository)", explicit)
-			}
-		} else if parent, err = snapshot.Find(ctx, r, explicit, snapshot.Filter{}); err != nil {
-			return nil, nil, err
-		}
-	case r.WriteOnly():
-		if c != nil {
-			parent = c.Latest(host, abs)
-		}
-	default:
-		all, errs, err := snapshot.List(ctx, r)
-		if err != nil {
-			return nil, nil, err
-		}
-		for _, e := range errs {
-			g.warn("warning: %v", e)
-		}
-		for i := len(all) - 1; i >= 0; i-- {
-			if all[i].Hostname == host && snapshot.SamePaths(all[i].Paths, abs) {
-				parent = all[i]
-				break
-			}
-		}
-	}
-	if parent == nil {
-		return nil, nil, nil
-	}
-	if c != nil {
-		if t := c.Trees(parent.ID); t.Len() > 0 {
-			return parent, fallbackTrees{t, r}, nil
-		}
-	}
-	if r.WriteOnly() {
-		return nil, nil, nil
-	}
-	return parent, snapshot.RepoTrees{Repo: r}, nil
-}
-
-// fallbackTrees reads trees from the cache, else from the repository.
-type fallbackTrees struct {
-	cached *cache.Trees
-	r      *repo.Repository
-}
-
-func (f fallbackTrees) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error) {
-	if t, err := f.cached.LoadTree(ctx, id); err == nil {
-		return t, nil
-	}
-	if f.r.WriteOnly() {
-		return nil, repo.ErrWriteOnly
-	}
-	return snapshot.LoadTree(ctx, f.r, id)
 }
 
 func printBackupResult(g *globals, r *repo.Repository, res *backup.Result, parent *snapshot.Record) {

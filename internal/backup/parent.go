@@ -1,0 +1,92 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// FindParent picks the snapshot to compare with and where its trees come
+// from: the local cache when it has them (the only way for write-only keys),
+// else the repository.
+//
+// explicit, when set, names the parent (an ID prefix). Snapshots that
+// cannot be read are returned as warnings. c may be nil.
+func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, TreeLoader, []error, error) {
+	abs, err := CleanPaths(paths)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var (
+		parent   *snapshot.Record
+		warnings []error
+	)
+	switch {
+	case explicit != "":
+		if r.WriteOnly() {
+			if c == nil {
+				return nil, nil, nil, errors.New("--parent with a write-only key needs the local cache")
+			}
+			for _, s := range c.Snapshots() {
+				if strings.HasPrefix(s.ID.String(), explicit) {
+					parent = s
+				}
+			}
+			if parent == nil {
+				return nil, nil, nil, fmt.Errorf("parent %s is not in the local cache (a write-only key cannot read it from the repository)", explicit)
+			}
+		} else if parent, err = snapshot.Find(ctx, r, explicit, snapshot.Filter{}); err != nil {
+			return nil, nil, nil, err
+		}
+	case r.WriteOnly():
+		if c != nil {
+			parent = c.Latest(host, abs)
+		}
+	default:
+		all, errs, err := snapshot.List(ctx, r)
+		if err != nil {
+			return nil, nil, errs, err
+		}
+		warnings = errs
+		for i := len(all) - 1; i >= 0; i-- {
+			if all[i].Hostname == host && snapshot.SamePaths(all[i].Paths, abs) {
+				parent = all[i]
+				break
+			}
+		}
+	}
+	if parent == nil {
+		return nil, nil, warnings, nil
+	}
+	if c != nil {
+		if t := c.Trees(parent.ID); t.Len() > 0 {
+			return parent, fallbackTrees{t, r}, warnings, nil
+		}
+	}
+	if r.WriteOnly() {
+		return nil, nil, warnings, nil // no trees to compare with: read everything
+	}
+	return parent, snapshot.RepoTrees{Repo: r}, warnings, nil
+}
+
+// fallbackTrees reads trees from the cache, else from the repository.
+type fallbackTrees struct {
+	cached *cache.Trees
+	r      *repo.Repository
+}
+
+func (f fallbackTrees) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error) {
+	if t, err := f.cached.LoadTree(ctx, id); err == nil {
+		return t, nil
+	}
+	if f.r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	return snapshot.LoadTree(ctx, f.r, id)
+}
