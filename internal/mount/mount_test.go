@@ -25,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
 
 func newRepo(t *testing.T) *repo.Repository {
@@ -38,15 +39,7 @@ func newRepo(t *testing.T) *repo.Repository {
 }
 
 func backupDir(t *testing.T, r *repo.Repository, host string, dirs ...string) *snapshot.Record {
-	t.Helper()
-	res, err := backup.Run(context.Background(), r, backup.Options{Paths: dirs, Hostname: host})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Errors) > 0 {
-		t.Fatalf("backup errors: %v", res.Errors)
-	}
-	return &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
+	return backuptest.Backup(t, r, backup.Options{Paths: dirs, Hostname: host})
 }
 
 // mountOrSkip mounts r on a new temporary directory and unmounts it when

@@ -198,12 +198,7 @@ func (w *world) count(ft storage.FileType) int {
 	return n
 }
 
-func writeFile(t testing.TB, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+func writeFile(t testing.TB, path string, data []byte) { t.Helper(); testutil.WriteFile(t, path, data) }
 
 // files writes n files of size random bytes named prefix0, prefix1, ...
 func files(t testing.TB, dir, prefix string, n, size int, seed uint64) {

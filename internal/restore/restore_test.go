@@ -15,6 +15,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
 
 func newRepo(t *testing.T) *repo.Repository {
@@ -25,22 +26,12 @@ func newRepo(t *testing.T) *repo.Repository {
 
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	testutil.WriteFile(t, path, []byte(content))
 }
 
 // backupDir backs up dir and returns the snapshot's root tree.
 func backupDir(t *testing.T, r *repo.Repository, dir string) hash.ID {
-	t.Helper()
-	res, err := backup.Run(context.Background(), r, backup.Options{Paths: []string{dir}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res.Snapshot.Tree
+	return backuptest.Backup(t, r, backup.Options{Paths: []string{dir}}).Tree
 }
 
 func TestRoundTripAndResume(t *testing.T) {

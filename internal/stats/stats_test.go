@@ -14,6 +14,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/stats"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/testutil/backuptest"
 	"github.com/floe-backup/floe/internal/walk"
 )
 
@@ -31,23 +32,10 @@ func randomBytes(t *testing.T, n int) []byte {
 	return b
 }
 
-func write(t *testing.T, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
+func write(t *testing.T, path string, data []byte) { t.Helper(); testutil.WriteFile(t, path, data) }
 
 func backupDir(t *testing.T, r *repo.Repository, dir string) *snapshot.Record {
-	t.Helper()
-	res, err := backup.Run(context.Background(), r, backup.Options{Paths: []string{dir}, Hostname: "test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Errors) > 0 {
-		t.Fatalf("backup errors: %v", res.Errors)
-	}
-	return &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
+	return backuptest.Backup(t, r, backup.Options{Paths: []string{dir}, Hostname: "test"})
 }
 
 func TestStats(t *testing.T) {

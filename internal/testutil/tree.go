@@ -450,3 +450,14 @@ func ManyFiles(t testing.TB, dir string, n int, size int, seed uint64) {
 		}
 	}
 }
+
+// WriteFile writes data to path (mode 0644), creating parent directories.
+func WriteFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -21,6 +21,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage/local"
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
 
 var password = []byte("correct horse")
@@ -65,16 +66,8 @@ func open(t *testing.T, be storage.Backend) *repo.Repository {
 }
 
 func backupDir(t *testing.T, r *repo.Repository, dir string, host string, parent *snapshot.Record) *snapshot.Record {
-	t.Helper()
-	res, err := backup.Run(context.Background(), r, backup.Options{Paths: []string{dir}, Hostname: host, Tags: []string{"t"},
+	return backuptest.Backup(t, r, backup.Options{Paths: []string{dir}, Hostname: host, Tags: []string{"t"},
 		Parent: parent, ParentTrees: snapshot.RepoTrees{Repo: r}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Errors) > 0 {
-		t.Fatalf("backup errors: %v", res.Errors)
-	}
-	return &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
 }
 
 // restoreMatches restores snapshot id of r and compares the files with want.
