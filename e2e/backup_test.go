@@ -6,10 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"github.com/floe-backup/floe/internal/testutil"
 )
@@ -98,28 +95,9 @@ func TestChangedWhileRead(t *testing.T) {
 	growing := filepath.Join(src, "growing.log")
 	testutil.WriteRandom(t, growing, 48<<20, 71)
 
-	f, err := os.OpenFile(growing, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		line := []byte(strings.Repeat("log line ", 100) + "\n")
-		for !stop.Load() {
-			if _, err := f.Write(line); err != nil {
-				t.Error(err)
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	stop := appendLines(t, growing)
 	b, _ := e.backup(src)
-	stop.Store(true)
-	wg.Wait()
+	stop()
 
 	if b.Consistency.ChangedCount < 1 || !contains(b.Consistency.ChangedDuringRead, growing) {
 		t.Errorf("consistency %+v, want %s listed", b.Consistency, growing)

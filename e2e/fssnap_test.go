@@ -8,8 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -276,28 +274,9 @@ func TestFsSnapshotBtrfs(t *testing.T) {
 	// a log written to all the time
 	logPath := filepath.Join(vol, "app.log")
 	testutil.WriteRandom(t, logPath, 32<<20, 42)
-	f, err := os.OpenFile(logPath, os.O_WRONLY|os.O_APPEND, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stop atomic.Bool
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		line := []byte(strings.Repeat("log line ", 100) + "\n")
-		for !stop.Load() {
-			if _, err := f.Write(line); err != nil {
-				t.Error(err)
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
+	stop := appendLines(t, logPath)
 	b, _ := e.backup("--fs-snapshot", "btrfs", vol)
-	stop.Store(true)
-	wg.Wait()
-	f.Close()
+	stop()
 	if b.Consistency.ChangedCount != 0 {
 		t.Errorf("consistency %+v: files changed while read from a frozen snapshot", b.Consistency)
 	}

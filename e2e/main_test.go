@@ -16,6 +16,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -430,4 +431,33 @@ func countFiles(t *testing.T, dir string) (files int, bytes uint64) {
 		t.Fatal(err)
 	}
 	return files, bytes
+}
+
+// appendLines appends log lines to path every millisecond until the
+// returned stop function is called (a file changing during a backup).
+func appendLines(t *testing.T, path string) (stop func()) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var done atomic.Bool
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		line := []byte(strings.Repeat("log line ", 100) + "\n")
+		for !done.Load() {
+			if _, err := f.Write(line); err != nil {
+				t.Error(err)
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	return func() {
+		done.Store(true)
+		wg.Wait()
+		f.Close()
+	}
 }
