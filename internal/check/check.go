@@ -31,12 +31,6 @@ type Options struct {
 	Progress *Progress
 }
 
-// leftoverLister is implemented by backends that can find temporary files
-// a crash left behind (the local backend).
-type leftoverLister interface {
-	LeftoverTempFiles() ([]string, error)
-}
-
 // Run checks the repository r (opened, index not needed: Run loads it
 // itself). report, if not nil, is called with each problem as it is found,
 // from one goroutine at a time; the problem's Affected list is filled in
@@ -158,7 +152,7 @@ func (c *checker) checkKeys(ctx context.Context) error {
 }
 
 func (c *checker) checkLeftovers(ctx context.Context) error {
-	ll, ok := c.be.(leftoverLister)
+	ll, ok := storage.As[storage.TempFiles](c.be)
 	if !ok {
 		return nil
 	}

@@ -218,9 +218,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 // removeTempFiles deletes what killed writers left, once older than the
 // grace period: a writer still filling a file is younger than that.
 func (p *pruner) removeTempFiles() {
-	c, ok := p.r.Backend().(interface {
-		RemoveTempFiles(time.Duration) (int, int64, error)
-	})
+	c, ok := storage.As[storage.TempFiles](p.r.Backend())
 	if !ok {
 		return
 	}

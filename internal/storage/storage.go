@@ -179,20 +179,3 @@ func IsNotExist(err error) bool { return errors.Is(err, ErrNotExist) }
 func ReadAll(ctx context.Context, b Backend, h Handle) ([]byte, error) {
 	return b.Load(ctx, h, 0, 0)
 }
-
-// PendingObject is an object being written piece by piece (StreamSaver).
-type PendingObject interface {
-	io.Writer
-	// Commit makes the object durable under name, atomically and without
-	// overwriting (ErrExist); the object is invisible until then.
-	Commit(ctx context.Context, name string) error
-	// Abort discards what was written. It is a no-op after Commit.
-	Abort()
-}
-
-// StreamSaver is implemented by backends that can store an object written
-// incrementally and named at the end, so that packs (named by the hash of
-// their bytes) need not be held in memory while they fill.
-type StreamSaver interface {
-	SaveStream(ctx context.Context, t FileType) (PendingObject, error)
-}

@@ -32,6 +32,7 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 	if err := checkReadable(dst, "destination (copy needs a full key of it, to see which snapshots it has)"); err != nil {
 		return nil, err
 	}
+	opts = opts.withConnections(src.Backend(), dst.Backend())
 	snaps = uniqueByID(snaps)
 	snapshot.SortByTime(snaps)
 	existing, err := existingSnapshots(ctx, dst)

@@ -21,7 +21,8 @@ import (
 
 // ExportOptions tune Export.
 type ExportOptions struct {
-	// Connections is how many packs are copied at once.
+	// Connections is how many packs are copied at once (default as for
+	// Options.Connections).
 	Connections int
 	Progress    *Progress
 	// Wrap, if set, wraps the backend of the export directory (bandwidth
@@ -65,8 +66,8 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	if prog == nil {
 		prog = &Progress{}
 	}
-	conns := Options{Connections: opts.Connections}.connections()
 	srcBe := src.Backend()
+	conns := Options{Connections: opts.Connections}.withConnections(srcBe).connections()
 	cfg, err := srcBe.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
 	if err != nil {
 		return nil, fmt.Errorf("read the source's config: %w", err)

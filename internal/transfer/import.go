@@ -45,6 +45,7 @@ func Import(ctx context.Context, dir string, dst *repo.Repository, opts ImportOp
 	if err := checkReadable(dst, "destination (import needs a full key of it, to see which snapshots it has and verify them)"); err != nil {
 		return nil, err
 	}
+	opts.Options = opts.Options.withConnections(dst.Backend())
 	prog := opts.Progress
 	if prog == nil {
 		prog = &Progress{}

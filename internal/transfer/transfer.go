@@ -30,6 +30,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 )
 
 // DefaultConnections is how many loads and saves run at once by default.
@@ -43,7 +44,8 @@ const DefaultFlushInterval = time.Minute
 // Options tune Copy (and the copy step of Import).
 type Options struct {
 	// Connections is how many blobs are loaded and saved at once
-	// (default DefaultConnections).
+	// (default DefaultConnections, or more when a repository's backend
+	// asks for more: storage.ConnectionsHint).
 	Connections int
 	// Verify reads back every blob of the copied snapshots from the
 	// destination afterwards (LoadBlob checks each against its ID).
@@ -52,6 +54,14 @@ type Options struct {
 	FlushInterval time.Duration
 	// Progress, if set, is updated as the copy runs.
 	Progress *Progress
+}
+
+// withConnections fills in the default Connections for the backends.
+func (o Options) withConnections(bes ...storage.Backend) Options {
+	if o.Connections <= 0 {
+		o.Connections = storage.Connections(DefaultConnections, bes...)
+	}
+	return o
 }
 
 func (o Options) connections() int {

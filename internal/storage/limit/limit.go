@@ -90,43 +90,59 @@ type Backend struct {
 }
 
 // Wrap returns be limited by upload and download (either may be nil). With
-// both nil it returns be itself. The local backend's LeftoverTempFiles
-// (used by check) stays visible through the wrapper.
+// both nil it returns be itself. When be can stream saves
+// (storage.StreamSaver), so can the result, and streamed bytes wait for
+// the upload limiter as they are written: a limit does not make packs be
+// held in memory. Other capabilities (storage.TempFiles, ...) are found
+// beneath with storage.As.
 func Wrap(be storage.Backend, upload, download *Limiter) storage.Backend {
 	if upload == nil && download == nil {
 		return be
 	}
 	b := &Backend{be: be, upload: upload, download: download}
-	if ll, ok := be.(leftoverLister); ok {
-		return &withLeftovers{Backend: b, ll: ll}
+	if ss, ok := storage.As[storage.StreamSaver](be); ok {
+		return &streamBackend{Backend: b, ss: ss}
 	}
 	return b
 }
 
-type leftoverLister interface {
-	LeftoverTempFiles() ([]string, error)
-}
-
-type withLeftovers struct {
+// streamBackend is a Backend whose inner backend streams saves. It is a
+// type of its own so that a limited backend claims StreamSaver only when
+// the backend beneath has it.
+type streamBackend struct {
 	*Backend
-	ll leftoverLister
+	ss storage.StreamSaver
 }
 
-func (b *withLeftovers) LeftoverTempFiles() ([]string, error) { return b.ll.LeftoverTempFiles() }
+var _ storage.StreamSaver = (*streamBackend)(nil)
 
-// RemoveTempFiles passes prune's clean-up through, when the backend has it.
-func (b *withLeftovers) RemoveTempFiles(age time.Duration) (int, int64, error) {
-	if c, ok := b.ll.(interface {
-		RemoveTempFiles(time.Duration) (int, int64, error)
-	}); ok {
-		return c.RemoveTempFiles(age)
+// SaveStream implements storage.StreamSaver: each Write waits for the
+// upload limiter before it passes the bytes on.
+func (b *streamBackend) SaveStream(ctx context.Context, t storage.FileType) (storage.PendingObject, error) {
+	p, err := b.ss.SaveStream(ctx, t)
+	if err != nil {
+		return nil, err
 	}
-	return 0, 0, nil
+	return &limitedPending{PendingObject: p, ctx: ctx, t: t, upload: b.upload}, nil
+}
+
+type limitedPending struct {
+	storage.PendingObject
+	ctx    context.Context
+	t      storage.FileType
+	upload *Limiter
+}
+
+func (p *limitedPending) Write(data []byte) (int, error) {
+	if err := p.upload.Wait(p.ctx, len(data)); err != nil {
+		return 0, fmt.Errorf("write %s: %w", p.t, err)
+	}
+	return p.PendingObject.Write(data)
 }
 
 var _ storage.Backend = (*Backend)(nil)
 
-// Unwrap returns the backend without limits.
+// Unwrap returns the backend without limits (storage.Unwrapper).
 func (b *Backend) Unwrap() storage.Backend { return b.be }
 
 // Location implements storage.Backend.

@@ -109,10 +109,53 @@ func TestLeftoversStayVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	be := Wrap(lb, NewLimiter(1<<20), nil)
-	if _, ok := be.(interface{ LeftoverTempFiles() ([]string, error) }); !ok {
+	if _, ok := storage.As[storage.TempFiles](be); !ok {
 		t.Fatal("the limited local backend hides LeftoverTempFiles")
 	}
-	if _, ok := Wrap(mem.New(), NewLimiter(1<<20), nil).(interface{ LeftoverTempFiles() ([]string, error) }); ok {
+	if _, ok := storage.As[storage.TempFiles](Wrap(mem.New(), NewLimiter(1<<20), nil)); ok {
 		t.Fatal("the limited mem backend claims LeftoverTempFiles")
+	}
+}
+
+// noStream hides the StreamSaver of the backend it wraps.
+type noStream struct{ storage.Backend }
+
+func TestStreamedSaveIsLimited(t *testing.T) {
+	ctx := context.Background()
+	if _, ok := Wrap(noStream{mem.New()}, NewLimiter(1<<20), nil).(storage.StreamSaver); ok {
+		t.Fatal("a limited backend that cannot stream claims StreamSaver")
+	}
+	be := Wrap(mem.New(), NewLimiter(4096<<10), nil)
+	// the type assertion, not storage.As: that is how repo looks for it
+	ss, ok := be.(storage.StreamSaver)
+	if !ok {
+		t.Fatal("the limited mem backend hides StreamSaver: packs would be held in memory")
+	}
+	p, err := ss.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	for range 4 {
+		if _, err := p.Write(make([]byte, 256<<10)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d := time.Since(start); d < 200*time.Millisecond {
+		t.Fatalf("1 MiB streamed at 4096 KiB/s took %v, want about 250ms", d)
+	}
+	if err := p.Commit(ctx, storagetest.Name("s")); err != nil {
+		t.Fatal(err)
+	}
+	// a canceled context stops a write that would wait
+	cctx, cancel := context.WithCancel(ctx)
+	p, err = ss.SaveStream(cctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Abort()
+	cancel()
+	if _, err := p.Write(make([]byte, 1<<20)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Write after cancel: %v, want context.Canceled", err)
 	}
 }

@@ -3,7 +3,9 @@
 //
 //	storagetest.TestBackend(t, func(t *testing.T) storage.Backend { ... })
 //
-// where the function returns a new, empty backend (a fresh repository). The
+// where the function returns a new, empty backend (a fresh repository).
+// Backends that stream saves (storage.StreamSaver) are tested on that path
+// too, directly and through a wrapper (storage.As must find it). The
 // subtests run in parallel, each with its own backend, so newBackend must be
 // safe to call from parallel subtests. The suite closes each backend it gets.
 package storagetest
@@ -47,6 +49,8 @@ func TestBackend(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"ConcurrentSave", testConcurrentSave},
 		{"ConcurrentSameName", testConcurrentSameName},
 		{"HostileNames", testHostileNames},
+		{"SaveStream", testSaveStream},
+		{"Wrapped", testWrapped},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -672,4 +676,110 @@ func testHostileNames(t *testing.T, b storage.Backend) {
 	if got := load(t, b, storage.Handle{Type: storage.Config}, 0, 0); string(got) != "config" {
 		t.Errorf("config changed: %q", got)
 	}
+}
+
+func testSaveStream(t *testing.T, b storage.Backend) {
+	ss, ok := storage.As[storage.StreamSaver](b)
+	if !ok {
+		t.Skip("the backend does not stream saves")
+	}
+	ctx := context.Background()
+	data := randomData(11, 3<<20+5)
+	h := storage.Handle{Type: storage.Pack, Name: Name("stream")}
+	before := len(list(t, b, storage.Pack))
+	p, err := ss.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatalf("SaveStream: %v", err)
+	}
+	for rest := data; len(rest) > 0; {
+		n := min(len(rest), 700<<10)
+		if w, err := p.Write(rest[:n]); err != nil || w != n {
+			t.Fatalf("Write: %d, %v", w, err)
+		}
+		rest = rest[n:]
+	}
+	// invisible until committed
+	if got := list(t, b, storage.Pack); len(got) != before {
+		t.Errorf("List before Commit: %d objects, want the %d there before", len(got), before)
+	}
+	if _, err := b.Stat(ctx, h); !storage.IsNotExist(err) {
+		t.Errorf("Stat before Commit: %v, want ErrNotExist", err)
+	}
+	if err := p.Commit(ctx, h.Name); err != nil {
+		t.Fatalf("Commit: %v", err)
+	}
+	p.Abort() // a no-op after Commit
+	if got := load(t, b, h, 0, 0); !bytes.Equal(got, data) {
+		t.Errorf("Load after Commit: %d bytes, want %d identical bytes", len(got), len(data))
+	}
+
+	// never overwrites
+	p, err = ss.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write([]byte("other")); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(ctx, h.Name); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("Commit over an existing object: %v, want ErrExist", err)
+	}
+	if got := load(t, b, h, 0, 0); !bytes.Equal(got, data) {
+		t.Errorf("%s changed by a refused Commit", h)
+	}
+
+	// an aborted object leaves nothing
+	p, err = ss.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Write(randomData(12, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	p.Abort()
+	if got := list(t, b, storage.Pack); len(got) != before+1 {
+		t.Errorf("List after Abort: %d objects, want %d (and %s)", len(got), before+1, h.Name)
+	}
+
+	// hostile names and types are refused
+	if _, err := ss.SaveStream(ctx, storage.Config); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("SaveStream(config): %v, want ErrInvalid", err)
+	}
+	p, err = ss.SaveStream(ctx, storage.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Commit(ctx, "../../x"); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("Commit(\"../../x\"): %v, want ErrInvalid", err)
+	}
+	p.Abort()
+	if got := list(t, b, storage.Index); len(got) != 0 {
+		t.Errorf("List index after a refused Commit: %v", got)
+	}
+}
+
+// passThrough wraps a backend as bandwidth limits do, forwarding only the
+// methods of storage.Backend; its capabilities are reached with Unwrap.
+type passThrough struct{ storage.Backend }
+
+func (p passThrough) Unwrap() storage.Backend { return p.Backend }
+
+// testWrapped checks that storage.As finds the backend's capabilities
+// through a wrapper, and that they work there.
+func testWrapped(t *testing.T, b storage.Backend) {
+	w := passThrough{b}
+	for name, found := range map[string]func(storage.Backend) bool{
+		"StreamSaver":     func(b storage.Backend) bool { _, ok := storage.As[storage.StreamSaver](b); return ok },
+		"TempFiles":       func(b storage.Backend) bool { _, ok := storage.As[storage.TempFiles](b); return ok },
+		"ConnectionsHint": func(b storage.Backend) bool { _, ok := storage.As[storage.ConnectionsHint](b); return ok },
+	} {
+		if direct, wrapped := found(b), found(w); direct != wrapped {
+			t.Errorf("%s: the backend has it: %v, through a wrapper: %v", name, direct, wrapped)
+		}
+	}
+	if got, want := storage.Connections(1, w), storage.Connections(1, b); got != want {
+		t.Errorf("Connections through a wrapper: %d, directly: %d", got, want)
+	}
+	testSaveLoad(t, w)
+	testSaveStream(t, w)
 }

@@ -1,0 +1,90 @@
+package storage
+
+import (
+	"context"
+	"io"
+	"time"
+)
+
+// Optional capabilities. A backend implements Backend and, where it can,
+// some of the interfaces below; callers find them with As, never with an
+// ad-hoc interface of their own, so that each capability is declared once
+// and a wrapper (bandwidth limits, ...) does not hide it.
+//
+// Wrappers implement Unwrapper. A wrapper that changes how a capability
+// behaves implements that capability itself (the limiter counts streamed
+// bytes, so it implements StreamSaver); one that leaves a capability alone
+// need not forward it: As finds it on the backend beneath.
+
+// Unwrapper is implemented by backends that wrap another one, like
+// errors.Unwrap for errors.
+type Unwrapper interface {
+	Unwrap() Backend
+}
+
+// As returns the first backend in be's chain of wrappers (be, then what
+// Unwrap returns, and so on) that implements the capability T.
+func As[T any](be Backend) (T, bool) {
+	for be != nil {
+		if c, ok := be.(T); ok {
+			return c, true
+		}
+		u, ok := be.(Unwrapper)
+		if !ok {
+			break
+		}
+		be = u.Unwrap()
+	}
+	var zero T
+	return zero, false
+}
+
+// PendingObject is an object being written piece by piece (StreamSaver).
+type PendingObject interface {
+	io.Writer
+	// Commit makes the object durable under name, atomically and without
+	// overwriting (ErrExist); the object is invisible until then.
+	Commit(ctx context.Context, name string) error
+	// Abort discards what was written. It is a no-op after Commit.
+	Abort()
+}
+
+// StreamSaver is implemented by backends that can store an object written
+// incrementally and named at the end, so that packs (named by the hash of
+// their bytes) need not be held in memory while they fill.
+type StreamSaver interface {
+	SaveStream(ctx context.Context, t FileType) (PendingObject, error)
+}
+
+// TempFiles is implemented by backends that write objects through
+// temporary files (the local backend), which a crash or kill can leave
+// behind. check reports them; prune removes old ones.
+type TempFiles interface {
+	// LeftoverTempFiles lists the temporary files older than an hour (a
+	// writer still filling one is younger), as paths for messages.
+	LeftoverTempFiles() ([]string, error)
+	// RemoveTempFiles deletes the temporary files older than age and
+	// returns how many and their total size.
+	RemoveTempFiles(age time.Duration) (n int, size int64, err error)
+}
+
+// ConnectionsHint is implemented by backends whose round trips are slow
+// (object stores, the floe server), to raise how many loads and saves run
+// at once by default. An explicit setting (--connections) still wins.
+type ConnectionsHint interface {
+	// Connections is how many requests the backend serves well at once.
+	Connections() int
+}
+
+// Connections returns how many loads and saves to run at once on the
+// backends bes by default: def, or the largest hint of any of them if
+// that is more.
+func Connections(def int, bes ...Backend) int {
+	n := def
+	for _, be := range bes {
+		if h, ok := As[ConnectionsHint](be); ok {
+			n = max(n, h.Connections())
+		}
+	}
+	return n
+}
