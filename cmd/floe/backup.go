@@ -13,6 +13,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/hook"
 	"github.com/floe-backup/floe/internal/pathmatch"
@@ -151,7 +152,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	if errors.Is(err, errNoRepoGiven) {
 		created = true
 		var keyPath string
-		r, keyPath, err = g.initRepo(ctx, repo.InitOptions{KDF: kdfParams()})
+		r, keyPath, err = connect.Create(ctx, g.target(), repo.InitOptions{})
 		if err == nil {
 			g.say("created the default repository at %s\nits key file is %s\nKeep a copy of the key file somewhere else: without it nobody can read these backups.\n", g.repo, keyPath)
 		}
@@ -165,7 +166,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	if host == "" {
 		host, _ = os.Hostname()
 	}
-	c := g.openCache(r)
+	c := g.target().OpenCache(r)
 	opts := backup.Options{
 		Excludes: excludes, ExcludeCaches: f.excludeCaches, OneFileSystem: f.oneFS,
 		Hostname: host, Tags: f.tags, Force: f.force,

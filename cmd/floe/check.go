@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -13,8 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/check"
-	"github.com/floe-backup/floe/internal/location"
-	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -267,40 +265,13 @@ func (l *checkLiveStatus) stop() {
 	l.clear()
 }
 
-// checkOpenFailure tells damage that keeps the repository from opening
-// (every key damaged, or the config) from a wrong password, since check is
-// where people look when things break.
+// checkOpenFailure gives damage that keeps the repository from opening
+// exit code 13 (connect.Diagnose tells it from a wrong password).
 func checkOpenFailure(ctx context.Context, g *globals, err error) error {
-	if errors.Is(err, repo.ErrNoRepository) || errors.Is(err, errNoRepoGiven) || ctx.Err() != nil {
-		return err
+	err = connect.Diagnose(ctx, g.target(), err)
+	var de *connect.DamagedError
+	if errors.As(err, &de) {
+		return &exitError{ExitDamage, err}
 	}
-	msg := err.Error()
-	if strings.Contains(msg, "config") && strings.Contains(msg, "damaged") {
-		return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: %v; without its config nothing in it can be read", msg)}
-	}
-	if !errors.Is(err, repo.ErrWrongKey) {
-		return err
-	}
-	be, berr := location.Open(g.repo)
-	if berr != nil {
-		return err
-	}
-	defer be.Close()
-	ids, damaged, kerr := repo.CheckKeyRecords(ctx, be)
-	if kerr != nil {
-		return err
-	}
-	if len(ids) == 0 {
-		return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: it has no keys (%s/keys is empty)", be.Location())}
-	}
-	if len(damaged) < len(ids) {
-		return err
-	}
-	var lines []string
-	for _, id := range ids {
-		lines = append(lines, "  "+damaged[id].Error())
-	}
-	sort.Strings(lines)
-	return &exitError{ExitDamage, fmt.Errorf("cannot open the repository: every key is damaged (%d of %d), so no password or key file can open it:\n%s",
-		len(damaged), len(ids), strings.Join(lines, "\n"))}
+	return err
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/transfer"
@@ -32,12 +33,18 @@ func (f *transferFlags) add(c *cobra.Command) {
 }
 
 func addConnectionsFlag(c *cobra.Command, n *int) {
-	c.Flags().IntVar(n, "connections", transfer.DefaultConnections, "how many loads and saves run at once (`N`)")
+	c.Flags().IntVar(n, "connections", transfer.DefaultConnections, "how many loads and saves run at once (`N`; by default more for remote repositories)")
 }
 
-func checkConnections(n int) error {
-	if n < 1 || n > 256 {
-		return usageError{fmt.Errorf("--connections must be 1..256, not %d", n)}
+// checkConnections checks --connections and leaves it 0 (the default,
+// which a remote repository may raise: storage.ConnectionsHint) unless it
+// was given.
+func checkConnections(cmd *cobra.Command, n *int) error {
+	if *n < 1 || *n > 256 {
+		return usageError{fmt.Errorf("--connections must be 1..256, not %d", *n)}
+	}
+	if !cmd.Flags().Changed("connections") {
+		*n = 0
 	}
 	return nil
 }
@@ -107,7 +114,7 @@ once.`,
 			if to == "" {
 				return usageError{errors.New("--to REPO2 is required")}
 			}
-			if err := checkConnections(f.connections); err != nil {
+			if err := checkConnections(cmd, &f.connections); err != nil {
 				return err
 			}
 			src, err := g.openRepo(ctx, true)
@@ -119,8 +126,7 @@ once.`,
 			if err != nil {
 				return err
 			}
-			dg := &globals{repo: to, passwordFile: toPasswordFile, passwordCommand: toPasswordCmd, keyFile: toKeyFile}
-			dst, err := dg.openRepo(ctx, true)
+			dst, err := connect.Open(ctx, g.otherTarget(to, toPasswordFile, toPasswordCmd, toKeyFile, false), connect.Options{LoadIndex: true})
 			if err != nil {
 				return fmt.Errorf("destination %s: %w", to, err)
 			}

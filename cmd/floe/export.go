@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
-	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/transfer"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -54,7 +54,7 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 			if to == "" {
 				return usageError{errors.New("--to DIR is required")}
 			}
-			if err := checkConnections(f.connections); err != nil {
+			if err := checkConnections(cmd, &f.connections); err != nil {
 				return err
 			}
 			r, err := g.openRepo(ctx, true)
@@ -73,7 +73,7 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.Phase(),
 					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
 			})
-			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Wrap: wrapBackend})
+			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits})
 			st.Stop()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
@@ -139,42 +139,43 @@ exported from: --from-password-file, --from-password-command or
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			dir := args[0]
-			if err := checkConnections(connections); err != nil {
+			if err := checkConnections(cmd, &connections); err != nil {
 				return err
 			}
-			cred, err := g.credential(ctx)
+			// asked for once: it may open the export too
+			dstT := g.target()
+			cred, err := dstT.ReadCredential(ctx)
 			if err != nil {
 				return err
 			}
-			dst, err := g.openRepoWith(ctx, cred)
+			dstT.Credential = &cred
+			dst, err := connect.Open(ctx, dstT, connect.Options{LoadIndex: true})
 			if err != nil {
 				return err
 			}
 			defer dst.Close()
 			own := fromPasswordFile == "" && fromPasswordCmd == "" && fromKeyFile == ""
-			expCred := cred
+			expT := dstT
+			expT.Location, expT.Default = dir, false
 			if !own {
-				fg := &globals{repo: dir, passwordFile: fromPasswordFile, passwordCommand: fromPasswordCmd, keyFile: fromKeyFile}
-				if expCred, err = fg.credential(ctx); err != nil {
+				expT = g.otherTarget(dir, fromPasswordFile, fromPasswordCmd, fromKeyFile, false)
+				expCred, err := expT.ReadCredential(ctx)
+				if err != nil {
 					return err
 				}
+				expT.Credential = &expCred
 			}
 			prog := &transfer.Progress{}
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
-			res, err := transfer.Import(ctx, dir, dst, transfer.ImportOptions{
+			res, err := transfer.Import(ctx, expT, dst, transfer.ImportOptions{
 				Options: transfer.Options{Connections: connections, Progress: prog},
-				Wrap:    wrapBackend,
-				Open: func(ctx context.Context, be storage.Backend) (*repo.Repository, error) {
-					r, err := repo.Open(ctx, be, expCred, repo.OpenOptions{KDF: kdfParams()})
-					if errors.Is(err, repo.ErrWrongKey) && own {
-						err = fmt.Errorf("%w; the export opens with the password or key file of the repository it came from: give --from-password-file or --from-key-file", err)
-					}
-					return r, err
-				},
 			})
 			st.Stop()
+			if errors.Is(err, repo.ErrWrongKey) && own {
+				err = fmt.Errorf("%w; the export opens with the password or key file of the repository it came from: give --from-password-file or --from-key-file", err)
+			}
 			if res != nil {
 				reportTransfer(g, "imported", g.repo, res.Result, start)
 			}
@@ -186,33 +187,4 @@ exported from: --from-password-file, --from-password-command or
 	c.Flags().StringVar(&fromPasswordCmd, "from-password-command", "", "command that prints the password of the exported repository")
 	c.Flags().StringVar(&fromKeyFile, "from-key-file", "", "key file of the exported repository")
 	return c
-}
-
-// openRepoWith opens the repository of g with cred, index loaded (as
-// openRepo, for commands that need the credential twice).
-func (g *globals) openRepoWith(ctx context.Context, cred repo.Credential) (*repo.Repository, error) {
-	be, err := openBackend(g.repo)
-	if err != nil {
-		if g.usingDefault && errors.Is(err, os.ErrNotExist) {
-			return nil, errNoRepoGiven
-		}
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
-		}
-		return nil, err
-	}
-	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: kdfParams()})
-	if err != nil {
-		be.Close()
-		return nil, err
-	}
-	if err := r.LoadIndex(ctx); err != nil {
-		var ile *repo.IndexLoadError
-		if !errors.As(err, &ile) {
-			r.Close()
-			return nil, err
-		}
-		g.warn("warning: %v; run `floe check`", err)
-	}
-	return r, nil
 }

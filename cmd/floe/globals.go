@@ -1,23 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"golang.org/x/term"
 
-	"github.com/floe-backup/floe/internal/cache"
-	"github.com/floe-backup/floe/internal/crypto"
-	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
-	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -32,14 +25,18 @@ type globals struct {
 	json            bool
 	quiet           bool
 
+	uploadKiB   int64
+	downloadKiB int64
+
 	cpuProfile string
 	memProfile string
 
 	usingDefault bool // no repository given: the default local one
+	limits       *connect.Limits
 	exitCode     int
 }
 
-var errNoRepoGiven = errors.New("no repository given (-r/--repo or FLOE_REPOSITORY) and no default repository yet")
+var errNoRepoGiven = connect.ErrNoRepoGiven
 
 func (g *globals) addFlags(c *cobra.Command) {
 	f := c.PersistentFlags()
@@ -56,37 +53,11 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile to this file at exit")
 	_ = f.MarkHidden("cpu-profile")
 	_ = f.MarkHidden("mem-profile")
-	for _, add := range extraGlobalFlags {
-		add(f)
-	}
-}
-
-// extraGlobalFlags and backendWrappers let features that apply to every
-// command (bandwidth limits, ...) live in their own file.
-var (
-	extraGlobalFlags []func(*pflag.FlagSet)
-	backendWrappers  []func(storage.Backend) (storage.Backend, error)
-)
-
-// openBackend opens the storage at loc with the wrappers applied.
-func openBackend(loc string) (storage.Backend, error) {
-	be, err := location.Open(loc)
-	if err != nil {
-		return nil, err
-	}
-	return wrapBackend(be)
-}
-
-func wrapBackend(be storage.Backend) (storage.Backend, error) {
-	for _, wrap := range backendWrappers {
-		w, err := wrap(be)
-		if err != nil {
-			be.Close()
-			return nil, err
-		}
-		be = w
-	}
-	return be, nil
+	// Bandwidth limits apply to every command and every repository it
+	// opens (copy: both): all saves share one upload limit, all loads one
+	// download limit.
+	f.Int64Var(&g.uploadKiB, "limit-upload", 0, "limit uploads (bytes saved to repositories) to this many `KiB/s`; 0: no limit")
+	f.Int64Var(&g.downloadKiB, "limit-download", 0, "limit downloads (bytes loaded from repositories) to this many `KiB/s`; 0: no limit")
 }
 
 func envDefault(v *string, name string) {
@@ -101,8 +72,12 @@ func (g *globals) resolve() error {
 	envDefault(&g.passwordCommand, "FLOE_PASSWORD_COMMAND")
 	envDefault(&g.keyFile, "FLOE_KEY_FILE")
 	envDefault(&g.cacheDir, "FLOE_CACHE_DIR")
+	if g.uploadKiB < 0 || g.downloadKiB < 0 {
+		return usageError{fmt.Errorf("--limit-upload and --limit-download take KiB/s, 0 or more")}
+	}
+	g.limits = connect.NewLimits(g.uploadKiB<<10, g.downloadKiB<<10)
 	if g.repo == "" {
-		dir, err := defaultRepoDir()
+		dir, err := connect.DefaultRepository()
 		if err != nil {
 			return err
 		}
@@ -110,73 +85,6 @@ func (g *globals) resolve() error {
 		g.usingDefault = true
 	}
 	return nil
-}
-
-func xdgDir(env, fallback string) (string, error) {
-	if d := os.Getenv(env); d != "" {
-		return d, nil
-	}
-	home, err := os.UserHomeDir()
-	if err != nil {
-		return "", fmt.Errorf("cannot find a home directory for the default repository (set %s or use -r): %w", env, err)
-	}
-	return filepath.Join(home, fallback), nil
-}
-
-func defaultRepoDir() (string, error) {
-	d, err := xdgDir("XDG_DATA_HOME", ".local/share")
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "floe", "repository"), nil
-}
-
-func defaultKeyFile() (string, error) {
-	d, err := xdgDir("XDG_CONFIG_HOME", ".config")
-	if err != nil {
-		return "", err
-	}
-	return filepath.Join(d, "floe", "repository.key"), nil
-}
-
-// kdfParams returns cheap argon2 parameters when FLOE_INSECURE_TEST_KDF=1
-// (the test suite creates hundreds of keys); nil means the secure default.
-func kdfParams() *crypto.KDFParams {
-	if os.Getenv("FLOE_INSECURE_TEST_KDF") != "1" {
-		return nil
-	}
-	p := crypto.DefaultKDFParams()
-	p.Time, p.MemoryKiB, p.Threads = 1, 8*1024, 1
-	return &p
-}
-
-// readPasswordFile returns the first line of a password file.
-func readPasswordFile(path string) ([]byte, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read password file: %w", err)
-	}
-	line, _, _ := bytes.Cut(b, []byte("\n"))
-	line = bytes.TrimSuffix(line, []byte("\r"))
-	if len(line) == 0 {
-		return nil, fmt.Errorf("password file %s is empty", path)
-	}
-	return line, nil
-}
-
-func runPasswordCommand(ctx context.Context, command string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, "sh", "-c", command)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		// the command itself is not echoed: it may contain a secret
-		return nil, fmt.Errorf("password command failed: %w", err)
-	}
-	line, _, _ := bytes.Cut(out, []byte("\n"))
-	if len(line) == 0 {
-		return nil, errors.New("password command printed nothing")
-	}
-	return line, nil
 }
 
 func prompt(label string) ([]byte, error) {
@@ -198,110 +106,25 @@ func prompt(label string) ([]byte, error) {
 
 // newPassword asks twice (or reads a file) for a password to create a key.
 func newPassword(ctx context.Context, file string) ([]byte, error) {
-	if file != "" {
-		return readPasswordFile(file)
-	}
-	pw, err := prompt("new password: ")
-	if err != nil {
-		return nil, err
-	}
-	again, err := prompt("repeat password: ")
-	if err != nil {
-		return nil, err
-	}
-	if !bytes.Equal(pw, again) {
-		return nil, errors.New("the passwords do not match")
-	}
-	return pw, nil
+	return connect.NewPassword(file, prompt)
 }
 
-// credential finds what opens the repository.
-func (g *globals) credential(ctx context.Context) (repo.Credential, error) {
-	switch {
-	case g.keyFile != "":
-		kf, err := repo.ReadKeyFile(g.keyFile)
-		if err != nil {
-			return repo.Credential{}, err
-		}
-		return repo.Credential{KeyFile: kf}, nil
-	case g.passwordFile != "":
-		pw, err := readPasswordFile(g.passwordFile)
-		return repo.Credential{Password: pw}, err
-	case g.passwordCommand != "":
-		pw, err := runPasswordCommand(ctx, g.passwordCommand)
-		return repo.Credential{Password: pw}, err
-	}
-	if g.usingDefault {
-		if path, err := defaultKeyFile(); err == nil {
-			if _, err := os.Stat(path); err == nil {
-				kf, err := repo.ReadKeyFile(path)
-				if err != nil {
-					return repo.Credential{}, err
-				}
-				return repo.Credential{KeyFile: kf}, nil
-			}
-		}
-	}
-	pw, err := prompt("password for " + g.repo + ": ")
-	return repo.Credential{Password: pw}, err
+// target is the repository of the global flags.
+func (g *globals) target() connect.Target {
+	return g.otherTarget(g.repo, g.passwordFile, g.passwordCommand, g.keyFile, g.usingDefault)
+}
+
+// otherTarget is another repository (copy --to, init
+// --copy-chunker-params-from, an export), opened with the global limits.
+func (g *globals) otherTarget(loc, passwordFile, passwordCommand, keyFile string, isDefault bool) connect.Target {
+	return connect.Target{Location: loc, Default: isDefault, PasswordFile: passwordFile, PasswordCommand: passwordCommand,
+		KeyFile: keyFile, Prompt: prompt, CacheDir: g.cacheDir, NoCache: g.noCache, Limits: g.limits,
+		Warn: func(msg string) { g.warn("%s", msg) }}
 }
 
 // openRepo opens the repository; with loadIndex, also its index.
 func (g *globals) openRepo(ctx context.Context, loadIndex bool) (*repo.Repository, error) {
-	be, err := openBackend(g.repo)
-	if err != nil {
-		missing := errors.Is(err, os.ErrNotExist) || errors.Is(err, storage.ErrNotExist)
-		if g.usingDefault && missing {
-			return nil, errNoRepoGiven
-		}
-		if missing {
-			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
-		}
-		return nil, err
-	}
-	cred, err := g.credential(ctx)
-	if err != nil {
-		be.Close()
-		return nil, err
-	}
-	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: kdfParams()})
-	if err != nil {
-		be.Close()
-		return nil, err
-	}
-	if loadIndex {
-		if err := r.LoadIndex(ctx); err != nil {
-			var ile *repo.IndexLoadError
-			if !errors.As(err, &ile) {
-				r.Close()
-				return nil, err
-			}
-			g.warn("warning: %v; run `floe check`", err)
-		}
-	}
-	return r, nil
-}
-
-// openCache opens the local cache of r, or returns nil (caching is an
-// optimisation: problems are warnings).
-func (g *globals) openCache(r *repo.Repository) *cache.Cache {
-	if g.noCache {
-		return nil
-	}
-	base := g.cacheDir
-	if base == "" {
-		var err error
-		if base, err = cache.DefaultDir(); err != nil {
-			g.warn("warning: no cache: %v", err)
-			return nil
-		}
-	}
-	c, err := cache.Open(base, r.Config().ID)
-	if err != nil {
-		g.warn("warning: no cache: %v", err)
-		return nil
-	}
-	return c
+	return connect.Open(ctx, g.target(), connect.Options{LoadIndex: loadIndex})
 }
 
 func (g *globals) warn(format string, args ...any) {

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
-	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -32,10 +30,8 @@ it the backups cannot be read by anyone.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			var opts repo.InitOptions
-			opts.KDF = kdfParams()
 			if copyFrom != "" {
-				src := &globals{repo: copyFrom, passwordFile: copyFromPasswordFile, keyFile: copyFromKeyFile}
-				r, err := src.openRepo(ctx, false)
+				r, err := connect.Open(ctx, g.otherTarget(copyFrom, copyFromPasswordFile, "", copyFromKeyFile, false), connect.Options{})
 				if err != nil {
 					return fmt.Errorf("open %s: %w", copyFrom, err)
 				}
@@ -44,7 +40,7 @@ it the backups cannot be read by anyone.`,
 				opts.Chunker, opts.ChunkIDKey = &ch, &key
 				r.Close()
 			}
-			r, keyPath, err := g.initRepo(ctx, opts)
+			r, keyPath, err := connect.Create(ctx, g.target(), opts)
 			if err != nil {
 				return err
 			}
@@ -63,67 +59,4 @@ it the backups cannot be read by anyone.`,
 	c.Flags().StringVar(&copyFromPasswordFile, "from-password-file", "", "password file of the --copy-chunker-params-from repository")
 	c.Flags().StringVar(&copyFromKeyFile, "from-key-file", "", "key file of the --copy-chunker-params-from repository")
 	return c
-}
-
-// initRepo creates the repository at g.repo. With --key-file naming a file
-// that does not exist, or for the default repository without a password,
-// the first key is a key file, written with mode 0600.
-func (g *globals) initRepo(ctx context.Context, opts repo.InitOptions) (*repo.Repository, string, error) {
-	var cred repo.Credential
-	keyPath := ""
-	switch {
-	case g.keyFile != "":
-		if _, err := os.Stat(g.keyFile); err == nil {
-			return nil, "", fmt.Errorf("key file %s exists already; init writes a new key file (give a new path)", g.keyFile)
-		}
-		keyPath = g.keyFile
-	case g.passwordFile != "" || g.passwordCommand != "":
-		c, err := g.credential(ctx)
-		if err != nil {
-			return nil, "", err
-		}
-		cred = c
-	case g.usingDefault:
-		p, err := defaultKeyFile()
-		if err != nil {
-			return nil, "", err
-		}
-		keyPath = p
-	default:
-		pw, err := newPassword(ctx, "")
-		if err != nil {
-			return nil, "", err
-		}
-		cred.Password = pw
-	}
-	if keyPath != "" {
-		if err := os.MkdirAll(filepath.Dir(keyPath), 0o700); err != nil {
-			return nil, "", fmt.Errorf("create key file directory: %w", err)
-		}
-		// fail before creating the repository if the key file cannot be written
-		f, err := os.OpenFile(keyPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if err != nil {
-			return nil, "", fmt.Errorf("create key file: %w", err)
-		}
-		f.Close()
-		os.Remove(keyPath)
-	}
-	be, err := location.Create(g.repo)
-	if err != nil {
-		return nil, "", err
-	}
-	if be, err = wrapBackend(be); err != nil {
-		return nil, "", err
-	}
-	r, kf, err := repo.Init(ctx, be, cred, opts)
-	if err != nil {
-		be.Close()
-		return nil, "", err
-	}
-	if kf != nil {
-		if err := repo.WriteKeyFile(keyPath, kf); err != nil {
-			return nil, "", fmt.Errorf("repository created, but writing its key file failed (the repository cannot be opened without it; delete %s and init again): %w", g.repo, err)
-		}
-	}
-	return r, keyPath, nil
 }

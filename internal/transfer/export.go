@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
@@ -25,9 +26,10 @@ type ExportOptions struct {
 	// Options.Connections).
 	Connections int
 	Progress    *Progress
-	// Wrap, if set, wraps the backend of the export directory (bandwidth
-	// limits).
-	Wrap func(storage.Backend) (storage.Backend, error)
+	// Limits, if set, applies to the export directory too.
+	Limits *connect.Limits
+
+	wrapOut func(storage.Backend) storage.Backend // tests: interrupt the export
 }
 
 // ExportResult summarizes an export.
@@ -76,10 +78,9 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	if err != nil {
 		return nil, err
 	}
-	if opts.Wrap != nil {
-		if out, err = opts.Wrap(out); err != nil {
-			return nil, err
-		}
+	out = opts.Limits.Wrap(out)
+	if opts.wrapOut != nil {
+		out = opts.wrapOut(out)
 	}
 	defer out.Close()
 	res := &ExportResult{Dir: dir, Resumed: resumed}

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"sync"
 
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
@@ -19,13 +20,6 @@ import (
 type ImportOptions struct {
 	// Connections and Progress as for Copy. Import always verifies.
 	Options
-	// Open opens the export's repository on its backend; the caller
-	// supplies the credential (the source repository's password or key
-	// file opens an export).
-	Open func(ctx context.Context, be storage.Backend) (*repo.Repository, error)
-	// Wrap, if set, wraps the backend of the export directory (bandwidth
-	// limits).
-	Wrap func(storage.Backend) (storage.Backend, error)
 }
 
 // ImportResult summarizes an import.
@@ -34,14 +28,17 @@ type ImportResult struct {
 	Manifest *Manifest
 }
 
-// Import checks the export in dir against its manifest (VerifyExport;
+// Import checks the export in the directory export.Location against its
+// manifest (VerifyExport;
 // on any problem it returns an *ExportError and changes nothing), then
 // copies the exported snapshots into dst with Copy and reads them back
 // from dst. When dst has the same secrets as the export (it is the
 // source repository, or shares its keys), the packs dst lacks are copied
 // verbatim instead, with a new index file, and the snapshot records as
-// they are.
-func Import(ctx context.Context, dir string, dst *repo.Repository, opts ImportOptions) (*ImportResult, error) {
+// they are. The export opens with export's credential (that of the
+// repository it was exported from) and limits.
+func Import(ctx context.Context, export connect.Target, dst *repo.Repository, opts ImportOptions) (*ImportResult, error) {
+	dir := export.Location
 	if err := checkReadable(dst, "destination (import needs a full key of it, to see which snapshots it has and verify them)"); err != nil {
 		return nil, err
 	}
@@ -56,19 +53,12 @@ func Import(ctx context.Context, dir string, dst *repo.Repository, opts ImportOp
 	if err != nil {
 		return nil, err
 	}
-	var be storage.Backend
-	be, err = local.Open(dir)
+	be, err := local.Open(dir)
 	if err != nil {
 		return nil, err
 	}
-	if opts.Wrap != nil {
-		if be, err = opts.Wrap(be); err != nil {
-			return nil, err
-		}
-	}
-	exp, err := opts.Open(ctx, be)
+	exp, err := connect.OpenOn(ctx, be, export)
 	if err != nil {
-		be.Close()
 		return nil, fmt.Errorf("open the export %s: %w", dir, err)
 	}
 	defer exp.Close()

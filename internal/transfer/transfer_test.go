@@ -12,6 +12,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/check"
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -381,7 +382,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 
 	// into a repository with other keys: copied and verified
 	dst, dstBe := newRepo(t, repo.InitOptions{})
-	ir, err := Import(ctx, dir, dst, importOpts())
+	ir, err := Import(ctx, exportAt(dir), dst, importOpts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +398,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 		t.Fatalf("imported record: %v, original %v", err, sn)
 	}
 	// again: nothing new
-	ir, err = Import(ctx, dir, fresh, importOpts())
+	ir, err = Import(ctx, exportAt(dir), fresh, importOpts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,7 +417,7 @@ func TestExportImportRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	same := open(t, lb1)
-	ir, err = Import(ctx, dir, same, importOpts())
+	ir, err = Import(ctx, exportAt(dir), same, importOpts())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,10 +428,12 @@ func TestExportImportRoundTrip(t *testing.T) {
 	checkClean(t, open(t, lb1))
 }
 
-func importOpts() ImportOptions {
-	return ImportOptions{Options: Options{Connections: 2}, Open: func(ctx context.Context, be storage.Backend) (*repo.Repository, error) {
-		return repo.Open(ctx, be, cred(), repo.OpenOptions{})
-	}}
+func importOpts() ImportOptions { return ImportOptions{Options: Options{Connections: 2}} }
+
+// exportAt is the export in dir, opened with the source's password.
+func exportAt(dir string) connect.Target {
+	c := cred()
+	return connect.Target{Location: dir, Credential: &c}
 }
 
 func TestImportRefusesDamagedExport(t *testing.T) {
@@ -496,7 +499,7 @@ func TestImportRefusesDamagedExport(t *testing.T) {
 			tc.damage(dir)
 			dst, dstBe := newRepo(t, repo.InitOptions{})
 			before := objectCount(t, dstBe)
-			_, err := Import(ctx, dir, dst, importOpts())
+			_, err := Import(ctx, exportAt(dir), dst, importOpts())
 			if !errors.Is(err, ErrBadExport) {
 				t.Fatalf("import of a damaged export: %v, want ErrBadExport", err)
 			}
@@ -516,7 +519,7 @@ func TestImportRefusesDamagedExport(t *testing.T) {
 	os.Mkdir(filepath.Join(dir, "lost+found"), 0o700)
 	os.WriteFile(filepath.Join(dir, ".DS_Store"), []byte("x"), 0o600)
 	dst, _ := newRepo(t, repo.InitOptions{})
-	if _, err := Import(ctx, dir, dst, importOpts()); err != nil {
+	if _, err := Import(ctx, exportAt(dir), dst, importOpts()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -535,9 +538,9 @@ func TestExportResumes(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wrapped *cancelAfter
-	_, err := Export(ctx, f.src, []*snapshot.Record{f.s2}, dir, ExportOptions{Connections: 1, Wrap: func(be storage.Backend) (storage.Backend, error) {
+	_, err := Export(ctx, f.src, []*snapshot.Record{f.s2}, dir, ExportOptions{Connections: 1, wrapOut: func(be storage.Backend) storage.Backend {
 		wrapped = &cancelAfter{Backend: be, cancel: cancel, when: func(h storage.Handle) bool { return h.Type == storage.Pack }}
-		return wrapped, nil
+		return wrapped
 	}})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted export: %v", err)
@@ -557,7 +560,7 @@ func TestExportResumes(t *testing.T) {
 		t.Error("exported into a finished export")
 	}
 	dst, dstBe := newRepo(t, repo.InitOptions{})
-	ir, err := Import(context.Background(), dir, dst, importOpts())
+	ir, err := Import(context.Background(), exportAt(dir), dst, importOpts())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,150 @@
+// Package connect opens repositories: a Target says where a repository is
+// (its location), what opens it (a password file or command, a key file, a
+// credential given directly, or a prompt), which local cache it uses and
+// which bandwidth limits apply. The CLI, the agent and the server open
+// repositories only through Open and Create, so that every front end
+// finds credentials, applies limits and reports missing repositories
+// alike.
+package connect
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// ErrNoRepoGiven is returned by Open for the default repository (Target.Default)
+// before it has been created.
+var ErrNoRepoGiven = errors.New("no repository given (-r/--repo or FLOE_REPOSITORY) and no default repository yet")
+
+// Target is a repository and what opens it.
+type Target struct {
+	// Location is the repository's location (a directory, or a scheme:
+	// location; see package location).
+	Location string
+	// Default says Location is the default repository (DefaultRepository):
+	// a missing one is ErrNoRepoGiven rather than ErrNoRepository, and
+	// its key file (DefaultKeyFile) opens it when no credential is given.
+	Default bool
+
+	// The credential, in this order: Credential if set (resolved already,
+	// e.g. to open a second repository with the same one), KeyFile,
+	// PasswordFile (its first line), PasswordCommand (the first line it
+	// prints; run with sh -c), the default key file, and last Prompt.
+	Credential      *repo.Credential
+	KeyFile         string
+	PasswordFile    string
+	PasswordCommand string
+	// Prompt asks for a password with label; nil: no prompt, an error.
+	Prompt func(label string) ([]byte, error)
+
+	// CacheDir is the base of the local cache (default cache.DefaultDir);
+	// NoCache turns the cache off.
+	CacheDir string
+	NoCache  bool
+
+	// Limits, if set, applies to every backend opened for the target.
+	Limits *Limits
+	// Warn, if set, gets warnings (a damaged index file, no cache): the
+	// command goes on.
+	Warn func(msg string)
+}
+
+func (t Target) warn(format string, args ...any) {
+	if t.Warn != nil {
+		t.Warn(fmt.Sprintf(format, args...))
+	}
+}
+
+// Options tune Open.
+type Options struct {
+	// LoadIndex loads the repository's index too. A damaged index file is
+	// a warning (Target.Warn), not an error: the others are loaded.
+	LoadIndex bool
+}
+
+// OpenBackend opens the storage of the existing repository at t.Location,
+// with t's limits applied.
+func OpenBackend(t Target) (storage.Backend, error) {
+	be, err := location.Open(t.Location)
+	if err != nil {
+		return nil, err
+	}
+	return t.Limits.Wrap(be), nil
+}
+
+// Open opens the repository t; with o.LoadIndex, also its index.
+func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
+	be, err := OpenBackend(t)
+	if err != nil {
+		missing := errors.Is(err, os.ErrNotExist) || errors.Is(err, storage.ErrNotExist)
+		if t.Default && missing {
+			return nil, ErrNoRepoGiven
+		}
+		if missing {
+			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
+		}
+		return nil, err
+	}
+	r, err := OpenOn(ctx, be, t)
+	if err != nil {
+		return nil, err
+	}
+	if o.LoadIndex {
+		if err := r.LoadIndex(ctx); err != nil {
+			var ile *repo.IndexLoadError
+			if !errors.As(err, &ile) {
+				r.Close()
+				return nil, err
+			}
+			t.warn("warning: %v; run `floe check`", err)
+		}
+	}
+	return r, nil
+}
+
+// OpenOn opens the repository stored on be (opened already, e.g. an export
+// directory) with t's credential and limits; t.Location is not used. On
+// failure be is closed.
+func OpenOn(ctx context.Context, be storage.Backend, t Target) (*repo.Repository, error) {
+	be = t.Limits.Wrap(be)
+	cred, err := t.ReadCredential(ctx)
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: KDF()})
+	if err != nil {
+		be.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// OpenCache opens the local cache of r, or returns nil (caching is an
+// optimisation: problems are warnings).
+func (t Target) OpenCache(r *repo.Repository) *cache.Cache {
+	if t.NoCache {
+		return nil
+	}
+	base := t.CacheDir
+	if base == "" {
+		var err error
+		if base, err = cache.DefaultDir(); err != nil {
+			t.warn("warning: no cache: %v", err)
+			return nil
+		}
+	}
+	c, err := cache.Open(base, r.Config().ID)
+	if err != nil {
+		t.warn("warning: no cache: %v", err)
+		return nil
+	}
+	return c
+}
