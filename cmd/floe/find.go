@@ -112,37 +112,16 @@ time and path; --json prints one JSON object per match and line.`,
 
 // selectSnapshots returns the snapshots given by spec (IDs, prefixes,
 // "latest"), or with none every snapshot that passes the filter, oldest
-// first.
+// first, and warns of snapshots that cannot be read.
 func selectSnapshots(ctx context.Context, g *globals, r *repo.Repository, specs []string, f snapshot.Filter) ([]*snapshot.Record, error) {
-	if len(specs) > 0 {
-		var sel []*snapshot.Record
-		seen := map[hash.ID]bool{}
-		for _, s := range specs {
-			sn, err := snapshot.Find(ctx, r, s, f)
-			if err != nil {
-				return nil, err
-			}
-			if !seen[sn.ID] {
-				seen[sn.ID] = true
-				sel = append(sel, sn)
-			}
-		}
-		snapshot.SortByTime(sel)
-		return sel, nil
-	}
-	all, errs, err := snapshot.List(ctx, r)
+	sel, errs, err := snapshot.Select(ctx, r, specs, f)
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range errs {
 		g.warn("warning: %v", e)
 	}
-	var sel []*snapshot.Record
-	for _, s := range all {
-		if f.Match(s.Snapshot) {
-			sel = append(sel, s)
-		}
-	}
+	snapshot.SortByTime(sel)
 	return sel, nil
 }
 

@@ -168,35 +168,16 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 
 	var groups []forgetGroup
 	reasons := map[hash.ID][]string{}
+	sel, errs, err := snapshot.Select(ctx, r, args, f.filter.filter())
+	if err != nil {
+		return err
+	}
+	for _, e := range errs {
+		g.warn("warning: %v (not considered)", e)
+	}
 	if len(args) > 0 {
-		var sel []*snapshot.Record
-		seen := map[hash.ID]bool{}
-		for _, a := range args {
-			sn, err := snapshot.Find(ctx, r, a, f.filter.filter())
-			if err != nil {
-				return err
-			}
-			if !seen[sn.ID] {
-				seen[sn.ID] = true
-				sel = append(sel, sn)
-			}
-		}
 		groups = []forgetGroup{{remove: sel}}
 	} else {
-		all, errs, err := snapshot.List(ctx, r)
-		if err != nil {
-			return err
-		}
-		for _, e := range errs {
-			g.warn("warning: %v (not considered)", e)
-		}
-		flt := f.filter.filter()
-		var sel []*snapshot.Record
-		for _, s := range all {
-			if flt.Match(s.Snapshot) {
-				sel = append(sel, s)
-			}
-		}
 		byKey, err := forget.Group(sel, f.groupBy)
 		if err != nil {
 			return usageError{err}

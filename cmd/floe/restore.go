@@ -151,19 +151,9 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 				return err
 			}
 			defer r.Close()
-			all, errs, err := snapshot.List(ctx, r)
+			sel, err := selectSnapshots(ctx, g, r, nil, filter.filter())
 			if err != nil {
 				return err
-			}
-			for _, e := range errs {
-				g.warn("warning: %v", e)
-			}
-			f := filter.filter()
-			var sel []*snapshot.Record
-			for _, s := range all {
-				if f.Match(s.Snapshot) {
-					sel = append(sel, s)
-				}
 			}
 			if g.json {
 				out := make([]map[string]any, 0, len(sel))

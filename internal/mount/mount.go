@@ -141,19 +141,13 @@ func Mount(ctx context.Context, r *repo.Repository, dir string, opts Options) (*
 	if err := Check(dir); err != nil {
 		return nil, err
 	}
-	all, errs, err := snapshot.List(ctx, r)
+	snaps, errs, err := snapshot.Select(ctx, r, nil, opts.Filter)
 	if err != nil {
 		return nil, err
 	}
 	for _, e := range errs {
 		if opts.Logf != nil {
 			opts.Logf("warning: %v (not shown)", e)
-		}
-	}
-	var snaps []*snapshot.Record
-	for _, sn := range all {
-		if opts.Filter.Match(sn.Snapshot) {
-			snaps = append(snaps, sn)
 		}
 	}
 	if opts.CacheBytes <= 0 {
