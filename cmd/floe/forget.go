@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/forget"
-	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -152,12 +151,6 @@ repository until prune reclaims the space; --prune runs prune afterwards
 	return c
 }
 
-type forgetGroup struct {
-	key    forget.GroupKey
-	keep   []*snapshot.Record
-	remove []*snapshot.Record
-}
-
 func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) error {
 	ctx := cmd.Context()
 	r, err := g.openRepo(ctx, false)
@@ -166,8 +159,6 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 	defer r.Close()
 
-	var groups []forgetGroup
-	reasons := map[hash.ID][]string{}
 	sel, errs, err := snapshot.Select(ctx, r, args, f.filter.filter())
 	if err != nil {
 		return err
@@ -175,47 +166,29 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	for _, e := range errs {
 		g.warn("warning: %v (not considered)", e)
 	}
-	if len(args) > 0 {
-		groups = []forgetGroup{{remove: sel}}
-	} else {
-		byKey, err := forget.Group(sel, f.groupBy)
-		if err != nil {
+	plan := forget.PlanSnapshots(sel)
+	if len(args) == 0 {
+		if plan, err = forget.PlanPolicy(sel, f.policy, f.groupBy, time.Now()); err != nil {
 			return usageError{err}
-		}
-		now := time.Now()
-		for _, k := range forget.SortedKeys(byKey) {
-			keep, remove, why := forget.Apply(byKey[k], f.policy, now)
-			for id, w := range why {
-				reasons[id] = w
-			}
-			groups = append(groups, forgetGroup{key: k, keep: keep, remove: remove})
 		}
 	}
 
 	if !g.json && !g.quiet {
-		printForgetPlan(groups, reasons, f.groupBy, len(args) > 0)
+		printForgetPlan(plan, f.groupBy, len(args) > 0)
 	}
 
-	var toRemove []*snapshot.Record
-	for _, gr := range groups {
-		toRemove = append(toRemove, gr.remove...)
-	}
+	toRemove := plan.ToRemove()
 	var failed []string
 	removed := 0
 	if !f.dryRun {
-		for _, sn := range toRemove {
-			if ctx.Err() != nil {
-				break
-			}
-			if err := r.RemoveSnapshot(ctx, sn.ID); err != nil {
-				g.warn("error: %v", err)
-				failed = append(failed, err.Error())
-				continue
-			}
-			removed++
+		var errs []error
+		removed, errs, err = forget.Remove(ctx, r, toRemove)
+		for _, e := range errs {
+			g.warn("error: %v", e)
+			failed = append(failed, e.Error())
 		}
-		if ctx.Err() != nil {
-			return ctx.Err()
+		if err != nil {
+			return err
 		}
 	}
 
@@ -226,7 +199,7 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		pruned, pruneErr = runPrune(ctx, g, r, opts)
 	}
 	if g.json {
-		doc := map[string]any{"dry_run": f.dryRun, "groups": forgetJSON(groups, reasons), "removed": removed}
+		doc := map[string]any{"dry_run": f.dryRun, "groups": forgetJSON(plan), "removed": removed}
 		if pruned != nil {
 			doc["prune"] = pruned
 		}
@@ -290,7 +263,8 @@ func groupTitle(k forget.GroupKey, groupBy string) string {
 	return strings.Join(parts, ", ")
 }
 
-func printForgetPlan(groups []forgetGroup, reasons map[hash.ID][]string, groupBy string, explicit bool) {
+func printForgetPlan(plan *forget.Plan, groupBy string, explicit bool) {
+	groups, reasons := plan.Groups, plan.Reasons
 	row := func(s *snapshot.Record, extra string) {
 		tags := strings.Join(s.Tags, ",")
 		fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
@@ -304,34 +278,34 @@ func printForgetPlan(groups []forgetGroup, reasons map[hash.ID][]string, groupBy
 			fmt.Println()
 		}
 		if !explicit {
-			fmt.Printf("%s:\n", groupTitle(gr.key, groupBy))
-			fmt.Printf("keep %s:\n", snapshotCount(len(gr.keep)))
-			if len(gr.keep) > 0 {
+			fmt.Printf("%s:\n", groupTitle(gr.Key, groupBy))
+			fmt.Printf("keep %s:\n", snapshotCount(len(gr.Keep)))
+			if len(gr.Keep) > 0 {
 				fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Reasons")
 			}
-			for _, s := range gr.keep {
+			for _, s := range gr.Keep {
 				row(s, strings.Join(reasons[s.ID], ", "))
 			}
 		}
-		fmt.Printf("remove %s:\n", snapshotCount(len(gr.remove)))
-		if len(gr.remove) > 0 {
+		fmt.Printf("remove %s:\n", snapshotCount(len(gr.Remove)))
+		if len(gr.Remove) > 0 {
 			fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Paths")
 		}
-		for _, s := range gr.remove {
+		for _, s := range gr.Remove {
 			row(s, strings.Join(s.Paths, " "))
 		}
 	}
 }
 
-func forgetJSON(groups []forgetGroup, reasons map[hash.ID][]string) []forgetGroupJSON {
-	out := make([]forgetGroupJSON, 0, len(groups))
-	for _, gr := range groups {
-		j := forgetGroupJSON{Host: gr.key.Host, Paths: gr.key.Paths(), Tags: gr.key.Tags(),
+func forgetJSON(plan *forget.Plan) []forgetGroupJSON {
+	out := make([]forgetGroupJSON, 0, len(plan.Groups))
+	for _, gr := range plan.Groups {
+		j := forgetGroupJSON{Host: gr.Key.Host, Paths: gr.Key.Paths(), Tags: gr.Key.Tags(),
 			Keep: []forgetKeepJSON{}, Remove: []string{}}
-		for _, s := range gr.keep {
-			j.Keep = append(j.Keep, forgetKeepJSON{ID: s.ID.String(), Reasons: reasons[s.ID]})
+		for _, s := range gr.Keep {
+			j.Keep = append(j.Keep, forgetKeepJSON{ID: s.ID.String(), Reasons: plan.Reasons[s.ID]})
 		}
-		for _, s := range gr.remove {
+		for _, s := range gr.Remove {
 			j.Remove = append(j.Remove, s.ID.String())
 		}
 		out = append(out, j)
