@@ -5,19 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/backup"
-	"github.com/floe-backup/floe/internal/cache"
-	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/fssnap"
-	"github.com/floe-backup/floe/internal/hook"
-	"github.com/floe-backup/floe/internal/pathmatch"
-	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -112,144 +106,55 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 	return c
 }
 
-func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) (err error) {
-	var snapOpts fssnap.Options
-	if f.fsSnapshot != "" {
-		// before the hooks: nothing is done when snapshots cannot be made
-		snapOpts = fssnap.Options{Kind: fssnap.Kind(f.fsSnapshot), Size: f.fsSnapshotSz, Warn: func(msg string) { g.warn("floe: %s", msg) }}
-		if err := fssnap.Preflight(snapOpts); err != nil {
-			return err
-		}
-	}
-	if f.postHook != "" {
-		defer func() {
-			status := "ok"
-			if err != nil {
-				status = "failed"
-			}
-			if herr := hook.Run(context.WithoutCancel(ctx), "post-hook", f.postHook, map[string]string{"FLOE_BACKUP_STATUS": status}); herr != nil {
-				if err == nil {
-					err = herr
-				} else {
-					g.warn("floe: %v", herr)
-				}
-			}
-		}()
-	}
-	if err := hook.Run(ctx, "pre-hook", f.preHook, nil); err != nil {
-		return fmt.Errorf("%w; no backup was made", err)
-	}
-	excludes := append([]string(nil), f.excludes...)
-	for _, file := range f.excludeFiles {
-		pats, err := pathmatch.ReadFile(file)
-		if err != nil {
-			return err
-		}
-		excludes = append(excludes, pats...)
-	}
-	r, err := g.openRepo(ctx, true)
-	created := false
-	if errors.Is(err, errNoRepoGiven) {
-		created = true
-		var keyPath string
-		r, keyPath, err = connect.Create(ctx, g.target(), repo.InitOptions{})
-		if err == nil {
-			g.say("created the default repository at %s\nits key file is %s\nKeep a copy of the key file somewhere else: without it nobody can read these backups.\n", g.repo, keyPath)
-		}
-	}
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-
-	host := f.host
-	if host == "" {
-		host, _ = os.Hostname()
-	}
-	c := g.target().OpenCache(r)
-	opts := backup.Options{
-		Excludes: excludes, ExcludeCaches: f.excludeCaches, OneFileSystem: f.oneFS,
-		Hostname: host, Tags: f.tags, Force: f.force,
-		ProgramVersion: "floe " + version,
-		Progress:       &backup.Progress{},
+func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) error {
+	job := &backup.Job{
+		Options: backup.Options{
+			Excludes: f.excludes, ExcludeCaches: f.excludeCaches, OneFileSystem: f.oneFS,
+			Hostname: f.host, Tags: f.tags, Force: f.force,
+			ProgramVersion: "floe " + version,
+			Progress:       &backup.Progress{},
+		},
+		ExcludeFiles: f.excludeFiles, ParentID: f.parent,
+		PreHook: f.preHook, PostHook: f.postHook,
+		FSSnapshot: fssnap.Kind(f.fsSnapshot), FSSnapshotSize: f.fsSnapshotSz,
+		Repository: g.target(),
 	}
 	if f.stdin {
-		opts.Stdin, opts.StdinFilename = os.Stdin, f.stdinName
+		job.Stdin, job.StdinFilename = os.Stdin, f.stdinName
 	} else {
-		opts.Paths = paths
-		parent, trees, warnings, err := backup.FindParent(ctx, r, c, host, paths, f.parent)
-		for _, w := range warnings {
-			g.warn("warning: %v", w)
-		}
-		if err != nil {
-			return err
-		}
-		opts.Parent, opts.ParentTrees = parent, trees
-	}
-	var snaps *fssnap.Set
-	if f.fsSnapshot != "" {
-		abs := make([]string, 0, len(paths))
-		for _, p := range paths {
-			a, err := filepath.Abs(p)
-			if err != nil {
-				return fmt.Errorf("path %s: %w", p, err)
-			}
-			abs = append(abs, a)
-		}
-		if snaps, err = fssnap.Create(ctx, abs, snapOpts); err != nil {
-			return fmt.Errorf("%w; no backup was made", err)
-		}
-		// removed however the backup ends; after an interrupt ctx is
-		// cancelled, so the removal gets a context of its own
-		defer func() {
-			if rerr := snaps.Remove(context.WithoutCancel(ctx)); rerr != nil {
-				if err == nil {
-					err = rerr
-				} else {
-					g.warn("floe: %v", rerr)
-				}
-			}
-		}()
-		if !g.quiet && !g.json {
-			for _, d := range snaps.Describe() {
-				g.warn("reading from the %s", d)
-			}
-		}
-		opts.SourceRoot, opts.Frozen = snaps.Sources(), true
-	}
-	var tw *cache.TreeWriter
-	if c != nil {
-		if tw, err = c.NewTreeWriter(); err != nil {
-			g.warn("warning: %v", err)
-		} else {
-			opts.OnTree = tw.Add
-		}
+		job.Paths = paths
 	}
 	start := time.Now()
 	st := g.status()
-	p := opts.Progress
-	st.Run(200*time.Millisecond, func() string {
-		return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
-	})
-	res, err := backup.Run(ctx, r, opts)
-	st.Stop()
-	if err != nil {
-		if tw != nil {
-			tw.Abort()
-		}
+	p := job.Progress
+	job.Events = backup.Events{
+		Warn: func(msg string) { g.warn("%s", msg) },
+		Created: func(location, keyFile string) {
+			g.say("created the default repository at %s\nits key file is %s\nKeep a copy of the key file somewhere else: without it nobody can read these backups.\n", location, keyFile)
+		},
+		Reading: func(what string) {
+			if !g.quiet && !g.json {
+				g.warn("reading from the %s", what)
+			}
+		},
+		Start: func() {
+			start = time.Now()
+			st.Run(200*time.Millisecond, func() string {
+				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
+			})
+		},
+		Stop: st.Stop,
+	}
+	res, err := job.Run(ctx)
+	if res == nil {
 		return err
 	}
-	if tw != nil {
-		if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
-			g.warn("warning: %v", err)
-		}
-	}
-	printBackupResult(g, r, res, opts.Parent)
-	if cerr := snaps.Check(context.WithoutCancel(ctx)); cerr != nil {
-		g.warn("floe: %v", cerr)
+	printBackupResult(g, res.Result, res.Parent)
+	if res.SnapshotProblem != nil {
+		g.warn("floe: %v", res.SnapshotProblem)
 		g.exitCode = ExitPartial
 	}
-	if created || ui.IsTerminal(os.Stdout) {
+	if res.Created || ui.IsTerminal(os.Stdout) {
 		g.say("\nnext:")
 		for _, hint := range [][2]string{
 			{"snapshots", "list snapshots"},
@@ -263,10 +168,10 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	if len(res.Errors) > 0 {
 		g.exitCode = ExitPartial
 	}
-	return nil
+	return err
 }
 
-func printBackupResult(g *globals, r *repo.Repository, res *backup.Result, parent *snapshot.Record) {
+func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) {
 	sn := res.Snapshot
 	s := sn.Summary
 	if g.json {

@@ -1,0 +1,220 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/connect"
+	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/hook"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// Job is one backup as a front end (the CLI, the agent) asks for it: Run
+// with everything around it. In order: the file system snapshot tools are
+// checked, the pre-hook runs, the repository is opened (the default one is
+// created on first use), the parent is chosen, file system snapshots are
+// taken, the files are saved, the local cache learns the new snapshot, the
+// file system snapshots are removed and the post-hook runs, whatever
+// happened before.
+type Job struct {
+	// Options says what to back up. Hostname defaults to this host's
+	// name; Parent and ParentTrees are chosen by the job (see ParentID),
+	// and so are SourceRoot, Frozen and OnTree.
+	Options
+	// ExcludeFiles are files of exclude patterns, one per line, added to
+	// Options.Excludes.
+	ExcludeFiles []string
+	// ParentID names the parent (an ID prefix); empty: the newest snapshot
+	// of the same host and paths.
+	ParentID string
+	// PreHook runs (sh -c) before the backup; if it fails, no backup is
+	// made. PostHook runs after it, also when it failed, with
+	// FLOE_BACKUP_STATUS=ok or failed in its environment.
+	PreHook, PostHook string
+	// FSSnapshot, if not empty, reads the paths from read-only snapshots
+	// of their file systems (fssnap.LVM or fssnap.Btrfs) of
+	// FSSnapshotSize (LVM only; see fssnap.Options.Size).
+	FSSnapshot     fssnap.Kind
+	FSSnapshotSize string
+
+	// Repository is where the snapshot goes, opened (or, if it is the
+	// default repository and does not exist yet, created) after the
+	// pre-hook; its cache settings choose the local cache.
+	Repository connect.Target
+
+	// Events, each optional, tell a front end what the job does.
+	Events Events
+}
+
+// Events are what a Job tells its caller while it runs.
+type Events struct {
+	// Warn gets problems the job goes on after.
+	Warn func(msg string)
+	// Created says the default repository was created, with a key file.
+	Created func(location, keyFile string)
+	// Reading describes each file system snapshot the files are read from.
+	Reading func(what string)
+	// Start is called when the files start being read, Stop when that
+	// ended (well or not); Options.Progress counts in between.
+	Start, Stop func()
+}
+
+func (e Events) warn(format string, args ...any) {
+	if e.Warn != nil {
+		e.Warn(fmt.Sprintf(format, args...))
+	}
+}
+
+// JobResult is the outcome of a Job.
+type JobResult struct {
+	*Result
+	// Parent is the snapshot the backup was compared with, if any.
+	Parent *snapshot.Record
+	// Created says the job created the default repository.
+	Created bool
+	// SnapshotProblem is set when a file system snapshot could not hold
+	// every change while the files were read (an LVM snapshot that
+	// filled up): the backup is incomplete.
+	SnapshotProblem error
+}
+
+// Run runs the job. When the snapshot was saved it returns a result even
+// with an error (a failed post-hook, a file system snapshot that could not
+// be removed): the snapshot is kept.
+func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
+	ev := j.Events
+	var snapOpts fssnap.Options
+	if j.FSSnapshot != "" {
+		// before the hooks: nothing is done when snapshots cannot be made
+		snapOpts = fssnap.Options{Kind: j.FSSnapshot, Size: j.FSSnapshotSize, Warn: func(msg string) { ev.warn("floe: %s", msg) }}
+		if err := fssnap.Preflight(snapOpts); err != nil {
+			return nil, err
+		}
+	}
+	if j.PostHook != "" {
+		defer func() {
+			status := "ok"
+			if err != nil {
+				status = "failed"
+			}
+			if herr := hook.Run(context.WithoutCancel(ctx), "post-hook", j.PostHook, map[string]string{"FLOE_BACKUP_STATUS": status}); herr != nil {
+				if err == nil {
+					err = herr
+				} else {
+					ev.warn("floe: %v", herr)
+				}
+			}
+		}()
+	}
+	if err := hook.Run(ctx, "pre-hook", j.PreHook, nil); err != nil {
+		return nil, fmt.Errorf("%w; no backup was made", err)
+	}
+	opts := j.Options
+	opts.Excludes = append([]string(nil), j.Excludes...)
+	for _, file := range j.ExcludeFiles {
+		pats, err := pathmatch.ReadFile(file)
+		if err != nil {
+			return nil, err
+		}
+		opts.Excludes = append(opts.Excludes, pats...)
+	}
+	r, err := connect.Open(ctx, j.Repository, connect.Options{LoadIndex: true})
+	created := false
+	if errors.Is(err, connect.ErrNoRepoGiven) {
+		created = true
+		var keyPath string
+		r, keyPath, err = connect.Create(ctx, j.Repository, repo.InitOptions{})
+		if err == nil && ev.Created != nil {
+			ev.Created(j.Repository.Location, keyPath)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+
+	if opts.Hostname == "" {
+		opts.Hostname, _ = os.Hostname()
+	}
+	c := j.Repository.OpenCache(r)
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	if opts.Stdin == nil {
+		parent, trees, warnings, err := FindParent(ctx, r, c, opts.Hostname, opts.Paths, j.ParentID)
+		for _, w := range warnings {
+			ev.warn("warning: %v", w)
+		}
+		if err != nil {
+			return nil, err
+		}
+		opts.Parent, opts.ParentTrees = parent, trees
+	}
+	var snaps *fssnap.Set
+	if j.FSSnapshot != "" {
+		abs := make([]string, 0, len(opts.Paths))
+		for _, p := range opts.Paths {
+			a, err := filepath.Abs(p)
+			if err != nil {
+				return nil, fmt.Errorf("path %s: %w", p, err)
+			}
+			abs = append(abs, a)
+		}
+		if snaps, err = fssnap.Create(ctx, abs, snapOpts); err != nil {
+			return nil, fmt.Errorf("%w; no backup was made", err)
+		}
+		// removed however the backup ends; after an interrupt ctx is
+		// cancelled, so the removal gets a context of its own
+		defer func() {
+			if rerr := snaps.Remove(context.WithoutCancel(ctx)); rerr != nil {
+				if err == nil {
+					err = rerr
+				} else {
+					ev.warn("floe: %v", rerr)
+				}
+			}
+		}()
+		if ev.Reading != nil {
+			for _, d := range snaps.Describe() {
+				ev.Reading(d)
+			}
+		}
+		opts.SourceRoot, opts.Frozen = snaps.Sources(), true
+	}
+	var tw *cache.TreeWriter
+	if c != nil {
+		if tw, err = c.NewTreeWriter(); err != nil {
+			ev.warn("warning: %v", err)
+		} else {
+			opts.OnTree = tw.Add
+		}
+	}
+	if ev.Start != nil {
+		ev.Start()
+	}
+	res, err := Run(ctx, r, opts)
+	if ev.Stop != nil {
+		ev.Stop()
+	}
+	if err != nil {
+		if tw != nil {
+			tw.Abort()
+		}
+		return nil, err
+	}
+	if tw != nil {
+		if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
+			ev.warn("warning: %v", err)
+		}
+	}
+	out = &JobResult{Result: res, Parent: opts.Parent, Created: created}
+	out.SnapshotProblem = snaps.Check(context.WithoutCancel(ctx))
+	return out, nil
+}
