@@ -14,8 +14,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newAuditCommand) }
-
 func newAuditCommand(g *globals) *cobra.Command {
 	var (
 		against, againstSnap, rulesFile string

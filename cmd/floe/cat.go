@@ -18,8 +18,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newCatCommand) }
-
 // catObjects maps each object kind to whether it takes an ID.
 var catObjects = map[string]bool{"config": false, "key": true, "snapshot": true, "index": true,
 	"pack": true, "tree": true, "blob": true}

@@ -16,8 +16,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newCheckCommand) }
-
 // checkMaxAffectedLines caps the damaged paths that text output lists.
 const checkMaxAffectedLines = 200
 

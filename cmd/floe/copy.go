@@ -17,8 +17,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newCopyCommand) }
-
 // transferFlags pick the snapshots of copy and export and their parallelism.
 type transferFlags struct {
 	all         bool

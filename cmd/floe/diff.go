@@ -12,8 +12,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newDiffCommand) }
-
 func newDiffCommand(g *globals) *cobra.Command {
 	var (
 		attrs  string

@@ -13,8 +13,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newDumpCommand) }
-
 func newDumpCommand(g *globals) *cobra.Command {
 	var (
 		archive, output string

@@ -16,8 +16,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newExportCommand, newImportCommand) }
-
 func newExportCommand(g *globals) *cobra.Command {
 	var (
 		f  transferFlags

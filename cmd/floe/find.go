@@ -19,8 +19,6 @@ import (
 	"github.com/floe-backup/floe/internal/walk"
 )
 
-func init() { extraCommands = append(extraCommands, newFindCommand) }
-
 // findMemoMax bounds the directories whose matches find remembers.
 const findMemoMax = 1 << 20
 

@@ -15,8 +15,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newForgetCommand) }
-
 // forgetGroupJSON is one group of the --json document.
 type forgetGroupJSON struct {
 	Host   string           `json:"host,omitempty"`

@@ -19,8 +19,6 @@ import (
 	"github.com/floe-backup/floe/internal/walk"
 )
 
-func init() { extraCommands = append(extraCommands, newLsCommand) }
-
 func newLsCommand(g *globals) *cobra.Command {
 	var (
 		long, recursive, numeric bool

@@ -93,18 +93,27 @@ Exit codes:
 	}
 	g.addFlags(root)
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	// every command, here and nowhere else (help lists them sorted)
 	root.AddCommand(
 		newInitCommand(g),
 		newBackupCommand(g),
 		newRestoreCommand(g),
 		newSnapshotsCommand(g),
 		newKeyCommand(g),
+		newLsCommand(g),
+		newFindCommand(g),
+		newCatCommand(g),
+		newDumpCommand(g),
+		newDiffCommand(g),
+		newStatsCommand(g),
+		newMountCommand(g),
+		newAuditCommand(g),
+		newCheckCommand(g),
+		newForgetCommand(g),
+		newPruneCommand(g),
+		newCopyCommand(g),
+		newExportCommand(g),
+		newImportCommand(g),
 	)
-	for _, add := range extraCommands {
-		root.AddCommand(add(g))
-	}
 	return root
 }
-
-// extraCommands lets each command file register itself.
-var extraCommands []func(*globals) *cobra.Command

@@ -13,8 +13,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newMountCommand) }
-
 func newMountCommand(g *globals) *cobra.Command {
 	var (
 		filter     snapshotFilterFlags

@@ -17,8 +17,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newPruneCommand) }
-
 // pruneFlags are the flags of prune (and of forget --prune).
 type pruneFlags struct {
 	grace     string

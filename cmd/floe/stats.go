@@ -12,8 +12,6 @@ import (
 	"github.com/floe-backup/floe/internal/ui"
 )
 
-func init() { extraCommands = append(extraCommands, newStatsCommand) }
-
 func newStatsCommand(g *globals) *cobra.Command {
 	var filter snapshotFilterFlags
 	c := &cobra.Command{
