@@ -11,16 +11,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 	"github.com/floe-backup/floe/internal/walk"
 )
-
-// findMemoMax bounds the directories whose matches find remembers.
-const findMemoMax = 1 << 20
 
 func newFindCommand(g *globals) *cobra.Command {
 	var (
@@ -70,7 +66,7 @@ time and path; --json prints one JSON object per match and line.`,
 			}
 			out := bufio.NewWriterSize(os.Stdout, 64<<10)
 			defer out.Flush()
-			n, err := findInSnapshots(ctx, treeLoader(r), m, sel, func(sn *snapshot.Record, p string, node *snapshot.Node) error {
+			n, err := walk.Find(ctx, treeLoader(r), m, sel, func(sn *snapshot.Record, p string, node *snapshot.Node) error {
 				if g.json {
 					return ui.WriteJSONLine(out, struct {
 						Snapshot string    `json:"snapshot"`
@@ -121,60 +117,4 @@ func selectSnapshots(ctx context.Context, g *globals, r *repo.Repository, specs 
 	}
 	snapshot.SortByTime(sel)
 	return sel, nil
-}
-
-type findMatch struct {
-	path string
-	node *snapshot.Node
-}
-
-// findInSnapshots walks the snapshots and calls fn for every matching
-// path. A directory seen before at the same path with the same subtree
-// (the usual case between snapshots of one host) is not walked again:
-// its matches are remembered.
-func findInSnapshots(ctx context.Context, l walk.Loader, m *pathmatch.Matcher, sel []*snapshot.Record,
-	fn func(sn *snapshot.Record, p string, n *snapshot.Node) error) (int, error) {
-	type key struct {
-		path string
-		id   hash.ID
-	}
-	memo := map[key][]findMatch{}
-	total := 0
-	for _, sn := range sel {
-		var cur []findMatch
-		var stack []int
-		err := walk.Visit(ctx, l, "/", sn.Tree, walk.Visitor{
-			Node: func(p string, n *snapshot.Node) error {
-				if m.Match(p) {
-					cur = append(cur, findMatch{p, n})
-				}
-				if n.Type == snapshot.TypeDir {
-					if ms, ok := memo[key{p, n.Subtree}]; ok {
-						cur = append(cur, ms...)
-						return walk.SkipDir
-					}
-					stack = append(stack, len(cur))
-				}
-				return nil
-			},
-			Leave: func(p string, n *snapshot.Node) error {
-				start := stack[len(stack)-1]
-				stack = stack[:len(stack)-1]
-				if len(memo) < findMemoMax {
-					memo[key{p, n.Subtree}] = cur[start:len(cur):len(cur)]
-				}
-				return nil
-			},
-		})
-		if err != nil {
-			return total, fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
-		}
-		for _, fm := range cur {
-			if err := fn(sn, fm.path, fm.node); err != nil {
-				return total, err
-			}
-		}
-		total += len(cur)
-	}
-	return total, nil
 }
