@@ -92,7 +92,7 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 		}
 		return nil, err
 	}
-	r, err := OpenOn(ctx, be, t)
+	r, err := openOn(ctx, be, t)
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +113,11 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 // directory) with t's credential and limits; t.Location is not used. On
 // failure be is closed.
 func OpenOn(ctx context.Context, be storage.Backend, t Target) (*repo.Repository, error) {
-	be = t.Limits.Wrap(be)
+	return openOn(ctx, t.Limits.Wrap(be), t)
+}
+
+// openOn opens the repository on be, limited already.
+func openOn(ctx context.Context, be storage.Backend, t Target) (*repo.Repository, error) {
 	cred, err := t.ReadCredential(ctx)
 	if err != nil {
 		be.Close()

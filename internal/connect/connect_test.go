@@ -48,8 +48,11 @@ func TestCreateAndOpen(t *testing.T) {
 	if _, ok := r.Backend().(storage.StreamSaver); !ok {
 		t.Errorf("the limited backend %T does not stream saves", r.Backend())
 	}
-	if _, ok := storage.As[storage.Unwrapper](r.Backend()); !ok {
+	// limited once: a second limiter would halve the rate
+	if u, ok := r.Backend().(storage.Unwrapper); !ok {
 		t.Errorf("the backend %T is not limited", r.Backend())
+	} else if _, twice := u.Unwrap().(storage.Unwrapper); twice {
+		t.Errorf("the backend is limited twice: %T in %T", u.Unwrap(), r.Backend())
 	}
 	r.Close()
 

@@ -91,9 +91,8 @@ type Backend struct {
 
 // Wrap returns be limited by upload and download (either may be nil). With
 // both nil it returns be itself. When be can stream saves
-// (storage.StreamSaver), so can the result, and streamed bytes wait for
-// the upload limiter as they are written: a limit does not make packs be
-// held in memory. Other capabilities (storage.TempFiles, ...) are found
+// (storage.StreamSaver), so can the result, and streamed objects wait for
+// the upload limiter too: a limit does not make packs be held in memory. Other capabilities (storage.TempFiles, ...) are found
 // beneath with storage.As.
 func Wrap(be storage.Backend, upload, download *Limiter) storage.Backend {
 	if upload == nil && download == nil {
@@ -116,28 +115,40 @@ type streamBackend struct {
 
 var _ storage.StreamSaver = (*streamBackend)(nil)
 
-// SaveStream implements storage.StreamSaver: each Write waits for the
-// upload limiter before it passes the bytes on.
+// SaveStream implements storage.StreamSaver. A streamed object is paid
+// for at Commit, before it becomes visible, for every byte written: the
+// mirror of Save, which pays before it sends (either way the average rate
+// is the limit, in bursts of at most one object). Paying per Write instead
+// would stall the writer, the repository's pack being filled, so reading
+// and compressing the next pack would not overlap the wait (its commit runs
+// in the repository's uploader).
 func (b *streamBackend) SaveStream(ctx context.Context, t storage.FileType) (storage.PendingObject, error) {
 	p, err := b.ss.SaveStream(ctx, t)
 	if err != nil {
 		return nil, err
 	}
-	return &limitedPending{PendingObject: p, ctx: ctx, t: t, upload: b.upload}, nil
+	return &limitedPending{PendingObject: p, t: t, upload: b.upload}, nil
 }
 
 type limitedPending struct {
 	storage.PendingObject
-	ctx    context.Context
-	t      storage.FileType
-	upload *Limiter
+	t       storage.FileType
+	upload  *Limiter
+	written int
 }
 
 func (p *limitedPending) Write(data []byte) (int, error) {
-	if err := p.upload.Wait(p.ctx, len(data)); err != nil {
-		return 0, fmt.Errorf("write %s: %w", p.t, err)
+	n, err := p.PendingObject.Write(data)
+	p.written += n
+	return n, err
+}
+
+func (p *limitedPending) Commit(ctx context.Context, name string) error {
+	if err := p.upload.Wait(ctx, p.written); err != nil {
+		p.PendingObject.Abort()
+		return fmt.Errorf("save %s: %w", storage.Handle{Type: p.t, Name: name}, err)
 	}
-	return p.PendingObject.Write(data)
+	return p.PendingObject.Commit(ctx, name)
 }
 
 var _ storage.Backend = (*Backend)(nil)
