@@ -190,6 +190,7 @@ type result struct {
 	code           int
 	cpu            time.Duration // user + system time of the process
 	wall           time.Duration
+	maxRSS         int64 // peak resident set size of the process, bytes
 }
 
 func (r result) String() string {
@@ -239,6 +240,9 @@ func (e *floeEnv) runWith(o runOpts, args ...string) result {
 	if cmd.ProcessState != nil {
 		r.code = cmd.ProcessState.ExitCode()
 		r.cpu = cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+		if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+			r.maxRSS = ru.Maxrss << 10 // KiB on Linux
+		}
 	}
 	if err != nil {
 		if _, ok := err.(*exec.ExitError); !ok {
