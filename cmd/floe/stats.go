@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/stats"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -57,20 +56,7 @@ snapshot references any more (prune frees it).`,
 			}
 			var uniq *stats.Unique
 			if len(args) == 1 {
-				all, errs, err := snapshot.List(ctx, r)
-				if err != nil {
-					return err
-				}
-				if len(errs) > 0 {
-					return fmt.Errorf("cannot tell what is unique to %s: %d snapshots could not be loaded (first: %w)", sel[0].ID.Short(), len(errs), errs[0])
-				}
-				var others []hash.ID
-				for _, s := range all {
-					if s.ID != sel[0].ID {
-						others = append(others, s.Tree)
-					}
-				}
-				if uniq, err = stats.UniqueTo(ctx, l, r.Index(), sel[0].Tree, others); err != nil {
+				if uniq, err = stats.UniqueToSnapshot(ctx, l, r, sel[0]); err != nil {
 					return err
 				}
 			}

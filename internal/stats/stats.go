@@ -225,6 +225,26 @@ func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.ID, oth
 	return u, nil
 }
 
+// UniqueToSnapshot measures what the snapshot sn of r (index loaded)
+// references and no other snapshot of r does. It fails when a snapshot
+// cannot be loaded: what that one references is unknown.
+func UniqueToSnapshot(ctx context.Context, l walk.Loader, r *repo.Repository, sn *snapshot.Record) (*Unique, error) {
+	all, errs, err := snapshot.List(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("cannot tell what is unique to %s: %d snapshots could not be loaded (first: %w)", sn.ID.Short(), len(errs), errs[0])
+	}
+	var others []hash.ID
+	for _, s := range all {
+		if s.ID != sn.ID {
+			others = append(others, s.Tree)
+		}
+	}
+	return UniqueTo(ctx, l, r.Index(), sn.Tree, others)
+}
+
 // Repository measures the whole repository: its pack files as stored and
 // every blob in the loaded index.
 func Repository(ctx context.Context, r *repo.Repository) (*RepoTotals, error) {

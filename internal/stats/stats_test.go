@@ -115,6 +115,10 @@ func TestStats(t *testing.T) {
 	if u, err := stats.UniqueTo(ctx, l, r.Index(), s1.Tree, []hash.ID{s1.Tree}); err != nil || u.Blobs != 0 {
 		t.Fatalf("unique to s1 vs itself: %+v %v", u, err)
 	}
+	// against every other snapshot of the repository: the same as above
+	if u, err := stats.UniqueToSnapshot(ctx, l, r, s2); err != nil || *u != *u2 {
+		t.Fatalf("UniqueToSnapshot(s2) = %+v, %v; want %+v", u, err, u2)
+	}
 
 	rt, err := stats.Repository(ctx, r)
 	if err != nil {
