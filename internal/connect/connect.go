@@ -1,10 +1,10 @@
 // Package connect opens repositories: a Target says where a repository is
 // (its location), what opens it (a password file or command, a key file, a
 // credential given directly, or a prompt), which local cache it uses and
-// which bandwidth limits apply. The CLI, the agent and the server open
-// repositories only through Open and Create, so that every front end
-// finds credentials, applies limits and reports missing repositories
-// alike.
+// which bandwidth limits apply. The CLI and the agent open repositories
+// only through Open and Create, so that every front end finds
+// credentials, applies limits and reports missing repositories alike. (The
+// server holds no keys: it opens storage with package location.)
 package connect
 
 import (
