@@ -92,8 +92,9 @@ type Backend struct {
 // Wrap returns be limited by upload and download (either may be nil). With
 // both nil it returns be itself. When be can stream saves
 // (storage.StreamSaver), so can the result, and streamed objects wait for
-// the upload limiter too: a limit does not make packs be held in memory. Other capabilities (storage.TempFiles, ...) are found
-// beneath with storage.As.
+// the upload limiter too: a limit does not make packs be held in memory.
+// Other capabilities (storage.TempFiles, ...) are found beneath with
+// storage.As.
 func Wrap(be storage.Backend, upload, download *Limiter) storage.Backend {
 	if upload == nil && download == nil {
 		return be
