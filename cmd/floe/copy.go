@@ -124,7 +124,7 @@ once.`,
 			if err != nil {
 				return err
 			}
-			dst, err := connect.Open(ctx, g.otherTarget(to, toPasswordFile, toPasswordCmd, toKeyFile, false), connect.Options{LoadIndex: true})
+			dst, err := connect.Open(ctx, g.otherTarget(to, toPasswordFile, toPasswordCmd, toKeyFile), connect.Options{LoadIndex: true})
 			if err != nil {
 				return fmt.Errorf("destination %s: %w", to, err)
 			}

@@ -156,7 +156,7 @@ exported from: --from-password-file, --from-password-command or
 			expT := dstT
 			expT.Location, expT.Default = dir, false
 			if !own {
-				expT = g.otherTarget(dir, fromPasswordFile, fromPasswordCmd, fromKeyFile, false)
+				expT = g.otherTarget(dir, fromPasswordFile, fromPasswordCmd, fromKeyFile)
 				expCred, err := expT.ReadCredential(ctx)
 				if err != nil {
 					return err

@@ -111,13 +111,15 @@ func newPassword(ctx context.Context, file string) ([]byte, error) {
 
 // target is the repository of the global flags.
 func (g *globals) target() connect.Target {
-	return g.otherTarget(g.repo, g.passwordFile, g.passwordCommand, g.keyFile, g.usingDefault)
+	t := g.otherTarget(g.repo, g.passwordFile, g.passwordCommand, g.keyFile)
+	t.Default = g.usingDefault
+	return t
 }
 
 // otherTarget is another repository (copy --to, init
 // --copy-chunker-params-from, an export), opened with the global limits.
-func (g *globals) otherTarget(loc, passwordFile, passwordCommand, keyFile string, isDefault bool) connect.Target {
-	return connect.Target{Location: loc, Default: isDefault, PasswordFile: passwordFile, PasswordCommand: passwordCommand,
+func (g *globals) otherTarget(loc, passwordFile, passwordCommand, keyFile string) connect.Target {
+	return connect.Target{Location: loc, PasswordFile: passwordFile, PasswordCommand: passwordCommand,
 		KeyFile: keyFile, Prompt: prompt, CacheDir: g.cacheDir, NoCache: g.noCache, Limits: g.limits,
 		Warn: func(msg string) { g.warn("%s", msg) }}
 }

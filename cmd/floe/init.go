@@ -31,7 +31,7 @@ it the backups cannot be read by anyone.`,
 			ctx := cmd.Context()
 			var opts repo.InitOptions
 			if copyFrom != "" {
-				r, err := connect.Open(ctx, g.otherTarget(copyFrom, copyFromPasswordFile, "", copyFromKeyFile, false), connect.Options{})
+				r, err := connect.Open(ctx, g.otherTarget(copyFrom, copyFromPasswordFile, "", copyFromKeyFile), connect.Options{})
 				if err != nil {
 					return fmt.Errorf("open %s: %w", copyFrom, err)
 				}
