@@ -15,6 +15,7 @@
 #   BENCH_RESULTS    report path                               [bench/RESULTS.md]
 #   BENCH_KEEP       1 = keep repos and restores of the last run for inspection [0]
 #   BENCH_FLOE_BIN   benchmark this floe binary instead of building ./cmd/floe
+#   BENCH_RESTIC_VERSION  restic built with `go install` (pinned)  [v0.19.1]
 #
 # Exit status: 0 when every tool that was built ran every step and every
 # restore matched its source; 1 otherwise (a floe that is not built yet, i.e.
@@ -30,6 +31,9 @@ DATASETS=${BENCH_DATASETS:-goroot large}
 BORG_COMPRESSION=${BENCH_BORG_COMPRESSION:-zstd,3}
 OUT=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
 KEEP=${BENCH_KEEP:-0}
+# The newest restic, not Debian's (0.14 is years old and much slower at
+# restore): built from the Go module proxy at a pinned version into WORK.
+RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
 
 MiB=$((1024 * 1024))
 case $SCALE in
@@ -55,9 +59,15 @@ has() { [[ " $TOOLS " == *" $1 "* ]]; }
 # ---------------------------------------------------------------- dependencies
 ensure_deps() {
 	local need=()
-	has restic && ! command -v restic >/dev/null && need+=(restic)
 	has borg && ! command -v borg >/dev/null && need+=(borgbackup)
 	[[ -x $TIME ]] || need+=(time)
+	if has restic && [[ ! -x $WORK/restic-$RESTIC_VERSION/restic ]]; then
+		say "building restic $RESTIC_VERSION with go install"
+		mkdir -p "$WORK/restic-$RESTIC_VERSION"
+		GOBIN=$WORK/restic-$RESTIC_VERSION go install "github.com/restic/restic/cmd/restic@$RESTIC_VERSION" ||
+			die "could not build restic $RESTIC_VERSION"
+	fi
+	has restic && PATH=$WORK/restic-$RESTIC_VERSION:$PATH
 	((${#need[@]})) || return 0
 	say "installing ${need[*]}"
 	local sudo=()
