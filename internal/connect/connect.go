@@ -123,7 +123,8 @@ func openOn(ctx context.Context, be storage.Backend, t Target) (*repo.Repository
 		be.Close()
 		return nil, err
 	}
-	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: KDF()})
+	// keys that Open skips (costly argon2 parameters) are warnings
+	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{KDF: KDF(), Warn: func(err error) { t.warn("warning: %v", err) }})
 	if err != nil {
 		be.Close()
 		return nil, err

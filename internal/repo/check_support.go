@@ -49,7 +49,7 @@ func CheckKeyRecords(ctx context.Context, be storage.Backend) (ids []string, dam
 // CheckConfig reads the config again and verifies that it authenticates and
 // decodes to the config the repository was opened with.
 func (r *Repository) CheckConfig(ctx context.Context) error {
-	data, err := r.be.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
+	data, err := storage.LoadAll(ctx, r.be, storage.Handle{Type: storage.Config}, maxConfigSize)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}

@@ -67,14 +67,10 @@ func (r *Repository) SaveGCMark(ctx context.Context, m *GCMark) (hash.ID, error)
 // ErrDamagedMark; a missing one storage.ErrNotExist.
 func (r *Repository) LoadGCMark(ctx context.Context, id hash.ID) (*GCMark, error) {
 	h := storage.Handle{Type: storage.GCMark, Name: id.String()}
-	fi, err := r.be.Stat(ctx, h)
-	if err != nil {
-		return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
+	data, err := storage.LoadAll(ctx, r.be, h, maxGCMarkSize)
+	if errors.Is(err, storage.ErrTooLarge) {
+		return nil, fmt.Errorf("gc mark %s: %w: %w", id.Short(), err, ErrDamagedMark)
 	}
-	if fi.Size > maxGCMarkSize {
-		return nil, fmt.Errorf("gc mark %s: %d bytes is too large: %w", id.Short(), fi.Size, ErrDamagedMark)
-	}
-	data, err := storage.ReadAll(ctx, r.be, h)
 	if err != nil {
 		return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
 	}

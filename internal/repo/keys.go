@@ -190,12 +190,34 @@ func newKeyRecord(secrets Secrets, password []byte, writeOnly bool, kdf crypto.K
 	return rec, fileSecret, nil
 }
 
+// ErrKDFTooCostly is wrapped by the error of a key record whose argon2
+// parameters cost more than any key floe creates. Anyone who can write to
+// keys/ can add such a record; honouring it would make every open of the
+// repository spend its time and memory (1 GiB x 20 passes: 29 s), so
+// Open skips it with a warning and tries the next key.
+var ErrKDFTooCostly = errors.New("argon2 parameters cost more than any key floe creates")
+
+// checkKDFCost bounds a stored key's argon2 parameters by those that
+// `floe init` and `floe key add` create (crypto.DefaultKDFParams); cheaper
+// ones (the test suite's) are fine.
+func checkKDFCost(p crypto.KDFParams) error {
+	max := crypto.DefaultKDFParams()
+	if p.Time > max.Time || p.MemoryKiB > max.MemoryKiB || p.Threads > max.Threads {
+		return fmt.Errorf("%w: time %d, memory %d KiB, threads %d; the most floe asks for is time %d, memory %d KiB, threads %d",
+			ErrKDFTooCostly, p.Time, p.MemoryKiB, p.Threads, max.Time, max.MemoryKiB, max.Threads)
+	}
+	return nil
+}
+
 func (rec *KeyRecord) open(cred Credential) (Secrets, error) {
 	var kek crypto.Key
 	switch {
 	case rec.KDF == kdfArgon2 && cred.Password != nil:
 		if rec.Argon2 == nil {
 			return Secrets{}, errors.New("key record has no argon2 parameters")
+		}
+		if err := checkKDFCost(*rec.Argon2); err != nil {
+			return Secrets{}, err
 		}
 		k, err := crypto.DeriveKey(cred.Password, *rec.Argon2)
 		if err != nil {
@@ -234,12 +256,9 @@ func saveKeyRecord(ctx context.Context, be storage.Backend, rec *KeyRecord) (has
 }
 
 func loadKeyRecord(ctx context.Context, be storage.Backend, id string) (*KeyRecord, error) {
-	b, err := storage.ReadAll(ctx, be, storage.Handle{Type: storage.Key, Name: id})
+	b, err := storage.LoadAll(ctx, be, storage.Handle{Type: storage.Key, Name: id}, maxKeySize)
 	if err != nil {
 		return nil, err
-	}
-	if len(b) > 64*1024 {
-		return nil, fmt.Errorf("key %s: %d bytes is too large for a key", shortName(id), len(b))
 	}
 	if hash.Sum(b).String() != id {
 		return nil, fmt.Errorf("key %s: content does not match its name (damaged)", shortName(id))

@@ -179,6 +179,10 @@ func newRepository(be storage.Backend, cfg Config, secrets Secrets, keyID string
 type OpenOptions struct {
 	// KDF is used for keys added later (tests use cheap parameters).
 	KDF *crypto.KDFParams
+	// Warn, if set, is told about keys that were skipped although they
+	// might have matched (a key asking for too costly argon2 parameters)
+	// when another key opened the repository.
+	Warn func(error)
 }
 
 // Open opens the repository on be with cred. It does not load the index;
@@ -187,7 +191,7 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 	if cred.empty() {
 		return nil, errors.New("no password or key file given")
 	}
-	cfgBytes, err := be.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
+	cfgBytes, err := storage.LoadAll(ctx, be, storage.Handle{Type: storage.Config}, maxConfigSize)
 	if err != nil {
 		if storage.IsNotExist(err) {
 			return nil, fmt.Errorf("%s: %w", be.Location(), ErrNoRepository)
@@ -219,6 +223,10 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 		if err == nil {
 			secrets, keyID, found = s, id, true
 			break
+		}
+		if errors.Is(err, ErrKDFTooCostly) && opts.Warn != nil {
+			opts.Warn(fmt.Errorf("key %s skipped: %w", shortName(id), err))
+			continue
 		}
 		if !errors.Is(err, ErrWrongKey) {
 			errs = append(errs, fmt.Errorf("key %s: %w", shortName(id), err))

@@ -2,6 +2,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -12,8 +13,18 @@ import (
 
 const adSnapshot = "floe v1 snapshot"
 
-// maxSnapshotSize bounds a snapshot record read from storage.
+// maxSnapshotSize bounds a snapshot record read from storage (a record is
+// a few KiB of JSON; its largest part, the files that changed while they
+// were read, is capped by the backup).
 const maxSnapshotSize = 64 << 20
+
+// ErrDamagedSnapshot is wrapped by the errors of a snapshot record that was
+// read but does not decode: damaged, over the size limit, or sealed to a
+// key this repository does not have (a forgery by a write-only key). Such a
+// record references nothing anyone can read, so prune and forget may skip
+// it, and `floe repair` removes it. A record that could not be read at all
+// (a storage error) does not wrap it: that one may well be fine.
+var ErrDamagedSnapshot = errors.New("snapshot record does not decode")
 
 // SaveSnapshotRecord seals a snapshot record (JSON from the snapshot
 // package) to the data key and stores it. Write-only keys can do this.
@@ -36,32 +47,28 @@ func (r *Repository) LoadSnapshotRecord(ctx context.Context, id hash.ID) ([]byte
 		return nil, ErrWriteOnly
 	}
 	h := storage.Handle{Type: storage.Snapshot, Name: id.String()}
-	fi, err := r.be.Stat(ctx, h)
+	data, err := storage.LoadAll(ctx, r.be, h, maxSnapshotSize)
+	if errors.Is(err, storage.ErrTooLarge) {
+		return nil, fmt.Errorf("snapshot %s: %w: %w", id.Short(), ErrDamagedSnapshot, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
 	}
-	if fi.Size > maxSnapshotSize {
-		return nil, fmt.Errorf("snapshot %s: %d bytes is too large for a snapshot record", id.Short(), fi.Size)
-	}
-	data, err := storage.ReadAll(ctx, r.be, h)
-	if err != nil {
-		return nil, err
-	}
 	if hash.Sum(data) != id {
-		return nil, fmt.Errorf("snapshot %s: content does not match its name (damaged)", id.Short())
+		return nil, fmt.Errorf("snapshot %s: %w: content does not match its name", id.Short(), ErrDamagedSnapshot)
 	}
 	if len(data) < 32+crypto.Overhead {
-		return nil, fmt.Errorf("snapshot %s: too short", id.Short())
+		return nil, fmt.Errorf("snapshot %s: %w: too short", id.Short(), ErrDamagedSnapshot)
 	}
 	var eph crypto.PublicKey
 	copy(eph[:], data[:32])
 	key, err := crypto.Unseal(*r.secrets.DataPrivate, r.secrets.DataPublic, eph)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("snapshot %s: %w: %v", id.Short(), ErrDamagedSnapshot, err)
 	}
 	plain, err := crypto.NewAEAD(key).Open(nil, data[32:], []byte(adSnapshot))
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("snapshot %s: %w: %v", id.Short(), ErrDamagedSnapshot, err)
 	}
 	return plain, nil
 }

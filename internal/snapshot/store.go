@@ -37,7 +37,7 @@ func Load(ctx context.Context, r *repo.Repository, id hash.ID) (*Record, error) 
 	}
 	sn, err := UnmarshalSnapshot(plain)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("snapshot %s: %w: %w", id.Short(), repo.ErrDamagedSnapshot, err)
 	}
 	return &Record{ID: id, Snapshot: sn}, nil
 }

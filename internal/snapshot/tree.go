@@ -39,6 +39,18 @@ const TreeVersion = 1
 
 const treeMagic = "FLTR"
 
+// Bounds of one tree (docs/FORMAT.md "Trees"), far above any real
+// directory, so that a hostile tree cannot make check, ls or prune spend
+// memory without bound: a decoded node costs several times its encoded
+// bytes (a million small entries decode to about 350 MB).
+const (
+	// MaxTreeNodes is the most entries a directory may have.
+	MaxTreeNodes = 1 << 19 // 524,288
+	// MaxTreeSize is the most bytes an encoded tree may have (the content
+	// lists of its files included).
+	MaxTreeSize = 256 << 20
+)
+
 // Field tags of docs/FORMAT.md "Trees". Tag 0 ends a node.
 const (
 	tagEnd        = 0
@@ -96,6 +108,9 @@ func EncodeTree(t *Tree) ([]byte, error) {
 			return nil, treeErr("node %d is nil", i)
 		}
 	}
+	if len(nodes) > MaxTreeNodes {
+		return nil, treeErr("directory of %d entries: a tree holds at most %d", len(nodes), MaxTreeNodes)
+	}
 	slices.SortStableFunc(nodes, func(a, b *Node) int { return strings.Compare(a.Name, b.Name) })
 
 	size := len(treeMagic) + 1 + binary.MaxVarintLen64
@@ -114,6 +129,9 @@ func EncodeTree(t *Tree) ([]byte, error) {
 		buf, err = appendNode(buf, n)
 		if err != nil {
 			return nil, err
+		}
+		if len(buf) > MaxTreeSize {
+			return nil, treeErr("directory encodes to more than %d bytes, the most a tree may have", MaxTreeSize)
 		}
 	}
 	return buf, nil
@@ -266,6 +284,9 @@ func (d *decoder) bytes(n uint64, what string) ([]byte, error) {
 // larger than the data could hold. Unknown field tags are skipped. The result
 // does not alias data.
 func DecodeTree(data []byte) (*Tree, error) {
+	if len(data) > MaxTreeSize {
+		return nil, treeErr("%d bytes: a tree has at most %d", len(data), MaxTreeSize)
+	}
 	if len(data) < len(treeMagic)+1 || string(data[:len(treeMagic)]) != treeMagic {
 		return nil, treeErr("bad magic, not a tree")
 	}
@@ -280,6 +301,9 @@ func DecodeTree(data []byte) (*Tree, error) {
 	// Every node takes at least one byte, so a larger count is hostile.
 	if count > uint64(len(d.rest)) {
 		return nil, treeErr("node count %d exceeds the %d bytes of data", count, len(d.rest))
+	}
+	if count > MaxTreeNodes {
+		return nil, treeErr("%d entries: a tree holds at most %d", count, MaxTreeNodes)
 	}
 	t := &Tree{Nodes: make([]*Node, 0, count)}
 	for i := uint64(0); i < count; i++ {

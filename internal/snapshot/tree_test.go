@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -354,4 +356,50 @@ func FuzzDecodeTree(f *testing.F) {
 			}
 		}
 	})
+}
+
+// hugeTree encodes n minimal file entries by hand (EncodeTree refuses so
+// many).
+func hugeTree(n int) []byte {
+	buf := append([]byte(treeMagic), TreeVersion)
+	buf = binary.AppendUvarint(buf, uint64(n))
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("%08d", i)
+		buf = appendStringField(buf, tagName, name)
+		buf = appendField(buf, tagType, []byte{byte(TypeFile)})
+		buf = append(buf, tagEnd)
+	}
+	return buf
+}
+
+// A tree of a million entries is refused before it is decoded: decoding it
+// would cost hundreds of MB in check, ls and prune.
+func TestDecodeTreeBounded(t *testing.T) {
+	data := hugeTree(1_000_000)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := DecodeTree(data)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), "at most 524288") {
+		t.Fatalf("1M entries: %v, want an error naming the limit", err)
+	}
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 1<<20 {
+		t.Errorf("refusing a 1M-entry tree allocated %d bytes", alloc)
+	}
+	if _, err := DecodeTree(hugeTree(1000)); err != nil {
+		t.Errorf("1000 entries: %v", err)
+	}
+	big := make([]byte, MaxTreeSize+1)
+	copy(big, hugeTree(1))
+	if _, err := DecodeTree(big); !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("tree over MaxTreeSize: %v", err)
+	}
+	nodes := make([]*Node, MaxTreeNodes+1)
+	for i := range nodes {
+		nodes[i] = &Node{Name: fmt.Sprintf("%08d", i), Type: TypeFile}
+	}
+	if _, err := EncodeTree(&Tree{Nodes: nodes}); !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), "at most") {
+		t.Errorf("EncodeTree of %d entries: %v, want refused", len(nodes), err)
+	}
 }

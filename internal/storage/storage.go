@@ -176,6 +176,60 @@ type Backend interface {
 func IsNotExist(err error) bool { return errors.Is(err, ErrNotExist) }
 
 // ReadAll loads the whole object h. Backend errors already name the handle.
+// It allocates whatever the object holds: use LoadAll for anything whose
+// size the storage controls.
 func ReadAll(ctx context.Context, b Backend, h Handle) ([]byte, error) {
 	return b.Load(ctx, h, 0, 0)
+}
+
+// ErrTooLarge is returned (wrapped) by LoadAll for an object larger than the
+// limit of its kind: no valid object is that large, and reading it could
+// exhaust memory (a sparse file of 200 GB costs the storage nothing).
+var ErrTooLarge = errors.New("object is too large")
+
+// LoadAll loads the whole object h if it holds at most max bytes. The size
+// is checked with Stat before anything is read, and the read asks for
+// exactly that many bytes, so neither a huge object nor one that grows
+// between the two calls can make it allocate more than max. The error for
+// a larger object names h and the limit and wraps ErrTooLarge.
+func LoadAll(ctx context.Context, b Backend, h Handle, max int64) ([]byte, error) {
+	fi, err := b.Stat(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Size > max || fi.Size < 0 {
+		return nil, fmt.Errorf("load %s: %d bytes is more than the limit of %d bytes for %s: %w",
+			h, fi.Size, max, h.Type.describe(), ErrTooLarge)
+	}
+	if fi.Size == 0 {
+		// Load's length 0 means "to the end": never ask a backend that.
+		return []byte{}, nil
+	}
+	data, err := b.Load(ctx, h, 0, fi.Size)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) != fi.Size {
+		return nil, fmt.Errorf("load %s: got %d bytes, want %d: %w", h, len(data), fi.Size, io.ErrUnexpectedEOF)
+	}
+	return data, nil
+}
+
+// describe names the kind of object for messages.
+func (t FileType) describe() string {
+	switch t {
+	case Config:
+		return "the config"
+	case Key:
+		return "a key"
+	case Pack:
+		return "a pack"
+	case Index:
+		return "an index file"
+	case Snapshot:
+		return "a snapshot record"
+	case GCMark:
+		return "a gc mark"
+	}
+	return "an object of type " + strconv.Quote(string(t))
 }

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"io"
 	"strings"
@@ -64,5 +65,55 @@ func TestCheckRange(t *testing.T) {
 		if _, err := CheckRange(c.off, c.n, 10); !errors.Is(err, ErrInvalid) {
 			t.Errorf("CheckRange(%d, %d): %v, want ErrInvalid", c.off, c.n, err)
 		}
+	}
+}
+
+// sizeLiar reports one size from Stat and returns another from Load, as a
+// hostile or racing backend could.
+type sizeLiar struct {
+	Backend
+	statSize int64
+	loaded   []int64 // the lengths Load was asked for
+}
+
+func (s *sizeLiar) Stat(ctx context.Context, h Handle) (FileInfo, error) {
+	return FileInfo{Name: h.Name, Size: s.statSize}, nil
+}
+
+func (s *sizeLiar) Load(ctx context.Context, h Handle, off, n int64) ([]byte, error) {
+	s.loaded = append(s.loaded, n)
+	if n == 0 {
+		n = 1 << 20 // "to the end" of an object that grew
+	}
+	return make([]byte, n), nil
+}
+
+func TestLoadAll(t *testing.T) {
+	ctx := context.Background()
+	h := Handle{Type: Key, Name: strings.Repeat("ab", 32)}
+	big := &sizeLiar{statSize: 200 << 30}
+	_, err := LoadAll(ctx, big, h, 64<<10)
+	if !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("200 GB key: %v, want ErrTooLarge", err)
+	}
+	if len(big.loaded) != 0 {
+		t.Errorf("Load was called for an object over the limit: %v", big.loaded)
+	}
+	for _, want := range []string{h.String(), "65536", "a key"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
+		}
+	}
+	small := &sizeLiar{statSize: 100}
+	data, err := LoadAll(ctx, small, h, 64<<10)
+	if err != nil || len(data) != 100 || len(small.loaded) != 1 || small.loaded[0] != 100 {
+		t.Errorf("100-byte key: %d bytes, %v, loads %v; want exactly 100 bytes asked for", len(data), err, small.loaded)
+	}
+	empty := &sizeLiar{statSize: 0}
+	if data, err := LoadAll(ctx, empty, h, 10); err != nil || len(data) != 0 || len(empty.loaded) != 0 {
+		t.Errorf("empty object: %d bytes, %v, loads %v", len(data), err, empty.loaded)
+	}
+	if _, err := LoadAll(ctx, &sizeLiar{statSize: -1}, h, 10); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("negative size: %v", err)
 	}
 }
