@@ -213,6 +213,11 @@ type runOpts struct {
 	stdin io.Reader
 	env   []string
 	uid   int // run as this user (and group) when > 0
+	// memLimitMiB, when > 0, runs floe with GOMEMLIMIT and an address-space
+	// limit (ulimit -v) of about this much, so that a runaway allocation
+	// ends the process with Go's "out of memory" (which run reports as a
+	// crash) instead of the kernel's OOM killer taking the machine down.
+	memLimitMiB int
 }
 
 // run runs floe with exactly these arguments.
@@ -227,6 +232,16 @@ func (e *floeEnv) runWith(o runOpts, args ...string) result {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, floeBin, args...)
 	cmd.Env = append(e.environ(), o.env...)
+	if o.memLimitMiB > 0 {
+		// Go reserves address space well beyond its heap (arenas,
+		// thread stacks, zstd windows; a backup needs about 2 GB of it
+		// with a 256 MiB heap): the virtual limit leaves room for that
+		// and still stops allocations of many GB.
+		vKiB := (o.memLimitMiB + 2048) * 1024
+		shArgs := append([]string{"-c", fmt.Sprintf(`ulimit -s 1024 && ulimit -v %d && exec "$0" "$@"`, vKiB), floeBin}, args...)
+		cmd = exec.CommandContext(ctx, "sh", shArgs...)
+		cmd.Env = append(append(e.environ(), o.env...), fmt.Sprintf("GOMEMLIMIT=%dMiB", o.memLimitMiB))
+	}
 	cmd.Dir = e.dir
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

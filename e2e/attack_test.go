@@ -1,0 +1,197 @@
+//go:build linux
+
+package e2e
+
+// Attacks on the client by whoever controls the storage or holds a
+// write-only key: oversized objects, costly key parameters, hostile trees
+// and nodes, undecodable snapshot records. Resource tests run floe under a
+// memory limit (runOpts.memLimitMiB): the attack must end in a clear error,
+// never in Go's "out of memory" (which run reports as a crash).
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// attackMemMiB is the heap limit of the resource tests: far below what the
+// attacks would allocate (GBs), comfortably above what the commands need.
+const attackMemMiB = 256
+
+// limited runs floe on the test's repository under the memory limit.
+func (e *floeEnv) limited(args ...string) result {
+	e.t.Helper()
+	return e.runWith(runOpts{memLimitMiB: attackMemMiB}, append(e.repoArgs(), args...)...)
+}
+
+// openInProcess opens the test's repository in the test process, to craft
+// objects that floe itself never writes.
+func (e *floeEnv) openInProcess() *repo.Repository {
+	e.t.Helper()
+	be, err := location.Open(e.repo)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Credential{Password: []byte(e.password)}, repo.OpenOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { r.Close() })
+	if err := r.LoadIndex(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+// saveRawTree stores plain as a tree blob and a snapshot whose root it is,
+// and returns the snapshot's ID.
+func saveRawTree(t *testing.T, r *repo.Repository, plain []byte) string {
+	t.Helper()
+	ctx := context.Background()
+	id := r.BlobID(plain)
+	if _, _, err := r.SaveBlob(ctx, repo.TreeBlob, id, plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sid, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: time.Now(), Hostname: "crafted", Paths: []string{"/crafted"}, Tree: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sid.String()
+}
+
+// saveTree stores nodes as a tree and a snapshot of it.
+func saveTree(t *testing.T, r *repo.Repository, nodes ...*snapshot.Node) string {
+	t.Helper()
+	plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return saveRawTree(t, r, plain)
+}
+
+// sparseObject makes a 200 GB sparse file: it costs the storage nothing.
+func sparseObject(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(200 << 30); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A 200 GB object under keys/ or snapshots/, or as the config, must not be
+// read into memory: floe skips the key, reports the snapshot record, and
+// refuses the config, naming the object and the limit.
+func TestAttackHugeObjects(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	os.WriteFile(filepath.Join(src, "f"), []byte("hello"), 0o644)
+	e.backup(src)
+
+	// 00... sorts before the real key, so it is tried first
+	sparseObject(t, filepath.Join(e.repo, "keys", strings.Repeat("0", 64)))
+	r := e.limited("snapshots")
+	expectCode(t, r, 0)
+
+	sparseObject(t, filepath.Join(e.repo, "snapshots", strings.Repeat("0", 64)))
+	r = e.limited("snapshots")
+	if !strings.Contains(r.stderr, "snapshots/"+strings.Repeat("0", 64)) || !strings.Contains(r.stderr, "limit of 67108864 bytes") {
+		t.Errorf("want the huge snapshot record reported with its limit: %s", r)
+	}
+
+	cfg := filepath.Join(e.repo, "config")
+	os.Chmod(cfg, 0o600)
+	if err := os.Truncate(cfg, 200<<30); err != nil {
+		t.Fatal(err)
+	}
+	r = e.limited("snapshots")
+	expectFail(t, r)
+	if !strings.Contains(r.stderr, "config") || !strings.Contains(r.stderr, "limit of 65536 bytes") {
+		t.Errorf("want an error naming the config and its limit: %s", r)
+	}
+}
+
+// A key record that asks for argon2 at 4 GiB would make every open of the
+// repository spend that (1 GiB x 20 passes costs 29 s); it is skipped with a
+// warning and the next key opens the repository.
+func TestAttackCostlyKDF(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	var real string
+	entries, _ := os.ReadDir(filepath.Join(e.repo, "keys"))
+	for _, de := range entries {
+		real = de.Name()
+	}
+	// a record that sorts before the real key, so it is tried first
+	var name string
+	for i := 0; ; i++ {
+		rec := repo.KeyRecord{Version: 1, Created: time.Unix(int64(i), 0).UTC(), KDF: "argon2id",
+			Argon2: &crypto.KDFParams{Time: 1, MemoryKiB: 4 << 20, Threads: 4, Salt: make([]byte, 16)},
+			Sealed: make([]byte, 100)}
+		b, err := json.Marshal(rec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		name = hash.Sum(b).String()
+		if name < real {
+			if err := os.WriteFile(filepath.Join(e.repo, "keys", name), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	r := e.limited("snapshots")
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stderr, "warning: key "+name[:8]+" skipped") || !strings.Contains(r.stderr, "argon2") {
+		t.Errorf("want a warning that key %s was skipped: %s", name[:8], r)
+	}
+}
+
+// rawTree encodes n minimal file entries by hand: EncodeTree refuses more
+// than snapshot.MaxTreeNodes.
+func rawTree(n int) []byte {
+	buf := append([]byte("FLTR"), snapshot.TreeVersion)
+	buf = binary.AppendUvarint(buf, uint64(n))
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("%08d", i)
+		buf = append(buf, 1, byte(len(name))) // name
+		buf = append(buf, name...)
+		buf = append(buf, 2, 1, byte(snapshot.TypeFile), 0) // type, end
+	}
+	return buf
+}
+
+// A tree of a million entries would cost hundreds of MB to decode in ls,
+// check and prune: they refuse it with a clear error instead.
+func TestAttackHugeTree(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	r := e.openInProcess()
+	sid := saveRawTree(t, r, rawTree(1_000_000))
+	for _, args := range [][]string{{"ls", sid}, {"check"}, {"prune"}} {
+		res := e.limited(args...)
+		expectFail(t, res)
+		if !strings.Contains(res.stderr+res.stdout, "at most 524288") {
+			t.Errorf("want the tree limit named: %s", res)
+		}
+	}
+}
