@@ -244,6 +244,12 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	close(a.chunkJobs)
 	wg.Wait()
 	if rootErr != nil {
+		// Index the packs that reached storage (a full disk or an
+		// interruption stops a backup halfway), so that the retry
+		// deduplicates against them instead of uploading them again. Its
+		// error is most likely rootErr again (the storage's sticky error);
+		// a pack left unindexed is only garbage that prune collects.
+		_ = r.FlushStored(context.WithoutCancel(ctx))
 		return nil, rootErr
 	}
 	if err := r.Flush(ctx); err != nil {

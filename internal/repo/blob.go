@@ -376,8 +376,12 @@ func (r *Repository) Flush(ctx context.Context) error {
 	if err == nil {
 		err = w.err
 	}
-	if err == nil && len(w.unsaved) > 0 {
-		err = w.saveIndex(ctx, w.unsaved)
+	// Index what reached storage even after an error (a full disk), so
+	// that a retry does not upload it again.
+	if len(w.unsaved) > 0 {
+		if ierr := w.saveIndex(context.WithoutCancel(ctx), w.unsaved); err == nil {
+			err = ierr
+		}
 	}
 	r.statsMu.Lock()
 	r.saved.add(w.stats)
