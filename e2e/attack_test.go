@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // attackMemMiB is the heap limit of the resource tests: far below what the
@@ -194,4 +196,108 @@ func TestAttackHugeTree(t *testing.T) {
 			t.Errorf("want the tree limit named: %s", res)
 		}
 	}
+}
+
+// badSnapshotRecords stores two snapshot records that do not decode: one
+// sealed to the data key but holding no snapshot (what a write-only key can
+// upload), one not even sealed (damage). It returns their IDs.
+func (e *floeEnv) badSnapshotRecords() (sealed, junk string) {
+	e.t.Helper()
+	r := e.openInProcess()
+	id, err := r.SaveSnapshotRecord(context.Background(), []byte(`{"not": "a snapshot"}`))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	data := []byte("damaged snapshot record")
+	junk = hash.Sum(data).String()
+	if err := os.WriteFile(filepath.Join(e.repo, "snapshots", junk), data, 0o600); err != nil {
+		e.t.Fatal(err)
+	}
+	return id.String(), junk
+}
+
+// One undecodable snapshot record must not block prune and forget: they
+// skip and report it; forget removes it by ID; repair removes every one
+// after showing its plan, and only with --yes.
+func TestAttackUndecodableSnapshot(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	testutil.WriteRandom(t, filepath.Join(src, "a"), 300<<10, 1)
+	first, _ := e.backup(src)
+	testutil.WriteRandom(t, filepath.Join(src, "a"), 300<<10, 2)
+	e.backup(src)
+	sealed, junk := e.badSnapshotRecords()
+
+	e.ok("forget", first.Snapshot)
+	r := e.ok("prune", "--grace", "0")
+	if !strings.Contains(r.stderr, "do not decode") || !strings.Contains(r.stderr, sealed[:8]) || !strings.Contains(r.stderr, junk[:8]) {
+		t.Errorf("prune does not report the undecodable records: %s", r)
+	}
+	if !strings.Contains(r.stdout, "mark: marked") {
+		t.Errorf("prune did not mark the forgotten snapshot's data: %s", r)
+	}
+
+	r = e.ok("forget", junk)
+	if len(e.snapshots()) != 1 {
+		t.Fatalf("want the one good snapshot left: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(e.repo, "snapshots", junk)); !os.IsNotExist(err) {
+		t.Fatalf("forget %s did not remove the record: %v", junk[:8], err)
+	}
+
+	r = e.floe("repair")
+	expectCode(t, r, 2) // not confirmed: standard input is not a terminal
+	if !strings.Contains(r.stdout, "remove snapshot record "+sealed[:8]) || !strings.Contains(r.stderr, "--yes") {
+		t.Errorf("repair without --yes must show its plan and ask for --yes: %s", r)
+	}
+	if _, err := os.Stat(filepath.Join(e.repo, "snapshots", sealed)); err != nil {
+		t.Fatalf("repair without --yes removed the record: %v", err)
+	}
+	r = e.ok("repair", "--dry-run")
+	if _, err := os.Stat(filepath.Join(e.repo, "snapshots", sealed)); err != nil {
+		t.Fatalf("repair --dry-run removed the record: %v", err)
+	}
+	r = e.ok("repair", "--yes")
+	if !strings.Contains(r.stdout, "repaired: 1 of 1") {
+		t.Errorf("repair --yes: %s", r)
+	}
+	r = e.ok("snapshots")
+	if r.stderr != "" {
+		t.Errorf("warnings after repair: %s", r)
+	}
+	e.ok("check")
+	r = e.ok("repair", "--yes")
+	if !strings.Contains(r.stdout, "nothing to repair") {
+		t.Errorf("second repair: %s", r)
+	}
+}
+
+// A prune whose gc mark cannot be written fails, and does not claim to
+// have marked anything.
+func TestAttackPruneMarkFails(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	testutil.WriteRandom(t, filepath.Join(src, "a"), 300<<10, 1)
+	first, _ := e.backup(src)
+	testutil.WriteRandom(t, filepath.Join(src, "a"), 300<<10, 2)
+	e.backup(src)
+	e.ok("forget", first.Snapshot)
+	gc := filepath.Join(e.repo, "gc")
+	// root ignores permissions, not the immutable attribute
+	if out, err := exec.Command("chattr", "+i", gc).CombinedOutput(); err != nil {
+		t.Skipf("cannot make %s immutable: %v %s", gc, err, out)
+	}
+	t.Cleanup(func() { exec.Command("chattr", "-i", gc).Run() })
+	r := e.floe("prune")
+	expectFail(t, r)
+	if strings.Contains(r.stdout, "mark: marked") || strings.Contains(r.stdout, "deletes them") {
+		t.Errorf("prune claims to have marked packs although the mark was not written: %s", r)
+	}
+	if !strings.Contains(r.stderr, "gc mark") {
+		t.Errorf("want the failed gc mark named: %s", r)
+	}
+	r = e.floe("forget", "--keep-last", "1", "--prune")
+	expectFail(t, r)
 }

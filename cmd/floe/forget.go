@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/forget"
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -157,14 +158,30 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 	defer r.Close()
 
-	sel, errs, err := snapshot.Select(ctx, r, args, f.filter.filter())
+	var (
+		sel         []*snapshot.Record
+		errs        []error
+		undecodable []hash.ID
+	)
+	if len(args) > 0 {
+		sel, undecodable, errs, err = forget.SelectIDs(ctx, r, args, f.filter.filter())
+		for _, e := range errs {
+			g.warn("warning: %v", e)
+		}
+	} else {
+		sel, errs, err = snapshot.Select(ctx, r, args, f.filter.filter())
+		for _, e := range errs {
+			g.warn("warning: %v (not considered)", e)
+		}
+	}
 	if err != nil {
 		return err
 	}
-	for _, e := range errs {
-		g.warn("warning: %v (not considered)", e)
-	}
 	plan := forget.PlanSnapshots(sel)
+	if len(sel) == 0 && len(undecodable) > 0 {
+		plan.Groups = nil // only undecodable records: no empty group
+	}
+	plan.Undecodable = undecodable
 	if len(args) == 0 {
 		if plan, err = forget.PlanPolicy(sel, f.policy, f.groupBy, time.Now()); err != nil {
 			return usageError{err}
@@ -172,10 +189,21 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 
 	if !g.json && !g.quiet {
-		printForgetPlan(plan, f.groupBy, len(args) > 0)
+		if len(plan.Groups) > 0 || len(plan.Undecodable) == 0 {
+			printForgetPlan(plan, f.groupBy, len(args) > 0)
+		}
+		if len(plan.Undecodable) > 0 {
+			fmt.Printf("remove %d record(s) that do not decode:\n", len(plan.Undecodable))
+			for _, id := range plan.Undecodable {
+				fmt.Printf("  %s\n", id.Short())
+			}
+		}
 	}
 
 	toRemove := plan.ToRemove()
+	for _, id := range plan.Undecodable {
+		toRemove = append(toRemove, &snapshot.Record{ID: id}) // removal needs only the ID
+	}
 	var failed []string
 	removed := 0
 	if !f.dryRun {
@@ -198,6 +226,13 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 	if g.json {
 		doc := map[string]any{"dry_run": f.dryRun, "groups": forgetJSON(plan), "removed": removed}
+		if len(plan.Undecodable) > 0 {
+			ids := make([]string, len(plan.Undecodable))
+			for i, id := range plan.Undecodable {
+				ids[i] = id.String()
+			}
+			doc["remove_undecodable"] = ids
+		}
 		if pruned != nil {
 			doc["prune"] = pruned
 		}

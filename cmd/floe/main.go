@@ -114,6 +114,7 @@ Exit codes:
 		newCopyCommand(g),
 		newExportCommand(g),
 		newImportCommand(g),
+		newRepairCommand(g),
 	)
 	return root
 }

@@ -143,6 +143,12 @@ func printPruneResult(g *globals, res *prune.Result) {
 	for _, w := range res.Warnings {
 		g.warn("warning: %s", w)
 	}
+	for _, s := range res.Undecodable {
+		g.warn("warning: skipped a snapshot record that does not decode: %s", s.Error)
+	}
+	if n := len(res.Undecodable); n > 0 {
+		g.warn("warning: %d snapshot record(s) do not decode and reference nothing readable; `%s repair` removes them", n, g.cmdPrefix())
+	}
 	due, notDue := 0, 0
 	var next time.Time
 	for _, m := range res.Marks {
@@ -183,9 +189,13 @@ func printPruneResult(g *globals, res *prune.Result) {
 	}
 	m := res.Mark
 	marked := m.Unused.Packs + m.Repack.Packs + m.Unindexed.Packs
-	if marked == 0 {
+	switch {
+	case marked == 0:
 		g.say("mark: nothing to mark")
-	} else {
+	case !res.DryRun && m.MarkID == "":
+		// the mark was not written (the error follows): nothing is marked
+		g.say("mark: failed, nothing was marked (%s would have been)", packCount(marked))
+	default:
 		g.say("mark: %s", would("marked", "would mark"))
 		if m.Unused.Packs > 0 {
 			g.say("  %s that no snapshot needs", count(m.Unused))

@@ -65,6 +65,7 @@ var layers = map[string]int{
 	"internal/stats":               layerOperation,
 	"internal/mount":               layerOperation,
 	"internal/transfer":            layerOperation,
+	"internal/repair":              layerOperation,
 	"internal/testutil":            layerRepository, // test helpers: see testOnly
 	"internal/testutil/backuptest": layerOperation,
 

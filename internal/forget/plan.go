@@ -2,6 +2,7 @@ package forget
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -21,6 +22,41 @@ type Plan struct {
 	Groups []PlanGroup
 	// Reasons says why each kept snapshot is kept (the rules that keep it).
 	Reasons map[hash.ID][]string
+	// Undecodable are records given by ID that do not decode
+	// (repo.ErrDamagedSnapshot, see SelectIDs): removed too.
+	Undecodable []hash.ID
+}
+
+// SelectIDs resolves specs as snapshot.Select does, except that a record
+// given by its ID (or a unique prefix) that does not decode is returned in
+// undecodable, with the reason in warnings, instead of failing: it
+// references nothing readable, so removing it is always safe, and forget
+// by ID is how a person gets rid of one (besides `floe repair`).
+func SelectIDs(ctx context.Context, r *repo.Repository, specs []string, f snapshot.Filter) (sel []*snapshot.Record, undecodable []hash.ID, warnings []error, err error) {
+	seen := map[hash.ID]bool{}
+	for _, s := range specs {
+		sn, err := snapshot.Find(ctx, r, s, f)
+		if errors.Is(err, repo.ErrDamagedSnapshot) && s != "latest" {
+			id, rerr := r.ResolveSnapshotPrefix(ctx, s)
+			if rerr != nil {
+				return nil, nil, nil, rerr
+			}
+			warnings = append(warnings, err)
+			if !seen[id] {
+				seen[id] = true
+				undecodable = append(undecodable, id)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if !seen[sn.ID] {
+			seen[sn.ID] = true
+			sel = append(sel, sn)
+		}
+	}
+	return sel, undecodable, warnings, nil
 }
 
 // PlanSnapshots plans to remove exactly snaps (forget given IDs): one

@@ -136,19 +136,30 @@ type MarkResult struct {
 
 // Result is what Run did.
 type Result struct {
-	DryRun       bool          `json:"dry_run"`
-	GraceSeconds float64       `json:"grace_seconds"`
-	MaxUnused    float64       `json:"max_unused"`
-	Snapshots    int           `json:"snapshots"`
-	UsedBlobs    int           `json:"used_blobs"`
-	Before       Count         `json:"before"` // packs in storage at the start
-	Marks        []MarkInfo    `json:"marks"`
-	Sweep        SweepResult   `json:"sweep"`
-	Mark         MarkResult    `json:"mark"`
-	Kept         Count         `json:"kept"` // packs of Before that stay, unmarked (not counting new ones)
-	Warnings     []string      `json:"warnings,omitempty"`
-	Duration     time.Duration `json:"-"`
-	DurationSecs float64       `json:"duration_seconds"`
+	DryRun       bool        `json:"dry_run"`
+	GraceSeconds float64     `json:"grace_seconds"`
+	MaxUnused    float64     `json:"max_unused"`
+	Snapshots    int         `json:"snapshots"`
+	UsedBlobs    int         `json:"used_blobs"`
+	Before       Count       `json:"before"` // packs in storage at the start
+	Marks        []MarkInfo  `json:"marks"`
+	Sweep        SweepResult `json:"sweep"`
+	Mark         MarkResult  `json:"mark"`
+	Kept         Count       `json:"kept"` // packs of Before that stay, unmarked (not counting new ones)
+	// Undecodable are snapshot records that were read but do not decode
+	// (damaged, or written by a write-only key that sealed garbage). They
+	// reference nothing anyone can read, so prune goes on without them;
+	// `floe repair` removes them.
+	Undecodable  []SkippedSnapshot `json:"undecodable_snapshots,omitempty"`
+	Warnings     []string          `json:"warnings,omitempty"`
+	Duration     time.Duration     `json:"-"`
+	DurationSecs float64           `json:"duration_seconds"`
+}
+
+// SkippedSnapshot is a snapshot record prune did not use, and why.
+type SkippedSnapshot struct {
+	ID    string `json:"id"`
+	Error string `json:"error"`
 }
 
 // ErrUnsafe is wrapped by Run's error when the repository is in a state
@@ -331,6 +342,8 @@ func (p *pruner) findUsed(ctx context.Context) error {
 			roots = append(roots, rec.Tree)
 			p.res.Snapshots++
 		case storage.IsNotExist(errs[i]): // forgotten meanwhile
+		case errors.Is(errs[i], repo.ErrDamagedSnapshot):
+			p.res.Undecodable = append(p.res.Undecodable, SkippedSnapshot{ID: p.snapIDs[i].String(), Error: errs[i].Error()})
 		default:
 			return fmt.Errorf("%w: %v; its data would look unused. Run `floe check`", ErrUnsafe, errs[i])
 		}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/repair"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+func newRepairCommand(g *globals) *cobra.Command {
+	var yes, dryRun bool
+	c := &cobra.Command{
+		Use:   "repair [--yes | --dry-run]",
+		Short: "Remove what makes the repository unusable and holds nothing readable",
+		Long: `Find what makes the repository unusable or untrustworthy and can be removed
+without losing anything readable, show it, and remove it once confirmed:
+
+  snapshot records that do not decode (damaged, or written by a write-only
+  key that uploaded garbage): they reference nothing anyone can read.
+
+repair first shows what it will do. It asks for confirmation on a terminal;
+elsewhere it needs --yes. --dry-run only shows the plan. Every action checks
+its reason again just before it is carried out. repair needs a full key.`,
+		Example: `  floe repair --dry-run
+  floe repair --yes`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if yes && dryRun {
+				return usageError{errors.New("--yes and --dry-run exclude each other")}
+			}
+			ctx := cmd.Context()
+			r, err := g.openRepo(ctx, false)
+			if err != nil {
+				return err
+			}
+			defer r.Close()
+			plan, err := repair.Find(ctx, r)
+			if err != nil {
+				return err
+			}
+			if !g.json {
+				printRepairPlan(g, plan)
+			}
+			if plan.Empty() || dryRun {
+				if g.json {
+					return ui.WriteJSON(os.Stdout, map[string]any{"plan": plan, "applied": false})
+				}
+				if dryRun && !plan.Empty() {
+					g.say("dry run: nothing was changed")
+				}
+				return nil
+			}
+			if !yes {
+				ok, err := confirm(g, "apply these repairs? [y/N] ")
+				if err != nil {
+					return err
+				}
+				if !ok {
+					return errors.New("not confirmed: nothing was changed")
+				}
+			}
+			res, err := repair.Apply(ctx, r, plan)
+			if g.json {
+				doc := map[string]any{"plan": plan, "applied": true, "result": res}
+				if err != nil {
+					g.exitCode = ExitError
+					doc["error"] = err.Error()
+				}
+				return ui.WriteJSON(os.Stdout, doc)
+			}
+			if res != nil {
+				for _, f := range res.Failed {
+					g.warn("error: %s %s: %s", f.Kind, f.ID.Short(), f.Error)
+				}
+				g.say("repaired: %d of %d", len(res.Done), len(plan.Actions))
+			}
+			return err
+		},
+	}
+	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply the repairs without asking")
+	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "only show what would be done")
+	return c
+}
+
+func printRepairPlan(g *globals, plan *repair.Plan) {
+	if plan.Empty() {
+		g.say("nothing to repair")
+		return
+	}
+	g.say("repair plan (%d actions):", len(plan.Actions))
+	for _, a := range plan.Actions {
+		switch a.Kind {
+		case repair.RemoveSnapshot:
+			g.say("  remove snapshot record %s: %s", a.ID.Short(), a.Reason)
+		default:
+			g.say("  %s %s: %s", a.Kind, a.ID.Short(), a.Reason)
+		}
+	}
+}
+
+// confirm asks a yes/no question on the terminal; without one it refuses
+// (a script must say --yes).
+func confirm(g *globals, question string) (bool, error) {
+	if !ui.IsTerminal(os.Stdin) || g.json {
+		return false, usageError{errors.New("not confirmed (standard input is not a terminal): run again with --yes to apply, or --dry-run to only look")}
+	}
+	fmt.Fprint(os.Stderr, question)
+	line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+	if err != nil {
+		return false, fmt.Errorf("read answer: %w", err)
+	}
+	a := strings.ToLower(strings.TrimSpace(line))
+	return a == "y" || a == "yes", nil
+}
