@@ -301,3 +301,46 @@ func TestAttackPruneMarkFails(t *testing.T) {
 	r = e.floe("forget", "--keep-last", "1", "--prune")
 	expectFail(t, r)
 }
+
+// A file node whose size disagrees with its content (4 GiB claimed for a
+// few bytes, sparse, so that restore would hash 4 GiB of zeros): restore
+// refuses that file with a clear error and restores the rest (exit 3);
+// check reports it.
+func TestAttackFileSizeMismatch(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	r := e.openInProcess()
+	ctx := context.Background()
+	data := []byte("a few bytes of content")
+	id := r.BlobID(data)
+	if _, _, err := r.SaveBlob(ctx, repo.DataBlob, id, data); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sid := saveTree(t, r,
+		&snapshot.Node{Name: "good", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)), Content: []hash.ID{id}},
+		&snapshot.Node{Name: "liar", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: 4 << 30, Sparse: true, Content: []hash.ID{id}},
+		&snapshot.Node{Name: "short", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: 3, Content: []hash.ID{id}},
+	)
+	target := e.path("target")
+	res := e.limited("restore", sid, "--target", target)
+	expectCode(t, res, 3)
+	for _, name := range []string{"liar", "short"} {
+		if !strings.Contains(res.stderr, name) || !strings.Contains(res.stderr, "disagrees with its content") {
+			t.Errorf("want %s refused with a clear error: %s", name, res)
+		}
+		if _, err := os.Lstat(filepath.Join(target, name)); !os.IsNotExist(err) {
+			t.Errorf("%s was restored: %v", name, err)
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(target, "good")); err != nil || string(got) != string(data) {
+		t.Errorf("good: %q, %v", got, err)
+	}
+	for _, args := range [][]string{{"check"}, {"check", "--read-data"}} {
+		res = e.limited(args...)
+		expectCode(t, res, 13)
+		if !strings.Contains(res.stdout+res.stderr, "liar has size 4294967296 but its content holds 22 bytes") {
+			t.Errorf("check does not report the size mismatch: %s", res)
+		}
+	}
+}

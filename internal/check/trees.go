@@ -91,7 +91,11 @@ func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
 			}
 		case snapshot.TypeFile:
 			c.res.Summary.Files++
-			out = append(out, c.fileDamage(n)...)
+			d := c.fileDamage(n)
+			if len(d) == 0 {
+				d = c.sizeDamage(id, n)
+			}
+			out = append(out, d...)
 		}
 	}
 	c.trees[id] = out
@@ -120,6 +124,26 @@ func (c *checker) loadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, *ca
 	}
 	p := c.problem(Error, KindTree, "tree/"+id.String(), "%v", err)
 	return nil, &cause{problem: p, text: err.Error(), definite: true}, nil
+}
+
+// sizeDamage reports a file whose size disagrees with the length of its
+// content (the raw lengths the index gives its blobs): restore refuses
+// such a file. A hostile tree can say 4 GiB for one small chunk.
+func (c *checker) sizeDamage(tree hash.ID, n *snapshot.Node) []damage {
+	var total uint64
+	for _, id := range n.Content {
+		loc, ok := c.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+		if !ok {
+			return nil // reported as a missing blob
+		}
+		total += uint64(loc.RawLength)
+	}
+	if total == n.Size {
+		return nil
+	}
+	p := c.problem(Error, KindTree, "tree/"+tree.String(), "tree %s: file %s has size %d but its content holds %d bytes",
+		tree.Short(), DisplayPath(n.Name), n.Size, total)
+	return []damage{{n.Name, &cause{problem: p, text: fmt.Sprintf("size %d disagrees with its content of %d bytes", n.Size, total), definite: true}}}
 }
 
 // fileDamage returns the damage of a file's content: one entry per

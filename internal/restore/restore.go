@@ -75,6 +75,10 @@ type Result struct {
 // ErrUnsafeName means a snapshot holds a name that could escape the target.
 var ErrUnsafeName = errors.New("unsafe name in snapshot")
 
+// ErrSizeMismatch means a file's size in the snapshot disagrees with the
+// length of its content: the tree is damaged or hostile.
+var ErrSizeMismatch = errors.New("file size disagrees with its content")
+
 type restorer struct {
 	r     *repo.Repository
 	opts  Options
@@ -149,6 +153,11 @@ func (rs *restorer) releaseDir(rel string) {
 // sparse file's holes became. They are not loaded or written; the file was
 // truncated to its size, so the holes are already there.
 func (rs *restorer) isZeroChunk(id hash.ID, n uint32) bool {
+	if n > rs.r.ChunkerParams().Max {
+		// no chunk is that long: never allocate and hash what a hostile
+		// index or tree claims
+		return false
+	}
 	rs.zeroMu.Lock()
 	defer rs.zeroMu.Unlock()
 	if rs.zeroIDs == nil {
@@ -624,6 +633,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		f := &openFile{job: job}
 		// offsets from the blobs' sizes in the index
 		offsets := make([]int64, len(job.node.Content))
+		lengths := make([]uint32, len(job.node.Content))
 		var off int64
 		missing := false
 		for i, id := range job.node.Content {
@@ -634,7 +644,16 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 				missing = true
 				break
 			}
+			lengths[i] = loc.RawLength
 			off += int64(loc.RawLength)
+		}
+		if !missing && uint64(off) != job.node.Size {
+			// A damaged or hostile tree: the file would be cut short or
+			// padded, and a size far beyond the content would make restore
+			// create (and, for sparse files, hash) that much.
+			rs.fail(fmt.Errorf("restore %s: %w: the snapshot says %d bytes but its content holds %d; not restored",
+				job.rel, ErrSizeMismatch, job.node.Size, off))
+			missing = true
 		}
 		if missing {
 			f.pending.Store(1)
@@ -644,11 +663,8 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		var todo []int
 		for i, id := range job.node.Content {
-			size := job.node.Size - uint64(offsets[i])
-			if i+1 < len(offsets) {
-				size = uint64(offsets[i+1] - offsets[i])
-			}
-			if job.node.Sparse && rs.isZeroChunk(id, uint32(size)) {
+			size := uint64(lengths[i])
+			if job.node.Sparse && rs.isZeroChunk(id, lengths[i]) {
 				rs.opts.Progress.BytesDone.Add(int64(size))
 				continue
 			}
