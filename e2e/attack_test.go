@@ -13,6 +13,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -342,5 +343,71 @@ func TestAttackFileSizeMismatch(t *testing.T) {
 		if !strings.Contains(res.stdout+res.stderr, "liar has size 4294967296 but its content holds 22 bytes") {
 			t.Errorf("check does not report the size mismatch: %s", res)
 		}
+	}
+}
+
+// deepTree stores a snapshot of a chain of depth directories "d" with a
+// file at the bottom, and returns its ID.
+func deepTree(t *testing.T, r *repo.Repository, depth int) string {
+	t.Helper()
+	ctx := context.Background()
+	data := []byte("at the bottom")
+	id := r.BlobID(data)
+	if _, _, err := r.SaveBlob(ctx, repo.DataBlob, id, data); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	nodes := []*snapshot.Node{{Name: "f", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)), Content: []hash.ID{id}}}
+	for i := 0; i < depth; i++ {
+		plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tid := r.BlobID(plain)
+		if _, _, err := r.SaveBlob(ctx, repo.TreeBlob, tid, plain); err != nil {
+			t.Fatal(err)
+		}
+		nodes = []*snapshot.Node{
+			{Name: "d", Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: tid},
+			{Name: "e", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)), Content: []hash.ID{id}},
+		}
+	}
+	return saveTree(t, r, nodes...)
+}
+
+// Restore time is linear in the depth of directories: a chain of 5,000
+// used to take minutes (every directory was reached from the target again).
+func TestDeepRestore(t *testing.T) {
+	depth := 5000
+	if s := os.Getenv("FLOE_DEEP"); s != "" {
+		fmt.Sscan(s, &depth)
+	}
+	e := newEnv(t)
+	e.init()
+	sid := deepTree(t, e.openInProcess(), depth)
+	target := e.path("target")
+	res := e.limited(append([]string{"restore", sid, "--target", target}, strings.Fields(os.Getenv("FLOE_DEEP_ARGS"))...)...)
+	expectCode(t, res, 0)
+	t.Logf("restore of depth %d: %v wall, %v CPU", depth, res.wall, res.cpu)
+	// walk down with openat: the path is longer than PATH_MAX
+	dir, err := os.OpenRoot(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < depth; i++ {
+		if _, err := dir.Stat("e"); err != nil {
+			t.Fatalf("depth %d: %v", i, err)
+		}
+		sub, err := dir.OpenRoot("d")
+		if err != nil {
+			t.Fatalf("depth %d: %v", i, err)
+		}
+		dir.Close()
+		dir = sub
+	}
+	got, err := fs.ReadFile(dir.FS(), "f")
+	dir.Close()
+	if err != nil || string(got) != "at the bottom" {
+		t.Fatalf("bottom file: %q, %v", got, err)
 	}
 }

@@ -95,8 +95,10 @@ type restorer struct {
 	zeroMu  sync.Mutex
 	zeroIDs map[uint32]hash.ID
 
-	dirsMu  sync.Mutex
-	dirRoot map[string]*dirHandle
+	dirsMu   sync.Mutex
+	dirRoot  map[string]*dirHandle
+	dirClock uint64 // orders uses of dirRoot's handles (least recent is closed first)
+	dirIdle  [2]int // handles of dirRoot that nobody holds: [0] others, [1] checkpoints
 
 	// fresh holds the directories this restore created (and the target, if
 	// it was empty): nothing can be in the way inside them, so their
@@ -104,49 +106,136 @@ type restorer struct {
 	fresh map[string]bool
 }
 
-// dirHandle is a directory of the target opened once (as an os.Root below
-// the target root) for all files being created in it: opening each file
-// through the target root would resolve every component of its path again.
+// dirHandle is a directory of the target opened once (as an os.Root) for
+// everything done in it. A directory is opened from its parent's handle,
+// one component, and the handles of recently used directories stay open:
+// reaching every directory from the target root instead resolves every
+// component of its path again, which made restore quadratic in the depth
+// (a chain of 5,000 directories took minutes).
+//
+// Directory metadata is applied deepest first, walking back up: so that a
+// handle missing from the cache never costs more than a few opens, the
+// directories at every dirCheckpoint-th level are kept longer than the
+// others (a square-root decomposition of the path).
 type dirHandle struct {
 	root *os.Root
 	refs int
+	used uint64
+	cp   int // 1 at a checkpoint depth (isCheckpoint)
 }
 
-// acquireDir returns the handle of directory rel ("" is the target).
+// Bounds of the idle directory handles kept open for reuse, far below any
+// file descriptor limit: the last maxIdleDirs directories used, and
+// maxIdleCheckpoints directories at depths that are multiples of
+// dirCheckpoint (a chain of 16,384 directories is reached from some
+// checkpoint in at most dirCheckpoint opens).
+const (
+	maxIdleDirs        = 64
+	maxIdleCheckpoints = 256
+	dirCheckpoint      = 64
+)
+
+// isCheckpoint reports whether directory rel is at a checkpoint depth.
+func isCheckpoint(rel string) int {
+	if (strings.Count(rel, "/")+1)%dirCheckpoint == 0 {
+		return 1
+	}
+	return 0
+}
+
+// acquireDir returns the handle of directory rel ("" is the target); the
+// caller calls releaseDir(rel) when done with it.
 func (rs *restorer) acquireDir(rel string) (*os.Root, error) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
+	return rs.acquireDirLocked(rel)
+}
+
+func (rs *restorer) acquireDirLocked(rel string) (*os.Root, error) {
+	if rel == "" || rel == "." {
+		return rs.root, nil
+	}
 	if rs.dirRoot == nil {
 		rs.dirRoot = map[string]*dirHandle{}
 	}
+	rs.dirClock++
 	if d, ok := rs.dirRoot[rel]; ok {
+		if d.refs == 0 {
+			rs.dirIdle[d.cp]--
+		}
 		d.refs++
+		d.used = rs.dirClock
 		return d.root, nil
 	}
-	r := rs.root
-	if rel != "" {
-		var err error
-		if r, err = rs.root.OpenRoot(rel); err != nil {
-			return nil, err
-		}
+	parent, name := path.Split(rel)
+	parent = strings.TrimSuffix(parent, "/")
+	pr, err := rs.acquireDirLocked(parent)
+	if err != nil {
+		return nil, err
 	}
-	rs.dirRoot[rel] = &dirHandle{root: r, refs: 1}
+	r, err := pr.OpenRoot(name)
+	rs.releaseDirLocked(parent)
+	if err != nil {
+		return nil, err
+	}
+	rs.dirRoot[rel] = &dirHandle{root: r, refs: 1, used: rs.dirClock, cp: isCheckpoint(rel)}
 	return r, nil
 }
 
 func (rs *restorer) releaseDir(rel string) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
+	rs.releaseDirLocked(rel)
+}
+
+func (rs *restorer) releaseDirLocked(rel string) {
 	d := rs.dirRoot[rel]
 	if d == nil {
 		return
 	}
-	if d.refs--; d.refs == 0 {
-		delete(rs.dirRoot, rel)
-		if d.root != rs.root {
-			d.root.Close()
+	if d.refs--; d.refs > 0 {
+		return
+	}
+	cp := d.cp
+	rs.dirIdle[cp]++
+	if rs.dirIdle[cp] <= [2]int{maxIdleDirs, maxIdleCheckpoints}[cp] {
+		return
+	}
+	// close the least recently used idle handle of the same class
+	var oldest string
+	var oldestUse uint64
+	for r, h := range rs.dirRoot {
+		if h.refs == 0 && h.cp == cp && (oldest == "" || h.used < oldestUse) {
+			oldest, oldestUse = r, h.used
 		}
 	}
+	rs.dirRoot[oldest].root.Close()
+	delete(rs.dirRoot, oldest)
+	rs.dirIdle[cp]--
+}
+
+// closeDirs closes every handle (at the end of Run).
+func (rs *restorer) closeDirs() {
+	rs.dirsMu.Lock()
+	defer rs.dirsMu.Unlock()
+	for rel, h := range rs.dirRoot {
+		h.root.Close()
+		delete(rs.dirRoot, rel)
+	}
+	rs.dirIdle = [2]int{}
+}
+
+// inParent calls fn with the handle of rel's directory and rel's last
+// component.
+func (rs *restorer) inParent(rel string, fn func(dir *os.Root, name string) error) error {
+	parent, name := path.Split(rel)
+	parent = strings.TrimSuffix(parent, "/")
+	d, err := rs.acquireDir(parent)
+	if err != nil {
+		return err
+	}
+	defer rs.releaseDir(parent)
+	return fn(d, name)
 }
 
 // isZeroChunk reports whether id is the ID of n zero bytes: the chunks a
@@ -229,6 +318,7 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 	}
 	defer root.Close()
 	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]string{}, fresh: map[string]bool{}}
+	defer rs.closeDirs()
 	if names, err := root.FS().(fs.ReadDirFS).ReadDir("."); err == nil && len(names) == 0 {
 		rs.fresh[""] = true
 	}
@@ -398,7 +488,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			rs.opts.Progress.FilesTotal.Add(1)
 			rs.opts.Progress.BytesTotal.Add(int64(n.Size))
 		case snapshot.TypeSymlink:
-			if err := rs.root.Symlink(n.LinkTarget, rel); err != nil {
+			if err := rs.inParent(rel, func(dir *os.Root, name string) error { return dir.Symlink(n.LinkTarget, name) }); err != nil {
 				rs.fail(fmt.Errorf("restore symlink %s: %w", rel, err))
 				continue
 			}
@@ -423,22 +513,25 @@ func (rs *restorer) linkLater(rel, first string, n *snapshot.Node) {
 }
 
 func (rs *restorer) mkdir(rel string) error {
-	err := rs.root.Mkdir(rel, 0o700)
-	if err == nil {
-		rs.fresh[rel] = true
-		return nil
-	}
-	if errors.Is(err, os.ErrExist) {
-		fi, lerr := rs.root.Lstat(rel)
-		if lerr == nil && fi.IsDir() {
+	err := rs.inParent(rel, func(dir *os.Root, name string) error {
+		err := dir.Mkdir(name, 0o700)
+		if err == nil {
+			rs.fresh[rel] = true
 			return nil
 		}
-		// a file or symlink where the snapshot has a directory: replace it
-		if rerr := rs.root.Remove(rel); rerr != nil {
-			return fmt.Errorf("restore directory %s: %w", rel, rerr)
+		if errors.Is(err, os.ErrExist) {
+			fi, lerr := dir.Lstat(name)
+			if lerr == nil && fi.IsDir() {
+				return nil
+			}
+			// a file or symlink where the snapshot has a directory: replace it
+			if rerr := dir.Remove(name); rerr != nil {
+				return rerr
+			}
+			err = dir.Mkdir(name, 0o700)
 		}
-		err = rs.root.Mkdir(rel, 0o700)
-	}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("restore directory %s: %w", rel, err)
 	}
@@ -451,30 +544,43 @@ func (rs *restorer) mkdir(rel string) error {
 // is there (its content is compared later). Anything else in the way is
 // removed so that the entry can be created afresh: never written through.
 func (rs *restorer) prepareEntry(rel string, n *snapshot.Node) (sameSize, keep bool, err error) {
-	fi, err := rs.root.Lstat(rel)
-	if err != nil {
-		return false, false, nil // nothing there
-	}
-	if rs.opts.Overwrite == OverwriteNever {
-		return false, true, nil
-	}
-	switch {
-	case n.Type == snapshot.TypeFile && fi.Mode().IsRegular():
-		return uint64(fi.Size()) == n.Size && rs.opts.Overwrite == OverwriteIfChanged, false, nil
-	case n.Type == snapshot.TypeSymlink && fi.Mode()&os.ModeSymlink != 0 && rs.opts.Overwrite == OverwriteIfChanged:
-		if target, err := rs.root.Readlink(rel); err == nil && target == n.LinkTarget {
-			return false, true, rs.apply(rel, n)
+	var fi os.FileInfo
+	var linkMatches bool
+	err = rs.inParent(rel, func(dir *os.Root, name string) error {
+		var lerr error
+		if fi, lerr = dir.Lstat(name); lerr != nil {
+			fi = nil // nothing there
+			return nil
 		}
-	}
-	if fi.IsDir() {
-		err = rs.root.RemoveAll(rel)
-	} else {
-		err = rs.root.Remove(rel)
-	}
-	if err != nil {
+		if rs.opts.Overwrite == OverwriteNever {
+			return nil
+		}
+		switch {
+		case n.Type == snapshot.TypeFile && fi.Mode().IsRegular():
+			sameSize = uint64(fi.Size()) == n.Size && rs.opts.Overwrite == OverwriteIfChanged
+			return nil
+		case n.Type == snapshot.TypeSymlink && fi.Mode()&os.ModeSymlink != 0 && rs.opts.Overwrite == OverwriteIfChanged:
+			if target, err := dir.Readlink(name); err == nil && target == n.LinkTarget {
+				linkMatches = true
+				return nil
+			}
+		}
+		if fi.IsDir() {
+			return dir.RemoveAll(name)
+		}
+		return dir.Remove(name)
+	})
+	switch {
+	case err != nil:
 		return false, false, fmt.Errorf("restore %s: remove what is in the way: %w", rel, err)
+	case fi == nil:
+		return false, false, nil
+	case rs.opts.Overwrite == OverwriteNever:
+		return false, true, nil
+	case linkMatches:
+		return false, true, rs.apply(rel, n)
 	}
-	return false, false, nil
+	return sameSize, false, nil
 }
 
 // skipIdentical compares existing files of the right size with the
@@ -539,16 +645,14 @@ func (rs *restorer) deleteExtra() {
 // directory, so that calls which take a path (xattrs, mknod, lutimes) act on
 // the entry inside the target without following any symlink to reach it.
 func (rs *restorer) withParent(rel string, fn func(p string) error) error {
-	dir, name := path.Split(rel)
-	if dir == "" {
-		dir = "."
-	}
-	d, err := rs.root.Open(strings.TrimSuffix(dir, "/"))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
+	return rs.inParent(rel, func(dir *os.Root, name string) error {
+		d, err := dir.Open(".")
+		if err != nil {
+			return err
+		}
+		defer d.Close()
+		return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
+	})
 }
 
 func (rs *restorer) special(rel string, n *snapshot.Node) error {
@@ -829,7 +933,12 @@ func (rs *restorer) verify(ctx context.Context) {
 }
 
 func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
-	f, err := rs.root.OpenFile(job.rel, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	var f *os.File
+	err := rs.inParent(job.rel, func(dir *os.Root, name string) error {
+		var err error
+		f, err = dir.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		return err
+	})
 	if err != nil {
 		return buf, fmt.Errorf("verify %s: %w", job.rel, err)
 	}
