@@ -411,3 +411,93 @@ func TestDeepRestore(t *testing.T) {
 		t.Fatalf("bottom file: %q, %v", got, err)
 	}
 }
+
+// Host-supplied strings (host names, tags, paths) are escaped in every
+// text output: a newline in one must not forge a line.
+func TestAttackHostileStringsEscaped(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	evil := filepath.Join(src, "x\nFORGED path")
+	if err := os.Mkdir(evil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(evil, "f"), []byte("data"), 0o644)
+	e.backup("--host", "web1\nFORGED host", "--tag", "t\nFORGED tag", evil)
+	e.backup("--host", "web1\nFORGED host", "--tag", "t\nFORGED tag", evil)
+	for _, args := range [][]string{
+		{"snapshots"},
+		{"find", "f"},
+		{"ls", "latest"},
+		{"forget", "--keep-last", "1", "--dry-run"},
+		{"forget", "--keep-last", "1", "--dry-run", "--group-by", "host,tags"},
+		{"key", "list"},
+	} {
+		r := e.ok(args...)
+		for _, line := range strings.Split(r.stdout+r.stderr, "\n") {
+			if strings.HasPrefix(line, "FORGED") {
+				t.Errorf("floe %s: a host-supplied newline forged the line %q:\n%s", strings.Join(args, " "), line, r)
+			}
+		}
+		if !strings.Contains(r.stdout, `\nFORGED`) && args[0] != "key" {
+			t.Errorf("floe %s: want the escaped string in the output:\n%s", strings.Join(args, " "), r)
+		}
+	}
+}
+
+// restore of a path through a symlink fails, like ls and dump: symlinks in
+// a snapshot path are not followed.
+func TestRestoreThroughSymlinkFails(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	os.Mkdir(filepath.Join(src, "d"), 0o755)
+	os.WriteFile(filepath.Join(src, "d", "x"), []byte("x"), 0o644)
+	if err := os.Symlink("d", filepath.Join(src, "link")); err != nil {
+		t.Fatal(err)
+	}
+	e.backup(src)
+	p := "latest:" + src + "/link/x"
+	for _, args := range [][]string{{"ls", p}, {"dump", p}, {"restore", p, "--target", e.path("t")}} {
+		r := e.floe(args...)
+		expectFail(t, r)
+		if !strings.Contains(r.stderr, "not a directory") {
+			t.Errorf("want a \"not a directory\" error: %s", r)
+		}
+	}
+	if entries, _ := os.ReadDir(e.path("t")); len(entries) > 0 {
+		t.Errorf("restore through a symlink restored %d entries", len(entries))
+	}
+}
+
+// Wrong usage exits 2 everywhere, as README.md documents.
+func TestUsageExitCodes(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	for _, args := range [][]string{
+		{"bogus"},
+		{"snapshots", "--bogus"},
+		{"snapshots", "extra"},
+		{"restore"},
+		{"restore", "a", "b"},
+		{"restore", "latest", "--target", e.path("t"), "--overwrite", "bogus"},
+		{"restore", "latest", "--target", e.path("t"), "--include", "["},
+		{"forget", "--keep-daily", "abc"},
+		{"prune", "--grace", "abc"},
+		{"prune", "extra"},
+		{"check", "--read-data-subset", "200%"},
+		{"init", "extra"},
+		{"key", "bogus"},
+		{"key", "list", "extra"},
+		{"mount"},
+		{"repair", "extra"},
+		{"repair", "--yes", "--dry-run"},
+		{"ls"},
+		{"diff", "a"},
+	} {
+		r := e.floe(args...)
+		if r.code != 2 {
+			t.Errorf("want exit 2: %s", r)
+		}
+	}
+}

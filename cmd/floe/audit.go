@@ -130,7 +130,7 @@ could not be read.`,
 			var other *snapshot.Record
 			if live {
 				if against == "/" && host != "" && sn.Hostname != host {
-					g.warn("warning: snapshot %s is of host %s, this is %s", sn.ID.Short(), sn.Hostname, host)
+					g.warn("warning: snapshot %s is of host %s, this is %s", sn.ID.Short(), ui.Path(sn.Hostname), ui.Path(host))
 				}
 				opts.Root, opts.Repo = against, r
 			} else {
@@ -190,5 +190,5 @@ func loadAuditRules(file string) (*audit.Rules, error) {
 }
 
 func describeSnapshot(sn *snapshot.Record) string {
-	return fmt.Sprintf("snapshot %s (%s, %s)", sn.ID.Short(), sn.Hostname, sn.Time.Local().Format("2006-01-02 15:04:05"))
+	return fmt.Sprintf("snapshot %s (%s, %s)", sn.ID.Short(), ui.Path(sn.Hostname), sn.Time.Local().Format("2006-01-02 15:04:05"))
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -221,5 +220,5 @@ func consistencyLine(c snapshot.Consistency) string {
 		more = ", ..."
 		shown = shown[:3]
 	}
-	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, strings.Join(shown, ", "), more)
+	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, ui.Paths(shown, ", "), more)
 }

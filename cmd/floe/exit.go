@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"os"
+	"strings"
 
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
@@ -43,6 +44,9 @@ func exitCodeFor(err error) int {
 	case errors.As(err, &ee):
 		return ee.code
 	case errors.As(err, &ue):
+		return ExitUsage
+	case strings.HasPrefix(err.Error(), "unknown command "):
+		// cobra's error for `floe bogus`; it has no type to match
 		return ExitUsage
 	case errors.Is(err, repo.ErrWrongKey):
 		return ExitWrongKey

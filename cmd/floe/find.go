@@ -84,7 +84,7 @@ time and path; --json prints one JSON object per match and line.`,
 					mt = node.ModTime.Local().Format("2006-01-02 15:04")
 				}
 				_, err := fmt.Fprintf(out, "%s  %s  %-12s %10s  %s  %s\n", sn.ID.Short(), sn.Time.Local().Format("2006-01-02 15:04:05"),
-					sn.Hostname, size, mt, ui.Path(p))
+					ui.Path(sn.Hostname), size, mt, ui.Path(p))
 				return err
 			})
 			if err != nil {

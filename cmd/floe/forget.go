@@ -279,11 +279,11 @@ func groupTitle(k forget.GroupKey, groupBy string) string {
 	for _, f := range strings.Split(groupBy, ",") {
 		switch strings.TrimSpace(f) {
 		case "host":
-			parts = append(parts, "host "+k.Host)
+			parts = append(parts, "host "+ui.Path(k.Host))
 		case "paths":
-			parts = append(parts, "paths "+strings.Join(k.Paths(), " "))
+			parts = append(parts, "paths "+ui.Paths(k.Paths(), " "))
 		case "tags":
-			t := strings.Join(k.Tags(), ",")
+			t := ui.Paths(k.Tags(), ",")
 			if t == "" {
 				t = "(none)"
 			}
@@ -299,9 +299,9 @@ func groupTitle(k forget.GroupKey, groupBy string) string {
 func printForgetPlan(plan *forget.Plan, groupBy string, explicit bool) {
 	groups, reasons := plan.Groups, plan.Reasons
 	row := func(s *snapshot.Record, extra string) {
-		tags := strings.Join(s.Tags, ",")
+		tags := ui.Paths(s.Tags, ",")
 		fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-			s.Hostname, tags, extra)
+			ui.Path(s.Hostname), tags, extra)
 	}
 	if len(groups) == 0 {
 		fmt.Println("no matching snapshots")
@@ -317,7 +317,7 @@ func printForgetPlan(plan *forget.Plan, groupBy string, explicit bool) {
 				fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Reasons")
 			}
 			for _, s := range gr.Keep {
-				row(s, strings.Join(reasons[s.ID], ", "))
+				row(s, ui.Paths(reasons[s.ID], ", "))
 			}
 		}
 		fmt.Printf("remove %s:\n", snapshotCount(len(gr.Remove)))
@@ -325,7 +325,7 @@ func printForgetPlan(plan *forget.Plan, groupBy string, explicit bool) {
 			fmt.Printf("  %-8s  %-19s  %-12s  %-12s  %s\n", "ID", "Time", "Host", "Tags", "Paths")
 		}
 		for _, s := range gr.Remove {
-			row(s, strings.Join(s.Paths, " "))
+			row(s, ui.Paths(s.Paths, " "))
 		}
 	}
 }

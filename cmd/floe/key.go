@@ -99,7 +99,7 @@ fleet's backups.`,
 				if k.WriteOnly {
 					access = "write-only"
 				}
-				fmt.Printf("%s%-8s  %-10s  %-9s  %-12s  %-10s  %s\n", cur, k.ID[:8], access, k.Kind, k.Hostname, k.Username, k.Created.Local().Format("2006-01-02 15:04"))
+				fmt.Printf("%s%-8s  %-10s  %-9s  %-12s  %-10s  %s\n", cur, k.ID[:8], access, k.Kind, ui.Path(k.Hostname), ui.Path(k.Username), k.Created.Local().Format("2006-01-02 15:04"))
 			}
 			return nil
 		},

@@ -116,5 +116,24 @@ Exit codes:
 		newImportCommand(g),
 		newRepairCommand(g),
 	)
+	usageArgsAll(root)
 	return root
+}
+
+// usageArgsAll makes the argument-count errors of c and its subcommands
+// usage errors (exit 2), as the flag errors are, so that no command can
+// forget it.
+func usageArgsAll(c *cobra.Command) {
+	if c.HasParent() && c.HasSubCommands() && !c.Runnable() {
+		// a group (`floe key`): alone it shows its help, with an unknown
+		// subcommand it is wrong usage (cobra would show the help, exit 0)
+		c.Args = cobra.NoArgs
+		c.RunE = func(cmd *cobra.Command, args []string) error { return cmd.Help() }
+	}
+	if c.Args != nil {
+		c.Args = usageArgs(c.Args)
+	}
+	for _, sub := range c.Commands() {
+		usageArgsAll(sub)
+	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/restore"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -74,6 +75,16 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			ctx := cmd.Context()
 			if target == "" {
 				return usageError{errors.New("--target is required")}
+			}
+			switch overwrite {
+			case restore.OverwriteIfChanged, restore.OverwriteAlways, restore.OverwriteNever:
+			default:
+				return usageError{fmt.Errorf("--overwrite %q: want always, if-changed or never", overwrite)}
+			}
+			for _, pats := range [][]string{includes, excludes} {
+				if _, err := pathmatch.New(pats); err != nil {
+					return usageError{err}
+				}
 			}
 			r, err := g.openRepo(ctx, true)
 			if err != nil {
@@ -181,10 +192,10 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 				}
 				tags := ""
 				if len(s.Tags) > 0 {
-					tags = "  [" + strings.Join(s.Tags, ",") + "]"
+					tags = "  [" + ui.Paths(s.Tags, ",") + "]"
 				}
 				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s  %-10s  %-12s  %s%s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-					s.Hostname, ui.Bytes(s.Summary.TotalBytes), cons, strings.Join(s.Paths, " "), tags)))
+					ui.Path(s.Hostname), ui.Bytes(s.Summary.TotalBytes), cons, ui.Paths(s.Paths, " "), tags)))
 			}
 			for _, s := range sel {
 				if line := consistencyLine(s.Consistency); line != "" {

@@ -330,7 +330,8 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 	}
 	snapPath := "/"
 	var single *snapshot.Node
-	for _, c := range strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/") {
+	comps := strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/")
+	for i, c := range comps {
 		if c == "" {
 			continue
 		}
@@ -340,6 +341,11 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath stri
 		}
 		snapPath = path.Join(snapPath, c)
 		if n.Type != snapshot.TypeDir {
+			if i < len(comps)-1 {
+				// like ls and dump: a path through a symlink or file
+				// names nothing (symlinks are not followed)
+				return nil, fmt.Errorf("path %s: %s is a %s, not a directory", path.Clean("/"+subpath), snapPath, n.Type)
+			}
 			single = n
 			break
 		}

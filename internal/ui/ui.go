@@ -165,11 +165,23 @@ func Progress(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanD
 // Path returns p for people: as is, or quoted when it holds control
 // characters or bytes that are not UTF-8 (which could garble a terminal or
 // a line-based pipe, or smuggle escape sequences into an admin's terminal).
+// Use it for every host-supplied string in text output (paths, host names,
+// tags, user names): a newline in one would forge a line of output, which
+// Sanitize (for whole messages) lets through.
 func Path(p string) string {
 	if utf8.ValidString(p) && !strings.ContainsFunc(p, unicode.IsControl) {
 		return p
 	}
 	return strconv.Quote(p)
+}
+
+// Paths returns each string of list as Path does, joined by sep.
+func Paths(list []string, sep string) string {
+	out := make([]string, len(list))
+	for i, s := range list {
+		out[i] = Path(s)
+	}
+	return strings.Join(out, sep)
 }
 
 // Sanitize escapes control characters (but newlines and tabs) and invalid
