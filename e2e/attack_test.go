@@ -322,6 +322,8 @@ func TestAttackFileSizeMismatch(t *testing.T) {
 		&snapshot.Node{Name: "good", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)), Content: []hash.ID{id}},
 		&snapshot.Node{Name: "liar", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: 4 << 30, Sparse: true, Content: []hash.ID{id}},
 		&snapshot.Node{Name: "short", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: 3, Content: []hash.ID{id}},
+		// an error about a hostile name stays on one line
+		&snapshot.Node{Name: "x\nFORGED line", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: 3, Content: []hash.ID{id}},
 	)
 	target := e.path("target")
 	res := e.limited("restore", sid, "--target", target)
@@ -336,6 +338,11 @@ func TestAttackFileSizeMismatch(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(target, "good")); err != nil || string(got) != string(data) {
 		t.Errorf("good: %q, %v", got, err)
+	}
+	for _, line := range strings.Split(res.stderr, "\n") {
+		if strings.HasPrefix(line, "FORGED") {
+			t.Errorf("a file name forged a line of the errors: %s", res)
+		}
 	}
 	for _, args := range [][]string{{"check"}, {"check", "--read-data"}} {
 		res = e.limited(args...)

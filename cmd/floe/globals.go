@@ -130,7 +130,7 @@ func (g *globals) openRepo(ctx context.Context, loadIndex bool) (*repo.Repositor
 }
 
 func (g *globals) warn(format string, args ...any) {
-	fmt.Fprintln(os.Stderr, ui.Sanitize(fmt.Sprintf(format, args...)))
+	fmt.Fprintln(os.Stderr, ui.Line(fmt.Sprintf(format, args...)))
 }
 
 // say prints a line for people unless --quiet or --json.

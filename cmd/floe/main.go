@@ -50,7 +50,7 @@ func run(args []string) int {
 	if g.json {
 		printJSONError(err, code)
 	} else {
-		fmt.Fprintf(os.Stderr, "floe: %s\n", ui.Sanitize(err.Error()))
+		fmt.Fprintf(os.Stderr, "floe: %s\n", ui.Line(err.Error()))
 		if hint := hintFor(err); hint != "" {
 			fmt.Fprintf(os.Stderr, "hint: %s\n", hint)
 		}

@@ -175,6 +175,13 @@ func Path(p string) string {
 	return strconv.Quote(p)
 }
 
+// Line is Sanitize for a message that must stay one line (a warning or an
+// error): newlines are escaped too, so that a file name holding one, quoted
+// raw deep inside an error, cannot forge a line of output.
+func Line(s string) string {
+	return strings.ReplaceAll(Sanitize(s), "\n", `\n`)
+}
+
 // Paths returns each string of list as Path does, joined by sep.
 func Paths(list []string, sep string) string {
 	out := make([]string, len(list))
