@@ -863,3 +863,68 @@ func TestConcurrentBackupsAndPrune(t *testing.T) {
 		w.restore(t, d.tree, d.dir, d.manifest)
 	}
 }
+
+// failLoad fails loads of one object with an I/O error.
+type failLoad struct {
+	storage.Backend
+	h storage.Handle
+}
+
+func (f *failLoad) Load(ctx context.Context, h storage.Handle, off, n int64) ([]byte, error) {
+	if h == f.h {
+		return nil, fmt.Errorf("load %s: input/output error", h)
+	}
+	return f.Backend.Load(ctx, h, off, n)
+}
+
+// A snapshot record that does not decode is skipped and reported (it
+// references nothing readable); one that cannot be read (a storage error)
+// may be fine, so prune refuses; so it does for a tree it cannot read.
+func TestPruneSkipsUndecodableSnapshots(t *testing.T) {
+	w := newWorld(t)
+	src := t.TempDir()
+	files(t, src, "f", 2, 10<<10, 1)
+	res := w.mustBackup(src)
+	r := w.open(t)
+	junk := []byte("not a snapshot record")
+	junkID := hash.Sum(junk)
+	w.be.Set(storage.Handle{Type: storage.Snapshot, Name: junkID.String()}, junk)
+	sealed, err := r.SaveSnapshotRecord(ctx, []byte("{}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := Run(ctx, r, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Snapshots != 1 || len(out.Undecodable) != 2 {
+		t.Fatalf("snapshots %d, undecodable %+v; want 1 and the 2 bad records", out.Snapshots, out.Undecodable)
+	}
+	got := map[string]bool{out.Undecodable[0].ID: true, out.Undecodable[1].ID: true}
+	if !got[junkID.String()] || !got[sealed.String()] {
+		t.Fatalf("undecodable %+v", out.Undecodable)
+	}
+
+	// an I/O error on a snapshot record: refuse
+	h := storage.Handle{Type: storage.Snapshot, Name: res.ID.String()}
+	r2, err := repo.Open(ctx, &failLoad{Backend: w.be, h: h}, cred, repo.OpenOptions{KDF: &kdf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, r2, Options{}); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("unreadable snapshot record: %v, want ErrUnsafe", err)
+	}
+	// a tree that cannot be read: refuse
+	loc, ok := r.Index().Lookup(repo.BlobHandle{Type: repo.TreeBlob, ID: res.Snapshot.Tree})
+	if !ok {
+		t.Fatal("root tree not in the index")
+	}
+	ph := storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}
+	r3, err := repo.Open(ctx, &failLoad{Backend: w.be, h: ph}, cred, repo.OpenOptions{KDF: &kdf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Run(ctx, r3, Options{}); !errors.Is(err, ErrUnsafe) {
+		t.Fatalf("unreadable tree: %v, want ErrUnsafe", err)
+	}
+}
