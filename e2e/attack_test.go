@@ -167,6 +167,11 @@ func TestAttackCostlyKDF(t *testing.T) {
 	if !strings.Contains(r.stderr, "warning: key "+name[:8]+" skipped") || !strings.Contains(r.stderr, "argon2") {
 		t.Errorf("want a warning that key %s was skipped: %s", name[:8], r)
 	}
+	r = e.limited("check")
+	expectCode(t, r, 13)
+	if !strings.Contains(r.stdout+r.stderr, "key "+name[:8]+": argon2 parameters cost more") {
+		t.Errorf("check does not report the costly key: %s", r)
+	}
 }
 
 // rawTree encodes n minimal file entries by hand: EncodeTree refuses more

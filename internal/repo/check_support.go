@@ -32,6 +32,9 @@ func CheckKeyRecords(ctx context.Context, be storage.Backend) (ids []string, dam
 				err = fmt.Errorf("key %s: unknown kdf %q", shortName(id), rec.KDF)
 			case rec.KDF == kdfArgon2 && rec.Argon2 == nil:
 				err = fmt.Errorf("key %s: no argon2 parameters", shortName(id))
+			case rec.KDF == kdfArgon2 && checkKDFCost(*rec.Argon2) != nil:
+				// Open skips it: nobody can use this key
+				err = fmt.Errorf("key %s: %w", shortName(id), checkKDFCost(*rec.Argon2))
 			case len(rec.Sealed) < crypto.Overhead:
 				err = fmt.Errorf("key %s: sealed secrets too short", shortName(id))
 			}
