@@ -401,6 +401,10 @@ func TestDeepRestore(t *testing.T) {
 	res := e.limited(append([]string{"restore", sid, "--target", target}, strings.Fields(os.Getenv("FLOE_DEEP_ARGS"))...)...)
 	expectCode(t, res, 0)
 	t.Logf("restore of depth %d: %v wall, %v CPU", depth, res.wall, res.cpu)
+	// again over it: every entry exists now (resume, --delete)
+	res = e.limited("restore", sid, "--target", target, "--delete")
+	expectCode(t, res, 0)
+	t.Logf("restore of depth %d over itself: %v wall, %v CPU", depth, res.wall, res.cpu)
 	// walk down with openat: the path is longer than PATH_MAX
 	dir, err := os.OpenRoot(target)
 	if err != nil {

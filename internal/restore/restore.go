@@ -620,30 +620,39 @@ func (rs *restorer) deleteExtra() {
 		if dir == "" {
 			dir = "."
 		}
-		f, err := rs.root.Open(dir)
+		droot, err := rs.acquireDir(d.rel)
 		if err != nil {
 			continue // not restored (e.g. not selected)
 		}
-		names, err := f.Readdirnames(-1)
-		f.Close()
-		if err != nil {
-			rs.fail(fmt.Errorf("list %s for --delete: %w", dir, err))
+		rs.deleteIn(droot, d, dir)
+		rs.releaseDir(d.rel)
+	}
+}
+
+func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
+	f, err := droot.Open(".")
+	if err != nil {
+		return // not restored (e.g. not selected)
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		rs.fail(fmt.Errorf("list %s for --delete: %w", dir, err))
+		return
+	}
+	for _, name := range names {
+		if d.names[name] {
 			continue
 		}
-		for _, name := range names {
-			if d.names[name] {
-				continue
-			}
-			rel := name
-			if d.rel != "" {
-				rel = d.rel + "/" + name
-			}
-			if err := rs.root.RemoveAll(rel); err != nil {
-				rs.fail(fmt.Errorf("--delete %s: %w", rel, err))
-				continue
-			}
-			rs.res.Deleted++
+		rel := name
+		if d.rel != "" {
+			rel = d.rel + "/" + name
 		}
+		if err := droot.RemoveAll(name); err != nil {
+			rs.fail(fmt.Errorf("--delete %s: %w", rel, err))
+			continue
+		}
+		rs.res.Deleted++
 	}
 }
 
