@@ -70,7 +70,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	}
 	srcBe := src.Backend()
 	conns := Options{Connections: opts.Connections}.withConnections(srcBe).connections()
-	cfg, err := srcBe.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0)
+	cfg, err := repo.LoadWhole(ctx, srcBe, storage.Handle{Type: storage.Config})
 	if err != nil {
 		return nil, fmt.Errorf("read the source's config: %w", err)
 	}
@@ -266,7 +266,7 @@ func (e *exporter) verifiedObject(h storage.Handle, size int) {
 // present reports whether the export has h intact; a damaged copy (which
 // an earlier run cannot have left, but a disk can) is removed.
 func (e *exporter) present(ctx context.Context, h storage.Handle) ([]byte, bool, error) {
-	data, err := e.to.Load(ctx, h, 0, 0)
+	data, err := repo.LoadWhole(ctx, e.to, h)
 	if storage.IsNotExist(err) {
 		return nil, false, nil
 	}
@@ -303,7 +303,7 @@ func (e *exporter) copyObject(ctx context.Context, h storage.Handle) error {
 		return fmt.Errorf("export: %w", err)
 	}
 	if !ok {
-		if data, err = e.from.Load(ctx, h, 0, 0); err != nil {
+		if data, err = repo.LoadWhole(ctx, e.from, h); err != nil {
 			return fmt.Errorf("export: %w", err)
 		}
 		if hash.Sum(data).String() != h.Name {
@@ -352,7 +352,7 @@ func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog
 				return
 			}
 		} else {
-			if data, err = e.from.Load(ctx, h, 0, 0); err != nil {
+			if data, err = repo.LoadWhole(ctx, e.from, h); err != nil {
 				fail(fmt.Errorf("export: %w", err))
 				return
 			}

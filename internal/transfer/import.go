@@ -185,7 +185,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 	}
 	for _, s := range todo {
 		h := storage.Handle{Type: storage.Snapshot, Name: s.ID.String()}
-		data, err := exp.Backend().Load(ctx, h, 0, 0)
+		data, err := repo.LoadWhole(ctx, exp.Backend(), h)
 		if err != nil {
 			return nil, fmt.Errorf("import snapshot %s: %w", s.ID.Short(), err)
 		}
@@ -247,7 +247,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 	} else if !storage.IsNotExist(err) {
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
-	data, err := exp.Backend().Load(ctx, h, 0, 0)
+	data, err := repo.LoadWhole(ctx, exp.Backend(), h)
 	if err != nil {
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
