@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -112,8 +113,13 @@ func selectSnapshots(ctx context.Context, g *globals, r *repo.Repository, specs 
 	if err != nil {
 		return nil, err
 	}
+	damaged := false
 	for _, e := range errs {
 		g.warn("warning: %v", e)
+		damaged = damaged || errors.Is(e, repo.ErrDamagedSnapshot)
+	}
+	if damaged {
+		g.warn("hint: `%s repair` removes snapshot records that do not decode", g.cmdPrefix())
 	}
 	snapshot.SortByTime(sel)
 	return sel, nil
