@@ -201,10 +201,10 @@ var ErrKDFTooCostly = errors.New("argon2 parameters cost more than any key floe 
 // `floe init` and `floe key add` create (crypto.DefaultKDFParams); cheaper
 // ones (the test suite's) are fine.
 func checkKDFCost(p crypto.KDFParams) error {
-	max := crypto.DefaultKDFParams()
-	if p.Time > max.Time || p.MemoryKiB > max.MemoryKiB || p.Threads > max.Threads {
+	most := crypto.DefaultKDFParams()
+	if p.Time > most.Time || p.MemoryKiB > most.MemoryKiB || p.Threads > most.Threads {
 		return fmt.Errorf("%w: time %d, memory %d KiB, threads %d; the most floe asks for is time %d, memory %d KiB, threads %d",
-			ErrKDFTooCostly, p.Time, p.MemoryKiB, p.Threads, max.Time, max.MemoryKiB, max.Threads)
+			ErrKDFTooCostly, p.Time, p.MemoryKiB, p.Threads, most.Time, most.MemoryKiB, most.Threads)
 	}
 	return nil
 }

@@ -39,8 +39,8 @@ func MaxSize(t storage.FileType) (int64, bool) {
 // limit (export and import copy objects of any type from storage they do
 // not trust).
 func LoadWhole(ctx context.Context, be storage.Backend, h storage.Handle) ([]byte, error) {
-	if max, ok := MaxSize(h.Type); ok {
-		return storage.LoadAll(ctx, be, h, max)
+	if limit, ok := MaxSize(h.Type); ok {
+		return storage.LoadAll(ctx, be, h, limit)
 	}
 	return be.Load(ctx, h, 0, 0)
 }

@@ -187,19 +187,19 @@ func ReadAll(ctx context.Context, b Backend, h Handle) ([]byte, error) {
 // exhaust memory (a sparse file of 200 GB costs the storage nothing).
 var ErrTooLarge = errors.New("object is too large")
 
-// LoadAll loads the whole object h if it holds at most max bytes. The size
-// is checked with Stat before anything is read, and the read asks for
+// LoadAll loads the whole object h if it holds at most limit bytes. The
+// size is checked with Stat before anything is read, and the read asks for
 // exactly that many bytes, so neither a huge object nor one that grows
-// between the two calls can make it allocate more than max. The error for
+// between the two calls can make it allocate more than limit. The error for
 // a larger object names h and the limit and wraps ErrTooLarge.
-func LoadAll(ctx context.Context, b Backend, h Handle, max int64) ([]byte, error) {
+func LoadAll(ctx context.Context, b Backend, h Handle, limit int64) ([]byte, error) {
 	fi, err := b.Stat(ctx, h)
 	if err != nil {
 		return nil, err
 	}
-	if fi.Size > max || fi.Size < 0 {
+	if fi.Size > limit || fi.Size < 0 {
 		return nil, fmt.Errorf("load %s: %d bytes is more than the limit of %d bytes for %s: %w",
-			h, fi.Size, max, h.Type.describe(), ErrTooLarge)
+			h, fi.Size, limit, h.Type.describe(), ErrTooLarge)
 	}
 	if fi.Size == 0 {
 		// Load's length 0 means "to the end": never ask a backend that.
