@@ -12,7 +12,8 @@ command -v xattr >/dev/null 2>&1 || true
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 have mkfs.btrfs || need+=(btrfs-progs)
 have lvcreate || need+=(lvm2)
-have mkfs.ext4 || need+=(e2fsprogs)
+# e2fsprogs also gives chattr (e2e/attack_test.go: a gc directory that cannot be written)
+have mkfs.ext4 && have chattr || need+=(e2fsprogs)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
