@@ -510,6 +510,7 @@ func TestUsageExitCodes(t *testing.T) {
 		{"repair", "--yes", "--dry-run"},
 		{"ls"},
 		{"diff", "a"},
+		{"backup", "--fs-snapshot", "lvm", "--fs-snapshot-size", "bogus", e.dir},
 	} {
 		r := e.floe(args...)
 		if r.code != 2 {

@@ -79,6 +79,9 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 			if f.fsSnapshot != "lvm" && f.fsSnapshotSz != "" {
 				return usageError{errors.New("--fs-snapshot-size is for --fs-snapshot lvm (btrfs snapshots need no size)")}
 			}
+			if err := fssnap.ValidateSize(f.fsSnapshotSz); err != nil {
+				return usageError{err}
+			}
 			if f.fsSnapshot != "" {
 				if _, err := fssnap.ParseKind(f.fsSnapshot); err != nil {
 					return usageError{fmt.Errorf("--fs-snapshot: %w", err)}

@@ -19,6 +19,13 @@ var (
 	percentRe = regexp.MustCompile(`^([0-9]+)%(?i:(origin|vg|free|pvs))?$`)
 )
 
+// ValidateSize checks an --fs-snapshot-size value before anything starts
+// (a bad value is wrong usage).
+func ValidateSize(size string) error {
+	_, err := sizeArgs(size)
+	return err
+}
+
 // sizeArgs turns --fs-snapshot-size into lvcreate's arguments.
 func sizeArgs(size string) ([]string, error) {
 	if size == "" {
