@@ -1,0 +1,712 @@
+// Package server is the repository server of `floe serve`: the
+// storage.Backend interface over HTTP (docs/PROTOCOL.md), serving many
+// repositories, each any storage.Backend. It holds no keys and never
+// imports repo, snapshot or crypto: it moves opaque bytes, and enforces
+// what a credential may do (roles) and that storage only grows (every
+// object is named by the BLAKE3-256 of its bytes, checked while the upload
+// streams, and never overwritten).
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+// Repositories opens the repositories a server serves by name (names are
+// already checked with ValidRepoName).
+type Repositories interface {
+	// Open returns the backend of an existing repository, or an error
+	// wrapping storage.ErrNotExist.
+	Open(ctx context.Context, name string) (storage.Backend, error)
+	// Create makes a new repository, or fails wrapping storage.ErrExist.
+	Create(ctx context.Context, name string) (storage.Backend, error)
+}
+
+// UploadVerifier checks an uploaded object before it becomes visible,
+// beyond the name check the server always does. The format-v2 pack and
+// index layouts (a leaf package without keys) plug in here: verify that
+// every blob of a pack hashes to the ID its header gives. data holds the
+// complete received bytes, whose BLAKE3-256 is already known to equal
+// h.Name. An error refuses the upload (422) and nothing is stored.
+type UploadVerifier interface {
+	VerifyUpload(ctx context.Context, h storage.Handle, data io.ReaderAt, size int64) error
+}
+
+// Options configure a Server.
+type Options struct {
+	Repos  Repositories
+	Tokens *TokenStore
+	Audit  *AuditLog // nil: no audit log
+	// Verifier, when set, checks uploads (see UploadVerifier); the server
+	// then spools each upload to a temporary file in SpoolDir first.
+	Verifier UploadVerifier
+	SpoolDir string
+	// MaxObjectSize bounds an upload; a larger Content-Length is refused
+	// before its body is read. 0: DefaultMaxObjectSize.
+	MaxObjectSize int64
+	// MaxUploadsPerToken bounds concurrent uploads of one credential;
+	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
+	MaxUploadsPerToken int
+	// AllowAnyName turns off the check that an object's name is the
+	// BLAKE3-256 of its bytes. Only the storage conformance suite sets it
+	// (it stores arbitrary bytes under arbitrary names); floe serve never.
+	AllowAnyName bool
+}
+
+// Defaults of Options.
+const (
+	// A pack is at most 1 GiB (config pack_size) plus one blob.
+	DefaultMaxObjectSize = 1<<30 + 64<<20
+	DefaultMaxUploads    = 8
+	// maxConfigSize bounds the config object, which is small.
+	maxConfigSize = 1 << 20
+	// bodyIdleTimeout is how long an upload may send nothing.
+	bodyIdleTimeout = time.Minute
+)
+
+// Server is an http.Handler. Create it with New.
+type Server struct {
+	opts Options
+
+	mu      sync.Mutex
+	uploads map[string]int // token id -> uploads in progress
+}
+
+// New returns a server.
+func New(opts Options) (*Server, error) {
+	if opts.Repos == nil || opts.Tokens == nil {
+		return nil, errors.New("server: Repos and Tokens are required")
+	}
+	if opts.MaxObjectSize <= 0 {
+		opts.MaxObjectSize = DefaultMaxObjectSize
+	}
+	if opts.MaxUploadsPerToken <= 0 {
+		opts.MaxUploadsPerToken = DefaultMaxUploads
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = os.TempDir()
+	}
+	return &Server{opts: opts, uploads: map[string]int{}}, nil
+}
+
+// Headers of the protocol.
+const (
+	// HeaderSize carries an object's size in the answer to HEAD.
+	HeaderSize = "Floe-Size"
+	// HeaderResult is "created" or "identical" in the answer to a PUT.
+	HeaderResult = "Floe-Result"
+)
+
+// Error codes of the JSON error body {"error": "...", "code": "..."}.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
+	CodeNotFound     = "not_found"
+	CodeExists       = "exists"
+	CodeRange        = "range"
+	CodeTooLarge     = "too_large"
+	CodeNameMismatch = "name_mismatch"
+	CodeRejected     = "rejected"
+	CodeBusy         = "busy"
+	CodeInternal     = "internal"
+)
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+// request is one request in progress and its audit record.
+type request struct {
+	w   http.ResponseWriter
+	r   *http.Request
+	rec AuditRecord
+	tok Token
+}
+
+func (q *request) fail(s *Server, status int, code string, err error) {
+	q.rec.Status = status
+	q.rec.Reason = err.Error()
+	switch {
+	case status >= 500:
+		q.rec.Result = "error"
+	default:
+		q.rec.Result = "refused"
+	}
+	// reads of missing objects and ranges past the end are answers, not
+	// refusals: not worth an audit line
+	if !(status == http.StatusNotFound || status == http.StatusRequestedRangeNotSatisfiable) || q.rec.Op == string(OpSave) || q.rec.Op == string(OpRemove) {
+		s.opts.Audit.Write(q.rec)
+	}
+	q.w.Header().Set("Content-Type", "application/json")
+	if status == http.StatusTooManyRequests {
+		q.w.Header().Set("Retry-After", "1")
+	}
+	q.w.WriteHeader(status)
+	if q.r.Method != http.MethodHead {
+		_ = json.NewEncoder(q.w).Encode(ErrorBody{Error: err.Error(), Code: code})
+	}
+}
+
+func (q *request) done(s *Server, status int, result string) {
+	q.rec.Status, q.rec.Result = status, result
+	s.opts.Audit.Write(q.rec)
+}
+
+func opFor(method string, kind RouteKind) (Op, bool) {
+	switch kind {
+	case RouteRepo:
+		return OpCreate, method == http.MethodPut
+	case RouteList:
+		return OpList, method == http.MethodGet
+	case RouteObject:
+		switch method {
+		case http.MethodGet:
+			return OpLoad, true
+		case http.MethodHead:
+			return OpStat, true
+		case http.MethodPut:
+			return OpSave, true
+		case http.MethodDelete:
+			return OpRemove, true
+		}
+	}
+	return "", false
+}
+
+// ServeHTTP checks, in this order and before any storage access: the
+// path, the method, the token, the role, the body size; then it serves.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	q := &request{w: w, r: r, rec: AuditRecord{Time: time.Now().UTC(), Remote: r.RemoteAddr, Op: r.Method}}
+	if r.URL.RawPath != "" {
+		q.fail(s, http.StatusBadRequest, CodeBadRequest, fmt.Errorf("%w: percent-encoded paths are not used by the protocol", ErrBadPath))
+		return
+	}
+	route, err := ParsePath(r.URL.Path)
+	if err != nil {
+		q.rec.Object = truncate(r.URL.Path, 200)
+		q.fail(s, http.StatusBadRequest, CodeBadRequest, err)
+		return
+	}
+	q.rec.Repo = route.Repo
+	if route.Kind == RouteObject {
+		q.rec.Object = route.Handle.String()
+	} else if route.Kind == RouteList {
+		q.rec.Object = string(route.Handle.Type) + "/"
+	}
+	op, ok := opFor(r.Method, route.Kind)
+	if !ok {
+		q.w.Header().Set("Allow", allowFor(route.Kind))
+		q.fail(s, http.StatusMethodNotAllowed, CodeBadRequest, fmt.Errorf("method %s not allowed on %s", r.Method, route))
+		return
+	}
+	q.rec.Op = string(op)
+	tok, err := s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
+	if err != nil {
+		if !errors.Is(err, ErrUnauthorized) {
+			q.fail(s, http.StatusInternalServerError, CodeInternal, err)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="floe"`)
+		q.fail(s, http.StatusUnauthorized, CodeUnauthorized, err)
+		return
+	}
+	q.tok = tok
+	q.rec.Token, q.rec.Host = tok.ID, tok.Host
+	if tok.Repo != route.Repo {
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) is for repository %q, not %q", tok.ID, tok.Host, tok.Repo, route.Repo))
+		return
+	}
+	if !tok.Roles.Allows(op, route.Handle.Type) {
+		what := string(route.Handle.Type)
+		if route.Kind == RouteRepo {
+			what = "the repository"
+		}
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) has role %s, which may not %s %s",
+			tok.ID, tok.Host, tok.Roles, op, what))
+		return
+	}
+	switch op {
+	case OpCreate:
+		s.create(q, route)
+	case OpList:
+		s.list(q, route)
+	case OpStat:
+		s.stat(q, route)
+	case OpLoad:
+		s.load(q, route)
+	case OpSave:
+		s.save(q, route)
+	case OpRemove:
+		s.remove(q, route)
+	}
+}
+
+func allowFor(k RouteKind) string {
+	switch k {
+	case RouteRepo:
+		return "PUT"
+	case RouteList:
+		return "GET"
+	}
+	return "GET, HEAD, PUT, DELETE"
+}
+
+// storageError answers a backend error.
+func (s *Server) storageError(q *request, err error) {
+	switch {
+	case errors.Is(err, storage.ErrNotExist):
+		q.fail(s, http.StatusNotFound, CodeNotFound, err)
+	case errors.Is(err, storage.ErrExist):
+		q.fail(s, http.StatusConflict, CodeExists, err)
+	case errors.Is(err, storage.ErrInvalid):
+		q.fail(s, http.StatusBadRequest, CodeBadRequest, err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		q.fail(s, http.StatusRequestedRangeNotSatisfiable, CodeRange, err)
+	case errors.Is(err, context.Canceled):
+		q.fail(s, 499, CodeBadRequest, err) // the client went away
+	default:
+		q.fail(s, http.StatusInternalServerError, CodeInternal, err)
+	}
+}
+
+func (s *Server) backend(q *request, route Route) (storage.Backend, bool) {
+	be, err := s.opts.Repos.Open(q.r.Context(), route.Repo)
+	if err != nil {
+		s.storageError(q, fmt.Errorf("repository %s: %w", route.Repo, err))
+		return nil, false
+	}
+	return be, true
+}
+
+func (s *Server) create(q *request, route Route) {
+	if _, err := s.opts.Repos.Create(q.r.Context(), route.Repo); err != nil {
+		s.storageError(q, err)
+		return
+	}
+	q.w.WriteHeader(http.StatusCreated)
+	q.done(s, http.StatusCreated, "ok")
+}
+
+// ListEntry is one line of a list answer; the last line has End set (a
+// list cut short has none, so the client notices).
+type ListEntry struct {
+	Name  string `json:"name,omitempty"`
+	Size  int64  `json:"size,omitempty"`
+	End   bool   `json:"end,omitempty"`
+	Error string `json:"error,omitempty"`
+}
+
+func (s *Server) list(q *request, route Route) {
+	be, ok := s.backend(q, route)
+	if !ok {
+		return
+	}
+	q.w.Header().Set("Content-Type", "application/x-ndjson")
+	enc := json.NewEncoder(q.w)
+	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
+		return enc.Encode(ListEntry{Name: fi.Name, Size: fi.Size})
+	})
+	if err != nil {
+		_ = enc.Encode(ListEntry{Error: err.Error()})
+		return
+	}
+	_ = enc.Encode(ListEntry{End: true})
+}
+
+func (s *Server) stat(q *request, route Route) {
+	be, ok := s.backend(q, route)
+	if !ok {
+		return
+	}
+	fi, err := be.Stat(q.r.Context(), route.Handle)
+	if err != nil {
+		s.storageError(q, err)
+		return
+	}
+	q.w.Header().Set(HeaderSize, strconv.FormatInt(fi.Size, 10))
+	q.w.WriteHeader(http.StatusOK)
+}
+
+func (s *Server) load(q *request, route Route) {
+	var off, n int64
+	query := q.r.URL.Query()
+	for _, p := range []struct {
+		name string
+		v    *int64
+	}{{"offset", &off}, {"length", &n}} {
+		if v := query.Get(p.name); v != "" {
+			x, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || x < 0 {
+				q.fail(s, http.StatusBadRequest, CodeBadRequest, fmt.Errorf("%w: %s must be a number >= 0", storage.ErrInvalid, p.name))
+				return
+			}
+			*p.v = x
+		}
+	}
+	be, ok := s.backend(q, route)
+	if !ok {
+		return
+	}
+	data, err := be.Load(q.r.Context(), route.Handle, off, n)
+	if err != nil {
+		s.storageError(q, err)
+		return
+	}
+	q.w.Header().Set("Content-Type", "application/octet-stream")
+	q.w.Header().Set("Content-Length", strconv.Itoa(len(data)))
+	q.w.WriteHeader(http.StatusOK)
+	_, _ = q.w.Write(data)
+}
+
+func (s *Server) remove(q *request, route Route) {
+	be, ok := s.backend(q, route)
+	if !ok {
+		return
+	}
+	if err := be.Remove(q.r.Context(), route.Handle); err != nil {
+		s.storageError(q, err)
+		return
+	}
+	q.w.WriteHeader(http.StatusNoContent)
+	q.done(s, http.StatusNoContent, "ok")
+}
+
+// acquire takes an upload slot of the credential.
+func (s *Server) acquire(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uploads[id] >= s.opts.MaxUploadsPerToken {
+		return false
+	}
+	s.uploads[id]++
+	return true
+}
+
+func (s *Server) release(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uploads[id]--; s.uploads[id] <= 0 {
+		delete(s.uploads, id)
+	}
+}
+
+// ErrNameMismatch is the reason of a refused upload whose bytes do not
+// hash to its name.
+var ErrNameMismatch = errors.New("object name is not the BLAKE3-256 of the uploaded bytes")
+
+func (s *Server) save(q *request, route Route) {
+	h := route.Handle
+	size := q.r.ContentLength
+	q.rec.Size = size
+	limit := s.opts.MaxObjectSize
+	if h.Type == storage.Config {
+		limit = maxConfigSize
+	}
+	if size < 0 {
+		q.fail(s, http.StatusLengthRequired, CodeBadRequest, errors.New("an upload needs a Content-Length"))
+		return
+	}
+	if size > limit {
+		q.fail(s, http.StatusRequestEntityTooLarge, CodeTooLarge,
+			fmt.Errorf("%s: %d bytes is more than this server accepts (%d)", h, size, limit))
+		return
+	}
+	if !s.acquire(q.tok.ID) {
+		q.fail(s, http.StatusTooManyRequests, CodeBusy,
+			fmt.Errorf("token %s already has %d uploads in progress", q.tok.ID, s.opts.MaxUploadsPerToken))
+		return
+	}
+	defer s.release(q.tok.ID)
+	be, ok := s.backend(q, route)
+	if !ok {
+		return
+	}
+	ctx := q.r.Context()
+	// An existing object of another size is refused without reading the
+	// upload; one of the same size is compared below.
+	if fi, err := be.Stat(ctx, h); err == nil && fi.Size != size {
+		q.fail(s, http.StatusConflict, CodeExists, fmt.Errorf("%s already exists with other content (%d bytes); objects are never overwritten", h, fi.Size))
+		return
+	}
+	body := &idleReader{r: http.MaxBytesReader(q.w, q.r.Body, size), rc: http.NewResponseController(q.w)}
+	up, err := s.receive(ctx, be, h, body, size)
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrNameMismatch):
+			q.fail(s, http.StatusUnprocessableEntity, CodeNameMismatch, err)
+		case errors.Is(err, errRejected):
+			q.fail(s, http.StatusUnprocessableEntity, CodeRejected, err)
+		case errors.Is(err, errBody):
+			q.fail(s, http.StatusBadRequest, CodeBadRequest, err)
+		default:
+			s.storageError(q, err)
+		}
+		return
+	}
+	defer up.abort()
+	err = up.commit(ctx)
+	if errors.Is(err, storage.ErrExist) {
+		same, cerr := s.identical(ctx, be, h, up)
+		switch {
+		case cerr != nil:
+			s.storageError(q, cerr)
+		case same:
+			// an identical re-upload (a retry, or another host that
+			// stored the same bytes): success, nothing changes
+			q.w.Header().Set(HeaderResult, "identical")
+			q.w.WriteHeader(http.StatusOK)
+			q.done(s, http.StatusOK, "exists")
+		default:
+			q.fail(s, http.StatusConflict, CodeExists, fmt.Errorf("%s already exists with other content; objects are never overwritten", h))
+		}
+		return
+	}
+	if err != nil {
+		s.storageError(q, err)
+		return
+	}
+	q.w.Header().Set(HeaderResult, "created")
+	q.w.WriteHeader(http.StatusCreated)
+	q.done(s, http.StatusCreated, "ok")
+}
+
+// identical reports whether the existing object h holds the uploaded
+// bytes. A name-checked upload is identical by construction (same name,
+// same hash); the config and unchecked names are compared byte by byte.
+func (s *Server) identical(ctx context.Context, be storage.Backend, h storage.Handle, up *upload) (bool, error) {
+	if up.nameChecked {
+		fi, err := be.Stat(ctx, h)
+		if err != nil {
+			return false, err
+		}
+		return fi.Size == up.size, nil
+	}
+	if up.mem == nil {
+		return false, nil // the bytes are gone (streamed): cannot show they match
+	}
+	old, err := storage.ReadAll(ctx, be, h)
+	if err != nil {
+		return false, err
+	}
+	return bytes.Equal(old, up.mem), nil
+}
+
+var (
+	errRejected = errors.New("upload rejected by verification")
+	errBody     = errors.New("bad upload body")
+)
+
+// upload is a received object, not yet visible.
+type upload struct {
+	be          storage.Backend
+	h           storage.Handle
+	size        int64
+	nameChecked bool
+	pending     storage.PendingObject // streamed into the backend, or
+	mem         []byte                // held in memory
+	committed   bool
+}
+
+func (u *upload) commit(ctx context.Context) error {
+	u.committed = true
+	if u.pending != nil {
+		return u.pending.Commit(ctx, u.h.Name)
+	}
+	return u.be.Save(ctx, u.h, u.mem)
+}
+
+func (u *upload) abort() {
+	if u.pending != nil && !u.committed {
+		u.pending.Abort()
+	}
+}
+
+// receive reads exactly size bytes of body into the backend (streamed
+// when it can, and no verifier needs the bytes) while hashing them, and
+// checks the name and the verifier. Nothing is visible until commit.
+func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Handle, body io.Reader, size int64) (_ *upload, err error) {
+	up := &upload{be: be, h: h, size: size, nameChecked: h.Type != storage.Config && !s.opts.AllowAnyName}
+	hw := hash.NewWriter()
+	var dst io.Writer
+	var spool *os.File
+	ss, streams := be.(storage.StreamSaver)
+	switch {
+	case h.Type == storage.Config || !streams || size <= 1<<20 && s.opts.Verifier == nil:
+		// small objects, the config and backends that cannot stream:
+		// in memory (size is bounded above)
+		up.mem = make([]byte, 0, size)
+		dst = &memWriter{up: up}
+	default:
+		up.pending, err = ss.SaveStream(ctx, h.Type)
+		if err != nil {
+			return nil, err
+		}
+		dst = up.pending
+		if s.opts.Verifier != nil {
+			spool, err = os.CreateTemp(s.opts.SpoolDir, ".floe-upload-*")
+			if err != nil {
+				up.pending.Abort()
+				return nil, fmt.Errorf("spool upload: %w", err)
+			}
+			defer os.Remove(spool.Name())
+			defer spool.Close()
+			dst = io.MultiWriter(up.pending, spool)
+		}
+	}
+	defer func() {
+		if err != nil {
+			up.abort()
+		}
+	}()
+	n, err := io.Copy(io.MultiWriter(storageWriter{dst}, hw), body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, fmt.Errorf("%w: body longer than its Content-Length %d", errBody, size)
+		}
+		if errors.Is(err, errStorageWrite) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: reading the upload of %s: %v", errBody, h, err)
+	}
+	if n != size {
+		return nil, fmt.Errorf("%w: body of %d bytes, Content-Length %d", errBody, n, size)
+	}
+	if up.nameChecked {
+		if got := hw.Sum().String(); got != h.Name {
+			return nil, fmt.Errorf("%w: %s received %d bytes that hash to %s", ErrNameMismatch, h, size, got)
+		}
+	}
+	if s.opts.Verifier != nil && h.Type != storage.Config {
+		var ra io.ReaderAt = bytes.NewReader(up.mem)
+		if spool != nil {
+			ra = spool
+		}
+		if verr := s.opts.Verifier.VerifyUpload(ctx, h, ra, size); verr != nil {
+			return nil, fmt.Errorf("%w: %s: %v", errRejected, h, verr)
+		}
+	}
+	return up, nil
+}
+
+type memWriter struct{ up *upload }
+
+func (m *memWriter) Write(p []byte) (int, error) {
+	m.up.mem = append(m.up.mem, p...)
+	return len(p), nil
+}
+
+var errStorageWrite = errors.New("storage write failed")
+
+// storageWriter marks write errors as the storage's (disk full), so that
+// they are not taken for a broken upload.
+type storageWriter struct{ w io.Writer }
+
+func (s storageWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	if err != nil {
+		err = fmt.Errorf("%w: %w", errStorageWrite, err)
+	}
+	return n, err
+}
+
+// idleReader extends the read deadline before each read, so that an upload
+// may take long but may not stall: a client that sends nothing for
+// bodyIdleTimeout is cut off.
+type idleReader struct {
+	r  io.Reader
+	rc *http.ResponseController
+}
+
+func (i *idleReader) Read(p []byte) (int, error) {
+	_ = i.rc.SetReadDeadline(time.Now().Add(bodyIdleTimeout))
+	return i.r.Read(p)
+}
+
+// RootDir serves the repositories in the subdirectories of a directory
+// with the local backend.
+type RootDir struct {
+	dir string
+
+	mu   sync.Mutex
+	open map[string]storage.Backend
+}
+
+// NewRootDir serves the repositories in dir.
+func NewRootDir(dir string) (*RootDir, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("--root: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("--root %s is not a directory", dir)
+	}
+	return &RootDir{dir: abs, open: map[string]storage.Backend{}}, nil
+}
+
+// Open implements Repositories.
+func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error) {
+	if err := ValidRepoName(name); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if be, ok := d.open[name]; ok {
+		return be, nil
+	}
+	be, err := local.Open(filepath.Join(d.dir, name))
+	if errors.Is(err, storage.ErrNotExist) {
+		return nil, fmt.Errorf("no repository %q on this server: %w", name, storage.ErrNotExist)
+	}
+	if err != nil {
+		return nil, err
+	}
+	d.open[name] = be
+	return be, nil
+}
+
+// Create implements Repositories. A directory left by an interrupted
+// create (no config yet) is taken over, like `floe init` on a local path.
+func (d *RootDir) Create(ctx context.Context, name string) (storage.Backend, error) {
+	if err := ValidRepoName(name); err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if be, ok := d.open[name]; ok {
+		if _, err := be.Stat(ctx, storage.Handle{Type: storage.Config}); err == nil {
+			return nil, fmt.Errorf("repository %q already exists: %w", name, storage.ErrExist)
+		}
+		return be, nil
+	}
+	be, err := local.Create(filepath.Join(d.dir, name))
+	if err != nil {
+		if errors.Is(err, storage.ErrExist) {
+			return nil, fmt.Errorf("repository %q already exists: %w", name, storage.ErrExist)
+		}
+		return nil, fmt.Errorf("create repository %q: %w", name, err)
+	}
+	d.open[name] = be
+	return be, nil
+}

@@ -1,0 +1,512 @@
+// Package remote is the storage.Backend of a repository served by `floe
+// serve` (internal/server): the storage interface over HTTP/2 and TLS, as
+// docs/PROTOCOL.md describes. Locations look like
+// https://HOST:PORT/REPO. Idempotent requests (all of them: uploads are
+// named by their content) are retried with backoff on connection errors,
+// 5xx and 429; refusals (401, 403, 413, 422) are clear errors that are not
+// retried.
+package remote
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// Errors of refused requests, wrapped with the server's explanation.
+var (
+	// ErrUnauthorized: no token, or one the server does not know (401).
+	ErrUnauthorized = errors.New("the server refused the credential")
+	// ErrForbidden: the token's role does not allow the request (403).
+	ErrForbidden = errors.New("the server refused: the token's role does not allow this")
+	// ErrTooLarge: the object is larger than the server accepts (413).
+	ErrTooLarge = errors.New("the server refused: object too large")
+	// ErrRejected: the upload's bytes do not match its name or did not
+	// verify (422).
+	ErrRejected = errors.New("the server rejected the upload")
+)
+
+// Options configure a Backend.
+type Options struct {
+	// Token is the credential (from a token file; never logged).
+	Token string
+	// Fingerprint pins the server's certificate ("sha256:HEX").
+	Fingerprint string
+	// KnownServersFile remembers fingerprints trusted on first use; empty:
+	// no trust on first use.
+	KnownServersFile string
+	// Warn prints messages for people (first-use trust).
+	Warn func(string)
+	// Retries is how often a failed request is retried (default 6, about
+	// 30 s in all); RetryDelay the first delay (default 250 ms), doubled
+	// each time up to 8 s.
+	Retries    int
+	RetryDelay time.Duration
+	// SpoolDir holds packs being written (SaveStream) until they are
+	// complete and named; default os.TempDir().
+	SpoolDir string
+}
+
+// Backend is a repository on a floe server.
+type Backend struct {
+	base   string // https://host:port
+	repo   string
+	opts   Options
+	tr     *http.Transport
+	client *http.Client
+}
+
+var _ storage.Backend = (*Backend)(nil)
+
+// IsURL reports whether loc is a floe server location.
+func IsURL(loc string) bool { return strings.HasPrefix(loc, "https://") }
+
+// ParseURL splits https://HOST[:PORT]/REPO into the server's base URL,
+// host:port and the repository name.
+func ParseURL(loc string) (base, hostport, repo string, err error) {
+	u, err := url.Parse(loc)
+	if err != nil {
+		return "", "", "", fmt.Errorf("repository location %q: %w", loc, err)
+	}
+	if u.Scheme != "https" {
+		return "", "", "", fmt.Errorf("repository location %q: a floe server is reached with https://HOST:PORT/REPO", loc)
+	}
+	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
+		return "", "", "", fmt.Errorf("repository location %q: want https://HOST:PORT/REPO (the token goes in --token-file, never in the URL)", u.Redacted())
+	}
+	repo = strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
+	if repo == "" || strings.Contains(repo, "/") || u.RawPath != "" {
+		return "", "", "", fmt.Errorf("repository location %q: want https://HOST:PORT/REPO with one repository name", loc)
+	}
+	hostport = u.Host
+	if u.Port() == "" {
+		hostport = net.JoinHostPort(u.Hostname(), "443")
+	}
+	return "https://" + u.Host, hostport, repo, nil
+}
+
+// New returns the backend of loc without contacting the server.
+func New(loc string, opts Options) (*Backend, error) {
+	base, hostport, repo, err := ParseURL(loc)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Fingerprint != "" {
+		if opts.Fingerprint, err = ParseFingerprint(opts.Fingerprint); err != nil {
+			return nil, err
+		}
+	}
+	if opts.Retries == 0 {
+		opts.Retries = 6
+	}
+	if opts.RetryDelay <= 0 {
+		opts.RetryDelay = 250 * time.Millisecond
+	}
+	if opts.SpoolDir == "" {
+		opts.SpoolDir = os.TempDir()
+	}
+	host, _, _ := net.SplitHostPort(hostport)
+	tr := &trust{host: host, hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn}
+	transport := &http.Transport{
+		Proxy:       http.ProxyFromEnvironment,
+		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig: &tls.Config{
+			MinVersion: tls.VersionTLS12,
+			ServerName: host,
+			// The chain is checked by trust.verify instead, which
+			// also accepts a pinned or remembered self-signed
+			// certificate (InsecureSkipVerify only turns off the
+			// built-in check; VerifyConnection always runs).
+			InsecureSkipVerify: true,
+			VerifyConnection:   tr.verify,
+		},
+		ForceAttemptHTTP2:     true,
+		TLSHandshakeTimeout:   20 * time.Second,
+		ResponseHeaderTimeout: 5 * time.Minute, // a 1 GiB pack is fsynced before the answer
+		IdleConnTimeout:       90 * time.Second,
+		MaxIdleConnsPerHost:   8,
+		HTTP2: &http.HTTP2Config{
+			// large windows: packs are many MiB and a round trip per
+			// small window would cap throughput
+			MaxReceiveBufferPerConnection: 32 << 20,
+			MaxReceiveBufferPerStream:     16 << 20,
+			PingTimeout:                   30 * time.Second,
+			SendPingTimeout:               time.Minute,
+		},
+	}
+	return &Backend{base: base, repo: repo, opts: opts, tr: transport, client: &http.Client{Transport: transport}}, nil
+}
+
+// Open returns the backend of an existing repository: it asks the server
+// for the config, so that a missing repository, a wrong token or an
+// untrusted server show at once.
+func Open(ctx context.Context, loc string, opts Options) (*Backend, error) {
+	b, err := New(loc, opts)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := b.Stat(ctx, storage.Handle{Type: storage.Config}); err != nil {
+		b.Close()
+		if errors.Is(err, storage.ErrNotExist) {
+			return nil, fmt.Errorf("no repository at %s: %w", b.Location(), storage.ErrNotExist)
+		}
+		return nil, fmt.Errorf("open repository at %s: %w", b.Location(), err)
+	}
+	return b, nil
+}
+
+// Create asks the server to create the repository (admin role).
+func Create(ctx context.Context, loc string, opts Options) (*Backend, error) {
+	b, err := New(loc, opts)
+	if err != nil {
+		return nil, err
+	}
+	res, err := b.do(ctx, request{method: http.MethodPut, path: "/" + b.repo + "/"})
+	if err == nil && res.status != http.StatusCreated {
+		err = b.statusError(res)
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("create repository at %s: %w", b.Location(), err)
+	}
+	return b, nil
+}
+
+// Location implements storage.Backend.
+func (b *Backend) Location() string { return b.base + "/" + b.repo }
+
+// Close implements storage.Backend.
+func (b *Backend) Close() error {
+	b.tr.CloseIdleConnections()
+	return nil
+}
+
+func (b *Backend) objectPath(h storage.Handle) string {
+	if h.Type == storage.Config {
+		return "/" + b.repo + "/config"
+	}
+	return "/" + b.repo + "/" + string(h.Type) + "/" + h.Name
+}
+
+type request struct {
+	method string
+	path   string
+	query  string
+	// body returns a fresh body for each attempt (nil: none)
+	body func() (io.ReadCloser, error)
+	size int64
+}
+
+type response struct {
+	status  int
+	header  http.Header
+	data    []byte
+	retried bool // an earlier attempt may have reached the server
+}
+
+// maxErrorBody bounds what is read of an error answer.
+const maxErrorBody = 64 << 10
+
+// do sends req, retrying connection errors, 5xx and 429 with backoff,
+// and reads the whole answer.
+func (b *Backend) do(ctx context.Context, req request) (response, error) {
+	var lastErr error
+	delay := b.opts.RetryDelay
+	for attempt := 0; ; attempt++ {
+		if err := ctx.Err(); err != nil {
+			return response{}, err
+		}
+		res, err := b.once(ctx, req)
+		res.retried = attempt > 0
+		retry := false
+		switch {
+		case err != nil:
+			if ctx.Err() != nil || errors.Is(err, ErrFingerprint) || isTLSTrustError(err) {
+				return res, err
+			}
+			retry, lastErr = true, fmt.Errorf("server %s unreachable: %w", b.base, err)
+		case res.status >= 500 || res.status == http.StatusTooManyRequests:
+			retry, lastErr = true, b.statusError(res)
+		}
+		if !retry {
+			return res, nil
+		}
+		if attempt >= b.opts.Retries {
+			return res, fmt.Errorf("%w (gave up after %d attempts)", lastErr, attempt+1)
+		}
+		wait := delay + rand.N(delay/2+1)
+		if ra, perr := strconv.Atoi(res.header.Get("Retry-After")); perr == nil && ra > 0 && ra <= 10 {
+			wait = max(wait, time.Duration(ra)*time.Second)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return res, ctx.Err()
+		case <-t.C:
+		}
+		delay = min(2*delay, 8*time.Second)
+	}
+}
+
+func isTLSTrustError(err error) bool {
+	var ce *tls.CertificateVerificationError
+	return errors.As(err, &ce)
+}
+
+func (b *Backend) once(ctx context.Context, req request) (response, error) {
+	u := b.base + req.path
+	if req.query != "" {
+		u += "?" + req.query
+	}
+	var body io.ReadCloser
+	if req.body != nil {
+		var err error
+		if body, err = req.body(); err != nil {
+			return response{}, err
+		}
+	}
+	hr, err := http.NewRequestWithContext(ctx, req.method, u, body)
+	if err != nil {
+		if body != nil {
+			body.Close()
+		}
+		return response{}, err
+	}
+	if req.body != nil {
+		hr.ContentLength = req.size
+		hr.GetBody = req.body
+		if req.size == 0 {
+			hr.Body = http.NoBody
+		}
+	}
+	hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
+	resp, err := b.client.Do(hr)
+	if err != nil {
+		return response{}, err
+	}
+	defer resp.Body.Close()
+	res := response{status: resp.StatusCode, header: resp.Header}
+	limit := int64(maxErrorBody)
+	if resp.StatusCode < 300 {
+		limit = 1 << 62
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))))
+	if _, err := io.Copy(buf, io.LimitReader(resp.Body, limit)); err != nil {
+		return res, fmt.Errorf("reading the answer: %w", err)
+	}
+	if resp.ContentLength >= 0 && resp.StatusCode < 300 && int64(buf.Len()) != resp.ContentLength {
+		return res, fmt.Errorf("answer cut short: %d of %d bytes", buf.Len(), resp.ContentLength)
+	}
+	res.data = buf.Bytes()
+	return res, nil
+}
+
+// statusError turns an unexpected answer into an error wrapping the
+// storage error it stands for, with the server's explanation.
+func (b *Backend) statusError(res response) error {
+	var eb struct {
+		Error string `json:"error"`
+	}
+	msg := ""
+	if json.Unmarshal(res.data, &eb) == nil {
+		msg = eb.Error
+	}
+	if len(msg) > 500 {
+		msg = msg[:500] + "..."
+	}
+	var base error
+	switch res.status {
+	case http.StatusBadRequest:
+		base = storage.ErrInvalid
+	case http.StatusUnauthorized:
+		base = ErrUnauthorized
+	case http.StatusForbidden:
+		base = ErrForbidden
+	case http.StatusNotFound:
+		return storage.ErrNotExist
+	case http.StatusConflict:
+		return storage.ErrExist
+	case http.StatusRequestEntityTooLarge:
+		base = ErrTooLarge
+	case http.StatusRequestedRangeNotSatisfiable:
+		base = io.ErrUnexpectedEOF
+	case http.StatusUnprocessableEntity:
+		base = ErrRejected
+	default:
+		if msg == "" {
+			msg = http.StatusText(res.status)
+		}
+		return fmt.Errorf("server %s answered %d: %s", b.base, res.status, msg)
+	}
+	if msg == "" {
+		return base
+	}
+	return fmt.Errorf("%w (HTTP %d: %s)", base, res.status, msg)
+}
+
+func bytesBody(data []byte) func() (io.ReadCloser, error) {
+	return func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil }
+}
+
+// Save implements storage.Backend. A retried upload that finds an
+// identical object already there succeeded (its first attempt did).
+func (b *Backend) Save(ctx context.Context, h storage.Handle, data []byte) error {
+	return b.put(ctx, h, bytesBody(data), int64(len(data)))
+}
+
+func (b *Backend) put(ctx context.Context, h storage.Handle, body func() (io.ReadCloser, error), size int64) error {
+	if err := h.Validate(); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodPut, path: b.objectPath(h), body: body, size: size})
+	if err != nil {
+		return fmt.Errorf("save %s: %w", h, err)
+	}
+	switch {
+	case res.status == http.StatusCreated:
+		return nil
+	case res.status == http.StatusOK && res.header.Get("Floe-Result") == "identical":
+		if res.retried {
+			return nil
+		}
+		return fmt.Errorf("save %s: %w", h, storage.ErrExist)
+	}
+	return fmt.Errorf("save %s: %w", h, b.statusError(res))
+}
+
+// Load implements storage.Backend.
+func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int64) ([]byte, error) {
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	if offset < 0 || length < 0 {
+		return nil, fmt.Errorf("load %s: %w: negative range offset %d length %d", h, storage.ErrInvalid, offset, length)
+	}
+	q := url.Values{}
+	if offset > 0 {
+		q.Set("offset", strconv.FormatInt(offset, 10))
+	}
+	if length > 0 {
+		q.Set("length", strconv.FormatInt(length, 10))
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q.Encode()})
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	if res.status != http.StatusOK {
+		return nil, fmt.Errorf("load %s: %w", h, b.statusError(res))
+	}
+	if length > 0 && int64(len(res.data)) != length {
+		return nil, fmt.Errorf("load %s: server sent %d bytes for a %d-byte range", h, len(res.data), length)
+	}
+	return res.data, nil
+}
+
+// Stat implements storage.Backend.
+func (b *Backend) Stat(ctx context.Context, h storage.Handle) (storage.FileInfo, error) {
+	if err := h.Validate(); err != nil {
+		return storage.FileInfo{}, fmt.Errorf("stat %s: %w", h, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodHead, path: b.objectPath(h)})
+	if err != nil {
+		return storage.FileInfo{}, fmt.Errorf("stat %s: %w", h, err)
+	}
+	if res.status != http.StatusOK {
+		return storage.FileInfo{}, fmt.Errorf("stat %s: %w", h, b.statusError(res))
+	}
+	size, err := strconv.ParseInt(res.header.Get("Floe-Size"), 10, 64)
+	if err != nil || size < 0 {
+		return storage.FileInfo{}, fmt.Errorf("stat %s: server sent no valid size", h)
+	}
+	return storage.FileInfo{Name: h.Name, Size: size}, nil
+}
+
+// List implements storage.Backend. The whole list is read before fn is
+// called, so that a retried request never reports a name twice.
+func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.FileInfo) error) error {
+	if err := storage.ValidateListType(t); err != nil {
+		return fmt.Errorf("list %s: %w", t, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/"})
+	if err != nil {
+		return fmt.Errorf("list %s: %w", t, err)
+	}
+	if res.status != http.StatusOK {
+		return fmt.Errorf("list %s: %w", t, b.statusError(res))
+	}
+	var infos []storage.FileInfo
+	dec := json.NewDecoder(bytes.NewReader(res.data))
+	end := false
+	for dec.More() && !end {
+		var e struct {
+			Name  string `json:"name"`
+			Size  int64  `json:"size"`
+			End   bool   `json:"end"`
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&e); err != nil {
+			return fmt.Errorf("list %s: bad answer from the server: %w", t, err)
+		}
+		switch {
+		case e.Error != "":
+			return fmt.Errorf("list %s: server: %s", t, e.Error)
+		case e.End:
+			end = true
+		default:
+			// a hostile server's names are checked like a directory's
+			if (storage.Handle{Type: t, Name: e.Name}).Validate() != nil || e.Size < 0 {
+				continue
+			}
+			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
+		}
+	}
+	if !end {
+		return fmt.Errorf("list %s: the server's answer was cut short", t)
+	}
+	for _, fi := range infos {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list %s: %w", t, err)
+		}
+		if err := fn(fi); err != nil {
+			return fmt.Errorf("list %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// Remove implements storage.Backend. A retried remove that finds the
+// object gone succeeded (its first attempt did).
+func (b *Backend) Remove(ctx context.Context, h storage.Handle) error {
+	if err := h.Validate(); err != nil {
+		return fmt.Errorf("remove %s: %w", h, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodDelete, path: b.objectPath(h)})
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", h, err)
+	}
+	switch {
+	case res.status == http.StatusNoContent || res.status == http.StatusOK:
+		return nil
+	case res.status == http.StatusNotFound && res.retried:
+		return nil
+	}
+	return fmt.Errorf("remove %s: %w", h, b.statusError(res))
+}
