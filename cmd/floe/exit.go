@@ -7,6 +7,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -21,6 +22,7 @@ const (
 	ExitWrongKey    = 11
 	ExitWriteOnly   = 12
 	ExitDamage      = 13
+	ExitRefused     = 14 // the floe server refused the token or its role
 	ExitInterrupted = 130
 )
 
@@ -54,6 +56,10 @@ func exitCodeFor(err error) int {
 		return ExitWriteOnly
 	case errors.Is(err, repo.ErrNoRepository), errors.Is(err, errNoRepoGiven):
 		return ExitNoRepo
+	case isServerRefusal(err):
+		return ExitRefused
+	case errors.Is(err, remote.ErrFingerprint):
+		return ExitNoRepo
 	}
 	return ExitError
 }
@@ -66,6 +72,10 @@ func hintFor(err error) string {
 		return "create one with `floe init -r LOCATION`, or check -r/--repo and FLOE_REPOSITORY"
 	case errors.Is(err, errNoRepoGiven):
 		return "run `floe backup PATH` once to create the default repository, or use `floe init -r LOCATION`"
+	case errors.Is(err, remote.ErrUnauthorized):
+		return "the floe server does not know this token: check --token-file/FLOE_TOKEN_FILE, or ask for one (`floe serve token add`)"
+	case errors.Is(err, remote.ErrForbidden):
+		return "the token's role on the floe server does not allow this command (backup tokens only add backups; restore needs a restore or admin token)"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

@@ -28,6 +28,10 @@ type globals struct {
 	uploadKiB   int64
 	downloadKiB int64
 
+	// a repository on a floe server (https://)
+	tokenFile         string
+	serverFingerprint string
+
 	cpuProfile string
 	memProfile string
 
@@ -58,6 +62,8 @@ func (g *globals) addFlags(c *cobra.Command) {
 	// download limit.
 	f.Int64Var(&g.uploadKiB, "limit-upload", 0, "limit uploads (bytes saved to repositories) to this many `KiB/s`; 0: no limit")
 	f.Int64Var(&g.downloadKiB, "limit-download", 0, "limit downloads (bytes loaded from repositories) to this many `KiB/s`; 0: no limit")
+	f.StringVar(&g.tokenFile, "token-file", "", "read the floe server token from this `file` (env FLOE_TOKEN_FILE)")
+	f.StringVar(&g.serverFingerprint, "server-fingerprint", "", "accept only the floe server certificate with this `sha256:HEX` fingerprint (env FLOE_SERVER_FINGERPRINT)")
 }
 
 func envDefault(v *string, name string) {
@@ -72,6 +78,8 @@ func (g *globals) resolve() error {
 	envDefault(&g.passwordCommand, "FLOE_PASSWORD_COMMAND")
 	envDefault(&g.keyFile, "FLOE_KEY_FILE")
 	envDefault(&g.cacheDir, "FLOE_CACHE_DIR")
+	envDefault(&g.tokenFile, "FLOE_TOKEN_FILE")
+	envDefault(&g.serverFingerprint, "FLOE_SERVER_FINGERPRINT")
 	if g.uploadKiB < 0 || g.downloadKiB < 0 {
 		return usageError{fmt.Errorf("--limit-upload and --limit-download take KiB/s, 0 or more")}
 	}
@@ -121,7 +129,7 @@ func (g *globals) target() connect.Target {
 func (g *globals) otherTarget(loc, passwordFile, passwordCommand, keyFile string) connect.Target {
 	return connect.Target{Location: loc, PasswordFile: passwordFile, PasswordCommand: passwordCommand,
 		KeyFile: keyFile, Prompt: prompt, CacheDir: g.cacheDir, NoCache: g.noCache, Limits: g.limits,
-		Warn: func(msg string) { g.warn("%s", msg) }}
+		Server: g.serverOptions(), Warn: func(msg string) { g.warn("%s", msg) }}
 }
 
 // openRepo opens the repository; with loadIndex, also its index.

@@ -80,6 +80,7 @@ Exit codes:
   11  wrong password or key file
   12  the key is write-only and the command needs to read backups
   13  check found damage
+  14  the floe server refused: unknown token, or its role does not allow this
   130 interrupted`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -115,6 +116,7 @@ Exit codes:
 		newExportCommand(g),
 		newImportCommand(g),
 		newRepairCommand(g),
+		newServeCommand(g),
 	)
 	usageArgsAll(root)
 	return root

@@ -49,6 +49,10 @@ type Target struct {
 	CacheDir string
 	NoCache  bool
 
+	// Server is what a floe server location (https://) needs besides
+	// the location: the token file and the server's fingerprint.
+	Server location.Options
+
 	// Limits, if set, applies to every backend opened for the target.
 	Limits *Limits
 	// Warn, if set, gets warnings (a damaged index file, no cache): the
@@ -72,7 +76,7 @@ type Options struct {
 // OpenBackend opens the storage of the existing repository at t.Location,
 // with t's limits applied.
 func OpenBackend(t Target) (storage.Backend, error) {
-	be, err := location.Open(t.Location)
+	be, err := location.OpenWith(context.Background(), t.Location, t.Server)
 	if err != nil {
 		return nil, err
 	}

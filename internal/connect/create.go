@@ -55,7 +55,7 @@ func Create(ctx context.Context, t Target, opts repo.InitOptions) (*repo.Reposit
 		f.Close()
 		os.Remove(keyPath)
 	}
-	be, err := location.Create(t.Location)
+	be, err := location.CreateWith(ctx, t.Location, t.Server)
 	if err != nil {
 		return nil, "", err
 	}

@@ -36,7 +36,7 @@ func Diagnose(ctx context.Context, t Target, err error) error {
 	if !errors.Is(err, repo.ErrWrongKey) {
 		return err
 	}
-	be, berr := location.Open(t.Location)
+	be, berr := location.OpenWith(ctx, t.Location, t.Server)
 	if berr != nil {
 		return err
 	}

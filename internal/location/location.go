@@ -1,6 +1,6 @@
 // Package location turns a repository location string (-r/--repo) into a
-// storage backend. Today: local directories; object stores and the floe
-// server add schemes here.
+// storage backend: local directories, and https:// for a floe server
+// (remote.go; OpenWith and CreateWith take its token and fingerprint).
 package location
 
 import (
@@ -37,7 +37,7 @@ func localPath(loc string) (string, error) {
 	if i := strings.Index(loc, ":"); i > 0 && !strings.ContainsAny(loc[:i], "/.") {
 		scheme := loc[:i]
 		if scheme != "local" {
-			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path)", loc, scheme)
+			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path, https://HOST:PORT/REPO for floe serve)", loc, scheme)
 		}
 		loc = loc[i+1:]
 	}

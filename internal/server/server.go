@@ -109,7 +109,20 @@ const (
 	HeaderSize = "Floe-Size"
 	// HeaderResult is "created" or "identical" in the answer to a PUT.
 	HeaderResult = "Floe-Result"
+	// HeaderError is the reason of a refused HEAD request.
+	HeaderError = "Floe-Error"
 )
+
+// headerSafe keeps printable ASCII, so that a reason fits in a header.
+func headerSafe(s string) string {
+	b := make([]byte, 0, min(len(s), 500))
+	for i := 0; i < len(s) && len(b) < 500; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
 
 // Error codes of the JSON error body {"error": "...", "code": "..."}.
 const (
@@ -155,6 +168,10 @@ func (q *request) fail(s *Server, status int, code string, err error) {
 		s.opts.Audit.Write(q.rec)
 	}
 	q.w.Header().Set("Content-Type", "application/json")
+	if q.r.Method == http.MethodHead {
+		// HEAD answers have no body: the reason goes in a header
+		q.w.Header().Set(HeaderError, headerSafe(err.Error()))
+	}
 	if status == http.StatusTooManyRequests {
 		q.w.Header().Set("Retry-After", "1")
 	}

@@ -192,7 +192,9 @@ func (s *TokenStore) List() ([]Token, error) {
 	for _, t := range s.tokens {
 		ts = append(ts, t)
 	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i].Created.Before(ts[j].Created) || ts[i].Created.Equal(ts[j].Created) && ts[i].ID < ts[j].ID })
+	sort.Slice(ts, func(i, j int) bool {
+		return ts[i].Created.Before(ts[j].Created) || ts[i].Created.Equal(ts[j].Created) && ts[i].ID < ts[j].ID
+	})
 	return ts, nil
 }
 

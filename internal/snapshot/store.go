@@ -56,8 +56,11 @@ func List(ctx context.Context, r *repo.Repository) ([]*Record, []error, error) {
 		mu   sync.Mutex
 		out  []*Record
 		errs []error
-		wg   sync.WaitGroup
-		sem  = make(chan struct{}, 8)
+		// a refusal of the credential (floe server role) fails the
+		// listing instead of hiding every snapshot as damaged
+		denied error
+		wg     sync.WaitGroup
+		sem    = make(chan struct{}, 8)
 	)
 	for _, id := range ids {
 		wg.Add(1)
@@ -69,6 +72,9 @@ func List(ctx context.Context, r *repo.Repository) ([]*Record, []error, error) {
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
+				if errors.Is(err, storage.ErrDenied) && denied == nil {
+					denied = err // not this snapshot's fault: fail below
+				}
 				errs = append(errs, err)
 				return
 			}
@@ -76,6 +82,9 @@ func List(ctx context.Context, r *repo.Repository) ([]*Record, []error, error) {
 		}(id)
 	}
 	wg.Wait()
+	if denied != nil {
+		return nil, nil, denied
+	}
 	SortByTime(out)
 	return out, errs, ctx.Err()
 }

@@ -143,6 +143,12 @@ var ErrNotExist = errors.New("object does not exist")
 // Objects are immutable: a writer never overwrites.
 var ErrExist = errors.New("object already exists")
 
+// ErrDenied is returned (wrapped) when the storage refuses an operation to
+// this client's credential (a floe server token whose role does not allow
+// it, or an unknown token). It says nothing about the object: callers that
+// skip damaged objects and go on must stop on it.
+var ErrDenied = errors.New("access denied by the storage")
+
 // Backend is the storage interface. Implementations must be safe for
 // concurrent use.
 type Backend interface {

@@ -27,12 +27,19 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 )
 
+// deniedError is a refusal of the credential: errors.Is(err,
+// storage.ErrDenied) holds for it.
+type deniedError struct{ msg string }
+
+func (e deniedError) Error() string        { return e.msg }
+func (e deniedError) Is(target error) bool { return target == storage.ErrDenied }
+
 // Errors of refused requests, wrapped with the server's explanation.
 var (
 	// ErrUnauthorized: no token, or one the server does not know (401).
-	ErrUnauthorized = errors.New("the server refused the credential")
+	ErrUnauthorized error = deniedError{"the server refused the credential"}
 	// ErrForbidden: the token's role does not allow the request (403).
-	ErrForbidden = errors.New("the server refused: the token's role does not allow this")
+	ErrForbidden error = deniedError{"the server refused: the token's role does not allow this"}
 	// ErrTooLarge: the object is larger than the server accepts (413).
 	ErrTooLarge = errors.New("the server refused: object too large")
 	// ErrRejected: the upload's bytes do not match its name or did not
@@ -325,6 +332,9 @@ func (b *Backend) statusError(res response) error {
 	msg := ""
 	if json.Unmarshal(res.data, &eb) == nil {
 		msg = eb.Error
+	}
+	if msg == "" && res.header != nil {
+		msg = res.header.Get("Floe-Error") // answers to HEAD have no body
 	}
 	if len(msg) > 500 {
 		msg = msg[:500] + "..."

@@ -1,0 +1,31 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+
+	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+// serverOptions are what a repository on a floe server needs: the token
+// file, the pinned fingerprint, and where fingerprints trusted on first use
+// are remembered.
+func (g *globals) serverOptions() location.Options {
+	o := location.Options{
+		TokenFile:         g.tokenFile,
+		ServerFingerprint: g.serverFingerprint,
+		Warn:              func(s string) { os.Stderr.WriteString(s + "\n") },
+	}
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
+		o.KnownServersFile = filepath.Join(d, "floe", "known_servers")
+	} else if home, err := os.UserHomeDir(); err == nil {
+		o.KnownServersFile = filepath.Join(home, ".config", "floe", "known_servers")
+	}
+	return o
+}
+
+func isServerRefusal(err error) bool {
+	return errors.Is(err, remote.ErrForbidden) || errors.Is(err, remote.ErrUnauthorized)
+}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+type serveFlags struct {
+	root, stateDir string
+}
+
+func (f *serveFlags) state() (string, error) {
+	switch {
+	case f.stateDir != "":
+		return f.stateDir, nil
+	case f.root != "":
+		return server.StateDirFor(f.root), nil
+	}
+	return "", usageError{errors.New("give --root (or --state-dir)")}
+}
+
+func newServeCommand(g *globals) *cobra.Command {
+	sf := &serveFlags{}
+	cfg := server.Config{}
+	c := &cobra.Command{
+		Use:   "serve --root DIR",
+		Short: "Serve repositories to hosts over HTTPS (append-only credentials)",
+		Long: `Serve the repositories in the subdirectories of --root over HTTP/2 and TLS.
+Hosts reach them as -r https://HOST:PORT/REPO with a token (--token-file).
+
+The server holds no keys: it moves encrypted objects. It checks that every
+uploaded object is named by the BLAKE3-256 of its bytes and never
+overwrites one, so a backup token can add backups but not change or delete
+anything. Every write, delete and refused request goes to the audit log
+(JSON lines, STATE/audit.log).
+
+Without --tls-cert/--tls-key a self-signed certificate is made on first
+start in the state directory (default ROOT/.floe-server); its fingerprint is
+printed: give it to clients (--server-fingerprint or FLOE_SERVER_FINGERPRINT),
+or they trust it on first use and remember it in ~/.config/floe/known_servers.
+
+Roles (combine with commas): backup (list, read config/keys/index/gc marks,
+add packs, index files and snapshots), restore (read everything), admin
+(everything: init, key management, forget, prune).`,
+		Example: `  floe serve --root /srv/floe --listen :8443
+  floe serve token add --root /srv/floe --repo fleet --host admin --role admin > admin.token
+  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
+  floe -r https://backup.example:8443/fleet --token-file admin.token init
+  floe -r https://backup.example:8443/fleet --token-file web1.token --key-file web1.key backup /etc
+  floe serve token list --root /srv/floe
+  floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg.Root, cfg.StateDir = sf.root, sf.stateDir
+			if cfg.Root == "" {
+				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
+			}
+			cfg.Ready = func(addr, fp string, created bool) {
+				if created {
+					g.say("created a self-signed TLS certificate")
+				}
+				g.say("serving repositories in %s on https://%s", cfg.Root, addr)
+				g.say("certificate fingerprint: %s", fp)
+			}
+			return server.Run(cmd.Context(), cfg)
+		},
+	}
+	f := c.Flags()
+	c.PersistentFlags().StringVar(&sf.root, "root", "", "directory holding one subdirectory per repository")
+	c.PersistentFlags().StringVar(&sf.stateDir, "state-dir", "", "tokens, audit log and certificate (default ROOT/.floe-server)")
+	f.StringVar(&cfg.Listen, "listen", ":8443", "address to listen on (`host:port`)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate `file` (PEM; default: a self-signed one in the state directory)")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key `file` (PEM)")
+	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "extra host `name` or IP of the self-signed certificate (repeatable)")
+	f.StringVar(&cfg.AuditLog, "audit-log", "", "audit log `file` (default STATE/audit.log)")
+	f.Int64Var(&cfg.MaxObjectSize, "max-object-size", server.DefaultMaxObjectSize, "largest upload accepted, in `bytes`")
+	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
+	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf))
+	return c
+}
+
+func newServeFingerprintCommand(g *globals, sf *serveFlags) *cobra.Command {
+	var cert, key string
+	c := &cobra.Command{
+		Use:     "fingerprint",
+		Short:   "Print the fingerprint of the server's certificate (for clients to pin)",
+		Example: `  floe serve fingerprint --root /srv/floe`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			if cert == "" {
+				if _, err := os.Stat(state + "/" + server.CertFile); err != nil {
+					return fmt.Errorf("no certificate in %s yet: start `floe serve` once", state)
+				}
+			}
+			_, fp, _, err := server.LoadCertificate(state, cert, key, nil)
+			if err != nil {
+				return err
+			}
+			fmt.Println(fp)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&cert, "tls-cert", "", "certificate `file` (default: the self-signed one)")
+	c.Flags().StringVar(&key, "tls-key", "", "key `file`")
+	return c
+}
+
+func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "token",
+		Short: "Manage the credentials of hosts (add, list, revoke)",
+	}
+	var repoName, host, roles string
+	add := &cobra.Command{
+		Use:   "add --repo REPO --host HOST --role ROLES",
+		Short: "Create a token; it is printed once and only its hash is kept",
+		Long: `Create a token for one host on one repository. The token is printed once on
+standard output; the server keeps only its SHA-256. Store it on the host in a
+file of mode 0600 and pass it with --token-file or FLOE_TOKEN_FILE.
+
+Roles, combinable with commas: backup, restore, admin.`,
+		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > /tmp/web1.token
+  floe serve token add --root /srv/floe --repo fleet --host ops --role backup,restore`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			if repoName == "" || host == "" || roles == "" {
+				return usageError{errors.New("token add needs --repo, --host and --role")}
+			}
+			r, err := server.ParseRoles(roles)
+			if err != nil {
+				return usageError{err}
+			}
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				return fmt.Errorf("state directory: %w", err)
+			}
+			ts, err := server.OpenTokenStore(state)
+			if err != nil {
+				return err
+			}
+			tok, t, err := ts.Add(repoName, host, r)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return ui.WriteJSON(os.Stdout, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "token": tok})
+			}
+			fmt.Println(tok)
+			if !g.quiet {
+				fmt.Fprintf(os.Stderr, "token %s for host %s on repository %s, roles %s; shown only this once: store it in a file of mode 0600 on the host (--token-file)\n",
+					t.ID, ui.Sanitize(t.Host), t.Repo, t.Roles)
+			}
+			return nil
+		},
+	}
+	add.Flags().StringVar(&repoName, "repo", "", "repository `name` (subdirectory of --root)")
+	add.Flags().StringVar(&host, "host", "", "host `name` the token is for (shown in the audit log)")
+	add.Flags().StringVar(&roles, "role", "", "`roles`: backup, restore, admin (comma-separated)")
+
+	list := &cobra.Command{
+		Use:     "list",
+		Short:   "List tokens (ids, never the tokens)",
+		Example: `  floe serve token list --root /srv/floe`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			ts, err := server.OpenTokenStore(state)
+			if err != nil {
+				return err
+			}
+			list, err := ts.List()
+			if err != nil {
+				return err
+			}
+			if g.json {
+				out := []map[string]any{}
+				for _, t := range list {
+					out = append(out, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "created": t.Created})
+				}
+				return ui.WriteJSON(os.Stdout, out)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tREPO\tHOST\tROLES\tCREATED")
+			for _, t := range list {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Repo, ui.Sanitize(t.Host), t.Roles, t.Created.Format("2006-01-02 15:04:05"))
+			}
+			return tw.Flush()
+		},
+	}
+	revoke := &cobra.Command{
+		Use:     "revoke ID...",
+		Short:   "Revoke tokens; a running server refuses them at once",
+		Example: `  floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			ts, err := server.OpenTokenStore(state)
+			if err != nil {
+				return err
+			}
+			for _, id := range args {
+				if err := ts.Revoke(strings.TrimSpace(id)); err != nil {
+					return err
+				}
+				g.say("revoked token %s", id)
+			}
+			return nil
+		},
+	}
+	c.AddCommand(add, list, revoke)
+	return c
+}

@@ -1,0 +1,83 @@
+package location
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+// Options carry what remote locations need besides the location string.
+type Options struct {
+	// TokenFile holds the credential for a floe server (first line).
+	TokenFile string
+	// ServerFingerprint pins the floe server's certificate.
+	ServerFingerprint string
+	// KnownServersFile remembers server fingerprints trusted on first use.
+	KnownServersFile string
+	// Warn prints messages for people.
+	Warn func(string)
+}
+
+// OpenWith opens the backend of an existing repository.
+func OpenWith(ctx context.Context, loc string, opts Options) (storage.Backend, error) {
+	if remote.IsURL(loc) {
+		ro, err := remoteOptions(opts)
+		if err != nil {
+			return nil, err
+		}
+		return remote.Open(ctx, loc, ro)
+	}
+	return Open(loc)
+}
+
+// CreateWith creates the backend of a new repository.
+func CreateWith(ctx context.Context, loc string, opts Options) (storage.Backend, error) {
+	if remote.IsURL(loc) {
+		ro, err := remoteOptions(opts)
+		if err != nil {
+			return nil, err
+		}
+		return remote.Create(ctx, loc, ro)
+	}
+	return Create(loc)
+}
+
+func remoteOptions(opts Options) (remote.Options, error) {
+	if opts.TokenFile == "" {
+		return remote.Options{}, errors.New("a floe server needs a token: use --token-file or FLOE_TOKEN_FILE (`floe serve token add` makes one)")
+	}
+	tok, err := readToken(opts.TokenFile)
+	if err != nil {
+		return remote.Options{}, err
+	}
+	return remote.Options{Token: tok, Fingerprint: opts.ServerFingerprint,
+		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn}, nil
+}
+
+// readToken reads the first line of a token file; the token itself never
+// appears in an error.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("read token file: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		if err := sc.Err(); err != nil {
+			return "", fmt.Errorf("read token file %s: %w", path, err)
+		}
+		return "", fmt.Errorf("token file %s is empty", path)
+	}
+	tok := strings.TrimSpace(sc.Text())
+	if tok == "" || strings.ContainsAny(tok, " \t\x00") {
+		return "", fmt.Errorf("token file %s does not hold a token on its first line", path)
+	}
+	return tok, nil
+}

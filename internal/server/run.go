@@ -1,0 +1,130 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Config is what `floe serve` runs.
+type Config struct {
+	Root     string // one subdirectory per repository
+	StateDir string // tokens, audit log, self-signed certificate; default StateDirFor(Root)
+	Listen   string // host:port
+	TLSCert  string // certificate and key files; empty: self-signed in StateDir
+	TLSKey   string
+	TLSNames []string // extra names of a self-signed certificate
+	AuditLog string   // default StateDir/audit.log
+
+	MaxObjectSize      int64
+	MaxUploadsPerToken int
+	// ShutdownTimeout bounds the wait for requests in progress after ctx
+	// ends (SIGTERM); default 30 s.
+	ShutdownTimeout time.Duration
+	// Ready is called once the server listens.
+	Ready func(addr, fingerprint string, createdCert bool)
+}
+
+// StateDirFor is the default state directory of a root: a dot directory,
+// which no repository name can be.
+func StateDirFor(root string) string { return filepath.Join(root, ".floe-server") }
+
+// Timeouts of the HTTP server.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+)
+
+// Run serves until ctx ends, then shuts down gracefully: it stops
+// accepting, lets requests in progress finish (an upload either completes
+// or leaves nothing), and returns nil.
+func Run(ctx context.Context, cfg Config) error {
+	if cfg.Root == "" {
+		return errors.New("serve: --root is required")
+	}
+	repos, err := NewRootDir(cfg.Root)
+	if err != nil {
+		return err
+	}
+	if cfg.StateDir == "" {
+		cfg.StateDir = StateDirFor(repos.dir)
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	tokens, err := OpenTokenStore(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if cfg.AuditLog == "" {
+		cfg.AuditLog = filepath.Join(cfg.StateDir, "audit.log")
+	}
+	audit, err := OpenAuditLog(cfg.AuditLog)
+	if err != nil {
+		return err
+	}
+	defer audit.Close()
+	cert, fp, created, err := LoadCertificate(cfg.StateDir, cfg.TLSCert, cfg.TLSKey, cfg.TLSNames)
+	if err != nil {
+		return err
+	}
+	spool := filepath.Join(cfg.StateDir, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool,
+		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          log.New(os.Stderr, "floe serve: ", 0),
+		HTTP2: &http.HTTP2Config{
+			MaxConcurrentStreams: 64,
+			// room for uploads in flight: a window per round trip caps
+			// throughput at window/RTT
+			MaxReceiveBufferPerConnection: 32 << 20,
+			MaxReceiveBufferPerStream:     16 << 20,
+			SendPingTimeout:               time.Minute,
+			PingTimeout:                   30 * time.Second,
+		},
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	if cfg.Ready != nil {
+		cfg.Ready(ln.Addr().String(), fp, created)
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	timeout := cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("serve: shutdown: %w", err)
+	}
+	return nil
+}
