@@ -2,9 +2,7 @@ package server_test
 
 import (
 	"context"
-	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -148,6 +146,3 @@ func sanitize(s string) string {
 	}
 	return string(out)
 }
-
-var _ = os.Getenv
-var _ = http.MethodGet

@@ -462,34 +462,9 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 	if res.status != http.StatusOK {
 		return fmt.Errorf("list %s: %w", t, b.statusError(res))
 	}
-	var infos []storage.FileInfo
-	dec := json.NewDecoder(bytes.NewReader(res.data))
-	end := false
-	for dec.More() && !end {
-		var e struct {
-			Name  string `json:"name"`
-			Size  int64  `json:"size"`
-			End   bool   `json:"end"`
-			Error string `json:"error"`
-		}
-		if err := dec.Decode(&e); err != nil {
-			return fmt.Errorf("list %s: bad answer from the server: %w", t, err)
-		}
-		switch {
-		case e.Error != "":
-			return fmt.Errorf("list %s: server: %s", t, e.Error)
-		case e.End:
-			end = true
-		default:
-			// a hostile server's names are checked like a directory's
-			if (storage.Handle{Type: t, Name: e.Name}).Validate() != nil || e.Size < 0 {
-				continue
-			}
-			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
-		}
-	}
-	if !end {
-		return fmt.Errorf("list %s: the server's answer was cut short", t)
+	infos, err := parseList(t, res.data)
+	if err != nil {
+		return fmt.Errorf("list %s: %w", t, err)
 	}
 	for _, fi := range infos {
 		if err := ctx.Err(); err != nil {
@@ -519,4 +494,35 @@ func (b *Backend) Remove(ctx context.Context, h storage.Handle) error {
 		return nil
 	}
 	return fmt.Errorf("remove %s: %w", h, b.statusError(res))
+}
+
+// parseList decodes a list answer (JSON lines ending with {"end":true}).
+// Names that are not valid object names are skipped, as a directory's
+// strays are: a hostile server cannot inject a path.
+func parseList(t storage.FileType, data []byte) ([]storage.FileInfo, error) {
+	var infos []storage.FileInfo
+	dec := json.NewDecoder(bytes.NewReader(data))
+	for dec.More() {
+		var e struct {
+			Name  string `json:"name"`
+			Size  int64  `json:"size"`
+			End   bool   `json:"end"`
+			Error string `json:"error"`
+		}
+		if err := dec.Decode(&e); err != nil {
+			return nil, fmt.Errorf("bad answer from the server: %w", err)
+		}
+		switch {
+		case e.Error != "":
+			return nil, fmt.Errorf("server: %s", e.Error)
+		case e.End:
+			return infos, nil
+		default:
+			if (storage.Handle{Type: t, Name: e.Name}).Validate() != nil || e.Size < 0 {
+				continue
+			}
+			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
+		}
+	}
+	return nil, errors.New("the server's answer was cut short")
 }

@@ -1,0 +1,73 @@
+package remote
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+func TestParseURL(t *testing.T) {
+	for _, ok := range []struct{ in, base, hostport, repo string }{
+		{"https://h:8443/fleet", "https://h:8443", "h:8443", "fleet"},
+		{"https://h/fleet/", "https://h", "h:443", "fleet"},
+		{"https://[::1]:9/r", "https://[::1]:9", "[::1]:9", "r"},
+	} {
+		base, hp, repo, err := ParseURL(ok.in)
+		if err != nil || base != ok.base || hp != ok.hostport || repo != ok.repo {
+			t.Errorf("ParseURL(%q) = %q %q %q %v", ok.in, base, hp, repo, err)
+		}
+	}
+	for _, bad := range []string{"http://h/r", "https://h", "https://h/", "https://h/a/b", "https://u:pw@h/r", "https://h/r?x=1", "https://h/a%2Fb"} {
+		if _, _, _, err := ParseURL(bad); err == nil {
+			t.Errorf("ParseURL(%q): no error", bad)
+		} else if strings.Contains(err.Error(), "pw") {
+			t.Errorf("ParseURL error shows the password: %v", err)
+		}
+	}
+}
+
+func TestParseFingerprint(t *testing.T) {
+	want := "sha256:" + strings.Repeat("ab", 32)
+	for _, in := range []string{want, strings.Repeat("AB", 32), "SHA256:" + strings.Repeat("ab:", 31) + "ab"} {
+		if got, err := ParseFingerprint(in); err != nil || got != want {
+			t.Errorf("ParseFingerprint(%q) = %q, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "sha256:", "sha256:" + strings.Repeat("ab", 31), strings.Repeat("zz", 32)} {
+		if _, err := ParseFingerprint(bad); err == nil {
+			t.Errorf("ParseFingerprint(%q): no error", bad)
+		}
+	}
+}
+
+func TestParseList(t *testing.T) {
+	n := strings.Repeat("a", 64)
+	got, err := parseList(storage.Pack, []byte(`{"name":"`+n+`","size":3}`+"\n"+`{"name":"../x","size":1}`+"\n"+`{"end":true}`+"\n"))
+	if err != nil || len(got) != 1 || got[0].Name != n || got[0].Size != 3 {
+		t.Errorf("parseList: %v %v", got, err)
+	}
+	if _, err := parseList(storage.Pack, []byte(`{"name":"`+n+`","size":3}`)); err == nil {
+		t.Error("a list without its end line is accepted")
+	}
+}
+
+// FuzzParseList: whatever a server sends, the client neither panics nor
+// reports a name that is not a valid object name.
+func FuzzParseList(f *testing.F) {
+	n := strings.Repeat("a", 64)
+	f.Add([]byte(`{"name":"` + n + `","size":3}` + "\n" + `{"end":true}`))
+	f.Add([]byte(`{"error":"boom"}`))
+	f.Add([]byte(`{"name":"../../etc/passwd","size":-1}{"end":true}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		infos, err := parseList(storage.Index, data)
+		if err != nil {
+			return
+		}
+		for _, fi := range infos {
+			if (storage.Handle{Type: storage.Index, Name: fi.Name}).Validate() != nil || fi.Size < 0 {
+				t.Fatalf("parseList reported %+v", fi)
+			}
+		}
+	})
+}
