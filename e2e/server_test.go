@@ -211,6 +211,8 @@ func TestServerBackupToken(t *testing.T) {
 		{"cat", "pack", pack},
 		{"forget", "--keep-last", "1"},
 		{"snapshots"},
+		{"check"},
+		{"prune"},
 	} {
 		r := s.remote("fleet", web1, append([]string{"--password-file", e.pwFile}, args...)...)
 		expectCode(t, r, 14)

@@ -345,6 +345,9 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		case errors.Is(errs[i], repo.ErrDamagedSnapshot):
 			p.res.Undecodable = append(p.res.Undecodable, SkippedSnapshot{ID: p.snapIDs[i].String(), Error: errs[i].Error()})
 		default:
+			if errors.Is(errs[i], storage.ErrDenied) {
+				return errs[i] // the credential may not read snapshots
+			}
 			return fmt.Errorf("%w: %v; its data would look unused. Run `floe check`", ErrUnsafe, errs[i])
 		}
 	}
