@@ -538,3 +538,69 @@ func TestServerKilledMidBackup(t *testing.T) {
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+src, "--target", dst), 0)
 	testutil.CompareTrees(t, src, dst)
 }
+
+// A token quota and a repository quota refuse uploads with a clear error
+// (exit 14) and leave no partial object; `floe serve usage` reports them.
+func TestServerQuota(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t))
+	admin := s.token("fleet", "admin", "admin")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	r := e.run("serve", "token", "add", "--root", root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "2MiB")
+	expectCode(t, r, 0)
+	tok := strings.TrimSpace(r.stdout)
+	addSecret(tok)
+	web2 := e.path("web2.token")
+	if err := os.WriteFile(web2, []byte(tok+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := e.mkdir("src")
+	testutil.WriteRandom(t, filepath.Join(src, "big"), 5<<20, 9)
+	// the token file from the environment this time
+	r = e.runWith(runOpts{env: []string{"FLOE_TOKEN_FILE=" + web2, "FLOE_SERVER_FINGERPRINT=" + s.fingerprint}},
+		"-r", s.url("fleet"), "--password-file", e.pwFile, "backup", src)
+	expectCode(t, r, 14)
+	if !strings.Contains(r.stderr, "quota of 2.0 MiB") {
+		t.Errorf("over quota: unclear error:\n%s", r)
+	}
+	filepath.WalkDir(filepath.Join(root, "fleet"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".tmp-") {
+			t.Errorf("a refused upload left %s", p)
+		}
+		return nil
+	})
+	r = e.run("serve", "usage", "--root", root, "--json")
+	expectCode(t, r, 0)
+	var u struct {
+		Repositories []struct {
+			Repo  string
+			Bytes int64
+		}
+		Tokens []struct {
+			Host         string
+			Bytes, Quota int64
+		}
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &u); err != nil {
+		t.Fatalf("usage --json: %v\n%s", err, r)
+	}
+	if len(u.Repositories) != 1 || u.Repositories[0].Repo != "fleet" || u.Repositories[0].Bytes <= 0 {
+		t.Errorf("usage: repositories %+v", u.Repositories)
+	}
+	for _, tk := range u.Tokens {
+		if tk.Host == "web2" && (tk.Quota != 2<<20 || tk.Bytes > tk.Quota) {
+			t.Errorf("usage: token %+v", tk)
+		}
+	}
+	// a repository quota applies to every token, admin included
+	expectCode(t, e.run("serve", "quota", "--root", root, "fleet", "64K"), 0)
+	r = s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src)
+	expectCode(t, r, 14)
+	if !strings.Contains(r.stderr, "repository fleet holds") {
+		t.Errorf("over the repository quota: unclear error:\n%s", r)
+	}
+	expectCode(t, e.run("serve", "quota", "--root", root, "fleet", "0"), 0)
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src), 0)
+}

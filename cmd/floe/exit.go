@@ -76,6 +76,8 @@ func hintFor(err error) string {
 		return "the floe server does not know this token: check --token-file/FLOE_TOKEN_FILE, or ask for one (`floe serve token add`)"
 	case errors.Is(err, remote.ErrForbidden):
 		return "the token's role on the floe server does not allow this command (backup tokens only add backups; restore needs a restore or admin token)"
+	case errors.Is(err, remote.ErrQuota):
+		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

@@ -80,7 +80,7 @@ Exit codes:
   11  wrong password or key file
   12  the key is write-only and the command needs to read backups
   13  check found damage
-  14  the floe server refused: unknown token, or its role does not allow this
+  14  the floe server refused: unknown token, its role does not allow this, or a quota is used up
   130 interrupted`,
 		SilenceUsage:  true,
 		SilenceErrors: true,

@@ -27,5 +27,5 @@ func (g *globals) serverOptions() location.Options {
 }
 
 func isServerRefusal(err error) bool {
-	return errors.Is(err, remote.ErrForbidden) || errors.Is(err, remote.ErrUnauthorized)
+	return errors.Is(err, remote.ErrForbidden) || errors.Is(err, remote.ErrUnauthorized) || errors.Is(err, remote.ErrQuota)
 }

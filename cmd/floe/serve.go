@@ -83,7 +83,8 @@ add packs, index files and snapshots), restore (read everything), admin
 	f.StringVar(&cfg.AuditLog, "audit-log", "", "audit log `file` (default STATE/audit.log)")
 	f.Int64Var(&cfg.MaxObjectSize, "max-object-size", server.DefaultMaxObjectSize, "largest upload accepted, in `bytes`")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
-	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf))
+	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),
+		newServeQuotaCommand(g, sf), newServeUsageCommand(g, sf))
 	return c
 }
 
@@ -122,7 +123,7 @@ func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
 		Use:   "token",
 		Short: "Manage the credentials of hosts (add, list, revoke)",
 	}
-	var repoName, host, roles string
+	var repoName, host, roles, quota string
 	add := &cobra.Command{
 		Use:   "add --repo REPO --host HOST --role ROLES",
 		Short: "Create a token; it is printed once and only its hash is kept",
@@ -132,7 +133,8 @@ file of mode 0600 and pass it with --token-file or FLOE_TOKEN_FILE.
 
 Roles, combinable with commas: backup, restore, admin.`,
 		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > /tmp/web1.token
-  floe serve token add --root /srv/floe --repo fleet --host ops --role backup,restore`,
+  floe serve token add --root /srv/floe --repo fleet --host ops --role backup,restore
+  floe serve token add --root /srv/floe --repo fleet --host web2 --role backup --quota 50GiB`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			state, err := sf.state()
@@ -146,6 +148,12 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if err != nil {
 				return usageError{err}
 			}
+			var q int64
+			if quota != "" {
+				if q, err = server.ParseSize(quota); err != nil {
+					return usageError{err}
+				}
+			}
 			if err := os.MkdirAll(state, 0o700); err != nil {
 				return fmt.Errorf("state directory: %w", err)
 			}
@@ -153,7 +161,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if err != nil {
 				return err
 			}
-			tok, t, err := ts.Add(repoName, host, r)
+			tok, t, err := ts.AddWithQuota(repoName, host, r, q)
 			if err != nil {
 				return err
 			}
@@ -171,6 +179,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 	add.Flags().StringVar(&repoName, "repo", "", "repository `name` (subdirectory of --root)")
 	add.Flags().StringVar(&host, "host", "", "host `name` the token is for (shown in the audit log)")
 	add.Flags().StringVar(&roles, "role", "", "`roles`: backup, restore, admin (comma-separated)")
+	add.Flags().StringVar(&quota, "quota", "", "most bytes of new objects this token may store (`size`: 500MiB, 20G, ...; default none)")
 
 	list := &cobra.Command{
 		Use:     "list",
@@ -230,4 +239,84 @@ Roles, combinable with commas: backup, restore, admin.`,
 	}
 	c.AddCommand(add, list, revoke)
 	return c
+}
+
+func newServeQuotaCommand(g *globals, sf *serveFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "quota REPO SIZE",
+		Short: "Set the quota of a repository (0: none); a running server applies it at once",
+		Long: `Set the most bytes a repository may hold. An upload that would exceed it is
+refused before any byte is stored (HTTP 507; the client exits 14). Removing
+objects (prune) frees quota. Token quotas are set with ` + "`token add --quota`" + `.`,
+		Example: `  floe serve quota --root /srv/floe fleet 2TiB
+  floe serve quota --root /srv/floe fleet 0`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			n, err := server.ParseSize(args[1])
+			if err != nil {
+				return usageError{err}
+			}
+			if err := os.MkdirAll(state, 0o700); err != nil {
+				return fmt.Errorf("state directory: %w", err)
+			}
+			l, err := server.OpenLedger(state)
+			if err != nil {
+				return err
+			}
+			if err := l.SetRepoQuota(args[0], n); err != nil {
+				return err
+			}
+			if n == 0 {
+				g.say("repository %s: no quota", args[0])
+			} else {
+				g.say("repository %s: quota %s", args[0], server.FormatSize(n))
+			}
+			return nil
+		},
+	}
+}
+
+func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:     "usage",
+		Short:   "Show what each repository holds and each token stored, with quotas",
+		Example: `  floe serve usage --root /srv/floe`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if sf.root == "" {
+				return usageError{errors.New("usage needs --root")}
+			}
+			state, err := sf.state()
+			if err != nil {
+				return err
+			}
+			repos, tokens, err := server.UsageReport(cmd.Context(), sf.root, state)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return ui.WriteJSON(os.Stdout, map[string]any{"repositories": repos, "tokens": tokens})
+			}
+			quota := func(n int64) string {
+				if n == 0 {
+					return "-"
+				}
+				return server.FormatSize(n)
+			}
+			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "REPOSITORY\tSTORED\tQUOTA")
+			for _, r := range repos {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Repo, server.FormatSize(r.Bytes), quota(r.Quota))
+			}
+			fmt.Fprintln(tw, "\nTOKEN\tREPO\tHOST\tSTORED\tQUOTA")
+			for _, t := range tokens {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Repo, ui.Sanitize(t.Host), server.FormatSize(t.Bytes), quota(t.Quota))
+			}
+			return tw.Flush()
+		},
+	}
 }

@@ -80,7 +80,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := os.MkdirAll(spool, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool,
+	ledger, err := OpenLedger(cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger,
 		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
 	if err != nil {
 		return err

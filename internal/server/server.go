@@ -51,6 +51,8 @@ type Options struct {
 	Repos  Repositories
 	Tokens *TokenStore
 	Audit  *AuditLog // nil: no audit log
+	// Ledger enforces quotas; nil: no quotas.
+	Ledger *Ledger
 	// Verifier, when set, checks uploads (see UploadVerifier); the server
 	// then spools each upload to a temporary file in SpoolDir first.
 	Verifier UploadVerifier
@@ -136,6 +138,7 @@ const (
 	CodeNameMismatch = "name_mismatch"
 	CodeRejected     = "rejected"
 	CodeBusy         = "busy"
+	CodeQuota        = "quota"
 	CodeInternal     = "internal"
 )
 
@@ -397,9 +400,18 @@ func (s *Server) remove(q *request, route Route) {
 	if !ok {
 		return
 	}
+	var size int64 = -1
+	if s.opts.Ledger != nil {
+		if fi, err := be.Stat(q.r.Context(), route.Handle); err == nil {
+			size = fi.Size
+		}
+	}
 	if err := be.Remove(q.r.Context(), route.Handle); err != nil {
 		s.storageError(q, err)
 		return
+	}
+	if size >= 0 {
+		s.opts.Ledger.removed(route.Repo, size)
 	}
 	q.w.WriteHeader(http.StatusNoContent)
 	q.done(s, http.StatusNoContent, "ok")
@@ -458,9 +470,25 @@ func (s *Server) save(q *request, route Route) {
 	ctx := q.r.Context()
 	// An existing object of another size is refused without reading the
 	// upload; one of the same size is compared below.
-	if fi, err := be.Stat(ctx, h); err == nil && fi.Size != size {
+	fi, err := be.Stat(ctx, h)
+	exists := err == nil
+	if exists && fi.Size != size {
 		q.fail(s, http.StatusConflict, CodeExists, fmt.Errorf("%s already exists with other content (%d bytes); objects are never overwritten", h, fi.Size))
 		return
+	}
+	created := false
+	if s.opts.Ledger != nil && !exists {
+		// an existing object's re-upload stores nothing: no quota needed
+		done, err := s.opts.Ledger.reserve(ctx, be, q.tok, route.Repo, size)
+		if errors.Is(err, ErrQuota) {
+			q.fail(s, http.StatusInsufficientStorage, CodeQuota, err)
+			return
+		}
+		if err != nil {
+			s.storageError(q, err)
+			return
+		}
+		defer func() { done(created) }()
 	}
 	body := &idleReader{r: http.MaxBytesReader(q.w, q.r.Body, size), rc: http.NewResponseController(q.w)}
 	up, err := s.receive(ctx, be, h, body, size)
@@ -499,6 +527,7 @@ func (s *Server) save(q *request, route Route) {
 		s.storageError(q, err)
 		return
 	}
+	created = true
 	q.w.Header().Set(HeaderResult, "created")
 	q.w.WriteHeader(http.StatusCreated)
 	q.done(s, http.StatusCreated, "ok")

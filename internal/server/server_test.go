@@ -64,6 +64,7 @@ type testServer struct {
 	url    string
 	fp     string
 	tokens *server.TokenStore
+	ledger *server.Ledger
 	state  string
 	srv    *httptest.Server
 }
@@ -79,7 +80,11 @@ func startServer(t *testing.T, repos server.Repositories, opts server.Options) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	opts.Repos, opts.Tokens, opts.Audit = repos, tokens, audit
+	ledger, err := server.OpenLedger(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Repos, opts.Tokens, opts.Audit, opts.Ledger = repos, tokens, audit, ledger
 	h, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
@@ -88,7 +93,7 @@ func startServer(t *testing.T, repos server.Repositories, opts server.Options) *
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); audit.Close() })
-	return &testServer{url: srv.URL, fp: remote.Fingerprint(srv.Certificate().Raw), tokens: tokens, state: state, srv: srv}
+	return &testServer{ledger: ledger, url: srv.URL, fp: remote.Fingerprint(srv.Certificate().Raw), tokens: tokens, state: state, srv: srv}
 }
 
 func (s *testServer) token(t *testing.T, repo, roles string) string {

@@ -28,6 +28,8 @@ type Token struct {
 	Roles   Role      `json:"roles"`
 	Created time.Time `json:"created"`
 	Hash    string    `json:"sha256"`
+	// Quota bounds the bytes of new objects this token may store (0: none).
+	Quota int64 `json:"quota,omitempty"`
 }
 
 // tokenPrefix starts every token, so that a leaked one is recognisable
@@ -148,6 +150,14 @@ func hashSecret(secret string) string {
 // Add creates a credential for host on repository repo with roles and
 // returns the token, which is shown once and never stored.
 func (s *TokenStore) Add(repo, host string, roles Role) (string, Token, error) {
+	return s.AddWithQuota(repo, host, roles, 0)
+}
+
+// AddWithQuota is Add with a quota in bytes (0: none).
+func (s *TokenStore) AddWithQuota(repo, host string, roles Role, quota int64) (string, Token, error) {
+	if quota < 0 {
+		return "", Token{}, fmt.Errorf("a quota is 0 (none) or more bytes")
+	}
 	if err := ValidRepoName(repo); err != nil {
 		return "", Token{}, err
 	}
@@ -166,7 +176,7 @@ func (s *TokenStore) Add(repo, host string, roles Role) (string, Token, error) {
 		return "", Token{}, err
 	}
 	t := Token{ID: hex.EncodeToString(id[:]), Repo: repo, Host: host, Roles: roles,
-		Created: time.Now().UTC().Truncate(time.Second)}
+		Created: time.Now().UTC().Truncate(time.Second), Quota: quota}
 	sec := base64.RawURLEncoding.EncodeToString(secret[:])
 	t.Hash = hashSecret(sec)
 	s.mu.Lock()

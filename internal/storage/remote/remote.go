@@ -40,6 +40,9 @@ var (
 	ErrUnauthorized error = deniedError{"the server refused the credential"}
 	// ErrForbidden: the token's role does not allow the request (403).
 	ErrForbidden error = deniedError{"the server refused: the token's role does not allow this"}
+	// ErrQuota: the upload would exceed the token's or the repository's
+	// quota (507); nothing was stored.
+	ErrQuota error = deniedError{"the server refused: quota exceeded"}
 	// ErrTooLarge: the object is larger than the server accepts (413).
 	ErrTooLarge = errors.New("the server refused: object too large")
 	// ErrRejected: the upload's bytes do not match its name or did not
@@ -246,7 +249,7 @@ func (b *Backend) do(ctx context.Context, req request) (response, error) {
 				return res, err
 			}
 			retry, lastErr = true, fmt.Errorf("server %s unreachable: %w", b.base, err)
-		case res.status >= 500 || res.status == http.StatusTooManyRequests:
+		case res.status >= 500 && res.status != http.StatusInsufficientStorage || res.status == http.StatusTooManyRequests:
 			retry, lastErr = true, b.statusError(res)
 		}
 		if !retry {
@@ -357,6 +360,8 @@ func (b *Backend) statusError(res response) error {
 		base = io.ErrUnexpectedEOF
 	case http.StatusUnprocessableEntity:
 		base = ErrRejected
+	case http.StatusInsufficientStorage:
+		base = ErrQuota
 	default:
 		if msg == "" {
 			msg = http.StatusText(res.status)

@@ -1,0 +1,346 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// Files of the ledger in the state directory.
+const (
+	QuotasFile = "quotas.json" // repository quotas, set by `floe serve quota`
+	UsageFile  = "usage.json"  // bytes stored by each token
+)
+
+// ErrQuota is the reason of an upload refused because it would exceed a
+// quota (507).
+var ErrQuota = errors.New("quota exceeded")
+
+// Ledger keeps the quotas and what counts against them: the bytes of new
+// objects each token stored (persisted in usage.json, so that it survives
+// restarts; identical re-uploads do not count) and the bytes each
+// repository holds (counted by listing it the first time an upload needs
+// it, then kept up to date by saves and removes). An upload reserves its
+// Content-Length before its body is read, so concurrent uploads cannot
+// together overshoot, and a refused one stores nothing.
+type Ledger struct {
+	dir string
+
+	mu           sync.Mutex
+	tokenUsed    map[string]int64
+	repoQuota    map[string]int64
+	quotaMod     time.Time
+	repoUsed     map[string]int64 // known repositories only
+	reservedTok  map[string]int64
+	reservedRepo map[string]int64
+}
+
+type quotaFile struct {
+	Repos map[string]int64 `json:"repos"`
+}
+
+// OpenLedger opens the ledger in stateDir.
+func OpenLedger(stateDir string) (*Ledger, error) {
+	l := &Ledger{dir: stateDir, tokenUsed: map[string]int64{}, repoUsed: map[string]int64{},
+		reservedTok: map[string]int64{}, reservedRepo: map[string]int64{}}
+	b, err := os.ReadFile(filepath.Join(stateDir, UsageFile))
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("usage ledger: %w", err)
+	}
+	if err == nil {
+		if err := json.Unmarshal(b, &l.tokenUsed); err != nil {
+			return nil, fmt.Errorf("usage ledger %s is damaged: %w", UsageFile, err)
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.reloadQuotasLocked(); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+func (l *Ledger) reloadQuotasLocked() error {
+	p := filepath.Join(l.dir, QuotasFile)
+	fi, err := os.Stat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		l.repoQuota, l.quotaMod = map[string]int64{}, time.Time{}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("quotas: %w", err)
+	}
+	if l.repoQuota != nil && fi.ModTime().Equal(l.quotaMod) {
+		return nil
+	}
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return fmt.Errorf("quotas: %w", err)
+	}
+	var qf quotaFile
+	if err := json.Unmarshal(b, &qf); err != nil {
+		return fmt.Errorf("quotas file %s is damaged: %w", p, err)
+	}
+	if qf.Repos == nil {
+		qf.Repos = map[string]int64{}
+	}
+	l.repoQuota, l.quotaMod = qf.Repos, fi.ModTime()
+	return nil
+}
+
+func writeJSONFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if _, err := f.Write(append(b, '\n')); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
+}
+
+// SetRepoQuota sets the quota of a repository in bytes (0: none).
+func (l *Ledger) SetRepoQuota(repo string, bytes int64) error {
+	if err := ValidRepoName(repo); err != nil {
+		return err
+	}
+	if bytes < 0 {
+		return errors.New("a quota is 0 (none) or more bytes")
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.reloadQuotasLocked(); err != nil {
+		return err
+	}
+	q := map[string]int64{}
+	for k, v := range l.repoQuota {
+		q[k] = v
+	}
+	if bytes == 0 {
+		delete(q, repo)
+	} else {
+		q[repo] = bytes
+	}
+	if err := writeJSONFile(filepath.Join(l.dir, QuotasFile), quotaFile{Repos: q}); err != nil {
+		return fmt.Errorf("quotas: %w", err)
+	}
+	l.repoQuota = nil
+	return l.reloadQuotasLocked()
+}
+
+// RepoQuotas returns the repository quotas.
+func (l *Ledger) RepoQuotas() (map[string]int64, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.reloadQuotasLocked(); err != nil {
+		return nil, err
+	}
+	out := map[string]int64{}
+	for k, v := range l.repoQuota {
+		out[k] = v
+	}
+	return out, nil
+}
+
+// TokenUsage returns the bytes each token stored.
+func (l *Ledger) TokenUsage() map[string]int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[string]int64{}
+	for k, v := range l.tokenUsed {
+		out[k] = v
+	}
+	return out
+}
+
+// RepoSize counts the bytes stored in be.
+func RepoSize(ctx context.Context, be storage.Backend) (int64, error) {
+	var n int64
+	if fi, err := be.Stat(ctx, storage.Handle{Type: storage.Config}); err == nil {
+		n += fi.Size
+	}
+	for _, t := range storage.AllTypes {
+		if err := be.List(ctx, t, func(fi storage.FileInfo) error { n += fi.Size; return nil }); err != nil {
+			return 0, err
+		}
+	}
+	return n, nil
+}
+
+// reserve books size bytes for an upload by tok to repo, or refuses it
+// with ErrQuota. done(created) ends the reservation; created uploads count.
+func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, repo string, size int64) (func(created bool), error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.reloadQuotasLocked(); err != nil {
+		return nil, err
+	}
+	rq := l.repoQuota[repo]
+	if _, known := l.repoUsed[repo]; !known && rq > 0 {
+		// counted once, under the lock: uploads to a repository with a
+		// quota wait for it the first time
+		n, err := RepoSize(ctx, be)
+		if err != nil {
+			return nil, fmt.Errorf("count the size of repository %s: %w", repo, err)
+		}
+		l.repoUsed[repo] = n
+	}
+	if tok.Quota > 0 && l.tokenUsed[tok.ID]+l.reservedTok[tok.ID]+size > tok.Quota {
+		return nil, fmt.Errorf("%w: token %s (host %s) has stored %s of its quota of %s; this upload is %s",
+			ErrQuota, tok.ID, tok.Host, FormatSize(l.tokenUsed[tok.ID]+l.reservedTok[tok.ID]), FormatSize(tok.Quota), FormatSize(size))
+	}
+	if used, known := l.repoUsed[repo]; known && rq > 0 && used+l.reservedRepo[repo]+size > rq {
+		return nil, fmt.Errorf("%w: repository %s holds %s of its quota of %s; this upload is %s",
+			ErrQuota, repo, FormatSize(used+l.reservedRepo[repo]), FormatSize(rq), FormatSize(size))
+	}
+	l.reservedTok[tok.ID] += size
+	l.reservedRepo[repo] += size
+	return func(created bool) {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.reservedTok[tok.ID] -= size
+		l.reservedRepo[repo] -= size
+		if !created {
+			return
+		}
+		l.tokenUsed[tok.ID] += size
+		if _, known := l.repoUsed[repo]; known {
+			l.repoUsed[repo] += size
+		}
+		// written at once (not fsynced): a crash loses at most the
+		// accounting of uploads whose rename did not reach the disk
+		if err := writeJSONFile(filepath.Join(l.dir, UsageFile), l.tokenUsed); err != nil {
+			fmt.Fprintf(os.Stderr, "floe serve: usage ledger: %v\n", err)
+		}
+	}, nil
+}
+
+// removed records that size bytes left repo.
+func (l *Ledger) removed(repo string, size int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, known := l.repoUsed[repo]; known {
+		l.repoUsed[repo] -= size
+	}
+}
+
+var sizeUnits = []struct {
+	suffix string
+	mult   int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10},
+	{"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}, {"", 1}}
+
+// ParseSize parses a byte count such as 500MiB, 2G or 1048576 (units are
+// binary: K = KiB).
+func ParseSize(s string) (int64, error) {
+	s = strings.TrimSpace(s)
+	for _, u := range sizeUnits {
+		num, ok := strings.CutSuffix(s, u.suffix)
+		if !ok {
+			continue
+		}
+		n, err := strconv.ParseInt(strings.TrimSpace(num), 10, 64)
+		if err != nil || n < 0 || n > (1<<62)/u.mult {
+			break
+		}
+		return n * u.mult, nil
+	}
+	return 0, fmt.Errorf("size %q: want a number of bytes with an optional unit (K, M, G, T or KiB, MiB, GiB, TiB)", s)
+}
+
+// FormatSize prints a byte count for people.
+func FormatSize(n int64) string {
+	for _, u := range sizeUnits[:4] {
+		if n >= u.mult {
+			return strconv.FormatFloat(float64(n)/float64(u.mult), 'f', 1, 64) + " " + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10) + " B"
+}
+
+// RepoUsage is one line of `floe serve usage`.
+type RepoUsage struct {
+	Repo  string `json:"repo"`
+	Bytes int64  `json:"bytes"`
+	Quota int64  `json:"quota,omitempty"`
+}
+
+// TokenUsageLine is one token's line of `floe serve usage`.
+type TokenUsageLine struct {
+	ID    string `json:"id"`
+	Repo  string `json:"repo"`
+	Host  string `json:"host"`
+	Bytes int64  `json:"bytes"`
+	Quota int64  `json:"quota,omitempty"`
+}
+
+// UsageReport lists what every repository under root holds and what every
+// token stored, with their quotas.
+func UsageReport(ctx context.Context, root, stateDir string) ([]RepoUsage, []TokenUsageLine, error) {
+	repos, err := NewRootDir(root)
+	if err != nil {
+		return nil, nil, err
+	}
+	l, err := OpenLedger(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	quotas, err := l.RepoQuotas()
+	if err != nil {
+		return nil, nil, err
+	}
+	entries, err := os.ReadDir(repos.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ru []RepoUsage
+	for _, e := range entries {
+		if !e.IsDir() || ValidRepoName(e.Name()) != nil {
+			continue
+		}
+		be, err := repos.Open(ctx, e.Name())
+		if err != nil {
+			continue // not a repository
+		}
+		n, err := RepoSize(ctx, be)
+		if err != nil {
+			return nil, nil, fmt.Errorf("repository %s: %w", e.Name(), err)
+		}
+		ru = append(ru, RepoUsage{Repo: e.Name(), Bytes: n, Quota: quotas[e.Name()]})
+	}
+	ts, err := OpenTokenStore(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := ts.List()
+	if err != nil {
+		return nil, nil, err
+	}
+	used := l.TokenUsage()
+	var tu []TokenUsageLine
+	for _, t := range list {
+		tu = append(tu, TokenUsageLine{ID: t.ID, Repo: t.Repo, Host: t.Host, Bytes: used[t.ID], Quota: t.Quota})
+	}
+	sort.Slice(ru, func(i, j int) bool { return ru[i].Repo < ru[j].Repo })
+	return ru, tu, nil
+}

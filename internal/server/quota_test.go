@@ -1,0 +1,114 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"0": 0, "1024": 1024, "10K": 10 << 10, "5MiB": 5 << 20, "2G": 2 << 30, "1TiB": 1 << 40, "7B": 7} {
+		if got, err := server.ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"", "-1", "1.5G", "G", "10 parsecs", "99999999999999T"} {
+		if _, err := server.ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q): no error", bad)
+		}
+	}
+}
+
+// Token and repository quotas refuse an upload before any byte is stored,
+// with a clear error; identical re-uploads do not count; removes free
+// repository quota; token usage survives a restart of the ledger.
+func TestQuotas(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	repos, err := server.NewRootDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, repos, server.Options{})
+	state, ledger := s.state, s.ledger
+	adminTok := s.token(t, "fleet", "admin")
+	admin, err := remote.Create(ctx, s.url+"/fleet", remote.Options{Token: adminTok, Fingerprint: s.fp, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	small, _, err := s.tokens.AddWithQuota("fleet", "small", server.RoleBackup, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := s.client(t, "fleet", small)
+	obj := func(c byte, n int) ([]byte, storage.Handle) {
+		d := bytes.Repeat([]byte{c}, n)
+		return d, storage.Handle{Type: storage.Pack, Name: nameOf(d)}
+	}
+	d1, h1 := obj('a', 600)
+	if err := b.Save(ctx, h1, d1); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Save(ctx, h1, d1); !errors.Is(err, storage.ErrExist) {
+		t.Fatalf("identical: %v", err) // and it does not count
+	}
+	d2, h2 := obj('b', 401)
+	err = b.Save(ctx, h2, d2)
+	if !errors.Is(err, remote.ErrQuota) || !errors.Is(err, storage.ErrDenied) || !strings.Contains(err.Error(), "quota of 1000 B") {
+		t.Fatalf("over the token quota: %v", err)
+	}
+	if _, err := admin.Stat(ctx, h2); !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("a refused upload was stored: %v", err)
+	}
+	d3, h3 := obj('c', 400)
+	if err := b.Save(ctx, h3, d3); err != nil {
+		t.Fatalf("exactly up to the quota: %v", err)
+	}
+	// usage is persisted
+	l2, err := server.OpenLedger(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var used int64
+	for _, n := range l2.TokenUsage() {
+		used = max(used, n)
+	}
+	if used != 1000 {
+		t.Errorf("persisted usage %d, want 1000", used)
+	}
+
+	// a repository quota: the repository holds config + 1000 bytes
+	cfg := []byte("config")
+	if err := admin.Save(ctx, storage.Handle{Type: storage.Config}, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.SetRepoQuota("fleet", 2000); err != nil {
+		t.Fatal(err)
+	}
+	d4, h4 := obj('d', 995)
+	if err := admin.Save(ctx, h4, d4); !errors.Is(err, remote.ErrQuota) || !strings.Contains(err.Error(), "repository fleet") {
+		t.Fatalf("over the repository quota: %v", err)
+	}
+	if err := admin.Remove(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Save(ctx, h4, d4); err != nil {
+		t.Fatalf("after a remove freed space: %v", err)
+	}
+	rs, ts, err := server.UsageReport(ctx, root, state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != 1 || rs[0].Repo != "fleet" || rs[0].Bytes != int64(len(cfg))+400+995 || rs[0].Quota != 2000 {
+		t.Errorf("usage report repositories: %+v", rs)
+	}
+	if len(ts) != 2 {
+		t.Errorf("usage report tokens: %+v", ts)
+	}
+}
