@@ -30,6 +30,7 @@ type floeServer struct {
 	e           *floeEnv
 	root, addr  string
 	fingerprint string
+	metrics     string // URL of the metrics, with --metrics-listen
 	cmd         *exec.Cmd
 	done        chan error
 }
@@ -49,9 +50,9 @@ func freePort(t *testing.T) string {
 
 // startServer starts `floe serve --root root --listen addr` and waits
 // until it prints its fingerprint.
-func (e *floeEnv) startServer(root, addr string) *floeServer {
+func (e *floeEnv) startServer(root, addr string, extra ...string) *floeServer {
 	e.t.Helper()
-	cmd := exec.Command(floeBin, "serve", "--root", root, "--listen", addr)
+	cmd := exec.Command(floeBin, append([]string{"serve", "--root", root, "--listen", addr}, extra...)...)
 	cmd.Env = e.environ()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -81,6 +82,9 @@ func (e *floeEnv) startServer(root, addr string) *floeServer {
 			}
 			if fp, ok := strings.CutPrefix(l, "certificate fingerprint: "); ok {
 				s.fingerprint = fp
+			}
+			if m, ok := strings.CutPrefix(l, "metrics on "); ok {
+				s.metrics = m
 			}
 		case <-timeout:
 			cmd.Process.Kill()
@@ -545,7 +549,7 @@ func TestServerQuota(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
+	s := e.startServer(root, freePort(t), "--metrics-listen", "127.0.0.1:0")
 	admin := s.token("fleet", "admin", "admin")
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 	r := e.run("serve", "token", "add", "--root", root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "2MiB")
@@ -603,4 +607,17 @@ func TestServerQuota(t *testing.T) {
 	}
 	expectCode(t, e.run("serve", "quota", "--root", root, "fleet", "0"), 0)
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src), 0)
+
+	// Prometheus metrics on their own listener
+	resp, err := http.Get(s.metrics)
+	if err != nil {
+		t.Fatalf("metrics: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`floe_server_refused_total{code="quota"}`, `floe_server_stored_bytes_total{repo="fleet"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s:\n%.2000s", want, body)
+		}
+	}
 }

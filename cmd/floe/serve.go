@@ -51,6 +51,7 @@ Roles (combine with commas): backup (list, read config/keys/index/gc marks,
 add packs, index files and snapshots), restore (read everything), admin
 (everything: init, key management, forget, prune).`,
 		Example: `  floe serve --root /srv/floe --listen :8443
+  floe serve --root /srv/floe --listen :8443 --metrics-listen 127.0.0.1:9464
   floe serve token add --root /srv/floe --repo fleet --host admin --role admin > admin.token
   floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
   floe -r https://backup.example:8443/fleet --token-file admin.token init
@@ -63,6 +64,7 @@ add packs, index files and snapshots), restore (read everything), admin
 			if cfg.Root == "" {
 				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
 			}
+			cfg.MetricsReady = func(addr string) { g.say("metrics on http://%s/metrics", addr) }
 			cfg.Ready = func(addr, fp string, created bool) {
 				if created {
 					g.say("created a self-signed TLS certificate")
@@ -81,6 +83,7 @@ add packs, index files and snapshots), restore (read everything), admin
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key `file` (PEM)")
 	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "extra host `name` or IP of the self-signed certificate (repeatable)")
 	f.StringVar(&cfg.AuditLog, "audit-log", "", "audit log `file` (default STATE/audit.log)")
+	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over plain HTTP at /metrics on this `host:port` (keep it private)")
 	f.Int64Var(&cfg.MaxObjectSize, "max-object-size", server.DefaultMaxObjectSize, "largest upload accepted, in `bytes`")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
 	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),

@@ -22,12 +22,17 @@ type Config struct {
 	TLSKey   string
 	TLSNames []string // extra names of a self-signed certificate
 	AuditLog string   // default StateDir/audit.log
+	// MetricsListen, when set, serves Prometheus metrics over plain HTTP
+	// at /metrics on this address (keep it on a private interface).
+	MetricsListen string
 
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
 	// ShutdownTimeout bounds the wait for requests in progress after ctx
 	// ends (SIGTERM); default 30 s.
 	ShutdownTimeout time.Duration
+	// MetricsReady is called once the metrics listener listens.
+	MetricsReady func(addr string)
 	// Ready is called once the server listens.
 	Ready func(addr, fingerprint string, createdCert bool)
 }
@@ -84,7 +89,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger,
+	metrics := NewMetrics()
+	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger, Metrics: metrics,
 		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
 	if err != nil {
 		return err
@@ -109,6 +115,21 @@ func Run(ctx context.Context, cfg Config) error {
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
+	}
+	if cfg.MetricsListen != "" {
+		mln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("serve: metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", metrics.Handler())
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: readHeaderTimeout, IdleTimeout: idleTimeout, MaxHeaderBytes: maxHeaderBytes}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		if cfg.MetricsReady != nil {
+			cfg.MetricsReady(mln.Addr().String())
+		}
 	}
 	if cfg.Ready != nil {
 		cfg.Ready(ln.Addr().String(), fp, created)

@@ -53,6 +53,8 @@ type Options struct {
 	Audit  *AuditLog // nil: no audit log
 	// Ledger enforces quotas; nil: no quotas.
 	Ledger *Ledger
+	// Metrics counts requests; nil: none.
+	Metrics *Metrics
 	// Verifier, when set, checks uploads (see UploadVerifier); the server
 	// then spools each upload to a temporary file in SpoolDir first.
 	Verifier UploadVerifier
@@ -154,9 +156,14 @@ type request struct {
 	r   *http.Request
 	rec AuditRecord
 	tok Token
+	// for the metrics
+	status int
+	code   string
+	sent   int64
 }
 
 func (q *request) fail(s *Server, status int, code string, err error) {
+	q.status, q.code = status, code
 	q.rec.Status = status
 	q.rec.Reason = err.Error()
 	switch {
@@ -185,6 +192,7 @@ func (q *request) fail(s *Server, status int, code string, err error) {
 }
 
 func (q *request) done(s *Server, status int, result string) {
+	q.status = status
 	q.rec.Status, q.rec.Result = status, result
 	s.opts.Audit.Write(q.rec)
 }
@@ -213,7 +221,9 @@ func opFor(method string, kind RouteKind) (Op, bool) {
 // ServeHTTP checks, in this order and before any storage access: the
 // path, the method, the token, the role, the body size; then it serves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	q := &request{w: w, r: r, rec: AuditRecord{Time: time.Now().UTC(), Remote: r.RemoteAddr, Op: r.Method}}
+	start := time.Now()
+	q := &request{w: w, r: r, rec: AuditRecord{Time: start.UTC(), Remote: r.RemoteAddr, Op: r.Method}, status: http.StatusOK}
+	defer s.opts.Metrics.observe(q, start)
 	if r.URL.RawPath != "" {
 		q.fail(s, http.StatusBadRequest, CodeBadRequest, fmt.Errorf("%w: percent-encoded paths are not used by the protocol", ErrBadPath))
 		return
@@ -392,7 +402,8 @@ func (s *Server) load(q *request, route Route) {
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	q.w.WriteHeader(http.StatusOK)
-	_, _ = q.w.Write(data)
+	sent, _ := q.w.Write(data)
+	q.sent = int64(sent)
 }
 
 func (s *Server) remove(q *request, route Route) {
@@ -463,6 +474,10 @@ func (s *Server) save(q *request, route Route) {
 		return
 	}
 	defer s.release(q.tok.ID)
+	if m := s.opts.Metrics; m != nil {
+		m.uploading.Inc()
+		defer m.uploading.Dec()
+	}
 	be, ok := s.backend(q, route)
 	if !ok {
 		return

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics are the server's Prometheus metrics. They are served on a
+// separate listener (--metrics-listen), not on the repository port, so
+// that scraping needs no token and exposes nothing to hosts.
+type Metrics struct {
+	reg       *prometheus.Registry
+	requests  *prometheus.CounterVec
+	duration  *prometheus.HistogramVec
+	bytesIn   *prometheus.CounterVec
+	bytesOut  *prometheus.CounterVec
+	refused   *prometheus.CounterVec
+	uploading prometheus.Gauge
+}
+
+// NewMetrics returns the server's metrics in their own registry (plus the
+// Go runtime and process collectors).
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "floe_server_requests_total", Help: "Requests by operation and HTTP status.",
+		}, []string{"op", "status"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "floe_server_request_duration_seconds", Help: "Time to answer a request, by operation.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
+		}, []string{"op"}),
+		bytesIn: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "floe_server_stored_bytes_total", Help: "Bytes of new objects stored, by repository.",
+		}, []string{"repo"}),
+		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "floe_server_loaded_bytes_total", Help: "Bytes sent to clients by loads, by repository.",
+		}, []string{"repo"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "floe_server_refused_total", Help: "Refused requests by error code (unauthorized, forbidden, name_mismatch, quota, ...).",
+		}, []string{"code"}),
+		uploading: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "floe_server_uploads_in_progress", Help: "Uploads being received.",
+		}),
+	}
+	m.reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.refused, m.uploading,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// observe records one finished request. A nil *Metrics records nothing.
+func (m *Metrics) observe(q *request, start time.Time) {
+	if m == nil {
+		return
+	}
+	op := q.rec.Op
+	switch Op(op) {
+	case OpCreate, OpList, OpStat, OpLoad, OpSave, OpRemove:
+	default:
+		op = "invalid" // bounded label values: never the client's method
+	}
+	m.requests.WithLabelValues(op, strconv.Itoa(q.status)).Inc()
+	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if q.code != "" && q.code != CodeInternal && q.status != http.StatusNotFound && q.status != http.StatusRequestedRangeNotSatisfiable {
+		m.refused.WithLabelValues(q.code).Inc()
+	}
+	if q.status == http.StatusCreated && Op(op) == OpSave {
+		m.bytesIn.WithLabelValues(q.rec.Repo).Add(float64(q.rec.Size))
+	}
+	if q.status == http.StatusOK && Op(op) == OpLoad {
+		m.bytesOut.WithLabelValues(q.rec.Repo).Add(float64(q.sent))
+	}
+}
