@@ -199,6 +199,17 @@ func TestServerBackupToken(t *testing.T) {
 		t.Errorf("the second backup found no parent in its cache:\n%s", r)
 	}
 
+	// a full key with a backup token backs up too (the parent from the cache)
+	ownCache := []string{"FLOE_CACHE_DIR=" + e.path("cache-full")}
+	args := []string{"-r", s.url("fleet"), "--token-file", web1, "--server-fingerprint", s.fingerprint,
+		"--password-file", e.pwFile, "backup", src}
+	expectCode(t, e.runWith(runOpts{env: ownCache}, args...), 0)
+	r = e.runWith(runOpts{env: ownCache}, args...)
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stdout, "parent snapshot") {
+		t.Errorf("full key, backup token: no parent from the cache:\n%s", r)
+	}
+
 	// the backup token with the FULL key: the server still refuses
 	pack := ""
 	filepath.WalkDir(filepath.Join(root, "fleet", "data"), func(p string, d fs.DirEntry, err error) error {

@@ -10,6 +10,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 )
 
 // FindParent picks the snapshot to compare with and where its trees come
@@ -26,6 +27,7 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 	var (
 		parent   *snapshot.Record
 		warnings []error
+		denied   bool // the storage refuses to let us read snapshots
 	)
 	switch {
 	case explicit != "":
@@ -50,6 +52,16 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 		}
 	default:
 		all, errs, err := snapshot.List(ctx, r)
+		if errors.Is(err, storage.ErrDenied) {
+			// the storage lets this credential add backups but not
+			// read them (a floe server backup token): as with a
+			// write-only key, the parent comes from the local cache
+			if c != nil {
+				parent = c.Latest(host, abs)
+			}
+			denied = true
+			break
+		}
 		if err != nil {
 			return nil, nil, errs, err
 		}
@@ -69,7 +81,7 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 			return parent, fallbackTrees{t, r}, warnings, nil
 		}
 	}
-	if r.WriteOnly() {
+	if r.WriteOnly() || denied {
 		return nil, nil, warnings, nil // no trees to compare with: read everything
 	}
 	return parent, snapshot.RepoTrees{Repo: r}, warnings, nil
