@@ -65,6 +65,9 @@ type Options struct {
 	// MaxUploadsPerToken bounds concurrent uploads of one credential;
 	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
 	MaxUploadsPerToken int
+	// BodyIdleTimeout cuts off an upload that sends nothing for this
+	// long; 0: DefaultBodyIdleTimeout.
+	BodyIdleTimeout time.Duration
 	// AllowAnyName turns off the check that an object's name is the
 	// BLAKE3-256 of its bytes. Only the storage conformance suite sets it
 	// (it stores arbitrary bytes under arbitrary names); floe serve never.
@@ -78,8 +81,8 @@ const (
 	DefaultMaxUploads    = 8
 	// maxConfigSize bounds the config object, which is small.
 	maxConfigSize = 1 << 20
-	// bodyIdleTimeout is how long an upload may send nothing.
-	bodyIdleTimeout = time.Minute
+	// DefaultBodyIdleTimeout is how long an upload may send nothing.
+	DefaultBodyIdleTimeout = time.Minute
 )
 
 // Server is an http.Handler. Create it with New.
@@ -103,6 +106,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = os.TempDir()
+	}
+	if opts.BodyIdleTimeout <= 0 {
+		opts.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
 	return &Server{opts: opts, uploads: map[string]int{}}, nil
 }
@@ -505,7 +511,7 @@ func (s *Server) save(q *request, route Route) {
 		}
 		defer func() { done(created) }()
 	}
-	body := &idleReader{r: http.MaxBytesReader(q.w, q.r.Body, size), rc: http.NewResponseController(q.w)}
+	body := &idleReader{r: http.MaxBytesReader(q.w, q.r.Body, size), rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}
 	up, err := s.receive(ctx, be, h, body, size)
 	if err != nil {
 		switch {
@@ -690,14 +696,15 @@ func (s storageWriter) Write(p []byte) (int, error) {
 
 // idleReader extends the read deadline before each read, so that an upload
 // may take long but may not stall: a client that sends nothing for
-// bodyIdleTimeout is cut off.
+// the idle timeout is cut off.
 type idleReader struct {
-	r  io.Reader
-	rc *http.ResponseController
+	r    io.Reader
+	rc   *http.ResponseController
+	idle time.Duration
 }
 
 func (i *idleReader) Read(p []byte) (int, error) {
-	_ = i.rc.SetReadDeadline(time.Now().Add(bodyIdleTimeout))
+	_ = i.rc.SetReadDeadline(time.Now().Add(i.idle))
 	return i.r.Read(p)
 }
 

@@ -1,0 +1,126 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"io/fs"
+	"net/http"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// An upload that stops sending is cut off after the idle timeout and
+// leaves nothing behind.
+func TestStalledUpload(t *testing.T) {
+	root := t.TempDir()
+	repos, err := server.NewRootDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, repos, server.Options{BodyIdleTimeout: 300 * time.Millisecond})
+	tok := s.token(t, "fleet", "backup")
+	data := bytes.Repeat([]byte("s"), 3<<20)
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("PUT", s.url+"/fleet/data/"+nameOf(data), pr)
+	req.ContentLength = int64(len(data))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	go pw.Write(data[:2<<20]) // then nothing more
+	start := time.Now()
+	resp, err := s.srv.Client().Do(req)
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode < 400 {
+			t.Fatalf("stalled upload answered %d", resp.StatusCode)
+		}
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("stalled upload cut off only after %v", d)
+	}
+	var left []string
+	filepath.WalkDir(filepath.Join(root, "fleet"), func(p string, d fs.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			left = append(left, p)
+		}
+		return nil
+	})
+	if len(left) != 0 {
+		t.Errorf("a stalled upload left %v", left)
+	}
+}
+
+// Run stops on its context's end (SIGTERM in floe serve) gracefully: an
+// upload in progress completes, then Run returns nil.
+func TestGracefulShutdown(t *testing.T) {
+	root, state := t.TempDir(), t.TempDir()
+	repos, _ := server.NewRootDir(root)
+	be, err := repos.Create(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(context.Background(), storage.Handle{Type: storage.Config}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	tokens, _ := server.OpenTokenStore(state)
+	tok, _, err := tokens.Add("fleet", "h", server.RoleBackup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, server.Config{Root: root, StateDir: state, Listen: "127.0.0.1:0",
+			Ready: func(addr, fp string, created bool) { ready <- addr }})
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
+	data := bytes.Repeat([]byte("g"), 3<<20)
+	pr, pw := io.Pipe()
+	req, _ := http.NewRequest("PUT", "https://"+addr+"/fleet/data/"+nameOf(data), pr)
+	req.ContentLength = int64(len(data))
+	req.Header.Set("Authorization", "Bearer "+tok)
+	answer := make(chan int, 1)
+	go func() {
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Error(err)
+			answer <- 0
+			return
+		}
+		resp.Body.Close()
+		answer <- resp.StatusCode
+	}()
+	pw.Write(data[:1<<20])
+	cancel() // SIGTERM
+	time.Sleep(200 * time.Millisecond)
+	pw.Write(data[1<<20:])
+	pw.Close()
+	if code := <-answer; code != http.StatusCreated {
+		t.Errorf("upload during shutdown: %d", code)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run after shutdown: %v", err)
+	}
+	if fi, err := be.Stat(context.Background(), storage.Handle{Type: storage.Pack, Name: nameOf(data)}); err != nil || fi.Size != int64(len(data)) {
+		t.Errorf("the upload finished during shutdown is not stored: %v", err)
+	}
+	if _, err := client.Get("https://" + addr + "/fleet/config"); err == nil {
+		t.Errorf("the server still answers after Run returned")
+	}
+}
