@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 
@@ -69,7 +70,8 @@ add packs, index files and snapshots), restore (read everything), admin
 				if created {
 					g.say("created a self-signed TLS certificate")
 				}
-				g.say("serving repositories in %s on https://%s", cfg.Root, addr)
+				root, _ := filepath.Abs(cfg.Root)
+				g.say("serving repositories in %s on https://%s", root, addr)
 				g.say("certificate fingerprint: %s", fp)
 			}
 			return server.Run(cmd.Context(), cfg)

@@ -136,10 +136,18 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	select {
-	case err := <-errc:
-		return fmt.Errorf("serve: %w", err)
-	case <-ctx.Done():
+	sweep := time.NewTicker(time.Hour)
+	defer sweep.Stop()
+wait:
+	for {
+		select {
+		case err := <-errc:
+			return fmt.Errorf("serve: %w", err)
+		case <-sweep.C:
+			go repos.Sweep()
+		case <-ctx.Done():
+			break wait
+		}
 	}
 	timeout := cfg.ShutdownTimeout
 	if timeout <= 0 {

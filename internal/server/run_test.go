@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"net/http"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -122,5 +123,45 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := client.Get("https://" + addr + "/fleet/config"); err == nil {
 		t.Errorf("the server still answers after Run returned")
+	}
+}
+
+// Opening a repository removes what uploads cut off by a crash left
+// (temporary files older than an hour), and nothing younger.
+func TestSweepLeftovers(t *testing.T) {
+	root := t.TempDir()
+	repos, _ := server.NewRootDir(root)
+	be, err := repos.Create(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := be.Save(context.Background(), storage.Handle{Type: storage.Config}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(root, "fleet", "data", "ab", ".tmp-old")
+	young := filepath.Join(root, "fleet", "data", ".tmp-young")
+	for _, p := range []string{old, young} {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ago := time.Now().Add(-2 * time.Hour)
+	os.Chtimes(old, ago, ago)
+	fresh, _ := server.NewRootDir(root) // a restarted server
+	if _, err := fresh.Open(context.Background(), "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := os.Stat(old); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the old leftover was not removed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Errorf("a young temporary file (an upload in progress) was removed: %v", err)
 	}
 }

@@ -714,7 +714,7 @@ type RootDir struct {
 	dir string
 
 	mu   sync.Mutex
-	open map[string]storage.Backend
+	open map[string]*local.Backend
 }
 
 // NewRootDir serves the repositories in dir.
@@ -730,7 +730,7 @@ func NewRootDir(dir string) (*RootDir, error) {
 	if !fi.IsDir() {
 		return nil, fmt.Errorf("--root %s is not a directory", dir)
 	}
-	return &RootDir{dir: abs, open: map[string]storage.Backend{}}, nil
+	return &RootDir{dir: abs, open: map[string]*local.Backend{}}, nil
 }
 
 // Open implements Repositories.
@@ -751,7 +751,34 @@ func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error
 		return nil, err
 	}
 	d.open[name] = be
+	go d.sweep(name, be)
 	return be, nil
+}
+
+// sweep removes what uploads cut off by a crash of the server left: the
+// local backend's temporary files older than local.TempMaxAge (no upload
+// takes that long; clients cannot remove them, the server holds them).
+func (d *RootDir) sweep(name string, be *local.Backend) {
+	n, size, err := be.RemoveTempFiles(local.TempMaxAge)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "floe serve: repository %s: removing leftover temporary files: %v\n", name, err)
+	}
+	if n > 0 {
+		fmt.Fprintf(os.Stderr, "floe serve: repository %s: removed %d leftover temporary files (%d bytes) of cut-off uploads\n", name, n, size)
+	}
+}
+
+// Sweep runs sweep on every open repository (floe serve does it hourly).
+func (d *RootDir) Sweep() {
+	d.mu.Lock()
+	open := make(map[string]*local.Backend, len(d.open))
+	for n, be := range d.open {
+		open[n] = be
+	}
+	d.mu.Unlock()
+	for n, be := range open {
+		d.sweep(n, be)
+	}
 }
 
 // Create implements Repositories. A directory left by an interrupted
