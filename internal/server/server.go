@@ -37,7 +37,10 @@ type Repositories interface {
 }
 
 // UploadVerifier checks an uploaded object before it becomes visible,
-// beyond the name check the server always does. The format-v2 pack and
+// beyond the name check the server always does. A server with a verifier
+// tells clients so (HeaderVerifies), and clients then trust that every
+// pack and index file it holds was verified: a verifier must check every
+// blob of a pack (and what an index file claims) or refuse the upload. The format-v2 pack and
 // index layouts (a leaf package without keys) plug in here: verify that
 // every blob of a pack hashes to the ID its header gives. data holds the
 // complete received bytes, whose BLAKE3-256 is already known to equal
@@ -121,6 +124,10 @@ const (
 	HeaderResult = "Floe-Result"
 	// HeaderError is the reason of a refused HEAD request.
 	HeaderError = "Floe-Error"
+	// HeaderVerifies is "1" on every answer of a server with an
+	// UploadVerifier: clients may then trust index entries of uploads
+	// as verified (repository format v2, "VerifiesUploads").
+	HeaderVerifies = "Floe-Verifies-Uploads"
 )
 
 // headerSafe keeps printable ASCII, so that a reason fits in a header.
@@ -227,6 +234,9 @@ func opFor(method string, kind RouteKind) (Op, bool) {
 // ServeHTTP checks, in this order and before any storage access: the
 // path, the method, the token, the role, the body size; then it serves.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.opts.Verifier != nil {
+		w.Header().Set(HeaderVerifies, "1")
+	}
 	start := time.Now()
 	q := &request{w: w, r: r, rec: AuditRecord{Time: start.UTC(), Remote: r.RemoteAddr, Op: r.Method}, status: http.StatusOK}
 	defer s.opts.Metrics.observe(q, start)

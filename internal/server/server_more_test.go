@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/zeebo/blake3"
 
@@ -208,6 +209,9 @@ func TestNameCheckAndVerifier(t *testing.T) {
 	if v.seen.Load() == 0 {
 		t.Error("the verifier was never called")
 	}
+	if !b.VerifiesUploads() {
+		t.Error("a server with a verifier does not say so")
+	}
 	// streamed (spooled) saves, as packs are written
 	ps, err := b.SaveStream(ctx, storage.Pack)
 	if err != nil {
@@ -267,6 +271,12 @@ func TestRetries(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if _, err := b.Stat(ctx, storage.Handle{Type: storage.Config}); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if b.VerifiesUploads() {
+		t.Error("a server without a verifier claims to verify uploads")
+	}
 	data := []byte("retried")
 	h := storage.Handle{Type: storage.Snapshot, Name: nameOf(data)}
 	f.fail503.Store(2)
@@ -325,7 +335,11 @@ func TestUploadCap(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	pw.Write(data[:1000]) // the first upload is in progress once this is read
+	pw.Write(data[:1000])
+	id := strings.Split(tok, "_")[1]
+	for s.h.UploadsInProgress(id) == 0 {
+		time.Sleep(time.Millisecond) // until the first upload holds its slot
+	}
 	other := []byte("second")
 	req2, _ := http.NewRequest("PUT", s.url+"/fleet/data/"+nameOf(other), bytes.NewReader(other))
 	req2.Header.Set("Authorization", "Bearer "+tok)

@@ -64,6 +64,7 @@ type testServer struct {
 	url    string
 	fp     string
 	tokens *server.TokenStore
+	h      *server.Server
 	ledger *server.Ledger
 	state  string
 	srv    *httptest.Server
@@ -93,7 +94,7 @@ func startServer(t *testing.T, repos server.Repositories, opts server.Options) *
 	srv.EnableHTTP2 = true
 	srv.StartTLS()
 	t.Cleanup(func() { srv.Close(); audit.Close() })
-	return &testServer{ledger: ledger, url: srv.URL, fp: remote.Fingerprint(srv.Certificate().Raw), tokens: tokens, state: state, srv: srv}
+	return &testServer{h: h, ledger: ledger, url: srv.URL, fp: remote.Fingerprint(srv.Certificate().Raw), tokens: tokens, state: state, srv: srv}
 }
 
 func (s *testServer) token(t *testing.T, repo, roles string) string {

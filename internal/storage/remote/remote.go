@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/floe-backup/floe/internal/storage"
@@ -78,6 +79,8 @@ type Backend struct {
 	opts   Options
 	tr     *http.Transport
 	client *http.Client
+	// verifies: the server said it verifies uploads (Floe-Verifies-Uploads)
+	verifies atomic.Bool
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -311,6 +314,7 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	}
 	defer resp.Body.Close()
 	res := response{status: resp.StatusCode, header: resp.Header}
+	b.verifies.Store(resp.Header.Get("Floe-Verifies-Uploads") == "1")
 	limit := int64(maxErrorBody)
 	if resp.StatusCode < 300 {
 		limit = 1 << 62
@@ -531,3 +535,10 @@ func parseList(t storage.FileType, data []byte) ([]storage.FileInfo, error) {
 	}
 	return nil, errors.New("the server's answer was cut short")
 }
+
+// VerifiesUploads reports whether the server verifies every uploaded pack
+// and index file blob by blob (it says so in every answer; Open asks it
+// once). Repository format v2 trusts index entries of such a backend for
+// dedup (docs/TRUST-DESIGN); a server that only checks object names does
+// not qualify.
+func (b *Backend) VerifiesUploads() bool { return b.verifies.Load() }

@@ -1,0 +1,9 @@
+package server
+
+// UploadsInProgress returns the uploads the credential id has in progress
+// (for tests that need an upload to hold its slot).
+func (s *Server) UploadsInProgress(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.uploads[id]
+}
