@@ -56,6 +56,9 @@ func remoteOptions(opts Options) (remote.Options, error) {
 	if err != nil {
 		return remote.Options{}, err
 	}
+	if fi, err := os.Stat(opts.TokenFile); err == nil && fi.Mode().Perm()&0o077 != 0 && opts.Warn != nil {
+		opts.Warn(fmt.Sprintf("warning: token file %s is readable by other users (mode %v); chmod 600 it", opts.TokenFile, fi.Mode().Perm()))
+	}
 	return remote.Options{Token: tok, Fingerprint: opts.ServerFingerprint,
 		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn}, nil
 }

@@ -85,31 +85,50 @@ type Backend struct {
 
 var _ storage.Backend = (*Backend)(nil)
 
-// IsURL reports whether loc is a floe server location.
-func IsURL(loc string) bool { return strings.HasPrefix(loc, "https://") }
+// IsURL reports whether loc is meant for a floe server (https://, and
+// http:// so that it gets a clear error instead of being taken for a path).
+func IsURL(loc string) bool {
+	return strings.HasPrefix(loc, "https://") || strings.HasPrefix(loc, "http://")
+}
 
 // ParseURL splits https://HOST[:PORT]/REPO into the server's base URL,
-// host:port and the repository name.
+// host:port and the repository name. Errors never repeat credentials that
+// were wrongly put in the URL.
 func ParseURL(loc string) (base, hostport, repo string, err error) {
 	u, err := url.Parse(loc)
 	if err != nil {
-		return "", "", "", fmt.Errorf("repository location %q: %w", loc, err)
+		return "", "", "", fmt.Errorf("repository location is not a URL: %v", redactErr(err))
+	}
+	shown := *u
+	shown.User = nil
+	if u.User != nil {
+		return "", "", "", fmt.Errorf("repository location %s: credentials do not go in the URL; put the token in a file and use --token-file", shown.String())
 	}
 	if u.Scheme != "https" {
-		return "", "", "", fmt.Errorf("repository location %q: a floe server is reached with https://HOST:PORT/REPO", loc)
+		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shown.String())
 	}
-	if u.User != nil || u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
-		return "", "", "", fmt.Errorf("repository location %q: want https://HOST:PORT/REPO (the token goes in --token-file, never in the URL)", u.Redacted())
+	if u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO", shown.String())
 	}
 	repo = strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
 	if repo == "" || strings.Contains(repo, "/") || u.RawPath != "" {
-		return "", "", "", fmt.Errorf("repository location %q: want https://HOST:PORT/REPO with one repository name", loc)
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO with one repository name", shown.String())
 	}
 	hostport = u.Host
 	if u.Port() == "" {
 		hostport = net.JoinHostPort(u.Hostname(), "443")
 	}
 	return "https://" + u.Host, hostport, repo, nil
+}
+
+// redactErr keeps only the reason of a url.Parse error, which would
+// otherwise quote the whole location (a token in it included).
+func redactErr(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // New returns the backend of loc without contacting the server.

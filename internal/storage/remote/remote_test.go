@@ -18,11 +18,12 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("ParseURL(%q) = %q %q %q %v", ok.in, base, hp, repo, err)
 		}
 	}
-	for _, bad := range []string{"http://h/r", "https://h", "https://h/", "https://h/a/b", "https://u:pw@h/r", "https://h/r?x=1", "https://h/a%2Fb"} {
+	for _, bad := range []string{"http://h/r", "https://h", "https://h/", "https://h/a/b", "https://u:pw@h/r",
+		"https://h/r?x=1", "https://h/a%2Fb", "https://floe_secret@h/r", "http://floe_secret@h/r", "https://floe_secret@h:x/r", "https://floe_secret@[::1/r"} {
 		if _, _, _, err := ParseURL(bad); err == nil {
 			t.Errorf("ParseURL(%q): no error", bad)
-		} else if strings.Contains(err.Error(), "pw") {
-			t.Errorf("ParseURL error shows the password: %v", err)
+		} else if strings.Contains(err.Error(), "pw") || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseURL error shows the credential: %v", err)
 		}
 	}
 }
