@@ -623,7 +623,7 @@ func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Hand
 	hw := hash.NewWriter()
 	var dst io.Writer
 	var spool *os.File
-	ss, streams := be.(storage.StreamSaver)
+	ss, streams := storage.As[storage.StreamSaver](be)
 	switch {
 	case h.Type == storage.Config || !streams || size <= 1<<20 && s.opts.Verifier == nil:
 		// small objects, the config and backends that cannot stream:

@@ -561,3 +561,9 @@ func parseList(t storage.FileType, data []byte) ([]storage.FileInfo, error) {
 // dedup (docs/TRUST-DESIGN); a server that only checks object names does
 // not qualify.
 func (b *Backend) VerifiesUploads() bool { return b.verifies.Load() }
+
+// Connections implements storage.ConnectionsHint: round trips to a server
+// are slow next to a local disk, so copy, export and import run as many
+// requests at once as the server lets one token upload (its default
+// --max-uploads).
+func (b *Backend) Connections() int { return 8 }
