@@ -31,6 +31,7 @@ func (f *serveFlags) state() (string, error) {
 func newServeCommand(g *globals) *cobra.Command {
 	sf := &serveFlags{}
 	cfg := server.Config{}
+	var maxObject string
 	c := &cobra.Command{
 		Use:   "serve --root DIR",
 		Short: "Serve repositories to hosts over HTTPS (append-only credentials)",
@@ -65,6 +66,14 @@ add packs, index files and snapshots), restore (read everything), admin
 			if cfg.Root == "" {
 				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
 			}
+			n, err := server.ParseSize(maxObject)
+			if err != nil {
+				return usageError{fmt.Errorf("--max-object-size: %w", err)}
+			}
+			if n < 1<<20 {
+				return usageError{errors.New("--max-object-size must be at least 1MiB (packs are 1 MiB or more)")}
+			}
+			cfg.MaxObjectSize = n
 			cfg.MetricsReady = func(addr string) { g.say("metrics on http://%s/metrics", addr) }
 			cfg.Ready = func(addr, fp string, created bool) {
 				if created {
@@ -80,13 +89,13 @@ add packs, index files and snapshots), restore (read everything), admin
 	f := c.Flags()
 	c.PersistentFlags().StringVar(&sf.root, "root", "", "directory holding one subdirectory per repository")
 	c.PersistentFlags().StringVar(&sf.stateDir, "state-dir", "", "tokens, audit log and certificate (default ROOT/.floe-server)")
-	f.StringVar(&cfg.Listen, "listen", ":8443", "address to listen on (`host:port`)")
+	f.StringVar(&cfg.Listen, "listen", ":8443", "`address` to listen on (host:port)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate `file` (PEM; default: a self-signed one in the state directory)")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key `file` (PEM)")
 	f.StringSliceVar(&cfg.TLSNames, "tls-name", nil, "extra host `name` or IP of the self-signed certificate (repeatable)")
 	f.StringVar(&cfg.AuditLog, "audit-log", "", "audit log `file` (default STATE/audit.log)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over plain HTTP at /metrics on this `host:port` (keep it private)")
-	f.Int64Var(&cfg.MaxObjectSize, "max-object-size", server.DefaultMaxObjectSize, "largest upload accepted, in `bytes`")
+	f.StringVar(&maxObject, "max-object-size", "1088MiB", "largest upload accepted (`size`; a pack is at most 1 GiB plus a blob); larger ones are refused before they are read")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
 	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),
 		newServeQuotaCommand(g, sf), newServeUsageCommand(g, sf))
