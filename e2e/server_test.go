@@ -239,14 +239,36 @@ func TestServerBackupToken(t *testing.T) {
 		t.Errorf("refused commands changed the repository")
 	}
 
-	// admin with the full key: byte-exact restore, forget, prune, check
+	// admin with the full key: forget, prune (mark, then delete), check,
+	// and a byte-exact restore
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "forget", "--keep-last", "1"), 0)
+	packs := func() map[string]bool {
+		m := map[string]bool{}
+		filepath.WalkDir(filepath.Join(root, "fleet", "data"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), ".") {
+				m[d.Name()] = true
+			}
+			return nil
+		})
+		return m
+	}
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "prune", "--grace", "0s"), 0)
+	marked := packs()
+	r = s.remote("fleet", admin, "--password-file", e.pwFile, "prune", "--grace", "0s")
+	expectCode(t, r, 0)
+	removed := 0
+	for p := range marked {
+		if !packs()[p] {
+			removed++
+		}
+	}
+	if removed == 0 {
+		t.Errorf("prune through the server removed no pack:\n%s", r)
+	}
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
 	dst := e.path("restored")
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+src, "--target", dst), 0)
 	testutil.CompareTrees(t, src, dst)
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "forget", "--keep-last", "1"), 0)
-	r = s.remote("fleet", admin, "--password-file", e.pwFile, "prune", "--grace", "0s")
-	expectCode(t, r, 0)
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
 
 	// SIGTERM: a graceful stop, exit 0
 	if err := s.stop(syscall.SIGTERM); err != nil {
@@ -484,7 +506,15 @@ func TestServerFingerprint(t *testing.T) {
 	if err := s.stop(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(root, ".floe-server", "cert.pem"))
+	state := filepath.Join(root, ".floe-server")
+	for _, f := range []string{"cert.pem", "key.pem"} {
+		b, err := os.ReadFile(filepath.Join(state, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(e.path("old-"+f), b, 0o600)
+	}
+	os.Remove(filepath.Join(state, "cert.pem"))
 	s2 := e.startServer(root, addr)
 	if s2.fingerprint == s.fingerprint {
 		t.Fatal("no new certificate")
@@ -496,6 +526,17 @@ func TestServerFingerprint(t *testing.T) {
 	}
 	// the new one pinned explicitly works
 	expectCode(t, e.run(append(args, "--server-fingerprint", s2.fingerprint, "snapshots")...), 0)
+
+	// certificate files (--tls-cert/--tls-key): the old certificate again,
+	// which the client remembers
+	if err := s2.stop(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	s3 := e.startServer(root, addr, "--tls-cert", e.path("old-cert.pem"), "--tls-key", e.path("old-key.pem"))
+	if s3.fingerprint != s.fingerprint {
+		t.Errorf("--tls-cert: fingerprint %s, want the file's %s", s3.fingerprint, s.fingerprint)
+	}
+	expectCode(t, e.run(append(args, "snapshots")...), 0)
 }
 
 // The server killed with SIGKILL in the middle of a backup and restarted:
