@@ -216,14 +216,18 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if g.json {
 				out := []map[string]any{}
 				for _, t := range list {
-					out = append(out, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "created": t.Created})
+					out = append(out, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "quota": t.Quota, "created": t.Created})
 				}
 				return ui.WriteJSON(os.Stdout, out)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tREPO\tHOST\tROLES\tCREATED")
+			fmt.Fprintln(tw, "ID\tREPO\tHOST\tROLES\tQUOTA\tCREATED")
 			for _, t := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", t.ID, t.Repo, ui.Sanitize(t.Host), t.Roles, t.Created.Format("2006-01-02 15:04:05"))
+				quota := "-"
+				if t.Quota > 0 {
+					quota = server.FormatSize(t.Quota)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", t.ID, t.Repo, ui.Sanitize(t.Host), t.Roles, quota, t.Created.Format("2006-01-02 15:04:05"))
 			}
 			return tw.Flush()
 		},

@@ -26,6 +26,10 @@ type Config struct {
 	// at /metrics on this address (keep it on a private interface).
 	MetricsListen string
 
+	// Verifier checks uploads before they become visible (the format-v2
+	// pack and index verifier); nil: only the name check.
+	Verifier UploadVerifier
+
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
 	// ShutdownTimeout bounds the wait for requests in progress after ctx
@@ -90,7 +94,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	metrics := NewMetrics()
-	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger, Metrics: metrics,
+	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger, Metrics: metrics, Verifier: cfg.Verifier,
 		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
 	if err != nil {
 		return err
