@@ -1,6 +1,8 @@
 // Package location turns a repository location string (-r/--repo) into a
-// storage backend: local directories, and https:// for a floe server
-// (remote.go; OpenWith and CreateWith take its token and fingerprint).
+// storage backend: local directories (a path, or local:PATH), an S3 bucket
+// (s3:https://HOST[:PORT]/BUCKET[/PREFIX], s3.go), and https:// for a floe
+// server (remote.go; OpenWith and CreateWith take its token and
+// fingerprint).
 package location
 
 import (
@@ -14,6 +16,9 @@ import (
 
 // Open opens the backend of an existing repository.
 func Open(loc string) (storage.Backend, error) {
+	if strings.HasPrefix(loc, s3Prefix) {
+		return openS3(loc)
+	}
 	dir, err := localPath(loc)
 	if err != nil {
 		return nil, err
@@ -23,6 +28,9 @@ func Open(loc string) (storage.Backend, error) {
 
 // Create creates the backend of a new repository.
 func Create(loc string) (storage.Backend, error) {
+	if strings.HasPrefix(loc, s3Prefix) {
+		return createS3(loc)
+	}
 	dir, err := localPath(loc)
 	if err != nil {
 		return nil, err
@@ -37,7 +45,7 @@ func localPath(loc string) (string, error) {
 	if i := strings.Index(loc, ":"); i > 0 && !strings.ContainsAny(loc[:i], "/.") {
 		scheme := loc[:i]
 		if scheme != "local" {
-			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path, https://HOST:PORT/REPO for floe serve)", loc, scheme)
+			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path, s3:https://HOST/BUCKET[/PREFIX], https://HOST:PORT/REPO for floe serve)", loc, scheme)
 		}
 		loc = loc[i+1:]
 	}
