@@ -128,6 +128,7 @@ type floeEnv struct {
 	repo                      string
 	pwFile                    string
 	password                  string
+	env                       []string // more environment for every run (e.g. S3 credentials)
 }
 
 func newEnv(t *testing.T) *floeEnv {
@@ -180,7 +181,7 @@ func (e *floeEnv) environ() []string {
 	if tmp := os.Getenv("TMPDIR"); tmp != "" {
 		env = append(env, "TMPDIR="+tmp)
 	}
-	return env
+	return append(env, e.env...)
 }
 
 // result of one floe run.

@@ -24,9 +24,12 @@ import (
 // minio-go's 10 retries of each request.
 const maxAttempts = 5
 
+// backoffUnit is the first wait of backoff (tests shorten it).
+var backoffUnit = 250 * time.Millisecond
+
 // backoff waits before attempt (0-based): 250ms, 500ms, 1s, 2s, 4s.
 func backoff(ctx context.Context, attempt int) error {
-	d := 250 * time.Millisecond << min(attempt, 4)
+	d := backoffUnit << min(attempt, 4)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {

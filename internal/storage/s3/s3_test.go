@@ -1,11 +1,24 @@
 package s3
 
 import (
+	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
 
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/storagetest"
+	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/s3server"
 )
 
@@ -31,4 +44,378 @@ func TestConformancePrefix(t *testing.T) {
 	storagetest.TestBackend(t, func(t *testing.T) storage.Backend {
 		return newTestBackend(t, srv, "some/prefix")
 	})
+}
+
+// backendWith makes a backend on a new bucket of srv with cfg's tuning.
+func backendWith(t *testing.T, srv *s3server.Server, cfg Config) *Backend {
+	t.Helper()
+	cfg.Endpoint, cfg.Creds = srv.Endpoint, srv.Creds()
+	if cfg.Bucket == "" {
+		cfg.Bucket = srv.NewBucket(t)
+	}
+	if cfg.Lookup == LookupAuto {
+		cfg.Lookup = LookupPath
+	}
+	b, err := Create(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// incomplete returns the keys of the bucket's incomplete multipart uploads.
+func incomplete(t *testing.T, b *Backend) []string {
+	t.Helper()
+	res, err := b.core.ListMultipartUploads(context.Background(), b.cfg.Bucket, "", "", "", "", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, u := range res.Uploads {
+		keys = append(keys, u.Key)
+	}
+	return keys
+}
+
+func streamSave(t *testing.T, b *Backend, h storage.Handle, data []byte) error {
+	t.Helper()
+	p, err := b.SaveStream(context.Background(), h.Type)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// in uneven pieces, like sealed blobs
+	for off := 0; off < len(data); {
+		n := min(len(data)-off, 1+off%300000)
+		if _, err := p.Write(data[off : off+n]); err != nil {
+			t.Fatal(err)
+		}
+		off += n
+	}
+	return p.Commit(context.Background(), h.Name)
+}
+
+// TestStream saves objects through SaveStream, in one PUT and in parts,
+// and checks that a streamed object never overwrites one already there
+// (the condition is on CompleteMultipartUpload too) and leaves no upload
+// behind.
+func TestStream(t *testing.T) {
+	srv := s3server.Start(t)
+	b := backendWith(t, srv, Config{PartSize: minPartSize})
+	ctx := context.Background()
+	for i, size := range []int{0, 1000, minPartSize, 2*minPartSize + 12345} {
+		h := storage.Handle{Type: storage.Pack, Name: storagetest.Name(fmt.Sprint("stream", i))}
+		data := testutil.RandomBytes(uint64(i), size)
+		if err := streamSave(t, b, h, data); err != nil {
+			t.Fatalf("%d bytes: %v", size, err)
+		}
+		got, err := b.Load(ctx, h, 0, 0)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("%d bytes: load %d bytes, %v", size, len(got), err)
+		}
+		// again, other bytes: refused, the object unchanged
+		if err := streamSave(t, b, h, testutil.RandomBytes(99, size)); !errors.Is(err, storage.ErrExist) {
+			t.Errorf("%d bytes: streamed over an existing object: %v, want ErrExist", size, err)
+		}
+		if got, _ := b.Load(ctx, h, 0, 0); !bytes.Equal(got, data) {
+			t.Errorf("%d bytes: a refused stream changed the object", size)
+		}
+		// in-memory Save of a multipart size too
+		if err := b.Save(ctx, h, data); !errors.Is(err, storage.ErrExist) {
+			t.Errorf("%d bytes: Save over an existing object: %v, want ErrExist", size, err)
+		}
+	}
+	big := storage.Handle{Type: storage.Index, Name: storagetest.Name("big save")}
+	data := testutil.RandomBytes(7, 3*minPartSize+1)
+	if err := b.Save(ctx, big, data); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Load(ctx, big, minPartSize-10, minPartSize+20); err != nil || !bytes.Equal(got, data[minPartSize-10:2*minPartSize+10]) {
+		t.Errorf("range across parts: %d bytes, %v", len(got), err)
+	}
+	if keys := incomplete(t, b); len(keys) != 0 {
+		t.Errorf("incomplete uploads left: %v", keys)
+	}
+
+	// Abort, and a bad name: nothing stored
+	p, err := b.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Write([]byte("never committed"))
+	p.Abort()
+	p.Abort()
+	if err := p.Commit(ctx, storagetest.Name("aborted")); err == nil {
+		t.Error("Commit after Abort succeeded")
+	}
+	p, _ = b.SaveStream(ctx, storage.Pack)
+	p.Write([]byte("x"))
+	if err := p.Commit(ctx, "../config"); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("Commit with a bad name: %v", err)
+	}
+	if _, err := b.SaveStream(ctx, storage.Config); !errors.Is(err, storage.ErrInvalid) {
+		t.Errorf("SaveStream(Config): %v", err)
+	}
+	n := 0
+	b.List(ctx, storage.Pack, func(storage.FileInfo) error { n++; return nil })
+	if n != 4 {
+		t.Errorf("%d packs listed, want the 4 committed", n)
+	}
+}
+
+// faultTransport breaks requests on purpose.
+type faultTransport struct {
+	base http.RoundTripper
+	// intercept, if it returns a response, answers instead of the server
+	intercept func(req *http.Request) *http.Response
+	// fault, if it returns a response or an error, replaces the answer
+	fault func(req *http.Request, resp *http.Response) (*http.Response, error)
+	mu    sync.Mutex
+	count map[string]int // requests per method
+}
+
+func (f *faultTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	f.mu.Lock()
+	if f.count == nil {
+		f.count = map[string]int{}
+	}
+	f.count[req.Method]++
+	f.mu.Unlock()
+	if f.intercept != nil {
+		if resp := f.intercept(req); resp != nil {
+			if req.Body != nil {
+				req.Body.Close()
+			}
+			return resp, nil
+		}
+	}
+	resp, err := f.base.RoundTrip(req)
+	if err != nil || f.fault == nil {
+		return resp, err
+	}
+	return f.fault(req, resp)
+}
+
+func newFaultTransport(t *testing.T) *faultTransport {
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &faultTransport{base: tr}
+}
+
+// brokenBody ends with a connection reset after n bytes.
+type brokenBody struct {
+	r io.ReadCloser
+	n int
+}
+
+func (b *brokenBody) Read(p []byte) (int, error) {
+	if b.n <= 0 {
+		return 0, syscall.ECONNRESET
+	}
+	if len(p) > b.n {
+		p = p[:b.n]
+	}
+	k, err := b.r.Read(p)
+	b.n -= k
+	return k, err
+}
+
+func (b *brokenBody) Close() error { return b.r.Close() }
+
+// TestResume: GET and list bodies that break off are resumed, and the
+// result is whole and has each name once.
+func TestResume(t *testing.T) {
+	defer func(u time.Duration) { backoffUnit = u }(backoffUnit)
+	backoffUnit = time.Millisecond
+	srv := s3server.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft})
+	ctx := context.Background()
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("resume")}
+	data := testutil.RandomBytes(1, 3<<20)
+	if err := b.Save(ctx, h, data); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for i := range 30 {
+		name := storagetest.Name(fmt.Sprint("list", i))
+		names = append(names, name)
+		if err := b.Save(ctx, storage.Handle{Type: storage.Snapshot, Name: name}, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var breaks atomic.Int32
+	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
+		if req.Method == http.MethodGet && resp.StatusCode/100 == 2 && breaks.Add(1) <= 3 {
+			resp.Body = &brokenBody{r: resp.Body, n: 1000}
+		}
+		return resp, nil
+	}
+	got, err := b.Load(ctx, h, 0, 0)
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("Load through broken bodies: %d bytes, %v", len(got), err)
+	}
+	breaks.Store(0)
+	got, err = b.Load(ctx, h, 12345, 1<<20)
+	if err != nil || !bytes.Equal(got, data[12345:12345+1<<20]) {
+		t.Fatalf("Load of a range through broken bodies: %d bytes, %v", len(got), err)
+	}
+	breaks.Store(0)
+	// listing bodies broken after 1000 bytes (a few names each)
+	seen := map[string]int{}
+	if err := b.List(ctx, storage.Snapshot, func(fi storage.FileInfo) error { seen[fi.Name]++; return nil }); err != nil {
+		t.Fatalf("List through broken bodies: %v", err)
+	}
+	for _, n := range names {
+		if seen[n] != 1 {
+			t.Errorf("List reported %s %d times", n, seen[n])
+		}
+	}
+	if breaks.Load() < 2 {
+		t.Errorf("only %d bodies were broken: the test did not test", breaks.Load())
+	}
+	// a body that keeps breaking: an error, not a hang or a short result
+	breaks.Store(-1000)
+	if got, err := b.Load(ctx, h, 0, 0); err == nil {
+		t.Errorf("Load through always-broken bodies: %d bytes, no error", len(got))
+	}
+}
+
+// TestInterruptedUpload: a multipart upload that fails leaves nothing: no
+// object under the name, no incomplete upload.
+func TestInterruptedUpload(t *testing.T) {
+	srv := s3server.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft, PartSize: minPartSize})
+	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
+		if req.Method == http.MethodPut && req.URL.Query().Get("partNumber") == "2" {
+			resp.Body.Close()
+			return nil, errors.New("injected: connection lost")
+		}
+		return resp, nil
+	}
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("interrupted")}
+	if err := streamSave(t, b, h, testutil.RandomBytes(2, 3*minPartSize)); err == nil {
+		t.Fatal("upload with a failing part succeeded")
+	}
+	if _, err := b.Stat(context.Background(), h); !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("Stat after a failed upload: %v, want ErrNotExist", err)
+	}
+	if keys := incomplete(t, b); len(keys) != 0 {
+		t.Errorf("incomplete uploads left: %v", keys)
+	}
+}
+
+// TestNoConditionalWrites: a server that answers If-None-Match with 501
+// still gets no overwrite from a lone writer (Save asks first).
+func TestNoConditionalWrites(t *testing.T) {
+	srv := s3server.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft})
+	ft.intercept = func(req *http.Request) *http.Response {
+		if req.Header.Get("If-None-Match") != "" {
+			body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>`
+			return &http.Response{StatusCode: http.StatusNotImplemented, Status: "501 Not Implemented",
+				Header: http.Header{"Content-Type": {"application/xml"}}, Body: io.NopCloser(strings.NewReader(body)),
+				ContentLength: int64(len(body)), Request: req, Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+		}
+		return nil
+	}
+	ctx := context.Background()
+	h := storage.Handle{Type: storage.Key, Name: storagetest.Name("k")}
+	if err := b.Save(ctx, h, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	if !b.noConditional.Load() {
+		t.Fatal("the 501 answer was not noticed")
+	}
+	if err := b.Save(ctx, h, []byte("second")); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("Save over an existing object: %v, want ErrExist", err)
+	}
+	if got, _ := b.Load(ctx, h, 0, 0); string(got) != "first" {
+		t.Errorf("object is %q", got)
+	}
+}
+
+// TestListSkipsStrays: keys that are not objects of the layout are not
+// listed.
+func TestListSkipsStrays(t *testing.T) {
+	srv := s3server.Start(t)
+	b := backendWith(t, srv, Config{Prefix: "repo"})
+	ctx := context.Background()
+	good := storagetest.Name("good")
+	if err := b.Save(ctx, storage.Handle{Type: storage.Pack, Name: good}, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Save(ctx, storage.Handle{Type: storage.Key, Name: good}, []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	other := storagetest.Name("other")
+	strays := []string{
+		"repo/data/" + other, // not in its subdirectory
+		"repo/data/00/" + other,
+		"repo/data/" + other[:2] + "/x/" + other,
+		"repo/data/" + other[:2] + "/" + other + ".tmp",
+		"repo/keys/sub/" + other,
+		"repo/keys/.tmp-" + other[:59],
+		"repo/keys/" + strings.ToUpper(other),
+		"repo/keysx/" + other,
+		"repox/keys/" + other,
+		"keys/" + other,
+	}
+	for _, k := range strays {
+		if _, err := b.client.PutObject(ctx, b.cfg.Bucket, k, strings.NewReader("stray"), 5, minio.PutObjectOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, ft := range []storage.FileType{storage.Pack, storage.Key} {
+		var got []string
+		if err := b.List(ctx, ft, func(fi storage.FileInfo) error { got = append(got, fi.Name); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0] != good {
+			t.Errorf("List %s: %q, want only %s", ft, got, good)
+		}
+	}
+}
+
+// TestLeftovers: an upload abandoned by a killed writer is reported by
+// LeftoverTempFiles once old, and aborted by RemoveTempFiles.
+func TestLeftovers(t *testing.T) {
+	srv := s3server.Start(t)
+	b := backendWith(t, srv, Config{Prefix: "p"})
+	ctx := context.Background()
+	key := "p/data/ab/" + strings.Repeat("ab", 32)
+	id, err := b.core.NewMultipartUpload(ctx, b.cfg.Bucket, key, minio.PutObjectOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := testutil.RandomBytes(1, 1000)
+	if _, err := b.core.PutObjectPart(ctx, b.cfg.Bucket, key, id, 1, bytes.NewReader(part), 1000, minio.PutObjectPartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// another repository's upload in the same bucket is not ours
+	if _, err := b.core.NewMultipartUpload(ctx, b.cfg.Bucket, "other/data/ab/x", minio.PutObjectOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if l, err := b.LeftoverTempFiles(); err != nil || len(l) != 0 {
+		t.Errorf("a fresh upload is reported as left over: %q, %v", l, err)
+	}
+	l, err := b.leftovers(time.Now().Add(time.Minute))
+	if err != nil || len(l) != 1 || !strings.Contains(l[0], key) {
+		t.Errorf("leftovers: %q, %v", l, err)
+	}
+	if n, size, err := b.RemoveTempFiles(time.Hour); n != 0 || err != nil {
+		t.Errorf("RemoveTempFiles(1h) aborted %d (%d bytes), %v: the upload is younger", n, size, err)
+	}
+	time.Sleep(1100 * time.Millisecond)
+	n, size, err := b.RemoveTempFiles(time.Second)
+	if n != 1 || size != 1000 || err != nil {
+		t.Errorf("RemoveTempFiles: %d, %d bytes, %v; want 1, 1000", n, size, err)
+	}
+	if keys := incomplete(t, b); len(keys) != 1 || keys[0] != "other/data/ab/x" {
+		t.Errorf("uploads left: %q, want only the other repository's", keys)
+	}
 }

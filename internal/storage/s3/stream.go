@@ -215,9 +215,13 @@ func (b *Backend) uploads(ctx context.Context, cutoff time.Time) ([]upload, erro
 // UploadMaxAge under the repository's prefix: what a killed writer left.
 // `check` reports them; prune aborts them (RemoveTempFiles).
 func (b *Backend) LeftoverTempFiles() ([]string, error) {
+	return b.leftovers(time.Now().Add(-UploadMaxAge))
+}
+
+func (b *Backend) leftovers(cutoff time.Time) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	us, err := b.uploads(ctx, time.Now().Add(-UploadMaxAge))
+	us, err := b.uploads(ctx, cutoff)
 	var out []string
 	for _, u := range us {
 		out = append(out, fmt.Sprintf("incomplete multipart upload of %s (started %s)", u.key, u.initiated.UTC().Format(time.RFC3339)))
