@@ -20,6 +20,20 @@ if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 
     echo "warning: could not install ${need[*]}; tests that need them are skipped"
 fi
 
+# S3 tests (internal/storage/s3, e2e/s3_test.go) run against a real S3
+# server, versitygw, started by the tests on loopback. Installed pinned with
+# go install (about 2 minutes the first time; the binary lands in
+# $(go env GOPATH)/bin, where the tests look). FLOE_REQUIRE_S3=1 turns the
+# tests' "versitygw not found" skip into a failure.
+versitygw_version=v1.8.0 # keep in step with s3server.VersitygwVersion
+gobin=$(go env GOBIN); [ -n "$gobin" ] || gobin="$(go env GOPATH | cut -d: -f1)/bin"
+if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$versitygw_version[[:space:]]"; then
+  echo "installing versitygw $versitygw_version (S3 server for the tests)"
+  go install "github.com/versity/versitygw/cmd/versitygw@$versitygw_version" ||
+    echo "warning: could not install versitygw; the S3 tests will fail"
+fi
+export FLOE_REQUIRE_S3=1
+
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then

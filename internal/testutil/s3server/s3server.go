@@ -109,7 +109,7 @@ func Binary() (string, error) {
 		dirs = append(dirs, d)
 	}
 	if out, err := exec.Command("go", "env", "GOBIN", "GOPATH").Output(); err == nil {
-		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		lines := strings.Split(strings.TrimRight(string(out), "\n"), "\n") // GOBIN may be empty
 		if len(lines) == 2 {
 			if lines[0] != "" {
 				dirs = append(dirs, lines[0])
