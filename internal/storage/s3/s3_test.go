@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -417,5 +418,66 @@ func TestLeftovers(t *testing.T) {
 	}
 	if keys := incomplete(t, b); len(keys) != 1 || keys[0] != "other/data/ab/x" {
 		t.Errorf("uploads left: %q, want only the other repository's", keys)
+	}
+}
+
+// TestVirtualHost: with virtual-host addressing, requests name the bucket
+// in the host (BUCKET.s3.floe.test, dialed to the test server), and the
+// backend works as with path style.
+func TestVirtualHost(t *testing.T) {
+	const domain = "s3.floe.test"
+	srv := s3server.StartWith(t, s3server.Options{VirtualDomain: domain})
+	bucket := srv.NewBucket(t)
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d net.Dialer
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		return d.DialContext(ctx, network, srv.Endpoint) // every host is the test server
+	}
+	ft := &faultTransport{base: tr}
+	var mu sync.Mutex
+	hosts := map[string]bool{}
+	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
+		mu.Lock()
+		hosts[req.Host] = true
+		mu.Unlock()
+		if strings.HasPrefix(req.URL.Path, "/"+bucket) {
+			t.Errorf("virtual-host request with the bucket in the path: %s %s", req.Method, req.URL)
+		}
+		return resp, nil
+	}
+	_, port, _ := net.SplitHostPort(srv.Endpoint)
+	b, err := Create(context.Background(), Config{Endpoint: domain + ":" + port, Bucket: bucket, Prefix: "vh",
+		Creds: srv.Creds(), Lookup: LookupVirtualHost, Transport: ft})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	h := storage.Handle{Type: storage.Snapshot, Name: storagetest.Name("vh")}
+	if err := b.Save(ctx, h, []byte("virtual")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Load(ctx, h, 1, 3); err != nil || string(got) != "irt" {
+		t.Errorf("Load: %q, %v", got, err)
+	}
+	n := 0
+	if err := b.List(ctx, storage.Snapshot, func(storage.FileInfo) error { n++; return nil }); err != nil || n != 1 {
+		t.Errorf("List: %d, %v", n, err)
+	}
+	if err := b.Remove(ctx, h); err != nil {
+		t.Error(err)
+	}
+	// the object is where path style finds it too
+	if err := b.Save(ctx, h, []byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Client().StatObject(ctx, bucket, "vh/snapshots/"+h.Name, minio.StatObjectOptions{}); err != nil {
+		t.Errorf("path-style stat of the object: %v", err)
+	}
+	if !hosts[bucket+"."+domain+":"+port] {
+		t.Errorf("no request went to %s.%s: hosts %v", bucket, domain, hosts)
 	}
 }
