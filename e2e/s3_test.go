@@ -198,3 +198,36 @@ func TestS3Copy(t *testing.T) {
 		t.Errorf("second copy: %+v, %v", out, err)
 	}
 }
+
+// TestS3KilledBackup kills backups to S3 at several points: the repository
+// stays one that check passes (no half object under a final name), and
+// the next backup completes and restores byte for byte.
+func TestS3KilledBackup(t *testing.T) {
+	t.Parallel()
+	srv := s3server.Start(t)
+	e, _ := newS3Env(t, srv)
+	e.init()
+	src := e.mkdir("src")
+	for i := range 5 {
+		testutil.WriteRandom(t, filepath.Join(src, "f"+string(rune('a'+i))), 8<<20, uint64(i+40))
+	}
+	manifest := testutil.Manifest(t, src)
+	killed := 0
+	for _, delay := range []time.Duration{150 * time.Millisecond, 400 * time.Millisecond, 900 * time.Millisecond} {
+		finished, took, _ := e.killBackup(src, delay)
+		if finished {
+			t.Logf("the backup finished in %v, before the kill", took)
+			continue
+		}
+		killed++
+		if r := e.floe("check"); r.code != 0 {
+			t.Fatalf("check after a backup killed after %v: %s", delay, r)
+		}
+	}
+	if killed == 0 {
+		t.Log("no backup was killed: each finished before its kill")
+	}
+	b, _ := e.backup(src)
+	e.restoreAndCompare("after killed backups", b.Snapshot, src, manifest, true)
+	e.ok("check", "--read-data")
+}
