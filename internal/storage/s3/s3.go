@@ -208,23 +208,22 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	ok, err := b.client.BucketExists(ctx, cfg.Bucket)
-	if err != nil {
-		b.Close()
-		return nil, fmt.Errorf("open repository at %s: %w", b.loc, b.explain(err))
+	// The config object alone, so that credentials limited to the
+	// repository's objects (no s3:ListBucket on the bucket) suffice.
+	_, err = b.stat(ctx, b.key(storage.Handle{Type: storage.Config}))
+	if err == nil {
+		return b, nil
 	}
-	if !ok {
-		b.Close()
-		return nil, fmt.Errorf("no repository at %s: bucket %q does not exist: %w", b.loc, cfg.Bucket, storage.ErrNotExist)
-	}
-	if _, err := b.Stat(ctx, storage.Handle{Type: storage.Config}); err != nil {
-		b.Close()
-		if storage.IsNotExist(err) {
-			return nil, fmt.Errorf("no repository at %s: no config object: %w", b.loc, storage.ErrNotExist)
-		}
+	b.Close()
+	if !storage.IsNotExist(err) {
 		return nil, fmt.Errorf("open repository at %s: %w", b.loc, err)
 	}
-	return b, nil
+	// A HEAD answer has no body to tell a missing bucket from a missing
+	// object: ask.
+	if ok, berr := b.client.BucketExists(ctx, cfg.Bucket); berr == nil && !ok {
+		return nil, fmt.Errorf("no repository at %s: bucket %q does not exist: %w", b.loc, cfg.Bucket, storage.ErrNotExist)
+	}
+	return nil, fmt.Errorf("no repository at %s: no config object: %w", b.loc, storage.ErrNotExist)
 }
 
 // Create returns the backend of a new repository at cfg, creating the
@@ -240,7 +239,12 @@ func Create(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("create repository at %s: %w", b.loc, err)
 	}
 	ok, err := b.client.BucketExists(ctx, cfg.Bucket)
-	if err != nil {
+	switch {
+	case isAccessDenied(err):
+		// Credentials for the repository's objects only: the bucket
+		// exists, or saving the config says it does not.
+		ok, err = true, nil
+	case err != nil:
 		return fail(b.explain(err))
 	}
 	if !ok {
@@ -300,6 +304,14 @@ func isNotFound(err error) bool {
 	return r.StatusCode == http.StatusNotFound || r.Code == "NoSuchKey" || r.Code == "NotFound"
 }
 
+func isAccessDenied(err error) bool {
+	if err == nil {
+		return false
+	}
+	r := minio.ToErrorResponse(err)
+	return r.Code == "AccessDenied" || r.StatusCode == http.StatusForbidden
+}
+
 // explain maps S3 errors to the storage errors and adds a hint where the
 // usual cause is known. Credentials are never part of the message: minio
 // errors carry the server's code and message only.
@@ -316,8 +328,9 @@ func (b *Backend) explain(err error) error {
 		return fmt.Errorf("bucket %q does not exist: %w", b.cfg.Bucket, storage.ErrNotExist)
 	case isNotFound(err):
 		return storage.ErrNotExist
-	case r.Code == "AccessDenied" || r.Code == "InvalidAccessKeyId" || r.Code == "SignatureDoesNotMatch" ||
-		r.StatusCode == http.StatusForbidden:
+	case r.Code == "RequestTimeTooSkewed":
+		return fmt.Errorf("%w (this machine's clock is off: S3 signatures allow 15 minutes)", err)
+	case r.Code == "InvalidAccessKeyId" || r.Code == "SignatureDoesNotMatch" || isAccessDenied(err):
 		return fmt.Errorf("%w (check the credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and ~/.aws/credentials)", err)
 	case r.Code == "PermanentRedirect" || r.Code == "AuthorizationHeaderMalformed" || r.Code == "IllegalLocationConstraintException":
 		return fmt.Errorf("%w (the bucket may be in another region: set AWS_REGION)", err)

@@ -24,7 +24,7 @@ import (
 // than uploading to a temporary key and copying it to the final one (which
 // doubles the server's work and every request's cost, and leaves visible
 // temporary objects behind a killed writer), the pack is spooled to an
-// unlinked temporary file (in $TMPDIR) while it fills, and uploaded at
+// unlinked temporary file (see spoolDir) while it fills, and uploaded at
 // Commit straight to its final key: in one PUT up to the part size, else in
 // parts read from the file in parallel. Memory stays at the parts in
 // flight whatever the pack size; a killed writer leaves no file (it is
@@ -37,7 +37,7 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("save stream: %w", err)
 	}
-	f, err := os.CreateTemp("", "floe-s3-spool-")
+	f, err := os.CreateTemp(spoolDir(), "floe-s3-spool-")
 	if err != nil {
 		return nil, fmt.Errorf("save stream: spool file: %w", diskErr(err))
 	}
@@ -96,10 +96,24 @@ func (p *pending) Abort() {
 	p.f.Close()
 }
 
+// spoolDir is where packs are spooled: $TMPDIR if set, else /var/tmp,
+// which is on disk where /tmp is often in memory (tmpfs), else /tmp. The
+// files are unlinked at once, so /var/tmp's keeping files across reboots
+// does not matter.
+func spoolDir() string {
+	if d := os.Getenv("TMPDIR"); d != "" {
+		return d
+	}
+	if fi, err := os.Stat("/var/tmp"); err == nil && fi.IsDir() && syscall.Access("/var/tmp", 2|1) == nil {
+		return "/var/tmp"
+	}
+	return os.TempDir()
+}
+
 // diskErr names a full spool disk plainly.
 func diskErr(err error) error {
 	if errors.Is(err, syscall.ENOSPC) {
-		return fmt.Errorf("disk full (the spool directory is $TMPDIR, else /tmp): %w", err)
+		return fmt.Errorf("disk full (the spool directory is $TMPDIR, else /var/tmp): %w", err)
 	}
 	return err
 }
