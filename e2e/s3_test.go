@@ -13,13 +13,13 @@ import (
 
 	"github.com/minio/minio-go/v7"
 
+	"github.com/floe-backup/floe/internal/storage/s3/s3test"
 	"github.com/floe-backup/floe/internal/testutil"
-	"github.com/floe-backup/floe/internal/testutil/s3server"
 )
 
 // newS3Env is a test world whose repository is a prefix of a new bucket on
 // srv, with the server's credentials in every run's environment.
-func newS3Env(t *testing.T, srv *s3server.Server) (*floeEnv, string) {
+func newS3Env(t *testing.T, srv *s3test.Server) (*floeEnv, string) {
 	t.Helper()
 	e := newEnv(t)
 	bucket := srv.NewBucket(t)
@@ -30,7 +30,7 @@ func newS3Env(t *testing.T, srv *s3server.Server) (*floeEnv, string) {
 }
 
 // bucketBytes adds up the sizes of the objects under prefix.
-func bucketBytes(t *testing.T, srv *s3server.Server, bucket, prefix string) (n int, size int64) {
+func bucketBytes(t *testing.T, srv *s3test.Server, bucket, prefix string) (n int, size int64) {
 	t.Helper()
 	for oi := range srv.Client().ListObjectsIter(context.Background(), bucket, minio.ListObjectsOptions{Prefix: prefix, Recursive: true}) {
 		if oi.Err != nil {
@@ -48,7 +48,7 @@ func bucketBytes(t *testing.T, srv *s3server.Server, bucket, prefix string) (n i
 // aborts, and bad credentials and locations.
 func TestS3CLI(t *testing.T) {
 	t.Parallel()
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	e, bucket := newS3Env(t, srv)
 	e.init()
 	// the objects are where docs/FORMAT.md puts them, under the prefix
@@ -165,7 +165,7 @@ func TestS3CLI(t *testing.T) {
 // restores from there.
 func TestS3Copy(t *testing.T) {
 	t.Parallel()
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	e := newEnv(t)
 	e.init()
 	src := twoBackups(e)
@@ -204,7 +204,7 @@ func TestS3Copy(t *testing.T) {
 // the next backup completes and restores byte for byte.
 func TestS3KilledBackup(t *testing.T) {
 	t.Parallel()
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	e, _ := newS3Env(t, srv)
 	e.init()
 	src := e.mkdir("src")

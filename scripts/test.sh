@@ -25,7 +25,7 @@ fi
 # go install (about 2 minutes the first time; the binary lands in
 # $(go env GOPATH)/bin, where the tests look). FLOE_REQUIRE_S3=1 turns the
 # tests' "versitygw not found" skip into a failure.
-versitygw_version=v1.8.0 # keep in step with s3server.VersitygwVersion
+versitygw_version=v1.8.0 # keep in step with s3test.VersitygwVersion
 gobin=$(go env GOBIN); [ -n "$gobin" ] || gobin="$(go env GOPATH | cut -d: -f1)/bin"
 if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:space:]]*github.com/versity/versitygw[[:space:]]*$versitygw_version[[:space:]]"; then
   echo "installing versitygw $versitygw_version (S3 server for the tests)"

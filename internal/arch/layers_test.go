@@ -79,7 +79,7 @@ var layers = map[string]int{
 }
 
 // testOnly packages are imported by _test.go files only.
-var testOnly = []string{"internal/testutil", "internal/storage/storagetest", "internal/walk/walktest"}
+var testOnly = []string{"internal/testutil", "internal/storage/storagetest", "internal/storage/s3/s3test", "internal/walk/walktest"}
 
 // forbidden lists, for a package prefix, packages it must not depend on,
 // directly or through others.

@@ -138,7 +138,17 @@ type Backend struct {
 	noConditional atomic.Bool
 }
 
-var _ storage.Backend = (*Backend)(nil)
+var (
+	_ storage.Backend         = (*Backend)(nil)
+	_ storage.StreamSaver     = (*Backend)(nil)
+	_ storage.TempFiles       = (*Backend)(nil)
+	_ storage.ConnectionsHint = (*Backend)(nil)
+)
+
+// Connections implements storage.ConnectionsHint: an object store serves
+// many requests at once, and each waits a round trip, so copy and export
+// run 8 at a time by default (else 4).
+func (b *Backend) Connections() int { return 8 }
 
 // URL returns the location of cfg as the user writes it:
 // s3:https://host[:port]/bucket[/prefix]. It never holds credentials.

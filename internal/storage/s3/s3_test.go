@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"strings"
@@ -18,12 +19,21 @@ import (
 	"github.com/minio/minio-go/v7"
 
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/s3/s3test"
 	"github.com/floe-backup/floe/internal/storage/storagetest"
-	"github.com/floe-backup/floe/internal/testutil"
-	"github.com/floe-backup/floe/internal/testutil/s3server"
 )
 
-func newTestBackend(t *testing.T, srv *s3server.Server, prefix string) *Backend {
+// randomBytes returns n pseudo-random bytes from seed.
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewPCG(seed, 0x5eed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func newTestBackend(t *testing.T, srv *s3test.Server, prefix string) *Backend {
 	t.Helper()
 	cfg := Config{Endpoint: srv.Endpoint, Bucket: srv.NewBucket(t), Prefix: prefix, Creds: srv.Creds(), Lookup: LookupPath}
 	b, err := Create(context.Background(), cfg)
@@ -34,21 +44,21 @@ func newTestBackend(t *testing.T, srv *s3server.Server, prefix string) *Backend 
 }
 
 func TestConformance(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	storagetest.TestBackend(t, func(t *testing.T) storage.Backend {
 		return newTestBackend(t, srv, "")
 	})
 }
 
 func TestConformancePrefix(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	storagetest.TestBackend(t, func(t *testing.T) storage.Backend {
 		return newTestBackend(t, srv, "some/prefix")
 	})
 }
 
 // backendWith makes a backend on a new bucket of srv with cfg's tuning.
-func backendWith(t *testing.T, srv *s3server.Server, cfg Config) *Backend {
+func backendWith(t *testing.T, srv *s3test.Server, cfg Config) *Backend {
 	t.Helper()
 	cfg.Endpoint, cfg.Creds = srv.Endpoint, srv.Creds()
 	if cfg.Bucket == "" {
@@ -101,12 +111,12 @@ func streamSave(t *testing.T, b *Backend, h storage.Handle, data []byte) error {
 // (the condition is on CompleteMultipartUpload too) and leaves no upload
 // behind.
 func TestStream(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	b := backendWith(t, srv, Config{PartSize: minPartSize})
 	ctx := context.Background()
 	for i, size := range []int{0, 1000, minPartSize, 2*minPartSize + 12345} {
 		h := storage.Handle{Type: storage.Pack, Name: storagetest.Name(fmt.Sprint("stream", i))}
-		data := testutil.RandomBytes(uint64(i), size)
+		data := randomBytes(uint64(i), size)
 		if err := streamSave(t, b, h, data); err != nil {
 			t.Fatalf("%d bytes: %v", size, err)
 		}
@@ -115,7 +125,7 @@ func TestStream(t *testing.T) {
 			t.Fatalf("%d bytes: load %d bytes, %v", size, len(got), err)
 		}
 		// again, other bytes: refused, the object unchanged
-		if err := streamSave(t, b, h, testutil.RandomBytes(99, size)); !errors.Is(err, storage.ErrExist) {
+		if err := streamSave(t, b, h, randomBytes(99, size)); !errors.Is(err, storage.ErrExist) {
 			t.Errorf("%d bytes: streamed over an existing object: %v, want ErrExist", size, err)
 		}
 		if got, _ := b.Load(ctx, h, 0, 0); !bytes.Equal(got, data) {
@@ -127,7 +137,7 @@ func TestStream(t *testing.T) {
 		}
 	}
 	big := storage.Handle{Type: storage.Index, Name: storagetest.Name("big save")}
-	data := testutil.RandomBytes(7, 3*minPartSize+1)
+	data := randomBytes(7, 3*minPartSize+1)
 	if err := b.Save(ctx, big, data); err != nil {
 		t.Fatal(err)
 	}
@@ -230,12 +240,12 @@ func (b *brokenBody) Close() error { return b.r.Close() }
 func TestResume(t *testing.T) {
 	defer func(u time.Duration) { backoffUnit = u }(backoffUnit)
 	backoffUnit = time.Millisecond
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	ft := newFaultTransport(t)
 	b := backendWith(t, srv, Config{Transport: ft})
 	ctx := context.Background()
 	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("resume")}
-	data := testutil.RandomBytes(1, 3<<20)
+	data := randomBytes(1, 3<<20)
 	if err := b.Save(ctx, h, data); err != nil {
 		t.Fatal(err)
 	}
@@ -287,7 +297,7 @@ func TestResume(t *testing.T) {
 // TestInterruptedUpload: a multipart upload that fails leaves nothing: no
 // object under the name, no incomplete upload.
 func TestInterruptedUpload(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	ft := newFaultTransport(t)
 	b := backendWith(t, srv, Config{Transport: ft, PartSize: minPartSize})
 	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
@@ -298,7 +308,7 @@ func TestInterruptedUpload(t *testing.T) {
 		return resp, nil
 	}
 	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("interrupted")}
-	if err := streamSave(t, b, h, testutil.RandomBytes(2, 3*minPartSize)); err == nil {
+	if err := streamSave(t, b, h, randomBytes(2, 3*minPartSize)); err == nil {
 		t.Fatal("upload with a failing part succeeded")
 	}
 	if _, err := b.Stat(context.Background(), h); !errors.Is(err, storage.ErrNotExist) {
@@ -312,7 +322,7 @@ func TestInterruptedUpload(t *testing.T) {
 // TestNoConditionalWrites: a server that answers If-None-Match with 501
 // still gets no overwrite from a lone writer (Save asks first).
 func TestNoConditionalWrites(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	ft := newFaultTransport(t)
 	b := backendWith(t, srv, Config{Transport: ft})
 	ft.intercept = func(req *http.Request) *http.Response {
@@ -343,7 +353,7 @@ func TestNoConditionalWrites(t *testing.T) {
 // TestListSkipsStrays: keys that are not objects of the layout are not
 // listed.
 func TestListSkipsStrays(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	b := backendWith(t, srv, Config{Prefix: "repo"})
 	ctx := context.Background()
 	good := storagetest.Name("good")
@@ -385,7 +395,7 @@ func TestListSkipsStrays(t *testing.T) {
 // TestLeftovers: an upload abandoned by a killed writer is reported by
 // LeftoverTempFiles once old, and aborted by RemoveTempFiles.
 func TestLeftovers(t *testing.T) {
-	srv := s3server.Start(t)
+	srv := s3test.Start(t)
 	b := backendWith(t, srv, Config{Prefix: "p"})
 	ctx := context.Background()
 	key := "p/data/ab/" + strings.Repeat("ab", 32)
@@ -393,7 +403,7 @@ func TestLeftovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	part := testutil.RandomBytes(1, 1000)
+	part := randomBytes(1, 1000)
 	if _, err := b.core.PutObjectPart(ctx, b.cfg.Bucket, key, id, 1, bytes.NewReader(part), 1000, minio.PutObjectPartOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +436,7 @@ func TestLeftovers(t *testing.T) {
 // backend works as with path style.
 func TestVirtualHost(t *testing.T) {
 	const domain = "s3.floe.test"
-	srv := s3server.StartWith(t, s3server.Options{VirtualDomain: domain})
+	srv := s3test.StartWith(t, s3test.Options{VirtualDomain: domain})
 	bucket := srv.NewBucket(t)
 	tr, err := minio.DefaultTransport(false)
 	if err != nil {

@@ -1,4 +1,4 @@
-// Package s3server starts a real S3 server for tests: versitygw
+// Package s3test starts a real S3 server for tests: versitygw
 // (github.com/versity/versitygw) with its posix backend, on a free loopback
 // port, storing in a temporary directory, stopped when the test ends.
 //
@@ -7,7 +7,7 @@
 // missing server fails the test with a message saying what to install;
 // elsewhere (a developer's plain `go test`) the test is skipped with that
 // message.
-package s3server
+package s3test
 
 import (
 	"context"
@@ -75,7 +75,7 @@ func (s *Server) NewBucket(t testing.TB) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.client.MakeBucket(ctx, name, minio.MakeBucketOptions{}); err != nil {
-		t.Fatalf("s3server: make bucket %s: %v", name, err)
+		t.Fatalf("s3test: make bucket %s: %v", name, err)
 	}
 	return name
 }
@@ -149,9 +149,9 @@ func StartWith(t testing.TB, o Options) *Server {
 	bin, err := Binary()
 	if err != nil {
 		if Required() {
-			t.Fatalf("s3server: %v", err)
+			t.Fatalf("s3test: %v", err)
 		}
-		t.Skipf("s3server: %v (set FLOE_REQUIRE_S3=1 to make this a failure)", err)
+		t.Skipf("s3test: %v (set FLOE_REQUIRE_S3=1 to make this a failure)", err)
 	}
 	dir := t.TempDir()
 	s := &Server{Dir: filepath.Join(dir, "root"), AccessKey: "floetest" + randomHex(4), SecretKey: "secret" + randomHex(16)}
@@ -164,7 +164,7 @@ func StartWith(t testing.TB, o Options) *Server {
 			return s
 		}
 	}
-	t.Fatalf("s3server: %v", lastErr)
+	t.Fatalf("s3test: %v", lastErr)
 	return nil
 }
 
