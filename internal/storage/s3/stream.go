@@ -42,18 +42,20 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 		return nil, fmt.Errorf("save stream: spool file: %w", diskErr(err))
 	}
 	// Unlinked at once: the open file stays usable, and nothing is left
-	// behind however the process ends.
+	// behind however the process ends. Where an open file cannot be
+	// removed (Windows), it is removed when the object is done.
+	p := &pending{b: b, t: t, f: f}
 	if err := os.Remove(f.Name()); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("save stream: spool file: %w", err)
+		p.path = f.Name()
 	}
-	return &pending{b: b, t: t, f: f}, nil
+	return p, nil
 }
 
 type pending struct {
 	b    *Backend
 	t    storage.FileType
 	f    *os.File
+	path string // still to remove at the end, if not unlinked at once
 	size int64
 	done bool
 }
@@ -94,6 +96,9 @@ func (p *pending) Abort() {
 	}
 	p.done = true
 	p.f.Close()
+	if p.path != "" {
+		os.Remove(p.path)
+	}
 }
 
 // spoolDir is where packs are spooled: $TMPDIR if set, else /var/tmp,
