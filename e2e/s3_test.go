@@ -231,3 +231,38 @@ func TestS3KilledBackup(t *testing.T) {
 	e.restoreAndCompare("after killed backups", b.Snapshot, src, manifest, true)
 	e.ok("check", "--read-data")
 }
+
+// TestS3StreamsPacks backs up a 256 MiB file to a local repository and to
+// one in S3 and compares the peak RSS of the two processes: packs go to
+// S3 through a spool file, never whole in memory, so the S3 backup needs
+// no more memory than the local one (three 16 MiB packs held in memory
+// would be 48 MiB more).
+func TestS3StreamsPacks(t *testing.T) {
+	srv := s3test.Start(t)
+	e, _ := newS3Env(t, srv)
+	src := e.mkdir("src")
+	const size = 256 << 20
+	testutil.WriteRandom(t, filepath.Join(src, "big"), size, 52)
+	backup := func(repo string) result {
+		t.Helper()
+		global := []string{"-r", repo, "--password-file", e.pwFile}
+		expectCode(t, e.run(append(global, "init")...), 0)
+		r := e.run(append(global, "backup", "--json", src)...)
+		expectCode(t, r, 0)
+		if out := decodeJSON[backupOut](t, r); out.Summary.DataAdded < size {
+			t.Fatalf("the backup added %d bytes, want the whole %d-byte file", out.Summary.DataAdded, size)
+		}
+		return r
+	}
+	local := backup(e.path("local-repo"))
+	remote := backup(e.repo)
+	t.Logf("peak RSS local %d MiB in %v, S3 %d MiB in %v", local.maxRSS>>20, local.wall.Round(time.Millisecond),
+		remote.maxRSS>>20, remote.wall.Round(time.Millisecond))
+	if local.maxRSS <= 0 || remote.maxRSS <= 0 {
+		t.Fatalf("no peak RSS measured (%d, %d)", local.maxRSS, remote.maxRSS)
+	}
+	if remote.maxRSS > local.maxRSS+32<<20 {
+		t.Errorf("the backup to S3 peaked at %d MiB, the local one at %d MiB: packs are held in memory",
+			remote.maxRSS>>20, local.maxRSS>>20)
+	}
+}
