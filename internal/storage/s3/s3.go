@@ -40,6 +40,8 @@ package s3
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -365,7 +367,14 @@ func (b *Backend) Save(ctx context.Context, h storage.Handle, data []byte) error
 // put stores size bytes of r under key without overwriting: in one PUT up
 // to the part size, else as a multipart upload. It reads r with ReadAt
 // only, so parts can be read in parallel and re-read by retries.
+//
+// Each write carries a random token as user metadata (x-amz-meta-floe-write).
+// When minio-go retries a conditional write whose first attempt was stored
+// but whose answer was lost, the retry is refused (412) because of our own
+// object; the token tells that case from an object another writer saved,
+// so that only the latter is ErrExist.
 func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
+	token := writeToken()
 	for {
 		conditional := !b.noConditional.Load()
 		if !conditional {
@@ -380,20 +389,47 @@ func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64
 		}
 		var err error
 		if size <= b.partSize {
-			err = b.putSingle(ctx, key, io.NewSectionReader(r, 0, size), size, conditional)
+			err = b.putSingle(ctx, key, io.NewSectionReader(r, 0, size), size, conditional, token)
 		} else {
-			err = b.putMultipart(ctx, key, r, size, conditional)
+			err = b.putMultipart(ctx, key, r, size, conditional, token)
 		}
 		if conditional && notImplemented(err) {
 			b.noConditional.Store(true)
 			continue
 		}
+		if errors.Is(err, storage.ErrExist) && b.writtenBy(ctx, key, token) {
+			return nil
+		}
 		return err
 	}
 }
 
-func conditionalOpts(conditional bool) minio.PutObjectOptions {
+// writeMeta is the user metadata key of the write token.
+const writeMeta = "Floe-Write"
+
+func writeToken() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// writtenBy reports whether the object at key was stored by the write
+// with this token.
+func (b *Backend) writtenBy(ctx context.Context, key, token string) bool {
+	oi, err := b.core.StatObject(ctx, b.cfg.Bucket, key, minio.StatObjectOptions{})
+	if err != nil {
+		return false
+	}
+	return oi.UserMetadata[writeMeta] == token || oi.Metadata.Get("X-Amz-Meta-"+writeMeta) == token
+}
+
+// putOpts are the options of a write: the token, and If-None-Match: * if
+// conditional.
+func putOpts(conditional bool, token string) minio.PutObjectOptions {
 	var opts minio.PutObjectOptions
+	if token != "" {
+		opts.UserMetadata = map[string]string{writeMeta: token}
+	}
 	if conditional {
 		opts.SetMatchETagExcept("*") // If-None-Match: *
 	}
@@ -415,9 +451,9 @@ func (b *Backend) putError(err error) error {
 	return b.explain(err)
 }
 
-func (b *Backend) putSingle(ctx context.Context, key string, r io.Reader, size int64, conditional bool) error {
+func (b *Backend) putSingle(ctx context.Context, key string, r io.Reader, size int64, conditional bool, token string) error {
 	err := retryConflict(ctx, func() error {
-		_, err := b.core.PutObject(ctx, b.cfg.Bucket, key, r, size, "", "", conditionalOpts(conditional))
+		_, err := b.core.PutObject(ctx, b.cfg.Bucket, key, r, size, "", "", putOpts(conditional, token))
 		return err
 	})
 	if err != nil && !notImplemented(err) {

@@ -491,3 +491,42 @@ func TestVirtualHost(t *testing.T) {
 		t.Errorf("no request went to %s.%s: hosts %v", bucket, domain, hosts)
 	}
 }
+
+// TestLostAnswer: a write that was stored but whose answer was lost is
+// retried by minio-go; the retry's 412 is recognized as our own write
+// (the token), not reported as ErrExist.
+func TestLostAnswer(t *testing.T) {
+	srv := s3test.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft, PartSize: minPartSize})
+	var lost atomic.Int32
+	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
+		q := req.URL.Query()
+		write := req.Method == http.MethodPut && q.Get("partNumber") == "" ||
+			req.Method == http.MethodPost && q.Get("uploadId") != ""
+		if write && lost.Add(1) == 1 && resp.StatusCode == http.StatusOK {
+			resp.Body.Close()
+			return nil, errors.New("injected: connection reset after the request was served")
+		}
+		return resp, nil
+	}
+	ctx := context.Background()
+	for i, size := range []int{1000, 2*minPartSize + 1} {
+		lost.Store(0)
+		h := storage.Handle{Type: storage.Pack, Name: storagetest.Name(fmt.Sprint("lost", i))}
+		data := randomBytes(uint64(i), size)
+		if err := b.Save(ctx, h, data); err != nil {
+			t.Errorf("%d bytes: Save whose first answer was lost: %v", size, err)
+		}
+		if lost.Load() < 2 {
+			t.Errorf("%d bytes: the write was not retried (%d answers)", size, lost.Load())
+		}
+		if got, err := b.Load(ctx, h, 0, 0); err != nil || !bytes.Equal(got, data) {
+			t.Errorf("%d bytes: Load: %d bytes, %v", size, len(got), err)
+		}
+		// another write of the name is still refused
+		if err := b.Save(ctx, h, data); !errors.Is(err, storage.ErrExist) {
+			t.Errorf("%d bytes: a second Save: %v, want ErrExist", size, err)
+		}
+	}
+}

@@ -127,8 +127,8 @@ func diskErr(err error) error {
 // to uploadThreads at once, and completes the upload only if key does not
 // exist yet (If-None-Match: * on CompleteMultipartUpload, where S3 checks
 // it). On any error the upload is aborted, so no part stays stored.
-func (b *Backend) putMultipart(ctx context.Context, key string, r io.ReaderAt, size int64, conditional bool) (err error) {
-	id, err := b.core.NewMultipartUpload(ctx, b.cfg.Bucket, key, minio.PutObjectOptions{})
+func (b *Backend) putMultipart(ctx context.Context, key string, r io.ReaderAt, size int64, conditional bool, token string) (err error) {
+	id, err := b.core.NewMultipartUpload(ctx, b.cfg.Bucket, key, putOpts(false, token))
 	if err != nil {
 		return b.explain(err)
 	}
@@ -187,7 +187,7 @@ feed:
 		return err
 	}
 	err = retryConflict(ctx, func() error {
-		_, err := b.core.CompleteMultipartUpload(ctx, b.cfg.Bucket, key, id, parts, conditionalOpts(conditional))
+		_, err := b.core.CompleteMultipartUpload(ctx, b.cfg.Bucket, key, id, parts, putOpts(conditional, ""))
 		return err
 	})
 	if err != nil && !notImplemented(err) {
