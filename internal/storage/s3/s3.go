@@ -21,7 +21,9 @@
 // wrote the same bytes and nothing is lost; config is written once by init,
 // which checks for it first, so only two inits at the same instant on the
 // same location race. A server that silently ignores If-None-Match behaves
-// the same way.
+// the same way. A conditional write that minio-go retried after its answer
+// was lost meets its own object: a token in the object's metadata tells
+// that from another writer's object (see put).
 //
 // Atomicity: a PUT is atomic, and a multipart upload is invisible until it
 // is completed, so an interrupted upload leaves nothing under a final name.
