@@ -530,3 +530,50 @@ func TestLostAnswer(t *testing.T) {
 		}
 	}
 }
+
+// TestRetry5xx: answers 500 and 503 (throttling) are retried for every
+// kind of request, bodies included (they are seekable), so a save, load,
+// list, stat and remove each get through a few failures.
+func TestRetry5xx(t *testing.T) {
+	srv := s3test.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft, PartSize: minPartSize})
+	var failed atomic.Int32
+	ft.intercept = func(req *http.Request) *http.Response {
+		if failed.Add(1)%3 == 0 {
+			return nil // every third request gets through
+		}
+		code, status := http.StatusServiceUnavailable, "SlowDown"
+		if failed.Load()%2 == 0 {
+			code, status = http.StatusInternalServerError, "InternalError"
+		}
+		body := `<?xml version="1.0" encoding="UTF-8"?><Error><Code>` + status + `</Code><Message>injected</Message></Error>`
+		return &http.Response{StatusCode: code, Status: fmt.Sprint(code), Header: http.Header{"Content-Type": {"application/xml"}},
+			Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: req,
+			Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1}
+	}
+	ctx := context.Background()
+	for i, size := range []int{100, 2*minPartSize + 3} {
+		h := storage.Handle{Type: storage.Pack, Name: storagetest.Name(fmt.Sprint("5xx", i))}
+		data := randomBytes(uint64(i), size)
+		if err := b.Save(ctx, h, data); err != nil {
+			t.Fatalf("Save through 5xx answers: %v", err)
+		}
+		if got, err := b.Load(ctx, h, 1, int64(size-1)); err != nil || !bytes.Equal(got, data[1:]) {
+			t.Fatalf("Load through 5xx answers: %d bytes, %v", len(got), err)
+		}
+		if fi, err := b.Stat(ctx, h); err != nil || fi.Size != int64(size) {
+			t.Fatalf("Stat through 5xx answers: %+v, %v", fi, err)
+		}
+	}
+	n := 0
+	if err := b.List(ctx, storage.Pack, func(storage.FileInfo) error { n++; return nil }); err != nil || n != 2 {
+		t.Fatalf("List through 5xx answers: %d, %v", n, err)
+	}
+	if err := b.Remove(ctx, storage.Handle{Type: storage.Pack, Name: storagetest.Name("5xx0")}); err != nil {
+		t.Fatalf("Remove through 5xx answers: %v", err)
+	}
+	if failed.Load() < 20 {
+		t.Errorf("only %d requests: the faults were not met", failed.Load())
+	}
+}
