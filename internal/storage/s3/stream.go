@@ -24,7 +24,7 @@ import (
 // than uploading to a temporary key and copying it to the final one (which
 // doubles the server's work and every request's cost, and leaves visible
 // temporary objects behind a killed writer), the pack is spooled to an
-// unlinked temporary file (see spoolDir) while it fills, and uploaded at
+// unlinked temporary file (see spoolFile) while it fills, and uploaded at
 // Commit straight to its final key: in one PUT up to the part size, else in
 // parts read from the file in parallel. Memory stays at the parts in
 // flight whatever the pack size; a killed writer leaves no file (it is
@@ -37,7 +37,7 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("save stream: %w", err)
 	}
-	f, err := os.CreateTemp(spoolDir(), "floe-s3-spool-")
+	f, err := spoolFile()
 	if err != nil {
 		return nil, fmt.Errorf("save stream: spool file: %w", diskErr(err))
 	}
@@ -101,18 +101,18 @@ func (p *pending) Abort() {
 	}
 }
 
-// spoolDir is where packs are spooled: $TMPDIR if set, else /var/tmp,
+// spoolFile makes the file a pack is spooled to: $TMPDIR if set, else /var/tmp,
 // which is on disk where /tmp is often in memory (tmpfs), else /tmp. The
 // files are unlinked at once, so /var/tmp's keeping files across reboots
 // does not matter.
-func spoolDir() string {
+func spoolFile() (*os.File, error) {
 	if d := os.Getenv("TMPDIR"); d != "" {
-		return d
+		return os.CreateTemp(d, "floe-s3-spool-")
 	}
-	if fi, err := os.Stat("/var/tmp"); err == nil && fi.IsDir() && syscall.Access("/var/tmp", 2|1) == nil {
-		return "/var/tmp"
+	if f, err := os.CreateTemp("/var/tmp", "floe-s3-spool-"); err == nil {
+		return f, nil
 	}
-	return os.TempDir()
+	return os.CreateTemp("", "floe-s3-spool-")
 }
 
 // diskErr names a full spool disk plainly.
