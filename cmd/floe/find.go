@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -31,10 +29,12 @@ func newFindCommand(g *globals) *cobra.Command {
 selected by --host, --tag, --path and --snapshot), oldest snapshot first.
 
 Patterns work as everywhere in floe (backup --exclude, restore --include):
-a pattern without "/" matches a name anywhere ("*.conf", "id_rsa*"); a
-pattern with "/" matches a full path and everything below it
-("/home/*/.ssh", "/etc/nginx/*.conf"). Quote patterns so the shell leaves
-them alone. A leading "!" drops what an earlier pattern matched.
+a pattern without a leading "/" matches at any depth ("*.conf",
+"ssh/*_config", "nginx/**/*.conf"); one with a leading "/" is anchored at
+the root ("/home/*/.ssh"); "**" matches any number of directories; a
+trailing "/" matches directories only. Quote patterns so the shell leaves
+them alone. A leading "!" drops what an earlier pattern matched. find
+lists the entries a pattern names, not everything below them.
 
 Each match prints the snapshot ID, snapshot time, host, size, modification
 time and path; --json prints one JSON object per match and line.`,
@@ -44,11 +44,6 @@ time and path; --json prints one JSON object per match and line.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			for _, p := range args {
-				if _, err := filepath.Match(strings.TrimPrefix(p, "!"), ""); err != nil {
-					return usageError{fmt.Errorf("pattern %q: %w", p, err)}
-				}
-			}
 			m, err := pathmatch.New(args)
 			if err != nil {
 				return usageError{err}

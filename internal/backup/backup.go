@@ -565,7 +565,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		if path == "/" {
 			p = "/" + name
 		}
-		if a.match.Match(p) {
+		if a.match.Match(p, de.IsDir()) {
 			continue
 		}
 		sp := a.src(p)
@@ -724,7 +724,7 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 				return ctx.Err()
 			}
 			path := pathmatch.Rebase(sp, src, root)
-			if err != nil || a.match.Match(path) {
+			if err != nil || a.match.Match(path, d != nil && d.IsDir()) {
 				if d != nil && d.IsDir() && path != root {
 					return filepath.SkipDir
 				}

@@ -388,10 +388,10 @@ func (rs *restorer) fail(err error) {
 
 // selected applies includes and excludes to a snapshot path.
 func (rs *restorer) selected(snapPath string, isDir bool) (restore, descend bool) {
-	if rs.excl.Match(snapPath) {
+	if rs.excl.Match(snapPath, isDir) {
 		return false, false
 	}
-	if rs.incl.Empty() || rs.incl.Match(snapPath) {
+	if rs.incl.Empty() || rs.incl.Match(snapPath, isDir) {
 		return true, isDir
 	}
 	// Not selected itself; a directory is entered in case something below is.

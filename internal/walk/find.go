@@ -35,7 +35,7 @@ func Find(ctx context.Context, l Loader, m *pathmatch.Matcher, sel []*snapshot.R
 		var stack []int
 		err := Visit(ctx, l, "/", sn.Tree, Visitor{
 			Node: func(p string, n *snapshot.Node) error {
-				if m.Match(p) {
+				if m.MatchSelf(p, n.Type == snapshot.TypeDir) {
 					cur = append(cur, match{p, n})
 				}
 				if n.Type == snapshot.TypeDir {
