@@ -18,7 +18,16 @@ import (
 type backupFlags struct {
 	excludes      []string
 	excludeFiles  []string
+	iexcludes     []string
+	iexcludeFiles []string
 	excludeCaches bool
+	ifPresent     []string
+	largerThan    string
+	filesFrom     []string
+	filesVerbatim []string
+	filesRaw      []string
+	dryRun        bool
+	verbose       bool
 	oneFS         bool
 	stdin         bool
 	stdinName     string
@@ -57,21 +66,56 @@ backup, also when it fails or is interrupted. A snapshot holds one file
 system: file systems mounted below a path, and btrfs subvolumes nested in
 it, are saved as empty directories unless given as paths of their own.
 
+Exclude patterns (--exclude, --iexclude, --exclude-file) follow restic's
+rules. A pattern matches whole path components and everything below what
+it matches. Without a leading "/" it matches at any depth ("*.tmp",
+"node_modules", "ssh/*", "foo/**/bar"); with one it is anchored at the
+root ("/var/cache", "/home/*/.cache"). "*" and "?" stay within one
+component, "**" matches any number of directories, "{a,b}" either; a
+trailing "/" matches directories only ("cache/"). In an exclude file, a
+line "!PATTERN" re-includes what an earlier line excluded (not inside an
+excluded directory); empty lines and "#" comments are ignored. floe warns
+about a pattern that can never match, such as an anchored one outside the
+paths backed up.
+
+--files-from FILE reads patterns to back up, one per line (globs with
+"**" are expanded, "#" comments and empty lines ignored);
+--files-from-verbatim reads paths one per line as they are (find -print),
+--files-from-raw NUL-terminated paths (find -print0). "-" reads the list
+from standard input. They add to the paths given as arguments.
+
+--dry-run reads and chunks everything and reports what a backup would add,
+writing nothing; hooks and --fs-snapshot are skipped. -v/--verbose lists
+each file as it is saved: new, changed, unchanged (or hardlink).
+
 Without -r/--repo or FLOE_REPOSITORY, the first backup creates a default
 repository in $XDG_DATA_HOME/floe/repository with a random key file in
 $XDG_CONFIG_HOME/floe/repository.key.`,
 		Example: `  floe backup /etc /home
-  floe backup --exclude '*.tmp' --exclude /home/*/.cache --exclude-caches /home
+  floe backup --exclude '*.tmp' --exclude '/home/*/.cache' --exclude-caches /home
+  floe backup --exclude 'node_modules/' --exclude '**/.git/objects' --iexclude '*.ISO' /srv
+  floe backup --exclude-if-present .nobackup --exclude-larger-than 2G /home
+  find /srv -name '*.conf' -print0 | floe backup --files-from-raw -
+  floe backup --dry-run -v --exclude-file /etc/floe/excludes /home
   pg_dump mydb | floe backup --stdin --stdin-filename mydb.sql
   floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv
   floe backup --fs-snapshot lvm /srv            # read /srv from an LVM snapshot
   floe backup --fs-snapshot btrfs /home         # read /home from a btrfs snapshot`,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if f.stdin && len(args) > 0 {
-				return usageError{errors.New("--stdin takes no paths")}
+			lists := len(f.filesFrom) + len(f.filesVerbatim) + len(f.filesRaw)
+			if f.stdin && (len(args) > 0 || lists > 0) {
+				return usageError{errors.New("--stdin takes no paths (nor --files-from)")}
 			}
-			if !f.stdin && len(args) == 0 {
-				return usageError{errors.New("give at least one path to back up")}
+			if !f.stdin && len(args) == 0 && lists == 0 {
+				return usageError{errors.New("give at least one path to back up (or --files-from)")}
+			}
+			if f.largerThan != "" {
+				if _, err := backup.ParseSize(f.largerThan); err != nil {
+					return usageError{fmt.Errorf("--exclude-larger-than: %w", err)}
+				}
+			}
+			if _, err := backup.Excludes(f.excludes, f.iexcludes); err != nil {
+				return usageError{err}
 			}
 			if f.fsSnapshot != "" && f.stdin {
 				return usageError{errors.New("--fs-snapshot reads paths; it does not go with --stdin")}
@@ -91,9 +135,18 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 		},
 	}
 	fl := c.Flags()
-	fl.StringArrayVarP(&f.excludes, "exclude", "e", nil, "exclude paths matching `PATTERN` (a name like '*.tmp', or a path like /var/cache); repeatable")
-	fl.StringArrayVar(&f.excludeFiles, "exclude-file", nil, "read exclude patterns from `FILE`, one per line")
+	fl.StringArrayVarP(&f.excludes, "exclude", "e", nil, "exclude paths matching `PATTERN`, e.g. '*.tmp', 'cache/', '/var/cache', 'foo/**/bar' (rules above); repeatable")
+	fl.StringArrayVar(&f.iexcludes, "iexclude", nil, "like --exclude, ignoring case: --iexclude '*.iso' also skips X.ISO; repeatable")
+	fl.StringArrayVar(&f.excludeFiles, "exclude-file", nil, "read exclude patterns from `FILE`, one per line (\"!PATTERN\" re-includes, # comments); repeatable")
+	fl.StringArrayVar(&f.iexcludeFiles, "iexclude-file", nil, "like --exclude-file, ignoring case; repeatable")
 	fl.BoolVar(&f.excludeCaches, "exclude-caches", false, "skip the contents of directories holding a CACHEDIR.TAG")
+	fl.StringArrayVar(&f.ifPresent, "exclude-if-present", nil, "skip the contents of directories holding a file `FILE[:HEADER]` (that starts with HEADER), e.g. --exclude-if-present .nobackup; repeatable")
+	fl.StringVar(&f.largerThan, "exclude-larger-than", "", "skip files larger than `SIZE`: bytes, or with k, m, g, t (KiB..TiB), e.g. --exclude-larger-than 500M")
+	fl.StringArrayVar(&f.filesFrom, "files-from", nil, "back up the paths matching the patterns in `FILE` (one per line, \"-\": standard input), e.g. --files-from /etc/floe/paths; repeatable")
+	fl.StringArrayVar(&f.filesVerbatim, "files-from-verbatim", nil, "back up the paths in `FILE`, one per line, taken as they are (find -print); repeatable")
+	fl.StringArrayVar(&f.filesRaw, "files-from-raw", nil, "back up the NUL-terminated paths in `FILE` (find -print0), e.g. find /srv -newer x -print0 | floe backup --files-from-raw -; repeatable")
+	fl.BoolVarP(&f.dryRun, "dry-run", "n", false, "write nothing; report what the backup would add (e.g. floe backup -n -v /home to try excludes)")
+	fl.BoolVarP(&f.verbose, "verbose", "v", false, "list each file as it is saved (new, changed, unchanged), e.g. floe backup -v /etc")
 	fl.BoolVarP(&f.oneFS, "one-file-system", "x", false, "do not cross file system boundaries")
 	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input (e.g. a database dump)")
 	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin")
@@ -111,23 +164,41 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) error {
 	job := &backup.Job{
 		Options: backup.Options{
-			Excludes: f.excludes, ExcludeCaches: f.excludeCaches, OneFileSystem: f.oneFS,
-			Hostname: f.host, Tags: f.tags, Force: f.force,
+			Excludes: f.excludes, IExcludes: f.iexcludes, ExcludeCaches: f.excludeCaches,
+			ExcludeIfPresent: f.ifPresent, OneFileSystem: f.oneFS,
+			Hostname: f.host, Tags: f.tags, Force: f.force, DryRun: f.dryRun,
 			ProgramVersion: "floe " + version,
 			Progress:       &backup.Progress{},
 		},
-		ExcludeFiles: f.excludeFiles, ParentID: f.parent,
+		ExcludeFiles: f.excludeFiles, IExcludeFiles: f.iexcludeFiles, ParentID: f.parent,
 		PreHook: f.preHook, PostHook: f.postHook,
 		FSSnapshot: fssnap.Kind(f.fsSnapshot), FSSnapshotSize: f.fsSnapshotSz,
 		Repository: g.target(),
+	}
+	if f.largerThan != "" {
+		job.ExcludeLargerThan, _ = backup.ParseSize(f.largerThan) // checked in RunE
 	}
 	if f.stdin {
 		job.Stdin, job.StdinFilename = os.Stdin, f.stdinName
 	} else {
 		job.Paths = paths
+		for _, l := range []struct {
+			files []string
+			kind  backup.ListKind
+		}{{f.filesFrom, backup.ListPatterns}, {f.filesVerbatim, backup.ListVerbatim}, {f.filesRaw, backup.ListRaw}} {
+			for _, file := range l.files {
+				job.FilesFrom = append(job.FilesFrom, backup.FileList{Path: file, Kind: l.kind})
+			}
+		}
+		job.ListInput = os.Stdin
 	}
 	start := time.Now()
 	st := g.status()
+	if f.verbose && !g.quiet && !g.json {
+		job.OnItem = func(it backup.Item) {
+			st.Print(fmt.Sprintf("%-9s %s  %s", it.Action, ui.Path(it.Path), ui.Bytes(it.Size)))
+		}
+	}
 	p := job.Progress
 	job.Events = backup.Events{
 		Warn: func(msg string) { g.warn("%s", msg) },
@@ -156,7 +227,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		g.warn("floe: %v", res.SnapshotProblem)
 		g.exitCode = ExitPartial
 	}
-	if res.Created || ui.IsTerminal(os.Stdout) {
+	if !res.DryRun && (res.Created || ui.IsTerminal(os.Stdout)) {
 		g.say("\nnext:")
 		for _, hint := range [][2]string{
 			{"snapshots", "list snapshots"},
@@ -182,6 +253,9 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 			errs = append(errs, map[string]string{"path": e.Path, "error": e.Err.Error()})
 		}
 		out := map[string]any{"snapshot": res.ID.String(), "summary": s, "consistency": consistencyJSON(sn.Consistency), "errors": errs}
+		if res.DryRun {
+			out["snapshot"], out["dry_run"] = nil, true
+		}
 		if parent != nil {
 			out["parent"] = parent.ID.String()
 		}
@@ -198,6 +272,11 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 		g.say("parent snapshot %s", parent.ID.Short())
 	}
 	g.say("files: %d new, %d changed, %d unchanged; %d directories; %d errors", s.FilesNew, s.FilesChanged, s.FilesUnchanged, s.Dirs, s.Errors)
+	if res.DryRun {
+		g.say("total size %s; new data %s (before compression)", ui.Bytes(s.TotalBytes), ui.Bytes(s.DataAdded))
+		g.say("dry run: nothing was written")
+		return
+	}
 	g.say("total size %s; new data %s, stored as %s", ui.Bytes(s.TotalBytes), ui.Bytes(s.DataAdded), ui.Bytes(s.DataAddedStored))
 	if line := consistencyLine(sn.Consistency); line != "" {
 		g.say("%s", line)

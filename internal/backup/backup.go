@@ -35,9 +35,25 @@ import (
 // Options describe one backup.
 type Options struct {
 	Paths         []string
-	Excludes      []string // glob patterns; see pathmatch.Matcher
+	Excludes      []string // patterns; see pathmatch.Matcher
+	IExcludes     []string // patterns matched regardless of case
 	ExcludeCaches bool     // skip the contents of directories with a valid CACHEDIR.TAG
-	OneFileSystem bool
+	// ExcludeIfPresent skips the contents of directories that hold a file
+	// of this name: "NAME", or "NAME:HEADER" for a file that starts with
+	// HEADER (restic's --exclude-if-present).
+	ExcludeIfPresent []string
+	// ExcludeLargerThan skips regular files larger than this many bytes
+	// below the paths given; 0: no limit.
+	ExcludeLargerThan uint64
+	OneFileSystem     bool
+
+	// DryRun reads and chunks everything as a backup would, but writes
+	// nothing to the repository: Result.ID is null and the snapshot's
+	// DataAdded is what would have been added (before compression).
+	DryRun bool
+	// OnItem, if set, is told about every regular file as the backup
+	// saves it (from several goroutines, one call at a time).
+	OnItem func(Item)
 
 	Stdin         io.Reader // back up this stream instead of Paths
 	StdinFilename string
@@ -94,6 +110,15 @@ func (p *Progress) Current() string {
 	return ""
 }
 
+// Item is a file a backup saved (Options.OnItem).
+type Item struct {
+	Path string
+	// Action is "new", "changed" (read again), "unchanged" (taken from
+	// the parent) or "hardlink" (another link to a file saved before).
+	Action string
+	Size   uint64
+}
+
 // FileError is a file that could not be read; the backup goes on without it.
 type FileError struct {
 	Path string
@@ -105,9 +130,10 @@ func (e *FileError) Unwrap() error { return e.Err }
 
 // Result of a backup.
 type Result struct {
-	ID       hash.ID
+	ID       hash.ID // null after a dry run
 	Snapshot *snapshot.Snapshot
 	Errors   []*FileError
+	DryRun   bool // nothing was written
 }
 
 // maxChangedListed bounds the consistency record's list of paths.
@@ -118,6 +144,13 @@ type archiver struct {
 	opts   Options
 	params chunker.Params
 	match  *pathmatch.Matcher
+	marks  []marker // Options.ExcludeIfPresent
+
+	itemMu sync.Mutex // one OnItem call at a time
+
+	dryMu    sync.Mutex
+	drySeen  map[hash.ID]bool // blobs a dry run would have added
+	dryAdded uint64
 
 	fileJobs  chan *fileJob
 	chunkJobs chan *chunkJob
@@ -183,7 +216,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
 	}
-	match, err := pathmatch.New(opts.Excludes)
+	match, err := Excludes(opts.Excludes, opts.IExcludes)
+	if err != nil {
+		return nil, err
+	}
+	marks, err := parseMarkers(opts.ExcludeIfPresent)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +228,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match,
+	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match, marks: marks, drySeen: map[hash.ID]bool{},
 		fileJobs: make(chan *fileJob, 64), chunkJobs: make(chan *chunkJob, 8),
 		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}, sources: sources}
 	workers := runtime.GOMAXPROCS(0)
@@ -252,10 +289,15 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		_ = r.FlushStored(context.WithoutCancel(ctx))
 		return nil, rootErr
 	}
-	if err := r.Flush(ctx); err != nil {
-		return nil, fmt.Errorf("store data: %w", err)
+	var saved repo.SaveStats
+	if !opts.DryRun {
+		if err := r.Flush(ctx); err != nil {
+			return nil, fmt.Errorf("store data: %w", err)
+		}
+		saved = r.SavedStats()
+	} else {
+		saved.RawBytes = a.dryAdded
 	}
-	saved := r.SavedStats()
 	sn := &snapshot.Snapshot{
 		Time: start, Hostname: opts.Hostname, Paths: paths, Tags: opts.Tags, Tree: root,
 		ProgramVersion: opts.ProgramVersion,
@@ -275,6 +317,10 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		sn.Username = u.Username
 	}
 	sn.UID, sn.GID = uint32(os.Getuid()), uint32(os.Getgid())
+	sort.Slice(a.errs, func(i, j int) bool { return a.errs[i].Path < a.errs[j].Path })
+	if opts.DryRun {
+		return &Result{Snapshot: sn, Errors: a.errs, DryRun: true}, nil
+	}
 	// A backup that ran longer than half the GC grace period may have
 	// deduplicated against data a concurrent prune has since removed:
 	// better no snapshot than a broken one.
@@ -285,8 +331,78 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	sort.Slice(a.errs, func(i, j int) bool { return a.errs[i].Path < a.errs[j].Path })
 	return &Result{ID: id, Snapshot: sn, Errors: a.errs}, nil
+}
+
+// Excludes compiles exclude patterns: excludes as given, iexcludes
+// regardless of case.
+func Excludes(excludes, iexcludes []string) (*pathmatch.Matcher, error) {
+	m, err := pathmatch.New(excludes)
+	if err != nil {
+		return nil, fmt.Errorf("exclude %w", err)
+	}
+	if err := m.Add(iexcludes, true); err != nil {
+		return nil, fmt.Errorf("iexclude %w", err)
+	}
+	return m, nil
+}
+
+// marker is one Options.ExcludeIfPresent entry.
+type marker struct{ name, header string }
+
+func parseMarkers(list []string) ([]marker, error) {
+	var out []marker
+	for _, s := range list {
+		name, header, _ := strings.Cut(s, ":")
+		if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
+			return nil, fmt.Errorf("exclude-if-present %q: want a file name, optionally followed by :HEADER", s)
+		}
+		out = append(out, marker{name, header})
+	}
+	return out, nil
+}
+
+// marked reports whether the directory src (where it is read) holds one
+// of the Options.ExcludeIfPresent files.
+func (a *archiver) marked(src string) bool {
+	for _, m := range a.marks {
+		if pathmatch.HasFile(a.shorten(src), m.name, m.header) {
+			return true
+		}
+	}
+	return false
+}
+
+// tooLarge reports whether Options.ExcludeLargerThan leaves node out.
+func (a *archiver) tooLarge(node *snapshot.Node) bool {
+	return a.opts.ExcludeLargerThan > 0 && node.Type == snapshot.TypeFile && node.Size > a.opts.ExcludeLargerThan
+}
+
+func (a *archiver) report(it Item) {
+	if a.opts.OnItem == nil {
+		return
+	}
+	a.itemMu.Lock()
+	defer a.itemMu.Unlock()
+	a.opts.OnItem(it)
+}
+
+// saveBlob stores a blob, or in a dry run counts what storing it would add.
+func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, id hash.ID, data []byte) error {
+	if !a.opts.DryRun {
+		_, _, err := a.r.SaveBlob(ctx, t, id, data)
+		return err
+	}
+	if a.r.HasBlob(repo.BlobHandle{Type: t, ID: id}) {
+		return nil
+	}
+	a.dryMu.Lock()
+	if !a.drySeen[id] {
+		a.drySeen[id] = true
+		a.dryAdded += uint64(len(data))
+	}
+	a.dryMu.Unlock()
+	return nil
 }
 
 // CleanPaths makes the paths absolute and drops those inside another.
@@ -558,6 +674,9 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		}
 		ents = kept
 	}
+	if len(a.marks) > 0 && a.marked(src) {
+		ents = nil
+	}
 	entries := make([]entry, 0, len(ents))
 	for _, de := range ents {
 		name := de.Name()
@@ -572,6 +691,9 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		node, err := fsmeta.NodeFromPath(sp, name)
 		if err != nil {
 			a.fail(p, origErr(err, p, sp))
+			continue
+		}
+		if a.tooLarge(node) {
 			continue
 		}
 		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
@@ -612,6 +734,7 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 			a.filesUnchanged.Add(1)
 			a.opts.Progress.FilesDone.Add(1)
 			a.opts.Progress.BytesDone.Add(int64(node.Size))
+			a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
 			return e
 		}
 		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
@@ -677,11 +800,17 @@ func (a *archiver) finishTree(ctx context.Context, path string, entries []entry)
 					}
 					continue // reported; the file is left out
 				}
+				action := "new"
+				if e.file.changed {
+					action = "changed"
+				}
+				a.report(Item{Path: e.file.path, Action: action, Size: e.node.Size})
 			case e.link != nil:
 				<-e.link.done
 				if e.link.err != nil {
 					continue
 				}
+				a.report(Item{Path: filepath.Join(path, e.node.Name), Action: "hardlink", Size: e.node.Size})
 				e.node.Content = e.link.node.Content
 			}
 			tree.Nodes = append(tree.Nodes, e.node)
@@ -702,7 +831,7 @@ func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.ID, 
 		return hash.ID{}, err
 	}
 	id := a.r.BlobID(plain)
-	if _, _, err := a.r.SaveBlob(ctx, repo.TreeBlob, id, plain); err != nil {
+	if err := a.saveBlob(ctx, repo.TreeBlob, id, plain); err != nil {
 		return hash.ID{}, err
 	}
 	if a.opts.OnTree != nil {
@@ -734,8 +863,11 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 				walk(path)
 				return filepath.SkipDir
 			}
+			if d.IsDir() && len(a.marks) > 0 && a.marked(sp) {
+				return filepath.SkipDir
+			}
 			if d.Type().IsRegular() {
-				if info, err := d.Info(); err == nil {
+				if info, err := d.Info(); err == nil && (a.opts.ExcludeLargerThan == 0 || uint64(info.Size()) <= a.opts.ExcludeLargerThan) {
 					p.FilesTotal.Add(1)
 					p.BytesTotal.Add(info.Size())
 				}

@@ -226,7 +226,7 @@ func (a *archiver) blobSaver(ctx context.Context) {
 				id = a.r.BlobID(job.data)
 			}
 			*job.slot = id
-			if _, _, err := a.r.SaveBlob(ctx, repo.DataBlob, id, job.data); err != nil {
+			if err := a.saveBlob(ctx, repo.DataBlob, id, job.data); err != nil {
 				job.errp.CompareAndSwap(nil, &err)
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -29,13 +30,18 @@ type Job struct {
 	// and so are SourceRoot, Frozen and OnTree.
 	Options
 	// ExcludeFiles are files of exclude patterns, one per line, added to
-	// Options.Excludes.
-	ExcludeFiles []string
+	// Options.Excludes; IExcludeFiles likewise to Options.IExcludes.
+	ExcludeFiles, IExcludeFiles []string
+	// FilesFrom are lists of paths to back up, added to Options.Paths;
+	// ListInput is read for a list named "-".
+	FilesFrom []FileList
+	ListInput io.Reader
 	// ParentID names the parent (an ID prefix); empty: the newest snapshot
 	// of the same host and paths.
 	ParentID string
 	// PreHook runs (sh -c) before the backup; if it fails, no backup is
-	// made. PostHook runs after it, also when it failed, with
+	// made. In a dry run (Options.DryRun) neither hook runs and no file
+	// system snapshot is taken. PostHook runs after it, also when it failed, with
 	// FLOE_BACKUP_STATUS=ok or failed in its environment.
 	PreHook, PostHook string
 	// FSSnapshot, if not empty, reads the paths from read-only snapshots
@@ -90,6 +96,50 @@ type JobResult struct {
 // be removed): the snapshot is kept.
 func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	ev := j.Events
+	if j.DryRun {
+		j.PreHook, j.PostHook, j.FSSnapshot = "", "", ""
+	}
+	opts := j.Options
+	opts.Excludes = append([]string(nil), j.Excludes...)
+	opts.IExcludes = append([]string(nil), j.IExcludes...)
+	for _, files := range []struct {
+		names []string
+		to    *[]string
+	}{{j.ExcludeFiles, &opts.Excludes}, {j.IExcludeFiles, &opts.IExcludes}} {
+		for _, file := range files.names {
+			pats, err := pathmatch.ReadFile(file)
+			if err != nil {
+				return nil, err
+			}
+			*files.to = append(*files.to, pats...)
+		}
+	}
+	opts.Paths = append([]string(nil), j.Paths...)
+	for _, l := range j.FilesFrom {
+		paths, warnings, err := j.readList(l)
+		if err != nil {
+			return nil, err
+		}
+		for _, w := range warnings {
+			ev.warn("warning: %s: %s", l.Path, w)
+		}
+		opts.Paths = append(opts.Paths, paths...)
+	}
+	match, err := Excludes(opts.Excludes, opts.IExcludes)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Stdin == nil {
+		var roots []string
+		for _, p := range opts.Paths {
+			if a, err := filepath.Abs(p); err == nil {
+				roots = append(roots, a)
+			}
+		}
+		for _, w := range match.Unmatchable(roots) {
+			ev.warn("warning: %s", w)
+		}
+	}
 	var snapOpts fssnap.Options
 	if j.FSSnapshot != "" {
 		// before the hooks: nothing is done when snapshots cannot be made
@@ -116,17 +166,11 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	if err := hook.Run(ctx, "pre-hook", j.PreHook, nil); err != nil {
 		return nil, fmt.Errorf("%w; no backup was made", err)
 	}
-	opts := j.Options
-	opts.Excludes = append([]string(nil), j.Excludes...)
-	for _, file := range j.ExcludeFiles {
-		pats, err := pathmatch.ReadFile(file)
-		if err != nil {
-			return nil, err
-		}
-		opts.Excludes = append(opts.Excludes, pats...)
-	}
 	r, err := connect.Open(ctx, j.Repository, connect.Options{LoadIndex: true})
 	created := false
+	if errors.Is(err, connect.ErrNoRepoGiven) && j.DryRun {
+		return nil, fmt.Errorf("%w; a dry run creates nothing", err)
+	}
 	if errors.Is(err, connect.ErrNoRepoGiven) {
 		created = true
 		var keyPath string
@@ -189,7 +233,7 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 		opts.SourceRoot, opts.Frozen = snaps.Sources(), true
 	}
 	var tw *cache.TreeWriter
-	if c != nil {
+	if c != nil && !opts.DryRun {
 		if tw, err = c.NewTreeWriter(); err != nil {
 			ev.warn("warning: %v", err)
 		} else {
@@ -214,7 +258,30 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 			ev.warn("warning: %v", err)
 		}
 	}
+	if res.DryRun {
+		return &JobResult{Result: res, Parent: opts.Parent}, nil
+	}
 	out = &JobResult{Result: res, Parent: opts.Parent, Created: created}
 	out.SnapshotProblem = snaps.Check(context.WithoutCancel(ctx))
 	return out, nil
+}
+
+// readList reads one of FilesFrom.
+func (j *Job) readList(l FileList) ([]string, []string, error) {
+	if l.Path == "-" {
+		if j.ListInput == nil {
+			return nil, nil, errors.New("a list of files on standard input (-), but there is none")
+		}
+		return ReadList(j.ListInput, l.Kind)
+	}
+	f, err := os.Open(l.Path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read list of files: %w", err)
+	}
+	defer f.Close()
+	paths, warnings, err := ReadList(f, l.Kind)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read list of files %s: %w", l.Path, err)
+	}
+	return paths, warnings, nil
 }

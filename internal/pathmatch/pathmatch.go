@@ -280,3 +280,23 @@ func Rebase(p, from, to string) string {
 	}
 	return to + rest
 }
+
+// HasMeta reports whether pattern has special characters for Glob.
+func HasMeta(pattern string) bool {
+	return strings.ContainsAny(pattern, `*?[{\`)
+}
+
+// Glob returns the paths matching pattern (absolute, or relative to the
+// working directory), with "**" for any number of directories; a pattern
+// without special characters is returned as it is, whether it exists or
+// not.
+func Glob(pattern string) ([]string, error) {
+	if !HasMeta(pattern) {
+		return []string{pattern}, nil
+	}
+	out, err := doublestar.FilepathGlob(pattern, doublestar.WithNoFollow())
+	if err != nil {
+		return nil, fmt.Errorf("pattern %q: %w", pattern, err)
+	}
+	return out, nil
+}

@@ -221,3 +221,15 @@ func Sanitize(s string) string {
 	}
 	return b.String()
 }
+
+// Print writes a line to standard output above the status line: the
+// status line is cleared first and drawn again at the next tick.
+func (s *Status) Print(line string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.enabled && s.last > 0 {
+		fmt.Fprintf(s.w, "\r%s\r", strings.Repeat(" ", s.last))
+		s.last = 0
+	}
+	fmt.Fprintln(os.Stdout, Sanitize(line))
+}
