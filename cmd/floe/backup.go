@@ -150,7 +150,7 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 	fl.BoolVarP(&f.oneFS, "one-file-system", "x", false, "do not cross file system boundaries")
 	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input (e.g. a database dump)")
 	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin")
-	fl.StringArrayVar(&f.tags, "tag", nil, "add a tag to the snapshot; repeatable")
+	fl.StringArrayVar(&f.tags, "tag", nil, "tag the snapshot with `TAGS`: --tag daily,db adds two tags, daily and db; repeatable")
 	fl.StringVar(&f.host, "host", "", "host name to record (default: this host's name)")
 	fl.StringVar(&f.parent, "parent", "", "compare with this snapshot instead of the newest of the same host and paths")
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")

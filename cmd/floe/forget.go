@@ -39,6 +39,7 @@ type forgetFlags struct {
 	filter                                          snapshotFilterFlags
 	prune                                           bool
 	pruneFlags                                      pruneFlags
+	keepTags                                        []string
 }
 
 // parsePolicy fills f.policy's durations from the flags.
@@ -64,6 +65,7 @@ func (f *forgetFlags) parsePolicy() error {
 		}
 		*d.dst = v
 	}
+	f.policy.Tags = snapshot.ParseTagLists(f.keepTags)
 	if err := f.policy.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -92,7 +94,8 @@ newest first:
                      D (e.g. 36h, 7d, 2w, 1m, 1y, 1y6m; m is months)
   --keep-within-daily D (and -hourly, -weekly, -monthly, -yearly)
                      keep the newest snapshot of each day within D
-  --keep-tag T       keep every snapshot tagged T ("a,b": tagged a and b)
+  --keep-tag T       keep every snapshot tagged T ("a,b": tagged a and b;
+                     repeated: any of the lists)
 
 A snapshot is kept if any rule keeps it; the output says which. Hours, days
 and so on are counted in the local time zone. A policy with no rule is
@@ -141,7 +144,7 @@ repository until prune reclaims the space; --prune runs prune afterwards
 	fl.StringVar(&f.withinWeekly, "keep-within-weekly", "", "keep the newest snapshot of each week within `DURATION`")
 	fl.StringVar(&f.withinMonthly, "keep-within-monthly", "", "keep the newest snapshot of each month within `DURATION`")
 	fl.StringVar(&f.withinYearly, "keep-within-yearly", "", "keep the newest snapshot of each year within `DURATION`")
-	fl.StringArrayVar(&f.policy.Tags, "keep-tag", nil, "keep snapshots with this `TAG` (\"a,b\": both); repeatable")
+	fl.StringArrayVar(&f.keepTags, "keep-tag", nil, "keep snapshots that have every tag of `TAGS`: --keep-tag a,b keeps those tagged a and b; repeated: any of the lists")
 	fl.StringVar(&f.groupBy, "group-by", forget.DefaultGroupBy, "apply the policy per group of `FIELDS`: host, paths, tags, comma-separated, or \"\" for one group")
 	fl.BoolVarP(&f.dryRun, "dry-run", "n", false, "show what would be removed; remove nothing")
 	fl.BoolVar(&f.prune, "prune", false, "run prune after removing snapshots")

@@ -100,6 +100,7 @@ Exit codes:
 		newBackupCommand(g),
 		newRestoreCommand(g),
 		newSnapshotsCommand(g),
+		newTagCommand(g),
 		newKeyCommand(g),
 		newLsCommand(g),
 		newFindCommand(g),

@@ -22,12 +22,12 @@ type snapshotFilterFlags struct {
 
 func (f *snapshotFilterFlags) add(c *cobra.Command) {
 	c.Flags().StringArrayVar(&f.hosts, "host", nil, "only snapshots of this host; repeatable")
-	c.Flags().StringArrayVar(&f.tags, "tag", nil, "only snapshots with this tag; repeatable")
+	c.Flags().StringArrayVar(&f.tags, "tag", nil, "only snapshots that have every tag of `TAGS`: --tag a,b means a and b; repeated, any of the lists (--tag a --tag b: a or b)")
 	c.Flags().StringArrayVar(&f.paths, "path", nil, "only snapshots of this path; repeatable")
 }
 
 func (f *snapshotFilterFlags) filter() snapshot.Filter {
-	return snapshot.Filter{Hosts: f.hosts, Tags: f.tags, Paths: f.paths}
+	return snapshot.Filter{Hosts: f.hosts, Tags: snapshot.ParseTagLists(f.tags), Paths: f.paths}
 }
 
 // splitSnapshotArg splits "SNAP:PATH".
@@ -149,13 +149,23 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 
 func newSnapshotsCommand(g *globals) *cobra.Command {
 	var filter snapshotFilterFlags
+	latest := 0
 	c := &cobra.Command{
 		Use:   "snapshots",
 		Short: "List snapshots, newest last",
+		Long: `List snapshots, newest last, with their tags, size and consistency.
+
+--tag a,b lists snapshots that have both a and b; repeated, --tag a
+--tag b lists those that have a or b. --latest N lists only the N newest
+snapshots of each host and set of paths.`,
 		Example: `  floe snapshots
-  floe snapshots --host web1 --tag daily --json`,
+  floe snapshots --latest 1                 # the newest of each host and paths
+  floe snapshots --host web1 --tag daily,db --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if latest < 0 {
+				return usageError{errors.New("--latest takes a number of snapshots, 1 or more")}
+			}
 			ctx := cmd.Context()
 			r, err := g.openRepo(ctx, false)
 			if err != nil {
@@ -165,6 +175,9 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 			sel, err := selectSnapshots(ctx, g, r, nil, filter.filter())
 			if err != nil {
 				return err
+			}
+			if latest > 0 {
+				sel = snapshot.Latest(sel, latest)
 			}
 			if g.json {
 				out := make([]map[string]any, 0, len(sel))
@@ -179,7 +192,12 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 				g.say("no snapshots")
 				return nil
 			}
-			fmt.Printf("%-8s  %-19s  %-12s  %-10s  %-12s  %s\n", "ID", "Time", "Host", "Size", "Consistency", "Paths")
+			tagWidth := len("Tags")
+			for _, s := range sel {
+				tagWidth = max(tagWidth, len(ui.Paths(s.Tags, ",")))
+			}
+			tagWidth = min(tagWidth, 30)
+			fmt.Printf("%-8s  %-19s  %-12s  %-*s  %-10s  %-12s  %s\n", "ID", "Time", "Host", tagWidth, "Tags", "Size", "Consistency", "Paths")
 			for _, s := range sel {
 				cons := "ok"
 				switch {
@@ -190,12 +208,8 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 				case s.Consistency.Frozen:
 					cons = "frozen"
 				}
-				tags := ""
-				if len(s.Tags) > 0 {
-					tags = "  [" + ui.Paths(s.Tags, ",") + "]"
-				}
-				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s  %-10s  %-12s  %s%s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-					ui.Path(s.Hostname), ui.Bytes(s.Summary.TotalBytes), cons, ui.Paths(s.Paths, " "), tags)))
+				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s  %-*s  %-10s  %-12s  %s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
+					ui.Path(s.Hostname), tagWidth, ui.Paths(s.Tags, ","), ui.Bytes(s.Summary.TotalBytes), cons, ui.Paths(s.Paths, " "))))
 			}
 			for _, s := range sel {
 				if line := consistencyLine(s.Consistency); line != "" {
@@ -207,5 +221,6 @@ func newSnapshotsCommand(g *globals) *cobra.Command {
 		},
 	}
 	filter.add(c)
+	c.Flags().IntVar(&latest, "latest", 0, "only the `N` newest snapshots of each host and paths, e.g. --latest 1")
 	return c
 }

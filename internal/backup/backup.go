@@ -59,7 +59,7 @@ type Options struct {
 	StdinFilename string
 
 	Hostname string
-	Tags     []string
+	Tags     []string // "a,b" is two tags (snapshot.ParseTags)
 	// Parent is the snapshot to compare with; nil means the newest snapshot
 	// of the same host and paths. Force re-reads every file.
 	Parent *snapshot.Record
@@ -299,7 +299,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		saved.RawBytes = a.dryAdded
 	}
 	sn := &snapshot.Snapshot{
-		Time: start, Hostname: opts.Hostname, Paths: paths, Tags: opts.Tags, Tree: root,
+		Time: start, Hostname: opts.Hostname, Paths: paths, Tags: snapshot.ParseTags(opts.Tags), Tree: root,
 		ProgramVersion: opts.ProgramVersion,
 		Summary: snapshot.Summary{
 			FilesNew: a.filesNew.Load(), FilesChanged: a.filesChanged.Load(), FilesUnchanged: a.filesUnchanged.Load(),

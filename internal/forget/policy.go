@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -36,9 +35,9 @@ type Policy struct {
 	// among the snapshots newer than the newest minus the duration.
 	WithinHourly, WithinDaily, WithinWeekly, WithinMonthly, WithinYearly Duration
 
-	// Tags keeps every snapshot that has any of these tags. An entry
-	// "a,b" matches snapshots that have both a and b.
-	Tags []string
+	// Tags keeps every snapshot that has every tag of any of these lists
+	// (restic's --keep-tag: "a,b" keeps snapshots tagged both a and b).
+	Tags []snapshot.TagList
 }
 
 // Empty reports whether no rule is set.
@@ -64,7 +63,7 @@ func (p Policy) Validate() error {
 		}
 	}
 	for _, t := range p.Tags {
-		if strings.Trim(t, ",") == "" {
+		if len(t) == 0 {
 			return errors.New("keep-tag: empty tag")
 		}
 	}
@@ -151,8 +150,8 @@ func Apply(snaps []*snapshot.Record, p Policy, now time.Time) (keep, remove []*s
 	for nr, sn := range list {
 		var why []string
 		for _, t := range p.Tags {
-			if hasTags(sn.Snapshot, t) {
-				why = append(why, "has tag "+t)
+			if t.Match(sn.Tags) {
+				why = append(why, "has tag "+t.String())
 			}
 		}
 		if !p.Within.IsZero() && sn.Time.After(p.Within.Before(anchor)) {
@@ -190,24 +189,4 @@ func Apply(snaps []*snapshot.Record, p Policy, now time.Time) (keep, remove []*s
 		}
 	}
 	return keep, remove, reasons
-}
-
-// hasTags reports whether sn has every tag of the comma-separated list.
-func hasTags(sn *snapshot.Snapshot, list string) bool {
-	for _, t := range strings.Split(list, ",") {
-		if t == "" {
-			continue
-		}
-		found := false
-		for _, have := range sn.Tags {
-			if have == t {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
-		}
-	}
-	return true
 }

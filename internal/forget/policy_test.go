@@ -209,7 +209,7 @@ func TestApply(t *testing.T) {
 				"2026-03-02 12:00": {"a"},
 				"2026-03-03 12:00": {"a", "b"},
 			},
-			policy: Policy{Tags: []string{"keep", "a,b"}},
+			policy: Policy{Tags: snapshot.ParseTagLists([]string{"keep", "a,b"})},
 			want: map[string][]string{
 				"2026-03-01 12:00": {"has tag keep"},
 				"2026-03-03 12:00": {"has tag a,b"},
@@ -220,7 +220,7 @@ func TestApply(t *testing.T) {
 			labels: []string{"2026-02-20 12:00", "2026-02-27 12:00", "2026-03-07 08:00", "2026-03-07 20:00",
 				"2026-03-08 09:00", "2026-03-08 21:00"},
 			tags:   map[string][]string{"2026-02-20 12:00": {"important"}, "2026-03-08 21:00": {"important"}},
-			policy: Policy{Last: 2, Daily: 2, Weekly: 3, Monthly: 1, Tags: []string{"important"}},
+			policy: Policy{Last: 2, Daily: 2, Weekly: 3, Monthly: 1, Tags: snapshot.ParseTagLists([]string{"important"})},
 			want: map[string][]string{
 				"2026-03-08 21:00": {"has tag important", "last snapshot", "daily snapshot", "weekly snapshot", "monthly snapshot"},
 				"2026-03-08 09:00": {"last snapshot"},
@@ -364,7 +364,7 @@ func TestPolicyEmptyAndValidate(t *testing.T) {
 	if !(Policy{}).Empty() {
 		t.Error("zero policy not empty")
 	}
-	for _, p := range []Policy{{Last: 1}, {Yearly: -1}, {Within: Duration{Hours: 1}}, {WithinYearly: Duration{Years: 1}}, {Tags: []string{"x"}}} {
+	for _, p := range []Policy{{Last: 1}, {Yearly: -1}, {Within: Duration{Hours: 1}}, {WithinYearly: Duration{Years: 1}}, {Tags: []snapshot.TagList{{"x"}}}} {
 		if p.Empty() {
 			t.Errorf("%+v reported empty", p)
 		}
@@ -372,7 +372,7 @@ func TestPolicyEmptyAndValidate(t *testing.T) {
 			t.Errorf("%+v: %v", p, err)
 		}
 	}
-	for _, p := range []Policy{{Last: -2}, {Daily: -5}, {Within: Duration{Days: -1}}, {Tags: []string{","}}} {
+	for _, p := range []Policy{{Last: -2}, {Daily: -5}, {Within: Duration{Days: -1}}, {Tags: snapshot.ParseTagLists([]string{","})}} {
 		if err := p.Validate(); err == nil {
 			t.Errorf("%+v: no error", p)
 		}

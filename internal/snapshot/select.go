@@ -2,6 +2,9 @@ package snapshot
 
 import (
 	"context"
+	"slices"
+	"sort"
+	"strings"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -40,4 +43,32 @@ func Select(ctx context.Context, r *repo.Repository, specs []string, f Filter) (
 		}
 	}
 	return sel, errs, nil
+}
+
+// Latest keeps the n newest snapshots of each group of the same host and
+// paths (restic's snapshots --latest), in the order of sel.
+func Latest(sel []*Record, n int) []*Record {
+	type group struct{ host, paths string }
+	byGroup := map[group][]*Record{}
+	for _, s := range sel {
+		p := slices.Clone(s.Paths)
+		sort.Strings(p)
+		k := group{s.Hostname, strings.Join(p, "\x00")}
+		byGroup[k] = append(byGroup[k], s)
+	}
+	keep := map[hash.ID]bool{}
+	for _, list := range byGroup {
+		list = slices.Clone(list)
+		SortByTime(list)
+		for i := len(list) - 1; i >= 0 && i >= len(list)-n; i-- {
+			keep[list[i].ID] = true
+		}
+	}
+	var out []*Record
+	for _, s := range sel {
+		if keep[s.ID] {
+			out = append(out, s)
+		}
+	}
+	return out
 }

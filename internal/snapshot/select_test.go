@@ -53,7 +53,7 @@ func TestSelect(t *testing.T) {
 	if g := got(nil, Filter{}); !same(g, ids...) {
 		t.Errorf("all: %v, want every snapshot oldest first", g)
 	}
-	if g := got(nil, Filter{Hosts: []string{"a"}, Tags: []string{"daily"}}); !same(g, ids[0], ids[3]) {
+	if g := got(nil, Filter{Hosts: []string{"a"}, Tags: ParseTagLists([]string{"daily"})}); !same(g, ids[0], ids[3]) {
 		t.Errorf("host a, tag daily: %v", g)
 	}
 	if g := got(nil, Filter{Paths: []string{"/srv"}}); !same(g, ids[2], ids[3]) {

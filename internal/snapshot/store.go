@@ -102,8 +102,8 @@ func SortByTime(s []*Record) {
 // Filter selects snapshots; empty fields match everything.
 type Filter struct {
 	Hosts []string
-	Tags  []string // a snapshot matches if it has any of these tags
-	Paths []string // a snapshot matches if it has all these paths
+	Tags  []TagList // a snapshot matches if it has every tag of any of these lists
+	Paths []string  // a snapshot matches if it has all these paths
 }
 
 // Match reports whether sn passes the filter.
@@ -111,16 +111,8 @@ func (f Filter) Match(sn *Snapshot) bool {
 	if len(f.Hosts) > 0 && !slices.Contains(f.Hosts, sn.Hostname) {
 		return false
 	}
-	if len(f.Tags) > 0 {
-		found := false
-		for _, t := range f.Tags {
-			if slices.Contains(sn.Tags, t) {
-				found = true
-			}
-		}
-		if !found {
-			return false
-		}
+	if len(f.Tags) > 0 && !slices.ContainsFunc(f.Tags, func(l TagList) bool { return l.Match(sn.Tags) }) {
+		return false
 	}
 	for _, p := range f.Paths {
 		if !slices.Contains(sn.Paths, p) {
