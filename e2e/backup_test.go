@@ -82,6 +82,34 @@ func TestUnreadableFileAsUser(t *testing.T) {
 	}
 	knownBug(t, strings.ContainsAny(textOut.stdout+textOut.stderr, "\x1b\a"),
 		"cmd/floe/backup.go printBackupResult: file names in error messages are printed raw, so a file name with terminal escape sequences (ESC ] ... BEL, ESC [2J) reaches the terminal; quote them (%%q, as storage.Handle.String does)")
+
+	// the post-hook of a partial backup hears "partial", with the figures
+	envFile := e.path("hook-env")
+	os.WriteFile(envFile, nil, 0o644)
+	os.Chown(envFile, nobody, nobody)
+	r = e.runWith(asNobody, append(e.repoArgs(), "backup", "--json", "--post-hook", "env > "+envFile, src)...)
+	expectCode(t, r, 3)
+	b = decodeJSON[backupOut](t, r)
+	env := hookEnv(t, envFile)
+	if env["FLOE_BACKUP_STATUS"] != "partial" || env["FLOE_SNAPSHOT_ID"] != b.Snapshot || env["FLOE_ERRORS"] != "3" {
+		t.Errorf("post-hook after a partial backup: status %q, snapshot %q (want %s), errors %q", env["FLOE_BACKUP_STATUS"], env["FLOE_SNAPSHOT_ID"], b.Snapshot, env["FLOE_ERRORS"])
+	}
+}
+
+// hookEnv reads the FLOE_ variables a hook wrote with env.
+func hookEnv(t *testing.T, file string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && strings.HasPrefix(k, "FLOE_") {
+			env[k] = v
+		}
+	}
+	return env
 }
 
 // A file that keeps growing while it is read is recorded in the snapshot's
@@ -159,19 +187,28 @@ func TestHooks(t *testing.T) {
 	}
 
 	// the backup itself fails: the post-hook still runs
-	r = e.floe("backup", "--post-hook", post, e.path("does-not-exist"))
+	r = e.floe("backup", "--post-hook", post+"; env > "+e.path("failed-env"), e.path("does-not-exist"))
 	expectFail(t, r)
 	if got := readMarker(); got != "failed" {
 		t.Errorf("post-hook after a failed backup saw %q, want failed", got)
 	}
+	if env := hookEnv(t, e.path("failed-env")); env["FLOE_SNAPSHOT_ID"] != "" || !strings.Contains(env["FLOE_BACKUP_ERROR"], "does-not-exist") {
+		t.Errorf("post-hook after a failed backup: %v", env)
+	}
 
 	// success: the pre-hook runs before the files are read (a database dump)
-	r = e.floe("backup", "--json", "--pre-hook", "echo dumped > "+filepath.Join(src, "dump.sql"), "--post-hook", post, src)
+	envFile := e.path("hook-env")
+	r = e.floe("backup", "--json", "--pre-hook", "echo dumped > "+filepath.Join(src, "dump.sql"), "--post-hook", post+"; env > "+envFile, src)
 	expectCode(t, r, 0)
 	if got := readMarker(); got != "ok" {
 		t.Errorf("post-hook after a good backup saw %q, want ok", got)
 	}
 	b := decodeJSON[backupOut](t, r)
+	env := hookEnv(t, envFile)
+	if env["FLOE_SNAPSHOT_ID"] != b.Snapshot || env["FLOE_FILES_NEW"] != "2" || env["FLOE_TOTAL_BYTES"] != "11" ||
+		env["FLOE_DATA_ADDED"] == "" || env["FLOE_DURATION_SECONDS"] == "" {
+		t.Errorf("post-hook after a good backup: %v (snapshot %s)", env, b.Snapshot)
+	}
 	dst := e.path("restored")
 	e.ok("restore", b.Snapshot+":"+src, "--target", dst)
 	if got, err := os.ReadFile(filepath.Join(dst, "dump.sql")); err != nil || string(got) != "dumped\n" {

@@ -443,3 +443,38 @@ func TestConcurrentBackups(t *testing.T) {
 		testutil.CompareTrees(t, srcs[i], dst)
 	}
 }
+
+// --stdin-from-command backs up a command's output; a failing command
+// fails the backup and saves nothing (with --stdin, floe cannot know).
+func TestStdinFromCommand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.init()
+	r := e.floe("backup", "--json", "--stdin-from-command", "--stdin-filename", "app.sql", "--", "sh", "-c", "echo 'CREATE TABLE t;'; echo progress >&2")
+	expectCode(t, r, 0)
+	b := decodeJSON[backupOut](t, r)
+	if !strings.Contains(r.stderr, "progress") {
+		t.Errorf("the command's standard error is not passed on: %s", r)
+	}
+	if d := e.ok("dump", b.Snapshot+":/app.sql"); d.stdout != "CREATE TABLE t;\n" {
+		t.Errorf("dump of the command's output: %q", d.stdout)
+	}
+	for _, cmd := range [][]string{{"false"}, {"sh", "-c", "echo partial dump; exit 3"}} {
+		r = e.floe(append([]string{"backup", "--stdin-from-command", "--"}, cmd...)...)
+		expectCode(t, r, 1)
+		if !strings.Contains(r.stderr, "failed") || !strings.Contains(r.stderr, "no snapshot") {
+			t.Errorf("the error does not say the command failed and nothing was saved: %s", r)
+		}
+	}
+	r = e.floe("backup", "--stdin-from-command", "--", e.path("no-such-program"))
+	expectCode(t, r, 1)
+	if s := e.snapshots(); len(s) != 1 {
+		t.Errorf("%d snapshots, want 1: a failed command saved one", len(s))
+	}
+	expectCode(t, e.floe("backup", "--stdin-from-command"), 2)
+	expectCode(t, e.floe("backup", "--stdin", "--stdin-from-command", "--", "true"), 2)
+	// what --stdin cannot see, documented
+	if h := e.run("backup", "--help"); !strings.Contains(h.stdout, "cannot see") {
+		t.Errorf("backup --help does not warn about --stdin: %s", h)
+	}
+}

@@ -30,6 +30,7 @@ type backupFlags struct {
 	verbose       bool
 	oneFS         bool
 	stdin         bool
+	stdinCommand  bool
 	stdinName     string
 	tags          []string
 	host          string
@@ -44,7 +45,7 @@ type backupFlags struct {
 func newBackupCommand(g *globals) *cobra.Command {
 	f := &backupFlags{}
 	c := &cobra.Command{
-		Use:   "backup [flags] PATH...",
+		Use:   "backup [flags] PATH...  |  backup --stdin-from-command [flags] -- COMMAND [ARG...]",
 		Short: "Back up files and directories",
 		Long: `Back up files and directories into a new snapshot.
 
@@ -88,6 +89,22 @@ from standard input. They add to the paths given as arguments.
 writing nothing; hooks and --fs-snapshot are skipped. -v/--verbose lists
 each file as it is saved: new, changed, unchanged (or hardlink).
 
+--stdin-from-command runs COMMAND (without a shell; put it after "--")
+and backs up its standard output as one file (--stdin-filename). If the
+command exits non-zero, the backup fails (exit 1) and no snapshot is
+saved. With --stdin, floe cannot see the exit status of the program
+writing into the pipe: "false | floe backup --stdin" saves an empty
+snapshot and exits 0. Prefer --stdin-from-command for database dumps.
+
+The post-hook's environment says how the backup went:
+  FLOE_BACKUP_STATUS     ok, partial (saved, but some files could not be
+                         read: exit 3) or failed
+  FLOE_BACKUP_ERROR      the error, when failed
+  FLOE_SNAPSHOT_ID       the new snapshot's ID (ok or partial)
+  FLOE_FILES_NEW, FLOE_FILES_CHANGED, FLOE_FILES_UNCHANGED, FLOE_DIRS,
+  FLOE_ERRORS, FLOE_TOTAL_BYTES, FLOE_DATA_ADDED, FLOE_DATA_ADDED_STORED,
+  FLOE_DURATION_SECONDS  the snapshot's summary (ok or partial)
+
 Without -r/--repo or FLOE_REPOSITORY, the first backup creates a default
 repository in $XDG_DATA_HOME/floe/repository with a random key file in
 $XDG_CONFIG_HOME/floe/repository.key.`,
@@ -97,12 +114,25 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
   floe backup --exclude-if-present .nobackup --exclude-larger-than 2G /home
   find /srv -name '*.conf' -print0 | floe backup --files-from-raw -
   floe backup --dry-run -v --exclude-file /etc/floe/excludes /home
-  pg_dump mydb | floe backup --stdin --stdin-filename mydb.sql
+  floe backup --stdin-from-command --stdin-filename mydb.sql -- pg_dump mydb
+  floe backup --post-hook 'echo "$FLOE_BACKUP_STATUS $FLOE_SNAPSHOT_ID" >> /var/log/floe' /etc
   floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv
   floe backup --fs-snapshot lvm /srv            # read /srv from an LVM snapshot
   floe backup --fs-snapshot btrfs /home         # read /home from a btrfs snapshot`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lists := len(f.filesFrom) + len(f.filesVerbatim) + len(f.filesRaw)
+			if f.stdinCommand {
+				if f.stdin {
+					return usageError{errors.New("--stdin and --stdin-from-command: give one")}
+				}
+				if len(args) == 0 {
+					return usageError{errors.New("--stdin-from-command: give the command after --, e.g. floe backup --stdin-from-command -- pg_dump app")}
+				}
+				if lists > 0 || f.fsSnapshot != "" {
+					return usageError{errors.New("--stdin-from-command backs up the command's output, no paths (--files-from, --fs-snapshot)")}
+				}
+				return runBackup(cmd.Context(), g, f, args)
+			}
 			if f.stdin && (len(args) > 0 || lists > 0) {
 				return usageError{errors.New("--stdin takes no paths (nor --files-from)")}
 			}
@@ -148,14 +178,15 @@ $XDG_CONFIG_HOME/floe/repository.key.`,
 	fl.BoolVarP(&f.dryRun, "dry-run", "n", false, "write nothing; report what the backup would add (e.g. floe backup -n -v /home to try excludes)")
 	fl.BoolVarP(&f.verbose, "verbose", "v", false, "list each file as it is saved (new, changed, unchanged), e.g. floe backup -v /etc")
 	fl.BoolVarP(&f.oneFS, "one-file-system", "x", false, "do not cross file system boundaries")
-	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input (e.g. a database dump)")
-	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin")
+	fl.BoolVar(&f.stdin, "stdin", false, "back up standard input; floe cannot see whether the program writing it failed: prefer --stdin-from-command")
+	fl.BoolVar(&f.stdinCommand, "stdin-from-command", false, "back up the output of the command given after --; if it fails, no snapshot is saved (e.g. --stdin-from-command -- pg_dump app)")
+	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin and --stdin-from-command, e.g. --stdin-filename app.sql")
 	fl.StringArrayVar(&f.tags, "tag", nil, "tag the snapshot with `TAGS`: --tag daily,db adds two tags, daily and db; repeatable")
 	fl.StringVar(&f.host, "host", "", "host name to record (default: this host's name)")
 	fl.StringVar(&f.parent, "parent", "", "compare with this snapshot instead of the newest of the same host and paths")
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
-	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed (FLOE_BACKUP_STATUS is ok or failed)")
+	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed; its environment says how it went (FLOE_BACKUP_STATUS ok, partial or failed, FLOE_SNAPSHOT_ID, ...: see above)")
 	fl.StringVar(&f.fsSnapshot, "fs-snapshot", "", "read the paths from a read-only snapshot of their file system: `KIND` lvm or btrfs (needs root). The view is crash-consistent: quiesce writers with --pre-hook for application consistency")
 	fl.StringVar(&f.fsSnapshotSz, "fs-snapshot-size", "", "room for changed blocks of LVM snapshots: a `SIZE` like 2G, or 20% of the volume, or 50%FREE of the volume group (default 10%)")
 	return c
@@ -178,9 +209,12 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	if f.largerThan != "" {
 		job.ExcludeLargerThan, _ = backup.ParseSize(f.largerThan) // checked in RunE
 	}
-	if f.stdin {
+	switch {
+	case f.stdinCommand:
+		job.StdinCommand, job.StdinFilename = paths, f.stdinName
+	case f.stdin:
 		job.Stdin, job.StdinFilename = os.Stdin, f.stdinName
-	} else {
+	default:
 		job.Paths = paths
 		for _, l := range []struct {
 			files []string

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/floe-backup/floe/internal/cache"
 	"github.com/floe-backup/floe/internal/connect"
@@ -32,6 +33,11 @@ type Job struct {
 	// ExcludeFiles are files of exclude patterns, one per line, added to
 	// Options.Excludes; IExcludeFiles likewise to Options.IExcludes.
 	ExcludeFiles, IExcludeFiles []string
+	// StdinCommand, if set, is a command (program and arguments, run
+	// without a shell) whose standard output is backed up as
+	// Options.StdinFilename; if it exits non-zero, the backup fails and no
+	// snapshot is saved.
+	StdinCommand []string
 	// FilesFrom are lists of paths to back up, added to Options.Paths;
 	// ListInput is read for a list named "-".
 	FilesFrom []FileList
@@ -40,9 +46,9 @@ type Job struct {
 	// of the same host and paths.
 	ParentID string
 	// PreHook runs (sh -c) before the backup; if it fails, no backup is
-	// made. In a dry run (Options.DryRun) neither hook runs and no file
-	// system snapshot is taken. PostHook runs after it, also when it failed, with
-	// FLOE_BACKUP_STATUS=ok or failed in its environment.
+	// made. PostHook runs after it, also when it failed, with HookEnv in
+	// its environment. In a dry run (Options.DryRun) neither hook runs and
+	// no file system snapshot is taken.
 	PreHook, PostHook string
 	// FSSnapshot, if not empty, reads the paths from read-only snapshots
 	// of their file systems (fssnap.LVM or fssnap.Btrfs) of
@@ -129,7 +135,7 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if opts.Stdin == nil {
+	if opts.Stdin == nil && len(j.StdinCommand) == 0 {
 		var roots []string
 		for _, p := range opts.Paths {
 			if a, err := filepath.Abs(p); err == nil {
@@ -150,11 +156,7 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	}
 	if j.PostHook != "" {
 		defer func() {
-			status := "ok"
-			if err != nil {
-				status = "failed"
-			}
-			if herr := hook.Run(context.WithoutCancel(ctx), "post-hook", j.PostHook, map[string]string{"FLOE_BACKUP_STATUS": status}); herr != nil {
+			if herr := hook.Run(context.WithoutCancel(ctx), "post-hook", j.PostHook, HookEnv(out, err)); herr != nil {
 				if err == nil {
 					err = herr
 				} else {
@@ -191,7 +193,7 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	if opts.Progress == nil {
 		opts.Progress = &Progress{}
 	}
-	if opts.Stdin == nil {
+	if opts.Stdin == nil && len(j.StdinCommand) == 0 {
 		parent, trees, warnings, err := FindParent(ctx, r, c, opts.Hostname, opts.Paths, j.ParentID)
 		for _, w := range warnings {
 			ev.warn("warning: %v", w)
@@ -240,12 +242,23 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 			opts.OnTree = tw.Add
 		}
 	}
+	if len(j.StdinCommand) > 0 {
+		cmd, err := startCommand(ctx, j.StdinCommand)
+		if err != nil {
+			return nil, fmt.Errorf("%w; no backup was made", err)
+		}
+		defer cmd.stop()
+		opts.Stdin = cmd
+	}
 	if ev.Start != nil {
 		ev.Start()
 	}
 	res, err := Run(ctx, r, opts)
 	if ev.Stop != nil {
 		ev.Stop()
+	}
+	if err != nil && len(j.StdinCommand) > 0 {
+		err = fmt.Errorf("%w; no snapshot was saved", err)
 	}
 	if err != nil {
 		if tw != nil {
@@ -284,4 +297,39 @@ func (j *Job) readList(l FileList) ([]string, []string, error) {
 		return nil, nil, fmt.Errorf("read list of files %s: %w", l.Path, err)
 	}
 	return paths, warnings, nil
+}
+
+// HookEnv is the environment of the post-hook after a job that returned
+// res and err:
+//
+//	FLOE_BACKUP_STATUS   ok, partial (saved, but some files could not be
+//	                     read or a file system snapshot overflowed) or failed
+//	FLOE_BACKUP_ERROR    why it failed (status failed)
+//	FLOE_SNAPSHOT_ID     the new snapshot's ID (ok, partial)
+//	FLOE_FILES_NEW, FLOE_FILES_CHANGED, FLOE_FILES_UNCHANGED, FLOE_DIRS,
+//	FLOE_ERRORS, FLOE_TOTAL_BYTES, FLOE_DATA_ADDED, FLOE_DATA_ADDED_STORED,
+//	FLOE_DURATION_SECONDS  the snapshot's summary (ok, partial)
+func HookEnv(res *JobResult, err error) map[string]string {
+	env := map[string]string{"FLOE_BACKUP_STATUS": "failed"}
+	if res == nil || res.Result == nil || res.Snapshot == nil {
+		if err != nil {
+			env["FLOE_BACKUP_ERROR"] = err.Error()
+		}
+		return env
+	}
+	env["FLOE_BACKUP_STATUS"] = "ok"
+	if len(res.Errors) > 0 || res.SnapshotProblem != nil {
+		env["FLOE_BACKUP_STATUS"] = "partial"
+	}
+	s := res.Snapshot.Summary
+	env["FLOE_SNAPSHOT_ID"] = res.ID.String()
+	for k, v := range map[string]uint64{
+		"FLOE_FILES_NEW": s.FilesNew, "FLOE_FILES_CHANGED": s.FilesChanged, "FLOE_FILES_UNCHANGED": s.FilesUnchanged,
+		"FLOE_DIRS": s.Dirs, "FLOE_ERRORS": s.Errors, "FLOE_TOTAL_BYTES": s.TotalBytes,
+		"FLOE_DATA_ADDED": s.DataAdded, "FLOE_DATA_ADDED_STORED": s.DataAddedStored,
+	} {
+		env[k] = strconv.FormatUint(v, 10)
+	}
+	env["FLOE_DURATION_SECONDS"] = strconv.FormatFloat(s.DurationSeconds, 'f', 3, 64)
+	return env
 }
