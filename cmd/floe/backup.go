@@ -107,7 +107,10 @@ The post-hook's environment says how the backup went:
 
 Without -r/--repo or FLOE_REPOSITORY, the first backup creates a default
 repository in $XDG_DATA_HOME/floe/repository with a random key file in
-$XDG_CONFIG_HOME/floe/repository.key.`,
+$XDG_CONFIG_HOME/floe/repository.key, and says so. It does not when a
+password (--password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND) or
+another key file is given: those belong to a repository that was not
+named, and floe stops with "no repository given" (exit 2).`,
 		Example: `  floe backup /etc /home
   floe backup --exclude '*.tmp' --exclude '/home/*/.cache' --exclude-caches /home
   floe backup --exclude 'node_modules/' --exclude '**/.git/objects' --iexclude '*.ISO' /srv
@@ -237,7 +240,14 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	job.Events = backup.Events{
 		Warn: func(msg string) { g.warn("%s", msg) },
 		Created: func(location, keyFile string) {
-			g.say("created the default repository at %s\nits key file is %s\nKeep a copy of the key file somewhere else: without it nobody can read these backups.\n", location, keyFile)
+			msg := fmt.Sprintf("No repository was given (-r/--repo, FLOE_REPOSITORY), so floe created its default one:\n"+
+				"  repository  %s\n  secret      the random key file %s (mode 0600, no password)\n"+
+				"Keep a copy of the key file somewhere else: without it nobody can read these backups.\n", location, keyFile)
+			if g.json || g.quiet {
+				g.warn("%s", msg) // stdout is for the JSON; this must still be seen
+			} else {
+				g.say("%s", msg)
+			}
 		},
 		Reading: func(what string) {
 			if !g.quiet && !g.json {

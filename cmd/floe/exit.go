@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
@@ -45,7 +46,7 @@ func exitCodeFor(err error) int {
 	switch {
 	case errors.As(err, &ee):
 		return ee.code
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), errors.Is(err, connect.ErrCredentialWithoutRepo):
 		return ExitUsage
 	case strings.HasPrefix(err.Error(), "unknown command "):
 		// cobra's error for `floe bogus`; it has no type to match

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/floe-backup/floe/internal/cache"
 	"github.com/floe-backup/floe/internal/location"
@@ -22,6 +23,14 @@ import (
 // ErrNoRepoGiven is returned by Open for the default repository (Target.Default)
 // before it has been created.
 var ErrNoRepoGiven = errors.New("no repository given (-r/--repo or FLOE_REPOSITORY) and no default repository yet")
+
+// ErrCredentialWithoutRepo is returned by Open for the default repository
+// before it has been created when a credential was given (a password file
+// or command, a key file other than the default one): that credential
+// belongs to another repository, which the user forgot to name, so the
+// default repository is not created (backup would otherwise create it
+// quietly with that password). It is wrong usage, not a missing repository.
+var ErrCredentialWithoutRepo = errors.New("no repository given: use -r or FLOE_REPOSITORY (a password or key file was given, so floe does not create its default repository; to create one there, use floe init)")
 
 // Target is a repository and what opens it.
 type Target struct {
@@ -89,6 +98,9 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 	if err != nil {
 		missing := errors.Is(err, os.ErrNotExist) || errors.Is(err, storage.ErrNotExist)
 		if t.Default && missing {
+			if t.credentialGiven() {
+				return nil, ErrCredentialWithoutRepo
+			}
 			return nil, ErrNoRepoGiven
 		}
 		if missing {
@@ -156,4 +168,17 @@ func (t Target) OpenCache(r *repo.Repository) *cache.Cache {
 		return nil
 	}
 	return c
+}
+
+// credentialGiven reports whether t names a credential of its own: not
+// the default repository's key file, and not only a prompt.
+func (t Target) credentialGiven() bool {
+	if t.Credential != nil || t.PasswordFile != "" || t.PasswordCommand != "" {
+		return true
+	}
+	if t.KeyFile == "" {
+		return false
+	}
+	def, err := DefaultKeyFile()
+	return err != nil || filepath.Clean(t.KeyFile) != def
 }
