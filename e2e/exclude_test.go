@@ -226,3 +226,40 @@ func countRepoFiles(t *testing.T, dir string) int {
 	})
 	return n
 }
+
+// restore --include/--exclude and find take the same patterns.
+func TestRestorePatterns(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	excludeTree(t, src)
+	b, _ := e.backup(src)
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--include", "**/ssh_config"}, []string{"etc/ssh/ssh_config", "srv/a/b/ssh_config", "srv/ssh_config"}},
+		{[]string{"--include", "ssh/", "--exclude", "sshd_*"}, []string{"etc/ssh/ssh_config"}},
+		{[]string{"--include", src + "/srv/**/b", "--include", "*.JPG"}, []string{"home/Photo.JPG", "srv/a/b/ssh_config"}},
+	} {
+		dst := e.path("restore-" + strings.NewReplacer("/", "_", "*", "x").Replace(strings.Join(c.args, "")))
+		e.ok(append([]string{"restore", b.Snapshot + ":" + src, "--target", dst}, c.args...)...)
+		var got []string
+		filepath.WalkDir(dst, func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() {
+				rel, _ := filepath.Rel(dst, p)
+				got = append(got, rel)
+			}
+			return nil
+		})
+		sort.Strings(got)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("restore %q: %q, want %q", c.args, got, c.want)
+		}
+	}
+	r := e.ok("find", "--json", "ssh/")
+	if n := strings.Count(r.stdout, "\n"); n != 1 || !strings.Contains(r.stdout, `/etc/ssh"`) {
+		t.Errorf("find ssh/ should list the directory only: %s", r)
+	}
+}

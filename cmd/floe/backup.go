@@ -45,7 +45,7 @@ type backupFlags struct {
 func newBackupCommand(g *globals) *cobra.Command {
 	f := &backupFlags{}
 	c := &cobra.Command{
-		Use:   "backup [flags] PATH...  |  backup --stdin-from-command [flags] -- COMMAND [ARG...]",
+		Use:   "backup [flags] PATH... | --stdin | --stdin-from-command -- COMMAND [ARG...]",
 		Short: "Back up files and directories",
 		Long: `Back up files and directories into a new snapshot.
 
@@ -75,7 +75,8 @@ root ("/var/cache", "/home/*/.cache"). "*" and "?" stay within one
 component, "**" matches any number of directories, "{a,b}" either; a
 trailing "/" matches directories only ("cache/"). In an exclude file, a
 line "!PATTERN" re-includes what an earlier line excluded (not inside an
-excluded directory); empty lines and "#" comments are ignored. floe warns
+excluded directory); empty lines and "#" comments are ignored, and
+environment variables are expanded ("$HOME/.cache"; "$$" is "$"). floe warns
 about a pattern that can never match, such as an anchored one outside the
 paths backed up.
 
@@ -169,11 +170,11 @@ named, and floe stops with "no repository given" (exit 2).`,
 	}
 	fl := c.Flags()
 	fl.StringArrayVarP(&f.excludes, "exclude", "e", nil, "exclude paths matching `PATTERN`, e.g. '*.tmp', 'cache/', '/var/cache', 'foo/**/bar' (rules above); repeatable")
-	fl.StringArrayVar(&f.iexcludes, "iexclude", nil, "like --exclude, ignoring case: --iexclude '*.iso' also skips X.ISO; repeatable")
+	fl.StringArrayVar(&f.iexcludes, "iexclude", nil, "like --exclude, ignoring case: --iexclude '*.iso' also skips X.ISO (`PATTERN`); repeatable")
 	fl.StringArrayVar(&f.excludeFiles, "exclude-file", nil, "read exclude patterns from `FILE`, one per line (\"!PATTERN\" re-includes, # comments); repeatable")
-	fl.StringArrayVar(&f.iexcludeFiles, "iexclude-file", nil, "like --exclude-file, ignoring case; repeatable")
+	fl.StringArrayVar(&f.iexcludeFiles, "iexclude-file", nil, "like --exclude-file, ignoring case (`FILE`); repeatable")
 	fl.BoolVar(&f.excludeCaches, "exclude-caches", false, "skip the contents of directories holding a CACHEDIR.TAG")
-	fl.StringArrayVar(&f.ifPresent, "exclude-if-present", nil, "skip the contents of directories holding a file `FILE[:HEADER]` (that starts with HEADER), e.g. --exclude-if-present .nobackup; repeatable")
+	fl.StringArrayVar(&f.ifPresent, "exclude-if-present", nil, "skip the contents of directories that hold the file FILE (starting with HEADER, if given): `FILE[:HEADER]`, e.g. --exclude-if-present .nobackup; repeatable")
 	fl.StringVar(&f.largerThan, "exclude-larger-than", "", "skip files larger than `SIZE`: bytes, or with k, m, g, t (KiB..TiB), e.g. --exclude-larger-than 500M")
 	fl.StringArrayVar(&f.filesFrom, "files-from", nil, "back up the paths matching the patterns in `FILE` (one per line, \"-\": standard input), e.g. --files-from /etc/floe/paths; repeatable")
 	fl.StringArrayVar(&f.filesVerbatim, "files-from-verbatim", nil, "back up the paths in `FILE`, one per line, taken as they are (find -print); repeatable")

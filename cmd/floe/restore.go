@@ -58,6 +58,11 @@ SNAPSHOT is an ID, a unique prefix of one, or "latest" (the newest, after
 --host/--tag/--path). SNAPSHOT:PATH restores only PATH: a directory's
 contents go straight into the target.
 
+--include and --exclude take the patterns of backup --exclude, matched
+against the paths in the snapshot: "*.conf" and "ssh/" at any depth,
+"/home/*/.ssh" anchored, "**" for any number of directories; a pattern
+that matches a directory selects everything below it.
+
 Re-running a restore resumes it: files already in the target whose content
 matches the snapshot are left alone (--overwrite if-changed, the default).
 --overwrite always rewrites every file, --overwrite never keeps whatever
@@ -69,6 +74,7 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 		Example: `  floe restore latest --target /tmp/restore
   floe restore 4f2a9c1e:/etc --target /tmp/etc
   floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify
+  floe restore latest --include 'nginx/**/*.conf' --exclude '*.bak' --target /tmp/conf
   floe restore latest:/srv/www --target /srv/www --delete      # make /srv/www match the snapshot`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -137,8 +143,8 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 		},
 	}
 	c.Flags().StringVarP(&target, "target", "t", "", "directory to restore into (created if missing)")
-	c.Flags().StringArrayVarP(&includes, "include", "i", nil, "restore only paths matching `PATTERN`; repeatable")
-	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "do not restore paths matching `PATTERN`; repeatable")
+	c.Flags().StringArrayVarP(&includes, "include", "i", nil, "restore only paths matching `PATTERN`, e.g. --include '/etc/ssh' or '*.conf'; repeatable")
+	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "do not restore paths matching `PATTERN`, e.g. --exclude 'cache/'; repeatable")
 	c.Flags().BoolVar(&verify, "verify", false, "read back every restored file and compare it with the snapshot")
 	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
 	c.Flags().StringVar(&overwrite, "overwrite", "if-changed", "existing files: always, if-changed (leave identical ones alone) or never")

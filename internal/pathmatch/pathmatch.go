@@ -119,7 +119,9 @@ func (m *Matcher) Add(patterns []string, ignoreCase bool) error {
 	return nil
 }
 
-// ReadFile reads patterns, one per line (# comments).
+// ReadFile reads patterns, one per line (# comments). As in restic's
+// exclude files, environment variables are expanded ("$HOME/.cache",
+// "${USER}"); "$$" is a literal "$".
 func ReadFile(path string) ([]string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -128,7 +130,12 @@ func ReadFile(path string) ([]string, error) {
 	var out []string
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	for sc.Scan() {
-		out = append(out, sc.Text())
+		out = append(out, os.Expand(sc.Text(), func(name string) string {
+			if name == "$" {
+				return "$"
+			}
+			return os.Getenv(name)
+		}))
 	}
 	return out, sc.Err()
 }

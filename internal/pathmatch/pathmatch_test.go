@@ -137,9 +137,26 @@ func TestCacheTagAndReadFile(t *testing.T) {
 		t.Fatal("HasFile without header")
 	}
 	f := filepath.Join(dir, "ex")
-	os.WriteFile(f, []byte("*.tmp\n# c\n/var/cache\n"), 0o644)
+	t.Setenv("FLOE_TEST_HOME", "/home/ann")
+	os.WriteFile(f, []byte("*.tmp\n# c\n/var/cache\n$FLOE_TEST_HOME/.cache\n${FLOE_TEST_HOME}/x\nprice$$\n"), 0o644)
 	pats, err := ReadFile(f)
-	if err != nil || len(pats) != 3 {
+	if err != nil || strings.Join(pats, "|") != "*.tmp|# c|/var/cache|/home/ann/.cache|/home/ann/x|price$" {
 		t.Fatalf("ReadFile = %q, %v", pats, err)
 	}
+}
+
+// FuzzMatch: any pattern and path give an answer or an error, never a panic.
+func FuzzMatch(f *testing.F) {
+	f.Add("foo/**/bar", "/dir1/foo/dir2/bar/file", true)
+	f.Add("!/home/*/", "/home/ann", false)
+	f.Add("{a,b}/[c-d]?", "/a/c1", true)
+	f.Fuzz(func(t *testing.T, pattern, path string, ignoreCase bool) {
+		m := &Matcher{}
+		if err := m.Add([]string{pattern}, ignoreCase); err != nil {
+			return
+		}
+		m.Match(path, true)
+		m.MatchSelf(path, false)
+		m.Unmatchable([]string{path, "/"})
+	})
 }
