@@ -26,7 +26,7 @@ func damaged(format string, args ...any) error {
 // returned, it returns a *DamagedError for damage, else err. check uses
 // it, since check is where people look when things break.
 func Diagnose(ctx context.Context, t Target, err error) error {
-	if errors.Is(err, repo.ErrNoRepository) || errors.Is(err, ErrNoRepoGiven) || ctx.Err() != nil {
+	if errors.Is(err, repo.ErrNoRepository) || errors.Is(err, ErrNoRepoGiven) || errors.Is(err, ErrCredentialWithoutRepo) || ctx.Err() != nil {
 		return err
 	}
 	msg := err.Error()
