@@ -46,6 +46,8 @@ var layers = map[string]int{
 	"internal/fssnap":    layerLeaf,
 	"internal/fleet":     layerLeaf, // report types shared by agent, server and web UI
 
+	"internal/agent/schedule": layerLeaf, // pure: when jobs run, from times passed in
+
 	"internal/repo": layerRepository,
 
 	"internal/snapshot": layerModel,
