@@ -1,0 +1,181 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/check"
+	"github.com/floe-backup/floe/internal/connect"
+	"github.com/floe-backup/floe/internal/fleet"
+	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+// Runner runs a job's backup or verification once, in this process.
+type Runner struct {
+	Config *Config
+	// Version is recorded in snapshots ("floe VERSION").
+	Version string
+	Log     *slog.Logger
+	// Now is the time reports are stamped with (the daemon's clock).
+	Now  func() time.Time
+	prio *priorities
+}
+
+// NewRunner returns a runner for the jobs of cfg.
+func NewRunner(cfg *Config, version string, log *slog.Logger, clock Clock) *Runner {
+	r := &Runner{Config: cfg, Version: version, Log: log, Now: clock.Now}
+	r.prio = newPriorities(func(msg string) { log.Warn(msg) })
+	return r
+}
+
+// ErrServerNotSupported is returned for a job with token_file,
+// server_fingerprint or known_servers_file while this build of floe cannot
+// reach a floe server: the settings are checked and kept, not ignored.
+var ErrServerNotSupported = errors.New("token_file, server_fingerprint and known_servers_file are for a floe server, which this build of floe cannot reach yet")
+
+// target is how job opens its repository.
+func (r *Runner) target(j *Job) (connect.Target, error) {
+	if j.TokenFile != "" || j.ServerFingerprint != "" || j.KnownServersFile != "" {
+		return connect.Target{}, fmt.Errorf("job %s: %w", j.Name, ErrServerNotSupported)
+	}
+	return connect.Target{
+		Location: j.Repository, PasswordFile: j.PasswordFile, PasswordCommand: j.PasswordCommand, KeyFile: j.KeyFile,
+		CacheDir: r.Config.CacheDir,
+		Limits:   connect.NewLimits(j.LimitUpload<<10, j.LimitDownload<<10),
+		Warn:     r.warner(j),
+	}, nil
+}
+
+func (r *Runner) warner(j *Job) func(string) {
+	return func(msg string) { r.Log.Warn(ui.Sanitize(msg), slog.String("job", j.Name)) }
+}
+
+func (r *Runner) newReport(j *Job, task fleet.Task) fleet.Run {
+	return fleet.Run{Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now()}
+}
+
+// finish sets the status from err (when the run did not set a better
+// one) and the end time.
+func (r *Runner) finish(ctx context.Context, rep *fleet.Run, err error) {
+	rep.Finished = r.Now()
+	if err != nil {
+		rep.Error = ui.Sanitize(err.Error())
+		if rep.Status == "" {
+			rep.Status = fleet.StatusFailed
+		}
+	}
+	if ctx.Err() != nil && rep.Status != fleet.StatusOK {
+		rep.Status, rep.Error = fleet.StatusInterrupted, "interrupted"
+	}
+	if rep.Status == "" {
+		rep.Status = fleet.StatusOK
+	}
+}
+
+// Backup runs the backup of j now. The error is the backup's (nil for a
+// run with a snapshot and unreadable files: the report says partial).
+func (r *Runner) Backup(ctx context.Context, j *Job) (fleet.Run, error) {
+	rep := r.newReport(j, fleet.TaskBackup)
+	err := r.backup(ctx, j, &rep)
+	r.finish(ctx, &rep, err)
+	return rep, err
+}
+
+func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
+	t, err := r.target(j)
+	if err != nil {
+		return err
+	}
+	job := &backup.Job{
+		Options: backup.Options{
+			Paths: j.Paths, Excludes: j.Excludes, ExcludeCaches: j.ExcludeCaches, OneFileSystem: j.OneFileSystem,
+			Hostname: r.Config.Host, Tags: j.Tags, ProgramVersion: "floe " + r.Version,
+		},
+		ExcludeFiles: j.ExcludeFiles,
+		PreHook:      j.PreHook, PostHook: j.PostHook,
+		FSSnapshot: fssnap.Kind(j.FSSnapshot), FSSnapshotSize: j.FSSnapshotSize,
+		Repository: t,
+		Events:     backup.Events{Warn: r.warner(j)},
+	}
+	leave := r.prio.enter(j.Priority)
+	res, err := job.Run(ctx)
+	leave()
+	if res == nil {
+		return err
+	}
+	s := res.Snapshot.Summary
+	rep.Snapshot = res.ID.String()
+	rep.FilesNew, rep.FilesChanged, rep.FilesUnchanged, rep.FileErrors = s.FilesNew, s.FilesChanged, s.FilesUnchanged, uint64(len(res.Errors))
+	rep.TotalBytes, rep.DataAdded, rep.DataAddedStored = s.TotalBytes, s.DataAdded, s.DataAddedStored
+	for i, fe := range res.Errors {
+		if i == 20 {
+			r.warner(j)(fmt.Sprintf("error: %d more files could not be read", len(res.Errors)-i))
+			break
+		}
+		r.warner(j)(fmt.Sprintf("error: %v", fe))
+	}
+	switch {
+	case res.SnapshotProblem != nil:
+		rep.Status = fleet.StatusPartial
+		if err == nil {
+			err = res.SnapshotProblem
+		}
+	case err != nil:
+		// saved, but the post-hook or the removal of a file system
+		// snapshot failed: not worth a second backup
+		rep.Status = fleet.StatusPartial
+	case len(res.Errors) > 0:
+		rep.Status = fleet.StatusPartial
+	}
+	return err
+}
+
+// Verify runs `check --read-data-subset` of j now.
+func (r *Runner) Verify(ctx context.Context, j *Job) (fleet.Run, error) {
+	rep := r.newReport(j, fleet.TaskCheck)
+	err := r.verify(ctx, j, &rep)
+	r.finish(ctx, &rep, err)
+	return rep, err
+}
+
+func (r *Runner) verify(ctx context.Context, j *Job, rep *fleet.Run) error {
+	if j.Subset == nil {
+		return fmt.Errorf("job %s has no verify_subset", j.Name)
+	}
+	rep.CheckSubset = j.Subset.String()
+	t, err := r.target(j)
+	if err != nil {
+		return err
+	}
+	repo, err := connect.Open(ctx, t, connect.Options{})
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
+	leave := r.prio.enter(j.Priority)
+	res, err := check.Run(ctx, repo, check.Options{ReadData: true, Subset: j.Subset}, nil)
+	leave()
+	if err != nil {
+		return err
+	}
+	rep.CheckErrors, rep.CheckWarnings = res.Summary.Errors, res.Summary.Warnings
+	for _, p := range res.Errors() {
+		r.Log.Error(ui.Sanitize(p.String()), slog.String("job", j.Name), slog.String("task", string(fleet.TaskCheck)))
+	}
+	if res.Summary.Errors > 0 {
+		return &DamageError{Problems: res.Summary.Errors}
+	}
+	return nil
+}
+
+// DamageError is a verification that found damage.
+type DamageError struct{ Problems int }
+
+func (e *DamageError) Error() string {
+	return fmt.Sprintf("check found %d problems; run `floe check` on the repository", e.Problems)
+}

@@ -1,0 +1,58 @@
+// Package fleet holds the reports that travel between the agent (which
+// sends them), the server (which stores and serves them) and the web UI:
+// plain types with JSON names, no behaviour beyond describing themselves.
+package fleet
+
+import "time"
+
+// Status is how a run ended.
+type Status string
+
+const (
+	StatusOK          Status = "ok"
+	StatusPartial     Status = "partial"     // a snapshot was saved, but some files could not be read
+	StatusFailed      Status = "failed"      // no retry left (or none configured)
+	StatusRetrying    Status = "retrying"    // failed; the agent tries again at Run.RetryAt
+	StatusSkipped     Status = "skipped"     // due while the job was still running
+	StatusInterrupted Status = "interrupted" // the agent was stopped during the run
+)
+
+// Task is what a run did.
+type Task string
+
+const (
+	TaskBackup Task = "backup"
+	TaskCheck  Task = "check" // the periodic verification of a subset of the data
+)
+
+// Run is the report of one run of an agent's job. It never holds a
+// secret: errors are the messages floe prints, which name hooks and files,
+// never passwords or tokens.
+type Run struct {
+	Host       string    `json:"host"`
+	Job        string    `json:"job"`
+	Task       Task      `json:"task"`
+	Repository string    `json:"repository"`
+	Status     Status    `json:"status"`
+	Attempt    int       `json:"attempt"` // 1 for the first try
+	Scheduled  time.Time `json:"scheduled"`
+	Started    time.Time `json:"started"`
+	Finished   time.Time `json:"finished"`
+	Error      string    `json:"error,omitempty"`
+	RetryAt    time.Time `json:"retry_at,omitzero"`
+
+	// backup
+	Snapshot        string `json:"snapshot,omitempty"`
+	FilesNew        uint64 `json:"files_new,omitempty"`
+	FilesChanged    uint64 `json:"files_changed,omitempty"`
+	FilesUnchanged  uint64 `json:"files_unchanged,omitempty"`
+	FileErrors      uint64 `json:"file_errors,omitempty"`
+	TotalBytes      uint64 `json:"total_bytes,omitempty"`
+	DataAdded       uint64 `json:"data_added,omitempty"`
+	DataAddedStored uint64 `json:"data_added_stored,omitempty"`
+
+	// check
+	CheckSubset   string `json:"check_subset,omitempty"`
+	CheckErrors   int    `json:"check_errors,omitempty"`
+	CheckWarnings int    `json:"check_warnings,omitempty"`
+}
