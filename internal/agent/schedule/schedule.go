@@ -316,8 +316,11 @@ func (r Retry) RetryAt(n int, failed, nextScheduled time.Time) (time.Time, bool)
 	return at, true
 }
 
-// EveryDays returns the time n days after last in loc, on the same wall
-// clock time (a day with a DST change is 23 or 25 hours).
+// EveryDays returns the start of the day (midnight in loc) n calendar
+// days after the day of last: something done "every n days" is due again
+// from then, whatever the time of day it ran (a run that ends a little
+// later each day does not slip by a day).
 func EveryDays(last time.Time, n int, loc *time.Location) time.Time {
-	return last.In(loc).AddDate(0, 0, n)
+	y, m, d := last.In(loc).Date()
+	return time.Date(y, m, d+n, 0, 0, 0, 0, loc)
 }

@@ -249,9 +249,10 @@ func TestDST(t *testing.T) {
 			prev = r
 		}
 	}
-	// every 7 days keeps the wall clock time across the change
-	last := at(t, be, "2026-03-25 03:00:00")
-	if n := EveryDays(last, 7, be); n.In(be).Hour() != 3 || n.Sub(last) != 7*24*time.Hour-time.Hour {
+	// every 7 days: from midnight seven calendar days later, across the
+	// change
+	last := at(t, be, "2026-03-25 23:30:00")
+	if n := EveryDays(last, 7, be); !n.Equal(at(t, be, "2026-04-01 00:00:00")) {
 		t.Errorf("7 days after %s: %s", last, n.In(be))
 	}
 }
