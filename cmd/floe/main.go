@@ -118,6 +118,7 @@ Exit codes:
 		newImportCommand(g),
 		newRepairCommand(g),
 		newServeCommand(g),
+		newAgentCommand(g),
 	)
 	usageArgsAll(root)
 	return root

@@ -229,6 +229,21 @@ func (d *Daemon) afterRun(ctx context.Context, j *Job, t task, rep fleet.Run) {
 	}
 }
 
+// Record keeps the report of a run started by hand (`floe agent run`) in
+// the job's state, as the daemon does with its own: the last backup, and
+// when the data was last verified.
+func Record(cfg *Config, rep fleet.Run) error {
+	store := &stateStore{dir: cfg.StateDir}
+	return store.update(rep.Job, func(s *JobState) {
+		switch {
+		case rep.Task == fleet.TaskBackup:
+			s.Last = &rep
+		case verifiedOrDamaged(rep):
+			s.VerifyLast = rep.Finished
+		}
+	})
+}
+
 // verifiedOrDamaged: the check ran to its end (found damage or not), so
 // the next one is due in so many days; one that could not run is tried
 // again after the next backup.

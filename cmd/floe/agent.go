@@ -1,0 +1,344 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/floe-backup/floe/internal/agent"
+	"github.com/floe-backup/floe/internal/fleet"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+// agentTestClockEnv must be 1 for the test clock flags: a daemon in
+// production never runs on a fast clock by mistake.
+const agentTestClockEnv = "FLOE_AGENT_TEST_CLOCK"
+
+type agentFlags struct {
+	config     string
+	logFormat  string
+	timeScale  float64
+	clockStart string
+}
+
+func newAgentCommand(g *globals) *cobra.Command {
+	f := &agentFlags{}
+	c := &cobra.Command{
+		Use:   "agent [--config FILE]",
+		Short: "Run backups on a schedule (the fleet agent)",
+		Long: `Run the backups of /etc/floe/agent.toml on their schedules, as a daemon
+(systemd starts it: see floe agent install). Each job's start is spread in
+its window by a hash of the host and job names, so that a fleet does not
+start at once. A run missed while the host was down runs once when the
+agent starts; failures are retried with backoff; one job at a time uses a
+repository. Every run is logged as one structured line on stdout (text or
+--log-format json), which journald keeps; secrets never are.
+
+SIGTERM or SIGINT cancels a running backup cleanly (the next one goes on
+from what was stored) and the agent exits 0.`,
+		Example: `  floe agent config check                 # validate /etc/floe/agent.toml
+  floe agent next                         # when each job runs next
+  floe agent run system                   # run the job "system" now
+  floe agent install && systemctl daemon-reload && systemctl enable --now floe-agent`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, clock, log, err := f.setup(cmd)
+			if err != nil {
+				return err
+			}
+			if cfg.CacheDir == "" {
+				cfg.CacheDir = g.cacheDir
+			}
+			return agent.NewDaemon(cfg, version, log, clock).Run(cmd.Context())
+		},
+	}
+	pf := c.PersistentFlags()
+	pf.StringVar(&f.config, "config", "", "the agent's configuration `FILE` (env FLOE_AGENT_CONFIG; default "+agent.DefaultConfigFile+")")
+	pf.StringVar(&f.logFormat, "log-format", "text", "log lines as text (key=value) or json")
+	// for the end-to-end tests: a clock that starts at a given time and
+	// runs faster, accepted only with FLOE_AGENT_TEST_CLOCK=1
+	pf.Float64Var(&f.timeScale, "time-scale", 0, "test only: run the clock this many times faster")
+	pf.StringVar(&f.clockStart, "clock-start", "", "test only: start the clock at this RFC 3339 time")
+	_ = pf.MarkHidden("time-scale")
+	_ = pf.MarkHidden("clock-start")
+	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
+	return c
+}
+
+func (f *agentFlags) configFile() string {
+	if f.config != "" {
+		return f.config
+	}
+	if v := os.Getenv("FLOE_AGENT_CONFIG"); v != "" {
+		return v
+	}
+	return agent.DefaultConfigFile
+}
+
+func (f *agentFlags) clock() (agent.Clock, error) {
+	if f.timeScale == 0 && f.clockStart == "" {
+		return agent.RealClock{}, nil
+	}
+	if os.Getenv(agentTestClockEnv) != "1" {
+		return nil, usageError{fmt.Errorf("--time-scale and --clock-start are for tests: they need %s=1", agentTestClockEnv)}
+	}
+	start := time.Now()
+	if f.clockStart != "" {
+		t, err := time.Parse(time.RFC3339, f.clockStart)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("--clock-start: %w", err)}
+		}
+		start = t
+	}
+	scale := f.timeScale
+	if scale == 0 {
+		scale = 1
+	}
+	if scale < 0 {
+		return nil, usageError{errors.New("--time-scale must be more than 0")}
+	}
+	return agent.NewScaledClock(start, scale), nil
+}
+
+func (f *agentFlags) logger() (*slog.Logger, error) {
+	switch f.logFormat {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stdout, nil)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stdout, nil)), nil
+	}
+	return nil, usageError{fmt.Errorf("--log-format %q: use text or json", f.logFormat)}
+}
+
+// setup loads the configuration and makes the clock and the logger.
+func (f *agentFlags) setup(cmd *cobra.Command) (*agent.Config, agent.Clock, *slog.Logger, error) {
+	log, err := f.logger()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	clock, err := f.clock()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	cfg, err := loadAgentConfig(f.configFile())
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cfg, clock, log, nil
+}
+
+// loadAgentConfig loads a configuration; its problems, one a line, are
+// the error.
+func loadAgentConfig(file string) (*agent.Config, error) {
+	cfg, err := agent.Load(file)
+	var ce *agent.ConfigError
+	if errors.As(err, &ce) {
+		for _, p := range ce.Problems {
+			fmt.Fprintln(os.Stderr, ui.Sanitize(problemLine(ce.File, p)))
+		}
+		n := len(ce.Problems)
+		return nil, fmt.Errorf("%s: %d problem%s", file, n, checkPlural(n))
+	}
+	return cfg, err
+}
+
+func problemLine(file string, p agent.Problem) string {
+	if p.Line > 0 {
+		return file + ":" + strconv.Itoa(p.Line) + ": " + p.Msg
+	}
+	return file + ": " + p.Msg
+}
+
+func newAgentRunCommand(g *globals, f *agentFlags) *cobra.Command {
+	var verify bool
+	c := &cobra.Command{
+		Use:   "run [--verify] JOB",
+		Short: "Run one job of the agent now",
+		Long: `Run the backup of one job of the agent's configuration now, in this process,
+and log it like the daemon does. It waits while another run uses the
+job's repository (the daemon's included). --verify runs the job's
+verification (check --read-data-subset) instead.
+
+Exit status as floe backup's: 0, 3 when some files could not be read, 10,
+11, 12 when the repository cannot be opened, 13 when --verify found damage.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, clock, log, err := f.setup(cmd)
+			if err != nil {
+				return err
+			}
+			if cfg.CacheDir == "" {
+				cfg.CacheDir = g.cacheDir
+			}
+			j, err := cfg.Job(args[0])
+			if err != nil {
+				return usageError{err}
+			}
+			if verify && j.Subset == nil {
+				return usageError{fmt.Errorf("job %s has no verify_subset", j.Name)}
+			}
+			r := agent.NewRunner(cfg, version, log, clock)
+			leases := &agent.LocalLeases{Dir: agent.LeaseDir(cfg), Waiting: func(j *agent.Job) {
+				log.Info("waiting for another run on the same repository to end", slog.String("job", j.Name))
+			}}
+			task := fleet.TaskBackup
+			if verify {
+				task = fleet.TaskCheck
+			}
+			release, err := leases.Lease(cmd.Context(), j, task)
+			if err != nil {
+				return err
+			}
+			var rep fleet.Run
+			if verify {
+				rep, err = r.Verify(cmd.Context(), j)
+			} else {
+				rep, err = r.Backup(cmd.Context(), j)
+			}
+			release()
+			rep.Scheduled = rep.Started
+			_ = agent.LogReporter{Log: log}.Report(cmd.Context(), rep)
+			if rerr := agent.Record(cfg, rep); rerr != nil {
+				log.Warn(rerr.Error(), slog.String("job", j.Name))
+			}
+			var de *agent.DamageError
+			switch {
+			case errors.As(err, &de):
+				return &exitError{ExitDamage, err}
+			case rep.Status == fleet.StatusPartial:
+				g.exitCode = ExitPartial
+				if err != nil {
+					return &exitError{ExitPartial, err}
+				}
+			}
+			return err
+		},
+	}
+	c.Flags().BoolVar(&verify, "verify", false, "run the job's verification instead of its backup")
+	return c
+}
+
+func newAgentConfigCommand(f *agentFlags) *cobra.Command {
+	c := &cobra.Command{
+		Use:   "config",
+		Short: "Work with the agent's configuration",
+		Args:  cobra.NoArgs,
+	}
+	c.AddCommand(&cobra.Command{
+		Use:   "check [FILE]",
+		Short: "Check the agent's configuration",
+		Long: `Check the agent's configuration (FILE, or --config, or /etc/floe/agent.toml):
+syntax, unknown keys, schedules, windows, credentials and paths. Each
+problem is printed as FILE:LINE: message; the exit status is 1 when there
+is any.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			file := f.configFile()
+			if len(args) == 1 {
+				file = args[0]
+			}
+			cfg, err := loadAgentConfig(file)
+			if err != nil {
+				return err
+			}
+			fmt.Printf("%s: ok, %d job%s\n", file, len(cfg.Jobs), checkPlural(len(cfg.Jobs)))
+			for _, j := range cfg.Jobs {
+				when := "run by hand only (no schedule)"
+				if j.Plan != nil {
+					when = "schedule " + fmt.Sprint([]string(j.Schedule))
+					if j.Window != "" {
+						when += fmt.Sprintf(", window %s (this host starts %s into it)", j.Window, j.Plan.Offset())
+					}
+				}
+				fmt.Println(ui.Sanitize(fmt.Sprintf("  %s: %s -> %s; %s", j.Name, fmt.Sprint(j.Paths), j.Repository, when)))
+			}
+			return nil
+		},
+	})
+	return c
+}
+
+func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "next",
+		Short: "Show when each job of the agent runs next",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cfg, clock, _, err := f.setup(cmd)
+			if err != nil {
+				return err
+			}
+			up, err := agent.Next(cfg, clock.Now())
+			if err != nil {
+				g.warn("warning: %v", err)
+			}
+			if g.json {
+				return ui.WriteJSON(os.Stdout, up)
+			}
+			for _, u := range up {
+				line := u.Job + ": "
+				switch {
+				case u.CatchUp:
+					line += "now (a run was missed)"
+				case u.Next.IsZero():
+					line += "run by hand only"
+				default:
+					line += u.Next.In(time.Local).Format("Mon 2006-01-02 15:04:05 MST")
+				}
+				if !u.VerifyNext.IsZero() {
+					line += "; verify " + u.VerifyNext.In(time.Local).Format("Mon 2006-01-02 15:04 MST")
+				}
+				if !u.VerifyAfter.IsZero() {
+					line += "; verify after the first backup from " + u.VerifyAfter.In(time.Local).Format("2006-01-02")
+				}
+				if u.Last != nil {
+					line += fmt.Sprintf("; last run %s: %s", u.Last.Started.In(time.Local).Format("2006-01-02 15:04"), u.Last.Status)
+				}
+				fmt.Println(ui.Sanitize(line))
+			}
+			return nil
+		},
+	}
+}
+
+func newAgentInstallCommand(g *globals, f *agentFlags) *cobra.Command {
+	var unitDir string
+	c := &cobra.Command{
+		Use:   "install",
+		Short: "Write the agent's systemd unit",
+		Long: `Write the systemd unit floe-agent.service into /etc/systemd/system (or
+--unit-dir), running this floe binary with the configuration of --config.
+Then: systemctl daemon-reload && systemctl enable --now floe-agent.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			if bin, err = filepath.EvalSymlinks(bin); err != nil {
+				return err
+			}
+			cfg, err := filepath.Abs(f.configFile())
+			if err != nil {
+				return err
+			}
+			if _, err := os.Stat(cfg); err != nil {
+				g.warn("warning: %s does not exist yet: write it, then check it with `floe agent config check`", cfg)
+			}
+			path, err := agent.Install(unitDir, bin, cfg)
+			if err != nil {
+				return err
+			}
+			g.say("wrote %s\nnext: systemctl daemon-reload && systemctl enable --now %s", path, agent.UnitName)
+			return nil
+		},
+	}
+	c.Flags().StringVar(&unitDir, "unit-dir", "/etc/systemd/system", "write the unit into this `DIR`")
+	return c
+}
