@@ -22,7 +22,7 @@ func (l LogReporter) Report(ctx context.Context, r fleet.Run) error {
 	attrs := []slog.Attr{
 		slog.String("job", r.Job), slog.String("task", string(r.Task)), slog.String("status", string(r.Status)),
 		slog.Int("attempt", r.Attempt), slog.String("repository", r.Repository),
-		slog.Time("scheduled", r.Scheduled), slog.Float64("seconds", r.Finished.Sub(r.Started).Round(time.Millisecond).Seconds()),
+		slog.Time("scheduled", r.Scheduled), slog.Time("started", r.Started), slog.Float64("seconds", r.Finished.Sub(r.Started).Round(time.Millisecond).Seconds()),
 	}
 	if r.Snapshot != "" {
 		attrs = append(attrs, slog.String("snapshot", r.Snapshot),
