@@ -14,6 +14,8 @@ have mkfs.btrfs || need+=(btrfs-progs)
 have lvcreate || need+=(lvm2)
 # e2fsprogs also gives chattr (e2e/attack_test.go: a gc directory that cannot be written)
 have mkfs.ext4 && have chattr || need+=(e2fsprogs)
+# floe agent install (e2e/agent_test.go): the unit is checked with systemd-analyze verify
+have systemd-analyze || need+=(systemd)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||

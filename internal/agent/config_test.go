@@ -2,6 +2,7 @@ package agent
 
 import (
 	"errors"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -181,4 +182,25 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("a configuration without jobs was accepted")
 		}
 	})
+}
+
+// TestReadmeExample: the example of README.md is a valid configuration.
+func TestReadmeExample(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(data), "## Running floe on a schedule")
+	_, rest, ok2 := strings.Cut(rest, "```toml\n")
+	example, _, ok3 := strings.Cut(rest, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatal("no TOML example under \"Running floe on a schedule\" in README.md")
+	}
+	cfg, err := Parse("README.md", []byte(example))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j := cfg.Jobs[0]; j.Plan == nil || j.Subset == nil || j.Retry.Attempts != 3 || j.Priority.IOClass != ioprioClassIdle {
+		t.Errorf("README example: %+v", j)
+	}
 }
