@@ -286,6 +286,18 @@ func (c *Config) check(lines lineIndex) []Problem {
 		if creds != 1 {
 			bad("password_file", "give one of password_file, password_command or key_file (the agent cannot ask for a password)")
 		}
+		// the daemon runs in / : a relative file would be looked for there
+		for _, f := range []struct{ key, path string }{{"password_file", j.PasswordFile}, {"key_file", j.KeyFile},
+			{"token_file", j.TokenFile}, {"known_servers_file", j.KnownServersFile}} {
+			if f.path != "" && !filepath.IsAbs(f.path) {
+				bad(f.key, "%s %q is not an absolute path", f.key, f.path)
+			}
+		}
+		for _, f := range j.ExcludeFiles {
+			if !filepath.IsAbs(f) {
+				bad("exclude_files", "exclude file %q is not an absolute path", f)
+			}
+		}
 		if len(j.Paths) == 0 {
 			bad("paths", "no paths")
 		}

@@ -148,6 +148,8 @@ verify_every_days = 2
 			`7: job "bad name": retries must be 0 or more`, `8: job "bad name": retry_initial "soon"`, `9: job "bad name": read-data subset "200%"`,
 			`15: job "x": give one of`, `18: job "x": ionice_level is for the realtime`, `19: job "x": verify_every_days or verify_schedule needs verify_subset`}},
 		{"no jobs", `host = "h"`, []string{"no jobs"}},
+		{"relative files", "[[job]]\nname = \"a\"\nrepository = \"/r\"\npassword_file = \"pw\"\npaths = [\"/e\"]\nexclude_files = [\"ex\"]\n",
+			[]string{`4: job "a": password_file "pw" is not an absolute path`, `6: job "a": exclude file "ex" is not an absolute path`}},
 		{"wrong type", "[[job]]\nname = 3\n", []string{"2: "}},
 		{"duplicate", "[[job]]\nname = \"a\"\nrepository = \"/r\"\npassword_file = \"/p\"\npaths = [\"/e\"]\n[[job]]\nname = \"a\"\nrepository = \"/r\"\npassword_file = \"/p\"\npaths = [\"/e\"]\n", []string{`7: job "a": a second job`}},
 	} {

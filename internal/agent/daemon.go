@@ -88,6 +88,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err := d.state.update(".agent", func(*JobState) {}); err != nil {
 		return err
 	}
+	// two daemons on one state would run every job twice
+	unlock, err := lockDaemon(d.Config.StateDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	d.Log.Info("agent started", slog.Int("jobs", len(d.Config.Jobs)), slog.String("host", d.Config.Host), slog.String("config", d.Config.File))
 	var wg sync.WaitGroup
 	for _, jt := range tasks {

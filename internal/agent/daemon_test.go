@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"log/slog"
 	"slices"
 	"sync"
@@ -369,4 +372,44 @@ func TestDaemonVerify(t *testing.T) {
 	if !up[0].CatchUp {
 		t.Errorf("two days later, no catch-up: %+v", up[0])
 	}
+}
+
+func TestDaemonLock(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockDaemon(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lockDaemon(dir); err == nil || !strings.Contains(err.Error(), "another floe agent") {
+		t.Errorf("second daemon: %v", err)
+	}
+	unlock()
+	unlock, err = lockDaemon(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock()
+}
+
+func FuzzStateLoad(f *testing.F) {
+	f.Add([]byte(`{"last_due":"2026-03-02T02:00:00Z","last":{"job":"a","status":"ok"}}`))
+	f.Add([]byte(`{"verify_last": 3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, "j.json"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := &stateStore{dir: dir}
+		if _, err := s.load("j"); err != nil && !strings.Contains(err.Error(), "starting afresh") {
+			t.Fatalf("load: %v", err)
+		}
+		// a damaged state is replaced, not kept
+		if err := s.update("j", func(st *JobState) { st.LastDue = time.Unix(1, 0) }); err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.load("j")
+		if err != nil || !st.LastDue.Equal(time.Unix(1, 0)) {
+			t.Fatalf("after update: %+v %v", st, err)
+		}
+	})
 }

@@ -71,3 +71,20 @@ func (l *LocalLeases) Lease(ctx context.Context, job *Job, task fleet.Task) (fun
 	}
 	return func() { f.Close() }, nil // closing releases the lock
 }
+
+// lockDaemon makes sure one daemon at a time uses a state directory.
+func lockDaemon(stateDir string) (unlock func(), err error) {
+	path := filepath.Join(stateDir, "agent.lock")
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("agent lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("another floe agent runs with the state directory %s", stateDir)
+		}
+		return nil, fmt.Errorf("agent lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil
+}
