@@ -20,6 +20,9 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	// the time zone database in the binary (450 KB): timezone = "..."
+	// works on hosts and containers without /usr/share/zoneinfo
+	_ "time/tzdata"
 
 	"github.com/BurntSushi/toml"
 
