@@ -197,7 +197,11 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 			}
 			var rep fleet.Run
 			if verify {
-				rep, err = r.Verify(cmd.Context(), j)
+				st, serr := agent.State(cfg, j.Name)
+				if serr != nil {
+					log.Warn(serr.Error(), slog.String("job", j.Name))
+				}
+				rep, err = r.Verify(cmd.Context(), j, st.Verified)
 			} else {
 				rep, err = r.Backup(cmd.Context(), j)
 			}
@@ -292,10 +296,10 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 					line += u.Next.In(time.Local).Format("Mon 2006-01-02 15:04:05 MST")
 				}
 				if !u.VerifyNext.IsZero() {
-					line += "; verify " + u.VerifyNext.In(time.Local).Format("Mon 2006-01-02 15:04 MST")
+					line += "; verify " + u.VerifySubset + " " + u.VerifyNext.In(time.Local).Format("Mon 2006-01-02 15:04 MST")
 				}
 				if !u.VerifyAfter.IsZero() {
-					line += "; verify after the first backup from " + u.VerifyAfter.In(time.Local).Format("2006-01-02")
+					line += "; verify " + u.VerifySubset + " after the first backup from " + u.VerifyAfter.In(time.Local).Format("2006-01-02")
 				}
 				if u.Last != nil {
 					line += fmt.Sprintf("; last run %s: %s", u.Last.Started.In(time.Local).Format("2006-01-02 15:04"), u.Last.Status)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/floe-backup/floe/internal/check"
 )
 
 const goodConfig = `# the agent of web1
@@ -204,5 +206,23 @@ func TestReadmeExample(t *testing.T) {
 	}
 	if j := cfg.Jobs[0]; j.Plan == nil || j.Subset == nil || j.Retry.Attempts != 3 || j.Priority.IOClass != ioprioClassIdle {
 		t.Errorf("README example: %+v", j)
+	}
+}
+
+func TestVerifyPart(t *testing.T) {
+	j := &Job{}
+	for _, tc := range []struct {
+		subset string
+		done   int
+		want   string
+	}{{"1/7", 0, "1/7"}, {"1/7", 1, "2/7"}, {"1/7", 6, "7/7"}, {"1/7", 7, "1/7"}, {"3/4", 2, "1/4"}, {"5%", 3, "5%"}} {
+		s, err := check.ParseSubset(tc.subset)
+		if err != nil {
+			t.Fatal(err)
+		}
+		j.Subset = &s
+		if got := j.VerifyPart(tc.done).String(); got != tc.want {
+			t.Errorf("%s after %d: %s, want %s", tc.subset, tc.done, got, tc.want)
+		}
 	}
 }

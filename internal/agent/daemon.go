@@ -32,12 +32,21 @@ type Daemon struct {
 // with leases on this host and reports in the log.
 func NewDaemon(cfg *Config, version string, log *slog.Logger, clock Clock) *Daemon {
 	r := NewRunner(cfg, version, log, clock)
-	return &Daemon{
+	d := &Daemon{
 		Config: cfg, Clock: clock, Log: log,
 		Leases:  &LocalLeases{Dir: LeaseDir(cfg), Waiting: waitingLogger(log)},
 		Reports: LogReporter{Log: log},
-		Backup:  r.Backup, Verify: r.Verify,
+		Backup:  r.Backup,
+		state:   &stateStore{dir: cfg.StateDir},
 	}
+	d.Verify = func(ctx context.Context, j *Job) (fleet.Run, error) {
+		st, err := d.state.load(j.Name)
+		if err != nil {
+			log.Warn(err.Error(), slog.String("job", j.Name))
+		}
+		return r.Verify(ctx, j, st.Verified)
+	}
+	return d
 }
 
 // LeaseDir is where LocalLeases keep their lock files.
@@ -62,7 +71,9 @@ type task struct {
 // backup cut off is safe: the next one goes on from what was stored) and
 // reported as interrupted. It returns an error only when it cannot start.
 func (d *Daemon) Run(ctx context.Context) error {
-	d.state = &stateStore{dir: d.Config.StateDir}
+	if d.state == nil {
+		d.state = &stateStore{dir: d.Config.StateDir}
+	}
 	var tasks []struct {
 		j *Job
 		t task
@@ -204,6 +215,7 @@ func (d *Daemon) afterRun(ctx context.Context, j *Job, t task, rep fleet.Run) {
 		}
 		if verified {
 			s.VerifyLast = rep.Finished
+			s.Verified++
 		}
 	})
 	if err != nil {
@@ -229,10 +241,15 @@ func (d *Daemon) afterRun(ctx context.Context, j *Job, t task, rep fleet.Run) {
 	}
 	d.report(ctx, vrep)
 	if verifiedOrDamaged(vrep) {
-		if err := d.state.update(j.Name, func(s *JobState) { s.VerifyLast = vrep.Finished }); err != nil {
+		if err := d.state.update(j.Name, func(s *JobState) { s.VerifyLast = vrep.Finished; s.Verified++ }); err != nil {
 			d.Log.Error(err.Error(), slog.String("job", j.Name))
 		}
 	}
+}
+
+// State returns what the agent remembers of a job.
+func State(cfg *Config, job string) (JobState, error) {
+	return (&stateStore{dir: cfg.StateDir}).load(job)
 }
 
 // Record keeps the report of a run started by hand (`floe agent run`) in
@@ -246,6 +263,7 @@ func Record(cfg *Config, rep fleet.Run) error {
 			s.Last = &rep
 		case verifiedOrDamaged(rep):
 			s.VerifyLast = rep.Finished
+			s.Verified++
 		}
 	})
 }
@@ -267,9 +285,11 @@ type Upcoming struct {
 	// VerifyNext is the next verification on its own schedule; with
 	// verify_every_days, VerifyAfter is the first backup after which the
 	// data is verified.
-	VerifyNext  time.Time  `json:"verify_next,omitzero"`
-	VerifyAfter time.Time  `json:"verify_after,omitzero"`
-	Last        *fleet.Run `json:"last,omitempty"`
+	VerifyNext  time.Time `json:"verify_next,omitzero"`
+	VerifyAfter time.Time `json:"verify_after,omitzero"`
+	// VerifySubset is what the next verification reads.
+	VerifySubset string     `json:"verify_subset,omitempty"`
+	Last         *fleet.Run `json:"last,omitempty"`
 }
 
 // Next says when each job of cfg runs next, from the agent's state, at now.
@@ -283,6 +303,9 @@ func Next(cfg *Config, now time.Time) ([]Upcoming, error) {
 			errs = append(errs, err)
 		}
 		u := Upcoming{Job: j.Name, Last: st.Last}
+		if j.Subset != nil {
+			u.VerifySubset = j.VerifyPart(st.Verified).String()
+		}
 		if j.Plan != nil {
 			last := st.LastDue
 			if last.IsZero() {

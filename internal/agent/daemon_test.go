@@ -155,6 +155,8 @@ type fakeJobs struct {
 	running  map[string]int // by repository
 	starts   map[string][]time.Time
 	overlap  []string
+	cfg      *Config
+	subsets  []string
 }
 
 func (f *fakeJobs) run(task fleet.Task) func(ctx context.Context, j *Job) (fleet.Run, error) {
@@ -179,7 +181,9 @@ func (f *fakeJobs) run(task fleet.Task) func(ctx context.Context, j *Job) (fleet
 			rep.Status, rep.Error = fleet.StatusFailed, "pre-hook failed"
 		}
 		if task == fleet.TaskCheck {
-			rep.CheckSubset = "1/7"
+			st, _ := State(f.cfg, j.Name)
+			rep.CheckSubset = j.VerifyPart(st.Verified).String()
+			f.subsets = append(f.subsets, j.Name+" "+rep.CheckSubset)
 		}
 		return rep, err
 	}
@@ -206,7 +210,7 @@ func newDaemonTest(t *testing.T, config string, start string) *daemonTest {
 	}
 	c := &fakeClock{now: now}
 	return &daemonTest{t: t, cfg: cfg, clock: c, rep: &reports{},
-		jobs: &fakeJobs{c: c, duration: map[string]time.Duration{}, fail: map[string]bool{}, running: map[string]int{}, starts: map[string][]time.Time{}}}
+		jobs: &fakeJobs{c: c, cfg: cfg, duration: map[string]time.Duration{}, fail: map[string]bool{}, running: map[string]int{}, starts: map[string][]time.Time{}}}
 }
 
 // run runs the daemon from the start time until stop.
@@ -358,6 +362,10 @@ func TestDaemonVerify(t *testing.T) {
 	// after the first backup, then every two days
 	d.wantStarts("a/check", "2026-03-02 02:01:00", "2026-03-04 02:01:00", "2026-03-06 02:01:00", "2026-03-08 02:01:00")
 	d.wantStarts("b/check", "2026-03-08 05:00:00")
+	// n/m parts turn from one verification to the next
+	if got := strings.Join(d.jobs.subsets, ", "); got != "a 1/7, a 2/7, a 3/7, a 4/7, b 5%" {
+		t.Errorf("verified %s", got)
+	}
 
 	up, err := Next(d.cfg, time.Date(2026, 3, 8, 12, 0, 0, 0, time.UTC))
 	if err != nil {

@@ -135,19 +135,21 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 	return err
 }
 
-// Verify runs `check --read-data-subset` of j now.
-func (r *Runner) Verify(ctx context.Context, j *Job) (fleet.Run, error) {
+// Verify runs `check --read-data-subset` of j now, as the verification
+// that follows done ones (see Job.VerifyPart).
+func (r *Runner) Verify(ctx context.Context, j *Job, done int) (fleet.Run, error) {
 	rep := r.newReport(j, fleet.TaskCheck)
-	err := r.verify(ctx, j, &rep)
+	err := r.verify(ctx, j, done, &rep)
 	r.finish(ctx, &rep, err)
 	return rep, err
 }
 
-func (r *Runner) verify(ctx context.Context, j *Job, rep *fleet.Run) error {
+func (r *Runner) verify(ctx context.Context, j *Job, done int, rep *fleet.Run) error {
 	if j.Subset == nil {
 		return fmt.Errorf("job %s has no verify_subset", j.Name)
 	}
-	rep.CheckSubset = j.Subset.String()
+	subset := j.VerifyPart(done)
+	rep.CheckSubset = subset.String()
 	t, err := r.target(j)
 	if err != nil {
 		return err
@@ -158,7 +160,7 @@ func (r *Runner) verify(ctx context.Context, j *Job, rep *fleet.Run) error {
 	}
 	defer repo.Close()
 	leave := r.prio.enter(j.Priority)
-	res, err := check.Run(ctx, repo, check.Options{ReadData: true, Subset: j.Subset}, nil)
+	res, err := check.Run(ctx, repo, check.Options{ReadData: true, Subset: &subset}, nil)
 	leave()
 	if err != nil {
 		return err
@@ -171,6 +173,18 @@ func (r *Runner) verify(ctx context.Context, j *Job, rep *fleet.Run) error {
 		return &DamageError{Problems: res.Summary.Errors}
 	}
 	return nil
+}
+
+// VerifyPart is the subset the verification after done ones reads: for
+// n/m the parts turn, from n on (1/7 reads the first seventh, then the
+// second, ..., so seven verifications read every pack once); N% is a
+// random N% each time.
+func (j *Job) VerifyPart(done int) check.Subset {
+	s := *j.Subset
+	if s.M > 0 && done >= 0 {
+		s.N = (s.N-1+done%s.M)%s.M + 1
+	}
+	return s
 }
 
 // DamageError is a verification that found damage.

@@ -22,6 +22,9 @@ type JobState struct {
 	// VerifyLast is when the data was last verified.
 	VerifyDue  time.Time `json:"verify_due,omitzero"`
 	VerifyLast time.Time `json:"verify_last,omitzero"`
+	// Verified counts the verifications that ran to their end, so that
+	// n/m subsets turn (Job.VerifyPart).
+	Verified int `json:"verified,omitempty"`
 	// Last is the report of the last backup run.
 	Last *fleet.Run `json:"last,omitempty"`
 }
