@@ -285,7 +285,7 @@ func TestAgentCommands(t *testing.T) {
 	}
 	r = a.run("agent", "--config", a.config, "next")
 	expectCode(t, r, 0)
-	if !strings.Contains(r.stdout, "data: ") || !strings.Contains(r.stdout, "last run") || !strings.Contains(r.stdout, "verify after") {
+	if !strings.Contains(r.stdout, "data: ") || !strings.Contains(r.stdout, "last run") || !strings.Contains(r.stdout, "verify 50% after the first backup from") {
 		t.Errorf("agent next: %s", r)
 	}
 	expectCode(t, a.run("agent", "--config", a.config, "run", "nosuchjob"), ExitUsageCode)
