@@ -361,3 +361,49 @@ func TestAgentInstall(t *testing.T) {
 	}
 	expectFail(t, e.run("agent", "--config", "relative path.toml", "install", "--unit-dir", units))
 }
+
+// TestAgentServer: a job on a floe server, with a backup token, a
+// write-only key and the server's fingerprint, backs up; its verification
+// needs to read, which the backup token may not (exit 14); a wrong
+// fingerprint is refused. The token never shows in the logs.
+func TestAgentServer(t *testing.T) {
+	e := newEnv(t)
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t))
+	admin := s.token("fleet", "admin", "admin")
+	web1 := s.token("fleet", "web1", "backup")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	woKey := e.path("web1.key")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
+	registerKeyFile(t, woKey)
+
+	a := &agentEnv{floeEnv: e, config: e.path("agent.toml"), state: e.path("state")}
+	job := func(fingerprint string) string {
+		return fmt.Sprintf("\n[[job]]\nname = \"web\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"daily\"\nverify_subset = \"1/3\"\nverify_every_days = 7\n",
+			s.url("fleet"), woKey, web1, fingerprint, a.data("web"))
+	}
+	a.writeConfig(job(s.fingerprint))
+	expectCode(t, a.run("agent", "config", "check", a.config), 0)
+	r := a.run("agent", "--config", a.config, "run", "web")
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stdout, "status=ok") || !strings.Contains(r.stdout, "files_new=1") {
+		t.Errorf("agent run on a floe server: %s", r)
+	}
+	r = s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")
+	expectCode(t, r, 0)
+	if snaps := decodeJSON[[]snapshotOut](t, r); len(snaps) != 1 || snaps[0].Hostname != "e2e-host" {
+		t.Errorf("snapshots on the server: %+v", snaps)
+	}
+	r = a.run("agent", "--config", a.config, "run", "--verify", "web")
+	expectCode(t, r, 14)
+	// the same for check itself: a refusal, not damage
+	expectCode(t, s.remote("fleet", web1, "--key-file", woKey, "check"), 14)
+	expectCode(t, s.remote("fleet", web1, "--key-file", woKey, "check", "--read-data-subset", "1/2"), 14)
+
+	a.writeConfig(job("sha256:" + strings.Repeat("00", 32)))
+	r = a.run("agent", "--config", a.config, "run", "web")
+	expectFail(t, r)
+	if !strings.Contains(r.stdout, "status=failed") || !strings.Contains(strings.ToLower(r.stdout), "fingerprint") {
+		t.Errorf("wrong fingerprint: %s", r)
+	}
+}

@@ -29,6 +29,7 @@ import (
 	"github.com/floe-backup/floe/internal/agent/schedule"
 	"github.com/floe-backup/floe/internal/check"
 	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
 // DefaultConfigFile is where `floe agent` looks without --config.
@@ -59,8 +60,7 @@ type Job struct {
 	Name string `toml:"name"`
 
 	// Repository and how to open it. TokenFile, ServerFingerprint and
-	// KnownServersFile are for a floe server; they are passed through as
-	// they are.
+	// KnownServersFile are for a floe server (connect.Target.Server).
 	Repository        string `toml:"repository"`
 	PasswordFile      string `toml:"password_file"`
 	PasswordCommand   string `toml:"password_command"`
@@ -279,6 +279,23 @@ func (c *Config) check(lines lineIndex) []Problem {
 		seen[j.Name] = true
 		if j.Repository == "" {
 			bad("repository", "no repository")
+		}
+		if remote.IsURL(j.Repository) {
+			if j.TokenFile == "" {
+				bad("repository", "a floe server needs token_file")
+			}
+			if j.ServerFingerprint == "" && j.KnownServersFile == "" {
+				bad("repository", "a floe server needs server_fingerprint (or known_servers_file, to trust the first one seen)")
+			}
+		} else if j.TokenFile != "" || j.ServerFingerprint != "" || j.KnownServersFile != "" {
+			key := "token_file"
+			if j.TokenFile == "" {
+				key = "server_fingerprint"
+				if j.ServerFingerprint == "" {
+					key = "known_servers_file"
+				}
+			}
+			bad(key, "token_file, server_fingerprint and known_servers_file are for a floe server (https://)")
 		}
 		creds := 0
 		for _, v := range []string{j.PasswordFile, j.PasswordCommand, j.KeyFile} {

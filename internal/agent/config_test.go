@@ -150,6 +150,9 @@ verify_every_days = 2
 			`7: job "bad name": retries must be 0 or more`, `8: job "bad name": retry_initial "soon"`, `9: job "bad name": read-data subset "200%"`,
 			`15: job "x": give one of`, `18: job "x": ionice_level is for the realtime`, `19: job "x": verify_every_days or verify_schedule needs verify_subset`}},
 		{"no jobs", `host = "h"`, []string{"no jobs"}},
+		{"server settings", "[[job]]\nname = \"a\"\nrepository = \"https://b:8443/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\n" +
+			"[[job]]\nname = \"b\"\nrepository = \"/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\ntoken_file = \"/t\"\n",
+			[]string{`3: job "a": a floe server needs token_file`, `3: job "a": a floe server needs server_fingerprint`, `11: job "b": token_file, server_fingerprint and known_servers_file are for a floe server`}},
 		{"relative files", "[[job]]\nname = \"a\"\nrepository = \"/r\"\npassword_file = \"pw\"\npaths = [\"/e\"]\nexclude_files = [\"ex\"]\n",
 			[]string{`4: job "a": password_file "pw" is not an absolute path`, `6: job "a": exclude file "ex" is not an absolute path`}},
 		{"wrong type", "[[job]]\nname = 3\n", []string{"2: "}},

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/fleet"
 	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -33,21 +33,18 @@ func NewRunner(cfg *Config, version string, log *slog.Logger, clock Clock) *Runn
 	return r
 }
 
-// ErrServerNotSupported is returned for a job with token_file,
-// server_fingerprint or known_servers_file while this build of floe cannot
-// reach a floe server: the settings are checked and kept, not ignored.
-var ErrServerNotSupported = errors.New("token_file, server_fingerprint and known_servers_file are for a floe server, which this build of floe cannot reach yet")
-
-// target is how job opens its repository.
+// target is how job opens its repository. A floe server is trusted only
+// as the job says (a pinned fingerprint, or a known-servers file that
+// remembers the first one): a daemon has nobody to ask.
 func (r *Runner) target(j *Job) (connect.Target, error) {
-	if j.TokenFile != "" || j.ServerFingerprint != "" || j.KnownServersFile != "" {
-		return connect.Target{}, fmt.Errorf("job %s: %w", j.Name, ErrServerNotSupported)
-	}
+	warn := r.warner(j)
 	return connect.Target{
 		Location: j.Repository, PasswordFile: j.PasswordFile, PasswordCommand: j.PasswordCommand, KeyFile: j.KeyFile,
 		CacheDir: r.Config.CacheDir,
-		Limits:   connect.NewLimits(j.LimitUpload<<10, j.LimitDownload<<10),
-		Warn:     r.warner(j),
+		Server: location.Options{TokenFile: j.TokenFile, ServerFingerprint: j.ServerFingerprint,
+			KnownServersFile: j.KnownServersFile, Warn: warn},
+		Limits: connect.NewLimits(j.LimitUpload<<10, j.LimitDownload<<10),
+		Warn:   warn,
 	}, nil
 }
 

@@ -2,6 +2,7 @@ package check
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -35,6 +36,9 @@ type packResult struct {
 	read       bool
 	bytesRead  int64
 	verified   int64
+	// denied: the storage refuses this credential to read packs (a floe
+	// server's backup token), which says nothing about the packs
+	denied error
 }
 
 // checkPacks checks every pack the index lists and every pack in
@@ -75,6 +79,7 @@ func (c *checker) checkPacks(ctx context.Context) error {
 	c.opts.Progress.start(phase, int64(len(ids)), bytesTotal)
 
 	var mu sync.Mutex
+	var denied error
 	par.For(ctx, len(ids), c.opts.Workers, func(_, i int) {
 		res := c.checkPack(ctx, ids[i], read[ids[i]])
 		c.opts.Progress.add(1, res.bytesRead)
@@ -83,8 +88,15 @@ func (c *checker) checkPacks(ctx context.Context) error {
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if res.denied != nil {
+			denied = res.denied
+			return
+		}
 		c.mergePack(res)
 	})
+	if denied != nil {
+		return denied // the credential may not read packs: nothing to check
+	}
 	return ctx.Err()
 }
 
@@ -145,6 +157,8 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packRes
 			res.read = err == nil
 			res.bytesRead = int64(len(data))
 			switch {
+			case errors.Is(err, storage.ErrDenied):
+				res.denied = err
 			case err != nil:
 				res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))
 			case hash.Sum(data) != id:
@@ -183,6 +197,10 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packRes
 		}
 	}
 	hdr, err := c.r.LoadPackHeader(ctx, id, size)
+	if errors.Is(err, storage.ErrDenied) {
+		res.denied = err
+		return res
+	}
 	if err != nil {
 		st.headerBad = true
 		res.issues = append(res.issues, "has a damaged header: "+trimPackPrefix(err.Error(), id))
