@@ -278,6 +278,12 @@ func TestAgentCommands(t *testing.T) {
 	if !strings.Contains(r.stdout, "status=ok") || !strings.Contains(r.stdout, "job=data") || len(a.snapshots()) != 1 {
 		t.Errorf("agent run: %s", r)
 	}
+	// as systemd starts it: no $HOME, no XDG directories
+	bare := exec.Command(floeBin, "agent", "--config", a.config, "run", "data")
+	bare.Env = []string{"PATH=" + os.Getenv("PATH"), "FLOE_INSECURE_TEST_KDF=1"}
+	if out, err := bare.CombinedOutput(); err != nil || !strings.Contains(string(out), "status=ok") {
+		t.Errorf("agent run without HOME: %v\n%s", err, out)
+	}
 	r = a.run("agent", "--config", a.config, "run", "--verify", "data")
 	expectCode(t, r, 0)
 	if !strings.Contains(r.stdout, "task=check") || !strings.Contains(r.stdout, "subset=50%") {

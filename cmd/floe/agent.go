@@ -47,6 +47,13 @@ from what was stored) and the agent exits 0.`,
   floe agent run system                   # run the job "system" now
   floe agent install && systemctl daemon-reload && systemctl enable --now floe-agent`,
 		Args: cobra.NoArgs,
+		// not the root's: the agent's repositories are in its
+		// configuration, and under systemd there is no $HOME to find a
+		// default repository in
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			envDefault(&g.cacheDir, "FLOE_CACHE_DIR")
+			return g.startProfiles()
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, clock, log, err := f.setup(cmd)
 			if err != nil {
