@@ -18,8 +18,20 @@ type RealClock struct{}
 
 func (RealClock) Now() time.Time { return time.Now() }
 
+// SleepUntil wakes at least every minute to read the wall clock again:
+// Go's timers run on the monotonic clock, which stops while the machine
+// is suspended, and a run due meanwhile would otherwise be late by as
+// long as the machine slept.
 func (RealClock) SleepUntil(ctx context.Context, t time.Time) error {
-	return sleepReal(ctx, time.Until(t))
+	for {
+		d := time.Until(t)
+		if d <= 0 {
+			return ctx.Err()
+		}
+		if err := sleepReal(ctx, min(d, time.Minute)); err != nil {
+			return err
+		}
+	}
 }
 
 func sleepReal(ctx context.Context, d time.Duration) error {
