@@ -81,6 +81,13 @@ func (a *agentEnv) data(name string) string {
 // real time, then sends SIGTERM, and returns its log lines.
 func (a *agentEnv) daemon(start string, runFor time.Duration) ([]logLine, result) {
 	a.t.Helper()
+	return a.daemonWith(start, runFor, nil)
+}
+
+// daemonWith is daemon, calling during (if set) one real second after the
+// start.
+func (a *agentEnv) daemonWith(start string, runFor time.Duration, during func(p *os.Process)) ([]logLine, result) {
+	a.t.Helper()
 	args := []string{"agent", "--config", a.config, "--log-format", "json", "--clock-start", start, "--time-scale", fmt.Sprint(agentScale)}
 	cmd := exec.Command(floeBin, args...)
 	cmd.Env = append(a.environ(), "FLOE_AGENT_TEST_CLOCK=1")
@@ -89,6 +96,11 @@ func (a *agentEnv) daemon(start string, runFor time.Duration) ([]logLine, result
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Start(); err != nil {
 		a.t.Fatal(err)
+	}
+	if during != nil {
+		time.Sleep(time.Second)
+		during(cmd.Process)
+		runFor -= time.Second
 	}
 	time.Sleep(runFor)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -411,5 +423,39 @@ func TestAgentServer(t *testing.T) {
 	expectFail(t, r)
 	if !strings.Contains(r.stdout, "status=failed") || !strings.Contains(strings.ToLower(r.stdout), "fingerprint") {
 		t.Errorf("wrong fingerprint: %s", r)
+	}
+}
+
+// TestAgentReload: SIGHUP reads the configuration again; one with a
+// mistake is logged and the old one kept.
+func TestAgentReload(t *testing.T) {
+	a := newAgentEnv(t, "")
+	alpha := a.job("alpha", a.data("alpha"), `schedule = "00:20"`)
+	a.writeConfig(alpha)
+	late := a.data("late")
+	lines, r := a.daemonWith("2026-03-02T00:00:00Z", 5500*time.Millisecond, func(p *os.Process) {
+		// at about 00:10: first a mistake, then a new job
+		a.writeConfig(alpha + a.job("late", late, `schedule = "00:4O"`))
+		p.Signal(syscall.SIGHUP)
+		time.Sleep(300 * time.Millisecond)
+		a.writeConfig(alpha + a.job("late", late, `schedule = "00:40"`))
+		p.Signal(syscall.SIGHUP)
+	})
+	expectCode(t, r, 0)
+	var msgs []string
+	for _, l := range lines {
+		if strings.Contains(l.Msg, "configuration") {
+			msgs = append(msgs, l.Msg)
+		}
+	}
+	if len(msgs) != 2 || !strings.Contains(msgs[0], "configuration not reloaded") || !strings.Contains(msgs[0], "agent.toml:") ||
+		msgs[1] != "reloading the configuration" {
+		t.Errorf("reload messages %q\n%s", msgs, r)
+	}
+	for _, tc := range []struct{ job, at string }{{"alpha", "2026-03-02T00:20:00Z"}, {"late", "2026-03-02T00:40:00Z"}} {
+		runs := runsOf(lines, tc.job)
+		if len(runs) != 1 || runs[0].Status != "ok" || !runs[0].Scheduled.Equal(virtual(t, tc.at)) {
+			t.Errorf("%s: %+v\n%s", tc.job, runs, r)
+		}
 	}
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -41,7 +44,9 @@ repository. Every run is logged as one structured line on stdout (text or
 --log-format json), which journald keeps; secrets never are.
 
 SIGTERM or SIGINT cancels a running backup cleanly (the next one goes on
-from what was stored) and the agent exits 0.`,
+from what was stored) and the agent exits 0. SIGHUP (systemctl reload)
+reads the configuration again once the runs going on have ended; one with
+problems is logged and the old one kept.`,
 		Example: `  floe agent config check                 # validate /etc/floe/agent.toml
   floe agent next                         # when each job runs next
   floe agent run system                   # run the job "system" now
@@ -59,10 +64,7 @@ from what was stored) and the agent exits 0.`,
 			if err != nil {
 				return err
 			}
-			if cfg.CacheDir == "" {
-				cfg.CacheDir = g.cacheDir
-			}
-			return agent.NewDaemon(cfg, version, log, clock).Run(cmd.Context())
+			return serveAgent(cmd.Context(), g, f, cfg, clock, log)
 		},
 	}
 	pf := c.PersistentFlags()
@@ -76,6 +78,43 @@ from what was stored) and the agent exits 0.`,
 	_ = pf.MarkHidden("clock-start")
 	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
 	return c
+}
+
+// serveAgent runs the daemon; SIGHUP reloads the configuration (runs going
+// on end first), or keeps the old one when the new one has problems.
+func serveAgent(ctx context.Context, g *globals, f *agentFlags, cfg *agent.Config, clock agent.Clock, log *slog.Logger) error {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		if cfg.CacheDir == "" {
+			cfg.CacheDir = g.cacheDir
+		}
+		stopCtx, stop := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- agent.NewDaemon(cfg, version, log, clock).Serve(ctx, stopCtx) }()
+		var next *agent.Config
+		for next == nil {
+			select {
+			case err := <-done:
+				stop()
+				return err
+			case <-hup:
+				c, err := agent.Load(f.configFile())
+				if err != nil {
+					log.Error("configuration not reloaded: "+ui.Sanitize(err.Error()), slog.String("config", f.configFile()))
+					continue
+				}
+				next = c
+			}
+		}
+		log.Info("reloading the configuration", slog.String("config", f.configFile()))
+		stop()
+		if err := <-done; err != nil || ctx.Err() != nil {
+			return err
+		}
+		cfg = next
+	}
 }
 
 func (f *agentFlags) configFile() string {

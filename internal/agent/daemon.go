@@ -70,7 +70,11 @@ type task struct {
 // Run runs the jobs until ctx ends: a job running then is cancelled (a
 // backup cut off is safe: the next one goes on from what was stored) and
 // reported as interrupted. It returns an error only when it cannot start.
-func (d *Daemon) Run(ctx context.Context) error {
+func (d *Daemon) Run(ctx context.Context) error { return d.Serve(ctx, ctx) }
+
+// Serve is Run, and returns also when stop ends, after the runs going on
+// then have ended (to start again with a new configuration).
+func (d *Daemon) Serve(ctx, stop context.Context) error {
 	if d.state == nil {
 		d.state = &stateStore{dir: d.Config.StateDir}
 	}
@@ -106,12 +110,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer unlock()
 	d.Log.Info("agent started", slog.Int("jobs", len(d.Config.Jobs)), slog.String("host", d.Config.Host), slog.String("config", d.Config.File))
+	// waits (for a due time, a retry, a lease) end with stop, runs only
+	// with ctx
+	wait, cancelWait := context.WithCancel(ctx)
+	defer cancelWait()
+	defer context.AfterFunc(stop, cancelWait)()
 	var wg sync.WaitGroup
 	for _, jt := range tasks {
-		wg.Go(func() { d.loop(ctx, jt.j, jt.t) })
+		wg.Go(func() { d.loop(ctx, wait, jt.j, jt.t) })
 	}
 	wg.Wait()
-	d.Log.Info("agent stopped")
+	if ctx.Err() != nil {
+		d.Log.Info("agent stopped")
+	}
 	return nil
 }
 
@@ -127,8 +138,9 @@ func (d *Daemon) report(ctx context.Context, r fleet.Run) {
 	}
 }
 
-// loop runs one task of one job when due, until ctx ends.
-func (d *Daemon) loop(ctx context.Context, j *Job, t task) {
+// loop runs one task of one job when due, until ctx (which cancels a
+// run) or wait (which lets it end) ends.
+func (d *Daemon) loop(ctx, wait context.Context, j *Job, t task) {
 	attrs := []any{slog.String("job", j.Name), slog.String("task", string(t.kind))}
 	st, err := d.state.load(j.Name)
 	if err != nil {
@@ -140,18 +152,18 @@ func (d *Daemon) loop(ctx context.Context, j *Job, t task) {
 		last = d.Clock.Now()
 		d.saveDue(j, t, last)
 	}
-	for ctx.Err() == nil {
+	for wait.Err() == nil {
 		now := d.Clock.Now()
 		runNow, due := t.plan.Due(last, now)
 		if runNow {
 			d.Log.Info("catching up a missed run", append(attrs, slog.Time("missed", t.plan.Next(last)))...)
 		} else {
 			d.Log.Info("next run", append(attrs, slog.Time("at", due))...)
-			if d.Clock.SleepUntil(ctx, due) != nil {
+			if d.Clock.SleepUntil(wait, due) != nil {
 				return
 			}
 		}
-		end, done := d.runOnce(ctx, j, t, due)
+		end, done := d.runOnce(ctx, wait, j, t, due)
 		if !done {
 			return
 		}
@@ -169,11 +181,11 @@ func (d *Daemon) loop(ctx context.Context, j *Job, t task) {
 
 // runOnce runs a task due at due, with its retries. done is false when
 // ctx ended first; end is when the last attempt ended.
-func (d *Daemon) runOnce(ctx context.Context, j *Job, t task, due time.Time) (end time.Time, done bool) {
+func (d *Daemon) runOnce(ctx, wait context.Context, j *Job, t task, due time.Time) (end time.Time, done bool) {
 	for attempt := 1; ; attempt++ {
-		release, err := d.Leases.Lease(ctx, j, t.kind)
+		release, err := d.Leases.Lease(wait, j, t.kind)
 		if err != nil {
-			if ctx.Err() != nil {
+			if wait.Err() != nil {
 				return time.Time{}, false
 			}
 			now := d.Clock.Now()
@@ -193,21 +205,21 @@ func (d *Daemon) runOnce(ctx context.Context, j *Job, t task, due time.Time) (en
 			if at, ok := t.retry.RetryAt(attempt, rep.Finished, t.plan.Next(due)); ok {
 				rep.Status, rep.RetryAt = fleet.StatusRetrying, at
 				d.report(ctx, rep)
-				if d.Clock.SleepUntil(ctx, at) != nil {
-					return time.Time{}, false
+				if d.Clock.SleepUntil(wait, at) != nil {
+					return time.Time{}, false // caught up (retried) when the agent starts again
 				}
 				continue
 			}
 		}
 		d.report(ctx, rep)
-		d.afterRun(ctx, j, t, rep)
+		d.afterRun(ctx, wait, j, t, rep)
 		return d.Clock.Now(), ctx.Err() == nil
 	}
 }
 
 // afterRun records the run, and verifies the data when it is due every
 // so many days.
-func (d *Daemon) afterRun(ctx context.Context, j *Job, t task, rep fleet.Run) {
+func (d *Daemon) afterRun(ctx, wait context.Context, j *Job, t task, rep fleet.Run) {
 	verified := t.kind == fleet.TaskCheck && verifiedOrDamaged(rep)
 	err := d.state.update(j.Name, func(s *JobState) {
 		if t.kind == fleet.TaskBackup {
@@ -229,7 +241,7 @@ func (d *Daemon) afterRun(ctx context.Context, j *Job, t task, rep fleet.Run) {
 	if !st.VerifyLast.IsZero() && schedule.EveryDays(st.VerifyLast, j.VerifyEveryDays, j.Location).After(now) {
 		return
 	}
-	release, err := d.Leases.Lease(ctx, j, fleet.TaskCheck)
+	release, err := d.Leases.Lease(wait, j, fleet.TaskCheck)
 	if err != nil {
 		return
 	}

@@ -421,3 +421,35 @@ func FuzzStateLoad(f *testing.F) {
 		}
 	})
 }
+
+// TestDaemonServeStop: stopping Serve (a reload) lets the run going on
+// end, and keeps its time, so that it is not run again.
+func TestDaemonServeStop(t *testing.T) {
+	d := newDaemonTest(t, fmt.Sprintf(jobTmpl, "a", "/r1")+`schedule = "02:00"`+"\n", "2026-03-02 00:00:00")
+	d.jobs.duration["a"] = 30 * time.Minute
+	stopCtx, stop := context.WithCancel(context.Background())
+	run := d.jobs.run(fleet.TaskBackup)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d.clock.n, d.clock.stopAt, d.clock.cancel = 1, time.Date(2026, 3, 3, 0, 0, 0, 0, time.UTC), cancel
+	dm := &Daemon{Config: d.cfg, Clock: d.clock, Reports: d.rep,
+		Leases: &memLeases{c: d.clock, held: map[string]bool{}, waiting: map[string][]chan struct{}{}},
+		Log:    slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Backup: func(ctx context.Context, j *Job) (fleet.Run, error) {
+			stop() // a reload while the job runs
+			return run(ctx, j)
+		}}
+	if err := dm.Serve(ctx, stopCtx); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.statuses("a"); !slices.Equal(got, []string{"02 02:00 ok 1"}) {
+		t.Errorf("reports %v", got)
+	}
+	st, err := State(d.cfg, "a")
+	if err != nil || !st.LastDue.Equal(time.Date(2026, 3, 2, 2, 0, 0, 0, time.UTC)) {
+		t.Errorf("state %+v %v", st, err)
+	}
+	if ctx.Err() != nil {
+		t.Error("Serve returned only when the clock ran out")
+	}
+}
