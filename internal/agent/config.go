@@ -280,6 +280,10 @@ func (c *Config) check(lines lineIndex) []Problem {
 		if j.Repository == "" {
 			bad("repository", "no repository")
 		}
+		// the agent logs the repository of every run
+		if hasUserinfo(j.Repository) {
+			bad("repository", "credentials do not go in the repository location: use token_file, or the environment for S3")
+		}
 		if remote.IsURL(j.Repository) {
 			if j.TokenFile == "" {
 				bad("repository", "a floe server needs token_file")
@@ -421,6 +425,17 @@ func (c *Config) check(lines lineIndex) []Problem {
 		}
 	}
 	return ps
+}
+
+// hasUserinfo reports whether a URL-like location (https://, s3:https://)
+// holds user:password@.
+func hasUserinfo(loc string) bool {
+	_, rest, ok := strings.Cut(loc, "://")
+	if !ok {
+		return false
+	}
+	host, _, _ := strings.Cut(rest, "/")
+	return strings.Contains(host, "@")
 }
 
 // Job returns the job called name.

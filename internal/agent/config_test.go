@@ -150,6 +150,8 @@ verify_every_days = 2
 			`7: job "bad name": retries must be 0 or more`, `8: job "bad name": retry_initial "soon"`, `9: job "bad name": read-data subset "200%"`,
 			`15: job "x": give one of`, `18: job "x": ionice_level is for the realtime`, `19: job "x": verify_every_days or verify_schedule needs verify_subset`}},
 		{"no jobs", `host = "h"`, []string{"no jobs"}},
+		{"credentials in the location", "[[job]]\nname = \"a\"\nrepository = \"s3:https://AKIA:secret-key@s3.example.com/b\"\nkey_file = \"/k\"\npaths = [\"/e\"]\n",
+			[]string{`3: job "a": credentials do not go in the repository location`}},
 		{"server settings", "[[job]]\nname = \"a\"\nrepository = \"https://b:8443/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\n" +
 			"[[job]]\nname = \"b\"\nrepository = \"/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\ntoken_file = \"/t\"\n",
 			[]string{`3: job "a": a floe server needs token_file`, `3: job "a": a floe server needs server_fingerprint`, `11: job "b": token_file, server_fingerprint and known_servers_file are for a floe server`}},
@@ -165,6 +167,9 @@ verify_every_days = 2
 				t.Fatalf("want a ConfigError, got %v", err)
 			}
 			msg := err.Error()
+			if strings.Contains(msg, "secret-key") {
+				t.Errorf("the error shows a secret: %s", msg)
+			}
 			for _, w := range tc.want {
 				if !strings.Contains(msg, "agent.toml:"+w) && !(strings.HasPrefix(w, "no jobs") && strings.Contains(msg, w)) {
 					t.Errorf("no %q in:\n%s", "agent.toml:"+w, msg)
