@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -146,7 +147,7 @@ func (f *agentFlags) clock() (agent.Clock, error) {
 	if scale == 0 {
 		scale = 1
 	}
-	if scale < 0 {
+	if !(scale > 0) || math.IsInf(scale, 0) {
 		return nil, usageError{errors.New("--time-scale must be more than 0")}
 	}
 	return agent.NewScaledClock(start, scale), nil
