@@ -332,7 +332,9 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 			if g.json {
 				return ui.WriteJSON(os.Stdout, up)
 			}
-			for _, u := range up {
+			for i, u := range up {
+				// in the zone the schedules are in
+				loc := cfg.Jobs[i].Location
 				line := u.Job + ": "
 				switch {
 				case u.CatchUp:
@@ -340,16 +342,16 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 				case u.Next.IsZero():
 					line += "run by hand only"
 				default:
-					line += u.Next.In(time.Local).Format("Mon 2006-01-02 15:04:05 MST")
+					line += u.Next.In(loc).Format("Mon 2006-01-02 15:04:05 MST")
 				}
 				if !u.VerifyNext.IsZero() {
-					line += "; verify " + u.VerifySubset + " " + u.VerifyNext.In(time.Local).Format("Mon 2006-01-02 15:04 MST")
+					line += "; verify " + u.VerifySubset + " " + u.VerifyNext.In(loc).Format("Mon 2006-01-02 15:04 MST")
 				}
 				if !u.VerifyAfter.IsZero() {
-					line += "; verify " + u.VerifySubset + " after the first backup from " + u.VerifyAfter.In(time.Local).Format("2006-01-02")
+					line += "; verify " + u.VerifySubset + " after the first backup from " + u.VerifyAfter.In(loc).Format("2006-01-02")
 				}
 				if u.Last != nil {
-					line += fmt.Sprintf("; last run %s: %s", u.Last.Started.In(time.Local).Format("2006-01-02 15:04"), u.Last.Status)
+					line += fmt.Sprintf("; last run %s: %s", u.Last.Started.In(loc).Format("2006-01-02 15:04"), u.Last.Status)
 				}
 				fmt.Println(ui.Sanitize(line))
 			}
