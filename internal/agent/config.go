@@ -27,6 +27,7 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/floe-backup/floe/internal/agent/schedule"
+	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/check"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/storage/remote"
@@ -71,9 +72,13 @@ type Job struct {
 
 	// What to back up, as `floe backup` takes it.
 	Paths          []string `toml:"paths"`
-	Excludes       []string `toml:"excludes"`
-	ExcludeFiles   []string `toml:"exclude_files"`
-	ExcludeCaches  bool     `toml:"exclude_caches"`
+	Excludes          []string `toml:"excludes"`
+	IExcludes         []string `toml:"iexcludes"`
+	ExcludeFiles      []string `toml:"exclude_files"`
+	IExcludeFiles     []string `toml:"iexclude_files"`
+	ExcludeCaches     bool     `toml:"exclude_caches"`
+	ExcludeIfPresent  []string `toml:"exclude_if_present"`
+	ExcludeLargerThan string   `toml:"exclude_larger_than"`
 	OneFileSystem  bool     `toml:"one_file_system"`
 	FSSnapshot     string   `toml:"fs_snapshot"`
 	FSSnapshotSize string   `toml:"fs_snapshot_size"`
@@ -317,9 +322,25 @@ func (c *Config) check(lines lineIndex) []Problem {
 				bad(f.key, "%s %q is not an absolute path", f.key, f.path)
 			}
 		}
-		for _, f := range j.ExcludeFiles {
-			if !filepath.IsAbs(f) {
-				bad("exclude_files", "exclude file %q is not an absolute path", f)
+		for _, ef := range []struct {
+			key   string
+			files []string
+		}{{"exclude_files", j.ExcludeFiles}, {"iexclude_files", j.IExcludeFiles}} {
+			for _, f := range ef.files {
+				if !filepath.IsAbs(f) {
+					bad(ef.key, "exclude file %q is not an absolute path", f)
+				}
+			}
+		}
+		if _, err := backup.Excludes(j.Excludes, nil); err != nil {
+			bad("excludes", "%v", err)
+		}
+		if _, err := backup.Excludes(nil, j.IExcludes); err != nil {
+			bad("iexcludes", "%v", err)
+		}
+		if j.ExcludeLargerThan != "" {
+			if _, err := backup.ParseSize(j.ExcludeLargerThan); err != nil {
+				bad("exclude_larger_than", "%v", err)
 			}
 		}
 		if len(j.Paths) == 0 {

@@ -150,6 +150,8 @@ verify_every_days = 2
 			`7: job "bad name": retries must be 0 or more`, `8: job "bad name": retry_initial "soon"`, `9: job "bad name": read-data subset "200%"`,
 			`15: job "x": give one of`, `18: job "x": ionice_level is for the realtime`, `19: job "x": verify_every_days or verify_schedule needs verify_subset`}},
 		{"no jobs", `host = "h"`, []string{"no jobs"}},
+		{"bad patterns", "[[job]]\nname = \"a\"\nrepository = \"/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\nexcludes = [\"[x\"]\nexclude_larger_than = \"lots\"\n",
+			[]string{`6: job "a": exclude `, `7: job "a": `}},
 		{"credentials in the location", "[[job]]\nname = \"a\"\nrepository = \"s3:https://AKIA:secret-key@s3.example.com/b\"\nkey_file = \"/k\"\npaths = [\"/e\"]\n",
 			[]string{`3: job "a": credentials do not go in the repository location`}},
 		{"server settings", "[[job]]\nname = \"a\"\nrepository = \"https://b:8443/r\"\nkey_file = \"/k\"\npaths = [\"/e\"]\n" +

@@ -90,14 +90,18 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 	}
 	job := &backup.Job{
 		Options: backup.Options{
-			Paths: j.Paths, Excludes: j.Excludes, ExcludeCaches: j.ExcludeCaches, OneFileSystem: j.OneFileSystem,
+			Paths: j.Paths, Excludes: j.Excludes, IExcludes: j.IExcludes, ExcludeCaches: j.ExcludeCaches,
+			ExcludeIfPresent: j.ExcludeIfPresent, OneFileSystem: j.OneFileSystem,
 			Hostname: r.Config.Host, Tags: j.Tags, ProgramVersion: "floe " + r.Version,
 		},
-		ExcludeFiles: j.ExcludeFiles,
+		ExcludeFiles: j.ExcludeFiles, IExcludeFiles: j.IExcludeFiles,
 		PreHook:      j.PreHook, PostHook: j.PostHook,
 		FSSnapshot: fssnap.Kind(j.FSSnapshot), FSSnapshotSize: j.FSSnapshotSize,
 		Repository: t,
 		Events:     backup.Events{Warn: r.warner(j)},
+	}
+	if j.ExcludeLargerThan != "" {
+		job.ExcludeLargerThan, _ = backup.ParseSize(j.ExcludeLargerThan) // checked by Load
 	}
 	leave := r.prio.enter(j.Priority)
 	res, err := job.Run(ctx)

@@ -35,10 +35,14 @@ func TestRunnerBackup(t *testing.T) {
 	}
 	r.Close()
 	data := filepath.Join(dir, "data")
-	for _, f := range []string{"keep", "skip.tmp", "also-skip", "sub/keep2"} {
+	for _, f := range []string{"keep", "skip.tmp", "also-skip", "sub/keep2", "nob/.nobackup", "nob/file", "x.log", "big"} {
 		p := filepath.Join(data, f)
 		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte("content of "+f), 0o644); err != nil {
+		content := "content of " + f
+		if f == "big" {
+			content = strings.Repeat("big ", 1000)
+		}
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -54,6 +58,9 @@ repository = %q
 password_file = %q
 paths = [%q]
 excludes = ["*.tmp"]
+iexcludes = ["*.LOG"]
+exclude_if_present = [".nobackup"]
+exclude_larger_than = "1k"
 exclude_files = [%q]
 tags = ["agent", "nightly"]
 pre_hook = "echo pre >> %s"
@@ -97,7 +104,8 @@ nice = 1
 		t.Fatal(err)
 	}
 	joined := strings.Join(names, " ")
-	if !strings.Contains(joined, "/keep") || !strings.Contains(joined, "keep2") || strings.Contains(joined, "skip") {
+	if !strings.Contains(joined, "/keep") || !strings.Contains(joined, "keep2") || strings.Contains(joined, "skip") ||
+		strings.Contains(joined, "nob/file") || strings.Contains(joined, "x.log") || strings.Contains(joined, "big") {
 		t.Errorf("files in the snapshot: %v", names)
 	}
 
