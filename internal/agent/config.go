@@ -71,7 +71,7 @@ type Job struct {
 	KnownServersFile  string `toml:"known_servers_file"`
 
 	// What to back up, as `floe backup` takes it.
-	Paths          []string `toml:"paths"`
+	Paths             []string `toml:"paths"`
 	Excludes          []string `toml:"excludes"`
 	IExcludes         []string `toml:"iexcludes"`
 	ExcludeFiles      []string `toml:"exclude_files"`
@@ -79,12 +79,12 @@ type Job struct {
 	ExcludeCaches     bool     `toml:"exclude_caches"`
 	ExcludeIfPresent  []string `toml:"exclude_if_present"`
 	ExcludeLargerThan string   `toml:"exclude_larger_than"`
-	OneFileSystem  bool     `toml:"one_file_system"`
-	FSSnapshot     string   `toml:"fs_snapshot"`
-	FSSnapshotSize string   `toml:"fs_snapshot_size"`
-	Tags           []string `toml:"tags"`
-	PreHook        string   `toml:"pre_hook"`
-	PostHook       string   `toml:"post_hook"`
+	OneFileSystem     bool     `toml:"one_file_system"`
+	FSSnapshot        string   `toml:"fs_snapshot"`
+	FSSnapshotSize    string   `toml:"fs_snapshot_size"`
+	Tags              []string `toml:"tags"`
+	PreHook           string   `toml:"pre_hook"`
+	PostHook          string   `toml:"post_hook"`
 
 	// Bandwidth in KiB/s (0: no limit) and CPU and I/O priority while the
 	// job runs.

@@ -95,7 +95,7 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 			Hostname: r.Config.Host, Tags: j.Tags, ProgramVersion: "floe " + r.Version,
 		},
 		ExcludeFiles: j.ExcludeFiles, IExcludeFiles: j.IExcludeFiles,
-		PreHook:      j.PreHook, PostHook: j.PostHook,
+		PreHook: j.PreHook, PostHook: j.PostHook,
 		FSSnapshot: fssnap.Kind(j.FSSnapshot), FSSnapshotSize: j.FSSnapshotSize,
 		Repository: t,
 		Events:     backup.Events{Warn: r.warner(j)},
