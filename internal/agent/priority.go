@@ -83,6 +83,7 @@ type priorities struct {
 	nextID  int
 	orig    *origPriority
 	warn    func(string)
+	warned  bool // once: a process without CAP_SYS_NICE cannot go back
 }
 
 type origPriority struct {
@@ -132,8 +133,9 @@ func (m *priorities) applyLocked() {
 			best, ioprio = g, p.IOClass<<ioprioClassShift|p.IOLevel
 		}
 	}
-	if err := setAllThreads(nice, ioprio); err != nil {
-		m.warn(fmt.Sprintf("warning: set priority: %v", err))
+	if err := setAllThreads(nice, ioprio); err != nil && !m.warned {
+		m.warned = true
+		m.warn(fmt.Sprintf("warning: set priority: %v (said once)", err))
 	}
 	if len(m.running) == 0 {
 		m.orig = nil
