@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -103,7 +102,7 @@ need a full key.`,
 				}
 				packs := make([]packJSON, len(f.Packs))
 				for i, p := range f.Packs {
-					packs[i] = packJSON{ID: p.ID, Ephemeral: hex.EncodeToString(p.Ephemeral[:]), Blobs: blobsJSON(p.Blobs)}
+					packs[i] = packJSON{ID: p.ID, Blobs: blobsJSON(p.Blobs)}
 				}
 				supersedes := f.Supersedes
 				if supersedes == nil {
@@ -111,9 +110,10 @@ need a full key.`,
 				}
 				return ui.WriteJSON(os.Stdout, struct {
 					ID         hash.ID    `json:"id"`
+					Signed     bool       `json:"signed"`
 					Supersedes []hash.ID  `json:"supersedes"`
 					Packs      []packJSON `json:"packs"`
-				}{iid, supersedes, packs})
+				}{iid, f.Trusted, supersedes, packs})
 			case "pack":
 				pid, err := r.ResolvePrefix(ctx, storage.Pack, id)
 				if err != nil {
@@ -135,12 +135,11 @@ need a full key.`,
 					}
 				}
 				return ui.WriteJSON(os.Stdout, struct {
-					ID        hash.ID    `json:"id"`
-					Size      int64      `json:"size"`
-					Indexed   bool       `json:"indexed"`
-					Ephemeral string     `json:"ephemeral"`
-					Blobs     []blobJSON `json:"blobs"`
-				}{pid, size, indexed, hex.EncodeToString(hdr.Ephemeral[:]), blobsJSON(hdr.Blobs)})
+					ID      hash.ID    `json:"id"`
+					Size    int64      `json:"size"`
+					Indexed bool       `json:"indexed"`
+					Blobs   []blobJSON `json:"blobs"`
+				}{pid, size, indexed, blobsJSON(hdr.Blobs)})
 			case "tree":
 				tid, err := resolveTreeArg(ctx, r, id)
 				if err != nil {
@@ -157,13 +156,17 @@ need a full key.`,
 				return ui.WriteJSON(os.Stdout, struct {
 					ID    hash.ID           `json:"id"`
 					Nodes []*nodeJSONObject `json:"nodes"`
-				}{tid, nodes})
+				}{tid.ID, nodes})
 			case "blob":
 				h, err := r.Index().ResolveBlobPrefix(id)
 				if err != nil {
 					return err
 				}
-				data, err := r.LoadBlob(ctx, h, nil)
+				ref, err := findRef(ctx, r, h)
+				if err != nil {
+					return err
+				}
+				data, err := r.LoadBlob(ctx, h.Type, ref, nil)
 				if err != nil {
 					return err
 				}
@@ -195,43 +198,85 @@ func catSnapshot(ctx context.Context, r *repo.Repository, spec string) error {
 }
 
 // resolveTreeArg reads a tree ID prefix or SNAPSHOT:PATH (a directory).
-func resolveTreeArg(ctx context.Context, r *repo.Repository, arg string) (hash.ID, error) {
+func resolveTreeArg(ctx context.Context, r *repo.Repository, arg string) (hash.Ref, error) {
 	if strings.Contains(arg, ":") {
 		spec, sub := splitSnapshotArg(arg)
 		sn, p, node, err := findSnapshotPath(ctx, r, treeLoader(r), spec, sub, snapshot.Filter{})
 		if err != nil {
-			return hash.ID{}, err
+			return hash.Ref{}, err
 		}
 		if node.Type != snapshot.TypeDir {
-			return hash.ID{}, fmt.Errorf("snapshot %s: %s is a %s, not a directory", sn.ID.Short(), p, node.Type)
+			return hash.Ref{}, fmt.Errorf("snapshot %s: %s is a %s, not a directory", sn.ID.Short(), p, node.Type)
 		}
 		return node.Subtree, nil
 	}
 	h, err := r.Index().ResolveBlobPrefix(arg, repo.TreeBlob)
 	if err != nil {
-		return hash.ID{}, err
+		return hash.Ref{}, err
 	}
-	return h.ID, nil
+	return findRef(ctx, r, h)
+}
+
+// findRef finds a reference to the blob h in the snapshots: a blob's ID
+// names its stored bytes, but opening it takes the key that only the
+// trees (and, for root trees, the snapshots) hold.
+func findRef(ctx context.Context, r *repo.Repository, h repo.BlobHandle) (hash.Ref, error) {
+	snaps, _, err := snapshot.List(ctx, r)
+	if err != nil {
+		return hash.Ref{}, err
+	}
+	l := treeLoader(r)
+	seen := map[hash.ID]bool{}
+	var stack []hash.Ref
+	for _, sn := range snaps {
+		stack = append(stack, sn.Tree)
+	}
+	for len(stack) > 0 {
+		ref := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[ref.ID] {
+			continue
+		}
+		seen[ref.ID] = true
+		if h.Type == repo.TreeBlob && ref.ID == h.ID {
+			return ref, nil
+		}
+		t, err := l.LoadTree(ctx, ref)
+		if err != nil {
+			continue // check reports damaged trees; another path may lead to the blob
+		}
+		for _, n := range t.Nodes {
+			if h.Type == repo.DataBlob {
+				for _, c := range n.Content {
+					if c.ID == h.ID {
+						return c, nil
+					}
+				}
+			}
+			if !n.Subtree.IsNull() {
+				stack = append(stack, n.Subtree)
+			}
+		}
+	}
+	return hash.Ref{}, fmt.Errorf("%s blob %s: no snapshot refers to it, so its key is unknown and it cannot be decrypted", h.Type, h.ID.Short())
 }
 
 type packJSON struct {
-	ID        hash.ID    `json:"id"`
-	Ephemeral string     `json:"ephemeral"`
-	Blobs     []blobJSON `json:"blobs"`
+	ID    hash.ID    `json:"id"`
+	Blobs []blobJSON `json:"blobs"`
 }
 
 type blobJSON struct {
-	Type      string  `json:"type"`
-	ID        hash.ID `json:"id"`
-	Offset    uint32  `json:"offset"`
-	Length    uint32  `json:"length"`
-	RawLength uint32  `json:"raw_length"`
+	Type   string  `json:"type"`
+	ID     hash.ID `json:"id"`
+	Offset uint32  `json:"offset"`
+	Length uint32  `json:"length"`
 }
 
 func blobsJSON(bl []repo.PackedBlob) []blobJSON {
 	out := make([]blobJSON, len(bl))
 	for i, b := range bl {
-		out[i] = blobJSON{Type: b.Type.String(), ID: b.ID, Offset: b.Offset, Length: b.Length, RawLength: b.RawLength}
+		out[i] = blobJSON{Type: b.Type.String(), ID: b.ID, Offset: b.Offset, Length: b.Length}
 	}
 	return out
 }

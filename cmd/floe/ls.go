@@ -275,11 +275,15 @@ func nodeJSON(p string, n *snapshot.Node, full bool) *nodeJSONObject {
 		o.Xattrs = append(o.Xattrs, xattrJSON{Name: snapshot.EncodeName(x.Name), Value: x.Value})
 	}
 	if full {
+		// IDs only: a ref's key would let anyone with the storage read
+		// the blob, so it never leaves floe
 		if !n.Subtree.IsNull() {
-			id := n.Subtree
+			id := n.Subtree.ID
 			o.Subtree = &id
 		}
-		o.Content = n.Content
+		for _, c := range n.Content {
+			o.Content = append(o.Content, c.ID)
+		}
 	}
 	return o
 }

@@ -46,7 +46,7 @@ snapshot references any more (prune frees it).`,
 			if err != nil {
 				return err
 			}
-			roots := make([]hash.ID, len(sel))
+			roots := make([]hash.Ref, len(sel))
 			for i, s := range sel {
 				roots[i] = s.Tree
 			}
@@ -112,7 +112,7 @@ snapshot references any more (prune frees it).`,
 				fmt.Println()
 				fmt.Println("repository:")
 				p("  pack files", "%d, %s", repoTot.Packs, ui.Bytes(repoTot.PackBytes))
-				p("  indexed blobs", "%d, raw %s, stored %s", repoTot.Blobs, ui.Bytes(repoTot.RawSize), ui.Bytes(repoTot.StoredSize))
+				p("  indexed blobs", "%d, stored %s", repoTot.Blobs, ui.Bytes(repoTot.StoredSize))
 				if allSelected {
 					p("  unreferenced (prunable)", "%s stored", ui.Bytes(unreferenced))
 				}

@@ -37,8 +37,8 @@ import (
 // (for files that were backed up sparse). *repo.Repository is one.
 type Repository interface {
 	ChunkerParams() chunker.Params
-	BlobID(data []byte) hash.ID
-	LoadBlob(ctx context.Context, h repo.BlobHandle, buf []byte) ([]byte, error)
+	BlobKey(data []byte) hash.ID
+	LoadBlob(ctx context.Context, t repo.BlobType, ref hash.Ref, buf []byte) ([]byte, error)
 }
 
 // Options describe one audit.
@@ -236,7 +236,7 @@ type side interface {
 
 type treeSide struct {
 	l    walk.Loader
-	tree hash.ID
+	tree hash.Ref
 }
 
 func (s treeSide) node(ctx context.Context, p string) (*snapshot.Node, error) {
@@ -552,7 +552,7 @@ func (a *auditor) compare(ctx context.Context, p string, o, n *snapshot.Node, at
 			case a.live != nil:
 				res = a.hasher.compare(ctx, a.live.path(p), o, n)
 			default:
-				res = compareIDs(o.Content, n.Content)
+				res = compareIDs(keysOf(o.Content), keysOf(n.Content))
 			}
 			if res.err != nil {
 				a.fail(p, fmt.Errorf("check content: %w", res.err))

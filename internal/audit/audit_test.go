@@ -256,7 +256,7 @@ func TestAuditLive(t *testing.T) {
 		t.Fatalf("big file has %d chunks", len(bigOld))
 	}
 	h := changed[p("etc/big")]["hash"]
-	i := slices.IndexFunc(bigOld, func(id hash.ID) bool { return id.String()[:8] == h[0] })
+	i := slices.IndexFunc(bigOld, func(ref hash.Ref) bool { return ref.Key.String()[:8] == h[0] })
 	if i <= 0 || h[1] == h[0] || len(h[1]) != 8 {
 		t.Errorf("big: hash %q: old is chunk %d of %d", h, i, len(bigOld))
 	}

@@ -39,6 +39,17 @@ func chunkValue(ids []hash.ID, i int) string {
 	return contentDiffers
 }
 
+// keysOf returns the keys (K, the keyed hashes of the plaintexts) of refs:
+// what a live file's chunks are compared with. Only 8 hex digits of a key
+// are ever shown.
+func keysOf(refs []hash.Ref) []hash.ID {
+	out := make([]hash.ID, len(refs))
+	for i, r := range refs {
+		out[i] = r.Key
+	}
+	return out
+}
+
 // compareIDs compares two content blob lists (snapshot against snapshot).
 func compareIDs(old, new []hash.ID) contentResult {
 	for i := 0; i < max(len(old), len(new)); i++ {
@@ -111,7 +122,7 @@ func (h *hasher) compare(ctx context.Context, full string, o, n *snapshot.Node) 
 	if st.Ino != n.Inode {
 		return contentResult{err: errors.New("the file was replaced while being checked")}
 	}
-	m := &idMatcher{old: o.Content}
+	m := &idMatcher{old: keysOf(o.Content)}
 	if !o.Sparse {
 		err = h.chunk(ctx, f, m.add)
 	} else {
@@ -165,7 +176,7 @@ func (h *hasher) chunk(ctx context.Context, rd io.Reader, fn func(hash.ID) error
 		if err != nil {
 			return err
 		}
-		if err := fn(h.r.BlobID(data)); err != nil {
+		if err := fn(h.r.BlobKey(data)); err != nil {
 			return err
 		}
 	}
@@ -180,20 +191,20 @@ func (h *hasher) zeroID(n int) hash.ID {
 	if len(h.zeros) < n {
 		h.zeros = make([]byte, n)
 	}
-	id := h.r.BlobID(h.zeros[:n])
+	id := h.r.BlobKey(h.zeros[:n])
 	h.zeroIDs[n] = id
 	return id
 }
 
 // compareBytes compares the file, from its start, with the data blobs.
-func (h *hasher) compareBytes(ctx context.Context, f *os.File, content []hash.ID) contentResult {
+func (h *hasher) compareBytes(ctx context.Context, f *os.File, content []hash.Ref) contentResult {
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return contentResult{err: err}
 	}
 	var blob, live []byte
-	for i, id := range content {
+	for i, ref := range content {
 		var err error
-		blob, err = h.r.LoadBlob(ctx, repo.BlobHandle{Type: repo.DataBlob, ID: id}, blob)
+		blob, err = h.r.LoadBlob(ctx, repo.DataBlob, ref, blob)
 		if err != nil {
 			return contentResult{err: fmt.Errorf("load the snapshot's data: %w", err)}
 		}
@@ -206,7 +217,7 @@ func (h *hasher) compareBytes(ctx context.Context, f *os.File, content []hash.ID
 			return contentResult{err: err}
 		}
 		if !bytes.Equal(live[:n], blob) {
-			return contentResult{differs: true, old: chunkValue(content, i), new: contentDiffers}
+			return contentResult{differs: true, old: chunkValue(keysOf(content), i), new: contentDiffers}
 		}
 	}
 	var one [1]byte

@@ -90,7 +90,7 @@ type Options struct {
 
 // TreeLoader loads trees of earlier snapshots.
 type TreeLoader interface {
-	LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error)
+	LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error)
 }
 
 // Progress is updated while the backup runs; read it from another goroutine.
@@ -190,17 +190,17 @@ type fileJob struct {
 
 type chunkJob struct {
 	data    []byte
-	slot    *hash.ID
+	slot    *hash.Ref
 	wg      *sync.WaitGroup
 	errp    *atomic.Pointer[error]
 	release bool     // return data to the buffer pool
-	known   *hash.ID // the ID, when already known (zero chunks of holes)
+	known   *hash.ID // the key (K), when already known (zero chunks of holes)
 }
 
 // future is a tree (or file) being completed.
 type future struct {
 	done chan struct{}
-	id   hash.ID
+	ref  hash.Ref
 	err  error
 }
 
@@ -256,7 +256,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	}
 
 	var paths []string
-	var root hash.ID
+	var root hash.Ref
 	var rootErr error
 	if opts.Stdin != nil {
 		paths = []string{opts.StdinFilename}
@@ -270,10 +270,13 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 			var parentRoot *snapshot.Tree
 			if opts.Parent != nil && !opts.Force && opts.ParentTrees != nil {
 				parentRoot, _ = opts.ParentTrees.LoadTree(ctx, opts.Parent.Tree)
+				if parentRoot != nil {
+					r.RememberRefs(repo.TreeBlob, opts.Parent.Tree)
+				}
 			}
 			f := a.saveRoot(ctx, paths, parentRoot)
 			<-f.done
-			root, rootErr = f.id, f.err
+			root, rootErr = f.ref, f.err
 		}
 	}
 	close(a.fileJobs)
@@ -388,21 +391,24 @@ func (a *archiver) report(it Item) {
 }
 
 // saveBlob stores a blob, or in a dry run counts what storing it would add.
-func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, id hash.ID, data []byte) error {
+func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, data []byte) (hash.Ref, error) {
 	if !a.opts.DryRun {
-		_, _, err := a.r.SaveBlob(ctx, t, id, data)
-		return err
+		ref, _, _, err := a.r.SaveBlob(ctx, t, key, data)
+		return ref, err
 	}
-	if a.r.HasBlob(repo.BlobHandle{Type: t, ID: id}) {
-		return nil
+	// a dry run encodes the blob to learn its ID (what a backup would
+	// store), but stores nothing
+	ref := a.r.RefOf(t, data)
+	if a.r.HasBlob(repo.BlobHandle{Type: t, ID: ref.ID}) {
+		return ref, nil
 	}
 	a.dryMu.Lock()
-	if !a.drySeen[id] {
-		a.drySeen[id] = true
+	if !a.drySeen[ref.ID] {
+		a.drySeen[ref.ID] = true
 		a.dryAdded += uint64(len(data))
 	}
 	a.dryMu.Unlock()
-	return nil
+	return ref, nil
 }
 
 // CleanPaths makes the paths absolute and drops those inside another.
@@ -598,7 +604,7 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 			sp := a.src(p)
 			node, err := fsmeta.NodeFromPath(sp, name)
 			if err != nil {
-				return done(hash.ID{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
+				return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
 			}
 			child := t.children[name]
 			e := entry{node: node}
@@ -622,8 +628,8 @@ func (a *archiver) deviceOf(path string) uint64 {
 	return n.Device
 }
 
-func done(id hash.ID, err error) *future {
-	f := &future{done: make(chan struct{}), id: id, err: err}
+func done(ref hash.Ref, err error) *future {
+	f := &future{done: make(chan struct{}), ref: ref, err: err}
 	close(f.done)
 	return f
 }
@@ -648,6 +654,9 @@ func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, nam
 	if err != nil {
 		return nil // a missing parent tree only costs re-reading
 	}
+	// an unchanged directory encodes to the parent's tree: SaveBlob then
+	// finds it by its key without compressing and encrypting it
+	a.r.RememberRefs(repo.TreeBlob, pn.Subtree)
 	return t
 }
 
@@ -655,7 +664,7 @@ func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, nam
 // parent (the same directory in the parent snapshot, or nil).
 func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tree, dev uint64) *future {
 	if ctx.Err() != nil {
-		return done(hash.ID{}, ctx.Err())
+		return done(hash.Ref{}, ctx.Err())
 	}
 	a.dirs.Add(1)
 	release := a.anchor(path)
@@ -731,11 +740,17 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 		}
 		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
 			node.Content = pn.Content
+			node.ChunkSizes = pn.ChunkSizes
 			a.filesUnchanged.Add(1)
 			a.opts.Progress.FilesDone.Add(1)
 			a.opts.Progress.BytesDone.Add(int64(node.Size))
 			a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
 			return e
+		}
+		if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
+			// a changed file keeps most of its chunks: SaveBlob finds
+			// those by their keys without compressing and encrypting them
+			a.r.RememberRefs(repo.DataBlob, pn.Content...)
 		}
 		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
 		if node.Links > 1 {
@@ -762,9 +777,9 @@ func unchanged(old, cur *snapshot.Node) bool {
 		uint64(len(old.Content)) > 0 == (cur.Size > 0)
 }
 
-func (a *archiver) haveAll(ids []hash.ID) bool {
-	for _, id := range ids {
-		if !a.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: id}) {
+func (a *archiver) haveAll(refs []hash.Ref) bool {
+	for _, ref := range refs {
+		if !a.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
 			return false
 		}
 	}
@@ -790,7 +805,7 @@ func (a *archiver) finishTree(ctx context.Context, path string, entries []entry)
 					f.err = e.sub.err
 					return
 				}
-				e.node.Subtree = e.sub.id
+				e.node.Subtree = e.sub.ref
 			case e.file != nil:
 				<-e.file.done
 				if e.file.err != nil {
@@ -812,32 +827,33 @@ func (a *archiver) finishTree(ctx context.Context, path string, entries []entry)
 				}
 				a.report(Item{Path: filepath.Join(path, e.node.Name), Action: "hardlink", Size: e.node.Size})
 				e.node.Content = e.link.node.Content
+				e.node.ChunkSizes = e.link.node.ChunkSizes
 			}
 			tree.Nodes = append(tree.Nodes, e.node)
 		}
-		id, err := a.saveTree(ctx, tree)
+		ref, err := a.saveTree(ctx, tree)
 		if err != nil {
 			f.err = fmt.Errorf("save tree of %s: %w", path, err)
 			return
 		}
-		f.id = id
+		f.ref = ref
 	}()
 	return f
 }
 
-func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.ID, error) {
+func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref, error) {
 	plain, err := snapshot.EncodeTree(tree)
 	if err != nil {
-		return hash.ID{}, err
+		return hash.Ref{}, err
 	}
-	id := a.r.BlobID(plain)
-	if err := a.saveBlob(ctx, repo.TreeBlob, id, plain); err != nil {
-		return hash.ID{}, err
+	ref, err := a.saveBlob(ctx, repo.TreeBlob, a.r.BlobKey(plain), plain)
+	if err != nil {
+		return hash.Ref{}, err
 	}
 	if a.opts.OnTree != nil {
-		a.opts.OnTree(id, plain)
+		a.opts.OnTree(ref.ID, plain)
 	}
-	return id, nil
+	return ref, nil
 }
 
 // scan counts files and bytes for the progress ETA.

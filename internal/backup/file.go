@@ -95,7 +95,7 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 			return err
 		}
 		sparse := before.blocks*512 < int64(before.size)
-		content, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
+		content, sizes, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
 		if err != nil {
 			return err
 		}
@@ -112,6 +112,7 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 				a.recordChanged(job.path)
 			}
 			job.node.Content = content
+			job.node.ChunkSizes = sizes
 			job.node.Size = n
 			job.node.Sparse = sparse
 			job.node.ModTime, job.node.ChangeTime = before.mtime, before.ctime
@@ -120,20 +121,22 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 	}
 }
 
-// chunkFile splits r into chunks and saves them; it returns the chunk IDs
-// in order and the number of bytes read.
-func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.File, sparse bool, size uint64) ([]hash.ID, uint64, error) {
+// chunkFile splits r into chunks and saves them; it returns the chunks'
+// refs and sizes in order and the number of bytes read.
+func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.File, sparse bool, size uint64) ([]hash.Ref, []uint32, uint64, error) {
 	var (
-		ids    []hash.ID
-		slots  []*hash.ID
+		refs   []hash.Ref
+		sizes  []uint32
+		slots  []*hash.Ref
 		wg     sync.WaitGroup
 		errp   atomic.Pointer[error]
 		total  uint64
 		segErr error
 	)
 	addChunk := func(data []byte, release bool, known *hash.ID) {
-		slot := new(hash.ID)
+		slot := new(hash.Ref)
 		slots = append(slots, slot)
+		sizes = append(sizes, uint32(len(data)))
 		wg.Add(1)
 		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
 	}
@@ -165,8 +168,8 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 			}
 			for n > 0 {
 				l := min(n, int64(a.params.Max))
-				id := a.zeroID(int(l))
-				addChunk(zeros(int(l)), false, &id)
+				key := a.zeroKey(int(l))
+				addChunk(zeros(int(l)), false, &key)
 				total += uint64(l)
 				a.opts.Progress.BytesDone.Add(l)
 				n -= l
@@ -178,16 +181,16 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 	}
 	wg.Wait()
 	if segErr != nil {
-		return nil, 0, segErr
+		return nil, nil, 0, segErr
 	}
 	if e := errp.Load(); e != nil {
-		return nil, 0, *e
+		return nil, nil, 0, *e
 	}
-	ids = make([]hash.ID, len(slots))
+	refs = make([]hash.Ref, len(slots))
 	for i, s := range slots {
-		ids[i] = *s
+		refs[i] = *s
 	}
-	return ids, total, nil
+	return refs, sizes, total, nil
 }
 
 var (
@@ -202,31 +205,33 @@ func zeros(n int) []byte {
 	return zeroBuf[:n:n]
 }
 
-// zeroID returns the ID of n zero bytes, hashing each size once: a large
-// sparse file is mostly the same all-zero chunk.
-func (a *archiver) zeroID(n int) hash.ID {
+// zeroKey returns the key (K) of n zero bytes, hashing each size once: a
+// large sparse file is mostly the same all-zero chunk, and after the first
+// one SaveBlob finds its ID by the key.
+func (a *archiver) zeroKey(n int) hash.ID {
 	a.zeroMu.Lock()
 	defer a.zeroMu.Unlock()
-	id, ok := a.zeroIDs[n]
+	key, ok := a.zeroIDs[n]
 	if !ok {
-		id = a.r.BlobID(zeros(n))
-		a.zeroIDs[n] = id
+		key = a.r.BlobKey(zeros(n))
+		a.zeroIDs[n] = key
 	}
-	return id
+	return key
 }
 
 // blobSaver hashes and stores chunks.
 func (a *archiver) blobSaver(ctx context.Context) {
 	for job := range a.chunkJobs {
 		if job.errp.Load() == nil {
-			var id hash.ID
+			var key hash.ID
 			if job.known != nil {
-				id = *job.known
+				key = *job.known
 			} else {
-				id = a.r.BlobID(job.data)
+				key = a.r.BlobKey(job.data)
 			}
-			*job.slot = id
-			if err := a.saveBlob(ctx, repo.DataBlob, id, job.data); err != nil {
+			ref, err := a.saveBlob(ctx, repo.DataBlob, key, job.data)
+			*job.slot = ref
+			if err != nil {
 				job.errp.CompareAndSwap(nil, &err)
 			}
 		}
@@ -242,17 +247,18 @@ func (a *archiver) blobSaver(ctx context.Context) {
 }
 
 // saveStdin backs up a stream as a single file in the root tree.
-func (a *archiver) saveStdin(ctx context.Context) (hash.ID, error) {
+func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 	name := a.opts.StdinFilename
 	if name == "" {
 		name = "stdin"
 	}
 	if err := snapshot.CheckName(name); err != nil {
-		return hash.ID{}, fmt.Errorf("--stdin-filename: %w", err)
+		return hash.Ref{}, fmt.Errorf("--stdin-filename: %w", err)
 	}
 	ch := chunker.New(nil, a.params)
 	var (
-		slots []*hash.ID
+		slots []*hash.Ref
+		sizes []uint32
 		wg    sync.WaitGroup
 		errp  atomic.Pointer[error]
 		total uint64
@@ -268,18 +274,19 @@ func (a *archiver) saveStdin(ctx context.Context) (hash.ID, error) {
 		if err != nil {
 			a.bufs <- data
 			wg.Wait()
-			return hash.ID{}, fmt.Errorf("read standard input: %w", err)
+			return hash.Ref{}, fmt.Errorf("read standard input: %w", err)
 		}
 		total += uint64(len(data))
 		a.opts.Progress.BytesDone.Add(int64(len(data)))
-		slot := new(hash.ID)
+		slot := new(hash.Ref)
 		slots = append(slots, slot)
+		sizes = append(sizes, uint32(len(data)))
 		wg.Add(1)
 		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: true}
 	}
 	wg.Wait()
 	if e := errp.Load(); e != nil {
-		return hash.ID{}, *e
+		return hash.Ref{}, *e
 	}
 	now := time.Now()
 	node := &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
@@ -287,6 +294,7 @@ func (a *archiver) saveStdin(ctx context.Context) (hash.ID, error) {
 	for _, s := range slots {
 		node.Content = append(node.Content, *s)
 	}
+	node.ChunkSizes = sizes
 	a.filesNew.Add(1)
 	a.totalBytes.Add(total)
 	a.opts.Progress.FilesDone.Add(1)

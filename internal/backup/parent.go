@@ -93,7 +93,7 @@ type fallbackTrees struct {
 	r      *repo.Repository
 }
 
-func (f fallbackTrees) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error) {
+func (f fallbackTrees) LoadTree(ctx context.Context, id hash.Ref) (*snapshot.Tree, error) {
 	if t, err := f.cached.LoadTree(ctx, id); err == nil {
 		return t, nil
 	}

@@ -65,8 +65,8 @@ func TestSourceRoot(t *testing.T) {
 		t.Fatalf("paths %v, frozen %v; want [%s], frozen", sn.Paths, sn.Consistency.Frozen, live)
 	}
 	files := map[string]string{}
-	var walk func(dir string, id hash.ID)
-	walk = func(dir string, id hash.ID) {
+	var walk func(dir string, id hash.Ref)
+	walk = func(dir string, id hash.Ref) {
 		tree, err := snapshot.LoadTree(ctx, r, id)
 		if err != nil {
 			t.Fatal(err)
@@ -79,7 +79,7 @@ func TestSourceRoot(t *testing.T) {
 			case snapshot.TypeFile:
 				var data []byte
 				for _, c := range n.Content {
-					b, err := r.LoadBlob(ctx, repo.BlobHandle{Type: repo.DataBlob, ID: c}, nil)
+					b, err := r.LoadBlob(ctx, repo.DataBlob, c, nil)
 					if err != nil {
 						t.Fatal(err)
 					}

@@ -260,10 +260,10 @@ func (t *Trees) Len() int { return len(t.m) }
 
 // LoadTree returns a cached tree, verifying nothing but its encoding: the
 // cache lives on the host that wrote it.
-func (t *Trees) LoadTree(_ context.Context, id hash.ID) (*snapshot.Tree, error) {
-	b, ok := t.m[id]
+func (t *Trees) LoadTree(_ context.Context, ref hash.Ref) (*snapshot.Tree, error) {
+	b, ok := t.m[ref.ID]
 	if !ok {
-		return nil, fmt.Errorf("tree %s not cached", id.Short())
+		return nil, fmt.Errorf("tree %s not cached", ref.Short())
 	}
 	return snapshot.DecodeTree(b)
 }

@@ -12,7 +12,7 @@ import (
 )
 
 func rec(id byte, host string, paths []string, at time.Time) *snapshot.Record {
-	return &snapshot.Record{ID: hash.ID{id}, Snapshot: &snapshot.Snapshot{Time: at, Hostname: host, Paths: paths, Tree: hash.ID{id, 1}}}
+	return &snapshot.Record{ID: hash.ID{id}, Snapshot: &snapshot.Snapshot{Time: at, Hostname: host, Paths: paths, Tree: hash.Ref{ID: hash.ID{id, 1}}}}
 }
 
 func TestTreesAndLatest(t *testing.T) {
@@ -40,7 +40,7 @@ func TestTreesAndLatest(t *testing.T) {
 	if c.Latest("web2", []string{"/etc"}) != nil || c.Latest("web1", []string{"/home"}) != nil {
 		t.Fatal("Latest matched another host or path set")
 	}
-	got, err := c.Trees(hash.ID{4}).LoadTree(context.Background(), hash.ID{4, 1})
+	got, err := c.Trees(hash.ID{4}).LoadTree(context.Background(), hash.Ref{ID: hash.ID{4, 1}})
 	if err != nil || len(got.Nodes) != 1 || got.Nodes[0].Name != "a" {
 		t.Fatalf("cached tree: %v", err)
 	}

@@ -110,8 +110,9 @@ type checker struct {
 
 // packRef is one index file's entry for a pack.
 type packRef struct {
-	index hash.ID
-	info  *repo.PackInfo
+	index  hash.ID
+	signed bool // the index file carries a valid authority signature
+	info   *repo.PackInfo
 }
 
 // add records and reports a problem.
@@ -212,12 +213,7 @@ func (c *checker) loadIndex(ctx context.Context) error {
 	idx := c.r.Index()
 	c.res.Summary.Blobs = idx.Len()
 
-	replaced := map[hash.ID]bool{}
-	for _, f := range c.indexFiles {
-		for _, s := range f.Supersedes {
-			replaced[s] = true
-		}
-	}
+	replaced := repo.Superseded(c.indexFiles)
 	c.packRefs = map[hash.ID][]packRef{}
 	for id, f := range c.indexFiles {
 		if replaced[id] {
@@ -225,7 +221,7 @@ func (c *checker) loadIndex(ctx context.Context) error {
 		}
 		for i := range f.Packs {
 			p := &f.Packs[i]
-			c.packRefs[p.ID] = append(c.packRefs[p.ID], packRef{index: id, info: p})
+			c.packRefs[p.ID] = append(c.packRefs[p.ID], packRef{index: id, signed: f.Trusted, info: p})
 			for _, b := range p.Blobs {
 				h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 				if loc, ok := idx.Lookup(h); ok && loc.Pack != p.ID && !slices.Contains(c.altCopies[h], p.ID) {
@@ -233,6 +229,21 @@ func (c *checker) loadIndex(ctx context.Context) error {
 				}
 			}
 		}
+	}
+	return c.checkMarks(ctx)
+}
+
+// checkMarks reports gc marks that prune and backups ignore: those not
+// signed by a full key (made by a write-only key or by whoever can write
+// to the storage) and damaged ones.
+func (c *checker) checkMarks(ctx context.Context) error {
+	_, damaged, err := c.r.LoadGCMarks(ctx)
+	if err != nil {
+		c.problem(Warning, KindIncomplete, "", "could not read the gc marks: %v", err)
+		return nil
+	}
+	for _, e := range damaged {
+		c.problem(Warning, KindGCMark, "gc", "%v; prune and backups ignore it (it deletes nothing); remove it once you know where it came from", e)
 	}
 	return nil
 }

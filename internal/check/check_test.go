@@ -36,8 +36,8 @@ func testKDF() *crypto.KDFParams {
 // all trees are in one tree pack.
 type fixture struct {
 	be    *mem.Backend
-	blobs map[string]hash.ID
-	trees map[string]hash.ID
+	blobs map[string]hash.Ref
+	trees map[string]hash.Ref
 	snaps []hash.ID
 }
 
@@ -54,14 +54,14 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{blobs: map[string]hash.ID{}, trees: map[string]hash.ID{}}
+	f := &fixture{blobs: map[string]hash.Ref{}, trees: map[string]hash.Ref{}}
 	if m, ok := be.(*mem.Backend); ok {
 		f.be = m
 	}
 	for _, name := range []string{"passwd1", "passwd2", "hosts", "notes"} {
 		data := randomBytes(3000)
-		id := r.BlobID(data)
-		if _, _, err := r.SaveBlob(ctx, repo.DataBlob, id, data); err != nil {
+		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if err := r.Flush(ctx); err != nil { // one pack and index file per blob
@@ -74,8 +74,8 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := r.BlobID(data)
-		if _, _, err := r.SaveBlob(ctx, repo.TreeBlob, id, data); err != nil {
+		id, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(data), data)
+		if err != nil {
 			t.Fatal(err)
 		}
 		f.trees[name] = id
@@ -83,13 +83,13 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	saveTree("etc",
 		&snapshot.Node{Name: "passwd", Type: snapshot.TypeFile, Mode: 0o644, Size: 6000, ModTime: mtime,
-			Content: []hash.ID{f.blobs["passwd1"], f.blobs["passwd2"]}},
+			Content: []hash.Ref{f.blobs["passwd1"], f.blobs["passwd2"]}, ChunkSizes: []uint32{3000, 3000}},
 		&snapshot.Node{Name: "hosts", Type: snapshot.TypeFile, Mode: 0o644, Size: 3000, ModTime: mtime,
-			Content: []hash.ID{f.blobs["hosts"]}},
+			Content: []hash.Ref{f.blobs["hosts"]}, ChunkSizes: []uint32{3000}},
 		&snapshot.Node{Name: "motd", Type: snapshot.TypeFile, Mode: 0o644}, // empty
 	)
 	saveTree("home", &snapshot.Node{Name: "notes", Type: snapshot.TypeFile, Mode: 0o600, Size: 3000,
-		Content: []hash.ID{f.blobs["notes"]}})
+		Content: []hash.Ref{f.blobs["notes"]}, ChunkSizes: []uint32{3000}})
 	saveTree("root1", &snapshot.Node{Name: "etc", Type: snapshot.TypeDir, Mode: 0o755, Subtree: f.trees["etc"]})
 	saveTree("root2",
 		&snapshot.Node{Name: "etc", Type: snapshot.TypeDir, Mode: 0o755, Subtree: f.trees["etc"]},
@@ -136,8 +136,9 @@ func run(t *testing.T, be storage.Backend, opts Options) *Result {
 }
 
 // packOf returns the pack that holds a blob.
-func (f *fixture) packOf(t *testing.T, typ repo.BlobType, id hash.ID) (storage.Handle, repo.Location) {
+func (f *fixture) packOf(t *testing.T, typ repo.BlobType, ref hash.Ref) (storage.Handle, repo.Location) {
 	t.Helper()
+	id := ref.ID
 	r := open(t, f.be)
 	if err := r.LoadIndex(context.Background()); err != nil {
 		t.Fatal(err)
@@ -286,9 +287,9 @@ func TestCheck(t *testing.T) {
 				h, _ := f.dataPack(t, "hosts")
 				f.flip(t, h, -20)
 			},
-			plain: want{kinds: []string{KindPack}, affected: []string{"1:/etc/hosts", "2:/etc/hosts"}, message: "damaged header"},
+			plain: want{kinds: []string{KindPack}, affected: []string{"1:/etc/hosts", "2:/etc/hosts"}, message: "disagrees with index"},
 			// the blob itself is intact, and restore reads it through the index
-			readData: want{kinds: []string{KindPack}, message: "damaged header"},
+			readData: want{kinds: []string{KindPack}, message: "disagrees with index"},
 		},
 		{
 			name: "truncated pack",
@@ -337,8 +338,8 @@ func TestCheck(t *testing.T) {
 				h, loc := f.packOf(t, repo.TreeBlob, f.trees["etc"])
 				f.flip(t, h, int(loc.Offset+loc.Length/2))
 			},
-			plain:    want{kinds: []string{KindTree}, affected: []string{"1:/etc", "2:/etc"}, message: "authentication failed"},
-			readData: want{kinds: []string{KindPack}, affected: []string{"1:/etc", "2:/etc"}, message: "authentication failed"},
+			plain:    want{kinds: []string{KindTree}, affected: []string{"1:/etc", "2:/etc"}, message: "do not match the blob ID"},
+			readData: want{kinds: []string{KindPack}, affected: []string{"1:/etc", "2:/etc"}, message: "do not match the blob ID"},
 		},
 		{
 			name: "unreferenced pack",
@@ -349,13 +350,14 @@ func TestCheck(t *testing.T) {
 					t.Fatal(err)
 				}
 				data := randomBytes(100)
-				if _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobID(data), data); err != nil {
+				ref, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+				if err != nil {
 					t.Fatal(err)
 				}
 				if err := r.Flush(ctx); err != nil {
 					t.Fatal(err)
 				}
-				h, _ := f.packOf(t, repo.DataBlob, r.BlobID(data))
+				h, _ := f.packOf(t, repo.DataBlob, ref)
 				// as if the backup was killed before writing its index
 				if err := f.be.Remove(ctx, f.indexListing(t, h)); err != nil {
 					t.Fatal(err)

@@ -227,7 +227,7 @@ func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []pa
 		for _, b := range ref.info.Blobs {
 			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 			indexed[h] = true
-			if hb, ok := inHeader[h]; !ok || hb != b || ref.info.Ephemeral != hdr.Ephemeral {
+			if hb, ok := inHeader[h]; !ok || hb != b {
 				if st.entryBad == nil {
 					st.entryBad = map[repo.BlobHandle]bool{}
 				}
@@ -235,11 +235,8 @@ func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []pa
 				bad++
 			}
 		}
-		switch {
-		case ref.info.Ephemeral != hdr.Ephemeral:
-			res.issues = append(res.issues, fmt.Sprintf("has another key in its header than in index %s", ref.index.Short()))
-		case bad > 0:
-			res.issues = append(res.issues, fmt.Sprintf("disagrees with index %s about %d of its blobs", ref.index.Short(), bad))
+		if bad > 0 {
+			res.issues = append(res.issues, fmt.Sprintf("disagrees with index %s (%s) about %d of its blobs", ref.index.Short(), signedWord(ref.signed), bad))
 		}
 	}
 	extra := 0
@@ -268,39 +265,49 @@ func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.
 	if hash.Sum(data) != res.id {
 		res.issues = append(res.issues, "is damaged: its content does not match its name")
 	}
-	if c.r.WriteOnly() {
-		return
-	}
-	seen := map[repo.BlobHandle]bool{}
-	var blobs []repo.PackBlob
+	// Every entry is checked, from whichever index file, by hashing: no
+	// key is needed, so a write-only key checks as much as a full one.
+	seen := map[repo.PackedBlob]bool{}
+	listedBy := map[repo.BlobHandle][]string{}
+	var blobs []repo.PackedBlob
 	for _, ref := range refs {
 		for _, b := range ref.info.Blobs {
 			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
-			if !seen[h] {
-				seen[h] = true
-				blobs = append(blobs, repo.PackBlob{Handle: h, Offset: b.Offset, Length: b.Length, RawLength: b.RawLength})
+			listedBy[h] = append(listedBy[h], fmt.Sprintf("index %s (%s)", ref.index.Short(), signedWord(ref.signed)))
+			if !seen[b] {
+				seen[b] = true
+				blobs = append(blobs, b)
 			}
 		}
 	}
 	st.read = true
 	var first string
-	_ = c.r.VerifyPackBlobs(res.id, refs[0].info.Ephemeral, data, blobs, func(b repo.PackBlob, _ []byte, err error) error {
+	_ = repo.VerifyPackBlobs(res.id, data, blobs, func(b repo.PackedBlob, err error) error {
+		h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 		if err == nil {
 			res.verified++
-		} else {
-			if st.blobBad == nil {
-				st.blobBad = map[repo.BlobHandle]string{}
-			}
-			st.blobBad[b.Handle] = err.Error()
-			if first == "" {
-				first = err.Error()
-			}
+			return nil
+		}
+		if st.blobBad == nil {
+			st.blobBad = map[repo.BlobHandle]string{}
+		}
+		msg := fmt.Sprintf("%v; listed by %s", err, strings.Join(listedBy[h], ", "))
+		st.blobBad[h] = msg
+		if first == "" {
+			first = msg
 		}
 		return nil
 	})
 	if n := len(st.blobBad); n > 0 {
-		res.issues = append(res.issues, fmt.Sprintf("has %d damaged blob%s of %d (first: %s)", n, plural(n), len(blobs), first))
+		res.issues = append(res.issues, fmt.Sprintf("has %d blob%s of %d whose bytes do not match their IDs, damaged or forged (first: %s)", n, plural(n), len(blobs), first))
 	}
+}
+
+func signedWord(signed bool) string {
+	if signed {
+		return "signed by a full key"
+	}
+	return "unsigned"
 }
 
 // trimPackPrefix drops the "pack 1a2b3c4d: " that repo's errors start with.

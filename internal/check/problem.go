@@ -43,6 +43,7 @@ const (
 	KindTree         = "tree"              // a tree blob does not load or decode, or is malformed
 	KindLeftover     = "leftover"          // an old temporary file (warning)
 	KindIncomplete   = "incomplete"        // part of the check could not run (warning)
+	KindGCMark       = "gc-mark"           // a gc mark that is not signed by a full key (ignored; warning)
 )
 
 // MaxAffectedPerProblem caps Problem.Affected; the rest are counted in

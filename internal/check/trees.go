@@ -43,14 +43,15 @@ func (c *checker) walkSnapshots(ctx context.Context) error {
 
 // walkTree returns what is damaged in tree id and below, walking it the
 // first time it is asked for.
-func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
+func (c *checker) walkTree(ctx context.Context, ref hash.Ref) ([]damage, error) {
+	id := ref.ID
 	if d, ok := c.trees[id]; ok {
 		return d, nil
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	tree, cs, err := c.loadTree(ctx, id)
+	tree, cs, err := c.loadTree(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -73,7 +74,7 @@ func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
 				p := c.problem(Error, KindTree, "tree/"+id.String(), "tree %s: directory %s has no subtree", id.Short(), DisplayPath(n.Name))
 				out = append(out, damage{n.Name, &cause{problem: p, text: "directory without contents in tree " + id.Short(), definite: true}})
 				continue
-			case c.walking[n.Subtree]:
+			case c.walking[n.Subtree.ID]:
 				p := c.problem(Error, KindTree, "tree/"+id.String(), "tree %s: directory %s contains itself (a cycle of trees)", id.Short(), DisplayPath(n.Name))
 				out = append(out, damage{n.Name, &cause{problem: p, text: "directory contains itself", definite: true}})
 				continue
@@ -91,11 +92,9 @@ func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
 			}
 		case snapshot.TypeFile:
 			c.res.Summary.Files++
-			d := c.fileDamage(n)
-			if len(d) == 0 {
-				d = c.sizeDamage(id, n)
-			}
-			out = append(out, d...)
+			// A file's size is checked against its chunk sizes when the
+			// tree decodes; restore checks each chunk's length.
+			out = append(out, c.fileDamage(n)...)
 		}
 	}
 	c.trees[id] = out
@@ -104,7 +103,8 @@ func (c *checker) walkTree(ctx context.Context, id hash.ID) ([]damage, error) {
 
 // loadTree loads and decodes a tree, or says why it cannot. The error is
 // only for a canceled check.
-func (c *checker) loadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, *cause, error) {
+func (c *checker) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, *cause, error) {
+	id := ref.ID
 	h := repo.BlobHandle{Type: repo.TreeBlob, ID: id}
 	cs := c.blobCause(h)
 	if cs != nil && cs.definite {
@@ -112,7 +112,7 @@ func (c *checker) loadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, *ca
 	}
 	// A tree whose pack header is damaged may still be intact; loading it
 	// verifies it in full.
-	tree, err := snapshot.LoadTree(ctx, c.r, id)
+	tree, err := snapshot.LoadTree(ctx, c.r, ref)
 	if err == nil {
 		return tree, nil, nil
 	}
@@ -126,33 +126,13 @@ func (c *checker) loadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, *ca
 	return nil, &cause{problem: p, text: err.Error(), definite: true}, nil
 }
 
-// sizeDamage reports a file whose size disagrees with the length of its
-// content (the raw lengths the index gives its blobs): restore refuses
-// such a file. A hostile tree can say 4 GiB for one small chunk.
-func (c *checker) sizeDamage(tree hash.ID, n *snapshot.Node) []damage {
-	var total uint64
-	for _, id := range n.Content {
-		loc, ok := c.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
-		if !ok {
-			return nil // reported as a missing blob
-		}
-		total += uint64(loc.RawLength)
-	}
-	if total == n.Size {
-		return nil
-	}
-	p := c.problem(Error, KindTree, "tree/"+tree.String(), "tree %s: file %s has size %d but its content holds %d bytes",
-		tree.Short(), DisplayPath(n.Name), n.Size, total)
-	return []damage{{n.Name, &cause{problem: p, text: fmt.Sprintf("size %d disagrees with its content of %d bytes", n.Size, total), definite: true}}}
-}
-
 // fileDamage returns the damage of a file's content: one entry per
 // problem that damages it.
 func (c *checker) fileDamage(n *snapshot.Node) []damage {
 	var out []damage
 	var counts []int
-	for _, id := range n.Content {
-		cs := c.blobCause(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+	for _, ref := range n.Content {
+		cs := c.blobCause(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID})
 		if cs == nil {
 			continue
 		}

@@ -8,6 +8,7 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/ecdh"
+	"crypto/ed25519"
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
@@ -206,4 +207,90 @@ func DeriveKey(passphrase []byte, p KDFParams) (Key, error) {
 		return Key{}, fmt.Errorf("key derivation parameters: %w", err)
 	}
 	return Key(argon2.IDKey(passphrase, p.Salt, p.Time, p.MemoryKiB, p.Threads, KeySize)), nil
+}
+
+// Convergent encryption of blobs (docs/FORMAT.md "Blobs"): the key derives
+// from the plaintext's keyed hash and is used for that one plaintext only,
+// so a fixed nonce is safe, and the same plaintext always gives the same
+// stored bytes, which is what lets anyone verify a copy by hashing it.
+
+// BlobOverhead is what SealBlob adds: the GCM tag (no nonce is stored).
+const BlobOverhead = TagSize
+
+var zeroNonce [NonceSize]byte
+
+func blobGCM(key Key) cipher.AEAD {
+	block, err := aes.NewCipher(key[:])
+	if err != nil {
+		panic("aes.NewCipher with a 32-byte key: " + err.Error()) // cannot happen
+	}
+	gcm, err := cipher.NewGCM(block)
+	if err != nil {
+		panic("cipher.NewGCM: " + err.Error()) // cannot happen
+	}
+	return gcm
+}
+
+// SealBlob appends AES-256-GCM(key, zero nonce, plaintext, ad) to dst.
+// key must be used for no other plaintext.
+func SealBlob(dst []byte, key Key, plaintext, ad []byte) []byte {
+	return blobGCM(key).Seal(dst, zeroNonce[:], plaintext, ad)
+}
+
+// OpenBlob appends the plaintext of a SealBlob output to dst.
+func OpenBlob(dst []byte, key Key, sealed, ad []byte) ([]byte, error) {
+	if len(sealed) < BlobOverhead {
+		return nil, fmt.Errorf("blob of %d bytes is shorter than the %d-byte tag: %w", len(sealed), BlobOverhead, ErrAuth)
+	}
+	out, err := blobGCM(key).Open(dst, zeroNonce[:], sealed, ad)
+	if err != nil {
+		return nil, ErrAuth
+	}
+	return out, nil
+}
+
+// Authority signatures (docs/FORMAT.md "Authority"): Ed25519 over a
+// domain string and the message, so that a signature made for one kind of
+// object (config, index file, gc mark) never verifies as another.
+
+// SignatureSize is the size of an authority signature.
+const SignatureSize = ed25519.SignatureSize
+
+// AuthorityPublic is an Ed25519 public key; AuthoritySeed the private seed.
+type (
+	AuthorityPublic [ed25519.PublicKeySize]byte
+	AuthoritySeed   [ed25519.SeedSize]byte
+)
+
+// GenerateAuthority returns a new Ed25519 key pair.
+func GenerateAuthority() (AuthorityPublic, AuthoritySeed, error) {
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return AuthorityPublic{}, AuthoritySeed{}, fmt.Errorf("generate Ed25519 key: %w", err)
+	}
+	return AuthorityPublic(pub), AuthoritySeed(priv.Seed()), nil
+}
+
+// Public returns the public key of seed.
+func (s AuthoritySeed) Public() AuthorityPublic {
+	return AuthorityPublic(ed25519.NewKeyFromSeed(s[:]).Public().(ed25519.PublicKey))
+}
+
+func signedMessage(domain string, msg []byte) []byte {
+	m := make([]byte, 0, len(domain)+1+len(msg))
+	m = append(append(m, domain...), 0)
+	return append(m, msg...)
+}
+
+// Sign signs msg in domain.
+func (s AuthoritySeed) Sign(domain string, msg []byte) []byte {
+	return ed25519.Sign(ed25519.NewKeyFromSeed(s[:]), signedMessage(domain, msg))
+}
+
+// Verify reports whether sig is a valid signature of msg in domain.
+func (p AuthorityPublic) Verify(domain string, msg, sig []byte) bool {
+	if len(sig) != SignatureSize {
+		return false
+	}
+	return ed25519.Verify(ed25519.PublicKey(p[:]), signedMessage(domain, msg), sig)
 }

@@ -113,3 +113,47 @@ func FuzzOpen(f *testing.F) {
 		_, _ = a.Open(nil, env, nil) // must not panic
 	})
 }
+
+func TestSealBlobConvergent(t *testing.T) {
+	k := RandomKey()
+	a := SealBlob(nil, k, []byte("payload"), []byte("ad"))
+	b := SealBlob(nil, k, []byte("payload"), []byte("ad"))
+	if string(a) != string(b) || len(a) != len("payload")+BlobOverhead {
+		t.Fatal("SealBlob is not deterministic")
+	}
+	p, err := OpenBlob(nil, k, a, []byte("ad"))
+	if err != nil || string(p) != "payload" {
+		t.Fatalf("OpenBlob = %q, %v", p, err)
+	}
+	if _, err := OpenBlob(nil, k, a, []byte("other")); err == nil {
+		t.Fatal("OpenBlob accepted other AD")
+	}
+	a[0] ^= 1
+	if _, err := OpenBlob(nil, k, a, []byte("ad")); err == nil {
+		t.Fatal("OpenBlob accepted a flipped bit")
+	}
+	if _, err := OpenBlob(nil, k, a[:3], []byte("ad")); err == nil {
+		t.Fatal("OpenBlob accepted a short input")
+	}
+}
+
+func TestAuthority(t *testing.T) {
+	pub, seed, err := GenerateAuthority()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if seed.Public() != pub {
+		t.Fatal("Public of seed differs")
+	}
+	sig := seed.Sign("d1", []byte("m"))
+	if !pub.Verify("d1", []byte("m"), sig) {
+		t.Fatal("valid signature rejected")
+	}
+	if pub.Verify("d2", []byte("m"), sig) || pub.Verify("d1", []byte("n"), sig) || pub.Verify("d1", []byte("m"), sig[:10]) {
+		t.Fatal("signature verified in another domain, for another message, or truncated")
+	}
+	other, _, _ := GenerateAuthority()
+	if other.Verify("d1", []byte("m"), sig) {
+		t.Fatal("signature verified under another key")
+	}
+}

@@ -237,7 +237,7 @@ type differ struct {
 // path is dir ("/" for snapshot roots), calling fn for every change in
 // path order. A directory that only one side has is reported with all its
 // contents. It returns the summary; an error from fn stops the diff.
-func Trees(ctx context.Context, l walk.Loader, dir string, oldTree, newTree hash.ID, opts Options, fn func(Change) error) (Summary, error) {
+func Trees(ctx context.Context, l walk.Loader, dir string, oldTree, newTree hash.Ref, opts Options, fn func(Change) error) (Summary, error) {
 	d := newDiffer(l, opts, fn)
 	err := d.trees(ctx, dir, oldTree, newTree)
 	return d.sum, err
@@ -263,7 +263,7 @@ func (d *differ) emit(c Change) error {
 	return d.fn(c)
 }
 
-func (d *differ) trees(ctx context.Context, dir string, oldID, newID hash.ID) error {
+func (d *differ) trees(ctx context.Context, dir string, oldID, newID hash.Ref) error {
 	if oldID == newID {
 		d.sum.TreesSkipped++
 		return nil
@@ -315,7 +315,7 @@ func (d *differ) trees(ctx context.Context, dir string, oldID, newID hash.ID) er
 	return nil
 }
 
-func walkErr(dir string, id hash.ID, err error) error {
+func walkErr(dir string, id hash.Ref, err error) error {
 	return fmt.Errorf("load tree of %s (%s): %w", dir, id.Short(), err)
 }
 

@@ -33,8 +33,8 @@ func TestCompare(t *testing.T) {
 		want diff.Attr
 	}{
 		{"same", base, func(n *snapshot.Node) {}, 0},
-		{"content", base, func(n *snapshot.Node) { n.Content = []hash.ID{wt.ID("b")} }, diff.AttrContent},
-		{"content and size", base, func(n *snapshot.Node) { n.Content = []hash.ID{wt.ID("a"), wt.ID("b")}; n.Size = 20 },
+		{"content", base, func(n *snapshot.Node) { n.Content = []hash.Ref{wt.ID("b")} }, diff.AttrContent},
+		{"content and size", base, func(n *snapshot.Node) { n.Content = []hash.Ref{wt.ID("a"), wt.ID("b")}; n.ChunkSizes = []uint32{10, 10}; n.Size = 20 },
 			diff.AttrContent | diff.AttrSize},
 		{"mode", base, func(n *snapshot.Node) { n.Mode = 0o600 }, diff.AttrMode},
 		{"setuid", base, func(n *snapshot.Node) { n.Mode |= 0o4000 }, diff.AttrMode},
@@ -90,7 +90,7 @@ type line struct {
 
 func (l line) String() string { return fmt.Sprintf("%s %s %s", l.kind, l.path, l.what) }
 
-func run(t *testing.T, trees *wt.Trees, old, new hash.ID, opts diff.Options) ([]string, diff.Summary) {
+func run(t *testing.T, trees *wt.Trees, old, new hash.Ref, opts diff.Options) ([]string, diff.Summary) {
 	t.Helper()
 	var got []string
 	sum, err := diff.Trees(context.Background(), trees, "/", old, new, opts, func(c diff.Change) error {
@@ -111,7 +111,7 @@ func TestTrees(t *testing.T) {
 	newSub := trees.Add(wt.File("y", 2, wt.ID("y")), wt.File("z", 3, wt.ID("z")))
 	oldNode := wt.File("changed", 10, wt.ID("c1"))
 	newNode := clone(oldNode)
-	newNode.Content, newNode.Size, newNode.Mode = []hash.ID{wt.ID("c2")}, 12, 0o600
+	newNode.Content, newNode.ChunkSizes, newNode.Size, newNode.Mode = []hash.Ref{wt.ID("c2")}, []uint32{12}, 12, 0o600
 	old := trees.Add(
 		wt.Dir("gone", oldSub),
 		wt.Dir("same", shared),

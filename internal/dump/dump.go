@@ -30,7 +30,7 @@ import (
 
 // BlobLoader loads data blobs; *repo.Repository is one.
 type BlobLoader interface {
-	LoadBlob(ctx context.Context, h repo.BlobHandle, buf []byte) ([]byte, error)
+	LoadBlob(ctx context.Context, t repo.BlobType, ref hash.Ref, buf []byte) ([]byte, error)
 }
 
 // prefetch is how many blobs of a file are loaded ahead of the writer.
@@ -65,11 +65,11 @@ type loaded struct {
 
 // writeContent loads blobs in order, up to prefetch of them concurrently,
 // and writes them to w.
-func writeContent(ctx context.Context, bl BlobLoader, ids []hash.ID, w io.Writer) (uint64, error) {
+func writeContent(ctx context.Context, bl BlobLoader, ids []hash.Ref, w io.Writer) (uint64, error) {
 	var total uint64
 	if len(ids) <= 1 {
 		for _, id := range ids {
-			data, err := bl.LoadBlob(ctx, repo.BlobHandle{Type: repo.DataBlob, ID: id}, nil)
+			data, err := bl.LoadBlob(ctx, repo.DataBlob, id, nil)
 			if err != nil {
 				return 0, err
 			}
@@ -90,8 +90,8 @@ func writeContent(ctx context.Context, bl BlobLoader, ids []hash.ID, w io.Writer
 			case <-ctx.Done():
 				return
 			}
-			go func(id hash.ID) {
-				data, err := bl.LoadBlob(ctx, repo.BlobHandle{Type: repo.DataBlob, ID: id}, nil)
+			go func(id hash.Ref) {
+				data, err := bl.LoadBlob(ctx, repo.DataBlob, id, nil)
 				ch <- loaded{data, err}
 			}(id)
 		}
@@ -198,7 +198,7 @@ func (d *tarDumper) entry(ctx context.Context, p string, n *snapshot.Node) error
 	if hdr.ModTime.IsZero() {
 		hdr.ModTime = time.Unix(0, 0)
 	}
-	var content []hash.ID
+	var content []hash.Ref
 	switch n.Type {
 	case snapshot.TypeFile:
 		key := [2]uint64{n.Device, n.Inode}

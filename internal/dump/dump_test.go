@@ -24,23 +24,23 @@ import (
 
 type blobs struct {
 	mu sync.Mutex
-	m  map[hash.ID][]byte
+	m  map[hash.Ref][]byte
 }
 
-func (b *blobs) add(data string) hash.ID {
-	id := hash.Sum([]byte(data))
+func (b *blobs) add(data string) hash.Ref {
+	id := hash.Ref{ID: hash.Sum([]byte(data)), Key: hash.Sum([]byte("key" + data))}
 	b.mu.Lock()
 	b.m[id] = []byte(data)
 	b.mu.Unlock()
 	return id
 }
 
-func (b *blobs) LoadBlob(ctx context.Context, h repo.BlobHandle, buf []byte) ([]byte, error) {
+func (b *blobs) LoadBlob(ctx context.Context, t repo.BlobType, ref hash.Ref, buf []byte) ([]byte, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	d, ok := b.m[h.ID]
-	if !ok || h.Type != repo.DataBlob {
-		return nil, fmt.Errorf("blob %s: %w", h.ID.Short(), repo.ErrBlobNotFound)
+	d, ok := b.m[ref]
+	if !ok || t != repo.DataBlob {
+		return nil, fmt.Errorf("blob %s: %w", ref.Short(), repo.ErrBlobNotFound)
 	}
 	return append(buf[:0], d...), nil
 }
@@ -48,7 +48,7 @@ func (b *blobs) LoadBlob(ctx context.Context, h repo.BlobHandle, buf []byte) ([]
 type fixture struct {
 	trees *wt.Trees
 	blobs *blobs
-	root  hash.ID
+	root  hash.Ref
 	mtime time.Time
 	atime time.Time
 }
@@ -56,10 +56,10 @@ type fixture struct {
 var longName = strings.Repeat("long-name-", 30) // 300 bytes
 
 func newFixture() *fixture {
-	f := &fixture{trees: wt.New(), blobs: &blobs{m: map[hash.ID][]byte{}},
+	f := &fixture{trees: wt.New(), blobs: &blobs{m: map[hash.Ref][]byte{}},
 		mtime: time.Date(2026, 1, 2, 3, 4, 5, 123456789, time.UTC),
 		atime: time.Date(2026, 1, 3, 3, 4, 5, 987654321, time.UTC)}
-	var parts []hash.ID
+	var parts []hash.Ref
 	var content string
 	for i := 0; i < 10; i++ { // several blobs: exercises the prefetch
 		s := fmt.Sprintf("part %d of the password file\n", i)

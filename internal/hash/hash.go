@@ -106,3 +106,85 @@ func (w *Writer) Sum() ID {
 	w.h.Sum(id[:0])
 	return id
 }
+
+// RefSize is the encoded size of a Ref.
+const RefSize = 2 * Size
+
+// Ref refers to a blob in format v2 (docs/FORMAT.md "Blobs"): ID is the
+// unkeyed hash of the blob's stored bytes (anyone can check a copy against
+// it), Key is the keyed hash of its plaintext, from which the blob's
+// encryption key derives. Whoever holds a Ref can decrypt the blob, so a
+// Ref is only ever stored inside encrypted trees and snapshots, and its
+// String shows the ID alone.
+type Ref struct {
+	ID  ID
+	Key ID
+}
+
+// IsNull reports whether r is the zero Ref ("no blob").
+func (r Ref) IsNull() bool { return r == Ref{} }
+
+// String returns the ID only: the key must not reach logs or messages.
+func (r Ref) String() string { return r.ID.String() }
+
+// Short returns the first 8 hex digits of the ID, for display.
+func (r Ref) Short() string { return r.ID.Short() }
+
+// MarshalText encodes the Ref as 128 hex digits, ID first (snapshot
+// records, which are encrypted, hold the root tree's Ref this way).
+func (r Ref) MarshalText() ([]byte, error) {
+	return []byte(hex.EncodeToString(r.ID[:]) + hex.EncodeToString(r.Key[:])), nil
+}
+
+// UnmarshalText decodes 128 hex digits.
+func (r *Ref) UnmarshalText(b []byte) error {
+	if len(b) != 2*RefSize {
+		return fmt.Errorf("invalid blob reference: want %d hex digits, have %d", 2*RefSize, len(b))
+	}
+	var out Ref
+	if _, err := hex.Decode(out.ID[:], b[:2*Size]); err != nil {
+		return fmt.Errorf("invalid blob reference: %w", err)
+	}
+	if _, err := hex.Decode(out.Key[:], b[2*Size:]); err != nil {
+		return fmt.Errorf("invalid blob reference: %w", err)
+	}
+	*r = out
+	return nil
+}
+
+// AppendRef appends the 64-byte binary form of r (ID, then key).
+func AppendRef(b []byte, r Ref) []byte {
+	b = append(b, r.ID[:]...)
+	return append(b, r.Key[:]...)
+}
+
+// RefFromBytes decodes the 64-byte binary form; b must hold RefSize bytes.
+func RefFromBytes(b []byte) Ref {
+	var r Ref
+	copy(r.ID[:], b[:Size])
+	copy(r.Key[:], b[Size:RefSize])
+	return r
+}
+
+// SumTyped returns BLAKE3-256(t || data): the ID of a stored blob of type
+// t (docs/FORMAT.md "Blobs"). The type byte keeps a data blob and a tree
+// blob with the same stored bytes apart.
+func SumTyped(t byte, data []byte) ID {
+	h := typedPool.Get().(*blake3.Hasher)
+	h.Reset()
+	h.Write([]byte{t})
+	h.Write(data)
+	var id ID
+	h.Sum(id[:0])
+	typedPool.Put(h)
+	return id
+}
+
+var typedPool = sync.Pool{New: func() any { return blake3.New() }}
+
+// DeriveKey returns BLAKE3's derive_key(context, material), 32 bytes.
+func DeriveKey(context string, material []byte) [32]byte {
+	var out [32]byte
+	blake3.DeriveKey(context, material, out[:])
+	return out
+}

@@ -61,3 +61,29 @@ func BenchmarkSum16MiB(b *testing.B) {
 		Sum(buf)
 	}
 }
+
+func TestRef(t *testing.T) {
+	r := Ref{ID: Sum([]byte("a")), Key: Sum([]byte("b"))}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Ref
+	if err := json.Unmarshal(b, &back); err != nil || back != r {
+		t.Fatalf("JSON round trip: %v %v", back, err)
+	}
+	if r.String() != r.ID.String() {
+		t.Fatal("String must show the ID only")
+	}
+	if RefFromBytes(AppendRef(nil, r)) != r {
+		t.Fatal("binary round trip")
+	}
+	for _, bad := range []string{`""`, `"` + r.ID.String() + `"`, `"` + r.ID.String() + r.Key.String()[:63] + `g"`} {
+		if err := json.Unmarshal([]byte(bad), &back); err == nil {
+			t.Errorf("accepted %s", bad)
+		}
+	}
+	if SumTyped(0, []byte("x")) == SumTyped(1, []byte("x")) || SumTyped(0, []byte("x")) != Sum([]byte("\x00x")) {
+		t.Fatal("SumTyped")
+	}
+}

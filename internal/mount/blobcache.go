@@ -22,7 +22,7 @@ type blobCache struct {
 	mu    sync.Mutex
 	size  int64
 	lru   *list.List // of *blobEntry, loaded ones only, most recent first
-	byID  map[hash.ID]*blobEntry
+	byID  map[hash.Ref]*blobEntry
 	slots chan struct{} // bounds background loads
 
 	// counters for tests and tuning
@@ -30,7 +30,7 @@ type blobCache struct {
 }
 
 type blobEntry struct {
-	id   hash.ID
+	id   hash.Ref
 	done chan struct{} // closed when data or err is set
 	data []byte
 	err  error
@@ -38,12 +38,12 @@ type blobEntry struct {
 }
 
 func newBlobCache(ctx context.Context, r *repo.Repository, maxBytes int64, background int) *blobCache {
-	return &blobCache{r: r, ctx: ctx, max: maxBytes, lru: list.New(), byID: map[hash.ID]*blobEntry{},
+	return &blobCache{r: r, ctx: ctx, max: maxBytes, lru: list.New(), byID: map[hash.Ref]*blobEntry{},
 		slots: make(chan struct{}, max(background, 1))}
 }
 
 // get returns the plaintext of a data blob, which must not be modified.
-func (c *blobCache) get(ctx context.Context, id hash.ID) ([]byte, error) {
+func (c *blobCache) get(ctx context.Context, id hash.Ref) ([]byte, error) {
 	e, loader := c.entry(id)
 	if loader {
 		c.load(e)
@@ -58,7 +58,7 @@ func (c *blobCache) get(ctx context.Context, id hash.ID) ([]byte, error) {
 
 // entry returns the entry of id, creating it (loader true: the caller
 // must load it) if it is neither cached nor being loaded.
-func (c *blobCache) entry(id hash.ID) (*blobEntry, bool) {
+func (c *blobCache) entry(id hash.Ref) (*blobEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.byID[id]; ok {
@@ -76,7 +76,7 @@ func (c *blobCache) entry(id hash.ID) (*blobEntry, bool) {
 
 // prefetch starts loading id in the background unless it is cached, being
 // loaded, or all background slots are busy (read-ahead is a hint).
-func (c *blobCache) prefetch(id hash.ID) {
+func (c *blobCache) prefetch(id hash.Ref) {
 	c.mu.Lock()
 	_, known := c.byID[id]
 	c.mu.Unlock()
@@ -100,7 +100,7 @@ func (c *blobCache) prefetch(id hash.ID) {
 }
 
 func (c *blobCache) load(e *blobEntry) {
-	data, err := c.r.LoadBlob(c.ctx, repo.BlobHandle{Type: repo.DataBlob, ID: e.id}, nil)
+	data, err := c.r.LoadBlob(c.ctx, repo.DataBlob, e.id, nil)
 	c.mu.Lock()
 	if err != nil {
 		e.err = err

@@ -34,15 +34,15 @@ var (
 
 // layout places a file's blobs: blob i holds bytes off[i] to off[i+1].
 type layout struct {
-	ids       []hash.ID
+	ids       []hash.Ref
 	off       []int64
 	hole      []bool // sparse files: blob i is all zeros, a hole
 	allocated int64  // bytes not in holes
 }
 
-// layout computes (once) where each blob of the file starts, from the raw
-// lengths the index records, so that a read at any offset finds its blob
-// by binary search.
+// layout computes (once) where each blob of the file starts, from the
+// chunk sizes its tree records, so that a read at any offset finds its
+// blob by binary search.
 func (n *fileNode) layout() (*layout, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -55,17 +55,18 @@ func (n *fileNode) layout() (*layout, error) {
 		l.hole = make([]bool, len(l.ids))
 	}
 	for i, id := range l.ids {
-		loc, ok := idx.Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
+		loc, ok := idx.Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id.ID})
 		if !ok {
 			return nil, fmt.Errorf("%s: data blob %s: %w", n.name, id.Short(), repo.ErrBlobNotFound)
 		}
-		l.off[i+1] = l.off[i] + int64(loc.RawLength)
+		size := n.n.ChunkSizes[i]
+		l.off[i+1] = l.off[i] + int64(size)
 		// Holes are stored as blobs of zeros, which compress to almost
 		// nothing: only such blobs are worth hashing zeros for.
-		if l.hole != nil && int64(loc.Length)*64 < int64(loc.RawLength) && id == n.f.zeroID(loc.RawLength) {
+		if l.hole != nil && int64(loc.Length)*64 < int64(size) && id.Key == n.f.zeroID(size) {
 			l.hole[i] = true
 		} else {
-			l.allocated += int64(loc.RawLength)
+			l.allocated += int64(size)
 		}
 	}
 	n.lay = l

@@ -129,11 +129,11 @@ func TestInoOf(t *testing.T) {
 func TestBlobCache(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t)
-	var ids []hash.ID
+	var ids []hash.Ref
 	for i := 0; i < 8; i++ {
 		data := testutil.RandomBytes(uint64(i), 1<<20)
-		id := r.BlobID(data)
-		if _, _, err := r.SaveBlob(ctx, repo.DataBlob, id, data); err != nil {
+		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
@@ -149,7 +149,7 @@ func TestBlobCache(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			data, err := c.get(ctx, ids[0])
-			if err != nil || r.BlobID(data) != ids[0] {
+			if err != nil || r.BlobKey(data) != ids[0].Key {
 				t.Errorf("get: %v", err)
 			}
 		}()
@@ -180,8 +180,8 @@ func TestBlobCache(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var missing hash.ID
-	missing[0] = 0xee
+	var missing hash.Ref
+	missing.ID[0] = 0xee
 	if _, err := c.get(ctx, missing); err == nil {
 		t.Errorf("get of a missing blob succeeded")
 	}

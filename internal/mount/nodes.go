@@ -48,13 +48,13 @@ func (f *fsys) fail(err error) syscall.Errno {
 	return syscall.EIO
 }
 
-// zeroID returns the ID of n zero bytes (how sparse files store holes).
+// zeroID returns the key (K) of n zero bytes (how sparse files store holes).
 func (f *fsys) zeroID(n uint32) hash.ID {
 	f.zeroMu.Lock()
 	defer f.zeroMu.Unlock()
 	id, ok := f.zeroIDs[n]
 	if !ok {
-		id = f.r.BlobID(make([]byte, n))
+		id = f.r.BlobKey(make([]byte, n))
 		f.zeroIDs[n] = id
 	}
 	return id

@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
@@ -152,6 +151,9 @@ type Result struct {
 	// `floe repair` removes them.
 	Undecodable  []SkippedSnapshot `json:"undecodable_snapshots,omitempty"`
 	Warnings     []string          `json:"warnings,omitempty"`
+	// Forged lists index entries whose bytes did not match their IDs
+	// (dropped: prune relies only on verified copies).
+	Forged       []string          `json:"forged,omitempty"`
 	Duration     time.Duration     `json:"-"`
 	DurationSecs float64           `json:"duration_seconds"`
 }
@@ -169,12 +171,15 @@ var ErrUnsafe = errors.New("prune refuses to run")
 
 // pack is what the run knows of one pack.
 type pack struct {
-	id        hash.ID
-	size      int64
-	stored    bool // in storage
-	indexed   bool // listed by an index file in use
-	ephemeral crypto.PublicKey
-	blobs     []repo.PackedBlob
+	id      hash.ID
+	size    int64
+	stored  bool // in storage
+	indexed bool // listed by an index file in use
+	blobs   []repo.PackedBlob
+	// untrusted are the blobs that only unsigned index files (those of
+	// write-only keys, or forged) list in this pack: load verifies them
+	// by hashing before anything relies on them.
+	untrusted map[repo.BlobHandle]bool
 }
 
 type pruner struct {
@@ -189,6 +194,9 @@ type pruner struct {
 	packs    map[hash.ID]*pack
 	used     map[repo.BlobHandle]struct{}
 	copies   map[repo.BlobHandle][]hash.ID // used blob -> indexed packs that hold it
+	// reindex: entries were verified or dropped, so the sweep writes a
+	// signed index file even when no mark is due.
+	reindex bool
 }
 
 // Run prunes r: see the package documentation. It needs a full key.
@@ -272,32 +280,36 @@ func (p *pruner) load(ctx context.Context) error {
 		return fmt.Errorf("%w: %d index file(s) cannot be loaded (%v); the packs they list would look unused. Run `floe check`", ErrUnsafe, len(errs), errors.Join(errs...))
 	}
 	p.files = files
-	p.replaced = map[hash.ID]bool{}
-	for _, f := range files {
-		for _, s := range f.Supersedes {
-			p.replaced[s] = true
-		}
-	}
+	// Supersedes counts only in signed index files: otherwise a write-only
+	// host could hide every other index file.
+	p.replaced = repo.Superseded(files)
 	p.packs = map[hash.ID]*pack{}
-	for id, f := range files {
+	// signed files first, so that where an unsigned file disagrees about a
+	// blob of a pack, the signed entry is the one kept
+	ids := sortedIDs(files)
+	sort.SliceStable(ids, func(i, j int) bool { return files[ids[i]].Trusted && !files[ids[j]].Trusted })
+	have := map[hash.ID]map[repo.BlobHandle]bool{}
+	for _, id := range ids {
+		f := files[id]
 		if p.replaced[id] {
 			continue
 		}
 		for _, pi := range f.Packs {
 			pk := p.packs[pi.ID]
 			if pk == nil {
-				pk = &pack{id: pi.ID, ephemeral: pi.Ephemeral, indexed: true}
+				pk = &pack{id: pi.ID, indexed: true, untrusted: map[repo.BlobHandle]bool{}}
 				p.packs[pi.ID] = pk
-				pk.blobs = append([]repo.PackedBlob(nil), pi.Blobs...)
-				continue
-			}
-			have := map[repo.BlobHandle]bool{}
-			for _, b := range pk.blobs {
-				have[repo.BlobHandle{Type: b.Type, ID: b.ID}] = true
+				have[pi.ID] = map[repo.BlobHandle]bool{}
 			}
 			for _, b := range pi.Blobs {
-				if !have[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
-					pk.blobs = append(pk.blobs, b)
+				h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+				if have[pi.ID][h] {
+					continue
+				}
+				have[pi.ID][h] = true
+				pk.blobs = append(pk.blobs, b)
+				if !f.Trusted {
+					pk.untrusted[h] = true
 				}
 			}
 		}
@@ -311,6 +323,9 @@ func (p *pruner) load(ctx context.Context) error {
 		pk.stored, pk.size = true, size
 		p.res.Before.add(size)
 	}
+	if err := p.verifyUntrusted(ctx); err != nil {
+		return err
+	}
 	marked := map[hash.ID]bool{}
 	for _, m := range marks {
 		for _, id := range m.Packs {
@@ -318,6 +333,56 @@ func (p *pruner) load(ctx context.Context) error {
 		}
 	}
 	p.r.UseIndex(files, marked)
+	return nil
+}
+
+// verifyUntrusted reads every stored pack that has blobs only unsigned
+// index files list, and hashes those blobs: an entry whose bytes do not
+// match its ID (a forged or damaged copy) is dropped and reported, so
+// that prune never keeps such a copy in place of a genuine one, and the
+// index file the sweep writes (signed) vouches only for verified entries.
+func (p *pruner) verifyUntrusted(ctx context.Context) error {
+	var todo []hash.ID
+	for _, id := range sortedPacks(p.packs) {
+		if pk := p.packs[id]; pk.stored && len(pk.untrusted) > 0 {
+			todo = append(todo, id)
+		}
+	}
+	if len(todo) == 0 {
+		return nil
+	}
+	p.opts.Progress.start("verifying packs that only unsigned index files list", int64(len(todo)))
+	for _, id := range todo {
+		pk := p.packs[id]
+		data, err := p.r.LoadPack(ctx, id)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %v", ErrUnsafe, id.Short(), err)
+		}
+		kept := pk.blobs[:0]
+		dropped := 0
+		for _, b := range pk.blobs {
+			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+			if pk.untrusted[h] {
+				end := int64(b.Offset) + int64(b.Length)
+				if end > int64(len(data)) || repo.StoredBlobID(b.Type, data[b.Offset:end]) != b.ID {
+					dropped++
+					p.res.Forged = append(p.res.Forged, fmt.Sprintf("%s blob %s in pack %s", b.Type, b.ID.Short(), id.Short()))
+					continue
+				}
+				delete(pk.untrusted, h)
+			}
+			kept = append(kept, b)
+		}
+		pk.blobs = kept
+		p.reindex = true
+		if dropped > 0 {
+			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %d blob(s) that only unsigned index files list do not match their IDs (forged or damaged); their entries are dropped", id.Short(), dropped))
+		}
+		p.opts.Progress.add(1)
+	}
 	return nil
 }
 
@@ -335,7 +400,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	var roots []hash.ID
+	var roots []hash.Ref
 	for i, rec := range recs {
 		switch {
 		case errs[i] == nil:
@@ -355,10 +420,10 @@ func (p *pruner) findUsed(ctx context.Context) error {
 	prog.start("reading trees", 0)
 	used := map[repo.BlobHandle]struct{}{}
 	visited := map[hash.ID]bool{}
-	var frontier []hash.ID
+	var frontier []hash.Ref
 	for _, t := range roots {
-		if !visited[t] {
-			visited[t] = true
+		if !visited[t.ID] {
+			visited[t.ID] = true
 			frontier = append(frontier, t)
 		}
 	}
@@ -379,13 +444,13 @@ func (p *pruner) findUsed(ctx context.Context) error {
 			if terrs[i] != nil {
 				return fmt.Errorf("%w: tree %s cannot be read: %v. Run `floe check`", ErrUnsafe, cur[i].Short(), terrs[i])
 			}
-			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i]}] = struct{}{}
+			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i].ID}] = struct{}{}
 			for _, node := range t.Nodes {
 				for _, c := range node.Content {
-					used[repo.BlobHandle{Type: repo.DataBlob, ID: c}] = struct{}{}
+					used[repo.BlobHandle{Type: repo.DataBlob, ID: c.ID}] = struct{}{}
 				}
-				if !node.Subtree.IsNull() && !visited[node.Subtree] {
-					visited[node.Subtree] = true
+				if !node.Subtree.IsNull() && !visited[node.Subtree.ID] {
+					visited[node.Subtree.ID] = true
 					frontier = append(frontier, node.Subtree)
 				}
 			}
@@ -409,7 +474,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 	}
 	if missing := len(used) - len(p.copies); missing > 0 {
-		return fmt.Errorf("%w: %d blob(s) that snapshots need are in no index file. Run `floe check`", ErrUnsafe, missing)
+		return fmt.Errorf("%w: %d blob(s) that snapshots need are in no index file, or only in forged or damaged copies. Run `floe check`", ErrUnsafe, missing)
 	}
 	return nil
 }
@@ -441,7 +506,7 @@ func (p *pruner) planSweep(now time.Time) *sweepPlan {
 			}
 		}
 	}
-	if len(s.due) == 0 {
+	if len(s.due) == 0 && !p.reindex {
 		return s
 	}
 	cand := map[hash.ID]bool{}
@@ -516,7 +581,7 @@ func (p *pruner) planSweep(now time.Time) *sweepPlan {
 
 	// The new index file is needed when an indexed pack goes, or to clean
 	// up index files that are superseded already.
-	need := len(supersede) > 0
+	need := len(supersede) > 0 || p.reindex
 	for id := range s.delete {
 		need = need || p.packs[id].indexed
 	}
@@ -544,7 +609,7 @@ func (p *pruner) planSweep(now time.Time) *sweepPlan {
 	for _, id := range sortedPacks(p.packs) {
 		pk := p.packs[id]
 		if pk.indexed && !s.delete[id] && !s.gone[id] {
-			f.Packs = append(f.Packs, repo.PackInfo{ID: id, Ephemeral: pk.ephemeral, Blobs: pk.blobs})
+			f.Packs = append(f.Packs, repo.PackInfo{ID: id, Blobs: pk.blobs})
 		}
 	}
 	s.index = f
@@ -612,11 +677,11 @@ func (p *pruner) applySweep(s *sweepPlan) {
 // markPlan is what the mark phase does.
 type markPlan struct {
 	unused, repack, unindexed []hash.ID
-	copy                      map[hash.ID][]repo.PackBlob // of repacked packs
+	copy                      map[hash.ID][]repo.PackedBlob // of repacked packs
 }
 
 func (p *pruner) planMark(s *sweepPlan) *markPlan {
-	m := &markPlan{copy: map[hash.ID][]repo.PackBlob{}}
+	m := &markPlan{copy: map[hash.ID][]repo.PackedBlob{}}
 	res := &p.res.Mark
 	live := func(q hash.ID) bool {
 		pk := p.packs[q]
@@ -675,7 +740,7 @@ func (p *pruner) planMark(s *sweepPlan) *markPlan {
 			res.Unindexed.add(pk.size)
 			continue
 		}
-		var kept []repo.PackBlob
+		var kept []repo.PackedBlob
 		var keptLen []repo.PackedBlob
 		var off, liveBytes int64
 		seen := map[repo.BlobHandle]bool{}
@@ -685,8 +750,8 @@ func (p *pruner) planMark(s *sweepPlan) *markPlan {
 				continue
 			}
 			seen[h] = true
-			kept = append(kept, repo.PackBlob{Handle: h, Offset: b.Offset, Length: b.Length, RawLength: b.RawLength})
-			keptLen = append(keptLen, repo.PackedBlob{Type: b.Type, ID: b.ID, Offset: uint32(off), Length: b.Length, RawLength: b.RawLength})
+			kept = append(kept, b)
+			keptLen = append(keptLen, repo.PackedBlob{Type: b.Type, ID: b.ID, Offset: uint32(off), Length: b.Length})
 			off += int64(b.Length)
 			liveBytes += int64(b.Length)
 		}
@@ -744,11 +809,13 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 
 func (p *pruner) repack(ctx context.Context, m *markPlan) error {
 	for _, id := range m.repack {
-		err := p.r.LoadBlobsFromPack(ctx, id, m.copy[id], func(b repo.PackBlob, data []byte, err error) error {
+		// The stored bytes move as they are: a blob's bytes are the same in
+		// every pack, and SaveRawBlob checks them against the ID.
+		err := p.r.LoadRawBlobs(ctx, id, m.copy[id], func(b repo.PackedBlob, sealed []byte, err error) error {
 			if err != nil {
 				return fmt.Errorf("pack %s: %w", id.Short(), err)
 			}
-			if _, _, err := p.r.SaveBlobCopy(ctx, b.Handle.Type, b.Handle.ID, data); err != nil {
+			if _, err := p.r.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
 				return err
 			}
 			p.opts.Progress.add(int64(b.Length))

@@ -162,12 +162,12 @@ func checkOn(t testing.TB, be storage.Backend) []*check.Problem {
 
 // restore restores dir of a snapshot whose root tree is tree and compares
 // it with a manifest.
-func (w *world) restore(t testing.TB, tree hash.ID, dir string, manifest map[string]string) {
+func (w *world) restore(t testing.TB, tree hash.Ref, dir string, manifest map[string]string) {
 	t.Helper()
 	restoreOn(t, w.be, tree, dir, manifest)
 }
 
-func restoreOn(t testing.TB, be storage.Backend, tree hash.ID, dir string, manifest map[string]string) {
+func restoreOn(t testing.TB, be storage.Backend, tree hash.Ref, dir string, manifest map[string]string) {
 	t.Helper()
 	dst := t.TempDir()
 	res, err := restore.Run(ctx, openOn(t, be), tree, dir, restore.Options{Target: dst})
@@ -427,7 +427,8 @@ func TestDedupIgnoresMarkedPacks(t *testing.T) {
 	w.prune(Options{})
 
 	r := w.open(t)
-	h := repo.BlobHandle{Type: repo.DataBlob, ID: r.BlobID(data)}
+	ref := r.RefOf(repo.DataBlob, data)
+	h := repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}
 	loc, ok := r.Index().Lookup(h)
 	if !ok || !r.Index().Marked(loc.Pack) {
 		t.Fatalf("blob not found in a marked pack: %v %v", ok, loc)
@@ -435,13 +436,13 @@ func TestDedupIgnoresMarkedPacks(t *testing.T) {
 	if r.HasBlob(h) {
 		t.Fatal("HasBlob found a blob that only a marked pack holds")
 	}
-	if got, err := r.LoadBlob(ctx, h, nil); err != nil || !bytes.Equal(got, data) {
+	if got, err := r.LoadBlob(ctx, repo.DataBlob, ref, nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("LoadBlob of a blob in a marked pack: %v", err)
 	}
 	if !early.HasBlob(h) {
 		t.Fatal("a repository that loaded the index before the mark does not have the blob")
 	}
-	if isNew, _, err := r.SaveBlob(ctx, h.Type, h.ID, data); err != nil || !isNew {
+	if _, isNew, _, err := r.SaveBlob(ctx, h.Type, ref.Key, data); err != nil || !isNew {
 		t.Fatalf("SaveBlob of a blob in a marked pack: new=%v %v", isNew, err)
 	}
 	if err := r.Flush(ctx); err != nil {
@@ -472,7 +473,7 @@ func TestVerifyReferences(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return repo.BlobHandle{Type: repo.DataBlob, ID: w.open(t).BlobID(data)}
+		return repo.BlobHandle{Type: repo.DataBlob, ID: w.open(t).RefOf(repo.DataBlob, data).ID}
 	}
 	kept, gone := content("f5"), content("f0")
 	s1 := w.mustBackup(src)
@@ -546,7 +547,7 @@ func TestUnindexedPacks(t *testing.T) {
 		was := map[string]bool{}
 		w.be.List(ctx, storage.Index, func(fi storage.FileInfo) error { was[fi.Name] = true; return nil })
 		data := testutil.RandomBytes(seed, 100<<10)
-		if _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobID(data), data); err != nil {
+		if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data); err != nil {
 			t.Fatal(err)
 		}
 		if err := r.Flush(ctx); err != nil {
@@ -753,7 +754,8 @@ func TestConcurrentBackupsAndPrune(t *testing.T) {
 		pool[i] = testutil.RandomBytes(seed+uint64(i), 20<<10+i)
 	}
 	type done struct {
-		id, tree hash.ID
+		id       hash.ID
+		tree     hash.Ref
 		dir      string
 		manifest map[string]string
 	}

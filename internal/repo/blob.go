@@ -1,14 +1,17 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -16,14 +19,27 @@ import (
 // so that a killed backup leaves most of its uploads usable.
 const packsPerIndex = 16
 
+// MaxTreeSize bounds the plaintext of a tree blob that readers accept
+// (decompression stops there): a directory of a million entries encodes
+// to about 150 MiB.
+const MaxTreeSize = 256 << 20
+
+const (
+	adBlob         = "floe v2 blob"
+	blobKeyContext = "floe v2 blob key"
+)
+
+// ErrForged is wrapped by errors about a stored copy whose bytes do not
+// hash to the blob's ID: damaged, or written by someone who wanted it
+// taken for another blob.
+var ErrForged = errors.New("stored bytes do not match the blob ID (damaged or forged)")
+
 // openPack is a pack being filled in memory.
 type openPack struct {
-	typ       BlobType
-	ephemeral crypto.PublicKey
-	aead      *crypto.AEAD
-	blobs     []PackedBlob
+	typ   BlobType
+	blobs []PackedBlob
 	// Either the pack is buffered whole in buf, or (when the backend is a
-	// storage.StreamSaver) each blob is written to out as it is sealed,
+	// storage.StreamSaver) each blob is written to out as it is added,
 	// hashed on the way for the pack's name, and buf is not used.
 	buf     []byte
 	out     storage.PendingObject
@@ -35,9 +51,9 @@ type openPack struct {
 // size is the number of bytes of blobs in the pack so far.
 func (p *openPack) size() int { return p.written + len(p.buf) }
 
-// packWriter accepts blobs from many goroutines. They compress in parallel;
-// sealing a blob into the one open pack of its type happens under a lock
-// (AES-GCM runs at GB/s, so the lock is held briefly), which keeps memory
+// packWriter accepts blobs from many goroutines. They compress and
+// encrypt in parallel; appending a sealed blob to the one open pack of its
+// type happens under a lock (a copy at memory speed), which keeps memory
 // to three pack buffers: one filling, one uploading, one waiting.
 type packWriter struct {
 	r       *Repository
@@ -51,7 +67,6 @@ type packWriter struct {
 	err     error                   // first upload error; sticky
 	scratch sync.Pool
 	free    chan []byte // pack buffers to reuse
-	stage   []byte      // a blob being sealed into a streamed pack (under openMu)
 	stats   SaveStats
 	// onUpload is told the size of each stored pack (progress).
 	onUpload func(n int64)
@@ -85,13 +100,23 @@ func (r *Repository) packWriter() *packWriter {
 // (progress reporting). Call before saving blobs.
 func (r *Repository) SetUploadObserver(fn func(n int64)) { r.packWriter().onUpload = fn }
 
+// BlobKey returns the keyed hash of a blob's plaintext: the K of its Ref,
+// from which its encryption key derives (docs/FORMAT.md "Blobs").
+func (r *Repository) BlobKey(data []byte) hash.ID { return r.ids.Sum(data) }
+
 // HasBlob reports whether the repository has the blob, stored or pending.
 // A blob whose only copies lie in packs that a gc mark names counts as
-// absent: prune may delete those packs.
+// absent: prune may delete those packs. It is for IDs the caller took
+// from a snapshot (a parent's unchanged file): those were verified when
+// that snapshot was written.
 func (r *Repository) HasBlob(h BlobHandle) bool {
 	if r.idx.use(h) {
 		return true
 	}
+	return r.isPending(h)
+}
+
+func (r *Repository) isPending(h BlobHandle) bool {
 	r.wmu.Lock()
 	w := r.writer
 	r.wmu.Unlock()
@@ -104,121 +129,265 @@ func (r *Repository) HasBlob(h BlobHandle) bool {
 	return ok
 }
 
-// SaveBlob stores a blob unless the repository has it already (see
-// HasBlob). The ID must be r.BlobID(data) (callers compute it to check for
-// duplicates early). It returns whether the blob was new and its stored
-// size. SaveBlob is safe for concurrent use; data is not retained.
-func (r *Repository) SaveBlob(ctx context.Context, t BlobType, id hash.ID, data []byte) (bool, int, error) {
-	return r.saveBlob(ctx, t, id, data, true)
+// RememberRefs tells the repository blobs the caller knows (a parent
+// snapshot's refs of a file or directory being saved again): a SaveBlob
+// whose key matches one then needs no compression and encryption to find
+// the blob's ID.
+func (r *Repository) RememberRefs(t BlobType, refs ...hash.Ref) {
+	r.runMu.Lock()
+	for _, ref := range refs {
+		r.runKeys[BlobHandle{t, ref.Key}] = ref.ID
+	}
+	r.runMu.Unlock()
 }
 
-// SaveBlobCopy stores a blob even if the index has it (prune copies the
-// live blobs of packs it repacks); only a copy pending in this writer is
-// not stored twice.
-func (r *Repository) SaveBlobCopy(ctx context.Context, t BlobType, id hash.ID, data []byte) (bool, int, error) {
-	return r.saveBlob(ctx, t, id, data, false)
+func (r *Repository) knownID(t BlobType, key hash.ID) (hash.ID, bool) {
+	r.runMu.Lock()
+	id, ok := r.runKeys[BlobHandle{t, key}]
+	r.runMu.Unlock()
+	return id, ok
 }
 
-func (r *Repository) saveBlob(ctx context.Context, t BlobType, id hash.ID, data []byte, dedup bool) (bool, int, error) {
+// SaveBlob stores a blob of plaintext data whose key (BlobKey(data)) the
+// caller computed, unless the repository has it already, and returns its
+// Ref, whether it was new and its stored size. SaveBlob is safe for
+// concurrent use; data is not retained.
+//
+// Deduplication (docs/FORMAT.md "Deduplication"): the key is looked up in
+// the refs this process knows (RememberRefs and earlier SaveBlobs); only on
+// a miss is the blob compressed and encrypted, which yields its ID, and
+// the index asked. A copy that the index lists without vouching for it
+// (an unsigned index file) is read and hashed before it is relied on; if
+// it does not match, the blob is stored again and the copy reported.
+func (r *Repository) SaveBlob(ctx context.Context, t BlobType, key hash.ID, data []byte) (hash.Ref, bool, int, error) {
+	return r.saveBlob(ctx, t, key, data, true)
+}
+
+func (r *Repository) saveBlob(ctx context.Context, t BlobType, key hash.ID, data []byte, dedup bool) (hash.Ref, bool, int, error) {
+	w := r.packWriter()
+	if dedup {
+		if id, ok := r.knownID(t, key); ok && r.HasBlob(BlobHandle{t, id}) {
+			return hash.Ref{ID: id, Key: key}, false, 0, nil
+		}
+	}
+	sp, _ := w.scratch.Get().(*[]byte)
+	if sp == nil {
+		b := make([]byte, 0, len(data)+64)
+		sp = &b
+	}
+	defer w.scratch.Put(sp)
+	sealed := sealBlob(*sp, t, key, data)
+	*sp = sealed
+	id := packfile.BlobID(t, sealed)
+	ref := hash.Ref{ID: id, Key: key}
+	h := BlobHandle{t, id}
+	r.RememberRefs(t, ref)
+
+	w.mu.Lock()
+	if w.err != nil {
+		err := w.err
+		w.mu.Unlock()
+		return ref, false, 0, err
+	}
+	if _, ok := w.pending[h]; ok {
+		w.mu.Unlock()
+		return ref, false, 0, nil
+	}
+	if dedup {
+		switch r.idx.dedup(h) {
+		case trusted:
+			w.mu.Unlock()
+			r.idx.use(h)
+			return ref, false, 0, nil
+		case untrusted:
+			w.mu.Unlock()
+			if r.verifyCopies(ctx, h, sealed) {
+				r.idx.use(h)
+				return ref, false, 0, nil
+			}
+			w.mu.Lock()
+			if _, ok := w.pending[h]; ok {
+				w.mu.Unlock()
+				return ref, false, 0, nil
+			}
+		}
+	}
+	w.pending[h] = struct{}{}
+	w.mu.Unlock()
+	n, err := w.add(ctx, t, id, sealed, len(data))
+	return ref, true, n, err
+}
+
+// SaveRawBlob stores the sealed bytes of a blob as they are (prune copies
+// the live blobs of packs it repacks, copy moves blobs between
+// repositories that share the chunk ID key): they are checked against id
+// first. Unless force, a blob the index has is not stored again.
+func (r *Repository) SaveRawBlob(ctx context.Context, t BlobType, id hash.ID, sealed []byte, rawLen int, force bool) (bool, error) {
+	if packfile.BlobID(t, sealed) != id {
+		return false, fmt.Errorf("%s blob %s: %w", t, id.Short(), ErrForged)
+	}
 	w := r.packWriter()
 	h := BlobHandle{t, id}
 	w.mu.Lock()
 	if w.err != nil {
 		err := w.err
 		w.mu.Unlock()
-		return false, 0, err
+		return false, err
 	}
-	if _, ok := w.pending[h]; ok || (dedup && r.idx.use(h)) {
+	if _, ok := w.pending[h]; ok || (!force && r.idx.dedup(h) == trusted) {
 		w.mu.Unlock()
-		return false, 0, nil
+		return false, nil
 	}
 	w.pending[h] = struct{}{}
 	w.mu.Unlock()
+	_, err := w.add(ctx, t, id, sealed, rawLen)
+	return true, err
+}
 
-	// flag byte, then the compressed or stored payload
-	sp, _ := w.scratch.Get().(*[]byte)
-	if sp == nil {
-		b := make([]byte, 0, len(data)+64)
-		sp = &b
+// verifyCopies reads the copies of h that the index lists until one holds
+// exactly sealed (the bytes this process made for the blob, whose hash is
+// its ID), and records the result of each check.
+func (r *Repository) verifyCopies(ctx context.Context, h BlobHandle, sealed []byte) bool {
+	for _, loc := range r.idx.Copies(h) {
+		if loc.Trusted {
+			return true
+		}
+		if int(loc.Length) != len(sealed) {
+			r.reportForged(h, loc, "its length differs from the blob's")
+			continue
+		}
+		c, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+		if err != nil {
+			continue // unreadable now: not proof of forgery, but no proof of the copy either
+		}
+		if bytes.Equal(c, sealed) {
+			r.idx.markVerified(h, loc)
+			return true
+		}
+		r.reportForged(h, loc, "its bytes do not hash to the blob's ID")
 	}
-	plain := append((*sp)[:0], 1)
-	if out, ok := compress.Compress(plain, data); ok {
-		plain = out
+	return false
+}
+
+// ForgedCopy is a stored copy of a blob whose bytes do not match its ID.
+type ForgedCopy struct {
+	Blob   BlobHandle
+	Pack   hash.ID
+	Reason string
+}
+
+func (r *Repository) reportForged(h BlobHandle, loc Location, reason string) {
+	r.idx.markBad(h, loc)
+	r.forgedMu.Lock()
+	if len(r.forged) < 10000 {
+		r.forged = append(r.forged, ForgedCopy{Blob: h, Pack: loc.Pack, Reason: reason})
+	}
+	r.forgedMu.Unlock()
+}
+
+// ForgedCopies returns the copies found forged or damaged so far (by
+// reads, which then used another copy, and by deduplication, which then
+// stored the blob again).
+func (r *Repository) ForgedCopies() []ForgedCopy {
+	r.forgedMu.Lock()
+	defer r.forgedMu.Unlock()
+	return append([]ForgedCopy(nil), r.forged...)
+}
+
+// sealBlob returns the stored form of a blob, in buf's storage when it is
+// large enough: the payload (flag, raw length, data compressed or not)
+// encrypted in place under the key derived from K (docs/FORMAT.md
+// "Blobs"). The same plaintext always gives the same bytes.
+func sealBlob(buf []byte, t BlobType, key hash.ID, data []byte) []byte {
+	// room for the stored case and the tag, so that nothing reallocates
+	if need := len(data) + 1 + binary.MaxVarintLen64 + crypto.BlobOverhead; cap(buf) < need {
+		buf = make([]byte, 0, need)
+	}
+	p := append(buf[:0], 1)
+	p = binary.AppendUvarint(p, uint64(len(data)))
+	if out, ok := compress.Compress(p, data); ok {
+		p = out
 	} else {
-		plain = append(append(plain[:0], 0), data...)
+		p[0] = 0
+		p = append(p, data...)
 	}
-	envLen := len(plain) + crypto.Overhead
+	return crypto.SealBlob(p[:0], blobKey(key), p, blobAD(t))
+}
 
+// packUnique returns the random bytes that make every pack a new object
+// (packfile.UniqueLen says why).
+func packUnique() [packfile.UniqueLen]byte {
+	var u [packfile.UniqueLen]byte
+	k := crypto.RandomKey()
+	copy(u[:], k[:])
+	return u
+}
+
+func blobKey(key hash.ID) crypto.Key {
+	return crypto.Key(hash.DeriveKey(blobKeyContext, key[:]))
+}
+
+func blobAD(t BlobType) []byte { return []byte{'f', 'l', 'o', 'e', ' ', 'v', '2', ' ', 'b', 'l', 'o', 'b', byte(t)} }
+
+// add appends a sealed blob to the open pack of its type.
+func (w *packWriter) add(ctx context.Context, t BlobType, id hash.ID, sealed []byte, rawLen int) (int, error) {
 	w.openMu.Lock()
 	p := w.open[t]
 	var full *openPack
-	if p != nil && len(p.blobs) > 0 && p.out == nil && len(p.buf)+envLen > cap(p.buf)-headerRoom(len(p.blobs)+1) {
+	if p != nil && len(p.blobs) > 0 && p.out == nil && len(p.buf)+len(sealed) > cap(p.buf)-packfile.HeaderRoom(len(p.blobs)+1) {
 		full, p = p, nil // rotate before the buffer would have to grow
 	}
 	if p == nil {
 		var err error
-		if p, err = w.newPack(t, envLen); err != nil {
+		if p, err = w.newPack(t, len(sealed)); err != nil {
 			w.openMu.Unlock()
-			return false, 0, err
+			return 0, err
 		}
 		w.open[t] = p
 	}
 	off := p.size()
 	if p.out != nil {
-		w.stage = p.aead.Seal(w.stage[:0], plain, blobAD(h))
-		p.name.Write(w.stage)
-		if _, err := p.out.Write(w.stage); err != nil && p.err == nil {
+		p.name.Write(sealed)
+		if _, err := p.out.Write(sealed); err != nil && p.err == nil {
 			p.err = err
 		}
-		p.written += len(w.stage)
+		p.written += len(sealed)
 	} else {
-		p.buf = p.aead.Seal(p.buf, plain, blobAD(h))
+		p.buf = append(p.buf, sealed...)
 	}
-	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(envLen), RawLength: uint32(len(data))})
-	if p.size() >= r.cfg.PackSize && full == nil {
+	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(len(sealed))})
+	if p.size() >= w.r.cfg.PackSize && full == nil {
 		full = p
 		delete(w.open, t)
 	}
 	w.openMu.Unlock()
-	*sp = plain
-	w.scratch.Put(sp)
 
 	w.mu.Lock()
 	w.stats.Blobs++
-	w.stats.RawBytes += uint64(len(data))
-	w.stats.StoredBytes += uint64(envLen)
+	w.stats.RawBytes += uint64(rawLen)
+	w.stats.StoredBytes += uint64(len(sealed))
 	w.mu.Unlock()
 	if full != nil {
 		if err := w.submit(ctx, full); err != nil {
-			return true, envLen, err
+			return len(sealed), err
 		}
 	}
-	return true, envLen, nil
+	return len(sealed), nil
 }
 
 // minBlobEstimate is the blob size a pack's header room is planned for; a
 // pack of smaller blobs rotates early instead of reallocating.
 const minBlobEstimate = 4 << 10
 
-// headerRoom is the space the header envelope and trailer of a pack of n
-// blobs can take (type, ID and three uvarints per blob).
-func headerRoom(n int) int {
-	return 64 + n*(1+32+3*binary.MaxVarintLen32) + crypto.Overhead + packTrailerLen
-}
-
 // newPack starts a pack whose buffer holds PackSize bytes (or one blob of
 // need bytes, if larger), so that appending never reallocates.
 func (w *packWriter) newPack(t BlobType, need int) (*openPack, error) {
-	eph, key, err := crypto.SealTo(w.r.secrets.DataPublic)
-	if err != nil {
-		return nil, err
-	}
 	if ss, ok := w.r.be.(storage.StreamSaver); ok {
 		out, err := ss.SaveStream(context.Background(), storage.Pack)
 		if err != nil {
 			return nil, err
 		}
-		return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), out: out, name: hash.NewWriter()}, nil
+		return &openPack{typ: t, out: out, name: hash.NewWriter()}, nil
 	}
 	size := w.r.cfg.PackSize
 	if t == TreeBlob {
@@ -233,11 +402,11 @@ func (w *packWriter) newPack(t BlobType, need int) (*openPack, error) {
 	}
 	// room for the blobs, the header and the trailer: a pack is stored
 	// from this buffer without ever being copied
-	want := max(size, need) + headerRoom(size/minBlobEstimate)
+	want := max(size, need) + packfile.HeaderRoom(size/minBlobEstimate)
 	if cap(buf) < want {
 		buf = make([]byte, 0, want)
 	}
-	return &openPack{typ: t, ephemeral: eph, aead: crypto.NewAEAD(key), buf: buf}, nil
+	return &openPack{typ: t, buf: buf}, nil
 }
 
 func (w *packWriter) submit(ctx context.Context, p *openPack) error {
@@ -275,14 +444,10 @@ func (w *packWriter) uploader() {
 
 // store finishes a pack (header + trailer), saves it, and indexes it.
 func (w *packWriter) store(ctx context.Context, p *openPack) error {
-	hdr := encodePackHeader(&PackHeader{Ephemeral: p.ephemeral, Blobs: p.blobs})
 	if p.out != nil {
-		return w.storeStreamed(ctx, p, hdr)
+		return w.storeStreamed(ctx, p)
 	}
-	start := len(p.buf)
-	p.buf = w.r.meta.Seal(p.buf, hdr, []byte(adPackHeader))
-	p.buf = binary.LittleEndian.AppendUint32(p.buf, uint32(len(p.buf)-start))
-	p.buf = append(p.buf, packMagic...)
+	p.buf = packfile.AppendHeader(p.buf, packUnique(), p.blobs)
 	id := hash.Sum(p.buf)
 	if err := w.r.be.Save(ctx, storage.Handle{Type: storage.Pack, Name: id.String()}, p.buf); err != nil {
 		return fmt.Errorf("save pack %s: %w", id.Short(), err)
@@ -291,14 +456,12 @@ func (w *packWriter) store(ctx context.Context, p *openPack) error {
 }
 
 // storeStreamed finishes a pack written to a storage.PendingObject.
-func (w *packWriter) storeStreamed(ctx context.Context, p *openPack, hdr []byte) error {
+func (w *packWriter) storeStreamed(ctx context.Context, p *openPack) error {
 	if p.err != nil {
 		p.out.Abort()
 		return fmt.Errorf("write pack: %w", p.err)
 	}
-	tail := w.r.meta.Seal(nil, hdr, []byte(adPackHeader))
-	tail = binary.LittleEndian.AppendUint32(tail, uint32(len(tail)))
-	tail = append(tail, packMagic...)
+	tail := packfile.AppendHeader(nil, packUnique(), p.blobs)
 	p.name.Write(tail)
 	if _, err := p.out.Write(tail); err != nil {
 		p.out.Abort()
@@ -311,10 +474,11 @@ func (w *packWriter) storeStreamed(ctx context.Context, p *openPack, hdr []byte)
 	return w.stored(ctx, p, id, p.written+len(tail))
 }
 
-// stored indexes a pack that is now in storage.
+// stored indexes a pack that is now in storage. This process wrote it, so
+// its entries are trusted.
 func (w *packWriter) stored(ctx context.Context, p *openPack, id hash.ID, size int) error {
-	info := PackInfo{ID: id, Ephemeral: p.ephemeral, Blobs: p.blobs}
-	w.r.idx.addPacks([]PackInfo{info}, true)
+	info := PackInfo{ID: id, Blobs: p.blobs}
+	w.r.idx.addPacks([]PackInfo{info}, true, true)
 	if w.onUpload != nil {
 		w.onUpload(int64(size))
 	}
@@ -409,69 +573,107 @@ func (r *Repository) SavedStats() SaveStats {
 	return s
 }
 
-// LoadBlob returns the plaintext of a blob, appended to buf[:0]. It checks
-// the blob's authenticity and that its content matches its ID.
-func (r *Repository) LoadBlob(ctx context.Context, h BlobHandle, buf []byte) ([]byte, error) {
+// maxRaw is the largest plaintext a blob of type t may decode to.
+func (r *Repository) maxRaw(t BlobType) int {
+	if t == TreeBlob {
+		return MaxTreeSize
+	}
+	return int(r.chunker.Max)
+}
+
+// LoadBlob returns the plaintext of the blob ref refers to, appended to
+// buf[:0]. Each copy the index knows is tried in turn, best first: a copy
+// whose bytes do not hash to the ID is reported (ForgedCopies) and the
+// next one read. The plaintext is checked against the ref's key.
+func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf []byte) ([]byte, error) {
 	if r.WriteOnly() {
 		return nil, ErrWriteOnly
 	}
-	loc, ok := r.idx.Lookup(h)
-	if !ok {
-		return nil, fmt.Errorf("%s blob %s: %w", h.Type, h.ID.Short(), ErrBlobNotFound)
+	h := BlobHandle{t, ref.ID}
+	locs := r.idx.Copies(h)
+	if len(locs) == 0 {
+		if r.idx.Has(h) {
+			return nil, fmt.Errorf("%s blob %s: every stored copy is %w", t, ref.Short(), ErrForged)
+		}
+		return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), ErrBlobNotFound)
 	}
-	env, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
-	if err != nil {
-		return nil, fmt.Errorf("%s blob %s: %w", h.Type, h.ID.Short(), err)
+	var errs []error
+	for _, loc := range locs {
+		c, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			errs = append(errs, fmt.Errorf("pack %s: %w", loc.Pack.Short(), err))
+			continue
+		}
+		if packfile.BlobID(t, c) != ref.ID {
+			r.reportForged(h, loc, "its bytes do not hash to the blob's ID")
+			errs = append(errs, fmt.Errorf("copy in pack %s: %w", loc.Pack.Short(), ErrForged))
+			continue
+		}
+		// The bytes are the blob's: every copy would decrypt alike, so an
+		// error here is about the ref, not the copy.
+		return r.openBlob(t, ref, c, buf)
 	}
-	return r.openBlob(h, loc.Pack, nil, env, loc.RawLength, buf)
+	return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), errors.Join(errs...))
 }
 
-// openBlob decrypts, decompresses and verifies one stored blob.
-func (r *Repository) openBlob(h BlobHandle, pack hash.ID, ephemeral *crypto.PublicKey, env []byte, rawLen uint32, buf []byte) ([]byte, error) {
-	a, err := r.packAEAD(pack, ephemeral)
+// openBlob decrypts, decompresses and verifies one stored blob whose bytes
+// already matched ref.ID.
+func (r *Repository) openBlob(t BlobType, ref hash.Ref, c []byte, buf []byte) ([]byte, error) {
+	plain, err := crypto.OpenBlob(nil, blobKey(ref.Key), c, blobAD(t))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s blob %s: does not decrypt with the key its reference holds: %w", t, ref.Short(), err)
 	}
-	plain, err := a.Open(nil, env, blobAD(h))
-	if err != nil {
-		return nil, fmt.Errorf("%s blob %s in pack %s: %w", h.Type, h.ID.Short(), pack.Short(), err)
+	return r.decodePayload(t, ref, plain, buf)
+}
+
+func (r *Repository) decodePayload(t BlobType, ref hash.Ref, plain, buf []byte) ([]byte, error) {
+	if len(plain) < 2 {
+		return nil, fmt.Errorf("%s blob %s: payload too short", t, ref.Short())
 	}
-	if len(plain) == 0 {
-		return nil, fmt.Errorf("%s blob %s: empty payload", h.Type, h.ID.Short())
+	raw, n := binary.Uvarint(plain[1:])
+	if n <= 0 || raw > uint64(r.maxRaw(t)) {
+		return nil, fmt.Errorf("%s blob %s: raw length is missing or above the limit of %d bytes", t, ref.Short(), r.maxRaw(t))
 	}
+	data := plain[1+n:]
 	var out []byte
+	var err error
 	switch plain[0] {
 	case 0:
-		out = append(buf[:0], plain[1:]...)
+		out = append(buf[:0], data...)
 	case 1:
-		out, err = compress.Decompress(buf[:0], plain[1:], int(rawLen))
+		out, err = compress.Decompress(buf[:0], data, int(raw))
 		if err != nil {
-			return nil, fmt.Errorf("%s blob %s: %w", h.Type, h.ID.Short(), err)
+			return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), err)
 		}
 	default:
-		return nil, fmt.Errorf("%s blob %s: unknown compression flag %d", h.Type, h.ID.Short(), plain[0])
+		return nil, fmt.Errorf("%s blob %s: unknown compression flag %d", t, ref.Short(), plain[0])
 	}
-	if uint32(len(out)) != rawLen {
-		return nil, fmt.Errorf("%s blob %s: %d bytes, index says %d", h.Type, h.ID.Short(), len(out), rawLen)
+	if uint64(len(out)) != raw {
+		return nil, fmt.Errorf("%s blob %s: %d bytes, its header says %d", t, ref.Short(), len(out), raw)
 	}
-	if r.ids.Sum(out) != h.ID {
-		return nil, fmt.Errorf("%s blob %s: content does not match its ID (damaged or forged)", h.Type, h.ID.Short())
+	if r.ids.Sum(out) != ref.Key {
+		return nil, fmt.Errorf("%s blob %s: content does not match its reference (damaged or forged)", t, ref.Short())
 	}
 	return out, nil
 }
 
 // PackBlob is a blob to read from one pack in LoadBlobsFromPack.
 type PackBlob struct {
-	Handle    BlobHandle
-	Offset    uint32
-	Length    uint32
-	RawLength uint32
+	Type   BlobType
+	Ref    hash.Ref
+	Offset uint32
+	Length uint32
 }
 
 // LoadBlobsFromPack reads the given blobs of one pack with as few range
 // reads as gaps allow, calling fn for each in offset order with its
-// plaintext (valid only during the call) or its error. A read error of a
-// range is reported for each blob in it. fn's error stops the walk.
+// plaintext (valid only during the call) or its error. A copy whose bytes
+// do not match its ID is reported and its error wraps ErrForged: the
+// caller can read the blob from another copy with LoadBlob. fn's error
+// stops the walk.
 func (r *Repository) LoadBlobsFromPack(ctx context.Context, pack hash.ID, blobs []PackBlob, fn func(b PackBlob, data []byte, err error) error) error {
 	if r.WriteOnly() {
 		return ErrWriteOnly
@@ -495,11 +697,13 @@ func (r *Repository) LoadBlobsFromPack(ctx context.Context, pack hash.ID, blobs 
 			var plain []byte
 			var berr error
 			if err != nil {
-				berr = fmt.Errorf("%s blob %s: %w", b.Handle.Type, b.Handle.ID.Short(), err)
+				berr = fmt.Errorf("%s blob %s: %w", b.Type, b.Ref.Short(), err)
 			} else {
-				env := data[int64(b.Offset)-start : int64(b.Offset)-start+int64(b.Length)]
-				plain, berr = r.openBlob(b.Handle, pack, nil, env, b.RawLength, buf)
-				if berr == nil {
+				c := data[int64(b.Offset)-start : int64(b.Offset)-start+int64(b.Length)]
+				if packfile.BlobID(b.Type, c) != b.Ref.ID {
+					r.reportForged(BlobHandle{b.Type, b.Ref.ID}, Location{Pack: pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
+					berr = fmt.Errorf("%s blob %s in pack %s: %w", b.Type, b.Ref.Short(), pack.Short(), ErrForged)
+				} else if plain, berr = r.openBlob(b.Type, b.Ref, c, buf); berr == nil {
 					buf = plain
 				}
 			}
@@ -518,4 +722,15 @@ func sortPackBlobs(b []PackBlob) {
 			b[j], b[j-1] = b[j-1], b[j]
 		}
 	}
+}
+
+// ErrBlobNotFound means a blob is not in the index.
+var ErrBlobNotFound = errors.New("blob not in index")
+
+// RefOf returns the ref a blob of type t with plaintext data has (or would
+// have) in this repository, without storing anything: the stored bytes
+// are determined by the plaintext.
+func (r *Repository) RefOf(t BlobType, data []byte) hash.Ref {
+	key := r.BlobKey(data)
+	return hash.Ref{ID: packfile.BlobID(t, sealBlob(nil, t, key, data)), Key: key}
 }

@@ -5,12 +5,12 @@ package repo
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
+		"fmt"
 	"sort"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -49,20 +49,17 @@ func CheckKeyRecords(ctx context.Context, be storage.Backend) (ids []string, dam
 	return ids, damaged, nil
 }
 
-// CheckConfig reads the config again and verifies that it authenticates and
-// decodes to the config the repository was opened with.
+// CheckConfig reads the config again and verifies that it is signed by
+// the authority, authenticates and decodes to the config the repository
+// was opened with.
 func (r *Repository) CheckConfig(ctx context.Context) error {
 	data, err := storage.LoadAll(ctx, r.be, storage.Handle{Type: storage.Config}, maxConfigSize)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
 	}
-	plain, err := r.meta.Open(nil, data, []byte(adConfig))
+	cfg, err := openConfig(data, r.secrets)
 	if err != nil {
-		return fmt.Errorf("config is damaged: %w", err)
-	}
-	var cfg Config
-	if err := json.Unmarshal(plain, &cfg); err != nil {
-		return fmt.Errorf("config is damaged: %w", err)
+		return fmt.Errorf("config is %w", err)
 	}
 	if cfg.ID != r.cfg.ID || cfg.Version != r.cfg.Version || cfg.Chunker != r.cfg.Chunker ||
 		cfg.PackSize != r.cfg.PackSize || cfg.Compression != r.cfg.Compression || !cfg.Created.Equal(r.cfg.Created) {
@@ -76,28 +73,12 @@ func (r *Repository) CheckConfig(ctx context.Context) error {
 // files one by one, to report damaged ones by name, and then hands over
 // the good ones here instead of reading them all again.
 func (r *Repository) UseIndexFiles(files map[hash.ID]*IndexFile) {
-	idx := newIndex()
-	ids := make([]hash.ID, 0, len(files))
-	for id, f := range files {
-		ids = append(ids, id)
-		idx.files[id] = true
-		for _, s := range f.Supersedes {
-			idx.replaced[s] = true
-		}
-	}
-	// a fixed order, so that which copy of a duplicated blob serves does not vary
-	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
-	for _, id := range ids {
-		if !idx.replaced[id] {
-			idx.add(files[id].Packs)
-		}
-	}
-	r.idx = idx
+	r.UseIndex(files, nil)
 }
 
 // PackSizeFor returns the size in bytes of a pack that holds exactly blobs
 // (contiguous from offset 0, as the pack writer lays them out): body,
-// sealed header and trailer. check compares it with the stored size.
+// header and trailer. check compares it with the stored size.
 func PackSizeFor(blobs []PackedBlob) int64 {
 	var body int64
 	for _, b := range blobs {
@@ -105,37 +86,93 @@ func PackSizeFor(blobs []PackedBlob) int64 {
 			body = e
 		}
 	}
-	hdr := encodePackHeader(&PackHeader{Blobs: blobs})
-	return body + int64(crypto.Overhead+len(hdr)+packTrailerLen)
+	return int64(len(packfile.AppendHeader(nil, [packfile.UniqueLen]byte{}, blobs))) + body
 }
 
-// VerifyPackBlobs decrypts, decompresses and verifies the given blobs of a
-// pack whose stored bytes are data (read whole, so that check hashes and
-// verifies a pack with one read). ephemeral is the pack's public key from
-// the index. fn is called for each blob in offset order with its plaintext
-// (valid only during the call) or the reason it is damaged; a blob that
+// VerifyPackBlobs checks the given blobs of a pack whose stored bytes are
+// data (read whole, so that check hashes a pack with one read) against
+// their IDs, by hashing: no key is needed. fn is called for each blob in
+// offset order with nil or the reason it is damaged or forged; a blob that
 // lies outside data (a truncated pack) is reported as damaged. fn's error
 // stops the walk.
-func (r *Repository) VerifyPackBlobs(pack hash.ID, ephemeral crypto.PublicKey, data []byte, blobs []PackBlob, fn func(b PackBlob, plain []byte, err error) error) error {
-	if r.WriteOnly() {
-		return ErrWriteOnly
-	}
-	sortPackBlobs(blobs)
-	var buf []byte
-	for _, b := range blobs {
-		var plain []byte
+func VerifyPackBlobs(pack hash.ID, data []byte, blobs []PackedBlob, fn func(b PackedBlob, err error) error) error {
+	sorted := append([]PackedBlob(nil), blobs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
+	for _, b := range sorted {
 		var err error
 		end := int64(b.Offset) + int64(b.Length)
-		if end > int64(len(data)) {
+		switch {
+		case end > int64(len(data)):
 			err = fmt.Errorf("%s blob %s: bytes %d..%d lie past the end of the %d-byte pack %s (truncated)",
-				b.Handle.Type, b.Handle.ID.Short(), b.Offset, end, len(data), pack.Short())
-		} else {
-			plain, err = r.openBlob(b.Handle, pack, &ephemeral, data[b.Offset:end], b.RawLength, buf)
-			if err == nil {
-				buf = plain
-			}
+				b.Type, b.ID.Short(), b.Offset, end, len(data), pack.Short())
+		case packfile.BlobID(b.Type, data[b.Offset:end]) != b.ID:
+			err = fmt.Errorf("%s blob %s in pack %s: %w", b.Type, b.ID.Short(), pack.Short(), ErrForged)
 		}
-		if ferr := fn(b, plain, err); ferr != nil {
+		if ferr := fn(b, err); ferr != nil {
+			return ferr
+		}
+	}
+	return nil
+}
+
+// PackHeader is the decoded header of a pack.
+type PackHeader struct {
+	Blobs []PackedBlob
+}
+
+// LoadPackHeader reads and decodes the header of a pack of the given size.
+func (r *Repository) LoadPackHeader(ctx context.Context, id hash.ID, size int64) (*PackHeader, error) {
+	h := storage.Handle{Type: storage.Pack, Name: id.String()}
+	if size < int64(packfile.TrailerLen)+2+packfile.UniqueLen {
+		return nil, fmt.Errorf("pack %s: %d bytes is too short for a pack", id.Short(), size)
+	}
+	trailer, err := r.be.Load(ctx, h, size-int64(packfile.TrailerLen), int64(packfile.TrailerLen))
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	n, err := packfile.HeaderLen(trailer, size)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	body := size - int64(packfile.TrailerLen) - n
+	hdr, err := r.be.Load(ctx, h, body, n)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	blobs, err := packfile.DecodeHeader(hdr, body)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	return &PackHeader{Blobs: blobs}, nil
+}
+
+// StoredBlobID returns the ID of a blob of type t whose stored bytes are
+// c (packfile.BlobID).
+func StoredBlobID(t BlobType, c []byte) hash.ID { return packfile.BlobID(t, c) }
+
+// LoadPack reads a whole pack.
+func (r *Repository) LoadPack(ctx context.Context, id hash.ID) ([]byte, error) {
+	data, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: id.String()}, 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+	}
+	return data, nil
+}
+
+// LoadRawBlobs reads the stored bytes of the given blobs of one pack,
+// calling fn for each in offset order with them (valid only during the
+// call) or with an error; bytes that do not hash to the blob's ID give an
+// error wrapping ErrForged. fn's error stops the walk.
+func (r *Repository) LoadRawBlobs(ctx context.Context, pack hash.ID, blobs []PackedBlob, fn func(b PackedBlob, sealed []byte, err error) error) error {
+	sorted := append([]PackedBlob(nil), blobs...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
+	h := storage.Handle{Type: storage.Pack, Name: pack.String()}
+	for _, b := range sorted {
+		c, err := r.be.Load(ctx, h, int64(b.Offset), int64(b.Length))
+		if err == nil && packfile.BlobID(b.Type, c) != b.ID {
+			err = fmt.Errorf("%s blob %s in pack %s: %w", b.Type, b.ID.Short(), pack.Short(), ErrForged)
+		}
+		if ferr := fn(b, c, err); ferr != nil {
 			return ferr
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -23,7 +24,7 @@ import (
 const DefaultGCGrace = 24 * time.Hour
 
 const (
-	adGCMark = "floe v1 gc"
+	domainGCMark = "floe v2 gc mark"
 	// maxGCMarkSize bounds a mark read from storage (a mark names at most
 	// every pack: 66 bytes each in JSON).
 	maxGCMarkSize = 256 << 20
@@ -44,18 +45,23 @@ type GCMark struct {
 	SupersedeIndex []hash.ID `json:"supersede_index,omitempty"`
 }
 
-// ErrDamagedMark is wrapped by LoadGCMark for a mark that does not
-// authenticate or decode. Nobody can sweep such a mark, so it deletes
-// nothing; it can be ignored.
+// ErrDamagedMark is wrapped by LoadGCMark for a mark that does not decode
+// or whose authority signature does not verify (a write-only key, or
+// anyone with write access to the storage, may have made it). Prune and
+// backups ignore such a mark, so it deletes nothing; check reports it.
 var ErrDamagedMark = errors.New("gc mark is damaged")
 
-// SaveGCMark stores a mark and returns its ID.
+// SaveGCMark signs and stores a mark and returns its ID. It needs a full
+// key.
 func (r *Repository) SaveGCMark(ctx context.Context, m *GCMark) (hash.ID, error) {
+	if !r.Authority() {
+		return hash.ID{}, fmt.Errorf("write a gc mark: %w", ErrNotAuthority)
+	}
 	plain, err := json.Marshal(m)
 	if err != nil {
 		return hash.ID{}, err
 	}
-	data := r.meta.Seal(nil, plain, []byte(adGCMark))
+	data := append(plain, r.secrets.AuthorityPrivate.Sign(domainGCMark, plain)...)
 	id := hash.Sum(data)
 	if err := r.be.Save(ctx, storage.Handle{Type: storage.GCMark, Name: id.String()}, data); err != nil {
 		return id, fmt.Errorf("save gc mark %s: %w", id.Short(), err)
@@ -77,13 +83,27 @@ func (r *Repository) LoadGCMark(ctx context.Context, id hash.ID) (*GCMark, error
 	if hash.Sum(data) != id {
 		return nil, fmt.Errorf("gc mark %s: content does not match its name: %w", id.Short(), ErrDamagedMark)
 	}
-	plain, err := r.meta.Open(nil, data, []byte(adGCMark))
+	m, err := r.DecodeGCMark(data)
 	if err != nil {
-		return nil, fmt.Errorf("gc mark %s: %v: %w", id.Short(), err, ErrDamagedMark)
+		return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
+	}
+	return m, nil
+}
+
+// DecodeGCMark verifies the authority's signature over a stored mark (the
+// JSON, then 64 bytes of signature) and decodes it. Errors wrap
+// ErrDamagedMark.
+func (r *Repository) DecodeGCMark(data []byte) (*GCMark, error) {
+	if len(data) < crypto.SignatureSize {
+		return nil, fmt.Errorf("too short: %w", ErrDamagedMark)
+	}
+	plain, sig := data[:len(data)-crypto.SignatureSize], data[len(data)-crypto.SignatureSize:]
+	if !r.secrets.AuthorityPublic.Verify(domainGCMark, plain, sig) {
+		return nil, fmt.Errorf("not signed by a full key of this repository: %w", ErrDamagedMark)
 	}
 	var m GCMark
 	if err := json.Unmarshal(plain, &m); err != nil {
-		return nil, fmt.Errorf("gc mark %s: %v: %w", id.Short(), err, ErrDamagedMark)
+		return nil, fmt.Errorf("%v: %w", err, ErrDamagedMark)
 	}
 	return &m, nil
 }
@@ -276,12 +296,7 @@ func (r *Repository) VerifyReferences(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("verify the blobs the backup relies on: %w", err)
 	}
-	replaced := map[hash.ID]bool{}
-	for _, f := range files {
-		for _, s := range f.Supersedes {
-			replaced[s] = true
-		}
-	}
+	replaced := Superseded(files)
 	for id, f := range files {
 		if replaced[id] {
 			continue

@@ -27,7 +27,7 @@ func TestGCMarkRoundTrip(t *testing.T) {
 	h := storage.Handle{Type: storage.GCMark, Name: id.String()}
 	data, _ := be.Get(h)
 	bad := bytes.Clone(data)
-	bad[20] ^= 1
+	bad[len(bad)-20] ^= 1 // in the signature
 	badID := hash.Sum(bad)
 	be.Set(storage.Handle{Type: storage.GCMark, Name: badID.String()}, bad)
 	if _, err := r.LoadGCMark(ctx, badID); !errors.Is(err, ErrDamagedMark) {
@@ -67,8 +67,7 @@ func TestLoadIndexWhileSwept(t *testing.T) {
 	ctx := context.Background()
 	r, be := newRepo(t)
 	data := randomBytes(1000)
-	id := r.BlobID(data)
-	r.SaveBlob(ctx, DataBlob, id, data)
+	ref := save(t, r, data)
 	if err := r.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +88,7 @@ func TestLoadIndexWhileSwept(t *testing.T) {
 	if err := r2.LoadIndex(ctx); err != nil {
 		t.Fatalf("LoadIndex during a sweep: %v", err)
 	}
-	if got, err := r2.LoadBlob(ctx, BlobHandle{DataBlob, id}, nil); err != nil || !bytes.Equal(got, data) {
+	if got, err := r2.LoadBlob(ctx, DataBlob, ref, nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("LoadBlob: %v", err)
 	}
 }
@@ -98,8 +97,8 @@ func TestMarkedPacks(t *testing.T) {
 	ctx := context.Background()
 	r, be := newRepo(t)
 	data := randomBytes(1000)
-	h := BlobHandle{DataBlob, r.BlobID(data)}
-	r.SaveBlob(ctx, DataBlob, h.ID, data)
+	ref := save(t, r, data)
+	h := BlobHandle{DataBlob, ref.ID}
 	if err := r.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +113,7 @@ func TestMarkedPacks(t *testing.T) {
 	if r2.HasBlob(h) || !r2.Index().Has(h) || !r2.Index().Marked(loc.Pack) {
 		t.Fatal("a blob only in a marked pack: want absent for HasBlob, present in the index")
 	}
-	if isNew, _, err := r2.SaveBlob(ctx, h.Type, h.ID, data); !isNew || err != nil {
+	if _, isNew, _, err := r2.SaveBlob(ctx, h.Type, ref.Key, data); !isNew || err != nil {
 		t.Fatalf("SaveBlob: %v %v", isNew, err)
 	}
 	if err := r2.Flush(ctx); err != nil {
@@ -128,7 +127,7 @@ func TestMarkedPacks(t *testing.T) {
 	if l, _ := r3.Index().Lookup(h); l.Pack == loc.Pack || !r3.HasBlob(h) {
 		t.Fatal("the copy in the marked pack is preferred")
 	}
-	if got, err := r3.LoadBlob(ctx, h, nil); err != nil || !bytes.Equal(got, data) {
+	if got, err := r3.LoadBlob(ctx, DataBlob, ref, nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatal(err)
 	}
 	// the stored copy counts as referenced: VerifyReferences passes for r2

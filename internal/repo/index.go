@@ -2,36 +2,25 @@ package repo
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
 	"sync"
 	"time"
 
-	"github.com/floe-backup/floe/internal/crypto"
-	"github.com/floe-backup/floe/internal/hash"
+		"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
-// BlobType is the kind of a blob.
-type BlobType uint8
+// BlobType is the kind of a blob (packfile.Type).
+type BlobType = packfile.Type
 
 // Blob types (docs/FORMAT.md "Blobs").
 const (
-	DataBlob BlobType = 0
-	TreeBlob BlobType = 1
+	DataBlob = packfile.Data
+	TreeBlob = packfile.Tree
 )
-
-func (t BlobType) String() string {
-	switch t {
-	case DataBlob:
-		return "data"
-	case TreeBlob:
-		return "tree"
-	}
-	return fmt.Sprintf("blobtype(%d)", uint8(t))
-}
 
 // BlobHandle names a blob: its type and ID.
 type BlobHandle struct {
@@ -40,40 +29,36 @@ type BlobHandle struct {
 }
 
 // PackedBlob is one blob's entry in a pack header or index file.
-type PackedBlob struct {
-	Type      BlobType `json:"type"`
-	ID        hash.ID  `json:"id"`
-	Offset    uint32   `json:"offset"`
-	Length    uint32   `json:"length"`
-	RawLength uint32   `json:"raw_length"`
-}
+type PackedBlob = packfile.Blob
 
-// PackInfo lists the blobs of one pack and its ephemeral public key.
-type PackInfo struct {
-	ID        hash.ID          `json:"id"`
-	Ephemeral crypto.PublicKey `json:"ephemeral"`
-	Blobs     []PackedBlob     `json:"blobs"`
-}
+// PackInfo lists the blobs of one pack.
+type PackInfo = packfile.Pack
 
-// IndexFile is the content of one index file.
-type IndexFile struct {
-	Supersedes []hash.ID  `json:"supersedes,omitempty"`
-	Packs      []PackInfo `json:"packs"`
-}
+// IndexFile is the content of one index file. Trusted says that the
+// authority's signature over it verified: its entries were written or
+// verified by a full key, and only then is its Supersedes honoured.
+type IndexFile = packfile.Index
 
-const adIndex = "floe v1 index"
-
-// Location says where a blob is stored.
+// Location says where one copy of a blob is stored.
 type Location struct {
-	Pack      hash.ID
-	Offset    uint32
-	Length    uint32
-	RawLength uint32
+	Pack   hash.ID
+	Offset uint32
+	Length uint32
+	// Trusted: a signed index file lists this copy, this process wrote or
+	// verified it, or the backend verifies uploads.
+	Trusted bool
+}
+
+// copyLoc is one copy of a blob.
+type copyLoc struct {
+	pack           uint32 // into Index.packs
+	offset, length uint32
+	trusted        bool
+	bad            bool // its bytes do not hash to the blob's ID
 }
 
 type indexEntry struct {
-	pack                      uint32 // into Index.packs
-	offset, length, rawLength uint32
+	copyLoc // the best copy (rank)
 	// referenced: HasBlob or SaveBlob relied on this blob, or this
 	// repository stored it (VerifyReferences checks these before a
 	// snapshot is written).
@@ -81,73 +66,153 @@ type indexEntry struct {
 }
 
 type indexPack struct {
-	id        hash.ID
-	ephemeral crypto.PublicKey
-	marked    bool // a gc mark names the pack: prune may delete it
+	id     hash.ID
+	marked bool // a gc mark names the pack: prune may delete it
 }
 
-// Index is the in-memory union of all index files. Safe for concurrent use.
+// Index is the in-memory union of all index files. It keeps every copy of
+// a blob that an index file names, because a copy may be forged (its
+// bytes do not match the ID) and readers then fall back to another.
+// Safe for concurrent use.
 type Index struct {
 	mu       sync.RWMutex
 	blobs    map[BlobHandle]indexEntry
+	extra    map[BlobHandle][]copyLoc // copies beyond the best one (rare)
 	packs    []indexPack
 	packPos  map[hash.ID]uint32
 	files    map[hash.ID]bool // index files loaded
-	replaced map[hash.ID]bool // index files superseded by a loaded one
+	replaced map[hash.ID]bool // index files superseded by a loaded signed one
 
-	// marked are the packs that gc marks name (docs/FORMAT.md "Garbage
-	// collection"): their blobs are found, but not deduplicated against.
+	// marked are the packs that signed gc marks name (docs/FORMAT.md
+	// "Garbage collection"): their blobs are found, but not deduplicated
+	// against.
 	marked map[hash.ID]bool
 	loaded time.Time     // when LoadIndex started; zero: never
 	grace  time.Duration // prune's grace period the backup trusts (SetGCGrace)
 }
 
 func newIndex() *Index {
-	return &Index{blobs: map[BlobHandle]indexEntry{}, packPos: map[hash.ID]uint32{},
+	return &Index{blobs: map[BlobHandle]indexEntry{}, extra: map[BlobHandle][]copyLoc{}, packPos: map[hash.ID]uint32{},
 		files: map[hash.ID]bool{}, replaced: map[hash.ID]bool{}, marked: map[hash.ID]bool{},
 		grace: DefaultGCGrace}
 }
 
-// add merges the packs of one index file.
-func (x *Index) add(packs []PackInfo) { x.addPacks(packs, false) }
+// rank orders copies, lower is better: good before bad, unmarked before
+// marked, trusted before untrusted.
+func (x *Index) rank(c copyLoc) int {
+	r := 0
+	if c.bad {
+		r += 4
+	}
+	if x.packs[c.pack].marked {
+		r += 2
+	}
+	if !c.trusted {
+		r++
+	}
+	return r
+}
 
-// addPacks merges packs; own says this repository stored them (their
-// blobs count as referenced). Of several copies of a blob, one in a pack
-// that no gc mark names is preferred.
-func (x *Index) addPacks(packs []PackInfo, own bool) {
+// addPacks merges packs; trusted says their entries are vouched for, own
+// that this repository stored them (their blobs count as referenced).
+func (x *Index) addPacks(packs []PackInfo, trusted, own bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, p := range packs {
 		pos, ok := x.packPos[p.ID]
 		if !ok {
 			pos = uint32(len(x.packs))
-			x.packs = append(x.packs, indexPack{id: p.ID, ephemeral: p.Ephemeral, marked: x.marked[p.ID]})
+			x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
 			x.packPos[p.ID] = pos
 		}
 		for _, b := range p.Blobs {
-			h := BlobHandle{b.Type, b.ID}
-			e := indexEntry{pack: pos, offset: b.Offset, length: b.Length, rawLength: b.RawLength, referenced: own}
-			if old, dup := x.blobs[h]; dup {
-				if !x.packs[old.pack].marked || x.packs[pos].marked {
-					if own && !old.referenced {
-						old.referenced = true
-						x.blobs[h] = old
-					}
-					continue // any copy serves
-				}
-				e.referenced = e.referenced || old.referenced
-			}
-			x.blobs[h] = e
+			x.addCopy(BlobHandle{b.Type, b.ID}, copyLoc{pack: pos, offset: b.Offset, length: b.Length, trusted: trusted}, own)
 		}
 	}
 }
 
-// use reports whether the blob has a copy in a pack that no gc mark names,
-// and if so records that the caller relies on it.
+func (x *Index) addCopy(h BlobHandle, c copyLoc, own bool) {
+	e, dup := x.blobs[h]
+	if !dup {
+		x.blobs[h] = indexEntry{copyLoc: c, referenced: own}
+		return
+	}
+	e.referenced = e.referenced || own
+	same := func(o copyLoc) bool { return o.pack == c.pack && o.offset == c.offset && o.length == c.length }
+	if same(e.copyLoc) {
+		e.trusted = e.trusted || c.trusted
+		x.blobs[h] = e
+		return
+	}
+	ex := x.extra[h]
+	for i := range ex {
+		if same(ex[i]) {
+			ex[i].trusted = ex[i].trusted || c.trusted
+			x.blobs[h] = e
+			x.rerank(h)
+			return
+		}
+	}
+	x.extra[h] = append(ex, c)
+	x.blobs[h] = e
+	x.rerank(h)
+}
+
+// rerank makes the best copy of h the primary one.
+func (x *Index) rerank(h BlobHandle) {
+	e := x.blobs[h]
+	ex := x.extra[h]
+	best := -1
+	for i := range ex {
+		if x.rank(ex[i]) < x.rank(e.copyLoc) && (best < 0 || x.rank(ex[i]) < x.rank(ex[best])) {
+			best = i
+		}
+	}
+	if best >= 0 {
+		e.copyLoc, ex[best] = ex[best], e.copyLoc
+		x.blobs[h] = e
+	}
+}
+
+// setCopy changes the copy of h in pack: trusted (verified) or bad.
+func (x *Index) setCopy(h BlobHandle, pack hash.ID, offset uint32, fn func(*copyLoc)) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	pos, ok := x.packPos[pack]
+	e, found := x.blobs[h]
+	if !ok || !found {
+		return
+	}
+	if e.pack == pos && e.offset == offset {
+		fn(&e.copyLoc)
+		x.blobs[h] = e
+	}
+	for i, c := range x.extra[h] {
+		if c.pack == pos && c.offset == offset {
+			fn(&x.extra[h][i])
+		}
+	}
+	x.rerank(h)
+}
+
+// markVerified records that the copy of h in pack hashed to its ID.
+func (x *Index) markVerified(h BlobHandle, loc Location) {
+	x.setCopy(h, loc.Pack, loc.Offset, func(c *copyLoc) { c.trusted = true; c.bad = false })
+}
+
+// markBad records that the copy of h in pack does not hash to its ID.
+func (x *Index) markBad(h BlobHandle, loc Location) {
+	x.setCopy(h, loc.Pack, loc.Offset, func(c *copyLoc) { c.bad = true; c.trusted = false })
+}
+
+// use reports whether the blob has a copy not known to be bad in a pack
+// that no gc mark names, and if so records that the caller relies on it.
+// It is for IDs the caller already relies on (from its parent snapshot):
+// those were verified when that snapshot was made, so trust is not asked.
 func (x *Index) use(h BlobHandle) bool {
 	x.mu.RLock()
 	e, ok := x.blobs[h]
-	ok = ok && !x.packs[e.pack].marked
+	ok = ok && !e.bad && !x.packs[e.pack].marked
 	x.mu.RUnlock()
 	if ok && !e.referenced {
 		x.mu.Lock()
@@ -158,6 +223,28 @@ func (x *Index) use(h BlobHandle) bool {
 		x.mu.Unlock()
 	}
 	return ok
+}
+
+// dedupState is what the index says about a blob a backup wants to store.
+type dedupState int
+
+const (
+	absent    dedupState = iota // no usable copy: store it
+	trusted                     // a trusted copy in an unmarked pack: rely on it
+	untrusted                   // only unverified copies: verify one first
+)
+
+func (x *Index) dedup(h BlobHandle) dedupState {
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	e, ok := x.blobs[h]
+	switch {
+	case !ok || e.bad || x.packs[e.pack].marked:
+		return absent
+	case e.trusted:
+		return trusted
+	}
+	return untrusted
 }
 
 // Marked reports whether a gc mark loaded with the index names the pack.
@@ -175,7 +262,11 @@ func (x *Index) Has(h BlobHandle) bool {
 	return ok
 }
 
-// Lookup returns where the blob is stored.
+func (x *Index) loc(c copyLoc) Location {
+	return Location{Pack: x.packs[c.pack].id, Offset: c.offset, Length: c.length, Trusted: c.trusted}
+}
+
+// Lookup returns where the best copy of the blob is stored.
 func (x *Index) Lookup(h BlobHandle) (Location, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
@@ -183,17 +274,30 @@ func (x *Index) Lookup(h BlobHandle) (Location, bool) {
 	if !ok {
 		return Location{}, false
 	}
-	return Location{Pack: x.packs[e.pack].id, Offset: e.offset, Length: e.length, RawLength: e.rawLength}, true
+	return x.loc(e.copyLoc), true
 }
 
-func (x *Index) ephemeral(pack hash.ID) (crypto.PublicKey, bool) {
+// Copies returns every known copy of the blob, best first; copies found
+// bad are left out.
+func (x *Index) Copies(h BlobHandle) []Location {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	pos, ok := x.packPos[pack]
+	e, ok := x.blobs[h]
 	if !ok {
-		return crypto.PublicKey{}, false
+		return nil
 	}
-	return x.packs[pos].ephemeral, true
+	var out []Location
+	if !e.bad {
+		out = append(out, x.loc(e.copyLoc))
+	}
+	ex := append([]copyLoc(nil), x.extra[h]...)
+	sort.SliceStable(ex, func(i, j int) bool { return x.rank(ex[i]) < x.rank(ex[j]) })
+	for _, c := range ex {
+		if !c.bad {
+			out = append(out, x.loc(c))
+		}
+	}
+	return out
 }
 
 // Len returns the number of blobs.
@@ -203,13 +307,13 @@ func (x *Index) Len() int {
 	return len(x.blobs)
 }
 
-// Each calls fn for every blob, in no particular order, under a read lock
-// (fn must not call back into the index).
+// Each calls fn for every blob with its best copy, in no particular order,
+// under a read lock (fn must not call back into the index).
 func (x *Index) Each(fn func(BlobHandle, Location)) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
 	for h, e := range x.blobs {
-		fn(h, Location{Pack: x.packs[e.pack].id, Offset: e.offset, Length: e.length, RawLength: e.rawLength})
+		fn(h, x.loc(e.copyLoc))
 	}
 }
 
@@ -225,158 +329,42 @@ func (x *Index) Packs() []hash.ID {
 	return out
 }
 
-// encodeIndexFile returns the plaintext binary form (docs/FORMAT.md).
-func encodeIndexFile(f *IndexFile) []byte {
-	n := 16 + len(f.Supersedes)*32
-	for _, p := range f.Packs {
-		n += 80 + len(p.Blobs)*50
+// domainIndex is the signature domain of index files.
+const domainIndex = "floe v2 index"
+
+// encodeIndexFile returns the stored form of f: signed when this key is a
+// full key (it holds the authority), unsigned for a write-only key.
+func (r *Repository) encodeIndexFile(f *IndexFile) ([]byte, error) {
+	var sign func([]byte) []byte
+	if r.secrets.AuthorityPrivate != nil {
+		seed := *r.secrets.AuthorityPrivate
+		sign = func(m []byte) []byte { return seed.Sign(domainIndex, m) }
 	}
-	b := make([]byte, 0, n)
-	b = append(b, 1)
-	b = binary.AppendUvarint(b, uint64(len(f.Supersedes)))
-	for _, id := range f.Supersedes {
-		b = append(b, id[:]...)
-	}
-	b = binary.AppendUvarint(b, uint64(len(f.Packs)))
-	for _, p := range f.Packs {
-		b = append(b, p.ID[:]...)
-		b = append(b, p.Ephemeral[:]...)
-		b = appendBlobList(b, p.Blobs)
-	}
-	return b
+	return packfile.EncodeIndex(f, sign)
 }
 
-func appendBlobList(b []byte, blobs []PackedBlob) []byte {
-	b = binary.AppendUvarint(b, uint64(len(blobs)))
-	for _, bl := range blobs {
-		b = append(b, byte(bl.Type))
-		b = append(b, bl.ID[:]...)
-		b = binary.AppendUvarint(b, uint64(bl.Offset))
-		b = binary.AppendUvarint(b, uint64(bl.Length))
-		b = binary.AppendUvarint(b, uint64(bl.RawLength))
-	}
-	return b
+// SaveIndexFile stores an index file (signed with a full key), returning
+// its ID.
+func (r *Repository) SaveIndexFile(ctx context.Context, f *IndexFile) (hash.ID, error) {
+	return r.SaveIndexFileTo(ctx, r.be, f)
 }
 
-// decoder reads the binary formats defensively: every count is checked
-// against the bytes left, so hostile input cannot force huge allocations.
-type decoder struct {
-	b   []byte
-	err error
-}
-
-var errTruncated = errors.New("truncated")
-
-func (d *decoder) uvarint() uint64 {
-	if d.err != nil {
-		return 0
+// DecodeIndexFile decodes a stored index file and verifies its signature,
+// if any, with the authority's public key: Trusted is set when it verifies.
+// A signature that does not verify is an error (the file is damaged or
+// forged), not a silent downgrade.
+func (r *Repository) DecodeIndexFile(data []byte) (*IndexFile, error) {
+	f, err := packfile.DecodeIndex(data)
+	if err != nil {
+		return nil, err
 	}
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		d.err = errTruncated
-		return 0
-	}
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) u32() uint32 {
-	v := d.uvarint()
-	if v > 1<<32-1 && d.err == nil {
-		d.err = errors.New("value out of range")
-	}
-	return uint32(v)
-}
-
-func (d *decoder) bytes(n int) []byte {
-	if d.err != nil {
-		return nil
-	}
-	if n > len(d.b) {
-		d.err = errTruncated
-		return nil
-	}
-	v := d.b[:n]
-	d.b = d.b[n:]
-	return v
-}
-
-func (d *decoder) byte() byte {
-	b := d.bytes(1)
-	if d.err != nil {
-		return 0
-	}
-	return b[0]
-}
-
-func (d *decoder) id() (id hash.ID) {
-	copy(id[:], d.bytes(32))
-	return id
-}
-
-// count reads a count of items at least minSize bytes each.
-func (d *decoder) count(minSize int) int {
-	n := d.uvarint()
-	if d.err == nil && n > uint64(len(d.b)/minSize) {
-		d.err = fmt.Errorf("count %d exceeds the data left", n)
-		return 0
-	}
-	return int(n)
-}
-
-func (d *decoder) blobList() []PackedBlob {
-	n := d.count(36)
-	blobs := make([]PackedBlob, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		t := BlobType(d.byte())
-		bl := PackedBlob{Type: t, ID: d.id(), Offset: d.u32(), Length: d.u32(), RawLength: d.u32()}
-		if t != DataBlob && t != TreeBlob {
-			d.err = fmt.Errorf("unknown blob type %d", t)
+	if f.Signature != nil {
+		if !r.secrets.AuthorityPublic.Verify(domainIndex, f.Signed, f.Signature) {
+			return nil, errors.New("signature does not verify (damaged or forged)")
 		}
-		if bl.Length < crypto.Overhead+1 && d.err == nil {
-			d.err = fmt.Errorf("blob length %d is shorter than an envelope", bl.Length)
-		}
-		blobs = append(blobs, bl)
-	}
-	return blobs
-}
-
-// DecodeIndexFile decodes the plaintext of an index file.
-func DecodeIndexFile(plain []byte) (*IndexFile, error) {
-	d := &decoder{b: plain}
-	if v := d.byte(); d.err == nil && v != 1 {
-		return nil, fmt.Errorf("index version %d not supported", v)
-	}
-	f := &IndexFile{}
-	n := d.count(32)
-	for i := 0; i < n && d.err == nil; i++ {
-		f.Supersedes = append(f.Supersedes, d.id())
-	}
-	n = d.count(65)
-	f.Packs = make([]PackInfo, 0, n)
-	for i := 0; i < n && d.err == nil; i++ {
-		p := PackInfo{ID: d.id()}
-		copy(p.Ephemeral[:], d.bytes(32))
-		p.Blobs = d.blobList()
-		f.Packs = append(f.Packs, p)
-	}
-	if d.err == nil && len(d.b) != 0 {
-		d.err = fmt.Errorf("%d bytes of trailing garbage", len(d.b))
-	}
-	if d.err != nil {
-		return nil, fmt.Errorf("decode index: %w", d.err)
+		f.Trusted = true
 	}
 	return f, nil
-}
-
-// SaveIndexFile encrypts and stores an index file, returning its ID.
-func (r *Repository) SaveIndexFile(ctx context.Context, f *IndexFile) (hash.ID, error) {
-	data := r.meta.Seal(nil, encodeIndexFile(f), []byte(adIndex))
-	id := hash.Sum(data)
-	if err := r.be.Save(ctx, storage.Handle{Type: storage.Index, Name: id.String()}, data); err != nil {
-		return id, fmt.Errorf("save index %s: %w", id.Short(), err)
-	}
-	return id, nil
 }
 
 // LoadIndexFile reads, verifies and decodes one index file.
@@ -388,13 +376,12 @@ func (r *Repository) LoadIndexFile(ctx context.Context, id hash.ID) (*IndexFile,
 	if hash.Sum(data) != id {
 		return nil, fmt.Errorf("index %s: content does not match its name (damaged)", id.Short())
 	}
-	plain, err := r.meta.Open(nil, data, []byte(adIndex))
+	f, err := r.DecodeIndexFile(data)
 	if err != nil {
 		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
 	}
-	f, err := DecodeIndexFile(plain)
-	if err != nil {
-		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
+	if r.verifiesUploads {
+		f.Trusted = true
 	}
 	return f, nil
 }
@@ -454,20 +441,34 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	return nil
 }
 
+// Superseded returns the index files that the trusted (signed) files of
+// files supersede. Supersedes in an unsigned file is ignored: otherwise a
+// write-only host could hide every other index file.
+func Superseded(files map[hash.ID]*IndexFile) map[hash.ID]bool {
+	replaced := map[hash.ID]bool{}
+	for _, f := range files {
+		if !f.Trusted {
+			continue
+		}
+		for _, s := range f.Supersedes {
+			replaced[s] = true
+		}
+	}
+	return replaced
+}
+
 // addFiles adds index files minus the superseded ones, in a fixed order.
 func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 	ids := make([]hash.ID, 0, len(files))
-	for id, f := range files {
+	for id := range files {
 		ids = append(ids, id)
 		x.files[id] = true
-		for _, s := range f.Supersedes {
-			x.replaced[s] = true
-		}
 	}
+	x.replaced = Superseded(files)
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
 	for _, id := range ids {
 		if !x.replaced[id] {
-			x.add(files[id].Packs)
+			x.addPacks(files[id].Packs, files[id].Trusted, false)
 		}
 	}
 }
@@ -508,10 +509,8 @@ func (r *Repository) loadIndexFiles(ctx context.Context) (map[hash.ID]*IndexFile
 				errs = append(errs, lerrs[i])
 			}
 		}
-		for _, f := range files {
-			for _, s := range f.Supersedes {
-				delete(gone, s)
-			}
+		for s := range Superseded(files) {
+			delete(gone, s)
 		}
 		if len(gone) == 0 {
 			return files, errs, nil

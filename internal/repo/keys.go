@@ -15,6 +15,10 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 )
 
+// ErrFormatV1 means the repository was made by a floe that wrote format
+// version 1, which this floe no longer reads.
+var ErrFormatV1 = errors.New("this repository has format version 1, which this floe does not read (it reads version 2, whose blobs anyone can verify and whose marks only full keys can sign); make a new repository with `floe init` and back up again")
+
 // ErrWrongKey means no key of the repository opens with the given passphrase
 // or key file.
 var ErrWrongKey = errors.New("wrong password or key file: no key of this repository opens with it")
@@ -23,19 +27,27 @@ var ErrWrongKey = errors.New("wrong password or key file: no key of this reposit
 // write-only key cannot.
 var ErrWriteOnly = errors.New("this key is write-only: it can add backups but not read them; use a full key (--password-file or --key-file of a full key)")
 
+// ErrNotAuthority means the operation needs the authority only full keys
+// hold: managing keys, signing gc marks.
+var ErrNotAuthority = fmt.Errorf("only a full key can do this: %w", ErrWriteOnly)
+
 // Secrets are the master secrets of a repository (docs/FORMAT.md "Secrets").
 type Secrets struct {
-	ChunkIDKey  crypto.Key
-	IndexKey    crypto.Key
-	DataPublic  crypto.PublicKey
-	DataPrivate *crypto.PrivateKey // nil for write-only keys
+	ChunkIDKey       crypto.Key
+	ConfigKey        crypto.Key
+	DataPublic       crypto.PublicKey
+	DataPrivate      *crypto.PrivateKey // nil for write-only keys
+	AuthorityPublic  crypto.AuthorityPublic
+	AuthorityPrivate *crypto.AuthoritySeed // nil for write-only keys
 }
 
 type secretsJSON struct {
-	ChunkIDKey  []byte `json:"chunk_id_key"`
-	IndexKey    []byte `json:"index_key"`
-	DataPublic  []byte `json:"data_public"`
-	DataPrivate []byte `json:"data_private,omitempty"`
+	ChunkIDKey       []byte `json:"chunk_id_key"`
+	ConfigKey        []byte `json:"config_key"`
+	DataPublic       []byte `json:"data_public"`
+	DataPrivate      []byte `json:"data_private,omitempty"`
+	AuthorityPublic  []byte `json:"authority_public"`
+	AuthorityPrivate []byte `json:"authority_private,omitempty"`
 }
 
 func newSecrets() (Secrets, error) {
@@ -43,19 +55,28 @@ func newSecrets() (Secrets, error) {
 	if err != nil {
 		return Secrets{}, err
 	}
-	return Secrets{ChunkIDKey: crypto.RandomKey(), IndexKey: crypto.RandomKey(), DataPublic: pub, DataPrivate: &priv}, nil
+	apub, apriv, err := crypto.GenerateAuthority()
+	if err != nil {
+		return Secrets{}, err
+	}
+	return Secrets{ChunkIDKey: crypto.RandomKey(), ConfigKey: crypto.RandomKey(), DataPublic: pub, DataPrivate: &priv,
+		AuthorityPublic: apub, AuthorityPrivate: &apriv}, nil
 }
 
-// WriteOnly returns the secrets without the data private key.
+// WriteOnly returns the secrets without the private keys.
 func (s Secrets) WriteOnly() Secrets {
 	s.DataPrivate = nil
+	s.AuthorityPrivate = nil
 	return s
 }
 
 func (s Secrets) marshal() []byte {
-	j := secretsJSON{ChunkIDKey: s.ChunkIDKey[:], IndexKey: s.IndexKey[:], DataPublic: s.DataPublic[:]}
+	j := secretsJSON{ChunkIDKey: s.ChunkIDKey[:], ConfigKey: s.ConfigKey[:], DataPublic: s.DataPublic[:], AuthorityPublic: s.AuthorityPublic[:]}
 	if s.DataPrivate != nil {
 		j.DataPrivate = s.DataPrivate[:]
+	}
+	if s.AuthorityPrivate != nil {
+		j.AuthorityPrivate = s.AuthorityPrivate[:]
 	}
 	b, _ := json.Marshal(j) // cannot fail: only byte slices
 	return b
@@ -66,13 +87,16 @@ func unmarshalSecrets(b []byte) (Secrets, error) {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return Secrets{}, fmt.Errorf("decode key secrets: %w", err)
 	}
-	if len(j.ChunkIDKey) != 32 || len(j.IndexKey) != 32 || len(j.DataPublic) != 32 || (j.DataPrivate != nil && len(j.DataPrivate) != 32) {
-		return Secrets{}, errors.New("decode key secrets: a key has the wrong length")
+	if len(j.ChunkIDKey) != 32 || len(j.ConfigKey) != 32 || len(j.DataPublic) != 32 || len(j.AuthorityPublic) != 32 ||
+		(j.DataPrivate != nil && len(j.DataPrivate) != 32) || (j.AuthorityPrivate != nil && len(j.AuthorityPrivate) != 32) ||
+		(j.DataPrivate == nil) != (j.AuthorityPrivate == nil) {
+		return Secrets{}, errors.New("decode key secrets: a key has the wrong length or is missing")
 	}
 	var s Secrets
 	copy(s.ChunkIDKey[:], j.ChunkIDKey)
-	copy(s.IndexKey[:], j.IndexKey)
+	copy(s.ConfigKey[:], j.ConfigKey)
 	copy(s.DataPublic[:], j.DataPublic)
+	copy(s.AuthorityPublic[:], j.AuthorityPublic)
 	if j.DataPrivate != nil {
 		var p crypto.PrivateKey
 		copy(p[:], j.DataPrivate)
@@ -81,6 +105,12 @@ func unmarshalSecrets(b []byte) (Secrets, error) {
 			return Secrets{}, errors.New("decode key secrets: data private key does not match the public key")
 		}
 		s.DataPrivate = &p
+		var a crypto.AuthoritySeed
+		copy(a[:], j.AuthorityPrivate)
+		if a.Public() != s.AuthorityPublic {
+			return Secrets{}, errors.New("decode key secrets: authority private key does not match the public key")
+		}
+		s.AuthorityPrivate = &a
 	}
 	return s, nil
 }
@@ -100,7 +130,9 @@ type KeyRecord struct {
 const (
 	kdfArgon2  = "argon2id"
 	kdfKeyFile = "keyfile"
-	adKey      = "floe v1 key"
+	adKey      = "floe v2 key"
+	// keyVersion is the version of key records (that of the format).
+	keyVersion = 2
 )
 
 // KeyFile is the local file that opens a "keyfile" key (mode 0600).
@@ -164,7 +196,7 @@ func (c Credential) empty() bool { return c.Password == nil && c.KeyFile == nil 
 // newKeyRecord seals secrets under a new passphrase key, or, when password is
 // nil, under a new random key-file secret which it returns.
 func newKeyRecord(secrets Secrets, password []byte, writeOnly bool, kdf crypto.KDFParams) (*KeyRecord, []byte, error) {
-	rec := &KeyRecord{Version: 1, Created: time.Now().UTC(), WriteOnly: writeOnly}
+	rec := &KeyRecord{Version: keyVersion, Created: time.Now().UTC(), WriteOnly: writeOnly}
 	rec.Hostname, _ = os.Hostname()
 	if u, err := user.Current(); err == nil {
 		rec.Username = u.Username
@@ -267,7 +299,10 @@ func loadKeyRecord(ctx context.Context, be storage.Backend, id string) (*KeyReco
 	if err := json.Unmarshal(b, &rec); err != nil {
 		return nil, fmt.Errorf("key %s: %w", shortName(id), err)
 	}
-	if rec.Version != 1 {
+	if rec.Version == 1 {
+		return nil, fmt.Errorf("key %s: %w", shortName(id), ErrFormatV1)
+	}
+	if rec.Version != keyVersion {
 		return nil, fmt.Errorf("key %s: unsupported version %d", shortName(id), rec.Version)
 	}
 	return &rec, nil
@@ -321,10 +356,11 @@ func (r *Repository) Keys(ctx context.Context) ([]KeyInfo, error) {
 
 // AddKey adds a key: with a password, a passphrase key; without, a key-file
 // key whose KeyFile is returned (the caller writes it, mode 0600). A
-// write-only key can only be added by any key; a full key only by a full key.
+// key can only be added with a full key: a write-only key holds no
+// authority (docs/FORMAT.md "Authority").
 func (r *Repository) AddKey(ctx context.Context, password []byte, writeOnly bool) (string, *KeyFile, error) {
-	if !writeOnly && r.secrets.DataPrivate == nil {
-		return "", nil, fmt.Errorf("add a full key: %w", ErrWriteOnly)
+	if !r.Authority() {
+		return "", nil, fmt.Errorf("add a key: %w", ErrNotAuthority)
 	}
 	rec, secret, err := newKeyRecord(r.secrets, password, writeOnly, r.kdf)
 	if err != nil {
@@ -341,9 +377,13 @@ func (r *Repository) AddKey(ctx context.Context, password []byte, writeOnly bool
 	return id.String(), kf, nil
 }
 
-// RemoveKey removes key id (or a unique prefix). The key in use cannot be
-// removed, so a repository can never lose its last key this way.
+// RemoveKey removes key id (or a unique prefix). It needs a full key. The
+// key in use cannot be removed, nor the last full key, so a repository
+// never loses the keys that read it this way.
 func (r *Repository) RemoveKey(ctx context.Context, prefix string) (string, error) {
+	if !r.Authority() {
+		return "", fmt.Errorf("remove a key: %w", ErrNotAuthority)
+	}
 	ids, err := listKeyIDs(ctx, r.be)
 	if err != nil {
 		return "", err
@@ -355,6 +395,18 @@ func (r *Repository) RemoveKey(ctx context.Context, prefix string) (string, erro
 	if id == r.keyID {
 		return "", errors.New("refusing to remove the key in use; open the repository with another key to remove this one")
 	}
+	rec, err := loadKeyRecord(ctx, r.be, id)
+	if err == nil && !rec.WriteOnly {
+		full := 0
+		for _, other := range ids {
+			if o, err := loadKeyRecord(ctx, r.be, other); err == nil && !o.WriteOnly {
+				full++
+			}
+		}
+		if full <= 1 {
+			return "", errors.New("refusing to remove the last full key: without one, nobody could read the backups")
+		}
+	}
 	if err := r.be.Remove(ctx, storage.Handle{Type: storage.Key, Name: id}); err != nil {
 		return "", fmt.Errorf("remove key %s: %w", shortName(id), err)
 	}
@@ -364,6 +416,9 @@ func (r *Repository) RemoveKey(ctx context.Context, prefix string) (string, erro
 // ChangePassword replaces the current passphrase key by one with a new
 // passphrase: the new key is written before the old one is removed.
 func (r *Repository) ChangePassword(ctx context.Context, newPassword []byte) (string, error) {
+	if !r.Authority() {
+		return "", fmt.Errorf("change a key's passphrase: %w", ErrNotAuthority)
+	}
 	old, err := loadKeyRecord(ctx, r.be, r.keyID)
 	if err != nil {
 		return "", err

@@ -21,7 +21,7 @@ import (
 )
 
 // FormatVersion is the repository format this code reads and writes.
-const FormatVersion = 1
+const FormatVersion = 2
 
 // DefaultPackSize is the target pack size: large enough for object stores,
 // small enough to hold a few in memory.
@@ -57,9 +57,15 @@ type Config struct {
 	Chunker     ChunkerConfig `json:"chunker"`
 	PackSize    int           `json:"pack_size"`
 	Compression string        `json:"compression"`
+	// Authority is the hex Ed25519 public key that signs the config, gc
+	// marks and the index files of full keys (docs/FORMAT.md "Authority").
+	Authority string `json:"authority"`
 }
 
-const adConfig = "floe v1 config"
+const (
+	adConfig     = "floe v2 config"
+	domainConfig = "floe v2 config"
+)
 
 // InitOptions shape a new repository.
 type InitOptions struct {
@@ -82,13 +88,21 @@ type Repository struct {
 	kdf     crypto.KDFParams
 
 	ids     *hash.Keyed
-	meta    *crypto.AEAD // index key envelope
 	chunker chunker.Params
 
 	idx *Index
+	// verifiesUploads: the backend checks uploaded blobs against their IDs
+	// (storage.VerifiesUploads), so every index entry is trusted.
+	verifiesUploads bool
 
-	packKeysMu sync.Mutex
-	packKeys   map[hash.ID]*crypto.AEAD
+	// runKeys maps a blob's type and key (K) to its ID, for the blobs this
+	// process stored or was told of (RememberRefs): deduplication by K,
+	// without compressing and encrypting to find the ID.
+	runMu   sync.Mutex
+	runKeys map[BlobHandle]hash.ID
+
+	forgedMu sync.Mutex
+	forged   []ForgedCopy
 
 	writer *packWriter // lazily created by SaveBlob
 	wmu    sync.Mutex
@@ -113,7 +127,7 @@ func Init(ctx context.Context, be storage.Backend, cred Credential, opts InitOpt
 		return nil, nil, err
 	}
 	cfg := Config{Version: FormatVersion, ID: hex.EncodeToString(idBytes[:]), Created: time.Now().UTC(),
-		PackSize: DefaultPackSize, Compression: "zstd"}
+		PackSize: DefaultPackSize, Compression: "zstd", Authority: hex.EncodeToString(secrets.AuthorityPublic[:])}
 	if opts.Chunker != nil {
 		cfg.Chunker = *opts.Chunker
 	} else {
@@ -142,8 +156,9 @@ func Init(ctx context.Context, be storage.Backend, cred Credential, opts InitOpt
 	if err != nil {
 		return nil, nil, err
 	}
-	meta := crypto.NewAEAD(secrets.IndexKey)
-	if err := be.Save(ctx, storage.Handle{Type: storage.Config}, meta.Seal(nil, plain, []byte(adConfig))); err != nil {
+	env := crypto.NewAEAD(secrets.ConfigKey).Seal(nil, plain, []byte(adConfig))
+	env = append(env, secrets.AuthorityPrivate.Sign(domainConfig, env)...)
+	if err := be.Save(ctx, storage.Handle{Type: storage.Config}, env); err != nil {
 		return nil, nil, fmt.Errorf("save config: %w", err)
 	}
 	r, err := newRepository(be, cfg, secrets, keyID.String(), kdf)
@@ -168,10 +183,10 @@ func newRepository(be storage.Backend, cfg Config, secrets Secrets, keyID string
 	}
 	return &Repository{
 		be: be, cfg: cfg, secrets: secrets, keyID: keyID, kdf: kdf,
-		ids:      hash.NewKeyed(secrets.ChunkIDKey),
-		meta:     crypto.NewAEAD(secrets.IndexKey),
-		chunker:  params,
-		packKeys: map[hash.ID]*crypto.AEAD{},
+		ids:             hash.NewKeyed(secrets.ChunkIDKey),
+		chunker:         params,
+		runKeys:         map[BlobHandle]hash.ID{},
+		verifiesUploads: storage.VerifiesUploads(be),
 	}, nil
 }
 
@@ -238,22 +253,44 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 		}
 		return nil, ErrWrongKey
 	}
-	plain, err := crypto.NewAEAD(secrets.IndexKey).Open(nil, cfgBytes, []byte(adConfig))
+	cfg, err := openConfig(cfgBytes, secrets)
 	if err != nil {
-		return nil, fmt.Errorf("config of %s is damaged (authentication failed)", be.Location())
-	}
-	var cfg Config
-	if err := json.Unmarshal(plain, &cfg); err != nil {
-		return nil, fmt.Errorf("decode config: %w", err)
-	}
-	if cfg.Version != FormatVersion {
-		return nil, fmt.Errorf("repository format version %d is not supported by this floe (it reads version %d); upgrade floe", cfg.Version, FormatVersion)
+		return nil, fmt.Errorf("config of %s: %w", be.Location(), err)
 	}
 	kdf := crypto.DefaultKDFParams()
 	if opts.KDF != nil {
 		kdf = *opts.KDF
 	}
 	return newRepository(be, cfg, secrets, keyID, kdf)
+}
+
+// openConfig verifies the authority's signature over the config (with the
+// public key every key holds, so that a write-only key, which could make
+// a new config of its own, cannot make one that others accept), then
+// decrypts and decodes it.
+func openConfig(data []byte, secrets Secrets) (Config, error) {
+	var cfg Config
+	if len(data) < crypto.Overhead+crypto.SignatureSize {
+		return cfg, errors.New("damaged (too short)")
+	}
+	env, sig := data[:len(data)-crypto.SignatureSize], data[len(data)-crypto.SignatureSize:]
+	if !secrets.AuthorityPublic.Verify(domainConfig, env, sig) {
+		return cfg, errors.New("damaged or forged (its signature does not verify)")
+	}
+	plain, err := crypto.NewAEAD(secrets.ConfigKey).Open(nil, env, []byte(adConfig))
+	if err != nil {
+		return cfg, errors.New("damaged (authentication failed)")
+	}
+	if err := json.Unmarshal(plain, &cfg); err != nil {
+		return cfg, fmt.Errorf("decode: %w", err)
+	}
+	if cfg.Version != FormatVersion {
+		return cfg, fmt.Errorf("repository format version %d is not supported by this floe (it reads version %d)", cfg.Version, FormatVersion)
+	}
+	if cfg.Authority != hex.EncodeToString(secrets.AuthorityPublic[:]) {
+		return cfg, errors.New("its authority key differs from the key's")
+	}
+	return cfg, nil
 }
 
 // Config returns the repository config.
@@ -275,8 +312,9 @@ func (r *Repository) ChunkIDKey() crypto.Key { return r.secrets.ChunkIDKey }
 // ChunkerParams returns the repository's chunker parameters.
 func (r *Repository) ChunkerParams() chunker.Params { return r.chunker }
 
-// BlobID computes the ID of a blob's plaintext.
-func (r *Repository) BlobID(data []byte) hash.ID { return r.ids.Sum(data) }
+// Authority reports whether the key in use holds the authority (a full
+// key): it may manage keys, sign index files and gc marks.
+func (r *Repository) Authority() bool { return r.secrets.AuthorityPrivate != nil }
 
 // Index returns the in-memory index (loaded by LoadIndex).
 func (r *Repository) Index() *Index { return r.idx }

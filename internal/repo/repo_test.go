@@ -31,6 +31,16 @@ func newRepo(t testing.TB) (*Repository, *mem.Backend) {
 	return r, be
 }
 
+// save stores data as a data blob and returns its ref.
+func save(t testing.TB, r *Repository, data []byte) hash.Ref {
+	t.Helper()
+	ref, _, _, err := r.SaveBlob(context.Background(), DataBlob, r.BlobKey(data), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ref
+}
+
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
@@ -112,7 +122,7 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 		t.Fatal(err)
 	}
 	r.cfg.PackSize = 1 << 20 // several packs
-	blobs := map[hash.ID][]byte{}
+	blobs := map[hash.Ref][]byte{}
 	for i := 0; i < 40; i++ {
 		var data []byte
 		if i%2 == 0 {
@@ -120,15 +130,18 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 		} else {
 			data = bytes.Repeat([]byte("compressible text "), 5000+i)
 		}
-		id := r.BlobID(data)
-		isNew, _, err := r.SaveBlob(ctx, DataBlob, id, data)
+		ref, isNew, _, err := r.SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
 		if err != nil || !isNew {
 			t.Fatalf("SaveBlob %d: new=%v err=%v", i, isNew, err)
 		}
-		if again, _, _ := r.SaveBlob(ctx, DataBlob, id, data); again {
-			t.Fatal("duplicate blob stored twice")
+		if again, isNew, _, _ := r.SaveBlob(ctx, DataBlob, r.BlobKey(data), data); isNew || again != ref {
+			t.Fatal("duplicate blob stored twice, or named differently")
 		}
-		blobs[id] = data
+		// convergent: the same plaintext always gives the same stored bytes
+		if sealBlob(nil, DataBlob, ref.Key, data); StoredBlobID(DataBlob, sealBlob(nil, DataBlob, ref.Key, data)) != ref.ID {
+			t.Fatal("sealing is not deterministic")
+		}
+		blobs[ref] = data
 	}
 	if err := r.Flush(ctx); err != nil {
 		t.Fatal(err)
@@ -144,10 +157,16 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 	if err := r2.LoadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}
-	for id, want := range blobs {
-		got, err := r2.LoadBlob(ctx, BlobHandle{DataBlob, id}, nil)
+	for ref, want := range blobs {
+		got, err := r2.LoadBlob(ctx, DataBlob, ref, nil)
 		if err != nil || !bytes.Equal(got, want) {
-			t.Fatalf("LoadBlob %s: %v", id.Short(), err)
+			t.Fatalf("LoadBlob %s: %v", ref.Short(), err)
+		}
+		// a ref with another key does not open it
+		bad := ref
+		bad.Key[0] ^= 1
+		if _, err := r2.LoadBlob(ctx, DataBlob, bad, nil); err == nil {
+			t.Fatal("LoadBlob with a wrong key succeeded")
 		}
 	}
 	// every pack header agrees with the index
@@ -173,21 +192,21 @@ func TestDamageIsDetected(t *testing.T) {
 	ctx := context.Background()
 	r, be := newRepo(t)
 	data := randomBytes(50 << 10)
-	id := r.BlobID(data)
-	if _, _, err := r.SaveBlob(ctx, DataBlob, id, data); err != nil {
-		t.Fatal(err)
-	}
+	ref := save(t, r, data)
 	if err := r.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
-	loc, _ := r.Index().Lookup(BlobHandle{DataBlob, id})
+	loc, _ := r.Index().Lookup(BlobHandle{DataBlob, ref.ID})
 	h := storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}
 	orig, _ := be.Get(h)
 	damaged := bytes.Clone(orig)
 	damaged[loc.Offset+100] ^= 0x40
 	be.Set(h, damaged)
-	if _, err := r.LoadBlob(ctx, BlobHandle{DataBlob, id}, nil); !errors.Is(err, crypto.ErrAuth) {
-		t.Fatalf("flipped bit: err = %v, want ErrAuth", err)
+	if _, err := r.LoadBlob(ctx, DataBlob, ref, nil); !errors.Is(err, ErrForged) {
+		t.Fatalf("flipped bit: err = %v, want ErrForged", err)
+	}
+	if f := r.ForgedCopies(); len(f) != 1 || f[0].Pack != loc.Pack {
+		t.Fatalf("ForgedCopies = %+v", f)
 	}
 	be.Set(h, orig[:len(orig)-3])
 	if _, err := r.LoadPackHeader(ctx, loc.Pack, int64(len(orig)-3)); err == nil {
@@ -199,8 +218,7 @@ func TestWriteOnlyKey(t *testing.T) {
 	ctx := context.Background()
 	r, be := newRepo(t)
 	full := []byte("written with the full key")
-	fullID := r.BlobID(full)
-	r.SaveBlob(ctx, DataBlob, fullID, full)
+	fullRef := save(t, r, full)
 	if err := r.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -223,17 +241,14 @@ func TestWriteOnlyKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// It deduplicates against existing data and can add new data...
-	if !wo.HasBlob(BlobHandle{DataBlob, fullID}) {
+	if !wo.HasBlob(BlobHandle{DataBlob, fullRef.ID}) {
 		t.Fatal("write-only key cannot see the index")
 	}
+	if again, isNew, _, err := wo.SaveBlob(ctx, DataBlob, wo.BlobKey(full), full); err != nil || isNew || again != fullRef {
+		t.Fatalf("write-only key does not deduplicate against the full key's blob: %v %v", isNew, err)
+	}
 	mine := []byte("written with the write-only key")
-	mineID := wo.BlobID(mine)
-	if mineID != fullID && wo.BlobID(full) != fullID {
-		t.Fatal("write-only key names chunks differently")
-	}
-	if _, _, err := wo.SaveBlob(ctx, DataBlob, mineID, mine); err != nil {
-		t.Fatal(err)
-	}
+	mineRef := save(t, wo, mine)
 	if err := wo.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -242,8 +257,8 @@ func TestWriteOnlyKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// ...but reads nothing, its own data included.
-	for _, id := range []hash.ID{fullID, mineID} {
-		if _, err := wo.LoadBlob(ctx, BlobHandle{DataBlob, id}, nil); !errors.Is(err, ErrWriteOnly) {
+	for _, ref := range []hash.Ref{fullRef, mineRef} {
+		if _, err := wo.LoadBlob(ctx, DataBlob, ref, nil); !errors.Is(err, ErrWriteOnly) {
 			t.Fatalf("write-only LoadBlob: %v", err)
 		}
 	}
@@ -255,14 +270,14 @@ func TestWriteOnlyKey(t *testing.T) {
 	if _, _, err := wo.AddKey(ctx, nil, false); !errors.Is(err, ErrWriteOnly) {
 		t.Fatalf("write-only key added a full key: %v", err)
 	}
-	// Even with the secrets in hand, the data private key is not there.
-	if wo.secrets.DataPrivate != nil {
-		t.Fatal("write-only secrets hold the data private key")
+	// Even with the secrets in hand, the private keys are not there.
+	if wo.secrets.DataPrivate != nil || wo.secrets.AuthorityPrivate != nil || wo.Authority() {
+		t.Fatal("write-only secrets hold a private key")
 	}
 	// The full key reads what the write-only key wrote.
 	r2, _ := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{})
 	r2.LoadIndex(ctx)
-	if got, err := r2.LoadBlob(ctx, BlobHandle{DataBlob, mineID}, nil); err != nil || !bytes.Equal(got, mine) {
+	if got, err := r2.LoadBlob(ctx, DataBlob, mineRef, nil); err != nil || !bytes.Equal(got, mine) {
 		t.Fatalf("full key reading write-only data: %v", err)
 	}
 	if _, err := r2.LoadSnapshotRecord(ctx, woSnap); err != nil {
@@ -270,50 +285,26 @@ func TestWriteOnlyKey(t *testing.T) {
 	}
 }
 
-func TestIndexFileRoundTrip(t *testing.T) {
-	f := &IndexFile{Supersedes: []hash.ID{{1}}, Packs: []PackInfo{{ID: hash.ID{2}, Ephemeral: crypto.PublicKey{3},
-		Blobs: []PackedBlob{{Type: TreeBlob, ID: hash.ID{4}, Offset: 0, Length: 100, RawLength: 90}, {Type: DataBlob, ID: hash.ID{5}, Offset: 100, Length: 1 << 20, RawLength: 1 << 20}}}}}
-	got, err := DecodeIndexFile(encodeIndexFile(f))
+func TestIndexFileSignature(t *testing.T) {
+	ctx := context.Background()
+	r, be := newRepo(t)
+	f := &IndexFile{Supersedes: []hash.ID{{1}}, Packs: []PackInfo{{ID: hash.ID{2},
+		Blobs: []PackedBlob{{Type: TreeBlob, ID: hash.ID{4}, Offset: 0, Length: 100}}}}}
+	id, err := r.SaveIndexFile(ctx, f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Packs) != 1 || len(got.Packs[0].Blobs) != 2 || got.Packs[0].Blobs[1] != f.Packs[0].Blobs[1] || got.Supersedes[0] != f.Supersedes[0] {
-		t.Fatalf("round trip: %+v", got)
+	got, err := r.LoadIndexFile(ctx, id)
+	if err != nil || !got.Trusted || len(got.Packs) != 1 || got.Supersedes[0] != (hash.ID{1}) {
+		t.Fatalf("signed index: %+v, %v", got, err)
 	}
-}
-
-func FuzzDecodeIndexFile(f *testing.F) {
-	f.Add(encodeIndexFile(&IndexFile{Packs: []PackInfo{{Blobs: []PackedBlob{{Length: 40, RawLength: 3}}}}}))
-	f.Add([]byte{1, 0, 0})
-	f.Add([]byte{1, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
-	f.Fuzz(func(t *testing.T, data []byte) {
-		idx, err := DecodeIndexFile(data)
-		if err != nil {
-			return
-		}
-		again, err := DecodeIndexFile(encodeIndexFile(idx))
-		if err != nil || len(again.Packs) != len(idx.Packs) {
-			t.Fatalf("re-encoded index does not decode: %v", err)
-		}
-	})
-}
-
-func FuzzDecodePackHeader(f *testing.F) {
-	f.Add(encodePackHeader(&PackHeader{Blobs: []PackedBlob{{Length: 40, RawLength: 3}}}), int64(40))
-	f.Add([]byte{1}, int64(0))
-	f.Fuzz(func(t *testing.T, data []byte, body int64) {
-		h, err := DecodePackHeader(data, body)
-		if err != nil {
-			return
-		}
-		var end int64
-		for _, b := range h.Blobs {
-			end += int64(b.Length)
-		}
-		if end != body {
-			t.Fatalf("accepted header covering %d of %d bytes", end, body)
-		}
-	})
+	// a flipped signature bit is an error, not a quiet downgrade
+	data, _ := be.Get(storage.Handle{Type: storage.Index, Name: id.String()})
+	data = bytes.Clone(data)
+	data[len(data)-1] ^= 1
+	if _, err := r.DecodeIndexFile(data); err == nil {
+		t.Fatal("a bad signature was accepted")
+	}
 }
 
 // FuzzOpen feeds damaged config and key objects to Open: it must fail
@@ -343,8 +334,9 @@ func FuzzOpen(f *testing.F) {
 	})
 }
 
-// FuzzLoadGCMark seals fuzzed plaintext as a gc mark, so the decoder
-// behind the authentication is exercised: it must fail cleanly, never panic.
+// FuzzLoadGCMark signs fuzzed plaintext as a gc mark, so the decoder
+// behind the signature is exercised, and also feeds it unsigned: it must
+// fail cleanly, never panic, and never accept an unsigned mark.
 func FuzzLoadGCMark(f *testing.F) {
 	ctx := context.Background()
 	r, be := newRepo(f)
@@ -352,10 +344,29 @@ func FuzzLoadGCMark(f *testing.F) {
 	f.Add([]byte(`{"packs":[1,2,3]}`))
 	f.Add([]byte(`null`))
 	f.Fuzz(func(t *testing.T, plain []byte) {
-		data := r.meta.Seal(nil, plain, []byte(adGCMark))
+		data := append(bytes.Clone(plain), r.secrets.AuthorityPrivate.Sign(domainGCMark, plain)...)
 		id := hash.Sum(data)
 		be.Set(storage.Handle{Type: storage.GCMark, Name: id.String()}, data)
 		r.LoadGCMark(ctx, id)
+		if _, err := r.DecodeGCMark(plain); err == nil {
+			t.Fatal("an unsigned mark was accepted")
+		}
+	})
+}
+
+// FuzzDecodeIndexFile: a stored index file of any content gives an error or
+// an index, never a panic, and is trusted only with a valid signature.
+func FuzzDecodeIndexFile(f *testing.F) {
+	r, _ := newRepo(f)
+	signed, _ := r.encodeIndexFile(&IndexFile{Packs: []PackInfo{{Blobs: []PackedBlob{{Length: 40}}}}})
+	f.Add(signed)
+	f.Add([]byte("FLIX\x02\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		x, err := r.DecodeIndexFile(data)
+		if err == nil && x.Trusted && !bytes.Equal(data, signed) {
+			// only the one file signed here can verify
+			t.Fatal("a fuzzed index file verified")
+		}
 	})
 }
 

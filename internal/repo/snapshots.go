@@ -11,7 +11,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 )
 
-const adSnapshot = "floe v1 snapshot"
+const adSnapshot = "floe v2 snapshot"
 
 // maxSnapshotSize bounds a snapshot record read from storage (a record is
 // a few KiB of JSON; its largest part, the files that changed while they

@@ -7,58 +7,59 @@ package repo
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/binary"
-	"errors"
+		"errors"
 	"fmt"
 
-	"github.com/floe-backup/floe/internal/crypto"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
 // SameSecrets reports whether r and o hold the same master secrets (chunk
-// ID key, index key and data key pair): then every stored object of one
-// is readable by the other, and packs, index files and snapshot records
-// can be copied verbatim. A repository exported with `floe export` shares
-// the secrets of its source.
+// ID key, config key, data key pair and authority): then every stored
+// object of one is readable by the other, and packs, index files and
+// snapshot records can be copied verbatim. A repository exported with
+// `floe export` shares the secrets of its source.
 func (r *Repository) SameSecrets(o *Repository) bool {
 	return subtle.ConstantTimeCompare(r.secrets.ChunkIDKey[:], o.secrets.ChunkIDKey[:]) == 1 &&
-		subtle.ConstantTimeCompare(r.secrets.IndexKey[:], o.secrets.IndexKey[:]) == 1 &&
-		r.secrets.DataPublic == o.secrets.DataPublic
+		subtle.ConstantTimeCompare(r.secrets.ConfigKey[:], o.secrets.ConfigKey[:]) == 1 &&
+		r.secrets.DataPublic == o.secrets.DataPublic && r.secrets.AuthorityPublic == o.secrets.AuthorityPublic
+}
+
+// SameChunkIDKey reports whether r and o name plaintexts alike: then a
+// blob's stored bytes, and so its Ref, are the same in both, and copy can
+// move blobs verbatim.
+func (r *Repository) SameChunkIDKey(o *Repository) bool {
+	return subtle.ConstantTimeCompare(r.secrets.ChunkIDKey[:], o.secrets.ChunkIDKey[:]) == 1
 }
 
 // PackInfoFromBytes checks that data, the whole stored bytes of pack id,
-// hash to its name, and returns the pack's blob list from its header.
-// Export uses it to index the packs it copies without a second read.
-func (r *Repository) PackInfoFromBytes(id hash.ID, data []byte) (PackInfo, error) {
+// hash to its name and that every blob hashes to its ID, and returns the
+// pack's blob list from its header. Export and import use it to index the
+// packs they copy without a second read.
+func PackInfoFromBytes(id hash.ID, data []byte) (PackInfo, error) {
 	if hash.Sum(data) != id {
 		return PackInfo{}, fmt.Errorf("pack %s: content does not match its name (damaged)", id.Short())
 	}
-	size := int64(len(data))
-	if size < int64(packTrailerLen+crypto.Overhead) || string(data[size-int64(len(packMagic)):]) != packMagic {
-		return PackInfo{}, fmt.Errorf("pack %s: not a floe pack (bad trailer)", id.Short())
-	}
-	hdrLen := int64(binary.LittleEndian.Uint32(data[size-int64(packTrailerLen):]))
-	if hdrLen < crypto.Overhead || hdrLen > maxHeaderLen || hdrLen > size-int64(packTrailerLen) {
-		return PackInfo{}, fmt.Errorf("pack %s: header length %d is impossible for a %d-byte pack", id.Short(), hdrLen, size)
-	}
-	body := size - int64(packTrailerLen) - hdrLen
-	plain, err := r.meta.Open(nil, data[body:body+hdrLen], []byte(adPackHeader))
-	if err != nil {
-		return PackInfo{}, fmt.Errorf("pack %s header: %w", id.Short(), err)
-	}
-	hdr, err := DecodePackHeader(plain, body)
+	blobs, bad, err := packfile.Verify(data)
 	if err != nil {
 		return PackInfo{}, fmt.Errorf("pack %s: %w", id.Short(), err)
 	}
-	return PackInfo{ID: id, Ephemeral: hdr.Ephemeral, Blobs: hdr.Blobs}, nil
+	if len(bad) > 0 {
+		return PackInfo{}, fmt.Errorf("pack %s: %s blob %s: %w", id.Short(), bad[0].Type, bad[0].ID.Short(), ErrForged)
+	}
+	return PackInfo{ID: id, Blobs: blobs}, nil
 }
 
-// SaveIndexFileTo seals an index file with r's index key and stores it on
-// be, another repository with the same secrets (an export). An index file
-// that exists already (the same content) is not an error.
+// SaveIndexFileTo stores an index file on be (r's backend, or another
+// repository with the same secrets: an export), signed when r's key is a
+// full key. An index file that exists already (the same content) is not
+// an error.
 func (r *Repository) SaveIndexFileTo(ctx context.Context, be storage.Backend, f *IndexFile) (hash.ID, error) {
-	data := r.meta.Seal(nil, encodeIndexFile(f), []byte(adIndex))
+	data, err := r.encodeIndexFile(f)
+	if err != nil {
+		return hash.ID{}, err
+	}
 	id := hash.Sum(data)
 	if err := be.Save(ctx, storage.Handle{Type: storage.Index, Name: id.String()}, data); err != nil && !isExist(err) {
 		return id, fmt.Errorf("save index %s: %w", id.Short(), err)
@@ -72,7 +73,7 @@ func (r *Repository) AddIndexFile(id hash.ID, f *IndexFile) {
 	r.idx.mu.Lock()
 	r.idx.files[id] = true
 	r.idx.mu.Unlock()
-	r.idx.add(f.Packs)
+	r.idx.addPacks(f.Packs, f.Trusted, false)
 }
 
 // FlushStored ends the current pack writer without storing its open
@@ -98,7 +99,6 @@ func (r *Repository) FlushStored(ctx context.Context) error {
 	for _, p := range open { // not stored after all
 		for _, b := range p.blobs {
 			w.stats.Blobs--
-			w.stats.RawBytes -= uint64(b.RawLength)
 			w.stats.StoredBytes -= uint64(b.Length)
 		}
 	}

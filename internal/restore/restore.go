@@ -238,13 +238,13 @@ func (rs *restorer) inParent(rel string, fn func(dir *os.Root, name string) erro
 	return fn(d, name)
 }
 
-// isZeroChunk reports whether id is the ID of n zero bytes: the chunks a
-// sparse file's holes became. They are not loaded or written; the file was
-// truncated to its size, so the holes are already there.
-func (rs *restorer) isZeroChunk(id hash.ID, n uint32) bool {
+// isZeroChunk reports whether ref is a chunk of n zero bytes (by its key):
+// the chunks a sparse file's holes became. They are not loaded or written;
+// the file was truncated to its size, so the holes are already there.
+func (rs *restorer) isZeroChunk(ref hash.Ref, n uint32) bool {
 	if n > rs.r.ChunkerParams().Max {
 		// no chunk is that long: never allocate and hash what a hostile
-		// index or tree claims
+		// tree claims
 		return false
 	}
 	rs.zeroMu.Lock()
@@ -254,10 +254,10 @@ func (rs *restorer) isZeroChunk(id hash.ID, n uint32) bool {
 	}
 	z, ok := rs.zeroIDs[n]
 	if !ok {
-		z = rs.r.BlobID(make([]byte, n))
+		z = rs.r.BlobKey(make([]byte, n))
 		rs.zeroIDs[n] = z
 	}
-	return z == id
+	return z == ref.Key
 }
 
 type dirMeta struct {
@@ -284,7 +284,7 @@ type dirNames struct {
 // Run restores the tree rootTree. subpath ("" or "/" for everything)
 // selects a directory or file of the snapshot: a directory's contents are
 // restored into the target, a file is restored as target/<name>.
-func Run(ctx context.Context, r *repo.Repository, rootTree hash.ID, subpath string, opts Options) (*Result, error) {
+func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath string, opts Options) (*Result, error) {
 	if r.WriteOnly() {
 		return nil, repo.ErrWriteOnly
 	}
@@ -696,8 +696,9 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	// file that has no data to write (empty, or only holes).
 	type chunk struct {
 		f          *openFile
-		h          repo.BlobHandle
+		ref        hash.Ref
 		offset     int64
+		length     uint32 // what the tree says; the blob must hold that many bytes
 		createOnly bool
 	}
 	chunks := make(chan chunk, 4*rs.opts.Workers)
@@ -716,7 +717,12 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 					c.f.done(rs, err)
 					continue
 				}
-				data, err := rs.r.LoadBlob(ctx, c.h, buf)
+				data, err := rs.r.LoadBlob(ctx, repo.DataBlob, c.ref, buf)
+				if err == nil && len(data) != int(c.length) {
+					// a damaged or hostile tree: writing would put the
+					// next chunks at the wrong offsets
+					err = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d", ErrSizeMismatch, len(data), c.length)
+				}
 				if err == nil {
 					buf = data
 					if !(c.f.job.node.Sparse && allZero(data)) {
@@ -750,21 +756,20 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			continue
 		}
 		f := &openFile{job: job}
-		// offsets from the blobs' sizes in the index
+		// offsets from the chunk sizes the tree records
 		offsets := make([]int64, len(job.node.Content))
 		lengths := make([]uint32, len(job.node.Content))
 		var off int64
 		missing := false
-		for i, id := range job.node.Content {
+		for i, ref := range job.node.Content {
 			offsets[i] = off
-			loc, ok := rs.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
-			if !ok {
-				rs.fail(fmt.Errorf("restore %s: data blob %s: %w", job.rel, id.Short(), repo.ErrBlobNotFound))
+			if !rs.r.Index().Has(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
+				rs.fail(fmt.Errorf("restore %s: data blob %s: %w", job.rel, ref.Short(), repo.ErrBlobNotFound))
 				missing = true
 				break
 			}
-			lengths[i] = loc.RawLength
-			off += int64(loc.RawLength)
+			lengths[i] = job.node.ChunkSizes[i]
+			off += int64(job.node.ChunkSizes[i])
 		}
 		if !missing && uint64(off) != job.node.Size {
 			// A damaged or hostile tree: the file would be cut short or
@@ -811,7 +816,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		f.pending.Store(int64(len(todo)))
 		for _, i := range todo {
-			chunks <- chunk{f: f, h: repo.BlobHandle{Type: repo.DataBlob, ID: job.node.Content[i]}, offset: offsets[i]}
+			chunks <- chunk{f: f, ref: job.node.Content[i], offset: offsets[i], length: lengths[i]}
 		}
 	}
 	close(chunks)
@@ -959,26 +964,23 @@ func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 	}
 	defer f.Close()
 	var off int64
-	for _, id := range job.node.Content {
-		loc, ok := rs.r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id})
-		if !ok {
-			return buf, fmt.Errorf("verify %s: blob %s not in index", job.rel, id.Short())
-		}
-		if job.node.Sparse && rs.isZeroChunk(id, loc.RawLength) && isHole(f, off, int64(loc.RawLength)) {
-			off += int64(loc.RawLength)
+	for i, ref := range job.node.Content {
+		size := job.node.ChunkSizes[i]
+		if job.node.Sparse && rs.isZeroChunk(ref, size) && isHole(f, off, int64(size)) {
+			off += int64(size)
 			continue
 		}
-		if cap(buf) < int(loc.RawLength) {
-			buf = make([]byte, loc.RawLength)
+		if cap(buf) < int(size) {
+			buf = make([]byte, size)
 		}
-		buf = buf[:loc.RawLength]
+		buf = buf[:size]
 		if _, err := f.ReadAt(buf, off); err != nil {
 			return buf, fmt.Errorf("verify %s: %w", job.rel, err)
 		}
-		if rs.r.BlobID(buf) != id {
+		if rs.r.BlobKey(buf) != ref.Key {
 			return buf, fmt.Errorf("verify %s: content at offset %d differs from the snapshot", job.rel, off)
 		}
-		off += int64(loc.RawLength)
+		off += int64(size)
 	}
 	if n, err := f.ReadAt(make([]byte, 1), off); n != 0 || err != io.EOF {
 		return buf, fmt.Errorf("verify %s: file is longer than in the snapshot", job.rel)

@@ -30,7 +30,7 @@ func writeFile(t *testing.T, path, content string) {
 }
 
 // backupDir backs up dir and returns the snapshot's root tree.
-func backupDir(t *testing.T, r *repo.Repository, dir string) hash.ID {
+func backupDir(t *testing.T, r *repo.Repository, dir string) hash.Ref {
 	return backuptest.Backup(t, r, backup.Options{Paths: []string{dir}}).Tree
 }
 
@@ -110,10 +110,10 @@ func TestIncludeExclude(t *testing.T) {
 
 // saveTree stores raw tree bytes, bypassing the encoder's checks, as a
 // hostile client could.
-func saveTree(t *testing.T, r *repo.Repository, plain []byte) hash.ID {
+func saveTree(t *testing.T, r *repo.Repository, plain []byte) hash.Ref {
 	t.Helper()
-	id := r.BlobID(plain)
-	if _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, id, plain); err != nil {
+	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, r.BlobKey(plain), plain)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := r.Flush(context.Background()); err != nil {
@@ -129,10 +129,9 @@ func TestCraftedNamesAreRefused(t *testing.T) {
 			r := newRepo(t)
 			placeholder := strings.Repeat("q", len(evil))
 			content := []byte("pwned")
-			id := r.BlobID(content)
-			r.SaveBlob(ctx, repo.DataBlob, id, content)
+			id, _, _, _ := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(content), content)
 			enc, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: []*snapshot.Node{
-				{Name: placeholder, Type: snapshot.TypeFile, Mode: 0o644, Size: uint64(len(content)), Content: []hash.ID{id}},
+				{Name: placeholder, Type: snapshot.TypeFile, Mode: 0o644, Size: uint64(len(content)), Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(content))}},
 			}})
 			if err != nil {
 				t.Fatal(err)
@@ -226,7 +225,7 @@ func TestWriteOnlyKeyCannotRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Run(ctx, wo, hash.ID{1}, "", Options{Target: t.TempDir()}); err != repo.ErrWriteOnly {
+	if _, err := Run(ctx, wo, hash.Ref{ID: hash.ID{1}}, "", Options{Target: t.TempDir()}); err != repo.ErrWriteOnly {
 		t.Fatalf("err = %v, want ErrWriteOnly", err)
 	}
 }

@@ -78,13 +78,14 @@ type Node struct {
 
 	Inode, Device, Links uint64
 
-	Size       uint64    // regular files: content length in bytes
-	Content    []hash.ID // regular files: data blob IDs, in order
-	Subtree    hash.ID   // directories: tree ID of the contents
-	LinkTarget string    // symlinks: target, raw bytes
-	Rdev       uint64    // char and block devices: device number
-	Xattrs     []Xattr   // extended attributes; encoded sorted by name
-	Sparse     bool      // content was read with holes; restore may punch them
+	Size       uint64     // regular files: content length in bytes
+	Content    []hash.Ref // regular files: data blobs, in order
+	ChunkSizes []uint32   // regular files: the plaintext size of each blob of Content
+	Subtree    hash.Ref   // directories: tree blob of the contents
+	LinkTarget string     // symlinks: target, raw bytes
+	Rdev       uint64     // char and block devices: device number
+	Xattrs     []Xattr    // extended attributes; encoded sorted by name
+	Sparse     bool       // content was read with holes; restore may punch them
 }
 
 // ErrInvalidName is wrapped by errors about names that a tree may not hold.

@@ -14,7 +14,7 @@ import (
 
 // SnapshotVersion is the version of snapshot records this package writes and
 // the only one it reads.
-const SnapshotVersion = 1
+const SnapshotVersion = 2
 
 // Snapshot is a snapshot record (docs/FORMAT.md "Snapshots"). Paths and
 // ChangedDuringRead hold raw bytes; the JSON form escapes them (EncodeName).
@@ -28,9 +28,9 @@ type Snapshot struct {
 	UID, GID       uint32
 	Paths          []string
 	Tags           []string
-	Tree           hash.ID // root tree; required
-	Parent         hash.ID // null: no parent (omitted from JSON)
-	Original       hash.ID // copies (floe copy/import): the snapshot's ID where it was first made; null: not a copy
+	Tree           hash.Ref // root tree; required
+	Parent         hash.ID  // null: no parent (omitted from JSON)
+	Original       hash.ID  // copies (floe copy/import): the snapshot's ID where it was first made; null: not a copy
 	ProgramVersion string
 	Summary        Summary
 	Consistency    Consistency
@@ -73,7 +73,7 @@ type snapshotJSON struct {
 	GID            uint32          `json:"gid"`
 	Paths          []pathString    `json:"paths"`
 	Tags           []string        `json:"tags"`
-	Tree           *hash.ID        `json:"tree"`
+	Tree           *hash.Ref       `json:"tree"`
 	Parent         string          `json:"parent,omitempty"`
 	Original       string          `json:"original,omitempty"`
 	ProgramVersion string          `json:"program_version"`

@@ -11,12 +11,12 @@ import (
 
 func fullSnapshot() *Snapshot {
 	return &Snapshot{
-		Version:  1,
+		Version:  2,
 		Time:     time.Date(2026, 11, 21, 20, 30, 0, 123456789, time.UTC),
 		Hostname: "web1", Username: "root", UID: 0, GID: 4294967295,
 		Paths:          []string{"/etc", "/srv/\xff\xfename", "b64:literal", "/ünï"},
 		Tags:           []string{"daily", "b64:not-a-path"},
-		Tree:           testID(7),
+		Tree:           testRef(7),
 		Parent:         testID(8),
 		ProgramVersion: "floe 0.1.0",
 		Summary: Summary{FilesNew: 1, FilesChanged: 2, FilesUnchanged: 3, Dirs: 4, Errors: 5,
@@ -27,7 +27,7 @@ func fullSnapshot() *Snapshot {
 }
 
 func TestSnapshotRoundTrip(t *testing.T) {
-	minimal := &Snapshot{Version: 1, Tree: testID(1)}
+	minimal := &Snapshot{Version: 2, Tree: testRef(1)}
 	zone := fullSnapshot()
 	zone.Time = time.Date(2026, 1, 2, 3, 4, 5, 6, time.FixedZone("X", 3600))
 	tests := []struct {
@@ -37,10 +37,10 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	}{
 		{"full", fullSnapshot(), fullSnapshot()},
 		{"minimal", minimal, minimal},
-		{"version 0 written as 1", &Snapshot{Tree: testID(1)}, minimal},
-		{"empty lists become nil", &Snapshot{Version: 1, Tree: testID(1), Paths: []string{}, Tags: []string{}}, minimal},
+		{"version 0 written as 1", &Snapshot{Tree: testRef(1)}, minimal},
+		{"empty lists become nil", &Snapshot{Version: 2, Tree: testRef(1), Paths: []string{}, Tags: []string{}}, minimal},
 		{"time in UTC", zone, func() *Snapshot { s := fullSnapshot(); s.Time = zone.Time.UTC(); return s }()},
-		{"empty path", &Snapshot{Version: 1, Tree: testID(1), Paths: []string{""}}, &Snapshot{Version: 1, Tree: testID(1), Paths: []string{""}}},
+		{"empty path", &Snapshot{Version: 2, Tree: testRef(1), Paths: []string{""}}, &Snapshot{Version: 2, Tree: testRef(1), Paths: []string{""}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -75,7 +75,7 @@ func TestSnapshotJSONShape(t *testing.T) {
 	if tags := m["tags"].([]any); tags[1] != "b64:not-a-path" {
 		t.Errorf("tags are escaped: %q", tags)
 	}
-	if m["time"] != "2026-11-21T20:30:00.123456789Z" || m["tree"] != testID(7).String() || m["parent"] != testID(8).String() {
+	if m["time"] != "2026-11-21T20:30:00.123456789Z" || m["tree"] != testID(7).String()+testID(107).String() || m["parent"] != testID(8).String() {
 		t.Errorf("time, tree, parent = %v %v %v", m["time"], m["tree"], m["parent"])
 	}
 	for _, k := range []string{"version", "hostname", "username", "uid", "gid", "program_version"} {
@@ -90,7 +90,7 @@ func TestSnapshotJSONShape(t *testing.T) {
 		t.Errorf("consistency = %v", c)
 	}
 
-	data, err = MarshalSnapshot(&Snapshot{Tree: testID(1)})
+	data, err = MarshalSnapshot(&Snapshot{Tree: testRef(1)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +115,11 @@ func TestSnapshotJSONShape(t *testing.T) {
 
 // The example of docs/FORMAT.md, with its placeholders filled in.
 const formatExample = `{
-  "version": 1,
+  "version": 2,
   "time": "2026-11-21T20:30:00.123456789Z",
   "hostname": "web1", "username": "root", "uid": 0, "gid": 0,
   "paths": ["/etc"], "tags": ["daily"],
-  "tree": "0707070707070707070707070707070707070707070707070707070707070707",
+  "tree": "07070707070707070707070707070707070707070707070707070707070707070808080808080808080808080808080808080808080808080808080808080808",
   "parent": "",
   "program_version": "floe 0.1.0",
   "summary": { "files_new": 0, "files_changed": 0, "files_unchanged": 0, "dirs": 0,
@@ -135,7 +135,7 @@ func TestUnmarshalFormatExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Hostname != "web1" || !s.Parent.IsNull() || s.Tree[0] != 7 || s.Paths[0] != "/etc" ||
+	if s.Hostname != "web1" || !s.Parent.IsNull() || s.Tree.ID[0] != 7 || s.Paths[0] != "/etc" ||
 		s.Consistency.ChangedDuringRead[0] != "/var/lib/db/x" || s.Time.Nanosecond() != 123456789 {
 		t.Fatalf("parsed %+v", s)
 	}
@@ -145,24 +145,24 @@ func TestUnmarshalFormatExample(t *testing.T) {
 }
 
 func TestSnapshotRejects(t *testing.T) {
-	tree := `"tree":"` + testID(1).String() + `"`
+	tree := `"tree":"` + testID(1).String() + testID(101).String() + `"`
 	tests := []struct {
 		name, json, want string
 	}{
 		{"not json", `{`, "unexpected end"},
 		{"array", `[]`, "cannot unmarshal"},
 		{"no version", `{` + tree + `}`, "version 0"},
-		{"version 2", `{"version":2,` + tree + `}`, "version 2"},
-		{"no tree", `{"version":1}`, "no tree"},
-		{"null tree", `{"version":1,"tree":null}`, "no tree"},
-		{"zero tree", `{"version":1,"tree":"` + strings.Repeat("0", 64) + `"}`, "no tree"},
-		{"short tree", `{"version":1,"tree":"abcd"}`, "invalid ID"},
-		{"bad parent", `{"version":1,` + tree + `,"parent":"xyz"}`, "parent"},
-		{"bad b64 path", `{"version":1,` + tree + `,"paths":["b64:!!"]}`, "base64"},
-		{"bad b64 changed", `{"version":1,` + tree + `,"consistency":{"changed_during_read":["b64:YQ"]}}`, "base64"},
-		{"bad time", `{"version":1,` + tree + `,"time":"yesterday"}`, "time"},
-		{"time range", `{"version":1,` + tree + `,"time":"0000-01-01T00:00:00+01:00"}`, "out of range"},
-		{"uid range", `{"version":1,` + tree + `,"uid":-1}`, "uid"},
+		{"version 3", `{"version":3,` + tree + `}`, "version 3"},
+		{"no tree", `{"version":2}`, "no tree"},
+		{"null tree", `{"version":2,"tree":null}`, "no tree"},
+		{"zero tree", `{"version":2,"tree":"` + strings.Repeat("0", 128) + `"}`, "no tree"},
+		{"short tree", `{"version":2,"tree":"abcd"}`, "invalid blob reference"},
+		{"bad parent", `{"version":2,` + tree + `,"parent":"xyz"}`, "parent"},
+		{"bad b64 path", `{"version":2,` + tree + `,"paths":["b64:!!"]}`, "base64"},
+		{"bad b64 changed", `{"version":2,` + tree + `,"consistency":{"changed_during_read":["b64:YQ"]}}`, "base64"},
+		{"bad time", `{"version":2,` + tree + `,"time":"yesterday"}`, "time"},
+		{"time range", `{"version":2,` + tree + `,"time":"0000-01-01T00:00:00+01:00"}`, "out of range"},
+		{"uid range", `{"version":2,` + tree + `,"uid":-1}`, "uid"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -181,11 +181,11 @@ func TestMarshalSnapshotRejects(t *testing.T) {
 		want string
 	}{
 		{"nil", nil, "nil"},
-		{"version", &Snapshot{Version: 2, Tree: testID(1)}, "version 2"},
-		{"no tree", &Snapshot{Version: 1}, "no tree"},
-		{"hostname", &Snapshot{Tree: testID(1), Hostname: "\xff"}, "hostname"},
-		{"tag", &Snapshot{Tree: testID(1), Tags: []string{"\xff"}}, "tag"},
-		{"year", &Snapshot{Tree: testID(1), Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, "year"},
+		{"version", &Snapshot{Version: 3, Tree: testRef(1)}, "version 3"},
+		{"no tree", &Snapshot{Version: 2}, "no tree"},
+		{"hostname", &Snapshot{Tree: testRef(1), Hostname: "\xff"}, "hostname"},
+		{"tag", &Snapshot{Tree: testRef(1), Tags: []string{"\xff"}}, "tag"},
+		{"year", &Snapshot{Tree: testRef(1), Time: time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC)}, "year"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -212,7 +212,7 @@ func TestNameEscape(t *testing.T) {
 
 func FuzzUnmarshalSnapshot(f *testing.F) {
 	f.Add([]byte(formatExample))
-	for _, s := range []*Snapshot{fullSnapshot(), {Tree: testID(1)}} {
+	for _, s := range []*Snapshot{fullSnapshot(), {Tree: testRef(1)}} {
 		data, err := MarshalSnapshot(s)
 		if err != nil {
 			f.Fatal(err)

@@ -165,14 +165,14 @@ func Find(ctx context.Context, r *repo.Repository, spec string, f Filter) (*Reco
 }
 
 // LoadTree reads and decodes a tree blob.
-func LoadTree(ctx context.Context, r *repo.Repository, id hash.ID) (*Tree, error) {
-	plain, err := r.LoadBlob(ctx, repo.BlobHandle{Type: repo.TreeBlob, ID: id}, nil)
+func LoadTree(ctx context.Context, r *repo.Repository, ref hash.Ref) (*Tree, error) {
+	plain, err := r.LoadBlob(ctx, repo.TreeBlob, ref, nil)
 	if err != nil {
 		return nil, err
 	}
 	t, err := DecodeTree(plain)
 	if err != nil {
-		return nil, fmt.Errorf("tree %s: %w", id.Short(), err)
+		return nil, fmt.Errorf("tree %s: %w", ref.Short(), err)
 	}
 	return t, nil
 }
@@ -181,6 +181,6 @@ func LoadTree(ctx context.Context, r *repo.Repository, id hash.ID) (*Tree, error
 type RepoTrees struct{ Repo *repo.Repository }
 
 // LoadTree implements backup.TreeLoader and friends.
-func (t RepoTrees) LoadTree(ctx context.Context, id hash.ID) (*Tree, error) {
-	return LoadTree(ctx, t.Repo, id)
+func (t RepoTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, error) {
+	return LoadTree(ctx, t.Repo, ref)
 }

@@ -35,7 +35,7 @@ func (t *Tree) Find(name string) *Node {
 }
 
 // TreeVersion is the version byte of encoded trees.
-const TreeVersion = 1
+const TreeVersion = 2
 
 const treeMagic = "FLTR"
 
@@ -74,7 +74,8 @@ const (
 	tagRdev       = 18
 	tagXattr      = 19
 	tagSparse     = 20
-	maxKnownTag   = 20
+	tagChunkSizes = 21
+	maxKnownTag   = 21
 )
 
 var tagNames = [...]string{
@@ -83,6 +84,7 @@ var tagNames = [...]string{
 	tagChangeTime: "ctime", tagInode: "inode", tagDevice: "device", tagLinks: "links",
 	tagSize: "size", tagContent: "content", tagSubtree: "subtree",
 	tagLinkTarget: "link target", tagRdev: "rdev", tagXattr: "xattr", tagSparse: "sparse",
+	tagChunkSizes: "chunk sizes",
 }
 
 // ErrInvalidTree is wrapped by every error of DecodeTree and EncodeTree about
@@ -115,7 +117,7 @@ func EncodeTree(t *Tree) ([]byte, error) {
 
 	size := len(treeMagic) + 1 + binary.MaxVarintLen64
 	for _, n := range nodes {
-		size += 64 + len(n.Name) + len(n.User) + len(n.Group) + len(n.LinkTarget) + len(n.Content)*hash.Size
+		size += 64 + len(n.Name) + len(n.User) + len(n.Group) + len(n.LinkTarget) + len(n.Content)*(hash.RefSize+4)
 	}
 	buf := make([]byte, 0, size)
 	buf = append(buf, treeMagic...)
@@ -209,15 +211,23 @@ func appendNode(buf []byte, n *Node) ([]byte, error) {
 	buf = appendUvarintField(buf, tagDevice, n.Device)
 	buf = appendUvarintField(buf, tagLinks, n.Links)
 	buf = appendUvarintField(buf, tagSize, n.Size)
+	if len(n.Content) != len(n.ChunkSizes) {
+		return nil, treeErr("node %q: %d chunks but %d chunk sizes", n.Name, len(n.Content), len(n.ChunkSizes))
+	}
 	if len(n.Content) > 0 {
 		buf = binary.AppendUvarint(buf, tagContent)
-		buf = binary.AppendUvarint(buf, uint64(len(n.Content))*hash.Size)
-		for _, id := range n.Content {
-			buf = append(buf, id[:]...)
+		buf = binary.AppendUvarint(buf, uint64(len(n.Content))*hash.RefSize)
+		for _, ref := range n.Content {
+			buf = hash.AppendRef(buf, ref)
 		}
+		var sizes []byte
+		for _, sz := range n.ChunkSizes {
+			sizes = binary.AppendUvarint(sizes, uint64(sz))
+		}
+		buf = appendField(buf, tagChunkSizes, sizes)
 	}
 	if !n.Subtree.IsNull() {
-		buf = appendField(buf, tagSubtree, n.Subtree[:])
+		buf = appendField(buf, tagSubtree, hash.AppendRef(nil, n.Subtree))
 	}
 	if n.LinkTarget != "" {
 		buf = appendStringField(buf, tagLinkTarget, n.LinkTarget)
@@ -370,6 +380,18 @@ func (d *decoder) node() (*Node, error) {
 	if seen&(1<<tagType) == 0 {
 		return nil, treeErr("node %q has no type", n.Name)
 	}
+	if len(n.Content) != len(n.ChunkSizes) {
+		return nil, treeErr("node %q has %d chunks but %d chunk sizes", n.Name, len(n.Content), len(n.ChunkSizes))
+	}
+	if len(n.Content) > 0 {
+		var sum uint64
+		for _, sz := range n.ChunkSizes {
+			sum += uint64(sz)
+		}
+		if sum != n.Size {
+			return nil, treeErr("node %q: chunk sizes add up to %d, its size is %d", n.Name, sum, n.Size)
+		}
+	}
 	return n, nil
 }
 
@@ -442,18 +464,30 @@ func (n *Node) setField(tag uint64, v []byte) error {
 			n.Rdev = x
 		}
 	case tagContent:
-		if len(v)%hash.Size != 0 {
-			return treeErr("content field has %d bytes, not a multiple of %d", len(v), hash.Size)
+		if len(v)%hash.RefSize != 0 {
+			return treeErr("content field has %d bytes, not a multiple of %d", len(v), hash.RefSize)
 		}
-		n.Content = make([]hash.ID, len(v)/hash.Size)
+		n.Content = make([]hash.Ref, len(v)/hash.RefSize)
 		for i := range n.Content {
-			copy(n.Content[i][:], v[i*hash.Size:])
+			n.Content[i] = hash.RefFromBytes(v[i*hash.RefSize:])
 		}
+	case tagChunkSizes:
+		// each size takes at least one byte, which bounds the allocation
+		sizes := make([]uint32, 0, len(v))
+		for len(v) > 0 {
+			x, k := binary.Uvarint(v)
+			if k <= 0 || x > math.MaxUint32 {
+				return treeErr("malformed chunk sizes field")
+			}
+			sizes = append(sizes, uint32(x))
+			v = v[k:]
+		}
+		n.ChunkSizes = sizes
 	case tagSubtree:
-		if len(v) != hash.Size {
-			return treeErr("subtree field has %d bytes, want %d", len(v), hash.Size)
+		if len(v) != hash.RefSize {
+			return treeErr("subtree field has %d bytes, want %d", len(v), hash.RefSize)
 		}
-		copy(n.Subtree[:], v)
+		n.Subtree = hash.RefFromBytes(v)
 	case tagLinkTarget:
 		n.LinkTarget = string(v)
 	case tagXattr:

@@ -22,6 +22,9 @@ func testID(b byte) hash.ID {
 	return id
 }
 
+// testRef is a made-up blob reference.
+func testRef(b byte) hash.Ref { return hash.Ref{ID: testID(b), Key: testID(b + 100)} }
+
 // longName is a 255-byte name that is not valid UTF-8.
 func longName(first byte) string {
 	b := bytes.Repeat([]byte{0xff, 0xfe, 'x'}, 85)
@@ -37,7 +40,8 @@ func fullNode() *Node {
 		AccessTime: time.Date(1969, 7, 20, 20, 17, 40, 999999999, time.UTC),
 		ChangeTime: time.Unix(-1, 1).UTC(),
 		Inode:      1<<64 - 1, Device: 0x803, Links: 2, Size: 3 << 30,
-		Content: []hash.ID{testID(1), testID(2), testID(1)},
+		Content:    []hash.Ref{testRef(1), testRef(2), testRef(1)},
+		ChunkSizes: []uint32{1 << 30, 1 << 30, 1 << 30},
 		Xattrs: []Xattr{
 			{Name: "security.capability", Value: []byte{1, 0, 0, 2}},
 			{Name: "user.empty", Value: []byte{}},
@@ -50,14 +54,14 @@ func fullNode() *Node {
 func allTypesTree() *Tree {
 	return &Tree{Nodes: []*Node{
 		fullNode(),
-		{Name: "a dir", Type: TypeDir, Mode: 0o1777, Subtree: testID(9), Links: 3},
+		{Name: "a dir", Type: TypeDir, Mode: 0o1777, Subtree: testRef(9), Links: 3},
 		{Name: "link", Type: TypeSymlink, Mode: 0o777, LinkTarget: "../target\xff/x"},
 		{Name: "fifo", Type: TypeFIFO, Mode: 0o600},
 		{Name: "null", Type: TypeCharDev, Mode: 0o666, Rdev: 0x103},
 		{Name: "sda", Type: TypeBlockDev, Mode: 0o660, Rdev: 0x800},
 		{Name: "sock", Type: TypeSocket, Mode: 0o755},
 		{Name: longName('z'), Type: TypeFile},
-		{Name: longName(0x80), Type: TypeFile, Size: 7, Content: []hash.ID{testID(3)}},
+		{Name: longName(0x80), Type: TypeFile, Size: 7, Content: []hash.Ref{testRef(3)}, ChunkSizes: []uint32{7}},
 		{Name: "zero times", Type: TypeFile, ModTime: time.Time{}, AccessTime: time.Time{}},
 	}}
 }
@@ -84,7 +88,7 @@ func TestTreeRoundTrip(t *testing.T) {
 		{"full file", &Tree{Nodes: []*Node{fullNode()}}},
 		{"all types unsorted", allTypesTree()},
 		{"non-utf8 255-byte names", &Tree{Nodes: []*Node{
-			{Name: longName(0xc0), Type: TypeDir, Subtree: testID(4)},
+			{Name: longName(0xc0), Type: TypeDir, Subtree: testRef(4)},
 			{Name: longName(0x01), Type: TypeFile},
 		}}},
 		{"odd bytes", &Tree{Nodes: []*Node{
@@ -207,7 +211,7 @@ type field struct {
 }
 
 func rawTree(count uint64, nodes ...[]field) []byte {
-	b := []byte("FLTR\x01")
+	b := []byte("FLTR\x02")
 	b = binary.AppendUvarint(b, count)
 	for _, n := range nodes {
 		for _, f := range n {
@@ -234,15 +238,15 @@ func TestDecodeTreeRejects(t *testing.T) {
 	}{
 		{"empty", nil, "bad magic"},
 		{"magic", []byte("FLTX\x01\x00"), "bad magic"},
-		{"version", []byte("FLTR\x02\x00"), "version 2"},
-		{"no count", []byte("FLTR\x01"), "truncated"},
-		{"count overflow", []byte("FLTR\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), "overflow"},
-		{"hostile count", append([]byte("FLTR\x01\xff\xff\xff\xff\x0f"), make([]byte, 100)...), "exceeds"},
+		{"version", []byte("FLTR\x01\x00"), "version 1"},
+		{"no count", []byte("FLTR\x02"), "truncated"},
+		{"count overflow", []byte("FLTR\x02\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), "overflow"},
+		{"hostile count", append([]byte("FLTR\x02\xff\xff\xff\xff\x0f"), make([]byte, 100)...), "exceeds"},
 		{"count too small", rawTree(1, named("a"), named("b")), "trailing"},
 		{"count too large", rawTree(3, named("a"), named("b"))[:len(valid)], "truncated"},
 		{"truncated", valid[:len(valid)-1], "truncated"},
 		{"truncated value", valid[:12], "truncated"},
-		{"huge length", append([]byte("FLTR\x01\x01\x01\xff\xff\xff\xff\x0f"), "abc"...), "truncated"},
+		{"huge length", append([]byte("FLTR\x02\x01\x01\xff\xff\xff\xff\x0f"), "abc"...), "truncated"},
 		{"empty name", rawTree(1, named("")), "empty name"},
 		{"dot", rawTree(1, named(".")), `"."`},
 		{"dotdot", rawTree(1, named("..")), `".."`},
@@ -256,7 +260,10 @@ func TestDecodeTreeRejects(t *testing.T) {
 		{"repeated name", rawTree(1, named("a", field{tagName, []byte("b")})), "repeated name"},
 		{"bad type", rawTree(1, []field{{tagName, []byte("a")}, {tagType, []byte{9}}}), "invalid type"},
 		{"long type", rawTree(1, []field{{tagName, []byte("a")}, {tagType, []byte{1, 1}}}), "invalid type"},
-		{"content", rawTree(1, named("a", field{tagContent, make([]byte, 33)})), "multiple of 32"},
+		{"content", rawTree(1, named("a", field{tagContent, make([]byte, 65)})), "multiple of 64"},
+		{"chunk sizes missing", rawTree(1, named("a", field{tagContent, make([]byte, 64)})), "chunk sizes"},
+		{"chunk sizes sum", rawTree(1, named("a", field{tagContent, make([]byte, 64)}, field{tagChunkSizes, []byte{5}})), "add up"},
+		{"chunk sizes malformed", rawTree(1, named("a", field{tagChunkSizes, []byte{0x80}})), "chunk sizes"},
 		{"subtree", rawTree(1, named("a", field{tagSubtree, make([]byte, 31)})), "subtree"},
 		{"time length", rawTree(1, named("a", field{tagModTime, make([]byte, 8)})), "want 12"},
 		{"nanoseconds", rawTree(1, named("a", field{tagModTime, []byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0xca, 0x9a, 0x3b}})), "nanoseconds"},
@@ -284,7 +291,7 @@ func TestDecodeTreeRejects(t *testing.T) {
 func TestDecodeTreeSkipsUnknownTags(t *testing.T) {
 	data := rawTree(2,
 		named("a", field{99, []byte("future")}, field{1 << 40, nil}, field{tagSize, []byte{7}}),
-		named("b", field{21, make([]byte, 300)}))
+		named("b", field{22, make([]byte, 300)}))
 	tree, err := DecodeTree(data)
 	if err != nil {
 		t.Fatal(err)

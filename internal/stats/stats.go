@@ -59,9 +59,9 @@ type Unique struct {
 type RepoTotals struct {
 	Packs     uint64 `json:"packs"`      // pack files in storage
 	PackBytes uint64 `json:"pack_bytes"` // their total size
-	// Every blob in the index, referenced or not.
+	// Every blob in the index, referenced or not. Their plaintext size is
+	// not known without reading them: the index does not record it.
 	Blobs      uint64 `json:"blobs"`
-	RawSize    uint64 `json:"raw_size"`
 	StoredSize uint64 `json:"stored_size"`
 }
 
@@ -76,12 +76,14 @@ func (c *counts) add(o counts) {
 	c.size += o.size
 }
 
-type blobSet map[repo.BlobHandle]struct{}
+// blobSet holds blobs with their plaintext sizes (from the trees: the
+// index does not record them, so that the storage does not learn them).
+type blobSet map[repo.BlobHandle]uint64
 
 // Snapshots measures the snapshots whose root trees are roots. Each
 // distinct tree is loaded once: a subtree that several snapshots (or
 // places) share is counted from memory.
-func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.ID) (*Totals, error) {
+func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.Ref) (*Totals, error) {
 	c := &counter{l: l, memo: map[hash.ID]counts{}, blobs: blobSet{}}
 	t := &Totals{Snapshots: len(roots)}
 	var all counts
@@ -93,7 +95,7 @@ func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.ID) (
 		all.add(n)
 	}
 	t.Files, t.Dirs, t.Others, t.LogicalSize = all.files, all.dirs, all.others, all.size
-	for h := range c.blobs {
+	for h, raw := range c.blobs {
 		t.Blobs++
 		loc, ok := idx.Lookup(h)
 		if !ok {
@@ -102,10 +104,10 @@ func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.ID) (
 		}
 		if h.Type == repo.TreeBlob {
 			t.TreeBlobs++
-			t.TreeRaw += uint64(loc.RawLength)
+			t.TreeRaw += raw
 		} else {
 			t.DataBlobs++
-			t.DataRaw += uint64(loc.RawLength)
+			t.DataRaw += raw
 		}
 		t.StoredSize += uint64(loc.Length)
 	}
@@ -130,13 +132,18 @@ type counter struct {
 
 // tree returns the counts below the directory tree id (at path dir) and
 // adds its blobs to the set.
-func (c *counter) tree(ctx context.Context, dir string, id hash.ID) (counts, error) {
+func (c *counter) tree(ctx context.Context, dir string, ref hash.Ref) (counts, error) {
+	id := ref.ID
 	if n, ok := c.memo[id]; ok {
 		return n, nil
 	}
-	c.blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = struct{}{}
+	raw, err := treeSize(ctx, c.l, ref)
+	if err != nil {
+		return counts{}, err
+	}
+	c.blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = raw
 	var sum counts
-	err := walk.Walk(ctx, c.l, dir, id, func(p string, n *snapshot.Node) error {
+	err = walk.Walk(ctx, c.l, dir, ref, func(p string, n *snapshot.Node) error {
 		switch n.Type {
 		case snapshot.TypeDir:
 			sum.dirs++
@@ -152,8 +159,8 @@ func (c *counter) tree(ctx context.Context, dir string, id hash.ID) (counts, err
 		case snapshot.TypeFile:
 			sum.files++
 			sum.size += n.Size
-			for _, b := range n.Content {
-				c.blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b}] = struct{}{}
+			for i, b := range n.Content {
+				c.blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}] = uint64(n.ChunkSizes[i])
 			}
 		default:
 			sum.others++
@@ -167,26 +174,51 @@ func (c *counter) tree(ctx context.Context, dir string, id hash.ID) (counts, err
 	return sum, nil
 }
 
-// blobsOf calls fn for every blob below the root trees, skipping trees in
-// seen (and adding the ones it walks).
-func blobsOf(ctx context.Context, l walk.Loader, roots []hash.ID, seen map[hash.ID]bool, fn func(repo.BlobHandle)) error {
+// treeSize returns the plaintext size of a tree blob (its encoding).
+func treeSize(ctx context.Context, l walk.Loader, ref hash.Ref) (uint64, error) {
+	t, err := l.LoadTree(ctx, ref)
+	if err != nil {
+		return 0, fmt.Errorf("load tree %s: %w", ref.Short(), err)
+	}
+	b, err := snapshot.EncodeTree(t)
+	if err != nil {
+		return 0, err
+	}
+	return uint64(len(b)), nil
+}
+
+// blobsOf calls fn for every blob below the root trees, with its plaintext
+// size, skipping trees in seen (and adding the ones it walks).
+func blobsOf(ctx context.Context, l walk.Loader, roots []hash.Ref, seen map[hash.ID]bool, fn func(repo.BlobHandle, uint64)) error {
+	tree := func(ref hash.Ref) error {
+		raw, err := treeSize(ctx, l, ref)
+		if err != nil {
+			return err
+		}
+		fn(repo.BlobHandle{Type: repo.TreeBlob, ID: ref.ID}, raw)
+		return nil
+	}
 	for _, root := range roots {
-		if seen[root] {
+		if seen[root.ID] {
 			continue
 		}
-		seen[root] = true
-		fn(repo.BlobHandle{Type: repo.TreeBlob, ID: root})
+		seen[root.ID] = true
+		if err := tree(root); err != nil {
+			return err
+		}
 		err := walk.Walk(ctx, l, "/", root, func(p string, n *snapshot.Node) error {
 			switch n.Type {
 			case snapshot.TypeDir:
-				if n.Subtree.IsNull() || seen[n.Subtree] {
+				if n.Subtree.IsNull() || seen[n.Subtree.ID] {
 					return walk.SkipDir
 				}
-				seen[n.Subtree] = true
-				fn(repo.BlobHandle{Type: repo.TreeBlob, ID: n.Subtree})
+				seen[n.Subtree.ID] = true
+				if err := tree(n.Subtree); err != nil {
+					return err
+				}
 			case snapshot.TypeFile:
-				for _, b := range n.Content {
-					fn(repo.BlobHandle{Type: repo.DataBlob, ID: b})
+				for i, b := range n.Content {
+					fn(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}, uint64(n.ChunkSizes[i]))
 				}
 			}
 			return nil
@@ -200,9 +232,9 @@ func blobsOf(ctx context.Context, l walk.Loader, roots []hash.ID, seen map[hash.
 
 // UniqueTo measures the blobs that the snapshot with root tree target
 // references and none of the others do.
-func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.ID, others []hash.ID) (*Unique, error) {
+func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.Ref, others []hash.Ref) (*Unique, error) {
 	set := blobSet{}
-	if err := blobsOf(ctx, l, []hash.ID{target}, map[hash.ID]bool{}, func(h repo.BlobHandle) { set[h] = struct{}{} }); err != nil {
+	if err := blobsOf(ctx, l, []hash.Ref{target}, map[hash.ID]bool{}, func(h repo.BlobHandle, raw uint64) { set[h] = raw }); err != nil {
 		return nil, err
 	}
 	seen := map[hash.ID]bool{}
@@ -210,15 +242,15 @@ func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.ID, oth
 		if len(set) == 0 {
 			break
 		}
-		if err := blobsOf(ctx, l, []hash.ID{o}, seen, func(h repo.BlobHandle) { delete(set, h) }); err != nil {
+		if err := blobsOf(ctx, l, []hash.Ref{o}, seen, func(h repo.BlobHandle, _ uint64) { delete(set, h) }); err != nil {
 			return nil, err
 		}
 	}
 	u := &Unique{}
-	for h := range set {
+	for h, raw := range set {
 		u.Blobs++
 		if loc, ok := idx.Lookup(h); ok {
-			u.RawSize += uint64(loc.RawLength)
+			u.RawSize += raw
 			u.StoredSize += uint64(loc.Length)
 		}
 	}
@@ -236,7 +268,7 @@ func UniqueToSnapshot(ctx context.Context, l walk.Loader, r *repo.Repository, sn
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("cannot tell what is unique to %s: %d snapshots could not be loaded (first: %w)", sn.ID.Short(), len(errs), errs[0])
 	}
-	var others []hash.ID
+	var others []hash.Ref
 	for _, s := range all {
 		if s.ID != sn.ID {
 			others = append(others, s.Tree)
@@ -259,7 +291,6 @@ func Repository(ctx context.Context, r *repo.Repository) (*RepoTotals, error) {
 	}
 	r.Index().Each(func(h repo.BlobHandle, loc repo.Location) {
 		t.Blobs++
-		t.RawSize += uint64(loc.RawLength)
 		t.StoredSize += uint64(loc.Length)
 	})
 	return t, nil

@@ -60,7 +60,7 @@ func TestStats(t *testing.T) {
 	l := walk.NewCache(snapshot.RepoTrees{Repo: r}, 0)
 	smallSize := uint64(len("small file, compressible compressible compressible compressible"))
 
-	t1, err := stats.Snapshots(ctx, l, r.Index(), []hash.ID{s1.Tree})
+	t1, err := stats.Snapshots(ctx, l, r.Index(), []hash.Ref{s1.Tree})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +80,7 @@ func TestStats(t *testing.T) {
 		t.Fatalf("s1 stored %d, compression %.3f (random data does not compress)", t1.StoredSize, t1.CompressionRatio)
 	}
 
-	both, err := stats.Snapshots(ctx, l, r.Index(), []hash.ID{s1.Tree, s2.Tree})
+	both, err := stats.Snapshots(ctx, l, r.Index(), []hash.Ref{s1.Tree, s2.Tree})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestStats(t *testing.T) {
 		t.Fatalf("both: %+v (s1 %+v)", both, t1)
 	}
 	// the same snapshot twice counts its files twice but its blobs once
-	twice, err := stats.Snapshots(ctx, l, r.Index(), []hash.ID{s1.Tree, s1.Tree})
+	twice, err := stats.Snapshots(ctx, l, r.Index(), []hash.Ref{s1.Tree, s1.Tree})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestStats(t *testing.T) {
 		t.Fatalf("twice: %+v", twice)
 	}
 
-	u2, err := stats.UniqueTo(ctx, l, r.Index(), s2.Tree, []hash.ID{s1.Tree})
+	u2, err := stats.UniqueTo(ctx, l, r.Index(), s2.Tree, []hash.Ref{s1.Tree})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,14 +105,14 @@ func TestStats(t *testing.T) {
 	if u2.RawSize < 50_000 || u2.RawSize > 60_000 || u2.Blobs < 2 || u2.StoredSize < 50_000 {
 		t.Fatalf("unique to s2: %+v", u2)
 	}
-	u1, err := stats.UniqueTo(ctx, l, r.Index(), s1.Tree, []hash.ID{s2.Tree})
+	u1, err := stats.UniqueTo(ctx, l, r.Index(), s1.Tree, []hash.Ref{s2.Tree})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u1.RawSize > 10_000 || u1.Blobs == 0 { // only s1's trees
 		t.Fatalf("unique to s1: %+v", u1)
 	}
-	if u, err := stats.UniqueTo(ctx, l, r.Index(), s1.Tree, []hash.ID{s1.Tree}); err != nil || u.Blobs != 0 {
+	if u, err := stats.UniqueTo(ctx, l, r.Index(), s1.Tree, []hash.Ref{s1.Tree}); err != nil || u.Blobs != 0 {
 		t.Fatalf("unique to s1 vs itself: %+v %v", u, err)
 	}
 	// against every other snapshot of the repository: the same as above
@@ -146,7 +146,7 @@ func TestWriteOnly(t *testing.T) {
 	if err := wo.LoadIndex(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = stats.Snapshots(ctx, snapshot.RepoTrees{Repo: wo}, wo.Index(), []hash.ID{s.Tree})
+	_, err = stats.Snapshots(ctx, snapshot.RepoTrees{Repo: wo}, wo.Index(), []hash.Ref{s.Tree})
 	if !errors.Is(err, repo.ErrWriteOnly) {
 		t.Fatalf("write-only key: %v", err)
 	}

@@ -155,21 +155,21 @@ type copier struct {
 	lastFlush time.Time
 
 	// walker state; a walker runs only while copySnapshot does
-	blobs  map[hash.ID]*blobJob // by source data blob ID
-	walked map[hash.ID]bool     // source trees visited
+	blobs  map[hash.Ref]*blobJob // by source data blob
+	walked map[hash.Ref]bool     // source trees visited
 	// finalizer state
-	trees map[hash.ID]hash.ID // source tree -> destination tree
+	trees map[hash.Ref]hash.Ref // source tree -> destination tree
 }
 
 type blobJob struct {
-	src  hash.ID
-	dst  hash.ID // valid after done is closed, if err is nil
+	src  hash.Ref
+	dst  hash.Ref // valid after done is closed, if err is nil
 	err  error
 	done chan struct{}
 }
 
 type treeJob struct {
-	id   hash.ID
+	id   hash.Ref
 	raw  []byte
 	tree *snapshot.Tree
 	deps []*blobJob // the data blobs of the tree's files, in node and content order
@@ -181,7 +181,7 @@ func newCopier(ctx context.Context, src, dst *repo.Repository, shared bool, opts
 	cctx, cancel := context.WithCancel(ctx)
 	c := &copier{ctx: cctx, cancel: cancel, src: src, dst: dst, shared: shared, opts: opts, prog: prog,
 		jobs: make(chan *blobJob, 2*opts.connections()), lastFlush: time.Now(),
-		blobs: map[hash.ID]*blobJob{}, walked: map[hash.ID]bool{}, trees: map[hash.ID]hash.ID{}}
+		blobs: map[hash.Ref]*blobJob{}, walked: map[hash.Ref]bool{}, trees: map[hash.Ref]hash.Ref{}}
 	if c.opts.FlushInterval <= 0 {
 		c.opts.FlushInterval = DefaultFlushInterval
 	}
@@ -225,23 +225,24 @@ func (c *copier) worker() {
 	}
 }
 
-// copyBlob copies one data blob and returns its ID in the destination.
-func (c *copier) copyBlob(src hash.ID, buf *[]byte) (hash.ID, error) {
-	plain, err := c.src.LoadBlob(c.ctx, repo.BlobHandle{Type: repo.DataBlob, ID: src}, *buf)
+// copyBlob copies one data blob and returns its ref in the destination
+// (the same as in the source when the chunk ID keys are shared).
+func (c *copier) copyBlob(src hash.Ref, buf *[]byte) (hash.Ref, error) {
+	plain, err := c.src.LoadBlob(c.ctx, repo.DataBlob, src, *buf)
 	if err != nil {
-		return hash.ID{}, fmt.Errorf("load from the source: %w", err)
+		return hash.Ref{}, fmt.Errorf("load from the source: %w", err)
 	}
 	*buf = plain
 	c.prog.BytesRead.Add(int64(len(plain)))
-	id := src
+	key := src.Key
 	if !c.shared {
-		id = c.dst.BlobID(plain)
+		key = c.dst.BlobKey(plain)
 	}
 	c.saveMu.RLock()
-	isNew, _, err := c.dst.SaveBlob(c.ctx, repo.DataBlob, id, plain)
+	id, isNew, _, err := c.dst.SaveBlob(c.ctx, repo.DataBlob, key, plain)
 	c.saveMu.RUnlock()
 	if err != nil {
-		return hash.ID{}, fmt.Errorf("save data blob %s into the destination: %w", id.Short(), err)
+		return hash.Ref{}, fmt.Errorf("save data blob %s into the destination: %w", id.Short(), err)
 	}
 	c.prog.BlobsDone.Add(1)
 	if isNew {
@@ -253,7 +254,7 @@ func (c *copier) copyBlob(src hash.ID, buf *[]byte) (hash.ID, error) {
 
 // copySnapshot copies the tree root and everything below it and returns
 // the root's ID in the destination.
-func (c *copier) copySnapshot(root hash.ID) (hash.ID, error) {
+func (c *copier) copySnapshot(root hash.Ref) (hash.Ref, error) {
 	if d, ok := c.trees[root]; ok {
 		return d, nil
 	}
@@ -284,18 +285,18 @@ func (c *copier) copySnapshot(root hash.ID) (hash.ID, error) {
 		err = c.firstErr()
 	}
 	if err != nil {
-		return hash.ID{}, err
+		return hash.Ref{}, err
 	}
 	d, ok := c.trees[root]
 	if !ok {
-		return hash.ID{}, fmt.Errorf("root tree %s was not copied", root.Short())
+		return hash.Ref{}, fmt.Errorf("root tree %s was not copied", root.Short())
 	}
 	return d, nil
 }
 
 // walk visits tree id and, depth first, the trees below it that this run
 // has not visited yet, sending each tree after its subtrees.
-func (c *copier) walk(fetch *treeFetcher, id hash.ID, out chan<- *treeJob) error {
+func (c *copier) walk(fetch *treeFetcher, id hash.Ref, out chan<- *treeJob) error {
 	c.walked[id] = true
 	raw, t, err := fetch.take(id)
 	if err != nil {
@@ -316,7 +317,7 @@ func (c *copier) walk(fetch *treeFetcher, id hash.ID, out chan<- *treeJob) error
 			if !ok {
 				bj = &blobJob{src: b}
 				c.blobs[b] = bj
-				if c.shared && c.dst.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: b}) {
+				if c.shared && c.dst.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}) {
 					bj.dst, bj.done = b, closedChan
 					c.prog.BlobsDone.Add(1)
 				} else {
@@ -364,16 +365,16 @@ func (c *copier) finalize(in <-chan *treeJob) error {
 				return d.err
 			}
 		}
-		raw, id := job.raw, job.id
+		raw, key := job.raw, job.id.Key
 		if !c.shared {
 			var err error
 			if raw, err = c.rewrite(job); err != nil {
 				return err
 			}
-			id = c.dst.BlobID(raw)
+			key = c.dst.BlobKey(raw)
 		}
 		c.saveMu.RLock()
-		isNew, _, err := c.dst.SaveBlob(c.ctx, repo.TreeBlob, id, raw)
+		id, isNew, _, err := c.dst.SaveBlob(c.ctx, repo.TreeBlob, key, raw)
 		c.saveMu.RUnlock()
 		if err != nil {
 			return fmt.Errorf("save tree %s into the destination: %w", id.Short(), err)

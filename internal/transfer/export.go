@@ -90,7 +90,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	// which packs the snapshots need
 	prog.setPhase("scan")
 	prog.SnapshotsTotal.Store(int64(len(snaps)))
-	roots := make([]hash.ID, len(snaps))
+	roots := make([]hash.Ref, len(snaps))
 	for i, s := range snaps {
 		roots[i] = s.Tree
 	}
@@ -105,15 +105,15 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 		packs[loc.Pack] = true
 	}
 	blobs := map[repo.BlobHandle]bool{}
-	err = walkTrees(ctx, src, roots, conns, func(id hash.ID, t *snapshot.Tree) error {
-		blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = true
+	err = walkTrees(ctx, src, roots, conns, func(id hash.Ref, t *snapshot.Tree) error {
+		blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id.ID}] = true
 		for _, n := range t.Nodes {
 			for _, b := range n.Content {
-				blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b}] = true
+				blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}] = true
 			}
 		}
 		return nil
-	}, func(id hash.ID, err error) error {
+	}, func(id hash.Ref, err error) error {
 		return fmt.Errorf("load tree %s: %w (run `floe check` on the source)", id.Short(), err)
 	})
 	if err != nil {
@@ -346,7 +346,7 @@ func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog
 		}
 		var info repo.PackInfo
 		if ok {
-			if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
+			if info, err = repo.PackInfoFromBytes(id, data); err != nil {
 				// intact bytes that do not decode: not from this source
 				fail(fmt.Errorf("export: %s in the export directory: %w", h, err))
 				return
@@ -357,7 +357,7 @@ func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog
 				return
 			}
 			prog.BytesRead.Add(int64(len(data)))
-			if info, err = e.src.PackInfoFromBytes(id, data); err != nil {
+			if info, err = repo.PackInfoFromBytes(id, data); err != nil {
 				fail(fmt.Errorf("export: the source's %w (run `floe check`)", err))
 				return
 			}

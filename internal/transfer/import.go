@@ -104,7 +104,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 	}
 	res := &Result{SharedKey: true, Verbatim: true}
 	var todo []*snapshot.Record
-	var roots []hash.ID
+	var roots []hash.Ref
 	for _, s := range snaps {
 		if d, ok := lookupExisting(existing, s); ok {
 			res.Snapshots = append(res.Snapshots, Copied{Source: s.ID, Destination: d, Skipped: true})
@@ -134,18 +134,20 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 		packs[loc.Pack] = true
 	}
 	seen := map[hash.ID]bool{}
-	err = walkTrees(ctx, exp, roots, opts.connections(), func(id hash.ID, t *snapshot.Tree) error {
-		need(repo.BlobHandle{Type: repo.TreeBlob, ID: id})
+	rawSize := map[hash.ID]uint32{} // plaintext sizes from the trees, for the statistics
+	err = walkTrees(ctx, exp, roots, opts.connections(), func(id hash.Ref, t *snapshot.Tree) error {
+		need(repo.BlobHandle{Type: repo.TreeBlob, ID: id.ID})
 		for _, n := range t.Nodes {
-			for _, b := range n.Content {
-				if !seen[b] {
-					seen[b] = true
-					need(repo.BlobHandle{Type: repo.DataBlob, ID: b})
+			for i, b := range n.Content {
+				if !seen[b.ID] {
+					seen[b.ID] = true
+					need(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID})
+					rawSize[b.ID] = n.ChunkSizes[i]
 				}
 			}
 		}
 		return nil
-	}, func(id hash.ID, err error) error {
+	}, func(id hash.Ref, err error) error {
 		return fmt.Errorf("load tree %s from the export: %w", id.Short(), err)
 	})
 	if err != nil {
@@ -175,7 +177,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 			res.Saved.Packs++
 			for _, b := range p.Blobs {
 				res.Saved.Blobs++
-				res.Saved.RawBytes += uint64(b.RawLength)
+				res.Saved.RawBytes += uint64(rawSize[b.ID])
 				res.Saved.StoredBytes += uint64(b.Length)
 			}
 		}
@@ -243,7 +245,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 		if err != nil {
 			return repo.PackInfo{}, fmt.Errorf("import: the destination's %w (run `floe check` on it)", err)
 		}
-		return repo.PackInfo{ID: id, Ephemeral: hdr.Ephemeral, Blobs: hdr.Blobs}, nil
+		return repo.PackInfo{ID: id, Blobs: hdr.Blobs}, nil
 	} else if !storage.IsNotExist(err) {
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
@@ -252,7 +254,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
 	prog.BytesRead.Add(int64(len(data)))
-	info, err := exp.PackInfoFromBytes(id, data)
+	info, err := repo.PackInfoFromBytes(id, data)
 	if err != nil {
 		return repo.PackInfo{}, fmt.Errorf("import: the export's %w", err)
 	}

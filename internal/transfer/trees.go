@@ -11,8 +11,8 @@ import (
 )
 
 // loadTree loads a tree blob and decodes it, returning the plaintext too.
-func loadTree(ctx context.Context, r *repo.Repository, id hash.ID) ([]byte, *snapshot.Tree, error) {
-	raw, err := r.LoadBlob(ctx, repo.BlobHandle{Type: repo.TreeBlob, ID: id}, nil)
+func loadTree(ctx context.Context, r *repo.Repository, id hash.Ref) ([]byte, *snapshot.Tree, error) {
+	raw, err := r.LoadBlob(ctx, repo.TreeBlob, id, nil)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -27,9 +27,9 @@ func loadTree(ctx context.Context, r *repo.Repository, id hash.ID) ([]byte, *sna
 // loads at a time, and calls fn for each (one call at a time). A tree that
 // cannot be loaded goes to onErr: its error stops the walk, nil skips the
 // tree's contents. fn's error stops the walk.
-func walkTrees(ctx context.Context, r *repo.Repository, roots []hash.ID, workers int,
-	fn func(id hash.ID, t *snapshot.Tree) error, onErr func(id hash.ID, err error) error) error {
-	w := &treeWalk{seen: map[hash.ID]bool{}}
+func walkTrees(ctx context.Context, r *repo.Repository, roots []hash.Ref, workers int,
+	fn func(id hash.Ref, t *snapshot.Tree) error, onErr func(id hash.Ref, err error) error) error {
+	w := &treeWalk{seen: map[hash.Ref]bool{}}
 	w.cond = sync.NewCond(&w.mu)
 	for _, id := range roots {
 		if !w.seen[id] {
@@ -60,7 +60,7 @@ func walkTrees(ctx context.Context, r *repo.Repository, roots []hash.ID, workers
 				fnMu.Lock()
 				err = fn(id, t)
 				fnMu.Unlock()
-				var children []hash.ID
+				var children []hash.Ref
 				for _, n := range t.Nodes {
 					if n.Type == snapshot.TypeDir && !n.Subtree.IsNull() {
 						children = append(children, n.Subtree)
@@ -77,13 +77,13 @@ func walkTrees(ctx context.Context, r *repo.Repository, roots []hash.ID, workers
 type treeWalk struct {
 	mu     sync.Mutex
 	cond   *sync.Cond
-	queue  []hash.ID // last in, first out: depth first keeps it short
-	seen   map[hash.ID]bool
+	queue  []hash.Ref // last in, first out: depth first keeps it short
+	seen   map[hash.Ref]bool
 	active int
 	err    error
 }
 
-func (w *treeWalk) next() (hash.ID, bool) {
+func (w *treeWalk) next() (hash.Ref, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for len(w.queue) == 0 && w.active > 0 && w.err == nil {
@@ -91,7 +91,7 @@ func (w *treeWalk) next() (hash.ID, bool) {
 	}
 	if w.err != nil || len(w.queue) == 0 {
 		w.cond.Broadcast()
-		return hash.ID{}, false
+		return hash.Ref{}, false
 	}
 	id := w.queue[len(w.queue)-1]
 	w.queue = w.queue[:len(w.queue)-1]
@@ -99,7 +99,7 @@ func (w *treeWalk) next() (hash.ID, bool) {
 	return id, true
 }
 
-func (w *treeWalk) done(children []hash.ID, err error) {
+func (w *treeWalk) done(children []hash.Ref, err error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.active--
@@ -124,7 +124,7 @@ type treeFetcher struct {
 	r       *repo.Repository
 	sem     chan struct{} // concurrent loads
 	mu      sync.Mutex
-	pending map[hash.ID]*treeFuture
+	pending map[hash.Ref]*treeFuture
 	wg      sync.WaitGroup
 }
 
@@ -139,10 +139,10 @@ type treeFuture struct {
 }
 
 func newTreeFetcher(ctx context.Context, r *repo.Repository, loads int) *treeFetcher {
-	return &treeFetcher{ctx: ctx, r: r, sem: make(chan struct{}, max(loads, 1)), pending: map[hash.ID]*treeFuture{}}
+	return &treeFetcher{ctx: ctx, r: r, sem: make(chan struct{}, max(loads, 1)), pending: map[hash.Ref]*treeFuture{}}
 }
 
-func (f *treeFetcher) start(id hash.ID) *treeFuture {
+func (f *treeFetcher) start(id hash.Ref) *treeFuture {
 	fut := &treeFuture{done: make(chan struct{})}
 	f.pending[id] = fut
 	f.wg.Add(1)
@@ -162,7 +162,7 @@ func (f *treeFetcher) start(id hash.ID) *treeFuture {
 }
 
 // prefetch starts loading id unless it is loading or too many are.
-func (f *treeFetcher) prefetch(id hash.ID) {
+func (f *treeFetcher) prefetch(id hash.Ref) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.pending[id]; ok || len(f.pending) >= maxPrefetched {
@@ -172,7 +172,7 @@ func (f *treeFetcher) prefetch(id hash.ID) {
 }
 
 // take returns tree id, loading it now if it was not loaded ahead.
-func (f *treeFetcher) take(id hash.ID) ([]byte, *snapshot.Tree, error) {
+func (f *treeFetcher) take(id hash.Ref) ([]byte, *snapshot.Tree, error) {
 	f.mu.Lock()
 	fut, ok := f.pending[id]
 	if !ok {
@@ -191,7 +191,7 @@ func (f *treeFetcher) take(id hash.ID) ([]byte, *snapshot.Tree, error) {
 }
 
 // drop forgets a tree loaded ahead that will not be taken.
-func (f *treeFetcher) drop(id hash.ID) {
+func (f *treeFetcher) drop(id hash.Ref) {
 	f.mu.Lock()
 	delete(f.pending, id)
 	f.mu.Unlock()

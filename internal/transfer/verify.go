@@ -2,6 +2,7 @@ package transfer
 
 import (
 	"context"
+	"errors"
 	"sort"
 	"sync"
 
@@ -39,7 +40,7 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 	prog.setPhase("verify")
 	workers = max(workers, 1)
 	var problems errorList
-	var roots []hash.ID
+	var roots []hash.Ref
 	for _, id := range ids {
 		sn, err := snapshot.Load(ctx, r, id)
 		if err != nil {
@@ -51,15 +52,15 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 		}
 		roots = append(roots, sn.Tree)
 	}
-	data := map[hash.ID]bool{}
-	err := walkTrees(ctx, r, roots, workers, func(id hash.ID, t *snapshot.Tree) error {
+	data := map[hash.Ref]bool{}
+	err := walkTrees(ctx, r, roots, workers, func(id hash.Ref, t *snapshot.Tree) error {
 		for _, n := range t.Nodes {
 			for _, b := range n.Content {
 				data[b] = true
 			}
 		}
 		return nil
-	}, func(id hash.ID, err error) error {
+	}, func(id hash.Ref, err error) error {
 		problems.add("tree %s: %v", id.Short(), err)
 		return nil
 	})
@@ -68,13 +69,13 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 	}
 	byPack := map[hash.ID][]repo.PackBlob{}
 	for id := range data {
-		h := repo.BlobHandle{Type: repo.DataBlob, ID: id}
+		h := repo.BlobHandle{Type: repo.DataBlob, ID: id.ID}
 		loc, ok := r.Index().Lookup(h)
 		if !ok {
 			problems.add("data blob %s: %v", id.Short(), repo.ErrBlobNotFound)
 			continue
 		}
-		byPack[loc.Pack] = append(byPack[loc.Pack], repo.PackBlob{Handle: h, Offset: loc.Offset, Length: loc.Length, RawLength: loc.RawLength})
+		byPack[loc.Pack] = append(byPack[loc.Pack], repo.PackBlob{Type: repo.DataBlob, Ref: id, Offset: loc.Offset, Length: loc.Length})
 	}
 	packs := make([]hash.ID, 0, len(byPack))
 	for p := range byPack {
@@ -88,6 +89,10 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 	par.For(ctx, len(packs), workers, func(_, i int) {
 		p := packs[i]
 		err := r.LoadBlobsFromPack(ctx, p, byPack[p], func(b repo.PackBlob, plain []byte, err error) error {
+			if errors.Is(err, repo.ErrForged) {
+				// this copy is forged or damaged: another may serve
+				plain, err = r.LoadBlob(ctx, b.Type, b.Ref, nil)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()

@@ -40,7 +40,8 @@ func NewCache(l Loader, maxNodes int) *Cache {
 
 // LoadTree returns the tree from the cache or loads it. Trees returned
 // are shared: callers must not modify them.
-func (c *Cache) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error) {
+func (c *Cache) LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
+	id := ref.ID
 	c.mu.Lock()
 	if e, ok := c.byID[id]; ok {
 		c.lru.MoveToFront(e)
@@ -49,7 +50,7 @@ func (c *Cache) LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error
 		return t, nil
 	}
 	c.mu.Unlock()
-	t, err := c.l.LoadTree(ctx, id)
+	t, err := c.l.LoadTree(ctx, ref)
 	if err != nil {
 		return nil, err
 	}

@@ -39,7 +39,7 @@ func Find(ctx context.Context, l Loader, m *pathmatch.Matcher, sel []*snapshot.R
 					cur = append(cur, match{p, n})
 				}
 				if n.Type == snapshot.TypeDir {
-					if ms, ok := memo[key{p, n.Subtree}]; ok {
+					if ms, ok := memo[key{p, n.Subtree.ID}]; ok {
 						cur = append(cur, ms...)
 						return SkipDir
 					}
@@ -51,7 +51,7 @@ func Find(ctx context.Context, l Loader, m *pathmatch.Matcher, sel []*snapshot.R
 				start := stack[len(stack)-1]
 				stack = stack[:len(stack)-1]
 				if len(memo) < findMemoMax {
-					memo[key{p, n.Subtree}] = cur[start:len(cur):len(cur)]
+					memo[key{p, n.Subtree.ID}] = cur[start:len(cur):len(cur)]
 				}
 				return nil
 			},

@@ -19,7 +19,7 @@ import (
 // Loader loads a tree by its ID. snapshot.RepoTrees is one; Cache wraps
 // one with a bounded cache.
 type Loader interface {
-	LoadTree(ctx context.Context, id hash.ID) (*snapshot.Tree, error)
+	LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error)
 }
 
 // SkipDir, returned by a Func for a directory, skips the directory's
@@ -59,12 +59,12 @@ func Join(dir, name string) string {
 // path is dir ("/" for a snapshot's root tree), depth first in name order.
 // The directory itself is not visited. An error from fn other than SkipDir
 // stops the walk and is returned; errors loading trees name the path.
-func Walk(ctx context.Context, l Loader, dir string, tree hash.ID, fn Func) error {
+func Walk(ctx context.Context, l Loader, dir string, tree hash.Ref, fn Func) error {
 	return Visit(ctx, l, dir, tree, Visitor{Node: fn})
 }
 
 // Visit is Walk with a Leave callback.
-func Visit(ctx context.Context, l Loader, dir string, tree hash.ID, v Visitor) error {
+func Visit(ctx context.Context, l Loader, dir string, tree hash.Ref, v Visitor) error {
 	err := visit(ctx, l, dir, tree, v)
 	if err == SkipDir {
 		return nil
@@ -72,7 +72,7 @@ func Visit(ctx context.Context, l Loader, dir string, tree hash.ID, v Visitor) e
 	return err
 }
 
-func visit(ctx context.Context, l Loader, dir string, tree hash.ID, v Visitor) error {
+func visit(ctx context.Context, l Loader, dir string, tree hash.Ref, v Visitor) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -117,14 +117,14 @@ func Clean(p string) string {
 
 // Root returns a node standing for a snapshot's root directory, whose
 // contents are the tree root. Its name is "/".
-func Root(root hash.ID) *snapshot.Node {
+func Root(root hash.Ref) *snapshot.Node {
 	return &snapshot.Node{Name: "/", Type: snapshot.TypeDir, Subtree: root}
 }
 
 // Resolve returns the cleaned path p (see Clean) and its node in the
 // snapshot whose root tree is root. The root itself resolves to Root(root).
 // A missing path wraps ErrNotFound, a path through a file ErrNotDir.
-func Resolve(ctx context.Context, l Loader, root hash.ID, p string) (string, *snapshot.Node, error) {
+func Resolve(ctx context.Context, l Loader, root hash.Ref, p string) (string, *snapshot.Node, error) {
 	p = Clean(p)
 	node := Root(root)
 	cur := "/"

@@ -18,7 +18,7 @@ import (
 //	/etc/            /etc/hosts  /etc/ssh/  /etc/ssh/sshd_config
 //	/home/           /home/a\xff (a non-UTF-8 name)
 //	/vmlinuz -> boot/vmlinuz
-func sample(t *wt.Trees) (root, etc, ssh hash.ID) {
+func sample(t *wt.Trees) (root, etc, ssh hash.Ref) {
 	ssh = t.Add(wt.File("sshd_config", 10, wt.ID("c")))
 	etc = t.Add(wt.File("hosts", 5, wt.ID("h")), wt.Dir("ssh", ssh))
 	home := t.Add(wt.File("a\xff", 0))
@@ -175,7 +175,7 @@ func TestCache(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, id := range []hash.ID{root, etc, ssh} {
+	for _, id := range []hash.Ref{root, etc, ssh} {
 		if n := trees.Loads(id); n != 1 {
 			t.Errorf("tree %s loaded %d times through the cache", id.Short(), n)
 		}

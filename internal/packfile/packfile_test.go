@@ -1,0 +1,135 @@
+package packfile
+
+import (
+	"bytes"
+	"crypto/ed25519"
+	"reflect"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/hash"
+)
+
+// makePack builds a pack of the given blob contents (as if already sealed).
+func makePack(contents ...[]byte) ([]byte, []Blob) {
+	var data []byte
+	var blobs []Blob
+	for i, c := range contents {
+		t := Type(i % 2)
+		blobs = append(blobs, Blob{Type: t, ID: BlobID(t, c), Offset: uint32(len(data)), Length: uint32(len(c))})
+		data = append(data, c...)
+	}
+	return AppendHeader(data, [UniqueLen]byte{1, 2}, blobs), blobs
+}
+
+func TestPackRoundTrip(t *testing.T) {
+	c1 := bytes.Repeat([]byte("a"), 40)
+	c2 := bytes.Repeat([]byte("b"), 100)
+	data, blobs := makePack(c1, c2)
+	got, bad, err := Verify(data)
+	if err != nil || len(bad) != 0 || !reflect.DeepEqual(got, blobs) {
+		t.Fatalf("Verify = %v, %v, %v; want %v", got, bad, err, blobs)
+	}
+	if len(data) > len(c1)+len(c2)+HeaderRoom(2) {
+		t.Fatalf("pack of %d bytes exceeds HeaderRoom", len(data))
+	}
+	// a forged blob: the header names the ID of other bytes
+	data[len(c1)+3] ^= 1
+	_, bad, err = Verify(data)
+	if err != nil || len(bad) != 1 || bad[0].ID != blobs[1].ID {
+		t.Fatalf("Verify of a flipped blob = %v, %v", bad, err)
+	}
+	for _, cut := range []int{1, 5, len(data) - 1} {
+		if _, err := Parse(data[:len(data)-cut]); err == nil {
+			t.Errorf("Parse accepted a pack cut by %d bytes", cut)
+		}
+	}
+	if _, err := Parse(append([]byte("x"), data...)); err == nil {
+		t.Error("Parse accepted a pack with a byte more in its body")
+	}
+}
+
+func TestIndexRoundTrip(t *testing.T) {
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	x := &Index{Supersedes: []hash.ID{hash.Sum([]byte("old"))}, Packs: []Pack{{ID: hash.Sum([]byte("p")),
+		Blobs: []Blob{{Type: Data, ID: hash.Sum([]byte("1")), Offset: 0, Length: 30}, {Type: Tree, ID: hash.Sum([]byte("2")), Offset: 30, Length: 20}}}}}
+	for _, signed := range []bool{false, true} {
+		var sign func([]byte) []byte
+		if signed {
+			sign = func(m []byte) []byte { return ed25519.Sign(priv, m) }
+		}
+		b, err := EncodeIndex(x, sign)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := DecodeIndex(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got.Packs, x.Packs) || !reflect.DeepEqual(got.Supersedes, x.Supersedes) {
+			t.Fatalf("round trip: %+v", got)
+		}
+		if signed != (got.Signature != nil) {
+			t.Fatalf("signed=%v but signature %x", signed, got.Signature)
+		}
+		if signed && !ed25519.Verify(pub, got.Signed, got.Signature) {
+			t.Fatal("signature does not verify")
+		}
+		if _, err := DecodeIndex(b[:len(b)-1]); err == nil {
+			t.Error("truncated index accepted")
+		}
+	}
+	over := &Index{Packs: []Pack{{Blobs: []Blob{{Length: 30, Offset: 10}, {Length: 30, Offset: 20}}}}}
+	b, _ := EncodeIndex(over, nil)
+	if _, err := DecodeIndex(b); err == nil {
+		t.Error("overlapping blobs accepted")
+	}
+}
+
+func FuzzPackHeader(f *testing.F) {
+	data, _ := makePack([]byte("0123456789abcdefghij"), []byte("klmnopqrstuvwxyz0123456789"))
+	f.Add(data)
+	f.Add([]byte(Magic))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		blobs, bad, err := Verify(data)
+		if err != nil {
+			return
+		}
+		var end int64
+		for _, b := range blobs {
+			if int64(b.Offset) != end || !b.Type.Valid() {
+				t.Fatalf("accepted blob %+v", b)
+			}
+			end += int64(b.Length)
+		}
+		if end > int64(len(data)) || len(bad) > len(blobs) {
+			t.Fatal("blobs past the data")
+		}
+	})
+}
+
+func FuzzIndex(f *testing.F) {
+	x := &Index{Supersedes: []hash.ID{{1}}, Packs: []Pack{{ID: hash.ID{2}, Blobs: []Blob{{Type: Tree, ID: hash.ID{3}, Offset: 5, Length: 40}}}}}
+	b, _ := EncodeIndex(x, nil)
+	f.Add(b)
+	b, _ = EncodeIndex(x, func([]byte) []byte { return make([]byte, 64) })
+	f.Add(b)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		x, err := DecodeIndex(data)
+		if err != nil {
+			return
+		}
+		// what decodes re-encodes to something that decodes the same
+		var sign func([]byte) []byte
+		if x.Signature != nil {
+			sign = func([]byte) []byte { return x.Signature }
+		}
+		again, err := EncodeIndex(x, sign)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y, err := DecodeIndex(again)
+		if err != nil || !reflect.DeepEqual(x.Packs, y.Packs) || !reflect.DeepEqual(x.Supersedes, y.Supersedes) || !bytes.Equal(x.Signature, y.Signature) {
+			t.Fatalf("re-encoding differs: %v", err)
+		}
+	})
+}
