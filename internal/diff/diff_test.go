@@ -34,7 +34,11 @@ func TestCompare(t *testing.T) {
 	}{
 		{"same", base, func(n *snapshot.Node) {}, 0},
 		{"content", base, func(n *snapshot.Node) { n.Content = []hash.Ref{wt.ID("b")} }, diff.AttrContent},
-		{"content and size", base, func(n *snapshot.Node) { n.Content = []hash.Ref{wt.ID("a"), wt.ID("b")}; n.ChunkSizes = []uint32{10, 10}; n.Size = 20 },
+		{"content and size", base, func(n *snapshot.Node) {
+			n.Content = []hash.Ref{wt.ID("a"), wt.ID("b")}
+			n.ChunkSizes = []uint32{10, 10}
+			n.Size = 20
+		},
 			diff.AttrContent | diff.AttrSize},
 		{"mode", base, func(n *snapshot.Node) { n.Mode = 0o600 }, diff.AttrMode},
 		{"setuid", base, func(n *snapshot.Node) { n.Mode |= 0o4000 }, diff.AttrMode},

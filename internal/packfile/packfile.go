@@ -74,7 +74,9 @@ const (
 
 // HeaderRoom is the most space the header and trailer of a pack of n
 // blobs can take.
-func HeaderRoom(n int) int { return 1 + UniqueLen + binary.MaxVarintLen64 + n*blobEntryMax + TrailerLen }
+func HeaderRoom(n int) int {
+	return 1 + UniqueLen + binary.MaxVarintLen64 + n*blobEntryMax + TrailerLen
+}
 
 // AppendHeader appends the header of a pack holding blobs (in order,
 // contiguous from offset 0) and the trailer to b. unique are the header's

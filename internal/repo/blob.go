@@ -327,7 +327,9 @@ func blobKey(key hash.ID) crypto.Key {
 	return crypto.Key(hash.DeriveKey(blobKeyContext, key[:]))
 }
 
-func blobAD(t BlobType) []byte { return []byte{'f', 'l', 'o', 'e', ' ', 'v', '2', ' ', 'b', 'l', 'o', 'b', byte(t)} }
+func blobAD(t BlobType) []byte {
+	return []byte{'f', 'l', 'o', 'e', ' ', 'v', '2', ' ', 'b', 'l', 'o', 'b', byte(t)}
+}
 
 // add appends a sealed blob to the open pack of its type.
 func (w *packWriter) add(ctx context.Context, t BlobType, id hash.ID, sealed []byte, rawLen int) (int, error) {

@@ -5,7 +5,7 @@ package repo
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"sort"
 
 	"github.com/floe-backup/floe/internal/crypto"

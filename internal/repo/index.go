@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-		"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )

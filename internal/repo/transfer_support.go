@@ -7,11 +7,11 @@ package repo
 import (
 	"context"
 	"crypto/subtle"
-		"errors"
+	"errors"
 	"fmt"
 
-	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
