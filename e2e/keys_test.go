@@ -105,6 +105,25 @@ func checkMode0600(t *testing.T, path string) {
 	}
 }
 
+// fullKeyID returns the ID of a full key of e's repository.
+func fullKeyID(t *testing.T, e *floeEnv) string {
+	t.Helper()
+	var keys []struct {
+		ID        string `json:"id"`
+		WriteOnly bool   `json:"write_only"`
+	}
+	if err := json.Unmarshal([]byte(e.ok("key", "list", "--json").stdout), &keys); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !k.WriteOnly {
+			return k.ID
+		}
+	}
+	t.Fatal("no full key")
+	return ""
+}
+
 // A write-only key makes backups (the second one skips unchanged files
 // through the local cache) but reads nothing; a full key reads them.
 func TestWriteOnlyKey(t *testing.T) {
@@ -144,6 +163,10 @@ func TestWriteOnlyKey(t *testing.T) {
 		{"restore", b1.Snapshot, "--target", e.path("wo-restore")},
 		{"snapshots"},
 		{"key", "add", "--new-key-file", e.path("full-from-wo.key")},
+		// key management needs the authority only full keys hold
+		{"key", "add", "--write-only", "--new-key-file", e.path("wo-from-wo.key")},
+		{"key", "remove", fullKeyID(t, e)},
+		{"key", "remove", added.ID},
 	}
 	for _, cmd := range [][]string{{"ls", "latest"}, {"dump", "latest:" + filepath.Join(src, "big")}, {"find", "big"}, {"diff", b1.Snapshot, b2.Snapshot}, {"cat", "snapshot", b1.Snapshot}} {
 		if hasCommand(t, cmd[0]) {
@@ -160,6 +183,9 @@ func TestWriteOnlyKey(t *testing.T) {
 	}
 	if _, err := os.Stat(e.path("full-from-wo.key")); err == nil {
 		t.Errorf("a write-only key wrote a full key file")
+	}
+	if _, err := os.Stat(e.path("wo-from-wo.key")); err == nil {
+		t.Errorf("a write-only key added a key")
 	}
 	if ents, _ := os.ReadDir(e.path("wo-restore")); len(ents) > 0 {
 		t.Errorf("a write-only key restored files")
