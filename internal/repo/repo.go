@@ -227,6 +227,9 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 	)
 	for _, id := range ids {
 		rec, err := loadKeyRecord(ctx, be, id)
+		if errors.Is(err, ErrFormatV1) {
+			return nil, fmt.Errorf("%s: %w", be.Location(), ErrFormatV1)
+		}
 		if err != nil {
 			if cred.KeyFile != nil && storage.IsNotExist(err) {
 				return nil, fmt.Errorf("key %s of the key file is not in this repository (removed, or another repository): %w", shortName(id), ErrWrongKey)

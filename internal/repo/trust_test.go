@@ -8,9 +8,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
@@ -285,5 +287,43 @@ func TestForgedConfigRefused(t *testing.T) {
 	_ = wo
 	if _, err := Open(ctx, be2, Credential{Password: []byte("pw")}, OpenOptions{}); err == nil {
 		t.Fatal("an unsigned config was accepted")
+	}
+}
+
+// FuzzOpenBlob encrypts a fuzzed payload under a blob key, so that the
+// payload decoder behind the authentication (flag, raw length, bounded
+// decompression, key check) is exercised: an error or the plaintext whose
+// key the ref names, never a panic.
+func FuzzOpenBlob(f *testing.F) {
+	r, _ := newRepo(f)
+	good := sealBlob(nil, DataBlob, r.BlobKey([]byte("hello")), []byte("hello"))
+	plain, _ := crypto.OpenBlob(nil, blobKey(r.BlobKey([]byte("hello"))), good, blobAD(DataBlob))
+	f.Add(plain, false)
+	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x28, 0xb5, 0x2f, 0xfd}, true)
+	f.Add([]byte{0, 5, 'h', 'e', 'l', 'l', 'o'}, false)
+	f.Fuzz(func(t *testing.T, payload []byte, tree bool) {
+		typ := DataBlob
+		if tree {
+			typ = TreeBlob
+		}
+		key := hash.Sum(payload) // some key; the check against it must fail or hold
+		c := crypto.SealBlob(nil, blobKey(key), payload, blobAD(typ))
+		out, err := r.openBlob(typ, hash.Ref{ID: StoredBlobID(typ, c), Key: key}, c, nil)
+		if err == nil && r.BlobKey(out) != key {
+			t.Fatal("accepted a plaintext that does not match its key")
+		}
+	})
+}
+
+// A repository of format version 1 is refused with a message that says so.
+func TestFormatV1Refused(t *testing.T) {
+	ctx := context.Background()
+	be := mem.New()
+	rec := []byte(`{"version":1,"created":"2026-11-21T20:30:00Z","write_only":false,"kdf":"argon2id","argon2":{"time":1,"memory_kib":8192,"threads":1,"salt":"AAAAAAAAAAAAAAAAAAAAAA=="},"sealed":"AAAA"}`)
+	be.Set(storage.Handle{Type: storage.Key, Name: hash.Sum(rec).String()}, rec)
+	be.Set(storage.Handle{Type: storage.Config}, []byte("a v1 config envelope"))
+	_, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{})
+	if !errors.Is(err, ErrFormatV1) || !strings.Contains(err.Error(), "version 1") {
+		t.Fatalf("Open of a v1 repository: %v", err)
 	}
 }
