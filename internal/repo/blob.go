@@ -116,6 +116,19 @@ func (r *Repository) HasBlob(h BlobHandle) bool {
 	return r.isPending(h)
 }
 
+// HasTrustedBlob is HasBlob for IDs that did not come from this
+// repository's snapshots (copy and import between repositories): only a
+// copy that is vouched for counts (docs/FORMAT.md "Deduplication"). A blob
+// the index lists only in unverified entries counts as absent, so the
+// caller stores it, and SaveBlob then verifies the entry or stores a copy.
+func (r *Repository) HasTrustedBlob(h BlobHandle) bool {
+	if r.idx.dedup(h) == trusted {
+		r.idx.use(h)
+		return true
+	}
+	return r.isPending(h)
+}
+
 func (r *Repository) isPending(h BlobHandle) bool {
 	r.wmu.Lock()
 	w := r.writer

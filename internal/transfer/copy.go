@@ -317,7 +317,7 @@ func (c *copier) walk(fetch *treeFetcher, id hash.Ref, out chan<- *treeJob) erro
 			if !ok {
 				bj = &blobJob{src: b}
 				c.blobs[b] = bj
-				if c.shared && c.dst.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}) {
+				if c.shared && c.dst.HasTrustedBlob(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}) {
 					bj.dst, bj.done = b, closedChan
 					c.prog.BlobsDone.Add(1)
 				} else {
