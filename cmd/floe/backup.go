@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -268,6 +269,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		return err
 	}
 	printBackupResult(g, res.Result, res.Parent)
+	warnForged(g, res.Forged)
 	if res.SnapshotProblem != nil {
 		g.warn("floe: %v", res.SnapshotProblem)
 		g.exitCode = ExitPartial
@@ -348,4 +350,21 @@ func consistencyLine(c snapshot.Consistency) string {
 		shown = shown[:3]
 	}
 	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, ui.Paths(shown, ", "), more)
+}
+
+// warnForged reports stored copies whose bytes did not match their IDs
+// (forged by someone with write access to the storage, or damaged). The
+// operation used other copies or stored its own, so nothing was lost; the
+// user should find out where they came from.
+func warnForged(g *globals, forged []repo.ForgedCopy) {
+	for i, f := range forged {
+		if i == 3 {
+			g.warn("warning: ... and %d more", len(forged)-3)
+			break
+		}
+		g.warn("warning: the copy of %s blob %s in pack %s is forged or damaged (%s); another copy was used", f.Blob.Type, f.Blob.ID.Short(), f.Pack.Short(), f.Reason)
+	}
+	if len(forged) > 0 {
+		g.warn("warning: run `floe check --read-data` to list every forged or damaged copy")
+	}
 }

@@ -114,6 +114,7 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			if err != nil {
 				return err
 			}
+			warnForged(g, r.ForgedCopies())
 			if g.json {
 				errs := make([]string, 0, len(res.Errors))
 				for _, e := range res.Errors {

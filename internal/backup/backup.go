@@ -134,6 +134,9 @@ type Result struct {
 	Snapshot *snapshot.Snapshot
 	Errors   []*FileError
 	DryRun   bool // nothing was written
+	// Forged are the stored copies whose bytes did not match their IDs
+	// that this backup met (it stored its own copies instead).
+	Forged []repo.ForgedCopy
 }
 
 // maxChangedListed bounds the consistency record's list of paths.
@@ -334,7 +337,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Result{ID: id, Snapshot: sn, Errors: a.errs}, nil
+	return &Result{ID: id, Snapshot: sn, Errors: a.errs, Forged: r.ForgedCopies()}, nil
 }
 
 // Excludes compiles exclude patterns: excludes as given, iexcludes

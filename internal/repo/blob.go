@@ -45,7 +45,8 @@ type openPack struct {
 	out     storage.PendingObject
 	name    *hash.Writer
 	written int
-	err     error // first write error of a streamed pack
+	raw     uint64 // plaintext bytes of the blobs (statistics)
+	err     error  // first write error of a streamed pack
 }
 
 // size is the number of bytes of blobs in the pack so far.
@@ -371,6 +372,7 @@ func (w *packWriter) add(ctx context.Context, t BlobType, id hash.ID, sealed []b
 		p.buf = append(p.buf, sealed...)
 	}
 	p.blobs = append(p.blobs, PackedBlob{Type: t, ID: id, Offset: uint32(off), Length: uint32(len(sealed))})
+	p.raw += uint64(rawLen)
 	if p.size() >= w.r.cfg.PackSize && full == nil {
 		full = p
 		delete(w.open, t)

@@ -101,6 +101,7 @@ func (r *Repository) FlushStored(ctx context.Context) error {
 			w.stats.Blobs--
 			w.stats.StoredBytes -= uint64(b.Length)
 		}
+		w.stats.RawBytes -= p.raw
 	}
 	w.mu.Unlock()
 	close(w.uploads)
