@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
@@ -147,4 +149,76 @@ func TestHardLinksReadOnce(t *testing.T) {
 		t.Fatalf("hard-linked file read %d times, want 1", reads.Load())
 	}
 	_ = res
+}
+
+// Deduplication by key (docs/FORMAT.md "Deduplication"): a backup with no
+// change compresses and encrypts nothing, and one where a file changed at
+// its end only the changed chunks and the trees on its path.
+func TestUnchangedChunksAreNotEncoded(t *testing.T) {
+	ctx := context.Background()
+	r, be := testutil.NewRepo(t)
+	src := t.TempDir()
+	big := filepath.Join(src, "big")
+	testutil.WriteRandom(t, big, 6<<20, 1)
+	for i := 0; i < 5; i++ {
+		os.WriteFile(filepath.Join(src, "small"+string(rune('a'+i))), []byte("small file"), 0o644)
+	}
+	open := func() *repo.Repository {
+		r, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.LoadIndex(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	res, err := Run(ctx, r, Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	parent := &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
+	r2 := open()
+	res2, err := Run(ctx, r2, Options{Paths: []string{src}, Parent: parent, ParentTrees: snapshot.RepoTrees{Repo: r2}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := r2.SavedStats().Encoded; n != 0 {
+		t.Fatalf("a backup with no change encoded %d blobs", n)
+	}
+	// change the last bytes of the big file: its earlier chunks keep their keys
+	f, _ := os.OpenFile(big, os.O_WRONLY, 0)
+	f.WriteAt([]byte("changed"), 6<<20-7)
+	f.Close()
+	r3 := open()
+	parent = &snapshot.Record{ID: res2.ID, Snapshot: res2.Snapshot}
+	if _, err := Run(ctx, r3, Options{Paths: []string{src}, Parent: parent, ParentTrees: snapshot.RepoTrees{Repo: r3}}); err != nil {
+		t.Fatal(err)
+	}
+	var chunks int
+	// the file's chunk count, from the first snapshot's tree below src
+	walkFind(t, ctx, r3, res.Snapshot.Tree, func(n *snapshot.Node) {
+		if n.Name == "big" {
+			chunks = len(n.Content)
+		}
+	})
+	st := r3.SavedStats()
+	depth := len(filepath.SplitList(src)) + strings.Count(src, "/") // trees from / down to src
+	t.Logf("small change: %d blobs encoded; the file has %d chunks, %d trees on the path", st.Encoded, chunks, depth)
+	if chunks < 3 || st.Encoded > uint64(2+depth+1) {
+		t.Fatalf("small change: %d blobs encoded (the file has %d chunks, %d trees on the path)", st.Encoded, chunks, depth)
+	}
+}
+
+func walkFind(t *testing.T, ctx context.Context, r *repo.Repository, ref hash.Ref, fn func(*snapshot.Node)) {
+	tree, err := snapshot.LoadTree(ctx, r, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range tree.Nodes {
+		fn(n)
+		if !n.Subtree.IsNull() {
+			walkFind(t, ctx, r, n.Subtree, fn)
+		}
+	}
 }
