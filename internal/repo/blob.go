@@ -79,10 +79,10 @@ type SaveStats struct {
 	RawBytes    uint64 // their plaintext size
 	StoredBytes uint64 // their stored size
 	Packs       uint64
-	// Encoded counts the blobs SaveBlob compressed and encrypted to find
-	// their IDs: those its key did not find (docs/FORMAT.md
+	// EncodedData counts the data blobs SaveBlob compressed and encrypted
+	// to find their IDs: those its key did not find (docs/FORMAT.md
 	// "Deduplication"), stored or not.
-	Encoded uint64
+	EncodedData uint64
 }
 
 func (r *Repository) packWriter() *packWriter {
@@ -195,9 +195,11 @@ func (r *Repository) saveBlob(ctx context.Context, t BlobType, key hash.ID, data
 	}
 	defer w.scratch.Put(sp)
 	sealed := sealBlob(*sp, t, key, data)
-	w.mu.Lock()
-	w.stats.Encoded++
-	w.mu.Unlock()
+	if t == DataBlob {
+		w.mu.Lock()
+		w.stats.EncodedData++
+		w.mu.Unlock()
+	}
 	*sp = sealed
 	id := packfile.BlobID(t, sealed)
 	ref := hash.Ref{ID: id, Key: key}
@@ -582,7 +584,7 @@ func (s *SaveStats) add(o SaveStats) {
 	s.RawBytes += o.RawBytes
 	s.StoredBytes += o.StoredBytes
 	s.Packs += o.Packs
-	s.Encoded += o.Encoded
+	s.EncodedData += o.EncodedData
 }
 
 // SavedStats returns what was added since Open, counting flushed writers.
