@@ -344,8 +344,25 @@ func (p *pruner) load(ctx context.Context) error {
 func (p *pruner) verifyUntrusted(ctx context.Context) error {
 	var todo []hash.ID
 	for _, id := range sortedPacks(p.packs) {
-		if pk := p.packs[id]; pk.stored && len(pk.untrusted) > 0 {
+		pk := p.packs[id]
+		switch {
+		case len(pk.untrusted) == 0:
+		case pk.stored:
 			todo = append(todo, id)
+		default:
+			// A missing pack cannot be verified, and its unvouched entries
+			// must not reach the signed index: whoever wrote them could
+			// upload a pack of that name later, with other bytes at the
+			// offsets they name.
+			kept := pk.blobs[:0]
+			for _, b := range pk.blobs {
+				if !pk.untrusted[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
+					kept = append(kept, b)
+				}
+			}
+			pk.blobs, pk.untrusted = kept, nil
+			pk.indexed = len(kept) > 0
+			p.reindex = true
 		}
 	}
 	if len(todo) == 0 {
