@@ -188,8 +188,19 @@ func catSnapshot(ctx context.Context, r *repo.Repository, spec string) error {
 	if err != nil {
 		return err
 	}
+	// The root tree's ref holds the key that opens the whole snapshot: show
+	// its ID only, as everywhere else.
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(plain, &doc); err != nil {
+		return fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+	}
+	doc["tree"], _ = json.Marshal(sn.Tree.ID.String())
+	redacted, err := json.Marshal(doc)
+	if err != nil {
+		return err
+	}
 	var buf bytes.Buffer
-	if err := json.Indent(&buf, plain, "", "  "); err != nil {
+	if err := json.Indent(&buf, redacted, "", "  "); err != nil {
 		return fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
 	}
 	buf.WriteByte('\n')
