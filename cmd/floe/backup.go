@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/backup"
-	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 )

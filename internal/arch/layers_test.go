@@ -39,6 +39,7 @@ var layers = map[string]int{
 	"internal/chunker":   layerLeaf,
 	"internal/compress":  layerLeaf,
 	"internal/crypto":    layerLeaf,
+	"internal/packfile":  layerLeaf, // pack and index layouts, no keys: the server verifies uploads with it
 	"internal/par":       layerLeaf,
 	"internal/pathmatch": layerLeaf,
 	"internal/ui":        layerLeaf,
@@ -88,6 +89,8 @@ var testOnly = []string{"internal/testutil", "internal/storage/storagetest", "in
 var forbidden = map[string][]string{
 	// the server serves storage to hosts and holds no keys
 	"internal/server": {"internal/repo", "internal/snapshot", "internal/crypto", "internal/connect"},
+	// pack and index layouts, verifiable by anyone: no keys
+	"internal/packfile": {"internal/repo", "internal/crypto", "internal/snapshot"},
 	// pure: fed times by the agent, tested with a fake clock
 	"internal/agent/schedule": {"internal/repo", "internal/storage", "internal/connect", "internal/server"},
 	// assets and their handler; the server mounts them

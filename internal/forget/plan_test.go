@@ -16,8 +16,8 @@ func TestPlanAndRemove(t *testing.T) {
 	now := time.Date(2026, 3, 10, 12, 0, 0, 0, time.UTC)
 	var recs []*snapshot.Record
 	for i, host := range []string{"a", "a", "a", "b"} {
-		sn := &snapshot.Snapshot{Version: 1, Time: now.Add(-time.Duration(4-i) * time.Hour), Hostname: host,
-			Paths: []string{"/etc"}, Tree: hash.Sum([]byte{byte(i)})}
+		sn := &snapshot.Snapshot{Version: 2, Time: now.Add(-time.Duration(4-i) * time.Hour), Hostname: host,
+			Paths: []string{"/etc"}, Tree: hash.Ref{ID: hash.Sum([]byte{byte(i)})}}
 		id, err := snapshot.Save(ctx, r, sn)
 		if err != nil {
 			t.Fatal(err)

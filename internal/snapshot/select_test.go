@@ -20,8 +20,8 @@ func TestSelect(t *testing.T) {
 		tags []string
 		path string
 	}{{"a", []string{"daily"}, "/etc"}, {"b", nil, "/etc"}, {"a", []string{"weekly"}, "/srv"}, {"a", []string{"daily"}, "/srv"}} {
-		id, err := Save(ctx, r, &Snapshot{Version: 1, Time: base.Add(time.Duration(i) * time.Hour), Hostname: s.host,
-			Tags: s.tags, Paths: []string{s.path}, Tree: testID(byte(i + 1))})
+		id, err := Save(ctx, r, &Snapshot{Version: 2, Time: base.Add(time.Duration(i) * time.Hour), Hostname: s.host,
+			Tags: s.tags, Paths: []string{s.path}, Tree: testRef(byte(i + 1))})
 		if err != nil {
 			t.Fatal(err)
 		}

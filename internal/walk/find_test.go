@@ -19,8 +19,8 @@ func TestFindRemembersSharedDirectories(t *testing.T) {
 	srv := trees.Add(wt.File("hosts", 1, wt.ID("s")))
 	root2 := trees.Add(wt.Dir("etc", etc), wt.Dir("srv", srv))
 	sel := []*snapshot.Record{
-		{ID: wt.ID("s1"), Snapshot: &snapshot.Snapshot{Tree: root1}},
-		{ID: wt.ID("s2"), Snapshot: &snapshot.Snapshot{Tree: root2}},
+		{ID: wt.ID("s1").ID, Snapshot: &snapshot.Snapshot{Tree: root1}},
+		{ID: wt.ID("s2").ID, Snapshot: &snapshot.Snapshot{Tree: root2}},
 	}
 	m, err := pathmatch.New([]string{"hosts", "sshd_config"})
 	if err != nil {
