@@ -239,18 +239,3 @@ func (t FileType) describe() string {
 	}
 	return "an object of type " + strconv.Quote(string(t))
 }
-
-// UploadVerifier is implemented by backends that check every blob of an
-// uploaded pack against its ID before storing it (the floe server will,
-// with internal/packfile). Index entries read from such a backend are
-// trusted for deduplication without a client-side check.
-type UploadVerifier interface {
-	VerifiesUploads() bool
-}
-
-// VerifiesUploads reports whether be, or a backend it wraps, verifies
-// uploads.
-func VerifiesUploads(be Backend) bool {
-	v, ok := As[UploadVerifier](be)
-	return ok && v.VerifiesUploads()
-}
