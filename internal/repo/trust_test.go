@@ -327,3 +327,32 @@ func TestFormatV1Refused(t *testing.T) {
 		t.Fatalf("Open of a v1 repository: %v", err)
 	}
 }
+
+// verifyingBackend declares that it checks uploads (as the floe server
+// will), through a wrapper.
+type verifyingBackend struct{ storage.Backend }
+
+func (verifyingBackend) VerifiesUploads() bool { return true }
+
+type plainWrapper struct{ storage.Backend }
+
+func (w plainWrapper) Unwrap() storage.Backend { return w.Backend }
+
+// Entries read from a backend that verifies uploads are trusted, so dedup
+// relies on them without reading them back.
+func TestBackendThatVerifiesUploads(t *testing.T) {
+	ctx := context.Background()
+	r, be := newRepo(t)
+	wo := writeOnly(t, r, be)
+	ref := save(t, wo, randomBytes(2000))
+	if err := wo.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	h := BlobHandle{DataBlob, ref.ID}
+	if loc, _ := reopen(t, be).Index().Lookup(h); loc.Trusted {
+		t.Fatal("an unsigned entry is trusted on a plain backend")
+	}
+	if loc, _ := reopen(t, plainWrapper{verifyingBackend{be}}).Index().Lookup(h); !loc.Trusted {
+		t.Fatal("an entry from a backend that verifies uploads is not trusted")
+	}
+}
