@@ -18,7 +18,9 @@ func newKeyCommand(g *globals) *cobra.Command {
 		Long: `A repository can have several keys. Each opens it with a password or a key
 file. A write-only key (key add --write-only) can make backups but cannot read
 any: give one to each host, so a host that is broken into cannot read the
-fleet's backups.`,
+fleet's backups. Managing keys (add, remove, passwd) needs a full key; a
+write-only key is refused with exit code 12. The last full key cannot be
+removed.`,
 	}
 	var newPwFile, newKeyFile string
 	var writeOnly bool
