@@ -2,6 +2,9 @@ package prune
 
 import (
 	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -141,4 +144,49 @@ func TestForgedMarkDeletesNothing(t *testing.T) {
 		t.Fatalf("check does not report the forged mark: %v", warnings)
 	}
 	w.restore(t, s.Snapshot.Tree, src, m)
+}
+
+// Dedup poisoning: before an honest host backs up files whose contents a
+// write-only host can guess, it stores garbage under their IDs. The honest
+// backup verifies those unvouched entries, stores its own copies, and its
+// snapshot restores byte-exact, before and after prune.
+func TestDedupPoisoningBeforeHonestBackup(t *testing.T) {
+	w := newWorld(t)
+	src := t.TempDir()
+	files(t, src, "f", 4, 20<<10, 9) // each file is one chunk
+	m := testutil.Manifest(t, src)
+	wo := w.openWriteOnly(t)
+	var body []byte
+	var blobs []packfile.Blob
+	for i := 0; i < 4; i++ {
+		data, err := os.ReadFile(filepath.Join(src, fmt.Sprintf("f%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := wo.RefOf(repo.DataBlob, data) // the attacker holds the chunk ID key
+		sealedLen := 20<<10 + 16 + 4         // the stored length of an incompressible 20 KiB blob
+		blobs = append(blobs, packfile.Blob{Type: repo.DataBlob, ID: ref.ID, Offset: uint32(len(body)), Length: uint32(sealedLen)})
+		body = append(body, bytes.Repeat([]byte{0xee}, sealedLen)...)
+	}
+	pack := packfile.AppendHeader(body, [packfile.UniqueLen]byte{8}, blobs)
+	pid := hash.Sum(pack)
+	if err := w.be.Save(ctx, storage.Handle{Type: storage.Pack, Name: pid.String()}, pack); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wo.SaveIndexFile(ctx, &repo.IndexFile{Packs: []repo.PackInfo{{ID: pid, Blobs: blobs}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	res := w.mustBackup(src)
+	if res.Snapshot.Summary.DataAdded < 4*20<<10 {
+		t.Fatalf("the honest backup stored %d bytes: it relied on the forged entries", res.Snapshot.Summary.DataAdded)
+	}
+	if len(res.Forged) != 4 {
+		t.Fatalf("the backup reported %d forged copies, want 4", len(res.Forged))
+	}
+	w.restore(t, res.Snapshot.Tree, src, m)
+	w.prune(Options{Grace: 0, MaxUnused: DefaultMaxUnused})
+	w.prune(Options{Grace: 0, MaxUnused: DefaultMaxUnused})
+	w.check(t)
+	w.restore(t, res.Snapshot.Tree, src, m)
 }
