@@ -302,10 +302,15 @@ type ForgedCopy struct {
 func (r *Repository) reportForged(h BlobHandle, loc Location, reason string) {
 	r.idx.markBad(h, loc)
 	r.forgedMu.Lock()
-	if len(r.forged) < 10000 {
+	defer r.forgedMu.Unlock()
+	for _, f := range r.forged {
+		if f.Blob == h && f.Pack == loc.Pack {
+			return // found again by another goroutine
+		}
+	}
+	if len(r.forged) < 1000 {
 		r.forged = append(r.forged, ForgedCopy{Blob: h, Pack: loc.Pack, Reason: reason})
 	}
-	r.forgedMu.Unlock()
 }
 
 // ForgedCopies returns the copies found forged or damaged so far (by
