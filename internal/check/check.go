@@ -65,8 +65,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options, report func(*Pro
 		c.checkKeys,
 		c.checkLeftovers,
 		c.loadIndex,
-		c.checkPacks,
 		c.loadSnapshots,
+		c.collectRefs,
+		c.checkPacks,
 		c.walkSnapshots,
 	}
 	for _, step := range steps {
@@ -106,6 +107,18 @@ type checker struct {
 	walking       map[hash.ID]bool              // trees on the current walk path (cycles)
 	treeProblems  map[hash.ID]*Problem          // by tree ID
 	missingOrphan int                           // missing blobs found in unreferenced packs
+	// refs are, with --read-data, the refs the trees hold for each data
+	// blob (usually one; a hostile tree may name another key or size), so
+	// that reading a pack also decrypts what it holds; refBad says which
+	// of them the blob's plaintext does not match.
+	refs   map[repo.BlobHandle][]blobRef
+	refBad map[blobRef]string
+}
+
+// blobRef is a tree's reference to a data blob and the size it says.
+type blobRef struct {
+	ref  hash.Ref
+	size uint32
 }
 
 // packRef is one index file's entry for a pack.

@@ -38,7 +38,9 @@ type packResult struct {
 	verified   int64
 	// denied: the storage refuses this credential to read packs (a floe
 	// server's backup token), which says nothing about the packs
-	denied error
+	denied    error
+	decrypted int64
+	refBad    []refProblem
 }
 
 // checkPacks checks every pack the index lists and every pack in
@@ -105,6 +107,9 @@ func (c *checker) mergePack(res *packResult) {
 	s := &c.res.Summary
 	s.BytesRead += res.bytesRead
 	s.BlobsVerified += res.verified
+	for _, rp := range res.refBad {
+		c.refBad[rp.ref] = rp.why
+	}
 	if res.read {
 		s.PacksRead++
 	}
@@ -301,6 +306,44 @@ func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.
 	if n := len(st.blobBad); n > 0 {
 		res.issues = append(res.issues, fmt.Sprintf("has %d blob%s of %d whose bytes do not match their IDs, damaged or forged (first: %s)", n, plural(n), len(blobs), first))
 	}
+	c.decryptPack(res, data, blobs)
+}
+
+// decryptPack decrypts the data blobs of a pack that the trees refer to,
+// with every ref they hold, and records the refs whose key or size the
+// plaintext does not match: a damaged or hostile tree (the stored bytes
+// are what their ID says, so the fault is the tree's).
+func (c *checker) decryptPack(res *packResult, data []byte, blobs []repo.PackedBlob) {
+	var buf []byte
+	for _, b := range blobs {
+		h := repo.BlobHandle{Type: b.Type, ID: b.ID}
+		if _, bad := res.state.blobBad[h]; bad || int64(b.Offset)+int64(b.Length) > int64(len(data)) {
+			continue
+		}
+		for _, br := range c.refs[h] {
+			plain, err := c.r.OpenStoredBlob(b.Type, br.ref, data[b.Offset:b.Offset+b.Length], buf)
+			var why string
+			switch {
+			case err != nil:
+				why = err.Error()
+			case len(plain) != int(br.size):
+				why = fmt.Sprintf("data blob %s holds %d bytes, the tree says %d", b.ID.Short(), len(plain), br.size)
+			}
+			if err == nil {
+				buf = plain
+				res.decrypted++
+			}
+			if why != "" {
+				res.refBad = append(res.refBad, refProblem{br, why})
+			}
+		}
+	}
+}
+
+// refProblem is a tree's ref that the blob's plaintext does not match.
+type refProblem struct {
+	ref blobRef
+	why string
 }
 
 func signedWord(signed bool) string {

@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -94,7 +95,7 @@ func (c *checker) walkTree(ctx context.Context, ref hash.Ref) ([]damage, error) 
 			c.res.Summary.Files++
 			// A file's size is checked against its chunk sizes when the
 			// tree decodes; restore checks each chunk's length.
-			out = append(out, c.fileDamage(n)...)
+			out = append(out, c.fileDamage(id, n)...)
 		}
 	}
 	c.trees[id] = out
@@ -126,13 +127,62 @@ func (c *checker) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, *
 	return nil, &cause{problem: p, text: err.Error(), definite: true}, nil
 }
 
+// collectRefs walks the trees of every snapshot (with --read-data and a
+// full key) and records the refs they hold to data blobs, so that reading
+// the packs decrypts every blob a snapshot needs. Trees that do not load
+// are left to walkSnapshots, which reports them.
+func (c *checker) collectRefs(ctx context.Context) error {
+	c.refBad = map[blobRef]string{}
+	if !c.opts.ReadData || c.r.WriteOnly() {
+		return nil
+	}
+	c.refs = map[repo.BlobHandle][]blobRef{}
+	seen := map[hash.ID]bool{}
+	var stack []hash.Ref
+	for _, sn := range c.snapshots {
+		stack = append(stack, sn.Tree)
+	}
+	for len(stack) > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		ref := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[ref.ID] {
+			continue
+		}
+		seen[ref.ID] = true
+		t, err := snapshot.LoadTree(ctx, c.r, ref)
+		if err != nil {
+			continue
+		}
+		for _, n := range t.Nodes {
+			for i, cr := range n.Content {
+				h := repo.BlobHandle{Type: repo.DataBlob, ID: cr.ID}
+				br := blobRef{cr, n.ChunkSizes[i]}
+				if !slices.Contains(c.refs[h], br) {
+					c.refs[h] = append(c.refs[h], br)
+				}
+			}
+			if !n.Subtree.IsNull() {
+				stack = append(stack, n.Subtree)
+			}
+		}
+	}
+	return nil
+}
+
 // fileDamage returns the damage of a file's content: one entry per
 // problem that damages it.
-func (c *checker) fileDamage(n *snapshot.Node) []damage {
+func (c *checker) fileDamage(tree hash.ID, n *snapshot.Node) []damage {
 	var out []damage
 	var counts []int
-	for _, ref := range n.Content {
+	for i, ref := range n.Content {
 		cs := c.blobCause(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID})
+		if why, bad := c.refBad[blobRef{ref, n.ChunkSizes[i]}]; cs == nil && bad {
+			p := c.problem(Error, KindTree, "tree/"+tree.String(), "tree %s: file %s: %s (the tree is damaged or hostile)", tree.Short(), DisplayPath(n.Name), why)
+			cs = &cause{problem: p, text: why, definite: true}
+		}
 		if cs == nil {
 			continue
 		}

@@ -3,6 +3,7 @@ package packfile
 import (
 	"bytes"
 	"crypto/ed25519"
+	"errors"
 	"reflect"
 	"testing"
 
@@ -132,4 +133,36 @@ func FuzzIndex(f *testing.F) {
 			t.Fatalf("re-encoding differs: %v", err)
 		}
 	})
+}
+
+func TestCheckPackAndIndex(t *testing.T) {
+	data, blobs := makePack(bytes.Repeat([]byte("x"), 30), bytes.Repeat([]byte("y"), 50))
+	if err := CheckPack(bytes.NewReader(data), int64(len(data))); err != nil {
+		t.Fatal(err)
+	}
+	pid := hash.Sum(data)
+	load := func(p hash.ID, off, n int64) ([]byte, error) {
+		if p != pid || off+n > int64(len(data)) {
+			return nil, errors.New("no such range")
+		}
+		return data[off : off+n], nil
+	}
+	good, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs}}}, nil)
+	if err := CheckIndex(good, load); err != nil {
+		t.Fatal(err)
+	}
+	// an entry that names the bytes of another blob
+	forged := []Blob{{Type: blobs[1].Type, ID: blobs[1].ID, Offset: blobs[0].Offset, Length: blobs[0].Length}}
+	bad, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: forged}}}, nil)
+	if err := CheckIndex(bad, load); err == nil {
+		t.Fatal("a forged index entry passed")
+	}
+	missing, _ := EncodeIndex(&Index{Packs: []Pack{{ID: hash.ID{1}, Blobs: blobs}}}, nil)
+	if err := CheckIndex(missing, load); err == nil {
+		t.Fatal("an entry of a missing pack passed")
+	}
+	data[3] ^= 1
+	if err := CheckPack(bytes.NewReader(data), int64(len(data))); err == nil {
+		t.Fatal("a damaged pack passed")
+	}
 }

@@ -149,13 +149,13 @@ type Result struct {
 	// (damaged, or written by a write-only key that sealed garbage). They
 	// reference nothing anyone can read, so prune goes on without them;
 	// `floe repair` removes them.
-	Undecodable  []SkippedSnapshot `json:"undecodable_snapshots,omitempty"`
-	Warnings     []string          `json:"warnings,omitempty"`
+	Undecodable []SkippedSnapshot `json:"undecodable_snapshots,omitempty"`
+	Warnings    []string          `json:"warnings,omitempty"`
 	// Forged lists index entries whose bytes did not match their IDs
 	// (dropped: prune relies only on verified copies).
-	Forged       []string          `json:"forged,omitempty"`
-	Duration     time.Duration     `json:"-"`
-	DurationSecs float64           `json:"duration_seconds"`
+	Forged       []string      `json:"forged,omitempty"`
+	Duration     time.Duration `json:"-"`
+	DurationSecs float64       `json:"duration_seconds"`
 }
 
 // SkippedSnapshot is a snapshot record prune did not use, and why.

@@ -917,7 +917,7 @@ func TestPruneSkipsUndecodableSnapshots(t *testing.T) {
 		t.Fatalf("unreadable snapshot record: %v, want ErrUnsafe", err)
 	}
 	// a tree that cannot be read: refuse
-	loc, ok := r.Index().Lookup(repo.BlobHandle{Type: repo.TreeBlob, ID: res.Snapshot.Tree})
+	loc, ok := r.Index().Lookup(repo.BlobHandle{Type: repo.TreeBlob, ID: res.Snapshot.Tree.ID})
 	if !ok {
 		t.Fatal("root tree not in the index")
 	}

@@ -15,7 +15,7 @@ import (
 func TestFindAndApply(t *testing.T) {
 	ctx := context.Background()
 	r, be := testutil.NewRepo(t)
-	good, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: time.Now(), Hostname: "h", Tree: hash.Sum([]byte("t"))})
+	good, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: time.Now(), Hostname: "h", Tree: hash.Ref{ID: hash.Sum([]byte("t"))}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,7 +21,7 @@ func TestOpenSkipsCostlyKDF(t *testing.T) {
 	// a name that sorts before the real key's, so that it is tried first
 	var b []byte
 	for i := 0; ; i++ {
-		rec := KeyRecord{Version: 1, Created: time.Unix(int64(i), 0).UTC(), KDF: kdfArgon2,
+		rec := KeyRecord{Version: keyVersion, Created: time.Unix(int64(i), 0).UTC(), KDF: kdfArgon2,
 			Argon2: &crypto.KDFParams{Time: 20, MemoryKiB: 4 << 20, Threads: 4, Salt: make([]byte, 16)}, Sealed: make([]byte, 64)}
 		b, _ = json.Marshal(rec)
 		if hash.Sum(b).String() < r.KeyID() {

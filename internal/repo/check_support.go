@@ -178,3 +178,16 @@ func (r *Repository) LoadRawBlobs(ctx context.Context, pack hash.ID, blobs []Pac
 	}
 	return nil
 }
+
+// OpenStoredBlob decrypts and verifies the stored bytes c of a blob
+// against ref (check --read-data: it read the pack already), returning the
+// plaintext appended to buf[:0]. It checks the ID first.
+func (r *Repository) OpenStoredBlob(t BlobType, ref hash.Ref, c, buf []byte) ([]byte, error) {
+	if r.WriteOnly() {
+		return nil, ErrWriteOnly
+	}
+	if packfile.BlobID(t, c) != ref.ID {
+		return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), ErrForged)
+	}
+	return r.openBlob(t, ref, c, buf)
+}

@@ -223,12 +223,16 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 		secrets Secrets
 		keyID   string
 		found   bool
+		sawV1   bool // a key record of format version 1
 		errs    []error
 	)
 	for _, id := range ids {
 		rec, err := loadKeyRecord(ctx, be, id)
 		if errors.Is(err, ErrFormatV1) {
-			return nil, fmt.Errorf("%s: %w", be.Location(), ErrFormatV1)
+			// said only if no key opens: anyone who can write to keys/
+			// could otherwise make a v2 repository unopenable
+			sawV1 = true
+			continue
 		}
 		if err != nil {
 			if cred.KeyFile != nil && storage.IsNotExist(err) {
@@ -251,6 +255,9 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 		}
 	}
 	if !found {
+		if sawV1 {
+			return nil, fmt.Errorf("%s: %w", be.Location(), ErrFormatV1)
+		}
 		if len(errs) > 0 {
 			return nil, fmt.Errorf("%w (also: %v)", ErrWrongKey, errors.Join(errs...))
 		}

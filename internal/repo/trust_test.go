@@ -356,3 +356,14 @@ func TestBackendThatVerifiesUploads(t *testing.T) {
 		t.Fatal("an entry from a backend that verifies uploads is not trusted")
 	}
 }
+
+// A key record of version 1 beside the real keys does not lock anyone out.
+func TestStrayV1KeyRecordIgnored(t *testing.T) {
+	ctx := context.Background()
+	_, be := newRepo(t)
+	rec := []byte(`{"version":1,"kdf":"keyfile","sealed":"AAAA"}`)
+	be.Set(storage.Handle{Type: storage.Key, Name: hash.Sum(rec).String()}, rec)
+	if _, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{}); err != nil {
+		t.Fatalf("a stray v1 key record locked the repository: %v", err)
+	}
+}

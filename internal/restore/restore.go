@@ -721,7 +721,8 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 				if err == nil && len(data) != int(c.length) {
 					// a damaged or hostile tree: writing would put the
 					// next chunks at the wrong offsets
-					err = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d", ErrSizeMismatch, len(data), c.length)
+					err = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d; not restored", ErrSizeMismatch, len(data), c.length)
+					c.f.hostile.Store(true)
 				}
 				if err == nil {
 					buf = data
@@ -849,6 +850,9 @@ type openFile struct {
 	openErr error
 	pending atomic.Int64
 	failed  atomic.Bool
+	// hostile: a chunk's length disagreed with the tree; what was written
+	// is not the file, so it is removed rather than left half-written
+	hostile atomic.Bool
 }
 
 // open creates the file, once, at its full size (holes where nothing is
@@ -895,6 +899,9 @@ func (f *openFile) done(rs *restorer, err error) {
 	if cerr := f.f.Close(); cerr != nil && !f.failed.Load() {
 		f.failed.Store(true)
 		rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, cerr))
+	}
+	if f.hostile.Load() && f.dir != nil {
+		f.dir.Remove(path.Base(f.job.rel))
 	}
 	if f.failed.Load() {
 		return
