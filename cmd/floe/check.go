@@ -34,8 +34,13 @@ every problem it finds, not only the first, and for each damaged object the
 snapshots and files it affects.
 
 --read-data also reads every pack in full: its name must be the BLAKE3 hash
-of its bytes (b3sum can check that too, without a key), and every blob in
-it must decrypt, decompress and match its ID. That reads the whole
+of its bytes, and every blob in it must hash to its ID (neither needs a key:
+b3sum and a write-only key can check that too). With a full key, every blob
+a snapshot refers to must also decrypt, decompress and match the key and
+size its tree gives. A copy that does not match its ID is reported with the
+pack and the index files that list it, signed by a full key or unsigned (a
+write-only host or whoever can write to the storage may have forged it);
+gc marks not signed by a full key are reported too. That reads the whole
 repository. --read-data-subset reads a share of the packs:
   N%    a random N% of the packs (decimals allowed)
   n/m   the n-th of m fixed ranges of pack IDs (1/5 = the first fifth);
