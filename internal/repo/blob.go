@@ -272,6 +272,9 @@ func (r *Repository) SaveRawBlob(ctx context.Context, t BlobType, id hash.ID, se
 // its ID), and records the result of each check.
 func (r *Repository) verifyCopies(ctx context.Context, h BlobHandle, sealed []byte) bool {
 	for _, loc := range r.idx.Copies(h) {
+		if r.idx.Marked(loc.Pack) {
+			continue // prune may delete it: not a copy to rely on
+		}
 		if loc.Trusted {
 			return true
 		}
