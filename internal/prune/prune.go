@@ -376,7 +376,7 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %v", ErrUnsafe, id.Short(), err)
+			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %w", ErrUnsafe, id.Short(), err)
 		}
 		kept := pk.blobs[:0]
 		dropped := 0
