@@ -51,8 +51,8 @@ func TestRetagAndLatest(t *testing.T) {
 	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	var recs []*Record
 	for i, s := range []struct{ host, path string }{{"a", "/etc"}, {"a", "/etc"}, {"a", "/srv"}, {"b", "/etc"}, {"a", "/etc"}} {
-		sn := &Snapshot{Version: 1, Time: base.Add(time.Duration(i) * time.Hour), Hostname: s.host, Paths: []string{s.path},
-			Tags: []string{"daily"}, Tree: testID(byte(i + 1))}
+		sn := &Snapshot{Version: 2, Time: base.Add(time.Duration(i) * time.Hour), Hostname: s.host, Paths: []string{s.path},
+			Tags: []string{"daily"}, Tree: testRef(byte(i + 1))}
 		id, err := Save(ctx, r, sn)
 		if err != nil {
 			t.Fatal(err)
