@@ -467,6 +467,9 @@ func (n *Node) setField(tag uint64, v []byte) error {
 		if len(v)%hash.RefSize != 0 {
 			return treeErr("content field has %d bytes, not a multiple of %d", len(v), hash.RefSize)
 		}
+		if len(v) == 0 {
+			break // as if absent: an empty list encodes to nothing
+		}
 		n.Content = make([]hash.Ref, len(v)/hash.RefSize)
 		for i := range n.Content {
 			n.Content[i] = hash.RefFromBytes(v[i*hash.RefSize:])
@@ -482,7 +485,9 @@ func (n *Node) setField(tag uint64, v []byte) error {
 			sizes = append(sizes, uint32(x))
 			v = v[k:]
 		}
-		n.ChunkSizes = sizes
+		if len(sizes) > 0 {
+			n.ChunkSizes = sizes
+		}
 	case tagSubtree:
 		if len(v) != hash.RefSize {
 			return treeErr("subtree field has %d bytes, want %d", len(v), hash.RefSize)
