@@ -51,9 +51,14 @@ type UploadVerifier interface {
 
 // Options configure a Server.
 type Options struct {
-	Repos  Repositories
+	Repos Repositories
+	// Tokens authenticate requests (Authorization: Bearer), or
 	Tokens *TokenStore
-	Audit  *AuditLog // nil: no audit log
+	// Credential, when set, is the credential of every request and
+	// Tokens is not used: `floe serve --stdio` behind ssh, where sshd has
+	// authenticated the key and its forced command gives the role.
+	Credential *Token
+	Audit      *AuditLog // nil: no audit log
 	// Ledger enforces quotas; nil: no quotas.
 	Ledger *Ledger
 	// Metrics counts requests; nil: none.
@@ -98,8 +103,8 @@ type Server struct {
 
 // New returns a server.
 func New(opts Options) (*Server, error) {
-	if opts.Repos == nil || opts.Tokens == nil {
-		return nil, errors.New("server: Repos and Tokens are required")
+	if opts.Repos == nil || opts.Tokens == nil && opts.Credential == nil {
+		return nil, errors.New("server: Repos and Tokens (or a Credential) are required")
 	}
 	if opts.MaxObjectSize <= 0 {
 		opts.MaxObjectSize = DefaultMaxObjectSize
@@ -263,7 +268,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.rec.Op = string(op)
-	tok, err := s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
+	tok, err := s.authenticate(r)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			q.fail(s, http.StatusInternalServerError, CodeInternal, err)
@@ -276,7 +281,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q.tok = tok
 	q.rec.Token, q.rec.Host = tok.ID, tok.Host
 	if tok.Repo != route.Repo {
-		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) is for repository %q, not %q", tok.ID, tok.Host, tok.Repo, route.Repo))
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s is for repository %q, not %q", tok.Describe(), tok.Repo, route.Repo))
 		return
 	}
 	if !tok.Roles.Allows(op, route.Handle.Type) {
@@ -284,8 +289,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if route.Kind == RouteRepo {
 			what = "the repository"
 		}
-		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) has role %s, which may not %s %s",
-			tok.ID, tok.Host, tok.Roles, op, what))
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not %s %s",
+			tok.Describe(), tok.Roles, op, what))
 		return
 	}
 	switch op {
@@ -302,6 +307,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case OpRemove:
 		s.remove(q, route)
 	}
+}
+
+func (s *Server) authenticate(r *http.Request) (Token, error) {
+	if s.opts.Credential != nil {
+		return *s.opts.Credential, nil
+	}
+	return s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
 }
 
 func allowFor(k RouteKind) string {
@@ -486,7 +498,7 @@ func (s *Server) save(q *request, route Route) {
 	}
 	if !s.acquire(q.tok.ID) {
 		q.fail(s, http.StatusTooManyRequests, CodeBusy,
-			fmt.Errorf("token %s already has %d uploads in progress", q.tok.ID, s.opts.MaxUploadsPerToken))
+			fmt.Errorf("%s already has %d uploads in progress", q.tok.Describe(), s.opts.MaxUploadsPerToken))
 		return
 	}
 	defer s.release(q.tok.ID)
@@ -722,6 +734,8 @@ func (i *idleReader) Read(p []byte) (int, error) {
 // with the local backend.
 type RootDir struct {
 	dir string
+	// one, when set, is the only repository, named StdioRepo (--stdio)
+	one string
 
 	mu   sync.Mutex
 	open map[string]*local.Backend
@@ -743,6 +757,24 @@ func NewRootDir(dir string) (*RootDir, error) {
 	return &RootDir{dir: abs, open: map[string]*local.Backend{}}, nil
 }
 
+// NewOneRepo serves the one repository in dir (which need not exist yet:
+// an admin may create it) under the name StdioRepo.
+func NewOneRepo(dir string) (*RootDir, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &RootDir{dir: filepath.Dir(abs), one: abs, open: map[string]*local.Backend{}}, nil
+}
+
+// repoDir is the directory of the repository name.
+func (d *RootDir) repoDir(name string) string {
+	if d.one != "" {
+		return d.one
+	}
+	return filepath.Join(d.dir, name)
+}
+
 // Open implements Repositories.
 func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error) {
 	if err := ValidRepoName(name); err != nil {
@@ -753,7 +785,19 @@ func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error
 	if be, ok := d.open[name]; ok {
 		return be, nil
 	}
-	be, err := local.Open(filepath.Join(d.dir, name))
+	if d.one != "" && name != StdioRepo {
+		return nil, fmt.Errorf("no repository %q on this server: %w", name, storage.ErrNotExist)
+	}
+	be, err := local.Open(d.repoDir(name))
+	if errors.Is(err, storage.ErrNotExist) {
+		// created, but its config not saved yet: the create and the
+		// saves of the keys that follow may reach different server
+		// processes (ssh connections, several servers), so the layout
+		// alone makes it open; a client still sees no config
+		if fi, serr := os.Stat(filepath.Join(d.repoDir(name), string(storage.Key))); serr == nil && fi.IsDir() {
+			be, err = local.Create(d.repoDir(name))
+		}
+	}
 	if errors.Is(err, storage.ErrNotExist) {
 		return nil, fmt.Errorf("no repository %q on this server: %w", name, storage.ErrNotExist)
 	}
@@ -805,7 +849,10 @@ func (d *RootDir) Create(ctx context.Context, name string) (storage.Backend, err
 		}
 		return be, nil
 	}
-	be, err := local.Create(filepath.Join(d.dir, name))
+	if d.one != "" && name != StdioRepo {
+		return nil, fmt.Errorf("this server serves one repository: %w", storage.ErrInvalid)
+	}
+	be, err := local.Create(d.repoDir(name))
 	if err != nil {
 		if errors.Is(err, storage.ErrExist) {
 			return nil, fmt.Errorf("repository %q already exists: %w", name, storage.ErrExist)
