@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,9 +97,8 @@ type Backend struct {
 	loc  string // what Location shows
 	opts Options
 	// a pool of transports, one connection each, used in turn
-	trs     []*http.Transport
-	clients []*http.Client
-	next    atomic.Uint64
+	pool []*pooled
+	next atomic.Uint64
 	// ssh: the connection could not be made at all (ssh refused the
 	// login, no floe on the other side): not retried
 	fatal func() error
@@ -214,17 +214,39 @@ func New(loc string, opts Options) (*Backend, error) {
 	return b, nil
 }
 
+// pooled is one transport of the pool. Its first request goes alone:
+// requests sent together to a transport without a connection would each
+// dial one, and the pool would hold more connections than asked for.
+type pooled struct {
+	tr     *http.Transport
+	client *http.Client
+	mu     sync.Mutex
+	warm   atomic.Bool
+}
+
+func (p *pooled) do(hr *http.Request) (*http.Response, error) {
+	if p.warm.Load() {
+		return p.client.Do(hr)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	resp, err := p.client.Do(hr)
+	if err == nil {
+		p.warm.Store(true)
+	}
+	return resp, err
+}
+
 func (b *Backend) addTransport(t *http.Transport) {
-	b.trs = append(b.trs, t)
-	b.clients = append(b.clients, &http.Client{Transport: t})
+	b.pool = append(b.pool, &pooled{tr: t, client: &http.Client{Transport: t}})
 }
 
 // server names the server in messages.
 func (b *Backend) server() string { return strings.TrimSuffix(b.loc, "/"+b.repo) }
 
-// client returns the pool's clients in turn.
-func (b *Backend) client() *http.Client {
-	return b.clients[(b.next.Add(1)-1)%uint64(len(b.clients))]
+// pick returns the pool's transports in turn.
+func (b *Backend) pick() *pooled {
+	return b.pool[(b.next.Add(1)-1)%uint64(len(b.pool))]
 }
 
 func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
@@ -290,8 +312,8 @@ func (b *Backend) Location() string { return b.loc }
 
 // Close implements storage.Backend.
 func (b *Backend) Close() error {
-	for _, t := range b.trs {
-		t.CloseIdleConnections()
+	for _, p := range b.pool {
+		p.tr.CloseIdleConnections()
 	}
 	return nil
 }
@@ -403,7 +425,7 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	if b.opts.Token != "" {
 		hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
 	}
-	resp, err := b.client().Do(hr)
+	resp, err := b.pick().do(hr)
 	if err != nil {
 		return response{}, err
 	}
@@ -642,8 +664,8 @@ func (b *Backend) VerifiesUploads() bool { return b.verifies.Load() }
 // are slow next to a local disk, so copy, export and import run as many
 // requests at once as the server lets one token upload (its default
 // --max-uploads), or more when more connections were asked for.
-func (b *Backend) Connections() int { return max(8, 4*len(b.clients)) }
+func (b *Backend) Connections() int { return max(8, 4*len(b.pool)) }
 
 // ConnectionCount is how many connections the backend spreads requests
 // over (Options.Connections).
-func (b *Backend) ConnectionCount() int { return len(b.clients) }
+func (b *Backend) ConnectionCount() int { return len(b.pool) }
