@@ -43,6 +43,7 @@ const (
 	KindTree         = "tree"              // a tree blob does not load or decode, or is malformed
 	KindLeftover     = "leftover"          // an old temporary file (warning)
 	KindIncomplete   = "incomplete"        // part of the check could not run (warning)
+	KindFuture       = "future-snapshot"   // a snapshot dated after it arrived, or after now (warning)
 )
 
 // MaxAffectedPerProblem caps Problem.Affected; the rest are counted in

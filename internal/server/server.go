@@ -99,6 +99,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	uploads map[string]int // token id -> uploads in progress
+	journal journal
 }
 
 // New returns a server.
@@ -365,21 +366,45 @@ func (s *Server) create(q *request, route Route) {
 // ListEntry is one line of a list answer; the last line has End set (a
 // list cut short has none, so the client notices).
 type ListEntry struct {
-	Name  string `json:"name,omitempty"`
-	Size  int64  `json:"size,omitempty"`
-	End   bool   `json:"end,omitempty"`
-	Error string `json:"error,omitempty"`
+	Name string `json:"name,omitempty"`
+	Size int64  `json:"size,omitempty"`
+	// with ?uploads=1 (roles restore, admin): who uploaded the object
+	// (token id, host name) and when the server received it (RFC 3339)
+	Token    string `json:"token,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Received string `json:"received,omitempty"`
+	End      bool   `json:"end,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 func (s *Server) list(q *request, route Route) {
+	var uploads map[string]UploadRecord
+	withUploads := q.r.URL.Query().Get("uploads") == "1"
+	if withUploads && q.tok.Roles&(RoleRestore|RoleAdmin) == 0 {
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not read who uploaded %s", q.tok.Describe(), q.tok.Roles, route.Handle.Type))
+		return
+	}
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
 	}
+	if withUploads {
+		if dir := s.journalDir(route.Repo); dir != "" {
+			var err error
+			if uploads, err = s.journal.read(dir, route.Handle.Type); err != nil {
+				s.storageError(q, err)
+				return
+			}
+		}
+	}
 	q.w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(q.w)
 	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
-		return enc.Encode(ListEntry{Name: fi.Name, Size: fi.Size})
+		e := ListEntry{Name: fi.Name, Size: fi.Size}
+		if rec, ok := uploads[fi.Name]; ok {
+			e.Token, e.Host, e.Received = rec.Token, rec.Host, rec.Time.Format(time.RFC3339Nano)
+		}
+		return enc.Encode(e)
 	})
 	if err != nil {
 		_ = enc.Encode(ListEntry{Error: err.Error()})
@@ -452,6 +477,7 @@ func (s *Server) remove(q *request, route Route) {
 	if size >= 0 {
 		s.opts.Ledger.removed(route.Repo, size)
 	}
+	s.recordUpload(q, route.Repo, route.Handle, true)
 	q.w.WriteHeader(http.StatusNoContent)
 	q.done(s, http.StatusNoContent, "ok")
 }
@@ -571,6 +597,7 @@ func (s *Server) save(q *request, route Route) {
 		return
 	}
 	created = true
+	s.recordUpload(q, route.Repo, h, false)
 	q.w.Header().Set(HeaderResult, "created")
 	q.w.WriteHeader(http.StatusCreated)
 	q.done(s, http.StatusCreated, "ok")

@@ -622,35 +622,76 @@ func (b *Backend) Remove(ctx context.Context, h storage.Handle) error {
 	return fmt.Errorf("remove %s: %w", h, b.statusError(res))
 }
 
+// listLine is one line of a list answer.
+type listLine struct {
+	Name     string `json:"name"`
+	Size     int64  `json:"size"`
+	End      bool   `json:"end"`
+	Error    string `json:"error"`
+	Token    string `json:"token"`
+	Host     string `json:"host"`
+	Received string `json:"received"`
+}
+
 // parseList decodes a list answer (JSON lines ending with {"end":true}).
 // Names that are not valid object names are skipped, as a directory's
 // strays are: a hostile server cannot inject a path.
 func parseList(t storage.FileType, data []byte) ([]storage.FileInfo, error) {
+	infos, _, err := parseListOrigins(t, data)
+	return infos, err
+}
+
+// parseListOrigins is parseList that also returns the origins a list
+// with ?uploads=1 carries.
+func parseListOrigins(t storage.FileType, data []byte) ([]storage.FileInfo, map[string]storage.Origin, error) {
 	var infos []storage.FileInfo
+	origins := map[string]storage.Origin{}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	for dec.More() {
-		var e struct {
-			Name  string `json:"name"`
-			Size  int64  `json:"size"`
-			End   bool   `json:"end"`
-			Error string `json:"error"`
-		}
+		var e listLine
 		if err := dec.Decode(&e); err != nil {
-			return nil, fmt.Errorf("bad answer from the server: %w", err)
+			return nil, nil, fmt.Errorf("bad answer from the server: %w", err)
 		}
 		switch {
 		case e.Error != "":
-			return nil, fmt.Errorf("server: %s", e.Error)
+			return nil, nil, fmt.Errorf("server: %s", e.Error)
 		case e.End:
-			return infos, nil
+			return infos, origins, nil
 		default:
 			if (storage.Handle{Type: t, Name: e.Name}).Validate() != nil || e.Size < 0 {
 				continue
 			}
 			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
+			if e.Received != "" {
+				at, err := time.Parse(time.RFC3339Nano, e.Received)
+				if err != nil {
+					continue
+				}
+				origins[e.Name] = storage.Origin{Host: e.Host, Credential: e.Token, Received: at}
+			}
 		}
 	}
-	return nil, errors.New("the server's answer was cut short")
+	return nil, nil, errors.New("the server's answer was cut short")
+}
+
+// Origins implements storage.Origins: the server records which credential
+// uploaded each object and when (roles restore and admin may read it).
+func (b *Backend) Origins(ctx context.Context, t storage.FileType) (map[string]storage.Origin, error) {
+	if err := storage.ValidateListType(t); err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1"})
+	if err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	if res.status != http.StatusOK {
+		return nil, fmt.Errorf("origins of %s: %w", t, b.statusError(res))
+	}
+	_, origins, err := parseListOrigins(t, res.data)
+	if err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	return origins, nil
 }
 
 // VerifiesUploads reports whether the server verifies every uploaded pack
