@@ -93,9 +93,10 @@ func TestServerUploader(t *testing.T) {
 	expectCode(t, s.remote("fleet", web1, "--password-file", e.pwFile, "snapshots"), 14)
 }
 
-// An admin prunes with --grace 0 in a loop while three hosts back up
-// through the server (own tokens, write-only keys, caches): afterwards
-// check --read-data passes and every snapshot restores byte-exact.
+// An admin forgets and prunes with --grace 0 in a loop while three hosts
+// back up through the server (own tokens, write-only keys, caches):
+// afterwards check --read-data passes and every snapshot that is left
+// restores byte-exact.
 func TestServerPruneDuringBackups(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -126,7 +127,7 @@ func TestServerPruneDuringBackups(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for gen := range 4 {
+			for gen := range 8 {
 				os.WriteFile(filepath.Join(src, "shared"), shared, 0o644)
 				testutil.WriteRandom(t, filepath.Join(src, "gen"), 200<<10, uint64(1000*h+gen))
 				want := testutil.Manifest(t, src)
@@ -147,6 +148,12 @@ func TestServerPruneDuringBackups(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for !done.Load() {
+			// forget makes garbage for prune to delete while backups
+			// add packs and reuse blobs
+			if r := s.remote("fleet", admin, "--password-file", e.pwFile, "forget", "--keep-last", "2"); r.code != 0 {
+				t.Errorf("forget during backups: %s", r)
+				return
+			}
 			r := s.remote("fleet", admin, "--password-file", e.pwFile, "prune", "--grace", "0s")
 			if r.code != 0 {
 				t.Errorf("prune during backups: %s", r)
@@ -160,7 +167,7 @@ func TestServerPruneDuringBackups(t *testing.T) {
 		mu.Lock()
 		n := len(made)
 		mu.Unlock()
-		if n == 12 || t.Failed() {
+		if n == 24 || t.Failed() {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -170,17 +177,30 @@ func TestServerPruneDuringBackups(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	t.Logf("%d prunes ran during 12 backups", prunes)
+	t.Logf("%d forgets and prunes ran during 24 backups", prunes)
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "prune", "--grace", "0s"), 0)
 	r := s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data")
 	if r.code != 0 {
 		t.Fatalf("check --read-data after prunes during backups: %s", r)
 	}
+	left := map[string]bool{}
+	for _, sn := range decodeJSON[[]snapshotOut](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")) {
+		left[sn.ID] = true
+	}
+	restored := 0
 	for i, sn := range made {
+		if !left[sn.id] {
+			continue // forgotten
+		}
+		restored++
 		dst := e.path(fmt.Sprint("restore-", i))
 		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", sn.id+":"+sn.src, "--target", dst), 0)
 		testutil.DiffManifest(t, sn.manifest, dst)
 	}
+	if restored < 6 {
+		t.Errorf("only %d snapshots left to restore", restored)
+	}
+	t.Logf("%d snapshots left, all restored byte-exact", restored)
 }
 
 // 50 clients back up small trees through one server at once: all
