@@ -253,7 +253,7 @@ func TestServerSSH(t *testing.T) {
 	stranger := s.clientKey("stranger")
 	start := time.Now()
 	r = s.run(stranger, path, "--password-file", e.pwFile, "snapshots")
-	expectFail(t, r)
+	expectCode(t, r, 10)
 	if !strings.Contains(r.stderr, "Permission denied") || time.Since(start) > 20*time.Second {
 		t.Errorf("an unknown ssh key: unclear or slow failure (%v):\n%s", time.Since(start), r)
 	}

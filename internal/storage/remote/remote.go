@@ -664,7 +664,7 @@ func parseListOrigins(t storage.FileType, data []byte) ([]storage.FileInfo, map[
 			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
 			if e.Received != "" {
 				at, err := time.Parse(time.RFC3339Nano, e.Received)
-				if err != nil {
+				if err != nil || at.IsZero() {
 					continue
 				}
 				origins[e.Name] = storage.Origin{Host: e.Host, Credential: e.Token, Received: at}

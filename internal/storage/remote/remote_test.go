@@ -60,14 +60,22 @@ func FuzzParseList(f *testing.F) {
 	f.Add([]byte(`{"name":"` + n + `","size":3}` + "\n" + `{"end":true}`))
 	f.Add([]byte(`{"error":"boom"}`))
 	f.Add([]byte(`{"name":"../../etc/passwd","size":-1}{"end":true}`))
+	f.Add([]byte(`{"name":"` + n + `","size":3,"token":"t","host":"h","received":"2026-01-01T00:00:00Z"}` + "\n" + `{"end":true}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		infos, err := parseList(storage.Index, data)
+		infos, origins, err := parseListOrigins(storage.Index, data)
 		if err != nil {
 			return
 		}
+		names := map[string]bool{}
 		for _, fi := range infos {
 			if (storage.Handle{Type: storage.Index, Name: fi.Name}).Validate() != nil || fi.Size < 0 {
 				t.Fatalf("parseList reported %+v", fi)
+			}
+			names[fi.Name] = true
+		}
+		for name, og := range origins {
+			if !names[name] || og.Received.IsZero() {
+				t.Fatalf("origin of %q: %+v", name, og)
 			}
 		}
 	})

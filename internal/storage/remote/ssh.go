@@ -21,6 +21,10 @@ import (
 // name (internal/server uses the same constant).
 const StdioRepo = "repo"
 
+// ErrSSH: ssh ended before the floe server answered (the login was
+// refused, the host key is unknown, there is no floe on the host).
+var ErrSSH = errors.New("ssh could not reach the floe server")
+
 // IsSSH reports whether loc is an ssh:// location.
 func IsSSH(loc string) bool { return strings.HasPrefix(loc, "ssh://") }
 
@@ -165,7 +169,7 @@ func (d *sshDialer) dial(ctx context.Context, network, addr string) (net.Conn, e
 		inW.Close()
 		outR.Close()
 		outW.Close()
-		err = fmt.Errorf("start %s: %w", d.argv[0], err)
+		err = fmt.Errorf("%w: start %s: %w", ErrSSH, d.argv[0], err)
 		d.mu.Lock()
 		d.fatal = err
 		d.mu.Unlock()
@@ -261,7 +265,7 @@ func (c *sshConn) Read(p []byte) (int, error) {
 		if msg == "" {
 			msg = "no answer"
 		}
-		ferr := fmt.Errorf("ssh to %s ended before the floe server answered (%v): %s", c.d.target, c.waitErr, msg)
+		ferr := fmt.Errorf("%w: ssh to %s ended before the floe server answered (%v): %s", ErrSSH, c.d.target, c.waitErr, msg)
 		c.d.mu.Lock()
 		c.d.fatal = ferr
 		c.d.mu.Unlock()
