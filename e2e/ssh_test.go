@@ -229,9 +229,27 @@ func TestServerSSH(t *testing.T) {
 	if after := treeState(t, filepath.Join(repoDir, "data")); after != before {
 		t.Error("refused commands changed the repository")
 	}
-	snaps := decodeJSON[[]snapshotOut](t, s.run(admin, path, "--password-file", e.pwFile, "snapshots", "--json"))
-	if len(snaps) != 2 {
-		t.Errorf("%d snapshots after the refused forget, want 2", len(snaps))
+	// the admin key backs up too, with the full key and its own cache
+	r = e.runWith(runOpts{env: []string{"FLOE_CACHE_DIR=" + e.path("cache-admin")}},
+		"-r", s.url(path), "--ssh-command", s.sshCommand(admin), "--password-file", e.pwFile, "backup", src)
+	expectCode(t, r, 0)
+	type snapUp struct {
+		snapshotOut
+		Uploader struct{ Host, Credential string }
+	}
+	snaps := decodeJSON[[]snapUp](t, s.run(admin, path, "--password-file", e.pwFile, "snapshots", "--json"))
+	if len(snaps) != 3 {
+		t.Errorf("%d snapshots after the refused forget, want 3", len(snaps))
+	}
+	// who uploaded what: the forced command's --host, credential "ssh"
+	for i, sn := range snaps {
+		want := "web1"
+		if i == 2 {
+			want = "admin"
+		}
+		if sn.Uploader.Host != want || sn.Uploader.Credential != "ssh" {
+			t.Errorf("snapshot %d uploaded by %+v, want %s over ssh", i, sn.Uploader, want)
+		}
 	}
 
 	// the admin key restores byte-exact and checks; three connections
