@@ -81,6 +81,11 @@ command in authorized_keys, so that the key can do only that:
 				if sf.root == "" {
 					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory)")}
 				}
+				for _, name := range []string{"listen", "tls-cert", "tls-key", "tls-name", "metrics-listen"} {
+					if cmd.Flags().Changed(name) {
+						return usageError{fmt.Errorf("--%s does not go with --stdio (ssh carries the connection)", name)}
+					}
+				}
 				// without a forced command the client may ask for
 				// anything its login could do anyway
 				role := server.RoleAdmin
