@@ -52,9 +52,9 @@ type UploadVerifier interface {
 // Options configure a Server.
 type Options struct {
 	Repos Repositories
-	// Tokens authenticate requests (Authorization: Bearer), or
+	// Tokens authenticate requests (Authorization: Bearer), unless
 	Tokens *TokenStore
-	// Credential, when set, is the credential of every request and
+	// Credential is set: then it is the credential of every request and
 	// Tokens is not used: `floe serve --stdio` behind ssh, where sshd has
 	// authenticated the key and its forced command gives the role.
 	Credential *Token

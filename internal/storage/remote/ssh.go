@@ -251,25 +251,11 @@ func (c *sshConn) Read(p []byte) (int, error) {
 		c.d.fatal = nil // this one works
 		c.d.mu.Unlock()
 	}
-	got := c.got
 	c.mu.Unlock()
-	if err != nil && !got {
-		// ssh ended before the server said anything: the login was
-		// refused, the host is unknown, or there is no floe there.
-		// Not retried: it would fail the same way.
-		select {
-		case <-c.exited:
-		case <-time.After(5 * time.Second):
+	if err != nil {
+		if ferr := c.notStarted(); ferr != nil {
+			return n, ferr
 		}
-		msg := c.stderr.lastLine()
-		if msg == "" {
-			msg = "no answer"
-		}
-		ferr := fmt.Errorf("%w: ssh to %s ended before the floe server answered (%v): %s", ErrSSH, c.d.target, c.waitErr, msg)
-		c.d.mu.Lock()
-		c.d.fatal = ferr
-		c.d.mu.Unlock()
-		return n, ferr
 	}
 	if err == io.EOF {
 		err = io.ErrUnexpectedEOF
@@ -277,7 +263,41 @@ func (c *sshConn) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (c *sshConn) Write(p []byte) (int, error) { return c.w.Write(p) }
+func (c *sshConn) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err != nil {
+		if ferr := c.notStarted(); ferr != nil {
+			return n, ferr
+		}
+	}
+	return n, err
+}
+
+// notStarted is called when the connection fails: if ssh ended before the
+// server said anything, the login was refused, the host is unknown, or
+// there is no floe there. That is not retried: it would fail the same way.
+func (c *sshConn) notStarted() error {
+	c.mu.Lock()
+	got := c.got
+	c.mu.Unlock()
+	if got {
+		return nil
+	}
+	select {
+	case <-c.exited:
+	case <-time.After(5 * time.Second):
+		return nil // still running: a connection problem, retried
+	}
+	msg := c.stderr.lastLine()
+	if msg == "" {
+		msg = "no answer"
+	}
+	ferr := fmt.Errorf("%w: ssh to %s ended before the floe server answered (%v): %s", ErrSSH, c.d.target, c.waitErr, msg)
+	c.d.mu.Lock()
+	c.d.fatal = ferr
+	c.d.mu.Unlock()
+	return ferr
+}
 
 // Close ends the ssh process: closing its stdin ends the server, which
 // ends ssh; a process that does not go is killed.
