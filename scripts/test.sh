@@ -16,6 +16,8 @@ have lvcreate || need+=(lvm2)
 have mkfs.ext4 && have chattr || need+=(e2fsprogs)
 # floe agent install (e2e/agent_test.go): the unit is checked with systemd-analyze verify
 have systemd-analyze || need+=(systemd)
+# ssh:// locations (e2e/ssh_test.go): a real sshd on a loopback port
+have sshd && have ssh-keygen && command -v ssh >/dev/null 2>&1 || need+=(openssh-server openssh-client)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
@@ -46,6 +48,8 @@ echo "== go vet"
 go vet ./...
 
 echo "== go test"
+# here the ssh tests must run: one that cannot start sshd fails, not skips
+export FLOE_E2E_REQUIRE_SSHD=1
 go test -count=1 -timeout 20m ./...
 
 echo "== fuzz (each target briefly)"

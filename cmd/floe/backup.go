@@ -35,6 +35,7 @@ type backupFlags struct {
 	stdinName     string
 	tags          []string
 	host          string
+	time          string
 	parent        string
 	force         bool
 	preHook       string
@@ -188,6 +189,7 @@ named, and floe stops with "no repository given" (exit 2).`,
 	fl.StringVar(&f.stdinName, "stdin-filename", "stdin", "file name for --stdin and --stdin-from-command, e.g. --stdin-filename app.sql")
 	fl.StringArrayVar(&f.tags, "tag", nil, "tag the snapshot with `TAGS`: --tag daily,db adds two tags, daily and db; repeatable")
 	fl.StringVar(&f.host, "host", "", "host name to record (default: this host's name)")
+	fl.StringVar(&f.time, "time", "", "`time` to record for the snapshot, '2006-01-02 15:04:05' (local) or RFC 3339 (default: now)")
 	fl.StringVar(&f.parent, "parent", "", "compare with this snapshot instead of the newest of the same host and paths")
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
@@ -198,11 +200,20 @@ named, and floe stops with "no repository given" (exit 2).`,
 }
 
 func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) error {
+	var snapTime time.Time
+	if f.time != "" {
+		var err error
+		if snapTime, err = time.Parse(time.RFC3339, f.time); err != nil {
+			if snapTime, err = time.ParseInLocation("2006-01-02 15:04:05", f.time, time.Local); err != nil {
+				return usageError{fmt.Errorf("--time %q: want '2006-01-02 15:04:05' or RFC 3339", f.time)}
+			}
+		}
+	}
 	job := &backup.Job{
 		Options: backup.Options{
 			Excludes: f.excludes, IExcludes: f.iexcludes, ExcludeCaches: f.excludeCaches,
 			ExcludeIfPresent: f.ifPresent, OneFileSystem: f.oneFS,
-			Hostname: f.host, Tags: f.tags, Force: f.force, DryRun: f.dryRun,
+			Hostname: f.host, Tags: f.tags, Force: f.force, DryRun: f.dryRun, Time: snapTime,
 			ProgramVersion: "floe " + version,
 			Progress:       &backup.Progress{},
 		},

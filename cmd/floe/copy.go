@@ -13,6 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -36,14 +37,18 @@ func addConnectionsFlag(c *cobra.Command, n *int) {
 
 // checkConnections checks --connections and leaves it 0 (the default,
 // which a remote repository may raise: storage.ConnectionsHint) unless it
-// was given.
-func checkConnections(cmd *cobra.Command, n *int) error {
+// was given. Here it shadows the global --connections (connections to a
+// floe server): given, it also sizes that pool, one connection per 4
+// requests at once, as the server's connections hint counts.
+func checkConnections(cmd *cobra.Command, g *globals, n *int) error {
 	if *n < 1 || *n > 256 {
 		return usageError{fmt.Errorf("--connections must be 1..256, not %d", *n)}
 	}
 	if !cmd.Flags().Changed("connections") {
 		*n = 0
+		return nil
 	}
+	g.connections = min((*n+3)/4, remote.MaxConnections)
 	return nil
 }
 
@@ -112,7 +117,7 @@ once.`,
 			if to == "" {
 				return usageError{errors.New("--to REPO2 is required")}
 			}
-			if err := checkConnections(cmd, &f.connections); err != nil {
+			if err := checkConnections(cmd, g, &f.connections); err != nil {
 				return err
 			}
 			src, err := g.openRepo(ctx, true)

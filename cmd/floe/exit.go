@@ -59,7 +59,7 @@ func exitCodeFor(err error) int {
 		return ExitNoRepo
 	case isServerRefusal(err):
 		return ExitRefused
-	case errors.Is(err, remote.ErrFingerprint):
+	case errors.Is(err, remote.ErrFingerprint), errors.Is(err, remote.ErrSSH):
 		return ExitNoRepo
 	}
 	return ExitError
@@ -76,7 +76,9 @@ func hintFor(err error) string {
 	case errors.Is(err, remote.ErrUnauthorized):
 		return "the floe server does not know this token: check --token-file/FLOE_TOKEN_FILE, or ask for one (`floe serve token add`)"
 	case errors.Is(err, remote.ErrForbidden):
-		return "the token's role on the floe server does not allow this command (backup tokens only add backups; restore needs a restore or admin token)"
+		return "the credential's role on the floe server (the token's, or --role in the ssh key's forced command) does not allow this command (backup only adds backups; restore needs a restore or admin role)"
+	case errors.Is(err, remote.ErrSSH):
+		return "check the ssh:// location, --ssh-command/FLOE_SSH_COMMAND (key, known_hosts) and that floe is installed on the host"
 	case errors.Is(err, remote.ErrQuota):
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
 	case errors.Is(err, storage.ErrNotExist):

@@ -52,7 +52,7 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 			if to == "" {
 				return usageError{errors.New("--to DIR is required")}
 			}
-			if err := checkConnections(cmd, &f.connections); err != nil {
+			if err := checkConnections(cmd, g, &f.connections); err != nil {
 				return err
 			}
 			r, err := g.openRepo(ctx, true)
@@ -137,7 +137,7 @@ exported from: --from-password-file, --from-password-command or
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			dir := args[0]
-			if err := checkConnections(cmd, &connections); err != nil {
+			if err := checkConnections(cmd, g, &connections); err != nil {
 				return err
 			}
 			// asked for once: it may open the export too

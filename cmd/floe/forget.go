@@ -186,7 +186,13 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 	}
 	plan.Undecodable = undecodable
 	if len(args) == 0 {
-		if plan, err = forget.PlanPolicy(sel, f.policy, f.groupBy, time.Now()); err != nil {
+		// on a floe server: a snapshot counts from when it arrived if
+		// it claims a later time
+		origins, _, err := snapshot.Origins(ctx, r)
+		if err != nil {
+			return err
+		}
+		if plan, err = forget.PlanPolicyArrived(sel, f.policy, f.groupBy, time.Now(), origins); err != nil {
 			return usageError{err}
 		}
 	}

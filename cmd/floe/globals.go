@@ -11,6 +11,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -31,6 +32,8 @@ type globals struct {
 	// a repository on a floe server (https://)
 	tokenFile         string
 	serverFingerprint string
+	connections       int
+	sshCommand        string
 
 	cpuProfile string
 	memProfile string
@@ -63,6 +66,8 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.Int64Var(&g.uploadKiB, "limit-upload", 0, "limit uploads (bytes saved to repositories) to this many `KiB/s`; 0: no limit")
 	f.Int64Var(&g.downloadKiB, "limit-download", 0, "limit downloads (bytes loaded from repositories) to this many `KiB/s`; 0: no limit")
 	f.StringVar(&g.tokenFile, "token-file", "", "read the floe server token from this `file` (env FLOE_TOKEN_FILE)")
+	f.IntVar(&g.connections, "connections", 0, "open `N` connections to a floe server (https:// or ssh://) and spread requests over them; default 2")
+	f.StringVar(&g.sshCommand, "ssh-command", "", "the ssh `command` and options for ssh:// locations (env FLOE_SSH_COMMAND; default ssh)")
 	f.StringVar(&g.serverFingerprint, "server-fingerprint", "", "accept only the floe server certificate with this `sha256:HEX` fingerprint (env FLOE_SERVER_FINGERPRINT)")
 }
 
@@ -80,6 +85,10 @@ func (g *globals) resolve() error {
 	envDefault(&g.cacheDir, "FLOE_CACHE_DIR")
 	envDefault(&g.tokenFile, "FLOE_TOKEN_FILE")
 	envDefault(&g.serverFingerprint, "FLOE_SERVER_FINGERPRINT")
+	envDefault(&g.sshCommand, "FLOE_SSH_COMMAND")
+	if g.connections < 0 || g.connections > remote.MaxConnections {
+		return usageError{fmt.Errorf("--connections must be 1 to %d", remote.MaxConnections)}
+	}
 	if g.uploadKiB < 0 || g.downloadKiB < 0 {
 		return usageError{fmt.Errorf("--limit-upload and --limit-download take KiB/s, 0 or more")}
 	}

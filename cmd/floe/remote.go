@@ -17,6 +17,8 @@ func (g *globals) serverOptions() location.Options {
 		TokenFile:         g.tokenFile,
 		ServerFingerprint: g.serverFingerprint,
 		Warn:              func(s string) { os.Stderr.WriteString(s + "\n") },
+		Connections:       g.connections,
+		SSHCommand:        g.sshCommand,
 	}
 	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
 		o.KnownServersFile = filepath.Join(d, "floe", "known_servers")

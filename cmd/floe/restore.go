@@ -186,12 +186,23 @@ snapshots of each host and set of paths.`,
 			if latest > 0 {
 				sel = snapshot.Latest(sel, latest)
 			}
+			// on a floe server: who uploaded each snapshot, as the
+			// server saw it (a snapshot's host name is its writer's claim)
+			origins, haveOrigins, err := snapshot.Origins(ctx, r)
+			if err != nil {
+				return err
+			}
 			if g.json {
 				out := make([]map[string]any, 0, len(sel))
 				for _, s := range sel {
-					out = append(out, map[string]any{"id": s.ID.String(), "time": s.Time, "hostname": s.Hostname,
+					m := map[string]any{"id": s.ID.String(), "time": s.Time, "hostname": s.Hostname,
 						"username": s.Username, "paths": s.Paths, "tags": s.Tags, "tree": s.Tree.String(),
-						"summary": s.Summary, "consistency": consistencyJSON(s.Consistency)})
+						"summary": s.Summary, "consistency": consistencyJSON(s.Consistency)}
+					if og, ok := origins[s.ID]; ok {
+						m["uploader"] = map[string]any{"host": og.Host, "credential": og.Credential, "received": og.Received,
+							"dated_in_future": s.Time.Sub(og.Received) > snapshot.FutureSkew}
+					}
+					out = append(out, m)
 				}
 				return ui.WriteJSON(os.Stdout, out)
 			}
@@ -204,7 +215,11 @@ snapshots of each host and set of paths.`,
 				tagWidth = max(tagWidth, len(ui.Paths(s.Tags, ",")))
 			}
 			tagWidth = min(tagWidth, 30)
-			fmt.Printf("%-8s  %-19s  %-12s  %-*s  %-10s  %-12s  %s\n", "ID", "Time", "Host", tagWidth, "Tags", "Size", "Consistency", "Paths")
+			upHead := ""
+			if haveOrigins {
+				upHead = fmt.Sprintf("  %-12s", "Uploader")
+			}
+			fmt.Printf("%-8s  %-19s  %-12s%s  %-*s  %-10s  %-12s  %s\n", "ID", "Time", "Host", upHead, tagWidth, "Tags", "Size", "Consistency", "Paths")
 			for _, s := range sel {
 				cons := "ok"
 				switch {
@@ -215,12 +230,29 @@ snapshots of each host and set of paths.`,
 				case s.Consistency.Frozen:
 					cons = "frozen"
 				}
-				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s  %-*s  %-10s  %-12s  %s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
-					ui.Path(s.Hostname), tagWidth, ui.Paths(s.Tags, ","), ui.Bytes(s.Summary.TotalBytes), cons, ui.Paths(s.Paths, " "))))
+				up := ""
+				if haveOrigins {
+					uploader := "?" // stored before the server kept records
+					if og, ok := origins[s.ID]; ok {
+						uploader = og.Host
+					}
+					up = fmt.Sprintf("  %-12s", ui.Path(uploader))
+				}
+				fmt.Println(ui.Sanitize(fmt.Sprintf("%-8s  %-19s  %-12s%s  %-*s  %-10s  %-12s  %s", s.ID.Short(), s.Time.Local().Format("2006-01-02 15:04:05"),
+					ui.Path(s.Hostname), up, tagWidth, ui.Paths(s.Tags, ","), ui.Bytes(s.Summary.TotalBytes), cons, ui.Paths(s.Paths, " "))))
 			}
 			for _, s := range sel {
 				if line := consistencyLine(s.Consistency); line != "" {
 					fmt.Printf("%s: %s\n", s.ID.Short(), ui.Sanitize(line))
+				}
+				if og, ok := origins[s.ID]; ok {
+					if og.Host != s.Hostname {
+						fmt.Printf("%s: claims host %s but was uploaded by %s (%s)\n", s.ID.Short(), ui.Sanitize(s.Hostname), ui.Sanitize(og.Host), og.Credential)
+					}
+					if s.Time.Sub(og.Received) > snapshot.FutureSkew {
+						fmt.Printf("%s: dated %s, after it arrived (%s): forget counts it from its arrival\n", s.ID.Short(),
+							s.Time.Local().Format("2006-01-02 15:04:05"), og.Received.Local().Format("2006-01-02 15:04:05"))
+					}
 				}
 			}
 			fmt.Printf("%d snapshots\n", len(sel))

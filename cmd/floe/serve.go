@@ -32,6 +32,8 @@ func newServeCommand(g *globals) *cobra.Command {
 	sf := &serveFlags{}
 	cfg := server.Config{}
 	var maxObject string
+	var stdio bool
+	var stdioRole, stdioHost string
 	c := &cobra.Command{
 		Use:   "serve --root DIR",
 		Short: "Serve repositories to hosts over HTTPS (append-only credentials)",
@@ -51,7 +53,13 @@ or they trust it on first use and remember it in ~/.config/floe/known_servers.
 
 Roles (combine with commas): backup (list, read config/keys/index/gc marks,
 add packs, index files and snapshots), restore (read everything), admin
-(everything: init, key management, forget, prune).`,
+(everything: init, key management, forget, prune).
+
+With --stdio, the server speaks the same protocol on standard input and
+output for one repository (--root is its directory) and one credential
+(--role): sshd starts it for ssh://HOST/PATH locations. Put it in a forced
+command in authorized_keys, so that the key can do only that:
+  command="floe serve --stdio --root /srv/floe/web1 --role backup --host web1",restrict ssh-ed25519 AAAA...`,
 		Example: `  floe serve --root /srv/floe --listen :8443
   floe serve --root /srv/floe --listen :8443 --metrics-listen 127.0.0.1:9464
   floe serve token add --root /srv/floe --repo fleet --host admin --role admin > admin.token
@@ -62,16 +70,40 @@ add packs, index files and snapshots), restore (read everything), admin
   floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg.Root, cfg.StateDir = sf.root, sf.stateDir
-			if cfg.Root == "" {
-				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
-			}
 			n, err := server.ParseSize(maxObject)
 			if err != nil {
 				return usageError{fmt.Errorf("--max-object-size: %w", err)}
 			}
 			if n < 1<<20 {
 				return usageError{errors.New("--max-object-size must be at least 1MiB (packs are 1 MiB or more)")}
+			}
+			if stdio {
+				if sf.root == "" {
+					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory)")}
+				}
+				for _, name := range []string{"listen", "tls-cert", "tls-key", "tls-name", "metrics-listen"} {
+					if cmd.Flags().Changed(name) {
+						return usageError{fmt.Errorf("--%s does not go with --stdio (ssh carries the connection)", name)}
+					}
+				}
+				// without a forced command the client may ask for
+				// anything its login could do anyway
+				role := server.RoleAdmin
+				if stdioRole != "" {
+					if role, err = server.ParseRoles(stdioRole); err != nil {
+						return usageError{err}
+					}
+				}
+				return server.RunStdio(cmd.Context(), server.StdioConfig{Root: sf.root, StateDir: sf.stateDir, AuditLog: cfg.AuditLog,
+					Role: role, Host: stdioHost, Remote: server.SSHClientAddr(os.Getenv("SSH_CLIENT")), Verifier: cfg.Verifier,
+					MaxObjectSize: n, MaxUploadsPerToken: cfg.MaxUploadsPerToken, In: os.Stdin, Out: os.Stdout})
+			}
+			if stdioRole != "" || stdioHost != "" {
+				return usageError{errors.New("--role and --host go with --stdio (tokens carry them otherwise)")}
+			}
+			cfg.Root, cfg.StateDir = sf.root, sf.stateDir
+			if cfg.Root == "" {
+				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
 			}
 			cfg.MaxObjectSize = n
 			cfg.MetricsReady = func(addr string) { g.say("metrics on http://%s/metrics", addr) }
@@ -96,6 +128,9 @@ add packs, index files and snapshots), restore (read everything), admin
 	f.StringVar(&cfg.AuditLog, "audit-log", "", "audit log `file` (default STATE/audit.log)")
 	f.StringVar(&cfg.MetricsListen, "metrics-listen", "", "serve Prometheus metrics over plain HTTP at /metrics on this `host:port` (keep it private)")
 	f.StringVar(&maxObject, "max-object-size", "1088MiB", "largest upload accepted (`size`; a pack is at most 1 GiB plus a blob); larger ones are refused before they are read")
+	f.BoolVar(&stdio, "stdio", false, "serve one repository (--root is its directory) on standard input and output, for ssh (forced command)")
+	f.StringVar(&stdioRole, "role", "", "with --stdio: the `roles` of the connection (backup, restore, admin; default admin)")
+	f.StringVar(&stdioHost, "host", "", "with --stdio: the host `name` the audit log and upload records show (default ssh:ROLE)")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
 	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),
 		newServeQuotaCommand(g, sf), newServeUsageCommand(g, sf))

@@ -60,6 +60,8 @@ type Options struct {
 
 	Hostname string
 	Tags     []string // "a,b" is two tags (snapshot.ParseTags)
+	// Time is the snapshot's time; zero: when the backup starts.
+	Time time.Time
 	// Parent is the snapshot to compare with; nil means the newest snapshot
 	// of the same host and paths. Force re-reads every file.
 	Parent *snapshot.Record
@@ -304,8 +306,12 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	} else {
 		saved.RawBytes = a.dryAdded
 	}
+	snapTime := start
+	if !opts.Time.IsZero() {
+		snapTime = opts.Time
+	}
 	sn := &snapshot.Snapshot{
-		Time: start, Hostname: opts.Hostname, Paths: paths, Tags: snapshot.ParseTags(opts.Tags), Tree: root,
+		Time: snapTime, Hostname: opts.Hostname, Paths: paths, Tags: snapshot.ParseTags(opts.Tags), Tree: root,
 		ProgramVersion: opts.ProgramVersion,
 		Summary: snapshot.Summary{
 			FilesNew: a.filesNew.Load(), FilesChanged: a.filesChanged.Load(), FilesUnchanged: a.filesUnchanged.Load(),

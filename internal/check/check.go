@@ -295,6 +295,43 @@ func (c *checker) loadSnapshots(ctx context.Context) error {
 		c.snapshots = append(c.snapshots, recs[i])
 	}
 	snapshot.SortByTime(c.snapshots)
+	return c.checkFuture(ctx)
+}
+
+func aheadString(d time.Duration) string {
+	if d > 48*time.Hour {
+		return fmt.Sprintf("%d days", int(d/(24*time.Hour)))
+	}
+	return d.Round(time.Second).String()
+}
+
+// checkFuture reports snapshots dated in the future: more than
+// snapshot.FutureSkew after they arrived at the storage (a floe server
+// records arrivals), or after now. A wrong clock, or a host writing
+// snapshots that claim to be newer than they are, so that forget keeps
+// them instead of real ones (forget on a server counts from the arrival).
+func (c *checker) checkFuture(ctx context.Context) error {
+	origins, _, err := snapshot.Origins(ctx, c.r)
+	if err != nil {
+		if errors.Is(err, storage.ErrDenied) {
+			return err
+		}
+		c.problem(Warning, KindIncomplete, "", "%v: snapshot times were checked against now only", err)
+	}
+	now := time.Now()
+	for _, sn := range c.snapshots {
+		if og, ok := origins[sn.ID]; ok {
+			if ahead := sn.Time.Sub(og.Received); ahead > snapshot.FutureSkew {
+				c.problem(Warning, KindFuture, "snapshots/"+sn.ID.String(), "snapshot %s of host %s is dated %s, %s after the server received it (%s, from %s): a wrong clock, or a forged time; forget counts it from its arrival",
+					sn.ID.Short(), sn.Hostname, sn.Time.UTC().Format(time.RFC3339), aheadString(ahead), og.Received.UTC().Format(time.RFC3339), og.Host)
+			}
+			continue
+		}
+		if ahead := sn.Time.Sub(now); ahead > snapshot.FutureSkew {
+			c.problem(Warning, KindFuture, "snapshots/"+sn.ID.String(), "snapshot %s of host %s is dated %s, %s in the future: a wrong clock, or a forged time",
+				sn.ID.Short(), sn.Hostname, sn.Time.UTC().Format(time.RFC3339), aheadString(ahead))
+		}
+	}
 	return nil
 }
 

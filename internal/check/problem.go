@@ -44,6 +44,7 @@ const (
 	KindLeftover     = "leftover"          // an old temporary file (warning)
 	KindIncomplete   = "incomplete"        // part of the check could not run (warning)
 	KindGCMark       = "gc-mark"           // a gc mark that is not signed by a full key (ignored; warning)
+	KindFuture       = "future-snapshot"   // a snapshot dated after it arrived, or after now (warning)
 )
 
 // MaxAffectedPerProblem caps Problem.Affected; the rest are counted in

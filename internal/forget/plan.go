@@ -8,6 +8,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 )
 
 // PlanGroup is one group of snapshots and what becomes of each.
@@ -107,4 +108,40 @@ func Remove(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record) (
 		removed++
 	}
 	return removed, failed, ctx.Err()
+}
+
+// PlanPolicyArrived is PlanPolicy with each snapshot's time taken as the
+// earlier of its own and its arrival at the storage (snapshot.EffectiveTime,
+// origins from snapshot.Origins): a snapshot dated in the future by its
+// writer (a wrong clock, or a compromised host) is not kept as the newest
+// in place of real ones. The plan holds the records as they are.
+func PlanPolicyArrived(snaps []*snapshot.Record, p Policy, groupBy string, now time.Time, origins map[hash.ID]storage.Origin) (*Plan, error) {
+	if len(origins) == 0 {
+		return PlanPolicy(snaps, p, groupBy, now)
+	}
+	orig := make(map[hash.ID]*snapshot.Record, len(snaps))
+	adjusted := make([]*snapshot.Record, len(snaps))
+	for i, sn := range snaps {
+		orig[sn.ID] = sn
+		adjusted[i] = sn
+		if t := snapshot.EffectiveTime(sn, origins); !t.Equal(sn.Time) {
+			cp := *sn.Snapshot
+			cp.Time = t
+			adjusted[i] = &snapshot.Record{ID: sn.ID, Snapshot: &cp}
+		}
+	}
+	plan, err := PlanPolicy(adjusted, p, groupBy, now)
+	if err != nil {
+		return nil, err
+	}
+	for gi := range plan.Groups {
+		g := &plan.Groups[gi]
+		for i, sn := range g.Keep {
+			g.Keep[i] = orig[sn.ID]
+		}
+		for i, sn := range g.Remove {
+			g.Remove[i] = orig[sn.ID]
+		}
+	}
+	return plan, nil
 }

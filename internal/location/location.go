@@ -1,8 +1,8 @@
 // Package location turns a repository location string (-r/--repo) into a
 // storage backend: local directories (a path, or local:PATH), an S3 bucket
-// (s3:https://HOST[:PORT]/BUCKET[/PREFIX], s3.go), and https:// for a floe
-// server (remote.go; OpenWith and CreateWith take its token and
-// fingerprint).
+// (s3:https://HOST[:PORT]/BUCKET[/PREFIX], s3.go), and https:// and
+// ssh:// for a floe server (remote.go; OpenWith and CreateWith take its
+// token, fingerprint, connections and ssh command).
 package location
 
 import (
@@ -45,7 +45,7 @@ func localPath(loc string) (string, error) {
 	if i := strings.Index(loc, ":"); i > 0 && !strings.ContainsAny(loc[:i], "/.") {
 		scheme := loc[:i]
 		if scheme != "local" {
-			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path, s3:https://HOST/BUCKET[/PREFIX], https://HOST:PORT/REPO for floe serve)", loc, scheme)
+			return "", fmt.Errorf("repository location %q: scheme %q is not supported by this floe (supported: a local path, s3:https://HOST/BUCKET[/PREFIX], https://HOST:PORT/REPO or ssh://[USER@]HOST[:PORT]/PATH for floe serve)", loc, scheme)
 		}
 		loc = loc[i+1:]
 	}

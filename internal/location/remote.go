@@ -22,12 +22,18 @@ type Options struct {
 	KnownServersFile string
 	// Warn prints messages for people.
 	Warn func(string)
+	// Connections is how many connections to open to a floe server
+	// (0: remote.DefaultConnections).
+	Connections int
+	// SSHCommand is the ssh program and its options for ssh://
+	// locations, split on white space (default "ssh").
+	SSHCommand string
 }
 
 // OpenWith opens the backend of an existing repository.
 func OpenWith(ctx context.Context, loc string, opts Options) (storage.Backend, error) {
 	if remote.IsURL(loc) {
-		ro, err := remoteOptions(opts)
+		ro, err := remoteOptions(loc, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -39,7 +45,7 @@ func OpenWith(ctx context.Context, loc string, opts Options) (storage.Backend, e
 // CreateWith creates the backend of a new repository.
 func CreateWith(ctx context.Context, loc string, opts Options) (storage.Backend, error) {
 	if remote.IsURL(loc) {
-		ro, err := remoteOptions(opts)
+		ro, err := remoteOptions(loc, opts)
 		if err != nil {
 			return nil, err
 		}
@@ -48,7 +54,12 @@ func CreateWith(ctx context.Context, loc string, opts Options) (storage.Backend,
 	return Create(loc)
 }
 
-func remoteOptions(opts Options) (remote.Options, error) {
+func remoteOptions(loc string, opts Options) (remote.Options, error) {
+	if remote.IsSSH(loc) {
+		// ssh authenticates with its keys; the forced command in
+		// authorized_keys gives the role
+		return remote.Options{Warn: opts.Warn, Connections: opts.Connections, SSHCommand: strings.Fields(opts.SSHCommand)}, nil
+	}
 	if opts.TokenFile == "" {
 		return remote.Options{}, errors.New("a floe server needs a token: use --token-file or FLOE_TOKEN_FILE (`floe serve token add` makes one)")
 	}
@@ -60,7 +71,7 @@ func remoteOptions(opts Options) (remote.Options, error) {
 		opts.Warn(fmt.Sprintf("warning: token file %s is readable by other users (mode %v); chmod 600 it", opts.TokenFile, fi.Mode().Perm()))
 	}
 	return remote.Options{Token: tok, Fingerprint: opts.ServerFingerprint,
-		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn}, nil
+		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn, Connections: opts.Connections}, nil
 }
 
 // readToken reads the first line of a token file; the token itself never

@@ -3,13 +3,16 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
 // FuzzParsePath: a path that parses names a valid repository and handle
@@ -109,4 +112,67 @@ func FuzzRouter(f *testing.F) {
 			t.Fatalf("%s %q: answered %d but touched storage", method, target, code)
 		}
 	})
+}
+
+// FuzzParseJournal: whatever the upload journal holds (a line cut off by
+// a crash, garbage), reading it neither panics nor reports a record
+// without a name or one that was removed.
+func FuzzParseJournal(f *testing.F) {
+	n := strings.Repeat("a", 64)
+	f.Add([]byte(`{"name":"` + n + `","token":"t","host":"web1","time":"2026-01-01T00:00:00Z"}` + "\n"))
+	f.Add([]byte(`{"name":"` + n + `","time":"2026-01-01T00:00:00Z"}` + "\n" + `{"name":"` + n + `","removed":true}` + "\n" + `{"na`))
+	f.Add([]byte("\n\n{}\n[1,2]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := server.ParseJournal(data)
+		if err != nil {
+			return
+		}
+		for name, rec := range m {
+			if name == "" || rec.Name != name || rec.Removed {
+				t.Fatalf("record %q: %+v", name, rec)
+			}
+		}
+	})
+}
+
+// Who uploaded what: admin and restore credentials read it with
+// ?uploads=1, a backup credential may not; removals end a record.
+func TestUploadJournal(t *testing.T) {
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, repos, server.Options{})
+	ctx := context.Background()
+	admin := s.client(t, "fleet", s.token(t, "fleet", "admin"))
+	if _, err := remote.Create(ctx, s.url+"/fleet", remote.Options{Token: s.token(t, "fleet", "admin"), Fingerprint: s.fp, Retries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	tok, _, err := s.tokens.Add("fleet", "web7", server.RoleBackup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	web7 := s.client(t, "fleet", tok)
+	h, data := object(t, 2000)
+	before := time.Now()
+	if err := web7.Save(ctx, h, data); err != nil {
+		t.Fatal(err)
+	}
+	origins, err := admin.Origins(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	og, ok := origins[h.Name]
+	if !ok || og.Host != "web7" || og.Credential != tok[5:21] || og.Received.Before(before.Add(-time.Second)) || og.Received.After(time.Now()) {
+		t.Errorf("origin %+v (ok %v)", og, ok)
+	}
+	if _, err := web7.Origins(ctx, storage.Pack); !errors.Is(err, remote.ErrForbidden) {
+		t.Errorf("a backup token reads origins: %v", err)
+	}
+	if err := admin.Remove(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if origins, err := admin.Origins(ctx, storage.Pack); err != nil || len(origins) != 0 {
+		t.Errorf("after remove: %v %v", origins, err)
+	}
 }

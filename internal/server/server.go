@@ -51,9 +51,14 @@ type UploadVerifier interface {
 
 // Options configure a Server.
 type Options struct {
-	Repos  Repositories
+	Repos Repositories
+	// Tokens authenticate requests (Authorization: Bearer), unless
 	Tokens *TokenStore
-	Audit  *AuditLog // nil: no audit log
+	// Credential is set: then it is the credential of every request and
+	// Tokens is not used: `floe serve --stdio` behind ssh, where sshd has
+	// authenticated the key and its forced command gives the role.
+	Credential *Token
+	Audit      *AuditLog // nil: no audit log
 	// Ledger enforces quotas; nil: no quotas.
 	Ledger *Ledger
 	// Metrics counts requests; nil: none.
@@ -94,12 +99,13 @@ type Server struct {
 
 	mu      sync.Mutex
 	uploads map[string]int // token id -> uploads in progress
+	journal journal
 }
 
 // New returns a server.
 func New(opts Options) (*Server, error) {
-	if opts.Repos == nil || opts.Tokens == nil {
-		return nil, errors.New("server: Repos and Tokens are required")
+	if opts.Repos == nil || opts.Tokens == nil && opts.Credential == nil {
+		return nil, errors.New("server: Repos and Tokens (or a Credential) are required")
 	}
 	if opts.MaxObjectSize <= 0 {
 		opts.MaxObjectSize = DefaultMaxObjectSize
@@ -263,7 +269,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.rec.Op = string(op)
-	tok, err := s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
+	tok, err := s.authenticate(r)
 	if err != nil {
 		if !errors.Is(err, ErrUnauthorized) {
 			q.fail(s, http.StatusInternalServerError, CodeInternal, err)
@@ -276,7 +282,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	q.tok = tok
 	q.rec.Token, q.rec.Host = tok.ID, tok.Host
 	if tok.Repo != route.Repo {
-		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) is for repository %q, not %q", tok.ID, tok.Host, tok.Repo, route.Repo))
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s is for repository %q, not %q", tok.Describe(), tok.Repo, route.Repo))
 		return
 	}
 	if !tok.Roles.Allows(op, route.Handle.Type) {
@@ -284,8 +290,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if route.Kind == RouteRepo {
 			what = "the repository"
 		}
-		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("token %s (host %s) has role %s, which may not %s %s",
-			tok.ID, tok.Host, tok.Roles, op, what))
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not %s %s",
+			tok.Describe(), tok.Roles, op, what))
 		return
 	}
 	switch op {
@@ -302,6 +308,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case OpRemove:
 		s.remove(q, route)
 	}
+}
+
+func (s *Server) authenticate(r *http.Request) (Token, error) {
+	if s.opts.Credential != nil {
+		return *s.opts.Credential, nil
+	}
+	return s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
 }
 
 func allowFor(k RouteKind) string {
@@ -353,21 +366,45 @@ func (s *Server) create(q *request, route Route) {
 // ListEntry is one line of a list answer; the last line has End set (a
 // list cut short has none, so the client notices).
 type ListEntry struct {
-	Name  string `json:"name,omitempty"`
-	Size  int64  `json:"size,omitempty"`
-	End   bool   `json:"end,omitempty"`
-	Error string `json:"error,omitempty"`
+	Name string `json:"name,omitempty"`
+	Size int64  `json:"size,omitempty"`
+	// with ?uploads=1 (roles restore, admin): who uploaded the object
+	// (token id, host name) and when the server received it (RFC 3339)
+	Token    string `json:"token,omitempty"`
+	Host     string `json:"host,omitempty"`
+	Received string `json:"received,omitempty"`
+	End      bool   `json:"end,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 func (s *Server) list(q *request, route Route) {
+	var uploads map[string]UploadRecord
+	withUploads := q.r.URL.Query().Get("uploads") == "1"
+	if withUploads && q.tok.Roles&(RoleRestore|RoleAdmin) == 0 {
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not read who uploaded %s", q.tok.Describe(), q.tok.Roles, route.Handle.Type))
+		return
+	}
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
 	}
+	if withUploads {
+		if dir := s.journalDir(route.Repo); dir != "" {
+			var err error
+			if uploads, err = s.journal.read(dir, route.Handle.Type); err != nil {
+				s.storageError(q, err)
+				return
+			}
+		}
+	}
 	q.w.Header().Set("Content-Type", "application/x-ndjson")
 	enc := json.NewEncoder(q.w)
 	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
-		return enc.Encode(ListEntry{Name: fi.Name, Size: fi.Size})
+		e := ListEntry{Name: fi.Name, Size: fi.Size}
+		if rec, ok := uploads[fi.Name]; ok {
+			e.Token, e.Host, e.Received = rec.Token, rec.Host, rec.Time.Format(time.RFC3339Nano)
+		}
+		return enc.Encode(e)
 	})
 	if err != nil {
 		_ = enc.Encode(ListEntry{Error: err.Error()})
@@ -440,6 +477,7 @@ func (s *Server) remove(q *request, route Route) {
 	if size >= 0 {
 		s.opts.Ledger.removed(route.Repo, size)
 	}
+	s.recordUpload(q, route.Repo, route.Handle, true)
 	q.w.WriteHeader(http.StatusNoContent)
 	q.done(s, http.StatusNoContent, "ok")
 }
@@ -486,7 +524,7 @@ func (s *Server) save(q *request, route Route) {
 	}
 	if !s.acquire(q.tok.ID) {
 		q.fail(s, http.StatusTooManyRequests, CodeBusy,
-			fmt.Errorf("token %s already has %d uploads in progress", q.tok.ID, s.opts.MaxUploadsPerToken))
+			fmt.Errorf("%s already has %d uploads in progress", q.tok.Describe(), s.opts.MaxUploadsPerToken))
 		return
 	}
 	defer s.release(q.tok.ID)
@@ -559,6 +597,7 @@ func (s *Server) save(q *request, route Route) {
 		return
 	}
 	created = true
+	s.recordUpload(q, route.Repo, h, false)
 	q.w.Header().Set(HeaderResult, "created")
 	q.w.WriteHeader(http.StatusCreated)
 	q.done(s, http.StatusCreated, "ok")
@@ -722,6 +761,8 @@ func (i *idleReader) Read(p []byte) (int, error) {
 // with the local backend.
 type RootDir struct {
 	dir string
+	// one, when set, is the only repository, named StdioRepo (--stdio)
+	one string
 
 	mu   sync.Mutex
 	open map[string]*local.Backend
@@ -743,6 +784,24 @@ func NewRootDir(dir string) (*RootDir, error) {
 	return &RootDir{dir: abs, open: map[string]*local.Backend{}}, nil
 }
 
+// NewOneRepo serves the one repository in dir (which need not exist yet:
+// an admin may create it) under the name StdioRepo.
+func NewOneRepo(dir string) (*RootDir, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &RootDir{dir: filepath.Dir(abs), one: abs, open: map[string]*local.Backend{}}, nil
+}
+
+// repoDir is the directory of the repository name.
+func (d *RootDir) repoDir(name string) string {
+	if d.one != "" {
+		return d.one
+	}
+	return filepath.Join(d.dir, name)
+}
+
 // Open implements Repositories.
 func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error) {
 	if err := ValidRepoName(name); err != nil {
@@ -753,7 +812,19 @@ func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error
 	if be, ok := d.open[name]; ok {
 		return be, nil
 	}
-	be, err := local.Open(filepath.Join(d.dir, name))
+	if d.one != "" && name != StdioRepo {
+		return nil, fmt.Errorf("no repository %q on this server: %w", name, storage.ErrNotExist)
+	}
+	be, err := local.Open(d.repoDir(name))
+	if errors.Is(err, storage.ErrNotExist) {
+		// created, but its config not saved yet: the create and the
+		// saves of the keys that follow may reach different server
+		// processes (ssh connections, several servers), so the layout
+		// alone makes it open; a client still sees no config
+		if fi, serr := os.Stat(filepath.Join(d.repoDir(name), string(storage.Key))); serr == nil && fi.IsDir() {
+			be, err = local.Create(d.repoDir(name))
+		}
+	}
 	if errors.Is(err, storage.ErrNotExist) {
 		return nil, fmt.Errorf("no repository %q on this server: %w", name, storage.ErrNotExist)
 	}
@@ -805,7 +876,10 @@ func (d *RootDir) Create(ctx context.Context, name string) (storage.Backend, err
 		}
 		return be, nil
 	}
-	be, err := local.Create(filepath.Join(d.dir, name))
+	if d.one != "" && name != StdioRepo {
+		return nil, fmt.Errorf("this server serves one repository: %w", storage.ErrInvalid)
+	}
+	be, err := local.Create(d.repoDir(name))
 	if err != nil {
 		if errors.Is(err, storage.ErrExist) {
 			return nil, fmt.Errorf("repository %q already exists: %w", name, storage.ErrExist)

@@ -30,6 +30,18 @@ type Token struct {
 	Hash    string    `json:"sha256"`
 	// Quota bounds the bytes of new objects this token may store (0: none).
 	Quota int64 `json:"quota,omitempty"`
+	// SSH marks the credential of `floe serve --stdio`: an ssh key whose
+	// forced command gives the role; there is no token.
+	SSH bool `json:"-"`
+}
+
+// Describe names the credential in messages: "token ID (host H)", or
+// "the ssh key of --stdio --role R (host H)".
+func (t Token) Describe() string {
+	if t.SSH {
+		return fmt.Sprintf("the ssh key (floe serve --stdio --role %s, host %s)", t.Roles, t.Host)
+	}
+	return fmt.Sprintf("token %s (host %s)", t.ID, t.Host)
 }
 
 // tokenPrefix starts every token, so that a leaked one is recognisable

@@ -103,3 +103,23 @@ func VerifiesUploads(be Backend) bool {
 	v, ok := As[UploadVerifier](be)
 	return ok && v.VerifiesUploads()
 }
+
+// Origin is who stored an object and when the storage received it, as the
+// storage itself recorded it (not as the object claims).
+type Origin struct {
+	// Host is the host name of the credential that uploaded the object,
+	// Credential its id (a floe server token id, or "ssh").
+	Host       string
+	Credential string
+	// Received is when the storage received the object.
+	Received time.Time
+}
+
+// Origins is implemented by backends that know who stored each object
+// (the floe server's client: the server records every upload's
+// credential).
+type Origins interface {
+	// Origins returns the origin of the objects of type t that have a
+	// record; objects stored before records were kept have none.
+	Origins(ctx context.Context, t FileType) (map[string]Origin, error)
+}

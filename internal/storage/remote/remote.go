@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -70,25 +71,48 @@ type Options struct {
 	// SpoolDir holds packs being written (SaveStream) until they are
 	// complete and named; default os.TempDir().
 	SpoolDir string
+	// Connections is how many connections to open to the server (TCP
+	// connections for https://, ssh processes for ssh://); requests are
+	// spread over them in turn. One HTTP/2 connection multiplexes every
+	// request, but it is one TCP stream: on a long fat link with loss,
+	// several fill it better. 0: DefaultConnections.
+	Connections int
+	// SSHCommand is the ssh program and its options for ssh:// locations
+	// (default: "ssh").
+	SSHCommand []string
 }
+
+// DefaultConnections is the default of Options.Connections: the
+// connections hint (Connections: 8 requests at once) spread over two
+// connections, so that one lost packet does not stall every request.
+const DefaultConnections = 2
+
+// MaxConnections bounds Options.Connections.
+const MaxConnections = 64
 
 // Backend is a repository on a floe server.
 type Backend struct {
-	base   string // https://host:port
-	repo   string
-	opts   Options
-	tr     *http.Transport
-	client *http.Client
+	base string // https://host:port, or http://floe-ssh over ssh
+	repo string
+	loc  string // what Location shows
+	opts Options
+	// a pool of transports, one connection each, used in turn
+	pool []*pooled
+	next atomic.Uint64
+	// ssh: the connection could not be made at all (ssh refused the
+	// login, no floe on the other side): not retried
+	fatal func() error
 	// verifies: the server said it verifies uploads (Floe-Verifies-Uploads)
 	verifies atomic.Bool
 }
 
 var _ storage.Backend = (*Backend)(nil)
 
-// IsURL reports whether loc is meant for a floe server (https://, and
-// http:// so that it gets a clear error instead of being taken for a path).
+// IsURL reports whether loc is meant for a floe server (https://, ssh://,
+// and http:// so that it gets a clear error instead of being taken for a
+// path).
 func IsURL(loc string) bool {
-	return strings.HasPrefix(loc, "https://") || strings.HasPrefix(loc, "http://")
+	return strings.HasPrefix(loc, "https://") || strings.HasPrefix(loc, "http://") || IsSSH(loc)
 }
 
 // ParseURL splits https://HOST[:PORT]/REPO into the server's base URL,
@@ -131,8 +155,44 @@ func redactErr(err error) error {
 	return err
 }
 
-// New returns the backend of loc without contacting the server.
+func (o *Options) defaults() error {
+	if o.Retries == 0 {
+		o.Retries = 6
+	}
+	if o.RetryDelay <= 0 {
+		o.RetryDelay = 250 * time.Millisecond
+	}
+	if o.SpoolDir == "" {
+		o.SpoolDir = os.TempDir()
+	}
+	if o.Connections == 0 {
+		o.Connections = DefaultConnections
+	}
+	if o.Connections < 1 || o.Connections > MaxConnections {
+		return fmt.Errorf("--connections must be 1 to %d", MaxConnections)
+	}
+	return nil
+}
+
+// http2Config: large windows, since packs are many MiB and a round trip
+// per small window would cap throughput.
+func http2Config() *http.HTTP2Config {
+	return &http.HTTP2Config{
+		MaxReceiveBufferPerConnection: 32 << 20,
+		MaxReceiveBufferPerStream:     16 << 20,
+		PingTimeout:                   30 * time.Second,
+		SendPingTimeout:               time.Minute,
+		// one connection per transport: the pool decides how many
+		StrictMaxConcurrentRequests: true,
+	}
+}
+
+// New returns the backend of loc (https:// or ssh://) without contacting
+// the server.
 func New(loc string, opts Options) (*Backend, error) {
+	if IsSSH(loc) {
+		return newSSH(loc, opts)
+	}
 	base, hostport, repo, err := ParseURL(loc)
 	if err != nil {
 		return nil, err
@@ -142,18 +202,55 @@ func New(loc string, opts Options) (*Backend, error) {
 			return nil, err
 		}
 	}
-	if opts.Retries == 0 {
-		opts.Retries = 6
-	}
-	if opts.RetryDelay <= 0 {
-		opts.RetryDelay = 250 * time.Millisecond
-	}
-	if opts.SpoolDir == "" {
-		opts.SpoolDir = os.TempDir()
+	if err := opts.defaults(); err != nil {
+		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(hostport)
 	tr := &trust{host: host, hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn}
-	transport := &http.Transport{
+	b := &Backend{base: base, repo: repo, loc: base + "/" + repo, opts: opts}
+	for range opts.Connections {
+		b.addTransport(b.httpsTransport(host, tr))
+	}
+	return b, nil
+}
+
+// pooled is one transport of the pool. Its first request goes alone:
+// requests sent together to a transport without a connection would each
+// dial one, and the pool would hold more connections than asked for.
+type pooled struct {
+	tr     *http.Transport
+	client *http.Client
+	mu     sync.Mutex
+	warm   atomic.Bool
+}
+
+func (p *pooled) do(hr *http.Request) (*http.Response, error) {
+	if p.warm.Load() {
+		return p.client.Do(hr)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	resp, err := p.client.Do(hr)
+	if err == nil {
+		p.warm.Store(true)
+	}
+	return resp, err
+}
+
+func (b *Backend) addTransport(t *http.Transport) {
+	b.pool = append(b.pool, &pooled{tr: t, client: &http.Client{Transport: t}})
+}
+
+// server names the server in messages.
+func (b *Backend) server() string { return strings.TrimSuffix(b.loc, "/"+b.repo) }
+
+// pick returns the pool's transports in turn.
+func (b *Backend) pick() *pooled {
+	return b.pool[(b.next.Add(1)-1)%uint64(len(b.pool))]
+}
+
+func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
+	return &http.Transport{
 		Proxy:       http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig: &tls.Config{
@@ -170,17 +267,9 @@ func New(loc string, opts Options) (*Backend, error) {
 		TLSHandshakeTimeout:   20 * time.Second,
 		ResponseHeaderTimeout: 5 * time.Minute, // a 1 GiB pack is fsynced before the answer
 		IdleConnTimeout:       90 * time.Second,
-		MaxIdleConnsPerHost:   8,
-		HTTP2: &http.HTTP2Config{
-			// large windows: packs are many MiB and a round trip per
-			// small window would cap throughput
-			MaxReceiveBufferPerConnection: 32 << 20,
-			MaxReceiveBufferPerStream:     16 << 20,
-			PingTimeout:                   30 * time.Second,
-			SendPingTimeout:               time.Minute,
-		},
+		MaxIdleConnsPerHost:   1,
+		HTTP2:                 http2Config(),
 	}
-	return &Backend{base: base, repo: repo, opts: opts, tr: transport, client: &http.Client{Transport: transport}}, nil
 }
 
 // Open returns the backend of an existing repository: it asks the server
@@ -219,11 +308,13 @@ func Create(ctx context.Context, loc string, opts Options) (*Backend, error) {
 }
 
 // Location implements storage.Backend.
-func (b *Backend) Location() string { return b.base + "/" + b.repo }
+func (b *Backend) Location() string { return b.loc }
 
 // Close implements storage.Backend.
 func (b *Backend) Close() error {
-	b.tr.CloseIdleConnections()
+	for _, p := range b.pool {
+		p.tr.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -270,7 +361,12 @@ func (b *Backend) do(ctx context.Context, req request) (response, error) {
 			if ctx.Err() != nil || errors.Is(err, ErrFingerprint) || isTLSTrustError(err) {
 				return res, err
 			}
-			retry, lastErr = true, fmt.Errorf("server %s unreachable: %w", b.base, err)
+			if b.fatal != nil {
+				if ferr := b.fatal(); ferr != nil {
+					return res, ferr
+				}
+			}
+			retry, lastErr = true, fmt.Errorf("server %s unreachable: %w", b.server(), err)
 		case res.status >= 500 && res.status != http.StatusInsufficientStorage || res.status == http.StatusTooManyRequests:
 			retry, lastErr = true, b.statusError(res)
 		}
@@ -326,8 +422,10 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 			hr.Body = http.NoBody
 		}
 	}
-	hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
-	resp, err := b.client.Do(hr)
+	if b.opts.Token != "" {
+		hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
+	}
+	resp, err := b.pick().do(hr)
 	if err != nil {
 		return response{}, err
 	}
@@ -389,7 +487,7 @@ func (b *Backend) statusError(res response) error {
 		if msg == "" {
 			msg = http.StatusText(res.status)
 		}
-		return fmt.Errorf("server %s answered %d: %s", b.base, res.status, msg)
+		return fmt.Errorf("server %s answered %d: %s", b.server(), res.status, msg)
 	}
 	if msg == "" {
 		return base
@@ -524,35 +622,76 @@ func (b *Backend) Remove(ctx context.Context, h storage.Handle) error {
 	return fmt.Errorf("remove %s: %w", h, b.statusError(res))
 }
 
+// listLine is one line of a list answer.
+type listLine struct {
+	Name     string `json:"name"`
+	Size     int64  `json:"size"`
+	End      bool   `json:"end"`
+	Error    string `json:"error"`
+	Token    string `json:"token"`
+	Host     string `json:"host"`
+	Received string `json:"received"`
+}
+
 // parseList decodes a list answer (JSON lines ending with {"end":true}).
 // Names that are not valid object names are skipped, as a directory's
 // strays are: a hostile server cannot inject a path.
 func parseList(t storage.FileType, data []byte) ([]storage.FileInfo, error) {
+	infos, _, err := parseListOrigins(t, data)
+	return infos, err
+}
+
+// parseListOrigins is parseList that also returns the origins a list
+// with ?uploads=1 carries.
+func parseListOrigins(t storage.FileType, data []byte) ([]storage.FileInfo, map[string]storage.Origin, error) {
 	var infos []storage.FileInfo
+	origins := map[string]storage.Origin{}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	for dec.More() {
-		var e struct {
-			Name  string `json:"name"`
-			Size  int64  `json:"size"`
-			End   bool   `json:"end"`
-			Error string `json:"error"`
-		}
+		var e listLine
 		if err := dec.Decode(&e); err != nil {
-			return nil, fmt.Errorf("bad answer from the server: %w", err)
+			return nil, nil, fmt.Errorf("bad answer from the server: %w", err)
 		}
 		switch {
 		case e.Error != "":
-			return nil, fmt.Errorf("server: %s", e.Error)
+			return nil, nil, fmt.Errorf("server: %s", e.Error)
 		case e.End:
-			return infos, nil
+			return infos, origins, nil
 		default:
 			if (storage.Handle{Type: t, Name: e.Name}).Validate() != nil || e.Size < 0 {
 				continue
 			}
 			infos = append(infos, storage.FileInfo{Name: e.Name, Size: e.Size})
+			if e.Received != "" {
+				at, err := time.Parse(time.RFC3339Nano, e.Received)
+				if err != nil || at.IsZero() {
+					continue
+				}
+				origins[e.Name] = storage.Origin{Host: e.Host, Credential: e.Token, Received: at}
+			}
 		}
 	}
-	return nil, errors.New("the server's answer was cut short")
+	return nil, nil, errors.New("the server's answer was cut short")
+}
+
+// Origins implements storage.Origins: the server records which credential
+// uploaded each object and when (roles restore and admin may read it).
+func (b *Backend) Origins(ctx context.Context, t storage.FileType) (map[string]storage.Origin, error) {
+	if err := storage.ValidateListType(t); err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1"})
+	if err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	if res.status != http.StatusOK {
+		return nil, fmt.Errorf("origins of %s: %w", t, b.statusError(res))
+	}
+	_, origins, err := parseListOrigins(t, res.data)
+	if err != nil {
+		return nil, fmt.Errorf("origins of %s: %w", t, err)
+	}
+	return origins, nil
 }
 
 // VerifiesUploads reports whether the server verifies every uploaded pack
@@ -565,5 +704,9 @@ func (b *Backend) VerifiesUploads() bool { return b.verifies.Load() }
 // Connections implements storage.ConnectionsHint: round trips to a server
 // are slow next to a local disk, so copy, export and import run as many
 // requests at once as the server lets one token upload (its default
-// --max-uploads).
-func (b *Backend) Connections() int { return 8 }
+// --max-uploads), or more when more connections were asked for.
+func (b *Backend) Connections() int { return max(8, 4*len(b.pool)) }
+
+// ConnectionCount is how many connections the backend spreads requests
+// over (Options.Connections).
+func (b *Backend) ConnectionCount() int { return len(b.pool) }

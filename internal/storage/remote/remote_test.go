@@ -60,15 +60,55 @@ func FuzzParseList(f *testing.F) {
 	f.Add([]byte(`{"name":"` + n + `","size":3}` + "\n" + `{"end":true}`))
 	f.Add([]byte(`{"error":"boom"}`))
 	f.Add([]byte(`{"name":"../../etc/passwd","size":-1}{"end":true}`))
+	f.Add([]byte(`{"name":"` + n + `","size":3,"token":"t","host":"h","received":"2026-01-01T00:00:00Z"}` + "\n" + `{"end":true}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		infos, err := parseList(storage.Index, data)
+		infos, origins, err := parseListOrigins(storage.Index, data)
 		if err != nil {
 			return
 		}
+		names := map[string]bool{}
 		for _, fi := range infos {
 			if (storage.Handle{Type: storage.Index, Name: fi.Name}).Validate() != nil || fi.Size < 0 {
 				t.Fatalf("parseList reported %+v", fi)
 			}
+			names[fi.Name] = true
+		}
+		for name, og := range origins {
+			if !names[name] || og.Received.IsZero() {
+				t.Fatalf("origin of %q: %+v", name, og)
+			}
 		}
 	})
+}
+
+func TestParseSSH(t *testing.T) {
+	for _, ok := range []struct {
+		in   string
+		want SSHTarget
+		argv string
+	}{
+		{"ssh://vault/srv/floe/web1", SSHTarget{Host: "vault", Path: "/srv/floe/web1"}, "ssh -T -- vault floe serve --stdio --root '/srv/floe/web1'"},
+		{"ssh://root@10.0.0.1:2222/r", SSHTarget{User: "root", Host: "10.0.0.1", Port: "2222", Path: "/r"}, "ssh -T -p 2222 -- root@10.0.0.1 floe serve --stdio --root '/r'"},
+	} {
+		got, err := ParseSSH(ok.in)
+		if err != nil || got != ok.want {
+			t.Errorf("ParseSSH(%q) = %+v, %v", ok.in, got, err)
+			continue
+		}
+		if argv := strings.Join(got.Command(nil), " "); argv != ok.argv {
+			t.Errorf("%q: command %q, want %q", ok.in, argv, ok.argv)
+		}
+		if got.String() != ok.in {
+			t.Errorf("String() = %q, want %q", got.String(), ok.in)
+		}
+	}
+	// nothing that a remote shell would interpret, no options, no password
+	for _, bad := range []string{"ssh://h", "ssh://h/", "ssh://h/a'b", "ssh://h/a;rm", "ssh://h/$(x)", "ssh://h/a b",
+		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`"} {
+		if _, err := ParseSSH(bad); err == nil {
+			t.Errorf("ParseSSH(%q): no error", bad)
+		} else if strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseSSH error shows the password: %v", err)
+		}
+	}
 }

@@ -1,0 +1,207 @@
+package server_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+// TestMain lets the test binary play `floe serve --stdio` for the ssh
+// tests: the "ssh command" is the test binary itself, which serves its
+// standard input and output.
+func TestMain(m *testing.M) {
+	if root := os.Getenv("FLOE_TEST_STDIO_ROOT"); root != "" {
+		role, err := server.ParseRoles(os.Getenv("FLOE_TEST_STDIO_ROLE"))
+		if err == nil {
+			err = server.RunStdio(context.Background(), server.StdioConfig{Root: root, Role: role, Host: "tester", In: os.Stdin, Out: os.Stdout})
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "stdio server:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+func object(t *testing.T, n int) (storage.Handle, []byte) {
+	t.Helper()
+	data := make([]byte, n)
+	rand.Read(data)
+	return storage.Handle{Type: storage.Pack, Name: hash.Sum(data).String()}, data
+}
+
+// --connections N: the client opens N TCP connections and spreads its
+// requests over them; the server counts what it accepts.
+func TestConnectionsPool(t *testing.T) {
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	state := t.TempDir()
+	tokens, err := server.OpenTokenStore(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int64
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			accepted.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	fp := remote.Fingerprint(srv.Certificate().Raw)
+	tok, _, err := tokens.Add("fleet", "web1", server.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, n := range []int{1, 4} {
+		accepted.Store(0)
+		b, err := remote.New(srv.URL+"/fleet", remote.Options{Token: tok, Fingerprint: fp, Retries: 1, Connections: n})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 1 {
+			if _, err := remote.Create(ctx, srv.URL+"/fleet", remote.Options{Token: tok, Fingerprint: fp, Retries: 1, Connections: 1}); err != nil {
+				t.Fatal(err)
+			}
+			accepted.Store(0)
+		}
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				hd, data := object(t, 1000+i)
+				if err := b.Save(ctx, hd, data); err != nil {
+					t.Error(err)
+				}
+				got, err := b.Load(ctx, hd, 0, 0)
+				if err != nil || string(got) != string(data) {
+					t.Errorf("load: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		b.Close()
+		if got := accepted.Load(); got != int64(n) {
+			t.Errorf("Connections %d: the server accepted %d connections", n, got)
+		}
+		if b.ConnectionCount() != n {
+			t.Errorf("ConnectionCount %d, want %d", b.ConnectionCount(), n)
+		}
+	}
+	if _, err := remote.New(srv.URL+"/fleet", remote.Options{Token: tok, Connections: remote.MaxConnections + 1}); err == nil {
+		t.Error("too many connections accepted")
+	}
+}
+
+// stdioBackend is a client of `floe serve --stdio` run by the "ssh
+// command" (this test binary, see TestMain) with role.
+func stdioBackend(t *testing.T, root, role string, conns int) *remote.Backend {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// env(1) sets the server's variables; the "ssh options" that follow
+	// (-T -p ...) reach the test binary's TestMain, which ignores them
+	sshCmd := []string{"env", "FLOE_TEST_STDIO_ROOT=" + root, "FLOE_TEST_STDIO_ROLE=" + role, self}
+	b, err := remote.New("ssh://tester@localhost/ignored", remote.Options{SSHCommand: sshCmd, Retries: 1, RetryDelay: 1, Connections: conns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// The protocol over standard input and output: an admin creates, saves,
+// lists and removes; a backup credential saves but may not remove or read
+// packs (the same roles as tokens); uploads are name-checked.
+func TestStdio(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/env"); err != nil {
+		t.Skip("no /usr/bin/env")
+	}
+	ctx := context.Background()
+	root := filepath.Join(t.TempDir(), "web1")
+	admin := stdioBackend(t, root, "admin", 2)
+	if _, err := admin.Stat(ctx, storage.Handle{Type: storage.Config}); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("stat config of a missing repository: %v", err)
+	}
+	if _, err := remote.Create(ctx, "ssh://tester@localhost/ignored", remote.Options{SSHCommand: []string{"env", "FLOE_TEST_STDIO_ROOT=" + root, "FLOE_TEST_STDIO_ROLE=admin", mustExe(t)}, Retries: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Save(ctx, storage.Handle{Type: storage.Config}, []byte("config")); err != nil {
+		t.Fatal(err)
+	}
+	hd, data := object(t, 5000)
+	if err := admin.Save(ctx, hd, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "data", hd.Name[:2], hd.Name)); err != nil {
+		t.Errorf("the object is not in --root: %v", err)
+	}
+	// a name that does not match the bytes
+	bad := storage.Handle{Type: storage.Pack, Name: hash.Sum([]byte("x")).String()}
+	if err := admin.Save(ctx, bad, data); !errors.Is(err, remote.ErrRejected) {
+		t.Errorf("mismatched name: %v", err)
+	}
+	bk := stdioBackend(t, root, "backup", 1)
+	h2, d2 := object(t, 3000)
+	if err := bk.Save(ctx, h2, d2); err != nil {
+		t.Fatalf("backup role saves: %v", err)
+	}
+	if err := bk.Remove(ctx, hd); !errors.Is(err, storage.ErrDenied) {
+		t.Errorf("backup role removes: %v", err)
+	}
+	if _, err := bk.Load(ctx, hd, 0, 0); !errors.Is(err, remote.ErrForbidden) {
+		t.Errorf("backup role loads a pack: %v", err)
+	}
+	n := 0
+	if err := admin.List(ctx, storage.Pack, func(storage.FileInfo) error { n++; return nil }); err != nil || n != 2 {
+		t.Errorf("list: %d, %v", n, err)
+	}
+	if err := admin.Remove(ctx, hd); err != nil {
+		t.Errorf("admin removes: %v", err)
+	}
+	// a server that cannot start is a clear error, not retried forever
+	broken, err := remote.New("ssh://x/y", remote.Options{SSHCommand: []string{"sh", "-c", "echo 'ssh: Permission denied (publickey).' >&2; exit 255"}, Retries: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = broken.Stat(ctx, storage.Handle{Type: storage.Config})
+	if err == nil || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("ssh refused: %v", err)
+	}
+}
+
+func mustExe(t *testing.T) string {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return self
+}
