@@ -46,6 +46,7 @@ var layers = map[string]int{
 	"internal/hook":      layerLeaf,
 	"internal/fssnap":    layerLeaf,
 	"internal/fleet":     layerLeaf, // report types shared by agent, server and web UI
+	"internal/nbd":       layerLeaf, // NBD server over any Image; knows no repository
 
 	"internal/agent/schedule": layerLeaf, // pure: when jobs run, from times passed in
 
