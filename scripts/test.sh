@@ -18,6 +18,14 @@ have mkfs.ext4 && have chattr || need+=(e2fsprogs)
 have systemd-analyze || need+=(systemd)
 # ssh:// locations (e2e/ssh_test.go): a real sshd on a loopback port
 have sshd && have ssh-keygen && command -v ssh >/dev/null 2>&1 || need+=(openssh-server openssh-client)
+# NBD tests (internal/nbd/tools_test.go) use real clients: qemu-img and
+# qemu-io, nbdinfo and nbdcopy, libnbd's Python bindings; nbdkit is the
+# reference server whose block map ours is checked against. FLOE_REQUIRE_NBD_TOOLS=1
+# (below) makes a missing one a failure.
+have qemu-img && have qemu-io || need+=(qemu-utils)
+have nbdinfo && have nbdcopy || need+=(libnbd-bin)
+have nbdkit || need+=(nbdkit)
+/usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need+=(python3-libnbd)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
@@ -37,6 +45,7 @@ if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:
     echo "warning: could not install versitygw; the S3 tests will fail"
 fi
 export FLOE_REQUIRE_S3=1
+export FLOE_REQUIRE_NBD_TOOLS=1
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))

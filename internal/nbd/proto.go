@@ -41,9 +41,9 @@ const (
 	optInfo              = 6
 	optGo                = 7
 	optStructuredReply   = 8
-	optListMetaContext   = 10
-	optSetMetaContext    = 11
-	optExtendedHeaders   = 12 // not supported: answered with repErrUnsup
+	optListMetaContext   = 9
+	optSetMetaContext    = 10
+	optExtendedHeaders   = 11 // not supported: answered with repErrUnsup
 	repAck               = 1
 	repServer            = 2
 	repInfo              = 3
