@@ -13,6 +13,9 @@ import (
 	"math/big"
 	mrand "math/rand"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -432,5 +435,45 @@ func TestServeShutdown(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after its context ended")
+	}
+}
+
+func TestListen(t *testing.T) {
+	dir, err := os.MkdirTemp("", "nbdl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	l, err := Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(sock); st.Mode().Perm() != 0o600 {
+		t.Fatalf("socket mode %v", st.Mode())
+	}
+	if got := URI(l, "disk", false); got != "nbd+unix:///disk?socket="+sock {
+		t.Fatal(got)
+	}
+	if _, err := Listen(sock); err == nil || !strings.Contains(err.Error(), "already listening") {
+		t.Fatalf("second listen: %v", err)
+	}
+	l.Close()
+	// a plain file is never removed
+	file := filepath.Join(dir, "f")
+	os.WriteFile(file, []byte("x"), 0o600)
+	if _, err := Listen("unix:" + file); err == nil {
+		t.Fatal("listen over a file")
+	}
+	if _, err := os.Stat(file); err != nil {
+		t.Fatal(err)
+	}
+	l, err = Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if got := URI(l, "d", true); !strings.HasPrefix(got, "nbds://127.0.0.1:") || !strings.HasSuffix(got, "/d") {
+		t.Fatal(got)
 	}
 }
