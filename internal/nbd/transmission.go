@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
+	"net"
 	"sync"
 	"syscall"
 )
@@ -261,7 +263,8 @@ func extents(img Image, off, length int64) ([]Extent, error) {
 
 func (c *conn) read(ex *Export, rq *request) {
 	off, length := int64(rq.off), int64(rq.length)
-	buf := make([]byte, length)
+	buf := getBuf(int(length))
+	defer putBuf(buf)
 	if !c.structured {
 		if _, err := ex.Image.ReadAt(buf, off); err != nil {
 			c.s.logf("nbd: read %d bytes at %d: %v", length, off, err)
@@ -396,6 +399,16 @@ func (c *conn) replySimple(rq *request, code uint32, data []byte) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	c.writeLocked(h[:])
+	if len(data) >= 64<<10 {
+		c.flushLocked()
+		if c.werr == nil {
+			if _, err := c.nc.Write(data); err != nil {
+				c.werr = fmt.Errorf("send reply: %w", err)
+				c.nc.Close()
+			}
+		}
+		return
+	}
 	c.writeLocked(data)
 	c.flushLocked()
 }
@@ -407,9 +420,22 @@ func (c *conn) chunkLocked(rq *request, flags, typ uint16, p, data []byte) {
 	binary.BigEndian.PutUint16(h[6:], typ)
 	binary.BigEndian.PutUint64(h[8:], rq.handle)
 	binary.BigEndian.PutUint32(h[16:], uint32(len(p)+len(data)))
-	c.writeLocked(h[:])
-	c.writeLocked(p)
-	c.writeLocked(data)
+	if len(data) < 64<<10 {
+		c.writeLocked(h[:])
+		c.writeLocked(p)
+		c.writeLocked(data)
+		return
+	}
+	// Large data goes out in one writev, without a copy into the buffer.
+	c.flushLocked()
+	if c.werr != nil {
+		return
+	}
+	bufs := net.Buffers{h[:], p, data}
+	if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.werr = fmt.Errorf("send reply: %w", err)
+		c.nc.Close()
+	}
 }
 
 // writeLocked writes unless an earlier write failed; on failure it closes
@@ -432,6 +458,29 @@ func (c *conn) flushLocked() {
 		c.werr = fmt.Errorf("send reply: %w", err)
 		c.nc.Close()
 	}
+}
+
+// Read buffers are reused: a copy streams hundreds of MiB through
+// requests of the same few sizes. One pool per power of two.
+var bufPools [32]sync.Pool
+
+func bufClass(n int) int { return bits.Len(uint(n - 1)) }
+
+func getBuf(n int) []byte {
+	c := bufClass(n)
+	if b, ok := bufPools[c].Get().(*[]byte); ok {
+		return (*b)[:n]
+	}
+	return make([]byte, n, 1<<c)
+}
+
+func putBuf(b []byte) {
+	c := bufClass(cap(b))
+	if cap(b) != 1<<c {
+		return
+	}
+	b = b[:cap(b)]
+	bufPools[c].Put(&b)
 }
 
 // weighted is a counting semaphore over bytes.
