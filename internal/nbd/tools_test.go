@@ -5,6 +5,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"math/rand"
@@ -391,5 +393,33 @@ print("ok")
 	}
 	if out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", path, uri("disk", sock)); !strings.Contains(out, "identical") {
 		t.Fatal(out)
+	}
+}
+
+// TLS with libnbd (GnuTLS): STARTTLS, then reads over TLS; a client that
+// does not upgrade is refused.
+func TestToolsTLS(t *testing.T) {
+	needTools(t, "nbdinfo", "qemu-img")
+	path, img := fileExport(t)
+	cert := selfSigned(t)
+	sock, _ := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: img}}, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
+	dir := t.TempDir()
+	pemCert := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})
+	os.WriteFile(filepath.Join(dir, "ca-cert.pem"), pemCert, 0o600)
+	tlsURI := "nbds+unix:///disk?socket=" + sock + "&tls-certificates=" + dir + "&tls-hostname=localhost"
+	out := run(t, "nbdinfo", "--map", tlsURI)
+	if !strings.Contains(out, "hole,zero") {
+		t.Fatalf("nbdinfo --map over TLS: %s", out)
+	}
+	if out, err := exec.Command("nbdinfo", uri("disk", sock)).CombinedOutput(); err == nil {
+		t.Fatalf("a client without TLS was served: %s", out)
+	}
+	// qemu reads it all over TLS too
+	obj := "tls-creds-x509,id=tls0,endpoint=client,dir=" + dir
+	cmp := exec.Command("qemu-img", "compare", "--object", obj, "--image-opts",
+		"driver=raw,file.driver=file,file.filename="+path,
+		"driver=raw,file.driver=nbd,file.export=disk,file.server.type=unix,file.server.path="+sock+",file.tls-creds=tls0,file.tls-hostname=localhost")
+	if out, err := cmp.CombinedOutput(); err != nil || !strings.Contains(string(out), "identical") {
+		t.Fatalf("qemu-img compare over TLS: %v %s", err, out)
 	}
 }
