@@ -152,6 +152,10 @@ func TestWritableExport(t *testing.T) {
 			t.Fatalf("write zeroes: %d", errno)
 		}
 		clear(want[300<<10 : 300<<10+8192])
+		if errno := tc.simple(cmdWriteZeroes, cmdFlagNoHole, 400<<10, 8192, nil); errno != 0 {
+			t.Fatalf("write zeroes, no hole: %d", errno)
+		}
+		clear(want[400<<10 : 400<<10+8192])
 		if errno := tc.simple(cmdWrite, 0, testSize-2, 4, []byte("abcd")); errno != errNoSpc {
 			t.Fatalf("write past the end: %d", errno)
 		}
@@ -176,6 +180,16 @@ func TestWritableExport(t *testing.T) {
 	}
 	if !bytes.Equal(base.data, orig) {
 		t.Fatal("the image changed")
+	}
+	// zeroes with NO_HOLE are written (data), without it punched (a hole)
+	for _, c := range []struct {
+		off  int64
+		hole bool
+	}{{300 << 10, true}, {400 << 10, false}} {
+		ex, err := o.Extents(c.off, 8192)
+		if err != nil || len(ex) != 1 || ex[0].Hole != c.hole {
+			t.Errorf("extents at %d: %v %v, want hole %v", c.off, ex, err, c.hole)
+		}
 	}
 }
 

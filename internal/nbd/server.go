@@ -22,6 +22,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -72,6 +73,13 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		var c net.Conn
 		c, err = l.Accept()
 		if err != nil {
+			if ctx.Err() == nil && (errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ECONNABORTED)) {
+				// out of descriptors for a moment: existing
+				// connections go on, new ones wait
+				s.logf("nbd: accept: %v", err)
+				time.Sleep(100 * time.Millisecond)
+				continue
+			}
 			break
 		}
 		wg.Add(1)

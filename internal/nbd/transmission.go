@@ -197,9 +197,13 @@ func (c *conn) handle(ex *Export, rq *request) {
 			c.replyErr(rq, errNoSpc, "range past the end of the export")
 		default:
 			var err error
-			if rq.typ == cmdTrim {
+			switch {
+			case rq.typ == cmdTrim:
 				err = w.Trim(int64(rq.off), int64(rq.length))
-			} else {
+			case rq.flags&cmdFlagNoHole != 0:
+				// The client wants the range allocated: written, not punched.
+				err = writeZeros(w, int64(rq.off), int64(rq.length))
+			default:
 				err = w.Zero(int64(rq.off), int64(rq.length))
 			}
 			if err == nil && rq.flags&cmdFlagFUA != 0 {
@@ -225,6 +229,20 @@ func (c *conn) handle(ex *Export, rq *request) {
 	default:
 		c.replyErr(rq, errInval, "unsupported command")
 	}
+}
+
+// zeros is read from only.
+var zeros = make([]byte, 1<<20)
+
+func writeZeros(w Writer, off, length int64) error {
+	for length > 0 {
+		n := min(length, int64(len(zeros)))
+		if _, err := w.WriteAt(zeros[:n], off); err != nil {
+			return err
+		}
+		off, length = off+n, length-n
+	}
+	return nil
 }
 
 // extents returns [off, off+length) of the image as extents that cover it
