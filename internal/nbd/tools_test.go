@@ -222,6 +222,14 @@ func TestToolsNbdinfoMap(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("nbdinfo --map:\n%s\nwant %v", out, want)
 	}
+	// the reference server maps the same file the same way
+	if _, err := exec.LookPath("nbdkit"); err == nil {
+		if ref := run(t, "nbdinfo", "--map", "--", "[", "nbdkit", "file", img.f.Name(), "]"); ref != out {
+			t.Errorf("nbdinfo --map of nbdkit's file plugin:\n%s\nof ours:\n%s", ref, out)
+		}
+	} else if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
+		t.Error("missing nbdkit (Debian: nbdkit)")
+	}
 	info := run(t, "nbdinfo", uri("disk", sock))
 	for _, w := range []string{"export-size: 67108864", "can_multi_conn: true", "is_read_only: true", "block_size_maximum: 33554432", "base:allocation"} {
 		if !strings.Contains(info, w) {
