@@ -114,7 +114,9 @@ var imageData = [][2]int64{
 
 const imageSize = 64 << 20
 
-func makeImage(t *testing.T, dir string) string {
+func makeImage(t *testing.T, dir string) string { return makeImageSeed(t, dir, 7) }
+
+func makeImageSeed(t *testing.T, dir string, seed int64) string {
 	t.Helper()
 	path := filepath.Join(dir, "disk.img")
 	f, err := os.Create(path)
@@ -125,7 +127,7 @@ func makeImage(t *testing.T, dir string) string {
 	if err := f.Truncate(imageSize); err != nil {
 		t.Fatal(err)
 	}
-	rng := rand.New(rand.NewSource(7))
+	rng := rand.New(rand.NewSource(seed))
 	for _, d := range imageData {
 		b := make([]byte, d[1]-d[0])
 		rng.Read(b)
@@ -429,5 +431,32 @@ func TestToolsTLS(t *testing.T) {
 		"driver=raw,file.driver=nbd,file.export=disk,file.server.type=unix,file.server.path="+sock+",file.tls-creds=tls0,file.tls-hostname=localhost")
 	if out, err := cmp.CombinedOutput(); err != nil || !strings.Contains(string(out), "identical") {
 		t.Fatalf("qemu-img compare over TLS: %v %s", err, out)
+	}
+}
+
+// nbdcopy writes a whole image into a writable export over two
+// connections (writes, zeroes, flush): the overlay then reads as that
+// image, and the image under it is unchanged.
+func TestToolsNbdcopyIntoOverlay(t *testing.T) {
+	needTools(t, "nbdcopy", "qemu-img")
+	path, img := fileExport(t)
+	sum := fileSum(t, path)
+	ov, err := OpenOverlay(filepath.Join(t.TempDir(), "overlay"), img, "disk.img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ov.Close()
+	sock, l := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: ov}}})
+	other := makeImageSeed(t, t.TempDir(), 99)
+	before := l.n.Load()
+	run(t, "nbdcopy", "--connections=2", other, uri("disk", sock))
+	if got := l.n.Load() - before; got < 2 {
+		t.Fatalf("nbdcopy used %d connections", got)
+	}
+	if out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", other, uri("disk", sock)); !strings.Contains(out, "identical") {
+		t.Fatal(out)
+	}
+	if fileSum(t, path) != sum {
+		t.Fatal("the image under the overlay changed")
 	}
 }
