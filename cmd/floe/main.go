@@ -109,6 +109,7 @@ Exit codes:
 		newDiffCommand(g),
 		newStatsCommand(g),
 		newMountCommand(g),
+		newNBDCommand(g),
 		newAuditCommand(g),
 		newCheckCommand(g),
 		newForgetCommand(g),

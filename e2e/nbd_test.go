@@ -1,0 +1,243 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"math/rand"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// needNBDTools skips (or, under scripts/test.sh, fails) unless the NBD
+// clients the test uses are installed.
+func needNBDTools(t *testing.T, tools ...string) {
+	t.Helper()
+	var missing []string
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		return
+	}
+	msg := fmt.Sprintf("missing %s (Debian: qemu-utils, libnbd-bin)", strings.Join(missing, ", "))
+	if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// startNBD runs `floe nbd` in the background until the test ends (or
+// stop is called) and waits for its socket.
+func (e *floeEnv) startNBD(sock string, args ...string) (stop func()) {
+	e.t.Helper()
+	cmd := exec.Command(floeBin, append(append(e.repoArgs(), "nbd", "--listen", "unix:"+sock), args...)...)
+	cmd.Env = e.environ()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	stopped := false
+	stop = func() {
+		e.t.Helper()
+		if stopped {
+			return
+		}
+		stopped = true
+		cmd.Process.Signal(syscall.SIGINT)
+		select {
+		case <-exited:
+			if code := cmd.ProcessState.ExitCode(); code != 0 {
+				e.t.Errorf("floe nbd exited %d after SIGINT:\n%s", code, out.String())
+			}
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-exited
+			e.t.Errorf("floe nbd did not end after SIGINT:\n%s", out.String())
+		}
+	}
+	e.t.Cleanup(stop)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return stop
+		}
+		select {
+		case <-exited:
+			e.t.Fatalf("floe nbd exited: %d\n%s", cmd.ProcessState.ExitCode(), out.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("floe nbd is not listening after 60 s:\n%s", out.String())
+		}
+	}
+}
+
+func nbdRun(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+func sameImage(t *testing.T, file, uri string) {
+	t.Helper()
+	if out := nbdRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", file, uri); !strings.Contains(out, "identical") {
+		t.Fatalf("qemu-img compare %s %s: %s", file, uri, out)
+	}
+}
+
+// A disk image in a snapshot, served with `floe nbd`: qemu-img sees the
+// same bytes, nbdinfo the holes, nbdcopy copies it over two connections;
+// a writable export keeps its writes in the overlay and the snapshot is
+// unchanged.
+func TestNBD(t *testing.T) {
+	needNBDTools(t, "qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("vm")
+	img := filepath.Join(src, "disk.img")
+	const size = 64 << 20
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	rng := rand.New(rand.NewSource(5))
+	data := [][2]int64{{0, 2 << 20}, {30 << 20, 31 << 20}, {size - 1<<20, size}}
+	for _, d := range data {
+		b := make([]byte, d[1]-d[0])
+		rng.Read(b)
+		f.WriteAt(b, d[0])
+	}
+	f.Close()
+	b, _ := e.backup(src)
+
+	dir, err := os.MkdirTemp("", "floe-nbd") // socket paths are short
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	uri := "nbd+unix:///disk.img?socket=" + sock
+
+	stop := e.startNBD(sock, "latest:"+img)
+	sameImage(t, img, uri)
+	// the default export (empty name) is the same
+	sameImage(t, img, "nbd+unix://?socket="+sock)
+
+	// holes are holes: nothing of the original's data is in one, and most
+	// of the image is
+	var holes int64
+	sc := bufio.NewScanner(strings.NewReader(nbdRun(t, "nbdinfo", "--map", uri)))
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) < 3 {
+			continue
+		}
+		off, _ := strconv.ParseInt(fl[0], 10, 64)
+		n, _ := strconv.ParseInt(fl[1], 10, 64)
+		if fl[2] != "3" {
+			continue
+		}
+		holes += n
+		for _, d := range data {
+			if off < d[1] && d[0] < off+n {
+				t.Errorf("hole %d+%d overlaps data %v", off, n, d)
+			}
+		}
+	}
+	if holes < size/2 {
+		t.Errorf("nbdinfo --map shows %d bytes of holes in a %d-byte image that is mostly holes", holes, size)
+	}
+
+	out := e.path("copy.img")
+	nbdRun(t, "nbdcopy", "--connections=2", uri, out)
+	sameFile(t, img, out)
+	// a read past the end is refused, and the server goes on
+	if o, err := exec.Command("qemu-io", "-f", "raw", "-c", fmt.Sprintf("read %d 512", size), uri).CombinedOutput(); err == nil && !strings.Contains(string(o), "rror") {
+		t.Errorf("read past the end: %s", o)
+	}
+	sameImage(t, img, uri)
+	stop()
+
+	// writable: writes land in the overlay only
+	overlay := e.path("disk.overlay")
+	stop = e.startNBD(sock, "latest:"+img, "--writable", "--overlay", overlay)
+	nbdRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 40M 4k", uri)
+	want, _ := os.ReadFile(img)
+	copy(want, bytes.Repeat([]byte{0xab}, 1<<20))
+	copy(want[40<<20:], bytes.Repeat([]byte{0xcd}, 4096))
+	expected := e.path("expected.img")
+	os.WriteFile(expected, want, 0o600)
+	sameImage(t, expected, uri)
+	stop()
+	if _, err := os.Stat(overlay + ".map"); err != nil {
+		t.Fatalf("no overlay map: %v", err)
+	}
+	// served again: the overlay's writes are back; read-only: the snapshot
+	// as it was
+	stop = e.startNBD(sock, "latest:"+img, "--writable", "--overlay", overlay)
+	sameImage(t, expected, uri)
+	stop()
+	e.startNBD(sock, b.Snapshot+":"+img)
+	sameImage(t, img, uri)
+	e.ok("check")
+}
+
+func sameFile(t *testing.T, a, b string) {
+	t.Helper()
+	x, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, err := os.ReadFile(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(x, y) {
+		t.Fatalf("%s and %s differ", a, b)
+	}
+}
+
+func TestNBDBadArguments(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("d")
+	os.WriteFile(filepath.Join(src, "f"), []byte("x"), 0o600)
+	e.backup(src)
+	expectCode(t, e.floe("nbd", "latest:"+src+"/f", "--writable"), 2)
+	expectCode(t, e.floe("nbd", "latest:"+src+"/f", "--overlay", e.path("ov")), 2)
+	expectCode(t, e.floe("nbd", "latest:"+src+"/f", "--tls-cert", e.path("c")), 2)
+	r := e.floe("nbd", "latest:"+src, "--listen", "unix:"+e.path("s"))
+	expectFail(t, r)
+	if !strings.Contains(r.stderr, "only a regular file") {
+		t.Fatalf("serving a directory: %s", r)
+	}
+	expectFail(t, e.floe("nbd", "latest:"+src+"/nosuch", "--listen", "unix:"+e.path("s")))
+	// an overlay over a file that is not one is refused, and left alone
+	other := e.path("precious")
+	os.WriteFile(other, []byte("keep"), 0o600)
+	r = e.floe("nbd", "latest:"+src+"/f", "--listen", "unix:"+e.path("s"), "--writable", "--overlay", other)
+	expectFail(t, r)
+	if got, _ := os.ReadFile(other); string(got) != "keep" {
+		t.Fatal("the file given as overlay was changed")
+	}
+}

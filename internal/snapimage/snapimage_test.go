@@ -1,0 +1,110 @@
+package snapimage
+
+import (
+	"bytes"
+	"context"
+	"math/rand"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/nbd"
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/testutil/backuptest"
+	"github.com/floe-backup/floe/internal/walk"
+)
+
+func TestImage(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "disk.img")
+	const size = 48 << 20
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	rng := rand.New(rand.NewSource(3))
+	for _, at := range []int64{0, 20 << 20, size - 3<<20} {
+		b := make([]byte, 3<<20)
+		rng.Read(b)
+		f.WriteAt(b, at)
+	}
+	f.Close()
+	want, _ := os.ReadFile(path)
+
+	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{dir}})
+	_, node, err := walk.Resolve(ctx, snapshot.RepoTrees{Repo: r}, sn.Tree, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := Open(ctx, r, node, path, 8<<20) // a cache smaller than the data
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.Size() != size {
+		t.Fatalf("size %d", img.Size())
+	}
+	// reads at odd offsets and lengths, concurrently
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func(seed int64) {
+			defer wg.Done()
+			rng := rand.New(rand.NewSource(seed))
+			for i := 0; i < 50; i++ {
+				off := rng.Int63n(size)
+				n := min(rng.Int63n(4<<20)+1, size-off)
+				got := make([]byte, n)
+				if _, err := img.ReadAt(got, off); err != nil {
+					t.Error(err)
+					return
+				}
+				if !bytes.Equal(got, want[off:off+n]) {
+					t.Errorf("read of %d at %d differs", n, off)
+					return
+				}
+			}
+		}(int64(w))
+	}
+	wg.Wait()
+	got := make([]byte, size)
+	if _, err := img.ReadAt(got, 0); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("whole read: %v", err)
+	}
+	// the holes are holes (most of the file), the data is data
+	ex, err := img.Extents(0, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var holes, total int64
+	for _, e := range ex {
+		if e.Hole {
+			holes += e.Length
+		}
+		total += e.Length
+	}
+	if total != size || holes < size-12<<20 || holes > size-9<<20 {
+		t.Fatalf("extents %v: %d of %d bytes in holes", ex, holes, total)
+	}
+	if _, err := img.ReadAt(make([]byte, 10), size-5); err == nil {
+		t.Fatal("read past the end")
+	}
+	var _ nbd.Image = img
+}
+
+func TestDamagedNode(t *testing.T) {
+	r, _ := testutil.NewRepo(t)
+	n := &snapshot.Node{Name: "x", Type: snapshot.TypeFile, Size: 10, ChunkSizes: []uint32{10}}
+	if _, err := Open(context.Background(), r, n, "x", 0); err == nil {
+		t.Fatal("a node with more sizes than blobs opened")
+	}
+	n = &snapshot.Node{Name: "d", Type: snapshot.TypeDir}
+	if _, err := Open(context.Background(), r, n, "d", 0); err == nil {
+		t.Fatal("a directory opened")
+	}
+}
