@@ -34,6 +34,7 @@ type Image struct {
 	hole []bool  // blob i is all zeros
 
 	cache *cache
+	ahead chan struct{} // bounds background loads
 }
 
 var _ nbd.Image = (*Image)(nil)
@@ -55,7 +56,7 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		cacheBytes = DefaultCacheBytes
 	}
 	img := &Image{ctx: ctx, r: r, name: name, refs: n.Content, off: make([]int64, len(n.Content)+1),
-		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes)}
+		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes), ahead: make(chan struct{}, 4)}
 	idx := r.Index()
 	zeroKeys := map[uint32]hash.ID{}
 	for i, ref := range n.Content {
@@ -106,8 +107,28 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 			return n, err
 		}
 		n += copy(p[n:], data[pos-start:])
+		if n == len(p) {
+			img.readAhead(i + 1)
+		}
 	}
 	return n, nil
+}
+
+// readAhead loads blob i in the background, if there is one and a slot:
+// a client reading in order (a booting VM, dd) finds the next blob loaded.
+func (img *Image) readAhead(i int) {
+	if i >= len(img.refs) || img.hole[i] {
+		return
+	}
+	select {
+	case img.ahead <- struct{}{}:
+	default:
+		return
+	}
+	go func() {
+		defer func() { <-img.ahead }()
+		img.blob(i) // an error shows when the blob is read
+	}()
 }
 
 func clear2(p []byte, max int64) []byte {
