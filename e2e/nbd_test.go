@@ -232,6 +232,11 @@ func TestNBDBadArguments(t *testing.T) {
 		t.Fatalf("serving a directory: %s", r)
 	}
 	expectFail(t, e.floe("nbd", "latest:"+src+"/nosuch", "--listen", "unix:"+e.path("s")))
+	// a write-only key cannot read what it would serve
+	wo := e.path("wo.key")
+	e.ok("key", "add", "--write-only", "--new-key-file", wo)
+	r = e.run("-r", e.repo, "--key-file", wo, "nbd", "latest:"+src+"/f", "--listen", "unix:"+e.path("s"))
+	expectCode(t, r, 12)
 	// an overlay over a file that is not one is refused, and left alone
 	other := e.path("precious")
 	os.WriteFile(other, []byte("keep"), 0o600)
