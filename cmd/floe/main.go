@@ -119,6 +119,7 @@ Exit codes:
 		newRepairCommand(g),
 		newServeCommand(g),
 		newAgentCommand(g),
+		newFleetCommand(g),
 	)
 	usageArgsAll(root)
 	return root

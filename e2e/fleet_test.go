@@ -1,0 +1,166 @@
+//go:build linux
+
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/fleet"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+// enrollHost adds host with `floe serve host add` and enrolls it as the
+// agent does (fleet.Enroll), returning its fleet client.
+func (s *floeServer) enrollHost(t *testing.T, host, repo string) *fleet.Client {
+	t.Helper()
+	r := s.e.run("serve", "host", "add", "--root", s.root, "--repo", repo, host)
+	expectCode(t, r, 0)
+	tok := strings.TrimSpace(r.stdout)
+	if !strings.HasPrefix(tok, "floe_enroll_") {
+		t.Fatalf("host add printed %q", r.stdout)
+	}
+	addSecret(tok)
+	hc, err := remote.NewHTTPClient("https://"+s.addr, remote.Options{Fingerprint: s.fingerprint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cr, err := fleet.Enroll(context.Background(), hc, "https://"+s.addr, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addSecret(cr.Token)
+	if _, err := fleet.Enroll(context.Background(), hc, "https://"+s.addr, tok); !errors.Is(err, fleet.ErrRefused) {
+		t.Fatalf("an enrollment token worked twice: %v", err)
+	}
+	return &fleet.Client{Base: "https://" + s.addr, Token: cr.Token, HTTP: hc, Poll: time.Second}
+}
+
+func (s *floeServer) fleet(tokenFile string, args ...string) result {
+	s.e.t.Helper()
+	return s.e.run(append([]string{"fleet", "--server", "https://" + s.addr, "--token-file", tokenFile, "--server-fingerprint", s.fingerprint}, args...)...)
+}
+
+// The fleet end to end: hosts enrolled with one-time tokens take leases
+// within --max-concurrent-backups, report runs, and show in floe fleet
+// status (Nagios exit codes), runs and report; a failed job fires a
+// webhook; a revoked host is refused.
+func TestFleetServer(t *testing.T) {
+	e := newEnv(t)
+	var mu sync.Mutex
+	var notes []fleet.Notification
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n fleet.Notification
+		if err := json.NewDecoder(r.Body).Decode(&n); err == nil {
+			mu.Lock()
+			notes = append(notes, n)
+			mu.Unlock()
+		}
+	}))
+	defer hook.Close()
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t), "--max-concurrent-backups", "1", "--lease-ttl", "3s",
+		"--alert-webhook", hook.URL, "--alert-interval", "300ms")
+	ctx := context.Background()
+	web1 := s.enrollHost(t, "web1", "fleet")
+	db1 := s.enrollHost(t, "db1", "fleet")
+	viewer := s.token("fleet", "ops", "viewer")
+	backup := s.token("fleet", "other", "backup")
+
+	// nothing reported yet: WARNING (never)
+	r := s.fleet(viewer, "status")
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stdout, "FLEET WARNING") {
+		t.Fatalf("status: %s", r)
+	}
+
+	// stampede control: one backup at a time
+	le, err := web1.Lease(ctx, "daily")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, q, err := db1.RequestLease(ctx, "daily", "", time.Second); err != nil || l != nil || q.Position != 1 {
+		t.Fatalf("db1 not queued: %v %+v %v", l, q, err)
+	}
+	r = s.fleet(viewer, "status", "--json")
+	var st struct {
+		ExitCode int               `json:"exit_code"`
+		Jobs     []fleet.JobStatus `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r)
+	}
+	now := time.Now().UTC()
+	if err := web1.Report(ctx, fleet.RunReport{Job: "daily", Start: now.Add(-time.Minute), End: now, Status: fleet.RunSuccess,
+		Files: 12, BytesRead: 5 << 20, BytesNew: 1 << 20, BytesStored: 600 << 10, Version: "e2e", NextDue: now.Add(24 * time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := web1.Release(ctx, le.ID); err != nil {
+		t.Fatal(err)
+	}
+	ld, err := db1.Lease(ctx, "daily")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db1.Report(ctx, fleet.RunReport{Job: "daily", Start: now, End: now.Add(time.Second), Status: fleet.RunFailed,
+		Error: "pre hook failed", Version: "e2e", NextDue: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	_ = db1.Release(ctx, ld.ID)
+
+	r = s.fleet(viewer, "status")
+	expectCode(t, r, 2)
+	if !strings.Contains(r.stdout, "FLEET CRITICAL - 1 failed, 1 ok") || strings.Index(r.stdout, "db1") > strings.Index(r.stdout, "web1") {
+		t.Fatalf("status (failed first): %s", r)
+	}
+	r = s.fleet(viewer, "runs", "--host", "web1")
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stdout, "web1") || strings.Contains(r.stdout, "db1") || !strings.Contains(r.stdout, "success") {
+		t.Fatalf("runs: %s", r)
+	}
+	r = s.fleet(viewer, "report")
+	expectCode(t, r, 0)
+	for _, want := range []string{"NEEDS ATTENTION", "failed   db1 daily: pre hook failed", "RUNS SINCE", "2 (1 succeeded, 1 failed)"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("report lacks %q: %s", want, r)
+		}
+	}
+	// a backup token may not see the fleet
+	expectCode(t, s.fleet(backup, "status"), 14)
+
+	// the failed job fired the webhook once
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		n := len(notes)
+		mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second) // further evaluations must not repeat it
+	mu.Lock()
+	got := append([]fleet.Notification(nil), notes...)
+	mu.Unlock()
+	if len(got) != 1 || got[0].Kind != fleet.AlertJobFailed || got[0].Host != "db1" || got[0].Event != fleet.EventFiring {
+		t.Fatalf("webhook notifications: %+v", got)
+	}
+
+	// revoked: its reports are refused
+	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "db1"), 0)
+	if err := db1.Report(ctx, fleet.RunReport{Job: "daily", Start: now, End: now, Status: fleet.RunSuccess}); !errors.Is(err, fleet.ErrRefused) {
+		t.Fatalf("report of a revoked host: %v", err)
+	}
+	r = e.run("serve", "host", "list", "--root", root)
+	if !strings.Contains(r.stdout, "revoked") || !strings.Contains(r.stdout, "enrolled") {
+		t.Fatalf("host list: %s", r)
+	}
+}
