@@ -30,7 +30,7 @@ type RunReport struct {
 	Status string `json:"status"`
 	// Error is why a run failed (no secrets: the agent's error text).
 	Error string `json:"error,omitempty"`
-	Files int64 `json:"files"`
+	Files int64  `json:"files"`
 	// BytesRead is the size of the files read; BytesNew what was not
 	// already in the repository (before compression); BytesStored what
 	// was uploaded (after compression and encryption).
