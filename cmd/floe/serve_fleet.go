@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/http"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/ui"
+	"github.com/floe-backup/floe/internal/web"
 )
 
 // serveFleetFlags are the fleet options of `floe serve`.
@@ -76,6 +78,9 @@ func (ff *serveFleetFlags) apply(cfg *server.Config) error {
 	}
 	ff.cfg.Alerts = ac
 	ff.cfg.Log = log.New(os.Stderr, "floe serve: ", 0)
+	ff.cfg.UI = func(svc *fleetsrv.Service) http.Handler {
+		return web.New(web.Options{Source: svc, Auth: svc.AuthenticateViewer})
+	}
 	cfg.Mounts = ff.cfg.Mounts()
 	return nil
 }

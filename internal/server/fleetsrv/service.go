@@ -356,3 +356,22 @@ func (s *Service) runs(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, runs)
 }
+
+// Runs returns runs that ended after since, of host (all if empty),
+// newest first, at most limit.
+func (s *Service) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunReport, error) {
+	return s.opts.DB.Runs(ctx, host, since, limit)
+}
+
+// AuthenticateViewer checks a token for the dashboard's login: a viewer
+// or admin token. It returns who it is ("host (role, token id)").
+func (s *Service) AuthenticateViewer(token string) (string, error) {
+	tok, err := s.opts.Tokens.Authenticate("Bearer " + token)
+	if err != nil {
+		return "", err
+	}
+	if tok.Roles&(server.RoleViewer|server.RoleAdmin) == 0 {
+		return "", fmt.Errorf("token %s has role %s; the dashboard needs viewer or admin", tok.ID, tok.Roles)
+	}
+	return fmt.Sprintf("%s (%s)", tok.Host, tok.Roles), nil
+}
