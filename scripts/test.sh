@@ -18,6 +18,8 @@ have mkfs.ext4 && have chattr || need+=(e2fsprogs)
 have systemd-analyze || need+=(systemd)
 # ssh:// locations (e2e/ssh_test.go): a real sshd on a loopback port
 have sshd && have ssh-keygen && command -v ssh >/dev/null 2>&1 || need+=(openssh-server openssh-client)
+# the dashboard driven in real headless Chromium (internal/web/browser_test.go)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
@@ -37,6 +39,8 @@ if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:
     echo "warning: could not install versitygw; the S3 tests will fail"
 fi
 export FLOE_REQUIRE_S3=1
+# a missing Chromium fails the dashboard's browser test instead of skipping it
+export FLOE_REQUIRE_CHROMIUM=1
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
