@@ -6,6 +6,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
+	"net/http/cookiejar"
+	"net/url"
+	"regexp"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -67,7 +71,7 @@ func TestFleetServer(t *testing.T) {
 	defer hook.Close()
 	root := e.mkdir("srv")
 	s := e.startServer(root, freePort(t), "--max-concurrent-backups", "1", "--lease-ttl", "3s",
-		"--alert-webhook", hook.URL, "--alert-interval", "300ms")
+		"--alert-webhook", hook.URL, "--alert-interval", "300ms", "--metrics-listen", "127.0.0.1:0")
 	ctx := context.Background()
 	web1 := s.enrollHost(t, "web1", "fleet")
 	db1 := s.enrollHost(t, "db1", "fleet")
@@ -154,6 +158,53 @@ func TestFleetServer(t *testing.T) {
 		t.Fatalf("webhook notifications: %+v", got)
 	}
 
+	// Prometheus: state, last success and duration per host and job
+	res, err := http.Get(s.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mb, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, want := range []string{`floe_fleet_job_state{host="db1",job="daily",state="failed"} 1`, `floe_fleet_job_state{host="web1",job="daily",state="ok"} 1`,
+		`floe_fleet_last_success_timestamp_seconds{host="web1",job="daily"}`, `floe_fleet_last_run_duration_seconds{host="web1",job="daily"} 60`} {
+		if !strings.Contains(string(mb), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	// the dashboard is served by floe serve at /ui/: log in with the viewer token
+	jar, _ := cookiejar.New(nil)
+	hc := rawClient()
+	hc.Jar = jar
+	res, err = hc.Get("https://" + s.addr + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if m == nil {
+		t.Fatalf("login page: %s", page)
+	}
+	res, err = hc.PostForm("https://"+s.addr+"/ui/login", url.Values{"csrf": {string(m[1])}, "token": {readToken(t, viewer)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	res, err = hc.Get("https://" + s.addr + "/ui/api/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.StatusCode != 200 || !strings.Contains(string(sb), `"host":"db1"`) {
+		t.Fatalf("dashboard status after login: %d %s", res.StatusCode, sb)
+	}
+	// a backup token cannot log in
+	if code := dashboardLogin(t, s.addr, readToken(t, backup)); code != http.StatusUnauthorized {
+		t.Fatalf("dashboard login with a backup token: %d", code)
+	}
+
 	// revoked: its reports are refused
 	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "db1"), 0)
 	if err := db1.Report(ctx, fleet.RunReport{Job: "daily", Start: now, End: now, Status: fleet.RunSuccess}); !errors.Is(err, fleet.ErrRefused) {
@@ -163,4 +214,34 @@ func TestFleetServer(t *testing.T) {
 	if !strings.Contains(r.stdout, "revoked") || !strings.Contains(r.stdout, "enrolled") {
 		t.Fatalf("host list: %s", r)
 	}
+}
+
+// dashboardLogin logs in to the dashboard and returns the status.
+func dashboardLogin(t *testing.T, addr, token string) int {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := rawClient()
+	hc.Jar = jar
+	res, err := hc.Get("https://" + addr + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	// over TLS the session cookies are Secure
+	for _, c := range res.Header.Values("Set-Cookie") {
+		if !strings.Contains(c, "Secure") || !strings.Contains(c, "HttpOnly") {
+			t.Errorf("cookie over TLS without Secure/HttpOnly: %s", c)
+		}
+	}
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if m == nil {
+		t.Fatalf("login page: %s", page)
+	}
+	res, err = hc.PostForm("https://"+addr+"/ui/login", url.Values{"csrf": {string(m[1])}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
 }

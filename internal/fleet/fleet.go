@@ -7,6 +7,8 @@
 package fleet
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -212,4 +214,29 @@ func ExitCode(jobs []JobStatus) int {
 		code = max(code, j.State.Severity())
 	}
 	return code
+}
+
+// DecodeRunReport decodes and validates a run report received from an
+// agent: strict JSON (unknown fields refused), at most 1 MiB. A report
+// without a host is of defaultHost (the host the credential belongs to).
+func DecodeRunReport(data []byte, defaultHost string) (RunReport, error) {
+	var r RunReport
+	if len(data) > 1<<20 {
+		return r, errors.New("run report larger than 1 MiB")
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, fmt.Errorf("run report: %w", err)
+	}
+	if dec.More() {
+		return r, errors.New("run report: data after the report")
+	}
+	if r.Host == "" {
+		r.Host = defaultHost
+	}
+	if err := r.Validate(); err != nil {
+		return r, fmt.Errorf("run report: %w", err)
+	}
+	return r, nil
 }

@@ -272,19 +272,18 @@ func (s *Service) release(w http.ResponseWriter, r *http.Request, h hostCtx) {
 }
 
 func (s *Service) report(w http.ResponseWriter, r *http.Request, h hostCtx) {
-	var rep fleet.RunReport
-	if !readJSON(w, r, &rep) {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, server.CodeBadRequest, "bad run report: "+err.Error())
 		return
 	}
-	if rep.Host == "" {
-		rep.Host = h.host.Name
+	rep, err := fleet.DecodeRunReport(data, h.host.Name)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, server.CodeBadRequest, err.Error())
+		return
 	}
 	if rep.Host != h.host.Name {
 		writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s may not report for host %s", h.host.Name, rep.Host))
-		return
-	}
-	if err := rep.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, server.CodeBadRequest, "bad run report: "+err.Error())
 		return
 	}
 	if err := s.opts.DB.AddRun(r.Context(), rep); err != nil {

@@ -21,7 +21,7 @@ type testFleet struct {
 	state  string
 }
 
-func newTestFleet(t *testing.T, limits LeaseLimits, ttl time.Duration) *testFleet {
+func newTestFleet(t testing.TB, limits LeaseLimits, ttl time.Duration) *testFleet {
 	t.Helper()
 	state := t.TempDir()
 	ctx := context.Background()
@@ -41,7 +41,7 @@ func newTestFleet(t *testing.T, limits LeaseLimits, ttl time.Duration) *testFlee
 }
 
 // enroll adds a host and enrolls it over HTTP, returning its client.
-func (f *testFleet) enroll(t *testing.T, host, repo string) *fleet.Client {
+func (f *testFleet) enroll(t testing.TB, host, repo string) *fleet.Client {
 	t.Helper()
 	tok, hash, err := NewEnrollToken()
 	if err != nil {
