@@ -102,8 +102,8 @@ func TestFleetServer(t *testing.T) {
 		t.Fatalf("status --json: %v\n%s", err, r)
 	}
 	now := time.Now().UTC()
-	if err := web1.Report(ctx, fleet.RunReport{Job: "daily", Start: now.Add(-time.Minute), End: now, Status: fleet.RunSuccess,
-		Files: 12, BytesRead: 5 << 20, BytesNew: 1 << 20, BytesStored: 600 << 10, Version: "e2e", NextDue: now.Add(24 * time.Hour)}); err != nil {
+	if err := web1.Report(ctx, fleet.Run{Job: "daily", Task: fleet.TaskBackup, Started: now.Add(-time.Minute), Finished: now, Status: fleet.StatusOK, Attempt: 1,
+		FilesNew: 12, TotalBytes: 5 << 20, DataAdded: 1 << 20, DataAddedStored: 600 << 10, Version: "e2e", NextDue: now.Add(24 * time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
 	if err := web1.Release(ctx, le.ID); err != nil {
@@ -113,7 +113,7 @@ func TestFleetServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db1.Report(ctx, fleet.RunReport{Job: "daily", Start: now, End: now.Add(time.Second), Status: fleet.RunFailed,
+	if err := db1.Report(ctx, fleet.Run{Job: "daily", Task: fleet.TaskBackup, Started: now, Finished: now.Add(time.Second), Status: fleet.StatusFailed, Attempt: 1,
 		Error: "pre hook failed", Version: "e2e", NextDue: now.Add(time.Hour)}); err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,7 @@ func TestFleetServer(t *testing.T) {
 	}
 	r = s.fleet(viewer, "runs", "--host", "web1")
 	expectCode(t, r, 0)
-	if !strings.Contains(r.stdout, "web1") || strings.Contains(r.stdout, "db1") || !strings.Contains(r.stdout, "success") {
+	if !strings.Contains(r.stdout, "web1") || strings.Contains(r.stdout, "db1") || !strings.Contains(r.stdout, " ok ") {
 		t.Fatalf("runs: %s", r)
 	}
 	r = s.fleet(viewer, "report")
@@ -207,7 +207,7 @@ func TestFleetServer(t *testing.T) {
 
 	// revoked: its reports are refused
 	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "db1"), 0)
-	if err := db1.Report(ctx, fleet.RunReport{Job: "daily", Start: now, End: now, Status: fleet.RunSuccess}); !errors.Is(err, fleet.ErrRefused) {
+	if err := db1.Report(ctx, fleet.Run{Job: "daily", Task: fleet.TaskBackup, Started: now, Finished: now, Status: fleet.StatusOK}); !errors.Is(err, fleet.ErrRefused) {
 		t.Fatalf("report of a revoked host: %v", err)
 	}
 	r = e.run("serve", "host", "list", "--root", root)

@@ -40,12 +40,12 @@ func TestConditions(t *testing.T) {
 	mk := func(host string, in JobInput, seen time.Time) JobStatus {
 		return JobStatus{Host: host, Job: "daily", State: JobState(in, now, slack), LastRun: in.LastRun, LastSuccess: in.LastSuccess, NextDue: in.NextDue, LastSeen: seen}
 	}
-	ok := &RunReport{Status: RunSuccess}
+	ok := &RunRecord{Status: StatusOK}
 	jobs := []JobStatus{
 		mk("good", JobInput{LastRun: ok, LastSuccess: now.Add(-time.Hour), NextDue: now.Add(23 * time.Hour)}, now),
 		mk("late", JobInput{LastRun: ok, LastSuccess: now.Add(-30 * time.Hour), NextDue: now.Add(-6 * time.Hour)}, now),
-		mk("bad", JobInput{LastRun: &RunReport{Status: RunFailed, Error: "boom"}}, now),
-		mk("torn", JobInput{LastRun: &RunReport{Status: RunPartial, FilesChanged: 3}, LastSuccess: now, NextDue: now.Add(time.Hour)}, now),
+		mk("bad", JobInput{LastRun: &RunRecord{Status: StatusFailed, Error: "boom"}}, now),
+		mk("torn", JobInput{LastRun: &RunRecord{Status: StatusPartial, FilesChanged: 3}, LastSuccess: now, NextDue: now.Add(time.Hour)}, now),
 		mk("quiet", JobInput{LastRun: ok, LastSuccess: now.Add(-time.Hour), NextDue: now.Add(time.Hour)}, now.Add(-72*time.Hour)),
 		// due, but within the slack: not overdue yet
 		mk("soon", JobInput{LastRun: ok, LastSuccess: now.Add(-25 * time.Hour), NextDue: now.Add(-30 * time.Minute)}, now),
@@ -71,11 +71,11 @@ func TestJobStateAndExitCode(t *testing.T) {
 	if s := JobState(JobInput{}, now, time.Hour); s != StateNever {
 		t.Fatal(s)
 	}
-	if s := JobState(JobInput{Running: true, LastRun: &RunReport{Status: RunSuccess}}, now, time.Hour); s != StateRunning {
+	if s := JobState(JobInput{Running: true, LastRun: &RunRecord{Status: StatusOK}}, now, time.Hour); s != StateRunning {
 		t.Fatal(s)
 	}
 	// a success after the due time clears overdue
-	if s := JobState(JobInput{LastRun: &RunReport{Status: RunSuccess}, NextDue: now.Add(-5 * time.Hour), LastSuccess: now.Add(-time.Hour)}, now, time.Hour); s != StateOK {
+	if s := JobState(JobInput{LastRun: &RunRecord{Status: StatusOK}, NextDue: now.Add(-5 * time.Hour), LastSuccess: now.Add(-time.Hour)}, now, time.Hour); s != StateOK {
 		t.Fatal(s)
 	}
 	jobs := []JobStatus{{State: StateOK}, {State: StateNever}}

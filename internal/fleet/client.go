@@ -252,7 +252,7 @@ func (c *Client) Acquire(ctx context.Context, job string) (release func(), err e
 }
 
 // Report sends the report of a run.
-func (c *Client) Report(ctx context.Context, r RunReport) error {
+func (c *Client) Report(ctx context.Context, r Run) error {
 	if _, _, err := c.do(ctx, http.MethodPost, APIPrefix+"runs", r, nil); err != nil {
 		return fmt.Errorf("send run report of job %s: %w", r.Job, err)
 	}
@@ -270,7 +270,7 @@ func (c *Client) Status(ctx context.Context) (StatusAnswer, error) {
 
 // Runs returns the runs of host (all hosts if empty) that ended after
 // since, newest first, at most limit (0: the server's default).
-func (c *Client) Runs(ctx context.Context, host string, since time.Time, limit int) ([]RunReport, error) {
+func (c *Client) Runs(ctx context.Context, host string, since time.Time, limit int) ([]RunRecord, error) {
 	q := url.Values{}
 	if host != "" {
 		q.Set("host", host)
@@ -281,7 +281,7 @@ func (c *Client) Runs(ctx context.Context, host string, since time.Time, limit i
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	var runs []RunReport
+	var runs []RunRecord
 	if _, _, err := c.do(ctx, http.MethodGet, APIPrefix+"runs?"+q.Encode(), nil, &runs); err != nil {
 		return nil, fmt.Errorf("fleet runs: %w", err)
 	}

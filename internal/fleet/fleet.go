@@ -1,9 +1,3 @@
-// Package fleet holds what the fleet agent, the repository server and the
-// web dashboard share: run reports, the state of hosts and jobs, leases,
-// alerts, and the client of the server's fleet API (docs/PROTOCOL.md,
-// "Fleet"). Everything that decides something here is a pure function of
-// its inputs and of a time passed in, so that it is tested with a fake
-// clock.
 package fleet
 
 import (
@@ -15,21 +9,17 @@ import (
 	"time"
 )
 
-// Run statuses of a RunReport.
-const (
-	RunSuccess = "success" // finished, every file read
-	RunPartial = "partial" // finished, some files could not be read (Errors > 0)
-	RunFailed  = "failed"  // no snapshot was written
-)
-
-// RunReport is what an agent sends after a run of a job.
-type RunReport struct {
+// RunRecord is a run as the server keeps and serves it (a row of its
+// runs table), made from the Run an agent reported.
+type RunRecord struct {
 	Host  string    `json:"host"`
 	Job   string    `json:"job"`
+	Task  Task      `json:"task"`
 	Start time.Time `json:"start"`
 	End   time.Time `json:"end"`
-	// Status is RunSuccess, RunPartial or RunFailed.
-	Status string `json:"status"`
+	// Status is the Run's.
+	Status  Status `json:"status"`
+	Attempt int    `json:"attempt,omitempty"`
 	// Error is why a run failed (no secrets: the agent's error text).
 	Error string `json:"error,omitempty"`
 	Files int64  `json:"files"`
@@ -42,12 +32,37 @@ type RunReport struct {
 	Errors      int64 `json:"errors"`
 	// FilesChanged counts files that changed while they were read and
 	// were recorded as inconsistent.
-	FilesChanged int64  `json:"files_changed"`
-	Version      string `json:"version"`
-	Snapshot     string `json:"snapshot,omitempty"`
-	// NextDue is when the agent's schedule runs the job next; the server
-	// calls the job overdue when no success came by NextDue plus slack.
-	NextDue time.Time `json:"next_due,omitempty"`
+	FilesChanged int64     `json:"files_changed"`
+	Version      string    `json:"version"`
+	Snapshot     string    `json:"snapshot,omitempty"`
+	NextDue      time.Time `json:"next_due,omitzero"`
+}
+
+// Succeeded reports whether a run wrote a snapshot (or, for a
+// verification, found no damage).
+func (s Status) Succeeded() bool { return s == StatusOK || s == StatusPartial }
+
+// Failed reports whether a run failed (a retry may follow).
+func (s Status) Failed() bool { return s == StatusFailed || s == StatusRetrying }
+
+func clampInt(v uint64) int64 {
+	if v > 1<<62 {
+		return 1 << 62
+	}
+	return int64(v)
+}
+
+// Record is the server's record of a run report.
+func (r Run) Record() RunRecord {
+	task := r.Task
+	if task == "" {
+		task = TaskBackup
+	}
+	return RunRecord{Host: r.Host, Job: r.Job, Task: task, Start: r.Started, End: r.Finished, Status: r.Status, Attempt: r.Attempt,
+		Error: r.Error, Files: clampInt(r.FilesNew) + clampInt(r.FilesChanged) + clampInt(r.FilesUnchanged),
+		BytesRead: clampInt(r.TotalBytes), BytesNew: clampInt(r.DataAdded), BytesStored: clampInt(r.DataAddedStored),
+		Errors: clampInt(r.FileErrors) + int64(max(r.CheckErrors, 0)), FilesChanged: clampInt(r.FilesChangedDuringRead),
+		Version: r.Version, Snapshot: r.Snapshot, NextDue: r.NextDue}
 }
 
 // Limits on the strings of a report, so that a hostile agent cannot fill
@@ -57,8 +72,8 @@ const (
 	MaxErrorLen = 4096
 )
 
-// Validate checks a report received from an agent.
-func (r *RunReport) Validate() error {
+// Validate checks the record of a report received from an agent.
+func (r *RunRecord) Validate() error {
 	if err := ValidName("host", r.Host); err != nil {
 		return err
 	}
@@ -66,9 +81,17 @@ func (r *RunReport) Validate() error {
 		return err
 	}
 	switch r.Status {
-	case RunSuccess, RunPartial, RunFailed:
+	case StatusOK, StatusPartial, StatusFailed, StatusRetrying, StatusSkipped, StatusInterrupted:
 	default:
-		return fmt.Errorf("run status %q: want %s, %s or %s", r.Status, RunSuccess, RunPartial, RunFailed)
+		return fmt.Errorf("run status %q: want ok, partial, failed, retrying, skipped or interrupted", r.Status)
+	}
+	switch r.Task {
+	case TaskBackup, TaskCheck:
+	default:
+		return fmt.Errorf("run task %q: want backup or check", r.Task)
+	}
+	if r.Attempt < 0 {
+		return errors.New("a run's attempt cannot be negative")
 	}
 	if r.Start.IsZero() || r.End.IsZero() || r.End.Before(r.Start) {
 		return errors.New("a run needs a start and an end no earlier than its start")
@@ -129,10 +152,11 @@ type JobStatus struct {
 	Host  string `json:"host"`
 	Repo  string `json:"repo"`
 	Job   string `json:"job,omitempty"` // empty: a host with no job reported yet
+	Task  Task   `json:"task,omitempty"`
 	State State  `json:"state"`
 	// LastRun is the last report; LastSuccess the last successful
 	// (or partial) one.
-	LastRun     *RunReport `json:"last_run,omitempty"`
+	LastRun     *RunRecord `json:"last_run,omitempty"`
 	LastSuccess time.Time  `json:"last_success,omitempty"`
 	// Age is the time since LastSuccess, in seconds (0 without one).
 	AgeSeconds int64     `json:"age_seconds"`
@@ -146,7 +170,7 @@ type JobStatus struct {
 
 // JobInput is what JobState decides from.
 type JobInput struct {
-	LastRun     *RunReport
+	LastRun     *RunRecord
 	LastSuccess time.Time
 	NextDue     time.Time
 	Running     bool
@@ -157,7 +181,7 @@ type JobInput struct {
 // already overdue or its last run failed: a retry in progress does not
 // hide a problem.
 func JobState(in JobInput, now time.Time, slack time.Duration) State {
-	if in.LastRun != nil && in.LastRun.Status == RunFailed {
+	if in.LastRun != nil && in.LastRun.Status.Failed() {
 		return StateFailed
 	}
 	if !in.NextDue.IsZero() && now.After(in.NextDue.Add(slack)) && !in.LastSuccess.After(in.NextDue) {
@@ -166,7 +190,7 @@ func JobState(in JobInput, now time.Time, slack time.Duration) State {
 	if in.Running {
 		return StateRunning
 	}
-	if in.LastRun == nil {
+	if in.LastRun == nil || in.LastSuccess.IsZero() && !in.LastRun.Status.Succeeded() {
 		return StateNever
 	}
 	return StateOK
@@ -216,25 +240,27 @@ func ExitCode(jobs []JobStatus) int {
 	return code
 }
 
-// DecodeRunReport decodes and validates a run report received from an
-// agent: strict JSON (unknown fields refused), at most 1 MiB. A report
-// without a host is of defaultHost (the host the credential belongs to).
-func DecodeRunReport(data []byte, defaultHost string) (RunReport, error) {
-	var r RunReport
+// DecodeRun decodes a run report (a Run) received from an agent and
+// returns its validated record: strict JSON (unknown fields refused), at
+// most 1 MiB. A report without a host is of defaultHost (the host the
+// credential belongs to).
+func DecodeRun(data []byte, defaultHost string) (RunRecord, error) {
+	var run Run
 	if len(data) > 1<<20 {
-		return r, errors.New("run report larger than 1 MiB")
+		return RunRecord{}, errors.New("run report larger than 1 MiB")
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return r, fmt.Errorf("run report: %w", err)
+	if err := dec.Decode(&run); err != nil {
+		return RunRecord{}, fmt.Errorf("run report: %w", err)
 	}
 	if dec.More() {
-		return r, errors.New("run report: data after the report")
+		return RunRecord{}, errors.New("run report: data after the report")
 	}
-	if r.Host == "" {
-		r.Host = defaultHost
+	if run.Host == "" {
+		run.Host = defaultHost
 	}
+	r := run.Record()
 	if err := r.Validate(); err != nil {
 		return r, fmt.Errorf("run report: %w", err)
 	}

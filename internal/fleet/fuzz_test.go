@@ -6,17 +6,17 @@ import (
 	"time"
 )
 
-// FuzzDecodeRunReport: a report from a hostile agent is refused or
+// FuzzDecodeRun: a report from a hostile agent is refused or
 // accepted valid, never a panic.
-func FuzzDecodeRunReport(f *testing.F) {
+func FuzzDecodeRun(f *testing.F) {
 	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
-	good, _ := json.Marshal(RunReport{Host: "web1", Job: "daily", Start: now, End: now.Add(time.Minute), Status: RunSuccess, Files: 3})
+	good, _ := json.Marshal(Run{Host: "web1", Job: "daily", Task: TaskBackup, Started: now, Finished: now.Add(time.Minute), Status: StatusOK, FilesNew: 3})
 	f.Add(good)
-	f.Add([]byte(`{"host":"a\u0000b","job":"j","status":"success"}`))
+	f.Add([]byte(`{"host":"a\u0000b","job":"j","status":"ok"}`))
 	f.Add([]byte(`{"host":"h","job":"j","status":"failed","start":"2026-01-01T00:00:00Z","end":"2025-01-01T00:00:00Z"}`))
 	f.Add([]byte(`{"host":"h"} {"host":"i"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		r, err := DecodeRunReport(data, "")
+		r, err := DecodeRun(data, "")
 		if err != nil {
 			return
 		}

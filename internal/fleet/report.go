@@ -120,7 +120,7 @@ func SummaryLine(jobs []JobStatus) string {
 }
 
 // WriteRuns writes a table of runs.
-func WriteRuns(w io.Writer, runs []RunReport) error {
+func WriteRuns(w io.Writer, runs []RunRecord) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tJOB\tSTART\tDURATION\tSTATUS\tFILES\tREAD\tNEW\tSTORED\tERRORS\tCHANGED")
 	for _, r := range runs {
@@ -133,7 +133,7 @@ func WriteRuns(w io.Writer, runs []RunReport) error {
 // WriteReport writes the daily summary of `floe fleet report`, for mail
 // (like amreport): the state of the fleet, what needs attention, and the
 // runs since `since`.
-func WriteReport(w io.Writer, st StatusAnswer, runs []RunReport, since time.Time) error {
+func WriteReport(w io.Writer, st StatusAnswer, runs []RunRecord, since time.Time) error {
 	jobs := append([]JobStatus(nil), st.Jobs...)
 	SortWorstFirst(jobs)
 	fmt.Fprintf(w, "floe fleet report, %s\n", st.Now.Local().Format("Mon 2006-01-02 15:04 MST"))
@@ -173,7 +173,7 @@ func WriteReport(w io.Writer, st StatusAnswer, runs []RunReport, since time.Time
 		files += r.Files
 		errs += r.Errors
 		changed += r.FilesChanged
-		if r.Status == RunFailed {
+		if r.Status == StatusFailed {
 			failed++
 		} else {
 			ok++

@@ -38,7 +38,7 @@ const Prefix = "/ui/"
 // Source is the fleet's state.
 type Source interface {
 	Status(ctx context.Context) (fleet.StatusAnswer, error)
-	Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunReport, error)
+	Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunRecord, error)
 }
 
 // Authenticate checks a token typed at the login and returns who it is

@@ -20,7 +20,7 @@ import (
 // fakeSource is a fleet of n hosts (and a hostile one).
 type fakeSource struct {
 	jobs []fleet.JobStatus
-	runs []fleet.RunReport
+	runs []fleet.RunRecord
 }
 
 func newFakeSource(n int, now time.Time) *fakeSource {
@@ -33,12 +33,12 @@ func newFakeSource(n int, now time.Time) *fakeSource {
 	}
 	s.jobs = append(s.jobs, fleet.JobStatus{Host: HostileName, Repo: "fleet", Job: "<i>job</i>", State: fleet.StateFailed})
 	for i := 0; i < 30; i++ {
-		st := fleet.RunSuccess
+		st := fleet.StatusOK
 		if i%7 == 3 {
-			st = fleet.RunFailed
+			st = fleet.StatusFailed
 		}
 		start := now.Add(-time.Duration(30-i) * 24 * time.Hour)
-		s.runs = append([]fleet.RunReport{{Host: HostileName, Job: "daily", Start: start, End: start.Add(time.Duration(30+i*7) * time.Second),
+		s.runs = append([]fleet.RunRecord{{Host: HostileName, Job: "daily", Start: start, End: start.Add(time.Duration(30+i*7) * time.Second),
 			Status: st, Files: 100, BytesRead: 1 << 30, BytesNew: int64(i+1) << 20, BytesStored: int64(i+1) << 19, Version: "test"}}, s.runs...)
 	}
 	return s
@@ -52,8 +52,8 @@ func (s *fakeSource) Status(ctx context.Context) (fleet.StatusAnswer, error) {
 	return fleet.StatusAnswer{Now: time.Now().UTC(), Jobs: s.jobs}, nil
 }
 
-func (s *fakeSource) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunReport, error) {
-	var out []fleet.RunReport
+func (s *fakeSource) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunRecord, error) {
+	var out []fleet.RunRecord
 	for _, r := range s.runs {
 		if host == "" || r.Host == host {
 			out = append(out, r)

@@ -40,6 +40,8 @@ CREATE TABLE runs (
 	id            BIGINT PRIMARY KEY,
 	host          TEXT NOT NULL REFERENCES hosts (name),
 	job           TEXT NOT NULL,
+	task          TEXT NOT NULL,
+	attempt       BIGINT NOT NULL DEFAULT 0,
 	start_ms      BIGINT NOT NULL,
 	end_ms        BIGINT NOT NULL,
 	status        TEXT NOT NULL,
@@ -58,10 +60,11 @@ CREATE INDEX runs_end ON runs (end_ms);
 CREATE TABLE jobs (
 	host            TEXT NOT NULL REFERENCES hosts (name),
 	name            TEXT NOT NULL,
+	task            TEXT NOT NULL,
 	next_due        BIGINT NOT NULL DEFAULT 0,
 	last_run        BIGINT NOT NULL DEFAULT 0,
 	last_success    BIGINT NOT NULL DEFAULT 0,
-	PRIMARY KEY (host, name)
+	PRIMARY KEY (host, name, task)
 );
 CREATE TABLE alerts (
 	kind      TEXT NOT NULL,
@@ -296,7 +299,7 @@ func (d *DB) Seen(ctx context.Context, host string, now time.Time) error {
 }
 
 // AddRun stores a run and updates its job.
-func (d *DB) AddRun(ctx context.Context, r fleet.RunReport) error {
+func (d *DB) AddRun(ctx context.Context, r fleet.RunRecord) error {
 	tx, err := d.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -306,44 +309,55 @@ func (d *DB) AddRun(ctx context.Context, r fleet.RunReport) error {
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) + 1 FROM runs`).Scan(&id); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)`,
-		id, r.Host, r.Job, ms(r.Start), ms(r.End), r.Status, r.Error, r.Files, r.BytesRead, r.BytesNew, r.BytesStored, r.Errors, r.FilesChanged, r.Version, r.Snapshot); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
+		id, r.Host, r.Job, string(r.Task), r.Attempt, ms(r.Start), ms(r.End), string(r.Status), r.Error, r.Files, r.BytesRead, r.BytesNew, r.BytesStored, r.Errors, r.FilesChanged, r.Version, r.Snapshot); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (host, name) VALUES ($1, $2) ON CONFLICT (host, name) DO NOTHING`, r.Host, r.Job); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (host, name, task) VALUES ($1, $2, $3) ON CONFLICT (host, name, task) DO NOTHING`, r.Host, r.Job, string(r.Task)); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
-	q := `UPDATE jobs SET last_run = $3, next_due = $4 WHERE host = $1 AND name = $2`
-	if r.Status != fleet.RunFailed {
-		q = `UPDATE jobs SET last_run = $3, next_due = $4, last_success = $3 WHERE host = $1 AND name = $2`
+
+	switch {
+	case r.Status == fleet.StatusSkipped:
+		// due while the last run still went on: history, and the next
+		// due time; the job's last run stays the one that ran
+		if !r.NextDue.IsZero() {
+			_, err = tx.ExecContext(ctx, `UPDATE jobs SET next_due = $4 WHERE host = $1 AND name = $2 AND task = $3`, r.Host, r.Job, string(r.Task), ms(r.NextDue))
+		}
+	case r.Status.Succeeded():
+		_, err = tx.ExecContext(ctx, `UPDATE jobs SET last_run = $4, next_due = $5, last_success = $4 WHERE host = $1 AND name = $2 AND task = $3`,
+			r.Host, r.Job, string(r.Task), id, ms(r.NextDue))
+	default:
+		_, err = tx.ExecContext(ctx, `UPDATE jobs SET last_run = $4, next_due = $5 WHERE host = $1 AND name = $2 AND task = $3`,
+			r.Host, r.Job, string(r.Task), id, ms(r.NextDue))
 	}
-	if _, err := tx.ExecContext(ctx, q, r.Host, r.Job, id, ms(r.NextDue)); err != nil {
+	if err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
 	return tx.Commit()
 }
 
-const runCols = `host, job, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot`
+const runCols = `host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot`
 
-func scanRun(sc interface{ Scan(...any) error }) (fleet.RunReport, error) {
-	var r fleet.RunReport
+func scanRun(sc interface{ Scan(...any) error }) (fleet.RunRecord, error) {
+	var r fleet.RunRecord
 	var s, e int64
-	err := sc.Scan(&r.Host, &r.Job, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot)
+	err := sc.Scan(&r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot)
 	r.Start, r.End = fromMS(s), fromMS(e)
 	return r, err
 }
 
 // Runs returns runs that ended after since, of host (all if empty),
 // newest first, at most limit.
-func (d *DB) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunReport, error) {
+func (d *DB) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunRecord, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT `+runCols+` FROM runs WHERE ($1 = '' OR host = $1) AND end_ms > $2 ORDER BY end_ms DESC, id DESC LIMIT $3`,
 		host, ms(since), limit)
 	if err != nil {
 		return nil, fmt.Errorf("runs: %w", err)
 	}
 	defer rows.Close()
-	out := []fleet.RunReport{}
+	out := []fleet.RunRecord{}
 	for rows.Next() {
 		r, err := scanRun(rows)
 		if err != nil {
@@ -358,17 +372,18 @@ func (d *DB) Runs(ctx context.Context, host string, since time.Time, limit int) 
 type JobRow struct {
 	Host        Host
 	Job         string
+	Task        fleet.Task
 	NextDue     time.Time
-	LastRun     *fleet.RunReport
-	LastSuccess *fleet.RunReport
+	LastRun     *fleet.RunRecord
+	LastSuccess *fleet.RunRecord
 }
 
 // Jobs returns every host with its jobs (a host without jobs once, with
 // an empty Job), by host and job.
 func (d *DB) Jobs(ctx context.Context) ([]JobRow, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT h.name, h.repo, h.token_id, h.created, h.enrolled, h.revoked, h.last_seen,
-		COALESCE(j.name, ''), COALESCE(j.next_due, 0), COALESCE(j.last_run, 0), COALESCE(j.last_success, 0)
-		FROM hosts h LEFT JOIN jobs j ON j.host = h.name ORDER BY h.name, j.name`)
+		COALESCE(j.name, ''), COALESCE(j.task, ''), COALESCE(j.next_due, 0), COALESCE(j.last_run, 0), COALESCE(j.last_success, 0)
+		FROM hosts h LEFT JOIN jobs j ON j.host = h.name ORDER BY h.name, j.name, j.task`)
 	if err != nil {
 		return nil, fmt.Errorf("jobs: %w", err)
 	}
@@ -380,7 +395,7 @@ func (d *DB) Jobs(ctx context.Context) ([]JobRow, error) {
 	for rows.Next() {
 		var p pending
 		var c, e, r, s, nd int64
-		if err := rows.Scan(&p.row.Host.Name, &p.row.Host.Repo, &p.row.Host.TokenID, &c, &e, &r, &s, &p.row.Job, &nd, &p.last, &p.lastOK); err != nil {
+		if err := rows.Scan(&p.row.Host.Name, &p.row.Host.Repo, &p.row.Host.TokenID, &c, &e, &r, &s, &p.row.Job, &p.row.Task, &nd, &p.last, &p.lastOK); err != nil {
 			rows.Close()
 			return nil, err
 		}
@@ -394,7 +409,7 @@ func (d *DB) Jobs(ctx context.Context) ([]JobRow, error) {
 		return nil, err
 	}
 	// the runs the jobs point at, in one query
-	byID := map[int64]*fleet.RunReport{}
+	byID := map[int64]*fleet.RunRecord{}
 	rrows, err := d.db.QueryContext(ctx, `SELECT r.id, `+prefixed("r.", runCols)+` FROM runs r JOIN jobs j ON r.id = j.last_run OR r.id = j.last_success`)
 	if err != nil {
 		return nil, fmt.Errorf("jobs: %w", err)
@@ -402,9 +417,9 @@ func (d *DB) Jobs(ctx context.Context) ([]JobRow, error) {
 	defer rrows.Close()
 	for rrows.Next() {
 		var id int64
-		var r fleet.RunReport
+		var r fleet.RunRecord
 		var s, e int64
-		if err := rrows.Scan(&id, &r.Host, &r.Job, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot); err != nil {
+		if err := rrows.Scan(&id, &r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot); err != nil {
 			return nil, err
 		}
 		r.Start, r.End = fromMS(s), fromMS(e)

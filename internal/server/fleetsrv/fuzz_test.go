@@ -20,7 +20,7 @@ func FuzzServiceBodies(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"token":"floe_enroll_x"}`))
 	f.Add(uint8(1), []byte(`{"job":"daily","wait_seconds":0}`))
 	f.Add(uint8(1), []byte(`{"job":"daily","ticket":"abc","wait_seconds":-5}`))
-	f.Add(uint8(2), []byte(`{"job":"daily","status":"success","start":"2026-01-01T00:00:00Z","end":"2026-01-01T00:01:00Z"}`))
+	f.Add(uint8(2), []byte(`{"job":"daily","task":"backup","status":"ok","started":"2026-01-01T00:00:00Z","finished":"2026-01-01T00:01:00Z"}`))
 	f.Add(uint8(2), []byte(`{"host":"other","job":"daily"}`))
 	paths := []string{"enroll", "leases", "runs"}
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {

@@ -130,7 +130,7 @@ func TestServiceAlertsFakeClock(t *testing.T) {
 	f.svc.opts.Now = c.now
 	ctx := context.Background()
 	web1 := f.enroll(t, "web1", "fleet")
-	rep := fleet.RunReport{Job: "daily", Start: c.t.Add(-time.Minute), End: c.t, Status: fleet.RunSuccess, NextDue: c.t.Add(24 * time.Hour)}
+	rep := fleet.Run{Job: "daily", Task: fleet.TaskBackup, Started: c.t.Add(-time.Minute), Finished: c.t, Status: fleet.StatusOK, NextDue: c.t.Add(24 * time.Hour)}
 	if err := web1.Report(ctx, rep); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestServiceAlertsFakeClock(t *testing.T) {
 	if n := eval(); len(n) != 0 {
 		t.Fatalf("repeated: %+v", n)
 	}
-	rep.Start, rep.End, rep.NextDue = c.t.Add(-time.Minute), c.t, c.t.Add(24*time.Hour)
+	rep.Started, rep.Finished, rep.NextDue = c.t.Add(-time.Minute), c.t, c.t.Add(24*time.Hour)
 	if err := web1.Report(ctx, rep); err != nil {
 		t.Fatal(err)
 	}

@@ -277,7 +277,7 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request, h hostCtx) {
 		writeError(w, http.StatusBadRequest, server.CodeBadRequest, "bad run report: "+err.Error())
 		return
 	}
-	rep, err := fleet.DecodeRunReport(data, h.host.Name)
+	rep, err := fleet.DecodeRun(data, h.host.Name)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, server.CodeBadRequest, err.Error())
 		return
@@ -303,14 +303,14 @@ func (s *Service) Status(ctx context.Context) (fleet.StatusAnswer, error) {
 	}
 	out := fleet.StatusAnswer{Now: now, Jobs: make([]fleet.JobStatus, 0, len(rows))}
 	for _, row := range rows {
-		js := fleet.JobStatus{Host: row.Host.Name, Repo: row.Host.Repo, Job: row.Job, LastRun: row.LastRun,
+		js := fleet.JobStatus{Host: row.Host.Name, Repo: row.Host.Repo, Job: row.Job, Task: row.Task, LastRun: row.LastRun,
 			NextDue: row.NextDue, LastSeen: row.Host.LastSeen, Revoked: !row.Host.Revoked.IsZero()}
 		if row.LastSuccess != nil {
 			js.LastSuccess = row.LastSuccess.End
 			js.AgeSeconds = int64(now.Sub(js.LastSuccess) / time.Second)
 			js.Size = row.LastSuccess.BytesRead
 		}
-		js.Running = row.Job != "" && s.opts.Leases.Running(row.Host.Name, row.Job)
+		js.Running = row.Job != "" && s.opts.Leases.Running(row.Host.Name, leaseJob(row.Job, row.Task))
 		js.State = fleet.JobState(fleet.JobInput{LastRun: row.LastRun, LastSuccess: js.LastSuccess, NextDue: row.NextDue, Running: js.Running}, now, s.opts.Slack)
 		out.Jobs = append(out.Jobs, js)
 	}
@@ -358,7 +358,7 @@ func (s *Service) runs(w http.ResponseWriter, r *http.Request) {
 
 // Runs returns runs that ended after since, of host (all if empty),
 // newest first, at most limit.
-func (s *Service) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunReport, error) {
+func (s *Service) Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunRecord, error) {
 	return s.opts.DB.Runs(ctx, host, since, limit)
 }
 
@@ -373,4 +373,14 @@ func (s *Service) AuthenticateViewer(token string) (string, error) {
 		return "", fmt.Errorf("token %s has role %s; the dashboard needs viewer or admin", tok.ID, tok.Roles)
 	}
 	return fmt.Sprintf("%s (%s)", tok.Host, tok.Roles), nil
+}
+
+// leaseJob is the name a lease is taken under: the job, and for a
+// verification "JOB:check" (a backup and a verification of one job are
+// separate runs).
+func leaseJob(job string, task fleet.Task) string {
+	if task == "" || task == fleet.TaskBackup {
+		return job
+	}
+	return job + ":" + string(task)
 }

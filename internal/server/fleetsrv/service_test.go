@@ -146,13 +146,13 @@ func TestReportsAndStatus(t *testing.T) {
 	web1 := f.enroll(t, "web1", "fleet")
 	db1 := f.enroll(t, "<b>db1</b>", "fleet")
 	now := time.Now().UTC()
-	rep := fleet.RunReport{Job: "daily", Start: now.Add(-time.Minute), End: now, Status: fleet.RunSuccess, Files: 10, BytesRead: 1000,
-		BytesNew: 100, BytesStored: 60, Version: "test", NextDue: now.Add(24 * time.Hour)}
+	rep := fleet.Run{Job: "daily", Task: fleet.TaskBackup, Started: now.Add(-time.Minute), Finished: now, Status: fleet.StatusOK, FilesNew: 10, TotalBytes: 1000,
+		DataAdded: 100, DataAddedStored: 60, Version: "test", NextDue: now.Add(24 * time.Hour)}
 	if err := web1.Report(ctx, rep); err != nil {
 		t.Fatal(err)
 	}
 	bad := rep
-	bad.Status, bad.Error = fleet.RunFailed, "disk full"
+	bad.Status, bad.Error = fleet.StatusFailed, "disk full"
 	if err := db1.Report(ctx, bad); err != nil {
 		t.Fatal(err)
 	}

@@ -38,6 +38,10 @@
     if (!t || t.indexOf("0001-") === 0) return 0;
     return new Date(t).getTime() || 0;
   }
+  function jobName(job, task) {
+    if (!job) return "-";
+    return task && task !== "backup" ? job + " (" + task + ")" : job;
+  }
   function getJSON(url) {
     return fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }).then(function (r) {
       if (r.status === 401) { window.location.href = "/ui/login"; throw new Error("session expired"); }
@@ -93,7 +97,7 @@
         a.setAttribute("href", "/ui/host?name=" + encodeURIComponent(j.host));
         th.appendChild(a);
         tr.appendChild(th);
-        tr.appendChild(el("td", "", j.job || "-"));
+        tr.appendChild(el("td", "", jobName(j.job, j.task)));
         tr.appendChild(el("td", "", when(j.last_success)));
         tr.appendChild(el("td", "", age(j.age_seconds)));
         tr.appendChild(el("td", "", when(j.next_due)));
@@ -188,7 +192,7 @@
         runs.forEach(function (r) {
           var tr = el("tr");
           var dur = (timeOf(r.end) - timeOf(r.start)) / 1000;
-          tr.appendChild(el("td", "", r.job));
+          tr.appendChild(el("td", "", jobName(r.job, r.task)));
           tr.appendChild(el("td", "", when(r.start)));
           tr.appendChild(el("td", "", Math.round(dur) + " s"));
           var td = el("td");
