@@ -6,11 +6,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -244,4 +247,68 @@ func dashboardLogin(t *testing.T, addr, token string) int {
 	}
 	res.Body.Close()
 	return res.StatusCode
+}
+
+// The agent in the fleet: `floe agent enroll` with the token of `floe
+// serve host add`; `floe agent run` then takes a lease from the server,
+// backs up with the enrolled backup token, and its report shows in `floe
+// fleet status` and `floe fleet runs`.
+func TestFleetAgent(t *testing.T) {
+	e := newEnv(t)
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t), "--max-concurrent-backups", "1")
+	admin := s.token("fleet", "admin", "admin")
+	viewer := s.token("fleet", "ops", "viewer")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	woKey := e.path("host.key")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
+	registerKeyFile(t, woKey)
+
+	a := &agentEnv{floeEnv: e, config: e.path("agent.toml"), state: e.path("state")}
+	tokenFile := filepath.Join(a.state, "server", "token")
+	a.writeConfig(fmt.Sprintf("\n[[job]]\nname = \"web\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"daily\"\n",
+		s.url("fleet"), woKey, tokenFile, s.fingerprint, a.data("web")))
+
+	r := e.run("serve", "host", "add", "--root", root, "--repo", "fleet", "e2e-host")
+	expectCode(t, r, 0)
+	enroll := strings.TrimSpace(r.stdout)
+	addSecret(enroll)
+	// a wrong fingerprint is refused before the token is sent
+	r = a.run("agent", "--config", a.config, "enroll", "https://"+s.addr, enroll, "--server-fingerprint", "sha256:"+strings.Repeat("00", 32))
+	expectFail(t, r)
+	r = a.run("agent", "--config", a.config, "enroll", "https://"+s.addr, enroll, "--server-fingerprint", s.fingerprint)
+	expectCode(t, r, 0)
+	if fi, err := os.Stat(tokenFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("token file: %v %v", fi, err)
+	}
+	addSecret(readToken(t, tokenFile))
+	// used up
+	expectCode(t, a.run("agent", "--config", a.config, "enroll", "https://"+s.addr, enroll, "--server-fingerprint", s.fingerprint), 14)
+
+	r = a.run("agent", "--config", a.config, "run", "web")
+	expectCode(t, r, 0)
+	if strings.Contains(r.stdout, "report not sent") || strings.Contains(r.stdout, "server not used") {
+		t.Fatalf("agent run: %s", r)
+	}
+	r = s.fleet(viewer, "status", "--json")
+	expectCode(t, r, 0)
+	var st struct {
+		Jobs []fleet.JobStatus `json:"jobs"`
+	}
+	if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Jobs) != 1 || st.Jobs[0].Host != "e2e-host" || st.Jobs[0].Job != "web" || st.Jobs[0].State != fleet.StateOK ||
+		st.Jobs[0].NextDue.IsZero() || st.Jobs[0].LastRun == nil || st.Jobs[0].LastRun.Files != 1 || st.Jobs[0].LastRun.Version == "" {
+		t.Fatalf("fleet status after an agent run: %s", r.stdout)
+	}
+	r = s.fleet(viewer, "runs", "--host", "e2e-host")
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stdout, "web") || !strings.Contains(r.stdout, " ok ") {
+		t.Fatalf("runs: %s", r)
+	}
+	// revoked: the agent's reports are refused (and logged as not sent)
+	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "e2e-host"), 0)
+	r = a.run("agent", "--config", a.config, "run", "web")
+	expectFail(t, r)
 }

@@ -50,12 +50,24 @@ type LeaseQueued struct {
 }
 
 // Credentials are what enrollment gives a host: a backup token for its
-// repository on the server.
+// repository on the server (and, kept by the agent, the server's address
+// and pinned certificate fingerprint).
 type Credentials struct {
-	Host   string `json:"host"`
-	Repo   string `json:"repo"`
-	Token  string `json:"token"`
-	Server string `json:"server"`
+	Host        string `json:"host"`
+	Repo        string `json:"repo"`
+	Token       string `json:"token"`
+	Server      string `json:"server"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+}
+
+// LeaseJob is the name a lease is taken under: the job, and for a
+// verification "JOB:check" (a backup and a verification of one job are
+// separate runs).
+func LeaseJob(job string, task Task) string {
+	if task == "" || task == TaskBackup {
+		return job
+	}
+	return job + ":" + string(task)
 }
 
 // EnrollRequest is the body of an enrollment.

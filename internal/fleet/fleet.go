@@ -157,14 +157,14 @@ type JobStatus struct {
 	// LastRun is the last report; LastSuccess the last successful
 	// (or partial) one.
 	LastRun     *RunRecord `json:"last_run,omitempty"`
-	LastSuccess time.Time  `json:"last_success,omitempty"`
+	LastSuccess time.Time  `json:"last_success,omitzero"`
 	// Age is the time since LastSuccess, in seconds (0 without one).
 	AgeSeconds int64     `json:"age_seconds"`
-	NextDue    time.Time `json:"next_due,omitempty"`
+	NextDue    time.Time `json:"next_due,omitzero"`
 	// Size is the bytes read by the last successful run.
 	Size     int64     `json:"size"`
 	Running  bool      `json:"running"`
-	LastSeen time.Time `json:"last_seen,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
 	Revoked  bool      `json:"revoked,omitempty"`
 }
 

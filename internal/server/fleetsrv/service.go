@@ -310,7 +310,7 @@ func (s *Service) Status(ctx context.Context) (fleet.StatusAnswer, error) {
 			js.AgeSeconds = int64(now.Sub(js.LastSuccess) / time.Second)
 			js.Size = row.LastSuccess.BytesRead
 		}
-		js.Running = row.Job != "" && s.opts.Leases.Running(row.Host.Name, leaseJob(row.Job, row.Task))
+		js.Running = row.Job != "" && s.opts.Leases.Running(row.Host.Name, fleet.LeaseJob(row.Job, row.Task))
 		js.State = fleet.JobState(fleet.JobInput{LastRun: row.LastRun, LastSuccess: js.LastSuccess, NextDue: row.NextDue, Running: js.Running}, now, s.opts.Slack)
 		out.Jobs = append(out.Jobs, js)
 	}
@@ -373,14 +373,4 @@ func (s *Service) AuthenticateViewer(token string) (string, error) {
 		return "", fmt.Errorf("token %s has role %s; the dashboard needs viewer or admin", tok.ID, tok.Roles)
 	}
 	return fmt.Sprintf("%s (%s)", tok.Host, tok.Roles), nil
-}
-
-// leaseJob is the name a lease is taken under: the job, and for a
-// verification "JOB:check" (a backup and a verification of one job are
-// separate runs).
-func leaseJob(job string, task fleet.Task) string {
-	if task == "" || task == fleet.TaskBackup {
-		return job
-	}
-	return job + ":" + string(task)
 }

@@ -1,0 +1,134 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/floe-backup/floe/internal/fleet"
+	"github.com/floe-backup/floe/internal/storage/remote"
+)
+
+// ServerDir is where `floe agent enroll` keeps the host's credentials for
+// the floe server (token and credentials.json, mode 0600). When they are
+// there, the daemon takes its leases from the server and reports its runs
+// to it.
+func ServerDir(cfg *Config) string { return filepath.Join(cfg.StateDir, "server") }
+
+// ServerLeases take a lease from the floe server (its limits of backups
+// at once across the fleet, in FIFO order) after the local one (one run
+// at a time per repository on this host). The server lease is renewed
+// while the run goes on and given back after it.
+type ServerLeases struct {
+	Local  *LocalLeases
+	Client *fleet.Client
+}
+
+func (l *ServerLeases) Lease(ctx context.Context, job *Job, task fleet.Task) (func(), error) {
+	releaseLocal, err := l.Local.Lease(ctx, job, task)
+	if err != nil {
+		return nil, err
+	}
+	releaseServer, err := l.Client.Acquire(ctx, fleet.LeaseJob(job.Name, task))
+	if err != nil {
+		releaseLocal()
+		return nil, err
+	}
+	return func() { releaseServer(); releaseLocal() }, nil
+}
+
+// ServerReporter logs each run (as LogReporter does) and sends it to the
+// floe server.
+type ServerReporter struct {
+	Log    LogReporter
+	Client *fleet.Client
+}
+
+func (r ServerReporter) Report(ctx context.Context, run fleet.Run) error {
+	_ = r.Log.Report(ctx, run)
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	return r.Client.Report(ctx, run)
+}
+
+// ServerClient is the fleet API client of the credentials in dir; nil
+// (and no error) when the host is not enrolled.
+func ServerClient(dir string) (*fleet.Client, error) {
+	cr, err := fleet.ReadCredentials(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(filepath.Join(dir, fleet.CredentialsFileName)); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s is readable by others (mode %v); chmod 600 it", filepath.Join(dir, fleet.CredentialsFileName), fi.Mode().Perm())
+	}
+	hc, err := remote.NewHTTPClient(cr.Server, remote.Options{Fingerprint: cr.Fingerprint, KnownServersFile: filepath.Join(dir, KnownServersFileName)})
+	if err != nil {
+		return nil, err
+	}
+	return &fleet.Client{Base: cr.Server, Token: cr.Token, HTTP: hc}, nil
+}
+
+// WithServer returns the leases and reports of a host: the floe server's
+// (after the local lease) when the host is enrolled (ServerDir holds its
+// credentials), else local and log alone.
+func WithServer(cfg *Config, local *LocalLeases, log LogReporter) (Leaser, Reporter, error) {
+	c, err := ServerClient(ServerDir(cfg))
+	if err != nil || c == nil {
+		return local, log, err
+	}
+	return &ServerLeases{Local: local, Client: c}, ServerReporter{Log: log, Client: c}, nil
+}
+
+// useServer switches the daemon to the floe server's leases and reports
+// when the host is enrolled.
+func (d *Daemon) useServer() error {
+	local, _ := d.Leases.(*LocalLeases)
+	if local == nil {
+		local = &LocalLeases{Dir: LeaseDir(d.Config)}
+	}
+	l, r, err := WithServer(d.Config, local, LogReporter{Log: d.Log})
+	if err != nil {
+		return err
+	}
+	d.Leases, d.Reports = l, r
+	return nil
+}
+
+// KnownServersFileName, in ServerDir, remembers the server's certificate
+// trusted at enrollment when no fingerprint was pinned.
+const KnownServersFileName = "known_servers"
+
+// Enroll exchanges a one-time enrollment token for this host's
+// credentials and keeps them in ServerDir (mode 0600): from then on the
+// daemon takes its leases from the server and reports to it. Without a
+// fingerprint the server's certificate is trusted on first use (a CA, or
+// remembered in ServerDir) and warn says so.
+func Enroll(ctx context.Context, cfg *Config, server, fingerprint, token string, warn func(string)) (fleet.Credentials, error) {
+	dir := ServerDir(cfg)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fleet.Credentials{}, fmt.Errorf("enroll: %w", err)
+	}
+	hc, err := remote.NewHTTPClient(server, remote.Options{Fingerprint: fingerprint, KnownServersFile: filepath.Join(dir, KnownServersFileName), Warn: warn})
+	if err != nil {
+		return fleet.Credentials{}, err
+	}
+	cr, err := fleet.Enroll(ctx, hc, server, token)
+	if err != nil {
+		return cr, err
+	}
+	if cr.Host != cfg.Host {
+		warn(fmt.Sprintf("warning: the server enrolled this host as %q, but the agent's host is %q: set host = %q in the agent's configuration, or its reports are refused", cr.Host, cfg.Host, cr.Host))
+	}
+	cr.Fingerprint = fingerprint
+	if err := fleet.WriteCredentials(dir, cr); err != nil {
+		return cr, err
+	}
+	return cr, nil
+}
