@@ -217,6 +217,16 @@ func TestFleetServer(t *testing.T) {
 	if !strings.Contains(r.stdout, "revoked") || !strings.Contains(r.stdout, "enrolled") {
 		t.Fatalf("host list: %s", r)
 	}
+	// enrollments, reports and refusals are in the audit log
+	seen := map[string]bool{}
+	for _, l := range s.auditLines() {
+		seen[fmt.Sprint(l["op"], " ", l["host"], " ", l["result"])] = true
+	}
+	for _, want := range []string{"fleet:enroll web1 ok", "fleet:enroll <nil> refused", "fleet:report web1 ok", "fleet:POST runs <nil> refused", "fleet:GET status other refused"} {
+		if !seen[want] {
+			t.Errorf("audit log lacks %q: %v", want, seen)
+		}
+	}
 }
 
 // dashboardLogin logs in to the dashboard and returns the status.

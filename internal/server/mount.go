@@ -14,6 +14,8 @@ type Env struct {
 	Root, StateDir string
 	Tokens         *TokenStore
 	Ledger         *Ledger
+	// Audit is the server's audit log (nil: none).
+	Audit *AuditLog
 	// Metrics registers the mounted front end's own collectors.
 	Metrics prometheus.Registerer
 }

@@ -45,7 +45,7 @@ func (c Config) Mounts() server.MountFunc {
 		if err != nil {
 			return nil, err
 		}
-		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Slack: c.Slack, Log: c.Log,
+		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log,
 			Leases: NewLeases(c.Limits, c.LeaseTTL, nil)})
 		if env.Metrics != nil {
 			if err := env.Metrics.Register(&collector{svc: svc}); err != nil {

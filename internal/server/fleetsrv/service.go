@@ -38,6 +38,8 @@ type Options struct {
 	Log *log.Logger
 	// Ledger gives repository usage for quota alerts; nil: none.
 	Ledger *server.Ledger
+	// Audit records enrollments, reports and refused requests; nil: none.
+	Audit *server.AuditLog
 }
 
 // Service serves the fleet API.
@@ -81,6 +83,21 @@ func New(opts Options) *Service {
 // ServeHTTP serves the fleet API (paths under fleet.APIPrefix).
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
+// audit writes a record of a fleet request: op is "fleet:" and the route.
+func (s *Service) audit(r *http.Request, tok server.Token, op string, status int, result, reason string) {
+	if s.opts.Audit == nil {
+		return
+	}
+	s.opts.Audit.Write(server.AuditRecord{Time: s.opts.Now().UTC(), Token: tok.ID, Host: tok.Host, Remote: r.RemoteAddr, Repo: tok.Repo,
+		Op: "fleet:" + op, Status: status, Result: result, Reason: reason})
+}
+
+// refuse answers a refused request and audits it.
+func (s *Service) refuse(w http.ResponseWriter, r *http.Request, tok server.Token, op string, status int, code, msg string) {
+	s.audit(r, tok, op, status, "refused", msg)
+	writeError(w, status, code, msg)
+}
+
 func writeError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -114,25 +131,26 @@ type hostCtx struct {
 // enrollment gave, and the host must not be revoked.
 func (s *Service) host(fn func(w http.ResponseWriter, r *http.Request, h hostCtx)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		op := r.Method + " " + strings.TrimPrefix(r.URL.Path, fleet.APIPrefix)
 		tok, err := s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
 		if err != nil {
-			writeError(w, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
+			s.refuse(w, r, server.Token{}, op, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
 			return
 		}
 		h, err := s.opts.DB.Host(r.Context(), tok.Host)
 		switch {
 		case errors.Is(err, ErrNoHost):
-			writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s is not enrolled in the fleet (floe serve host add, then floe agent enroll)", tok.Host))
+			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s is not enrolled in the fleet (floe serve host add, then floe agent enroll)", tok.Host))
 			return
 		case err != nil:
 			s.opts.Log.Printf("fleet: %v", err)
 			writeError(w, http.StatusInternalServerError, server.CodeInternal, "fleet database error")
 			return
 		case !h.Revoked.IsZero():
-			writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s is revoked", h.Name))
+			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s is revoked", h.Name))
 			return
 		case h.TokenID != tok.ID:
-			writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("token %s is not the enrolled credential of host %s", tok.ID, h.Name))
+			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("token %s is not the enrolled credential of host %s", tok.ID, h.Name))
 			return
 		}
 		_ = s.opts.DB.Seen(r.Context(), h.Name, s.opts.Now())
@@ -143,13 +161,14 @@ func (s *Service) host(fn func(w http.ResponseWriter, r *http.Request, h hostCtx
 // viewer authenticates a viewer or admin token.
 func (s *Service) viewer(fn http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		op := r.Method + " " + strings.TrimPrefix(r.URL.Path, fleet.APIPrefix)
 		tok, err := s.opts.Tokens.Authenticate(r.Header.Get("Authorization"))
 		if err != nil {
-			writeError(w, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
+			s.refuse(w, r, server.Token{}, op, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
 			return
 		}
 		if tok.Roles&(server.RoleViewer|server.RoleAdmin) == 0 {
-			writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("token %s has role %s; the fleet's state needs viewer or admin", tok.ID, tok.Roles))
+			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("token %s has role %s; the fleet's state needs viewer or admin", tok.ID, tok.Roles))
 			return
 		}
 		fn(w, r)
@@ -182,14 +201,14 @@ func (s *Service) enroll(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !strings.HasPrefix(req.Token, enrollPrefix) {
-		writeError(w, http.StatusUnauthorized, server.CodeUnauthorized, "not an enrollment token (floe serve host add prints one)")
+		s.refuse(w, r, server.Token{}, "enroll", http.StatusUnauthorized, server.CodeUnauthorized, "not an enrollment token (floe serve host add prints one)")
 		return
 	}
 	now := s.opts.Now()
 	hash := HashEnrollToken(req.Token)
 	h, err := s.opts.DB.PendingEnrollment(r.Context(), hash, now)
 	if errors.Is(err, ErrBadEnrolment) {
-		writeError(w, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
+		s.refuse(w, r, server.Token{}, "enroll", http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
 		return
 	}
 	if err != nil {
@@ -206,9 +225,10 @@ func (s *Service) enroll(w http.ResponseWriter, r *http.Request) {
 	if err := s.opts.DB.CompleteEnrollment(r.Context(), h.Name, hash, t.ID, now); err != nil {
 		// another request used the token first: this credential must not live
 		_ = s.opts.Tokens.Revoke(t.ID)
-		writeError(w, http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
+		s.refuse(w, r, server.Token{}, "enroll", http.StatusUnauthorized, server.CodeUnauthorized, err.Error())
 		return
 	}
+	s.audit(r, t, "enroll", http.StatusOK, "ok", "")
 	writeJSON(w, http.StatusOK, fleet.Credentials{Host: h.Name, Repo: h.Repo, Token: tok})
 }
 
@@ -283,7 +303,7 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request, h hostCtx) {
 		return
 	}
 	if rep.Host != h.host.Name {
-		writeError(w, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s may not report for host %s", h.host.Name, rep.Host))
+		s.refuse(w, r, h.tok, "report", http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s may not report for host %s", h.host.Name, rep.Host))
 		return
 	}
 	if err := s.opts.DB.AddRun(r.Context(), rep); err != nil {
@@ -291,6 +311,7 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request, h hostCtx) {
 		writeError(w, http.StatusInternalServerError, server.CodeInternal, "fleet database error")
 		return
 	}
+	s.audit(r, h.tok, "report", http.StatusCreated, "ok", "")
 	w.WriteHeader(http.StatusCreated)
 }
 
