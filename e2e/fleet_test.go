@@ -161,6 +161,17 @@ func TestFleetServer(t *testing.T) {
 		t.Fatalf("webhook notifications: %+v", got)
 	}
 
+	// floe serve alert test reaches the webhook; a target that refuses fails it
+	expectCode(t, e.run("serve", "alert", "test", "--alert-webhook", hook.URL), 0)
+	mu.Lock()
+	last := notes[len(notes)-1]
+	mu.Unlock()
+	if last.Event != fleet.EventTest {
+		t.Fatalf("alert test sent %+v", last)
+	}
+	expectFail(t, e.run("serve", "alert", "test", "--alert-webhook", "http://127.0.0.1:1/"))
+	expectCode(t, e.run("serve", "alert", "test"), 2)
+
 	// Prometheus: state, last success and duration per host and job
 	res, err := http.Get(s.metrics)
 	if err != nil {
