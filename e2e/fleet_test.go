@@ -287,7 +287,7 @@ func TestFleetAgent(t *testing.T) {
 
 	a := &agentEnv{floeEnv: e, config: e.path("agent.toml"), state: e.path("state")}
 	tokenFile := filepath.Join(a.state, "server", "token")
-	a.writeConfig(fmt.Sprintf("\n[[job]]\nname = \"web\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"daily\"\n",
+	a.writeConfig(fmt.Sprintf("\n[[job]]\nname = \"web\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"00:20\"\n",
 		s.url("fleet"), woKey, tokenFile, s.fingerprint, a.data("web")))
 
 	r := e.run("serve", "host", "add", "--root", root, "--repo", "fleet", "e2e-host")
@@ -328,6 +328,27 @@ func TestFleetAgent(t *testing.T) {
 	if !strings.Contains(r.stdout, "web") || !strings.Contains(r.stdout, " ok ") {
 		t.Fatalf("runs: %s", r)
 	}
+	// the daemon too: its scheduled run (on the test clock: 00:20 of a
+	// virtual day) takes a server lease and is reported
+	lines, r := a.daemon("2026-03-02T00:19:00Z", 3*time.Second)
+	expectCode(t, r, 0)
+	if runs := runsOf(lines, "web"); len(runs) != 1 || runs[0].Status != "ok" || strings.Contains(r.stdout, "not sent") || strings.Contains(r.stdout, "server not used") {
+		t.Fatalf("daemon: %s", r)
+	}
+	r = s.fleet(viewer, "runs", "--host", "e2e-host", "--json")
+	expectCode(t, r, 0)
+	var runs []fleet.RunRecord
+	if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil || len(runs) != 2 {
+		t.Fatalf("runs after the daemon's: %v %s", err, r)
+	}
+	found := false
+	for _, rr := range runs {
+		found = found || rr.Start.Format("2006-01-02T15:04") == "2026-03-02T00:20"
+	}
+	if !found {
+		t.Fatalf("the daemon's run (2026-03-02 00:20 on the test clock) is not on the server: %s", r.stdout)
+	}
+
 	// revoked: the agent's reports are refused (and logged as not sent)
 	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "e2e-host"), 0)
 	r = a.run("agent", "--config", a.config, "run", "web")
