@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,9 +24,15 @@ func ServerDir(cfg *Config) string { return filepath.Join(cfg.StateDir, "server"
 // at once across the fleet, in FIFO order) after the local one (one run
 // at a time per repository on this host). The server lease is renewed
 // while the run goes on and given back after it.
+//
+// A server that cannot be reached does not stop a backup that can run
+// (its repository may be elsewhere): the run goes on with the local lease
+// alone and Warn says so. A server that refuses the host (revoked) stops
+// it.
 type ServerLeases struct {
 	Local  *LocalLeases
 	Client *fleet.Client
+	Warn   func(job *Job, msg string)
 }
 
 func (l *ServerLeases) Lease(ctx context.Context, job *Job, task fleet.Task) (func(), error) {
@@ -35,6 +42,12 @@ func (l *ServerLeases) Lease(ctx context.Context, job *Job, task fleet.Task) (fu
 	}
 	releaseServer, err := l.Client.Acquire(ctx, fleet.LeaseJob(job.Name, task))
 	if err != nil {
+		if ctx.Err() == nil && !errors.Is(err, fleet.ErrRefused) {
+			if l.Warn != nil {
+				l.Warn(job, "running without a lease of the floe server: "+err.Error())
+			}
+			return releaseLocal, nil
+		}
 		releaseLocal()
 		return nil, err
 	}
@@ -72,7 +85,9 @@ func ServerClient(dir string) (*fleet.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &fleet.Client{Base: cr.Server, Token: cr.Token, HTTP: hc}, nil
+	// a lease request waits up to Poll on the server; nothing else takes long
+	hc.Timeout = 2 * time.Minute
+	return &fleet.Client{Base: cr.Server, Token: cr.Token, HTTP: hc, Poll: 30 * time.Second}, nil
 }
 
 // WithServer returns the leases and reports of a host: the floe server's
@@ -83,7 +98,8 @@ func WithServer(cfg *Config, local *LocalLeases, log LogReporter) (Leaser, Repor
 	if err != nil || c == nil {
 		return local, log, err
 	}
-	return &ServerLeases{Local: local, Client: c}, ServerReporter{Log: log, Client: c}, nil
+	warn := func(j *Job, msg string) { log.Log.Warn(msg, slog.String("job", j.Name)) }
+	return &ServerLeases{Local: local, Client: c, Warn: warn}, ServerReporter{Log: log, Client: c}, nil
 }
 
 // useServer switches the daemon to the floe server's leases and reports
