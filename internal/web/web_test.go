@@ -214,3 +214,24 @@ func TestHostileHostNameEscaped(t *testing.T) {
 		t.Fatalf("CSP %q", csp)
 	}
 }
+
+// Sessions end after SessionTTL (fake clock).
+func TestSessionExpires(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	h := New(Options{Source: newFakeSource(1, now), Auth: testAuth, SessionTTL: time.Hour, Now: func() time.Time { return now }})
+	mux := http.NewServeMux()
+	mux.Handle("/ui/", h)
+	ts := httptest.NewServer(mux)
+	defer ts.Close()
+	c, code := login(t, ts, goodToken)
+	if code != http.StatusOK {
+		t.Fatalf("login: %d", code)
+	}
+	if code, _ := get(t, c, ts.URL+"/ui/api/status"); code != http.StatusOK {
+		t.Fatalf("in session: %d", code)
+	}
+	now = now.Add(61 * time.Minute)
+	if code, _ := get(t, c, ts.URL+"/ui/api/status"); code != http.StatusUnauthorized {
+		t.Fatalf("after the TTL: %d", code)
+	}
+}
