@@ -1,13 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/floe-backup/floe/internal/fleet"
@@ -55,17 +58,108 @@ func (l *ServerLeases) Lease(ctx context.Context, job *Job, task fleet.Task) (fu
 }
 
 // ServerReporter logs each run (as LogReporter does) and sends it to the
-// floe server.
+// floe server. A report the server could not be reached for is kept in
+// Pending (JSON lines, at most MaxPending, oldest dropped first) and sent
+// before the next one, so that a server down for a while still learns
+// every run. A report the server refuses (a revoked host) is not kept.
 type ServerReporter struct {
 	Log    LogReporter
 	Client *fleet.Client
+	// Pending is the file of reports not sent yet; empty: none kept.
+	Pending string
+
+	mu sync.Mutex
 }
 
-func (r ServerReporter) Report(ctx context.Context, run fleet.Run) error {
+// MaxPending bounds the reports kept for a server that cannot be reached.
+const MaxPending = 1000
+
+func (r *ServerReporter) Report(ctx context.Context, run fleet.Run) error {
 	_ = r.Log.Report(ctx, run)
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	return r.Client.Report(ctx, run)
+	pending, err := r.readPending()
+	if err != nil {
+		return err
+	}
+	queue := append(pending, run)
+	sent := 0
+	var sendErr error
+	for _, p := range queue {
+		if sendErr = r.Client.Report(ctx, p); sendErr != nil {
+			if errors.Is(sendErr, fleet.ErrRefused) {
+				sent++ // refused: kept nowhere, it would be refused again
+				continue
+			}
+			break
+		}
+		sent++
+	}
+	if err := r.writePending(queue[sent:]); err != nil {
+		return errors.Join(sendErr, err)
+	}
+	if sendErr != nil && sent < len(queue) && r.Pending != "" {
+		return fmt.Errorf("%w (kept to send later: %d report(s))", sendErr, len(queue)-sent)
+	}
+	return sendErr
+}
+
+func (r *ServerReporter) readPending() ([]fleet.Run, error) {
+	if r.Pending == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(r.Pending)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pending reports: %w", err)
+	}
+	var out []fleet.Run
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var run fleet.Run
+		if json.Unmarshal(line, &run) != nil {
+			continue // a line cut off by a crash: skipped
+		}
+		out = append(out, run)
+	}
+	return out, nil
+}
+
+func (r *ServerReporter) writePending(runs []fleet.Run) error {
+	if r.Pending == "" {
+		return nil
+	}
+	if len(runs) == 0 {
+		if err := os.Remove(r.Pending); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("pending reports: %w", err)
+		}
+		return nil
+	}
+	if len(runs) > MaxPending {
+		runs = runs[len(runs)-MaxPending:]
+	}
+	var b bytes.Buffer
+	for _, run := range runs {
+		line, err := json.Marshal(run)
+		if err != nil {
+			return err
+		}
+		b.Write(append(line, '\n'))
+	}
+	tmp := r.Pending + ".tmp"
+	if err := os.WriteFile(tmp, b.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("pending reports: %w", err)
+	}
+	if err := os.Rename(tmp, r.Pending); err != nil {
+		return fmt.Errorf("pending reports: %w", err)
+	}
+	return nil
 }
 
 // ServerClient is the fleet API client of the credentials in dir; nil
@@ -99,7 +193,8 @@ func WithServer(cfg *Config, local *LocalLeases, log LogReporter) (Leaser, Repor
 		return local, log, err
 	}
 	warn := func(j *Job, msg string) { log.Log.Warn(msg, slog.String("job", j.Name)) }
-	return &ServerLeases{Local: local, Client: c, Warn: warn}, ServerReporter{Log: log, Client: c}, nil
+	return &ServerLeases{Local: local, Client: c, Warn: warn},
+		&ServerReporter{Log: log, Client: c, Pending: filepath.Join(ServerDir(cfg), PendingFileName)}, nil
 }
 
 // useServer switches the daemon to the floe server's leases and reports
@@ -116,6 +211,9 @@ func (d *Daemon) useServer() error {
 	d.Leases, d.Reports = l, r
 	return nil
 }
+
+// PendingFileName, in ServerDir, keeps the reports not sent yet.
+const PendingFileName = "pending.jsonl"
 
 // KnownServersFileName, in ServerDir, remembers the server's certificate
 // trusted at enrollment when no fingerprint was pinned.
