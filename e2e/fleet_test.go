@@ -141,6 +141,8 @@ func TestFleetServer(t *testing.T) {
 	}
 	// a backup token may not see the fleet
 	expectCode(t, s.fleet(backup, "status"), 14)
+	// a server that cannot be asked is UNKNOWN
+	expectCode(t, e.run("fleet", "status", "--server", "https://127.0.0.1:1", "--token-file", viewer), 3)
 
 	// the failed job fired the webhook once
 	deadline := time.Now().Add(10 * time.Second)

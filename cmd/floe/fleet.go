@@ -67,14 +67,16 @@ next due time plus the server's slack), failed (the last run failed).
 
 Exit codes, as Nagios plugins: 0 OK (every job ok or running), 1 WARNING (a
 job never ran), 2 CRITICAL (a job failed or is overdue), 3 UNKNOWN (the
-server could not be asked), 14 the server refused the token.`,
+server could not be asked: unreachable, no --server or token file), 14
+the server refused the token.`,
 		Example: `  floe fleet status --server https://backup.example:8443 --token-file viewer.token
   floe fleet status --json`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := g.fleetClient(server)
 			if err != nil {
-				return err
+				// a monitoring plugin that cannot ask says UNKNOWN
+				return &exitError{code: 3, err: err}
 			}
 			st, err := cl.Status(cmd.Context())
 			if err != nil {
