@@ -26,6 +26,8 @@ have qemu-img && have qemu-io || need+=(qemu-utils)
 have nbdinfo && have nbdcopy || need+=(libnbd-bin)
 have nbdkit || need+=(nbdkit)
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need+=(python3-libnbd)
+# the dashboard driven in real headless Chromium (internal/web/browser_test.go)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing test dependencies: ${need[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
@@ -46,6 +48,8 @@ if ! go version -m "$gobin/versitygw" 2>/dev/null | grep -q "^[[:space:]]*mod[[:
 fi
 export FLOE_REQUIRE_S3=1
 export FLOE_REQUIRE_NBD_TOOLS=1
+# a missing Chromium fails the dashboard's browser test instead of skipping it
+export FLOE_REQUIRE_CHROMIUM=1
 
 echo "== gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))

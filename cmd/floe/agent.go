@@ -78,6 +78,7 @@ problems is logged and the old one kept.`,
 	_ = pf.MarkHidden("time-scale")
 	_ = pf.MarkHidden("clock-start")
 	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
+	c.AddCommand(newAgentEnrollCommand(g, f))
 	return c
 }
 
@@ -231,9 +232,14 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 				return usageError{fmt.Errorf("job %s has no verify_subset", j.Name)}
 			}
 			r := agent.NewRunner(cfg, version, log, clock)
-			leases := &agent.LocalLeases{Dir: agent.LeaseDir(cfg), Waiting: func(j *agent.Job) {
+			local := &agent.LocalLeases{Dir: agent.LeaseDir(cfg), Waiting: func(j *agent.Job) {
 				log.Info("waiting for another run on the same repository to end", slog.String("job", j.Name))
 			}}
+			// an enrolled host asks the floe server for a lease and reports to it
+			leases, reporter, err := agent.WithServer(cfg, local, agent.LogReporter{Log: log})
+			if err != nil {
+				log.Error("floe server not used: " + err.Error())
+			}
 			task := fleet.TaskBackup
 			if verify {
 				task = fleet.TaskCheck
@@ -254,7 +260,17 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 			}
 			release()
 			rep.Scheduled = rep.Started
-			_ = agent.LogReporter{Log: log}.Report(cmd.Context(), rep)
+			// the server calls the job overdue after its next scheduled run
+			plan := j.Plan
+			if verify {
+				plan = j.VerifyPlan
+			}
+			if plan != nil {
+				rep.NextDue = plan.Next(rep.Finished)
+			}
+			if err := reporter.Report(cmd.Context(), rep); err != nil {
+				log.Error("report not sent: "+err.Error(), slog.String("job", j.Name))
+			}
 			if rerr := agent.Record(cfg, rep); rerr != nil {
 				log.Warn(rerr.Error(), slog.String("job", j.Name))
 			}

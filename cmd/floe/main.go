@@ -120,6 +120,7 @@ Exit codes:
 		newRepairCommand(g),
 		newServeCommand(g),
 		newAgentCommand(g),
+		newFleetCommand(g),
 	)
 	usageArgsAll(root)
 	return root

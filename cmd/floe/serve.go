@@ -34,6 +34,7 @@ func newServeCommand(g *globals) *cobra.Command {
 	var maxObject string
 	var stdio bool
 	var stdioRole, stdioHost string
+	var ff *serveFleetFlags
 	c := &cobra.Command{
 		Use:   "serve --root DIR",
 		Short: "Serve repositories to hosts over HTTPS (append-only credentials)",
@@ -53,7 +54,13 @@ or they trust it on first use and remember it in ~/.config/floe/known_servers.
 
 Roles (combine with commas): backup (list, read config/keys/index/gc marks,
 add packs, index files and snapshots), restore (read everything), admin
-(everything: init, key management, forget, prune).
+(everything: init, key management, forget, prune), viewer (the fleet's
+state only: floe fleet, the dashboard).
+
+The fleet: hosts enrolled with ` + "`floe serve host add`" + ` ask for a lease before
+each backup (--max-concurrent-backups), report their runs, and show in
+` + "`floe fleet status`" + ` and on the dashboard at https://HOST:PORT/ui/ (log in with
+a viewer or admin token). Alerts go to --alert-webhook and --alert-smtp.
 
 With --stdio, the server speaks the same protocol on standard input and
 output for one repository (--root is its directory) and one credential
@@ -105,6 +112,9 @@ command in authorized_keys, so that the key can do only that:
 			if cfg.Root == "" {
 				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
 			}
+			if err := ff.apply(&cfg); err != nil {
+				return err
+			}
 			cfg.MaxObjectSize = n
 			cfg.MetricsReady = func(addr string) { g.say("metrics on http://%s/metrics", addr) }
 			cfg.Ready = func(addr, fp string, created bool) {
@@ -132,6 +142,8 @@ command in authorized_keys, so that the key can do only that:
 	f.StringVar(&stdioRole, "role", "", "with --stdio: the `roles` of the connection (backup, restore, admin; default admin)")
 	f.StringVar(&stdioHost, "host", "", "with --stdio: the host `name` the audit log and upload records show (default ssh:ROLE)")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
+	ff = addServeFleetFlags(c)
+	c.AddCommand(newServeHostCommand(g, sf), newServeAlertCommand(g, sf))
 	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),
 		newServeQuotaCommand(g, sf), newServeUsageCommand(g, sf))
 	return c

@@ -39,6 +39,11 @@ func NewDaemon(cfg *Config, version string, log *slog.Logger, clock Clock) *Daem
 		Backup:  r.Backup,
 		state:   &stateStore{dir: cfg.StateDir},
 	}
+	if err := d.useServer(); err != nil {
+		// the local leases and the log still work: say why the server
+		// is not told, at every start
+		log.Error("floe server not used: " + err.Error())
+	}
 	d.Verify = func(ctx context.Context, j *Job) (fleet.Run, error) {
 		st, err := d.state.load(j.Name)
 		if err != nil {
@@ -196,6 +201,7 @@ func (d *Daemon) runOnce(ctx, wait context.Context, j *Job, t task, due time.Tim
 		rep, _ := t.run(ctx, j)
 		release()
 		rep.Attempt, rep.Scheduled = attempt, due
+		rep.NextDue = t.plan.Next(due) // the server calls the job overdue after it
 		if rep.Status == fleet.StatusInterrupted || ctx.Err() != nil {
 			rep.Status = fleet.StatusInterrupted
 			d.report(ctx, rep)

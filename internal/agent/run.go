@@ -53,7 +53,7 @@ func (r *Runner) warner(j *Job) func(string) {
 }
 
 func (r *Runner) newReport(j *Job, task fleet.Task) fleet.Run {
-	return fleet.Run{Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now()}
+	return fleet.Run{Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now(), Version: r.Version}
 }
 
 // finish sets the status from err (when the run did not set a better
@@ -113,6 +113,7 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 	rep.Snapshot = res.ID.String()
 	rep.FilesNew, rep.FilesChanged, rep.FilesUnchanged, rep.FileErrors = s.FilesNew, s.FilesChanged, s.FilesUnchanged, uint64(len(res.Errors))
 	rep.TotalBytes, rep.DataAdded, rep.DataAddedStored = s.TotalBytes, s.DataAdded, s.DataAddedStored
+	rep.FilesChangedDuringRead = uint64(max(res.Snapshot.Consistency.ChangedCount, 0))
 	for i, fe := range res.Errors {
 		if i == 20 {
 			r.warner(j)(fmt.Sprintf("error: %d more files could not be read", len(res.Errors)-i))

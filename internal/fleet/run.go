@@ -1,6 +1,10 @@
-// Package fleet holds the reports that travel between the agent (which
-// sends them), the server (which stores and serves them) and the web UI:
-// plain types with JSON names, no behaviour beyond describing themselves.
+// Package fleet holds what the agent (which sends reports and takes
+// leases), the server (which stores and serves them) and the web UI
+// share: the report of a run (Run) and the server's record of it
+// (RunRecord), the state of hosts and jobs, leases, alerts, and the client
+// of the server's fleet API (docs/PROTOCOL.md, "Fleet"). What decides
+// something here (a job's state, which alerts fire) is a pure function of
+// its inputs and a time passed in, tested with a fake clock.
 package fleet
 
 import "time"
@@ -55,4 +59,14 @@ type Run struct {
 	CheckSubset   string `json:"check_subset,omitempty"`
 	CheckErrors   int    `json:"check_errors,omitempty"`
 	CheckWarnings int    `json:"check_warnings,omitempty"`
+
+	// FilesChangedDuringRead counts files that still changed while they
+	// were read (recorded as inconsistent in the snapshot).
+	FilesChangedDuringRead uint64 `json:"files_changed_during_read,omitempty"`
+	// NextDue is when the agent's schedule runs the job's task next; the
+	// server calls the job overdue when no success came by then (plus
+	// slack).
+	NextDue time.Time `json:"next_due,omitzero"`
+	// Version is the agent's floe version.
+	Version string `json:"version,omitempty"`
 }

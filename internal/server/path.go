@@ -53,6 +53,11 @@ func ValidRepoName(name string) error {
 				ErrBadPath, strconv.Quote(name))
 		}
 	}
+	for _, r := range ReservedRepoNames {
+		if name == r {
+			return fmt.Errorf("%w: repository name %q is reserved (the server's dashboard is /%s)", ErrBadPath, name, r)
+		}
+	}
 	return nil
 }
 

@@ -21,12 +21,15 @@ const (
 	// RoleAdmin may do everything: create the repository, write the config,
 	// keys and gc marks, remove objects (prune, forget).
 	RoleAdmin
+	// RoleViewer reads the fleet's state (hosts, jobs, runs, alerts) and
+	// nothing of any repository: for dashboards and monitoring.
+	RoleViewer
 )
 
 var roleNames = []struct {
 	r    Role
 	name string
-}{{RoleBackup, "backup"}, {RoleRestore, "restore"}, {RoleAdmin, "admin"}}
+}{{RoleBackup, "backup"}, {RoleRestore, "restore"}, {RoleAdmin, "admin"}, {RoleViewer, "viewer"}}
 
 // ParseRoles parses a comma-separated list such as "backup,restore".
 func ParseRoles(s string) (Role, error) {
@@ -41,7 +44,7 @@ func ParseRoles(s string) (Role, error) {
 			}
 		}
 		if !found {
-			return 0, fmt.Errorf("unknown role %q (roles: backup, restore, admin; combine with commas)", part)
+			return 0, fmt.Errorf("unknown role %q (roles: backup, restore, admin, viewer; combine with commas)", part)
 		}
 	}
 	return r, nil

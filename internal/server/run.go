@@ -37,6 +37,9 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// MetricsReady is called once the metrics listener listens.
 	MetricsReady func(addr string)
+	// Mounts, when set, adds front ends beside the repository protocol
+	// (the fleet API and the dashboard).
+	Mounts MountFunc
 	// Ready is called once the server listens.
 	Ready func(addr, fingerprint string, createdCert bool)
 }
@@ -99,8 +102,21 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var handler http.Handler = h
+	if cfg.Mounts != nil {
+		mounts, err := cfg.Mounts(ctx, Env{Root: repos.dir, StateDir: cfg.StateDir, Tokens: tokens, Ledger: ledger, Audit: audit, Metrics: metrics.Registry()})
+		if err != nil {
+			return err
+		}
+		for _, m := range mounts {
+			if m.Close != nil {
+				defer m.Close()
+			}
+		}
+		handler = withMounts(h, mounts)
+	}
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           handler,
 		TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
