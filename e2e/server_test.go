@@ -22,6 +22,8 @@ import (
 
 	"github.com/zeebo/blake3"
 
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/testutil"
 )
 
@@ -353,8 +355,20 @@ func TestServerRefusals(t *testing.T) {
 		return resp.StatusCode, string(b)
 	}
 
-	good := []byte("a pack's bytes")
+	// a pack as the format has it (the server verifies every blob)
+	blob := bytes.Repeat([]byte("sealed blob "), 10)
+	good := packfile.AppendHeader(bytes.Clone(blob), [packfile.UniqueLen]byte{1},
+		[]packfile.Blob{{Type: packfile.Data, ID: packfile.BlobID(packfile.Data, blob), Length: uint32(len(blob))}})
 	goodName := blake3Hex(good)
+	// the same layout, but the header names the ID of other bytes
+	forgedPack := packfile.AppendHeader(bytes.Clone(blob), [packfile.UniqueLen]byte{2},
+		[]packfile.Blob{{Type: packfile.Data, ID: packfile.BlobID(packfile.Data, []byte("other")), Length: uint32(len(blob))}})
+	// an index entry that names the blob at another offset of the stored pack
+	forgedIndex, err := packfile.EncodeIndex(&packfile.Index{Packs: []packfile.Pack{{ID: hash.Sum(good),
+		Blobs: []packfile.Blob{{Type: packfile.Data, ID: packfile.BlobID(packfile.Data, blob), Offset: 12, Length: uint32(len(blob)) - 12}}}}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// a correct upload works, an identical one again is idempotent
 	if code, body := do("PUT", "/fleet/data/"+goodName, web1Tok, good); code != http.StatusCreated {
 		t.Fatalf("good upload: %d %s", code, body)
@@ -365,7 +379,7 @@ func TestServerRefusals(t *testing.T) {
 	before := treeState(t, filepath.Join(root, "fleet"))
 	audit0 := len(s.auditLines())
 
-	forged := []byte("other bytes, same length!")[:len(good)]
+	forged := bytes.Repeat([]byte("o"), len(good))
 	forgedName := blake3Hex([]byte("something else"))
 	checks := []struct {
 		what, method, path, token string
@@ -373,6 +387,8 @@ func TestServerRefusals(t *testing.T) {
 		want                      int
 		wantMsg                   string
 	}{
+		{"a pack with a forged blob", "PUT", "/fleet/data/" + blake3Hex(forgedPack), web1Tok, forgedPack, 422, "do not hash to their IDs"},
+		{"an index entry at a wrong offset", "PUT", "/fleet/index/" + blake3Hex(forgedIndex), web1Tok, forgedIndex, 422, "does not hash to its ID"},
 		{"name does not match bytes", "PUT", "/fleet/data/" + forgedName, web1Tok, forged, 422, "BLAKE3"},
 		{"overwrite with other bytes", "PUT", "/fleet/data/" + goodName, adminTok, forged, 422, "BLAKE3"},
 		{"overwrite of the config", "PUT", "/fleet/config", adminTok, []byte("not the config"), 409, "never overwritten"},
@@ -423,9 +439,13 @@ func TestServerRefusals(t *testing.T) {
 		t.Errorf("audit log has %d new lines, want %d", len(lines), len(checks)+1)
 	}
 	foundForged := false
+	verified := map[string]bool{}
 	for _, l := range lines {
 		if l["result"] != "refused" {
 			t.Errorf("audit line not a refusal: %v", l)
+		}
+		if l["status"] == float64(422) && strings.Contains(fmt.Sprint(l["reason"]), "rejected by verification") {
+			verified[fmt.Sprint(l["object"])] = true
 		}
 		if l["op"] == "save" && strings.Contains(fmt.Sprint(l["object"]), forgedName) && l["status"] == float64(422) {
 			foundForged = true
@@ -433,6 +453,9 @@ func TestServerRefusals(t *testing.T) {
 	}
 	if !foundForged {
 		t.Errorf("the forged upload is not in the audit log: %v", lines)
+	}
+	if !verified["data/"+blake3Hex(forgedPack)] || !verified["index/"+blake3Hex(forgedIndex)] {
+		t.Errorf("the forged pack and index file are not in the audit log as refused by verification: %v", lines)
 	}
 	raw, _ := os.ReadFile(filepath.Join(root, ".floe-server", "audit.log"))
 	for _, tok := range []string{adminTok, web1Tok} {

@@ -44,7 +44,10 @@ Hosts reach them as -r https://HOST:PORT/REPO with a token (--token-file).
 The server holds no keys: it moves encrypted objects. It checks that every
 uploaded object is named by the BLAKE3-256 of its bytes and never
 overwrites one, so a backup token can add backups but not change or delete
-anything. Every write, delete and refused request goes to the audit log
+anything. It hashes every blob of an uploaded pack against its ID and every
+entry of an uploaded index file against the stored pack it names, and
+refuses forgeries (422), so that hosts may deduplicate against each other's
+data without reading it back. Every write, delete and refused request goes to the audit log
 (JSON lines, STATE/audit.log).
 
 Without --tls-cert/--tls-key a self-signed certificate is made on first
@@ -84,6 +87,10 @@ command in authorized_keys, so that the key can do only that:
 			if n < 1<<20 {
 				return usageError{errors.New("--max-object-size must be at least 1MiB (packs are 1 MiB or more)")}
 			}
+			// every pack's blobs and every index entry are checked by
+			// hashing, so that clients may deduplicate against what this
+			// server holds without reading it back
+			cfg.Verifier = server.FormatVerifier{}
 			if stdio {
 				if sf.root == "" {
 					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory)")}

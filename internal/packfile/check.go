@@ -12,19 +12,66 @@ import (
 // verifies uploads must refuse a pack with a blob that does not hash to
 // its ID, and an index file with an entry whose bytes in the stored pack
 // do not hash to its ID; otherwise clients would deduplicate against
-// forged copies.
+// forged copies. Both stream: memory is bounded by the pack header and a
+// copy buffer, never by the size of a pack (up to 1 GiB) or of a blob an
+// entry claims (up to 4 GiB).
 
-// CheckPack reads a whole pack of size bytes from r and returns an error
-// unless it parses and every blob hashes to the ID its header gives.
+// copyBuf is the size of the reads that stream blobs through the hash.
+const copyBuf = 1 << 20
+
+// hashRange returns the ID of the blob of type t stored at off..off+n of r.
+func hashRange(r io.ReaderAt, t Type, off, n int64, buf []byte) (hash.ID, error) {
+	w := hash.NewWriter()
+	w.Write([]byte{byte(t)})
+	if _, err := io.CopyBuffer(w, io.NewSectionReader(r, off, n), buf); err != nil {
+		return hash.ID{}, err
+	}
+	return w.Sum(), nil
+}
+
+// VerifyReader is Verify for a pack of size bytes read through r: it
+// reads the trailer and the header, then streams every blob through the
+// hash.
+func VerifyReader(r io.ReaderAt, size int64) (blobs []Blob, bad []BadBlob, err error) {
+	if size < int64(TrailerLen)+2+UniqueLen {
+		return nil, nil, fmt.Errorf("%d bytes is too short for a pack", size)
+	}
+	trailer := make([]byte, TrailerLen)
+	if _, err := r.ReadAt(trailer, size-int64(TrailerLen)); err != nil {
+		return nil, nil, fmt.Errorf("read pack trailer: %w", err)
+	}
+	n, err := HeaderLen(trailer, size)
+	if err != nil {
+		return nil, nil, err
+	}
+	body := size - int64(TrailerLen) - n
+	hdr := make([]byte, n)
+	if _, err := r.ReadAt(hdr, body); err != nil {
+		return nil, nil, fmt.Errorf("read pack header: %w", err)
+	}
+	if blobs, err = DecodeHeader(hdr, body); err != nil {
+		return nil, nil, err
+	}
+	buf := make([]byte, copyBuf)
+	for _, b := range blobs {
+		got, err := hashRange(r, b.Type, int64(b.Offset), int64(b.Length), buf)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read %s blob %s: %w", b.Type, b.ID.Short(), err)
+		}
+		if got != b.ID {
+			bad = append(bad, BadBlob{Blob: b, Actual: got})
+		}
+	}
+	return blobs, bad, nil
+}
+
+// CheckPack reads a pack of size bytes from r and returns an error unless
+// it parses and every blob hashes to the ID its header gives.
 func CheckPack(r io.ReaderAt, size int64) error {
 	if size < 0 || size > 1<<40 {
 		return fmt.Errorf("pack of %d bytes", size)
 	}
-	data := make([]byte, size)
-	if _, err := r.ReadAt(data, 0); err != nil && !(err == io.EOF && size == 0) {
-		return fmt.Errorf("read pack: %w", err)
-	}
-	_, bad, err := Verify(data)
+	_, bad, err := VerifyReader(r, size)
 	if err != nil {
 		return err
 	}
@@ -34,22 +81,38 @@ func CheckPack(r io.ReaderAt, size int64) error {
 	return nil
 }
 
+// PackOpener opens a stored pack for CheckIndex: its bytes and size, or an
+// error (a pack that does not exist must be an error).
+type PackOpener func(pack hash.ID) (io.ReaderAt, int64, error)
+
 // CheckIndex decodes an index file and checks every entry against the
-// pack it names: load returns length bytes at offset of a stored pack. An
-// entry whose bytes do not hash to its ID, or a pack that cannot be read,
-// is an error. The signature is not checked (a server has no keys).
-func CheckIndex(data []byte, load func(pack hash.ID, offset, length int64) ([]byte, error)) error {
+// pack it names as stored: an entry past the end of the pack, whose bytes
+// do not hash to its ID, or of a pack that cannot be opened (does not
+// exist yet: a client uploads packs before the index file that lists
+// them) is an error. The signature is not checked (a server has no keys).
+func CheckIndex(data []byte, open PackOpener) error {
 	x, err := DecodeIndex(data)
 	if err != nil {
 		return err
 	}
+	buf := make([]byte, copyBuf)
 	for _, p := range x.Packs {
+		if len(p.Blobs) == 0 {
+			continue
+		}
+		r, size, err := open(p.ID)
+		if err != nil {
+			return fmt.Errorf("pack %s: %w", p.ID.Short(), err)
+		}
 		for _, b := range p.Blobs {
-			c, err := load(p.ID, int64(b.Offset), int64(b.Length))
-			if err != nil {
-				return fmt.Errorf("pack %s: %w", p.ID.Short(), err)
+			if int64(b.Offset)+int64(b.Length) > size-int64(TrailerLen) {
+				return fmt.Errorf("pack %s: the %s blob %s it lists at offset %d (%d bytes) lies past the end of the %d-byte pack", p.ID.Short(), b.Type, b.ID.Short(), b.Offset, b.Length, size)
 			}
-			if BlobID(b.Type, c) != b.ID {
+			got, err := hashRange(r, b.Type, int64(b.Offset), int64(b.Length), buf)
+			if err != nil {
+				return fmt.Errorf("pack %s: read %s blob %s: %w", p.ID.Short(), b.Type, b.ID.Short(), err)
+			}
+			if got != b.ID {
 				return fmt.Errorf("pack %s: the %s blob %s it lists at offset %d does not hash to its ID", p.ID.Short(), b.Type, b.ID.Short(), b.Offset)
 			}
 		}

@@ -28,9 +28,19 @@ type Index struct {
 	// sets both; nil when the file is unsigned). The caller verifies it.
 	Signature []byte `json:"-"`
 	Signed    []byte `json:"-"`
-	// Trusted is set by a caller that verified the signature.
+	// Trusted is set by a caller that verified the signature: only then
+	// is Supersedes honoured.
 	Trusted bool `json:"-"`
+	// Verified is set by a caller whose storage verified every entry on
+	// upload (a floe server): the entries are vouched for, but an
+	// unsigned file's Supersedes still counts for nothing (a write-only
+	// host could otherwise hide every other index file).
+	Verified bool `json:"-"`
 }
+
+// EntriesTrusted reports whether the entries are vouched for: signed by
+// the authority, or verified by the storage.
+func (x *Index) EntriesTrusted() bool { return x.Trusted || x.Verified }
 
 // AppendIndex appends the body of an index file (everything a signature
 // covers) to b. Finish it with FinishIndex.

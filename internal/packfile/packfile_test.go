@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
+	"io"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -95,6 +97,11 @@ func FuzzPackHeader(f *testing.F) {
 		if err != nil {
 			return
 		}
+		// the streaming verifier agrees with the in-memory one
+		sb, sbad, serr := VerifyReader(bytes.NewReader(data), int64(len(data)))
+		if serr != nil || !reflect.DeepEqual(sb, blobs) || !reflect.DeepEqual(sbad, bad) {
+			t.Fatalf("VerifyReader = %v, %v, %v; Verify = %v, %v", sb, sbad, serr, blobs, bad)
+		}
 		var end int64
 		for _, b := range blobs {
 			if int64(b.Offset) != end || !b.Type.Valid() {
@@ -141,11 +148,11 @@ func TestCheckPackAndIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := hash.Sum(data)
-	load := func(p hash.ID, off, n int64) ([]byte, error) {
-		if p != pid || off+n > int64(len(data)) {
-			return nil, errors.New("no such range")
+	load := func(p hash.ID) (io.ReaderAt, int64, error) {
+		if p != pid {
+			return nil, 0, errors.New("no such pack")
 		}
-		return data[off : off+n], nil
+		return bytes.NewReader(data), int64(len(data)), nil
 	}
 	good, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs}}}, nil)
 	if err := CheckIndex(good, load); err != nil {
@@ -160,6 +167,10 @@ func TestCheckPackAndIndex(t *testing.T) {
 	missing, _ := EncodeIndex(&Index{Packs: []Pack{{ID: hash.ID{1}, Blobs: blobs}}}, nil)
 	if err := CheckIndex(missing, load); err == nil {
 		t.Fatal("an entry of a missing pack passed")
+	}
+	past, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: []Blob{{Type: Data, ID: blobs[0].ID, Offset: 30, Length: 1 << 31}}}}}, nil)
+	if err := CheckIndex(past, load); err == nil || !strings.Contains(err.Error(), "past the end") {
+		t.Fatalf("an entry past the end of its pack: %v", err)
 	}
 	data[3] ^= 1
 	if err := CheckPack(bytes.NewReader(data), int64(len(data))); err == nil {

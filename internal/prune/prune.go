@@ -287,7 +287,7 @@ func (p *pruner) load(ctx context.Context) error {
 	// signed files first, so that where an unsigned file disagrees about a
 	// blob of a pack, the signed entry is the one kept
 	ids := sortedIDs(files)
-	sort.SliceStable(ids, func(i, j int) bool { return files[ids[i]].Trusted && !files[ids[j]].Trusted })
+	sort.SliceStable(ids, func(i, j int) bool { return files[ids[i]].EntriesTrusted() && !files[ids[j]].EntriesTrusted() })
 	have := map[hash.ID]map[repo.BlobHandle]bool{}
 	for _, id := range ids {
 		f := files[id]
@@ -308,7 +308,7 @@ func (p *pruner) load(ctx context.Context) error {
 				}
 				have[pi.ID][h] = true
 				pk.blobs = append(pk.blobs, b)
-				if !f.Trusted {
+				if !f.EntriesTrusted() {
 					pk.untrusted[h] = true
 				}
 			}

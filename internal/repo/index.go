@@ -381,7 +381,7 @@ func (r *Repository) LoadIndexFile(ctx context.Context, id hash.ID) (*IndexFile,
 		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
 	}
 	if r.verifiesUploads {
-		f.Trusted = true
+		f.Verified = true
 	}
 	return f, nil
 }
@@ -468,7 +468,7 @@ func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
 	for _, id := range ids {
 		if !x.replaced[id] {
-			x.addPacks(files[id].Packs, files[id].Trusted, false)
+			x.addPacks(files[id].Packs, files[id].EntriesTrusted(), false)
 		}
 	}
 }

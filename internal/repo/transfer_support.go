@@ -73,7 +73,7 @@ func (r *Repository) AddIndexFile(id hash.ID, f *IndexFile) {
 	r.idx.mu.Lock()
 	r.idx.files[id] = true
 	r.idx.mu.Unlock()
-	r.idx.addPacks(f.Packs, f.Trusted, false)
+	r.idx.addPacks(f.Packs, f.EntriesTrusted(), false)
 }
 
 // FlushStored ends the current pack writer without storing its open

@@ -213,6 +213,11 @@ func TestUnsignedSupersedeIgnored(t *testing.T) {
 	if !r2.Index().Has(BlobHandle{DataBlob, ref.ID}) {
 		t.Fatal("an unsigned index file hid the others")
 	}
+	// a backend that verifies uploads vouches for entries, not for
+	// supersedes (a floe server cannot check signatures)
+	if r2 := reopen(t, verifyingBackend{be}); !r2.Index().Has(BlobHandle{DataBlob, ref.ID}) {
+		t.Fatal("an unsigned index file hid the others on a backend that verifies uploads")
+	}
 	// the same file signed by a full key is honoured (prune relies on it)
 	if _, err := r.SaveIndexFile(ctx, &IndexFile{Supersedes: all, Packs: []PackInfo{}}); err != nil {
 		t.Fatal(err)

@@ -26,8 +26,8 @@ type Config struct {
 	// at /metrics on this address (keep it on a private interface).
 	MetricsListen string
 
-	// Verifier checks uploads before they become visible (the format-v2
-	// pack and index verifier); nil: only the name check.
+	// Verifier checks uploads before they become visible (floe serve:
+	// FormatVerifier); nil: only the name check.
 	Verifier UploadVerifier
 
 	MaxObjectSize      int64

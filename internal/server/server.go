@@ -40,13 +40,14 @@ type Repositories interface {
 // beyond the name check the server always does. A server with a verifier
 // tells clients so (HeaderVerifies), and clients then trust that every
 // pack and index file it holds was verified: a verifier must check every
-// blob of a pack (and what an index file claims) or refuse the upload. The format-v2 pack and
-// index layouts (a leaf package without keys) plug in here: verify that
-// every blob of a pack hashes to the ID its header gives. data holds the
+// blob of a pack (and what an index file claims) or refuse the upload.
+// FormatVerifier is the one of repository format v2. data holds the
 // complete received bytes, whose BLAKE3-256 is already known to equal
-// h.Name. An error refuses the upload (422) and nothing is stored.
+// h.Name; be is the repository they are uploaded to (an index file is
+// checked against the packs stored there). An error refuses the upload
+// (422) and nothing is stored.
 type UploadVerifier interface {
-	VerifyUpload(ctx context.Context, h storage.Handle, data io.ReaderAt, size int64) error
+	VerifyUpload(ctx context.Context, be storage.Backend, h storage.Handle, data io.ReaderAt, size int64) error
 }
 
 // Options configure a Server.
@@ -655,36 +656,38 @@ func (u *upload) abort() {
 }
 
 // receive reads exactly size bytes of body into the backend (streamed
-// when it can, and no verifier needs the bytes) while hashing them, and
-// checks the name and the verifier. Nothing is visible until commit.
+// when it can) while hashing them, and checks the name. With a verifier,
+// the upload is received into memory (small) or a spool file first, and
+// reaches the repository's storage only once the verifier accepted it:
+// a refused upload leaves no trace there, not even a temporary file.
+// Nothing is visible until commit.
 func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Handle, body io.Reader, size int64) (_ *upload, err error) {
 	up := &upload{be: be, h: h, size: size, nameChecked: h.Type != storage.Config && !s.opts.AllowAnyName}
+	verify := s.opts.Verifier != nil && h.Type != storage.Config
 	hw := hash.NewWriter()
 	var dst io.Writer
 	var spool *os.File
 	ss, streams := storage.As[storage.StreamSaver](be)
 	switch {
-	case h.Type == storage.Config || !streams || size <= 1<<20 && s.opts.Verifier == nil:
+	case h.Type == storage.Config || size <= 1<<20 || !streams && !verify:
 		// small objects, the config and backends that cannot stream:
 		// in memory (size is bounded above)
 		up.mem = make([]byte, 0, size)
 		dst = &memWriter{up: up}
+	case verify:
+		spool, err = os.CreateTemp(s.opts.SpoolDir, ".floe-upload-*")
+		if err != nil {
+			return nil, fmt.Errorf("spool upload: %w", err)
+		}
+		defer os.Remove(spool.Name())
+		defer spool.Close()
+		dst = spool
 	default:
 		up.pending, err = ss.SaveStream(ctx, h.Type)
 		if err != nil {
 			return nil, err
 		}
 		dst = up.pending
-		if s.opts.Verifier != nil {
-			spool, err = os.CreateTemp(s.opts.SpoolDir, ".floe-upload-*")
-			if err != nil {
-				up.pending.Abort()
-				return nil, fmt.Errorf("spool upload: %w", err)
-			}
-			defer os.Remove(spool.Name())
-			defer spool.Close()
-			dst = io.MultiWriter(up.pending, spool)
-		}
 	}
 	defer func() {
 		if err != nil {
@@ -710,14 +713,33 @@ func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Hand
 			return nil, fmt.Errorf("%w: %s received %d bytes that hash to %s", ErrNameMismatch, h, size, got)
 		}
 	}
-	if s.opts.Verifier != nil && h.Type != storage.Config {
-		var ra io.ReaderAt = bytes.NewReader(up.mem)
-		if spool != nil {
-			ra = spool
+	if !verify {
+		return up, nil
+	}
+	var ra io.ReaderAt = bytes.NewReader(up.mem)
+	if spool != nil {
+		ra = spool
+	}
+	if verr := s.opts.Verifier.VerifyUpload(ctx, be, h, ra, size); verr != nil {
+		return nil, fmt.Errorf("%w: %s: %v", errRejected, h, verr)
+	}
+	if spool == nil {
+		return up, nil
+	}
+	// accepted: copy the spool into storage (streamed when the backend
+	// can, else through memory)
+	if !streams {
+		up.mem = make([]byte, size)
+		if _, err := spool.ReadAt(up.mem, 0); err != nil {
+			return nil, fmt.Errorf("read spooled upload: %w", err)
 		}
-		if verr := s.opts.Verifier.VerifyUpload(ctx, h, ra, size); verr != nil {
-			return nil, fmt.Errorf("%w: %s: %v", errRejected, h, verr)
-		}
+		return up, nil
+	}
+	if up.pending, err = ss.SaveStream(ctx, h.Type); err != nil {
+		return nil, err
+	}
+	if _, err := io.Copy(storageWriter{up.pending}, io.NewSectionReader(spool, 0, size)); err != nil {
+		return nil, err
 	}
 	return up, nil
 }

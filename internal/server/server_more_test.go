@@ -149,7 +149,7 @@ var errSkip = errors.New("skip")
 // and records what it saw.
 type rejectEvil struct{ seen atomic.Int64 }
 
-func (v *rejectEvil) VerifyUpload(ctx context.Context, h storage.Handle, data io.ReaderAt, size int64) error {
+func (v *rejectEvil) VerifyUpload(ctx context.Context, _ storage.Backend, h storage.Handle, data io.ReaderAt, size int64) error {
 	v.seen.Add(1)
 	buf := make([]byte, size)
 	if _, err := data.ReadAt(buf, 0); err != nil && !(err == io.EOF && size == 0) {
