@@ -22,7 +22,16 @@ func newRepairCommand(g *globals) *cobra.Command {
 without losing anything readable, show it, and remove it once confirmed:
 
   snapshot records that do not decode (damaged, or written by a write-only
-  key that uploaded garbage): they reference nothing anyone can read.
+  key that uploaded garbage): they reference nothing anyone can read;
+
+  index entries that point to forged or missing copies (found by hashing
+  every entry against its pack, as check --read-data does): a new index
+  file, signed by the repository's authority, supersedes each index file
+  that holds such entries and keeps every good entry; the old file is
+  removed (the forged pack itself is left to prune, which deletes packs no
+  index lists);
+
+  gc marks not signed by a full key: prune and backups ignore them.
 
 repair first shows what it will do. It asks for confirmation on a terminal;
 elsewhere it needs --yes. --dry-run only shows the plan. Every action checks
@@ -98,6 +107,10 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 		switch a.Kind {
 		case repair.RemoveSnapshot:
 			g.say("  remove snapshot record %s: %s", a.ID.Short(), a.Reason)
+		case repair.RewriteIndex:
+			g.say("  supersede index file %s with a signed one of its good entries: %s", a.ID.Short(), a.Reason)
+		case repair.RemoveMark:
+			g.say("  remove gc mark %s: %s", a.ID.Short(), a.Reason)
 		default:
 			g.say("  %s %s: %s", a.Kind, a.ID.Short(), a.Reason)
 		}

@@ -4,9 +4,16 @@
 // Find returns a Plan (nothing is changed), Apply carries it out.
 //
 // Each kind of problem is one finder (see finders) and one Kind of Action;
-// a new kind of repair adds both. Today: snapshot records that do not
-// decode (repo.ErrDamagedSnapshot), which block nothing any more (prune and
-// forget skip them) but clutter every listing with warnings.
+// a new kind of repair adds both. Today:
+//   - snapshot records that do not decode (repo.ErrDamagedSnapshot), which
+//     block nothing any more (prune and forget skip them) but clutter every
+//     listing with warnings;
+//   - index entries that point to forged or missing copies (found by
+//     hashing, as check --read-data does): readers skip them, but check
+//     reports them every time, and they cost every reader a failed read;
+//     a new index file signed by the authority supersedes each index file
+//     that holds such entries and keeps every good one;
+//   - gc marks not signed by a full key, which prune and backups ignore.
 package repair
 
 import (
@@ -28,6 +35,13 @@ const (
 	// RemoveSnapshot removes a snapshot record that does not decode. It
 	// references nothing anyone can read, so nothing is lost.
 	RemoveSnapshot Kind = "remove-snapshot"
+	// RewriteIndex supersedes an index file that lists forged or missing
+	// copies with a signed one holding its good entries; then it removes
+	// the old file. Only copies that cannot be read are dropped.
+	RewriteIndex Kind = "rewrite-index"
+	// RemoveMark removes a gc mark that no full key signed: prune and
+	// backups ignore it, so it marks nothing.
+	RemoveMark Kind = "remove-mark"
 )
 
 // Action is one change of a Plan.
@@ -49,7 +63,7 @@ func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
 type finder func(ctx context.Context, r *repo.Repository, p *Plan) error
 
 // finders run in this order; their actions are applied in the same order.
-var finders = []finder{findUndecodableSnapshots}
+var finders = []finder{findUndecodableSnapshots, findBadIndexEntries, findUnsignedMarks}
 
 // Find looks for every problem repair can fix and returns the plan. It
 // changes nothing. It needs a full key (it reads snapshot records).
@@ -115,6 +129,10 @@ func Apply(ctx context.Context, r *repo.Repository, p *Plan) (*Result, error) {
 		switch a.Kind {
 		case RemoveSnapshot:
 			err = removeUndecodable(ctx, r, a.ID)
+		case RewriteIndex:
+			err = rewriteIndex(ctx, r, a.ID)
+		case RemoveMark:
+			err = removeUnsignedMark(ctx, r, a.ID)
 		default:
 			err = fmt.Errorf("unknown action %q", a.Kind)
 		}
