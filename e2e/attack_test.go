@@ -9,11 +9,14 @@ package e2e
 // never in Go's "out of memory" (which run reports as a crash).
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,8 +27,10 @@ import (
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/testutil"
 )
 
@@ -522,4 +527,460 @@ func TestUsageExitCodes(t *testing.T) {
 			t.Errorf("want exit 2: %s", r)
 		}
 	}
+}
+
+// The write-only key attacker suite (docs/SECURITY.md; it replaces
+// TestForgedCopiesAndMarks, whose forged copies are (b) and forged mark (d)). Each attack runs
+// with nothing but a write-only key (and the write access to the storage
+// that every backup host has); honest hosts back up before and after it,
+// with write-only keys of their own, partly the same content (so that
+// they deduplicate against what the attacker touched); every attack ends
+// with every honest snapshot restoring byte-exact, and where the attack
+// is only detectable, with check naming it and repair restoring order.
+
+// trustFixture is a repository with an honest host's and an attacker's
+// write-only keys and the honest snapshots made so far.
+type trustFixture struct {
+	e         *floeEnv
+	honest    string // the honest hosts' write-only key file
+	evil      string // the attacker's write-only key file
+	shared    []byte // content every honest backup holds (the attacker can guess it)
+	snapshots []honestSnapshot
+}
+
+type honestSnapshot struct {
+	id, src  string
+	manifest map[string]string
+}
+
+func newTrustFixture(t *testing.T) *trustFixture {
+	e := newEnv(t)
+	e.init()
+	f := &trustFixture{e: e, honest: e.path("web.key"), evil: e.path("evil.key")}
+	for _, k := range []string{f.honest, f.evil} {
+		e.ok("key", "add", "--write-only", "--new-key-file", k)
+		registerKeyFile(t, k)
+	}
+	f.shared = make([]byte, 200<<10)
+	for i := range f.shared {
+		f.shared[i] = byte(i*31 + i>>11)
+	}
+	return f
+}
+
+// backup makes an honest backup of host with the shared content and a
+// file of its own, with the honest write-only key.
+func (f *trustFixture) backup(host string) result {
+	f.e.t.Helper()
+	n := len(f.snapshots)
+	src := f.e.mkdir(fmt.Sprintf("src-%s-%d", host, n))
+	writeFile(f.e.t, filepath.Join(src, "shared"), f.shared)
+	testutil.WriteRandom(f.e.t, filepath.Join(src, "own"), 150<<10, uint64(100+n))
+	r := f.e.run("-r", f.e.repo, "--key-file", f.honest, "backup", "--json", "--host", host, src)
+	expectCode(f.e.t, r, 0)
+	f.snapshots = append(f.snapshots, honestSnapshot{id: decodeJSON[backupOut](f.e.t, r).Snapshot, src: src, manifest: testutil.Manifest(f.e.t, src)})
+	return r
+}
+
+// verifyAll restores every honest snapshot with the full key (--verify)
+// and compares it byte for byte.
+func (f *trustFixture) verifyAll(what string) {
+	f.e.t.Helper()
+	for _, s := range f.snapshots {
+		f.e.restoreAndCompare(what, s.id, s.src, s.manifest, true)
+	}
+}
+
+// attacker opens the repository in process with the attacker's key.
+func (f *trustFixture) attacker() *repo.Repository {
+	f.e.t.Helper()
+	be, err := location.Open(f.e.repo)
+	if err != nil {
+		f.e.t.Fatal(err)
+	}
+	kf, err := repo.ReadKeyFile(f.evil)
+	if err != nil {
+		f.e.t.Fatal(err)
+	}
+	r, err := repo.Open(context.Background(), be, repo.Credential{KeyFile: kf}, repo.OpenOptions{})
+	if err != nil {
+		f.e.t.Fatal(err)
+	}
+	f.e.t.Cleanup(func() { r.Close() })
+	if !r.WriteOnly() {
+		f.e.t.Fatal("the attacker's key is not write-only")
+	}
+	if err := r.LoadIndex(context.Background()); err != nil {
+		f.e.t.Fatal(err)
+	}
+	return r
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// forgePack stores, as the attacker, a pack of garbage under the given
+// blob IDs and an unsigned index file that lists it (what a write-only
+// key writes); it returns the pack's ID.
+func forgePack(t *testing.T, wo *repo.Repository, blobs []packfile.Blob) hash.ID {
+	t.Helper()
+	ctx := context.Background()
+	var body []byte
+	var listed []packfile.Blob
+	for _, b := range blobs {
+		listed = append(listed, packfile.Blob{Type: b.Type, ID: b.ID, Offset: uint32(len(body)), Length: b.Length})
+		body = append(body, bytes.Repeat([]byte{0x5a}, int(b.Length))...)
+	}
+	pack := packfile.AppendHeader(body, [packfile.UniqueLen]byte{0xe1}, listed)
+	pid := hash.Sum(pack)
+	if err := wo.Backend().Save(ctx, storage.Handle{Type: storage.Pack, Name: pid.String()}, pack); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wo.SaveIndexFile(ctx, &repo.IndexFile{Packs: []repo.PackInfo{{ID: pid, Blobs: listed}}}); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// checkRepairCheck: check --read-data names the forgery (exiting code:
+// 13 for damage, 0 for what it only warns about), repair shows its plan
+// and acts only with --yes, then check --read-data finds nothing.
+func (f *trustFixture) checkRepairCheck(code int, names ...string) {
+	f.e.t.Helper()
+	r := f.e.floe("check", "--read-data")
+	expectCode(f.e.t, r, code)
+	for _, n := range names {
+		if !strings.Contains(r.stdout+r.stderr, n) {
+			f.e.t.Fatalf("check does not name %s: %s", n, r)
+		}
+	}
+	before := treeState(f.e.t, f.e.repo)
+	r = f.e.floe("repair")
+	expectCode(f.e.t, r, 2)
+	if !strings.Contains(r.stdout, "repair plan") {
+		f.e.t.Fatalf("repair without --yes shows no plan: %s", r)
+	}
+	if treeState(f.e.t, f.e.repo) != before {
+		f.e.t.Fatal("repair without --yes changed the repository")
+	}
+	f.e.ok("repair", "--yes")
+	// what is left is at most the forged pack, which no index lists
+	// any more (prune removes it)
+	r = f.e.ok("check", "--read-data")
+	for _, line := range strings.Split(r.stdout+r.stderr, "\n") {
+		for _, n := range names {
+			if strings.Contains(line, n) && !strings.Contains(line, "is unreferenced") {
+				f.e.t.Fatalf("check after repair still reports %s: %s", n, r)
+			}
+		}
+	}
+}
+
+func TestAttackWriteOnlyKey(t *testing.T) {
+	t.Parallel()
+	// (a) key management with the write-only key: refused (exit 12), and
+	// the last full key cannot be removed.
+	t.Run("keys", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		f.backup("web1")
+		full := fullKeyID(t, f.e)
+		keysBefore, _ := os.ReadDir(filepath.Join(f.e.repo, "keys"))
+		for _, args := range [][]string{
+			{"key", "remove", full},
+			{"key", "add", "--new-key-file", f.e.path("stolen-full.key")},
+			{"key", "add", "--write-only", "--new-key-file", f.e.path("another.key")},
+		} {
+			r := f.e.run(append([]string{"-r", f.e.repo, "--key-file", f.evil}, args...)...)
+			if r.code != 12 || !strings.Contains(r.stderr, "full key") {
+				t.Errorf("write-only floe %s: want exit 12 saying a full key is needed: %s", strings.Join(args, " "), r)
+			}
+		}
+		// the full key cannot remove the last full key (itself)
+		r := f.e.floe("key", "remove", full)
+		expectFail(t, r)
+		if keysAfter, _ := os.ReadDir(filepath.Join(f.e.repo, "keys")); len(keysAfter) != len(keysBefore) {
+			t.Fatalf("%d keys after the attack, were %d", len(keysAfter), len(keysBefore))
+		}
+		f.backup("web2")
+		f.verifyAll("after key attacks")
+	})
+
+	// (b) a forged copy under the ID of every existing data blob
+	t.Run("forged-blob", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		f.backup("web1")
+		wo := f.attacker()
+		var blobs []packfile.Blob
+		wo.Index().Each(func(h repo.BlobHandle, loc repo.Location) {
+			if h.Type == repo.DataBlob {
+				blobs = append(blobs, packfile.Blob{Type: h.Type, ID: h.ID, Length: loc.Length})
+			}
+		})
+		pid := forgePack(t, wo, blobs)
+		f.backup("web2") // deduplicates the shared content: verifies the copy it relies on
+		f.verifyAll("with forged copies")
+		f.checkRepairCheck(13, pid.Short(), "unsigned")
+		f.backup("web1")
+		f.verifyAll("after repair")
+		f.e.ok("prune", "--grace", "0")
+		f.e.ok("prune", "--grace", "0")
+		if _, err := os.Stat(filepath.Join(f.e.repo, "data", pid.String()[:2], pid.String())); !os.IsNotExist(err) {
+			t.Errorf("prune left the forged pack: %v", err)
+		}
+		f.verifyAll("after prune")
+	})
+
+	// (c) dedup poisoning: the attacker guesses content honest hosts will
+	// back up and stores garbage under its ID first
+	t.Run("dedup-poisoning", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		wo := f.attacker()
+		ref := wo.RefOf(repo.DataBlob, f.shared)
+		// the stored length of the guessed blob is what the attacker
+		// would get by sealing it itself
+		sealedLen := packfile.MinBlobLength
+		if _, _, n, err := wo.SaveBlob(context.Background(), repo.DataBlob, wo.BlobKey(f.shared), f.shared); err == nil {
+			sealedLen = n
+		}
+		// (what it stored honestly is not indexed: no Flush, and the
+		// pack writer is dropped; only the forgery is)
+		pid := forgePack(t, wo, []packfile.Blob{{Type: repo.DataBlob, ID: ref.ID, Length: uint32(sealedLen)}})
+		if r := f.backup("web1"); !strings.Contains(r.stderr, pid.Short()) {
+			t.Errorf("the honest backup did not meet (and report) the poisoned entry: %s", r)
+		}
+		f.backup("web2")
+		f.verifyAll("after dedup poisoning")
+		f.checkRepairCheck(13, pid.Short())
+		f.backup("web3")
+		f.verifyAll("after repair")
+	})
+
+	// (d) a forged, backdated gc mark naming every pack, then prune
+	t.Run("forged-gc-mark", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		f.backup("web1")
+		var packs []string
+		filepath.WalkDir(filepath.Join(f.e.repo, "data"), func(p string, d os.DirEntry, err error) error {
+			if err == nil && !d.IsDir() && !strings.HasPrefix(d.Name(), ".") {
+				packs = append(packs, `"`+d.Name()+`"`)
+			}
+			return nil
+		})
+		mark := append([]byte(`{"time":"2001-01-01T00:00:00Z","packs":[`+strings.Join(packs, ",")+`]}`), make([]byte, 64)...)
+		markID := hash.Sum(mark)
+		if err := f.attacker().Backend().Save(context.Background(), storage.Handle{Type: storage.GCMark, Name: markID.String()}, mark); err != nil {
+			t.Fatal(err)
+		}
+		f.backup("web2")
+		f.e.ok("prune", "--grace", "0")
+		f.e.ok("prune", "--grace", "0")
+		for _, p := range packs {
+			name := strings.Trim(p, `"`)
+			if _, err := os.Stat(filepath.Join(f.e.repo, "data", name[:2], name)); err != nil {
+				t.Fatalf("prune deleted a pack the forged mark named: %v", err)
+			}
+		}
+		f.verifyAll("after the forged mark and prune")
+		f.checkRepairCheck(0, markID.Short(), "not signed by a full key")
+		if _, err := os.Stat(filepath.Join(f.e.repo, "gc", markID.String())); !os.IsNotExist(err) {
+			t.Errorf("repair left the forged mark: %v", err)
+		}
+		f.backup("web1")
+		f.verifyAll("after repair")
+	})
+
+	// (e) an unsigned index file that supersedes every other
+	t.Run("unsigned-supersede", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		f.backup("web1")
+		wo := f.attacker()
+		all, err := wo.ListIDs(context.Background(), storage.Index)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := wo.SaveIndexFile(context.Background(), &repo.IndexFile{Supersedes: all, Packs: []repo.PackInfo{}}); err != nil {
+			t.Fatal(err)
+		}
+		f.backup("web2")
+		f.verifyAll("after an unsigned supersede")
+		f.e.ok("check", "--read-data")
+		f.e.ok("prune", "--grace", "0")
+		f.e.ok("prune", "--grace", "0")
+		f.backup("web1")
+		f.verifyAll("after prune")
+		f.e.ok("check", "--read-data")
+	})
+
+	// (f) an undecodable snapshot record, sealed by the write-only key
+	t.Run("undecodable-snapshot", func(t *testing.T) {
+		t.Parallel()
+		f := newTrustFixture(t)
+		f.backup("web1")
+		f.backup("web1")
+		bad, err := f.attacker().SaveSnapshotRecord(context.Background(), []byte(`{"version": 2, "tree": "not a ref"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.backup("web2")
+		r := f.e.ok("forget", "--keep-last", "1", "--group-by", "host")
+		if !strings.Contains(r.stderr, bad.Short()) {
+			t.Errorf("forget does not report the undecodable record: %s", r)
+		}
+		f.snapshots = f.snapshots[1:] // forgotten
+		r = f.e.ok("prune", "--grace", "0")
+		if !strings.Contains(r.stderr, bad.Short()) {
+			t.Errorf("prune does not report the undecodable record: %s", r)
+		}
+		f.e.ok("prune", "--grace", "0")
+		f.verifyAll("after forget and prune")
+		r = f.e.floe("check")
+		expectCode(t, r, 13)
+		f.e.ok("repair", "--yes")
+		if _, err := os.Stat(filepath.Join(f.e.repo, "snapshots", bad.String())); !os.IsNotExist(err) {
+			t.Errorf("repair left the undecodable record: %v", err)
+		}
+		f.e.ok("check", "--read-data")
+		f.backup("web3")
+		f.verifyAll("after repair")
+	})
+}
+
+// The same attacks through `floe serve` with a backup token: removing the
+// full key is refused by the client (exit 12) and, sent by hand, by the
+// server (403); a pack with forged blobs and an index entry pointing at
+// the wrong bytes are refused by the server's verification (422); honest
+// hosts back up before and after, and every snapshot restores byte-exact.
+func TestAttackThroughServer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t))
+	admin := s.token("fleet", "admin", "admin")
+	webTok := s.token("fleet", "web", "backup")
+	evilTok := s.token("fleet", "evil", "backup")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	webKey, evilKey := e.path("web.key"), e.path("evil.key")
+	for _, k := range []string{webKey, evilKey} {
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", k), 0)
+		registerKeyFile(t, k)
+	}
+	type snap struct {
+		id, src  string
+		manifest map[string]string
+	}
+	var snaps []snap
+	shared := bytes.Repeat([]byte("shared content of the fleet "), 8000)
+	backup := func(host string) {
+		t.Helper()
+		src := e.mkdir(fmt.Sprintf("src-%s-%d", host, len(snaps)))
+		writeFile(t, filepath.Join(src, "shared"), shared)
+		testutil.WriteRandom(t, filepath.Join(src, "own"), 100<<10, uint64(200+len(snaps)))
+		r := s.remote("fleet", webTok, "--key-file", webKey, "backup", "--json", "--host", host, src)
+		expectCode(t, r, 0)
+		snaps = append(snaps, snap{decodeJSON[backupOut](t, r).Snapshot, src, testutil.Manifest(t, src)})
+	}
+	backup("web1")
+
+	keysDir := filepath.Join(root, "fleet", "keys")
+	keysBefore, _ := os.ReadDir(keysDir)
+	var keys []struct {
+		ID        string `json:"id"`
+		WriteOnly bool   `json:"write_only"`
+	}
+	full := ""
+	if err := json.Unmarshal([]byte(s.remote("fleet", admin, "--password-file", e.pwFile, "key", "list", "--json").stdout), &keys); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if !k.WriteOnly {
+			full = k.ID
+		}
+	}
+	if full == "" {
+		t.Fatal("no full key listed")
+	}
+	r := s.remote("fleet", evilTok, "--key-file", evilKey, "key", "remove", full)
+	expectCode(t, r, 12)
+	// by hand: the server refuses whatever the client is
+	evil := readToken(t, evilTok)
+	do := func(method, path string, body []byte) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, "https://"+s.addr+path, bytes.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+evil)
+		resp, err := rawClient().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, k := range keysBefore {
+		if code, body := do("DELETE", "/fleet/keys/"+k.Name(), nil); code != http.StatusForbidden {
+			t.Errorf("DELETE of key %s with a backup token: %d %s", k.Name()[:8], code, body)
+		}
+	}
+	// forged copies of every data blob, and an index entry that names a
+	// genuine blob at the wrong offset of its genuine pack
+	var forged []packfile.Blob
+	var body []byte
+	var genuinePack hash.ID
+	var genuine packfile.Blob
+	filepath.WalkDir(filepath.Join(root, "fleet", "data"), func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || strings.HasPrefix(d.Name(), ".") {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		blobs, err := packfile.Parse(data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range blobs {
+			if b.Type == packfile.Data {
+				forged = append(forged, packfile.Blob{Type: b.Type, ID: b.ID, Offset: uint32(len(body)), Length: b.Length})
+				body = append(body, bytes.Repeat([]byte{0x5a}, int(b.Length))...)
+				genuinePack, genuine = hash.Sum(data), b
+			}
+		}
+		return nil
+	})
+	pack := packfile.AppendHeader(body, [packfile.UniqueLen]byte{0xe2}, forged)
+	if code, msg := do("PUT", "/fleet/data/"+hash.Sum(pack).String(), pack); code != http.StatusUnprocessableEntity || !strings.Contains(msg, "do not hash to their IDs") {
+		t.Errorf("forged pack: %d %s, want 422", code, msg)
+	}
+	wrong := genuine
+	wrong.Offset, wrong.Length = genuine.Offset+1, genuine.Length-1
+	idx, _ := packfile.EncodeIndex(&packfile.Index{Packs: []packfile.Pack{{ID: genuinePack, Blobs: []packfile.Blob{wrong}}}}, nil)
+	if code, msg := do("PUT", "/fleet/index/"+hash.Sum(idx).String(), idx); code != http.StatusUnprocessableEntity || !strings.Contains(msg, "does not hash to its ID") {
+		t.Errorf("forged index entry: %d %s, want 422", code, msg)
+	}
+	if keysAfter, _ := os.ReadDir(keysDir); len(keysAfter) != len(keysBefore) {
+		t.Fatalf("%d keys after the attack, were %d", len(keysAfter), len(keysBefore))
+	}
+	refused := 0
+	for _, l := range s.auditLines() {
+		if l["token"] != nil && l["host"] == "evil" && l["result"] == "refused" {
+			refused++
+		}
+	}
+	if refused != len(keysBefore)+2 {
+		t.Errorf("%d refusals of the attacker's token in the audit log, want %d", refused, len(keysBefore)+2)
+	}
+
+	backup("web2")
+	for _, sn := range snaps {
+		dst := e.path("restore-" + sn.id[:8])
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "--verify", sn.id+":"+sn.src, "--target", dst), 0)
+		testutil.DiffManifest(t, sn.manifest, dst)
+	}
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
 }
