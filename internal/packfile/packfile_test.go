@@ -177,3 +177,37 @@ func TestCheckPackAndIndex(t *testing.T) {
 		t.Fatal("a damaged pack passed")
 	}
 }
+
+// CheckIndex against a stored pack never panics on hostile entries
+// (offsets and lengths past the pack, overlapping, of any type), and
+// accepts only entries whose bytes hash to their IDs.
+func FuzzCheckIndex(f *testing.F) {
+	data, blobs := makePack(bytes.Repeat([]byte("x"), 30), bytes.Repeat([]byte("y"), 50))
+	pid := hash.Sum(data)
+	good, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs}}}, nil)
+	f.Add(good)
+	f.Add(good[:len(good)-3])
+	open := func(p hash.ID) (io.ReaderAt, int64, error) {
+		if p != pid {
+			return nil, 0, errors.New("no such pack")
+		}
+		return bytes.NewReader(data), int64(len(data)), nil
+	}
+	f.Fuzz(func(t *testing.T, idx []byte) {
+		if CheckIndex(idx, open) != nil {
+			return
+		}
+		x, err := DecodeIndex(idx)
+		if err != nil {
+			t.Fatalf("CheckIndex accepted what does not decode: %v", err)
+		}
+		for _, p := range x.Packs {
+			for _, b := range p.Blobs {
+				end := int(b.Offset) + int(b.Length)
+				if p.ID != pid || end > len(data) || BlobID(b.Type, data[b.Offset:end]) != b.ID {
+					t.Fatalf("accepted entry %+v of pack %s", b, p.ID.Short())
+				}
+			}
+		}
+	})
+}
