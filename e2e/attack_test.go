@@ -984,3 +984,32 @@ func TestAttackThroughServer(t *testing.T) {
 	}
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
 }
+
+// What the storage sees: no file content, file name, directory name or
+// host name appears in any object of the repository (docs/SECURITY.md
+// "A hostile storage provider").
+func TestStorageSeesNoPlaintext(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src", "secret-directory-name")
+	content := bytes.Repeat([]byte("the secret content of a file, "), 2000)
+	writeFile(t, filepath.Join(src, "secret-file-name.txt"), content)
+	e.backup("--host", "secret-host-name", src)
+	needles := [][]byte{[]byte("secret-directory-name"), []byte("secret-file-name"), []byte("secret-host-name"), content[:30]}
+	filepath.WalkDir(e.repo, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range needles {
+			if bytes.Contains(data, n) {
+				t.Errorf("%s holds %q in plain text", p, n)
+			}
+		}
+		return nil
+	})
+}
