@@ -90,7 +90,7 @@ command in authorized_keys, so that the key can do only that:
 			// every pack's blobs and every index entry are checked by
 			// hashing, so that clients may deduplicate against what this
 			// server holds without reading it back
-			cfg.Verifier = server.FormatVerifier{}
+			cfg.Verifier = server.NewFormatVerifier()
 			if stdio {
 				if sf.root == "" {
 					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory)")}

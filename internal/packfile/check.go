@@ -81,9 +81,19 @@ func CheckPack(r io.ReaderAt, size int64) error {
 	return nil
 }
 
-// PackOpener opens a stored pack for CheckIndex: its bytes and size, or an
-// error (a pack that does not exist must be an error).
-type PackOpener func(pack hash.ID) (io.ReaderAt, int64, error)
+// StoredPack is a stored pack as CheckIndex reads it.
+type StoredPack struct {
+	R    io.ReaderAt
+	Size int64
+	// Verified, if set, reports whether an entry is one the caller
+	// already verified by hashing (a server remembers the blobs of the
+	// packs it verified on upload): such entries are not read again.
+	Verified func(Blob) bool
+}
+
+// PackOpener opens a stored pack for CheckIndex, or returns an error (a
+// pack that does not exist must be an error).
+type PackOpener func(pack hash.ID) (StoredPack, error)
 
 // CheckIndex decodes an index file and checks every entry against the
 // pack it names as stored: an entry past the end of the pack, whose bytes
@@ -100,15 +110,18 @@ func CheckIndex(data []byte, open PackOpener) error {
 		if len(p.Blobs) == 0 {
 			continue
 		}
-		r, size, err := open(p.ID)
+		sp, err := open(p.ID)
 		if err != nil {
 			return fmt.Errorf("pack %s: %w", p.ID.Short(), err)
 		}
 		for _, b := range p.Blobs {
-			if int64(b.Offset)+int64(b.Length) > size-int64(TrailerLen) {
-				return fmt.Errorf("pack %s: the %s blob %s it lists at offset %d (%d bytes) lies past the end of the %d-byte pack", p.ID.Short(), b.Type, b.ID.Short(), b.Offset, b.Length, size)
+			if int64(b.Offset)+int64(b.Length) > sp.Size-int64(TrailerLen) {
+				return fmt.Errorf("pack %s: the %s blob %s it lists at offset %d (%d bytes) lies past the end of the %d-byte pack", p.ID.Short(), b.Type, b.ID.Short(), b.Offset, b.Length, sp.Size)
 			}
-			got, err := hashRange(r, b.Type, int64(b.Offset), int64(b.Length), buf)
+			if sp.Verified != nil && sp.Verified(b) {
+				continue
+			}
+			got, err := hashRange(sp.R, b.Type, int64(b.Offset), int64(b.Length), buf)
 			if err != nil {
 				return fmt.Errorf("pack %s: read %s blob %s: %w", p.ID.Short(), b.Type, b.ID.Short(), err)
 			}

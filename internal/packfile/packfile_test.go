@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"errors"
-	"io"
 	"reflect"
 	"strings"
 	"testing"
@@ -148,11 +147,11 @@ func TestCheckPackAndIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := hash.Sum(data)
-	load := func(p hash.ID) (io.ReaderAt, int64, error) {
+	load := func(p hash.ID) (StoredPack, error) {
 		if p != pid {
-			return nil, 0, errors.New("no such pack")
+			return StoredPack{}, errors.New("no such pack")
 		}
-		return bytes.NewReader(data), int64(len(data)), nil
+		return StoredPack{R: bytes.NewReader(data), Size: int64(len(data))}, nil
 	}
 	good, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs}}}, nil)
 	if err := CheckIndex(good, load); err != nil {
@@ -172,6 +171,25 @@ func TestCheckPackAndIndex(t *testing.T) {
 	if err := CheckIndex(past, load); err == nil || !strings.Contains(err.Error(), "past the end") {
 		t.Fatalf("an entry past the end of its pack: %v", err)
 	}
+	// entries the caller verified are not read again; others still are
+	calls := 0
+	counting := func(p hash.ID) (StoredPack, error) {
+		sp, err := load(p)
+		sp.R = readerFunc(func(b []byte, off int64) (int, error) { calls++; return bytes.NewReader(data).ReadAt(b, off) })
+		sp.Verified = func(b Blob) bool { return b == blobs[0] }
+		return sp, err
+	}
+	if err := CheckIndex(good, counting); err != nil || calls == 0 {
+		t.Fatalf("CheckIndex with one verified entry: %v, %d reads", err, calls)
+	}
+	calls = 0
+	only0, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs[:1]}}}, nil)
+	if err := CheckIndex(only0, counting); err != nil || calls != 0 {
+		t.Fatalf("CheckIndex of a verified entry: %v, %d reads", err, calls)
+	}
+	if err := CheckIndex(bad, counting); err == nil {
+		t.Fatal("a forged entry passed next to verified ones")
+	}
 	data[3] ^= 1
 	if err := CheckPack(bytes.NewReader(data), int64(len(data))); err == nil {
 		t.Fatal("a damaged pack passed")
@@ -187,11 +205,11 @@ func FuzzCheckIndex(f *testing.F) {
 	good, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: blobs}}}, nil)
 	f.Add(good)
 	f.Add(good[:len(good)-3])
-	open := func(p hash.ID) (io.ReaderAt, int64, error) {
+	open := func(p hash.ID) (StoredPack, error) {
 		if p != pid {
-			return nil, 0, errors.New("no such pack")
+			return StoredPack{}, errors.New("no such pack")
 		}
-		return bytes.NewReader(data), int64(len(data)), nil
+		return StoredPack{R: bytes.NewReader(data), Size: int64(len(data))}, nil
 	}
 	f.Fuzz(func(t *testing.T, idx []byte) {
 		if CheckIndex(idx, open) != nil {
@@ -211,3 +229,7 @@ func FuzzCheckIndex(f *testing.F) {
 		}
 	})
 }
+
+type readerFunc func([]byte, int64) (int, error)
+
+func (f readerFunc) ReadAt(b []byte, off int64) (int, error) { return f(b, off) }
