@@ -67,6 +67,8 @@ func exitCodeFor(err error) int {
 
 func hintFor(err error) string {
 	switch {
+	case strings.HasPrefix(err.Error(), "unknown command "):
+		return "`floe --help` lists the commands"
 	case errors.Is(err, repo.ErrWrongKey):
 		return "check --password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file"
 	case errors.Is(err, repo.ErrNoRepository):

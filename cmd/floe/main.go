@@ -84,7 +84,7 @@ Exit codes:
   130 interrupted`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       readBuildInfo().String(),
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.startProfiles(); err != nil {
 				return err
@@ -93,6 +93,9 @@ Exit codes:
 		},
 	}
 	g.addFlags(root)
+	// restic and most tools answer -V/--version; -v is left for --verbose
+	root.Flags().BoolP("version", "V", false, "print the version and exit")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	// every command, here and nowhere else (help lists them sorted)
 	root.AddCommand(
@@ -121,6 +124,7 @@ Exit codes:
 		newServeCommand(g),
 		newAgentCommand(g),
 		newFleetCommand(g),
+		newVersionCommand(g),
 	)
 	usageArgsAll(root)
 	return root
