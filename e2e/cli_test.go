@@ -3,7 +3,10 @@
 package e2e
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -49,4 +52,55 @@ func TestUnknownCommandIsUsage(t *testing.T) {
 	if !strings.Contains(r.stderr, "floe --help") {
 		t.Fatalf("no hint at floe --help: %s", r)
 	}
+}
+
+// TestCompletionAndManPages: completion scripts for the three shells,
+// snapshot IDs completed where a snapshot is expected (only with a
+// repository and credentials configured, silently nothing otherwise), and
+// a man page per command.
+func TestCompletionAndManPages(t *testing.T) {
+	e := newEnv(t)
+	for _, sh := range []string{"bash", "zsh", "fish"} {
+		r := e.run("completion", sh)
+		expectCode(t, r, 0)
+		if !strings.Contains(r.stdout, "floe") || len(r.stdout) < 500 {
+			t.Fatalf("completion %s: %s", sh, r)
+		}
+	}
+	e.init()
+	out, _ := e.backup(e.mkdir("data"))
+	short := out.Snapshot[:8]
+	for _, cmd := range []string{"restore", "ls", "diff", "forget"} {
+		r := e.floe("__complete", cmd, "")
+		expectCode(t, r, 0)
+		if !strings.Contains(r.stdout, short+"\t") || !strings.Contains(r.stdout, "latest\t") {
+			t.Fatalf("completing %s does not offer the snapshot %s: %s", cmd, short, r)
+		}
+	}
+	// ls takes one snapshot: the second argument is a path
+	if r := e.floe("__complete", "ls", "latest", ""); strings.Contains(r.stdout, short) {
+		t.Fatalf("ls completes a snapshot as its second argument: %s", r)
+	}
+	// no credential: nothing, no prompt, no error on the terminal
+	r := e.run("-r", e.repo, "__complete", "restore", "")
+	expectCode(t, r, 0)
+	if strings.Contains(r.stdout, short) || strings.Contains(r.stderr, "floe:") {
+		t.Fatalf("completion without credentials: %s", r)
+	}
+	// no repository there: nothing either
+	r = e.run("-r", e.path("nothing"), "--password-file", e.pwFile, "__complete", "restore", "")
+	expectCode(t, r, 0)
+	if strings.Contains(r.stdout, "latest") {
+		t.Fatalf("completion without a repository: %s", r)
+	}
+
+	man := e.path("man")
+	expectCode(t, e.run("gen", "man", man), 0)
+	for _, page := range []string{"floe.1", "floe-backup.1", "floe-restore.1", "floe-key-add.1", "floe-version.1"} {
+		data, err := os.ReadFile(filepath.Join(man, page))
+		if err != nil || !bytes.Contains(data, []byte(".TH ")) {
+			t.Fatalf("man page %s: %v\n%s", page, err, data)
+		}
+	}
+	expectCode(t, e.run("gen", "man"), 2)
 }

@@ -125,9 +125,22 @@ Exit codes:
 		newAgentCommand(g),
 		newFleetCommand(g),
 		newVersionCommand(g),
+		newGenCommand(g),
 	)
 	usageArgsAll(root)
+	for _, c := range root.Commands() {
+		if n, ok := snapshotArgs[c.Name()]; ok {
+			c.ValidArgsFunction = g.completeSnapshots(n)
+		}
+	}
 	return root
+}
+
+// snapshotArgs are the commands whose arguments are snapshots, for shell
+// completion: how many leading arguments are (-1: all).
+var snapshotArgs = map[string]int{
+	"restore": 1, "ls": 1, "dump": 1, "audit": 1, "diff": 2,
+	"forget": -1, "copy": -1, "export": -1, "stats": -1,
 }
 
 // usageArgsAll makes the argument-count errors of c and its subcommands
