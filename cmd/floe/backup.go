@@ -329,7 +329,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 	if parent != nil {
 		g.say("parent snapshot %s", parent.ID.Short())
 	}
-	g.say("files: %d new, %d changed, %d unchanged; %d directories; %d errors", s.FilesNew, s.FilesChanged, s.FilesUnchanged, s.Dirs, s.Errors)
+	g.say("files: %d new, %d changed, %d unchanged; %s; %s", s.FilesNew, s.FilesChanged, s.FilesUnchanged, ui.Count(s.Dirs, "directory", "directories"), ui.Count(s.Errors, "error"))
 	if res.DryRun {
 		g.say("total size %s; new data %s (before compression)", ui.Bytes(s.TotalBytes), ui.Bytes(s.DataAdded))
 		g.say("dry run: nothing was written")
@@ -360,7 +360,7 @@ func consistencyLine(c snapshot.Consistency) string {
 		more = ", ..."
 		shown = shown[:3]
 	}
-	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, ui.Paths(shown, ", "), more)
+	return fmt.Sprintf("%s changed while being read: %s%s", ui.Count(c.ChangedCount, "file"), ui.Paths(shown, ", "), more)
 }
 
 // warnForged reports stored copies whose bytes did not match their IDs

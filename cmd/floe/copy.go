@@ -166,7 +166,7 @@ func transferLine(start time.Time, p *transfer.Progress) string {
 		return b.String()
 	}
 	sent := p.BytesSent.Load()
-	fmt.Fprintf(&b, ", %d blobs, %s read, %s sent, %s", p.BlobsDone.Load(), ui.Bytes(uint64(p.BytesRead.Load())),
+	fmt.Fprintf(&b, ", %s, %s read, %s sent, %s", ui.Count(p.BlobsDone.Load(), "blob"), ui.Bytes(uint64(p.BytesRead.Load())),
 		ui.Bytes(uint64(sent)), ui.Rate(sent, el))
 	return b.String()
 }
@@ -198,11 +198,11 @@ func reportTransfer(g *globals, what, dest string, res *transfer.Result, start t
 		}
 	}
 	el := time.Since(start)
-	g.say("%d snapshots copied, %d skipped; %d new blobs, %s (%s stored) in %s, %s",
-		copied, skipped, res.Saved.Blobs, ui.Bytes(res.Saved.RawBytes), ui.Bytes(res.Saved.StoredBytes),
+	g.say("%s copied, %d skipped; %s, %s (%s stored) in %s, %s",
+		ui.Count(copied, "snapshot"), skipped, ui.Count(res.Saved.Blobs, "new blob"), ui.Bytes(res.Saved.RawBytes), ui.Bytes(res.Saved.StoredBytes),
 		ui.Duration(el), ui.Rate(int64(res.Saved.RawBytes), el))
 	if res.Verified {
-		g.say("verified %d blobs, %s, read back from %s", res.VerifiedBlobs, ui.Bytes(res.VerifiedBytes), dest)
+		g.say("verified %s, %s, read back from %s", ui.Count(res.VerifiedBlobs, "blob"), ui.Bytes(res.VerifiedBytes), dest)
 	}
 }
 

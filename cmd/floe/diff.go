@@ -126,9 +126,9 @@ ones). --json prints one object per change and line ("message_type":
 			if g.quiet {
 				return nil
 			}
-			_, err = fmt.Fprintf(out, "\n%s..%s: %d added (%s), %d removed (%s), %d changed; %d identical directories skipped\n",
+			_, err = fmt.Fprintf(out, "\n%s..%s: %d added (%s), %d removed (%s), %d changed; %s skipped\n",
 				sn1.ID.Short(), sn2.ID.Short(), sum.Added, ui.Bytes(sum.BytesAdded), sum.Removed, ui.Bytes(sum.BytesRemoved),
-				sum.Modified, sum.TreesSkipped)
+				sum.Modified, ui.Count(sum.TreesSkipped, "identical directory", "identical directories"))
 			return err
 		},
 	}

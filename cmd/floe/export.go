@@ -90,10 +90,10 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 			}
 			resumed := ""
 			if res.Resumed {
-				resumed = fmt.Sprintf(" (continued: %d packs were there)", res.Packs-res.Copied)
+				resumed = fmt.Sprintf(" (continued: %s there already)", ui.Count(res.Packs-res.Copied, "pack was", "packs were"))
 			}
-			g.say("%d snapshots, %d packs, %s in %d files to %s in %s%s", len(res.Manifest.Snapshots), res.Packs,
-				ui.Bytes(res.Bytes), len(res.Manifest.Files), to, ui.Duration(time.Since(start)), resumed)
+			g.say("%s, %s, %s in %s to %s in %s%s", ui.Count(len(res.Manifest.Snapshots), "snapshot"), ui.Count(res.Packs, "pack"),
+				ui.Bytes(res.Bytes), ui.Count(len(res.Manifest.Files), "file"), to, ui.Duration(time.Since(start)), resumed)
 			g.say("manifest: %s (check: cd %s && b3sum -c %s)", filepath.Join(to, transfer.ManifestName), to, transfer.ManifestSumName)
 			return nil
 		},

@@ -90,7 +90,7 @@ time and path; --json prints one JSON object per match and line.`,
 				return err
 			}
 			if !g.json && !g.quiet {
-				fmt.Fprintf(os.Stderr, "%d matches in %d snapshots\n", n, len(sel))
+				fmt.Fprintf(os.Stderr, "%s in %s\n", ui.Count(n, "match", "matches"), ui.Count(len(sel), "snapshot"))
 			}
 			return nil
 		},

@@ -93,7 +93,7 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 		g.say("nothing to repair")
 		return
 	}
-	g.say("repair plan (%d actions):", len(plan.Actions))
+	g.say("repair plan (%s):", ui.Count(len(plan.Actions), "action"))
 	for _, a := range plan.Actions {
 		switch a.Kind {
 		case repair.RemoveSnapshot:

@@ -128,17 +128,17 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 				for _, e := range res.Errors {
 					g.warn("error: %v", e)
 				}
-				g.say("restored snapshot %s to %s: %d files, %d directories, %d other, %s in %s",
-					sn.ID.Short(), target, res.Files, res.Dirs, res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
+				g.say("restored snapshot %s to %s: %s, %s, %d other, %s in %s",
+					sn.ID.Short(), target, ui.Count(res.Files, "file"), ui.Count(res.Dirs, "directory", "directories"), res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
 				if res.Skipped > 0 || res.Deleted > 0 {
-					g.say("left %d existing entries as they were, deleted %d", res.Skipped, res.Deleted)
+					g.say("left %s as they were, deleted %d", ui.Count(res.Skipped, "existing entry", "existing entries"), res.Deleted)
 				}
 				if verify {
-					g.say("verified %d files against the snapshot", res.Verified)
+					g.say("verified %s against the snapshot", ui.Count(res.Verified, "file"))
 				}
 			}
 			if len(res.Errors) > 0 {
-				return &exitError{ExitPartial, fmt.Errorf("%d errors during restore", len(res.Errors))}
+				return &exitError{ExitPartial, fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error"))}
 			}
 			return nil
 		},
@@ -255,7 +255,7 @@ snapshots of each host and set of paths.`,
 					}
 				}
 			}
-			fmt.Printf("%d snapshots\n", len(sel))
+			fmt.Println(ui.Count(len(sel), "snapshot"))
 			return nil
 		},
 	}

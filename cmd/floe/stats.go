@@ -106,7 +106,7 @@ snapshot references any more (prune frees it).`,
 				p("missing blobs", "%d (not in the index: run `floe check`)", tot.MissingBlobs)
 			}
 			if uniq != nil {
-				p("unique to this snapshot", "%d blobs, raw %s, stored %s", uniq.Blobs, ui.Bytes(uniq.RawSize), ui.Bytes(uniq.StoredSize))
+				p("unique to this snapshot", "%s, raw %s, stored %s", ui.Count(uniq.Blobs, "blob"), ui.Bytes(uniq.RawSize), ui.Bytes(uniq.StoredSize))
 			}
 			if repoTot != nil {
 				fmt.Println()
