@@ -71,6 +71,11 @@ func TestOpenErrors(t *testing.T) {
 	if !strings.Contains(r.stderr, nowhere) {
 		t.Errorf("the message does not name the location: %s", r)
 	}
+	// one sentence and what to do next, not a chain of the same fact
+	if first := strings.SplitN(r.stderr, "\n", 2)[0]; first != "floe: no repository at "+nowhere+": the directory does not exist" ||
+		!strings.Contains(r.stderr, "hint: create one with `floe init") {
+		t.Errorf("want one clear sentence and a hint: %s", r)
+	}
 	// an empty directory is no repository either
 	r = e.run("-r", e.mkdir("empty-dir"), "--password-file", e.pwFile, "snapshots")
 	expectCode(t, r, 10)

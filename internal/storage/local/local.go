@@ -100,16 +100,16 @@ func Open(dir string) (*Backend, error) {
 	fi, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no repository at %s: directory does not exist: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: the directory does not exist", dir))
 	case err != nil:
 		return nil, fmt.Errorf("open repository at %s: %w", dir, err)
 	case !fi.IsDir():
-		return nil, fmt.Errorf("no repository at %s: not a directory: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: it is not a directory", dir))
 	}
 	fi, err = os.Stat(filepath.Join(abs, configName))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no repository at %s: no config file: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: the directory has no config file", dir))
 	case err != nil:
 		return nil, fmt.Errorf("open repository at %s: %w", dir, err)
 	case !fi.Mode().IsRegular():
