@@ -20,17 +20,24 @@ type buildInfo struct {
 	Platform  string `json:"platform"`
 }
 
-// readBuildInfo combines the version stamped with -ldflags -X main.version
+// commit is set at build time with -ldflags "-X main.commit=..."
+// (scripts/build.sh); without it, the one the go command stamped from a
+// git checkout (-buildvcs), if any.
+var commit string
+
+// readBuildInfo combines the version and commit stamped with -ldflags -X
 // (scripts/build.sh uses `git describe`) with what the Go toolchain
 // recorded: the commit when built with -buildvcs, and the Go version.
 func readBuildInfo() buildInfo {
-	b := buildInfo{Version: version, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
+	b := buildInfo{Version: version, Commit: commit, GoVersion: runtime.Version(), Platform: runtime.GOOS + "/" + runtime.GOARCH}
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		b.GoVersion = bi.GoVersion
 		for _, s := range bi.Settings {
 			switch s.Key {
 			case "vcs.revision":
-				b.Commit = s.Value
+				if b.Commit == "" {
+					b.Commit = s.Value
+				}
 			case "vcs.modified":
 				b.Modified = s.Value == "true"
 			}
