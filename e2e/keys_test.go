@@ -230,7 +230,7 @@ func TestDefaultRepository(t *testing.T) {
 
 	r = e.run("snapshots", "--json")
 	expectCode(t, r, 0)
-	if s := decodeJSON[[]snapshotOut](t, r); len(s) != 1 {
+	if s := decodeJSON[snapshotList](t, r).Snapshots; len(s) != 1 {
 		t.Errorf("%d snapshots, want 1", len(s))
 	}
 	dst := e.path("restored")
@@ -272,7 +272,9 @@ func TestKeyManagement(t *testing.T) {
 	list := func(pw string) []keyInfo {
 		r := with(pw, "key", "list", "--json")
 		expectCode(t, r, 0)
-		return decodeJSON[[]keyInfo](t, r)
+		return decodeJSON[struct {
+			Keys []keyInfo `json:"keys"`
+		}](t, r).Keys
 	}
 	current := func(keys []keyInfo) string {
 		for _, k := range keys {

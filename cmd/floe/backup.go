@@ -250,6 +250,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		}
 	}
 	p := job.Progress
+	stopJSON := func() {}
 	job.Events = backup.Events{
 		Warn: func(msg string) { g.warn("%s", msg) },
 		Created: func(location, keyFile string) {
@@ -272,8 +273,13 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			st.Run(200*time.Millisecond, func() string {
 				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
 			})
+			stopJSON = g.jsonStatus(start, func() map[string]any {
+				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
+					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load(), "scan_done": p.ScanDone.Load(),
+					"errors": p.Errors.Load(), "current_file": p.Current()}
+			})
 		},
-		Stop: st.Stop,
+		Stop: func() { st.Stop(); stopJSON() },
 	}
 	res, err := job.Run(ctx)
 	if res == nil {
@@ -308,6 +314,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 	if g.json {
 		errs := make([]map[string]string, 0, len(res.Errors))
 		for _, e := range res.Errors {
+			stdoutJSON.itemError(e.Path, "read", e.Err)
 			errs = append(errs, map[string]string{"path": e.Path, "error": e.Err.Error()})
 		}
 		out := map[string]any{"snapshot": res.ID.String(), "summary": s, "consistency": consistencyJSON(sn.Consistency), "errors": errs}
@@ -317,7 +324,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 		if parent != nil {
 			out["parent"] = parent.ID.String()
 		}
-		_ = ui.WriteJSON(os.Stdout, out)
+		stdoutJSON.summary(out)
 		return
 	}
 	for _, e := range res.Errors {

@@ -93,6 +93,11 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 
 	prog := &check.Progress{}
 	live := newCheckLiveStatus(g, func() string { return checkProgressLine(prog) })
+	stopJSON := g.jsonStatus(time.Now(), func() map[string]any {
+		phase, _ := prog.Phase()
+		return map[string]any{"phase": phase, "done": prog.Done.Load(), "total": prog.Total.Load(),
+			"bytes_done": prog.BytesDone.Load(), "bytes_total": prog.BytesTotal.Load()}
+	})
 	opts.Progress = prog
 	res, err := check.Run(ctx, r, opts, func(p *check.Problem) {
 		if g.json || (g.quiet && p.Severity == check.Warning) {
@@ -101,12 +106,13 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 		live.println(p.String())
 	})
 	live.stop()
+	stopJSON()
 	if err != nil {
 		return err
 	}
 	s := res.Summary
 	if g.json {
-		_ = ui.WriteJSON(os.Stdout, struct {
+		stdoutJSON.summary(struct {
 			Repository string           `json:"repository"`
 			Errors     []*check.Problem `json:"errors"`
 			Warnings   []*check.Problem `json:"warnings"`

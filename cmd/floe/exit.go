@@ -2,14 +2,12 @@ package main
 
 import (
 	"errors"
-	"os"
 	"strings"
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Exit codes, documented in `floe --help` and README.md.
@@ -87,8 +85,4 @@ func hintFor(err error) string {
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}
 	return ""
-}
-
-func printJSONError(err error, code int) {
-	_ = ui.WriteJSON(os.Stdout, map[string]any{"error": err.Error(), "exit_code": code})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -71,8 +70,10 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.Phase(),
 					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
 			})
+			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits})
 			st.Stop()
+			stopJSON()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 					return err
@@ -80,10 +81,11 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 				return fmt.Errorf("%w (run the same export again to finish it)", err)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"dir": to, "snapshots": res.Manifest.Snapshots,
+				stdoutJSON.summary(map[string]any{"dir": to, "snapshots": res.Manifest.Snapshots,
 					"packs": res.Packs, "packs_copied": res.Copied, "files": len(res.Manifest.Files), "bytes": res.Bytes,
 					"resumed": res.Resumed, "manifest": filepath.Join(to, transfer.ManifestName),
-					"seconds": time.Since(start).Seconds()})
+					"duration_seconds": time.Since(start).Seconds()})
+				return nil
 			}
 			for _, id := range res.Manifest.Snapshots {
 				g.say("exported snapshot %s", id.Short())
@@ -167,10 +169,12 @@ exported from: --from-password-file, --from-password-command or
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
+			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Import(ctx, expT, dst, transfer.ImportOptions{
 				Options: transfer.Options{Connections: connections, Progress: prog},
 			})
 			st.Stop()
+			stopJSON()
 			if errors.Is(err, repo.ErrWrongKey) && own {
 				err = fmt.Errorf("%w; the export opens with the password or key file of the repository it came from: give --from-password-file or --from-key-file", err)
 			}

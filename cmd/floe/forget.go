@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -219,7 +218,11 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		var errs []error
 		removed, errs, err = forget.Remove(ctx, r, toRemove)
 		for _, e := range errs {
-			g.warn("error: %v", e)
+			if g.json {
+				stdoutJSON.itemError("", "remove", e)
+			} else {
+				g.warn("error: %v", e)
+			}
 			failed = append(failed, e.Error())
 		}
 		if err != nil {
@@ -253,7 +256,8 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 			doc["errors"] = failed
 			g.exitCode = ExitError
 		}
-		return ui.WriteJSON(os.Stdout, doc)
+		stdoutJSON.summary(doc)
+		return nil
 	}
 	switch {
 	case f.dryRun && len(toRemove) > 0:

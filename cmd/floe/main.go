@@ -47,8 +47,11 @@ func run(args []string) int {
 		code = ExitInterrupted
 		err = errors.New("interrupted")
 	}
-	if g.json {
-		printJSONError(err, code)
+	var df documentFailed
+	if g.json && errors.As(err, &df) {
+		// the document says it already
+	} else if g.json {
+		printJSONError(err, code, hintFor(err))
 	} else {
 		fmt.Fprintf(os.Stderr, "floe: %s\n", ui.Line(err.Error()))
 		if hint := hintFor(err); hint != "" {

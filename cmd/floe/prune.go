@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -90,7 +89,8 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, res)
+				stdoutJSON.summary(res)
+				return nil
 			}
 			printPruneResult(g, res)
 			return nil
@@ -120,8 +120,12 @@ func runPrune(ctx context.Context, g *globals, r *repo.Repository, opts prune.Op
 		}
 		return line
 	})
+	stopJSON := g.jsonStatus(start, func() map[string]any {
+		return map[string]any{"phase": prog.Phase(), "done": prog.Done.Load(), "total": prog.Total.Load()}
+	})
 	res, err := prune.Run(ctx, r, opts)
 	st.Stop()
+	stopJSON()
 	if err != nil && res != nil && !g.json {
 		// what was done before the error
 		printPruneResult(g, res)

@@ -49,7 +49,7 @@ its reason again just before it is carried out. repair needs a full key.`,
 			}
 			if plan.Empty() || dryRun {
 				if g.json {
-					return ui.WriteJSON(os.Stdout, map[string]any{"plan": plan, "applied": false})
+					return writeDocument(map[string]any{"plan": plan, "applied": false})
 				}
 				if dryRun && !plan.Empty() {
 					g.say("dry run: nothing was changed")
@@ -72,7 +72,7 @@ its reason again just before it is carried out. repair needs a full key.`,
 					g.exitCode = ExitError
 					doc["error"] = err.Error()
 				}
-				return ui.WriteJSON(os.Stdout, doc)
+				return writeDocument(doc)
 			}
 			if res != nil {
 				for _, f := range res.Failed {

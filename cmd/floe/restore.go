@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -108,9 +107,14 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			st.Run(200*time.Millisecond, func() string {
 				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
 			})
+			stopJSON := g.jsonStatus(start, func() map[string]any {
+				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
+					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load()}
+			})
 			res, err := restore.Run(ctx, r, sn.Tree, sub, restore.Options{Target: target, Includes: includes,
 				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p, Overwrite: overwrite, Delete: del})
 			st.Stop()
+			stopJSON()
 			if err != nil {
 				return err
 			}
@@ -118,12 +122,13 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			if g.json {
 				errs := make([]string, 0, len(res.Errors))
 				for _, e := range res.Errors {
+					stdoutJSON.itemError("", "restore", e)
 					errs = append(errs, e.Error())
 				}
-				_ = ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
+				stdoutJSON.summary(map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
 					"dirs": res.Dirs, "others": res.Others, "bytes": res.Bytes, "verified": res.Verified, "errors": errs,
 					"skipped": res.Skipped, "deleted": res.Deleted,
-					"seconds": time.Since(start).Seconds()})
+					"duration_seconds": time.Since(start).Seconds()})
 			} else {
 				for _, e := range res.Errors {
 					g.warn("error: %v", e)
@@ -204,7 +209,7 @@ snapshots of each host and set of paths.`,
 					}
 					out = append(out, m)
 				}
-				return ui.WriteJSON(os.Stdout, out)
+				return writeDocument(map[string]any{"snapshots": out})
 			}
 			if len(sel) == 0 {
 				g.say("no snapshots")

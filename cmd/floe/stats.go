@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -87,7 +86,7 @@ snapshot references any more (prune frees it).`,
 						out["unreferenced_stored_size"] = unreferenced
 					}
 				}
-				return ui.WriteJSON(os.Stdout, out)
+				return writeDocument(out)
 			}
 			p := func(label, format string, args ...any) {
 				fmt.Printf("%-26s %s\n", label+":", fmt.Sprintf(format, args...))

@@ -7,8 +7,6 @@ import (
 	"runtime/debug"
 
 	"github.com/spf13/cobra"
-
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // buildInfo is what `floe version` and `floe --version` report.
@@ -77,6 +75,3 @@ func newVersionCommand(g *globals) *cobra.Command {
 		},
 	}
 }
-
-// writeDocument prints the one JSON document of a listing command.
-func writeDocument(v any) error { return ui.WriteJSON(os.Stdout, v) }
