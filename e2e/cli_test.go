@@ -156,3 +156,21 @@ func TestPlurals(t *testing.T) {
 		}
 	}
 }
+
+// TestErrorsAreOneSentence: common mistakes get one clear sentence and
+// what to do next, not a chain of wrapped errors.
+func TestErrorsAreOneSentence(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	r := e.floe("init")
+	expectFail(t, r)
+	if first := strings.SplitN(r.stderr, "\n", 2)[0]; first != "floe: a repository exists at "+e.repo+" already (it has a config file): give a new directory" {
+		t.Errorf("init over a repository: %s", r)
+	}
+	r = e.floe("key", "remove", "abc")
+	expectFail(t, r)
+	if !strings.Contains(r.stderr, "floe: no key with ID \"abc\" in the repository\n") || !strings.Contains(r.stderr, "hint: `floe snapshots` and `floe key list`") ||
+		strings.Contains(r.stderr, "floe check") {
+		t.Errorf("key remove of an unknown ID: %s", r)
+	}
+}

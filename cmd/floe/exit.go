@@ -81,6 +81,8 @@ func hintFor(err error) string {
 		return "check the ssh:// location, --ssh-command/FLOE_SSH_COMMAND (key, known_hosts) and that floe is installed on the host"
 	case errors.Is(err, remote.ErrQuota):
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
+	case errors.Is(err, repo.ErrUnknownID):
+		return "`floe snapshots` and `floe key list` show the IDs there are"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

@@ -63,8 +63,7 @@ func Create(dir string) (*Backend, error) {
 		return nil, fmt.Errorf("create repository at %s: %w", dir, err)
 	}
 	if _, err := os.Lstat(filepath.Join(abs, configName)); err == nil {
-		return nil, fmt.Errorf("create repository at %s: a repository (config file) already exists there: %w",
-			dir, storage.ErrExist)
+		return nil, existError(fmt.Sprintf("a repository exists at %s already (it has a config file): give a new directory", dir))
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("create repository at %s: %w", dir, err)
 	}
@@ -88,6 +87,12 @@ func Create(dir string) (*Backend, error) {
 	_ = syncDir(filepath.Dir(abs)) // best effort: the parent may not be readable
 	return &Backend{dir: abs}, nil
 }
+
+// existError is a storage.ErrExist that says only its message.
+type existError string
+
+func (e existError) Error() string        { return string(e) }
+func (e existError) Is(target error) bool { return target == storage.ErrExist }
 
 // Open returns the backend of the existing repository in dir. If dir or its
 // config file is missing, the error ("no repository at DIR") wraps
