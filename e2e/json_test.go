@@ -172,7 +172,9 @@ func TestJSONOutput(t *testing.T) {
 	}
 	os.WriteFile(filepath.Join(src, "c"), []byte("changed"), 0o644)
 	os.Remove(filepath.Join(src, "secret"))
-	c.lines("backup", e.ok("backup", "--json", src))
+	if counts := c.lines("backup", e.ok("backup", "-v", "--json", src)); counts["verbose_status"] < 3 {
+		t.Errorf("backup -v --json: want a verbose_status line per file, got %v", counts)
+	}
 
 	snaps := e.snapshots()
 	if len(snaps) != 2 {
@@ -186,6 +188,20 @@ func TestJSONOutput(t *testing.T) {
 	c.document("stats", e.ok("stats", "--json"))
 	c.document("key list", e.ok("key", "list", "--json"))
 	c.document("version", e.ok("version", "--json"))
+	c.document("tag", e.ok("tag", "latest", "--add", "x", "--json"))
+	root := e.mkdir("server")
+	for _, cmd := range []struct {
+		name string
+		args []string
+	}{
+		{"serve token add", []string{"serve", "token", "add", "--repo", "r", "--host", "h", "--role", "backup"}},
+		{"serve token list", []string{"serve", "token", "list"}},
+		{"serve usage", []string{"serve", "usage"}},
+	} {
+		r := e.run(append(cmd.args, "--root", root, "--json")...)
+		expectCode(t, r, 0)
+		c.document(cmd.name, r)
+	}
 	c.document("repair", e.ok("repair", "--dry-run", "--json"))
 	rules := e.path("audit.rules")
 	os.WriteFile(rules, []byte(src+" R\n"), 0o644)

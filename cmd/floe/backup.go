@@ -249,6 +249,11 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			st.Print(fmt.Sprintf("%-9s %s  %s", it.Action, ui.Path(it.Path), ui.Bytes(it.Size)))
 		}
 	}
+	if f.verbose && g.json {
+		job.OnItem = func(it backup.Item) {
+			stdoutJSON.verbose(map[string]any{"action": it.Action, "item": snapshot.EncodeName(it.Path), "size": it.Size})
+		}
+	}
 	p := job.Progress
 	stopJSON := func() {}
 	job.Events = backup.Events{
