@@ -143,7 +143,7 @@ Exit codes:
 // completion: how many leading arguments are (-1: all).
 var snapshotArgs = map[string]int{
 	"restore": 1, "ls": 1, "dump": 1, "audit": 1, "diff": 2,
-	"forget": -1, "copy": -1, "export": -1, "stats": -1,
+	"forget": -1, "copy": -1, "export": -1, "stats": -1, "tag": -1,
 }
 
 // usageArgsAll makes the argument-count errors of c and its subcommands
