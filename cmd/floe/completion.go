@@ -65,6 +65,9 @@ func newGenCommand(g *globals) *cobra.Command {
 	c.AddCommand(&cobra.Command{
 		Use:   "man DIR",
 		Short: "Write a man page for every command into DIR",
+		Long: `Write a man page (section 1) for every command into DIR, made from the
+same text as --help. The pages are dated today, or SOURCE_DATE_EPOCH when
+it is set (reproducible packages).`,
 		Example: `  floe gen man /usr/local/share/man/man1
   man floe-backup`,
 		Args: cobra.ExactArgs(1),
