@@ -346,7 +346,7 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 				g.warn("warning: %v", err)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, up)
+				return writeDocument(map[string]any{"jobs": up})
 			}
 			for i, u := range up {
 				// in the zone the schedules are in
