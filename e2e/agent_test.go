@@ -411,7 +411,7 @@ func TestAgentServer(t *testing.T) {
 	}
 	r = s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")
 	expectCode(t, r, 0)
-	if snaps := decodeJSON[[]snapshotOut](t, r); len(snaps) != 1 || snaps[0].Hostname != "e2e-host" {
+	if snaps := decodeJSON[snapshotList](t, r).Snapshots; len(snaps) != 1 || snaps[0].Hostname != "e2e-host" {
 		t.Errorf("snapshots on the server: %+v", snaps)
 	}
 	r = a.run("agent", "--config", a.config, "run", "--verify", "web")
