@@ -113,14 +113,16 @@ func checkMode0600(t *testing.T, path string) {
 // fullKeyID returns the ID of a full key of e's repository.
 func fullKeyID(t *testing.T, e *floeEnv) string {
 	t.Helper()
-	var keys []struct {
-		ID        string `json:"id"`
-		WriteOnly bool   `json:"write_only"`
+	var list struct {
+		Keys []struct {
+			ID        string `json:"id"`
+			WriteOnly bool   `json:"write_only"`
+		} `json:"keys"`
 	}
-	if err := json.Unmarshal([]byte(e.ok("key", "list", "--json").stdout), &keys); err != nil {
+	if err := json.Unmarshal([]byte(e.ok("key", "list", "--json").stdout), &list); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
+	for _, k := range list.Keys {
 		if !k.WriteOnly {
 			return k.ID
 		}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,10 +25,7 @@ func TestForgedCopiesAndMarks(t *testing.T) {
 	src := e.mkdir("src")
 	testutil.ManyFiles(t, src, 20, 30000, 7)
 	m := testutil.Manifest(t, src)
-	var b backupOut
-	if err := json.Unmarshal([]byte(e.ok("backup", "--json", src).stdout), &b); err != nil {
-		t.Fatal(err)
-	}
+	b := decodeJSON[backupOut](t, e.ok("backup", "--json", src))
 
 	// the attack, on the files of the local repository
 	var body []byte
