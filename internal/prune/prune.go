@@ -397,7 +397,8 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		pk.blobs = kept
 		p.reindex = true
 		if dropped > 0 {
-			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %d blob(s) that only unsigned index files list do not match their IDs (forged or damaged); their entries are dropped", id.Short(), dropped))
+			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %s (forged or damaged); the entries are dropped", id.Short(),
+				ui.Count(dropped, "blob that only unsigned index files list does not match its ID", "blobs that only unsigned index files list do not match their IDs")))
 		}
 		p.opts.Progress.add(1)
 	}
