@@ -244,7 +244,9 @@ func TestAgentDaemon(t *testing.T) {
 		Next    time.Time `json:"next"`
 		CatchUp bool      `json:"catch_up"`
 	}
-	for _, u := range decodeJSON[[]upcoming](t, next) {
+	for _, u := range decodeJSON[struct {
+		Jobs []upcoming `json:"jobs"`
+	}](t, next).Jobs {
 		want := map[string]string{"alpha": "2026-03-06T00:20:00Z", "beta": "2026-03-06T00:40:00Z", "flaky": "2026-03-06T00:10:00Z"}[u.Job]
 		if u.CatchUp || !u.Next.Equal(virtual(t, want)) {
 			t.Errorf("next after the catch-up: %+v", u)
@@ -409,7 +411,7 @@ func TestAgentServer(t *testing.T) {
 	}
 	r = s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")
 	expectCode(t, r, 0)
-	if snaps := decodeJSON[[]snapshotOut](t, r); len(snaps) != 1 || snaps[0].Hostname != "e2e-host" {
+	if snaps := decodeJSON[snapshotList](t, r).Snapshots; len(snaps) != 1 || snaps[0].Hostname != "e2e-host" {
 		t.Errorf("snapshots on the server: %+v", snaps)
 	}
 	r = a.run("agent", "--config", a.config, "run", "--verify", "web")

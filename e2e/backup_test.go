@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,6 +66,25 @@ func TestUnreadableFileAsUser(t *testing.T) {
 	b := decodeJSON[backupOut](t, r)
 	if b.Summary.Errors != 3 || len(b.Errors) != 3 || b.Snapshot == "" {
 		t.Errorf("--json: %d errors %+v, snapshot %q; want 3 errors and a snapshot", b.Summary.Errors, b.Errors, b.Snapshot)
+	}
+	// and each as an error line before the summary (docs/JSON.md)
+	itemErrors := 0
+	for _, line := range strings.Split(r.stdout, "\n") {
+		var m struct {
+			MessageType string `json:"message_type"`
+			Item        string `json:"item"`
+			During      string `json:"during"`
+			Error       string `json:"error"`
+		}
+		if json.Unmarshal([]byte(line), &m) == nil && m.MessageType == "error" {
+			if !strings.HasPrefix(m.Item, src) || m.During != "read" || m.Error == "" {
+				t.Errorf("error line %s: want item, during and error", line)
+			}
+			itemErrors++
+		}
+	}
+	if itemErrors != 3 {
+		t.Errorf("--json: %d error lines, want 3: %s", itemErrors, r)
 	}
 
 	if s := e.snapshots(); len(s) != 2 {

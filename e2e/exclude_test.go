@@ -259,7 +259,12 @@ func TestRestorePatterns(t *testing.T) {
 		}
 	}
 	r := e.ok("find", "--json", "ssh/")
-	if n := strings.Count(r.stdout, "\n"); n != 1 || !strings.Contains(r.stdout, `/etc/ssh"`) {
+	found := decodeJSON[struct {
+		Matches []struct {
+			Path string `json:"path"`
+		} `json:"matches"`
+	}](t, r).Matches
+	if len(found) != 1 || !strings.HasSuffix(found[0].Path, "/etc/ssh") {
 		t.Errorf("find ssh/ should list the directory only: %s", r)
 	}
 }

@@ -339,10 +339,11 @@ func TestFleetAgent(t *testing.T) {
 	}
 	r = s.fleet(viewer, "runs", "--host", "e2e-host", "--json")
 	expectCode(t, r, 0)
-	var runs []fleet.RunRecord
-	if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil || len(runs) != 2 {
+	var doc struct{ Runs []fleet.RunRecord }
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Runs) != 2 {
 		t.Fatalf("runs after the daemon's: %v %s", err, r)
 	}
+	runs := doc.Runs
 	found := false
 	for _, rr := range runs {
 		found = found || rr.Start.Format("2006-01-02T15:04") == "2026-03-02T00:20"

@@ -71,6 +71,11 @@ func TestOpenErrors(t *testing.T) {
 	if !strings.Contains(r.stderr, nowhere) {
 		t.Errorf("the message does not name the location: %s", r)
 	}
+	// one sentence and what to do next, not a chain of the same fact
+	if first := strings.SplitN(r.stderr, "\n", 2)[0]; first != "floe: no repository at "+nowhere+": the directory does not exist" ||
+		!strings.Contains(r.stderr, "hint: create one with `floe init") {
+		t.Errorf("want one clear sentence and a hint: %s", r)
+	}
 	// an empty directory is no repository either
 	r = e.run("-r", e.mkdir("empty-dir"), "--password-file", e.pwFile, "snapshots")
 	expectCode(t, r, 10)
@@ -108,14 +113,16 @@ func checkMode0600(t *testing.T, path string) {
 // fullKeyID returns the ID of a full key of e's repository.
 func fullKeyID(t *testing.T, e *floeEnv) string {
 	t.Helper()
-	var keys []struct {
-		ID        string `json:"id"`
-		WriteOnly bool   `json:"write_only"`
+	var list struct {
+		Keys []struct {
+			ID        string `json:"id"`
+			WriteOnly bool   `json:"write_only"`
+		} `json:"keys"`
 	}
-	if err := json.Unmarshal([]byte(e.ok("key", "list", "--json").stdout), &keys); err != nil {
+	if err := json.Unmarshal([]byte(e.ok("key", "list", "--json").stdout), &list); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
+	for _, k := range list.Keys {
 		if !k.WriteOnly {
 			return k.ID
 		}
@@ -225,7 +232,7 @@ func TestDefaultRepository(t *testing.T) {
 
 	r = e.run("snapshots", "--json")
 	expectCode(t, r, 0)
-	if s := decodeJSON[[]snapshotOut](t, r); len(s) != 1 {
+	if s := decodeJSON[snapshotList](t, r).Snapshots; len(s) != 1 {
 		t.Errorf("%d snapshots, want 1", len(s))
 	}
 	dst := e.path("restored")
@@ -267,7 +274,9 @@ func TestKeyManagement(t *testing.T) {
 	list := func(pw string) []keyInfo {
 		r := with(pw, "key", "list", "--json")
 		expectCode(t, r, 0)
-		return decodeJSON[[]keyInfo](t, r)
+		return decodeJSON[struct {
+			Keys []keyInfo `json:"keys"`
+		}](t, r).Keys
 	}
 	current := func(keys []keyInfo) string {
 		for _, k := range keys {

@@ -366,13 +366,38 @@ type snapshotOut struct {
 	Consistency consistency `json:"consistency"`
 }
 
+// decodeJSON decodes what a command printed with --json: the document of a
+// listing, or the summary line of a long-running command's JSON lines
+// (docs/JSON.md).
 func decodeJSON[T any](t *testing.T, r result) T {
 	t.Helper()
 	var v T
-	if err := json.Unmarshal([]byte(r.stdout), &v); err != nil {
+	out := []byte(r.stdout)
+	if line, ok := summaryLine(out); ok {
+		out = line
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
 		t.Fatalf("decode JSON output: %v\n%s", err, r)
 	}
 	return v
+}
+
+// summaryLine finds the line of message_type summary in JSON lines.
+func summaryLine(out []byte) ([]byte, bool) {
+	for _, line := range bytes.Split(out, []byte("\n")) {
+		var m struct {
+			MessageType string `json:"message_type"`
+		}
+		if json.Unmarshal(line, &m) == nil && m.MessageType == "summary" {
+			return line, true
+		}
+	}
+	return nil, false
+}
+
+// snapshotList is `floe snapshots --json`.
+type snapshotList struct {
+	Snapshots []snapshotOut `json:"snapshots"`
 }
 
 // backup runs `floe backup --json` with extra arguments and wants exit 0.
@@ -385,7 +410,7 @@ func (e *floeEnv) backup(args ...string) (backupOut, result) {
 // snapshots lists the repository's snapshots.
 func (e *floeEnv) snapshots() []snapshotOut {
 	e.t.Helper()
-	return decodeJSON[[]snapshotOut](e.t, e.ok("snapshots", "--json"))
+	return decodeJSON[snapshotList](e.t, e.ok("snapshots", "--json")).Snapshots
 }
 
 // hasCommand reports whether the floe under test has a command (several

@@ -418,7 +418,9 @@ func TestConcurrentBackups(t *testing.T) {
 			r := e.floe("backup", "--json", srcs[i])
 			results[i].r = r
 			if r.code == 0 {
-				json.Unmarshal([]byte(r.stdout), &results[i].b)
+				if line, ok := summaryLine([]byte(r.stdout)); ok {
+					json.Unmarshal(line, &results[i].b)
+				}
 			}
 			done <- i
 		}()

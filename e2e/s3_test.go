@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -176,10 +175,7 @@ func TestS3Copy(t *testing.T) {
 	writeSecretFile(t, s3pw)
 	expectCode(t, e.run("-r", s3e.repo, "--password-file", s3pw, "init"), 0)
 	r := e.ok("copy", "--json", "--all", "--to", s3e.repo, "--to-password-file", s3pw, "--verify")
-	var out copyOut
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil {
-		t.Fatalf("%v: %s", err, r)
-	}
+	out := decodeJSON[copyOut](t, r)
 	if out.Copied != 2 || !out.Verified {
 		t.Fatalf("copy to S3: %+v", out)
 	}
@@ -194,8 +190,8 @@ func TestS3Copy(t *testing.T) {
 	s3e.ok("check", "--read-data")
 	// and back: again nothing to copy
 	r = e.ok("copy", "--json", "--all", "--to", s3e.repo, "--to-password-file", s3pw)
-	if err := json.Unmarshal([]byte(r.stdout), &out); err != nil || out.Skipped != 2 || out.BlobsSent != 0 {
-		t.Errorf("second copy: %+v, %v", out, err)
+	if out = decodeJSON[copyOut](t, r); out.Skipped != 2 || out.BlobsSent != 0 {
+		t.Errorf("second copy: %+v", out)
 	}
 }
 

@@ -57,7 +57,7 @@ func TestServerUploader(t *testing.T) {
 			DatedInFuture    bool `json:"dated_in_future"`
 		}
 	}
-	snaps := decodeJSON[[]snapUp](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json"))
+	snaps := decodeJSON[struct{ Snapshots []snapUp }](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")).Snapshots
 	byID := map[string]snapUp{}
 	for _, sn := range snaps {
 		byID[sn.ID] = sn
@@ -84,7 +84,7 @@ func TestServerUploader(t *testing.T) {
 
 	r = s.remote("fleet", admin, "--password-file", e.pwFile, "forget", "--keep-last", "1", "--host", "db1")
 	expectCode(t, r, 0)
-	left := decodeJSON[[]snapshotOut](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json"))
+	left := decodeJSON[snapshotList](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")).Snapshots
 	if len(left) != 1 || left[0].ID != real2 {
 		t.Errorf("forget --keep-last 1 kept %+v, want db1's real latest %.8s:\n%s", left, real2, r)
 	}
@@ -184,7 +184,7 @@ func TestServerPruneDuringBackups(t *testing.T) {
 		t.Fatalf("check --read-data after prunes during backups: %s", r)
 	}
 	left := map[string]bool{}
-	for _, sn := range decodeJSON[[]snapshotOut](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")) {
+	for _, sn := range decodeJSON[snapshotList](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")).Snapshots {
 		left[sn.ID] = true
 	}
 	restored := 0
@@ -241,7 +241,7 @@ func TestServerManyClients(t *testing.T) {
 		expectCode(t, r, 0)
 	}
 	t.Logf("%d concurrent backups in %v", clients, time.Since(began))
-	snaps := decodeJSON[[]snapshotOut](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json"))
+	snaps := decodeJSON[snapshotList](t, s.remote("fleet", admin, "--password-file", e.pwFile, "snapshots", "--json")).Snapshots
 	if len(snaps) != clients {
 		t.Errorf("%d snapshots, want %d", len(snaps), clients)
 	}

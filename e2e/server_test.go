@@ -482,11 +482,11 @@ func TestServerRefusals(t *testing.T) {
 	}
 	list := e.run("serve", "token", "list", "--root", root, "--json")
 	expectCode(t, list, 0)
-	var ts []struct{ ID, Host string }
-	if err := json.Unmarshal([]byte(list.stdout), &ts); err != nil || len(ts) != 2 {
+	var ts struct{ Tokens []struct{ ID, Host string } }
+	if err := json.Unmarshal([]byte(list.stdout), &ts); err != nil || len(ts.Tokens) != 2 {
 		t.Fatalf("token list: %v %s", err, list)
 	}
-	for _, tk := range ts {
+	for _, tk := range ts.Tokens {
 		if tk.Host == "web1" {
 			expectCode(t, e.run("serve", "token", "revoke", "--root", root, tk.ID), 0)
 		}

@@ -237,7 +237,7 @@ func TestServerSSH(t *testing.T) {
 		snapshotOut
 		Uploader struct{ Host, Credential string }
 	}
-	snaps := decodeJSON[[]snapUp](t, s.run(admin, path, "--password-file", e.pwFile, "snapshots", "--json"))
+	snaps := decodeJSON[struct{ Snapshots []snapUp }](t, s.run(admin, path, "--password-file", e.pwFile, "snapshots", "--json")).Snapshots
 	if len(snaps) != 3 {
 		t.Errorf("%d snapshots after the refused forget, want 3", len(snaps))
 	}

@@ -31,7 +31,7 @@ func TestTags(t *testing.T) {
 	ids := func(args ...string) []string {
 		t.Helper()
 		var out []string
-		for _, s := range decodeJSON[[]snapshotOut](t, e.ok(append([]string{"snapshots", "--json"}, args...)...)) {
+		for _, s := range decodeJSON[snapshotList](t, e.ok(append([]string{"snapshots", "--json"}, args...)...)).Snapshots {
 			out = append(out, s.ID)
 		}
 		return out
@@ -102,7 +102,9 @@ func TestTags(t *testing.T) {
 		New  string   `json:"new"`
 		Tags []string `json:"tags"`
 	}
-	out := decodeJSON[[]tagOut](t, r)
+	out := decodeJSON[struct {
+		Changed []tagOut `json:"changed"`
+	}](t, r).Changed
 	if len(out) != 1 || out[0].Old != s2.Snapshot || out[0].New == s2.Snapshot || !slices.Equal(out[0].Tags, []string{"a", "keep", "x"}) {
 		t.Fatalf("tag --add: %+v", out)
 	}

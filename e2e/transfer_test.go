@@ -100,7 +100,7 @@ func TestCopyCLI(t *testing.T) {
 	if out = decodeJSON[copyOut](t, r); out.Skipped != 2 || out.BlobsSent != 0 {
 		t.Errorf("third copy: %+v", out)
 	}
-	sibSnaps := decodeJSON[[]snapshotOut](t, sib.ok("snapshots", "--json"))
+	sibSnaps := decodeJSON[snapshotList](t, sib.ok("snapshots", "--json")).Snapshots
 	if len(sibSnaps) != 2 || !sibSnaps[1].Time.Equal(srcSnaps[1].Time) || sibSnaps[1].Hostname != srcSnaps[1].Hostname ||
 		sibSnaps[1].Summary != srcSnaps[1].Summary {
 		t.Errorf("copied snapshots %+v differ from the source's %+v", sibSnaps, srcSnaps)
@@ -114,7 +114,7 @@ func TestCopyCLI(t *testing.T) {
 	other := newOtherRepo(e, "other")
 	r = e.ok("copy", "latest", "--to", other.repo, "--to-password-file", other.pwFile, "--verify",
 		"--limit-upload", "1000000", "--limit-download", "1000000")
-	if !strings.Contains(r.stdout, "1 snapshots copied") || !strings.Contains(r.stdout, "verified") {
+	if !strings.Contains(r.stdout, "1 snapshot copied") || !strings.Contains(r.stdout, "verified") {
 		t.Errorf("text report: %s", r)
 	}
 	dst = e.path("restored-other")
@@ -171,7 +171,7 @@ func TestExportImportCLI(t *testing.T) {
 		if !strings.Contains(r.stderr, what) || !strings.Contains(r.stderr, "nothing was imported") {
 			t.Errorf("%s: the error does not name %q: %s", name, what, r)
 		}
-		if s := decodeJSON[[]snapshotOut](t, target.ok("snapshots", "--json")); len(s) != 0 {
+		if s := decodeJSON[snapshotList](t, target.ok("snapshots", "--json")).Snapshots; len(s) != 0 {
 			t.Errorf("%s: %d snapshots imported from a damaged export", name, len(s))
 		}
 	}

@@ -12,6 +12,8 @@ command -v xattr >/dev/null 2>&1 || true
 have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ] || [ -x "/sbin/$1" ]; }
 have mkfs.btrfs || need+=(btrfs-progs)
 have lvcreate || need+=(lvm2)
+# scripts/build.sh's test checks the binary is static with file(1)
+command -v file >/dev/null 2>&1 || need+=(file)
 # e2fsprogs also gives chattr (e2e/attack_test.go: a gc directory that cannot be written)
 have mkfs.ext4 && have chattr || need+=(e2fsprogs)
 # floe agent install (e2e/agent_test.go): the unit is checked with systemd-analyze verify

@@ -191,7 +191,7 @@ func loadAgentConfig(file string) (*agent.Config, error) {
 			fmt.Fprintln(os.Stderr, ui.Sanitize(problemLine(ce.File, p)))
 		}
 		n := len(ce.Problems)
-		return nil, fmt.Errorf("%s: %d problem%s", file, n, checkPlural(n))
+		return nil, fmt.Errorf("%s: %s", file, ui.Count(n, "problem"))
 	}
 	return cfg, err
 }
@@ -314,7 +314,7 @@ is any.`,
 			if err != nil {
 				return err
 			}
-			fmt.Printf("%s: ok, %d job%s\n", file, len(cfg.Jobs), checkPlural(len(cfg.Jobs)))
+			fmt.Printf("%s: ok, %s\n", file, ui.Count(len(cfg.Jobs), "job"))
 			for _, j := range cfg.Jobs {
 				when := "run by hand only (no schedule)"
 				if j.Plan != nil {
@@ -346,7 +346,7 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 				g.warn("warning: %v", err)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, up)
+				return writeDocument(map[string]any{"jobs": up})
 			}
 			for i, u := range up {
 				// in the zone the schedules are in

@@ -60,7 +60,7 @@ use and remembered in STATE_DIR/server/known_servers.`,
 			}
 			dir := agent.ServerDir(cfg)
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"host": cr.Host, "repo": cr.Repo, "server": cr.Server,
+				return writeDocument(map[string]any{"host": cr.Host, "repo": cr.Repo, "server": cr.Server,
 					"token_file": filepath.Join(dir, fleet.TokenFileName)})
 			}
 			g.say("enrolled as host %s, repository %s on %s", ui.Sanitize(cr.Host), cr.Repo, cr.Server)

@@ -154,7 +154,7 @@ could not be read.`,
 				if other != nil {
 					rep.Against = other.ID.String()
 				}
-				return ui.WriteJSON(os.Stdout, rep)
+				return writeDocument(rep)
 			}
 			if g.quiet {
 				return nil

@@ -249,7 +249,13 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			st.Print(fmt.Sprintf("%-9s %s  %s", it.Action, ui.Path(it.Path), ui.Bytes(it.Size)))
 		}
 	}
+	if f.verbose && g.json {
+		job.OnItem = func(it backup.Item) {
+			stdoutJSON.verbose(map[string]any{"action": it.Action, "item": snapshot.EncodeName(it.Path), "size": it.Size})
+		}
+	}
 	p := job.Progress
+	stopJSON := func() {}
 	job.Events = backup.Events{
 		Warn: func(msg string) { g.warn("%s", msg) },
 		Created: func(location, keyFile string) {
@@ -272,8 +278,13 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			st.Run(200*time.Millisecond, func() string {
 				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
 			})
+			stopJSON = g.jsonStatus(start, func() map[string]any {
+				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
+					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load(), "scan_done": p.ScanDone.Load(),
+					"errors": p.Errors.Load(), "current_file": p.Current()}
+			})
 		},
-		Stop: st.Stop,
+		Stop: func() { st.Stop(); stopJSON() },
 	}
 	res, err := job.Run(ctx)
 	if res == nil {
@@ -308,6 +319,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 	if g.json {
 		errs := make([]map[string]string, 0, len(res.Errors))
 		for _, e := range res.Errors {
+			stdoutJSON.itemError(e.Path, "read", e.Err)
 			errs = append(errs, map[string]string{"path": e.Path, "error": e.Err.Error()})
 		}
 		out := map[string]any{"snapshot": res.ID.String(), "summary": s, "consistency": consistencyJSON(sn.Consistency), "errors": errs}
@@ -317,7 +329,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 		if parent != nil {
 			out["parent"] = parent.ID.String()
 		}
-		_ = ui.WriteJSON(os.Stdout, out)
+		stdoutJSON.summary(out)
 		return
 	}
 	for _, e := range res.Errors {
@@ -329,7 +341,7 @@ func printBackupResult(g *globals, res *backup.Result, parent *snapshot.Record) 
 	if parent != nil {
 		g.say("parent snapshot %s", parent.ID.Short())
 	}
-	g.say("files: %d new, %d changed, %d unchanged; %d directories; %d errors", s.FilesNew, s.FilesChanged, s.FilesUnchanged, s.Dirs, s.Errors)
+	g.say("files: %d new, %d changed, %d unchanged; %s; %s", s.FilesNew, s.FilesChanged, s.FilesUnchanged, ui.Count(s.Dirs, "directory", "directories"), ui.Count(s.Errors, "error"))
 	if res.DryRun {
 		g.say("total size %s; new data %s (before compression)", ui.Bytes(s.TotalBytes), ui.Bytes(s.DataAdded))
 		g.say("dry run: nothing was written")
@@ -360,7 +372,7 @@ func consistencyLine(c snapshot.Consistency) string {
 		more = ", ..."
 		shown = shown[:3]
 	}
-	return fmt.Sprintf("%d files changed while being read: %s%s", c.ChangedCount, ui.Paths(shown, ", "), more)
+	return fmt.Sprintf("%s changed while being read: %s%s", ui.Count(c.ChangedCount, "file"), ui.Paths(shown, ", "), more)
 }
 
 // warnForged reports stored copies whose bytes did not match their IDs

@@ -93,6 +93,11 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 
 	prog := &check.Progress{}
 	live := newCheckLiveStatus(g, func() string { return checkProgressLine(prog) })
+	stopJSON := g.jsonStatus(time.Now(), func() map[string]any {
+		phase, _ := prog.Phase()
+		return map[string]any{"phase": phase, "done": prog.Done.Load(), "total": prog.Total.Load(),
+			"bytes_done": prog.BytesDone.Load(), "bytes_total": prog.BytesTotal.Load()}
+	})
 	opts.Progress = prog
 	res, err := check.Run(ctx, r, opts, func(p *check.Problem) {
 		if g.json || (g.quiet && p.Severity == check.Warning) {
@@ -101,12 +106,13 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 		live.println(p.String())
 	})
 	live.stop()
+	stopJSON()
 	if err != nil {
 		return err
 	}
 	s := res.Summary
 	if g.json {
-		_ = ui.WriteJSON(os.Stdout, struct {
+		stdoutJSON.summary(struct {
 			Repository string           `json:"repository"`
 			Errors     []*check.Problem `json:"errors"`
 			Warnings   []*check.Problem `json:"warnings"`
@@ -120,10 +126,10 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 	printCheckAffected(res)
 	g.say("%s", checkSummaryLine(s))
 	if s.Errors > 0 {
-		return &exitError{ExitDamage, fmt.Errorf("check found %d problem%s", s.Errors, checkPlural(s.Errors))}
+		return &exitError{ExitDamage, fmt.Errorf("check found %s", ui.Count(s.Errors, "problem"))}
 	}
 	if s.Warnings > 0 {
-		g.say("no damage found (%d warning%s)", s.Warnings, checkPlural(s.Warnings))
+		g.say("no damage found (%s)", ui.Count(s.Warnings, "warning"))
 	} else {
 		g.say("no problems found")
 	}
@@ -141,9 +147,9 @@ func printCheckAffected(res *check.Result) {
 	for _, a := range res.Affected {
 		withPaths[a.Snapshot.String()] = true
 	}
-	fmt.Printf("\ndamage affects %d snapshot%s", len(s.DamagedSnapshots), checkPlural(len(s.DamagedSnapshots)))
+	fmt.Printf("\ndamage affects %s", ui.Count(len(s.DamagedSnapshots), "snapshot"))
 	if n := len(res.Affected); n > 0 {
-		fmt.Printf(", %d path%s", n, checkPlural(n))
+		fmt.Printf(", %s", ui.Count(n, "path"))
 	}
 	fmt.Println(":")
 	for _, id := range s.DamagedSnapshots {
@@ -163,28 +169,21 @@ func printCheckAffected(res *check.Result) {
 
 func checkSummaryLine(s check.Summary) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "checked %d key%s, %d index file%s, %d pack%s (%s), %d blob%s, %d snapshot%s, %d tree%s, %d file%s",
-		s.Keys, checkPlural(s.Keys), s.IndexFiles, checkPlural(s.IndexFiles), s.Packs, checkPlural(s.Packs), ui.Bytes(uint64(s.PackBytes)),
-		s.Blobs, checkPlural(s.Blobs), s.Snapshots, checkPlural(s.Snapshots), s.Trees, checkPlural(s.Trees), s.Files, checkPlural(int(s.Files)))
+	fmt.Fprintf(&b, "checked %s, %s, %s (%s), %s, %s, %s, %s",
+		ui.Count(s.Keys, "key"), ui.Count(s.IndexFiles, "index file"), ui.Count(s.Packs, "pack"), ui.Bytes(uint64(s.PackBytes)),
+		ui.Count(s.Blobs, "blob"), ui.Count(s.Snapshots, "snapshot"), ui.Count(s.Trees, "tree"), ui.Count(s.Files, "file"))
 	if s.ReadData {
-		fmt.Fprintf(&b, "; read %d pack%s (%s) and verified %d blob%s", s.PacksRead, checkPlural(s.PacksRead),
-			ui.Bytes(uint64(s.BytesRead)), s.BlobsVerified, checkPlural(int(s.BlobsVerified)))
+		fmt.Fprintf(&b, "; read %s (%s) and verified %s", ui.Count(s.PacksRead, "pack"),
+			ui.Bytes(uint64(s.BytesRead)), ui.Count(s.BlobsVerified, "blob"))
 	}
 	fmt.Fprintf(&b, " in %s", ui.Duration(time.Duration(s.DurationSeconds*float64(time.Second))))
 	if s.Errors > 0 || s.Warnings > 0 {
-		fmt.Fprintf(&b, ": %d error%s, %d warning%s", s.Errors, checkPlural(s.Errors), s.Warnings, checkPlural(s.Warnings))
+		fmt.Fprintf(&b, ": %s, %s", ui.Count(s.Errors, "error"), ui.Count(s.Warnings, "warning"))
 	}
 	if len(s.DamagedSnapshots) > 0 {
-		fmt.Fprintf(&b, "; %d of %d snapshot%s damaged", len(s.DamagedSnapshots), s.Snapshots, checkPlural(s.Snapshots))
+		fmt.Fprintf(&b, "; %d of %s damaged", len(s.DamagedSnapshots), ui.Count(s.Snapshots, "snapshot"))
 	}
 	return b.String()
-}
-
-func checkPlural(n int) string {
-	if n == 1 {
-		return ""
-	}
-	return "s"
 }
 
 func checkProgressLine(p *check.Progress) string {

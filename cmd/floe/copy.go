@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -138,8 +137,10 @@ once.`,
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
+			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Copy(ctx, src, dst, sel, transfer.Options{Connections: f.connections, Verify: verify, Progress: prog})
 			st.Stop()
+			stopJSON()
 			if res != nil {
 				reportTransfer(g, "copy", to, res, start)
 			}
@@ -155,6 +156,13 @@ once.`,
 	return c
 }
 
+// transferStatus is the JSON status of copy, export and import.
+func transferStatus(p *transfer.Progress) map[string]any {
+	return map[string]any{"phase": p.Phase(), "snapshots_done": p.SnapshotsDone.Load(), "snapshots_total": p.SnapshotsTotal.Load(),
+		"blobs_done": p.BlobsDone.Load(), "blobs_sent": p.BlobsSent.Load(), "bytes_read": p.BytesRead.Load(),
+		"bytes_sent": p.BytesSent.Load(), "bytes_verified": p.BytesVerified.Load()}
+}
+
 // transferLine is the status line of copy, export and import.
 func transferLine(start time.Time, p *transfer.Progress) string {
 	el := time.Since(start)
@@ -166,7 +174,7 @@ func transferLine(start time.Time, p *transfer.Progress) string {
 		return b.String()
 	}
 	sent := p.BytesSent.Load()
-	fmt.Fprintf(&b, ", %d blobs, %s read, %s sent, %s", p.BlobsDone.Load(), ui.Bytes(uint64(p.BytesRead.Load())),
+	fmt.Fprintf(&b, ", %s, %s read, %s sent, %s", ui.Count(p.BlobsDone.Load(), "blob"), ui.Bytes(uint64(p.BytesRead.Load())),
 		ui.Bytes(uint64(sent)), ui.Rate(sent, el))
 	return b.String()
 }
@@ -182,12 +190,22 @@ func reportTransfer(g *globals, what, dest string, res *transfer.Result, start t
 		}
 	}
 	if g.json {
-		_ = ui.WriteJSON(os.Stdout, map[string]any{"destination": dest, "snapshots": res.Snapshots,
+		for _, s := range res.Snapshots {
+			action := "copied"
+			switch {
+			case s.Skipped:
+				action = "skipped"
+			case what != "copy":
+				action = what
+			}
+			stdoutJSON.verbose(map[string]any{"action": action, "source": s.Source.String(), "destination": s.Destination.String()})
+		}
+		stdoutJSON.summary(map[string]any{"destination": dest, "snapshots": res.Snapshots,
 			"copied": copied, "skipped": skipped, "shared_chunk_key": res.SharedKey, "verbatim": res.Verbatim,
 			"blobs_checked": res.BlobsChecked, "blobs_sent": res.Saved.Blobs, "bytes_sent": res.Saved.RawBytes,
 			"bytes_stored": res.Saved.StoredBytes, "packs": res.Saved.Packs,
 			"verified": res.Verified, "verified_blobs": res.VerifiedBlobs, "verified_bytes": res.VerifiedBytes,
-			"seconds": time.Since(start).Seconds()})
+			"duration_seconds": time.Since(start).Seconds()})
 		return
 	}
 	for _, s := range res.Snapshots {
@@ -198,11 +216,11 @@ func reportTransfer(g *globals, what, dest string, res *transfer.Result, start t
 		}
 	}
 	el := time.Since(start)
-	g.say("%d snapshots copied, %d skipped; %d new blobs, %s (%s stored) in %s, %s",
-		copied, skipped, res.Saved.Blobs, ui.Bytes(res.Saved.RawBytes), ui.Bytes(res.Saved.StoredBytes),
+	g.say("%s copied, %d skipped; %s, %s (%s stored) in %s, %s",
+		ui.Count(copied, "snapshot"), skipped, ui.Count(res.Saved.Blobs, "new blob"), ui.Bytes(res.Saved.RawBytes), ui.Bytes(res.Saved.StoredBytes),
 		ui.Duration(el), ui.Rate(int64(res.Saved.RawBytes), el))
 	if res.Verified {
-		g.say("verified %d blobs, %s, read back from %s", res.VerifiedBlobs, ui.Bytes(res.VerifiedBytes), dest)
+		g.say("verified %s, %s, read back from %s", ui.Count(res.VerifiedBlobs, "blob"), ui.Bytes(res.VerifiedBytes), dest)
 	}
 }
 

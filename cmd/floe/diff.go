@@ -36,8 +36,8 @@ two paths differ, printed paths are relative to them ("/" is PATH).
 
 The summary counts added, removed and changed paths, and the bytes added
 (new files, and the new sizes of changed files) and removed (the old
-ones). --json prints one object per change and line ("message_type":
-"change"), then the summary ("message_type": "summary").`,
+ones). --json prints one document: the "changes" (one object each) and the
+"summary" (docs/JSON.md).`,
 		Example: `  floe diff 4f2a9c1e latest
   floe diff 4f2a9c1e:/etc 9b1d0e77:/etc
   floe diff --attrs all 4f2a9c1e 9b1d0e77 --json`,
@@ -75,13 +75,17 @@ ones). --json prints one object per change and line ("message_type":
 			}
 			out := bufio.NewWriterSize(os.Stdout, 64<<10)
 			defer out.Flush()
+			var doc *listDocument
+			if g.json {
+				doc = startList(os.Stdout, map[string]any{"old": sn1.ID.String(), "new": sn2.ID.String()}, "changes")
+			}
 			emit := func(ch diff.Change) error {
 				node := ch.New
 				if node == nil {
 					node = ch.Old
 				}
 				if g.json {
-					v := diffChangeJSON{MessageType: "change", Path: snapshot.EncodeName(ch.Path), Change: ch.Kind.String(),
+					v := diffChangeJSON{Path: snapshot.EncodeName(ch.Path), Change: ch.Kind.String(),
 						Type: node.Type.String()}
 					if ch.Kind == diff.Modified {
 						v.What = ch.What.Names()
@@ -90,7 +94,7 @@ ones). --json prints one object per change and line ("message_type":
 						size := node.Size
 						v.Size = &size
 					}
-					return ui.WriteJSONLine(out, v)
+					return doc.add(v)
 				}
 				name := ch.Path
 				if node.Type == snapshot.TypeDir && name != "/" {
@@ -113,22 +117,23 @@ ones). --json prints one object per change and line ("message_type":
 				sum, err = diff.Nodes(ctx, l, base, &a, &b, opts, emit)
 			}
 			if err != nil {
-				return fmt.Errorf("diff %s %s: %w", sn1.ID.Short(), sn2.ID.Short(), err)
+				err = fmt.Errorf("diff %s %s: %w", sn1.ID.Short(), sn2.ID.Short(), err)
 			}
 			if g.json {
-				return ui.WriteJSONLine(out, struct {
-					MessageType string       `json:"message_type"`
-					Old         string       `json:"old"`
-					New         string       `json:"new"`
-					Summary     diff.Summary `json:"summary"`
-				}{"summary", sn1.ID.String(), sn2.ID.String(), sum})
+				if derr := doc.finish(map[string]any{"summary": sum}, err); derr != nil || err == nil {
+					return derr
+				}
+				return documentFailed{err}
+			}
+			if err != nil {
+				return err
 			}
 			if g.quiet {
 				return nil
 			}
-			_, err = fmt.Fprintf(out, "\n%s..%s: %d added (%s), %d removed (%s), %d changed; %d identical directories skipped\n",
+			_, err = fmt.Fprintf(out, "\n%s..%s: %d added (%s), %d removed (%s), %d changed; %s skipped\n",
 				sn1.ID.Short(), sn2.ID.Short(), sum.Added, ui.Bytes(sum.BytesAdded), sum.Removed, ui.Bytes(sum.BytesRemoved),
-				sum.Modified, sum.TreesSkipped)
+				sum.Modified, ui.Count(sum.TreesSkipped, "identical directory", "identical directories"))
 			return err
 		},
 	}
@@ -138,12 +143,11 @@ ones). --json prints one object per change and line ("message_type":
 }
 
 type diffChangeJSON struct {
-	MessageType string          `json:"message_type"`
-	Path        string          `json:"path"`
-	Change      string          `json:"change"`
-	Type        string          `json:"type"`
-	Size        *uint64         `json:"size,omitempty"`
-	What        []string        `json:"what,omitempty"`
-	Old         *nodeJSONObject `json:"old,omitempty"`
-	New         *nodeJSONObject `json:"new,omitempty"`
+	Path   string          `json:"path"`
+	Change string          `json:"change"`
+	Type   string          `json:"type"`
+	Size   *uint64         `json:"size,omitempty"`
+	What   []string        `json:"what,omitempty"`
+	Old    *nodeJSONObject `json:"old,omitempty"`
+	New    *nodeJSONObject `json:"new,omitempty"`
 }

@@ -101,8 +101,8 @@ floe refuses to write an archive to a terminal.`,
 					g.warn("warning: skipped %s", s)
 				}
 				if !g.quiet && ui.IsTerminal(os.Stderr) {
-					g.warn("dumped %d files, %d directories, %d hard links, %d other, %s", res.Files, res.Dirs,
-						res.Links, res.Others, ui.Bytes(res.Bytes))
+					g.warn("dumped %s, %s, %s, %d other, %s", ui.Count(res.Files, "file"), ui.Count(res.Dirs, "directory", "directories"),
+						ui.Count(res.Links, "hard link"), res.Others, ui.Bytes(res.Bytes))
 				}
 			}
 			if err := bw.Flush(); err != nil {

@@ -2,14 +2,12 @@ package main
 
 import (
 	"errors"
-	"os"
 	"strings"
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Exit codes, documented in `floe --help` and README.md.
@@ -67,6 +65,8 @@ func exitCodeFor(err error) int {
 
 func hintFor(err error) string {
 	switch {
+	case strings.HasPrefix(err.Error(), "unknown command "):
+		return "`floe --help` lists the commands"
 	case errors.Is(err, repo.ErrWrongKey):
 		return "check --password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file"
 	case errors.Is(err, repo.ErrNoRepository):
@@ -81,12 +81,10 @@ func hintFor(err error) string {
 		return "check the ssh:// location, --ssh-command/FLOE_SSH_COMMAND (key, known_hosts) and that floe is installed on the host"
 	case errors.Is(err, remote.ErrQuota):
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
+	case errors.Is(err, repo.ErrUnknownID):
+		return "`floe snapshots` and `floe key list` show the IDs there are"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}
 	return ""
-}
-
-func printJSONError(err error, code int) {
-	_ = ui.WriteJSON(os.Stdout, map[string]any{"error": err.Error(), "exit_code": code})
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -71,8 +70,10 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.Phase(),
 					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
 			})
+			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits})
 			st.Stop()
+			stopJSON()
 			if err != nil {
 				if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
 					return err
@@ -80,20 +81,21 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 				return fmt.Errorf("%w (run the same export again to finish it)", err)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"dir": to, "snapshots": res.Manifest.Snapshots,
+				stdoutJSON.summary(map[string]any{"dir": to, "snapshots": res.Manifest.Snapshots,
 					"packs": res.Packs, "packs_copied": res.Copied, "files": len(res.Manifest.Files), "bytes": res.Bytes,
 					"resumed": res.Resumed, "manifest": filepath.Join(to, transfer.ManifestName),
-					"seconds": time.Since(start).Seconds()})
+					"duration_seconds": time.Since(start).Seconds()})
+				return nil
 			}
 			for _, id := range res.Manifest.Snapshots {
 				g.say("exported snapshot %s", id.Short())
 			}
 			resumed := ""
 			if res.Resumed {
-				resumed = fmt.Sprintf(" (continued: %d packs were there)", res.Packs-res.Copied)
+				resumed = fmt.Sprintf(" (continued: %s there already)", ui.Count(res.Packs-res.Copied, "pack was", "packs were"))
 			}
-			g.say("%d snapshots, %d packs, %s in %d files to %s in %s%s", len(res.Manifest.Snapshots), res.Packs,
-				ui.Bytes(res.Bytes), len(res.Manifest.Files), to, ui.Duration(time.Since(start)), resumed)
+			g.say("%s, %s, %s in %s to %s in %s%s", ui.Count(len(res.Manifest.Snapshots), "snapshot"), ui.Count(res.Packs, "pack"),
+				ui.Bytes(res.Bytes), ui.Count(len(res.Manifest.Files), "file"), to, ui.Duration(time.Since(start)), resumed)
 			g.say("manifest: %s (check: cd %s && b3sum -c %s)", filepath.Join(to, transfer.ManifestName), to, transfer.ManifestSumName)
 			return nil
 		},
@@ -167,10 +169,12 @@ exported from: --from-password-file, --from-password-command or
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
+			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Import(ctx, expT, dst, transfer.ImportOptions{
 				Options: transfer.Options{Connections: connections, Progress: prog},
 			})
 			st.Stop()
+			stopJSON()
 			if errors.Is(err, repo.ErrWrongKey) && own {
 				err = fmt.Errorf("%w; the export opens with the password or key file of the repository it came from: give --from-password-file or --from-key-file", err)
 			}

@@ -37,7 +37,7 @@ them alone. A leading "!" drops what an earlier pattern matched. find
 lists the entries a pattern names, not everything below them.
 
 Each match prints the snapshot ID, snapshot time, host, size, modification
-time and path; --json prints one JSON object per match and line.`,
+time and path; --json prints one document whose "matches" list holds them (docs/JSON.md).`,
 		Example: `  floe find '*.conf'
   floe find --host web1 '/etc/nginx/*.conf'
   floe find 'authorized_keys' --snapshot 4f2a9c1e --json`,
@@ -62,9 +62,13 @@ time and path; --json prints one JSON object per match and line.`,
 			}
 			out := bufio.NewWriterSize(os.Stdout, 64<<10)
 			defer out.Flush()
+			var doc *listDocument
+			if g.json {
+				doc = startList(os.Stdout, map[string]any{"patterns": args}, "matches")
+			}
 			n, err := walk.Find(ctx, treeLoader(r), m, sel, func(sn *snapshot.Record, p string, node *snapshot.Node) error {
 				if g.json {
-					return ui.WriteJSONLine(out, struct {
+					return doc.add(struct {
 						Snapshot string    `json:"snapshot"`
 						Time     time.Time `json:"time"`
 						Hostname string    `json:"hostname"`
@@ -83,14 +87,20 @@ time and path; --json prints one JSON object per match and line.`,
 					ui.Path(sn.Hostname), size, mt, ui.Path(p))
 				return err
 			})
+			if g.json {
+				if derr := doc.finish(map[string]any{"snapshots_searched": len(sel)}, err); derr != nil || err == nil {
+					return derr
+				}
+				return documentFailed{err}
+			}
 			if err != nil {
 				return err
 			}
 			if err := out.Flush(); err != nil {
 				return err
 			}
-			if !g.json && !g.quiet {
-				fmt.Fprintf(os.Stderr, "%d matches in %d snapshots\n", n, len(sel))
+			if !g.quiet {
+				fmt.Fprintf(os.Stderr, "%s in %s\n", ui.Count(n, "match", "matches"), ui.Count(len(sel), "snapshot"))
 			}
 			return nil
 		},

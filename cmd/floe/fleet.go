@@ -12,7 +12,6 @@ import (
 	"github.com/floe-backup/floe/internal/fleet"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/storage/remote"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // fleetClient is the client of a floe server's fleet API, from --server
@@ -85,7 +84,7 @@ the server refused the token.`,
 			code := fleet.ExitCode(st.Jobs)
 			if g.json {
 				fleet.SortWorstFirst(st.Jobs)
-				if err := ui.WriteJSON(os.Stdout, map[string]any{"now": st.Now, "summary": fleet.SummaryLine(st.Jobs), "exit_code": code, "jobs": st.Jobs}); err != nil {
+				if err := writeDocument(map[string]any{"now": st.Now, "summary": fleet.SummaryLine(st.Jobs), "exit_code": code, "jobs": st.Jobs}); err != nil {
 					return err
 				}
 			} else {
@@ -116,7 +115,7 @@ the server refused the token.`,
 				return fleetError(err, ExitError)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, rs)
+				return writeDocument(map[string]any{"runs": rs})
 			}
 			return fleet.WriteRuns(os.Stdout, rs)
 		},
@@ -146,7 +145,7 @@ the server refused the token.`,
 				return fleetError(err, ExitError)
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"status": st, "runs": rs, "since": from})
+				return writeDocument(map[string]any{"status": st, "runs": rs, "since": from})
 			}
 			return fleet.WriteReport(os.Stdout, st, rs, from)
 		},

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -202,7 +201,7 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 			printForgetPlan(plan, f.groupBy, len(args) > 0)
 		}
 		if len(plan.Undecodable) > 0 {
-			fmt.Printf("remove %d record(s) that do not decode:\n", len(plan.Undecodable))
+			fmt.Printf("remove %s that do not decode:\n", ui.Count(len(plan.Undecodable), "record"))
 			for _, id := range plan.Undecodable {
 				fmt.Printf("  %s\n", id.Short())
 			}
@@ -219,7 +218,11 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		var errs []error
 		removed, errs, err = forget.Remove(ctx, r, toRemove)
 		for _, e := range errs {
-			g.warn("error: %v", e)
+			if g.json {
+				stdoutJSON.itemError("", "remove", e)
+			} else {
+				g.warn("error: %v", e)
+			}
 			failed = append(failed, e.Error())
 		}
 		if err != nil {
@@ -253,7 +256,8 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 			doc["errors"] = failed
 			g.exitCode = ExitError
 		}
-		return ui.WriteJSON(os.Stdout, doc)
+		stdoutJSON.summary(doc)
+		return nil
 	}
 	switch {
 	case f.dryRun && len(toRemove) > 0:
@@ -268,7 +272,7 @@ func runForget(cmd *cobra.Command, g *globals, f *forgetFlags, args []string) er
 		g.say("removed %s; their data stays in the repository until prune reclaims the space", snapshotCount(removed))
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d snapshots could not be removed", len(failed), len(toRemove))
+		return fmt.Errorf("%d of %s could not be removed", len(failed), snapshotCount(len(toRemove)))
 	}
 	if f.prune && f.dryRun {
 		g.say("dry run: prune was not run")
@@ -355,9 +359,4 @@ func forgetJSON(plan *forget.Plan) []forgetGroupJSON {
 	return out
 }
 
-func snapshotCount(n int) string {
-	if n == 1 {
-		return "1 snapshot"
-	}
-	return fmt.Sprintf("%d snapshots", n)
-}
+func snapshotCount(n int) string { return ui.Count(n, "snapshot") }

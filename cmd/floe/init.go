@@ -2,13 +2,11 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 func newInitCommand(g *globals) *cobra.Command {
@@ -46,7 +44,7 @@ it the backups cannot be read by anyone.`,
 			}
 			defer r.Close()
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"repository": g.repo, "id": r.Config().ID, "key": r.KeyID(), "key_file": keyPath})
+				return writeDocument(map[string]any{"repository": g.repo, "id": r.Config().ID, "key": r.KeyID(), "key_file": keyPath})
 			}
 			g.say("created repository %s at %s", r.Config().ID[:8], g.repo)
 			if keyPath != "" {

@@ -59,7 +59,7 @@ removed.`,
 				}
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"id": id, "write_only": writeOnly, "key_file": newKeyFile})
+				return writeDocument(map[string]any{"id": id, "write_only": writeOnly, "key_file": newKeyFile})
 			}
 			kind := "full"
 			if writeOnly {
@@ -89,7 +89,7 @@ removed.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, keys)
+				return writeDocument(map[string]any{"keys": keys})
 			}
 			fmt.Printf(" %-8s  %-10s  %-9s  %-12s  %-10s  %s\n", "ID", "Access", "Kind", "Host", "User", "Created")
 			for _, k := range keys {
@@ -122,7 +122,7 @@ removed.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"removed": id})
+				return writeDocument(map[string]any{"removed": id})
 			}
 			g.say("removed key %s", id[:8])
 			return nil
@@ -148,7 +148,7 @@ removed.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"id": id})
+				return writeDocument(map[string]any{"id": id})
 			}
 			g.say("password changed; the key is now %s", id[:8])
 			return nil

@@ -38,12 +38,12 @@ second argument.
 -l adds mode, owner, size (or major, minor of a device) and modification
 time, like ls -l, and the targets of symlinks. Names holding control
 characters or bytes that are not UTF-8 are printed quoted ("a\nb"); --json
-prints one JSON object per node and line, with exact names (not UTF-8:
-"b64:" and the base64 of the bytes).`,
+prints one document whose "nodes" list holds the nodes, with exact names
+(not UTF-8: "b64:" and the base64 of the bytes); see docs/JSON.md.`,
 		Example: `  floe ls latest
   floe ls latest /etc -l
   floe ls 4f2a9c1e:/home/alice --recursive=false
-  floe ls latest --host web1 /etc/nginx --json | jq -r 'select(.type=="file") | .path'`,
+  floe ls latest --host web1 /etc/nginx --json | jq -r '.nodes[] | select(.type=="file") | .path'`,
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -62,9 +62,13 @@ prints one JSON object per node and line, with exact names (not UTF-8:
 				return err
 			}
 			out := bufio.NewWriterSize(os.Stdout, 64<<10)
+			var doc *listDocument
+			if g.json {
+				doc = startList(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "path": snapshot.EncodeName(p)}, "nodes")
+			}
 			print := func(path string, n *snapshot.Node) error {
 				if g.json {
-					return ui.WriteJSONLine(out, nodeJSON(path, n, false))
+					return doc.add(nodeJSON(path, n, false))
 				}
 				if long {
 					_, err := fmt.Fprintln(out, longLine(path, n, numeric))
@@ -89,9 +93,19 @@ prints one JSON object per node and line, with exact names (not UTF-8:
 					return nil
 				})
 				if err != nil {
+					err = fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+					if g.json {
+						if derr := doc.finish(nil, err); derr != nil {
+							return derr
+						}
+						return documentFailed{err}
+					}
 					out.Flush()
-					return fmt.Errorf("snapshot %s: %w", sn.ID.Short(), err)
+					return err
 				}
+			}
+			if g.json {
+				return doc.finish(nil, nil)
 			}
 			return out.Flush()
 		},

@@ -47,8 +47,11 @@ func run(args []string) int {
 		code = ExitInterrupted
 		err = errors.New("interrupted")
 	}
-	if g.json {
-		printJSONError(err, code)
+	var df documentFailed
+	if g.json && errors.As(err, &df) {
+		// the document says it already
+	} else if g.json {
+		printJSONError(err, code, hintFor(err))
 	} else {
 		fmt.Fprintf(os.Stderr, "floe: %s\n", ui.Line(err.Error()))
 		if hint := hintFor(err); hint != "" {
@@ -84,7 +87,7 @@ Exit codes:
   130 interrupted`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Version:       version,
+		Version:       readBuildInfo().String(),
 		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
 			if err := g.startProfiles(); err != nil {
 				return err
@@ -93,6 +96,9 @@ Exit codes:
 		},
 	}
 	g.addFlags(root)
+	// restic and most tools answer -V/--version; -v is left for --verbose
+	root.Flags().BoolP("version", "V", false, "print the version and exit")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
 	// every command, here and nowhere else (help lists them sorted)
 	root.AddCommand(
@@ -121,9 +127,23 @@ Exit codes:
 		newServeCommand(g),
 		newAgentCommand(g),
 		newFleetCommand(g),
+		newVersionCommand(g),
+		newGenCommand(g),
 	)
 	usageArgsAll(root)
+	for _, c := range root.Commands() {
+		if n, ok := snapshotArgs[c.Name()]; ok {
+			c.ValidArgsFunction = g.completeSnapshots(n)
+		}
+	}
 	return root
+}
+
+// snapshotArgs are the commands whose arguments are snapshots, for shell
+// completion: how many leading arguments are (-1: all).
+var snapshotArgs = map[string]int{
+	"restore": 1, "ls": 1, "dump": 1, "audit": 1, "diff": 2,
+	"forget": -1, "copy": -1, "export": -1, "stats": -1, "tag": -1,
 }
 
 // usageArgsAll makes the argument-count errors of c and its subcommands

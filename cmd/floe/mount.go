@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/mount"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 func newMountCommand(g *globals) *cobra.Command {
@@ -56,7 +55,7 @@ Snapshots made after mounting appear after mounting again. Needs FUSE:
 				return err
 			}
 			if g.json {
-				_ = ui.WriteJSON(os.Stdout, map[string]any{"mountpoint": dir, "snapshots": s.Snapshots()})
+				_ = writeDocument(map[string]any{"mountpoint": dir, "snapshots": s.Snapshots()})
 			}
 			g.say("mounted at %s; press Ctrl-C or run `fusermount3 -u %s` to unmount", dir, dir)
 			select {

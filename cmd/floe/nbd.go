@@ -125,7 +125,7 @@ status (base:allocation) and several connections at once (multi-conn).`,
 			}
 			uri := nbd.URI(l, name, tlsConfig != nil)
 			if g.json {
-				_ = ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "path": p, "size": img.Size(),
+				_ = writeDocument(map[string]any{"snapshot": sn.ID.String(), "path": p, "size": img.Size(),
 					"uri": uri, "writable": writable})
 			}
 			mode := "read-only"

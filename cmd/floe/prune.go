@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -90,7 +89,8 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, res)
+				stdoutJSON.summary(res)
+				return nil
 			}
 			printPruneResult(g, res)
 			return nil
@@ -120,8 +120,12 @@ func runPrune(ctx context.Context, g *globals, r *repo.Repository, opts prune.Op
 		}
 		return line
 	})
+	stopJSON := g.jsonStatus(start, func() map[string]any {
+		return map[string]any{"phase": prog.Phase(), "done": prog.Done.Load(), "total": prog.Total.Load()}
+	})
 	res, err := prune.Run(ctx, r, opts)
 	st.Stop()
+	stopJSON()
 	if err != nil && res != nil && !g.json {
 		// what was done before the error
 		printPruneResult(g, res)
@@ -139,7 +143,11 @@ func printPruneResult(g *globals, res *prune.Result) {
 	count := func(c prune.Count) string {
 		return fmt.Sprintf("%s (%s)", packCount(c.Packs), ui.Bytes(uint64(c.Bytes)))
 	}
-	g.say("%d snapshots use %d blobs; %s in storage", res.Snapshots, res.UsedBlobs, count(res.Before))
+	verb := "use"
+	if res.Snapshots == 1 {
+		verb = "uses"
+	}
+	g.say("%s %s %s; %s in storage", ui.Count(res.Snapshots, "snapshot"), verb, ui.Count(res.UsedBlobs, "blob"), count(res.Before))
 	for _, w := range res.Warnings {
 		g.warn("warning: %s", w)
 	}
@@ -147,7 +155,7 @@ func printPruneResult(g *globals, res *prune.Result) {
 		g.warn("warning: skipped a snapshot record that does not decode: %s", s.Error)
 	}
 	if n := len(res.Undecodable); n > 0 {
-		g.warn("warning: %d snapshot record(s) do not decode and reference nothing readable; `%s repair` removes them", n, g.cmdPrefix())
+		g.warn("warning: %s not decode and reference nothing readable; `%s repair` removes them", ui.Count(n, "snapshot record does", "snapshot records do"), g.cmdPrefix())
 	}
 	due, notDue := 0, 0
 	var next time.Time
@@ -165,7 +173,7 @@ func printPruneResult(g *globals, res *prune.Result) {
 	case len(res.Marks) == 0:
 		g.say("sweep: no marks from earlier prunes")
 	default:
-		line := fmt.Sprintf("sweep: %d mark(s) due", due)
+		line := fmt.Sprintf("sweep: %s due", ui.Count(due, "mark"))
 		if notDue > 0 {
 			line += fmt.Sprintf(", %d not yet due (the first at %s)", notDue, next.Local().Format("2006-01-02 15:04:05"))
 		}
@@ -181,11 +189,11 @@ func printPruneResult(g *globals, res *prune.Result) {
 			g.say("  %s %s that a backup indexed after the mark", would("kept", "would keep"), count(s.Indexed))
 		}
 		if s.IndexFilesRemoved > 0 {
-			g.say("  %s %d index files into one", would("replaced", "would replace"), s.IndexFilesRemoved)
+			g.say("  %s %s into one", would("replaced", "would replace"), ui.Count(s.IndexFilesRemoved, "index file"))
 		}
 	}
 	if t := s.TempFilesRemoved; t.Packs > 0 {
-		g.say("  removed %d temporary files left by interrupted writers (%s)", t.Packs, ui.Bytes(uint64(t.Bytes)))
+		g.say("  removed %s left by interrupted writers (%s)", ui.Count(t.Packs, "temporary file"), ui.Bytes(uint64(t.Bytes)))
 	}
 	m := res.Mark
 	marked := m.Unused.Packs + m.Repack.Packs + m.Unindexed.Packs
@@ -220,9 +228,4 @@ func printPruneResult(g *globals, res *prune.Result) {
 	}
 }
 
-func packCount(n int) string {
-	if n == 1 {
-		return "1 pack"
-	}
-	return fmt.Sprintf("%d packs", n)
-}
+func packCount(n int) string { return ui.Count(n, "pack") }

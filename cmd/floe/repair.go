@@ -58,7 +58,7 @@ its reason again just before it is carried out. repair needs a full key.`,
 			}
 			if plan.Empty() || dryRun {
 				if g.json {
-					return ui.WriteJSON(os.Stdout, map[string]any{"plan": plan, "applied": false})
+					return writeDocument(map[string]any{"plan": plan, "applied": false})
 				}
 				if dryRun && !plan.Empty() {
 					g.say("dry run: nothing was changed")
@@ -81,7 +81,7 @@ its reason again just before it is carried out. repair needs a full key.`,
 					g.exitCode = ExitError
 					doc["error"] = err.Error()
 				}
-				return ui.WriteJSON(os.Stdout, doc)
+				return writeDocument(doc)
 			}
 			if res != nil {
 				for _, f := range res.Failed {
@@ -102,7 +102,7 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 		g.say("nothing to repair")
 		return
 	}
-	g.say("repair plan (%d actions):", len(plan.Actions))
+	g.say("repair plan (%s):", ui.Count(len(plan.Actions), "action"))
 	for _, a := range plan.Actions {
 		switch a.Kind {
 		case repair.RemoveSnapshot:

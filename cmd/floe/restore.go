@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -108,9 +107,14 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			st.Run(200*time.Millisecond, func() string {
 				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
 			})
+			stopJSON := g.jsonStatus(start, func() map[string]any {
+				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
+					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load()}
+			})
 			res, err := restore.Run(ctx, r, sn.Tree, sub, restore.Options{Target: target, Includes: includes,
 				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p, Overwrite: overwrite, Delete: del})
 			st.Stop()
+			stopJSON()
 			if err != nil {
 				return err
 			}
@@ -118,27 +122,28 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			if g.json {
 				errs := make([]string, 0, len(res.Errors))
 				for _, e := range res.Errors {
+					stdoutJSON.itemError("", "restore", e)
 					errs = append(errs, e.Error())
 				}
-				_ = ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
+				stdoutJSON.summary(map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
 					"dirs": res.Dirs, "others": res.Others, "bytes": res.Bytes, "verified": res.Verified, "errors": errs,
 					"skipped": res.Skipped, "deleted": res.Deleted,
-					"seconds": time.Since(start).Seconds()})
+					"duration_seconds": time.Since(start).Seconds()})
 			} else {
 				for _, e := range res.Errors {
 					g.warn("error: %v", e)
 				}
-				g.say("restored snapshot %s to %s: %d files, %d directories, %d other, %s in %s",
-					sn.ID.Short(), target, res.Files, res.Dirs, res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
+				g.say("restored snapshot %s to %s: %s, %s, %d other, %s in %s",
+					sn.ID.Short(), target, ui.Count(res.Files, "file"), ui.Count(res.Dirs, "directory", "directories"), res.Others, ui.Bytes(res.Bytes), ui.Duration(time.Since(start)))
 				if res.Skipped > 0 || res.Deleted > 0 {
-					g.say("left %d existing entries as they were, deleted %d", res.Skipped, res.Deleted)
+					g.say("left %s as they were, deleted %d", ui.Count(res.Skipped, "existing entry", "existing entries"), res.Deleted)
 				}
 				if verify {
-					g.say("verified %d files against the snapshot", res.Verified)
+					g.say("verified %s against the snapshot", ui.Count(res.Verified, "file"))
 				}
 			}
 			if len(res.Errors) > 0 {
-				return &exitError{ExitPartial, fmt.Errorf("%d errors during restore", len(res.Errors))}
+				return &exitError{ExitPartial, fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error"))}
 			}
 			return nil
 		},
@@ -204,7 +209,7 @@ snapshots of each host and set of paths.`,
 					}
 					out = append(out, m)
 				}
-				return ui.WriteJSON(os.Stdout, out)
+				return writeDocument(map[string]any{"snapshots": out})
 			}
 			if len(sel) == 0 {
 				g.say("no snapshots")
@@ -255,7 +260,7 @@ snapshots of each host and set of paths.`,
 					}
 				}
 			}
-			fmt.Printf("%d snapshots\n", len(sel))
+			fmt.Println(ui.Count(len(sel), "snapshot"))
 			return nil
 		},
 	}

@@ -234,7 +234,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "token": tok})
+				return writeDocument(map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "token": tok})
 			}
 			fmt.Println(tok)
 			if !g.quiet {
@@ -272,7 +272,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 				for _, t := range list {
 					out = append(out, map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "quota": t.Quota, "created": t.Created})
 				}
-				return ui.WriteJSON(os.Stdout, out)
+				return writeDocument(map[string]any{"tokens": out})
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tREPO\tHOST\tROLES\tQUOTA\tCREATED")
@@ -371,7 +371,7 @@ func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"repositories": repos, "tokens": tokens})
+				return writeDocument(map[string]any{"repositories": repos, "tokens": tokens})
 			}
 			quota := func(n int64) string {
 				if n == 0 {

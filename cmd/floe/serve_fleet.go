@@ -130,7 +130,7 @@ that never enrolled, issues a new token.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, map[string]any{"host": args[0], "repo": repoName, "enrollment_token": tok, "expires": now.Add(expires).UTC()})
+				return writeDocument(map[string]any{"host": args[0], "repo": repoName, "enrollment_token": tok, "expires": now.Add(expires).UTC()})
 			}
 			fmt.Println(tok)
 			if !g.quiet {
@@ -163,7 +163,7 @@ that never enrolled, issues a new token.`,
 				return err
 			}
 			if g.json {
-				return ui.WriteJSON(os.Stdout, hosts)
+				return writeDocument(map[string]any{"hosts": hosts})
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 			fmt.Fprintln(tw, "HOST\tREPO\tSTATE\tTOKEN\tLAST SEEN")

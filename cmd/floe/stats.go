@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -87,7 +86,7 @@ snapshot references any more (prune frees it).`,
 						out["unreferenced_stored_size"] = unreferenced
 					}
 				}
-				return ui.WriteJSON(os.Stdout, out)
+				return writeDocument(out)
 			}
 			p := func(label, format string, args ...any) {
 				fmt.Printf("%-26s %s\n", label+":", fmt.Sprintf(format, args...))
@@ -106,7 +105,7 @@ snapshot references any more (prune frees it).`,
 				p("missing blobs", "%d (not in the index: run `floe check`)", tot.MissingBlobs)
 			}
 			if uniq != nil {
-				p("unique to this snapshot", "%d blobs, raw %s, stored %s", uniq.Blobs, ui.Bytes(uniq.RawSize), ui.Bytes(uniq.StoredSize))
+				p("unique to this snapshot", "%s, raw %s, stored %s", ui.Count(uniq.Blobs, "blob"), ui.Bytes(uniq.RawSize), ui.Bytes(uniq.StoredSize))
 			}
 			if repoTot != nil {
 				fmt.Println()

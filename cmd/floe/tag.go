@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -74,11 +73,11 @@ This needs a full key.`,
 				g.say("%s -> %s  tags %s", s.ID.Short(), id.Short(), ui.Paths(tags, ","))
 			}
 			if g.json {
-				if err := ui.WriteJSON(os.Stdout, out); err != nil {
+				if err := writeDocument(map[string]any{"changed": out, "selected": len(sel)}); err != nil {
 					return err
 				}
 			} else {
-				g.say("%d of %d snapshots changed", len(out), len(sel))
+				g.say("%d of %s changed", len(out), ui.Count(len(sel), "snapshot"))
 			}
 			if failed != nil {
 				return failed

@@ -193,5 +193,5 @@ func (j *Job) VerifyPart(done int) check.Subset {
 type DamageError struct{ Problems int }
 
 func (e *DamageError) Error() string {
-	return fmt.Sprintf("check found %d problems; run `floe check` on the repository", e.Problems)
+	return fmt.Sprintf("check found %s; run `floe check` on the repository", ui.Count(e.Problems, "problem"))
 }

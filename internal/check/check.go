@@ -16,6 +16,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options select what Run checks.
@@ -341,7 +342,7 @@ func (c *checker) finish() {
 		var parts []string
 		for _, t := range []repo.BlobType{repo.DataBlob, repo.TreeBlob} {
 			if n := c.missingCount[t]; n > 0 {
-				parts = append(parts, fmt.Sprintf("%d %s blob%s", n, t, plural(n)))
+				parts = append(parts, ui.Count(n, fmt.Sprintf("%s blob", t)))
 			}
 		}
 		total := c.missingCount[repo.DataBlob] + c.missingCount[repo.TreeBlob]
@@ -395,11 +396,4 @@ func isAre(n int) string {
 		return "is"
 	}
 	return "are"
-}
-
-func plural(n int) string {
-	if n == 1 {
-		return ""
-	}
-	return "s"
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // packState is what check learned about a pack with a problem; blob
@@ -251,7 +252,7 @@ func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []pa
 		}
 	}
 	if extra > 0 {
-		res.issues = append(res.issues, fmt.Sprintf("holds %d blob%s that its index entry does not list", extra, plural(extra)))
+		res.issues = append(res.issues, fmt.Sprintf("holds %s that its index entry does not list", ui.Count(extra, "blob")))
 	}
 }
 
@@ -304,7 +305,7 @@ func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.
 		return nil
 	})
 	if n := len(st.blobBad); n > 0 {
-		res.issues = append(res.issues, fmt.Sprintf("has %d blob%s of %d whose bytes do not match their IDs, damaged or forged (first: %s)", n, plural(n), len(blobs), first))
+		res.issues = append(res.issues, fmt.Sprintf("has %s of %d whose bytes do not match their IDs, damaged or forged (first: %s)", ui.Count(n, "blob"), len(blobs), first))
 	}
 	c.decryptPack(res, data, blobs)
 }

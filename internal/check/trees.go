@@ -8,6 +8,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // damage is a damaged file or directory below a tree.
@@ -202,7 +203,7 @@ func (c *checker) fileDamage(tree hash.ID, n *snapshot.Node) []damage {
 	for i := range out {
 		if counts[i] > 1 {
 			cs := *out[i].cause
-			cs.text += fmt.Sprintf(" (and %d more damaged blob%s)", counts[i]-1, plural(counts[i]-1))
+			cs.text += fmt.Sprintf(" (and %s more)", ui.Count(counts[i]-1, "damaged blob"))
 			out[i].cause = &cs
 		}
 	}

@@ -104,7 +104,8 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 			return nil, ErrNoRepoGiven
 		}
 		if missing {
-			return nil, fmt.Errorf("%v: %w", err, repo.ErrNoRepository)
+			// the backend's message says where and why already
+			return nil, repo.NoRepository(err)
 		}
 		return nil, err
 	}

@@ -171,8 +171,13 @@ func Conditions(jobs []JobStatus, usage []RepoUsage, rules AlertRules, now time.
 				fmt.Sprintf("job %s on %s is overdue: due %s, last success %s", j.Job, j.Host, j.NextDue.Format(time.RFC3339), last)})
 		}
 		if j.LastRun != nil && j.LastRun.FilesChanged > 0 {
+			// (ui.Count says this elsewhere; fleet imports nothing of floe)
+			files := "files"
+			if j.LastRun.FilesChanged == 1 {
+				files = "file"
+			}
 			out = append(out, Condition{AlertKey{AlertFilesChanged, j.Host, j.Job},
-				fmt.Sprintf("job %s on %s: %d files changed while they were read (the snapshot holds them inconsistent)", j.Job, j.Host, j.LastRun.FilesChanged)})
+				fmt.Sprintf("job %s on %s: %d %s changed while they were read (the snapshot holds them inconsistent)", j.Job, j.Host, j.LastRun.FilesChanged, files)})
 		}
 	}
 	pct := rules.QuotaPercent

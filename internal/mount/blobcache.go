@@ -1,9 +1,12 @@
 package mount
 
 import (
-	"container/list"
 	"context"
+	"math"
 	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -11,74 +14,69 @@ import (
 
 // blobCache keeps decrypted data blobs, least recently used out first, up
 // to a total size. Concurrent requests for one blob share one load (the
-// kernel sends many small reads of one blob at once), and prefetch loads
-// blobs in the background for sequential readers. Buffers are never
-// reused, so a slice handed out stays valid after eviction.
+// kernel sends many small reads of one blob at once: singleflight), and
+// prefetch loads blobs in the background for sequential readers. Buffers
+// are never reused, so a slice handed out stays valid after eviction.
+//
+// The LRU is golang-lru's simplelru, bounded here by bytes rather than by
+// its count of entries, so it is used under a mutex of ours.
 type blobCache struct {
 	r   *repo.Repository
 	ctx context.Context // cancelled at unmount
 	max int64
 
-	mu    sync.Mutex
-	size  int64
-	lru   *list.List // of *blobEntry, loaded ones only, most recent first
-	byID  map[hash.Ref]*blobEntry
-	slots chan struct{} // bounds background loads
+	flight singleflight.Group // loads in progress, by blob ID
+	slots  chan struct{}      // bounds background loads
+
+	mu   sync.Mutex
+	size int64
+	lru  *simplelru.LRU[hash.Ref, []byte]
 
 	// counters for tests and tuning
 	loads, hits uint64
 }
 
-type blobEntry struct {
-	id   hash.Ref
-	done chan struct{} // closed when data or err is set
-	data []byte
-	err  error
-	elem *list.Element
-}
-
 func newBlobCache(ctx context.Context, r *repo.Repository, maxBytes int64, background int) *blobCache {
-	return &blobCache{r: r, ctx: ctx, max: maxBytes, lru: list.New(), byID: map[hash.Ref]*blobEntry{},
-		slots: make(chan struct{}, max(background, 1))}
+	c := &blobCache{r: r, ctx: ctx, max: maxBytes, slots: make(chan struct{}, max(background, 1))}
+	// the count bound is never reached: the byte bound evicts first
+	c.lru, _ = simplelru.NewLRU(math.MaxInt, func(_ hash.Ref, data []byte) {
+		c.size -= int64(len(data))
+	})
+	return c
 }
 
 // get returns the plaintext of a data blob, which must not be modified.
 func (c *blobCache) get(ctx context.Context, id hash.Ref) ([]byte, error) {
-	e, loader := c.entry(id)
-	if loader {
-		c.load(e)
+	c.mu.Lock()
+	data, ok := c.lru.Get(id)
+	if ok {
+		c.hits++
 	}
+	c.mu.Unlock()
+	if ok {
+		return data, nil
+	}
+	// The load runs under the unmount context, not this request's: other
+	// readers may be waiting for it. A failed load is not kept, so the
+	// next read tries again.
+	ch := c.flight.DoChan(flightKey(id), func() (any, error) { return c.load(id) })
 	select {
-	case <-e.done:
-		return e.data, e.err
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.([]byte), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }
 
-// entry returns the entry of id, creating it (loader true: the caller
-// must load it) if it is neither cached nor being loaded.
-func (c *blobCache) entry(id hash.Ref) (*blobEntry, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if e, ok := c.byID[id]; ok {
-		if e.elem != nil {
-			c.lru.MoveToFront(e.elem)
-			c.hits++
-		}
-		return e, false
-	}
-	e := &blobEntry{id: id, done: make(chan struct{})}
-	c.byID[id] = e
-	c.loads++
-	return e, true
-}
-
-// prefetch starts loading id in the background unless it is cached, being
-// loaded, or all background slots are busy (read-ahead is a hint).
+// prefetch starts loading id in the background unless it is cached or all
+// background slots are busy (read-ahead is a hint). A prefetch of a blob
+// being loaded joins that load.
 func (c *blobCache) prefetch(id hash.Ref) {
 	c.mu.Lock()
-	_, known := c.byID[id]
+	known := c.lru.Contains(id)
 	c.mu.Unlock()
 	if known {
 		return
@@ -88,36 +86,36 @@ func (c *blobCache) prefetch(id hash.Ref) {
 	default:
 		return
 	}
-	e, loader := c.entry(id)
-	if !loader {
-		<-c.slots
-		return
-	}
 	go func() {
 		defer func() { <-c.slots }()
-		c.load(e)
+		_, _, _ = c.flight.Do(flightKey(id), func() (any, error) { return c.load(id) })
 	}()
 }
 
-func (c *blobCache) load(e *blobEntry) {
-	data, err := c.r.LoadBlob(c.ctx, repo.DataBlob, e.id, nil)
+// flightKey names a blob's load in the singleflight group (never shown).
+func flightKey(id hash.Ref) string { return string(id.ID[:]) + string(id.Key[:]) }
+
+// load loads id into the cache; only one runs per blob at a time.
+func (c *blobCache) load(id hash.Ref) ([]byte, error) {
 	c.mu.Lock()
-	if err != nil {
-		e.err = err
-		delete(c.byID, e.id) // the next read tries again
-	} else {
-		e.data = data
-		e.elem = c.lru.PushFront(e)
-		c.size += int64(len(data))
-		for c.size > c.max && c.lru.Len() > 1 {
-			old := c.lru.Remove(c.lru.Back()).(*blobEntry)
-			old.elem = nil
-			delete(c.byID, old.id)
-			c.size -= int64(len(old.data))
-		}
+	if data, ok := c.lru.Peek(id); ok { // a load finished since get looked
+		c.mu.Unlock()
+		return data, nil
 	}
+	c.loads++
 	c.mu.Unlock()
-	close(e.done)
+	data, err := c.r.LoadBlob(c.ctx, repo.DataBlob, id, nil)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.lru.Add(id, data)
+	c.size += int64(len(data))
+	for c.size > c.max && c.lru.Len() > 1 {
+		c.lru.RemoveOldest() // the callback counts the bytes out
+	}
+	return data, nil
 }
 
 // stats returns the number of loads and cache hits so far.

@@ -28,7 +28,7 @@ import (
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
 
-func newRepo(t *testing.T) *repo.Repository {
+func newRepo(t testing.TB) *repo.Repository {
 	t.Helper()
 	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
 	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})

@@ -5,6 +5,7 @@ import (
 	"io"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // What a repository server needs to verify uploads without keys
@@ -76,7 +77,7 @@ func CheckPack(r io.ReaderAt, size int64) error {
 		return err
 	}
 	if len(bad) > 0 {
-		return fmt.Errorf("%d blob(s) do not hash to their IDs (first: %s blob %s)", len(bad), bad[0].Type, bad[0].ID.Short())
+		return fmt.Errorf("%s (first: %s blob %s)", ui.Count(len(bad), "blob does not hash to its ID", "blobs do not hash to their IDs"), bad[0].Type, bad[0].ID.Short())
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package par
 
 import (
 	"context"
+	"hash/fnv"
 	"sync/atomic"
 	"testing"
 )
@@ -35,5 +36,28 @@ func TestForStopsOnCancel(t *testing.T) {
 	})
 	if n := calls.Load(); n >= 1000 {
 		t.Fatalf("%d calls after cancel", n)
+	}
+}
+
+// BenchmarkFor measures the cost per item of handing out work (the items
+// themselves do almost nothing): what par adds to a loop over packs or files.
+func BenchmarkFor(b *testing.B) {
+	var sink atomic.Int64
+	for b.Loop() {
+		For(context.Background(), 1000, 8, func(w, i int) { sink.Add(int64(i)) })
+	}
+}
+
+// BenchmarkForSmallItems is closer to the callers: each item is a small
+// piece of CPU work (hashing 16 KiB, about the least a file or pack costs).
+func BenchmarkForSmallItems(b *testing.B) {
+	data := make([]byte, 16<<10)
+	var sink atomic.Uint64
+	for b.Loop() {
+		For(context.Background(), 1000, 8, func(w, i int) {
+			h := fnv.New64a()
+			h.Write(data)
+			sink.Add(h.Sum64())
+		})
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Defaults of the CLI.
@@ -277,7 +278,7 @@ func (p *pruner) load(ctx context.Context) error {
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %d index file(s) cannot be loaded (%v); the packs they list would look unused. Run `floe check`", ErrUnsafe, len(errs), errors.Join(errs...))
+		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused. Run `floe check`", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	p.files = files
 	// Supersedes counts only in signed index files: otherwise a write-only
@@ -396,7 +397,8 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		pk.blobs = kept
 		p.reindex = true
 		if dropped > 0 {
-			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %d blob(s) that only unsigned index files list do not match their IDs (forged or damaged); their entries are dropped", id.Short(), dropped))
+			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %s (forged or damaged); the entries are dropped", id.Short(),
+				ui.Count(dropped, "blob that only unsigned index files list does not match its ID", "blobs that only unsigned index files list do not match their IDs")))
 		}
 		p.opts.Progress.add(1)
 	}
@@ -491,7 +493,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 	}
 	if missing := len(used) - len(p.copies); missing > 0 {
-		return fmt.Errorf("%w: %d blob(s) that snapshots need are in no index file, or only in forged or damaged copies. Run `floe check`", ErrUnsafe, missing)
+		return fmt.Errorf("%w: no index file lists %s that snapshots need, or only forged or damaged copies of them. Run `floe check`", ErrUnsafe, ui.Count(missing, "blob"))
 	}
 	return nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Kind is what an Action does.
@@ -143,7 +144,7 @@ func Apply(ctx context.Context, r *repo.Repository, p *Plan) (*Result, error) {
 		res.Done = append(res.Done, a)
 	}
 	if len(res.Failed) > 0 {
-		return res, fmt.Errorf("%d of %d repairs failed", len(res.Failed), len(p.Actions))
+		return res, fmt.Errorf("%d of %s failed", len(res.Failed), ui.Count(len(p.Actions), "repair"))
 	}
 	return res, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // DefaultGCGrace is the default grace period between marking a pack and
@@ -241,8 +242,12 @@ func (e *ReferencesGoneError) Error() string {
 		}
 		names = append(names, p.Short())
 	}
-	return fmt.Sprintf("%d blob(s) that this backup relies on are now only in packs that a concurrent prune marked for deletion or deleted (%s) while the backup ran (%s since it read the index); the snapshot was not written, to keep it from referring to deleted data: run the backup again",
-		e.Blobs, strings.Join(names, ", "), e.Age.Round(time.Second))
+	verb := "are"
+	if e.Blobs == 1 {
+		verb = "is"
+	}
+	return fmt.Sprintf("%s that this backup relies on %s now only in packs that a concurrent prune marked for deletion or deleted (%s) while the backup ran (%s since it read the index); the snapshot was not written, to keep it from referring to deleted data: run the backup again",
+		ui.Count(e.Blobs, "blob"), verb, strings.Join(names, ", "), e.Age.Round(time.Second))
 }
 
 // VerifyReferences checks, before a backup writes its snapshot, that

@@ -11,6 +11,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // BlobType is the kind of a blob (packfile.Type).
@@ -409,7 +410,7 @@ func (r *Repository) ListIDs(ctx context.Context, t storage.FileType) ([]hash.ID
 type IndexLoadError struct{ Errs []error }
 
 func (e *IndexLoadError) Error() string {
-	return fmt.Sprintf("%d index file(s) could not be loaded: %v", len(e.Errs), errors.Join(e.Errs...))
+	return fmt.Sprintf("%s could not be loaded: %v", ui.Count(len(e.Errs), "index file"), errors.Join(e.Errs...))
 }
 
 // LoadIndex reads every index file and every gc mark into memory, in

@@ -441,6 +441,18 @@ func (r *Repository) ChangePassword(ctx context.Context, newPassword []byte) (st
 	return r.keyID, nil
 }
 
+// ErrUnknownID means an ID (or prefix) given by the user names nothing:
+// a mistake in the input rather than damage. It is also
+// storage.ErrNotExist (errors.Is).
+var ErrUnknownID = errors.New("no object with that ID")
+
+type unknownIDError string
+
+func (e unknownIDError) Error() string { return string(e) }
+func (e unknownIDError) Is(target error) bool {
+	return target == ErrUnknownID || target == storage.ErrNotExist
+}
+
 func uniquePrefix(ids []string, prefix, what string) (string, error) {
 	if prefix == "" {
 		return "", fmt.Errorf("empty %s ID", what)
@@ -455,7 +467,7 @@ func uniquePrefix(ids []string, prefix, what string) (string, error) {
 	}
 	switch n {
 	case 0:
-		return "", fmt.Errorf("no %s with ID %q: %w", what, prefix, storage.ErrNotExist)
+		return "", unknownIDError(fmt.Sprintf("no %s with ID %q in the repository", what, prefix))
 	case 1:
 		return match, nil
 	default:

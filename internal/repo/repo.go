@@ -30,6 +30,17 @@ const DefaultPackSize = 16 << 20
 // ErrNoRepository means there is no repository at the location.
 var ErrNoRepository = errors.New("no repository there")
 
+// NoRepository returns err as an ErrNoRepository (errors.Is), saying only
+// what err says: err names the location and why it holds no repository,
+// in one sentence rather than a chain of the same fact in three wordings.
+func NoRepository(err error) error { return noRepositoryError{err} }
+
+type noRepositoryError struct{ err error }
+
+func (e noRepositoryError) Error() string        { return e.err.Error() }
+func (e noRepositoryError) Unwrap() error        { return e.err }
+func (e noRepositoryError) Is(target error) bool { return target == ErrNoRepository }
+
 // ChunkerConfig is the chunker block of the config.
 type ChunkerConfig struct {
 	Min  uint32 `json:"min"`
@@ -209,7 +220,7 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 	cfgBytes, err := storage.LoadAll(ctx, be, storage.Handle{Type: storage.Config}, maxConfigSize)
 	if err != nil {
 		if storage.IsNotExist(err) {
-			return nil, fmt.Errorf("%s: %w", be.Location(), ErrNoRepository)
+			return nil, NoRepository(fmt.Errorf("no repository at %s: it has no config object", be.Location()))
 		}
 		return nil, fmt.Errorf("read config of %s: %w", be.Location(), err)
 	}

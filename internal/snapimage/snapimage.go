@@ -19,6 +19,7 @@ import (
 	"github.com/floe-backup/floe/internal/nbd"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // DefaultCacheBytes is the memory kept for decrypted blobs.
@@ -50,7 +51,7 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		return nil, fmt.Errorf("%s is a %s, not a regular file", name, n.Type)
 	}
 	if len(n.ChunkSizes) != len(n.Content) {
-		return nil, fmt.Errorf("%s: %d blobs and %d chunk sizes: %w", name, len(n.Content), len(n.ChunkSizes), ErrDamaged)
+		return nil, fmt.Errorf("%s: %s and %s: %w", name, ui.Count(len(n.Content), "blob"), ui.Count(len(n.ChunkSizes), "chunk size"), ErrDamaged)
 	}
 	if cacheBytes <= 0 {
 		cacheBytes = DefaultCacheBytes

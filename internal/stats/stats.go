@@ -12,6 +12,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 	"github.com/floe-backup/floe/internal/walk"
 )
 
@@ -266,7 +267,7 @@ func UniqueToSnapshot(ctx context.Context, l walk.Loader, r *repo.Repository, sn
 		return nil, err
 	}
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("cannot tell what is unique to %s: %d snapshots could not be loaded (first: %w)", sn.ID.Short(), len(errs), errs[0])
+		return nil, fmt.Errorf("cannot tell what is unique to %s: %s could not be loaded (first: %w)", sn.ID.Short(), ui.Count(len(errs), "snapshot"), errs[0])
 	}
 	var others []hash.Ref
 	for _, s := range all {

@@ -139,6 +139,17 @@ type FileInfo struct {
 // ErrNotExist is returned (wrapped) when an object does not exist.
 var ErrNotExist = errors.New("object does not exist")
 
+// NotExist returns an error that is ErrNotExist (errors.Is) but says only
+// msg, for messages that explain the absence themselves ("no repository at
+// /srv/backup: the directory does not exist") and would read badly with
+// ": object does not exist" after them.
+func NotExist(msg string) error { return notExistError(msg) }
+
+type notExistError string
+
+func (e notExistError) Error() string        { return string(e) }
+func (e notExistError) Is(target error) bool { return target == ErrNotExist }
+
 // ErrExist is returned (wrapped) by Save when the object already exists.
 // Objects are immutable: a writer never overwrites.
 var ErrExist = errors.New("object already exists")

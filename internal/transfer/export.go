@@ -18,6 +18,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // ExportOptions tune Export.
@@ -124,7 +125,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	}
 	res.BlobCount = len(blobs)
 	if missing.count > 0 {
-		return nil, fmt.Errorf("the source lacks %d blob(s) the snapshots need (run `floe check` on it): %v", missing.count, missing.list[0])
+		return nil, fmt.Errorf("the source lacks %s the snapshots need (run `floe check` on it): %v", ui.Count(missing.count, "blob"), missing.list[0])
 	}
 
 	// keys, packs, index, snapshots

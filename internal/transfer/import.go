@@ -14,6 +14,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // ImportOptions tune Import.
@@ -154,7 +155,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 		return nil, err
 	}
 	if missing.count > 0 {
-		return nil, fmt.Errorf("the export lacks %d blob(s) its snapshots need: %s", missing.count, missing.list[0])
+		return nil, fmt.Errorf("the export lacks %s its snapshots need: %s", ui.Count(missing.count, "blob"), missing.list[0])
 	}
 	res.BlobsChecked = checked
 

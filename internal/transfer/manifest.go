@@ -20,6 +20,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // The manifest of an export (docs: `floe export --help`).
@@ -60,7 +61,7 @@ type ExportError struct {
 
 func (e *ExportError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "export %s: %v: %d problem(s); nothing was imported", e.Dir, ErrBadExport, e.Count)
+	fmt.Fprintf(&b, "export %s: %v: %s; nothing was imported", e.Dir, ErrBadExport, ui.Count(e.Count, "problem"))
 	for i, p := range e.Problems {
 		if i == 20 {
 			fmt.Fprintf(&b, "\n  ... and %d more", e.Count-20)

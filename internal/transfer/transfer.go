@@ -31,6 +31,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // DefaultConnections is how many loads and saves run at once by default.
@@ -140,7 +141,7 @@ type VerifyError struct {
 
 func (e *VerifyError) Error() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "verification of the copied snapshots in %s failed: %d problem(s)", e.Repository, e.Count)
+	fmt.Fprintf(&b, "verification of the copied snapshots in %s failed: %s", e.Repository, ui.Count(e.Count, "problem"))
 	for i, p := range e.Problems {
 		if i == 10 {
 			fmt.Fprintf(&b, "\n  ... and %d more", e.Count-10)

@@ -233,3 +233,21 @@ func (s *Status) Print(line string) {
 	}
 	fmt.Fprintln(os.Stdout, Sanitize(line))
 }
+
+// Integer is any integer type, for Count.
+type Integer interface {
+	~int | ~int8 | ~int16 | ~int32 | ~int64 | ~uint | ~uint8 | ~uint16 | ~uint32 | ~uint64
+}
+
+// Count says how many of a thing: "1 snapshot", "2 snapshots", "0 errors".
+// The plural is one+"s" unless given ("directory", "directories").
+func Count[N Integer](n N, one string, many ...string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	plural := one + "s"
+	if len(many) > 0 {
+		plural = many[0]
+	}
+	return fmt.Sprintf("%d %s", n, plural)
+}

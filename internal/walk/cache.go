@@ -1,9 +1,11 @@
 package walk
 
 import (
-	"container/list"
 	"context"
+	"math"
 	"sync"
+
+	"github.com/hashicorp/golang-lru/v2/simplelru"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -15,27 +17,32 @@ const DefaultCacheNodes = 1 << 20
 // Cache is a Loader that keeps recently loaded trees, least recently used
 // out first, up to a total number of nodes. Walking many snapshots of the
 // same hosts loads each unchanged tree once. Safe for concurrent use.
+//
+// The LRU is golang-lru's simplelru, bounded here by the nodes it holds
+// rather than by its count of entries (trees differ in size by orders of
+// magnitude), so it is used under a mutex of ours.
 type Cache struct {
 	l        Loader
 	maxNodes int
 
 	mu    sync.Mutex
 	nodes int
-	lru   *list.List // of *cacheEntry, most recent first
-	byID  map[hash.ID]*list.Element
+	lru   *simplelru.LRU[hash.ID, *snapshot.Tree]
 }
 
-type cacheEntry struct {
-	id   hash.ID
-	tree *snapshot.Tree
-}
+func treeNodes(t *snapshot.Tree) int { return len(t.Nodes) + 1 }
 
 // NewCache wraps l. maxNodes <= 0 means DefaultCacheNodes.
 func NewCache(l Loader, maxNodes int) *Cache {
 	if maxNodes <= 0 {
 		maxNodes = DefaultCacheNodes
 	}
-	return &Cache{l: l, maxNodes: maxNodes, lru: list.New(), byID: map[hash.ID]*list.Element{}}
+	c := &Cache{l: l, maxNodes: maxNodes}
+	// the count bound is never reached: every tree has at least one node
+	c.lru, _ = simplelru.NewLRU(math.MaxInt, func(_ hash.ID, t *snapshot.Tree) {
+		c.nodes -= treeNodes(t)
+	})
+	return c
 }
 
 // LoadTree returns the tree from the cache or loads it. Trees returned
@@ -43,34 +50,28 @@ func NewCache(l Loader, maxNodes int) *Cache {
 func (c *Cache) LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
 	id := ref.ID
 	c.mu.Lock()
-	if e, ok := c.byID[id]; ok {
-		c.lru.MoveToFront(e)
-		t := e.Value.(*cacheEntry).tree
-		c.mu.Unlock()
+	t, ok := c.lru.Get(id)
+	c.mu.Unlock()
+	if ok {
 		return t, nil
 	}
-	c.mu.Unlock()
 	t, err := c.l.LoadTree(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
-	n := len(t.Nodes) + 1
+	n := treeNodes(t)
 	if n > c.maxNodes {
 		return t, nil
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.byID[id]; ok { // loaded concurrently
-		return e.Value.(*cacheEntry).tree, nil
+	if cached, ok := c.lru.Get(id); ok { // loaded concurrently
+		return cached, nil
 	}
 	for c.nodes+n > c.maxNodes {
-		last := c.lru.Back()
-		old := last.Value.(*cacheEntry)
-		c.lru.Remove(last)
-		delete(c.byID, old.id)
-		c.nodes -= len(old.tree.Nodes) + 1
+		c.lru.RemoveOldest() // the callback counts the nodes out
 	}
-	c.byID[id] = c.lru.PushFront(&cacheEntry{id: id, tree: t})
+	c.lru.Add(id, t)
 	c.nodes += n
 	return t, nil
 }

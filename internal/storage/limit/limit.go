@@ -7,25 +7,24 @@ package limit
 import (
 	"context"
 	"fmt"
-	"sync"
+	"math"
 	"time"
+
+	"golang.org/x/time/rate"
 
 	"github.com/floe-backup/floe/internal/storage"
 )
 
-// Limiter is a token bucket of bytes per second, safe for concurrent use.
-// It starts empty and holds at most a quarter second of credit, so a
-// transfer after a pause bursts little. A request larger than the bucket
-// is served by going into debt: it waits until its bytes are paid for,
-// and callers after it wait for that debt too, so the average rate never
-// exceeds the limit however large the objects are.
+// Limiter is a token bucket of bytes per second, safe for concurrent use:
+// golang.org/x/time/rate's, with floe's policy around it. It starts empty
+// and holds at most a quarter second of credit, so a transfer after a
+// pause bursts little. A request larger than the bucket is paid in
+// bucket-sized parts, one after the other, so the average rate never
+// exceeds the limit however large the objects are (rate refuses a single
+// request above its burst).
 type Limiter struct {
-	rate  float64 // bytes per second
-	burst float64
-
-	mu     sync.Mutex
-	tokens float64 // may be negative: reserved but not yet paid
-	last   time.Time
+	lim   *rate.Limiter
+	burst int
 }
 
 // NewLimiter returns a limiter of bytesPerSecond, or nil (no limit) for
@@ -34,8 +33,10 @@ func NewLimiter(bytesPerSecond int64) *Limiter {
 	if bytesPerSecond <= 0 {
 		return nil
 	}
-	rate := float64(bytesPerSecond)
-	return &Limiter{rate: rate, burst: rate / 4, last: time.Now()}
+	burst := int(min(max(bytesPerSecond/4, 1), math.MaxInt32))
+	lim := rate.NewLimiter(rate.Limit(bytesPerSecond), burst)
+	lim.AllowN(time.Now(), burst) // start empty
+	return &Limiter{lim: lim, burst: burst}
 }
 
 // Rate returns the limit in bytes per second (0 for no limit).
@@ -43,39 +44,28 @@ func (l *Limiter) Rate() int64 {
 	if l == nil {
 		return 0
 	}
-	return int64(l.rate)
+	return int64(l.lim.Limit())
 }
 
 // Wait blocks until n bytes may pass, or ctx ends (then its error is
-// returned and the bytes are given back).
+// returned and the part not yet paid for is given back).
 func (l *Limiter) Wait(ctx context.Context, n int) error {
 	if l == nil || n <= 0 {
 		return ctx.Err()
 	}
-	l.mu.Lock()
-	now := time.Now()
-	l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
-	l.last = now
-	l.tokens -= float64(n)
-	var wait time.Duration
-	if l.tokens < 0 {
-		wait = time.Duration(-l.tokens / l.rate * float64(time.Second))
+	for n > 0 {
+		part := min(n, l.burst)
+		if err := l.lim.WaitN(ctx, part); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			// rate also refuses a wait that would outlast the
+			// context's deadline; report it as the deadline
+			return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
+		}
+		n -= part
 	}
-	l.mu.Unlock()
-	if wait <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		l.mu.Lock()
-		l.tokens = min(l.burst, l.tokens+float64(n))
-		l.mu.Unlock()
-		return ctx.Err()
-	}
+	return ctx.Err()
 }
 
 // Backend is a storage.Backend whose Save waits for the upload limiter

@@ -165,3 +165,17 @@ func TestStreamedSaveIsLimited(t *testing.T) {
 		t.Fatalf("the canceled commit stored the object: %v", err)
 	}
 }
+
+// BenchmarkWait measures what a limiter costs per call when it does not
+// make the caller wait (a high limit): the overhead on every save and load.
+func BenchmarkWait(b *testing.B) {
+	l := NewLimiter(1 << 50)
+	ctx := context.Background()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if err := l.Wait(ctx, 64<<10); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -63,8 +63,7 @@ func Create(dir string) (*Backend, error) {
 		return nil, fmt.Errorf("create repository at %s: %w", dir, err)
 	}
 	if _, err := os.Lstat(filepath.Join(abs, configName)); err == nil {
-		return nil, fmt.Errorf("create repository at %s: a repository (config file) already exists there: %w",
-			dir, storage.ErrExist)
+		return nil, existError(fmt.Sprintf("a repository exists at %s already (it has a config file): give a new directory", dir))
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("create repository at %s: %w", dir, err)
 	}
@@ -89,6 +88,12 @@ func Create(dir string) (*Backend, error) {
 	return &Backend{dir: abs}, nil
 }
 
+// existError is a storage.ErrExist that says only its message.
+type existError string
+
+func (e existError) Error() string        { return string(e) }
+func (e existError) Is(target error) bool { return target == storage.ErrExist }
+
 // Open returns the backend of the existing repository in dir. If dir or its
 // config file is missing, the error ("no repository at DIR") wraps
 // storage.ErrNotExist.
@@ -100,16 +105,16 @@ func Open(dir string) (*Backend, error) {
 	fi, err := os.Stat(abs)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no repository at %s: directory does not exist: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: the directory does not exist", dir))
 	case err != nil:
 		return nil, fmt.Errorf("open repository at %s: %w", dir, err)
 	case !fi.IsDir():
-		return nil, fmt.Errorf("no repository at %s: not a directory: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: it is not a directory", dir))
 	}
 	fi, err = os.Stat(filepath.Join(abs, configName))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("no repository at %s: no config file: %w", dir, storage.ErrNotExist)
+		return nil, storage.NotExist(fmt.Sprintf("no repository at %s: the directory has no config file", dir))
 	case err != nil:
 		return nil, fmt.Errorf("open repository at %s: %w", dir, err)
 	case !fi.Mode().IsRegular():
