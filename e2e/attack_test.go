@@ -892,15 +892,17 @@ func TestAttackThroughServer(t *testing.T) {
 
 	keysDir := filepath.Join(root, "fleet", "keys")
 	keysBefore, _ := os.ReadDir(keysDir)
-	var keys []struct {
-		ID        string `json:"id"`
-		WriteOnly bool   `json:"write_only"`
+	var list struct {
+		Keys []struct {
+			ID        string `json:"id"`
+			WriteOnly bool   `json:"write_only"`
+		} `json:"keys"`
 	}
 	full := ""
-	if err := json.Unmarshal([]byte(s.remote("fleet", admin, "--password-file", e.pwFile, "key", "list", "--json").stdout), &keys); err != nil {
+	if err := json.Unmarshal([]byte(s.remote("fleet", admin, "--password-file", e.pwFile, "key", "list", "--json").stdout), &list); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range keys {
+	for _, k := range list.Keys {
 		if !k.WriteOnly {
 			full = k.ID
 		}
