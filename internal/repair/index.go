@@ -10,6 +10,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // badEntry is an index entry whose copy cannot be read as its blob.
@@ -120,7 +121,7 @@ func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%d index file(s) cannot be loaded (%v): run `floe check`", len(errs), errors.Join(errs...))
+		return fmt.Errorf("%s cannot be loaded (%v): run `floe check`", ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	v, err := newEntryVerifier(ctx, r)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // FormatVerifier is the UploadVerifier of repository format v2
@@ -93,7 +94,7 @@ func (v *FormatVerifier) VerifyUpload(ctx context.Context, be storage.Backend, h
 			return err
 		}
 		if len(bad) > 0 {
-			return fmt.Errorf("%d blob(s) do not hash to their IDs (first: %s blob %s)", len(bad), bad[0].Type, bad[0].ID.Short())
+			return fmt.Errorf("bytes that do not hash to their IDs in %s (first: %s blob %s)", ui.Count(len(bad), "blob"), bad[0].Type, bad[0].ID.Short())
 		}
 		if id, err := hash.Parse(h.Name); err == nil {
 			v.remember(id, blobs)
