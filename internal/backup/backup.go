@@ -678,7 +678,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	a.dirs.Add(1)
 	release := a.anchor(path)
 	src := a.src(path)
-	ents, err := os.ReadDir(src)
+	ents, err := fsmeta.ReadDir(src)
 	if err != nil {
 		a.fail(path, origErr(err, path, src))
 		ents = nil

@@ -5,6 +5,8 @@ package fsmeta
 import (
 	"errors"
 	"os"
+	"slices"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -55,4 +57,22 @@ func Segments(f *os.File, size uint64, fn func(off, n int64, hole bool) error) e
 		off = hole
 	}
 	return nil
+}
+
+// ReadDir lists a directory sorted by name, as os.ReadDir does, but opened
+// without updating its access time where allowed: otherwise every backup
+// would change the directory's atime, so the next backup would see new
+// metadata and store a new tree for a directory in which nothing changed.
+func ReadDir(path string) ([]os.DirEntry, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOATIME, 0)
+	if errors.Is(err, syscall.EPERM) {
+		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_DIRECTORY, 0)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	ents, err := f.ReadDir(-1)
+	slices.SortFunc(ents, func(a, b os.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+	return ents, err
 }
