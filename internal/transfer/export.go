@@ -52,7 +52,7 @@ type ExportResult struct {
 	Dir       string
 	Manifest  *Manifest
 	Packs     int    // packs in the export
-	Copied    int    // packs copied by this run (the others were there from an interrupted run)
+	Copied    int    // packs written by this run (the others were there from an interrupted run)
 	Bytes     uint64 // size of all the export's files
 	Resumed   bool   // an interrupted export was continued
 	BlobCount int    // blobs the snapshots need
@@ -63,9 +63,10 @@ type ExportResult struct {
 
 // Export writes the snapshots snaps of src to dir as a self-contained
 // repository with src's config and keys (so the same password or key file
-// opens it): every pack that holds a blob the snapshots need, copied
-// verbatim, a fresh index file for those packs, and the snapshot records
-// verbatim. Then it writes MANIFEST.json (every file's path, size and
+// opens it; or one key of its own, opts.NewKey): the blobs the snapshots
+// need and nothing else, written into new packs by SaveBlob (the same
+// stored bytes and IDs as in src), signed index files for them, and the
+// snapshot records verbatim. Then it writes MANIFEST.json (every file's path, size and
 // BLAKE3 hash, the snapshot IDs, the time, the source repository's ID) and
 // last MANIFEST.json.b3 (the BLAKE3 of the manifest, in b3sum's format), so
 // that an export that did not finish has no valid manifest.
