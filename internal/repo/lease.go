@@ -187,7 +187,7 @@ func (p *PruneLease) write(ctx context.Context) error {
 	data := append(plain, p.r.secrets.AuthorityPrivate.Sign(domainLease, plain)...)
 	id := hash.Sum(data)
 	if err := p.r.be.Save(ctx, storage.Handle{Type: storage.GCMark, Name: id.String()}, data); err != nil && !isExist(err) {
-		return fmt.Errorf("save prune lease: %w", err)
+		return fmt.Errorf("save the prune lease in gc/ (where the gc marks go): %w", err)
 	}
 	p.id = id
 	if !prev.IsNull() {
