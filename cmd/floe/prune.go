@@ -152,7 +152,7 @@ func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes b
 	if err != nil {
 		return err
 	}
-	g.warn("removed %d prune lease(s)", len(removed))
+	g.warn("removed %s", ui.Count(len(removed), "prune lease"))
 	return nil
 }
 

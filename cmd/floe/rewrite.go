@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
@@ -88,21 +87,23 @@ the repository's packs. Needs a full key (exit 12 otherwise).`,
 				if res == nil {
 					res = []rewrite.Result{}
 				}
-				_ = ui.WriteJSON(os.Stdout, map[string]any{"dry_run": dryRun, "snapshots": res})
-				return err
+				if err != nil {
+					return err // the error document says what failed
+				}
+				return writeDocument(map[string]any{"dry_run": dryRun, "snapshots": res})
 			}
 			for _, x := range res {
 				switch {
 				case x.Removed == 0:
 					g.say("snapshot %s: nothing matched, left as it is", x.Old.Short())
 				case dryRun:
-					g.say("snapshot %s: would remove %d entries (%s)", x.Old.Short(), x.Removed, ui.Bytes(x.RemovedBytes))
+					g.say("snapshot %s: would remove %s (%s)", x.Old.Short(), ui.Count(x.Removed, "entry", "entries"), ui.Bytes(x.RemovedBytes))
 				default:
 					old := "the old record is kept (--forget removes it)"
 					if x.Forgotten {
 						old = "the old record is removed"
 					}
-					g.say("snapshot %s: rewritten as %s without %d entries (%s); %s", x.Old.Short(), x.New.Short(), x.Removed, ui.Bytes(x.RemovedBytes), old)
+					g.say("snapshot %s: rewritten as %s without %s (%s); %s", x.Old.Short(), x.New.Short(), ui.Count(x.Removed, "entry", "entries"), ui.Bytes(x.RemovedBytes), old)
 				}
 				if verbose {
 					for _, p := range x.Paths {

@@ -153,7 +153,7 @@ func statsByHost(ctx context.Context, g *globals, r *repo.Repository, l walk.Loa
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("cannot tell what each host alone references: %d snapshots could not be loaded (first: %w; see `floe repair`)", len(errs), errs[0])
+		return fmt.Errorf("cannot tell what each host alone references: %s could not be loaded (first: %w; see `floe repair`)", ui.Count(len(errs), "snapshot"), errs[0])
 	}
 	costs, err := stats.ByHost(ctx, l, r.Index(), all)
 	if err != nil {
