@@ -1,11 +1,15 @@
 package repo
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
 )
 
 func TestLeaseExcludesASecondPrune(t *testing.T) {
@@ -101,4 +105,37 @@ func TestLeaseNeedsAuthority(t *testing.T) {
 	if _, err := wo.AcquireLease(ctx, "h", 1, time.Minute); !errors.Is(err, ErrNotAuthority) {
 		t.Fatalf("write-only: %v", err)
 	}
+}
+
+// FuzzLeases: signed or not, any bytes in gc/ are read as a lease, a mark
+// or neither, never both, and never panic.
+func FuzzLeases(f *testing.F) {
+	ctx := context.Background()
+	r, be := newRepo(f)
+	f.Add([]byte(`{"kind":"prune lease","holder":"h","pid":1,"run":"ab","time":"2026-11-29T00:00:00Z","expires":"2026-11-29T00:05:00Z"}`), true)
+	f.Add([]byte(`{"kind":"prune lease"}`), false)
+	f.Add([]byte(`null`), true)
+	f.Fuzz(func(t *testing.T, plain []byte, sign bool) {
+		data := bytes.Clone(plain)
+		if sign {
+			data = append(data, r.secrets.AuthorityPrivate.Sign(domainLease, plain)...)
+		}
+		id := hash.Sum(data)
+		h := storage.Handle{Type: storage.GCMark, Name: id.String()}
+		be.Set(h, data)
+		defer be.Remove(ctx, h)
+		l, lerr := r.decodeLease(data)
+		if lerr == nil && !sign {
+			t.Fatal("an unsigned lease was accepted")
+		}
+		if lerr == nil && l.Kind != leaseKind {
+			t.Fatalf("a lease of kind %q", l.Kind)
+		}
+		if _, err := r.LoadGCMark(ctx, id); err == nil && lerr == nil {
+			t.Fatal("one object read as a lease and as a mark")
+		}
+		if _, err := r.Leases(ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
 }
