@@ -34,6 +34,38 @@ func treeContentIDs(e *floeEnv, args []string, snap, dir string) map[string]bool
 	return ids
 }
 
+// packsOf returns the blob IDs of each pack under dir/data, and each
+// pack's size.
+func packsOf(t *testing.T, dir string) ([]map[string]bool, []int64) {
+	t.Helper()
+	var out []map[string]bool
+	var sizes []int64
+	err := filepath.WalkDir(filepath.Join(dir, "data"), func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		blobs, _, err := packfile.Verify(data)
+		if err != nil {
+			t.Fatalf("pack %s: %v", p, err)
+		}
+		ids := map[string]bool{}
+		for _, b := range blobs {
+			ids[b.ID.String()] = true
+		}
+		out = append(out, ids)
+		sizes = append(sizes, int64(len(data)))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, sizes
+}
+
 // packBlobIDs reads every pack under dir/data and returns the IDs of the
 // blobs in them (from the headers, each blob checked against its ID) and
 // the packs' total size.
@@ -76,12 +108,39 @@ func TestExportOnlyWhatTheSnapshotsNeed(t *testing.T) {
 	testutil.ManyFiles(t, db, 20, 4<<10, 32)
 	web := e.mkdir("web")
 	testutil.WriteRandom(t, filepath.Join(web, "secret-of-web1"), 6<<20, 33)
-	// both hosts back up in the same run of packs: each pack may hold both
-	e.backup("--host", "db1", db)
-	e.backup("--host", "web1", web)
-	webIDs := treeContentIDs(e, e.repoArgs(), "latest", web)
+	// each backup writes packs of its own; a prune that repacks puts
+	// both hosts' blobs into the same packs, which an export must split
+	testutil.WriteRandom(t, filepath.Join(db, "tmp"), 1<<20, 34)
+	testutil.WriteRandom(t, filepath.Join(web, "tmp"), 1<<20, 35)
+	old1, _ := e.backup("--host", "db1", db)
+	old2, _ := e.backup("--host", "web1", web)
+	os.Remove(filepath.Join(db, "tmp"))
+	os.Remove(filepath.Join(web, "tmp"))
+	new1, _ := e.backup("--host", "db1", db)
+	new2, _ := e.backup("--host", "web1", web)
+	e.ok("forget", old1.Snapshot, old2.Snapshot)
+	e.ok("prune", "--grace", "0", "--max-unused", "0%")
+	e.ok("prune", "--grace", "0", "--max-unused", "0%")
+	webIDs := treeContentIDs(e, e.repoArgs(), new2.Snapshot, web)
+	dbIDs := treeContentIDs(e, e.repoArgs(), new1.Snapshot, db)
 	if len(webIDs) < 2 {
 		t.Fatalf("web1's file has %d chunks", len(webIDs))
+	}
+	mixed := false
+	var wholePacks int64 // what copying db1's packs whole would write
+	packs, sizes := packsOf(t, e.repo)
+	for i, pack := range packs {
+		hasDB, hasWeb := false, false
+		for id := range pack {
+			hasDB, hasWeb = hasDB || dbIDs[id], hasWeb || webIDs[id]
+		}
+		mixed = mixed || hasDB && hasWeb
+		if hasDB {
+			wholePacks += sizes[i]
+		}
+	}
+	if !mixed {
+		t.Fatal("no pack of the repository holds both hosts' data: the test would prove nothing")
 	}
 
 	exp := e.path("usb", "db1")
@@ -96,6 +155,10 @@ func TestExportOnlyWhatTheSnapshotsNeed(t *testing.T) {
 	}
 	if size < 1<<20 || size > 1<<20+256<<10 {
 		t.Errorf("the export's packs hold %d bytes, want about db1's 1.1 MiB", size)
+	}
+	t.Logf("export of db1: %d bytes of packs; db1's packs whole: %d bytes", size, wholePacks)
+	if wholePacks < size+4<<20 {
+		t.Errorf("db1's packs hold %d bytes: the repack did not mix in web1's 6 MiB, the test proves little", wholePacks)
 	}
 	keys, _ := os.ReadDir(filepath.Join(exp, "keys"))
 	if len(keys) != 1 {
