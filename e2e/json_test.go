@@ -216,6 +216,9 @@ func TestJSONOutput(t *testing.T) {
 		t.Errorf("restore: no status line: %s", r)
 	}
 	c.lines("check", e.floe(append(slowDown, "check", "--read-data", "--json")...))
+	c.lines("restore --dry-run", e.ok("restore", "latest", "--target", e.path("restored"), "-n", "-v", "--delete", "--json"))
+	c.document("stats --by-host", e.ok("stats", "--by-host", "--json"))
+	c.document("rewrite", e.ok("rewrite", "--all", "--exclude", "c", "--dry-run", "-v", "--json"))
 
 	other := newOtherRepo(e, "other")
 	r = e.ok(append(slowUp, "copy", "--all", "--json", "--to", other.repo, "--to-password-file", other.pwFile)...)

@@ -71,7 +71,9 @@ func TestPruneCrashSafety(t *testing.T) {
 		// a kill at a random moment of the run; the window adapts to how
 		// long a whole run takes
 		delay := 10*time.Millisecond + time.Duration(rng.Int64N(int64(maxDelay)))
-		finished, took := e.killAfter(delay, "prune", "--grace", "0", "--max-unused", "5%")
+		// a killed prune leaves its lease: the operator, who knows it
+		// died, removes it (--force-unlock --yes) in the next run
+		finished, took := e.killAfter(delay, "prune", "--grace", "0", "--max-unused", "5%", "--force-unlock", "--yes")
 		if finished {
 			t.Logf("round %d: prune finished in %v, before the kill", round, took.Round(time.Millisecond))
 			maxDelay = max(20*time.Millisecond, took)
@@ -93,7 +95,7 @@ func TestPruneCrashSafety(t *testing.T) {
 
 	// two prunes that run to the end reclaim everything that is not needed
 	for i := 0; i < 2; i++ {
-		r := e.ok("prune", "--grace", "0", "--max-unused", "5%")
+		r := e.ok("prune", "--grace", "0", "--max-unused", "5%", "--force-unlock", "--yes")
 		t.Logf("prune %d to the end: %v", i+1, r.wall.Round(time.Millisecond))
 	}
 	r := e.ok("check")

@@ -17,8 +17,9 @@ import (
 
 func newExportCommand(g *globals) *cobra.Command {
 	var (
-		f  transferFlags
-		to string
+		f                     transferFlags
+		to                    string
+		newPwFile, newKeyFile string
 	)
 	c := &cobra.Command{
 		Use:   "export [SNAPSHOT...] --to DIR",
@@ -29,10 +30,20 @@ a unique prefix of one, or "latest"; --all exports every snapshot, and
 --host/--tag/--path alone every snapshot they select.
 
 DIR gets the repository's config and keys, so the same password or key
-file opens it; every pack that holds data the snapshots need, copied as
-stored (no decryption, so it is fast, and nothing on the disk is
-readable without a key); a fresh index of those packs; and the snapshot
+file opens it; only the blobs the snapshots need, written into new packs
+(blobs are stored identically in every pack, so their IDs, the trees and
+the snapshot records are those of the source, and no other host's data
+rides along); signed index files of those packs; and the snapshot
 records. DIR is itself a repository: ` + "`floe -r DIR restore ...`" + ` works.
+
+What the export's password opens: by default DIR holds a copy of every
+key record of the source, so every password and key file of the source
+(other hosts' included) opens it, and whoever opens it holds the
+source's master secrets (README "Export"): the exported snapshots, and
+anything in the source repository if they can also read its storage.
+With --new-password-file or --new-key-file, DIR holds one fresh key
+record instead, and only that credential opens it: give it to whoever
+carries the disk, keep it apart from the source's passwords.
 
 Last, export writes DIR/MANIFEST.json (every file's path, size and BLAKE3
 hash, the snapshot IDs, the time and the source repository's ID) and then
@@ -54,6 +65,19 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 			if err := checkConnections(cmd, g, &f.connections); err != nil {
 				return err
 			}
+			if newPwFile != "" && newKeyFile != "" {
+				return usageError{errors.New("give --new-password-file or --new-key-file, not both")}
+			}
+			var nk *transfer.NewKey
+			if newKeyFile != "" {
+				nk = &transfer.NewKey{SaveKeyFile: func(kf *repo.KeyFile) error { return repo.WriteKeyFile(newKeyFile, kf) }}
+			} else if newPwFile != "" {
+				pw, err := newPassword(ctx, newPwFile)
+				if err != nil {
+					return err
+				}
+				nk = &transfer.NewKey{Password: pw}
+			}
 			r, err := g.openRepo(ctx, true)
 			if err != nil {
 				return err
@@ -71,7 +95,7 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
-			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits})
+			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits, NewKey: nk})
 			st.Stop()
 			stopJSON()
 			if err != nil {
@@ -101,6 +125,8 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 		},
 	}
 	c.Flags().StringVar(&to, "to", "", "the directory to write (`DIR`)")
+	c.Flags().StringVar(&newPwFile, "new-password-file", "", "give the export one key of its own, with the password in this file, instead of the source's keys")
+	c.Flags().StringVar(&newKeyFile, "new-key-file", "", "give the export one key of its own, a key file written to this path (mode 0600), instead of the source's keys")
 	f.add(c)
 	return c
 }

@@ -124,6 +124,7 @@ Exit codes:
 		newExportCommand(g),
 		newImportCommand(g),
 		newRepairCommand(g),
+		newRewriteCommand(g),
 		newServeCommand(g),
 		newAgentCommand(g),
 		newFleetCommand(g),

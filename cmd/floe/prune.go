@@ -38,7 +38,8 @@ func (f *pruneFlags) options() (prune.Options, error) {
 
 func newPruneCommand(g *globals) *cobra.Command {
 	f := &pruneFlags{}
-	var dryRun bool
+	var dryRun, forceUnlock, yes bool
+	var leaseTTL time.Duration
 	c := &cobra.Command{
 		Use:   "prune [--grace DURATION] [--max-unused PERCENT] [--dry-run]",
 		Short: "Delete data that no snapshot needs, safely while backups run",
@@ -65,7 +66,14 @@ that started before a mark and writes its snapshot after the next prune
 has read the snapshots can lose data it deduplicated against. Use it only
 when you know that no backup runs.
 
-Run one prune at a time. prune needs a full key (it reads the snapshots).
+One prune at a time: a prune takes a lease first (a signed object in gc/
+naming its host and pid, renewed every third of --lease-ttl, default 5m,
+and removed at the end). A second prune refuses to start while the lease
+counts, with a message naming the holder (exit 1). If the holder died, its
+lease expires after --lease-ttl and the next prune takes it over;
+--force-unlock removes it at once, after you confirm (--yes in scripts)
+that no prune runs: two prunes at once can delete data a snapshot needs.
+--dry-run takes no lease. prune needs a full key (it reads the snapshots).
 A prune that is interrupted leaves a repository that check passes; the
 next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 		Example: `  floe prune --dry-run
@@ -79,11 +87,20 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 				return err
 			}
 			opts.DryRun = dryRun
+			opts.LeaseTTL = leaseTTL
+			if leaseTTL < time.Second {
+				return usageError{fmt.Errorf("--lease-ttl %s: at least 1s", leaseTTL)}
+			}
 			r, err := g.openRepo(cmd.Context(), false)
 			if err != nil {
 				return err
 			}
 			defer r.Close()
+			if forceUnlock {
+				if err := forceUnlockPrune(cmd.Context(), g, r, yes); err != nil {
+					return err
+				}
+			}
 			res, err := runPrune(cmd.Context(), g, r, opts)
 			if err != nil {
 				return err
@@ -98,7 +115,45 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 	}
 	f.add(c.Flags(), "")
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "show what would be deleted, repacked and marked; change nothing")
+	c.Flags().BoolVar(&forceUnlock, "force-unlock", false, "remove the lease of a prune that died (asks first), then prune")
+	c.Flags().BoolVar(&yes, "yes", false, "with --force-unlock: do not ask")
+	c.Flags().DurationVar(&leaseTTL, "lease-ttl", prune.DefaultLeaseTTL, "how long this prune's lease counts without renewal (if it dies)")
 	return c
+}
+
+// forceUnlockPrune removes the prune leases after the user confirmed.
+func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes bool) error {
+	leases, err := r.Leases(ctx)
+	if err != nil {
+		return err
+	}
+	if len(leases) == 0 {
+		g.say("no prune lease to remove")
+		return nil
+	}
+	now := time.Now()
+	for _, l := range leases {
+		state := "counts until " + l.Expires.Local().Format(time.RFC3339)
+		if l.Expired(now) {
+			state = "expired"
+		}
+		g.warn("prune lease of %s (pid %d), renewed %s, %s", ui.Sanitize(l.Holder), l.PID, l.Time.Local().Format(time.RFC3339), state)
+	}
+	if !yes {
+		ok, err := confirm(g, "remove it? Only if that prune is not running: two prunes at once can delete data. [y/N] ")
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return &exitError{ExitError, fmt.Errorf("not unlocked")}
+		}
+	}
+	removed, err := r.BreakLeases(ctx)
+	if err != nil {
+		return err
+	}
+	g.warn("removed %s", ui.Count(len(removed), "prune lease"))
+	return nil
 }
 
 // runPrune runs prune with a progress line on a terminal.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/restore"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -44,6 +46,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 		verify, numeric    bool
 		overwrite          string
 		del                bool
+		dryRun, verbose    bool
 		filter             snapshotFilterFlags
 	)
 	c := &cobra.Command{
@@ -69,12 +72,18 @@ exists. --delete removes what the snapshot does not have, so the restored
 directories match it exactly.
 
 Nothing is ever written outside the target: names with .. or /, and
-symlinks, in the snapshot or already in the target, cannot escape it.`,
+symlinks, in the snapshot or already in the target, cannot escape it.
+
+--dry-run (-n) writes nothing: it counts what the restore would create,
+overwrite, leave alone and (with --delete) delete, in entries and bytes,
+comparing files already in the target with the snapshot; -v lists each
+path with its action.`,
 		Example: `  floe restore latest --target /tmp/restore
   floe restore 4f2a9c1e:/etc --target /tmp/etc
   floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify
   floe restore latest --include 'nginx/**/*.conf' --exclude '*.bak' --target /tmp/conf
-  floe restore latest:/srv/www --target /srv/www --delete      # make /srv/www match the snapshot`,
+  floe restore latest:/srv/www --target /srv/www --delete      # make /srv/www match the snapshot
+  floe restore latest:/srv/www --target /srv/www --delete -n -v   # first: what would it change?`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -101,6 +110,11 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 			if err != nil {
 				return err
 			}
+			opts := restore.Options{Target: target, Includes: includes,
+				Excludes: excludes, Verify: verify, NumericOwner: numeric, Overwrite: overwrite, Delete: del}
+			if dryRun {
+				return restoreDryRun(ctx, g, r, sn, sub, opts, verbose)
+			}
 			p := &restore.Progress{}
 			start := time.Now()
 			st := g.status()
@@ -111,8 +125,8 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
 					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load()}
 			})
-			res, err := restore.Run(ctx, r, sn.Tree, sub, restore.Options{Target: target, Includes: includes,
-				Excludes: excludes, Verify: verify, NumericOwner: numeric, Progress: p, Overwrite: overwrite, Delete: del})
+			opts.Progress = p
+			res, err := restore.Run(ctx, r, sn.Tree, sub, opts)
 			st.Stop()
 			stopJSON()
 			if err != nil {
@@ -155,8 +169,53 @@ symlinks, in the snapshot or already in the target, cannot escape it.`,
 	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
 	c.Flags().StringVar(&overwrite, "overwrite", "if-changed", "existing files: always, if-changed (leave identical ones alone) or never")
 	c.Flags().BoolVar(&del, "delete", false, "delete files in the target that the snapshot does not have")
+	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "write nothing: count what would be restored, overwritten and deleted")
+	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "with --dry-run: list each path and what would happen to it")
 	filter.add(c)
 	return c
+}
+
+// restoreDryRun prints what a restore would do (restore --dry-run).
+func restoreDryRun(ctx context.Context, g *globals, r *repo.Repository, sn *snapshot.Record, sub string, opts restore.Options, verbose bool) error {
+	start := time.Now()
+	var list func(action, rel string, size uint64)
+	if verbose {
+		list = func(action, rel string, size uint64) {
+			if g.json {
+				stdoutJSON.verbose(map[string]any{"action": action, "item": rel, "size": size})
+				return
+			}
+			fmt.Println(ui.Sanitize(fmt.Sprintf("%-9s  %10s  %s", action, ui.Bytes(size), ui.Path(rel))))
+		}
+	}
+	res, err := restore.DryRun(ctx, r, sn.Tree, sub, opts, list)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		errs := make([]string, 0, len(res.Errors))
+		for _, e := range res.Errors {
+			stdoutJSON.itemError("", "restore --dry-run", e)
+			errs = append(errs, e.Error())
+		}
+		stdoutJSON.summary(map[string]any{"snapshot": sn.ID.String(), "target": opts.Target, "dry_run": true,
+			"new": res.New, "new_bytes": res.NewBytes, "overwrite": res.Overwrite, "overwrite_bytes": res.OverwriteBytes,
+			"unchanged": res.Unchanged, "unchanged_bytes": res.UnchangedBytes, "delete": res.Delete, "delete_bytes": res.DeleteBytes,
+			"dirs": res.Dirs, "errors": errs, "duration_seconds": time.Since(start).Seconds()})
+	} else {
+		for _, e := range res.Errors {
+			g.warn("error: %v", e)
+		}
+		g.say("dry run of snapshot %s to %s (nothing written): would restore new %s (%s), overwrite %s (%s), leave unchanged %s (%s), delete %s (%s)",
+			sn.ID.Short(), opts.Target, ui.Count(res.New, "entry", "entries"), ui.Bytes(res.NewBytes),
+			ui.Count(res.Overwrite, "entry", "entries"), ui.Bytes(res.OverwriteBytes),
+			ui.Count(res.Unchanged, "entry", "entries"), ui.Bytes(res.UnchangedBytes),
+			ui.Count(res.Delete, "entry", "entries"), ui.Bytes(res.DeleteBytes))
+	}
+	if len(res.Errors) > 0 {
+		return &exitError{ExitPartial, fmt.Errorf("%s in the dry run", ui.Count(len(res.Errors), "error"))}
+	}
+	return nil
 }
 
 func newSnapshotsCommand(g *globals) *cobra.Command {

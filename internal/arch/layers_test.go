@@ -70,6 +70,7 @@ var layers = map[string]int{
 	"internal/mount":               layerOperation,
 	"internal/transfer":            layerOperation,
 	"internal/repair":              layerOperation,
+	"internal/rewrite":             layerOperation,  // floe rewrite: snapshots without excluded paths
 	"internal/snapimage":           layerOperation,  // a snapshot's file as an nbd.Image
 	"internal/testutil":            layerRepository, // test helpers: see testOnly
 	"internal/testutil/backuptest": layerOperation,

@@ -49,7 +49,16 @@ type Options struct {
 	DryRun bool
 	// Progress, if set, is updated as Run works.
 	Progress *Progress
+	// Holder names this prune in its lease (docs/FORMAT.md "Prune
+	// leases"); default the host name.
+	Holder string
+	// LeaseTTL is how long the lease counts without renewal (default
+	// DefaultLeaseTTL); it is renewed every third of it while Run works.
+	LeaseTTL time.Duration
 }
+
+// DefaultLeaseTTL: a prune that died stops others for at most this long.
+const DefaultLeaseTTL = 5 * time.Minute
 
 // Progress is updated while Run works; read it from another goroutine.
 type Progress struct {
@@ -201,11 +210,30 @@ type pruner struct {
 }
 
 // Run prunes r: see the package documentation. It needs a full key.
-func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error) {
+func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err error) {
 	if r.WriteOnly() {
 		return nil, repo.ErrWriteOnly
 	}
 	start := time.Now()
+	if !opts.DryRun {
+		lease, err := takeLease(ctx, r, opts)
+		if err != nil {
+			return nil, err
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		stop := lease.keep(ctx, cancel)
+		defer func() {
+			stop()
+			_ = lease.l.Release(context.WithoutCancel(ctx))
+		}()
+		defer func() {
+			if lerr := lease.err(); lerr != nil && err == nil {
+				err = lerr
+			}
+		}()
+	}
 	p := &pruner{r: r, opts: opts, res: &Result{DryRun: opts.DryRun, GraceSeconds: opts.Grace.Seconds(),
 		MaxUnused: opts.MaxUnused, Marks: []MarkInfo{}}}
 	if err := p.load(ctx); err != nil {

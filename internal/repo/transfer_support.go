@@ -119,3 +119,22 @@ func (r *Repository) FlushStored(ctx context.Context) error {
 }
 
 func isExist(err error) bool { return errors.Is(err, storage.ErrExist) }
+
+// Sibling opens the repository on be whose config was sealed and signed
+// with r's secrets (an export being written), with r's secrets and key,
+// so that it can be written through the ordinary write path (SaveBlob,
+// Flush, signed index files). Its index is not loaded.
+func (r *Repository) Sibling(ctx context.Context, be storage.Backend) (*Repository, error) {
+	data, err := storage.LoadAll(ctx, be, storage.Handle{Type: storage.Config}, maxConfigSize)
+	if err != nil {
+		return nil, fmt.Errorf("read config of %s: %w", be.Location(), err)
+	}
+	cfg, err := openConfig(data, r.secrets)
+	if err != nil {
+		return nil, fmt.Errorf("config of %s: %w", be.Location(), err)
+	}
+	if cfg.ID != r.cfg.ID {
+		return nil, fmt.Errorf("%s holds repository %s, not %s", be.Location(), cfg.ID, r.cfg.ID)
+	}
+	return newRepository(be, cfg, r.secrets, r.keyID, r.kdf)
+}

@@ -7,6 +7,7 @@ package stats
 import (
 	"context"
 	"fmt"
+	"sort"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -295,4 +296,68 @@ func Repository(ctx context.Context, r *repo.Repository) (*RepoTotals, error) {
 		t.StoredSize += uint64(loc.Length)
 	})
 	return t, nil
+}
+
+// HostCost is what one host's snapshots reference, and what of it no other
+// host's snapshots reference: what that host alone costs (for charge-back;
+// forgetting all its snapshots and pruning would free Own).
+type HostCost struct {
+	Host      string `json:"host"`
+	Snapshots int    `json:"snapshots"`
+	// Referenced: every blob the host's snapshots reference, once each.
+	Referenced Unique `json:"referenced"`
+	// Own: the blobs of Referenced that no other host's snapshot references.
+	Own Unique `json:"own"`
+}
+
+// ByHost measures, for each host of the snapshots snaps (all of the
+// repository's, for Own to mean "no other host"), what its snapshots
+// reference and what only they do. Sorted by host name.
+func ByHost(ctx context.Context, l walk.Loader, idx Index, snaps []*snapshot.Record) ([]HostCost, error) {
+	byHost := map[string][]hash.Ref{}
+	for _, s := range snaps {
+		byHost[s.Hostname] = append(byHost[s.Hostname], s.Tree)
+	}
+	hosts := make([]string, 0, len(byHost))
+	for h := range byHost {
+		hosts = append(hosts, h)
+	}
+	sort.Strings(hosts)
+	const shared = -1
+	owner := map[repo.BlobHandle]int{} // the one host that references it, or shared
+	sets := make([]blobSet, len(hosts))
+	for i, h := range hosts {
+		set := blobSet{}
+		if err := blobsOf(ctx, l, byHost[h], map[hash.ID]bool{}, func(b repo.BlobHandle, raw uint64) { set[b] = raw }); err != nil {
+			return nil, fmt.Errorf("host %s: %w", h, err)
+		}
+		for b := range set {
+			if o, ok := owner[b]; !ok {
+				owner[b] = i
+			} else if o != i {
+				owner[b] = shared
+			}
+		}
+		sets[i] = set
+	}
+	out := make([]HostCost, len(hosts))
+	for i, h := range hosts {
+		c := HostCost{Host: h, Snapshots: len(byHost[h])}
+		for b, raw := range sets[i] {
+			loc, ok := idx.Lookup(b)
+			if !ok {
+				continue // missing: `floe check` reports it
+			}
+			c.Referenced.Blobs++
+			c.Referenced.RawSize += raw
+			c.Referenced.StoredSize += uint64(loc.Length)
+			if owner[b] == i {
+				c.Own.Blobs++
+				c.Own.RawSize += raw
+				c.Own.StoredSize += uint64(loc.Length)
+			}
+		}
+		out[i] = c
+	}
+	return out, nil
 }

@@ -13,12 +13,10 @@ import (
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // ExportOptions tune Export.
@@ -30,7 +28,23 @@ type ExportOptions struct {
 	// Limits, if set, applies to the export directory too.
 	Limits *connect.Limits
 
+	// NewKey, if set, gives the export one fresh key record of its own
+	// instead of copies of all the source's key records, so that no
+	// password or key file of the source opens it (docs: README "Export").
+	// The record seals the source's master secrets, as every full key
+	// does: blobs and trees are stored as in the source.
+	NewKey *NewKey
+
 	wrapOut func(storage.Backend) storage.Backend // tests: interrupt the export
+}
+
+// NewKey is the export's own credential: a passphrase, or, when Password
+// is nil, a key file that Export hands to SaveKeyFile as soon as the key
+// record exists (before any data is written, so that an interrupted
+// export is never left without its key).
+type NewKey struct {
+	Password    []byte
+	SaveKeyFile func(*repo.KeyFile) error
 }
 
 // ExportResult summarizes an export.
@@ -38,17 +52,21 @@ type ExportResult struct {
 	Dir       string
 	Manifest  *Manifest
 	Packs     int    // packs in the export
-	Copied    int    // packs copied by this run (the others were there from an interrupted run)
+	Copied    int    // packs written by this run (the others were there from an interrupted run)
 	Bytes     uint64 // size of all the export's files
 	Resumed   bool   // an interrupted export was continued
 	BlobCount int    // blobs the snapshots need
+	// KeyID is the export's own key record (NewKey). A continued export
+	// keeps the key it has: KeyID is then empty.
+	KeyID string
 }
 
 // Export writes the snapshots snaps of src to dir as a self-contained
 // repository with src's config and keys (so the same password or key file
-// opens it): every pack that holds a blob the snapshots need, copied
-// verbatim, a fresh index file for those packs, and the snapshot records
-// verbatim. Then it writes MANIFEST.json (every file's path, size and
+// opens it; or one key of its own, opts.NewKey): the blobs the snapshots
+// need and nothing else, written into new packs by SaveBlob (the same
+// stored bytes and IDs as in src), signed index files for them, and the
+// snapshot records verbatim. Then it writes MANIFEST.json (every file's path, size and
 // BLAKE3 hash, the snapshot IDs, the time, the source repository's ID) and
 // last MANIFEST.json.b3 (the BLAKE3 of the manifest, in b3sum's format), so
 // that an export that did not finish has no valid manifest.
@@ -88,74 +106,38 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	e := &exporter{src: src, from: srcBe, to: out, verified: map[string]int64{}}
 	e.verified["config"] = int64(len(cfg))
 
-	// which packs the snapshots need
-	prog.setPhase("scan")
-	prog.SnapshotsTotal.Store(int64(len(snaps)))
-	roots := make([]hash.Ref, len(snaps))
-	for i, s := range snaps {
-		roots[i] = s.Tree
-	}
-	packs := map[hash.ID]bool{}
-	var missing errorList
-	need := func(h repo.BlobHandle) {
-		loc, ok := src.Index().Lookup(h)
-		if !ok {
-			missing.add("%s blob %s: %v", h.Type, h.ID.Short(), repo.ErrBlobNotFound)
-			return
-		}
-		packs[loc.Pack] = true
-	}
-	blobs := map[repo.BlobHandle]bool{}
-	err = walkTrees(ctx, src, roots, conns, func(id hash.Ref, t *snapshot.Tree) error {
-		blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id.ID}] = true
-		for _, n := range t.Nodes {
-			for _, b := range n.Content {
-				blobs[repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}] = true
-			}
-		}
-		return nil
-	}, func(id hash.Ref, err error) error {
-		return fmt.Errorf("load tree %s: %w (run `floe check` on the source)", id.Short(), err)
-	})
-	if err != nil {
-		return nil, err
-	}
-	for h := range blobs {
-		need(h)
-	}
-	res.BlobCount = len(blobs)
-	if missing.count > 0 {
-		return nil, fmt.Errorf("the source lacks %s the snapshots need (run `floe check` on it): %v", ui.Count(missing.count, "blob"), missing.list[0])
-	}
-
-	// keys, packs, index, snapshots
 	prog.setPhase("export")
-	keys, err := listNames(ctx, srcBe, storage.Key)
+	// only the blobs the snapshots need, through the repository's own
+	// write path: new packs, signed index files. Blobs are convergent,
+	// so their IDs, the trees and the snapshot records stay the same, and
+	// no other host's data rides along in a shared pack.
+	exp, err := src.Sibling(ctx, out)
 	if err != nil {
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	// keys: the source's records, or one fresh record (NewKey)
+	if err := e.writeKeys(ctx, exp, opts.NewKey, res); err != nil {
 		return nil, err
 	}
-	for _, k := range keys {
-		if err := e.copyObject(ctx, storage.Handle{Type: storage.Key, Name: k}); err != nil {
-			return nil, err
+	if err := exp.LoadIndex(ctx); err != nil { // an interrupted run's packs count
+		return nil, fmt.Errorf("export: %w", err)
+	}
+	prog.SnapshotsTotal.Store(int64(len(snaps)))
+	before := exp.SavedStats()
+	c := newCopier(ctx, src, exp, true, Options{Connections: conns}.withConnections(), prog)
+	for _, s := range snaps {
+		_, err := c.copySnapshot(s.Tree)
+		if err == nil {
+			err = c.flush()
+		}
+		if err != nil {
+			c.abort()
+			return nil, c.explain(ctx, s, err)
 		}
 	}
-	ids := make([]hash.ID, 0, len(packs))
-	for p := range packs {
-		ids = append(ids, p)
-	}
-	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
-	infos, copied, err := e.copyPacks(ctx, ids, conns, prog)
-	if err != nil {
-		return nil, err
-	}
-	res.Packs, res.Copied = len(infos), copied
-	idxID, err := src.SaveIndexFileTo(ctx, out, &repo.IndexFile{Packs: infos})
-	if err != nil {
-		return nil, err
-	}
-	if err := e.markVerified(ctx, storage.Handle{Type: storage.Index, Name: idxID.String()}); err != nil {
-		return nil, err
-	}
+	c.stop()
+	res.BlobCount = len(c.blobs) + len(c.trees)
+	res.Copied = int(statsSince(exp.SavedStats(), before).Packs)
 	for _, s := range snaps {
 		if err := e.copyObject(ctx, storage.Handle{Type: storage.Snapshot, Name: s.ID.String()}); err != nil {
 			return nil, err
@@ -197,6 +179,9 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 		}
 		m.Files = append(m.Files, f)
 		res.Bytes += uint64(f.Size)
+		if h.Type == storage.Pack {
+			res.Packs++
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -283,19 +268,6 @@ func (e *exporter) present(ctx context.Context, h storage.Handle) ([]byte, bool,
 	return nil, false, nil
 }
 
-// markVerified records an object written by this run (an index file).
-func (e *exporter) markVerified(ctx context.Context, h storage.Handle) error {
-	data, ok, err := e.present(ctx, h)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return fmt.Errorf("export: %s was not written", h)
-	}
-	e.verifiedObject(h, len(data))
-	return nil
-}
-
 // copyObject copies one object verbatim (after checking it against its
 // name), unless the export has it already.
 func (e *exporter) copyObject(ctx context.Context, h storage.Handle) error {
@@ -318,73 +290,44 @@ func (e *exporter) copyObject(ctx context.Context, h storage.Handle) error {
 	return nil
 }
 
-// copyPacks copies the packs verbatim, conns at a time, and returns their
-// index entries, read from their headers, and how many it copied.
-func (e *exporter) copyPacks(ctx context.Context, ids []hash.ID, conns int, prog *Progress) ([]repo.PackInfo, int, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var (
-		mu     sync.Mutex
-		infos  []repo.PackInfo
-		copied int
-		first  error
-	)
-	fail := func(err error) {
-		mu.Lock()
-		if first == nil {
-			first = err
-		}
-		mu.Unlock()
-		cancel()
-	}
-	par.For(ctx, len(ids), conns, func(_, i int) {
-		id := ids[i]
-		h := storage.Handle{Type: storage.Pack, Name: id.String()}
-		data, ok, err := e.present(ctx, h)
+// writeKeys gives the export its key records: copies of the source's,
+// or one new record of nk's credential. An export continued keeps the
+// records it has.
+func (e *exporter) writeKeys(ctx context.Context, exp *repo.Repository, nk *NewKey, res *ExportResult) error {
+	if nk == nil {
+		keys, err := listNames(ctx, e.from, storage.Key)
 		if err != nil {
-			fail(fmt.Errorf("export: %w", err))
-			return
+			return err
 		}
-		var info repo.PackInfo
-		if ok {
-			if info, err = repo.PackInfoFromBytes(id, data); err != nil {
-				// intact bytes that do not decode: not from this source
-				fail(fmt.Errorf("export: %s in the export directory: %w", h, err))
-				return
+		for _, k := range keys {
+			if err := e.copyObject(ctx, storage.Handle{Type: storage.Key, Name: k}); err != nil {
+				return err
 			}
-		} else {
-			if data, err = repo.LoadWhole(ctx, e.from, h); err != nil {
-				fail(fmt.Errorf("export: %w", err))
-				return
-			}
-			prog.BytesRead.Add(int64(len(data)))
-			if info, err = repo.PackInfoFromBytes(id, data); err != nil {
-				fail(fmt.Errorf("export: the source's %w (run `floe check`)", err))
-				return
-			}
-			if err := e.to.Save(ctx, h, data); err != nil {
-				fail(fmt.Errorf("export: %w", err))
-				return
-			}
-			prog.BytesSent.Add(int64(len(data)))
 		}
-		e.verifiedObject(h, len(data))
-		mu.Lock()
-		infos = append(infos, info)
-		if !ok {
-			copied++
-		}
-		mu.Unlock()
-		prog.BlobsDone.Add(int64(len(info.Blobs)))
-	})
-	if first != nil {
-		return nil, 0, first
+		return nil
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, 0, err
+	have, err := listNames(ctx, e.to, storage.Key)
+	if err != nil {
+		return fmt.Errorf("export: %w", err)
 	}
-	sort.Slice(infos, func(i, j int) bool { return string(infos[i].ID[:]) < string(infos[j].ID[:]) })
-	return infos, copied, nil
+	if len(have) > 0 {
+		return nil
+	}
+	id, kf, err := exp.AddKey(ctx, nk.Password, false)
+	if err != nil {
+		return fmt.Errorf("export: the new key: %w", err)
+	}
+	if kf != nil {
+		if nk.SaveKeyFile == nil {
+			return errors.New("export: a new key file, but nowhere to save it")
+		}
+		if err := nk.SaveKeyFile(kf); err != nil {
+			_ = e.to.Remove(ctx, storage.Handle{Type: storage.Key, Name: id})
+			return fmt.Errorf("export: save the new key file: %w", err)
+		}
+	}
+	res.KeyID = id
+	return nil
 }
 
 func listNames(ctx context.Context, be storage.Backend, t storage.FileType) ([]string, error) {

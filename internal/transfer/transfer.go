@@ -8,9 +8,11 @@
 //     rewritten bottom-up. A copy that is interrupted keeps what it stored;
 //     running it again skips the snapshots and blobs that arrived.
 //   - Export writes a self-contained repository to a directory (a removable
-//     disk): the source's config and keys, the packs the snapshots need,
-//     copied verbatim, a fresh index, the snapshot records, and a manifest
-//     of every file's size and BLAKE3 hash, written last.
+//     disk): the source's config and keys (or one key of its own), only
+//     the blobs the snapshots need, in new packs written through the
+//     repository's write path (blobs are convergent: IDs, trees and
+//     snapshot records stay the same), and a manifest of every file's
+//     size and BLAKE3 hash, written last.
 //   - Import checks an export against its manifest, then copies its
 //     snapshots into a repository and reads them back.
 //

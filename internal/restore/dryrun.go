@@ -1,0 +1,299 @@
+package restore
+
+// The dry run of a restore: what Run would create, overwrite, leave alone
+// and delete, found by looking at the target only. It is a separate walk
+// (not a flag threaded through Run's writing code) so that nothing in it
+// can write: it opens no file for writing, makes no directory, and reads
+// existing files only to compare them with the snapshot.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// Actions of a dry run.
+const (
+	ActionNew       = "new"       // nothing is there: it would be created
+	ActionOverwrite = "overwrite" // something else is there: it would be replaced
+	ActionUnchanged = "unchanged" // identical (if-changed), or kept (never)
+	ActionDelete    = "delete"    // not in the snapshot: --delete would remove it
+)
+
+// DryRunResult counts what a restore would do, in entries and in the
+// bytes of regular files (for deletions: the size of what is there,
+// directories' contents included).
+type DryRunResult struct {
+	New, Overwrite, Unchanged, Delete                     uint64
+	NewBytes, OverwriteBytes, UnchangedBytes, DeleteBytes uint64
+	Dirs                                                  uint64 // directories the restore would create or use
+	Errors                                                []error
+}
+
+// DryRun reports what Run(ctx, r, rootTree, subpath, opts) would do,
+// writing nothing. list, if set, is called for each entry with its action,
+// its path relative to the target and its size.
+func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath string, opts Options, list func(action, rel string, size uint64)) (*DryRunResult, error) {
+	if r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	switch opts.Overwrite {
+	case "":
+		opts.Overwrite = OverwriteIfChanged
+	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
+	default:
+		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
+	}
+	incl, err := pathmatch.New(opts.Includes)
+	if err != nil {
+		return nil, err
+	}
+	excl, err := pathmatch.New(opts.Excludes)
+	if err != nil {
+		return nil, err
+	}
+	d := &dryRun{r: r, opts: opts, list: list, rs: &restorer{incl: incl, excl: excl}, res: &DryRunResult{}}
+	if root, err := os.OpenRoot(opts.Target); err == nil {
+		defer root.Close()
+		d.root = root
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("open target: %w", err)
+	}
+	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+	if err != nil {
+		return nil, fmt.Errorf("load root tree: %w", err)
+	}
+	snapPath := "/"
+	comps := strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/")
+	for i, c := range comps {
+		if c == "" {
+			continue
+		}
+		n := tree.Find(c)
+		if n == nil {
+			return nil, fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
+		}
+		snapPath = path.Join(snapPath, c)
+		if n.Type != snapshot.TypeDir {
+			if i < len(comps)-1 {
+				return nil, fmt.Errorf("path %s: %s is a %s, not a directory", path.Clean("/"+subpath), snapPath, n.Type)
+			}
+			d.walk(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{n}}, path.Dir(snapPath), "", opts.Delete)
+			return d.res, ctx.Err()
+		}
+		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
+			return nil, fmt.Errorf("load tree of %s: %w", snapPath, err)
+		}
+	}
+	d.walk(ctx, tree, snapPath, "", opts.Delete)
+	return d.res, ctx.Err()
+}
+
+type dryRun struct {
+	r    *repo.Repository
+	opts Options
+	list func(action, rel string, size uint64)
+	rs   *restorer // for its selection rules only
+	root *os.Root  // nil: the target does not exist
+	res  *DryRunResult
+	buf  []byte
+}
+
+func (d *dryRun) report(action, rel string, size uint64) {
+	switch action {
+	case ActionNew:
+		d.res.New++
+		d.res.NewBytes += size
+	case ActionOverwrite:
+		d.res.Overwrite++
+		d.res.OverwriteBytes += size
+	case ActionUnchanged:
+		d.res.Unchanged++
+		d.res.UnchangedBytes += size
+	case ActionDelete:
+		d.res.Delete++
+		d.res.DeleteBytes += size
+	}
+	if d.list != nil {
+		d.list(action, rel, size)
+	}
+}
+
+// lstat is what the target has at rel (nil: nothing, or no target).
+func (d *dryRun) lstat(rel string) fs.FileInfo {
+	if d.root == nil {
+		return nil
+	}
+	fi, err := d.root.Lstat(rel)
+	if err != nil {
+		return nil
+	}
+	return fi
+}
+
+// walk mirrors Run's plan; it returns whether anything below is restored.
+func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir string, del bool) bool {
+	any := false
+	for _, n := range tree.Nodes {
+		if ctx.Err() != nil {
+			return any
+		}
+		if err := snapshot.CheckName(n.Name); err != nil {
+			d.res.Errors = append(d.res.Errors, fmt.Errorf("%s: %w: %v", path.Join(snapDir, n.Name), ErrUnsafeName, err))
+			continue
+		}
+		sp := path.Join(snapDir, n.Name)
+		rel := n.Name
+		if relDir != "" {
+			rel = relDir + "/" + n.Name
+		}
+		restore, descend := d.rs.selected(sp, n.Type == snapshot.TypeDir)
+		if n.Type == snapshot.TypeDir {
+			if !restore && !descend {
+				continue
+			}
+			sub, err := snapshot.LoadTree(ctx, d.r, n.Subtree)
+			if err != nil {
+				d.res.Errors = append(d.res.Errors, fmt.Errorf("%s: %w", sp, err))
+				continue
+			}
+			fi := d.lstat(rel)
+			if fi != nil && !fi.IsDir() && (restore || d.rs.incl.Empty()) {
+				d.report(ActionOverwrite, rel, 0) // a file where the snapshot has a directory
+			}
+			if d.walk(ctx, sub, sp, rel, d.opts.Delete) || restore || d.rs.incl.Empty() {
+				d.res.Dirs++
+				any = true
+				if fi == nil {
+					d.report(ActionNew, rel+"/", 0)
+				}
+			}
+			continue
+		}
+		if !restore {
+			continue
+		}
+		any = true
+		d.entry(rel, n)
+	}
+	if del && d.root != nil {
+		d.extra(tree, relDir)
+	}
+	return any
+}
+
+// entry reports one file, symlink or special file.
+func (d *dryRun) entry(rel string, n *snapshot.Node) {
+	size := uint64(0)
+	if n.Type == snapshot.TypeFile {
+		size = n.Size
+	}
+	fi := d.lstat(rel)
+	switch {
+	case fi == nil:
+		d.report(ActionNew, rel, size)
+	case d.opts.Overwrite == OverwriteNever:
+		d.report(ActionUnchanged, rel, size)
+	case d.opts.Overwrite == OverwriteIfChanged && n.Type == snapshot.TypeFile && fi.Mode().IsRegular() &&
+		uint64(fi.Size()) == n.Size && d.sameContent(rel, n):
+		d.report(ActionUnchanged, rel, size)
+	case d.opts.Overwrite == OverwriteIfChanged && n.Type == snapshot.TypeSymlink && fi.Mode()&os.ModeSymlink != 0 && d.sameLink(rel, n):
+		d.report(ActionUnchanged, rel, size)
+	default:
+		d.report(ActionOverwrite, rel, size)
+	}
+}
+
+func (d *dryRun) sameLink(rel string, n *snapshot.Node) bool {
+	target, err := d.root.Readlink(rel)
+	return err == nil && target == n.LinkTarget
+}
+
+// sameContent compares a file of the target with the snapshot chunk by
+// chunk: each chunk's keyed hash against the key of its Ref.
+func (d *dryRun) sameContent(rel string, n *snapshot.Node) bool {
+	if len(n.ChunkSizes) != len(n.Content) {
+		return false
+	}
+	f, err := d.root.Open(rel)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	for i, ref := range n.Content {
+		sz := int(n.ChunkSizes[i])
+		if cap(d.buf) < sz {
+			d.buf = make([]byte, sz)
+		}
+		b := d.buf[:sz]
+		if _, err := io.ReadFull(f, b); err != nil {
+			return false
+		}
+		if d.r.BlobKey(b) != ref.Key {
+			return false
+		}
+	}
+	var one [1]byte
+	_, err = f.Read(one[:])
+	return err == io.EOF
+}
+
+// extra reports the entries of the target's directory relDir that the
+// snapshot's tree does not have (what --delete would remove).
+func (d *dryRun) extra(tree *snapshot.Tree, relDir string) {
+	dir := relDir
+	if dir == "" {
+		dir = "."
+	}
+	fi := d.lstat(dir)
+	if fi == nil || !fi.IsDir() {
+		return
+	}
+	f, err := d.root.Open(dir)
+	if err != nil {
+		return
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		d.res.Errors = append(d.res.Errors, fmt.Errorf("list %s for --delete: %w", dir, err))
+		return
+	}
+	for _, name := range names {
+		if tree.Find(name) != nil {
+			continue
+		}
+		rel := name
+		if relDir != "" {
+			rel = relDir + "/" + name
+		}
+		d.report(ActionDelete, rel, d.sizeBelow(rel))
+	}
+}
+
+// sizeBelow is the size of the regular files at and below rel.
+func (d *dryRun) sizeBelow(rel string) uint64 {
+	var total uint64
+	_ = fs.WalkDir(d.root.FS(), rel, func(_ string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if e.Type().IsRegular() {
+			if fi, err := e.Info(); err == nil {
+				total += uint64(fi.Size())
+			}
+		}
+		return nil
+	})
+	return total
+}
