@@ -467,6 +467,26 @@ func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 	}
 	x.replaced = Superseded(files)
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	// Size the maps for what is coming: growing a map of millions of
+	// entries by doubling rehashes each entry several times and leaves it
+	// half empty after its last growth (measured on 1M chunks in 1,000
+	// index files, bench/SCALE.md).
+	var nblobs, npacks int
+	for _, id := range ids {
+		if !x.replaced[id] {
+			npacks += len(files[id].Packs)
+			for _, p := range files[id].Packs {
+				nblobs += len(p.Blobs)
+			}
+		}
+	}
+	if len(x.blobs) == 0 && nblobs > 0 {
+		x.blobs = make(map[BlobHandle]indexEntry, nblobs)
+	}
+	if len(x.packPos) == 0 && npacks > 0 {
+		x.packPos = make(map[hash.ID]uint32, npacks)
+		x.packs = make([]indexPack, 0, npacks)
+	}
 	for _, id := range ids {
 		if !x.replaced[id] {
 			x.addPacks(files[id].Packs, files[id].EntriesTrusted(), false)
