@@ -77,7 +77,7 @@ type indexPack struct {
 // Safe for concurrent use.
 type Index struct {
 	mu       sync.RWMutex
-	blobs    map[BlobHandle]indexEntry
+	blobs    blobTable
 	extra    map[BlobHandle][]copyLoc // copies beyond the best one (rare)
 	packs    []indexPack
 	packPos  map[hash.ID]uint32
@@ -93,7 +93,7 @@ type Index struct {
 }
 
 func newIndex() *Index {
-	return &Index{blobs: map[BlobHandle]indexEntry{}, extra: map[BlobHandle][]copyLoc{}, packPos: map[hash.ID]uint32{},
+	return &Index{blobs: newBlobTable(), extra: map[BlobHandle][]copyLoc{}, packPos: map[hash.ID]uint32{},
 		files: map[hash.ID]bool{}, replaced: map[hash.ID]bool{}, marked: map[hash.ID]bool{},
 		grace: DefaultGCGrace}
 }
@@ -133,35 +133,35 @@ func (x *Index) addPacks(packs []PackInfo, trusted, own bool) {
 }
 
 func (x *Index) addCopy(h BlobHandle, c copyLoc, own bool) {
-	e, dup := x.blobs[h]
+	e, dup := x.blobs.get(h)
 	if !dup {
-		x.blobs[h] = indexEntry{copyLoc: c, referenced: own}
+		x.blobs.set(h, indexEntry{copyLoc: c, referenced: own})
 		return
 	}
 	e.referenced = e.referenced || own
 	same := func(o copyLoc) bool { return o.pack == c.pack && o.offset == c.offset && o.length == c.length }
 	if same(e.copyLoc) {
 		e.trusted = e.trusted || c.trusted
-		x.blobs[h] = e
+		x.blobs.set(h, e)
 		return
 	}
 	ex := x.extra[h]
 	for i := range ex {
 		if same(ex[i]) {
 			ex[i].trusted = ex[i].trusted || c.trusted
-			x.blobs[h] = e
+			x.blobs.set(h, e)
 			x.rerank(h)
 			return
 		}
 	}
 	x.extra[h] = append(ex, c)
-	x.blobs[h] = e
+	x.blobs.set(h, e)
 	x.rerank(h)
 }
 
 // rerank makes the best copy of h the primary one.
 func (x *Index) rerank(h BlobHandle) {
-	e := x.blobs[h]
+	e, _ := x.blobs.get(h)
 	ex := x.extra[h]
 	best := -1
 	for i := range ex {
@@ -171,7 +171,7 @@ func (x *Index) rerank(h BlobHandle) {
 	}
 	if best >= 0 {
 		e.copyLoc, ex[best] = ex[best], e.copyLoc
-		x.blobs[h] = e
+		x.blobs.set(h, e)
 	}
 }
 
@@ -180,13 +180,13 @@ func (x *Index) setCopy(h BlobHandle, pack hash.ID, offset uint32, fn func(*copy
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	pos, ok := x.packPos[pack]
-	e, found := x.blobs[h]
+	e, found := x.blobs.get(h)
 	if !ok || !found {
 		return
 	}
 	if e.pack == pos && e.offset == offset {
 		fn(&e.copyLoc)
-		x.blobs[h] = e
+		x.blobs.set(h, e)
 	}
 	for i, c := range x.extra[h] {
 		if c.pack == pos && c.offset == offset {
@@ -212,14 +212,14 @@ func (x *Index) markBad(h BlobHandle, loc Location) {
 // those were verified when that snapshot was made, so trust is not asked.
 func (x *Index) use(h BlobHandle) bool {
 	x.mu.RLock()
-	e, ok := x.blobs[h]
+	e, ok := x.blobs.get(h)
 	ok = ok && !e.bad && !x.packs[e.pack].marked
 	x.mu.RUnlock()
 	if ok && !e.referenced {
 		x.mu.Lock()
-		if e, found := x.blobs[h]; found {
+		if e, found := x.blobs.get(h); found {
 			e.referenced = true
-			x.blobs[h] = e
+			x.blobs.set(h, e)
 		}
 		x.mu.Unlock()
 	}
@@ -238,7 +238,7 @@ const (
 func (x *Index) dedup(h BlobHandle) dedupState {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	e, ok := x.blobs[h]
+	e, ok := x.blobs.get(h)
 	switch {
 	case !ok || e.bad || x.packs[e.pack].marked:
 		return absent
@@ -258,7 +258,7 @@ func (x *Index) Marked(pack hash.ID) bool {
 // Has reports whether the blob is in the index.
 func (x *Index) Has(h BlobHandle) bool {
 	x.mu.RLock()
-	_, ok := x.blobs[h]
+	_, ok := x.blobs.get(h)
 	x.mu.RUnlock()
 	return ok
 }
@@ -271,7 +271,7 @@ func (x *Index) loc(c copyLoc) Location {
 func (x *Index) Lookup(h BlobHandle) (Location, bool) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	e, ok := x.blobs[h]
+	e, ok := x.blobs.get(h)
 	if !ok {
 		return Location{}, false
 	}
@@ -283,7 +283,7 @@ func (x *Index) Lookup(h BlobHandle) (Location, bool) {
 func (x *Index) Copies(h BlobHandle) []Location {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	e, ok := x.blobs[h]
+	e, ok := x.blobs.get(h)
 	if !ok {
 		return nil
 	}
@@ -305,7 +305,7 @@ func (x *Index) Copies(h BlobHandle) []Location {
 func (x *Index) Len() int {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return len(x.blobs)
+	return x.blobs.len()
 }
 
 // Each calls fn for every blob with its best copy, in no particular order,
@@ -313,9 +313,9 @@ func (x *Index) Len() int {
 func (x *Index) Each(fn func(BlobHandle, Location)) {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	for h, e := range x.blobs {
+	x.blobs.each(func(h BlobHandle, e indexEntry) {
 		fn(h, x.loc(e.copyLoc))
-	}
+	})
 }
 
 // Packs returns the IDs of all packs the index names, sorted.
@@ -467,10 +467,23 @@ func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 	}
 	x.replaced = Superseded(files)
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
-	// Size the maps for what is coming: growing a map of millions of
-	// entries by doubling rehashes each entry several times and leaves it
-	// half empty after its last growth (measured on 1M chunks in 1,000
-	// index files, bench/SCALE.md).
+	if x.blobs.len() == 0 {
+		x.buildFiles(ids, files)
+		return
+	}
+	for _, id := range ids {
+		if !x.replaced[id] {
+			x.addPacks(files[id].Packs, files[id].Trusted, false)
+		}
+	}
+}
+
+// buildFiles fills an empty index with the files ids (none superseded):
+// every first copy of a blob goes into the table's sorted array at once,
+// and further copies are merged one by one, exactly as addPacks would.
+func (x *Index) buildFiles(ids []hash.ID, files map[hash.ID]*IndexFile) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
 	var nblobs, npacks int
 	for _, id := range ids {
 		if !x.replaced[id] {
@@ -480,17 +493,33 @@ func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 			}
 		}
 	}
-	if len(x.blobs) == 0 && nblobs > 0 {
-		x.blobs = make(map[BlobHandle]indexEntry, nblobs)
-	}
-	if len(x.packPos) == 0 && npacks > 0 {
+	if len(x.packs) == 0 {
 		x.packPos = make(map[hash.ID]uint32, npacks)
 		x.packs = make([]indexPack, 0, npacks)
 	}
+	copies := make([]loadCopy, 0, nblobs)
 	for _, id := range ids {
-		if !x.replaced[id] {
-			x.addPacks(files[id].Packs, files[id].EntriesTrusted(), false)
+		if x.replaced[id] {
+			continue
 		}
+		f := files[id]
+		for _, p := range f.Packs {
+			pos, ok := x.packPos[p.ID]
+			if !ok {
+				pos = uint32(len(x.packs))
+				x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
+				x.packPos[p.ID] = pos
+			}
+			for _, b := range p.Blobs {
+				h := BlobHandle{b.Type, b.ID}
+				copies = append(copies, loadCopy{prefix: prefixOf(&h.ID),
+					entry: compact(h, indexEntry{copyLoc: copyLoc{pack: pos, offset: b.Offset, length: b.Length, trusted: f.EntriesTrusted()}})})
+			}
+		}
+	}
+	for _, d := range x.blobs.build(copies) {
+		e := d.entry.entry()
+		x.addCopy(d.entry.handle(d.prefix), e.copyLoc, false)
 	}
 }
 
