@@ -489,7 +489,7 @@ func (x *Index) addFiles(files map[hash.ID]*IndexFile) {
 	}
 	for _, id := range ids {
 		if !x.replaced[id] {
-			x.addPacks(files[id].Packs, files[id].Trusted, false)
+			x.addPacks(files[id].Packs, files[id].EntriesTrusted(), false)
 		}
 	}
 }
