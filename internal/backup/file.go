@@ -91,8 +91,10 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 		if attempt == 0 && (before.ino != job.node.Inode || before.dev != job.node.Device) {
 			return fmt.Errorf("file was replaced between listing and opening")
 		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return err
+		if attempt > 0 { // a fresh descriptor is at offset 0 already
+			if _, err := f.Seek(0, io.SeekStart); err != nil {
+				return err
+			}
 		}
 		sparse := before.blocks*512 < int64(before.size)
 		content, sizes, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
@@ -133,12 +135,23 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 		total  uint64
 		segErr error
 	)
+	// A small file is hashed and saved here, by its reader: handing its
+	// one chunk to a saver and waiting for it cost two goroutine wake-ups
+	// per file, more than the hashing on a tree of small files. A large
+	// file's chunks still go to the savers, so that one file uses every
+	// core.
+	inline := !sparse && size <= smallFile
 	addChunk := func(data []byte, release bool, known *hash.ID) {
 		slot := new(hash.Ref)
 		slots = append(slots, slot)
 		sizes = append(sizes, uint32(len(data)))
 		wg.Add(1)
-		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
+		job := &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
+		if inline {
+			a.saveChunk(ctx, job)
+			return
+		}
+		a.chunkJobs <- job
 	}
 	chunkRange := func(rd io.Reader) error {
 		ch.Reset(rd)
@@ -177,7 +190,10 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 			return nil
 		})
 	} else {
-		segErr = chunkRange(f)
+		// Up to the size seen before reading: a file that grew is found
+		// by the stat after reading (and read again), and the chunker
+		// does not need one more read to see the end of the file.
+		segErr = chunkRange(io.LimitReader(f, int64(size)))
 	}
 	wg.Wait()
 	if segErr != nil {
@@ -219,31 +235,40 @@ func (a *archiver) zeroKey(n int) hash.ID {
 	return key
 }
 
+// smallFile is the size up to which a file's chunks are saved by the
+// goroutine that reads it (chunkFile).
+const smallFile = 256 << 10
+
 // blobSaver hashes and stores chunks.
 func (a *archiver) blobSaver(ctx context.Context) {
 	for job := range a.chunkJobs {
-		if job.errp.Load() == nil {
-			var key hash.ID
-			if job.known != nil {
-				key = *job.known
-			} else {
-				key = a.r.BlobKey(job.data)
-			}
-			ref, err := a.saveBlob(ctx, repo.DataBlob, key, job.data)
-			*job.slot = ref
-			if err != nil {
-				job.errp.CompareAndSwap(nil, &err)
-			}
-		}
-		if job.release {
-			data := job.data[:0]
-			if cap(data) > 4*int(a.params.Avg) {
-				data = nil // a rare huge chunk: do not keep its buffer
-			}
-			a.bufs <- data
-		}
-		job.wg.Done()
+		a.saveChunk(ctx, job)
 	}
+}
+
+// saveChunk hashes and stores one chunk and releases its buffer.
+func (a *archiver) saveChunk(ctx context.Context, job *chunkJob) {
+	if job.errp.Load() == nil {
+		var key hash.ID
+		if job.known != nil {
+			key = *job.known
+		} else {
+			key = a.r.BlobKey(job.data)
+		}
+		ref, err := a.saveBlob(ctx, repo.DataBlob, key, job.data)
+		*job.slot = ref
+		if err != nil {
+			job.errp.CompareAndSwap(nil, &err)
+		}
+	}
+	if job.release {
+		data := job.data[:0]
+		if cap(data) > 4*int(a.params.Avg) {
+			data = nil // a rare huge chunk: do not keep its buffer
+		}
+		a.bufs <- data
+	}
+	job.wg.Done()
 }
 
 // saveStdin backs up a stream as a single file in the root tree.

@@ -311,7 +311,7 @@ func Apply(path string, n *snapshot.Node, opts ApplyOptions) error {
 	var errs []error
 
 	uid, gid := owner(n, opts)
-	if mayChown(uid, gid, os.Geteuid(), os.Getegid()) {
+	if euid, egid := effectiveIDs(); mayChown(uid, gid, euid, egid) {
 		if err := unix.Lchown(path, int(uid), int(gid)); err != nil {
 			errs = append(errs, fmt.Errorf("lchown %d:%d: %w", uid, gid, err))
 		}
@@ -366,10 +366,15 @@ func owner(n *snapshot.Node, opts ApplyOptions) (uid, gid uint32) {
 // ApplyFile is Apply for an open regular file: it works on the file
 // descriptor, so restoring many files costs no path lookups.
 func ApplyFile(f *os.File, n *snapshot.Node, opts ApplyOptions) error {
-	fd := int(f.Fd())
+	return ApplyFd(int(f.Fd()), f.Name(), n, opts)
+}
+
+// ApplyFd is ApplyFile for a raw file descriptor; name is only for errors.
+func ApplyFd(fd int, name string, n *snapshot.Node, opts ApplyOptions) error {
 	var errs []error
 	uid, gid := owner(n, opts)
-	if mayChown(uid, gid, os.Geteuid(), os.Getegid()) {
+	euid, egid := effectiveIDs()
+	if mayChown(uid, gid, euid, egid) {
 		if err := unix.Fchown(fd, int(uid), int(gid)); err != nil {
 			errs = append(errs, fmt.Errorf("fchown %d:%d: %w", uid, gid, err))
 		}
@@ -390,10 +395,15 @@ func ApplyFile(f *os.File, n *snapshot.Node, opts ApplyOptions) error {
 		}
 	}
 	if len(errs) > 0 {
-		return &ApplyError{Path: f.Name(), Errs: errs}
+		return &ApplyError{Path: name, Errs: errs}
 	}
 	return nil
 }
+
+// effectiveIDs are the process's effective user and group IDs, asked once:
+// restore applies metadata to every file, and two system calls per file
+// for an answer that never changes were a measurable share of them.
+var effectiveIDs = sync.OnceValues(func() (int, int) { return os.Geteuid(), os.Getegid() })
 
 func mayChown(uid, gid uint32, euid, egid int) bool {
 	return euid == 0 || (int64(uid) == int64(euid) && int64(gid) == int64(egid))

@@ -15,12 +15,30 @@ import (
 // OpenForRead opens a file for reading without following a final symlink
 // and, where allowed (owner or root), without updating its access time, so
 // that reading for a backup or an audit leaves no trace on the file.
+//
+// The descriptor is opened with a raw system call and wrapped with
+// os.NewFile: os.OpenFile would try to register it with the runtime's
+// poller, an epoll_ctl that always fails for a regular file, plus fcntl
+// calls, for every file a backup reads.
 func OpenForRead(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NOATIME, 0)
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := openRetry(path, flags|unix.O_NOATIME)
 	if errors.Is(err, syscall.EPERM) {
-		f, err = os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+		fd, err = openRetry(path, flags)
 	}
-	return f, err
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+func openRetry(path string, flags int) (int, error) {
+	for {
+		fd, err := unix.Open(path, flags, 0)
+		if !errors.Is(err, syscall.EINTR) {
+			return fd, err
+		}
+	}
 }
 
 // Segments walks the data and hole regions of the first size bytes of f

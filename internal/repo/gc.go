@@ -292,11 +292,11 @@ func (r *Repository) VerifyReferences(ctx context.Context) error {
 	}
 	doubt := map[BlobHandle]hash.ID{} // blob -> the pack it was found in
 	x.mu.RLock()
-	for h, e := range x.blobs {
+	x.blobs.each(func(h BlobHandle, e indexEntry) {
 		if e.referenced && !ok(x.packs[e.pack].id) {
 			doubt[h] = x.packs[e.pack].id
 		}
-	}
+	})
 	x.mu.RUnlock()
 	if len(doubt) == 0 {
 		return nil

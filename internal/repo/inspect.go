@@ -78,15 +78,15 @@ func (x *Index) ResolveBlobPrefix(prefix string, types ...BlobType) (BlobHandle,
 		match BlobHandle
 		n     int
 	)
-	for h := range x.blobs {
+	x.blobs.each(func(h BlobHandle, _ indexEntry) {
 		if len(types) > 0 && !containsType(types, h.Type) {
-			continue
+			return
 		}
 		if strings.HasPrefix(hex.EncodeToString(h.ID[:nb]), prefix) {
 			match = h
 			n++
 		}
-	}
+	})
 	switch n {
 	case 0:
 		return BlobHandle{}, fmt.Errorf("no blob with ID %q: %w", prefix, ErrBlobNotFound)

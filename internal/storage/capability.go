@@ -123,3 +123,24 @@ type Origins interface {
 	// record; objects stored before records were kept have none.
 	Origins(ctx context.Context, t FileType) (map[string]Origin, error)
 }
+
+// RangeOpener is implemented by backends that can open an object once and
+// read ranges of it into the caller's buffers (the local backend): restore
+// reads hundreds of blobs from one pack, and a file open, a stat and a fresh
+// buffer for each of them were most of its system time.
+//
+// Callers look for it on the backend itself, not with As: a wrapper that
+// meters or limits loads (limit.Backend) must not be bypassed, and it hides
+// the capability simply by not implementing it.
+type RangeOpener interface {
+	OpenRange(ctx context.Context, h Handle) (ObjectReader, error)
+}
+
+// ObjectReader reads ranges of one stored object.
+type ObjectReader interface {
+	// ReadAt fills p from offset off; a range past the end is an error
+	// wrapping io.ErrUnexpectedEOF.
+	ReadAt(p []byte, off int64) (int, error)
+	Size() int64
+	Close() error
+}

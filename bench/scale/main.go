@@ -1,0 +1,149 @@
+// Command scale writes a synthetic repository with many chunks in its
+// index, and measures what loading that index costs (bench/SCALE.md).
+//
+//	go run ./bench/scale -repo DIR -password-file P -chunks 10000000 -files 1000
+//	go run ./bench/scale -repo DIR -password-file P -measure
+//
+// The index files are real: encoded with the packfile encoder and signed
+// by the repository's authority key through repo.SaveIndexFile, exactly as
+// backup writes them. No pack data is behind them (restore or check
+// --read-data of such a repository fails); opening it, loading its index
+// and starting a backup work as on a repository that large.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+func main() {
+	dir := flag.String("repo", "", "repository directory (created unless -measure)")
+	pwFile := flag.String("password-file", "", "file holding the repository password")
+	chunks := flag.Int("chunks", 1_000_000, "data chunks to list in the index")
+	files := flag.Int("files", 100, "index files to spread them over")
+	perPack := flag.Int("per-pack", 16, "chunks per (absent) pack: 16 MiB packs of 1 MiB chunks")
+	measure := flag.Bool("measure", false, "open the repository, load its index and report time and bytes per chunk")
+	memProfile := flag.String("memprofile", "", "with -measure: write a heap profile after loading to this file")
+	flag.Parse()
+	if *dir == "" || *pwFile == "" {
+		fmt.Fprintln(os.Stderr, "scale: -repo and -password-file are required")
+		os.Exit(2)
+	}
+	pw, err := os.ReadFile(*pwFile)
+	if err != nil {
+		fail(err)
+	}
+	cred := repo.Credential{Password: []byte(strings.TrimRight(string(pw), "\r\n"))}
+	ctx := context.Background()
+	if *measure {
+		if err := measureLoad(ctx, *dir, cred, *memProfile); err != nil {
+			fail(err)
+		}
+		return
+	}
+	if *chunks <= 0 || *files <= 0 || *perPack <= 0 {
+		fail(fmt.Errorf("-chunks, -files and -per-pack must be positive"))
+	}
+	if err := generate(ctx, *dir, cred, *chunks, *files, *perPack); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "scale:", err)
+	os.Exit(1)
+}
+
+func generate(ctx context.Context, dir string, cred repo.Credential, chunks, files, perPack int) error {
+	be, err := local.Create(dir)
+	if err != nil {
+		return err
+	}
+	r, _, err := repo.Init(ctx, be, cred, repo.InitOptions{})
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	perFile := (chunks + files - 1) / files
+	done := 0
+	for f := 0; f < files && done < chunks; f++ {
+		n := min(perFile, chunks-done)
+		var idx repo.IndexFile
+		for n > 0 {
+			k := min(perPack, n)
+			p := packfile.Pack{ID: randomID(), Blobs: make([]packfile.Blob, k)}
+			var off uint32
+			for i := range p.Blobs {
+				// ~1 MiB chunks, sealed: IDs are random, as real IDs
+				// (keyed hashes) are.
+				length := uint32(1<<20 + i*16)
+				p.Blobs[i] = packfile.Blob{Type: packfile.Data, ID: randomID(), Offset: off, Length: length}
+				off += length
+			}
+			idx.Packs = append(idx.Packs, p)
+			n -= k
+			done += k
+		}
+		if _, err := r.SaveIndexFile(ctx, &idx); err != nil {
+			return fmt.Errorf("index file %d: %w", f, err)
+		}
+	}
+	fmt.Printf("wrote %d chunks in %d index files (%d per pack) in %.1f s\n", done, files, perPack, time.Since(start).Seconds())
+	return nil
+}
+
+func randomID() hash.ID {
+	var id hash.ID
+	rand.Read(id[:])
+	return id
+}
+
+func measureLoad(ctx context.Context, dir string, cred repo.Credential, memProfile string) error {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	be, err := local.Open(dir)
+	if err != nil {
+		return err
+	}
+	r, err := repo.Open(ctx, be, cred, repo.OpenOptions{})
+	if err != nil {
+		return err
+	}
+	opened := time.Since(start)
+	if err := r.LoadIndex(ctx); err != nil {
+		return err
+	}
+	loaded := time.Since(start)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	n := r.Index().Len()
+	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	fmt.Printf("chunks %d\nopen %.2f s (key derivation included)\nopen+load index %.2f s\nheap after load %.1f MiB\nbytes per chunk %.1f\n",
+		n, opened.Seconds(), loaded.Seconds(), float64(heap)/(1<<20), float64(heap)/float64(max(n, 1)))
+	if memProfile != "" {
+		f, err := os.Create(memProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.WriteHeapProfile(f); err != nil {
+			return err
+		}
+	}
+	runtime.KeepAlive(r)
+	return nil
+}

@@ -1,0 +1,95 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+// TestBlobLoader loads through both paths (a local backend's ranges, the
+// memory backend's Load) what LoadBlob loads, reusing its buffers, and
+// finds a damaged copy as forged like LoadBlob does.
+func TestBlobLoader(t *testing.T) {
+	ctx := context.Background()
+	dir := filepath.Join(t.TempDir(), "repo")
+	lb, err := local.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lr, _, err := Init(ctx, lb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mr, _ := newRepo(t)
+	for name, r := range map[string]*Repository{"local": lr, "mem": mr} {
+		t.Run(name, func(t *testing.T) {
+			var datas [][]byte
+			var refs []hash.Ref
+			for i := range 20 {
+				d := randomBytes(1000 + i*3000)
+				if i%2 == 0 {
+					d = bytes.Repeat([]byte("compressible "), 100+i*50)
+				}
+				datas = append(datas, d)
+				refs = append(refs, save(t, r, d))
+			}
+			if err := r.Flush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			l := r.NewBlobLoader()
+			defer l.Close()
+			var buf []byte
+			for round := 0; round < 2; round++ {
+				for i, ref := range refs {
+					got, err := l.Load(ctx, DataBlob, ref, buf)
+					if err != nil {
+						t.Fatalf("blob %d: %v", i, err)
+					}
+					if !bytes.Equal(got, datas[i]) {
+						t.Fatalf("blob %d: wrong content", i)
+					}
+					buf = got
+				}
+			}
+			missing := hash.Ref{ID: hash.ID{1}, Key: hash.ID{2}}
+			if _, err := l.Load(ctx, DataBlob, missing, nil); !errors.Is(err, ErrBlobNotFound) {
+				t.Fatalf("missing blob: err = %v, want ErrBlobNotFound", err)
+			}
+		})
+	}
+
+	// A flipped bit in a pack of the local repository, read through the
+	// pack the loader keeps open.
+	data := randomBytes(50 << 10)
+	ref := save(t, lr, data)
+	if err := lr.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	loc, _ := lr.Index().Lookup(BlobHandle{DataBlob, ref.ID})
+	p := filepath.Join(dir, string(storage.Pack), loc.Pack.String()[:2], loc.Pack.String())
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := bytes.Clone(orig)
+	damaged[loc.Offset+100] ^= 0x40
+	os.Chmod(p, 0o600)
+	if err := os.WriteFile(p, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l := lr.NewBlobLoader()
+	defer l.Close()
+	if _, err := l.Load(ctx, DataBlob, ref, nil); !errors.Is(err, ErrForged) {
+		t.Fatalf("flipped bit: err = %v, want ErrForged", err)
+	}
+	if f := lr.ForgedCopies(); len(f) != 1 || f[0].Pack != loc.Pack {
+		t.Fatalf("ForgedCopies = %+v", f)
+	}
+}
