@@ -42,6 +42,7 @@ type backupFlags struct {
 	postHook      string
 	fsSnapshot    string
 	fsSnapshotSz  string
+	images        []string
 }
 
 func newBackupCommand(g *globals) *cobra.Command {
@@ -92,6 +93,18 @@ from standard input. They add to the paths given as arguments.
 writing nothing; hooks and --fs-snapshot are skipped. -v/--verbose lists
 each file as it is saved: new, changed, unchanged (or hardlink).
 
+--image DEVICE|FILE backs up a block device (/dev/vdb, an LVM volume) or a
+raw disk image file as one regular file of the snapshot, under its path as
+given (restore it with floe restore SNAP:/dev/vdb --target DIR or
+--to-device, serve it with floe nbd). Runs of zeros (4 KiB blocks, at
+least 128 KiB long) are found by their content and cost nothing; a device
+is read whole at every backup (its unchanged blocks are not stored
+again), an image file only when its size or times changed. A device
+written to while it is read (its write counters in /sys/dev/block/*/stat
+moved) is read again and then listed in the consistency record; one whose
+size shrinks while read is an error. The snapshot records the device's
+number and its /dev/disk/by-id name or serial.
+
 --stdin-from-command runs COMMAND (without a shell; put it after "--")
 and backs up its standard output as one file (--stdin-filename). If the
 command exits non-zero, the backup fails (exit 1) and no snapshot is
@@ -124,7 +137,8 @@ named, and floe stops with "no repository given" (exit 2).`,
   floe backup --post-hook 'echo "$FLOE_BACKUP_STATUS $FLOE_SNAPSHOT_ID" >> /var/log/floe' /etc
   floe backup --pre-hook 'fsfreeze -f /srv' --post-hook 'fsfreeze -u /srv' /srv
   floe backup --fs-snapshot lvm /srv            # read /srv from an LVM snapshot
-  floe backup --fs-snapshot btrfs /home         # read /home from a btrfs snapshot`,
+  floe backup --fs-snapshot btrfs /home         # read /home from a btrfs snapshot
+  floe backup --image /dev/vdb --image /srv/vm/web1.raw /etc   # disk images, and files`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			lists := len(f.filesFrom) + len(f.filesVerbatim) + len(f.filesRaw)
 			if f.stdinCommand {
@@ -134,16 +148,16 @@ named, and floe stops with "no repository given" (exit 2).`,
 				if len(args) == 0 {
 					return usageError{errors.New("--stdin-from-command: give the command after --, e.g. floe backup --stdin-from-command -- pg_dump app")}
 				}
-				if lists > 0 || f.fsSnapshot != "" {
+				if lists > 0 || f.fsSnapshot != "" || len(f.images) > 0 {
 					return usageError{errors.New("--stdin-from-command backs up the command's output, no paths (--files-from, --fs-snapshot)")}
 				}
 				return runBackup(cmd.Context(), g, f, args)
 			}
-			if f.stdin && (len(args) > 0 || lists > 0) {
-				return usageError{errors.New("--stdin takes no paths (nor --files-from)")}
+			if f.stdin && (len(args) > 0 || lists > 0 || len(f.images) > 0) {
+				return usageError{errors.New("--stdin takes no paths (nor --files-from, --image)")}
 			}
-			if !f.stdin && len(args) == 0 && lists == 0 {
-				return usageError{errors.New("give at least one path to back up (or --files-from)")}
+			if !f.stdin && len(args) == 0 && lists == 0 && len(f.images) == 0 {
+				return usageError{errors.New("give at least one path to back up (or --files-from, --image)")}
 			}
 			if f.largerThan != "" {
 				if _, err := backup.ParseSize(f.largerThan); err != nil {
@@ -194,6 +208,7 @@ named, and floe stops with "no repository given" (exit 2).`,
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
 	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed; its environment says how it went (FLOE_BACKUP_STATUS ok, partial or failed, FLOE_SNAPSHOT_ID, ...: see above)")
+	fl.StringArrayVar(&f.images, "image", nil, "back up the block device or raw image `FILE` as a disk image (one file in the snapshot, zero runs cost nothing), e.g. --image /dev/vdb; repeatable")
 	fl.StringVar(&f.fsSnapshot, "fs-snapshot", "", "read the paths from a read-only snapshot of their file system: `KIND` lvm or btrfs (needs root). The view is crash-consistent: quiesce writers with --pre-hook for application consistency")
 	fl.StringVar(&f.fsSnapshotSz, "fs-snapshot-size", "", "room for changed blocks of LVM snapshots: a `SIZE` like 2G, or 20% of the volume, or 50%FREE of the volume group (default 10%)")
 	return c
@@ -231,7 +246,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	case f.stdin:
 		job.Stdin, job.StdinFilename = os.Stdin, f.stdinName
 	default:
-		job.Paths = paths
+		job.Paths, job.Images = paths, f.images
 		for _, l := range []struct {
 			files []string
 			kind  backup.ListKind

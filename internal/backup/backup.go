@@ -34,7 +34,13 @@ import (
 
 // Options describe one backup.
 type Options struct {
-	Paths         []string
+	Paths []string
+	// Images are block devices or raw image files (paths, as Paths) saved
+	// as disk images: each is one regular file node of the device's size
+	// (with its number and identity, snapshot.Node.DeviceID), zero runs
+	// found by content cost nothing, and a device is read whole every time
+	// (its node's times do not tell whether it changed).
+	Images        []string
 	Excludes      []string // patterns; see pathmatch.Matcher
 	IExcludes     []string // patterns matched regardless of case
 	ExcludeCaches bool     // skip the contents of directories with a valid CACHEDIR.TAG
@@ -173,6 +179,7 @@ type archiver struct {
 	zeroIDs map[int]hash.ID
 
 	sources []sourceMapping // Options.SourceRoot, longest first
+	images  map[string]bool // Options.Images, absolute
 
 	// anchors are open directories that deep paths are read through
 	// (/proc/self/fd/N/rest), so that no path handed to the kernel exceeds
@@ -189,6 +196,7 @@ type fileJob struct {
 	src     string // where to read it (path unless Options.SourceRoot maps it)
 	node    *snapshot.Node
 	changed bool // the parent had this file (else new)
+	image   bool // Options.Images
 	done    chan struct{}
 	err     error
 }
@@ -267,7 +275,14 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		paths = []string{opts.StdinFilename}
 		root, rootErr = a.saveStdin(ctx)
 	} else {
-		paths, err = CleanPaths(opts.Paths)
+		a.images = map[string]bool{}
+		for _, p := range opts.Images {
+			abs, err := filepath.Abs(p)
+			if err == nil {
+				a.images[abs] = true
+			}
+		}
+		paths, err = CleanPaths(append(append([]string(nil), opts.Paths...), opts.Images...))
 		if err != nil {
 			rootErr = err
 		} else {
@@ -724,6 +739,9 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 // saveEntry starts saving one directory entry.
 func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
 	e := entry{node: node}
+	if a.images[p] && node.Type != snapshot.TypeFile {
+		return a.saveImage(ctx, p, node, parent)
+	}
 	switch node.Type {
 	case snapshot.TypeDir:
 		if a.opts.OneFileSystem && dev != 0 && node.Device != dev {
@@ -733,6 +751,9 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 		e.sub = a.saveDir(ctx, p, a.parentSubtree(ctx, parent, node.Name), dev)
 	case snapshot.TypeFile:
 		a.totalBytes.Add(node.Size)
+		if a.images[p] {
+			return a.saveImage(ctx, p, node, parent)
+		}
 		var pn *snapshot.Node
 		if parent != nil {
 			pn = parent.Find(node.Name)
@@ -776,6 +797,53 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 		e.file = job
 	}
 	return e
+}
+
+// saveImage starts saving an image (Options.Images).
+func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree) entry {
+	src := a.src(p)
+	wasFile := node.Type == snapshot.TypeFile
+	node, err := a.prepareImage(p, src, node)
+	if err != nil {
+		a.fail(p, origErr(err, p, src))
+		return entry{node: node, file: failedJob(p, err)}
+	}
+	if !wasFile {
+		a.totalBytes.Add(node.Size)
+	}
+	e := entry{node: node}
+	var pn *snapshot.Node
+	if parent != nil {
+		pn = parent.Find(node.Name)
+	}
+	// a device is always read: its node's times say nothing of its blocks
+	if node.Rdev == 0 && pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+		node.Content, node.ChunkSizes, node.Sparse = pn.Content, pn.ChunkSizes, pn.Sparse
+		a.filesUnchanged.Add(1)
+		a.opts.Progress.FilesDone.Add(1)
+		a.opts.Progress.BytesDone.Add(int64(node.Size))
+		a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
+		return e
+	}
+	if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
+		a.r.RememberRefs(repo.DataBlob, pn.Content...)
+	}
+	job := &fileJob{path: p, src: src, node: node, changed: pn != nil, image: true, done: make(chan struct{})}
+	select {
+	case a.fileJobs <- job:
+	case <-ctx.Done():
+		job.err = ctx.Err()
+		close(job.done)
+	}
+	e.file = job
+	return e
+}
+
+// failedJob is a file that is left out, its error already reported.
+func failedJob(p string, err error) *fileJob {
+	j := &fileJob{path: p, err: err, done: make(chan struct{})}
+	close(j.done)
+	return j
 }
 
 // unchanged reports whether a file needs no reading: same size, mtime,

@@ -28,7 +28,12 @@ func (a *archiver) fileReader(ctx context.Context) {
 			continue
 		}
 		a.opts.Progress.current.Store(&job.path)
-		err := a.readFile(ctx, ch, job)
+		var err error
+		if job.image {
+			err = a.readImage(ctx, ch, job)
+		} else {
+			err = a.readFile(ctx, ch, job)
+		}
 		if err != nil {
 			err = origErr(err, job.path, job.src)
 			job.err = err

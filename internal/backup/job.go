@@ -194,7 +194,7 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 		opts.Progress = &Progress{}
 	}
 	if opts.Stdin == nil && len(j.StdinCommand) == 0 {
-		parent, trees, warnings, err := FindParent(ctx, r, c, opts.Hostname, opts.Paths, j.ParentID)
+		parent, trees, warnings, err := FindParent(ctx, r, c, opts.Hostname, append(append([]string(nil), opts.Paths...), opts.Images...), j.ParentID)
 		for _, w := range warnings {
 			ev.warn("warning: %v", w)
 		}
@@ -205,8 +205,8 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 	}
 	var snaps *fssnap.Set
 	if j.FSSnapshot != "" {
-		abs := make([]string, 0, len(opts.Paths))
-		for _, p := range opts.Paths {
+		abs := make([]string, 0, len(opts.Paths)+len(opts.Images))
+		for _, p := range append(append([]string(nil), opts.Paths...), opts.Images...) {
 			a, err := filepath.Abs(p)
 			if err != nil {
 				return nil, fmt.Errorf("path %s: %w", p, err)

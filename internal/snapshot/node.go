@@ -83,9 +83,15 @@ type Node struct {
 	ChunkSizes []uint32   // regular files: the plaintext size of each blob of Content
 	Subtree    hash.Ref   // directories: tree blob of the contents
 	LinkTarget string     // symlinks: target, raw bytes
-	Rdev       uint64     // char and block devices: device number
-	Xattrs     []Xattr    // extended attributes; encoded sorted by name
-	Sparse     bool       // content was read with holes; restore may punch them
+	// Rdev is the device number of char and block devices, and of the
+	// block device an image (backup --image) was read from.
+	Rdev   uint64
+	Xattrs []Xattr // extended attributes; encoded sorted by name
+	Sparse bool    // content was read with holes; restore may punch them
+	// DeviceID names the block device an image was read from, beyond its
+	// number: "by-id/NAME" (its /dev/disk/by-id link), "serial/S" or
+	// "loop/BACKING-FILE"; empty for everything else.
+	DeviceID string
 }
 
 // ErrInvalidName is wrapped by errors about names that a tree may not hold.

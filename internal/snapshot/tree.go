@@ -75,7 +75,8 @@ const (
 	tagXattr      = 19
 	tagSparse     = 20
 	tagChunkSizes = 21
-	maxKnownTag   = 21
+	tagDeviceID   = 22
+	maxKnownTag   = 22
 )
 
 var tagNames = [...]string{
@@ -84,7 +85,7 @@ var tagNames = [...]string{
 	tagChangeTime: "ctime", tagInode: "inode", tagDevice: "device", tagLinks: "links",
 	tagSize: "size", tagContent: "content", tagSubtree: "subtree",
 	tagLinkTarget: "link target", tagRdev: "rdev", tagXattr: "xattr", tagSparse: "sparse",
-	tagChunkSizes: "chunk sizes",
+	tagChunkSizes: "chunk sizes", tagDeviceID: "device id",
 }
 
 // ErrInvalidTree is wrapped by every error of DecodeTree and EncodeTree about
@@ -244,6 +245,9 @@ func appendNode(buf []byte, n *Node) ([]byte, error) {
 	}
 	if n.Sparse {
 		buf = appendField(buf, tagSparse, nil)
+	}
+	if n.DeviceID != "" {
+		buf = appendStringField(buf, tagDeviceID, n.DeviceID)
 	}
 	buf = binary.AppendUvarint(buf, tagEnd)
 	return buf, nil
@@ -428,6 +432,8 @@ func (n *Node) setField(tag uint64, v []byte) error {
 		n.User = string(v)
 	case tagGroup:
 		n.Group = string(v)
+	case tagDeviceID:
+		n.DeviceID = string(v)
 	case tagModTime, tagAccessTime, tagChangeTime:
 		if len(v) != 12 {
 			return treeErr("%s field has %d bytes, want 12", what, len(v))

@@ -47,7 +47,7 @@ func fullNode() *Node {
 			{Name: "user.empty", Value: []byte{}},
 			{Name: "user.raw\xff", Value: []byte("\x00\xff")},
 		},
-		Sparse: true,
+		Sparse: true, Rdev: 0xfd00, DeviceID: "by-id/virtio-web1",
 	}
 }
 
@@ -291,7 +291,7 @@ func TestDecodeTreeRejects(t *testing.T) {
 func TestDecodeTreeSkipsUnknownTags(t *testing.T) {
 	data := rawTree(2,
 		named("a", field{99, []byte("future")}, field{1 << 40, nil}, field{tagSize, []byte{7}}),
-		named("b", field{22, make([]byte, 300)}))
+		named("b", field{23, make([]byte, 300)}))
 	tree, err := DecodeTree(data)
 	if err != nil {
 		t.Fatal(err)
