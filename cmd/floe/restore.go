@@ -48,9 +48,11 @@ func newRestoreCommand(g *globals) *cobra.Command {
 		del                bool
 		dryRun, verbose    bool
 		filter             snapshotFilterFlags
+		toDevice           string
+		writeZeros         bool
 	)
 	c := &cobra.Command{
-		Use:   "restore SNAPSHOT[:PATH] --target DIR",
+		Use:   "restore SNAPSHOT[:PATH] --target DIR | SNAPSHOT:IMAGE --to-device DEVICE",
 		Short: "Restore a snapshot, or a part of it",
 		Long: `Restore files from a snapshot into --target, with their metadata: mode,
 owner, times, symlinks, hard links, device nodes, FIFOs, xattrs; sparse
@@ -77,18 +79,37 @@ symlinks, in the snapshot or already in the target, cannot escape it.
 --dry-run (-n) writes nothing: it counts what the restore would create,
 overwrite, leave alone and (with --delete) delete, in entries and bytes,
 comparing files already in the target with the snapshot; -v lists each
-path with its action.`,
+path with its action.
+
+A disk image (backup --image) restores like any file: SNAP:/dev/vdb
+--target DIR writes DIR/vdb, sparse. --to-device DEVICE writes it onto a
+block device instead: a device that is mounted (it or a partition), held
+(LVM, md, dm-crypt on it) or smaller than the image is refused. Zero
+regions are not written where the device can zero ranges itself (write
+zeroes with unmap: thin volumes, SSDs, loop devices); elsewhere, or with
+--write-zeros, zeros are written (and restore says which). --verify reads
+the device back and compares it with the snapshot.`,
 		Example: `  floe restore latest --target /tmp/restore
   floe restore 4f2a9c1e:/etc --target /tmp/etc
   floe restore latest --host web1 --include '/home/*/.ssh' --target /tmp/ssh --verify
   floe restore latest --include 'nginx/**/*.conf' --exclude '*.bak' --target /tmp/conf
   floe restore latest:/srv/www --target /srv/www --delete      # make /srv/www match the snapshot
-  floe restore latest:/srv/www --target /srv/www --delete -n -v   # first: what would it change?`,
+  floe restore latest:/srv/www --target /srv/www --delete -n -v   # first: what would it change?
+  floe restore latest:/dev/vdb --to-device /dev/vdc --verify   # a disk image onto a disk`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
+			if toDevice != "" {
+				if target != "" || len(includes) > 0 || len(excludes) > 0 || del || numeric || dryRun {
+					return usageError{errors.New("--to-device writes one image onto a device: no --target, --include, --exclude, --delete, --numeric-owner, --dry-run")}
+				}
+				return restoreToDevice(ctx, g, args[0], toDevice, writeZeros, verify, filter)
+			}
+			if writeZeros {
+				return usageError{errors.New("--write-zeros is for --to-device")}
+			}
 			if target == "" {
-				return usageError{errors.New("--target is required")}
+				return usageError{errors.New("--target (or --to-device) is required")}
 			}
 			switch overwrite {
 			case restore.OverwriteIfChanged, restore.OverwriteAlways, restore.OverwriteNever:
@@ -171,6 +192,8 @@ path with its action.`,
 	c.Flags().BoolVar(&del, "delete", false, "delete files in the target that the snapshot does not have")
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "write nothing: count what would be restored, overwritten and deleted")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "with --dry-run: list each path and what would happen to it")
+	c.Flags().StringVar(&toDevice, "to-device", "", "write the image SNAPSHOT:PATH onto the block device `DEVICE` (refused if mounted, in use or too small)")
+	c.Flags().BoolVar(&writeZeros, "write-zeros", false, "with --to-device: write the image's zero regions instead of letting the device zero them")
 	filter.add(c)
 	return c
 }

@@ -72,6 +72,7 @@ var layers = map[string]int{
 	"internal/repair":              layerOperation,
 	"internal/rewrite":             layerOperation,  // floe rewrite: snapshots without excluded paths
 	"internal/snapimage":           layerOperation,  // a snapshot's file as an nbd.Image
+	"internal/devrestore":          layerOperation,  // a snapshot's image onto a block device
 	"internal/testutil":            layerRepository, // test helpers: see testOnly
 	"internal/testutil/backuptest": layerOperation,
 

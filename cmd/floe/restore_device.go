@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"time"
+
+	"github.com/floe-backup/floe/internal/devrestore"
+	"github.com/floe-backup/floe/internal/ui"
+)
+
+// restoreToDevice is `floe restore SNAP:PATH --to-device DEV`.
+func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZeros, verify bool, filter snapshotFilterFlags) error {
+	spec, sub := splitSnapshotArg(arg)
+	if sub == "" || sub == "/" {
+		return usageError{errors.New("--to-device writes one image: give it as SNAPSHOT:PATH, e.g. latest:/dev/vdb")}
+	}
+	r, err := g.openRepo(ctx, true)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	sn, p, node, err := findSnapshotPath(ctx, r, treeLoader(r), spec, sub, filter.filter())
+	if err != nil {
+		return err
+	}
+	prog := &devrestore.Progress{}
+	start := time.Now()
+	st := g.status()
+	st.Run(200*time.Millisecond, func() string {
+		return ui.Progress(start, 0, 1, prog.BytesDone.Load(), prog.BytesTotal.Load(), true, "")
+	})
+	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, Progress: prog})
+	st.Stop()
+	if err != nil {
+		return err
+	}
+	warnForged(g, r.ForgedCopies())
+	if g.json {
+		return ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "path": p, "device": device,
+			"bytes": res.Bytes, "data_bytes": res.DataBytes, "zero_bytes": res.ZeroBytes, "zeroing": res.Zeroing,
+			"device_size": res.DeviceSize, "verified": res.Verified, "seconds": time.Since(start).Seconds()})
+	}
+	g.say("restored %s:%s (%s) to %s in %s: %s of data written", sn.ID.Short(), p, ui.Bytes(res.Bytes), device,
+		ui.Duration(time.Since(start)), ui.Bytes(res.DataBytes))
+	switch res.Zeroing {
+	case devrestore.ZeroDevice:
+		g.say("%s of zero regions not written: the device zeroed them (write zeroes with unmap)", ui.Bytes(res.ZeroBytes))
+	case devrestore.ZeroWritten:
+		why := "--write-zeros"
+		if !writeZeros {
+			why = "the device cannot zero ranges without writing them"
+		}
+		g.say("%s of zero regions written as zeros (%s)", ui.Bytes(res.ZeroBytes), why)
+	}
+	if res.DeviceSize > res.Bytes {
+		g.say("the device is larger than the image: its last %s were left as they were", ui.Bytes(res.DeviceSize-res.Bytes))
+	}
+	if res.Verified {
+		g.say("verified: the device holds the image")
+	}
+	return nil
+}

@@ -1,0 +1,345 @@
+//go:build linux
+
+// Package devrestore writes a regular file of a snapshot (a disk image
+// saved with backup --image) onto a block device: `floe restore
+// SNAP:/dev/vdb --to-device /dev/sdX`. It refuses a device that is mounted
+// or held (by LVM, md, a partition's mount) and one smaller than the image,
+// and opens the device exclusively (O_EXCL), so that the kernel refuses
+// too while anyone else holds it.
+//
+// Zero chunks (the holes of sparse images, the zero runs of devices) are
+// not written when the device can zero ranges itself without writing
+// them: fallocate(FALLOC_FL_PUNCH_HOLE) on a block device is the kernel's
+// "write zeroes, unmapping" request (a discard that is guaranteed to read
+// back as zeros, BLKZEROOUT without its fallback of writing), and fails
+// where the device cannot. Then, or with WriteZeros, zeros are written.
+package devrestore
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// Options of one device restore.
+type Options struct {
+	Device string
+	// WriteZeros writes the zero regions instead of asking the device to
+	// zero them.
+	WriteZeros bool
+	// Verify reads everything back and compares it with the snapshot.
+	Verify   bool
+	Progress *Progress
+	Workers  int
+}
+
+// Progress is updated while the restore runs.
+type Progress struct {
+	BytesDone, BytesTotal atomic.Int64
+}
+
+// How zero regions were restored (Result.Zeroing).
+const (
+	ZeroNone    = ""        // the image has no zero regions
+	ZeroDevice  = "device"  // the device zeroed them (write zeroes with unmap)
+	ZeroWritten = "written" // zeros were written (WriteZeros, or the device cannot zero)
+)
+
+// Result of a device restore.
+type Result struct {
+	Bytes      uint64 // image size
+	DataBytes  uint64 // written from the snapshot
+	ZeroBytes  uint64 // in zero regions
+	Zeroing    string
+	DeviceSize uint64
+	Verified   bool
+}
+
+// ErrRefused is wrapped by the errors that refuse a device.
+var ErrRefused = errors.New("device refused")
+
+// sysBlock and mountinfo are replaced in tests.
+var (
+	sysBlock  = "/sys/dev/block"
+	mountinfo = "/proc/self/mountinfo"
+)
+
+// Run writes node, the regular file name (for messages) of a snapshot,
+// onto opts.Device.
+func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name string, opts Options) (*Result, error) {
+	if r.WriteOnly() {
+		return nil, repo.ErrWriteOnly
+	}
+	if node.Type != snapshot.TypeFile {
+		return nil, fmt.Errorf("%s is a %s: only a regular file (an image) can be written to a device", name, node.Type)
+	}
+	if len(node.Content) != len(node.ChunkSizes) {
+		return nil, fmt.Errorf("%s: %d chunks but %d chunk sizes: damaged tree", name, len(node.Content), len(node.ChunkSizes))
+	}
+	if opts.Progress == nil {
+		opts.Progress = &Progress{}
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = 2 * runtime.GOMAXPROCS(0)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(opts.Device, &st); err != nil {
+		return nil, fmt.Errorf("device %s: %w", opts.Device, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return nil, fmt.Errorf("%w: %s is not a block device (restore an image into a file with --target)", ErrRefused, opts.Device)
+	}
+	if err := CheckUnused(opts.Device, st.Rdev); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(opts.Device, os.O_RDWR|unix.O_EXCL, 0)
+	if errors.Is(err, unix.EBUSY) {
+		return nil, fmt.Errorf("%w: %s is in use (mounted, or held by another program or the kernel)", ErrRefused, opts.Device)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open device: %w", err)
+	}
+	defer f.Close()
+	devSize, err := DeviceSize(f)
+	if err != nil {
+		return nil, fmt.Errorf("size of %s: %w", opts.Device, err)
+	}
+	res := &Result{Bytes: node.Size, DeviceSize: devSize}
+	if devSize < node.Size {
+		return nil, fmt.Errorf("%w: %s holds %d bytes, the image %s needs %d", ErrRefused, opts.Device, devSize, name, node.Size)
+	}
+	opts.Progress.BytesTotal.Store(int64(node.Size))
+
+	// the chunks, their offsets, and which are zeros
+	type chunk struct {
+		ref  hash.Ref
+		off  int64
+		size uint32
+		zero bool
+	}
+	chunks := make([]chunk, len(node.Content))
+	zeroKeys := map[uint32]hash.ID{}
+	maxChunk := r.ChunkerParams().Max
+	var off int64
+	for i, ref := range node.Content {
+		size := node.ChunkSizes[i]
+		if size > maxChunk {
+			return nil, fmt.Errorf("%s: a chunk of %d bytes, larger than any chunk: damaged tree", name, size)
+		}
+		if !r.Index().Has(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
+			return nil, fmt.Errorf("%s: data blob %s: %w", name, ref.Short(), repo.ErrBlobNotFound)
+		}
+		zk, ok := zeroKeys[size]
+		if !ok {
+			zk = r.BlobKey(make([]byte, size))
+			zeroKeys[size] = zk
+		}
+		chunks[i] = chunk{ref: ref, off: off, size: size, zero: ref.Key == zk}
+		off += int64(size)
+	}
+	if uint64(off) != node.Size {
+		return nil, fmt.Errorf("%s: chunks of %d bytes for a file of %d: damaged tree", name, off, node.Size)
+	}
+
+	// zero regions first: merged runs of zero chunks
+	var zeroRuns [][2]int64
+	for _, c := range chunks {
+		if !c.zero {
+			continue
+		}
+		res.ZeroBytes += uint64(c.size)
+		if n := len(zeroRuns); n > 0 && zeroRuns[n-1][0]+zeroRuns[n-1][1] == c.off {
+			zeroRuns[n-1][1] += int64(c.size)
+		} else {
+			zeroRuns = append(zeroRuns, [2]int64{c.off, int64(c.size)})
+		}
+	}
+	if len(zeroRuns) > 0 {
+		res.Zeroing = ZeroWritten
+		if !opts.WriteZeros {
+			err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, zeroRuns[0][0], zeroRuns[0][1])
+			if err == nil {
+				res.Zeroing = ZeroDevice
+			}
+		}
+		for i, z := range zeroRuns {
+			if res.Zeroing == ZeroDevice {
+				if i > 0 {
+					if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, z[0], z[1]); err != nil {
+						return res, fmt.Errorf("zero %d bytes at %d of %s: %w", z[1], z[0], opts.Device, err)
+					}
+				}
+			} else if err := writeZeros(ctx, f, z[0], z[1]); err != nil {
+				return res, fmt.Errorf("write zeros at %d of %s: %w", z[0], opts.Device, err)
+			}
+			opts.Progress.BytesDone.Add(z[1])
+		}
+	}
+
+	// then the data, spread over the workers
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		errMu   sync.Mutex
+		firstEr error
+	)
+	fail := func(err error) {
+		errMu.Lock()
+		if firstEr == nil {
+			firstEr = err
+		}
+		errMu.Unlock()
+	}
+	failed := func() bool { errMu.Lock(); defer errMu.Unlock(); return firstEr != nil }
+	for w := 0; w < opts.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var buf []byte
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(chunks) || ctx.Err() != nil || failed() {
+					return
+				}
+				c := chunks[i]
+				if c.zero {
+					continue
+				}
+				data, err := r.LoadBlob(ctx, repo.DataBlob, c.ref, buf)
+				if err == nil && len(data) != int(c.size) {
+					err = fmt.Errorf("a chunk holds %d bytes, the tree says %d: damaged tree", len(data), c.size)
+				}
+				if err == nil {
+					buf = data
+					_, err = f.WriteAt(data, c.off)
+				}
+				if err != nil {
+					fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
+					return
+				}
+				opts.Progress.BytesDone.Add(int64(c.size))
+			}
+		}()
+	}
+	wg.Wait()
+	if firstEr != nil {
+		return res, firstEr
+	}
+	if err := ctx.Err(); err != nil {
+		return res, err
+	}
+	for _, c := range chunks {
+		if !c.zero {
+			res.DataBytes += uint64(c.size)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return res, fmt.Errorf("flush %s: %w", opts.Device, err)
+	}
+	if opts.Verify {
+		// read past the page cache: what the device holds
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+		buf := make([]byte, maxChunk)
+		for _, c := range chunks {
+			b := buf[:c.size]
+			if _, err := f.ReadAt(b, c.off); err != nil {
+				return res, fmt.Errorf("verify %s: read at %d: %w", opts.Device, c.off, err)
+			}
+			if r.BlobKey(b) != c.ref.Key {
+				return res, fmt.Errorf("verify %s: the %d bytes at offset %d differ from the snapshot", opts.Device, c.size, c.off)
+			}
+		}
+		res.Verified = true
+	}
+	return res, nil
+}
+
+// writeZeros writes n zero bytes at off.
+func writeZeros(ctx context.Context, f *os.File, off, n int64) error {
+	z := make([]byte, min(n, 4<<20))
+	for n > 0 {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		l := min(n, int64(len(z)))
+		if _, err := f.WriteAt(z[:l], off); err != nil {
+			return err
+		}
+		off += l
+		n -= l
+	}
+	return nil
+}
+
+// DeviceSize asks a block device its size (BLKGETSIZE64).
+func DeviceSize(f *os.File) (uint64, error) {
+	var size uint64
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); e != 0 {
+		return 0, e
+	}
+	return size, nil
+}
+
+// CheckUnused refuses a device (number rdev) that is mounted, or that a
+// partition of it is, or that another device is built on (holders: LVM,
+// md, dm-crypt), as /proc/self/mountinfo and /sys/dev/block say.
+func CheckUnused(dev string, rdev uint64) error {
+	self, err := filepath.EvalSymlinks(filepath.Join(sysBlock, fmt.Sprintf("%d:%d", unix.Major(rdev), unix.Minor(rdev))))
+	if err != nil {
+		return fmt.Errorf("device %s: not in %s: %w", dev, sysBlock, err)
+	}
+	within := func(p string) bool { return p == self || strings.HasPrefix(p, self+"/") }
+	f, err := os.Open(mountinfo)
+	if err != nil {
+		return fmt.Errorf("list mounts: %w", err)
+	}
+	defer f.Close()
+	mounts, err := fssnap.ParseMountinfo(bufio.NewReader(f))
+	if err != nil {
+		return err
+	}
+	for _, m := range mounts {
+		if m.Major == 0 {
+			continue
+		}
+		p, err := filepath.EvalSymlinks(filepath.Join(sysBlock, fmt.Sprintf("%d:%d", m.Major, m.Minor)))
+		if err == nil && within(p) {
+			return fmt.Errorf("%w: %s is mounted (%s on %s): unmount it first", ErrRefused, dev, m.Source, m.Point)
+		}
+	}
+	// holders of the device and of its partitions
+	dirs := []string{self}
+	if ents, err := os.ReadDir(self); err == nil {
+		for _, e := range ents {
+			if _, err := os.Stat(filepath.Join(self, e.Name(), "partition")); err == nil {
+				dirs = append(dirs, filepath.Join(self, e.Name()))
+			}
+		}
+	}
+	for _, d := range dirs {
+		hs, _ := os.ReadDir(filepath.Join(d, "holders"))
+		if len(hs) > 0 {
+			var names []string
+			for _, h := range hs {
+				names = append(names, h.Name())
+			}
+			return fmt.Errorf("%w: %s is in use by %s (see %s): stop that first", ErrRefused, dev, strings.Join(names, ", "), filepath.Join(d, "holders"))
+		}
+	}
+	return nil
+}
