@@ -1,0 +1,304 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bytes"
+	"math/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// loopDevice attaches file to a free loop device until the test ends; it
+// skips, naming why, where that is not possible (not root, no losetup, no
+// loop devices in a container).
+func attachLoop(t *testing.T, file string, readOnly bool) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices (losetup)")
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("losetup is not installed (Debian: mount)")
+	}
+	args := []string{"--find", "--show"}
+	if readOnly {
+		args = append(args, "--read-only")
+	}
+	out, err := exec.Command("losetup", append(args, file)...).CombinedOutput()
+	if err != nil {
+		t.Skipf("no loop device: losetup %s: %v: %s", file, err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		// udev or a late close may hold it a moment
+		for i := 0; i < 10; i++ {
+			if exec.Command("losetup", "--detach", dev).Run() == nil {
+				return
+			}
+			if _, err := os.Stat("/sys/block/" + filepath.Base(dev) + "/loop"); err != nil {
+				return // detached already
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		t.Errorf("could not detach %s", dev)
+	})
+	return dev
+}
+
+// ext4Image makes a sparse raw image of size bytes holding an ext4 file
+// system with the files of dir (mkfs.ext4 -d: no mount needed).
+func ext4Image(t *testing.T, path string, size int64, dir string) {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 is not installed (Debian: e2fsprogs)")
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-E", "nodiscard,lazy_itable_init=1", "-d", dir, path).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+}
+
+// writeTree fills dir with files: random data, text, and files that are
+// half zeros (zero runs inside the file system's data).
+func writeTree(t *testing.T, dir string, seed int64, mib int) {
+	t.Helper()
+	rnd := rand.New(rand.NewSource(seed))
+	for i := 0; i < mib; i++ {
+		d := filepath.Join(dir, "d"+strconv.Itoa(i%5))
+		os.MkdirAll(d, 0o755)
+		b := make([]byte, 1<<20)
+		rnd.Read(b)
+		if i%2 == 1 {
+			clear(b[len(b)/2:]) // half zeros
+		}
+		if err := os.WriteFile(filepath.Join(d, "f"+strconv.Itoa(i)), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	text := strings.Repeat("floe reads single files out of image snapshots\n", 200)
+	if err := os.WriteFile(filepath.Join(dir, "hello.txt"), []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func allocated(t *testing.T, path string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
+}
+
+func cmpFiles(t *testing.T, a, b string, n int64) {
+	t.Helper()
+	args := []string{a, b}
+	if n > 0 {
+		args = []string{"-n", strconv.FormatInt(n, 10), a, b}
+	}
+	if out, err := exec.Command("cmp", args...).CombinedOutput(); err != nil {
+		t.Fatalf("cmp %s %s: %v: %s", a, b, err, out)
+	}
+}
+
+// TestImageBackupRestore: a 2 GiB sparse ext4 image on a loop device is
+// backed up with --image, restored into a sparse file and onto another
+// loop device (byte-identical), checked with --read-data, and a file is
+// read out of it through floe nbd, nbdfuse and debugfs.
+func TestImageBackupRestore(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	writeTree(t, src, 1, 48)
+	img := e.path("disk.raw")
+	const size = 2 << 30
+	ext4Image(t, img, size, src)
+	dev := attachLoop(t, img, true)
+
+	out, _ := e.backup("--image", dev)
+	if out.Summary.TotalBytes != size || out.Summary.FilesNew != 1 || len(out.Errors) > 0 {
+		t.Fatalf("backup of %s: %+v", dev, out)
+	}
+	// the zeros cost nothing: what was added is about the files (48 MiB,
+	// a quarter of it zeros) plus the file system's metadata
+	if out.Summary.DataAdded > 80<<20 {
+		t.Fatalf("added %d bytes for 48 MiB of files in a 2 GiB image", out.Summary.DataAdded)
+	}
+	if out.Consistency.ChangedCount != 0 {
+		t.Fatalf("an unused device changed while read: %+v", out.Consistency)
+	}
+	ls := e.ok("ls", "-l", "latest:"+dev)
+	if !strings.Contains(ls.stdout, strconv.Itoa(size)) {
+		t.Fatalf("ls shows no image of %d bytes:\n%s", size, ls.stdout)
+	}
+
+	// restore into a file: identical, and sparse
+	target := e.path("restored")
+	e.ok("restore", "latest:"+dev, "--target", target, "--verify")
+	got := filepath.Join(target, filepath.Base(dev))
+	cmpFiles(t, img, got, 0)
+	if a := allocated(t, got); a > 128<<20 {
+		t.Fatalf("the restored image uses %d bytes of disk: its zeros were not restored as holes", a)
+	}
+
+	// restore onto a device
+	dst := e.path("dst.raw")
+	if err := os.WriteFile(dst, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(dst, size)
+	dstDev := attachLoop(t, dst, false)
+	r := e.ok("restore", "latest:"+dev, "--to-device", dstDev, "--verify")
+	if !strings.Contains(r.stdout, "verified") {
+		t.Fatalf("no verification said:\n%s", r)
+	}
+	cmpFiles(t, img, dstDev, size)
+	e.ok("check", "--read-data")
+
+	// a mounted device, a device too small, --to-device without a path
+	small := e.path("small.raw")
+	os.WriteFile(small, nil, 0o600)
+	os.Truncate(small, 64<<20)
+	smallDev := attachLoop(t, small, false)
+	r = e.floe("restore", "latest:"+dev, "--to-device", smallDev)
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "holds 67108864 bytes") {
+		t.Fatalf("no clear error for a device that is too small:\n%s", r)
+	}
+	expectCode(t, e.floe("restore", "latest", "--to-device", smallDev), 2)
+
+	// read one file out of the image without restoring it: floe nbd,
+	// nbdfuse (FUSE, not the kernel's nbd module) and debugfs
+	t.Run("nbdfuse", func(t *testing.T) {
+		needNBDTools(t, "nbdfuse")
+		if _, err := exec.LookPath("debugfs"); err != nil {
+			t.Skip("debugfs is not installed (Debian: e2fsprogs)")
+		}
+		if _, err := os.Stat("/dev/fuse"); err != nil {
+			t.Skip("no /dev/fuse")
+		}
+		sock := e.path("nbd.sock")
+		e.startNBD(sock, "latest:"+dev)
+		mnt := e.mkdir("nbdmnt")
+		fuse := exec.Command("nbdfuse", "--readonly", mnt, "--unix", sock)
+		var fout bytes.Buffer
+		fuse.Stdout, fuse.Stderr = &fout, &fout
+		if err := fuse.Start(); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan struct{})
+		go func() { fuse.Wait(); close(done) }()
+		defer func() {
+			exec.Command("fusermount3", "-u", mnt).Run()
+			exec.Command("fusermount", "-u", mnt).Run()
+			exec.Command("umount", mnt).Run()
+			select {
+			case <-done:
+			case <-time.After(10 * time.Second):
+				fuse.Process.Kill()
+				<-done
+			}
+		}()
+		exported := filepath.Join(mnt, "nbd")
+		for i := 0; ; i++ {
+			if fi, err := os.Stat(exported); err == nil && fi.Size() == size {
+				break
+			}
+			if i == 100 {
+				t.Fatalf("nbdfuse did not show %s:\n%s", exported, fout.String())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		cat, err := exec.Command("debugfs", "-R", "cat /hello.txt", exported).Output()
+		if err != nil {
+			t.Fatalf("debugfs: %v", err)
+		}
+		want, _ := os.ReadFile(filepath.Join(src, "hello.txt"))
+		if !bytes.Equal(cat, want) {
+			t.Fatalf("debugfs cat /hello.txt read %d bytes, want %d", len(cat), len(want))
+		}
+	})
+
+	// the device grows between backups: the next backup saves its new
+	// size; the old, smaller device cannot take it
+	exec.Command("losetup", "--detach", dev).Run()
+	if err := os.Truncate(img, size+(64<<20)); err != nil {
+		t.Fatal(err)
+	}
+	dev2 := attachLoop(t, img, true)
+	out2, _ := e.backup("--image", dev2)
+	if out2.Summary.TotalBytes != size+(64<<20) {
+		t.Fatalf("after growing: %+v", out2.Summary)
+	}
+	if out2.Summary.DataAdded > 8<<20 {
+		t.Fatalf("growing the device by zeros added %d bytes", out2.Summary.DataAdded)
+	}
+	r = e.floe("restore", "latest:"+dev2, "--to-device", dstDev)
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "holds 2147483648 bytes") {
+		t.Fatalf("no clear error for an image larger than the device:\n%s", r)
+	}
+}
+
+// TestImageClones: twenty clones of one image with small changes each
+// cost little more than the changes (content-defined chunking finds the
+// rest), and the zero regions of image files are found by content too.
+func TestImageClones(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	writeTree(t, src, 2, 12)
+	base := e.path("base.raw")
+	ext4Image(t, base, 256<<20, src)
+	orig, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := e.backup("--image", base)
+	rnd := rand.New(rand.NewSource(3))
+	var images []string
+	const change = 16 << 10
+	for i := 0; i < 20; i++ {
+		p := e.path("clones", "vm"+strconv.Itoa(i)+".raw")
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		// written whole (no holes): the zero runs are found by reading
+		b := append([]byte(nil), orig...)
+		// a small change in the file system's data area, another in free space
+		off := 8<<20 + rnd.Intn(8<<20)
+		rnd.Read(b[off : off+change/2])
+		off = 200<<20 + rnd.Intn(32<<20)
+		rnd.Read(b[off : off+change/2])
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		images = append(images, "--image", p)
+	}
+	orig = nil
+	before := dirSize(t, e.repo)
+	out, _ := e.backup(images...)
+	grown := dirSize(t, e.repo) - before
+	// each change touches at most the chunk around it and its neighbour
+	// (1 MiB on average): far less than one copy of the data (about 14 MiB
+	// per image, 280 MiB for all)
+	limit := int64(20 * (change + 2<<20))
+	t.Logf("first image added %d bytes; 20 clones with %d bytes of changes each grew the repository by %d bytes (limit %d)",
+		first.Summary.DataAddedStored, change, grown, limit)
+	if grown > limit || out.Summary.TotalBytes != 20*256<<20 {
+		t.Fatalf("20 clones grew the repository by %d bytes, limit %d: %+v", grown, limit, out.Summary)
+	}
+	e.ok("restore", "latest:"+images[1], "--target", e.path("r"))
+	cmpFiles(t, images[1], filepath.Join(e.path("r"), "vm0.raw"), 0)
+}
