@@ -157,9 +157,15 @@ func (s *imageScan) step() error {
 	return nil
 }
 
+// testHookImageFill lets tests change an image while it is read.
+var testHookImageFill func(f *os.File, off int64)
+
 // block returns the n bytes at s.pos, reading ahead into the buffer.
 func (s *imageScan) block(n int64) ([]byte, error) {
 	if s.pos < s.bufOff || s.pos+n > s.bufOff+int64(s.bufN) {
+		if testHookImageFill != nil {
+			testHookImageFill(s.f, s.pos)
+		}
 		want := min(int64(len(s.buf)), s.size-s.pos)
 		got, err := s.f.ReadAt(s.buf[:want], s.pos)
 		if int64(got) < want {

@@ -1,0 +1,224 @@
+package backup
+
+import (
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+// region is a data region's length or a zero run's (negative).
+func scanRegions(t *testing.T, f *os.File, size int64, file bool) []int64 {
+	t.Helper()
+	s := newImageScan(f, size, file, func(int64) {})
+	var out []int64
+	for {
+		s.regionEnd = false
+		n, err := io.Copy(io.Discard, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			out = append(out, n)
+		}
+		if s.zeros < imageZeroRun {
+			return out
+		}
+		s.inRun, s.runDone = true, false
+		for !s.runDone {
+			if err := s.step(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out = append(out, -s.zeros)
+		s.zeros, s.inRun = 0, false
+	}
+}
+
+// layout writes data where want > 0 and zeros (holes if sparse) where
+// want < 0.
+func writeLayout(t *testing.T, path string, parts []int64, sparse bool) int64 {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var off int64
+	for i, n := range parts {
+		if n > 0 {
+			b := make([]byte, n)
+			for j := range b {
+				b[j] = byte(i + j%251 + 1)
+			}
+			f.WriteAt(b, off)
+			off += n
+			continue
+		}
+		if !sparse {
+			f.WriteAt(make([]byte, -n), off)
+		}
+		off += -n
+	}
+	f.Truncate(off)
+	return off
+}
+
+func TestImageScanRegions(t *testing.T) {
+	const k = 1 << 10
+	parts := []int64{
+		-1024 * k,  // a long zero run at the start
+		100 * k,    // data
+		-64 * k,    // a short zero run: stays in the data
+		50 * k,     //
+		-512 * k,   // a long run
+		4*k + 100,  // data ending inside a block
+		-300*k - 4, // zeros that are not block-aligned at either end
+		7,          // the last bytes
+		-200 * k,   // and a long run at the end
+	}
+	for _, sparse := range []bool{false, true} {
+		p := filepath.Join(t.TempDir(), "img")
+		size := writeLayout(t, p, parts, sparse)
+		f, _ := os.Open(p)
+		got := scanRegions(t, f, size, true)
+		f.Close()
+		var sum int64
+		for _, n := range got {
+			sum += max(n, -n)
+		}
+		if sum != size {
+			t.Fatalf("sparse %v: regions %v cover %d of %d bytes", sparse, got, sum, size)
+		}
+		// in whole blocks: data ending at 1238k fills the block to 1240k;
+		// the next data at 1750k starts in the block at 1748k; ...
+		want := []int64{-1024 * k, 216 * k, -508 * k, 8 * k, -296 * k, 4 * k, -(198*k + 111)}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("sparse %v: regions %v, want %v", sparse, got, want)
+		}
+		if sparse {
+			continue
+		}
+		// the same content, sparse or not, cuts the same regions
+		p2 := filepath.Join(t.TempDir(), "img")
+		writeLayout(t, p2, parts, true)
+		f2, _ := os.Open(p2)
+		got2 := scanRegions(t, f2, size, true)
+		f2.Close()
+		if !reflect.DeepEqual(got, got2) {
+			t.Fatalf("written %v, sparse %v", got, got2)
+		}
+	}
+}
+
+// images of the same content, one sparse and one written whole, give the
+// same chunks; zero runs are zero chunks and the node is sparse.
+func TestImageBackupSameChunks(t *testing.T) {
+	dir := t.TempDir()
+	parts := []int64{3 << 20, -9 << 20, 2<<20 + 5, -1 << 20}
+	a, b := filepath.Join(dir, "a.raw"), filepath.Join(dir, "b.raw")
+	writeLayout(t, a, parts, false)
+	writeLayout(t, b, parts, true)
+	r := newRepo(t)
+	res, err := Run(context.Background(), r, Options{Images: []string{a, b}})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatal(err, res.Errors)
+	}
+	root, _ := snapshot.LoadTree(context.Background(), r, res.Snapshot.Tree)
+	var nodes []*snapshot.Node
+	var walk func(tr *snapshot.Tree)
+	walk = func(tr *snapshot.Tree) {
+		for _, n := range tr.Nodes {
+			if n.Type == snapshot.TypeDir {
+				sub, _ := snapshot.LoadTree(context.Background(), r, n.Subtree)
+				walk(sub)
+			} else {
+				nodes = append(nodes, n)
+			}
+		}
+	}
+	walk(root)
+	if len(nodes) != 2 {
+		t.Fatalf("%d nodes", len(nodes))
+	}
+	if !reflect.DeepEqual(nodes[0].Content, nodes[1].Content) || !nodes[0].Sparse || !nodes[1].Sparse {
+		t.Fatalf("a: %d chunks sparse %v; b: %d chunks sparse %v", len(nodes[0].Content), nodes[0].Sparse, len(nodes[1].Content), nodes[1].Sparse)
+	}
+	// 5 MiB of data and one zero chunk of each size (8 MiB, 1 MiB, 1 MiB - 4 KiB)
+	if added := res.Snapshot.Summary.DataAdded; added > 16<<20 {
+		t.Fatalf("added %d bytes", added)
+	}
+}
+
+// An image truncated while it is read is read again; one that keeps
+// shrinking is an error, not a short image.
+func TestImageTruncatedMidRead(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "vm.raw")
+	testutil.WriteRandom(t, p, 12<<20, 1)
+	hookMu.Lock()
+	testHookImageFill = func(f *os.File, off int64) {
+		// cut 1 MiB off before every read: a file being truncated
+		if fi, err := os.Stat(p); err == nil && fi.Size() > 1<<20 {
+			os.Truncate(p, fi.Size()-1<<20)
+		}
+	}
+	t.Cleanup(func() { testHookImageFill = nil; hookMu.Unlock() })
+	res, err := Run(context.Background(), newRepo(t), Options{Images: []string{p}, Retries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 1 || !strings.Contains(res.Errors[0].Error(), "truncated") || !strings.Contains(res.Errors[0].Error(), "not saved") {
+		t.Fatalf("errors %v, want the image reported as truncated", res.Errors)
+	}
+}
+
+// An image file written while read is read again, then recorded.
+func TestImageChangedDuringRead(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "vm.raw")
+	testutil.WriteRandom(t, p, 1<<20, 1)
+	setHook(t, func(path string, attempt int) {
+		f, _ := os.OpenFile(p, os.O_WRONLY, 0)
+		f.WriteAt([]byte("x"), 100)
+		f.Close()
+	})
+	res, err := Run(context.Background(), newRepo(t), Options{Images: []string{p}, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := res.Snapshot.Consistency; c.ChangedCount != 1 || c.ChangedDuringRead[0] != p {
+		t.Fatalf("consistency %+v", c)
+	}
+}
+
+func TestWriteCountersAndDeviceID(t *testing.T) {
+	old := sysBlock
+	sysBlock = t.TempDir()
+	t.Cleanup(func() { sysBlock = old })
+	d := filepath.Join(sysBlock, "7:3")
+	os.MkdirAll(filepath.Join(d, "loop"), 0o755)
+	stat := "     100        0     2000       10       50        1      400        5        0       12       15        2        0       64        1"
+	os.WriteFile(filepath.Join(d, "stat"), []byte(stat+"\n"), 0o644)
+	os.WriteFile(filepath.Join(d, "loop", "backing_file"), []byte("/srv/vm/web1.raw\n"), 0o644)
+	rdev := uint64(7<<8 | 3)
+	if got := writeCounters(rdev); got != "50 1 400 2 0 64" {
+		t.Fatalf("write counters %q", got)
+	}
+	if got := deviceID(rdev); got != "loop//srv/vm/web1.raw" {
+		t.Fatalf("device id %q", got)
+	}
+	os.WriteFile(filepath.Join(d, "serial"), []byte("QM0001\n"), 0o644)
+	if got := deviceID(rdev); got != "serial/QM0001" {
+		t.Fatalf("device id %q", got)
+	}
+	if writeCounters(uint64(9<<8)) != "" {
+		t.Fatal("counters of a device that does not exist")
+	}
+}
