@@ -180,6 +180,9 @@ type archiver struct {
 
 	sources []sourceMapping // Options.SourceRoot, longest first
 	images  map[string]bool // Options.Images, absolute
+	// readRdev: the number of the device each image is read from (under
+	// mu), which is its snapshot's with --fs-snapshot lvm
+	readRdev map[string]uint64
 
 	// anchors are open directories that deep paths are read through
 	// (/proc/self/fd/N/rest), so that no path handed to the kernel exceeds

@@ -359,9 +359,24 @@ func (a *archiver) prepareImage(p, src string, node *snapshot.Node) (*snapshot.N
 			return nil, err
 		}
 	}
+	readRdev := node.Rdev
+	if src != p && node.Type == snapshot.TypeBlockDev {
+		// read from a snapshot of the device (--fs-snapshot lvm): the
+		// snapshot records the device given, not its snapshot's
+		var st unix.Stat_t
+		if err := unix.Stat(p, &st); err == nil && st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			node.Rdev = st.Rdev
+		}
+	}
 	if err := imageNode(node, src); err != nil {
 		return nil, err
 	}
+	a.mu.Lock()
+	if a.readRdev == nil {
+		a.readRdev = map[string]uint64{}
+	}
+	a.readRdev[p] = readRdev
+	a.mu.Unlock()
 	if node.Rdev != 0 {
 		a.opts.Progress.FilesTotal.Add(1)
 		a.opts.Progress.BytesTotal.Add(int64(node.Size))
@@ -400,6 +415,9 @@ func imageNode(node *snapshot.Node, src string) error {
 // keeps shrinking: a disk image cut short is not an image.
 func (a *archiver) readImage(ctx context.Context, ch *chunker.Chunker, job *fileJob) error {
 	dev := job.node.Rdev != 0
+	a.mu.Lock()
+	rdev := a.readRdev[job.path] // the device read (an LVM snapshot of it, perhaps)
+	a.mu.Unlock()
 	var f *os.File
 	var err error
 	if dev {
@@ -412,7 +430,7 @@ func (a *archiver) readImage(ctx context.Context, ch *chunker.Chunker, job *file
 	}
 	defer f.Close()
 	for attempt := 0; ; attempt++ {
-		before, err := readImageState(f, dev, job.node.Rdev)
+		before, err := readImageState(f, dev, rdev)
 		if err != nil {
 			return err
 		}
@@ -424,7 +442,7 @@ func (a *archiver) readImage(ctx context.Context, ch *chunker.Chunker, job *file
 			if attempt < a.opts.Retries {
 				continue
 			}
-			after, _ := readImageState(f, dev, job.node.Rdev)
+			after, _ := readImageState(f, dev, rdev)
 			return fmt.Errorf("image of %d bytes was truncated to %d while it was read (%d times); not saved: %w", before.size, after.size, attempt+1, err)
 		}
 		if err != nil {
@@ -433,7 +451,7 @@ func (a *archiver) readImage(ctx context.Context, ch *chunker.Chunker, job *file
 		if testHookAfterRead != nil {
 			testHookAfterRead(job.path, attempt)
 		}
-		after, err := readImageState(f, dev, job.node.Rdev)
+		after, err := readImageState(f, dev, rdev)
 		if err != nil {
 			return err
 		}

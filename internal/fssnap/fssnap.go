@@ -137,6 +137,7 @@ type snap struct {
 	// LVM
 	vg, lv, name string // the snapshot is vg/name
 	thin         bool
+	dev          string // the snapshot's device
 	dir          string // mount point
 	mounted      bool
 	// both
@@ -186,6 +187,18 @@ func Create(ctx context.Context, paths []string, opts Options) (set *Set, err er
 		p = filepath.Clean(p)
 		given = append(given, p)
 		if _, ok := s.sources[p]; ok {
+			continue
+		}
+		if rdev, ok := sys.blockDev(p); ok {
+			// a block device (backup --image): its own snapshot
+			if opts.Kind != LVM {
+				return nil, fmt.Errorf("path %s is a block device: a %s snapshot holds files, not devices; use --fs-snapshot lvm for a logical volume", p, opts.Kind)
+			}
+			src, err := s.lvmDevice(ctx, p, rdev, opts.Size, warn, warned)
+			if err != nil {
+				return nil, err
+			}
+			s.sources[p] = src
 			continue
 		}
 		real, isDir, err := sys.resolve(p)
@@ -263,6 +276,10 @@ func (s *Set) Describe() []string {
 		case Btrfs:
 			out = append(out, fmt.Sprintf("btrfs snapshot %s of %s", sn.path, sn.of))
 		case LVM:
+			if !sn.mounted {
+				out = append(out, fmt.Sprintf("LVM snapshot %s/%s of %s, read as the device %s", sn.vg, sn.name, sn.of, sn.dev))
+				continue
+			}
 			out = append(out, fmt.Sprintf("LVM snapshot %s/%s of %s, mounted at %s", sn.vg, sn.name, sn.of, sn.dir))
 		}
 	}
@@ -346,7 +363,10 @@ type system struct {
 	mountinfo func() ([]Mount, error)
 	sysfs     string // normally /sys
 	// stat is lstat: device, inode, whether a directory
-	stat       func(path string) (dev, ino uint64, isDir bool, err error)
+	stat func(path string) (dev, ino uint64, isDir bool, err error)
+	// blockDev reports whether path (symlinks followed) is a block
+	// device, and its number
+	blockDev   func(path string) (rdev uint64, ok bool)
 	resolve    func(path string) (real string, isDir bool, err error)
 	mkdirTemp  func() (string, error)
 	removeDir  func(path string) error
@@ -376,6 +396,13 @@ func realSystem() *system {
 				return 0, 0, false, &os.PathError{Op: "lstat", Path: path, Err: err}
 			}
 			return st.Dev, st.Ino, st.Mode&unix.S_IFMT == unix.S_IFDIR, nil
+		},
+		blockDev: func(path string) (uint64, bool) {
+			var st unix.Stat_t
+			if unix.Stat(path, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFBLK {
+				return 0, false
+			}
+			return st.Rdev, true
 		},
 		resolve:    resolve,
 		mkdirTemp:  func() (string, error) { return os.MkdirTemp("", Prefix) },

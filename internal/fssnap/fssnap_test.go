@@ -141,6 +141,7 @@ type fake struct {
 	euid    int
 	mounts  []Mount
 	sysfs   string
+	devs    map[string]uint64 // block devices: path -> number
 }
 
 type rule struct {
@@ -205,6 +206,10 @@ func (f *fake) system() *system {
 				return 0, 0, false, &os.PathError{Op: "lstat", Path: p, Err: os.ErrNotExist}
 			}
 			return st[0], st[1], st[2] == 1, nil
+		},
+		blockDev: func(p string) (uint64, bool) {
+			rdev, ok := f.devs[p]
+			return rdev, ok
 		},
 		resolve: func(p string) (string, bool, error) {
 			st, ok := f.stats[p]
@@ -301,6 +306,60 @@ func TestLVMCommands(t *testing.T) {
 	}
 	if err := s.Remove(ctx); err != nil || len(f.cmds) != 0 {
 		t.Fatalf("a second Remove: %v, commands %v", err, f.cmds)
+	}
+}
+
+// A logical volume given as an image (backup --image /dev/vg0/db) is
+// read from a snapshot of itself, which is not mounted.
+func TestLVMImage(t *testing.T) {
+	ctx := context.Background()
+	f := lvmFake(t)
+	f.devs = map[string]uint64{"/dev/vg0/db": 253<<8 | 3, "/dev/vg0/srv": 253<<8 | 2, "/dev/mapper/crypt": 253<<8 | 9}
+	s, err := Create(ctx, []string{"/dev/vg0/db", "/srv", "/dev/vg0/srv"}, Options{Kind: LVM, sys: f.system()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.wantCmds(
+		"lvs --noheadings --separator | -o vg_name,lv_name,segtype /dev/mapper/vg0-db",
+		"lvs --noheadings -o lv_name vg0",
+		"lvcreate --snapshot --name floe-snap-abc123 --extents 10%ORIGIN vg0/db",
+		// no mount for the image
+		"lvs --noheadings --separator | -o vg_name,lv_name,segtype /dev/mapper/vg0-srv",
+		"lvcreate --snapshot --name floe-snap-abc123 --extents 10%ORIGIN vg0/srv",
+		"mount -t ext4 -o ro,noload /dev/mapper/vg0-floe--snap--abc123 /tmp/floe-snap-mnt1",
+		// the same volume as an image: the same snapshot, read as a device
+		"lvs --noheadings --separator | -o vg_name,lv_name,segtype /dev/mapper/vg0-srv",
+	)
+	want := map[string]string{
+		"/dev/vg0/db":  "/dev/mapper/vg0-floe--snap--abc123",
+		"/dev/vg0/srv": "/dev/mapper/vg0-floe--snap--abc123",
+		"/srv":         "/tmp/floe-snap-mnt1",
+	}
+	if got := s.Sources(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("sources %v, want %v", got, want)
+	}
+	if d := s.Describe(); len(d) != 2 || !strings.Contains(d[0], "read as the device") || !strings.Contains(d[1], "mounted at") {
+		t.Fatalf("describe %q", d)
+	}
+	if err := s.Remove(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.wantCmds(
+		"umount /tmp/floe-snap-mnt1",
+		"lvremove -f vg0/floe-snap-abc123",
+		"lvremove -f vg0/floe-snap-abc123",
+	)
+
+	// a device that is not a logical volume; a device with btrfs
+	f = lvmFake(t)
+	f.devs = map[string]uint64{"/dev/mapper/crypt": 253<<8 | 9}
+	if _, err := Create(ctx, []string{"/dev/mapper/crypt"}, Options{Kind: LVM, sys: f.system()}); err == nil || !strings.Contains(err.Error(), "not an LVM logical volume") {
+		t.Fatalf("a dm-crypt device: %v", err)
+	}
+	bf := newFake(t, lvmMounts)
+	bf.devs = map[string]uint64{"/dev/sdb": 8<<8 | 16}
+	if _, err := Create(ctx, []string{"/dev/sdb"}, Options{Kind: Btrfs, sys: bf.system()}); err == nil || !strings.Contains(err.Error(), "use --fs-snapshot lvm") {
+		t.Fatalf("a device with btrfs: %v", err)
 	}
 }
 

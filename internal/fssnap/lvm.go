@@ -11,6 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/floe-backup/floe/internal/pathmatch"
 )
 
@@ -68,57 +70,11 @@ func (s *Set) lvm(ctx context.Context, p, real string, m *Mount, size string, wa
 	if err != nil {
 		return "", fmt.Errorf("path %s: %w", p, err)
 	}
-	key := "lvm:" + vg + "/" + lv
-	sn := s.byKey[key]
-	if sn == nil {
-		if !warned["vg:"+vg] {
-			warned["vg:"+vg] = true
-			if out, err := s.sys.run(ctx, "lvs", "--noheadings", "-o", "lv_name", vg); err == nil {
-				var old []string
-				for _, name := range strings.Fields(out) {
-					if strings.HasPrefix(name, Prefix) {
-						old = append(old, vg+"/"+name)
-					}
-				}
-				if len(old) > 0 {
-					warn(fmt.Sprintf("warning: LVM snapshots left behind by an earlier floe run: %s; unless a backup is running, unmount them (see mount | grep %s) and remove them with: lvremove %s",
-						strings.Join(old, ", "), Prefix, strings.Join(old, " ")))
-				}
-			}
-		}
-		sn = &snap{kind: LVM, of: vg + "/" + lv, vg: vg, lv: lv, name: Prefix + s.sys.random(), thin: segtype == "thin"}
-		args := []string{"--snapshot", "--name", sn.name}
-		if sn.thin && size == "" {
-			// a thin snapshot takes its room from the pool; it is made with
-			// the activation skip flag unless told otherwise
-			args = append(args, "--setactivationskip", "n")
-		} else {
-			sa, err := sizeArgs(size)
-			if err != nil {
-				return "", err
-			}
-			args = append(args, sa...)
-		}
-		args = append(args, vg+"/"+lv)
-		s.snaps = append(s.snaps, sn)
-		s.byKey[key] = sn
-		if _, err := s.sys.run(ctx, "lvcreate", args...); err != nil {
-			// lvcreate undoes a failed creation; if the LV exists anyway,
-			// Remove deletes it
-			if _, lerr := s.sys.run(ctx, "lvs", "--noheadings", "-o", "lv_name", vg+"/"+sn.name); lerr == nil {
-				sn.created = true
-			}
-			hint := ""
-			if strings.Contains(err.Error(), "nsufficient free") {
-				hint = " (the volume group needs free space for the snapshot; see --fs-snapshot-size)"
-			}
-			return "", fmt.Errorf("snapshot the logical volume %s/%s (for %s): %w%s", vg, lv, p, err, hint)
-		}
-		sn.created = true
-		dev, err := s.sys.waitForDevice(vg, sn.name)
-		if err != nil {
-			return "", err
-		}
+	sn, dev, err := s.lvmSnapshot(ctx, p, vg, lv, segtype, size, warn, warned)
+	if err != nil {
+		return "", err
+	}
+	if !sn.mounted {
 		if sn.dir, err = s.sys.mkdirTemp(); err != nil {
 			return "", fmt.Errorf("make a mount point for the snapshot: %w", err)
 		}
@@ -134,6 +90,78 @@ func (s *Set) lvm(ctx context.Context, p, real string, m *Mount, size string, wa
 	at := pathmatch.Rebase(m.Root, "/", sn.root)
 	s.sources[m.Point] = at
 	return pathmatch.Rebase(real, m.Point, at), nil
+}
+
+// lvmSnapshot makes (once per logical volume) a snapshot of vg/lv, for
+// the path p, and returns it with its device.
+func (s *Set) lvmSnapshot(ctx context.Context, p, vg, lv, segtype, size string, warn func(string), warned map[string]bool) (*snap, string, error) {
+	key := "lvm:" + vg + "/" + lv
+	if sn := s.byKey[key]; sn != nil {
+		return sn, sn.dev, nil
+	}
+	if !warned["vg:"+vg] {
+		warned["vg:"+vg] = true
+		if out, err := s.sys.run(ctx, "lvs", "--noheadings", "-o", "lv_name", vg); err == nil {
+			var old []string
+			for _, name := range strings.Fields(out) {
+				if strings.HasPrefix(name, Prefix) {
+					old = append(old, vg+"/"+name)
+				}
+			}
+			if len(old) > 0 {
+				warn(fmt.Sprintf("warning: LVM snapshots left behind by an earlier floe run: %s; unless a backup is running, unmount them (see mount | grep %s) and remove them with: lvremove %s",
+					strings.Join(old, ", "), Prefix, strings.Join(old, " ")))
+			}
+		}
+	}
+	sn := &snap{kind: LVM, of: vg + "/" + lv, vg: vg, lv: lv, name: Prefix + s.sys.random(), thin: segtype == "thin"}
+	args := []string{"--snapshot", "--name", sn.name}
+	if sn.thin && size == "" {
+		// a thin snapshot takes its room from the pool; it is made with
+		// the activation skip flag unless told otherwise
+		args = append(args, "--setactivationskip", "n")
+	} else {
+		sa, err := sizeArgs(size)
+		if err != nil {
+			return nil, "", err
+		}
+		args = append(args, sa...)
+	}
+	args = append(args, vg+"/"+lv)
+	s.snaps = append(s.snaps, sn)
+	s.byKey[key] = sn
+	if _, err := s.sys.run(ctx, "lvcreate", args...); err != nil {
+		// lvcreate undoes a failed creation; if the LV exists anyway,
+		// Remove deletes it
+		if _, lerr := s.sys.run(ctx, "lvs", "--noheadings", "-o", "lv_name", vg+"/"+sn.name); lerr == nil {
+			sn.created = true
+		}
+		hint := ""
+		if strings.Contains(err.Error(), "nsufficient free") {
+			hint = " (the volume group needs free space for the snapshot; see --fs-snapshot-size)"
+		}
+		return nil, "", fmt.Errorf("snapshot the logical volume %s/%s (for %s): %w%s", vg, lv, p, err, hint)
+	}
+	sn.created = true
+	dev, err := s.sys.waitForDevice(vg, sn.name)
+	if err != nil {
+		return nil, "", err
+	}
+	sn.dev = dev
+	return sn, dev, nil
+}
+
+// lvmDevice snapshots the logical volume that is the block device p
+// (number rdev; backup --image) and returns the snapshot's device, which
+// is read instead: not mounted, the volume's blocks as of one instant.
+func (s *Set) lvmDevice(ctx context.Context, p string, rdev uint64, size string, warn func(string), warned map[string]bool) (string, error) {
+	m := &Mount{Major: unix.Major(rdev), Minor: unix.Minor(rdev), Source: p, FSType: "a block device", Point: "nowhere"}
+	vg, lv, segtype, err := s.sys.logicalVolume(ctx, m)
+	if err != nil {
+		return "", fmt.Errorf("image %s: %w", p, err)
+	}
+	_, dev, err := s.lvmSnapshot(ctx, p, vg, lv, segtype, size, warn, warned)
+	return dev, err
 }
 
 // logicalVolume finds the LVM logical volume behind a mount: its device
