@@ -302,3 +302,77 @@ func TestImageClones(t *testing.T) {
 	e.ok("restore", "latest:"+images[1], "--target", e.path("r"))
 	cmpFiles(t, images[1], filepath.Join(e.path("r"), "vm0.raw"), 0)
 }
+
+// An image file inside a btrfs subvolume, written to while backed up, is
+// read from a btrfs snapshot: frozen, consistent, and the live image's
+// later writes are not in it.
+func TestImageFsSnapshotBtrfs(t *testing.T) {
+	e := newEnv(t)
+	mnt, vol := btrfsVolume(t, e, 400<<20)
+	e.init()
+	img := filepath.Join(vol, "vm.raw")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(64 << 20)
+	block := bytes.Repeat([]byte("a"), 1<<20)
+	for off := int64(0); off < 16<<20; off += 1 << 20 {
+		f.WriteAt(block, off)
+	}
+	f.Sync()
+	// a VM writing to its disk all the time
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		b := bytes.Repeat([]byte("b"), 4096)
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.WriteAt(b, 20<<20+(i%1024)*4096)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	out, r := e.backup("--fs-snapshot", "btrfs", "--image", img)
+	expectNoLeftovers(t, "after the backup", mnt, "")
+	close(stop)
+	<-done
+	f.Close()
+	if out.Consistency.ChangedCount != 0 || !out.Consistency.Frozen {
+		t.Fatalf("an image read from a btrfs snapshot: consistency %+v\n%s", out.Consistency, r)
+	}
+	dst := e.path("r")
+	e.ok("restore", "latest:"+img, "--target", dst)
+	got, _ := os.ReadFile(filepath.Join(dst, "vm.raw"))
+	if len(got) != 64<<20 || !bytes.Equal(got[:16<<20], bytes.Repeat(block, 16)) {
+		t.Fatalf("restored image: %d bytes", len(got))
+	}
+
+	// without a snapshot the writes are seen: read again, then recorded
+	stop, done = make(chan struct{}), make(chan struct{})
+	f, _ = os.OpenFile(img, os.O_WRONLY, 0)
+	go func() {
+		defer close(done)
+		b := bytes.Repeat([]byte("c"), 4096)
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.WriteAt(b, 30<<20+(i%1024)*4096)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	out, _ = e.backup("--image", img)
+	close(stop)
+	<-done
+	f.Close()
+	if out.Consistency.ChangedCount != 1 || out.Consistency.ChangedDuringRead[0] != img {
+		t.Fatalf("an image written while read: consistency %+v", out.Consistency)
+	}
+}
