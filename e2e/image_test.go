@@ -376,3 +376,43 @@ func TestImageFsSnapshotBtrfs(t *testing.T) {
 		t.Fatalf("an image written while read: consistency %+v", out.Consistency)
 	}
 }
+
+// A block device written to while it is read: its write counters in
+// /sys/dev/block/*/stat move, so the backup reads it again and records it.
+func TestImageDeviceWrittenDuringRead(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	img := e.path("busy.raw")
+	os.WriteFile(img, bytes.Repeat([]byte{1}, 32<<20), 0o600)
+	dev := attachLoop(t, img, false)
+	f, err := os.OpenFile(dev, os.O_WRONLY|syscall.O_SYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		b := bytes.Repeat([]byte{2}, 4096)
+		for i := int64(0); ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			f.WriteAt(b, (i%4096)*4096)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	out, _ := e.backup("--image", dev)
+	close(stop)
+	<-done
+	f.Close()
+	if out.Consistency.ChangedCount != 1 || out.Consistency.ChangedDuringRead[0] != dev {
+		t.Fatalf("a device written while read: consistency %+v", out.Consistency)
+	}
+	// unused, it is consistent
+	out, _ = e.backup("--image", dev)
+	if out.Consistency.ChangedCount != 0 {
+		t.Fatalf("an idle device: consistency %+v", out.Consistency)
+	}
+}
