@@ -15,7 +15,8 @@ have lvcreate || need+=(lvm2)
 # scripts/build.sh's test checks the binary is static with file(1)
 command -v file >/dev/null 2>&1 || need+=(file)
 # e2fsprogs also gives chattr (e2e/attack_test.go: a gc directory that cannot be written)
-have mkfs.ext4 && have chattr || need+=(e2fsprogs)
+# and debugfs (e2e/image_test.go: a file read out of an image served by floe nbd through nbdfuse)
+have mkfs.ext4 && have chattr && have debugfs || need+=(e2fsprogs)
 # floe agent install (e2e/agent_test.go): the unit is checked with systemd-analyze verify
 have systemd-analyze || need+=(systemd)
 # ssh:// locations (e2e/ssh_test.go): a real sshd on a loopback port
@@ -25,7 +26,7 @@ have sshd && have ssh-keygen && command -v ssh >/dev/null 2>&1 || need+=(openssh
 # reference server whose block map ours is checked against. FLOE_REQUIRE_NBD_TOOLS=1
 # (below) makes a missing one a failure.
 have qemu-img && have qemu-io || need+=(qemu-utils)
-have nbdinfo && have nbdcopy || need+=(libnbd-bin)
+have nbdinfo && have nbdcopy && have nbdfuse || need+=(libnbd-bin)
 have nbdkit || need+=(nbdkit)
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need+=(python3-libnbd)
 # the dashboard driven in real headless Chromium (internal/web/browser_test.go)
