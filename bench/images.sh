@@ -1,0 +1,57 @@
+#!/bin/bash
+# bench/images.sh: one side-by-side run of disk image backups (bench/IMAGES.md).
+# The same 1.5 GiB ext4 image (about 550 MiB of files from /usr, the rest
+# zeros), attached read-only to a loop device, is backed up by
+#   floe backup --image /dev/loopN
+#   restic backup --stdin < /dev/loopN
+#   borg create --read-special REPO::a /dev/loopN
+# then again unchanged; then restored by `floe restore` and read through
+# `floe nbd` with nbdcopy. Needs root (losetup), mkfs.ext4, nbdcopy, borg,
+# restic (RESTIC, default /tmp/floe-bench/restic-v0.19.1/restic).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+B=${BENCH_DIR:-/tmp/floe-bench}/images
+RESTIC=${RESTIC:-/tmp/floe-bench/restic-v0.19.1/restic}
+rm -rf "$B/run"; mkdir -p "$B/run"
+(cd "$root" && go build -o "$B/floe" ./cmd/floe)
+img=$B/disk.raw
+if [ ! -f "$img" ]; then
+  src=$B/src; rm -rf "$src"; mkdir -p "$src"
+  cp -a /usr/share/doc /usr/share/locale "$src"/ 2>/dev/null || true
+  cp -a /usr/lib/x86_64-linux-gnu "$src"/lib 2>/dev/null || true
+  du -sh "$src"
+  truncate -s 1536M "$img.tmp"
+  mkfs.ext4 -q -F -E nodiscard -d "$src" "$img.tmp"
+  mv "$img.tmp" "$img"; rm -rf "$src"
+fi
+dev=$(losetup --find --show --read-only "$img")
+trap 'losetup -d $dev' EXIT
+cat "$img" >/dev/null   # page cache: every tool reads from memory
+echo "image: $(stat -c %s "$img") bytes, $(du -B1 "$img" | cut -f1) allocated, on $dev"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); cores: $(nproc)"
+t() { local name=$1; shift; /usr/bin/time -f "$name %e s wall, %U s user, %S s sys, %M KiB max RSS" "$@" >/dev/null 2>"$B/run/err" || { cat "$B/run/err"; exit 1; }; tail -1 "$B/run/err"; }
+export FLOE_PASSWORD_FILE=$B/run/pw RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+echo bench > "$FLOE_PASSWORD_FILE"
+F="$B/floe -r $B/run/floe"
+$F init -q
+"$RESTIC" init -q -r "$B/run/restic"
+borg init -e repokey-blake2 "$B/run/borg"
+t "floe   initial " $F backup -q --image "$dev"
+t "restic initial " sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
+t "borg   initial " borg create --read-special "$B/run/borg::a" "$dev"
+t "floe   unchanged" $F backup -q --image "$dev"
+t "restic unchanged" sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
+t "borg   unchanged" borg create --read-special "$B/run/borg::b" "$dev"
+echo "repository sizes (du -sb): floe $(du -sb $B/run/floe | cut -f1), restic $(du -sb $B/run/restic | cut -f1), borg $(du -sb $B/run/borg | cut -f1)"
+t "floe restore   " $F restore -q "latest:$dev" --target "$B/run/r"
+cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe restore: identical, $(du -B1 "$B/run/r/$(basename "$dev")" | cut -f1) bytes allocated"
+rm -rf "$B/run/r"
+$F nbd "latest:$dev" --listen "unix:$B/run/nbd.sock" -q & nbdpid=$!
+for i in $(seq 100); do [ -S "$B/run/nbd.sock" ] && break; sleep 0.1; done
+t "nbdcopy from floe nbd" nbdcopy "nbd+unix:///?socket=$B/run/nbd.sock" "$B/run/copy.raw"
+kill -INT $nbdpid; wait $nbdpid || true
+cmp "$img" "$B/run/copy.raw" && echo "nbdcopy: identical, $(du -B1 "$B/run/copy.raw" | cut -f1) bytes allocated"
+rm -f "$B/run/copy.raw"
+t "restic restore " "$RESTIC" restore -q -r "$B/run/restic" latest --target "$B/run/rr"
+rm -rf "$B/run/rr"
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
