@@ -416,3 +416,57 @@ func TestImageDeviceWrittenDuringRead(t *testing.T) {
 		t.Fatalf("an idle device: consistency %+v", out.Consistency)
 	}
 }
+
+// restore --to-device zeroes the image's zero regions on a device that
+// held other bytes there: by the device (punch hole) or, with
+// --write-zeros, by writing them; a mounted device is refused.
+func TestImageRestoreToDeviceZeros(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	img := e.path("vm.raw")
+	writeLayoutFile(t, img)
+	e.backup("--image", img)
+	dst := e.path("dst.raw")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "the device zeroed them"},
+		{[]string{"--write-zeros"}, "written as zeros (--write-zeros)"},
+	} {
+		os.WriteFile(dst, bytes.Repeat([]byte{0xff}, 40<<20), 0o600)
+		dev := attachLoop(t, dst, false)
+		r := e.ok(append([]string{"restore", "latest:" + img, "--to-device", dev, "--verify"}, tc.args...)...)
+		if !strings.Contains(r.stdout, tc.want) {
+			t.Fatalf("want %q:\n%s", tc.want, r)
+		}
+		cmpFiles(t, img, dev, 32<<20)
+		exec.Command("losetup", "--detach", dev).Run()
+	}
+
+	// a mounted device is refused, and left alone
+	os.WriteFile(dst, nil, 0o600)
+	os.Truncate(dst, 40<<20)
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", dst).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs.ext4: %v: %s", err, out)
+	}
+	dev := attachLoop(t, dst, false)
+	mountDev(t, dev, e.path("mnt"))
+	r := e.floe("restore", "latest:"+img, "--to-device", dev)
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "is mounted") {
+		t.Fatalf("a mounted device:\n%s", r)
+	}
+}
+
+// writeLayoutFile writes a 32 MiB image: data, zeros, data, zeros.
+func writeLayoutFile(t *testing.T, path string) {
+	t.Helper()
+	b := make([]byte, 32<<20)
+	rnd := rand.New(rand.NewSource(7))
+	rnd.Read(b[:4<<20])
+	rnd.Read(b[20<<20 : 22<<20])
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
