@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"bytes"
+	"encoding/json"
 	"math/rand"
 	"os"
 	"os/exec"
@@ -444,6 +445,21 @@ func TestImageRestoreToDeviceZeros(t *testing.T) {
 		exec.Command("losetup", "--detach", dev).Run()
 	}
 
+	// --json: one summary line
+	os.WriteFile(dst, bytes.Repeat([]byte{0xff}, 40<<20), 0o600)
+	jdev := attachLoop(t, dst, false)
+	r := e.ok("restore", "--json", "latest:"+img, "--to-device", jdev)
+	var sum struct {
+		Type      string `json:"message_type"`
+		Bytes     int64  `json:"bytes"`
+		ZeroBytes int64  `json:"zero_bytes"`
+		Zeroing   string `json:"zeroing"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(r.stdout)), &sum); err != nil || sum.Type != "summary" || sum.Bytes != 32<<20 || sum.ZeroBytes < 25<<20 || sum.Zeroing != "device" {
+		t.Fatalf("restore --to-device --json: %v %+v\n%s", err, sum, r)
+	}
+	exec.Command("losetup", "--detach", jdev).Run()
+
 	// a mounted device is refused, and left alone
 	os.WriteFile(dst, nil, 0o600)
 	os.Truncate(dst, 40<<20)
@@ -452,7 +468,7 @@ func TestImageRestoreToDeviceZeros(t *testing.T) {
 	}
 	dev := attachLoop(t, dst, false)
 	mountDev(t, dev, e.path("mnt"))
-	r := e.floe("restore", "latest:"+img, "--to-device", dev)
+	r = e.floe("restore", "latest:"+img, "--to-device", dev)
 	expectCode(t, r, 1)
 	if !strings.Contains(r.stderr, "is mounted") {
 		t.Fatalf("a mounted device:\n%s", r)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"os"
 	"time"
 
 	"github.com/floe-backup/floe/internal/devrestore"
@@ -38,9 +37,10 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 	}
 	warnForged(g, r.ForgedCopies())
 	if g.json {
-		return ui.WriteJSON(os.Stdout, map[string]any{"snapshot": sn.ID.String(), "path": p, "device": device,
+		stdoutJSON.summary(map[string]any{"snapshot": sn.ID.String(), "path": p, "device": device,
 			"bytes": res.Bytes, "data_bytes": res.DataBytes, "zero_bytes": res.ZeroBytes, "zeroing": res.Zeroing,
-			"device_size": res.DeviceSize, "verified": res.Verified, "seconds": time.Since(start).Seconds()})
+			"device_size": res.DeviceSize, "verified": res.Verified, "duration_seconds": time.Since(start).Seconds()})
+		return nil
 	}
 	g.say("restored %s:%s (%s) to %s in %s: %s of data written", sn.ID.Short(), p, ui.Bytes(res.Bytes), device,
 		ui.Duration(time.Since(start)), ui.Bytes(res.DataBytes))
