@@ -269,6 +269,8 @@ cleanup_tool() { [[ $KEEP == 1 ]] || rm -rf "$1"; }
 warm() { find "$1" -type f -print0 | xargs -0 -r cat >/dev/null; }
 
 # ---------------------------------------------------------------- main
+# Sourced (by bench/remote.sh, for the data sets and helpers above): stop here.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 ensure_deps
 command -v go >/dev/null || die "go not found"
 mkdir -p "$WORK" "$DATA"

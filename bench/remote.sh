@@ -1,0 +1,693 @@
+#!/usr/bin/env bash
+# bench/remote.sh — floe over the network, side by side with restic, in one
+# run, and write bench/REMOTE.md. See bench/README.md ("Remote benchmarks").
+#
+#   REST_SERVER_BIN=/path/to/rest-server bench/remote.sh
+#   BENCH_SCALE=small REST_SERVER_BIN=... bench/remote.sh     # smoke run
+#
+# Parts (BENCH_PARTS, default all, in this order):
+#   loopback  floe to a local path, floe to `floe serve`, restic to
+#             rest-server --append-only: init, backup, no-change backup,
+#             restore (checked against the source), server CPU time
+#   s3        floe and restic to the same versitygw S3 server on loopback
+#   clients   BENCH_CLIENTS (50) floe clients back up at once through one
+#             `floe serve`: its peak RSS and CPU time
+#   far       a link between two network namespaces shaped with netem
+#             (delay 50ms rate 1gbit loss 0.1% each way): floe backup with
+#             --connections 1, 4, 16 and restic to rest-server
+#
+# Environment knobs (defaults in brackets), beside those of run.sh that apply
+# (BENCH_DIR, BENCH_SCALE, BENCH_DATASETS, BENCH_FLOE_BIN, BENCH_RESTIC_VERSION):
+#   REST_SERVER_BIN       rest-server binary (required for loopback and far)
+#   BENCH_PARTS           parts to run                      [loopback s3 clients far]
+#   BENCH_S3_DATASETS     data sets of the s3 part           [$BENCH_DATASETS]
+#   BENCH_CLIENTS         concurrent clients                 [50]
+#   BENCH_FAR_MB          MiB of random data over the far link [512; small: 64]
+#   BENCH_FAR_TIMEOUT     seconds a far-link backup may take [900]
+#   BENCH_REMOTE_RESULTS  report path                        [bench/REMOTE.md]
+#   FLOE_VERSITYGW        versitygw binary (else $PATH, else Go's bin dir;
+#                         installed there with go install at the version
+#                         scripts/test.sh pins when missing)
+#
+# Exit status: 0 when every step ran and every restore matched its source,
+# 1 otherwise, 2 when it could not start (missing rest-server, not root, ...).
+set -euo pipefail
+
+# run.sh, sourced, gives the data sets (prepare_goroot, prepare_large), the
+# floe build, restic's install and the restore checks; it stops before its
+# own main part. No borg here.
+export BENCH_TOOLS="floe restic"
+# shellcheck source=bench/run.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run.sh"
+
+PARTS=${BENCH_PARTS:-loopback s3 clients far}
+S3_DATASETS=${BENCH_S3_DATASETS:-$DATASETS}
+CLIENTS=${BENCH_CLIENTS:-50}
+FAR_TIMEOUT=${BENCH_FAR_TIMEOUT:-900}
+REMOTE_OUT=${BENCH_REMOTE_RESULTS:-$ROOT/bench/REMOTE.md}
+case $SCALE in full) FAR_MB=${BENCH_FAR_MB:-512} ;; *) FAR_MB=${BENCH_FAR_MB:-64} ;; esac
+for p in $PARTS; do case $p in loopback|s3|clients|far) ;; *) die "unknown part '$p'" ;; esac; done
+for d in $S3_DATASETS; do case $d in goroot|large) ;; *) die "unknown S3 data set '$d'" ;; esac; done
+[[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be a positive integer"
+[[ $FAR_MB =~ ^[1-9][0-9]*$ ]] || die "BENCH_FAR_MB must be a positive integer"
+
+RUN=$WORK/remote             # everything of this run; wiped at start
+LOGS=$RUN/logs
+RES=$RUN/results.tsv
+FLOE=$WORK/floe-remote       # not run.sh's binary: both may run at once
+CERT=$RUN/tls/cert.pem
+CERTKEY=$RUN/tls/key.pem
+CLK=$(getconf CLK_TCK)
+GiB=$((1024 * MiB))
+# The far link's addresses: private, inside this run's own namespaces only.
+FAR_SRV_IP=10.213.77.1
+FAR_CLI_IP=10.213.77.2
+NS_SRV=floe-rb-srv-$$
+NS_CLI=floe-rb-cli-$$
+FAR_NETEM=(netem delay 50ms rate 1gbit loss 0.1% limit 100000)
+has_part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+# ---------------------------------------------------------------- tools
+need_rest_server() {
+	if [[ -z ${REST_SERVER_BIN:-} || ! -x ${REST_SERVER_BIN:-} ]]; then
+		cat >&2 <<'EOF'
+remote.sh: REST_SERVER_BIN must name a rest-server binary (restic's REST
+backend server; the Go module proxy does not serve it). Build it outside this
+repository, for example:
+    git clone https://github.com/restic/rest-server /tmp/rest-server
+    cd /tmp/rest-server && git checkout v0.14.0 && go build ./cmd/rest-server
+    REST_SERVER_BIN=/tmp/rest-server/rest-server bench/remote.sh
+(or BENCH_PARTS="s3 clients" to run without it).
+EOF
+		exit 2
+	fi
+	REST_SERVER_BIN=$(realpath "$REST_SERVER_BIN")
+}
+
+# versitygw as the S3 tests find it; installed at scripts/test.sh's pinned
+# version when missing (the version is read from there, not repeated here).
+find_versitygw() {
+	local gobin ver
+	gobin=$(go env GOBIN)
+	[[ -n $gobin ]] || gobin="$(go env GOPATH | cut -d: -f1)/bin"
+	for VERSITYGW in "${FLOE_VERSITYGW:-}" "$(command -v versitygw || true)" "$gobin/versitygw"; do
+		[[ -n $VERSITYGW && -x $VERSITYGW ]] && return
+	done
+	ver=$(sed -n 's/^versitygw_version=\([^ ]*\).*/\1/p' "$ROOT/scripts/test.sh")
+	[[ -n $ver ]] || die "no versitygw_version in scripts/test.sh"
+	say "installing versitygw $ver with go install"
+	go install "github.com/versity/versitygw/cmd/versitygw@$ver" || die "could not install versitygw $ver"
+	VERSITYGW=$gobin/versitygw
+}
+
+# One certificate for both servers, so that both tools pay for TLS alike.
+make_cert() {
+	mkdir -p "$RUN/tls"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+		-subj /CN=floe-bench -addext "subjectAltName=IP:127.0.0.1,IP:$FAR_SRV_IP" \
+		-keyout "$CERTKEY" -out "$CERT" >"$LOGS/openssl.log" 2>&1 || die "openssl: see $LOGS/openssl.log"
+	chmod 600 "$CERTKEY"
+	FP="sha256:$(openssl x509 -in "$CERT" -outform DER | sha256sum | cut -d' ' -f1)"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# ---------------------------------------------------------------- servers
+# start_server NAME HOST PORT NETNS CMD...: start a server in the background
+# (in NETNS unless it is "-") and wait until it accepts connections; sets
+# SERVER_PID (the server itself: ip netns exec execs it).
+start_server() {
+	local name=$1 host=$2 port=$3 ns=$4 i pre=()
+	shift 4
+	[[ $ns == - ]] || pre=(ip netns exec "$ns")
+	"${pre[@]}" "$@" </dev/null >"$LOGS/server-$name.log" 2>&1 &
+	SERVER_PID=$!
+	for ((i = 0; i < 300; i++)); do
+		kill -0 "$SERVER_PID" 2>/dev/null || { tail "$LOGS/server-$name.log" >&2; die "server $name exited"; }
+		"${pre[@]}" timeout 1 bash -c "</dev/tcp/$host/$port" 2>/dev/null && return
+		sleep 0.1
+	done
+	die "server $name does not listen on $host:$port"
+}
+stop_server() {
+	[[ -n ${SERVER_PID:-} ]] || return 0
+	kill -TERM "$SERVER_PID" 2>/dev/null || true
+	wait "$SERVER_PID" 2>/dev/null || true
+	SERVER_PID=
+}
+server_ticks() {
+	if [[ -n ${SERVER_PID:-} && -r /proc/$SERVER_PID/stat ]]; then
+		awk '{print $14 + $15}' "/proc/$SERVER_PID/stat"
+	else
+		echo NA
+	fi
+}
+
+floe_token() { # ROOT REPO HOST ROLE FILE
+	"$FLOE" serve token add --root "$1" --repo "$2" --host "$3" --role "$4" >"$5" 2>>"$LOGS/tokens.log" ||
+		die "floe serve token add failed, see $LOGS/tokens.log"
+	chmod 600 "$5"
+}
+
+# ---------------------------------------------------------------- measuring
+# row SECTION DS TOOL STEP WALL CPU RSS_KB SERVER_CPU BYTES LOAD1 STATUS
+row() { (IFS=$'\t'; echo "$*") >>"$RES"; }
+
+# measure SECTION DS TOOL STEP CMD...: run CMD under GNU time (wall, client
+# CPU = user + sys of it and its children, peak RSS), with the server's CPU
+# time (SERVER_PID) over the same interval and the 1-minute load average at
+# the start. Returns CMD's status.
+measure() {
+	local sec=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log load s0 s1 wall u s kb cpu scpu=NA rc=0
+	shift 4
+	log=$LOGS/$sec-$ds-$tool-$step.log
+	rm -f "$tf"
+	sync
+	load=$(cut -d' ' -f1 /proc/loadavg)
+	printf '$ %s\n' "$*" >"$log"
+	s0=$(server_ticks)
+	"$TIME" -f '%e %U %S %M' -o "$tf" "$@" </dev/null >>"$log" 2>&1 || rc=$?
+	s1=$(server_ticks)
+	read -r wall u s kb < <(tail -n 1 "$tf") || true
+	[[ $wall =~ ^[0-9.]+$ ]] || wall=NA
+	[[ $kb =~ ^[0-9]+$ ]] || kb=NA
+	if [[ $u =~ ^[0-9.]+$ && $s =~ ^[0-9.]+$ ]]; then cpu=$(awk -v u="$u" -v s="$s" 'BEGIN {printf "%.2f", u + s}'); else cpu=NA; fi
+	[[ $s0 == NA || $s1 == NA ]] || scpu=$(awk -v a="$s0" -v b="$s1" -v t="$CLK" 'BEGIN {printf "%.2f", (b - a) / t}')
+	if ((rc == 0)); then
+		row "$sec" "$ds" "$tool" "$step" "$wall" "$cpu" "$kb" "$scpu" NA "$load" ok
+		say "  $sec $ds $tool $step: ${wall}s wall, ${cpu}s CPU, server ${scpu}s CPU (load $load)"
+	else
+		row "$sec" "$ds" "$tool" "$step" "$wall" "$cpu" "$kb" "$scpu" NA "$load" FAIL
+		say "  FAIL: $sec $ds $tool $step exited $rc, log $log:"
+		tail -n 15 "$log" | sed 's/^/    /' >&2
+		FAILED=1
+	fi
+	return $rc
+}
+
+# check_restore SECTION DS TOOL: the restore in DST matches SRC (run.sh's
+# restored_root and listing: contents, names, types, modes, sizes, mtimes).
+check_restore() {
+	local root log=$LOGS/$1-$2-$3-verify.log
+	root=$(restored_root "$SRC" "$DST")
+	if { diff -r -q --no-dereference "$SRC" "$root" && diff <(listing "$SRC") <(listing "$root"); } >"$log" 2>&1; then
+		row "$1" "$2" "$3" verify NA NA NA NA NA NA ok
+		say "  $1 $2 $3 verify: restore matches source"
+	else
+		row "$1" "$2" "$3" verify NA NA NA NA NA NA MISMATCH
+		FAILED=1
+		say "  !!!!!!!! VERIFY FAILED: $3 restore of $2 ($1) differs from the source, see $log !!!!!!!!"
+	fi
+}
+
+# client TOOL: fresh caches and config for one tool and data set, in $BASE.
+fresh_client() {
+	rm -rf "$BASE"
+	mkdir -p "$BASE/cache" "$BASE/config" "$DST"
+	export XDG_CACHE_HOME=$BASE/cache XDG_CONFIG_HOME=$BASE/config
+	export RESTIC_PASSWORD_FILE=$PW RESTIC_CACHE_DIR=$BASE/cache/restic
+}
+
+# cycle SECTION DS KIND TOOL STORE CLIENT...: init, backup, no-change backup,
+# restore and check, with CLIENT (the command and its repository options) of
+# KIND floe or restic; STORE is the directory that holds the repository's
+# bytes (its size after the first backup is what the server ingested).
+cycle() {
+	local sec=$1 ds=$2 kind=$3 tool=$4 store=$5 init=(init)
+	shift 5
+	SRC=$DATA/$ds BASE=$RUN/c/$sec-$ds-$tool DST=$RUN/c/$sec-$ds-$tool/restore
+	fresh_client
+	say "$sec $ds: $tool"
+	[[ $kind == restic ]] && init=(init --repository-version 2)
+	measure "$sec" "$ds" "$tool" init "$@" "${init[@]}" || return 0
+	measure "$sec" "$ds" "$tool" backup1 "$@" backup "$SRC" || return 0
+	row "$sec" "$ds" "$tool" stored NA NA NA NA "$(du -sb "$store" | cut -f1)" NA ok
+	measure "$sec" "$ds" "$tool" backup2 "$@" backup "$SRC" || return 0
+	measure "$sec" "$ds" "$tool" restore "$@" restore latest --target "$DST" || return 0
+	check_restore "$sec" "$ds" "$tool"
+	rm -rf "$BASE"
+}
+
+# ---------------------------------------------------------------- parts
+part_loopback() {
+	local ds port srv=$RUN/floe-serve rs=$RUN/rest-server tok=$RUN/admin.token
+	mkdir -p "$srv" "$rs"
+	for ds in $DATASETS; do
+		say "$ds: warming the page cache"
+		warm "$DATA/$ds"
+		SERVER_PID=
+		cycle loopback "$ds" floe floe-local "$RUN/c/local-$ds/repo" \
+			"$FLOE" -r "$RUN/c/local-$ds/repo" --password-file "$PW"
+		rm -rf "$RUN/c/local-$ds"
+
+		port=$(free_port)
+		start_server "floe-$ds" 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
+			--tls-cert "$CERT" --tls-key "$CERTKEY"
+		floe_token "$srv" "$ds" bench admin "$tok"
+		cycle loopback "$ds" floe floe-serve "$srv/$ds" \
+			"$FLOE" -r "https://127.0.0.1:$port/$ds" --token-file "$tok" --server-fingerprint "$FP" --password-file "$PW"
+		stop_server
+		rm -rf "${srv:?}/$ds"
+
+		port=$(free_port)
+		start_server "rest-$ds" 127.0.0.1 "$port" - "$REST_SERVER_BIN" --path "$rs" --listen "127.0.0.1:$port" \
+			--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
+		cycle loopback "$ds" restic restic-rest "$rs/$ds" \
+			restic -r "rest:https://127.0.0.1:$port/$ds/" --cacert "$CERT"
+		stop_server
+		rm -rf "${rs:?}/$ds"
+	done
+}
+
+part_s3() {
+	local ds port dir=$RUN/s3
+	mkdir -p "$dir"
+	port=$(free_port)
+	export AWS_ACCESS_KEY_ID=floebench$RANDOM AWS_SECRET_ACCESS_KEY=secret$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+	export ROOT_ACCESS_KEY_ID=$AWS_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY
+	start_server versitygw 127.0.0.1 "$port" - "$VERSITYGW" --port "127.0.0.1:$port" --quiet posix "$dir"
+	for ds in $S3_DATASETS; do
+		say "$ds: warming the page cache"
+		warm "$DATA/$ds"
+		cycle s3 "$ds" floe floe-s3 "$dir/floe-$ds" \
+			"$FLOE" -r "s3:http://127.0.0.1:$port/floe-$ds" --password-file "$PW"
+		cycle s3 "$ds" restic restic-s3 "$dir/restic-$ds" \
+			restic -r "s3:http://127.0.0.1:$port/restic-$ds"
+		rm -rf "${dir:?}/floe-$ds" "${dir:?}/restic-$ds"
+	done
+	stop_server
+	unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ROOT_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY
+}
+
+# BENCH_CLIENTS hosts, each with its own backup token, cache and tree (8
+# random files of 256 KiB), back up through one server at once with a
+# write-only key, as e2e's TestServerManyClients does.
+part_clients() {
+	local srv=$RUN/clients-srv data=$WORK/clients-$CLIENTS port i failed=0 hwm scpu s0 s1 t0 t1 load key=$RUN/clients/wo.key
+	if [[ ! -f $data/.ready ]]; then
+		say "preparing $CLIENTS client trees"
+		rm -rf "$data"
+		for ((i = 0; i < CLIENTS; i++)); do
+			mkdir -p "$data/h$i"
+			for f in 1 2 3 4 5 6 7 8; do head -c $((256 * 1024)) /dev/urandom >"$data/h$i/f$f"; done
+		done
+		touch "$data/.ready"
+	fi
+	mkdir -p "$srv" "$RUN/clients"
+	BASE=$RUN/clients/admin DST=$RUN/clients/none
+	fresh_client
+	port=$(free_port)
+	start_server clients 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
+		--tls-cert "$CERT" --tls-key "$CERTKEY"
+	local url=https://127.0.0.1:$port/fleet
+	floe_token "$srv" fleet admin admin "$RUN/clients/admin.token"
+	"$FLOE" -r "$url" --token-file "$RUN/clients/admin.token" --server-fingerprint "$FP" --password-file "$PW" init \
+		>"$LOGS/clients-init.log" 2>&1 || die "clients: init failed, see $LOGS/clients-init.log"
+	"$FLOE" -r "$url" --token-file "$RUN/clients/admin.token" --server-fingerprint "$FP" --password-file "$PW" \
+		key add --write-only --new-key-file "$key" >>"$LOGS/clients-init.log" 2>&1 || die "clients: key add failed"
+	for ((i = 0; i < CLIENTS; i++)); do floe_token "$srv" fleet "h$i" backup "$RUN/clients/h$i.token"; done
+	say "clients: $CLIENTS concurrent backups through floe serve"
+	sync
+	load=$(cut -d' ' -f1 /proc/loadavg)
+	s0=$(server_ticks)
+	t0=$(date +%s.%N)
+	local pids=()
+	for ((i = 0; i < CLIENTS; i++)); do
+		(XDG_CACHE_HOME=$RUN/clients/cache$i XDG_CONFIG_HOME=$RUN/clients/config$i \
+			"$FLOE" -r "$url" --token-file "$RUN/clients/h$i.token" --server-fingerprint "$FP" --key-file "$key" \
+			backup "$data/h$i" </dev/null >"$LOGS/clients-h$i.log" 2>&1) &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do wait "$i" || failed=$((failed + 1)); done
+	t1=$(date +%s.%N)
+	s1=$(server_ticks)
+	hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$SERVER_PID/status")
+	scpu=$(awk -v a="$s0" -v b="$s1" -v t="$CLK" 'BEGIN {printf "%.2f", (b - a) / t}')
+	local wall status=ok
+	wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
+	if ((failed)) || ! "$FLOE" -r "$url" --token-file "$RUN/clients/admin.token" --server-fingerprint "$FP" \
+		--password-file "$PW" check --read-data >"$LOGS/clients-check.log" 2>&1; then
+		status=FAIL FAILED=1
+		say "  FAIL: clients: $failed backups failed or check --read-data failed (logs $LOGS/clients-*)"
+	fi
+	row clients "$CLIENTS" floe-serve backup "$wall" NA "$hwm" "$scpu" "$(du -sb "$srv/fleet" | cut -f1)" "$load" "$status"
+	say "  clients: $CLIENTS backups in ${wall}s, floe serve peak RSS $((hwm / 1024)) MiB, ${scpu}s CPU (load $load)"
+	stop_server
+	rm -rf "$srv" "$RUN/clients"
+}
+
+far_cleanup() {
+	ip netns pids "$NS_SRV" 2>/dev/null | xargs -r kill 2>/dev/null || true
+	ip netns pids "$NS_CLI" 2>/dev/null | xargs -r kill 2>/dev/null || true
+	ip netns del "$NS_SRV" 2>/dev/null || true
+	ip netns del "$NS_CLI" 2>/dev/null || true
+}
+
+# Two namespaces joined by a veth pair, each end shaped by FAR_NETEM (so the
+# round trip is twice the delay). Without netem in the kernel the link is
+# shaped by rate only (tbf) and the part is reported as not a far link.
+far_setup() {
+	local vs=vrbs$$ vc=vrbc$$
+	ip netns add "$NS_SRV"
+	ip netns add "$NS_CLI"
+	ip link add "$vs" type veth peer name "$vc"
+	ip link set "$vs" netns "$NS_SRV"
+	ip link set "$vc" netns "$NS_CLI"
+	ip -n "$NS_SRV" addr add "$FAR_SRV_IP/30" dev "$vs"
+	ip -n "$NS_CLI" addr add "$FAR_CLI_IP/30" dev "$vc"
+	ip -n "$NS_SRV" link set lo up
+	ip -n "$NS_CLI" link set lo up
+	ip -n "$NS_SRV" link set "$vs" up
+	ip -n "$NS_CLI" link set "$vc" up
+	FAR_SHAPE="netem delay 50ms rate 1gbit loss 0.1% on each end (round trip 100 ms)"
+	if ! ip netns exec "$NS_SRV" tc qdisc add dev "$vs" root "${FAR_NETEM[@]}" 2>"$LOGS/far-tc.log"; then
+		FAR_SHAPE="NO netem in this kernel ($(head -n 1 "$LOGS/far-tc.log")): tbf rate 1gbit only, no delay, no loss: NOT a far link"
+		say "far: $FAR_SHAPE"
+		ip netns exec "$NS_SRV" tc qdisc add dev "$vs" root tbf rate 1gbit burst 256kb latency 50ms
+		ip netns exec "$NS_CLI" tc qdisc add dev "$vc" root tbf rate 1gbit burst 256kb latency 50ms
+	else
+		ip netns exec "$NS_CLI" tc qdisc add dev "$vc" root "${FAR_NETEM[@]}"
+	fi
+	FAR_RTT="not measured (no ping)"
+	if command -v ping >/dev/null; then
+		ip netns exec "$NS_CLI" ping -c 3 -q "$FAR_SRV_IP" >"$LOGS/far-ping.log" 2>&1 || true
+		FAR_RTT=$(awk -F/ '/^rtt/ {print $5 " ms"}' "$LOGS/far-ping.log")
+	fi
+	FAR_CC=$(ip netns exec "$NS_CLI" sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo "?")
+}
+
+part_far() {
+	local data=$WORK/far-$FAR_MB srv=$RUN/far-floe rs=$RUN/far-rest tok=$RUN/far.token n in=(ip netns exec "$NS_CLI")
+	if [[ ! -f $data/.ready ]]; then
+		say "preparing far: $FAR_MB MiB random"
+		rm -rf "$data"
+		mkdir -p "$data"
+		head -c $((FAR_MB * MiB)) /dev/urandom >"$data/random.bin"
+		touch "$data/.ready"
+	fi
+	far_setup
+	DATA_FAR=$data
+	warm "$data"
+	mkdir -p "$srv" "$rs"
+	start_server far-floe "$FAR_SRV_IP" 8443 "$NS_SRV" "$FLOE" serve --root "$srv" --listen "$FAR_SRV_IP:8443" \
+		--tls-cert "$CERT" --tls-key "$CERTKEY"
+	for n in 1 4 16; do
+		floe_token "$srv" "c$n" bench admin "$tok"
+		far_backup "floe-c$n" "$srv/c$n" "${in[@]}" "$FLOE" -r "https://$FAR_SRV_IP:8443/c$n" --token-file "$tok" \
+			--server-fingerprint "$FP" --password-file "$PW" --connections "$n"
+		rm -rf "${srv:?}/c$n"
+	done
+	stop_server
+	start_server far-rest "$FAR_SRV_IP" 8000 "$NS_SRV" "$REST_SERVER_BIN" --path "$rs" --listen "$FAR_SRV_IP:8000" \
+		--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
+	far_backup restic-rest "$rs/far" "${in[@]}" restic -r "rest:https://$FAR_SRV_IP:8000/far/" --cacert "$CERT"
+	stop_server
+	far_cleanup
+}
+
+# far_backup TOOL STORE CLIENT...: init, then one timed backup of the far data.
+far_backup() {
+	local tool=$1 store=$2 init=(init)
+	shift 2
+	SRC=$DATA_FAR BASE=$RUN/c/far-$tool DST=$RUN/c/far-$tool/restore
+	fresh_client
+	[[ $tool == restic* ]] && init=(init --repository-version 2)
+	say "far: $tool"
+	measure far "$FAR_MB" "$tool" init "$@" "${init[@]}" || return 0
+	measure far "$FAR_MB" "$tool" backup1 timeout "$FAR_TIMEOUT" "$@" backup "$SRC" || return 0
+	row far "$FAR_MB" "$tool" stored NA NA NA NA "$(du -sb "$store" | cut -f1)" NA ok
+	rm -rf "$BASE"
+}
+
+# ---------------------------------------------------------------- report
+# val SECTION DS TOOL STEP FIELD: a field of an ok row (5 wall, 6 CPU, 7 RSS,
+# 8 server CPU, 9 bytes, 10 load), or NA.
+val() {
+	awk -F'\t' -v a="$1" -v b="$2" -v c="$3" -v d="$4" -v f="$5" \
+		'$1 == a && $2 == b && $3 == c && $4 == d && $11 == "ok" {print $f; found = 1; exit} END {if (!found) print "NA"}' "$RES"
+}
+# calc EXPR with x and y; NA when either is missing or a divisor is 0.
+calc() {
+	awk -v x="$2" -v y="$3" "BEGIN { if (x == \"NA\" || y == \"NA\" || x == \"\" || y == \"\") { print \"NA\"; exit }
+		if (\"$1\" == \"div\") { if (y + 0 == 0) print \"NA\"; else printf \"%.2f\", x / y }
+		else printf \"%.2f\", x + y }"
+}
+# verdict RATIO TARGET: met / NOT MET / not measured (ratio above 1: floe better).
+verdict() {
+	[[ $1 == NA ]] && { echo "not measured"; return; }
+	awk -v r="$1" -v t="$2" 'BEGIN {print (r >= t) ? "met" : "NOT MET"}'
+}
+# judge WALL_RATIO CPU_RATIO TARGET: one line for both measures.
+judge() {
+	local w c
+	w=$(verdict "$1" "$3")
+	c=$(verdict "$2" "$3")
+	if [[ $w == "$c" ]]; then echo "$w"; else echo "wall: $w; CPU: $c"; fi
+}
+fmt() { [[ $1 == NA ]] && echo "–" || echo "$1"; }
+gib() { awk -v b="$1" 'BEGIN {printf "%.2f", b / 1073741824}'; }
+
+step_table() { # SECTION DS TOOL...
+	local sec=$1 ds=$2 t s
+	shift 2
+	echo "| tool | step | wall s | client CPU s | server CPU s | peak RSS MiB | load (1 min) |"
+	echo "|---|---|---|---|---|---|---|"
+	for t in "$@"; do
+		for s in init backup1 backup2 restore; do
+			local rss
+			rss=$(val "$sec" "$ds" "$t" "$s" 7)
+			[[ $rss == NA ]] || rss=$((rss / 1024))
+			echo "| $t | $s | $(fmt "$(val "$sec" "$ds" "$t" "$s" 5)") | $(fmt "$(val "$sec" "$ds" "$t" "$s" 6)") | $(fmt "$(val "$sec" "$ds" "$t" "$s" 8)") | $(fmt "$rss") | $(fmt "$(val "$sec" "$ds" "$t" "$s" 10)") |"
+		done
+		local st v
+		st=$(val "$sec" "$ds" "$t" stored 9)
+		v=$(awk -F'\t' -v a="$sec" -v b="$ds" -v c="$t" '$1 == a && $2 == b && $3 == c && $4 == "verify" {print $11}' "$RES")
+		echo "| $t | stored after backup1 | $( [[ $st == NA ]] && echo – || echo "$(gib "$st") GiB") | | | | restore check: ${v:-not run} |"
+	done
+	echo
+}
+
+# ratio_row LABEL SEC DS STEP RESTIC_TOOL FLOE_TOOL TARGET: restic ÷ floe,
+# wall and CPU (client + server CPU for remote tools).
+ratio_row() {
+	local label=$1 sec=$2 ds=$3 step=$4 rt=$5 ft=$6 target=$7 rw fw rc fc wr cr
+	rw=$(val "$sec" "$ds" "$rt" "$step" 5)
+	fw=$(val "$sec" "$ds" "$ft" "$step" 5)
+	rc=$(cpu_total "$sec" "$ds" "$rt" "$step")
+	fc=$(cpu_total "$sec" "$ds" "$ft" "$step")
+	wr=$(calc div "$rw" "$fw")
+	cr=$(calc div "$rc" "$fc")
+	echo "| $label | $ds | $(fmt "$wr") | $(fmt "$cr") | ≥ $target | $(judge "$wr" "$cr" "$target") |"
+}
+cpu_total() {
+	local c s
+	c=$(val "$@" 6)
+	s=$(val "$@" 8)
+	[[ $s == NA ]] && { echo "$c"; return; }
+	calc add "$c" "$s"
+}
+
+write_report() {
+	local ds sec
+	{
+		echo "# floe remote: side by side with restic"
+		echo
+		echo "Written by \`bench/remote.sh\` (see bench/README.md, \"Remote benchmarks\"); one run."
+		echo "Ratios are restic ÷ floe: above 1, floe is faster or uses less CPU."
+		echo "\"CPU\" is the client's user + system time, plus the server's (from"
+		echo "/proc/PID/stat over the same interval) for remote repositories: on a shared,"
+		echo "loaded machine wall time mostly measures the scheduler, CPU time the work."
+		echo "A target is met when both wall and CPU ratios reach it; when they disagree"
+		echo "both verdicts are given."
+		echo
+		echo "## Machine and run"
+		echo
+		echo "| | |"
+		echo "|---|---|"
+		sed 's/\t/ | /; s/^/| /; s/$/ |/' "$RUN/meta.tsv"
+		echo
+		if has_part loopback; then
+			echo "## Loopback: floe (local path, floe serve) and restic (rest-server --append-only)"
+			echo
+			echo "Both servers on 127.0.0.1 with the same TLS certificate (ECDSA P-256)."
+			echo
+			for ds in $DATASETS; do
+				echo "### $ds"
+				echo
+				step_table loopback "$ds" floe-local floe-serve restic-rest
+			done
+		fi
+		if has_part s3; then
+			echo "## S3: floe and restic to the same versitygw (posix backend) on loopback"
+			echo
+			echo "Server CPU here is versitygw's."
+			echo
+			for ds in $S3_DATASETS; do
+				echo "### $ds (S3)"
+				echo
+				step_table s3 "$ds" floe-s3 restic-s3
+			done
+		fi
+		if has_part loopback || has_part s3; then
+			echo "## Targets"
+			echo
+			echo "| measure | data set | wall ratio | CPU ratio | target | verdict |"
+			echo "|---|---|---|---|---|---|"
+		fi
+		if has_part loopback; then
+			for ds in $DATASETS; do
+				local t=2
+				[[ $ds == large ]] && t=2.5
+				ratio_row "initial backup, restic→rest-server ÷ floe→floe serve" loopback "$ds" backup1 restic-rest floe-serve "$t"
+				ratio_row "no-change backup" loopback "$ds" backup2 restic-rest floe-serve 3
+				ratio_row "restore" loopback "$ds" restore restic-rest floe-serve 2
+			done
+			for ds in $DATASETS; do
+				local s w c
+				for s in backup1 backup2 restore; do
+					# floe serve ÷ floe local: at most 1.3 (the other way round).
+					w=$(calc div "$(val loopback "$ds" floe-serve "$s" 5)" "$(val loopback "$ds" floe-local "$s" 5)")
+					c=$(calc div "$(cpu_total loopback "$ds" floe-serve "$s")" "$(val loopback "$ds" floe-local "$s" 6)")
+					echo "| floe serve ÷ floe local path, $s | $ds | $(fmt "$w") | $(fmt "$c") | ≤ 1.3 | $(judge "$(inv "$w")" "$(inv "$c")" 0.7692) |"
+				done
+			done
+		fi
+		if has_part s3; then
+			for ds in $S3_DATASETS; do
+				ratio_row "S3 initial backup" s3 "$ds" backup1 restic-s3 floe-s3 2
+				ratio_row "S3 restore" s3 "$ds" restore restic-s3 floe-s3 2
+			done
+		fi
+		echo
+		if has_part loopback; then
+			echo "(The floe serve ÷ local rows are floe ÷ floe, the CPU one counting the"
+			echo "server's CPU too; the target is met at 1.3 or below.)"
+			echo
+		fi
+		if has_part loopback; then
+			echo "## Server CPU per GiB ingested (initial backup, loopback)"
+			echo
+			echo "| data set | floe serve s/GiB | rest-server s/GiB | rest-server ÷ floe serve | load (1 min) |"
+			echo "|---|---|---|---|---|"
+			for ds in $DATASETS; do
+				local fs rs
+				fs=$(calc div "$(val loopback "$ds" floe-serve backup1 8)" "$(calc div "$(val loopback "$ds" floe-serve stored 9)" "$GiB")")
+				rs=$(calc div "$(val loopback "$ds" restic-rest backup1 8)" "$(calc div "$(val loopback "$ds" restic-rest stored 9)" "$GiB")")
+				echo "| $ds | $(fmt "$fs") | $(fmt "$rs") | $(fmt "$(calc div "$rs" "$fs")") | $(fmt "$(val loopback "$ds" floe-serve backup1 10)") / $(fmt "$(val loopback "$ds" restic-rest backup1 10)") |"
+			done
+			echo
+			echo "GiB ingested: the size of the repository on the server after the first backup."
+			echo
+		fi
+		if has_part clients; then
+			echo "## $CLIENTS concurrent clients through one floe serve"
+			echo
+			local line
+			line=$(awk -F'\t' '$1 == "clients"' "$RES")
+			if [[ -n $line ]]; then
+				IFS=$'\t' read -r _ n _ _ w _ kb sc b l st <<<"$line"
+				echo "| clients | wall s | floe serve peak RSS (VmHWM) | floe serve CPU s | stored | load (1 min) | status |"
+				echo "|---|---|---|---|---|---|---|"
+				echo "| $n | $w | $((kb / 1024)) MiB | $sc | $(gib "$b") GiB | $l | $st |"
+				echo
+				echo "Each client: its own backup token and cache, a write-only key, 8 random files of"
+				echo "256 KiB; all started at once; then \`check --read-data\` of the repository."
+			else
+				echo "not run"
+			fi
+			echo
+		fi
+		if has_part far; then
+			echo "## Far link: $FAR_MB MiB of random data between two network namespaces"
+			echo
+			echo "Link: ${FAR_SHAPE:-not set up}; ping RTT ${FAR_RTT:-?}; TCP congestion control ${FAR_CC:-?}."
+			echo "Server in one namespace, client in the other; restic uses its default"
+			echo "5 connections to rest-server (\`-o rest.connections\`)."
+			echo
+			echo "| tool | backup wall s | MiB/s | client CPU s | server CPU s | load (1 min) |"
+			echo "|---|---|---|---|---|---|"
+			for t in floe-c1 floe-c4 floe-c16 restic-rest; do
+				local w
+				w=$(val far "$FAR_MB" "$t" backup1 5)
+				echo "| $t | $(fmt "$w") | $(fmt "$(calc div "$FAR_MB" "$w")") | $(fmt "$(val far "$FAR_MB" "$t" backup1 6)") | $(fmt "$(val far "$FAR_MB" "$t" backup1 8)") | $(fmt "$(val far "$FAR_MB" "$t" backup1 10)") |"
+			done
+			echo
+		fi
+		local bad
+		bad=$(awk -F'\t' '$11 != "ok" {print "- " $1 " " $2 " " $3 " " $4 ": " $11}' "$RES")
+		if [[ -n $bad ]]; then
+			echo "## FAILURES"
+			echo
+			echo "$bad"
+			echo
+		fi
+	} >"$REMOTE_OUT"
+}
+inv() { [[ $1 == NA ]] && echo NA || awk -v x="$1" 'BEGIN {if (x + 0 == 0) print "NA"; else printf "%.4f", 1 / x}'; }
+
+# ---------------------------------------------------------------- main
+if has_part far && [[ $(id -u) != 0 ]]; then die "the far part needs root (ip netns); BENCH_PARTS without far runs as any user"; fi
+if has_part loopback || has_part far; then need_rest_server; fi
+ensure_deps
+command -v go >/dev/null || die "go not found"
+command -v openssl >/dev/null || die "openssl not found"
+command -v python3 >/dev/null || die "python3 not found (free ports)"
+has_part s3 && find_versitygw
+if has_part far && ! command -v tc >/dev/null; then
+	say "installing iproute2"
+	apt-get install -y iproute2 || { apt-get update && apt-get install -y iproute2; } || die "could not install iproute2"
+fi
+mkdir -p "$WORK" "$DATA"
+rm -rf "$RUN"
+mkdir -p "$LOGS" "$RUN/c"
+[[ -f $PW ]] || echo "floe-bench-password-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$PW"
+chmod 600 "$PW"
+: >"$RES"
+FAILED=0
+START=$(date +%s)
+SERVER_PID=
+# Servers and the far link's namespaces go away however the run ends.
+trap 'stop_server; far_cleanup' EXIT
+build_floe
+[[ $FLOE_STATUS == ok ]] || die "floe: $FLOE_STATUS"
+make_cert
+for ds in $DATASETS $S3_DATASETS; do "prepare_$ds"; done
+
+{
+	printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
+	printf 'scale\t%s (far link: %s MiB)\n' "$SCALE" "$FAR_MB"
+	printf 'parts\t%s\n' "$PARTS"
+	printf 'nproc\t%s\n' "$(nproc)"
+	printf 'cpu\t%s\n' "$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+	printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
+	printf 'kernel\t%s\n' "$(uname -sr)"
+	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
+	printf 'go\t%s\n' "$(cd / && go version)"
+	rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+	[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev="$rev + uncommitted changes"
+	printf 'floe\t%s\n' "${BENCH_FLOE_BIN:+binary }${BENCH_FLOE_BIN:-source $rev}"
+	printf 'restic\t%s, repository version 2, compression auto\n' "$(restic version | head -n 1)"
+	if has_part loopback || has_part far; then printf 'rest-server\t%s\n' "$("$REST_SERVER_BIN" --version 2>&1 | head -n 1)"; fi
+	if has_part s3; then printf 'versitygw\t%s\n' "$(go version -m "$VERSITYGW" 2>/dev/null | awk '$1 == "mod" {print $2 " " $3; exit}')"; fi
+	for ds in $DATASETS; do
+		printf 'data set %s\t%s files, %s GiB\n' "$ds" "$(find "$DATA/$ds" -type f | wc -l)" "$(gib "$(du -sb "$DATA/$ds" | cut -f1)")"
+	done
+} >"$RUN/meta.tsv"
+
+for p in $PARTS; do "part_$p"; done
+
+{
+	printf 'load average at end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
+	printf 'duration\t%s s\n' "$(($(date +%s) - START))"
+} >>"$RUN/meta.tsv"
+say "writing $REMOTE_OUT"
+write_report
+echo
+cat "$REMOTE_OUT"
+echo
+if ((FAILED)); then
+	say "FAILURES: see above and the logs in $LOGS"
+	exit 1
+fi
+say "done in $(($(date +%s) - START)) s; raw results in $RES"
