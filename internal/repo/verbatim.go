@@ -1,8 +1,7 @@
 package repo
 
-// Helpers for copy, export and import (internal/transfer): moving packs,
-// index files and snapshot records between repositories, still only
-// through this package.
+// Moving packs, index files and snapshot records between repositories as
+// they are (copy, export and import), still only through this package.
 
 import (
 	"context"

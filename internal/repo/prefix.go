@@ -1,7 +1,7 @@
 package repo
 
-// Helpers for inspecting a repository (`floe cat`): resolving ID prefixes
-// of stored objects and blobs, and reading key records.
+// Resolving ID prefixes of stored objects, blobs and key records (what a
+// user types to name one), and their sizes.
 
 import (
 	"context"
