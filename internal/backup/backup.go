@@ -3,7 +3,7 @@
 // The pipeline: one walker goroutine lists directories in name order and
 // hands regular files to file readers; each reader chunks its file and hands
 // the chunks to blob savers, which hash, compress, encrypt and pack them
-// (repo.SaveBlob). A directory's tree is encoded and saved once all of its
+// (repo.Writer). A directory's tree is encoded and saved once all of its
 // entries are done, so walking, reading and saving overlap across both
 // cores while the number of chunk buffers in flight bounds memory.
 package backup
@@ -141,6 +141,7 @@ const maxChangedListed = 1000
 
 type archiver struct {
 	r      *repo.Repository
+	w      *repo.Writer // nil in a dry run
 	opts   Options
 	params chunker.Params
 	match  *pathmatch.Matcher
@@ -228,6 +229,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		a.bufs <- nil
 	}
 
+	if !opts.DryRun {
+		a.w = r.StartWriting()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -279,12 +283,14 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		// deduplicates against them instead of uploading them again. Its
 		// error is most likely rootErr again (the storage's sticky error);
 		// a pack left unindexed is only garbage that prune collects.
-		_ = r.FlushStored(context.WithoutCancel(ctx))
+		if a.w != nil {
+			_ = a.w.Abort(context.WithoutCancel(ctx))
+		}
 		return nil, rootErr
 	}
 	var saved repo.SaveStats
 	if !opts.DryRun {
-		if err := r.Flush(ctx); err != nil {
+		if err := a.w.Finish(ctx); err != nil {
 			return nil, fmt.Errorf("store data: %w", err)
 		}
 		saved = r.SavedStats()
@@ -342,8 +348,8 @@ func (a *archiver) report(it Item) {
 
 // saveBlob stores a blob, or in a dry run counts what storing it would add.
 func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, data []byte) (hash.Ref, error) {
-	if !a.opts.DryRun {
-		ref, _, _, err := a.r.SaveBlob(ctx, t, key, data)
+	if a.w != nil {
+		ref, _, _, err := a.w.SaveBlob(ctx, t, key, data)
 		return ref, err
 	}
 	// a dry run encodes the blob to learn its ID (what a backup would

@@ -822,18 +822,18 @@ func (p *pruner) planMark(s *sweepPlan) *markPlan {
 }
 
 // mark copies the used blobs of the packs to repack into new packs (which
-// Flush indexes), then writes one mark for the unused, repacked and
+// the Writer's Finish indexes), then writes one mark for the unused, repacked and
 // unindexed packs.
 func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	res := &p.res.Mark
 	if len(m.repack) > 0 {
 		p.opts.Progress.start("repacking", res.RepackLiveBytes)
-		before := p.r.SavedStats().Packs
-		err := p.repack(ctx, m)
-		if ferr := p.r.Flush(ctx); err == nil {
+		w := p.r.StartWriting()
+		err := p.repack(ctx, w, m)
+		if ferr := w.Finish(ctx); err == nil {
 			err = ferr
 		}
-		res.NewPacks = int(p.r.SavedStats().Packs - before)
+		res.NewPacks = int(w.Stats().Packs)
 		if err != nil {
 			return fmt.Errorf("repack: %w", err)
 		}
@@ -854,7 +854,7 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	return nil
 }
 
-func (p *pruner) repack(ctx context.Context, m *markPlan) error {
+func (p *pruner) repack(ctx context.Context, w *repo.Writer, m *markPlan) error {
 	for _, id := range m.repack {
 		// The stored bytes move as they are: a blob's bytes are the same in
 		// every pack, and SaveRawBlob checks them against the ID.
@@ -862,7 +862,7 @@ func (p *pruner) repack(ctx context.Context, m *markPlan) error {
 			if err != nil {
 				return fmt.Errorf("pack %s: %w", id.Short(), err)
 			}
-			if _, err := p.r.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
+			if _, err := w.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
 				return err
 			}
 			p.opts.Progress.add(int64(b.Length))

@@ -115,11 +115,9 @@ type Repository struct {
 	forgedMu sync.Mutex
 	forged   []ForgedCopy
 
-	writer *packWriter // lazily created by SaveBlob
-	wmu    sync.Mutex
-
-	statsMu sync.Mutex
-	saved   SaveStats // of flushed writers
+	wmu     sync.Mutex
+	writers map[*Writer]struct{} // started and not yet ended
+	saved   SaveStats            // of ended writers
 }
 
 // Init creates a new repository on be and its first key. With
@@ -340,5 +338,5 @@ func (r *Repository) Authority() bool { return r.secrets.AuthorityPrivate != nil
 // Index returns the in-memory index (loaded by LoadIndex).
 func (r *Repository) Index() *Index { return r.idx }
 
-// Close flushes nothing: call Flush first when blobs were saved.
+// Close ends no Writer: call Finish or Abort first.
 func (r *Repository) Close() error { return r.be.Close() }
