@@ -415,3 +415,24 @@ func FuzzReadKeyFile(f *testing.F) {
 		}
 	})
 }
+
+// A config that does not verify is told apart from a wrong password by
+// ErrDamagedConfig, not by its message.
+func TestDamagedConfig(t *testing.T) {
+	ctx := context.Background()
+	_, be := newRepo(t)
+	if _, err := Open(ctx, be, Credential{Password: []byte("wrong")}, OpenOptions{}); errors.Is(err, ErrDamagedConfig) || !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	h := storage.Handle{Type: storage.Config}
+	orig, _ := be.Get(h)
+	for name, damage := range map[string][]byte{
+		"flipped":   append(append([]byte(nil), orig[:20]...), append([]byte{orig[20] ^ 1}, orig[21:]...)...),
+		"truncated": orig[:10],
+	} {
+		be.Set(h, damage)
+		if _, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{}); !errors.Is(err, ErrDamagedConfig) {
+			t.Fatalf("%s config: %v, want ErrDamagedConfig", name, err)
+		}
+	}
+}
