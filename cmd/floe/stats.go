@@ -147,7 +147,7 @@ the snapshots store.`,
 }
 
 // statsByHost prints stats --by-host.
-func statsByHost(ctx context.Context, g *globals, r *repo.Repository, l walk.Loader, hosts []string) error {
+func statsByHost(ctx context.Context, g *globals, r *repo.Repository, l snapshot.TreeLoader, hosts []string) error {
 	all, errs, err := snapshot.List(ctx, r)
 	if err != nil {
 		return err

@@ -64,7 +64,7 @@ type Options struct {
 
 	// ParentTrees loads the parent's trees (the repository, or for
 	// write-only keys the local cache).
-	ParentTrees TreeLoader
+	ParentTrees snapshot.TreeLoader
 	// OnTree, if set, receives every tree saved (the local cache keeps them).
 	OnTree func(id hash.ID, plain []byte)
 
@@ -83,11 +83,6 @@ type Options struct {
 
 	Progress       *Progress
 	ProgramVersion string
-}
-
-// TreeLoader loads trees of earlier snapshots.
-type TreeLoader interface {
-	LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error)
 }
 
 // Progress is updated while the backup runs; read it from another goroutine.

@@ -19,7 +19,7 @@ import (
 //
 // explicit, when set, names the parent (an ID prefix). Snapshots that
 // cannot be read are returned as warnings. c may be nil.
-func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, TreeLoader, []error, error) {
+func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, snapshot.TreeLoader, []error, error) {
 	abs, err := CleanPaths(paths)
 	if err != nil {
 		return nil, nil, nil, err

@@ -138,7 +138,7 @@ type tarDumper struct {
 // archive to w: a directory with everything below it (loaded through l),
 // anything else as a single entry. p "/" with walk.Root(tree) dumps a
 // whole snapshot. The archive is finished (trailer written) on success.
-func Tar(ctx context.Context, bl BlobLoader, l walk.Loader, p string, n *snapshot.Node, w io.Writer) (*Result, error) {
+func Tar(ctx context.Context, bl BlobLoader, l snapshot.TreeLoader, p string, n *snapshot.Node, w io.Writer) (*Result, error) {
 	p = walk.Clean(p)
 	d := &tarDumper{bl: bl, tw: tar.NewWriter(w), links: map[[2]uint64]string{}}
 	if p == "/" {
