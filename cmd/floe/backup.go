@@ -160,7 +160,7 @@ named, and floe stops with "no repository given" (exit 2).`,
 				return usageError{errors.New("--fs-snapshot-size is for --fs-snapshot lvm (btrfs snapshots need no size)")}
 			}
 			if err := fssnap.ValidateSize(f.fsSnapshotSz); err != nil {
-				return usageError{err}
+				return usageError{fmt.Errorf("--fs-snapshot-size: %w", err)}
 			}
 			if f.fsSnapshot != "" {
 				if _, err := fssnap.ParseKind(f.fsSnapshot); err != nil {
@@ -294,6 +294,9 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	warnForged(g, res.Forged)
 	if res.SnapshotProblem != nil {
 		g.warn("floe: %v", res.SnapshotProblem)
+		if hint := hintFor(res.SnapshotProblem); hint != "" {
+			g.warn("hint: %s", hint)
+		}
 		g.exitCode = ExitPartial
 	}
 	if !res.DryRun && (res.Created || ui.IsTerminal(os.Stdout)) {

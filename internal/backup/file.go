@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -286,6 +287,10 @@ func (a *archiver) saveChunk(ctx context.Context, job *chunkJob) {
 	job.wg.Done()
 }
 
+// ErrStdinFilename is wrapped by the error about a file name for standard
+// input (Options.StdinFilename) that is not a valid name.
+var ErrStdinFilename = errors.New("file name for standard input")
+
 // saveStdin backs up a stream as a single file in the root tree.
 func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 	name := a.opts.StdinFilename
@@ -293,7 +298,7 @@ func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 		name = "stdin"
 	}
 	if err := snapshot.CheckName(name); err != nil {
-		return hash.Ref{}, fmt.Errorf("--stdin-filename: %w", err)
+		return hash.Ref{}, fmt.Errorf("%w: %w", ErrStdinFilename, err)
 	}
 	c := &chunks{a: a}
 	err := c.read(ctx, chunker.New(nil, a.params), a.opts.Stdin)

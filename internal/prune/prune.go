@@ -306,7 +306,7 @@ func (p *pruner) load(ctx context.Context) error {
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused. Run `floe check`", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
+		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	p.files = files
 	// Supersedes counts only in signed index files: otherwise a write-only
@@ -460,7 +460,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 			if errors.Is(errs[i], storage.ErrDenied) {
 				return errs[i] // the credential may not read snapshots
 			}
-			return fmt.Errorf("%w: %v; its data would look unused. Run `floe check`", ErrUnsafe, errs[i])
+			return fmt.Errorf("%w: %v; its data would look unused", ErrUnsafe, errs[i])
 		}
 	}
 
@@ -489,7 +489,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 		for i, t := range trees {
 			if terrs[i] != nil {
-				return fmt.Errorf("%w: tree %s cannot be read: %v. Run `floe check`", ErrUnsafe, cur[i].Short(), terrs[i])
+				return fmt.Errorf("%w: tree %s cannot be read: %v", ErrUnsafe, cur[i].Short(), terrs[i])
 			}
 			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i].ID}] = struct{}{}
 			for _, node := range t.Nodes {
@@ -521,7 +521,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 	}
 	if missing := len(used) - len(p.copies); missing > 0 {
-		return fmt.Errorf("%w: no index file lists %s that snapshots need, or only forged or damaged copies of them. Run `floe check`", ErrUnsafe, ui.Count(missing, "blob"))
+		return fmt.Errorf("%w: no index file lists %s that snapshots need, or only forged or damaged copies of them", ErrUnsafe, ui.Count(missing, "blob"))
 	}
 	return nil
 }
