@@ -86,6 +86,12 @@ func hintFor(err error) string {
 		return "use -r or FLOE_REPOSITORY; to create a repository there, use `floe init`"
 	case errors.Is(err, location.ErrNoLocation):
 		return "use -r/--repo or FLOE_REPOSITORY"
+	case errors.Is(err, remote.ErrPinned):
+		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT"
+	case errors.Is(err, remote.ErrUnknownAuthority):
+		return "pin the certificate with --server-fingerprint (`floe serve` prints its fingerprint)"
+	case errors.Is(err, remote.ErrCredentialsInURL):
+		return "give the token file with --token-file or FLOE_TOKEN_FILE"
 	case errors.Is(err, location.ErrNoToken):
 		return "use --token-file or FLOE_TOKEN_FILE (`floe serve token add` makes one)"
 	case errors.Is(err, backup.ErrStdinFilename):

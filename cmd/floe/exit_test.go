@@ -13,6 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
 )
 
@@ -31,6 +32,9 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{connect.ErrCredentialWithoutRepo, "use -r or FLOE_REPOSITORY"},
 		{location.ErrNoLocation, "-r/--repo or FLOE_REPOSITORY"},
 		{location.ErrNoToken, "--token-file"},
+		{remote.ErrPinned, "--server-fingerprint/FLOE_SERVER_FINGERPRINT"},
+		{remote.ErrUnknownAuthority, "--server-fingerprint"},
+		{remote.ErrCredentialsInURL, "--token-file"},
 		{backup.ErrStdinFilename, "--stdin-filename"},
 		{backup.ErrParentNeedsCache, "--no-cache"},
 		{fssnap.ErrNeedsRoot, "as root"},
