@@ -414,7 +414,7 @@ func (c *checker) copyCause(pack hash.ID, h repo.BlobHandle) *cause {
 	case ps.pastEnd[h]:
 		text = fmt.Sprintf("pack %s is truncated before the blob's end", pack.Short())
 	case ps.headerBad:
-		text = fmt.Sprintf("pack %s has a damaged header (check --read-data tells whether the blob is intact)", pack.Short())
+		text = fmt.Sprintf("pack %s has a damaged header (reading the whole pack tells whether the blob is intact)", pack.Short())
 		definite = false
 	case ps.entryBad[h]:
 		text = fmt.Sprintf("its index entry disagrees with the header of pack %s", pack.Short())
