@@ -276,7 +276,7 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		Start: func() {
 			start = time.Now()
 			st.Run(200*time.Millisecond, func() string {
-				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
+				return ui.FilesLine(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
 			})
 			stopJSON = g.jsonStatus(start, func() map[string]any {
 				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),

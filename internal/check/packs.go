@@ -79,13 +79,13 @@ func (c *checker) checkPacks(ctx context.Context) error {
 	if c.opts.ReadData {
 		phase = "reading packs"
 	}
-	c.opts.Progress.start(phase, int64(len(ids)), bytesTotal)
+	c.opts.Progress.Phase(phase, int64(len(ids)), bytesTotal)
 
 	var mu sync.Mutex
 	var denied error
 	par.For(ctx, len(ids), c.opts.Workers, func(_, i int) {
 		res := c.checkPack(ctx, ids[i], read[ids[i]])
-		c.opts.Progress.add(1, res.bytesRead)
+		c.opts.Progress.Done(1, res.bytesRead)
 		if ctx.Err() != nil {
 			return // errors of a canceled check are no damage
 		}
