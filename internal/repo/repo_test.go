@@ -138,18 +138,26 @@ func TestBlobRoundTripAndReopen(t *testing.T) {
 	}
 }
 
-func testBlobRoundTrip(t *testing.T, streamed bool) {
-	ctx := context.Background()
+// newSmallPackRepo makes a repository of 1 MiB packs on a memory backend
+// that streams packs, or (!streamed) takes them whole.
+func newSmallPackRepo(t *testing.T, streamed bool) (*Repository, *mem.Backend) {
+	t.Helper()
 	be := mem.New()
 	var sb storage.Backend = be
 	if !streamed {
 		sb = bufferedBackend{be}
 	}
-	r, _, err := Init(ctx, sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	r, _, err := Init(context.Background(), sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cfg.PackSize = 1 << 20 // several packs
+	r.cfg.PackSize = 1 << 20
+	return r, be
+}
+
+func testBlobRoundTrip(t *testing.T, streamed bool) {
+	ctx := context.Background()
+	r, be := newSmallPackRepo(t, streamed) // several packs
 	blobs := map[hash.Ref][]byte{}
 	for i := 0; i < 40; i++ {
 		var data []byte

@@ -8,7 +8,6 @@ import (
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
-	"github.com/floe-backup/floe/internal/storage/mem"
 )
 
 // A Writer's blobs count as present while it runs; Abort indexes the
@@ -19,16 +18,7 @@ func TestWriterLifetime(t *testing.T) {
 	for _, streamed := range []bool{true, false} {
 		t.Run(fmt.Sprintf("streamed=%v", streamed), func(t *testing.T) {
 			ctx := context.Background()
-			be := mem.New()
-			var sb storage.Backend = be
-			if !streamed {
-				sb = bufferedBackend{be}
-			}
-			r, _, err := Init(ctx, sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			r.cfg.PackSize = 1 << 20
+			r, be := newSmallPackRepo(t, streamed)
 			w := r.StartWriting()
 			var refs []hash.Ref
 			// the first two are stored (in one pack when streamed, else
