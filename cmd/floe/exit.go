@@ -11,6 +11,7 @@ import (
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapimage"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
@@ -104,7 +105,7 @@ func hintFor(err error) string {
 		return "use --fs-snapshot btrfs for paths on btrfs"
 	case errors.Is(err, fssnap.ErrNoRoom), errors.Is(err, fssnap.ErrOverflowed):
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
-	case errors.Is(err, prune.ErrUnsafe), errors.Is(err, dump.ErrSizeMismatch):
+	case errors.Is(err, prune.ErrUnsafe), errors.Is(err, dump.ErrSizeMismatch), errors.Is(err, snapimage.ErrDamaged):
 		return "run `floe check`"
 	case errors.Is(err, transfer.ErrSourceDamaged):
 		return "run `floe check` on the source repository"

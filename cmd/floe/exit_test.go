@@ -13,6 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapimage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
 )
@@ -43,6 +44,7 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{fssnap.ErrOverflowed, "--fs-snapshot-size"},
 		{prune.ErrUnsafe, "`floe check`"},
 		{dump.ErrSizeMismatch, "`floe check`"},
+		{snapimage.ErrDamaged, "`floe check`"},
 		{transfer.ErrSourceDamaged, "`floe check` on the source"},
 		{transfer.ErrDestinationDamaged, "`floe check` on the destination"},
 	} {
