@@ -25,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options describe one backup.
@@ -81,25 +82,10 @@ type Options struct {
 	// and reading files use the mapped location.
 	SourceRoot map[string]string
 
-	Progress       *Progress
+	// Progress, if set, is told the files and bytes read, the totals of a
+	// scan that runs alongside, and the file being read.
+	Progress       ui.Progress
 	ProgramVersion string
-}
-
-// Progress is updated while the backup runs; read it from another goroutine.
-type Progress struct {
-	FilesDone, BytesDone   atomic.Int64
-	FilesTotal, BytesTotal atomic.Int64 // from a scan that runs alongside
-	ScanDone               atomic.Bool
-	Errors                 atomic.Int64
-	current                atomic.Pointer[string]
-}
-
-// Current returns the file being read.
-func (p *Progress) Current() string {
-	if s := p.current.Load(); s != nil {
-		return *s
-	}
-	return ""
 }
 
 // Item is a file a backup saved (Options.OnItem).
@@ -197,8 +183,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		opts.Retries = 2
 	}
 	if opts.Progress == nil {
-		opts.Progress = &Progress{}
+		opts.Progress = ui.NoProgress
 	}
+	opts.Progress.Phase("backup", 0, 0)
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
 	}
@@ -363,7 +350,7 @@ func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, d
 }
 
 func (a *archiver) fail(path string, err error) {
-	a.opts.Progress.Errors.Add(1)
+	a.opts.Progress.Fail()
 	a.mu.Lock()
 	a.errs = append(a.errs, &FileError{Path: path, Err: err})
 	a.mu.Unlock()

@@ -28,7 +28,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 			close(job.done)
 			continue
 		}
-		a.opts.Progress.current.Store(&job.path)
+		a.opts.Progress.Working(job.path)
 		err := a.readFile(ctx, ch, job)
 		if err != nil {
 			err = origErr(err, job.path, job.src)
@@ -41,7 +41,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 		} else {
 			a.filesNew.Add(1)
 		}
-		a.opts.Progress.FilesDone.Add(1)
+		a.opts.Progress.Done(1, 0)
 		close(job.done)
 	}
 }
@@ -173,7 +173,7 @@ type chunks struct {
 // the pool; known: its key, when known already.
 func (c *chunks) add(data []byte, release bool, known *hash.ID) {
 	c.total += uint64(len(data))
-	c.a.opts.Progress.BytesDone.Add(int64(len(data)))
+	c.a.opts.Progress.Done(0, int64(len(data)))
 	slot := new(hash.Ref)
 	c.slots = append(c.slots, slot)
 	c.sizes = append(c.sizes, uint32(len(data)))
@@ -314,6 +314,6 @@ func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 		ModTime: now, AccessTime: now, ChangeTime: now, Size: total, Links: 1, Content: refs, ChunkSizes: sizes}
 	a.filesNew.Add(1)
 	a.totalBytes.Add(total)
-	a.opts.Progress.FilesDone.Add(1)
+	a.opts.Progress.Done(1, 0)
 	return a.saveTree(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{node}})
 }

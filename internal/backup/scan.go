@@ -95,8 +95,7 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 			}
 			if d.Type().IsRegular() {
 				if info, err := d.Info(); err == nil && (a.opts.ExcludeLargerThan == 0 || uint64(info.Size()) <= a.opts.ExcludeLargerThan) {
-					p.FilesTotal.Add(1)
-					p.BytesTotal.Add(info.Size())
+					p.Grow(1, info.Size())
 				}
 			}
 			return nil
@@ -105,5 +104,5 @@ func (a *archiver) scan(ctx context.Context, paths []string) {
 	for _, root := range paths {
 		walk(root)
 	}
-	p.ScanDone.Store(true)
+	p.Counted()
 }

@@ -194,8 +194,7 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 			node.Content = pn.Content
 			node.ChunkSizes = pn.ChunkSizes
 			a.filesUnchanged.Add(1)
-			a.opts.Progress.FilesDone.Add(1)
-			a.opts.Progress.BytesDone.Add(int64(node.Size))
+			a.opts.Progress.Done(1, int64(node.Size))
 			a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
 			return e
 		}

@@ -18,6 +18,17 @@ type Progress interface {
 	Phase(name string, items, bytes int64)
 	// Done counts work of the current phase that is finished.
 	Done(items, bytes int64)
+	// Grow adds work found while the current phase runs to its totals
+	// (the scan that runs alongside a backup); Counted says that all of it
+	// is found, so that an estimate of the time left means something.
+	// Totals given to Phase are complete from the start.
+	Grow(items, bytes int64)
+	Counted()
+	// Working names the item being worked on (a file).
+	Working(name string)
+	// Fail counts an item that could not be done (a file that could not
+	// be read); the operation goes on.
+	Fail()
 }
 
 // NoProgress reports to nobody: the Progress of an operation whose caller
@@ -28,6 +39,10 @@ type noProgress struct{}
 
 func (noProgress) Phase(string, int64, int64) {}
 func (noProgress) Done(int64, int64)          {}
+func (noProgress) Grow(int64, int64)          {}
+func (noProgress) Counted()                   {}
+func (noProgress) Working(string)             {}
+func (noProgress) Fail()                      {}
 
 // Meter is a Progress that keeps the counts of the current phase for a
 // status line (Line), read from another goroutine. Its zero value is
@@ -39,6 +54,9 @@ type Meter struct {
 
 	items, itemsTotal atomic.Int64
 	bytes, bytesTotal atomic.Int64
+	counted           atomic.Bool
+	working           atomic.Pointer[string]
+	failures          atomic.Int64
 }
 
 // Phase implements Progress.
@@ -50,6 +68,8 @@ func (m *Meter) Phase(name string, items, bytes int64) {
 	m.itemsTotal.Store(items)
 	m.bytes.Store(0)
 	m.bytesTotal.Store(bytes)
+	m.counted.Store(items > 0 || bytes > 0)
+	m.working.Store(nil)
 }
 
 // Done implements Progress.
@@ -57,6 +77,35 @@ func (m *Meter) Done(items, bytes int64) {
 	m.items.Add(items)
 	m.bytes.Add(bytes)
 }
+
+// Grow implements Progress.
+func (m *Meter) Grow(items, bytes int64) {
+	m.itemsTotal.Add(items)
+	m.bytesTotal.Add(bytes)
+}
+
+// Counted implements Progress.
+func (m *Meter) Counted() { m.counted.Store(true) }
+
+// Working implements Progress.
+func (m *Meter) Working(name string) { m.working.Store(&name) }
+
+// Fail implements Progress.
+func (m *Meter) Fail() { m.failures.Add(1) }
+
+// Failures returns how many items failed since the Meter was made.
+func (m *Meter) Failures() int64 { return m.failures.Load() }
+
+// Item returns the item being worked on, or "".
+func (m *Meter) Item() string {
+	if w := m.working.Load(); w != nil {
+		return *w
+	}
+	return ""
+}
+
+// IsCounted reports whether the totals of the current phase are complete.
+func (m *Meter) IsCounted() bool { return m.counted.Load() }
 
 // Current returns the phase, since when it runs, and its counts.
 func (m *Meter) Current() (phase string, since time.Time, items, itemsTotal, bytes, bytesTotal int64) {
@@ -87,10 +136,13 @@ func (m *Meter) Line() string {
 		}
 		fmt.Fprintf(&b, "%s%s/%s (%.0f%%), %s", sep, Bytes(uint64(bytes)), Bytes(uint64(bytesTotal)),
 			min(100, 100*float64(bytes)/float64(bytesTotal)), Rate(bytes, el))
-		if bytes > 0 && bytes < bytesTotal {
+		if m.counted.Load() && bytes > 0 && bytes < bytesTotal {
 			eta := time.Duration(float64(el) * float64(bytesTotal-bytes) / float64(bytes))
 			fmt.Fprintf(&b, ", ETA %s", Duration(eta))
 		}
+	}
+	if w := m.working.Load(); w != nil && *w != "" {
+		fmt.Fprintf(&b, "  %s", Path(*w))
 	}
 	return b.String()
 }
