@@ -755,11 +755,11 @@ func TestAttackWriteOnlyKey(t *testing.T) {
 		// the stored length of the guessed blob is what the attacker
 		// would get by sealing it itself
 		sealedLen := packfile.MinBlobLength
-		if _, _, n, err := wo.SaveBlob(context.Background(), repo.DataBlob, wo.BlobKey(f.shared), f.shared); err == nil {
+		if _, _, n, err := wo.StartWriting().SaveBlob(context.Background(), repo.DataBlob, wo.BlobKey(f.shared), f.shared); err == nil {
 			sealedLen = n
 		}
-		// (what it stored honestly is not indexed: no Flush, and the
-		// pack writer is dropped; only the forgery is)
+		// (what it stored honestly is not indexed: its Writer never
+		// finishes; only the forgery is)
 		pid := forgePack(t, wo, []packfile.Blob{{Type: repo.DataBlob, ID: ref.ID, Length: uint32(sealedLen)}})
 		if r := f.backup("web1"); !strings.Contains(r.stderr, pid.Short()) {
 			t.Errorf("the honest backup did not meet (and report) the poisoned entry: %s", r)
