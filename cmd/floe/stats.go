@@ -13,7 +13,6 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/stats"
 	"github.com/floe-backup/floe/internal/ui"
-	"github.com/floe-backup/floe/internal/walk"
 )
 
 func newStatsCommand(g *globals) *cobra.Command {
