@@ -63,18 +63,27 @@ func (e *floeEnv) openInProcess() *repo.Repository {
 	return r
 }
 
+// saveBlob stores plain as a blob of type typ and makes it durable.
+func saveBlob(t *testing.T, r *repo.Repository, typ repo.BlobType, plain []byte) hash.Ref {
+	t.Helper()
+	ctx := context.Background()
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(ctx, typ, r.BlobKey(plain), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
+
 // saveRawTree stores plain as a tree blob and a snapshot whose root it is,
 // and returns the snapshot's ID.
 func saveRawTree(t *testing.T, r *repo.Repository, plain []byte) string {
 	t.Helper()
 	ctx := context.Background()
-	id, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
+	id := saveBlob(t, r, repo.TreeBlob, plain)
 	sid, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: time.Now(), Hostname: "crafted", Paths: []string{"/crafted"}, Tree: id})
 	if err != nil {
 		t.Fatal(err)
@@ -323,12 +332,8 @@ func TestAttackFileSizeMismatch(t *testing.T) {
 	e := newEnv(t)
 	e.init()
 	r := e.openInProcess()
-	ctx := context.Background()
 	data := []byte("a few bytes of content")
-	id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id := saveBlob(t, r, repo.DataBlob, data)
 	now := time.Now()
 	file := func(name string, size uint32, sparse bool) *snapshot.Node {
 		return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(size), Sparse: sparse,
@@ -373,7 +378,8 @@ func deepTree(t *testing.T, r *repo.Repository, depth int) string {
 	t.Helper()
 	ctx := context.Background()
 	data := []byte("at the bottom")
-	id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +391,7 @@ func deepTree(t *testing.T, r *repo.Repository, depth int) string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tid, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
+		tid, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -393,6 +399,9 @@ func deepTree(t *testing.T, r *repo.Repository, depth int) string {
 			{Name: "d", Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: tid},
 			{Name: "e", Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)), Content: []hash.Ref{id}, ChunkSizes: sizes},
 		}
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
 	}
 	return saveTree(t, r, nodes...)
 }
@@ -746,11 +755,11 @@ func TestAttackWriteOnlyKey(t *testing.T) {
 		// the stored length of the guessed blob is what the attacker
 		// would get by sealing it itself
 		sealedLen := packfile.MinBlobLength
-		if _, _, n, err := wo.SaveBlob(context.Background(), repo.DataBlob, wo.BlobKey(f.shared), f.shared); err == nil {
+		if _, _, n, err := wo.StartWriting().SaveBlob(context.Background(), repo.DataBlob, wo.BlobKey(f.shared), f.shared); err == nil {
 			sealedLen = n
 		}
-		// (what it stored honestly is not indexed: no Flush, and the
-		// pack writer is dropped; only the forgery is)
+		// (what it stored honestly is not indexed: its Writer never
+		// finishes; only the forgery is)
 		pid := forgePack(t, wo, []packfile.Blob{{Type: repo.DataBlob, ID: ref.ID, Length: uint32(sealedLen)}})
 		if r := f.backup("web1"); !strings.Contains(r.stderr, pid.Short()) {
 			t.Errorf("the honest backup did not meet (and report) the poisoned entry: %s", r)

@@ -35,7 +35,7 @@ func TestDefaultRepositoryNotWithCredentials(t *testing.T) {
 		for _, cmd := range [][]string{{"backup", src}, {"snapshots"}} {
 			r := e.runWith(runOpts{env: c.env}, append(c.args, cmd...)...)
 			expectCode(t, r, 2)
-			if !strings.Contains(r.stderr, "no repository given: use -r or FLOE_REPOSITORY") {
+			if !strings.Contains(r.stderr, "no repository given") || !strings.Contains(r.stderr, "hint: use -r or FLOE_REPOSITORY") {
 				t.Errorf("%s, %s: %s", c.name, cmd[0], r)
 			}
 		}

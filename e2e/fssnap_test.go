@@ -525,7 +525,7 @@ func TestFsSnapshotErrors(t *testing.T) {
 	}
 	r = e.runWith(runOpts{uid: 65534}, "backup", "--fs-snapshot", "lvm", src)
 	expectCode(t, r, 1)
-	if !strings.Contains(r.stderr, "--fs-snapshot lvm needs root") {
+	if !strings.Contains(r.stderr, "lvm snapshots need root") || !strings.Contains(r.stderr, "hint: run floe as root") {
 		t.Errorf("want a message that root is needed: %s", r)
 	}
 	// as root, the test directory is not on an LV (unless the machine's

@@ -174,7 +174,7 @@ named, and floe stops with "no repository given" (exit 2).`,
 				return usageError{errors.New("--fs-snapshot-size is for --fs-snapshot lvm (btrfs snapshots need no size)")}
 			}
 			if err := fssnap.ValidateSize(f.fsSnapshotSz); err != nil {
-				return usageError{err}
+				return usageError{fmt.Errorf("--fs-snapshot-size: %w", err)}
 			}
 			if f.fsSnapshot != "" {
 				if _, err := fssnap.ParseKind(f.fsSnapshot); err != nil {
@@ -224,13 +224,14 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			}
 		}
 	}
+	meter := &ui.Meter{}
 	job := &backup.Job{
 		Options: backup.Options{
 			Excludes: f.excludes, IExcludes: f.iexcludes, ExcludeCaches: f.excludeCaches,
 			ExcludeIfPresent: f.ifPresent, OneFileSystem: f.oneFS,
 			Hostname: f.host, Tags: f.tags, Force: f.force, DryRun: f.dryRun, Time: snapTime,
 			ProgramVersion: "floe " + version,
-			Progress:       &backup.Progress{},
+			Progress:       meter,
 		},
 		ExcludeFiles: f.excludeFiles, IExcludeFiles: f.iexcludeFiles, ParentID: f.parent,
 		PreHook: f.preHook, PostHook: f.postHook,
@@ -257,7 +258,6 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 		}
 		job.ListInput = os.Stdin
 	}
-	start := time.Now()
 	st := g.status()
 	if f.verbose && !g.quiet && !g.json {
 		job.OnItem = func(it backup.Item) {
@@ -269,7 +269,6 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			stdoutJSON.verbose(map[string]any{"action": it.Action, "item": snapshot.EncodeName(it.Path), "size": it.Size})
 		}
 	}
-	p := job.Progress
 	stopJSON := func() {}
 	job.Events = backup.Events{
 		Warn: func(msg string) { g.warn("%s", msg) },
@@ -289,14 +288,12 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			}
 		},
 		Start: func() {
-			start = time.Now()
-			st.Run(200*time.Millisecond, func() string {
-				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), p.ScanDone.Load(), p.Current())
-			})
-			stopJSON = g.jsonStatus(start, func() map[string]any {
-				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
-					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load(), "scan_done": p.ScanDone.Load(),
-					"errors": p.Errors.Load(), "current_file": p.Current()}
+			st.Run(200*time.Millisecond, meter.Line)
+			stopJSON = g.jsonStatus(time.Now(), func() map[string]any {
+				_, _, files, filesTotal, bytes, bytesTotal := meter.Current()
+				return map[string]any{"files_done": files, "files_total": filesTotal,
+					"bytes_done": bytes, "bytes_total": bytesTotal, "scan_done": meter.IsCounted(),
+					"errors": meter.Failures(), "current_file": meter.Item()}
 			})
 		},
 		Stop: func() { st.Stop(); stopJSON() },
@@ -309,6 +306,9 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 	warnForged(g, res.Forged)
 	if res.SnapshotProblem != nil {
 		g.warn("floe: %v", res.SnapshotProblem)
+		if hint := hintFor(res.SnapshotProblem); hint != "" {
+			g.warn("hint: %s", hint)
+		}
 		g.exitCode = ExitPartial
 	}
 	if !res.DryRun && (res.Created || ui.IsTerminal(os.Stdout)) {

@@ -91,12 +91,11 @@ func runCheck(ctx context.Context, g *globals, opts check.Options) error {
 	}
 	g.say("checking repository %s%s", r.Backend().Location(), mode)
 
-	prog := &check.Progress{}
-	live := newCheckLiveStatus(g, func() string { return checkProgressLine(prog) })
+	prog := &ui.Meter{}
+	live := newCheckLiveStatus(g, prog.Line)
 	stopJSON := g.jsonStatus(time.Now(), func() map[string]any {
-		phase, _ := prog.Phase()
-		return map[string]any{"phase": phase, "done": prog.Done.Load(), "total": prog.Total.Load(),
-			"bytes_done": prog.BytesDone.Load(), "bytes_total": prog.BytesTotal.Load()}
+		phase, _, done, total, bytesDone, bytesTotal := prog.Current()
+		return map[string]any{"phase": phase, "done": done, "total": total, "bytes_done": bytesDone, "bytes_total": bytesTotal}
 	})
 	opts.Progress = prog
 	res, err := check.Run(ctx, r, opts, func(p *check.Problem) {
@@ -182,30 +181,6 @@ func checkSummaryLine(s check.Summary) string {
 	}
 	if len(s.DamagedSnapshots) > 0 {
 		fmt.Fprintf(&b, "; %d of %s damaged", len(s.DamagedSnapshots), ui.Count(s.Snapshots, "snapshot"))
-	}
-	return b.String()
-}
-
-func checkProgressLine(p *check.Progress) string {
-	phase, since := p.Phase()
-	el := time.Since(since)
-	var b strings.Builder
-	fmt.Fprintf(&b, "[%s] %s", ui.Duration(el), phase)
-	done, total := p.Done.Load(), p.Total.Load()
-	switch {
-	case total > 0:
-		fmt.Fprintf(&b, ": %d/%d", done, total)
-	case done > 0:
-		fmt.Fprintf(&b, ": %d", done)
-	}
-	if bt := p.BytesTotal.Load(); bt > 0 {
-		bd := p.BytesDone.Load()
-		fmt.Fprintf(&b, ", %s/%s (%.0f%%), %s", ui.Bytes(uint64(bd)), ui.Bytes(uint64(bt)),
-			min(100, 100*float64(bd)/float64(bt)), ui.Rate(bd, el))
-		if bd > 0 && bd < bt {
-			eta := time.Duration(float64(el) * float64(bt-bd) / float64(bd))
-			fmt.Fprintf(&b, ", ETA %s", ui.Duration(eta))
-		}
 	}
 	return b.String()
 }

@@ -4,10 +4,17 @@ import (
 	"errors"
 	"strings"
 
+	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
+	"github.com/floe-backup/floe/internal/dump"
+	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/prune"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapimage"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
+	"github.com/floe-backup/floe/internal/transfer"
 )
 
 // Exit codes, documented in `floe --help` and README.md.
@@ -63,16 +70,53 @@ func exitCodeFor(err error) int {
 	return ExitError
 }
 
+// hintFor returns what to do about err in floe's terms (flags, commands):
+// the packages below cmd/floe name neither, since other front ends (the
+// agent's configuration, a library user) spell them differently.
 func hintFor(err error) string {
 	switch {
 	case strings.HasPrefix(err.Error(), "unknown command "):
 		return "`floe --help` lists the commands"
+	case errors.Is(err, repo.ErrFormatV1):
+		return "make a new repository with `floe init` and back up again"
+	case errors.Is(err, repo.ErrWriteOnly):
+		return "use a full key (--password-file or --key-file of a full key)"
+	case errors.Is(err, repo.ErrNotPassphrase):
+		return "use `floe key add` for a passphrase key"
+	case errors.Is(err, connect.ErrCredentialWithoutRepo):
+		return "use -r or FLOE_REPOSITORY; to create a repository there, use `floe init`"
+	case errors.Is(err, location.ErrNoLocation):
+		return "use -r/--repo or FLOE_REPOSITORY"
+	case errors.Is(err, remote.ErrPinned):
+		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT"
+	case errors.Is(err, remote.ErrUnknownAuthority):
+		return "pin the certificate with --server-fingerprint (`floe serve` prints its fingerprint)"
+	case errors.Is(err, remote.ErrCredentialsInURL):
+		return "give the token file with --token-file or FLOE_TOKEN_FILE"
+	case errors.Is(err, location.ErrNoToken):
+		return "use --token-file or FLOE_TOKEN_FILE (`floe serve token add` makes one)"
+	case errors.Is(err, backup.ErrStdinFilename):
+		return "give another name with --stdin-filename"
+	case errors.Is(err, backup.ErrParentNeedsCache):
+		return "--parent with a write-only key looks the snapshot up in the local cache: drop --no-cache"
+	case errors.Is(err, fssnap.ErrNeedsRoot):
+		return "run floe as root to use --fs-snapshot"
+	case errors.Is(err, fssnap.ErrBtrfsNotLVM):
+		return "use --fs-snapshot btrfs for paths on btrfs"
+	case errors.Is(err, fssnap.ErrNoRoom), errors.Is(err, fssnap.ErrOverflowed):
+		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
+	case errors.Is(err, prune.ErrUnsafe), errors.Is(err, dump.ErrSizeMismatch), errors.Is(err, snapimage.ErrDamaged):
+		return "run `floe check`"
+	case errors.Is(err, transfer.ErrSourceDamaged):
+		return "run `floe check` on the source repository"
+	case errors.Is(err, transfer.ErrDestinationDamaged):
+		return "run `floe check` on the destination repository"
 	case errors.Is(err, repo.ErrWrongKey):
 		return "check --password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file"
 	case errors.Is(err, repo.ErrNoRepository):
 		return "create one with `floe init -r LOCATION`, or check -r/--repo and FLOE_REPOSITORY"
 	case errors.Is(err, errNoRepoGiven):
-		return "run `floe backup PATH` once to create the default repository, or use `floe init -r LOCATION`"
+		return "give one with -r/--repo or FLOE_REPOSITORY, run `floe backup PATH` once to create the default repository, or use `floe init -r LOCATION`"
 	case errors.Is(err, remote.ErrUnauthorized):
 		return "the floe server does not know this token: check --token-file/FLOE_TOKEN_FILE, or ask for one (`floe serve token add`)"
 	case errors.Is(err, remote.ErrForbidden):

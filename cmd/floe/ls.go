@@ -141,12 +141,12 @@ func snapshotPathArgs(args []string) (spec, sub string, err error) {
 
 // treeLoader loads trees of r through a cache, so that walking several
 // snapshots loads each shared tree once.
-func treeLoader(r *repo.Repository) walk.Loader {
+func treeLoader(r *repo.Repository) snapshot.TreeLoader {
 	return walk.NewCache(snapshot.RepoTrees{Repo: r}, 0)
 }
 
 // findSnapshotPath finds the snapshot spec and the node at path sub in it.
-func findSnapshotPath(ctx context.Context, r *repo.Repository, l walk.Loader, spec, sub string, f snapshot.Filter) (*snapshot.Record, string, *snapshot.Node, error) {
+func findSnapshotPath(ctx context.Context, r *repo.Repository, l snapshot.TreeLoader, spec, sub string, f snapshot.Filter) (*snapshot.Record, string, *snapshot.Node, error) {
 	sn, err := snapshot.Find(ctx, r, spec, f)
 	if err != nil {
 		return nil, "", nil, err

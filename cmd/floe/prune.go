@@ -158,25 +158,17 @@ func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes b
 
 // runPrune runs prune with a progress line on a terminal.
 func runPrune(ctx context.Context, g *globals, r *repo.Repository, opts prune.Options) (*prune.Result, error) {
-	prog := &prune.Progress{}
+	prog := &ui.Meter{}
 	opts.Progress = prog
 	start := time.Now()
 	st := g.status()
-	st.Run(200*time.Millisecond, func() string {
-		line := fmt.Sprintf("[%s] prune: %s", ui.Duration(time.Since(start)), prog.Phase())
-		done, total := prog.Done.Load(), prog.Total.Load()
-		switch {
-		case prog.Phase() == "repacking" && total > 0:
-			line += fmt.Sprintf(" %s/%s", ui.Bytes(uint64(done)), ui.Bytes(uint64(total)))
-		case total > 0:
-			line += fmt.Sprintf(" %d/%d", done, total)
-		case done > 0:
-			line += fmt.Sprintf(" %d", done)
-		}
-		return line
-	})
+	st.Run(200*time.Millisecond, func() string { return "prune: " + prog.Line() })
 	stopJSON := g.jsonStatus(start, func() map[string]any {
-		return map[string]any{"phase": prog.Phase(), "done": prog.Done.Load(), "total": prog.Total.Load()}
+		phase, _, done, total, bytesDone, bytesTotal := prog.Current()
+		if bytesTotal > 0 { // repacking counts bytes
+			done, total = bytesDone, bytesTotal
+		}
+		return map[string]any{"phase": phase, "done": done, "total": total}
 	})
 	res, err := prune.Run(ctx, r, opts)
 	st.Stop()

@@ -140,7 +140,7 @@ the device back and compares it with the snapshot.`,
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string {
-				return ui.Progress(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
+				return ui.FilesLine(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any {
 				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),

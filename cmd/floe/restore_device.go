@@ -28,7 +28,7 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 	start := time.Now()
 	st := g.status()
 	st.Run(200*time.Millisecond, func() string {
-		return ui.Progress(start, 0, 1, prog.BytesDone.Load(), prog.BytesTotal.Load(), true, "")
+		return ui.FilesLine(start, 0, 1, prog.BytesDone.Load(), prog.BytesTotal.Load(), true, "")
 	})
 	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, Progress: prog})
 	st.Stop()

@@ -13,7 +13,6 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/stats"
 	"github.com/floe-backup/floe/internal/ui"
-	"github.com/floe-backup/floe/internal/walk"
 )
 
 func newStatsCommand(g *globals) *cobra.Command {
@@ -147,7 +146,7 @@ the snapshots store.`,
 }
 
 // statsByHost prints stats --by-host.
-func statsByHost(ctx context.Context, g *globals, r *repo.Repository, l walk.Loader, hosts []string) error {
+func statsByHost(ctx context.Context, g *globals, r *repo.Repository, l snapshot.TreeLoader, hosts []string) error {
 	all, errs, err := snapshot.List(ctx, r)
 	if err != nil {
 		return err

@@ -47,7 +47,7 @@ type Options struct {
 	Rules *Rules
 	// Snapshot is the baseline; Trees loads its trees (and Other's).
 	Snapshot *snapshot.Snapshot
-	Trees    walk.Loader
+	Trees    snapshot.TreeLoader
 
 	// Against another snapshot: Other. Otherwise against the live file
 	// system below Root ("" means "/"), whose contents are checked with
@@ -235,7 +235,7 @@ type side interface {
 }
 
 type treeSide struct {
-	l    walk.Loader
+	l    snapshot.TreeLoader
 	tree hash.Ref
 }
 

@@ -3,14 +3,13 @@
 // The pipeline: one walker goroutine lists directories in name order and
 // hands regular files to file readers; each reader chunks its file and hands
 // the chunks to blob savers, which hash, compress, encrypt and pack them
-// (repo.SaveBlob). A directory's tree is encoded and saved once all of its
+// (repo.Writer). A directory's tree is encoded and saved once all of its
 // entries are done, so walking, reading and saving overlap across both
 // cores while the number of chunk buffers in flight bounds memory.
 package backup
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,18 +17,16 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/floe-backup/floe/internal/chunker"
-	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options describe one backup.
@@ -75,7 +72,7 @@ type Options struct {
 
 	// ParentTrees loads the parent's trees (the repository, or for
 	// write-only keys the local cache).
-	ParentTrees TreeLoader
+	ParentTrees snapshot.TreeLoader
 	// OnTree, if set, receives every tree saved (the local cache keeps them).
 	OnTree func(id hash.ID, plain []byte)
 
@@ -92,30 +89,10 @@ type Options struct {
 	// and reading files use the mapped location.
 	SourceRoot map[string]string
 
-	Progress       *Progress
+	// Progress, if set, is told the files and bytes read, the totals of a
+	// scan that runs alongside, and the file being read.
+	Progress       ui.Progress
 	ProgramVersion string
-}
-
-// TreeLoader loads trees of earlier snapshots.
-type TreeLoader interface {
-	LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error)
-}
-
-// Progress is updated while the backup runs; read it from another goroutine.
-type Progress struct {
-	FilesDone, BytesDone   atomic.Int64
-	FilesTotal, BytesTotal atomic.Int64 // from a scan that runs alongside
-	ScanDone               atomic.Bool
-	Errors                 atomic.Int64
-	current                atomic.Pointer[string]
-}
-
-// Current returns the file being read.
-func (p *Progress) Current() string {
-	if s := p.current.Load(); s != nil {
-		return *s
-	}
-	return ""
 }
 
 // Item is a file a backup saved (Options.OnItem).
@@ -152,6 +129,7 @@ const maxChangedListed = 1000
 
 type archiver struct {
 	r      *repo.Repository
+	w      *repo.Writer // nil in a dry run
 	opts   Options
 	params chunker.Params
 	match  *pathmatch.Matcher
@@ -191,9 +169,6 @@ type archiver struct {
 	anchors  map[string]*os.File // by full source path
 }
 
-// sourceMapping is one entry of Options.SourceRoot.
-type sourceMapping struct{ from, to string }
-
 type fileJob struct {
 	path    string // the original path
 	src     string // where to read it (path unless Options.SourceRoot maps it)
@@ -213,13 +188,6 @@ type chunkJob struct {
 	known   *hash.ID // the key (K), when already known (zero chunks of holes)
 }
 
-// future is a tree (or file) being completed.
-type future struct {
-	done chan struct{}
-	ref  hash.Ref
-	err  error
-}
-
 // Run performs a backup and writes its snapshot.
 func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error) {
 	start := time.Now()
@@ -227,8 +195,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		opts.Retries = 2
 	}
 	if opts.Progress == nil {
-		opts.Progress = &Progress{}
+		opts.Progress = ui.NoProgress
 	}
+	opts.Progress.Phase("backup", 0, 0)
 	if opts.Hostname == "" {
 		opts.Hostname, _ = os.Hostname()
 	}
@@ -254,6 +223,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		a.bufs <- nil
 	}
 
+	if !opts.DryRun {
+		a.w = r.StartWriting()
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -312,12 +284,14 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		// deduplicates against them instead of uploading them again. Its
 		// error is most likely rootErr again (the storage's sticky error);
 		// a pack left unindexed is only garbage that prune collects.
-		_ = r.FlushStored(context.WithoutCancel(ctx))
+		if a.w != nil {
+			_ = a.w.Abort(context.WithoutCancel(ctx))
+		}
 		return nil, rootErr
 	}
 	var saved repo.SaveStats
 	if !opts.DryRun {
-		if err := r.Flush(ctx); err != nil {
+		if err := a.w.Finish(ctx); err != nil {
 			return nil, fmt.Errorf("store data: %w", err)
 		}
 		saved = r.SavedStats()
@@ -364,50 +338,6 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	return &Result{ID: id, Snapshot: sn, Errors: a.errs, Forged: r.ForgedCopies()}, nil
 }
 
-// Excludes compiles exclude patterns: excludes as given, iexcludes
-// regardless of case.
-func Excludes(excludes, iexcludes []string) (*pathmatch.Matcher, error) {
-	m, err := pathmatch.New(excludes)
-	if err != nil {
-		return nil, fmt.Errorf("exclude %w", err)
-	}
-	if err := m.Add(iexcludes, true); err != nil {
-		return nil, fmt.Errorf("iexclude %w", err)
-	}
-	return m, nil
-}
-
-// marker is one Options.ExcludeIfPresent entry.
-type marker struct{ name, header string }
-
-func parseMarkers(list []string) ([]marker, error) {
-	var out []marker
-	for _, s := range list {
-		name, header, _ := strings.Cut(s, ":")
-		if name == "" || strings.Contains(name, "/") || name == "." || name == ".." {
-			return nil, fmt.Errorf("exclude-if-present %q: want a file name, optionally followed by :HEADER", s)
-		}
-		out = append(out, marker{name, header})
-	}
-	return out, nil
-}
-
-// marked reports whether the directory src (where it is read) holds one
-// of the Options.ExcludeIfPresent files.
-func (a *archiver) marked(src string) bool {
-	for _, m := range a.marks {
-		if pathmatch.HasFile(a.shorten(src), m.name, m.header) {
-			return true
-		}
-	}
-	return false
-}
-
-// tooLarge reports whether Options.ExcludeLargerThan leaves node out.
-func (a *archiver) tooLarge(node *snapshot.Node) bool {
-	return a.opts.ExcludeLargerThan > 0 && node.Type == snapshot.TypeFile && node.Size > a.opts.ExcludeLargerThan
-}
-
 func (a *archiver) report(it Item) {
 	if a.opts.OnItem == nil {
 		return
@@ -419,8 +349,8 @@ func (a *archiver) report(it Item) {
 
 // saveBlob stores a blob, or in a dry run counts what storing it would add.
 func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, data []byte) (hash.Ref, error) {
-	if !a.opts.DryRun {
-		ref, _, _, err := a.r.SaveBlob(ctx, t, key, data)
+	if a.w != nil {
+		ref, _, _, err := a.w.SaveBlob(ctx, t, key, data)
 		return ref, err
 	}
 	// a dry run encodes the blob to learn its ID (what a backup would
@@ -438,145 +368,8 @@ func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, d
 	return ref, nil
 }
 
-// CleanPaths makes the paths absolute and drops those inside another.
-func CleanPaths(in []string) ([]string, error) {
-	if len(in) == 0 {
-		return nil, errors.New("nothing to back up: give at least one path")
-	}
-	var out []string
-	for _, p := range in {
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			return nil, fmt.Errorf("path %s: %w", p, err)
-		}
-		if _, err := os.Lstat(abs); err != nil {
-			return nil, fmt.Errorf("path %s: %w", p, err)
-		}
-		out = append(out, abs)
-	}
-	sort.Strings(out)
-	kept := out[:0]
-	for _, p := range out {
-		if len(kept) > 0 {
-			last := kept[len(kept)-1]
-			if p == last || last == "/" || strings.HasPrefix(p, last+"/") {
-				continue
-			}
-		}
-		kept = append(kept, p)
-	}
-	return kept, nil
-}
-
-// sourceMappings checks Options.SourceRoot and sorts it longest first.
-func sourceMappings(m map[string]string) ([]sourceMapping, error) {
-	var out []sourceMapping
-	for from, to := range m {
-		if !filepath.IsAbs(from) || filepath.Clean(from) != from {
-			return nil, fmt.Errorf("source root: %q is not an absolute, clean path", from)
-		}
-		if !filepath.IsAbs(to) {
-			return nil, fmt.Errorf("source root of %s: %q is not an absolute path", from, to)
-		}
-		out = append(out, sourceMapping{from, filepath.Clean(to)})
-	}
-	sort.Slice(out, func(i, j int) bool { return len(out[i].from) > len(out[j].from) })
-	return out, nil
-}
-
-// src returns where to read the original path p: mapped by
-// Options.SourceRoot, and shortened through an anchor when it is long.
-func (a *archiver) src(p string) string {
-	full := p
-	for _, m := range a.sources {
-		if pathmatch.Within(p, m.from) {
-			full = pathmatch.Rebase(p, m.from, m.to)
-			break
-		}
-	}
-	return a.shorten(full)
-}
-
-// anchorAfter is the path length beyond which a directory becomes an
-// anchor: its children's paths then stay far below PATH_MAX (4096), as a
-// name is at most 255 bytes.
-const anchorAfter = 1024
-
-// shorten rewrites a long path to start at its nearest anchor.
-func (a *archiver) shorten(full string) string {
-	if len(full) <= anchorAfter {
-		return full
-	}
-	a.anchorMu.Lock()
-	defer a.anchorMu.Unlock()
-	for dir := filepath.Dir(full); len(dir) > 1; dir = filepath.Dir(dir) {
-		if f, ok := a.anchors[dir]; ok {
-			return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) + full[len(dir):]
-		}
-	}
-	return full
-}
-
-// anchor opens dir (an original path) as an anchor if its read path is
-// long; the returned function closes it once its subtree is saved.
-func (a *archiver) anchor(dir string) func() {
-	sp := a.src(dir)
-	if len(sp) <= anchorAfter {
-		return func() {}
-	}
-	f, err := os.Open(sp)
-	if err != nil {
-		return func() {} // reading the directory reports the error
-	}
-	full := dir
-	for _, m := range a.sources {
-		if pathmatch.Within(dir, m.from) {
-			full = pathmatch.Rebase(dir, m.from, m.to)
-			break
-		}
-	}
-	a.anchorMu.Lock()
-	if a.anchors == nil {
-		a.anchors = map[string]*os.File{}
-	}
-	a.anchors[full] = f
-	a.anchorMu.Unlock()
-	return func() {
-		a.anchorMu.Lock()
-		delete(a.anchors, full)
-		a.anchorMu.Unlock()
-		f.Close()
-	}
-}
-
-// origErr rewrites an error about src, the location read for the original
-// path orig, to name orig: users know their files by their real paths, not
-// by a temporary snapshot mount.
-func origErr(err error, orig, src string) error {
-	if err == nil || orig == src {
-		return err
-	}
-	var pe *os.PathError
-	if errors.As(err, &pe) && pe == err && pathmatch.Within(pe.Path, src) {
-		return &os.PathError{Op: pe.Op, Path: pathmatch.Rebase(pe.Path, src, orig), Err: pe.Err}
-	}
-	if msg := err.Error(); strings.Contains(msg, src) {
-		return &renamedError{msg: strings.ReplaceAll(msg, src, orig), err: err}
-	}
-	return err
-}
-
-// renamedError is an error whose message names the original path.
-type renamedError struct {
-	msg string
-	err error
-}
-
-func (e *renamedError) Error() string { return e.msg }
-func (e *renamedError) Unwrap() error { return e.err }
-
 func (a *archiver) fail(path string, err error) {
-	a.opts.Progress.Errors.Add(1)
+	a.opts.Progress.Fail()
 	a.mu.Lock()
 	a.errs = append(a.errs, &FileError{Path: path, Err: err})
 	a.mu.Unlock()
@@ -589,390 +382,4 @@ func (a *archiver) recordChanged(path string) {
 		a.changed = append(a.changed, path)
 	}
 	a.mu.Unlock()
-}
-
-// saveRoot builds the tree of "/" down to each backed-up path: parents are
-// included with their metadata so that restore recreates the full paths.
-func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapshot.Tree) *future {
-	type trie struct {
-		children map[string]*trie
-		target   bool
-	}
-	root := &trie{children: map[string]*trie{}}
-	for _, p := range paths {
-		t := root
-		if p == "/" {
-			t.target = true
-			continue
-		}
-		for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
-			next, ok := t.children[c]
-			if !ok {
-				next = &trie{children: map[string]*trie{}}
-				t.children[c] = next
-			}
-			t = next
-		}
-		t.target = true
-	}
-	var build func(dir string, t *trie, parent *snapshot.Tree) *future
-	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
-		if t.target {
-			return a.saveDir(ctx, dir, parent, a.deviceOf(a.src(dir)))
-		}
-		names := make([]string, 0, len(t.children))
-		for n := range t.children {
-			names = append(names, n)
-		}
-		sort.Strings(names)
-		var entries []entry
-		for _, name := range names {
-			p := filepath.Join(dir, name)
-			sp := a.src(p)
-			node, err := fsmeta.NodeFromPath(sp, name)
-			if err != nil {
-				return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
-			}
-			child := t.children[name]
-			e := entry{node: node}
-			if node.Type == snapshot.TypeDir {
-				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
-			} else if child.target {
-				e = a.saveEntry(ctx, p, node, parent, 0)
-			}
-			entries = append(entries, e)
-		}
-		return a.finishTree(ctx, dir, entries)
-	}
-	return build("/", root, parent)
-}
-
-func (a *archiver) deviceOf(path string) uint64 {
-	n, err := fsmeta.NodeFromPath(path, "x")
-	if err != nil {
-		return 0
-	}
-	return n.Device
-}
-
-func done(ref hash.Ref, err error) *future {
-	f := &future{done: make(chan struct{}), ref: ref, err: err}
-	close(f.done)
-	return f
-}
-
-// entry is one child of a directory being saved.
-type entry struct {
-	node *snapshot.Node
-	sub  *future  // directories
-	file *fileJob // regular files being read
-	link *fileJob // hard link to a file read elsewhere in this backup
-}
-
-func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, name string) *snapshot.Tree {
-	if parent == nil || a.opts.ParentTrees == nil {
-		return nil
-	}
-	pn := parent.Find(name)
-	if pn == nil || pn.Type != snapshot.TypeDir || pn.Subtree.IsNull() {
-		return nil
-	}
-	t, err := a.opts.ParentTrees.LoadTree(ctx, pn.Subtree)
-	if err != nil {
-		return nil // a missing parent tree only costs re-reading
-	}
-	// an unchanged directory encodes to the parent's tree: SaveBlob then
-	// finds it by its key without compressing and encrypting it
-	a.r.RememberRefs(repo.TreeBlob, pn.Subtree)
-	return t
-}
-
-// saveDir saves the directory at path, whose entries are compared with
-// parent (the same directory in the parent snapshot, or nil).
-func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tree, dev uint64) *future {
-	if ctx.Err() != nil {
-		return done(hash.Ref{}, ctx.Err())
-	}
-	a.dirs.Add(1)
-	release := a.anchor(path)
-	src := a.src(path)
-	ents, err := fsmeta.ReadDir(src)
-	if err != nil {
-		a.fail(path, origErr(err, path, src))
-		ents = nil
-	}
-	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(src) {
-		kept := ents[:0]
-		for _, e := range ents {
-			if e.Name() == pathmatch.CacheTag {
-				kept = append(kept, e)
-			}
-		}
-		ents = kept
-	}
-	if len(a.marks) > 0 && a.marked(src) {
-		ents = nil
-	}
-	entries := make([]entry, 0, len(ents))
-	for _, de := range ents {
-		name := de.Name()
-		p := path + "/" + name
-		if path == "/" {
-			p = "/" + name
-		}
-		if a.match.Match(p, de.IsDir()) {
-			continue
-		}
-		sp := a.src(p)
-		node, err := fsmeta.NodeFromPath(sp, name)
-		if err != nil {
-			a.fail(p, origErr(err, p, sp))
-			continue
-		}
-		if a.tooLarge(node) {
-			continue
-		}
-		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
-	}
-	f := a.finishTree(ctx, path, entries)
-	go func() { <-f.done; release() }()
-	return f
-}
-
-// saveEntry starts saving one directory entry.
-func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
-	e := entry{node: node}
-	if a.images[p] && node.Type != snapshot.TypeFile {
-		return a.saveImage(ctx, p, node, parent)
-	}
-	switch node.Type {
-	case snapshot.TypeDir:
-		if a.opts.OneFileSystem && dev != 0 && node.Device != dev {
-			e.sub = a.emptyTree(ctx)
-			return e
-		}
-		e.sub = a.saveDir(ctx, p, a.parentSubtree(ctx, parent, node.Name), dev)
-	case snapshot.TypeFile:
-		a.totalBytes.Add(node.Size)
-		if a.images[p] {
-			return a.saveImage(ctx, p, node, parent)
-		}
-		var pn *snapshot.Node
-		if parent != nil {
-			pn = parent.Find(node.Name)
-		}
-		if node.Links > 1 {
-			key := [2]uint64{node.Device, node.Inode}
-			a.mu.Lock()
-			first, seen := a.hardlinks[key]
-			a.mu.Unlock()
-			if seen {
-				e.link = first
-				return e
-			}
-		}
-		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
-			node.Content = pn.Content
-			node.ChunkSizes = pn.ChunkSizes
-			a.filesUnchanged.Add(1)
-			a.opts.Progress.FilesDone.Add(1)
-			a.opts.Progress.BytesDone.Add(int64(node.Size))
-			a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
-			return e
-		}
-		if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
-			// a changed file keeps most of its chunks: SaveBlob finds
-			// those by their keys without compressing and encrypting them
-			a.r.RememberRefs(repo.DataBlob, pn.Content...)
-		}
-		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
-		if node.Links > 1 {
-			a.mu.Lock()
-			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
-			a.mu.Unlock()
-		}
-		select {
-		case a.fileJobs <- job:
-		case <-ctx.Done():
-			job.err = ctx.Err()
-			close(job.done)
-		}
-		e.file = job
-	}
-	return e
-}
-
-// saveImage starts saving an image (Options.Images).
-func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree) entry {
-	src := a.src(p)
-	wasFile := node.Type == snapshot.TypeFile
-	node, err := a.prepareImage(p, src, node)
-	if err != nil {
-		a.fail(p, origErr(err, p, src))
-		return entry{node: node, file: failedJob(p, err)}
-	}
-	if !wasFile {
-		a.totalBytes.Add(node.Size)
-	}
-	e := entry{node: node}
-	var pn *snapshot.Node
-	if parent != nil {
-		pn = parent.Find(node.Name)
-	}
-	// a device is always read: its node's times say nothing of its blocks
-	if node.Rdev == 0 && pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
-		node.Content, node.ChunkSizes, node.Sparse = pn.Content, pn.ChunkSizes, pn.Sparse
-		a.filesUnchanged.Add(1)
-		a.opts.Progress.FilesDone.Add(1)
-		a.opts.Progress.BytesDone.Add(int64(node.Size))
-		a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
-		return e
-	}
-	if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
-		a.r.RememberRefs(repo.DataBlob, pn.Content...)
-	}
-	job := &fileJob{path: p, src: src, node: node, changed: pn != nil, image: true, done: make(chan struct{})}
-	select {
-	case a.fileJobs <- job:
-	case <-ctx.Done():
-		job.err = ctx.Err()
-		close(job.done)
-	}
-	e.file = job
-	return e
-}
-
-// failedJob is a file that is left out, its error already reported.
-func failedJob(p string, err error) *fileJob {
-	j := &fileJob{path: p, err: err, done: make(chan struct{})}
-	close(j.done)
-	return j
-}
-
-// unchanged reports whether a file needs no reading: same size, mtime,
-// ctime, inode and type as in the parent snapshot.
-func unchanged(old, cur *snapshot.Node) bool {
-	return old.Type == snapshot.TypeFile && old.Size == cur.Size && old.Inode == cur.Inode &&
-		old.ModTime.Equal(cur.ModTime) && old.ChangeTime.Equal(cur.ChangeTime) &&
-		uint64(len(old.Content)) > 0 == (cur.Size > 0)
-}
-
-func (a *archiver) haveAll(refs []hash.Ref) bool {
-	for _, ref := range refs {
-		if !a.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
-			return false
-		}
-	}
-	return true
-}
-
-func (a *archiver) emptyTree(ctx context.Context) *future {
-	return a.finishTree(ctx, "", nil)
-}
-
-// finishTree waits (in its own goroutine) for the entries, then encodes
-// and saves the tree.
-func (a *archiver) finishTree(ctx context.Context, path string, entries []entry) *future {
-	f := &future{done: make(chan struct{})}
-	go func() {
-		defer close(f.done)
-		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(entries))}
-		for _, e := range entries {
-			switch {
-			case e.sub != nil:
-				<-e.sub.done
-				if e.sub.err != nil {
-					f.err = e.sub.err
-					return
-				}
-				e.node.Subtree = e.sub.ref
-			case e.file != nil:
-				<-e.file.done
-				if e.file.err != nil {
-					if ctx.Err() != nil {
-						f.err = ctx.Err()
-						return
-					}
-					continue // reported; the file is left out
-				}
-				action := "new"
-				if e.file.changed {
-					action = "changed"
-				}
-				a.report(Item{Path: e.file.path, Action: action, Size: e.node.Size})
-			case e.link != nil:
-				<-e.link.done
-				if e.link.err != nil {
-					continue
-				}
-				a.report(Item{Path: filepath.Join(path, e.node.Name), Action: "hardlink", Size: e.node.Size})
-				e.node.Content = e.link.node.Content
-				e.node.ChunkSizes = e.link.node.ChunkSizes
-			}
-			tree.Nodes = append(tree.Nodes, e.node)
-		}
-		ref, err := a.saveTree(ctx, tree)
-		if err != nil {
-			f.err = fmt.Errorf("save tree of %s: %w", path, err)
-			return
-		}
-		f.ref = ref
-	}()
-	return f
-}
-
-func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref, error) {
-	plain, err := snapshot.EncodeTree(tree)
-	if err != nil {
-		return hash.Ref{}, err
-	}
-	ref, err := a.saveBlob(ctx, repo.TreeBlob, a.r.BlobKey(plain), plain)
-	if err != nil {
-		return hash.Ref{}, err
-	}
-	if a.opts.OnTree != nil {
-		a.opts.OnTree(ref.ID, plain)
-	}
-	return ref, nil
-}
-
-// scan counts files and bytes for the progress ETA.
-func (a *archiver) scan(ctx context.Context, paths []string) {
-	p := a.opts.Progress
-	// walk counts below the original path root, reading from its source;
-	// a directory mapped elsewhere (Options.SourceRoot) is walked on its own.
-	var walk func(root string)
-	walk = func(root string) {
-		src := a.src(root)
-		filepath.WalkDir(src, func(sp string, d os.DirEntry, err error) error {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			path := pathmatch.Rebase(sp, src, root)
-			if err != nil || a.match.Match(path, d != nil && d.IsDir()) {
-				if d != nil && d.IsDir() && path != root {
-					return filepath.SkipDir
-				}
-				return nil
-			}
-			if d.IsDir() && path != root && a.src(path) != sp {
-				walk(path)
-				return filepath.SkipDir
-			}
-			if d.IsDir() && len(a.marks) > 0 && a.marked(sp) {
-				return filepath.SkipDir
-			}
-			if d.Type().IsRegular() {
-				if info, err := d.Info(); err == nil && (a.opts.ExcludeLargerThan == 0 || uint64(info.Size()) <= a.opts.ExcludeLargerThan) {
-					p.FilesTotal.Add(1)
-					p.BytesTotal.Add(info.Size())
-				}
-			}
-			return nil
-		})
-	}
-	for _, root := range paths {
-		walk(root)
-	}
-	p.ScanDone.Store(true)
 }

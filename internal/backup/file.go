@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -27,7 +28,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 			close(job.done)
 			continue
 		}
-		a.opts.Progress.current.Store(&job.path)
+		a.opts.Progress.Working(job.path)
 		var err error
 		if job.image {
 			err = a.readImage(ctx, ch, job)
@@ -45,7 +46,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 		} else {
 			a.filesNew.Add(1)
 		}
-		a.opts.Progress.FilesDone.Add(1)
+		a.opts.Progress.Done(1, 0)
 		close(job.done)
 	}
 }
@@ -131,65 +132,22 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 // chunkFile splits r into chunks and saves them; it returns the chunks'
 // refs and sizes in order and the number of bytes read.
 func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.File, sparse bool, size uint64) ([]hash.Ref, []uint32, uint64, error) {
-	var (
-		refs   []hash.Ref
-		sizes  []uint32
-		slots  []*hash.Ref
-		wg     sync.WaitGroup
-		errp   atomic.Pointer[error]
-		total  uint64
-		segErr error
-	)
 	// A small file is hashed and saved here, by its reader: handing its
 	// one chunk to a saver and waiting for it cost two goroutine wake-ups
 	// per file, more than the hashing on a tree of small files. A large
 	// file's chunks still go to the savers, so that one file uses every
 	// core.
-	inline := !sparse && size <= smallFile
-	addChunk := func(data []byte, release bool, known *hash.ID) {
-		slot := new(hash.Ref)
-		slots = append(slots, slot)
-		sizes = append(sizes, uint32(len(data)))
-		wg.Add(1)
-		job := &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
-		if inline {
-			a.saveChunk(ctx, job)
-			return
-		}
-		a.chunkJobs <- job
-	}
-	chunkRange := func(rd io.Reader) error {
-		ch.Reset(rd)
-		for {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			buf := <-a.bufs
-			data, err := ch.Next(buf)
-			if err == io.EOF {
-				a.bufs <- data
-				return nil
-			}
-			if err != nil {
-				a.bufs <- data
-				return err
-			}
-			total += uint64(len(data))
-			a.opts.Progress.BytesDone.Add(int64(len(data)))
-			addChunk(data, true, nil)
-		}
-	}
+	c := &chunks{a: a, ctx: ctx, inline: !sparse && size <= smallFile}
+	var err error
 	if sparse {
-		segErr = fsmeta.Segments(f, size, func(off, n int64, hole bool) error {
+		err = fsmeta.Segments(f, size, func(off, n int64, hole bool) error {
 			if !hole {
-				return chunkRange(io.NewSectionReader(f, off, n))
+				return c.read(ctx, ch, io.NewSectionReader(f, off, n))
 			}
 			for n > 0 {
 				l := min(n, int64(a.params.Max))
 				key := a.zeroKey(int(l))
-				addChunk(zeros(int(l)), false, &key)
-				total += uint64(l)
-				a.opts.Progress.BytesDone.Add(l)
+				c.add(zeros(int(l)), false, &key)
 				n -= l
 			}
 			return nil
@@ -198,20 +156,78 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 		// Up to the size seen before reading: a file that grew is found
 		// by the stat after reading (and read again), and the chunker
 		// does not need one more read to see the end of the file.
-		segErr = chunkRange(io.LimitReader(f, int64(size)))
+		err = c.read(ctx, ch, io.LimitReader(f, int64(size)))
 	}
-	wg.Wait()
-	if segErr != nil {
-		return nil, nil, 0, segErr
+	return c.wait(err)
+}
+
+// chunks are the chunks of one file (or stream) in order, handed to the
+// blob savers as they are cut; wait collects their refs.
+type chunks struct {
+	a      *archiver
+	ctx    context.Context
+	inline bool // saved by the reader, not handed to the savers (small files)
+	slots  []*hash.Ref
+	sizes  []uint32
+	wg     sync.WaitGroup
+	errp   atomic.Pointer[error]
+	total  uint64
+}
+
+// add hands one chunk to the blob savers. release: data is a buffer of
+// the pool; known: its key, when known already.
+func (c *chunks) add(data []byte, release bool, known *hash.ID) {
+	c.total += uint64(len(data))
+	c.a.opts.Progress.Done(0, int64(len(data)))
+	slot := new(hash.Ref)
+	c.slots = append(c.slots, slot)
+	c.sizes = append(c.sizes, uint32(len(data)))
+	c.wg.Add(1)
+	job := &chunkJob{data: data, slot: slot, wg: &c.wg, errp: &c.errp, release: release, known: known}
+	if c.inline {
+		c.a.saveChunk(c.ctx, job)
+		return
 	}
-	if e := errp.Load(); e != nil {
+	c.a.chunkJobs <- job
+}
+
+// read cuts rd into chunks with ch and adds them, until rd ends.
+func (c *chunks) read(ctx context.Context, ch *chunker.Chunker, rd io.Reader) error {
+	ch.Reset(rd)
+	for {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		buf := <-c.a.bufs
+		data, err := ch.Next(buf)
+		if err == io.EOF {
+			c.a.bufs <- data
+			return nil
+		}
+		if err != nil {
+			c.a.bufs <- data
+			return err
+		}
+		c.add(data, true, nil)
+	}
+}
+
+// wait waits for the chunks added so far to be saved and returns their
+// refs and sizes in order and the bytes read, or readErr (what stopped
+// reading) or the first error saving one.
+func (c *chunks) wait(readErr error) ([]hash.Ref, []uint32, uint64, error) {
+	c.wg.Wait()
+	if readErr != nil {
+		return nil, nil, 0, readErr
+	}
+	if e := c.errp.Load(); e != nil {
 		return nil, nil, 0, *e
 	}
-	refs = make([]hash.Ref, len(slots))
-	for i, s := range slots {
+	refs := make([]hash.Ref, len(c.slots))
+	for i, s := range c.slots {
 		refs[i] = *s
 	}
-	return refs, sizes, total, nil
+	return refs, c.sizes, c.total, nil
 }
 
 var (
@@ -276,6 +292,10 @@ func (a *archiver) saveChunk(ctx context.Context, job *chunkJob) {
 	job.wg.Done()
 }
 
+// ErrStdinFilename is wrapped by the error about a file name for standard
+// input (Options.StdinFilename) that is not a valid name.
+var ErrStdinFilename = errors.New("file name for standard input")
+
 // saveStdin backs up a stream as a single file in the root tree.
 func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 	name := a.opts.StdinFilename
@@ -283,50 +303,22 @@ func (a *archiver) saveStdin(ctx context.Context) (hash.Ref, error) {
 		name = "stdin"
 	}
 	if err := snapshot.CheckName(name); err != nil {
-		return hash.Ref{}, fmt.Errorf("--stdin-filename: %w", err)
+		return hash.Ref{}, fmt.Errorf("%w: %w", ErrStdinFilename, err)
 	}
-	ch := chunker.New(nil, a.params)
-	var (
-		slots []*hash.Ref
-		sizes []uint32
-		wg    sync.WaitGroup
-		errp  atomic.Pointer[error]
-		total uint64
-	)
-	ch.Reset(a.opts.Stdin)
-	for {
-		buf := <-a.bufs
-		data, err := ch.Next(buf)
-		if err == io.EOF {
-			a.bufs <- data
-			break
-		}
-		if err != nil {
-			a.bufs <- data
-			wg.Wait()
-			return hash.Ref{}, fmt.Errorf("read standard input: %w", err)
-		}
-		total += uint64(len(data))
-		a.opts.Progress.BytesDone.Add(int64(len(data)))
-		slot := new(hash.Ref)
-		slots = append(slots, slot)
-		sizes = append(sizes, uint32(len(data)))
-		wg.Add(1)
-		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: true}
+	c := &chunks{a: a}
+	err := c.read(ctx, chunker.New(nil, a.params), a.opts.Stdin)
+	if err != nil && ctx.Err() == nil {
+		err = fmt.Errorf("read standard input: %w", err)
 	}
-	wg.Wait()
-	if e := errp.Load(); e != nil {
-		return hash.Ref{}, *e
+	refs, sizes, total, err := c.wait(err)
+	if err != nil {
+		return hash.Ref{}, err
 	}
 	now := time.Now()
 	node := &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o600, UID: uint32(os.Getuid()), GID: uint32(os.Getgid()),
-		ModTime: now, AccessTime: now, ChangeTime: now, Size: total, Links: 1}
-	for _, s := range slots {
-		node.Content = append(node.Content, *s)
-	}
-	node.ChunkSizes = sizes
+		ModTime: now, AccessTime: now, ChangeTime: now, Size: total, Links: 1, Content: refs, ChunkSizes: sizes}
 	a.filesNew.Add(1)
 	a.totalBytes.Add(total)
-	a.opts.Progress.FilesDone.Add(1)
+	a.opts.Progress.Done(1, 0)
 	return a.saveTree(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{node}})
 }

@@ -200,7 +200,7 @@ func (a *archiver) chunkImage(ctx context.Context, ch *chunker.Chunker, f *os.Fi
 		wg.Add(1)
 		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
 	}
-	s := newImageScan(f, size, file, func(n int64) { a.opts.Progress.BytesDone.Add(n) })
+	s := newImageScan(f, size, file, func(n int64) { a.opts.Progress.Done(0, n) })
 	err := func() error {
 		for {
 			s.regionEnd = false
@@ -378,8 +378,7 @@ func (a *archiver) prepareImage(p, src string, node *snapshot.Node) (*snapshot.N
 	a.readRdev[p] = readRdev
 	a.mu.Unlock()
 	if node.Rdev != 0 {
-		a.opts.Progress.FilesTotal.Add(1)
-		a.opts.Progress.BytesTotal.Add(int64(node.Size))
+		a.opts.Progress.Grow(1, int64(node.Size))
 	}
 	return node, nil
 }

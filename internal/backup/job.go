@@ -190,9 +190,6 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 		opts.Hostname, _ = os.Hostname()
 	}
 	c := j.Repository.OpenCache(r)
-	if opts.Progress == nil {
-		opts.Progress = &Progress{}
-	}
 	if opts.Stdin == nil && len(j.StdinCommand) == 0 {
 		parent, trees, warnings, err := FindParent(ctx, r, c, opts.Hostname, append(append([]string(nil), opts.Paths...), opts.Images...), j.ParentID)
 		for _, w := range warnings {

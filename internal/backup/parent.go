@@ -19,7 +19,11 @@ import (
 //
 // explicit, when set, names the parent (an ID prefix). Snapshots that
 // cannot be read are returned as warnings. c may be nil.
-func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, TreeLoader, []error, error) {
+// ErrParentNeedsCache: a parent given by ID with a write-only key is
+// found in the local cache, which is not in use.
+var ErrParentNeedsCache = errors.New("a parent snapshot given by ID with a write-only key needs the local cache")
+
+func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, snapshot.TreeLoader, []error, error) {
 	abs, err := CleanPaths(paths)
 	if err != nil {
 		return nil, nil, nil, err
@@ -33,7 +37,7 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 	case explicit != "":
 		if r.WriteOnly() {
 			if c == nil {
-				return nil, nil, nil, errors.New("--parent with a write-only key needs the local cache")
+				return nil, nil, nil, ErrParentNeedsCache
 			}
 			for _, s := range c.Snapshots() {
 				if strings.HasPrefix(s.ID.String(), explicit) {

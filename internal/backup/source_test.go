@@ -8,11 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/floe-backup/floe/internal/pathmatch"
-
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options.SourceRoot: the snapshot records the original paths, while the
@@ -46,7 +46,7 @@ func TestSourceRoot(t *testing.T) {
 	os.Symlink("a.txt", filepath.Join(frozen, "link"))
 
 	r := newRepo(t)
-	p := &Progress{}
+	p := &ui.Meter{}
 	res, err := Run(ctx, r, Options{
 		Paths:      []string{live},
 		Excludes:   []string{"*.tmp", live + "/sub/skipdir"},
@@ -106,7 +106,7 @@ func TestSourceRoot(t *testing.T) {
 			t.Errorf("%s = %q, want %q (all: %v)", k, files[k], v, files)
 		}
 	}
-	if got := p.FilesTotal.Load(); got != 3 {
+	if _, _, _, got, _, _ := p.Current(); got != 3 {
 		t.Errorf("scan counted %d files, want 3", got)
 	}
 

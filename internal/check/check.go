@@ -29,8 +29,8 @@ type Options struct {
 	// Workers is how many packs are checked at once (default 4; 2 to 4
 	// when reading data, by the number of CPUs).
 	Workers int
-	// Progress, if set, is updated as Run works.
-	Progress *Progress
+	// Progress, if set, is told what Run does as it works.
+	Progress ui.Progress
 }
 
 // Run checks the repository r (opened, index not needed: Run loads it
@@ -43,6 +43,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options, report func(*Pro
 	start := time.Now()
 	if opts.Subset != nil {
 		opts.ReadData = true
+	}
+	if opts.Progress == nil {
+		opts.Progress = ui.NoProgress
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 4
@@ -147,7 +150,7 @@ func (c *checker) problem(sev Severity, kind, object, format string, args ...any
 // checkKeys reads the config again (repo.Open verified it, but that may
 // have been a while ago) and loads every key record.
 func (c *checker) checkKeys(ctx context.Context) error {
-	c.opts.Progress.start("checking config and keys", 0, 0)
+	c.opts.Progress.Phase("checking config and keys", 0, 0)
 	if err := c.r.CheckConfig(ctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -204,12 +207,12 @@ func (c *checker) loadIndex(ctx context.Context) error {
 		return err
 	}
 	c.res.Summary.IndexFiles = len(ids)
-	c.opts.Progress.start("loading index files", int64(len(ids)), 0)
+	c.opts.Progress.Phase("loading index files", int64(len(ids)), 0)
 	files := make([]*repo.IndexFile, len(ids))
 	errs := make([]error, len(ids))
 	par.For(ctx, len(ids), 4, func(_, i int) {
 		files[i], errs[i] = c.r.LoadIndexFile(ctx, ids[i])
-		c.opts.Progress.add(1, 0)
+		c.opts.Progress.Done(1, 0)
 	})
 	if err := ctx.Err(); err != nil {
 		return err
@@ -274,12 +277,12 @@ func (c *checker) loadSnapshots(ctx context.Context) error {
 		return err
 	}
 	c.res.Summary.Snapshots = len(ids)
-	c.opts.Progress.start("loading snapshots", int64(len(ids)), 0)
+	c.opts.Progress.Phase("loading snapshots", int64(len(ids)), 0)
 	recs := make([]*snapshot.Record, len(ids))
 	errs := make([]error, len(ids))
 	par.For(ctx, len(ids), 8, func(_, i int) {
 		recs[i], errs[i] = snapshot.Load(ctx, c.r, ids[i])
-		c.opts.Progress.add(1, 0)
+		c.opts.Progress.Done(1, 0)
 	})
 	if err := ctx.Err(); err != nil {
 		return err

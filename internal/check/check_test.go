@@ -60,21 +60,23 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 	}
 	for _, name := range []string{"passwd1", "passwd2", "hosts", "notes"} {
 		data := randomBytes(3000)
-		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+		w := r.StartWriting()
+		id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Flush(ctx); err != nil { // one pack and index file per blob
+		if err := w.Finish(ctx); err != nil { // one pack and index file per blob
 			t.Fatal(err)
 		}
 		f.blobs[name] = id
 	}
+	w := r.StartWriting()
 	saveTree := func(name string, nodes ...*snapshot.Node) {
 		data, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
 		if err != nil {
 			t.Fatal(err)
 		}
-		id, _, _, err := r.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(data), data)
+		id, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(data), data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,7 +96,7 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 	saveTree("root2",
 		&snapshot.Node{Name: "etc", Type: snapshot.TypeDir, Mode: 0o755, Subtree: f.trees["etc"]},
 		&snapshot.Node{Name: "home", Type: snapshot.TypeDir, Mode: 0o755, Subtree: f.trees["home"]})
-	if err := r.Flush(ctx); err != nil {
+	if err := w.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for i, root := range []string{"root1", "root2"} {
@@ -350,11 +352,12 @@ func TestCheck(t *testing.T) {
 					t.Fatal(err)
 				}
 				data := randomBytes(100)
-				ref, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+				w := r.StartWriting()
+				ref, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if err := r.Flush(ctx); err != nil {
+				if err := w.Finish(ctx); err != nil {
 					t.Fatal(err)
 				}
 				h, _ := f.packOf(t, repo.DataBlob, ref)

@@ -79,13 +79,13 @@ func (c *checker) checkPacks(ctx context.Context) error {
 	if c.opts.ReadData {
 		phase = "reading packs"
 	}
-	c.opts.Progress.start(phase, int64(len(ids)), bytesTotal)
+	c.opts.Progress.Phase(phase, int64(len(ids)), bytesTotal)
 
 	var mu sync.Mutex
 	var denied error
 	par.For(ctx, len(ids), c.opts.Workers, func(_, i int) {
 		res := c.checkPack(ctx, ids[i], read[ids[i]])
-		c.opts.Progress.add(1, res.bytesRead)
+		c.opts.Progress.Done(1, res.bytesRead)
 		if ctx.Err() != nil {
 			return // errors of a canceled check are no damage
 		}
@@ -414,7 +414,7 @@ func (c *checker) copyCause(pack hash.ID, h repo.BlobHandle) *cause {
 	case ps.pastEnd[h]:
 		text = fmt.Sprintf("pack %s is truncated before the blob's end", pack.Short())
 	case ps.headerBad:
-		text = fmt.Sprintf("pack %s has a damaged header (check --read-data tells whether the blob is intact)", pack.Short())
+		text = fmt.Sprintf("pack %s has a damaged header (reading the whole pack tells whether the blob is intact)", pack.Short())
 		definite = false
 	case ps.entryBad[h]:
 		text = fmt.Sprintf("its index entry disagrees with the header of pack %s", pack.Short())

@@ -11,9 +11,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -147,46 +144,4 @@ func (r *Result) filter(s Severity) []*Problem {
 		}
 	}
 	return out
-}
-
-// Progress is updated while Run works, for a status line. Read it from
-// another goroutine; its zero value is ready to use.
-type Progress struct {
-	mu         sync.Mutex
-	phase      string
-	phaseStart time.Time
-
-	Done, Total           atomic.Int64 // items (packs, index files, snapshots, trees) of this phase
-	BytesDone, BytesTotal atomic.Int64 // bytes read and to read (reading packs)
-}
-
-// Phase returns what Run is doing, e.g. "reading packs", and since when.
-func (p *Progress) Phase() (string, time.Time) {
-	if p == nil {
-		return "", time.Time{}
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.phase, p.phaseStart
-}
-
-func (p *Progress) start(phase string, total, bytesTotal int64) {
-	if p == nil {
-		return
-	}
-	p.mu.Lock()
-	p.phase, p.phaseStart = phase, time.Now()
-	p.mu.Unlock()
-	p.Done.Store(0)
-	p.Total.Store(total)
-	p.BytesDone.Store(0)
-	p.BytesTotal.Store(bytesTotal)
-}
-
-func (p *Progress) add(items, bytes int64) {
-	if p == nil {
-		return
-	}
-	p.Done.Add(items)
-	p.BytesDone.Add(bytes)
 }

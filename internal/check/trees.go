@@ -23,7 +23,7 @@ func (c *checker) walkSnapshots(ctx context.Context) error {
 	if c.r.WriteOnly() {
 		return nil
 	}
-	c.opts.Progress.start("checking trees", 0, 0)
+	c.opts.Progress.Phase("checking trees", 0, 0)
 	for _, sn := range c.snapshots {
 		dmg, err := c.walkTree(ctx, sn.Tree)
 		if err != nil {
@@ -63,7 +63,7 @@ func (c *checker) walkTree(ctx context.Context, ref hash.Ref) ([]damage, error) 
 		return d, nil
 	}
 	c.res.Summary.Trees++
-	c.opts.Progress.add(1, 0)
+	c.opts.Progress.Done(1, 0)
 	c.walking[id] = true
 	defer delete(c.walking, id)
 

@@ -22,7 +22,7 @@ import (
 
 // ErrNoRepoGiven is returned by Open for the default repository (Target.Default)
 // before it has been created.
-var ErrNoRepoGiven = errors.New("no repository given (-r/--repo or FLOE_REPOSITORY) and no default repository yet")
+var ErrNoRepoGiven = errors.New("no repository given and no default repository yet")
 
 // ErrCredentialWithoutRepo is returned by Open for the default repository
 // before it has been created when a credential was given (a password file
@@ -30,7 +30,7 @@ var ErrNoRepoGiven = errors.New("no repository given (-r/--repo or FLOE_REPOSITO
 // belongs to another repository, which the user forgot to name, so the
 // default repository is not created (backup would otherwise create it
 // quietly with that password). It is wrong usage, not a missing repository.
-var ErrCredentialWithoutRepo = errors.New("no repository given: use -r or FLOE_REPOSITORY (a password or key file was given, so floe does not create its default repository; to create one there, use floe init)")
+var ErrCredentialWithoutRepo = errors.New("no repository given (a password or key file was given, so floe does not create its default repository)")
 
 // Target is a repository and what opens it.
 type Target struct {

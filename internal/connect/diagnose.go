@@ -29,9 +29,8 @@ func Diagnose(ctx context.Context, t Target, err error) error {
 	if errors.Is(err, repo.ErrNoRepository) || errors.Is(err, ErrNoRepoGiven) || errors.Is(err, ErrCredentialWithoutRepo) || ctx.Err() != nil {
 		return err
 	}
-	msg := err.Error()
-	if strings.Contains(msg, "config") && strings.Contains(msg, "damaged") {
-		return damaged("cannot open the repository: %v; without its config nothing in it can be read", msg)
+	if errors.Is(err, repo.ErrDamagedConfig) {
+		return damaged("cannot open the repository: %v; without its config nothing in it can be read", err)
 	}
 	if !errors.Is(err, repo.ErrWrongKey) {
 		return err

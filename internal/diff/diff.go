@@ -227,7 +227,7 @@ type Options struct {
 }
 
 type differ struct {
-	l    walk.Loader
+	l    snapshot.TreeLoader
 	opts Options
 	fn   func(Change) error
 	sum  Summary
@@ -237,7 +237,7 @@ type differ struct {
 // path is dir ("/" for snapshot roots), calling fn for every change in
 // path order. A directory that only one side has is reported with all its
 // contents. It returns the summary; an error from fn stops the diff.
-func Trees(ctx context.Context, l walk.Loader, dir string, oldTree, newTree hash.Ref, opts Options, fn func(Change) error) (Summary, error) {
+func Trees(ctx context.Context, l snapshot.TreeLoader, dir string, oldTree, newTree hash.Ref, opts Options, fn func(Change) error) (Summary, error) {
 	d := newDiffer(l, opts, fn)
 	err := d.trees(ctx, dir, oldTree, newTree)
 	return d.sum, err
@@ -245,13 +245,13 @@ func Trees(ctx context.Context, l walk.Loader, dir string, oldTree, newTree hash
 
 // Nodes compares two nodes at path (either may be nil: an added or removed
 // path) and, when they are directories, their contents.
-func Nodes(ctx context.Context, l walk.Loader, path string, old, new *snapshot.Node, opts Options, fn func(Change) error) (Summary, error) {
+func Nodes(ctx context.Context, l snapshot.TreeLoader, path string, old, new *snapshot.Node, opts Options, fn func(Change) error) (Summary, error) {
 	d := newDiffer(l, opts, fn)
 	err := d.node(ctx, path, old, new)
 	return d.sum, err
 }
 
-func newDiffer(l walk.Loader, opts Options, fn func(Change) error) *differ {
+func newDiffer(l snapshot.TreeLoader, opts Options, fn func(Change) error) *differ {
 	if opts.Attrs == 0 {
 		opts.Attrs = DefaultAttrs
 	}

@@ -41,6 +41,10 @@ const prefetch = 4
 // bug, not a hostile repository.
 var ErrUnsafeName = errors.New("unsafe name")
 
+// ErrSizeMismatch is wrapped by errors about a file whose content does
+// not have the size its node says: the repository is damaged.
+var ErrSizeMismatch = errors.New("damaged repository?")
+
 // File writes the content of the regular file n to w, its data blobs in
 // order, and returns the number of bytes written. It fails if the content
 // is not n.Size bytes long.
@@ -53,7 +57,7 @@ func File(ctx context.Context, bl BlobLoader, n *snapshot.Node, w io.Writer) (ui
 		return written, err
 	}
 	if written != n.Size {
-		return written, fmt.Errorf("content is %d bytes, the snapshot says %d (damaged repository? run `floe check`)", written, n.Size)
+		return written, fmt.Errorf("content is %d bytes, the snapshot says %d (%w)", written, n.Size, ErrSizeMismatch)
 	}
 	return written, nil
 }
@@ -138,7 +142,7 @@ type tarDumper struct {
 // archive to w: a directory with everything below it (loaded through l),
 // anything else as a single entry. p "/" with walk.Root(tree) dumps a
 // whole snapshot. The archive is finished (trailer written) on success.
-func Tar(ctx context.Context, bl BlobLoader, l walk.Loader, p string, n *snapshot.Node, w io.Writer) (*Result, error) {
+func Tar(ctx context.Context, bl BlobLoader, l snapshot.TreeLoader, p string, n *snapshot.Node, w io.Writer) (*Result, error) {
 	p = walk.Clean(p)
 	d := &tarDumper{bl: bl, tw: tar.NewWriter(w), links: map[[2]uint64]string{}}
 	if p == "/" {
@@ -256,12 +260,12 @@ func (d *tarDumper) entry(ctx context.Context, p string, n *snapshot.Node) error
 		d.res.Bytes += written
 		if err != nil {
 			if errors.Is(err, tar.ErrWriteTooLong) {
-				return fmt.Errorf("%s: content is longer than the %d bytes the snapshot says (damaged repository? run `floe check`)", p, n.Size)
+				return fmt.Errorf("%s: content is longer than the %d bytes the snapshot says (%w)", p, n.Size, ErrSizeMismatch)
 			}
 			return fmt.Errorf("%s: %w", p, err)
 		}
 		if written != n.Size {
-			return fmt.Errorf("%s: content is %d bytes, the snapshot says %d (damaged repository? run `floe check`)", p, written, n.Size)
+			return fmt.Errorf("%s: content is %d bytes, the snapshot says %d (%w)", p, written, n.Size, ErrSizeMismatch)
 		}
 	}
 	return nil

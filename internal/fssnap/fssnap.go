@@ -99,14 +99,14 @@ func (sys *system) preflight(opts Options) error {
 			return err
 		}
 	} else if opts.Size != "" {
-		return errors.New("--fs-snapshot-size is for LVM snapshots; btrfs snapshots need no size")
+		return errors.New("a snapshot size is for LVM snapshots; btrfs snapshots need no size")
 	}
 	if sys.euid() != 0 {
-		return fmt.Errorf("--fs-snapshot %s needs root: only root can make and mount %s snapshots", opts.Kind, opts.Kind)
+		return fmt.Errorf("%s snapshots %w: only root can make and mount them", opts.Kind, ErrNeedsRoot)
 	}
 	for _, t := range tools[opts.Kind] {
 		if _, err := sys.lookPath(t[0]); err != nil {
-			return fmt.Errorf("--fs-snapshot %s needs the command %s, which is not installed: install the Debian package %s", opts.Kind, t[0], t[1])
+			return fmt.Errorf("%s snapshots need the command %s, which is not installed: install the Debian package %s", opts.Kind, t[0], t[1])
 		}
 	}
 	return nil
@@ -286,6 +286,14 @@ func (s *Set) Describe() []string {
 	return out
 }
 
+// ErrNeedsRoot is wrapped by Preflight's error when floe does not run as
+// root.
+var ErrNeedsRoot = errors.New("need root")
+
+// ErrOverflowed is wrapped by Check's error about an LVM snapshot that ran
+// out of room: it needs a larger size.
+var ErrOverflowed = errors.New("overflowed")
+
 // Check reports a snapshot that became unusable while the backup read it:
 // an LVM snapshot whose room for changed blocks ran out is invalidated by
 // the kernel, and what was read from it after that is missing.
@@ -304,7 +312,7 @@ func (s *Set) Check(ctx context.Context) error {
 		}
 		f := strings.Fields(out)
 		if len(f) > 0 && len(f[0]) >= 5 && f[0][4] == 'I' {
-			errs = append(errs, fmt.Errorf("the LVM snapshot %s/%s of %s overflowed while the backup read it: files read after that are missing from the backup; give it more room with --fs-snapshot-size", sn.vg, sn.name, sn.of))
+			errs = append(errs, fmt.Errorf("the LVM snapshot %s/%s of %s %w while the backup read it: files read after that are missing from the backup", sn.vg, sn.name, sn.of, ErrOverflowed))
 		}
 	}
 	return errors.Join(errs...)

@@ -386,7 +386,7 @@ func TestLVMSizeAndThin(t *testing.T) {
 	}
 	// an overflowed snapshot is reported
 	f.on("lvs --noheadings -o lv_attr,snap_percent vg0/floe-snap-abc123", "  swi-I-s--- 100.00\n", nil)
-	if err := s.Check(ctx); err == nil || !strings.Contains(err.Error(), "overflowed") || !strings.Contains(err.Error(), "--fs-snapshot-size") {
+	if err := s.Check(ctx); !errors.Is(err, ErrOverflowed) || !strings.Contains(err.Error(), "overflowed") {
 		t.Errorf("Check: %v", err)
 	}
 	s.Remove(ctx)
@@ -437,7 +437,7 @@ func TestLVMFailuresCleanUp(t *testing.T) {
 		{prefix: "lvs --noheadings -o lv_name vg0/floe-snap-abc123", err: errors.New("not found")},
 	}, f.rules...)
 	_, err = Create(ctx, []string{"/srv"}, Options{Kind: LVM, sys: f.system()})
-	if err == nil || !strings.Contains(err.Error(), "--fs-snapshot-size") || contains(f.cmds, "lvremove -f vg0/floe-snap-abc123") {
+	if !errors.Is(err, ErrNoRoom) || contains(f.cmds, "lvremove -f vg0/floe-snap-abc123") {
 		t.Fatalf("error %v, commands %v", err, f.cmds)
 	}
 
@@ -494,7 +494,7 @@ func TestLVMNotAnLV(t *testing.T) {
 	for path, want := range map[string]string{
 		"/etc":      "path /etc: it is on /dev/sda1 (ext4, mounted at /), which is not an LVM logical volume",
 		"/secret/x": "path /secret/x: it is on /dev/mapper/crypt (ext4, mounted at /secret), a device-mapper device of kind CRYPT, not an LVM logical volume",
-		"/btr/x":    "path /btr/x is on btrfs (/dev/loop0, mounted at /btr): use --fs-snapshot btrfs",
+		"/btr/x":    "path /btr/x is on btrfs (/dev/loop0, mounted at /btr): it needs a btrfs snapshot",
 	} {
 		f := lvmFake(t)
 		_, err := Create(context.Background(), []string{path}, Options{Kind: LVM, sys: f.system()})
@@ -511,7 +511,7 @@ func TestPreflight(t *testing.T) {
 	f := lvmFake(t)
 	f.euid = 1000
 	err := Preflight(Options{Kind: LVM, sys: f.system()})
-	if err == nil || !strings.Contains(err.Error(), "needs root") {
+	if !errors.Is(err, ErrNeedsRoot) || !strings.Contains(err.Error(), "lvm snapshots need root") {
 		t.Errorf("as a user: %v", err)
 	}
 	f.euid = 0
@@ -528,7 +528,7 @@ func TestPreflight(t *testing.T) {
 	if err := Preflight(Options{Kind: "zfs", sys: f.system()}); err == nil || !strings.Contains(err.Error(), "lvm or btrfs") {
 		t.Errorf("zfs: %v", err)
 	}
-	if err := Preflight(Options{Kind: LVM, Size: "lots", sys: f.system()}); err == nil || !strings.Contains(err.Error(), "--fs-snapshot-size") {
+	if err := Preflight(Options{Kind: LVM, Size: "lots", sys: f.system()}); err == nil || !strings.Contains(err.Error(), `invalid snapshot size "lots"`) {
 		t.Errorf("bad size: %v", err)
 	}
 	if err := Preflight(Options{Kind: Btrfs, Size: "1G", sys: f.system()}); err == nil {

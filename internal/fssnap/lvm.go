@@ -4,6 +4,7 @@ package fssnap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,14 +22,14 @@ var (
 	percentRe = regexp.MustCompile(`^([0-9]+)%(?i:(origin|vg|free|pvs))?$`)
 )
 
-// ValidateSize checks an --fs-snapshot-size value before anything starts
+// ValidateSize checks an LVM snapshot size before anything starts
 // (a bad value is wrong usage).
 func ValidateSize(size string) error {
 	_, err := sizeArgs(size)
 	return err
 }
 
-// sizeArgs turns --fs-snapshot-size into lvcreate's arguments.
+// sizeArgs turns an LVM snapshot size into lvcreate's arguments.
 func sizeArgs(size string) ([]string, error) {
 	if size == "" {
 		return []string{"--extents", "10%ORIGIN"}, nil
@@ -43,7 +44,7 @@ func sizeArgs(size string) ([]string, error) {
 	if sizeRe.MatchString(size) && strings.Trim(size, "0.bBsSkKmMgGtTpPeE") != "" {
 		return []string{"--size", size}, nil
 	}
-	return nil, fmt.Errorf("invalid --fs-snapshot-size %q: give a size such as 2G, or a percentage such as 20%% (of the volume) or 50%%FREE (of the volume group's free space)", size)
+	return nil, fmt.Errorf("invalid snapshot size %q: give a size such as 2G, or a percentage such as 20%% (of the volume) or 50%%FREE (of the volume group's free space)", size)
 }
 
 // mountOptions mounts a snapshot read-only without touching it: no journal
@@ -59,12 +60,20 @@ func mountOptions(fstype string) string {
 	return "ro"
 }
 
+// ErrNoRoom is wrapped by the error about an LVM snapshot that the volume
+// group has no room for: a smaller size may fit.
+var ErrNoRoom = errors.New("the volume group needs free space for the snapshot")
+
+// ErrBtrfsNotLVM is wrapped by the error about an LVM snapshot asked of a
+// path on btrfs.
+var ErrBtrfsNotLVM = errors.New("it needs a btrfs snapshot, not an LVM one")
+
 // lvm snapshots the logical volume under the mount m of real (the resolved
 // path p), mounts the snapshot read-only on a new temporary directory, and
 // returns where real is in it.
 func (s *Set) lvm(ctx context.Context, p, real string, m *Mount, size string, warn func(string), warned map[string]bool) (string, error) {
 	if m.FSType == "btrfs" {
-		return "", fmt.Errorf("path %s is on btrfs (%s, mounted at %s): use --fs-snapshot btrfs (a block-level copy of a mounted btrfs would show the kernel two file systems with one UUID)", p, m.Source, m.Point)
+		return "", fmt.Errorf("path %s is on btrfs (%s, mounted at %s): %w (a block-level copy of a mounted btrfs would show the kernel two file systems with one UUID)", p, m.Source, m.Point, ErrBtrfsNotLVM)
 	}
 	vg, lv, segtype, err := s.sys.logicalVolume(ctx, m)
 	if err != nil {
@@ -136,11 +145,10 @@ func (s *Set) lvmSnapshot(ctx context.Context, p, vg, lv, segtype, size string, 
 		if _, lerr := s.sys.run(ctx, "lvs", "--noheadings", "-o", "lv_name", vg+"/"+sn.name); lerr == nil {
 			sn.created = true
 		}
-		hint := ""
 		if strings.Contains(err.Error(), "nsufficient free") {
-			hint = " (the volume group needs free space for the snapshot; see --fs-snapshot-size)"
+			return nil, "", fmt.Errorf("snapshot the logical volume %s/%s (for %s): %w (%w)", vg, lv, p, err, ErrNoRoom)
 		}
-		return nil, "", fmt.Errorf("snapshot the logical volume %s/%s (for %s): %w%s", vg, lv, p, err, hint)
+		return nil, "", fmt.Errorf("snapshot the logical volume %s/%s (for %s): %w", vg, lv, p, err)
 	}
 	sn.created = true
 	dev, err := s.sys.waitForDevice(vg, sn.name)

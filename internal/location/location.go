@@ -6,6 +6,7 @@
 package location
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -38,9 +39,16 @@ func Create(loc string) (storage.Backend, error) {
 	return local.Create(dir)
 }
 
+// ErrNoLocation means the repository location is empty.
+var ErrNoLocation = errors.New("no repository given")
+
+// ErrNoToken means a floe server's location was given without a token
+// file.
+var ErrNoToken = errors.New("a floe server needs a token")
+
 func localPath(loc string) (string, error) {
 	if loc == "" {
-		return "", fmt.Errorf("no repository given: use -r/--repo or FLOE_REPOSITORY")
+		return "", ErrNoLocation
 	}
 	if i := strings.Index(loc, ":"); i > 0 && !strings.ContainsAny(loc[:i], "/.") {
 		scheme := loc[:i]

@@ -3,7 +3,6 @@ package location
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -61,7 +60,7 @@ func remoteOptions(loc string, opts Options) (remote.Options, error) {
 		return remote.Options{Warn: opts.Warn, Connections: opts.Connections, SSHCommand: strings.Fields(opts.SSHCommand)}, nil
 	}
 	if opts.TokenFile == "" {
-		return remote.Options{}, errors.New("a floe server needs a token: use --token-file or FLOE_TOKEN_FILE (`floe serve token add` makes one)")
+		return remote.Options{}, ErrNoToken
 	}
 	tok, err := readToken(opts.TokenFile)
 	if err != nil {

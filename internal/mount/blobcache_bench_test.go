@@ -16,15 +16,16 @@ func BenchmarkBlobCacheHits(b *testing.B) {
 	ctx := context.Background()
 	r := newRepo(b)
 	var ids []hash.Ref
+	w := r.StartWriting()
 	for i := range 16 {
 		data := testutil.RandomBytes(uint64(i), 4<<10)
-		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+		id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
 		if err != nil {
 			b.Fatal(err)
 		}
 		ids = append(ids, id)
 	}
-	if err := r.Flush(ctx); err != nil {
+	if err := w.Finish(ctx); err != nil {
 		b.Fatal(err)
 	}
 	c := newBlobCache(ctx, r, 1<<20, 2)

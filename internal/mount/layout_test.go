@@ -130,15 +130,16 @@ func TestBlobCache(t *testing.T) {
 	ctx := context.Background()
 	r := newRepo(t)
 	var ids []hash.Ref
+	w := r.StartWriting()
 	for i := 0; i < 8; i++ {
 		data := testutil.RandomBytes(uint64(i), 1<<20)
-		id, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+		id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
 		if err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, id)
 	}
-	if err := r.Flush(ctx); err != nil {
+	if err := w.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	c := newBlobCache(ctx, r, 3<<20, 2)

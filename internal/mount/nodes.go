@@ -21,7 +21,7 @@ import (
 // fsys is what every node of one mount shares.
 type fsys struct {
 	r         *repo.Repository
-	trees     walk.Loader
+	trees     snapshot.TreeLoader
 	blobs     *blobCache
 	readAhead int
 	uid, gid  uint32 // owner of the directories floe makes up

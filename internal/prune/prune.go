@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"sync/atomic"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -47,8 +46,8 @@ type Options struct {
 	MaxUnused float64
 	// DryRun computes and reports the plan; nothing is written or deleted.
 	DryRun bool
-	// Progress, if set, is updated as Run works.
-	Progress *Progress
+	// Progress, if set, is told what Run does as it works.
+	Progress ui.Progress
 	// Holder names this prune in its lease (docs/FORMAT.md "Prune
 	// leases"); default the host name.
 	Holder string
@@ -59,35 +58,6 @@ type Options struct {
 
 // DefaultLeaseTTL: a prune that died stops others for at most this long.
 const DefaultLeaseTTL = 5 * time.Minute
-
-// Progress is updated while Run works; read it from another goroutine.
-type Progress struct {
-	phase       atomic.Pointer[string]
-	Done, Total atomic.Int64
-}
-
-// Phase returns what Run is doing.
-func (p *Progress) Phase() string {
-	if s := p.phase.Load(); s != nil {
-		return *s
-	}
-	return ""
-}
-
-func (p *Progress) start(phase string, total int64) {
-	if p == nil {
-		return
-	}
-	p.phase.Store(&phase)
-	p.Done.Store(0)
-	p.Total.Store(total)
-}
-
-func (p *Progress) add(n int64) {
-	if p != nil {
-		p.Done.Add(n)
-	}
-}
 
 // Count is a number of packs and their stored bytes.
 type Count struct {
@@ -215,6 +185,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err 
 		return nil, repo.ErrWriteOnly
 	}
 	start := time.Now()
+	if opts.Progress == nil {
+		opts.Progress = ui.NoProgress
+	}
 	if !opts.DryRun {
 		lease, err := takeLease(ctx, r, opts)
 		if err != nil {
@@ -282,7 +255,7 @@ func (p *pruner) removeTempFiles() {
 // indexed, so the index read next lists all of them.
 func (p *pruner) load(ctx context.Context) error {
 	prog := p.opts.Progress
-	prog.start("listing snapshots and packs", 0)
+	prog.Phase("listing snapshots and packs", 0, 0)
 	var err error
 	if p.snapIDs, err = p.r.ListIDs(ctx, storage.Snapshot); err != nil {
 		return err
@@ -300,13 +273,13 @@ func (p *pruner) load(ctx context.Context) error {
 	}
 	p.marks = marks
 
-	prog.start("loading index files", 0)
+	prog.Phase("loading index files", 0, 0)
 	files, errs, err := p.r.LoadIndexFiles(ctx)
 	if err != nil {
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused. Run `floe check`", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
+		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	p.files = files
 	// Supersedes counts only in signed index files: otherwise a write-only
@@ -397,7 +370,7 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 	if len(todo) == 0 {
 		return nil
 	}
-	p.opts.Progress.start("verifying packs that only unsigned index files list", int64(len(todo)))
+	p.opts.Progress.Phase("verifying packs that only unsigned index files list", int64(len(todo)), 0)
 	for _, id := range todo {
 		pk := p.packs[id]
 		data, err := p.r.LoadPack(ctx, id)
@@ -428,7 +401,7 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %s (forged or damaged); the entries are dropped", id.Short(),
 				ui.Count(dropped, "blob that only unsigned index files list does not match its ID", "blobs that only unsigned index files list do not match their IDs")))
 		}
-		p.opts.Progress.add(1)
+		p.opts.Progress.Done(1, 0)
 	}
 	return nil
 }
@@ -437,12 +410,12 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 // reference are used.
 func (p *pruner) findUsed(ctx context.Context) error {
 	prog := p.opts.Progress
-	prog.start("loading snapshots", int64(len(p.snapIDs)))
+	prog.Phase("loading snapshots", int64(len(p.snapIDs)), 0)
 	recs := make([]*snapshot.Record, len(p.snapIDs))
 	errs := make([]error, len(p.snapIDs))
 	par.For(ctx, len(p.snapIDs), 8, func(_, i int) {
 		recs[i], errs[i] = snapshot.Load(ctx, p.r, p.snapIDs[i])
-		prog.add(1)
+		prog.Done(1, 0)
 	})
 	if err := ctx.Err(); err != nil {
 		return err
@@ -460,11 +433,11 @@ func (p *pruner) findUsed(ctx context.Context) error {
 			if errors.Is(errs[i], storage.ErrDenied) {
 				return errs[i] // the credential may not read snapshots
 			}
-			return fmt.Errorf("%w: %v; its data would look unused. Run `floe check`", ErrUnsafe, errs[i])
+			return fmt.Errorf("%w: %v; its data would look unused", ErrUnsafe, errs[i])
 		}
 	}
 
-	prog.start("reading trees", 0)
+	prog.Phase("reading trees", 0, 0)
 	used := map[repo.BlobHandle]struct{}{}
 	visited := map[hash.ID]bool{}
 	var frontier []hash.Ref
@@ -489,7 +462,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 		for i, t := range trees {
 			if terrs[i] != nil {
-				return fmt.Errorf("%w: tree %s cannot be read: %v. Run `floe check`", ErrUnsafe, cur[i].Short(), terrs[i])
+				return fmt.Errorf("%w: tree %s cannot be read: %v", ErrUnsafe, cur[i].Short(), terrs[i])
 			}
 			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i].ID}] = struct{}{}
 			for _, node := range t.Nodes {
@@ -502,7 +475,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 				}
 			}
 		}
-		prog.add(int64(len(cur)))
+		prog.Done(int64(len(cur)), 0)
 	}
 	p.used = used
 	p.res.UsedBlobs = len(used)
@@ -521,7 +494,7 @@ func (p *pruner) findUsed(ctx context.Context) error {
 		}
 	}
 	if missing := len(used) - len(p.copies); missing > 0 {
-		return fmt.Errorf("%w: no index file lists %s that snapshots need, or only forged or damaged copies of them. Run `floe check`", ErrUnsafe, ui.Count(missing, "blob"))
+		return fmt.Errorf("%w: no index file lists %s that snapshots need, or only forged or damaged copies of them", ErrUnsafe, ui.Count(missing, "blob"))
 	}
 	return nil
 }
@@ -672,7 +645,7 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 	res := &p.res.Sweep
 	var newIndex hash.ID
 	if s.index != nil {
-		p.opts.Progress.start("writing the index", 0)
+		p.opts.Progress.Phase("writing the index", 0, 0)
 		id, err := p.r.SaveIndexFile(ctx, s.index)
 		if err != nil {
 			return err
@@ -680,15 +653,15 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 		newIndex = id
 		res.IndexWritten = id.String()
 	}
-	p.opts.Progress.start("deleting packs", int64(len(s.delete)))
+	p.opts.Progress.Phase("deleting packs", int64(len(s.delete)), 0)
 	for _, id := range sortedSet(s.delete) {
 		if err := p.r.RemovePack(ctx, id); err != nil {
 			return err
 		}
-		p.opts.Progress.add(1)
+		p.opts.Progress.Done(1, 0)
 	}
 	if s.index != nil {
-		p.opts.Progress.start("deleting index files", int64(len(s.index.Supersedes)))
+		p.opts.Progress.Phase("deleting index files", int64(len(s.index.Supersedes)), 0)
 		for _, id := range s.index.Supersedes {
 			if id == newIndex {
 				continue
@@ -696,7 +669,7 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 			if err := p.r.RemoveIndexFile(ctx, id); err != nil {
 				return err
 			}
-			p.opts.Progress.add(1)
+			p.opts.Progress.Done(1, 0)
 		}
 	}
 	for _, id := range sortedSet(s.due) {
@@ -822,18 +795,18 @@ func (p *pruner) planMark(s *sweepPlan) *markPlan {
 }
 
 // mark copies the used blobs of the packs to repack into new packs (which
-// Flush indexes), then writes one mark for the unused, repacked and
+// the Writer's Finish indexes), then writes one mark for the unused, repacked and
 // unindexed packs.
 func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	res := &p.res.Mark
 	if len(m.repack) > 0 {
-		p.opts.Progress.start("repacking", res.RepackLiveBytes)
-		before := p.r.SavedStats().Packs
-		err := p.repack(ctx, m)
-		if ferr := p.r.Flush(ctx); err == nil {
+		p.opts.Progress.Phase("repacking", 0, res.RepackLiveBytes)
+		w := p.r.StartWriting()
+		err := p.repack(ctx, w, m)
+		if ferr := w.Finish(ctx); err == nil {
 			err = ferr
 		}
-		res.NewPacks = int(p.r.SavedStats().Packs - before)
+		res.NewPacks = int(w.Stats().Packs)
 		if err != nil {
 			return fmt.Errorf("repack: %w", err)
 		}
@@ -843,7 +816,7 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 		return nil
 	}
 	sortIDs(all)
-	p.opts.Progress.start("marking", 0)
+	p.opts.Progress.Phase("marking", 0, 0)
 	mk := &repo.GCMark{Time: time.Now().UTC(), Packs: all, Unindexed: m.unindexed}
 	id, err := p.r.SaveGCMark(ctx, mk)
 	if err != nil {
@@ -854,7 +827,7 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	return nil
 }
 
-func (p *pruner) repack(ctx context.Context, m *markPlan) error {
+func (p *pruner) repack(ctx context.Context, w *repo.Writer, m *markPlan) error {
 	for _, id := range m.repack {
 		// The stored bytes move as they are: a blob's bytes are the same in
 		// every pack, and SaveRawBlob checks them against the ID.
@@ -862,10 +835,10 @@ func (p *pruner) repack(ctx context.Context, m *markPlan) error {
 			if err != nil {
 				return fmt.Errorf("pack %s: %w", id.Short(), err)
 			}
-			if _, err := p.r.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
+			if _, err := w.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
 				return err
 			}
-			p.opts.Progress.add(int64(b.Length))
+			p.opts.Progress.Done(0, int64(b.Length))
 			return nil
 		})
 		if err != nil {

@@ -442,10 +442,11 @@ func TestDedupIgnoresMarkedPacks(t *testing.T) {
 	if !early.HasBlob(h) {
 		t.Fatal("a repository that loaded the index before the mark does not have the blob")
 	}
-	if _, isNew, _, err := r.SaveBlob(ctx, h.Type, ref.Key, data); err != nil || !isNew {
+	wr := r.StartWriting()
+	if _, isNew, _, err := wr.SaveBlob(ctx, h.Type, ref.Key, data); err != nil || !isNew {
 		t.Fatalf("SaveBlob of a blob in a marked pack: new=%v %v", isNew, err)
 	}
-	if err := r.Flush(ctx); err != nil {
+	if err := wr.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if loc2, _ := r.Index().Lookup(h); loc2.Pack == loc.Pack || !r.HasBlob(h) {
@@ -547,10 +548,11 @@ func TestUnindexedPacks(t *testing.T) {
 		was := map[string]bool{}
 		w.be.List(ctx, storage.Index, func(fi storage.FileInfo) error { was[fi.Name] = true; return nil })
 		data := testutil.RandomBytes(seed, 100<<10)
-		if _, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data); err != nil {
+		wr := r.StartWriting()
+		if _, _, _, err := wr.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data); err != nil {
 			t.Fatal(err)
 		}
-		if err := r.Flush(ctx); err != nil {
+		if err := wr.Finish(ctx); err != nil {
 			t.Fatal(err)
 		}
 		var h storage.Handle

@@ -98,11 +98,12 @@ func TestRewriteIndexWithForgedEntries(t *testing.T) {
 	ctx := context.Background()
 	r, be := testutil.NewRepo(t)
 	plain := bytes.Repeat([]byte("genuine content "), 500)
-	ref, _, _, err := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(plain), plain)
+	w := r.StartWriting()
+	ref, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(plain), plain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(ctx); err != nil {
+	if err := w.Finish(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := r.LoadIndex(ctx); err != nil {

@@ -34,11 +34,11 @@ func BenchmarkSaveBlobs(b *testing.B) {
 		r, _ := newRepo(b)
 		b.StartTimer()
 		for _, d := range data {
-			if _, _, _, err := r.SaveBlob(ctx, DataBlob, r.BlobKey(d), d); err != nil {
+			if _, _, _, err := writerOf(r).SaveBlob(ctx, DataBlob, r.BlobKey(d), d); err != nil {
 				b.Fatal(err)
 			}
 		}
-		if err := r.Flush(ctx); err != nil {
+		if err := flush(ctx, r); err != nil {
 			b.Fatal(err)
 		}
 	}

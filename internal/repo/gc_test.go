@@ -68,7 +68,7 @@ func TestLoadIndexWhileSwept(t *testing.T) {
 	r, be := newRepo(t)
 	data := randomBytes(1000)
 	ref := save(t, r, data)
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	old, _ := r.ListIDs(ctx, storage.Index)
@@ -99,7 +99,7 @@ func TestMarkedPacks(t *testing.T) {
 	data := randomBytes(1000)
 	ref := save(t, r, data)
 	h := BlobHandle{DataBlob, ref.ID}
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	loc, _ := r.Index().Lookup(h)
@@ -113,10 +113,10 @@ func TestMarkedPacks(t *testing.T) {
 	if r2.HasBlob(h) || !r2.Index().Has(h) || !r2.Index().Marked(loc.Pack) {
 		t.Fatal("a blob only in a marked pack: want absent for HasBlob, present in the index")
 	}
-	if _, isNew, _, err := r2.SaveBlob(ctx, h.Type, ref.Key, data); !isNew || err != nil {
+	if _, isNew, _, err := writerOf(r2).SaveBlob(ctx, h.Type, ref.Key, data); !isNew || err != nil {
 		t.Fatalf("SaveBlob: %v %v", isNew, err)
 	}
-	if err := r2.Flush(ctx); err != nil {
+	if err := flush(ctx, r2); err != nil {
 		t.Fatal(err)
 	}
 	// a reader that loads both copies prefers the unmarked one, in any order

@@ -17,7 +17,7 @@ import (
 
 // ErrFormatV1 means the repository was made by a floe that wrote format
 // version 1, which this floe no longer reads.
-var ErrFormatV1 = errors.New("this repository has format version 1, which this floe does not read (it reads version 2, whose blobs anyone can verify and whose marks only full keys can sign); make a new repository with `floe init` and back up again")
+var ErrFormatV1 = errors.New("this repository has format version 1, which this floe does not read (it reads version 2, whose blobs anyone can verify and whose marks only full keys can sign)")
 
 // ErrWrongKey means no key of the repository opens with the given passphrase
 // or key file.
@@ -25,7 +25,11 @@ var ErrWrongKey = errors.New("wrong password or key file: no key of this reposit
 
 // ErrWriteOnly means the operation needs to decrypt stored data, which a
 // write-only key cannot.
-var ErrWriteOnly = errors.New("this key is write-only: it can add backups but not read them; use a full key (--password-file or --key-file of a full key)")
+var ErrWriteOnly = errors.New("this key is write-only: it can add backups but not read them")
+
+// ErrNotPassphrase means a passphrase was to be changed, but the key in
+// use is a key file.
+var ErrNotPassphrase = errors.New("the key in use is a key file, not a passphrase")
 
 // ErrNotAuthority means the operation needs the authority only full keys
 // hold: managing keys, signing gc marks.
@@ -424,7 +428,7 @@ func (r *Repository) ChangePassword(ctx context.Context, newPassword []byte) (st
 		return "", err
 	}
 	if old.KDF != kdfArgon2 {
-		return "", errors.New("the key in use is a key file, not a passphrase; use `floe key add` for a passphrase key")
+		return "", ErrNotPassphrase
 	}
 	rec, _, err := newKeyRecord(r.secrets, newPassword, old.WriteOnly, r.kdf)
 	if err != nil {

@@ -40,7 +40,7 @@ func TestBlobLoader(t *testing.T) {
 				datas = append(datas, d)
 				refs = append(refs, save(t, r, d))
 			}
-			if err := r.Flush(ctx); err != nil {
+			if err := flush(ctx, r); err != nil {
 				t.Fatal(err)
 			}
 			l := r.NewBlobLoader()
@@ -69,7 +69,7 @@ func TestBlobLoader(t *testing.T) {
 	// pack the loader keeps open.
 	data := randomBytes(50 << 10)
 	ref := save(t, lr, data)
-	if err := lr.Flush(ctx); err != nil {
+	if err := flush(ctx, lr); err != nil {
 		t.Fatal(err)
 	}
 	loc, _ := lr.Index().Lookup(BlobHandle{DataBlob, ref.ID})

@@ -41,6 +41,11 @@ func (e noRepositoryError) Error() string        { return e.err.Error() }
 func (e noRepositoryError) Unwrap() error        { return e.err }
 func (e noRepositoryError) Is(target error) bool { return target == ErrNoRepository }
 
+// ErrDamagedConfig is wrapped by errors about a config that does not
+// verify or decrypt: nothing in the repository can be read then, whatever
+// the credential.
+var ErrDamagedConfig = errors.New("damaged")
+
 // ChunkerConfig is the chunker block of the config.
 type ChunkerConfig struct {
 	Min  uint32 `json:"min"`
@@ -115,11 +120,9 @@ type Repository struct {
 	forgedMu sync.Mutex
 	forged   []ForgedCopy
 
-	writer *packWriter // lazily created by SaveBlob
-	wmu    sync.Mutex
-
-	statsMu sync.Mutex
-	saved   SaveStats // of flushed writers
+	wmu     sync.Mutex
+	writers map[*Writer]struct{} // started and not yet ended
+	saved   SaveStats            // of ended writers
 }
 
 // Init creates a new repository on be and its first key. With
@@ -292,15 +295,15 @@ func Open(ctx context.Context, be storage.Backend, cred Credential, opts OpenOpt
 func openConfig(data []byte, secrets Secrets) (Config, error) {
 	var cfg Config
 	if len(data) < crypto.Overhead+crypto.SignatureSize {
-		return cfg, errors.New("damaged (too short)")
+		return cfg, fmt.Errorf("%w (too short)", ErrDamagedConfig)
 	}
 	env, sig := data[:len(data)-crypto.SignatureSize], data[len(data)-crypto.SignatureSize:]
 	if !secrets.AuthorityPublic.Verify(domainConfig, env, sig) {
-		return cfg, errors.New("damaged or forged (its signature does not verify)")
+		return cfg, fmt.Errorf("%w or forged (its signature does not verify)", ErrDamagedConfig)
 	}
 	plain, err := crypto.NewAEAD(secrets.ConfigKey).Open(nil, env, []byte(adConfig))
 	if err != nil {
-		return cfg, errors.New("damaged (authentication failed)")
+		return cfg, fmt.Errorf("%w (authentication failed)", ErrDamagedConfig)
 	}
 	if err := json.Unmarshal(plain, &cfg); err != nil {
 		return cfg, fmt.Errorf("decode: %w", err)
@@ -340,5 +343,5 @@ func (r *Repository) Authority() bool { return r.secrets.AuthorityPrivate != nil
 // Index returns the in-memory index (loaded by LoadIndex).
 func (r *Repository) Index() *Index { return r.idx }
 
-// Close flushes nothing: call Flush first when blobs were saved.
+// Close ends no Writer: call Finish or Abort first.
 func (r *Repository) Close() error { return r.be.Close() }

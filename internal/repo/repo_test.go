@@ -34,11 +34,39 @@ func newRepo(t testing.TB) (*Repository, *mem.Backend) {
 // save stores data as a data blob and returns its ref.
 func save(t testing.TB, r *Repository, data []byte) hash.Ref {
 	t.Helper()
-	ref, _, _, err := r.SaveBlob(context.Background(), DataBlob, r.BlobKey(data), data)
+	ref, _, _, err := writerOf(r).SaveBlob(context.Background(), DataBlob, r.BlobKey(data), data)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ref
+}
+
+// writerOf returns the Writer that save and SaveBlob in these tests use
+// for r, started on first use and ended by flush.
+func writerOf(r *Repository) *Writer {
+	r.wmu.Lock()
+	for w := range r.writers {
+		r.wmu.Unlock()
+		return w
+	}
+	r.wmu.Unlock()
+	return r.StartWriting()
+}
+
+// flush finishes r's writers.
+func flush(ctx context.Context, r *Repository) error {
+	r.wmu.Lock()
+	var ws []*Writer
+	for w := range r.writers {
+		ws = append(ws, w)
+	}
+	r.wmu.Unlock()
+	for _, w := range ws {
+		if err := w.Finish(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func randomBytes(n int) []byte {
@@ -110,18 +138,26 @@ func TestBlobRoundTripAndReopen(t *testing.T) {
 	}
 }
 
-func testBlobRoundTrip(t *testing.T, streamed bool) {
-	ctx := context.Background()
+// newSmallPackRepo makes a repository of 1 MiB packs on a memory backend
+// that streams packs, or (!streamed) takes them whole.
+func newSmallPackRepo(t *testing.T, streamed bool) (*Repository, *mem.Backend) {
+	t.Helper()
 	be := mem.New()
 	var sb storage.Backend = be
 	if !streamed {
 		sb = bufferedBackend{be}
 	}
-	r, _, err := Init(ctx, sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	r, _, err := Init(context.Background(), sb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.cfg.PackSize = 1 << 20 // several packs
+	r.cfg.PackSize = 1 << 20
+	return r, be
+}
+
+func testBlobRoundTrip(t *testing.T, streamed bool) {
+	ctx := context.Background()
+	r, be := newSmallPackRepo(t, streamed) // several packs
 	blobs := map[hash.Ref][]byte{}
 	for i := 0; i < 40; i++ {
 		var data []byte
@@ -130,11 +166,11 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 		} else {
 			data = bytes.Repeat([]byte("compressible text "), 5000+i)
 		}
-		ref, isNew, _, err := r.SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
+		ref, isNew, _, err := writerOf(r).SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
 		if err != nil || !isNew {
 			t.Fatalf("SaveBlob %d: new=%v err=%v", i, isNew, err)
 		}
-		if again, isNew, _, _ := r.SaveBlob(ctx, DataBlob, r.BlobKey(data), data); isNew || again != ref {
+		if again, isNew, _, _ := writerOf(r).SaveBlob(ctx, DataBlob, r.BlobKey(data), data); isNew || again != ref {
 			t.Fatal("duplicate blob stored twice, or named differently")
 		}
 		// convergent: the same plaintext always gives the same stored bytes
@@ -143,7 +179,7 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 		}
 		blobs[ref] = data
 	}
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	st := r.SavedStats()
@@ -193,7 +229,7 @@ func TestDamageIsDetected(t *testing.T) {
 	r, be := newRepo(t)
 	data := randomBytes(50 << 10)
 	ref := save(t, r, data)
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	loc, _ := r.Index().Lookup(BlobHandle{DataBlob, ref.ID})
@@ -219,7 +255,7 @@ func TestWriteOnlyKey(t *testing.T) {
 	r, be := newRepo(t)
 	full := []byte("written with the full key")
 	fullRef := save(t, r, full)
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	snapID, err := r.SaveSnapshotRecord(ctx, []byte(`{"version":1}`))
@@ -244,12 +280,12 @@ func TestWriteOnlyKey(t *testing.T) {
 	if !wo.HasBlob(BlobHandle{DataBlob, fullRef.ID}) {
 		t.Fatal("write-only key cannot see the index")
 	}
-	if again, isNew, _, err := wo.SaveBlob(ctx, DataBlob, wo.BlobKey(full), full); err != nil || isNew || again != fullRef {
+	if again, isNew, _, err := writerOf(wo).SaveBlob(ctx, DataBlob, wo.BlobKey(full), full); err != nil || isNew || again != fullRef {
 		t.Fatalf("write-only key does not deduplicate against the full key's blob: %v %v", isNew, err)
 	}
 	mine := []byte("written with the write-only key")
 	mineRef := save(t, wo, mine)
-	if err := wo.Flush(ctx); err != nil {
+	if err := flush(ctx, wo); err != nil {
 		t.Fatal(err)
 	}
 	woSnap, err := wo.SaveSnapshotRecord(ctx, []byte(`{"version":1}`))
@@ -386,4 +422,25 @@ func FuzzReadKeyFile(f *testing.F) {
 			t.Fatalf("accepted an invalid key file: %+v", kf)
 		}
 	})
+}
+
+// A config that does not verify is told apart from a wrong password by
+// ErrDamagedConfig, not by its message.
+func TestDamagedConfig(t *testing.T) {
+	ctx := context.Background()
+	_, be := newRepo(t)
+	if _, err := Open(ctx, be, Credential{Password: []byte("wrong")}, OpenOptions{}); errors.Is(err, ErrDamagedConfig) || !errors.Is(err, ErrWrongKey) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	h := storage.Handle{Type: storage.Config}
+	orig, _ := be.Get(h)
+	for name, damage := range map[string][]byte{
+		"flipped":   append(append([]byte(nil), orig[:20]...), append([]byte{orig[20] ^ 1}, orig[21:]...)...),
+		"truncated": orig[:10],
+	} {
+		be.Set(h, damage)
+		if _, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{}); !errors.Is(err, ErrDamagedConfig) {
+			t.Fatalf("%s config: %v, want ErrDamagedConfig", name, err)
+		}
+	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
@@ -84,18 +83,5 @@ func (r *Repository) RemoveSnapshot(ctx context.Context, id hash.ID) error {
 
 // ResolveSnapshotPrefix returns the snapshot whose ID starts with prefix.
 func (r *Repository) ResolveSnapshotPrefix(ctx context.Context, prefix string) (hash.ID, error) {
-	ids, err := r.ListIDs(ctx, storage.Snapshot)
-	if err != nil {
-		return hash.ID{}, err
-	}
-	names := make([]string, len(ids))
-	for i, id := range ids {
-		names[i] = id.String()
-	}
-	sort.Strings(names)
-	name, err := uniquePrefix(names, prefix, "snapshot")
-	if err != nil {
-		return hash.ID{}, err
-	}
-	return hash.Parse(name)
+	return r.resolveName(ctx, storage.Snapshot, prefix)
 }

@@ -76,7 +76,7 @@ func TestForgedCopyFallsBack(t *testing.T) {
 	// the genuine copy from a write-only host too, so that neither copy
 	// is vouched for and the order in which they are tried is the index's
 	ref := save(t, wo, data)
-	if err := wo.Flush(ctx); err != nil {
+	if err := flush(ctx, wo); err != nil {
 		t.Fatal(err)
 	}
 	loc, _ := wo.Index().Lookup(BlobHandle{DataBlob, ref.ID})
@@ -129,14 +129,14 @@ func TestDedupPoisoning(t *testing.T) {
 		} else {
 			honest = writeOnly(t, r, be)
 		}
-		ref, isNew, _, err := honest.SaveBlob(ctx, DataBlob, honest.BlobKey(guess), guess)
+		ref, isNew, _, err := writerOf(honest).SaveBlob(ctx, DataBlob, honest.BlobKey(guess), guess)
 		if err != nil || !isNew || ref.ID != id {
 			t.Fatalf("honest SaveBlob: new=%v err=%v; it must store its own copy", isNew, err)
 		}
 		if f := honest.ForgedCopies(); len(f) != 1 || f[0].Pack != forged {
 			t.Fatalf("ForgedCopies = %+v", f)
 		}
-		if err := honest.Flush(ctx); err != nil {
+		if err := flush(ctx, honest); err != nil {
 			t.Fatal(err)
 		}
 		reader := reopen(t, be)
@@ -154,11 +154,11 @@ func TestUnsignedGenuineCopyIsVerifiedAndUsed(t *testing.T) {
 	wo := writeOnly(t, r, be)
 	data := randomBytes(10 << 10)
 	save(t, wo, data)
-	if err := wo.Flush(ctx); err != nil {
+	if err := flush(ctx, wo); err != nil {
 		t.Fatal(err)
 	}
 	r2 := reopen(t, be)
-	if _, isNew, _, err := r2.SaveBlob(ctx, DataBlob, r2.BlobKey(data), data); err != nil || isNew {
+	if _, isNew, _, err := writerOf(r2).SaveBlob(ctx, DataBlob, r2.BlobKey(data), data); err != nil || isNew {
 		t.Fatalf("SaveBlob: new=%v err=%v; the verified copy should serve", isNew, err)
 	}
 	if loc, _ := r2.Index().Lookup(BlobHandle{DataBlob, StoredBlobID(DataBlob, sealBlob(nil, DataBlob, r2.BlobKey(data), data))}); !loc.Trusted {
@@ -173,7 +173,7 @@ func TestForgedGCMarkIgnored(t *testing.T) {
 	r, be := newRepo(t)
 	wo := writeOnly(t, r, be)
 	ref := save(t, r, randomBytes(1000))
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	loc, _ := r.Index().Lookup(BlobHandle{DataBlob, ref.ID})
@@ -202,7 +202,7 @@ func TestUnsignedSupersedeIgnored(t *testing.T) {
 	r, be := newRepo(t)
 	wo := writeOnly(t, r, be)
 	ref := save(t, r, randomBytes(1000))
-	if err := r.Flush(ctx); err != nil {
+	if err := flush(ctx, r); err != nil {
 		t.Fatal(err)
 	}
 	all, _ := r.ListIDs(ctx, storage.Index)
@@ -350,7 +350,7 @@ func TestBackendThatVerifiesUploads(t *testing.T) {
 	r, be := newRepo(t)
 	wo := writeOnly(t, r, be)
 	ref := save(t, wo, randomBytes(2000))
-	if err := wo.Flush(ctx); err != nil {
+	if err := flush(ctx, wo); err != nil {
 		t.Fatal(err)
 	}
 	h := BlobHandle{DataBlob, ref.ID}

@@ -112,11 +112,18 @@ func TestIncludeExclude(t *testing.T) {
 // hostile client could.
 func saveTree(t *testing.T, r *repo.Repository, plain []byte) hash.Ref {
 	t.Helper()
-	id, _, _, err := r.SaveBlob(context.Background(), repo.TreeBlob, r.BlobKey(plain), plain)
+	return saveBlob(t, r, repo.TreeBlob, plain)
+}
+
+// saveBlob stores a blob and makes it durable.
+func saveBlob(t *testing.T, r *repo.Repository, typ repo.BlobType, plain []byte) hash.Ref {
+	t.Helper()
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(context.Background(), typ, r.BlobKey(plain), plain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := r.Flush(context.Background()); err != nil {
+	if err := w.Finish(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return id
@@ -129,7 +136,7 @@ func TestCraftedNamesAreRefused(t *testing.T) {
 			r := newRepo(t)
 			placeholder := strings.Repeat("q", len(evil))
 			content := []byte("pwned")
-			id, _, _, _ := r.SaveBlob(ctx, repo.DataBlob, r.BlobKey(content), content)
+			id := saveBlob(t, r, repo.DataBlob, content)
 			enc, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: []*snapshot.Node{
 				{Name: placeholder, Type: snapshot.TypeFile, Mode: 0o644, Size: uint64(len(content)), Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(content))}},
 			}})

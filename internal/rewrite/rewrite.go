@@ -62,17 +62,26 @@ func Run(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record, opts
 	var out []Result
 	for _, rec := range snaps {
 		w := &writer{ctx: ctx, r: r, excl: excl, dry: opts.DryRun}
+		if !opts.DryRun {
+			w.out = r.StartWriting()
+		}
 		res := Result{Old: rec.ID}
 		root, changed, err := w.tree("/", rec.Tree)
 		if err != nil {
+			if w.out != nil {
+				_ = w.out.Abort(context.WithoutCancel(ctx)) // index what was stored, for the next run
+			}
 			return out, fmt.Errorf("rewrite snapshot %s: %w", rec.ID.Short(), err)
 		}
 		res.Removed, res.RemovedBytes, res.Paths = w.removed, w.bytes, w.paths
 		if !changed || opts.DryRun {
+			if w.out != nil {
+				_ = w.out.Abort(ctx) // nothing was written
+			}
 			out = append(out, res)
 			continue
 		}
-		if err := r.Flush(ctx); err != nil {
+		if err := w.out.Finish(ctx); err != nil {
 			return out, fmt.Errorf("rewrite snapshot %s: store its trees: %w", rec.ID.Short(), err)
 		}
 		sn := *rec.Snapshot
@@ -103,6 +112,7 @@ func Run(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record, opts
 type writer struct {
 	ctx     context.Context
 	r       *repo.Repository
+	out     *repo.Writer // nil in a dry run
 	excl    *pathmatch.Matcher
 	dry     bool
 	removed uint64
@@ -154,7 +164,7 @@ func (w *writer) tree(dir string, ref hash.Ref) (hash.Ref, bool, error) {
 	if err != nil {
 		return hash.Ref{}, false, fmt.Errorf("tree of %s: %w", dir, err)
 	}
-	id, _, _, err := w.r.SaveBlob(w.ctx, repo.TreeBlob, w.r.BlobKey(raw), raw)
+	id, _, _, err := w.out.SaveBlob(w.ctx, repo.TreeBlob, w.r.BlobKey(raw), raw)
 	if err != nil {
 		return hash.Ref{}, false, fmt.Errorf("save tree of %s: %w", dir, err)
 	}

@@ -42,7 +42,7 @@ var _ nbd.Image = (*Image)(nil)
 
 // ErrDamaged is wrapped by errors about a file node whose content does not
 // add up.
-var ErrDamaged = errors.New("damaged file node (run `floe check`)")
+var ErrDamaged = errors.New("damaged file node")
 
 // Open prepares n, a regular file named name, for reading. Loads stop when
 // ctx ends.

@@ -177,10 +177,16 @@ func LoadTree(ctx context.Context, r *repo.Repository, ref hash.Ref) (*Tree, err
 	return t, nil
 }
 
+// TreeLoader loads a tree by its ID: RepoTrees from a repository,
+// walk.Cache through a bounded cache, the local cache of this host's trees.
+type TreeLoader interface {
+	LoadTree(ctx context.Context, ref hash.Ref) (*Tree, error)
+}
+
 // RepoTrees loads trees from a repository.
 type RepoTrees struct{ Repo *repo.Repository }
 
-// LoadTree implements backup.TreeLoader and friends.
+// LoadTree implements TreeLoader.
 func (t RepoTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, error) {
 	return LoadTree(ctx, t.Repo, ref)
 }

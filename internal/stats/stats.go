@@ -85,7 +85,7 @@ type blobSet map[repo.BlobHandle]uint64
 // Snapshots measures the snapshots whose root trees are roots. Each
 // distinct tree is loaded once: a subtree that several snapshots (or
 // places) share is counted from memory.
-func Snapshots(ctx context.Context, l walk.Loader, idx Index, roots []hash.Ref) (*Totals, error) {
+func Snapshots(ctx context.Context, l snapshot.TreeLoader, idx Index, roots []hash.Ref) (*Totals, error) {
 	c := &counter{l: l, memo: map[hash.ID]counts{}, blobs: blobSet{}}
 	t := &Totals{Snapshots: len(roots)}
 	var all counts
@@ -127,7 +127,7 @@ func ratio(a, b uint64) float64 {
 }
 
 type counter struct {
-	l     walk.Loader
+	l     snapshot.TreeLoader
 	memo  map[hash.ID]counts // per tree: what is below it
 	blobs blobSet
 }
@@ -177,7 +177,7 @@ func (c *counter) tree(ctx context.Context, dir string, ref hash.Ref) (counts, e
 }
 
 // treeSize returns the plaintext size of a tree blob (its encoding).
-func treeSize(ctx context.Context, l walk.Loader, ref hash.Ref) (uint64, error) {
+func treeSize(ctx context.Context, l snapshot.TreeLoader, ref hash.Ref) (uint64, error) {
 	t, err := l.LoadTree(ctx, ref)
 	if err != nil {
 		return 0, fmt.Errorf("load tree %s: %w", ref.Short(), err)
@@ -191,7 +191,7 @@ func treeSize(ctx context.Context, l walk.Loader, ref hash.Ref) (uint64, error) 
 
 // blobsOf calls fn for every blob below the root trees, with its plaintext
 // size, skipping trees in seen (and adding the ones it walks).
-func blobsOf(ctx context.Context, l walk.Loader, roots []hash.Ref, seen map[hash.ID]bool, fn func(repo.BlobHandle, uint64)) error {
+func blobsOf(ctx context.Context, l snapshot.TreeLoader, roots []hash.Ref, seen map[hash.ID]bool, fn func(repo.BlobHandle, uint64)) error {
 	tree := func(ref hash.Ref) error {
 		raw, err := treeSize(ctx, l, ref)
 		if err != nil {
@@ -234,7 +234,7 @@ func blobsOf(ctx context.Context, l walk.Loader, roots []hash.Ref, seen map[hash
 
 // UniqueTo measures the blobs that the snapshot with root tree target
 // references and none of the others do.
-func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.Ref, others []hash.Ref) (*Unique, error) {
+func UniqueTo(ctx context.Context, l snapshot.TreeLoader, idx Index, target hash.Ref, others []hash.Ref) (*Unique, error) {
 	set := blobSet{}
 	if err := blobsOf(ctx, l, []hash.Ref{target}, map[hash.ID]bool{}, func(h repo.BlobHandle, raw uint64) { set[h] = raw }); err != nil {
 		return nil, err
@@ -262,7 +262,7 @@ func UniqueTo(ctx context.Context, l walk.Loader, idx Index, target hash.Ref, ot
 // UniqueToSnapshot measures what the snapshot sn of r (index loaded)
 // references and no other snapshot of r does. It fails when a snapshot
 // cannot be loaded: what that one references is unknown.
-func UniqueToSnapshot(ctx context.Context, l walk.Loader, r *repo.Repository, sn *snapshot.Record) (*Unique, error) {
+func UniqueToSnapshot(ctx context.Context, l snapshot.TreeLoader, r *repo.Repository, sn *snapshot.Record) (*Unique, error) {
 	all, errs, err := snapshot.List(ctx, r)
 	if err != nil {
 		return nil, err
@@ -313,7 +313,7 @@ type HostCost struct {
 // ByHost measures, for each host of the snapshots snaps (all of the
 // repository's, for Own to mean "no other host"), what its snapshots
 // reference and what only they do. Sorted by host name.
-func ByHost(ctx context.Context, l walk.Loader, idx Index, snaps []*snapshot.Record) ([]HostCost, error) {
+func ByHost(ctx context.Context, l snapshot.TreeLoader, idx Index, snaps []*snapshot.Record) ([]HostCost, error) {
 	byHost := map[string][]hash.Ref{}
 	for _, s := range snaps {
 		byHost[s.Hostname] = append(byHost[s.Hostname], s.Tree)

@@ -88,6 +88,9 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 		prog.SnapshotsDone.Add(1)
 	}
 	c.stop()
+	if err := c.w.Finish(context.WithoutCancel(ctx)); err != nil { // nothing left to store: the last snapshot flushed
+		return nil, fmt.Errorf("flush the destination: %w", err)
+	}
 	res.BlobsChecked = uint64(len(c.blobs))
 	res.Saved = statsSince(dst.SavedStats(), before)
 	if opts.Verify {
@@ -142,6 +145,7 @@ type copier struct {
 	cancel context.CancelFunc
 	src    *repo.Repository
 	dst    *repo.Repository
+	w      *repo.Writer // into dst; replaced by flush
 	shared bool
 	opts   Options
 	prog   *Progress
@@ -151,7 +155,7 @@ type copier struct {
 	errMu     sync.Mutex
 	err       error // first worker error
 	stopped   bool
-	saveMu    sync.RWMutex // SaveBlob holds it for reading, Flush for writing
+	saveMu    sync.RWMutex // SaveBlob holds it for reading, flush for writing
 	lastFlush time.Time
 
 	// walker state; a walker runs only while copySnapshot does
@@ -179,7 +183,7 @@ var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); retu
 
 func newCopier(ctx context.Context, src, dst *repo.Repository, shared bool, opts Options, prog *Progress) *copier {
 	cctx, cancel := context.WithCancel(ctx)
-	c := &copier{ctx: cctx, cancel: cancel, src: src, dst: dst, shared: shared, opts: opts, prog: prog,
+	c := &copier{ctx: cctx, cancel: cancel, src: src, dst: dst, w: dst.StartWriting(), shared: shared, opts: opts, prog: prog,
 		jobs: make(chan *blobJob, 2*opts.connections()), lastFlush: time.Now(),
 		blobs: map[hash.Ref]*blobJob{}, walked: map[hash.Ref]bool{}, trees: map[hash.Ref]hash.Ref{}}
 	if c.opts.FlushInterval <= 0 {
@@ -239,7 +243,7 @@ func (c *copier) copyBlob(src hash.Ref, buf *[]byte) (hash.Ref, error) {
 		key = c.dst.BlobKey(plain)
 	}
 	c.saveMu.RLock()
-	id, isNew, _, err := c.dst.SaveBlob(c.ctx, repo.DataBlob, key, plain)
+	id, isNew, _, err := c.w.SaveBlob(c.ctx, repo.DataBlob, key, plain)
 	c.saveMu.RUnlock()
 	if err != nil {
 		return hash.Ref{}, fmt.Errorf("save data blob %s into the destination: %w", id.Short(), err)
@@ -374,7 +378,7 @@ func (c *copier) finalize(in <-chan *treeJob) error {
 			key = c.dst.BlobKey(raw)
 		}
 		c.saveMu.RLock()
-		id, isNew, _, err := c.dst.SaveBlob(c.ctx, repo.TreeBlob, key, raw)
+		id, isNew, _, err := c.w.SaveBlob(c.ctx, repo.TreeBlob, key, raw)
 		c.saveMu.RUnlock()
 		if err != nil {
 			return fmt.Errorf("save tree %s into the destination: %w", id.Short(), err)
@@ -433,7 +437,9 @@ func (c *copier) flush() error {
 	if err := c.ctx.Err(); err != nil {
 		return err // abort indexes what was stored
 	}
-	if err := c.dst.Flush(context.WithoutCancel(c.ctx)); err != nil {
+	err := c.w.Finish(context.WithoutCancel(c.ctx))
+	c.w = c.dst.StartWriting()
+	if err != nil {
 		return fmt.Errorf("flush the destination: %w", err)
 	}
 	return nil
@@ -455,7 +461,7 @@ func (c *copier) stop() {
 func (c *copier) abort() {
 	c.cancel()
 	c.stop()
-	_ = c.dst.FlushStored(context.WithoutCancel(c.ctx))
+	_ = c.w.Abort(context.WithoutCancel(c.ctx))
 }
 
 // explain wraps the error that stopped the copy of sn.

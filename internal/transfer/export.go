@@ -280,7 +280,7 @@ func (e *exporter) copyObject(ctx context.Context, h storage.Handle) error {
 			return fmt.Errorf("export: %w", err)
 		}
 		if hash.Sum(data).String() != h.Name {
-			return fmt.Errorf("export: the source's %s does not match its name (damaged; run `floe check`)", h)
+			return fmt.Errorf("export: the source's %s does not match its name (%w)", h, ErrSourceDamaged)
 		}
 		if err := e.to.Save(ctx, h, data); err != nil {
 			return fmt.Errorf("export: %w", err)

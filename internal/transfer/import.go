@@ -244,7 +244,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 	if fi, err := dst.Backend().Stat(ctx, h); err == nil {
 		hdr, err := dst.LoadPackHeader(ctx, id, fi.Size)
 		if err != nil {
-			return repo.PackInfo{}, fmt.Errorf("import: the destination's %w (run `floe check` on it)", err)
+			return repo.PackInfo{}, fmt.Errorf("import: the destination's %w (%w)", err, ErrDestinationDamaged)
 		}
 		return repo.PackInfo{ID: id, Blobs: hdr.Blobs}, nil
 	} else if !storage.IsNotExist(err) {

@@ -52,6 +52,13 @@ type ManifestFile struct {
 // ErrBadExport is wrapped by the errors of VerifyExport.
 var ErrBadExport = errors.New("the export is incomplete or damaged")
 
+// ErrSourceDamaged and ErrDestinationDamaged are wrapped by errors about
+// damage found in the source or destination repository of a transfer.
+var (
+	ErrSourceDamaged      = errors.New("the source repository is damaged")
+	ErrDestinationDamaged = errors.New("the destination repository is damaged")
+)
+
 // ExportError lists what is wrong with an export directory.
 type ExportError struct {
 	Dir      string

@@ -138,8 +138,9 @@ func (s *Status) Stop() {
 	s.mu.Unlock()
 }
 
-// Progress formats a progress line: done/total items and bytes, rate, ETA.
-func Progress(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanDone bool, current string) string {
+// FilesLine formats a progress line of files: done/total files and bytes,
+// rate, ETA.
+func FilesLine(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanDone bool, current string) string {
 	el := time.Since(start)
 	var b strings.Builder
 	fmt.Fprintf(&b, "[%s] %d", Duration(el), files)

@@ -14,7 +14,7 @@ import (
 // DefaultCacheNodes bounds a Cache by default: about 200 MiB of nodes.
 const DefaultCacheNodes = 1 << 20
 
-// Cache is a Loader that keeps recently loaded trees, least recently used
+// Cache is a snapshot.TreeLoader that keeps recently loaded trees, least recently used
 // out first, up to a total number of nodes. Walking many snapshots of the
 // same hosts loads each unchanged tree once. Safe for concurrent use.
 //
@@ -22,7 +22,7 @@ const DefaultCacheNodes = 1 << 20
 // rather than by its count of entries (trees differ in size by orders of
 // magnitude), so it is used under a mutex of ours.
 type Cache struct {
-	l        Loader
+	l        snapshot.TreeLoader
 	maxNodes int
 
 	mu    sync.Mutex
@@ -33,7 +33,7 @@ type Cache struct {
 func treeNodes(t *snapshot.Tree) int { return len(t.Nodes) + 1 }
 
 // NewCache wraps l. maxNodes <= 0 means DefaultCacheNodes.
-func NewCache(l Loader, maxNodes int) *Cache {
+func NewCache(l snapshot.TreeLoader, maxNodes int) *Cache {
 	if maxNodes <= 0 {
 		maxNodes = DefaultCacheNodes
 	}

@@ -22,7 +22,7 @@ type match struct {
 // matches. A directory seen before at the same path with the same subtree
 // (the usual case between snapshots of one host) is not walked again:
 // its matches are remembered.
-func Find(ctx context.Context, l Loader, m *pathmatch.Matcher, sel []*snapshot.Record,
+func Find(ctx context.Context, l snapshot.TreeLoader, m *pathmatch.Matcher, sel []*snapshot.Record,
 	fn func(sn *snapshot.Record, p string, n *snapshot.Node) error) (int, error) {
 	type key struct {
 		path string

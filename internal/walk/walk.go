@@ -16,12 +16,6 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 )
 
-// Loader loads a tree by its ID. snapshot.RepoTrees is one; Cache wraps
-// one with a bounded cache.
-type Loader interface {
-	LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error)
-}
-
 // SkipDir, returned by a Func for a directory, skips the directory's
 // contents (and its Leave call). Returned for any other node it is
 // ignored. It is fs.SkipDir, so code used to fs.WalkDir reads naturally.
@@ -59,12 +53,12 @@ func Join(dir, name string) string {
 // path is dir ("/" for a snapshot's root tree), depth first in name order.
 // The directory itself is not visited. An error from fn other than SkipDir
 // stops the walk and is returned; errors loading trees name the path.
-func Walk(ctx context.Context, l Loader, dir string, tree hash.Ref, fn Func) error {
+func Walk(ctx context.Context, l snapshot.TreeLoader, dir string, tree hash.Ref, fn Func) error {
 	return Visit(ctx, l, dir, tree, Visitor{Node: fn})
 }
 
 // Visit is Walk with a Leave callback.
-func Visit(ctx context.Context, l Loader, dir string, tree hash.Ref, v Visitor) error {
+func Visit(ctx context.Context, l snapshot.TreeLoader, dir string, tree hash.Ref, v Visitor) error {
 	err := visit(ctx, l, dir, tree, v)
 	if err == SkipDir {
 		return nil
@@ -72,7 +66,7 @@ func Visit(ctx context.Context, l Loader, dir string, tree hash.Ref, v Visitor) 
 	return err
 }
 
-func visit(ctx context.Context, l Loader, dir string, tree hash.Ref, v Visitor) error {
+func visit(ctx context.Context, l snapshot.TreeLoader, dir string, tree hash.Ref, v Visitor) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -124,7 +118,7 @@ func Root(root hash.Ref) *snapshot.Node {
 // Resolve returns the cleaned path p (see Clean) and its node in the
 // snapshot whose root tree is root. The root itself resolves to Root(root).
 // A missing path wraps ErrNotFound, a path through a file ErrNotDir.
-func Resolve(ctx context.Context, l Loader, root hash.Ref, p string) (string, *snapshot.Node, error) {
+func Resolve(ctx context.Context, l snapshot.TreeLoader, root hash.Ref, p string) (string, *snapshot.Node, error) {
 	p = Clean(p)
 	node := Root(root)
 	cur := "/"

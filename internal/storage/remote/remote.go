@@ -29,6 +29,10 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 )
 
+// ErrCredentialsInURL: a token or password was given in the location; it
+// belongs in a token file.
+var ErrCredentialsInURL = errors.New("credentials do not go in the URL; put the token in a file")
+
 // deniedError is a refusal of the credential: errors.Is(err,
 // storage.ErrDenied) holds for it.
 type deniedError struct{ msg string }
@@ -126,7 +130,7 @@ func ParseURL(loc string) (base, hostport, repo string, err error) {
 	shown := *u
 	shown.User = nil
 	if u.User != nil {
-		return "", "", "", fmt.Errorf("repository location %s: credentials do not go in the URL; put the token in a file and use --token-file", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: %w", shown.String(), ErrCredentialsInURL)
 	}
 	if u.Scheme != "https" {
 		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shown.String())
@@ -169,7 +173,7 @@ func (o *Options) defaults() error {
 		o.Connections = DefaultConnections
 	}
 	if o.Connections < 1 || o.Connections > MaxConnections {
-		return fmt.Errorf("--connections must be 1 to %d", MaxConnections)
+		return fmt.Errorf("connections must be 1 to %d", MaxConnections)
 	}
 	return nil
 }

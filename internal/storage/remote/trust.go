@@ -30,7 +30,7 @@ func ParseFingerprint(s string) (string, error) {
 	s = strings.TrimPrefix(strings.TrimPrefix(s, "sha256:"), "SHA256:")
 	s = strings.ToLower(strings.ReplaceAll(s, ":", ""))
 	if b, err := hex.DecodeString(s); err != nil || len(b) != sha256.Size {
-		return "", fmt.Errorf("server fingerprint must be sha256: and 64 hex digits, as `floe serve` prints it")
+		return "", fmt.Errorf("server fingerprint must be sha256: and 64 hex digits, as the server prints it when it starts")
 	}
 	return "sha256:" + s, nil
 }
@@ -38,6 +38,15 @@ func ParseFingerprint(s string) (string, error) {
 // ErrFingerprint is returned (wrapped) when the server's certificate is not
 // the one pinned or remembered.
 var ErrFingerprint = errors.New("server certificate fingerprint mismatch")
+
+// ErrPinned (the fingerprint the client was given for the server differs)
+// and ErrUnknownAuthority (a certificate nobody vouches for, and no place
+// to remember it) are wrapped with ErrFingerprint, so that a front end can
+// say how to give a fingerprint.
+var (
+	ErrPinned           = errors.New("the pinned fingerprint")
+	ErrUnknownAuthority = errors.New("not signed by a known authority")
+)
 
 // trust decides whether a server certificate is accepted:
 //  1. a pinned fingerprint (--server-fingerprint) must match, nothing else;
@@ -63,8 +72,8 @@ func (t *trust) verify(cs tls.ConnectionState) error {
 	fp := Fingerprint(leaf.Raw)
 	if t.pinned != "" {
 		if fp != t.pinned {
-			return fmt.Errorf("%w: %s presents %s, but --server-fingerprint/FLOE_SERVER_FINGERPRINT is %s: refusing to connect (the server's certificate changed or someone is intercepting the connection)",
-				ErrFingerprint, t.hostport, fp, t.pinned)
+			return fmt.Errorf("%w: %s presents %s, but %w is %s: refusing to connect (the server's certificate changed or someone is intercepting the connection)",
+				ErrFingerprint, t.hostport, fp, ErrPinned, t.pinned)
 		}
 		return nil
 	}
@@ -82,8 +91,8 @@ func (t *trust) verify(cs tls.ConnectionState) error {
 		return nil
 	}
 	if t.knownFile == "" {
-		return fmt.Errorf("%w: the certificate of %s (%s) is not signed by a known authority; pin it with --server-fingerprint",
-			ErrFingerprint, t.hostport, fp)
+		return fmt.Errorf("%w: the certificate of %s (%s) is %w",
+			ErrFingerprint, t.hostport, fp, ErrUnknownAuthority)
 	}
 	known, line, err := lookupKnown(t.knownFile, t.hostport)
 	if err != nil {
@@ -91,7 +100,7 @@ func (t *trust) verify(cs tls.ConnectionState) error {
 	}
 	if known != "" {
 		if known != fp {
-			return fmt.Errorf("%w: %s presents %s, but %s (line %d) remembers %s: the server's certificate changed, or someone is intercepting the connection. If the change is expected, check the new fingerprint with the server's administrator (`floe serve` prints it) and delete line %d of %s",
+			return fmt.Errorf("%w: %s presents %s, but %s (line %d) remembers %s: the server's certificate changed, or someone is intercepting the connection. If the change is expected, check the new fingerprint with the server's administrator (the server prints it when it starts) and delete line %d of %s",
 				ErrFingerprint, t.hostport, fp, t.knownFile, line, known, line, t.knownFile)
 		}
 		t.accepted = fp

@@ -13,7 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 )
 
-// Trees is an in-memory walk.Loader. Trees are encoded and decoded as in a
+// Trees is an in-memory snapshot.TreeLoader. Trees are encoded and decoded as in a
 // repository, so they are checked and sorted the same way.
 type Trees struct {
 	mu    sync.Mutex
@@ -42,7 +42,7 @@ func (t *Trees) Add(nodes ...*snapshot.Node) hash.Ref {
 	return hash.Ref{ID: id, Key: hash.Sum(append([]byte("key"), b...))}
 }
 
-// LoadTree implements walk.Loader.
+// LoadTree implements snapshot.TreeLoader.
 func (t *Trees) LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
 	id := ref.ID
 	t.mu.Lock()

@@ -1,7 +1,9 @@
 package repo
 
-// Helpers for `floe check` (internal/check): it needs to look at the format
-// more closely than the other operations, but still only through this package.
+// Stored objects as they are: key records and the config read again,
+// packs and their headers read raw, and blobs verified by hashing (check
+// looks at the format more closely than other operations, but still only
+// through this package).
 
 import (
 	"context"

@@ -1,7 +1,7 @@
 package repo
 
-// Helpers for inspecting a repository (`floe cat`): resolving ID prefixes
-// of stored objects and blobs, and reading key records.
+// Resolving ID prefixes of stored objects, blobs and key records (what a
+// user types to name one), and their sizes.
 
 import (
 	"context"
@@ -22,6 +22,12 @@ func (r *Repository) ResolvePrefix(ctx context.Context, t storage.FileType, pref
 	if err := checkHexPrefix(prefix); err != nil {
 		return hash.ID{}, err
 	}
+	return r.resolveName(ctx, t, prefix)
+}
+
+// resolveName returns the ID of the object of type t whose name starts
+// with prefix.
+func (r *Repository) resolveName(ctx context.Context, t storage.FileType, prefix string) (hash.ID, error) {
 	ids, err := r.ListIDs(ctx, t)
 	if err != nil {
 		return hash.ID{}, err

@@ -1,8 +1,7 @@
 package repo
 
-// Helpers for copy, export and import (internal/transfer): moving packs,
-// index files and snapshot records between repositories, still only
-// through this package.
+// Moving packs, index files and snapshot records between repositories as
+// they are (copy, export and import), still only through this package.
 
 import (
 	"context"
@@ -74,48 +73,6 @@ func (r *Repository) AddIndexFile(id hash.ID, f *IndexFile) {
 	r.idx.files[id] = true
 	r.idx.mu.Unlock()
 	r.idx.addPacks(f.Packs, f.EntriesTrusted(), false)
-}
-
-// FlushStored ends the current pack writer without storing its open
-// packs: it waits for the pack being uploaded, then writes an index file
-// for every stored pack that is not in one yet. An interrupted transfer
-// calls it so that the next run deduplicates against what it uploaded,
-// without uploading more after the interruption. The blobs of the open
-// packs are dropped: the next SaveBlob stores them again. Like Flush, it
-// must not run concurrently with SaveBlob.
-func (r *Repository) FlushStored(ctx context.Context) error {
-	r.wmu.Lock()
-	w := r.writer
-	r.writer = nil
-	r.wmu.Unlock()
-	if w == nil {
-		return nil
-	}
-	w.openMu.Lock()
-	open := w.open
-	w.open = map[BlobType]*openPack{}
-	w.openMu.Unlock()
-	w.mu.Lock()
-	for _, p := range open { // not stored after all
-		for _, b := range p.blobs {
-			w.stats.Blobs--
-			w.stats.StoredBytes -= uint64(b.Length)
-		}
-		w.stats.RawBytes -= p.raw
-	}
-	w.mu.Unlock()
-	close(w.uploads)
-	w.upWG.Wait()
-	err := w.err
-	if len(w.unsaved) > 0 {
-		if ierr := w.saveIndex(ctx, w.unsaved); err == nil {
-			err = ierr
-		}
-	}
-	r.statsMu.Lock()
-	r.saved.add(w.stats)
-	r.statsMu.Unlock()
-	return err
 }
 
 func isExist(err error) bool { return errors.Is(err, storage.ErrExist) }

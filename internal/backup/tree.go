@@ -1,0 +1,360 @@
+package backup
+
+// Building the snapshot's trees: a directory's tree is encoded and saved
+// once all of its entries are done; unchanged entries come from the parent.
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/floe-backup/floe/internal/fsmeta"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/pathmatch"
+	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/snapshot"
+)
+
+// future is a tree (or file) being completed.
+type future struct {
+	done chan struct{}
+	ref  hash.Ref
+	err  error
+}
+
+// saveRoot builds the tree of "/" down to each backed-up path: parents are
+// included with their metadata so that restore recreates the full paths.
+func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapshot.Tree) *future {
+	type trie struct {
+		children map[string]*trie
+		target   bool
+	}
+	root := &trie{children: map[string]*trie{}}
+	for _, p := range paths {
+		t := root
+		if p == "/" {
+			t.target = true
+			continue
+		}
+		for _, c := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+			next, ok := t.children[c]
+			if !ok {
+				next = &trie{children: map[string]*trie{}}
+				t.children[c] = next
+			}
+			t = next
+		}
+		t.target = true
+	}
+	var build func(dir string, t *trie, parent *snapshot.Tree) *future
+	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
+		if t.target {
+			return a.saveDir(ctx, dir, parent, a.deviceOf(a.src(dir)))
+		}
+		names := make([]string, 0, len(t.children))
+		for n := range t.children {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		var entries []entry
+		for _, name := range names {
+			p := filepath.Join(dir, name)
+			sp := a.src(p)
+			node, err := fsmeta.NodeFromPath(sp, name)
+			if err != nil {
+				return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
+			}
+			child := t.children[name]
+			e := entry{node: node}
+			if node.Type == snapshot.TypeDir {
+				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
+			} else if child.target {
+				e = a.saveEntry(ctx, p, node, parent, 0)
+			}
+			entries = append(entries, e)
+		}
+		return a.finishTree(ctx, dir, entries)
+	}
+	return build("/", root, parent)
+}
+
+func done(ref hash.Ref, err error) *future {
+	f := &future{done: make(chan struct{}), ref: ref, err: err}
+	close(f.done)
+	return f
+}
+
+// entry is one child of a directory being saved.
+type entry struct {
+	node *snapshot.Node
+	sub  *future  // directories
+	file *fileJob // regular files being read
+	link *fileJob // hard link to a file read elsewhere in this backup
+}
+
+func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, name string) *snapshot.Tree {
+	if parent == nil || a.opts.ParentTrees == nil {
+		return nil
+	}
+	pn := parent.Find(name)
+	if pn == nil || pn.Type != snapshot.TypeDir || pn.Subtree.IsNull() {
+		return nil
+	}
+	t, err := a.opts.ParentTrees.LoadTree(ctx, pn.Subtree)
+	if err != nil {
+		return nil // a missing parent tree only costs re-reading
+	}
+	// an unchanged directory encodes to the parent's tree: SaveBlob then
+	// finds it by its key without compressing and encrypting it
+	a.r.RememberRefs(repo.TreeBlob, pn.Subtree)
+	return t
+}
+
+// saveDir saves the directory at path, whose entries are compared with
+// parent (the same directory in the parent snapshot, or nil).
+func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tree, dev uint64) *future {
+	if ctx.Err() != nil {
+		return done(hash.Ref{}, ctx.Err())
+	}
+	a.dirs.Add(1)
+	release := a.anchor(path)
+	src := a.src(path)
+	ents, err := fsmeta.ReadDir(src)
+	if err != nil {
+		a.fail(path, origErr(err, path, src))
+		ents = nil
+	}
+	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(src) {
+		kept := ents[:0]
+		for _, e := range ents {
+			if e.Name() == pathmatch.CacheTag {
+				kept = append(kept, e)
+			}
+		}
+		ents = kept
+	}
+	if len(a.marks) > 0 && a.marked(src) {
+		ents = nil
+	}
+	entries := make([]entry, 0, len(ents))
+	for _, de := range ents {
+		name := de.Name()
+		p := path + "/" + name
+		if path == "/" {
+			p = "/" + name
+		}
+		if a.match.Match(p, de.IsDir()) {
+			continue
+		}
+		sp := a.src(p)
+		node, err := fsmeta.NodeFromPath(sp, name)
+		if err != nil {
+			a.fail(p, origErr(err, p, sp))
+			continue
+		}
+		if a.tooLarge(node) {
+			continue
+		}
+		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
+	}
+	f := a.finishTree(ctx, path, entries)
+	go func() { <-f.done; release() }()
+	return f
+}
+
+// saveEntry starts saving one directory entry.
+func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
+	e := entry{node: node}
+	if a.images[p] && node.Type != snapshot.TypeFile {
+		return a.saveImage(ctx, p, node, parent)
+	}
+	switch node.Type {
+	case snapshot.TypeDir:
+		if a.opts.OneFileSystem && dev != 0 && node.Device != dev {
+			e.sub = a.emptyTree(ctx)
+			return e
+		}
+		e.sub = a.saveDir(ctx, p, a.parentSubtree(ctx, parent, node.Name), dev)
+	case snapshot.TypeFile:
+		a.totalBytes.Add(node.Size)
+		if a.images[p] {
+			return a.saveImage(ctx, p, node, parent)
+		}
+		var pn *snapshot.Node
+		if parent != nil {
+			pn = parent.Find(node.Name)
+		}
+		if node.Links > 1 {
+			key := [2]uint64{node.Device, node.Inode}
+			a.mu.Lock()
+			first, seen := a.hardlinks[key]
+			a.mu.Unlock()
+			if seen {
+				e.link = first
+				return e
+			}
+		}
+		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+			node.Content = pn.Content
+			node.ChunkSizes = pn.ChunkSizes
+			a.filesUnchanged.Add(1)
+			a.opts.Progress.Done(1, int64(node.Size))
+			a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
+			return e
+		}
+		if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
+			// a changed file keeps most of its chunks: SaveBlob finds
+			// those by their keys without compressing and encrypting them
+			a.r.RememberRefs(repo.DataBlob, pn.Content...)
+		}
+		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
+		if node.Links > 1 {
+			a.mu.Lock()
+			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
+			a.mu.Unlock()
+		}
+		select {
+		case a.fileJobs <- job:
+		case <-ctx.Done():
+			job.err = ctx.Err()
+			close(job.done)
+		}
+		e.file = job
+	}
+	return e
+}
+
+// saveImage starts saving an image (Options.Images).
+func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree) entry {
+	src := a.src(p)
+	wasFile := node.Type == snapshot.TypeFile
+	node, err := a.prepareImage(p, src, node)
+	if err != nil {
+		a.fail(p, origErr(err, p, src))
+		return entry{node: node, file: failedJob(p, err)}
+	}
+	if !wasFile {
+		a.totalBytes.Add(node.Size)
+	}
+	e := entry{node: node}
+	var pn *snapshot.Node
+	if parent != nil {
+		pn = parent.Find(node.Name)
+	}
+	// a device is always read: its node's times say nothing of its blocks
+	if node.Rdev == 0 && pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+		node.Content, node.ChunkSizes, node.Sparse = pn.Content, pn.ChunkSizes, pn.Sparse
+		a.filesUnchanged.Add(1)
+		a.opts.Progress.Done(1, int64(node.Size))
+		a.report(Item{Path: p, Action: "unchanged", Size: node.Size})
+		return e
+	}
+	if pn != nil && pn.Type == snapshot.TypeFile && len(pn.Content) > 0 {
+		a.r.RememberRefs(repo.DataBlob, pn.Content...)
+	}
+	job := &fileJob{path: p, src: src, node: node, changed: pn != nil, image: true, done: make(chan struct{})}
+	select {
+	case a.fileJobs <- job:
+	case <-ctx.Done():
+		job.err = ctx.Err()
+		close(job.done)
+	}
+	e.file = job
+	return e
+}
+
+// failedJob is a file that is left out, its error already reported.
+func failedJob(p string, err error) *fileJob {
+	j := &fileJob{path: p, err: err, done: make(chan struct{})}
+	close(j.done)
+	return j
+}
+
+// unchanged reports whether a file needs no reading: same size, mtime,
+// ctime, inode and type as in the parent snapshot.
+func unchanged(old, cur *snapshot.Node) bool {
+	return old.Type == snapshot.TypeFile && old.Size == cur.Size && old.Inode == cur.Inode &&
+		old.ModTime.Equal(cur.ModTime) && old.ChangeTime.Equal(cur.ChangeTime) &&
+		uint64(len(old.Content)) > 0 == (cur.Size > 0)
+}
+
+func (a *archiver) haveAll(refs []hash.Ref) bool {
+	for _, ref := range refs {
+		if !a.r.HasBlob(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
+			return false
+		}
+	}
+	return true
+}
+
+func (a *archiver) emptyTree(ctx context.Context) *future {
+	return a.finishTree(ctx, "", nil)
+}
+
+// finishTree waits (in its own goroutine) for the entries, then encodes
+// and saves the tree.
+func (a *archiver) finishTree(ctx context.Context, path string, entries []entry) *future {
+	f := &future{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(entries))}
+		for _, e := range entries {
+			switch {
+			case e.sub != nil:
+				<-e.sub.done
+				if e.sub.err != nil {
+					f.err = e.sub.err
+					return
+				}
+				e.node.Subtree = e.sub.ref
+			case e.file != nil:
+				<-e.file.done
+				if e.file.err != nil {
+					if ctx.Err() != nil {
+						f.err = ctx.Err()
+						return
+					}
+					continue // reported; the file is left out
+				}
+				action := "new"
+				if e.file.changed {
+					action = "changed"
+				}
+				a.report(Item{Path: e.file.path, Action: action, Size: e.node.Size})
+			case e.link != nil:
+				<-e.link.done
+				if e.link.err != nil {
+					continue
+				}
+				a.report(Item{Path: filepath.Join(path, e.node.Name), Action: "hardlink", Size: e.node.Size})
+				e.node.Content = e.link.node.Content
+				e.node.ChunkSizes = e.link.node.ChunkSizes
+			}
+			tree.Nodes = append(tree.Nodes, e.node)
+		}
+		ref, err := a.saveTree(ctx, tree)
+		if err != nil {
+			f.err = fmt.Errorf("save tree of %s: %w", path, err)
+			return
+		}
+		f.ref = ref
+	}()
+	return f
+}
+
+func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref, error) {
+	plain, err := snapshot.EncodeTree(tree)
+	if err != nil {
+		return hash.Ref{}, err
+	}
+	ref, err := a.saveBlob(ctx, repo.TreeBlob, a.r.BlobKey(plain), plain)
+	if err != nil {
+		return hash.Ref{}, err
+	}
+	if a.opts.OnTree != nil {
+		a.opts.OnTree(ref.ID, plain)
+	}
+	return ref, nil
+}
