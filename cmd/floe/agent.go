@@ -241,8 +241,11 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 				log.Error("floe server not used: " + err.Error())
 			}
 			task := fleet.TaskBackup
-			if verify {
+			switch {
+			case verify:
 				task = fleet.TaskCheck
+			case j.Type == agent.JobRetention:
+				task = fleet.TaskRetention
 			}
 			release, err := leases.Lease(cmd.Context(), j, task)
 			if err != nil {
@@ -255,6 +258,8 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 					log.Warn(serr.Error(), slog.String("job", j.Name))
 				}
 				rep, err = r.Verify(cmd.Context(), j, st.Verified)
+			} else if task == fleet.TaskRetention {
+				rep, err = r.Retention(cmd.Context(), j)
 			} else {
 				rep, err = r.Backup(cmd.Context(), j)
 			}
@@ -323,7 +328,11 @@ is any.`,
 						when += fmt.Sprintf(", window %s (this host starts %s into it)", j.Window, j.Plan.Offset())
 					}
 				}
-				fmt.Println(ui.Sanitize(fmt.Sprintf("  %s: %s -> %s; %s", j.Name, fmt.Sprint(j.Paths), j.Repository, when)))
+				what := fmt.Sprint(j.Paths) + " ->"
+				if j.Type == agent.JobRetention {
+					what = "retention of"
+				}
+				fmt.Println(ui.Sanitize(fmt.Sprintf("  %s: %s %s; %s", j.Name, what, j.Repository, when)))
 			}
 			return nil
 		},

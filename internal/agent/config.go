@@ -29,7 +29,10 @@ import (
 	"github.com/floe-backup/floe/internal/agent/schedule"
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/check"
+	"github.com/floe-backup/floe/internal/forget"
 	"github.com/floe-backup/floe/internal/fssnap"
+	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
@@ -59,6 +62,12 @@ type Config struct {
 // Job is one [[job]] of the configuration.
 type Job struct {
 	Name string `toml:"name"`
+	// Type is "backup" (the default) or "retention": forget by the
+	// policy below, then prune, in Repository. Retention needs a full
+	// key (password_file, password_command or a key file that is not
+	// write-only) and, on a floe server, an admin token: it runs on a
+	// host that holds them, never on the server (docs/ARCHITECTURE.md).
+	Type string `toml:"type"`
 
 	// Repository and how to open it. TokenFile, ServerFingerprint and
 	// KnownServersFile are for a floe server (connect.Target.Server).
@@ -109,7 +118,24 @@ type Job struct {
 	VerifySchedule  stringList `toml:"verify_schedule"`
 	VerifyWindow    string     `toml:"verify_window"`
 
+	// Retention (type = "retention"): the policy, as floe forget takes
+	// it, applied per group (group_by, default host,paths), then prune.
+	KeepLast       int      `toml:"keep_last"`
+	KeepHourly     int      `toml:"keep_hourly"`
+	KeepDaily      int      `toml:"keep_daily"`
+	KeepWeekly     int      `toml:"keep_weekly"`
+	KeepMonthly    int      `toml:"keep_monthly"`
+	KeepYearly     int      `toml:"keep_yearly"`
+	KeepWithin     string   `toml:"keep_within"`
+	KeepTags       []string `toml:"keep_tags"`
+	GroupBy        *string  `toml:"group_by"`
+	Prune          *bool    `toml:"prune"`            // default true
+	PruneGrace     string   `toml:"prune_grace"`      // default 24h
+	PruneMaxUnused string   `toml:"prune_max_unused"` // default 10%
+
 	// Derived by Load.
+	Policy     forget.Policy  `toml:"-"`
+	PruneOpts  prune.Options  `toml:"-"`
 	Plan       *schedule.Plan `toml:"-"` // nil: run by hand only
 	VerifyPlan *schedule.Plan `toml:"-"`
 	Retry      schedule.Retry `toml:"-"`
@@ -343,8 +369,19 @@ func (c *Config) check(lines lineIndex) []Problem {
 				bad("exclude_larger_than", "%v", err)
 			}
 		}
-		if len(j.Paths) == 0 {
-			bad("paths", "no paths")
+		switch j.Type {
+		case "", JobBackup:
+			j.Type = JobBackup
+			if len(j.Paths) == 0 {
+				bad("paths", "no paths")
+			}
+			if j.hasPolicy() {
+				bad("keep_last", "keep_* and prune_* are for jobs of type = \"retention\"")
+			}
+		case JobRetention:
+			j.checkRetention(bad)
+		default:
+			bad("type", "type %q: want backup or retention", j.Type)
 		}
 		for _, p := range j.Paths {
 			if !filepath.IsAbs(p) {
@@ -447,6 +484,71 @@ func (c *Config) check(lines lineIndex) []Problem {
 	}
 	return ps
 }
+
+// Job types.
+const (
+	JobBackup    = "backup"
+	JobRetention = "retention"
+)
+
+func (j *Job) hasPolicy() bool {
+	return j.KeepLast != 0 || j.KeepHourly != 0 || j.KeepDaily != 0 || j.KeepWeekly != 0 || j.KeepMonthly != 0 ||
+		j.KeepYearly != 0 || j.KeepWithin != "" || len(j.KeepTags) > 0 || j.GroupBy != nil || j.Prune != nil ||
+		j.PruneGrace != "" || j.PruneMaxUnused != ""
+}
+
+// checkRetention checks a job of type retention and derives its policy
+// and prune options; what is for backups only is refused, so that a
+// mistake does not pass unnoticed.
+func (j *Job) checkRetention(bad func(key, format string, args ...any)) {
+	if len(j.Paths) > 0 || len(j.Excludes) > 0 || j.PreHook != "" || j.PostHook != "" || j.FSSnapshot != "" || len(j.Tags) > 0 {
+		bad("paths", "a retention job backs nothing up: paths, excludes, tags, hooks and fs_snapshot are for backup jobs")
+	}
+	if j.VerifySubset != "" {
+		bad("verify_subset", "a retention job has no verification (give it to the backup jobs)")
+	}
+	p := forget.Policy{Last: j.KeepLast, Hourly: j.KeepHourly, Daily: j.KeepDaily, Weekly: j.KeepWeekly, Monthly: j.KeepMonthly, Yearly: j.KeepYearly}
+	if j.KeepWithin != "" {
+		d, err := forget.ParseDuration(j.KeepWithin)
+		if err != nil {
+			bad("keep_within", "keep_within: %v", err)
+		}
+		p.Within = d
+	}
+	p.Tags = snapshot.ParseTagLists(j.KeepTags)
+	if err := p.Validate(); err != nil {
+		bad("keep_last", "%v", err)
+	}
+	if p.Empty() {
+		bad("type", "a retention job needs a policy: keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly, keep_yearly, keep_within or keep_tags (it never removes every snapshot)")
+	}
+	j.Policy = p
+	if j.GroupBy == nil {
+		g := forget.DefaultGroupBy
+		j.GroupBy = &g
+	}
+	if _, err := forget.Group(nil, *j.GroupBy); err != nil {
+		bad("group_by", "group_by: %v", err)
+	}
+	j.PruneOpts = prune.Options{Grace: prune.DefaultGrace, MaxUnused: prune.DefaultMaxUnused}
+	if j.PruneGrace != "" {
+		g, err := prune.ParseGrace(j.PruneGrace)
+		if err != nil {
+			bad("prune_grace", "prune_grace: %v", err)
+		}
+		j.PruneOpts.Grace = g
+	}
+	if j.PruneMaxUnused != "" {
+		m, err := prune.ParseMaxUnused(j.PruneMaxUnused)
+		if err != nil {
+			bad("prune_max_unused", "prune_max_unused: %v", err)
+		}
+		j.PruneOpts.MaxUnused = m
+	}
+}
+
+// PruneEnabled says whether a retention job prunes after forget.
+func (j *Job) PruneEnabled() bool { return j.Prune == nil || *j.Prune }
 
 // hasUserinfo reports whether a URL-like location (https://, s3:https://)
 // holds user:password@.

@@ -236,3 +236,56 @@ func TestVerifyPart(t *testing.T) {
 		}
 	}
 }
+
+// A retention job: a policy as floe forget takes it, prune options; what
+// belongs to backups is refused, and so is a job with no policy.
+func TestParseRetention(t *testing.T) {
+	good := `host = "admin"
+[[job]]
+name = "retention"
+type = "retention"
+repository = "https://backup.example.com/fleet"
+password_file = "/etc/floe/password"
+token_file = "/etc/floe/admin.token"
+server_fingerprint = "sha256:ab12"
+schedule = "05:30"
+keep_hourly = 24
+keep_daily = 7
+keep_within = "2d"
+prune_grace = "2d"
+prune_max_unused = "5%"
+`
+	cfg, err := Parse("agent.toml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := cfg.Jobs[0]
+	if j.Type != JobRetention || j.Policy.Hourly != 24 || j.Policy.Daily != 7 || j.Policy.Within.Days != 2 ||
+		j.PruneOpts.Grace != 48*time.Hour || j.PruneOpts.MaxUnused != 0.05 || !j.PruneEnabled() || *j.GroupBy != "host,paths" || j.Plan == nil {
+		t.Fatalf("%+v", j)
+	}
+	for _, tc := range []struct{ extra, want string }{
+		{"", ""},
+		{`paths = ["/etc"]`, "backs nothing up"},
+		{`keep_last = -2`, "negative"},
+		{`group_by = "colour"`, "group_by"},
+		{`prune_grace = "soon"`, "prune_grace"},
+	} {
+		text := strings.Replace(good, "keep_hourly = 24\nkeep_daily = 7\nkeep_within = \"2d\"\n", tc.extra+"\n", 1)
+		if tc.want == "" {
+			tc.want = "needs a policy"
+		}
+		_, err := Parse("agent.toml", []byte(text))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: %v, want %q", tc.extra, err, tc.want)
+		}
+	}
+	// a backup job with a policy: a mistake, said so
+	bad := strings.Replace(goodConfig, `paths = ["/etc", "/home"]`, "paths = [\"/etc\"]\nkeep_last = 3", 1)
+	if _, err := Parse("agent.toml", []byte(bad)); err == nil || !strings.Contains(err.Error(), `type = \"retention\"`) && !strings.Contains(err.Error(), `retention`) {
+		t.Errorf("policy on a backup job: %v", err)
+	}
+	if _, err := Parse("agent.toml", []byte(strings.Replace(good, `"retention"`+"\n"+`repository`, `"cleanup"`+"\n"+`repository`, 1))); err == nil || !strings.Contains(err.Error(), "want backup or retention") {
+		t.Errorf("unknown type: %v", err)
+	}
+}

@@ -22,8 +22,9 @@ type Daemon struct {
 	Leases  Leaser
 	Reports Reporter
 	Log     *slog.Logger
-	// Backup and Verify run a job once: a Runner's, or a test's.
-	Backup, Verify func(ctx context.Context, j *Job) (fleet.Run, error)
+	// Backup, Verify and Retention run a job once: a Runner's, or a
+	// test's.
+	Backup, Verify, Retention func(ctx context.Context, j *Job) (fleet.Run, error)
 
 	state *stateStore
 }
@@ -34,10 +35,11 @@ func NewDaemon(cfg *Config, version string, log *slog.Logger, clock Clock) *Daem
 	r := NewRunner(cfg, version, log, clock)
 	d := &Daemon{
 		Config: cfg, Clock: clock, Log: log,
-		Leases:  &LocalLeases{Dir: LeaseDir(cfg), Waiting: waitingLogger(log)},
-		Reports: LogReporter{Log: log},
-		Backup:  r.Backup,
-		state:   &stateStore{dir: cfg.StateDir},
+		Leases:    &LocalLeases{Dir: LeaseDir(cfg), Waiting: waitingLogger(log)},
+		Reports:   LogReporter{Log: log},
+		Backup:    r.Backup,
+		Retention: r.Retention,
+		state:     &stateStore{dir: cfg.StateDir},
 	}
 	if err := d.useServer(); err != nil {
 		// the local leases and the log still work: say why the server
@@ -89,10 +91,14 @@ func (d *Daemon) Serve(ctx, stop context.Context) error {
 	}
 	for _, j := range d.Config.Jobs {
 		if j.Plan != nil {
+			kind, run := fleet.TaskBackup, d.Backup
+			if j.Type == JobRetention {
+				kind, run = fleet.TaskRetention, d.Retention
+			}
 			tasks = append(tasks, struct {
 				j *Job
 				t task
-			}{j, task{fleet.TaskBackup, j.Plan, j.Retry, func(s *JobState) *time.Time { return &s.LastDue }, d.Backup}})
+			}{j, task{kind, j.Plan, j.Retry, func(s *JobState) *time.Time { return &s.LastDue }, run}})
 		}
 		if j.VerifyPlan != nil {
 			tasks = append(tasks, struct {
@@ -228,7 +234,7 @@ func (d *Daemon) runOnce(ctx, wait context.Context, j *Job, t task, due time.Tim
 func (d *Daemon) afterRun(ctx, wait context.Context, j *Job, t task, rep fleet.Run) {
 	verified := t.kind == fleet.TaskCheck && verifiedOrDamaged(rep)
 	err := d.state.update(j.Name, func(s *JobState) {
-		if t.kind == fleet.TaskBackup {
+		if t.kind == fleet.TaskBackup || t.kind == fleet.TaskRetention {
 			s.Last = &rep
 		}
 		if verified {
@@ -277,7 +283,7 @@ func Record(cfg *Config, rep fleet.Run) error {
 	store := &stateStore{dir: cfg.StateDir}
 	return store.update(rep.Job, func(s *JobState) {
 		switch {
-		case rep.Task == fleet.TaskBackup:
+		case rep.Task == fleet.TaskBackup || rep.Task == fleet.TaskRetention:
 			s.Last = &rep
 		case verifiedOrDamaged(rep):
 			s.VerifyLast = rep.Finished

@@ -34,6 +34,10 @@ func (l LogReporter) Report(ctx context.Context, r fleet.Run) error {
 	if r.Task == fleet.TaskCheck && r.CheckSubset != "" {
 		attrs = append(attrs, slog.String("subset", r.CheckSubset), slog.Int("check_errors", r.CheckErrors), slog.Int("check_warnings", r.CheckWarnings))
 	}
+	if r.Task == fleet.TaskRetention {
+		attrs = append(attrs, slog.Int("snapshots_kept", r.SnapshotsKept), slog.Int("snapshots_removed", r.SnapshotsRemoved),
+			slog.Int64("pruned_bytes", r.PrunedBytes), slog.Int64("marked_bytes", r.MarkedBytes))
+	}
 	if r.Error != "" {
 		attrs = append(attrs, slog.String("error", r.Error))
 	}

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"time"
@@ -10,8 +11,11 @@ import (
 	"github.com/floe-backup/floe/internal/check"
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/fleet"
+	"github.com/floe-backup/floe/internal/forget"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
+	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -93,6 +97,9 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 			Paths: j.Paths, Excludes: j.Excludes, IExcludes: j.IExcludes, ExcludeCaches: j.ExcludeCaches,
 			ExcludeIfPresent: j.ExcludeIfPresent, OneFileSystem: j.OneFileSystem,
 			Hostname: r.Config.Host, Tags: j.Tags, ProgramVersion: "floe " + r.Version,
+			// the time the agent's schedule runs on (the wall clock, or
+			// the test clock): retention counts hours and days from it
+			Time: r.Now(),
 		},
 		ExcludeFiles: j.ExcludeFiles, IExcludeFiles: j.IExcludeFiles,
 		PreHook: j.PreHook, PostHook: j.PostHook,
@@ -135,6 +142,77 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 		rep.Status = fleet.StatusPartial
 	}
 	return err
+}
+
+// Retention runs the policy of a job of type retention now: forget
+// (arrival-aware: on a floe server a snapshot counts from when it arrived
+// if it claims a later time), then prune. It needs a full key.
+func (r *Runner) Retention(ctx context.Context, j *Job) (fleet.Run, error) {
+	rep := r.newReport(j, fleet.TaskRetention)
+	err := r.retention(ctx, j, &rep)
+	r.finish(ctx, &rep, err)
+	return rep, err
+}
+
+func (r *Runner) retention(ctx context.Context, j *Job, rep *fleet.Run) error {
+	t, err := r.target(j)
+	if err != nil {
+		return err
+	}
+	repo, err := connect.Open(ctx, t, connect.Options{})
+	if err != nil {
+		return err
+	}
+	defer repo.Close()
+	if repo.WriteOnly() {
+		return fmt.Errorf("job %s: retention needs a full key, not a write-only one", j.Name)
+	}
+	leave := r.prio.enter(j.Priority)
+	defer leave()
+	sel, warnings, err := snapshot.Select(ctx, repo, nil, snapshot.Filter{})
+	if err != nil {
+		return err
+	}
+	for _, w := range warnings {
+		r.warner(j)(fmt.Sprintf("warning: %v (not considered)", w))
+	}
+	origins, _, err := snapshot.Origins(ctx, repo)
+	if err != nil {
+		return err
+	}
+	groupBy := forget.DefaultGroupBy
+	if j.GroupBy != nil {
+		groupBy = *j.GroupBy
+	}
+	plan, err := forget.PlanPolicyArrived(sel, j.Policy, groupBy, r.Now(), origins)
+	if err != nil {
+		return err
+	}
+	toRemove := plan.ToRemove()
+	rep.SnapshotsKept = len(sel) - len(toRemove)
+	removed, failed, err := forget.Remove(ctx, repo, toRemove)
+	rep.SnapshotsRemoved = removed
+	if err != nil {
+		return err
+	}
+	if len(failed) > 0 {
+		return fmt.Errorf("%d of %d snapshots could not be removed: %w", len(failed), len(toRemove), errors.Join(failed...))
+	}
+	if !j.PruneEnabled() {
+		return nil
+	}
+	res, err := prune.Run(ctx, repo, j.PruneOpts)
+	if res != nil {
+		rep.PrunedBytes = res.Sweep.Deleted.Bytes + res.Sweep.TempFilesRemoved.Bytes
+		rep.MarkedBytes = res.Mark.Unused.Bytes + res.Mark.Repack.Bytes
+		for _, w := range res.Warnings {
+			r.warner(j)("prune: " + w)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("prune: %w", err)
+	}
+	return nil
 }
 
 // Verify runs `check --read-data-subset` of j now, as the verification

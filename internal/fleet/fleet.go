@@ -36,6 +36,9 @@ type RunRecord struct {
 	Version      string    `json:"version"`
 	Snapshot     string    `json:"snapshot,omitempty"`
 	NextDue      time.Time `json:"next_due,omitzero"`
+	// A retention run: snapshots removed, bytes prune deleted.
+	SnapshotsRemoved int64 `json:"snapshots_removed,omitempty"`
+	BytesFreed       int64 `json:"bytes_freed,omitempty"`
 }
 
 // Succeeded reports whether a run wrote a snapshot (or, for a
@@ -62,7 +65,8 @@ func (r Run) Record() RunRecord {
 		Error: r.Error, Files: clampInt(r.FilesNew) + clampInt(r.FilesChanged) + clampInt(r.FilesUnchanged),
 		BytesRead: clampInt(r.TotalBytes), BytesNew: clampInt(r.DataAdded), BytesStored: clampInt(r.DataAddedStored),
 		Errors: clampInt(r.FileErrors) + int64(max(r.CheckErrors, 0)), FilesChanged: clampInt(r.FilesChangedDuringRead),
-		Version: r.Version, Snapshot: r.Snapshot, NextDue: r.NextDue}
+		Version: r.Version, Snapshot: r.Snapshot, NextDue: r.NextDue,
+		SnapshotsRemoved: int64(max(r.SnapshotsRemoved, 0)), BytesFreed: max(r.PrunedBytes, 0)}
 }
 
 // Limits on the strings of a report, so that a hostile agent cannot fill
@@ -86,9 +90,9 @@ func (r *RunRecord) Validate() error {
 		return fmt.Errorf("run status %q: want ok, partial, failed, retrying, skipped or interrupted", r.Status)
 	}
 	switch r.Task {
-	case TaskBackup, TaskCheck:
+	case TaskBackup, TaskCheck, TaskRetention:
 	default:
-		return fmt.Errorf("run task %q: want backup or check", r.Task)
+		return fmt.Errorf("run task %q: want backup, check or retention", r.Task)
 	}
 	if r.Attempt < 0 {
 		return errors.New("a run's attempt cannot be negative")
@@ -96,7 +100,8 @@ func (r *RunRecord) Validate() error {
 	if r.Start.IsZero() || r.End.IsZero() || r.End.Before(r.Start) {
 		return errors.New("a run needs a start and an end no earlier than its start")
 	}
-	if r.Files < 0 || r.BytesRead < 0 || r.BytesNew < 0 || r.BytesStored < 0 || r.Errors < 0 || r.FilesChanged < 0 {
+	if r.Files < 0 || r.BytesRead < 0 || r.BytesNew < 0 || r.BytesStored < 0 || r.Errors < 0 || r.FilesChanged < 0 ||
+		r.SnapshotsRemoved < 0 || r.BytesFreed < 0 {
 		return errors.New("run counters cannot be negative")
 	}
 	if len(r.Error) > MaxErrorLen {

@@ -27,6 +27,10 @@ type Task string
 const (
 	TaskBackup Task = "backup"
 	TaskCheck  Task = "check" // the periodic verification of a subset of the data
+	// TaskRetention is forget by a policy, then prune: run by a job of
+	// type "retention" on a host that holds a full key (never the
+	// server, which holds none).
+	TaskRetention Task = "retention"
 )
 
 // Run is the report of one run of an agent's job. It never holds a
@@ -59,6 +63,14 @@ type Run struct {
 	CheckSubset   string `json:"check_subset,omitempty"`
 	CheckErrors   int    `json:"check_errors,omitempty"`
 	CheckWarnings int    `json:"check_warnings,omitempty"`
+
+	// retention: snapshots the policy kept and removed, and what prune
+	// deleted (packs marked by an earlier run, once their grace passed)
+	// and marked for a later run to delete
+	SnapshotsKept    int   `json:"snapshots_kept,omitempty"`
+	SnapshotsRemoved int   `json:"snapshots_removed,omitempty"`
+	PrunedBytes      int64 `json:"pruned_bytes,omitempty"`
+	MarkedBytes      int64 `json:"marked_bytes,omitempty"`
 
 	// FilesChangedDuringRead counts files that still changed while they
 	// were read (recorded as inconsistent in the snapshot).

@@ -75,6 +75,11 @@ CREATE TABLE alerts (
 	message   TEXT NOT NULL,
 	PRIMARY KEY (kind, host, job)
 );`,
+	// retention runs (forget and prune by an agent's job of type
+	// "retention"): what they removed and freed
+	2: `
+ALTER TABLE runs ADD COLUMN snapshots_removed BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN bytes_freed BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // DB is the fleet database: hosts, their jobs and runs, and active alerts.
@@ -309,9 +314,10 @@ func (d *DB) AddRun(ctx context.Context, r fleet.RunRecord) error {
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) + 1 FROM runs`).Scan(&id); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`,
-		id, r.Host, r.Job, string(r.Task), r.Attempt, ms(r.Start), ms(r.End), string(r.Status), r.Error, r.Files, r.BytesRead, r.BytesNew, r.BytesStored, r.Errors, r.FilesChanged, r.Version, r.Snapshot); err != nil {
+	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot, snapshots_removed, bytes_freed)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+		id, r.Host, r.Job, string(r.Task), r.Attempt, ms(r.Start), ms(r.End), string(r.Status), r.Error, r.Files, r.BytesRead, r.BytesNew, r.BytesStored, r.Errors, r.FilesChanged, r.Version, r.Snapshot,
+		r.SnapshotsRemoved, r.BytesFreed); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (host, name, task) VALUES ($1, $2, $3) ON CONFLICT (host, name, task) DO NOTHING`, r.Host, r.Job, string(r.Task)); err != nil {
@@ -338,12 +344,13 @@ func (d *DB) AddRun(ctx context.Context, r fleet.RunRecord) error {
 	return tx.Commit()
 }
 
-const runCols = `host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot`
+const runCols = `host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot, snapshots_removed, bytes_freed`
 
 func scanRun(sc interface{ Scan(...any) error }) (fleet.RunRecord, error) {
 	var r fleet.RunRecord
 	var s, e int64
-	err := sc.Scan(&r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot)
+	err := sc.Scan(&r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot,
+		&r.SnapshotsRemoved, &r.BytesFreed)
 	r.Start, r.End = fromMS(s), fromMS(e)
 	return r, err
 }
@@ -419,7 +426,8 @@ func (d *DB) Jobs(ctx context.Context) ([]JobRow, error) {
 		var id int64
 		var r fleet.RunRecord
 		var s, e int64
-		if err := rrows.Scan(&id, &r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot); err != nil {
+		if err := rrows.Scan(&id, &r.Host, &r.Job, &r.Task, &r.Attempt, &s, &e, &r.Status, &r.Error, &r.Files, &r.BytesRead, &r.BytesNew, &r.BytesStored, &r.Errors, &r.FilesChanged, &r.Version, &r.Snapshot,
+			&r.SnapshotsRemoved, &r.BytesFreed); err != nil {
 			return nil, err
 		}
 		r.Start, r.End = fromMS(s), fromMS(e)
