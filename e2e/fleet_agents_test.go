@@ -1,0 +1,286 @@
+//go:build linux
+
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/fleet"
+)
+
+// fleetHost is one agent of a fleet test: its own configuration, state
+// and cache directories and host name, run as a process on a test clock.
+type fleetHost struct {
+	e                    *floeEnv
+	name                 string
+	config, state, cache string
+}
+
+func newFleetHost(e *floeEnv, name, jobs string) *fleetHost {
+	e.t.Helper()
+	h := &fleetHost{e: e, name: name, config: e.path(name, "agent.toml"), state: e.path(name, "state"), cache: e.path(name, "cache")}
+	e.mkdir(name)
+	text := fmt.Sprintf("host = %q\ntimezone = \"UTC\"\nstate_dir = %q\ncache_dir = %q\n", name, h.state, h.cache) + jobs
+	if err := os.WriteFile(h.config, []byte(text), 0o644); err != nil {
+		e.t.Fatal(err)
+	}
+	return h
+}
+
+// agentProc is a running `floe agent`.
+type agentProc struct {
+	h      *fleetHost
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	stderr bytes.Buffer
+	done   chan struct{}
+}
+
+// start runs the host's agent on a clock that reads start now and runs
+// scale times faster than the wall clock.
+func (h *fleetHost) start(start time.Time, scale float64) *agentProc {
+	h.e.t.Helper()
+	p := &agentProc{h: h, done: make(chan struct{})}
+	p.cmd = exec.Command(floeBin, "agent", "--config", h.config, "--log-format", "json",
+		"--clock-start", start.UTC().Format(time.RFC3339Nano), "--time-scale", fmt.Sprint(scale))
+	p.cmd.Env = append(h.e.environ(), "FLOE_AGENT_TEST_CLOCK=1")
+	p.cmd.Stdout, p.cmd.Stderr = &p.stdout, &p.stderr
+	if err := p.cmd.Start(); err != nil {
+		h.e.t.Fatal(err)
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	h.e.t.Cleanup(func() { p.cmd.Process.Kill(); <-p.done })
+	return p
+}
+
+// stop ends the agent with SIGTERM (or SIGKILL) and returns its log lines.
+func (p *agentProc) stop(sig syscall.Signal) []logLine {
+	t := p.h.e.t
+	t.Helper()
+	_ = p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+		t.Fatalf("agent %s did not stop:\n%s\n%s", p.h.name, p.stdout.String(), p.stderr.String())
+	}
+	out := p.stdout.String()
+	if s, leaked := leakedSecret(out, p.stderr.String()); leaked {
+		t.Errorf("agent %s logged the secret %.6s...", p.h.name, s)
+	}
+	if strings.Contains(p.stderr.String(), "panic: ") {
+		t.Errorf("agent %s panicked:\n%s", p.h.name, p.stderr.String())
+	}
+	var lines []logLine
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var l logLine
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			continue // a line cut off by SIGKILL
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// retentionLine is the log line of a retention run.
+type retentionLine struct {
+	Msg              string `json:"msg"`
+	Task             string `json:"task"`
+	Status           string `json:"status"`
+	Error            string `json:"error"`
+	SnapshotsKept    int    `json:"snapshots_kept"`
+	SnapshotsRemoved int    `json:"snapshots_removed"`
+	PrunedBytes      int64  `json:"pruned_bytes"`
+	MarkedBytes      int64  `json:"marked_bytes"`
+}
+
+// changing rewrites dir/data.bin with new random bytes every period
+// (atomically, by rename, so that a backup never reads it half written)
+// until stop is called, so that each backup stores new data and old
+// snapshots hold data the newest do not.
+func changing(t *testing.T, dirs []string, period time.Duration) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			for _, d := range dirs {
+				b := make([]byte, 64<<10)
+				rand.Read(b)
+				tmp := filepath.Join(filepath.Dir(d), filepath.Base(d)+".tmp")
+				if err := os.WriteFile(tmp, b, 0o644); err != nil {
+					t.Error(err)
+					return
+				}
+				if err := os.Rename(tmp, filepath.Join(d, "data.bin")); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			select {
+			case <-done:
+				return
+			case <-time.After(period):
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+// Retention in a fleet, end to end with real processes: two hosts back
+// up through the floe server every hour (write-only keys, backup tokens
+// that may not delete); then the admin host's agent, enrolled in the
+// fleet, runs its job of type retention on its schedule (a test clock):
+// keep_hourly = 2 forgets the older snapshots of each host, prune (grace
+// 0: no backup runs meanwhile) marks their data in the first run and
+// deletes it in the second; the repository shrinks, floe check passes
+// and floe fleet status shows the retention job.
+func TestFleetRetention(t *testing.T) {
+	e := newEnv(t)
+	root := e.mkdir("srv")
+	s := e.startServer(root, freePort(t))
+	admin := s.token("fleet", "admin", "admin")
+	viewer := s.token("fleet", "ops", "viewer")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+
+	day := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	var hosts []*fleetHost
+	var dirs []string
+	for _, name := range []string{"web1", "db1"} {
+		key := e.path(name + ".key")
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", key), 0)
+		registerKeyFile(t, key)
+		tok := s.token("fleet", name, "backup")
+		data := e.mkdir(name + "-data")
+		dirs = append(dirs, data)
+		hosts = append(hosts, newFleetHost(e, name, fmt.Sprintf("\n[[job]]\nname = \"system\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"hourly\"\n",
+			s.url("fleet"), key, tok, s.fingerprint, data)))
+	}
+	stopChanging := changing(t, dirs, 200*time.Millisecond)
+
+	// hourly backups from 00:50: at 1800 times the wall clock an hour
+	// is two seconds; 7.5 s are the runs of 01:00 to 04:00
+	var procs []*agentProc
+	for _, h := range hosts {
+		procs = append(procs, h.start(day.Add(50*time.Minute), 1800))
+	}
+	time.Sleep(7500 * time.Millisecond)
+	for _, p := range procs {
+		lines := p.stop(syscall.SIGTERM)
+		if runs := runsOf(lines, "system"); len(runs) < 3 {
+			t.Fatalf("%s ran %d backups, want at least 3:\n%s", p.h.name, len(runs), p.stdout.String())
+		}
+	}
+	stopChanging()
+	before := snapshotsByHost(t, s, admin, e.pwFile)
+	sizeBefore := dirSize(t, filepath.Join(root, "fleet"))
+	for _, h := range hosts {
+		if n := len(before[h.name]); n < 3 {
+			t.Fatalf("%s has %d snapshots before retention", h.name, n)
+		}
+	}
+	// a backup token may not delete: the reason retention runs elsewhere
+	expectCode(t, s.remote("fleet", e.path("web1-backup.token"), "--password-file", e.pwFile, "forget", "--keep-last", "1"), 14)
+
+	// the admin host: a full key (the password) and an admin token,
+	// enrolled so that its runs show in the fleet
+	adm := newFleetHost(e, "admin-host", fmt.Sprintf("\n[[job]]\nname = \"retention\"\ntype = \"retention\"\nrepository = %q\npassword_file = %q\ntoken_file = %q\nserver_fingerprint = %q\nschedule = [\"05:30\", \"05:45\"]\nkeep_hourly = 2\nprune_grace = \"0\"\n",
+		s.url("fleet"), e.pwFile, admin, s.fingerprint))
+	expectCode(t, e.run("agent", "config", "check", adm.config), 0)
+	r := e.run("serve", "host", "add", "--root", root, "--repo", "fleet", "admin-host")
+	expectCode(t, r, 0)
+	enroll := strings.TrimSpace(r.stdout)
+	addSecret(enroll)
+	expectCode(t, e.run("agent", "--config", adm.config, "enroll", "https://"+s.addr, enroll, "--server-fingerprint", s.fingerprint), 0)
+	addSecret(readToken(t, filepath.Join(adm.state, "server", "token")))
+
+	// 05:20 at 600 times: 05:30 after one second, 05:45 after 2.5
+	p := adm.start(day.Add(5*time.Hour+20*time.Minute), 600)
+	deadline := time.Now().Add(30 * time.Second)
+	var rets []retentionLine
+	for time.Now().Before(deadline) {
+		time.Sleep(500 * time.Millisecond)
+		rets = retentionRuns(p.stdout.String())
+		if len(rets) >= 2 {
+			break
+		}
+	}
+	p.stop(syscall.SIGTERM)
+	rets = retentionRuns(p.stdout.String())
+	if len(rets) != 2 {
+		t.Fatalf("retention runs: %+v\n%s\n%s", rets, p.stdout.String(), p.stderr.String())
+	}
+	removed := 0
+	for _, h := range hosts {
+		removed += len(before[h.name]) - 2
+	}
+	if rets[0].Status != "ok" || rets[0].SnapshotsRemoved != removed || rets[0].SnapshotsKept != 4 || rets[0].MarkedBytes == 0 {
+		t.Fatalf("first retention run: %+v (want %d removed, 4 kept, data marked)", rets[0], removed)
+	}
+	if rets[1].Status != "ok" || rets[1].SnapshotsRemoved != 0 || rets[1].PrunedBytes < rets[0].MarkedBytes/2 {
+		t.Fatalf("second retention run: %+v (want the data marked by the first deleted)", rets[1])
+	}
+
+	// each host keeps its two newest snapshots (the hours 03:00 and 04:00 of the test clock)
+	after := snapshotsByHost(t, s, admin, e.pwFile)
+	for _, h := range hosts {
+		b, a := before[h.name], after[h.name]
+		if len(a) != 2 || a[0].ID != b[len(b)-2].ID || a[1].ID != b[len(b)-1].ID {
+			t.Fatalf("%s after retention: %+v\nbefore: %+v", h.name, a, b)
+		}
+	}
+	sizeAfter := dirSize(t, filepath.Join(root, "fleet"))
+	t.Logf("repository: %d bytes before retention, %d after; runs: %+v", sizeBefore, sizeAfter, rets)
+	if sizeAfter >= sizeBefore-rets[1].PrunedBytes/2 {
+		t.Fatalf("the repository did not shrink: %d bytes before, %d after", sizeBefore, sizeAfter)
+	}
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
+
+	// the server knows the retention job from its reports
+	r = s.fleet(viewer, "runs", "--host", "admin-host", "--json")
+	expectCode(t, r, 0)
+	var runs []fleet.RunRecord
+	if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 2 || runs[0].Task != fleet.TaskRetention || runs[0].BytesFreed != rets[1].PrunedBytes || runs[1].SnapshotsRemoved != int64(removed) {
+		t.Fatalf("retention runs on the server: %s", r.stdout)
+	}
+}
+
+// snapshotsByHost lists the repository's snapshots per host, oldest first.
+func snapshotsByHost(t *testing.T, s *floeServer, token, pwFile string) map[string][]snapshotOut {
+	t.Helper()
+	r := s.remote("fleet", token, "--password-file", pwFile, "snapshots", "--json")
+	expectCode(t, r, 0)
+	out := map[string][]snapshotOut{}
+	for _, sn := range decodeJSON[[]snapshotOut](t, r) {
+		out[sn.Hostname] = append(out[sn.Hostname], sn)
+	}
+	return out
+}
+
+func retentionRuns(out string) []retentionLine {
+	var rets []retentionLine
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		var l retentionLine
+		if json.Unmarshal(sc.Bytes(), &l) == nil && l.Msg == "run" && l.Task == "retention" {
+			rets = append(rets, l)
+		}
+	}
+	return rets
+}
