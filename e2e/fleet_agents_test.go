@@ -8,6 +8,10 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
 
 	"github.com/floe-backup/floe/internal/fleet"
 )
@@ -283,4 +289,235 @@ func retentionRuns(out string) []retentionLine {
 		}
 	}
 	return rets
+}
+
+// alertSink collects notifications from a webhook and an SMTP server
+// (go-smtp) run by the test.
+type alertSink struct {
+	mu    sync.Mutex
+	hooks []fleet.Notification
+	mails []string
+	url   string
+	smtp  string
+}
+
+type sinkSession struct{ s *alertSink }
+
+func (x *sinkSession) Reset()                                 {}
+func (x *sinkSession) Logout() error                          { return nil }
+func (x *sinkSession) Mail(string, *gosmtp.MailOptions) error { return nil }
+func (x *sinkSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
+func (x *sinkSession) Data(r io.Reader) error {
+	b, err := io.ReadAll(r)
+	if err != nil {
+		return err
+	}
+	x.s.mu.Lock()
+	x.s.mails = append(x.s.mails, string(b))
+	x.s.mu.Unlock()
+	return nil
+}
+
+func newAlertSink(t *testing.T) *alertSink {
+	s := &alertSink{}
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var n fleet.Notification
+		if err := json.NewDecoder(r.Body).Decode(&n); err == nil {
+			s.mu.Lock()
+			s.hooks = append(s.hooks, n)
+			s.mu.Unlock()
+		}
+	}))
+	t.Cleanup(hook.Close)
+	s.url = hook.URL
+	srv := gosmtp.NewServer(gosmtp.BackendFunc(func(c *gosmtp.Conn) (gosmtp.Session, error) { return &sinkSession{s: s}, nil }))
+	srv.Domain = "localhost"
+	srv.AllowInsecureAuth = true
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	s.smtp = ln.Addr().String()
+	return s
+}
+
+// count returns how many webhook notifications and mails match event and host.
+func (s *alertSink) count(event string, kind fleet.AlertKind, host string) (hooks, mails int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range s.hooks {
+		if n.Event == event && n.Kind == kind && n.Host == host {
+			hooks++
+		}
+	}
+	for _, m := range s.mails {
+		subject, _, _ := strings.Cut(m[strings.Index(m, "Subject: "):], "\r\n")
+		if strings.Contains(subject, "[floe "+event+"]") && strings.Contains(subject, string(kind)+" "+host+" ") {
+			mails++
+		}
+	}
+	return hooks, mails
+}
+
+func (s *alertSink) all() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	for _, n := range s.hooks {
+		fmt.Fprintf(&b, "webhook: %s %s %s %s\n", n.Event, n.Kind, n.Host, n.Job)
+	}
+	for _, m := range s.mails {
+		subject, _, _ := strings.Cut(m[strings.Index(m, "Subject: "):], "\r\n")
+		fmt.Fprintf(&b, "mail: %s\n", subject)
+	}
+	return b.String()
+}
+
+// waitFor polls cond every 100 ms for up to d.
+func waitFor(d time.Duration, cond func() bool) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// A fleet with real processes: a server and three enrolled agents (own
+// state directories and host names) on loopback run their schedules on
+// one compressed clock, back up and report; floe fleet status shows each
+// host ok. Killing one agent makes its host overdue: the webhook and the
+// mail fire once; started again, it catches up its missed run and the
+// alert resolves (one "resolved" each).
+func TestFleetAgentsOverdue(t *testing.T) {
+	e := newEnv(t)
+	sink := newAlertSink(t)
+	root := e.mkdir("srv")
+	const scale = 900 // an hour is four seconds
+	clock0 := time.Date(2026, 3, 2, 0, 50, 0, 0, time.UTC)
+	e.env = append(e.env, "FLOE_SERVE_TEST_CLOCK=1")
+	real0 := time.Now()
+	s := e.startServer(root, freePort(t), "--clock-start", clock0.Format(time.RFC3339), "--time-scale", fmt.Sprint(scale),
+		"--overdue-slack", "45m", "--alert-interval", "200ms", "--alert-webhook", sink.url,
+		"--alert-smtp", sink.smtp, "--alert-mail-to", "ops@example.com")
+	// the agents' clocks read what the server's reads when they start
+	serverNow := func() time.Time { return clock0.Add(time.Duration(float64(time.Since(real0)) * scale)) }
+	admin := s.token("fleet", "admin", "admin")
+	viewer := s.token("fleet", "ops", "viewer")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+
+	names := []string{"web1", "web2", "db1"}
+	hosts := map[string]*fleetHost{}
+	procs := map[string]*agentProc{}
+	for _, name := range names {
+		key := e.path(name + ".key")
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", key), 0)
+		registerKeyFile(t, key)
+		state := e.path(name, "state")
+		h := newFleetHost(e, name, fmt.Sprintf("\n[[job]]\nname = \"system\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"hourly\"\n",
+			s.url("fleet"), key, filepath.Join(state, "server", "token"), s.fingerprint, e.mkdir(name+"-data")))
+		if err := os.WriteFile(filepath.Join(e.path(name+"-data"), "file"), []byte("data of "+name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		r := e.run("serve", "host", "add", "--root", root, "--repo", "fleet", name)
+		expectCode(t, r, 0)
+		tok := strings.TrimSpace(r.stdout)
+		addSecret(tok)
+		expectCode(t, e.run("agent", "--config", h.config, "enroll", "https://"+s.addr, tok, "--server-fingerprint", s.fingerprint), 0)
+		addSecret(readToken(t, filepath.Join(state, "server", "token")))
+		hosts[name] = h
+	}
+	for _, name := range names {
+		procs[name] = hosts[name].start(serverNow(), scale)
+	}
+
+	status := func() (int, map[string]fleet.JobStatus) {
+		r := s.fleet(viewer, "status", "--json")
+		var st struct {
+			ExitCode int               `json:"exit_code"`
+			Jobs     []fleet.JobStatus `json:"jobs"`
+		}
+		if err := json.Unmarshal([]byte(r.stdout), &st); err != nil {
+			t.Fatalf("status --json: %v\n%s", err, r)
+		}
+		out := map[string]fleet.JobStatus{}
+		for _, j := range st.Jobs {
+			out[j.Host] = j
+		}
+		return r.code, out
+	}
+	// two runs of each host reported (01:00 and 02:00 of the test clock)
+	if !waitFor(30*time.Second, func() bool {
+		r := s.fleet(viewer, "runs", "--json", "--limit", "100")
+		var runs []fleet.RunRecord
+		if json.Unmarshal([]byte(r.stdout), &runs) != nil {
+			return false
+		}
+		ok := map[string]int{}
+		for _, rr := range runs {
+			if rr.Status == fleet.StatusOK {
+				ok[rr.Host]++
+			}
+		}
+		return ok["web1"] >= 2 && ok["web2"] >= 2 && ok["db1"] >= 2
+	}) {
+		t.Fatalf("not every host reported two runs:\n%s", s.fleet(viewer, "runs"))
+	}
+	code, st := status()
+	for _, name := range names {
+		if j := st[name]; j.State != fleet.StateOK && j.State != fleet.StateRunning || j.LastRun == nil || j.NextDue.IsZero() {
+			t.Fatalf("%s: %+v", name, j)
+		}
+	}
+	if code != 0 {
+		t.Fatalf("fleet status exit %d with every host ok", code)
+	}
+	r := s.fleet(viewer, "status")
+	for _, name := range names {
+		if !strings.Contains(r.stdout, name) {
+			t.Fatalf("fleet status lacks %s:\n%s", name, r)
+		}
+	}
+
+	// db1's agent dies: overdue after its next due time plus the slack
+	procs["db1"].stop(syscall.SIGKILL)
+	if !waitFor(30*time.Second, func() bool { h, m := sink.count(fleet.EventFiring, fleet.AlertOverdue, "db1"); return h > 0 && m > 0 }) {
+		t.Fatalf("no overdue alert for db1:\n%s", sink.all())
+	}
+	code, st = status()
+	if st["db1"].State != fleet.StateOverdue || code != 2 {
+		t.Fatalf("status after db1 died: exit %d, db1 %s", code, st["db1"].State)
+	}
+	time.Sleep(time.Second) // later evaluations must not repeat it
+	if h, m := sink.count(fleet.EventFiring, fleet.AlertOverdue, "db1"); h != 1 || m != 1 {
+		t.Fatalf("overdue of db1 notified %d times by webhook, %d by mail:\n%s", h, m, sink.all())
+	}
+
+	// started again: the missed run runs at once, the alert resolves
+	procs["db1"] = hosts["db1"].start(serverNow(), scale)
+	if !waitFor(30*time.Second, func() bool { h, m := sink.count(fleet.EventResolved, fleet.AlertOverdue, "db1"); return h > 0 && m > 0 }) {
+		t.Fatalf("the overdue alert of db1 did not resolve:\n%s", sink.all())
+	}
+	time.Sleep(time.Second)
+	if h, m := sink.count(fleet.EventResolved, fleet.AlertOverdue, "db1"); h != 1 || m != 1 {
+		t.Fatalf("resolved %d times by webhook, %d by mail:\n%s", h, m, sink.all())
+	}
+	for _, name := range names {
+		lines := procs[name].stop(syscall.SIGTERM)
+		for _, l := range lines {
+			if strings.Contains(l.Msg, "not sent") || strings.Contains(l.Msg, "server not used") {
+				t.Errorf("%s: %s", name, l.Msg)
+			}
+		}
+	}
+	// nothing else fired: the other hosts stayed on time
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for _, n := range sink.hooks {
+		if n.Host != "db1" || n.Kind != fleet.AlertOverdue {
+			t.Errorf("unexpected notification %+v", n)
+		}
+	}
 }

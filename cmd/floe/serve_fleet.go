@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"math"
 	"net/http"
 	"os"
 	"text/tabwriter"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/floe-backup/floe/internal/agent"
 	"github.com/floe-backup/floe/internal/fleet"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
@@ -31,7 +33,12 @@ type serveFleetFlags struct {
 	remind       time.Duration
 	silentAfter  time.Duration
 	quotaPercent int
+	timeScale    float64
+	clockStart   string
 }
+
+// serveTestClockEnv must be 1 for floe serve's test clock flags.
+const serveTestClockEnv = "FLOE_SERVE_TEST_CLOCK"
 
 func addServeFleetFlags(c *cobra.Command) *serveFleetFlags {
 	ff := &serveFleetFlags{}
@@ -49,6 +56,12 @@ func addServeFleetFlags(c *cobra.Command) *serveFleetFlags {
 	f.DurationVar(&ff.remind, "alert-reminder", 24*time.Hour, "remind of an alert still active after this `duration` (0: never)")
 	f.DurationVar(&ff.silentAfter, "agent-silent-after", 48*time.Hour, "alert when an enrolled agent has not talked to the server for this `duration` (0: never)")
 	f.IntVar(&ff.quotaPercent, "alert-quota-percent", 90, "alert when a repository holds more than this `percent` of its quota")
+	// for the end-to-end tests: job states and alerts on a clock that
+	// runs as the agents' test clock does, only with FLOE_SERVE_TEST_CLOCK=1
+	f.Float64Var(&ff.timeScale, "time-scale", 0, "test only: run the fleet's clock this many times faster")
+	f.StringVar(&ff.clockStart, "clock-start", "", "test only: start the fleet's clock at this RFC 3339 time")
+	_ = f.MarkHidden("time-scale")
+	_ = f.MarkHidden("clock-start")
 	return ff
 }
 
@@ -77,6 +90,27 @@ func (ff *serveFleetFlags) apply(cfg *server.Config) error {
 		return err
 	}
 	ff.cfg.Alerts = ac
+	if ff.timeScale != 0 || ff.clockStart != "" {
+		if os.Getenv(serveTestClockEnv) != "1" {
+			return usageError{fmt.Errorf("--time-scale and --clock-start are for tests: they need %s=1", serveTestClockEnv)}
+		}
+		start := time.Now()
+		if ff.clockStart != "" {
+			t, err := time.Parse(time.RFC3339, ff.clockStart)
+			if err != nil {
+				return usageError{fmt.Errorf("--clock-start: %w", err)}
+			}
+			start = t
+		}
+		scale := ff.timeScale
+		if scale == 0 {
+			scale = 1
+		}
+		if !(scale > 0) || math.IsInf(scale, 0) {
+			return usageError{errors.New("--time-scale must be more than 0")}
+		}
+		ff.cfg.Now = agent.NewScaledClock(start, scale).Now
+	}
 	ff.cfg.Log = log.New(os.Stderr, "floe serve: ", 0)
 	ff.cfg.UI = func(svc *fleetsrv.Service) http.Handler {
 		return web.New(web.Options{Source: svc, Auth: svc.AuthenticateViewer})

@@ -24,6 +24,10 @@ type Config struct {
 	// UI, when set, makes the dashboard's handler (mounted at /ui/) from
 	// the fleet service.
 	UI func(*Service) http.Handler
+	// Now is the clock of job states and alerts (nil: time.Now); the
+	// end-to-end tests run it faster, as the agents' (leases stay on
+	// the wall clock: their TTL is about processes that died).
+	Now func() time.Time
 }
 
 // AlertConfig says when and where alerts go.
@@ -45,7 +49,7 @@ func (c Config) Mounts() server.MountFunc {
 		if err != nil {
 			return nil, err
 		}
-		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log,
+		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log, Now: c.Now,
 			Leases: NewLeases(c.Limits, c.LeaseTTL, nil)})
 		if env.Metrics != nil {
 			if err := env.Metrics.Register(&collector{svc: svc}); err != nil {
