@@ -18,6 +18,8 @@ type Env struct {
 	Audit *AuditLog
 	// Metrics registers the mounted front end's own collectors.
 	Metrics prometheus.Registerer
+	// Repos are the repositories served (for storage accounting).
+	Repos Repositories
 }
 
 // Mount serves routes beside the repository protocol. Every path with one

@@ -104,7 +104,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var handler http.Handler = h
 	if cfg.Mounts != nil {
-		mounts, err := cfg.Mounts(ctx, Env{Root: repos.dir, StateDir: cfg.StateDir, Tokens: tokens, Ledger: ledger, Audit: audit, Metrics: metrics.Registry()})
+		mounts, err := cfg.Mounts(ctx, Env{Root: repos.dir, StateDir: cfg.StateDir, Tokens: tokens, Ledger: ledger, Audit: audit, Metrics: metrics.Registry(), Repos: repos})
 		if err != nil {
 			return err
 		}

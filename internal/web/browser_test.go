@@ -3,6 +3,7 @@ package web
 import (
 	"bytes"
 	"context"
+	"encoding/csv"
 	"fmt"
 	"image/png"
 	"net/url"
@@ -196,6 +197,50 @@ func TestDashboardInBrowser(t *testing.T) {
 	shot := must[[]byte](t, "screenshot")(chromedp.Run(ctx, chromedp.Screenshot(chromedp.ID("chart-duration"))))
 	if colours := distinctColours(t, shot); colours < 3 {
 		t.Fatalf("chart screenshot has %d colours: blank", colours)
+	}
+
+	// the repository page: figures, the growth chart, hosts by unique
+	// data (the hostile name as text)
+	do(t, ctx, "repository page",
+		chromedp.Navigate(ts.URL+"/ui/repo?name=fleet"),
+		chromedp.WaitVisible(chromedp.CSS(`#repopage[data-loaded]`)),
+	)
+	stored := must[string](t, "stored")(chromedp.Run(ctx, chromedp.Text(chromedp.ID("stored"))))
+	dedup := must[string](t, "dedup")(chromedp.Run(ctx, chromedp.Text(chromedp.ID("dedup"))))
+	firstRepoHost := eval[string](t, ctx, `document.querySelector("#repohosts tbody tr a.hostlink").textContent`)
+	growth := eval[int](t, ctx, `document.querySelectorAll("#chart-growth rect").length`)
+	links := eval[int](t, ctx, `document.querySelectorAll("#repolinks a.repolink").length`)
+	title = must[string](t, "title")(chromedp.Run(ctx, chromedp.Title()))
+	if stored != "4.0 MiB" || !strings.HasSuffix(dedup, "x") || firstRepoHost != HostileName || growth != 30 || links != 1 || title == "pwned" {
+		t.Fatalf("repository page: stored %q, dedup %q, first host %q, %d growth bars, %d repository links, title %q", stored, dedup, firstRepoHost, growth, links, title)
+	}
+
+	// the accounting page and its CSV (fetched by the page, with the session)
+	do(t, ctx, "accounting page",
+		chromedp.Navigate(ts.URL+"/ui/accounting"),
+		chromedp.WaitVisible(chromedp.CSS(`#accounting[data-loaded]`)),
+	)
+	if n := eval[int](t, ctx, `document.querySelectorAll("#acct tbody tr").length`); n < 2 {
+		t.Fatalf("accounting page: %d rows", n)
+	}
+	csvText, err := chromedp.Run(ctx, chromedp.Evaluate[string](`fetch(document.getElementById("csv").href, {credentials: "same-origin"}).then(r => r.text())`, chromedp.EvalAwaitPromise))
+	if err != nil {
+		t.Fatalf("fetch the CSV: %v", err)
+	}
+	recs, err := csv.NewReader(strings.NewReader(csvText)).ReadAll()
+	if err != nil || len(recs) < 3 || strings.Join(recs[0], ",") != "month,repository,host,runs,protected_bytes,new_stored_bytes,share,attributed_bytes" {
+		t.Fatalf("CSV: %v\n%s", err, csvText)
+	}
+	var sawFormula, sawHostile bool
+	for _, rec := range recs[1:] {
+		sawFormula = sawFormula || rec[2] == "'"+FormulaName
+		sawHostile = sawHostile || rec[2] == HostileName
+		if strings.HasPrefix(rec[2], "=") {
+			t.Fatalf("a formula in the CSV: %q", rec)
+		}
+	}
+	if !sawFormula || !sawHostile {
+		t.Fatalf("CSV lacks the guarded formula host or the hostile one:\n%s", csvText)
 	}
 
 	// log out (a POST with the CSRF token) lands on the login page

@@ -17,6 +17,7 @@ import (
 	"crypto/subtle"
 	"embed"
 	"encoding/base64"
+	"encoding/csv"
 	"encoding/json"
 	"html/template"
 	"io/fs"
@@ -39,6 +40,11 @@ const Prefix = "/ui/"
 type Source interface {
 	Status(ctx context.Context) (fleet.StatusAnswer, error)
 	Runs(ctx context.Context, host string, since time.Time, limit int) ([]fleet.RunRecord, error)
+	// Repos lists the fleet's repositories; RepoStats is one's storage
+	// and growth; Accounting the charge-back rows (per month and host).
+	Repos(ctx context.Context) ([]string, error)
+	RepoStats(ctx context.Context, repo string) (fleet.RepoStats, error)
+	Accounting(ctx context.Context) ([]fleet.AccountingRow, error)
 }
 
 // Authenticate checks a token typed at the login and returns who it is
@@ -95,6 +101,12 @@ func New(opts Options) *Handler {
 	h.mux.HandleFunc("GET /ui/host", h.auth(h.hostPage))
 	h.mux.HandleFunc("GET /ui/api/status", h.auth(h.apiStatus))
 	h.mux.HandleFunc("GET /ui/api/runs", h.auth(h.apiRuns))
+	h.mux.HandleFunc("GET /ui/repo", h.auth(h.repoPage))
+	h.mux.HandleFunc("GET /ui/accounting", h.auth(h.accountingPage))
+	h.mux.HandleFunc("GET /ui/api/repos", h.auth(h.apiRepos))
+	h.mux.HandleFunc("GET /ui/api/repo", h.auth(h.apiRepo))
+	h.mux.HandleFunc("GET /ui/api/accounting", h.auth(h.apiAccounting))
+	h.mux.HandleFunc("GET /ui/accounting.csv", h.auth(h.accountingCSV))
 	h.mux.HandleFunc("/ui/", func(w http.ResponseWriter, r *http.Request) { http.NotFound(w, r) })
 	return h
 }
@@ -166,6 +178,7 @@ type pageData struct {
 	Who   string
 	CSRF  string
 	Host  string
+	Repo  string
 	Error string
 }
 
@@ -262,4 +275,78 @@ func (h *Handler) apiRuns(w http.ResponseWriter, r *http.Request, s *session) {
 		return
 	}
 	writeJSON(w, runs)
+}
+
+func (h *Handler) repoPage(w http.ResponseWriter, r *http.Request, s *session) {
+	name := r.URL.Query().Get("name")
+	if fleet.ValidName("repository", name) != nil {
+		http.Error(w, "bad repository name", http.StatusBadRequest)
+		return
+	}
+	h.render(w, http.StatusOK, "repo.html", pageData{Title: "Repository " + name, Who: s.who, CSRF: s.csrf, Repo: name})
+}
+
+func (h *Handler) accountingPage(w http.ResponseWriter, r *http.Request, s *session) {
+	h.render(w, http.StatusOK, "accounting.html", pageData{Title: "Accounting", Who: s.who, CSRF: s.csrf})
+}
+
+func (h *Handler) apiRepos(w http.ResponseWriter, r *http.Request, s *session) {
+	repos, err := h.opts.Source.Repos(r.Context())
+	if err != nil {
+		http.Error(w, "fleet state unavailable", http.StatusInternalServerError)
+		return
+	}
+	if repos == nil {
+		repos = []string{}
+	}
+	writeJSON(w, repos)
+}
+
+func (h *Handler) apiRepo(w http.ResponseWriter, r *http.Request, s *session) {
+	st, err := h.opts.Source.RepoStats(r.Context(), r.URL.Query().Get("name"))
+	if err != nil {
+		http.Error(w, "repository state unavailable", http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, st)
+}
+
+func (h *Handler) apiAccounting(w http.ResponseWriter, r *http.Request, s *session) {
+	rows, err := h.opts.Source.Accounting(r.Context())
+	if err != nil {
+		http.Error(w, "accounting unavailable", http.StatusInternalServerError)
+		return
+	}
+	writeJSON(w, rows)
+}
+
+// accountingCSV is the accounting table for charge-back, one row per
+// month, repository and host.
+func (h *Handler) accountingCSV(w http.ResponseWriter, r *http.Request, s *session) {
+	rows, err := h.opts.Source.Accounting(r.Context())
+	if err != nil {
+		http.Error(w, "accounting unavailable", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", `attachment; filename="floe-accounting.csv"`)
+	w.Header().Set("Cache-Control", "no-store")
+	cw := csv.NewWriter(w)
+	_ = cw.Write([]string{"month", "repository", "host", "runs", "protected_bytes", "new_stored_bytes", "share", "attributed_bytes"})
+	for _, row := range rows {
+		_ = cw.Write([]string{row.Month, csvText(row.Repo), csvText(row.Host), strconv.Itoa(row.Runs),
+			strconv.FormatInt(row.ProtectedBytes, 10), strconv.FormatInt(row.NewStoredBytes, 10),
+			strconv.FormatFloat(row.Share, 'f', 4, 64), strconv.FormatInt(row.AttributedBytes, 10)})
+	}
+	cw.Flush()
+}
+
+// csvText keeps a host-supplied name from being taken for a formula by a
+// spreadsheet (CSV injection): one starting with = + - @ or a tab gets a
+// leading apostrophe.
+func csvText(s string) string {
+	if s != "" && strings.ContainsRune("=+-@\t\r", rune(s[0])) {
+		return "'" + s
+	}
+	return s
 }

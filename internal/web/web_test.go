@@ -38,7 +38,7 @@ func newFakeSource(n int, now time.Time) *fakeSource {
 			st = fleet.StatusFailed
 		}
 		start := now.Add(-time.Duration(30-i) * 24 * time.Hour)
-		s.runs = append([]fleet.RunRecord{{Host: HostileName, Job: "daily", Start: start, End: start.Add(time.Duration(30+i*7) * time.Second),
+		s.runs = append([]fleet.RunRecord{{Host: HostileName, Job: "daily", Task: fleet.TaskBackup, Start: start, End: start.Add(time.Duration(30+i*7) * time.Second),
 			Status: st, Files: 100, BytesRead: 1 << 30, BytesNew: int64(i+1) << 20, BytesStored: int64(i+1) << 19, Version: "test"}}, s.runs...)
 	}
 	return s
@@ -61,6 +61,23 @@ func (s *fakeSource) Runs(ctx context.Context, host string, since time.Time, lim
 	}
 	return out, nil
 }
+
+func (s *fakeSource) Repos(ctx context.Context) ([]string, error) { return []string{"fleet"}, nil }
+
+func (s *fakeSource) RepoStats(ctx context.Context, repo string) (fleet.RepoStats, error) {
+	by := map[string]int64{HostileName: 3 << 20, "host0001": 1 << 20, "": 4096}
+	return fleet.ComputeRepoStats(repo, 4<<20+4096, 42, 100<<20, by, s.runs), nil
+}
+
+func (s *fakeSource) Accounting(ctx context.Context) ([]fleet.AccountingRow, error) {
+	end := s.runs[0].End
+	runs := append([]fleet.RunRecord{{Host: FormulaName, Job: "daily", Task: fleet.TaskBackup, Start: end, End: end, Status: fleet.StatusOK, BytesRead: 1 << 20, BytesStored: 1 << 20}}, s.runs...)
+	return fleet.ComputeAccounting(runs, map[string]string{HostileName: "fleet", FormulaName: "fleet"}, map[string]int64{"fleet": 4 << 20}), nil
+}
+
+// FormulaName is a host name a spreadsheet would run as a formula if the
+// CSV gave it as it is.
+const FormulaName = "=HYPERLINK(\"http://evil/\",\"x\")"
 
 const goodToken = "floe_0123456789abcdef_viewer"
 

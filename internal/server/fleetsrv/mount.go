@@ -49,7 +49,7 @@ func (c Config) Mounts() server.MountFunc {
 		if err != nil {
 			return nil, err
 		}
-		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log, Now: c.Now,
+		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log, Now: c.Now, Repos: env.Repos,
 			Leases: NewLeases(c.Limits, c.LeaseTTL, nil)})
 		if env.Metrics != nil {
 			if err := env.Metrics.Register(&collector{svc: svc}); err != nil {

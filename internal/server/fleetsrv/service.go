@@ -17,6 +17,7 @@ import (
 	"io"
 	"log"
 	"net/http"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,9 @@ type Options struct {
 	Ledger *server.Ledger
 	// Audit records enrollments, reports and refused requests; nil: none.
 	Audit *server.AuditLog
+	// Repos are the repositories served, for the storage accounting of
+	// the dashboard; nil: none.
+	Repos server.Repositories
 }
 
 // Service serves the fleet API.
@@ -394,4 +398,103 @@ func (s *Service) AuthenticateViewer(token string) (string, error) {
 		return "", fmt.Errorf("token %s has role %s; the dashboard needs viewer or admin", tok.ID, tok.Roles)
 	}
 	return fmt.Sprintf("%s (%s)", tok.Host, tok.Roles), nil
+}
+
+// maxAccountingRuns bounds the runs the repository and accounting pages
+// read (about 3 years of daily backups of 100 hosts).
+const maxAccountingRuns = 1_000_000
+
+// repoOf maps each host to its repository.
+func (s *Service) repoOf(ctx context.Context) (map[string]string, error) {
+	hosts, err := s.opts.DB.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	m := make(map[string]string, len(hosts))
+	for _, h := range hosts {
+		m[h.Name] = h.Repo
+	}
+	return m, nil
+}
+
+// stored is what repository repo holds, by uploader (zero without Repos).
+func (s *Service) stored(ctx context.Context, repo string) (server.StoredByUploader, error) {
+	if s.opts.Repos == nil {
+		return server.StoredByUploader{}, nil
+	}
+	return server.Accounting(ctx, s.opts.Repos, repo)
+}
+
+// Repos lists the fleet's repositories (those its hosts back up into).
+func (s *Service) Repos(ctx context.Context) ([]string, error) {
+	m, err := s.repoOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, r := range m {
+		if !seen[r] {
+			seen[r] = true
+			out = append(out, r)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// RepoStats is the repository page: what the server stores (by uploader)
+// and what its hosts reported.
+func (s *Service) RepoStats(ctx context.Context, repo string) (fleet.RepoStats, error) {
+	repoOf, err := s.repoOf(ctx)
+	if err != nil {
+		return fleet.RepoStats{}, err
+	}
+	runs, err := s.opts.DB.Runs(ctx, "", time.Time{}, maxAccountingRuns)
+	if err != nil {
+		return fleet.RepoStats{}, err
+	}
+	mine := runs[:0]
+	for _, r := range runs {
+		if repoOf[r.Host] == repo {
+			mine = append(mine, r)
+		}
+	}
+	st, err := s.stored(ctx, repo)
+	if err != nil {
+		return fleet.RepoStats{}, err
+	}
+	var quota int64
+	for _, u := range s.Usage() {
+		if u.Repo == repo {
+			quota = u.Quota
+		}
+	}
+	return fleet.ComputeRepoStats(repo, st.Bytes, st.Objects, quota, st.ByHost, mine), nil
+}
+
+// Accounting is the charge-back table: per month, repository and host.
+func (s *Service) Accounting(ctx context.Context) ([]fleet.AccountingRow, error) {
+	repoOf, err := s.repoOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	runs, err := s.opts.DB.Runs(ctx, "", time.Time{}, maxAccountingRuns)
+	if err != nil {
+		return nil, err
+	}
+	stored := map[string]int64{}
+	repos, err := s.Repos(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range repos {
+		st, err := s.stored(ctx, r)
+		if err != nil {
+			s.opts.Log.Printf("fleet: accounting: %v", err)
+			continue
+		}
+		stored[r] = st.Bytes
+	}
+	return fleet.ComputeAccounting(runs, repoOf, stored), nil
 }

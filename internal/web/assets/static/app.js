@@ -222,6 +222,94 @@
     setInterval(load, 30000);
   }
 
+  // ---- repository page ----
+  function ratio(v) { return v > 0 ? v.toFixed(2) + "x" : "-"; }
+  function percent(v) { return (v * 100).toFixed(1) + " %"; }
+  function repoPage(root) {
+    var repo = root.getAttribute("data-repo");
+    function set(id, text) { root.querySelector("#" + id).textContent = text; }
+    return getJSON("/ui/api/repo?name=" + encodeURIComponent(repo)).then(function (st) {
+      set("stored", bytes(st.stored_bytes));
+      set("objects", String(st.objects));
+      set("quota", st.quota ? bytes(st.quota) + " (" + percent(st.stored_bytes / st.quota) + " used)" : "none");
+      set("protected", bytes(st.protected_bytes));
+      set("dedup", ratio(st.dedup_ratio));
+      set("compression", ratio(st.compression_ratio));
+      set("freed", bytes(st.freed_bytes));
+      var g = st.growth || [];
+      barChart(root.querySelector("#chart-growth"), g.map(function (p) { return Math.max(0, p.total); }),
+        g.map(function (p) { return p.day + " (+" + bytes(p.added) + ", -" + bytes(p.freed) + ")"; }),
+        g.map(function () { return false; }), bytes);
+      var frag = document.createDocumentFragment();
+      (st.hosts || []).forEach(function (h) {
+        var tr = el("tr");
+        var td = el("td");
+        if (h.host) {
+          var a = el("a", "hostlink", h.host);
+          a.setAttribute("href", "/ui/host?name=" + encodeURIComponent(h.host));
+          td.appendChild(a);
+        } else {
+          td.appendChild(el("span", "muted", "(unknown uploader)"));
+        }
+        tr.appendChild(td);
+        tr.appendChild(el("td", "", bytes(h.bytes)));
+        tr.appendChild(el("td", "", percent(h.share)));
+        frag.appendChild(tr);
+      });
+      root.querySelector("#repohosts tbody").replaceChildren(frag);
+      root.setAttribute("data-loaded", String((st.hosts || []).length));
+    });
+  }
+
+  // ---- accounting ----
+  function accounting(root) {
+    return getJSON("/ui/api/accounting").then(function (rows) {
+      var frag = document.createDocumentFragment();
+      rows.forEach(function (r) {
+        var tr = el("tr");
+        tr.appendChild(el("td", "", r.month));
+        var tdr = el("td");
+        var ar = el("a", "", r.repo);
+        ar.setAttribute("href", "/ui/repo?name=" + encodeURIComponent(r.repo));
+        tdr.appendChild(ar);
+        tr.appendChild(tdr);
+        var tdh = el("td");
+        var ah = el("a", "hostlink", r.host);
+        ah.setAttribute("href", "/ui/host?name=" + encodeURIComponent(r.host));
+        tdh.appendChild(ah);
+        tr.appendChild(tdh);
+        tr.appendChild(el("td", "", r.runs));
+        tr.appendChild(el("td", "", bytes(r.protected_bytes)));
+        tr.appendChild(el("td", "", bytes(r.new_stored_bytes)));
+        tr.appendChild(el("td", "", percent(r.share)));
+        tr.appendChild(el("td", "", bytes(r.attributed_bytes)));
+        frag.appendChild(tr);
+      });
+      root.querySelector("#acct tbody").replaceChildren(frag);
+      root.setAttribute("data-loaded", String(rows.length));
+    });
+  }
+
+  // links to each repository's page in the header
+  function repoLinks(span) {
+    getJSON("/ui/api/repos").then(function (repos) {
+      var frag = document.createDocumentFragment();
+      repos.forEach(function (r) {
+        var a = el("a", "repolink", r);
+        a.setAttribute("href", "/ui/repo?name=" + encodeURIComponent(r));
+        frag.appendChild(a);
+        frag.appendChild(document.createTextNode(" "));
+      });
+      span.replaceChildren(frag);
+    }).catch(function () {});
+  }
+
+  var rl = document.getElementById("repolinks");
+  if (rl) repoLinks(rl);
+  var rp = document.getElementById("repopage");
+  if (rp) repoPage(rp);
+  var ac = document.getElementById("accounting");
+  if (ac) accounting(ac);
   var ov = document.getElementById("overview");
   if (ov) overview(ov);
   var hp = document.getElementById("hostpage");
