@@ -11,10 +11,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -512,6 +515,31 @@ func TestFleetAgentsOverdue(t *testing.T) {
 			}
 		}
 	}
+	// the dashboard's repository and accounting pages, from the
+	// server's upload journal and the reports
+	hc := dashboardClient(t, s.addr, readToken(t, viewer))
+	var repo fleet.RepoStats
+	getJSONFrom(t, hc, "https://"+s.addr+"/ui/api/repo?name=fleet", &repo)
+	uploaders := map[string]int64{}
+	for _, h := range repo.Hosts {
+		uploaders[h.Host] = h.Bytes
+	}
+	if repo.StoredBytes <= 0 || uploaders["web1"] <= 0 || uploaders["web2"] <= 0 || uploaders["db1"] <= 0 || uploaders["admin"] <= 0 ||
+		repo.ProtectedBytes <= 0 || repo.DedupRatio <= 0 || len(repo.Growth) == 0 {
+		t.Fatalf("repository page: %+v", repo)
+	}
+	res, err := hc.Get("https://" + s.addr + "/ui/accounting.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	csvBody, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, name := range names {
+		if !strings.Contains(string(csvBody), "\n2026-03,fleet,"+name+",") {
+			t.Fatalf("accounting CSV lacks %s:\n%s", name, csvBody)
+		}
+	}
+
 	// nothing else fired: the other hosts stayed on time
 	sink.mu.Lock()
 	defer sink.mu.Unlock()
@@ -519,5 +547,46 @@ func TestFleetAgentsOverdue(t *testing.T) {
 		if n.Host != "db1" || n.Kind != fleet.AlertOverdue {
 			t.Errorf("unexpected notification %+v", n)
 		}
+	}
+}
+
+// dashboardClient logs in to the dashboard with token and returns the
+// client holding the session.
+func dashboardClient(t *testing.T, addr, token string) *http.Client {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	hc := rawClient()
+	hc.Jar = jar
+	res, err := hc.Get("https://" + addr + "/ui/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
+	if m == nil {
+		t.Fatalf("login page: %s", page)
+	}
+	res, err = hc.PostForm("https://"+addr+"/ui/login", url.Values{"csrf": {string(m[1])}, "token": {token}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return hc
+}
+
+func getJSONFrom(t *testing.T, hc *http.Client, u string, v any) {
+	t.Helper()
+	res, err := hc.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", u, res.StatusCode, b)
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("GET %s: %v", u, err)
 	}
 }
