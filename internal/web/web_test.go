@@ -139,8 +139,20 @@ func TestLoginSessionAndCSRF(t *testing.T) {
 	if res.StatusCode != http.StatusSeeOther || res.Header.Get("Location") != "/ui/login" {
 		t.Fatalf("unauthenticated overview: %d %s", res.StatusCode, res.Header.Get("Location"))
 	}
-	if code, _ := get(t, http.DefaultClient, ts.URL+"/ui/api/status"); code != http.StatusUnauthorized {
-		t.Fatalf("unauthenticated API: %d", code)
+	for _, p := range []string{"/ui/api/status", "/ui/api/repo?name=fleet", "/ui/api/repos", "/ui/api/accounting"} {
+		if code, _ := get(t, http.DefaultClient, ts.URL+p); code != http.StatusUnauthorized {
+			t.Fatalf("unauthenticated %s: %d", p, code)
+		}
+	}
+	for _, p := range []string{"/ui/accounting.csv", "/ui/accounting", "/ui/repo?name=fleet"} {
+		res, err := noRedirect.Get(ts.URL + p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusSeeOther {
+			t.Fatalf("unauthenticated %s: %d", p, res.StatusCode)
+		}
 	}
 	// a login without the CSRF token is refused, even with a good token
 	res, err = http.PostForm(ts.URL+"/ui/login", url.Values{"token": {goodToken}})
@@ -221,6 +233,13 @@ func TestHostileHostNameEscaped(t *testing.T) {
 	}
 	if !strings.Contains(page, "&lt;img src=x") {
 		t.Fatalf("host name missing:\n%s", page)
+	}
+	// a repository name goes through the same escaping (and must be a valid name)
+	if code, page := get(t, c, ts.URL+"/ui/repo?name="+url.QueryEscape(`<b>x</b>`)); code != http.StatusOK || strings.Contains(page, "<b>x</b>") {
+		t.Fatalf("repository page with markup in the name: %d", code)
+	}
+	if code, _ := get(t, c, ts.URL+"/ui/repo?name="); code != http.StatusBadRequest {
+		t.Fatalf("repository page without a name: %d", code)
 	}
 	res, err := c.Get(ts.URL + "/ui/")
 	if err != nil {
