@@ -201,7 +201,11 @@ func (r *Runner) retention(ctx context.Context, j *Job, rep *fleet.Run) error {
 	if !j.PruneEnabled() {
 		return nil
 	}
-	res, err := prune.Run(ctx, repo, j.PruneOpts)
+	opts := j.PruneOpts
+	// named in the prune lease, so that a person who finds it knows
+	// which agent's job holds it
+	opts.Holder = r.Config.Host + " (floe agent, job " + j.Name + ")"
+	res, err := prune.Run(ctx, repo, opts)
 	if res != nil {
 		rep.PrunedBytes = res.Sweep.Deleted.Bytes + res.Sweep.TempFilesRemoved.Bytes
 		rep.MarkedBytes = res.Mark.Unused.Bytes + res.Mark.Repack.Bytes
