@@ -261,10 +261,11 @@ func TestFleetRetention(t *testing.T) {
 	// the server knows the retention job from its reports
 	r = s.fleet(viewer, "runs", "--host", "admin-host", "--json")
 	expectCode(t, r, 0)
-	var runs []fleet.RunRecord
-	if err := json.Unmarshal([]byte(r.stdout), &runs); err != nil {
+	var doc struct{ Runs []fleet.RunRecord }
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
 		t.Fatal(err)
 	}
+	runs := doc.Runs
 	if len(runs) != 2 || runs[0].Task != fleet.TaskRetention || runs[0].BytesFreed != rets[1].PrunedBytes || runs[1].SnapshotsRemoved != int64(removed) {
 		t.Fatalf("retention runs on the server: %s", r.stdout)
 	}
@@ -276,7 +277,7 @@ func snapshotsByHost(t *testing.T, s *floeServer, token, pwFile string) map[stri
 	r := s.remote("fleet", token, "--password-file", pwFile, "snapshots", "--json")
 	expectCode(t, r, 0)
 	out := map[string][]snapshotOut{}
-	for _, sn := range decodeJSON[[]snapshotOut](t, r) {
+	for _, sn := range decodeJSON[snapshotList](t, r).Snapshots {
 		out[sn.Hostname] = append(out[sn.Hostname], sn)
 	}
 	return out
@@ -454,12 +455,12 @@ func TestFleetAgentsOverdue(t *testing.T) {
 	// two runs of each host reported (01:00 and 02:00 of the test clock)
 	if !waitFor(30*time.Second, func() bool {
 		r := s.fleet(viewer, "runs", "--json", "--limit", "100")
-		var runs []fleet.RunRecord
-		if json.Unmarshal([]byte(r.stdout), &runs) != nil {
+		var doc struct{ Runs []fleet.RunRecord }
+		if json.Unmarshal([]byte(r.stdout), &doc) != nil {
 			return false
 		}
 		ok := map[string]int{}
-		for _, rr := range runs {
+		for _, rr := range doc.Runs {
 			if rr.Status == fleet.StatusOK {
 				ok[rr.Host]++
 			}
