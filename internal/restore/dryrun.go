@@ -14,10 +14,8 @@ import (
 	"io/fs"
 	"os"
 	"path"
-	"strings"
 
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 )
@@ -47,18 +45,7 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 	if r.WriteOnly() {
 		return nil, repo.ErrWriteOnly
 	}
-	switch opts.Overwrite {
-	case "":
-		opts.Overwrite = OverwriteIfChanged
-	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
-	default:
-		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
-	}
-	incl, err := pathmatch.New(opts.Includes)
-	if err != nil {
-		return nil, err
-	}
-	excl, err := pathmatch.New(opts.Excludes)
+	incl, excl, err := checkOptions(&opts)
 	if err != nil {
 		return nil, err
 	}
@@ -69,33 +56,11 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("open target: %w", err)
 	}
-	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+	tree, snapDir, err := subtree(ctx, r, rootTree, subpath)
 	if err != nil {
-		return nil, fmt.Errorf("load root tree: %w", err)
+		return nil, err
 	}
-	snapPath := "/"
-	comps := strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/")
-	for i, c := range comps {
-		if c == "" {
-			continue
-		}
-		n := tree.Find(c)
-		if n == nil {
-			return nil, fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
-		}
-		snapPath = path.Join(snapPath, c)
-		if n.Type != snapshot.TypeDir {
-			if i < len(comps)-1 {
-				return nil, fmt.Errorf("path %s: %s is a %s, not a directory", path.Clean("/"+subpath), snapPath, n.Type)
-			}
-			d.walk(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{n}}, path.Dir(snapPath), "", opts.Delete)
-			return d.res, ctx.Err()
-		}
-		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
-			return nil, fmt.Errorf("load tree of %s: %w", snapPath, err)
-		}
-	}
-	d.walk(ctx, tree, snapPath, "", opts.Delete)
+	d.walk(ctx, tree, snapDir, "", opts.Delete)
 	return d.res, ctx.Err()
 }
 

@@ -334,18 +334,7 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
-	switch opts.Overwrite {
-	case "":
-		opts.Overwrite = OverwriteIfChanged
-	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
-	default:
-		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
-	}
-	incl, err := pathmatch.New(opts.Includes)
-	if err != nil {
-		return nil, err
-	}
-	excl, err := pathmatch.New(opts.Excludes)
+	incl, excl, err := checkOptions(&opts)
 	if err != nil {
 		return nil, err
 	}
@@ -363,41 +352,11 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		rs.fresh[""] = true
 	}
 
-	// Find the subpath's node.
-	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+	tree, snapDir, err := subtree(ctx, r, rootTree, subpath)
 	if err != nil {
-		return nil, fmt.Errorf("load root tree: %w", err)
+		return nil, err
 	}
-	snapPath := "/"
-	var single *snapshot.Node
-	comps := strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/")
-	for i, c := range comps {
-		if c == "" {
-			continue
-		}
-		n := tree.Find(c)
-		if n == nil {
-			return nil, fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
-		}
-		snapPath = path.Join(snapPath, c)
-		if n.Type != snapshot.TypeDir {
-			if i < len(comps)-1 {
-				// like ls and dump: a path through a symlink or file
-				// names nothing (symlinks are not followed)
-				return nil, fmt.Errorf("path %s: %s is a %s, not a directory", path.Clean("/"+subpath), snapPath, n.Type)
-			}
-			single = n
-			break
-		}
-		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
-			return nil, fmt.Errorf("load tree of %s: %w", snapPath, err)
-		}
-	}
-	if single != nil {
-		rs.plan(ctx, &snapshot.Tree{Nodes: []*snapshot.Node{single}}, path.Dir(snapPath), "")
-	} else {
-		rs.plan(ctx, tree, snapPath, "")
-	}
+	rs.plan(ctx, tree, snapDir, "")
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -418,6 +377,61 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		rs.verify(ctx)
 	}
 	return &rs.res, ctx.Err()
+}
+
+// checkOptions fills in the default overwrite mode, rejects an unknown one
+// and compiles the include and exclude patterns: Run and DryRun must agree
+// on what a restore would touch.
+func checkOptions(opts *Options) (incl, excl *pathmatch.Matcher, err error) {
+	switch opts.Overwrite {
+	case "":
+		opts.Overwrite = OverwriteIfChanged
+	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
+	default:
+		return nil, nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
+	}
+	if incl, err = pathmatch.New(opts.Includes); err != nil {
+		return nil, nil, err
+	}
+	if excl, err = pathmatch.New(opts.Excludes); err != nil {
+		return nil, nil, err
+	}
+	return incl, excl, nil
+}
+
+// subtree finds the snapshot's subpath ("" or "/" for everything) and
+// returns what a restore of it walks: the directory's tree and its path
+// in the snapshot, or, for a file, a tree of that one node and the path of
+// its parent directory.
+func subtree(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath string) (*snapshot.Tree, string, error) {
+	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+	if err != nil {
+		return nil, "", fmt.Errorf("load root tree: %w", err)
+	}
+	snapPath := "/"
+	comps := strings.Split(strings.Trim(path.Clean("/"+subpath), "/"), "/")
+	for i, c := range comps {
+		if c == "" {
+			continue
+		}
+		n := tree.Find(c)
+		if n == nil {
+			return nil, "", fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
+		}
+		snapPath = path.Join(snapPath, c)
+		if n.Type != snapshot.TypeDir {
+			if i < len(comps)-1 {
+				// like ls and dump: a path through a symlink or file
+				// names nothing (symlinks are not followed)
+				return nil, "", fmt.Errorf("path %s: %s is a %s, not a directory", path.Clean("/"+subpath), snapPath, n.Type)
+			}
+			return &snapshot.Tree{Nodes: []*snapshot.Node{n}}, path.Dir(snapPath), nil
+		}
+		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
+			return nil, "", fmt.Errorf("load tree of %s: %w", snapPath, err)
+		}
+	}
+	return tree, snapPath, nil
 }
 
 func (rs *restorer) fail(err error) {
