@@ -48,6 +48,26 @@ type Config struct {
 // which no repository name can be.
 func StateDirFor(root string) string { return filepath.Join(root, ".floe-server") }
 
+// openState makes the state directory and its upload spool and opens the
+// audit log (default stateDir/audit.log): what both the TLS server and
+// serve --stdio keep there.
+func openState(stateDir, auditLog string) (audit *AuditLog, spool string, err error) {
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, "", fmt.Errorf("state directory: %w", err)
+	}
+	spool = filepath.Join(stateDir, "spool")
+	if err := os.MkdirAll(spool, 0o700); err != nil {
+		return nil, "", fmt.Errorf("state directory: %w", err)
+	}
+	if auditLog == "" {
+		auditLog = filepath.Join(stateDir, "audit.log")
+	}
+	if audit, err = OpenAuditLog(auditLog); err != nil {
+		return nil, "", err
+	}
+	return audit, spool, nil
+}
+
 // Timeouts of the HTTP server.
 const (
 	readHeaderTimeout = 10 * time.Second
@@ -69,28 +89,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.StateDir == "" {
 		cfg.StateDir = StateDirFor(repos.dir)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	tokens, err := OpenTokenStore(cfg.StateDir)
-	if err != nil {
-		return err
-	}
-	if cfg.AuditLog == "" {
-		cfg.AuditLog = filepath.Join(cfg.StateDir, "audit.log")
-	}
-	audit, err := OpenAuditLog(cfg.AuditLog)
+	audit, spool, err := openState(cfg.StateDir, cfg.AuditLog)
 	if err != nil {
 		return err
 	}
 	defer audit.Close()
-	cert, fp, created, err := LoadCertificate(cfg.StateDir, cfg.TLSCert, cfg.TLSKey, cfg.TLSNames)
+	tokens, err := OpenTokenStore(cfg.StateDir)
 	if err != nil {
 		return err
 	}
-	spool := filepath.Join(cfg.StateDir, "spool")
-	if err := os.MkdirAll(spool, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
+	cert, fp, created, err := LoadCertificate(cfg.StateDir, cfg.TLSCert, cfg.TLSKey, cfg.TLSNames)
+	if err != nil {
+		return err
 	}
 	ledger, err := OpenLedger(cfg.StateDir)
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -62,21 +61,11 @@ func RunStdio(ctx context.Context, cfg StdioConfig) error {
 	if cfg.StateDir == "" {
 		cfg.StateDir = StateDirFor(repos.one)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
-	if cfg.AuditLog == "" {
-		cfg.AuditLog = filepath.Join(cfg.StateDir, "audit.log")
-	}
-	audit, err := OpenAuditLog(cfg.AuditLog)
+	audit, spool, err := openState(cfg.StateDir, cfg.AuditLog)
 	if err != nil {
 		return err
 	}
 	defer audit.Close()
-	spool := filepath.Join(cfg.StateDir, "spool")
-	if err := os.MkdirAll(spool, 0o700); err != nil {
-		return fmt.Errorf("state directory: %w", err)
-	}
 	host := cfg.Host
 	if host == "" {
 		host = "ssh:" + cfg.Role.String()
