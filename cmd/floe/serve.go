@@ -28,6 +28,32 @@ func (f *serveFlags) state() (string, error) {
 	return "", usageError{errors.New("give --root (or --state-dir)")}
 }
 
+// makeState returns the state directory, made if missing: for the
+// commands that store the first token or quota of a new server.
+func (f *serveFlags) makeState() (string, error) {
+	state, err := f.state()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return "", fmt.Errorf("state directory: %w", err)
+	}
+	return state, nil
+}
+
+// tokenStore opens the server's token store; create makes the state
+// directory first.
+func (f *serveFlags) tokenStore(create bool) (*server.TokenStore, error) {
+	state, err := f.state()
+	if create {
+		state, err = f.makeState()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return server.OpenTokenStore(state)
+}
+
 func newServeCommand(g *globals) *cobra.Command {
 	sf := &serveFlags{}
 	cfg := server.Config{}
@@ -205,8 +231,7 @@ Roles, combinable with commas: backup, restore, admin.`,
   floe serve token add --root /srv/floe --repo fleet --host web2 --role backup --quota 50GiB`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
+			if _, err := sf.state(); err != nil {
 				return err
 			}
 			if repoName == "" || host == "" || roles == "" {
@@ -222,10 +247,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 					return usageError{err}
 				}
 			}
-			if err := os.MkdirAll(state, 0o700); err != nil {
-				return fmt.Errorf("state directory: %w", err)
-			}
-			ts, err := server.OpenTokenStore(state)
+			ts, err := sf.tokenStore(true)
 			if err != nil {
 				return err
 			}
@@ -255,11 +277,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 		Example: `  floe serve token list --root /srv/floe`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
-				return err
-			}
-			ts, err := server.OpenTokenStore(state)
+			ts, err := sf.tokenStore(false)
 			if err != nil {
 				return err
 			}
@@ -292,11 +310,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 		Example: `  floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
 		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
-				return err
-			}
-			ts, err := server.OpenTokenStore(state)
+			ts, err := sf.tokenStore(false)
 			if err != nil {
 				return err
 			}
@@ -324,16 +338,16 @@ objects (prune) frees quota. Token quotas are set with ` + "`token add --quota`"
   floe serve quota --root /srv/floe fleet 0`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
+			if _, err := sf.state(); err != nil {
 				return err
 			}
 			n, err := server.ParseSize(args[1])
 			if err != nil {
 				return usageError{err}
 			}
-			if err := os.MkdirAll(state, 0o700); err != nil {
-				return fmt.Errorf("state directory: %w", err)
+			state, err := sf.makeState()
+			if err != nil {
+				return err
 			}
 			l, err := server.OpenLedger(state)
 			if err != nil {

@@ -21,6 +21,15 @@ import (
 	"github.com/floe-backup/floe/internal/web"
 )
 
+// fleetDB opens the fleet database in the server's state directory.
+func (f *serveFlags) fleetDB(ctx context.Context) (*fleetsrv.DB, error) {
+	state, err := f.state()
+	if err != nil {
+		return nil, err
+	}
+	return fleetsrv.OpenDB(ctx, state)
+}
+
 // serveFleetFlags are the fleet options of `floe serve`.
 type serveFleetFlags struct {
 	cfg          fleetsrv.Config
@@ -137,8 +146,7 @@ that never enrolled, issues a new token.`,
 		Example: `  floe serve host add --root /srv/floe --repo fleet web1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
+			if _, err := sf.state(); err != nil {
 				return err
 			}
 			if repoName == "" {
@@ -150,7 +158,7 @@ that never enrolled, issues a new token.`,
 			if err := fleet.ValidName("host", args[0]); err != nil {
 				return usageError{err}
 			}
-			db, err := fleetsrv.OpenDB(cmd.Context(), state)
+			db, err := sf.fleetDB(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -183,11 +191,7 @@ that never enrolled, issues a new token.`,
 		Example: `  floe serve host list --root /srv/floe`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
-				return err
-			}
-			db, err := fleetsrv.OpenDB(cmd.Context(), state)
+			db, err := sf.fleetDB(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -228,11 +232,7 @@ that never enrolled, issues a new token.`,
 		Example: `  floe serve host revoke --root /srv/floe web1`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			state, err := sf.state()
-			if err != nil {
-				return err
-			}
-			db, err := fleetsrv.OpenDB(cmd.Context(), state)
+			db, err := sf.fleetDB(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -242,7 +242,7 @@ that never enrolled, issues a new token.`,
 				return err
 			}
 			if tokID != "" {
-				ts, err := server.OpenTokenStore(state)
+				ts, err := sf.tokenStore(false)
 				if err != nil {
 					return err
 				}
