@@ -49,20 +49,12 @@ floe refuses to write an archive to a terminal.`,
 				return usageError{fmt.Errorf("--archive %q: only \"tar\" is supported", archive)}
 			}
 			forceTar := cmd.Flags().Changed("archive")
-			spec, sub, err := snapshotPathArgs(args)
+			sp, err := g.openSnapshotPath(ctx, args, filter.filter())
 			if err != nil {
 				return err
 			}
-			r, err := g.openRepo(ctx, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			l := treeLoader(r)
-			sn, p, node, err := findSnapshotPath(ctx, r, l, spec, sub, filter.filter())
-			if err != nil {
-				return err
-			}
+			defer sp.r.Close()
+			r, l, sn, p, node := sp.r, sp.l, sp.sn, sp.path, sp.node
 			asTar := forceTar || node.Type != snapshot.TypeFile
 
 			var w io.Writer = os.Stdout

@@ -47,20 +47,12 @@ prints one document whose "nodes" list holds the nodes, with exact names
 		Args: usageArgs(cobra.RangeArgs(1, 2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			spec, sub, err := snapshotPathArgs(args)
+			sp, err := g.openSnapshotPath(ctx, args, filter.filter())
 			if err != nil {
 				return err
 			}
-			r, err := g.openRepo(ctx, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			l := treeLoader(r)
-			sn, p, node, err := findSnapshotPath(ctx, r, l, spec, sub, filter.filter())
-			if err != nil {
-				return err
-			}
+			defer sp.r.Close()
+			l, sn, p, node := sp.l, sp.sn, sp.path, sp.node
 			out := bufio.NewWriterSize(os.Stdout, 64<<10)
 			var doc *listDocument
 			if g.json {
@@ -137,6 +129,37 @@ func snapshotPathArgs(args []string) (spec, sub string, err error) {
 		sub = args[1]
 	}
 	return spec, sub, nil
+}
+
+// snapshotPath is the node that "SNAPSHOT[:PATH] [PATH]" arguments name,
+// with the repository it was found in (open: the caller closes it) and a
+// tree loader for walking below it.
+type snapshotPath struct {
+	r    *repo.Repository
+	l    snapshot.TreeLoader
+	sn   *snapshot.Record
+	path string
+	node *snapshot.Node
+}
+
+// openSnapshotPath opens the repository (read access) and finds the node
+// that args name in the snapshot f selects.
+func (g *globals) openSnapshotPath(ctx context.Context, args []string, f snapshot.Filter) (*snapshotPath, error) {
+	spec, sub, err := snapshotPathArgs(args)
+	if err != nil {
+		return nil, err
+	}
+	r, err := g.openRepo(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	l := treeLoader(r)
+	sn, p, node, err := findSnapshotPath(ctx, r, l, spec, sub, f)
+	if err != nil {
+		r.Close()
+		return nil, err
+	}
+	return &snapshotPath{r: r, l: l, sn: sn, path: p, node: node}, nil
 }
 
 // treeLoader loads trees of r through a cache, so that walking several

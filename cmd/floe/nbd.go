@@ -83,19 +83,12 @@ status (base:allocation) and several connections at once (multi-conn).`,
 					tlsConfig.ClientCAs, tlsConfig.ClientAuth = pool, tls.RequireAndVerifyClientCert
 				}
 			}
-			spec, sub, err := snapshotPathArgs(args)
+			sp, err := g.openSnapshotPath(ctx, args, filter.filter())
 			if err != nil {
 				return err
 			}
-			r, err := g.openRepo(ctx, true)
-			if err != nil {
-				return err
-			}
-			defer r.Close()
-			sn, p, node, err := findSnapshotPath(ctx, r, treeLoader(r), spec, sub, filter.filter())
-			if err != nil {
-				return err
-			}
+			defer sp.r.Close()
+			r, sn, p, node := sp.r, sp.sn, sp.path, sp.node
 			if node.Type != snapshot.TypeFile {
 				return fmt.Errorf("%s:%s is a %s: only a regular file can be served", sn.ID.Short(), p, node.Type)
 			}
