@@ -110,6 +110,21 @@ func ValidateListType(t FileType) error {
 	}
 }
 
+// ListEach hands the infos a backend gathered for List to fn, one by one,
+// stopping at the first error of fn or when ctx ends; errors say which
+// list failed, as List's must.
+func ListEach(ctx context.Context, t FileType, infos []FileInfo, fn func(FileInfo) error) error {
+	for _, fi := range infos {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("list %s: %w", t, err)
+		}
+		if err := fn(fi); err != nil {
+			return fmt.Errorf("list %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
 // CheckRange validates a Load range against an object of the given size and
 // returns the number of bytes to read. Negative offset or length is an
 // ErrInvalid error; a range that ends past size wraps io.ErrUnexpectedEOF.

@@ -98,15 +98,7 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 		}
 	}
 	b.mu.RUnlock()
-	for _, fi := range infos {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("list %s: %w", t, err)
-		}
-		if err := fn(fi); err != nil {
-			return fmt.Errorf("list %s: %w", t, err)
-		}
-	}
-	return nil
+	return storage.ListEach(ctx, t, infos, fn)
 }
 
 // Remove implements storage.Backend.

@@ -596,15 +596,7 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 	if err != nil {
 		return fmt.Errorf("list %s: %w", t, err)
 	}
-	for _, fi := range infos {
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("list %s: %w", t, err)
-		}
-		if err := fn(fi); err != nil {
-			return fmt.Errorf("list %s: %w", t, err)
-		}
-	}
-	return nil
+	return storage.ListEach(ctx, t, infos, fn)
 }
 
 // Remove implements storage.Backend. A retried remove that finds the
