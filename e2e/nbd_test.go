@@ -16,27 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// needNBDTools skips (or, under scripts/test.sh, fails) unless the NBD
-// clients the test uses are installed.
-func needNBDTools(t *testing.T, tools ...string) {
-	t.Helper()
-	var missing []string
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("missing %s (Debian: qemu-utils, libnbd-bin)", strings.Join(missing, ", "))
-	if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
+	"github.com/floe-backup/floe/internal/nbd/nbdtest"
+)
 
 // startNBD runs `floe nbd` in the background until the test ends (or
 // stop is called) and waits for its socket.
@@ -109,7 +91,7 @@ func sameImage(t *testing.T, file, uri string) {
 // a writable export keeps its writes in the overlay and the snapshot is
 // unchanged.
 func TestNBD(t *testing.T) {
-	needNBDTools(t, "qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
+	nbdtest.NeedTools(t, "qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
 	e := newEnv(t)
 	e.init()
 	src := e.mkdir("vm")

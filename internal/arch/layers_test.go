@@ -86,7 +86,7 @@ var layers = map[string]int{
 }
 
 // testOnly packages are imported by _test.go files only.
-var testOnly = []string{"internal/testutil", "internal/storage/storagetest", "internal/storage/s3/s3test", "internal/walk/walktest"}
+var testOnly = []string{"internal/testutil", "internal/storage/storagetest", "internal/storage/s3/s3test", "internal/walk/walktest", "internal/nbd/nbdtest"}
 
 // forbidden lists, for a package prefix, packages it must not depend on,
 // directly or through others.

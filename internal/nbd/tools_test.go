@@ -20,48 +20,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/floe-backup/floe/internal/nbd/nbdtest"
 )
 
-// Tests with the real clients of Debian: qemu-img and qemu-io (qemu-utils),
-// nbdinfo and nbdcopy (libnbd-bin), libnbd's Python bindings
-// (python3-libnbd). scripts/test.sh installs them and sets
-// FLOE_REQUIRE_NBD_TOOLS=1, which turns a missing tool from a skip into a
-// failure.
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	var missing []string
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool)
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := fmt.Sprintf("missing %s (Debian: qemu-utils, libnbd-bin)", strings.Join(missing, ", "))
-	if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
-
-// nbdPython finds a Python that has libnbd's bindings (the system one;
-// a python3 earlier in PATH may not).
-func nbdPython(t *testing.T) string {
-	t.Helper()
-	for _, py := range []string{"/usr/bin/python3", "python3"} {
-		if exec.Command(py, "-c", "import nbd").Run() == nil {
-			return py
-		}
-	}
-	msg := "missing libnbd's Python bindings (Debian: python3-libnbd)"
-	if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-	return ""
-}
+// Tests with the real clients of Debian: see nbdtest.
 
 type countingListener struct {
 	net.Listener
@@ -173,7 +136,7 @@ func fileExport(t *testing.T) (string, *FileImage) {
 }
 
 func TestToolsQemuImgCompare(t *testing.T) {
-	needTools(t, "qemu-img")
+	nbdtest.NeedTools(t, "qemu-img")
 	path, img := fileExport(t)
 	sock, _ := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: img}}})
 	out := run(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", path, uri("disk", sock))
@@ -192,7 +155,7 @@ func TestToolsQemuImgCompare(t *testing.T) {
 }
 
 func TestToolsNbdinfoMap(t *testing.T) {
-	needTools(t, "nbdinfo")
+	nbdtest.NeedTools(t, "nbdinfo")
 	_, img := fileExport(t)
 	sock, _ := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: img}}})
 	out := run(t, "nbdinfo", "--map", uri("disk", sock))
@@ -229,7 +192,7 @@ func TestToolsNbdinfoMap(t *testing.T) {
 		if ref := run(t, "nbdinfo", "--map", "--", "[", "nbdkit", "file", img.f.Name(), "]"); ref != out {
 			t.Errorf("nbdinfo --map of nbdkit's file plugin:\n%s\nof ours:\n%s", ref, out)
 		}
-	} else if os.Getenv("FLOE_REQUIRE_NBD_TOOLS") != "" {
+	} else if nbdtest.Required() {
 		t.Error("missing nbdkit (Debian: nbdkit)")
 	}
 	info := run(t, "nbdinfo", uri("disk", sock))
@@ -241,7 +204,7 @@ func TestToolsNbdinfoMap(t *testing.T) {
 }
 
 func TestToolsNbdcopy(t *testing.T) {
-	needTools(t, "nbdcopy", "cp")
+	nbdtest.NeedTools(t, "nbdcopy", "cp")
 	path, img := fileExport(t)
 	sock, l := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: img}}})
 	dir := t.TempDir()
@@ -271,8 +234,8 @@ func TestToolsNbdcopy(t *testing.T) {
 }
 
 func TestToolsWritable(t *testing.T) {
-	needTools(t, "qemu-io", "qemu-img")
-	py := nbdPython(t)
+	nbdtest.NeedTools(t, "qemu-io", "qemu-img")
+	py := nbdtest.Python(t)
 	path, img := fileExport(t)
 	sum := fileSum(t, path)
 	ovPath := filepath.Join(t.TempDir(), "overlay")
@@ -328,8 +291,8 @@ h.shutdown()
 // A malformed client, reads past the end and a failing image get errors;
 // another client, connected all along, keeps being served.
 func TestToolsBadClients(t *testing.T) {
-	needTools(t, "qemu-img")
-	py := nbdPython(t)
+	nbdtest.NeedTools(t, "qemu-img")
+	py := nbdtest.Python(t)
 	path, img := fileExport(t)
 	bad := newMemImage(1<<20, [2]int64{0, 4096})
 	bad.failAt = 512 << 10
@@ -409,7 +372,7 @@ print("ok")
 // TLS with libnbd (GnuTLS): STARTTLS, then reads over TLS; a client that
 // does not upgrade is refused.
 func TestToolsTLS(t *testing.T) {
-	needTools(t, "nbdinfo", "qemu-img")
+	nbdtest.NeedTools(t, "nbdinfo", "qemu-img")
 	path, img := fileExport(t)
 	cert := selfSigned(t)
 	sock, _ := serveUnix(t, &Server{Exports: []Export{{Name: "disk", Image: img}}, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}})
@@ -438,7 +401,7 @@ func TestToolsTLS(t *testing.T) {
 // connections (writes, zeroes, flush): the overlay then reads as that
 // image, and the image under it is unchanged.
 func TestToolsNbdcopyIntoOverlay(t *testing.T) {
-	needTools(t, "nbdcopy", "qemu-img")
+	nbdtest.NeedTools(t, "nbdcopy", "qemu-img")
 	path, img := fileExport(t)
 	sum := fileSum(t, path)
 	ov, err := OpenOverlay(filepath.Join(t.TempDir(), "overlay"), img, "disk.img")
