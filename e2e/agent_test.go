@@ -388,14 +388,9 @@ func TestAgentInstall(t *testing.T) {
 // fingerprint is refused. The token never shows in the logs.
 func TestAgentServer(t *testing.T) {
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
 	web1 := s.token("fleet", "web1", "backup")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	woKey := e.path("web1.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
-	registerKeyFile(t, woKey)
+	woKey := s.writeOnlyKey(admin, "web1.key")
 
 	a := &agentEnv{floeEnv: e, config: e.path("agent.toml"), state: e.path("state")}
 	job := func(fingerprint string) string {

@@ -871,17 +871,10 @@ func TestAttackWriteOnlyKey(t *testing.T) {
 func TestAttackThroughServer(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
 	webTok := s.token("fleet", "web", "backup")
 	evilTok := s.token("fleet", "evil", "backup")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	webKey, evilKey := e.path("web.key"), e.path("evil.key")
-	for _, k := range []string{webKey, evilKey} {
-		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", k), 0)
-		registerKeyFile(t, k)
-	}
+	webKey, evilKey := s.writeOnlyKey(admin, "web.key"), s.writeOnlyKey(admin, "evil.key")
 	type snap struct {
 		id, src  string
 		manifest map[string]string
@@ -899,7 +892,7 @@ func TestAttackThroughServer(t *testing.T) {
 	}
 	backup("web1")
 
-	keysDir := filepath.Join(root, "fleet", "keys")
+	keysDir := filepath.Join(s.root, "fleet", "keys")
 	keysBefore, _ := os.ReadDir(keysDir)
 	var list struct {
 		Keys []struct {
@@ -946,7 +939,7 @@ func TestAttackThroughServer(t *testing.T) {
 	var body []byte
 	var genuinePack hash.ID
 	var genuine packfile.Blob
-	filepath.WalkDir(filepath.Join(root, "fleet", "data"), func(p string, d os.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(s.root, "fleet", "data"), func(p string, d os.DirEntry, err error) error {
 		if err != nil || d.IsDir() || strings.HasPrefix(d.Name(), ".") {
 			return nil
 		}

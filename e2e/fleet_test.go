@@ -278,21 +278,16 @@ func dashboardLogin(t *testing.T, addr, token string) int {
 // fleet status` and `floe fleet runs`.
 func TestFleetAgent(t *testing.T) {
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t), "--max-concurrent-backups", "1")
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer("--max-concurrent-backups", "1")
 	viewer := s.token("fleet", "ops", "viewer")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	woKey := e.path("host.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
-	registerKeyFile(t, woKey)
+	woKey := s.writeOnlyKey(admin, "host.key")
 
 	a := &agentEnv{floeEnv: e, config: e.path("agent.toml"), state: e.path("state")}
 	tokenFile := filepath.Join(a.state, "server", "token")
 	a.writeConfig(fmt.Sprintf("\n[[job]]\nname = \"web\"\nrepository = %q\nkey_file = %q\ntoken_file = %q\nserver_fingerprint = %q\npaths = [%q]\nschedule = \"00:20\"\n",
 		s.url("fleet"), woKey, tokenFile, s.fingerprint, a.data("web")))
 
-	r := e.run("serve", "host", "add", "--root", root, "--repo", "fleet", "e2e-host")
+	r := e.run("serve", "host", "add", "--root", s.root, "--repo", "fleet", "e2e-host")
 	expectCode(t, r, 0)
 	enroll := strings.TrimSpace(r.stdout)
 	addSecret(enroll)
@@ -353,7 +348,7 @@ func TestFleetAgent(t *testing.T) {
 	}
 
 	// revoked: the agent's reports are refused (and logged as not sent)
-	expectCode(t, e.run("serve", "host", "revoke", "--root", root, "e2e-host"), 0)
+	expectCode(t, e.run("serve", "host", "revoke", "--root", s.root, "e2e-host"), 0)
 	r = a.run("agent", "--config", a.config, "run", "web")
 	expectFail(t, r)
 }

@@ -23,15 +23,10 @@ import (
 func TestServerUploader(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
 	web1 := s.token("fleet", "web1", "backup")
 	db1 := s.token("fleet", "db1", "backup")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	woKey := e.path("wo.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
-	registerKeyFile(t, woKey)
+	woKey := s.writeOnlyKey(admin, "wo.key")
 	src := e.mkdir("data")
 	testutil.ManyFiles(t, src, 5, 3000, 7)
 
@@ -100,10 +95,7 @@ func TestServerUploader(t *testing.T) {
 func TestServerPruneDuringBackups(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	s, admin := e.startFleetServer()
 	// some data that every host has, so that hosts share packs
 	shared := testutil.RandomBytes(99, 300<<10)
 
@@ -119,9 +111,7 @@ func TestServerPruneDuringBackups(t *testing.T) {
 	for h := range 3 {
 		host := fmt.Sprint("host", h)
 		tok := s.token("fleet", host, "backup")
-		key := e.path(host + ".key")
-		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", key), 0)
-		registerKeyFile(t, key)
+		key := s.writeOnlyKey(admin, host+".key")
 		src := e.mkdir("src-" + host)
 		testutil.ManyFiles(t, src, 10, 6000, uint64(10+h))
 		wg.Add(1)
@@ -209,13 +199,8 @@ func TestServerManyClients(t *testing.T) {
 	t.Parallel()
 	start := time.Now()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	key := e.path("wo.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", key), 0)
-	registerKeyFile(t, key)
+	s, admin := e.startFleetServer()
+	key := s.writeOnlyKey(admin, "wo.key")
 	const clients = 50
 	tokens := make([]string, clients)
 	srcs := make([]string, clients)

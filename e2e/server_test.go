@@ -138,6 +138,27 @@ func (s *floeServer) token(repo, host, role string) string {
 	return path
 }
 
+// startFleetServer starts `floe serve` (with extra flags) on a new root,
+// makes an admin token and creates the repository "fleet" through the
+// server with it: where most server tests begin.
+func (e *floeEnv) startFleetServer(extra ...string) (s *floeServer, admin string) {
+	e.t.Helper()
+	s = e.startServer(e.mkdir("srv"), freePort(e.t), extra...)
+	admin = s.token("fleet", "admin", "admin")
+	expectCode(e.t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+	return s, admin
+}
+
+// writeOnlyKey adds a write-only key to repo "fleet" with the admin token
+// and returns its file, e.path(name), registered as a secret.
+func (s *floeServer) writeOnlyKey(admin, name string) string {
+	s.e.t.Helper()
+	key := s.e.path(name)
+	expectCode(s.e.t, s.remote("fleet", admin, "--password-file", s.e.pwFile, "key", "add", "--write-only", "--new-key-file", key), 0)
+	registerKeyFile(s.e.t, key)
+	return key
+}
+
 func (s *floeServer) url(repo string) string { return "https://" + s.addr + "/" + repo }
 
 // remote runs floe on repo with tokenFile and the pinned fingerprint.
@@ -180,9 +201,7 @@ func TestServerBackupToken(t *testing.T) {
 	web1 := s.token("fleet", "web1", "backup")
 
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	woKey := e.path("web1.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
-	registerKeyFile(t, woKey)
+	woKey := s.writeOnlyKey(admin, "web1.key")
 
 	src := e.mkdir("src")
 	testutil.ManyFiles(t, src, 30, 20000, 1)
@@ -328,11 +347,8 @@ func blake3Hex(data []byte) string {
 func TestServerRefusals(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
 	web1 := s.token("fleet", "web1", "backup")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 	adminTok, web1Tok := readToken(t, admin), readToken(t, web1)
 
 	c := rawClient()
@@ -376,7 +392,7 @@ func TestServerRefusals(t *testing.T) {
 	if code, body := do("PUT", "/fleet/data/"+goodName, web1Tok, good); code != http.StatusOK {
 		t.Errorf("identical re-upload: %d %s", code, body)
 	}
-	before := treeState(t, filepath.Join(root, "fleet"))
+	before := treeState(t, filepath.Join(s.root, "fleet"))
 	audit0 := len(s.auditLines())
 
 	forged := bytes.Repeat([]byte("o"), len(good))
@@ -427,10 +443,10 @@ func TestServerRefusals(t *testing.T) {
 	}
 	conn.Close()
 
-	if after := treeState(t, filepath.Join(root, "fleet")); after != before {
+	if after := treeState(t, filepath.Join(s.root, "fleet")); after != before {
 		t.Errorf("refused requests changed the repository:\nbefore:\n%s\nafter:\n%s", before, after)
 	}
-	if _, err := os.Stat(filepath.Join(root, "other")); err == nil {
+	if _, err := os.Stat(filepath.Join(s.root, "other")); err == nil {
 		t.Errorf("a refused request created a repository")
 	}
 	// every refusal is in the audit log, with the token id, never the token
@@ -457,18 +473,18 @@ func TestServerRefusals(t *testing.T) {
 	if !verified["data/"+blake3Hex(forgedPack)] || !verified["index/"+blake3Hex(forgedIndex)] {
 		t.Errorf("the forged pack and index file are not in the audit log as refused by verification: %v", lines)
 	}
-	raw, _ := os.ReadFile(filepath.Join(root, ".floe-server", "audit.log"))
+	raw, _ := os.ReadFile(filepath.Join(s.root, ".floe-server", "audit.log"))
 	for _, tok := range []string{adminTok, web1Tok} {
 		_, secret, _ := strings.Cut(strings.TrimPrefix(tok, "floe_"), "_")
 		if bytes.Contains(raw, []byte(secret)) {
 			t.Errorf("the audit log contains a token")
 		}
 	}
-	st, _ := os.Stat(filepath.Join(root, ".floe-server", "tokens.json"))
+	st, _ := os.Stat(filepath.Join(s.root, ".floe-server", "tokens.json"))
 	if st.Mode().Perm() != 0o600 {
 		t.Errorf("tokens.json has mode %v", st.Mode().Perm())
 	}
-	tokens, _ := os.ReadFile(filepath.Join(root, ".floe-server", "tokens.json"))
+	tokens, _ := os.ReadFile(filepath.Join(s.root, ".floe-server", "tokens.json"))
 	for _, tok := range []string{adminTok, web1Tok} {
 		if bytes.Contains(tokens, []byte(tok)) {
 			t.Errorf("tokens.json holds a token, not only its hash")
@@ -480,7 +496,7 @@ func TestServerRefusals(t *testing.T) {
 	if !strings.Contains(r.stderr, "--token-file") {
 		t.Errorf("no token: unclear error:\n%s", r)
 	}
-	list := e.run("serve", "token", "list", "--root", root, "--json")
+	list := e.run("serve", "token", "list", "--root", s.root, "--json")
 	expectCode(t, list, 0)
 	var ts struct{ Tokens []struct{ ID, Host string } }
 	if err := json.Unmarshal([]byte(list.stdout), &ts); err != nil || len(ts.Tokens) != 2 {
@@ -488,7 +504,7 @@ func TestServerRefusals(t *testing.T) {
 	}
 	for _, tk := range ts.Tokens {
 		if tk.Host == "web1" {
-			expectCode(t, e.run("serve", "token", "revoke", "--root", root, tk.ID), 0)
+			expectCode(t, e.run("serve", "token", "revoke", "--root", s.root, tk.ID), 0)
 		}
 	}
 	r = s.remote("fleet", web1, "--password-file", e.pwFile, "snapshots")
@@ -573,9 +589,7 @@ func TestServerKilledMidBackup(t *testing.T) {
 	admin := s.token("fleet", "admin", "admin")
 	web1 := s.token("fleet", "web1", "backup")
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	woKey := e.path("web1.key")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "key", "add", "--write-only", "--new-key-file", woKey), 0)
-	registerKeyFile(t, woKey)
+	woKey := s.writeOnlyKey(admin, "web1.key")
 	src := e.mkdir("src")
 	for i := range 6 {
 		testutil.WriteRandom(t, filepath.Join(src, fmt.Sprint("f", i)), 8<<20, uint64(i))
@@ -623,11 +637,8 @@ func TestServerKilledMidBackup(t *testing.T) {
 func TestServerQuota(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t), "--metrics-listen", "127.0.0.1:0")
-	admin := s.token("fleet", "admin", "admin")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
-	r := e.run("serve", "token", "add", "--root", root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "2MiB")
+	s, admin := e.startFleetServer("--metrics-listen", "127.0.0.1:0")
+	r := e.run("serve", "token", "add", "--root", s.root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "2MiB")
 	expectCode(t, r, 0)
 	tok := strings.TrimSpace(r.stdout)
 	addSecret(tok)
@@ -644,13 +655,13 @@ func TestServerQuota(t *testing.T) {
 	if !strings.Contains(r.stderr, "quota of 2.0 MiB") {
 		t.Errorf("over quota: unclear error:\n%s", r)
 	}
-	filepath.WalkDir(filepath.Join(root, "fleet"), func(p string, d fs.DirEntry, err error) error {
+	filepath.WalkDir(filepath.Join(s.root, "fleet"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".tmp-") {
 			t.Errorf("a refused upload left %s", p)
 		}
 		return nil
 	})
-	r = e.run("serve", "usage", "--root", root, "--json")
+	r = e.run("serve", "usage", "--root", s.root, "--json")
 	expectCode(t, r, 0)
 	var u struct {
 		Repositories []struct {
@@ -674,13 +685,13 @@ func TestServerQuota(t *testing.T) {
 		}
 	}
 	// a repository quota applies to every token, admin included
-	expectCode(t, e.run("serve", "quota", "--root", root, "fleet", "64K"), 0)
+	expectCode(t, e.run("serve", "quota", "--root", s.root, "fleet", "64K"), 0)
 	r = s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src)
 	expectCode(t, r, 14)
 	if !strings.Contains(r.stderr, "repository fleet holds") {
 		t.Errorf("over the repository quota: unclear error:\n%s", r)
 	}
-	expectCode(t, e.run("serve", "quota", "--root", root, "fleet", "0"), 0)
+	expectCode(t, e.run("serve", "quota", "--root", s.root, "fleet", "0"), 0)
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src), 0)
 
 	// Prometheus metrics on their own listener
