@@ -583,12 +583,9 @@ func TestServerFingerprint(t *testing.T) {
 func TestServerKilledMidBackup(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	addr := freePort(t)
-	s := e.startServer(root, addr)
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
+	root, addr := s.root, s.addr
 	web1 := s.token("fleet", "web1", "backup")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 	woKey := s.writeOnlyKey(admin, "web1.key")
 	src := e.mkdir("src")
 	for i := range 6 {
