@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // auditOut is `floe audit --json`.
@@ -52,11 +54,7 @@ func TestAudit(t *testing.T) {
 		"etc/passwd": "root:x:0:0::/root:/bin/sh\n", "etc/hosts": "127.0.0.1 localhost\n",
 		"bin/tool": "#!/bin/sh\necho hi\n", "log/syslog": "boot\n", "cache/x": "junk\n",
 	} {
-		p := filepath.Join(src, name)
-		os.MkdirAll(filepath.Dir(p), 0o755)
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testutil.WriteFile(t, filepath.Join(src, name), []byte(data))
 	}
 	b, _ := e.backup(src)
 	rules := e.path("audit.rules")

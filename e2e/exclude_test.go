@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // excludeTree writes a small tree below src for the exclude tests.
@@ -34,13 +36,7 @@ func excludeTree(t *testing.T, src string) {
 		"other/d":                      "d",
 	}
 	for name, data := range files {
-		p := filepath.Join(src, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testutil.WriteFile(t, filepath.Join(src, name), []byte(data))
 	}
 }
 

@@ -281,13 +281,7 @@ func TestExcludes(t *testing.T) {
 		"nested/keep":               "keep",
 	}
 	for rel, content := range files {
-		p := filepath.Join(src, rel)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
-			t.Fatal(err)
-		}
+		testutil.WriteFile(t, filepath.Join(src, rel), []byte(content))
 	}
 	exFile := e.path("excludes")
 	if err := os.WriteFile(exFile, []byte("# comment\n\n*.log\n"+filepath.Join(src, "fromfile")+"\n"), 0o644); err != nil {
