@@ -58,15 +58,7 @@ type AEAD struct {
 
 // NewAEAD returns the AES-256-GCM envelope for key.
 func NewAEAD(key Key) *AEAD {
-	block, err := aes.NewCipher(key[:])
-	if err != nil {
-		panic("aes.NewCipher with a 32-byte key: " + err.Error()) // cannot happen
-	}
-	gcm, err := cipher.NewGCM(block)
-	if err != nil {
-		panic("cipher.NewGCM: " + err.Error()) // cannot happen
-	}
-	return &AEAD{gcm: gcm}
+	return &AEAD{gcm: newGCM(key)}
 }
 
 // Seal appends the envelope of plaintext, bound to ad, to dst.
@@ -219,7 +211,8 @@ const BlobOverhead = TagSize
 
 var zeroNonce [NonceSize]byte
 
-func blobGCM(key Key) cipher.AEAD {
+// newGCM is AES-256-GCM with key, for the envelope and for blobs.
+func newGCM(key Key) cipher.AEAD {
 	block, err := aes.NewCipher(key[:])
 	if err != nil {
 		panic("aes.NewCipher with a 32-byte key: " + err.Error()) // cannot happen
@@ -234,7 +227,7 @@ func blobGCM(key Key) cipher.AEAD {
 // SealBlob appends AES-256-GCM(key, zero nonce, plaintext, ad) to dst.
 // key must be used for no other plaintext.
 func SealBlob(dst []byte, key Key, plaintext, ad []byte) []byte {
-	return blobGCM(key).Seal(dst, zeroNonce[:], plaintext, ad)
+	return newGCM(key).Seal(dst, zeroNonce[:], plaintext, ad)
 }
 
 // OpenBlob appends the plaintext of a SealBlob output to dst.
@@ -242,7 +235,7 @@ func OpenBlob(dst []byte, key Key, sealed, ad []byte) ([]byte, error) {
 	if len(sealed) < BlobOverhead {
 		return nil, fmt.Errorf("blob of %d bytes is shorter than the %d-byte tag: %w", len(sealed), BlobOverhead, ErrAuth)
 	}
-	out, err := blobGCM(key).Open(dst, zeroNonce[:], sealed, ad)
+	out, err := newGCM(key).Open(dst, zeroNonce[:], sealed, ad)
 	if err != nil {
 		return nil, ErrAuth
 	}
