@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/floe-backup/floe/internal/nbd/nbdtest"
 )
 
 // loopDevice attaches file to a free loop device until the test ends; it
@@ -184,7 +186,7 @@ func TestImageBackupRestore(t *testing.T) {
 	// read one file out of the image without restoring it: floe nbd,
 	// nbdfuse (FUSE, not the kernel's nbd module) and debugfs
 	t.Run("nbdfuse", func(t *testing.T) {
-		needNBDTools(t, "nbdfuse")
+		nbdtest.NeedTools(t, "nbdfuse")
 		if _, err := exec.LookPath("debugfs"); err != nil {
 			t.Skip("debugfs is not installed (Debian: e2fsprogs)")
 		}
