@@ -11,19 +11,15 @@ import (
 
 // restoreToDevice is `floe restore SNAP:PATH --to-device DEV`.
 func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZeros, verify bool, filter snapshotFilterFlags) error {
-	spec, sub := splitSnapshotArg(arg)
-	if sub == "" || sub == "/" {
+	if _, sub := splitSnapshotArg(arg); sub == "" || sub == "/" {
 		return usageError{errors.New("--to-device writes one image: give it as SNAPSHOT:PATH, e.g. latest:/dev/vdb")}
 	}
-	r, err := g.openRepo(ctx, true)
+	sp, err := g.openSnapshotPath(ctx, []string{arg}, filter.filter())
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	sn, p, node, err := findSnapshotPath(ctx, r, treeLoader(r), spec, sub, filter.filter())
-	if err != nil {
-		return err
-	}
+	defer sp.r.Close()
+	r, sn, p, node := sp.r, sp.sn, sp.path, sp.node
 	prog := &devrestore.Progress{}
 	start := time.Now()
 	st := g.status()
