@@ -92,8 +92,8 @@ type SweepResult struct {
 	Rescued Count `json:"rescued"`
 	// Indexed are packs marked while no index file listed them that one
 	// lists now (a backup was still writing them): kept.
-	Indexed           Count  `json:"indexed"`
-	AlreadyGone       int    `json:"already_gone"` // marked packs no longer in storage
+	Indexed     Count `json:"indexed"`
+	AlreadyGone int   `json:"already_gone"` // marked packs no longer in storage
 	// IndexWritten is the last index file the sweep wrote (the one that
 	// completes it); IndexFilesWritten how many it writes (it splits at
 	// packfile.MaxIndexEntries entries).

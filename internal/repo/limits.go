@@ -21,10 +21,11 @@ const (
 	// maxIndexSize bounds index/<id>; writers split index files at
 	// packfile.MaxIndexEntries entries, under 45 MiB.
 	maxIndexSize = packfile.MaxIndexLen
-	// maxPackSize is the hard cap of a whole pack for any config:
-	// packMaxFor(the largest pack_size, 1 GiB).
-	maxPackSize = 4<<30 + int64(packfile.MaxTreePlain) + 1<<10 + packfile.MaxHeaderLen + int64(packfile.TrailerLen)
 )
+
+// maxPackSize is the hard cap of a whole pack for any config: the cap of
+// the largest pack_size (1 GiB), about 4.4 GiB.
+var maxPackSize = packMaxFor(1 << 30)
 
 // packMaxFor returns the most bytes a pack of a repository whose pack_size
 // is packSize may have. pack_size is a target: a writer closes a pack once
