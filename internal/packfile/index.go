@@ -13,12 +13,14 @@ const IndexMagic = "FLIX"
 
 // MaxIndexLen bounds an index file (docs/FORMAT.md "Size limits"): readers
 // refuse a larger one before reading it. Writers split their index files
-// at MaxIndexEntries entries, which stay far below it.
-const MaxIndexLen = 128 << 20
+// at MaxIndexEntries entries, under 45 MiB; a file holding one pack of
+// more blobs than that is still under 155 MiB, since the pack's header
+// is at most MaxHeaderLen.
+const MaxIndexLen = 256 << 20
 
 // MaxIndexEntries is the most entries (superseded files, packs and blobs)
-// floe writes to one index file: an entry encodes to at most 43 bytes, so
-// a file stays under 45 MiB, a third of MaxIndexLen.
+// floe writes to one index file but for a single pack of more blobs: an
+// entry encodes to at most 43 bytes, so a file stays under 45 MiB.
 const MaxIndexEntries = 1 << 20
 
 // SignatureSize is the size of the optional Ed25519 signature.

@@ -54,7 +54,12 @@ func TestIndexLenBound(t *testing.T) {
 	// count) and a superseded file (ID) are shorter
 	entry := 1 + hash.Size + 2*binary.MaxVarintLen32
 	head := len(IndexMagic) + 1 + 2*binary.MaxVarintLen64 + 1 + SignatureSize
-	if worst := head + MaxIndexEntries*entry; worst > MaxIndexLen/2 {
-		t.Errorf("a full index file can take %d bytes, too close to the limit %d", worst, MaxIndexLen)
+	if worst := head + MaxIndexEntries*entry; worst > 64<<20 {
+		t.Errorf("a full index file can take %d bytes, more than 64 MiB", worst)
+	}
+	// a file of one pack with the most blobs a pack header can hold
+	blobs := MaxHeaderLen / (1 + hash.Size + 1)
+	if worst := head + hash.Size + binary.MaxVarintLen64 + blobs*entry; worst > MaxIndexLen {
+		t.Errorf("the index file of the largest pack can take %d bytes, more than the limit %d", worst, MaxIndexLen)
 	}
 }

@@ -649,7 +649,33 @@ func (p *pruner) planSweep(now time.Time) *sweepPlan {
 	if split == 0 {
 		split = packfile.MaxIndexEntries
 	}
-	s.index = repo.SplitIndexFile(f, split)
+	// A new file can have the content, and so the name, of an old one
+	// (one that lists exactly one part's packs): the old file is then
+	// kept, not superseded (a file superseding its own name would hide
+	// itself). Dropping it from Supersedes changes the last files, so
+	// split again until no part is an old file.
+	for {
+		s.index = repo.SplitIndexFile(f, split)
+		same := map[hash.ID]bool{}
+		for _, part := range s.index {
+			if id, err := p.r.IndexFileID(part); err == nil && seen[id] {
+				same[id] = true
+			}
+		}
+		if len(same) == 0 {
+			break
+		}
+		kept := f.Supersedes[:0:0]
+		for _, id := range f.Supersedes {
+			if !same[id] {
+				kept = append(kept, id)
+			}
+		}
+		f.Supersedes = kept
+		for id := range same {
+			seen[id] = false
+		}
+	}
 	s.supersede = f.Supersedes
 	res.IndexFilesRemoved = len(f.Supersedes)
 	res.IndexFilesWritten = len(s.index)

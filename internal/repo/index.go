@@ -367,6 +367,16 @@ func (r *Repository) SaveIndexFile(ctx context.Context, f *IndexFile) (hash.ID, 
 	return r.SaveIndexFileTo(ctx, r.be, f)
 }
 
+// IndexFileID returns the ID f would be stored under by SaveIndexFile
+// (signatures are deterministic, so the ID is known before writing).
+func (r *Repository) IndexFileID(f *IndexFile) (hash.ID, error) {
+	data, err := r.encodeIndexFile(f)
+	if err != nil {
+		return hash.ID{}, err
+	}
+	return hash.Sum(data), nil
+}
+
 // SaveIndexFiles stores f as one or more index files of at most
 // packfile.MaxIndexEntries entries each (SplitIndexFile), in order, and
 // returns their IDs in that order. On an error, the files stored before
@@ -394,18 +404,17 @@ func indexEntries(f *IndexFile) int {
 }
 
 // SplitIndexFile splits f into index files of at most max entries each
-// (a superseded file, a pack or a blob counts one), to be written in the
-// order returned (docs/FORMAT.md "Garbage collection"). The packs come
-// first, in f's order; a pack with more blobs than a file has room for
-// continues in the next file (readers merge the entries of a pack). The
-// superseded files come after every pack, so that a file that supersedes
-// anything is written only when every pack of f is listed in it or in a
-// file written before it: a writer stopped between two files leaves the
-// old files in force (packs listed twice), never a pack of f unlisted.
+// (a superseded file, a pack and each of its blobs count one), to be
+// written in the order returned (docs/FORMAT.md "Garbage collection"). A
+// pack is never split (an index entry lists every blob of its pack): one
+// with more blobs than max gets a file of its own, which stays under
+// packfile.MaxIndexLen since the pack's header is bounded. The packs come
+// first, in f's order; the superseded files come after every pack, so a
+// file that supersedes anything is written only when every pack of f is
+// listed in it or in a file written before it: a writer stopped between
+// two files leaves the old files in force (packs listed twice), never a
+// pack of f unlisted.
 func SplitIndexFile(f *IndexFile, max int) []*IndexFile {
-	if max < 2 {
-		max = 2 // a pack entry and one blob
-	}
 	if indexEntries(f) <= max {
 		return []*IndexFile{f}
 	}
@@ -417,23 +426,14 @@ func SplitIndexFile(f *IndexFile, max int) []*IndexFile {
 		cur, n = &IndexFile{Packs: []PackInfo{}}, 0
 	}
 	for _, p := range f.Packs {
-		blobs := p.Blobs
-		for first := true; first || len(blobs) > 0; first = false {
-			need := 2 // the pack and a blob
-			if len(blobs) == 0 {
-				need = 1
-			}
-			if n+need > max {
-				flush()
-			}
-			k := min(len(blobs), max-n-1)
-			cur.Packs = append(cur.Packs, PackInfo{ID: p.ID, Blobs: blobs[:k:k]})
-			blobs = blobs[k:]
-			n += 1 + k
+		if k := 1 + len(p.Blobs); n > 0 && n+k > max {
+			flush()
 		}
+		cur.Packs = append(cur.Packs, p)
+		n += 1 + len(p.Blobs)
 	}
 	for _, id := range f.Supersedes {
-		if n+1 > max {
+		if n > 0 && n+1 > max {
 			flush()
 		}
 		cur.Supersedes = append(cur.Supersedes, id)
