@@ -114,9 +114,10 @@ func sparseObject(t *testing.T, path string) {
 	}
 }
 
-// A 200 GB object under keys/ or snapshots/, or as the config, must not be
-// read into memory: floe skips the key, reports the snapshot record, and
-// refuses the config, naming the object and the limit.
+// A 200 GB object under keys/, snapshots/ or index/, or as the config, must
+// not be read into memory: floe skips the key, reports the snapshot record
+// and the index file, and refuses the config, naming the object and the
+// limit.
 func TestAttackHugeObjects(t *testing.T) {
 	e := newEnv(t)
 	e.init()
@@ -134,6 +135,16 @@ func TestAttackHugeObjects(t *testing.T) {
 	if !strings.Contains(r.stderr, "snapshots/"+strings.Repeat("0", 64)) || !strings.Contains(r.stderr, "limit of 67108864 bytes") {
 		t.Errorf("want the huge snapshot record reported with its limit: %s", r)
 	}
+
+	// a huge index file is reported as one that cannot be loaded, naming
+	// its limit
+	sparseObject(t, filepath.Join(e.repo, "index", strings.Repeat("0", 64)))
+	r = e.limited("check")
+	expectFail(t, r)
+	if out := r.stdout + r.stderr; !strings.Contains(out, "index/"+strings.Repeat("0", 64)) || !strings.Contains(out, "limit of 268435456 bytes") {
+		t.Errorf("check: want the huge index file reported with its limit: %s", r)
+	}
+	os.Remove(filepath.Join(e.repo, "index", strings.Repeat("0", 64)))
 
 	cfg := filepath.Join(e.repo, "config")
 	os.Chmod(cfg, 0o600)

@@ -236,7 +236,11 @@ func printPruneResult(g *globals, res *prune.Result) {
 			g.say("  %s %s that a backup indexed after the mark", would("kept", "would keep"), count(s.Indexed))
 		}
 		if s.IndexFilesRemoved > 0 {
-			g.say("  %s %s into one", would("replaced", "would replace"), ui.Count(s.IndexFilesRemoved, "index file"))
+			into := "one"
+			if s.IndexFilesWritten > 1 {
+				into = fmt.Sprint(s.IndexFilesWritten)
+			}
+			g.say("  %s %s into %s", would("replaced", "would replace"), ui.Count(s.IndexFilesRemoved, "index file"), into)
 		}
 	}
 	if t := s.TempFilesRemoved; t.Packs > 0 {

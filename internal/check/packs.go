@@ -159,7 +159,7 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packRes
 			}
 		}
 		if read {
-			data, err := c.be.Load(ctx, handle, 0, 0)
+			data, err := storage.LoadAll(ctx, c.be, handle, c.r.MaxPackSize())
 			res.read = err == nil
 			res.bytesRead = int64(len(data))
 			switch {
@@ -260,7 +260,7 @@ func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []pa
 // the index lists in it.
 func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.Handle, refs []packRef) {
 	st := &res.state
-	data, err := c.be.Load(ctx, handle, 0, 0)
+	data, err := storage.LoadAll(ctx, c.be, handle, c.r.MaxPackSize())
 	if err != nil {
 		st.unreadable = true
 		res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))

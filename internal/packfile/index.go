@@ -11,6 +11,18 @@ import (
 // IndexMagic starts every index file.
 const IndexMagic = "FLIX"
 
+// MaxIndexLen bounds an index file (docs/FORMAT.md "Size limits"): readers
+// refuse a larger one before reading it. Writers split their index files
+// at MaxIndexEntries entries, under 45 MiB; a file holding one pack of
+// more blobs than that is still under 155 MiB, since the pack's header
+// is at most MaxHeaderLen.
+const MaxIndexLen = 256 << 20
+
+// MaxIndexEntries is the most entries (superseded files, packs and blobs)
+// floe writes to one index file but for a single pack of more blobs: an
+// entry encodes to at most 43 bytes, so a file stays under 45 MiB.
+const MaxIndexEntries = 1 << 20
+
 // SignatureSize is the size of the optional Ed25519 signature.
 const SignatureSize = 64
 
@@ -97,6 +109,9 @@ func EncodeIndex(x *Index, sign func(msg []byte) []byte) ([]byte, error) {
 // types, that the blobs of a pack do not overlap) but not the signature:
 // the caller verifies Signature over Signed with the authority's key.
 func DecodeIndex(data []byte) (*Index, error) {
+	if len(data) > MaxIndexLen {
+		return nil, fmt.Errorf("decode index: %d bytes is more than the limit of %d bytes for an index file", len(data), MaxIndexLen)
+	}
 	if len(data) < len(IndexMagic) || string(data[:len(IndexMagic)]) != IndexMagic {
 		return nil, errors.New("decode index: not a floe v2 index file (bad magic)")
 	}

@@ -43,6 +43,33 @@ func BlobID(t Type, c []byte) hash.ID { return hash.SumTyped(byte(t), c) }
 // and a length byte, and the 16-byte GCM tag.
 const MinBlobLength = 2 + 16
 
+// The largest plaintexts blobs hold (docs/FORMAT.md "Size limits"): a data
+// blob is one chunk, and the chunker's maximum is at most 64 MiB in any
+// valid config; a tree blob is one directory, which floe encodes to at
+// most 256 MiB.
+const (
+	MaxDataPlain = 64 << 20
+	MaxTreePlain = 256 << 20
+	// blobOverhead is what a stored blob adds to its plaintext at most:
+	// the compression flag, the raw length (a varint) and the GCM tag
+	// (compressed data is stored only when it is smaller).
+	blobOverhead = 1 + binary.MaxVarintLen64 + 16
+)
+
+// MaxStoredLength returns the most bytes a stored blob of a plaintext of at
+// most plain bytes can take.
+func MaxStoredLength(plain int) uint32 { return uint32(plain + blobOverhead) }
+
+// MaxBlobLength is the longest stored blob of type t. Index entries and
+// pack headers come from storage that may be hostile: a longer entry is
+// refused at decode, so that no reader allocates what it names.
+func MaxBlobLength(t Type) uint32 {
+	if t == Tree {
+		return MaxStoredLength(MaxTreePlain)
+	}
+	return MaxStoredLength(MaxDataPlain)
+}
+
 // Blob is one blob's entry in a pack header or index file. Offset is
 // implied in a pack header (blobs are contiguous) and explicit in an index.
 type Blob struct {
@@ -154,6 +181,9 @@ func (b Blob) check() error {
 	}
 	if b.Length < MinBlobLength {
 		return fmt.Errorf("blob length %d is shorter than any blob", b.Length)
+	}
+	if b.Length > MaxBlobLength(b.Type) {
+		return fmt.Errorf("%s blob length %d is more than the limit of %d bytes for a stored %s blob", b.Type, b.Length, MaxBlobLength(b.Type), b.Type)
 	}
 	return nil
 }

@@ -167,7 +167,7 @@ func TestCheckPackAndIndex(t *testing.T) {
 	if err := CheckIndex(missing, load); err == nil {
 		t.Fatal("an entry of a missing pack passed")
 	}
-	past, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: []Blob{{Type: Data, ID: blobs[0].ID, Offset: 30, Length: 1 << 31}}}}}, nil)
+	past, _ := EncodeIndex(&Index{Packs: []Pack{{ID: pid, Blobs: []Blob{{Type: Data, ID: blobs[0].ID, Offset: 30, Length: 1 << 20}}}}}, nil)
 	if err := CheckIndex(past, load); err == nil || !strings.Contains(err.Error(), "past the end") {
 		t.Fatalf("an entry past the end of its pack: %v", err)
 	}

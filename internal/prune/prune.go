@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -54,6 +55,10 @@ type Options struct {
 	// LeaseTTL is how long the lease counts without renewal (default
 	// DefaultLeaseTTL); it is renewed every third of it while Run works.
 	LeaseTTL time.Duration
+
+	// indexEntries is where the sweep splits its index files (default
+	// packfile.MaxIndexEntries); tests set it small.
+	indexEntries int
 }
 
 // DefaultLeaseTTL: a prune that died stops others for at most this long.
@@ -87,9 +92,13 @@ type SweepResult struct {
 	Rescued Count `json:"rescued"`
 	// Indexed are packs marked while no index file listed them that one
 	// lists now (a backup was still writing them): kept.
-	Indexed           Count  `json:"indexed"`
-	AlreadyGone       int    `json:"already_gone"` // marked packs no longer in storage
+	Indexed     Count `json:"indexed"`
+	AlreadyGone int   `json:"already_gone"` // marked packs no longer in storage
+	// IndexWritten is the last index file the sweep wrote (the one that
+	// completes it); IndexFilesWritten how many it writes (it splits at
+	// packfile.MaxIndexEntries entries).
 	IndexWritten      string `json:"index_written,omitempty"`
+	IndexFilesWritten int    `json:"index_files_written"`
 	IndexFilesRemoved int    `json:"index_files_removed"`
 	MarksRemoved      int    `json:"marks_removed"`
 	// TempFilesRemoved are temporary files (half-written objects of
@@ -505,7 +514,11 @@ type sweepPlan struct {
 	notDueMarked map[hash.ID]bool // packs named by marks not yet due
 	delete       map[hash.ID]bool
 	gone         map[hash.ID]bool // marked, no longer in storage
-	index        *repo.IndexFile  // to write first; nil: none needed
+	// index is the new index, split into files to write first, in
+	// order (repo.SplitIndexFile); nil: none needed
+	index []*repo.IndexFile
+	// supersede are the index files the new ones replace, deleted last
+	supersede []hash.ID
 }
 
 func (p *pruner) planSweep(now time.Time) *sweepPlan {
@@ -632,26 +645,65 @@ func (p *pruner) planSweep(now time.Time) *sweepPlan {
 			f.Packs = append(f.Packs, repo.PackInfo{ID: id, Blobs: pk.blobs})
 		}
 	}
-	s.index = f
+	split := p.opts.indexEntries
+	if split == 0 {
+		split = packfile.MaxIndexEntries
+	}
+	// A new file can have the content, and so the name, of an old one
+	// (one that lists exactly one part's packs): the old file is then
+	// kept, not superseded (a file superseding its own name would hide
+	// itself). Dropping it from Supersedes changes the last files, so
+	// split again until no part is an old file.
+	for {
+		s.index = repo.SplitIndexFile(f, split)
+		same := map[hash.ID]bool{}
+		for _, part := range s.index {
+			if id, err := p.r.IndexFileID(part); err == nil && seen[id] {
+				same[id] = true
+			}
+		}
+		if len(same) == 0 {
+			break
+		}
+		kept := f.Supersedes[:0:0]
+		for _, id := range f.Supersedes {
+			if !same[id] {
+				kept = append(kept, id)
+			}
+		}
+		f.Supersedes = kept
+		for id := range same {
+			seen[id] = false
+		}
+	}
+	s.supersede = f.Supersedes
 	res.IndexFilesRemoved = len(f.Supersedes)
+	res.IndexFilesWritten = len(s.index)
 	return s
 }
 
 // sweep carries out the sweep plan in the order that keeps a repository
-// consistent at every instant: the new index first (packs about to go are
-// then in no index file in use), the packs, the index files the new one
-// supersedes, and the marks last (a killed sweep is finished by the next).
+// consistent at every instant: the new index files first, one after the
+// other in the split's order (the files that supersede come last, after
+// every pack is listed again: a sweep killed between two of them leaves
+// the old files in force and packs listed twice, which the next run
+// cleans up), then the packs (about to go, they are then in no index file
+// in use), the index files the new ones supersede, and the marks last (a
+// killed sweep is finished by the next).
 func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 	res := &p.res.Sweep
-	var newIndex hash.ID
+	written := map[hash.ID]bool{}
 	if s.index != nil {
-		p.opts.Progress.Phase("writing the index", 0, 0)
-		id, err := p.r.SaveIndexFile(ctx, s.index)
-		if err != nil {
-			return err
+		p.opts.Progress.Phase("writing the index", int64(len(s.index)), 0)
+		for _, f := range s.index {
+			id, err := p.r.SaveIndexFile(ctx, f)
+			if err != nil {
+				return err
+			}
+			written[id] = true
+			res.IndexWritten = id.String()
+			p.opts.Progress.Done(1, 0)
 		}
-		newIndex = id
-		res.IndexWritten = id.String()
 	}
 	p.opts.Progress.Phase("deleting packs", int64(len(s.delete)), 0)
 	for _, id := range sortedSet(s.delete) {
@@ -661,10 +713,10 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 		p.opts.Progress.Done(1, 0)
 	}
 	if s.index != nil {
-		p.opts.Progress.Phase("deleting index files", int64(len(s.index.Supersedes)), 0)
-		for _, id := range s.index.Supersedes {
-			if id == newIndex {
-				continue
+		p.opts.Progress.Phase("deleting index files", int64(len(s.supersede)), 0)
+		for _, id := range s.supersede {
+			if written[id] {
+				continue // the same content as a file just written
 			}
 			if err := p.r.RemoveIndexFile(ctx, id); err != nil {
 				return err

@@ -199,7 +199,8 @@ func rewriteIndex(ctx context.Context, r *repo.Repository, id hash.ID) error {
 			nf.Packs = append(nf.Packs, kept)
 		}
 	}
-	if _, err := r.SaveIndexFile(ctx, nf); err != nil {
+	// split like every writer's (the supersede comes after every pack)
+	if _, err := r.SaveIndexFiles(ctx, nf); err != nil {
 		return fmt.Errorf("save the index file that replaces %s: %w", id.Short(), err)
 	}
 	// superseded now; removing it is tidiness (a prune would too)

@@ -17,7 +17,7 @@ import (
 // MaxTreeSize bounds the plaintext of a tree blob that readers accept
 // (decompression stops there): a directory of a million entries encodes
 // to about 150 MiB.
-const MaxTreeSize = 256 << 20
+const MaxTreeSize = packfile.MaxTreePlain
 
 const (
 	adBlob         = "floe v2 blob"
@@ -180,6 +180,16 @@ func (r *Repository) maxRaw(t BlobType) int {
 	return int(r.chunker.Max)
 }
 
+// checkStoredLength is the readers' second line behind the decoders'
+// bound (packfile.MaxBlobLength): a copy longer than a blob of type t of
+// this repository can be is refused before it is read.
+func (r *Repository) checkStoredLength(t BlobType, loc Location) error {
+	if limit := packfile.MaxStoredLength(r.maxRaw(t)); loc.Length > limit {
+		return fmt.Errorf("copy in pack %s: %d bytes is more than the limit of %d bytes for a stored %s blob (damaged or forged index entry)", loc.Pack.Short(), loc.Length, limit, t)
+	}
+	return nil
+}
+
 // LoadBlob returns the plaintext of the blob ref refers to, appended to
 // buf[:0]. Each copy the index knows is tried in turn, best first: a copy
 // whose bytes do not hash to the ID is reported (ForgedCopies) and the
@@ -198,6 +208,10 @@ func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf
 	}
 	var errs []error
 	for _, loc := range locs {
+		if err := r.checkStoredLength(t, loc); err != nil {
+			errs = append(errs, err)
+			continue
+		}
 		c, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
 		if err != nil {
 			if ctx.Err() != nil {
@@ -282,6 +296,13 @@ func (r *Repository) LoadBlobsFromPack(ctx context.Context, pack hash.ID, blobs 
 	h := storage.Handle{Type: storage.Pack, Name: pack.String()}
 	var buf []byte
 	for i := 0; i < len(blobs); {
+		if err := r.checkStoredLength(blobs[i].Type, Location{Pack: pack, Offset: blobs[i].Offset, Length: blobs[i].Length}); err != nil {
+			if ferr := fn(blobs[i], nil, fmt.Errorf("%s blob %s: %w", blobs[i].Type, blobs[i].Ref.Short(), err)); ferr != nil {
+				return ferr
+			}
+			i++
+			continue
+		}
 		j := i + 1
 		end := int64(blobs[i].Offset) + int64(blobs[i].Length)
 		for j < len(blobs) && int64(blobs[j].Offset) <= end+maxGap && int64(blobs[j].Offset)+int64(blobs[j].Length)-int64(blobs[i].Offset) <= 64<<20 {

@@ -361,9 +361,88 @@ func (r *Repository) encodeIndexFile(f *IndexFile) ([]byte, error) {
 }
 
 // SaveIndexFile stores an index file (signed with a full key), returning
-// its ID.
+// its ID. f must hold at most packfile.MaxIndexEntries entries: writers
+// of more use SaveIndexFiles or SplitIndexFile.
 func (r *Repository) SaveIndexFile(ctx context.Context, f *IndexFile) (hash.ID, error) {
 	return r.SaveIndexFileTo(ctx, r.be, f)
+}
+
+// IndexFileID returns the ID f would be stored under by SaveIndexFile
+// (signatures are deterministic, so the ID is known before writing).
+func (r *Repository) IndexFileID(f *IndexFile) (hash.ID, error) {
+	data, err := r.encodeIndexFile(f)
+	if err != nil {
+		return hash.ID{}, err
+	}
+	return hash.Sum(data), nil
+}
+
+// SaveIndexFiles stores f as one or more index files of at most
+// packfile.MaxIndexEntries entries each (SplitIndexFile), in order, and
+// returns their IDs in that order. On an error, the files stored before
+// it stay (each is a valid index file, see SplitIndexFile).
+func (r *Repository) SaveIndexFiles(ctx context.Context, f *IndexFile) ([]hash.ID, error) {
+	var ids []hash.ID
+	for _, part := range SplitIndexFile(f, packfile.MaxIndexEntries) {
+		id, err := r.SaveIndexFile(ctx, part)
+		if err != nil {
+			return ids, err
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// indexEntries counts the entries of f the way SplitIndexFile does: each
+// superseded file, each pack and each blob is one.
+func indexEntries(f *IndexFile) int {
+	n := len(f.Supersedes) + len(f.Packs)
+	for _, p := range f.Packs {
+		n += len(p.Blobs)
+	}
+	return n
+}
+
+// SplitIndexFile splits f into index files of at most max entries each
+// (a superseded file, a pack and each of its blobs count one), to be
+// written in the order returned (docs/FORMAT.md "Garbage collection"). A
+// pack is never split (an index entry lists every blob of its pack): one
+// with more blobs than max gets a file of its own, which stays under
+// packfile.MaxIndexLen since the pack's header is bounded. The packs come
+// first, in f's order; the superseded files come after every pack, so a
+// file that supersedes anything is written only when every pack of f is
+// listed in it or in a file written before it: a writer stopped between
+// two files leaves the old files in force (packs listed twice), never a
+// pack of f unlisted.
+func SplitIndexFile(f *IndexFile, max int) []*IndexFile {
+	if indexEntries(f) <= max {
+		return []*IndexFile{f}
+	}
+	var out []*IndexFile
+	cur := &IndexFile{Packs: []PackInfo{}}
+	n := 0
+	flush := func() {
+		out = append(out, cur)
+		cur, n = &IndexFile{Packs: []PackInfo{}}, 0
+	}
+	for _, p := range f.Packs {
+		if k := 1 + len(p.Blobs); n > 0 && n+k > max {
+			flush()
+		}
+		cur.Packs = append(cur.Packs, p)
+		n += 1 + len(p.Blobs)
+	}
+	for _, id := range f.Supersedes {
+		if n > 0 && n+1 > max {
+			flush()
+		}
+		cur.Supersedes = append(cur.Supersedes, id)
+		n++
+	}
+	if n > 0 {
+		flush()
+	}
+	return out
 }
 
 // DecodeIndexFile decodes a stored index file and verifies its signature,
@@ -386,7 +465,7 @@ func (r *Repository) DecodeIndexFile(data []byte) (*IndexFile, error) {
 
 // LoadIndexFile reads, verifies and decodes one index file.
 func (r *Repository) LoadIndexFile(ctx context.Context, id hash.ID) (*IndexFile, error) {
-	data, err := storage.ReadAll(ctx, r.be, storage.Handle{Type: storage.Index, Name: id.String()})
+	data, err := storage.LoadAll(ctx, r.be, storage.Handle{Type: storage.Index, Name: id.String()}, maxIndexSize)
 	if err != nil {
 		return nil, err
 	}

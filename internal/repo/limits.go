@@ -2,7 +2,9 @@ package repo
 
 import (
 	"context"
+	"fmt"
 
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -16,11 +18,34 @@ const (
 	maxKeySize = 64 << 10
 	// maxConfigSize bounds the config: a few hundred bytes of JSON.
 	maxConfigSize = 64 << 10
+	// maxIndexSize bounds index/<id>; writers split index files at
+	// packfile.MaxIndexEntries entries, under 45 MiB.
+	maxIndexSize = packfile.MaxIndexLen
 )
 
+// maxPackSize is the hard cap of a whole pack for any config: the cap of
+// the largest pack_size (1 GiB), about 4.4 GiB.
+var maxPackSize = packMaxFor(1 << 30)
+
+// packMaxFor returns the most bytes a pack of a repository whose pack_size
+// is packSize may have. pack_size is a target: a writer closes a pack once
+// it reaches it, so a pack is at most pack_size plus one blob (the largest
+// a tree blob, stored) plus its header; the cap allows four times pack_size
+// so that a future writer that packs more loosely stays readable, and no
+// reader ever allocates more than that for one pack.
+func packMaxFor(packSize int) int64 {
+	return 4*int64(packSize) + int64(packfile.MaxBlobLength(packfile.Tree)) + packfile.MaxHeaderLen + int64(packfile.TrailerLen)
+}
+
+// MaxPackSize returns the most bytes a whole pack of r may have: loads of
+// whole packs (check --read-data, repair, prune's repack, import) refuse a
+// larger one before reading it.
+func (r *Repository) MaxPackSize() int64 { return packMaxFor(r.cfg.PackSize) }
+
 // MaxSize returns the limit of a whole object of type t, for code that
-// copies objects without decoding them (export, import), and false for
-// the types whose readers bound them otherwise (packs, index files).
+// copies objects without decoding them (export, import); packs are
+// bounded by the cap for any config (Repository.MaxPackSize is the
+// repository's own).
 func MaxSize(t storage.FileType) (int64, bool) {
 	switch t {
 	case storage.Key:
@@ -31,6 +56,11 @@ func MaxSize(t storage.FileType) (int64, bool) {
 		return maxSnapshotSize, true
 	case storage.GCMark:
 		return maxGCMarkSize, true
+	case storage.Index:
+		return maxIndexSize, true
+	case storage.Pack:
+		// without the repository's config: the cap for any config
+		return maxPackSize, true
 	}
 	return 0, false
 }
@@ -39,8 +69,9 @@ func MaxSize(t storage.FileType) (int64, bool) {
 // limit (export and import copy objects of any type from storage they do
 // not trust).
 func LoadWhole(ctx context.Context, be storage.Backend, h storage.Handle) ([]byte, error) {
-	if limit, ok := MaxSize(h.Type); ok {
-		return storage.LoadAll(ctx, be, h, limit)
+	limit, ok := MaxSize(h.Type)
+	if !ok {
+		return nil, fmt.Errorf("load %s: no size limit for %s", h, h.Type)
 	}
-	return be.Load(ctx, h, 0, 0)
+	return storage.LoadAll(ctx, be, h, limit)
 }

@@ -154,7 +154,7 @@ func StoredBlobID(t BlobType, c []byte) hash.ID { return packfile.BlobID(t, c) }
 
 // LoadPack reads a whole pack.
 func (r *Repository) LoadPack(ctx context.Context, id hash.ID) ([]byte, error) {
-	data, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: id.String()}, 0, 0)
+	data, err := storage.LoadAll(ctx, r.be, storage.Handle{Type: storage.Pack, Name: id.String()}, r.MaxPackSize())
 	if err != nil {
 		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
 	}

@@ -59,6 +59,10 @@ func (r *Repository) SaveIndexFileTo(ctx context.Context, be storage.Backend, f 
 	if err != nil {
 		return hash.ID{}, err
 	}
+	if len(data) > maxIndexSize {
+		// readers would refuse it: a writer must split (SaveIndexFiles)
+		return hash.ID{}, fmt.Errorf("save index: %d bytes is more than the limit of %d bytes for an index file", len(data), maxIndexSize)
+	}
 	id := hash.Sum(data)
 	if err := be.Save(ctx, storage.Handle{Type: storage.Index, Name: id.String()}, data); err != nil && !isExist(err) {
 		return id, fmt.Errorf("save index %s: %w", id.Short(), err)

@@ -380,14 +380,13 @@ func (w *Writer) stored(ctx context.Context, p *openPack, id hash.ID) error {
 }
 
 func (w *Writer) saveIndex(ctx context.Context, packs []PackInfo) error {
-	id, err := w.r.SaveIndexFile(ctx, &IndexFile{Packs: packs})
-	if err != nil {
-		return err
-	}
+	ids, err := w.r.SaveIndexFiles(ctx, &IndexFile{Packs: packs})
 	w.r.idx.mu.Lock()
-	w.r.idx.files[id] = true
+	for _, id := range ids {
+		w.r.idx.files[id] = true
+	}
 	w.r.idx.mu.Unlock()
-	return nil
+	return err
 }
 
 // Finish stores the open packs and writes the index for everything

@@ -101,6 +101,9 @@ func (v *FormatVerifier) VerifyUpload(ctx context.Context, be storage.Backend, h
 		}
 		return nil
 	case storage.Index:
+		if size > packfile.MaxIndexLen {
+			return fmt.Errorf("index file of %d bytes is more than the limit of %d bytes", size, packfile.MaxIndexLen)
+		}
 		buf := make([]byte, size)
 		if _, err := data.ReadAt(buf, 0); err != nil && !(err == io.EOF && size == 0) {
 			return fmt.Errorf("read index file: %w", err)

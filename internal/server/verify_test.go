@@ -111,8 +111,10 @@ func TestFormatVerifierRefusesForgeries(t *testing.T) {
 	}
 	wrongOffset := []packfile.Blob{{Type: packfile.Data, ID: blobs[1].ID, Offset: 0, Length: blobs[1].Length}}
 	refused("an index entry at another offset", storage.Index, indexOf(t, pid, wrongOffset), "does not hash to its ID")
-	pastEnd := []packfile.Blob{{Type: packfile.Data, ID: blobs[1].ID, Offset: blobs[1].Offset, Length: 1 << 30}}
+	pastEnd := []packfile.Blob{{Type: packfile.Data, ID: blobs[1].ID, Offset: blobs[1].Offset, Length: uint32(len(pack))}}
 	refused("an index entry past the end of its pack", storage.Index, indexOf(t, pid, pastEnd), "past the end")
+	huge := []packfile.Blob{{Type: packfile.Data, ID: blobs[1].ID, Offset: blobs[1].Offset, Length: 1 << 30}}
+	refused("an index entry longer than any blob", storage.Index, indexOf(t, pid, huge), "more than the limit")
 	wrongType := []packfile.Blob{{Type: packfile.Tree, ID: blobs[1].ID, Offset: blobs[1].Offset, Length: blobs[1].Length}}
 	refused("an index entry of the wrong type", storage.Index, indexOf(t, pid, wrongType), "does not hash to its ID")
 	refused("an index entry of a pack not stored", storage.Index, indexOf(t, hash.Sum([]byte("later")), blobs), "upload packs before the index file")

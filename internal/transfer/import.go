@@ -9,6 +9,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -167,12 +168,15 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 	infos, err := copyPacksVerbatim(ctx, exp, dst, ids, opts.connections(), prog)
 	if len(infos) > 0 {
 		// index what arrived, also after an error, so a new run skips it
-		f := &repo.IndexFile{Packs: infos}
-		id, ierr := dst.SaveIndexFile(context.WithoutCancel(ctx), f)
-		if ierr == nil {
+		for _, f := range repo.SplitIndexFile(&repo.IndexFile{Packs: infos}, packfile.MaxIndexEntries) {
+			id, ierr := dst.SaveIndexFile(context.WithoutCancel(ctx), f)
+			if ierr != nil {
+				if err == nil {
+					err = ierr
+				}
+				break
+			}
 			dst.AddIndexFile(id, f)
-		} else if err == nil {
-			err = ierr
 		}
 		for _, p := range infos {
 			res.Saved.Packs++
