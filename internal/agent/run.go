@@ -196,7 +196,7 @@ func (r *Runner) retention(ctx context.Context, j *Job, rep *fleet.Run) error {
 		return err
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("%d of %d snapshots could not be removed: %w", len(failed), len(toRemove), errors.Join(failed...))
+		return fmt.Errorf("%d of %s could not be removed: %w", len(failed), ui.Count(len(toRemove), "snapshot"), errors.Join(failed...))
 	}
 	if !j.PruneEnabled() {
 		return nil
