@@ -34,6 +34,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options of one device restore.
@@ -44,13 +45,11 @@ type Options struct {
 	WriteZeros bool
 	// Verify reads everything back and compares it with the snapshot.
 	Verify   bool
-	Progress *Progress
+	// Progress hears of the restore: one phase, "restore", of one item,
+	// the image, whose bytes are counted as they are written or zeroed
+	// (nil: ui.NoProgress).
+	Progress ui.Progress
 	Workers  int
-}
-
-// Progress is updated while the restore runs.
-type Progress struct {
-	BytesDone, BytesTotal atomic.Int64
 }
 
 // How zero regions were restored (Result.Zeroing).
@@ -92,7 +91,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		return nil, fmt.Errorf("%s: %d chunks but %d chunk sizes: damaged tree", name, len(node.Content), len(node.ChunkSizes))
 	}
 	if opts.Progress == nil {
-		opts.Progress = &Progress{}
+		opts.Progress = ui.NoProgress
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
@@ -123,7 +122,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 	if devSize < node.Size {
 		return nil, fmt.Errorf("%w: %s holds %d bytes, the image %s needs %d", ErrRefused, opts.Device, devSize, name, node.Size)
 	}
-	opts.Progress.BytesTotal.Store(int64(node.Size))
+	opts.Progress.Phase("restore", 1, int64(node.Size))
 
 	// the chunks, their offsets, and which are zeros
 	type chunk struct {
@@ -187,7 +186,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 			} else if err := writeZeros(ctx, f, z[0], z[1]); err != nil {
 				return res, fmt.Errorf("write zeros at %d of %s: %w", z[0], opts.Device, err)
 			}
-			opts.Progress.BytesDone.Add(z[1])
+			opts.Progress.Done(0, z[1])
 		}
 	}
 
@@ -232,7 +231,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 					fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
 					return
 				}
-				opts.Progress.BytesDone.Add(int64(c.size))
+				opts.Progress.Done(0, int64(c.size))
 			}
 		}()
 	}
