@@ -44,7 +44,7 @@ type Options struct {
 	// zero them.
 	WriteZeros bool
 	// Verify reads everything back and compares it with the snapshot.
-	Verify   bool
+	Verify bool
 	// Progress hears of the restore: one phase, "restore", of one item,
 	// the image, whose bytes are counted as they are written or zeroed
 	// (nil: ui.NoProgress).
