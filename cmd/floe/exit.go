@@ -105,6 +105,8 @@ func hintFor(err error) string {
 		return "use --fs-snapshot btrfs for paths on btrfs"
 	case errors.Is(err, fssnap.ErrNoRoom), errors.Is(err, fssnap.ErrOverflowed):
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
+	case errors.As(err, new(*repo.IndexLoadError)):
+		return "run `floe check`"
 	case errors.Is(err, prune.ErrUnsafe), errors.Is(err, dump.ErrSizeMismatch), errors.Is(err, snapimage.ErrDamaged):
 		return "run `floe check`"
 	case errors.Is(err, transfer.ErrSourceDamaged):
