@@ -383,6 +383,10 @@ func (a *archiver) prepareImage(p, src string, node *snapshot.Node) (*snapshot.N
 	return node, nil
 }
 
+// ErrImageType refuses an image source that is neither a block device
+// nor a regular file.
+var ErrImageType = errors.New("an image is a block device or a regular file (a raw image)")
+
 // imageNode turns the node of an image path into the regular file node it
 // is saved as: a block device's size, number and identity. src is where
 // it is read.
@@ -392,7 +396,7 @@ func imageNode(node *snapshot.Node, src string) error {
 		return nil
 	case snapshot.TypeBlockDev:
 	default:
-		return fmt.Errorf("--image takes a block device or a regular file (a raw image), not a %s", node.Type)
+		return fmt.Errorf("%w, not a %s", ErrImageType, node.Type)
 	}
 	f, err := os.Open(src)
 	if err != nil {

@@ -72,6 +72,10 @@ type Result struct {
 // ErrRefused is wrapped by the errors that refuse a device.
 var ErrRefused = errors.New("device refused")
 
+// ErrNotDevice refuses a target that is no block device (an image is
+// restored into a file by the file restore).
+var ErrNotDevice = errors.New("not a block device")
+
 // sysBlock and mountinfo are replaced in tests.
 var (
 	sysBlock  = "/sys/dev/block"
@@ -101,7 +105,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		return nil, fmt.Errorf("device %s: %w", opts.Device, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return nil, fmt.Errorf("%w: %s is not a block device (restore an image into a file with --target)", ErrRefused, opts.Device)
+		return nil, fmt.Errorf("%w: %s is %w", ErrRefused, opts.Device, ErrNotDevice)
 	}
 	if err := CheckUnused(opts.Device, st.Rdev); err != nil {
 		return nil, err

@@ -52,7 +52,7 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 		opts.Overwrite = OverwriteIfChanged
 	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
 	default:
-		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
+		return nil, fmt.Errorf("overwrite mode %q: want always, if-changed or never", opts.Overwrite)
 	}
 	incl, err := pathmatch.New(opts.Includes)
 	if err != nil {
@@ -266,7 +266,7 @@ func (d *dryRun) extra(tree *snapshot.Tree, relDir string) {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
-		d.res.Errors = append(d.res.Errors, fmt.Errorf("list %s for --delete: %w", dir, err))
+		d.res.Errors = append(d.res.Errors, fmt.Errorf("list %s to delete what the snapshot lacks: %w", dir, err))
 		return
 	}
 	for _, name := range names {

@@ -338,7 +338,7 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		opts.Overwrite = OverwriteIfChanged
 	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
 	default:
-		return nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
+		return nil, fmt.Errorf("overwrite mode %q: want always, if-changed or never", opts.Overwrite)
 	}
 	incl, err := pathmatch.New(opts.Includes)
 	if err != nil {
@@ -676,7 +676,7 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
-		rs.fail(fmt.Errorf("list %s for --delete: %w", dir, err))
+		rs.fail(fmt.Errorf("list %s to delete what the snapshot lacks: %w", dir, err))
 		return
 	}
 	for _, name := range names {
@@ -688,7 +688,7 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 			rel = d.rel + "/" + name
 		}
 		if err := droot.RemoveAll(name); err != nil {
-			rs.fail(fmt.Errorf("--delete %s: %w", rel, err))
+			rs.fail(fmt.Errorf("delete %s (not in the snapshot): %w", rel, err))
 			continue
 		}
 		rs.res.Deleted++
