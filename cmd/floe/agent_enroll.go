@@ -51,7 +51,7 @@ use and remembered in STATE_DIR/server/known_servers.`,
 			if !strings.HasPrefix(token, "floe_enroll_") {
 				return usageError{errors.New("TOKEN is the enrollment token `floe serve host add` printed (floe_enroll_...)")}
 			}
-			cr, err := agent.Enroll(cmd.Context(), cfg, server, fingerprint, token, func(s string) { fmt.Fprintln(os.Stderr, s) })
+			cr, err := agent.Enroll(cmd.Context(), cfg, server, fingerprint, token, func(s string) { fmt.Fprintln(os.Stderr, s) }, trustHint)
 			if err != nil {
 				if errors.Is(err, fleet.ErrRefused) {
 					return &exitError{code: ExitRefused, err: fmt.Errorf("%w (the token works once and expires: ask for a new one with floe serve host add)", err)}

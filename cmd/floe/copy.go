@@ -133,7 +133,7 @@ once.`,
 				return fmt.Errorf("destination %s: %w", to, err)
 			}
 			defer dst.Close()
-			prog := &transfer.Progress{}
+			prog := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })
@@ -157,24 +157,28 @@ once.`,
 }
 
 // transferStatus is the JSON status of copy, export and import.
-func transferStatus(p *transfer.Progress) map[string]any {
-	return map[string]any{"phase": p.Phase(), "snapshots_done": p.SnapshotsDone.Load(), "snapshots_total": p.SnapshotsTotal.Load(),
-		"blobs_done": p.BlobsDone.Load(), "blobs_sent": p.BlobsSent.Load(), "bytes_read": p.BytesRead.Load(),
-		"bytes_sent": p.BytesSent.Load(), "bytes_verified": p.BytesVerified.Load()}
+func transferStatus(p *ui.Meter) map[string]any {
+	st := map[string]any{"phase": p.PhaseName()}
+	for _, name := range []string{transfer.CountSnapshotsDone, transfer.CountSnapshotsTotal, transfer.CountBlobsDone,
+		transfer.CountBlobsSent, transfer.CountBytesRead, transfer.CountBytesSent, transfer.CountBytesVerified} {
+		st[name] = p.Counter(name)
+	}
+	return st
 }
 
 // transferLine is the status line of copy, export and import.
-func transferLine(start time.Time, p *transfer.Progress) string {
+func transferLine(start time.Time, p *ui.Meter) string {
 	el := time.Since(start)
 	var b strings.Builder
-	fmt.Fprintf(&b, "[%s] %s: snapshot %d/%d", ui.Duration(el), p.Phase(), p.SnapshotsDone.Load(), p.SnapshotsTotal.Load())
-	if p.Phase() == "verify" {
-		v := p.BytesVerified.Load()
+	phase := p.PhaseName()
+	fmt.Fprintf(&b, "[%s] %s: snapshot %d/%d", ui.Duration(el), phase, p.Counter(transfer.CountSnapshotsDone), p.Counter(transfer.CountSnapshotsTotal))
+	if phase == "verify" {
+		v := p.Counter(transfer.CountBytesVerified)
 		fmt.Fprintf(&b, ", %s verified", ui.Bytes(uint64(v)))
 		return b.String()
 	}
-	sent := p.BytesSent.Load()
-	fmt.Fprintf(&b, ", %s, %s read, %s sent, %s", ui.Count(p.BlobsDone.Load(), "blob"), ui.Bytes(uint64(p.BytesRead.Load())),
+	sent := p.Counter(transfer.CountBytesSent)
+	fmt.Fprintf(&b, ", %s, %s read, %s sent, %s", ui.Count(p.Counter(transfer.CountBlobsDone), "blob"), ui.Bytes(uint64(p.Counter(transfer.CountBytesRead))),
 		ui.Bytes(uint64(sent)), ui.Rate(sent, el))
 	return b.String()
 }

@@ -6,11 +6,15 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
+	"github.com/floe-backup/floe/internal/devrestore"
 	"github.com/floe-backup/floe/internal/dump"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/repair"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
@@ -105,6 +109,24 @@ func hintFor(err error) string {
 		return "use --fs-snapshot btrfs for paths on btrfs"
 	case errors.Is(err, fssnap.ErrNoRoom), errors.Is(err, fssnap.ErrOverflowed):
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
+	case errors.As(err, new(*repo.IndexLoadError)), errors.Is(err, repair.ErrIndexUnreadable):
+		return "run `floe check`"
+	case errors.As(err, new(*repo.LeaseHeldError)):
+		return "if that prune died, wait until its lease ends or use --force-unlock"
+	case errors.Is(err, devrestore.ErrNotDevice):
+		return "restore an image into a file with --target"
+	case errors.Is(err, server.ErrNoRoot):
+		return "give the directory of the repositories with --root"
+	case errors.Is(err, server.ErrNoRole):
+		return "give the ssh key's forced command `floe serve --stdio --role ROLE`"
+	case errors.Is(err, server.ErrTLSPair):
+		return "give both --tls-cert and --tls-key, or neither"
+	case errors.Is(err, server.ErrNoToken):
+		return "`floe serve token list` shows the tokens"
+	case errors.Is(err, fleetsrv.ErrHostEnrolled):
+		return "revoke it first: `floe serve host revoke`"
+	case errors.Is(err, backup.ErrImageType):
+		return "--image takes a block device or a regular file (a raw image)"
 	case errors.Is(err, prune.ErrUnsafe), errors.Is(err, dump.ErrSizeMismatch), errors.Is(err, snapimage.ErrDamaged):
 		return "run `floe check`"
 	case errors.Is(err, transfer.ErrSourceDamaged):

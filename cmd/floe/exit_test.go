@@ -8,11 +8,15 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
+	"github.com/floe-backup/floe/internal/devrestore"
 	"github.com/floe-backup/floe/internal/dump"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/repair"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
@@ -47,6 +51,16 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{snapimage.ErrDamaged, "`floe check`"},
 		{transfer.ErrSourceDamaged, "`floe check` on the source"},
 		{transfer.ErrDestinationDamaged, "`floe check` on the destination"},
+		{&repo.IndexLoadError{Errs: []error{errors.New("bad magic")}}, "`floe check`"},
+		{repair.ErrIndexUnreadable, "`floe check`"},
+		{&repo.LeaseHeldError{Lease: repo.Lease{Holder: "h"}}, "--force-unlock"},
+		{devrestore.ErrNotDevice, "--target"},
+		{backup.ErrImageType, "--image"},
+		{server.ErrNoRoot, "--root"},
+		{server.ErrNoRole, "--stdio --role"},
+		{server.ErrTLSPair, "--tls-cert and --tls-key"},
+		{server.ErrNoToken, "`floe serve token list`"},
+		{fleetsrv.ErrHostEnrolled, "`floe serve host revoke`"},
 	} {
 		wrapped := fmt.Errorf("outer: %w", fmt.Errorf("inner (%w)", c.err))
 		if got := hintFor(wrapped); !strings.Contains(got, c.want) {

@@ -87,12 +87,13 @@ DIR must be new, empty, or an unfinished export of this repository.`,
 			if err != nil {
 				return err
 			}
-			prog := &transfer.Progress{}
+			prog := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string {
-				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.Phase(),
-					ui.Bytes(uint64(prog.BytesRead.Load())), ui.Bytes(uint64(prog.BytesSent.Load())), ui.Rate(prog.BytesSent.Load(), time.Since(start)))
+				read, sent := prog.Counter(transfer.CountBytesRead), prog.Counter(transfer.CountBytesSent)
+				return fmt.Sprintf("[%s] %s: %s read, %s written, %s", ui.Duration(time.Since(start)), prog.PhaseName(),
+					ui.Bytes(uint64(read)), ui.Bytes(uint64(sent)), ui.Rate(sent, time.Since(start)))
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any { return transferStatus(prog) })
 			res, err := transfer.Export(ctx, r, sel, to, transfer.ExportOptions{Connections: f.connections, Progress: prog, Limits: g.limits, NewKey: nk})
@@ -191,7 +192,7 @@ exported from: --from-password-file, --from-password-command or
 				}
 				expT.Credential = &expCred
 			}
-			prog := &transfer.Progress{}
+			prog := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return transferLine(start, prog) })

@@ -29,7 +29,7 @@ func (g *globals) fleetClient(server string) (*fleet.Client, error) {
 		return nil, err
 	}
 	so := g.serverOptions()
-	hc, err := remote.NewHTTPClient(strings.TrimSuffix(server, "/"), remote.Options{Fingerprint: so.ServerFingerprint, KnownServersFile: so.KnownServersFile, Warn: so.Warn})
+	hc, err := remote.NewHTTPClient(strings.TrimSuffix(server, "/"), remote.Options{Fingerprint: so.ServerFingerprint, KnownServersFile: so.KnownServersFile, Warn: so.Warn, TrustHint: so.TrustHint})
 	if err != nil {
 		return nil, usageError{err}
 	}

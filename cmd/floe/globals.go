@@ -138,7 +138,7 @@ func (g *globals) target() connect.Target {
 func (g *globals) otherTarget(loc, passwordFile, passwordCommand, keyFile string) connect.Target {
 	return connect.Target{Location: loc, PasswordFile: passwordFile, PasswordCommand: passwordCommand,
 		KeyFile: keyFile, Prompt: prompt, CacheDir: g.cacheDir, NoCache: g.noCache, Limits: g.limits,
-		Server: g.serverOptions(), Warn: func(msg string) { g.warn("%s", msg) }}
+		Server: g.serverOptions(), Warn: func(msg string) { g.warn("%s", msg) }, Hint: hintFor}
 }
 
 // openRepo opens the repository; with loadIndex, also its index.

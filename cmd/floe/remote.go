@@ -9,6 +9,9 @@ import (
 	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
+// trustHint ends the message of a floe server trusted on first use.
+const trustHint = "compare it with what `floe serve` printed, or pin it with --server-fingerprint"
+
 // serverOptions are what a repository on a floe server needs: the token
 // file, the pinned fingerprint, and where fingerprints trusted on first use
 // are remembered.
@@ -17,6 +20,7 @@ func (g *globals) serverOptions() location.Options {
 		TokenFile:         g.tokenFile,
 		ServerFingerprint: g.serverFingerprint,
 		Warn:              func(s string) { os.Stderr.WriteString(s + "\n") },
+		TrustHint:         trustHint,
 		Connections:       g.connections,
 		SSHCommand:        g.sshCommand,
 	}

@@ -136,15 +136,17 @@ the device back and compares it with the snapshot.`,
 			if dryRun {
 				return restoreDryRun(ctx, g, r, sn, sub, opts, verbose)
 			}
-			p := &restore.Progress{}
+			p := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string {
-				return ui.FilesLine(start, p.FilesDone.Load(), p.FilesTotal.Load(), p.BytesDone.Load(), p.BytesTotal.Load(), true, "")
+				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
+				return ui.FilesLine(start, files, filesTotal, bytes, bytesTotal, true, "")
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any {
-				return map[string]any{"files_done": p.FilesDone.Load(), "files_total": p.FilesTotal.Load(),
-					"bytes_done": p.BytesDone.Load(), "bytes_total": p.BytesTotal.Load()}
+				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
+				return map[string]any{"files_done": files, "files_total": filesTotal,
+					"bytes_done": bytes, "bytes_total": bytesTotal}
 			})
 			opts.Progress = p
 			res, err := restore.Run(ctx, r, sn.Tree, sub, opts)

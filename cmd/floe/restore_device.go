@@ -20,11 +20,12 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 	}
 	defer sp.r.Close()
 	r, sn, p, node := sp.r, sp.sn, sp.path, sp.node
-	prog := &devrestore.Progress{}
+	prog := &ui.Meter{}
 	start := time.Now()
 	st := g.status()
 	st.Run(200*time.Millisecond, func() string {
-		return ui.FilesLine(start, 0, 1, prog.BytesDone.Load(), prog.BytesTotal.Load(), true, "")
+		_, _, _, _, bytes, bytesTotal := prog.Current()
+		return ui.FilesLine(start, 0, 1, bytes, bytesTotal, true, "")
 	})
 	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, Progress: prog})
 	st.Stop()

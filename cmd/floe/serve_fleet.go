@@ -121,6 +121,7 @@ func (ff *serveFleetFlags) apply(cfg *server.Config) error {
 		ff.cfg.Now = agent.NewScaledClock(start, scale).Now
 	}
 	ff.cfg.Log = log.New(os.Stderr, "floe serve: ", 0)
+	ff.cfg.NotEnrolledHint = "floe serve host add, then floe agent enroll"
 	ff.cfg.UI = func(svc *fleetsrv.Service) http.Handler {
 		return web.New(web.Options{Source: svc, Auth: svc.AuthenticateViewer})
 	}

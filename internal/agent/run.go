@@ -15,6 +15,7 @@ import (
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -46,10 +47,21 @@ func (r *Runner) target(j *Job) (connect.Target, error) {
 		Location: j.Repository, PasswordFile: j.PasswordFile, PasswordCommand: j.PasswordCommand, KeyFile: j.KeyFile,
 		CacheDir: r.Config.CacheDir,
 		Server: location.Options{TokenFile: j.TokenFile, ServerFingerprint: j.ServerFingerprint,
-			KnownServersFile: j.KnownServersFile, Warn: warn},
+			KnownServersFile: j.KnownServersFile, Warn: warn,
+			TrustHint: "compare it with what `floe serve` printed, or pin it with server_fingerprint in the job"},
 		Limits: connect.NewLimits(j.LimitUpload<<10, j.LimitDownload<<10),
 		Warn:   warn,
+		Hint:   hint,
 	}, nil
+}
+
+// hint says what to do about a warning's error in the log of a job: the
+// agent runs the floe binary, so its commands are the ones to name.
+func hint(err error) string {
+	if errors.As(err, new(*repo.IndexLoadError)) {
+		return "run `floe check`"
+	}
+	return ""
 }
 
 func (r *Runner) warner(j *Job) func(string) {

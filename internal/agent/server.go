@@ -223,13 +223,14 @@ const KnownServersFileName = "known_servers"
 // credentials and keeps them in ServerDir (mode 0600): from then on the
 // daemon takes its leases from the server and reports to it. Without a
 // fingerprint the server's certificate is trusted on first use (a CA, or
-// remembered in ServerDir) and warn says so.
-func Enroll(ctx context.Context, cfg *Config, server, fingerprint, token string, warn func(string)) (fleet.Credentials, error) {
+// remembered in ServerDir) and warn says so, ending with trustHint (how to
+// check or pin it, in the front end's terms).
+func Enroll(ctx context.Context, cfg *Config, server, fingerprint, token string, warn func(string), trustHint string) (fleet.Credentials, error) {
 	dir := ServerDir(cfg)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fleet.Credentials{}, fmt.Errorf("enroll: %w", err)
 	}
-	hc, err := remote.NewHTTPClient(server, remote.Options{Fingerprint: fingerprint, KnownServersFile: filepath.Join(dir, KnownServersFileName), Warn: warn})
+	hc, err := remote.NewHTTPClient(server, remote.Options{Fingerprint: fingerprint, KnownServersFile: filepath.Join(dir, KnownServersFileName), Warn: warn, TrustHint: trustHint})
 	if err != nil {
 		return fleet.Credentials{}, err
 	}

@@ -167,18 +167,23 @@ type chunks struct {
 	a      *archiver
 	ctx    context.Context
 	inline bool // saved by the reader, not handed to the savers (small files)
-	slots  []*hash.Ref
-	sizes  []uint32
-	wg     sync.WaitGroup
-	errp   atomic.Pointer[error]
-	total  uint64
+	// scanned: the reader reports the bytes done to Progress as it reads
+	// them (an image: zero runs too, while they are scanned), not add
+	scanned bool
+	slots   []*hash.Ref
+	sizes   []uint32
+	wg      sync.WaitGroup
+	errp    atomic.Pointer[error]
+	total   uint64
 }
 
 // add hands one chunk to the blob savers. release: data is a buffer of
 // the pool; known: its key, when known already.
 func (c *chunks) add(data []byte, release bool, known *hash.ID) {
 	c.total += uint64(len(data))
-	c.a.opts.Progress.Done(0, int64(len(data)))
+	if !c.scanned {
+		c.a.opts.Progress.Done(0, int64(len(data)))
+	}
 	slot := new(hash.Ref)
 	c.slots = append(c.slots, slot)
 	c.sizes = append(c.sizes, uint32(len(data)))

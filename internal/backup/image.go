@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -182,44 +180,20 @@ func (s *imageScan) block(n int64) ([]byte, error) {
 
 // chunkImage saves an image: data regions chunked from their starts, zero
 // runs as zero chunks of the chunker's maximum size (and a shorter last
-// one), as the holes of sparse files are.
+// one), as the holes of sparse files are. Data regions go through the
+// chunk loop of files (chunks.read) with the scan as the reader: it ends
+// each region where a zero run starts, and reports progress itself, so
+// that a long zero run counts while it is scanned.
 func (a *archiver) chunkImage(ctx context.Context, ch *chunker.Chunker, f *os.File, size int64, file bool) ([]hash.Ref, []uint32, uint64, bool, error) {
-	var (
-		slots []*hash.Ref
-		sizes []uint32
-		wg    sync.WaitGroup
-		errp  atomic.Pointer[error]
-		total uint64
-		holes bool
-	)
-	addChunk := func(data []byte, release bool, known *hash.ID) {
-		slot := new(hash.Ref)
-		slots = append(slots, slot)
-		sizes = append(sizes, uint32(len(data)))
-		total += uint64(len(data))
-		wg.Add(1)
-		a.chunkJobs <- &chunkJob{data: data, slot: slot, wg: &wg, errp: &errp, release: release, known: known}
-	}
+	c := &chunks{a: a, ctx: ctx, scanned: true}
+	holes := false
 	s := newImageScan(f, size, file, func(n int64) { a.opts.Progress.Done(0, n) })
 	err := func() error {
 		for {
+			// the data region up to the next zero run (or the end)
 			s.regionEnd = false
-			ch.Reset(s)
-			for {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				buf := <-a.bufs
-				data, err := ch.Next(buf)
-				if err == io.EOF {
-					a.bufs <- data
-					break
-				}
-				if err != nil {
-					a.bufs <- data
-					return err
-				}
-				addChunk(data, true, nil)
+			if err := c.read(ctx, ch, s); err != nil {
+				return err
 			}
 			if s.zeros < imageZeroRun {
 				return nil // the end
@@ -237,22 +211,15 @@ func (a *archiver) chunkImage(ctx context.Context, ch *chunker.Chunker, f *os.Fi
 			for n := s.zeros; n > 0; {
 				l := min(n, int64(a.params.Max))
 				key := a.zeroKey(int(l))
-				addChunk(zeros(int(l)), false, &key)
+				c.add(zeros(int(l)), false, &key)
 				n -= l
 			}
 			s.zeros, s.inRun = 0, false
 		}
 	}()
-	wg.Wait()
+	refs, sizes, total, err := c.wait(err)
 	if err != nil {
 		return nil, nil, 0, false, err
-	}
-	if e := errp.Load(); e != nil {
-		return nil, nil, 0, false, *e
-	}
-	refs := make([]hash.Ref, len(slots))
-	for i, sl := range slots {
-		refs[i] = *sl
 	}
 	return refs, sizes, total, holes, nil
 }
@@ -383,6 +350,10 @@ func (a *archiver) prepareImage(p, src string, node *snapshot.Node) (*snapshot.N
 	return node, nil
 }
 
+// ErrImageType refuses an image source that is neither a block device
+// nor a regular file.
+var ErrImageType = errors.New("an image is a block device or a regular file (a raw image)")
+
 // imageNode turns the node of an image path into the regular file node it
 // is saved as: a block device's size, number and identity. src is where
 // it is read.
@@ -392,7 +363,7 @@ func imageNode(node *snapshot.Node, src string) error {
 		return nil
 	case snapshot.TypeBlockDev:
 	default:
-		return fmt.Errorf("--image takes a block device or a regular file (a raw image), not a %s", node.Type)
+		return fmt.Errorf("%w, not a %s", ErrImageType, node.Type)
 	}
 	f, err := os.Open(src)
 	if err != nil {

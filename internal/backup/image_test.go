@@ -11,6 +11,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // region is a data region's length or a zero run's (negative).
@@ -126,9 +127,14 @@ func TestImageBackupSameChunks(t *testing.T) {
 	writeLayout(t, a, parts, false)
 	writeLayout(t, b, parts, true)
 	r := newRepo(t)
-	res, err := Run(context.Background(), r, Options{Images: []string{a, b}})
+	m := &ui.Meter{}
+	res, err := Run(context.Background(), r, Options{Images: []string{a, b}, Progress: m})
 	if err != nil || len(res.Errors) > 0 {
 		t.Fatal(err, res.Errors)
+	}
+	// every byte of both images counted once, zero runs too
+	if _, _, _, _, done, _ := m.Current(); done != 2*(15<<20+5) {
+		t.Errorf("progress counted %d bytes, want %d", done, 2*(15<<20+5))
 	}
 	root, _ := snapshot.LoadTree(context.Background(), r, res.Snapshot.Tree)
 	var nodes []*snapshot.Node

@@ -67,12 +67,27 @@ type Target struct {
 	// Warn, if set, gets warnings (a damaged index file, no cache): the
 	// command goes on.
 	Warn func(msg string)
+	// Hint, if set, says what to do about the error of a warning (a
+	// damaged index file: check the repository) in the front end's terms
+	// (its commands); "" for nothing.
+	Hint func(err error) string
 }
 
 func (t Target) warn(format string, args ...any) {
 	if t.Warn != nil {
 		t.Warn(fmt.Sprintf(format, args...))
 	}
+}
+
+// warnErr warns of err, with what to do about it if t.Hint knows.
+func (t Target) warnErr(err error) {
+	if t.Hint != nil {
+		if h := t.Hint(err); h != "" {
+			t.warn("warning: %v; %s", err, h)
+			return
+		}
+	}
+	t.warn("warning: %v", err)
 }
 
 // Options tune Open.
@@ -120,7 +135,7 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 				r.Close()
 				return nil, err
 			}
-			t.warn("warning: %v; run `floe check`", err)
+			t.warnErr(err)
 		}
 	}
 	return r, nil

@@ -34,6 +34,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options of one device restore.
@@ -43,14 +44,12 @@ type Options struct {
 	// zero them.
 	WriteZeros bool
 	// Verify reads everything back and compares it with the snapshot.
-	Verify   bool
-	Progress *Progress
+	Verify bool
+	// Progress hears of the restore: one phase, "restore", of one item,
+	// the image, whose bytes are counted as they are written or zeroed
+	// (nil: ui.NoProgress).
+	Progress ui.Progress
 	Workers  int
-}
-
-// Progress is updated while the restore runs.
-type Progress struct {
-	BytesDone, BytesTotal atomic.Int64
 }
 
 // How zero regions were restored (Result.Zeroing).
@@ -73,6 +72,10 @@ type Result struct {
 // ErrRefused is wrapped by the errors that refuse a device.
 var ErrRefused = errors.New("device refused")
 
+// ErrNotDevice refuses a target that is no block device (an image is
+// restored into a file by the file restore).
+var ErrNotDevice = errors.New("not a block device")
+
 // sysBlock and mountinfo are replaced in tests.
 var (
 	sysBlock  = "/sys/dev/block"
@@ -92,7 +95,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		return nil, fmt.Errorf("%s: %d chunks but %d chunk sizes: damaged tree", name, len(node.Content), len(node.ChunkSizes))
 	}
 	if opts.Progress == nil {
-		opts.Progress = &Progress{}
+		opts.Progress = ui.NoProgress
 	}
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
@@ -102,7 +105,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		return nil, fmt.Errorf("device %s: %w", opts.Device, err)
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return nil, fmt.Errorf("%w: %s is not a block device (restore an image into a file with --target)", ErrRefused, opts.Device)
+		return nil, fmt.Errorf("%w: %s is %w", ErrRefused, opts.Device, ErrNotDevice)
 	}
 	if err := CheckUnused(opts.Device, st.Rdev); err != nil {
 		return nil, err
@@ -123,7 +126,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 	if devSize < node.Size {
 		return nil, fmt.Errorf("%w: %s holds %d bytes, the image %s needs %d", ErrRefused, opts.Device, devSize, name, node.Size)
 	}
-	opts.Progress.BytesTotal.Store(int64(node.Size))
+	opts.Progress.Phase("restore", 1, int64(node.Size))
 
 	// the chunks, their offsets, and which are zeros
 	type chunk struct {
@@ -187,7 +190,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 			} else if err := writeZeros(ctx, f, z[0], z[1]); err != nil {
 				return res, fmt.Errorf("write zeros at %d of %s: %w", z[0], opts.Device, err)
 			}
-			opts.Progress.BytesDone.Add(z[1])
+			opts.Progress.Done(0, z[1])
 		}
 	}
 
@@ -232,7 +235,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 					fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
 					return
 				}
-				opts.Progress.BytesDone.Add(int64(c.size))
+				opts.Progress.Done(0, int64(c.size))
 			}
 		}()
 	}

@@ -21,6 +21,8 @@ type Options struct {
 	KnownServersFile string
 	// Warn prints messages for people.
 	Warn func(string)
+	// TrustHint: see remote.Options.
+	TrustHint string
 	// Connections is how many connections to open to a floe server
 	// (0: remote.DefaultConnections).
 	Connections int
@@ -70,7 +72,7 @@ func remoteOptions(loc string, opts Options) (remote.Options, error) {
 		opts.Warn(fmt.Sprintf("warning: token file %s is readable by other users (mode %v); chmod 600 it", opts.TokenFile, fi.Mode().Perm()))
 	}
 	return remote.Options{Token: tok, Fingerprint: opts.ServerFingerprint,
-		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn, Connections: opts.Connections}, nil
+		KnownServersFile: opts.KnownServersFile, Warn: opts.Warn, TrustHint: opts.TrustHint, Connections: opts.Connections}, nil
 }
 
 // readToken reads the first line of a token file; the token itself never

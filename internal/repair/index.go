@@ -113,6 +113,10 @@ func describeBad(bad []badEntry, total int) string {
 	return fmt.Sprintf("%d of its %d entries point to forged or missing copies: %s", len(bad), total, strings.Join(ex, "; "))
 }
 
+// ErrIndexUnreadable: index files in use cannot be loaded, so the repair
+// cannot tell their entries good from bad (a check says what is wrong).
+var ErrIndexUnreadable = errors.New("index files are damaged")
+
 // findBadIndexEntries hashes every entry of the index files in use
 // against the stored packs.
 func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error {
@@ -121,7 +125,7 @@ func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%s cannot be loaded (%v): run `floe check`", ui.Count(len(errs), "index file"), errors.Join(errs...))
+		return fmt.Errorf("%w: %s cannot be loaded (%v)", ErrIndexUnreadable, ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	v, err := newEntryVerifier(ctx, r)
 	if err != nil {

@@ -49,7 +49,7 @@ var ErrPruneRunning = errors.New("another prune is running on this repository")
 type LeaseHeldError struct{ Lease Lease }
 
 func (e *LeaseHeldError) Error() string {
-	return fmt.Sprintf("%v: held by %s (pid %d) since %s, renewed %s, until %s; if that prune died, wait until then or use --force-unlock",
+	return fmt.Sprintf("%v: held by %s (pid %d) since %s, renewed %s, until %s",
 		ErrPruneRunning, e.Lease.Holder, e.Lease.PID, e.Lease.Time.Local().Format(time.RFC3339),
 		e.Lease.Time.Local().Format("15:04:05"), e.Lease.Expires.Local().Format("15:04:05"))
 }

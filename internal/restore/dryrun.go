@@ -231,7 +231,7 @@ func (d *dryRun) extra(tree *snapshot.Tree, relDir string) {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
-		d.res.Errors = append(d.res.Errors, fmt.Errorf("list %s for --delete: %w", dir, err))
+		d.res.Errors = append(d.res.Errors, fmt.Errorf("list %s to delete what the snapshot lacks: %w", dir, err))
 		return
 	}
 	for _, name := range names {

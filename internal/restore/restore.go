@@ -27,6 +27,7 @@ import (
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // Options describe one restore.
@@ -45,14 +46,11 @@ type Options struct {
 	Delete bool
 	// NumericOwner restores uid/gid as stored instead of by user/group name.
 	NumericOwner bool
-	Progress     *Progress
-	Workers      int
-}
-
-// Progress is updated while the restore runs.
-type Progress struct {
-	FilesDone, BytesDone   atomic.Int64
-	FilesTotal, BytesTotal atomic.Int64
+	// Progress hears of the restore: one phase, "restore", whose items
+	// are the files and bytes their contents; the totals grow as the
+	// snapshot's trees are walked (nil: ui.NoProgress).
+	Progress ui.Progress
+	Workers  int
 }
 
 // Overwrite modes.
@@ -329,8 +327,9 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		return nil, repo.ErrWriteOnly
 	}
 	if opts.Progress == nil {
-		opts.Progress = &Progress{}
+		opts.Progress = ui.NoProgress
 	}
+	opts.Progress.Phase("restore", 0, 0)
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
@@ -357,6 +356,7 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		return nil, err
 	}
 	rs.plan(ctx, tree, snapDir, "")
+	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -388,7 +388,7 @@ func checkOptions(opts *Options) (incl, excl *pathmatch.Matcher, err error) {
 		opts.Overwrite = OverwriteIfChanged
 	case OverwriteIfChanged, OverwriteAlways, OverwriteNever:
 	default:
-		return nil, nil, fmt.Errorf("--overwrite %q: want always, if-changed or never", opts.Overwrite)
+		return nil, nil, fmt.Errorf("overwrite mode %q: want always, if-changed or never", opts.Overwrite)
 	}
 	if incl, err = pathmatch.New(opts.Includes); err != nil {
 		return nil, nil, err
@@ -545,8 +545,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		switch n.Type {
 		case snapshot.TypeFile:
 			rs.files = append(rs.files, &fileJob{rel: rel, node: n, exists: existing})
-			rs.opts.Progress.FilesTotal.Add(1)
-			rs.opts.Progress.BytesTotal.Add(int64(n.Size))
+			rs.opts.Progress.Grow(1, int64(n.Size))
 		case snapshot.TypeSymlink:
 			if err := rs.inParent(rel, func(dir *os.Root, name string) error { return dir.Symlink(n.LinkTarget, name) }); err != nil {
 				rs.fail(fmt.Errorf("restore symlink %s: %w", rel, err))
@@ -691,7 +690,7 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
-		rs.fail(fmt.Errorf("list %s for --delete: %w", dir, err))
+		rs.fail(fmt.Errorf("list %s to delete what the snapshot lacks: %w", dir, err))
 		return
 	}
 	for _, name := range names {
@@ -703,7 +702,7 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 			rel = d.rel + "/" + name
 		}
 		if err := droot.RemoveAll(name); err != nil {
-			rs.fail(fmt.Errorf("--delete %s: %w", rel, err))
+			rs.fail(fmt.Errorf("delete %s (not in the snapshot): %w", rel, err))
 			continue
 		}
 		rs.res.Deleted++
@@ -803,8 +802,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		if job.skip {
 			rs.res.Skipped++
-			rs.opts.Progress.FilesDone.Add(1)
-			rs.opts.Progress.BytesDone.Add(int64(job.node.Size))
+			rs.opts.Progress.Done(1, int64(job.node.Size))
 			if err := rs.apply(job.rel, job.node); err != nil {
 				rs.fail(err)
 			}
@@ -844,7 +842,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		for i, id := range job.node.Content {
 			size := uint64(lengths[i])
 			if job.node.Sparse && rs.isZeroChunk(id, lengths[i]) {
-				rs.opts.Progress.BytesDone.Add(int64(size))
+				rs.opts.Progress.Done(0, int64(size))
 				continue
 			}
 			todo = append(todo, i)
@@ -935,7 +933,7 @@ func (rs *restorer) restoreChunk(ctx context.Context, loader *repo.BlobLoader, f
 		if !(f.job.node.Sparse && allZero(data)) {
 			err = pwriteFull(f.fd, data, offset)
 		}
-		rs.opts.Progress.BytesDone.Add(int64(len(data)))
+		rs.opts.Progress.Done(0, int64(len(data)))
 	}
 	if err != nil {
 		err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, offset, err)
@@ -991,7 +989,7 @@ func (f *openFile) done(rs *restorer, err error) {
 	if f.pending.Add(-1) != 0 {
 		return
 	}
-	rs.opts.Progress.FilesDone.Add(1)
+	rs.opts.Progress.Done(1, 0)
 	if f.dirFd >= 0 {
 		defer rs.releaseDir(f.dirRel)
 	}

@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -80,7 +79,7 @@ const (
 // or leaves nothing), and returns nil.
 func Run(ctx context.Context, cfg Config) error {
 	if cfg.Root == "" {
-		return errors.New("serve: --root is required")
+		return fmt.Errorf("serve: %w", ErrNoRoot)
 	}
 	repos, err := NewRootDir(cfg.Root)
 	if err != nil {

@@ -798,10 +798,10 @@ func NewRootDir(dir string) (*RootDir, error) {
 	}
 	fi, err := os.Stat(abs)
 	if err != nil {
-		return nil, fmt.Errorf("--root: %w", err)
+		return nil, fmt.Errorf("repositories' root: %w", err)
 	}
 	if !fi.IsDir() {
-		return nil, fmt.Errorf("--root %s is not a directory", dir)
+		return nil, fmt.Errorf("repositories' root %s is not a directory", dir)
 	}
 	return &RootDir{dir: abs, open: map[string]*local.Backend{}}, nil
 }

@@ -49,10 +49,10 @@ type StdioConfig struct {
 // client.
 func RunStdio(ctx context.Context, cfg StdioConfig) error {
 	if cfg.Root == "" {
-		return errors.New("serve --stdio: --root (the repository's directory) is required")
+		return fmt.Errorf("serve over stdio: %w", ErrNoRoot)
 	}
 	if cfg.Role == 0 {
-		return errors.New("serve --stdio: --role is required")
+		return fmt.Errorf("serve over stdio: %w", ErrNoRole)
 	}
 	repos, err := NewOneRepo(cfg.Root)
 	if err != nil {
@@ -107,7 +107,7 @@ func RunStdio(ctx context.Context, cfg StdioConfig) error {
 		if errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
 			return nil
 		}
-		return fmt.Errorf("serve --stdio: %w", err)
+		return fmt.Errorf("serve over stdio: %w", err)
 	case <-ctx.Done():
 		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

@@ -42,7 +42,7 @@ func LoadCertificate(stateDir, certFile, keyFile string, names []string) (tls.Ce
 			created = true
 		}
 	} else if certFile == "" || keyFile == "" {
-		return tls.Certificate{}, "", false, fmt.Errorf("--tls-cert and --tls-key go together")
+		return tls.Certificate{}, "", false, ErrTLSPair
 	}
 	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
 	if err != nil {

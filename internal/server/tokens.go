@@ -36,10 +36,10 @@ type Token struct {
 }
 
 // Describe names the credential in messages: "token ID (host H)", or
-// "the ssh key of --stdio --role R (host H)".
+// "the ssh key (role R over stdio, host H)".
 func (t Token) Describe() string {
 	if t.SSH {
-		return fmt.Sprintf("the ssh key (floe serve --stdio --role %s, host %s)", t.Roles, t.Host)
+		return fmt.Sprintf("the ssh key (role %s over stdio, host %s)", t.Roles, t.Host)
 	}
 	return fmt.Sprintf("token %s (host %s)", t.ID, t.Host)
 }
@@ -54,6 +54,15 @@ const TokensFile = "tokens.json"
 // ErrUnauthorized is returned (wrapped) when a request carries no token or
 // one that the store does not know.
 var ErrUnauthorized = errors.New("unauthorized")
+
+// Errors of the server's configuration and its tokens; the front end
+// says what to do about them in its terms (flags, commands).
+var (
+	ErrNoRoot  = errors.New("no directory of repositories given")
+	ErrNoRole  = errors.New("no role given for the credential of the stdio connection")
+	ErrTLSPair = errors.New("a TLS certificate file and its key file go together")
+	ErrNoToken = errors.New("no such token")
+)
 
 // TokenStore is the file of credentials in the server's state directory
 // (mode 0600). The server re-reads it when it changes, so that `floe serve
@@ -228,7 +237,7 @@ func (s *TokenStore) Revoke(id string) error {
 		return err
 	}
 	if _, ok := s.tokens[id]; !ok {
-		return fmt.Errorf("no token with id %q (see `floe serve token list`)", id)
+		return fmt.Errorf("%w: id %q", ErrNoToken, id)
 	}
 	delete(s.tokens, id)
 	return s.writeLocked()
@@ -239,7 +248,7 @@ func (s *TokenStore) Revoke(id string) error {
 func (s *TokenStore) Authenticate(header string) (Token, error) {
 	tok, ok := strings.CutPrefix(header, "Bearer ")
 	if !ok {
-		return Token{}, fmt.Errorf("%w: no bearer token (the client needs --token-file)", ErrUnauthorized)
+		return Token{}, fmt.Errorf("%w: no bearer token (the client sent no token)", ErrUnauthorized)
 	}
 	rest, ok := strings.CutPrefix(tok, tokenPrefix)
 	if !ok {

@@ -41,12 +41,9 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 	}
 	before := dst.SavedStats()
 	res := &Result{SharedKey: src.ChunkIDKey() == dst.ChunkIDKey()}
-	prog := opts.Progress
-	if prog == nil {
-		prog = &Progress{}
-	}
-	prog.SnapshotsTotal.Store(int64(len(snaps)))
-	prog.setPhase("copy")
+	prog := newProgress(opts.Progress)
+	prog.phase("copy")
+	prog.snapshots(len(snaps))
 
 	c := newCopier(ctx, src, dst, res.SharedKey, opts, prog)
 	copied := map[hash.ID]hash.ID{} // source ID -> destination ID, this run
@@ -54,7 +51,7 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 		if d, ok := lookupExisting(existing, sn); ok {
 			res.Snapshots = append(res.Snapshots, Copied{Source: sn.ID, Destination: d, Skipped: true})
 			copied[sn.ID] = d
-			prog.SnapshotsDone.Add(1)
+			prog.snapshotDone()
 			continue
 		}
 		root, err := c.copySnapshot(sn.Tree)
@@ -85,7 +82,7 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 		existing[rec.Original] = id
 		copied[sn.ID] = id
 		res.Snapshots = append(res.Snapshots, Copied{Source: sn.ID, Destination: id})
-		prog.SnapshotsDone.Add(1)
+		prog.snapshotDone()
 	}
 	c.stop()
 	if err := c.w.Finish(context.WithoutCancel(ctx)); err != nil { // nothing left to store: the last snapshot flushed
@@ -148,7 +145,7 @@ type copier struct {
 	w      *repo.Writer // into dst; replaced by flush
 	shared bool
 	opts   Options
-	prog   *Progress
+	prog   *progress
 
 	jobs      chan *blobJob
 	workers   sync.WaitGroup
@@ -181,7 +178,7 @@ type treeJob struct {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func newCopier(ctx context.Context, src, dst *repo.Repository, shared bool, opts Options, prog *Progress) *copier {
+func newCopier(ctx context.Context, src, dst *repo.Repository, shared bool, opts Options, prog *progress) *copier {
 	cctx, cancel := context.WithCancel(ctx)
 	c := &copier{ctx: cctx, cancel: cancel, src: src, dst: dst, w: dst.StartWriting(), shared: shared, opts: opts, prog: prog,
 		jobs: make(chan *blobJob, 2*opts.connections()), lastFlush: time.Now(),
@@ -237,7 +234,7 @@ func (c *copier) copyBlob(src hash.Ref, buf *[]byte) (hash.Ref, error) {
 		return hash.Ref{}, fmt.Errorf("load from the source: %w", err)
 	}
 	*buf = plain
-	c.prog.BytesRead.Add(int64(len(plain)))
+	c.prog.read(len(plain))
 	key := src.Key
 	if !c.shared {
 		key = c.dst.BlobKey(plain)
@@ -248,10 +245,10 @@ func (c *copier) copyBlob(src hash.Ref, buf *[]byte) (hash.Ref, error) {
 	if err != nil {
 		return hash.Ref{}, fmt.Errorf("save data blob %s into the destination: %w", id.Short(), err)
 	}
-	c.prog.BlobsDone.Add(1)
+	c.prog.blobDone()
 	if isNew {
-		c.prog.BlobsSent.Add(1)
-		c.prog.BytesSent.Add(int64(len(plain)))
+		c.prog.blobsSent(1)
+		c.prog.sent(len(plain))
 	}
 	return id, nil
 }
@@ -323,7 +320,7 @@ func (c *copier) walk(fetch *treeFetcher, id hash.Ref, out chan<- *treeJob) erro
 				c.blobs[b] = bj
 				if c.shared && c.dst.HasTrustedBlob(repo.BlobHandle{Type: repo.DataBlob, ID: b.ID}) {
 					bj.dst, bj.done = b, closedChan
-					c.prog.BlobsDone.Add(1)
+					c.prog.blobDone()
 				} else {
 					bj.done = make(chan struct{})
 					select {
@@ -384,7 +381,7 @@ func (c *copier) finalize(in <-chan *treeJob) error {
 			return fmt.Errorf("save tree %s into the destination: %w", id.Short(), err)
 		}
 		if isNew {
-			c.prog.BytesSent.Add(int64(len(raw)))
+			c.prog.sent(len(raw))
 		}
 		c.trees[job.id] = id
 		if time.Since(c.lastFlush) >= c.opts.FlushInterval {

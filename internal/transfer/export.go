@@ -17,6 +17,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // ExportOptions tune Export.
@@ -24,7 +25,7 @@ type ExportOptions struct {
 	// Connections is how many packs are copied at once (default as for
 	// Options.Connections).
 	Connections int
-	Progress    *Progress
+	Progress    ui.Progress
 	// Limits, if set, applies to the export directory too.
 	Limits *connect.Limits
 
@@ -83,10 +84,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	if len(snaps) == 0 {
 		return nil, errors.New("no snapshots to export")
 	}
-	prog := opts.Progress
-	if prog == nil {
-		prog = &Progress{}
-	}
+	prog := newProgress(opts.Progress)
 	srcBe := src.Backend()
 	conns := Options{Connections: opts.Connections}.withConnections(srcBe).connections()
 	cfg, err := repo.LoadWhole(ctx, srcBe, storage.Handle{Type: storage.Config})
@@ -106,7 +104,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	e := &exporter{src: src, from: srcBe, to: out, verified: map[string]int64{}}
 	e.verified["config"] = int64(len(cfg))
 
-	prog.setPhase("export")
+	prog.phase("export")
 	// only the blobs the snapshots need, through the repository's own
 	// write path: new packs, signed index files. Blobs are convergent,
 	// so their IDs, the trees and the snapshot records stay the same, and
@@ -122,7 +120,7 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 	if err := exp.LoadIndex(ctx); err != nil { // an interrupted run's packs count
 		return nil, fmt.Errorf("export: %w", err)
 	}
-	prog.SnapshotsTotal.Store(int64(len(snaps)))
+	prog.snapshots(len(snaps))
 	before := exp.SavedStats()
 	c := newCopier(ctx, src, exp, true, Options{Connections: conns}.withConnections(), prog)
 	for _, s := range snaps {
@@ -142,11 +140,11 @@ func Export(ctx context.Context, src *repo.Repository, snaps []*snapshot.Record,
 		if err := e.copyObject(ctx, storage.Handle{Type: storage.Snapshot, Name: s.ID.String()}); err != nil {
 			return nil, err
 		}
-		prog.SnapshotsDone.Add(1)
+		prog.snapshotDone()
 	}
 
 	// the manifest, last
-	prog.setPhase("manifest")
+	prog.phase("manifest")
 	m := &Manifest{Version: manifestVersion, Created: time.Now().UTC(), SourceRepository: src.Config().ID}
 	for _, s := range snaps {
 		m.Snapshots = append(m.Snapshots, s.ID)

@@ -45,12 +45,10 @@ func Import(ctx context.Context, export connect.Target, dst *repo.Repository, op
 		return nil, err
 	}
 	opts.Options = opts.Options.withConnections(dst.Backend())
-	prog := opts.Progress
-	if prog == nil {
-		prog = &Progress{}
-		opts.Progress = prog
+	if opts.Progress == nil {
+		opts.Progress = ui.NoProgress
 	}
-	prog.setPhase("check export")
+	newProgress(opts.Progress).phase("check export")
 	m, err := VerifyExport(ctx, dir, opts.connections())
 	if err != nil {
 		return nil, err
@@ -95,11 +93,11 @@ func Import(ctx context.Context, export connect.Target, dst *repo.Repository, op
 // same secrets: whole packs, a new index file for them, and the snapshot
 // records, all as they are.
 func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*snapshot.Record, opts Options) (*Result, error) {
-	prog := opts.Progress
+	prog := newProgress(opts.Progress)
 	snaps = uniqueByID(snaps)
 	snapshot.SortByTime(snaps)
-	prog.SnapshotsTotal.Store(int64(len(snaps)))
-	prog.setPhase("copy")
+	prog.phase("copy")
+	prog.snapshots(len(snaps))
 	existing, err := existingSnapshots(ctx, dst)
 	if err != nil {
 		return nil, err
@@ -110,7 +108,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 	for _, s := range snaps {
 		if d, ok := lookupExisting(existing, s); ok {
 			res.Snapshots = append(res.Snapshots, Copied{Source: s.ID, Destination: d, Skipped: true})
-			prog.SnapshotsDone.Add(1)
+			prog.snapshotDone()
 			continue
 		}
 		todo = append(todo, s)
@@ -203,7 +201,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 			return nil, fmt.Errorf("import snapshot %s: %w", s.ID.Short(), err)
 		}
 		res.Snapshots = append(res.Snapshots, Copied{Source: s.ID, Destination: s.ID})
-		prog.SnapshotsDone.Add(1)
+		prog.snapshotDone()
 	}
 	if opts.Verify {
 		if err := verifyInto(ctx, dst, res, opts.connections(), prog); err != nil {
@@ -216,7 +214,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 // copyPacksVerbatim copies packs from exp to dst as they are, conns at a
 // time, and returns their index entries. A pack dst has already (left by
 // an interrupted import, not indexed) is indexed from its header.
-func copyPacksVerbatim(ctx context.Context, exp, dst *repo.Repository, ids []hash.ID, conns int, prog *Progress) ([]repo.PackInfo, error) {
+func copyPacksVerbatim(ctx context.Context, exp, dst *repo.Repository, ids []hash.ID, conns int, prog *progress) ([]repo.PackInfo, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -243,7 +241,7 @@ func copyPacksVerbatim(ctx context.Context, exp, dst *repo.Repository, ids []has
 	return infos, first
 }
 
-func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID, prog *Progress) (repo.PackInfo, error) {
+func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID, prog *progress) (repo.PackInfo, error) {
 	h := storage.Handle{Type: storage.Pack, Name: id.String()}
 	if fi, err := dst.Backend().Stat(ctx, h); err == nil {
 		hdr, err := dst.LoadPackHeader(ctx, id, fi.Size)
@@ -258,7 +256,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 	if err != nil {
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
-	prog.BytesRead.Add(int64(len(data)))
+	prog.read(len(data))
 	info, err := repo.PackInfoFromBytes(id, data)
 	if err != nil {
 		return repo.PackInfo{}, fmt.Errorf("import: the export's %w", err)
@@ -266,7 +264,7 @@ func copyPackVerbatim(ctx context.Context, exp, dst *repo.Repository, id hash.ID
 	if err := dst.Backend().Save(ctx, h, data); err != nil && !errors.Is(err, storage.ErrExist) {
 		return repo.PackInfo{}, fmt.Errorf("import: %w", err)
 	}
-	prog.BytesSent.Add(int64(len(data)))
-	prog.BlobsSent.Add(int64(len(info.Blobs)))
+	prog.sent(len(data))
+	prog.blobsSent(len(info.Blobs))
 	return info, nil
 }

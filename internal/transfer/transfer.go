@@ -26,7 +26,6 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -55,8 +54,9 @@ type Options struct {
 	Verify bool
 	// FlushInterval: see DefaultFlushInterval.
 	FlushInterval time.Duration
-	// Progress, if set, is updated as the copy runs.
-	Progress *Progress
+	// Progress, if set, hears of the transfer: its phases and, if it
+	// implements ui.Counters, the counts named Count*.
+	Progress ui.Progress
 }
 
 // withConnections fills in the default Connections for the backends.
@@ -74,35 +74,70 @@ func (o Options) connections() int {
 	return o.Connections
 }
 
-// Progress is updated while a transfer runs; read it from another goroutine.
-type Progress struct {
-	SnapshotsDone, SnapshotsTotal atomic.Int64
-	// Blobs handled, and of those the blobs sent (new to the destination).
-	BlobsDone, BlobsSent atomic.Int64
-	// BytesRead counts plaintext loaded from the source, BytesSent the
-	// plaintext of the blobs sent (copy), or the bytes of files written
-	// (export).
-	BytesRead, BytesSent atomic.Int64
-	// BytesVerified counts what verification read back.
-	BytesVerified atomic.Int64
-	phase         atomic.Pointer[string]
+// The counters a transfer keeps beside its phases, named as the JSON
+// status of copy, export and import names them (docs/JSON.md). A
+// ui.Progress hears of them if it implements ui.Counters; they add up
+// over all phases (snapshots_done stays put while "verify" runs).
+const (
+	CountSnapshotsDone  = "snapshots_done"
+	CountSnapshotsTotal = "snapshots_total"
+	// blobs handled, and of those the blobs sent (new to the destination)
+	CountBlobsDone = "blobs_done"
+	CountBlobsSent = "blobs_sent"
+	// plaintext loaded from the source; the plaintext of the blobs sent
+	// (copy), or the bytes of files written (export, import)
+	CountBytesRead = "bytes_read"
+	CountBytesSent = "bytes_sent"
+	// what verification read back
+	CountBytesVerified = "bytes_verified"
+)
+
+// progress reports a transfer to its ui.Progress: phases by name, a
+// snapshot done as an item and the bytes sent (or verified) as the
+// phase's bytes, and every count by name to a ui.Counters.
+type progress struct {
+	p ui.Progress
+	c ui.Counters // nil: p keeps no named counters
 }
 
-// Phase returns what the transfer is doing ("copy", "verify", ...).
-func (p *Progress) Phase() string {
+func newProgress(p ui.Progress) *progress {
 	if p == nil {
-		return ""
+		p = ui.NoProgress
 	}
-	if s := p.phase.Load(); s != nil {
-		return *s
-	}
-	return ""
+	c, _ := p.(ui.Counters)
+	return &progress{p: p, c: c}
 }
 
-func (p *Progress) setPhase(s string) {
-	if p != nil {
-		p.phase.Store(&s)
+func (p *progress) count(name string, n int64) {
+	if p.c != nil {
+		p.c.Count(name, n)
 	}
+}
+
+func (p *progress) phase(name string) { p.p.Phase(name, 0, 0) }
+
+func (p *progress) snapshots(n int) {
+	p.p.Grow(int64(n), 0)
+	p.count(CountSnapshotsTotal, int64(n))
+}
+
+func (p *progress) snapshotDone() {
+	p.p.Done(1, 0)
+	p.count(CountSnapshotsDone, 1)
+}
+
+func (p *progress) blobDone()       { p.count(CountBlobsDone, 1) }
+func (p *progress) read(n int)      { p.count(CountBytesRead, int64(n)) }
+func (p *progress) blobsSent(n int) { p.count(CountBlobsSent, int64(n)) }
+
+func (p *progress) sent(n int) {
+	p.p.Done(0, int64(n))
+	p.count(CountBytesSent, int64(n))
+}
+
+func (p *progress) verified(n int) {
+	p.p.Done(0, int64(n))
+	p.count(CountBytesVerified, int64(n))
 }
 
 // Copied is one snapshot of a transfer.

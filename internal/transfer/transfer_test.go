@@ -23,6 +23,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 var password = []byte("correct horse")
@@ -141,12 +142,22 @@ func TestCopySharedKeySendsOnlyNewBlobs(t *testing.T) {
 	f := newFixture(t, 3<<20, 2<<20)
 	dst, dstBe := sibling(t, f.src)
 
-	res, err := Copy(ctx, f.src, dst, []*snapshot.Record{f.s1}, Options{Verify: true})
+	var m ui.Meter
+	res, err := Copy(ctx, f.src, dst, []*snapshot.Record{f.s1}, Options{Verify: true, Progress: &m})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !res.SharedKey || len(res.Snapshots) != 1 || res.Snapshots[0].Skipped || !res.Verified {
 		t.Fatalf("first copy: %+v", res)
+	}
+	// the counters of the JSON status (docs/JSON.md), kept across phases
+	if m.PhaseName() != "verify" || m.Counter(CountSnapshotsDone) != 1 || m.Counter(CountSnapshotsTotal) != 1 ||
+		m.Counter(CountBlobsSent) == 0 || m.Counter(CountBlobsDone) < m.Counter(CountBlobsSent) ||
+		m.Counter(CountBytesRead) < f.firstDataBytes || m.Counter(CountBytesSent) < f.firstDataBytes ||
+		m.Counter(CountBytesVerified) < f.firstDataBytes {
+		t.Errorf("progress after the first copy: phase %q, snapshots %d/%d, blobs %d (%d sent), bytes read %d, sent %d, verified %d",
+			m.PhaseName(), m.Counter(CountSnapshotsDone), m.Counter(CountSnapshotsTotal), m.Counter(CountBlobsDone),
+			m.Counter(CountBlobsSent), m.Counter(CountBytesRead), m.Counter(CountBytesSent), m.Counter(CountBytesVerified))
 	}
 	if res.Saved.RawBytes < uint64(f.firstDataBytes) {
 		t.Errorf("first copy saved %d bytes, want at least the %d of big1", res.Saved.RawBytes, f.firstDataBytes)

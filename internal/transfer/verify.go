@@ -10,16 +10,17 @@ import (
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // verifyInto reads back the destination copies of res.Snapshots and
 // records the outcome in res.
-func verifyInto(ctx context.Context, r *repo.Repository, res *Result, workers int, prog *Progress) error {
+func verifyInto(ctx context.Context, r *repo.Repository, res *Result, workers int, prog *progress) error {
 	var ids []hash.ID
 	for _, s := range res.Snapshots {
 		ids = append(ids, s.Destination)
 	}
-	blobs, bytes, err := Verify(ctx, r, ids, workers, prog)
+	blobs, bytes, err := Verify(ctx, r, ids, workers, prog.p)
 	res.VerifiedBlobs, res.VerifiedBytes = blobs, bytes
 	res.Verified = err == nil
 	return err
@@ -30,14 +31,12 @@ func verifyInto(ctx context.Context, r *repo.Repository, res *Result, workers in
 // returns how many data blobs and bytes it read. Problems (a snapshot,
 // tree or blob missing, unreadable or not matching its ID) are returned
 // together as a *VerifyError.
-func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int, prog *Progress) (uint64, uint64, error) {
+func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int, p ui.Progress) (uint64, uint64, error) {
 	if err := checkReadable(r, "verify"); err != nil {
 		return 0, 0, err
 	}
-	if prog == nil {
-		prog = &Progress{}
-	}
-	prog.setPhase("verify")
+	prog := newProgress(p)
+	prog.phase("verify")
 	workers = max(workers, 1)
 	var problems errorList
 	var roots []hash.Ref
@@ -104,7 +103,7 @@ func Verify(ctx context.Context, r *repo.Repository, ids []hash.ID, workers int,
 			nBlobs++
 			nRaw += uint64(len(plain))
 			mu.Unlock()
-			prog.BytesVerified.Add(int64(len(plain)))
+			prog.verified(len(plain))
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {

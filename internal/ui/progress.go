@@ -31,6 +31,14 @@ type Progress interface {
 	Fail()
 }
 
+// Counters is what a Progress may also implement to hear the counts an
+// operation keeps beyond the items and bytes of its phase, by name (a
+// copy's blobs sent, bytes verified): each adds up over all phases of the
+// operation. Operations name their counters (transfer.Count*).
+type Counters interface {
+	Count(name string, n int64)
+}
+
 // NoProgress reports to nobody: the Progress of an operation whose caller
 // gave none.
 var NoProgress Progress = noProgress{}
@@ -57,6 +65,7 @@ type Meter struct {
 	counted           atomic.Bool
 	working           atomic.Pointer[string]
 	failures          atomic.Int64
+	counters          sync.Map // name -> *atomic.Int64
 }
 
 // Phase implements Progress.
@@ -92,6 +101,30 @@ func (m *Meter) Working(name string) { m.working.Store(&name) }
 
 // Fail implements Progress.
 func (m *Meter) Fail() { m.failures.Add(1) }
+
+// Count implements Counters.
+func (m *Meter) Count(name string, n int64) {
+	c, ok := m.counters.Load(name)
+	if !ok {
+		c, _ = m.counters.LoadOrStore(name, new(atomic.Int64))
+	}
+	c.(*atomic.Int64).Add(n)
+}
+
+// Counter returns the counter name (0 if it was never counted).
+func (m *Meter) Counter(name string) int64 {
+	if c, ok := m.counters.Load(name); ok {
+		return c.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
+// PhaseName returns the name of the current phase.
+func (m *Meter) PhaseName() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.phase
+}
 
 // Failures returns how many items failed since the Meter was made.
 func (m *Meter) Failures() int64 { return m.failures.Load() }

@@ -49,3 +49,28 @@ func TestMeter(t *testing.T) {
 	NoProgress.Phase("x", 1, 1) // reports to nobody, without panicking
 	NoProgress.Done(1, 1)
 }
+
+func TestMeterCounters(t *testing.T) {
+	var m Meter
+	var p Progress = &m
+	c, ok := p.(Counters)
+	if !ok {
+		t.Fatal("Meter does not keep named counters")
+	}
+	if _, ok := NoProgress.(Counters); ok {
+		t.Error("NoProgress keeps named counters")
+	}
+	p.Phase("copy", 0, 0)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() { defer wg.Done(); c.Count("blobs_sent", 2) }()
+	}
+	wg.Wait()
+	p.Phase("verify", 0, 0) // counters add up over phases
+	c.Count("bytes_verified", 10)
+	if m.Counter("blobs_sent") != 8 || m.Counter("bytes_verified") != 10 || m.Counter("never") != 0 || m.PhaseName() != "verify" {
+		t.Errorf("counters: blobs_sent %d, bytes_verified %d, never %d, phase %q",
+			m.Counter("blobs_sent"), m.Counter("bytes_verified"), m.Counter("never"), m.PhaseName())
+	}
+}

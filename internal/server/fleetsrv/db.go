@@ -186,6 +186,9 @@ var (
 	ErrHostExists   = errors.New("host exists")
 	ErrNoHost       = errors.New("no such host")
 	ErrBadEnrolment = errors.New("unknown, used or expired enrollment token")
+	// ErrHostEnrolled (with ErrHostExists): the host must be revoked
+	// before it is added again.
+	ErrHostEnrolled = errors.New("enrolled")
 )
 
 // AddHost adds a host waiting for enrollment with the hash of its one-time
@@ -208,7 +211,7 @@ func (d *DB) AddHost(ctx context.Context, name, repo, enrollHash string, expires
 			name, repo, enrollHash, ms(expires), ms(now))
 	case err != nil:
 	case enrolled != 0 && revoked == 0:
-		return fmt.Errorf("%w: %s is enrolled (revoke it first: floe serve host revoke)", ErrHostExists, name)
+		return fmt.Errorf("%w: %s is %w", ErrHostExists, name, ErrHostEnrolled)
 	default:
 		_, err = tx.ExecContext(ctx, `UPDATE hosts SET repo = $2, enroll_hash = $3, enroll_expires = $4, token_id = '', enrolled = 0, revoked = 0 WHERE name = $1`,
 			name, repo, enrollHash, ms(expires))

@@ -28,6 +28,8 @@ type Config struct {
 	// end-to-end tests run it faster, as the agents' (leases stay on
 	// the wall clock: their TTL is about processes that died).
 	Now func() time.Time
+	// NotEnrolledHint: see Options.
+	NotEnrolledHint string
 }
 
 // AlertConfig says when and where alerts go.
@@ -49,7 +51,7 @@ func (c Config) Mounts() server.MountFunc {
 		if err != nil {
 			return nil, err
 		}
-		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log, Now: c.Now, Repos: env.Repos,
+		svc := New(Options{DB: db, Tokens: env.Tokens, Ledger: env.Ledger, Audit: env.Audit, Slack: c.Slack, Log: c.Log, NotEnrolledHint: c.NotEnrolledHint, Now: c.Now, Repos: env.Repos,
 			Leases: NewLeases(c.Limits, c.LeaseTTL, nil)})
 		if env.Metrics != nil {
 			if err := env.Metrics.Register(&collector{svc: svc}); err != nil {

@@ -44,6 +44,9 @@ type Options struct {
 	// Repos are the repositories served, for the storage accounting of
 	// the dashboard; nil: none.
 	Repos server.Repositories
+	// NotEnrolledHint ends the refusal of a host that is not enrolled:
+	// how to enroll it, in the front end's terms (commands); "" for none.
+	NotEnrolledHint string
 }
 
 // Service serves the fleet API.
@@ -144,7 +147,11 @@ func (s *Service) host(fn func(w http.ResponseWriter, r *http.Request, h hostCtx
 		h, err := s.opts.DB.Host(r.Context(), tok.Host)
 		switch {
 		case errors.Is(err, ErrNoHost):
-			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s is not enrolled in the fleet (floe serve host add, then floe agent enroll)", tok.Host))
+			msg := fmt.Sprintf("host %s is not enrolled in the fleet", tok.Host)
+			if s.opts.NotEnrolledHint != "" {
+				msg += " (" + s.opts.NotEnrolledHint + ")"
+			}
+			s.refuse(w, r, tok, op, http.StatusForbidden, server.CodeForbidden, msg)
 			return
 		case err != nil:
 			s.opts.Log.Printf("fleet: %v", err)

@@ -28,7 +28,7 @@ func NewHTTPClient(base string, opts Options) (*http.Client, error) {
 			return nil, err
 		}
 	}
-	tr := &trust{host: u.Hostname(), hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn}
+	tr := &trust{host: u.Hostname(), hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn, hint: opts.TrustHint}
 	transport := &http.Transport{
 		Proxy:       http.ProxyFromEnvironment,
 		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,

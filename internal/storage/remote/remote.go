@@ -67,6 +67,9 @@ type Options struct {
 	KnownServersFile string
 	// Warn prints messages for people (first-use trust).
 	Warn func(string)
+	// TrustHint ends the message of first-use trust: how to check or pin
+	// the fingerprint, in the front end's terms (its commands and flags).
+	TrustHint string
 	// Retries is how often a failed request is retried (default 6, about
 	// 30 s in all); RetryDelay the first delay (default 250 ms), doubled
 	// each time up to 8 s.
@@ -210,7 +213,7 @@ func New(loc string, opts Options) (*Backend, error) {
 		return nil, err
 	}
 	host, _, _ := net.SplitHostPort(hostport)
-	tr := &trust{host: host, hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn}
+	tr := &trust{host: host, hostport: hostport, pinned: opts.Fingerprint, knownFile: opts.KnownServersFile, warn: opts.Warn, hint: opts.TrustHint}
 	b := &Backend{base: base, repo: repo, loc: base + "/" + repo, opts: opts}
 	for range opts.Connections {
 		b.addTransport(b.httpsTransport(host, tr))

@@ -59,6 +59,7 @@ type trust struct {
 	pinned         string
 	knownFile      string
 	warn           func(string)
+	hint           string // Options.TrustHint
 
 	mu       sync.Mutex
 	accepted string // fingerprint accepted in this process
@@ -111,7 +112,11 @@ func (t *trust) verify(cs tls.ConnectionState) error {
 	}
 	t.accepted = fp
 	if t.warn != nil {
-		t.warn(fmt.Sprintf("floe: first connection to %s: trusting its certificate %s and remembering it in %s; compare it with what `floe serve` printed, or pin it with --server-fingerprint", t.hostport, fp, t.knownFile))
+		msg := fmt.Sprintf("floe: first connection to %s: trusting its certificate %s and remembering it in %s", t.hostport, fp, t.knownFile)
+		if t.hint != "" {
+			msg += "; " + t.hint
+		}
+		t.warn(msg)
 	}
 	return nil
 }
