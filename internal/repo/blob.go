@@ -195,6 +195,22 @@ func (r *Repository) checkStoredLength(t BlobType, loc Location) error {
 // whose bytes do not hash to the ID is reported (ForgedCopies) and the
 // next one read. The plaintext is checked against the ref's key.
 func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf []byte) ([]byte, error) {
+	c, err := r.loadGoodCopy(ctx, t, ref, func(ctx context.Context, loc Location) ([]byte, error) {
+		return r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+	})
+	if err != nil {
+		return nil, err
+	}
+	// The bytes are the blob's: every copy would decrypt alike, so an
+	// error from here on is about the ref, not the copy.
+	return r.openBlob(t, ref, c, buf)
+}
+
+// loadGoodCopy returns the stored bytes of the first copy of ref, best
+// first, that read returns and that hash to ref.ID; a copy whose bytes do
+// not is reported (ForgedCopies) and the next one tried. LoadBlob and
+// BlobLoader differ only in how they read a copy.
+func (r *Repository) loadGoodCopy(ctx context.Context, t BlobType, ref hash.Ref, read func(context.Context, Location) ([]byte, error)) ([]byte, error) {
 	if r.WriteOnly() {
 		return nil, ErrWriteOnly
 	}
@@ -212,7 +228,7 @@ func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf
 			errs = append(errs, err)
 			continue
 		}
-		c, err := r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+		c, err := read(ctx, loc)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -225,9 +241,7 @@ func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf
 			errs = append(errs, fmt.Errorf("copy in pack %s: %w", loc.Pack.Short(), ErrForged))
 			continue
 		}
-		// The bytes are the blob's: every copy would decrypt alike, so an
-		// error here is about the ref, not the copy.
-		return r.openBlob(t, ref, c, buf)
+		return c, nil
 	}
 	return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), errors.Join(errs...))
 }

@@ -2,12 +2,10 @@ package repo
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -55,41 +53,16 @@ func (l *BlobLoader) Close() error {
 // ID is reported as forged). The result is valid until the next Load whose
 // buf is not the result.
 func (l *BlobLoader) Load(ctx context.Context, t BlobType, ref hash.Ref, buf []byte) ([]byte, error) {
-	r := l.r
-	if r.WriteOnly() {
-		return nil, ErrWriteOnly
+	c, err := l.r.loadGoodCopy(ctx, t, ref, l.read)
+	if err != nil {
+		return nil, err
 	}
-	h := BlobHandle{t, ref.ID}
-	locs := r.idx.Copies(h)
-	if len(locs) == 0 {
-		if r.idx.Has(h) {
-			return nil, fmt.Errorf("%s blob %s: every stored copy is %w", t, ref.Short(), ErrForged)
-		}
-		return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), ErrBlobNotFound)
+	plain, err := crypto.OpenBlob(l.plain[:0], blobKey(ref.Key), c, blobAD(t))
+	if err != nil {
+		return nil, fmt.Errorf("%s blob %s: does not decrypt with the key its reference holds: %w", t, ref.Short(), err)
 	}
-	var errs []error
-	for _, loc := range locs {
-		c, err := l.read(ctx, loc)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			errs = append(errs, fmt.Errorf("pack %s: %w", loc.Pack.Short(), err))
-			continue
-		}
-		if packfile.BlobID(t, c) != ref.ID {
-			r.reportForged(h, loc, "its bytes do not hash to the blob's ID")
-			errs = append(errs, fmt.Errorf("copy in pack %s: %w", loc.Pack.Short(), ErrForged))
-			continue
-		}
-		plain, err := crypto.OpenBlob(l.plain[:0], blobKey(ref.Key), c, blobAD(t))
-		if err != nil {
-			return nil, fmt.Errorf("%s blob %s: does not decrypt with the key its reference holds: %w", t, ref.Short(), err)
-		}
-		l.plain = plain
-		return r.decodePayload(t, ref, plain, buf)
-	}
-	return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), errors.Join(errs...))
+	l.plain = plain
+	return l.r.decodePayload(t, ref, plain, buf)
 }
 
 // read returns the stored bytes of one copy, in l.sealed when the backend
