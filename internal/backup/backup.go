@@ -261,7 +261,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		if err != nil {
 			rootErr = err
 		} else {
-			go a.scan(ctx, paths)
+			// The scan only counts for the progress line, but it must end
+			// before Run returns: its counts are the caller's to read.
+			scanCtx, cancelScan := context.WithCancel(ctx)
+			scanDone := make(chan struct{})
+			go func() { defer close(scanDone); a.scan(scanCtx, paths) }()
 			var parentRoot *snapshot.Tree
 			if opts.Parent != nil && !opts.Force && opts.ParentTrees != nil {
 				parentRoot, _ = opts.ParentTrees.LoadTree(ctx, opts.Parent.Tree)
@@ -272,6 +276,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 			f := a.saveRoot(ctx, paths, parentRoot)
 			<-f.done
 			root, rootErr = f.ref, f.err
+			if rootErr != nil {
+				cancelScan()
+			}
+			<-scanDone
+			cancelScan()
 		}
 	}
 	close(a.fileJobs)
