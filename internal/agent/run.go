@@ -69,7 +69,7 @@ func (r *Runner) warner(j *Job) func(string) {
 }
 
 func (r *Runner) newReport(j *Job, task fleet.Task) fleet.Run {
-	return fleet.Run{Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now(), Version: r.Version}
+	return fleet.Run{ID: fleet.NewReportID(), Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now(), Version: r.Version}
 }
 
 // finish sets the status from err (when the run did not set a better

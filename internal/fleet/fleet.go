@@ -2,6 +2,8 @@ package fleet
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,11 +14,14 @@ import (
 // RunRecord is a run as the server keeps and serves it (a row of its
 // runs table), made from the Run an agent reported.
 type RunRecord struct {
-	Host  string    `json:"host"`
-	Job   string    `json:"job"`
-	Task  Task      `json:"task"`
-	Start time.Time `json:"start"`
-	End   time.Time `json:"end"`
+	// ReportID is the Run's ID: a second report with the same ID from
+	// the same host is the same run, sent again.
+	ReportID string    `json:"report_id,omitempty"`
+	Host     string    `json:"host"`
+	Job      string    `json:"job"`
+	Task     Task      `json:"task"`
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end"`
 	// Status is the Run's.
 	Status  Status `json:"status"`
 	Attempt int    `json:"attempt,omitempty"`
@@ -61,7 +66,7 @@ func (r Run) Record() RunRecord {
 	if task == "" {
 		task = TaskBackup
 	}
-	return RunRecord{Host: r.Host, Job: r.Job, Task: task, Start: r.Started, End: r.Finished, Status: r.Status, Attempt: r.Attempt,
+	return RunRecord{ReportID: r.ID, Host: r.Host, Job: r.Job, Task: task, Start: r.Started, End: r.Finished, Status: r.Status, Attempt: r.Attempt,
 		Error: r.Error, Files: clampInt(r.FilesNew) + clampInt(r.FilesChanged) + clampInt(r.FilesUnchanged),
 		BytesRead: clampInt(r.TotalBytes), BytesNew: clampInt(r.DataAdded), BytesStored: clampInt(r.DataAddedStored),
 		Errors: clampInt(r.FileErrors) + int64(max(r.CheckErrors, 0)), FilesChanged: clampInt(r.FilesChangedDuringRead),
@@ -107,10 +112,32 @@ func (r *RunRecord) Validate() error {
 	if len(r.Error) > MaxErrorLen {
 		r.Error = r.Error[:MaxErrorLen]
 	}
+	if !validReportID(r.ReportID) {
+		return errors.New("report id must be at most 64 letters, digits or dashes")
+	}
 	if len(r.Version) > 64 || len(r.Snapshot) > 128 {
 		return errors.New("version or snapshot id too long")
 	}
 	return nil
+}
+
+func validReportID(s string) bool {
+	if len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// NewReportID returns a random report ID (128 bits, hex).
+func NewReportID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails
+	return hex.EncodeToString(b[:])
 }
 
 // ValidName checks a host or job name: 1 to 255 bytes, no control

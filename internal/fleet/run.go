@@ -37,6 +37,10 @@ const (
 // secret: errors are the messages floe prints, which name hooks and files,
 // never passwords or tokens.
 type Run struct {
+	// ID names this report so that the server records it once: an agent
+	// that lost the server's answer sends the report again (Pending).
+	// Random, made by the agent; empty in reports of older agents.
+	ID         string    `json:"id,omitempty"`
 	Host       string    `json:"host"`
 	Job        string    `json:"job"`
 	Task       Task      `json:"task"`

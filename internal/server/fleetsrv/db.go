@@ -81,6 +81,12 @@ CREATE TABLE alerts (
 	2: `
 ALTER TABLE runs ADD COLUMN snapshots_removed BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE runs ADD COLUMN bytes_freed BIGINT NOT NULL DEFAULT 0;`,
+	// report ids: a report sent again (its answer was lost) is recorded
+	// once; NULL for reports without one (unique indexes let NULLs repeat
+	// in SQLite and PostgreSQL alike)
+	3: `
+ALTER TABLE runs ADD COLUMN report_id TEXT;
+CREATE UNIQUE INDEX runs_report ON runs (host, report_id);`,
 }
 
 // DB is the fleet database: hosts, their jobs and runs, and active alerts.
@@ -92,7 +98,18 @@ type DB struct {
 	// (bench/FLEET.md); waiting on a mutex is fair and wakes at once.
 	// Other processes (floe serve host add) still meet busy_timeout.
 	wmu sync.Mutex
+
+	// seen is when each host's last_seen was last written: every request
+	// of an agent (a queued one asks for its lease every few seconds)
+	// used to write it, a commit each under wmu; now at most every
+	// SeenEvery per host.
+	seenMu sync.Mutex
+	seen   map[string]time.Time
 }
+
+// SeenEvery is how stale a host's last_seen may be: far below any
+// "agent silent" threshold (hours).
+const SeenEvery = 30 * time.Second
 
 // OpenDB opens (creating and migrating) the database of stateDir.
 func OpenDB(ctx context.Context, stateDir string) (*DB, error) {
@@ -105,13 +122,19 @@ func OpenDB(ctx context.Context, stateDir string) (*DB, error) {
 		f.Close()
 	}
 	// WAL and a busy timeout: `floe serve host add` writes while a
-	// server runs
-	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate"
+	// server runs. synchronous NORMAL: in WAL mode a commit then survives
+	// a crash of floe serve and is lost only with the machine (power,
+	// kernel) before the next checkpoint; it saves an fsync per report
+	// and lease, which set the tail latency (bench/FLEET.md). What such a
+	// loss costs: the last runs' reports (the snapshots are in the
+	// repository; an alert may fire again); worth the latency for state
+	// that the next reports bring back.
+	dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_txlock=immediate"
 	sdb, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("fleet database %s: %w", path, err)
 	}
-	d := &DB{db: sdb}
+	d := &DB{db: sdb, seen: map[string]time.Time{}}
 	if err := d.migrate(ctx); err != nil {
 		sdb.Close()
 		return nil, fmt.Errorf("fleet database %s: %w", path, err)
@@ -189,6 +212,8 @@ var (
 	// ErrHostEnrolled (with ErrHostExists): the host must be revoked
 	// before it is added again.
 	ErrHostEnrolled = errors.New("enrolled")
+	// ErrDuplicateRun: the host reported this run before.
+	ErrDuplicateRun = errors.New("run reported before")
 )
 
 // AddHost adds a host waiting for enrollment with the hash of its one-time
@@ -309,13 +334,24 @@ func (d *DB) Hosts(ctx context.Context) ([]Host, error) {
 
 // Seen records that host talked to the server.
 func (d *DB) Seen(ctx context.Context, host string, now time.Time) error {
+	d.seenMu.Lock()
+	last, ok := d.seen[host]
+	fresh := ok && now.Sub(last) < SeenEvery && !now.Before(last)
+	if !fresh {
+		d.seen[host] = now
+	}
+	d.seenMu.Unlock()
+	if fresh {
+		return nil
+	}
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
 	_, err := d.db.ExecContext(ctx, `UPDATE hosts SET last_seen = $2 WHERE name = $1 AND last_seen < $2`, host, ms(now))
 	return err
 }
 
-// AddRun stores a run and updates its job.
+// AddRun stores a run and updates its job. A run whose report ID the
+// host reported before is not stored again: AddRun returns ErrDuplicateRun.
 func (d *DB) AddRun(ctx context.Context, r fleet.RunRecord) error {
 	d.wmu.Lock()
 	defer d.wmu.Unlock()
@@ -324,14 +360,25 @@ func (d *DB) AddRun(ctx context.Context, r fleet.RunRecord) error {
 		return err
 	}
 	defer tx.Rollback()
+	var reportID any // NULL without one
+	if r.ReportID != "" {
+		reportID = r.ReportID
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM runs WHERE host = $1 AND report_id = $2`, r.Host, r.ReportID).Scan(&n); err != nil {
+			return fmt.Errorf("store run: %w", err)
+		}
+		if n > 0 {
+			return ErrDuplicateRun
+		}
+	}
 	var id int64
 	if err := tx.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) + 1 FROM runs`).Scan(&id); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
-	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot, snapshots_removed, bytes_freed)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)`,
+	if _, err := tx.ExecContext(ctx, `INSERT INTO runs (id, host, job, task, attempt, start_ms, end_ms, status, error, files, bytes_read, bytes_new, bytes_stored, errors, files_changed, version, snapshot, snapshots_removed, bytes_freed, report_id)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)`,
 		id, r.Host, r.Job, string(r.Task), r.Attempt, ms(r.Start), ms(r.End), string(r.Status), r.Error, r.Files, r.BytesRead, r.BytesNew, r.BytesStored, r.Errors, r.FilesChanged, r.Version, r.Snapshot,
-		r.SnapshotsRemoved, r.BytesFreed); err != nil {
+		r.SnapshotsRemoved, r.BytesFreed, reportID); err != nil {
 		return fmt.Errorf("store run: %w", err)
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO jobs (host, name, task) VALUES ($1, $2, $3) ON CONFLICT (host, name, task) DO NOTHING`, r.Host, r.Job, string(r.Task)); err != nil {

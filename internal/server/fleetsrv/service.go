@@ -317,7 +317,15 @@ func (s *Service) report(w http.ResponseWriter, r *http.Request, h hostCtx) {
 		s.refuse(w, r, h.tok, "report", http.StatusForbidden, server.CodeForbidden, fmt.Sprintf("host %s may not report for host %s", h.host.Name, rep.Host))
 		return
 	}
-	if err := s.opts.DB.AddRun(r.Context(), rep); err != nil {
+	err = s.opts.DB.AddRun(r.Context(), rep)
+	if errors.Is(err, ErrDuplicateRun) {
+		// sent again after a lost answer: recorded once, and the agent
+		// may drop it
+		s.audit(r, h.tok, "report", http.StatusOK, "duplicate", "")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if err != nil {
 		s.opts.Log.Printf("fleet: %v", err)
 		writeError(w, http.StatusInternalServerError, server.CodeInternal, "fleet database error")
 		return

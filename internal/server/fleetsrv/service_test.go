@@ -220,3 +220,68 @@ func TestDBMigratesOnce(t *testing.T) {
 		t.Fatalf("db file %v %v", fi, err)
 	}
 }
+
+// A report sent again (the agent lost the server's answer and kept it in
+// its pending file) is recorded once; another host may use the same ID.
+func TestReportSentTwiceIsRecordedOnce(t *testing.T) {
+	f := newTestFleet(t, LeaseLimits{}, 0)
+	ctx := context.Background()
+	web1 := f.enroll(t, "web1", "fleet")
+	web2 := f.enroll(t, "web2", "fleet")
+	now := time.Now().UTC()
+	rep := fleet.Run{ID: fleet.NewReportID(), Job: "daily", Task: fleet.TaskBackup, Started: now.Add(-time.Minute), Finished: now, Status: fleet.StatusOK, Version: "test"}
+	for i := 0; i < 3; i++ {
+		if err := web1.Report(ctx, rep); err != nil {
+			t.Fatalf("report %d: %v", i, err)
+		}
+	}
+	if err := web2.Report(ctx, rep); err != nil {
+		t.Fatal(err)
+	}
+	// without an ID (an older agent) every report is a run
+	noID := rep
+	noID.ID = ""
+	for i := 0; i < 2; i++ {
+		if err := web1.Report(ctx, noID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := rep
+	bad.ID = "../../x"
+	var apiErr *fleet.APIError
+	if err := web1.Report(ctx, bad); !errors.As(err, &apiErr) || apiErr.Status != 400 {
+		t.Fatalf("hostile report id: %v", err)
+	}
+	for host, want := range map[string]int{"web1": 3, "web2": 1} {
+		runs, err := f.db.Runs(ctx, host, time.Time{}, 100)
+		if err != nil || len(runs) != want {
+			t.Fatalf("%s: %d runs, want %d (%v)", host, len(runs), want, err)
+		}
+	}
+}
+
+// last_seen is written at most every SeenEvery per host.
+func TestSeenIsThrottled(t *testing.T) {
+	f := newTestFleet(t, LeaseLimits{}, 0)
+	ctx := context.Background()
+	f.enroll(t, "web1", "fleet")
+	t0 := time.Now().Truncate(time.Millisecond)
+	lastSeen := func() time.Time {
+		h, err := f.db.Host(ctx, "web1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.LastSeen
+	}
+	for _, c := range []struct {
+		at   time.Duration
+		want time.Duration
+	}{{0, 0}, {SeenEvery / 2, 0}, {SeenEvery, SeenEvery}, {SeenEvery + time.Second, SeenEvery}} {
+		if err := f.db.Seen(ctx, "web1", t0.Add(c.at)); err != nil {
+			t.Fatal(err)
+		}
+		if got := lastSeen(); !got.Equal(t0.Add(c.want)) {
+			t.Fatalf("seen at +%v: last_seen +%v, want +%v", c.at, got.Sub(t0), c.want)
+		}
+	}
+}
