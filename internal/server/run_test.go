@@ -107,10 +107,15 @@ func TestGracefulShutdown(t *testing.T) {
 		resp.Body.Close()
 		answer <- resp.StatusCode
 	}()
-	pw.Write(data[:1<<20])
+	// More than the server's per-stream and per-connection receive
+	// windows (1 MiB each): this Write returns only once the handler is
+	// reading the body, so the shutdown below meets a request in flight.
+	// (1 MiB was not enough on a loaded machine: the request could still
+	// be unread when the shutdown began, and was refused.)
+	pw.Write(data[:5<<19])
 	cancel() // SIGTERM
 	time.Sleep(200 * time.Millisecond)
-	pw.Write(data[1<<20:])
+	pw.Write(data[5<<19:])
 	pw.Close()
 	if code := <-answer; code != http.StatusCreated {
 		t.Errorf("upload during shutdown: %d", code)
