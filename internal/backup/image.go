@@ -58,9 +58,9 @@ type imageScan struct {
 	spare      []byte       // the other read buffer, while no read ahead uses it
 	ahead      chan readRes // the read ahead in flight, if any
 	aheadOff   int64        // where it reads
-	cur        []byte // data ready to hand out
-	pendingOut int64  // zero bytes of a short run, to hand out before cur
-	zeros      int64  // the zero run being counted
+	cur        []byte       // data ready to hand out
+	pendingOut int64        // zero bytes of a short run, to hand out before cur
+	zeros      int64        // the zero run being counted
 	regionEnd  bool
 	inRun      bool // counting a long zero run (after a region ended on it)
 	runDone    bool
