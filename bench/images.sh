@@ -6,8 +6,10 @@
 #   restic backup --stdin < /dev/loopN
 #   borg create --read-special REPO::a /dev/loopN
 # then again unchanged; then restored by `floe restore` and read through
-# `floe nbd` with nbdcopy. Needs root (losetup), mkfs.ext4, nbdcopy, borg,
-# restic (RESTIC, default /tmp/floe-bench/restic-v0.19.1/restic).
+# `floe nbd` with nbdcopy, and random 4 KiB reads are timed through a fresh
+# `floe nbd` (bench/nbd-latency.py: cold, then warm cache). Needs root
+# (losetup), mkfs.ext4, nbdcopy, python3-libnbd, borg, restic (RESTIC,
+# default /tmp/floe-bench/restic-v0.19.1/restic).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 B=${BENCH_DIR:-/tmp/floe-bench}/images
@@ -39,6 +41,7 @@ borg init -e repokey-blake2 "$B/run/borg"
 t "floe   initial " $F backup -q --image "$dev"
 t "restic initial " sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
 t "borg   initial " borg create --read-special "$B/run/borg::a" "$dev"
+t "sequential read (dd bs=4M)" dd if="$dev" of=/dev/null bs=4M
 t "floe   unchanged" $F backup -q --image "$dev"
 t "restic unchanged" sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
 t "borg   unchanged" borg create --read-special "$B/run/borg::b" "$dev"
@@ -46,9 +49,21 @@ echo "repository sizes (du -sb): floe $(du -sb $B/run/floe | cut -f1), restic $(
 t "floe restore   " $F restore -q "latest:$dev" --target "$B/run/r"
 cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe restore: identical, $(du -B1 "$B/run/r/$(basename "$dev")" | cut -f1) bytes allocated"
 rm -rf "$B/run/r"
-$F nbd "latest:$dev" --listen "unix:$B/run/nbd.sock" -q & nbdpid=$!
-for i in $(seq 100); do [ -S "$B/run/nbd.sock" ] && break; sleep 0.1; done
-t "nbdcopy from floe nbd" nbdcopy "nbd+unix:///?socket=$B/run/nbd.sock" "$B/run/copy.raw"
+# floe nbd in the background; cpu PID prints its CPU time so far
+serve() {
+  rm -f "$B/run/nbd.sock"
+  $F nbd "latest:$dev" --listen "unix:$B/run/nbd.sock" -q & nbdpid=$!
+  for i in $(seq 100); do [ -S "$B/run/nbd.sock" ] && break; sleep 0.1; done
+}
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f s user, %.2f s sys", $14/t, $15/t}' /proc/$1/stat; }
+uri="nbd+unix:///?socket=$B/run/nbd.sock"
+serve
+t "nbdcopy from floe nbd" nbdcopy "$uri" "$B/run/copy.raw"
+echo "floe nbd during nbdcopy: $(cpu $nbdpid)"
+kill -INT $nbdpid; wait $nbdpid || true
+serve   # a fresh server: its cache of decrypted blobs is empty
+"$root/bench/nbd-latency.py" "$uri" cold 400
+"$root/bench/nbd-latency.py" "$uri" warm 4000
 kill -INT $nbdpid; wait $nbdpid || true
 cmp "$img" "$B/run/copy.raw" && echo "nbdcopy: identical, $(du -B1 "$B/run/copy.raw" | cut -f1) bytes allocated"
 rm -f "$B/run/copy.raw"

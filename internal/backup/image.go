@@ -55,9 +55,12 @@ type imageScan struct {
 	buf        []byte
 	bufOff     int64
 	bufN       int
-	cur        []byte // data ready to hand out
-	pendingOut int64  // zero bytes of a short run, to hand out before cur
-	zeros      int64  // the zero run being counted
+	spare      []byte       // the other read buffer, while no read ahead uses it
+	ahead      chan readRes // the read ahead in flight, if any
+	aheadOff   int64        // where it reads
+	cur        []byte       // data ready to hand out
+	pendingOut int64        // zero bytes of a short run, to hand out before cur
+	zeros      int64        // the zero run being counted
 	regionEnd  bool
 	inRun      bool // counting a long zero run (after a region ended on it)
 	runDone    bool
@@ -66,7 +69,62 @@ type imageScan struct {
 
 func newImageScan(f *os.File, size int64, file bool, progress func(int64)) *imageScan {
 	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
-	return &imageScan{f: f, size: size, file: file, buf: make([]byte, imageReadSize), dataEnd: -1, read: progress}
+	return &imageScan{f: f, size: size, file: file, buf: make([]byte, imageReadSize), spare: make([]byte, imageReadSize), dataEnd: -1, read: progress}
+}
+
+// readRes is the outcome of one read of the image.
+type readRes struct {
+	buf []byte
+	n   int
+	err error
+}
+
+// readAt reads want bytes at off into buf; a short read is an image that
+// shrank.
+func (s *imageScan) readAt(buf []byte, off, want int64) readRes {
+	if testHookImageFill != nil {
+		testHookImageFill(s.f, off)
+	}
+	got, err := s.f.ReadAt(buf[:want], off)
+	if int64(got) < want {
+		if err == nil || err == io.EOF {
+			err = fmt.Errorf("%w: it ended at %d bytes of %d", errShrank, off+int64(got), s.size)
+		}
+		return readRes{buf: buf, err: err}
+	}
+	return readRes{buf: buf, n: got}
+}
+
+// readAhead starts reading the next imageReadSize bytes after the buffer
+// into the spare one, so that the device reads while the buffer is
+// classified, chunked and hashed: a second backup of an unchanged device
+// then runs at the speed of the slower of the two, not of their sum. Not
+// past the data extent of a file (a hole follows, skipped unread).
+func (s *imageScan) readAhead() {
+	off := s.bufOff + int64(s.bufN)
+	if s.ahead != nil || off >= s.size || (s.file && off >= s.dataEnd) {
+		return
+	}
+	want := min(int64(len(s.spare)), s.size-off)
+	buf := s.spare
+	s.spare = nil
+	s.ahead, s.aheadOff = make(chan readRes, 1), off
+	go func() { s.ahead <- s.readAt(buf, off, want) }()
+}
+
+// wait takes the read ahead in flight back, returning its buffer to spare.
+func (s *imageScan) wait() readRes {
+	r := <-s.ahead
+	s.ahead = nil
+	return r
+}
+
+// close waits for a read ahead still in flight: the file is closed after.
+func (s *imageScan) close() {
+	if s.ahead != nil {
+		r := s.wait()
+		s.spare = r.buf
+	}
 }
 
 // Read implements io.Reader over the current data region.
@@ -161,18 +219,33 @@ var testHookImageFill func(f *os.File, off int64)
 // block returns the n bytes at s.pos, reading ahead into the buffer.
 func (s *imageScan) block(n int64) ([]byte, error) {
 	if s.pos < s.bufOff || s.pos+n > s.bufOff+int64(s.bufN) {
-		if testHookImageFill != nil {
-			testHookImageFill(s.f, s.pos)
-		}
-		want := min(int64(len(s.buf)), s.size-s.pos)
-		got, err := s.f.ReadAt(s.buf[:want], s.pos)
-		if int64(got) < want {
-			if err == nil || err == io.EOF {
-				return nil, fmt.Errorf("%w: it ended at %d bytes of %d", errShrank, s.pos+int64(got), s.size)
+		// The buffer is done with (block is called only when the data
+		// handed out of it was consumed): take the read ahead if it is
+		// where the scan goes on, else read here.
+		var r readRes
+		if s.ahead != nil {
+			r = s.wait()
+			if s.aheadOff != s.pos {
+				s.spare = r.buf
+				r = readRes{}
 			}
-			return nil, err
 		}
-		s.bufOff, s.bufN = s.pos, got
+		if r.buf == nil {
+			r = s.readAt(s.buf, s.pos, min(int64(len(s.buf)), s.size-s.pos))
+		} else {
+			s.spare = s.buf
+		}
+		if r.err != nil {
+			if s.spare == nil {
+				s.spare = r.buf
+			} else {
+				s.buf = r.buf
+			}
+			s.bufN = 0
+			return nil, r.err
+		}
+		s.buf, s.bufOff, s.bufN = r.buf, s.pos, r.n
+		s.readAhead()
 	}
 	i := s.pos - s.bufOff
 	return s.buf[i : i+n], nil
@@ -188,6 +261,7 @@ func (a *archiver) chunkImage(ctx context.Context, ch *chunker.Chunker, f *os.Fi
 	c := &chunks{a: a, ctx: ctx, scanned: true}
 	holes := false
 	s := newImageScan(f, size, file, func(n int64) { a.opts.Progress.Done(0, n) })
+	defer s.close()
 	err := func() error {
 		for {
 			// the data region up to the next zero run (or the end)

@@ -110,8 +110,9 @@ func TestDoesNotPay(t *testing.T) {
 		{"tiny", []byte("hello, world")},
 		{"random small", randomData(1, 1000)},
 		{"random", randomData(2, 1<<20)},
-		// The trial decides: a compressible tail does not matter.
-		{"random head", append(randomData(3, trialSize), make([]byte, 1<<20)...)},
+		// Incompressible (random) at every sample, however compressible
+		// between them: the trial decides.
+		{"random at the samples", randomAtSamples(1 << 20)},
 		// Saves less than 1/16: random bytes mixed with a few zeros.
 		{"barely", append(randomData(4, 60<<10), make([]byte, 3<<10)...)},
 	} {
@@ -122,6 +123,85 @@ func TestDoesNotPay(t *testing.T) {
 	// With more zeros the trial saves more than 1/16.
 	if _, ok := roundTrip(t, append(randomData(4, 56<<10), make([]byte, 12<<10)...)); !ok {
 		t.Error("56 KiB random + 12 KiB zeros not compressed")
+	}
+}
+
+// randomAtSamples returns n bytes that are random where the trial samples
+// them and zero elsewhere.
+func randomAtSamples(n int) []byte {
+	b := make([]byte, n)
+	r := randomData(5, n)
+	for i := 0; i < samples; i++ {
+		off := (n - sampleSize) * i / (samples - 1)
+		copy(b[off:off+sampleSize], r[off:])
+	}
+	return b
+}
+
+// A blob that starts (or ends) incompressible and goes on compressible, as
+// the chunks of a disk image do where a compressed file is followed by text,
+// is compressed: the trial samples the whole blob, not its head.
+func TestMixedBlobCompressed(t *testing.T) {
+	text := textCorpus(t, 1<<20)
+	for _, tc := range []struct {
+		name string
+		src  []byte
+	}{
+		{"random head", append(randomData(3, 256<<10), text[:768<<10]...)},
+		{"random tail", append(bytes.Clone(text[:768<<10]), randomData(6, 256<<10)...)},
+		{"text in the middle", append(append(randomData(7, 448<<10), text[:128<<10]...), randomData(8, 448<<10)...)},
+		{"zero tail", append(randomData(9, trialSize), make([]byte, 1<<20)...)},
+	} {
+		c, ok := roundTrip(t, tc.src)
+		if !ok {
+			t.Errorf("%s: not compressed", tc.name)
+		}
+		t.Logf("%s: %d bytes compressed to %d", tc.name, len(tc.src), c)
+	}
+}
+
+// The decision and the output depend on the input alone: the same blob
+// gives the same bytes whichever pooled encoder compresses it and whatever
+// it compressed before (blob IDs are convergent, docs/FORMAT.md "Blobs").
+func TestDeterministic(t *testing.T) {
+	text := textCorpus(t, 4<<20)
+	inputs := [][]byte{text[:1<<20], append(randomData(10, 300<<10), text[:700<<10]...), text[1<<20 : 3<<20], randomData(11, 1<<20)}
+	want := make([][]byte, len(inputs))
+	for i, in := range inputs {
+		want[i], _ = Compress(nil, in)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rep := 0; rep < 3; rep++ {
+				for j := range inputs {
+					i := (j + g + rep) % len(inputs)
+					if got, _ := Compress(nil, inputs[i]); !bytes.Equal(got, want[i]) {
+						t.Errorf("input %d compressed differently (%d bytes, then %d)", i, len(want[i]), len(got))
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// A fresh encoder, with or without the lower-memory tables, gives the
+	// same bytes as the pooled ones.
+	for _, low := range []bool{false, true} {
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
+			zstd.WithEncoderCRC(false), zstd.WithWindowSize(windowSize), zstd.WithLowerEncoderMem(low))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, in := range inputs {
+			if want[i] == nil {
+				continue
+			}
+			if got := e.EncodeAll(in, nil); !bytes.Equal(got, want[i]) {
+				t.Errorf("lower memory %v: input %d compressed to %d bytes, pooled encoder %d", low, i, len(got), len(want[i]))
+			}
+		}
 	}
 }
 

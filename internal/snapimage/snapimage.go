@@ -108,7 +108,12 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 			return n, err
 		}
 		n += copy(p[n:], data[pos-start:])
-		if n == len(p) {
+		if n == len(p) && end-(off+int64(n)) <= (end-start)/4 {
+			// Only a read that ends in the last quarter of its blob
+			// reads the next one ahead: a sequential reader (dd, a
+			// booting VM, nbdcopy) always gets there, while a random
+			// reader would load a second blob for most of its reads,
+			// competing with its own next read for the cores.
 			img.readAhead(i + 1)
 		}
 	}
