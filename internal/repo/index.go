@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -460,6 +461,11 @@ func (r *Repository) DecodeIndexFile(data []byte) (*IndexFile, error) {
 		}
 		f.Trusted = true
 	}
+	// Signed and Signature point into data: dropped, so that the stored
+	// bytes do not stay in memory as long as the decoded file (at 10
+	// million chunks, 400 MB more at the peak of LoadIndex). Trusted says
+	// what they said.
+	f.Signed, f.Signature = nil, nil
 	return f, nil
 }
 
@@ -592,12 +598,33 @@ func (x *Index) buildFiles(ids []hash.ID, files map[hash.ID]*IndexFile) {
 		x.packPos = make(map[hash.ID]uint32, npacks)
 		x.packs = make([]indexPack, 0, npacks)
 	}
-	copies := make([]loadCopy, 0, nblobs)
+	// Count the blobs of each 2-byte prefix, then place each one in its
+	// bucket of the table's array (a stable counting sort, in file order):
+	// no intermediate array of every copy, which at 10 million chunks
+	// cost 560 MB of the load's peak memory.
+	start := make([]uint32, 1<<16+1)
+	for _, id := range ids {
+		if x.replaced[id] {
+			continue
+		}
+		for _, p := range files[id].Packs {
+			for i := range p.Blobs {
+				start[prefixOf(&p.Blobs[i].ID)+1]++
+			}
+		}
+	}
+	for p := 1; p <= 1<<16; p++ {
+		start[p] += start[p-1]
+	}
+	sorted := make([]compactEntry, nblobs)
+	next := make([]uint32, 1<<16)
+	copy(next, start[:1<<16])
 	for _, id := range ids {
 		if x.replaced[id] {
 			continue
 		}
 		f := files[id]
+		trusted := f.EntriesTrusted()
 		for _, p := range f.Packs {
 			pos, ok := x.packPos[p.ID]
 			if !ok {
@@ -605,10 +632,17 @@ func (x *Index) buildFiles(ids []hash.ID, files map[hash.ID]*IndexFile) {
 				x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
 				x.packPos[p.ID] = pos
 			}
-			for _, b := range p.Blobs {
-				h := BlobHandle{b.Type, b.ID}
-				copies = append(copies, loadCopy{prefix: prefixOf(&h.ID),
-					entry: compact(h, indexEntry{copyLoc: copyLoc{pack: pos, offset: b.Offset, length: b.Length, trusted: f.EntriesTrusted()}})})
+			for i := range p.Blobs {
+				b := &p.Blobs[i]
+				pre := prefixOf(&b.ID)
+				c := &sorted[next[pre]]
+				next[pre]++
+				copy(c.id[:], b.ID[2:])
+				c.flags = uint8(b.Type) & ceTypeMask
+				if trusted {
+					c.flags |= ceTrusted
+				}
+				c.pack, c.offset, c.length = pos, b.Offset, b.Length
 			}
 		}
 	}
@@ -617,12 +651,12 @@ func (x *Index) buildFiles(ids []hash.ID, files map[hash.ID]*IndexFile) {
 		for i := range x.packOrder {
 			x.packOrder[i] = uint32(i)
 		}
-		sort.Slice(x.packOrder, func(i, j int) bool {
-			return bytes.Compare(x.packs[x.packOrder[i]].id[:], x.packs[x.packOrder[j]].id[:]) < 0
+		slices.SortFunc(x.packOrder, func(a, b uint32) int {
+			return bytes.Compare(x.packs[a].id[:], x.packs[b].id[:])
 		})
 		x.packPos = map[hash.ID]uint32{}
 	}
-	for _, d := range x.blobs.build(copies) {
+	for _, d := range x.blobs.build(sorted, start) {
 		e := d.entry.entry()
 		x.addCopy(d.entry.handle(d.prefix), e.copyLoc, false)
 	}
