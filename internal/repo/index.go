@@ -525,18 +525,43 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	grace := DefaultGCGrace
+	if r.idx != nil {
+		grace = r.idx.grace
+	}
+	dir := r.indexCacheDir
+	var key [32]byte
+	if dir != "" {
+		key = r.indexCacheKey(marked)
+		idx, errs, ok, err := r.loadIndexCached(ctx, dir, key, marked)
+		if err != nil {
+			return err
+		}
+		if ok {
+			idx.grace, idx.loaded = grace, start
+			r.idx = idx
+			if len(errs) > 0 {
+				return &IndexLoadError{Errs: errs}
+			}
+			return nil
+		}
+	}
 	files, errs, err := r.loadIndexFiles(ctx)
 	if err != nil {
 		return err
 	}
 	idx := newIndex()
-	if r.idx != nil {
-		idx.grace = r.idx.grace
-	}
+	idx.grace = grace
 	idx.loaded = start
 	idx.marked = marked
 	idx.addFiles(files)
 	r.idx = idx
+	r.indexSource = "files"
+	if dir != "" && idx.blobs.len() >= indexCacheMin {
+		// A cache that cannot be written costs the next load its speed
+		// only: no error.
+		_ = r.writeIndexCache(dir, key, idx, files)
+	}
 	if len(errs) > 0 {
 		return &IndexLoadError{Errs: errs}
 	}
