@@ -38,6 +38,7 @@ func main() {
 	measure := flag.Bool("measure", false, "open the repository, load its index and report time and bytes per chunk")
 	memProfile := flag.String("memprofile", "", "with -measure: write a heap profile after loading to this file")
 	cpuProfile := flag.String("cpuprofile", "", "with -measure: write a CPU profile of the open and load to this file")
+	add := flag.Bool("add", false, "add the index files to the existing repository (as backups since a cache was written would)")
 	cacheDir := flag.String("cache", "", "with -measure: use (and keep) the index cache in this directory, as floe does in its cache directory")
 	flag.Parse()
 	if *dir == "" || *pwFile == "" {
@@ -59,7 +60,7 @@ func main() {
 	if *chunks <= 0 || *files <= 0 || *perPack <= 0 {
 		fail(fmt.Errorf("-chunks, -files and -per-pack must be positive"))
 	}
-	if err := generate(ctx, *dir, cred, *chunks, *files, *perPack); err != nil {
+	if err := generate(ctx, *dir, cred, *chunks, *files, *perPack, *add); err != nil {
 		fail(err)
 	}
 }
@@ -69,14 +70,24 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func generate(ctx context.Context, dir string, cred repo.Credential, chunks, files, perPack int) error {
-	be, err := local.Create(dir)
-	if err != nil {
-		return err
-	}
-	r, _, err := repo.Init(ctx, be, cred, repo.InitOptions{})
-	if err != nil {
-		return err
+func generate(ctx context.Context, dir string, cred repo.Credential, chunks, files, perPack int, add bool) error {
+	var r *repo.Repository
+	if add {
+		be, err := local.Open(dir)
+		if err != nil {
+			return err
+		}
+		if r, err = repo.Open(ctx, be, cred, repo.OpenOptions{}); err != nil {
+			return err
+		}
+	} else {
+		be, err := local.Create(dir)
+		if err != nil {
+			return err
+		}
+		if r, _, err = repo.Init(ctx, be, cred, repo.InitOptions{}); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	perFile := (chunks + files - 1) / files

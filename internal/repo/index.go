@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"runtime"
 	"slices"
 	"sort"
@@ -561,7 +562,7 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	if dir != "" && idx.blobs.len() >= indexCacheMin {
 		// A cache that cannot be written costs the next load its speed
 		// only: no error.
-		_ = r.writeIndexCache(dir, key, idx, files)
+		_ = r.writeIndexCache(dir, key, idx, slices.Collect(maps.Keys(files)))
 	}
 	if len(errs) > 0 {
 		return &IndexLoadError{Errs: errs}

@@ -179,10 +179,16 @@ func TestIndexCache(t *testing.T) {
 	if r.Index().dedup(fx.woOnly) != absent || !r.Index().Marked(loc.Pack) {
 		t.Fatal("a blob of a marked pack is deduplicated against after the cache")
 	}
-	// more new entries than the slack: built from the files, cache rewritten
-	fx.addFile(false, 4, r.Index().Len()/indexCacheSlack, nil)
-	fx.same(dir, "files", false)
-	fx.same(dir, "cache", true)
+	// more new entries than the slack: merged into the table, cache rewritten
+	fx.addFile(false, 2, r.Index().Len()/indexCacheSlack, nil)
+	fx.addFile(true, 2, r.Index().Len()/indexCacheSlack, nil)
+	fx.same(dir, "cache+2 merged", false)
+	fx.same(dir, "cache", false)
+	if r := fx.load(dir); r.Index().dedup(fx.woOnly) != absent {
+		t.Fatal("a blob of a marked pack is deduplicated against after a merge")
+	}
+	fx.addFile(false, 1, 5, nil)
+	fx.same(dir, "cache+1", false)
 }
 
 // A damaged, truncated, foreign or stale cache file is ignored (and
@@ -285,4 +291,91 @@ func FuzzIndexCache(f *testing.F) {
 			ix.Packs()
 		}
 	})
+}
+
+// TestIndexMergeMatchesMap merges index files into a built table
+// (mergeFiles) and compares with the map path given the same files in the
+// same order: the same blobs, best copies, every copy with its flags.
+func TestIndexMergeMatchesMap(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	id := func() hash.ID {
+		var x hash.ID
+		for i := range x {
+			x[i] = byte(rng.IntN(256))
+		}
+		x[0], x[1] = 0, byte(rng.IntN(3)) // crowd a few prefixes
+		return x
+	}
+	var handles []BlobHandle
+	var packs []PackInfo
+	mk := func(trusted bool) *IndexFile {
+		x := &IndexFile{Trusted: trusted}
+		for p := 0; p < 4; p++ {
+			if len(packs) > 0 && rng.IntN(6) == 0 {
+				x.Packs = append(x.Packs, packs[rng.IntN(len(packs))]) // a pack listed again
+				continue
+			}
+			pk := PackInfo{ID: id()}
+			for b := 0; b < 30; b++ {
+				h := BlobHandle{Type: BlobType(rng.IntN(2)), ID: id()}
+				if len(handles) > 0 && rng.IntN(4) == 0 {
+					h = handles[rng.IntN(len(handles))]
+				} else {
+					handles = append(handles, h)
+				}
+				pk.Blobs = append(pk.Blobs, PackedBlob{Type: h.Type, ID: h.ID, Offset: uint32(b * 100), Length: 100})
+			}
+			packs = append(packs, pk)
+			x.Packs = append(x.Packs, pk)
+		}
+		return x
+	}
+	first := map[hash.ID]*IndexFile{}
+	for f := 0; f < 6; f++ {
+		first[hash.ID{byte(f)}] = mk(f%2 == 0)
+	}
+	var later []*IndexFile
+	for f := 0; f < 4; f++ {
+		later = append(later, mk(f%2 == 1))
+	}
+	marked := map[hash.ID]bool{packs[1].ID: true, packs[len(packs)-1].ID: true}
+	merged := newIndex()
+	merged.marked = marked
+	merged.addFiles(first)
+	merged.mergeFiles(later)
+	ref := newIndex()
+	ref.marked = marked
+	for f := 0; f < 6; f++ {
+		ref.addPacks(first[hash.ID{byte(f)}].Packs, first[hash.ID{byte(f)}].EntriesTrusted(), false)
+	}
+	for _, f := range later {
+		ref.addPacks(f.Packs, f.EntriesTrusted(), false)
+	}
+	if len(merged.blobs.more) != 0 || len(merged.packPos) != 0 || len(merged.packOrder) != len(merged.packs) {
+		t.Fatal("the merge left blobs or packs outside the table")
+	}
+	if merged.Len() != ref.Len() {
+		t.Fatalf("Len %d, want %d", merged.Len(), ref.Len())
+	}
+	for _, h := range handles {
+		if a, b := merged.Copies(h), ref.Copies(h); !reflect.DeepEqual(a, b) {
+			t.Fatalf("copies of %v = %+v, want %+v", h, a, b)
+		}
+		if a, b := merged.dedup(h), ref.dedup(h); a != b {
+			t.Fatalf("dedup of %v = %v, want %v", h, a, b)
+		}
+	}
+	n := 0
+	merged.Each(func(h BlobHandle, loc Location) {
+		n++
+		if want, _ := ref.Lookup(h); want != loc {
+			t.Fatalf("Each %v = %+v, want %+v", h, loc, want)
+		}
+	})
+	if n != ref.Len() {
+		t.Fatalf("Each saw %d blobs, want %d", n, ref.Len())
+	}
+	if !reflect.DeepEqual(merged.Packs(), ref.Packs()) {
+		t.Fatal("other packs")
+	}
 }
