@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -377,5 +378,50 @@ func TestIndexMergeMatchesMap(t *testing.T) {
 	}
 	if !reflect.DeepEqual(merged.Packs(), ref.Packs()) {
 		t.Fatal("other packs")
+	}
+}
+
+// Processes that load the index with one cache directory at the same
+// time, while index files are written, each get a whole index.
+func TestIndexCacheConcurrent(t *testing.T) {
+	fx := newCacheFixture(t)
+	dir := t.TempDir()
+	want := fx.load("").Index().Len()
+	errs := make(chan error, 8)
+	done := make(chan bool)
+	for g := 0; g < 4; g++ {
+		go func() {
+			for i := 0; i < 5; i++ {
+				r, err := Open(context.Background(), fx.be, Credential{Password: []byte("pw")}, OpenOptions{})
+				if err == nil {
+					r.SetIndexCache(dir)
+					err = r.LoadIndex(context.Background())
+				}
+				if err == nil && r.Index().Len() < want {
+					err = fmt.Errorf("%d blobs from %s, want at least %d", r.Index().Len(), r.IndexSource(), want)
+				}
+				if err != nil {
+					errs <- err
+					break
+				}
+			}
+			done <- true
+		}()
+	}
+	for i := 0; i < 6; i++ {
+		fx.addFile(i%2 == 0, 1, 40, nil)
+	}
+	for g := 0; g < 4; g++ {
+		<-done
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if a, b := fx.view(fx.load(dir), false), fx.view(fx.load(""), false); !reflect.DeepEqual(a, b) {
+		t.Fatal("the cache written concurrently gives another index than the files")
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Fatalf("%d files in the cache directory, want the table only", len(ents))
 	}
 }
