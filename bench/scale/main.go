@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -36,6 +37,9 @@ func main() {
 	perPack := flag.Int("per-pack", 16, "chunks per (absent) pack: 16 MiB packs of 1 MiB chunks")
 	measure := flag.Bool("measure", false, "open the repository, load its index and report time and bytes per chunk")
 	memProfile := flag.String("memprofile", "", "with -measure: write a heap profile after loading to this file")
+	cpuProfile := flag.String("cpuprofile", "", "with -measure: write a CPU profile of the open and load to this file")
+	add := flag.Bool("add", false, "add the index files to the existing repository (as backups since a cache was written would)")
+	cacheDir := flag.String("cache", "", "with -measure: use (and keep) the index cache in this directory, as floe does in its cache directory")
 	flag.Parse()
 	if *dir == "" || *pwFile == "" {
 		fmt.Fprintln(os.Stderr, "scale: -repo and -password-file are required")
@@ -48,7 +52,7 @@ func main() {
 	cred := repo.Credential{Password: []byte(strings.TrimRight(string(pw), "\r\n"))}
 	ctx := context.Background()
 	if *measure {
-		if err := measureLoad(ctx, *dir, cred, *memProfile); err != nil {
+		if err := measureLoad(ctx, *dir, cred, *memProfile, *cpuProfile, *cacheDir); err != nil {
 			fail(err)
 		}
 		return
@@ -56,7 +60,7 @@ func main() {
 	if *chunks <= 0 || *files <= 0 || *perPack <= 0 {
 		fail(fmt.Errorf("-chunks, -files and -per-pack must be positive"))
 	}
-	if err := generate(ctx, *dir, cred, *chunks, *files, *perPack); err != nil {
+	if err := generate(ctx, *dir, cred, *chunks, *files, *perPack, *add); err != nil {
 		fail(err)
 	}
 }
@@ -66,14 +70,24 @@ func fail(err error) {
 	os.Exit(1)
 }
 
-func generate(ctx context.Context, dir string, cred repo.Credential, chunks, files, perPack int) error {
-	be, err := local.Create(dir)
-	if err != nil {
-		return err
-	}
-	r, _, err := repo.Init(ctx, be, cred, repo.InitOptions{})
-	if err != nil {
-		return err
+func generate(ctx context.Context, dir string, cred repo.Credential, chunks, files, perPack int, add bool) error {
+	var r *repo.Repository
+	if add {
+		be, err := local.Open(dir)
+		if err != nil {
+			return err
+		}
+		if r, err = repo.Open(ctx, be, cred, repo.OpenOptions{}); err != nil {
+			return err
+		}
+	} else {
+		be, err := local.Create(dir)
+		if err != nil {
+			return err
+		}
+		if r, _, err = repo.Init(ctx, be, cred, repo.InitOptions{}); err != nil {
+			return err
+		}
 	}
 	start := time.Now()
 	perFile := (chunks + files - 1) / files
@@ -110,10 +124,21 @@ func randomID() hash.ID {
 	return id
 }
 
-func measureLoad(ctx context.Context, dir string, cred repo.Credential, memProfile string) error {
+func measureLoad(ctx context.Context, dir string, cred repo.Credential, memProfile, cpuProfile, cacheDir string) error {
 	var before, after runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	cpu0 := cpuTime()
 	start := time.Now()
 	be, err := local.Open(dir)
 	if err != nil {
@@ -124,16 +149,21 @@ func measureLoad(ctx context.Context, dir string, cred repo.Credential, memProfi
 		return err
 	}
 	opened := time.Since(start)
+	r.SetIndexCache(cacheDir)
 	if err := r.LoadIndex(ctx); err != nil {
 		return err
 	}
 	loaded := time.Since(start)
+	cpu := cpuTime() - cpu0
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
 	n := r.Index().Len()
 	heap := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	fmt.Printf("chunks %d\nopen %.2f s (key derivation included)\nopen+load index %.2f s\nheap after load %.1f MiB\nbytes per chunk %.1f\n",
-		n, opened.Seconds(), loaded.Seconds(), float64(heap)/(1<<20), float64(heap)/float64(max(n, 1)))
+	fmt.Printf("chunks %d\nindex from %s\nopen %.2f s (key derivation included)\nopen+load index %.2f s, CPU (user+sys) %.2f s\nheap after load %.1f MiB\nbytes per chunk %.1f\n",
+		n, r.IndexSource(), opened.Seconds(), loaded.Seconds(), cpu.Seconds(), float64(heap)/(1<<20), float64(heap)/float64(max(n, 1)))
 	if memProfile != "" {
 		f, err := os.Create(memProfile)
 		if err != nil {
@@ -146,4 +176,13 @@ func measureLoad(ctx context.Context, dir string, cred repo.Credential, memProfi
 	}
 	runtime.KeepAlive(r)
 	return nil
+}
+
+// cpuTime returns the user and system CPU time of this process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -6,6 +6,7 @@
 //
 //	<dir>/<repository id>/snapshots/<snapshot id>.json   snapshot record
 //	<dir>/<repository id>/trees/<snapshot id>            trees of that snapshot
+//	<dir>/<repository id>/index/table                    the index, built (repo's index cache)
 package cache
 
 import (
@@ -60,6 +61,17 @@ func Open(base, repoID string) (*Cache, error) {
 		_ = os.WriteFile(tag, []byte("Signature: 8a477f597d28d172789f06886806bc55\n# This is a floe cache; see https://bford.info/cachedir/\n"), 0o600)
 	}
 	return &Cache{dir: dir}, nil
+}
+
+// IndexDir returns the directory of the index cache of repository repoID
+// below base (repo.Repository.SetIndexCache), or "" for a repository id
+// that is not one. The repository package keeps it: it alone knows the
+// index.
+func IndexDir(base, repoID string) string {
+	if _, err := hash.Parse(repoID); err != nil {
+		return ""
+	}
+	return filepath.Join(base, repoID, "index")
 }
 
 // TreeWriter collects the trees of a backup in progress.

@@ -129,6 +129,9 @@ func Open(ctx context.Context, t Target, o Options) (*repo.Repository, error) {
 		return nil, err
 	}
 	if o.LoadIndex {
+		if dir := t.indexCacheDir(r); dir != "" {
+			r.SetIndexCache(dir)
+		}
 		if err := r.LoadIndex(ctx); err != nil {
 			var ile *repo.IndexLoadError
 			if !errors.As(err, &ile) {
@@ -184,6 +187,23 @@ func (t Target) OpenCache(r *repo.Repository) *cache.Cache {
 		return nil
 	}
 	return c
+}
+
+// indexCacheDir returns where r's index cache lives in the local cache,
+// or "" without a cache. Quietly: a cache that cannot be used costs speed
+// only, and OpenCache warns of it where the cache matters.
+func (t Target) indexCacheDir(r *repo.Repository) string {
+	if t.NoCache {
+		return ""
+	}
+	base := t.CacheDir
+	if base == "" {
+		var err error
+		if base, err = cache.DefaultDir(); err != nil {
+			return ""
+		}
+	}
+	return cache.IndexDir(base, r.Config().ID)
 }
 
 // credentialGiven reports whether t names a credential of its own: not

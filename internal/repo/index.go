@@ -5,6 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -460,6 +463,11 @@ func (r *Repository) DecodeIndexFile(data []byte) (*IndexFile, error) {
 		}
 		f.Trusted = true
 	}
+	// Signed and Signature point into data: dropped, so that the stored
+	// bytes do not stay in memory as long as the decoded file (at 10
+	// million chunks, 400 MB more at the peak of LoadIndex). Trusted says
+	// what they said.
+	f.Signed, f.Signature = nil, nil
 	return f, nil
 }
 
@@ -519,18 +527,43 @@ func (r *Repository) LoadIndex(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	grace := DefaultGCGrace
+	if r.idx != nil {
+		grace = r.idx.grace
+	}
+	dir := r.indexCacheDir
+	var key [32]byte
+	if dir != "" {
+		key = r.indexCacheKey(marked)
+		idx, errs, ok, err := r.loadIndexCached(ctx, dir, key, marked)
+		if err != nil {
+			return err
+		}
+		if ok {
+			idx.grace, idx.loaded = grace, start
+			r.idx = idx
+			if len(errs) > 0 {
+				return &IndexLoadError{Errs: errs}
+			}
+			return nil
+		}
+	}
 	files, errs, err := r.loadIndexFiles(ctx)
 	if err != nil {
 		return err
 	}
 	idx := newIndex()
-	if r.idx != nil {
-		idx.grace = r.idx.grace
-	}
+	idx.grace = grace
 	idx.loaded = start
 	idx.marked = marked
 	idx.addFiles(files)
 	r.idx = idx
+	r.indexSource = "files"
+	if dir != "" && idx.blobs.len() >= indexCacheMin {
+		// A cache that cannot be written costs the next load its speed
+		// only: no error.
+		_ = r.writeIndexCache(dir, key, idx, slices.Collect(maps.Keys(files)))
+	}
 	if len(errs) > 0 {
 		return &IndexLoadError{Errs: errs}
 	}
@@ -592,37 +625,113 @@ func (x *Index) buildFiles(ids []hash.ID, files map[hash.ID]*IndexFile) {
 		x.packPos = make(map[hash.ID]uint32, npacks)
 		x.packs = make([]indexPack, 0, npacks)
 	}
-	copies := make([]loadCopy, 0, nblobs)
+	// The files to add, in order, and the position of each of their packs
+	// in x.packs (numbered in file order, a pack listed twice once).
+	var list []*IndexFile
 	for _, id := range ids {
-		if x.replaced[id] {
-			continue
-		}
-		f := files[id]
-		for _, p := range f.Packs {
-			pos, ok := x.packPos[p.ID]
-			if !ok {
-				pos = uint32(len(x.packs))
-				x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
-				x.packPos[p.ID] = pos
-			}
-			for _, b := range p.Blobs {
-				h := BlobHandle{b.Type, b.ID}
-				copies = append(copies, loadCopy{prefix: prefixOf(&h.ID),
-					entry: compact(h, indexEntry{copyLoc: copyLoc{pack: pos, offset: b.Offset, length: b.Length, trusted: f.EntriesTrusted()}})})
-			}
+		if !x.replaced[id] {
+			list = append(list, files[id])
 		}
 	}
+	packPos := make([][]uint32, len(list))
+	for i, f := range list {
+		packPos[i] = make([]uint32, len(f.Packs))
+		for j := range f.Packs {
+			id := f.Packs[j].ID
+			pos, ok := x.packPos[id]
+			if !ok {
+				pos = uint32(len(x.packs))
+				x.packs = append(x.packs, indexPack{id: id, marked: x.marked[id]})
+				x.packPos[id] = pos
+			}
+			packPos[i][j] = pos
+		}
+	}
+	// Place each blob in its bucket of the table's array, by its ID's
+	// first two bytes, in file order (a stable counting sort): no
+	// intermediate array of every copy, which at 10 million chunks cost
+	// 560 MB of the load's peak memory. The files are split between the
+	// cores, each with its own cursors into every bucket, its files' blobs
+	// after those of the files before them.
+	workers := max(1, min(runtime.GOMAXPROCS(0), nblobs/buildPerWorker))
+	bounds := []int{0}
+	for i, seen := 0, 0; i < len(list); i++ {
+		for _, p := range list[i].Packs {
+			seen += len(p.Blobs)
+		}
+		if len(bounds) < workers && seen >= len(bounds)*nblobs/workers {
+			bounds = append(bounds, i+1)
+		}
+	}
+	for len(bounds) <= workers {
+		bounds = append(bounds, len(list))
+	}
+	cursors := make([][]uint32, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := make([]uint32, 1<<16)
+			for _, f := range list[bounds[w]:bounds[w+1]] {
+				for _, p := range f.Packs {
+					for i := range p.Blobs {
+						c[prefixOf(&p.Blobs[i].ID)]++
+					}
+				}
+			}
+			cursors[w] = c
+		}()
+	}
+	wg.Wait()
+	start := make([]uint32, 1<<16+1)
+	for p := 0; p < 1<<16; p++ {
+		at := start[p]
+		for w := range workers {
+			n := cursors[w][p]
+			cursors[w][p] = at
+			at += n
+		}
+		start[p+1] = at
+	}
+	sorted := make([]compactEntry, nblobs)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			next := cursors[w]
+			for i := bounds[w]; i < bounds[w+1]; i++ {
+				f := list[i]
+				var flags uint8
+				if f.EntriesTrusted() {
+					flags = ceTrusted
+				}
+				for j := range f.Packs {
+					pos := packPos[i][j]
+					for _, b := range f.Packs[j].Blobs {
+						pre := prefixOf(&b.ID)
+						c := &sorted[next[pre]]
+						next[pre]++
+						copy(c.id[:], b.ID[2:])
+						c.flags = uint8(b.Type)&ceTypeMask | flags
+						c.pack, c.offset, c.length = pos, b.Offset, b.Length
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
 	if len(x.packPos) == len(x.packs) {
 		x.packOrder = make([]uint32, len(x.packs))
 		for i := range x.packOrder {
 			x.packOrder[i] = uint32(i)
 		}
-		sort.Slice(x.packOrder, func(i, j int) bool {
-			return bytes.Compare(x.packs[x.packOrder[i]].id[:], x.packs[x.packOrder[j]].id[:]) < 0
+		slices.SortFunc(x.packOrder, func(a, b uint32) int {
+			return bytes.Compare(x.packs[a].id[:], x.packs[b].id[:])
 		})
 		x.packPos = map[hash.ID]uint32{}
 	}
-	for _, d := range x.blobs.build(copies) {
+	for _, d := range x.blobs.build(sorted, start) {
 		e := d.entry.entry()
 		x.addCopy(d.entry.handle(d.prefix), e.copyLoc, false)
 	}

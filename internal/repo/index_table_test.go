@@ -1,8 +1,10 @@
 package repo
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"runtime"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -13,6 +15,16 @@ import (
 // finds the same blobs, best copies, every copy with its flags, and the
 // same answers after marking copies bad and verified.
 func TestIndexBuildMatchesMap(t *testing.T) {
+	for _, perWorker := range []int{buildPerWorker, 1} {
+		t.Run(fmt.Sprintf("perWorker=%d", perWorker), func(t *testing.T) {
+			defer func(n, procs int) { buildPerWorker = n; runtime.GOMAXPROCS(procs) }(buildPerWorker, runtime.GOMAXPROCS(3))
+			buildPerWorker = perWorker
+			testIndexBuildMatchesMap(t)
+		})
+	}
+}
+
+func testIndexBuildMatchesMap(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	id := func() hash.ID {
 		var x hash.ID

@@ -107,6 +107,9 @@ type Repository struct {
 	chunker chunker.Params
 
 	idx *Index
+	// indexCacheDir holds the index cache (SetIndexCache); "": none.
+	indexCacheDir string
+	indexSource   string // IndexSource
 	// verifiesUploads: the backend checks uploaded blobs against their IDs
 	// (storage.VerifiesUploads), so every index entry is trusted.
 	verifiesUploads bool
