@@ -1,0 +1,160 @@
+package storage
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+)
+
+// Spool holds an object written piece by piece (a PendingObject of a
+// remote backend) until it is complete and can be uploaded under its
+// name: in memory up to a limit, beyond it in a temporary file. A pack of
+// the default size stays in memory, so that it is not written to a disk
+// and read back only to be sent; a pack of a large pack_size spills to
+// the file, so that memory stays bounded. Either way it can be read
+// again (ReadAt) by a retried upload.
+type Spool struct {
+	// mu: an HTTP transport may still read a request body after the
+	// answer came (an early refusal), while the spool is closed and its
+	// memory reused; reads after Close fail instead
+	mu     sync.Mutex
+	memMax int64
+	open   func() (*os.File, error)
+	chunks []*[]byte // spoolChunk bytes each but the last
+	f      *os.File
+	n      int64
+	err    error
+}
+
+// SpoolMemory is how much of an object a remote backend's Spool holds in
+// memory before it spills to a file: a pack of the default 16 MiB
+// pack_size and then some, not one of 1 GiB.
+const SpoolMemory = 64 << 20
+
+const spoolChunk = 1 << 20
+
+var spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, spoolChunk); return &b }}
+
+// NewSpool returns an empty spool that keeps up to memMax bytes in memory
+// and then moves them to the file open makes (unlinked or removed by the
+// caller once the spool is closed).
+func NewSpool(memMax int64, open func() (*os.File, error)) *Spool {
+	return &Spool{memMax: memMax, open: open}
+}
+
+// Write implements io.Writer.
+func (s *Spool) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return 0, s.err
+	}
+	if s.f == nil && s.n+int64(len(p)) > s.memMax {
+		if err := s.spill(); err != nil {
+			s.err = err
+			return 0, err
+		}
+	}
+	if s.f != nil {
+		n, err := s.f.Write(p)
+		s.n += int64(n)
+		if err != nil {
+			s.err = err
+		}
+		return n, err
+	}
+	for rest := p; len(rest) > 0; {
+		if len(s.chunks) == 0 || len(*s.chunks[len(s.chunks)-1]) == spoolChunk {
+			s.chunks = append(s.chunks, spoolChunks.Get().(*[]byte))
+		}
+		c := s.chunks[len(s.chunks)-1]
+		k := min(len(rest), spoolChunk-len(*c))
+		*c = append(*c, rest[:k]...)
+		rest = rest[k:]
+	}
+	s.n += int64(len(p))
+	return len(p), nil
+}
+
+// spill moves what is in memory to the file.
+func (s *Spool) spill() error {
+	f, err := s.open()
+	if err != nil {
+		return err
+	}
+	for _, c := range s.chunks {
+		if _, err := f.Write(*c); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	s.release()
+	s.f = f
+	return nil
+}
+
+func (s *Spool) release() {
+	for _, c := range s.chunks {
+		*c = (*c)[:0]
+		spoolChunks.Put(c)
+	}
+	s.chunks = nil
+}
+
+// Size is the number of bytes written.
+func (s *Spool) Size() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.n
+}
+
+// InMemory reports whether the spool has not spilled to a file.
+func (s *Spool) InMemory() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.f == nil
+}
+
+// ReadAt implements io.ReaderAt over what was written.
+func (s *Spool) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off < 0 {
+		return 0, fmt.Errorf("spool: negative offset %d", off)
+	}
+	if s.err == os.ErrClosed {
+		return 0, os.ErrClosed
+	}
+	if s.f != nil {
+		return s.f.ReadAt(p, off)
+	}
+	n := 0
+	for n < len(p) && off < s.n {
+		c := *s.chunks[off/spoolChunk]
+		k := copy(p[n:], c[off%spoolChunk:])
+		n += k
+		off += int64(k)
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// Close gives the memory back and closes the file; the spool is empty.
+func (s *Spool) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.release()
+	s.n = 0
+	if s.err == nil {
+		s.err = os.ErrClosed
+	}
+	if s.f != nil {
+		err := s.f.Close()
+		s.f = nil
+		return err
+	}
+	return nil
+}
