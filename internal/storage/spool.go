@@ -5,21 +5,24 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 )
 
 // Spool holds an object written piece by piece (a PendingObject of a
 // remote backend) until it is complete and can be uploaded under its
-// name: in memory up to a limit, beyond it in a temporary file. A pack of
-// the default size stays in memory, so that it is not written to a disk
-// and read back only to be sent; a pack of a large pack_size spills to
-// the file, so that memory stays bounded. Either way it can be read
-// again (ReadAt) by a retried upload.
+// name: in memory while all spools of the process hold less than
+// SpoolMemory, else in a temporary file. A pack of the default size stays
+// in memory, so that it is not written to a disk and read back only to
+// be sent; a pack of a large pack_size, or one more than a writer's
+// usual two (the one filling, the one being sent), spills to the file,
+// so that memory stays bounded. Either way it can be read again (ReadAt)
+// by a retried upload.
 type Spool struct {
 	// mu: an HTTP transport may still read a request body after the
 	// answer came (an early refusal), while the spool is closed and its
 	// memory reused; reads after Close fail instead
 	mu     sync.Mutex
-	memMax int64
+	mem    bool // may hold bytes in memory
 	open   func() (*os.File, error)
 	chunks []*[]byte // spoolChunk bytes each but the last
 	f      *os.File
@@ -27,20 +30,37 @@ type Spool struct {
 	err    error
 }
 
-// SpoolMemory is how much of an object a remote backend's Spool holds in
-// memory before it spills to a file: a pack of the default 16 MiB
-// pack_size and then some, not one of 1 GiB.
-const SpoolMemory = 64 << 20
+// SpoolMemory bounds the memory all spools of a process hold together:
+// two packs of the default 16 MiB pack_size and their headers.
+const SpoolMemory = 40 << 20
 
 const spoolChunk = 1 << 20
 
-var spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, spoolChunk); return &b }}
+var (
+	spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, spoolChunk); return &b }}
+	spoolUsed   atomic.Int64
+)
 
-// NewSpool returns an empty spool that keeps up to memMax bytes in memory
-// and then moves them to the file open makes (unlinked or removed by the
-// caller once the spool is closed).
-func NewSpool(memMax int64, open func() (*os.File, error)) *Spool {
-	return &Spool{memMax: memMax, open: open}
+// reserveChunk books one chunk of SpoolMemory, or reports that it is
+// spent.
+func reserveChunk() bool {
+	for {
+		used := spoolUsed.Load()
+		if used+spoolChunk > SpoolMemory {
+			return false
+		}
+		if spoolUsed.CompareAndSwap(used, used+spoolChunk) {
+			return true
+		}
+	}
+}
+
+// NewSpool returns an empty spool. With inMemory it holds what is written
+// in memory while SpoolMemory allows, and then moves it to the file open
+// makes; without, it writes to that file from the start. The file is
+// unlinked or removed by the caller once the spool is closed.
+func NewSpool(inMemory bool, open func() (*os.File, error)) *Spool {
+	return &Spool{mem: inMemory, open: open}
 }
 
 // Write implements io.Writer.
@@ -50,7 +70,7 @@ func (s *Spool) Write(p []byte) (int, error) {
 	if s.err != nil {
 		return 0, s.err
 	}
-	if s.f == nil && s.n+int64(len(p)) > s.memMax {
+	if s.f == nil && !s.room(len(p)) {
 		if err := s.spill(); err != nil {
 			s.err = err
 			return 0, err
@@ -64,17 +84,40 @@ func (s *Spool) Write(p []byte) (int, error) {
 		}
 		return n, err
 	}
-	for rest := p; len(rest) > 0; {
-		if len(s.chunks) == 0 || len(*s.chunks[len(s.chunks)-1]) == spoolChunk {
-			s.chunks = append(s.chunks, spoolChunks.Get().(*[]byte))
-		}
-		c := s.chunks[len(s.chunks)-1]
+	// room booked the chunks: fill the first with room, then the next
+	i := len(s.chunks) - 1
+	for i > 0 && len(*s.chunks[i-1]) < spoolChunk {
+		i--
+	}
+	for rest := p; len(rest) > 0; i++ {
+		c := s.chunks[i]
 		k := min(len(rest), spoolChunk-len(*c))
 		*c = append(*c, rest[:k]...)
 		rest = rest[k:]
 	}
 	s.n += int64(len(p))
 	return len(p), nil
+}
+
+// room makes room in memory for n more bytes (booking chunks of
+// SpoolMemory), or reports that there is none.
+func (s *Spool) room(n int) bool {
+	if !s.mem {
+		return false
+	}
+	free := 0
+	if len(s.chunks) > 0 {
+		free = spoolChunk - len(*s.chunks[len(s.chunks)-1])
+	}
+	for free < n {
+		if !reserveChunk() {
+			return false
+		}
+		c := spoolChunks.Get().(*[]byte)
+		s.chunks = append(s.chunks, c)
+		free += spoolChunk
+	}
+	return true
 }
 
 // spill moves what is in memory to the file.
@@ -99,6 +142,7 @@ func (s *Spool) release() {
 		*c = (*c)[:0]
 		spoolChunks.Put(c)
 	}
+	spoolUsed.Add(-int64(len(s.chunks)) * spoolChunk)
 	s.chunks = nil
 }
 

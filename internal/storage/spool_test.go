@@ -8,19 +8,41 @@ import (
 	"testing"
 )
 
+// The budget is shared: a second spool spills once the first holds most
+// of it, and gets memory again once the first is closed.
+func TestSpoolBudget(t *testing.T) {
+	open := func() (*os.File, error) { return os.CreateTemp(t.TempDir(), "spool") }
+	a := NewSpool(true, open)
+	a.Write(make([]byte, SpoolMemory-spoolChunk))
+	b := NewSpool(true, open)
+	b.Write(make([]byte, 2*spoolChunk))
+	if !a.InMemory() || b.InMemory() {
+		t.Fatalf("in memory: a %v, b %v", a.InMemory(), b.InMemory())
+	}
+	a.Close()
+	b.Close()
+	c := NewSpool(true, open)
+	defer c.Close()
+	c.Write(make([]byte, 2*spoolChunk))
+	if !c.InMemory() {
+		t.Fatal("the budget was not given back")
+	}
+}
+
 // A spool reads back what was written, in memory below its limit and
 // from its file above, across chunk boundaries; it is empty and
 // unreadable once closed.
 func TestSpool(t *testing.T) {
 	for _, c := range []struct {
 		name   string
-		memMax int64
+		mem    bool
 		size   int
 		spills bool
-	}{{"memory", 8 << 20, 3*spoolChunk + 17, false}, {"file", 2*spoolChunk + 5, 3*spoolChunk + 17, true}, {"empty", 1, 0, false}} {
+	}{{"memory", true, 3*spoolChunk + 17, false}, {"file", false, 3*spoolChunk + 17, true},
+		{"over the budget", true, SpoolMemory + 1, true}, {"empty", true, 0, false}} {
 		t.Run(c.name, func(t *testing.T) {
 			opened := 0
-			s := NewSpool(c.memMax, func() (*os.File, error) {
+			s := NewSpool(c.mem, func() (*os.File, error) {
 				opened++
 				return os.CreateTemp(t.TempDir(), "spool")
 			})
@@ -52,6 +74,9 @@ func TestSpool(t *testing.T) {
 				t.Fatalf("read at the end: %v", err)
 			}
 			s.Close()
+			if spoolUsed.Load() != 0 {
+				t.Fatalf("%d bytes of the budget still booked after Close", spoolUsed.Load())
+			}
 			if _, err := s.ReadAt(make([]byte, 1), 0); err == nil {
 				t.Fatal("read after close")
 			}

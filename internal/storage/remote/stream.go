@@ -17,7 +17,7 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 	if err := storage.ValidateListType(t); err != nil {
 		return nil, fmt.Errorf("save stream: %w", err)
 	}
-	sp := storage.NewSpool(storage.SpoolMemory, func() (*os.File, error) {
+	sp := storage.NewSpool(true, func() (*os.File, error) {
 		f, err := os.CreateTemp(b.opts.SpoolDir, "floe-upload-*")
 		if err != nil {
 			return nil, err
