@@ -40,8 +40,17 @@ type PackBytesVerifier interface {
 type memBudget struct {
 	limit int64
 	used  atomic.Int64
-	pools [memUploadMax / memClass]sync.Pool
+	// free keeps buffers given back for the next uploads, up to
+	// memKeep bytes: a sync.Pool is emptied by the collections that
+	// pack-sized allocations cause, and a fresh buffer costs page
+	// faults to fill (about as much CPU as hashing it)
+	mu   sync.Mutex
+	free [memUploadMax / memClass][]*[]byte
+	kept int64
 }
+
+// memKeep bounds the free buffers kept: a few packs' worth.
+const memKeep = 64 << 20
 
 func newMemBudget(limit int64) *memBudget { return &memBudget{limit: limit} }
 
@@ -62,9 +71,15 @@ func (m *memBudget) get(size int64) []byte {
 			break
 		}
 	}
-	if b, ok := m.pools[class-1].Get().(*[]byte); ok {
+	m.mu.Lock()
+	if f := m.free[class-1]; len(f) > 0 {
+		b := f[len(f)-1]
+		m.free[class-1] = f[:len(f)-1]
+		m.kept -= c
+		m.mu.Unlock()
 		return (*b)[:size]
 	}
+	m.mu.Unlock()
 	return make([]byte, size, c)
 }
 
@@ -76,5 +91,11 @@ func (m *memBudget) put(b []byte) {
 	class := cap(b) / memClass
 	m.used.Add(-int64(cap(b)))
 	b = b[:0]
-	m.pools[class-1].Put(&b)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.kept+int64(cap(b)) > memKeep {
+		return // the collector takes it
+	}
+	m.kept += int64(cap(b))
+	m.free[class-1] = append(m.free[class-1], &b)
 }

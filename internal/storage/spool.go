@@ -37,9 +37,40 @@ const SpoolMemory = 40 << 20
 const spoolChunk = 1 << 20
 
 var (
-	spoolChunks = sync.Pool{New: func() any { b := make([]byte, 0, spoolChunk); return &b }}
+	// spoolChunks are the chunks not in use. They come from one arena
+	// outside the Go heap where the system allows (spoolArena): in the
+	// heap, 40 MiB held would raise the collector's goal by as much
+	// again, and chunks freed and allocated anew cost page faults
+	spoolChunks = make(chan *[]byte, SpoolMemory/spoolChunk)
 	spoolUsed   atomic.Int64
+	arenaOnce   sync.Once
 )
+
+func getChunk() *[]byte {
+	arenaOnce.Do(func() {
+		arena := spoolArena(SpoolMemory)
+		for i := 0; i+spoolChunk <= len(arena); i += spoolChunk {
+			c := arena[i : i : i+spoolChunk]
+			spoolChunks <- &c
+		}
+	})
+	select {
+	case c := <-spoolChunks:
+		return c
+	default:
+		// no arena (reserveChunk bounds how many are out)
+		b := make([]byte, 0, spoolChunk)
+		return &b
+	}
+}
+
+func putChunk(c *[]byte) {
+	*c = (*c)[:0]
+	select {
+	case spoolChunks <- c:
+	default:
+	}
+}
 
 // reserveChunk books one chunk of SpoolMemory, or reports that it is
 // spent.
@@ -113,8 +144,7 @@ func (s *Spool) room(n int) bool {
 		if !reserveChunk() {
 			return false
 		}
-		c := spoolChunks.Get().(*[]byte)
-		s.chunks = append(s.chunks, c)
+		s.chunks = append(s.chunks, getChunk())
 		free += spoolChunk
 	}
 	return true
@@ -139,8 +169,7 @@ func (s *Spool) spill() error {
 
 func (s *Spool) release() {
 	for _, c := range s.chunks {
-		*c = (*c)[:0]
-		spoolChunks.Put(c)
+		putChunk(c)
 	}
 	spoolUsed.Add(-int64(len(s.chunks)) * spoolChunk)
 	s.chunks = nil
