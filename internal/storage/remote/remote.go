@@ -294,7 +294,38 @@ func Open(ctx context.Context, loc string, opts Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("open repository at %s: %w", b.Location(), err)
 	}
+	b.warmPool()
 	return b, nil
+}
+
+// warmPool has the other connections of the pool connect (TLS handshake,
+// or start ssh) now, all at once, instead of each on its first request,
+// which then waits for it: a command's first parallel loads (index
+// files, snapshots) would otherwise pay one more round trip or two. It
+// runs after the first request succeeded, so that a server trusted on
+// first use is remembered before the others check its certificate. Each
+// sends a HEAD of the config; a failure is left to the requests that
+// follow (they retry).
+func (b *Backend) warmPool() {
+	for _, p := range b.pool {
+		if p.warm.Load() {
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			hr, err := http.NewRequestWithContext(ctx, http.MethodHead, b.base+b.objectPath(storage.Handle{Type: storage.Config}), nil)
+			if err != nil {
+				return
+			}
+			if b.opts.Token != "" {
+				hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
+			}
+			if resp, err := p.do(hr); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
 }
 
 // Create asks the server to create the repository (admin role).
