@@ -97,6 +97,10 @@ type Writer struct{ h *blake3.Hasher }
 // NewWriter returns an empty Writer.
 func NewWriter() *Writer { return &Writer{h: blake3.New()} }
 
+// Reset empties w, so that one Writer (a large hasher state) can hash
+// many objects in turn.
+func (w *Writer) Reset() { w.h.Reset() }
+
 // Write adds p; it never fails.
 func (w *Writer) Write(p []byte) (int, error) { return w.h.Write(p) }
 

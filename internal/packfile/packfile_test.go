@@ -50,6 +50,26 @@ func TestPackRoundTrip(t *testing.T) {
 	}
 }
 
+func TestVerifyAndSum(t *testing.T) {
+	big := bytes.Repeat([]byte("0123456789"), 30000) // several stretches
+	data, blobs := makePack([]byte("small blob contents"), big, []byte("tail blob contents"))
+	sum, got, bad, err := VerifyAndSum(data)
+	if err != nil || len(bad) != 0 || !reflect.DeepEqual(got, blobs) || sum != hash.Sum(data) {
+		t.Fatalf("good pack: sum %v (want %v), blobs %v, bad %v, err %v", sum, hash.Sum(data), got, bad, err)
+	}
+	forged := bytes.Clone(data)
+	forged[blobs[1].Offset+70000] ^= 1
+	sum, _, bad, err = VerifyAndSum(forged)
+	if err != nil || len(bad) != 1 || bad[0].ID != blobs[1].ID || sum != hash.Sum(forged) {
+		t.Fatalf("forged pack: sum %v, bad %v, err %v", sum, bad, err)
+	}
+	junk := []byte("not a pack at all, but hashed all the same")
+	sum, _, _, err = VerifyAndSum(junk)
+	if err == nil || sum != hash.Sum(junk) {
+		t.Fatalf("junk: sum %v, err %v", sum, err)
+	}
+}
+
 func TestIndexRoundTrip(t *testing.T) {
 	pub, priv, _ := ed25519.GenerateKey(nil)
 	x := &Index{Supersedes: []hash.ID{hash.Sum([]byte("old"))}, Packs: []Pack{{ID: hash.Sum([]byte("p")),
@@ -93,6 +113,11 @@ func FuzzPackHeader(f *testing.F) {
 	f.Add([]byte(Magic))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		blobs, bad, err := Verify(data)
+		// the one-pass verifier agrees with it, and its sum is the name
+		sum, ob, obad, oerr := VerifyAndSum(data)
+		if sum != hash.Sum(data) || (oerr == nil) != (err == nil) || !reflect.DeepEqual(ob, blobs) || !reflect.DeepEqual(obad, bad) {
+			t.Fatalf("VerifyAndSum = %v, %v, %v, %v; Verify = %v, %v, %v", sum, ob, obad, oerr, blobs, bad, err)
+		}
 		if err != nil {
 			return
 		}

@@ -62,7 +62,9 @@ func FuzzRouter(f *testing.F) {
 	}
 	backup, _, _ := tokens.Add("fleet", "web1", server.RoleBackup)
 	admin, _, _ := tokens.Add("fleet", "adm", server.RoleAdmin)
-	h, err := server.New(server.Options{Repos: repos, Tokens: tokens, MaxObjectSize: 1 << 20})
+	// with the format verifier, as floe serve runs: uploads go through
+	// the name check and the one-pass pack verification in memory
+	h, err := server.New(server.Options{Repos: repos, Tokens: tokens, MaxObjectSize: 1 << 20, Verifier: server.NewFormatVerifier()})
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -70,6 +72,8 @@ func FuzzRouter(f *testing.F) {
 	f.Add("GET", "/fleet/config", 0, "", int64(-1))
 	f.Add("PUT", "/fleet/data/"+n, 1, "data", int64(4))
 	f.Add("DELETE", "/fleet/data/"+n, 1, "", int64(0))
+	f.Add("PUT", "/fleet/data/"+nameOf([]byte("not a pack")), 1, "not a pack", int64(10))
+	f.Add("PUT", "/fleet/index/"+nameOf([]byte("not an index")), 1, "not an index", int64(12))
 	f.Add("PUT", "/fleet/data/"+n, 2, "x", int64(1<<40))
 	f.Add("GET", "/fleet/data/?offset=-1", 2, "", int64(0))
 	f.Add("HEAD", "/fleet/../../etc/passwd", 2, "", int64(0))

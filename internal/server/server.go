@@ -65,7 +65,8 @@ type Options struct {
 	// Metrics counts requests; nil: none.
 	Metrics *Metrics
 	// Verifier, when set, checks uploads (see UploadVerifier); the server
-	// then spools each upload to a temporary file in SpoolDir first.
+	// then holds each upload in memory (see UploadMemory) or spools it to
+	// a temporary file in SpoolDir first.
 	Verifier UploadVerifier
 	SpoolDir string
 	// MaxObjectSize bounds an upload; a larger Content-Length is refused
@@ -77,6 +78,11 @@ type Options struct {
 	// BodyIdleTimeout cuts off an upload that sends nothing for this
 	// long; 0: DefaultBodyIdleTimeout.
 	BodyIdleTimeout time.Duration
+	// UploadMemory bounds the memory that holds uploads being received
+	// and verified (up to 64 MiB each; larger ones and those beyond the
+	// bound are spooled to SpoolDir). 0: DefaultUploadMemory; negative:
+	// spool every upload above 1 MiB.
+	UploadMemory int64
 	// AllowAnyName turns off the check that an object's name is the
 	// BLAKE3-256 of its bytes. Only the storage conformance suite sets it
 	// (it stores arbitrary bytes under arbitrary names); floe serve never.
@@ -101,6 +107,7 @@ type Server struct {
 	mu      sync.Mutex
 	uploads map[string]int // token id -> uploads in progress
 	journal journal
+	mem     *memBudget // buffers of uploads received into memory
 }
 
 // New returns a server.
@@ -120,7 +127,14 @@ func New(opts Options) (*Server, error) {
 	if opts.BodyIdleTimeout <= 0 {
 		opts.BodyIdleTimeout = DefaultBodyIdleTimeout
 	}
-	return &Server{opts: opts, uploads: map[string]int{}}, nil
+	if opts.UploadMemory == 0 {
+		opts.UploadMemory = DefaultUploadMemory
+	}
+	var mem *memBudget
+	if opts.UploadMemory > 0 {
+		mem = newMemBudget(opts.UploadMemory)
+	}
+	return &Server{opts: opts, uploads: map[string]int{}, mem: mem}, nil
 }
 
 // Headers of the protocol.
@@ -576,6 +590,7 @@ func (s *Server) save(q *request, route Route) {
 		return
 	}
 	defer up.abort()
+	defer up.release(s.mem)
 	err = up.commit(ctx)
 	if errors.Is(err, storage.ErrExist) {
 		same, cerr := s.identical(ctx, be, h, up)
@@ -638,6 +653,7 @@ type upload struct {
 	nameChecked bool
 	pending     storage.PendingObject // streamed into the backend, or
 	mem         []byte                // held in memory
+	pooled      bool                  // mem is from the server's memBudget
 	committed   bool
 }
 
@@ -655,26 +671,47 @@ func (u *upload) abort() {
 	}
 }
 
+// release gives a pooled buffer back; the upload's bytes are gone.
+func (u *upload) release(m *memBudget) {
+	if u.pooled {
+		m.put(u.mem)
+		u.mem, u.pooled = nil, false
+	}
+}
+
 // receive reads exactly size bytes of body into the backend (streamed
 // when it can) while hashing them, and checks the name. With a verifier,
-// the upload is received into memory (small) or a spool file first, and
-// reaches the repository's storage only once the verifier accepted it:
-// a refused upload leaves no trace there, not even a temporary file.
-// Nothing is visible until commit.
+// the upload is received into memory (within the memory budget, see
+// memUploadMax) or a spool file first, and reaches the repository's
+// storage only once the verifier accepted it: a refused upload leaves no
+// trace there, not even a temporary file. Nothing is visible until
+// commit.
 func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Handle, body io.Reader, size int64) (_ *upload, err error) {
 	up := &upload{be: be, h: h, size: size, nameChecked: h.Type != storage.Config && !s.opts.AllowAnyName}
 	verify := s.opts.Verifier != nil && h.Type != storage.Config
-	hw := hash.NewWriter()
-	var dst io.Writer
-	var spool *os.File
 	ss, streams := storage.As[storage.StreamSaver](be)
 	switch {
 	case h.Type == storage.Config || size <= 1<<20 || !streams && !verify:
 		// small objects, the config and backends that cannot stream:
 		// in memory (size is bounded above)
-		up.mem = make([]byte, 0, size)
-		dst = &memWriter{up: up}
+		up.mem = make([]byte, size)
 	case verify:
+		up.mem = s.mem.get(size)
+		up.pooled = up.mem != nil
+	}
+	defer func() {
+		if err != nil {
+			up.abort()
+			up.release(s.mem)
+		}
+	}()
+	if up.mem != nil {
+		return up, s.receiveMem(ctx, up, body, verify)
+	}
+	hw := hash.NewWriter()
+	var dst io.Writer
+	var spool *os.File
+	if verify {
 		spool, err = os.CreateTemp(s.opts.SpoolDir, ".floe-upload-*")
 		if err != nil {
 			return nil, fmt.Errorf("spool upload: %w", err)
@@ -682,49 +719,26 @@ func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Hand
 		defer os.Remove(spool.Name())
 		defer spool.Close()
 		dst = spool
-	default:
+	} else {
 		up.pending, err = ss.SaveStream(ctx, h.Type)
 		if err != nil {
 			return nil, err
 		}
 		dst = up.pending
 	}
-	defer func() {
-		if err != nil {
-			up.abort()
-		}
-	}()
-	n, err := io.Copy(io.MultiWriter(storageWriter{dst}, hw), body)
-	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return nil, fmt.Errorf("%w: body longer than its Content-Length %d", errBody, size)
-		}
-		if errors.Is(err, errStorageWrite) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: reading the upload of %s: %v", errBody, h, err)
+	buf := make([]byte, copyBufSize)
+	n, err := io.CopyBuffer(io.MultiWriter(storageWriter{dst}, hw), onlyReader{body}, buf)
+	if err = bodyError(h, size, n, err); err != nil {
+		return nil, err
 	}
-	if n != size {
-		return nil, fmt.Errorf("%w: body of %d bytes, Content-Length %d", errBody, n, size)
-	}
-	if up.nameChecked {
-		if got := hw.Sum().String(); got != h.Name {
-			return nil, fmt.Errorf("%w: %s received %d bytes that hash to %s", ErrNameMismatch, h, size, got)
-		}
+	if err := s.checkName(up, hw.Sum()); err != nil {
+		return nil, err
 	}
 	if !verify {
 		return up, nil
 	}
-	var ra io.ReaderAt = bytes.NewReader(up.mem)
-	if spool != nil {
-		ra = spool
-	}
-	if verr := s.opts.Verifier.VerifyUpload(ctx, be, h, ra, size); verr != nil {
+	if verr := s.opts.Verifier.VerifyUpload(ctx, be, h, spool, size); verr != nil {
 		return nil, fmt.Errorf("%w: %s: %v", errRejected, h, verr)
-	}
-	if spool == nil {
-		return up, nil
 	}
 	// accepted: copy the spool into storage (streamed when the backend
 	// can, else through memory)
@@ -738,17 +752,90 @@ func (s *Server) receive(ctx context.Context, be storage.Backend, h storage.Hand
 	if up.pending, err = ss.SaveStream(ctx, h.Type); err != nil {
 		return nil, err
 	}
-	if _, err := io.Copy(storageWriter{up.pending}, io.NewSectionReader(spool, 0, size)); err != nil {
+	if _, err := io.CopyBuffer(storageWriter{up.pending}, onlyReader{io.NewSectionReader(spool, 0, size)}, buf); err != nil {
 		return nil, err
 	}
 	return up, nil
 }
 
-type memWriter struct{ up *upload }
+// copyBufSize is the buffer of streamed and spooled uploads: one write
+// per MiB, not per 32 KiB.
+const copyBufSize = 1 << 20
 
-func (m *memWriter) Write(p []byte) (int, error) {
-	m.up.mem = append(m.up.mem, p...)
-	return len(p), nil
+// onlyReader hides a reader's WriterTo, so that io.CopyBuffer uses the
+// buffer given.
+type onlyReader struct{ io.Reader }
+
+// receiveMem reads the upload into up.mem (of its size), checks its name
+// and, with verify, has the verifier check it: a pack in the same pass as
+// its name's hash when the verifier can (PackBytesVerifier).
+func (s *Server) receiveMem(ctx context.Context, up *upload, body io.Reader, verify bool) error {
+	h := up.h
+	m, err := io.ReadFull(body, up.mem)
+	n := int64(m)
+	if err == nil {
+		// the body must end here (a longer one is refused by
+		// MaxBytesReader)
+		var extra int64
+		extra, err = io.Copy(io.Discard, body)
+		n += extra
+	} else if err == io.ErrUnexpectedEOF || err == io.EOF {
+		err = nil // counted short below
+	}
+	if err = bodyError(h, up.size, n, err); err != nil {
+		return err
+	}
+	if pv, ok := s.opts.Verifier.(PackBytesVerifier); ok && verify && h.Type == storage.Pack {
+		sum, verr := pv.VerifyPackBytes(h, up.mem)
+		if err := s.checkName(up, sum); err != nil {
+			return err
+		}
+		if verr != nil {
+			return fmt.Errorf("%w: %s: %v", errRejected, h, verr)
+		}
+		return nil
+	}
+	if up.nameChecked {
+		if err := s.checkName(up, hash.Sum(up.mem)); err != nil {
+			return err
+		}
+	}
+	if verify {
+		if verr := s.opts.Verifier.VerifyUpload(ctx, up.be, h, bytes.NewReader(up.mem), up.size); verr != nil {
+			return fmt.Errorf("%w: %s: %v", errRejected, h, verr)
+		}
+	}
+	return nil
+}
+
+// bodyError turns a failed or short read of an upload's body into the
+// error the client gets (400; a storage write error stays the storage's).
+func bodyError(h storage.Handle, size, n int64, err error) error {
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fmt.Errorf("%w: body longer than its Content-Length %d", errBody, size)
+		}
+		if errors.Is(err, errStorageWrite) || errors.Is(err, errBody) {
+			return err
+		}
+		return fmt.Errorf("%w: reading the upload of %s: %v", errBody, h, err)
+	}
+	if n != size {
+		return fmt.Errorf("%w: body of %d bytes, Content-Length %d", errBody, n, size)
+	}
+	return nil
+}
+
+// checkName refuses an upload whose bytes do not hash to its name.
+func (s *Server) checkName(up *upload, sum hash.ID) error {
+	if !up.nameChecked {
+		return nil
+	}
+	if got := sum.String(); got != up.h.Name {
+		return fmt.Errorf("%w: %s received %d bytes that hash to %s", ErrNameMismatch, up.h, up.size, got)
+	}
+	return nil
 }
 
 var errStorageWrite = errors.New("storage write failed")

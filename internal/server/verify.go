@@ -143,3 +143,20 @@ func (r *backendReader) ReadAt(p []byte, off int64) (int, error) {
 	}
 	return n, err
 }
+
+// VerifyPackBytes implements PackBytesVerifier: the pack's name and its
+// blobs are hashed in one pass over data (packfile.VerifyAndSum).
+func (v *FormatVerifier) VerifyPackBytes(h storage.Handle, data []byte) (hash.ID, error) {
+	sum, blobs, bad, err := packfile.VerifyAndSum(data)
+	if err != nil {
+		return sum, err
+	}
+	if len(bad) > 0 {
+		return sum, fmt.Errorf("bytes that do not hash to their IDs in %s (first: %s blob %s)", ui.Count(len(bad), "blob"), bad[0].Type, bad[0].ID.Short())
+	}
+	if sum.String() == h.Name {
+		// only what was verified under its own name is remembered
+		v.remember(sum, blobs)
+	}
+	return sum, nil
+}

@@ -59,13 +59,25 @@ func indexOf(t *testing.T, pid hash.ID, blobs []packfile.Blob) []byte {
 // streaming check) and its index file are stored, and the server says
 // that it verifies uploads.
 func TestFormatVerifierRefusesForgeries(t *testing.T) {
+	// packs above 1 MiB are held in memory and verified in the pass that
+	// hashes their name, or (over the memory budget, larger than
+	// 64 MiB) spooled and read back: both must refuse the same
+	for _, mode := range []struct {
+		name string
+		mem  int64
+	}{{"memory", 0}, {"spool", -1}} {
+		t.Run(mode.name, func(t *testing.T) { testFormatVerifier(t, mode.mem) })
+	}
+}
+
+func testFormatVerifier(t *testing.T, mem int64) {
 	ctx := context.Background()
 	root := t.TempDir()
 	repos, err := server.NewRootDir(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, repos, server.Options{Verifier: server.NewFormatVerifier(), SpoolDir: t.TempDir()})
+	s := startServer(t, repos, server.Options{Verifier: server.NewFormatVerifier(), SpoolDir: t.TempDir(), UploadMemory: mem})
 	admin, err := remote.Create(ctx, s.url+"/fleet", remote.Options{Token: s.token(t, "fleet", "admin"), Fingerprint: s.fp, Retries: 1})
 	if err != nil {
 		t.Fatal(err)
@@ -99,6 +111,12 @@ func TestFormatVerifierRefusesForgeries(t *testing.T) {
 	big, small := sealedLike(1, 3<<20+5), sealedLike(2, 4000)
 	forged, _ := buildPack(1, big, small)
 	refused("a pack with a forged blob", storage.Pack, forged, "do not hash to their IDs")
+	// a pack whose bytes are not its name: 422 name_mismatch, nothing stored
+	other, _ := buildPack(-1, small, big)
+	misnamed := storage.Handle{Type: storage.Pack, Name: hash.Sum(forged).String()}
+	if err := b.Save(ctx, misnamed, other); !errors.Is(err, remote.ErrRejected) || !strings.Contains(err.Error(), "hash to") {
+		t.Fatalf("a pack under another name: %v, want ErrRejected naming the hash", err)
+	}
 	refused("garbage as a pack", storage.Pack, []byte("not a pack at all, but named by its hash"), "not a floe v2 pack")
 
 	pack, blobs := buildPack(-1, big, small)

@@ -68,6 +68,16 @@ type TempFiles interface {
 	RemoveTempFiles(age time.Duration) (n int, size int64, err error)
 }
 
+// WholeLoader is implemented by backends that load a whole object in one
+// request and learn its size before reading its bytes (a floe server
+// sends Content-Length first), so they can refuse one above a limit
+// without allocating it: LoadAll then needs no Stat first, one round trip
+// fewer for each key, index file and snapshot a command reads. The error
+// for a larger object is TooLargeError's.
+type WholeLoader interface {
+	LoadWhole(ctx context.Context, h Handle, limit int64) ([]byte, error)
+}
+
 // ConnectionsHint is implemented by backends whose round trips are slow
 // (object stores, the floe server), to raise how many loads and saves run
 // at once by default. An explicit setting (--connections) still wins.

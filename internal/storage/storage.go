@@ -224,14 +224,18 @@ var ErrTooLarge = errors.New("object is too large")
 // exactly that many bytes, so neither a huge object nor one that grows
 // between the two calls can make it allocate more than limit. The error for
 // a larger object names h and the limit and wraps ErrTooLarge.
+//
+// A backend that is a WholeLoader loads it in one request instead.
 func LoadAll(ctx context.Context, b Backend, h Handle, limit int64) ([]byte, error) {
+	if wl, ok := As[WholeLoader](b); ok {
+		return wl.LoadWhole(ctx, h, limit)
+	}
 	fi, err := b.Stat(ctx, h)
 	if err != nil {
 		return nil, err
 	}
 	if fi.Size > limit || fi.Size < 0 {
-		return nil, fmt.Errorf("load %s: %d bytes is more than the limit of %d bytes for %s: %w",
-			h, fi.Size, limit, h.Type.describe(), ErrTooLarge)
+		return nil, TooLargeError(h, fi.Size, limit)
 	}
 	if fi.Size == 0 {
 		// Load's length 0 means "to the end": never ask a backend that.
@@ -245,6 +249,13 @@ func LoadAll(ctx context.Context, b Backend, h Handle, limit int64) ([]byte, err
 		return nil, fmt.Errorf("load %s: got %d bytes, want %d: %w", h, len(data), fi.Size, io.ErrUnexpectedEOF)
 	}
 	return data, nil
+}
+
+// TooLargeError is LoadAll's error for an object h of size bytes, above
+// limit.
+func TooLargeError(h Handle, size, limit int64) error {
+	return fmt.Errorf("load %s: %d bytes is more than the limit of %d bytes for %s: %w",
+		h, size, limit, h.Type.describe(), ErrTooLarge)
 }
 
 // describe names the kind of object for messages.

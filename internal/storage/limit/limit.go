@@ -180,6 +180,20 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	return data, nil
 }
 
+// LoadWhole implements storage.WholeLoader, so that storage.LoadAll
+// through a limited backend pays for what it loads (it would otherwise
+// find the capability of the backend beneath and bypass the limit).
+func (b *Backend) LoadWhole(ctx context.Context, h storage.Handle, limit int64) ([]byte, error) {
+	data, err := storage.LoadAll(ctx, b.be, h, limit)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.download.Wait(ctx, len(data)); err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	return data, nil
+}
+
 // Stat implements storage.Backend.
 func (b *Backend) Stat(ctx context.Context, h storage.Handle) (storage.FileInfo, error) {
 	return b.be.Stat(ctx, h)

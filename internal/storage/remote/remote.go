@@ -294,7 +294,38 @@ func Open(ctx context.Context, loc string, opts Options) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("open repository at %s: %w", b.Location(), err)
 	}
+	b.warmPool()
 	return b, nil
+}
+
+// warmPool has the other connections of the pool connect (TLS handshake,
+// or start ssh) now, all at once, instead of each on its first request,
+// which then waits for it: a command's first parallel loads (index
+// files, snapshots) would otherwise pay one more round trip or two. It
+// runs after the first request succeeded, so that a server trusted on
+// first use is remembered before the others check its certificate. Each
+// sends a HEAD of the config; a failure is left to the requests that
+// follow (they retry).
+func (b *Backend) warmPool() {
+	for _, p := range b.pool {
+		if p.warm.Load() {
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			hr, err := http.NewRequestWithContext(ctx, http.MethodHead, b.base+b.objectPath(storage.Handle{Type: storage.Config}), nil)
+			if err != nil {
+				return
+			}
+			if b.opts.Token != "" {
+				hr.Header.Set("Authorization", "Bearer "+b.opts.Token)
+			}
+			if resp, err := p.do(hr); err == nil {
+				resp.Body.Close()
+			}
+		}()
+	}
 }
 
 // Create asks the server to create the repository (admin role).
@@ -339,7 +370,15 @@ type request struct {
 	// body returns a fresh body for each attempt (nil: none)
 	body func() (io.ReadCloser, error)
 	size int64
+	// maxBody, if > 0, bounds a successful answer: a longer one is
+	// refused (errBodyTooLarge) before it is read
+	maxBody int64
 }
+
+// errBodyTooLarge: a successful answer longer than request.maxBody.
+type errBodyTooLarge struct{ size int64 }
+
+func (e errBodyTooLarge) Error() string { return fmt.Sprintf("answer of %d bytes", e.size) }
 
 type response struct {
 	status  int
@@ -365,7 +404,8 @@ func (b *Backend) do(ctx context.Context, req request) (response, error) {
 		retry := false
 		switch {
 		case err != nil:
-			if ctx.Err() != nil || errors.Is(err, ErrFingerprint) || isTLSTrustError(err) {
+			var tooLarge errBodyTooLarge
+			if ctx.Err() != nil || errors.Is(err, ErrFingerprint) || isTLSTrustError(err) || errors.As(err, &tooLarge) {
 				return res, err
 			}
 			if b.fatal != nil {
@@ -442,6 +482,13 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	limit := int64(maxErrorBody)
 	if resp.StatusCode < 300 {
 		limit = 1 << 62
+		if req.maxBody > 0 {
+			if resp.ContentLength > req.maxBody {
+				return res, errBodyTooLarge{resp.ContentLength}
+			}
+			// without a Content-Length: one byte more tells
+			limit = req.maxBody + 1
+		}
 	}
 	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))))
 	if _, err := io.Copy(buf, io.LimitReader(resp.Body, limit)); err != nil {
@@ -449,6 +496,9 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	}
 	if resp.ContentLength >= 0 && resp.StatusCode < 300 && int64(buf.Len()) != resp.ContentLength {
 		return res, fmt.Errorf("answer cut short: %d of %d bytes", buf.Len(), resp.ContentLength)
+	}
+	if req.maxBody > 0 && resp.StatusCode < 300 && int64(buf.Len()) > req.maxBody {
+		return res, errBodyTooLarge{int64(buf.Len())}
 	}
 	res.data = buf.Bytes()
 	return res, nil
@@ -559,6 +609,41 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	}
 	if length > 0 && int64(len(res.data)) != length {
 		return nil, fmt.Errorf("load %s: server sent %d bytes for a %d-byte range", h, len(res.data), length)
+	}
+	return res.data, nil
+}
+
+// LoadWhole implements storage.WholeLoader: one GET instead of a HEAD
+// for the size and a GET of that length; an answer whose Content-Length
+// is above limit is refused before its body is read.
+func (b *Backend) LoadWhole(ctx context.Context, h storage.Handle, limit int64) ([]byte, error) {
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	if limit <= 0 {
+		// only an empty object fits: the size says so
+		fi, err := b.Stat(ctx, h)
+		if err != nil {
+			return nil, err
+		}
+		if fi.Size > 0 {
+			return nil, storage.TooLargeError(h, fi.Size, limit)
+		}
+		return []byte{}, nil
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), maxBody: limit})
+	var tooLarge errBodyTooLarge
+	if errors.As(err, &tooLarge) {
+		return nil, storage.TooLargeError(h, tooLarge.size, limit)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	if res.status != http.StatusOK {
+		return nil, fmt.Errorf("load %s: %w", h, b.statusError(res))
+	}
+	if res.data == nil {
+		return []byte{}, nil
 	}
 	return res.data, nil
 }

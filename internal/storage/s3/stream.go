@@ -24,12 +24,13 @@ import (
 // than uploading to a temporary key and copying it to the final one (which
 // doubles the server's work and every request's cost, and leaves visible
 // temporary objects behind a killed writer), the pack is spooled to an
-// unlinked temporary file (see spoolFile) while it fills, and uploaded at
-// Commit straight to its final key: in one PUT up to the part size, else in
-// parts read from the file in parallel. Memory stays at the parts in
-// flight whatever the pack size; a killed writer leaves no file (it is
-// unlinked from the start) and at most an incomplete multipart upload,
-// which is invisible and which prune aborts.
+// unlinked temporary file (see spoolFile; storage.Spool without memory)
+// while it fills, and uploaded at Commit straight to its final key: in
+// one PUT up to the part size, else in parts read from the file in
+// parallel. Memory stays at the parts in flight whatever the pack size
+// (the requirement, e2e TestS3StreamsPacks); a killed writer
+// leaves no file (it is unlinked from the start) and at most an
+// incomplete multipart upload, which is invisible and which prune aborts.
 func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.PendingObject, error) {
 	if err := storage.ValidateListType(t); err != nil {
 		return nil, fmt.Errorf("save stream: %w", err)
@@ -37,26 +38,29 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("save stream: %w", err)
 	}
-	f, err := spoolFile()
-	if err != nil {
-		return nil, fmt.Errorf("save stream: spool file: %w", diskErr(err))
-	}
-	// Unlinked at once: the open file stays usable, and nothing is left
-	// behind however the process ends. Where an open file cannot be
-	// removed (Windows), it is removed when the object is done.
-	p := &pending{b: b, t: t, f: f}
-	if err := os.Remove(f.Name()); err != nil {
-		p.path = f.Name()
-	}
+	p := &pending{b: b, t: t}
+	p.sp = storage.NewSpool(false, func() (*os.File, error) {
+		f, err := spoolFile()
+		if err != nil {
+			return nil, err
+		}
+		// Unlinked at once: the open file stays usable, and nothing is
+		// left behind however the process ends. Where an open file
+		// cannot be removed (Windows), it is removed when the object is
+		// done.
+		if err := os.Remove(f.Name()); err != nil {
+			p.path = f.Name()
+		}
+		return f, nil
+	})
 	return p, nil
 }
 
 type pending struct {
 	b    *Backend
 	t    storage.FileType
-	f    *os.File
+	sp   *storage.Spool
 	path string // still to remove at the end, if not unlinked at once
-	size int64
 	done bool
 }
 
@@ -64,8 +68,7 @@ func (p *pending) Write(data []byte) (int, error) {
 	if p.done {
 		return 0, fmt.Errorf("write %s: object already committed or aborted", p.t)
 	}
-	n, err := p.f.Write(data)
-	p.size += int64(n)
+	n, err := p.sp.Write(data)
 	if err != nil {
 		return n, fmt.Errorf("write %s: spool file: %w", p.t, diskErr(err))
 	}
@@ -84,7 +87,7 @@ func (p *pending) Commit(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
-	if err := p.b.put(ctx, p.b.key(h), p.f, p.size); err != nil {
+	if err := p.b.put(ctx, p.b.key(h), p.sp, p.sp.Size()); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
 	return nil
@@ -95,7 +98,7 @@ func (p *pending) Abort() {
 		return
 	}
 	p.done = true
-	p.f.Close()
+	p.sp.Close()
 	if p.path != "" {
 		os.Remove(p.path)
 	}

@@ -36,6 +36,7 @@ func TestBackend(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 		{"SaveLoad", testSaveLoad},
 		{"LoadRange", testLoadRange},
 		{"Empty", testEmpty},
+		{"LoadAll", testLoadAll},
 		{"Stat", testStat},
 		{"Missing", testMissing},
 		{"NoOverwrite", testNoOverwrite},
@@ -213,6 +214,33 @@ func testEmpty(t *testing.T, b storage.Backend) {
 	}
 	if got := list(t, b, storage.Snapshot); len(got) != 1 || got[h.Name] != 0 {
 		t.Errorf("List: %v", got)
+	}
+}
+
+// storage.LoadAll (through a backend's WholeLoader, if it is one): the
+// whole object within the limit, ErrTooLarge above it, ErrNotExist for a
+// missing one, an empty object as empty.
+func testLoadAll(t *testing.T, b storage.Backend) {
+	ctx := context.Background()
+	h := storage.Handle{Type: storage.Index, Name: Name("loadall")}
+	data := randomData(7, 3000)
+	save(t, b, h, data)
+	if got, err := storage.LoadAll(ctx, b, h, 3000); err != nil || !bytes.Equal(got, data) {
+		t.Errorf("LoadAll within the limit: %d bytes, %v", len(got), err)
+	}
+	if _, err := storage.LoadAll(ctx, b, h, 2999); !errors.Is(err, storage.ErrTooLarge) {
+		t.Errorf("LoadAll above the limit: %v, want ErrTooLarge", err)
+	}
+	if _, err := storage.LoadAll(ctx, b, h, 0); !errors.Is(err, storage.ErrTooLarge) {
+		t.Errorf("LoadAll with limit 0: %v, want ErrTooLarge", err)
+	}
+	if _, err := storage.LoadAll(ctx, b, storage.Handle{Type: storage.Index, Name: Name("loadall-missing")}, 100); !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("LoadAll of a missing object: %v, want ErrNotExist", err)
+	}
+	empty := storage.Handle{Type: storage.Snapshot, Name: Name("loadall-empty")}
+	save(t, b, empty, nil)
+	if got, err := storage.LoadAll(ctx, b, empty, 10); err != nil || got == nil || len(got) != 0 {
+		t.Errorf("LoadAll of an empty object: %v, %v", got, err)
 	}
 }
 
