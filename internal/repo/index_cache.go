@@ -62,9 +62,12 @@ const indexCacheName = "table"
 // bytes per chunk).
 const indexCacheSlack = 64
 
-// indexCacheMin is the fewest blobs worth a cache: a smaller index loads
-// in a few milliseconds (tests lower it).
-var indexCacheMin = 100_000
+// indexCacheMin is the fewest blobs worth a cache. Small: on a local
+// path a small index loads in milliseconds either way, but through a
+// server or S3 every index file is a request, and a no-change backup of
+// a small tree spent most of its time on them; the cache needs only a
+// listing.
+var indexCacheMin = 1_000
 
 const (
 	indexCacheMagic   = "floe index cache" // 16 bytes
