@@ -90,6 +90,10 @@ type restorer struct {
 	files []*fileJob
 	seen  []dirNames
 
+	// trees loads the trees plan walks (one goroutine): it keeps the
+	// pack they are in open instead of opening it for each directory.
+	trees *repo.BlobLoader
+
 	zeroMu  sync.Mutex
 	zeroIDs map[uint32]hash.ID
 
@@ -355,7 +359,9 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if err != nil {
 		return nil, err
 	}
+	rs.trees = r.NewBlobLoader()
 	rs.plan(ctx, tree, snapDir, "")
+	rs.trees.Close()
 	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -490,7 +496,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 				rs.dirs = append(rs.dirs, dirMeta{rel, n})
 				rs.res.Dirs++
 				any = true
-				if sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree); err != nil {
+				if sub, err := rs.loadTree(ctx, n.Subtree); err != nil {
 					rs.fail(fmt.Errorf("%s: %w", sp, err))
 				} else {
 					rs.plan(ctx, sub, sp, rel)
@@ -499,7 +505,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			}
 			// Only an include below may select something: create the
 			// directory afterwards if it did.
-			sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree)
+			sub, err := rs.loadTree(ctx, n.Subtree)
 			if err != nil {
 				rs.fail(fmt.Errorf("%s: %w", sp, err))
 				continue
@@ -564,6 +570,19 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		}
 	}
 	return any
+}
+
+// loadTree is snapshot.LoadTree through rs.trees.
+func (rs *restorer) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
+	plain, err := rs.trees.Load(ctx, repo.TreeBlob, ref, nil)
+	if err != nil {
+		return nil, err
+	}
+	t, err := snapshot.DecodeTree(plain)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", ref.Short(), err)
+	}
+	return t, nil
 }
 
 // hard links are made after the first copy's content is written.
@@ -742,54 +761,43 @@ func (rs *restorer) apply(rel string, n *snapshot.Node) error {
 	})
 }
 
-// restoreFiles writes file contents, spreading the chunks of all files over
-// the workers, so that one large file uses every core too.
+// restoreFiles writes file contents. The planner (this goroutine) creates
+// the files one after another and gathers the chunks they need in windows
+// (readWindow); each window's blobs are grouped into ranges of packs
+// (repo.PlanReads) that the workers read with one request each, writing
+// every blob to each place it goes. A window spans many small files or a
+// part of a large one, so that both keep every worker busy, and it bounds
+// how many files are open at once.
 func (rs *restorer) restoreFiles(ctx context.Context) {
-	// A chunk task writes one blob of a file; createOnly tasks finish a
-	// file that has no data to write (empty, or only holes).
-	type chunk struct {
-		f          *openFile
-		ref        hash.Ref
-		offset     int64
-		length     uint32 // what the tree says; the blob must hold that many bytes
-		createOnly bool
-	}
-	// Chunks go to the workers in batches (up to batchChunks chunks or
-	// batchBytes bytes): one channel hand-off per chunk woke a worker for
-	// every small file, and the wake-ups (futex, and the scheduler's
-	// nanosleep while stealing work) cost more than the small files'
-	// writes.
-	const (
-		batchChunks = 32
-		batchBytes  = 4 << 20
-	)
-	batches := make(chan []chunk, rs.opts.Workers)
+	jobs := make(chan readJob, rs.opts.Workers)
 	var wg sync.WaitGroup
 	for i := 0; i < rs.opts.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// One loader per worker: its buffers and the pack it holds
-			// open are reused from one chunk to the next.
+			// open are reused from one range to the next.
 			loader := rs.r.NewBlobLoader()
 			defer loader.Close()
 			var buf []byte
-			for batch := range batches {
-				for _, c := range batch {
-					buf = rs.restoreChunk(ctx, loader, c.f, c.ref, c.offset, c.length, c.createOnly, buf)
-				}
+			for j := range jobs {
+				buf = rs.readBlobs(ctx, loader, j, buf)
 			}
 		}()
 	}
-	var batch []chunk
-	var batchSize int64
-	send := func(c chunk) {
-		batch = append(batch, c)
-		batchSize += int64(c.length)
-		if len(batch) >= batchChunks || batchSize >= batchBytes {
-			batches <- batch
-			batch, batchSize = make([]chunk, 0, batchChunks), 0
+	win := newReadWindow()
+	flush := func() {
+		if len(win.refs) == 0 {
+			return
 		}
+		ranges, unplaced := rs.r.PlanReads(repo.DataBlob, win.refs, restoreRanges)
+		for _, i := range unplaced {
+			jobs <- readJob{w: win, single: i}
+		}
+		for _, rg := range ranges {
+			jobs <- readJob{w: win, rng: rg}
+		}
+		win = newReadWindow()
 	}
 	var links []*fileJob
 	for _, job := range rs.files {
@@ -811,7 +819,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		f := &openFile{job: job, dirFd: -1, fd: -1}
 		// offsets from the chunk sizes the tree records
 		offsets := make([]int64, len(job.node.Content))
-		lengths := make([]uint32, len(job.node.Content))
 		var off int64
 		missing := false
 		for i, ref := range job.node.Content {
@@ -821,7 +828,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 				missing = true
 				break
 			}
-			lengths[i] = job.node.ChunkSizes[i]
 			off += int64(job.node.ChunkSizes[i])
 		}
 		if !missing && uint64(off) != job.node.Size {
@@ -840,8 +846,8 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		var todo []int
 		for i, id := range job.node.Content {
-			size := uint64(lengths[i])
-			if job.node.Sparse && rs.isZeroChunk(id, lengths[i]) {
+			size := job.node.ChunkSizes[i]
+			if job.node.Sparse && rs.isZeroChunk(id, size) {
 				rs.opts.Progress.Done(0, int64(size))
 				continue
 			}
@@ -857,25 +863,25 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		// Created here, one after another: on ext4 concurrent creates in
 		// the same directories only contend (measured: 5.2 s serial vs
 		// 7-9 s from four workers for GOROOT's 15,000 files).
-		if err := f.open(rs); err != nil {
+		f.pending.Store(int64(max(len(todo), 1)))
+		if err := f.open(); err != nil || len(todo) == 0 {
+			// nothing to write: finish it here (metadata, close)
 			f.pending.Store(1)
 			f.done(rs, err)
 			continue
 		}
-		if len(todo) == 0 {
-			f.pending.Store(1)
-			send(chunk{f: f, createOnly: true})
-			continue
-		}
-		f.pending.Store(int64(len(todo)))
 		for _, i := range todo {
-			send(chunk{f: f, ref: job.node.Content[i], offset: offsets[i], length: lengths[i]})
+			win.add(job.node.Content[i], target{f: f, offset: offsets[i], length: job.node.ChunkSizes[i]})
+			if win.full() {
+				flush()
+			}
+		}
+		if win.files++; win.full() {
+			flush()
 		}
 	}
-	if len(batch) > 0 {
-		batches <- batch
-	}
-	close(batches)
+	flush()
+	close(jobs)
 	wg.Wait()
 	for _, job := range links {
 		if fi, err := rs.root.Lstat(job.rel); err == nil {
@@ -896,50 +902,144 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	}
 }
 
+// restoreRanges shape the reads of a restore. A range of up to 4 MiB is
+// one request (a few hundred for GOROOT instead of one per blob) and the
+// most a worker holds; the gap allowed between two needed blobs is far
+// cheaper to read than a request; and a range of at most 64 blobs lets a
+// window of small files keep every worker busy.
+var restoreRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
+
+// Bounds of a read window: the distinct blobs, their bytes and the files
+// it holds (every file of a window is open until it is written).
+const (
+	windowBlobs = 1024
+	windowBytes = 32 << 20
+	windowFiles = 256
+)
+
+// readWindow gathers the chunks of consecutive files. A blob that several
+// of them need (the same content in many files, or many times in one) is
+// read once and written to each target. Once handed to the workers a
+// window is only read.
+type readWindow struct {
+	refs    []hash.Ref
+	targets [][]target // per ref: where it goes
+	index   map[hash.Ref]int
+	bytes   int64
+	files   int
+}
+
+// target is one place a blob is written: a chunk of a file.
+type target struct {
+	f      *openFile
+	offset int64
+	length uint32 // what the tree says; the blob must hold that many bytes
+}
+
+func newReadWindow() *readWindow {
+	return &readWindow{index: map[hash.Ref]int{}}
+}
+
+// add records that ref goes to t. Refs are told apart by ID and key: the
+// plaintext of a ref is checked against its own key.
+func (w *readWindow) add(ref hash.Ref, t target) {
+	i, ok := w.index[ref]
+	if !ok {
+		i = len(w.refs)
+		w.index[ref] = i
+		w.refs = append(w.refs, ref)
+		w.targets = append(w.targets, nil)
+		w.bytes += int64(t.length)
+	}
+	w.targets[i] = append(w.targets[i], t)
+}
+
+func (w *readWindow) full() bool {
+	return len(w.refs) >= windowBlobs || w.bytes >= windowBytes || w.files >= windowFiles
+}
+
+// readJob is one range of a window, or one blob that PlanReads could not
+// place (single; Load reports why).
+type readJob struct {
+	w      *readWindow
+	rng    repo.PackRange
+	single int
+}
+
+// readBlobs reads a job's blobs and writes each to its targets; buf is
+// reused for blobs read alone.
+func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j readJob, buf []byte) []byte {
+	if j.rng.Blobs == nil {
+		data, err := loader.Load(ctx, repo.DataBlob, j.w.refs[j.single], buf)
+		if err == nil {
+			buf = data
+		}
+		rs.deliver(ctx, j.w.targets[j.single], data, err)
+		return buf
+	}
+	n := 0
+	err := loader.LoadRange(ctx, repo.DataBlob, j.rng, func(b repo.RangeBlob, data []byte, err error) error {
+		n++
+		rs.deliver(ctx, j.w.targets[b.Tag], data, err)
+		return nil
+	})
+	if err != nil {
+		// stopped early (cancelled): the rest of the range still
+		// finishes its files
+		for _, b := range j.rng.Blobs[n:] {
+			rs.deliver(ctx, j.w.targets[b.Tag], nil, err)
+		}
+	}
+	return buf
+}
+
+// deliver writes one blob's plaintext (or its error) to each of its
+// targets and finishes those chunks.
+func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, err error) {
+	zero := false
+	if err == nil {
+		zero = allZero(data)
+	}
+	for _, t := range targets {
+		f := t.f
+		if ctx.Err() != nil {
+			// interrupted: not restored, and no metadata on what is
+			f.failed.Store(true)
+		}
+		if f.failed.Load() {
+			f.done(rs, nil)
+			continue
+		}
+		werr := err
+		if werr == nil && len(data) != int(t.length) {
+			// a damaged or hostile tree: writing would put the next
+			// chunks at the wrong offsets
+			werr = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d; not restored", ErrSizeMismatch, len(data), t.length)
+			f.hostile.Store(true)
+		}
+		if werr == nil {
+			if !(f.job.node.Sparse && zero) {
+				werr = pwriteFull(f.fd, data, t.offset)
+			}
+			rs.opts.Progress.Done(0, int64(len(data)))
+		}
+		if werr != nil {
+			werr = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, t.offset, werr)
+		}
+		f.done(rs, werr)
+	}
+}
+
 type openFile struct {
 	job     *fileJob
 	dirFd   int // the file's directory (acquireDirFd), held until done; -1 if none
 	dirRel  string
-	once    sync.Once
 	fd      int // -1 until created
-	openErr error
 	pending atomic.Int64
 	failed  atomic.Bool
 	// hostile: a chunk's length disagreed with the tree; what was written
 	// is not the file, so it is removed rather than left half-written
 	hostile atomic.Bool
-}
-
-// restoreChunk writes one chunk of f (or only creates f when createOnly)
-// and returns the buffer to reuse for the next one.
-func (rs *restorer) restoreChunk(ctx context.Context, loader *repo.BlobLoader, f *openFile, ref hash.Ref, offset int64, length uint32, createOnly bool, buf []byte) []byte {
-	if f.failed.Load() || ctx.Err() != nil {
-		f.done(rs, nil)
-		return buf
-	}
-	if err := f.open(rs); err != nil || createOnly {
-		f.done(rs, err)
-		return buf
-	}
-	data, err := loader.Load(ctx, repo.DataBlob, ref, buf)
-	if err == nil && len(data) != int(length) {
-		// a damaged or hostile tree: writing would put the next chunks
-		// at the wrong offsets
-		err = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d; not restored", ErrSizeMismatch, len(data), length)
-		f.hostile.Store(true)
-	}
-	if err == nil {
-		buf = data
-		if !(f.job.node.Sparse && allZero(data)) {
-			err = pwriteFull(f.fd, data, offset)
-		}
-		rs.opts.Progress.Done(0, int64(len(data)))
-	}
-	if err != nil {
-		err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, offset, err)
-	}
-	f.done(rs, err)
-	return buf
 }
 
 // pwriteFull writes all of p at off.
@@ -960,24 +1060,22 @@ func pwriteFull(fd int, p []byte, off int64) error {
 	return nil
 }
 
-// open creates the file, once, at its full size (holes where nothing is
-// written), without following a symlink.
-func (f *openFile) open(rs *restorer) error {
-	f.once.Do(func() {
-		name := path.Base(f.job.rel)
-		fd, err := unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err == nil && f.job.node.Size > 0 {
-			if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
-				unix.Close(fd)
-			}
+// open creates the file without following a symlink. A sparse file is
+// made its full size first (holes where nothing is written); any other
+// file is written whole, which sets its size.
+func (f *openFile) open() error {
+	name := path.Base(f.job.rel)
+	fd, err := unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err == nil && f.job.node.Sparse && f.job.node.Size > 0 {
+		if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
+			unix.Close(fd)
 		}
-		if err != nil {
-			f.openErr = fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
-			return
-		}
-		f.fd = fd
-	})
-	return f.openErr
+	}
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
+	}
+	f.fd = fd
+	return nil
 }
 
 // done finishes one chunk; the last closes the file and sets its metadata.
