@@ -27,6 +27,7 @@ import (
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -92,7 +93,8 @@ type restorer struct {
 
 	// trees loads the trees plan walks (one goroutine): it keeps the
 	// pack they are in open instead of opening it for each directory.
-	trees *repo.BlobLoader
+	trees     *repo.BlobLoader
+	treeCache map[hash.Ref]*snapshot.Tree // read ahead (prefetchTrees)
 
 	zeroMu  sync.Mutex
 	zeroIDs map[uint32]hash.ID
@@ -360,8 +362,10 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		return nil, err
 	}
 	rs.trees = r.NewBlobLoader()
+	rs.prefetchTrees(ctx, tree, snapDir)
 	rs.plan(ctx, tree, snapDir, "")
 	rs.trees.Close()
+	rs.treeCache = nil
 	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -572,19 +576,6 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 	return any
 }
 
-// loadTree is snapshot.LoadTree through rs.trees.
-func (rs *restorer) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
-	plain, err := rs.trees.Load(ctx, repo.TreeBlob, ref, nil)
-	if err != nil {
-		return nil, err
-	}
-	t, err := snapshot.DecodeTree(plain)
-	if err != nil {
-		return nil, fmt.Errorf("tree %s: %w", ref.Short(), err)
-	}
-	return t, nil
-}
-
 // hard links are made after the first copy's content is written.
 func (rs *restorer) linkLater(rel, first string, n *snapshot.Node) {
 	rs.files = append(rs.files, &fileJob{rel: rel, node: &snapshot.Node{Name: n.Name, Type: 0, LinkTarget: first}})
@@ -785,19 +776,27 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			}
 		}()
 	}
-	win := newReadWindow()
+	limits := remoteRanges
+	if _, ok := rs.r.Backend().(storage.RangeOpener); ok {
+		limits = localRanges
+	}
+	// Every file of a window is open until its last chunk is written:
+	// openSlots bounds them (and so the descriptors restore holds).
+	windowFiles, maxOpen := openFileLimits()
+	openSlots := make(chan struct{}, maxOpen)
+	win := newReadWindow(windowFiles)
 	flush := func() {
 		if len(win.refs) == 0 {
 			return
 		}
-		ranges, unplaced := rs.r.PlanReads(repo.DataBlob, win.refs, restoreRanges)
+		ranges, unplaced := rs.r.PlanReads(repo.DataBlob, win.refs, limits)
 		for _, i := range unplaced {
 			jobs <- readJob{w: win, single: i}
 		}
 		for _, rg := range ranges {
 			jobs <- readJob{w: win, rng: rg}
 		}
-		win = newReadWindow()
+		win = newReadWindow(windowFiles)
 	}
 	var links []*fileJob
 	for _, job := range rs.files {
@@ -864,6 +863,16 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		// the same directories only contend (measured: 5.2 s serial vs
 		// 7-9 s from four workers for GOROOT's 15,000 files).
 		f.pending.Store(int64(max(len(todo), 1)))
+		select {
+		case openSlots <- struct{}{}:
+		default:
+			// Every slot is a file of this window or of one being
+			// read: hand this one to the workers, then wait for a file
+			// to finish.
+			flush()
+			openSlots <- struct{}{}
+		}
+		f.slots = openSlots
 		if err := f.open(); err != nil || len(todo) == 0 {
 			// nothing to write: finish it here (metadata, close)
 			f.pending.Store(1)
@@ -902,31 +911,49 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	}
 }
 
-// restoreRanges shape the reads of a restore. A range of up to 4 MiB is
-// one request (a few hundred for GOROOT instead of one per blob) and the
-// most a worker holds; the gap allowed between two needed blobs is far
-// cheaper to read than a request; and a range of at most 64 blobs lets a
-// window of small files keep every worker busy.
-var restoreRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
-
-// Bounds of a read window: the distinct blobs, their bytes and the files
-// it holds (every file of a window is open until it is written).
-const (
-	windowBlobs = 1024
-	windowBytes = 32 << 20
-	windowFiles = 256
+// The ranges of a restore. A range is one request and the most a worker
+// holds in memory (4 MiB); the gap allowed between two needed blobs is
+// far cheaper to read than another request. On a local disk a request
+// costs little, and a range of at most 64 blobs lets a window of small
+// files keep every worker busy; on a server or S3 every request costs the
+// storage, and a window of small files is one range (about 60 requests
+// for GOROOT's 15,000 files, instead of one per blob).
+var (
+	localRanges  = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
+	remoteRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
 )
+
+// Bounds of a read window: the distinct blobs and their bytes (the files
+// it holds, and the files open at once, are openFileLimits).
+const (
+	windowBlobs = 4096
+	windowBytes = 64 << 20
+)
+
+// openFileLimits returns how many files a window holds and how many may be
+// open at once: 1,024 and 2,048 (a window of small files is one range of
+// each pack it touches, so larger windows are fewer requests), or less
+// when the descriptor limit is low, leaving room for the directories.
+func openFileLimits() (window, open int) {
+	open = 2048
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < 4*uint64(open) {
+		open = max(16, int(lim.Cur/4))
+	}
+	return max(1, open/2), open
+}
 
 // readWindow gathers the chunks of consecutive files. A blob that several
 // of them need (the same content in many files, or many times in one) is
 // read once and written to each target. Once handed to the workers a
 // window is only read.
 type readWindow struct {
-	refs    []hash.Ref
-	targets [][]target // per ref: where it goes
-	index   map[hash.Ref]int
-	bytes   int64
-	files   int
+	refs     []hash.Ref
+	targets  [][]target // per ref: where it goes
+	index    map[hash.Ref]int
+	bytes    int64
+	files    int
+	maxFiles int
 }
 
 // target is one place a blob is written: a chunk of a file.
@@ -936,8 +963,8 @@ type target struct {
 	length uint32 // what the tree says; the blob must hold that many bytes
 }
 
-func newReadWindow() *readWindow {
-	return &readWindow{index: map[hash.Ref]int{}}
+func newReadWindow(maxFiles int) *readWindow {
+	return &readWindow{index: map[hash.Ref]int{}, maxFiles: maxFiles}
 }
 
 // add records that ref goes to t. Refs are told apart by ID and key: the
@@ -955,7 +982,7 @@ func (w *readWindow) add(ref hash.Ref, t target) {
 }
 
 func (w *readWindow) full() bool {
-	return len(w.refs) >= windowBlobs || w.bytes >= windowBytes || w.files >= windowFiles
+	return len(w.refs) >= windowBlobs || w.bytes >= windowBytes || w.files >= w.maxFiles
 }
 
 // readJob is one range of a window, or one blob that PlanReads could not
@@ -1034,7 +1061,8 @@ type openFile struct {
 	job     *fileJob
 	dirFd   int // the file's directory (acquireDirFd), held until done; -1 if none
 	dirRel  string
-	fd      int // -1 until created
+	fd      int           // -1 until created
+	slots   chan struct{} // the open-file slot it holds (restoreFiles), nil if none
 	pending atomic.Int64
 	failed  atomic.Bool
 	// hostile: a chunk's length disagreed with the tree; what was written
@@ -1090,6 +1118,9 @@ func (f *openFile) done(rs *restorer, err error) {
 	rs.opts.Progress.Done(1, 0)
 	if f.dirFd >= 0 {
 		defer rs.releaseDir(f.dirRel)
+	}
+	if f.slots != nil {
+		defer func() { <-f.slots }()
 	}
 	if f.fd < 0 {
 		return // never created: the error is reported
