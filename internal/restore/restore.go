@@ -723,14 +723,17 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 // directory, so that calls which take a path (xattrs, mknod, lutimes) act on
 // the entry inside the target without following any symlink to reach it.
 func (rs *restorer) withParent(rel string, fn func(p string) error) error {
-	return rs.inParent(rel, func(dir *os.Root, name string) error {
-		d, err := dir.Open(".")
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
-	})
+	// The parent's descriptor held open for the restore (acquireDirFd),
+	// not one opened for each call: an open, its poller registration and
+	// a close per directory and special file.
+	parent, name := path.Split(rel)
+	parent = strings.TrimSuffix(parent, "/")
+	fd, err := rs.acquireDirFd(parent)
+	if err != nil {
+		return err
+	}
+	defer rs.releaseDir(parent)
+	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + name)
 }
 
 func (rs *restorer) special(rel string, n *snapshot.Node) error {
