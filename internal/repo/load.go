@@ -25,6 +25,11 @@ type BlobLoader struct {
 	obj    storage.ObjectReader
 	sealed []byte
 	plain  []byte
+	// rangeBuf holds LoadRange's ranges, out the plaintexts it hands
+	// out: apart from sealed, which a blob's fallback to its other
+	// copies (Load) fills while the range is still being walked.
+	rangeBuf []byte
+	out      []byte
 }
 
 // NewBlobLoader returns a loader for r.
@@ -57,6 +62,12 @@ func (l *BlobLoader) Load(ctx context.Context, t BlobType, ref hash.Ref, buf []b
 	if err != nil {
 		return nil, err
 	}
+	return l.open(t, ref, c, buf)
+}
+
+// open decrypts, decompresses and checks one stored copy whose bytes
+// matched ref.ID, decrypting in l.plain.
+func (l *BlobLoader) open(t BlobType, ref hash.Ref, c, buf []byte) ([]byte, error) {
 	plain, err := crypto.OpenBlob(l.plain[:0], blobKey(ref.Key), c, blobAD(t))
 	if err != nil {
 		return nil, fmt.Errorf("%s blob %s: does not decrypt with the key its reference holds: %w", t, ref.Short(), err)
@@ -72,16 +83,8 @@ func (l *BlobLoader) read(ctx context.Context, loc Location) ([]byte, error) {
 	if l.ranges == nil {
 		return l.r.be.Load(ctx, h, int64(loc.Offset), int64(loc.Length))
 	}
-	if err := ctx.Err(); err != nil {
+	if err := l.openPack(ctx, loc.Pack); err != nil {
 		return nil, err
-	}
-	if l.obj == nil || l.pack != loc.Pack {
-		l.Close()
-		obj, err := l.ranges.OpenRange(ctx, h)
-		if err != nil {
-			return nil, err
-		}
-		l.obj, l.pack = obj, loc.Pack
 	}
 	if cap(l.sealed) < int(loc.Length) {
 		l.sealed = make([]byte, loc.Length)
@@ -91,4 +94,21 @@ func (l *BlobLoader) read(ctx context.Context, loc Location) ([]byte, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// openPack makes pack the one held open (l.ranges must be set).
+func (l *BlobLoader) openPack(ctx context.Context, pack hash.ID) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if l.obj != nil && l.pack == pack {
+		return nil
+	}
+	l.Close()
+	obj, err := l.ranges.OpenRange(ctx, storage.Handle{Type: storage.Pack, Name: pack.String()})
+	if err != nil {
+		return err
+	}
+	l.obj, l.pack = obj, pack
+	return nil
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -89,6 +90,11 @@ type restorer struct {
 	links map[[2]uint64]string // (device, inode) -> first restored path
 	files []*fileJob
 	seen  []dirNames
+
+	// trees loads the trees plan walks (one goroutine): it keeps the
+	// pack they are in open instead of opening it for each directory.
+	trees     *repo.BlobLoader
+	treeCache map[hash.Ref]*snapshot.Tree // read ahead (prefetchTrees)
 
 	zeroMu  sync.Mutex
 	zeroIDs map[uint32]hash.ID
@@ -355,7 +361,11 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if err != nil {
 		return nil, err
 	}
+	rs.trees = r.NewBlobLoader()
+	rs.prefetchTrees(ctx, tree, snapDir)
 	rs.plan(ctx, tree, snapDir, "")
+	rs.trees.Close()
+	rs.treeCache = nil
 	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -490,7 +500,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 				rs.dirs = append(rs.dirs, dirMeta{rel, n})
 				rs.res.Dirs++
 				any = true
-				if sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree); err != nil {
+				if sub, err := rs.loadTree(ctx, n.Subtree); err != nil {
 					rs.fail(fmt.Errorf("%s: %w", sp, err))
 				} else {
 					rs.plan(ctx, sub, sp, rel)
@@ -499,7 +509,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			}
 			// Only an include below may select something: create the
 			// directory afterwards if it did.
-			sub, err := snapshot.LoadTree(ctx, rs.r, n.Subtree)
+			sub, err := rs.loadTree(ctx, n.Subtree)
 			if err != nil {
 				rs.fail(fmt.Errorf("%s: %w", sp, err))
 				continue
@@ -713,14 +723,17 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 // directory, so that calls which take a path (xattrs, mknod, lutimes) act on
 // the entry inside the target without following any symlink to reach it.
 func (rs *restorer) withParent(rel string, fn func(p string) error) error {
-	return rs.inParent(rel, func(dir *os.Root, name string) error {
-		d, err := dir.Open(".")
-		if err != nil {
-			return err
-		}
-		defer d.Close()
-		return fn("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
-	})
+	// The parent's descriptor held open for the restore (acquireDirFd),
+	// not one opened for each call: an open, its poller registration and
+	// a close per directory and special file.
+	parent, name := path.Split(rel)
+	parent = strings.TrimSuffix(parent, "/")
+	fd, err := rs.acquireDirFd(parent)
+	if err != nil {
+		return err
+	}
+	defer rs.releaseDir(parent)
+	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + name)
 }
 
 func (rs *restorer) special(rel string, n *snapshot.Node) error {
@@ -742,54 +755,51 @@ func (rs *restorer) apply(rel string, n *snapshot.Node) error {
 	})
 }
 
-// restoreFiles writes file contents, spreading the chunks of all files over
-// the workers, so that one large file uses every core too.
+// restoreFiles writes file contents. The planner (this goroutine) creates
+// the files one after another and gathers the chunks they need in windows
+// (readWindow); each window's blobs are grouped into ranges of packs
+// (repo.PlanReads) that the workers read with one request each, writing
+// every blob to each place it goes. A window spans many small files or a
+// part of a large one, so that both keep every worker busy, and it bounds
+// how many files are open at once.
 func (rs *restorer) restoreFiles(ctx context.Context) {
-	// A chunk task writes one blob of a file; createOnly tasks finish a
-	// file that has no data to write (empty, or only holes).
-	type chunk struct {
-		f          *openFile
-		ref        hash.Ref
-		offset     int64
-		length     uint32 // what the tree says; the blob must hold that many bytes
-		createOnly bool
-	}
-	// Chunks go to the workers in batches (up to batchChunks chunks or
-	// batchBytes bytes): one channel hand-off per chunk woke a worker for
-	// every small file, and the wake-ups (futex, and the scheduler's
-	// nanosleep while stealing work) cost more than the small files'
-	// writes.
-	const (
-		batchChunks = 32
-		batchBytes  = 4 << 20
-	)
-	batches := make(chan []chunk, rs.opts.Workers)
+	jobs := make(chan readJob, rs.opts.Workers)
 	var wg sync.WaitGroup
 	for i := 0; i < rs.opts.Workers; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			// One loader per worker: its buffers and the pack it holds
-			// open are reused from one chunk to the next.
+			// open are reused from one range to the next.
 			loader := rs.r.NewBlobLoader()
 			defer loader.Close()
 			var buf []byte
-			for batch := range batches {
-				for _, c := range batch {
-					buf = rs.restoreChunk(ctx, loader, c.f, c.ref, c.offset, c.length, c.createOnly, buf)
-				}
+			for j := range jobs {
+				buf = rs.readBlobs(ctx, loader, j, buf)
 			}
 		}()
 	}
-	var batch []chunk
-	var batchSize int64
-	send := func(c chunk) {
-		batch = append(batch, c)
-		batchSize += int64(c.length)
-		if len(batch) >= batchChunks || batchSize >= batchBytes {
-			batches <- batch
-			batch, batchSize = make([]chunk, 0, batchChunks), 0
+	limits := remoteRanges
+	if _, ok := rs.r.Backend().(storage.RangeOpener); ok {
+		limits = localRanges
+	}
+	// Every file of a window is open until its last chunk is written:
+	// openSlots bounds them (and so the descriptors restore holds).
+	windowFiles, maxOpen := openFileLimits()
+	openSlots := make(chan struct{}, maxOpen)
+	win := newReadWindow(windowFiles)
+	flush := func() {
+		if len(win.refs) == 0 {
+			return
 		}
+		ranges, unplaced := rs.r.PlanReads(repo.DataBlob, win.refs, limits)
+		for _, i := range unplaced {
+			jobs <- readJob{w: win, single: i}
+		}
+		for _, rg := range ranges {
+			jobs <- readJob{w: win, rng: rg}
+		}
+		win = newReadWindow(windowFiles)
 	}
 	var links []*fileJob
 	for _, job := range rs.files {
@@ -811,7 +821,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		f := &openFile{job: job, dirFd: -1, fd: -1}
 		// offsets from the chunk sizes the tree records
 		offsets := make([]int64, len(job.node.Content))
-		lengths := make([]uint32, len(job.node.Content))
 		var off int64
 		missing := false
 		for i, ref := range job.node.Content {
@@ -821,7 +830,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 				missing = true
 				break
 			}
-			lengths[i] = job.node.ChunkSizes[i]
 			off += int64(job.node.ChunkSizes[i])
 		}
 		if !missing && uint64(off) != job.node.Size {
@@ -840,8 +848,8 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		var todo []int
 		for i, id := range job.node.Content {
-			size := uint64(lengths[i])
-			if job.node.Sparse && rs.isZeroChunk(id, lengths[i]) {
+			size := job.node.ChunkSizes[i]
+			if job.node.Sparse && rs.isZeroChunk(id, size) {
 				rs.opts.Progress.Done(0, int64(size))
 				continue
 			}
@@ -857,25 +865,35 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		// Created here, one after another: on ext4 concurrent creates in
 		// the same directories only contend (measured: 5.2 s serial vs
 		// 7-9 s from four workers for GOROOT's 15,000 files).
-		if err := f.open(rs); err != nil {
+		f.pending.Store(int64(max(len(todo), 1)))
+		select {
+		case openSlots <- struct{}{}:
+		default:
+			// Every slot is a file of this window or of one being
+			// read: hand this one to the workers, then wait for a file
+			// to finish.
+			flush()
+			openSlots <- struct{}{}
+		}
+		f.slots = openSlots
+		if err := f.open(); err != nil || len(todo) == 0 {
+			// nothing to write: finish it here (metadata, close)
 			f.pending.Store(1)
 			f.done(rs, err)
 			continue
 		}
-		if len(todo) == 0 {
-			f.pending.Store(1)
-			send(chunk{f: f, createOnly: true})
-			continue
-		}
-		f.pending.Store(int64(len(todo)))
 		for _, i := range todo {
-			send(chunk{f: f, ref: job.node.Content[i], offset: offsets[i], length: lengths[i]})
+			win.add(job.node.Content[i], target{f: f, offset: offsets[i], length: job.node.ChunkSizes[i]})
+			if win.full() {
+				flush()
+			}
+		}
+		if win.files++; win.full() {
+			flush()
 		}
 	}
-	if len(batch) > 0 {
-		batches <- batch
-	}
-	close(batches)
+	flush()
+	close(jobs)
 	wg.Wait()
 	for _, job := range links {
 		if fi, err := rs.root.Lstat(job.rel); err == nil {
@@ -896,50 +914,163 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	}
 }
 
+// The ranges of a restore. A range is one request and the most a worker
+// holds in memory (4 MiB); the gap allowed between two needed blobs is
+// far cheaper to read than another request. On a local disk a request
+// costs little, and a range of at most 64 blobs lets a window of small
+// files keep every worker busy; on a server or S3 every request costs the
+// storage, and a window of small files is one range (about 60 requests
+// for GOROOT's 15,000 files, instead of one per blob).
+var (
+	localRanges  = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
+	remoteRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
+)
+
+// Bounds of a read window: the distinct blobs and their bytes (the files
+// it holds, and the files open at once, are openFileLimits).
+const (
+	windowBlobs = 4096
+	windowBytes = 64 << 20
+)
+
+// openFileLimits returns how many files a window holds and how many may be
+// open at once: 1,024 and 2,048 (a window of small files is one range of
+// each pack it touches, so larger windows are fewer requests), or less
+// when the descriptor limit is low, leaving room for the directories.
+func openFileLimits() (window, open int) {
+	open = 2048
+	var lim unix.Rlimit
+	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < 4*uint64(open) {
+		open = max(16, int(lim.Cur/4))
+	}
+	return max(1, open/2), open
+}
+
+// readWindow gathers the chunks of consecutive files. A blob that several
+// of them need (the same content in many files, or many times in one) is
+// read once and written to each target. Once handed to the workers a
+// window is only read.
+type readWindow struct {
+	refs     []hash.Ref
+	targets  [][]target // per ref: where it goes
+	index    map[hash.Ref]int
+	bytes    int64
+	files    int
+	maxFiles int
+}
+
+// target is one place a blob is written: a chunk of a file.
+type target struct {
+	f      *openFile
+	offset int64
+	length uint32 // what the tree says; the blob must hold that many bytes
+}
+
+func newReadWindow(maxFiles int) *readWindow {
+	return &readWindow{index: map[hash.Ref]int{}, maxFiles: maxFiles}
+}
+
+// add records that ref goes to t. Refs are told apart by ID and key: the
+// plaintext of a ref is checked against its own key.
+func (w *readWindow) add(ref hash.Ref, t target) {
+	i, ok := w.index[ref]
+	if !ok {
+		i = len(w.refs)
+		w.index[ref] = i
+		w.refs = append(w.refs, ref)
+		w.targets = append(w.targets, nil)
+		w.bytes += int64(t.length)
+	}
+	w.targets[i] = append(w.targets[i], t)
+}
+
+func (w *readWindow) full() bool {
+	return len(w.refs) >= windowBlobs || w.bytes >= windowBytes || w.files >= w.maxFiles
+}
+
+// readJob is one range of a window, or one blob that PlanReads could not
+// place (single; Load reports why).
+type readJob struct {
+	w      *readWindow
+	rng    repo.PackRange
+	single int
+}
+
+// readBlobs reads a job's blobs and writes each to its targets; buf is
+// reused for blobs read alone.
+func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j readJob, buf []byte) []byte {
+	if j.rng.Blobs == nil {
+		data, err := loader.Load(ctx, repo.DataBlob, j.w.refs[j.single], buf)
+		if err == nil {
+			buf = data
+		}
+		rs.deliver(ctx, j.w.targets[j.single], data, err)
+		return buf
+	}
+	n := 0
+	err := loader.LoadRange(ctx, repo.DataBlob, j.rng, func(b repo.RangeBlob, data []byte, err error) error {
+		n++
+		rs.deliver(ctx, j.w.targets[b.Tag], data, err)
+		return nil
+	})
+	if err != nil {
+		// stopped early (cancelled): the rest of the range still
+		// finishes its files
+		for _, b := range j.rng.Blobs[n:] {
+			rs.deliver(ctx, j.w.targets[b.Tag], nil, err)
+		}
+	}
+	return buf
+}
+
+// deliver writes one blob's plaintext (or its error) to each of its
+// targets and finishes those chunks.
+func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, err error) {
+	zero := false
+	if err == nil {
+		zero = allZero(data)
+	}
+	for _, t := range targets {
+		f := t.f
+		if ctx.Err() != nil {
+			// interrupted: not restored, and no metadata on what is
+			f.failed.Store(true)
+		}
+		if f.failed.Load() {
+			f.done(rs, nil)
+			continue
+		}
+		werr := err
+		if werr == nil && len(data) != int(t.length) {
+			// a damaged or hostile tree: writing would put the next
+			// chunks at the wrong offsets
+			werr = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d; not restored", ErrSizeMismatch, len(data), t.length)
+			f.hostile.Store(true)
+		}
+		if werr == nil {
+			if !(f.job.node.Sparse && zero) {
+				werr = pwriteFull(f.fd, data, t.offset)
+			}
+			rs.opts.Progress.Done(0, int64(len(data)))
+		}
+		if werr != nil {
+			werr = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, t.offset, werr)
+		}
+		f.done(rs, werr)
+	}
+}
+
 type openFile struct {
 	job     *fileJob
 	dirFd   int // the file's directory (acquireDirFd), held until done; -1 if none
 	dirRel  string
-	once    sync.Once
-	fd      int // -1 until created
-	openErr error
+	fd      int           // -1 until created
+	slots   chan struct{} // the open-file slot it holds (restoreFiles), nil if none
 	pending atomic.Int64
 	failed  atomic.Bool
 	// hostile: a chunk's length disagreed with the tree; what was written
 	// is not the file, so it is removed rather than left half-written
 	hostile atomic.Bool
-}
-
-// restoreChunk writes one chunk of f (or only creates f when createOnly)
-// and returns the buffer to reuse for the next one.
-func (rs *restorer) restoreChunk(ctx context.Context, loader *repo.BlobLoader, f *openFile, ref hash.Ref, offset int64, length uint32, createOnly bool, buf []byte) []byte {
-	if f.failed.Load() || ctx.Err() != nil {
-		f.done(rs, nil)
-		return buf
-	}
-	if err := f.open(rs); err != nil || createOnly {
-		f.done(rs, err)
-		return buf
-	}
-	data, err := loader.Load(ctx, repo.DataBlob, ref, buf)
-	if err == nil && len(data) != int(length) {
-		// a damaged or hostile tree: writing would put the next chunks
-		// at the wrong offsets
-		err = fmt.Errorf("%w: a chunk holds %d bytes, the tree says %d; not restored", ErrSizeMismatch, len(data), length)
-		f.hostile.Store(true)
-	}
-	if err == nil {
-		buf = data
-		if !(f.job.node.Sparse && allZero(data)) {
-			err = pwriteFull(f.fd, data, offset)
-		}
-		rs.opts.Progress.Done(0, int64(len(data)))
-	}
-	if err != nil {
-		err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, offset, err)
-	}
-	f.done(rs, err)
-	return buf
 }
 
 // pwriteFull writes all of p at off.
@@ -960,24 +1091,22 @@ func pwriteFull(fd int, p []byte, off int64) error {
 	return nil
 }
 
-// open creates the file, once, at its full size (holes where nothing is
-// written), without following a symlink.
-func (f *openFile) open(rs *restorer) error {
-	f.once.Do(func() {
-		name := path.Base(f.job.rel)
-		fd, err := unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
-		if err == nil && f.job.node.Size > 0 {
-			if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
-				unix.Close(fd)
-			}
+// open creates the file without following a symlink. A sparse file is
+// made its full size first (holes where nothing is written); any other
+// file is written whole, which sets its size.
+func (f *openFile) open() error {
+	name := path.Base(f.job.rel)
+	fd, err := unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err == nil && f.job.node.Sparse && f.job.node.Size > 0 {
+		if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
+			unix.Close(fd)
 		}
-		if err != nil {
-			f.openErr = fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
-			return
-		}
-		f.fd = fd
-	})
-	return f.openErr
+	}
+	if err != nil {
+		return fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
+	}
+	f.fd = fd
+	return nil
 }
 
 // done finishes one chunk; the last closes the file and sets its metadata.
@@ -992,6 +1121,9 @@ func (f *openFile) done(rs *restorer, err error) {
 	rs.opts.Progress.Done(1, 0)
 	if f.dirFd >= 0 {
 		defer rs.releaseDir(f.dirRel)
+	}
+	if f.slots != nil {
+		defer func() { <-f.slots }()
 	}
 	if f.fd < 0 {
 		return // never created: the error is reported

@@ -490,7 +490,11 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 			limit = req.maxBody + 1
 		}
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))))
+	// bytes.MinRead more than the answer: bytes.Buffer.ReadFrom grows a
+	// buffer with less room than that left before it reads on, and the
+	// last read (the one that finds EOF) would copy the whole answer into
+	// a buffer twice its size.
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))+bytes.MinRead))
 	if _, err := io.Copy(buf, io.LimitReader(resp.Body, limit)); err != nil {
 		return res, fmt.Errorf("reading the answer: %w", err)
 	}

@@ -1,0 +1,252 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
+	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
+)
+
+// loadAll reads every range through l and returns each tag's plaintext
+// (copied) or error.
+func loadAll(t *testing.T, l *BlobLoader, ranges []PackRange) (map[int][]byte, map[int]error) {
+	t.Helper()
+	got, errs := map[int][]byte{}, map[int]error{}
+	for _, rg := range ranges {
+		err := l.LoadRange(context.Background(), DataBlob, rg, func(b RangeBlob, plain []byte, err error) error {
+			if _, dup := got[b.Tag]; dup {
+				t.Fatalf("blob %d handed out twice", b.Tag)
+			}
+			if err != nil {
+				errs[b.Tag] = err
+				got[b.Tag] = nil
+				return nil
+			}
+			got[b.Tag] = bytes.Clone(plain)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return got, errs
+}
+
+// localRepo makes a repository on a local backend (which reads ranges
+// into the loader's buffers) and returns it with its directory.
+func localRepo(t *testing.T) (*Repository, string) {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "repo")
+	lb, err := local.Create(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := Init(context.Background(), lb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, dir
+}
+
+// PlanReads coalesces the blobs of a pack within the limits, in offset
+// order, and LoadRange hands out exactly what LoadBlob would, on a backend
+// that reads ranges into the loader's buffers and on one that does not.
+func TestPlanReadsAndLoadRange(t *testing.T) {
+	ctx := context.Background()
+	lr, _ := localRepo(t)
+	mr, _ := newRepo(t)
+	for name, r := range map[string]*Repository{"local": lr, "mem": mr} {
+		t.Run(name, func(t *testing.T) {
+			var datas [][]byte
+			var refs []hash.Ref
+			for i := range 40 {
+				d := randomBytes(1000 + i*700)
+				if i%3 == 0 {
+					d = bytes.Repeat([]byte("compressible "), 50+i*20)
+				}
+				datas = append(datas, d)
+				refs = append(refs, save(t, r, d))
+			}
+			if err := flush(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			// asked for in reverse, and every other one, to see sorting
+			// and gaps
+			var ask []hash.Ref
+			var want [][]byte
+			for i := len(refs) - 1; i >= 0; i -= 2 {
+				ask = append(ask, refs[i])
+				want = append(want, datas[i])
+			}
+			lim := RangeLimits{MaxGap: 4 << 10, MaxRange: 40 << 10, MaxBlobs: 6}
+			ranges, unplaced := r.PlanReads(DataBlob, ask, lim)
+			if len(unplaced) != 0 {
+				t.Fatalf("unplaced %v", unplaced)
+			}
+			if len(ranges) < 2 || len(ranges) >= len(ask) {
+				t.Fatalf("%d ranges for %d blobs: not coalesced as the limits allow", len(ranges), len(ask))
+			}
+			seen := 0
+			for _, rg := range ranges {
+				if len(rg.Blobs) > lim.MaxBlobs || (len(rg.Blobs) > 1 && rg.End-rg.Start > lim.MaxRange) {
+					t.Fatalf("range %d-%d with %d blobs exceeds the limits", rg.Start, rg.End, len(rg.Blobs))
+				}
+				for i, b := range rg.Blobs {
+					if int64(b.Offset) < rg.Start || int64(b.Offset)+int64(b.Length) > rg.End {
+						t.Fatalf("blob outside its range")
+					}
+					if i > 0 {
+						prev := rg.Blobs[i-1]
+						if b.Offset < prev.Offset {
+							t.Fatal("blobs of a range not in offset order")
+						}
+						if gap := int64(b.Offset) - int64(prev.Offset) - int64(prev.Length); gap > lim.MaxGap {
+							t.Fatalf("gap of %d bytes inside a range", gap)
+						}
+					}
+				}
+				seen += len(rg.Blobs)
+			}
+			if seen != len(ask) {
+				t.Fatalf("%d blobs in the ranges, want %d", seen, len(ask))
+			}
+			l := r.NewBlobLoader()
+			defer l.Close()
+			for round := 0; round < 2; round++ { // buffers reused
+				got, errs := loadAll(t, l, ranges)
+				for i := range ask {
+					if errs[i] != nil || !bytes.Equal(got[i], want[i]) {
+						t.Fatalf("blob %d: %v, content equal %v", i, errs[i], bytes.Equal(got[i], want[i]))
+					}
+				}
+			}
+			// A blob the index does not have is not placed; Load says why.
+			missing := hash.Ref{ID: hash.ID{1}, Key: hash.ID{2}}
+			_, unplaced = r.PlanReads(DataBlob, []hash.Ref{refs[0], missing}, lim)
+			if len(unplaced) != 1 || unplaced[0] != 1 {
+				t.Fatalf("unplaced = %v, want [1]", unplaced)
+			}
+			if _, err := l.Load(ctx, DataBlob, missing, nil); !errors.Is(err, ErrBlobNotFound) {
+				t.Fatalf("missing blob: %v", err)
+			}
+		})
+	}
+}
+
+// A forged copy in the middle of a coalesced range: the blobs around it
+// come from the range, the forged one is reported and read from its
+// genuine copy, and it is not planned from the forged pack again.
+func TestLoadRangeForgedCopyFallsBack(t *testing.T) {
+	ctx := context.Background()
+	r, be := newRepo(t)
+	wo := writeOnly(t, r, be)
+	datas := [][]byte{randomBytes(20 << 10), randomBytes(30 << 10), randomBytes(25 << 10)}
+	var refs []hash.Ref
+	for _, d := range datas {
+		refs = append(refs, save(t, wo, d))
+	}
+	if err := flush(ctx, wo); err != nil {
+		t.Fatal(err)
+	}
+	// The attacker's pack: genuine copies of blobs 0 and 2 around garbage
+	// under blob 1's ID.
+	var body []byte
+	var blobs []packfile.Blob
+	for i, ref := range refs {
+		loc, _ := wo.Index().Lookup(BlobHandle{DataBlob, ref.ID})
+		c, err := be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 {
+			c = bytes.Repeat([]byte{0xee}, len(c))
+		}
+		blobs = append(blobs, packfile.Blob{Type: DataBlob, ID: ref.ID, Offset: uint32(len(body)), Length: uint32(len(c))})
+		body = append(body, c...)
+	}
+	pack := packfile.AppendHeader(bytes.Clone(body), [packfile.UniqueLen]byte{7}, blobs)
+	forged := hash.Sum(pack)
+	if err := be.Save(ctx, storage.Handle{Type: storage.Pack, Name: forged.String()}, pack); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wo.SaveIndexFile(ctx, &IndexFile{Packs: []PackInfo{{ID: forged, Blobs: blobs}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	r2 := reopen(t, be)
+	for i, ref := range refs { // prefer the attacker's copies
+		r2.idx.markVerified(BlobHandle{DataBlob, ref.ID}, Location{Pack: forged, Offset: blobs[i].Offset})
+	}
+	ranges, unplaced := r2.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
+	if len(unplaced) != 0 || len(ranges) != 1 || ranges[0].Pack != forged || len(ranges[0].Blobs) != 3 {
+		t.Fatalf("plan: %d ranges (%+v), unplaced %v; want one range of the forged pack", len(ranges), ranges, unplaced)
+	}
+	l := r2.NewBlobLoader()
+	defer l.Close()
+	got, errs := loadAll(t, l, ranges)
+	for i := range refs {
+		if errs[i] != nil || !bytes.Equal(got[i], datas[i]) {
+			t.Fatalf("blob %d: %v", i, errs[i])
+		}
+	}
+	if f := r2.ForgedCopies(); len(f) != 1 || f[0].Pack != forged || f[0].Blob.ID != refs[1].ID {
+		t.Fatalf("ForgedCopies = %+v, want blob 1 in the forged pack", f)
+	}
+	ranges, _ = r2.PlanReads(DataBlob, refs[1:2], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
+	if len(ranges) != 1 || ranges[0].Pack == forged {
+		t.Fatal("the forged copy is still planned")
+	}
+}
+
+// A pack that breaks off in the middle of a range (truncated, or a read
+// error): the range read fails, and each blob is read by itself, so those
+// before the break are still restored and those after it fail with an
+// error, not garbage.
+func TestLoadRangePackReadError(t *testing.T) {
+	ctx := context.Background()
+	r, dir := localRepo(t)
+	var datas [][]byte
+	var refs []hash.Ref
+	for range 6 {
+		d := randomBytes(10 << 10)
+		datas = append(datas, d)
+		refs = append(refs, save(t, r, d))
+	}
+	if err := flush(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	ranges, _ := r.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
+	if len(ranges) != 1 || len(ranges[0].Blobs) != 6 {
+		t.Fatalf("want one range of six blobs, got %+v", ranges)
+	}
+	// cut the pack in the middle of the fourth blob
+	cut := ranges[0].Blobs[3]
+	p := filepath.Join(dir, string(storage.Pack), ranges[0].Pack.String()[:2], ranges[0].Pack.String())
+	os.Chmod(p, 0o600)
+	if err := os.Truncate(p, int64(cut.Offset)+int64(cut.Length)/2); err != nil {
+		t.Fatal(err)
+	}
+	l := r.NewBlobLoader()
+	defer l.Close()
+	got, errs := loadAll(t, l, ranges)
+	for _, b := range ranges[0].Blobs {
+		i := b.Tag
+		if b.Offset < cut.Offset {
+			if errs[i] != nil || !bytes.Equal(got[i], datas[i]) {
+				t.Fatalf("blob %d before the cut: %v", i, errs[i])
+			}
+		} else if errs[i] == nil {
+			t.Fatalf("blob %d after the cut: no error", i)
+		}
+	}
+	if f := r.ForgedCopies(); len(f) != 0 {
+		t.Fatalf("a read error is not forgery: %+v", f)
+	}
+}
