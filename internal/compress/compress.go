@@ -38,18 +38,20 @@
 // machine at the same time, so these figures are the machine's, not the
 // library's.
 //
-// floe uses SpeedDefault because the repository must be no larger than
-// restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times as fast
-// (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the image
-// 409 against 286 MB/s) but stores 6.7% more text and 3.8% more of the image
-// than SpeedDefault. Compression is about three quarters of the CPU time of
-// a first backup, so that is the one large lever left, and it is a trade of
-// repository size that this package does not make on its own. The window is
+// The level is the repository's (Level, docs/FORMAT.md "config"). Auto,
+// the default, is SpeedDefault because the repository must be no larger
+// than restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times
+// as fast (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the
+// image 409 against 286 MB/s) but stores 6.7% more text and 3.8% more of
+// the image than SpeedDefault. Compression is about three quarters of the
+// CPU time of a first backup, so that is the one large lever left, and a
+// trade of repository size that the operator makes (init --compression
+// fastest), not this package. The window is
 // 1 MiB: restic's 512 KiB gives the same ratio on 1 MiB blobs, and larger
 // windows gain at most 0.3% on 8 MiB blobs while each pooled encoder holds
 // about 3.8 MiB at 1 MiB, 9.8 MiB at 4 MiB and 17.8 MiB at the default 8 MiB.
 // The window had no measurable effect on speed; neither had
-// WithLowerEncoderMem, which does not change the output at SpeedDefault and is
+// WithLowerEncoderMem, which does not change the output at any level and is
 // used for the smaller tables. Frames carry no checksum: the AEAD around every
 // blob already authenticates it (restic does the same).
 package compress
