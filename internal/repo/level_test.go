@@ -18,7 +18,7 @@ import (
 // rewriteConfig replaces be's config with r's config changed by edit,
 // sealed under the config key (which every key, write-only ones included,
 // holds) and signed with seed.
-func rewriteConfig(t *testing.T, r *Repository, be *mem.Backend, seed *crypto.AuthoritySeed, edit func(map[string]any)) {
+func rewriteConfig(t testing.TB, r *Repository, be *mem.Backend, seed *crypto.AuthoritySeed, edit func(map[string]any)) {
 	t.Helper()
 	plain, err := json.Marshal(r.Config())
 	if err != nil {
@@ -163,4 +163,27 @@ func TestWriteOnlyCannotChangeLevel(t *testing.T) {
 	if r2, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{}); err != nil || r2.level != compress.Auto {
 		t.Errorf("original config: %v", err)
 	}
+}
+
+// FuzzConfigLevel signs configs with fuzzed compression levels, so that the
+// decoding behind the signature is exercised: Open refuses a level it does
+// not know, or opens with exactly the level named ("" is auto).
+func FuzzConfigLevel(f *testing.F) {
+	r, be := newRepo(f)
+	for _, s := range []string{"", "auto", "fastest", "better", "off", "ultra", "\x00", "fastest "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, level string) {
+		rewriteConfig(t, r, be, r.secrets.AuthorityPrivate, func(m map[string]any) { m["compression_level"] = level })
+		r2, err := Open(context.Background(), be, Credential{Password: []byte("pw")}, OpenOptions{})
+		if err != nil {
+			if l, perr := compress.ParseLevel(level); perr == nil {
+				t.Fatalf("level %q (%s) refused: %v", level, l, err)
+			}
+			return
+		}
+		if want, _ := compress.ParseLevel(level); r2.CompressionLevel() != want || (level != "" && want.String() != level) {
+			t.Fatalf("level %q opened as %s", level, r2.CompressionLevel())
+		}
+	})
 }
