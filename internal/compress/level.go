@@ -13,7 +13,8 @@ import (
 //
 // Measured on the 1.5 GiB ext4 image of bench/images.sh (bench/IMAGES.md),
 // Fastest used 25-30% less CPU for the whole backup than Auto and stored
-// 5.3-5.5% more (November 2026, same chunker parameters); Better costs about twice Auto's compression time for 2-7% less.
+// 5.3-5.5% more (November 2026, same chunker parameters); Better costs
+// about twice Auto's compression time for 2-7% less.
 type Level int
 
 const (
