@@ -29,7 +29,8 @@ func newStatsCommand(g *globals) *cobra.Command {
   raw size           their plaintext size (data and trees)
   stored size        their size in the repository (compressed, encrypted)
   deduplication      logical size / raw size of the unique data chunks
-  compression        raw size / stored size
+  compression        raw size / stored size, and the repository's level
+                     (floe init --compression)
 
 For a single snapshot, "unique to this snapshot" is the data that it
 references and no other snapshot in the repository does: what forgetting
@@ -92,7 +93,7 @@ the snapshots store.`,
 				}
 			}
 			if g.json {
-				out := map[string]any{"snapshots": tot}
+				out := map[string]any{"snapshots": tot, "compression_level": r.CompressionLevel().String()}
 				ids := make([]string, len(sel))
 				for i, s := range sel {
 					ids[i] = s.ID.String()
@@ -121,7 +122,7 @@ the snapshots store.`,
 			p("raw size", "%s (data %s, trees %s)", ui.Bytes(tot.RawSize), ui.Bytes(tot.DataRaw), ui.Bytes(tot.TreeRaw))
 			p("stored size", "%s", ui.Bytes(tot.StoredSize))
 			p("deduplication ratio", "%.2fx", tot.DedupRatio)
-			p("compression ratio", "%.2fx", tot.CompressionRatio)
+			p("compression ratio", "%.2fx (level %s)", tot.CompressionRatio, r.CompressionLevel())
 			if tot.MissingBlobs > 0 {
 				p("missing blobs", "%d (not in the index: run `floe check`)", tot.MissingBlobs)
 			}

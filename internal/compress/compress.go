@@ -38,18 +38,20 @@
 // machine at the same time, so these figures are the machine's, not the
 // library's.
 //
-// floe uses SpeedDefault because the repository must be no larger than
-// restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times as fast
-// (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the image
-// 409 against 286 MB/s) but stores 6.7% more text and 3.8% more of the image
-// than SpeedDefault. Compression is about three quarters of the CPU time of
-// a first backup, so that is the one large lever left, and it is a trade of
-// repository size that this package does not make on its own. The window is
+// The level is the repository's (Level, docs/FORMAT.md "config"). Auto,
+// the default, is SpeedDefault because the repository must be no larger
+// than restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times
+// as fast (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the
+// image 409 against 286 MB/s) but stores 6.7% more text and 3.8% more of
+// the image than SpeedDefault. Compression is about three quarters of the
+// CPU time of a first backup, so that is the one large lever left, and a
+// trade of repository size that the operator makes (init --compression
+// fastest), not this package. The window is
 // 1 MiB: restic's 512 KiB gives the same ratio on 1 MiB blobs, and larger
 // windows gain at most 0.3% on 8 MiB blobs while each pooled encoder holds
 // about 3.8 MiB at 1 MiB, 9.8 MiB at 4 MiB and 17.8 MiB at the default 8 MiB.
 // The window had no measurable effect on speed; neither had
-// WithLowerEncoderMem, which does not change the output at SpeedDefault and is
+// WithLowerEncoderMem, which does not change the output at any level and is
 // used for the smaller tables. Frames carry no checksum: the AEAD around every
 // blob already authenticates it (restic does the same).
 package compress
@@ -99,18 +101,22 @@ type encoder struct {
 	trial []byte
 }
 
-// encoders holds at most GOMAXPROCS encoders, made on first use: more
-// concurrent compressions than cores gain nothing, and each encoder keeps
-// ~4 MiB of state. A sync.Pool would both make more under bursts (every
-// directory's tree is compressed in its own goroutine) and drop them at
-// each GC, only to make them again.
-var encoders = func() chan *encoder {
+// encoders holds, per level, at most GOMAXPROCS encoders, made on first
+// use: more concurrent compressions than cores gain nothing, and each
+// encoder keeps ~4 MiB of state. A sync.Pool would both make more under
+// bursts (every directory's tree is compressed in its own goroutine) and
+// drop them at each GC, only to make them again. A process uses the one
+// level of its repository, so only that level's encoders are ever made.
+var encoders = func() [numLevels]chan *encoder {
 	n := runtime.GOMAXPROCS(0)
-	ch := make(chan *encoder, n)
-	for i := 0; i < n; i++ {
-		ch <- nil
+	var pools [numLevels]chan *encoder
+	for l := range pools {
+		pools[l] = make(chan *encoder, n)
+		for i := 0; i < n; i++ {
+			pools[l] <- nil
+		}
 	}
-	return ch
+	return pools
 }()
 
 var decoders = sync.Pool{New: func() any {
@@ -127,20 +133,32 @@ var decoders = sync.Pool{New: func() any {
 	return d
 }}
 
+// Compress compresses at Auto: Auto.Compress(dst, src).
+func Compress(dst, src []byte) (out []byte, ok bool) {
+	return Auto.Compress(dst, src)
+}
+
 // Compress appends a compressed form of src to dst and returns it with
 // ok=true, or returns dst unchanged with ok=false when compression does not
 // pay: no sample of the trial saves 1/16, or the result is not smaller than
-// src (for src of at most 64 KiB: saves less than 1/16). The decision and
-// the output depend on src alone. It is safe for concurrent use.
-func Compress(dst, src []byte) (out []byte, ok bool) {
-	if len(src) == 0 {
+// src (for src of at most 64 KiB: saves less than 1/16), or l is Off. The
+// decision and the output depend on src and l alone. It is safe for
+// concurrent use.
+func (l Level) Compress(dst, src []byte) (out []byte, ok bool) {
+	if len(src) == 0 || l == Off {
 		return dst, false
 	}
-	e := <-encoders
-	if e == nil {
-		e = &encoder{Encoder: newEncoder(zstd.SpeedDefault, windowSize), trial: make([]byte, 0, 2*sampleSize)}
+	zl, valid := l.zstd()
+	if !valid {
+		// Levels come from ParseLevel; anything else is a bug above.
+		panic(fmt.Sprintf("compress: invalid level %d", int(l)))
 	}
-	defer func() { encoders <- e }()
+	pool := encoders[l]
+	e := <-pool
+	if e == nil {
+		e = &encoder{Encoder: newEncoder(zl, windowSize), trial: make([]byte, 0, 2*sampleSize)}
+	}
+	defer func() { pool <- e }()
 	return e.compress(dst, src)
 }
 

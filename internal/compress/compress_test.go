@@ -57,10 +57,18 @@ func textCorpus(tb testing.TB, n int) []byte {
 	return corpus[:min(n, len(corpus))]
 }
 
+// compressing lists the levels that compress.
+var compressing = []Level{Auto, Fastest, Better}
+
 func roundTrip(t *testing.T, src []byte) (compressed int, ok bool) {
 	t.Helper()
+	return roundTripAt(t, Auto, src)
+}
+
+func roundTripAt(t *testing.T, l Level, src []byte) (compressed int, ok bool) {
+	t.Helper()
 	prefix := []byte("prefix")
-	out, ok := Compress(bytes.Clone(prefix), src)
+	out, ok := l.Compress(bytes.Clone(prefix), src)
 	if !bytes.HasPrefix(out, prefix) {
 		t.Fatalf("Compress lost the prefix of dst")
 	}
@@ -85,19 +93,60 @@ func roundTrip(t *testing.T, src []byte) (compressed int, ok bool) {
 
 func TestRoundTrip(t *testing.T) {
 	text := textCorpus(t, 8<<20)
-	for _, n := range []int{1000, 4096, trialSize - 1, trialSize, trialSize + 1, 1 << 20, 8 << 20} {
-		c, ok := roundTrip(t, text[:n])
-		if !ok {
-			t.Errorf("text, %d bytes: not compressed", n)
+	sizes := map[Level]int{}
+	for _, l := range compressing {
+		for _, n := range []int{1000, 4096, trialSize - 1, trialSize, trialSize + 1, 1 << 20, 8 << 20} {
+			c, ok := roundTripAt(t, l, text[:n])
+			// SpeedFastest saves less than 1/16 of 1000 bytes of text,
+			// and so stores them raw.
+			if !ok && !(l == Fastest && n < 4096) {
+				t.Errorf("%s: text, %d bytes: not compressed", l, n)
+			}
+			t.Logf("%s: text, %d bytes: %d compressed (%.3f)", l, n, c, float64(c)/float64(n))
 		}
-		t.Logf("text, %d bytes: %d compressed (%.2f)", n, c, float64(c)/float64(n))
+		if _, ok := roundTripAt(t, l, make([]byte, 3<<20)); !ok {
+			t.Errorf("%s: zeros not compressed", l)
+		}
+		// Text compresses well.
+		c, _ := roundTripAt(t, l, text[:1<<20])
+		if c > 1<<20/3 {
+			t.Errorf("%s: 1 MiB of Go source compressed to %d bytes, want < 1/3", l, c)
+		}
+		sizes[l] = c
 	}
-	if _, ok := roundTrip(t, make([]byte, 3<<20)); !ok {
-		t.Error("zeros not compressed")
+	// The levels are what they say: each one trades speed for size.
+	if !(sizes[Better] < sizes[Auto] && sizes[Auto] < sizes[Fastest]) {
+		t.Errorf("1 MiB of Go source: better %d, auto %d, fastest %d bytes; want better < auto < fastest",
+			sizes[Better], sizes[Auto], sizes[Fastest])
 	}
-	// Text compresses well.
-	if c, _ := roundTrip(t, text[:1<<20]); c > 1<<20/3 {
-		t.Errorf("1 MiB of Go source compressed to %d bytes, want < 1/3", c)
+}
+
+// Off stores everything raw, however compressible.
+func TestOff(t *testing.T) {
+	for _, src := range [][]byte{make([]byte, 3<<20), textCorpus(t, 1<<20), []byte("hello")} {
+		if out, ok := Off.Compress([]byte("x"), src); ok || string(out) != "x" {
+			t.Errorf("off: %d bytes compressed (ok=%v, dst %d bytes)", len(src), ok, len(out))
+		}
+	}
+}
+
+func TestParseLevel(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want Level
+	}{{"", Auto}, {"auto", Auto}, {"fastest", Fastest}, {"better", Better}, {"off", Off}} {
+		got, err := ParseLevel(tc.in)
+		if err != nil || got != tc.want {
+			t.Errorf("ParseLevel(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+		if tc.in != "" && got.String() != tc.in {
+			t.Errorf("%v.String() = %q, want %q", got, got.String(), tc.in)
+		}
+	}
+	for _, bad := range []string{"Auto", "zstd", "fast", "9", " off", "best"} {
+		if l, err := ParseLevel(bad); err == nil || !strings.Contains(err.Error(), "unknown compression level") {
+			t.Errorf("ParseLevel(%q) = %v, %v; want an unknown level error", bad, l, err)
+		}
 	}
 }
 
@@ -116,13 +165,17 @@ func TestDoesNotPay(t *testing.T) {
 		// Saves less than 1/16: random bytes mixed with a few zeros.
 		{"barely", append(randomData(4, 60<<10), make([]byte, 3<<10)...)},
 	} {
-		if _, ok := roundTrip(t, tc.src); ok {
-			t.Errorf("%s: compressed, want ok=false", tc.name)
+		for _, l := range compressing {
+			if _, ok := roundTripAt(t, l, tc.src); ok {
+				t.Errorf("%s: %s: compressed, want ok=false", l, tc.name)
+			}
 		}
 	}
 	// With more zeros the trial saves more than 1/16.
-	if _, ok := roundTrip(t, append(randomData(4, 56<<10), make([]byte, 12<<10)...)); !ok {
-		t.Error("56 KiB random + 12 KiB zeros not compressed")
+	for _, l := range compressing {
+		if _, ok := roundTripAt(t, l, append(randomData(4, 56<<10), make([]byte, 12<<10)...)); !ok {
+			t.Errorf("%s: 56 KiB random + 12 KiB zeros not compressed", l)
+		}
 	}
 }
 
@@ -160,26 +213,36 @@ func TestMixedBlobCompressed(t *testing.T) {
 	}
 }
 
-// The decision and the output depend on the input alone: the same blob
-// gives the same bytes whichever pooled encoder compresses it and whatever
-// it compressed before (blob IDs are convergent, docs/FORMAT.md "Blobs").
+// The decision and the output depend on the input and the level alone:
+// the same blob gives the same bytes at a level whichever pooled encoder
+// compresses it and whatever it compressed before, at this level or
+// another (blob IDs are convergent, docs/FORMAT.md "Blobs").
 func TestDeterministic(t *testing.T) {
 	text := textCorpus(t, 4<<20)
-	inputs := [][]byte{text[:1<<20], append(randomData(10, 300<<10), text[:700<<10]...), text[1<<20 : 3<<20], randomData(11, 1<<20)}
-	want := make([][]byte, len(inputs))
-	for i, in := range inputs {
-		want[i], _ = Compress(nil, in)
+	inputs := [][]byte{text[:1<<20], append(randomData(10, 300<<10), text[:700<<10]...), text[1<<20 : 3<<20], randomData(11, 1<<20), text[:30<<10]}
+	want := map[Level][][]byte{}
+	for _, l := range compressing {
+		want[l] = make([][]byte, len(inputs))
+		for i, in := range inputs {
+			want[l][i], _ = l.Compress(nil, in)
+		}
+	}
+	if bytes.Equal(want[Auto][0], want[Fastest][0]) || bytes.Equal(want[Auto][0], want[Better][0]) {
+		t.Fatal("the levels give the same bytes for 1 MiB of text")
 	}
 	var wg sync.WaitGroup
-	for g := 0; g < 4; g++ {
+	for g := 0; g < 6; g++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for rep := 0; rep < 3; rep++ {
 				for j := range inputs {
 					i := (j + g + rep) % len(inputs)
-					if got, _ := Compress(nil, inputs[i]); !bytes.Equal(got, want[i]) {
-						t.Errorf("input %d compressed differently (%d bytes, then %d)", i, len(want[i]), len(got))
+					// Interleave the levels, so that every goroutine
+					// takes encoders of each pool in turn.
+					l := compressing[(g+j+rep)%len(compressing)]
+					if got, _ := l.Compress(nil, inputs[i]); !bytes.Equal(got, want[l][i]) {
+						t.Errorf("%s: input %d compressed differently (%d bytes, then %d)", l, i, len(want[l][i]), len(got))
 					}
 				}
 			}
@@ -187,19 +250,22 @@ func TestDeterministic(t *testing.T) {
 	}
 	wg.Wait()
 	// A fresh encoder, with or without the lower-memory tables, gives the
-	// same bytes as the pooled ones.
-	for _, low := range []bool{false, true} {
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1),
-			zstd.WithEncoderCRC(false), zstd.WithWindowSize(windowSize), zstd.WithLowerEncoderMem(low))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, in := range inputs {
-			if want[i] == nil {
-				continue
+	// same bytes as the pooled ones at every level.
+	for _, l := range compressing {
+		zl, _ := l.zstd()
+		for _, low := range []bool{false, true} {
+			e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zl), zstd.WithEncoderConcurrency(1),
+				zstd.WithEncoderCRC(false), zstd.WithWindowSize(windowSize), zstd.WithLowerEncoderMem(low))
+			if err != nil {
+				t.Fatal(err)
 			}
-			if got := e.EncodeAll(in, nil); !bytes.Equal(got, want[i]) {
-				t.Errorf("lower memory %v: input %d compressed to %d bytes, pooled encoder %d", low, i, len(got), len(want[i]))
+			for i, in := range inputs {
+				if want[l][i] == nil {
+					continue
+				}
+				if got := e.EncodeAll(in, nil); !bytes.Equal(got, want[l][i]) {
+					t.Errorf("%s, lower memory %v: input %d compressed to %d bytes, pooled encoder %d", l, low, i, len(got), len(want[l][i]))
+				}
 			}
 		}
 	}

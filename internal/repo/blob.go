@@ -138,15 +138,16 @@ func (r *Repository) ForgedCopies() []ForgedCopy {
 // sealBlob returns the stored form of a blob, in buf's storage when it is
 // large enough: the payload (flag, raw length, data compressed or not)
 // encrypted in place under the key derived from K (docs/FORMAT.md
-// "Blobs"). The same plaintext always gives the same bytes.
-func sealBlob(buf []byte, t BlobType, key hash.ID, data []byte) []byte {
+// "Blobs"), compressed at level. The same plaintext always gives the same
+// bytes at the same level.
+func sealBlob(buf []byte, level compress.Level, t BlobType, key hash.ID, data []byte) []byte {
 	// room for the stored case and the tag, so that nothing reallocates
 	if need := len(data) + 1 + binary.MaxVarintLen64 + crypto.BlobOverhead; cap(buf) < need {
 		buf = make([]byte, 0, need)
 	}
 	p := append(buf[:0], 1)
 	p = binary.AppendUvarint(p, uint64(len(data)))
-	if out, ok := compress.Compress(p, data); ok {
+	if out, ok := level.Compress(p, data); ok {
 		p = out
 	} else {
 		p[0] = 0
@@ -366,5 +367,5 @@ var ErrBlobNotFound = errors.New("blob not in index")
 // are determined by the plaintext.
 func (r *Repository) RefOf(t BlobType, data []byte) hash.Ref {
 	key := r.BlobKey(data)
-	return hash.Ref{ID: packfile.BlobID(t, sealBlob(nil, t, key, data)), Key: key}
+	return hash.Ref{ID: packfile.BlobID(t, sealBlob(nil, r.level, t, key, data)), Key: key}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
@@ -73,6 +74,10 @@ type Config struct {
 	Chunker     ChunkerConfig `json:"chunker"`
 	PackSize    int           `json:"pack_size"`
 	Compression string        `json:"compression"`
+	// CompressionLevel names the compress.Level every writer uses
+	// (docs/FORMAT.md "config"); absent (written before levels existed)
+	// means auto. Fixed at init: blob IDs depend on it.
+	CompressionLevel string `json:"compression_level,omitempty"`
 	// Authority is the hex Ed25519 public key that signs the config, gc
 	// marks and the index files of full keys (docs/FORMAT.md "Authority").
 	Authority string `json:"authority"`
@@ -93,6 +98,9 @@ type InitOptions struct {
 	ChunkIDKey *crypto.Key
 	// KDF overrides the argon2 parameters of passphrase keys (tests use cheap ones).
 	KDF *crypto.KDFParams
+	// Compression is the level every writer of the repository compresses
+	// blobs at (the zero value is compress.Auto).
+	Compression compress.Level
 }
 
 // Repository is an open repository.
@@ -105,6 +113,10 @@ type Repository struct {
 
 	ids     *hash.Keyed
 	chunker chunker.Params
+	// level is the config's compression level: every blob this process
+	// stores is compressed at it, so that it gets the ID that every other
+	// writer of the repository gives the same plaintext.
+	level compress.Level
 
 	idx *Index
 	// indexCacheDir holds the index cache (SetIndexCache); "": none.
@@ -144,7 +156,11 @@ func Init(ctx context.Context, be storage.Backend, cred Credential, opts InitOpt
 		return nil, nil, err
 	}
 	cfg := Config{Version: FormatVersion, ID: hex.EncodeToString(idBytes[:]), Created: time.Now().UTC(),
-		PackSize: DefaultPackSize, Compression: "zstd", Authority: hex.EncodeToString(secrets.AuthorityPublic[:])}
+		PackSize: DefaultPackSize, Compression: "zstd", CompressionLevel: opts.Compression.String(),
+		Authority: hex.EncodeToString(secrets.AuthorityPublic[:])}
+	if _, err := compress.ParseLevel(cfg.CompressionLevel); err != nil {
+		return nil, nil, err
+	}
 	if opts.Chunker != nil {
 		cfg.Chunker = *opts.Chunker
 	} else {
@@ -198,10 +214,18 @@ func newRepository(be storage.Backend, cfg Config, secrets Secrets, keyID string
 	if cfg.PackSize < 1<<20 || cfg.PackSize > 1<<30 {
 		return nil, fmt.Errorf("config: pack size %d outside 1 MiB..1 GiB", cfg.PackSize)
 	}
+	// An unknown level is refused, not taken for auto: a writer that
+	// compressed otherwise than the others would silently stop
+	// deduplicating against them (a newer floe may know more levels).
+	level, err := compress.ParseLevel(cfg.CompressionLevel)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w; a newer floe may know it", err)
+	}
 	return &Repository{
 		be: be, cfg: cfg, secrets: secrets, keyID: keyID, kdf: kdf,
 		ids:             hash.NewKeyed(secrets.ChunkIDKey),
 		chunker:         params,
+		level:           level,
 		runKeys:         map[BlobHandle]hash.ID{},
 		verifiesUploads: storage.VerifiesUploads(be),
 	}, nil
@@ -322,6 +346,10 @@ func openConfig(data []byte, secrets Secrets) (Config, error) {
 
 // Config returns the repository config.
 func (r *Repository) Config() Config { return r.cfg }
+
+// CompressionLevel returns the level every blob is stored at (the
+// config's compression_level; auto when the config has none).
+func (r *Repository) CompressionLevel() compress.Level { return r.level }
 
 // Backend returns the storage the repository lives on.
 func (r *Repository) Backend() storage.Backend { return r.be }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
@@ -174,7 +175,7 @@ func testBlobRoundTrip(t *testing.T, streamed bool) {
 			t.Fatal("duplicate blob stored twice, or named differently")
 		}
 		// convergent: the same plaintext always gives the same stored bytes
-		if sealBlob(nil, DataBlob, ref.Key, data); StoredBlobID(DataBlob, sealBlob(nil, DataBlob, ref.Key, data)) != ref.ID {
+		if sealBlob(nil, compress.Auto, DataBlob, ref.Key, data); StoredBlobID(DataBlob, sealBlob(nil, compress.Auto, DataBlob, ref.Key, data)) != ref.ID {
 			t.Fatal("sealing is not deterministic")
 		}
 		blobs[ref] = data

@@ -64,7 +64,8 @@ func (r *Repository) CheckConfig(ctx context.Context) error {
 		return fmt.Errorf("config is %w", err)
 	}
 	if cfg.ID != r.cfg.ID || cfg.Version != r.cfg.Version || cfg.Chunker != r.cfg.Chunker ||
-		cfg.PackSize != r.cfg.PackSize || cfg.Compression != r.cfg.Compression || !cfg.Created.Equal(r.cfg.Created) {
+		cfg.PackSize != r.cfg.PackSize || cfg.Compression != r.cfg.Compression ||
+		cfg.CompressionLevel != r.cfg.CompressionLevel || !cfg.Created.Equal(r.cfg.Created) {
 		return fmt.Errorf("config changed since the repository was opened")
 	}
 	return nil

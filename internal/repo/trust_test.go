@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
@@ -119,7 +120,7 @@ func TestDedupPoisoning(t *testing.T) {
 		wo := writeOnly(t, r, be)
 		guess := bytes.Repeat([]byte("/etc/passwd of every host "), 400)
 		key := wo.BlobKey(guess)
-		sealed := sealBlob(nil, DataBlob, key, guess)
+		sealed := sealBlob(nil, compress.Auto, DataBlob, key, guess)
 		id := StoredBlobID(DataBlob, sealed)
 		forged := forge(t, wo, be, id, len(sealed))
 
@@ -161,7 +162,7 @@ func TestUnsignedGenuineCopyIsVerifiedAndUsed(t *testing.T) {
 	if _, isNew, _, err := writerOf(r2).SaveBlob(ctx, DataBlob, r2.BlobKey(data), data); err != nil || isNew {
 		t.Fatalf("SaveBlob: new=%v err=%v; the verified copy should serve", isNew, err)
 	}
-	if loc, _ := r2.Index().Lookup(BlobHandle{DataBlob, StoredBlobID(DataBlob, sealBlob(nil, DataBlob, r2.BlobKey(data), data))}); !loc.Trusted {
+	if loc, _ := r2.Index().Lookup(BlobHandle{DataBlob, StoredBlobID(DataBlob, sealBlob(nil, compress.Auto, DataBlob, r2.BlobKey(data), data))}); !loc.Trusted {
 		t.Fatal("the verified copy is not marked trusted")
 	}
 }
@@ -301,7 +302,7 @@ func TestForgedConfigRefused(t *testing.T) {
 // key the ref names, never a panic.
 func FuzzOpenBlob(f *testing.F) {
 	r, _ := newRepo(f)
-	good := sealBlob(nil, DataBlob, r.BlobKey([]byte("hello")), []byte("hello"))
+	good := sealBlob(nil, compress.Auto, DataBlob, r.BlobKey([]byte("hello")), []byte("hello"))
 	plain, _ := crypto.OpenBlob(nil, blobKey(r.BlobKey([]byte("hello"))), good, blobAD(DataBlob))
 	f.Add(plain, false)
 	f.Add([]byte{1, 0xff, 0xff, 0xff, 0xff, 0x0f, 0x28, 0xb5, 0x2f, 0xfd}, true)

@@ -131,7 +131,7 @@ func (w *Writer) SaveBlob(ctx context.Context, t BlobType, key hash.ID, data []b
 		sp = &b
 	}
 	defer w.scratch.Put(sp)
-	sealed := sealBlob(*sp, t, key, data)
+	sealed := sealBlob(*sp, r.level, t, key, data)
 	if t == DataBlob {
 		w.mu.Lock()
 		w.stats.EncodedData++

@@ -41,11 +41,17 @@ func Copy(ctx context.Context, src, dst *repo.Repository, snaps []*snapshot.Reco
 	}
 	before := dst.SavedStats()
 	res := &Result{SharedKey: src.ChunkIDKey() == dst.ChunkIDKey()}
+	// Blobs keep their IDs, and trees their bytes, only when both the
+	// chunk ID key and the compression level are the same: the stored
+	// bytes, hence the ID, of a blob depend on the level too. Otherwise a
+	// tree copied as it is would name blobs the destination stores under
+	// other IDs.
+	res.ByID = res.SharedKey && src.CompressionLevel() == dst.CompressionLevel()
 	prog := newProgress(opts.Progress)
 	prog.phase("copy")
 	prog.snapshots(len(snaps))
 
-	c := newCopier(ctx, src, dst, res.SharedKey, opts, prog)
+	c := newCopier(ctx, src, dst, res.ByID, opts, prog)
 	copied := map[hash.ID]hash.ID{} // source ID -> destination ID, this run
 	for _, sn := range snaps {
 		if d, ok := lookupExisting(existing, sn); ok {

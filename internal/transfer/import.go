@@ -102,7 +102,7 @@ func importVerbatim(ctx context.Context, exp, dst *repo.Repository, snaps []*sna
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{SharedKey: true, Verbatim: true}
+	res := &Result{SharedKey: true, ByID: true, Verbatim: true}
 	var todo []*snapshot.Record
 	var roots []hash.Ref
 	for _, s := range snaps {

@@ -151,9 +151,12 @@ type Copied struct {
 // Result summarizes a copy or an import.
 type Result struct {
 	Snapshots []Copied
-	// SharedKey: the repositories share the chunk ID key, so blobs were
-	// copied by ID; else they were named again and trees rewritten.
+	// SharedKey: the repositories share the chunk ID key.
 	SharedKey bool
+	// ByID: they also share the compression level, so blobs were copied
+	// by ID and trees as they are; else blobs were stored at the
+	// destination's level under new IDs and trees rewritten.
+	ByID bool
 	// Verbatim: packs were copied as they are (import into a repository
 	// with the same secrets).
 	Verbatim bool
