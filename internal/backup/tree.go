@@ -51,6 +51,9 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 	var build func(dir string, t *trie, parent *snapshot.Tree) *future
 	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
 		if t.target {
+			if a.rebased != nil {
+				parent = a.rebased
+			}
 			return a.saveDir(ctx, dir, parent, a.deviceOf(a.src(dir)))
 		}
 		names := make([]string, 0, len(t.children))
@@ -92,6 +95,18 @@ type entry struct {
 	sub  *future  // directories
 	file *fileJob // regular files being read
 	link *fileJob // hard link to a file read elsewhere in this backup
+}
+
+// parentAt returns the parent's tree of the directory at path p, or nil.
+func (a *archiver) parentAt(ctx context.Context, root *snapshot.Tree, p string) *snapshot.Tree {
+	t := root
+	for _, name := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if name == "" || t == nil {
+			continue
+		}
+		t = a.parentSubtree(ctx, t, name)
+	}
+	return t
 }
 
 func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, name string) *snapshot.Tree {
@@ -196,7 +211,7 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 				return e
 			}
 		}
-		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+		if pn != nil && !a.opts.Force && a.unchanged(pn, node) && a.haveAll(pn.Content) {
 			node.Content = pn.Content
 			node.ChunkSizes = pn.ChunkSizes
 			a.filesUnchanged.Add(1)
@@ -244,7 +259,7 @@ func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node,
 		pn = parent.Find(node.Name)
 	}
 	// a device is always read: its node's times say nothing of its blocks
-	if node.Rdev == 0 && pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+	if node.Rdev == 0 && pn != nil && !a.opts.Force && a.unchanged(pn, node) && a.haveAll(pn.Content) {
 		node.Content, node.ChunkSizes, node.Sparse = pn.Content, pn.ChunkSizes, pn.Sparse
 		a.filesUnchanged.Add(1)
 		a.opts.Progress.Done(1, int64(node.Size))
@@ -273,10 +288,13 @@ func failedJob(p string, err error) *fileJob {
 }
 
 // unchanged reports whether a file needs no reading: same size, mtime,
-// ctime, inode and type as in the parent snapshot.
-func unchanged(old, cur *snapshot.Node) bool {
-	return old.Type == snapshot.TypeFile && old.Size == cur.Size && old.Inode == cur.Inode &&
-		old.ModTime.Equal(cur.ModTime) && old.ChangeTime.Equal(cur.ChangeTime) &&
+// ctime, inode and type as in the parent snapshot; without the inode and
+// ctime with Options.IgnoreInode, without the ctime with IgnoreCtime.
+func (a *archiver) unchanged(old, cur *snapshot.Node) bool {
+	return old.Type == snapshot.TypeFile && old.Size == cur.Size &&
+		(a.opts.IgnoreInode || old.Inode == cur.Inode) &&
+		old.ModTime.Equal(cur.ModTime) &&
+		(a.opts.IgnoreInode || a.opts.IgnoreCtime || old.ChangeTime.Equal(cur.ChangeTime)) &&
 		uint64(len(old.Content)) > 0 == (cur.Size > 0)
 }
 
