@@ -247,6 +247,9 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			IgnoreInode: f.ignoreInode, IgnoreCtime: f.ignoreCtime,
 			ProgramVersion: "floe " + version,
 			Progress:       meter,
+			// the totals are shown on a terminal's status line and in
+			// JSON status messages, else nobody needs their scan
+			NoScan: !g.json && (g.quiet || !ui.IsTerminal(os.Stderr)),
 		},
 		ExcludeFiles: f.excludeFiles, IExcludeFiles: f.iexcludeFiles, ParentID: f.parent,
 		PreHook: f.preHook, PostHook: f.postHook,

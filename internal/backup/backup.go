@@ -99,7 +99,10 @@ type Options struct {
 
 	// Progress, if set, is told the files and bytes read, the totals of a
 	// scan that runs alongside, and the file being read.
-	Progress       ui.Progress
+	Progress ui.Progress
+	// NoScan skips that scan, for a caller that shows no totals: it lists
+	// every directory and stats every file a second time.
+	NoScan         bool
 	ProgramVersion string
 }
 
@@ -277,7 +280,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 			// before Run returns: its counts are the caller's to read.
 			scanCtx, cancelScan := context.WithCancel(ctx)
 			scanDone := make(chan struct{})
-			go func() { defer close(scanDone); a.scan(scanCtx, paths) }()
+			if opts.NoScan {
+				close(scanDone)
+			} else {
+				go func() { defer close(scanDone); a.scan(scanCtx, paths) }()
+			}
 			var parentRoot *snapshot.Tree
 			if opts.Parent != nil && !opts.Force && opts.ParentTrees != nil {
 				parentRoot, _ = opts.ParentTrees.LoadTree(ctx, opts.Parent.Tree)

@@ -136,7 +136,11 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	a.dirs.Add(1)
 	release := a.anchor(path)
 	src := a.src(path)
-	ents, err := fsmeta.ReadDir(src)
+	var ents []fsmeta.DirEntry
+	dir, err := fsmeta.OpenDir(src)
+	if err == nil {
+		ents, err = dir.Entries()
+	}
 	if err != nil {
 		a.fail(path, origErr(err, path, src))
 		ents = nil
@@ -144,7 +148,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(src) {
 		kept := ents[:0]
 		for _, e := range ents {
-			if e.Name() == pathmatch.CacheTag {
+			if e.Name == pathmatch.CacheTag {
 				kept = append(kept, e)
 			}
 		}
@@ -153,26 +157,54 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	if len(a.marks) > 0 && a.marked(src) {
 		ents = nil
 	}
-	entries := make([]entry, 0, len(ents))
+	// Every entry is described (fstatat relative to the open directory)
+	// before any is saved, so the directory is closed before the walk
+	// descends into its subdirectories.
+	nodes := make([]*snapshot.Node, 0, len(ents))
+	paths := make([]string, 0, len(ents))
 	for _, de := range ents {
-		name := de.Name()
+		name := de.Name
 		p := path + "/" + name
 		if path == "/" {
 			p = "/" + name
 		}
-		if a.match.Match(p, de.IsDir()) {
+		sp := src + "/" + name
+		if src == "/" {
+			sp = "/" + name
+		}
+		if len(sp) > anchorAfter {
+			sp = a.src(p)
+		}
+		var node *snapshot.Node
+		isDir := de.IsDir()
+		if !de.TypeKnown() { // the file system does not say: ask
+			if node, err = dir.Node(name, sp); err != nil {
+				a.fail(p, origErr(err, p, sp))
+				continue
+			}
+			isDir = node.Type == snapshot.TypeDir
+		}
+		if a.match.Match(p, isDir) {
 			continue
 		}
-		sp := a.src(p)
-		node, err := fsmeta.NodeFromPath(sp, name)
-		if err != nil {
-			a.fail(p, origErr(err, p, sp))
-			continue
+		if node == nil {
+			if node, err = dir.Node(name, sp); err != nil {
+				a.fail(p, origErr(err, p, sp))
+				continue
+			}
 		}
 		if a.tooLarge(node) {
 			continue
 		}
-		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
+		nodes = append(nodes, node)
+		paths = append(paths, p)
+	}
+	if dir != nil {
+		dir.Close()
+	}
+	entries := make([]entry, 0, len(nodes))
+	for i, node := range nodes {
+		entries = append(entries, a.saveEntry(ctx, paths[i], node, parent, dev))
 	}
 	f := a.finishTree(ctx, path, entries)
 	go func() { <-f.done; release() }()
