@@ -81,6 +81,10 @@ type Options struct {
 	// ParentTrees loads the parent's trees (the repository, or for
 	// write-only keys the local cache).
 	ParentTrees snapshot.TreeLoader
+	// Kin, when there is no parent, is another snapshot of this host whose
+	// chunks' keys are learned first (FindKin), loaded from KinTrees.
+	Kin      *snapshot.Record
+	KinTrees snapshot.TreeLoader
 	// OnTree, if set, receives every tree saved (the local cache keeps them).
 	OnTree func(id hash.ID, plain []byte)
 
@@ -297,6 +301,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 					// clone's tree copied or mounted elsewhere.
 					a.rebased = a.parentAt(ctx, parentRoot, opts.Parent.Paths[0])
 				}
+			}
+			if parentRoot == nil && !opts.Force {
+				a.rememberKin(ctx)
 			}
 			f := a.saveRoot(ctx, paths, parentRoot)
 			<-f.done

@@ -2,8 +2,11 @@ package backup
 
 import (
 	"context"
+	"github.com/floe-backup/floe/internal/cache"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,6 +221,71 @@ func walkFind(t *testing.T, ctx context.Context, r *repo.Repository, ref hash.Re
 		fn(n)
 		if !n.Subtree.IsNull() {
 			walkFind(t, ctx, r, n.Subtree, fn)
+		}
+	}
+}
+
+// A backup without a parent learns the chunk keys of this host's newest
+// snapshot in the local cache (FindKin): a copy of a tree backed up
+// before, at another path and with other inodes, is read but none of its
+// chunks is compressed and encrypted again.
+func TestKinChunksAreNotEncoded(t *testing.T) {
+	ctx := context.Background()
+	r, be := testutil.NewRepo(t)
+	a := filepath.Join(t.TempDir(), "a")
+	testutil.ManyFiles(t, a, 30, 5000, 7)
+	testutil.WriteRandom(t, filepath.Join(a, "big"), 3<<20, 8)
+	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := c.NewTreeWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(ctx, r, Options{Paths: []string{a}, Hostname: "h", OnTree: tw.Add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(t.TempDir(), "b")
+	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v\n%s", err, out)
+	}
+	if kin, _ := FindKin(c, "other host"); kin != nil {
+		t.Errorf("kin of another host: %s", kin.ID.Short())
+	}
+	for _, withKin := range []bool{false, true} {
+		r2, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r2.LoadIndex(ctx); err != nil {
+			t.Fatal(err)
+		}
+		opts := Options{Paths: []string{b}, Hostname: "h"}
+		if withKin {
+			opts.Kin, opts.KinTrees = FindKin(c, "h")
+			if opts.Kin == nil || opts.Kin.ID != res.ID {
+				t.Fatalf("kin %v, want the snapshot of a %s", opts.Kin, res.ID.Short())
+			}
+		}
+		res2, err := Run(ctx, r2, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// only trees are new (their paths and inodes differ)
+		if res2.Snapshot.Summary.FilesNew != 31 || res2.Snapshot.Summary.DataAdded > 16<<10 {
+			t.Errorf("copy: %d new files, %d bytes added; want 31 and a few trees", res2.Snapshot.Summary.FilesNew, res2.Snapshot.Summary.DataAdded)
+		}
+		n := r2.SavedStats().EncodedData
+		if withKin && n != 0 {
+			t.Errorf("with kin: %d data blobs encoded, want none", n)
+		}
+		if !withKin && n < 31 {
+			t.Errorf("without kin: %d data blobs encoded, want every chunk (at least 31)", n)
 		}
 	}
 }
