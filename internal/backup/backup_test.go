@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"github.com/floe-backup/floe/internal/cache"
+	"golang.org/x/sys/unix"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -286,6 +287,49 @@ func TestKinChunksAreNotEncoded(t *testing.T) {
 		}
 		if !withKin && n < 31 {
 			t.Errorf("without kin: %d data blobs encoded, want every chunk (at least 31)", n)
+		}
+	}
+}
+
+// Unchanged objects take their extended attributes from the parent (no
+// listing); an attribute set since changes the ctime and is found.
+func TestXattrsFollowCtime(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	if !testutil.XattrsSupported(src) {
+		t.Skip("no user xattrs here")
+	}
+	p := filepath.Join(src, "f")
+	testutil.WriteFile(t, p, []byte("data"))
+	r, _ := testutil.NewRepo(t)
+	var parent *snapshot.Record
+	for i, want := range []string{"", "", "v1", "v1"} {
+		if i == 2 {
+			if err := unix.Lsetxattr(p, "user.test", []byte("v1"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		opts := Options{Paths: []string{src}, Parent: parent}
+		if parent != nil {
+			opts.ParentTrees = snapshot.RepoTrees{Repo: r}
+		}
+		res, err := Run(ctx, r, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parent = &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
+		got := ""
+		walkFind(t, ctx, r, res.Snapshot.Tree, func(n *snapshot.Node) {
+			if n.Name == "f" {
+				for _, x := range n.Xattrs {
+					if x.Name == "user.test" {
+						got = string(x.Value)
+					}
+				}
+			}
+		})
+		if got != want {
+			t.Errorf("backup %d: user.test %q, want %q", i+1, got, want)
 		}
 	}
 }

@@ -162,6 +162,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	// descends into its subdirectories.
 	nodes := make([]*snapshot.Node, 0, len(ents))
 	paths := make([]string, 0, len(ents))
+	known := a.knownXattrs(parent)
 	for _, de := range ents {
 		name := de.Name
 		p := path + "/" + name
@@ -178,7 +179,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		var node *snapshot.Node
 		isDir := de.IsDir()
 		if !de.TypeKnown() { // the file system does not say: ask
-			if node, err = dir.Node(name, sp); err != nil {
+			if node, err = dir.Node(name, sp, known); err != nil {
 				a.fail(p, origErr(err, p, sp))
 				continue
 			}
@@ -188,7 +189,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 			continue
 		}
 		if node == nil {
-			if node, err = dir.Node(name, sp); err != nil {
+			if node, err = dir.Node(name, sp, known); err != nil {
 				a.fail(p, origErr(err, p, sp))
 				continue
 			}
@@ -209,6 +210,25 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	f := a.finishTree(ctx, path, entries)
 	go func() { <-f.done; release() }()
 	return f
+}
+
+// knownXattrs returns, for the entries of a directory whose tree in the
+// parent snapshot is parent, the function that finds an entry's extended
+// attributes in its parent node: the same object (inode, device) with the
+// same ctime has the same attributes, as setting one changes the ctime.
+// So a backup lists the attributes of new and changed objects only. Not
+// when the comparison with the parent ignores inodes or ctimes.
+func (a *archiver) knownXattrs(parent *snapshot.Tree) func(*snapshot.Node) ([]snapshot.Xattr, bool) {
+	if parent == nil || a.opts.IgnoreInode || a.opts.IgnoreCtime || a.opts.Force {
+		return nil
+	}
+	return func(n *snapshot.Node) ([]snapshot.Xattr, bool) {
+		pn := parent.Find(n.Name)
+		if pn == nil || pn.Type != n.Type || pn.Inode != n.Inode || pn.Device != n.Device || !pn.ChangeTime.Equal(n.ChangeTime) {
+			return nil, false
+		}
+		return pn.Xattrs, true
+	}
 }
 
 // saveEntry starts saving one directory entry.

@@ -112,7 +112,13 @@ func parseDirents(b []byte, ents []DirEntry) []DirEntry {
 // path (the entry's full path, used for its extended attributes and in
 // errors): one fstatat relative to the directory, a readlinkat for a
 // symlink, and the extended attributes where the file system has them.
-func (d *Dir) Node(name, path string) (*snapshot.Node, error) {
+//
+// known, if not nil, is asked with the node before its extended attributes
+// are read: if it returns true, the attributes it returned are the node's
+// and none are read (a backup passes those of the same file in its parent
+// snapshot when the inode and ctime are unchanged: setting an attribute
+// changes the ctime).
+func (d *Dir) Node(name, path string, known func(*snapshot.Node) ([]snapshot.Xattr, bool)) (*snapshot.Node, error) {
 	var st unix.Stat_t
 	for {
 		err := unix.Fstatat(d.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
@@ -124,7 +130,7 @@ func (d *Dir) Node(name, path string) (*snapshot.Node, error) {
 		}
 		break
 	}
-	return nodeFromStat(&st, path, name, func() (string, error) { return readlinkat(d.fd, name, path, int(st.Size)) })
+	return nodeFromStat(&st, path, name, func() (string, error) { return readlinkat(d.fd, name, path, int(st.Size)) }, known)
 }
 
 // readlinkat reads the target of the symlink name in dir, whose lstat

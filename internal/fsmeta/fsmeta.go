@@ -42,12 +42,13 @@ func NodeFromPath(path string, name string) (*snapshot.Node, error) {
 	if err := unix.Lstat(path, &st); err != nil {
 		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	return nodeFromStat(&st, path, name, func() (string, error) { return os.Readlink(path) })
+	return nodeFromStat(&st, path, name, func() (string, error) { return os.Readlink(path) }, nil)
 }
 
 // nodeFromStat is NodeFromPath after the lstat: readlink reads a symlink's
-// target, path is where the extended attributes are read.
-func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, error)) (*snapshot.Node, error) {
+// target, path is where the extended attributes are read unless known
+// (Dir.Node) knows them.
+func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, error), known func(*snapshot.Node) ([]snapshot.Xattr, bool)) (*snapshot.Node, error) {
 	n := &snapshot.Node{
 		Name:       name,
 		Mode:       uint32(st.Mode) & snapshot.ModeMask,
@@ -88,9 +89,16 @@ func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, e
 	default:
 		return nil, fmt.Errorf("%s: unknown file type %#o", path, st.Mode&unix.S_IFMT)
 	}
-	xattrs, err := xattrsOf(path, n.Device)
-	if err != nil {
-		return nil, err
+	var xattrs []snapshot.Xattr
+	ok := false
+	if known != nil {
+		xattrs, ok = known(n)
+	}
+	if !ok {
+		var err error
+		if xattrs, err = xattrsOf(path, n.Device); err != nil {
+			return nil, err
+		}
 	}
 	n.Xattrs = xattrs
 	n.User = userName(n.UID)
