@@ -208,7 +208,12 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		entries = append(entries, a.saveEntry(ctx, paths[i], node, parent, dev))
 	}
 	f := a.finishTree(ctx, path, entries)
-	go func() { <-f.done; release() }()
+	select {
+	case <-f.done:
+		release()
+	default:
+		go func() { <-f.done; release() }()
+	}
 	return f
 }
 
@@ -367,7 +372,7 @@ func (a *archiver) emptyTree(ctx context.Context) *future {
 // and saves the tree.
 func (a *archiver) finishTree(ctx context.Context, path string, entries []entry) *future {
 	f := &future{done: make(chan struct{})}
-	go func() {
+	finish := func() {
 		defer close(f.done)
 		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(entries))}
 		for _, e := range entries {
@@ -410,8 +415,40 @@ func (a *archiver) finishTree(ctx context.Context, path string, entries []entry)
 			return
 		}
 		f.ref = ref
-	}()
+	}
+	// A directory whose entries are all done already (nothing of it is
+	// being read: a backup with no change, a directory of unchanged
+	// files) is finished here, by the walker: a goroutine per directory
+	// cost a wake-up and a hand-off between threads each.
+	if entriesDone(entries) {
+		finish()
+	} else {
+		go finish()
+	}
 	return f
+}
+
+// entriesDone reports whether nothing of entries is still being saved.
+func entriesDone(entries []entry) bool {
+	for _, e := range entries {
+		var done chan struct{}
+		switch {
+		case e.sub != nil:
+			done = e.sub.done
+		case e.file != nil:
+			done = e.file.done
+		case e.link != nil:
+			done = e.link.done
+		default:
+			continue
+		}
+		select {
+		case <-done:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref, error) {
