@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -65,6 +66,7 @@ func TestSourceRoot(t *testing.T) {
 		t.Fatalf("paths %v, frozen %v; want [%s], frozen", sn.Paths, sn.Consistency.Frozen, live)
 	}
 	files := map[string]string{}
+	var homeIno uint64
 	var walk func(dir string, id hash.Ref)
 	walk = func(dir string, id hash.Ref) {
 		tree, err := snapshot.LoadTree(ctx, r, id)
@@ -75,6 +77,9 @@ func TestSourceRoot(t *testing.T) {
 			p := filepath.Join(dir, n.Name)
 			switch n.Type {
 			case snapshot.TypeDir:
+				if p == live+"/home" {
+					homeIno = n.Inode
+				}
 				walk(p, n.Subtree)
 			case snapshot.TypeFile:
 				var data []byte
@@ -92,6 +97,10 @@ func TestSourceRoot(t *testing.T) {
 		}
 	}
 	walk("/", sn.Tree)
+	// the mapped directory's own metadata comes from where it is read
+	if st, err := os.Stat(nested); err != nil || homeIno != st.Sys().(*syscall.Stat_t).Ino {
+		t.Errorf("home: inode %d, want that of %s (%v)", homeIno, nested, err)
+	}
 	want := map[string]string{
 		live + "/a.txt":      "frozen a",
 		live + "/sub/b.txt":  "frozen b",

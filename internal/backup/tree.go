@@ -173,13 +173,23 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		if src == "/" {
 			sp = "/" + name
 		}
-		if len(sp) > anchorAfter {
+		// An entry read from elsewhere (a directory below this one mapped
+		// by Options.SourceRoot to a snapshot of its own file system) is
+		// described by its path there, not relative to this directory.
+		inDir := len(a.sources) == 0 || a.mapSource(p) == pathJoin(a.mapSource(path), name)
+		if !inDir || len(sp) > anchorAfter {
 			sp = a.src(p)
+		}
+		describe := func() (*snapshot.Node, error) {
+			if inDir {
+				return dir.Node(name, sp, known)
+			}
+			return fsmeta.NodeFromPath(sp, name)
 		}
 		var node *snapshot.Node
 		isDir := de.IsDir()
 		if !de.TypeKnown() { // the file system does not say: ask
-			if node, err = dir.Node(name, sp, known); err != nil {
+			if node, err = describe(); err != nil {
 				a.fail(p, origErr(err, p, sp))
 				continue
 			}
@@ -189,7 +199,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 			continue
 		}
 		if node == nil {
-			if node, err = dir.Node(name, sp, known); err != nil {
+			if node, err = describe(); err != nil {
 				a.fail(p, origErr(err, p, sp))
 				continue
 			}
