@@ -160,3 +160,28 @@ func TestSourceRootErrorsNameOriginalPaths(t *testing.T) {
 		t.Error("a relative source root key was accepted")
 	}
 }
+
+// A path given through a symlinked directory is saved with everything
+// below it; the symlinked component becomes the directory it leads to.
+func TestPathThroughSymlinkedDirectory(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	if err := os.MkdirAll(filepath.Join(real, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "data", "f"), []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	r := newRepo(t)
+	res, err := Run(ctx, r, Options{Paths: []string{filepath.Join(base, "link", "data")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res.Snapshot.Summary; s.FilesNew != 1 || s.TotalBytes != 7 {
+		t.Fatalf("%d files, %d bytes saved; want the one file below the symlinked directory", s.FilesNew, s.TotalBytes)
+	}
+}

@@ -70,6 +70,19 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 				return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
 			}
 			child := t.children[name]
+			if node.Type == snapshot.TypeSymlink && !child.target {
+				// A path given through a symlinked directory (/var/run/x
+				// with /var/run -> /run): the path goes through it, so it
+				// is saved as the directory it leads to. Recording the
+				// symlink would drop everything below it.
+				real, err := filepath.EvalSymlinks(sp)
+				if err == nil {
+					node, err = fsmeta.NodeFromPath(real, name)
+				}
+				if err != nil {
+					return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
+				}
+			}
 			e := entry{node: node}
 			if node.Type == snapshot.TypeDir {
 				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
