@@ -60,6 +60,10 @@ is compared before and after reading; a file that changed is read again,
 and one that keeps changing is kept as read and listed in the snapshot's
 consistency record.
 
+A path given as a symlink is saved as the symlink; a path that goes
+through a symlinked directory (/var/run/x with /var/run -> /run) is saved
+with that component as the directory it leads to.
+
 --parent SNAPSHOT compares with any snapshot, also another host's: the
 first backup of a cloned guest can name its golden image's snapshot. A
 parent of one path, compared with a backup of one other path, matches the
