@@ -10,7 +10,7 @@
 #   BENCH_SCALE      full | small                              [full]
 #   BENCH_REPEAT     runs per tool and data set; median taken  [1]
 #   BENCH_TOOLS      tools, in run order                       [floe restic borg]
-#   BENCH_DATASETS   data sets                                 [goroot large]
+#   BENCH_DATASETS   data sets                                 [goroot large smallstored]
 #   BENCH_BORG_COMPRESSION  borg -C spec                       [zstd,3]
 #   BENCH_RESULTS    report path                               [bench/RESULTS.md]
 #   BENCH_KEEP       1 = keep repos and restores of the last run for inspection [0]
@@ -27,7 +27,7 @@ WORK=${BENCH_DIR:-/tmp/floe-bench}
 SCALE=${BENCH_SCALE:-full}
 REPEAT=${BENCH_REPEAT:-1}
 TOOLS=${BENCH_TOOLS:-floe restic borg}
-DATASETS=${BENCH_DATASETS:-goroot large}
+DATASETS=${BENCH_DATASETS:-goroot large smallstored}
 BORG_COMPRESSION=${BENCH_BORG_COMPRESSION:-zstd,3}
 OUT=${BENCH_RESULTS:-$ROOT/bench/RESULTS.md}
 KEEP=${BENCH_KEEP:-0}
@@ -37,13 +37,13 @@ RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
 
 MiB=$((1024 * 1024))
 case $SCALE in
-full)  RANDOM_BYTES=$((1024 * MiB)); TEXT_BYTES=$((1024 * MiB)); GOROOT_SUBSET=. ;;
-small) RANDOM_BYTES=$((64 * MiB));   TEXT_BYTES=$((64 * MiB));   GOROOT_SUBSET=src/cmd ;;
+full)  RANDOM_BYTES=$((1024 * MiB)); TEXT_BYTES=$((1024 * MiB)); GOROOT_SUBSET=.; STORED_BYTES=$((200 * MiB)) ;;
+small) RANDOM_BYTES=$((64 * MiB));   TEXT_BYTES=$((64 * MiB));   GOROOT_SUBSET=src/cmd; STORED_BYTES=$((20 * MiB)) ;;
 *) echo "run.sh: BENCH_SCALE must be full or small, not '$SCALE'" >&2; exit 2 ;;
 esac
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2; }
 for t in $TOOLS; do case $t in floe|restic|borg) ;; *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;; esac; done
-for d in $DATASETS; do case $d in goroot|large) ;; *) echo "run.sh: unknown data set '$d'" >&2; exit 2 ;; esac; done
+for d in $DATASETS; do case $d in goroot|large|smallstored) ;; *) echo "run.sh: unknown data set '$d'" >&2; exit 2 ;; esac; done
 
 DATA=$WORK/data-$SCALE       # prepared data sets, reused across runs
 RUN=$WORK/run                # everything of this run; wiped at start
@@ -114,6 +114,31 @@ prepare_large() {
 	[[ $(stat -c %s "$dst/source.txt") == "$TEXT_BYTES" ]] || die "short source.txt"
 	rm -f "$list"
 	touch "$DATA/.ready-large"
+}
+
+# smallstored: many small files whose content is already in the repository,
+# as on a host that backs up another copy of the same OS. Two copies of the
+# same files with different inodes (cp -a, not hard links): backup1 saves
+# copy 1, backup2 is the first backup of copy 2 in the same repository (no
+# parent: other paths), so every file is read and every chunk is already
+# stored. The files: those under /usr/lib and /usr/share below 1 MiB, in
+# path order, until STORED_BYTES (on a Debian with Go, ~10,000 files).
+prepare_smallstored() {
+	local dst=$DATA/smallstored list
+	[[ -f $DATA/.ready-smallstored ]] && return
+	say "preparing smallstored: two copies of $((STORED_BYTES / MiB)) MiB of small files from /usr/lib and /usr/share"
+	rm -rf "$dst"
+	mkdir -p "$dst/1"
+	list=$WORK/smallstored.list
+	find /usr/lib /usr/share -xdev -type f -size -1024k -readable -print0 2>/dev/null | LC_ALL=C sort -z |
+		xargs -0 -r stat -c '%s	%n' 2>/dev/null |
+		awk -F'\t' -v budget="$STORED_BYTES" '{s += $1; if (s > budget) exit; printf "%s%c", substr($0, index($0, "\t") + 1), 0}' >"$list" || true
+	[[ -s $list ]] || die "no files under /usr/lib and /usr/share"
+	# a file that vanished or changed while copied only makes tar warn
+	{ tar --null -T "$list" -cf - 2>/dev/null || true; } | tar -xpf - -C "$dst/1" || die "copying the smallstored files failed"
+	rm -f "$list"
+	cp -a "$dst/1" "$dst/2" # new inodes: nothing for a tool to take from the first copy's metadata
+	touch "$DATA/.ready-smallstored"
 }
 
 # ---------------------------------------------------------------- floe build
@@ -236,6 +261,9 @@ skip_rest() { # REP DS TOOL STATUS STEP...
 run_tool() {
 	local rep=$1 ds=$2 tool=$3 base=$RUN/$tool/$ds steps=(init backup1 backup2 restore repo verify) i
 	SRC=$DATA/$ds
+	# smallstored: backup1 saves copy 1, backup2 (the one measured) copy 2,
+	# which is restored and verified
+	[[ $ds == smallstored ]] && SRC=$DATA/$ds/1
 	REPO=$base/repo
 	DST=$base/restore
 	rm -rf "$base"
@@ -252,6 +280,7 @@ run_tool() {
 	export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 	export BORG_CHECK_I_KNOW_WHAT_I_AM_DOING=NO BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=NO
 	for ((i = 0; i < 4; i++)); do
+		[[ $ds == smallstored && ${steps[i]} == backup2 ]] && SRC=$DATA/$ds/2
 		timed "$rep" "$ds" "$tool" "${steps[i]}" ||
 			{ skip_rest "$rep" "$ds" "$tool" skipped "${steps[@]:i+1}"; cleanup_tool "$base"; return; }
 	done
@@ -321,7 +350,9 @@ for ds in $DATASETS; do "prepare_$ds"; done
 } >"$RUN/meta.tsv"
 
 for ds in $DATASETS; do
-	printf '%s\t%s\t%s\n' "$ds" "$(find "$DATA/$ds" -type f | wc -l)" "$(du -sb "$DATA/$ds" | cut -f1)"
+	d=$DATA/$ds
+	[[ $ds == smallstored ]] && d=$DATA/$ds/2 # one copy: what the measured backup reads
+	printf '%s\t%s\t%s\n' "$ds" "$(find "$d" -type f | wc -l)" "$(du -sb "$d" | cut -f1)"
 done >"$RUN/datasets.tsv"
 
 for ((rep = 1; rep <= REPEAT; rep++)); do

@@ -109,3 +109,37 @@ func TestBusy(t *testing.T) {
 		t.Errorf("busy machine: got %q", got)
 	}
 }
+
+// smallstored has one time target, on its second backup; its other
+// steps are shown without a verdict.
+func TestSmallStoredTargets(t *testing.T) {
+	var in []Row
+	for _, r := range rows("floe", 2, 1, 3, 100<<10, 90, "ok") {
+		r.Dataset = "smallstored"
+		in = append(in, r)
+	}
+	for _, r := range rows("restic", 2, 2.5, 3, 100<<10, 90, "ok") {
+		r.Dataset = "smallstored"
+		in = append(in, r)
+	}
+	cells := aggregate(in)
+	ts := targets("smallstored")
+	if ts[0].Step != "backup2" || ts[0].Kind != "time" {
+		t.Fatalf("first smallstored target %+v, want the time of backup2", ts[0])
+	}
+	if got := verdict(ratio(cells, "smallstored", "restic", ts[0]), ts[0]); got != "NOT MET" { // 2.5/1 < 3
+		t.Errorf("verdict %q, want NOT MET", got)
+	}
+	for _, r := range infoRows("smallstored") {
+		if !noTarget(r) {
+			t.Errorf("%s: an info row with a target", r.Measure)
+		}
+	}
+	var b strings.Builder
+	write(&b, &Input{Meta: [][2]string{{"repeat", "1"}}, Datasets: []Dataset{{"smallstored", 10, 1000}}, Rows: in})
+	for _, want := range []string{"first backup of copy 2 (content already stored)", "backup of copy 1"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+}

@@ -38,6 +38,8 @@ type backupFlags struct {
 	time          string
 	parent        string
 	force         bool
+	ignoreInode   bool
+	ignoreCtime   bool
 	preHook       string
 	postHook      string
 	fsSnapshot    string
@@ -57,6 +59,20 @@ newest of the same host and paths) are not read again. Each file's metadata
 is compared before and after reading; a file that changed is read again,
 and one that keeps changing is kept as read and listed in the snapshot's
 consistency record.
+
+A path given as a symlink is saved as the symlink; a path that goes
+through a symlinked directory (/var/run/x with /var/run -> /run) is saved
+with that component as the directory it leads to.
+
+--parent SNAPSHOT compares with any snapshot, also another host's: the
+first backup of a cloned guest can name its golden image's snapshot. A
+parent of one path, compared with a backup of one other path, matches the
+two paths' contents. A copy has new inodes and ctimes, so add
+--ignore-inode (ignore inode numbers and ctimes, as restic does) or
+--ignore-ctime (ctimes only): a file whose path, size and mtime match the
+parent's is then not read. The price: a file changed without changing its
+size or mtime is missed (mtime can be set back, e.g. touch -r, tar, rsync
+-t). Run a backup with --force now and then (it reads every file).
 
 With --fs-snapshot lvm or btrfs (as root), each path is read from a
 read-only snapshot of its file system, taken after the pre-hook: all files
@@ -206,6 +222,8 @@ named, and floe stops with "no repository given" (exit 2).`,
 	fl.StringVar(&f.time, "time", "", "`time` to record for the snapshot, '2006-01-02 15:04:05' (local) or RFC 3339 (default: now)")
 	fl.StringVar(&f.parent, "parent", "", "compare with this snapshot instead of the newest of the same host and paths")
 	fl.BoolVar(&f.force, "force", false, "read every file again, even unchanged ones")
+	fl.BoolVar(&f.ignoreInode, "ignore-inode", false, "compare files with the parent by path, size and mtime only: ignore inode numbers and ctimes (a clone's first backup with --parent)")
+	fl.BoolVar(&f.ignoreCtime, "ignore-ctime", false, "compare files with the parent without their ctimes")
 	fl.StringVar(&f.preHook, "pre-hook", "", "run this shell command before the backup; if it fails, no backup is made")
 	fl.StringVar(&f.postHook, "post-hook", "", "run this shell command after the backup, also when it failed; its environment says how it went (FLOE_BACKUP_STATUS ok, partial or failed, FLOE_SNAPSHOT_ID, ...: see above)")
 	fl.StringArrayVar(&f.images, "image", nil, "back up the block device or raw image `FILE` as a disk image (one file in the snapshot, zero runs cost nothing), e.g. --image /dev/vdb; repeatable")
@@ -230,8 +248,12 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			Excludes: f.excludes, IExcludes: f.iexcludes, ExcludeCaches: f.excludeCaches,
 			ExcludeIfPresent: f.ifPresent, OneFileSystem: f.oneFS,
 			Hostname: f.host, Tags: f.tags, Force: f.force, DryRun: f.dryRun, Time: snapTime,
+			IgnoreInode: f.ignoreInode, IgnoreCtime: f.ignoreCtime,
 			ProgramVersion: "floe " + version,
 			Progress:       meter,
+			// the totals are shown on a terminal's status line and in
+			// JSON status messages, else nobody needs their scan
+			NoScan: !g.json && (g.quiet || !ui.IsTerminal(os.Stderr)),
 		},
 		ExcludeFiles: f.excludeFiles, IExcludeFiles: f.iexcludeFiles, ParentID: f.parent,
 		PreHook: f.preHook, PostHook: f.postHook,

@@ -69,10 +69,22 @@ type Options struct {
 	// of the same host and paths. Force re-reads every file.
 	Parent *snapshot.Record
 	Force  bool
+	// IgnoreInode and IgnoreCtime loosen the comparison with the parent
+	// (restic's flags of the same names): IgnoreInode ignores the inode
+	// number and the ctime, IgnoreCtime only the ctime, so that a file
+	// whose path, type, size and mtime match its parent node is not read.
+	// For a clone's first backup against its golden image's snapshot,
+	// whose files are the same but have new inodes and ctimes. The price:
+	// a file changed without changing its size and mtime is missed.
+	IgnoreInode, IgnoreCtime bool
 
 	// ParentTrees loads the parent's trees (the repository, or for
 	// write-only keys the local cache).
 	ParentTrees snapshot.TreeLoader
+	// Kin, when there is no parent, is another snapshot of this host whose
+	// chunks' keys are learned first (FindKin), loaded from KinTrees.
+	Kin      *snapshot.Record
+	KinTrees snapshot.TreeLoader
 	// OnTree, if set, receives every tree saved (the local cache keeps them).
 	OnTree func(id hash.ID, plain []byte)
 
@@ -91,7 +103,10 @@ type Options struct {
 
 	// Progress, if set, is told the files and bytes read, the totals of a
 	// scan that runs alongside, and the file being read.
-	Progress       ui.Progress
+	Progress ui.Progress
+	// NoScan skips that scan, for a caller that shows no totals: it lists
+	// every directory and stats every file a second time.
+	NoScan         bool
 	ProgramVersion string
 }
 
@@ -155,6 +170,10 @@ type archiver struct {
 
 	zeroMu  sync.Mutex
 	zeroIDs map[int]hash.ID
+
+	// rebased is the parent's tree of its one path, compared with the one
+	// path backed up when the two differ (see Run); nil otherwise.
+	rebased *snapshot.Tree
 
 	sources []sourceMapping // Options.SourceRoot, longest first
 	images  map[string]bool // Options.Images, absolute
@@ -265,13 +284,26 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 			// before Run returns: its counts are the caller's to read.
 			scanCtx, cancelScan := context.WithCancel(ctx)
 			scanDone := make(chan struct{})
-			go func() { defer close(scanDone); a.scan(scanCtx, paths) }()
+			if opts.NoScan {
+				close(scanDone)
+			} else {
+				go func() { defer close(scanDone); a.scan(scanCtx, paths) }()
+			}
 			var parentRoot *snapshot.Tree
 			if opts.Parent != nil && !opts.Force && opts.ParentTrees != nil {
 				parentRoot, _ = opts.ParentTrees.LoadTree(ctx, opts.Parent.Tree)
 				if parentRoot != nil {
 					r.RememberRefs(repo.TreeBlob, opts.Parent.Tree)
 				}
+				if parentRoot != nil && len(paths) == 1 && len(opts.Parent.Paths) == 1 && paths[0] != opts.Parent.Paths[0] {
+					// A parent of one other path (--parent): its contents
+					// are compared with the one path backed up, as for a
+					// clone's tree copied or mounted elsewhere.
+					a.rebased = a.parentAt(ctx, parentRoot, opts.Parent.Paths[0])
+				}
+			}
+			if parentRoot == nil && !opts.Force {
+				a.rememberKin(ctx)
 			}
 			f := a.saveRoot(ctx, paths, parentRoot)
 			<-f.done

@@ -2,8 +2,12 @@ package backup
 
 import (
 	"context"
+	"github.com/floe-backup/floe/internal/cache"
+	"golang.org/x/sys/unix"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -218,6 +222,114 @@ func walkFind(t *testing.T, ctx context.Context, r *repo.Repository, ref hash.Re
 		fn(n)
 		if !n.Subtree.IsNull() {
 			walkFind(t, ctx, r, n.Subtree, fn)
+		}
+	}
+}
+
+// A backup without a parent learns the chunk keys of this host's newest
+// snapshot in the local cache (FindKin): a copy of a tree backed up
+// before, at another path and with other inodes, is read but none of its
+// chunks is compressed and encrypted again.
+func TestKinChunksAreNotEncoded(t *testing.T) {
+	ctx := context.Background()
+	r, be := testutil.NewRepo(t)
+	a := filepath.Join(t.TempDir(), "a")
+	testutil.ManyFiles(t, a, 30, 5000, 7)
+	testutil.WriteRandom(t, filepath.Join(a, "big"), 3<<20, 8)
+	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := c.NewTreeWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(ctx, r, Options{Paths: []string{a}, Hostname: "h", OnTree: tw.Add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
+		t.Fatal(err)
+	}
+	b := filepath.Join(t.TempDir(), "b")
+	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v\n%s", err, out)
+	}
+	if kin, _ := FindKin(c, "other host"); kin != nil {
+		t.Errorf("kin of another host: %s", kin.ID.Short())
+	}
+	for _, withKin := range []bool{false, true} {
+		r2, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r2.LoadIndex(ctx); err != nil {
+			t.Fatal(err)
+		}
+		opts := Options{Paths: []string{b}, Hostname: "h"}
+		if withKin {
+			opts.Kin, opts.KinTrees = FindKin(c, "h")
+			if opts.Kin == nil || opts.Kin.ID != res.ID {
+				t.Fatalf("kin %v, want the snapshot of a %s", opts.Kin, res.ID.Short())
+			}
+		}
+		res2, err := Run(ctx, r2, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// only trees are new (their paths and inodes differ)
+		if res2.Snapshot.Summary.FilesNew != 31 || res2.Snapshot.Summary.DataAdded > 16<<10 {
+			t.Errorf("copy: %d new files, %d bytes added; want 31 and a few trees", res2.Snapshot.Summary.FilesNew, res2.Snapshot.Summary.DataAdded)
+		}
+		n := r2.SavedStats().EncodedData
+		if withKin && n != 0 {
+			t.Errorf("with kin: %d data blobs encoded, want none", n)
+		}
+		if !withKin && n < 31 {
+			t.Errorf("without kin: %d data blobs encoded, want every chunk (at least 31)", n)
+		}
+	}
+}
+
+// Unchanged objects take their extended attributes from the parent (no
+// listing); an attribute set since changes the ctime and is found.
+func TestXattrsFollowCtime(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	if !testutil.XattrsSupported(src) {
+		t.Skip("no user xattrs here")
+	}
+	p := filepath.Join(src, "f")
+	testutil.WriteFile(t, p, []byte("data"))
+	r, _ := testutil.NewRepo(t)
+	var parent *snapshot.Record
+	for i, want := range []string{"", "", "v1", "v1"} {
+		if i == 2 {
+			if err := unix.Lsetxattr(p, "user.test", []byte("v1"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		opts := Options{Paths: []string{src}, Parent: parent}
+		if parent != nil {
+			opts.ParentTrees = snapshot.RepoTrees{Repo: r}
+		}
+		res, err := Run(ctx, r, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parent = &snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}
+		got := ""
+		walkFind(t, ctx, r, res.Snapshot.Tree, func(n *snapshot.Node) {
+			if n.Name == "f" {
+				for _, x := range n.Xattrs {
+					if x.Name == "user.test" {
+						got = string(x.Value)
+					}
+				}
+			}
+		})
+		if got != want {
+			t.Errorf("backup %d: user.test %q, want %q", i+1, got, want)
 		}
 	}
 }

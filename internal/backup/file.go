@@ -75,34 +75,47 @@ func (s fileState) same(o fileState) bool {
 // second stat, to exercise the consistency check deterministically.
 var testHookAfterRead func(path string, attempt int)
 
+// stateOf is st as a fileState.
+func stateOf(st *unix.Stat_t) fileState {
+	return fileState{size: uint64(st.Size), ino: st.Ino, dev: st.Dev, blocks: st.Blocks,
+		mtime: time.Unix(st.Mtim.Unix()), ctime: time.Unix(st.Ctim.Unix())}
+}
+
 // readFile chunks and saves one file. A file that changed while it was read
 // (size, mtime, ctime or inode differ before and after) is read again, up to
 // Retries times; if it still changes, what was read is kept and the path is
 // recorded in the snapshot's consistency record.
+//
+// "Before" is, the first time, the lstat of the directory listing (the
+// node): it is older than the open, so whatever changes between the
+// listing and the end of the read shows in the stat after reading, and a
+// file needs two stats (listing, after reading), not three. A file that
+// changed since the listing is read again with a fresh stat before.
 func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJob) error {
 	src := job.src
 	if src == "" {
 		src = job.path
 	}
-	f, err := fsmeta.OpenForRead(src)
+	f, err := fsmeta.OpenFile(src)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
+	var st unix.Stat_t
+	n0 := job.node
+	before := fileState{size: n0.Size, ino: n0.Inode, dev: n0.Device, mtime: n0.ModTime, ctime: n0.ChangeTime}
+	sparse := n0.Sparse
 	for attempt := 0; ; attempt++ {
-		before, err := fstat(f)
-		if err != nil {
-			return err
-		}
-		if attempt == 0 && (before.ino != job.node.Inode || before.dev != job.node.Device) {
-			return fmt.Errorf("file was replaced between listing and opening")
-		}
-		if attempt > 0 { // a fresh descriptor is at offset 0 already
-			if _, err := f.Seek(0, io.SeekStart); err != nil {
+		if attempt > 0 {
+			if err := f.Stat(&st); err != nil {
+				return err
+			}
+			before = stateOf(&st)
+			sparse = before.blocks*512 < int64(before.size)
+			if err := f.Rewind(); err != nil {
 				return err
 			}
 		}
-		sparse := before.blocks*512 < int64(before.size)
 		content, sizes, n, err := a.chunkFile(ctx, ch, f, sparse, before.size)
 		if err != nil {
 			return err
@@ -110,9 +123,12 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 		if testHookAfterRead != nil {
 			testHookAfterRead(job.path, attempt)
 		}
-		after, err := fstat(f)
-		if err != nil {
+		if err := f.Stat(&st); err != nil {
 			return err
+		}
+		after := stateOf(&st)
+		if attempt == 0 && (after.ino != n0.Inode || after.dev != n0.Device) {
+			return fmt.Errorf("file was replaced between listing and opening")
 		}
 		consistent := before.same(after) && n == before.size
 		if consistent || attempt >= a.opts.Retries {
@@ -131,7 +147,7 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 
 // chunkFile splits r into chunks and saves them; it returns the chunks'
 // refs and sizes in order and the number of bytes read.
-func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.File, sparse bool, size uint64) ([]hash.Ref, []uint32, uint64, error) {
+func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *fsmeta.File, sparse bool, size uint64) ([]hash.Ref, []uint32, uint64, error) {
 	// A small file is hashed and saved here, by its reader: handing its
 	// one chunk to a saver and waiting for it cost two goroutine wake-ups
 	// per file, more than the hashing on a tree of small files. A large
@@ -140,7 +156,7 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *os.Fil
 	c := &chunks{a: a, ctx: ctx, inline: !sparse && size <= smallFile}
 	var err error
 	if sparse {
-		err = fsmeta.Segments(f, size, func(off, n int64, hole bool) error {
+		err = f.Segments(size, func(off, n int64, hole bool) error {
 			if !hole {
 				return c.read(ctx, ch, io.NewSectionReader(f, off, n))
 			}

@@ -199,6 +199,9 @@ func (j *Job) Run(ctx context.Context) (out *JobResult, err error) {
 			return nil, err
 		}
 		opts.Parent, opts.ParentTrees = parent, trees
+		if parent == nil {
+			opts.Kin, opts.KinTrees = FindKin(c, opts.Hostname)
+		}
 	}
 	var snaps *fssnap.Set
 	if j.FSSnapshot != "" {

@@ -24,6 +24,37 @@ import (
 var ErrParentNeedsCache = errors.New("a parent snapshot given by ID with a write-only key needs the local cache")
 
 func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, snapshot.TreeLoader, []error, error) {
+	parent, trees, warnings, err := findParent(ctx, r, c, host, paths, explicit)
+	if parent == nil {
+		trees = nil
+	}
+	return parent, trees, warnings, err
+}
+
+// FindKin picks, for a backup without a parent, this host's newest
+// snapshot whose trees the local cache holds (of other paths, or the
+// newest at all): the keys of its chunks let the backup recognise content
+// this host stored before, such as a second copy of a tree or a tree
+// backed up under a new path, without compressing and encrypting it to
+// learn its ID (docs/FORMAT.md, "Deduplication"). Only the local cache is
+// asked, so finding none costs nothing; nil if there is none.
+func FindKin(c *cache.Cache, host string) (*snapshot.Record, snapshot.TreeLoader) {
+	if c == nil {
+		return nil, nil
+	}
+	all := c.Snapshots()
+	for i := len(all) - 1; i >= 0; i-- {
+		if all[i].Hostname != host {
+			continue
+		}
+		if t := c.Trees(all[i].ID); t.Len() > 0 {
+			return all[i], t
+		}
+	}
+	return nil, nil
+}
+
+func findParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host string, paths []string, explicit string) (*snapshot.Record, snapshot.TreeLoader, []error, error) {
 	abs, err := CleanPaths(paths)
 	if err != nil {
 		return nil, nil, nil, err
@@ -95,6 +126,55 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 type fallbackTrees struct {
 	cached *cache.Trees
 	r      *repo.Repository
+}
+
+// maxKinRefs bounds the chunk keys a backup learns from its kin (FindKin):
+// about 100 bytes of memory each.
+const maxKinRefs = 1 << 20
+
+var errKinFull = errors.New("enough keys")
+
+// rememberKin teaches the repository the (ID, key) pairs of the kin's
+// chunks and trees, so that SaveBlob finds a chunk this host stored before
+// by its key. A tree that cannot be loaded is skipped: this only saves
+// work.
+func (a *archiver) rememberKin(ctx context.Context) {
+	kin, l := a.opts.Kin, a.opts.KinTrees
+	if kin == nil || l == nil {
+		return
+	}
+	seen := map[hash.ID]bool{}
+	n := 0
+	var visit func(ref hash.Ref) error
+	visit = func(ref hash.Ref) error {
+		if seen[ref.ID] {
+			return nil
+		}
+		seen[ref.ID] = true
+		t, err := l.LoadTree(ctx, ref)
+		if err != nil {
+			return nil
+		}
+		a.r.RememberRefs(repo.TreeBlob, ref)
+		for _, node := range t.Nodes {
+			switch node.Type {
+			case snapshot.TypeFile:
+				a.r.RememberRefs(repo.DataBlob, node.Content...)
+				n += len(node.Content)
+				if n >= maxKinRefs {
+					return errKinFull
+				}
+			case snapshot.TypeDir:
+				if !node.Subtree.IsNull() {
+					if err := visit(node.Subtree); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		return ctx.Err()
+	}
+	_ = visit(kin.Tree)
 }
 
 func (f fallbackTrees) LoadTree(ctx context.Context, id hash.Ref) (*snapshot.Tree, error) {

@@ -68,14 +68,27 @@ func sourceMappings(m map[string]string) ([]sourceMapping, error) {
 // src returns where to read the original path p: mapped by
 // Options.SourceRoot, and shortened through an anchor when it is long.
 func (a *archiver) src(p string) string {
-	full := p
+	return a.shorten(a.mapSource(p))
+}
+
+// mapSource returns where the original path p is read, by
+// Options.SourceRoot, before any shortening.
+func (a *archiver) mapSource(p string) string {
 	for _, m := range a.sources {
 		if pathmatch.Within(p, m.from) {
-			full = pathmatch.Rebase(p, m.from, m.to)
-			break
+			return pathmatch.Rebase(p, m.from, m.to)
 		}
 	}
-	return a.shorten(full)
+	return p
+}
+
+// pathJoin joins a directory and a name as the walk does ("/" + name at
+// the root).
+func pathJoin(dir, name string) string {
+	if dir == "/" {
+		return "/" + name
+	}
+	return dir + "/" + name
 }
 
 // anchorAfter is the path length beyond which a directory becomes an

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -65,6 +66,7 @@ func TestSourceRoot(t *testing.T) {
 		t.Fatalf("paths %v, frozen %v; want [%s], frozen", sn.Paths, sn.Consistency.Frozen, live)
 	}
 	files := map[string]string{}
+	var homeIno uint64
 	var walk func(dir string, id hash.Ref)
 	walk = func(dir string, id hash.Ref) {
 		tree, err := snapshot.LoadTree(ctx, r, id)
@@ -75,6 +77,9 @@ func TestSourceRoot(t *testing.T) {
 			p := filepath.Join(dir, n.Name)
 			switch n.Type {
 			case snapshot.TypeDir:
+				if p == live+"/home" {
+					homeIno = n.Inode
+				}
 				walk(p, n.Subtree)
 			case snapshot.TypeFile:
 				var data []byte
@@ -92,6 +97,10 @@ func TestSourceRoot(t *testing.T) {
 		}
 	}
 	walk("/", sn.Tree)
+	// the mapped directory's own metadata comes from where it is read
+	if st, err := os.Stat(nested); err != nil || homeIno != st.Sys().(*syscall.Stat_t).Ino {
+		t.Errorf("home: inode %d, want that of %s (%v)", homeIno, nested, err)
+	}
 	want := map[string]string{
 		live + "/a.txt":      "frozen a",
 		live + "/sub/b.txt":  "frozen b",
@@ -149,5 +158,30 @@ func TestSourceRootErrorsNameOriginalPaths(t *testing.T) {
 	}
 	if _, err := sourceMappings(map[string]string{"rel": "/x"}); err == nil {
 		t.Error("a relative source root key was accepted")
+	}
+}
+
+// A path given through a symlinked directory is saved with everything
+// below it; the symlinked component becomes the directory it leads to.
+func TestPathThroughSymlinkedDirectory(t *testing.T) {
+	ctx := context.Background()
+	base := t.TempDir()
+	real := filepath.Join(base, "real")
+	if err := os.MkdirAll(filepath.Join(real, "data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(real, "data", "f"), []byte("content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("real", filepath.Join(base, "link")); err != nil {
+		t.Fatal(err)
+	}
+	r := newRepo(t)
+	res, err := Run(ctx, r, Options{Paths: []string{filepath.Join(base, "link", "data")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := res.Snapshot.Summary; s.FilesNew != 1 || s.TotalBytes != 7 {
+		t.Fatalf("%d files, %d bytes saved; want the one file below the symlinked directory", s.FilesNew, s.TotalBytes)
 	}
 }

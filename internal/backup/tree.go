@@ -51,6 +51,9 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 	var build func(dir string, t *trie, parent *snapshot.Tree) *future
 	build = func(dir string, t *trie, parent *snapshot.Tree) *future {
 		if t.target {
+			if a.rebased != nil {
+				parent = a.rebased
+			}
 			return a.saveDir(ctx, dir, parent, a.deviceOf(a.src(dir)))
 		}
 		names := make([]string, 0, len(t.children))
@@ -67,6 +70,19 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 				return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
 			}
 			child := t.children[name]
+			if node.Type == snapshot.TypeSymlink && !child.target {
+				// A path given through a symlinked directory (/var/run/x
+				// with /var/run -> /run): the path goes through it, so it
+				// is saved as the directory it leads to. Recording the
+				// symlink would drop everything below it.
+				real, err := filepath.EvalSymlinks(sp)
+				if err == nil {
+					node, err = fsmeta.NodeFromPath(real, name)
+				}
+				if err != nil {
+					return done(hash.Ref{}, fmt.Errorf("read %s: %w", p, origErr(err, p, sp)))
+				}
+			}
 			e := entry{node: node}
 			if node.Type == snapshot.TypeDir {
 				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
@@ -92,6 +108,18 @@ type entry struct {
 	sub  *future  // directories
 	file *fileJob // regular files being read
 	link *fileJob // hard link to a file read elsewhere in this backup
+}
+
+// parentAt returns the parent's tree of the directory at path p, or nil.
+func (a *archiver) parentAt(ctx context.Context, root *snapshot.Tree, p string) *snapshot.Tree {
+	t := root
+	for _, name := range strings.Split(strings.TrimPrefix(p, "/"), "/") {
+		if name == "" || t == nil {
+			continue
+		}
+		t = a.parentSubtree(ctx, t, name)
+	}
+	return t
 }
 
 func (a *archiver) parentSubtree(ctx context.Context, parent *snapshot.Tree, name string) *snapshot.Tree {
@@ -121,7 +149,11 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	a.dirs.Add(1)
 	release := a.anchor(path)
 	src := a.src(path)
-	ents, err := fsmeta.ReadDir(src)
+	var ents []fsmeta.DirEntry
+	dir, err := fsmeta.OpenDir(src)
+	if err == nil {
+		ents, err = dir.Entries()
+	}
 	if err != nil {
 		a.fail(path, origErr(err, path, src))
 		ents = nil
@@ -129,7 +161,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	if a.opts.ExcludeCaches && pathmatch.HasCacheTag(src) {
 		kept := ents[:0]
 		for _, e := range ents {
-			if e.Name() == pathmatch.CacheTag {
+			if e.Name == pathmatch.CacheTag {
 				kept = append(kept, e)
 			}
 		}
@@ -138,30 +170,93 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	if len(a.marks) > 0 && a.marked(src) {
 		ents = nil
 	}
-	entries := make([]entry, 0, len(ents))
+	// Every entry is described (fstatat relative to the open directory)
+	// before any is saved, so the directory is closed before the walk
+	// descends into its subdirectories.
+	nodes := make([]*snapshot.Node, 0, len(ents))
+	paths := make([]string, 0, len(ents))
+	known := a.knownXattrs(parent)
 	for _, de := range ents {
-		name := de.Name()
+		name := de.Name
 		p := path + "/" + name
 		if path == "/" {
 			p = "/" + name
 		}
-		if a.match.Match(p, de.IsDir()) {
+		sp := src + "/" + name
+		if src == "/" {
+			sp = "/" + name
+		}
+		// An entry read from elsewhere (a directory below this one mapped
+		// by Options.SourceRoot to a snapshot of its own file system) is
+		// described by its path there, not relative to this directory.
+		inDir := len(a.sources) == 0 || a.mapSource(p) == pathJoin(a.mapSource(path), name)
+		if !inDir || len(sp) > anchorAfter {
+			sp = a.src(p)
+		}
+		describe := func() (*snapshot.Node, error) {
+			if inDir {
+				return dir.Node(name, sp, known)
+			}
+			return fsmeta.NodeFromPath(sp, name)
+		}
+		var node *snapshot.Node
+		isDir := de.IsDir()
+		if !de.TypeKnown() { // the file system does not say: ask
+			if node, err = describe(); err != nil {
+				a.fail(p, origErr(err, p, sp))
+				continue
+			}
+			isDir = node.Type == snapshot.TypeDir
+		}
+		if a.match.Match(p, isDir) {
 			continue
 		}
-		sp := a.src(p)
-		node, err := fsmeta.NodeFromPath(sp, name)
-		if err != nil {
-			a.fail(p, origErr(err, p, sp))
-			continue
+		if node == nil {
+			if node, err = describe(); err != nil {
+				a.fail(p, origErr(err, p, sp))
+				continue
+			}
 		}
 		if a.tooLarge(node) {
 			continue
 		}
-		entries = append(entries, a.saveEntry(ctx, p, node, parent, dev))
+		nodes = append(nodes, node)
+		paths = append(paths, p)
+	}
+	if dir != nil {
+		dir.Close()
+	}
+	entries := make([]entry, 0, len(nodes))
+	for i, node := range nodes {
+		entries = append(entries, a.saveEntry(ctx, paths[i], node, parent, dev))
 	}
 	f := a.finishTree(ctx, path, entries)
-	go func() { <-f.done; release() }()
+	select {
+	case <-f.done:
+		release()
+	default:
+		go func() { <-f.done; release() }()
+	}
 	return f
+}
+
+// knownXattrs returns, for the entries of a directory whose tree in the
+// parent snapshot is parent, the function that finds an entry's extended
+// attributes in its parent node: the same object (inode, device) with the
+// same ctime has the same attributes, as setting one changes the ctime.
+// So a backup lists the attributes of new and changed objects only. Not
+// when the comparison with the parent ignores inodes or ctimes.
+func (a *archiver) knownXattrs(parent *snapshot.Tree) func(*snapshot.Node) ([]snapshot.Xattr, bool) {
+	if parent == nil || a.opts.IgnoreInode || a.opts.IgnoreCtime || a.opts.Force {
+		return nil
+	}
+	return func(n *snapshot.Node) ([]snapshot.Xattr, bool) {
+		pn := parent.Find(n.Name)
+		if pn == nil || pn.Type != n.Type || pn.Inode != n.Inode || pn.Device != n.Device || !pn.ChangeTime.Equal(n.ChangeTime) {
+			return nil, false
+		}
+		return pn.Xattrs, true
+	}
 }
 
 // saveEntry starts saving one directory entry.
@@ -196,7 +291,7 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 				return e
 			}
 		}
-		if pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+		if pn != nil && !a.opts.Force && a.unchanged(pn, node) && a.haveAll(pn.Content) {
 			node.Content = pn.Content
 			node.ChunkSizes = pn.ChunkSizes
 			a.filesUnchanged.Add(1)
@@ -244,7 +339,7 @@ func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node,
 		pn = parent.Find(node.Name)
 	}
 	// a device is always read: its node's times say nothing of its blocks
-	if node.Rdev == 0 && pn != nil && !a.opts.Force && unchanged(pn, node) && a.haveAll(pn.Content) {
+	if node.Rdev == 0 && pn != nil && !a.opts.Force && a.unchanged(pn, node) && a.haveAll(pn.Content) {
 		node.Content, node.ChunkSizes, node.Sparse = pn.Content, pn.ChunkSizes, pn.Sparse
 		a.filesUnchanged.Add(1)
 		a.opts.Progress.Done(1, int64(node.Size))
@@ -273,10 +368,13 @@ func failedJob(p string, err error) *fileJob {
 }
 
 // unchanged reports whether a file needs no reading: same size, mtime,
-// ctime, inode and type as in the parent snapshot.
-func unchanged(old, cur *snapshot.Node) bool {
-	return old.Type == snapshot.TypeFile && old.Size == cur.Size && old.Inode == cur.Inode &&
-		old.ModTime.Equal(cur.ModTime) && old.ChangeTime.Equal(cur.ChangeTime) &&
+// ctime, inode and type as in the parent snapshot; without the inode and
+// ctime with Options.IgnoreInode, without the ctime with IgnoreCtime.
+func (a *archiver) unchanged(old, cur *snapshot.Node) bool {
+	return old.Type == snapshot.TypeFile && old.Size == cur.Size &&
+		(a.opts.IgnoreInode || old.Inode == cur.Inode) &&
+		old.ModTime.Equal(cur.ModTime) &&
+		(a.opts.IgnoreInode || a.opts.IgnoreCtime || old.ChangeTime.Equal(cur.ChangeTime)) &&
 		uint64(len(old.Content)) > 0 == (cur.Size > 0)
 }
 
@@ -297,7 +395,7 @@ func (a *archiver) emptyTree(ctx context.Context) *future {
 // and saves the tree.
 func (a *archiver) finishTree(ctx context.Context, path string, entries []entry) *future {
 	f := &future{done: make(chan struct{})}
-	go func() {
+	finish := func() {
 		defer close(f.done)
 		tree := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(entries))}
 		for _, e := range entries {
@@ -340,8 +438,40 @@ func (a *archiver) finishTree(ctx context.Context, path string, entries []entry)
 			return
 		}
 		f.ref = ref
-	}()
+	}
+	// A directory whose entries are all done already (nothing of it is
+	// being read: a backup with no change, a directory of unchanged
+	// files) is finished here, by the walker: a goroutine per directory
+	// cost a wake-up and a hand-off between threads each.
+	if entriesDone(entries) {
+		finish()
+	} else {
+		go finish()
+	}
 	return f
+}
+
+// entriesDone reports whether nothing of entries is still being saved.
+func entriesDone(entries []entry) bool {
+	for _, e := range entries {
+		var done chan struct{}
+		switch {
+		case e.sub != nil:
+			done = e.sub.done
+		case e.file != nil:
+			done = e.file.done
+		case e.link != nil:
+			done = e.link.done
+		default:
+			continue
+		}
+		select {
+		case <-done:
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref, error) {

@@ -42,6 +42,13 @@ func NodeFromPath(path string, name string) (*snapshot.Node, error) {
 	if err := unix.Lstat(path, &st); err != nil {
 		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
+	return nodeFromStat(&st, path, name, func() (string, error) { return os.Readlink(path) }, nil)
+}
+
+// nodeFromStat is NodeFromPath after the lstat: readlink reads a symlink's
+// target, path is where the extended attributes are read unless known
+// (Dir.Node) knows them.
+func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, error), known func(*snapshot.Node) ([]snapshot.Xattr, bool)) (*snapshot.Node, error) {
 	n := &snapshot.Node{
 		Name:       name,
 		Mode:       uint32(st.Mode) & snapshot.ModeMask,
@@ -64,7 +71,7 @@ func NodeFromPath(path string, name string) (*snapshot.Node, error) {
 	case unix.S_IFLNK:
 		n.Type = snapshot.TypeSymlink
 		n.Size = uint64(st.Size)
-		target, err := os.Readlink(path)
+		target, err := readlink()
 		if err != nil {
 			return nil, err
 		}
@@ -82,9 +89,16 @@ func NodeFromPath(path string, name string) (*snapshot.Node, error) {
 	default:
 		return nil, fmt.Errorf("%s: unknown file type %#o", path, st.Mode&unix.S_IFMT)
 	}
-	xattrs, err := readXattrs(path)
-	if err != nil {
-		return nil, err
+	var xattrs []snapshot.Xattr
+	ok := false
+	if known != nil {
+		xattrs, ok = known(n)
+	}
+	if !ok {
+		var err error
+		if xattrs, err = xattrsOf(path, n.Device); err != nil {
+			return nil, err
+		}
 	}
 	n.Xattrs = xattrs
 	n.User = userName(n.UID)
@@ -112,14 +126,19 @@ func notSupported(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-// readXattrs returns the extended attributes of path, sorted by name.
-func readXattrs(path string) ([]snapshot.Xattr, error) {
+// readXattrsOf returns the extended attributes of path, sorted by name,
+// and whether the file system supports no extended attributes at all
+// (listing them failed with ENOTSUP).
+func readXattrsOf(path string) ([]snapshot.Xattr, bool, error) {
 	list, err := xattrCall(func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) })
 	if err != nil {
 		if notSupported(err) {
-			return nil, nil
+			return nil, true, nil
 		}
-		return nil, &os.PathError{Op: "llistxattr", Path: path, Err: err}
+		return nil, false, &os.PathError{Op: "llistxattr", Path: path, Err: err}
+	}
+	if len(list) == 0 {
+		return nil, false, nil
 	}
 	var xattrs []snapshot.Xattr
 	for _, name := range strings.Split(string(list), "\x00") {
@@ -131,12 +150,12 @@ func readXattrs(path string) ([]snapshot.Xattr, error) {
 			if errors.Is(err, unix.ENODATA) || notSupported(err) {
 				continue // removed since the listing, or not readable here
 			}
-			return nil, &os.PathError{Op: "lgetxattr " + name, Path: path, Err: err}
+			return nil, false, &os.PathError{Op: "lgetxattr " + name, Path: path, Err: err}
 		}
 		xattrs = append(xattrs, snapshot.Xattr{Name: name, Value: value})
 	}
 	slices.SortFunc(xattrs, func(a, b snapshot.Xattr) int { return strings.Compare(a.Name, b.Name) })
-	return xattrs, nil
+	return xattrs, false, nil
 }
 
 // xattrCall runs a list or get call that fills a buffer, growing the buffer
