@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"time"
 
@@ -380,9 +381,22 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		return nil
 	}
 	p.opts.Progress.Phase("verifying packs that only unsigned index files list", int64(len(todo)), 0)
+	sc := p.r.NewPackScanner()
 	for _, id := range todo {
 		pk := p.packs[id]
-		data, err := p.r.LoadPack(ctx, id)
+		var check []repo.PackedBlob
+		for _, b := range pk.blobs {
+			if pk.untrusted[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
+				check = append(check, b)
+			}
+		}
+		bad := map[repo.PackedBlob]bool{}
+		err := sc.Blobs(ctx, id, check, func(b repo.PackedBlob, _ []byte, err error) error {
+			if err != nil {
+				bad[b] = true // forged, damaged or past the end of the pack
+			}
+			return nil
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
@@ -394,8 +408,7 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		for _, b := range pk.blobs {
 			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 			if pk.untrusted[h] {
-				end := int64(b.Offset) + int64(b.Length)
-				if end > int64(len(data)) || repo.StoredBlobID(b.Type, data[b.Offset:end]) != b.ID {
+				if bad[b] {
 					dropped++
 					p.res.Forged = append(p.res.Forged, fmt.Sprintf("%s blob %s in pack %s", b.Type, b.ID.Short(), id.Short()))
 					continue
@@ -879,25 +892,46 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	return nil
 }
 
+// repack copies the live blobs of the packs to repack into w, reading
+// each pack once in large ranges (repo.PackScanner: a read per blob cost
+// an open, a stat and a fresh buffer each) on as many workers as there
+// are CPUs, and hashing each blob once: the stored bytes move as they
+// are, since a blob's bytes are the same in every pack, and a copy whose
+// bytes do not match its ID stops the repack.
 func (p *pruner) repack(ctx context.Context, w *repo.Writer, m *markPlan) error {
-	for _, id := range m.repack {
-		// The stored bytes move as they are: a blob's bytes are the same in
-		// every pack, and SaveRawBlob checks them against the ID.
-		err := p.r.LoadRawBlobs(ctx, id, m.copy[id], func(b repo.PackedBlob, sealed []byte, err error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := min(len(m.repack), max(1, runtime.NumCPU()))
+	errs := make([]error, len(m.repack))
+	scanners := make([]*repo.PackScanner, workers)
+	for i := range scanners {
+		scanners[i] = p.r.NewPackScanner()
+	}
+	par.For(ctx, len(m.repack), workers, func(wk, i int) {
+		id := m.repack[i]
+		errs[i] = scanners[wk].Blobs(ctx, id, m.copy[id], func(b repo.PackedBlob, sealed []byte, err error) error {
 			if err != nil {
-				return fmt.Errorf("pack %s: %w", id.Short(), err)
+				return err
 			}
-			if _, err := w.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
+			if err := w.SaveScannedBlob(ctx, b, sealed); err != nil {
 				return err
 			}
 			p.opts.Progress.Done(0, int64(b.Length))
 			return nil
 		})
-		if err != nil {
-			return err
+		if errs[i] != nil {
+			cancel()
+		}
+	})
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return fmt.Errorf("pack %s: %w", m.repack[i].Short(), err)
 		}
 	}
-	return nil
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return ctx.Err()
 }
 
 func sortIDs(ids []hash.ID) {
