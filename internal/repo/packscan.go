@@ -49,11 +49,13 @@ type PackScanner struct {
 	payload []byte // decrypted payload of the last Open
 	plain   []byte // decompressed plaintext of the last Open
 	hasher  *blake3.Hasher
+	// window and gap are scanWindow and maxGap; tests make them small
+	window, gap int64
 }
 
 // NewPackScanner returns a scanner for r.
 func (r *Repository) NewPackScanner() *PackScanner {
-	s := &PackScanner{r: r, hasher: blake3.New()}
+	s := &PackScanner{r: r, hasher: blake3.New(), window: scanWindow, gap: maxGap}
 	// On the backend itself, not through storage.As: a wrapper that limits
 	// or meters loads must see every one of them.
 	if ro, ok := r.be.(storage.RangeOpener); ok {
@@ -140,7 +142,7 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 			end = max(end, int64(b.Offset)+int64(b.Length))
 		}
 	}
-	want := min(end, longest+scanWindow)
+	want := min(end, longest+s.window)
 	if int64(cap(s.buf)) < want {
 		s.buf = make([]byte, want)
 	}
@@ -159,7 +161,7 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 		copy(buf, buf[keep-base:n])
 		n -= keep - base
 		base = keep
-		if !whole && n == 0 && len(sorted) > 0 && int64(sorted[0].Offset)-pos >= maxGap {
+		if !whole && n == 0 && len(sorted) > 0 && int64(sorted[0].Offset)-pos >= s.gap {
 			// skip a long gap: nothing before the next blob is needed
 			pos, base = int64(sorted[0].Offset), int64(sorted[0].Offset)
 		}
@@ -219,7 +221,7 @@ func (s *PackScanner) loadRanges(ctx context.Context, id hash.ID, h storage.Hand
 	for i := 0; i < len(sorted); {
 		start, end := int64(sorted[i].Offset), int64(sorted[i].Offset)+int64(sorted[i].Length)
 		j := i + 1
-		for j < len(sorted) && int64(sorted[j].Offset)-end < maxGap {
+		for j < len(sorted) && int64(sorted[j].Offset)-end < s.gap {
 			end = max(end, int64(sorted[j].Offset)+int64(sorted[j].Length))
 			j++
 		}
