@@ -719,11 +719,22 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 		}
 	}
 	p.opts.Progress.Phase("deleting packs", int64(len(s.delete)), 0)
-	for _, id := range sortedSet(s.delete) {
-		if err := p.r.RemovePack(ctx, id); err != nil {
-			return err
-		}
+	// Several at once: on an object store or a floe server each removal
+	// is a round trip. Their order does not matter (none is in an index
+	// file in use any more); what follows waits for all of them.
+	del := sortedSet(s.delete)
+	errs := make([]error, len(del))
+	par.For(ctx, len(del), storage.Connections(4, p.r.Backend()), func(_, i int) {
+		errs[i] = p.r.RemovePack(ctx, del[i])
 		p.opts.Progress.Done(1, 0)
+	})
+	for _, err := range errs {
+		if err != nil {
+			return err // the first; the others are likely the same
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if s.index != nil {
 		p.opts.Progress.Phase("deleting index files", int64(len(s.supersede)), 0)
