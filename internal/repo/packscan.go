@@ -29,9 +29,9 @@ import (
 // pack size (a config may ask for packs of up to 1 GiB).
 const scanWindow = 4 << 20
 
-// PackScanner reads packs from start to end, each byte once, hashing the
-// whole pack (to compare with its name) and each listed blob (against its
-// ID) as it goes, and decrypts blobs it verified. It reuses its buffers
+// PackScanner reads packs from start to end, each byte once, hashing each
+// listed blob (against its ID) and, if asked, the whole pack (against its
+// name) as it goes, and decrypts blobs it verified. It reuses its buffers
 // from pack to pack, so that reading a repository allocates nothing per
 // pack or blob: check --read-data spent a third of its time hashing each
 // blob three times and clearing freshly allocated buffers.
@@ -66,13 +66,15 @@ func (r *Repository) NewPackScanner() *PackScanner {
 
 // ScanResult is what Scan read.
 type ScanResult struct {
-	// Sum is the BLAKE3 of the pack's bytes: its name, if it is intact.
+	// Sum is the BLAKE3 of the pack's bytes (its name, if it is intact),
+	// when Scan was asked for it; zero otherwise.
 	Sum hash.ID
 	// Size is how many bytes the pack holds (all of them were read).
 	Size int64
 }
 
-// Scan reads pack id whole, once and in order, and calls fn for each of
+// Scan reads pack id whole, once and in order, hashing it all if hashPack
+// (for ScanResult.Sum), and calls fn for each of
 // blobs (in offset order, those past the end of the pack last;
 // duplicates once) with its stored bytes, valid only during the call, and
 // nil, or the reason they are not the blob's: an error wrapping ErrForged
@@ -81,8 +83,8 @@ type ScanResult struct {
 // MaxPackSize is refused before it is read. Scan's error says that the
 // pack could not be read (fn may have been called for some blobs), or is
 // fn's error.
-func (s *PackScanner) Scan(ctx context.Context, id hash.ID, blobs []PackedBlob, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
-	return s.read(ctx, id, blobs, true, fn)
+func (s *PackScanner) Scan(ctx context.Context, id hash.ID, blobs []PackedBlob, hashPack bool, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
+	return s.read(ctx, id, blobs, true, hashPack, fn)
 }
 
 // Blobs is Scan for readers that need only the given blobs (prune's
@@ -90,7 +92,7 @@ func (s *PackScanner) Scan(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 // shorter than a MiB are read through, so that neighbours cost one read),
 // and does not hash the whole pack.
 func (s *PackScanner) Blobs(ctx context.Context, id hash.ID, blobs []PackedBlob, fn func(b PackedBlob, c []byte, err error) error) error {
-	_, err := s.read(ctx, id, blobs, false, fn)
+	_, err := s.read(ctx, id, blobs, false, false, fn)
 	return err
 }
 
@@ -98,7 +100,10 @@ func (s *PackScanner) Blobs(ctx context.Context, id hash.ID, blobs []PackedBlob,
 // rather than skips with a new read.
 const maxGap = 1 << 20
 
-func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, whole bool, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
+// read reads the blobs of pack id, and all its bytes if whole; it hashes
+// them all if hashPack (which needs whole).
+func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, whole, hashPack bool, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
+	hashPack = hashPack && whole
 	sorted := slices.Clone(blobs)
 	slices.SortFunc(sorted, func(a, b PackedBlob) int {
 		if c := cmp.Compare(a.Offset, b.Offset); c != 0 {
@@ -116,7 +121,7 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 	h := storage.Handle{Type: storage.Pack, Name: id.String()}
 	if s.ranges == nil {
 		if whole {
-			return s.loadWhole(ctx, id, h, sorted, fn)
+			return s.loadWhole(ctx, id, h, sorted, hashPack, fn)
 		}
 		return ScanResult{}, s.loadRanges(ctx, id, h, sorted, fn)
 	}
@@ -173,7 +178,7 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 			}
 			return ScanResult{}, fmt.Errorf("pack %s: %w", id.Short(), err)
 		}
-		if whole {
+		if hashPack {
 			_, _ = s.hasher.Write(buf[n : n+k])
 		}
 		n += k
@@ -188,7 +193,7 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 		sorted = sorted[done:]
 	}
 	res := ScanResult{Size: size}
-	if whole {
+	if hashPack {
 		s.hasher.Sum(res.Sum[:0])
 	}
 	return res, scanBlobs(id, nil, size, size, size, past, fn)
@@ -196,13 +201,16 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 
 // loadWhole is read(whole) on a backend without range reads: the pack in
 // one request, what object stores serve best.
-func (s *PackScanner) loadWhole(ctx context.Context, id hash.ID, h storage.Handle, sorted []PackedBlob, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
+func (s *PackScanner) loadWhole(ctx context.Context, id hash.ID, h storage.Handle, sorted []PackedBlob, hashPack bool, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
 	data, err := storage.LoadAll(ctx, s.r.be, h, s.r.MaxPackSize())
 	if err != nil {
 		return ScanResult{}, fmt.Errorf("pack %s: %w", id.Short(), err)
 	}
 	size := int64(len(data))
-	res := ScanResult{Sum: hash.Sum(data), Size: size}
+	res := ScanResult{Size: size}
+	if hashPack {
+		res.Sum = hash.Sum(data)
+	}
 	inside, past, _ := splitPastEnd(sorted, size)
 	if err := scanBlobs(id, data, 0, size, size, inside, fn); err != nil {
 		return res, err

@@ -69,7 +69,7 @@ func scanAll(t testing.TB, s *PackScanner, id hash.ID, blobs []PackedBlob, whole
 		return nil
 	}
 	if whole {
-		res, err := s.Scan(context.Background(), id, blobs, fn)
+		res, err := s.Scan(context.Background(), id, blobs, true, fn)
 		return got, res, err
 	}
 	err := s.Blobs(context.Background(), id, blobs, fn)
@@ -105,6 +105,19 @@ func TestPackScanner(t *testing.T) {
 						t.Fatalf("round %d blob %d: err %v, entry %v, bytes equal %v", round, i, g.err, g.b == entries[i], bytes.Equal(g.c, blobs[i]))
 					}
 				}
+			}
+
+			// Without hashing the pack: the same verdicts, no sum.
+			var n int
+			res0, err := s.Scan(context.Background(), id, entries, false, func(b PackedBlob, c []byte, err error) error {
+				if err != nil || !bytes.Equal(c, blobs[n]) {
+					t.Fatalf("blob %d without the pack hash: %v", n, err)
+				}
+				n++
+				return nil
+			})
+			if err != nil || n != len(entries) || !res0.Sum.IsNull() || res0.Size != int64(len(data)) {
+				t.Fatalf("without the pack hash: %v, %d blobs, sum %s, size %d", err, n, res0.Sum.Short(), res0.Size)
 			}
 
 			// Hostile entries: a duplicate, one whose bytes are another's,
@@ -181,12 +194,12 @@ func TestPackScanner(t *testing.T) {
 			// fn's error stops the scan
 			stop := errors.New("stop")
 			calls := 0
-			_, err = s.Scan(context.Background(), id, entries, func(PackedBlob, []byte, error) error { calls++; return stop })
+			_, err = s.Scan(context.Background(), id, entries, false, func(PackedBlob, []byte, error) error { calls++; return stop })
 			if !errors.Is(err, stop) || calls != 1 {
 				t.Fatalf("fn's error: %v after %d calls", err, calls)
 			}
 			// a missing pack is an error
-			if _, err := s.Scan(context.Background(), hash.ID{7}, entries, func(PackedBlob, []byte, error) error { return nil }); !storage.IsNotExist(err) {
+			if _, err := s.Scan(context.Background(), hash.ID{7}, entries, true, func(PackedBlob, []byte, error) error { return nil }); !storage.IsNotExist(err) {
 				t.Fatalf("missing pack: %v", err)
 			}
 		})
@@ -226,7 +239,7 @@ func TestPackScannerOpen(t *testing.T) {
 			s.window = 2000
 			opened := 0
 			for pack, blobs := range packs {
-				res, err := s.Scan(ctx, pack, blobs, func(b PackedBlob, c []byte, err error) error {
+				res, err := s.Scan(ctx, pack, blobs, true, func(b PackedBlob, c []byte, err error) error {
 					if err != nil {
 						return err
 					}
@@ -289,7 +302,7 @@ func FuzzPackScanner(f *testing.F) {
 		}
 		for _, whole := range []bool{true, false} {
 			seen := map[PackedBlob]bool{}
-			_, err := s.read(context.Background(), id, list, whole, func(b PackedBlob, c []byte, err error) error {
+			res, err := s.read(context.Background(), id, list, whole, whole, func(b PackedBlob, c []byte, err error) error {
 				if seen[b] {
 					t.Fatalf("%v reported twice", b)
 				}
@@ -309,6 +322,9 @@ func FuzzPackScanner(f *testing.F) {
 			})
 			if err != nil {
 				t.Fatal(err)
+			}
+			if whole && res.Sum != id {
+				t.Fatalf("sum %s, want %s", res.Sum.Short(), id.Short())
 			}
 			for _, b := range list {
 				if !seen[b] {
