@@ -46,7 +46,7 @@ type packResult struct {
 
 // checkPacks checks every pack the index lists and every pack in
 // storage: presence and size, header against the index, and with ReadData
-// the hash of the whole pack and every blob in it.
+// every blob in it (and the whole pack where readPack needs it).
 func (c *checker) checkPacks(ctx context.Context) error {
 	ids := make([]hash.ID, 0, len(c.packSizes)+len(c.packRefs))
 	for id := range c.packSizes {
