@@ -381,9 +381,18 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		return nil
 	}
 	p.opts.Progress.Phase("verifying packs that only unsigned index files list", int64(len(todo)), 0)
-	sc := p.r.NewPackScanner()
-	for _, id := range todo {
-		pk := p.packs[id]
+	// In a fleet whose hosts hold write-only keys this is every pack
+	// written since the last prune: read them on as many workers as cores
+	// (more on slow storage), only the blobs to verify.
+	workers := min(len(todo), max(runtime.NumCPU(), storage.Connections(2, p.r.Backend())))
+	scanners := make([]*repo.PackScanner, workers)
+	for i := range scanners {
+		scanners[i] = p.r.NewPackScanner()
+	}
+	bads := make([]map[repo.PackedBlob]bool, len(todo))
+	errs := make([]error, len(todo))
+	par.For(ctx, len(todo), workers, func(w, i int) {
+		pk := p.packs[todo[i]]
 		var check []repo.PackedBlob
 		for _, b := range pk.blobs {
 			if pk.untrusted[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
@@ -391,24 +400,29 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 			}
 		}
 		bad := map[repo.PackedBlob]bool{}
-		err := sc.Blobs(ctx, id, check, func(b repo.PackedBlob, _ []byte, err error) error {
+		errs[i] = scanners[w].Blobs(ctx, todo[i], check, func(b repo.PackedBlob, _ []byte, err error) error {
 			if err != nil {
 				bad[b] = true // forged, damaged or past the end of the pack
 			}
 			return nil
 		})
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %w", ErrUnsafe, id.Short(), err)
+		bads[i] = bad
+		p.opts.Progress.Done(1, 0)
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i, id := range todo {
+		if errs[i] != nil {
+			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %w", ErrUnsafe, id.Short(), errs[i])
 		}
+		pk := p.packs[id]
 		kept := pk.blobs[:0]
 		dropped := 0
 		for _, b := range pk.blobs {
 			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 			if pk.untrusted[h] {
-				if bad[b] {
+				if bads[i][b] {
 					dropped++
 					p.res.Forged = append(p.res.Forged, fmt.Sprintf("%s blob %s in pack %s", b.Type, b.ID.Short(), id.Short()))
 					continue
@@ -423,7 +437,6 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %s (forged or damaged); the entries are dropped", id.Short(),
 				ui.Count(dropped, "blob that only unsigned index files list does not match its ID", "blobs that only unsigned index files list do not match their IDs")))
 		}
-		p.opts.Progress.Done(1, 0)
 	}
 	return nil
 }
