@@ -225,17 +225,26 @@ func (s *PackScanner) loadRanges(ctx context.Context, id hash.ID, h storage.Hand
 	if err != nil {
 		return err
 	}
-	sorted, past, _ := splitPastEnd(sorted, size)
+	if limit := s.r.MaxPackSize(); size > limit || size < 0 {
+		return fmt.Errorf("pack %s: %d bytes is more than the limit of %d bytes for a pack: %w", id.Short(), size, limit, storage.ErrTooLarge)
+	}
+	sorted, past, longest := splitPastEnd(sorted, size)
 	for i := 0; i < len(sorted); {
 		start, end := int64(sorted[i].Offset), int64(sorted[i].Offset)+int64(sorted[i].Length)
 		j := i + 1
-		for j < len(sorted) && int64(sorted[j].Offset)-end < s.gap {
+		// a request holds at most a window beyond the longest blob, as
+		// the buffer of the range path does
+		for j < len(sorted) && int64(sorted[j].Offset)-end < s.gap &&
+			max(end, int64(sorted[j].Offset)+int64(sorted[j].Length))-start <= longest+s.window {
 			end = max(end, int64(sorted[j].Offset)+int64(sorted[j].Length))
 			j++
 		}
-		data, err := s.r.be.Load(ctx, h, start, end-start)
-		if err != nil {
-			return fmt.Errorf("pack %s: %w", id.Short(), err)
+		var data []byte
+		if end > start { // Load's length 0 means "to the end"
+			data, err = s.r.be.Load(ctx, h, start, end-start)
+			if err != nil {
+				return fmt.Errorf("pack %s: %w", id.Short(), err)
+			}
 		}
 		if int64(len(data)) != end-start {
 			return fmt.Errorf("pack %s: got %d bytes at %d, want %d: %w", id.Short(), len(data), start, end-start, io.ErrUnexpectedEOF)

@@ -277,15 +277,20 @@ func TestPackScannerOpen(t *testing.T) {
 func FuzzPackScanner(f *testing.F) {
 	f.Add([]byte{0, 0, 10, 0, 10, 0, 5, 0}, uint8(7), uint8(3))
 	f.Add([]byte{0, 1, 0xff, 0xff, 3, 0, 200, 0, 0, 0, 0, 0}, uint8(1), uint8(1))
-	r := scanRepos(f)["local"]
+	repos := scanRepos(f)
 	var blobs [][]byte
 	for i := range 16 {
 		blobs = append(blobs, randomBytes(1+i*37))
 	}
-	id, data, entries := storeRawPack(f, r, blobs)
+	var id hash.ID
+	var data []byte
+	var entries []PackedBlob
+	var scanners []*PackScanner
+	for _, r := range repos {
+		id, data, entries = storeRawPack(f, r, blobs) // the same pack in both
+		scanners = append(scanners, r.NewPackScanner())
+	}
 	f.Fuzz(func(t *testing.T, spec []byte, window, gap uint8) {
-		s := r.NewPackScanner()
-		s.window, s.gap = int64(window)+1, int64(gap)
 		list := slices.Clone(entries)
 		for len(spec) >= 4 {
 			off := binary.LittleEndian.Uint16(spec)
@@ -300,6 +305,17 @@ func FuzzPackScanner(f *testing.F) {
 			}
 			list = append(list, e)
 		}
+		for _, s := range scanners {
+			s.window, s.gap = int64(window)+1, int64(gap)
+			fuzzScan(t, s, id, data, list)
+		}
+	})
+}
+
+// fuzzScan checks one scanner's verdicts on list against hashing the
+// entries' bytes directly, reading the whole pack and only the blobs.
+func fuzzScan(t *testing.T, s *PackScanner, id hash.ID, data []byte, list []PackedBlob) {
+	{
 		for _, whole := range []bool{true, false} {
 			seen := map[PackedBlob]bool{}
 			res, err := s.read(context.Background(), id, list, whole, whole, func(b PackedBlob, c []byte, err error) error {
@@ -332,5 +348,5 @@ func FuzzPackScanner(f *testing.F) {
 				}
 			}
 		}
-	})
+	}
 }
