@@ -952,10 +952,15 @@ func (p *pruner) repack(ctx context.Context, w *repo.Writer, m *markPlan) error 
 			return fmt.Errorf("pack %s: %w", m.repack[i].Short(), err)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return err
+	if err := ctx.Err(); err != nil {
+		return err // canceled from outside: every error says only that
 	}
-	return ctx.Err()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func sortIDs(ids []hash.ID) {
