@@ -3,8 +3,9 @@ package repo
 // Whole-pack reading for the readers that look at every byte of a pack:
 // check --read-data (and --read-data-subset) and prune, which verifies the
 // packs that only unsigned index files list and copies the live blobs of
-// the packs it repacks. (Restore reads blobs through BlobLoader; the two
-// could share the range reading once both settle.)
+// the packs it repacks. (Restore reads coalesced ranges of packs through
+// BlobLoader.LoadRange, packread.go; the two readers could share their
+// range reading.)
 
 import (
 	"bytes"
