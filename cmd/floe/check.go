@@ -33,9 +33,11 @@ snapshot's trees decode and every blob they need is stored. check reports
 every problem it finds, not only the first, and for each damaged object the
 snapshots and files it affects.
 
---read-data also reads every pack in full: its name must be the BLAKE3 hash
-of its bytes, and every blob in it must hash to its ID (neither needs a key:
-b3sum and a write-only key can check that too). With a full key, every blob
+--read-data also reads every pack in full: every blob in it must hash to
+its ID, which with the header and index checks covers every byte that
+matters; a pack with a problem, or that no index lists, must also hash to
+its name (neither needs a key: b3sum and a write-only key can check that
+too). With a full key, every blob
 a snapshot refers to must also decrypt, decompress and match the key and
 size its tree gives. A copy that does not match its ID is reported with the
 pack and the index files that list it, signed by a full key or unsigned (a

@@ -21,8 +21,9 @@ import (
 
 // Options select what Run checks.
 type Options struct {
-	// ReadData reads every pack in full: its name must be the BLAKE3 of its
-	// bytes, and every blob must decrypt, decompress and match its ID.
+	// ReadData reads every pack in full: every blob must match its ID and
+	// every data blob a tree refers to must decrypt, decompress and match
+	// the ref; a pack with a problem must also hash to its name (readPack).
 	ReadData bool
 	// Subset, if set, limits ReadData to some packs (and implies ReadData).
 	Subset *Subset

@@ -3,6 +3,7 @@ package check
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -605,5 +606,49 @@ func TestCanceled(t *testing.T) {
 	cancel()
 	if _, err := Run(ctx, open(t, f.be), Options{ReadData: true}, nil); err == nil {
 		t.Error("canceled check returned no error")
+	}
+}
+
+// TestReadDataPackHash: --read-data hashes a pack against its name only
+// where the other checks leave bytes unverified (readPack). A flipped bit
+// in the header's random unique bytes, which no reader uses, is the one
+// damage that is then not reported; a damaged pack that no index lists
+// is hashed, and reported.
+func TestReadDataPackHash(t *testing.T) {
+	f := newFixture(t, mem.New())
+	h, _ := f.dataPack(t, "hosts")
+	data, _ := f.be.Get(h)
+	hdrLen := int(binary.LittleEndian.Uint32(data[len(data)-12:]))
+	f.flip(t, h, len(data)-12-hdrLen+1+5) // version byte, then 16 unique bytes
+	res := run(t, f.be, Options{ReadData: true})
+	f.verify(t, res, want{})
+	if res.Summary.PacksRead != res.Summary.Packs {
+		t.Fatalf("read %d of %d packs", res.Summary.PacksRead, res.Summary.Packs)
+	}
+
+	// an unreferenced pack with a flipped bit in its body
+	ctx := context.Background()
+	r := open(t, f.be)
+	if err := r.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	blob := randomBytes(1000)
+	w := r.StartWriting()
+	ref, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(blob), blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ph, loc := f.packOf(t, repo.DataBlob, ref)
+	if err := f.be.Remove(ctx, f.indexListing(t, ph)); err != nil {
+		t.Fatal(err)
+	}
+	f.flip(t, ph, int(loc.Offset+10))
+	res = run(t, f.be, Options{ReadData: true})
+	f.verify(t, res, want{warnings: []string{KindUnreferenced}})
+	if !slices.ContainsFunc(res.Warnings(), func(p *Problem) bool { return strings.Contains(p.Message, "does not match its name") }) {
+		t.Fatal("the damaged unreferenced pack is not reported as such")
 	}
 }

@@ -46,7 +46,7 @@ type packResult struct {
 
 // checkPacks checks every pack the index lists and every pack in
 // storage: presence and size, header against the index, and with ReadData
-// the hash of the whole pack and every blob in it.
+// every blob in it (and the whole pack where readPack needs it).
 func (c *checker) checkPacks(ctx context.Context) error {
 	ids := make([]hash.ID, 0, len(c.packSizes)+len(c.packRefs))
 	for id := range c.packSizes {
@@ -83,8 +83,13 @@ func (c *checker) checkPacks(ctx context.Context) error {
 
 	var mu sync.Mutex
 	var denied error
-	par.For(ctx, len(ids), c.opts.Workers, func(_, i int) {
-		res := c.checkPack(ctx, ids[i], read[ids[i]])
+	// one scanner per worker: each reuses its buffers from pack to pack
+	scanners := make([]*repo.PackScanner, c.opts.Workers)
+	for w := range scanners {
+		scanners[w] = c.r.NewPackScanner()
+	}
+	par.For(ctx, len(ids), c.opts.Workers, func(w, i int) {
+		res := c.checkPack(ctx, ids[i], read[ids[i]], scanners[w])
 		c.opts.Progress.Done(1, res.bytesRead)
 		if ctx.Err() != nil {
 			return // errors of a canceled check are no damage
@@ -145,12 +150,11 @@ func (c *checker) mergePack(res *packResult) {
 
 // checkPack checks one pack; it touches no shared state but the
 // read-only maps of the index phase.
-func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packResult {
+func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool, sc *repo.PackScanner) *packResult {
 	refs := c.packRefs[id]
 	size, present := c.packSizes[id]
 	res := &packResult{id: id, referenced: len(refs) > 0}
 	st := &res.state
-	handle := storage.Handle{Type: storage.Pack, Name: id.String()}
 
 	if !res.referenced {
 		if c.indexDamaged > 0 {
@@ -159,15 +163,15 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packRes
 			}
 		}
 		if read {
-			data, err := storage.LoadAll(ctx, c.be, handle, c.r.MaxPackSize())
+			scan, err := sc.Scan(ctx, id, nil, true, nil)
 			res.read = err == nil
-			res.bytesRead = int64(len(data))
+			res.bytesRead = scan.Size
 			switch {
 			case errors.Is(err, storage.ErrDenied):
 				res.denied = err
 			case err != nil:
-				res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))
-			case hash.Sum(data) != id:
+				res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", trimPackPrefix(err.Error(), id)))
+			case scan.Sum != id:
 				res.issues = append(res.issues, "is damaged: its content does not match its name")
 			}
 		}
@@ -215,7 +219,7 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool) *packRes
 	}
 
 	if read {
-		c.readPack(ctx, res, handle, refs)
+		c.readPack(ctx, res, sc, refs)
 	}
 	return res
 }
@@ -256,21 +260,21 @@ func (c *checker) compareHeader(res *packResult, hdr *repo.PackHeader, refs []pa
 	}
 }
 
-// readPack reads the whole pack, checks its hash and verifies every blob
-// the index lists in it.
-func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.Handle, refs []packRef) {
+// readPack reads the whole pack once, in order (repo.PackScanner): every
+// blob the index lists in it must hash to its ID, and every data blob that
+// a tree refers to must decrypt and verify with each ref the trees hold
+// for it (decryptBlob).
+//
+// The whole pack is hashed against its name only when something is
+// wrong with it. Otherwise its header equals the index entries byte for
+// byte (compareHeader), its size is what they imply, and its blobs, which
+// a header lays out to cover the body exactly, match their IDs: every
+// byte is verified but the 16 random "unique" bytes of the header, which
+// no reader uses. Hashing the pack again cost 10-15% of check
+// --read-data's CPU time (docs/PERFORMANCE.md).
+func (c *checker) readPack(ctx context.Context, res *packResult, sc *repo.PackScanner, refs []packRef) {
 	st := &res.state
-	data, err := storage.LoadAll(ctx, c.be, handle, c.r.MaxPackSize())
-	if err != nil {
-		st.unreadable = true
-		res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", err))
-		return
-	}
-	res.read = true
-	res.bytesRead = int64(len(data))
-	if hash.Sum(data) != res.id {
-		res.issues = append(res.issues, "is damaged: its content does not match its name")
-	}
+	hashPack := len(res.issues) > 0
 	// Every entry is checked, from whichever index file, by hashing: no
 	// key is needed, so a write-only key checks as much as a full one.
 	seen := map[repo.PackedBlob]bool{}
@@ -286,12 +290,12 @@ func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.
 			}
 		}
 	}
-	st.read = true
 	var first string
-	_ = repo.VerifyPackBlobs(res.id, data, blobs, func(b repo.PackedBlob, err error) error {
+	scan, err := sc.Scan(ctx, res.id, blobs, hashPack, func(b repo.PackedBlob, data []byte, err error) error {
 		h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 		if err == nil {
 			res.verified++
+			c.decryptBlob(res, sc, b, data)
 			return nil
 		}
 		if st.blobBad == nil {
@@ -304,39 +308,49 @@ func (c *checker) readPack(ctx context.Context, res *packResult, handle storage.
 		}
 		return nil
 	})
+	if err != nil {
+		st.unreadable = true
+		res.issues = append(res.issues, fmt.Sprintf("cannot be read: %v", trimPackPrefix(err.Error(), res.id)))
+		return
+	}
+	res.read = true
+	st.read = true
+	res.bytesRead = scan.Size
+	if !hashPack && len(st.blobBad) > 0 {
+		// damaged after all: read it again to say whether it still is
+		// what was stored under its name (then an index file lied)
+		// (a failure now adds nothing to what the blobs said)
+		again, err := sc.Scan(ctx, res.id, nil, true, nil)
+		hashPack = err == nil
+		scan.Sum = again.Sum
+	}
+	if hashPack && scan.Sum != res.id {
+		res.issues = append(res.issues, "is damaged: its content does not match its name")
+	}
 	if n := len(st.blobBad); n > 0 {
 		res.issues = append(res.issues, fmt.Sprintf("has %s of %d whose bytes do not match their IDs, damaged or forged (first: %s)", ui.Count(n, "blob"), len(blobs), first))
 	}
-	c.decryptPack(res, data, blobs)
 }
 
-// decryptPack decrypts the data blobs of a pack that the trees refer to,
-// with every ref they hold, and records the refs whose key or size the
-// plaintext does not match: a damaged or hostile tree (the stored bytes
-// are what their ID says, so the fault is the tree's).
-func (c *checker) decryptPack(res *packResult, data []byte, blobs []repo.PackedBlob) {
-	var buf []byte
-	for _, b := range blobs {
-		h := repo.BlobHandle{Type: b.Type, ID: b.ID}
-		if _, bad := res.state.blobBad[h]; bad || int64(b.Offset)+int64(b.Length) > int64(len(data)) {
-			continue
+// decryptBlob decrypts a data blob of a pack (its bytes verified against
+// its ID) with every ref the trees hold for it, and records the refs whose
+// key or size the plaintext does not match: a damaged or hostile tree (the
+// stored bytes are what their ID says, so the fault is the tree's).
+func (c *checker) decryptBlob(res *packResult, sc *repo.PackScanner, b repo.PackedBlob, data []byte) {
+	for _, br := range c.refs[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
+		plain, err := sc.Open(b, br.ref, data)
+		var why string
+		switch {
+		case err != nil:
+			why = err.Error()
+		case len(plain) != int(br.size):
+			why = fmt.Sprintf("data blob %s holds %d bytes, the tree says %d", b.ID.Short(), len(plain), br.size)
 		}
-		for _, br := range c.refs[h] {
-			plain, err := c.r.OpenStoredBlob(b.Type, br.ref, data[b.Offset:b.Offset+b.Length], buf)
-			var why string
-			switch {
-			case err != nil:
-				why = err.Error()
-			case len(plain) != int(br.size):
-				why = fmt.Sprintf("data blob %s holds %d bytes, the tree says %d", b.ID.Short(), len(plain), br.size)
-			}
-			if err == nil {
-				buf = plain
-				res.decrypted++
-			}
-			if why != "" {
-				res.refBad = append(res.refBad, refProblem{br, why})
-			}
+		if err == nil {
+			res.decrypted++
+		}
+		if why != "" {
+			res.refBad = append(res.refBad, refProblem{br, why})
 		}
 	}
 }

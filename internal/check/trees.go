@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -138,35 +139,45 @@ func (c *checker) collectRefs(ctx context.Context) error {
 		return nil
 	}
 	c.refs = map[repo.BlobHandle][]blobRef{}
+	// Breadth first, a batch of trees loaded at once (reading, decrypting
+	// and decoding a tree is a round trip and CPU work; one at a time left
+	// a core idle), each tree once.
 	seen := map[hash.ID]bool{}
-	var stack []hash.Ref
+	var frontier []hash.Ref
 	for _, sn := range c.snapshots {
-		stack = append(stack, sn.Tree)
+		if !seen[sn.Tree.ID] {
+			seen[sn.Tree.ID] = true
+			frontier = append(frontier, sn.Tree)
+		}
 	}
-	for len(stack) > 0 {
+	const batch = 256 // trees in memory at once
+	for len(frontier) > 0 {
+		n := min(batch, len(frontier))
+		cur := frontier[:n]
+		frontier = frontier[n:]
+		trees := make([]*snapshot.Tree, len(cur))
+		par.For(ctx, len(cur), 4, func(_, i int) {
+			trees[i], _ = snapshot.LoadTree(ctx, c.r, cur[i])
+		})
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		ref := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if seen[ref.ID] {
-			continue
-		}
-		seen[ref.ID] = true
-		t, err := snapshot.LoadTree(ctx, c.r, ref)
-		if err != nil {
-			continue
-		}
-		for _, n := range t.Nodes {
-			for i, cr := range n.Content {
-				h := repo.BlobHandle{Type: repo.DataBlob, ID: cr.ID}
-				br := blobRef{cr, n.ChunkSizes[i]}
-				if !slices.Contains(c.refs[h], br) {
-					c.refs[h] = append(c.refs[h], br)
-				}
+		for _, t := range trees {
+			if t == nil {
+				continue // walkSnapshots reports it
 			}
-			if !n.Subtree.IsNull() {
-				stack = append(stack, n.Subtree)
+			for _, n := range t.Nodes {
+				for i, cr := range n.Content {
+					h := repo.BlobHandle{Type: repo.DataBlob, ID: cr.ID}
+					br := blobRef{cr, n.ChunkSizes[i]}
+					if !slices.Contains(c.refs[h], br) {
+						c.refs[h] = append(c.refs[h], br)
+					}
+				}
+				if !n.Subtree.IsNull() && !seen[n.Subtree.ID] {
+					seen[n.Subtree.ID] = true
+					frontier = append(frontier, n.Subtree)
+				}
 			}
 		}
 	}

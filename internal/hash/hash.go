@@ -187,8 +187,25 @@ func SumTyped(t byte, data []byte) ID {
 var typedPool = sync.Pool{New: func() any { return blake3.New() }}
 
 // DeriveKey returns BLAKE3's derive_key(context, material), 32 bytes.
+// Readers derive a key per blob (check --read-data: thousands a second),
+// and blake3.DeriveKey allocates a hasher of several KiB and hashes the
+// context each time; hashers made for a context are kept for reuse
+// instead (Reset keeps their context key).
 func DeriveKey(context string, material []byte) [32]byte {
+	p, ok := derivePools.Load(context)
+	if !ok {
+		p, _ = derivePools.LoadOrStore(context, &sync.Pool{New: func() any { return blake3.NewDeriveKey(context) }})
+	}
+	pool := p.(*sync.Pool)
+	h := pool.Get().(*blake3.Hasher)
+	h.Reset()
+	_, _ = h.Write(material)
 	var out [32]byte
-	blake3.DeriveKey(context, material, out[:])
+	h.Sum(out[:0])
+	pool.Put(h)
 	return out
 }
+
+// derivePools holds a pool of derive-key hashers per context (the
+// contexts are a few constants).
+var derivePools sync.Map

@@ -1,8 +1,11 @@
 package hash
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
+
+	"github.com/zeebo/blake3"
 )
 
 func TestParseAndText(t *testing.T) {
@@ -85,5 +88,22 @@ func TestRef(t *testing.T) {
 	}
 	if SumTyped(0, []byte("x")) == SumTyped(1, []byte("x")) || SumTyped(0, []byte("x")) != Sum([]byte("\x00x")) {
 		t.Fatal("SumTyped")
+	}
+}
+
+// TestDeriveKeyReuse: the pooled hashers give blake3.DeriveKey's result,
+// for several contexts and materials in turn (a reused hasher keeps its
+// context and forgets the previous material).
+func TestDeriveKeyReuse(t *testing.T) {
+	for round := range 3 {
+		for _, ctx := range []string{"floe v2 blob key", "floe test other context"} {
+			for _, m := range [][]byte{nil, []byte("a"), bytes.Repeat([]byte("material"), 1000)} {
+				var want [32]byte
+				blake3.DeriveKey(ctx, m, want[:])
+				if got := DeriveKey(ctx, m); got != want {
+					t.Fatalf("round %d, context %q, %d bytes: got %x, want %x", round, ctx, len(m), got, want)
+				}
+			}
+		}
 	}
 }

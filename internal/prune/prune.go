@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sort"
 	"time"
 
@@ -380,22 +381,48 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 		return nil
 	}
 	p.opts.Progress.Phase("verifying packs that only unsigned index files list", int64(len(todo)), 0)
-	for _, id := range todo {
-		pk := p.packs[id]
-		data, err := p.r.LoadPack(ctx, id)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+	// In a fleet whose hosts hold write-only keys this is every pack
+	// written since the last prune: read them on as many workers as cores
+	// (more on slow storage), only the blobs to verify.
+	workers := min(len(todo), max(runtime.NumCPU(), storage.Connections(2, p.r.Backend())))
+	scanners := make([]*repo.PackScanner, workers)
+	for i := range scanners {
+		scanners[i] = p.r.NewPackScanner()
+	}
+	bads := make([]map[repo.PackedBlob]bool, len(todo))
+	errs := make([]error, len(todo))
+	par.For(ctx, len(todo), workers, func(w, i int) {
+		pk := p.packs[todo[i]]
+		var check []repo.PackedBlob
+		for _, b := range pk.blobs {
+			if pk.untrusted[repo.BlobHandle{Type: b.Type, ID: b.ID}] {
+				check = append(check, b)
 			}
-			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %w", ErrUnsafe, id.Short(), err)
 		}
+		bad := map[repo.PackedBlob]bool{}
+		errs[i] = scanners[w].Blobs(ctx, todo[i], check, func(b repo.PackedBlob, _ []byte, err error) error {
+			if err != nil {
+				bad[b] = true // forged, damaged or past the end of the pack
+			}
+			return nil
+		})
+		bads[i] = bad
+		p.opts.Progress.Done(1, 0)
+	})
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	for i, id := range todo {
+		if errs[i] != nil {
+			return fmt.Errorf("%w: pack %s, which only unsigned index files list, cannot be read to verify it: %w", ErrUnsafe, id.Short(), errs[i])
+		}
+		pk := p.packs[id]
 		kept := pk.blobs[:0]
 		dropped := 0
 		for _, b := range pk.blobs {
 			h := repo.BlobHandle{Type: b.Type, ID: b.ID}
 			if pk.untrusted[h] {
-				end := int64(b.Offset) + int64(b.Length)
-				if end > int64(len(data)) || repo.StoredBlobID(b.Type, data[b.Offset:end]) != b.ID {
+				if bads[i][b] {
 					dropped++
 					p.res.Forged = append(p.res.Forged, fmt.Sprintf("%s blob %s in pack %s", b.Type, b.ID.Short(), id.Short()))
 					continue
@@ -410,7 +437,6 @@ func (p *pruner) verifyUntrusted(ctx context.Context) error {
 			p.res.Warnings = append(p.res.Warnings, fmt.Sprintf("pack %s: %s (forged or damaged); the entries are dropped", id.Short(),
 				ui.Count(dropped, "blob that only unsigned index files list does not match its ID", "blobs that only unsigned index files list do not match their IDs")))
 		}
-		p.opts.Progress.Done(1, 0)
 	}
 	return nil
 }
@@ -706,11 +732,22 @@ func (p *pruner) sweep(ctx context.Context, s *sweepPlan) error {
 		}
 	}
 	p.opts.Progress.Phase("deleting packs", int64(len(s.delete)), 0)
-	for _, id := range sortedSet(s.delete) {
-		if err := p.r.RemovePack(ctx, id); err != nil {
-			return err
-		}
+	// Several at once: on an object store or a floe server each removal
+	// is a round trip. Their order does not matter (none is in an index
+	// file in use any more); what follows waits for all of them.
+	del := sortedSet(s.delete)
+	errs := make([]error, len(del))
+	par.For(ctx, len(del), storage.Connections(4, p.r.Backend()), func(_, i int) {
+		errs[i] = p.r.RemovePack(ctx, del[i])
 		p.opts.Progress.Done(1, 0)
+	})
+	for _, err := range errs {
+		if err != nil {
+			return err // the first; the others are likely the same
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
 	}
 	if s.index != nil {
 		p.opts.Progress.Phase("deleting index files", int64(len(s.supersede)), 0)
@@ -879,20 +916,46 @@ func (p *pruner) mark(ctx context.Context, m *markPlan) error {
 	return nil
 }
 
+// repack copies the live blobs of the packs to repack into w, reading
+// each pack once in large ranges (repo.PackScanner: a read per blob cost
+// an open, a stat and a fresh buffer each) on as many workers as there
+// are CPUs, and hashing each blob once: the stored bytes move as they
+// are, since a blob's bytes are the same in every pack, and a copy whose
+// bytes do not match its ID stops the repack.
 func (p *pruner) repack(ctx context.Context, w *repo.Writer, m *markPlan) error {
-	for _, id := range m.repack {
-		// The stored bytes move as they are: a blob's bytes are the same in
-		// every pack, and SaveRawBlob checks them against the ID.
-		err := p.r.LoadRawBlobs(ctx, id, m.copy[id], func(b repo.PackedBlob, sealed []byte, err error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	workers := min(len(m.repack), max(1, runtime.NumCPU()))
+	errs := make([]error, len(m.repack))
+	scanners := make([]*repo.PackScanner, workers)
+	for i := range scanners {
+		scanners[i] = p.r.NewPackScanner()
+	}
+	par.For(ctx, len(m.repack), workers, func(wk, i int) {
+		id := m.repack[i]
+		errs[i] = scanners[wk].Blobs(ctx, id, m.copy[id], func(b repo.PackedBlob, sealed []byte, err error) error {
 			if err != nil {
-				return fmt.Errorf("pack %s: %w", id.Short(), err)
+				return err
 			}
-			if _, err := w.SaveRawBlob(ctx, b.Type, b.ID, sealed, 0, true); err != nil {
+			if err := w.SaveScannedBlob(ctx, b, sealed); err != nil {
 				return err
 			}
 			p.opts.Progress.Done(0, int64(b.Length))
 			return nil
 		})
+		if errs[i] != nil {
+			cancel()
+		}
+	})
+	for i, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return fmt.Errorf("pack %s: %w", m.repack[i].Short(), err)
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err // canceled from outside: every error says only that
+	}
+	for _, err := range errs {
 		if err != nil {
 			return err
 		}

@@ -942,3 +942,68 @@ func TestPruneSkipsUndecodableSnapshots(t *testing.T) {
 		t.Fatalf("unreadable tree: %v, want ErrUnsafe", err)
 	}
 }
+
+// TestRepackRefusesDamagedCopy: a live blob whose stored bytes no longer
+// match its ID stops the repack before anything is marked; the damaged
+// copy is not copied into a new pack, and the pack stays for repair.
+func TestRepackRefusesDamagedCopy(t *testing.T) {
+	w := newWorld(t)
+	src := t.TempDir()
+	files(t, src, "f", 10, 100<<10, 1)
+	s1 := w.mustBackup(src)
+	os.Remove(filepath.Join(src, "f0"))
+	w.mustBackup(src)
+	w.forget(s1.ID)
+
+	// flip a byte of every blob of the data pack to be repacked (the
+	// live ones among them are what the repack copies)
+	plan := w.prune(Options{MaxUnused: 0.05, DryRun: true})
+	if plan.Mark.Repack.Packs != 1 {
+		t.Fatalf("want one pack to repack: %+v", plan.Mark)
+	}
+	r := w.open(t)
+	var pack hash.ID
+	var blobs []repo.PackedBlob
+	for _, id := range r.Index().Packs() {
+		h := storage.Handle{Type: storage.Pack, Name: id.String()}
+		hdr, err := r.LoadPackHeader(ctx, id, int64(len(must(w.be.Get(h)))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hdr.Blobs) > 5 && hdr.Blobs[0].Type == repo.DataBlob {
+			pack, blobs = id, hdr.Blobs
+		}
+	}
+	if pack.IsNull() {
+		t.Fatal("no data pack found")
+	}
+	h := storage.Handle{Type: storage.Pack, Name: pack.String()}
+	data := bytes.Clone(must(w.be.Get(h)))
+	for _, b := range blobs {
+		data[b.Offset+b.Length/2] ^= 1
+	}
+	w.be.Set(h, data)
+	packsBefore, _ := w.stored()
+	marksBefore := w.count(storage.GCMark)
+
+	_, err := Run(ctx, w.open(t), Options{MaxUnused: 0.05})
+	if !errors.Is(err, repo.ErrForged) {
+		t.Fatalf("prune over a damaged live blob: %v, want ErrForged", err)
+	}
+	if n, _ := w.stored(); n < packsBefore {
+		t.Fatalf("%d packs after the failed prune, %d before", n, packsBefore)
+	}
+	if marks := w.count(storage.GCMark); marks != marksBefore {
+		t.Fatalf("%d gc objects after the failed prune, %d before: it marked something", marks, marksBefore)
+	}
+	if got, ok := w.be.Get(h); !ok || !bytes.Equal(got, data) {
+		t.Fatal("the damaged pack was changed or removed")
+	}
+}
+
+func must[T any](v T, ok bool) T {
+	if !ok {
+		panic("missing")
+	}
+	return v
+}

@@ -8,7 +8,6 @@ package repo
 import (
 	"context"
 	"fmt"
-	"sort"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
@@ -92,32 +91,6 @@ func PackSizeFor(blobs []PackedBlob) int64 {
 	return int64(len(packfile.AppendHeader(nil, [packfile.UniqueLen]byte{}, blobs))) + body
 }
 
-// VerifyPackBlobs checks the given blobs of a pack whose stored bytes are
-// data (read whole, so that check hashes a pack with one read) against
-// their IDs, by hashing: no key is needed. fn is called for each blob in
-// offset order with nil or the reason it is damaged or forged; a blob that
-// lies outside data (a truncated pack) is reported as damaged. fn's error
-// stops the walk.
-func VerifyPackBlobs(pack hash.ID, data []byte, blobs []PackedBlob, fn func(b PackedBlob, err error) error) error {
-	sorted := append([]PackedBlob(nil), blobs...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
-	for _, b := range sorted {
-		var err error
-		end := int64(b.Offset) + int64(b.Length)
-		switch {
-		case end > int64(len(data)):
-			err = fmt.Errorf("%s blob %s: bytes %d..%d lie past the end of the %d-byte pack %s (truncated)",
-				b.Type, b.ID.Short(), b.Offset, end, len(data), pack.Short())
-		case packfile.BlobID(b.Type, data[b.Offset:end]) != b.ID:
-			err = fmt.Errorf("%s blob %s in pack %s: %w", b.Type, b.ID.Short(), pack.Short(), ErrForged)
-		}
-		if ferr := fn(b, err); ferr != nil {
-			return ferr
-		}
-	}
-	return nil
-}
-
 // PackHeader is the decoded header of a pack.
 type PackHeader struct {
 	Blobs []PackedBlob
@@ -160,37 +133,4 @@ func (r *Repository) LoadPack(ctx context.Context, id hash.ID) ([]byte, error) {
 		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
 	}
 	return data, nil
-}
-
-// LoadRawBlobs reads the stored bytes of the given blobs of one pack,
-// calling fn for each in offset order with them (valid only during the
-// call) or with an error; bytes that do not hash to the blob's ID give an
-// error wrapping ErrForged. fn's error stops the walk.
-func (r *Repository) LoadRawBlobs(ctx context.Context, pack hash.ID, blobs []PackedBlob, fn func(b PackedBlob, sealed []byte, err error) error) error {
-	sorted := append([]PackedBlob(nil), blobs...)
-	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Offset < sorted[j].Offset })
-	h := storage.Handle{Type: storage.Pack, Name: pack.String()}
-	for _, b := range sorted {
-		c, err := r.be.Load(ctx, h, int64(b.Offset), int64(b.Length))
-		if err == nil && packfile.BlobID(b.Type, c) != b.ID {
-			err = fmt.Errorf("%s blob %s in pack %s: %w", b.Type, b.ID.Short(), pack.Short(), ErrForged)
-		}
-		if ferr := fn(b, c, err); ferr != nil {
-			return ferr
-		}
-	}
-	return nil
-}
-
-// OpenStoredBlob decrypts and verifies the stored bytes c of a blob
-// against ref (check --read-data: it read the pack already), returning the
-// plaintext appended to buf[:0]. It checks the ID first.
-func (r *Repository) OpenStoredBlob(t BlobType, ref hash.Ref, c, buf []byte) ([]byte, error) {
-	if r.WriteOnly() {
-		return nil, ErrWriteOnly
-	}
-	if packfile.BlobID(t, c) != ref.ID {
-		return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), ErrForged)
-	}
-	return r.openBlob(t, ref, c, buf)
 }
