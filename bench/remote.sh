@@ -225,8 +225,11 @@ cycle() {
 	measure "$sec" "$ds" "$tool" backup2 "$@" backup "$SRC" || return 0
 	measure "$sec" "$ds" "$tool" restore "$@" restore latest --target "$DST" || return 0
 	check_restore "$sec" "$ds" "$tool"
-	rm -rf "$BASE"
+	# removed at the end of the run (see bench/run.sh, cleanup_tool: each
+	# restore would pay for the deletion of the one before it)
+	LATER+=("$BASE")
 }
+LATER=()
 
 # ---------------------------------------------------------------- parts
 part_loopback() {
@@ -676,6 +679,7 @@ for ds in $DATASETS $S3_DATASETS; do "prepare_$ds"; done
 } >"$RUN/meta.tsv"
 
 for p in $PARTS; do "part_$p"; done
+((${#LATER[@]} == 0)) || rm -rf "${LATER[@]}"
 
 {
 	printf 'load average at end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
