@@ -333,3 +333,57 @@ func TestXattrsFollowCtime(t *testing.T) {
 		}
 	}
 }
+
+// A record another host wrote under this host's name and paths (any
+// write-only key can) must not become the parent of a host that has its
+// own in the local cache, and one dated in the future never does.
+func TestParentIgnoresForeignAndFutureRecords(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	testutil.WriteRandom(t, filepath.Join(src, "f"), 10<<10, 1)
+	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := c.NewTreeWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := Run(ctx, r, Options{Paths: []string{src}, Hostname: "web1", OnTree: tw.Add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Commit(&snapshot.Record{ID: own.ID, Snapshot: own.Snapshot}); err != nil {
+		t.Fatal(err)
+	}
+	forge := func(at time.Time) hash.ID {
+		s := *own.Snapshot
+		s.Time = at
+		plain, err := snapshot.MarshalSnapshot(&s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, err := r.SaveSnapshotRecord(ctx, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	forge(time.Now().Add(time.Minute))
+	future := forge(time.Now().Add(48 * time.Hour))
+
+	parent, _, _, err := FindParent(ctx, r, c, "web1", []string{src}, "")
+	if err != nil || parent == nil || parent.ID != own.ID {
+		t.Fatalf("with the local cache: parent %v (%v), want this host's own %s", parent, err, own.ID.Short())
+	}
+	// without a cache the repository decides, but never for a record
+	// dated in the future
+	parent, _, warnings, err := FindParent(ctx, r, nil, "web1", []string{src}, "")
+	if err != nil || parent == nil || parent.ID == future {
+		t.Fatalf("without a cache: parent %v (%v): the future-dated record was taken", parent, err)
+	}
+	if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), "in the future") {
+		t.Fatalf("warnings %v, want one about the future-dated record", warnings)
+	}
+}

@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/floe-backup/floe/internal/cache"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // FindParent picks the snapshot to compare with and where its trees come
@@ -30,6 +32,10 @@ func FindParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 	}
 	return parent, trees, warnings, err
 }
+
+// MaxParentSkew is how far in the future a snapshot may be dated and
+// still be taken as the parent (clock adjustments of the host itself).
+const MaxParentSkew = time.Hour
 
 // FindKin picks, for a backup without a parent, this host's newest
 // snapshot whose trees the local cache holds (of other paths, or the
@@ -86,6 +92,18 @@ func findParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 			parent = c.Latest(host, abs)
 		}
 	default:
+		// This machine's own newest snapshot first: the local cache
+		// holds only snapshots its backups wrote, while the repository
+		// may hold a record another host wrote under this host's name
+		// and paths (any write-only key can), whose unchanged-looking
+		// files would carry that host's content into this snapshot
+		// (docs/SECURITY.md, "Parent poisoning"). An older cached parent
+		// than the repository's newest costs only reading more.
+		if c != nil {
+			if parent = c.Latest(host, abs); parent != nil {
+				break
+			}
+		}
 		all, errs, err := snapshot.List(ctx, r)
 		if errors.Is(err, storage.ErrDenied) {
 			// the storage lets this credential add backups but not
@@ -101,11 +119,20 @@ func findParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 			return nil, nil, errs, err
 		}
 		warnings = errs
+		future := time.Now().Add(MaxParentSkew)
 		for i := len(all) - 1; i >= 0; i-- {
-			if all[i].Hostname == host && snapshot.SamePaths(all[i].Paths, abs) {
-				parent = all[i]
-				break
+			if all[i].Hostname != host || !snapshot.SamePaths(all[i].Paths, abs) {
+				continue
 			}
+			if all[i].Time.After(future) {
+				// dated after now on this host's own clock: not
+				// written by it
+				warnings = append(warnings, fmt.Errorf("snapshot %s of host %s is dated %s, in the future: not used as the parent (see floe check)",
+					all[i].ID.Short(), ui.Sanitize(host), all[i].Time.Format(time.RFC3339)))
+				continue
+			}
+			parent = all[i]
+			break
 		}
 	}
 	if parent == nil {
