@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/floe-backup/floe/internal/storage"
@@ -93,6 +94,16 @@ func ParseS3(loc string) (s3.Config, error) {
 	return cfg, nil
 }
 
+// shown quotes a part of a location for an error message, unless it has
+// an '@': then it may hold user:password@ put in the wrong place, and
+// secrets never appear in messages.
+func shown(part string) string {
+	if strings.Contains(part, "@") {
+		return "(not shown: it has an '@', as credentials do; give them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+	}
+	return strconv.Quote(part)
+}
+
 // checkPrefix allows in a key prefix the characters that need no escaping
 // in a URL path, and no empty, . or .. element.
 func checkPrefix(prefix string) error {
@@ -101,13 +112,13 @@ func checkPrefix(prefix string) error {
 	}
 	for _, part := range strings.Split(prefix, "/") {
 		if part == "" || part == "." || part == ".." {
-			return fmt.Errorf("s3 location: the prefix %q has an empty, . or .. element", prefix)
+			return fmt.Errorf("s3 location: the prefix %s has an empty, . or .. element", shown(prefix))
 		}
 	}
 	for i := 0; i < len(prefix); i++ {
 		c := prefix[i]
 		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("-._~!$&'()*+,;=:@/", c) >= 0) {
-			return fmt.Errorf("s3 location: the prefix %q has a character other than letters, digits and -._~!$&'()*+,;=:@/", prefix)
+			return fmt.Errorf("s3 location: the prefix %s has a character other than letters, digits and -._~!$&'()*+,;=:@/", shown(prefix))
 		}
 	}
 	return nil
@@ -122,7 +133,7 @@ func checkBucket(b string) error {
 		ok = c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || (c == '.' || c == '-') && i > 0 && i < len(b)-1
 	}
 	if !ok {
-		return fmt.Errorf("s3 location: %q is not a valid bucket name (3-63 characters of a-z, 0-9, '.', '-')", b)
+		return fmt.Errorf("s3 location: %s is not a valid bucket name (3-63 characters of a-z, 0-9, '.', '-')", shown(b))
 	}
 	return nil
 }
