@@ -22,13 +22,9 @@ import (
 // poller, an epoll_ctl that always fails for a regular file, plus fcntl
 // calls, for every file a backup reads.
 func OpenForRead(path string) (*os.File, error) {
-	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := openRetry(path, flags|unix.O_NOATIME)
-	if errors.Is(err, syscall.EPERM) {
-		fd, err = openRetry(path, flags)
-	}
+	fd, err := openRaw(path)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	return os.NewFile(uintptr(fd), path), nil
 }
@@ -111,13 +107,9 @@ type File struct {
 // OpenFile opens path as OpenForRead does (no final symlink followed, no
 // access time updated where allowed) on a raw descriptor.
 func OpenFile(path string) (*File, error) {
-	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
-	fd, err := openRetry(path, flags|unix.O_NOATIME)
-	if errors.Is(err, syscall.EPERM) {
-		fd, err = openRetry(path, flags)
-	}
+	fd, err := openRaw(path)
 	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+		return nil, err
 	}
 	return &File{fd: fd, path: path}, nil
 }
@@ -189,3 +181,18 @@ func (f *File) Segments(size uint64, fn func(off, n int64, hole bool) error) err
 
 // Close closes the file.
 func (f *File) Close() error { return unix.Close(f.fd) }
+
+// openRaw opens path for reading on a raw descriptor: no final symlink
+// followed, no access time updated where the caller may ask (O_NOATIME
+// needs the file's owner: EPERM otherwise, then opened without it).
+func openRaw(path string) (int, error) {
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC
+	fd, err := openRetry(path, flags|unix.O_NOATIME)
+	if errors.Is(err, syscall.EPERM) {
+		fd, err = openRetry(path, flags)
+	}
+	if err != nil {
+		return -1, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	return fd, nil
+}

@@ -117,6 +117,18 @@ func (x *Index) packNumber(pack hash.ID) (uint32, bool) {
 	return 0, false
 }
 
+// packSlot returns pack's number, numbering it if it is new. x.mu is
+// held (or x is not shared yet).
+func (x *Index) packSlot(pack hash.ID) uint32 {
+	if pos, ok := x.packNumber(pack); ok {
+		return pos
+	}
+	pos := uint32(len(x.packs))
+	x.packs = append(x.packs, indexPack{id: pack, marked: x.marked[pack]})
+	x.packPos[pack] = pos
+	return pos
+}
+
 // rank orders copies, lower is better: good before bad, unmarked before
 // marked, trusted before untrusted.
 func (x *Index) rank(c copyLoc) int {
@@ -139,12 +151,7 @@ func (x *Index) addPacks(packs []PackInfo, trusted, own bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
 	for _, p := range packs {
-		pos, ok := x.packNumber(p.ID)
-		if !ok {
-			pos = uint32(len(x.packs))
-			x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
-			x.packPos[p.ID] = pos
-		}
+		pos := x.packSlot(p.ID)
 		for _, b := range p.Blobs {
 			x.addCopy(BlobHandle{b.Type, b.ID}, copyLoc{pack: pos, offset: b.Offset, length: b.Length, trusted: trusted}, own)
 		}

@@ -521,12 +521,7 @@ func (x *Index) mergeFiles(files []*IndexFile) {
 			flags = ceTrusted
 		}
 		for _, p := range f.Packs {
-			pos, ok := x.packNumber(p.ID)
-			if !ok {
-				pos = uint32(len(x.packs))
-				x.packs = append(x.packs, indexPack{id: p.ID, marked: x.marked[p.ID]})
-				x.packPos[p.ID] = pos
-			}
+			pos := x.packSlot(p.ID)
 			for _, b := range p.Blobs {
 				c := loadCopy{prefix: prefixOf(&b.ID)}
 				copy(c.entry.id[:], b.ID[2:])
