@@ -50,7 +50,7 @@ type PackScanner struct {
 	payload []byte // decrypted payload of the last Open
 	plain   []byte // decompressed plaintext of the last Open
 	hasher  *blake3.Hasher
-	// window and gap are scanWindow and maxGap; tests make them small
+	// window and gap are scanWindow and maxGap (rangeGap); tests make them small
 	window, gap int64
 }
 
@@ -61,6 +61,10 @@ func (r *Repository) NewPackScanner() *PackScanner {
 	// or meters loads must see every one of them.
 	if ro, ok := r.be.(storage.RangeOpener); ok {
 		s.ranges = ro
+		// A skipped gap costs one more read into the caller's buffer
+		// (a system call on the local backend), not a request: skip
+		// gaps longer than a few pages rather than copy them.
+		s.gap = rangeGap
 	}
 	return s
 }
@@ -90,7 +94,8 @@ func (s *PackScanner) Scan(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 
 // Blobs is Scan for readers that need only the given blobs (prune's
 // repack): it reads only the ranges that hold them, in order (gaps
-// shorter than a MiB are read through, so that neighbours cost one read),
+// shorter than a MiB, 64 KiB on a backend that reads ranges into a
+// buffer, are read through, so that neighbours cost one read),
 // and does not hash the whole pack.
 func (s *PackScanner) Blobs(ctx context.Context, id hash.ID, blobs []PackedBlob, fn func(b PackedBlob, c []byte, err error) error) error {
 	_, err := s.read(ctx, id, blobs, false, false, fn)
@@ -100,6 +105,10 @@ func (s *PackScanner) Blobs(ctx context.Context, id hash.ID, blobs []PackedBlob,
 // maxGap is the longest gap between two blobs that Blobs reads through
 // rather than skips with a new read.
 const maxGap = 1 << 20
+
+// rangeGap is maxGap on a backend that reads ranges into the caller's
+// buffer (storage.RangeOpener).
+const rangeGap = 64 << 10
 
 // read reads the blobs of pack id, and all its bytes if whole; it hashes
 // them all if hashPack (which needs whole).
@@ -171,7 +180,22 @@ func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, 
 			// skip a long gap: nothing before the next blob is needed
 			pos, base = int64(sorted[0].Offset), int64(sorted[0].Offset)
 		}
-		k := min(end-pos, int64(len(buf))-n)
+		stop := end
+		if !whole && len(sorted) > 0 {
+			// Read only to the end of the run of blobs that begins with
+			// the next one: the bytes of a gap beyond it would be copied
+			// for nothing (repack reads packs that are half garbage), and
+			// the next read skips the gap. sorted[0] ends past pos, so the
+			// read gets somewhere.
+			stop = int64(sorted[0].Offset) + int64(sorted[0].Length)
+			for _, b := range sorted[1:] {
+				if int64(b.Offset)-stop >= s.gap || stop-pos >= int64(len(buf))-n {
+					break
+				}
+				stop = max(stop, int64(b.Offset)+int64(b.Length))
+			}
+		}
+		k := min(stop-pos, int64(len(buf))-n)
 		got, err := obj.ReadAt(buf[n:n+k], pos)
 		if err != nil && !(errors.Is(err, io.EOF) && int64(got) == k) {
 			if errors.Is(err, io.EOF) {
