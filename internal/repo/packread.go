@@ -271,13 +271,6 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 	return nil
 }
 
-// bufferLoader is a remote backend (S3) that reads a range into the
-// caller's buffer: a loader reuses one range buffer rather than
-// allocating (and clearing) a fresh one for every request.
-type bufferLoader interface {
-	LoadInto(ctx context.Context, h storage.Handle, offset int64, buf []byte) ([]byte, error)
-}
-
 // readRange returns the bytes of pr's range, in l.rangeBuf when the
 // backend reads ranges into the caller's buffers.
 func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error) {
@@ -296,20 +289,6 @@ func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error
 	}
 	if l.ranges == nil {
 		h := storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}
-		if bl, ok := l.r.be.(bufferLoader); ok {
-			// On the backend itself, as NewBlobLoader's RangeOpener.
-			if int64(cap(l.rangeBuf)) < n {
-				l.rangeBuf = make([]byte, n)
-			}
-			data, err := bl.LoadInto(ctx, h, pr.Start, l.rangeBuf[:n])
-			if err != nil {
-				return nil, err
-			}
-			if int64(len(data)) != n {
-				return nil, fmt.Errorf("load %s: got %d bytes of a %d-byte range: %w", h, len(data), n, io.ErrUnexpectedEOF)
-			}
-			return data, nil
-		}
 		data, err := l.r.be.Load(ctx, h, pr.Start, n)
 		if err != nil {
 			return nil, err

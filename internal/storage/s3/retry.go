@@ -82,8 +82,8 @@ func retryConflict(ctx context.Context, f func() error) error {
 // ranged GETs, resuming after a body that broke off. A resumed GET asks
 // for the same ETag, so the pieces are of one object. A range that starts
 // past the end returns errRangeNotSatisfiable; one that ends past the end,
-// io.ErrUnexpectedEOF. The bytes go into dst when it has room for them.
-func (b *Backend) getRange(ctx context.Context, key string, offset, length int64, dst []byte) ([]byte, error) {
+// io.ErrUnexpectedEOF.
+func (b *Backend) getRange(ctx context.Context, key string, offset, length int64) ([]byte, error) {
 	var buf []byte // allocated at the first answer, when the size is known
 	var got int64
 	etag := ""
@@ -139,11 +139,7 @@ func (b *Backend) getRange(ctx context.Context, key string, offset, length int64
 				}
 				want = length
 			}
-			if int64(cap(dst)) >= want {
-				buf = dst[:want]
-			} else {
-				buf = make([]byte, want)
-			}
+			buf = make([]byte, want)
 		}
 		etag = oi.ETag
 		k, rerr := io.ReadFull(body, buf[got:got+min(n, int64(len(buf))-got)])

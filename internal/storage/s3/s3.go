@@ -548,27 +548,7 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
-	data, err := b.load(ctx, b.key(h), offset, length, nil)
-	if err != nil {
-		return nil, fmt.Errorf("load %s: %w", h, err)
-	}
-	return data, nil
-}
-
-// LoadInto is Load of len(buf) bytes (len(buf) > 0) into buf. A restore
-// reads thousands of 4 MiB ranges: a fresh slice for each cost it the
-// clearing of every byte and a collector kept busy returning the memory.
-func (b *Backend) LoadInto(ctx context.Context, h storage.Handle, offset int64, buf []byte) ([]byte, error) {
-	if err := h.Validate(); err != nil {
-		return nil, fmt.Errorf("load %s: %w", h, err)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("load %s: %w", h, err)
-	}
-	if len(buf) == 0 {
-		return nil, fmt.Errorf("load %s: empty buffer", h)
-	}
-	data, err := b.load(ctx, b.key(h), offset, int64(len(buf)), buf)
+	data, err := b.load(ctx, b.key(h), offset, length)
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
@@ -579,7 +559,7 @@ func (b *Backend) LoadInto(ctx context.Context, h storage.Handle, offset int64, 
 // satisfied, and is settled with a HEAD instead of a GET.
 const maxObjectSize = 5 << 40
 
-func (b *Backend) load(ctx context.Context, key string, offset, length int64, dst []byte) ([]byte, error) {
+func (b *Backend) load(ctx context.Context, key string, offset, length int64) ([]byte, error) {
 	if offset < 0 || length < 0 || offset > maxObjectSize || length > maxObjectSize {
 		// CheckRange gives the right error; a missing object comes first.
 		size, err := b.stat(ctx, key)
@@ -592,7 +572,7 @@ func (b *Backend) load(ctx context.Context, key string, offset, length int64, ds
 		}
 		return nil, err
 	}
-	data, err := b.getRange(ctx, key, offset, length, dst)
+	data, err := b.getRange(ctx, key, offset, length)
 	if errors.Is(err, errRangeNotSatisfiable) {
 		// offset at or past the end (or anything of an empty object)
 		size, serr := b.stat(ctx, key)

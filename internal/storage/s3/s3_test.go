@@ -274,16 +274,6 @@ func TestResume(t *testing.T) {
 		t.Fatalf("Load of a range through broken bodies: %d bytes, %v", len(got), err)
 	}
 	breaks.Store(0)
-	// LoadInto: the same bytes, resumed, in the caller's buffer
-	buf := make([]byte, 1<<20)
-	got, err = b.LoadInto(ctx, h, 54321, buf)
-	if err != nil || !bytes.Equal(got, data[54321:54321+1<<20]) {
-		t.Fatalf("LoadInto through broken bodies: %d bytes, %v", len(got), err)
-	}
-	if &got[0] != &buf[0] {
-		t.Errorf("LoadInto did not read into the buffer it was given")
-	}
-	breaks.Store(0)
 	// listing bodies broken after 1000 bytes (a few names each)
 	seen := map[string]int{}
 	if err := b.List(ctx, storage.Snapshot, func(fi storage.FileInfo) error { seen[fi.Name]++; return nil }); err != nil {
@@ -301,32 +291,6 @@ func TestResume(t *testing.T) {
 	breaks.Store(-1000)
 	if got, err := b.Load(ctx, h, 0, 0); err == nil {
 		t.Errorf("Load through always-broken bodies: %d bytes, no error", len(got))
-	}
-}
-
-// TestLoadIntoPastEnd: LoadInto of a range that runs past the end, or
-// starts there, fails as Load does.
-func TestLoadIntoPastEnd(t *testing.T) {
-	srv := s3test.Start(t)
-	b := newTestBackend(t, srv, "")
-	ctx := context.Background()
-	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("pastend")}
-	data := randomBytes(2, 1000)
-	if err := b.Save(ctx, h, data); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := b.LoadInto(ctx, h, 900, make([]byte, 200)); !errors.Is(err, io.ErrUnexpectedEOF) {
-		t.Errorf("LoadInto past the end: %d bytes, %v", len(got), err)
-	}
-	if got, err := b.LoadInto(ctx, h, 1000, make([]byte, 10)); err == nil {
-		t.Errorf("LoadInto at the end: %d bytes, no error", len(got))
-	}
-	if got, err := b.LoadInto(ctx, h, 0, nil); err == nil {
-		t.Errorf("LoadInto of nothing: %d bytes, no error", len(got))
-	}
-	got, err := b.LoadInto(ctx, h, 100, make([]byte, 900))
-	if err != nil || !bytes.Equal(got, data[100:]) {
-		t.Errorf("LoadInto to the end: %d bytes, %v", len(got), err)
 	}
 }
 
