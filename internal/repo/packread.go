@@ -122,6 +122,9 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 	if l.r.WriteOnly() {
 		return ErrWriteOnly
 	}
+	if so, ok := l.r.be.(streamOpener); ok && l.ranges == nil {
+		return l.streamRange(ctx, so, t, pr, fn)
+	}
 	data, rerr := l.readRange(ctx, pr)
 	if rerr != nil && ctx.Err() != nil {
 		return ctx.Err()
@@ -151,6 +154,117 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 			l.out = plain
 		}
 		if ferr := fn(b, plain, err); ferr != nil {
+			return ferr
+		}
+	}
+	return nil
+}
+
+// streamOpener is a remote backend (S3) that reads an object from an
+// offset to its end as a stream (one request).
+type streamOpener interface {
+	OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error)
+}
+
+// StreamsRanges tells whether LoadRange streams a range rather than
+// holding it whole: its callers may then plan ranges as long as a pack
+// (RangeLimits.MaxRange) without holding more than a blob at a time.
+func (r *Repository) StreamsRanges() bool {
+	_, ranges := r.be.(storage.RangeOpener)
+	_, ok := r.be.(streamOpener)
+	return ok && !ranges
+}
+
+// streamSkip is how far into a pack a streamed range still starts at the
+// pack's first byte: asking for a whole object lets a server send it
+// without copying (a file's sendfile), and a few bytes skipped are cheap.
+const streamSkip = 1 << 20
+
+// streamDrain is how much of a stream's tail is read after the last blob
+// so that the connection can be reused; a longer tail closes it.
+const streamDrain = 1 << 20
+
+// streamRange is LoadRange on a backend that streams: one request for the
+// range (to the pack's end), a blob at a time held in memory. The blobs
+// after a read error are loaded by themselves from their copies, as the
+// blobs of a range that could not be read are.
+func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobType, pr PackRange, fn func(b RangeBlob, plain []byte, err error) error) error {
+	for _, b := range pr.Blobs {
+		if int64(b.Offset) < pr.Start || int64(b.Offset)+int64(b.Length) > pr.End {
+			return fmt.Errorf("pack %s: blob %s at %d+%d lies outside the range %d-%d", pr.Pack.Short(), b.Ref.Short(), b.Offset, b.Length, pr.Start, pr.End)
+		}
+	}
+	// From the start, to the end (the whole object); a range deeper in
+	// the pack is asked for as it is.
+	start, length := pr.Start, pr.End-pr.Start
+	if start <= streamSkip {
+		start, length = 0, 0
+	}
+	body, rerr := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, start, length)
+	if rerr != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if body != nil {
+		defer func() {
+			if rerr == nil {
+				// A short tail is read so that the connection is reused.
+				io.CopyN(io.Discard, body, streamDrain)
+			}
+			body.Close()
+		}()
+	}
+	pos := start
+	var last *RangeBlob // the blob whose bytes c holds
+	var c []byte
+	for i := range pr.Blobs {
+		b := &pr.Blobs[i]
+		ok := false
+		switch {
+		case rerr != nil:
+		case last != nil && last.Offset == b.Offset && last.Length == b.Length:
+			ok = c != nil // a blob asked for twice: the same bytes
+		case int64(b.Offset) < pos:
+			// Overlaps the previous blob: by itself, below.
+		default:
+			if _, err := io.CopyN(io.Discard, body, int64(b.Offset)-pos); err != nil {
+				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
+				break
+			}
+			if cap(l.rangeBuf) < int(b.Length) {
+				l.rangeBuf = make([]byte, b.Length)
+			}
+			c = l.rangeBuf[:b.Length]
+			last = b
+			if _, err := io.ReadFull(body, c); err != nil {
+				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
+				c = nil
+				break
+			}
+			pos = int64(b.Offset) + int64(b.Length)
+			if packfile.BlobID(t, c) != b.Ref.ID {
+				l.r.reportForged(BlobHandle{t, b.Ref.ID}, Location{Pack: pr.Pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
+				c = nil
+				break
+			}
+			ok = true
+		}
+		if rerr != nil && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var plain []byte
+		var err error
+		if ok {
+			plain, err = l.open(t, b.Ref, c, l.out)
+		} else {
+			plain, err = l.Load(ctx, t, b.Ref, l.out)
+			if err != nil && ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		if err == nil {
+			l.out = plain
+		}
+		if ferr := fn(*b, plain, err); ferr != nil {
 			return ferr
 		}
 	}

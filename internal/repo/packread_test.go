@@ -4,14 +4,17 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"testing/iotest"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
+	"github.com/floe-backup/floe/internal/storage/mem"
 )
 
 // loadAll reads every range through l and returns each tag's plaintext
@@ -55,6 +58,78 @@ func localRepo(t *testing.T) (*Repository, string) {
 	return r, dir
 }
 
+// streamBackend streams ranges as S3 does (OpenStream); a stream breaks
+// off with an error after breakAfter bytes (<0: never).
+type streamBackend struct {
+	storage.Backend
+	breakAfter int64
+	opened     int
+}
+
+func (b *streamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.opened++
+	data, err := b.Load(ctx, h, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	var r io.Reader = bytes.NewReader(data)
+	if b.breakAfter >= 0 {
+		r = io.MultiReader(io.LimitReader(r, b.breakAfter), iotest.ErrReader(errors.New("connection reset")))
+	}
+	return io.NopCloser(r), nil
+}
+
+// streamRepo makes a repository on a backend that streams ranges.
+func streamRepo(t *testing.T, breakAfter int64) (*Repository, *streamBackend) {
+	t.Helper()
+	be := &streamBackend{Backend: mem.New(), breakAfter: breakAfter}
+	r, _, err := Init(context.Background(), be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r, be
+}
+
+// A stream that breaks off in the middle of a range: the blobs read
+// before the break come from it, the rest are loaded by themselves, all
+// whole; a blob asked for twice is handed out twice.
+func TestLoadRangeStreamBreaks(t *testing.T) {
+	ctx := context.Background()
+	r, be := streamRepo(t, -1)
+	var datas [][]byte
+	var refs []hash.Ref
+	for range 6 {
+		d := randomBytes(10 << 10)
+		datas = append(datas, d)
+		refs = append(refs, save(t, r, d))
+	}
+	if err := flush(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	ask := append(refs[:3:3], refs[2])
+	ask = append(ask, refs[3:]...)
+	want := append(datas[:3:3], datas[2])
+	want = append(want, datas[3:]...)
+	ranges, _ := r.PlanReads(DataBlob, ask, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
+	if len(ranges) != 1 || len(ranges[0].Blobs) != 7 {
+		t.Fatalf("want one range of seven blobs, got %+v", ranges)
+	}
+	for _, cut := range []int64{-1, 0, int64(ranges[0].Blobs[4].Offset) + 100} {
+		be.breakAfter, be.opened = cut, 0
+		l := r.NewBlobLoader()
+		got, errs := loadAll(t, l, ranges)
+		l.Close()
+		for i := range ask {
+			if errs[i] != nil || !bytes.Equal(got[i], want[i]) {
+				t.Fatalf("break after %d: blob %d: %v", cut, i, errs[i])
+			}
+		}
+		if be.opened != 1 {
+			t.Fatalf("break after %d: %d streams, want 1", cut, be.opened)
+		}
+	}
+}
+
 // PlanReads coalesces the blobs of a pack within the limits, in offset
 // order, and LoadRange hands out exactly what LoadBlob would, on a backend
 // that reads ranges into the loader's buffers and on one that does not.
@@ -62,7 +137,11 @@ func TestPlanReadsAndLoadRange(t *testing.T) {
 	ctx := context.Background()
 	lr, _ := localRepo(t)
 	mr, _ := newRepo(t)
-	for name, r := range map[string]*Repository{"local": lr, "mem": mr} {
+	sr, _ := streamRepo(t, -1)
+	if !sr.StreamsRanges() || mr.StreamsRanges() || lr.StreamsRanges() {
+		t.Fatal("StreamsRanges wrong")
+	}
+	for name, r := range map[string]*Repository{"local": lr, "mem": mr, "stream": sr} {
 		t.Run(name, func(t *testing.T) {
 			var datas [][]byte
 			var refs []hash.Ref
@@ -180,28 +259,31 @@ func TestLoadRangeForgedCopyFallsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	r2 := reopen(t, be)
-	for i, ref := range refs { // prefer the attacker's copies
-		r2.idx.markVerified(BlobHandle{DataBlob, ref.ID}, Location{Pack: forged, Offset: blobs[i].Offset})
-	}
-	ranges, unplaced := r2.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
-	if len(unplaced) != 0 || len(ranges) != 1 || ranges[0].Pack != forged || len(ranges[0].Blobs) != 3 {
-		t.Fatalf("plan: %d ranges (%+v), unplaced %v; want one range of the forged pack", len(ranges), ranges, unplaced)
-	}
-	l := r2.NewBlobLoader()
-	defer l.Close()
-	got, errs := loadAll(t, l, ranges)
-	for i := range refs {
-		if errs[i] != nil || !bytes.Equal(got[i], datas[i]) {
-			t.Fatalf("blob %d: %v", i, errs[i])
+	// on the backend as it is, and streaming (S3)
+	for _, rbe := range []storage.Backend{be, &streamBackend{Backend: be, breakAfter: -1}} {
+		r2 := reopen(t, rbe)
+		for i, ref := range refs { // prefer the attacker's copies
+			r2.idx.markVerified(BlobHandle{DataBlob, ref.ID}, Location{Pack: forged, Offset: blobs[i].Offset})
 		}
-	}
-	if f := r2.ForgedCopies(); len(f) != 1 || f[0].Pack != forged || f[0].Blob.ID != refs[1].ID {
-		t.Fatalf("ForgedCopies = %+v, want blob 1 in the forged pack", f)
-	}
-	ranges, _ = r2.PlanReads(DataBlob, refs[1:2], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
-	if len(ranges) != 1 || ranges[0].Pack == forged {
-		t.Fatal("the forged copy is still planned")
+		ranges, unplaced := r2.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
+		if len(unplaced) != 0 || len(ranges) != 1 || ranges[0].Pack != forged || len(ranges[0].Blobs) != 3 {
+			t.Fatalf("plan: %d ranges (%+v), unplaced %v; want one range of the forged pack", len(ranges), ranges, unplaced)
+		}
+		l := r2.NewBlobLoader()
+		defer l.Close()
+		got, errs := loadAll(t, l, ranges)
+		for i := range refs {
+			if errs[i] != nil || !bytes.Equal(got[i], datas[i]) {
+				t.Fatalf("blob %d: %v", i, errs[i])
+			}
+		}
+		if f := r2.ForgedCopies(); len(f) != 1 || f[0].Pack != forged || f[0].Blob.ID != refs[1].ID {
+			t.Fatalf("ForgedCopies = %+v, want blob 1 in the forged pack", f)
+		}
+		ranges, _ = r2.PlanReads(DataBlob, refs[1:2], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
+		if len(ranges) != 1 || ranges[0].Pack == forged {
+			t.Fatal("the forged copy is still planned")
+		}
 	}
 }
 

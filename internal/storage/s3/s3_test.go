@@ -294,6 +294,39 @@ func TestResume(t *testing.T) {
 	}
 }
 
+// TestOpenStream: a whole object, a range, and from an offset to the end.
+func TestOpenStream(t *testing.T) {
+	srv := s3test.Start(t)
+	b := newTestBackend(t, srv, "")
+	ctx := context.Background()
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("stream")}
+	data := randomBytes(3, 100000)
+	if err := b.Save(ctx, h, data); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ off, n int64 }{{0, 0}, {0, 100000}, {5000, 7000}, {99999, 0}, {12345, 0}} {
+		body, err := b.OpenStream(ctx, h, c.off, c.n)
+		if err != nil {
+			t.Fatalf("OpenStream %d+%d: %v", c.off, c.n, err)
+		}
+		got, err := io.ReadAll(body)
+		body.Close()
+		end := int64(len(data))
+		if c.n > 0 {
+			end = c.off + c.n
+		}
+		if err != nil || !bytes.Equal(got, data[c.off:end]) {
+			t.Fatalf("OpenStream %d+%d: %d bytes, %v", c.off, c.n, len(got), err)
+		}
+	}
+	if _, err := b.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: storagetest.Name("none")}, 0, 0); !errors.Is(err, storage.ErrNotExist) {
+		t.Fatalf("OpenStream of a missing object: %v", err)
+	}
+	if _, err := b.OpenStream(ctx, h, -1, 0); err == nil {
+		t.Fatal("OpenStream at a negative offset: no error")
+	}
+}
+
 // TestInterruptedUpload: a multipart upload that fails leaves nothing: no
 // object under the name, no incomplete upload.
 func TestInterruptedUpload(t *testing.T) {
