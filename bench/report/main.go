@@ -290,14 +290,16 @@ func targets(ds string) []Target {
 			{"peak RSS, highest of backups and restore", "", "rss", 0, 1},
 		}
 	}
+	// issue 12's targets: initial 2x (source tree) and 2.5x (large),
+	// no-change 3x on the source tree, restore 2.5x on both
 	initial, nochange := 2.0, 3.0
 	if ds == "large" {
-		initial, nochange = 3.0, 2.0
+		initial, nochange = 2.5, 2.0
 	}
 	return []Target{
 		{"initial backup time", "backup1", "time", initial, 0},
 		{"repeated backup time (nothing changed)", "backup2", "time", nochange, 0},
-		{"restore time", "restore", "time", 2, 0},
+		{"restore time", "restore", "time", 2.5, 0},
 		{"repository size", "repo", "size", 0, 1},
 		{"peak RSS, highest of backups and restore", "", "rss", 0, 1},
 	}

@@ -50,7 +50,7 @@ func TestVerdicts(t *testing.T) {
 	want := map[string]string{
 		"initial backup time":                      "met",     // 11/5 = 2.2 >= 2
 		"repeated backup time (nothing changed)":   "NOT MET", // 1.5 < 2
-		"restore time":                             "met",
+		"restore time":                             "NOT MET", // 12/6 = 2 < 2.5
 		"repository size":                          "met",
 		"peak RSS, highest of backups and restore": "met",
 	}
@@ -59,7 +59,7 @@ func TestVerdicts(t *testing.T) {
 			t.Errorf("%s: verdict %q, want %q", tg.Measure, got, want[tg.Measure])
 		}
 	}
-	// On "large" the initial backup needs 3x.
+	// On "large" the initial backup needs 2.5x.
 	in.Rows = nil
 	for _, r := range append(rows("floe", 5, 1, 6, 1, 90, "ok"), rows("restic", 11, 1.5, 12, 1, 100, "ok")...) {
 		r.Dataset = "large"
@@ -67,7 +67,7 @@ func TestVerdicts(t *testing.T) {
 	}
 	cells = aggregate(in.Rows)
 	if tg := targets("large")[0]; verdict(ratio(cells, "large", "restic", tg), tg) != "NOT MET" {
-		t.Errorf("large initial backup at 2.2x should not meet the 3x target")
+		t.Errorf("large initial backup at 2.2x should not meet the 2.5x target")
 	}
 }
 
