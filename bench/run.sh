@@ -258,8 +258,11 @@ skip_rest() { # REP DS TOOL STATUS STEP...
 	for s in "$@"; do row "$rep" "$ds" "$tool" "$s" NA NA NA "$status"; done
 }
 
+# Each repetition has its own directories: removing the last one's before
+# restoring again would make this restore pay for that deletion (see
+# cleanup_tool).
 run_tool() {
-	local rep=$1 ds=$2 tool=$3 base=$RUN/$tool/$ds steps=(init backup1 backup2 restore repo verify) i
+	local rep=$1 ds=$2 tool=$3 base=$RUN/$rep/$tool/$ds steps=(init backup1 backup2 restore repo verify) i
 	SRC=$DATA/$ds
 	# smallstored: backup1 saves copy 1, backup2 (the one measured) copy 2,
 	# which is restored and verified
