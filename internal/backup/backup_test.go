@@ -236,21 +236,7 @@ func TestKinChunksAreNotEncoded(t *testing.T) {
 	a := filepath.Join(t.TempDir(), "a")
 	testutil.ManyFiles(t, a, 30, 5000, 7)
 	testutil.WriteRandom(t, filepath.Join(a, "big"), 3<<20, 8)
-	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw, err := c.NewTreeWriter()
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := Run(ctx, r, Options{Paths: []string{a}, Hostname: "h", OnTree: tw.Add})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
-		t.Fatal(err)
-	}
+	res, c := backupWithCache(t, r, a, "h")
 	b := filepath.Join(t.TempDir(), "b")
 	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
 		t.Fatalf("cp -a: %v\n%s", err, out)
@@ -342,21 +328,7 @@ func TestParentIgnoresForeignAndFutureRecords(t *testing.T) {
 	r := newRepo(t)
 	src := t.TempDir()
 	testutil.WriteRandom(t, filepath.Join(src, "f"), 10<<10, 1)
-	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tw, err := c.NewTreeWriter()
-	if err != nil {
-		t.Fatal(err)
-	}
-	own, err := Run(ctx, r, Options{Paths: []string{src}, Hostname: "web1", OnTree: tw.Add})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Commit(&snapshot.Record{ID: own.ID, Snapshot: own.Snapshot}); err != nil {
-		t.Fatal(err)
-	}
+	own, c := backupWithCache(t, r, src, "web1")
 	forge := func(at time.Time) hash.ID {
 		s := *own.Snapshot
 		s.Time = at
@@ -386,4 +358,26 @@ func TestParentIgnoresForeignAndFutureRecords(t *testing.T) {
 	if len(warnings) != 1 || !strings.Contains(warnings[0].Error(), "in the future") {
 		t.Fatalf("warnings %v, want one about the future-dated record", warnings)
 	}
+}
+
+// backupWithCache backs up path as host into r and keeps the snapshot and
+// its trees in a new local cache, as backup.Job does.
+func backupWithCache(t *testing.T, r *repo.Repository, path, host string) (*Result, *cache.Cache) {
+	t.Helper()
+	c, err := cache.Open(t.TempDir(), strings.Repeat("ab", 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := c.NewTreeWriter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Run(context.Background(), r, Options{Paths: []string{path}, Hostname: host, OnTree: tw.Add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Commit(&snapshot.Record{ID: res.ID, Snapshot: res.Snapshot}); err != nil {
+		t.Fatal(err)
+	}
+	return res, c
 }
