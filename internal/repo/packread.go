@@ -133,28 +133,53 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 		var c []byte
 		if rerr == nil {
 			c = data[int64(b.Offset)-pr.Start : int64(b.Offset)-pr.Start+int64(b.Length)]
-			if packfile.BlobID(t, c) != b.Ref.ID {
-				l.r.reportForged(BlobHandle{t, b.Ref.ID}, Location{Pack: pr.Pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
+			if !l.genuine(t, pr, b, c) {
 				c = nil
 			}
 		}
-		var plain []byte
-		var err error
-		if c != nil {
-			plain, err = l.open(t, b.Ref, c, l.out)
-		} else {
-			// This copy could not be read or is forged: the other copies,
-			// one by one (the forged one is no longer among them).
-			plain, err = l.Load(ctx, t, b.Ref, l.out)
-			if err != nil && ctx.Err() != nil {
-				return ctx.Err()
-			}
+		if err := l.deliver(ctx, t, b, c, fn); err != nil {
+			return err
 		}
-		if err == nil {
-			l.out = plain
+	}
+	return nil
+}
+
+// genuine reports whether c, the stored bytes of b in pr's pack, hash to
+// b's ID; a copy that does not is reported as forged.
+func (l *BlobLoader) genuine(t BlobType, pr PackRange, b RangeBlob, c []byte) bool {
+	if packfile.BlobID(t, c) == b.Ref.ID {
+		return true
+	}
+	l.r.reportForged(BlobHandle{t, b.Ref.ID}, Location{Pack: pr.Pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
+	return false
+}
+
+// deliver opens c, the genuine stored bytes of b, or, when c is nil (the
+// copy could not be read or is forged), loads b from its other copies one
+// by one (a forged one is no longer among them), and hands the plaintext
+// to fn.
+func (l *BlobLoader) deliver(ctx context.Context, t BlobType, b RangeBlob, c []byte, fn func(b RangeBlob, plain []byte, err error) error) error {
+	var plain []byte
+	var err error
+	if c != nil {
+		plain, err = l.open(t, b.Ref, c, l.out)
+	} else {
+		plain, err = l.Load(ctx, t, b.Ref, l.out)
+		if err != nil && ctx.Err() != nil {
+			return ctx.Err()
 		}
-		if ferr := fn(b, plain, err); ferr != nil {
-			return ferr
+	}
+	if err == nil {
+		l.out = plain
+	}
+	return fn(b, plain, err)
+}
+
+// checkRangeBlobs refuses a plan whose blobs lie outside its range.
+func checkRangeBlobs(pr PackRange) error {
+	for _, b := range pr.Blobs {
+		if int64(b.Offset) < pr.Start || int64(b.Offset)+int64(b.Length) > pr.End {
+			return fmt.Errorf("pack %s: blob %s at %d+%d lies outside the range %d-%d", pr.Pack.Short(), b.Ref.Short(), b.Offset, b.Length, pr.Start, pr.End)
 		}
 	}
 	return nil
@@ -189,10 +214,8 @@ const streamDrain = 1 << 20
 // after a read error are loaded by themselves from their copies, as the
 // blobs of a range that could not be read are.
 func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobType, pr PackRange, fn func(b RangeBlob, plain []byte, err error) error) error {
-	for _, b := range pr.Blobs {
-		if int64(b.Offset) < pr.Start || int64(b.Offset)+int64(b.Length) > pr.End {
-			return fmt.Errorf("pack %s: blob %s at %d+%d lies outside the range %d-%d", pr.Pack.Short(), b.Ref.Short(), b.Offset, b.Length, pr.Start, pr.End)
-		}
+	if err := checkRangeBlobs(pr); err != nil {
+		return err
 	}
 	// From the start, to the end (the whole object); a range deeper in
 	// the pack is asked for as it is.
@@ -241,8 +264,7 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 				break
 			}
 			pos = int64(b.Offset) + int64(b.Length)
-			if packfile.BlobID(t, c) != b.Ref.ID {
-				l.r.reportForged(BlobHandle{t, b.Ref.ID}, Location{Pack: pr.Pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
+			if !l.genuine(t, pr, *b, c) {
 				c = nil
 				break
 			}
@@ -251,21 +273,12 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 		if rerr != nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var plain []byte
-		var err error
+		var genuine []byte // nil: by itself, from its copies
 		if ok {
-			plain, err = l.open(t, b.Ref, c, l.out)
-		} else {
-			plain, err = l.Load(ctx, t, b.Ref, l.out)
-			if err != nil && ctx.Err() != nil {
-				return ctx.Err()
-			}
+			genuine = c
 		}
-		if err == nil {
-			l.out = plain
-		}
-		if ferr := fn(*b, plain, err); ferr != nil {
-			return ferr
+		if err := l.deliver(ctx, t, *b, genuine, fn); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -282,10 +295,8 @@ func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error
 		// Load's length 0 means "to the end": never ask for that
 		return nil, fmt.Errorf("pack %s: empty range at %d", pr.Pack.Short(), pr.Start)
 	}
-	for _, b := range pr.Blobs {
-		if int64(b.Offset) < pr.Start || int64(b.Offset)+int64(b.Length) > pr.End {
-			return nil, fmt.Errorf("pack %s: blob %s at %d+%d lies outside the range %d-%d", pr.Pack.Short(), b.Ref.Short(), b.Offset, b.Length, pr.Start, pr.End)
-		}
+	if err := checkRangeBlobs(pr); err != nil {
+		return nil, err
 	}
 	if l.ranges == nil {
 		h := storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}
