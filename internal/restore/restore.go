@@ -13,6 +13,7 @@ import (
 	"os"
 	"path"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -1048,8 +1049,10 @@ func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j re
 // deliver writes one blob's plaintext (or its error) to each of its
 // targets and finishes those chunks.
 func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, err error) {
+	// Only a sparse file skips the writes of all-zero chunks: scan a
+	// blob for zeros only if one of its targets is sparse.
 	zero := false
-	if err == nil {
+	if err == nil && slices.ContainsFunc(targets, func(t target) bool { return t.f.job.node.Sparse }) {
 		zero = allZero(data)
 	}
 	for _, t := range targets {
