@@ -11,13 +11,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -555,24 +552,7 @@ func TestFleetAgentsOverdue(t *testing.T) {
 // client holding the session.
 func dashboardClient(t *testing.T, addr, token string) *http.Client {
 	t.Helper()
-	jar, _ := cookiejar.New(nil)
-	hc := rawClient()
-	hc.Jar = jar
-	res, err := hc.Get("https://" + addr + "/ui/login")
-	if err != nil {
-		t.Fatal(err)
-	}
-	page, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(page)
-	if m == nil {
-		t.Fatalf("login page: %s", page)
-	}
-	res, err = hc.PostForm("https://"+addr+"/ui/login", url.Values{"csrf": {string(m[1])}, "token": {token}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res.Body.Close()
+	hc, _ := dashboardLogin(t, addr, token)
 	return hc
 }
 

@@ -217,7 +217,7 @@ func TestFleetServer(t *testing.T) {
 		t.Fatalf("dashboard status after login: %d %s", res.StatusCode, sb)
 	}
 	// a backup token cannot log in
-	if code := dashboardLogin(t, s.addr, readToken(t, backup)); code != http.StatusUnauthorized {
+	if _, code := dashboardLogin(t, s.addr, readToken(t, backup)); code != http.StatusUnauthorized {
 		t.Fatalf("dashboard login with a backup token: %d", code)
 	}
 
@@ -242,8 +242,9 @@ func TestFleetServer(t *testing.T) {
 	}
 }
 
-// dashboardLogin logs in to the dashboard and returns the status.
-func dashboardLogin(t *testing.T, addr, token string) int {
+// dashboardLogin logs in to the dashboard and returns the client holding
+// the session and the answer's status.
+func dashboardLogin(t *testing.T, addr, token string) (*http.Client, int) {
 	t.Helper()
 	jar, _ := cookiejar.New(nil)
 	hc := rawClient()
@@ -269,7 +270,7 @@ func dashboardLogin(t *testing.T, addr, token string) int {
 		t.Fatal(err)
 	}
 	res.Body.Close()
-	return res.StatusCode
+	return hc, res.StatusCode
 }
 
 // The agent in the fleet: `floe agent enroll` with the token of `floe
