@@ -258,34 +258,46 @@ func (r *Repository) openBlob(t BlobType, ref hash.Ref, c []byte, buf []byte) ([
 }
 
 func (r *Repository) decodePayload(t BlobType, ref hash.Ref, plain, buf []byte) ([]byte, error) {
+	out, _, err := r.decode(t, ref, plain, buf, false)
+	return out, err
+}
+
+// decode is decodePayload that, with inPlace, returns the data of a payload
+// stored uncompressed where it lies in plain instead of copying it to buf;
+// inBuf tells whether out is buf, or a buffer that replaces it, rather
+// than part of plain (the caller keeps it for the next blob).
+func (r *Repository) decode(t BlobType, ref hash.Ref, plain, buf []byte, inPlace bool) (out []byte, inBuf bool, err error) {
 	if len(plain) < 2 {
-		return nil, fmt.Errorf("%s blob %s: payload too short", t, ref.Short())
+		return nil, false, fmt.Errorf("%s blob %s: payload too short", t, ref.Short())
 	}
 	raw, n := binary.Uvarint(plain[1:])
 	if n <= 0 || raw > uint64(r.maxRaw(t)) {
-		return nil, fmt.Errorf("%s blob %s: raw length is missing or above the limit of %d bytes", t, ref.Short(), r.maxRaw(t))
+		return nil, false, fmt.Errorf("%s blob %s: raw length is missing or above the limit of %d bytes", t, ref.Short(), r.maxRaw(t))
 	}
 	data := plain[1+n:]
-	var out []byte
-	var err error
 	switch plain[0] {
 	case 0:
-		out = append(buf[:0], data...)
+		if inPlace {
+			out = data
+		} else {
+			out, inBuf = append(buf[:0], data...), true
+		}
 	case 1:
 		out, err = compress.Decompress(buf[:0], data, int(raw))
 		if err != nil {
-			return nil, fmt.Errorf("%s blob %s: %w", t, ref.Short(), err)
+			return nil, false, fmt.Errorf("%s blob %s: %w", t, ref.Short(), err)
 		}
+		inBuf = true
 	default:
-		return nil, fmt.Errorf("%s blob %s: unknown compression flag %d", t, ref.Short(), plain[0])
+		return nil, false, fmt.Errorf("%s blob %s: unknown compression flag %d", t, ref.Short(), plain[0])
 	}
 	if uint64(len(out)) != raw {
-		return nil, fmt.Errorf("%s blob %s: %d bytes, its header says %d", t, ref.Short(), len(out), raw)
+		return nil, false, fmt.Errorf("%s blob %s: %d bytes, its header says %d", t, ref.Short(), len(out), raw)
 	}
 	if r.ids.Sum(out) != ref.Key {
-		return nil, fmt.Errorf("%s blob %s: content does not match its reference (damaged or forged)", t, ref.Short())
+		return nil, false, fmt.Errorf("%s blob %s: content does not match its reference (damaged or forged)", t, ref.Short())
 	}
-	return out, nil
+	return out, inBuf, nil
 }
 
 // PackBlob is a blob to read from one pack in LoadBlobsFromPack.

@@ -76,6 +76,37 @@ func (l *BlobLoader) open(t BlobType, ref hash.Ref, c, buf []byte) ([]byte, erro
 	return l.r.decodePayload(t, ref, plain, buf)
 }
 
+// openRange opens c, the stored bytes of ref as a range held them, without
+// hashing them against ref.ID first (LoadRange says why that is enough):
+// ok is false, and nothing is reported, when they do not decrypt with the
+// key derived from ref.Key or their plaintext is not ref's; the caller
+// then loads ref by itself (Load), which tells a forged copy from a wrong
+// ref. When owned, c is decrypted in place (and is garbage afterwards),
+// and a blob stored uncompressed is handed out where it was decrypted, so
+// that its bytes are not copied once more; the plaintext is valid until
+// the next call.
+func (l *BlobLoader) openRange(t BlobType, ref hash.Ref, c []byte, owned bool) (plain []byte, ok bool) {
+	dst := l.plain[:0]
+	if owned {
+		dst = c[:0]
+	}
+	payload, err := crypto.OpenBlob(dst, blobKey(ref.Key), c, blobAD(t))
+	if err != nil {
+		return nil, false
+	}
+	if !owned {
+		l.plain = payload
+	}
+	out, inBuf, err := l.r.decode(t, ref, payload, l.out, owned)
+	if err != nil {
+		return nil, false
+	}
+	if inBuf {
+		l.out = out
+	}
+	return out, true
+}
+
 // read returns the stored bytes of one copy, in l.sealed when the backend
 // reads ranges.
 func (l *BlobLoader) read(ctx context.Context, loc Location) ([]byte, error) {

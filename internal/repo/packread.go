@@ -8,7 +8,6 @@ import (
 	"slices"
 
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -113,11 +112,21 @@ func sortRangeBlobs(b []RangeBlob) {
 
 // LoadRange reads the blobs of pr with one request and calls fn for each,
 // in offset order, with its plaintext (valid only during the call) or its
-// error. Every copy is verified as Load verifies it: a blob whose bytes in
-// the range do not hash to its ID is reported as forged (ForgedCopies), and
-// it, like every blob of a range that could not be read, is then loaded by
-// itself from its other copies (Load). fn's error stops the walk and is
-// returned, as is the context's.
+// error. fn's error stops the walk and is returned, as is the context's.
+//
+// Every plaintext handed out is verified, but in another order than Load:
+// a copy is decrypted first, and only one that does not open is hashed
+// against its ID. A copy that opens under the key derived from the ref's
+// K, decompresses within bounds, and whose plaintext hashes (keyed) to K
+// is the blob's plaintext, whatever bytes were stored: K binds the
+// plaintext, and hashing the stored bytes as well proves nothing more to
+// a reader that holds K (docs/SECURITY.md "How readers verify blobs").
+// Hashing every copy was 0.4 of the 3.6 CPU seconds of a 2 GiB restore.
+// A copy that does not open is loaded again by itself (Load): that read
+// hashes each copy, reports one whose bytes do not hash to the ID as
+// forged (ForgedCopies) and falls back to the next, and reports an error
+// about the ref when a genuine copy does not open, as before; so does a
+// blob of a range that could not be read.
 func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn func(b RangeBlob, plain []byte, err error) error) error {
 	if l.r.WriteOnly() {
 		return ErrWriteOnly
@@ -129,45 +138,37 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 	if rerr != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
+	// The range is in the loader's own buffer when it read it itself
+	// (l.ranges); Backend.Load's bytes may be the backend's to keep.
+	owned := l.ranges != nil
 	for _, b := range pr.Blobs {
 		var c []byte
 		if rerr == nil {
 			c = data[int64(b.Offset)-pr.Start : int64(b.Offset)-pr.Start+int64(b.Length)]
-			if !l.genuine(t, pr, b, c) {
-				c = nil
-			}
 		}
-		if err := l.deliver(ctx, t, b, c, fn); err != nil {
+		if err := l.deliver(ctx, t, b, c, owned, fn); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// genuine reports whether c, the stored bytes of b in pr's pack, hash to
-// b's ID; a copy that does not is reported as forged.
-func (l *BlobLoader) genuine(t BlobType, pr PackRange, b RangeBlob, c []byte) bool {
-	if packfile.BlobID(t, c) == b.Ref.ID {
-		return true
-	}
-	l.r.reportForged(BlobHandle{t, b.Ref.ID}, Location{Pack: pr.Pack, Offset: b.Offset, Length: b.Length}, "its bytes do not hash to the blob's ID")
-	return false
-}
-
-// deliver opens c, the genuine stored bytes of b, or, when c is nil (the
-// copy could not be read or is forged), loads b from its other copies one
-// by one (a forged one is no longer among them), and hands the plaintext
-// to fn.
-func (l *BlobLoader) deliver(ctx context.Context, t BlobType, b RangeBlob, c []byte, fn func(b RangeBlob, plain []byte, err error) error) error {
-	var plain []byte
-	var err error
+// deliver hands fn the plaintext of b: from c, its stored bytes as read
+// (nil: they could not be read), when they open and verify (openRange);
+// otherwise from Load, which reads b again by itself, hashes every copy it
+// tries against b's ID, reports a forged one and falls back to the next,
+// and reports an error about the ref if a genuine copy does not open.
+// owned says that c is the loader's to overwrite: it is then decrypted in
+// place.
+func (l *BlobLoader) deliver(ctx context.Context, t BlobType, b RangeBlob, c []byte, owned bool, fn func(b RangeBlob, plain []byte, err error) error) error {
 	if c != nil {
-		plain, err = l.open(t, b.Ref, c, l.out)
-	} else {
-		plain, err = l.Load(ctx, t, b.Ref, l.out)
-		if err != nil && ctx.Err() != nil {
-			return ctx.Err()
+		if plain, ok := l.openRange(t, b.Ref, c, owned); ok {
+			return fn(b, plain, nil)
 		}
+	}
+	plain, err := l.Load(ctx, t, b.Ref, l.out)
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
 	}
 	if err == nil {
 		l.out = plain
@@ -237,17 +238,16 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 		}()
 	}
 	pos := start
-	var last *RangeBlob // the blob whose bytes c holds
 	var c []byte
 	for i := range pr.Blobs {
 		b := &pr.Blobs[i]
 		ok := false
 		switch {
 		case rerr != nil:
-		case last != nil && last.Offset == b.Offset && last.Length == b.Length:
-			ok = c != nil // a blob asked for twice: the same bytes
 		case int64(b.Offset) < pos:
-			// Overlaps the previous blob: by itself, below.
+			// Overlaps the previous blob, or is the same blob asked for
+			// twice: its bytes were decrypted in place, so it is loaded
+			// by itself, below.
 		default:
 			if _, err := io.CopyN(io.Discard, body, int64(b.Offset)-pos); err != nil {
 				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
@@ -257,27 +257,22 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 				l.rangeBuf = make([]byte, b.Length)
 			}
 			c = l.rangeBuf[:b.Length]
-			last = b
 			if _, err := io.ReadFull(body, c); err != nil {
 				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
 				c = nil
 				break
 			}
 			pos = int64(b.Offset) + int64(b.Length)
-			if !l.genuine(t, pr, *b, c) {
-				c = nil
-				break
-			}
 			ok = true
 		}
 		if rerr != nil && ctx.Err() != nil {
 			return ctx.Err()
 		}
-		var genuine []byte // nil: by itself, from its copies
+		var read []byte // nil: by itself, from its copies
 		if ok {
-			genuine = c
+			read = c
 		}
-		if err := l.deliver(ctx, t, *b, genuine, fn); err != nil {
+		if err := l.deliver(ctx, t, *b, read, true, fn); err != nil {
 			return err
 		}
 	}

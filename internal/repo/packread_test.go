@@ -10,6 +10,7 @@ import (
 	"testing"
 	"testing/iotest"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
@@ -330,5 +331,74 @@ func TestLoadRangePackReadError(t *testing.T) {
 	}
 	if f := r.ForgedCopies(); len(f) != 0 {
 		t.Fatalf("a read error is not forgery: %+v", f)
+	}
+}
+
+// LoadRange decrypts a copy before it hashes it (docs/SECURITY.md "How
+// readers verify blobs"): what it hands out is the plaintext whose keyed
+// hash is the ref's K, whatever the stored bytes; a copy that does not
+// open is read again by itself, which tells a forged copy (reported) from
+// a wrong ref (an error, nothing reported). On a local backend the range
+// is decrypted in place, so a blob that a range holds twice, or after one
+// that failed, is read again too.
+func TestLoadRangeVerifiesByKey(t *testing.T) {
+	ctx := context.Background()
+	text := bytes.Repeat([]byte("restore hands out what K names. "), 2048)
+	dirBE, err := local.Create(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, be := range map[string]storage.Backend{"local": dirBE, "mem": mem.New(), "stream": &streamBackend{Backend: mem.New(), breakAfter: -1}} {
+		t.Run(name, func(t *testing.T) {
+			r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			random := randomBytes(40 << 10)
+			ref0, ref1 := save(t, r, text), save(t, r, random)
+			if err := flush(ctx, r); err != nil {
+				t.Fatal(err)
+			}
+			// Other stored bytes for the text: its payload stored
+			// uncompressed, sealed under its K. Only a holder of K and
+			// the plaintext can make such a copy, and it opens to
+			// exactly that plaintext.
+			other := sealBlob(nil, compress.Off, DataBlob, ref0.Key, text)
+			if hash.SumTyped(byte(DataBlob), other) == ref0.ID {
+				t.Fatal("the re-encoded copy has the blob's stored bytes")
+			}
+			blobs := []packfile.Blob{{Type: DataBlob, ID: ref0.ID, Length: uint32(len(other))}}
+			pack := packfile.AppendHeader(bytes.Clone(other), [packfile.UniqueLen]byte{5}, blobs)
+			pid := hash.Sum(pack)
+			if err := be.Save(ctx, storage.Handle{Type: storage.Pack, Name: pid.String()}, pack); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.SaveIndexFile(ctx, &IndexFile{Packs: []PackInfo{{ID: pid, Blobs: blobs}}}); err != nil {
+				t.Fatal(err)
+			}
+			r2 := reopen(t, be)
+			wrong := hash.Ref{ID: ref1.ID, Key: ref0.Key} // a hostile tree's ref
+			ranges, unplaced := r2.PlanReads(DataBlob, []hash.Ref{wrong, ref1, ref1}, RangeLimits{MaxGap: 1 << 20, MaxRange: 1 << 20})
+			if len(unplaced) != 0 || len(ranges) != 1 || len(ranges[0].Blobs) != 3 {
+				t.Fatalf("plan: %+v, unplaced %v; want one range", ranges, unplaced)
+			}
+			// and the text from the copy of other bytes
+			ranges = append(ranges, PackRange{Pack: pid, Start: 0, End: int64(len(other)),
+				Blobs: []RangeBlob{{Ref: ref0, Length: uint32(len(other)), Tag: 3}}})
+			l := r2.NewBlobLoader()
+			defer l.Close()
+			got, errs := loadAll(t, l, ranges)
+			if errs[0] == nil || errors.Is(errs[0], ErrForged) {
+				t.Fatalf("wrong ref: error %v, want one about the ref", errs[0])
+			}
+			for i, want := range map[int][]byte{1: random, 2: random, 3: text} {
+				if errs[i] != nil || !bytes.Equal(got[i], want) {
+					t.Fatalf("blob %d: %v", i, errs[i])
+				}
+			}
+			if f := r2.ForgedCopies(); len(f) != 0 {
+				t.Fatalf("nothing forged, got %+v", f)
+			}
+		})
 	}
 }
