@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/nbd/nbdtest"
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // loopDevice attaches file to a free loop device until the test ends; it
@@ -259,6 +260,34 @@ func TestImageBackupRestore(t *testing.T) {
 // TestImageClones: twenty clones of one image with small changes each
 // cost little more than the changes (content-defined chunking finds the
 // rest), and the zero regions of image files are found by content too.
+// A device is read with O_DIRECT, 4 MiB at a time. One whose size is a
+// multiple of neither that nor a page (5 MiB and three 512-byte sectors)
+// ends with a short direct read of whole sectors, and comes back byte for
+// byte, a zero run in its middle included.
+func TestImageDeviceOddSize(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	img := e.path("odd.raw")
+	const size = 5<<20 + 3*512
+	testutil.WriteRandom(t, img, size, 81)
+	f, err := os.OpenFile(img, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(make([]byte, 1<<20), 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	dev := attachLoop(t, img, true)
+	out, _ := e.backup("--image", dev)
+	if out.Summary.TotalBytes != size || len(out.Errors) > 0 {
+		t.Fatalf("backup of %s: %+v", dev, out)
+	}
+	target := e.path("restored")
+	e.ok("restore", "latest:"+dev, "--target", target)
+	cmpFiles(t, img, filepath.Join(target, filepath.Base(dev)), 0)
+}
+
 func TestImageClones(t *testing.T) {
 	e := newEnv(t)
 	e.init()

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -69,7 +70,38 @@ type imageScan struct {
 
 func newImageScan(f *os.File, size int64, file bool, progress func(int64)) *imageScan {
 	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
-	return &imageScan{f: f, size: size, file: file, buf: make([]byte, imageReadSize), spare: make([]byte, imageReadSize), dataEnd: -1, read: progress}
+	return &imageScan{f: f, size: size, file: file, buf: alignedBuf(imageReadSize), spare: alignedBuf(imageReadSize), dataEnd: -1, read: progress}
+}
+
+// directAlign is the alignment of the buffers (and of every offset and
+// length but the device's last) of direct reads: a page, which covers any
+// logical block size of a device (512 or 4096 bytes).
+const directAlign = 4096
+
+// alignedBuf returns n bytes starting at a multiple of directAlign, so that
+// a device opened with O_DIRECT can read into them.
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+directAlign)
+	off := int(-uintptr(unsafe.Pointer(&b[0])) & (directAlign - 1))
+	return b[off : off+n : off+n]
+}
+
+// openDevice opens a block device for reading, with O_DIRECT when the
+// device takes it. A device read through the page cache costs a copy
+// into that cache and one out of it (and for a loop device, the loop
+// driver's copy from its backing file into the device's cache, by a kernel
+// thread that takes a core from the backup): on the 1.5 GiB loop device of
+// bench/images.sh a buffered read ran at 0.6-1 GB/s, a direct one at
+// 8 GB/s. The cache is dropped anyway when the last opener closes the
+// device, so the next reader gains nothing from it; and a direct read
+// still sees what was written through the cache (the kernel writes dirty
+// cached blocks back before it reads them directly).
+func openDevice(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT, 0)
+	if err == nil {
+		return f, nil
+	}
+	return os.Open(path)
 }
 
 // readRes is the outcome of one read of the image.
@@ -86,6 +118,13 @@ func (s *imageScan) readAt(buf []byte, off, want int64) readRes {
 		testHookImageFill(s.f, off)
 	}
 	got, err := s.f.ReadAt(buf[:want], off)
+	if errors.Is(err, unix.EINVAL) && got == 0 && s.direct() {
+		// a device that refuses this direct read (an alignment it needs
+		// that a page is not): read through the page cache from here on
+		if err = s.buffered(); err == nil {
+			got, err = s.f.ReadAt(buf[:want], off)
+		}
+	}
 	if int64(got) < want {
 		if err == nil || err == io.EOF {
 			err = fmt.Errorf("%w: it ended at %d bytes of %d", errShrank, off+int64(got), s.size)
@@ -93,6 +132,21 @@ func (s *imageScan) readAt(buf []byte, off, want int64) readRes {
 		return readRes{buf: buf, err: err}
 	}
 	return readRes{buf: buf, n: got}
+}
+
+// direct reports whether the image was opened with O_DIRECT.
+func (s *imageScan) direct() bool {
+	fl, err := unix.FcntlInt(s.f.Fd(), unix.F_GETFL, 0)
+	return err == nil && fl&unix.O_DIRECT != 0
+}
+
+// buffered turns O_DIRECT off (one read at a time runs: no read races this).
+func (s *imageScan) buffered() error {
+	fl, err := unix.FcntlInt(s.f.Fd(), unix.F_GETFL, 0)
+	if err == nil {
+		_, err = unix.FcntlInt(s.f.Fd(), unix.F_SETFL, fl&^unix.O_DIRECT)
+	}
+	return err
 }
 
 // readAhead starts reading the next imageReadSize bytes after the buffer
@@ -465,7 +519,7 @@ func (a *archiver) readImage(ctx context.Context, ch *chunker.Chunker, job *file
 	var f *os.File
 	var err error
 	if dev {
-		f, err = os.Open(job.src) // a device node may be reached through a symlink (/dev/disk/by-id)
+		f, err = openDevice(job.src) // a device node may be reached through a symlink (/dev/disk/by-id)
 	} else {
 		f, err = fsmeta.OpenForRead(job.src)
 	}

@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
@@ -226,5 +228,43 @@ func TestWriteCountersAndDeviceID(t *testing.T) {
 	}
 	if writeCounters(uint64(9<<8)) != "" {
 		t.Fatal("counters of a device that does not exist")
+	}
+}
+
+// A device is read with O_DIRECT (openDevice); a direct read that the
+// device refuses (EINVAL: here a buffer a page does not align) goes on
+// through the page cache, with the same bytes. A regular file stands in
+// for the device; file systems without O_DIRECT skip.
+func TestImageDirectReadFallsBack(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "dev.raw")
+	testutil.WriteRandom(t, p, 3<<20, 7)
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := openDevice(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	s := newImageScan(f, int64(len(want)), false, func(int64) {})
+	if !s.direct() {
+		t.Skip("the file system of the test directory does not take O_DIRECT")
+	}
+	if b := s.buf; uintptr(unsafe.Pointer(&b[0]))%directAlign != 0 || len(b) != imageReadSize {
+		t.Fatalf("read buffer not aligned to %d bytes", directAlign)
+	}
+	// aligned: read directly
+	if r := s.readAt(s.buf, 1<<20, 1<<20); r.err != nil || !bytes.Equal(r.buf[:r.n], want[1<<20:2<<20]) || !s.direct() {
+		t.Fatalf("aligned direct read: err %v, still direct %v", r.err, s.direct())
+	}
+	// a buffer off by one byte: refused directly, read buffered
+	odd := alignedBuf(1<<20 + 1)[1:]
+	r := s.readAt(odd, 2<<20, 1<<20)
+	if r.err != nil || !bytes.Equal(r.buf[:r.n], want[2<<20:]) {
+		t.Fatalf("misaligned read: err %v", r.err)
+	}
+	if s.direct() {
+		t.Fatal("still O_DIRECT after the device refused a direct read")
 	}
 }
