@@ -164,7 +164,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(ln.Addr().String(), fp, created)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- srv.ServeTLS(batchListener{ln}, "", "") }()
 	sweep := time.NewTicker(time.Hour)
 	defer sweep.Stop()
 wait:

@@ -187,8 +187,15 @@ func http2Config() *http.HTTP2Config {
 	return &http.HTTP2Config{
 		MaxReceiveBufferPerConnection: 32 << 20,
 		MaxReceiveBufferPerStream:     16 << 20,
-		PingTimeout:                   30 * time.Second,
-		SendPingTimeout:               time.Minute,
+		// A Transport left at 0 announces 16 KiB, the protocol's
+		// minimum: a restore then came as 16 KiB DATA frames, each two
+		// TLS records and two write system calls on the server (the
+		// 9-byte frame header spills into a record of its own) and a
+		// wake-up of this side's read loop. 1 MiB frames are one
+		// header per 64 full records.
+		MaxReadFrameSize: 1 << 20,
+		PingTimeout:      30 * time.Second,
+		SendPingTimeout:  time.Minute,
 		// one connection per transport: the pool decides how many
 		StrictMaxConcurrentRequests: true,
 	}
