@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/floe-backup/floe/internal/netbatch"
 )
 
 // Config is what `floe serve` runs.
@@ -164,7 +166,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(ln.Addr().String(), fp, created)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(batchListener{ln}, "", "") }()
+	go func() { errc <- srv.ServeTLS(netbatch.Listener{Listener: ln}, "", "") }()
 	sweep := time.NewTicker(time.Hour)
 	defer sweep.Stop()
 wait:

@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/floe-backup/floe/internal/netbatch"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -264,9 +265,18 @@ func (b *Backend) pick() *pooled {
 }
 
 func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:       http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: http.ProxyFromEnvironment,
+		// beneath TLS: the records of an uploaded pack leave in 256 KiB
+		// writes, not one write each (internal/netbatch)
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return netbatch.NewConn(c), nil
+		},
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ServerName: host,

@@ -1,4 +1,5 @@
-package server
+// Package netbatch gathers the records TLS writes into larger writes.
+package netbatch
 
 import (
 	"net"
@@ -7,9 +8,9 @@ import (
 )
 
 // TLS cuts what it sends into records of at most 16 KiB and writes each
-// record to the connection on its own: a 1 MiB HTTP/2 DATA frame of a
-// restore became 64 write system calls and as many TCP segments, each
-// waking the client. batchConn gathers full-sized records into writes
+// record to the connection on its own: a 1 MiB HTTP/2 DATA frame became
+// 64 write system calls and as many TCP segments, each waking the
+// other side. Conn, put beneath TLS, gathers full-sized records into writes
 // of up to batchSize and sends them when a smaller record comes (the
 // last of a TLS write), when the batch is full, or at the latest
 // batchDelay after the first record waiting (a write that was an exact
@@ -29,15 +30,20 @@ var batchBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-type batchListener struct{ net.Listener }
+// Listener wraps the connections it accepts in Conn.
+type Listener struct{ net.Listener }
 
-func (l batchListener) Accept() (net.Conn, error) {
+// Accept implements net.Listener.
+func (l Listener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
 	}
-	return &batchConn{Conn: c}, nil
+	return NewConn(c), nil
 }
+
+// NewConn returns c with its writes gathered; put TLS on top of it.
+func NewConn(c net.Conn) net.Conn { return &batchConn{Conn: c} }
 
 type batchConn struct {
 	net.Conn
