@@ -33,6 +33,9 @@ type Config struct {
 
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
+	// BufferedIO writes and reads packs through the page cache instead
+	// of around it (RootDir.SetBufferedIO).
+	BufferedIO bool
 	// ShutdownTimeout bounds the wait for requests in progress after ctx
 	// ends (SIGTERM); default 30 s.
 	ShutdownTimeout time.Duration
@@ -87,6 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	repos.SetBufferedIO(cfg.BufferedIO)
 	if cfg.StateDir == "" {
 		cfg.StateDir = StateDirFor(repos.dir)
 	}

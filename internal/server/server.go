@@ -946,17 +946,26 @@ func (i *idleReader) Read(p []byte) (int, error) {
 }
 
 // RootDir serves the repositories in the subdirectories of a directory
-// with the local backend, with direct I/O (local.Backend.SetDirectIO):
-// packs are written and read around the page cache, which a server that
-// stores many hosts' backups would only churn.
+// with the local backend, with direct I/O (local.Backend.SetDirectIO)
+// unless SetBufferedIO: packs are written and read around the page
+// cache, which a server that stores many hosts' backups would only churn.
 type RootDir struct {
 	dir string
 	// one, when set, is the only repository, named StdioRepo (--stdio)
 	one string
 
+	// buffered: the backends without direct I/O (SetBufferedIO)
+	buffered bool
+
 	mu   sync.Mutex
 	open map[string]*local.Backend
 }
+
+// SetBufferedIO makes the repositories opened from now on write and read
+// packs through the page cache, as the local backend does by default, for
+// file systems where direct I/O is slow (or a server that rereads packs
+// soon and has memory to cache them). Call it before serving.
+func (d *RootDir) SetBufferedIO(on bool) { d.buffered = on }
 
 // NewRootDir serves the repositories in dir.
 func NewRootDir(dir string) (*RootDir, error) {
@@ -1021,7 +1030,7 @@ func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error
 	if err != nil {
 		return nil, err
 	}
-	be.SetDirectIO(true)
+	be.SetDirectIO(!d.buffered)
 	d.open[name] = be
 	go d.sweep(name, be)
 	return be, nil
@@ -1077,7 +1086,7 @@ func (d *RootDir) Create(ctx context.Context, name string) (storage.Backend, err
 		}
 		return nil, fmt.Errorf("create repository %q: %w", name, err)
 	}
-	be.SetDirectIO(true)
+	be.SetDirectIO(!d.buffered)
 	d.open[name] = be
 	return be, nil
 }

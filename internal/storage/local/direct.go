@@ -48,4 +48,7 @@ func AlignedBuffer(n int) []byte {
 // page cache. floe serve turns it on; call it before the backend is used.
 func (b *Backend) SetDirectIO(on bool) { b.direct = on }
 
+// DirectIO reports whether SetDirectIO turned direct I/O on.
+func (b *Backend) DirectIO() bool { return b.direct }
+
 func roundUp(n int) int { return (n + DirectAlign - 1) &^ (DirectAlign - 1) }
