@@ -136,7 +136,7 @@ command in authorized_keys, so that the key can do only that:
 				}
 				return server.RunStdio(cmd.Context(), server.StdioConfig{Root: sf.root, StateDir: sf.stateDir, AuditLog: cfg.AuditLog,
 					Role: role, Host: stdioHost, Remote: server.SSHClientAddr(os.Getenv("SSH_CLIENT")), Verifier: cfg.Verifier,
-					MaxObjectSize: n, MaxUploadsPerToken: cfg.MaxUploadsPerToken, In: os.Stdin, Out: os.Stdout})
+					MaxObjectSize: n, MaxUploadsPerToken: cfg.MaxUploadsPerToken, BufferedIO: cfg.BufferedIO, In: os.Stdin, Out: os.Stdout})
 			}
 			if stdioRole != "" || stdioHost != "" {
 				return usageError{errors.New("--role and --host go with --stdio (tokens carry them otherwise)")}
@@ -175,6 +175,7 @@ command in authorized_keys, so that the key can do only that:
 	f.StringVar(&stdioRole, "role", "", "with --stdio: the `roles` of the connection (backup, restore, admin; default admin)")
 	f.StringVar(&stdioHost, "host", "", "with --stdio: the host `name` the audit log and upload records show (default ssh:ROLE)")
 	f.IntVar(&cfg.MaxUploadsPerToken, "max-uploads", server.DefaultMaxUploads, "concurrent uploads per token")
+	f.BoolVar(&cfg.BufferedIO, "buffered-io", false, "write and read packs through the page cache (default: around it, with O_DIRECT where the file system allows)")
 	ff = addServeFleetFlags(c)
 	c.AddCommand(newServeHostCommand(g, sf), newServeAlertCommand(g, sf))
 	c.AddCommand(newServeTokenCommand(g, sf), newServeFingerprintCommand(g, sf),

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/floe-backup/floe/internal/netbatch"
 )
 
 // Config is what `floe serve` runs.
@@ -31,6 +33,9 @@ type Config struct {
 
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
+	// BufferedIO writes and reads packs through the page cache instead
+	// of around it (RootDir.SetBufferedIO).
+	BufferedIO bool
 	// ShutdownTimeout bounds the wait for requests in progress after ctx
 	// ends (SIGTERM); default 30 s.
 	ShutdownTimeout time.Duration
@@ -85,6 +90,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	repos.SetBufferedIO(cfg.BufferedIO)
 	if cfg.StateDir == "" {
 		cfg.StateDir = StateDirFor(repos.dir)
 	}
@@ -164,7 +170,7 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Ready(ln.Addr().String(), fp, created)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	go func() { errc <- srv.ServeTLS(netbatch.Listener{Listener: ln}, "", "") }()
 	sweep := time.NewTicker(time.Hour)
 	defer sweep.Stop()
 wait:

@@ -462,6 +462,10 @@ func (s *Server) load(q *request, route Route) {
 	if !ok {
 		return
 	}
+	if ro, ok := be.(storage.RangeOpener); ok {
+		s.loadStream(q, ro, route.Handle, off, n)
+		return
+	}
 	data, err := be.Load(q.r.Context(), route.Handle, off, n)
 	if err != nil {
 		s.storageError(q, err)
@@ -472,6 +476,81 @@ func (s *Server) load(q *request, route Route) {
 	q.w.WriteHeader(http.StatusOK)
 	sent, _ := q.w.Write(data)
 	q.sent = int64(sent)
+}
+
+// loadChunk is how much of an object loadStream reads at a time: a whole
+// pack or range was read into a fresh buffer of its size before, memory
+// that each load had to fault in and that 50 clients' restores could
+// multiply.
+const loadChunk = 1 << 20
+
+// loadBufs holds loadChunk buffers aligned for direct reads.
+var loadBufs = sync.Pool{New: func() any {
+	b := local.AlignedBuffer(loadChunk)
+	return &b
+}}
+
+// loadStream sends length bytes at off of h (to the end when length is
+// 0), read a chunk at a time at aligned offsets, so that the backend can
+// read them around the page cache (local.Backend.SetDirectIO). The first
+// chunk is read before the answer starts, so that a missing object or a
+// bad range gets its status; a read error later cuts the stream off (the
+// client sees a short body).
+func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle, off, length int64) {
+	r, err := ro.OpenRange(q.r.Context(), h)
+	if err != nil {
+		s.storageError(q, err)
+		return
+	}
+	defer r.Close()
+	n, err := storage.CheckRange(off, length, r.Size())
+	if err != nil {
+		s.storageError(q, fmt.Errorf("load %s: %w", h, err))
+		return
+	}
+	bp := loadBufs.Get().(*[]byte)
+	defer loadBufs.Put(bp)
+	buf := *bp
+	size, end := r.Size(), off+n
+	// chunk reads the bytes [pos, min(end, next chunk boundary)) and
+	// returns them: the read starts at the block boundary below pos and
+	// ends at the block boundary above (or at the object's end).
+	chunk := func(pos int64) ([]byte, error) {
+		start := pos &^ (local.DirectAlign - 1)
+		stop := min(end, start+loadChunk)
+		readEnd := min((stop+local.DirectAlign-1)&^(local.DirectAlign-1), size)
+		if _, err := r.ReadAt(buf[:readEnd-start], start); err != nil {
+			return nil, err
+		}
+		return buf[pos-start : stop-start], nil
+	}
+	var first []byte
+	if n > 0 {
+		if first, err = chunk(off); err != nil {
+			s.storageError(q, fmt.Errorf("load %s: %w", h, err))
+			return
+		}
+	}
+	q.w.Header().Set("Content-Type", "application/octet-stream")
+	q.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	q.w.WriteHeader(http.StatusOK)
+	for pos, data := off, first; pos < end; {
+		if data == nil {
+			if data, err = chunk(pos); err != nil {
+				// the status is sent: end the stream short, and
+				// say why in the server's log
+				fmt.Fprintf(os.Stderr, "floe serve: load %s: %v\n", h, err)
+				panic(http.ErrAbortHandler)
+			}
+		}
+		m, err := q.w.Write(data)
+		q.sent += int64(m)
+		if err != nil {
+			return // the client went away
+		}
+		pos += int64(len(data))
+		data = nil
+	}
 }
 
 func (s *Server) remove(q *request, route Route) {
@@ -867,15 +946,26 @@ func (i *idleReader) Read(p []byte) (int, error) {
 }
 
 // RootDir serves the repositories in the subdirectories of a directory
-// with the local backend.
+// with the local backend, with direct I/O (local.Backend.SetDirectIO)
+// unless SetBufferedIO: packs are written and read around the page
+// cache, which a server that stores many hosts' backups would only churn.
 type RootDir struct {
 	dir string
 	// one, when set, is the only repository, named StdioRepo (--stdio)
 	one string
 
+	// buffered: the backends without direct I/O (SetBufferedIO)
+	buffered bool
+
 	mu   sync.Mutex
 	open map[string]*local.Backend
 }
+
+// SetBufferedIO makes the repositories opened from now on write and read
+// packs through the page cache, as the local backend does by default, for
+// file systems where direct I/O is slow (or a server that rereads packs
+// soon and has memory to cache them). Call it before serving.
+func (d *RootDir) SetBufferedIO(on bool) { d.buffered = on }
 
 // NewRootDir serves the repositories in dir.
 func NewRootDir(dir string) (*RootDir, error) {
@@ -940,6 +1030,7 @@ func (d *RootDir) Open(ctx context.Context, name string) (storage.Backend, error
 	if err != nil {
 		return nil, err
 	}
+	be.SetDirectIO(!d.buffered)
 	d.open[name] = be
 	go d.sweep(name, be)
 	return be, nil
@@ -995,6 +1086,7 @@ func (d *RootDir) Create(ctx context.Context, name string) (storage.Backend, err
 		}
 		return nil, fmt.Errorf("create repository %q: %w", name, err)
 	}
+	be.SetDirectIO(!d.buffered)
 	d.open[name] = be
 	return be, nil
 }

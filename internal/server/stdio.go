@@ -38,6 +38,7 @@ type StdioConfig struct {
 
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
+	BufferedIO         bool // see Config.BufferedIO
 
 	In  io.ReadCloser
 	Out io.WriteCloser
@@ -58,6 +59,7 @@ func RunStdio(ctx context.Context, cfg StdioConfig) error {
 	if err != nil {
 		return err
 	}
+	repos.SetBufferedIO(cfg.BufferedIO)
 	if cfg.StateDir == "" {
 		cfg.StateDir = StateDirFor(repos.one)
 	}

@@ -49,6 +49,9 @@ type Backend struct {
 	// write writes data to the temporary file; tests replace it to inject
 	// errors such as ENOSPC.
 	write func(f *os.File, data []byte) error
+	// direct: objects written and large ranges read around the page
+	// cache (SetDirectIO)
+	direct bool
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -181,7 +184,7 @@ func (b *Backend) save(ctx context.Context, h storage.Handle, data []byte) (err 
 	}()
 	write := b.write
 	if write == nil {
-		write = writeAll
+		write = b.writeData
 	}
 	if err := write(f, data); err != nil {
 		return diskErr(err)
@@ -207,6 +210,17 @@ func (b *Backend) save(ctx context.Context, h storage.Handle, data []byte) (err 
 		return err
 	}
 	return nil
+}
+
+// writeData writes data to the new file f: directly with SetDirectIO
+// where it can, else through the page cache.
+func (b *Backend) writeData(f *os.File, data []byte) error {
+	if b.direct {
+		if done, err := writeDirect(f, data); done {
+			return err
+		}
+	}
+	return writeAll(f, data)
 }
 
 func writeAll(f *os.File, data []byte) error {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -20,6 +21,13 @@ type objectReader struct {
 	fd   int
 	size int64
 	name string
+	// with the backend's SetDirectIO: path to open a second descriptor
+	// with O_DIRECT on the first large aligned read (dfd; -1 when the
+	// file system refuses it)
+	path    string
+	direct  bool
+	dfd     int
+	dfdOnce sync.Once
 }
 
 // OpenRange implements storage.RangeOpener.
@@ -45,7 +53,7 @@ func (b *Backend) OpenRange(ctx context.Context, h storage.Handle) (storage.Obje
 		unix.Close(fd)
 		return nil, fmt.Errorf("open %s: not a regular file (mode %#o)", h, st.Mode&unix.S_IFMT)
 	}
-	return &objectReader{fd: fd, size: st.Size, name: h.String()}, nil
+	return &objectReader{fd: fd, size: st.Size, name: h.String(), path: b.path(h), direct: b.direct, dfd: -1}, nil
 }
 
 func (o *objectReader) Size() int64 { return o.size }
@@ -53,6 +61,13 @@ func (o *objectReader) Size() int64 { return o.size }
 func (o *objectReader) ReadAt(p []byte, off int64) (int, error) {
 	if _, err := storage.CheckRange(off, int64(len(p)), o.size); err != nil {
 		return 0, fmt.Errorf("read %s: %w", o.name, err)
+	}
+	if o.directOK(p, off) {
+		if n, err := preadDirect(o.dfd, p[:roundUp(len(p))], off); err == nil && n >= len(p) {
+			return len(p), nil
+		}
+		// a direct read the file system refused, or a file that
+		// shrank: the buffered read below tells which
 	}
 	n := 0
 	for n < len(p) {
@@ -71,7 +86,26 @@ func (o *objectReader) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// directOK reports whether the read of p at off goes around the page
+// cache: a large read, aligned, and either a whole number of blocks or
+// up to the object's end with room in p to round it up (the read then
+// stops at the end). It opens the direct descriptor on first use.
+func (o *objectReader) directOK(p []byte, off int64) bool {
+	if !o.direct || len(p) < directMinRead || off%DirectAlign != 0 || !alignedPtr(p) {
+		return false
+	}
+	if len(p)%DirectAlign != 0 && (off+int64(len(p)) != o.size || cap(p) < roundUp(len(p))) {
+		return false
+	}
+	o.dfdOnce.Do(func() { o.dfd = openDirect(o.path) })
+	return o.dfd >= 0
+}
+
 func (o *objectReader) Close() error {
+	if o.dfd >= 0 {
+		unix.Close(o.dfd)
+		o.dfd = -1
+	}
 	if o.fd < 0 {
 		return nil
 	}

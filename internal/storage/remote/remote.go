@@ -26,6 +26,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/floe-backup/floe/internal/netbatch"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -187,8 +188,15 @@ func http2Config() *http.HTTP2Config {
 	return &http.HTTP2Config{
 		MaxReceiveBufferPerConnection: 32 << 20,
 		MaxReceiveBufferPerStream:     16 << 20,
-		PingTimeout:                   30 * time.Second,
-		SendPingTimeout:               time.Minute,
+		// A Transport left at 0 announces 16 KiB, the protocol's
+		// minimum: a restore then came as 16 KiB DATA frames, each two
+		// TLS records and two write system calls on the server (the
+		// 9-byte frame header spills into a record of its own) and a
+		// wake-up of this side's read loop. 1 MiB frames are one
+		// header per 64 full records.
+		MaxReadFrameSize: 1 << 20,
+		PingTimeout:      30 * time.Second,
+		SendPingTimeout:  time.Minute,
 		// one connection per transport: the pool decides how many
 		StrictMaxConcurrentRequests: true,
 	}
@@ -257,9 +265,18 @@ func (b *Backend) pick() *pooled {
 }
 
 func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
+	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	return &http.Transport{
-		Proxy:       http.ProxyFromEnvironment,
-		DialContext: (&net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		Proxy: http.ProxyFromEnvironment,
+		// beneath TLS: the records of an uploaded pack leave in 256 KiB
+		// writes, not one write each (internal/netbatch)
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return netbatch.NewConn(c), nil
+		},
 		TLSClientConfig: &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			ServerName: host,

@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/floe-backup/floe/internal/testutil"
+)
+
+// cachedPages counts the pages of path in the page cache (mincore).
+func cachedPages(t *testing.T, path string) (in, total int) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || fi.Size() == 0 {
+		t.Fatalf("stat %s: %v", path, err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Munmap(m)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
+		t.Fatal(e)
+	}
+	for _, v := range vec {
+		in += int(v & 1)
+	}
+	return in, len(vec)
+}
+
+// floe serve writes packs around the page cache (O_DIRECT), and through
+// it with --buffered-io; either way a restore is byte-exact.
+func TestServerDirectIO(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	probe := e.path("probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if fd, err := unix.Open(probe, unix.O_RDONLY|unix.O_DIRECT, 0); err != nil {
+		t.Skipf("the test directory's file system has no O_DIRECT: %v", err)
+	} else {
+		unix.Close(fd)
+	}
+	src := e.mkdir("src")
+	testutil.WriteRandom(t, filepath.Join(src, "big"), 6<<20, 3)
+	for _, buffered := range []bool{false, true} {
+		name := map[bool]string{false: "direct", true: "buffered"}[buffered]
+		root := e.mkdir("srv-" + name)
+		var extra []string
+		if buffered {
+			extra = append(extra, "--buffered-io")
+		}
+		s := e.startServer(root, freePort(t), extra...)
+		admin := s.token("fleet", "admin", "admin")
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "backup", src), 0)
+		in, total := 0, 0
+		filepath.WalkDir(filepath.Join(root, "fleet", "data"), func(p string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				i, n := cachedPages(t, p)
+				in, total = in+i, total+n
+			}
+			return nil
+		})
+		switch {
+		case total < (6<<20)/os.Getpagesize():
+			t.Fatalf("%s: the packs hold %d pages, want the 6 MiB file's", name, total)
+		case !buffered && in > total/10:
+			t.Errorf("direct: %d of the packs' %d pages are in the page cache", in, total)
+		case buffered && in < total*9/10:
+			t.Errorf("--buffered-io: only %d of the packs' %d pages are in the page cache", in, total)
+		}
+		dst := e.path("restored-" + name)
+		expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+src, "--target", dst), 0)
+		testutil.CompareTrees(t, src, dst)
+	}
+}

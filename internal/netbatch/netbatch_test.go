@@ -1,0 +1,105 @@
+package netbatch
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// recConn records the writes that reach the connection.
+type recConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+	err    error
+}
+
+func (r *recConn) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.err != nil {
+		return 0, r.err
+	}
+	r.writes = append(r.writes, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+func (r *recConn) Close() error { return nil }
+
+func (r *recConn) got() (n int, all []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.writes {
+		all = append(all, w...)
+	}
+	return len(r.writes), all
+}
+
+func record(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
+
+// Full-sized TLS records wait and go out together with the smaller
+// record that ends a TLS write, in order; a batch that fills up goes
+// out; records that end exactly on a full one go out after batchDelay;
+// a small write alone goes straight through.
+func TestBatchConn(t *testing.T) {
+	rc := &recConn{}
+	c := &batchConn{Conn: rc}
+	var want []byte
+	write := func(p []byte) {
+		t.Helper()
+		if n, err := c.Write(p); n != len(p) || err != nil {
+			t.Fatalf("Write(%d bytes): %d, %v", len(p), n, err)
+		}
+		want = append(want, p...)
+	}
+	write(record(40, 'a')) // alone: straight through
+	if n, _ := rc.got(); n != 1 {
+		t.Fatalf("a small write alone: %d writes, want 1", n)
+	}
+	for i := range 5 {
+		write(record(fullRecord, byte('b'+i)))
+	}
+	if n, _ := rc.got(); n != 1 {
+		t.Fatalf("full records were sent at once: %d writes", n)
+	}
+	write(record(31, 'z')) // the end of the TLS write
+	if n, got := rc.got(); n != 2 || !bytes.Equal(got, want) {
+		t.Fatalf("after the last record: %d writes (want 2), bytes in order %v", n, bytes.Equal(got, want))
+	}
+	// more than a batch: it goes out when full
+	for range batchSize/fullRecord + 2 {
+		write(record(fullRecord, 'f'))
+	}
+	if n, _ := rc.got(); n != 3 {
+		t.Fatalf("a full batch: %d writes, want 3", n)
+	}
+	// an exact number of full records: sent by the timer
+	time.Sleep(20*batchDelay + 50*time.Millisecond)
+	if n, got := rc.got(); n != 4 || !bytes.Equal(got, want) {
+		t.Fatalf("after the delay: %d writes (want 4), bytes in order %v", n, bytes.Equal(got, want))
+	}
+	// Close sends what waits
+	write(record(fullRecord, 'g'))
+	c.Close()
+	if _, got := rc.got(); !bytes.Equal(got, want) {
+		t.Fatal("Close lost what was waiting")
+	}
+}
+
+// A write error of a late flush comes back from the next Write.
+func TestBatchConnLateError(t *testing.T) {
+	rc := &recConn{}
+	c := &batchConn{Conn: rc}
+	boom := errors.New("connection reset")
+	rc.err = boom
+	if _, err := c.Write(record(fullRecord, 'a')); err != nil {
+		t.Fatalf("a gathered record failed at once: %v", err)
+	}
+	time.Sleep(20*batchDelay + 50*time.Millisecond)
+	if _, err := c.Write(record(10, 'b')); !errors.Is(err, boom) {
+		t.Fatalf("Write after a failed late flush: %v, want %v", err, boom)
+	}
+}
