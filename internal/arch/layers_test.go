@@ -41,6 +41,8 @@ var layers = map[string]int{
 	"internal/crypto":    layerLeaf,
 	"internal/packfile":  layerLeaf, // pack and index layouts, no keys: the server verifies uploads with it
 	"internal/par":       layerLeaf,
+	"internal/directio":  layerStorage, // used by storage/local and image backups
+	"internal/netbatch":  layerStorage, // beneath TLS in storage/remote and the server
 	"internal/pathmatch": layerLeaf,
 	"internal/ui":        layerLeaf,
 	"internal/hook":      layerLeaf,

@@ -10,11 +10,11 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -70,20 +70,7 @@ type imageScan struct {
 
 func newImageScan(f *os.File, size int64, file bool, progress func(int64)) *imageScan {
 	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_SEQUENTIAL)
-	return &imageScan{f: f, size: size, file: file, buf: alignedBuf(imageReadSize), spare: alignedBuf(imageReadSize), dataEnd: -1, read: progress}
-}
-
-// directAlign is the alignment of the buffers (and of every offset and
-// length but the device's last) of direct reads: a page, which covers any
-// logical block size of a device (512 or 4096 bytes).
-const directAlign = 4096
-
-// alignedBuf returns n bytes starting at a multiple of directAlign, so that
-// a device opened with O_DIRECT can read into them.
-func alignedBuf(n int) []byte {
-	b := make([]byte, n+directAlign)
-	off := int(-uintptr(unsafe.Pointer(&b[0])) & (directAlign - 1))
-	return b[off : off+n : off+n]
+	return &imageScan{f: f, size: size, file: file, buf: directio.Buffer(imageReadSize), spare: directio.Buffer(imageReadSize), dataEnd: -1, read: progress}
 }
 
 // openDevice opens a block device for reading, with O_DIRECT when the

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/ui"
@@ -251,15 +252,15 @@ func TestImageDirectReadFallsBack(t *testing.T) {
 	if !s.direct() {
 		t.Skip("the file system of the test directory does not take O_DIRECT")
 	}
-	if b := s.buf; uintptr(unsafe.Pointer(&b[0]))%directAlign != 0 || len(b) != imageReadSize {
-		t.Fatalf("read buffer not aligned to %d bytes", directAlign)
+	if b := s.buf; uintptr(unsafe.Pointer(&b[0]))%directio.Align != 0 || len(b) != imageReadSize {
+		t.Fatalf("read buffer not aligned to %d bytes", directio.Align)
 	}
 	// aligned: read directly
 	if r := s.readAt(s.buf, 1<<20, 1<<20); r.err != nil || !bytes.Equal(r.buf[:r.n], want[1<<20:2<<20]) || !s.direct() {
 		t.Fatalf("aligned direct read: err %v, still direct %v", r.err, s.direct())
 	}
 	// a buffer off by one byte: refused directly, read buffered
-	odd := alignedBuf(1<<20 + 1)[1:]
+	odd := directio.Buffer(1<<20 + 1)[1:]
 	r := s.readAt(odd, 2<<20, 1<<20)
 	if r.err != nil || !bytes.Equal(r.buf[:r.n], want[2<<20:]) {
 		t.Fatalf("misaligned read: err %v", r.err)

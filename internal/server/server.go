@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
@@ -486,7 +487,7 @@ const loadChunk = 1 << 20
 
 // loadBufs holds loadChunk buffers aligned for direct reads.
 var loadBufs = sync.Pool{New: func() any {
-	b := local.AlignedBuffer(loadChunk)
+	b := directio.Buffer(loadChunk)
 	return &b
 }}
 
@@ -516,9 +517,9 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 	// returns them: the read starts at the block boundary below pos and
 	// ends at the block boundary above (or at the object's end).
 	chunk := func(pos int64) ([]byte, error) {
-		start := pos &^ (local.DirectAlign - 1)
+		start := pos &^ (directio.Align - 1)
 		stop := min(end, start+loadChunk)
-		readEnd := min((stop+local.DirectAlign-1)&^(local.DirectAlign-1), size)
+		readEnd := min((stop+directio.Align-1)&^(directio.Align-1), size)
 		if _, err := r.ReadAt(buf[:readEnd-start], start); err != nil {
 			return nil, err
 		}

@@ -1,7 +1,5 @@
 package local
 
-import "unsafe"
-
 // Direct I/O (SetDirectIO): objects are written and large ranges read
 // around the page cache, with O_DIRECT on Linux. A server that receives
 // packs from many hosts reads few of them back soon; through the page
@@ -12,10 +10,6 @@ import "unsafe"
 // 1.2 to 1.7 s per GiB read cold through the cache against 0.06 s.
 // Anything the file system refuses falls back to buffered I/O.
 const (
-	// DirectAlign is the alignment of direct transfers: buffer address,
-	// file offset and length (the page size; any logical block size of
-	// common disks divides it).
-	DirectAlign = 4096
 	// directMinWrite: smaller objects (keys, snapshots, index files)
 	// are not worth the two fcntl calls.
 	directMinWrite = 1 << 20
@@ -24,31 +18,12 @@ const (
 	directMinRead = 256 << 10
 )
 
-// alignedPtr reports whether b starts at a DirectAlign boundary.
-func alignedPtr(b []byte) bool {
-	return cap(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))%DirectAlign == 0
-}
-
-// AlignedBuffer returns a buffer of n bytes (n a multiple of DirectAlign)
-// that starts at a DirectAlign boundary, for direct reads (ReadAt of an
-// ObjectReader of a backend with SetDirectIO).
-func AlignedBuffer(n int) []byte {
-	b := make([]byte, n+DirectAlign)
-	skip := 0
-	if r := int(uintptr(unsafe.Pointer(unsafe.SliceData(b))) % DirectAlign); r != 0 {
-		skip = DirectAlign - r
-	}
-	return b[skip : skip+n : skip+n]
-}
-
 // SetDirectIO makes Save write objects of 1 MiB and more, and ReadAt of
 // the backend's ObjectReaders read ranges of 256 KiB and more that are
-// aligned (offset and buffer at DirectAlign; length a multiple of it, or
+// aligned (offset and buffer at directio.Align; length a multiple of it, or
 // to the object's end with room in the buffer to round it up), around the
 // page cache. floe serve turns it on; call it before the backend is used.
 func (b *Backend) SetDirectIO(on bool) { b.direct = on }
 
 // DirectIO reports whether SetDirectIO turned direct I/O on.
 func (b *Backend) DirectIO() bool { return b.direct }
-
-func roundUp(n int) int { return (n + DirectAlign - 1) &^ (DirectAlign - 1) }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"syscall"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"golang.org/x/sys/unix"
 )
 
@@ -15,7 +16,7 @@ import (
 // unaligned buffer, a file system without O_DIRECT): the caller then
 // writes buffered.
 func writeDirect(f *os.File, data []byte) (bool, error) {
-	if len(data) < directMinWrite || !alignedPtr(data) {
+	if len(data) < directMinWrite || !directio.Aligned(data) {
 		return false, nil
 	}
 	rc, err := f.SyscallConn()
@@ -34,7 +35,7 @@ func writeDirect(f *os.File, data []byte) (bool, error) {
 			return
 		}
 		handled = true
-		n := len(data) &^ (DirectAlign - 1)
+		n := len(data) &^ (directio.Align - 1)
 		off, err := pwriteAll(fd, data[:n], 0)
 		if errors.Is(err, syscall.EINVAL) {
 			// the file system took O_DIRECT but not this transfer:
@@ -84,7 +85,7 @@ func openDirect(path string) int {
 	return fd
 }
 
-// preadDirect reads into p (aligned, and a multiple of DirectAlign
+// preadDirect reads into p (aligned, and a multiple of directio.Align
 // long) at off with the direct descriptor fd; a short count means the
 // end of the file.
 func preadDirect(fd int, p []byte, off int64) (int, error) {

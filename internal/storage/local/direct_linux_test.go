@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/storagetest"
 )
@@ -74,7 +75,7 @@ func TestDirectIOBypassesPageCache(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		buf := AlignedBuffer(1 << 20)
+		buf := directio.Buffer(1 << 20)
 		for off := int64(0); off+int64(len(buf)) <= int64(len(data)); off += int64(len(buf)) {
 			if _, err := o.ReadAt(buf, off); err != nil {
 				t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"testing"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/storagetest"
 )
@@ -51,18 +52,18 @@ func TestDirectIORoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			buf := AlignedBuffer(roundUp(size))
-			tail := int64(size) &^ (DirectAlign - 1)
+			buf := directio.Buffer(directio.RoundUp(size))
+			tail := int64(size) &^ (directio.Align - 1)
 			if tail == int64(size) {
-				tail -= DirectAlign
+				tail -= directio.Align
 			}
 			for _, r := range []struct{ off, n int64 }{
-				{0, directMinRead},               // aligned, direct
-				{0, int64(size)},                 // whole, to the end
-				{DirectAlign, 2 * directMinRead}, // aligned in the middle
-				{tail, int64(size) - tail},       // the last block, short
-				{1, directMinRead},               // unaligned offset
-				{DirectAlign, directMinRead + 1}, // unaligned length, not at the end
+				{0, directMinRead},                                         // aligned, direct
+				{0, int64(size)},                                           // whole, to the end
+				{directio.Align, 2 * directMinRead},                        // aligned in the middle
+				{tail, int64(size) - tail},                                 // the last block, short
+				{1, directMinRead},                                         // unaligned offset
+				{directio.Align, directMinRead + 1},                        // unaligned length, not at the end
 				{tail - directMinRead, int64(size) - tail + directMinRead}, // large, to the end
 			} {
 				p := buf[:r.n]
@@ -71,7 +72,7 @@ func TestDirectIORoundTrip(t *testing.T) {
 					t.Fatalf("size %d: ReadAt(%d, %d): %d, %v, equal %v", size, r.off, r.n, n, err, bytes.Equal(p, data[r.off:r.off+r.n]))
 				}
 			}
-			if _, err := o.ReadAt(buf[:directMinRead], int64(roundUp(size))); err == nil {
+			if _, err := o.ReadAt(buf[:directMinRead], int64(directio.RoundUp(size))); err == nil {
 				t.Errorf("size %d: a read past the end succeeded", size)
 			}
 			o.Close()
@@ -80,16 +81,7 @@ func TestDirectIORoundTrip(t *testing.T) {
 }
 
 func copyAligned(p []byte) []byte {
-	b := AlignedBuffer(roundUp(len(p)))[:len(p)]
+	b := directio.Buffer(directio.RoundUp(len(p)))[:len(p)]
 	copy(b, p)
 	return b
-}
-
-func TestAlignedBuffer(t *testing.T) {
-	for _, n := range []int{DirectAlign, 1 << 20, 3 * DirectAlign} {
-		b := AlignedBuffer(n)
-		if len(b) != n || cap(b) != n || !alignedPtr(b) {
-			t.Errorf("AlignedBuffer(%d): len %d cap %d aligned %v", n, len(b), cap(b), alignedPtr(b))
-		}
-	}
 }

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -63,7 +64,7 @@ func (o *objectReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, fmt.Errorf("read %s: %w", o.name, err)
 	}
 	if o.directOK(p, off) {
-		if n, err := preadDirect(o.dfd, p[:roundUp(len(p))], off); err == nil && n >= len(p) {
+		if n, err := preadDirect(o.dfd, p[:directio.RoundUp(len(p))], off); err == nil && n >= len(p) {
 			return len(p), nil
 		}
 		// a direct read the file system refused, or a file that
@@ -91,10 +92,10 @@ func (o *objectReader) ReadAt(p []byte, off int64) (int, error) {
 // up to the object's end with room in p to round it up (the read then
 // stops at the end). It opens the direct descriptor on first use.
 func (o *objectReader) directOK(p []byte, off int64) bool {
-	if !o.direct || len(p) < directMinRead || off%DirectAlign != 0 || !alignedPtr(p) {
+	if !o.direct || len(p) < directMinRead || off%directio.Align != 0 || !directio.Aligned(p) {
 		return false
 	}
-	if len(p)%DirectAlign != 0 && (off+int64(len(p)) != o.size || cap(p) < roundUp(len(p))) {
+	if len(p)%directio.Align != 0 && (off+int64(len(p)) != o.size || cap(p) < directio.RoundUp(len(p))) {
 		return false
 	}
 	o.dfdOnce.Do(func() { o.dfd = openDirect(o.path) })
