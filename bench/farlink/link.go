@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -313,6 +314,12 @@ func runLink(args []string) error {
 	if err != nil {
 		return err
 	}
+	// Four goroutines spend their lives in read(2) and write(2). With
+	// fewer Ps than that, one coming back from a syscall waits for a P
+	// while the others loop, and a reader that waits lets the TUN queue
+	// overflow: loss outside the model. With a P each, the kernel's
+	// scheduler alone decides.
+	runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 4))
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	start := time.Now()
