@@ -387,7 +387,7 @@ farlink_up() {
 		--limit "$FAR_LIMIT" --mtu "$FAR_MTU" --seed 1 </dev/null >"$log" 2>&1 &
 	FARLINK_PID=$!
 	for ((i = 0; i < 100; i++)); do
-		grep -q '^farlink: ready' "$log" && break
+		grep -qs '^farlink: ready' "$log" && break
 		kill -0 "$FARLINK_PID" 2>/dev/null || { FARLINK_PID=; say "far: farlink exited: $(tail -n 2 "$log")"; return 1; }
 		sleep 0.1
 	done
