@@ -42,7 +42,8 @@ func (p *openPack) size() int { return p.written + len(p.buf) }
 // compress and encrypt in parallel; appending a sealed blob to the one
 // open pack of its type happens under a lock (a copy at memory speed),
 // which keeps memory to three pack buffers: one filling, one uploading,
-// one waiting.
+// one waiting (streamed packs to a server with several connections: one
+// spool per upload at once, see uploaders).
 type Writer struct {
 	r       *Repository
 	open    map[BlobType]*openPack
@@ -417,7 +418,7 @@ func (w *Writer) saveIndex(ctx context.Context, packs []PackInfo) error {
 // no blobs after it.
 func (w *Writer) Finish(ctx context.Context) error { return w.end(ctx, true) }
 
-// Abort ends w without storing its open packs: it waits for the pack being
+// Abort ends w without storing its open packs: it waits for the packs being
 // uploaded, then writes an index file for every stored pack that is not in
 // one yet. An interrupted backup or transfer calls it so that the next run
 // deduplicates against what it uploaded, without uploading more after the
