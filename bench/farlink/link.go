@@ -35,8 +35,8 @@ func parseLinkFlags(args []string) (linkConfig, error) {
 	limit := fs.Int("limit", 100000, "packets held at most per direction (delayed or queued); tail drop beyond")
 	mtu := fs.Int("mtu", 1500, "MTU set on both devices")
 	seed := fs.Uint64("seed", 1, "seed of the loss's random numbers (direction b→a uses seed+1)")
-	if err := fs.Parse(args); err != nil {
-		return linkConfig{}, usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return linkConfig{}, err
 	}
 	if fs.NArg() > 0 {
 		return linkConfig{}, usageError{fmt.Errorf("unexpected argument %q", fs.Arg(0))}

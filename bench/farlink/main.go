@@ -25,6 +25,7 @@ package main
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
@@ -73,3 +74,16 @@ func usage() {
 type usageError struct{ error }
 
 func (e usageError) Unwrap() error { return e.error }
+
+// parseFlags parses a subcommand's flags; -h lists them.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(os.Stderr)
+		fs.PrintDefaults()
+	}
+	if err != nil {
+		return usageError{err}
+	}
+	return nil
+}

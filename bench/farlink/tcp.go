@@ -22,8 +22,8 @@ func runSink(args []string) error {
 	fs := flag.NewFlagSet("sink", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	listen := fs.String("listen", "", "address to listen on (HOST:PORT)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *listen == "" || fs.NArg() > 0 {
 		return usageError{errors.New("give --listen HOST:PORT and nothing else")}
@@ -60,8 +60,8 @@ func runSend(args []string) error {
 	streams := fs.Int("streams", 1, "TCP connections at once")
 	secs := fs.Float64("seconds", 10, "how long to write")
 	cc := fs.String("cc", "", "TCP congestion control of the connections (cubic, bbr, ...; default: the system's)")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *to == "" || fs.NArg() > 0 {
 		return usageError{errors.New("give --to HOST:PORT and nothing else")}
@@ -163,8 +163,8 @@ func runRTT(args []string) error {
 	fs.SetOutput(io.Discard)
 	to := fs.String("to", "", "address of a TCP listener (HOST:PORT), e.g. a farlink sink")
 	count := fs.Int("count", 5, "connects to time")
-	if err := fs.Parse(args); err != nil {
-		return usageError{err}
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	if *to == "" || fs.NArg() > 0 {
 		return usageError{errors.New("give --to HOST:PORT and nothing else")}
