@@ -421,8 +421,8 @@ farlink_down() {
 # farlink_down) and the TUN devices' own drops (read before).
 farlink_stats() {
 	awk '/^farlink: .*->/ {for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
-			printf "%s%s %s packets (%.1f MiB), lost %s, overflow %s", sep, ($2 ~ /^flrc/ ? "client→server" : "server→client"),
-				v["forwarded_packets"], v["forwarded_bytes"] / 1048576, v["lost"], v["overflow"]; sep = "; " }
+			printf "%s%s %s packets (%.1f MiB), lost %s, overflow %s, over the MTU %s", sep, ($2 ~ /^flrc/ ? "client→server" : "server→client"),
+				v["forwarded_packets"], v["forwarded_bytes"] / 1048576, v["lost"], v["overflow"], v["oversize"]; sep = "; " }
 		/^farlink: cpu_s=|^farlink: cpu_user_s=/ {for (i = 2; i <= NF; i++) { split($i, kv, "="); c[kv[1]] = kv[2] }
 			printf "; farlink CPU %s s (user %s, system %s) in %s s", c["cpu_s"], c["cpu_user_s"], c["cpu_sys_s"], c["wall_s"]}' \
 		"$LOGS/farlink-$1.log"

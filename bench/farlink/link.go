@@ -179,8 +179,9 @@ type direction struct {
 	shaper *Shaper[[]byte]
 	free   [][]byte // recycled buffers
 	wake   chan struct{}
+	done   chan struct{} // closed when the reader ends
 
-	fwdPkts, fwdBytes, lost, overflow, readErrs, writeErrs atomic.Uint64
+	fwdPkts, fwdBytes, lost, overflow, oversize, readErrs, writeErrs atomic.Uint64
 }
 
 func newDirection(name string, src, dst, mtu int, cfg ShapeConfig, start time.Time) *direction {
@@ -190,6 +191,7 @@ func newDirection(name string, src, dst, mtu int, cfg ShapeConfig, start time.Ti
 		bufSize: mtu + 1,
 		shaper:  NewShaper[[]byte](cfg),
 		wake:    make(chan struct{}, 1),
+		done:    make(chan struct{}),
 	}
 }
 
@@ -208,25 +210,29 @@ func (d *direction) getBuf() []byte {
 
 // reader reads packets, stamps their arrival and hands them to the
 // shaper; it wakes the writer when the queue was empty (otherwise the
-// writer is already waiting for an earlier head).
+// writer is already waiting for an earlier head). It returns when the
+// device is gone (a read error other than EINTR, or end of file), and
+// the writer follows once it has written what is queued.
 func (d *direction) reader() {
+	defer close(d.done)
 	for {
 		b := d.getBuf()
 		n, err := unix.Read(d.src, b)
-		if err != nil {
-			if err == unix.EINTR || err == unix.EAGAIN {
-				d.putBuf(b)
-				continue
-			}
-			// the device went away (EBADFD) or another error: count
-			// it and back off, so that a broken device does not spin
-			d.readErrs.Add(1)
+		if err == unix.EINTR || err == unix.EAGAIN {
 			d.putBuf(b)
-			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		if n == 0 || n == len(b) { // empty, or larger than the MTU: cannot be forwarded whole
-			d.overflow.Add(1)
+		if err != nil || n == 0 {
+			// EBADFD: the TUN device was deleted; 0: the other end of
+			// a socket (the tests) closed
+			if err != nil {
+				d.readErrs.Add(1)
+			}
+			d.putBuf(b)
+			return
+		}
+		if n == len(b) { // larger than the MTU: cannot be forwarded whole
+			d.oversize.Add(1)
 			d.putBuf(b)
 			continue
 		}
@@ -266,7 +272,19 @@ func (d *direction) writer() {
 		next, ok := d.shaper.Next()
 		d.mu.Unlock()
 		if !ok {
-			<-d.wake
+			select {
+			case <-d.wake:
+				continue
+			case <-d.done:
+			}
+			// the reader has ended; whatever it queued last is
+			// in the shaper by now
+			d.mu.Lock()
+			empty := d.shaper.Len() == 0
+			d.mu.Unlock()
+			if empty {
+				return
+			}
 			continue
 		}
 		if wait := next - d.now(); wait > 0 {
@@ -275,7 +293,7 @@ func (d *direction) writer() {
 		d.mu.Lock()
 		batch = d.shaper.Due(d.now(), batch[:0])
 		d.mu.Unlock()
-		var bytes uint64
+		var pkts, bytes uint64
 		for _, p := range batch {
 			if _, err := unix.Write(d.dst, p); err != nil {
 				// the receiving side is down or refuses this
@@ -283,9 +301,10 @@ func (d *direction) writer() {
 				d.writeErrs.Add(1)
 				continue
 			}
+			pkts++
 			bytes += uint64(len(p))
 		}
-		d.fwdPkts.Add(uint64(len(batch)))
+		d.fwdPkts.Add(pkts)
 		d.fwdBytes.Add(bytes)
 		d.mu.Lock()
 		for i, p := range batch {
@@ -297,8 +316,8 @@ func (d *direction) writer() {
 }
 
 func (d *direction) report(w io.Writer) {
-	fmt.Fprintf(w, "farlink: %s forwarded_packets=%d forwarded_bytes=%d lost=%d overflow=%d read_errors=%d write_errors=%d\n",
-		d.name, d.fwdPkts.Load(), d.fwdBytes.Load(), d.lost.Load(), d.overflow.Load(), d.readErrs.Load(), d.writeErrs.Load())
+	fmt.Fprintf(w, "farlink: %s forwarded_packets=%d forwarded_bytes=%d lost=%d overflow=%d oversize=%d read_errors=%d write_errors=%d\n",
+		d.name, d.fwdPkts.Load(), d.fwdBytes.Load(), d.lost.Load(), d.overflow.Load(), d.oversize.Load(), d.readErrs.Load(), d.writeErrs.Load())
 }
 
 func runLink(args []string) error {
