@@ -13,8 +13,10 @@
 #   clients   BENCH_CLIENTS (50) floe clients back up at once through one
 #             `floe serve`: its peak RSS and CPU time
 #   far       a link between two network namespaces shaped with netem
-#             (delay 50ms rate 1gbit loss 0.1% each way): floe backup with
-#             --connections 1, 4, 16 and restic to rest-server
+#             (delay 50ms rate 1gbit loss 0.1% each way; on a kernel without
+#             netem, bench/farlink does the same in user space between two
+#             TUN devices): RTT, plain TCP over the link, then floe backup
+#             with --connections 1, 4, 16 and restic to rest-server
 #
 # Environment knobs (defaults in brackets), beside those of run.sh that apply
 # (BENCH_DIR, BENCH_SCALE, BENCH_DATASETS, BENCH_FLOE_BIN, BENCH_RESTIC_VERSION):
@@ -22,8 +24,10 @@
 #   BENCH_PARTS           parts to run                      [loopback s3 clients far]
 #   BENCH_S3_DATASETS     data sets of the s3 part           [$BENCH_DATASETS]
 #   BENCH_CLIENTS         concurrent clients                 [50]
-#   BENCH_FAR_MB          MiB of random data over the far link [512; small: 64]
+#   BENCH_FAR_MB          MiB of random data over the far link [96; small: 16]
 #   BENCH_FAR_TIMEOUT     seconds a far-link backup may take [900]
+#   BENCH_FAR_CC          TCP congestion controls, one round of backups each [cubic bbr]
+#   BENCH_FAR_TCP_SECONDS seconds of each plain TCP transfer over the link [8]
 #   BENCH_REMOTE_RESULTS  report path                        [bench/REMOTE.md]
 #   FLOE_VERSITYGW        versitygw binary (else $PATH, else Go's bin dir;
 #                         installed there with go install at the version
@@ -48,11 +52,19 @@ S3_DATASETS=${BENCH_S3_DATASETS:-$DATASETS}
 CLIENTS=${BENCH_CLIENTS:-50}
 FAR_TIMEOUT=${BENCH_FAR_TIMEOUT:-900}
 REMOTE_OUT=${BENCH_REMOTE_RESULTS:-$ROOT/bench/REMOTE.md}
-case $SCALE in full) FAR_MB=${BENCH_FAR_MB:-512} ;; *) FAR_MB=${BENCH_FAR_MB:-64} ;; esac
+# The far backups' size: one cubic connection over 100 ms with 0.1% loss
+# moves only a few Mbit/s, so --connections 1 alone takes about 3 minutes
+# for 96 MiB (bench/REMOTE.md, "Far link"); the whole part stays near 10.
+case $SCALE in full) FAR_MB=${BENCH_FAR_MB:-96} ;; *) FAR_MB=${BENCH_FAR_MB:-16} ;; esac
+FAR_CCS=${BENCH_FAR_CC:-cubic bbr}
+FAR_TCP_SECONDS=${BENCH_FAR_TCP_SECONDS:-8}
 for p in $PARTS; do case $p in loopback|s3|clients|far) ;; *) die "unknown part '$p'" ;; esac; done
 for d in $S3_DATASETS; do case $d in goroot|large) ;; *) die "unknown S3 data set '$d'" ;; esac; done
 [[ $CLIENTS =~ ^[1-9][0-9]*$ ]] || die "BENCH_CLIENTS must be a positive integer"
 [[ $FAR_MB =~ ^[1-9][0-9]*$ ]] || die "BENCH_FAR_MB must be a positive integer"
+for cc in $FAR_CCS; do [[ $cc =~ ^[a-z0-9_]+$ ]] || die "BENCH_FAR_CC must name congestion controls (cubic, bbr, reno), not '$cc'"; done
+[[ -n ${FAR_CCS// /} ]] || die "BENCH_FAR_CC is empty"
+[[ $FAR_TCP_SECONDS =~ ^[1-9][0-9]*$ ]] || die "BENCH_FAR_TCP_SECONDS must be a positive integer"
 
 RUN=$WORK/remote             # everything of this run; wiped at start
 LOGS=$RUN/logs
@@ -67,7 +79,16 @@ FAR_SRV_IP=10.213.77.1
 FAR_CLI_IP=10.213.77.2
 NS_SRV=floe-rb-srv-$$
 NS_CLI=floe-rb-cli-$$
-FAR_NETEM=(netem delay 50ms rate 1gbit loss 0.1% limit 100000)
+FAR_DELAY=50ms FAR_RATE=1gbit FAR_LOSS=0.1% FAR_LIMIT=100000 FAR_MTU=1500
+FAR_NETEM=(netem delay "$FAR_DELAY" rate "$FAR_RATE" loss "$FAR_LOSS" limit "$FAR_LIMIT")
+# bench/farlink (user-space netem) when the kernel has no netem: its binary,
+# its TUN devices (at most 15 characters) and its process
+FARLINK=$WORK/farlink
+FAR_TUN_S=flrs$$
+FAR_TUN_C=flrc$$
+FARLINK_PID=
+FAR_PORT=5201 # farlink's TCP sink, in the server's namespace
+FAR_NOTES=()  # lines of the report about the link (its measures, counters)
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 # ---------------------------------------------------------------- tools
@@ -343,43 +364,222 @@ part_clients() {
 }
 
 far_cleanup() {
+	farlink_down
+	if [[ -n ${FAR_ALLOWED_OLD:-} ]]; then
+		sysctl -qw "net.ipv4.tcp_allowed_congestion_control=$FAR_ALLOWED_OLD" || true
+		FAR_ALLOWED_OLD=
+	fi
 	ip netns pids "$NS_SRV" 2>/dev/null | xargs -r kill 2>/dev/null || true
 	ip netns pids "$NS_CLI" 2>/dev/null | xargs -r kill 2>/dev/null || true
 	ip netns del "$NS_SRV" 2>/dev/null || true
 	ip netns del "$NS_CLI" 2>/dev/null || true
 }
 
-# Two namespaces joined by a veth pair, each end shaped by FAR_NETEM (so the
-# round trip is twice the delay). Without netem in the kernel the link is
-# shaped by rate only (tbf) and the part is reported as not a far link.
+# farlink_up TAG DELAY LOSS: start bench/farlink (in this, the root,
+# namespace) with two TUN devices, move each into its namespace (farlink's
+# descriptors keep working: a TUN device belongs to its file, not to a
+# namespace) and give them the link's addresses. Packets from one
+# namespace go to farlink, which delays, limits and drops them and writes
+# them into the other: TCP stays end to end.
+farlink_up() {
+	local tag=$1 delay=$2 loss=$3 log=$LOGS/farlink-$1.log i ns dev
+	"$FARLINK" link --a "$FAR_TUN_S" --b "$FAR_TUN_C" --delay "$delay" --rate "$FAR_RATE" --loss "$loss" \
+		--limit "$FAR_LIMIT" --mtu "$FAR_MTU" --seed 1 </dev/null >"$log" 2>&1 &
+	FARLINK_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		grep -qs '^farlink: ready' "$log" && break
+		kill -0 "$FARLINK_PID" 2>/dev/null || { FARLINK_PID=; say "far: farlink exited: $(tail -n 2 "$log")"; return 1; }
+		sleep 0.1
+	done
+	grep -q '^farlink: ready' "$log" || { say "far: farlink not ready after 10 s, see $log"; return 1; }
+	ip link set "$FAR_TUN_S" netns "$NS_SRV"
+	ip link set "$FAR_TUN_C" netns "$NS_CLI"
+	ip -n "$NS_SRV" addr add "$FAR_SRV_IP/30" dev "$FAR_TUN_S"
+	ip -n "$NS_CLI" addr add "$FAR_CLI_IP/30" dev "$FAR_TUN_C"
+	for ns in "$NS_SRV:$FAR_TUN_S" "$NS_CLI:$FAR_TUN_C"; do
+		dev=${ns#*:} ns=${ns%%:*}
+		# no IPv6 chatter (router solicitations, DAD) on the link
+		ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$dev.disable_ipv6=1" 2>/dev/null || true
+		# The device's queue is where packets wait for farlink's reader;
+		# TUN drops beyond it, outside the model. Senders are not held
+		# back there (TUN orphans its packets), so a burst of many
+		# connections can fill it at memory speed while the reader waits
+		# for a core: 500 packets (the default) are nothing, 10,000 still
+		# overflowed on a loaded machine. As many as farlink may hold;
+		# its drops are counted per measure and reported.
+		ip -n "$ns" link set "$dev" txqueuelen "$FAR_LIMIT" up
+	done
+}
+
+# farlink_down: stop farlink (its devices go with it); on SIGTERM it writes
+# its counters and CPU time to its log (farlink_stats reads them).
+farlink_down() {
+	[[ -n ${FARLINK_PID:-} ]] || return 0
+	kill -TERM "$FARLINK_PID" 2>/dev/null || true
+	wait "$FARLINK_PID" 2>/dev/null || true
+	FARLINK_PID=
+}
+
+# farlink_stats TAG: one line of farlink's counters from its log (after
+# farlink_down) and the TUN devices' own drops (read before).
+farlink_stats() {
+	awk '/^farlink: .*->/ {for (i = 3; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+			printf "%s%s %s packets (%.1f MiB), lost %s, overflow %s, over the MTU %s", sep, ($2 ~ /^flrc/ ? "client→server" : "server→client"),
+				v["forwarded_packets"], v["forwarded_bytes"] / 1048576, v["lost"], v["overflow"], v["oversize"]; sep = "; " }
+		/^farlink: cpu_s=|^farlink: cpu_user_s=/ {for (i = 2; i <= NF; i++) { split($i, kv, "="); c[kv[1]] = kv[2] }
+			printf "; farlink CPU %s s (user %s, system %s) in %s s", c["cpu_s"], c["cpu_user_s"], c["cpu_sys_s"], c["wall_s"]}' \
+		"$LOGS/farlink-$1.log"
+}
+
+# tun_drop_count: the TUN devices' drops so far (both sides), or NA.
+tun_drop_count() {
+	[[ ${FAR_EMU:-} == farlink ]] || { echo NA; return; }
+	local a b
+	a=$(ip netns exec "$NS_SRV" cat "/sys/class/net/$FAR_TUN_S/statistics/tx_dropped" 2>/dev/null) || a=
+	b=$(ip netns exec "$NS_CLI" cat "/sys/class/net/$FAR_TUN_C/statistics/tx_dropped" 2>/dev/null) || b=
+	if [[ $a =~ ^[0-9]+$ && $b =~ ^[0-9]+$ ]]; then echo $((a + b)); else echo NA; fi
+}
+
+# tun_drops: packets the TUN devices dropped before farlink read them.
+tun_drops() {
+	local a b
+	a=$(ip netns exec "$NS_SRV" cat "/sys/class/net/$FAR_TUN_S/statistics/tx_dropped" 2>/dev/null || echo "?")
+	b=$(ip netns exec "$NS_CLI" cat "/sys/class/net/$FAR_TUN_C/statistics/tx_dropped" 2>/dev/null || echo "?")
+	echo "TUN queue drops (before farlink): server side $a, client side $b"
+}
+
+# far_tcp LABEL STREAMS CC: plain TCP from the client's namespace to the
+# sink for FAR_TCP_SECONDS; the figure goes to FAR_NOTES.
+far_tcp() {
+	local out cc=() used d0 d1
+	[[ -z $3 ]] || cc=(--cc "$3")
+	d0=$(tun_drop_count)
+	if out=$(ip netns exec "$NS_CLI" "$FARLINK" send --to "$FAR_SRV_IP:$FAR_PORT" --streams "$2" "${cc[@]}" \
+		--seconds "$FAR_TCP_SECONDS" 2>&1); then
+		echo "$out" >>"$LOGS/far-tcp.log"
+		used=$(sed -n 's/.* cc=\([^ ]*\).*/\1/p' <<<"$out")
+		out=$(awk '{for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+			printf "%s Mbit/s (%.1f MiB in %s s)", v["mbit_s"], v["bytes"] / 1048576, v["seconds"]}' <<<"$out")
+	else
+		echo "$out" >>"$LOGS/far-tcp.log"
+		out="failed: $(tail -n 1 <<<"$out")"
+	fi
+	d1=$(tun_drop_count)
+	[[ $d0 == NA || $d1 == NA || $d0 == "$d1" ]] || out+=" — $((d1 - d0)) packets dropped by the TUN queues, outside the model"
+	FAR_NOTES+=("$1, $2 TCP stream(s), ${used:-$3}: $out")
+	say "far: $1, $2 stream(s), ${used:-$3}: $out"
+}
+
+# far_sink_start / far_sink_stop: farlink's TCP sink in the server's namespace.
+far_sink_start() {
+	local i
+	ip netns exec "$NS_SRV" "$FARLINK" sink --listen "$FAR_SRV_IP:$FAR_PORT" >"$LOGS/far-sink.log" 2>&1 &
+	FAR_SINK_PID=$!
+	for ((i = 0; i < 100; i++)); do
+		ip netns exec "$NS_CLI" timeout 2 bash -c "</dev/tcp/$FAR_SRV_IP/$FAR_PORT" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	say "far: the TCP sink does not answer over the link, see $LOGS/far-sink.log"
+	return 1
+}
+far_sink_stop() {
+	kill "$FAR_SINK_PID" 2>/dev/null || true
+	wait "$FAR_SINK_PID" 2>/dev/null || true
+}
+
+# far_allow_cc: a namespace other than the first may only make a
+# congestion control its default when tcp_allowed_congestion_control (one
+# list for the whole machine) names it; add the run's, put the list back at
+# exit (far_cleanup).
+FAR_ALLOWED_OLD=
+far_allow_cc() {
+	local cur cc add=
+	cur=$(sysctl -n net.ipv4.tcp_allowed_congestion_control)
+	for cc in $FAR_CCS; do [[ " $cur " == *" $cc "* ]] || add+=" $cc"; done
+	[[ -n $add ]] || return 0
+	FAR_ALLOWED_OLD=$cur
+	sysctl -qw "net.ipv4.tcp_allowed_congestion_control=$cur$add" ||
+		say "far: could not allow$add in net.ipv4.tcp_allowed_congestion_control"
+}
+
+# far_set_cc CC: the default congestion control of both namespaces, which
+# floe, restic and their servers use; fails when the kernel refuses it.
+far_set_cc() {
+	local ns
+	for ns in "$NS_SRV" "$NS_CLI"; do
+		ip netns exec "$ns" sysctl -qw "net.ipv4.tcp_congestion_control=$1" 2>>"$LOGS/far-cc.log" || {
+			say "far: cannot make $1 the congestion control of $ns: $(tail -n 1 "$LOGS/far-cc.log")"
+			return 1
+		}
+	done
+}
+
+# Two namespaces joined by a link that delays, limits and drops in each
+# direction (so the round trip is twice the delay): a veth pair with netem
+# on each end when the kernel has netem, else bench/farlink between two TUN
+# devices. Then the link is measured: RTT, plain TCP (1 and 16 streams,
+# cubic and bbr), and with farlink its ceiling (delay and loss 0).
 far_setup() {
-	local vs=vrbs$$ vc=vrbc$$
+	local vs=vrbs$$ vc=vrbc$$ cc ns
+	FAR_NOTES=()
+	FAR_EMU=
 	ip netns add "$NS_SRV"
 	ip netns add "$NS_CLI"
-	ip link add "$vs" type veth peer name "$vc"
-	ip link set "$vs" netns "$NS_SRV"
-	ip link set "$vc" netns "$NS_CLI"
-	ip -n "$NS_SRV" addr add "$FAR_SRV_IP/30" dev "$vs"
-	ip -n "$NS_CLI" addr add "$FAR_CLI_IP/30" dev "$vc"
 	ip -n "$NS_SRV" link set lo up
 	ip -n "$NS_CLI" link set lo up
-	ip -n "$NS_SRV" link set "$vs" up
-	ip -n "$NS_CLI" link set "$vc" up
-	FAR_SHAPE="netem delay 50ms rate 1gbit loss 0.1% on each end (round trip 100 ms)"
-	if ! ip netns exec "$NS_SRV" tc qdisc add dev "$vs" root "${FAR_NETEM[@]}" 2>"$LOGS/far-tc.log"; then
-		FAR_SHAPE="NO netem in this kernel ($(head -n 1 "$LOGS/far-tc.log")): tbf rate 1gbit only, no delay, no loss: NOT a far link"
-		say "far: $FAR_SHAPE"
-		ip netns exec "$NS_SRV" tc qdisc add dev "$vs" root tbf rate 1gbit burst 256kb latency 50ms
-		ip netns exec "$NS_CLI" tc qdisc add dev "$vc" root tbf rate 1gbit burst 256kb latency 50ms
-	else
+	if ip netns exec "$NS_SRV" tc qdisc add dev lo root netem delay 1ms 2>"$LOGS/far-tc.log"; then
+		ip netns exec "$NS_SRV" tc qdisc del dev lo root
+		FAR_EMU=netem
+		ip link add "$vs" type veth peer name "$vc"
+		ip link set "$vs" netns "$NS_SRV"
+		ip link set "$vc" netns "$NS_CLI"
+		ip -n "$NS_SRV" addr add "$FAR_SRV_IP/30" dev "$vs"
+		ip -n "$NS_CLI" addr add "$FAR_CLI_IP/30" dev "$vc"
+		ip -n "$NS_SRV" link set "$vs" up
+		ip -n "$NS_CLI" link set "$vc" up
+		ip netns exec "$NS_SRV" tc qdisc add dev "$vs" root "${FAR_NETEM[@]}"
 		ip netns exec "$NS_CLI" tc qdisc add dev "$vc" root "${FAR_NETEM[@]}"
+		FAR_SHAPE="netem delay $FAR_DELAY rate $FAR_RATE loss $FAR_LOSS limit $FAR_LIMIT on each end of a veth pair (round trip twice the delay)"
+	elif [[ -c /dev/net/tun ]]; then
+		FAR_EMU=farlink
+		say "far: no netem in this kernel ($(head -n 1 "$LOGS/far-tc.log")): user-space netem, bench/farlink"
+		# The emulator's own ceiling: the same link without delay and loss.
+		farlink_up ceiling 0ms 0 || return 1
+		far_sink_start || return 1
+		far_tcp "emulator ceiling (delay 0, loss 0, rate $FAR_RATE)" 4 ""
+		far_sink_stop
+		local drops
+		drops=$(tun_drops)
+		farlink_down
+		FAR_NOTES+=("ceiling run: $(farlink_stats ceiling); $drops")
+		farlink_up far "$FAR_DELAY" "$FAR_LOSS" || return 1
+		FAR_SHAPE="user-space netem (bench/farlink, two TUN devices, packets forwarded one by one): $FAR_DELAY each way, rate $FAR_RATE, $FAR_LOSS random loss each way, limit $FAR_LIMIT packets, MTU $FAR_MTU"
+	else
+		FAR_SHAPE="not set up: no netem in this kernel ($(head -n 1 "$LOGS/far-tc.log")) and no /dev/net/tun for bench/farlink"
+		say "far: $FAR_SHAPE"
+		return 1
 	fi
-	FAR_RTT="not measured (no ping)"
+	FAR_BUFS="client tcp_wmem $(ip netns exec "$NS_CLI" sysctl -n net.ipv4.tcp_wmem | tr '\t' ' '), server tcp_rmem $(ip netns exec "$NS_SRV" sysctl -n net.ipv4.tcp_rmem | tr '\t' ' ')"
+	far_allow_cc
+	far_sink_start || return 1
 	if command -v ping >/dev/null; then
-		ip netns exec "$NS_CLI" ping -c 3 -q "$FAR_SRV_IP" >"$LOGS/far-ping.log" 2>&1 || true
-		FAR_RTT=$(awk -F/ '/^rtt/ {print $5 " ms"}' "$LOGS/far-ping.log")
+		ip netns exec "$NS_CLI" ping -c 5 -q "$FAR_SRV_IP" >"$LOGS/far-ping.log" 2>&1 || true
+		FAR_RTT="$(awk -F/ '/^rtt/ {print $5 " ms"}' "$LOGS/far-ping.log") (ping, average of 5)"
+	else
+		ip netns exec "$NS_CLI" "$FARLINK" rtt --to "$FAR_SRV_IP:$FAR_PORT" --count 5 >"$LOGS/far-rtt.log" 2>&1 || true
+		FAR_RTT=$(awk '{for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+			if (v["median_ms"] != "") printf "%s ms (median of 5 TCP connects; min %s, max %s)", v["median_ms"], v["min_ms"], v["max_ms"]}' "$LOGS/far-rtt.log")
+		[[ -n $FAR_RTT ]] || FAR_RTT="not measured ($(tail -n 1 "$LOGS/far-rtt.log"))"
 	fi
-	FAR_CC=$(ip netns exec "$NS_CLI" sysctl -n net.ipv4.tcp_congestion_control 2>/dev/null || echo "?")
+	say "far: $FAR_SHAPE; RTT $FAR_RTT"
+	# What TCP itself gets over this link, without floe or restic, with
+	# each congestion control of the run (bbr does not back off on random
+	# loss, cubic does).
+	for cc in $FAR_CCS; do
+		far_tcp "plain TCP over the far link" 1 "$cc"
+		far_tcp "plain TCP over the far link" 16 "$cc"
+	done
+	far_sink_stop
 }
 
 part_far() {
@@ -391,38 +591,72 @@ part_far() {
 		head -c $((FAR_MB * MiB)) /dev/urandom >"$data/random.bin"
 		touch "$data/.ready"
 	fi
-	far_setup
+	if ! far_setup; then
+		row far "$FAR_MB" link setup NA NA NA NA NA NA FAIL
+		FAILED=1
+		far_cleanup
+		return 0
+	fi
 	DATA_FAR=$data
 	warm "$data"
 	mkdir -p "$srv" "$rs"
-	start_server far-floe "$FAR_SRV_IP" 8443 "$NS_SRV" "$FLOE" serve --root "$srv" --listen "$FAR_SRV_IP:8443" \
-		--tls-cert "$CERT" --tls-key "$CERTKEY"
-	for n in 1 4 16; do
-		floe_token "$srv" "c$n" bench admin "$tok"
-		far_backup "floe-c$n" "$srv/c$n" "${in[@]}" "$FLOE" -r "https://$FAR_SRV_IP:8443/c$n" --token-file "$tok" \
-			--server-fingerprint "$FP" --password-file "$PW" --connections "$n"
-		rm -rf "${srv:?}/c$n"
+	local cc
+	for cc in $FAR_CCS; do
+		if ! far_set_cc "$cc"; then
+			row "far-$cc" "$FAR_MB" link cc NA NA NA NA NA NA FAIL
+			FAILED=1
+			continue
+		fi
+		FAR_SEC=far-$cc
+		start_server far-floe "$FAR_SRV_IP" 8443 "$NS_SRV" "$FLOE" serve --root "$srv" --listen "$FAR_SRV_IP:8443" \
+			--tls-cert "$CERT" --tls-key "$CERTKEY"
+		for n in 1 4 16; do
+			floe_token "$srv" "c$n" bench admin "$tok"
+			far_backup "floe-c$n" "$srv/c$n" "${in[@]}" "$FLOE" -r "https://$FAR_SRV_IP:8443/c$n" --token-file "$tok" \
+				--server-fingerprint "$FP" --password-file "$PW" --connections "$n"
+			rm -rf "${srv:?}/c$n"
+		done
+		stop_server
+		start_server far-rest "$FAR_SRV_IP" 8000 "$NS_SRV" "$REST_SERVER_BIN" --path "$rs" --listen "$FAR_SRV_IP:8000" \
+			--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
+		far_backup restic-rest "$rs/far" "${in[@]}" restic -r "rest:https://$FAR_SRV_IP:8000/far/" --cacert "$CERT"
+		stop_server
+		rm -rf "${rs:?}/far"
 	done
-	stop_server
-	start_server far-rest "$FAR_SRV_IP" 8000 "$NS_SRV" "$REST_SERVER_BIN" --path "$rs" --listen "$FAR_SRV_IP:8000" \
-		--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
-	far_backup restic-rest "$rs/far" "${in[@]}" restic -r "rest:https://$FAR_SRV_IP:8000/far/" --cacert "$CERT"
-	stop_server
+	if [[ $FAR_EMU == farlink ]]; then
+		local drops
+		drops=$(tun_drops)
+		farlink_down
+		FAR_NOTES+=("far link, whole part: $(farlink_stats far); $drops")
+	fi
 	far_cleanup
 }
 
-# far_backup TOOL STORE CLIENT...: init, then one timed backup of the far data.
+# far_backup TOOL STORE CLIENT...: init, then one timed backup of the far
+# data, with farlink's CPU time over the backup (row linkcpu, field 6) and
+# the TUN queues' drops (field 9).
 far_backup() {
-	local tool=$1 store=$2 init=(init)
+	local tool=$1 store=$2 init=(init) l0 l1 d0 d1
 	shift 2
-	SRC=$DATA_FAR BASE=$RUN/c/far-$tool DST=$RUN/c/far-$tool/restore
+	SRC=$DATA_FAR BASE=$RUN/c/$FAR_SEC-$tool DST=$RUN/c/far-$tool/restore
 	fresh_client
 	[[ $tool == restic* ]] && init=(init --repository-version 2)
-	say "far: $tool"
-	measure far "$FAR_MB" "$tool" init "$@" "${init[@]}" || return 0
-	measure far "$FAR_MB" "$tool" backup1 timeout "$FAR_TIMEOUT" "$@" backup "$SRC" || return 0
-	row far "$FAR_MB" "$tool" stored NA NA NA NA "$(du -sb "$store" | cut -f1)" NA ok
+	say "$FAR_SEC: $tool"
+	measure "$FAR_SEC" "$FAR_MB" "$tool" init "$@" "${init[@]}" || return 0
+	l0=$(pid_ticks "$FARLINK_PID")
+	d0=$(tun_drop_count)
+	measure "$FAR_SEC" "$FAR_MB" "$tool" backup1 timeout "$FAR_TIMEOUT" "$@" backup "$SRC" || return 0
+	l1=$(pid_ticks "$FARLINK_PID")
+	d1=$(tun_drop_count)
+	if [[ $l0 != NA && $l1 != NA ]]; then
+		if [[ $d0 == NA || $d1 == NA ]]; then d1=NA; else d1=$((d1 - d0)); fi
+		row "$FAR_SEC" "$FAR_MB" "$tool" linkcpu NA "$(awk -v a="$l0" -v b="$l1" -v t="$CLK" 'BEGIN {printf "%.2f", (b - a) / t}')" NA NA "$d1" NA ok
+	fi
+	row "$FAR_SEC" "$FAR_MB" "$tool" stored NA NA NA NA "$(du -sb "$store" | cut -f1)" NA ok
 	rm -rf "$BASE"
+}
+pid_ticks() { # PID: its user + system clock ticks, or NA
+	if [[ -n $1 && -r /proc/$1/stat ]]; then awk '{print $14 + $15}' "/proc/$1/stat"; else echo NA; fi
 }
 
 # ---------------------------------------------------------------- report
@@ -606,17 +840,34 @@ write_report() {
 		if has_part far; then
 			echo "## Far link: $FAR_MB MiB of random data between two network namespaces"
 			echo
-			echo "Link: ${FAR_SHAPE:-not set up}; ping RTT ${FAR_RTT:-?}; TCP congestion control ${FAR_CC:-?}."
+			echo "Link: ${FAR_SHAPE:-not set up}."
+			echo
+			echo "RTT ${FAR_RTT:-not measured}; socket buffers (bytes: min, default, max):"
+			echo "${FAR_BUFS:-?}. One round of backups per TCP congestion control"
+			echo "(BENCH_FAR_CC: $FAR_CCS), set as the default of both namespaces."
 			echo "Server in one namespace, client in the other; restic uses its default"
 			echo "5 connections to rest-server (\`-o rest.connections\`)."
 			echo
-			echo "| tool | backup wall s | MiB/s | client CPU s | server CPU s | load (1 min) |"
-			echo "|---|---|---|---|---|---|"
-			for t in floe-c1 floe-c4 floe-c16 restic-rest; do
-				local w
-				w=$(val far "$FAR_MB" "$t" backup1 5)
-				echo "| $t | $(fmt "$w") | $(fmt "$(calc div "$FAR_MB" "$w")") | $(fmt "$(val far "$FAR_MB" "$t" backup1 6)") | $(fmt "$(val far "$FAR_MB" "$t" backup1 8)") | $(fmt "$(val far "$FAR_MB" "$t" backup1 10)") |"
+			local note
+			for note in "${FAR_NOTES[@]}"; do echo "- $note"; done
+			((${#FAR_NOTES[@]} == 0)) || echo
+			echo "| congestion control | tool | backup wall s | MiB/s | Mbit/s | client CPU s | server CPU s | link emulator CPU s | TUN drops | load (1 min) |"
+			echo "|---|---|---|---|---|---|---|---|---|---|"
+			local cc sec
+			for cc in $FAR_CCS; do
+				sec=far-$cc
+				for t in floe-c1 floe-c4 floe-c16 restic-rest; do
+					local w r
+					w=$(val "$sec" "$FAR_MB" "$t" backup1 5)
+					r=$(calc div "$FAR_MB" "$w")
+					echo "| $cc | $t | $(fmt "$w") | $(fmt "$r") | $(fmt "$(calc div "$(awk -v m="$FAR_MB" 'BEGIN {printf "%.4f", m * 8.388608}')" "$w")") | $(fmt "$(val "$sec" "$FAR_MB" "$t" backup1 6)") | $(fmt "$(val "$sec" "$FAR_MB" "$t" backup1 8)") | $(fmt "$(val "$sec" "$FAR_MB" "$t" linkcpu 6)") | $(fmt "$(val "$sec" "$FAR_MB" "$t" linkcpu 9)") | $(fmt "$(val "$sec" "$FAR_MB" "$t" backup1 10)") |"
+				done
 			done
+			echo
+			echo "MiB/s and Mbit/s: MiB of source data ÷ backup wall time (random data: the"
+			echo "bytes sent are about the same plus the repository's overhead). Link"
+			echo "emulator CPU and TUN drops (packets lost before bench/farlink read them:"
+			echo "loss beyond the model's, which makes a figure pessimistic): over the backup."
 			echo
 		fi
 		local bad
@@ -657,7 +908,16 @@ trap 'stop_server; far_cleanup' EXIT
 build_floe
 [[ $FLOE_STATUS == ok ]] || die "floe: $FLOE_STATUS"
 make_cert
-for ds in $DATASETS $S3_DATASETS; do "prepare_$ds"; done
+# the far part brings its own data; the data sets are for loopback and s3
+DATA_SETS_USED=
+has_part loopback && DATA_SETS_USED+=" $DATASETS"
+has_part s3 && DATA_SETS_USED+=" $S3_DATASETS"
+for ds in $DATA_SETS_USED; do "prepare_$ds"; done
+if has_part far; then
+	say "building bench/farlink"
+	(cd "$ROOT" && go build -o "$FARLINK" ./bench/farlink) >"$LOGS/farlink-build.log" 2>&1 ||
+		die "bench/farlink build failed, see $LOGS/farlink-build.log"
+fi
 
 {
 	printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
@@ -676,7 +936,7 @@ for ds in $DATASETS $S3_DATASETS; do "prepare_$ds"; done
 	printf 'restic\t%s, repository version 2, compression auto\n' "$(restic version | head -n 1)"
 	if has_part loopback || has_part far; then printf 'rest-server\t%s\n' "$("$REST_SERVER_BIN" --version 2>&1 | head -n 1)"; fi
 	if has_part s3; then printf 'versitygw\t%s\n' "$(go version -m "$VERSITYGW" 2>/dev/null | awk '$1 == "mod" {print $2 " " $3; exit}')"; fi
-	for ds in $DATASETS; do
+	for ds in $(tr ' ' '\n' <<<"$DATA_SETS_USED" | awk 'NF && !seen[$0]++'); do
 		printf 'data set %s\t%s files, %s GiB\n' "$ds" "$(find "$DATA/$ds" -type f | wc -l)" "$(gib "$(du -sb "$DATA/$ds" | cut -f1)")"
 	done
 } >"$RUN/meta.tsv"

@@ -42,7 +42,8 @@ func (p *openPack) size() int { return p.written + len(p.buf) }
 // compress and encrypt in parallel; appending a sealed blob to the one
 // open pack of its type happens under a lock (a copy at memory speed),
 // which keeps memory to three pack buffers: one filling, one uploading,
-// one waiting.
+// one waiting (streamed packs to a server with several connections: one
+// spool per upload at once, see uploaders).
 type Writer struct {
 	r       *Repository
 	open    map[BlobType]*openPack
@@ -82,10 +83,11 @@ type SaveStats struct {
 func (r *Repository) StartWriting() *Writer {
 	w := &Writer{r: r, open: map[BlobType]*openPack{}, uploads: make(chan *openPack),
 		pending: map[BlobHandle]struct{}{}, free: make(chan []byte, 1)}
-	// One uploader: a local disk stores a pack in well under the time the
-	// workers take to fill one; remote backends will want more.
-	w.upWG.Add(1)
-	go w.uploader()
+	n := uploaders(r.be)
+	w.upWG.Add(n)
+	for range n {
+		go w.uploader()
+	}
 	r.wmu.Lock()
 	if r.writers == nil {
 		r.writers = map[*Writer]struct{}{}
@@ -93,6 +95,27 @@ func (r *Repository) StartWriting() *Writer {
 	r.writers[w] = struct{}{}
 	r.wmu.Unlock()
 	return w
+}
+
+// uploaders is how many packs upload at once. One suits a local disk,
+// which stores a pack in well under the time the workers take to fill one.
+// A backend that spreads requests over several connections (a floe
+// server, --connections N) gets one per connection (storage.ParallelSaver,
+// up to the server's uploads per token): with a single upload
+// at a time all connections but one idle, and on a far link one TCP
+// connection's window is the whole throughput (bench/REMOTE.md, "Far
+// link"). Only for backends that stream packs: each pack then sits in its
+// own spool (storage.Spool: memory up to SpoolMemory, then a temporary
+// file), so memory grows by at most a pack per connection; packs built
+// whole in memory keep the three-buffer bound of one uploader.
+func uploaders(be storage.Backend) int {
+	if _, ok := be.(storage.StreamSaver); !ok {
+		return 1
+	}
+	if p, ok := storage.As[storage.ParallelSaver](be); ok {
+		return max(1, p.ParallelSaves())
+	}
+	return 1
 }
 
 func (r *Repository) isPending(h BlobHandle) bool {
@@ -395,7 +418,7 @@ func (w *Writer) saveIndex(ctx context.Context, packs []PackInfo) error {
 // no blobs after it.
 func (w *Writer) Finish(ctx context.Context) error { return w.end(ctx, true) }
 
-// Abort ends w without storing its open packs: it waits for the pack being
+// Abort ends w without storing its open packs: it waits for the packs being
 // uploaded, then writes an index file for every stored pack that is not in
 // one yet. An interrupted backup or transfer calls it so that the next run
 // deduplicates against what it uploaded, without uploading more after the

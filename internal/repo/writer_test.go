@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/mem"
 )
 
 // A Writer's blobs count as present while it runs; Abort indexes the
@@ -79,6 +82,107 @@ func TestWriterLifetime(t *testing.T) {
 			be.List(ctx, storage.Pack, func(storage.FileInfo) error { n++; return nil })
 			if uint64(n) != wantPacks+1 {
 				t.Fatalf("%d packs stored, want %d", n, wantPacks+1)
+			}
+		})
+	}
+}
+
+// parallelBackend is a streaming memory backend that spreads saves over
+// conns connections (storage.ParallelSaver) and records how many pack
+// commits run at once. The first commit waits, up to two seconds, for
+// another to join it, so that a writer uploading one pack at a time shows
+// as a peak of 1.
+type parallelBackend struct {
+	*mem.Backend
+	conns int
+
+	mu       sync.Mutex
+	inFlight int
+	peak     int
+	joined   chan struct{} // closed when two commits ran at once, or one waited in vain
+	once     sync.Once
+}
+
+func (b *parallelBackend) ParallelSaves() int { return b.conns }
+
+func (b *parallelBackend) SaveStream(ctx context.Context, t storage.FileType) (storage.PendingObject, error) {
+	p, err := b.Backend.SaveStream(ctx, t)
+	if err != nil || t != storage.Pack {
+		return p, err
+	}
+	return &gatedObject{PendingObject: p, b: b}, nil
+}
+
+type gatedObject struct {
+	storage.PendingObject
+	b *parallelBackend
+}
+
+func (g *gatedObject) Commit(ctx context.Context, name string) error {
+	b := g.b
+	b.mu.Lock()
+	b.inFlight++
+	b.peak = max(b.peak, b.inFlight)
+	if b.inFlight >= 2 {
+		b.once.Do(func() { close(b.joined) })
+	}
+	b.mu.Unlock()
+	select {
+	case <-b.joined:
+	case <-time.After(2 * time.Second):
+		b.once.Do(func() { close(b.joined) }) // alone: no use waiting again
+	}
+	err := g.PendingObject.Commit(ctx, name)
+	b.mu.Lock()
+	b.inFlight--
+	b.mu.Unlock()
+	return err
+}
+
+// A backend with several connections gets several pack uploads at once
+// (one TCP connection cannot fill a far link; bench/REMOTE.md), and every
+// blob is stored and indexed; one connection keeps one upload at a time.
+func TestWriterUploadsPerConnection(t *testing.T) {
+	for _, conns := range []int{1, 4} {
+		t.Run(fmt.Sprintf("connections=%d", conns), func(t *testing.T) {
+			ctx := context.Background()
+			be := &parallelBackend{Backend: mem.New(), conns: conns, joined: make(chan struct{})}
+			if conns == 1 {
+				be.once.Do(func() { close(be.joined) }) // nothing to wait for
+			}
+			r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.cfg.PackSize = 1 << 20
+			w := r.StartWriting()
+			var refs []hash.Ref
+			for range 12 { // 12 MiB: a dozen packs
+				data := randomBytes(1 << 20)
+				ref, _, _, err := w.SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				refs = append(refs, ref)
+			}
+			if err := w.Finish(ctx); err != nil {
+				t.Fatal(err)
+			}
+			wantPeak := min(conns, 2) // the gate lets the second one go
+			if be.peak < wantPeak || (conns == 1 && be.peak != 1) {
+				t.Errorf("%d connections: at most %d packs uploaded at once, want %d", conns, be.peak, wantPeak)
+			}
+			r2, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := r2.LoadIndex(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for i, ref := range refs {
+				if _, err := r2.LoadBlob(ctx, DataBlob, ref, nil); err != nil {
+					t.Errorf("blob %d after reopening: %v", i, err)
+				}
 			}
 		})
 	}

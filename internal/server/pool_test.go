@@ -113,6 +113,16 @@ func TestConnectionsPool(t *testing.T) {
 		if b.ConnectionCount() != n {
 			t.Errorf("ConnectionCount %d, want %d", b.ConnectionCount(), n)
 		}
+		// a backup uploads a pack per connection at once
+		if p, ok := storage.As[storage.ParallelSaver](b); !ok {
+			t.Error("the floe server's client is no storage.ParallelSaver")
+		} else if p.ParallelSaves() != n {
+			t.Errorf("Connections %d: %d saves at once, want %d", n, p.ParallelSaves(), n)
+		}
+	}
+	// but no more than the server's default uploads per token
+	if b, err := remote.New(srv.URL+"/fleet", remote.Options{Token: tok, Connections: 16}); err != nil || b.ParallelSaves() != server.DefaultMaxUploads {
+		t.Errorf("16 connections: %v, want %d saves at once", err, server.DefaultMaxUploads)
 	}
 	if _, err := remote.New(srv.URL+"/fleet", remote.Options{Token: tok, Connections: remote.MaxConnections + 1}); err == nil {
 		t.Error("too many connections accepted")

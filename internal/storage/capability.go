@@ -86,6 +86,15 @@ type ConnectionsHint interface {
 	Connections() int
 }
 
+// ParallelSaver is implemented by backends that spread requests over
+// several connections of their own (the floe server's client: TCP
+// connections for https://, ssh processes for ssh://; --connections), so
+// that several whole objects (packs) are best saved at once.
+type ParallelSaver interface {
+	// ParallelSaves is how many saves to run at once.
+	ParallelSaves() int
+}
+
 // Connections returns how many loads and saves to run at once on the
 // backends bes by default: def, or the largest hint of any of them if
 // that is more.

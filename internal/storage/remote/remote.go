@@ -815,3 +815,14 @@ func (b *Backend) Connections() int { return max(8, 4*len(b.pool)) }
 // ConnectionCount is how many connections the backend spreads requests
 // over (Options.Connections).
 func (b *Backend) ConnectionCount() int { return len(b.pool) }
+
+// serverUploads is the floe server's default --max-uploads
+// (server.DefaultMaxUploads): uploads of one token beyond it are refused
+// with 429 and retried after a backoff, which is slower than waiting.
+const serverUploads = 8
+
+// ParallelSaves implements storage.ParallelSaver: a backup's packs upload
+// one per connection at once, so that every connection carries data (one
+// TCP connection cannot fill a long fat link), but no more than the
+// server lets one token upload at once by default.
+func (b *Backend) ParallelSaves() int { return min(len(b.pool), serverUploads) }

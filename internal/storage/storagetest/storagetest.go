@@ -800,6 +800,7 @@ func testWrapped(t *testing.T, b storage.Backend) {
 		"StreamSaver":     func(b storage.Backend) bool { _, ok := storage.As[storage.StreamSaver](b); return ok },
 		"TempFiles":       func(b storage.Backend) bool { _, ok := storage.As[storage.TempFiles](b); return ok },
 		"ConnectionsHint": func(b storage.Backend) bool { _, ok := storage.As[storage.ConnectionsHint](b); return ok },
+		"ParallelSaver":   func(b storage.Backend) bool { _, ok := storage.As[storage.ParallelSaver](b); return ok },
 	} {
 		if direct, wrapped := found(b), found(w); direct != wrapped {
 			t.Errorf("%s: the backend has it: %v, through a wrapper: %v", name, direct, wrapped)
