@@ -154,12 +154,24 @@ var (
 	_ storage.StreamSaver     = (*Backend)(nil)
 	_ storage.TempFiles       = (*Backend)(nil)
 	_ storage.ConnectionsHint = (*Backend)(nil)
+	_ storage.ParallelSaver   = (*Backend)(nil)
 )
 
 // Connections implements storage.ConnectionsHint: an object store serves
 // many requests at once, and each waits a round trip, so copy and export
 // run 8 at a time by default (else 4).
 func (b *Backend) Connections() int { return 8 }
+
+// parallelSaves is how many packs a backup uploads at once.
+const parallelSaves = 4
+
+// ParallelSaves implements storage.ParallelSaver: a backup uploads up to
+// 4 packs at once, each from its own spool file (no memory per pack).
+// With one upload at a time the workers that fill packs waited for it:
+// on versitygw on loopback they spent 2.9 s blocked in a 2 GiB backup
+// (measured on 2 cores), and a far object store waits a round trip or
+// more per request, which one connection at a time leaves unused.
+func (b *Backend) ParallelSaves() int { return parallelSaves }
 
 // URL returns the location of cfg as the user writes it:
 // s3:https://host[:port]/bucket[/prefix]. It never holds credentials.
