@@ -60,6 +60,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -147,6 +148,10 @@ type Backend struct {
 	// was sent (x-amz-checksum-crc32c): it knows the header, so the
 	// payload need not be signed as well (see putSingle).
 	checksums atomic.Bool
+	// noChecksum: the endpoint is Google Cloud Storage, whose XML API
+	// minio-go never sends an S3 checksum to; PUTs go as minio-go sends
+	// them by default.
+	noChecksum bool
 }
 
 var (
@@ -230,6 +235,7 @@ func newBackend(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("s3 %s: %w", b.loc, err)
 	}
 	b.client = client
+	b.noChecksum = s3utils.IsGoogleEndpoint(*client.EndpointURL())
 	b.core = &minio.Core{Client: client}
 	return b, nil
 }
@@ -482,7 +488,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 const crcMeta = "X-Amz-Checksum-Crc32c"
 
 // putSingle stores an object in one PUT with its CRC32C in the
-// x-amz-checksum-crc32c header, which S3 (AWS, MinIO, versitygw, Ceph
+// x-amz-checksum-crc32c header (not to Google Cloud Storage, see
+// noChecksum), which S3 (AWS, MinIO, versitygw, Ceph
 // RGW) checks against the payload and refuses (BadDigest) when they
 // differ: a payload damaged on its way is not stored.
 //
@@ -502,16 +509,19 @@ const crcMeta = "X-Amz-Checksum-Crc32c"
 // payload, an MD5 and a SHA-256 of every byte.
 func (b *Backend) putSingle(ctx context.Context, key string, r io.Reader, size int64, crc uint32, conditional bool, token string) error {
 	opts := putOpts(conditional, token)
-	sum := crcString(crc)
-	if opts.UserMetadata == nil {
-		opts.UserMetadata = map[string]string{}
+	sum := ""
+	if !b.noChecksum {
+		sum = crcString(crc)
+		if opts.UserMetadata == nil {
+			opts.UserMetadata = map[string]string{}
+		}
+		opts.UserMetadata[crcMeta] = sum
 	}
-	opts.UserMetadata[crcMeta] = sum
 	checked := b.checksums.Load()
 	opts.DisableContentSha256 = checked
 	err := retryConflict(ctx, func() error {
 		info, err := b.core.PutObject(ctx, b.cfg.Bucket, key, r, size, "", "", opts)
-		if err == nil && !checked && info.ChecksumCRC32C == sum {
+		if err == nil && !checked && sum != "" && info.ChecksumCRC32C == sum {
 			b.checksums.Store(true)
 		}
 		return err
