@@ -489,9 +489,10 @@ const crcMeta = "X-Amz-Checksum-Crc32c"
 
 // putSingle stores an object in one PUT with its CRC32C in the
 // x-amz-checksum-crc32c header (not to Google Cloud Storage, see
-// noChecksum), which S3 (AWS, MinIO, versitygw, Ceph
-// RGW) checks against the payload and refuses (BadDigest) when they
-// differ: a payload damaged on its way is not stored.
+// noChecksum), which the servers that know it (AWS, MinIO, versitygw,
+// recent Ceph RGW) check against the payload, refusing (BadDigest) a
+// payload damaged on its way. A server that does not know it ignores
+// it and does not answer with it, so its payloads stay signed.
 //
 // Over plain http, minio-go also signs the payload by default (a
 // streaming signature: a SHA-256 of every 64 KiB chunk on the client,
