@@ -43,9 +43,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"net/http"
 	"os"
@@ -57,6 +60,7 @@ import (
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
+	"github.com/minio/minio-go/v7/pkg/s3utils"
 
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -140,6 +144,14 @@ type Backend struct {
 	// noConditional is set once the server refused a conditional write
 	// (501): Save then asks before it writes (see the package comment).
 	noConditional atomic.Bool
+	// checksums is set once the server answered a PUT with the CRC32C it
+	// was sent (x-amz-checksum-crc32c): it knows the header, so the
+	// payload need not be signed as well (see putSingle).
+	checksums atomic.Bool
+	// noChecksum: the endpoint is Google Cloud Storage, whose XML API
+	// minio-go never sends an S3 checksum to; PUTs go as minio-go sends
+	// them by default.
+	noChecksum bool
 }
 
 var (
@@ -147,12 +159,24 @@ var (
 	_ storage.StreamSaver     = (*Backend)(nil)
 	_ storage.TempFiles       = (*Backend)(nil)
 	_ storage.ConnectionsHint = (*Backend)(nil)
+	_ storage.ParallelSaver   = (*Backend)(nil)
 )
 
 // Connections implements storage.ConnectionsHint: an object store serves
 // many requests at once, and each waits a round trip, so copy and export
 // run 8 at a time by default (else 4).
 func (b *Backend) Connections() int { return 8 }
+
+// parallelSaves is how many packs a backup uploads at once.
+const parallelSaves = 4
+
+// ParallelSaves implements storage.ParallelSaver: a backup uploads up to
+// 4 packs at once, each from its own spool file (no memory per pack).
+// With one upload at a time the workers that fill packs waited for it:
+// on versitygw on loopback they spent 2.9 s blocked in a 2 GiB backup
+// (measured on 2 cores), and a far object store waits a round trip or
+// more per request, which one connection at a time leaves unused.
+func (b *Backend) ParallelSaves() int { return parallelSaves }
 
 // URL returns the location of cfg as the user writes it:
 // s3:https://host[:port]/bucket[/prefix]. It never holds credentials.
@@ -211,6 +235,7 @@ func newBackend(cfg Config) (*Backend, error) {
 		return nil, fmt.Errorf("s3 %s: %w", b.loc, err)
 	}
 	b.client = client
+	b.noChecksum = s3utils.IsGoogleEndpoint(*client.EndpointURL())
 	b.core = &minio.Core{Client: client}
 	return b, nil
 }
@@ -360,7 +385,7 @@ func (b *Backend) Save(ctx context.Context, h storage.Handle, data []byte) error
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
-	if err := b.put(ctx, b.key(h), bytes.NewReader(data), int64(len(data))); err != nil {
+	if err := b.put(ctx, b.key(h), bytes.NewReader(data), int64(len(data)), crc32.Checksum(data, castagnoli)); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
 	return nil
@@ -368,14 +393,16 @@ func (b *Backend) Save(ctx context.Context, h storage.Handle, data []byte) error
 
 // put stores size bytes of r under key without overwriting: in one PUT up
 // to the part size, else as a multipart upload. It reads r with ReadAt
-// only, so parts can be read in parallel and re-read by retries.
+// only, so parts can be read in parallel and re-read by retries. crc is
+// the CRC32C (Castagnoli) of the size bytes, which a single PUT sends for
+// the server to check (see putSingle).
 //
 // Each write carries a random token as user metadata (x-amz-meta-floe-write).
 // When minio-go retries a conditional write whose first attempt was stored
 // but whose answer was lost, the retry is refused (412) because of our own
 // object; the token tells that case from an object another writer saved,
 // so that only the latter is ErrExist.
-func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64) error {
+func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64, crc uint32) error {
 	token := writeToken()
 	for {
 		conditional := !b.noConditional.Load()
@@ -391,7 +418,7 @@ func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64
 		}
 		var err error
 		if size <= b.partSize {
-			err = b.putSingle(ctx, key, io.NewSectionReader(r, 0, size), size, conditional, token)
+			err = b.putSingle(ctx, key, io.NewSectionReader(r, 0, size), size, crc, conditional, token)
 		} else {
 			err = b.putMultipart(ctx, key, r, size, conditional, token)
 		}
@@ -453,15 +480,62 @@ func (b *Backend) putError(err error) error {
 	return b.explain(err)
 }
 
-func (b *Backend) putSingle(ctx context.Context, key string, r io.Reader, size int64, conditional bool, token string) error {
+// castagnoli is the CRC32C table: S3's x-amz-checksum-crc32c, computed
+// with the CPU's CRC instruction (SSE 4.2, ARMv8) at memory speed.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// crcMeta is the header of a CRC32C that S3 checks against the payload.
+const crcMeta = "X-Amz-Checksum-Crc32c"
+
+// putSingle stores an object in one PUT with its CRC32C in the
+// x-amz-checksum-crc32c header (not to Google Cloud Storage, see
+// noChecksum), which the servers that know it (AWS, MinIO, versitygw,
+// recent Ceph RGW) check against the payload, refusing (BadDigest) a
+// payload damaged on its way. A server that does not know it ignores
+// it and does not answer with it, so its payloads stay signed.
+//
+// Over plain http, minio-go also signs the payload by default (a
+// streaming signature: a SHA-256 of every 64 KiB chunk on the client,
+// again on the server), which makes S3 refuse a damaged payload too,
+// at a cost measured at 7% of a large backup's client CPU and 15% of
+// versitygw's. Once the server has answered a PUT with the checksum it
+// was sent, so that it is known to handle the header, the payload goes
+// unsigned (UNSIGNED-PAYLOAD, which is what minio-go sends over https,
+// where TLS protects the payload) and the CRC32C alone catches damage.
+// The signature guarded against no attacker that matters: the answers
+// are not signed, so a man in the middle of plain http can as well
+// drop a PUT and answer "200 OK"; and a pack's blobs are authenticated
+// by their AEAD and its name is the BLAKE3 of its bytes, which check
+// --read-data verifies. restic sends a Content-MD5 and the signed
+// payload, an MD5 and a SHA-256 of every byte.
+func (b *Backend) putSingle(ctx context.Context, key string, r io.Reader, size int64, crc uint32, conditional bool, token string) error {
+	opts := putOpts(conditional, token)
+	sum := ""
+	if !b.noChecksum {
+		sum = crcString(crc)
+		if opts.UserMetadata == nil {
+			opts.UserMetadata = map[string]string{}
+		}
+		opts.UserMetadata[crcMeta] = sum
+	}
+	checked := b.checksums.Load()
+	opts.DisableContentSha256 = checked
 	err := retryConflict(ctx, func() error {
-		_, err := b.core.PutObject(ctx, b.cfg.Bucket, key, r, size, "", "", putOpts(conditional, token))
+		info, err := b.core.PutObject(ctx, b.cfg.Bucket, key, r, size, "", "", opts)
+		if err == nil && !checked && sum != "" && info.ChecksumCRC32C == sum {
+			b.checksums.Store(true)
+		}
 		return err
 	})
 	if err != nil && !notImplemented(err) {
 		return b.putError(err)
 	}
 	return err
+}
+
+// crcString is a CRC32C as S3 writes it: the 4 bytes, big-endian, base64.
+func crcString(crc uint32) string {
+	return base64.StdEncoding.EncodeToString(binary.BigEndian.AppendUint32(nil, crc))
 }
 
 // Stat implements storage.Backend.

@@ -610,3 +610,106 @@ func TestRetry5xx(t *testing.T) {
 		t.Errorf("only %d requests: the faults were not met", failed.Load())
 	}
 }
+
+// corruptTransport flips a byte of every PUT body while on is set: a
+// payload damaged on its way.
+type corruptTransport struct {
+	base http.RoundTripper
+	on   atomic.Bool
+}
+
+func (c *corruptTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.Method == http.MethodPut && req.Body != nil && c.on.Load() {
+		req = req.Clone(req.Context())
+		req.Body = &flipBody{r: req.Body, at: 100}
+	}
+	return c.base.RoundTrip(req)
+}
+
+type flipBody struct {
+	r   io.ReadCloser
+	at  int // offset of the byte to flip, counted down
+	pos int
+}
+
+func (f *flipBody) Read(p []byte) (int, error) {
+	n, err := f.r.Read(p)
+	if f.at >= f.pos && f.at < f.pos+n {
+		p[f.at-f.pos] ^= 0x40
+	}
+	f.pos += n
+	return n, err
+}
+
+func (f *flipBody) Close() error { return f.r.Close() }
+
+// TestDamagedPayload: a PUT whose payload is damaged on its way is refused
+// by the server and nothing is stored, both while the payload is signed
+// (the first PUT) and once it goes unsigned with its CRC32C (after the
+// server answered with the checksum it was sent).
+func TestDamagedPayload(t *testing.T) {
+	srv := s3test.Start(t)
+	tr, err := minio.DefaultTransport(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := &corruptTransport{base: tr}
+	b := backendWith(t, srv, Config{Transport: ct})
+	ctx := context.Background()
+	data := randomBytes(7, 300<<10)
+	h := func(i byte) storage.Handle {
+		return storage.Handle{Type: storage.Pack, Name: strings.Repeat(fmt.Sprintf("%02x", i), 32)}
+	}
+	refused := func(what string, hd storage.Handle, err error) {
+		t.Helper()
+		if err == nil {
+			t.Fatalf("%s: a damaged payload was stored", what)
+		}
+		if _, serr := b.Stat(ctx, hd); !storage.IsNotExist(serr) {
+			t.Fatalf("%s: refused (%v), but Stat says %v", what, err, serr)
+		}
+	}
+
+	// signed (the server has not shown yet that it checks the CRC32C)
+	ct.on.Store(true)
+	refused("signed payload", h(1), b.Save(ctx, h(1), data))
+	if b.checksums.Load() {
+		t.Fatal("a refused PUT turned the signature off")
+	}
+
+	ct.on.Store(false)
+	if err := b.Save(ctx, h(2), data); err != nil {
+		t.Fatal(err)
+	}
+	if !b.checksums.Load() {
+		t.Fatal("versitygw answered without the CRC32C it was sent: the payload stays signed")
+	}
+
+	// unsigned: the CRC32C alone makes the server refuse, in a Save and
+	// in a streamed pack
+	ct.on.Store(true)
+	refused("unsigned payload", h(3), b.Save(ctx, h(3), data))
+	p, err := b.SaveStream(ctx, storage.Pack)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < len(data); i += 1000 {
+		if _, err := p.Write(data[i:min(i+1000, len(data))]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	refused("unsigned streamed payload", h(4), p.Commit(ctx, h(4).Name))
+
+	ct.on.Store(false)
+	for _, i := range []byte{2, 3} {
+		if i == 3 {
+			if err := b.Save(ctx, h(3), data); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := b.Load(ctx, h(i), 0, 0)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("load %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+}

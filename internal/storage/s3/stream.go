@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"sort"
@@ -60,6 +61,7 @@ type pending struct {
 	b    *Backend
 	t    storage.FileType
 	sp   *storage.Spool
+	crc  uint32 // CRC32C of what was written (see putSingle)
 	path string // still to remove at the end, if not unlinked at once
 	done bool
 }
@@ -69,6 +71,7 @@ func (p *pending) Write(data []byte) (int, error) {
 		return 0, fmt.Errorf("write %s: object already committed or aborted", p.t)
 	}
 	n, err := p.sp.Write(data)
+	p.crc = crc32.Update(p.crc, castagnoli, data[:n])
 	if err != nil {
 		return n, fmt.Errorf("write %s: spool file: %w", p.t, diskErr(err))
 	}
@@ -87,7 +90,7 @@ func (p *pending) Commit(ctx context.Context, name string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
-	if err := p.b.put(ctx, p.b.key(h), p.sp, p.sp.Size()); err != nil {
+	if err := p.b.put(ctx, p.b.key(h), p.sp, p.sp.Size(), p.crc); err != nil {
 		return fmt.Errorf("save %s: %w", h, err)
 	}
 	return nil
