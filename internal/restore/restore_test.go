@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -236,3 +237,61 @@ func TestWriteOnlyKeyCannotRestore(t *testing.T) {
 		t.Fatalf("err = %v, want ErrWriteOnly", err)
 	}
 }
+
+// TestNewFileModesAndGroup: files created in directories the restore made
+// get their mode at creation and skip fchmod and fchown where nothing would
+// change; modes the umask masks, setuid, and a setgid target owned by
+// another group must still come out as in the snapshot.
+func TestNewFileModesAndGroup(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	modes := map[string]os.FileMode{
+		"plain": 0o644, "groupw": 0o664, "otherw": 0o666, "private": 0o600,
+		"ro": 0o444, "none": 0, "exec": 0o755, "setuid": 0o755 | os.ModeSetuid,
+		"setgid": 0o755 | os.ModeSetgid, "sticky": 0o644 | os.ModeSticky,
+	}
+	for name, m := range modes {
+		for _, dir := range []string{"", "sub"} {
+			p := filepath.Join(src, dir, name)
+			writeFile(t, p, name)
+			if err := os.Chmod(p, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tree := backupDir(t, r, src)
+
+	target := t.TempDir()
+	if os.Geteuid() == 0 {
+		// a setgid target of another group: new files get its group,
+		// which the restore must change back
+		if err := os.Chown(target, 0, 4242); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(target, 0o755|os.ModeSetgid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	res, err := Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	for name, m := range modes {
+		for _, dir := range []string{"", "sub"} {
+			fi, err := os.Lstat(filepath.Join(target, dir, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode() != m {
+				t.Errorf("%s: mode %v, want %v", filepath.Join(dir, name), fi.Mode(), m)
+			}
+			want, _ := os.Lstat(filepath.Join(src, dir, name))
+			if gidOf(fi) != gidOf(want) {
+				t.Errorf("%s: group %d, want %d", filepath.Join(dir, name), gidOf(fi), gidOf(want))
+			}
+		}
+	}
+}
+
+func gidOf(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Gid }
