@@ -262,33 +262,38 @@ func TestNewFileModesAndGroup(t *testing.T) {
 	}
 	tree := backupDir(t, r, src)
 
-	target := t.TempDir()
-	if os.Geteuid() == 0 {
-		// a setgid target of another group: new files get its group,
-		// which the restore must change back
-		if err := os.Chown(target, 0, 4242); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(target, 0o755|os.ModeSetgid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	res, err := Run(ctx, r, tree, src, Options{Target: target})
-	if err != nil || len(res.Errors) > 0 {
-		t.Fatalf("restore: %v %v", err, res.Errors)
-	}
-	for name, m := range modes {
-		for _, dir := range []string{"", "sub"} {
-			fi, err := os.Lstat(filepath.Join(target, dir, name))
-			if err != nil {
+	for _, setgid := range []bool{false, true} {
+		target := t.TempDir()
+		if setgid {
+			if os.Geteuid() != 0 {
+				continue
+			}
+			// a setgid target of another group: new files get its
+			// group, which the restore must change back
+			if err := os.Chown(target, 0, 4242); err != nil {
 				t.Fatal(err)
 			}
-			if fi.Mode() != m {
-				t.Errorf("%s: mode %v, want %v", filepath.Join(dir, name), fi.Mode(), m)
+			if err := os.Chmod(target, 0o755|os.ModeSetgid); err != nil {
+				t.Fatal(err)
 			}
-			want, _ := os.Lstat(filepath.Join(src, dir, name))
-			if gidOf(fi) != gidOf(want) {
-				t.Errorf("%s: group %d, want %d", filepath.Join(dir, name), gidOf(fi), gidOf(want))
+		}
+		res, err := Run(ctx, r, tree, src, Options{Target: target})
+		if err != nil || len(res.Errors) > 0 {
+			t.Fatalf("restore: %v %v", err, res.Errors)
+		}
+		for name, m := range modes {
+			for _, dir := range []string{"", "sub"} {
+				fi, err := os.Lstat(filepath.Join(target, dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode() != m {
+					t.Errorf("setgid target %v: %s: mode %v, want %v", setgid, filepath.Join(dir, name), fi.Mode(), m)
+				}
+				want, _ := os.Lstat(filepath.Join(src, dir, name))
+				if gidOf(fi) != gidOf(want) {
+					t.Errorf("setgid target %v: %s: group %d, want %d", setgid, filepath.Join(dir, name), gidOf(fi), gidOf(want))
+				}
 			}
 		}
 	}
