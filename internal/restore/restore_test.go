@@ -281,6 +281,12 @@ func TestNewFileModesAndGroup(t *testing.T) {
 		if err != nil || len(res.Errors) > 0 {
 			t.Fatalf("restore: %v %v", err, res.Errors)
 		}
+		// the directory made in it: its group, and no setgid bit left
+		fi, err := os.Lstat(filepath.Join(target, "sub"))
+		want, _ := os.Lstat(filepath.Join(src, "sub"))
+		if err != nil || fi.Mode() != want.Mode() || gidOf(fi) != gidOf(want) {
+			t.Errorf("setgid target %v: sub: %v group %d, want %v group %d (%v)", setgid, fi.Mode(), gidOf(fi), want.Mode(), gidOf(want), err)
+		}
 		for name, m := range modes {
 			for _, dir := range []string{"", "sub"} {
 				fi, err := os.Lstat(filepath.Join(target, dir, name))
