@@ -911,18 +911,31 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 		return w
 	}
+	// A dispatcher plans each full window's reads and hands them to the
+	// workers, so that the planner goes on creating the next window's
+	// files meanwhile: handing the ranges over itself, it waited for the
+	// workers to take all but the last few, and they then waited for it.
+	// queuedWindows bounds the windows waiting for workers.
+	windows := make(chan *readWindow, queuedWindows)
+	dispatched := make(chan struct{})
+	go func() {
+		defer close(dispatched)
+		for w := range windows {
+			ranges, unplaced := rs.r.PlanReads(repo.DataBlob, w.refs, limits)
+			for _, i := range unplaced {
+				jobs <- readJob{w: w, single: i}
+			}
+			for _, rg := range ranges {
+				jobs <- readJob{w: w, rng: rg}
+			}
+		}
+	}()
 	win := newWindow()
 	flush := func() {
 		if len(win.refs) == 0 {
 			return
 		}
-		ranges, unplaced := rs.r.PlanReads(repo.DataBlob, win.refs, limits)
-		for _, i := range unplaced {
-			jobs <- readJob{w: win, single: i}
-		}
-		for _, rg := range ranges {
-			jobs <- readJob{w: win, rng: rg}
-		}
+		windows <- win
 		win = newWindow()
 	}
 	var links []*fileJob
@@ -1020,6 +1033,8 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 	}
 	flush()
+	close(windows)
+	<-dispatched
 	close(jobs)
 	wg.Wait()
 	for _, job := range links {
@@ -1058,8 +1073,11 @@ var (
 )
 
 // Bounds of a read window: the distinct blobs and their bytes (the files
-// it holds, and the files open at once, are openFileLimits).
+// it holds, and the files open at once, are openFileLimits), and how many
+// full windows may wait for the workers (restoreFiles).
 const (
+	queuedWindows = 2
+
 	windowBlobs = 4096
 	windowBytes = 64 << 20
 	// A streamed range holds a blob at a time, so the bytes of a window do
