@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
@@ -306,3 +308,37 @@ func TestNewFileModesAndGroup(t *testing.T) {
 }
 
 func gidOf(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Gid }
+
+// TestNewFilesUnderDefaultACL: a default ACL on the target, not the umask,
+// decides a new file's mode; one that takes the group and other bits away
+// must not survive in the restored files (fchmod skipped wrongly).
+func TestNewFilesUnderDefaultACL(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "f"), "x")
+	writeFile(t, filepath.Join(src, "sub", "g"), "y")
+	for _, p := range []string{filepath.Join(src, "f"), filepath.Join(src, "sub", "g")} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tree := backupDir(t, r, src)
+	target := t.TempDir()
+	// system.posix_acl_default: version 2, then (tag, perm, id) entries:
+	// user::rwx group::--- other::---
+	acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}
+	if err := unix.Setxattr(target, "system.posix_acl_default", acl, 0); err != nil {
+		t.Skipf("no default ACLs here: %v", err)
+	}
+	res, err := Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	for _, name := range []string{"f", "sub/g"} {
+		fi, err := os.Stat(filepath.Join(target, name))
+		if err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: %v (%v), want 0644", name, fi.Mode(), err)
+		}
+	}
+}
