@@ -6,7 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/crypto"
@@ -234,5 +237,108 @@ func TestWriteOnlyKeyCannotRestore(t *testing.T) {
 	}
 	if _, err := Run(ctx, wo, hash.Ref{ID: hash.ID{1}}, "", Options{Target: t.TempDir()}); err != repo.ErrWriteOnly {
 		t.Fatalf("err = %v, want ErrWriteOnly", err)
+	}
+}
+
+// TestNewFileModesAndGroup: files created in directories the restore made
+// get their mode at creation and skip fchmod and fchown where nothing would
+// change; modes the umask masks, setuid, and a setgid target owned by
+// another group must still come out as in the snapshot.
+func TestNewFileModesAndGroup(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	modes := map[string]os.FileMode{
+		"plain": 0o644, "groupw": 0o664, "otherw": 0o666, "private": 0o600,
+		"ro": 0o444, "none": 0, "exec": 0o755, "setuid": 0o755 | os.ModeSetuid,
+		"setgid": 0o755 | os.ModeSetgid, "sticky": 0o644 | os.ModeSticky,
+	}
+	for name, m := range modes {
+		for _, dir := range []string{"", "sub"} {
+			p := filepath.Join(src, dir, name)
+			writeFile(t, p, name)
+			if err := os.Chmod(p, m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	tree := backupDir(t, r, src)
+
+	for _, setgid := range []bool{false, true} {
+		target := t.TempDir()
+		if setgid {
+			if os.Geteuid() != 0 {
+				continue
+			}
+			// a setgid target of another group: new files get its
+			// group, which the restore must change back
+			if err := os.Chown(target, 0, 4242); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chmod(target, 0o755|os.ModeSetgid); err != nil {
+				t.Fatal(err)
+			}
+		}
+		res, err := Run(ctx, r, tree, src, Options{Target: target})
+		if err != nil || len(res.Errors) > 0 {
+			t.Fatalf("restore: %v %v", err, res.Errors)
+		}
+		// the directory made in it: its group, and no setgid bit left
+		fi, err := os.Lstat(filepath.Join(target, "sub"))
+		want, _ := os.Lstat(filepath.Join(src, "sub"))
+		if err != nil || fi.Mode() != want.Mode() || gidOf(fi) != gidOf(want) {
+			t.Errorf("setgid target %v: sub: %v group %d, want %v group %d (%v)", setgid, fi.Mode(), gidOf(fi), want.Mode(), gidOf(want), err)
+		}
+		for name, m := range modes {
+			for _, dir := range []string{"", "sub"} {
+				fi, err := os.Lstat(filepath.Join(target, dir, name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if fi.Mode() != m {
+					t.Errorf("setgid target %v: %s: mode %v, want %v", setgid, filepath.Join(dir, name), fi.Mode(), m)
+				}
+				want, _ := os.Lstat(filepath.Join(src, dir, name))
+				if gidOf(fi) != gidOf(want) {
+					t.Errorf("setgid target %v: %s: group %d, want %d", setgid, filepath.Join(dir, name), gidOf(fi), gidOf(want))
+				}
+			}
+		}
+	}
+}
+
+func gidOf(fi os.FileInfo) uint32 { return fi.Sys().(*syscall.Stat_t).Gid }
+
+// TestNewFilesUnderDefaultACL: a default ACL on the target, not the umask,
+// decides a new file's mode; one that takes the group and other bits away
+// must not survive in the restored files (fchmod skipped wrongly).
+func TestNewFilesUnderDefaultACL(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	src := t.TempDir()
+	writeFile(t, filepath.Join(src, "f"), "x")
+	writeFile(t, filepath.Join(src, "sub", "g"), "y")
+	for _, p := range []string{filepath.Join(src, "f"), filepath.Join(src, "sub", "g")} {
+		if err := os.Chmod(p, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tree := backupDir(t, r, src)
+	target := t.TempDir()
+	// system.posix_acl_default: version 2, then (tag, perm, id) entries:
+	// user::rwx group::--- other::---
+	acl := []byte{2, 0, 0, 0, 1, 0, 7, 0, 0xff, 0xff, 0xff, 0xff, 4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0x20, 0, 0, 0, 0xff, 0xff, 0xff, 0xff}
+	if err := unix.Setxattr(target, "system.posix_acl_default", acl, 0); err != nil {
+		t.Skipf("no default ACLs here: %v", err)
+	}
+	res, err := Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	for _, name := range []string{"f", "sub/g"} {
+		fi, err := os.Stat(filepath.Join(target, name))
+		if err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("%s: %v (%v), want 0644", name, fi.Mode(), err)
+		}
 	}
 }
