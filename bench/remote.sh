@@ -186,7 +186,7 @@ measure() {
 	shift 4
 	log=$LOGS/$sec-$ds-$tool-$step.log
 	rm -f "$tf"
-	sync
+	settle # bench/run.sh: a sync
 	load=$(cut -d' ' -f1 /proc/loadavg)
 	printf '$ %s\n' "$*" >"$log"
 	s0=$(server_ticks)
@@ -941,6 +941,7 @@ fi
 	done
 } >"$RUN/meta.tsv"
 
+quiet # bench/run.sh: earlier deletions must not slow the restores
 for p in $PARTS; do "part_$p"; done
 ((${#LATER[@]} == 0)) || rm -rf "${LATER[@]}"
 

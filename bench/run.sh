@@ -16,6 +16,9 @@
 #   BENCH_KEEP       1 = keep repos and restores of the last run for inspection [0]
 #   BENCH_FLOE_BIN   benchmark this floe binary instead of building ./cmd/floe
 #   BENCH_RESTIC_VERSION  restic built with `go install` (pinned)  [v0.19.1]
+#   BENCH_QUIET_SECONDS  wait after a sync before measuring, for earlier
+#                    deletions to stop slowing restores (see quiet)   [65]
+#   BENCH_CP_REFERENCE 1 = also time `cp -a` of each data set (tool "cp") [1]
 #
 # Exit status: 0 when every tool that was built ran every step and every
 # restore matched its source; 1 otherwise (a floe that is not built yet, i.e.
@@ -34,6 +37,8 @@ KEEP=${BENCH_KEEP:-0}
 # The newest restic, not Debian's (0.14 is years old and much slower at
 # restore): built from the Go module proxy at a pinned version into WORK.
 RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
+QUIET_SECONDS=${BENCH_QUIET_SECONDS:-65}
+CP_REFERENCE=${BENCH_CP_REFERENCE:-1}
 
 MiB=$((1024 * 1024))
 case $SCALE in
@@ -42,6 +47,7 @@ small) RANDOM_BYTES=$((64 * MiB));   TEXT_BYTES=$((64 * MiB));   GOROOT_SUBSET=s
 *) echo "run.sh: BENCH_SCALE must be full or small, not '$SCALE'" >&2; exit 2 ;;
 esac
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2; }
+[[ $QUIET_SECONDS =~ ^[0-9]+$ ]] || { echo "run.sh: BENCH_QUIET_SECONDS must be a number of seconds" >&2; exit 2; }
 for t in $TOOLS; do case $t in floe|restic|borg) ;; *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;; esac; done
 for d in $DATASETS; do case $d in goroot|large|smallstored) ;; *) echo "run.sh: unknown data set '$d'" >&2; exit 2 ;; esac; done
 
@@ -182,6 +188,7 @@ tool_cmd() {
 	borg:backup1)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-1" "$SRC") ;;
 	borg:backup2)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-2" "$SRC") ;;
 	borg:restore)  CMD=(borg extract "$REPO::bench-2"); CWD=$DST ;;
+	cp:restore)    CMD=(cp -a "$SRC/." "$DST/") ;; # the reference: a copy of the tree from the page cache
 	*) die "no command for $1 $2" ;;
 	esac
 }
@@ -190,6 +197,40 @@ tool_cmd() {
 # row REP DATASET TOOL STEP SECONDS MAXRSS_KB BYTES STATUS
 row() { (IFS=$'\t'; echo "$*") >>"$RUN/results.tsv"; }
 
+# settle: every timed step starts after a sync, so that one step's
+# write-back does not land in the next one's time.
+settle() { sync; }
+
+# quiet: wait until deletions made before this run no longer slow its
+# restores. This ext4 (no journal) skips an inode deleted less than 60 s
+# ago (360 s while its inode-table block is dirty) when it allocates one,
+# searching the buffer cache for each (perf: recently_deleted,
+# find_get_block): a round started two minutes after other programs
+# deleted their scratch trees gave goroot restores of 5-7 s for every tool
+# instead of 1-2.5 s. After a sync the blocks are clean, so 65 s is enough.
+# (Dropping the caches would end the search too, but on this VM every page
+# the page cache then takes back costs a fault in the host, which landed in
+# every step's time.)
+quiet() {
+	((QUIET_SECONDS > 0)) || return 0
+	say "sync, then ${QUIET_SECONDS}s for earlier deletions to age (BENCH_QUIET_SECONDS)"
+	sync
+	sleep "$QUIET_SECONDS"
+}
+
+# cp_reference REP DS: `cp -a` of what the tools restore, timed like a
+# restore: the "copy speed" a restore is compared with (tool "cp").
+cp_reference() {
+	local rep=$1 ds=$2 base=$RUN/$1/cp/$2
+	SRC=$DATA/$ds
+	[[ $ds == smallstored ]] && SRC=$DATA/$ds/2
+	REPO=$base/repo DST=$base/restore
+	rm -rf "$base"
+	mkdir -p "$DST"
+	timed "$rep" "$ds" cp restore || true
+	cleanup_tool "$base"
+}
+
 # timed REP DS TOOL STEP: run the step under GNU time; record a row; return
 # non-zero when the step failed.
 timed() {
@@ -197,7 +238,7 @@ timed() {
 	log=$LOGS/$ds-$tool-$rep-$step.log
 	tool_cmd "$tool" "$step"
 	rm -f "$tf"
-	sync
+	settle
 	printf '$ %s\n' "${CMD[*]}" >"$log"
 	(cd "$CWD" && "$TIME" -f '%e %M' -o "$tf" "${CMD[@]}") </dev/null >>"$log" 2>&1 || rc=$?
 	read -r secs kb < <(tail -n 1 "$tf") || true
@@ -344,6 +385,7 @@ for ds in $DATASETS; do "prepare_$ds"; done
 	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
 	printf 'go\t%s\n' "$(cd / && go version)"
+	printf 'before the run\t%s\n' "sync, then ${QUIET_SECONDS} s without deletions; a sync before each step"
 	if has floe; then
 		rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev="$rev + uncommitted changes"
@@ -364,11 +406,13 @@ for ds in $DATASETS; do
 	printf '%s\t%s\t%s\n' "$ds" "$(find "$d" -type f | wc -l)" "$(du -sb "$d" | cut -f1)"
 done >"$RUN/datasets.tsv"
 
+quiet
 for ((rep = 1; rep <= REPEAT; rep++)); do
 	for ds in $DATASETS; do
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
 		for tool in $TOOLS; do run_tool "$rep" "$ds" "$tool"; done
+		[[ $CP_REFERENCE == 1 ]] && cp_reference "$rep" "$ds"
 	done
 done
 
