@@ -17,7 +17,7 @@
 #   BENCH_FLOE_BIN   benchmark this floe binary instead of building ./cmd/floe
 #   BENCH_RESTIC_VERSION  restic built with `go install` (pinned)  [v0.19.1]
 #   BENCH_QUIET_SECONDS  wait after a sync before measuring, for earlier
-#                    deletions to stop slowing restores (see quiet)   [65]
+#                    deletions to stop slowing restores (see quiet)  [370]
 #   BENCH_CP_REFERENCE 1 = also time `cp -a` of each data set (tool "cp") [1]
 #
 # Exit status: 0 when every tool that was built ran every step and every
@@ -37,7 +37,7 @@ KEEP=${BENCH_KEEP:-0}
 # The newest restic, not Debian's (0.14 is years old and much slower at
 # restore): built from the Go module proxy at a pinned version into WORK.
 RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
-QUIET_SECONDS=${BENCH_QUIET_SECONDS:-65}
+QUIET_SECONDS=${BENCH_QUIET_SECONDS:-370}
 CP_REFERENCE=${BENCH_CP_REFERENCE:-1}
 
 MiB=$((1024 * 1024))
@@ -203,14 +203,13 @@ settle() { sync; }
 
 # quiet: wait until deletions made before this run no longer slow its
 # restores. This ext4 (no journal) skips an inode deleted less than 60 s
-# ago (360 s while its inode-table block is dirty) when it allocates one,
-# searching the buffer cache for each (perf: recently_deleted,
-# find_get_block): a round started two minutes after other programs
-# deleted their scratch trees gave goroot restores of 5-7 s for every tool
-# instead of 1-2.5 s. After a sync the blocks are clean, so 65 s is enough.
-# (Dropping the caches would end the search too, but on this VM every page
-# the page cache then takes back costs a fault in the host, which landed in
-# every step's time.)
+# ago, or 360 s while the inode-table block that holds it is dirty, when
+# it allocates one (perf: recently_deleted, find_get_block), and a restore
+# dirties those blocks itself as it creates files, so a sync beforehand does
+# not help: measured, the first goroot restores of a round that started
+# 2-5 minutes after the last one's cleanup took 4.3-4.9 s for every tool,
+# against 1.2-2.5 s ten minutes later (cp -a of the same tree, timed after
+# them, was not slowed). Hence six minutes and a bit.
 quiet() {
 	((QUIET_SECONDS > 0)) || return 0
 	say "sync, then ${QUIET_SECONDS}s for earlier deletions to age (BENCH_QUIET_SECONDS)"
