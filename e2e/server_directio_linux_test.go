@@ -5,38 +5,21 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/testutil"
 )
 
-// cachedPages counts the pages of path in the page cache (mincore).
+// cachedPages counts the pages of path in the page cache.
 func cachedPages(t *testing.T, path string) (in, total int) {
 	t.Helper()
-	f, err := os.Open(path)
+	in, total, err := directio.CachedPages(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil || fi.Size() == 0 {
-		t.Fatalf("stat %s: %v", path, err)
-	}
-	m, err := unix.Mmap(int(f.Fd()), 0, int(fi.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(m)
-	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		t.Fatal(e)
-	}
-	for _, v := range vec {
-		in += int(v & 1)
-	}
-	return in, len(vec)
+	return in, total
 }
 
 // floe serve writes packs around the page cache (O_DIRECT), and through
