@@ -6,10 +6,10 @@ import (
 	"slices"
 
 	"github.com/floe-backup/floe/internal/hash"
-	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // damage is a damaged file or directory below a tree.
@@ -139,49 +139,25 @@ func (c *checker) collectRefs(ctx context.Context) error {
 		return nil
 	}
 	c.refs = map[repo.BlobHandle][]blobRef{}
-	// Breadth first, a batch of trees loaded at once (reading, decrypting
-	// and decoding a tree is a round trip and CPU work; one at a time left
-	// a core idle), each tree once.
-	seen := map[hash.ID]bool{}
-	var frontier []hash.Ref
+	roots := make([]hash.Ref, 0, len(c.snapshots))
 	for _, sn := range c.snapshots {
-		if !seen[sn.Tree.ID] {
-			seen[sn.Tree.ID] = true
-			frontier = append(frontier, sn.Tree)
-		}
+		roots = append(roots, sn.Tree)
 	}
-	const batch = 256 // trees in memory at once
-	for len(frontier) > 0 {
-		n := min(batch, len(frontier))
-		cur := frontier[:n]
-		frontier = frontier[n:]
-		trees := make([]*snapshot.Tree, len(cur))
-		par.For(ctx, len(cur), 4, func(_, i int) {
-			trees[i], _ = snapshot.LoadTree(ctx, c.r, cur[i])
-		})
-		if err := ctx.Err(); err != nil {
-			return err
+	return walk.EachTree(ctx, snapshot.RepoTrees{Repo: c.r}, roots, 4, func(_ hash.Ref, t *snapshot.Tree, err error) error {
+		if err != nil {
+			return nil // walkSnapshots reports it
 		}
-		for _, t := range trees {
-			if t == nil {
-				continue // walkSnapshots reports it
-			}
-			for _, n := range t.Nodes {
-				for i, cr := range n.Content {
-					h := repo.BlobHandle{Type: repo.DataBlob, ID: cr.ID}
-					br := blobRef{cr, n.ChunkSizes[i]}
-					if !slices.Contains(c.refs[h], br) {
-						c.refs[h] = append(c.refs[h], br)
-					}
-				}
-				if !n.Subtree.IsNull() && !seen[n.Subtree.ID] {
-					seen[n.Subtree.ID] = true
-					frontier = append(frontier, n.Subtree)
+		for _, n := range t.Nodes {
+			for i, cr := range n.Content {
+				h := repo.BlobHandle{Type: repo.DataBlob, ID: cr.ID}
+				br := blobRef{cr, n.ChunkSizes[i]}
+				if !slices.Contains(c.refs[h], br) {
+					c.refs[h] = append(c.refs[h], br)
 				}
 			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 // fileDamage returns the damage of a file's content: one entry per

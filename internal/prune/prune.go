@@ -25,6 +25,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // Defaults of the CLI.
@@ -474,43 +475,21 @@ func (p *pruner) findUsed(ctx context.Context) error {
 
 	prog.Phase("reading trees", 0, 0)
 	used := map[repo.BlobHandle]struct{}{}
-	visited := map[hash.ID]bool{}
-	var frontier []hash.Ref
-	for _, t := range roots {
-		if !visited[t.ID] {
-			visited[t.ID] = true
-			frontier = append(frontier, t)
+	err := walk.EachTree(ctx, snapshot.RepoTrees{Repo: p.r}, roots, 8, func(ref hash.Ref, t *snapshot.Tree, err error) error {
+		if err != nil {
+			return fmt.Errorf("%w: tree %s cannot be read: %v", ErrUnsafe, ref.Short(), err)
 		}
-	}
-	const batch = 256 // trees in memory at once
-	for len(frontier) > 0 {
-		n := min(batch, len(frontier))
-		cur := frontier[:n]
-		frontier = frontier[n:]
-		trees := make([]*snapshot.Tree, len(cur))
-		terrs := make([]error, len(cur))
-		par.For(ctx, len(cur), 8, func(_, i int) {
-			trees[i], terrs[i] = snapshot.LoadTree(ctx, p.r, cur[i])
-		})
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		for i, t := range trees {
-			if terrs[i] != nil {
-				return fmt.Errorf("%w: tree %s cannot be read: %v", ErrUnsafe, cur[i].Short(), terrs[i])
-			}
-			used[repo.BlobHandle{Type: repo.TreeBlob, ID: cur[i].ID}] = struct{}{}
-			for _, node := range t.Nodes {
-				for _, c := range node.Content {
-					used[repo.BlobHandle{Type: repo.DataBlob, ID: c.ID}] = struct{}{}
-				}
-				if !node.Subtree.IsNull() && !visited[node.Subtree.ID] {
-					visited[node.Subtree.ID] = true
-					frontier = append(frontier, node.Subtree)
-				}
+		used[repo.BlobHandle{Type: repo.TreeBlob, ID: ref.ID}] = struct{}{}
+		for _, node := range t.Nodes {
+			for _, c := range node.Content {
+				used[repo.BlobHandle{Type: repo.DataBlob, ID: c.ID}] = struct{}{}
 			}
 		}
-		prog.Done(int64(len(cur)), 0)
+		prog.Done(1, 0)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	p.used = used
 	p.res.UsedBlobs = len(used)
