@@ -95,18 +95,9 @@ func streamRepo(t *testing.T, breakAfter int64) (*Repository, *streamBackend) {
 // before the break come from it, the rest are loaded by themselves, all
 // whole; a blob asked for twice is handed out twice.
 func TestLoadRangeStreamBreaks(t *testing.T) {
-	ctx := context.Background()
 	r, be := streamRepo(t, -1)
-	var datas [][]byte
-	var refs []hash.Ref
-	for range 6 {
-		d := randomBytes(10 << 10)
-		datas = append(datas, d)
-		refs = append(refs, save(t, r, d))
-	}
-	if err := flush(ctx, r); err != nil {
-		t.Fatal(err)
-	}
+	datas := randomChunks(6, 10<<10)
+	refs := saveFlushed(t, r, datas)
 	ask := append(refs[:3:3], refs[2])
 	ask = append(ask, refs[3:]...)
 	want := append(datas[:3:3], datas[2])
@@ -293,18 +284,9 @@ func TestLoadRangeForgedCopyFallsBack(t *testing.T) {
 // before the break are still restored and those after it fail with an
 // error, not garbage.
 func TestLoadRangePackReadError(t *testing.T) {
-	ctx := context.Background()
 	r, dir := localRepo(t)
-	var datas [][]byte
-	var refs []hash.Ref
-	for range 6 {
-		d := randomBytes(10 << 10)
-		datas = append(datas, d)
-		refs = append(refs, save(t, r, d))
-	}
-	if err := flush(ctx, r); err != nil {
-		t.Fatal(err)
-	}
+	datas := randomChunks(6, 10<<10)
+	refs := saveFlushed(t, r, datas)
 	ranges, _ := r.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 20})
 	if len(ranges) != 1 || len(ranges[0].Blobs) != 6 {
 		t.Fatalf("want one range of six blobs, got %+v", ranges)

@@ -70,6 +70,29 @@ func flush(ctx context.Context, r *Repository) error {
 	return nil
 }
 
+// saveFlushed saves each of datas as a data blob and flushes the packs
+// and index: their refs, in order.
+func saveFlushed(t testing.TB, r *Repository, datas [][]byte) []hash.Ref {
+	t.Helper()
+	refs := make([]hash.Ref, len(datas))
+	for i, d := range datas {
+		refs[i] = save(t, r, d)
+	}
+	if err := flush(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return refs
+}
+
+// randomChunks returns n random byte slices of size bytes each.
+func randomChunks(n, size int) [][]byte {
+	out := make([][]byte, n)
+	for i := range out {
+		out[i] = randomBytes(size)
+	}
+	return out
+}
+
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
