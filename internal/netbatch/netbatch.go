@@ -43,7 +43,7 @@ func (l Listener) Accept() (net.Conn, error) {
 }
 
 // NewConn returns c with its writes gathered; put TLS on top of it.
-func NewConn(c net.Conn) net.Conn { return &batchConn{Conn: c} }
+func NewConn(c net.Conn) net.Conn { return &batchConn{Conn: c, delay: batchDelay} }
 
 type batchConn struct {
 	net.Conn
@@ -51,6 +51,9 @@ type batchConn struct {
 	buf   *[]byte // nil when nothing waits
 	timer *time.Timer
 	err   error // of a flush by the timer, for the next Write
+	// delay is how long full records wait for the end of their TLS
+	// write: batchDelay, or what a test sets
+	delay time.Duration
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
@@ -79,9 +82,9 @@ func (c *batchConn) Write(p []byte) (int, error) {
 	if c.buf == nil {
 		c.buf = batchBufs.Get().(*[]byte)
 		if c.timer == nil {
-			c.timer = time.AfterFunc(batchDelay, c.flushLate)
+			c.timer = time.AfterFunc(c.delay, c.flushLate)
 		} else {
-			c.timer.Reset(batchDelay)
+			c.timer.Reset(c.delay)
 		}
 	}
 	*c.buf = append(*c.buf, p...)

@@ -46,7 +46,10 @@ func record(n int, b byte) []byte { return bytes.Repeat([]byte{b}, n) }
 // a small write alone goes straight through.
 func TestBatchConn(t *testing.T) {
 	rc := &recConn{}
-	c := &batchConn{Conn: rc}
+	// The timer must not fire while the batches below are written (a
+	// loaded machine can take longer than batchDelay between two
+	// writes): it gets batchDelay only for the check that it fires.
+	c := &batchConn{Conn: rc, delay: time.Hour}
 	var want []byte
 	write := func(p []byte) {
 		t.Helper()
@@ -77,6 +80,10 @@ func TestBatchConn(t *testing.T) {
 		t.Fatalf("a full batch: %d writes, want 3", n)
 	}
 	// an exact number of full records: sent by the timer
+	c.mu.Lock()
+	c.delay = batchDelay
+	c.timer.Reset(c.delay)
+	c.mu.Unlock()
 	time.Sleep(20*batchDelay + 50*time.Millisecond)
 	if n, got := rc.got(); n != 4 || !bytes.Equal(got, want) {
 		t.Fatalf("after the delay: %d writes (want 4), bytes in order %v", n, bytes.Equal(got, want))
@@ -92,7 +99,7 @@ func TestBatchConn(t *testing.T) {
 // A write error of a late flush comes back from the next Write.
 func TestBatchConnLateError(t *testing.T) {
 	rc := &recConn{}
-	c := &batchConn{Conn: rc}
+	c := &batchConn{Conn: rc, delay: batchDelay}
 	boom := errors.New("connection reset")
 	rc.err = boom
 	if _, err := c.Write(record(fullRecord, 'a')); err != nil {
