@@ -426,6 +426,17 @@ func (b *Backend) put(ctx context.Context, key string, r io.ReaderAt, size int64
 			b.noConditional.Store(true)
 			continue
 		}
+		if conditional && err != nil && minio.ToErrorResponse(err).StatusCode == 0 && ctx.Err() == nil {
+			// No answer, only a broken connection: a server that
+			// refuses a conditional write as soon as it has the headers
+			// (412, the name exists) may close the connection while
+			// the body is still being sent, and the client then sees
+			// the reset, not the 412 (versitygw, with unsigned
+			// payloads). Whether the name exists says which it was.
+			if _, serr := b.core.StatObject(ctx, b.cfg.Bucket, key, minio.StatObjectOptions{}); serr == nil {
+				err = storage.ErrExist
+			}
+		}
 		if errors.Is(err, storage.ErrExist) && b.writtenBy(ctx, key, token) {
 			return nil
 		}
