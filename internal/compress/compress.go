@@ -87,7 +87,7 @@ func newEncoder(level zstd.EncoderLevel, window int) *zstd.Encoder {
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithEncoderCRC(false),
 		zstd.WithWindowSize(window),
-		zstd.WithLowerEncoderMem(true),
+		zstd.WithLowerEncoderMem(false),
 	)
 	if err != nil {
 		panic(fmt.Sprintf("compress: zstd encoder options: %v", err)) // constant options
@@ -101,15 +101,16 @@ type encoder struct {
 	trial []byte
 }
 
-// encoders holds, per level, at most GOMAXPROCS encoders, made on first
-// use: more concurrent compressions than cores gain nothing, and each
-// encoder keeps ~4 MiB of state. A sync.Pool would both make more under
-// bursts (every directory's tree is compressed in its own goroutine) and
-// drop them at each GC, only to make them again. A process uses the one
-// level of its repository, so only that level's encoders are ever made.
-var encoders = func() [numLevels]chan *encoder {
+// encoders holds, per encoder level, at most GOMAXPROCS encoders, made on
+// first use: more concurrent compressions than cores gain nothing, and
+// each encoder keeps ~5 MiB of state. A sync.Pool would both make more
+// under bursts (every directory's tree is compressed in its own
+// goroutine) and drop them at each GC, only to make them again. A process
+// uses the one level of its repository, so only that level's encoders
+// (and at Auto those of Fastest too, for images) are ever made.
+var encoders = func() [zstd.SpeedBestCompression + 1]chan *encoder {
 	n := runtime.GOMAXPROCS(0)
-	var pools [numLevels]chan *encoder
+	var pools [zstd.SpeedBestCompression + 1]chan *encoder
 	for l := range pools {
 		pools[l] = make(chan *encoder, n)
 		for i := 0; i < n; i++ {
@@ -153,7 +154,7 @@ func (l Level) Compress(dst, src []byte) (out []byte, ok bool) {
 		// Levels come from ParseLevel; anything else is a bug above.
 		panic(fmt.Sprintf("compress: invalid level %d", int(l)))
 	}
-	pool := encoders[l]
+	pool := encoders[zl]
 	e := <-pool
 	if e == nil {
 		e = &encoder{Encoder: newEncoder(zl, windowSize), trial: make([]byte, 0, 2*sampleSize)}
