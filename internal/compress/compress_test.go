@@ -525,3 +525,40 @@ func BenchmarkLevels(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkHistory compares the encoder's lower-memory history (window +
+// one block) with the full one that newEncoder keeps, on chunks of the
+// sizes a backup cuts (0.6-3 MiB, not only 1 MiB): with the smaller one,
+// every block past the first ~1.1 MiB of a chunk moves the window down.
+// Both give the same bytes (TestDeterministic); the package comment
+// records the results.
+func BenchmarkHistory(b *testing.B) {
+	sizes := []int{600 << 10, 1 << 20, 1536 << 10, 2560 << 10, 800 << 10, 3 << 20}
+	in := inputs(b)
+	for _, lv := range []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault} {
+		for _, low := range []bool{true, false} {
+			e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1),
+				zstd.WithEncoderCRC(false), zstd.WithWindowSize(windowSize), zstd.WithLowerEncoderMem(low))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, name := range []string{"text", "binary"} {
+				data, ok := in[name]
+				if !ok {
+					continue
+				}
+				b.Run(fmt.Sprintf("%s/lowmem=%v/%s", lv, low, name), func(b *testing.B) {
+					b.SetBytes(int64(len(data)))
+					var dst []byte
+					for b.Loop() {
+						for off, i := 0, 0; off < len(data); i++ {
+							n := min(sizes[i%len(sizes)], len(data)-off)
+							dst = e.EncodeAll(data[off:off+n], dst[:0])
+							off += n
+						}
+					}
+				})
+			}
+		}
+	}
+}
