@@ -2,8 +2,11 @@
 # bench/images.sh: one side-by-side run of disk image backups (bench/IMAGES.md).
 # The same 1.5 GiB ext4 image (about 550 MiB of files from /usr, the rest
 # zeros), attached read-only to a loop device, is backed up by
-#   floe backup --image /dev/loopN       (a repository at the default level)
-#   floe backup --image /dev/loopN       (one made with --compression fastest)
+#   floe backup --image /dev/loopN       (a repository at the default level,
+#                                         auto: images at zstd's fastest)
+#   floe backup --image /dev/loopN       (one made with --compression default,
+#                                         images at zstd's default level, and
+#                                         the same chunker parameters)
 #   restic backup --stdin < /dev/loopN
 #   borg create --read-special REPO::a /dev/loopN
 # then again unchanged; then restored by `floe restore` and read through
@@ -36,26 +39,26 @@ t() { local name=$1; shift; /usr/bin/time -f "$name %e s wall, %U s user, %S s s
 export FLOE_PASSWORD_FILE=$B/run/pw RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 echo bench > "$FLOE_PASSWORD_FILE"
 F="$B/floe -r $B/run/floe"
-FF="$B/floe -r $B/run/floe-fastest"
+FD="$B/floe -r $B/run/floe-default"
 $F init -q
-$FF init -q --compression fastest
+$FD init -q --compression default --copy-chunker-params-from "$B/run/floe" --from-password-file "$FLOE_PASSWORD_FILE"
 "$RESTIC" init -q -r "$B/run/restic"
 borg init -e repokey-blake2 "$B/run/borg"
 t "floe   initial " $F backup -q --image "$dev"
-t "floe-fastest initial " $FF backup -q --image "$dev"
+t "floe-default initial " $FD backup -q --image "$dev"
 t "restic initial " sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
 t "borg   initial " borg create --read-special "$B/run/borg::a" "$dev"
 t "sequential read (dd bs=4M)" dd if="$dev" of=/dev/null bs=4M
 t "floe   unchanged" $F backup -q --image "$dev"
-t "floe-fastest unchanged" $FF backup -q --image "$dev"
+t "floe-default unchanged" $FD backup -q --image "$dev"
 t "restic unchanged" sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
 t "borg   unchanged" borg create --read-special "$B/run/borg::b" "$dev"
-echo "repository sizes (du -sb): floe $(du -sb $B/run/floe | cut -f1), floe-fastest $(du -sb $B/run/floe-fastest | cut -f1), restic $(du -sb $B/run/restic | cut -f1), borg $(du -sb $B/run/borg | cut -f1)"
+echo "repository sizes (du -sb): floe $(du -sb $B/run/floe | cut -f1), floe-default $(du -sb $B/run/floe-default | cut -f1), restic $(du -sb $B/run/restic | cut -f1), borg $(du -sb $B/run/borg | cut -f1)"
 t "floe restore   " $F restore -q "latest:$dev" --target "$B/run/r"
 cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe restore: identical, $(du -B1 "$B/run/r/$(basename "$dev")" | cut -f1) bytes allocated"
 rm -rf "$B/run/r"
-t "floe-fastest restore" $FF restore -q "latest:$dev" --target "$B/run/r"
-cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe-fastest restore: identical"
+t "floe-default restore" $FD restore -q "latest:$dev" --target "$B/run/r"
+cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe-default restore: identical"
 rm -rf "$B/run/r"
 # floe nbd in the background; cpu PID prints its CPU time so far
 serve() {

@@ -184,3 +184,47 @@ func TestCompressionCopyAcrossLevels(t *testing.T) {
 		testutil.CompareTrees(t, src, out)
 	}
 }
+
+// At auto (the default) the data of a disk image is stored at fastest and
+// that of files at default; --compression default stores both at
+// default. Two repositories with the same chunker parameters cut the same
+// chunks, so the files take the same bytes in both and the image more at
+// auto; both restore byte for byte.
+func TestCompressionImagePolicy(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.ok("init")
+	def := e.path("default")
+	e.ok("init", "-r", def, "--compression", "default", "--copy-chunker-params-from", e.repo, "--from-password-file", e.pwFile)
+	if l := configLevel(t, e, "-r", def); l != "default" {
+		t.Fatalf("cat config: compression_level %s, want default", l)
+	}
+	src := e.mkdir("src")
+	testutil.WriteFile(t, filepath.Join(src, "text"), compressibleText(6, 3<<20))
+	img := e.path("disk.raw")
+	testutil.WriteFile(t, img, append(compressibleText(7, 3<<20), make([]byte, 2<<20)...))
+	stored := func(repo string, args ...string) (backupOut, uint64) {
+		r := e.ok(append([]string{"-r", repo, "backup", "--json"}, args...)...)
+		b := decodeJSON[backupOut](t, r)
+		return b, b.Summary.DataAddedStored
+	}
+	_, autoFiles := stored(e.repo, src)
+	_, defFiles := stored(def, src)
+	autoImg, autoImage := stored(e.repo, "--image", img)
+	defImg, defImage := stored(def, "--image", img)
+	t.Logf("files: auto %d, default %d bytes; image: auto %d, default %d bytes", autoFiles, defFiles, autoImage, defImage)
+	if autoFiles != defFiles {
+		t.Errorf("files: auto stored %d bytes, default %d: want the same level", autoFiles, defFiles)
+	}
+	if autoImage <= defImage || autoImage > 2<<20 {
+		t.Errorf("image: auto stored %d bytes, default %d: want auto's (fastest) larger and still compressed", autoImage, defImage)
+	}
+	for _, c := range []struct {
+		repo, snap string
+	}{{e.repo, autoImg.Snapshot}, {def, defImg.Snapshot}} {
+		e.ok("-r", c.repo, "check", "--read-data")
+		dst := e.path("r-" + c.snap)
+		e.ok("-r", c.repo, "restore", c.snap+":"+img, "--target", dst)
+		cmpFiles(t, img, filepath.Join(dst, "disk.raw"), 0)
+	}
+}

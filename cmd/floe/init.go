@@ -28,11 +28,14 @@ at, from every host, for good (it is part of the signed config, and a
 blob's ID depends on it: hosts at different levels would not deduplicate
 against each other, so it cannot be a flag of each backup):
 
-  auto     zstd's default level (about level 3); blobs that do not compress
-           are stored raw (the default)
-  fastest  about 25% less CPU for a backup than auto, about 5% more stored:
-           for disk images and large backups where CPU is the limit
-  better   the smallest repository, at about twice auto's compression CPU
+  auto     files and trees at zstd's default level (about level 3), disk
+           images (backup --image) at its fastest (about level 1); blobs
+           that do not compress are stored raw (the default)
+  fastest  everything at the fastest level: about 30% less CPU for a first
+           backup of files than auto, 1-13% more stored (source text most)
+  default  everything at zstd's default level, disk images too: about 5%
+           less stored for an image than auto, at a third more CPU
+  better   the smallest repository, at about twice default's compression CPU
   off      nothing is compressed (data that is already compressed or
            encrypted, or a CPU that cannot spare it)
 
@@ -40,7 +43,7 @@ With --copy-chunker-params-from the level is copied too, unless
 --compression is given: so both repositories give one plaintext one ID.`,
 		Example: `  floe init -r /srv/backup --password-file /root/.floe-pw
   floe init -r /srv/backup --key-file /root/floe.key
-  floe init -r /srv/images --compression fastest   # disk images: less CPU, ~5% more storage
+  floe init -r /srv/images --compression default   # images at zstd's default level too: ~5% less storage, more CPU
   floe init -r /mnt/disk/repo --copy-chunker-params-from /srv/backup --from-password-file /root/.floe-pw`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

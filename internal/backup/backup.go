@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
@@ -205,6 +206,7 @@ type chunkJob struct {
 	errp    *atomic.Pointer[error]
 	release bool     // return data to the buffer pool
 	known   *hash.ID // the key (K), when already known (zero chunks of holes)
+	content compress.Content
 }
 
 // Run performs a backup and writes its snapshot.
@@ -389,14 +391,14 @@ func (a *archiver) report(it Item) {
 }
 
 // saveBlob stores a blob, or in a dry run counts what storing it would add.
-func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, key hash.ID, data []byte) (hash.Ref, error) {
+func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, c compress.Content, key hash.ID, data []byte) (hash.Ref, error) {
 	if a.w != nil {
-		ref, _, _, err := a.w.SaveBlob(ctx, t, key, data)
+		ref, _, _, err := a.w.SaveBlobOf(ctx, t, c, key, data)
 		return ref, err
 	}
 	// a dry run encodes the blob to learn its ID (what a backup would
 	// store), but stores nothing
-	ref := a.r.RefOf(t, data)
+	ref := a.r.RefOfContent(t, c, data)
 	if a.r.HasBlob(repo.BlobHandle{Type: t, ID: ref.ID}) {
 		return ref, nil
 	}

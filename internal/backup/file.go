@@ -13,6 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -186,6 +187,9 @@ type chunks struct {
 	// scanned: the reader reports the bytes done to Progress as it reads
 	// them (an image: zero runs too, while they are scanned), not add
 	scanned bool
+	// content: what the chunks hold (compress.Level.For); Files but for
+	// the data of a disk image
+	content compress.Content
 	slots   []*hash.Ref
 	sizes   []uint32
 	wg      sync.WaitGroup
@@ -204,7 +208,7 @@ func (c *chunks) add(data []byte, release bool, known *hash.ID) {
 	c.slots = append(c.slots, slot)
 	c.sizes = append(c.sizes, uint32(len(data)))
 	c.wg.Add(1)
-	job := &chunkJob{data: data, slot: slot, wg: &c.wg, errp: &c.errp, release: release, known: known}
+	job := &chunkJob{data: data, slot: slot, wg: &c.wg, errp: &c.errp, release: release, known: known, content: c.content}
 	if c.inline {
 		c.a.saveChunk(c.ctx, job)
 		return
@@ -297,7 +301,7 @@ func (a *archiver) saveChunk(ctx context.Context, job *chunkJob) {
 		} else {
 			key = a.r.BlobKey(job.data)
 		}
-		ref, err := a.saveBlob(ctx, repo.DataBlob, key, job.data)
+		ref, err := a.saveBlob(ctx, repo.DataBlob, job.content, key, job.data)
 		*job.slot = ref
 		if err != nil {
 			job.errp.CompareAndSwap(nil, &err)

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/chunker"
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
@@ -299,7 +300,7 @@ func (s *imageScan) block(n int64) ([]byte, error) {
 // each region where a zero run starts, and reports progress itself, so
 // that a long zero run counts while it is scanned.
 func (a *archiver) chunkImage(ctx context.Context, ch *chunker.Chunker, f *os.File, size int64, file bool) ([]hash.Ref, []uint32, uint64, bool, error) {
-	c := &chunks{a: a, ctx: ctx, scanned: true}
+	c := &chunks{a: a, ctx: ctx, scanned: true, content: compress.Image}
 	holes := false
 	s := newImageScan(f, size, file, func(n int64) { a.opts.Progress.Done(0, n) })
 	defer s.close()

@@ -3,6 +3,7 @@ package backup
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -11,8 +12,12 @@ import (
 	"testing"
 	"unsafe"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/directio"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -268,4 +273,104 @@ func TestImageDirectReadFallsBack(t *testing.T) {
 	if s.direct() {
 		t.Fatal("still O_DIRECT after the device refused a direct read")
 	}
+}
+
+// The compression policy (compress.Level.For, docs/FORMAT.md "config"): in
+// an auto repository the data of an image is stored at fastest and that of
+// files at default; in a default repository both at default. The stored
+// bytes name the level: each chunk's ID is the one its plaintext gets at
+// that level alone.
+func TestImageCompressionLevel(t *testing.T) {
+	dir := t.TempDir()
+	files := filepath.Join(dir, "files")
+	os.Mkdir(files, 0o755)
+	img := filepath.Join(dir, "disk.raw")
+	// text that compresses, with other words in the file and the image so
+	// that no chunk of one is a chunk of the other
+	words := func(seed uint64, n int) []byte {
+		rnd := testutil.RandomBytes(seed, n/4)
+		var b bytes.Buffer
+		for i := 0; b.Len() < n; i++ {
+			fmt.Fprintf(&b, "func f%d(x int) int { return x*%d + %d }\n", rnd[i%len(rnd)], i%97, seed)
+		}
+		return b.Bytes()[:n]
+	}
+	os.WriteFile(filepath.Join(files, "src.go"), words(1, 3<<20), 0o644)
+	os.WriteFile(img, words(2, 3<<20), 0o644)
+	for _, tc := range []struct {
+		level      compress.Level
+		file, imag compress.Level
+	}{
+		{compress.Auto, compress.Default, compress.Fastest},
+		{compress.Default, compress.Default, compress.Default},
+		{compress.Fastest, compress.Fastest, compress.Fastest},
+	} {
+		t.Run(tc.level.String(), func(t *testing.T) {
+			r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte(testutil.Password)},
+				repo.InitOptions{KDF: testutil.CheapKDF(), Compression: tc.level})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := Run(context.Background(), r, Options{Paths: []string{files}, Images: []string{img}})
+			if err != nil || len(res.Errors) > 0 {
+				t.Fatal(err, res.Errors)
+			}
+			// a repository at the level expected for each kind, with the
+			// same keys, names each plaintext as the backup must have
+			want := map[compress.Level]*repo.Repository{}
+			for _, l := range []compress.Level{tc.file, tc.imag} {
+				if want[l] == nil {
+					want[l] = sameKeys(t, r, l)
+				}
+			}
+			seen := map[string]int{}
+			var walk func(ref hash.Ref)
+			walk = func(ref hash.Ref) {
+				tr, err := snapshot.LoadTree(context.Background(), r, ref)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, n := range tr.Nodes {
+					if n.Type == snapshot.TypeDir {
+						walk(n.Subtree)
+						continue
+					}
+					l := tc.file
+					if n.Name == "disk.raw" {
+						l = tc.imag
+					}
+					for _, c := range n.Content {
+						plain, err := r.LoadBlob(context.Background(), repo.DataBlob, c, nil)
+						if err != nil {
+							t.Fatal(err)
+						}
+						if got := want[l].RefOf(repo.DataBlob, plain); got != c {
+							t.Errorf("%s: a chunk of %d bytes is not stored at %v", n.Name, len(plain), l)
+						}
+						if other := want[compress.Default]; l == compress.Fastest && other != nil && other.RefOf(repo.DataBlob, plain) == c {
+							t.Errorf("%s: a chunk of %d bytes has the same ID at fastest and default", n.Name, len(plain))
+						}
+						seen[n.Name]++
+					}
+				}
+			}
+			walk(res.Snapshot.Tree)
+			if seen["src.go"] == 0 || seen["disk.raw"] == 0 {
+				t.Fatalf("chunks seen: %v", seen)
+			}
+		})
+	}
+}
+
+// sameKeys returns a repository with r's keys and chunker at level l, on
+// a backend of its own.
+func sameKeys(t *testing.T, r *repo.Repository, l compress.Level) *repo.Repository {
+	t.Helper()
+	params, key := r.Config().Chunker, r.ChunkIDKey()
+	other, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte(testutil.Password)},
+		repo.InitOptions{KDF: testutil.CheapKDF(), Compression: l, Chunker: &params, ChunkIDKey: &key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return other
 }

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
@@ -479,7 +480,7 @@ func (a *archiver) saveTree(ctx context.Context, tree *snapshot.Tree) (hash.Ref,
 	if err != nil {
 		return hash.Ref{}, err
 	}
-	ref, err := a.saveBlob(ctx, repo.TreeBlob, a.r.BlobKey(plain), plain)
+	ref, err := a.saveBlob(ctx, repo.TreeBlob, compress.Files, a.r.BlobKey(plain), plain)
 	if err != nil {
 		return hash.Ref{}, err
 	}

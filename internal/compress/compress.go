@@ -38,21 +38,28 @@
 // machine at the same time, so these figures are the machine's, not the
 // library's.
 //
-// The level is the repository's (Level, docs/FORMAT.md "config"). Auto,
-// the default, is SpeedDefault because the repository must be no larger
-// than restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times
-// as fast (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the
-// image 409 against 286 MB/s) but stores 6.7% more text and 3.8% more of
-// the image than SpeedDefault. Compression is about three quarters of the
-// CPU time of a first backup, so that is the one large lever left, and a
-// trade of repository size that the operator makes (init --compression
-// fastest), not this package. The window is
+// The level is the repository's (Level, docs/FORMAT.md "config"), and at
+// Auto also the kind of data's (Level.For). Auto compresses files and
+// trees at SpeedDefault because such a repository must be no larger than
+// restic's, and restic uses that level: SpeedFastest is 1.3-1.5 times as
+// fast (November 2026, 1 MiB chunks: Go source 286 against 211 MB/s, the
+// image 409 against 286 MB/s) but stores 6.7% more text. The data of disk
+// images it compresses at SpeedFastest: an image backup is all
+// compression, and there the trade is 25% less CPU time for the whole
+// backup against 5.4% more stored (Level.For has the figures); Default
+// keeps SpeedDefault for images too. The window is
 // 1 MiB: restic's 512 KiB gives the same ratio on 1 MiB blobs, and larger
 // windows gain at most 0.3% on 8 MiB blobs while each pooled encoder holds
-// about 3.8 MiB at 1 MiB, 9.8 MiB at 4 MiB and 17.8 MiB at the default 8 MiB.
-// The window had no measurable effect on speed; neither had
-// WithLowerEncoderMem, which does not change the output at any level and is
-// used for the smaller tables. Frames carry no checksum: the AEAD around every
+// about 3.8 MiB at 1 MiB, 9.8 MiB at 4 MiB and 17.8 MiB at the default 8 MiB
+// (with the lower-memory history; about 1 MiB more with the full one).
+// The window had no measurable effect on speed. WithLowerEncoderMem does
+// not change the output at any level (TestDeterministic), but its history
+// holds only the window and one block, so every block past the first
+// ~1.1 MiB of a chunk moves the whole window down: BenchmarkHistory, chunks
+// of 0.6-3 MiB, quiet minutes of the loaded machine, SpeedFastest on Go
+// source 309-357 MB/s with it against 401-413 without (about 4% of the
+// CPU time of an image backup), SpeedDefault within the noise. So the
+// encoders keep the full history. Frames carry no checksum: the AEAD around every
 // blob already authenticates it (restic does the same).
 package compress
 
@@ -87,7 +94,7 @@ func newEncoder(level zstd.EncoderLevel, window int) *zstd.Encoder {
 		zstd.WithEncoderConcurrency(1),
 		zstd.WithEncoderCRC(false),
 		zstd.WithWindowSize(window),
-		zstd.WithLowerEncoderMem(true),
+		zstd.WithLowerEncoderMem(false),
 	)
 	if err != nil {
 		panic(fmt.Sprintf("compress: zstd encoder options: %v", err)) // constant options
@@ -101,15 +108,16 @@ type encoder struct {
 	trial []byte
 }
 
-// encoders holds, per level, at most GOMAXPROCS encoders, made on first
-// use: more concurrent compressions than cores gain nothing, and each
-// encoder keeps ~4 MiB of state. A sync.Pool would both make more under
-// bursts (every directory's tree is compressed in its own goroutine) and
-// drop them at each GC, only to make them again. A process uses the one
-// level of its repository, so only that level's encoders are ever made.
-var encoders = func() [numLevels]chan *encoder {
+// encoders holds, per encoder level, at most GOMAXPROCS encoders, made on
+// first use: more concurrent compressions than cores gain nothing, and
+// each encoder keeps ~5 MiB of state. A sync.Pool would both make more
+// under bursts (every directory's tree is compressed in its own
+// goroutine) and drop them at each GC, only to make them again. A process
+// uses the one level of its repository, so only that level's encoders
+// (and at Auto those of Fastest too, for images) are ever made.
+var encoders = func() [zstd.SpeedBestCompression + 1]chan *encoder {
 	n := runtime.GOMAXPROCS(0)
-	var pools [numLevels]chan *encoder
+	var pools [zstd.SpeedBestCompression + 1]chan *encoder
 	for l := range pools {
 		pools[l] = make(chan *encoder, n)
 		for i := 0; i < n; i++ {
@@ -153,7 +161,7 @@ func (l Level) Compress(dst, src []byte) (out []byte, ok bool) {
 		// Levels come from ParseLevel; anything else is a bug above.
 		panic(fmt.Sprintf("compress: invalid level %d", int(l)))
 	}
-	pool := encoders[l]
+	pool := encoders[zl]
 	e := <-pool
 	if e == nil {
 		e = &encoder{Encoder: newEncoder(zl, windowSize), trial: make([]byte, 0, 2*sampleSize)}

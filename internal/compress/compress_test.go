@@ -58,7 +58,7 @@ func textCorpus(tb testing.TB, n int) []byte {
 }
 
 // compressing lists the levels that compress.
-var compressing = []Level{Auto, Fastest, Better}
+var compressing = []Level{Auto, Fastest, Better, Default}
 
 func roundTrip(t *testing.T, src []byte) (compressed int, ok bool) {
 	t.Helper()
@@ -130,11 +130,48 @@ func TestOff(t *testing.T) {
 	}
 }
 
+// TestFor pins the policy of docs/FORMAT.md "config": at auto, disk images
+// are compressed at fastest and everything else at default; every other
+// level compresses both kinds alike.
+func TestFor(t *testing.T) {
+	for _, tc := range []struct {
+		l            Level
+		files, image Level
+	}{
+		{Auto, Auto, Fastest},
+		{Default, Default, Default},
+		{Fastest, Fastest, Fastest},
+		{Better, Better, Better},
+		{Off, Off, Off},
+	} {
+		if got := tc.l.For(Files); got != tc.files {
+			t.Errorf("%v.For(Files) = %v, want %v", tc.l, got, tc.files)
+		}
+		if got := tc.l.For(Image); got != tc.image {
+			t.Errorf("%v.For(Image) = %v, want %v", tc.l, got, tc.image)
+		}
+	}
+	// Auto's file data is Default's, byte for byte: repositories made
+	// before images had their own level keep their file blobs' IDs.
+	text := textCorpus(t, 3<<20)
+	for _, in := range [][]byte{text[:1<<20], text[1<<20:], text[:30<<10]} {
+		a, _ := Auto.For(Files).Compress(nil, in)
+		d, _ := Default.For(Image).Compress(nil, in)
+		f, _ := Auto.For(Image).Compress(nil, in)
+		if !bytes.Equal(a, d) {
+			t.Errorf("%d bytes: auto (files) and default (image) gave %d and %d bytes", len(in), len(a), len(d))
+		}
+		if bytes.Equal(a, f) || len(f) <= len(a) {
+			t.Errorf("%d bytes: auto gave files %d bytes and the image %d: want the image at fastest, larger", len(in), len(a), len(f))
+		}
+	}
+}
+
 func TestParseLevel(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
 		want Level
-	}{{"", Auto}, {"auto", Auto}, {"fastest", Fastest}, {"better", Better}, {"off", Off}} {
+	}{{"", Auto}, {"auto", Auto}, {"fastest", Fastest}, {"better", Better}, {"off", Off}, {"default", Default}} {
 		got, err := ParseLevel(tc.in)
 		if err != nil || got != tc.want {
 			t.Errorf("ParseLevel(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
@@ -229,6 +266,11 @@ func TestDeterministic(t *testing.T) {
 	}
 	if bytes.Equal(want[Auto][0], want[Fastest][0]) || bytes.Equal(want[Auto][0], want[Better][0]) {
 		t.Fatal("the levels give the same bytes for 1 MiB of text")
+	}
+	for i := range inputs {
+		if !bytes.Equal(want[Auto][i], want[Default][i]) {
+			t.Errorf("input %d: auto and default compress differently", i)
+		}
 	}
 	var wg sync.WaitGroup
 	for g := 0; g < 6; g++ {
@@ -478,6 +520,43 @@ func BenchmarkLevels(b *testing.B) {
 			if data, ok := in[name]; ok {
 				b.Run(fmt.Sprintf("%s/%s", lv.name, name), func(b *testing.B) {
 					benchCompress(b, data, func(dst, src []byte) ([]byte, bool) { return e.compress(dst, src) })
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkHistory compares the encoder's lower-memory history (window +
+// one block) with the full one that newEncoder keeps, on chunks of the
+// sizes a backup cuts (0.6-3 MiB, not only 1 MiB): with the smaller one,
+// every block past the first ~1.1 MiB of a chunk moves the window down.
+// Both give the same bytes (TestDeterministic); the package comment
+// records the results.
+func BenchmarkHistory(b *testing.B) {
+	sizes := []int{600 << 10, 1 << 20, 1536 << 10, 2560 << 10, 800 << 10, 3 << 20}
+	in := inputs(b)
+	for _, lv := range []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault} {
+		for _, low := range []bool{true, false} {
+			e, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(lv), zstd.WithEncoderConcurrency(1),
+				zstd.WithEncoderCRC(false), zstd.WithWindowSize(windowSize), zstd.WithLowerEncoderMem(low))
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, name := range []string{"text", "binary"} {
+				data, ok := in[name]
+				if !ok {
+					continue
+				}
+				b.Run(fmt.Sprintf("%s/lowmem=%v/%s", lv, low, name), func(b *testing.B) {
+					b.SetBytes(int64(len(data)))
+					var dst []byte
+					for b.Loop() {
+						for off, i := 0, 0; off < len(data); i++ {
+							n := min(sizes[i%len(sizes)], len(data)-off)
+							dst = e.EncodeAll(data[off:off+n], dst[:0])
+							off += n
+						}
+					}
 				})
 			}
 		}

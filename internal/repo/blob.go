@@ -378,6 +378,11 @@ var ErrBlobNotFound = errors.New("blob not in index")
 // have) in this repository, without storing anything: the stored bytes
 // are determined by the plaintext.
 func (r *Repository) RefOf(t BlobType, data []byte) hash.Ref {
+	return r.RefOfContent(t, compress.Files, data)
+}
+
+// RefOfContent is RefOf for a blob of content c (Writer.SaveBlobOf).
+func (r *Repository) RefOfContent(t BlobType, c compress.Content, data []byte) hash.Ref {
 	key := r.BlobKey(data)
-	return hash.Ref{ID: packfile.BlobID(t, sealBlob(nil, r.level, t, key, data)), Key: key}
+	return hash.Ref{ID: packfile.BlobID(t, sealBlob(nil, r.level.For(c), t, key, data)), Key: key}
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
@@ -144,6 +145,15 @@ func (r *Repository) isPending(h BlobHandle) bool {
 // (an unsigned index file) is read and hashed before it is relied on; if
 // it does not match, the blob is stored again and the copy reported.
 func (w *Writer) SaveBlob(ctx context.Context, t BlobType, key hash.ID, data []byte) (hash.Ref, bool, int, error) {
+	return w.SaveBlobOf(ctx, t, compress.Files, key, data)
+}
+
+// SaveBlobOf is SaveBlob for a blob of content c, which together with the
+// repository's level decides how a new blob is compressed
+// (compress.Level.For: at Auto, disk images at Fastest). A blob this
+// process or the index already knows by its key is reused whatever level
+// stored it: its bytes decode alike.
+func (w *Writer) SaveBlobOf(ctx context.Context, t BlobType, c compress.Content, key hash.ID, data []byte) (hash.Ref, bool, int, error) {
 	r := w.r
 	if id, ok := r.knownID(t, key); ok && r.HasBlob(BlobHandle{t, id}) {
 		return hash.Ref{ID: id, Key: key}, false, 0, nil
@@ -154,7 +164,7 @@ func (w *Writer) SaveBlob(ctx context.Context, t BlobType, key hash.ID, data []b
 		sp = &b
 	}
 	defer w.scratch.Put(sp)
-	sealed := sealBlob(*sp, r.level, t, key, data)
+	sealed := sealBlob(*sp, r.level.For(c), t, key, data)
 	if t == DataBlob {
 		w.mu.Lock()
 		w.stats.EncodedData++
