@@ -123,7 +123,10 @@ func (d *directFile) addLocked(off int64, p []byte, n int) (blockWrite, bool) {
 }
 
 // writeRun writes the n bytes at file offset off, which buf holds from
-// buf[off%Align] on (buf is aligned and starts at the block of off).
+// buf[off%Align] on (buf is aligned, starts at the block of off, and
+// reaches at least to the end of the block of off+n-1). A partial block
+// at either end that this run completes is copied into buf and written
+// with the rest: one write per run, not one more per chunk boundary.
 func (d *directFile) writeRun(buf []byte, off int64, n int) error {
 	base := off &^ alignMask
 	end := off + int64(n)
@@ -134,16 +137,20 @@ func (d *directFile) writeRun(buf []byte, off int64, n int) error {
 		d.mu.Unlock()
 		return pwriteFull(d.fd, buf[off-base:end-base], off)
 	}
-	var ready [2]blockWrite
-	nready := 0
-	add := func(from, to int64) {
-		if w, ok := d.addLocked(from, buf[from-base:to-base], int(to-from)); ok {
-			ready[nready] = w
-			nready++
+	from, to := lo, hi // what is written
+	add := func(a, b int64) {
+		w, ok := d.addLocked(a, buf[a-base:b-base], int(b-a))
+		if !ok {
+			return
 		}
+		copy(buf[w.off-base:w.off-base+directio.Align], *w.b.buf)
+		blockPool.Put(w.b.buf)
+		from, to = min(from, w.off), max(to, w.off+directio.Align)
 	}
 	if lo > hi {
-		add(off, end) // within one block
+		// within one block
+		from, to = end, end
+		add(off, end)
 	} else {
 		if off < lo {
 			add(off, lo)
@@ -153,16 +160,10 @@ func (d *directFile) writeRun(buf []byte, off int64, n int) error {
 		}
 	}
 	d.mu.Unlock()
-	var err error
-	if lo < hi {
-		err = d.write(buf[lo-base:hi-base], lo)
+	if from >= to {
+		return nil
 	}
-	for _, w := range ready[:nready] {
-		if werr := d.writeBlock(w); err == nil {
-			err = werr
-		}
-	}
-	return err
+	return d.write(buf[from-base:to-base], from)
 }
 
 // zero records that the n bytes at off are zeros that are not written (an
