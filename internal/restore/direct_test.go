@@ -2,10 +2,12 @@ package restore
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,7 +15,10 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/directio"
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -262,4 +267,203 @@ func TestDirectFileWriteError(t *testing.T) {
 	if err := d.writeRun(buf, 0, 1<<20); !errors.Is(err, unix.EIO) {
 		t.Fatalf("writeRun: %v, want EIO", err)
 	}
+}
+
+// directTree writes files around the direct-write threshold (sizes with
+// 4095 and 4097 byte tails) and a sparse one whose holes adjoin data at
+// unaligned offsets, and backs them up.
+func directTree(t *testing.T, r *repo.Repository) (hash.Ref, string, []string) {
+	t.Helper()
+	src := t.TempDir()
+	sizes := map[string]int64{
+		"below":      directThreshold - 1,
+		"at":         directThreshold,
+		"above":      directThreshold + 1,
+		"tail4095":   directThreshold + 2*directio.Align + 4095,
+		"tail4097":   directThreshold + 2*directio.Align + 4097,
+		"small.txt":  5000,
+		"sub/inside": directThreshold + 12345,
+	}
+	var large []string
+	if err := os.Mkdir(filepath.Join(src, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, size := range sizes {
+		testutil.WriteRandom(t, filepath.Join(src, name), size, uint64(size))
+		if size >= directThreshold {
+			large = append(large, name)
+		}
+	}
+	// sparse: data, a 10 MiB hole, data, a hole, and a short tail
+	sp := filepath.Join(src, "sparse.img")
+	f, err := os.Create(sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	for _, p := range []struct{ off, n int64 }{{0, 1<<20 + 333}, {11<<20 + 77, 3<<20 + 5}, {30<<20 + 9, 100}} {
+		b := make([]byte, p.n)
+		for i := range b {
+			b[i] = byte(rng.Uint32()) | 1
+		}
+		if _, err := f.WriteAt(b, p.off); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	large = append(large, "sparse.img")
+	return backupDir(t, r, src), src, large
+}
+
+// cachedShare is the share of path's pages in the page cache.
+func cachedShare(t *testing.T, path string) float64 {
+	t.Helper()
+	in, total, err := directio.CachedPages(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(in) / float64(total)
+}
+
+func TestRestoreDirect(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	tree, src, large := directTree(t, r)
+	for _, buffered := range []bool{false, true} {
+		target := t.TempDir()
+		res, err := Run(ctx, r, tree, src, Options{Target: target, BufferedIO: buffered})
+		if err != nil || len(res.Errors) > 0 {
+			t.Fatalf("restore: %v %v", err, res.Errors)
+		}
+		for _, name := range large {
+			// written around the page cache, or (buffered) through it
+			share := cachedShare(t, filepath.Join(target, name))
+			if name == "below" || name == "sparse.img" {
+				continue
+			}
+			if !buffered && share > 0.1 || buffered && share < 0.9 {
+				t.Errorf("buffered %v: %.0f%% of %s in the page cache", buffered, 100*share, name)
+			}
+		}
+		testutil.CompareTrees(t, src, target)
+		if buffered {
+			continue
+		}
+		// sparse: the holes stay holes
+		if !isHole(openT(t, filepath.Join(target, "sparse.img")), 2<<20, 8<<20) {
+			t.Error("the sparse file's hole was written")
+		}
+		// resume: identical files are left alone and verified...
+		res, err = Run(ctx, r, tree, src, Options{Target: target, Verify: true})
+		if err != nil || len(res.Errors) > 0 || res.Files != 0 || res.Verified != uint64(len(large)+2) {
+			t.Fatalf("resume: files %d verified %d, errors %v %v", res.Files, res.Verified, err, res.Errors)
+		}
+		// ...a damaged one is rewritten
+		fd, err := os.OpenFile(filepath.Join(target, "tail4097"), os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fd.WriteAt([]byte("damage"), 5<<20+3)
+		fd.Close()
+		res, err = Run(ctx, r, tree, src, Options{Target: target, Verify: true})
+		if err != nil || len(res.Errors) > 0 || res.Files != 1 {
+			t.Fatalf("damaged file: rewrote %d files (%v %v)", res.Files, err, res.Errors)
+		}
+		testutil.CompareTrees(t, src, target)
+	}
+}
+
+func openT(t *testing.T, path string) *os.File {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestRestoreDirectRefused: where the file system refuses O_DIRECT, when
+// it is turned on or at the first write, files are written buffered and
+// are the same.
+func TestRestoreDirectRefused(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	tree, src, _ := directTree(t, r)
+	oldSet, oldWrite := setDirect, pwriteDirect
+	defer func() { setDirect, pwriteDirect = oldSet, oldWrite }()
+	for _, c := range []struct {
+		name  string
+		set   func(int, bool) error
+		write func(int, []byte, int64) error
+	}{
+		{"at open", func(fd int, on bool) error {
+			if on {
+				return unix.EINVAL
+			}
+			return oldSet(fd, on)
+		}, oldWrite},
+		{"at the first write", oldSet, func(int, []byte, int64) error { return unix.EINVAL }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			setDirect, pwriteDirect = c.set, c.write
+			target := t.TempDir()
+			res, err := Run(ctx, r, tree, src, Options{Target: target})
+			if err != nil || len(res.Errors) > 0 {
+				t.Fatalf("restore: %v %v", err, res.Errors)
+			}
+			if share := cachedShare(t, filepath.Join(target, "above")); share < 0.9 {
+				t.Errorf("only %.0f%% cached: not written buffered", 100*share)
+			}
+			testutil.CompareTrees(t, src, target)
+		})
+	}
+}
+
+// TestRestoreDirectWriteFails: a write failing mid-file is reported, the
+// file is not left looking complete (emptied, no metadata), and the next
+// restore writes it.
+func TestRestoreDirectWriteFails(t *testing.T) {
+	ctx := context.Background()
+	r := newRepo(t)
+	tree, src, _ := directTree(t, r)
+	old := pwriteDirect
+	defer func() { pwriteDirect = old }()
+	var calls atomic.Int64
+	pwriteDirect = func(fd int, p []byte, off int64) error {
+		if calls.Add(1) == 3 {
+			return unix.ENOSPC
+		}
+		return old(fd, p, off)
+	}
+	target := t.TempDir()
+	res, err := Run(ctx, r, tree, src, Options{Target: target, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Errors) != 1 || !errors.Is(res.Errors[0], unix.ENOSPC) {
+		t.Fatalf("errors %v, want one ENOSPC", res.Errors)
+	}
+	failed := ""
+	for _, name := range []string{"at", "above", "below", "tail4095", "tail4097", "sub/inside", "sparse.img"} {
+		if strings.Contains(res.Errors[0].Error(), "restore "+name+" ") {
+			failed = name
+		}
+	}
+	if failed == "" {
+		t.Fatalf("error names no large file: %v", res.Errors[0])
+	}
+	if fi, err := os.Stat(filepath.Join(target, failed)); err != nil || fi.Size() != 0 {
+		t.Errorf("%s after a failed write: %v, size %d, want empty", failed, err, fi.Size())
+	}
+	pwriteDirect = old
+	res, err = Run(ctx, r, tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 || res.Files != 1 {
+		t.Fatalf("second restore: files %d (%v %v), want 1", res.Files, err, res.Errors)
+	}
+	testutil.CompareTrees(t, src, target)
 }
