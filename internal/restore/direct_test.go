@@ -241,7 +241,7 @@ func TestStagerSplitsLongRuns(t *testing.T) {
 	st.add(rs, f, size-10, data[size-10:])
 	st.add(rs, f, 0, data[:100])
 	st.add(rs, f, 100, data[100:size-10])
-	st.release(rs)
+	st.flush(rs)
 	if n := f.pending.Load(); n != 0 || len(rs.res.Errors) > 0 || rs.res.Files != 1 {
 		t.Fatalf("pending %d errors %v files %d", n, rs.res.Errors, rs.res.Files)
 	}

@@ -1174,7 +1174,7 @@ type readJob struct {
 // readBlobs reads a job's blobs and writes each to its targets; buf is
 // reused for blobs read alone.
 func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j readJob, buf []byte, st *stager) []byte {
-	defer st.release(rs)
+	defer st.flush(rs) // a worker waiting for work holds no chunk
 	if j.rng.Blobs == nil {
 		data, err := loader.Load(ctx, repo.DataBlob, j.w.refs[j.single], buf)
 		if err == nil {
