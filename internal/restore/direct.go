@@ -21,8 +21,10 @@ const directThreshold = 8 << 20
 
 // stageSize is the most a worker gathers of one file before writing it: a
 // range delivers consecutive chunks of a file, which then leave in one
-// write instead of one per chunk.
-const stageSize = 4 << 20
+// write instead of one per chunk. 4 MiB (a whole local range) measured no
+// less CPU than 1 MiB on the bench's two 1 GiB files, and held 12-15 MB
+// more.
+const stageSize = 1 << 20
 
 // A block shared by two chunks that have not both arrived holds a pooled
 // block buffer until the second does. (A worker's stage buffer is its own,
