@@ -53,6 +53,10 @@ type Options struct {
 	// snapshot's trees are walked (nil: ui.NoProgress).
 	Progress ui.Progress
 	Workers  int
+	// BufferedIO writes every file through the page cache; by default
+	// files of directThreshold bytes and more are written around it
+	// (O_DIRECT) where the file system allows.
+	BufferedIO bool
 }
 
 // Overwrite modes.
@@ -889,8 +893,9 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			loader := rs.r.NewBlobLoader()
 			defer loader.Close()
 			var buf []byte
+			var st stager
 			for j := range jobs {
-				buf = rs.readBlobs(ctx, loader, j, buf)
+				buf = rs.readBlobs(ctx, loader, j, buf, &st)
 			}
 		}()
 	}
@@ -983,11 +988,12 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			f.done(rs, nil)
 			continue
 		}
-		var todo []int
+		var todo, zeros []int
 		for i, id := range job.node.Content {
 			size := job.node.ChunkSizes[i]
 			if job.node.Sparse && rs.isZeroChunk(id, size) {
 				rs.opts.Progress.Done(0, int64(size))
+				zeros = append(zeros, i)
 				continue
 			}
 			todo = append(todo, i)
@@ -1016,7 +1022,18 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			openSlots <- struct{}{}
 		}
 		f.slots = openSlots
-		if err := f.open(); err != nil || len(todo) == 0 {
+		err = f.open(!rs.opts.BufferedIO && job.node.Size >= directThreshold)
+		if err == nil && f.dw != nil {
+			// the skipped zero chunks' share of the blocks they have
+			// in common with data
+			for _, i := range zeros {
+				if err = f.dw.zero(offsets[i], int64(job.node.ChunkSizes[i])); err != nil {
+					err = fmt.Errorf("restore %s at offset %d: %w", job.rel, offsets[i], err)
+					break
+				}
+			}
+		}
+		if err != nil || len(todo) == 0 {
 			// nothing to write: finish it here (metadata, close)
 			f.pending.Store(1)
 			f.done(rs, err)
@@ -1156,34 +1173,36 @@ type readJob struct {
 
 // readBlobs reads a job's blobs and writes each to its targets; buf is
 // reused for blobs read alone.
-func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j readJob, buf []byte) []byte {
+func (rs *restorer) readBlobs(ctx context.Context, loader *repo.BlobLoader, j readJob, buf []byte, st *stager) []byte {
+	defer st.flush(rs) // a worker waiting for work holds no chunk
 	if j.rng.Blobs == nil {
 		data, err := loader.Load(ctx, repo.DataBlob, j.w.refs[j.single], buf)
 		if err == nil {
 			buf = data
 		}
-		rs.deliver(ctx, j.w.targets[j.single], data, err)
+		rs.deliver(ctx, j.w.targets[j.single], data, err, st)
 		return buf
 	}
 	n := 0
 	err := loader.LoadRange(ctx, repo.DataBlob, j.rng, func(b repo.RangeBlob, data []byte, err error) error {
 		n++
-		rs.deliver(ctx, j.w.targets[b.Tag], data, err)
+		rs.deliver(ctx, j.w.targets[b.Tag], data, err, st)
 		return nil
 	})
 	if err != nil {
 		// stopped early (cancelled): the rest of the range still
 		// finishes its files
 		for _, b := range j.rng.Blobs[n:] {
-			rs.deliver(ctx, j.w.targets[b.Tag], nil, err)
+			rs.deliver(ctx, j.w.targets[b.Tag], nil, err, st)
 		}
 	}
 	return buf
 }
 
 // deliver writes one blob's plaintext (or its error) to each of its
-// targets and finishes those chunks.
-func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, err error) {
+// targets and finishes those chunks; a chunk of a file written directly
+// is staged in st instead, and finished when st writes it.
+func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, err error, st *stager) {
 	// Only a sparse file skips the writes of all-zero chunks: scan a
 	// blob for zeros only if one of its targets is sparse.
 	zero := false
@@ -1208,10 +1227,17 @@ func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, 
 			f.hostile.Store(true)
 		}
 		if werr == nil {
-			if !(f.job.node.Sparse && zero) {
+			rs.opts.Progress.Done(0, int64(len(data)))
+			skip := f.job.node.Sparse && zero
+			switch {
+			case f.dw != nil && skip:
+				werr = f.dw.zero(t.offset, int64(len(data)))
+			case f.dw != nil:
+				st.add(rs, f, t.offset, data)
+				continue
+			case !skip:
 				werr = pwriteFull(f.fd, data, t.offset)
 			}
-			rs.opts.Progress.Done(0, int64(len(data)))
 		}
 		if werr != nil {
 			werr = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, t.offset, werr)
@@ -1230,6 +1256,7 @@ type openFile struct {
 	dirFd      int // the file's directory (acquireDirFd), held until done; -1 if none
 	dirRel     string
 	fd         int           // -1 until created
+	dw         *directFile   // written around the page cache; nil: buffered
 	slots      chan struct{} // the open-file slot it holds (restoreFiles), nil if none
 	pending    atomic.Int64
 	failed     atomic.Bool
@@ -1258,8 +1285,9 @@ func pwriteFull(fd int, p []byte, off int64) error {
 
 // open creates the file without following a symlink. A sparse file is
 // made its full size first (holes where nothing is written); any other
-// file is written whole, which sets its size.
-func (f *openFile) open() error {
+// file is written whole, which sets its size. With direct, the file is
+// written around the page cache where the file system allows (f.dw).
+func (f *openFile) open(direct bool) error {
 	name := path.Base(f.job.rel)
 	var fd int
 	var err error
@@ -1289,6 +1317,9 @@ func (f *openFile) open() error {
 		return fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
 	}
 	f.fd = fd
+	if direct {
+		f.dw = newDirectFile(fd, int64(f.job.node.Size))
+	}
 	return nil
 }
 
@@ -1336,6 +1367,19 @@ func (f *openFile) done(rs *restorer, err error) {
 	}
 	if f.fd < 0 {
 		return // never created: the error is reported
+	}
+	if f.dw != nil {
+		if f.failed.Load() {
+			// Chunks written directly land in any order, so what is
+			// there may reach the end of the file: empty it rather
+			// than leave something of the full size that is not the
+			// file (a resumed restore rewrites it whole anyway).
+			f.dw.release()
+			unix.Ftruncate(f.fd, 0)
+		} else if err := f.dw.finish(); err != nil {
+			f.failed.Store(true)
+			rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, err))
+		}
 	}
 	if !f.failed.Load() {
 		// metadata through the open descriptor, after the last write
