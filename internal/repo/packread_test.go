@@ -80,6 +80,81 @@ func (b *streamBackend) OpenStream(ctx context.Context, h storage.Handle, offset
 	return io.NopCloser(r), nil
 }
 
+// wholeStreamBackend is a streamBackend that says whole objects are
+// cheaper (S3), and records what it was asked for.
+type wholeStreamBackend struct {
+	streamBackend
+	asked [][2]int64
+}
+
+func (b *wholeStreamBackend) WholeObjectsCheaper() bool { return true }
+
+func (b *wholeStreamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.asked = append(b.asked, [2]int64{offset, length})
+	return b.streamBackend.OpenStream(ctx, h, offset, length)
+}
+
+// exactStreamBackend streams as a floe server does: it records what it
+// was asked for and says nothing about whole objects.
+type exactStreamBackend struct {
+	streamBackend
+	asked [][2]int64
+}
+
+func (b *exactStreamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.asked = append(b.asked, [2]int64{offset, length})
+	return b.streamBackend.OpenStream(ctx, h, offset, length)
+}
+
+// A streamed range near a pack's start is asked for as the whole pack
+// only from a backend that sends whole objects more cheaply (S3); from
+// others (a floe server, which over HTTP/2 sends ahead what the reader
+// then throws away) exactly as planned.
+func TestStreamRangeAsked(t *testing.T) {
+	ctx := context.Background()
+	for _, whole := range []bool{true, false} {
+		var be storage.Backend
+		var asked func() [][2]int64
+		if whole {
+			w := &wholeStreamBackend{streamBackend: streamBackend{Backend: mem.New(), breakAfter: -1}}
+			be, asked = w, func() [][2]int64 { return w.asked }
+		} else {
+			e := &exactStreamBackend{streamBackend: streamBackend{Backend: mem.New(), breakAfter: -1}}
+			be, asked = e, func() [][2]int64 { return e.asked }
+		}
+		r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.StreamsRanges() {
+			t.Fatal("StreamsRanges false on a streaming backend")
+		}
+		datas := randomChunks(6, 10<<10)
+		refs := saveFlushed(t, r, datas)
+		// the middle four: a range that starts and ends inside the pack
+		ranges, _ := r.PlanReads(DataBlob, refs[1:5], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
+		if len(ranges) != 1 {
+			t.Fatalf("want one range, got %d", len(ranges))
+		}
+		l := r.NewBlobLoader()
+		got, errs := loadAll(t, l, ranges)
+		l.Close()
+		for i := range got {
+			if errs[i] != nil || !bytes.Equal(got[i], datas[1+i]) {
+				t.Fatalf("whole %v: blob %d: %v", whole, i, errs[i])
+			}
+		}
+		rg := ranges[0]
+		want := [][2]int64{{rg.Start, rg.End - rg.Start}}
+		if whole {
+			want = [][2]int64{{0, 0}}
+		}
+		if a := asked(); len(a) != 1 || a[0] != want[0] {
+			t.Fatalf("whole %v: asked for %v, want %v", whole, a, want)
+		}
+	}
+}
+
 // streamRepo makes a repository on a backend that streams ranges.
 func streamRepo(t *testing.T, breakAfter int64) (*Repository, *streamBackend) {
 	t.Helper()
