@@ -219,6 +219,14 @@ type wholeStreamer interface {
 // needed that way.
 const streamSkip = 1 << 20
 
+// streamWholeMin is the shortest range a wholeStreamer is asked for as the
+// whole pack: the server sends a whole object until the reader closes it,
+// and a short range (a level of trees, a few small files of a window)
+// cost it a pack or its socket buffers for a few KiB: a restore of GOROOT
+// from S3 asked for its 1.7 MB tree pack whole once per tree level, and
+// the server sent 1.8 times the repository.
+const streamWholeMin = 4 << 20
+
 // streamDrain is how much of a stream's tail is read after the last blob
 // so that the connection can be reused; a longer tail closes it.
 const streamDrain = 1 << 20
@@ -234,7 +242,7 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 	// From the start, to the end (the whole object); a range deeper in
 	// the pack is asked for as it is.
 	start, length := pr.Start, pr.End-pr.Start
-	if ws, ok := so.(wholeStreamer); ok && ws.WholeObjectsCheaper() && start <= streamSkip {
+	if ws, ok := so.(wholeStreamer); ok && ws.WholeObjectsCheaper() && start <= streamSkip && length >= streamWholeMin {
 		start, length = 0, 0
 	}
 	body, rerr := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, start, length)

@@ -107,15 +107,25 @@ func (b *exactStreamBackend) OpenStream(ctx context.Context, h storage.Handle, o
 }
 
 // A streamed range near a pack's start is asked for as the whole pack
-// only from a backend that sends whole objects more cheaply (S3); from
-// others (a floe server, which over HTTP/2 sends ahead what the reader
-// then throws away) exactly as planned.
+// only from a backend that sends whole objects more cheaply (S3), and
+// only when it is long (streamWholeMin); short ones, and every range from
+// other backends (a floe server, which over HTTP/2 sends ahead what the
+// reader then throws away), exactly as planned.
 func TestStreamRangeAsked(t *testing.T) {
 	ctx := context.Background()
-	for _, whole := range []bool{true, false} {
+	for _, c := range []struct {
+		whole bool
+		size  int // of each of seven blobs; the middle five are read
+		asked string
+	}{
+		{true, 10 << 10, "exact"},
+		{true, 900 << 10, "whole"},
+		{false, 10 << 10, "exact"},
+		{false, 900 << 10, "exact"},
+	} {
 		var be storage.Backend
 		var asked func() [][2]int64
-		if whole {
+		if c.whole {
 			w := &wholeStreamBackend{streamBackend: streamBackend{Backend: mem.New(), breakAfter: -1}}
 			be, asked = w, func() [][2]int64 { return w.asked }
 		} else {
@@ -129,28 +139,31 @@ func TestStreamRangeAsked(t *testing.T) {
 		if !r.StreamsRanges() {
 			t.Fatal("StreamsRanges false on a streaming backend")
 		}
-		datas := randomChunks(6, 10<<10)
+		datas := randomChunks(7, c.size)
 		refs := saveFlushed(t, r, datas)
-		// the middle four: a range that starts and ends inside the pack
-		ranges, _ := r.PlanReads(DataBlob, refs[1:5], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
+		// the middle five: a range that starts and ends inside the pack
+		ranges, _ := r.PlanReads(DataBlob, refs[1:6], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
 		if len(ranges) != 1 {
 			t.Fatalf("want one range, got %d", len(ranges))
+		}
+		rg := ranges[0]
+		if long := c.size > 100<<10; rg.Start > streamSkip || long != (rg.End-rg.Start >= streamWholeMin) {
+			t.Fatalf("%+v: range %d-%d does not test what it should", c, rg.Start, rg.End)
 		}
 		l := r.NewBlobLoader()
 		got, errs := loadAll(t, l, ranges)
 		l.Close()
 		for i := range got {
 			if errs[i] != nil || !bytes.Equal(got[i], datas[1+i]) {
-				t.Fatalf("whole %v: blob %d: %v", whole, i, errs[i])
+				t.Fatalf("%+v: blob %d: %v", c, i, errs[i])
 			}
 		}
-		rg := ranges[0]
-		want := [][2]int64{{rg.Start, rg.End - rg.Start}}
-		if whole {
-			want = [][2]int64{{0, 0}}
+		want := [2]int64{rg.Start, rg.End - rg.Start}
+		if c.asked == "whole" {
+			want = [2]int64{0, 0}
 		}
-		if a := asked(); len(a) != 1 || a[0] != want[0] {
-			t.Fatalf("whole %v: asked for %v, want %v", whole, a, want)
+		if a := asked(); len(a) != 1 || a[0] != want {
+			t.Fatalf("%+v: asked for %v, want %v", c, a, want)
 		}
 	}
 }
