@@ -1091,9 +1091,11 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 var (
 	localRanges  = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
 	remoteRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
-	// A backend that streams a range (S3) holds a blob of it at a time, so
-	// a range may be a whole pack: one request per pack, which a server
-	// can send from its file without copying (see repo.StreamsRanges).
+	// A backend that streams a range (S3, a floe server) holds a blob of
+	// it at a time, so a range may be a whole pack: one request per pack,
+	// which S3 can send from its file without copying (see
+	// repo.StreamsRanges). remoteRanges are left for the backends that
+	// neither stream nor open ranges (a wrapper that meters loads).
 	streamRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 1 << 40}
 )
 
