@@ -337,3 +337,65 @@ func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error
 	}
 	return buf, nil
 }
+
+// RangeBytes returns the stored bytes of pr's range, [pr.Start, pr.End) of
+// its pack, read with one request into a slice of their own that the
+// caller keeps: a reader that needs blobs of the same stretch of a pack
+// again (restore's tree levels) opens them from it with LoadRangeFrom.
+func (l *BlobLoader) RangeBytes(ctx context.Context, pr PackRange) ([]byte, error) {
+	if l.r.WriteOnly() {
+		return nil, ErrWriteOnly
+	}
+	so, streams := l.r.be.(streamOpener)
+	if !streams || l.ranges != nil {
+		data, err := l.readRange(ctx, pr)
+		if err != nil {
+			return nil, err
+		}
+		if l.ranges != nil {
+			// in the loader's buffer: the next range overwrites it
+			data = append([]byte(nil), data...)
+		}
+		return data, nil
+	}
+	if err := checkRangeBlobs(pr); err != nil {
+		return nil, err
+	}
+	n := pr.End - pr.Start
+	if pr.Start < 0 || n <= 0 {
+		return nil, fmt.Errorf("pack %s: invalid range %d-%d", pr.Pack.Short(), pr.Start, pr.End)
+	}
+	body, err := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, pr.Start, n)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	data := make([]byte, n)
+	if _, err := io.ReadFull(body, data); err != nil {
+		return nil, fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
+	}
+	return data, nil
+}
+
+// LoadRangeFrom is LoadRange on bytes read before: data holds the stored
+// bytes of pr's pack from offset start on (RangeBytes) and must cover
+// pr's range. data is only read, so that it serves again. A blob that
+// does not open from it is loaded by itself, as LoadRange does.
+func (l *BlobLoader) LoadRangeFrom(ctx context.Context, t BlobType, pr PackRange, start int64, data []byte, fn func(b RangeBlob, plain []byte, err error) error) error {
+	if l.r.WriteOnly() {
+		return ErrWriteOnly
+	}
+	if err := checkRangeBlobs(pr); err != nil {
+		return err
+	}
+	if pr.Start < start || pr.End > start+int64(len(data)) {
+		return fmt.Errorf("pack %s: range %d-%d is not within the %d bytes at %d", pr.Pack.Short(), pr.Start, pr.End, len(data), start)
+	}
+	for _, b := range pr.Blobs {
+		c := data[int64(b.Offset)-start : int64(b.Offset)-start+int64(b.Length)]
+		if err := l.deliver(ctx, t, b, c, false, fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}

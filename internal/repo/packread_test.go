@@ -472,3 +472,63 @@ func TestLoadRangeVerifiesByKey(t *testing.T) {
 		})
 	}
 }
+
+// RangeBytes returns a range's stored bytes to keep, on a backend that
+// reads ranges into the loader's buffers, one that loads and one that
+// streams; LoadRangeFrom opens the blobs of any range within them, as
+// often as asked (the bytes are not decrypted in place), and refuses a
+// range they do not cover.
+func TestRangeBytesLoadRangeFrom(t *testing.T) {
+	ctx := context.Background()
+	lr, _ := localRepo(t)
+	mr, _ := newRepo(t)
+	sr, _ := streamRepo(t, -1)
+	for name, r := range map[string]*Repository{"local": lr, "mem": mr, "stream": sr} {
+		t.Run(name, func(t *testing.T) {
+			datas := randomChunks(8, 3<<10)
+			refs := saveFlushed(t, r, datas)
+			ranges, _ := r.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 20, MaxRange: 1 << 30})
+			if len(ranges) != 1 {
+				t.Fatalf("want one range, got %d", len(ranges))
+			}
+			whole := ranges[0]
+			l := r.NewBlobLoader()
+			defer l.Close()
+			data, err := l.RangeBytes(ctx, whole)
+			if err != nil || int64(len(data)) != whole.End-whole.Start {
+				t.Fatalf("RangeBytes: %d bytes, %v", len(data), err)
+			}
+			kept := bytes.Clone(data)
+			// a loader's next range must not overwrite the bytes kept
+			if _, err := l.RangeBytes(ctx, PackRange{Pack: whole.Pack, Start: int64(whole.Blobs[1].Offset), End: whole.End, Blobs: whole.Blobs[1:]}); err != nil {
+				t.Fatal(err)
+			}
+			part, _ := r.PlanReads(DataBlob, refs[2:5], RangeLimits{MaxGap: 1 << 20, MaxRange: 1 << 30})
+			for round := 0; round < 2; round++ {
+				for _, rg := range []PackRange{whole, part[0]} {
+					n := 0
+					err := l.LoadRangeFrom(ctx, DataBlob, rg, whole.Start, data, func(b RangeBlob, plain []byte, err error) error {
+						want := datas[b.Tag]
+						if rg.Start != whole.Start {
+							want = datas[2+b.Tag]
+						}
+						if err != nil || !bytes.Equal(plain, want) {
+							t.Fatalf("round %d: blob %d: %v", round, b.Tag, err)
+						}
+						n++
+						return nil
+					})
+					if err != nil || n != len(rg.Blobs) {
+						t.Fatalf("round %d: LoadRangeFrom: %d blobs, %v", round, n, err)
+					}
+				}
+			}
+			if !bytes.Equal(data, kept) {
+				t.Fatal("LoadRangeFrom changed the bytes it was given")
+			}
+			if err := l.LoadRangeFrom(ctx, DataBlob, whole, whole.Start+1, data, func(RangeBlob, []byte, error) error { return nil }); err == nil {
+				t.Fatal("a range the bytes do not cover: no error")
+			}
+		})
+	}
+}

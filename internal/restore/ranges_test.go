@@ -266,3 +266,42 @@ func TestOpenFileLimits(t *testing.T) {
 		t.Fatalf("streamed: %d open files, beyond a quarter of the limit %d", sopen, lim.Cur)
 	}
 }
+
+// The trees of a deep tree are read ahead a level at a time, each level
+// scattered over the tree pack: the stretch of the pack read for one
+// level serves the levels below, so the tree pack is read once, not once
+// per level.
+func TestPrefetchTreesReadsTreePackOnce(t *testing.T) {
+	r, mem := testutil.NewRepo(t)
+	src := t.TempDir()
+	const depth = 10
+	for i := range 4 {
+		dir := filepath.Join(src, fmt.Sprintf("top%d", i))
+		for d := range depth {
+			dir = filepath.Join(dir, fmt.Sprintf("l%d", d))
+			writeFile(t, filepath.Join(dir, "f"), fmt.Sprintf("file %d %d\n", i, d))
+		}
+	}
+	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
+	cb := &countingBackend{Backend: mem}
+	r2, err := repo.Open(context.Background(), cb, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	cb.loads = 0
+	res, err := Run(context.Background(), r2, sn.Tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	testutil.CompareTrees(t, src, target)
+	// the snapshot's tree and those of the path down to src one by one,
+	// the tree pack once, the files' pack once (one range); read once per
+	// level, the tree pack took 10 more
+	if want := 1 + strings.Count(src, "/") + 1 + 1; cb.loads > want {
+		t.Fatalf("%d pack reads, want at most %d: the tree pack is read once per level", cb.loads, want)
+	}
+}
