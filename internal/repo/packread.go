@@ -201,10 +201,31 @@ func (r *Repository) StreamsRanges() bool {
 	return ok && !ranges
 }
 
+// wholeStreamer is a streamOpener that sends a whole object for less
+// than a part of it (S3: versitygw answers a whole-object GET with
+// sendfile, a ranged one through buffers).
+type wholeStreamer interface {
+	WholeObjectsCheaper() bool
+}
+
 // streamSkip is how far into a pack a streamed range still starts at the
-// pack's first byte: asking for a whole object lets a server send it
-// without copying (a file's sendfile), and a few bytes skipped are cheap.
+// pack's first byte, on a wholeStreamer: asking for a whole object lets a
+// server send it without copying (a file's sendfile), and a few bytes
+// skipped are cheap. Other backends are asked for the range itself: a
+// floe server reads any range the same way, and over HTTP/2 what it sent
+// beyond the last blob before the stream was closed (up to the stream's
+// flow-control window, 16 MiB) was read, encrypted and thrown away: a
+// restore of GOROOT through floe serve moved 3.2 times the bytes it
+// needed that way.
 const streamSkip = 1 << 20
+
+// streamWholeMin is the shortest range a wholeStreamer is asked for as the
+// whole pack: the server sends a whole object until the reader closes it,
+// and a short range (a level of trees, a few small files of a window)
+// cost it a pack or its socket buffers for a few KiB: a restore of GOROOT
+// from S3 asked for its 1.7 MB tree pack whole once per tree level, and
+// the server sent 1.8 times the repository.
+const streamWholeMin = 4 << 20
 
 // streamDrain is how much of a stream's tail is read after the last blob
 // so that the connection can be reused; a longer tail closes it.
@@ -221,7 +242,7 @@ func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobTyp
 	// From the start, to the end (the whole object); a range deeper in
 	// the pack is asked for as it is.
 	start, length := pr.Start, pr.End-pr.Start
-	if start <= streamSkip {
+	if ws, ok := so.(wholeStreamer); ok && ws.WholeObjectsCheaper() && start <= streamSkip && length >= streamWholeMin {
 		start, length = 0, 0
 	}
 	body, rerr := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, start, length)
@@ -315,4 +336,66 @@ func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error
 		return nil, err
 	}
 	return buf, nil
+}
+
+// RangeBytes returns the stored bytes of pr's range, [pr.Start, pr.End) of
+// its pack, read with one request into a slice of their own that the
+// caller keeps: a reader that needs blobs of the same stretch of a pack
+// again (restore's tree levels) opens them from it with LoadRangeFrom.
+func (l *BlobLoader) RangeBytes(ctx context.Context, pr PackRange) ([]byte, error) {
+	if l.r.WriteOnly() {
+		return nil, ErrWriteOnly
+	}
+	so, streams := l.r.be.(streamOpener)
+	if !streams || l.ranges != nil {
+		data, err := l.readRange(ctx, pr)
+		if err != nil {
+			return nil, err
+		}
+		if l.ranges != nil {
+			// in the loader's buffer: the next range overwrites it
+			data = append([]byte(nil), data...)
+		}
+		return data, nil
+	}
+	if err := checkRangeBlobs(pr); err != nil {
+		return nil, err
+	}
+	n := pr.End - pr.Start
+	if pr.Start < 0 || n <= 0 {
+		return nil, fmt.Errorf("pack %s: invalid range %d-%d", pr.Pack.Short(), pr.Start, pr.End)
+	}
+	body, err := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, pr.Start, n)
+	if err != nil {
+		return nil, err
+	}
+	defer body.Close()
+	data := make([]byte, n)
+	if _, err := io.ReadFull(body, data); err != nil {
+		return nil, fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
+	}
+	return data, nil
+}
+
+// LoadRangeFrom is LoadRange on bytes read before: data holds the stored
+// bytes of pr's pack from offset start on (RangeBytes) and must cover
+// pr's range. data is only read, so that it serves again. A blob that
+// does not open from it is loaded by itself, as LoadRange does.
+func (l *BlobLoader) LoadRangeFrom(ctx context.Context, t BlobType, pr PackRange, start int64, data []byte, fn func(b RangeBlob, plain []byte, err error) error) error {
+	if l.r.WriteOnly() {
+		return ErrWriteOnly
+	}
+	if err := checkRangeBlobs(pr); err != nil {
+		return err
+	}
+	if pr.Start < start || pr.End > start+int64(len(data)) {
+		return fmt.Errorf("pack %s: range %d-%d is not within the %d bytes at %d", pr.Pack.Short(), pr.Start, pr.End, len(data), start)
+	}
+	for _, b := range pr.Blobs {
+		c := data[int64(b.Offset)-start : int64(b.Offset)-start+int64(b.Length)]
+		if err := l.deliver(ctx, t, b, c, false, fn); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -80,6 +80,94 @@ func (b *streamBackend) OpenStream(ctx context.Context, h storage.Handle, offset
 	return io.NopCloser(r), nil
 }
 
+// wholeStreamBackend is a streamBackend that says whole objects are
+// cheaper (S3), and records what it was asked for.
+type wholeStreamBackend struct {
+	streamBackend
+	asked [][2]int64
+}
+
+func (b *wholeStreamBackend) WholeObjectsCheaper() bool { return true }
+
+func (b *wholeStreamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.asked = append(b.asked, [2]int64{offset, length})
+	return b.streamBackend.OpenStream(ctx, h, offset, length)
+}
+
+// exactStreamBackend streams as a floe server does: it records what it
+// was asked for and says nothing about whole objects.
+type exactStreamBackend struct {
+	streamBackend
+	asked [][2]int64
+}
+
+func (b *exactStreamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.asked = append(b.asked, [2]int64{offset, length})
+	return b.streamBackend.OpenStream(ctx, h, offset, length)
+}
+
+// A streamed range near a pack's start is asked for as the whole pack
+// only from a backend that sends whole objects more cheaply (S3), and
+// only when it is long (streamWholeMin); short ones, and every range from
+// other backends (a floe server, which over HTTP/2 sends ahead what the
+// reader then throws away), exactly as planned.
+func TestStreamRangeAsked(t *testing.T) {
+	ctx := context.Background()
+	for _, c := range []struct {
+		whole bool
+		size  int // of each of seven blobs; the middle five are read
+		asked string
+	}{
+		{true, 10 << 10, "exact"},
+		{true, 900 << 10, "whole"},
+		{false, 10 << 10, "exact"},
+		{false, 900 << 10, "exact"},
+	} {
+		var be storage.Backend
+		var asked func() [][2]int64
+		if c.whole {
+			w := &wholeStreamBackend{streamBackend: streamBackend{Backend: mem.New(), breakAfter: -1}}
+			be, asked = w, func() [][2]int64 { return w.asked }
+		} else {
+			e := &exactStreamBackend{streamBackend: streamBackend{Backend: mem.New(), breakAfter: -1}}
+			be, asked = e, func() [][2]int64 { return e.asked }
+		}
+		r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !r.StreamsRanges() {
+			t.Fatal("StreamsRanges false on a streaming backend")
+		}
+		datas := randomChunks(7, c.size)
+		refs := saveFlushed(t, r, datas)
+		// the middle five: a range that starts and ends inside the pack
+		ranges, _ := r.PlanReads(DataBlob, refs[1:6], RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
+		if len(ranges) != 1 {
+			t.Fatalf("want one range, got %d", len(ranges))
+		}
+		rg := ranges[0]
+		if long := c.size > 100<<10; rg.Start > streamSkip || long != (rg.End-rg.Start >= streamWholeMin) {
+			t.Fatalf("%+v: range %d-%d does not test what it should", c, rg.Start, rg.End)
+		}
+		l := r.NewBlobLoader()
+		got, errs := loadAll(t, l, ranges)
+		l.Close()
+		for i := range got {
+			if errs[i] != nil || !bytes.Equal(got[i], datas[1+i]) {
+				t.Fatalf("%+v: blob %d: %v", c, i, errs[i])
+			}
+		}
+		want := [2]int64{rg.Start, rg.End - rg.Start}
+		if c.asked == "whole" {
+			want = [2]int64{0, 0}
+		}
+		if a := asked(); len(a) != 1 || a[0] != want {
+			t.Fatalf("%+v: asked for %v, want %v", c, a, want)
+		}
+	}
+}
+
 // streamRepo makes a repository on a backend that streams ranges.
 func streamRepo(t *testing.T, breakAfter int64) (*Repository, *streamBackend) {
 	t.Helper()
@@ -380,6 +468,66 @@ func TestLoadRangeVerifiesByKey(t *testing.T) {
 			}
 			if f := r2.ForgedCopies(); len(f) != 0 {
 				t.Fatalf("nothing forged, got %+v", f)
+			}
+		})
+	}
+}
+
+// RangeBytes returns a range's stored bytes to keep, on a backend that
+// reads ranges into the loader's buffers, one that loads and one that
+// streams; LoadRangeFrom opens the blobs of any range within them, as
+// often as asked (the bytes are not decrypted in place), and refuses a
+// range they do not cover.
+func TestRangeBytesLoadRangeFrom(t *testing.T) {
+	ctx := context.Background()
+	lr, _ := localRepo(t)
+	mr, _ := newRepo(t)
+	sr, _ := streamRepo(t, -1)
+	for name, r := range map[string]*Repository{"local": lr, "mem": mr, "stream": sr} {
+		t.Run(name, func(t *testing.T) {
+			datas := randomChunks(8, 3<<10)
+			refs := saveFlushed(t, r, datas)
+			ranges, _ := r.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 20, MaxRange: 1 << 30})
+			if len(ranges) != 1 {
+				t.Fatalf("want one range, got %d", len(ranges))
+			}
+			whole := ranges[0]
+			l := r.NewBlobLoader()
+			defer l.Close()
+			data, err := l.RangeBytes(ctx, whole)
+			if err != nil || int64(len(data)) != whole.End-whole.Start {
+				t.Fatalf("RangeBytes: %d bytes, %v", len(data), err)
+			}
+			kept := bytes.Clone(data)
+			// a loader's next range must not overwrite the bytes kept
+			if _, err := l.RangeBytes(ctx, PackRange{Pack: whole.Pack, Start: int64(whole.Blobs[1].Offset), End: whole.End, Blobs: whole.Blobs[1:]}); err != nil {
+				t.Fatal(err)
+			}
+			part, _ := r.PlanReads(DataBlob, refs[2:5], RangeLimits{MaxGap: 1 << 20, MaxRange: 1 << 30})
+			for round := 0; round < 2; round++ {
+				for _, rg := range []PackRange{whole, part[0]} {
+					n := 0
+					err := l.LoadRangeFrom(ctx, DataBlob, rg, whole.Start, data, func(b RangeBlob, plain []byte, err error) error {
+						want := datas[b.Tag]
+						if rg.Start != whole.Start {
+							want = datas[2+b.Tag]
+						}
+						if err != nil || !bytes.Equal(plain, want) {
+							t.Fatalf("round %d: blob %d: %v", round, b.Tag, err)
+						}
+						n++
+						return nil
+					})
+					if err != nil || n != len(rg.Blobs) {
+						t.Fatalf("round %d: LoadRangeFrom: %d blobs, %v", round, n, err)
+					}
+				}
+			}
+			if !bytes.Equal(data, kept) {
+				t.Fatal("LoadRangeFrom changed the bytes it was given")
+			}
+			if err := l.LoadRangeFrom(ctx, DataBlob, whole, whole.Start+1, data, func(RangeBlob, []byte, error) error { return nil }); err == nil {
+				t.Fatal("a range the bytes do not cover: no error")
 			}
 		})
 	}

@@ -1,13 +1,16 @@
 package restore
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -17,6 +20,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
+	"golang.org/x/sys/unix"
 )
 
 // countingBackend counts the loads of packs and fails those that cover
@@ -185,5 +189,119 @@ func TestRestoreBlobMissingFromIndex(t *testing.T) {
 		if err != nil || string(got) != string(want) {
 			t.Fatalf("%s: %v", name, err)
 		}
+	}
+}
+
+// streamingBackend streams ranges as S3 and a floe server do
+// (repo.StreamsRanges), and counts the streams.
+type streamingBackend struct {
+	storage.Backend
+	streams atomic.Int64
+}
+
+func (b *streamingBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	b.streams.Add(1)
+	data, err := b.Load(ctx, h, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(data)), nil
+}
+
+// On a backend that streams, windows grow from streamFirstFiles: a tree
+// of more small files than that comes back whole, its files read with
+// fewer streams than windows of the first size would take (one per
+// window and pack at least).
+func TestRestoreStreamWindowsGrow(t *testing.T) {
+	r, mem := testutil.NewRepo(t)
+	src := t.TempDir()
+	n := 3*streamFirstFiles + 100
+	for i := range n {
+		writeFile(t, filepath.Join(src, fmt.Sprintf("d%02d", i%50), fmt.Sprintf("f%04d", i)), fmt.Sprintf("small file %d\n", i))
+	}
+	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
+	sb := &streamingBackend{Backend: mem}
+	r2, err := repo.Open(context.Background(), sb, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !r2.StreamsRanges() {
+		t.Fatal("the test backend does not stream")
+	}
+	if w, open := openFileLimits(true); w < 2*streamFirstFiles || open < 2*w {
+		t.Skipf("descriptor limit too low for growing windows (window %d, open %d)", w, open)
+	}
+	target := t.TempDir()
+	res, err := Run(context.Background(), r2, sn.Tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	if res.Files != uint64(n) {
+		t.Fatalf("restored %d files, want %d", res.Files, n)
+	}
+	testutil.CompareTrees(t, src, target)
+	// One pack holds every file, one more the trees (one level below
+	// src: one stream). Windows of streamFirstFiles files each would
+	// take 4 streams of data; growing ones (1,024, 2,048, the last 100) 3.
+	s := sb.streams.Load()
+	t.Logf("%d streams", s)
+	if s > 3+1 {
+		t.Fatalf("%d streams for %d small files in one pack: windows did not grow", s, n)
+	}
+}
+
+// openFileLimits: streamed windows hold more files, never beyond a
+// quarter of the descriptor limit.
+func TestOpenFileLimits(t *testing.T) {
+	w, open := openFileLimits(false)
+	sw, sopen := openFileLimits(true)
+	if w != open/2 || sw != sopen/2 || sopen < open || sopen > streamOpenFiles {
+		t.Fatalf("limits %d/%d, streamed %d/%d", w, open, sw, sopen)
+	}
+	var lim unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &lim); err == nil && uint64(sopen) > max(16, lim.Cur/4) {
+		t.Fatalf("streamed: %d open files, beyond a quarter of the limit %d", sopen, lim.Cur)
+	}
+}
+
+// The trees of a deep tree are read ahead a level at a time, each level
+// scattered over the tree pack: the stretch of the pack read for one
+// level serves the levels below, so the tree pack is read once, not once
+// per level.
+func TestPrefetchTreesReadsTreePackOnce(t *testing.T) {
+	r, mem := testutil.NewRepo(t)
+	src := t.TempDir()
+	const depth = 10
+	for i := range 4 {
+		dir := filepath.Join(src, fmt.Sprintf("top%d", i))
+		for d := range depth {
+			dir = filepath.Join(dir, fmt.Sprintf("l%d", d))
+			writeFile(t, filepath.Join(dir, "f"), fmt.Sprintf("file %d %d\n", i, d))
+		}
+	}
+	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
+	cb := &countingBackend{Backend: mem}
+	r2, err := repo.Open(context.Background(), cb, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	target := t.TempDir()
+	cb.loads = 0
+	res, err := Run(context.Background(), r2, sn.Tree, src, Options{Target: target})
+	if err != nil || len(res.Errors) > 0 {
+		t.Fatalf("restore: %v %v", err, res.Errors)
+	}
+	testutil.CompareTrees(t, src, target)
+	// the snapshot's tree and those of the path down to src one by one,
+	// the tree pack once, the files' pack once (one range); read once per
+	// level, the tree pack took 10 more
+	if want := 1 + strings.Count(src, "/") + 1 + 1; cb.loads > want {
+		t.Fatalf("%d pack reads, want at most %d: the tree pack is read once per level", cb.loads, want)
 	}
 }

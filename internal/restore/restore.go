@@ -907,12 +907,20 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	}
 	// Every file of a window is open until its last chunk is written:
 	// openSlots bounds them (and so the descriptors restore holds).
-	windowFiles, maxOpen := openFileLimits()
+	windowFiles, maxOpen := openFileLimits(limits == streamRanges)
 	openSlots := make(chan struct{}, maxOpen)
+	// Streamed windows grow (streamFirstFiles, doubling): the first is
+	// read while the planner creates the files of the next, and later
+	// ones span more of each pack, so fewer streams (stream windows).
+	nextFiles := windowFiles
+	if limits == streamRanges {
+		nextFiles = min(windowFiles, streamFirstFiles)
+	}
 	newWindow := func() *readWindow {
-		w := newReadWindow(windowFiles)
+		w := newReadWindow(nextFiles)
 		if limits == streamRanges {
 			w.maxBytes, w.maxBlobs = 0, streamWindowBlobs
+			nextFiles = min(windowFiles, 2*nextFiles)
 		}
 		return w
 	}
@@ -1083,9 +1091,11 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 var (
 	localRanges  = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
 	remoteRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
-	// A backend that streams a range (S3) holds a blob of it at a time, so
-	// a range may be a whole pack: one request per pack, which a server
-	// can send from its file without copying (see repo.StreamsRanges).
+	// A backend that streams a range (S3, a floe server) holds a blob of
+	// it at a time, so a range may be a whole pack: one request per pack,
+	// which S3 can send from its file without copying (see
+	// repo.StreamsRanges). remoteRanges are left for the backends that
+	// neither stream nor open ranges (a wrapper that meters loads).
 	streamRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 1 << 40}
 )
 
@@ -1104,17 +1114,32 @@ const (
 	// two 1 GiB files, 80 requests instead of ~900 and a tenth of the
 	// server's CPU. Its blobs still bound it (~200 bytes each: 13 MiB).
 	streamWindowBlobs = 1 << 16
+	// Stream windows: files backed up together lie together in packs,
+	// but not in the order restore creates them (a backup reads files in
+	// parallel), so a window of 1,024 of GOROOT's small files needed a
+	// stretch of each of its packs, and the next window much of the same
+	// stretch again: from S3, whose streams begin at a pack's start, the
+	// server sent 1.8 times the repository. Windows that grow to 8,192
+	// files read most packs once; the first stays small so that reading
+	// starts early.
+	streamFirstFiles = 1024
+	streamOpenFiles  = 16384
 )
 
-// openFileLimits returns how many files a window holds and how many may be
-// open at once: 1,024 and 2,048 (a window of small files is one range of
-// each pack it touches, so larger windows are fewer requests), or less
-// when the descriptor limit is low, leaving room for the directories.
-func openFileLimits() (window, open int) {
+// openFileLimits returns how many files a window holds at most and how
+// many may be open at once: 1,024 and 2,048 (a window of small files is
+// one range of each pack it touches, so larger windows are fewer
+// requests), for streamed ranges 8,192 and 16,384 (see streamFirstFiles),
+// or less when the descriptor limit is low, leaving room for the
+// directories.
+func openFileLimits(streamed bool) (window, open int) {
 	open = 2048
+	if streamed {
+		open = streamOpenFiles
+	}
 	var lim unix.Rlimit
 	if unix.Getrlimit(unix.RLIMIT_NOFILE, &lim) == nil && lim.Cur < 4*uint64(open) {
-		open = max(16, int(lim.Cur/4))
+		open = max(16, min(open, int(lim.Cur/4)))
 	}
 	return max(1, open/2), open
 }

@@ -1,6 +1,10 @@
 package remote
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 
@@ -109,6 +113,29 @@ func TestParseSSH(t *testing.T) {
 			t.Errorf("ParseSSH(%q): no error", bad)
 		} else if strings.Contains(err.Error(), "secret") {
 			t.Errorf("ParseSSH error shows the password: %v", err)
+		}
+	}
+}
+
+// A streamed answer that ends before the length the server announced is
+// cut short (io.ErrUnexpectedEOF), one that goes on beyond it is an
+// error, and one of the announced length ends in io.EOF.
+func TestStreamBodyLength(t *testing.T) {
+	h := storage.Handle{Type: storage.Pack, Name: strings.Repeat("ab", 32)}
+	for _, c := range []struct {
+		sent, announced int64
+		want            error // nil: io.EOF after all bytes
+	}{{10, 10, nil}, {5, 10, io.ErrUnexpectedEOF}, {12, 10, errTooLong}, {7, -1, nil}} {
+		br := streamBufs.Get().(*bufio.Reader)
+		br.Reset(io.NopCloser(bytes.NewReader(make([]byte, c.sent))))
+		s := &streamBody{rc: io.NopCloser(nil), br: br, left: c.announced, h: h}
+		got, err := io.ReadAll(s)
+		s.Close()
+		switch {
+		case c.want == nil && (err != nil || int64(len(got)) != c.sent):
+			t.Errorf("sent %d, announced %d: %d bytes, %v", c.sent, c.announced, len(got), err)
+		case c.want != nil && !errors.Is(err, c.want):
+			t.Errorf("sent %d, announced %d: %v, want %v", c.sent, c.announced, err, c.want)
 		}
 	}
 }

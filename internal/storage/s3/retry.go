@@ -219,6 +219,11 @@ func (b *Backend) listKeys(ctx context.Context, prefix string, recursive bool, f
 	}
 }
 
+// WholeObjectsCheaper tells readers of ranges (repo.BlobLoader) that a
+// whole object costs the server less than a part of it (OpenStream says
+// why), so that a range near a pack's start is asked for as the whole pack.
+func (b *Backend) WholeObjectsCheaper() bool { return true }
+
 // OpenStream returns the bytes of h from offset to its end as one GET's
 // body, read as it arrives: a restore that needs most of a pack reads it
 // with one request, and holds a blob at a time rather than the range.
