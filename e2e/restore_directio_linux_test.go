@@ -1,11 +1,8 @@
 package e2e
 
 import (
-	"os"
 	"path/filepath"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/testutil"
 )
@@ -16,15 +13,7 @@ import (
 func TestRestoreDirectIO(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	probe := e.path("probe")
-	if err := os.WriteFile(probe, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if fd, err := unix.Open(probe, unix.O_RDONLY|unix.O_DIRECT, 0); err != nil {
-		t.Skipf("the test directory's file system has no O_DIRECT: %v", err)
-	} else {
-		unix.Close(fd)
-	}
+	testutil.SkipWithoutDirectIO(t, e.path("."))
 	e.init()
 	src := e.mkdir("src")
 	testutil.WriteRandom(t, filepath.Join(src, "big"), 12<<20+4097, 7)

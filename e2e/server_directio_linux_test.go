@@ -6,8 +6,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/testutil"
 )
@@ -27,15 +25,7 @@ func cachedPages(t *testing.T, path string) (in, total int) {
 func TestServerDirectIO(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	probe := e.path("probe")
-	if err := os.WriteFile(probe, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if fd, err := unix.Open(probe, unix.O_RDONLY|unix.O_DIRECT, 0); err != nil {
-		t.Skipf("the test directory's file system has no O_DIRECT: %v", err)
-	} else {
-		unix.Close(fd)
-	}
+	testutil.SkipWithoutDirectIO(t, e.path("."))
 	src := e.mkdir("src")
 	testutil.WriteRandom(t, filepath.Join(src, "big"), 6<<20, 3)
 	for _, buffered := range []bool{false, true} {

@@ -335,11 +335,7 @@ func cachedShare(t *testing.T, path string) float64 {
 // skipWithoutDirect skips a test that needs O_DIRECT in t.TempDir().
 func skipWithoutDirect(t *testing.T) {
 	t.Helper()
-	fd, err := unix.Open(filepath.Join(t.TempDir(), "probe"), unix.O_WRONLY|unix.O_CREAT|unix.O_DIRECT|unix.O_CLOEXEC, 0o600)
-	if err != nil {
-		t.Skipf("the test directory's file system has no O_DIRECT: %v", err)
-	}
-	unix.Close(fd)
+	testutil.SkipWithoutDirectIO(t, t.TempDir())
 }
 
 func TestRestoreDirect(t *testing.T) {
