@@ -18,26 +18,8 @@ import (
 // odd offsets, comes back exactly; a range past the end is refused
 // before the answer starts.
 func TestLoadRangesStreamed(t *testing.T) {
-	repos, err := server.NewRootDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startServer(t, repos, server.Options{AllowAnyName: true})
-	tok := s.token(t, "r", "admin")
 	ctx := context.Background()
-	b, err := remote.Create(ctx, s.url+"/r", remote.Options{Token: tok, Fingerprint: s.fp, Retries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	data := make([]byte, 3<<20+1234)
-	for i := range data {
-		data[i] = byte(i*7 + i>>12)
-	}
-	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("streamed")}
-	if err := b.Save(ctx, h, data); err != nil {
-		t.Fatal(err)
-	}
+	b, h, data := savedPack(t, func(i int) byte { return byte(i*7 + i>>12) })
 	size := int64(len(data))
 	for _, r := range []struct{ off, n int64 }{
 		{0, 0},                  // whole
@@ -71,26 +53,8 @@ func TestLoadRangesStreamed(t *testing.T) {
 // in pieces of any size; what the server refuses is refused before a
 // body is handed out.
 func TestOpenStreamRanges(t *testing.T) {
-	repos, err := server.NewRootDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startServer(t, repos, server.Options{AllowAnyName: true})
-	tok := s.token(t, "r", "admin")
 	ctx := context.Background()
-	b, err := remote.Create(ctx, s.url+"/r", remote.Options{Token: tok, Fingerprint: s.fp, Retries: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	data := make([]byte, 3<<20+1234)
-	for i := range data {
-		data[i] = byte(i*13 + i>>11)
-	}
-	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("streamed")}
-	if err := b.Save(ctx, h, data); err != nil {
-		t.Fatal(err)
-	}
+	b, h, data := savedPack(t, func(i int) byte { return byte(i*13 + i>>11) })
 	size := int64(len(data))
 	for _, r := range []struct{ off, n int64 }{{0, 0}, {0, 1}, {1, 1 << 20}, {4095, 4097}, {size - 5000, 0}, {size, 0}} {
 		body, err := b.OpenStream(ctx, h, r.off, r.n)
@@ -143,4 +107,31 @@ func TestOpenStreamRanges(t *testing.T) {
 	if got, err := b.Load(ctx, h, 5, 10); err != nil || !bytes.Equal(got, data[5:15]) {
 		t.Errorf("Load after the streams: %v", err)
 	}
+}
+
+// savedPack starts a server over a root directory and saves, as an admin
+// client, a pack of 3 MiB and a bit (more than a load chunk, not a
+// multiple of a block) whose byte i is fill(i).
+func savedPack(t *testing.T, fill func(int) byte) (*remote.Backend, storage.Handle, []byte) {
+	t.Helper()
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, repos, server.Options{AllowAnyName: true})
+	tok := s.token(t, "r", "admin")
+	b, err := remote.Create(context.Background(), s.url+"/r", remote.Options{Token: tok, Fingerprint: s.fp, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	data := make([]byte, 3<<20+1234)
+	for i := range data {
+		data[i] = fill(i)
+	}
+	h := storage.Handle{Type: storage.Pack, Name: storagetest.Name("streamed")}
+	if err := b.Save(context.Background(), h, data); err != nil {
+		t.Fatal(err)
+	}
+	return b, h, data
 }
