@@ -149,17 +149,9 @@ func (d *directFile) writeRun(buf []byte, off int64, n int) error {
 		from, to = min(from, w.off), max(to, w.off+directio.Align)
 	}
 	if lo > hi {
-		// within one block
-		from, to = end, end
-		add(off, end)
-	} else {
-		if off < lo {
-			add(off, lo)
-		}
-		if end > hi {
-			add(hi, end)
-		}
+		from, to = end, end // within one block
 	}
+	partialBlocks(off, end, add)
 	d.mu.Unlock()
 	if from >= to {
 		return nil
@@ -167,13 +159,29 @@ func (d *directFile) writeRun(buf []byte, off int64, n int) error {
 	return d.write(buf[from-base:to-base], from)
 }
 
+// partialBlocks calls add for the parts of [off, end) that only partly
+// cover a block: the whole span when it lies within one block, else the
+// head before the first block boundary and the tail after the last.
+func partialBlocks(off, end int64, add func(from, to int64)) {
+	lo := (off + alignMask) &^ alignMask
+	hi := end &^ alignMask
+	if lo > hi {
+		add(off, end)
+		return
+	}
+	if off < lo {
+		add(off, lo)
+	}
+	if end > hi {
+		add(hi, end)
+	}
+}
+
 // zero records that the n bytes at off are zeros that are not written (an
 // all-zero chunk of a sparse file, already a hole): they complete the
 // blocks that chunk shares with its neighbours.
 func (d *directFile) zero(off, n int64) error {
 	end := off + n
-	lo := (off + alignMask) &^ alignMask
-	hi := end &^ alignMask
 	d.mu.Lock()
 	if !d.direct {
 		d.mu.Unlock()
@@ -185,16 +193,7 @@ func (d *directFile) zero(off, n int64) error {
 			ready = append(ready, w)
 		}
 	}
-	if lo > hi {
-		add(off, end)
-	} else {
-		if off < lo {
-			add(off, lo)
-		}
-		if end > hi {
-			add(hi, end)
-		}
-	}
+	partialBlocks(off, end, add)
 	d.mu.Unlock()
 	var err error
 	for _, w := range ready {

@@ -617,13 +617,11 @@ func (b *Backend) put(ctx context.Context, h storage.Handle, body func() (io.Rea
 	return fmt.Errorf("save %s: %w", h, b.statusError(res))
 }
 
-// Load implements storage.Backend.
-func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int64) ([]byte, error) {
-	if err := h.Validate(); err != nil {
-		return nil, fmt.Errorf("load %s: %w", h, err)
-	}
+// rangeQuery is the query of a GET of length bytes from offset (0: to
+// the end), as docs/PROTOCOL.md has it.
+func rangeQuery(offset, length int64) (string, error) {
 	if offset < 0 || length < 0 {
-		return nil, fmt.Errorf("load %s: %w: negative range offset %d length %d", h, storage.ErrInvalid, offset, length)
+		return "", fmt.Errorf("%w: negative range offset %d length %d", storage.ErrInvalid, offset, length)
 	}
 	q := url.Values{}
 	if offset > 0 {
@@ -632,7 +630,19 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	if length > 0 {
 		q.Set("length", strconv.FormatInt(length, 10))
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q.Encode()})
+	return q.Encode(), nil
+}
+
+// Load implements storage.Backend.
+func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int64) ([]byte, error) {
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	q, err := rangeQuery(offset, length)
+	if err != nil {
+		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q})
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
@@ -660,17 +670,11 @@ func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, leng
 	if err := h.Validate(); err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
-	if offset < 0 || length < 0 {
-		return nil, fmt.Errorf("open %s: %w: negative range offset %d length %d", h, storage.ErrInvalid, offset, length)
+	q, err := rangeQuery(offset, length)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
-	q := url.Values{}
-	if offset > 0 {
-		q.Set("offset", strconv.FormatInt(offset, 10))
-	}
-	if length > 0 {
-		q.Set("length", strconv.FormatInt(length, 10))
-	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q.Encode(), stream: true})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, stream: true})
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
