@@ -131,7 +131,7 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 	if l.r.WriteOnly() {
 		return ErrWriteOnly
 	}
-	if so, ok := l.r.be.(streamOpener); ok && l.ranges == nil {
+	if so, ok := l.r.be.(storage.RangeStreamer); ok && l.ranges == nil {
 		return l.streamRange(ctx, so, t, pr, fn)
 	}
 	data, rerr := l.readRange(ctx, pr)
@@ -186,31 +186,18 @@ func checkRangeBlobs(pr PackRange) error {
 	return nil
 }
 
-// streamOpener is a remote backend (S3) that reads an object from an
-// offset to its end as a stream (one request).
-type streamOpener interface {
-	OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error)
-}
-
 // StreamsRanges tells whether LoadRange streams a range rather than
 // holding it whole: its callers may then plan ranges as long as a pack
 // (RangeLimits.MaxRange) without holding more than a blob at a time.
 func (r *Repository) StreamsRanges() bool {
 	_, ranges := r.be.(storage.RangeOpener)
-	_, ok := r.be.(streamOpener)
+	_, ok := r.be.(storage.RangeStreamer)
 	return ok && !ranges
 }
 
-// wholeStreamer is a streamOpener that sends a whole object for less
-// than a part of it (S3: versitygw answers a whole-object GET with
-// sendfile, a ranged one through buffers).
-type wholeStreamer interface {
-	WholeObjectsCheaper() bool
-}
-
 // streamSkip is how far into a pack a streamed range still starts at the
-// pack's first byte, on a wholeStreamer: asking for a whole object lets a
-// server send it without copying (a file's sendfile), and a few bytes
+// pack's first byte, on a storage.WholeObjectPreferrer: asking for a whole
+// object lets a server send it without copying (a file's sendfile), and a few bytes
 // skipped are cheap. Other backends are asked for the range itself: a
 // floe server reads any range the same way, and over HTTP/2 what it sent
 // beyond the last blob before the stream was closed (up to the stream's
@@ -219,8 +206,8 @@ type wholeStreamer interface {
 // needed that way.
 const streamSkip = 1 << 20
 
-// streamWholeMin is the shortest range a wholeStreamer is asked for as the
-// whole pack: the server sends a whole object until the reader closes it,
+// streamWholeMin is the shortest range a storage.WholeObjectPreferrer is
+// asked for as the whole pack: the server sends a whole object until the reader closes it,
 // and a short range (a level of trees, a few small files of a window)
 // cost it a pack or its socket buffers for a few KiB: a restore of GOROOT
 // from S3 asked for its 1.7 MB tree pack whole once per tree level, and
@@ -235,14 +222,14 @@ const streamDrain = 1 << 20
 // range (to the pack's end), a blob at a time held in memory. The blobs
 // after a read error are loaded by themselves from their copies, as the
 // blobs of a range that could not be read are.
-func (l *BlobLoader) streamRange(ctx context.Context, so streamOpener, t BlobType, pr PackRange, fn func(b RangeBlob, plain []byte, err error) error) error {
+func (l *BlobLoader) streamRange(ctx context.Context, so storage.RangeStreamer, t BlobType, pr PackRange, fn func(b RangeBlob, plain []byte, err error) error) error {
 	if err := checkRangeBlobs(pr); err != nil {
 		return err
 	}
 	// From the start, to the end (the whole object); a range deeper in
 	// the pack is asked for as it is.
 	start, length := pr.Start, pr.End-pr.Start
-	if ws, ok := so.(wholeStreamer); ok && ws.WholeObjectsCheaper() && start <= streamSkip && length >= streamWholeMin {
+	if ws, ok := so.(storage.WholeObjectPreferrer); ok && ws.WholeObjectsCheaper() && start <= streamSkip && length >= streamWholeMin {
 		start, length = 0, 0
 	}
 	body, rerr := so.OpenStream(ctx, storage.Handle{Type: storage.Pack, Name: pr.Pack.String()}, start, length)
@@ -346,7 +333,7 @@ func (l *BlobLoader) RangeBytes(ctx context.Context, pr PackRange) ([]byte, erro
 	if l.r.WriteOnly() {
 		return nil, ErrWriteOnly
 	}
-	so, streams := l.r.be.(streamOpener)
+	so, streams := l.r.be.(storage.RangeStreamer)
 	if !streams || l.ranges != nil {
 		data, err := l.readRange(ctx, pr)
 		if err != nil {

@@ -155,6 +155,28 @@ type RangeOpener interface {
 	OpenRange(ctx context.Context, h Handle) (ObjectReader, error)
 }
 
+// RangeStreamer is implemented by remote backends that read a range of an
+// object as the body of one request, read as it arrives (s3, the floe
+// server's client): a restore (repo.BlobLoader.LoadRange) then decodes
+// each blob of a pack as soon as it is in and holds one at a time. The
+// body ends in an error wrapping io.ErrUnexpectedEOF when the object ends
+// before the range does.
+//
+// Callers look for it on the backend itself, as for RangeOpener: a limited
+// backend (limit.Backend) does not stream its loads, so they go through
+// its metered Load.
+type RangeStreamer interface {
+	OpenStream(ctx context.Context, h Handle, offset, length int64) (io.ReadCloser, error)
+}
+
+// WholeObjectPreferrer is implemented by a RangeStreamer that sends a
+// whole object for less than a part of it (s3: versitygw answers a
+// whole-object GET with sendfile, a ranged one through buffers), so that a
+// range that starts near an object's beginning is asked for whole.
+type WholeObjectPreferrer interface {
+	WholeObjectsCheaper() bool
+}
+
 // ObjectReader reads ranges of one stored object.
 type ObjectReader interface {
 	// ReadAt fills p from offset off; a range past the end is an error

@@ -3,6 +3,7 @@ package limit
 import (
 	"context"
 	"errors"
+	"io"
 	"sync"
 	"testing"
 	"time"
@@ -178,4 +179,30 @@ func BenchmarkWait(b *testing.B) {
 			}
 		}
 	})
+}
+
+// rangeBackend has the two read paths that repo looks for on the backend
+// itself (storage.RangeOpener, storage.RangeStreamer).
+type rangeBackend struct{ *mem.Backend }
+
+func (rangeBackend) OpenRange(context.Context, storage.Handle) (storage.ObjectReader, error) {
+	return nil, errors.New("not used")
+}
+
+func (rangeBackend) OpenStream(context.Context, storage.Handle, int64, int64) (io.ReadCloser, error) {
+	return nil, errors.New("not used")
+}
+
+// A limited backend has neither of the read paths that bypass Load: its
+// readers then load through Load, which pays the download limit. (They are
+// found by type assertion on the backend, not by storage.As, which would
+// find the unmetered ones beneath.)
+func TestLimitedHidesUnmeteredReads(t *testing.T) {
+	be := Wrap(rangeBackend{mem.New()}, nil, NewLimiter(1<<20))
+	if _, ok := be.(storage.RangeOpener); ok {
+		t.Error("a limited backend opens ranges around its limit")
+	}
+	if _, ok := be.(storage.RangeStreamer); ok {
+		t.Error("a limited backend streams ranges around its limit")
+	}
 }

@@ -224,6 +224,11 @@ func (b *Backend) listKeys(ctx context.Context, prefix string, recursive bool, f
 // why), so that a range near a pack's start is asked for as the whole pack.
 func (b *Backend) WholeObjectsCheaper() bool { return true }
 
+var (
+	_ storage.RangeStreamer        = (*Backend)(nil)
+	_ storage.WholeObjectPreferrer = (*Backend)(nil)
+)
+
 // OpenStream returns the bytes of h from offset to its end as one GET's
 // body, read as it arrives: a restore that needs most of a pack reads it
 // with one request, and holds a blob at a time rather than the range.
