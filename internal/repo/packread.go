@@ -196,22 +196,22 @@ func (r *Repository) StreamsRanges() bool {
 }
 
 // streamSkip is how far into a pack a streamed range still starts at the
-// pack's first byte, on a storage.WholeObjectPreferrer: asking for a whole
-// object lets a server send it without copying (a file's sendfile), and a few bytes
-// skipped are cheap. Other backends are asked for the range itself: a
-// floe server reads any range the same way, and over HTTP/2 what it sent
-// beyond the last blob before the stream was closed (up to the stream's
-// flow-control window, 16 MiB) was read, encrypted and thrown away: a
-// restore of GOROOT through floe serve moved 3.2 times the bytes it
-// needed that way.
+// pack's first byte, on a storage.WholeObjectPreferrer: asking for a
+// whole object lets a server send it without copying (a file's
+// sendfile), and a few bytes skipped are cheap. Other backends are asked
+// for the range itself: a floe server reads any range the same way, and
+// over HTTP/2 what it sent beyond the last blob before the stream was
+// closed (up to the stream's flow-control window, 16 MiB) was read,
+// encrypted and thrown away: a restore of GOROOT through floe serve moved
+// 3.2 times the bytes it needed that way.
 const streamSkip = 1 << 20
 
 // streamWholeMin is the shortest range a storage.WholeObjectPreferrer is
-// asked for as the whole pack: the server sends a whole object until the reader closes it,
-// and a short range (a level of trees, a few small files of a window)
-// cost it a pack or its socket buffers for a few KiB: a restore of GOROOT
-// from S3 asked for its 1.7 MB tree pack whole once per tree level, and
-// the server sent 1.8 times the repository.
+// asked for as the whole pack: the server sends a whole object until the
+// reader closes it, and a short range (a level of trees, a few small
+// files of a window) cost it a pack or its socket buffers for a few KiB:
+// a restore of GOROOT from S3 asked for its 1.7 MB tree pack whole once
+// per tree level, and the server sent 1.8 times the repository.
 const streamWholeMin = 4 << 20
 
 // streamDrain is how much of a stream's tail is read after the last blob

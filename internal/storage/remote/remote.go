@@ -655,6 +655,8 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	return res.data, nil
 }
 
+var _ storage.RangeStreamer = (*Backend)(nil)
+
 // OpenStream returns length bytes of h from offset (to its end when
 // length is 0) as the body of one GET, read as it arrives: a restore
 // (repo.BlobLoader.LoadRange) then reads a pack with one request,
@@ -666,8 +668,6 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 // as any request; a body that breaks off is not resumed (the caller
 // loads the rest by other means) and one shorter than the server
 // announced ends in io.ErrUnexpectedEOF.
-var _ storage.RangeStreamer = (*Backend)(nil)
-
 func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
 	if err := h.Validate(); err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
