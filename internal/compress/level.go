@@ -68,8 +68,8 @@ const (
 // (November 2026, same chunker parameters, three alternating pairs) Fastest
 // stored 5.4% more (394.9 against 374.6 MB; restic stores about 377 MB,
 // borg's default lz4 538 MB) for 25% less CPU time of the whole backup
-// (5.2 against 6.9 s), which brings it to about 2x borg's speed on two
-// cores. Proxmox Backup Server makes the same trade: it
+// (5.2 against 6.9 s): 1.8-1.9x borg's speed on two cores (bench/IMAGES.md)
+// against 1.4-1.7x. Proxmox Backup Server makes the same trade: it
 // compresses VM images at zstd level 1. File trees keep SpeedDefault: on
 // Go source Fastest stores 6.7% more, and a repository of files must not
 // be larger than restic's, which uses SpeedDefault.
