@@ -233,21 +233,26 @@ cp_reference() {
 # timed REP DS TOOL STEP: run the step under GNU time; record a row; return
 # non-zero when the step failed.
 timed() {
-	local rep=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log secs kb rc=0
+	local rep=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log secs kb usr sys cpu rc=0
 	log=$LOGS/$ds-$tool-$rep-$step.log
 	tool_cmd "$tool" "$step"
 	rm -f "$tf"
 	settle
 	printf '$ %s\n' "${CMD[*]}" >"$log"
-	(cd "$CWD" && "$TIME" -f '%e %M' -o "$tf" "${CMD[@]}") </dev/null >>"$log" 2>&1 || rc=$?
-	read -r secs kb < <(tail -n 1 "$tf") || true
+	(cd "$CWD" && "$TIME" -f '%e %M %U %S' -o "$tf" "${CMD[@]}") </dev/null >>"$log" 2>&1 || rc=$?
+	read -r secs kb usr sys < <(tail -n 1 "$tf") || true
 	[[ $secs =~ ^[0-9.]+$ ]] || secs=NA
 	[[ $kb =~ ^[0-9]+$ ]] || kb=NA
+	# CPU (user + system) beside the wall time: on a shared VM the wall
+	# time of one run can vary by a third (page-cache pages cost more or
+	# less system time from one minute to the next), and the CPU column
+	# says whether a slow run did more work or waited
+	if [[ $usr =~ ^[0-9.]+$ && $sys =~ ^[0-9.]+$ ]]; then cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN { printf "%.2f", u + s }'); else cpu=NA; fi
 	if ((rc == 0)); then
-		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA ok
-		say "  $ds $tool $step: ${secs}s, peak RSS $((${kb/NA/0} / 1024)) MiB"
+		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA ok "$cpu"
+		say "  $ds $tool $step: ${secs}s (CPU ${cpu}s), peak RSS $((${kb/NA/0} / 1024)) MiB"
 	else
-		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA FAIL
+		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA FAIL "$cpu"
 		say "  FAIL: $ds $tool $step exited $rc, log $log:"
 		tail -n 15 "$log" | sed 's/^/    /' >&2
 		FAILED=1

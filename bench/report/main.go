@@ -9,7 +9,7 @@
 //
 //	meta.tsv      key, value                   (machine and tool versions)
 //	datasets.tsv  name, files, bytes
-//	results.tsv   rep, dataset, tool, step, seconds, maxrss_kb, bytes, status
+//	results.tsv   rep, dataset, tool, step, seconds, maxrss_kb, bytes, status[, cpu_seconds]
 //
 // A results status is ok, FAIL (the step exited non-zero), MISMATCH (the
 // restore differs from the source), skipped (an earlier step failed), or why
@@ -73,6 +73,7 @@ type Row struct {
 	Dataset, Tool, Step    string
 	Seconds, RSSKiB, Bytes float64
 	Status                 string
+	CPU                    float64 // user + system seconds; NaN when not measured
 }
 
 type Dataset struct {
@@ -144,14 +145,20 @@ func load(dir string) (*Input, error) {
 		return nil, err
 	}
 	for _, r := range recs {
-		if len(r) != 8 {
-			return nil, fmt.Errorf("results.tsv: want 8 fields, got %q", r)
+		// the 9th field, CPU seconds, is only on timed steps (and
+		// missing from runs before it was recorded)
+		if len(r) != 8 && len(r) != 9 {
+			return nil, fmt.Errorf("results.tsv: want 8 or 9 fields, got %q", r)
 		}
 		rep, err := strconv.Atoi(r[0])
 		if err != nil {
 			return nil, fmt.Errorf("results.tsv: bad rep %q", r[0])
 		}
-		in.Rows = append(in.Rows, Row{rep, r[1], r[2], r[3], num(r[4]), num(r[5]), num(r[6]), r[7]})
+		cpu := math.NaN()
+		if len(r) == 9 {
+			cpu = num(r[8])
+		}
+		in.Rows = append(in.Rows, Row{rep, r[1], r[2], r[3], num(r[4]), num(r[5]), num(r[6]), r[7], cpu})
 	}
 	return in, nil
 }
@@ -606,11 +613,11 @@ func write(w io.Writer, in *Input) {
 
 	fmt.Fprintln(w, "## Raw measurements")
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| run | data set | tool | step | seconds | peak RSS KiB | bytes | status |")
-	fmt.Fprintln(w, "|--:|---|---|---|--:|--:|--:|---|")
+	fmt.Fprintln(w, "| run | data set | tool | step | seconds | CPU s (user + sys) | peak RSS KiB | bytes | status |")
+	fmt.Fprintln(w, "|--:|---|---|---|--:|--:|--:|--:|---|")
 	for _, r := range in.Rows {
-		fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s |\n", r.Rep, r.Dataset, r.Tool, r.Step,
-			rawNum(r.Seconds, "%.2f"), rawNum(r.RSSKiB, "%.0f"), rawNum(r.Bytes, "%.0f"), r.Status)
+		fmt.Fprintf(w, "| %d | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Rep, r.Dataset, r.Tool, r.Step,
+			rawNum(r.Seconds, "%.2f"), rawNum(r.CPU, "%.2f"), rawNum(r.RSSKiB, "%.0f"), rawNum(r.Bytes, "%.0f"), r.Status)
 	}
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -32,10 +34,10 @@ func rows(tool string, b1, b2, rs, rss, repo float64, status string) []Row {
 		step string
 		sec  float64
 	}{{"init", 0.1}, {"backup1", b1}, {"backup2", b2}, {"restore", rs}} {
-		out = append(out, Row{1, "goroot", tool, s.step, s.sec, rss, math.NaN(), status})
+		out = append(out, Row{1, "goroot", tool, s.step, s.sec, rss, math.NaN(), status, s.sec * 1.5})
 	}
-	out = append(out, Row{1, "goroot", tool, "repo", math.NaN(), math.NaN(), repo, status})
-	out = append(out, Row{1, "goroot", tool, "verify", math.NaN(), math.NaN(), math.NaN(), status})
+	out = append(out, Row{1, "goroot", tool, "repo", math.NaN(), math.NaN(), repo, status, math.NaN()})
+	out = append(out, Row{1, "goroot", tool, "verify", math.NaN(), math.NaN(), math.NaN(), status, math.NaN()})
 	return out
 }
 
@@ -141,5 +143,36 @@ func TestSmallStoredTargets(t *testing.T) {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("report lacks %q", want)
 		}
+	}
+}
+
+// TestLoadCPU: timed steps carry a 9th field, CPU seconds, shown in the
+// raw table; rows without it (untimed steps, older runs) still load.
+func TestLoadCPU(t *testing.T) {
+	dir := t.TempDir()
+	put := func(name, body string) {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("meta.tsv", "nproc\t2\n")
+	put("datasets.tsv", "goroot\t10\t1000\n")
+	put("results.tsv", "1\tgoroot\tfloe\tbackup1\t1.50\t80000\tNA\tok\t2.75\n"+
+		"1\tgoroot\tfloe\trepo\tNA\tNA\t12345\tok\n")
+	in, err := load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(in.Rows) != 2 || in.Rows[0].CPU != 2.75 || !math.IsNaN(in.Rows[1].CPU) {
+		t.Fatalf("rows %+v", in.Rows)
+	}
+	var b strings.Builder
+	write(&b, in)
+	if !strings.Contains(b.String(), "| 1 | goroot | floe | backup1 | 1.50 | 2.75 | 80000 |  | ok |") {
+		t.Fatalf("raw table lacks the CPU column:\n%s", b.String())
+	}
+	put("results.tsv", "1\tgoroot\tfloe\tbackup1\t1.50\n")
+	if _, err := load(dir); err == nil {
+		t.Fatal("a short row loaded")
 	}
 }
