@@ -286,6 +286,27 @@ func TestImageDeviceOddSize(t *testing.T) {
 	target := e.path("restored")
 	e.ok("restore", "latest:"+dev, "--target", target)
 	cmpFiles(t, img, filepath.Join(target, filepath.Base(dev)), 0)
+
+	// onto a larger device: the image's last block is partial (its size
+	// is no multiple of 4 KiB, which direct writes need), and the bytes
+	// past it are not the image's to overwrite
+	const tail = 1 << 20
+	disk := e.path("larger.raw")
+	if err := os.WriteFile(disk, bytes.Repeat([]byte{0xEE}, size+tail), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	larger := attachLoop(t, disk, false)
+	for _, flags := range [][]string{nil, {"--buffered-io"}} {
+		e.ok(append([]string{"restore", "latest:" + dev, "--to-device", larger, "--verify"}, flags...)...)
+		cmpFiles(t, img, disk, size)
+		got, err := os.ReadFile(disk)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got[size:], bytes.Repeat([]byte{0xEE}, tail)) {
+			t.Errorf("%v: the restore wrote past the image's end on the device", flags)
+		}
+	}
 }
 
 func TestImageClones(t *testing.T) {

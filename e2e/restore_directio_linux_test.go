@@ -40,5 +40,4 @@ func TestRestoreDirectIO(t *testing.T) {
 			t.Errorf("flags %v: resumed restore %+v, want 0 files written, 2 skipped and verified", c.flags, out)
 		}
 	}
-	expectCode(t, e.floe("restore", "latest:"+filepath.Join(src, "big"), "--to-device", e.path("dev"), "--buffered-io"), ExitUsageCode)
 }

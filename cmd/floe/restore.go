@@ -107,10 +107,10 @@ the device back and compares it with the snapshot.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if toDevice != "" {
-				if target != "" || len(includes) > 0 || len(excludes) > 0 || del || numeric || dryRun || bufferedIO {
-					return usageError{errors.New("--to-device writes one image onto a device: no --target, --include, --exclude, --delete, --numeric-owner, --dry-run, --buffered-io")}
+				if target != "" || len(includes) > 0 || len(excludes) > 0 || del || numeric || dryRun {
+					return usageError{errors.New("--to-device writes one image onto a device: no --target, --include, --exclude, --delete, --numeric-owner, --dry-run")}
 				}
-				return restoreToDevice(ctx, g, args[0], toDevice, writeZeros, verify, filter)
+				return restoreToDevice(ctx, g, args[0], toDevice, writeZeros, verify, bufferedIO, filter)
 			}
 			if writeZeros {
 				return usageError{errors.New("--write-zeros is for --to-device")}
@@ -199,7 +199,7 @@ the device back and compares it with the snapshot.`,
 	c.Flags().BoolVar(&verify, "verify", false, "read back every restored file and compare it with the snapshot")
 	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
 	c.Flags().StringVar(&overwrite, "overwrite", "if-changed", "existing files: always, if-changed (leave identical ones alone) or never")
-	c.Flags().BoolVar(&bufferedIO, "buffered-io", false, "write every file through the page cache (default: files of 8 MiB and more around it, with O_DIRECT where the file system allows)")
+	c.Flags().BoolVar(&bufferedIO, "buffered-io", false, "write every file, or the device of --to-device, through the page cache (default: files of 8 MiB and more and devices around it, with O_DIRECT where the file system or device allows)")
 	c.Flags().BoolVar(&del, "delete", false, "delete files in the target that the snapshot does not have")
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "write nothing: count what would be restored, overwritten and deleted")
 	c.Flags().BoolVarP(&verbose, "verbose", "v", false, "with --dry-run: list each path and what would happen to it")

@@ -10,7 +10,7 @@ import (
 )
 
 // restoreToDevice is `floe restore SNAP:PATH --to-device DEV`.
-func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZeros, verify bool, filter snapshotFilterFlags) error {
+func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZeros, verify, bufferedIO bool, filter snapshotFilterFlags) error {
 	if _, sub := splitSnapshotArg(arg); sub == "" || sub == "/" {
 		return usageError{errors.New("--to-device writes one image: give it as SNAPSHOT:PATH, e.g. latest:/dev/vdb")}
 	}
@@ -27,7 +27,7 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 		_, _, _, _, bytes, bytesTotal := prog.Current()
 		return ui.FilesLine(start, 0, 1, bytes, bytesTotal, true, "")
 	})
-	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, Progress: prog})
+	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, BufferedIO: bufferedIO, Progress: prog})
 	st.Stop()
 	if err != nil {
 		return err

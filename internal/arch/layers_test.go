@@ -41,7 +41,7 @@ var layers = map[string]int{
 	"internal/crypto":    layerLeaf,
 	"internal/packfile":  layerLeaf, // pack and index layouts, no keys: the server verifies uploads with it
 	"internal/par":       layerLeaf,
-	"internal/directio":  layerStorage, // used by storage/local and image backups
+	"internal/directio":  layerStorage, // used by storage/local, image backups and restores
 	"internal/netbatch":  layerStorage, // beneath TLS in storage/remote and the server
 	"internal/pathmatch": layerLeaf,
 	"internal/ui":        layerLeaf,

@@ -30,6 +30,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -45,6 +46,9 @@ type Options struct {
 	WriteZeros bool
 	// Verify reads everything back and compares it with the snapshot.
 	Verify bool
+	// BufferedIO writes the data through the device's page cache
+	// (default: around it, with O_DIRECT, where the device allows).
+	BufferedIO bool
 	// Progress hears of the restore: one phase, "restore", of one item,
 	// the image, whose bytes are counted as they are written or zeroed
 	// (nil: ui.NoProgress).
@@ -194,7 +198,24 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		}
 	}
 
-	// then the data, spread over the workers
+	// then the data, spread over the workers, written around the page
+	// cache where the device allows: through it, the kernel's worker
+	// copied every block into a fresh cache page and back out (a 1.5 GiB
+	// image onto a loop device: 4.6-4.9 s, 3.4-4.3 s of it system time,
+	// against 2.9 s into a file), and restoring a disk evicted everything
+	// else the machine had cached
+	var (
+		dw  *directio.File
+		dfd int
+	)
+	if !opts.BufferedIO {
+		if dw, dfd, err = openDirect(opts.Device, int64(node.Size), int(f.Fd())); err != nil {
+			return res, err
+		}
+	}
+	if dw != nil {
+		defer unix.Close(dfd)
+	}
 	var (
 		next    atomic.Int64
 		wg      sync.WaitGroup
@@ -213,7 +234,7 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var buf []byte
+			var buf, stage []byte
 			for {
 				i := int(next.Add(1) - 1)
 				if i >= len(chunks) || ctx.Err() != nil || failed() {
@@ -221,13 +242,28 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 				}
 				c := chunks[i]
 				if c.zero {
+					// zeroed above; its edges complete the blocks it
+					// shares with data chunks
+					if dw != nil {
+						if err := dw.Zero(c.off, int64(c.size)); err != nil {
+							fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
+							return
+						}
+					}
 					continue
 				}
 				data, err := r.LoadBlob(ctx, repo.DataBlob, c.ref, buf)
 				if err == nil && len(data) != int(c.size) {
 					err = fmt.Errorf("a chunk holds %d bytes, the tree says %d: damaged tree", len(data), c.size)
 				}
-				if err == nil {
+				if err == nil && dw != nil {
+					buf = data
+					if stage == nil {
+						stage = directio.Buffer(int(maxChunk) + 2*directio.Align)
+					}
+					copy(stage[c.off&(directio.Align-1):], data)
+					err = dw.WriteRun(stage, c.off, len(data))
+				} else if err == nil {
 					buf = data
 					_, err = f.WriteAt(data, c.off)
 				}
@@ -240,6 +276,13 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		}()
 	}
 	wg.Wait()
+	if dw != nil {
+		if firstEr != nil || ctx.Err() != nil {
+			dw.Release()
+		} else if err := dw.Finish(); err != nil {
+			return res, fmt.Errorf("restore %s: %w", name, err)
+		}
+	}
 	if firstEr != nil {
 		return res, firstEr
 	}
@@ -270,6 +313,23 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		res.Verified = true
 	}
 	return res, nil
+}
+
+// openDirect opens device a second time, for the image's data (size
+// bytes) with O_DIRECT; the bytes of a last partial block go through
+// buffered, the descriptor of the first opening. It returns a nil File
+// where the device refuses O_DIRECT (the data is then written buffered).
+func openDirect(device string, size int64, buffered int) (*directio.File, int, error) {
+	fd, err := unix.Open(device, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, -1, fmt.Errorf("open device: %w", err)
+	}
+	dw := directio.NewFile(fd, size, directio.Options{Device: true, BufferedFD: buffered})
+	if dw == nil {
+		unix.Close(fd)
+		return nil, -1, nil
+	}
+	return dw, fd, nil
 }
 
 // writeZeros writes n zero bytes at off.

@@ -106,7 +106,7 @@ func writeShuffled(t *testing.T, data []byte, pieces []piece, seed uint64) ([]by
 				var data0 []piece
 				for _, p := range runs[i].ps {
 					if p.zero {
-						if err := d.zero(p.off, p.n); err != nil {
+						if err := d.Zero(p.off, p.n); err != nil {
 							failed.Store(err)
 						}
 						continue
@@ -121,7 +121,7 @@ func writeShuffled(t *testing.T, data []byte, pieces []piece, seed uint64) ([]by
 				base := start &^ alignMask
 				buf := directio.Buffer(directio.RoundUp(int(end - base)))
 				copy(buf[start-base:], data[start:end])
-				if err := d.writeRun(buf, start, int(end-start)); err != nil {
+				if err := d.WriteRun(buf, start, int(end-start)); err != nil {
 					failed.Store(err)
 				}
 			}
@@ -131,14 +131,14 @@ func writeShuffled(t *testing.T, data []byte, pieces []piece, seed uint64) ([]by
 	if err, _ := failed.Load().(error); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.finish(); err != nil {
+	if err := d.Finish(); err != nil {
 		t.Fatal(err)
 	}
 	got, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return got, d.direct
+	return got, d.Direct()
 }
 
 func TestDirectFileShuffled(t *testing.T) {
@@ -266,7 +266,7 @@ func TestDirectFileWriteError(t *testing.T) {
 	defer unix.Close(fd)
 	d := newDirectFile(fd, 1<<20)
 	buf := directio.Buffer(1 << 20)
-	if err := d.writeRun(buf, 0, 1<<20); !errors.Is(err, unix.EIO) {
+	if err := d.WriteRun(buf, 0, 1<<20); !errors.Is(err, unix.EIO) {
 		t.Fatalf("writeRun: %v, want EIO", err)
 	}
 }

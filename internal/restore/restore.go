@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/par"
@@ -1035,7 +1036,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			// the skipped zero chunks' share of the blocks they have
 			// in common with data
 			for _, i := range zeros {
-				if err = f.dw.zero(offsets[i], int64(job.node.ChunkSizes[i])); err != nil {
+				if err = f.dw.Zero(offsets[i], int64(job.node.ChunkSizes[i])); err != nil {
 					err = fmt.Errorf("restore %s at offset %d: %w", job.rel, offsets[i], err)
 					break
 				}
@@ -1256,12 +1257,12 @@ func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, 
 			skip := f.job.node.Sparse && zero
 			switch {
 			case f.dw != nil && skip:
-				werr = f.dw.zero(t.offset, int64(len(data)))
+				werr = f.dw.Zero(t.offset, int64(len(data)))
 			case f.dw != nil:
 				st.add(rs, f, t.offset, data)
 				continue
 			case !skip:
-				werr = pwriteFull(f.fd, data, t.offset)
+				werr = directio.PwriteFull(f.fd, data, t.offset)
 			}
 		}
 		if werr != nil {
@@ -1280,32 +1281,14 @@ type openFile struct {
 	created    fsmeta.Created
 	dirFd      int // the file's directory (acquireDirFd), held until done; -1 if none
 	dirRel     string
-	fd         int           // -1 until created
-	dw         *directFile   // written around the page cache; nil: buffered
-	slots      chan struct{} // the open-file slot it holds (restoreFiles), nil if none
+	fd         int            // -1 until created
+	dw         *directio.File // written around the page cache; nil: buffered
+	slots      chan struct{}  // the open-file slot it holds (restoreFiles), nil if none
 	pending    atomic.Int64
 	failed     atomic.Bool
 	// hostile: a chunk's length disagreed with the tree; what was written
 	// is not the file, so it is removed rather than left half-written
 	hostile atomic.Bool
-}
-
-// pwriteFull writes all of p at off.
-func pwriteFull(fd int, p []byte, off int64) error {
-	for len(p) > 0 {
-		n, err := unix.Pwrite(fd, p, off)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrShortWrite
-		}
-		p, off = p[n:], off+int64(n)
-	}
-	return nil
 }
 
 // open creates the file without following a symlink. A sparse file is
@@ -1399,9 +1382,9 @@ func (f *openFile) done(rs *restorer, err error) {
 			// there may reach the end of the file: empty it rather
 			// than leave something of the full size that is not the
 			// file (a resumed restore rewrites it whole anyway).
-			f.dw.release()
+			f.dw.Release()
 			unix.Ftruncate(f.fd, 0)
-		} else if err := f.dw.finish(); err != nil {
+		} else if err := f.dw.Finish(); err != nil {
 			f.failed.Store(true)
 			rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, err))
 		}
