@@ -24,32 +24,32 @@
 //	16 x 4 KiB (floe)   0.4216  255      0.3104  178      0.2098  197   1.0  24,000
 //
 // Random samples. Those 24 GB/s were a benchmark's, whose encoder keeps its
-// 1.1 MiB of match tables in cache from one sample to the next. In a
-// backup, BLAKE3, AES-GCM and the chunker evict them between chunks, and
-// the trial of random data cost 0.19 CPU-s per GiB (three profiled backups
-// of bench's 1 GiB random.bin, ~12 µs a sample against 2.8 on the
-// benchmark): 7% of such a backup. Since November 2026 a sample whose byte
-// histogram is as flat as random data's counts as not saving 1/16 without
-// being compressed (looksRandom, which says why its bounds are safe): 0.02
-// CPU-s per GiB in the same profiles. The rule changed with it, for samples
-// that look random yet save 1/16 by repeating strings. Measured decisions,
-// every blob of each file cut by the default chunker, at fastest, default
-// and better, against the trial without the histogram: identical for bench's
-// 1 GiB random.bin, 256 MiB of its source.txt, the Go compiler binary, the
-// 1.5 GiB ext4 image of bench/images.sh, the gzip of 200 MiB of source.txt
-// and of the compiler, the zstd -3 of the 200 MiB, 300 MiB of Go module
-// zips, and 10,000 synthetic blobs of random data and text (random then
-// text, text then random, 4 KiB of text in random data, at every KiB). The
-// share of samples that the histogram settles: random 100%, .zst 86%, .gz
-// 75%, zips 68%, the image 5%, text and binaries 0%. Where a decision
-// differs (none of these), the blob's stored bytes and so its ID differ
-// from what the trial without the histogram gave. An upper bound of 7.5
-// bits of collision entropy (sum 92681) instead of 71680 would have settled
-// a few more samples of .gz and zips, and changed 12 of 256 blobs of the
-// zips (0.14% more stored) and 3 of 38 of the .gz, whose samples saved
-// 1/16 through the repeated paths of zip headers or a few hundred bytes of
-// text among compressed data; no sample that saved 1/16 in any of these
-// had a sum below 74188.
+// 1.1 MiB of match tables in cache from one sample to the next. In a backup,
+// where BLAKE3, AES-GCM and the chunker run between chunks (and, we suppose,
+// evict the tables), the trial of random data cost 0.14-0.19 CPU-s per GiB
+// (six profiled backups of bench's 1 GiB random.bin, 9-12 µs a sample
+// against 2.8 on the benchmark): 6-8% of such a backup. Since November 2026
+// a sample whose byte histogram is as flat as random data's counts as not
+// saving 1/16 without being compressed (looksRandom, which says why its
+// bounds are safe): 0.02-0.03 CPU-s per GiB in the same profiles. The rule
+// changed with it, for samples that look random yet save 1/16 by repeating
+// strings. Measured decisions, every blob of each file cut by the default
+// chunker, at fastest, default and better, against the trial without the
+// histogram: identical for bench's 1 GiB random.bin, 256 MiB of its
+// source.txt, the Go compiler binary, the 1.5 GiB ext4 image of
+// bench/images.sh, the gzip of 200 MiB of source.txt and of the compiler,
+// the zstd -3 of the 200 MiB, 300 MiB of Go module zips, and 10,000
+// synthetic blobs of random data and text (random then text, text then
+// random, 4 KiB of text in random data, at every KiB). The share of samples
+// that the histogram settles: random 100%, .zst 86%, .gz 75%, zips 68%, the
+// image 5%, text and binaries 0%. Where a decision differs (none of these),
+// the blob's stored bytes and so its ID differ from what the trial without
+// the histogram gave. An upper bound of 7.5 bits of collision entropy (sum
+// 92681) instead of 71680 would have settled a few more samples of .gz and
+// zips, and changed 12 of 256 blobs of the zips (0.14% more stored) and 3 of
+// 38 of the .gz, whose samples saved 1/16 through the repeated paths of zip
+// headers or a few hundred bytes of text among compressed data; no sample
+// that saved 1/16 in any of these had a sum below 74188.
 //
 // Level and window. BenchmarkLevels, 1 MiB blobs (the average chunk), 16 MiB
 // of Go source ("text") and of the Go compiler binary ("binary"), one core of

@@ -8,13 +8,13 @@ package compress
 // it.
 //
 // Why the histogram: the trial's samples of random, encrypted or already
-// compressed data all fail, and compressing them was the trial's whole
-// cost. A sample's EncodeAll costs ~2.8 µs on a benchmark that keeps the
-// encoder's 1.1 MiB of match tables in cache, but ~12 µs in a backup, where
-// BLAKE3, AES-GCM and the chunker evict them between chunks (0.19 CPU-s per
-// GiB of random data, three profiled backups of bench's 1 GiB random.bin);
-// the histogram of a sample costs ~1.4 µs and needs 1 KiB of stack (0.02
-// CPU-s per GiB in the same profiles).
+// compressed data all fail, and compressing them was the trial's whole cost.
+// A sample's EncodeAll costs ~2.8 µs on a benchmark that keeps the encoder's
+// 1.1 MiB of match tables in cache, but 9-12 µs in a backup, where BLAKE3,
+// AES-GCM and the chunker run between chunks (0.14-0.19 CPU-s per GiB of
+// random data, six profiled backups of bench's 1 GiB random.bin); the
+// histogram of a sample costs ~1.4 µs, needs 1 KiB of stack and no table
+// (0.02-0.03 CPU-s per GiB in the same profiles).
 //
 // Why these bounds: sum c_b^2 / 16 - 4096 is Pearson's chi-square statistic
 // of the sample against uniform bytes, 255 degrees of freedom, so for
