@@ -28,15 +28,15 @@
 // where BLAKE3, AES-GCM and the chunker run between chunks (and, we suppose,
 // evict the tables), the trial of random data cost 0.14-0.19 CPU-s per GiB
 // (six profiled backups of bench's 1 GiB random.bin, 9-12 µs a sample
-// against 2.8 on the benchmark): 6-8% of such a backup. Since November 2026
-// a sample whose byte histogram is as flat as random data's counts as not
-// saving 1/16 without being compressed (looksRandom, which says why its
-// bounds are safe): 0.02-0.03 CPU-s per GiB in the same profiles. The rule
-// changed with it, for samples that look random yet save 1/16 by repeating
-// strings. Measured decisions, every blob of each file cut by the default
-// chunker, at fastest, default and better, against the trial without the
-// histogram: identical for bench's 1 GiB random.bin, 256 MiB of its
-// source.txt, the Go compiler binary, the 1.5 GiB ext4 image of
+// against 2.8 on the benchmark): 5-6% of such a backup (user+sys). Since
+// November 2026 a sample whose byte histogram is as flat as random data's
+// counts as not saving 1/16 without being compressed (looksRandom, which
+// says why its bounds are safe): 0.02-0.03 CPU-s per GiB in the same
+// profiles. The rule changed with it, for samples that look random yet save
+// 1/16 by repeating strings. Measured decisions, every blob of each file cut
+// by the default chunker, at fastest, default and better, against the trial
+// without the histogram: identical for bench's 1 GiB random.bin, 256 MiB of
+// its source.txt, the Go compiler binary, the 1.5 GiB ext4 image of
 // bench/images.sh, the gzip of 200 MiB of source.txt and of the compiler,
 // the zstd -3 of the 200 MiB, 300 MiB of Go module zips, and 10,000
 // synthetic blobs of random data and text (random then text, text then
