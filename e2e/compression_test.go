@@ -228,3 +228,40 @@ func TestCompressionImagePolicy(t *testing.T) {
 		cmpFiles(t, img, filepath.Join(dst, "disk.raw"), 0)
 	}
 }
+
+// The trial (docs/FORMAT.md "Blobs") at every level that compresses: random
+// data, whose samples the histogram settles, is stored raw; a file that is
+// random except for stretches of text is compressed (a histogram that took
+// text for random would store it raw). Both restore byte for byte.
+func TestCompressionTrial(t *testing.T) {
+	t.Parallel()
+	for _, level := range []string{"auto", "fastest", "better"} {
+		e := newEnv(t)
+		e.ok("init", "--compression", level)
+		random := e.mkdir("random")
+		testutil.WriteRandom(t, filepath.Join(random, "random"), 3<<20, 31)
+		b, _ := e.backup(random)
+		// data_added counts the tree too.
+		if b.Summary.DataAddedStored < 3<<20 {
+			t.Errorf("%s: 3 MiB of random data (%d bytes with the tree) stored as %d: want stored raw", level, b.Summary.DataAdded, b.Summary.DataAddedStored)
+		}
+		// Random, with 64 KiB of text in every 128 KiB: every chunk has
+		// samples in the text.
+		mixed := e.mkdir("mixed")
+		data := make([]byte, 4<<20)
+		rand.NewChaCha8([32]byte{32}).Read(data)
+		for off := 0; off < len(data); off += 128 << 10 {
+			copy(data[off:off+64<<10], compressibleText(uint64(off), 64<<10))
+		}
+		testutil.WriteFile(t, filepath.Join(mixed, "mixed"), data)
+		b, _ = e.backup(mixed)
+		if b.Summary.DataAddedStored > b.Summary.DataAdded*85/100 {
+			t.Errorf("%s: %d bytes, half of them text, stored as %d: not compressed?", level, b.Summary.DataAdded, b.Summary.DataAddedStored)
+		}
+		for _, dir := range []string{random, mixed} {
+			target := e.path("r-" + filepath.Base(dir))
+			e.ok("restore", "latest:"+dir, "--target", target, "--path", dir)
+			testutil.CompareTrees(t, dir, target)
+		}
+	}
+}

@@ -2,12 +2,14 @@ package compress
 
 import (
 	"bytes"
+	"compress/gzip"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -560,5 +562,275 @@ func BenchmarkHistory(b *testing.B) {
 				})
 			}
 		}
+	}
+}
+
+// withCounts returns sampleSize bytes in which byte b occurs counts[b]
+// times, in runs.
+func withCounts(counts [256]int) []byte {
+	var p []byte
+	for b, c := range counts {
+		p = append(p, bytes.Repeat([]byte{byte(b)}, c)...)
+	}
+	if len(p) != sampleSize {
+		panic(fmt.Sprintf("counts sum to %d", len(p)))
+	}
+	return p
+}
+
+// countsWithSquares returns counts of sampleSize bytes whose squares sum to
+// 65536 + 2*sum(a^2): a pair of bins 16+a and 16-a for each a.
+func countsWithSquares(as ...int) [256]int {
+	var c [256]int
+	for i := range c {
+		c[i] = 16
+	}
+	for i, a := range as {
+		c[2*i] += a
+		c[2*i+1] -= a
+	}
+	return c
+}
+
+// TestLooksRandom pins the rule of docs/FORMAT.md "Blobs" that counts a
+// trial sample as incompressible without compressing it: 67584 <= sum of
+// the squares of its byte counts <= 71680.
+func TestLooksRandom(t *testing.T) {
+	if randomMin != 67584 || randomMax != 71680 {
+		t.Fatalf("bounds %d, %d: the format says 67584 and 71680", randomMin, randomMax)
+	}
+	eights := func(n int, more ...int) []int {
+		as := slices.Repeat([]int{8}, n)
+		return append(as, more...)
+	}
+	for _, tc := range []struct {
+		name string
+		p    []byte
+		want bool
+	}{
+		{"sum 67582", withCounts(countsWithSquares(eights(15, 7, 3, 2, 1)...)), false},
+		{"sum 67584", withCounts(countsWithSquares(eights(16)...)), true},
+		{"sum 71680", withCounts(countsWithSquares(eights(48)...)), true},
+		{"sum 71682", withCounts(countsWithSquares(eights(48, 1)...)), false},
+		{"0-255 over and over", bytes.Repeat(func() []byte {
+			b := make([]byte, 256)
+			for i := range b {
+				b[i] = byte(i)
+			}
+			return b
+		}(), 16), false},
+		{"text", textCorpus(t, sampleSize), false},
+		{"zeros", make([]byte, sampleSize), false},
+	} {
+		if got := looksRandom(tc.p); got != tc.want {
+			t.Errorf("%s: looksRandom = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// Random samples: all of these 4096 look random.
+	r := randomData(12, 4096*sampleSize)
+	for off := 0; off < len(r); off += sampleSize {
+		if !looksRandom(r[off : off+sampleSize]) {
+			t.Fatalf("random sample at %d does not look random", off)
+		}
+	}
+}
+
+// trialWithoutHistogram is the trial as it was before looksRandom: every
+// sample compressed.
+func trialWithoutHistogram(l Level, src []byte) ([]byte, bool) {
+	zl, _ := l.zstd()
+	e := &encoder{Encoder: newEncoder(zl, windowSize)}
+	if len(src) > trialSize {
+		paid := false
+		for i := 0; i < samples && !paid; i++ {
+			off := (len(src) - sampleSize) * i / (samples - 1)
+			paid = pays(len(e.EncodeAll(src[off:off+sampleSize], nil)), sampleSize)
+		}
+		if !paid {
+			return nil, false
+		}
+	}
+	out := e.EncodeAll(src, nil)
+	if len(out) >= len(src) || (len(src) <= trialSize && !pays(len(out), len(src))) {
+		return nil, false
+	}
+	return out, true
+}
+
+// sampleRegions returns a blob of n random bytes in which each trial
+// sample holds fill(sample).
+func sampleRegions(seed uint64, n int, fill func(sample []byte)) []byte {
+	b := randomData(seed, n)
+	for i := 0; i < samples; i++ {
+		off := (n - sampleSize) * i / (samples - 1)
+		fill(b[off : off+sampleSize])
+	}
+	return b
+}
+
+// The histogram decides only for samples that look random: the trial of a
+// random blob fails, that of a random blob with one compressible sample
+// passes, and the edge case of docs/FORMAT.md "Blobs", a random string
+// repeated within a sample, fails although zstd would save 1/16 of that
+// sample.
+func TestTrialRule(t *testing.T) {
+	text := textCorpus(t, 1<<20)
+	const n = 1 << 20
+	at := func(i int) int { return (n - sampleSize) * i / (samples - 1) }
+	region := func(off int, fill []byte) []byte {
+		b := randomData(13, n)
+		copy(b[off:off+sampleSize], fill)
+		return b
+	}
+	// twice: a random string of k bytes, then the same again.
+	twice := func(k int) func([]byte) {
+		return func(s []byte) { copy(s[k:2*k], s[:k]) }
+	}
+	fourTimes := func(s []byte) {
+		for off := 1 << 10; off < len(s); off += 1 << 10 {
+			copy(s[off:off+1<<10], s[:1<<10])
+		}
+	}
+	ramp := func(s []byte) {
+		for i := range s {
+			s[i] = byte(i)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		src  []byte
+		want bool
+	}{
+		{"random", randomData(14, n), false},
+		{"random, text at sample 7", region(at(7), text), true},
+		{"random, text at the last sample", region(at(samples-1), text), true},
+		{"random, text over 3/4 of sample 3", region(at(3)+sampleSize/4, text), true},
+		// The counts of 1 KiB of random bytes, times 4, sum to about
+		// 81900: not random.
+		{"1 KiB random four times in every sample", sampleRegions(15, n, fourTimes), true},
+		// Flatter than random: sum 65536.
+		{"0-255 over and over in every sample", sampleRegions(16, n, ramp), true},
+		// The edge case.
+		{"512 random bytes twice in every sample", sampleRegions(17, n, twice(512)), false},
+	} {
+		for _, l := range compressing {
+			zl, _ := l.zstd()
+			e := &encoder{Encoder: newEncoder(zl, windowSize)}
+			if got := e.samplesPay(tc.src); got != tc.want {
+				t.Errorf("%s: %s: trial passes %v, want %v", l, tc.name, got, tc.want)
+			}
+			// What the trial says is what Compress does (the whole blob
+			// must then save something too, which text among random
+			// bytes does not always).
+			if _, ok := roundTripAt(t, l, tc.src); ok && !tc.want {
+				t.Errorf("%s: %s: compressed", l, tc.name)
+			}
+		}
+	}
+	// A 4 KiB region of zeros at a sample: the blob is compressed.
+	for _, l := range compressing {
+		if _, ok := roundTripAt(t, l, region(at(9), make([]byte, sampleSize))); !ok {
+			t.Errorf("%s: random with zeros at sample 9: not compressed", l)
+		}
+	}
+	// The edge case is one: the samples look random, yet zstd saves 1/16
+	// of each.
+	for _, zl := range []zstd.EncoderLevel{zstd.SpeedFastest, zstd.SpeedDefault, zstd.SpeedBetterCompression} {
+		s := sampleRegions(17, n, twice(512))[at(5):][:sampleSize]
+		if c := newEncoder(zl, windowSize).EncodeAll(s, nil); !looksRandom(s) || !pays(len(c), sampleSize) {
+			t.Errorf("%s: 512 bytes twice: looks random %v, %d bytes compressed to %d: not the edge case", zl, looksRandom(s), sampleSize, len(c))
+		}
+	}
+}
+
+// TestTrialAsBefore: on text, a binary, random data, gzip'd text and blobs
+// that mix them, the histogram changes no decision and no stored byte
+// (docs/FORMAT.md "Blobs" names the data that was measured at scale).
+func TestTrialAsBefore(t *testing.T) {
+	text := textCorpus(t, 4<<20)
+	var gz bytes.Buffer
+	w := gzip.NewWriter(&gz)
+	w.Write(textCorpus(t, 16<<20))
+	w.Close()
+	blobs := [][]byte{randomData(18, 1<<20), randomData(19, 300<<10)}
+	for off := 0; off+(1<<20) <= len(text); off += 1 << 20 {
+		blobs = append(blobs, text[off:off+1<<20])
+	}
+	for off := 0; off+(1<<20) <= gz.Len(); off += 1 << 20 {
+		blobs = append(blobs, gz.Bytes()[off:off+1<<20])
+	}
+	if exe, err := os.ReadFile(filepath.Join(runtime.GOROOT(), "pkg", "tool", runtime.GOOS+"_"+runtime.GOARCH, "compile")); err == nil {
+		for off := 0; off+(1<<20) <= len(exe) && off < 4<<20; off += 1 << 20 {
+			blobs = append(blobs, exe[off:off+1<<20])
+		}
+	}
+	rnd := randomData(20, 1<<20)
+	for _, split := range []int{4 << 10, 100 << 10, 512<<10 + 1000, 1<<20 - 70<<10, 1<<20 - 3<<10} {
+		blobs = append(blobs,
+			append(bytes.Clone(rnd[:split]), text[:1<<20-split]...),
+			append(bytes.Clone(text[:split]), rnd[:1<<20-split]...))
+	}
+	// Random blobs of 100 KiB with 4 KiB of text at every multiple of
+	// 512 bytes: some overlap a sample by only as much as it takes to
+	// save 1/16 (a few hundred bytes), where the sample's histogram is
+	// closest to random data's.
+	const small = 100 << 10
+	for off := 0; off+sampleSize <= small; off += 512 {
+		b := randomData(77, 2<<20)[:small]
+		copy(b[off:off+sampleSize], text)
+		blobs = append(blobs, b)
+	}
+	compressed := 0
+	for _, l := range compressing {
+		for i, b := range blobs {
+			want, wantOK := trialWithoutHistogram(l, b)
+			got, ok := l.Compress(nil, b)
+			if ok != wantOK || !bytes.Equal(got, want) {
+				t.Errorf("%s: blob %d (%d bytes): compressed %v to %d bytes, before %v to %d", l, i, len(b), ok, len(got), wantOK, len(want))
+			}
+			if ok {
+				compressed++
+			}
+		}
+	}
+	if compressed == 0 || compressed == len(blobs)*len(compressing) {
+		t.Fatalf("%d of %d compressed: the inputs do not test the trial", compressed, len(blobs)*len(compressing))
+	}
+}
+
+// BenchmarkTrial compares the trial of random 1 MiB blobs with and without
+// looksRandom: every sample compressed, or every sample's histogram. On
+// this benchmark both are fast, because the encoder's tables stay in
+// cache; in a backup they do not, and compressing the samples costs about
+// 4 times as much (the package comment has the figures of profiled
+// backups).
+func BenchmarkTrial(b *testing.B) {
+	data := randomData(9, 16<<20)
+	e := &encoder{Encoder: newEncoder(zstd.SpeedDefault, windowSize)}
+	for _, tc := range []struct {
+		name  string
+		trial func(src []byte) bool
+	}{
+		{"zstd", func(src []byte) bool {
+			for i := 0; i < samples; i++ {
+				off := (len(src) - sampleSize) * i / (samples - 1)
+				if e.trial = e.EncodeAll(src[off:off+sampleSize], e.trial[:0]); pays(len(e.trial), sampleSize) {
+					return true
+				}
+			}
+			return false
+		}},
+		{"histogram", e.samplesPay},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for b.Loop() {
+				for off := 0; off < len(data); off += blobSize {
+					if tc.trial(data[off : off+blobSize]) {
+						b.Fatal("random data passes the trial")
+					}
+				}
+			}
+		})
 	}
 }
