@@ -247,8 +247,11 @@ const uploadMin = 1 << 20
 const uploadWriteBuffer = 1 << 20
 
 // uploadTransport returns the transport of pack uploads over https:
-// HTTP/1.1 on connections of their own, one per upload in progress (at
-// most Connections, which bounds ParallelSaves). Over HTTP/2 the server
+// HTTP/1.1 on connections of their own, one per upload in progress: a
+// backup runs ParallelSaves at once (one per connection of the pool), a
+// copy up to serverUploads (the uploads the server lets one token run at
+// once by default; over HTTP/2 more than that were refused with 429 and
+// retried). Over HTTP/2 the server
 // copied every byte of a pack twice more than over HTTP/1.1 (net/http
 // copies each DATA frame into the stream's buffer, and the handler's
 // read out of it) and handed each frame between three goroutines; over
@@ -267,8 +270,8 @@ func (b *Backend) uploadTransport(host string, tr *trust) *http.Transport {
 	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	t.TLSClientConfig.NextProtos = []string{"http/1.1"}
 	t.WriteBufferSize = uploadWriteBuffer
-	t.MaxConnsPerHost = b.opts.Connections
-	t.MaxIdleConnsPerHost = b.opts.Connections
+	t.MaxConnsPerHost = serverUploads
+	t.MaxIdleConnsPerHost = serverUploads
 	return t
 }
 
