@@ -546,6 +546,11 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	}
 	var resp *http.Response
 	if b.uploadClient != nil && req.method == http.MethodPut && req.size >= uploadMin {
+		// An upload is idempotent (named by its bytes): marked so (the
+		// key itself is not sent), the transport sends it again at
+		// once on another connection when a kept-alive one turns out
+		// closed, before any byte of it was written.
+		hr.Header["Idempotency-Key"] = []string{}
 		resp, err = b.uploadClient.Do(hr)
 	} else {
 		resp, err = b.pick().do(hr)
