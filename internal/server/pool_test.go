@@ -14,6 +14,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/server"
@@ -214,4 +215,117 @@ func mustExe(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return self
+}
+
+// Uploads of 1 MiB and more go over HTTP/1.1 connections of their own, at
+// most one per --connections; everything else stays on HTTP/2. The bytes
+// arrive whole and checked, and an upload the server refuses before
+// reading its body gets its answer (not a connection error retried).
+func TestPackUploadsOverHTTP1(t *testing.T) {
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := server.OpenTokenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := server.New(server.Options{Repos: repos, Tokens: tokens, MaxObjectSize: 3 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	protos := map[string]int{} // "PUT big/1" -> count
+	var accepted atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		kind := "small"
+		if r.ContentLength >= 1<<20 {
+			kind = "big"
+		}
+		mu.Lock()
+		protos[fmt.Sprintf("%s %s/%d", r.Method, kind, r.ProtoMajor)]++
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			accepted.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	fp := remote.Fingerprint(srv.Certificate().Raw)
+	tok, _, err := tokens.Add("fleet", "web1", server.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	opts := remote.Options{Token: tok, Fingerprint: fp, Retries: 2, RetryDelay: 1, Connections: 2}
+	b, err := remote.Create(ctx, srv.URL+"/fleet", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			hd, data := object(t, 1<<20+i*100_000)
+			if err := b.Save(ctx, hd, data); err != nil {
+				t.Error(err)
+				return
+			}
+			got, err := b.Load(ctx, hd, 0, 0)
+			if err != nil || string(got) != string(data) {
+				t.Errorf("load: %v", err)
+			}
+			small, sdata := object(t, 1000+i)
+			if err := b.Save(ctx, small, sdata); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// the server's name check holds over HTTP/1.1 too
+	_, data := object(t, 2<<20)
+	wrong := storage.Handle{Type: storage.Pack, Name: hash.Sum([]byte("other")).String()}
+	if err := b.Save(ctx, wrong, data); !errors.Is(err, remote.ErrRejected) {
+		t.Errorf("mismatched name over HTTP/1.1: %v, want ErrRejected", err)
+	}
+	// refused before the body is read: a clear error, at once
+	hd, big := object(t, 4<<20)
+	start := time.Now()
+	if err := b.Save(ctx, hd, big); !errors.Is(err, remote.ErrTooLarge) {
+		t.Errorf("oversized upload over HTTP/1.1: %v, want ErrTooLarge", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("oversized upload refused only after %v", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if protos["PUT big/1"] != 8 || protos["PUT big/2"] != 0 || protos["PUT small/2"] < 6 || protos["PUT small/1"] != 0 || protos["GET small/2"] != 6 {
+		t.Errorf("requests by size and protocol: %v", protos)
+	}
+	// two HTTP/2 connections, and at most one HTTP/1.1 connection per
+	// upload at once (six), reused by the uploads that followed
+	if got := accepted.Load(); got < 3 || got > 8 {
+		t.Errorf("the server accepted %d connections, want 3 to 8", got)
+	}
+	b.Close()
+	if n := countFiles(filepath.Join(repos.UploadsDir("fleet"), "..", "data")); n != 12 {
+		t.Errorf("%d packs stored, want 12", n)
+	}
+}
+
+func countFiles(dir string) int {
+	n := 0
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			n++
+		}
+		return nil
+	})
+	return n
 }

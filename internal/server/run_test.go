@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"fmt"
 	"io"
 	"io/fs"
 	"net/http"
@@ -168,5 +169,72 @@ func TestSweepLeftovers(t *testing.T) {
 	}
 	if _, err := os.Stat(young); err != nil {
 		t.Errorf("a young temporary file (an upload in progress) was removed: %v", err)
+	}
+}
+
+// A pack upload over HTTP/1.1 (how clients send packs) whose connection
+// breaks mid-body leaves nothing in the repository, neither under its
+// name nor as a temporary file, whether the server holds the upload in
+// memory to verify it or streams it into the backend; the same upload
+// sent whole afterwards is stored.
+func TestUploadCutOffOverHTTP1(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		opts server.Options
+	}{{"verified", server.Options{Verifier: server.NewFormatVerifier()}}, {"streamed", server.Options{}}} {
+		t.Run(c.name, func(t *testing.T) {
+			root := t.TempDir()
+			repos, err := server.NewRootDir(root)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := repos.Create(context.Background(), "fleet"); err != nil {
+				t.Fatal(err)
+			}
+			s := startServer(t, repos, c.opts)
+			tok := s.token(t, "fleet", "backup")
+			// a real pack (the verifier accepts it), of 3 MiB
+			data, _ := buildPack(-1, bytes.Repeat([]byte("c"), 1<<20), bytes.Repeat([]byte("d"), 2<<20))
+			path := "/fleet/data/" + nameOf(data)
+			conn, err := tls.Dial("tcp", s.srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p := conn.ConnectionState().NegotiatedProtocol; p != "http/1.1" && p != "" {
+				t.Fatalf("negotiated %q", p)
+			}
+			fmt.Fprintf(conn, "PUT %s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", path, tok, len(data))
+			if _, err := conn.Write(data[:2<<20]); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			var left []string
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				left = left[:0]
+				filepath.WalkDir(filepath.Join(root, "fleet"), func(p string, d fs.DirEntry, err error) error {
+					if err == nil && !d.IsDir() {
+						left = append(left, p)
+					}
+					return nil
+				})
+				if len(left) == 0 || time.Now().After(deadline) {
+					break
+				}
+			}
+			if len(left) != 0 {
+				t.Fatalf("an upload cut off over HTTP/1.1 left %v", left)
+			}
+			// the upload slot is free and nothing claims the name
+			req, _ := http.NewRequest("PUT", s.url+path, bytes.NewReader(data))
+			req.Header.Set("Authorization", "Bearer "+tok)
+			resp, err := s.srv.Client().Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusCreated {
+				t.Fatalf("whole upload after the cut-off one: %d", resp.StatusCode)
+			}
+		})
 	}
 }

@@ -932,17 +932,24 @@ func (s storageWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// idleReader extends the read deadline before each read, so that an upload
-// may take long but may not stall: a client that sends nothing for
-// the idle timeout is cut off.
+// idleReader extends the read deadline as the upload progresses, so that
+// an upload may take long but may not stall: a client that sends nothing
+// for the idle timeout (up to an eighth more) is cut off. The deadline
+// moves at most every eighth of the timeout, not before each read: over
+// HTTP/1.1 a read is one TLS record (16 KiB), and over HTTP/2 each
+// deadline is a message to the connection's goroutine.
 type idleReader struct {
-	r    io.Reader
-	rc   *http.ResponseController
-	idle time.Duration
+	r     io.Reader
+	rc    *http.ResponseController
+	idle  time.Duration
+	renew time.Time // when to move the deadline again
 }
 
 func (i *idleReader) Read(p []byte) (int, error) {
-	_ = i.rc.SetReadDeadline(time.Now().Add(i.idle))
+	if now := time.Now(); !now.Before(i.renew) {
+		_ = i.rc.SetReadDeadline(now.Add(i.idle + i.idle/8))
+		i.renew = now.Add(i.idle / 8)
+	}
 	return i.r.Read(p)
 }
 

@@ -86,3 +86,34 @@ func TestSpool(t *testing.T) {
 		})
 	}
 }
+
+// A backup through floe serve holds three packs of the default 16 MiB
+// pack_size (and their headers) at once, plus a tree pack: one filling
+// and one uploading on each of the two default connections. All of them
+// stay in memory; a fourth data pack spills.
+func TestSpoolBudgetHoldsThreePacks(t *testing.T) {
+	open := func() (*os.File, error) { return os.CreateTemp(t.TempDir(), "spool") }
+	const pack = 16<<20 + 256<<10 // pack_size plus the header's room
+	var spools []*Spool
+	defer func() {
+		for _, s := range spools {
+			s.Close()
+		}
+	}()
+	for i, size := range []int{pack, pack, pack, 4 << 20} {
+		s := NewSpool(true, open)
+		spools = append(spools, s)
+		for rest := size; rest > 0; rest -= 64 << 10 {
+			s.Write(make([]byte, min(rest, 64<<10)))
+		}
+		if !s.InMemory() {
+			t.Fatalf("spool %d of %d bytes spilled", i, size)
+		}
+	}
+	s := NewSpool(true, open)
+	spools = append(spools, s)
+	s.Write(make([]byte, pack))
+	if s.InMemory() {
+		t.Error("a fourth pack stayed in memory: the budget is unbounded")
+	}
+}
