@@ -75,6 +75,9 @@ const aheadWorkers = 4
 type ReadAhead struct {
 	r *Repository
 	t BlobType
+	// maxHeld and maxFetch are maxAheadHeld and maxAheadFetch (tests
+	// lower them).
+	maxHeld, maxFetch int64
 
 	mu      sync.Mutex
 	held    map[hash.ID][]*stretch // by pack
@@ -147,7 +150,8 @@ func (a *ReadAhead) take(id hash.ID) (g *aheadGroup, first bool) {
 
 // NewReadAhead returns a ReadAhead for blobs of type t.
 func (r *Repository) NewReadAhead(t BlobType) *ReadAhead {
-	return &ReadAhead{r: r, t: t, held: map[hash.ID][]*stretch{}, groups: map[hash.ID]*aheadGroup{}}
+	return &ReadAhead{r: r, t: t, maxHeld: maxAheadHeld, maxFetch: maxAheadFetch,
+		held: map[hash.ID][]*stretch{}, groups: map[hash.ID]*aheadGroup{}}
 }
 
 // Hint says that refs are likely loaded soon, in about that order, and
@@ -314,7 +318,7 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 	var total int64
 	var restTags []int
 	for _, rg := range ranges {
-		if len(fetch) > 0 && (len(fetch) == aheadWorkers || total+rg.End-rg.Start > maxAheadFetch) {
+		if len(fetch) > 0 && (len(fetch) == aheadWorkers || total+rg.End-rg.Start > a.maxFetch) {
 			for _, b := range rg.Blobs {
 				restTags = append(restTags, b.Tag)
 			}
@@ -405,7 +409,7 @@ func (a *ReadAhead) hold(s *stretch) {
 	s.elem = a.lru.PushFront(s)
 	a.held[s.pack] = append(a.held[s.pack], s)
 	a.heldLen += len(s.data)
-	for a.heldLen > maxAheadHeld && a.lru.Len() > 1 {
+	for int64(a.heldLen) > a.maxHeld && a.lru.Len() > 1 {
 		old := a.lru.Back().Value.(*stretch)
 		a.lru.Remove(old.elem)
 		a.held[old.pack] = slices.DeleteFunc(a.held[old.pack], func(x *stretch) bool { return x == old })
