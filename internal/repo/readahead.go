@@ -38,6 +38,12 @@ const (
 	aheadBelow    = 1 << 20
 )
 
+// aheadHole is the widest gap between a stretch being planned and one
+// held (or being read) that the new stretch fills (fillHoles). A small
+// snapshot's tree pack (205 directories, 48 KiB) took 8 requests without
+// it, 4 with it.
+const aheadHole = 64 << 10
+
 // maxAheadHeld bounds the stored bytes of the stretches a ReadAhead holds;
 // maxAheadFetch the bytes that one group's read adds at once, so that a
 // group's stretches do not push each other out.
@@ -359,6 +365,7 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 			}
 			rg.Start = start
 		}
+		a.fillHoles(rg)
 		fs[i] = &aheadFetch{pack: rg.Pack, start: rg.Start, end: rg.End, done: make(chan struct{})}
 		a.pending = append(a.pending, fs[i])
 	}
@@ -391,6 +398,36 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 // than not), within [aheadBelowMin, aheadBelow].
 func belowFor(rg PackRange) int64 {
 	return min(aheadBelow, max(aheadBelowMin, 2*(rg.End-rg.Start)/int64(len(rg.Blobs))))
+}
+
+// fillHoles stretches rg down to the end of the stretch held or being
+// read just below it, and up to the start of the one just above it, when
+// no more than aheadHole lies between: a walk reads what lies there
+// sooner or later, and a hole left is a request then. a.mu is held.
+func (a *ReadAhead) fillHoles(rg *PackRange) {
+	below, above := int64(-1), int64(-1)
+	anchor := func(start, end int64) {
+		if end <= rg.Start && end > below {
+			below = end
+		}
+		if start >= rg.End && (above < 0 || start < above) {
+			above = start
+		}
+	}
+	for _, s := range a.held[rg.Pack] {
+		anchor(s.start, s.start+int64(len(s.data)))
+	}
+	for _, f := range a.pending {
+		if f.pack == rg.Pack {
+			anchor(f.start, f.end)
+		}
+	}
+	if below >= 0 && rg.Start-below <= aheadHole {
+		rg.Start = below
+	}
+	if above >= 0 && above-rg.End <= aheadHole {
+		rg.End = above
+	}
 }
 
 // isPending tells whether a stretch being read holds loc. a.mu is held.
