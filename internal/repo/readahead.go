@@ -169,6 +169,11 @@ func (a *ReadAhead) Hint(refs []hash.Ref) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.hint(refs)
+}
+
+// hint is Hint with a.mu held.
+func (a *ReadAhead) hint(refs []hash.Ref) {
 	g := &aheadGroup{}
 	for _, ref := range refs {
 		if _, ok := a.groups[ref.ID]; ok {
@@ -305,8 +310,10 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 		}
 	}
 	a.dropGroup(g)
-	a.mu.Unlock()
 
+	// Planned with a.mu held, until the stretches are pending: a
+	// concurrent load of one of them then waits for it rather than
+	// reading its blob by itself.
 	ranges, _ := a.r.PlanReads(a.t, todo, aheadLimits)
 	// The ranges the walk needs first, first: by their first blob in the
 	// group's order (ref's range, Tag 0, leads).
@@ -339,7 +346,6 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 		rest[i] = todo[t]
 	}
 
-	a.mu.Lock()
 	fs := make([]*aheadFetch, len(fetch))
 	for i := range fetch {
 		rg := &fetch[i]
@@ -369,8 +375,8 @@ func (a *ReadAhead) readAhead(ctx context.Context, ref hash.Ref) {
 		fs[i] = &aheadFetch{pack: rg.Pack, start: rg.Start, end: rg.End, done: make(chan struct{})}
 		a.pending = append(a.pending, fs[i])
 	}
+	a.hint(rest)
 	a.mu.Unlock()
-	a.Hint(rest)
 
 	data := make([][]byte, len(fetch))
 	par.For(ctx, len(fetch), aheadWorkers, func(_, i int) {
