@@ -187,7 +187,9 @@ func (a *ReadAhead) hint(refs []hash.Ref) {
 		return
 	}
 	g.elem = a.gorder.PushBack(g)
-	for len(a.groups) > maxAheadHinted {
+	// Older groups first; never the new one (a directory of more
+	// subdirectories than the bound holds them all while it is walked).
+	for len(a.groups) > maxAheadHinted && a.gorder.Front() != g.elem {
 		a.dropGroup(a.gorder.Front().Value.(*aheadGroup))
 	}
 }

@@ -173,3 +173,29 @@ func TestReadAheadWriteOnly(t *testing.T) {
 		t.Fatalf("got %v, want ErrWriteOnly", err)
 	}
 }
+
+// Groups hinted and never entered (directories a diff skips) are
+// forgotten, the oldest first, beyond maxAheadHinted; the newest group
+// stays whole however large.
+func TestReadAheadHintBound(t *testing.T) {
+	r, _ := newRepo(t)
+	a := r.NewReadAhead(TreeBlob)
+	refs := func(seed byte, n int) []hash.Ref {
+		out := make([]hash.Ref, n)
+		for i := range out {
+			out[i].ID[0], out[i].ID[1], out[i].ID[2], out[i].ID[3] = seed, byte(i), byte(i>>8), byte(i>>16)
+		}
+		return out
+	}
+	old, recent := refs(1, maxAheadHinted-100), refs(2, 1000)
+	a.Hint(old)
+	a.Hint(recent)
+	if len(a.groups) != len(recent) || a.groups[recent[0].ID] == nil || a.groups[old[0].ID] != nil {
+		t.Fatalf("%d hinted; want only the %d of the newest group", len(a.groups), len(recent))
+	}
+	huge := refs(3, maxAheadHinted+10)
+	a.Hint(huge)
+	if len(a.groups) != len(huge) || a.groups[huge[len(huge)-1].ID] == nil {
+		t.Fatalf("%d hinted; want the %d of the newest group, whole", len(a.groups), len(huge))
+	}
+}
