@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -213,4 +214,49 @@ func TestReadAheadTreesDamagedBlob(t *testing.T) {
 			t.Fatalf("the damaged blob was loaded by itself: %+v", l)
 		}
 	}
+}
+
+// failingRanges fails every load longer than one tree blob can be here,
+// as a server that cannot serve a stretch would.
+type failingRanges struct {
+	countingBackend
+	refused atomic.Int64
+}
+
+func (f *failingRanges) Load(ctx context.Context, h storage.Handle, offset, length int64) ([]byte, error) {
+	if h.Type == storage.Pack && length > 8<<10 {
+		f.refused.Add(1)
+		return nil, errors.New("range refused")
+	}
+	return f.countingBackend.Load(ctx, h, offset, length)
+}
+
+// Stretches that cannot be read cost the walk nothing but their
+// requests: each tree is then loaded by itself, as before.
+func TestReadAheadTreesStretchesFail(t *testing.T) {
+	be, root, dirs := dirTree(t)
+	r1, _ := openCounting(t, be)
+	want, err := walkAll(snapshot.RepoTrees{Repo: r1}, root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &failingRanges{countingBackend: countingBackend{Backend: be}}
+	r2, err := repo.Open(context.Background(), fb, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	got, err := walkAll(walk.NewCache(snapshot.NewReadAheadTrees(r2), 0), root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("the walk saw %d paths, want %d", len(got), len(want))
+	}
+	if fb.refused.Load() == 0 {
+		t.Fatal("no stretch was refused: the test tests nothing")
+	}
+	t.Logf("%d directories: %d stretches refused, %d loads served", dirs, fb.refused.Load(), len(fb.packLoads()))
 }
