@@ -14,11 +14,12 @@ import (
 
 // A walk of a snapshot's trees (ls, find, diff, stats, mount, restore
 // --dry-run) loads a directory's tree, then the trees it names, one after
-// the other. Loaded one by one, that was a request per directory: 1,675
+// the other. Loaded one by one, that was a request per directory: 1,676
 // for GOROOT's 1,667 directories, 0.7 s through a floe server and 1.8 s
 // from S3 on loopback, and minutes across a WAN. A ReadAhead reads such
 // blobs by stretches of their packs, as restore reads its trees
-// (restore.prefetchTrees), for every walk at once.
+// (restore.prefetchTrees), for every walk at once (docs/PERFORMANCE.md,
+// "Browsing a remote snapshot").
 
 // aheadLimits shape the ranges of a hinted group: a directory's subtrees
 // lie in its tree pack among their own subtrees, which the walk reads next;
@@ -29,10 +30,12 @@ var aheadLimits = RangeLimits{MaxGap: 512 << 10, MaxRange: 8 << 20}
 // a group its stretch reaches (belowFor): a backup writes a directory's
 // subtrees before its tree, so the subtrees of the subtree a walk enters
 // next lie just below it. Measured on GOROOT through floe serve (ls of
-// the whole snapshot and of four directories of it): 0 took 13, 12, 21,
-// 12 and 13 requests; 16 KiB to 1 MiB 8, 8, 11, 8 and 10, reading 5 to
-// 30 KiB more per directory listed than the 47 to 132 KiB it needs;
-// 64 KiB to 4 MiB read 2 to 3 times what it needs for no fewer requests.
+// the whole snapshot and, recursively, of four directories of it, which
+// need 1.69 MB, 47, 42, 131 and 132 KiB of trees): 0 took 13, 12, 21, 12
+// and 13 requests; 16 KiB to 1 MiB 8, 8, 11, 8 and 10, reading 1.70 MB,
+// 79, 119, 163 and 224 KiB; 64 KiB to 4 MiB no fewer requests for up
+// to twice the bytes; a fixed 4 MiB 5 requests each, but the whole
+// 1.7 MB tree pack for every directory listed.
 const (
 	aheadBelowMin = 16 << 10
 	aheadBelow    = 1 << 20
@@ -62,12 +65,15 @@ const aheadWorkers = 4
 
 // ReadAhead loads blobs of one type exactly as LoadBlob does, for a reader
 // that can say which blobs it will likely need next (Hint): a walk names
-// the subtrees of each tree it loads. When a hinted blob is loaded and
-// its best copy is not held, its whole group is planned by pack
-// (PlanReads) and read in a few concurrent ranged requests, each a stretch
-// of a pack reaching aheadBelow below the group's blobs; the stretches are
-// kept, least recently used out first, up to maxAheadHeld stored bytes.
-// Nothing is kept decoded here: a walk's own cache (walk.Cache) does that.
+// the subtrees of each tree it loads. When the first blob of a group is
+// loaded (or a second one, readAhead says why) and its best copy is not
+// held, the rest of the group is planned by pack (PlanReads) and read in
+// up to aheadWorkers concurrent ranged requests, each a stretch of a pack
+// (the first reaching a little below, belowFor; each filling a small hole
+// to one held, fillHoles). The stretches are kept, least recently used
+// out first, up to maxAheadHeld stored bytes (and the one stretch that
+// pushed the others out). Nothing is kept decoded here: a walk's own
+// cache (walk.Cache) does that.
 //
 // Every blob is verified exactly as LoadBlob verifies it: the stored
 // bytes of its copy (from a held stretch or, when none holds it, read by
