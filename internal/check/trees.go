@@ -115,7 +115,7 @@ func (c *checker) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, *
 	}
 	// A tree whose pack header is damaged may still be intact; loading it
 	// verifies it in full.
-	tree, err := snapshot.LoadTree(ctx, c.r, ref)
+	tree, err := c.treeLoader.LoadTree(ctx, ref)
 	if err == nil {
 		return tree, nil, nil
 	}
