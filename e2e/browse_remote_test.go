@@ -81,10 +81,10 @@ func TestBrowseRemoteFewRequests(t *testing.T) {
 	}{
 		{"ls", []string{"ls", "-l", "latest"}, func(out string) bool {
 			return strings.Count(out, "/file.txt\n") == 5*8*4 && strings.Count(out, "drwx") >= dirs
-		}},
-		{"find", []string{"find", "file.txt"}, func(out string) bool { return strings.Count(out, "file.txt") >= 2*(5*8*4) }},
-		{"diff", []string{"diff", snaps[0].ID, snaps[1].ID}, func(out string) bool { return strings.Contains(out, "d4/e7/f3/file.txt") }},
-		{"restore --dry-run", []string{"restore", "latest", "--target", e.path("nothere"), "--dry-run"}, func(out string) bool { return out != "" }},
+		}, 0},
+		{"find", []string{"find", "file.txt"}, func(out string) bool { return strings.Count(out, "file.txt") >= 2*(5*8*4) }, 0},
+		{"diff", []string{"diff", snaps[0].ID, snaps[1].ID}, func(out string) bool { return strings.Contains(out, "d4/e7/f3/file.txt") }, 0},
+		{"restore --dry-run", []string{"restore", "latest", "--target", e.path("nothere"), "--dry-run"}, func(out string) bool { return out != "" }, 0},
 		{"check", []string{"check"}, func(out string) bool { return strings.Contains(out, "no problems found") }, 25},
 	} {
 		before := serverLoads(t, s)
