@@ -143,7 +143,7 @@ func (c *checker) collectRefs(ctx context.Context) error {
 	for _, sn := range c.snapshots {
 		roots = append(roots, sn.Tree)
 	}
-	return walk.EachTree(ctx, snapshot.RepoTrees{Repo: c.r}, roots, 4, func(_ hash.Ref, t *snapshot.Tree, err error) error {
+	return walk.EachTree(ctx, c.treeLoader, roots, 4, func(_ hash.Ref, t *snapshot.Tree, err error) error {
 		if err != nil {
 			return nil // walkSnapshots reports it
 		}
