@@ -260,3 +260,25 @@ func TestReadAheadTreesStretchesFail(t *testing.T) {
 	}
 	t.Logf("%d directories: %d stretches refused, %d loads served", dirs, fb.refused.Load(), len(fb.packLoads()))
 }
+
+// walk.EachTree (prune, check --read-data), depth first on several
+// goroutines, reads the trees ahead as a walk does.
+func TestReadAheadTreesEachTree(t *testing.T) {
+	be, root, dirs := dirTree(t)
+	r, c := openCounting(t, be)
+	visited := 0
+	err := walk.EachTree(context.Background(), snapshot.NewReadAheadTrees(r), []hash.Ref{root}, 8, func(_ hash.Ref, _ *snapshot.Tree, err error) error {
+		visited++
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if visited < dirs {
+		t.Fatalf("visited %d trees, want at least %d", visited, dirs)
+	}
+	if n := len(c.packLoads()); n*10 > dirs {
+		t.Fatalf("%d loads for %d trees", n, visited)
+	}
+	t.Logf("%d trees: %d loads", visited, len(c.packLoads()))
+}
