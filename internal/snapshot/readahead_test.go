@@ -4,22 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
-	"github.com/floe-backup/floe/internal/testutil/backuptest"
 	"github.com/floe-backup/floe/internal/walk"
+	wt "github.com/floe-backup/floe/internal/walk/walktest"
 )
 
 // countingBackend counts the loads of packs, each with its range. It is
@@ -51,27 +48,44 @@ func (c *countingBackend) packLoads() []packLoad {
 	return slices.Clone(c.loads)
 }
 
-// dirTree makes a directory tree of 4 + 4*8 + 4*8*6 = 228 directories,
-// each leaf with a small file, backs it up and returns the backend and
-// the snapshot's root tree.
+// dirTree stores the trees of 4 + 4*8 + 4*8*6 = 228 directories, each
+// leaf with an empty file of its own name, as a backup stores them (a
+// directory's subtrees before its tree, in name order), and returns the
+// backend and the root tree.
 func dirTree(t *testing.T) (*mem.Backend, hash.Ref, int) {
 	t.Helper()
-	dir := t.TempDir()
-	for a := range 4 {
-		for b := range 8 {
-			for c := range 6 {
-				p := filepath.Join(dir, fmt.Sprintf("top%d", a), fmt.Sprintf("mid%d", b), fmt.Sprintf("leaf%d", c))
-				if err := os.MkdirAll(p, 0o755); err != nil {
-					t.Fatal(err)
-				}
-				testutil.WriteFile(t, filepath.Join(p, "f"), []byte(p))
-			}
-		}
-	}
-	dirs := 4 + 4*8 + 4*8*6
+	ctx := context.Background()
 	r, be := testutil.NewRepo(t)
-	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{dir}, Hostname: "test"})
-	return be, sn.Tree, dirs
+	w := r.StartWriting()
+	save := func(nodes ...*snapshot.Node) hash.Ref {
+		raw, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(raw), raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ref
+	}
+	var tops []*snapshot.Node
+	for a := range 4 {
+		var mids []*snapshot.Node
+		for b := range 8 {
+			var leaves []*snapshot.Node
+			for c := range 6 {
+				leaf := save(wt.File(fmt.Sprintf("file%d%d%d", a, b, c), 0))
+				leaves = append(leaves, wt.Dir(fmt.Sprintf("leaf%d", c), leaf))
+			}
+			mids = append(mids, wt.Dir(fmt.Sprintf("mid%d", b), save(leaves...)))
+		}
+		tops = append(tops, wt.Dir(fmt.Sprintf("top%d", a), save(mids...)))
+	}
+	root := save(tops...)
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return be, root, 4 + 4*8 + 4*8*6
 }
 
 func openCounting(t *testing.T, be storage.Backend) (*repo.Repository, *countingBackend) {
