@@ -233,7 +233,8 @@ fresh_client() {
 }
 
 # cycle SECTION DS KIND TOOL STORE CLIENT...: init, backup, no-change backup,
-# restore and check, with CLIENT (the command and its repository options) of
+# restore and check, then a listing of the snapshot (ls -l latest: a walk of
+# every tree, what browsing a remote repository costs), with CLIENT (the command and its repository options) of
 # KIND floe or restic; STORE is the directory that holds the repository's
 # bytes (its size after the first backup is what the server ingested).
 cycle() {
@@ -249,6 +250,7 @@ cycle() {
 	measure "$sec" "$ds" "$tool" backup2 "$@" backup "$SRC" || return 0
 	measure "$sec" "$ds" "$tool" restore "$@" restore latest --target "$DST" || return 0
 	check_restore "$sec" "$ds" "$tool"
+	measure "$sec" "$ds" "$tool" ls "$@" ls -l latest || true
 	# removed at the end of the run (see bench/run.sh, cleanup_tool: each
 	# restore would pay for the deletion of the one before it)
 	LATER+=("$BASE")
@@ -693,7 +695,7 @@ step_table() { # SECTION DS TOOL...
 	echo "| tool | step | wall s | client CPU s | server CPU s | peak RSS MiB | load (1 min) |"
 	echo "|---|---|---|---|---|---|---|"
 	for t in "$@"; do
-		for s in init backup1 backup2 restore; do
+		for s in init backup1 backup2 restore ls; do
 			local rss
 			rss=$(val "$sec" "$ds" "$t" "$s" 7)
 			[[ $rss == NA ]] || rss=$((rss / 1024))

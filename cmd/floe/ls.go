@@ -163,9 +163,11 @@ func (g *globals) openSnapshotPath(ctx context.Context, args []string, f snapsho
 }
 
 // treeLoader loads trees of r through a cache, so that walking several
-// snapshots loads each shared tree once.
+// snapshots loads each shared tree once, and reads them ahead by stretches
+// of their packs (snapshot.ReadAheadTrees), so that a walk costs a few
+// requests rather than one per directory.
 func treeLoader(r *repo.Repository) snapshot.TreeLoader {
-	return walk.NewCache(snapshot.RepoTrees{Repo: r}, 0)
+	return walk.NewCache(snapshot.NewReadAheadTrees(r), 0)
 }
 
 // findSnapshotPath finds the snapshot spec and the node at path sub in it.

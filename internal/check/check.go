@@ -60,6 +60,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options, report func(*Pro
 		altCopies:  map[repo.BlobHandle][]hash.ID{},
 		orphans:    map[repo.BlobHandle]hash.ID{},
 		trees:      map[hash.ID][]damage{},
+		treeLoader: snapshot.NewReadAheadTrees(r),
 		walking:    map[hash.ID]bool{},
 	}
 	c.res.Summary.ReadData = opts.ReadData
@@ -89,12 +90,17 @@ func Run(ctx context.Context, r *repo.Repository, opts Options, report func(*Pro
 }
 
 type checker struct {
-	r        *repo.Repository
-	be       storage.Backend
-	opts     Options
-	reportFn func(*Problem)
-	mu       sync.Mutex // guards res.Problems and reportFn calls
-	res      *Result
+	r  *repo.Repository
+	be storage.Backend
+	// treeLoader loads the trees walkSnapshots walks, read ahead by
+	// stretches of their packs (one request per tree was most of a
+	// check through a server or S3), verified as snapshot.LoadTree
+	// verifies them, with its errors.
+	treeLoader snapshot.TreeLoader
+	opts       Options
+	reportFn   func(*Problem)
+	mu         sync.Mutex // guards res.Problems and reportFn calls
+	res        *Result
 
 	packSizes     map[hash.ID]int64 // packs in storage
 	indexFiles    map[hash.ID]*repo.IndexFile

@@ -115,7 +115,7 @@ func (c *checker) loadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, *
 	}
 	// A tree whose pack header is damaged may still be intact; loading it
 	// verifies it in full.
-	tree, err := snapshot.LoadTree(ctx, c.r, ref)
+	tree, err := c.treeLoader.LoadTree(ctx, ref)
 	if err == nil {
 		return tree, nil, nil
 	}
@@ -143,7 +143,7 @@ func (c *checker) collectRefs(ctx context.Context) error {
 	for _, sn := range c.snapshots {
 		roots = append(roots, sn.Tree)
 	}
-	return walk.EachTree(ctx, snapshot.RepoTrees{Repo: c.r}, roots, 4, func(_ hash.Ref, t *snapshot.Tree, err error) error {
+	return walk.EachTree(ctx, c.treeLoader, roots, 4, func(_ hash.Ref, t *snapshot.Tree, err error) error {
 		if err != nil {
 			return nil // walkSnapshots reports it
 		}

@@ -163,7 +163,7 @@ func Mount(ctx context.Context, r *repo.Repository, dir string, opts Options) (*
 	fctx, cancel := context.WithCancel(context.Background())
 	f := &fsys{
 		r:         r,
-		trees:     walk.NewCache(snapshot.RepoTrees{Repo: r}, treeCacheNodes),
+		trees:     walk.NewCache(snapshot.NewReadAheadTrees(r), treeCacheNodes),
 		blobs:     newBlobCache(fctx, r, cacheBytes, 2*max(opts.ReadAhead, 1)),
 		readAhead: opts.ReadAhead,
 		uid:       uint32(os.Getuid()),

@@ -475,7 +475,9 @@ func (p *pruner) findUsed(ctx context.Context) error {
 
 	prog.Phase("reading trees", 0, 0)
 	used := map[repo.BlobHandle]struct{}{}
-	err := walk.EachTree(ctx, snapshot.RepoTrees{Repo: p.r}, roots, 8, func(ref hash.Ref, t *snapshot.Tree, err error) error {
+	// Read ahead by stretches of the tree packs: one request per tree
+	// was most of a prune's reads through a server or S3.
+	err := walk.EachTree(ctx, snapshot.NewReadAheadTrees(p.r), roots, 8, func(ref hash.Ref, t *snapshot.Tree, err error) error {
 		if err != nil {
 			return fmt.Errorf("%w: tree %s cannot be read: %v", ErrUnsafe, ref.Short(), err)
 		}

@@ -49,14 +49,17 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 	if err != nil {
 		return nil, err
 	}
-	d := &dryRun{r: r, opts: opts, list: list, rs: &restorer{incl: incl, excl: excl}, res: &DryRunResult{}}
+	// Its trees are read ahead as any walk's: a dry run reads nothing
+	// else from the repository, and one request per directory was all
+	// it cost from a server or S3.
+	d := &dryRun{r: r, trees: snapshot.NewReadAheadTrees(r), opts: opts, list: list, rs: &restorer{incl: incl, excl: excl}, res: &DryRunResult{}}
 	if root, err := os.OpenRoot(opts.Target); err == nil {
 		defer root.Close()
 		d.root = root
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("open target: %w", err)
 	}
-	tree, snapDir, err := subtree(ctx, r, rootTree, subpath)
+	tree, snapDir, err := subtree(ctx, d.trees, rootTree, subpath)
 	if err != nil {
 		return nil, err
 	}
@@ -65,13 +68,14 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 }
 
 type dryRun struct {
-	r    *repo.Repository
-	opts Options
-	list func(action, rel string, size uint64)
-	rs   *restorer // for its selection rules only
-	root *os.Root  // nil: the target does not exist
-	res  *DryRunResult
-	buf  []byte
+	r     *repo.Repository
+	trees snapshot.TreeLoader
+	opts  Options
+	list  func(action, rel string, size uint64)
+	rs    *restorer // for its selection rules only
+	root  *os.Root  // nil: the target does not exist
+	res   *DryRunResult
+	buf   []byte
 }
 
 func (d *dryRun) report(action, rel string, size uint64) {
@@ -127,7 +131,7 @@ func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir 
 			if !restore && !descend {
 				continue
 			}
-			sub, err := snapshot.LoadTree(ctx, d.r, n.Subtree)
+			sub, err := d.trees.LoadTree(ctx, n.Subtree)
 			if err != nil {
 				d.res.Errors = append(d.res.Errors, fmt.Errorf("%s: %w", sp, err))
 				continue

@@ -95,7 +95,7 @@ func TestRestoreReadsByRanges(t *testing.T) {
 func TestRestorePackReadErrorMidRange(t *testing.T) {
 	r, cb, sn, src := rangeRepo(t)
 	// the blob of own/f10, which lies between others in its pack
-	tree, _, err := subtree(context.Background(), r, sn.Tree, src+"/own")
+	tree, _, err := subtree(context.Background(), snapshot.RepoTrees{Repo: r}, sn.Tree, src+"/own")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +133,7 @@ func TestRestorePackReadErrorMidRange(t *testing.T) {
 func TestRestoreBlobMissingFromIndex(t *testing.T) {
 	ctx := context.Background()
 	r, _, sn, src := rangeRepo(t)
-	tree, _, err := subtree(ctx, r, sn.Tree, src+"/own")
+	tree, _, err := subtree(ctx, snapshot.RepoTrees{Repo: r}, sn.Tree, src+"/own")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -437,7 +437,7 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		rs.fresh[""] = true
 	}
 
-	tree, snapDir, err := subtree(ctx, r, rootTree, subpath)
+	tree, snapDir, err := subtree(ctx, snapshot.RepoTrees{Repo: r}, rootTree, subpath)
 	if err != nil {
 		return nil, err
 	}
@@ -499,8 +499,8 @@ func checkOptions(opts *Options) (incl, excl *pathmatch.Matcher, err error) {
 // returns what a restore of it walks: the directory's tree and its path
 // in the snapshot, or, for a file, a tree of that one node and the path of
 // its parent directory.
-func subtree(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath string) (*snapshot.Tree, string, error) {
-	tree, err := snapshot.LoadTree(ctx, r, rootTree)
+func subtree(ctx context.Context, l snapshot.TreeLoader, rootTree hash.Ref, subpath string) (*snapshot.Tree, string, error) {
+	tree, err := l.LoadTree(ctx, rootTree)
 	if err != nil {
 		return nil, "", fmt.Errorf("load root tree: %w", err)
 	}
@@ -523,7 +523,7 @@ func subtree(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath
 			}
 			return &snapshot.Tree{Nodes: []*snapshot.Node{n}}, path.Dir(snapPath), nil
 		}
-		if tree, err = snapshot.LoadTree(ctx, r, n.Subtree); err != nil {
+		if tree, err = l.LoadTree(ctx, n.Subtree); err != nil {
 			return nil, "", fmt.Errorf("load tree of %s: %w", snapPath, err)
 		}
 	}

@@ -60,8 +60,11 @@ func Run(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record, opts
 		return nil, fmt.Errorf("no exclude patterns: nothing to rewrite")
 	}
 	var out []Result
+	// Every tree of every snapshot is walked: read ahead by stretches of
+	// their packs, not one request each (through a server or S3).
+	trees := snapshot.NewReadAheadTrees(r)
 	for _, rec := range snaps {
-		w := &writer{ctx: ctx, r: r, excl: excl, dry: opts.DryRun}
+		w := &writer{ctx: ctx, r: r, trees: trees, excl: excl, dry: opts.DryRun}
 		if !opts.DryRun {
 			w.out = r.StartWriting()
 		}
@@ -112,6 +115,7 @@ func Run(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record, opts
 type writer struct {
 	ctx     context.Context
 	r       *repo.Repository
+	trees   snapshot.TreeLoader
 	out     *repo.Writer // nil in a dry run
 	excl    *pathmatch.Matcher
 	dry     bool
@@ -123,7 +127,7 @@ type writer struct {
 // tree returns the Ref of the tree at dir without the excluded entries,
 // storing it when it changed, and whether it changed.
 func (w *writer) tree(dir string, ref hash.Ref) (hash.Ref, bool, error) {
-	t, err := snapshot.LoadTree(w.ctx, w.r, ref)
+	t, err := w.trees.LoadTree(w.ctx, ref)
 	if err != nil {
 		return hash.Ref{}, false, fmt.Errorf("load tree of %s: %w", dir, err)
 	}
@@ -180,7 +184,7 @@ func (w *writer) count(n *snapshot.Node, p string) error {
 	if n.Type != snapshot.TypeDir || n.Subtree.IsNull() {
 		return nil
 	}
-	t, err := snapshot.LoadTree(w.ctx, w.r, n.Subtree)
+	t, err := w.trees.LoadTree(w.ctx, n.Subtree)
 	if err != nil {
 		return fmt.Errorf("load tree of %s: %w", p, err)
 	}

@@ -190,3 +190,41 @@ type RepoTrees struct{ Repo *repo.Repository }
 func (t RepoTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, error) {
 	return LoadTree(ctx, t.Repo, ref)
 }
+
+// ReadAheadTrees loads trees from a repository for a walk (ls, find,
+// diff, stats, audit, mount, restore --dry-run): each tree it loads hints
+// the trees that tree names (repo.ReadAhead), so that the walk's next
+// trees are read by stretches of their packs, a few requests for a whole
+// snapshot rather than one per directory. Trees are verified and decoded
+// exactly as LoadTree does, and its errors are LoadTree's. The stretches
+// it holds are bounded; it keeps no decoded trees (wrap it in a
+// walk.Cache for that). Safe for concurrent use.
+type ReadAheadTrees struct{ ra *repo.ReadAhead }
+
+// NewReadAheadTrees returns a ReadAheadTrees for r.
+func NewReadAheadTrees(r *repo.Repository) *ReadAheadTrees {
+	return &ReadAheadTrees{ra: r.NewReadAhead(repo.TreeBlob)}
+}
+
+// LoadTree implements TreeLoader.
+func (t *ReadAheadTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, error) {
+	plain, err := t.ra.Load(ctx, ref, nil)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := DecodeTree(plain)
+	if err != nil {
+		return nil, fmt.Errorf("tree %s: %w", ref.Short(), err)
+	}
+	var subs []hash.Ref
+	for _, n := range tree.Nodes {
+		if n.Type == TypeDir && !n.Subtree.IsNull() {
+			subs = append(subs, n.Subtree)
+		}
+	}
+	t.ra.Hint(subs)
+	return tree, nil
+}
+
+// HeldBytes returns the stored bytes of tree packs held for the walk.
+func (t *ReadAheadTrees) HeldBytes() int { return t.ra.HeldBytes() }
