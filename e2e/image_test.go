@@ -5,7 +5,9 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"io"
 	"math/rand"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -536,5 +538,100 @@ func writeLayoutFile(t *testing.T, path string) {
 	rnd.Read(b[20<<20 : 22<<20])
 	if err := os.WriteFile(path, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// serverLoads sums floe serve's load requests (any status) and the bytes
+// they sent, from its Prometheus metrics.
+func serverLoads(t *testing.T, s *floeServer) (requests, bytes float64) {
+	t.Helper()
+	res, err := http.Get(s.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	for _, l := range strings.Split(string(body), "\n") {
+		name, value, ok := strings.Cut(l, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+		if err != nil {
+			continue
+		}
+		switch {
+		case strings.HasPrefix(name, "floe_server_requests_total{") && strings.Contains(name, `op="load"`):
+			requests += v
+		case strings.HasPrefix(name, "floe_server_loaded_bytes_total{"):
+			bytes += v
+		}
+	}
+	return requests, bytes
+}
+
+// restore --to-device through a floe server reads the image by pack
+// ranges: a request per pack it needs, not one per chunk (across a far
+// link every request is a round trip), and the device holds the image,
+// its repeated chunks and zero regions included.
+func TestImageRestoreToDeviceThroughServer(t *testing.T) {
+	e := newEnv(t)
+	s, admin := e.startFleetServer("--metrics-listen", "127.0.0.1:0")
+	img := e.path("vm.raw")
+	// 48 MiB: random data, a 3 MiB stretch repeated four times (chunks
+	// the image repeats), 6 MiB of zeros
+	b := testutil.RandomBytes(91, 48<<20)
+	for i := 1; i < 4; i++ {
+		copy(b[20<<20+i*(3<<20):], b[20<<20:23<<20])
+	}
+	clear(b[36<<20 : 42<<20])
+	if err := os.WriteFile(img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	remote := func(args ...string) result {
+		t.Helper()
+		r := s.remote("fleet", admin, append([]string{"--password-file", e.pwFile}, args...)...)
+		expectCode(t, r, 0)
+		return r
+	}
+	remote("backup", "--image", img)
+	// the image's chunks, and the packs the server holds
+	tree := decodeJSON[struct {
+		Nodes []struct {
+			Name    string   `json:"name"`
+			Content []string `json:"content"`
+		} `json:"nodes"`
+	}](t, remote("cat", "tree", "latest:"+filepath.Dir(img)))
+	var chunks []string
+	for _, n := range tree.Nodes {
+		if n.Name == filepath.Base(img) {
+			chunks = n.Content
+		}
+	}
+	packs := len(objects(t, filepath.Join(s.root, "fleet", "data")))
+	if len(chunks) < 20 || packs == 0 {
+		t.Fatalf("%d chunks, %d packs", len(chunks), packs)
+	}
+
+	// What a restore loads besides the data (keys, index, snapshot,
+	// trees): a restore refused for a device too small does all that.
+	small := e.path("small.raw")
+	os.WriteFile(small, make([]byte, 1<<20), 0o600)
+	smallDev := attachLoop(t, small, false)
+	dst := e.path("dst.raw")
+	os.WriteFile(dst, bytes.Repeat([]byte{0xAB}, 48<<20+4096), 0o600)
+	dev := attachLoop(t, dst, false)
+	req0, _ := serverLoads(t, s)
+	r := s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+img, "--to-device", smallDev)
+	expectCode(t, r, 1)
+	req1, _ := serverLoads(t, s)
+	remote("restore", "latest:"+img, "--to-device", dev, "--verify")
+	req2, sent := serverLoads(t, s)
+	cmpFiles(t, img, dst, 48<<20)
+	data := req2 - req1 - (req1 - req0)
+	t.Logf("restore: %.0f load requests, %.0f of them beyond a refused restore's, for %d chunks in %d packs (server sent %.0f MB in all)",
+		req2-req1, data, len(chunks), packs, sent/1e6)
+	if data > float64(packs) || data*4 > float64(len(chunks)) {
+		t.Fatalf("%.0f requests for the data of %d chunks in %d packs: not read by ranges", data, len(chunks), packs)
 	}
 }
