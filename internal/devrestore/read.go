@@ -51,7 +51,6 @@ type chunk struct {
 // and a blob the index does not hold.
 func imageChunks(r *repo.Repository, node *snapshot.Node, name string) ([]chunk, error) {
 	chunks := make([]chunk, len(node.Content))
-	zeroKeys := map[uint32]hash.ID{}
 	maxChunk := r.ChunkerParams().Max
 	var off int64
 	for i, ref := range node.Content {
@@ -62,16 +61,16 @@ func imageChunks(r *repo.Repository, node *snapshot.Node, name string) ([]chunk,
 		if !r.Index().Has(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
 			return nil, fmt.Errorf("%s: data blob %s: %w", name, ref.Short(), repo.ErrBlobNotFound)
 		}
-		zk, ok := zeroKeys[size]
-		if !ok {
-			zk = r.BlobKey(make([]byte, size))
-			zeroKeys[size] = zk
-		}
-		chunks[i] = chunk{ref: ref, off: off, size: size, zero: ref.Key == zk}
+		chunks[i] = chunk{ref: ref, off: off, size: size}
 		off += int64(size)
 	}
 	if uint64(off) != node.Size {
 		return nil, fmt.Errorf("%s: chunks of %d bytes for a file of %d: damaged tree", name, off, node.Size)
+	}
+	// the keys of zero chunks of every length the image has
+	zeroKeys := r.ZeroKeys(node.ChunkSizes)
+	for i := range chunks {
+		chunks[i].zero = chunks[i].ref.Key == zeroKeys[chunks[i].size]
 	}
 	return chunks, nil
 }

@@ -11,6 +11,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -352,5 +353,33 @@ func TestWriteDataDamagedBlob(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// imageChunks marks exactly the all-zero chunks (by their keys, of every
+// length), and refuses chunks that do not make up the image.
+func TestImageChunks(t *testing.T) {
+	r, _ := testutil.NewRepo(t)
+	node, img := testImage(t, r, 80)
+	chunks, err := imageChunks(r, node, "img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zeros := 0
+	for i, c := range chunks {
+		data := img[c.off : c.off+int64(c.size)]
+		if c.zero != !slices.ContainsFunc(data, func(b byte) bool { return b != 0 }) {
+			t.Fatalf("chunk %d at %d: zero=%v", i, c.off, c.zero)
+		}
+		if c.zero {
+			zeros++
+		}
+	}
+	if zeros == 0 {
+		t.Fatal("no zero chunk in the test image")
+	}
+	node.Size++
+	if _, err := imageChunks(r, node, "img"); err == nil || !strings.Contains(err.Error(), "damaged tree") {
+		t.Fatalf("a size beyond the chunks: %v", err)
 	}
 }
