@@ -635,3 +635,24 @@ func TestImageRestoreToDeviceThroughServer(t *testing.T) {
 		t.Fatalf("%.0f requests for the data of %d chunks in %d packs: not read by ranges", data, len(chunks), packs)
 	}
 }
+
+// A damaged pack: restore --to-device names the blob and the offset of
+// the image where it belongs, as when it loaded chunks one by one, and
+// fails.
+func TestImageRestoreToDeviceDamaged(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	img := e.path("vm.raw")
+	testutil.WriteRandom(t, img, 12<<20, 93)
+	e.backup("--image", img)
+	flip(t, largest(objects(t, filepath.Join(e.repo, "data"))))
+	dst := e.path("dst.raw")
+	os.WriteFile(dst, make([]byte, 12<<20), 0o600)
+	dev := attachLoop(t, dst, false)
+	r := e.floe("restore", "latest:"+img, "--to-device", dev)
+	noPanic(t, r)
+	expectFail(t, r)
+	if !strings.Contains(r.stderr, img+" at offset ") || !strings.Contains(r.stderr, "damaged or forged") {
+		t.Fatalf("a damaged blob is not reported with its offset:\n%s", r)
+	}
+}
