@@ -538,3 +538,90 @@ func writeLayoutFile(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
+
+// restore --to-device through a floe server reads the image by pack
+// ranges: a request per pack it needs, not one per chunk (across a far
+// link every request is a round trip), and the device holds the image,
+// its repeated chunks and zero regions included.
+func TestImageRestoreToDeviceThroughServer(t *testing.T) {
+	e := newEnv(t)
+	s, admin := e.startFleetServer("--metrics-listen", "127.0.0.1:0")
+	img := e.path("vm.raw")
+	// 48 MiB: random data, a 3 MiB stretch repeated four times (chunks
+	// the image repeats), 6 MiB of zeros
+	b := testutil.RandomBytes(91, 48<<20)
+	for i := 1; i < 4; i++ {
+		copy(b[20<<20+i*(3<<20):], b[20<<20:23<<20])
+	}
+	clear(b[36<<20 : 42<<20])
+	if err := os.WriteFile(img, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	remote := func(args ...string) result {
+		t.Helper()
+		r := s.remote("fleet", admin, append([]string{"--password-file", e.pwFile}, args...)...)
+		expectCode(t, r, 0)
+		return r
+	}
+	remote("backup", "--image", img)
+	// the image's chunks, and the packs the server holds
+	tree := decodeJSON[struct {
+		Nodes []struct {
+			Name    string   `json:"name"`
+			Content []string `json:"content"`
+		} `json:"nodes"`
+	}](t, remote("cat", "tree", "latest:"+filepath.Dir(img)))
+	var chunks []string
+	for _, n := range tree.Nodes {
+		if n.Name == filepath.Base(img) {
+			chunks = n.Content
+		}
+	}
+	packs := len(objects(t, filepath.Join(s.root, "fleet", "data")))
+	if len(chunks) < 20 || packs == 0 {
+		t.Fatalf("%d chunks, %d packs", len(chunks), packs)
+	}
+
+	// What a restore loads besides the data (keys, index, snapshot,
+	// trees): a restore refused for a device too small does all that.
+	small := e.path("small.raw")
+	os.WriteFile(small, make([]byte, 1<<20), 0o600)
+	smallDev := attachLoop(t, small, false)
+	dst := e.path("dst.raw")
+	os.WriteFile(dst, bytes.Repeat([]byte{0xAB}, 48<<20+4096), 0o600)
+	dev := attachLoop(t, dst, false)
+	req0 := serverLoads(t, s)
+	r := s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+img, "--to-device", smallDev)
+	expectCode(t, r, 1)
+	req1 := serverLoads(t, s)
+	remote("restore", "latest:"+img, "--to-device", dev, "--verify")
+	req2 := serverLoads(t, s)
+	cmpFiles(t, img, dst, 48<<20)
+	data := req2 - req1 - (req1 - req0)
+	t.Logf("restore: %d load requests, %d of them beyond a refused restore's, for %d chunks in %d packs",
+		req2-req1, data, len(chunks), packs)
+	if data > packs || data*4 > len(chunks) {
+		t.Fatalf("%d requests for the data of %d chunks in %d packs: not read by ranges", data, len(chunks), packs)
+	}
+}
+
+// A damaged pack: restore --to-device names the blob and the offset of
+// the image where it belongs, as when it loaded chunks one by one, and
+// fails.
+func TestImageRestoreToDeviceDamaged(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	img := e.path("vm.raw")
+	testutil.WriteRandom(t, img, 12<<20, 93)
+	e.backup("--image", img)
+	flip(t, largest(objects(t, filepath.Join(e.repo, "data"))))
+	dst := e.path("dst.raw")
+	os.WriteFile(dst, make([]byte, 12<<20), 0o600)
+	dev := attachLoop(t, dst, false)
+	r := e.floe("restore", "latest:"+img, "--to-device", dev)
+	noPanic(t, r)
+	expectFail(t, r)
+	if !strings.Contains(r.stderr, img+" at offset ") || !strings.Contains(r.stderr, "damaged or forged") {
+		t.Fatalf("a damaged blob is not reported with its offset:\n%s", r)
+	}
+}

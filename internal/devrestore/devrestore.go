@@ -24,15 +24,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/directio"
 	"github.com/floe-backup/floe/internal/fssnap"
-	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
@@ -132,35 +129,9 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 	}
 	opts.Progress.Phase("restore", 1, int64(node.Size))
 
-	// the chunks, their offsets, and which are zeros
-	type chunk struct {
-		ref  hash.Ref
-		off  int64
-		size uint32
-		zero bool
-	}
-	chunks := make([]chunk, len(node.Content))
-	zeroKeys := map[uint32]hash.ID{}
-	maxChunk := r.ChunkerParams().Max
-	var off int64
-	for i, ref := range node.Content {
-		size := node.ChunkSizes[i]
-		if size > maxChunk {
-			return nil, fmt.Errorf("%s: a chunk of %d bytes, larger than any chunk: damaged tree", name, size)
-		}
-		if !r.Index().Has(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
-			return nil, fmt.Errorf("%s: data blob %s: %w", name, ref.Short(), repo.ErrBlobNotFound)
-		}
-		zk, ok := zeroKeys[size]
-		if !ok {
-			zk = r.BlobKey(make([]byte, size))
-			zeroKeys[size] = zk
-		}
-		chunks[i] = chunk{ref: ref, off: off, size: size, zero: ref.Key == zk}
-		off += int64(size)
-	}
-	if uint64(off) != node.Size {
-		return nil, fmt.Errorf("%s: chunks of %d bytes for a file of %d: damaged tree", name, off, node.Size)
+	chunks, err := imageChunks(r, node, name)
+	if err != nil {
+		return nil, err
 	}
 
 	// zero regions first: merged runs of zero chunks
@@ -198,8 +169,8 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 		}
 	}
 
-	// then the data, spread over the workers, written around the page
-	// cache where the device allows: through it, the kernel's worker
+	// then the data, read by pack ranges (writeData), written around the
+	// page cache where the device allows: through it, the kernel's worker
 	// copied every block into a fresh cache page and back out (a 1.5 GiB
 	// image onto a loop device: 4.6-4.9 s, 3.4-4.3 s of it system time,
 	// against 2.9 s into a file), and restoring a disk evicted everything
@@ -216,77 +187,16 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 	if dw != nil {
 		defer unix.Close(dfd)
 	}
-	var (
-		next    atomic.Int64
-		wg      sync.WaitGroup
-		errMu   sync.Mutex
-		firstEr error
-	)
-	fail := func(err error) {
-		errMu.Lock()
-		if firstEr == nil {
-			firstEr = err
-		}
-		errMu.Unlock()
-	}
-	failed := func() bool { errMu.Lock(); defer errMu.Unlock(); return firstEr != nil }
-	for w := 0; w < opts.Workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var buf, stage []byte
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(chunks) || ctx.Err() != nil || failed() {
-					return
-				}
-				c := chunks[i]
-				if c.zero {
-					// zeroed above; its edges complete the blocks it
-					// shares with data chunks
-					if dw != nil {
-						if err := dw.Zero(c.off, int64(c.size)); err != nil {
-							fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
-							return
-						}
-					}
-					continue
-				}
-				data, err := r.LoadBlob(ctx, repo.DataBlob, c.ref, buf)
-				if err == nil && len(data) != int(c.size) {
-					err = fmt.Errorf("a chunk holds %d bytes, the tree says %d: damaged tree", len(data), c.size)
-				}
-				if err == nil && dw != nil {
-					buf = data
-					if stage == nil {
-						stage = directio.Buffer(int(maxChunk) + 2*directio.Align)
-					}
-					copy(stage[c.off&(directio.Align-1):], data)
-					err = dw.WriteRun(stage, c.off, len(data))
-				} else if err == nil {
-					buf = data
-					_, err = f.WriteAt(data, c.off)
-				}
-				if err != nil {
-					fail(fmt.Errorf("restore %s at offset %d: %w", name, c.off, err))
-					return
-				}
-				opts.Progress.Done(0, int64(c.size))
-			}
-		}()
-	}
-	wg.Wait()
+	maxChunk := r.ChunkerParams().Max
+	err = writeData(ctx, r, name, chunks, output{f: f, dw: dw, maxChunk: maxChunk}, opts.Workers, opts.Progress)
 	if dw != nil {
-		if firstEr != nil || ctx.Err() != nil {
+		if err != nil {
 			dw.Release()
 		} else if err := dw.Finish(); err != nil {
 			return res, fmt.Errorf("restore %s: %w", name, err)
 		}
 	}
-	if firstEr != nil {
-		return res, firstEr
-	}
-	if err := ctx.Err(); err != nil {
+	if err != nil {
 		return res, err
 	}
 	for _, c := range chunks {

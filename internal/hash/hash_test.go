@@ -107,3 +107,20 @@ func TestDeriveKeyReuse(t *testing.T) {
 		}
 	}
 }
+
+// SumZeros: the hash of each length of zeros, read on the way to the
+// longest, is Sum of that many zeros, for lengths around BLAKE3's 1 KiB
+// chunks and 64 KiB steps, given unsorted and twice.
+func TestSumZeros(t *testing.T) {
+	k := NewKeyed([32]byte{7, 1})
+	sizes := []uint32{1 << 20, 0, 1, 1023, 1024, 1025, 64 << 10, 64<<10 + 1, 3<<20 + 511, 1024, 200000}
+	got := k.SumZeros(sizes)
+	if len(got) != len(sizes)-1 {
+		t.Fatalf("%d hashes for %d distinct sizes", len(got), len(sizes)-1)
+	}
+	for _, n := range sizes {
+		if want := k.Sum(make([]byte, n)); got[n] != want {
+			t.Errorf("SumZeros %d = %s, want %s", n, got[n].Short(), want.Short())
+		}
+	}
+}

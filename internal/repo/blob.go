@@ -33,6 +33,10 @@ var ErrForged = errors.New("stored bytes do not match the blob ID (damaged or fo
 // from which its encryption key derives (docs/FORMAT.md "Blobs").
 func (r *Repository) BlobKey(data []byte) hash.ID { return r.ids.Sum(data) }
 
+// ZeroKeys returns the BlobKey of n zero bytes for each n of sizes (the
+// keys of zero chunks), hashing zeros once up to the longest.
+func (r *Repository) ZeroKeys(sizes []uint32) map[uint32]hash.ID { return r.ids.SumZeros(sizes) }
+
 // HasBlob reports whether the repository has the blob, stored or pending.
 // A blob whose only copies lie in packs that a gc mark names counts as
 // absent: prune may delete those packs. It is for IDs the caller took

@@ -186,6 +186,40 @@ func checkRangeBlobs(pr PackRange) error {
 	return nil
 }
 
+// The ranges of a bulk reader (restore, a device restore). A range is one
+// request and the most a reader holds in memory (4 MiB); the gap allowed
+// between two needed blobs is far cheaper to read than another request.
+// On a local disk a request costs little, and a range of at most 64 blobs
+// lets a window of small files keep every worker busy; on a server or S3
+// every request costs the storage, and a window of small files is one
+// range (about 60 requests for GOROOT's 15,000 files, instead of one per
+// blob).
+var (
+	localRanges  = RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
+	remoteRanges = RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
+	// A backend that streams a range (S3, a floe server) holds a blob of
+	// it at a time, so a range may be a whole pack: one request per pack,
+	// which S3 can send from its file without copying (see
+	// StreamsRanges). remoteRanges are left for the backends that neither
+	// stream nor open ranges (a wrapper that meters loads).
+	streamRanges = RangeLimits{MaxGap: 128 << 10, MaxRange: 1 << 40}
+)
+
+// ReadRanges returns the limits a bulk reader plans its ranges with
+// (PlanReads) on r's backend, and whether LoadRange streams them
+// (StreamsRanges): a streamed range holds one blob at a time, so a reader
+// may then gather far more blobs per plan without holding more memory,
+// and fewer, longer ranges are fewer requests.
+func (r *Repository) ReadRanges() (lim RangeLimits, streamed bool) {
+	if _, ok := r.be.(storage.RangeOpener); ok {
+		return localRanges, false
+	}
+	if r.StreamsRanges() {
+		return streamRanges, true
+	}
+	return remoteRanges, false
+}
+
 // StreamsRanges tells whether LoadRange streams a range rather than
 // holding it whole: its callers may then plan ranges as long as a pack
 // (RangeLimits.MaxRange) without holding more than a blob at a time.

@@ -532,3 +532,37 @@ func TestRangeBytesLoadRangeFrom(t *testing.T) {
 		})
 	}
 }
+
+// ReadRanges: a backend that opens ranges (a local directory) gets short
+// ranges of few blobs, one that streams them (S3, a floe server) ranges
+// as long as a pack, and one that does neither (a wrapper that meters
+// loads) short ranges of any number of blobs.
+func TestReadRanges(t *testing.T) {
+	ctx := context.Background()
+	dirBE, err := local.Create(filepath.Join(t.TempDir(), "repo"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name     string
+		be       storage.Backend
+		want     RangeLimits
+		streamed bool
+	}{
+		{"local", dirBE, localRanges, false},
+		{"stream", &streamBackend{Backend: mem.New(), breakAfter: -1}, streamRanges, true},
+		{"plain", mem.New(), remoteRanges, false},
+	} {
+		r, _, err := Init(ctx, tc.be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		lim, streamed := r.ReadRanges()
+		if lim != tc.want || streamed != tc.streamed || streamed != r.StreamsRanges() {
+			t.Errorf("%s: ReadRanges = %+v, %v; want %+v, %v", tc.name, lim, streamed, tc.want, tc.streamed)
+		}
+		if !streamed && (lim.MaxRange > 4<<20 || lim.MaxRange <= 0) {
+			t.Errorf("%s: a range held whole may be %d bytes", tc.name, lim.MaxRange)
+		}
+	}
+}

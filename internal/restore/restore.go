@@ -29,7 +29,6 @@ import (
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
-	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
@@ -900,26 +899,21 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			}
 		}()
 	}
-	limits := remoteRanges
-	if _, ok := rs.r.Backend().(storage.RangeOpener); ok {
-		limits = localRanges
-	} else if rs.r.StreamsRanges() {
-		limits = streamRanges
-	}
+	limits, streamed := rs.r.ReadRanges()
 	// Every file of a window is open until its last chunk is written:
 	// openSlots bounds them (and so the descriptors restore holds).
-	windowFiles, maxOpen := openFileLimits(limits == streamRanges)
+	windowFiles, maxOpen := openFileLimits(streamed)
 	openSlots := make(chan struct{}, maxOpen)
 	// Streamed windows grow (streamFirstFiles, doubling): the first is
 	// read while the planner creates the files of the next, and later
 	// ones span more of each pack, so fewer streams (stream windows).
 	nextFiles := windowFiles
-	if limits == streamRanges {
+	if streamed {
 		nextFiles = min(windowFiles, streamFirstFiles)
 	}
 	newWindow := func() *readWindow {
 		w := newReadWindow(nextFiles)
-		if limits == streamRanges {
+		if streamed {
 			w.maxBytes, w.maxBlobs = 0, streamWindowBlobs
 			nextFiles = min(windowFiles, 2*nextFiles)
 		}
@@ -1081,24 +1075,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		}
 	}
 }
-
-// The ranges of a restore. A range is one request and the most a worker
-// holds in memory (4 MiB); the gap allowed between two needed blobs is
-// far cheaper to read than another request. On a local disk a request
-// costs little, and a range of at most 64 blobs lets a window of small
-// files keep every worker busy; on a server or S3 every request costs the
-// storage, and a window of small files is one range (about 60 requests
-// for GOROOT's 15,000 files, instead of one per blob).
-var (
-	localRanges  = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20, MaxBlobs: 64}
-	remoteRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 4 << 20}
-	// A backend that streams a range (S3, a floe server) holds a blob of
-	// it at a time, so a range may be a whole pack: one request per pack,
-	// which S3 can send from its file without copying (see
-	// repo.StreamsRanges). remoteRanges are left for the backends that
-	// neither stream nor open ranges (a wrapper that meters loads).
-	streamRanges = repo.RangeLimits{MaxGap: 128 << 10, MaxRange: 1 << 40}
-)
 
 // Bounds of a read window: the distinct blobs and their bytes (the files
 // it holds, and the files open at once, are openFileLimits), and how many
