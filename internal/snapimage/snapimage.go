@@ -59,7 +59,13 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 	img := &Image{ctx: ctx, r: r, name: name, refs: n.Content, off: make([]int64, len(n.Content)+1),
 		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes), ahead: make(chan struct{}, 4)}
 	idx := r.Index()
-	zeroKeys := map[uint32]hash.ID{}
+	// A chunk of zeros compresses to almost nothing: only such blobs are
+	// worth comparing with the key of as many zeros, and no chunk is
+	// longer than the chunker's maximum (a hostile tree's length is
+	// never allocated nor hashed). The keys of all their lengths come
+	// from one pass over zeros (repo.ZeroKeys).
+	maybeHole := make([]bool, len(n.Content))
+	var sizes []uint32
 	for i, ref := range n.Content {
 		size := n.ChunkSizes[i]
 		img.off[i+1] = img.off[i] + int64(size)
@@ -67,15 +73,15 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		if !ok {
 			return nil, fmt.Errorf("%s: data blob %s: %w", name, ref.Short(), repo.ErrBlobNotFound)
 		}
-		// A chunk of zeros compresses to almost nothing: only such blobs
-		// are worth hashing zeros for (once per size).
-		if int64(loc.Length)*64 < int64(size) {
-			key, ok := zeroKeys[size]
-			if !ok {
-				key = r.BlobKey(make([]byte, size))
-				zeroKeys[size] = key
-			}
-			img.hole[i] = ref.Key == key
+		if int64(loc.Length)*64 < int64(size) && size <= r.ChunkerParams().Max {
+			maybeHole[i] = true
+			sizes = append(sizes, size)
+		}
+	}
+	zeroKeys := r.ZeroKeys(sizes)
+	for i, ref := range n.Content {
+		if maybeHole[i] {
+			img.hole[i] = ref.Key == zeroKeys[n.ChunkSizes[i]]
 		}
 	}
 	if uint64(img.off[len(n.Content)]) != n.Size {

@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -106,5 +107,41 @@ func TestDamagedNode(t *testing.T) {
 	n = &snapshot.Node{Name: "d", Type: snapshot.TypeDir}
 	if _, err := Open(context.Background(), r, n, "d", 0); err == nil {
 		t.Fatal("a directory opened")
+	}
+}
+
+// TestHostileChunkSize: a tree that claims a chunk of zeros (a blob that
+// compresses to almost nothing) is 4 GiB long does not make Open allocate
+// and hash 4 GiB of zeros to compare keys: no chunk is longer than the
+// chunker's maximum, so that chunk is no hole.
+func TestHostileChunkSize(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sparse.img")
+	if err := os.WriteFile(path, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(path, 20<<20); err != nil {
+		t.Fatal(err)
+	}
+	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{dir}})
+	_, node, err := walk.Resolve(ctx, snapshot.RepoTrees{Repo: r}, sn.Tree, path)
+	if err != nil || len(node.ChunkSizes) == 0 {
+		t.Fatalf("resolve: %v (%d chunks)", err, len(node.ChunkSizes))
+	}
+	hostile := *node
+	hostile.ChunkSizes = append([]uint32(nil), node.ChunkSizes...)
+	hostile.Size += uint64(1<<32-1) - uint64(hostile.ChunkSizes[0])
+	hostile.ChunkSizes[0] = 1<<32 - 1
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	img, err := Open(ctx, r, &hostile, path, 0)
+	runtime.ReadMemStats(&after)
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 256<<20 {
+		t.Errorf("Open allocated %d MiB for a hostile chunk length", grew>>20)
+	}
+	if err == nil && img.hole[0] {
+		t.Error("a chunk longer than any chunk taken for a hole")
 	}
 }
