@@ -23,6 +23,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/compress"
+	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
@@ -190,13 +191,24 @@ type archiver struct {
 }
 
 type fileJob struct {
-	path    string // the original path
-	src     string // where to read it (path unless Options.SourceRoot maps it)
-	node    *snapshot.Node
+	path string // the original path
+	src  string // where to read it (path unless Options.SourceRoot maps it)
+	node *snapshot.Node
+	// f is the file, opened by the walker (Dir.OpenFile), or nil: the
+	// reader opens src. Whoever ends the job closes it.
+	f       *fsmeta.File
 	changed bool // the parent had this file (else new)
 	image   bool // Options.Images
 	done    chan struct{}
 	err     error
+}
+
+// closeFile closes the file the walker opened for the job, if any.
+func (j *fileJob) closeFile() {
+	if j.f != nil {
+		j.f.Close()
+		j.f = nil
+	}
 }
 
 type chunkJob struct {

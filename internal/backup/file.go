@@ -26,6 +26,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 	for job := range a.fileJobs {
 		if ctx.Err() != nil {
 			job.err = ctx.Err()
+			job.closeFile()
 			close(job.done)
 			continue
 		}
@@ -36,6 +37,7 @@ func (a *archiver) fileReader(ctx context.Context) {
 		} else {
 			err = a.readFile(ctx, ch, job)
 		}
+		job.closeFile() // readFile took it; an image is opened its own way
 		if err != nil {
 			err = origErr(err, job.path, job.src)
 			job.err = err
@@ -97,9 +99,13 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 	if src == "" {
 		src = job.path
 	}
-	f, err := fsmeta.OpenFile(src)
-	if err != nil {
-		return err
+	f := job.f
+	job.f = nil
+	if f == nil {
+		var err error
+		if f, err = fsmeta.OpenFile(src); err != nil {
+			return err
+		}
 	}
 	defer f.Close()
 	var st unix.Stat_t
