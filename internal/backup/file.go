@@ -165,6 +165,9 @@ func (a *archiver) readFile(ctx context.Context, ch *chunker.Chunker, job *fileJ
 // chunkFile splits r into chunks and saves them; it returns the chunks'
 // refs and sizes in order and the number of bytes read.
 func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *fsmeta.File, sparse bool, size uint64) ([]hash.Ref, []uint32, uint64, error) {
+	if !sparse && size > 0 && size <= uint64(min(smallFile, a.params.Min)) {
+		return a.saveWhole(ctx, f, size)
+	}
 	// A small file is hashed and saved here, by its reader: handing its
 	// one chunk to a saver and waiting for it cost two goroutine wake-ups
 	// per file, more than the hashing on a tree of small files. A large
@@ -192,6 +195,41 @@ func (a *archiver) chunkFile(ctx context.Context, ch *chunker.Chunker, f *fsmeta
 		err = c.read(ctx, ch, io.LimitReader(f, int64(size)))
 	}
 	return c.wait(err)
+}
+
+// saveWhole saves a file of size bytes (at most the minimum chunk size,
+// so the chunker would cut it nowhere: one chunk) as it is read, without
+// the chunker and the bookkeeping of chunks: most files of a tree of
+// small files, for which that was a measurable share of the time.
+// Like chunkFile, it reads no more than size bytes.
+func (a *archiver) saveWhole(ctx context.Context, f *fsmeta.File, size uint64) ([]hash.Ref, []uint32, uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, nil, 0, err
+	}
+	buf := <-a.bufs
+	if uint64(cap(buf)) < size {
+		// grown like the chunker grows it, so that a buffer is not
+		// reallocated for each file slightly larger than the last
+		buf = make([]byte, 0, max(size, uint64(min(2*cap(buf), smallFile))))
+	}
+	n, err := io.ReadFull(f, buf[:size])
+	if err == io.ErrUnexpectedEOF || err == io.EOF {
+		err = nil // shorter now: the stat after reading tells
+	}
+	data := buf[:n]
+	defer func() { a.bufs <- data[:0] }()
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("chunker: read: %w", err)
+	}
+	if n == 0 {
+		return []hash.Ref{}, nil, 0, nil
+	}
+	a.opts.Progress.Done(0, int64(n))
+	ref, err := a.saveBlob(ctx, repo.DataBlob, compress.Files, a.r.BlobKey(data), data)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	return []hash.Ref{ref}, []uint32{uint32(n)}, uint64(n), nil
 }
 
 // chunks are the chunks of one file (or stream) in order, handed to the
