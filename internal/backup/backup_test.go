@@ -1,9 +1,9 @@
 package backup
 
 import (
+	"bytes"
 	"context"
-	"github.com/floe-backup/floe/internal/cache"
-	"golang.org/x/sys/unix"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -380,4 +384,67 @@ func backupWithCache(t *testing.T, r *repo.Repository, path, host string) (*Resu
 		t.Fatal(err)
 	}
 	return res, c
+}
+
+// A file small enough to be saved whole (saveWhole, no chunker) is stored
+// as the chunker would cut it, and so is a larger one: the same chunk
+// keys and sizes, and its blobs read back as the file.
+func TestSmallFilesSavedAsChunked(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	src := t.TempDir()
+	sizes := map[string]int{"empty": 0, "one": 1, "page": 4096, "small": smallFile, "above": smallFile + 1, "min": int(r.ChunkerParams().Min), "large": 3 << 20}
+	for name, n := range sizes {
+		testutil.WriteRandom(t, filepath.Join(src, name), int64(n), uint64(n))
+	}
+	res, err := Run(ctx, r, Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	walkFind(t, ctx, r, res.Snapshot.Tree, func(n *snapshot.Node) {
+		want, ok := sizes[n.Name]
+		if !ok || n.Type != snapshot.TypeFile {
+			return
+		}
+		found++
+		data, err := os.ReadFile(filepath.Join(src, n.Name))
+		if err != nil || len(data) != want {
+			t.Fatalf("%s: %d bytes, %v", n.Name, len(data), err)
+		}
+		ch := chunker.New(bytes.NewReader(data), r.ChunkerParams())
+		var keys []hash.ID
+		var lens []uint32
+		for {
+			c, err := ch.Next(nil)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, r.BlobKey(c))
+			lens = append(lens, uint32(len(c)))
+		}
+		if len(n.Content) != len(keys) || len(n.ChunkSizes) != len(lens) || n.Size != uint64(want) {
+			t.Fatalf("%s: %d chunks %v (size %d), want %d %v", n.Name, len(n.Content), n.ChunkSizes, n.Size, len(keys), lens)
+		}
+		var got []byte
+		for i, ref := range n.Content {
+			if ref.Key != keys[i] || n.ChunkSizes[i] != lens[i] {
+				t.Errorf("%s: chunk %d: key or size differs from the chunker's", n.Name, i)
+			}
+			b, err := r.LoadBlob(ctx, repo.DataBlob, ref, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, b...)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("%s: stored bytes differ", n.Name)
+		}
+	})
+	if found != len(sizes) {
+		t.Fatalf("%d of %d files in the snapshot", found, len(sizes))
+	}
 }
