@@ -220,3 +220,45 @@ func TestFileReadClearsNonblock(t *testing.T) {
 		t.Errorf("still non-blocking")
 	}
 }
+
+// A listing of names longer than the first buffer (256 bytes) is read
+// whole, by path (Dir.Node) and through the descriptor (Dir.OpenFile).
+func TestXattrListingLargerThanBuffer(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	os.WriteFile(p, nil, 0o600)
+	var want []string
+	for i := 0; i < 20; i++ { // 20 names of 30 bytes: 600 bytes
+		name := fmt.Sprintf("user.%025d", i)
+		setXattr(t, p, name, []byte{byte(i)})
+		want = append(want, name)
+	}
+	d, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	byPath, err := d.Node("f", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, byFD, err := d.OpenFile("f", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, n := range []*snapshot.Node{byPath, byFD} {
+		var got []string
+		for _, x := range n.Xattrs {
+			if strings.HasPrefix(x.Name, "user.") {
+				got = append(got, x.Name)
+				if i := len(got) - 1; len(x.Value) != 1 || int(x.Value[0]) != i {
+					t.Errorf("%s = %v", x.Name, x.Value)
+				}
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("xattrs %q, want %q", got, want)
+		}
+	}
+}

@@ -140,7 +140,24 @@ func readXattrsOf(path string, fd int) ([]snapshot.Xattr, bool, error) {
 		get = func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) }
 		op = "f"
 	}
-	names, err := xattrCall(list)
+	// Most files have none: the first listing goes to a buffer on the
+	// stack (through the function values it would escape to the heap,
+	// an allocation per file).
+	var small [256]byte
+	var n int
+	var err error
+	if fd >= 0 {
+		n, err = unix.Flistxattr(fd, small[:])
+	} else {
+		n, err = unix.Llistxattr(path, small[:])
+	}
+	var names []byte
+	switch {
+	case err == nil:
+		names = small[:n]
+	case errors.Is(err, unix.ERANGE):
+		names, err = xattrCall(list)
+	}
 	if err != nil {
 		if notSupported(err) {
 			return nil, true, nil
