@@ -158,9 +158,14 @@ type archiver struct {
 	drySeen  map[hash.ID]bool // blobs a dry run would have added
 	dryAdded uint64
 
-	fileJobs  chan *fileJob
+	fileJobs  chan []*fileJob // batches (queueFile)
 	chunkJobs chan *chunkJob
 	bufs      chan []byte // chunk buffers: their number bounds memory
+
+	// the walker's batch of small files not yet handed to the readers
+	// (queueFile); open files, so batches and their queue are small
+	batch     []*fileJob
+	batchSize uint64
 
 	mu        sync.Mutex
 	errs      []*FileError
@@ -247,7 +252,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		return nil, err
 	}
 	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match, marks: marks, drySeen: map[hash.ID]bool{},
-		fileJobs: make(chan *fileJob, 64), chunkJobs: make(chan *chunkJob, 8),
+		fileJobs: make(chan []*fileJob, 8), chunkJobs: make(chan *chunkJob, 8),
 		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}, sources: sources}
 	workers := runtime.GOMAXPROCS(0)
 	nbufs := 2*workers + 2

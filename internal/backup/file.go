@@ -20,38 +20,48 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 )
 
-// fileReader reads files handed over by the walker.
+// fileReader reads files handed over by the walker, a batch at a time.
+// The batch's jobs are marked done together at its end: whoever waits
+// for them (their directories' trees) is woken once, not once per file.
 func (a *archiver) fileReader(ctx context.Context) {
 	ch := chunker.New(nil, a.params)
-	for job := range a.fileJobs {
-		if ctx.Err() != nil {
-			job.err = ctx.Err()
-			job.closeFile()
+	for batch := range a.fileJobs {
+		for _, job := range batch {
+			a.readJob(ctx, ch, job)
+		}
+		for _, job := range batch {
 			close(job.done)
-			continue
 		}
-		a.opts.Progress.Working(job.path)
-		var err error
-		if job.image {
-			err = a.readImage(ctx, ch, job)
-		} else {
-			err = a.readFile(ctx, ch, job)
-		}
-		job.closeFile() // readFile took it; an image is opened its own way
-		if err != nil {
-			err = origErr(err, job.path, job.src)
-			job.err = err
-			if ctx.Err() == nil {
-				a.fail(job.path, err)
-			}
-		} else if job.changed {
-			a.filesChanged.Add(1)
-		} else {
-			a.filesNew.Add(1)
-		}
-		a.opts.Progress.Done(1, 0)
-		close(job.done)
 	}
+}
+
+// readJob reads the file of one job and records the outcome in it.
+func (a *archiver) readJob(ctx context.Context, ch *chunker.Chunker, job *fileJob) {
+	if ctx.Err() != nil {
+		job.err = ctx.Err()
+		job.closeFile()
+		return
+	}
+	a.opts.Progress.Working(job.path)
+	var err error
+	if job.image {
+		err = a.readImage(ctx, ch, job)
+	} else {
+		err = a.readFile(ctx, ch, job)
+	}
+	job.closeFile() // readFile took it; an image is opened its own way
+	if err != nil {
+		err = origErr(err, job.path, job.src)
+		job.err = err
+		if ctx.Err() == nil {
+			a.fail(job.path, err)
+		}
+	} else if job.changed {
+		a.filesChanged.Add(1)
+	} else {
+		a.filesNew.Add(1)
+	}
+	a.opts.Progress.Done(1, 0)
 }
 
 // stat of an open file, for the before/after consistency comparison.

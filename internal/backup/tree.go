@@ -94,7 +94,9 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 		}
 		return a.finishTree(ctx, dir, entries)
 	}
-	return build("/", root, parent)
+	f := build("/", root, parent)
+	a.flushFiles(ctx) // the trees still waiting wait for these
+	return f
 }
 
 func done(ref hash.Ref, err error) *future {
@@ -366,16 +368,57 @@ func (a *archiver) saveEntryOf(ctx context.Context, p string, node *snapshot.Nod
 			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
 			a.mu.Unlock()
 		}
-		select {
-		case a.fileJobs <- job:
-		case <-ctx.Done():
+		a.queueFile(ctx, job)
+		e.file = job
+	}
+	return e
+}
+
+// Files go to the readers in batches: a file of smallFile bytes or less
+// waits in the walker's batch until it holds batchFiles files or
+// batchBytes bytes (or the walk ends), a larger one goes alone. A batch
+// is one hand-over between goroutines (a channel send, a reader woken)
+// where each small file was one, and a directory's tree waits for its
+// files once where it was woken once per file.
+const (
+	batchFiles = 16
+	batchBytes = 1 << 20
+)
+
+// queueFile hands job to the readers (in a batch, see batchFiles).
+// Walker only.
+func (a *archiver) queueFile(ctx context.Context, job *fileJob) {
+	if job.node.Size > smallFile {
+		a.sendFiles(ctx, []*fileJob{job})
+		return
+	}
+	a.batch = append(a.batch, job)
+	a.batchSize += job.node.Size
+	if len(a.batch) >= batchFiles || a.batchSize >= batchBytes {
+		a.flushFiles(ctx)
+	}
+}
+
+// flushFiles hands the walker's batch of small files to the readers.
+func (a *archiver) flushFiles(ctx context.Context) {
+	if len(a.batch) > 0 {
+		a.sendFiles(ctx, a.batch)
+		a.batch, a.batchSize = nil, 0
+	}
+}
+
+// sendFiles hands a batch of files to the readers, or ends its jobs with
+// ctx's error when the backup is cancelled.
+func (a *archiver) sendFiles(ctx context.Context, batch []*fileJob) {
+	select {
+	case a.fileJobs <- batch:
+	case <-ctx.Done():
+		for _, job := range batch {
 			job.err = ctx.Err()
 			job.closeFile()
 			close(job.done)
 		}
-		e.file = job
 	}
-	return e
 }
 
 // saveImage starts saving an image (Options.Images).
@@ -407,12 +450,7 @@ func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node,
 		a.r.RememberRefs(repo.DataBlob, pn.Content...)
 	}
 	job := &fileJob{path: p, src: src, node: node, changed: pn != nil, image: true, done: make(chan struct{})}
-	select {
-	case a.fileJobs <- job:
-	case <-ctx.Done():
-		job.err = ctx.Err()
-		close(job.done)
-	}
+	a.sendFiles(ctx, []*fileJob{job})
 	e.file = job
 	return e
 }
