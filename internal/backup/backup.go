@@ -23,6 +23,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/compress"
+	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
@@ -157,9 +158,14 @@ type archiver struct {
 	drySeen  map[hash.ID]bool // blobs a dry run would have added
 	dryAdded uint64
 
-	fileJobs  chan *fileJob
+	fileJobs  chan []*fileJob // batches (queueFile)
 	chunkJobs chan *chunkJob
 	bufs      chan []byte // chunk buffers: their number bounds memory
+
+	// the walker's batch of small files not yet handed to the readers
+	// (queueFile); open files, so batches and their queue are small
+	batch     []*fileJob
+	batchSize uint64
 
 	mu        sync.Mutex
 	errs      []*FileError
@@ -190,13 +196,24 @@ type archiver struct {
 }
 
 type fileJob struct {
-	path    string // the original path
-	src     string // where to read it (path unless Options.SourceRoot maps it)
-	node    *snapshot.Node
+	path string // the original path
+	src  string // where to read it (path unless Options.SourceRoot maps it)
+	node *snapshot.Node
+	// f is the file, opened by the walker (Dir.OpenFile), or nil: the
+	// reader opens src. Whoever ends the job closes it.
+	f       *fsmeta.File
 	changed bool // the parent had this file (else new)
 	image   bool // Options.Images
 	done    chan struct{}
 	err     error
+}
+
+// closeFile closes the file the walker opened for the job, if any.
+func (j *fileJob) closeFile() {
+	if j.f != nil {
+		j.f.Close()
+		j.f = nil
+	}
 }
 
 type chunkJob struct {
@@ -235,7 +252,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 		return nil, err
 	}
 	a := &archiver{r: r, opts: opts, params: r.ChunkerParams(), match: match, marks: marks, drySeen: map[hash.ID]bool{},
-		fileJobs: make(chan *fileJob, 64), chunkJobs: make(chan *chunkJob, 8),
+		fileJobs: make(chan []*fileJob, 8), chunkJobs: make(chan *chunkJob, 8),
 		hardlinks: map[[2]uint64]*fileJob{}, zeroIDs: map[int]hash.ID{}, sources: sources}
 	workers := runtime.GOMAXPROCS(0)
 	nbufs := 2*workers + 2

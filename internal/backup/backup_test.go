@@ -1,9 +1,10 @@
 package backup
 
 import (
+	"bytes"
 	"context"
-	"github.com/floe-backup/floe/internal/cache"
-	"golang.org/x/sys/unix"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/floe-backup/floe/internal/cache"
+	"github.com/floe-backup/floe/internal/chunker"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
@@ -380,4 +385,159 @@ func backupWithCache(t *testing.T, r *repo.Repository, path, host string) (*Resu
 		t.Fatal(err)
 	}
 	return res, c
+}
+
+// A file small enough to be saved whole (saveWhole, no chunker) is stored
+// as the chunker would cut it, and so is a larger one: the same chunk
+// keys and sizes, and its blobs read back as the file.
+func TestSmallFilesSavedAsChunked(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	src := t.TempDir()
+	sizes := map[string]int{"empty": 0, "one": 1, "page": 4096, "small": smallFile, "above": smallFile + 1, "min": int(r.ChunkerParams().Min), "large": 3 << 20}
+	for name, n := range sizes {
+		testutil.WriteRandom(t, filepath.Join(src, name), int64(n), uint64(n))
+	}
+	res, err := Run(ctx, r, Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := 0
+	walkFind(t, ctx, r, res.Snapshot.Tree, func(n *snapshot.Node) {
+		want, ok := sizes[n.Name]
+		if !ok || n.Type != snapshot.TypeFile {
+			return
+		}
+		found++
+		data, err := os.ReadFile(filepath.Join(src, n.Name))
+		if err != nil || len(data) != want {
+			t.Fatalf("%s: %d bytes, %v", n.Name, len(data), err)
+		}
+		ch := chunker.New(bytes.NewReader(data), r.ChunkerParams())
+		var keys []hash.ID
+		var lens []uint32
+		for {
+			c, err := ch.Next(nil)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			keys = append(keys, r.BlobKey(c))
+			lens = append(lens, uint32(len(c)))
+		}
+		if len(n.Content) != len(keys) || len(n.ChunkSizes) != len(lens) || n.Size != uint64(want) {
+			t.Fatalf("%s: %d chunks %v (size %d), want %d %v", n.Name, len(n.Content), n.ChunkSizes, n.Size, len(keys), lens)
+		}
+		var got []byte
+		for i, ref := range n.Content {
+			if ref.Key != keys[i] || n.ChunkSizes[i] != lens[i] {
+				t.Errorf("%s: chunk %d: key or size differs from the chunker's", n.Name, i)
+			}
+			b, err := r.LoadBlob(ctx, repo.DataBlob, ref, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, b...)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("%s: stored bytes differ", n.Name)
+		}
+	})
+	if found != len(sizes) {
+		t.Fatalf("%d of %d files in the snapshot", found, len(sizes))
+	}
+}
+
+// Small files go to the readers in batches (queueFile): files in many
+// directories, hard links between them (the second link waits for a file
+// in a batch not yet handed over) are all saved, each inode read once;
+// and a backup cancelled while batches wait ends without hanging or
+// leaving files open.
+func TestSmallFilesBatched(t *testing.T) {
+	ctx := context.Background()
+	src := t.TempDir()
+	want := map[string][]byte{}
+	for d := 0; d < 3; d++ {
+		for i := 0; i < 2*batchFiles+3; i++ {
+			p := filepath.Join(src, fmt.Sprintf("d%d", d), fmt.Sprintf("f%02d", i))
+			os.MkdirAll(filepath.Dir(p), 0o755)
+			b := []byte(strings.Repeat(fmt.Sprintf("%s ", p), 1+i))
+			testutil.WriteFile(t, p, b)
+			want[p] = b
+		}
+	}
+	for i := 0; i < 5; i++ {
+		from := filepath.Join(src, "d0", fmt.Sprintf("f%02d", i))
+		to := filepath.Join(src, "d2", fmt.Sprintf("link%d", i))
+		if err := os.Link(from, to); err != nil {
+			t.Fatal(err)
+		}
+		want[to] = want[from]
+	}
+	var reads atomic.Int32
+	var cancel atomic.Pointer[context.CancelFunc] // set for the second run
+	setHook(t, func(string, int) {
+		if reads.Add(1) > int32(len(want)) { // a few files into the second run
+			if c := cancel.Load(); c != nil {
+				(*c)()
+			}
+		}
+	})
+	r := newRepo(t)
+	res, err := Run(ctx, r, Options{Paths: []string{src}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := int(reads.Load()); n != len(want)-5 {
+		t.Errorf("%d files read, want %d", n, len(want)-5)
+	}
+	got := 0
+	var walk func(dir string, ref hash.Ref)
+	walk = func(dir string, ref hash.Ref) {
+		tree, err := snapshot.LoadTree(ctx, r, ref)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range tree.Nodes {
+			p := filepath.Join(dir, n.Name)
+			if !n.Subtree.IsNull() {
+				walk(p, n.Subtree)
+				continue
+			}
+			w, ok := want[p]
+			if !ok {
+				continue
+			}
+			got++
+			var b []byte
+			for _, ref := range n.Content {
+				c, err := r.LoadBlob(ctx, repo.DataBlob, ref, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b = append(b, c...)
+			}
+			if !bytes.Equal(b, w) {
+				t.Errorf("%s: stored content differs", p)
+			}
+		}
+	}
+	walk("/", res.Snapshot.Tree)
+	if got != len(want) {
+		t.Errorf("%d of %d files in the snapshot", got, len(want))
+	}
+
+	fds := func() int { e, _ := os.ReadDir("/proc/self/fd"); return len(e) }
+	before := fds()
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	cancel.Store(&stop)
+	if _, err := Run(cctx, newRepo(t), Options{Paths: []string{src}}); err == nil {
+		t.Fatal("a cancelled backup succeeded")
+	}
+	if after := fds(); after > before {
+		t.Errorf("%d descriptors open after the cancelled backup, %d before", after, before)
+	}
 }

@@ -94,7 +94,9 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 		}
 		return a.finishTree(ctx, dir, entries)
 	}
-	return build("/", root, parent)
+	f := build("/", root, parent)
+	a.flushFiles(ctx) // the trees still waiting wait for these
+	return f
 }
 
 func done(ref hash.Ref, err error) *future {
@@ -173,9 +175,14 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	}
 	// Every entry is described (fstatat relative to the open directory)
 	// before any is saved, so the directory is closed before the walk
-	// descends into its subdirectories.
+	// descends into its subdirectories. A regular file that is read
+	// whatever it looks like (nothing in the parent to compare it with) is
+	// opened instead and described from the open file (Dir.OpenFile), and
+	// handed to the readers at once: fewer system calls and path lookups,
+	// and the files held open are bounded by the readers' queue.
 	nodes := make([]*snapshot.Node, 0, len(ents))
 	paths := make([]string, 0, len(ents))
+	entries := make([]entry, 0, len(ents))
 	known := a.knownXattrs(parent)
 	for _, de := range ents {
 		name := de.Name
@@ -212,6 +219,16 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 		if a.match.Match(p, isDir) {
 			continue
 		}
+		var opened *fsmeta.File
+		if node == nil && inDir && de.IsRegular() && a.readsAnyway(p, parent, name) {
+			// Any error (no permission to read it, no longer a regular
+			// file) falls back to describing it as every other entry:
+			// the reader then meets and reports the same error as
+			// before, or the entry is saved as what it now is.
+			if f, n, err := dir.OpenFile(name, sp, known); err == nil {
+				opened, node = f, n
+			}
+		}
 		if node == nil {
 			if node, err = describe(); err != nil {
 				a.fail(p, origErr(err, p, sp))
@@ -219,17 +236,27 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 			}
 		}
 		if a.tooLarge(node) {
+			if opened != nil {
+				opened.Close()
+			}
 			continue
 		}
-		nodes = append(nodes, node)
+		if opened != nil {
+			entries = append(entries, a.saveOpened(ctx, p, node, opened, parent))
+			nodes = append(nodes, nil)
+		} else {
+			entries = append(entries, entry{})
+			nodes = append(nodes, node)
+		}
 		paths = append(paths, p)
 	}
 	if dir != nil {
 		dir.Close()
 	}
-	entries := make([]entry, 0, len(nodes))
 	for i, node := range nodes {
-		entries = append(entries, a.saveEntry(ctx, paths[i], node, parent, dev))
+		if node != nil {
+			entries[i] = a.saveEntry(ctx, paths[i], node, parent, dev)
+		}
 	}
 	f := a.finishTree(ctx, path, entries)
 	select {
@@ -260,8 +287,37 @@ func (a *archiver) knownXattrs(parent *snapshot.Tree) func(*snapshot.Node) ([]sn
 	}
 }
 
+// readsAnyway reports whether the regular file p (called name in its
+// directory, whose tree in the parent snapshot is parent) is read whatever
+// its metadata says: the parent has no entry of that name, and it is not
+// an image (Options.Images), which is read its own way.
+func (a *archiver) readsAnyway(p string, parent *snapshot.Tree, name string) bool {
+	return !a.images[p] && (parent == nil || parent.Find(name) == nil)
+}
+
+// saveOpened is saveEntry for a regular file the walker opened already
+// (Dir.OpenFile): f goes with the file's job to a reader, or is closed.
+func (a *archiver) saveOpened(ctx context.Context, p string, node *snapshot.Node, f *fsmeta.File, parent *snapshot.Tree) entry {
+	return a.saveEntryOf(ctx, p, node, f, parent, 0)
+}
+
 // saveEntry starts saving one directory entry.
 func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
+	return a.saveEntryOf(ctx, p, node, nil, parent, dev)
+}
+
+// saveEntryOf is saveEntry; f, if not nil, is the regular file node
+// describes, open already: the job that reads it takes it (and closes it).
+func (a *archiver) saveEntryOf(ctx context.Context, p string, node *snapshot.Node, f *fsmeta.File, parent *snapshot.Tree, dev uint64) entry {
+	if f != nil {
+		// closed unless a job took it (another link to a file read
+		// already, for one): once handed over, f is the job's alone
+		defer func() {
+			if f != nil {
+				f.Close()
+			}
+		}()
+	}
 	e := entry{node: node}
 	if a.images[p] && node.Type != snapshot.TypeFile {
 		return a.saveImage(ctx, p, node, parent)
@@ -305,21 +361,64 @@ func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node,
 			// those by their keys without compressing and encrypting them
 			a.r.RememberRefs(repo.DataBlob, pn.Content...)
 		}
-		job := &fileJob{path: p, src: a.src(p), node: node, changed: pn != nil, done: make(chan struct{})}
+		job := &fileJob{path: p, src: a.src(p), node: node, f: f, changed: pn != nil, done: make(chan struct{})}
+		f = nil // the job's
 		if node.Links > 1 {
 			a.mu.Lock()
 			a.hardlinks[[2]uint64{node.Device, node.Inode}] = job
 			a.mu.Unlock()
 		}
-		select {
-		case a.fileJobs <- job:
-		case <-ctx.Done():
-			job.err = ctx.Err()
-			close(job.done)
-		}
+		a.queueFile(ctx, job)
 		e.file = job
 	}
 	return e
+}
+
+// Files go to the readers in batches: a file of smallFile bytes or less
+// waits in the walker's batch until it holds batchFiles files or
+// batchBytes bytes (or the walk ends), a larger one goes alone. A batch
+// is one hand-over between goroutines (a channel send, a reader woken)
+// where each small file was one, and a directory's tree waits for its
+// files once where it was woken once per file.
+const (
+	batchFiles = 16
+	batchBytes = 1 << 20
+)
+
+// queueFile hands job to the readers (in a batch, see batchFiles).
+// Walker only.
+func (a *archiver) queueFile(ctx context.Context, job *fileJob) {
+	if job.node.Size > smallFile {
+		a.sendFiles(ctx, []*fileJob{job})
+		return
+	}
+	a.batch = append(a.batch, job)
+	a.batchSize += job.node.Size
+	if len(a.batch) >= batchFiles || a.batchSize >= batchBytes {
+		a.flushFiles(ctx)
+	}
+}
+
+// flushFiles hands the walker's batch of small files to the readers.
+func (a *archiver) flushFiles(ctx context.Context) {
+	if len(a.batch) > 0 {
+		a.sendFiles(ctx, a.batch)
+		a.batch, a.batchSize = nil, 0
+	}
+}
+
+// sendFiles hands a batch of files to the readers, or ends its jobs with
+// ctx's error when the backup is cancelled.
+func (a *archiver) sendFiles(ctx context.Context, batch []*fileJob) {
+	select {
+	case a.fileJobs <- batch:
+	case <-ctx.Done():
+		for _, job := range batch {
+			job.err = ctx.Err()
+			job.closeFile()
+			close(job.done)
+		}
+	}
 }
 
 // saveImage starts saving an image (Options.Images).
@@ -351,12 +450,7 @@ func (a *archiver) saveImage(ctx context.Context, p string, node *snapshot.Node,
 		a.r.RememberRefs(repo.DataBlob, pn.Content...)
 	}
 	job := &fileJob{path: p, src: src, node: node, changed: pn != nil, image: true, done: make(chan struct{})}
-	select {
-	case a.fileJobs <- job:
-	case <-ctx.Done():
-		job.err = ctx.Err()
-		close(job.done)
-	}
+	a.sendFiles(ctx, []*fileJob{job})
 	e.file = job
 	return e
 }

@@ -37,6 +37,9 @@ type DirEntry struct {
 // IsDir reports whether the listing says the entry is a directory.
 func (e DirEntry) IsDir() bool { return e.Type == unix.DT_DIR }
 
+// IsRegular reports whether the listing says the entry is a regular file.
+func (e DirEntry) IsRegular() bool { return e.Type == unix.DT_REG }
+
 // TypeKnown reports whether the listing tells the entry's type at all.
 func (e DirEntry) TypeKnown() bool { return e.Type != unix.DT_UNKNOWN }
 
@@ -130,7 +133,61 @@ func (d *Dir) Node(name, path string, known func(*snapshot.Node) ([]snapshot.Xat
 		}
 		break
 	}
-	return nodeFromStat(&st, path, name, func() (string, error) { return readlinkat(d.fd, name, path, int(st.Size)) }, known)
+	return nodeFromStat(&st, path, name, func() (string, error) { return readlinkat(d.fd, name, path, int(st.Size)) }, known, -1)
+}
+
+// ErrNotRegular is returned by Dir.OpenFile for an entry that is not a
+// regular file (any more): the caller describes it with Dir.Node instead.
+var ErrNotRegular = errors.New("not a regular file")
+
+// OpenFile opens the entry name of the directory, which its listing says
+// is a regular file, for reading, and describes it from the open file, as
+// Node would: a backup that reads every file (nothing to compare with)
+// then needs openat and fstat where it needed fstatat, a second lookup
+// of the full path to open it, and fstat, and the extended attributes are
+// listed through the descriptor instead of by path. The description is
+// the open file's, so it cannot be replaced between the two.
+//
+// The file is opened without following a symlink and without blocking (a
+// FIFO put in its place since the listing would block an open for
+// reading until a writer comes; File.Read clears O_NONBLOCK if a read
+// ever says EAGAIN), without updating its access time where allowed. An
+// entry that is no regular file once open is closed again, with
+// ErrNotRegular. Any error leaves nothing open.
+func (d *Dir) OpenFile(name, path string, known func(*snapshot.Node) ([]snapshot.Xattr, bool)) (*File, *snapshot.Node, error) {
+	flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC
+	fd, err := openatRetry(d.fd, name, flags|unix.O_NOATIME)
+	if errors.Is(err, syscall.EPERM) {
+		fd, err = openatRetry(d.fd, name, flags)
+	}
+	if err != nil {
+		return nil, nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := &File{fd: fd, path: path, nonblock: true}
+	var st unix.Stat_t
+	if err := f.Stat(&st); err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		f.Close()
+		return nil, nil, &os.PathError{Op: "open", Path: path, Err: ErrNotRegular}
+	}
+	n, err := nodeFromStat(&st, path, name, nil, known, fd)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, n, nil
+}
+
+func openatRetry(dir int, name string, flags int) (int, error) {
+	for {
+		fd, err := unix.Openat(dir, name, flags, 0)
+		if !errors.Is(err, syscall.EINTR) {
+			return fd, err
+		}
+	}
 }
 
 // readlinkat reads the target of the symlink name in dir, whose lstat
@@ -155,13 +212,14 @@ func readlinkat(dir int, name, path string, size int) (string, error) {
 // attributes (ENOTSUP): their files are not asked again.
 var noXattrs sync.Map // uint64 (st_dev) -> struct{}
 
-// xattrsOf reads the extended attributes of path on device dev, unless
-// that device's file system already said it has none.
-func xattrsOf(path string, dev uint64) ([]snapshot.Xattr, error) {
+// xattrsOf reads the extended attributes of path (through fd if not -1)
+// on device dev, unless that device's file system already said it has
+// none.
+func xattrsOf(path string, fd int, dev uint64) ([]snapshot.Xattr, error) {
 	if _, none := noXattrs.Load(dev); none {
 		return nil, nil
 	}
-	xattrs, unsupported, err := readXattrsOf(path)
+	xattrs, unsupported, err := readXattrsOf(path, fd)
 	if unsupported {
 		noXattrs.Store(dev, struct{}{})
 	}

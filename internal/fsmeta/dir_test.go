@@ -4,6 +4,7 @@ package fsmeta
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -123,4 +125,140 @@ func FuzzParseDirents(f *testing.F) {
 			}
 		}
 	})
+}
+
+// Dir.OpenFile describes a regular file as Dir.Node does (extended
+// attributes included, read through the descriptor) and leaves it open at
+// its start; anything else is refused with nothing left open.
+func TestDirOpenFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "file")
+	os.WriteFile(p, []byte("content"), 0o640)
+	setXattr(t, p, "user.b", []byte("2"))
+	setXattr(t, p, "user.a", []byte(strings.Repeat("v", 1000))) // more than the first buffer
+	unix.Mkfifo(filepath.Join(dir, "fifo"), 0o600)
+	os.Symlink("file", filepath.Join(dir, "link"))
+	os.Mkdir(filepath.Join(dir, "sub"), 0o755)
+	d, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	f, got, err := d.OpenFile("file", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	want, err := d.Node("file", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("OpenFile %+v\nNode     %+v", got, want)
+	}
+	if len(got.Xattrs) != 2 || got.Xattrs[0].Name != "user.a" || len(got.Xattrs[0].Value) != 1000 {
+		t.Errorf("xattrs %q", got.Xattrs)
+	}
+	if b, err := io.ReadAll(f); err != nil || string(b) != "content" {
+		t.Errorf("read %q, %v", b, err)
+	}
+	x := []snapshot.Xattr{{Name: "user.k", Value: []byte("v")}}
+	f2, n, err := d.OpenFile("file", p, func(*snapshot.Node) ([]snapshot.Xattr, bool) { return x, true })
+	if err != nil || !reflect.DeepEqual(n.Xattrs, x) {
+		t.Errorf("known xattrs: %v, %v", n, err)
+	}
+	f2.Close()
+
+	fds := openFDs(t)
+	// a FIFO put where the listing saw a file must neither block nor be
+	// read; a symlink is not followed
+	for _, name := range []string{"fifo", "link", "sub", "missing"} {
+		if f, n, err := d.OpenFile(name, filepath.Join(dir, name), nil); err == nil {
+			f.Close()
+			t.Errorf("%s: opened as %+v", name, n)
+		} else if !strings.Contains(err.Error(), filepath.Join(dir, name)) {
+			t.Errorf("%s: error without the path: %v", name, err)
+		}
+	}
+	if _, _, err := d.OpenFile("fifo", "fifo", nil); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("fifo: %v, want ErrNotRegular", err)
+	}
+	if after := openFDs(t); after != fds {
+		t.Errorf("%d descriptors open after the refusals, %d before", after, fds)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip(err)
+	}
+	return len(ents)
+}
+
+// A File opened with O_NONBLOCK (as Dir.OpenFile opens) that says EAGAIN
+// is made blocking and read again: a pipe stands in for the special files
+// that say they are regular but honour O_NONBLOCK.
+func TestFileReadClearsNonblock(t *testing.T) {
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(p[1])
+	f := &File{fd: p[0], path: "pipe", nonblock: true}
+	defer f.Close()
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		unix.Write(p[1], []byte("late"))
+	}()
+	buf := make([]byte, 8)
+	n, err := f.Read(buf)
+	if err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("read %q, %v", buf[:n], err)
+	}
+	if f.nonblock {
+		t.Errorf("still non-blocking")
+	}
+}
+
+// A listing of names longer than the first buffer (256 bytes) is read
+// whole, by path (Dir.Node) and through the descriptor (Dir.OpenFile).
+func TestXattrListingLargerThanBuffer(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	os.WriteFile(p, nil, 0o600)
+	var want []string
+	for i := 0; i < 20; i++ { // 20 names of 30 bytes: 600 bytes
+		name := fmt.Sprintf("user.%025d", i)
+		setXattr(t, p, name, []byte{byte(i)})
+		want = append(want, name)
+	}
+	d, err := OpenDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	byPath, err := d.Node("f", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, byFD, err := d.OpenFile("f", p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	for _, n := range []*snapshot.Node{byPath, byFD} {
+		var got []string
+		for _, x := range n.Xattrs {
+			if strings.HasPrefix(x.Name, "user.") {
+				got = append(got, x.Name)
+				if i := len(got) - 1; len(x.Value) != 1 || int(x.Value[0]) != i {
+					t.Errorf("%s = %v", x.Name, x.Value)
+				}
+			}
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("xattrs %q, want %q", got, want)
+		}
+	}
 }

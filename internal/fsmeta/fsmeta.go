@@ -42,13 +42,14 @@ func NodeFromPath(path string, name string) (*snapshot.Node, error) {
 	if err := unix.Lstat(path, &st); err != nil {
 		return nil, &os.PathError{Op: "lstat", Path: path, Err: err}
 	}
-	return nodeFromStat(&st, path, name, func() (string, error) { return os.Readlink(path) }, nil)
+	return nodeFromStat(&st, path, name, func() (string, error) { return os.Readlink(path) }, nil, -1)
 }
 
 // nodeFromStat is NodeFromPath after the lstat: readlink reads a symlink's
 // target, path is where the extended attributes are read unless known
-// (Dir.Node) knows them.
-func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, error), known func(*snapshot.Node) ([]snapshot.Xattr, bool)) (*snapshot.Node, error) {
+// (Dir.Node) knows them; fd, if not -1, is the object opened, whose
+// attributes are then read through it (no path lookup).
+func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, error), known func(*snapshot.Node) ([]snapshot.Xattr, bool), fd int) (*snapshot.Node, error) {
 	n := &snapshot.Node{
 		Name:       name,
 		Mode:       uint32(st.Mode) & snapshot.ModeMask,
@@ -96,7 +97,7 @@ func nodeFromStat(st *unix.Stat_t, path, name string, readlink func() (string, e
 	}
 	if !ok {
 		var err error
-		if xattrs, err = xattrsOf(path, n.Device); err != nil {
+		if xattrs, err = xattrsOf(path, fd, n.Device); err != nil {
 			return nil, err
 		}
 	}
@@ -126,31 +127,57 @@ func notSupported(err error) bool {
 	return errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EOPNOTSUPP)
 }
 
-// readXattrsOf returns the extended attributes of path, sorted by name,
-// and whether the file system supports no extended attributes at all
-// (listing them failed with ENOTSUP).
-func readXattrsOf(path string) ([]snapshot.Xattr, bool, error) {
-	list, err := xattrCall(func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) })
+// readXattrsOf returns the extended attributes of path (through fd, if
+// not -1: the object at path, opened), sorted by name, and whether the
+// file system supports no extended attributes at all (listing them failed
+// with ENOTSUP).
+func readXattrsOf(path string, fd int) ([]snapshot.Xattr, bool, error) {
+	list := func(buf []byte) (int, error) { return unix.Llistxattr(path, buf) }
+	get := func(name string, buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) }
+	op := "l"
+	if fd >= 0 {
+		list = func(buf []byte) (int, error) { return unix.Flistxattr(fd, buf) }
+		get = func(name string, buf []byte) (int, error) { return unix.Fgetxattr(fd, name, buf) }
+		op = "f"
+	}
+	// Most files have none: the first listing goes to a buffer on the
+	// stack (through the function values it would escape to the heap,
+	// an allocation per file).
+	var small [256]byte
+	var n int
+	var err error
+	if fd >= 0 {
+		n, err = unix.Flistxattr(fd, small[:])
+	} else {
+		n, err = unix.Llistxattr(path, small[:])
+	}
+	var names []byte
+	switch {
+	case err == nil:
+		names = small[:n]
+	case errors.Is(err, unix.ERANGE):
+		names, err = xattrCall(list)
+	}
 	if err != nil {
 		if notSupported(err) {
 			return nil, true, nil
 		}
-		return nil, false, &os.PathError{Op: "llistxattr", Path: path, Err: err}
+		return nil, false, &os.PathError{Op: op + "listxattr", Path: path, Err: err}
 	}
-	if len(list) == 0 {
+	if len(names) == 0 {
 		return nil, false, nil
 	}
 	var xattrs []snapshot.Xattr
-	for _, name := range strings.Split(string(list), "\x00") {
+	for _, name := range strings.Split(string(names), "\x00") {
 		if name == "" {
 			continue
 		}
-		value, err := xattrCall(func(buf []byte) (int, error) { return unix.Lgetxattr(path, name, buf) })
+		value, err := xattrCall(func(buf []byte) (int, error) { return get(name, buf) })
 		if err != nil {
 			if errors.Is(err, unix.ENODATA) || notSupported(err) {
 				continue // removed since the listing, or not readable here
 			}
-			return nil, false, &os.PathError{Op: "lgetxattr " + name, Path: path, Err: err}
+			return nil, false, &os.PathError{Op: op + "getxattr " + name, Path: path, Err: err}
 		}
 		xattrs = append(xattrs, snapshot.Xattr{Name: name, Value: value})
 	}

@@ -102,6 +102,10 @@ func ReadDir(path string) ([]os.DirEntry, error) {
 type File struct {
 	fd   int
 	path string
+	// nonblock: opened with O_NONBLOCK (Dir.OpenFile), which a regular
+	// file ignores, but a few special files that say they are regular
+	// (in /proc) do not: the first EAGAIN clears it
+	nonblock bool
 }
 
 // OpenFile opens path as OpenForRead does (no final symlink followed, no
@@ -119,6 +123,9 @@ func (f *File) Read(p []byte) (int, error) {
 	for {
 		n, err := unix.Read(f.fd, p)
 		if errors.Is(err, syscall.EINTR) {
+			continue
+		}
+		if errors.Is(err, syscall.EAGAIN) && f.blocking() {
 			continue
 		}
 		if err != nil {
@@ -139,6 +146,9 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		if errors.Is(err, syscall.EINTR) {
 			continue
 		}
+		if errors.Is(err, syscall.EAGAIN) && f.blocking() {
+			continue
+		}
 		if err != nil {
 			return total, &os.PathError{Op: "read", Path: f.path, Err: err}
 		}
@@ -150,6 +160,23 @@ func (f *File) ReadAt(p []byte, off int64) (int, error) {
 		p = p[n:]
 	}
 	return total, nil
+}
+
+// blocking clears O_NONBLOCK if the file was opened with it, and reports
+// whether it did (then a read that said EAGAIN is tried again, waiting).
+func (f *File) blocking() bool {
+	if !f.nonblock {
+		return false
+	}
+	fl, err := unix.FcntlInt(uintptr(f.fd), unix.F_GETFL, 0)
+	if err != nil {
+		return false
+	}
+	if _, err := unix.FcntlInt(uintptr(f.fd), unix.F_SETFL, fl&^unix.O_NONBLOCK); err != nil {
+		return false
+	}
+	f.nonblock = false
+	return true
 }
 
 // Rewind sets the file's offset back to its start.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -185,5 +186,105 @@ func TestWriterUploadsPerConnection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// countingBackend is a streaming memory backend that counts the writes
+// to pending packs, and fails them from the failAt-th on (0: never).
+type countingBackend struct {
+	*mem.Backend
+	mu     sync.Mutex
+	writes int
+	failAt int
+}
+
+func (b *countingBackend) SaveStream(ctx context.Context, t storage.FileType) (storage.PendingObject, error) {
+	p, err := b.Backend.SaveStream(ctx, t)
+	if err != nil || t != storage.Pack {
+		return p, err
+	}
+	return &countedObject{PendingObject: p, b: b}, nil
+}
+
+type countedObject struct {
+	storage.PendingObject
+	b *countingBackend
+}
+
+func (o *countedObject) Write(p []byte) (int, error) {
+	o.b.mu.Lock()
+	o.b.writes++
+	fail := o.b.failAt > 0 && o.b.writes >= o.b.failAt
+	o.b.mu.Unlock()
+	if fail {
+		return 0, errors.New("disk full")
+	}
+	return o.PendingObject.Write(p)
+}
+
+// Small blobs (trees) reach a streamed pack a batch at a time, not one
+// write call each, in their order among large ones, and every one reads
+// back; a write that fails still fails the Writer.
+func TestWriterGathersSmallBlobs(t *testing.T) {
+	ctx := context.Background()
+	be := &countingBackend{Backend: mem.New()}
+	r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := r.StartWriting()
+	type saved struct {
+		t   BlobType
+		ref hash.Ref
+		n   int
+	}
+	var all []saved
+	for i := range 1000 {
+		typ, n := TreeBlob, 300+i%200
+		if i%400 == 399 {
+			typ, n = DataBlob, 200<<10 // larger than what is gathered
+		}
+		data := randomBytes(n)
+		ref, _, _, err := w.SaveBlob(ctx, typ, r.BlobKey(data), data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(all, saved{typ, ref, n})
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// ~500 KB of small blobs: about 8 gathered writes, 2 large blobs, 2
+	// trailers
+	t.Logf("%d writes", be.writes)
+	if be.writes > 30 {
+		t.Errorf("%d writes for 1000 blobs", be.writes)
+	}
+	r2, err := Open(ctx, be, Credential{Password: []byte("pw")}, OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range all {
+		b, err := r2.LoadBlob(ctx, s.t, s.ref, nil)
+		if err != nil || len(b) != s.n {
+			t.Fatalf("blob %d: %d bytes, %v", i, len(b), err)
+		}
+	}
+
+	bad := &countingBackend{Backend: mem.New(), failAt: 1}
+	r3, _, err := Init(ctx, bad, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w3 := r3.StartWriting()
+	data := randomBytes(300)
+	if _, _, _, err := w3.SaveBlob(ctx, TreeBlob, r3.BlobKey(data), data); err != nil {
+		t.Fatal(err)
+	}
+	if err := w3.Finish(ctx); err == nil || !strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("Finish after a failed write: %v", err)
 	}
 }
