@@ -146,7 +146,7 @@ func findParent(ctx context.Context, r *repo.Repository, c *cache.Cache, host st
 	if r.WriteOnly() || denied {
 		return nil, nil, warnings, nil // no trees to compare with: read everything
 	}
-	return parent, snapshot.RepoTrees{Repo: r}, warnings, nil
+	return parent, snapshot.NewReadAheadTrees(r), warnings, nil
 }
 
 // fallbackTrees reads trees from the cache, else from the repository.
