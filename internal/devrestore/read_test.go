@@ -115,19 +115,6 @@ func testImage(t *testing.T, r *repo.Repository, n int) (*snapshot.Node, []byte)
 	return node, img
 }
 
-// reopen opens the repository again on be with its index loaded.
-func reopen(t *testing.T, be storage.Backend) *repo.Repository {
-	t.Helper()
-	r, err := repo.Open(context.Background(), be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.LoadIndex(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return r
-}
-
 // restoreImage writes node's data into a new file of its size (holes
 // where the image is zero, as a device zeroed by Run), directly when
 // direct (as onto a device), and returns the file's path and writeData's
@@ -204,7 +191,7 @@ func TestWriteDataReadsByRanges(t *testing.T) {
 					copyObjects(t, mem, lb)
 					be = lb
 				}
-				r := reopen(t, be)
+				r := testutil.Reopen(t, be)
 				lim, streamed := r.ReadRanges()
 				if streamed != (kind == "stream") {
 					t.Fatalf("ReadRanges: %+v streamed=%v", lim, streamed)
@@ -251,7 +238,7 @@ func TestWriteDataWindows(t *testing.T) {
 	windowChunks = per
 	t.Cleanup(func() { windowChunks = old })
 	mb := &meteredBackend{Backend: mem}
-	r := reopen(t, streamingBackend{mb})
+	r := testutil.Reopen(t, streamingBackend{mb})
 	for _, direct := range []bool{false, true} {
 		before := mb.count()
 		path, err := restoreImage(t, r, node, direct)
@@ -330,7 +317,7 @@ func TestWriteDataDamagedBlob(t *testing.T) {
 				if stream {
 					be = streamingBackend{mb}
 				}
-				r := reopen(t, be)
+				r := testutil.Reopen(t, be)
 				ref := node.Content[tc.chunk]
 				loc, ok := r.Index().Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID})
 				if !ok {

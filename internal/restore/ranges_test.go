@@ -63,7 +63,7 @@ func rangeRepo(t *testing.T) (*repo.Repository, *countingBackend, *snapshot.Reco
 	testutil.WriteRandom(t, filepath.Join(src, "big2"), 5<<20, 7)
 	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
 	cb := &countingBackend{Backend: mem}
-	r2 := reopen(t, cb)
+	r2 := testutil.Reopen(t, cb)
 	return r2, cb, sn, src
 }
 
@@ -215,7 +215,7 @@ func TestRestoreStreamWindowsGrow(t *testing.T) {
 	}
 	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
 	sb := &streamingBackend{Backend: mem}
-	r2 := reopen(t, sb)
+	r2 := testutil.Reopen(t, sb)
 	if !r2.StreamsRanges() {
 		t.Fatal("the test backend does not stream")
 	}
@@ -272,7 +272,7 @@ func TestPrefetchTreesReadsTreePackOnce(t *testing.T) {
 	}
 	sn := backuptest.Backup(t, r, backup.Options{Paths: []string{src}})
 	cb := &countingBackend{Backend: mem}
-	r2 := reopen(t, cb)
+	r2 := testutil.Reopen(t, cb)
 	target := t.TempDir()
 	cb.loads = 0
 	res, err := Run(context.Background(), r2, sn.Tree, src, Options{Target: target})
@@ -286,18 +286,4 @@ func TestPrefetchTreesReadsTreePackOnce(t *testing.T) {
 	if want := 1 + strings.Count(src, "/") + 1 + 1; cb.loads > want {
 		t.Fatalf("%d pack reads, want at most %d: the tree pack is read once per level", cb.loads, want)
 	}
-}
-
-// reopen opens the repository again on be (a wrapper of its backend that
-// counts or streams) with its index loaded.
-func reopen(t *testing.T, be storage.Backend) *repo.Repository {
-	t.Helper()
-	r, err := repo.Open(context.Background(), be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r.LoadIndex(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return r
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/mem"
 )
 
@@ -28,4 +29,18 @@ func NewRepo(t testing.TB) (*repo.Repository, *mem.Backend) {
 		t.Fatal(err)
 	}
 	return r, be
+}
+
+// Reopen opens a NewRepo repository again on be (its backend, or a wrapper
+// of it that counts or streams requests), with its index loaded.
+func Reopen(t testing.TB, be storage.Backend) *repo.Repository {
+	t.Helper()
+	r, err := repo.Open(context.Background(), be, repo.Credential{Password: []byte(Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.LoadIndex(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
