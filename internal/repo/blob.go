@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/crypto"
@@ -34,8 +35,13 @@ var ErrForged = errors.New("stored bytes do not match the blob ID (damaged or fo
 func (r *Repository) BlobKey(data []byte) hash.ID { return r.ids.Sum(data) }
 
 // ZeroKeys returns the BlobKey of n zero bytes for each n of sizes (the
-// keys of zero chunks), hashing zeros once up to the longest.
-func (r *Repository) ZeroKeys(sizes []uint32) map[uint32]hash.ID { return r.ids.SumZeros(sizes) }
+// keys of zero chunks), hashing zeros once up to the longest. Lengths
+// above the chunker's maximum get no key: no chunk is that long, and a
+// hostile tree's claim is never allocated nor hashed.
+func (r *Repository) ZeroKeys(sizes []uint32) map[uint32]hash.ID {
+	max := r.ChunkerParams().Max
+	return r.ids.SumZeros(slices.DeleteFunc(slices.Clone(sizes), func(n uint32) bool { return n > max }))
+}
 
 // HasBlob reports whether the repository has the blob, stored or pending.
 // A blob whose only copies lie in packs that a gc mark names counts as

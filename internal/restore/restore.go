@@ -101,9 +101,6 @@ type restorer struct {
 	trees     *repo.BlobLoader
 	treeCache map[hash.Ref]*snapshot.Tree // read ahead (prefetchTrees)
 
-	zeroMu  sync.Mutex
-	zeroIDs map[uint32]hash.ID
-
 	dirsMu   sync.Mutex
 	dirRoot  map[string]*dirHandle
 	dirClock uint64   // orders uses of dirRoot's handles (least recent is closed first)
@@ -359,42 +356,6 @@ func (rs *restorer) inParent(rel string, fn func(dir *os.Root, name string) erro
 	}
 	defer rs.releaseDir(parent)
 	return fn(d, name)
-}
-
-// zeroKeys returns the keys of zero chunks of the lengths of a sparse
-// file's chunks (the chunks its holes became): a chunk is one when its key
-// is that of as many zero bytes. Each length is hashed once per restore,
-// the new ones of a file in one pass over zeros up to the longest
-// (repo.ZeroKeys): an image's chunks have about as many lengths as chunks,
-// and hashing a fresh buffer of zeros per length hashed 1 GiB of zeros
-// for bench/images.sh's 1.5 GiB image. Lengths above the chunker's
-// maximum are left out (no chunk is that long: never hash what a hostile
-// tree claims).
-func (rs *restorer) zeroKeys(sizes []uint32) map[uint32]hash.ID {
-	rs.zeroMu.Lock()
-	defer rs.zeroMu.Unlock()
-	if rs.zeroIDs == nil {
-		rs.zeroIDs = map[uint32]hash.ID{}
-	}
-	var missing []uint32
-	for _, n := range sizes {
-		if _, ok := rs.zeroIDs[n]; !ok && n <= rs.r.ChunkerParams().Max {
-			missing = append(missing, n)
-		}
-	}
-	if len(missing) > 0 {
-		for n, k := range rs.r.ZeroKeys(missing) {
-			rs.zeroIDs[n] = k
-		}
-	}
-	// the caller's own map: workers verifying files ask concurrently
-	keys := make(map[uint32]hash.ID, len(sizes))
-	for _, n := range sizes {
-		if k, ok := rs.zeroIDs[n]; ok {
-			keys[n] = k
-		}
-	}
-	return keys
 }
 
 type dirMeta struct {
@@ -1006,9 +967,13 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			continue
 		}
 		var todo, zeros []int
+		// a sparse file's holes became chunks of zeros, known by their
+		// keys: one pass over zeros up to its longest chunk
+		// (repo.ZeroKeys), where hashing a fresh buffer of zeros per
+		// length hashed 1 GiB of zeros for bench/images.sh's image
 		var zeroKeys map[uint32]hash.ID
 		if job.node.Sparse {
-			zeroKeys = rs.zeroKeys(job.node.ChunkSizes)
+			zeroKeys = rs.r.ZeroKeys(job.node.ChunkSizes)
 		}
 		for i, id := range job.node.Content {
 			size := job.node.ChunkSizes[i]
@@ -1471,7 +1436,7 @@ func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 	var off int64
 	var zeroKeys map[uint32]hash.ID
 	if job.node.Sparse {
-		zeroKeys = rs.zeroKeys(job.node.ChunkSizes)
+		zeroKeys = rs.r.ZeroKeys(job.node.ChunkSizes)
 	}
 	for i, ref := range job.node.Content {
 		size := job.node.ChunkSizes[i]

@@ -60,10 +60,9 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes), ahead: make(chan struct{}, 4)}
 	idx := r.Index()
 	// A chunk of zeros compresses to almost nothing: only such blobs are
-	// worth comparing with the key of as many zeros, and no chunk is
-	// longer than the chunker's maximum (a hostile tree's length is
-	// never allocated nor hashed). The keys of all their lengths come
-	// from one pass over zeros (repo.ZeroKeys).
+	// worth comparing with the key of as many zeros, whose keys for all
+	// their lengths come from one pass over zeros (repo.ZeroKeys, which
+	// leaves out lengths no chunk can have).
 	maybeHole := make([]bool, len(n.Content))
 	var sizes []uint32
 	for i, ref := range n.Content {
@@ -73,15 +72,15 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		if !ok {
 			return nil, fmt.Errorf("%s: data blob %s: %w", name, ref.Short(), repo.ErrBlobNotFound)
 		}
-		if int64(loc.Length)*64 < int64(size) && size <= r.ChunkerParams().Max {
+		if int64(loc.Length)*64 < int64(size) {
 			maybeHole[i] = true
 			sizes = append(sizes, size)
 		}
 	}
 	zeroKeys := r.ZeroKeys(sizes)
 	for i, ref := range n.Content {
-		if maybeHole[i] {
-			img.hole[i] = ref.Key == zeroKeys[n.ChunkSizes[i]]
+		if k, ok := zeroKeys[n.ChunkSizes[i]]; ok && maybeHole[i] {
+			img.hole[i] = ref.Key == k
 		}
 	}
 	if uint64(img.off[len(n.Content)]) != n.Size {
