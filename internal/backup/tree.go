@@ -88,7 +88,7 @@ func (a *archiver) saveRoot(ctx context.Context, paths []string, parent *snapsho
 			if node.Type == snapshot.TypeDir {
 				e.sub = build(p, child, a.parentSubtree(ctx, parent, name))
 			} else if child.target {
-				e = a.saveEntry(ctx, p, node, parent, 0)
+				e = a.saveEntry(ctx, p, node, nil, parent, 0)
 			}
 			entries = append(entries, e)
 		}
@@ -242,7 +242,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 			continue
 		}
 		if opened != nil {
-			entries = append(entries, a.saveOpened(ctx, p, node, opened, parent))
+			entries = append(entries, a.saveEntry(ctx, p, node, opened, parent, 0))
 			nodes = append(nodes, nil)
 		} else {
 			entries = append(entries, entry{})
@@ -255,7 +255,7 @@ func (a *archiver) saveDir(ctx context.Context, path string, parent *snapshot.Tr
 	}
 	for i, node := range nodes {
 		if node != nil {
-			entries[i] = a.saveEntry(ctx, paths[i], node, parent, dev)
+			entries[i] = a.saveEntry(ctx, paths[i], node, nil, parent, dev)
 		}
 	}
 	f := a.finishTree(ctx, path, entries)
@@ -295,20 +295,10 @@ func (a *archiver) readsAnyway(p string, parent *snapshot.Tree, name string) boo
 	return !a.images[p] && (parent == nil || parent.Find(name) == nil)
 }
 
-// saveOpened is saveEntry for a regular file the walker opened already
-// (Dir.OpenFile): f goes with the file's job to a reader, or is closed.
-func (a *archiver) saveOpened(ctx context.Context, p string, node *snapshot.Node, f *fsmeta.File, parent *snapshot.Tree) entry {
-	return a.saveEntryOf(ctx, p, node, f, parent, 0)
-}
-
-// saveEntry starts saving one directory entry.
-func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, parent *snapshot.Tree, dev uint64) entry {
-	return a.saveEntryOf(ctx, p, node, nil, parent, dev)
-}
-
-// saveEntryOf is saveEntry; f, if not nil, is the regular file node
-// describes, open already: the job that reads it takes it (and closes it).
-func (a *archiver) saveEntryOf(ctx context.Context, p string, node *snapshot.Node, f *fsmeta.File, parent *snapshot.Tree, dev uint64) entry {
+// saveEntry starts saving one directory entry. f, if not nil, is the
+// regular file node describes, opened already by the walker
+// (Dir.OpenFile): the job that reads it takes it (and closes it).
+func (a *archiver) saveEntry(ctx context.Context, p string, node *snapshot.Node, f *fsmeta.File, parent *snapshot.Tree, dev uint64) entry {
 	if f != nil {
 		// closed unless a job took it (another link to a file read
 		// already, for one): once handed over, f is the job's alone
