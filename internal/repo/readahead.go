@@ -17,9 +17,8 @@ import (
 // the other. Loaded one by one, that was a request per directory: 1,676
 // for GOROOT's 1,667 directories, 0.7 s through a floe server and 1.8 s
 // from S3 on loopback, and minutes across a WAN. A ReadAhead reads such
-// blobs by stretches of their packs, as restore reads its trees
-// (restore.prefetchTrees), for every walk at once (docs/PERFORMANCE.md,
-// "Browsing a remote snapshot").
+// blobs by stretches of their packs, for every walk at once, restore's
+// plan included (docs/PERFORMANCE.md, "Browsing a remote snapshot").
 
 // aheadLimits shape the ranges of a hinted group: a directory's subtrees
 // lie in its tree pack among their own subtrees, which the walk reads next;

@@ -96,10 +96,12 @@ type restorer struct {
 	files []*fileJob
 	seen  []dirNames
 
-	// trees loads the trees plan walks (one goroutine): it keeps the
-	// pack they are in open instead of opening it for each directory.
-	trees     *repo.BlobLoader
-	treeCache map[hash.Ref]*snapshot.Tree // read ahead (prefetchTrees)
+	// trees loads the trees plan walks, reading each directory's
+	// subtrees ahead by stretches of their packs (snapshot.ReadAheadTrees,
+	// as every walk of a snapshot does): loaded each by itself, a tree was
+	// a request per directory (1,671 for GOROOT), most of what a restore
+	// cost a floe server or S3 besides the file contents.
+	trees *snapshot.ReadAheadTrees
 
 	dirsMu   sync.Mutex
 	dirRoot  map[string]*dirHandle
@@ -415,11 +417,10 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if err != nil {
 		return nil, err
 	}
-	rs.trees = r.NewBlobLoader()
-	rs.prefetchTrees(ctx, tree, snapDir)
+	rs.trees = snapshot.NewReadAheadTrees(r)
+	rs.trees.Hint(tree)
 	rs.plan(ctx, tree, snapDir, "")
-	rs.trees.Close()
-	rs.treeCache = nil
+	rs.trees = nil          // what it holds is not needed past the plan
 	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -560,7 +561,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 				rs.dirs = append(rs.dirs, dirMeta{rel, n})
 				rs.res.Dirs++
 				any = true
-				if sub, err := rs.loadTree(ctx, n.Subtree); err != nil {
+				if sub, err := rs.trees.LoadTree(ctx, n.Subtree); err != nil {
 					rs.fail(fmt.Errorf("%s: %w", sp, err))
 				} else {
 					rs.plan(ctx, sub, sp, rel)
@@ -569,7 +570,7 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			}
 			// Only an include below may select something: create the
 			// directory afterwards if it did.
-			sub, err := rs.loadTree(ctx, n.Subtree)
+			sub, err := rs.trees.LoadTree(ctx, n.Subtree)
 			if err != nil {
 				rs.fail(fmt.Errorf("%s: %w", sp, err))
 				continue

@@ -216,6 +216,13 @@ func (t *ReadAheadTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, err
 	if err != nil {
 		return nil, fmt.Errorf("tree %s: %w", ref.Short(), err)
 	}
+	t.Hint(tree)
+	return tree, nil
+}
+
+// Hint tells that the walk will enter the subtrees of tree, one it loaded
+// otherwise (LoadTree hints those of the trees it loads).
+func (t *ReadAheadTrees) Hint(tree *Tree) {
 	var subs []hash.Ref
 	for _, n := range tree.Nodes {
 		if n.Type == TypeDir && !n.Subtree.IsNull() {
@@ -223,7 +230,6 @@ func (t *ReadAheadTrees) LoadTree(ctx context.Context, ref hash.Ref) (*Tree, err
 		}
 	}
 	t.ra.Hint(subs)
-	return tree, nil
 }
 
 // HeldBytes returns the stored bytes of tree packs held for the walk.
