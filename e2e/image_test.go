@@ -307,6 +307,20 @@ func TestImageDeviceOddSize(t *testing.T) {
 			t.Errorf("%v: the restore wrote past the image's end on the device", flags)
 		}
 	}
+
+	// a broken-into host's write-only key cannot restore the image onto
+	// a device either: refused before the device is touched
+	wo := e.path("host.key")
+	e.ok("key", "add", "--write-only", "--new-key-file", wo)
+	registerKeyFile(t, wo)
+	if err := os.WriteFile(disk, bytes.Repeat([]byte{0xEE}, size+tail), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := e.run("-r", e.repo, "--key-file", wo, "restore", "latest:"+dev, "--to-device", larger)
+	expectCode(t, r, 12)
+	if got, err := os.ReadFile(disk); err != nil || !bytes.Equal(got, bytes.Repeat([]byte{0xEE}, size+tail)) {
+		t.Errorf("a write-only key's device restore changed the device (%v)", err)
+	}
 }
 
 func TestImageClones(t *testing.T) {
