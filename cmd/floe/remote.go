@@ -23,6 +23,7 @@ func (g *globals) serverOptions() location.Options {
 		TrustHint:         trustHint,
 		Connections:       g.connections,
 		SSHCommand:        g.sshCommand,
+		RepoBufferedIO:    g.repoBufferedIO,
 	}
 	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
 		o.KnownServersFile = filepath.Join(d, "floe", "known_servers")

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/local"
 	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
@@ -29,6 +30,10 @@ type Options struct {
 	// SSHCommand is the ssh program and its options for ssh://
 	// locations, split on white space (default "ssh").
 	SSHCommand string
+	// RepoBufferedIO keeps a local repository's packs in the page cache:
+	// by default they are written and read around it where the file
+	// system is one that direct I/O suits (local.DirectSuits).
+	RepoBufferedIO bool
 }
 
 // OpenWith opens the backend of an existing repository.
@@ -40,7 +45,12 @@ func OpenWith(ctx context.Context, loc string, opts Options) (storage.Backend, e
 		}
 		return remote.Open(ctx, loc, ro)
 	}
-	return Open(loc)
+	be, err := Open(loc)
+	if err != nil {
+		return nil, err
+	}
+	directIO(be, opts)
+	return be, nil
 }
 
 // CreateWith creates the backend of a new repository.
@@ -52,7 +62,24 @@ func CreateWith(ctx context.Context, loc string, opts Options) (storage.Backend,
 		}
 		return remote.Create(ctx, loc, ro)
 	}
-	return Create(loc)
+	be, err := Create(loc)
+	if err != nil {
+		return nil, err
+	}
+	directIO(be, opts)
+	return be, nil
+}
+
+// directIO turns on direct I/O for a local repository on a file system
+// that suits it, unless opts say not to. Packs are written once and read
+// back rarely; through the page cache a backup of a few GiB pushed out
+// what the host had cached and paid for every fresh page: on the
+// benchmark machine 1.2 to 3.3 s of system time per 2 GiB backup, against
+// 0.6 to 1.3 s around it (docs/PERFORMANCE.md).
+func directIO(be storage.Backend, opts Options) {
+	if l, ok := be.(*local.Backend); ok && !opts.RepoBufferedIO {
+		l.SetDirectIO(local.DirectSuits(l.Dir()))
+	}
 }
 
 func remoteOptions(loc string, opts Options) (remote.Options, error) {

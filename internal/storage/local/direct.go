@@ -2,7 +2,8 @@ package local
 
 // Direct I/O (SetDirectIO): objects are written and large ranges read
 // around the page cache, with O_DIRECT on Linux. A server that receives
-// packs from many hosts reads few of them back soon; through the page
+// packs from many hosts reads few of them back soon, nor does a host
+// read back soon what it backed up; through the page
 // cache every byte was copied into a fresh cache page, and on a virtual
 // machine whose free memory goes back to the host a fresh page costs a
 // host page fault: measured on the benchmark machine, 1.6 to 2.2 s of
@@ -22,8 +23,14 @@ const (
 // the backend's ObjectReaders read ranges of 256 KiB and more that are
 // aligned (offset and buffer at directio.Align; length a multiple of it, or
 // to the object's end with room in the buffer to round it up), around the
-// page cache. floe serve turns it on; call it before the backend is used.
+// page cache, and SaveStream's objects (packs) whatever their size. floe
+// serve turns it on for its root, and a client for a local repository on
+// a file system that suits it (DirectSuits); call it before the backend
+// is used.
 func (b *Backend) SetDirectIO(on bool) { b.direct = on }
 
 // DirectIO reports whether SetDirectIO turned direct I/O on.
 func (b *Backend) DirectIO() bool { return b.direct }
+
+// Dir returns the repository's directory.
+func (b *Backend) Dir() string { return b.dir }

@@ -69,6 +69,8 @@ func (o *objectReader) ReadAt(p []byte, off int64) (int, error) {
 		}
 		// a direct read the file system refused, or a file that
 		// shrank: the buffered read below tells which
+	} else if o.bounceOK(p) && o.readBounced(p, off) {
+		return len(p), nil
 	}
 	n := 0
 	for n < len(p) {
@@ -100,6 +102,44 @@ func (o *objectReader) directOK(p []byte, off int64) bool {
 	}
 	o.dfdOnce.Do(func() { o.dfd = openDirect(o.path) })
 	return o.dfd >= 0
+}
+
+// bounceOK reports whether a large read that is not aligned goes around
+// the page cache through a bounce buffer (readBounced).
+func (o *objectReader) bounceOK(p []byte) bool {
+	if !o.direct || len(p) < directMinRead {
+		return false
+	}
+	o.dfdOnce.Do(func() { o.dfd = openDirect(o.path) })
+	return o.dfd >= 0
+}
+
+// bouncePool holds the aligned buffers of readBounced: a restore reads
+// ranges of up to 4 MiB (repo's localRanges), and a fresh buffer for each
+// would be faulted in anew.
+var bouncePool sync.Pool
+
+// readBounced reads p at off around the page cache: the aligned blocks
+// that cover it, into an aligned buffer, then copied into p (a copy costs
+// far less than a page cache page; see direct.go). It reports false when
+// the direct read failed or came up short; the caller then reads through
+// the page cache, which tells a refused transfer from a shrunken file.
+func (o *objectReader) readBounced(p []byte, off int64) bool {
+	start := off &^ (directio.Align - 1)
+	end := min(off+int64(len(p)), o.size)
+	n := directio.RoundUp(int(end - start))
+	bp, _ := bouncePool.Get().(*[]byte)
+	if bp == nil || cap(*bp) < n {
+		b := directio.Buffer(max(n, 4<<20+2*directio.Align))
+		bp = &b
+	}
+	defer bouncePool.Put(bp)
+	got, err := preadDirect(o.dfd, (*bp)[:n], start)
+	if err != nil || int64(got) < end-start {
+		return false
+	}
+	copy(p, (*bp)[off-start:end-start])
+	return true
 }
 
 func (o *objectReader) Close() error {

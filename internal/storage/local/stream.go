@@ -29,7 +29,11 @@ func (b *Backend) SaveStream(ctx context.Context, t storage.FileType) (storage.P
 	if err != nil {
 		return nil, fmt.Errorf("save stream: %w", diskErr(err))
 	}
-	return &pendingFile{b: b, t: t, f: f}, nil
+	p := &pendingFile{b: b, t: t, f: f}
+	if b.direct {
+		p.direct = newDirectStream(f)
+	}
+	return p, nil
 }
 
 type pendingFile struct {
@@ -37,9 +41,18 @@ type pendingFile struct {
 	t    storage.FileType
 	f    *os.File
 	done bool
+	// direct: with SetDirectIO, the writes go around the page cache
+	// (nil: through it)
+	direct *directStream
 }
 
 func (p *pendingFile) Write(data []byte) (int, error) {
+	if p.direct != nil {
+		if err := p.direct.write(data); err != nil {
+			return 0, fmt.Errorf("write %s: %w", p.t, diskErr(err))
+		}
+		return len(data), nil
+	}
 	n, err := p.f.Write(data)
 	if err != nil {
 		return n, fmt.Errorf("write %s: %w", p.t, diskErr(err))
@@ -57,6 +70,13 @@ func (p *pendingFile) Commit(ctx context.Context, name string) (err error) {
 	}()
 	if err := h.Validate(); err != nil {
 		return err
+	}
+	if p.direct != nil {
+		err := p.direct.finish()
+		p.direct = nil
+		if err != nil {
+			return diskErr(err)
+		}
 	}
 	if err := p.f.Sync(); err != nil {
 		return diskErr(err)
@@ -87,6 +107,10 @@ func (p *pendingFile) Abort() {
 		return
 	}
 	p.done = true
+	if p.direct != nil {
+		p.direct.abort()
+		p.direct = nil
+	}
 	p.f.Close()
 	os.Remove(p.f.Name())
 }
