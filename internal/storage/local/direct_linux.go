@@ -126,21 +126,22 @@ func preadDirect(fd int, p []byte, off int64) (int, error) {
 // directStream writes a streamed object (SaveStream) around the page
 // cache: writes are gathered into aligned buffers of streamStage bytes,
 // each written with O_DIRECT by one of streamWriters goroutines while
-// the next fills, so the caller (a pack writer holding its lock) waits
-// for the disk only when it gets streamBuffers-1 buffers ahead of it: a
-// disk that stalls for a moment (another process's writeback) would
-// otherwise stall every saver of a backup. The last partial block goes
+// the next fills. The caller is a pack writer holding the lock every
+// saver of a backup needs, so a write never waits for the disk: a full
+// buffer is queued, and the next one comes from those already written or
+// from the pool; it waits only when streamQueue buffers (a pack's worth)
+// are queued behind a disk that has stalled. The last partial block goes
 // through the page cache at finish.
 type directStream struct {
 	fd   int
-	off  int64  // bytes handed to the goroutine so far
+	off  int64  // bytes queued so far
 	cur  []byte // the buffer being filled
 	work chan stagedWrite
-	free chan []byte
 	done sync.WaitGroup
 
-	mu  sync.Mutex
-	err error // the goroutine's first error
+	mu    sync.Mutex
+	err   error    // the first write error
+	spare [][]byte // buffers written, for the next
 }
 
 type stagedWrite struct {
@@ -148,17 +149,24 @@ type stagedWrite struct {
 	off int64
 }
 
-// streamStage is the size of one direct write; stagePool keeps the
+// streamStage is the size of one direct write. stagePool keeps the
 // buffers from one pack to the next, so that a backup does not fault in
 // fresh memory for each. Two writes in flight keep a virtual disk's queue
 // busier than one.
 const (
 	streamStage   = 1 << 20
-	streamBuffers = 4
+	streamQueue   = 16
 	streamWriters = 2
 )
 
 var stagePool = sync.Pool{New: func() any { b := directio.Buffer(streamStage); return &b }}
+
+func getStage() []byte { return (*stagePool.Get().(*[]byte))[:0] }
+
+func putStage(b []byte) {
+	b = b[:0]
+	stagePool.Put(&b)
+}
 
 // newDirectStream turns on O_DIRECT for f, an empty file just created,
 // or returns nil when the file system refuses it.
@@ -171,15 +179,7 @@ func newDirectStream(f *os.File) *directStream {
 	if rc.Control(func(sfd uintptr) { fd = int(sfd) }) != nil || directio.SetDirect(fd, true) != nil {
 		return nil
 	}
-	s := &directStream{
-		fd:   fd,
-		work: make(chan stagedWrite, streamBuffers),
-		free: make(chan []byte, streamBuffers),
-	}
-	s.cur = (*stagePool.Get().(*[]byte))[:0]
-	for range streamBuffers - 1 {
-		s.free <- (*stagePool.Get().(*[]byte))[:0]
-	}
+	s := &directStream{fd: fd, work: make(chan stagedWrite, streamQueue), cur: getStage()}
 	s.done.Add(streamWriters)
 	for range streamWriters {
 		go s.writer()
@@ -206,7 +206,9 @@ func (s *directStream) writer() {
 				s.mu.Unlock()
 			}
 		}
-		s.free <- w.buf[:0]
+		s.mu.Lock()
+		s.spare = append(s.spare, w.buf[:0])
+		s.mu.Unlock()
 	}
 }
 
@@ -228,7 +230,16 @@ func (s *directStream) write(data []byte) error {
 		if len(s.cur) == cap(s.cur) {
 			s.work <- stagedWrite{buf: s.cur, off: s.off}
 			s.off += int64(len(s.cur))
-			s.cur = <-s.free
+			s.mu.Lock()
+			if k := len(s.spare); k > 0 {
+				s.cur, s.spare = s.spare[k-1], s.spare[:k-1]
+			} else {
+				s.cur = nil
+			}
+			s.mu.Unlock()
+			if s.cur == nil {
+				s.cur = getStage()
+			}
 		}
 	}
 	return nil
@@ -257,7 +268,7 @@ func (s *directStream) finish() error {
 	return err
 }
 
-// abort stops the goroutine and drops what was not written.
+// abort stops the goroutines and drops what was not written.
 func (s *directStream) abort() {
 	close(s.work)
 	s.done.Wait()
@@ -265,13 +276,9 @@ func (s *directStream) abort() {
 }
 
 func (s *directStream) release() {
-	put := func(b []byte) {
-		b = b[:0]
-		stagePool.Put(&b)
+	putStage(s.cur)
+	for _, b := range s.spare {
+		putStage(b)
 	}
-	put(s.cur)
-	for range streamBuffers - 1 {
-		put(<-s.free)
-	}
-	s.cur = nil
+	s.cur, s.spare = nil, nil
 }

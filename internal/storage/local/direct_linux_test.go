@@ -87,7 +87,7 @@ func TestDirectStream(t *testing.T) {
 	}
 	b.SetDirectIO(true)
 	ctx := context.Background()
-	for i, size := range []int{0, 1, directio.Align - 1, directio.Align, streamStage - 1, streamStage, streamStage + 1, (streamBuffers+2)*streamStage + 4097} {
+	for i, size := range []int{0, 1, directio.Align - 1, directio.Align, streamStage - 1, streamStage, streamStage + 1, (streamQueue+3)*streamStage + 4097} {
 		data := pattern(size)
 		pw, err := b.SaveStream(ctx, storage.Pack)
 		if err != nil {
@@ -169,7 +169,7 @@ func TestDirectStreamWriteError(t *testing.T) {
 	}
 	data := pattern(streamStage)
 	var werr error
-	for i := 0; i < 3*streamBuffers && werr == nil; i++ {
+	for i := 0; i < 3*streamQueue && werr == nil; i++ {
 		werr = s.write(data)
 	}
 	ferr := s.finish()
