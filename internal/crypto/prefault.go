@@ -1,6 +1,7 @@
 package crypto
 
 import (
+	"math"
 	"runtime"
 	"runtime/metrics"
 	"sync"
@@ -43,7 +44,11 @@ func prefaultArgon2(memoryKiB uint32, lanes int) {
 		return
 	}
 	const page = 4096
-	b := make([]byte, int(memoryKiB)*1024)
+	size := uint64(memoryKiB) * 1024
+	if size > math.MaxInt/2 {
+		return // a 32-bit address space: argon2 cannot have it either
+	}
+	b := make([]byte, int(size))
 	parts := max(1, min(lanes, runtime.GOMAXPROCS(0)))
 	per := (len(b)/parts + page - 1) &^ (page - 1)
 	var wg sync.WaitGroup

@@ -25,7 +25,7 @@ func TestDeriveKeyFaultsOncePerPage(t *testing.T) {
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &after); err != nil {
 		t.Fatal(err)
 	}
-	if faults := after.Minflt - before.Minflt; faults > pages*3/2 {
+	if faults := int64(after.Minflt) - int64(before.Minflt); faults > pages*3/2 {
 		t.Errorf("deriving a key with %d KiB of memory (%d pages) took %d page faults, want about one per page", p.MemoryKiB, pages, faults)
 	}
 	if want := argon2.IDKey([]byte("pw"), p.Salt, p.Time, p.MemoryKiB, p.Threads, KeySize); string(k[:]) != string(want) {
