@@ -178,6 +178,11 @@ type archiver struct {
 	zeroMu  sync.Mutex
 	zeroIDs map[int]hash.ID
 
+	// kinDone, when not nil, is closed once rememberKin, which runs
+	// alongside the walk, has taught the repository the kin's keys:
+	// saveBlob waits for it (see Run).
+	kinDone chan struct{}
+
 	// rebased is the parent's tree of its one path, compared with the one
 	// path backed up when the two differ (see Run); nil otherwise.
 	rebased *snapshot.Tree
@@ -321,11 +326,23 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 					a.rebased = a.parentAt(ctx, parentRoot, opts.Parent.Paths[0])
 				}
 			}
-			if parentRoot == nil && !opts.Force {
-				a.rememberKin(ctx)
+			// The kin's keys are learned alongside the walk, which visits
+			// the directories in the same order and far slower, so that
+			// learning them (18 ms for the ~2,800 trees of bench's
+			// smallstored copy) no longer holds the walk back on one core
+			// while the other idles. A blob whose key is not known yet
+			// waits in saveBlob until they are all learned: no chunk of
+			// the kin is compressed and encrypted for want of its key.
+			stopKin := func() {}
+			if parentRoot == nil && !opts.Force && opts.Kin != nil && opts.KinTrees != nil {
+				kinCtx, cancelKin := context.WithCancel(ctx)
+				a.kinDone = make(chan struct{})
+				go func() { defer close(a.kinDone); a.rememberKin(kinCtx) }()
+				stopKin = func() { cancelKin(); <-a.kinDone }
 			}
 			f := a.saveRoot(ctx, paths, parentRoot)
 			<-f.done
+			stopKin() // its keys are of no more use
 			root, rootErr = f.ref, f.err
 			if rootErr != nil {
 				cancelScan()
@@ -409,6 +426,21 @@ func (a *archiver) report(it Item) {
 
 // saveBlob stores a blob, or in a dry run counts what storing it would add.
 func (a *archiver) saveBlob(ctx context.Context, t repo.BlobType, c compress.Content, key hash.ID, data []byte) (hash.Ref, error) {
+	if a.kinDone != nil {
+		select {
+		case <-a.kinDone:
+		default:
+			// the kin's keys are still being learned: a key they have
+			// not taught yet may be among them
+			if !a.r.KnowsKey(t, key) {
+				select {
+				case <-a.kinDone:
+				case <-ctx.Done():
+					return hash.Ref{}, ctx.Err()
+				}
+			}
+		}
+	}
 	if a.w != nil {
 		ref, _, _, err := a.w.SaveBlobOf(ctx, t, c, key, data)
 		return ref, err

@@ -282,6 +282,58 @@ func TestKinChunksAreNotEncoded(t *testing.T) {
 	}
 }
 
+// slowTrees delays every tree it loads.
+type slowTrees struct {
+	snapshot.TreeLoader
+	delay time.Duration
+}
+
+func (s slowTrees) LoadTree(ctx context.Context, ref hash.Ref) (*snapshot.Tree, error) {
+	time.Sleep(s.delay)
+	return s.TreeLoader.LoadTree(ctx, ref)
+}
+
+// The kin's keys are learned alongside the walk (Run): when learning them
+// is slower than the walk, a chunk the walk reaches first waits for them
+// instead of being compressed and encrypted to learn its ID.
+func TestKinLearnedAlongsideTheWalk(t *testing.T) {
+	ctx := context.Background()
+	r, be := testutil.NewRepo(t)
+	a := filepath.Join(t.TempDir(), "a")
+	testutil.ManyFiles(t, a, 30, 5000, 7)
+	for _, d := range []string{"d1", "d2", "d3"} {
+		testutil.ManyFiles(t, filepath.Join(a, d), 5, 3000, 9)
+	}
+	_, c := backupWithCache(t, r, a, "h")
+	b := filepath.Join(t.TempDir(), "b")
+	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
+		t.Fatalf("cp -a: %v\n%s", err, out)
+	}
+	r2, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r2.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	opts := Options{Paths: []string{b}, Hostname: "h"}
+	opts.Kin, opts.KinTrees = FindKin(c, "h")
+	if opts.Kin == nil {
+		t.Fatal("no kin")
+	}
+	opts.KinTrees = slowTrees{opts.KinTrees, 30 * time.Millisecond}
+	res, err := Run(ctx, r2, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Snapshot.Summary.FilesNew != 45 {
+		t.Errorf("%d new files, want 45", res.Snapshot.Summary.FilesNew)
+	}
+	if n := r2.SavedStats().EncodedData; n != 0 {
+		t.Errorf("%d data blobs encoded, want none: the kin has them all", n)
+	}
+}
+
 // Unchanged objects take their extended attributes from the parent (no
 // listing); an attribute set since changes the ctime and is found.
 func TestXattrsFollowCtime(t *testing.T) {

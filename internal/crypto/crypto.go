@@ -198,6 +198,7 @@ func DeriveKey(passphrase []byte, p KDFParams) (Key, error) {
 	if err := p.Validate(); err != nil {
 		return Key{}, fmt.Errorf("key derivation parameters: %w", err)
 	}
+	prefaultArgon2(p.MemoryKiB, int(p.Threads)) // see prefault.go
 	return Key(argon2.IDKey(passphrase, p.Salt, p.Time, p.MemoryKiB, p.Threads, KeySize)), nil
 }
 

@@ -80,6 +80,14 @@ func (r *Repository) RememberRefs(t BlobType, refs ...hash.Ref) {
 	r.runMu.Unlock()
 }
 
+// KnowsKey reports whether this process knows the ID of the blob of type
+// t whose key is key (RememberRefs, an earlier SaveBlob), so that SaveBlob
+// finds it without compressing and encrypting it.
+func (r *Repository) KnowsKey(t BlobType, key hash.ID) bool {
+	_, ok := r.knownID(t, key)
+	return ok
+}
+
 func (r *Repository) knownID(t BlobType, key hash.ID) (hash.ID, bool) {
 	r.runMu.Lock()
 	id, ok := r.runKeys[BlobHandle{t, key}]
