@@ -144,6 +144,8 @@ type directStream struct {
 	spare [][]byte // buffers written, for the next
 }
 
+var errAborted = errors.New("aborted")
+
 type stagedWrite struct {
 	buf []byte
 	off int64
@@ -270,6 +272,11 @@ func (s *directStream) finish() error {
 
 // abort stops the goroutines and drops what was not written.
 func (s *directStream) abort() {
+	s.mu.Lock()
+	if s.err == nil {
+		s.err = errAborted // the writers skip what is queued
+	}
+	s.mu.Unlock()
 	close(s.work)
 	s.done.Wait()
 	s.release()
