@@ -96,6 +96,7 @@ status (base:allocation) and several connections at once (multi-conn).`,
 			if err != nil {
 				return err
 			}
+			defer img.Close()
 			var image nbd.Image = img
 			if writable {
 				ov, err := nbd.OpenOverlay(overlay, img, sn.ID.String()+":"+p)
