@@ -44,7 +44,10 @@ type Image struct {
 // once get a fresh one (a client's requests run in parallel).
 const maxIdleLoaders = 8
 
-var _ nbd.Image = (*Image)(nil)
+var (
+	_ nbd.Image       = (*Image)(nil)
+	_ nbd.SliceReader = (*Image)(nil)
+)
 
 // ErrDamaged is wrapped by errors about a file node whose content does not
 // add up.
@@ -120,24 +123,51 @@ func (img *Image) find(off int64) int {
 }
 
 func (img *Image) ReadAt(p []byte, off int64) (int, error) {
-	if off < 0 || off+int64(len(p)) > img.Size() {
-		return 0, fmt.Errorf("%s: read of %d bytes at %d past the end", img.name, len(p), off)
+	data, release, err := img.ReadSlices(off, int64(len(p)))
+	defer release()
+	if err != nil {
+		return 0, err
 	}
 	n := 0
-	for i := img.find(off); n < len(p); i++ {
-		pos := off + int64(n)
-		start, end := img.off[i], img.off[i+1]
+	for _, d := range data {
+		n += copy(p[n:], d)
+	}
+	return n, nil
+}
+
+// ReadSlices is ReadAt without the copy (nbd.SliceReader): the bytes come
+// as slices of the cached blobs, pinned until release, and holes as
+// slices of zeros. A copy served this way is written to the client's
+// socket straight from the cache.
+func (img *Image) ReadSlices(off, length int64) (data [][]byte, release func(), err error) {
+	var pinned []*entry
+	release = func() {
+		for _, e := range pinned {
+			img.cache.release(e)
+		}
+		pinned = nil
+	}
+	if off < 0 || length < 0 || off+length > img.Size() {
+		return nil, release, fmt.Errorf("%s: read of %d bytes at %d past the end", img.name, length, off)
+	}
+	end := off + length
+	for i := img.find(off); off < end; i++ {
+		start, stop := img.off[i], min(img.off[i+1], end)
 		if img.hole[i] {
-			n += len(clear2(p[n:], end-pos))
+			for off < stop {
+				n := min(stop-off, int64(len(zeros)))
+				data = append(data, zeros[:n])
+				off += n
+			}
 			continue
 		}
 		e, err := img.blob(i)
 		if err != nil {
-			return n, err
+			return nil, release, err
 		}
-		n += copy(p[n:], e.data[pos-start:])
-		img.cache.release(e)
-		if n == len(p) && end-(off+int64(n)) <= (end-start)/4 {
+		pinned = append(pinned, e)
+		data = append(data, e.data[off-start:stop-start])
+		if stop == end && img.off[i+1]-end <= (img.off[i+1]-start)/4 {
 			// Only a read that ends in the last quarter of its blob
 			// reads the next one ahead: a sequential reader (dd, a
 			// booting VM, nbdcopy) always gets there, while a random
@@ -145,9 +175,13 @@ func (img *Image) ReadAt(p []byte, off int64) (int, error) {
 			// competing with its own next read for the cores.
 			img.readAhead(i + 1)
 		}
+		off = stop
 	}
-	return n, nil
+	return data, release, nil
 }
+
+// zeros is what ReadSlices hands out for holes; it is only read.
+var zeros = make([]byte, 1<<20)
 
 // readAhead loads blob i in the background, if there is one and a slot:
 // a client reading in order (a booting VM, dd) finds the next blob loaded.
@@ -166,14 +200,6 @@ func (img *Image) readAhead(i int) {
 			img.cache.release(e)
 		}
 	}()
-}
-
-func clear2(p []byte, max int64) []byte {
-	if int64(len(p)) > max {
-		p = p[:max]
-	}
-	clear(p)
-	return p
 }
 
 // blob returns the cache entry of blob i, pinned: its data stays valid
