@@ -35,9 +35,15 @@ type Image struct {
 	off  []int64 // blob i holds bytes off[i] to off[i+1]
 	hole []bool  // blob i is all zeros
 
-	cache   *cache
-	ahead   chan struct{}         // bounds background loads
-	loaders chan *repo.BlobLoader // idle loaders: each keeps its buffers and its pack open
+	cache *cache
+	ahead chan struct{} // bounds background loads
+
+	// Idle loaders, each with its buffers and the pack it read last kept
+	// open (the last one given back is taken first: its pack is the
+	// likeliest to hold the next blob of a sequential reader).
+	lmu     sync.Mutex
+	loaders []*repo.BlobLoader
+	closed  bool // loaders given back are closed
 }
 
 // maxIdleLoaders is how many idle loaders an Image keeps; more loads at
@@ -66,8 +72,7 @@ func Open(ctx context.Context, r *repo.Repository, n *snapshot.Node, name string
 		cacheBytes = DefaultCacheBytes
 	}
 	img := &Image{ctx: ctx, r: r, name: name, refs: n.Content, off: make([]int64, len(n.Content)+1),
-		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes), ahead: make(chan struct{}, 4),
-		loaders: make(chan *repo.BlobLoader, maxIdleLoaders)}
+		hole: make([]bool, len(n.Content)), cache: newCache(cacheBytes), ahead: make(chan struct{}, 4)}
 	idx := r.Index()
 	// A chunk of zeros compresses to almost nothing: only such blobs are
 	// worth comparing with the key of as many zeros, whose keys for all
@@ -104,17 +109,17 @@ func (img *Image) Size() int64 { return img.off[len(img.refs)] }
 // Close releases the idle loaders' packs. Reads after Close still work
 // (with loaders of their own, closed when they finish).
 func (img *Image) Close() error {
+	img.lmu.Lock()
+	idle := img.loaders
+	img.loaders, img.closed = nil, true
+	img.lmu.Unlock()
 	var first error
-	for {
-		select {
-		case l := <-img.loaders:
-			if err := l.Close(); err != nil && first == nil {
-				first = err
-			}
-		default:
-			return first
+	for _, l := range idle {
+		if err := l.Close(); err != nil && first == nil {
+			first = err
 		}
 	}
+	return first
 }
 
 // find returns the index of the blob holding byte off (< Size()).
@@ -227,18 +232,24 @@ func (img *Image) blob(i int) (*entry, error) {
 }
 
 func (img *Image) loader() *repo.BlobLoader {
-	select {
-	case l := <-img.loaders:
+	img.lmu.Lock()
+	defer img.lmu.Unlock()
+	if n := len(img.loaders); n > 0 {
+		l := img.loaders[n-1]
+		img.loaders = img.loaders[:n-1]
 		return l
-	default:
-		return img.r.NewBlobLoader()
 	}
+	return img.r.NewBlobLoader()
 }
 
 func (img *Image) putLoader(l *repo.BlobLoader) {
-	select {
-	case img.loaders <- l:
-	default:
+	img.lmu.Lock()
+	if !img.closed && len(img.loaders) < maxIdleLoaders {
+		img.loaders = append(img.loaders, l)
+		l = nil
+	}
+	img.lmu.Unlock()
+	if l != nil {
 		l.Close()
 	}
 }
