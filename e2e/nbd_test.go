@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/floe-backup/floe/internal/nbd/nbdtest"
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // startNBD runs `floe nbd` in the background until the test ends (or
@@ -227,4 +228,63 @@ func TestNBDBadArguments(t *testing.T) {
 	if got, _ := os.ReadFile(other); string(got) != "keep" {
 		t.Fatal("the file given as overlay was changed")
 	}
+}
+
+// A damaged pack under a served image: every blob is verified before it is
+// served, so a copy of the image fails rather than handing out wrong
+// bytes; a client reading it in pieces gets an I/O error for those of the
+// damaged blob, the image's bytes for all others, with and without
+// structured replies, twice (a failed load is not kept); and the server
+// goes on and ends cleanly.
+func TestNBDDamagedPack(t *testing.T) {
+	nbdtest.NeedTools(t, "nbdcopy")
+	py := nbdtest.Python(t)
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("vm")
+	img := filepath.Join(src, "disk.img")
+	testutil.WriteRandom(t, img, 12<<20, 97)
+	e.backup("--image", img)
+	flip(t, largest(objects(t, filepath.Join(e.repo, "data"))))
+
+	dir, err := os.MkdirTemp("", "floe-nbd") // socket paths are short
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s")
+	uri := "nbd+unix:///disk.img?socket=" + sock
+	stop := e.startNBD(sock, "latest:"+img)
+	if o, err := exec.Command("nbdcopy", uri, e.path("copy.img")).CombinedOutput(); err == nil {
+		t.Fatalf("nbdcopy of an image over a damaged pack succeeded:\n%s", o)
+	}
+	script := fmt.Sprintf(`
+import errno, nbd
+want = open(%q, "rb").read()
+for structured in (True, False, True):
+    h = nbd.NBD()
+    h.set_request_structured_replies(structured)
+    h.connect_uri(%q)
+    ok = bad = 0
+    for off in range(0, len(want), 256 << 10):
+        try:
+            got = h.pread(256 << 10, off)
+        except nbd.Error as e:
+            assert e.errnum == errno.EIO, e
+            bad += 1
+            continue
+        if got != want[off:off + len(got)]:
+            raise SystemExit("wrong bytes served at %%d" %% off)
+        ok += 1
+    h.shutdown()
+    print(ok, bad)
+`, img, uri)
+	out := nbdRun(t, py, "-c", script)
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ok, bad int
+		if _, err := fmt.Sscan(line, &ok, &bad); err != nil || ok == 0 || bad == 0 {
+			t.Fatalf("want both good and failing reads in each pass, got:\n%s", out)
+		}
+	}
+	stop()
 }

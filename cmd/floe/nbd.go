@@ -83,6 +83,12 @@ status (base:allocation) and several connections at once (multi-conn).`,
 					tlsConfig.ClientCAs, tlsConfig.ClientAuth = pool, tls.RequireAndVerifyClientCert
 				}
 			}
+			// A server's reads are random and come back to the same packs
+			// (a booting VM, a client reconnecting): they are read through
+			// the page cache, as LoadBlob read them before floe nbd loaded
+			// blobs the way restore does. Around it, a cold 4 KiB read took
+			// 2.6 ms at the median instead of 1.85 (docs/PERFORMANCE.md).
+			g.repoBufferedIO = true
 			sp, err := g.openSnapshotPath(ctx, args, filter.filter())
 			if err != nil {
 				return err
@@ -96,6 +102,7 @@ status (base:allocation) and several connections at once (multi-conn).`,
 			if err != nil {
 				return err
 			}
+			defer img.Close()
 			var image nbd.Image = img
 			if writable {
 				ov, err := nbd.OpenOverlay(overlay, img, sn.ID.String()+":"+p)

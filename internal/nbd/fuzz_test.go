@@ -30,8 +30,11 @@ func fuzzServe(t *testing.T, s *Server, in []byte) {
 	}
 }
 
+// fuzzServer serves a writable export (an overlay) or a read-only one
+// that hands out its memory in pieces (SliceReader, as floe nbd's
+// snapshot images do).
 func fuzzServer(t testing.TB, writable bool) *Server {
-	var img Image = newMemImage(256<<10, [2]int64{64 << 10, 128 << 10})
+	var img Image = &sliceImage{memImage: newMemImage(256<<10, [2]int64{64 << 10, 128 << 10}), piece: 40 << 10}
 	if writable {
 		o, err := OpenOverlay(filepath.Join(t.TempDir(), "ov"), img, "fuzz")
 		if err != nil {
@@ -107,5 +110,12 @@ func FuzzRequests(f *testing.F) {
 		}
 		pre = cat(pre, optBytes(optGo, goData("disk")))
 		fuzzServe(t, s, cat(pre, in))
+		if si, ok := s.Exports[0].Image.(*sliceImage); ok {
+			si.mu.Lock()
+			defer si.mu.Unlock()
+			if si.held != 0 {
+				t.Fatalf("%d reads of the image's memory not released", si.held)
+			}
+		}
 	})
 }

@@ -25,6 +25,16 @@ type Image interface {
 	Extents(off, length int64) ([]Extent, error)
 }
 
+// SliceReader is implemented by images that hold their data in memory
+// (a snapshot's cache of decrypted blobs). ReadSlices returns the bytes of
+// [off, off+length) (within Size()) as slices of the image's own memory,
+// in order, which the caller only reads, until it calls release (exactly
+// once, also after an error). The server writes a reply from them with
+// one writev instead of copying them into a buffer of its own first.
+type SliceReader interface {
+	ReadSlices(off, length int64) (data [][]byte, release func(), err error)
+}
+
 // Extent is a run of an image: data, or a hole that reads as zeros.
 type Extent struct {
 	Length int64

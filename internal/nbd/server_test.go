@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -475,5 +476,77 @@ func TestListen(t *testing.T) {
 	defer l.Close()
 	if got := URI(l, "d", true); !strings.HasPrefix(got, "nbds://127.0.0.1:") || !strings.HasSuffix(got, "/d") {
 		t.Fatal(got)
+	}
+}
+
+// sliceImage is a memImage that hands out its memory (SliceReader) in
+// pieces of at most piece bytes, counting what is still held.
+type sliceImage struct {
+	*memImage
+	piece int64
+	mu    sync.Mutex
+	held  int
+	calls int
+}
+
+func (s *sliceImage) ReadSlices(off, length int64) ([][]byte, func(), error) {
+	s.mu.Lock()
+	s.held++
+	s.calls++
+	s.mu.Unlock()
+	release := func() {
+		s.mu.Lock()
+		s.held--
+		s.mu.Unlock()
+	}
+	if s.failAt >= off && s.failAt < off+length {
+		return nil, release, errTest
+	}
+	var data [][]byte
+	for length > 0 {
+		n := min(length, s.piece-off%s.piece)
+		data = append(data, s.data[off:off+n])
+		off, length = off+n, length-n
+	}
+	return data, release, nil
+}
+
+// An image that hands out its memory is served from it, in simple and in
+// structured replies, small and large (one writev of many pieces), and
+// every piece is given back, also after a failed read.
+func TestReadSlices(t *testing.T) {
+	img := &sliceImage{memImage: testImage(), piece: 100 << 10}
+	img.failAt = 4096 * 3
+	s := &Server{Exports: []Export{{Name: "disk", Image: img}}}
+	tc, done := dialPipe(t, s)
+	tc.handshake("disk", true)
+	for _, r := range [][2]uint64{{5 * 4096, testSize - 5*4096}, {600 << 10, 1000}, {600 << 10, 300 << 10}} {
+		got, _, errno := tc.read(r[0], uint32(r[1]))
+		if errno != 0 || !bytes.Equal(got, img.data[r[0]:r[0]+r[1]]) {
+			t.Fatalf("structured read %v: errno %d", r, errno)
+		}
+	}
+	if errno := tc.simple(cmdRead, 0, 0, 5*4096, nil); errno != errIO {
+		t.Fatalf("failing read: errno %d, want %d", errno, errIO)
+	}
+	tc.disc(done)
+
+	tc, done = dialPipe(t, s)
+	tc.handshake("disk", false)
+	for i, r := range [][2]int{{4096 * 4, 8192}, {64 << 10, 700 << 10}} {
+		tc.request(cmdRead, 0, uint64(i), uint64(r[0]), uint32(r[1]), nil)
+		if ch := tc.reply(r[1]); ch.errno != 0 || !bytes.Equal(ch.data, img.data[r[0]:r[0]+r[1]]) {
+			t.Fatalf("simple read %v: errno %d", r, ch.errno)
+		}
+	}
+	tc.request(cmdRead, 0, 9, 0, 5*4096, nil)
+	if ch := tc.reply(0); ch.errno != errIO {
+		t.Fatalf("failing simple read: errno %d", ch.errno)
+	}
+	tc.disc(done)
+	img.mu.Lock()
+	defer img.mu.Unlock()
+	if img.calls < 6 || img.held != 0 {
+		t.Fatalf("%d ReadSlices calls, %d not released", img.calls, img.held)
 	}
 }

@@ -279,17 +279,32 @@ func extents(img Image, off, length int64) ([]Extent, error) {
 	return out, nil
 }
 
+// readData returns [off, off+length) of img: the image's own memory when
+// it is a SliceReader, else a pooled buffer read with ReadAt. release
+// gives them back once the reply is written.
+func readData(img Image, off, length int64) (data [][]byte, release func(), err error) {
+	if sr, ok := img.(SliceReader); ok {
+		return sr.ReadSlices(off, length)
+	}
+	buf := getBuf(int(length))
+	release = func() { putBuf(buf) }
+	if _, err := img.ReadAt(buf, off); err != nil {
+		return nil, release, err
+	}
+	return [][]byte{buf}, release, nil
+}
+
 func (c *conn) read(ex *Export, rq *request) {
 	off, length := int64(rq.off), int64(rq.length)
-	buf := getBuf(int(length))
-	defer putBuf(buf)
 	if !c.structured {
-		if _, err := ex.Image.ReadAt(buf, off); err != nil {
+		data, release, err := readData(ex.Image, off, length)
+		defer release()
+		if err != nil {
 			c.s.logf("nbd: read %d bytes at %d: %v", length, off, err)
 			c.replySimple(rq, errIO, nil)
 			return
 		}
-		c.replySimple(rq, 0, buf)
+		c.replySimple(rq, 0, data)
 		return
 	}
 	exts := []Extent{{Length: length}}
@@ -302,14 +317,18 @@ func (c *conn) read(ex *Export, rq *request) {
 			exts = e
 		}
 	}
+	datas := make([][][]byte, len(exts))
 	var pos int64
-	for _, e := range exts {
+	for i, e := range exts {
 		if !e.Hole {
-			if _, err := ex.Image.ReadAt(buf[pos:pos+e.Length], off+pos); err != nil {
+			data, release, err := readData(ex.Image, off+pos, e.Length)
+			defer release()
+			if err != nil {
 				c.s.logf("nbd: read %d bytes at %d: %v", e.Length, off+pos, err)
 				c.replyStructErr(rq, errIO, "read error", off+pos)
 				return
 			}
+			datas[i] = data
 		}
 		pos += e.Length
 	}
@@ -329,7 +348,7 @@ func (c *conn) read(ex *Export, rq *request) {
 		} else {
 			var p [8]byte
 			binary.BigEndian.PutUint64(p[0:], uint64(off+pos))
-			c.chunkLocked(rq, flags, replyTypeOffsetData, p[:], buf[pos:pos+e.Length])
+			c.chunkLocked(rq, flags, replyTypeOffsetData, p[:], datas[i])
 		}
 		pos += e.Length
 	}
@@ -409,47 +428,55 @@ func (c *conn) replyStructErr(rq *request, code uint32, msg string, off int64) {
 	c.flushLocked()
 }
 
-func (c *conn) replySimple(rq *request, code uint32, data []byte) {
+func (c *conn) replySimple(rq *request, code uint32, data [][]byte) {
 	var h [16]byte
 	binary.BigEndian.PutUint32(h[0:], magicSimpleReply)
 	binary.BigEndian.PutUint32(h[4:], code)
 	binary.BigEndian.PutUint64(h[8:], rq.handle)
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.writeLocked(h[:])
-	if len(data) >= 64<<10 {
-		c.flushLocked()
-		if c.werr == nil {
-			if _, err := c.nc.Write(data); err != nil {
-				c.werr = fmt.Errorf("send reply: %w", err)
-				c.nc.Close()
-			}
-		}
-		return
-	}
-	c.writeLocked(data)
+	c.sendLocked(data, h[:])
 	c.flushLocked()
 }
 
-func (c *conn) chunkLocked(rq *request, flags, typ uint16, p, data []byte) {
+func (c *conn) chunkLocked(rq *request, flags, typ uint16, p []byte, data [][]byte) {
 	var h [20]byte
 	binary.BigEndian.PutUint32(h[0:], magicStructReply)
 	binary.BigEndian.PutUint16(h[4:], flags)
 	binary.BigEndian.PutUint16(h[6:], typ)
 	binary.BigEndian.PutUint64(h[8:], rq.handle)
-	binary.BigEndian.PutUint32(h[16:], uint32(len(p)+len(data)))
-	if len(data) < 64<<10 {
-		c.writeLocked(h[:])
-		c.writeLocked(p)
-		c.writeLocked(data)
+	binary.BigEndian.PutUint32(h[16:], uint32(len(p)+dataLen(data)))
+	c.sendLocked(data, h[:], p)
+}
+
+func dataLen(data [][]byte) int {
+	n := 0
+	for _, d := range data {
+		n += len(d)
+	}
+	return n
+}
+
+// sendLocked writes heads and then data. Large data goes out in one
+// writev with its heads, without a copy into the buffer: a reply of an
+// image held in memory is written from that memory (SliceReader).
+func (c *conn) sendLocked(data [][]byte, heads ...[]byte) {
+	if dataLen(data) < 64<<10 {
+		for _, b := range heads {
+			c.writeLocked(b)
+		}
+		for _, d := range data {
+			c.writeLocked(d)
+		}
 		return
 	}
-	// Large data goes out in one writev, without a copy into the buffer.
-	c.flushLocked()
+	c.flushLocked() // earlier chunks of the reply
 	if c.werr != nil {
 		return
 	}
-	bufs := net.Buffers{h[:], p, data}
+	bufs := make(net.Buffers, 0, len(heads)+len(data))
+	bufs = append(bufs, heads...)
+	bufs = append(bufs, data...)
 	if _, err := bufs.WriteTo(c.nc); err != nil {
 		c.werr = fmt.Errorf("send reply: %w", err)
 		c.nc.Close()

@@ -76,35 +76,64 @@ func (l *BlobLoader) open(t BlobType, ref hash.Ref, c, buf []byte) ([]byte, erro
 	return l.r.decodePayload(t, ref, plain, buf)
 }
 
+// LoadInto is Load verified in LoadRange's order, for a reader that loads
+// blobs one at a time and keeps them (floe nbd's cache): the best copy is
+// decrypted first and its plaintext checked against ref.Key, without
+// hashing the stored bytes against ref.ID (LoadRange says why that is
+// enough); only a copy that cannot be read or does not open sends the
+// blob through Load, which hashes every copy it tries, reports a forged
+// one and falls back to the next. The plaintext is appended to buf[:0]
+// (buf is replaced when too small) and never lies in the loader's own
+// buffers, so the caller may keep it past the next load. Serving a disk
+// image hashed every blob twice through LoadBlob, and allocated two fresh
+// blob-sized buffers for it.
+func (l *BlobLoader) LoadInto(ctx context.Context, t BlobType, ref hash.Ref, buf []byte) ([]byte, error) {
+	if l.r.WriteOnly() {
+		return nil, ErrWriteOnly
+	}
+	if locs := l.r.idx.Copies(BlobHandle{t, ref.ID}); len(locs) > 0 && l.r.checkStoredLength(t, locs[0]) == nil {
+		c, err := l.read(ctx, locs[0])
+		if err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err == nil {
+			// l.read's bytes are the loader's own (l.sealed) when it reads
+			// ranges itself; Backend.Load's may be the backend's to keep.
+			if out, _, ok := l.openRange(t, ref, c, l.ranges != nil, buf, false); ok {
+				return out, nil
+			}
+		}
+	}
+	return l.Load(ctx, t, ref, buf)
+}
+
 // openRange opens c, the stored bytes of ref as a range held them, without
 // hashing them against ref.ID first (LoadRange says why that is enough):
 // ok is false, and nothing is reported, when they do not decrypt with the
 // key derived from ref.Key or their plaintext is not ref's; the caller
 // then loads ref by itself (Load), which tells a forged copy from a wrong
-// ref. When owned, c is decrypted in place (and is garbage afterwards),
-// and a blob stored uncompressed is handed out where it was decrypted, so
-// that its bytes are not copied once more; the plaintext is valid until
-// the next call.
-func (l *BlobLoader) openRange(t BlobType, ref hash.Ref, c []byte, owned bool) (plain []byte, ok bool) {
+// ref. When owned, c is decrypted in place (and is garbage afterwards).
+// The plaintext is decompressed into buf (inBuf tells whether out is buf
+// or a buffer that replaces it); with inPlace, a blob stored uncompressed
+// is handed out where it was decrypted instead, so that its bytes are not
+// copied once more, valid until the next call.
+func (l *BlobLoader) openRange(t BlobType, ref hash.Ref, c []byte, owned bool, buf []byte, inPlace bool) (out []byte, inBuf, ok bool) {
 	dst := l.plain[:0]
 	if owned {
 		dst = c[:0]
 	}
 	payload, err := crypto.OpenBlob(dst, blobKey(ref.Key), c, blobAD(t))
 	if err != nil {
-		return nil, false
+		return nil, false, false
 	}
 	if !owned {
 		l.plain = payload
 	}
-	out, inBuf, err := l.r.decode(t, ref, payload, l.out, owned)
+	out, inBuf, err = l.r.decode(t, ref, payload, buf, inPlace)
 	if err != nil {
-		return nil, false
+		return nil, false, false
 	}
-	if inBuf {
-		l.out = out
-	}
-	return out, true
+	return out, inBuf, true
 }
 
 // read returns the stored bytes of one copy, in l.sealed when the backend

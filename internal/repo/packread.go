@@ -162,7 +162,10 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 // place.
 func (l *BlobLoader) deliver(ctx context.Context, t BlobType, b RangeBlob, c []byte, owned bool, fn func(b RangeBlob, plain []byte, err error) error) error {
 	if c != nil {
-		if plain, ok := l.openRange(t, b.Ref, c, owned); ok {
+		if plain, inBuf, ok := l.openRange(t, b.Ref, c, owned, l.out, owned); ok {
+			if inBuf {
+				l.out = plain
+			}
 			return fn(b, plain, nil)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/nbd"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
@@ -143,5 +144,53 @@ func TestHostileChunkSize(t *testing.T) {
 	}
 	if err == nil && img.hole[0] {
 		t.Error("a chunk longer than any chunk taken for a hole")
+	}
+}
+
+// TestCacheRecyclesUnpinned: the buffer of an evicted entry serves a later
+// load only once no reader holds it.
+func TestCacheRecyclesUnpinned(t *testing.T) {
+	c := newCache(2 * allocGranule)
+	var bufs [][]byte
+	load := func(fill byte) func([]byte) ([]byte, error) {
+		return func(buf []byte) ([]byte, error) {
+			bufs = append(bufs, buf)
+			return append(buf, bytes.Repeat([]byte{fill}, 1000)...), nil
+		}
+	}
+	ref := func(b byte) hash.Ref { return hash.Ref{ID: hash.ID{b}} }
+	a, err := c.get(ref(1), 1000, load(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := c.get(ref(2), 1000, load(2))
+	c.release(b)
+	d, _ := c.get(ref(3), 1000, load(3)) // evicts a, which is pinned
+	c.release(d)
+	if _, ok := c.byID[ref(1)]; ok {
+		t.Fatal("a is still cached")
+	}
+	e, _ := c.get(ref(4), 1000, load(4)) // evicts b: free, but a is not
+	if &bufs[3][:1][0] == &a.data[:1][0] {
+		t.Fatal("a pinned buffer was handed to a load")
+	}
+	if !bytes.Equal(a.data, bytes.Repeat([]byte{1}, 1000)) {
+		t.Fatal("a pinned entry's data changed")
+	}
+	c.release(e)
+	c.release(a)
+	if len(c.free) == 0 {
+		t.Fatal("no buffer freed")
+	}
+	free := map[*byte]bool{}
+	for _, f := range c.free {
+		free[&f[:1][0]] = true
+	}
+	if !free[&a.data[:1][0]] {
+		t.Fatal("a's buffer is not free once released")
+	}
+	c.get(ref(5), 1000, load(5))
+	if !free[&bufs[4][:1][0]] {
+		t.Fatal("the load got a fresh buffer, not a free one")
 	}
 }
