@@ -34,7 +34,7 @@ type globals struct {
 	serverFingerprint string
 	connections       int
 	sshCommand        string
-	repoBufferedIO    bool
+	repoDirectIO      bool
 
 	cpuProfile string
 	memProfile string
@@ -69,7 +69,7 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.StringVar(&g.tokenFile, "token-file", "", "read the floe server token from this `file` (env FLOE_TOKEN_FILE)")
 	f.IntVar(&g.connections, "connections", 0, "open `N` connections to a floe server (https:// or ssh://) and spread requests over them; default 2")
 	f.StringVar(&g.sshCommand, "ssh-command", "", "the ssh `command` and options for ssh:// locations (env FLOE_SSH_COMMAND; default ssh)")
-	f.BoolVar(&g.repoBufferedIO, "repo-buffered-io", false, "read and write a local repository's packs through the page cache (env FLOE_REPO_BUFFERED_IO=1; default: around it, with O_DIRECT on ext4, xfs, btrfs and f2fs)")
+	f.BoolVar(&g.repoDirectIO, "repo-direct-io", false, "write and read a local repository's packs around the page cache, with O_DIRECT on ext4, xfs, btrfs and f2fs, so that a backup does not push out what the host caches (env FLOE_REPO_DIRECT_IO=1)")
 	f.StringVar(&g.serverFingerprint, "server-fingerprint", "", "accept only the floe server certificate with this `sha256:HEX` fingerprint (env FLOE_SERVER_FINGERPRINT)")
 }
 
@@ -88,8 +88,8 @@ func (g *globals) resolve() error {
 	envDefault(&g.tokenFile, "FLOE_TOKEN_FILE")
 	envDefault(&g.serverFingerprint, "FLOE_SERVER_FINGERPRINT")
 	envDefault(&g.sshCommand, "FLOE_SSH_COMMAND")
-	if os.Getenv("FLOE_REPO_BUFFERED_IO") == "1" {
-		g.repoBufferedIO = true
+	if os.Getenv("FLOE_REPO_DIRECT_IO") == "1" {
+		g.repoDirectIO = true
 	}
 	if g.connections < 0 || g.connections > remote.MaxConnections {
 		return usageError{fmt.Errorf("--connections must be 1 to %d", remote.MaxConnections)}

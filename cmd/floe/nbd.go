@@ -85,10 +85,10 @@ status (base:allocation) and several connections at once (multi-conn).`,
 			}
 			// A server's reads are random and come back to the same packs
 			// (a booting VM, a client reconnecting): they are read through
-			// the page cache, as LoadBlob read them before floe nbd loaded
-			// blobs the way restore does. Around it, a cold 4 KiB read took
-			// 2.6 ms at the median instead of 1.85 (docs/PERFORMANCE.md).
-			g.repoBufferedIO = true
+			// the page cache even with --repo-direct-io. Around it, a cold
+			// 4 KiB read took 2.6 ms at the median instead of 1.85
+			// (docs/PERFORMANCE.md).
+			g.repoDirectIO = false
 			sp, err := g.openSnapshotPath(ctx, args, filter.filter())
 			if err != nil {
 				return err

@@ -23,7 +23,7 @@ func (g *globals) serverOptions() location.Options {
 		TrustHint:         trustHint,
 		Connections:       g.connections,
 		SSHCommand:        g.sshCommand,
-		RepoBufferedIO:    g.repoBufferedIO,
+		RepoDirectIO:      g.repoDirectIO,
 	}
 	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
 		o.KnownServersFile = filepath.Join(d, "floe", "known_servers")
