@@ -2,8 +2,6 @@ package restore
 
 import (
 	"fmt"
-	"sync"
-	"sync/atomic"
 
 	"github.com/floe-backup/floe/internal/directio"
 )
@@ -45,8 +43,7 @@ const alignMask = directio.Align - 1
 // one after another (a range holds a file's chunks in order), so that they
 // leave in one write of up to stageSize.
 type stager struct {
-	w      *runWriter // writes the runs; nil: flush writes them itself
-	buf    []byte     // aligned, stageSize; made on first use
+	buf    []byte // aligned, stageSize; made on first use
 	f      *openFile
 	start  int64 // the run's first byte in the file
 	n      int   // its length
@@ -62,11 +59,7 @@ func (s *stager) add(rs *restorer, f *openFile, off int64, data []byte) {
 	for {
 		if s.f == nil {
 			if s.buf == nil {
-				if s.w != nil {
-					s.buf = s.w.buffer()
-				} else {
-					s.buf = directio.Buffer(stageSize)
-				}
+				s.buf = directio.Buffer(stageSize)
 			}
 			s.f, s.start, s.n = f, off, 0
 		}
@@ -84,109 +77,27 @@ func (s *stager) add(rs *restorer, f *openFile, off int64, data []byte) {
 	s.chunks++
 }
 
-// flush writes the run and finishes its chunks: behind the worker when
-// the restore has a runWriter (st.w), else at once.
+// flush writes the run and finishes its chunks.
 func (s *stager) flush(rs *restorer) {
-	if s.f == nil {
+	f := s.f
+	if f == nil {
 		return
 	}
-	run := stagedRun{buf: s.buf, f: s.f, start: s.start, n: s.n, chunks: s.chunks}
-	s.f, s.n, s.chunks = nil, 0, 0
-	if s.w == nil {
-		run.write(rs)
-		return
-	}
-	s.w.runs <- run
-	s.buf = s.w.buffer()
-}
-
-// stagedRun is a run a stager gathered: n bytes of f from start, in buf
-// from start%Align on, finishing chunks chunks once written.
-type stagedRun struct {
-	buf    []byte
-	f      *openFile
-	start  int64
-	n      int
-	chunks int
-}
-
-// write writes the run and finishes its chunks.
-func (r stagedRun) write(rs *restorer) {
-	f := r.f
 	var err error
-	if r.n > 0 && !f.failed.Load() {
-		err = f.dw.WriteRun(r.buf, r.start, r.n)
+	if s.n > 0 && !f.failed.Load() {
+		err = f.dw.WriteRun(s.buf, s.start, s.n)
 		if err != nil {
-			err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, r.start, err)
+			err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, s.start, err)
 		}
 	}
-	if err != nil && r.chunks == 0 {
+	if err != nil && s.chunks == 0 {
 		// a run cut by a full buffer: its chunk finishes in the next
 		f.failed.Store(true)
 		rs.fail(err)
 	}
-	for range r.chunks {
+	for range s.chunks {
 		f.done(rs, err)
 		err = nil
 	}
-}
-
-// runWriter writes the workers' staged runs behind them. A direct write
-// waits for the disk, and a worker that waited for it decoded nothing
-// meanwhile: on the bench's 2 GiB set the four workers spent 5.3 of
-// their 8.6 s in pwrite, and the two cores were busy a little over half
-// the time (traced). Handing each run to runWriters goroutines lets the
-// workers go on decoding while up to runBuffers runs wait for the disk.
-type runWriter struct {
-	runs chan stagedRun
-	free chan []byte
-	made atomic.Int32 // buffers made so far, at most the stagers' and runBuffers more
-	max  int32
-	wg   sync.WaitGroup
-}
-
-const (
-	runWriters = 2
-	runBuffers = 4
-)
-
-// newRunWriter starts the writers for workers stagers.
-func newRunWriter(rs *restorer, workers int) *runWriter {
-	w := &runWriter{
-		runs: make(chan stagedRun, runBuffers),
-		free: make(chan []byte, workers+runBuffers),
-		max:  int32(workers + runBuffers),
-	}
-	w.wg.Add(runWriters)
-	for range runWriters {
-		go func() {
-			defer w.wg.Done()
-			for r := range w.runs {
-				r.write(rs)
-				w.free <- r.buf
-			}
-		}()
-	}
-	return w
-}
-
-// buffer returns a stage buffer: a free one, a new one while fewer than
-// max exist, else the next one a writer frees.
-func (w *runWriter) buffer() []byte {
-	select {
-	case b := <-w.free:
-		return b
-	default:
-	}
-	if w.made.Add(1) <= w.max {
-		return directio.Buffer(stageSize)
-	}
-	w.made.Add(-1)
-	return <-w.free
-}
-
-// close waits for the runs handed over; no stager hands more.
-func (w *runWriter) close() {
-	close(w.runs)
-	w.wg.Wait()
+	s.f, s.n, s.chunks = nil, 0, 0
 }

@@ -859,7 +859,6 @@ func (rs *restorer) applyOpts(rel string, n *snapshot.Node, opts fsmeta.ApplyOpt
 // how many files are open at once.
 func (rs *restorer) restoreFiles(ctx context.Context) {
 	jobs := make(chan readJob, rs.opts.Workers)
-	runs := newRunWriter(rs, rs.opts.Workers)
 	var wg sync.WaitGroup
 	for i := 0; i < rs.opts.Workers; i++ {
 		wg.Add(1)
@@ -870,7 +869,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			loader := rs.r.NewBlobLoader()
 			defer loader.Close()
 			var buf []byte
-			st := stager{w: runs}
+			var st stager
 			for j := range jobs {
 				buf = rs.readBlobs(ctx, loader, j, buf, &st)
 			}
@@ -1042,7 +1041,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	<-dispatched
 	close(jobs)
 	wg.Wait()
-	runs.close()
 	for _, job := range links {
 		if fi, err := rs.root.Lstat(job.rel); err == nil {
 			if first, err := rs.root.Lstat(job.node.LinkTarget); err == nil && os.SameFile(fi, first) {
