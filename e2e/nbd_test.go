@@ -113,13 +113,7 @@ func TestNBD(t *testing.T) {
 	f.Close()
 	b, _ := e.backup(src)
 
-	dir, err := os.MkdirTemp("", "floe-nbd") // socket paths are short
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s")
-	uri := "nbd+unix:///disk.img?socket=" + sock
+	sock, uri := nbdSocket(t)
 
 	stop := e.startNBD(sock, "latest:"+img)
 	sameImage(t, img, uri)
@@ -247,13 +241,7 @@ func TestNBDDamagedPack(t *testing.T) {
 	e.backup("--image", img)
 	flip(t, largest(objects(t, filepath.Join(e.repo, "data"))))
 
-	dir, err := os.MkdirTemp("", "floe-nbd") // socket paths are short
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	sock := filepath.Join(dir, "s")
-	uri := "nbd+unix:///disk.img?socket=" + sock
+	sock, uri := nbdSocket(t)
 	stop := e.startNBD(sock, "latest:"+img)
 	if o, err := exec.Command("nbdcopy", uri, e.path("copy.img")).CombinedOutput(); err == nil {
 		t.Fatalf("nbdcopy of an image over a damaged pack succeeded:\n%s", o)
@@ -287,4 +275,18 @@ for structured in (True, False, True):
 		}
 	}
 	stop()
+}
+
+// nbdSocket returns a Unix socket path for floe nbd, in a directory of its
+// own under the system's temporary directory (socket paths are short),
+// and the URI of the export disk.img on it.
+func nbdSocket(t *testing.T) (sock, uri string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "floe-nbd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock = filepath.Join(dir, "s")
+	return sock, "nbd+unix:///disk.img?socket=" + sock
 }

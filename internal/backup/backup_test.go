@@ -250,13 +250,7 @@ func TestKinChunksAreNotEncoded(t *testing.T) {
 		t.Errorf("kin of another host: %s", kin.ID.Short())
 	}
 	for _, withKin := range []bool{false, true} {
-		r2, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := r2.LoadIndex(ctx); err != nil {
-			t.Fatal(err)
-		}
+		r2 := testutil.Reopen(t, be)
 		opts := Options{Paths: []string{b}, Hostname: "h"}
 		if withKin {
 			opts.Kin, opts.KinTrees = FindKin(c, "h")
@@ -309,13 +303,7 @@ func TestKinLearnedAlongsideTheWalk(t *testing.T) {
 	if out, err := exec.Command("cp", "-a", a, b).CombinedOutput(); err != nil {
 		t.Fatalf("cp -a: %v\n%s", err, out)
 	}
-	r2, err := repo.Open(ctx, be, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := r2.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
+	r2 := testutil.Reopen(t, be)
 	opts := Options{Paths: []string{b}, Hostname: "h"}
 	opts.Kin, opts.KinTrees = FindKin(c, "h")
 	if opts.Kin == nil {

@@ -67,23 +67,7 @@ func TestBlobLoader(t *testing.T) {
 
 	// A flipped bit in a pack of the local repository, read through the
 	// pack the loader keeps open.
-	data := randomBytes(50 << 10)
-	ref := save(t, lr, data)
-	if err := flush(ctx, lr); err != nil {
-		t.Fatal(err)
-	}
-	loc, _ := lr.Index().Lookup(BlobHandle{DataBlob, ref.ID})
-	p := filepath.Join(dir, string(storage.Pack), loc.Pack.String()[:2], loc.Pack.String())
-	orig, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	damaged := bytes.Clone(orig)
-	damaged[loc.Offset+100] ^= 0x40
-	os.Chmod(p, 0o600)
-	if err := os.WriteFile(p, damaged, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ref, loc, _, _ := damageBlob(t, lr, dir, randomBytes(50<<10))
 	l := lr.NewBlobLoader()
 	defer l.Close()
 	if _, err := l.Load(ctx, DataBlob, ref, nil); !errors.Is(err, ErrForged) {
@@ -157,22 +141,7 @@ func TestBlobLoaderLoadInto(t *testing.T) {
 	// A flipped bit in the local repository's pack: reported as forged
 	// (through Load), never handed out.
 	data := randomBytes(50 << 10)
-	ref := save(t, lr, data)
-	if err := flush(ctx, lr); err != nil {
-		t.Fatal(err)
-	}
-	loc, _ := lr.Index().Lookup(BlobHandle{DataBlob, ref.ID})
-	p := filepath.Join(dir, string(storage.Pack), loc.Pack.String()[:2], loc.Pack.String())
-	orig, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	damaged := bytes.Clone(orig)
-	damaged[loc.Offset+100] ^= 0x40
-	os.Chmod(p, 0o600)
-	if err := os.WriteFile(p, damaged, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	ref, loc, p, orig := damageBlob(t, lr, dir, data)
 	l := lr.NewBlobLoader()
 	defer l.Close()
 	if got, err := l.LoadInto(ctx, DataBlob, ref, nil); !errors.Is(err, ErrForged) {
@@ -191,4 +160,28 @@ func TestBlobLoaderLoadInto(t *testing.T) {
 	if got, err := l2.LoadInto(ctx, DataBlob, ref, nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("repaired pack: err = %v", err)
 	}
+}
+
+// damageBlob saves data as a blob in lr, the local repository in dir,
+// and flips a bit of its stored bytes; it returns the blob, its copy, the
+// pack's path and the pack's bytes before the damage.
+func damageBlob(t *testing.T, lr *Repository, dir string, data []byte) (hash.Ref, Location, string, []byte) {
+	t.Helper()
+	ref := save(t, lr, data)
+	if err := flush(context.Background(), lr); err != nil {
+		t.Fatal(err)
+	}
+	loc, _ := lr.Index().Lookup(BlobHandle{DataBlob, ref.ID})
+	p := filepath.Join(dir, string(storage.Pack), loc.Pack.String()[:2], loc.Pack.String())
+	orig, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	damaged := bytes.Clone(orig)
+	damaged[loc.Offset+100] ^= 0x40
+	os.Chmod(p, 0o600)
+	if err := os.WriteFile(p, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return ref, loc, p, orig
 }
