@@ -10,7 +10,6 @@ import (
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/storage"
-	"github.com/floe-backup/floe/internal/storage/local"
 )
 
 // TestBlobLoader loads through both paths (a local backend's ranges, the
@@ -18,31 +17,11 @@ import (
 // finds a damaged copy as forged like LoadBlob does.
 func TestBlobLoader(t *testing.T) {
 	ctx := context.Background()
-	dir := filepath.Join(t.TempDir(), "repo")
-	lb, err := local.Create(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lr, _, err := Init(ctx, lb, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	lr, dir := localRepo(t)
 	mr, _ := newRepo(t)
 	for name, r := range map[string]*Repository{"local": lr, "mem": mr} {
 		t.Run(name, func(t *testing.T) {
-			var datas [][]byte
-			var refs []hash.Ref
-			for i := range 20 {
-				d := randomBytes(1000 + i*3000)
-				if i%2 == 0 {
-					d = bytes.Repeat([]byte("compressible "), 100+i*50)
-				}
-				datas = append(datas, d)
-				refs = append(refs, save(t, r, d))
-			}
-			if err := flush(ctx, r); err != nil {
-				t.Fatal(err)
-			}
+			datas, refs := saveMixed(t, r, 20, 3000, 2)
 			l := r.NewBlobLoader()
 			defer l.Close()
 			var buf []byte
@@ -89,19 +68,7 @@ func TestBlobLoaderLoadInto(t *testing.T) {
 	mr, _ := newRepo(t)
 	for name, r := range map[string]*Repository{"local": lr, "mem": mr} {
 		t.Run(name, func(t *testing.T) {
-			var datas [][]byte
-			var refs []hash.Ref
-			for i := range 12 {
-				d := randomBytes(1000 + i*5000)
-				if i%3 == 0 {
-					d = bytes.Repeat([]byte("compressible "), 100+i*50)
-				}
-				datas = append(datas, d)
-				refs = append(refs, save(t, r, d))
-			}
-			if err := flush(ctx, r); err != nil {
-				t.Fatal(err)
-			}
+			datas, refs := saveMixed(t, r, 12, 5000, 3)
 			l := r.NewBlobLoader()
 			defer l.Close()
 			got := make([][]byte, len(refs))
@@ -184,4 +151,24 @@ func damageBlob(t *testing.T, lr *Repository, dir string, data []byte) (hash.Ref
 		t.Fatal(err)
 	}
 	return ref, loc, p, orig
+}
+
+// saveMixed saves n blobs in r and flushes: random ones of 1000 + i*step
+// bytes, and every every-th a compressible one.
+func saveMixed(t *testing.T, r *Repository, n, step, every int) ([][]byte, []hash.Ref) {
+	t.Helper()
+	var datas [][]byte
+	var refs []hash.Ref
+	for i := range n {
+		d := randomBytes(1000 + i*step)
+		if i%every == 0 {
+			d = bytes.Repeat([]byte("compressible "), 100+i*50)
+		}
+		datas = append(datas, d)
+		refs = append(refs, save(t, r, d))
+	}
+	if err := flush(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return datas, refs
 }
