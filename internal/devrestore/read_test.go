@@ -118,6 +118,23 @@ func testImage(t *testing.T, r *repo.Repository, n int) (*snapshot.Node, []byte)
 // restoreImage writes node's data into a new file of its size (holes
 // where the image is zero, as a device zeroed by Run), directly when
 // direct (as onto a device), and returns the file's path and writeData's
+// restoresAs restores node's image (restoreImage) and fails the test
+// unless it is img.
+func restoresAs(t *testing.T, r *repo.Repository, node *snapshot.Node, direct bool, img []byte) {
+	t.Helper()
+	path, err := restoreImage(t, r, node, direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, img) {
+		t.Fatalf("direct=%v: the restored image differs", direct)
+	}
+}
+
 // error.
 func restoreImage(t *testing.T, r *repo.Repository, node *snapshot.Node, direct bool) (string, error) {
 	t.Helper()
@@ -197,17 +214,7 @@ func TestWriteDataReadsByRanges(t *testing.T) {
 					t.Fatalf("ReadRanges: %+v streamed=%v", lim, streamed)
 				}
 				before := mb.count()
-				path, err := restoreImage(t, r, node, direct)
-				if err != nil {
-					t.Fatal(err)
-				}
-				got, err := os.ReadFile(path)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if !bytes.Equal(got, img) {
-					t.Fatal("the restored image differs")
-				}
+				restoresAs(t, r, node, direct, img)
 				if kind == "local" {
 					return // its reads are preads of an open pack
 				}
@@ -241,17 +248,7 @@ func TestWriteDataWindows(t *testing.T) {
 	r := testutil.Reopen(t, streamingBackend{mb})
 	for _, direct := range []bool{false, true} {
 		before := mb.count()
-		path, err := restoreImage(t, r, node, direct)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := os.ReadFile(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(got, img) {
-			t.Fatalf("direct=%v: the restored image differs", direct)
-		}
+		restoresAs(t, r, node, direct, img)
 		// windows of 25 data chunks (zero ones are not counted), each
 		// reading at most the two packs
 		reqs := mb.count() - before

@@ -63,21 +63,7 @@ func TestConnectionsPool(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accepted atomic.Int64
-	srv := httptest.NewUnstartedServer(h)
-	srv.EnableHTTP2 = true
-	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			accepted.Add(1)
-		}
-	}
-	srv.StartTLS()
-	defer srv.Close()
-	fp := remote.Fingerprint(srv.Certificate().Raw)
-	tok, _, err := tokens.Add("fleet", "web1", server.RoleAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, accepted, fp, tok := countingServer(t, h, tokens)
 	ctx := context.Background()
 	for _, n := range []int{1, 4} {
 		accepted.Store(0)
@@ -236,8 +222,7 @@ func TestPackUploadsOverHTTP1(t *testing.T) {
 	}
 	var mu sync.Mutex
 	protos := map[string]int{} // "PUT big/1" -> count
-	var accepted atomic.Int64
-	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv, accepted, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		kind := "small"
 		if r.ContentLength >= 1<<20 {
 			kind = "big"
@@ -246,20 +231,7 @@ func TestPackUploadsOverHTTP1(t *testing.T) {
 		protos[fmt.Sprintf("%s %s/%d", r.Method, kind, r.ProtoMajor)]++
 		mu.Unlock()
 		h.ServeHTTP(w, r)
-	}))
-	srv.EnableHTTP2 = true
-	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
-		if st == http.StateNew {
-			accepted.Add(1)
-		}
-	}
-	srv.StartTLS()
-	defer srv.Close()
-	fp := remote.Fingerprint(srv.Certificate().Raw)
-	tok, _, err := tokens.Add("fleet", "web1", server.RoleAdmin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	}), tokens)
 	ctx := context.Background()
 	opts := remote.Options{Token: tok, Fingerprint: fp, Retries: 2, RetryDelay: 1, Connections: 2}
 	b, err := remote.Create(ctx, srv.URL+"/fleet", opts)
@@ -328,4 +300,26 @@ func countFiles(dir string) int {
 		return nil
 	})
 	return n
+}
+
+// countingServer serves h over TLS with HTTP/2, counting the connections
+// it accepts, and returns it with its fingerprint and an admin token of
+// repository fleet.
+func countingServer(t *testing.T, h http.Handler, tokens *server.TokenStore) (*httptest.Server, *atomic.Int64, string, string) {
+	t.Helper()
+	accepted := new(atomic.Int64)
+	srv := httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.Config.ConnState = func(c net.Conn, st http.ConnState) {
+		if st == http.StateNew {
+			accepted.Add(1)
+		}
+	}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	tok, _, err := tokens.Add("fleet", "web1", server.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return srv, accepted, remote.Fingerprint(srv.Certificate().Raw), tok
 }

@@ -20,14 +20,7 @@ import (
 // An upload that stops sending is cut off after the idle timeout and
 // leaves nothing behind.
 func TestStalledUpload(t *testing.T) {
-	root := t.TempDir()
-	repos, err := server.NewRootDir(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
-		t.Fatal(err)
-	}
+	root, repos := fleetRoot(t)
 	s := startServer(t, repos, server.Options{BodyIdleTimeout: 300 * time.Millisecond})
 	tok := s.token(t, "fleet", "backup")
 	data := bytes.Repeat([]byte("s"), 3<<20)
@@ -183,14 +176,7 @@ func TestUploadCutOffOverHTTP1(t *testing.T) {
 		opts server.Options
 	}{{"verified", server.Options{Verifier: server.NewFormatVerifier()}}, {"streamed", server.Options{}}} {
 		t.Run(c.name, func(t *testing.T) {
-			root := t.TempDir()
-			repos, err := server.NewRootDir(root)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := repos.Create(context.Background(), "fleet"); err != nil {
-				t.Fatal(err)
-			}
+			root, repos := fleetRoot(t)
 			s := startServer(t, repos, c.opts)
 			tok := s.token(t, "fleet", "backup")
 			// a real pack (the verifier accepts it), of 3 MiB
@@ -237,4 +223,18 @@ func TestUploadCutOffOverHTTP1(t *testing.T) {
 			}
 		})
 	}
+}
+
+// fleetRoot returns a server root directory holding repository fleet.
+func fleetRoot(t *testing.T) (string, *server.RootDir) {
+	t.Helper()
+	root := t.TempDir()
+	repos, err := server.NewRootDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	return root, repos
 }

@@ -126,7 +126,7 @@ var bouncePool sync.Pool
 // the page cache, which tells a refused transfer from a shrunken file.
 func (o *objectReader) readBounced(p []byte, off int64) bool {
 	start := off &^ (directio.Align - 1)
-	end := min(off+int64(len(p)), o.size)
+	end := off + int64(len(p)) // within the object: ReadAt checked
 	n := directio.RoundUp(int(end - start))
 	bp, _ := bouncePool.Get().(*[]byte)
 	if bp == nil || cap(*bp) < n {
