@@ -85,7 +85,7 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true}}
-	data := bytes.Repeat([]byte("g"), 3<<20)
+	data := bytes.Repeat([]byte("g"), 20<<20)
 	pr, pw := io.Pipe()
 	req, _ := http.NewRequest("PUT", "https://"+addr+"/fleet/data/"+nameOf(data), pr)
 	req.ContentLength = int64(len(data))
@@ -101,15 +101,16 @@ func TestGracefulShutdown(t *testing.T) {
 		resp.Body.Close()
 		answer <- resp.StatusCode
 	}()
-	// More than the server's per-stream and per-connection receive
-	// windows (1 MiB each): this Write returns only once the handler is
-	// reading the body, so the shutdown below meets a request in flight.
-	// (1 MiB was not enough on a loaded machine: the request could still
-	// be unread when the shutdown began, and was refused.)
-	pw.Write(data[:5<<19])
+	// More than the server's per-stream receive window (16 MiB, run.go):
+	// this Write returns only once the handler is reading the body, so
+	// the shutdown below meets a request in flight. (2.5 MiB, written when
+	// the windows were 1 MiB, no longer was: on a loaded machine the
+	// request could still be unread when the shutdown began, and was
+	// refused with a GOAWAY.)
+	pw.Write(data[:17<<20])
 	cancel() // SIGTERM
 	time.Sleep(200 * time.Millisecond)
-	pw.Write(data[5<<19:])
+	pw.Write(data[17<<20:])
 	pw.Close()
 	if code := <-answer; code != http.StatusCreated {
 		t.Errorf("upload during shutdown: %d", code)
