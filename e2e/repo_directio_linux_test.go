@@ -48,6 +48,19 @@ func TestRepoDirectIO(t *testing.T) {
 		e.ok(append(flags, "restore", "latest:"+src, "--target", target)...)
 		testutil.CompareTrees(t, src, target)
 	}
+	// a host with a write-only key adds a backup around the page cache,
+	// and can neither read it back nor delete
+	wo := e.path("wo.key")
+	e.ok("key", "add", "--write-only", "--new-key-file", wo)
+	src := e.mkdir("src-wo")
+	testutil.WriteRandom(t, filepath.Join(src, "big"), 12<<20, 5)
+	woArgs := []string{"-r", e.repo, "--key-file", wo, "--repo-direct-io"}
+	if r := e.run(append(woArgs, "backup", src)...); r.code != 0 {
+		t.Fatalf("write-only backup with --repo-direct-io: %s", r)
+	}
+	expectCode(t, e.run(append(woArgs, "restore", "latest:"+src, "--target", e.path("target-wo"))...), 12)
+	expectCode(t, e.run(append(woArgs, "forget", "--keep-last", "1", "--prune")...), 12)
+	e.ok("check", "--read-data")
 }
 
 // packFiles returns the pack files of the repository at repo.
