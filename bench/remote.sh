@@ -23,6 +23,8 @@
 #   REST_SERVER_BIN       rest-server binary (required for loopback and far)
 #   BENCH_PARTS           parts to run                      [loopback s3 clients far]
 #   BENCH_S3_DATASETS     data sets of the s3 part           [$BENCH_DATASETS]
+#   BENCH_REMOTE_REPEAT   runs of each loopback and s3 cycle; every
+#                         figure of those parts is the median   [3]
 #   BENCH_CLIENTS         concurrent clients                 [50]
 #   BENCH_FAR_MB          MiB of random data over the far link [96; small: 16]
 #   BENCH_FAR_TIMEOUT     seconds a far-link backup may take [900]
@@ -50,6 +52,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/run.sh"
 PARTS=${BENCH_PARTS:-loopback s3 clients far}
 S3_DATASETS=${BENCH_S3_DATASETS:-$DATASETS}
 CLIENTS=${BENCH_CLIENTS:-50}
+REMOTE_REPEAT=${BENCH_REMOTE_REPEAT:-3}
+[[ $REMOTE_REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "remote.sh: BENCH_REMOTE_REPEAT must be a positive integer" >&2; exit 2; }
+REP=1
 FAR_TIMEOUT=${BENCH_FAR_TIMEOUT:-900}
 REMOTE_OUT=${BENCH_REMOTE_RESULTS:-$ROOT/bench/REMOTE.md}
 # The far backups' size: one cubic connection over 100 ms with 0.1% loss
@@ -240,9 +245,9 @@ fresh_client() {
 cycle() {
 	local sec=$1 ds=$2 kind=$3 tool=$4 store=$5 init=(init)
 	shift 5
-	SRC=$DATA/$ds BASE=$RUN/c/$sec-$ds-$tool DST=$RUN/c/$sec-$ds-$tool/restore
+	SRC=$DATA/$ds BASE=$RUN/c/$sec-$ds-$tool-$REP DST=$RUN/c/$sec-$ds-$tool-$REP/restore
 	fresh_client
-	say "$sec $ds: $tool"
+	say "$sec $ds: $tool (run $REP/$REMOTE_REPEAT)"
 	[[ $kind == restic ]] && init=(init --repository-version 2)
 	measure "$sec" "$ds" "$tool" init "$@" "${init[@]}" || return 0
 	measure "$sec" "$ds" "$tool" backup1 "$@" backup "$SRC" || return 0
@@ -252,8 +257,14 @@ cycle() {
 	check_restore "$sec" "$ds" "$tool"
 	measure "$sec" "$ds" "$tool" ls "$@" ls -l latest || true
 	# removed at the end of the run (see bench/run.sh, cleanup_tool: each
-	# restore would pay for the deletion of the one before it)
-	LATER+=("$BASE")
+	# restore would pay for the deletion of the one before it), unless it
+	# holds a few big files: three runs of the large set would keep 30 GB,
+	# and deleting two files costs the next step nothing measurable
+	if (($(find "$BASE" | head -n 1000 | wc -l) < 1000)); then
+		rm -rf "$BASE"
+	else
+		LATER+=("$BASE")
+	fi
 }
 LATER=()
 
@@ -264,27 +275,29 @@ part_loopback() {
 	for ds in $DATASETS; do
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
-		SERVER_PID=
-		cycle loopback "$ds" floe floe-local "$RUN/c/local-$ds/repo" \
-			"$FLOE" -r "$RUN/c/local-$ds/repo" --password-file "$PW"
-		rm -rf "$RUN/c/local-$ds"
+		for ((REP = 1; REP <= REMOTE_REPEAT; REP++)); do
+			SERVER_PID=
+			cycle loopback "$ds" floe floe-local "$RUN/c/local-$ds/repo" \
+				"$FLOE" -r "$RUN/c/local-$ds/repo" --password-file "$PW"
+			rm -rf "$RUN/c/local-$ds"
 
-		port=$(free_port)
-		start_server "floe-$ds" 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
-			--tls-cert "$CERT" --tls-key "$CERTKEY"
-		floe_token "$srv" "$ds" bench admin "$tok"
-		cycle loopback "$ds" floe floe-serve "$srv/$ds" \
-			"$FLOE" -r "https://127.0.0.1:$port/$ds" --token-file "$tok" --server-fingerprint "$FP" --password-file "$PW"
-		stop_server
-		rm -rf "${srv:?}/$ds"
+			port=$(free_port)
+			start_server "floe-$ds" 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
+				--tls-cert "$CERT" --tls-key "$CERTKEY"
+			floe_token "$srv" "$ds" bench admin "$tok"
+			cycle loopback "$ds" floe floe-serve "$srv/$ds" \
+				"$FLOE" -r "https://127.0.0.1:$port/$ds" --token-file "$tok" --server-fingerprint "$FP" --password-file "$PW"
+			stop_server
+			rm -rf "${srv:?}/$ds"
 
-		port=$(free_port)
-		start_server "rest-$ds" 127.0.0.1 "$port" - "$REST_SERVER_BIN" --path "$rs" --listen "127.0.0.1:$port" \
-			--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
-		cycle loopback "$ds" restic restic-rest "$rs/$ds" \
-			restic -r "rest:https://127.0.0.1:$port/$ds/" --cacert "$CERT"
-		stop_server
-		rm -rf "${rs:?}/$ds"
+			port=$(free_port)
+			start_server "rest-$ds" 127.0.0.1 "$port" - "$REST_SERVER_BIN" --path "$rs" --listen "127.0.0.1:$port" \
+				--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
+			cycle loopback "$ds" restic restic-rest "$rs/$ds" \
+				restic -r "rest:https://127.0.0.1:$port/$ds/" --cacert "$CERT"
+			stop_server
+			rm -rf "${rs:?}/$ds"
+		done
 	done
 }
 
@@ -298,12 +311,15 @@ part_s3() {
 	for ds in $S3_DATASETS; do
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
-		cycle s3 "$ds" floe floe-s3 "$dir/floe-$ds" \
-			"$FLOE" -r "s3:http://127.0.0.1:$port/floe-$ds" --password-file "$PW"
-		cycle s3 "$ds" restic restic-s3 "$dir/restic-$ds" \
-			restic -r "s3:http://127.0.0.1:$port/restic-$ds"
-		rm -rf "${dir:?}/floe-$ds" "${dir:?}/restic-$ds"
+		for ((REP = 1; REP <= REMOTE_REPEAT; REP++)); do
+			cycle s3 "$ds" floe floe-s3 "$dir/floe-$ds" \
+				"$FLOE" -r "s3:http://127.0.0.1:$port/floe-$ds" --password-file "$PW"
+			cycle s3 "$ds" restic restic-s3 "$dir/restic-$ds" \
+				restic -r "s3:http://127.0.0.1:$port/restic-$ds"
+			rm -rf "${dir:?}/floe-$ds" "${dir:?}/restic-$ds"
+		done
 	done
+	REP=1
 	stop_server
 	unset AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY ROOT_ACCESS_KEY_ID ROOT_SECRET_ACCESS_KEY
 }
@@ -662,11 +678,21 @@ pid_ticks() { # PID: its user + system clock ticks, or NA
 }
 
 # ---------------------------------------------------------------- report
-# val SECTION DS TOOL STEP FIELD: a field of an ok row (5 wall, 6 CPU, 7 RSS,
-# 8 server CPU, 9 bytes, 10 load), or NA.
+# val SECTION DS TOOL STEP FIELD: a field of the ok rows (5 wall, 6 CPU, 7
+# RSS, 8 server CPU, 9 bytes, 10 load), the median when the step ran more
+# than once (BENCH_REMOTE_REPEAT; of two, their mean), or NA.
 val() {
-	awk -F'\t' -v a="$1" -v b="$2" -v c="$3" -v d="$4" -v f="$5" \
-		'$1 == a && $2 == b && $3 == c && $4 == d && $11 == "ok" {print $f; found = 1; exit} END {if (!found) print "NA"}' "$RES"
+	awk -F'\t' -v a="$1" -v b="$2" -v c="$3" -v d="$4" -v f="$5" '
+		$1 == a && $2 == b && $3 == c && $4 == d && $11 == "ok" && $f ~ /^[0-9.]+$/ {
+			x = $f + 0
+			for (i = n + 0; i > 0 && v[i - 1] > x; i--) v[i] = v[i - 1]
+			v[i] = x; n++
+		}
+		END {
+			if (n == 0) { print "NA"; exit }
+			m = (n % 2) ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
+			print (m == int(m)) ? sprintf("%d", m) : sprintf("%.2f", m)
+		}' "$RES"
 }
 # calc EXPR with x and y; NA when either is missing or a divisor is 0.
 calc() {
@@ -703,7 +729,7 @@ step_table() { # SECTION DS TOOL...
 		done
 		local st v
 		st=$(val "$sec" "$ds" "$t" stored 9)
-		v=$(awk -F'\t' -v a="$sec" -v b="$ds" -v c="$t" '$1 == a && $2 == b && $3 == c && $4 == "verify" {print $11}' "$RES")
+		v=$(awk -F'\t' -v a="$sec" -v b="$ds" -v c="$t" '$1 == a && $2 == b && $3 == c && $4 == "verify" && !seen[$11]++ {printf "%s%s", sep, $11; sep = ", "}' "$RES")
 		echo "| $t | stored after backup1 | $( [[ $st == NA ]] && echo – || echo "$(gib "$st") GiB") | | | | restore check: ${v:-not run} |"
 	done
 	echo
@@ -734,7 +760,9 @@ write_report() {
 	{
 		echo "# floe remote: side by side with restic"
 		echo
-		echo "Written by \`bench/remote.sh\` (see bench/README.md, \"Remote benchmarks\"); one run."
+		echo "Written by \`bench/remote.sh\` (see bench/README.md, \"Remote benchmarks\"). Every figure of"
+		echo "the loopback and S3 parts is the median of $REMOTE_REPEAT run(s) (BENCH_REMOTE_REPEAT),"
+		echo "each a fresh repository and cache; the other parts ran once."
 		echo "Ratios are restic ÷ floe: above 1, floe is faster or uses less CPU."
 		echo "\"CPU\" is the client's user + system time, plus the server's (from"
 		echo "/proc/PID/stat over the same interval) for remote repositories: on a shared,"
@@ -925,6 +953,7 @@ fi
 	printf 'date\t%s\n' "$(date -u '+%Y-%m-%d %H:%M UTC')"
 	printf 'scale\t%s (far link: %s MiB)\n' "$SCALE" "$FAR_MB"
 	printf 'parts\t%s\n' "$PARTS"
+	printf 'runs of each loopback and s3 cycle\t%s (medians)\n' "$REMOTE_REPEAT"
 	printf 'nproc\t%s\n' "$(nproc)"
 	printf 'cpu\t%s\n' "$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 	printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
