@@ -3,6 +3,8 @@ package restore
 import (
 	"fmt"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/floe-backup/floe/internal/directio"
 )
 
@@ -100,4 +102,36 @@ func (s *stager) flush(rs *restorer) {
 		err = nil
 	}
 	s.f, s.n, s.chunks = nil, 0, 0
+}
+
+// preallocate reserves the blocks a file's data chunks (todo, ascending,
+// at offsets) will be written to, before its direct writes. ext4 takes
+// the inode lock exclusively for a direct write into a hole or past the
+// end (it allocates), so the workers writing one file's ranges wait for
+// each other's disk writes; into preallocated (unwritten) blocks an
+// aligned direct write is an overwrite and they go on together. On this
+// VM four writers of 0.75 MiB runs into a new 1 GiB file wrote 0.9-1.35
+// GB/s, 1.6-1.85 GB/s after fallocate (docs/PERFORMANCE.md). Only the
+// blocks data touches are reserved, so a sparse file's holes stay holes;
+// the last block whole, since it is written padded (Finish cuts the
+// file). Errors are ignored: a file system without fallocate is written
+// as before, and a full disk is reported by the write that does not fit.
+func preallocate(fd int, todo []int, offsets []int64, sizes []uint32) {
+	start, end := int64(0), int64(0)
+	reserve := func() {
+		if end > start {
+			unix.Fallocate(fd, 0, start, end-start)
+		}
+	}
+	for _, i := range todo {
+		from := offsets[i] &^ alignMask
+		to := (offsets[i] + int64(sizes[i]) + alignMask) &^ alignMask
+		if from <= end && end > start {
+			end = max(end, to)
+			continue
+		}
+		reserve()
+		start, end = from, to
+	}
+	reserve()
 }

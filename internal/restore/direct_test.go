@@ -477,3 +477,43 @@ func TestRestoreDirectWriteFails(t *testing.T) {
 	}
 	testutil.CompareTrees(t, src, target)
 }
+
+// TestPreallocateReservesOnlyData: the blocks data chunks touch are
+// reserved, whole blocks at their ends, and the zero chunks between them
+// stay holes.
+func TestPreallocateReservesOnlyData(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "f"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 64 << 10
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, 4096) != nil {
+		t.Skip("no fallocate on this file system")
+	}
+	if err := f.Truncate(0); err != nil { // drop the probe's block
+		t.Fatal(err)
+	}
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	// chunks: data [0, 5000), data [5000, 9000), zeros [9000, 30000),
+	// data [30000, 31000), zeros to the end
+	sizes := []uint32{5000, 4000, 21000, 1000, size - 31000}
+	offsets := []int64{0, 5000, 9000, 30000, 31000}
+	preallocate(int(f.Fd()), []int{0, 1, 3}, offsets, sizes)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	// [0, 12288) and [28672, 32768): three blocks and one
+	if got, want := st.Blocks*512, int64(4*4096); got != want {
+		t.Fatalf("%d bytes reserved, want %d", got, want)
+	}
+	if st.Size != size {
+		t.Fatalf("size %d, want %d (unchanged)", st.Size, size)
+	}
+}

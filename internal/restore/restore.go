@@ -1011,6 +1011,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		f.slots = openSlots
 		err = f.open(!rs.opts.BufferedIO && job.node.Size >= directThreshold)
 		if err == nil && f.dw != nil {
+			preallocate(f.fd, todo, offsets, job.node.ChunkSizes)
 			// the skipped zero chunks' share of the blocks they have
 			// in common with data
 			for _, i := range zeros {
