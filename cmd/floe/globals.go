@@ -38,6 +38,7 @@ type globals struct {
 
 	cpuProfile string
 	memProfile string
+	tracePath  string
 
 	usingDefault bool // no repository given: the default local one
 	limits       *connect.Limits
@@ -60,7 +61,9 @@ func (g *globals) addFlags(c *cobra.Command) {
 	f.StringVar(&g.cpuProfile, "cpu-profile", "", "write a CPU profile to this file")
 	f.StringVar(&g.memProfile, "mem-profile", "", "write a heap profile to this file at exit")
 	_ = f.MarkHidden("cpu-profile")
+	f.StringVar(&g.tracePath, "trace", "", "write a runtime execution trace (go tool trace) to this file")
 	_ = f.MarkHidden("mem-profile")
+	_ = f.MarkHidden("trace")
 	// Bandwidth limits apply to every command and every repository it
 	// opens (copy: both): all saves share one upload limit, all loads one
 	// download limit.

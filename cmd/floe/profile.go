@@ -5,11 +5,24 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 )
 
-var cpuProfileFile *os.File
+var cpuProfileFile, traceFile *os.File
 
 func (g *globals) startProfiles() error {
+	if g.tracePath != "" {
+		// an execution trace shows what a profile cannot: when a core
+		// idles, and what each goroutine waited on
+		f, err := os.Create(g.tracePath)
+		if err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+		traceFile = f
+		if err := trace.Start(f); err != nil {
+			return fmt.Errorf("trace: %w", err)
+		}
+	}
 	if g.cpuProfile == "" {
 		return nil
 	}
@@ -22,6 +35,10 @@ func (g *globals) startProfiles() error {
 }
 
 func (g *globals) stopProfiles() {
+	if traceFile != nil {
+		trace.Stop()
+		traceFile.Close()
+	}
 	if cpuProfileFile != nil {
 		pprof.StopCPUProfile()
 		cpuProfileFile.Close()

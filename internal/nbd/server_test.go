@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ecdsa"
@@ -15,10 +16,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // memImage is an image in memory: data with holes (zeros) and an offset
@@ -548,5 +552,55 @@ func TestReadSlices(t *testing.T) {
 	defer img.mu.Unlock()
 	if img.calls < 6 || img.held != 0 {
 		t.Fatalf("%d ReadSlices calls, %d not released", img.calls, img.held)
+	}
+}
+
+// TestUnixSendBuffer: on a unix socket the server queues more of its
+// replies than the default send buffer holds (about 416 KiB), so that a
+// client busy with its disk finds them waiting: with a read of 4 MiB
+// asked for and none of it read yet, at least 1 MiB is queued.
+func TestUnixSendBuffer(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/core/wmem_max")
+	if err != nil {
+		t.Skip("no /proc/sys/net/core/wmem_max")
+	}
+	if max, _ := strconv.Atoi(strings.TrimSpace(string(b))); max < 2<<20 {
+		t.Skipf("net.core.wmem_max is %d: the kernel caps the buffer below what this test needs", max)
+	}
+	sock := filepath.Join(t.TempDir(), "s")
+	l, err := Listen("unix:" + sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	s := &Server{Exports: []Export{{Name: "disk", Image: newMemImage(8 << 20)}}}
+	go s.Serve(ctx, l)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	tc := &testClient{t: t, c: c, r: bufio.NewReader(c)}
+	tc.handshake("disk", false)
+	tc.request(cmdRead, 0, 1, 0, 4<<20, nil)
+	raw, err := c.(*net.UnixConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	queued := 0
+	for deadline := time.Now().Add(10 * time.Second); queued < 1<<20 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		raw.Control(func(fd uintptr) { queued, err = unix.IoctlGetInt(int(fd), unix.SIOCINQ) })
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if queued < 1<<20 {
+		t.Fatalf("%d bytes of the reply queued on the socket, want at least 1 MiB", queued)
+	}
+	if ch := tc.reply(4 << 20); ch.errno != 0 || !bytes.Equal(ch.data, s.Exports[0].Image.(*memImage).data[:4<<20]) {
+		t.Fatalf("reply: errno %d, %d bytes", ch.errno, len(ch.data))
 	}
 }
