@@ -801,7 +801,8 @@ func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, leng
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, stream: true, bulk: length >= downloadMin})
+	bulk := length >= downloadMin && b.downloadClient != nil
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, stream: true, bulk: bulk})
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
@@ -812,12 +813,18 @@ func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, leng
 		res.body.Close()
 		return nil, fmt.Errorf("open %s: server announced %d bytes for a %d-byte range", h, res.size, length)
 	}
+	if bulk {
+		// HTTP/1.1: nothing to give back but TCP's window, and TLS
+		// holds a record already; a buffer would copy most bytes once
+		// more
+		return &streamBody{rc: res.body, r: res.body, left: res.size, h: h}, nil
+	}
 	br := streamBufs.Get().(*bufio.Reader)
 	br.Reset(res.body)
-	return &streamBody{rc: res.body, br: br, left: res.size, h: h}, nil
+	return &streamBody{rc: res.body, r: br, br: br, left: res.size, h: h}, nil
 }
 
-// streamBufs hold the bodies of OpenStream's answers. A reader takes a
+// streamBufs hold the bodies of OpenStream's answers over HTTP/2. A reader takes a
 // blob at a time, tens of KiB on a tree of small files, and HTTP/2 gives
 // back the window a body's reads free as soon as 4 KiB are free: read
 // straight from the body, every blob sent the server a WINDOW_UPDATE
@@ -834,17 +841,19 @@ var errTooLong = errors.New("the server sent more than it announced")
 // streamBody is OpenStream's body: an end before the announced length is
 // an error, not an EOF.
 type streamBody struct {
-	rc   io.ReadCloser
-	br   *bufio.Reader // nil once closed
-	left int64         // bytes still announced; -1: no length was announced
-	h    storage.Handle
+	rc     io.ReadCloser
+	r      io.Reader     // br, or rc itself over HTTP/1.1
+	br     *bufio.Reader // streamBufs' (nil over HTTP/1.1)
+	closed bool
+	left   int64 // bytes still announced; -1: no length was announced
+	h      storage.Handle
 }
 
 func (s *streamBody) Read(p []byte) (int, error) {
-	if s.br == nil {
+	if s.closed {
 		return 0, fmt.Errorf("load %s: read after close", s.h)
 	}
-	n, err := s.br.Read(p)
+	n, err := s.r.Read(p)
 	if s.left >= 0 {
 		s.left -= int64(n)
 		switch {
@@ -861,12 +870,16 @@ func (s *streamBody) Read(p []byte) (int, error) {
 }
 
 func (s *streamBody) Close() error {
-	if s.br == nil {
+	if s.closed {
 		return nil
 	}
-	s.br.Reset(nil)
-	streamBufs.Put(s.br)
-	s.br = nil
+	s.closed = true
+	if s.br != nil {
+		s.br.Reset(nil)
+		streamBufs.Put(s.br)
+		s.br = nil
+	}
+	s.r = nil
 	return s.rc.Close()
 }
 
