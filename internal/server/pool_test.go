@@ -1,10 +1,12 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -322,4 +324,147 @@ func countingServer(t *testing.T, h http.Handler, tokens *server.TokenStore) (*h
 		t.Fatal(err)
 	}
 	return srv, accepted, remote.Fingerprint(srv.Certificate().Raw), tok
+}
+
+// Streamed ranges of 1 MiB and more (a restore's packs) are read over
+// HTTP/1.1 connections of their own, shorter ones and whole-object loads
+// over HTTP/2; the bytes are the same, and the roles hold over both (a
+// backup token may not read packs).
+func TestStreamedRangesOverHTTP1(t *testing.T) {
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := server.OpenTokenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	protos := map[string]int{} // "GET 2097152/1" -> count
+	srv, _, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet {
+			mu.Lock()
+			protos[fmt.Sprintf("GET %s/%d", r.URL.Query().Get("length"), r.ProtoMajor)]++
+			mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	}), tokens)
+	ctx := context.Background()
+	opts := remote.Options{Token: tok, Fingerprint: fp, Retries: 1, RetryDelay: 1}
+	b, err := remote.Create(ctx, srv.URL+"/fleet", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	hd, data := object(t, 3<<20)
+	if err := b.Save(ctx, hd, data); err != nil {
+		t.Fatal(err)
+	}
+	read := func(b *remote.Backend, off, n int64) ([]byte, error) {
+		rc, err := b.OpenStream(ctx, hd, off, n)
+		if err != nil {
+			return nil, err
+		}
+		defer rc.Close()
+		return io.ReadAll(rc)
+	}
+	for _, r := range []struct{ off, n int64 }{{5, 2 << 20}, {100, 1 << 20}, {7, 100_000}, {1 << 20, 2 << 20}} {
+		got, err := read(b, r.off, r.n)
+		if err != nil || !bytes.Equal(got, data[r.off:r.off+r.n]) {
+			t.Errorf("range %d+%d: %d bytes, %v", r.off, r.n, len(got), err)
+		}
+	}
+	mu.Lock()
+	if protos["GET 2097152/1"] != 2 || protos["GET 1048576/1"] != 1 || protos["GET 100000/2"] != 1 || protos["GET 2097152/2"] != 0 {
+		t.Errorf("streamed ranges by length and protocol: %v", protos)
+	}
+	mu.Unlock()
+	// a range beyond the object's end is refused over HTTP/1.1 too
+	if _, err := read(b, 2<<20, 2<<20); err == nil {
+		t.Error("a range beyond the end was read")
+	}
+	btok, _, err := tokens.Add("fleet", "web2", server.RoleBackup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := remote.New(srv.URL+"/fleet", remote.Options{Token: btok, Fingerprint: fp, Retries: 1, RetryDelay: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bb.Close()
+	if _, err := read(bb, 0, 2<<20); !errors.Is(err, remote.ErrForbidden) {
+		t.Errorf("a backup token streamed a pack over HTTP/1.1: %v, want ErrForbidden", err)
+	}
+}
+
+// Open reads the config with one GET (no HEAD) and hands those bytes to
+// the first load of the config, repo.Open's: one request, not three;
+// the next load asks the server again.
+func TestOpenReadsConfigOnce(t *testing.T) {
+	repos, err := server.NewRootDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := server.OpenTokenStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	reqs := map[string]int{}
+	srv, _, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		reqs[r.Method+" "+r.URL.Path]++
+		mu.Unlock()
+		h.ServeHTTP(w, r)
+	}), tokens)
+	ctx := context.Background()
+	opts := remote.Options{Token: tok, Fingerprint: fp, Retries: 1, RetryDelay: 1, Connections: 1}
+	c, err := remote.Create(ctx, srv.URL+"/fleet", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Open(ctx, srv.URL+"/fleet", opts); !errors.Is(err, storage.ErrNotExist) {
+		t.Errorf("Open of a repository without a config: %v, want ErrNotExist", err)
+	}
+	cfg := []byte("the config's bytes")
+	if err := c.Save(ctx, storage.Handle{Type: storage.Config}, cfg); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	mu.Lock()
+	clear(reqs)
+	mu.Unlock()
+	b, err := remote.Open(ctx, srv.URL+"/fleet", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for i := range 2 {
+		got, err := storage.LoadAll(ctx, b, storage.Handle{Type: storage.Config}, 1<<10)
+		if err != nil || !bytes.Equal(got, cfg) {
+			t.Fatalf("load %d of the config: %q, %v", i, got, err)
+		}
+		mu.Lock()
+		if n := reqs["GET /fleet/config"]; n != i+1 || reqs["HEAD /fleet/config"] != 0 {
+			t.Errorf("after Open and %d loads of the config: %v", i+1, reqs)
+		}
+		mu.Unlock()
+	}
+	// the limit of the caller holds for the kept bytes too
+	b2, err := remote.Open(ctx, srv.URL+"/fleet", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if _, err := storage.LoadAll(ctx, b2, storage.Handle{Type: storage.Config}, 4); !errors.Is(err, storage.ErrTooLarge) {
+		t.Errorf("a config above the caller's limit: %v, want ErrTooLarge", err)
+	}
 }

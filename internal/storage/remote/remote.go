@@ -117,6 +117,15 @@ type Backend struct {
 	// over ssh
 	upload       *http.Transport
 	uploadClient *http.Client
+	// download reads streamed ranges of 1 MiB and more (a restore's
+	// packs) over HTTP/1.1 (downloadTransport); nil over ssh
+	download       *http.Transport
+	downloadClient *http.Client
+	// config holds the config's bytes as Open read them until the first
+	// LoadWhole of the config (repo.Open's) takes them: one request
+	// less before a command can derive its key
+	configMu sync.Mutex
+	config   []byte
 }
 
 var _ storage.Backend = (*Backend)(nil)
@@ -233,6 +242,8 @@ func New(loc string, opts Options) (*Backend, error) {
 	}
 	b.upload = b.uploadTransport(host, tr)
 	b.uploadClient = &http.Client{Transport: b.upload}
+	b.download = b.downloadTransport(host, tr)
+	b.downloadClient = &http.Client{Transport: b.download}
 	return b, nil
 }
 
@@ -275,6 +286,34 @@ func (b *Backend) uploadTransport(host string, tr *trust) *http.Transport {
 	return t
 }
 
+// downloadMin is the shortest streamed range (OpenStream) read over
+// HTTP/1.1 (see downloadTransport): shorter ones, and every whole-object
+// load, stat and list, stay on the pool's HTTP/2 connections.
+const downloadMin = 1 << 20
+
+// downloadTransport returns the transport of streamed range reads of
+// downloadMin and more over https: HTTP/1.1 on connections of their own,
+// one per stream in progress (a restore's workers), kept open between
+// them. Over HTTP/2 each DATA frame was copied by the client's read loop
+// into the stream's buffer and out of it again by the reader, and handed
+// between two goroutines, and the server copied each 1 MiB it sent into
+// its frame writer and handed it to its connection's goroutine; over
+// HTTP/1.1 the server's TLS encrypts the handler's write as it is, and
+// the client's decrypts into the blob loader's buffer (one copy, from the
+// TLS record). The large bench set through floe serve on loopback: see
+// docs/PERFORMANCE.md, "Restore over HTTP/1.1". Not bounded like the
+// uploads: a stream held open while its reader uploads (a copy) must not
+// wait for a connection that another stream holds.
+func (b *Backend) downloadTransport(host string, tr *trust) *http.Transport {
+	t := b.httpsTransport(host, tr)
+	t.HTTP2 = nil
+	t.ForceAttemptHTTP2 = false
+	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	t.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	t.MaxIdleConnsPerHost = serverUploads
+	return t
+}
+
 // pooled is one transport of the pool. Its first request goes alone:
 // requests sent together to a transport without a connection would each
 // dial one, and the pool would hold more connections than asked for.
@@ -305,9 +344,20 @@ func (b *Backend) addTransport(t *http.Transport) {
 // server names the server in messages.
 func (b *Backend) server() string { return strings.TrimSuffix(b.loc, "/"+b.repo) }
 
-// pick returns the pool's transports in turn.
+// pick returns the pool's transports in turn, skipping those that have
+// not connected yet while another has: right after Open the others are
+// still in their TLS handshakes (warmPool), and a request sent to one of
+// them waited for it (1 to 4 ms on loopback, a round trip or two more on
+// a far link) while the first connection was idle.
 func (b *Backend) pick() *pooled {
-	return b.pool[(b.next.Add(1)-1)%uint64(len(b.pool))]
+	n := uint64(len(b.pool))
+	i := b.next.Add(1) - 1
+	for k := range n {
+		if p := b.pool[(i+k)%n]; p.warm.Load() {
+			return p
+		}
+	}
+	return b.pool[i%n]
 }
 
 func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
@@ -342,15 +392,25 @@ func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
 	}
 }
 
-// Open returns the backend of an existing repository: it asks the server
-// for the config, so that a missing repository, a wrong token or an
-// untrusted server show at once.
+// openConfigMax bounds the config that Open reads and keeps (a config is
+// a few hundred bytes; a larger one is left to the caller's own limit).
+const openConfigMax = 64 << 10
+
+// Open returns the backend of an existing repository: it reads the
+// config, so that a missing repository, a wrong token or an untrusted
+// server show at once, and keeps its bytes for the first LoadWhole of
+// the config (a HEAD before, and repo.Open's GET after it: one round
+// trip more before the key could be derived).
 func Open(ctx context.Context, loc string, opts Options) (*Backend, error) {
 	b, err := New(loc, opts)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := b.Stat(ctx, storage.Handle{Type: storage.Config}); err != nil {
+	cfg, err := b.LoadWhole(ctx, storage.Handle{Type: storage.Config}, openConfigMax)
+	if err == nil {
+		b.config = cfg
+	}
+	if err != nil && !errors.Is(err, storage.ErrTooLarge) {
 		b.Close()
 		if errors.Is(err, storage.ErrNotExist) {
 			return nil, fmt.Errorf("no repository at %s: %w", b.Location(), storage.ErrNotExist)
@@ -419,6 +479,9 @@ func (b *Backend) Close() error {
 	if b.upload != nil {
 		b.upload.CloseIdleConnections()
 	}
+	if b.download != nil {
+		b.download.CloseIdleConnections()
+	}
 	return nil
 }
 
@@ -442,6 +505,8 @@ type request struct {
 	// stream: a 200 answer's body is not read but handed back in
 	// response.body, for the caller to read and close (OpenStream)
 	stream bool
+	// bulk: a stream of downloadMin or more, read over HTTP/1.1
+	bulk bool
 }
 
 // errBodyTooLarge: a successful answer longer than request.maxBody.
@@ -552,6 +617,8 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 		// closed, before any byte of it was written.
 		hr.Header["Idempotency-Key"] = []string{}
 		resp, err = b.uploadClient.Do(hr)
+	} else if b.downloadClient != nil && req.stream && req.bulk {
+		resp, err = b.downloadClient.Do(hr)
 	} else {
 		resp, err = b.pick().do(hr)
 	}
@@ -734,7 +801,8 @@ func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, leng
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, stream: true})
+	bulk := length >= downloadMin && b.downloadClient != nil
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, stream: true, bulk: bulk})
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", h, err)
 	}
@@ -745,12 +813,18 @@ func (b *Backend) OpenStream(ctx context.Context, h storage.Handle, offset, leng
 		res.body.Close()
 		return nil, fmt.Errorf("open %s: server announced %d bytes for a %d-byte range", h, res.size, length)
 	}
+	if bulk {
+		// HTTP/1.1: nothing to give back but TCP's window, and TLS
+		// holds a record already; a buffer would copy most bytes once
+		// more
+		return &streamBody{rc: res.body, r: res.body, left: res.size, h: h}, nil
+	}
 	br := streamBufs.Get().(*bufio.Reader)
 	br.Reset(res.body)
-	return &streamBody{rc: res.body, br: br, left: res.size, h: h}, nil
+	return &streamBody{rc: res.body, r: br, br: br, left: res.size, h: h}, nil
 }
 
-// streamBufs hold the bodies of OpenStream's answers. A reader takes a
+// streamBufs hold the bodies of OpenStream's answers over HTTP/2. A reader takes a
 // blob at a time, tens of KiB on a tree of small files, and HTTP/2 gives
 // back the window a body's reads free as soon as 4 KiB are free: read
 // straight from the body, every blob sent the server a WINDOW_UPDATE
@@ -767,17 +841,19 @@ var errTooLong = errors.New("the server sent more than it announced")
 // streamBody is OpenStream's body: an end before the announced length is
 // an error, not an EOF.
 type streamBody struct {
-	rc   io.ReadCloser
-	br   *bufio.Reader // nil once closed
-	left int64         // bytes still announced; -1: no length was announced
-	h    storage.Handle
+	rc     io.ReadCloser
+	r      io.Reader     // br, or rc itself over HTTP/1.1
+	br     *bufio.Reader // streamBufs' (nil over HTTP/1.1)
+	closed bool
+	left   int64 // bytes still announced; -1: no length was announced
+	h      storage.Handle
 }
 
 func (s *streamBody) Read(p []byte) (int, error) {
-	if s.br == nil {
+	if s.closed {
 		return 0, fmt.Errorf("load %s: read after close", s.h)
 	}
-	n, err := s.br.Read(p)
+	n, err := s.r.Read(p)
 	if s.left >= 0 {
 		s.left -= int64(n)
 		switch {
@@ -794,12 +870,16 @@ func (s *streamBody) Read(p []byte) (int, error) {
 }
 
 func (s *streamBody) Close() error {
-	if s.br == nil {
+	if s.closed {
 		return nil
 	}
-	s.br.Reset(nil)
-	streamBufs.Put(s.br)
-	s.br = nil
+	s.closed = true
+	if s.br != nil {
+		s.br.Reset(nil)
+		streamBufs.Put(s.br)
+		s.br = nil
+	}
+	s.r = nil
 	return s.rc.Close()
 }
 
@@ -809,6 +889,15 @@ func (s *streamBody) Close() error {
 func (b *Backend) LoadWhole(ctx context.Context, h storage.Handle, limit int64) ([]byte, error) {
 	if err := h.Validate(); err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
+	}
+	if h.Type == storage.Config {
+		b.configMu.Lock()
+		data := b.config
+		b.config = nil
+		b.configMu.Unlock()
+		if data != nil && int64(len(data)) <= limit {
+			return data, nil
+		}
 	}
 	if limit <= 0 {
 		// only an empty object fits: the size says so

@@ -119,23 +119,33 @@ func TestParseSSH(t *testing.T) {
 
 // A streamed answer that ends before the length the server announced is
 // cut short (io.ErrUnexpectedEOF), one that goes on beyond it is an
-// error, and one of the announced length ends in io.EOF.
+// error, and one of the announced length ends in io.EOF; read through a
+// buffer (HTTP/2) or not (HTTP/1.1). Reading after Close is an error.
 func TestStreamBodyLength(t *testing.T) {
 	h := storage.Handle{Type: storage.Pack, Name: strings.Repeat("ab", 32)}
-	for _, c := range []struct {
-		sent, announced int64
-		want            error // nil: io.EOF after all bytes
-	}{{10, 10, nil}, {5, 10, io.ErrUnexpectedEOF}, {12, 10, errTooLong}, {7, -1, nil}} {
-		br := streamBufs.Get().(*bufio.Reader)
-		br.Reset(io.NopCloser(bytes.NewReader(make([]byte, c.sent))))
-		s := &streamBody{rc: io.NopCloser(nil), br: br, left: c.announced, h: h}
-		got, err := io.ReadAll(s)
-		s.Close()
-		switch {
-		case c.want == nil && (err != nil || int64(len(got)) != c.sent):
-			t.Errorf("sent %d, announced %d: %d bytes, %v", c.sent, c.announced, len(got), err)
-		case c.want != nil && !errors.Is(err, c.want):
-			t.Errorf("sent %d, announced %d: %v, want %v", c.sent, c.announced, err, c.want)
+	for _, buffered := range []bool{true, false} {
+		for _, c := range []struct {
+			sent, announced int64
+			want            error // nil: io.EOF after all bytes
+		}{{10, 10, nil}, {5, 10, io.ErrUnexpectedEOF}, {12, 10, errTooLong}, {7, -1, nil}} {
+			body := io.NopCloser(bytes.NewReader(make([]byte, c.sent)))
+			s := &streamBody{rc: body, r: body, left: c.announced, h: h}
+			if buffered {
+				s.br = streamBufs.Get().(*bufio.Reader)
+				s.br.Reset(body)
+				s.r = s.br
+			}
+			got, err := io.ReadAll(s)
+			s.Close()
+			switch {
+			case c.want == nil && (err != nil || int64(len(got)) != c.sent):
+				t.Errorf("buffered %v, sent %d, announced %d: %d bytes, %v", buffered, c.sent, c.announced, len(got), err)
+			case c.want != nil && !errors.Is(err, c.want):
+				t.Errorf("buffered %v, sent %d, announced %d: %v, want %v", buffered, c.sent, c.announced, err, c.want)
+			}
+			if _, err := s.Read(make([]byte, 1)); err == nil || s.Close() != nil {
+				t.Errorf("buffered %v: a read after Close: %v", buffered, err)
+			}
 		}
 	}
 }
