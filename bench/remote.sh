@@ -696,7 +696,7 @@ val() {
 		END {
 			if (n == 0) { print "NA"; exit }
 			m = (n % 2) ? v[(n - 1) / 2] : (v[n / 2 - 1] + v[n / 2]) / 2
-			print (m == int(m)) ? sprintf("%d", m) : sprintf(m < 1 ? "%.3f" : "%.2f", m)
+			print (m == int(m)) ? sprintf("%d", m) : sprintf(f == 5 && m < 1 ? "%.3f" : "%.2f", m)
 		}' "$RES"
 }
 # calc EXPR with x and y; NA when either is missing or a divisor is 0.
