@@ -51,20 +51,28 @@ func object(t *testing.T, n int) (storage.Handle, []byte) {
 
 // --connections N: the client opens N TCP connections and spreads its
 // requests over them; the server counts what it accepts.
-func TestConnectionsPool(t *testing.T) {
+// newHandler is a server over a fresh root and token store, with opts'
+// other settings.
+func newHandler(t *testing.T, opts server.Options) (http.Handler, *server.TokenStore, *server.RootDir) {
+	t.Helper()
 	repos, err := server.NewRootDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	state := t.TempDir()
-	tokens, err := server.OpenTokenStore(state)
+	tokens, err := server.OpenTokenStore(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
+	opts.Repos, opts.Tokens = repos, tokens
+	h, err := server.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return h, tokens, repos
+}
+
+func TestConnectionsPool(t *testing.T) {
+	h, tokens, _ := newHandler(t, server.Options{})
 	srv, accepted, fp, tok := countingServer(t, h, tokens)
 	ctx := context.Background()
 	for _, n := range []int{1, 4} {
@@ -210,18 +218,7 @@ func mustExe(t *testing.T) string {
 // arrive whole and checked, and an upload the server refuses before
 // reading its body gets its answer (not a connection error retried).
 func TestPackUploadsOverHTTP1(t *testing.T) {
-	repos, err := server.NewRootDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := server.OpenTokenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := server.New(server.Options{Repos: repos, Tokens: tokens, MaxObjectSize: 3 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, tokens, repos := newHandler(t, server.Options{MaxObjectSize: 3 << 20})
 	var mu sync.Mutex
 	protos := map[string]int{} // "PUT big/1" -> count
 	srv, accepted, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -331,18 +328,7 @@ func countingServer(t *testing.T, h http.Handler, tokens *server.TokenStore) (*h
 // over HTTP/2; the bytes are the same, and the roles hold over both (a
 // backup token may not read packs).
 func TestStreamedRangesOverHTTP1(t *testing.T) {
-	repos, err := server.NewRootDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := server.OpenTokenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, tokens, _ := newHandler(t, server.Options{})
 	var mu sync.Mutex
 	protos := map[string]int{} // "GET 2097152/1" -> count
 	srv, _, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -405,18 +391,7 @@ func TestStreamedRangesOverHTTP1(t *testing.T) {
 // the first load of the config, repo.Open's: one request, not three;
 // the next load asks the server again.
 func TestOpenReadsConfigOnce(t *testing.T) {
-	repos, err := server.NewRootDir(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokens, err := server.OpenTokenStore(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := server.New(server.Options{Repos: repos, Tokens: tokens})
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, tokens, _ := newHandler(t, server.Options{})
 	var mu sync.Mutex
 	reqs := map[string]int{}
 	srv, _, fp, tok := countingServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

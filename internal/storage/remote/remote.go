@@ -274,12 +274,7 @@ const uploadWriteBuffer = 1 << 20
 // refused before its body is read (role, quota, size) gets its answer
 // as over HTTP/2 (the transport reads the answer while it sends).
 func (b *Backend) uploadTransport(host string, tr *trust) *http.Transport {
-	t := b.httpsTransport(host, tr)
-	t.HTTP2 = nil
-	t.ForceAttemptHTTP2 = false
-	// a non-nil empty map: no HTTP/2 on these connections
-	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
-	t.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	t := b.http1Transport(host, tr)
 	t.WriteBufferSize = uploadWriteBuffer
 	t.MaxConnsPerHost = serverUploads
 	t.MaxIdleConnsPerHost = serverUploads
@@ -305,12 +300,19 @@ const downloadMin = 1 << 20
 // uploads: a stream held open while its reader uploads (a copy) must not
 // wait for a connection that another stream holds.
 func (b *Backend) downloadTransport(host string, tr *trust) *http.Transport {
+	t := b.http1Transport(host, tr)
+	t.MaxIdleConnsPerHost = serverUploads
+	return t
+}
+
+// http1Transport is httpsTransport that speaks HTTP/1.1 only.
+func (b *Backend) http1Transport(host string, tr *trust) *http.Transport {
 	t := b.httpsTransport(host, tr)
 	t.HTTP2 = nil
 	t.ForceAttemptHTTP2 = false
+	// a non-nil empty map: no HTTP/2 on these connections
 	t.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
 	t.TLSClientConfig.NextProtos = []string{"http/1.1"}
-	t.MaxIdleConnsPerHost = serverUploads
 	return t
 }
 
