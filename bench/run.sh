@@ -236,17 +236,22 @@ cp_reference() {
 # here, and the log line of each step gives it (bimodal CPU times of one
 # step, the same work, are otherwise hard to read).
 steal_ticks() { awk '$1 == "cpu" { print $9; exit }' /proc/stat; }
+# memory_free: free memory and page cache, for the same reason: a step
+# whose pages come from reclaim (the cache full of earlier runs' files)
+# spends more system time than one that finds free memory.
+memory_free() { awk '/^MemFree:/ { f = $2 } /^Cached:/ { c = $2 } END { printf "free %.1f GiB, cache %.1f GiB", f / 1048576, c / 1048576 }' /proc/meminfo; }
 
 # timed REP DS TOOL STEP: run the step under GNU time; record a row; return
 # non-zero when the step failed.
 timed() {
-	local rep=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log secs kb usr sys cpu steal0 steal rc=0
+	local rep=$1 ds=$2 tool=$3 step=$4 tf=$RUN/time.out log secs kb usr sys cpu steal0 steal free0 rc=0
 	log=$LOGS/$ds-$tool-$rep-$step.log
 	tool_cmd "$tool" "$step"
 	rm -f "$tf"
 	settle
 	printf '$ %s\n' "${CMD[*]}" >"$log"
 	steal0=$(steal_ticks)
+	free0=$(memory_free)
 	(cd "$CWD" && "$TIME" -f '%e %M %U %S' -o "$tf" "${CMD[@]}") </dev/null >>"$log" 2>&1 || rc=$?
 	steal=$(awk -v a="$steal0" -v b="$(steal_ticks)" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.2f", (b - a) / hz }')
 	read -r secs kb usr sys < <(tail -n 1 "$tf") || true
@@ -259,7 +264,7 @@ timed() {
 	if [[ $usr =~ ^[0-9.]+$ && $sys =~ ^[0-9.]+$ ]]; then cpu=$(awk -v u="$usr" -v s="$sys" 'BEGIN { printf "%.2f", u + s }'); else cpu=NA; fi
 	if ((rc == 0)); then
 		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA ok "$cpu"
-		say "  $ds $tool $step: ${secs}s (CPU ${cpu}s: user ${usr}, sys ${sys}; machine's steal ${steal}s), peak RSS $((${kb/NA/0} / 1024)) MiB"
+		say "  $ds $tool $step: ${secs}s (CPU ${cpu}s: user ${usr}, sys ${sys}; machine's steal ${steal}s; ${free0} before), peak RSS $((${kb/NA/0} / 1024)) MiB"
 	else
 		row "$rep" "$ds" "$tool" "$step" "$secs" "$kb" NA FAIL "$cpu"
 		say "  FAIL: $ds $tool $step exited $rc, log $log:"
