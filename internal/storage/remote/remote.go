@@ -508,6 +508,7 @@ type request struct {
 	// response.body, for the caller to read and close (OpenStream)
 	stream bool
 	// bulk: a stream of downloadMin or more, read over HTTP/1.1
+	// (OpenStream sets it only where there is a downloadClient)
 	bulk bool
 }
 
@@ -619,7 +620,7 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 		// closed, before any byte of it was written.
 		hr.Header["Idempotency-Key"] = []string{}
 		resp, err = b.uploadClient.Do(hr)
-	} else if b.downloadClient != nil && req.stream && req.bulk {
+	} else if req.bulk {
 		resp, err = b.downloadClient.Do(hr)
 	} else {
 		resp, err = b.pick().do(hr)
@@ -843,16 +844,15 @@ var errTooLong = errors.New("the server sent more than it announced")
 // streamBody is OpenStream's body: an end before the announced length is
 // an error, not an EOF.
 type streamBody struct {
-	rc     io.ReadCloser
-	r      io.Reader     // br, or rc itself over HTTP/1.1
-	br     *bufio.Reader // streamBufs' (nil over HTTP/1.1)
-	closed bool
-	left   int64 // bytes still announced; -1: no length was announced
-	h      storage.Handle
+	rc   io.ReadCloser
+	r    io.Reader     // br, or rc itself over HTTP/1.1; nil once closed
+	br   *bufio.Reader // streamBufs' (nil over HTTP/1.1)
+	left int64         // bytes still announced; -1: no length was announced
+	h    storage.Handle
 }
 
 func (s *streamBody) Read(p []byte) (int, error) {
-	if s.closed {
+	if s.r == nil {
 		return 0, fmt.Errorf("load %s: read after close", s.h)
 	}
 	n, err := s.r.Read(p)
@@ -872,10 +872,9 @@ func (s *streamBody) Read(p []byte) (int, error) {
 }
 
 func (s *streamBody) Close() error {
-	if s.closed {
+	if s.r == nil {
 		return nil
 	}
-	s.closed = true
 	if s.br != nil {
 		s.br.Reset(nil)
 		streamBufs.Put(s.br)
