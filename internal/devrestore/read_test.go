@@ -118,23 +118,6 @@ func testImage(t *testing.T, r *repo.Repository, n int) (*snapshot.Node, []byte)
 // restoreImage writes node's data into a new file of its size (holes
 // where the image is zero, as a device zeroed by Run), directly when
 // direct (as onto a device), and returns the file's path and writeData's
-// restoresAs restores node's image (restoreImage) and fails the test
-// unless it is img.
-func restoresAs(t *testing.T, r *repo.Repository, node *snapshot.Node, direct bool, img []byte) {
-	t.Helper()
-	path, err := restoreImage(t, r, node, direct)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, img) {
-		t.Fatalf("direct=%v: the restored image differs", direct)
-	}
-}
-
 // error.
 func restoreImage(t *testing.T, r *repo.Repository, node *snapshot.Node, direct bool) (string, error) {
 	t.Helper()
@@ -175,6 +158,23 @@ func restoreImage(t *testing.T, r *repo.Repository, node *snapshot.Node, direct 
 		}
 	}
 	return path, err
+}
+
+// restoresAs restores node's image (restoreImage) and fails the test
+// unless it is img.
+func restoresAs(t *testing.T, r *repo.Repository, node *snapshot.Node, direct bool, img []byte) {
+	t.Helper()
+	path, err := restoreImage(t, r, node, direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, img) {
+		t.Fatalf("direct=%v: the restored image differs", direct)
+	}
 }
 
 // A device restore reads the image by pack ranges: far fewer requests
