@@ -49,8 +49,6 @@ func object(t *testing.T, n int) (storage.Handle, []byte) {
 	return storage.Handle{Type: storage.Pack, Name: hash.Sum(data).String()}, data
 }
 
-// --connections N: the client opens N TCP connections and spreads its
-// requests over them; the server counts what it accepts.
 // newHandler is a server over a fresh root and token store, with opts'
 // other settings.
 func newHandler(t *testing.T, opts server.Options) (http.Handler, *server.TokenStore, *server.RootDir) {
@@ -71,6 +69,8 @@ func newHandler(t *testing.T, opts server.Options) (http.Handler, *server.TokenS
 	return h, tokens, repos
 }
 
+// --connections N: the client opens N TCP connections and spreads its
+// requests over them; the server counts what it accepts.
 func TestConnectionsPool(t *testing.T) {
 	h, tokens, _ := newHandler(t, server.Options{})
 	srv, accepted, fp, tok := countingServer(t, h, tokens)
