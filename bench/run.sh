@@ -189,6 +189,7 @@ tool_cmd() {
 	borg:backup2)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-2" "$SRC") ;;
 	borg:restore)  CMD=(borg extract "$REPO::bench-2"); CWD=$DST ;;
 	cp:restore)    CMD=(cp -a "$SRC/." "$DST/") ;; # the reference: a copy of the tree from the page cache
+	*:sync)        CMD=(sync) ;; # right after the restore: what it left for write-back, to the disk
 	*) die "no command for $1 $2" ;;
 	esac
 }
@@ -226,7 +227,7 @@ cp_reference() {
 	REPO=$base/repo DST=$base/restore
 	rm -rf "$base"
 	mkdir -p "$DST"
-	timed "$rep" "$ds" cp restore || true
+	timed "$rep" "$ds" cp restore && timed "$rep" "$ds" cp sync || true
 	cleanup_tool "$base"
 }
 
@@ -248,7 +249,8 @@ timed() {
 	log=$LOGS/$ds-$tool-$rep-$step.log
 	tool_cmd "$tool" "$step"
 	rm -f "$tf"
-	settle
+	# the sync step measures what the restore before it left unwritten
+	[[ $step == sync ]] || settle
 	printf '$ %s\n' "${CMD[*]}" >"$log"
 	steal0=$(steal_ticks)
 	free0=$(memory_free)
@@ -321,7 +323,7 @@ skip_rest() { # REP DS TOOL STATUS STEP...
 # restoring again would make this restore pay for that deletion (see
 # cleanup_tool).
 run_tool() {
-	local rep=$1 ds=$2 tool=$3 base=$RUN/$rep/$tool/$ds steps=(init backup1 backup2 restore repo verify) i
+	local rep=$1 ds=$2 tool=$3 base=$RUN/$rep/$tool/$ds steps=(init backup1 backup2 restore sync repo verify) i
 	SRC=$DATA/$ds
 	# smallstored: backup1 saves copy 1, backup2 (the one measured) copy 2,
 	# which is restored and verified
@@ -341,7 +343,7 @@ run_tool() {
 	export BORG_BASE_DIR=$base/cache/borg BORG_PASSCOMMAND="cat $PW"
 	export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 	export BORG_CHECK_I_KNOW_WHAT_I_AM_DOING=NO BORG_DELETE_I_KNOW_WHAT_I_AM_DOING=NO
-	for ((i = 0; i < 4; i++)); do
+	for ((i = 0; i < 5; i++)); do
 		[[ $ds == smallstored && ${steps[i]} == backup2 ]] && SRC=$DATA/$ds/2
 		timed "$rep" "$ds" "$tool" "${steps[i]}" ||
 			{ skip_rest "$rep" "$ds" "$tool" skipped "${steps[@]:i+1}"; cleanup_tool "$base"; return; }

@@ -176,3 +176,28 @@ func TestLoadCPU(t *testing.T) {
 		t.Fatal("a short row loaded")
 	}
 }
+
+// restore+sync is the median of each run's restore and sync added, not the
+// sum of their medians, and shows only for runs that have both.
+func TestDurableRestore(t *testing.T) {
+	nan := math.NaN()
+	var in []Row
+	for i, s := range []struct{ restore, sync float64 }{{1, 5}, {2, 0.5}, {3, 0.1}} {
+		in = append(in,
+			Row{i + 1, "large", "restic", "restore", s.restore, 100, nan, "ok", 1},
+			Row{i + 1, "large", "restic", "sync", s.sync, 2, nan, "ok", 0.5})
+	}
+	in = append(in, Row{1, "large", "floe", "restore", 2, 80, nan, "ok", 2})
+	cells := aggregate(in)
+	// runs: 6, 2.5, 3.1; medians of the steps would give 2 + 0.5
+	if got := cells[key{"large", "restic", durableStep}].Seconds; got != 3.1 {
+		t.Errorf("restic restore+sync = %v, want 3.1", got)
+	}
+	if c, ok := cells[key{"large", "floe", durableStep}]; ok {
+		t.Errorf("floe has no sync, yet restore+sync = %+v", c)
+	}
+	in[1].Status = "FAIL"
+	if c := aggregate(in)[key{"large", "restic", durableStep}]; c.OK() {
+		t.Errorf("a failed sync makes restore+sync %q, want not ok", c.Status)
+	}
+}
