@@ -257,9 +257,6 @@ func TestImageBackupRestore(t *testing.T) {
 	}
 }
 
-// TestImageClones: twenty clones of one image with small changes each
-// cost little more than the changes (content-defined chunking finds the
-// rest), and the zero regions of image files are found by content too.
 // A device is read with O_DIRECT, 4 MiB at a time. One whose size is a
 // multiple of neither that nor a page (5 MiB and three 512-byte sectors)
 // ends with a short direct read of whole sectors, and comes back byte for
@@ -323,6 +320,9 @@ func TestImageDeviceOddSize(t *testing.T) {
 	}
 }
 
+// TestImageClones: twenty clones of one image with small changes each
+// cost little more than the changes (content-defined chunking finds the
+// rest), and the zero regions of image files are found by content too.
 func TestImageClones(t *testing.T) {
 	e := newEnv(t)
 	e.init()
