@@ -405,8 +405,6 @@ func Apply(path string, n *snapshot.Node, opts ApplyOptions) error {
 	return nil
 }
 
-// mayChown reports whether Apply tries to change the owner: as root, or when
-// the owner to set is our own (which then needs no privilege).
 // owner returns the uid and gid to restore: by name when the names exist
 // here (unless NumericOwner), else the stored numbers.
 func owner(n *snapshot.Node, opts ApplyOptions) (uid, gid uint32) {
@@ -498,6 +496,8 @@ var Umask = sync.OnceValues(func() (mask uint32, ok bool) {
 	return 0, false
 })
 
+// mayChown reports whether Apply tries to change the owner: as root, or when
+// the owner to set is our own (which then needs no privilege).
 func mayChown(uid, gid uint32, euid, egid int) bool {
 	return euid == 0 || (int64(uid) == int64(euid) && int64(gid) == int64(egid))
 }
