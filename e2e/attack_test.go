@@ -594,7 +594,7 @@ func (f *trustFixture) backup(host string) result {
 	f.e.t.Helper()
 	n := len(f.snapshots)
 	src := f.e.mkdir(fmt.Sprintf("src-%s-%d", host, n))
-	writeFile(f.e.t, filepath.Join(src, "shared"), f.shared)
+	testutil.WriteFile(f.e.t, filepath.Join(src, "shared"), f.shared)
 	testutil.WriteRandom(f.e.t, filepath.Join(src, "own"), 150<<10, uint64(100+n))
 	r := f.e.run("-r", f.e.repo, "--key-file", f.honest, "backup", "--json", "--host", host, src)
 	expectCode(f.e.t, r, 0)
@@ -634,13 +634,6 @@ func (f *trustFixture) attacker() *repo.Repository {
 		f.e.t.Fatal(err)
 	}
 	return r
-}
-
-func writeFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // forgePack stores, as the attacker, a pack of garbage under the given
@@ -895,7 +888,7 @@ func TestAttackThroughServer(t *testing.T) {
 	backup := func(host string) {
 		t.Helper()
 		src := e.mkdir(fmt.Sprintf("src-%s-%d", host, len(snaps)))
-		writeFile(t, filepath.Join(src, "shared"), shared)
+		testutil.WriteFile(t, filepath.Join(src, "shared"), shared)
 		testutil.WriteRandom(t, filepath.Join(src, "own"), 100<<10, uint64(200+len(snaps)))
 		r := s.remote("fleet", webTok, "--key-file", webKey, "backup", "--json", "--host", host, src)
 		expectCode(t, r, 0)
@@ -1009,7 +1002,7 @@ func TestStorageSeesNoPlaintext(t *testing.T) {
 	e.init()
 	src := e.mkdir("src", "secret-directory-name")
 	content := bytes.Repeat([]byte("the secret content of a file, "), 2000)
-	writeFile(t, filepath.Join(src, "secret-file-name.txt"), content)
+	testutil.WriteFile(t, filepath.Join(src, "secret-file-name.txt"), content)
 	e.backup("--host", "secret-host-name", src)
 	needles := [][]byte{[]byte("secret-directory-name"), []byte("secret-file-name"), []byte("secret-host-name"), content[:30]}
 	filepath.WalkDir(e.repo, func(p string, d os.DirEntry, err error) error {

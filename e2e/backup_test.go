@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -147,10 +148,10 @@ func TestChangedWhileRead(t *testing.T) {
 	b, _ := e.backup(src)
 	stop()
 
-	if b.Consistency.ChangedCount < 1 || !contains(b.Consistency.ChangedDuringRead, growing) {
+	if b.Consistency.ChangedCount < 1 || !slices.Contains(b.Consistency.ChangedDuringRead, growing) {
 		t.Errorf("consistency %+v, want %s listed", b.Consistency, growing)
 	}
-	if contains(b.Consistency.ChangedDuringRead, filepath.Join(src, "stable")) {
+	if slices.Contains(b.Consistency.ChangedDuringRead, filepath.Join(src, "stable")) {
 		t.Errorf("the stable file is listed as changed")
 	}
 	r := e.ok("snapshots")
@@ -166,15 +167,6 @@ func TestChangedWhileRead(t *testing.T) {
 	if b2.Consistency.ChangedCount != 0 || !b2.Consistency.Checked {
 		t.Errorf("second backup: consistency %+v, want checked and nothing changed", b2.Consistency)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // Hooks: a failing pre-hook stops the backup; the post-hook runs after

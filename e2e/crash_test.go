@@ -62,7 +62,7 @@ func TestCrashSafety(t *testing.T) {
 		manifest := testutil.Manifest(t, src)
 
 		delay := 50*time.Millisecond + time.Duration(rng.Int64N(int64(maxDelay-50*time.Millisecond)))
-		finished, took, out := e.killBackup(src, delay)
+		finished, took, out := e.killAfter(delay, "backup", "--force", src)
 		if finished {
 			t.Logf("round %d: the backup finished in %v, before the kill: %s", round, took, out)
 			// kill earlier from now on
@@ -131,39 +131,6 @@ func (e *floeEnv) restoreAndCompare(what, id, path string, manifest map[string]s
 		e.t.FailNow()
 	}
 	os.RemoveAll(dst)
-}
-
-// killBackup starts a backup of src and kills it with SIGKILL after delay.
-// It reports whether the backup had finished already, and when.
-func (e *floeEnv) killBackup(src string, delay time.Duration) (bool, time.Duration, string) {
-	e.t.Helper()
-	cmd := exec.Command(floeBin, append(e.repoArgs(), "backup", "--force", src)...)
-	cmd.Env = e.environ()
-	cmd.Dir = e.dir
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer func() {
-		if s, leaked := leakedSecret(out.String()); leaked {
-			e.t.Errorf("backup printed the secret %.6s...", s)
-		}
-	}()
-	select {
-	case err := <-exited:
-		if err != nil {
-			e.t.Fatalf("backup failed before it was killed: %v\n%s", err, out.String())
-		}
-		return true, time.Since(start), strings.TrimSpace(out.String())
-	case <-time.After(delay):
-		cmd.Process.Kill()
-		<-exited
-		return false, delay, ""
-	}
 }
 
 // SIGINT stops a backup with exit 130 and no snapshot; the next backup runs.

@@ -187,7 +187,7 @@ func TestBackupDryRun(t *testing.T) {
 	e.init()
 	src := e.mkdir("src")
 	os.WriteFile(filepath.Join(src, "a"), []byte(strings.Repeat("dry run data ", 1000)), 0o644)
-	before := countRepoFiles(t, e.repo)
+	before, _ := countFiles(t, e.repo)
 	r := e.ok("backup", "--json", "--dry-run", src)
 	type dryOut struct {
 		Snapshot *string `json:"snapshot"`
@@ -198,35 +198,23 @@ func TestBackupDryRun(t *testing.T) {
 	if !out.DryRun || out.Snapshot != nil || out.Summary.FilesNew != 1 || out.Summary.DataAdded < 13000 {
 		t.Errorf("dry run JSON: %+v", out)
 	}
-	if after := countRepoFiles(t, e.repo); after != before {
+	if after, _ := countFiles(t, e.repo); after != before {
 		t.Errorf("a dry run wrote to the repository: %d files before, %d after", before, after)
 	}
 	e.backup(src)
-	before = countRepoFiles(t, e.repo)
+	before, _ = countFiles(t, e.repo)
 	r = e.ok("backup", "-n", src)
 	// The file is unchanged, so no file data would be added; the trees of
 	// its ancestors may still differ (other tests change /tmp meanwhile).
 	if !strings.Contains(r.stdout, "0 new, 0 changed, 1 unchanged") || !strings.Contains(r.stdout, "dry run") {
 		t.Errorf("a dry run after the real backup should find the file unchanged: %s", r)
 	}
-	if after := countRepoFiles(t, e.repo); after != before {
+	if after, _ := countFiles(t, e.repo); after != before {
 		t.Errorf("a dry run wrote to the repository: %d files before, %d after", before, after)
 	}
 	if s := e.snapshots(); len(s) != 1 {
 		t.Errorf("%d snapshots, want 1", len(s))
 	}
-}
-
-func countRepoFiles(t *testing.T, dir string) int {
-	t.Helper()
-	n := 0
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			n++
-		}
-		return nil
-	})
-	return n
 }
 
 // restore --include/--exclude and find take the same patterns.

@@ -156,11 +156,9 @@ func changing(t *testing.T, dirs []string, period time.Duration) (stop func()) {
 // and floe fleet status shows the retention job.
 func TestFleetRetention(t *testing.T) {
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
+	root := s.root
 	viewer := s.token("fleet", "ops", "viewer")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 
 	day := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
 	var hosts []*fleetHost
@@ -395,19 +393,17 @@ func waitFor(d time.Duration, cond func() bool) bool {
 func TestFleetAgentsOverdue(t *testing.T) {
 	e := newEnv(t)
 	sink := newAlertSink(t)
-	root := e.mkdir("srv")
 	const scale = 900 // an hour is four seconds
 	clock0 := time.Date(2026, 3, 2, 0, 50, 0, 0, time.UTC)
 	e.env = append(e.env, "FLOE_SERVE_TEST_CLOCK=1")
 	real0 := time.Now()
-	s := e.startServer(root, freePort(t), "--clock-start", clock0.Format(time.RFC3339), "--time-scale", fmt.Sprint(scale),
+	s, admin := e.startFleetServer("--clock-start", clock0.Format(time.RFC3339), "--time-scale", fmt.Sprint(scale),
 		"--overdue-slack", "45m", "--alert-interval", "200ms", "--alert-webhook", sink.url,
 		"--alert-smtp", sink.smtp, "--alert-mail-to", "ops@example.com")
+	root := s.root
 	// the agents' clocks read what the server's reads when they start
 	serverNow := func() time.Time { return clock0.Add(time.Duration(float64(time.Since(real0)) * scale)) }
-	admin := s.token("fleet", "admin", "admin")
 	viewer := s.token("fleet", "ops", "viewer")
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 
 	names := []string{"web1", "web2", "db1"}
 	hosts := map[string]*fleetHost{}

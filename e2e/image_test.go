@@ -98,15 +98,6 @@ func writeTree(t *testing.T, dir string, seed int64, mib int) {
 	}
 }
 
-func allocated(t *testing.T, path string) int64 {
-	t.Helper()
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Blocks * 512
-}
-
 func cmpFiles(t *testing.T, a, b string, n int64) {
 	t.Helper()
 	args := []string{a, b}
@@ -154,7 +145,7 @@ func TestImageBackupRestore(t *testing.T) {
 	e.ok("restore", "latest:"+dev, "--target", target, "--verify")
 	got := filepath.Join(target, filepath.Base(dev))
 	cmpFiles(t, img, got, 0)
-	if a := allocated(t, got); a > 128<<20 {
+	if a := testutil.Allocated(t, got); a > 128<<20 {
 		t.Fatalf("the restored image uses %d bytes of disk: its zeros were not restored as holes", a)
 	}
 
@@ -257,9 +248,6 @@ func TestImageBackupRestore(t *testing.T) {
 	}
 }
 
-// TestImageClones: twenty clones of one image with small changes each
-// cost little more than the changes (content-defined chunking finds the
-// rest), and the zero regions of image files are found by content too.
 // A device is read with O_DIRECT, 4 MiB at a time. One whose size is a
 // multiple of neither that nor a page (5 MiB and three 512-byte sectors)
 // ends with a short direct read of whole sectors, and comes back byte for
@@ -323,6 +311,9 @@ func TestImageDeviceOddSize(t *testing.T) {
 	}
 }
 
+// TestImageClones: twenty clones of one image with small changes each
+// cost little more than the changes (content-defined chunking finds the
+// rest), and the zero regions of image files are found by content too.
 func TestImageClones(t *testing.T) {
 	e := newEnv(t)
 	e.init()

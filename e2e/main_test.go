@@ -478,6 +478,48 @@ func countFiles(t *testing.T, dir string) (files int, bytes uint64) {
 	return files, bytes
 }
 
+// dirSize is the size of the regular files below dir.
+func dirSize(t *testing.T, dir string) int64 {
+	t.Helper()
+	_, n := countFiles(t, dir)
+	return int64(n)
+}
+
+// killAfter runs floe on the test's repository and kills it with SIGKILL
+// after delay. It reports whether floe had finished (successfully) already,
+// when, and then its output; like every run, the output must not hold a
+// secret.
+func (e *floeEnv) killAfter(delay time.Duration, args ...string) (finished bool, took time.Duration, out string) {
+	e.t.Helper()
+	cmd := exec.Command(floeBin, append(e.repoArgs(), args...)...)
+	cmd.Env = e.environ()
+	cmd.Dir = e.dir
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if s, leaked := leakedSecret(buf.String()); leaked {
+			e.t.Errorf("floe %s printed the secret %.6s...", quoteArgs(args), s)
+		}
+	}()
+	select {
+	case err := <-exited:
+		if err != nil {
+			e.t.Fatalf("floe %s failed before it was killed: %v\n%s", quoteArgs(args), err, buf.String())
+		}
+		return true, time.Since(start), strings.TrimSpace(buf.String())
+	case <-time.After(delay):
+		cmd.Process.Kill()
+		<-exited
+		return false, delay, ""
+	}
+}
+
 // appendLines appends log lines to path every millisecond until the
 // returned stop function is called (a file changing during a backup).
 func appendLines(t *testing.T, path string) (stop func()) {

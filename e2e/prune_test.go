@@ -1,12 +1,9 @@
 package e2e
 
 import (
-	"bytes"
 	"fmt"
-	"io/fs"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,7 +70,7 @@ func TestPruneCrashSafety(t *testing.T) {
 		delay := 10*time.Millisecond + time.Duration(rng.Int64N(int64(maxDelay)))
 		// a killed prune leaves its lease: the operator, who knows it
 		// died, removes it (--force-unlock --yes) in the next run
-		finished, took := e.killAfter(delay, "prune", "--grace", "0", "--max-unused", "5%", "--force-unlock", "--yes")
+		finished, took, _ := e.killAfter(delay, "prune", "--grace", "0", "--max-unused", "5%", "--force-unlock", "--yes")
 		if finished {
 			t.Logf("round %d: prune finished in %v, before the kill", round, took.Round(time.Millisecond))
 			maxDelay = max(20*time.Millisecond, took)
@@ -127,55 +124,4 @@ func TestPruneCrashSafety(t *testing.T) {
 		t.Errorf("a third prune still found work: %+v", out)
 	}
 	t.Logf("%d rounds, %d prunes killed, in %v", rounds, killed, time.Since(start).Round(time.Millisecond))
-}
-
-// killAfter runs floe on the test's repository and kills it with SIGKILL
-// after delay. It reports whether floe had finished (successfully) already,
-// and when.
-func (e *floeEnv) killAfter(delay time.Duration, args ...string) (bool, time.Duration) {
-	e.t.Helper()
-	cmd := exec.Command(floeBin, append(e.repoArgs(), args...)...)
-	cmd.Env = e.environ()
-	cmd.Dir = e.dir
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	start := time.Now()
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	select {
-	case err := <-exited:
-		if err != nil {
-			e.t.Fatalf("floe %s failed before it was killed: %v\n%s", quoteArgs(args), err, out.String())
-		}
-		return true, time.Since(start)
-	case <-time.After(delay):
-		cmd.Process.Kill()
-		<-exited
-		return false, delay
-	}
-}
-
-func dirSize(t *testing.T, dir string) int64 {
-	t.Helper()
-	var n int64
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.Type().IsRegular() {
-			fi, err := d.Info()
-			if err != nil {
-				return err
-			}
-			n += fi.Size()
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
 }

@@ -210,7 +210,7 @@ func TestS3KilledBackup(t *testing.T) {
 	manifest := testutil.Manifest(t, src)
 	killed := 0
 	for _, delay := range []time.Duration{150 * time.Millisecond, 400 * time.Millisecond, 900 * time.Millisecond} {
-		finished, took, _ := e.killBackup(src, delay)
+		finished, took, _ := e.killAfter(delay, "backup", "--force", src)
 		if finished {
 			t.Logf("the backup finished in %v, before the kill", took)
 			continue

@@ -195,12 +195,9 @@ func (s *floeServer) auditLines() []map[string]any {
 func TestServerBackupToken(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	root := e.mkdir("srv")
-	s := e.startServer(root, freePort(t))
-	admin := s.token("fleet", "admin", "admin")
+	s, admin := e.startFleetServer()
+	root := s.root
 	web1 := s.token("fleet", "web1", "backup")
-
-	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "init"), 0)
 	woKey := s.writeOnlyKey(admin, "web1.key")
 
 	src := e.mkdir("src")

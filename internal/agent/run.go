@@ -55,6 +55,16 @@ func (r *Runner) target(j *Job) (connect.Target, error) {
 	}, nil
 }
 
+// open opens j's repository for a retention or a verification (a backup
+// opens it through backup.Job, which may create it).
+func (r *Runner) open(ctx context.Context, j *Job) (*repo.Repository, error) {
+	t, err := r.target(j)
+	if err != nil {
+		return nil, err
+	}
+	return connect.Open(ctx, t, connect.Options{})
+}
+
 // hint says what to do about a warning's error in the log of a job: the
 // agent runs the floe binary, so its commands are the ones to name.
 func hint(err error) string {
@@ -68,8 +78,14 @@ func (r *Runner) warner(j *Job) func(string) {
 	return func(msg string) { r.Log.Warn(ui.Sanitize(msg), slog.String("job", j.Name)) }
 }
 
-func (r *Runner) newReport(j *Job, task fleet.Task) fleet.Run {
-	return fleet.Run{ID: fleet.NewReportID(), Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now(), Version: r.Version}
+// report runs one task of j through run and returns its report, stamped
+// and given its status by finish: Backup, Retention and Verify report
+// alike.
+func (r *Runner) report(ctx context.Context, j *Job, task fleet.Task, run func(rep *fleet.Run) error) (fleet.Run, error) {
+	rep := fleet.Run{ID: fleet.NewReportID(), Host: r.Config.Host, Job: j.Name, Task: task, Repository: j.Repository, Attempt: 1, Started: r.Now(), Version: r.Version}
+	err := run(&rep)
+	r.finish(ctx, &rep, err)
+	return rep, err
 }
 
 // finish sets the status from err (when the run did not set a better
@@ -93,10 +109,7 @@ func (r *Runner) finish(ctx context.Context, rep *fleet.Run, err error) {
 // Backup runs the backup of j now. The error is the backup's (nil for a
 // run with a snapshot and unreadable files: the report says partial).
 func (r *Runner) Backup(ctx context.Context, j *Job) (fleet.Run, error) {
-	rep := r.newReport(j, fleet.TaskBackup)
-	err := r.backup(ctx, j, &rep)
-	r.finish(ctx, &rep, err)
-	return rep, err
+	return r.report(ctx, j, fleet.TaskBackup, func(rep *fleet.Run) error { return r.backup(ctx, j, rep) })
 }
 
 func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
@@ -160,18 +173,11 @@ func (r *Runner) backup(ctx context.Context, j *Job, rep *fleet.Run) error {
 // (arrival-aware: on a floe server a snapshot counts from when it arrived
 // if it claims a later time), then prune. It needs a full key.
 func (r *Runner) Retention(ctx context.Context, j *Job) (fleet.Run, error) {
-	rep := r.newReport(j, fleet.TaskRetention)
-	err := r.retention(ctx, j, &rep)
-	r.finish(ctx, &rep, err)
-	return rep, err
+	return r.report(ctx, j, fleet.TaskRetention, func(rep *fleet.Run) error { return r.retention(ctx, j, rep) })
 }
 
 func (r *Runner) retention(ctx context.Context, j *Job, rep *fleet.Run) error {
-	t, err := r.target(j)
-	if err != nil {
-		return err
-	}
-	repo, err := connect.Open(ctx, t, connect.Options{})
+	repo, err := r.open(ctx, j)
 	if err != nil {
 		return err
 	}
@@ -234,10 +240,7 @@ func (r *Runner) retention(ctx context.Context, j *Job, rep *fleet.Run) error {
 // Verify runs `check --read-data-subset` of j now, as the verification
 // that follows done ones (see Job.VerifyPart).
 func (r *Runner) Verify(ctx context.Context, j *Job, done int) (fleet.Run, error) {
-	rep := r.newReport(j, fleet.TaskCheck)
-	err := r.verify(ctx, j, done, &rep)
-	r.finish(ctx, &rep, err)
-	return rep, err
+	return r.report(ctx, j, fleet.TaskCheck, func(rep *fleet.Run) error { return r.verify(ctx, j, done, rep) })
 }
 
 func (r *Runner) verify(ctx context.Context, j *Job, done int, rep *fleet.Run) error {
@@ -246,11 +249,7 @@ func (r *Runner) verify(ctx context.Context, j *Job, done int, rep *fleet.Run) e
 	}
 	subset := j.VerifyPart(done)
 	rep.CheckSubset = subset.String()
-	t, err := r.target(j)
-	if err != nil {
-		return err
-	}
-	repo, err := connect.Open(ctx, t, connect.Options{})
+	repo, err := r.open(ctx, j)
 	if err != nil {
 		return err
 	}

@@ -13,20 +13,16 @@ import (
 	"testing"
 	"time"
 
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/local"
 	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 var password = []byte("correct horse")
-
-func testKDF() *crypto.KDFParams {
-	return &crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-}
 
 // fixture is a small repository with two snapshots:
 //
@@ -51,7 +47,7 @@ func randomBytes(n int) []byte {
 func newFixture(t *testing.T, be storage.Backend) *fixture {
 	t.Helper()
 	ctx := context.Background()
-	r, _, err := repo.Init(ctx, be, repo.Credential{Password: password}, repo.InitOptions{KDF: testKDF()})
+	r, _, err := repo.Init(ctx, be, repo.Credential{Password: password}, repo.InitOptions{KDF: testutil.CheapKDF()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +109,7 @@ func newFixture(t *testing.T, be storage.Backend) *fixture {
 
 func open(t *testing.T, be storage.Backend) *repo.Repository {
 	t.Helper()
-	r, err := repo.Open(context.Background(), be, repo.Credential{Password: password}, repo.OpenOptions{KDF: testKDF()})
+	r, err := repo.Open(context.Background(), be, repo.Credential{Password: password}, repo.OpenOptions{KDF: testutil.CheapKDF()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/mem"
+	"github.com/floe-backup/floe/internal/testutil"
 )
 
 // A write-only host forges a copy of a blob (garbage under its ID, in a
@@ -22,15 +23,7 @@ func TestForgedCopyAndMarkReported(t *testing.T) {
 	ctx := context.Background()
 	be := mem.New()
 	f := newFixture(t, be)
-	full := open(t, be)
-	_, kf, err := full.AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := repo.Open(ctx, be, repo.Credential{KeyFile: kf}, repo.OpenOptions{KDF: testKDF()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	wo := testutil.WriteOnly(t, open(t, be))
 	_, loc := f.packOf(t, repo.DataBlob, f.blobs["hosts"])
 	id := f.blobs["hosts"].ID
 	blobs := []packfile.Blob{{Type: repo.DataBlob, ID: id, Length: loc.Length}}

@@ -106,7 +106,7 @@ func GenerateKeyPair() (PublicKey, PrivateKey, error) {
 	return pub, sec, nil
 }
 
-// Seal derives the key for a new sealed object: a fresh ephemeral key pair is
+// SealTo derives the key for a new sealed object: a fresh ephemeral key pair is
 // made, its public half returned to be stored, and its private half dropped.
 // Only the holder of the private key for recipient can derive the key again.
 func SealTo(recipient PublicKey) (ephemeral PublicKey, key Key, err error) {

@@ -221,28 +221,33 @@ type idResult struct {
 	ok bool
 }
 
+// cached returns what m holds for k, else lookup(k), which it keeps:
+// failures too, so that a missing owner is looked up once per run.
+func cached[K comparable, V any](m *sync.Map, k K, lookup func(K) V) V {
+	if v, ok := m.Load(k); ok {
+		return v.(V)
+	}
+	v := lookup(k)
+	m.Store(k, v)
+	return v
+}
+
 func userName(uid uint32) string {
-	if v, ok := userNames.Load(uid); ok {
-		return v.(string)
-	}
-	name := ""
-	if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
-		name = u.Username
-	}
-	userNames.Store(uid, name)
-	return name
+	return cached(&userNames, uid, func(uid uint32) string {
+		if u, err := user.LookupId(strconv.FormatUint(uint64(uid), 10)); err == nil {
+			return u.Username
+		}
+		return ""
+	})
 }
 
 func groupName(gid uint32) string {
-	if v, ok := groupNames.Load(gid); ok {
-		return v.(string)
-	}
-	name := ""
-	if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
-		name = g.Name
-	}
-	groupNames.Store(gid, name)
-	return name
+	return cached(&groupNames, gid, func(gid uint32) string {
+		if g, err := user.LookupGroupId(strconv.FormatUint(uint64(gid), 10)); err == nil {
+			return g.Name
+		}
+		return ""
+	})
 }
 
 func parseID(s string) (uint32, bool) {
@@ -251,28 +256,22 @@ func parseID(s string) (uint32, bool) {
 }
 
 func userID(name string) (uint32, bool) {
-	if v, ok := userIDs.Load(name); ok {
-		r := v.(idResult)
-		return r.id, r.ok
-	}
-	var r idResult
-	if u, err := user.Lookup(name); err == nil {
-		r.id, r.ok = parseID(u.Uid)
-	}
-	userIDs.Store(name, r)
+	r := cached(&userIDs, name, func(name string) (r idResult) {
+		if u, err := user.Lookup(name); err == nil {
+			r.id, r.ok = parseID(u.Uid)
+		}
+		return r
+	})
 	return r.id, r.ok
 }
 
 func groupID(name string) (uint32, bool) {
-	if v, ok := groupIDs.Load(name); ok {
-		r := v.(idResult)
-		return r.id, r.ok
-	}
-	var r idResult
-	if g, err := user.LookupGroup(name); err == nil {
-		r.id, r.ok = parseID(g.Gid)
-	}
-	groupIDs.Store(name, r)
+	r := cached(&groupIDs, name, func(name string) (r idResult) {
+		if g, err := user.LookupGroup(name); err == nil {
+			r.id, r.ok = parseID(g.Gid)
+		}
+		return r
+	})
 	return r.id, r.ok
 }
 
@@ -406,8 +405,6 @@ func Apply(path string, n *snapshot.Node, opts ApplyOptions) error {
 	return nil
 }
 
-// mayChown reports whether Apply tries to change the owner: as root, or when
-// the owner to set is our own (which then needs no privilege).
 // owner returns the uid and gid to restore: by name when the names exist
 // here (unless NumericOwner), else the stored numbers.
 func owner(n *snapshot.Node, opts ApplyOptions) (uid, gid uint32) {
@@ -499,6 +496,8 @@ var Umask = sync.OnceValues(func() (mask uint32, ok bool) {
 	return 0, false
 })
 
+// mayChown reports whether Apply tries to change the owner: as root, or when
+// the owner to set is our own (which then needs no privilege).
 func mayChown(uid, gid uint32, euid, egid int) bool {
 	return euid == 0 || (int64(uid) == int64(euid) && int64(gid) == int64(egid))
 }

@@ -20,21 +20,15 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/backup"
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
-	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
 
 func newRepo(t testing.TB) *repo.Repository {
 	t.Helper()
-	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-	r, _, err := repo.Init(context.Background(), mem.New(), repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := testutil.NewRepo(t)
 	return r
 }
 

@@ -16,7 +16,6 @@ import (
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/check"
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/restore"
@@ -29,7 +28,7 @@ import (
 var (
 	ctx  = context.Background()
 	cred = repo.Credential{Password: []byte("pw")}
-	kdf  = crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
+	kdf  = *testutil.CheapKDF()
 )
 
 // world is a repository on a mem backend that several repo.Open

@@ -21,18 +21,7 @@ import (
 // openWriteOnly adds a write-only key and opens the repository with it.
 func (w *world) openWriteOnly(t *testing.T) *repo.Repository {
 	t.Helper()
-	_, kf, err := w.open(t).AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := repo.Open(ctx, w.be, repo.Credential{KeyFile: kf}, repo.OpenOptions{KDF: &kdf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wo.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return wo
+	return testutil.WriteOnly(t, w.open(t))
 }
 
 // forgeAll stores, as a write-only attacker can, one pack that holds

@@ -74,15 +74,8 @@ func TestFindAndApply(t *testing.T) {
 
 func TestFindRefusesWriteOnly(t *testing.T) {
 	ctx := context.Background()
-	r, be := testutil.NewRepo(t)
-	_, kf, err := r.AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := repo.Open(ctx, be, repo.Credential{KeyFile: kf}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	r, _ := testutil.NewRepo(t)
+	wo := testutil.WriteOnly(t, r)
 	if _, err := Find(ctx, wo); err != repo.ErrWriteOnly {
 		t.Fatalf("write-only Find: %v", err)
 	}

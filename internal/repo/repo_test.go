@@ -286,19 +286,9 @@ func TestWriteOnlyKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, kf, err := r.AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := Open(ctx, be, Credential{KeyFile: kf}, OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	wo := writeOnly(t, r, be)
 	if !wo.WriteOnly() {
 		t.Fatal("write-only key opened as full")
-	}
-	if err := wo.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
 	}
 	// It deduplicates against existing data and can add new data...
 	if !wo.HasBlob(BlobHandle{DataBlob, fullRef.ID}) {

@@ -12,11 +12,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/backup"
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
-	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
 )
@@ -221,20 +219,7 @@ func TestSnapshotSymlinkIsNotFollowed(t *testing.T) {
 
 func TestWriteOnlyKeyCannotRestore(t *testing.T) {
 	ctx := context.Background()
-	be := mem.New()
-	kdf := crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-	r, _, err := repo.Init(ctx, be, repo.Credential{Password: []byte("pw")}, repo.InitOptions{KDF: &kdf})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, kf, err := r.AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := repo.Open(ctx, be, repo.Credential{KeyFile: kf}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	wo := testutil.WriteOnly(t, newRepo(t))
 	if _, err := Run(ctx, wo, hash.Ref{ID: hash.ID{1}}, "", Options{Target: t.TempDir()}); err != repo.ErrWriteOnly {
 		t.Fatalf("err = %v, want ErrWriteOnly", err)
 	}

@@ -135,18 +135,8 @@ func TestWriteOnly(t *testing.T) {
 	dir := t.TempDir()
 	write(t, filepath.Join(dir, "a"), []byte("x"))
 	s := backupDir(t, r, dir)
-	_, kf, err := r.AddKey(ctx, nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
-	wo, err := repo.Open(ctx, r.Backend(), repo.Credential{KeyFile: kf}, repo.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := wo.LoadIndex(ctx); err != nil {
-		t.Fatal(err)
-	}
-	_, err = stats.Snapshots(ctx, snapshot.RepoTrees{Repo: wo}, wo.Index(), []hash.Ref{s.Tree})
+	wo := testutil.WriteOnly(t, r)
+	_, err := stats.Snapshots(ctx, snapshot.RepoTrees{Repo: wo}, wo.Index(), []hash.Ref{s.Tree})
 	if !errors.Is(err, repo.ErrWriteOnly) {
 		t.Fatalf("write-only key: %v", err)
 	}

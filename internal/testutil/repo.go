@@ -44,3 +44,23 @@ func Reopen(t testing.TB, be storage.Backend) *repo.Repository {
 	}
 	return r
 }
+
+// WriteOnly adds a write-only key to r's repository and opens the
+// repository with it on r's backend, its index loaded: the view of a host
+// that may add backups and read none.
+func WriteOnly(t testing.TB, r *repo.Repository) *repo.Repository {
+	t.Helper()
+	ctx := context.Background()
+	_, kf, err := r.AddKey(ctx, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wo, err := repo.Open(ctx, r.Backend(), repo.Credential{KeyFile: kf}, repo.OpenOptions{KDF: CheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := wo.LoadIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return wo
+}

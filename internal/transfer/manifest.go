@@ -69,14 +69,7 @@ type ExportError struct {
 func (e *ExportError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "export %s: %v: %s; nothing was imported", e.Dir, ErrBadExport, ui.Count(e.Count, "problem"))
-	for i, p := range e.Problems {
-		if i == 20 {
-			fmt.Fprintf(&b, "\n  ... and %d more", e.Count-20)
-			break
-		}
-		b.WriteString("\n  ")
-		b.WriteString(p)
-	}
+	listProblems(&b, e.Problems, e.Count, 20)
 	return b.String()
 }
 

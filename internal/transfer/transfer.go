@@ -182,15 +182,22 @@ type VerifyError struct {
 func (e *VerifyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "verification of the copied snapshots in %s failed: %s", e.Repository, ui.Count(e.Count, "problem"))
-	for i, p := range e.Problems {
-		if i == 10 {
-			fmt.Fprintf(&b, "\n  ... and %d more", e.Count-10)
+	listProblems(&b, e.Problems, e.Count, 10)
+	return b.String()
+}
+
+// listProblems writes problems to b, an indented line each, up to shown of
+// them, then how many of all count were left out (VerifyError and
+// ExportError).
+func listProblems(b *strings.Builder, problems []string, count, shown int) {
+	for i, p := range problems {
+		if i == shown {
+			fmt.Fprintf(b, "\n  ... and %d more", count-shown)
 			break
 		}
 		b.WriteString("\n  ")
 		b.WriteString(p)
 	}
-	return b.String()
 }
 
 // originOf is the ID a snapshot is known by across copies: the snapshot

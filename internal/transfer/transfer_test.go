@@ -13,7 +13,6 @@ import (
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/check"
 	"github.com/floe-backup/floe/internal/connect"
-	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/restore"
@@ -28,16 +27,12 @@ import (
 
 var password = []byte("correct horse")
 
-func cheapKDF() *crypto.KDFParams {
-	return &crypto.KDFParams{Time: 1, MemoryKiB: 8 * 1024, Threads: 1, Salt: make([]byte, 16)}
-}
-
 func cred() repo.Credential { return repo.Credential{Password: password} }
 
 func newRepo(t *testing.T, opts repo.InitOptions) (*repo.Repository, *mem.Backend) {
 	t.Helper()
 	be := mem.New()
-	opts.KDF = cheapKDF()
+	opts.KDF = testutil.CheapKDF()
 	r, _, err := repo.Init(context.Background(), be, cred(), opts)
 	if err != nil {
 		t.Fatal(err)
@@ -57,7 +52,7 @@ func sibling(t *testing.T, src *repo.Repository) (*repo.Repository, *mem.Backend
 func open(t *testing.T, be storage.Backend) *repo.Repository {
 	t.Helper()
 	ctx := context.Background()
-	r, err := repo.Open(ctx, be, cred(), repo.OpenOptions{KDF: cheapKDF()})
+	r, err := repo.Open(ctx, be, cred(), repo.OpenOptions{KDF: testutil.CheapKDF()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +307,7 @@ func TestCopyResumesAfterInterruption(t *testing.T) {
 	f := newFixture(t, 2<<20, 34<<20)
 	dstMem := mem.New()
 	be := &cancelAfter{Backend: dstMem}
-	if _, _, err := repo.Init(context.Background(), be, cred(), repo.InitOptions{KDF: cheapKDF()}); err != nil {
+	if _, _, err := repo.Init(context.Background(), be, cred(), repo.InitOptions{KDF: testutil.CheapKDF()}); err != nil {
 		t.Fatal(err)
 	}
 	dst := open(t, be)
