@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"io/fs"
+	"net"
 	"strings"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -16,6 +18,7 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
@@ -68,17 +71,56 @@ func exitCodeFor(err error) int {
 		return ExitNoRepo
 	case isServerRefusal(err):
 		return ExitRefused
-	case errors.Is(err, remote.ErrFingerprint), errors.Is(err, remote.ErrSSH):
+	case errors.Is(err, remote.ErrFingerprint), errors.Is(err, remote.ErrSSH), isUnreachable(err):
 		return ExitNoRepo
 	}
 	return ExitError
+}
+
+// isUnreachable says that a server (floe serve, S3) could not be reached
+// at all: the connection was refused or timed out, or its name does not
+// resolve. That is "repository unreachable" (exit 10), not a failure of
+// the command.
+func isUnreachable(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var dns *net.DNSError
+	return errors.As(err, &dns)
+}
+
+// explainCredentialFile gives an error about a file that --token-file,
+// --key-file or --password-file (or their variables) name a hint that
+// names the flag, and exit code 1: a missing token file would otherwise
+// read as a missing repository (exit 10, "create one with floe init").
+func (g *globals) explainCredentialFile(err error) error {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || pe.Path == "" {
+		return err
+	}
+	var hint string
+	switch pe.Path {
+	case g.tokenFile:
+		hint = "check --token-file or FLOE_TOKEN_FILE: it names the file holding this host's token for the floe server (`floe serve token add` on the server makes one)"
+	case g.keyFile:
+		hint = "check --key-file or FLOE_KEY_FILE (`floe key add --new-key-file FILE` makes a key file)"
+	case g.passwordFile:
+		hint = "check --password-file or FLOE_PASSWORD_FILE"
+	default:
+		return err
+	}
+	return &exitError{ExitError, hintedError{err, hint}}
 }
 
 // hintFor returns what to do about err in floe's terms (flags, commands):
 // the packages below cmd/floe name neither, since other front ends (the
 // agent's configuration, a library user) spell them differently.
 func hintFor(err error) string {
+	var he hintedError
 	switch {
+	case errors.As(err, &he):
+		return he.hint
 	case strings.HasPrefix(err.Error(), "unknown command "):
 		return "`floe --help` lists the commands"
 	case errors.Is(err, repo.ErrFormatV1):
@@ -92,7 +134,7 @@ func hintFor(err error) string {
 	case errors.Is(err, location.ErrNoLocation):
 		return "use -r/--repo or FLOE_REPOSITORY"
 	case errors.Is(err, remote.ErrPinned):
-		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT"
+		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT: compare it with what `floe serve fingerprint` prints on the server, and pin the new one only if its certificate was replaced on purpose"
 	case errors.Is(err, remote.ErrUnknownAuthority):
 		return "pin the certificate with --server-fingerprint (`floe serve` prints its fingerprint)"
 	case errors.Is(err, remote.ErrCredentialsInURL):
@@ -149,6 +191,12 @@ func hintFor(err error) string {
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
 	case errors.Is(err, repo.ErrUnknownID):
 		return "`floe snapshots` and `floe key list` show the IDs there are"
+	case isUnreachable(err):
+		return "is `floe serve` running there? check the host and port of -r/FLOE_REPOSITORY, and that no firewall is in the way"
+	case errors.Is(err, repo.ErrForged):
+		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
+	case errors.Is(err, snapshot.ErrNoSnapshot):
+		return "`floe snapshots` lists the snapshots (and `floe snapshots --host HOST` a host's)"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

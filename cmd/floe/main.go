@@ -42,6 +42,7 @@ func run(args []string) int {
 	if err == nil {
 		return g.exitCode
 	}
+	err = g.explainCredentialFile(explainUnknownCommand(root, err))
 	code := exitCodeFor(err)
 	if ctx.Err() != nil {
 		code = ExitInterrupted
@@ -99,7 +100,11 @@ Exit codes:
 	// restic and most tools answer -V/--version; -v is left for --verbose
 	root.Flags().BoolP("version", "V", false, "print the version and exit")
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
+	// explainUnknownCommand suggests, as a hint: cobra's suggestions come
+	// inside the error, on lines of their own
+	root.DisableSuggestions = true
+	root.SetHelpCommand(newHelpCommand())
 	// every command, here and nowhere else (help lists them sorted)
 	root.AddCommand(
 		newInitCommand(g),
