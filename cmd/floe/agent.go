@@ -215,6 +215,9 @@ verification (check --read-data-subset) instead.
 
 Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 11, 12 when the repository cannot be opened, 13 when --verify found damage.`,
+		Example: `  floe agent run system            # the job named "system" in /etc/floe/agent.toml
+  floe agent run --verify system   # its verification
+  floe agent --config ./agent.toml run system`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, clock, log, err := f.setup(cmd)
@@ -300,7 +303,9 @@ func newAgentConfigCommand(f *agentFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "config",
 		Short: "Work with the agent's configuration",
-		Args:  cobra.NoArgs,
+		Example: `  floe agent config check
+  floe agent config check /etc/floe/agent.toml.new`,
+		Args: cobra.NoArgs,
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "check [FILE]",
@@ -309,6 +314,8 @@ func newAgentConfigCommand(f *agentFlags) *cobra.Command {
 syntax, unknown keys, schedules, windows, credentials and paths. Each
 problem is printed as FILE:LINE: message; the exit status is 1 when there
 is any.`,
+		Example: `  floe agent config check                                # /etc/floe/agent.toml, or --config
+  floe agent config check /etc/floe/agent.toml.new && mv /etc/floe/agent.toml.new /etc/floe/agent.toml && systemctl reload floe-agent`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file := f.configFile()
@@ -344,7 +351,9 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "next",
 		Short: "Show when each job of the agent runs next",
-		Args:  cobra.NoArgs,
+		Example: `  floe agent next
+  floe agent next --config /etc/floe/agent.toml --json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, clock, _, err := f.setup(cmd)
 			if err != nil {
@@ -393,6 +402,8 @@ func newAgentInstallCommand(g *globals, f *agentFlags) *cobra.Command {
 		Long: `Write the systemd unit floe-agent.service into /etc/systemd/system (or
 --unit-dir), running this floe binary with the configuration of --config.
 Then: systemctl daemon-reload && systemctl enable --now floe-agent.`,
+		Example: `  floe agent install && systemctl daemon-reload && systemctl enable --now floe-agent
+  floe agent install --config /etc/floe/agent.toml --unit-dir /run/systemd/system`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()

@@ -217,6 +217,9 @@ func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "token",
 		Short: "Manage the credentials of hosts (add, list, revoke)",
+		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
+  floe serve token list --root /srv/floe
+  floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
 	}
 	var repoName, host, roles, quota string
 	add := &cobra.Command{

@@ -133,6 +133,9 @@ func newServeHostCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "host",
 		Short: "Manage the fleet's hosts (add prints a one-time enrollment token, list, revoke)",
+		Example: `  floe serve host add --root /srv/floe --repo fleet web1
+  floe serve host list --root /srv/floe
+  floe serve host revoke --root /srv/floe web1`,
 	}
 	var repoName string
 	var expires time.Duration
@@ -261,8 +264,9 @@ that never enrolled, issues a new token.`,
 
 func newServeAlertCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
-		Use:   "alert",
-		Short: "Alert notifications (test)",
+		Use:     "alert",
+		Short:   "Alert notifications (test)",
+		Example: `  floe serve alert test --alert-webhook https://hooks.example/floe`,
 	}
 	test := &cobra.Command{
 		Use:   "test",
