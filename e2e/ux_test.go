@@ -3,8 +3,9 @@
 package e2e
 
 import (
-	"net"
+	"encoding/json"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -66,18 +67,6 @@ func TestTypos(t *testing.T) {
 	}
 }
 
-// closedPort returns a local TCP address that nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
-}
-
 // TestCredentialFileAndServerErrors: a token, key or password file that
 // is not there is an error (exit 1) whose hint names the flag to check; a
 // missing token file used to read as a missing repository (exit 10, "create
@@ -91,7 +80,7 @@ func TestCredentialFileAndServerErrors(t *testing.T) {
 	if err := os.WriteFile(tok, []byte("floe_not_a_real_token\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	url := "https://" + closedPort(t) + "/fleet"
+	url := "https://" + freePort(t) + "/fleet"
 	fp := "--server-fingerprint=sha256:" + strings.Repeat("ab", 32)
 
 	for _, c := range []struct {
@@ -125,5 +114,116 @@ func TestUnknownSnapshotHint(t *testing.T) {
 	expectCode(t, r, 1)
 	if h := hintOf(r); !strings.Contains(h, "`floe snapshots`") {
 		t.Errorf("hint %q\n%s", h, r)
+	}
+}
+
+// TestJSONServeAndAgentConfig: the commands a provisioning script runs on
+// a server (fingerprint to pin, token revoke, quota, host list and revoke)
+// and before installing an agent's configuration (config check) print one
+// JSON document with --json, as docs/JSON.md says; they printed nothing
+// (or plain text, or "hosts": null) before.
+func TestJSONServeAndAgentConfig(t *testing.T) {
+	c := &jsonChecker{t: t, specs: readJSONSpec(t), seen: map[string]bool{}}
+	e := newEnv(t)
+	root := e.mkdir("server")
+	e.mkdir("server", "fleet")
+
+	r := e.run("serve", "host", "list", "--root", root, "--json")
+	expectCode(t, r, 0)
+	c.document("serve host list", r)
+	if !strings.Contains(r.stdout, `"hosts": []`) {
+		t.Errorf("no hosts: want an empty list, not null: %s", r)
+	}
+
+	s := e.startServer(root, freePort(t))
+	r = e.run("serve", "fingerprint", "--root", root, "--json")
+	expectCode(t, r, 0)
+	c.document("serve fingerprint", r)
+	fp := decodeJSON[struct {
+		Fingerprint string `json:"fingerprint"`
+	}](t, r)
+	if fp.Fingerprint != s.fingerprint {
+		t.Errorf("serve fingerprint --json says %q, the server %q", fp.Fingerprint, s.fingerprint)
+	}
+
+	r = e.run("serve", "token", "add", "--root", root, "--repo", "fleet", "--host", "web1", "--role", "backup", "--json")
+	expectCode(t, r, 0)
+	tok := decodeJSON[struct {
+		ID    string `json:"id"`
+		Token string `json:"token"`
+	}](t, r)
+	addSecret(tok.Token)
+	r = e.run("serve", "token", "revoke", "--root", root, tok.ID, "--json")
+	expectCode(t, r, 0)
+	c.document("serve token revoke", r)
+	if rev := decodeJSON[struct {
+		Revoked []string `json:"revoked"`
+	}](t, r); len(rev.Revoked) != 1 || rev.Revoked[0] != tok.ID {
+		t.Errorf("token revoke --json: %s", r)
+	}
+
+	r = e.run("serve", "quota", "--root", root, "fleet", "1MiB", "--json")
+	expectCode(t, r, 0)
+	c.document("serve quota", r)
+	if q := decodeJSON[struct {
+		Repo  string `json:"repo"`
+		Quota int64  `json:"quota"`
+	}](t, r); q.Repo != "fleet" || q.Quota != 1<<20 {
+		t.Errorf("quota --json: %s", r)
+	}
+
+	r = e.run("serve", "host", "add", "--root", root, "--repo", "fleet", "web2", "--json")
+	expectCode(t, r, 0)
+	addSecret(decodeJSON[struct {
+		Token string `json:"enrollment_token"`
+	}](t, r).Token)
+	r = e.run("serve", "host", "revoke", "--root", root, "web2", "--json")
+	expectCode(t, r, 0)
+	c.document("serve host revoke", r)
+
+	good := filepath.Join(e.dir, "agent.toml")
+	os.WriteFile(good, []byte(`[[job]]
+name = "system"
+repository = "`+e.repo+`"
+password_file = "`+e.pwFile+`"
+paths = ["/etc"]
+schedule = "daily"
+`), 0o644)
+	r = e.run("agent", "config", "check", good, "--json")
+	expectCode(t, r, 0)
+	c.document("agent config check", r)
+	type checkOut struct {
+		OK   bool `json:"ok"`
+		Jobs []struct {
+			Name     string   `json:"name"`
+			Schedule []string `json:"schedule"`
+		} `json:"jobs"`
+		Problems []struct {
+			Line    int    `json:"line"`
+			Message string `json:"message"`
+		} `json:"problems"`
+	}
+	if out := decodeJSON[checkOut](t, r); !out.OK || len(out.Jobs) != 1 || out.Jobs[0].Name != "system" || len(out.Problems) != 0 {
+		t.Errorf("a good configuration: %+v\n%s", out, r)
+	}
+	bad := filepath.Join(e.dir, "bad.toml")
+	os.WriteFile(bad, []byte("[[job]]\nname = \"x\"\nbogus = 1\n"), 0o644)
+	r = e.run("agent", "config", "check", bad, "--json")
+	expectCode(t, r, 1)
+	c.document("agent config check", r)
+	out := decodeJSON[checkOut](t, r)
+	if out.OK || len(out.Problems) == 0 {
+		t.Fatalf("a bad configuration: %+v\n%s", out, r)
+	}
+	found := false
+	for _, p := range out.Problems {
+		found = found || p.Line == 3 && strings.Contains(p.Message, "bogus")
+	}
+	if !found {
+		t.Errorf("the unknown key on line 3 is not among the problems: %+v", out.Problems)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc["exit_code"] != nil {
+		t.Errorf("a second (error) document after the problems: %s", r)
 	}
 }

@@ -77,7 +77,7 @@ problems is logged and the old one kept.`,
 	pf.StringVar(&f.clockStart, "clock-start", "", "test only: start the clock at this RFC 3339 time")
 	_ = pf.MarkHidden("time-scale")
 	_ = pf.MarkHidden("clock-start")
-	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
+	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(g, f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
 	c.AddCommand(newAgentEnrollCommand(g, f))
 	return c
 }
@@ -196,6 +196,54 @@ func loadAgentConfig(file string) (*agent.Config, error) {
 	return cfg, err
 }
 
+// agentConfigCheckJSON prints `agent config check --json`: the jobs of a
+// good configuration, or every problem of a bad one (exit 1), for a
+// deployment script that checks a configuration before it installs it.
+func agentConfigCheckJSON(file string) error {
+	type jobOut struct {
+		Name       string   `json:"name"`
+		Type       string   `json:"type"`
+		Repository string   `json:"repository"`
+		Paths      []string `json:"paths"`
+		Schedule   []string `json:"schedule"`
+		Window     string   `json:"window,omitempty"`
+	}
+	type problemOut struct {
+		Line    int    `json:"line,omitempty"`
+		Message string `json:"message"`
+	}
+	jobs, problems := []jobOut{}, []problemOut{}
+	cfg, err := agent.Load(file)
+	var ce *agent.ConfigError
+	switch {
+	case errors.As(err, &ce):
+		for _, p := range ce.Problems {
+			problems = append(problems, problemOut{p.Line, p.Msg})
+		}
+	case err != nil:
+		return err // not a configuration: the JSON error object says why
+	default:
+		for _, j := range cfg.Jobs {
+			typ := j.Type
+			if typ == "" {
+				typ = agent.JobBackup
+			}
+			paths := j.Paths
+			if paths == nil {
+				paths = []string{}
+			}
+			jobs = append(jobs, jobOut{j.Name, typ, j.Repository, paths, append([]string{}, j.Schedule...), j.Window})
+		}
+	}
+	if err := writeDocument(map[string]any{"file": file, "ok": len(problems) == 0, "jobs": jobs, "problems": problems}); err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return documentFailed{fmt.Errorf("%s: %s", file, ui.Count(len(problems), "problem"))}
+	}
+	return nil
+}
+
 func problemLine(file string, p agent.Problem) string {
 	if p.Line > 0 {
 		return file + ":" + strconv.Itoa(p.Line) + ": " + p.Msg
@@ -299,7 +347,7 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 	return c
 }
 
-func newAgentConfigCommand(f *agentFlags) *cobra.Command {
+func newAgentConfigCommand(g *globals, f *agentFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "config",
 		Short: "Work with the agent's configuration",
@@ -321,6 +369,9 @@ is any.`,
 			file := f.configFile()
 			if len(args) == 1 {
 				file = args[0]
+			}
+			if g.json {
+				return agentConfigCheckJSON(file)
 			}
 			cfg, err := loadAgentConfig(file)
 			if err != nil {

@@ -204,6 +204,9 @@ func newServeFingerprintCommand(g *globals, sf *serveFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if g.json {
+				return writeDocument(map[string]any{"fingerprint": fp})
+			}
 			fmt.Println(fp)
 			return nil
 		},
@@ -318,11 +321,16 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if err != nil {
 				return err
 			}
+			revoked := []string{}
 			for _, id := range args {
 				if err := ts.Revoke(strings.TrimSpace(id)); err != nil {
 					return err
 				}
+				revoked = append(revoked, strings.TrimSpace(id))
 				g.say("revoked token %s", id)
+			}
+			if g.json {
+				return writeDocument(map[string]any{"revoked": revoked})
 			}
 			return nil
 		},
@@ -359,6 +367,9 @@ objects (prune) frees quota. Token quotas are set with ` + "`token add --quota`"
 			}
 			if err := l.SetRepoQuota(args[0], n); err != nil {
 				return err
+			}
+			if g.json {
+				return writeDocument(map[string]any{"repo": args[0], "quota": n})
 			}
 			if n == 0 {
 				g.say("repository %s: no quota", args[0])

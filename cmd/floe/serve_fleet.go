@@ -205,6 +205,9 @@ that never enrolled, issues a new token.`,
 				return err
 			}
 			if g.json {
+				if hosts == nil {
+					hosts = []fleetsrv.Host{} // [] for scripts, not null
+				}
 				return writeDocument(map[string]any{"hosts": hosts})
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -253,6 +256,9 @@ that never enrolled, issues a new token.`,
 				if err := ts.Revoke(tokID); err != nil {
 					g.warn("host %s: %v", ui.Sanitize(args[0]), err)
 				}
+			}
+			if g.json {
+				return writeDocument(map[string]any{"host": args[0], "token": tokID})
 			}
 			g.say("revoked host %s", ui.Sanitize(args[0]))
 			return nil
