@@ -98,7 +98,17 @@ func TestCredentialFileAndServerErrors(t *testing.T) {
 		}
 	}
 
-	r := e.run("-r", url, "--token-file", tok, fp, "--password-file", e.pwFile, "snapshots")
+	// the destination of copy has flags of its own: naming -r's would not help
+	e.ok("backup", e.mkdir("src"))
+	other := e.path("other")
+	e.ok("init", "-r", other)
+	r := e.floe("copy", "--all", "--to", other)
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "--to-password-file") || strings.Contains(r.stderr, "FLOE_PASSWORD_FILE") {
+		t.Errorf("copy --to without its password: %s", r)
+	}
+
+	r = e.run("-r", url, "--token-file", tok, fp, "--password-file", e.pwFile, "snapshots")
 	expectCode(t, r, 10)
 	if h := hintOf(r); !strings.Contains(h, "`floe serve` running") {
 		t.Errorf("unreachable server: hint %q\n%s", h, r)
