@@ -3,8 +3,10 @@
 package e2e
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -235,5 +237,44 @@ schedule = "daily"
 	var doc map[string]json.RawMessage
 	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || doc["exit_code"] != nil {
 		t.Errorf("a second (error) document after the problems: %s", r)
+	}
+}
+
+// TestDiskFull: a repository or a restore target on a full file system
+// says so in the hint, with what to do, rather than only the failed write
+// deep in the error: backup exits 1, restore 3 (partial).
+func TestDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	e := newEnv(t)
+	full := e.mkdir("full")
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", full).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", full).Run() })
+
+	src := e.mkdir("src")
+	data := make([]byte, 3<<20)
+	rand.Read(data) // incompressible: more than the tmpfs holds
+	if err := os.WriteFile(filepath.Join(src, "big"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.init()
+	e.ok("backup", src)
+
+	onFull := filepath.Join(full, "repo")
+	e.ok("init", "-r", onFull)
+	r := e.floe("-r", onFull, "backup", src)
+	expectCode(t, r, 1)
+	if h := hintOf(r); !strings.Contains(h, "file system is full") || !strings.Contains(h, "floe prune") {
+		t.Errorf("backup into a full repository: hint %q\n%s", h, r)
+	}
+	os.RemoveAll(onFull)
+
+	r = e.floe("restore", "latest", "--target", filepath.Join(full, "restored"))
+	expectCode(t, r, 3)
+	if h := hintOf(r); !strings.Contains(h, "target's file system is full") {
+		t.Errorf("restore onto a full file system: hint %q\n%s", h, r)
 	}
 }

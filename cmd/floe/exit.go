@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"net"
 	"strings"
+	"syscall"
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
@@ -113,6 +114,31 @@ func (g *globals) explainCredentialFile(err error) error {
 	return &exitError{ExitError, hintedError{err, hint}}
 }
 
+// restoreHint says what to do about the errors of a partial restore, by
+// their causes: a full target, a target that refused writes, damaged data.
+func restoreHint(errs []error) string {
+	var causes []string
+	seen := map[string]bool{}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			causes = append(causes, s)
+		}
+	}
+	for _, e := range errs {
+		switch {
+		case errors.Is(e, syscall.ENOSPC), errors.Is(e, syscall.EDQUOT):
+			add("the target's file system is full: free space there, or restore elsewhere with --target")
+		case errors.Is(e, fs.ErrPermission):
+			add("the target refused writes: restore as a user who may write there (owners and device nodes need root)")
+		case errors.Is(e, repo.ErrForged), errors.Is(e, storage.ErrNotExist):
+			add("data is damaged or missing in the repository: `floe check --read-data` lists what")
+		}
+	}
+	causes = append(causes, "the files named above are missing or incomplete, the rest is restored; restoring again rewrites only what differs")
+	return strings.Join(causes, "; ")
+}
+
 // hintFor returns what to do about err in floe's terms (flags, commands):
 // the packages below cmd/floe name neither, since other front ends (the
 // agent's configuration, a library user) spell them differently.
@@ -197,6 +223,8 @@ func hintFor(err error) string {
 		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
 	case errors.Is(err, snapshot.ErrNoSnapshot):
 		return "`floe snapshots` lists the snapshots (and `floe snapshots --host HOST` a host's)"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return "a file system is full (the one named above: the repository's, the cache's or $TMPDIR's): free space there and run again; in the repository, `floe forget` and then `floe prune` free space"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

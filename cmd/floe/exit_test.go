@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -18,6 +19,7 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
 )
@@ -61,6 +63,9 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{server.ErrTLSPair, "--tls-cert and --tls-key"},
 		{server.ErrNoToken, "`floe serve token list`"},
 		{fleetsrv.ErrHostEnrolled, "`floe serve host revoke`"},
+		{repo.ErrForged, "`floe check --read-data`"},
+		{snapshot.ErrNoSnapshot, "`floe snapshots`"},
+		{syscall.ENOSPC, "`floe prune`"},
 	} {
 		wrapped := fmt.Errorf("outer: %w", fmt.Errorf("inner (%w)", c.err))
 		if got := hintFor(wrapped); !strings.Contains(got, c.want) {

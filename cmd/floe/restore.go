@@ -189,8 +189,7 @@ the device back and compares it with the snapshot.`,
 			}
 			if len(res.Errors) > 0 {
 				// the errors were printed as they came; say what to do about them
-				return &exitError{ExitPartial, hintedError{fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error")),
-					"the files named above are missing or incomplete, the rest is restored; `floe check --read-data` shows damaged data; once fixed, restoring again rewrites only what differs"}}
+				return &exitError{ExitPartial, hintedError{fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error")), restoreHint(res.Errors)}}
 			}
 			return nil
 		},
