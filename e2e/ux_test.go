@@ -112,7 +112,7 @@ func TestCredentialFileAndServerErrors(t *testing.T) {
 
 	r = e.run("-r", url, "--token-file", tok, fp, "--password-file", e.pwFile, "snapshots")
 	expectCode(t, r, 10)
-	if h := hintOf(r); !strings.Contains(h, "`floe serve` running") {
+	if h := hintOf(r); !strings.Contains(h, "`floe serve` (or the S3 service) runs there") {
 		t.Errorf("unreachable server: hint %q\n%s", h, r)
 	}
 }
@@ -276,5 +276,51 @@ func TestDiskFull(t *testing.T) {
 	expectCode(t, r, 3)
 	if h := hintOf(r); !strings.Contains(h, "target's file system is full") {
 		t.Errorf("restore onto a full file system: hint %q\n%s", h, r)
+	}
+}
+
+// TestProgressOnlyOnATerminal: on a terminal restore shows progress with
+// a rate and an ETA; without one (cron, systemd, a log file) it prints no
+// progress lines and no carriage returns, only its summary.
+func TestProgressOnlyOnATerminal(t *testing.T) {
+	e := newEnv(t)
+	src := e.mkdir("src")
+	// restore counts bytes as it writes them, pack by pack: an ETA needs
+	// a few packs (of a few MiB each) done and more to come
+	data := make([]byte, 12<<20)
+	rand.Read(data)
+	if err := os.WriteFile(filepath.Join(src, "f"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.init()
+	e.ok("backup", src)
+	slow := []string{"--limit-download", "4096"} // about 3 s: progress is drawn every 200 ms
+
+	r := e.ok(append(slow, "restore", "latest", "--target", e.path("quiet"))...)
+	if strings.ContainsAny(r.stderr+r.stdout, "\r") || strings.Contains(r.stderr, "ETA") {
+		t.Errorf("progress without a terminal: %q %q", r.stdout, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "restored snapshot") {
+		t.Errorf("no summary: %s", r)
+	}
+
+	script, err := exec.LookPath("script")
+	if err != nil {
+		t.Skip("no script(1) to give floe a terminal")
+	}
+	args := append(append(e.repoArgs(), slow...), "restore", "latest", "--target", e.path("tty"))
+	line := "'" + floeBin + "'"
+	for _, a := range args {
+		line += " '" + a + "'"
+	}
+	cmd := exec.Command(script, "-qec", line, "/dev/null")
+	cmd.Env = e.environ()
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("floe on a terminal: %v\n%s", err, out)
+	}
+	s := string(out)
+	if !strings.Contains(s, "\r") || !strings.Contains(s, "ETA") || !strings.Contains(s, "MiB/s") {
+		t.Errorf("on a terminal: want progress redrawn in place with a rate and an ETA:\n%q", s)
 	}
 }

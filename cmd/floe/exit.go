@@ -218,7 +218,7 @@ func hintFor(err error) string {
 	case errors.Is(err, repo.ErrUnknownID):
 		return "`floe snapshots` and `floe key list` show the IDs there are"
 	case isUnreachable(err):
-		return "is `floe serve` running there? check the host and port of -r/FLOE_REPOSITORY, and that no firewall is in the way"
+		return "nothing answered: check the host and port of -r/FLOE_REPOSITORY, that `floe serve` (or the S3 service) runs there, and the network (DNS, firewall)"
 	case errors.Is(err, repo.ErrForged):
 		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
 	case errors.Is(err, snapshot.ErrNoSnapshot):

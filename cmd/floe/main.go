@@ -76,13 +76,13 @@ Start with:
 
 Exit codes:
   0   success
-  1   error
-  2   wrong usage (unknown flag, missing argument)
+  1   error (also: a token, key or password file that cannot be read)
+  2   wrong usage (unknown command or flag, wrong arguments; the hint names the closest)
   3   partial: the command finished, but some files could not be read or written
   4   audit found changes
-  10  repository missing or unreachable
+  10  repository missing or unreachable (a server that does not answer)
   11  wrong password or key file
-  12  the key is write-only and the command needs to read backups
+  12  the key is write-only and the command needs to read backups or manage keys
   13  check found damage
   14  the floe server refused: unknown token, its role does not allow this, or a quota is used up
   130 interrupted`,
