@@ -324,3 +324,45 @@ func TestProgressOnlyOnATerminal(t *testing.T) {
 		t.Errorf("on a terminal: want progress redrawn in place with a rate and an ETA:\n%q", s)
 	}
 }
+
+// TestRefusalNamesTheRole: a command the token's role does not allow is
+// refused (exit 14) with a hint naming the role that command needs.
+func TestRefusalNamesTheRole(t *testing.T) {
+	e := newEnv(t)
+	root := e.mkdir("server")
+	e.mkdir("server", "fleet")
+	s := e.startServer(root, freePort(t))
+	token := func(role string) string {
+		r := e.run("serve", "token", "add", "--root", root, "--repo", "fleet", "--host", "web1", "--role", role, "--json")
+		expectCode(t, r, 0)
+		tok := decodeJSON[struct {
+			Token string `json:"token"`
+		}](t, r).Token
+		addSecret(tok)
+		p := e.path(role + ".token")
+		if err := os.WriteFile(p, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	admin, backup := token("admin"), token("backup")
+	e.repo = "https://" + s.addr + "/fleet"
+	e.env = append(e.env, "FLOE_SERVER_FINGERPRINT="+s.fingerprint)
+	e.ok("--token-file", admin, "init")
+	e.ok("--token-file", backup, "backup", e.mkdir("src"))
+
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"snapshots"}, "`floe snapshots` needs the restore (or admin) role"},
+		{[]string{"restore", "latest", "--target", e.path("r")}, "`floe restore` needs the restore (or admin) role"},
+		{[]string{"forget", "--keep-last", "1"}, "`floe forget` needs the admin role"},
+	} {
+		r := e.floe(append([]string{"--token-file", backup}, c.args...)...)
+		expectCode(t, r, 14)
+		if h := hintOf(r); !strings.Contains(h, c.want) {
+			t.Errorf("floe %s with a backup token: hint %q, want %q\n%s", quoteArgs(c.args), h, c.want, r)
+		}
+	}
+}

@@ -2,10 +2,13 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"strings"
 	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
@@ -112,6 +115,33 @@ func (g *globals) explainCredentialFile(err error) error {
 		return err
 	}
 	return &exitError{ExitError, hintedError{err, hint}}
+}
+
+// neededRole is the role on a floe server that each command needs, for
+// the commands whose needs are plain (docs/PROTOCOL.md, "Roles"): admin
+// may do everything, restore may read everything, backup may add.
+var neededRole = map[string]string{
+	"backup":  "backup (or admin)",
+	"restore": "restore (or admin)", "snapshots": "restore (or admin)", "ls": "restore (or admin)",
+	"find": "restore (or admin)", "diff": "restore (or admin)", "dump": "restore (or admin)",
+	"stats": "restore (or admin)", "mount": "restore (or admin)", "nbd": "restore (or admin)",
+	"check": "restore (or admin)", "audit": "restore (or admin)", "cat": "restore (or admin)",
+	"init": "admin", "forget": "admin", "prune": "admin", "tag": "admin", "rewrite": "admin",
+	"repair": "admin", "key add": "admin", "key remove": "admin", "key passwd": "admin",
+}
+
+// explainRole gives a refusal of the server's (HTTP 403) a hint that
+// names the role the command needs, when cmd is one whose needs are plain.
+func explainRole(cmd *cobra.Command, err error) error {
+	if cmd == nil || !errors.Is(err, remote.ErrForbidden) {
+		return err
+	}
+	name := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+	role, ok := neededRole[name]
+	if !ok {
+		return err
+	}
+	return hintedError{err, fmt.Sprintf("`floe %s` needs the %s role for this repository (a token's, or --role in an ssh key's forced command): this credential lacks it or is for another repository; `floe serve token add --role ROLE` on the server makes a token", name, role)}
 }
 
 // restoreHint says what to do about the errors of a partial restore, by

@@ -38,11 +38,12 @@ func run(args []string) int {
 	root := newRootCommand(g)
 	root.SetArgs(args)
 	defer g.stopProfiles()
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return g.exitCode
 	}
 	err = g.explainCredentialFile(explainUnknownCommand(root, err))
+	err = explainRole(cmd, err)
 	code := exitCodeFor(err)
 	if ctx.Err() != nil {
 		code = ExitInterrupted
