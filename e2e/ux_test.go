@@ -118,7 +118,7 @@ func TestCredentialFileAndServerErrors(t *testing.T) {
 }
 
 // TestUnknownSnapshotHint: a snapshot ID that matches nothing says where
-// the IDs are.
+// the IDs are, a path not in the snapshot where its paths are.
 func TestUnknownSnapshotHint(t *testing.T) {
 	e := newEnv(t)
 	e.init()
@@ -126,6 +126,14 @@ func TestUnknownSnapshotHint(t *testing.T) {
 	expectCode(t, r, 1)
 	if h := hintOf(r); !strings.Contains(h, "`floe snapshots`") {
 		t.Errorf("hint %q\n%s", h, r)
+	}
+	e.ok("backup", e.mkdir("src"))
+	for _, cmd := range []string{"ls", "dump"} {
+		r = e.floe(cmd, "latest:src")
+		expectCode(t, r, 1)
+		if h := hintOf(r); !strings.Contains(h, "absolute") || !strings.Contains(h, "`floe ls SNAPSHOT`") {
+			t.Errorf("%s of a relative path: hint %q\n%s", cmd, h, r)
+		}
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // Exit codes, documented in `floe --help` and README.md.
@@ -251,6 +252,8 @@ func hintFor(err error) string {
 		return "nothing answered: check the host and port of -r/FLOE_REPOSITORY, that `floe serve` (or the S3 service) runs there, and the network (DNS, firewall)"
 	case errors.Is(err, repo.ErrForged):
 		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
+	case errors.Is(err, walk.ErrNotFound):
+		return "paths in a snapshot are absolute, as they were backed up: `floe ls SNAPSHOT` lists them"
 	case errors.Is(err, snapshot.ErrNoSnapshot):
 		return "`floe snapshots` lists the snapshots (and `floe snapshots --host HOST` a host's)"
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):

@@ -22,6 +22,7 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // The packages below cmd/floe name no flags and no commands; the hint for
@@ -66,6 +67,7 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{repo.ErrForged, "`floe check --read-data`"},
 		{snapshot.ErrNoSnapshot, "`floe snapshots`"},
 		{syscall.ENOSPC, "`floe prune`"},
+		{walk.ErrNotFound, "`floe ls SNAPSHOT`"},
 	} {
 		wrapped := fmt.Errorf("outer: %w", fmt.Errorf("inner (%w)", c.err))
 		if got := hintFor(wrapped); !strings.Contains(got, c.want) {
