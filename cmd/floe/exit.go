@@ -76,16 +76,14 @@ func exitCodeFor(err error) int {
 		return ExitNoRepo
 	case isServerRefusal(err):
 		return ExitRefused
-	case errors.Is(err, remote.ErrFingerprint), errors.Is(err, remote.ErrSSH), isUnreachable(err):
+	case errors.Is(err, remote.ErrFingerprint), errors.Is(err, remote.ErrSSH):
 		return ExitNoRepo
 	}
 	return ExitError
 }
 
-// isUnreachable says that a server (floe serve, S3) could not be reached
-// at all: the connection was refused or timed out, or its name does not
-// resolve. That is "repository unreachable" (exit 10), not a failure of
-// the command.
+// isUnreachable says that a server could not be reached at all: the
+// connection was refused or timed out, or its name does not resolve.
 func isUnreachable(err error) bool {
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
@@ -93,6 +91,22 @@ func isUnreachable(err error) bool {
 	}
 	var dns *net.DNSError
 	return errors.As(err, &dns)
+}
+
+// explainUnreachable makes a repository's server (floe serve, S3) that
+// does not answer "repository unreachable" (exit 10, as documented) with
+// what to check, instead of a plain error. Not for `floe serve`'s own
+// commands, whose connections (SMTP, webhooks) are no repository, nor
+// where the command chose its exit code already (fleet: Nagios codes).
+func explainUnreachable(cmd *cobra.Command, err error) error {
+	var ee *exitError
+	if !isUnreachable(err) || errors.As(err, &ee) {
+		return err
+	}
+	if cmd != nil && strings.HasPrefix(cmd.CommandPath(), cmd.Root().Name()+" serve") {
+		return err
+	}
+	return &exitError{ExitNoRepo, hintedError{err, "nothing answered: check the host and port of -r/FLOE_REPOSITORY, that `floe serve` (or the S3 service) runs there, and the network (DNS, firewall)"}}
 }
 
 // explainCredentialFile gives an error about a file that --token-file,
@@ -248,8 +262,6 @@ func hintFor(err error) string {
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
 	case errors.Is(err, repo.ErrUnknownID):
 		return "`floe snapshots` and `floe key list` show the IDs there are"
-	case isUnreachable(err):
-		return "nothing answered: check the host and port of -r/FLOE_REPOSITORY, that `floe serve` (or the S3 service) runs there, and the network (DNS, firewall)"
 	case errors.Is(err, repo.ErrForged):
 		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
 	case errors.Is(err, walk.ErrNotFound):

@@ -43,7 +43,7 @@ func run(args []string) int {
 		return g.exitCode
 	}
 	err = g.explainCredentialFile(explainUnknownCommand(root, err))
-	err = explainRole(cmd, err)
+	err = explainRole(cmd, explainUnreachable(cmd, err))
 	code := exitCodeFor(err)
 	if ctx.Err() != nil {
 		code = ExitInterrupted
