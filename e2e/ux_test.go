@@ -59,6 +59,20 @@ func TestTypos(t *testing.T) {
 	if !strings.Contains(r.stderr, `floe snapshots takes no argument "extra"`) {
 		t.Errorf("an argument to a command without subcommands: %s", r)
 	}
+	// a script that asked for JSON gets its error as JSON, even when the
+	// command or a flag is unknown (cobra stops before parsing --json)
+	for _, args := range [][]string{{"snapshts", "--json"}, {"snapshots", "--hots", "x", "--json"}} {
+		r := e.run(args...)
+		expectCode(t, r, 2)
+		m := decodeJSON[struct {
+			MessageType string `json:"message_type"`
+			ExitCode    int    `json:"exit_code"`
+			Hint        string `json:"hint"`
+		}](t, r)
+		if m.MessageType != "error" || m.ExitCode != 2 || !strings.Contains(m.Hint, "did you mean") {
+			t.Errorf("floe %s: %+v\n%s", quoteArgs(args), m, r)
+		}
+	}
 	// and help itself still works, for commands and subcommands
 	for _, args := range [][]string{{"help"}, {"help", "restore"}, {"help", "key", "list"}} {
 		r := e.run(args...)

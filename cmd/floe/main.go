@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -48,6 +49,15 @@ func run(args []string) int {
 	if ctx.Err() != nil {
 		code = ExitInterrupted
 		err = errors.New("interrupted")
+	}
+	flags := args
+	if i := slices.Index(args, "--"); i >= 0 {
+		flags = args[:i] // after --, --json is a command's argument
+	}
+	if !g.json && slices.Contains(flags, "--json") && exitCodeFor(err) == ExitUsage {
+		// a usage error can come before the flags are parsed (an unknown
+		// command or flag): a script that asked for JSON still gets it
+		g.json = true
 	}
 	var df documentFailed
 	if g.json && errors.As(err, &df) {
