@@ -169,6 +169,12 @@ func TestJSONServeAndAgentConfig(t *testing.T) {
 		t.Errorf("no hosts: want an empty list, not null: %s", r)
 	}
 
+	r = e.run("serve", "usage", "--root", root, "--json")
+	expectCode(t, r, 0)
+	if strings.Contains(r.stdout, "null") {
+		t.Errorf("nothing stored: want empty lists, not null: %s", r)
+	}
+
 	s := e.startServer(root, freePort(t))
 	r = e.run("serve", "fingerprint", "--root", root, "--json")
 	expectCode(t, r, 0)

@@ -400,6 +400,12 @@ func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
 				return err
 			}
 			if g.json {
+				if repos == nil {
+					repos = []server.RepoUsage{} // [] for scripts, not null
+				}
+				if tokens == nil {
+					tokens = []server.TokenUsageLine{}
+				}
 				return writeDocument(map[string]any{"repositories": repos, "tokens": tokens})
 			}
 			quota := func(n int64) string {
