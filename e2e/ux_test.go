@@ -142,8 +142,9 @@ func TestUnknownSnapshotHint(t *testing.T) {
 		t.Errorf("hint %q\n%s", h, r)
 	}
 	e.ok("backup", e.mkdir("src"))
-	for _, cmd := range []string{"ls", "dump"} {
-		r = e.floe(cmd, "latest:src")
+	for _, args := range [][]string{{"ls", "latest:src"}, {"dump", "latest:src"}, {"restore", "latest:src", "--target", e.path("r")}} {
+		r = e.floe(args...)
+		cmd := args[0]
 		expectCode(t, r, 1)
 		if h := hintOf(r); !strings.Contains(h, "absolute") || !strings.Contains(h, "`floe ls SNAPSHOT`") {
 			t.Errorf("%s of a relative path: hint %q\n%s", cmd, h, r)
