@@ -266,7 +266,10 @@ func TestJSONOutput(t *testing.T) {
 		"agent enroll document": true, "serve host add document": true, "serve host list document": true, "fleet status document": true,
 		"fleet runs document": true, "fleet report document": true, "nbd document": true,
 		"restore --to-device summary": true, // needs a loop device: e2e/image_test.go reads it
-		"backup error":                true, "restore error": true, "forget error": true}
+		"backup error":                true, "restore error": true, "forget error": true,
+		// e2e/ux_test.go's TestJSONServeAndAgentConfig reads these (a server)
+		"serve fingerprint document": true, "serve token revoke document": true, "serve quota document": true,
+		"serve host revoke document": true, "agent config check document": true}
 	var missing []string
 	for key := range c.specs {
 		if !c.seen[key] && !notRun[key] {

@@ -77,7 +77,7 @@ problems is logged and the old one kept.`,
 	pf.StringVar(&f.clockStart, "clock-start", "", "test only: start the clock at this RFC 3339 time")
 	_ = pf.MarkHidden("time-scale")
 	_ = pf.MarkHidden("clock-start")
-	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
+	c.AddCommand(newAgentRunCommand(g, f), newAgentConfigCommand(g, f), newAgentNextCommand(g, f), newAgentInstallCommand(g, f))
 	c.AddCommand(newAgentEnrollCommand(g, f))
 	return c
 }
@@ -196,6 +196,54 @@ func loadAgentConfig(file string) (*agent.Config, error) {
 	return cfg, err
 }
 
+// agentConfigCheckJSON prints `agent config check --json`: the jobs of a
+// good configuration, or every problem of a bad one (exit 1), for a
+// deployment script that checks a configuration before it installs it.
+func agentConfigCheckJSON(file string) error {
+	type jobOut struct {
+		Name       string   `json:"name"`
+		Type       string   `json:"type"`
+		Repository string   `json:"repository"`
+		Paths      []string `json:"paths"`
+		Schedule   []string `json:"schedule"`
+		Window     string   `json:"window,omitempty"`
+	}
+	type problemOut struct {
+		Line    int    `json:"line,omitempty"`
+		Message string `json:"message"`
+	}
+	jobs, problems := []jobOut{}, []problemOut{}
+	cfg, err := agent.Load(file)
+	var ce *agent.ConfigError
+	switch {
+	case errors.As(err, &ce):
+		for _, p := range ce.Problems {
+			problems = append(problems, problemOut{p.Line, p.Msg})
+		}
+	case err != nil:
+		return err // not a configuration: the JSON error object says why
+	default:
+		for _, j := range cfg.Jobs {
+			typ := j.Type
+			if typ == "" {
+				typ = agent.JobBackup
+			}
+			paths := j.Paths
+			if paths == nil {
+				paths = []string{}
+			}
+			jobs = append(jobs, jobOut{j.Name, typ, j.Repository, paths, append([]string{}, j.Schedule...), j.Window})
+		}
+	}
+	if err := writeDocument(map[string]any{"file": file, "ok": len(problems) == 0, "jobs": jobs, "problems": problems}); err != nil {
+		return err
+	}
+	if len(problems) > 0 {
+		return documentFailed{fmt.Errorf("%s: %s", file, ui.Count(len(problems), "problem"))}
+	}
+	return nil
+}
+
 func problemLine(file string, p agent.Problem) string {
 	if p.Line > 0 {
 		return file + ":" + strconv.Itoa(p.Line) + ": " + p.Msg
@@ -215,6 +263,9 @@ verification (check --read-data-subset) instead.
 
 Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 11, 12 when the repository cannot be opened, 13 when --verify found damage.`,
+		Example: `  floe agent run system            # the job named "system" in /etc/floe/agent.toml
+  floe agent run --verify system   # its verification
+  floe agent --config ./agent.toml run system`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, clock, log, err := f.setup(cmd)
@@ -296,11 +347,13 @@ Exit status as floe backup's: 0, 3 when some files could not be read, 10,
 	return c
 }
 
-func newAgentConfigCommand(f *agentFlags) *cobra.Command {
+func newAgentConfigCommand(g *globals, f *agentFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "config",
 		Short: "Work with the agent's configuration",
-		Args:  cobra.NoArgs,
+		Example: `  floe agent config check
+  floe agent config check /etc/floe/agent.toml.new`,
+		Args: cobra.NoArgs,
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "check [FILE]",
@@ -309,11 +362,16 @@ func newAgentConfigCommand(f *agentFlags) *cobra.Command {
 syntax, unknown keys, schedules, windows, credentials and paths. Each
 problem is printed as FILE:LINE: message; the exit status is 1 when there
 is any.`,
+		Example: `  floe agent config check                                # /etc/floe/agent.toml, or --config
+  floe agent config check /etc/floe/agent.toml.new && mv /etc/floe/agent.toml.new /etc/floe/agent.toml && systemctl reload floe-agent`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			file := f.configFile()
 			if len(args) == 1 {
 				file = args[0]
+			}
+			if g.json {
+				return agentConfigCheckJSON(file)
 			}
 			cfg, err := loadAgentConfig(file)
 			if err != nil {
@@ -344,7 +402,9 @@ func newAgentNextCommand(g *globals, f *agentFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "next",
 		Short: "Show when each job of the agent runs next",
-		Args:  cobra.NoArgs,
+		Example: `  floe agent next
+  floe agent next --config /etc/floe/agent.toml --json`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, clock, _, err := f.setup(cmd)
 			if err != nil {
@@ -393,6 +453,8 @@ func newAgentInstallCommand(g *globals, f *agentFlags) *cobra.Command {
 		Long: `Write the systemd unit floe-agent.service into /etc/systemd/system (or
 --unit-dir), running this floe binary with the configuration of --config.
 Then: systemctl daemon-reload && systemctl enable --now floe-agent.`,
+		Example: `  floe agent install && systemctl daemon-reload && systemctl enable --now floe-agent
+  floe agent install --config /etc/floe/agent.toml --unit-dir /run/systemd/system`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()

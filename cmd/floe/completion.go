@@ -59,8 +59,9 @@ func (g *globals) completeSnapshots(maxArgs int) cobra.CompletionFunc {
 // (Shell completion is cobra's `floe completion bash|zsh|fish`.)
 func newGenCommand(g *globals) *cobra.Command {
 	c := &cobra.Command{
-		Use:   "gen",
-		Short: "Generate files for packaging: man pages",
+		Use:     "gen",
+		Short:   "Generate files for packaging: man pages",
+		Example: `  floe gen man /usr/local/share/man/man1`,
 	}
 	c.AddCommand(&cobra.Command{
 		Use:   "man DIR",

@@ -128,7 +128,9 @@ once.`,
 			if err != nil {
 				return err
 			}
-			dst, err := connect.Open(ctx, g.otherTarget(to, toPasswordFile, toPasswordCmd, toKeyFile), connect.Options{LoadIndex: true})
+			dstT := g.otherTarget(to, toPasswordFile, toPasswordCmd, toKeyFile)
+			dstT.Prompt = promptNaming("--to-password-file, --to-password-command or --to-key-file")
+			dst, err := connect.Open(ctx, dstT, connect.Options{LoadIndex: true})
 			if err != nil {
 				return fmt.Errorf("destination %s: %w", to, err)
 			}

@@ -2,7 +2,13 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"io/fs"
+	"net"
 	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/connect"
@@ -16,9 +22,11 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // Exit codes, documented in `floe --help` and README.md.
@@ -74,11 +82,116 @@ func exitCodeFor(err error) int {
 	return ExitError
 }
 
+// isUnreachable says that a server could not be reached at all: the
+// connection was refused or timed out, or its name does not resolve.
+func isUnreachable(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	var dns *net.DNSError
+	return errors.As(err, &dns)
+}
+
+// explainUnreachable makes a repository's server (floe serve, S3) that
+// does not answer "repository unreachable" (exit 10, as documented) with
+// what to check, instead of a plain error. Not for `floe serve`'s own
+// commands, whose connections (SMTP, webhooks) are no repository, nor
+// where the command chose its exit code already (fleet: Nagios codes).
+func explainUnreachable(cmd *cobra.Command, err error) error {
+	var ee *exitError
+	if !isUnreachable(err) || errors.As(err, &ee) {
+		return err
+	}
+	if cmd != nil && strings.HasPrefix(cmd.CommandPath(), cmd.Root().Name()+" serve") {
+		return err
+	}
+	return &exitError{ExitNoRepo, hintedError{err, "nothing answered: check the host and port of -r/FLOE_REPOSITORY, that `floe serve` (or the S3 service) runs there, and the network (DNS, firewall)"}}
+}
+
+// explainCredentialFile gives an error about a file that --token-file,
+// --key-file or --password-file (or their variables) name a hint that
+// names the flag, and exit code 1: a missing token file would otherwise
+// read as a missing repository (exit 10, "create one with floe init").
+func (g *globals) explainCredentialFile(err error) error {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || pe.Path == "" {
+		return err
+	}
+	var hint string
+	switch pe.Path {
+	case g.tokenFile:
+		hint = "check --token-file or FLOE_TOKEN_FILE: it names the file holding this host's token for the floe server (`floe serve token add` on the server makes one)"
+	case g.keyFile:
+		hint = "check --key-file or FLOE_KEY_FILE (`floe key add --new-key-file FILE` makes a key file)"
+	case g.passwordFile:
+		hint = "check --password-file or FLOE_PASSWORD_FILE"
+	default:
+		return err
+	}
+	return &exitError{ExitError, hintedError{err, hint}}
+}
+
+// neededRole is the role on a floe server that each command needs, for
+// the commands whose needs are plain (docs/PROTOCOL.md, "Roles"): admin
+// may do everything, restore may read everything, backup may add.
+var neededRole = map[string]string{
+	"backup":  "backup (or admin)",
+	"restore": "restore (or admin)", "snapshots": "restore (or admin)", "ls": "restore (or admin)",
+	"find": "restore (or admin)", "diff": "restore (or admin)", "dump": "restore (or admin)",
+	"stats": "restore (or admin)", "mount": "restore (or admin)", "nbd": "restore (or admin)",
+	"check": "restore (or admin)", "audit": "restore (or admin)", "cat": "restore (or admin)",
+	"init": "admin", "forget": "admin", "prune": "admin", "tag": "admin", "rewrite": "admin",
+	"repair": "admin", "key add": "admin", "key remove": "admin", "key passwd": "admin",
+}
+
+// explainRole gives a refusal of the server's (HTTP 403) a hint that
+// names the role the command needs, when cmd is one whose needs are plain.
+func explainRole(cmd *cobra.Command, err error) error {
+	if cmd == nil || !errors.Is(err, remote.ErrForbidden) {
+		return err
+	}
+	name := strings.TrimPrefix(cmd.CommandPath(), cmd.Root().Name()+" ")
+	role, ok := neededRole[name]
+	if !ok {
+		return err
+	}
+	return hintedError{err, fmt.Sprintf("`floe %s` needs the %s role for this repository (a token's, or --role in an ssh key's forced command): this credential lacks it or is for another repository; `floe serve token add --role ROLE` on the server makes a token", name, role)}
+}
+
+// restoreHint says what to do about the errors of a partial restore, by
+// their causes: a full target, a target that refused writes, damaged data.
+func restoreHint(errs []error) string {
+	var causes []string
+	seen := map[string]bool{}
+	add := func(s string) {
+		if !seen[s] {
+			seen[s] = true
+			causes = append(causes, s)
+		}
+	}
+	for _, e := range errs {
+		switch {
+		case errors.Is(e, syscall.ENOSPC), errors.Is(e, syscall.EDQUOT):
+			add("the target's file system is full: free space there, or restore elsewhere with --target")
+		case errors.Is(e, fs.ErrPermission):
+			add("the target refused writes: restore as a user who may write there (owners and device nodes need root)")
+		case errors.Is(e, repo.ErrForged), errors.Is(e, storage.ErrNotExist):
+			add("data is damaged or missing in the repository: `floe check --read-data` lists what")
+		}
+	}
+	causes = append(causes, "the files named above are missing or incomplete, the rest is restored; restoring again rewrites only what differs")
+	return strings.Join(causes, "; ")
+}
+
 // hintFor returns what to do about err in floe's terms (flags, commands):
 // the packages below cmd/floe name neither, since other front ends (the
 // agent's configuration, a library user) spell them differently.
 func hintFor(err error) string {
+	var he hintedError
 	switch {
+	case errors.As(err, &he):
+		return he.hint
 	case strings.HasPrefix(err.Error(), "unknown command "):
 		return "`floe --help` lists the commands"
 	case errors.Is(err, repo.ErrFormatV1):
@@ -92,7 +205,7 @@ func hintFor(err error) string {
 	case errors.Is(err, location.ErrNoLocation):
 		return "use -r/--repo or FLOE_REPOSITORY"
 	case errors.Is(err, remote.ErrPinned):
-		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT"
+		return "the fingerprint was pinned with --server-fingerprint/FLOE_SERVER_FINGERPRINT: compare it with what `floe serve fingerprint` prints on the server, and pin the new one only if its certificate was replaced on purpose"
 	case errors.Is(err, remote.ErrUnknownAuthority):
 		return "pin the certificate with --server-fingerprint (`floe serve` prints its fingerprint)"
 	case errors.Is(err, remote.ErrCredentialsInURL):
@@ -149,6 +262,14 @@ func hintFor(err error) string {
 		return "the floe server's quota for this token or repository is used up; nothing partial was stored (`floe serve usage` on the server shows it)"
 	case errors.Is(err, repo.ErrUnknownID):
 		return "`floe snapshots` and `floe key list` show the IDs there are"
+	case errors.Is(err, repo.ErrForged):
+		return "run `floe check --read-data` to list every damaged pack and the snapshots it affects"
+	case errors.Is(err, walk.ErrNotFound):
+		return "paths in a snapshot are absolute, as they were backed up: `floe ls SNAPSHOT` lists them"
+	case errors.Is(err, snapshot.ErrNoSnapshot):
+		return "`floe snapshots` lists the snapshots (and `floe snapshots --host HOST` a host's)"
+	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT):
+		return "a file system is full (the one named above: the repository's, the cache's or $TMPDIR's): free space there and run again; in the repository, `floe forget` and then `floe prune` free space"
 	case errors.Is(err, storage.ErrNotExist):
 		return "the object is missing from the repository; run `floe check` to see what is affected"
 	}

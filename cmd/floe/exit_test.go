@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/backup"
@@ -18,8 +19,10 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
 	"github.com/floe-backup/floe/internal/snapimage"
+	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/transfer"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // The packages below cmd/floe name no flags and no commands; the hint for
@@ -61,6 +64,10 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{server.ErrTLSPair, "--tls-cert and --tls-key"},
 		{server.ErrNoToken, "`floe serve token list`"},
 		{fleetsrv.ErrHostEnrolled, "`floe serve host revoke`"},
+		{repo.ErrForged, "`floe check --read-data`"},
+		{snapshot.ErrNoSnapshot, "`floe snapshots`"},
+		{syscall.ENOSPC, "`floe prune`"},
+		{walk.ErrNotFound, "`floe ls SNAPSHOT`"},
 	} {
 		wrapped := fmt.Errorf("outer: %w", fmt.Errorf("inner (%w)", c.err))
 		if got := hintFor(wrapped); !strings.Contains(got, c.want) {

@@ -186,6 +186,7 @@ exported from: --from-password-file, --from-password-command or
 			expT.Location, expT.Default = dir, false
 			if !own {
 				expT = g.otherTarget(dir, fromPasswordFile, fromPasswordCmd, fromKeyFile)
+				expT.Prompt = promptNaming("--from-password-file, --from-password-command or --from-key-file")
 				expCred, err := expT.ReadCredential(ctx)
 				if err != nil {
 					return err

@@ -52,6 +52,9 @@ func newFleetCommand(g *globals) *cobra.Command {
 		Short: "See the state of the fleet's backups on a floe server (status, runs, report)",
 		Long: `Ask a floe server (--server https://HOST:PORT, or FLOE_SERVER) for the state
 of every enrolled host and job, with a viewer or admin token (--token-file).`,
+		Example: `  floe fleet status --server https://backup:8443 --token-file viewer.token
+  floe fleet runs --host web1
+  floe fleet report | mail -s "floe fleet" ops@example.com`,
 	}
 	c.PersistentFlags().StringVar(&server, "server", "", "the floe server, `https://HOST:PORT` (env FLOE_SERVER)")
 

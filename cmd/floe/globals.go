@@ -113,9 +113,22 @@ func (g *globals) resolve() error {
 }
 
 func prompt(label string) ([]byte, error) {
+	return promptNaming("--password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file")(label)
+}
+
+// promptNaming is prompt for another repository than -r's (copy --to, an
+// export, init's --copy-chunker-params-from): without a terminal it names
+// that repository's credential flags, not -r's, which would not help.
+func promptNaming(flags string) func(label string) ([]byte, error) {
+	return func(label string) ([]byte, error) {
+		return promptTTY(label, flags)
+	}
+}
+
+func promptTTY(label, flags string) ([]byte, error) {
 	tty := os.Stdin
 	if !term.IsTerminal(int(tty.Fd())) {
-		return nil, errors.New("no password given and standard input is not a terminal: use --password-file, FLOE_PASSWORD_FILE, FLOE_PASSWORD_COMMAND or --key-file")
+		return nil, errors.New("no password given and standard input is not a terminal: use " + flags)
 	}
 	fmt.Fprint(os.Stderr, label)
 	pw, err := term.ReadPassword(int(tty.Fd()))

@@ -55,7 +55,9 @@ With --copy-chunker-params-from the level is copied too, unless
 			}
 			opts.Compression = level
 			if copyFrom != "" {
-				r, err := connect.Open(ctx, g.otherTarget(copyFrom, copyFromPasswordFile, "", copyFromKeyFile), connect.Options{})
+				from := g.otherTarget(copyFrom, copyFromPasswordFile, "", copyFromKeyFile)
+				from.Prompt = promptNaming("--from-password-file or --from-key-file")
+				r, err := connect.Open(ctx, from, connect.Options{})
 				if err != nil {
 					return fmt.Errorf("open %s: %w", copyFrom, err)
 				}

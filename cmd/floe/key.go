@@ -15,6 +15,10 @@ func newKeyCommand(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "key",
 		Short: "Manage the keys that open the repository",
+		Example: `  floe key list
+  floe key add --write-only --new-key-file /etc/floe/web1.key   # for a host
+  floe key passwd --new-password-file /root/new-pw
+  floe key remove 4f2a9c1e`,
 		Long: `A repository can have several keys. Each opens it with a password or a key
 file. A write-only key (key add --write-only) can make backups but cannot read
 any: give one to each host, so a host that is broken into cannot read the
@@ -76,7 +80,11 @@ removed.`,
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List keys",
-		Args:  cobra.NoArgs,
+		Long: `List the keys of the repository: ID, full or write-only, kind (password or
+key file), and the host and user that made it. The key in use is marked *.`,
+		Example: `  floe key list
+  floe key list --json | jq -r '.keys[] | select(.write_only) | .hostname'`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, err := g.openRepo(ctx, false)
@@ -109,7 +117,9 @@ removed.`,
 	remove := &cobra.Command{
 		Use:   "remove ID",
 		Short: "Remove a key (not the one in use)",
-		Args:  cobra.ExactArgs(1),
+		Example: `  floe key list                 # find the ID (a unique prefix is enough)
+  floe key remove 4f2a9c1e`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, err := g.openRepo(ctx, false)
@@ -131,7 +141,9 @@ removed.`,
 	passwd := &cobra.Command{
 		Use:   "passwd",
 		Short: "Change the password of the key in use",
-		Args:  cobra.NoArgs,
+		Example: `  floe key passwd                                  # asks for the new password twice
+  floe key passwd --new-password-file /root/new-pw`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			r, err := g.openRepo(ctx, false)

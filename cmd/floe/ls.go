@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -113,7 +114,8 @@ prints one document whose "nodes" list holds the nodes, with exact names
 func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := check(cmd, args); err != nil {
-			return usageError{err}
+			// cobra's "accepts 1 arg(s), received 0" does not say which
+			return usageError{hintedError{err, fmt.Sprintf("usage: %s (`%s --help` has examples)", strings.TrimSuffix(cmd.UseLine(), " [flags]"), cmd.CommandPath())}}
 		}
 		return nil
 	}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -38,14 +39,25 @@ func run(args []string) int {
 	root := newRootCommand(g)
 	root.SetArgs(args)
 	defer g.stopProfiles()
-	err := root.ExecuteContext(ctx)
+	cmd, err := root.ExecuteContextC(ctx)
 	if err == nil {
 		return g.exitCode
 	}
+	err = g.explainCredentialFile(explainUnknownCommand(root, err))
+	err = explainRole(cmd, explainUnreachable(cmd, err))
 	code := exitCodeFor(err)
 	if ctx.Err() != nil {
 		code = ExitInterrupted
 		err = errors.New("interrupted")
+	}
+	flags := args
+	if i := slices.Index(args, "--"); i >= 0 {
+		flags = args[:i] // after --, --json is a command's argument
+	}
+	if !g.json && slices.Contains(flags, "--json") && exitCodeFor(err) == ExitUsage {
+		// a usage error can come before the flags are parsed (an unknown
+		// command or flag): a script that asked for JSON still gets it
+		g.json = true
 	}
 	var df documentFailed
 	if g.json && errors.As(err, &df) {
@@ -75,13 +87,13 @@ Start with:
 
 Exit codes:
   0   success
-  1   error
-  2   wrong usage (unknown flag, missing argument)
+  1   error (also: a token, key or password file that cannot be read)
+  2   wrong usage (unknown command or flag, wrong arguments; the hint names the closest)
   3   partial: the command finished, but some files could not be read or written
   4   audit found changes
-  10  repository missing or unreachable
+  10  repository missing or unreachable (a server that does not answer)
   11  wrong password or key file
-  12  the key is write-only and the command needs to read backups
+  12  the key is write-only and the command needs to read backups or manage keys
   13  check found damage
   14  the floe server refused: unknown token, its role does not allow this, or a quota is used up
   130 interrupted`,
@@ -99,7 +111,11 @@ Exit codes:
 	// restic and most tools answer -V/--version; -v is left for --verbose
 	root.Flags().BoolP("version", "V", false, "print the version and exit")
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error { return usageError{err} })
+	root.SetFlagErrorFunc(flagError)
+	// explainUnknownCommand suggests, as a hint: cobra's suggestions come
+	// inside the error, on lines of their own
+	root.DisableSuggestions = true
+	root.SetHelpCommand(newHelpCommand())
 	// every command, here and nowhere else (help lists them sorted)
 	root.AddCommand(
 		newInitCommand(g),

@@ -188,7 +188,8 @@ the device back and compares it with the snapshot.`,
 				}
 			}
 			if len(res.Errors) > 0 {
-				return &exitError{ExitPartial, fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error"))}
+				// the errors were printed as they came; say what to do about them
+				return &exitError{ExitPartial, hintedError{fmt.Errorf("%s during restore", ui.Count(len(res.Errors), "error")), restoreHint(res.Errors)}}
 			}
 			return nil
 		},

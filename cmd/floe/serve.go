@@ -204,6 +204,9 @@ func newServeFingerprintCommand(g *globals, sf *serveFlags) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if g.json {
+				return writeDocument(map[string]any{"fingerprint": fp})
+			}
 			fmt.Println(fp)
 			return nil
 		},
@@ -217,6 +220,9 @@ func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "token",
 		Short: "Manage the credentials of hosts (add, list, revoke)",
+		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
+  floe serve token list --root /srv/floe
+  floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
 	}
 	var repoName, host, roles, quota string
 	add := &cobra.Command{
@@ -315,11 +321,16 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if err != nil {
 				return err
 			}
+			revoked := []string{}
 			for _, id := range args {
 				if err := ts.Revoke(strings.TrimSpace(id)); err != nil {
 					return err
 				}
+				revoked = append(revoked, strings.TrimSpace(id))
 				g.say("revoked token %s", id)
+			}
+			if g.json {
+				return writeDocument(map[string]any{"revoked": revoked})
 			}
 			return nil
 		},
@@ -357,6 +368,9 @@ objects (prune) frees quota. Token quotas are set with ` + "`token add --quota`"
 			if err := l.SetRepoQuota(args[0], n); err != nil {
 				return err
 			}
+			if g.json {
+				return writeDocument(map[string]any{"repo": args[0], "quota": n})
+			}
 			if n == 0 {
 				g.say("repository %s: no quota", args[0])
 			} else {
@@ -386,6 +400,12 @@ func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
 				return err
 			}
 			if g.json {
+				if repos == nil {
+					repos = []server.RepoUsage{} // [] for scripts, not null
+				}
+				if tokens == nil {
+					tokens = []server.TokenUsageLine{}
+				}
 				return writeDocument(map[string]any{"repositories": repos, "tokens": tokens})
 			}
 			quota := func(n int64) string {

@@ -133,6 +133,9 @@ func newServeHostCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "host",
 		Short: "Manage the fleet's hosts (add prints a one-time enrollment token, list, revoke)",
+		Example: `  floe serve host add --root /srv/floe --repo fleet web1
+  floe serve host list --root /srv/floe
+  floe serve host revoke --root /srv/floe web1`,
 	}
 	var repoName string
 	var expires time.Duration
@@ -202,6 +205,9 @@ that never enrolled, issues a new token.`,
 				return err
 			}
 			if g.json {
+				if hosts == nil {
+					hosts = []fleetsrv.Host{} // [] for scripts, not null
+				}
 				return writeDocument(map[string]any{"hosts": hosts})
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
@@ -251,6 +257,9 @@ that never enrolled, issues a new token.`,
 					g.warn("host %s: %v", ui.Sanitize(args[0]), err)
 				}
 			}
+			if g.json {
+				return writeDocument(map[string]any{"host": args[0], "token": tokID})
+			}
 			g.say("revoked host %s", ui.Sanitize(args[0]))
 			return nil
 		},
@@ -261,8 +270,9 @@ that never enrolled, issues a new token.`,
 
 func newServeAlertCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
-		Use:   "alert",
-		Short: "Alert notifications (test)",
+		Use:     "alert",
+		Short:   "Alert notifications (test)",
+		Example: `  floe serve alert test --alert-webhook https://hooks.example/floe`,
 	}
 	test := &cobra.Command{
 		Use:   "test",

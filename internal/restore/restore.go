@@ -30,6 +30,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // Options describe one restore.
@@ -487,7 +488,8 @@ func subtree(ctx context.Context, l snapshot.TreeLoader, rootTree hash.Ref, subp
 		}
 		n := tree.Find(c)
 		if n == nil {
-			return nil, "", fmt.Errorf("path %s is not in the snapshot", path.Join(snapPath, c))
+			// walk's error, as ls and dump say it, so that the CLI's hint follows
+			return nil, "", fmt.Errorf("path %s: %w", path.Join(snapPath, c), walk.ErrNotFound)
 		}
 		snapPath = path.Join(snapPath, c)
 		if n.Type != snapshot.TypeDir {
