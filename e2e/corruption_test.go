@@ -127,6 +127,11 @@ func TestCorruptionIsReportedAndContained(t *testing.T) {
 					r := d.e.floe("restore", d.snapA+":"+d.srcA, "--target", d.e.path("broken"))
 					noPanic(t, r)
 					expectCode(t, r, 3)
+					// the damaged blob has no other copy: the warning must
+					// not claim one was used
+					if how == "flipped bit" && (strings.Contains(r.stderr, "another copy was used") || !strings.Contains(r.stderr, "no other copy is known")) {
+						t.Errorf("restore of a blob without a good copy says: %s", r.stderr)
+					}
 				}
 			})
 		}

@@ -413,16 +413,22 @@ func consistencyLine(c snapshot.Consistency) string {
 }
 
 // warnForged reports stored copies whose bytes did not match their IDs
-// (forged by someone with write access to the storage, or damaged). The
-// operation used other copies or stored its own, so nothing was lost; the
-// user should find out where they came from.
+// (forged by someone with write access to the storage, or damaged). Where
+// the blob has another copy the operation used it (or a backup stored its
+// own), so nothing was lost and the user should find out where the bad
+// copy came from; where it has none, what needed the blob failed, and the
+// errors name it.
 func warnForged(g *globals, forged []repo.ForgedCopy) {
 	for i, f := range forged {
 		if i == 3 {
 			g.warn("warning: ... and %d more", len(forged)-3)
 			break
 		}
-		g.warn("warning: the copy of %s blob %s in pack %s is forged or damaged (%s); another copy was used", f.Blob.Type, f.Blob.ID.Short(), f.Pack.Short(), f.Reason)
+		outcome := "another copy was used"
+		if f.Others == 0 {
+			outcome = "no other copy is known, so what needs it could not be read"
+		}
+		g.warn("warning: the copy of %s blob %s in pack %s is forged or damaged (%s); %s", f.Blob.Type, f.Blob.ID.Short(), f.Pack.Short(), f.Reason, outcome)
 	}
 	if len(forged) > 0 {
 		g.warn("warning: run `floe check --read-data` to list every forged or damaged copy")

@@ -128,6 +128,11 @@ type ForgedCopy struct {
 	Blob   BlobHandle
 	Pack   hash.ID
 	Reason string
+	// Others counts the blob's other copies not found bad when
+	// ForgedCopies was called (a copy a backup stored anew included): 0
+	// means the operation had none to use instead, and failed where it
+	// needed the blob.
+	Others int
 }
 
 func (r *Repository) reportForged(h BlobHandle, loc Location, reason string) {
@@ -149,8 +154,12 @@ func (r *Repository) reportForged(h BlobHandle, loc Location, reason string) {
 // stored the blob again).
 func (r *Repository) ForgedCopies() []ForgedCopy {
 	r.forgedMu.Lock()
-	defer r.forgedMu.Unlock()
-	return append([]ForgedCopy(nil), r.forged...)
+	out := append([]ForgedCopy(nil), r.forged...)
+	r.forgedMu.Unlock()
+	for i := range out {
+		out[i].Others = len(r.idx.Copies(out[i].Blob))
+	}
+	return out
 }
 
 // sealBlob returns the stored form of a blob, in buf's storage when it is
