@@ -241,9 +241,9 @@ func New(loc string, opts Options) (*Backend, error) {
 		b.addTransport(b.httpsTransport(host, tr))
 	}
 	b.upload = b.uploadTransport(host, tr)
-	b.uploadClient = &http.Client{Transport: b.upload}
+	b.uploadClient = newClient(b.upload)
 	b.download = b.downloadTransport(host, tr)
-	b.downloadClient = &http.Client{Transport: b.download}
+	b.downloadClient = newClient(b.download)
 	return b, nil
 }
 
@@ -340,7 +340,19 @@ func (p *pooled) do(hr *http.Request) (*http.Response, error) {
 }
 
 func (b *Backend) addTransport(t *http.Transport) {
-	b.pool = append(b.pool, &pooled{tr: t, client: &http.Client{Transport: t}})
+	b.pool = append(b.pool, &pooled{tr: t, client: newClient(t)})
+}
+
+// newClient is a client over t that follows no redirect. The protocol
+// has none, and Go's client would send the Authorization header along
+// to the same host name on another port or over plain http (it only
+// compares host names): a hostile or confused server could have the
+// token sent in the clear, or an upload's bytes sent elsewhere. A
+// redirect is answered as the error it is (statusError).
+func newClient(t http.RoundTripper) *http.Client {
+	return &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
 }
 
 // server names the server in messages.
@@ -701,6 +713,12 @@ func (b *Backend) statusError(res response) error {
 	case http.StatusInsufficientStorage:
 		base = ErrQuota
 	default:
+		if res.status >= 300 && res.status < 400 {
+			// the Location is the server's claim, shown quoted and
+			// cut (never followed, see newClient)
+			return fmt.Errorf("server %s answered %d, a redirect to %s, which floe does not follow (the location must name the server itself)",
+				b.server(), res.status, strconv.Quote(shownLocation(res.header.Get("Location"))))
+		}
 		if msg == "" {
 			msg = http.StatusText(res.status)
 		}
@@ -1085,3 +1103,15 @@ const serverUploads = 8
 // TCP connection cannot fill a long fat link), but no more than the
 // server lets one token upload at once by default.
 func (b *Backend) ParallelSaves() int { return min(len(b.pool), serverUploads) }
+
+// shownLocation is a Location header of a redirect as messages show it:
+// printable ASCII, at most 200 bytes.
+func shownLocation(s string) string {
+	b := make([]byte, 0, min(len(s), 200))
+	for i := 0; i < len(s) && len(b) < 200; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
