@@ -154,3 +154,29 @@ func TestHostileAnswers(t *testing.T) {
 		t.Errorf("list: %v", err)
 	}
 }
+
+// The client for the fleet API (NewHTTPClient), whose callers send a
+// token too, follows no redirect either.
+func TestHTTPClientNoRedirect(t *testing.T) {
+	var leaked atomic.Int64
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { leaked.Add(1) }))
+	defer plain.Close()
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+r.URL.RequestURI(), http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	hc, err := NewHTTPClient(srv.URL, Options{Fingerprint: Fingerprint(srv.Certificate().Raw)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequest("POST", srv.URL+"/_fleet/v1/runs", strings.NewReader("{}"))
+	req.Header.Set("Authorization", "Bearer floe_0123456789abcdef_secret")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusTemporaryRedirect || leaked.Load() != 0 {
+		t.Errorf("answer %d, %d requests followed the redirect", resp.StatusCode, leaked.Load())
+	}
+}
