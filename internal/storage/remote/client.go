@@ -44,7 +44,7 @@ func NewHTTPClient(base string, opts Options) (*http.Client, error) {
 		TLSHandshakeTimeout: 20 * time.Second,
 		IdleConnTimeout:     90 * time.Second,
 		// a lease request waits on the server up to a minute
-		ResponseHeaderTimeout: 5 * time.Minute,
+		ResponseHeaderTimeout: DefaultIdleTimeout,
 	}
 	// no redirects: the fleet API has none, and its callers send a
 	// token (see newClient)

@@ -89,7 +89,18 @@ type Options struct {
 	// SSHCommand is the ssh program and its options for ssh:// locations
 	// (default: "ssh").
 	SSHCommand []string
+	// IdleTimeout is how long the server may keep the client waiting:
+	// for an answer's headers once the request is sent (a 1 GiB pack is
+	// fsynced before its answer), for each read of an answer's body, and
+	// for the server to take more of an upload's body. A request that
+	// waits longer fails (and is retried as a broken connection), so
+	// that a server that stalls, by accident or on purpose, never hangs
+	// a command. 0: DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
+
+// DefaultIdleTimeout is the default of Options.IdleTimeout.
+const DefaultIdleTimeout = 5 * time.Minute
 
 // DefaultConnections is the default of Options.Connections: the
 // connections hint (Connections: 8 requests at once) spread over two
@@ -186,6 +197,9 @@ func (o *Options) defaults() error {
 	}
 	if o.SpoolDir == "" {
 		o.SpoolDir = os.TempDir()
+	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
 	}
 	if o.Connections == 0 {
 		o.Connections = DefaultConnections
@@ -399,7 +413,7 @@ func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
 		},
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   20 * time.Second,
-		ResponseHeaderTimeout: 5 * time.Minute, // a 1 GiB pack is fsynced before the answer
+		ResponseHeaderTimeout: b.opts.IdleTimeout, // a 1 GiB pack is fsynced before the answer
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   1,
 		HTTP2:                 http2Config(),
@@ -539,6 +553,12 @@ type response struct {
 	size int64 // its Content-Length (-1: not told)
 }
 
+// maxListAnswer bounds a list answer: a line is about 100 bytes, so 1
+// GiB is some ten million objects (a repository of 160 TiB in packs of
+// 16 MiB). A server that sends more is refused, not read into memory
+// without end. A variable for tests.
+var maxListAnswer int64 = 1 << 30
+
 // maxErrorBody bounds what is read of an error answer.
 const maxErrorBody = 64 << 10
 
@@ -595,17 +615,30 @@ func isTLSTrustError(err error) bool {
 	return errors.As(err, &ce)
 }
 
-func (b *Backend) once(ctx context.Context, req request) (response, error) {
+func (b *Backend) once(ctx context.Context, req request) (_ response, err error) {
 	u := b.base + req.path
 	if req.query != "" {
 		u += "?" + req.query
 	}
+	// the watchdog cancels the request when the server keeps it waiting
+	// longer than the idle timeout; a streamed body holds it until closed
+	ctx, cancel := context.WithCancel(ctx)
+	wd := newWatchdog(b.opts.IdleTimeout, cancel)
+	streaming := false
+	defer func() {
+		if !streaming {
+			wd.stop()
+		}
+		if err != nil && wd.fired.Load() {
+			err = wd.err()
+		}
+	}()
 	var body io.ReadCloser
 	if req.body != nil {
-		var err error
 		if body, err = req.body(); err != nil {
 			return response{}, err
 		}
+		body = wd.requestBody(body)
 	}
 	hr, err := http.NewRequestWithContext(ctx, req.method, u, body)
 	if err != nil {
@@ -616,7 +649,13 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	}
 	if req.body != nil {
 		hr.ContentLength = req.size
-		hr.GetBody = req.body
+		hr.GetBody = func() (io.ReadCloser, error) {
+			rc, err := req.body()
+			if err != nil {
+				return nil, err
+			}
+			return wd.requestBody(rc), nil
+		}
 		if req.size == 0 {
 			hr.Body = http.NoBody
 		}
@@ -637,13 +676,16 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	} else {
 		resp, err = b.pick().do(hr)
 	}
+	wd.requestDone()
 	if err != nil {
 		return response{}, err
 	}
+	resp.Body = wd.responseBody(resp.Body)
 	res := response{status: resp.StatusCode, header: resp.Header}
 	b.verifies.Store(resp.Header.Get("Floe-Verifies-Uploads") == "1")
 	if req.stream && resp.StatusCode == http.StatusOK {
 		res.body, res.size = resp.Body, resp.ContentLength
+		streaming = true // closing the body stops the watchdog
 		return res, nil
 	}
 	defer resp.Body.Close()
@@ -788,7 +830,13 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q})
+	// a range's answer is bounded by its length: a server that sends
+	// more (or without end) is refused after length+1 bytes
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, maxBody: length})
+	var tooLarge errBodyTooLarge
+	if errors.As(err, &tooLarge) {
+		return nil, fmt.Errorf("load %s: server sent more than the %d-byte range (%s)", h, length, tooLarge)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
@@ -971,9 +1019,9 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 	if err := storage.ValidateListType(t); err != nil {
 		return fmt.Errorf("list %s: %w", t, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/"})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", maxBody: maxListAnswer})
 	if err != nil {
-		return fmt.Errorf("list %s: %w", t, err)
+		return fmt.Errorf("list %s: %w", t, listTooLong(err))
 	}
 	if res.status != http.StatusOK {
 		return fmt.Errorf("list %s: %w", t, b.statusError(res))
@@ -1062,9 +1110,9 @@ func (b *Backend) Origins(ctx context.Context, t storage.FileType) (map[string]s
 	if err := storage.ValidateListType(t); err != nil {
 		return nil, fmt.Errorf("origins of %s: %w", t, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1"})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1", maxBody: maxListAnswer})
 	if err != nil {
-		return nil, fmt.Errorf("origins of %s: %w", t, err)
+		return nil, fmt.Errorf("origins of %s: %w", t, listTooLong(err))
 	}
 	if res.status != http.StatusOK {
 		return nil, fmt.Errorf("origins of %s: %w", t, b.statusError(res))
@@ -1114,4 +1162,13 @@ func shownLocation(s string) string {
 		}
 	}
 	return string(b)
+}
+
+// listTooLong names a list answer longer than maxListAnswer as such.
+func listTooLong(err error) error {
+	var tooLarge errBodyTooLarge
+	if errors.As(err, &tooLarge) {
+		return fmt.Errorf("the server's answer is longer than %d bytes (%s)", maxListAnswer, tooLarge)
+	}
+	return err
 }
