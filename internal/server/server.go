@@ -77,7 +77,8 @@ type Options struct {
 	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
 	MaxUploadsPerToken int
 	// BodyIdleTimeout cuts off an upload that sends nothing for this
-	// long; 0: DefaultBodyIdleTimeout.
+	// long, and a load or list whose client takes nothing for this long
+	// (idleWriter); 0: DefaultBodyIdleTimeout.
 	BodyIdleTimeout time.Duration
 	// UploadMemory bounds the memory that holds uploads being received
 	// and verified (up to 64 MiB each; larger ones and those beyond the
@@ -414,7 +415,7 @@ func (s *Server) list(q *request, route Route) {
 		}
 	}
 	q.w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(q.w)
+	enc := json.NewEncoder(&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout})
 	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
 		e := ListEntry{Name: fi.Name, Size: fi.Size}
 		if rec, ok := uploads[fi.Name]; ok {
@@ -475,7 +476,7 @@ func (s *Server) load(q *request, route Route) {
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	q.w.WriteHeader(http.StatusOK)
-	sent, _ := q.w.Write(data)
+	sent, _ := (&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}).Write(data)
 	q.sent = int64(sent)
 }
 
@@ -535,6 +536,7 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	q.w.WriteHeader(http.StatusOK)
+	iw := &idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}
 	for pos, data := off, first; pos < end; {
 		if data == nil {
 			if data, err = chunk(pos); err != nil {
@@ -544,14 +546,51 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 				panic(http.ErrAbortHandler)
 			}
 		}
-		m, err := q.w.Write(data)
+		m, err := iw.Write(data)
 		q.sent += int64(m)
 		if err != nil {
-			return // the client went away
+			return // the client went away, or stopped reading
 		}
 		pos += int64(len(data))
 		data = nil
 	}
+}
+
+// idleWriterPiece is the most idleWriter writes at once: the deadline
+// holds for a whole write, so a client must take this much per idle
+// timeout (256 KiB a minute), not a chunk of loadChunk.
+const idleWriterPiece = 256 << 10
+
+// idleWriter is idleReader's counterpart for answers: a client that
+// takes nothing for the idle timeout (up to an eighth more) is cut off,
+// so that one that asks for an object and then reads nothing (a "slow
+// read") cannot hold a handler, its buffer and its connection for good.
+// Writes go in pieces of at most idleWriterPiece; the deadline moves at
+// most every eighth of the timeout (over HTTP/2 each deadline is a
+// message to the connection's goroutine).
+type idleWriter struct {
+	w     io.Writer
+	rc    *http.ResponseController
+	idle  time.Duration
+	renew time.Time
+}
+
+func (i *idleWriter) Write(p []byte) (int, error) {
+	var n int
+	for len(p) > 0 {
+		if now := time.Now(); !now.Before(i.renew) {
+			_ = i.rc.SetWriteDeadline(now.Add(i.idle + i.idle/8))
+			i.renew = now.Add(i.idle / 8)
+		}
+		piece := p[:min(len(p), idleWriterPiece)]
+		m, err := i.w.Write(piece)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
 }
 
 func (s *Server) remove(q *request, route Route) {

@@ -1,0 +1,387 @@
+package server_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/floe-backup/floe/internal/server"
+	"github.com/floe-backup/floe/internal/storage"
+)
+
+// auditLines returns the audit log's records.
+func (s *testServer) auditLines(t *testing.T) []map[string]any {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(s.state, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []map[string]any
+	for _, l := range bytes.Split(bytes.TrimSpace(raw), []byte("\n")) {
+		if len(l) == 0 {
+			continue
+		}
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err != nil {
+			t.Fatalf("audit line %q: %v", l, err)
+		}
+		recs = append(recs, m)
+	}
+	return recs
+}
+
+// rawDo sends one request over HTTP/1.1 as written (no client fixing
+// up the path or headers) and returns the status.
+func rawDo(t *testing.T, addr, request string) int {
+	t.Helper()
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, request); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("%q: %v", request, err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// Every method and odd path, with every kind of credential, is refused
+// with its status before storage is touched, and each refusal is in the
+// audit log without the token's secret.
+func TestOddRequests(t *testing.T) {
+	repos := newMemRepos("fleet", "other")
+	s := startServer(t, repos, server.Options{})
+	obj := []byte("object")
+	name := nameOf(obj)
+	for _, ft := range storage.AllTypes {
+		repos.repos["fleet"].Set(storage.Handle{Type: ft, Name: name}, obj)
+	}
+	repos.repos["fleet"].Set(storage.Handle{Type: storage.Config}, obj)
+	backup := s.token(t, "fleet", "backup")
+	restore := s.token(t, "fleet", "restore")
+	admin := s.token(t, "fleet", "admin")
+	viewer := s.token(t, "fleet", "viewer")
+	otherRepo := s.token(t, "other", "admin")
+	revoked := s.token(t, "fleet", "admin")
+	if err := s.tokens.Revoke(strings.Split(revoked, "_")[1]); err != nil {
+		t.Fatal(err)
+	}
+	addr := s.srv.Listener.Addr().String()
+	upper := strings.ToUpper(name)
+	checks := []struct {
+		method, path, auth string
+		want               int
+	}{
+		// methods the protocol does not have
+		{"OPTIONS", "/fleet/config", "Bearer " + admin, 405},
+		{"OPTIONS", "*", "Bearer " + admin, 200}, // net/http answers it: no Allow, nothing served
+		{"POST", "/fleet/data/" + name, "Bearer " + admin, 405},
+		{"PATCH", "/fleet/data/" + name, "Bearer " + admin, 405},
+		{"TRACE", "/fleet/data/" + name, "Bearer " + admin, 405},
+		{"CONNECT", "/fleet/data/" + name, "Bearer " + admin, 405},
+		{"HEAD", "/fleet/data/", "Bearer " + admin, 405},
+		{"PUT", "/fleet/data/", "Bearer " + admin, 405},
+		{"DELETE", "/fleet/data/", "Bearer " + admin, 405},
+		{"GET", "/fleet/", "Bearer " + admin, 405},
+		{"DELETE", "/fleet/", "Bearer " + admin, 405},
+		{"POST", "/fleet/", "Bearer " + admin, 405},
+		// paths that name nothing
+		{"GET", "/fleet/%2e%2e/other/config", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/%2e%2e", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/..", "Bearer " + admin, 400},
+		{"GET", "/fleet/../other/config", "Bearer " + admin, 400},
+		{"GET", "/fleet//config", "Bearer " + admin, 400},
+		{"GET", "/fleet/data//" + name, "Bearer " + admin, 400},
+		{"GET", "//fleet/config", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + upper, "Bearer " + admin, 400},
+		{"GET", "/fleet/DATA/" + name, "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name + "0", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name[:63], "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + strings.Repeat("a", 20000), "Bearer " + admin, 400},
+		{"GET", "/" + strings.Repeat("f", 65) + "/config", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name[:62] + "%00", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name[:62] + "%0a", "Bearer " + admin, 400},
+		{"GET", "/fleet/locks/" + name, "Bearer " + admin, 400},
+		{"GET", "/fleet/config/" + name, "Bearer " + admin, 400},
+		{"GET", "/fleet/config/", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name + "/x", "Bearer " + admin, 400},
+		{"GET", "/.floe-server/tokens.json", "Bearer " + admin, 400},
+		{"GET", "/fleet/.floe-uploads/data.jsonl", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name + "?offset=-1", "Bearer " + admin, 400},
+		{"GET", "/fleet/data/" + name + "?length=x", "Bearer " + admin, 400},
+		// credentials
+		{"GET", "/fleet/config", "", 401},
+		{"GET", "/fleet/config", "Bearer", 401},
+		{"GET", "/fleet/config", "Bearer ", 401},
+		{"GET", "/fleet/config", "bearer " + admin, 401},
+		{"GET", "/fleet/config", "Basic " + admin, 401},
+		{"GET", "/fleet/config", "Bearer  " + admin, 401},
+		{"GET", "/fleet/config", "Bearer " + admin + "x", 401},
+		{"GET", "/fleet/config", "Bearer " + admin[:len(admin)-1], 401},
+		{"GET", "/fleet/config", "Bearer floe__", 401},
+		{"GET", "/fleet/config", "Bearer " + revoked, 401},
+		{"GET", "/fleet/config", "Bearer " + otherRepo, 403},
+		{"PUT", "/fleet/data/" + name, "Bearer " + otherRepo, 403},
+		{"GET", "/fleet/config", "Bearer " + viewer, 403},
+		{"GET", "/fleet/data/", "Bearer " + viewer, 403},
+		// roles
+		{"GET", "/fleet/data/" + name, "Bearer " + backup, 403},
+		{"GET", "/fleet/snapshots/" + name, "Bearer " + backup, 403},
+		{"GET", "/fleet/snapshots/?uploads=1", "Bearer " + backup, 403},
+		{"DELETE", "/fleet/data/" + name, "Bearer " + backup, 403},
+		{"DELETE", "/fleet/snapshots/" + name, "Bearer " + backup, 403},
+		{"PUT", "/fleet/config", "Bearer " + backup, 403},
+		{"PUT", "/fleet/keys/" + name, "Bearer " + backup, 403},
+		{"PUT", "/fleet/gc/" + name, "Bearer " + backup, 403},
+		{"PUT", "/fleet/", "Bearer " + backup, 403},
+		{"PUT", "/fleet/data/" + name, "Bearer " + restore, 403},
+		{"DELETE", "/fleet/data/" + name, "Bearer " + restore, 403},
+		{"PUT", "/fleet/", "Bearer " + restore, 403},
+	}
+	before := memState(t, repos.repos["fleet"])
+	audit0 := len(s.auditLines(t))
+	for _, c := range checks {
+		calls := repos.calls.Load()
+		req := fmt.Sprintf("%s %s HTTP/1.1\r\nHost: floe\r\n", c.method, c.path)
+		if c.auth != "" {
+			req += "Authorization: " + c.auth + "\r\n"
+		}
+		if c.method == "PUT" || c.method == "POST" || c.method == "PATCH" {
+			req += fmt.Sprintf("Content-Length: %d\r\n\r\n%s", len(obj), obj)
+		} else {
+			req += "\r\n"
+		}
+		if got := rawDo(t, addr, req); got != c.want {
+			t.Errorf("%s %.80s (%.20s): %d, want %d", c.method, c.path, c.auth, got, c.want)
+		}
+		if repos.calls.Load() != calls {
+			t.Errorf("%s %.80s: refused, but storage was touched", c.method, c.path)
+		}
+	}
+	if after := memState(t, repos.repos["fleet"]); after != before {
+		t.Errorf("refused requests changed the repository")
+	}
+	lines := s.auditLines(t)[audit0:]
+	// OPTIONS * never reaches the handler (net/http answers it), every
+	// other request is a refusal with its line
+	if want := len(checks) - 1; len(lines) != want {
+		t.Errorf("%d audit lines for %d refusals", len(lines), want)
+	}
+	raw, _ := os.ReadFile(filepath.Join(s.state, "audit.log"))
+	for _, tok := range []string{backup, restore, admin, viewer, otherRepo, revoked} {
+		secret := tok[len("floe_")+16+1:] // base64url: may hold "_" itself
+		if bytes.Contains(raw, []byte(secret)) {
+			t.Errorf("the audit log holds a token's secret")
+		}
+	}
+	for _, l := range lines {
+		if l["result"] != "refused" {
+			t.Errorf("audit line of a refusal: %v", l)
+		}
+		if o, _ := l["object"].(string); len(o) > 300 {
+			t.Errorf("an audit line holds a path of %d bytes", len(o))
+		}
+	}
+}
+
+// memState lists every object of a repository with its bytes, without
+// counting as a storage call.
+func memState(t *testing.T, b *countingBackend) string {
+	t.Helper()
+	var out strings.Builder
+	ctx := context.Background()
+	if d, err := b.Backend.Load(ctx, storage.Handle{Type: storage.Config}, 0, 0); err == nil {
+		fmt.Fprintf(&out, "config %x\n", d)
+	}
+	for _, ft := range storage.AllTypes {
+		err := b.Backend.List(ctx, ft, func(fi storage.FileInfo) error {
+			d, err := b.Backend.Load(ctx, storage.Handle{Type: ft, Name: fi.Name}, 0, 0)
+			fmt.Fprintf(&out, "%s/%s %x %v\n", ft, fi.Name, d, err)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out.String()
+}
+
+// Bodies that do not match their Content-Length: chunked (no length) is
+// refused, a body cut short stores nothing and charges no quota, bytes
+// beyond the length are not part of the object, and the object is what
+// its name says.
+func TestUploadBodyLies(t *testing.T) {
+	root, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{Verifier: server.NewFormatVerifier(), SpoolDir: t.TempDir()})
+	tok, tk, err := s.tokens.AddWithQuota("fleet", "web1", server.RoleBackup, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.srv.Listener.Addr().String()
+	put := func(name, headers string, body []byte) string {
+		return fmt.Sprintf("PUT /fleet/snapshots/%s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\n%s\r\n%s", name, tok, headers, body)
+	}
+	rec := []byte("a sealed-looking snapshot record")
+	name := nameOf(rec)
+	// chunked: no Content-Length, 411
+	chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(rec), rec)
+	if got := rawDo(t, addr, put(name, "Transfer-Encoding: chunked\r\n", []byte(chunked))); got != http.StatusLengthRequired {
+		t.Errorf("chunked upload: %d, want 411", got)
+	}
+	// a body cut short (the client closes its side): 400, nothing left
+	conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.WriteString(conn, put(name, fmt.Sprintf("Content-Length: %d\r\n", 900), rec))
+	conn.CloseWrite()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("body shorter than its Content-Length: %d, want 400", resp.StatusCode)
+	}
+	conn.Close()
+	// bytes beyond the Content-Length are not the object's: a name of
+	// the whole is refused, a name of the announced part stores that
+	// part only
+	long := append(bytes.Clone(rec), "and more"...)
+	if got := rawDo(t, addr, put(nameOf(long), fmt.Sprintf("Content-Length: %d\r\n", len(rec)), long)); got != http.StatusUnprocessableEntity {
+		t.Errorf("name of a body longer than its Content-Length: %d, want 422", got)
+	}
+	for _, n := range []string{name, nameOf(long)} {
+		if _, err := os.Stat(filepath.Join(root, "fleet", "snapshots", n)); err == nil {
+			t.Errorf("a refused upload stored %s", n)
+		}
+	}
+	if u := s.ledger.TokenUsage()[tk.ID]; u != 0 {
+		t.Errorf("refused uploads charged %d bytes of quota", u)
+	}
+	if got := rawDo(t, addr, put(name, fmt.Sprintf("Content-Length: %d\r\n", len(rec)), long)); got != http.StatusCreated {
+		t.Errorf("a body with bytes beyond its Content-Length: %d", got)
+	}
+	if got, err := os.ReadFile(filepath.Join(root, "fleet", "snapshots", name)); err != nil || !bytes.Equal(got, rec) {
+		t.Errorf("stored %q, %v", got, err)
+	}
+	if u := s.ledger.TokenUsage()[tk.ID]; u != int64(len(rec)) {
+		t.Errorf("usage %d after one upload of %d bytes", u, len(rec))
+	}
+	// over the quota by one byte: 507 before the body is read
+	big := bytes.Repeat([]byte("q"), 1000-len(rec)+1)
+	if got := rawDo(t, addr, put(nameOf(big), fmt.Sprintf("Content-Length: %d\r\n", len(big)), big)); got != http.StatusInsufficientStorage {
+		t.Errorf("one byte over the quota: %d, want 507", got)
+	}
+	big = big[1:]
+	if got := rawDo(t, addr, put(nameOf(big), fmt.Sprintf("Content-Length: %d\r\n", len(big)), big)); got != http.StatusCreated {
+		t.Errorf("exactly up to the quota: %d, want 201", got)
+	}
+}
+
+// A client that asks for an object and then reads nothing (a "slow
+// read") is cut off after the idle timeout, over HTTP/1.1 and HTTP/2: it
+// cannot hold a handler, its buffer and its connection for good.
+func TestSlowReader(t *testing.T) {
+	_, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{BodyIdleTimeout: 200 * time.Millisecond})
+	tok := s.token(t, "fleet", "restore")
+	be, err := repos.Open(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// more than the socket buffers and HTTP/2 windows hold
+	data := bytes.Repeat([]byte("slow"), 8<<20)
+	name := nameOf(data)
+	if err := be.Save(context.Background(), storage.Handle{Type: storage.Pack, Name: name}, data); err != nil {
+		t.Fatal(err)
+	}
+	path := "/fleet/data/" + name
+	wait := 3 * time.Second // many times the idle timeout
+
+	t.Run("http1", func(t *testing.T) {
+		conn, err := tls.Dial("tcp", s.srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET %s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\n\r\n", path, tok)
+		time.Sleep(wait)
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := io.Copy(io.Discard, conn)
+		if n >= int64(len(data)) {
+			t.Errorf("a client that read nothing for %v got all %d bytes (%v): the server waited for it", wait, n, err)
+		}
+	})
+	t.Run("http2", func(t *testing.T) {
+		req, _ := http.NewRequest("GET", s.url+path, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.ProtoMajor != 2 {
+			t.Fatalf("protocol %s", resp.Proto)
+		}
+		time.Sleep(wait)
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err == nil && n == int64(len(data)) {
+			t.Errorf("a client that read nothing for %v got all %d bytes: the server waited for it", wait, n)
+		}
+	})
+}
+
+// The write deadline of a load (idleWriter) does not outlive it: a
+// kept-alive HTTP/1.1 connection serves the next request after the
+// deadline would have passed.
+func TestLoadDeadlineEndsWithLoad(t *testing.T) {
+	_, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{BodyIdleTimeout: 200 * time.Millisecond})
+	tok := s.token(t, "fleet", "restore")
+	be, err := repos.Open(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("small pack")
+	name := nameOf(data)
+	if err := be.Save(context.Background(), storage.Handle{Type: storage.Pack, Name: name}, data); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", s.srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	br := bufio.NewReader(conn)
+	for i := range 2 {
+		fmt.Fprintf(conn, "GET /fleet/data/%s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\n\r\n", name, tok)
+		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("request %d on the kept-alive connection: %v", i+1, err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("request %d: %q %v", i+1, got, err)
+		}
+		time.Sleep(500 * time.Millisecond) // past the first load's write deadline
+	}
+}
