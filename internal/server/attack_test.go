@@ -6,8 +6,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -384,4 +386,99 @@ func TestLoadDeadlineEndsWithLoad(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond) // past the first load's write deadline
 	}
+}
+
+// Slowloris: a connection that never finishes its TLS handshake, one
+// that trickles its request headers and one left idle after a request
+// are closed by the server's timeouts (set short here; 10 s and 2 min in
+// floe serve).
+func TestSlowloris(t *testing.T) {
+	defer server.SetTimeouts(300*time.Millisecond, 300*time.Millisecond)()
+	root, state := t.TempDir(), t.TempDir()
+	repos, _ := server.NewRootDir(root)
+	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	tokens, _ := server.OpenTokenStore(state)
+	tok, _, err := tokens.Add("fleet", "h", server.RoleBackup)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, server.Config{Root: root, StateDir: state, Listen: "127.0.0.1:0",
+			Ready: func(addr, fp string, created bool) { ready <- addr }})
+	}()
+	defer func() { cancel(); <-done }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	// closedWithin reports whether the server closes conn (a read ends)
+	// within d while feed keeps writing to it
+	closedWithin := func(conn net.Conn, d time.Duration, feed func() error) bool {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+					if feed != nil && feed() != nil {
+						return
+					}
+				}
+			}
+		}()
+		conn.SetReadDeadline(time.Now().Add(d))
+		_, err := io.Copy(io.Discard, conn)
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+	limit := 10 * time.Second // many times the timeouts: no race with a slow machine
+	t.Run("handshake", func(t *testing.T) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if !closedWithin(conn, limit, nil) {
+			t.Errorf("a connection without a TLS handshake is still open after %v", limit)
+		}
+	})
+	t.Run("headers", func(t *testing.T) {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /fleet/config HTTP/1.1\r\nHost: floe\r\n")
+		if !closedWithin(conn, limit, func() error { _, err := io.WriteString(conn, "X-Slow: 1\r\n"); return err }) {
+			t.Errorf("a request whose headers trickle is still read after %v", limit)
+		}
+	})
+	t.Run("idle", func(t *testing.T) {
+		conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "HEAD /fleet/config HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\n\r\n", tok)
+		br := bufio.NewReader(conn)
+		conn.SetReadDeadline(time.Now().Add(limit))
+		if _, err := http.ReadResponse(br, &http.Request{Method: "HEAD"}); err != nil {
+			t.Fatal(err)
+		}
+		conn.SetReadDeadline(time.Now().Add(limit))
+		_, err = io.Copy(io.Discard, br)
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("an idle kept-alive connection is still open after %v", limit)
+		}
+	})
 }
