@@ -482,3 +482,58 @@ func TestSlowloris(t *testing.T) {
 		}
 	})
 }
+
+// A credential has at most MaxLoadsPerToken loads in progress (each holds
+// a buffer of the server's until its client has taken the answer); more
+// are answered 429, which clients retry.
+func TestLoadCap(t *testing.T) {
+	_, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{MaxLoadsPerToken: 1})
+	tok := s.token(t, "fleet", "restore")
+	be, err := repos.Open(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte("held"), 8<<20) // more than buffers and windows hold
+	name := nameOf(data)
+	if err := be.Save(context.Background(), storage.Handle{Type: storage.Pack, Name: name}, data); err != nil {
+		t.Fatal(err)
+	}
+	get := func() *http.Response {
+		req, _ := http.NewRequest("GET", s.url+"/fleet/data/"+name, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp
+	}
+	held := get() // its body is not read: the handler waits to write
+	id := strings.Split(tok, "_")[1]
+	for deadline := time.Now().Add(10 * time.Second); s.h.LoadsInProgress(id) == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the first load does not hold its slot")
+		}
+	}
+	second := get()
+	second.Body.Close()
+	if second.StatusCode != http.StatusTooManyRequests || second.Header.Get("Retry-After") == "" {
+		t.Errorf("second concurrent load: %d, want 429 with Retry-After", second.StatusCode)
+	}
+	n, err := io.Copy(io.Discard, held.Body)
+	held.Body.Close()
+	if err != nil || n != int64(len(data)) {
+		t.Fatalf("the first load: %d bytes, %v", n, err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); s.h.LoadsInProgress(id) != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the slot is not given back")
+		}
+	}
+	third := get()
+	io.Copy(io.Discard, third.Body)
+	third.Body.Close()
+	if third.StatusCode != http.StatusOK {
+		t.Errorf("a load after the first ended: %d", third.StatusCode)
+	}
+}

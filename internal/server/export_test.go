@@ -23,3 +23,10 @@ func SetTimeouts(header, idle time.Duration) func() {
 	readHeaderTimeout, idleTimeout = header, idle
 	return func() { readHeaderTimeout, idleTimeout = h, i }
 }
+
+// LoadsInProgress returns the loads the credential id has in progress.
+func (s *Server) LoadsInProgress(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loads[id]
+}

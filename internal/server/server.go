@@ -76,6 +76,10 @@ type Options struct {
 	// MaxUploadsPerToken bounds concurrent uploads of one credential;
 	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
 	MaxUploadsPerToken int
+	// MaxLoadsPerToken bounds concurrent loads of one credential (each
+	// holds a buffer of loadChunk until its client has taken the
+	// answer); more are refused with 429. 0: DefaultMaxLoads.
+	MaxLoadsPerToken int
 	// BodyIdleTimeout cuts off an upload that sends nothing for this
 	// long, and a load or list whose client takes nothing for this long
 	// (idleWriter); 0: DefaultBodyIdleTimeout.
@@ -96,6 +100,11 @@ const (
 	// A pack is at most 1 GiB (config pack_size) plus one blob.
 	DefaultMaxObjectSize = 1<<30 + 64<<20
 	DefaultMaxUploads    = 8
+	// DefaultMaxLoads is what the most parallel client runs at once
+	// (a copy with --connections 64: 4 requests per connection), so
+	// that it bounds a credential's buffers (256 MiB) without slowing
+	// any honest client.
+	DefaultMaxLoads = 256
 	// maxConfigSize bounds the config object, which is small.
 	maxConfigSize = 1 << 20
 	// DefaultBodyIdleTimeout is how long an upload may send nothing.
@@ -108,6 +117,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	uploads map[string]int // token id -> uploads in progress
+	loads   map[string]int // token id -> loads in progress
 	journal journal
 	mem     *memBudget // buffers of uploads received into memory
 }
@@ -123,6 +133,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxUploadsPerToken <= 0 {
 		opts.MaxUploadsPerToken = DefaultMaxUploads
 	}
+	if opts.MaxLoadsPerToken <= 0 {
+		opts.MaxLoadsPerToken = DefaultMaxLoads
+	}
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = os.TempDir()
 	}
@@ -136,7 +149,7 @@ func New(opts Options) (*Server, error) {
 	if opts.UploadMemory > 0 {
 		mem = newMemBudget(opts.UploadMemory)
 	}
-	return &Server{opts: opts, uploads: map[string]int{}, mem: mem}, nil
+	return &Server{opts: opts, uploads: map[string]int{}, loads: map[string]int{}, mem: mem}, nil
 }
 
 // Headers of the protocol.
@@ -460,6 +473,12 @@ func (s *Server) load(q *request, route Route) {
 			*p.v = x
 		}
 	}
+	if !s.acquireSlot(s.loads, s.opts.MaxLoadsPerToken, q.tok.ID) {
+		q.fail(s, http.StatusTooManyRequests, CodeBusy,
+			fmt.Errorf("%s already has %d loads in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
+		return
+	}
+	defer s.releaseSlot(s.loads, q.tok.ID)
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
@@ -618,20 +637,28 @@ func (s *Server) remove(q *request, route Route) {
 
 // acquire takes an upload slot of the credential.
 func (s *Server) acquire(id string) bool {
+	return s.acquireSlot(s.uploads, s.opts.MaxUploadsPerToken, id)
+}
+
+func (s *Server) release(id string) { s.releaseSlot(s.uploads, id) }
+
+// acquireSlot takes one of max slots of the credential id in slots
+// (uploads or loads in progress).
+func (s *Server) acquireSlot(slots map[string]int, max int, id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uploads[id] >= s.opts.MaxUploadsPerToken {
+	if slots[id] >= max {
 		return false
 	}
-	s.uploads[id]++
+	slots[id]++
 	return true
 }
 
-func (s *Server) release(id string) {
+func (s *Server) releaseSlot(slots map[string]int, id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uploads[id]--; s.uploads[id] <= 0 {
-		delete(s.uploads, id)
+	if slots[id]--; slots[id] <= 0 {
+		delete(slots, id)
 	}
 }
 
