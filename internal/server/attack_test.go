@@ -483,9 +483,9 @@ func TestSlowloris(t *testing.T) {
 	})
 }
 
-// A credential has at most MaxLoadsPerToken loads in progress (each holds
-// a buffer of the server's until its client has taken the answer); more
-// are answered 429, which clients retry.
+// A credential has at most MaxLoadsPerToken loads and lists in progress
+// (each holds a buffer or a directory's names until its client has taken
+// the answer); more are answered 429, which clients retry.
 func TestLoadCap(t *testing.T) {
 	_, repos := fleetRoot(t)
 	s := startServer(t, repos, server.Options{MaxLoadsPerToken: 1})
@@ -519,6 +519,17 @@ func TestLoadCap(t *testing.T) {
 	second.Body.Close()
 	if second.StatusCode != http.StatusTooManyRequests || second.Header.Get("Retry-After") == "" {
 		t.Errorf("second concurrent load: %d, want 429 with Retry-After", second.StatusCode)
+	}
+	// a list counts as a load (it holds a directory's names)
+	req, _ := http.NewRequest("GET", s.url+"/fleet/data/", nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	list, err := s.srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list.Body.Close()
+	if list.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a list beside a load: %d, want 429", list.StatusCode)
 	}
 	n, err := io.Copy(io.Discard, held.Body)
 	held.Body.Close()

@@ -76,9 +76,10 @@ type Options struct {
 	// MaxUploadsPerToken bounds concurrent uploads of one credential;
 	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
 	MaxUploadsPerToken int
-	// MaxLoadsPerToken bounds concurrent loads of one credential (each
-	// holds a buffer of loadChunk until its client has taken the
-	// answer); more are refused with 429. 0: DefaultMaxLoads.
+	// MaxLoadsPerToken bounds concurrent loads and lists of one
+	// credential (a load holds a buffer of loadChunk, a list a
+	// directory's names, until its client has taken the answer); more
+	// are refused with 429. 0: DefaultMaxLoads.
 	MaxLoadsPerToken int
 	// BodyIdleTimeout cuts off an upload that sends nothing for this
 	// long, and a load or list whose client takes nothing for this long
@@ -414,6 +415,14 @@ func (s *Server) list(q *request, route Route) {
 		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not read who uploaded %s", q.tok.Describe(), q.tok.Roles, route.Handle.Type))
 		return
 	}
+	// a list holds a directory's names (and the journal) while its
+	// client takes the answer: it counts as a load
+	if !s.acquireSlot(s.loads, s.opts.MaxLoadsPerToken, q.tok.ID) {
+		q.fail(s, http.StatusTooManyRequests, CodeBusy,
+			fmt.Errorf("%s already has %d loads and lists in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
+		return
+	}
+	defer s.releaseSlot(s.loads, q.tok.ID)
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
@@ -475,7 +484,7 @@ func (s *Server) load(q *request, route Route) {
 	}
 	if !s.acquireSlot(s.loads, s.opts.MaxLoadsPerToken, q.tok.ID) {
 		q.fail(s, http.StatusTooManyRequests, CodeBusy,
-			fmt.Errorf("%s already has %d loads in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
+			fmt.Errorf("%s already has %d loads and lists in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
 		return
 	}
 	defer s.releaseSlot(s.loads, q.tok.ID)
