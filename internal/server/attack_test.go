@@ -394,28 +394,9 @@ func TestLoadDeadlineEndsWithLoad(t *testing.T) {
 // floe serve).
 func TestSlowloris(t *testing.T) {
 	defer server.SetTimeouts(300*time.Millisecond, 300*time.Millisecond)()
-	root, state := t.TempDir(), t.TempDir()
-	repos, _ := server.NewRootDir(root)
-	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
-		t.Fatal(err)
-	}
-	tokens, _ := server.OpenTokenStore(state)
+	addr, _, tokens := runServer(t, t.TempDir())
 	tok, _, err := tokens.Add("fleet", "h", server.RoleBackup)
 	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- server.Run(ctx, server.Config{Root: root, StateDir: state, Listen: "127.0.0.1:0",
-			Ready: func(addr, fp string, created bool) { ready <- addr }})
-	}()
-	defer func() { cancel(); <-done }()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
 		t.Fatal(err)
 	}
 	// closedWithin reports whether the server closes conn (a read ends)
@@ -546,5 +527,85 @@ func TestLoadCap(t *testing.T) {
 	third.Body.Close()
 	if third.StatusCode != http.StatusOK {
 		t.Errorf("a load after the first ended: %d", third.StatusCode)
+	}
+}
+
+// runServer runs floe serve's Run on a new root holding repository
+// fleet, with its state in state, until the test ends.
+func runServer(t *testing.T, state string) (addr, root string, tokens *server.TokenStore) {
+	t.Helper()
+	root = t.TempDir()
+	repos, _ := server.NewRootDir(root)
+	if _, err := repos.Create(context.Background(), "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	tokens, err := server.OpenTokenStore(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- server.Run(ctx, server.Config{Root: root, StateDir: state, Listen: "127.0.0.1:0",
+			Ready: func(addr, fp string, created bool) { ready <- addr }})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatal(err)
+	}
+	return addr, root, tokens
+}
+
+// Nothing in the server's state directory is readable by others but the
+// certificate: tokens.json, the private key, the audit log, the usage
+// and quota ledgers, the spool.
+func TestStateDirModes(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	addr, _, tokens := runServer(t, state)
+	tok, _, err := tokens.AddWithQuota("fleet", "h", server.RoleBackup, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ledger, err := server.OpenLedger(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.SetRepoQuota("fleet", 1<<30); err != nil {
+		t.Fatal(err)
+	}
+	rec := []byte("record")
+	if got := rawDo(t, addr, fmt.Sprintf("PUT /fleet/snapshots/%s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", nameOf(rec), tok, len(rec), rec)); got != http.StatusCreated {
+		t.Fatalf("upload: %d", got)
+	}
+	rawDo(t, addr, "GET /fleet/config HTTP/1.1\r\nHost: floe\r\n\r\n") // a refusal for the audit log
+	seen := map[string]bool{}
+	err = filepath.WalkDir(state, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(state, p)
+		seen[rel] = true
+		if rel == "cert.pem" {
+			return nil
+		}
+		if fi.Mode().Perm()&0o077 != 0 {
+			t.Errorf("%s has mode %v", rel, fi.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"tokens.json", "key.pem", "audit.log", "usage.json", "quotas.json", "spool"} {
+		if !seen[f] {
+			t.Errorf("%s not in the state directory (have %v)", f, seen)
+		}
 	}
 }
