@@ -146,7 +146,13 @@ func (r *watchedRequest) finish() {
 	}
 }
 
-func (r *watchedRequest) Close() error { return r.rc.Close() }
+// Close ends the watch of this body: the transport closes a body it is
+// done with (sent, or given up on a connection that broke before it
+// sends the body again from GetBody).
+func (r *watchedRequest) Close() error {
+	r.finish()
+	return r.rc.Close()
+}
 
 // responseBody watches the reads of an answer's body; closing it ends
 // the watch.
