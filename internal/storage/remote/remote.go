@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/floe-backup/floe/internal/idle"
 	"github.com/floe-backup/floe/internal/netbatch"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -623,14 +624,14 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 	// the watchdog cancels the request when the server keeps it waiting
 	// longer than the idle timeout; a streamed body holds it until closed
 	ctx, cancel := context.WithCancel(ctx)
-	wd := newWatchdog(b.opts.IdleTimeout, cancel)
+	wd := idle.New(b.opts.IdleTimeout, cancel)
 	streaming := false
 	defer func() {
 		if !streaming {
-			wd.stop()
+			wd.Stop()
 		}
-		if err != nil && wd.fired.Load() {
-			err = wd.err()
+		if err != nil && wd.Fired() {
+			err = wd.Err()
 		}
 	}()
 	var body io.ReadCloser
@@ -638,7 +639,7 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 		if body, err = req.body(); err != nil {
 			return response{}, err
 		}
-		body = wd.requestBody(body)
+		body = wd.RequestBody(body)
 	}
 	hr, err := http.NewRequestWithContext(ctx, req.method, u, body)
 	if err != nil {
@@ -654,7 +655,7 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 			if err != nil {
 				return nil, err
 			}
-			return wd.requestBody(rc), nil
+			return wd.RequestBody(rc), nil
 		}
 		if req.size == 0 {
 			hr.Body = http.NoBody
@@ -676,11 +677,11 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 	} else {
 		resp, err = b.pick().do(hr)
 	}
-	wd.requestDone()
+	wd.RequestDone()
 	if err != nil {
 		return response{}, err
 	}
-	resp.Body = wd.responseBody(resp.Body)
+	resp.Body = wd.ResponseBody(resp.Body)
 	res := response{status: resp.StatusCode, header: resp.Header}
 	b.verifies.Store(resp.Header.Get("Floe-Verifies-Uploads") == "1")
 	if req.stream && resp.StatusCode == http.StatusOK {

@@ -1,15 +1,20 @@
-package remote
+// Package idle gives up on HTTP requests whose other side keeps them
+// waiting: a server that stops sending an answer or stops reading an
+// upload (floe's clients of floe serve and of S3), where net/http bounds
+// only the wait for an answer's headers.
+package idle
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// watchdog cancels a request whose server keeps it waiting longer than
+// Watchdog cancels a request whose server keeps it waiting longer than
 // the idle timeout: while a read of the answer's body has not returned,
 // or while the transport, having taken a part of the upload's body, does
 // not come back for more (its write to the server blocks: the server
@@ -21,7 +26,7 @@ import (
 // The cost per read is two clock readings and atomic adds; a timer
 // checks every quarter of the timeout, so a wait is cut off after the
 // timeout and at most a quarter more.
-type watchdog struct {
+type Watchdog struct {
 	d      time.Duration
 	cancel context.CancelFunc
 	start  time.Time
@@ -36,15 +41,17 @@ type watchdog struct {
 	reqs    []*watchedRequest // the upload's bodies
 }
 
-func newWatchdog(d time.Duration, cancel context.CancelFunc) *watchdog {
-	w := &watchdog{d: d, cancel: cancel, start: time.Now()}
+// New starts a watch that calls cancel (the request's context's) when
+// the other side keeps it waiting longer than d; Stop ends it.
+func New(d time.Duration, cancel context.CancelFunc) *Watchdog {
+	w := &Watchdog{d: d, cancel: cancel, start: time.Now()}
 	w.t.Store(time.AfterFunc(d/4, w.check))
 	return w
 }
 
-func (w *watchdog) now() int64 { return int64(time.Since(w.start)) }
+func (w *Watchdog) now() int64 { return int64(time.Since(w.start)) }
 
-func (w *watchdog) check() {
+func (w *Watchdog) check() {
 	if w.stopped.Load() {
 		return
 	}
@@ -61,19 +68,19 @@ func (w *watchdog) check() {
 }
 
 // begin and end bracket a wait on the server.
-func (w *watchdog) begin() {
+func (w *Watchdog) begin() {
 	w.last.Store(w.now())
 	w.waiting.Add(1)
 }
 
-func (w *watchdog) end() {
+func (w *Watchdog) end() {
 	w.last.Store(w.now())
 	w.waiting.Add(-1)
 }
 
-// stop ends the watch and cancels the request's context (its answer is
+// Stop ends the watch and cancels the request's context (its answer is
 // read, or its body closed).
-func (w *watchdog) stop() {
+func (w *Watchdog) Stop() {
 	w.stopped.Store(true)
 	if t := w.t.Load(); t != nil {
 		t.Stop()
@@ -81,16 +88,16 @@ func (w *watchdog) stop() {
 	w.cancel()
 }
 
-// err is the error of a request the watchdog cut off.
-func (w *watchdog) err() error {
+// Err is the error of a request the watchdog cut off.
+func (w *Watchdog) Err() error {
 	return fmt.Errorf("the server sent nothing for %v (idle timeout)", w.d)
 }
 
-// requestBody watches the transport's reads of an upload's body: from
+// RequestBody watches the transport's reads of an upload's body: from
 // each read's return until the next read the transport is sending, and
 // a send that does not end within the timeout means the server does not
 // read.
-func (w *watchdog) requestBody(rc io.ReadCloser) io.ReadCloser {
+func (w *Watchdog) RequestBody(rc io.ReadCloser) io.ReadCloser {
 	r := &watchedRequest{rc: rc, w: w}
 	w.mu.Lock()
 	w.reqs = append(w.reqs, r)
@@ -98,10 +105,10 @@ func (w *watchdog) requestBody(rc io.ReadCloser) io.ReadCloser {
 	return r
 }
 
-// requestDone ends the watch of the upload's bodies (GetBody makes one
+// RequestDone ends the watch of the upload's bodies (GetBody makes one
 // per attempt of the transport): the answer's headers came (an early
 // refusal leaves the rest of the body unsent), or the request failed.
-func (w *watchdog) requestDone() {
+func (w *Watchdog) RequestDone() {
 	w.mu.Lock()
 	reqs := w.reqs
 	w.reqs = nil
@@ -113,7 +120,7 @@ func (w *watchdog) requestDone() {
 
 type watchedRequest struct {
 	rc      io.ReadCloser
-	w       *watchdog
+	w       *Watchdog
 	mu      sync.Mutex
 	pending bool // the transport is sending what it read
 	done    bool
@@ -154,15 +161,15 @@ func (r *watchedRequest) Close() error {
 	return r.rc.Close()
 }
 
-// responseBody watches the reads of an answer's body; closing it ends
+// ResponseBody watches the reads of an answer's body; closing it ends
 // the watch.
-func (w *watchdog) responseBody(rc io.ReadCloser) io.ReadCloser {
+func (w *Watchdog) ResponseBody(rc io.ReadCloser) io.ReadCloser {
 	return &watchedResponse{rc: rc, w: w}
 }
 
 type watchedResponse struct {
 	rc io.ReadCloser
-	w  *watchdog
+	w  *Watchdog
 }
 
 func (r *watchedResponse) Read(p []byte) (int, error) {
@@ -170,13 +177,45 @@ func (r *watchedResponse) Read(p []byte) (int, error) {
 	n, err := r.rc.Read(p)
 	r.w.end()
 	if err != nil && err != io.EOF && r.w.fired.Load() {
-		err = r.w.err()
+		err = r.w.Err()
 	}
 	return n, err
 }
 
 func (r *watchedResponse) Close() error {
 	err := r.rc.Close()
-	r.w.stop()
+	r.w.Stop()
 	return err
+}
+
+// Fired reports whether the watchdog cut the request off.
+func (w *Watchdog) Fired() bool { return w.fired.Load() }
+
+// Transport watches every request of Base (see Watchdog): one whose
+// server sends nothing, or takes nothing of the upload, for Timeout
+// fails with Watchdog.Err's error.
+type Transport struct {
+	Base    http.RoundTripper
+	Timeout time.Duration
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	w := New(t.Timeout, cancel)
+	r := req.WithContext(ctx)
+	if req.Body != nil && req.Body != http.NoBody {
+		r.Body = w.RequestBody(req.Body)
+	}
+	resp, err := t.Base.RoundTrip(r)
+	w.RequestDone()
+	if err != nil {
+		w.Stop()
+		if w.Fired() {
+			err = w.Err()
+		}
+		return nil, err
+	}
+	resp.Body = w.ResponseBody(resp.Body) // closing it stops the watch
+	return resp, nil
 }
