@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -607,5 +608,59 @@ func TestStateDirModes(t *testing.T) {
 		if !seen[f] {
 			t.Errorf("%s not in the state directory (have %v)", f, seen)
 		}
+	}
+}
+
+// Objects uploaded to another directory than their kind's: a pack as an
+// index file, an index file as a pack, anything as a key, a gc mark or
+// the config (a backup token), are refused and leave nothing. A pack as
+// a snapshot record is stored: the server cannot tell a sealed record
+// from other bytes (clients skip and report it, see SECURITY.md).
+func TestWrongDirectory(t *testing.T) {
+	_, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{Verifier: server.NewFormatVerifier(), SpoolDir: t.TempDir()})
+	tok := s.token(t, "fleet", "backup")
+	be, err := repos.Open(context.Background(), "fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := s.srv.Listener.Addr().String()
+	put := func(dir string, body []byte) int {
+		path := "/fleet/" + dir + "/" + nameOf(body)
+		if dir == "config" {
+			path = "/fleet/config"
+		}
+		return rawDo(t, addr, fmt.Sprintf("PUT %s HTTP/1.1\r\nHost: floe\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n%s", path, tok, len(body), body))
+	}
+	pack, blobs := buildPack(-1, bytes.Repeat([]byte("p"), 3000))
+	if got := put("data", pack); got != http.StatusCreated {
+		t.Fatalf("the pack where packs go: %d", got)
+	}
+	idx := indexOf(t, hash.Sum(pack), blobs)
+	pack2, _ := buildPack(-1, bytes.Repeat([]byte("q"), 3000))
+	for _, c := range []struct {
+		dir  string
+		body []byte
+		want int
+	}{
+		{"index", pack2, http.StatusUnprocessableEntity},
+		{"data", idx, http.StatusUnprocessableEntity},
+		{"keys", pack2, http.StatusForbidden},
+		{"gc", pack2, http.StatusForbidden},
+		{"config", pack2, http.StatusForbidden},
+	} {
+		if got := put(c.dir, c.body); got != c.want {
+			t.Errorf("an object in %s/: %d, want %d", c.dir, got, c.want)
+		}
+		h := storage.Handle{Type: storage.FileType(c.dir), Name: nameOf(c.body)}
+		if c.dir == "config" {
+			h.Name = ""
+		}
+		if _, err := be.Stat(context.Background(), h); !errors.Is(err, storage.ErrNotExist) {
+			t.Errorf("a refused object is in %s/: %v", c.dir, err)
+		}
+	}
+	if got := put("snapshots", pack2); got != http.StatusCreated {
+		t.Errorf("a pack as a snapshot record: %d, want 201 (unverifiable)", got)
 	}
 }
