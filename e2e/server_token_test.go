@@ -43,6 +43,17 @@ func TestServerTokenFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectCode(t, s.remote("fleet", path, "--password-file", e.pwFile, "backup", src), 0)
+	// --json says where, and shows no token either
+	path2 := e.path("web3.token")
+	r = e.run("serve", "token", "add", "--root", s.root, "--repo", "fleet", "--host", "web3", "--role", "backup", "--output", path2, "--json")
+	expectCode(t, r, 0)
+	if raw2, err := os.ReadFile(path2); err == nil {
+		addSecret(strings.TrimSpace(string(raw2)))
+	}
+	doc := decodeJSON[map[string]any](t, r)
+	if doc["token_file"] != path2 || doc["token"] != nil || strings.Contains(r.stdout, "floe_") {
+		t.Errorf("token add --output --json: %s", r.stdout)
+	}
 	// never over an existing file (another host's token, or anything)
 	r = e.run("serve", "token", "add", "--root", s.root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--output", path)
 	expectCode(t, r, 1)
