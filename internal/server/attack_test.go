@@ -664,3 +664,51 @@ func TestWrongDirectory(t *testing.T) {
 		t.Errorf("a pack as a snapshot record: %d, want 201 (unverifiable)", got)
 	}
 }
+
+// An upload that trickles (a few bytes at a time, never pausing for the
+// idle timeout) is cut off too: it must average MinUploadRate, or it
+// would hold its upload slot, its quota reservation and its memory for as
+// long as it likes. An upload at a steady pace below the idle timeout's
+// pauses but above the rate is stored.
+func TestTrickledUpload(t *testing.T) {
+	_, repos := fleetRoot(t)
+	idle := 400 * time.Millisecond
+	s := startServer(t, repos, server.Options{BodyIdleTimeout: idle})
+	tok := s.token(t, "fleet", "backup")
+	upload := func(data []byte, piece int, pause time.Duration) (int, error) {
+		pr, pw := io.Pipe()
+		req, _ := http.NewRequest("PUT", s.url+"/fleet/snapshots/"+nameOf(data), pr)
+		req.ContentLength = int64(len(data))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		go func() {
+			for i := 0; i < len(data); i += piece {
+				if _, err := pw.Write(data[i:min(i+piece, len(data))]); err != nil {
+					return
+				}
+				time.Sleep(pause)
+			}
+			pw.Close()
+		}()
+		resp, err := s.srv.Client().Do(req)
+		if err != nil {
+			pw.CloseWithError(err)
+			return 0, err
+		}
+		resp.Body.Close()
+		pw.CloseWithError(io.ErrClosedPipe)
+		return resp.StatusCode, nil
+	}
+	// a byte every 20 ms (50 B/s) for ever (40 s for 2000 bytes)
+	start := time.Now()
+	code, err := upload(bytes.Repeat([]byte("t"), 2000), 1, 20*time.Millisecond)
+	if err == nil && code < 400 {
+		t.Errorf("a trickled upload answered %d", code)
+	}
+	if d := time.Since(start); d > 20*time.Second {
+		t.Errorf("a trickled upload was cut off only after %v", d)
+	}
+	// 16 KiB every 20 ms (800 KiB/s): stored
+	if code, err := upload(bytes.Repeat([]byte("s"), 320<<10), 16<<10, 20*time.Millisecond); err != nil || code != http.StatusCreated {
+		t.Errorf("a steady upload: %d %v", code, err)
+	}
+}

@@ -1007,9 +1007,16 @@ func (s storageWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// minUploadRate is the rate an upload must average between two moves of
+// its deadline (idleReader): 1 KiB/s, far below any link a backup runs
+// over, far above an upload that trickles a byte now and then to hold
+// its slot, its quota reservation and its memory for good.
+const minUploadRate = 1 << 10
+
 // idleReader extends the read deadline as the upload progresses, so that
 // an upload may take long but may not stall: a client that sends nothing
-// for the idle timeout (up to an eighth more) is cut off. The deadline
+// for the idle timeout (up to an eighth more), or sends less than
+// minUploadRate since the deadline last moved, is cut off. The deadline
 // moves at most every eighth of the timeout, not before each read: over
 // HTTP/1.1 a read is one TLS record (16 KiB), and over HTTP/2 each
 // deadline is a message to the connection's goroutine.
@@ -1018,14 +1025,21 @@ type idleReader struct {
 	rc    *http.ResponseController
 	idle  time.Duration
 	renew time.Time // when to move the deadline again
+	moved time.Time // when it last moved (zero: not yet)
+	got   int64     // bytes read since
 }
 
 func (i *idleReader) Read(p []byte) (int, error) {
-	if now := time.Now(); !now.Before(i.renew) {
+	if now := time.Now(); !now.Before(i.renew) &&
+		(i.moved.IsZero() || float64(i.got) >= minUploadRate*now.Sub(i.moved).Seconds()) {
+		// (too slow: the deadline stays, and ends the upload unless
+		// enough bytes come before it)
 		_ = i.rc.SetReadDeadline(now.Add(i.idle + i.idle/8))
-		i.renew = now.Add(i.idle / 8)
+		i.renew, i.moved, i.got = now.Add(i.idle/8), now, 0
 	}
-	return i.r.Read(p)
+	n, err := i.r.Read(p)
+	i.got += int64(n)
+	return n, err
 }
 
 // RootDir serves the repositories in the subdirectories of a directory
