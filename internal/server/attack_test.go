@@ -316,7 +316,7 @@ func TestSlowReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := "/fleet/data/" + name
-	wait := 3 * time.Second // many times the idle timeout
+	wait := 1500 * time.Millisecond // many times the idle timeout
 
 	t.Run("http1", func(t *testing.T) {
 		conn, err := tls.Dial("tcp", s.srv.Listener.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
