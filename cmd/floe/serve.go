@@ -224,16 +224,18 @@ func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
   floe serve token list --root /srv/floe
   floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
 	}
-	var repoName, host, roles, quota string
+	var repoName, host, roles, quota, output string
 	add := &cobra.Command{
 		Use:   "add --repo REPO --host HOST --role ROLES",
 		Short: "Create a token; it is printed once and only its hash is kept",
 		Long: `Create a token for one host on one repository. The token is printed once on
-standard output; the server keeps only its SHA-256. Store it on the host in a
-file of mode 0600 and pass it with --token-file or FLOE_TOKEN_FILE.
+standard output, or written to a new file of mode 0600 with --output (a shell
+redirect makes the file with the umask's mode, often readable by everyone);
+the server keeps only its SHA-256. Store it on the host in a file of mode 0600
+and pass it with --token-file or FLOE_TOKEN_FILE.
 
 Roles, combinable with commas: backup, restore, admin.`,
-		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > /tmp/web1.token
+		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup --output web1.token
   floe serve token add --root /srv/floe --repo fleet --host ops --role backup,restore
   floe serve token add --root /srv/floe --repo fleet --host web2 --role backup --quota 50GiB`,
 		Args: cobra.NoArgs,
@@ -262,6 +264,21 @@ Roles, combinable with commas: backup, restore, admin.`,
 			if err != nil {
 				return err
 			}
+			if output != "" {
+				if err := server.WriteTokenFile(output, tok); err != nil {
+					// the token is made but nobody has it: revoke it
+					_ = ts.Revoke(t.ID)
+					return err
+				}
+				if g.json {
+					return writeDocument(map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "token_file": output})
+				}
+				if !g.quiet {
+					fmt.Fprintf(os.Stderr, "token %s for host %s on repository %s, roles %s: written to %s (mode 0600); copy it to the host (--token-file)\n",
+						t.ID, ui.Sanitize(t.Host), t.Repo, t.Roles, ui.Sanitize(output))
+				}
+				return nil
+			}
 			if g.json {
 				return writeDocument(map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "roles": t.Roles, "token": tok})
 			}
@@ -276,6 +293,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 	add.Flags().StringVar(&repoName, "repo", "", "repository `name` (subdirectory of --root)")
 	add.Flags().StringVar(&host, "host", "", "host `name` the token is for (shown in the audit log)")
 	add.Flags().StringVar(&roles, "role", "", "`roles`: backup, restore, admin (comma-separated)")
+	add.Flags().StringVar(&output, "output", "", "write the token to this new `file` (mode 0600) instead of standard output")
 	add.Flags().StringVar(&quota, "quota", "", "most bytes of new objects this token may store (`size`: 500MiB, 20G, ...; default none)")
 
 	list := &cobra.Command{

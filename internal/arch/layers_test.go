@@ -43,6 +43,7 @@ var layers = map[string]int{
 	"internal/par":       layerLeaf,
 	"internal/directio":  layerStorage, // used by storage/local, image backups and restores
 	"internal/netbatch":  layerStorage, // beneath TLS in storage/remote and the server
+	"internal/idle":      layerStorage, // the idle timeout of the clients of floe serve and S3
 	"internal/pathmatch": layerLeaf,
 	"internal/ui":        layerLeaf,
 	"internal/hook":      layerLeaf,

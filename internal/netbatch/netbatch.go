@@ -114,9 +114,15 @@ func (c *batchConn) flushLate() {
 	_ = c.flush()
 }
 
+// Close sends what waits, unless a write is in progress: a write
+// blocked on a peer that reads nothing holds c.mu, and closing the
+// connection is what ends it (an HTTP transport cancels a request to a
+// stalled server by closing its connection; waiting for c.mu here hung
+// the cancel, and the command, for good).
 func (c *batchConn) Close() error {
-	c.mu.Lock()
-	_ = c.flush()
-	c.mu.Unlock()
+	if c.mu.TryLock() {
+		_ = c.flush()
+		c.mu.Unlock()
+	}
 	return c.Conn.Close()
 }

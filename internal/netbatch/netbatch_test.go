@@ -110,3 +110,38 @@ func TestBatchConnLateError(t *testing.T) {
 		t.Fatalf("Write after a failed late flush: %v, want %v", err, boom)
 	}
 }
+
+// Close does not wait for a write blocked on a peer that reads nothing:
+// closing the connection is what ends that write (an HTTP transport
+// cancels a request to a stalled server by closing its connection, and
+// a server closes a client's that stopped reading).
+func TestBatchConnCloseUnblocksWrite(t *testing.T) {
+	a, b := net.Pipe() // writes block until the other end reads
+	defer b.Close()
+	c := NewConn(a)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, batchSize+1)) // written at once, under the lock
+		errc <- err
+	}()
+	// wait until the write is blocked in the pipe
+	time.Sleep(50 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() {
+		c.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close waits for a blocked write")
+	}
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Error("the blocked write succeeded")
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the write stays blocked after Close")
+	}
+}

@@ -1,6 +1,9 @@
 package server
 
-import "bytes"
+import (
+	"bytes"
+	"time"
+)
 
 // UploadsInProgress returns the uploads the credential id has in progress
 // (for tests that need an upload to hold its slot).
@@ -12,3 +15,18 @@ func (s *Server) UploadsInProgress(id string) int {
 
 // ParseJournal is parseJournal for the fuzz test.
 var ParseJournal = func(b []byte) (map[string]UploadRecord, error) { return parseJournal(bytes.NewReader(b)) }
+
+// SetTimeouts sets the HTTP server's header and idle timeouts of Run
+// until the returned function restores them.
+func SetTimeouts(header, idle time.Duration) func() {
+	h, i := readHeaderTimeout, idleTimeout
+	readHeaderTimeout, idleTimeout = header, idle
+	return func() { readHeaderTimeout, idleTimeout = h, i }
+}
+
+// LoadsInProgress returns the loads the credential id has in progress.
+func (s *Server) LoadsInProgress(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.loads[id]
+}

@@ -72,12 +72,14 @@ func openState(stateDir, auditLog string) (audit *AuditLog, spool string, err er
 	return audit, spool, nil
 }
 
-// Timeouts of the HTTP server.
-const (
+// Timeouts of the HTTP server (variables for tests: a slowloris test
+// need not wait 10 s). readHeaderTimeout also bounds the TLS handshake.
+var (
 	readHeaderTimeout = 10 * time.Second
 	idleTimeout       = 2 * time.Minute
-	maxHeaderBytes    = 64 << 10
 )
+
+const maxHeaderBytes = 64 << 10
 
 // Run serves until ctx ends, then shuts down gracefully: it stops
 // accepting, lets requests in progress finish (an upload either completes

@@ -76,8 +76,14 @@ type Options struct {
 	// MaxUploadsPerToken bounds concurrent uploads of one credential;
 	// more are refused with 429 (clients retry). 0: DefaultMaxUploads.
 	MaxUploadsPerToken int
+	// MaxLoadsPerToken bounds concurrent loads and lists of one
+	// credential (a load holds a buffer of loadChunk, a list a
+	// directory's names, until its client has taken the answer); more
+	// are refused with 429. 0: DefaultMaxLoads.
+	MaxLoadsPerToken int
 	// BodyIdleTimeout cuts off an upload that sends nothing for this
-	// long; 0: DefaultBodyIdleTimeout.
+	// long, and a load or list whose client takes nothing for this long
+	// (idleWriter); 0: DefaultBodyIdleTimeout.
 	BodyIdleTimeout time.Duration
 	// UploadMemory bounds the memory that holds uploads being received
 	// and verified (up to 64 MiB each; larger ones and those beyond the
@@ -95,6 +101,11 @@ const (
 	// A pack is at most 1 GiB (config pack_size) plus one blob.
 	DefaultMaxObjectSize = 1<<30 + 64<<20
 	DefaultMaxUploads    = 8
+	// DefaultMaxLoads is what the most parallel client runs at once
+	// (a copy with --connections 64: 4 requests per connection), so
+	// that it bounds a credential's buffers (256 MiB) without slowing
+	// any honest client.
+	DefaultMaxLoads = 256
 	// maxConfigSize bounds the config object, which is small.
 	maxConfigSize = 1 << 20
 	// DefaultBodyIdleTimeout is how long an upload may send nothing.
@@ -107,6 +118,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	uploads map[string]int // token id -> uploads in progress
+	loads   map[string]int // token id -> loads in progress
 	journal journal
 	mem     *memBudget // buffers of uploads received into memory
 }
@@ -122,6 +134,9 @@ func New(opts Options) (*Server, error) {
 	if opts.MaxUploadsPerToken <= 0 {
 		opts.MaxUploadsPerToken = DefaultMaxUploads
 	}
+	if opts.MaxLoadsPerToken <= 0 {
+		opts.MaxLoadsPerToken = DefaultMaxLoads
+	}
 	if opts.SpoolDir == "" {
 		opts.SpoolDir = os.TempDir()
 	}
@@ -135,7 +150,7 @@ func New(opts Options) (*Server, error) {
 	if opts.UploadMemory > 0 {
 		mem = newMemBudget(opts.UploadMemory)
 	}
-	return &Server{opts: opts, uploads: map[string]int{}, mem: mem}, nil
+	return &Server{opts: opts, uploads: map[string]int{}, loads: map[string]int{}, mem: mem}, nil
 }
 
 // Headers of the protocol.
@@ -400,6 +415,14 @@ func (s *Server) list(q *request, route Route) {
 		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s has role %s, which may not read who uploaded %s", q.tok.Describe(), q.tok.Roles, route.Handle.Type))
 		return
 	}
+	// a list holds a directory's names (and the journal) while its
+	// client takes the answer: it counts as a load
+	if !s.acquireSlot(s.loads, s.opts.MaxLoadsPerToken, q.tok.ID) {
+		q.fail(s, http.StatusTooManyRequests, CodeBusy,
+			fmt.Errorf("%s already has %d loads and lists in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
+		return
+	}
+	defer s.releaseSlot(s.loads, q.tok.ID)
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
@@ -414,7 +437,7 @@ func (s *Server) list(q *request, route Route) {
 		}
 	}
 	q.w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(q.w)
+	enc := json.NewEncoder(&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout})
 	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
 		e := ListEntry{Name: fi.Name, Size: fi.Size}
 		if rec, ok := uploads[fi.Name]; ok {
@@ -459,6 +482,12 @@ func (s *Server) load(q *request, route Route) {
 			*p.v = x
 		}
 	}
+	if !s.acquireSlot(s.loads, s.opts.MaxLoadsPerToken, q.tok.ID) {
+		q.fail(s, http.StatusTooManyRequests, CodeBusy,
+			fmt.Errorf("%s already has %d loads and lists in progress", q.tok.Describe(), s.opts.MaxLoadsPerToken))
+		return
+	}
+	defer s.releaseSlot(s.loads, q.tok.ID)
 	be, ok := s.backend(q, route)
 	if !ok {
 		return
@@ -475,7 +504,7 @@ func (s *Server) load(q *request, route Route) {
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	q.w.WriteHeader(http.StatusOK)
-	sent, _ := q.w.Write(data)
+	sent, _ := (&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}).Write(data)
 	q.sent = int64(sent)
 }
 
@@ -535,6 +564,7 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	q.w.WriteHeader(http.StatusOK)
+	iw := &idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}
 	for pos, data := off, first; pos < end; {
 		if data == nil {
 			if data, err = chunk(pos); err != nil {
@@ -544,14 +574,51 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 				panic(http.ErrAbortHandler)
 			}
 		}
-		m, err := q.w.Write(data)
+		m, err := iw.Write(data)
 		q.sent += int64(m)
 		if err != nil {
-			return // the client went away
+			return // the client went away, or stopped reading
 		}
 		pos += int64(len(data))
 		data = nil
 	}
+}
+
+// idleWriterPiece is the most idleWriter writes at once: the deadline
+// holds for a whole write, so a client must take this much per idle
+// timeout (256 KiB a minute), not a chunk of loadChunk.
+const idleWriterPiece = 256 << 10
+
+// idleWriter is idleReader's counterpart for answers: a client that
+// takes nothing for the idle timeout (up to an eighth more) is cut off,
+// so that one that asks for an object and then reads nothing (a "slow
+// read") cannot hold a handler, its buffer and its connection for good.
+// Writes go in pieces of at most idleWriterPiece; the deadline moves at
+// most every eighth of the timeout (over HTTP/2 each deadline is a
+// message to the connection's goroutine).
+type idleWriter struct {
+	w     io.Writer
+	rc    *http.ResponseController
+	idle  time.Duration
+	renew time.Time
+}
+
+func (i *idleWriter) Write(p []byte) (int, error) {
+	var n int
+	for len(p) > 0 {
+		if now := time.Now(); !now.Before(i.renew) {
+			_ = i.rc.SetWriteDeadline(now.Add(i.idle + i.idle/8))
+			i.renew = now.Add(i.idle / 8)
+		}
+		piece := p[:min(len(p), idleWriterPiece)]
+		m, err := i.w.Write(piece)
+		n += m
+		if err != nil {
+			return n, err
+		}
+		p = p[m:]
+	}
+	return n, nil
 }
 
 func (s *Server) remove(q *request, route Route) {
@@ -579,20 +646,28 @@ func (s *Server) remove(q *request, route Route) {
 
 // acquire takes an upload slot of the credential.
 func (s *Server) acquire(id string) bool {
+	return s.acquireSlot(s.uploads, s.opts.MaxUploadsPerToken, id)
+}
+
+func (s *Server) release(id string) { s.releaseSlot(s.uploads, id) }
+
+// acquireSlot takes one of max slots of the credential id in slots
+// (uploads or loads in progress).
+func (s *Server) acquireSlot(slots map[string]int, max int, id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uploads[id] >= s.opts.MaxUploadsPerToken {
+	if slots[id] >= max {
 		return false
 	}
-	s.uploads[id]++
+	slots[id]++
 	return true
 }
 
-func (s *Server) release(id string) {
+func (s *Server) releaseSlot(slots map[string]int, id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uploads[id]--; s.uploads[id] <= 0 {
-		delete(s.uploads, id)
+	if slots[id]--; slots[id] <= 0 {
+		delete(slots, id)
 	}
 }
 
@@ -932,9 +1007,16 @@ func (s storageWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
+// minUploadRate is the rate an upload must average between two moves of
+// its deadline (idleReader): 1 KiB/s, far below any link a backup runs
+// over, far above an upload that trickles a byte now and then to hold
+// its slot, its quota reservation and its memory for good.
+const minUploadRate = 1 << 10
+
 // idleReader extends the read deadline as the upload progresses, so that
 // an upload may take long but may not stall: a client that sends nothing
-// for the idle timeout (up to an eighth more) is cut off. The deadline
+// for the idle timeout (up to an eighth more), or sends less than
+// minUploadRate since the deadline last moved, is cut off. The deadline
 // moves at most every eighth of the timeout, not before each read: over
 // HTTP/1.1 a read is one TLS record (16 KiB), and over HTTP/2 each
 // deadline is a message to the connection's goroutine.
@@ -943,14 +1025,21 @@ type idleReader struct {
 	rc    *http.ResponseController
 	idle  time.Duration
 	renew time.Time // when to move the deadline again
+	moved time.Time // when it last moved (zero: not yet)
+	got   int64     // bytes read since
 }
 
 func (i *idleReader) Read(p []byte) (int, error) {
-	if now := time.Now(); !now.Before(i.renew) {
+	if now := time.Now(); !now.Before(i.renew) &&
+		(i.moved.IsZero() || float64(i.got) >= minUploadRate*now.Sub(i.moved).Seconds()) {
+		// (too slow: the deadline stays, and ends the upload unless
+		// enough bytes come before it)
 		_ = i.rc.SetReadDeadline(now.Add(i.idle + i.idle/8))
-		i.renew = now.Add(i.idle / 8)
+		i.renew, i.moved, i.got = now.Add(i.idle/8), now, 0
 	}
-	return i.r.Read(p)
+	n, err := i.r.Read(p)
+	i.got += int64(n)
+	return n, err
 }
 
 // RootDir serves the repositories in the subdirectories of a directory

@@ -273,3 +273,27 @@ func (s *TokenStore) Authenticate(header string) (Token, error) {
 	}
 	return t, nil
 }
+
+// WriteTokenFile writes a token to a new file of mode 0600 (whatever the
+// umask), for `floe serve token add --output`: a shell redirect of the
+// printed token makes the file the umask's way, often world-readable.
+// An existing file is never overwritten (it may be another host's
+// token); the error wraps fs.ErrExist and never shows the token.
+func WriteTokenFile(path, token string) (err error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("token file: %w", err)
+	}
+	defer func() {
+		if cerr := f.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("token file %s: %w", path, cerr)
+		}
+		if err != nil {
+			os.Remove(path)
+		}
+	}()
+	if _, err := f.WriteString(token + "\n"); err != nil {
+		return fmt.Errorf("token file %s: %w", path, err)
+	}
+	return f.Sync()
+}

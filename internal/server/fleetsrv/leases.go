@@ -3,6 +3,8 @@ package fleetsrv
 import (
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
 	"sync"
 	"time"
 
@@ -129,20 +131,36 @@ func (l *Leases) grantLocked(now time.Time) map[string]*fleet.Lease {
 	return granted
 }
 
+// MaxLeasesPerHost bounds the leases a host holds and waits for at once:
+// an agent asks for one per job it runs (its tasks, a backup and a check,
+// wait for each other's), so an honest host stays far below, and one
+// that asks for leases of made-up jobs can neither grow the table without
+// bound (every request scans it) nor take more than this many of the
+// slots.
+const MaxLeasesPerHost = 64
+
+// ErrHostBusy refuses a request for a lease of a host that holds and
+// waits for MaxLeasesPerHost already.
+var ErrHostBusy = errors.New("the host holds and waits for too many leases")
+
 // Request asks for a lease for a host's job on repo. ticketID is empty on
 // the first request, then the ticket returned. It returns either the
-// lease or the ticket and its position in the queue (1: next). A host
-// that already holds a lease for the job gets it back (an answer lost on
-// the way is asked again).
-func (l *Leases) Request(ticketID, host, repo, job string) (*fleet.Lease, fleet.LeaseQueued) {
+// lease or the ticket and its position in the queue (1: next), or
+// ErrHostBusy. A host that already holds a lease for the job gets it back
+// (an answer lost on the way is asked again).
+func (l *Leases) Request(ticketID, host, repo, job string) (*fleet.Lease, fleet.LeaseQueued, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	now := l.now()
 	l.expireLocked(now)
+	mine := 0 // leases the host holds and waits for
 	for _, le := range l.held {
 		if le.Host == host && le.Job == job && le.Repo == repo {
 			c := *le
-			return &c, fleet.LeaseQueued{}
+			return &c, fleet.LeaseQueued{}, nil
+		}
+		if le.Host == host {
+			mine++
 		}
 	}
 	var t *ticket
@@ -162,6 +180,14 @@ func (l *Leases) Request(ticketID, host, repo, job string) (*fleet.Lease, fleet.
 		}
 	}
 	if t == nil {
+		for _, x := range l.queue {
+			if x.host == host {
+				mine++
+			}
+		}
+		if mine >= MaxLeasesPerHost {
+			return nil, fleet.LeaseQueued{}, fmt.Errorf("%w (%d)", ErrHostBusy, mine)
+		}
 		t = &ticket{id: newID(), host: host, repo: repo, job: job}
 		l.queue = append(l.queue, t)
 	}
@@ -169,7 +195,7 @@ func (l *Leases) Request(ticketID, host, repo, job string) (*fleet.Lease, fleet.
 	granted := l.grantLocked(now)
 	if le, ok := granted[t.id]; ok {
 		c := *le
-		return &c, fleet.LeaseQueued{}
+		return &c, fleet.LeaseQueued{}, nil
 	}
 	pos := 0
 	for i, x := range l.queue {
@@ -177,7 +203,7 @@ func (l *Leases) Request(ticketID, host, repo, job string) (*fleet.Lease, fleet.
 			pos = i + 1
 		}
 	}
-	return nil, fleet.LeaseQueued{Ticket: t.id, Position: pos}
+	return nil, fleet.LeaseQueued{Ticket: t.id, Position: pos}, nil
 }
 
 // Renew extends the lease id of host; false if it expired or is another's.

@@ -260,7 +260,12 @@ func (s *Service) lease(w http.ResponseWriter, r *http.Request, h hostCtx) {
 	ticket := req.Ticket
 	for {
 		changed := s.opts.Leases.Changed()
-		le, q := s.opts.Leases.Request(ticket, h.host.Name, h.host.Repo, req.Job)
+		le, q, err := s.opts.Leases.Request(ticket, h.host.Name, h.host.Repo, req.Job)
+		if err != nil {
+			w.Header().Set("Retry-After", "60")
+			s.refuse(w, r, h.tok, "lease", http.StatusTooManyRequests, server.CodeBusy, err.Error())
+			return
+		}
 		if le != nil {
 			writeJSON(w, http.StatusOK, le)
 			return

@@ -13,7 +13,8 @@ import (
 // at base (https://HOST:PORT, such as the fleet API), trusting its
 // certificate exactly as the storage client does: the pinned fingerprint,
 // a system CA, the known-servers file, or trust on first use. Only
-// Fingerprint, KnownServersFile and Warn of opts are used.
+// Fingerprint, KnownServersFile and Warn of opts are used. It follows no
+// redirect, so that a token its caller sends never goes elsewhere.
 func NewHTTPClient(base string, opts Options) (*http.Client, error) {
 	u, err := url.Parse(base)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
@@ -42,6 +43,10 @@ func NewHTTPClient(base string, opts Options) (*http.Client, error) {
 		ForceAttemptHTTP2:   true,
 		TLSHandshakeTimeout: 20 * time.Second,
 		IdleConnTimeout:     90 * time.Second,
+		// a lease request waits on the server up to a minute
+		ResponseHeaderTimeout: DefaultIdleTimeout,
 	}
-	return &http.Client{Transport: transport}, nil
+	// no redirects: the fleet API has none, and its callers send a
+	// token (see newClient)
+	return newClient(transport), nil
 }

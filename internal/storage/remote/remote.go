@@ -27,6 +27,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/floe-backup/floe/internal/idle"
 	"github.com/floe-backup/floe/internal/netbatch"
 	"github.com/floe-backup/floe/internal/storage"
 )
@@ -89,7 +90,18 @@ type Options struct {
 	// SSHCommand is the ssh program and its options for ssh:// locations
 	// (default: "ssh").
 	SSHCommand []string
+	// IdleTimeout is how long the server may keep the client waiting:
+	// for an answer's headers once the request is sent (a 1 GiB pack is
+	// fsynced before its answer), for each read of an answer's body, and
+	// for the server to take more of an upload's body. A request that
+	// waits longer fails (and is retried as a broken connection), so
+	// that a server that stalls, by accident or on purpose, never hangs
+	// a command. 0: DefaultIdleTimeout.
+	IdleTimeout time.Duration
 }
+
+// DefaultIdleTimeout is the default of Options.IdleTimeout.
+const DefaultIdleTimeout = 5 * time.Minute
 
 // DefaultConnections is the default of Options.Connections: the
 // connections hint (Connections: 8 requests at once) spread over two
@@ -187,6 +199,9 @@ func (o *Options) defaults() error {
 	if o.SpoolDir == "" {
 		o.SpoolDir = os.TempDir()
 	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
 	if o.Connections == 0 {
 		o.Connections = DefaultConnections
 	}
@@ -241,9 +256,9 @@ func New(loc string, opts Options) (*Backend, error) {
 		b.addTransport(b.httpsTransport(host, tr))
 	}
 	b.upload = b.uploadTransport(host, tr)
-	b.uploadClient = &http.Client{Transport: b.upload}
+	b.uploadClient = newClient(b.upload)
 	b.download = b.downloadTransport(host, tr)
-	b.downloadClient = &http.Client{Transport: b.download}
+	b.downloadClient = newClient(b.download)
 	return b, nil
 }
 
@@ -340,7 +355,19 @@ func (p *pooled) do(hr *http.Request) (*http.Response, error) {
 }
 
 func (b *Backend) addTransport(t *http.Transport) {
-	b.pool = append(b.pool, &pooled{tr: t, client: &http.Client{Transport: t}})
+	b.pool = append(b.pool, &pooled{tr: t, client: newClient(t)})
+}
+
+// newClient is a client over t that follows no redirect. The protocol
+// has none, and Go's client would send the Authorization header along
+// to the same host name on another port or over plain http (it only
+// compares host names): a hostile or confused server could have the
+// token sent in the clear, or an upload's bytes sent elsewhere. A
+// redirect is answered as the error it is (statusError).
+func newClient(t http.RoundTripper) *http.Client {
+	return &http.Client{Transport: t, CheckRedirect: func(*http.Request, []*http.Request) error {
+		return http.ErrUseLastResponse
+	}}
 }
 
 // server names the server in messages.
@@ -387,7 +414,7 @@ func (b *Backend) httpsTransport(host string, tr *trust) *http.Transport {
 		},
 		ForceAttemptHTTP2:     true,
 		TLSHandshakeTimeout:   20 * time.Second,
-		ResponseHeaderTimeout: 5 * time.Minute, // a 1 GiB pack is fsynced before the answer
+		ResponseHeaderTimeout: b.opts.IdleTimeout, // a 1 GiB pack is fsynced before the answer
 		IdleConnTimeout:       90 * time.Second,
 		MaxIdleConnsPerHost:   1,
 		HTTP2:                 http2Config(),
@@ -527,6 +554,12 @@ type response struct {
 	size int64 // its Content-Length (-1: not told)
 }
 
+// maxListAnswer bounds a list answer: a line is about 100 bytes, so 1
+// GiB is some ten million objects (a repository of 160 TiB in packs of
+// 16 MiB). A server that sends more is refused, not read into memory
+// without end. A variable for tests.
+var maxListAnswer int64 = 1 << 30
+
 // maxErrorBody bounds what is read of an error answer.
 const maxErrorBody = 64 << 10
 
@@ -583,17 +616,30 @@ func isTLSTrustError(err error) bool {
 	return errors.As(err, &ce)
 }
 
-func (b *Backend) once(ctx context.Context, req request) (response, error) {
+func (b *Backend) once(ctx context.Context, req request) (_ response, err error) {
 	u := b.base + req.path
 	if req.query != "" {
 		u += "?" + req.query
 	}
+	// the watchdog cancels the request when the server keeps it waiting
+	// longer than the idle timeout; a streamed body holds it until closed
+	ctx, cancel := context.WithCancel(ctx)
+	wd := idle.New(b.opts.IdleTimeout, cancel)
+	streaming := false
+	defer func() {
+		if !streaming {
+			wd.Stop()
+		}
+		if err != nil && wd.Fired() {
+			err = wd.Err()
+		}
+	}()
 	var body io.ReadCloser
 	if req.body != nil {
-		var err error
 		if body, err = req.body(); err != nil {
 			return response{}, err
 		}
+		body = wd.RequestBody(body)
 	}
 	hr, err := http.NewRequestWithContext(ctx, req.method, u, body)
 	if err != nil {
@@ -604,7 +650,13 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	}
 	if req.body != nil {
 		hr.ContentLength = req.size
-		hr.GetBody = req.body
+		hr.GetBody = func() (io.ReadCloser, error) {
+			rc, err := req.body()
+			if err != nil {
+				return nil, err
+			}
+			return wd.RequestBody(rc), nil
+		}
 		if req.size == 0 {
 			hr.Body = http.NoBody
 		}
@@ -625,13 +677,16 @@ func (b *Backend) once(ctx context.Context, req request) (response, error) {
 	} else {
 		resp, err = b.pick().do(hr)
 	}
+	wd.RequestDone()
 	if err != nil {
 		return response{}, err
 	}
+	resp.Body = wd.ResponseBody(resp.Body)
 	res := response{status: resp.StatusCode, header: resp.Header}
 	b.verifies.Store(resp.Header.Get("Floe-Verifies-Uploads") == "1")
 	if req.stream && resp.StatusCode == http.StatusOK {
 		res.body, res.size = resp.Body, resp.ContentLength
+		streaming = true // closing the body stops the watchdog
 		return res, nil
 	}
 	defer resp.Body.Close()
@@ -701,6 +756,12 @@ func (b *Backend) statusError(res response) error {
 	case http.StatusInsufficientStorage:
 		base = ErrQuota
 	default:
+		if res.status >= 300 && res.status < 400 {
+			// the Location is the server's claim, shown quoted and
+			// cut (never followed, see newClient)
+			return fmt.Errorf("server %s answered %d, a redirect to %s, which floe does not follow (the location must name the server itself)",
+				b.server(), res.status, strconv.Quote(shownLocation(res.header.Get("Location"))))
+		}
 		if msg == "" {
 			msg = http.StatusText(res.status)
 		}
@@ -770,7 +831,13 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q})
+	// a range's answer is bounded by its length: a server that sends
+	// more (or without end) is refused after length+1 bytes
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, maxBody: length})
+	var tooLarge errBodyTooLarge
+	if errors.As(err, &tooLarge) {
+		return nil, fmt.Errorf("load %s: server sent more than the %d-byte range (%s)", h, length, tooLarge)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load %s: %w", h, err)
 	}
@@ -953,9 +1020,9 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 	if err := storage.ValidateListType(t); err != nil {
 		return fmt.Errorf("list %s: %w", t, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/"})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", maxBody: maxListAnswer})
 	if err != nil {
-		return fmt.Errorf("list %s: %w", t, err)
+		return fmt.Errorf("list %s: %w", t, listTooLong(err))
 	}
 	if res.status != http.StatusOK {
 		return fmt.Errorf("list %s: %w", t, b.statusError(res))
@@ -1044,9 +1111,9 @@ func (b *Backend) Origins(ctx context.Context, t storage.FileType) (map[string]s
 	if err := storage.ValidateListType(t); err != nil {
 		return nil, fmt.Errorf("origins of %s: %w", t, err)
 	}
-	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1"})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: "/" + b.repo + "/" + string(t) + "/", query: "uploads=1", maxBody: maxListAnswer})
 	if err != nil {
-		return nil, fmt.Errorf("origins of %s: %w", t, err)
+		return nil, fmt.Errorf("origins of %s: %w", t, listTooLong(err))
 	}
 	if res.status != http.StatusOK {
 		return nil, fmt.Errorf("origins of %s: %w", t, b.statusError(res))
@@ -1085,3 +1152,24 @@ const serverUploads = 8
 // TCP connection cannot fill a long fat link), but no more than the
 // server lets one token upload at once by default.
 func (b *Backend) ParallelSaves() int { return min(len(b.pool), serverUploads) }
+
+// shownLocation is a Location header of a redirect as messages show it:
+// printable ASCII, at most 200 bytes.
+func shownLocation(s string) string {
+	b := make([]byte, 0, min(len(s), 200))
+	for i := 0; i < len(s) && len(b) < 200; i++ {
+		if c := s[i]; c >= 0x20 && c < 0x7f {
+			b = append(b, c)
+		}
+	}
+	return string(b)
+}
+
+// listTooLong names a list answer longer than maxListAnswer as such.
+func listTooLong(err error) error {
+	var tooLarge errBodyTooLarge
+	if errors.As(err, &tooLarge) {
+		return fmt.Errorf("the server's answer is longer than %d bytes (%s)", maxListAnswer, tooLarge)
+	}
+	return err
+}

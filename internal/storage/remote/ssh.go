@@ -123,7 +123,7 @@ func newSSH(loc string, opts Options) (*Backend, error) {
 		b.addTransport(&http.Transport{
 			DialContext:           d.dial,
 			Protocols:             &p,
-			ResponseHeaderTimeout: 5 * time.Minute,
+			ResponseHeaderTimeout: opts.IdleTimeout,
 			IdleConnTimeout:       90 * time.Second,
 			MaxIdleConnsPerHost:   1,
 			HTTP2:                 http2Config(),

@@ -62,6 +62,7 @@ import (
 	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/minio/minio-go/v7/pkg/s3utils"
 
+	"github.com/floe-backup/floe/internal/idle"
 	"github.com/floe-backup/floe/internal/storage"
 )
 
@@ -97,10 +98,20 @@ type Config struct {
 	// Transport replaces the HTTP transport (tests inject faults with it).
 	Transport http.RoundTripper
 
+	// IdleTimeout is how long the server may send nothing of an answer
+	// (or take nothing of an upload) before the request is given up on
+	// and retried; minio's transport bounds only the wait for headers,
+	// and a stalled body would hang a command for good. 0 means
+	// DefaultIdleTimeout.
+	IdleTimeout time.Duration
+
 	// PartSize is the size of a multipart upload's parts; objects up to
 	// this size are sent in one PUT. 0 means DefaultPartSize.
 	PartSize int64
 }
+
+// DefaultIdleTimeout is the default of Config.IdleTimeout.
+const DefaultIdleTimeout = 5 * time.Minute
 
 // DefaultPartSize is the part size of multipart uploads. Objects up to this
 // size (every pack of the default 16 MiB target but the rare one that ends
@@ -217,6 +228,10 @@ func newBackend(cfg Config) (*Backend, error) {
 		b.tr = t
 		tr = t
 	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	tr = idle.Transport{Base: tr, Timeout: cfg.IdleTimeout}
 	lookup := minio.BucketLookupAuto
 	switch cfg.Lookup {
 	case LookupPath:
