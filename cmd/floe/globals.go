@@ -11,6 +11,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/limit"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -187,4 +188,32 @@ func (g *globals) cmdPrefix() string {
 		return "floe"
 	}
 	return "floe -r " + g.repo
+}
+
+// downloadCounter returns a function that tells how many bytes passed the
+// download limit since now, or -1 without one: what a progress line can
+// show as fetched while large ranges are still arriving.
+func (g *globals) downloadCounter() func() int64 {
+	if g.limits == nil {
+		return passedSince(nil)
+	}
+	return passedSince(g.limits.Download)
+}
+
+// uploadCounter is downloadCounter for the upload limit: a pack is paid
+// for part by part before it is stored, so this moves while the count of
+// stored packs moves only a pack at a time.
+func (g *globals) uploadCounter() func() int64 {
+	if g.limits == nil {
+		return passedSince(nil)
+	}
+	return passedSince(g.limits.Upload)
+}
+
+func passedSince(lim *limit.Limiter) func() int64 {
+	if lim == nil {
+		return func() int64 { return -1 }
+	}
+	base := lim.Passed()
+	return func() int64 { return lim.Passed() - base }
 }

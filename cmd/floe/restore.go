@@ -147,14 +147,23 @@ the device back and compares it with the snapshot.`,
 			p := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
+			// Under a download limit the limiter sees bytes arrive part by
+			// part; the restored bytes move only as whole ranges (4 MiB
+			// through a limit) are written.
+			fetched := g.downloadCounter()
+			line := &ui.RestoreLine{Start: start}
 			st.Run(200*time.Millisecond, func() string {
 				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
-				return ui.FilesLine(start, files, filesTotal, bytes, bytesTotal, true, "")
+				return line.Line(files, filesTotal, bytes, bytesTotal, fetched())
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any {
 				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
-				return map[string]any{"files_done": files, "files_total": filesTotal,
+				m := map[string]any{"files_done": files, "files_total": filesTotal,
 					"bytes_done": bytes, "bytes_total": bytesTotal}
+				if n := fetched(); n >= 0 {
+					m["bytes_fetched"] = n
+				}
+				return m
 			})
 			opts.Progress = p
 			res, err := restore.Run(ctx, r, sn.Tree, sub, opts)
