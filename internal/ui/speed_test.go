@@ -115,3 +115,25 @@ func TestBackupLineShowsTheUploadPhase(t *testing.T) {
 		t.Errorf("all uploaded: %q", line)
 	}
 }
+
+// A phase that went through much at once (a backup's unchanged files) and
+// then slowly: the line's rate and ETA are the recent ones, not the
+// average since the phase began.
+func TestMeterLineUsesTheRecentRate(t *testing.T) {
+	var m Meter
+	m.Phase("backup", 0, mib(100))
+	_, start, _, _, _, _ := m.Current()
+	m.Done(0, mib(60))
+	m.lineAt(start.Add(time.Second))
+	var line string
+	for i := range 12 {
+		m.Done(0, mib(1))
+		line = m.lineAt(start.Add(time.Duration(i+2) * time.Second))
+	}
+	wantIn(t, line, "72.00 MiB/100.00 MiB (72%), 1.00 MiB/s, ETA 28.0s")
+	// the first line of a phase: the rate since its start
+	m.Phase("again", 0, mib(10))
+	_, start, _, _, _, _ = m.Current()
+	m.Done(0, mib(2))
+	wantIn(t, m.lineAt(start.Add(2*time.Second)), "2.00 MiB/10.00 MiB (20%), 1.00 MiB/s, ETA 8.0s")
+}
