@@ -190,14 +190,26 @@ func (g *globals) cmdPrefix() string {
 	return "floe -r " + g.repo
 }
 
-// downloadCounter returns a function that tells how many bytes passed the
-// download limit since now, or -1 without one: what a progress line can
-// show as fetched while large ranges are still arriving.
-func (g *globals) downloadCounter() func() int64 {
-	if g.limits == nil {
-		return passedSince(nil)
+// fetchedCounter returns a function that tells how many bytes a restore
+// reporting to m fetched since now, as they arrive, or -1 while that is
+// not known: restored bytes move only as whole blobs (streamed from S3 or
+// a floe server) or whole ranges (4 MiB, through a download limit) are
+// written, so on a slow link a restore sat at "0 B/s". The loaders count
+// streamed bytes read by read (repo.CountFetched); a download limit, which
+// hides streaming, counts what it lets through part by part.
+func (g *globals) fetchedCounter(m *ui.Meter) func() int64 {
+	var lim *limit.Limiter
+	if g.limits != nil {
+		lim = g.limits.Download
 	}
-	return passedSince(g.limits.Download)
+	passed := passedSince(lim)
+	return func() int64 {
+		n := max(passed(), m.Counter(repo.CountFetched))
+		if n == 0 && lim == nil {
+			return -1 // a local repository: nothing to show
+		}
+		return n
+	}
 }
 
 // uploadCounter is downloadCounter for the upload limit: a pack is paid

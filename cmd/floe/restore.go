@@ -147,10 +147,7 @@ the device back and compares it with the snapshot.`,
 			p := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
-			// Under a download limit the limiter sees bytes arrive part by
-			// part; the restored bytes move only as whole ranges (4 MiB
-			// through a limit) are written.
-			fetched := g.downloadCounter()
+			fetched := g.fetchedCounter(p)
 			line := &ui.RestoreLine{Start: start}
 			st.Run(200*time.Millisecond, func() string {
 				_, _, files, filesTotal, bytes, bytesTotal := p.Current()

@@ -23,7 +23,7 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 	prog := &ui.Meter{}
 	start := time.Now()
 	st := g.status()
-	fetched := g.downloadCounter() // see restore: moves while a range arrives
+	fetched := g.fetchedCounter(prog)
 	line := &ui.RestoreLine{Start: start}
 	st.Run(200*time.Millisecond, func() string {
 		_, _, _, _, bytes, bytesTotal := prog.Current()
