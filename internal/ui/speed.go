@@ -135,8 +135,10 @@ type UploadLine struct {
 }
 
 // Line formats "uploading: P pending of Q, rate[, ETA]"; it also samples
-// the rate, so call it at every redraw, also while reading.
-func (l *UploadLine) Line(queued, uploaded int64) string {
+// the rate, so call it at every redraw, also while reading. unread is
+// what is still to be read, counted in the ETA as if all of it were new
+// (a backup that uploads slowly is mostly one of new data).
+func (l *UploadLine) Line(queued, uploaded, unread int64) string {
 	now := time.Now()
 	if l.Now != nil {
 		now = l.Now()
@@ -144,7 +146,7 @@ func (l *UploadLine) Line(queued, uploaded int64) string {
 	rate := l.speed.Observe(now, uploaded)
 	pending := max(0, queued-uploaded)
 	s := fmt.Sprintf("uploading: %s pending of %s, %s", Bytes(uint64(pending)), Bytes(uint64(queued)), rateString(rate))
-	if e := eta(pending, rate); e != "" {
+	if e := eta(pending+max(0, unread), rate); e != "" {
 		s += ", ETA " + e
 	}
 	return s
@@ -159,8 +161,8 @@ func (l *UploadLine) Line(queued, uploaded int64) string {
 // looked hung. up samples the upload rate at every call, reading or not,
 // so that its rate is known when the line switches.
 func BackupLine(m *Meter, up *UploadLine, queued, uploaded int64) string {
-	upload := up.Line(queued, uploaded)
 	phase, since, items, itemsTotal, bytes, bytesTotal := m.Current()
+	upload := up.Line(queued, uploaded, bytesTotal-bytes)
 	pending := queued - uploaded
 	if !m.IsCounted() || bytesTotal == 0 || pending <= 0 || bytesTotal-bytes >= pending {
 		return m.Line()

@@ -90,9 +90,10 @@ func TestRestoreLineCountsFetchedBytes(t *testing.T) {
 }
 
 func TestBackupLineShowsTheUploadPhase(t *testing.T) {
-	c := newClock()
 	var m Meter
 	m.Phase("backup", 0, 0)
+	_, since, _, _, _, _ := m.Current()
+	c := &clock{t: since}
 	m.Grow(2, mib(64))
 	up := &UploadLine{Now: c.now}
 	// reading: more left to read than waits for upload
@@ -104,11 +105,12 @@ func TestBackupLineShowsTheUploadPhase(t *testing.T) {
 	m.Done(0, mib(40)) // 56 of 64 MiB read, 56 queued, 8 uploaded
 	c.advance(2 * time.Second)
 	line := BackupLine(&m, up, mib(56), mib(8))
-	wantIn(t, line, "backup: 1/2 files, 56.00 MiB/64.00 MiB read; uploading: 48.00 MiB pending of 56.00 MiB, 4.00 MiB/s, ETA 12.0s")
+	// the ETA counts what is left to read as still to upload
+	wantIn(t, line, "[2.0s] backup: 1/2 files, 56.00 MiB/64.00 MiB read; uploading: 48.00 MiB pending of 56.00 MiB, 4.00 MiB/s, ETA 14.0s")
 	m.Done(1, mib(8))
 	c.advance(2 * time.Second)
 	line = BackupLine(&m, up, mib(64), mib(16))
-	wantIn(t, line, "backup: 2/2 files, 64.00 MiB/64.00 MiB read; uploading: 48.00 MiB pending of 64.00 MiB, 4.00 MiB/s, ETA 12.0s")
+	wantIn(t, line, "[4.0s] backup: 2/2 files, 64.00 MiB/64.00 MiB read; uploading: 48.00 MiB pending of 64.00 MiB, 4.00 MiB/s, ETA 12.0s")
 	// everything uploaded: the reading line again
 	c.advance(12 * time.Second)
 	if line := BackupLine(&m, up, mib(64), mib(64)); strings.Contains(line, "uploading") || !strings.Contains(line, "(100%)") {
