@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -351,6 +352,32 @@ func TestProgressOnlyOnATerminal(t *testing.T) {
 	s := string(out)
 	if !strings.Contains(s, "\r") || !strings.Contains(s, "ETA") || !strings.Contains(s, "MiB/s") {
 		t.Errorf("on a terminal: want progress redrawn in place with a rate and an ETA:\n%q", s)
+	}
+	// Through the limit a range of 4 MiB is written only once all of it
+	// is paid for: before any byte is written the line shows what was
+	// fetched, with a rate and an ETA, where it said "0 B/s" and none.
+	if !regexp.MustCompile(`0/1 files, 0 B/12\.00 MiB \(0%\), fetched [1-9][0-9.]* MiB, [0-9.]+ [KM]iB/s, ETA `).MatchString(s) {
+		t.Errorf("on a terminal, before the first range is written: want the bytes fetched, a rate and an ETA:\n%q", s)
+	}
+
+	// A backup whose reading is done but whose upload is slow says so,
+	// with the upload's rate and ETA, instead of "100%" and a falling rate.
+	src2 := e.mkdir("src2")
+	rand.Read(data)
+	if err := os.WriteFile(filepath.Join(src2, "g"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	line = "'" + floeBin + "'"
+	for _, a := range append(e.repoArgs(), "--limit-upload", "4096", "backup", src2) {
+		line += " '" + a + "'"
+	}
+	cmd = exec.Command(script, "-qec", line, "/dev/null")
+	cmd.Env = e.environ()
+	if out, err = cmd.CombinedOutput(); err != nil {
+		t.Fatalf("backup on a terminal: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`12\.00 MiB/12\.00 MiB read; uploading: [0-9.]+ [KM]iB pending of 12\.[0-9]+ MiB, [0-9.]+ [KM]iB/s, ETA `).Match(out) {
+		t.Errorf("backup on a terminal with a slow upload: want the upload's pending bytes, rate and ETA:\n%q", out)
 	}
 }
 

@@ -310,12 +310,23 @@ func runBackup(ctx context.Context, g *globals, f *backupFlags, paths []string) 
 			}
 		},
 		Start: func() {
-			st.Run(200*time.Millisecond, meter.Line)
+			upload := &ui.UploadLine{}
+			paid := g.uploadCounter()
+			st.Run(200*time.Millisecond, func() string {
+				queued, uploaded := meter.Counter(repo.CountQueued), meter.Counter(repo.CountUploaded)
+				if n := paid(); n > uploaded {
+					// under --limit-upload: a pack is paid for part by
+					// part before it is stored whole
+					uploaded = min(n, queued)
+				}
+				return ui.BackupLine(meter, upload, queued, uploaded)
+			})
 			stopJSON = g.jsonStatus(time.Now(), func() map[string]any {
 				_, _, files, filesTotal, bytes, bytesTotal := meter.Current()
 				return map[string]any{"files_done": files, "files_total": filesTotal,
 					"bytes_done": bytes, "bytes_total": bytesTotal, "scan_done": meter.IsCounted(),
-					"errors": meter.Failures(), "current_file": meter.Item()}
+					"errors": meter.Failures(), "current_file": meter.Item(),
+					"bytes_queued": meter.Counter(repo.CountQueued), "bytes_uploaded": meter.Counter(repo.CountUploaded)}
 			})
 		},
 		Stop: func() { st.Stop(); stopJSON() },

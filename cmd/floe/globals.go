@@ -11,6 +11,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/connect"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/storage/limit"
 	"github.com/floe-backup/floe/internal/storage/remote"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -187,4 +188,44 @@ func (g *globals) cmdPrefix() string {
 		return "floe"
 	}
 	return "floe -r " + g.repo
+}
+
+// fetchedCounter returns a function that tells how many bytes a restore
+// reporting to m fetched since now, as they arrive, or -1 while that is
+// not known: restored bytes move only as whole blobs (streamed from S3 or
+// a floe server) or whole ranges (4 MiB, through a download limit) are
+// written, so on a slow link a restore sat at "0 B/s". The loaders count
+// streamed bytes read by read (repo.CountFetched); a download limit, which
+// hides streaming, counts what it lets through part by part.
+func (g *globals) fetchedCounter(m *ui.Meter) func() int64 {
+	var lim *limit.Limiter
+	if g.limits != nil {
+		lim = g.limits.Download
+	}
+	passed := passedSince(lim)
+	return func() int64 {
+		n := max(passed(), m.Counter(repo.CountFetched))
+		if n == 0 && lim == nil {
+			return -1 // a local repository: nothing to show
+		}
+		return n
+	}
+}
+
+// uploadCounter is downloadCounter for the upload limit: a pack is paid
+// for part by part before it is stored, so this moves while the count of
+// stored packs moves only a pack at a time.
+func (g *globals) uploadCounter() func() int64 {
+	if g.limits == nil {
+		return passedSince(nil)
+	}
+	return passedSince(g.limits.Upload)
+}
+
+func passedSince(lim *limit.Limiter) func() int64 {
+	if lim == nil {
+		return func() int64 { return -1 }
+	}
+	base := lim.Passed()
+	return func() int64 { return lim.Passed() - base }
 }

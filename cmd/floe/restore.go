@@ -147,14 +147,20 @@ the device back and compares it with the snapshot.`,
 			p := &ui.Meter{}
 			start := time.Now()
 			st := g.status()
+			fetched := g.fetchedCounter(p)
+			line := &ui.RestoreLine{Start: start}
 			st.Run(200*time.Millisecond, func() string {
 				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
-				return ui.FilesLine(start, files, filesTotal, bytes, bytesTotal, true, "")
+				return line.Line(files, filesTotal, bytes, bytesTotal, fetched())
 			})
 			stopJSON := g.jsonStatus(start, func() map[string]any {
 				_, _, files, filesTotal, bytes, bytesTotal := p.Current()
-				return map[string]any{"files_done": files, "files_total": filesTotal,
+				m := map[string]any{"files_done": files, "files_total": filesTotal,
 					"bytes_done": bytes, "bytes_total": bytesTotal}
+				if n := fetched(); n >= 0 {
+					m["bytes_fetched"] = n
+				}
+				return m
 			})
 			opts.Progress = p
 			res, err := restore.Run(ctx, r, sn.Tree, sub, opts)

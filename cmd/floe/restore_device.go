@@ -23,9 +23,11 @@ func restoreToDevice(ctx context.Context, g *globals, arg, device string, writeZ
 	prog := &ui.Meter{}
 	start := time.Now()
 	st := g.status()
+	fetched := g.fetchedCounter(prog)
+	line := &ui.RestoreLine{Start: start}
 	st.Run(200*time.Millisecond, func() string {
 		_, _, _, _, bytes, bytesTotal := prog.Current()
-		return ui.FilesLine(start, 0, 1, bytes, bytesTotal, true, "")
+		return line.Line(0, 1, bytes, bytesTotal, fetched())
 	})
 	res, err := devrestore.Run(ctx, r, node, sn.ID.Short()+":"+p, devrestore.Options{Device: device, WriteZeros: writeZeros, Verify: verify, BufferedIO: bufferedIO, Progress: prog})
 	st.Stop()

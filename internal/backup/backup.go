@@ -268,6 +268,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 
 	if !opts.DryRun {
 		a.w = r.StartWriting()
+		if c, ok := opts.Progress.(ui.Counters); ok {
+			// the progress line shows the uploads a slow link (or
+			// --limit-upload) leaves pending after reading
+			a.w.CountUploads(c)
+		}
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -132,6 +132,9 @@ func writeData(ctx context.Context, r *repo.Repository, name string, chunks []ch
 			// open are reused from one range to the next.
 			loader := r.NewBlobLoader()
 			defer loader.Close()
+			if c, ok := prog.(ui.Counters); ok {
+				loader.OnFetched(func(n int64) { c.Count(repo.CountFetched, n) })
+			}
 			cw := chunkWriter{name: name, chunks: chunks, out: out, prog: prog}
 			for j := range jobs {
 				if ctx.Err() != nil {

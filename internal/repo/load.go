@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/floe-backup/floe/internal/crypto"
 	"github.com/floe-backup/floe/internal/hash"
@@ -30,6 +31,35 @@ type BlobLoader struct {
 	// copies (Load) fills while the range is still being walked.
 	rangeBuf []byte
 	out      []byte
+	// fetched hears of the bytes of streamed ranges as they arrive
+	// (OnFetched); nil: nobody listens.
+	fetched func(n int64)
+}
+
+// CountFetched is the counter (ui.Counters) a restore keeps of the bytes
+// its loaders' OnFetched hear of.
+const CountFetched = "bytes_fetched"
+
+// OnFetched makes l tell fn how many bytes of a streamed range
+// (LoadRange on S3 or a floe server) arrived, read by read, as they
+// arrive: a progress line otherwise moves only as whole blobs are
+// delivered, and a blob of several MiB over a slow link takes seconds.
+// fn is called from l's goroutine, for every read (tens of KiB): it must
+// be cheap (an atomic add).
+func (l *BlobLoader) OnFetched(fn func(n int64)) { l.fetched = fn }
+
+// fetchCounter tells fn of the bytes read through it.
+type fetchCounter struct {
+	io.ReadCloser
+	fn func(n int64)
+}
+
+func (c fetchCounter) Read(p []byte) (int, error) {
+	n, err := c.ReadCloser.Read(p)
+	if n > 0 {
+		c.fn(int64(n))
+	}
+	return n, err
 }
 
 // NewBlobLoader returns a loader for r.

@@ -273,6 +273,9 @@ func (l *BlobLoader) streamRange(ctx context.Context, so storage.RangeStreamer, 
 	if rerr != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
+	if body != nil && l.fetched != nil {
+		body = fetchCounter{body, l.fetched}
+	}
 	if body != nil {
 		defer func() {
 			if rerr == nil {

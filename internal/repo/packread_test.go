@@ -566,3 +566,71 @@ func TestReadRanges(t *testing.T) {
 		}
 	}
 }
+
+// smallReads hands out at most n bytes per Read, as a network stream does.
+type smallReads struct {
+	io.ReadCloser
+	n int
+}
+
+func (s smallReads) Read(p []byte) (int, error) { return s.ReadCloser.Read(p[:min(len(p), s.n)]) }
+
+type smallReadStreamBackend struct{ streamBackend }
+
+func (b *smallReadStreamBackend) OpenStream(ctx context.Context, h storage.Handle, offset, length int64) (io.ReadCloser, error) {
+	rc, err := b.streamBackend.OpenStream(ctx, h, offset, length)
+	if err != nil {
+		return nil, err
+	}
+	return smallReads{rc, 16 << 10}, nil
+}
+
+// OnFetched hears of a streamed range's bytes read by read, before the
+// blob they belong to is delivered: a progress line then moves while a
+// large blob is still arriving over a slow link.
+func TestLoadRangeCountsFetchedBytes(t *testing.T) {
+	be := &smallReadStreamBackend{streamBackend{Backend: mem.New(), breakAfter: -1}}
+	r, _, err := Init(context.Background(), be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	datas := randomChunks(3, 256<<10)
+	refs := saveFlushed(t, r, datas)
+	ranges, _ := r.PlanReads(DataBlob, refs, RangeLimits{MaxGap: 1 << 10, MaxRange: 1 << 40})
+	if len(ranges) != 1 {
+		t.Fatalf("want one range, got %+v", ranges)
+	}
+	l := r.NewBlobLoader()
+	defer l.Close()
+	var fetched, calls int64
+	l.OnFetched(func(n int64) { fetched += n; calls++ })
+	var atFirst int64 = -1
+	err = l.LoadRange(context.Background(), DataBlob, ranges[0], func(b RangeBlob, plain []byte, err error) error {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if atFirst < 0 {
+			atFirst, calls = fetched, 0
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := ranges[0].Blobs[0]
+	if atFirst < int64(first.Offset)+int64(first.Length)-ranges[0].Start {
+		t.Fatalf("when the first blob was delivered %d bytes were counted, want its %d and those before it", atFirst, first.Length)
+	}
+	if calls < 2 {
+		t.Fatalf("the next blobs' bytes were counted in %d calls, want one per read of 16 KiB", calls)
+	}
+	if want := ranges[0].End - ranges[0].Start; fetched < want {
+		t.Fatalf("fetched %d, want at least the range's %d bytes", fetched, want)
+	}
+	// a loader nobody listens to streams as before
+	l2 := r.NewBlobLoader()
+	defer l2.Close()
+	if err := l2.LoadRange(context.Background(), DataBlob, ranges[0], func(RangeBlob, []byte, error) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+}

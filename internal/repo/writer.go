@@ -13,6 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // packsPerIndex is how many packs an index file covers while a backup runs,
@@ -60,7 +61,23 @@ type Writer struct {
 	scratch sync.Pool
 	free    chan []byte // pack buffers to reuse
 	stats   SaveStats
+	counts  ui.Counters // CountQueued, CountUploaded; nil: nobody asked
 }
+
+// The counters a Writer keeps for CountUploads: the stored bytes of the
+// new blobs handed to it (queued), and of those in packs that reached the
+// storage (uploaded). What lies between waits in packs being filled or
+// uploaded: after a backup has read everything, that is what it still
+// waits for.
+const (
+	CountQueued   = "bytes_queued"
+	CountUploaded = "bytes_uploaded"
+)
+
+// CountUploads makes w count the bytes it queues and uploads in c
+// (CountQueued, CountUploaded), for a progress line. Call it before the
+// first SaveBlob.
+func (w *Writer) CountUploads(c ui.Counters) { w.counts = c }
 
 // ErrWriterEnded is returned by a Writer's SaveBlob and SaveRawBlob
 // after its Finish or Abort.
@@ -282,6 +299,9 @@ func (w *Writer) add(ctx context.Context, t BlobType, id hash.ID, sealed []byte,
 	w.stats.RawBytes += uint64(rawLen)
 	w.stats.StoredBytes += uint64(len(sealed))
 	w.mu.Unlock()
+	if w.counts != nil {
+		w.counts.Count(CountQueued, int64(len(sealed)))
+	}
 	if full != nil {
 		if err := w.submit(ctx, full); err != nil {
 			return len(sealed), err
@@ -431,6 +451,13 @@ func (w *Writer) storeStreamed(ctx context.Context, p *openPack) error {
 // its entries are trusted.
 func (w *Writer) stored(ctx context.Context, p *openPack, id hash.ID) error {
 	info := PackInfo{ID: id, Blobs: p.blobs}
+	if w.counts != nil {
+		var n int64
+		for _, b := range p.blobs {
+			n += int64(b.Length)
+		}
+		w.counts.Count(CountUploaded, n)
+	}
 	w.r.idx.addPacks([]PackInfo{info}, true, true)
 	w.mu.Lock()
 	for _, b := range p.blobs {

@@ -288,3 +288,67 @@ func TestWriterGathersSmallBlobs(t *testing.T) {
 		t.Fatalf("Finish after a failed write: %v", err)
 	}
 }
+
+// countMap is a ui.Counters for tests.
+type countMap struct {
+	mu sync.Mutex
+	m  map[string]int64
+}
+
+func (c *countMap) Count(name string, n int64) {
+	c.mu.Lock()
+	c.m[name] += n
+	c.mu.Unlock()
+}
+
+func (c *countMap) get(name string) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m[name]
+}
+
+// CountUploads counts the stored bytes of new blobs as they are queued and
+// again as their pack reaches the storage: what lies between is what a
+// backup still waits for once it has read everything.
+func TestWriterCountsUploads(t *testing.T) {
+	for _, streamed := range []bool{true, false} {
+		t.Run(fmt.Sprintf("streamed=%v", streamed), func(t *testing.T) {
+			ctx := context.Background()
+			r, _ := newSmallPackRepo(t, streamed)
+			w := r.StartWriting()
+			c := &countMap{m: map[string]int64{}}
+			w.CountUploads(c)
+			var stored int64
+			for range 3 {
+				data := randomBytes(600 << 10)
+				_, _, n, err := w.SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stored += int64(n)
+			}
+			// a blob it has is neither queued nor uploaded again
+			data := randomBytes(1 << 10)
+			_, _, n, err := w.SaveBlob(ctx, DataBlob, r.BlobKey(data), data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored += int64(n)
+			if _, isNew, _, err := w.SaveBlob(ctx, DataBlob, r.BlobKey(data), data); err != nil || isNew {
+				t.Fatalf("saved again: new=%v %v", isNew, err)
+			}
+			if q := c.get(CountQueued); q != stored {
+				t.Fatalf("queued %d, want the %d stored bytes of the new blobs", q, stored)
+			}
+			if u := c.get(CountUploaded); u >= stored {
+				t.Fatalf("uploaded %d of %d before Finish, with a pack still open", u, stored)
+			}
+			if err := w.Finish(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if u, st := c.get(CountUploaded), w.Stats(); u != stored || uint64(u) != st.StoredBytes {
+				t.Fatalf("uploaded %d after Finish, want %d (stats %d)", u, stored, st.StoredBytes)
+			}
+		})
+	}
+}

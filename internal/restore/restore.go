@@ -51,7 +51,9 @@ type Options struct {
 	NumericOwner bool
 	// Progress hears of the restore: one phase, "restore", whose items
 	// are the files and bytes their contents; the totals grow as the
-	// snapshot's trees are walked (nil: ui.NoProgress).
+	// snapshot's trees are walked (nil: ui.NoProgress). If it keeps
+	// counters (ui.Counters), repo.CountFetched counts the bytes of streamed
+	// ranges as they arrive.
 	Progress ui.Progress
 	Workers  int
 	// BufferedIO writes every file through the page cache; by default
@@ -870,6 +872,9 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			// open are reused from one range to the next.
 			loader := rs.r.NewBlobLoader()
 			defer loader.Close()
+			if c, ok := rs.opts.Progress.(ui.Counters); ok {
+				loader.OnFetched(func(n int64) { c.Count(repo.CountFetched, n) })
+			}
 			var buf []byte
 			var st stager
 			for j := range jobs {

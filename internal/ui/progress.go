@@ -59,6 +59,7 @@ type Meter struct {
 	mu         sync.Mutex
 	phase      string
 	phaseStart time.Time
+	speed      *Speed // the phase's recent rate, for Line
 
 	items, itemsTotal atomic.Int64
 	bytes, bytesTotal atomic.Int64
@@ -72,6 +73,8 @@ type Meter struct {
 func (m *Meter) Phase(name string, items, bytes int64) {
 	m.mu.Lock()
 	m.phase, m.phaseStart = name, time.Now()
+	m.speed = &Speed{}
+	m.speed.Observe(m.phaseStart, 0) // the first line's rate: since the start
 	m.mu.Unlock()
 	m.items.Store(0)
 	m.itemsTotal.Store(items)
@@ -152,8 +155,22 @@ func (m *Meter) Current() (phase string, since time.Time, items, itemsTotal, byt
 // items/total, bytes/total (percent), rate, ETA", leaving out what the
 // phase does not count.
 func (m *Meter) Line() string {
+	return m.lineAt(time.Now())
+}
+
+// lineAt is Line at the time now. The rate and ETA are those of the last
+// few seconds (Speed): since the start of the phase, the rate of a backup
+// that went through unchanged files in a moment and then read new ones
+// slowly (or the reverse) said little about the time left.
+func (m *Meter) lineAt(now time.Time) string {
+	m.mu.Lock()
+	speed := m.speed
+	m.mu.Unlock()
 	phase, since, items, itemsTotal, bytes, bytesTotal := m.Current()
-	el := time.Since(since)
+	if speed == nil {
+		speed = &Speed{} // before any Phase
+	}
+	el := now.Sub(since)
 	var b strings.Builder
 	fmt.Fprintf(&b, "[%s] %s", Duration(el), phase)
 	switch {
@@ -167,11 +184,11 @@ func (m *Meter) Line() string {
 		if itemsTotal == 0 && items == 0 {
 			sep = ": "
 		}
+		rate := speed.Observe(now, bytes)
 		fmt.Fprintf(&b, "%s%s/%s (%.0f%%), %s", sep, Bytes(uint64(bytes)), Bytes(uint64(bytesTotal)),
-			min(100, 100*float64(bytes)/float64(bytesTotal)), Rate(bytes, el))
-		if m.counted.Load() && bytes > 0 && bytes < bytesTotal {
-			eta := time.Duration(float64(el) * float64(bytesTotal-bytes) / float64(bytes))
-			fmt.Fprintf(&b, ", ETA %s", Duration(eta))
+			min(100, 100*float64(bytes)/float64(bytesTotal)), rateString(rate))
+		if e := eta(bytesTotal-bytes, rate); m.counted.Load() && e != "" {
+			fmt.Fprintf(&b, ", ETA %s", e)
 		}
 	}
 	if w := m.working.Load(); w != nil && *w != "" {

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -25,6 +26,10 @@ import (
 type Limiter struct {
 	lim   *rate.Limiter
 	burst int
+	// passed counts the bytes let through, part by part as they are paid
+	// for: a progress line shows data moving while a transfer of a
+	// whole range or pack waits (Passed).
+	passed atomic.Int64
 }
 
 // NewLimiter returns a limiter of bytesPerSecond, or nil (no limit) for
@@ -47,6 +52,18 @@ func (l *Limiter) Rate() int64 {
 	return int64(l.lim.Limit())
 }
 
+// Passed returns how many bytes the limiter let through so far (0 for a
+// nil Limiter). It grows by at most a quarter second's worth at a time,
+// so it moves while a large object is still being paid for: a restore
+// that loads a 4 MiB range at 1 MiB/s shows bytes arriving rather than
+// none for four seconds.
+func (l *Limiter) Passed() int64 {
+	if l == nil {
+		return 0
+	}
+	return l.passed.Load()
+}
+
 // Wait blocks until n bytes may pass, or ctx ends (then its error is
 // returned and the part not yet paid for is given back).
 func (l *Limiter) Wait(ctx context.Context, n int) error {
@@ -63,6 +80,7 @@ func (l *Limiter) Wait(ctx context.Context, n int) error {
 			// context's deadline; report it as the deadline
 			return fmt.Errorf("%w: %w", context.DeadlineExceeded, err)
 		}
+		l.passed.Add(int64(part))
 		n -= part
 	}
 	return ctx.Err()

@@ -206,3 +206,38 @@ func TestLimitedHidesUnmeteredReads(t *testing.T) {
 		t.Error("a limited backend streams ranges around its limit")
 	}
 }
+
+// Passed counts what was let through part by part, so that a progress
+// line sees a large load arrive in steps rather than all at its end.
+func TestPassedCountsParts(t *testing.T) {
+	var none *Limiter
+	if none.Passed() != 0 {
+		t.Fatal("a nil limiter passed bytes")
+	}
+	l := NewLimiter(4096 << 10) // 4 MiB/s: parts of 1 MiB
+	done := make(chan error, 1)
+	go func() { done <- l.Wait(context.Background(), 3<<20) }()
+	var seen []int64
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := l.Passed(); got != 3<<20 {
+				t.Fatalf("Passed %d after a 3 MiB wait, want %d", got, 3<<20)
+			}
+			for _, n := range seen {
+				if n%(1<<20) != 0 || n >= 3<<20 {
+					t.Fatalf("Passed %d while waiting: want whole parts of 1 MiB, below 3 MiB", n)
+				}
+			}
+			return
+		default:
+			if n := l.Passed(); len(seen) == 0 || seen[len(seen)-1] != n {
+				seen = append(seen, n)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
