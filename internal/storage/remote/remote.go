@@ -563,6 +563,11 @@ var maxListAnswer int64 = 1 << 30
 // maxErrorBody bounds what is read of an error answer.
 const maxErrorBody = 64 << 10
 
+// maxPrealloc bounds what an answer's announced Content-Length may make
+// once allocate before its bytes arrive, where the request sets no
+// maxBody (lists, whole objects of unknown size).
+const maxPrealloc = 16 << 20
+
 // do sends req, retrying connection errors, 5xx and 429 with backoff,
 // and reads the whole answer.
 func (b *Backend) do(ctx context.Context, req request) (response, error) {
@@ -704,8 +709,16 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 	// bytes.MinRead more than the answer: bytes.Buffer.ReadFrom grows a
 	// buffer with less room than that left before it reads on, and the
 	// last read (the one that finds EOF) would copy the whole answer into
-	// a buffer twice its size.
-	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))+bytes.MinRead))
+	// a buffer twice its size. The Content-Length is the server's word,
+	// not bytes received: without a maxBody from the caller, at most
+	// maxPrealloc is allocated on it (the buffer grows with what really
+	// comes), or one header of a hostile server would crash the client
+	// (makeslice: cap out of range, or out of memory).
+	prealloc := min(resp.ContentLength, limit)
+	if req.maxBody <= 0 {
+		prealloc = min(prealloc, maxPrealloc)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, max(0, prealloc)+bytes.MinRead))
 	if _, err := io.Copy(buf, io.LimitReader(resp.Body, limit)); err != nil {
 		return res, fmt.Errorf("reading the answer: %w", err)
 	}
