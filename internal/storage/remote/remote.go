@@ -159,24 +159,41 @@ func ParseURL(loc string) (base, hostport, repo string, err error) {
 	}
 	shown := *u
 	shown.User = nil
+	shownLoc := redactLocation(shown.String())
 	if u.User != nil {
-		return "", "", "", fmt.Errorf("repository location %s: %w", shown.String(), ErrCredentialsInURL)
+		return "", "", "", fmt.Errorf("repository location %s: %w", shownLoc, ErrCredentialsInURL)
 	}
 	if u.Scheme != "https" {
-		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shownLoc)
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
-		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO", shownLoc)
 	}
 	repo = strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
 	if repo == "" || strings.Contains(repo, "/") || u.RawPath != "" {
-		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO with one repository name", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO with one repository name", shownLoc)
 	}
 	hostport = u.Host
 	if u.Port() == "" {
 		hostport = net.JoinHostPort(u.Hostname(), "443")
 	}
 	return "https://" + u.Host, hostport, repo, nil
+}
+
+// redactLocation is loc for an error message about a location that is
+// not of the form wanted: what precedes its last '@' (after a scheme's
+// "://") may be a password typed in a wrong form ("user:pw@host/repo"
+// without https://, "ssh://user:pw@/path"), so it is not repeated.
+func redactLocation(loc string) string {
+	at := strings.LastIndex(loc, "@")
+	if at < 0 {
+		return loc
+	}
+	start := 0
+	if i := strings.Index(loc, "://"); i >= 0 && i < at {
+		start = i + len("://")
+	}
+	return loc[:start] + "***" + loc[at:]
 }
 
 // redactErr keeps only the reason of a url.Parse error, which would

@@ -149,3 +149,21 @@ func TestStreamBodyLength(t *testing.T) {
 		}
 	}
 }
+
+// A password typed into a location of the wrong form is not repeated by
+// the error about it (found by FuzzParseSSH and FuzzParseURL).
+func TestLocationErrorsHidePasswords(t *testing.T) {
+	for _, loc := range []string{"ssh://u:secret@/r", "ssh:/u:secret@h/r", "u:secret@vault/fleet", "0#:secret@", "ssh://u:secret@h/a b"} {
+		if _, err := ParseSSH(loc); err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseSSH(%q): %v", loc, err)
+		}
+	}
+	for _, loc := range []string{"A:secret@", "floe:secret@vault:8443/fleet", "https://u:secret@vault/fleet", "http://u:secret@vault/fleet"} {
+		if _, _, _, err := ParseURL(loc); err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseURL(%q): %v", loc, err)
+		}
+	}
+	if got := redactLocation("ssh://h/srv/floe"); got != "ssh://h/srv/floe" {
+		t.Errorf("a location without '@' is shown as %q", got)
+	}
+}
