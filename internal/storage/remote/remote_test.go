@@ -108,7 +108,8 @@ func TestParseSSH(t *testing.T) {
 	}
 	// nothing that a remote shell would interpret, no options, no password
 	for _, bad := range []string{"ssh://h", "ssh://h/", "ssh://h/a'b", "ssh://h/a;rm", "ssh://h/$(x)", "ssh://h/a b",
-		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`"} {
+		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`",
+		"ssh://:/r", "ssh://u@:22/r"} {
 		if _, err := ParseSSH(bad); err == nil {
 			t.Errorf("ParseSSH(%q): no error", bad)
 		} else if strings.Contains(err.Error(), "secret") {

@@ -43,7 +43,9 @@ func ParseSSH(loc string) (SSHTarget, error) {
 	if err != nil {
 		return SSHTarget{}, fmt.Errorf("repository location is not a URL: %v", redactErr(err))
 	}
-	if u.Scheme != "ssh" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+	// Hostname, not Host: "ssh://:/r" has the Host ":" and no host name,
+	// and ran ssh with an empty destination
+	if u.Scheme != "ssh" || u.Hostname() == "" || u.RawQuery != "" || u.Fragment != "" {
 		return SSHTarget{}, fmt.Errorf("repository location %q: want ssh://[USER@]HOST[:PORT]/PATH", shown)
 	}
 	if _, ok := u.User.Password(); ok {
