@@ -64,7 +64,9 @@ func ParseSSH(loc string) (SSHTarget, error) {
 			}
 		}
 	}
-	if strings.HasPrefix(t.Host, "-") || strings.HasPrefix(t.User, "-") {
+	// a colon only in a bracketed IPv6 address: "ssh://::/r" gave the
+	// host name ":"
+	if strings.HasPrefix(t.Host, "-") || strings.HasPrefix(t.User, "-") || strings.Contains(t.Host, ":") && !strings.HasPrefix(u.Host, "[") {
 		return SSHTarget{}, fmt.Errorf("repository location %q: bad host", shown)
 	}
 	return t, nil
@@ -77,7 +79,11 @@ func (t SSHTarget) String() string {
 	if t.User != "" {
 		s += t.User + "@"
 	}
-	s += t.Host
+	if strings.Contains(t.Host, ":") {
+		s += "[" + t.Host + "]" // an IPv6 address, as it was given
+	} else {
+		s += t.Host
+	}
 	if t.Port != "" {
 		s += ":" + t.Port
 	}
