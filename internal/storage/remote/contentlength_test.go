@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -74,4 +75,23 @@ func TestListHostileLength(t *testing.T) {
 		t.Fatal("a list cut short passed")
 	}
 	t.Log(err)
+}
+
+// Under a bound of the caller's (a list's maxListAnswer, a whole
+// object's limit), an announced Content-Length is not allocated before
+// the bytes come: a server that announces 1 GiB and sends 20 bytes
+// costs the client little (FuzzServerAnswers peaked at 2 GB of memory).
+func TestAnnouncedLengthNotAllocated(t *testing.T) {
+	b := lengthServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1000000000")
+		w.Write([]byte(`{"end":true}` + "\n"))
+	})
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	b.List(context.Background(), storage.Pack, func(storage.FileInfo) error { return nil })
+	b.LoadWhole(context.Background(), storage.Handle{Type: storage.Index, Name: strings.Repeat("cd", 32)}, 4<<30)
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > 100<<20 {
+		t.Fatalf("answers announcing 1 GB allocated %d bytes", got)
+	}
 }
