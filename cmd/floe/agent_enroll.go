@@ -63,7 +63,7 @@ use and remembered in STATE_DIR/server/known_servers.`,
 				return writeDocument(map[string]any{"host": cr.Host, "repo": cr.Repo, "server": cr.Server,
 					"token_file": filepath.Join(dir, fleet.TokenFileName)})
 			}
-			g.say("enrolled as host %s, repository %s on %s", ui.Sanitize(cr.Host), cr.Repo, cr.Server)
+			g.say("enrolled as host %s, repository %s on %s", ui.Path(cr.Host), ui.Path(cr.Repo), ui.Path(cr.Server))
 			g.say("backup token in %s (use it as token_file of the jobs on %s/%s); restart the agent to take leases from the server and report to it",
 				filepath.Join(dir, fleet.TokenFileName), cr.Server, cr.Repo)
 			return nil

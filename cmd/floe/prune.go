@@ -137,7 +137,7 @@ func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes b
 		if l.Expired(now) {
 			state = "expired"
 		}
-		g.warn("prune lease of %s (pid %d), renewed %s, %s", ui.Sanitize(l.Holder), l.PID, l.Time.Local().Format(time.RFC3339), state)
+		g.warn("prune lease of %s (pid %d), renewed %s, %s", ui.Path(l.Holder), l.PID, l.Time.Local().Format(time.RFC3339), state)
 	}
 	if !yes {
 		ok, err := confirm(g, "remove it? Only if that prune is not running: two prunes at once can delete data. [y/N] ")

@@ -7,6 +7,7 @@ import (
 
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/storage/remote"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // trustHint ends the message of a floe server trusted on first use.
@@ -19,11 +20,13 @@ func (g *globals) serverOptions() location.Options {
 	o := location.Options{
 		TokenFile:         g.tokenFile,
 		ServerFingerprint: g.serverFingerprint,
-		Warn:              func(s string) { os.Stderr.WriteString(s + "\n") },
-		TrustHint:         trustHint,
-		Connections:       g.connections,
-		SSHCommand:        g.sshCommand,
-		RepoDirectIO:      g.repoDirectIO,
+		// what ssh and the host say on stderr comes through Warn: the
+		// host's bytes, escaped as every host-supplied string is
+		Warn:         func(s string) { os.Stderr.WriteString(ui.Line(s) + "\n") },
+		TrustHint:    trustHint,
+		Connections:  g.connections,
+		SSHCommand:   g.sshCommand,
+		RepoDirectIO: g.repoDirectIO,
 	}
 	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
 		o.KnownServersFile = filepath.Join(d, "floe", "known_servers")

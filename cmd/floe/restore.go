@@ -352,7 +352,7 @@ snapshots of each host and set of paths.`,
 				}
 				if og, ok := origins[s.ID]; ok {
 					if og.Host != s.Hostname {
-						fmt.Printf("%s: claims host %s but was uploaded by %s (%s)\n", s.ID.Short(), ui.Sanitize(s.Hostname), ui.Sanitize(og.Host), og.Credential)
+						fmt.Printf("%s: claims host %s but was uploaded by %s (%s)\n", s.ID.Short(), ui.Path(s.Hostname), ui.Path(og.Host), og.Credential)
 					}
 					if s.Time.Sub(og.Received) > snapshot.FutureSkew {
 						fmt.Printf("%s: dated %s, after it arrived (%s): forget counts it from its arrival\n", s.ID.Short(),

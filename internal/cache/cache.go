@@ -251,15 +251,42 @@ func DecodeTrees(r io.ByteReader) (map[hash.ID][]byte, error) {
 		if err != nil {
 			return nil, fmt.Errorf("cached trees: %w", err)
 		}
-		if n > 64<<20 {
+		// The bound is the format's (the writer caches every tree a
+		// backup stores): it was 64 MiB, so a snapshot with one tree
+		// above that (a directory of a few hundred thousand files, or
+		// a file of a million chunks) lost its whole cache at every
+		// backup, and a host with a write-only key or a server backup
+		// token then read all its files again each time.
+		if n > snapshot.MaxTreeSize {
 			return nil, fmt.Errorf("cached trees: tree of %d bytes is too large", n)
 		}
-		b := make([]byte, n)
-		if _, err := io.ReadFull(rd, b); err != nil {
+		b, err := readClaimed(rd, int(n))
+		if err != nil {
 			return nil, fmt.Errorf("cached trees: %w", err)
 		}
 		m[id] = b
 	}
+}
+
+// readClaimed reads n bytes that a length field claims, allocating as
+// they come rather than what the length says (a cut-off file costs what
+// it holds), and doubling up to exactly n (no slack kept).
+func readClaimed(rd io.Reader, n int) ([]byte, error) {
+	b := make([]byte, 0, min(n, 1<<20))
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = append(make([]byte, 0, min(n, 2*cap(b))), b...)
+		}
+		k, err := rd.Read(b[len(b):cap(b)])
+		b = b[:len(b)+k]
+		if err == io.EOF && len(b) < n {
+			return nil, io.ErrUnexpectedEOF
+		}
+		if err != nil && err != io.EOF {
+			return nil, err
+		}
+	}
+	return b, nil
 }
 
 // Trees are the cached trees of one snapshot.

@@ -4,6 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"runtime"
 	"testing"
 	"time"
 
@@ -60,4 +64,45 @@ func FuzzDecodeTrees(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		DecodeTrees(bufio.NewReader(bytes.NewReader(data)))
 	})
+}
+
+// A cached tree may be as large as the format allows (the writer caches
+// every tree a backup stores): one above 64 MiB used to make the whole
+// file unreadable, so the snapshot's cache was lost at every backup.
+func TestDecodeTreesLarge(t *testing.T) {
+	big := bytes.Repeat([]byte{7}, 64<<20+1)
+	var b bytes.Buffer
+	b.Write(make([]byte, 32))
+	b.Write(binary.AppendUvarint(nil, uint64(len(big))))
+	b.Write(big)
+	m, err := DecodeTrees(bufio.NewReader(&b))
+	if err != nil || len(m) != 1 || !bytes.Equal(m[hash.ID{}], big) {
+		t.Fatalf("a tree of %d bytes: %d trees, %v", len(big), len(m), err)
+	}
+	// over the format's limit: refused
+	b.Reset()
+	b.Write(make([]byte, 32))
+	b.Write(binary.AppendUvarint(nil, snapshot.MaxTreeSize+1))
+	if _, err := DecodeTrees(bufio.NewReader(&b)); err == nil {
+		t.Fatal("a tree over the format's limit was read")
+	}
+}
+
+// A length that claims more than the file holds costs what the file
+// holds, not what the length says.
+func TestDecodeTreesClaimedLength(t *testing.T) {
+	var b bytes.Buffer
+	b.Write(make([]byte, 32))
+	b.Write(binary.AppendUvarint(nil, snapshot.MaxTreeSize))
+	b.Write([]byte("short"))
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	_, err := DecodeTrees(bufio.NewReader(&b))
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("cut-off tree: %v", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 4<<20 {
+		t.Fatalf("a cut-off tree claiming %d bytes allocated %d", snapshot.MaxTreeSize, got)
+	}
 }

@@ -157,3 +157,37 @@ func TestAuthority(t *testing.T) {
 		t.Fatal("signature verified under another key")
 	}
 }
+
+// FuzzEnvelopes: the other envelopes a reader opens from storage, of any
+// bytes: a sealed blob opens only if it is exactly what SealBlob makes of
+// its plaintext, an ephemeral key of any value (low-order points
+// included) gives a key or an error, and a signature of any length
+// verifies only if it is the one the authority made.
+func FuzzEnvelopes(f *testing.F) {
+	k := Key{7}
+	pub, priv, err := GenerateKeyPair()
+	if err != nil {
+		f.Fatal(err)
+	}
+	apub, aseed, err := GenerateAuthority()
+	if err != nil {
+		f.Fatal(err)
+	}
+	signed := aseed.Sign("index", []byte("msg"))
+	f.Add(SealBlob(nil, k, []byte("payload"), []byte("ad")), make([]byte, 32), signed)
+	f.Add([]byte{1, 2, 3}, append([]byte{1}, make([]byte, 31)...), []byte{})
+	f.Fuzz(func(t *testing.T, sealed, ephemeral, sig []byte) {
+		if plain, err := OpenBlob(nil, k, sealed, []byte("ad")); err == nil {
+			if again := SealBlob(nil, k, plain, []byte("ad")); !bytes.Equal(again, sealed) {
+				t.Fatalf("opened %x, which does not seal to it", sealed)
+			}
+		}
+		var e PublicKey
+		copy(e[:], ephemeral)
+		Unseal(priv, pub, e)
+		if apub.Verify("index", []byte("msg"), sig) && !bytes.Equal(sig, signed) {
+			// Ed25519 signatures are not malleable in Go's verifier
+			t.Fatalf("signature %x verified", sig)
+		}
+	})
+}

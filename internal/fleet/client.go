@@ -193,6 +193,7 @@ func (c *Client) Lease(ctx context.Context, job string) (*Lease, error) {
 	}
 	ticket := ""
 	for {
+		asked := time.Now()
 		l, q, err := c.RequestLease(ctx, job, ticket, poll)
 		if err != nil {
 			return nil, fmt.Errorf("lease for job %s: %w", job, err)
@@ -201,11 +202,27 @@ func (c *Client) Lease(ctx context.Context, job string) (*Lease, error) {
 			return l, nil
 		}
 		ticket = q.Ticket
+		// The server holds a request up to poll; one that answers
+		// "queued" at once (hostile, or broken) must not make the agent
+		// ask again in a busy loop.
+		if gap := min(poll, time.Second) - time.Since(asked); gap > 0 {
+			t := time.NewTimer(gap)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 	}
 }
+
+// maxLeaseTTL bounds the lease time a server may announce: far above any
+// real one, and small enough that the renewal period computed from it
+// cannot overflow into a tiny (busy) or negative one.
+const maxLeaseTTL = 30 * 24 * 3600
 
 // Renew extends a lease; an expired one is an error (the slot may have
 // gone to another host, but the run in progress may finish).
@@ -233,7 +250,7 @@ func (c *Client) Acquire(ctx context.Context, job string) (release func(), err e
 	if err != nil {
 		return nil, err
 	}
-	every := time.Duration(l.TTLSeconds) * time.Second / 3
+	every := time.Duration(min(l.TTLSeconds, maxLeaseTTL)) * time.Second / 3
 	if every <= 0 {
 		every = 10 * time.Second
 	}

@@ -3,6 +3,7 @@ package fleet
 import (
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -40,7 +41,10 @@ func SortWorstFirst(jobs []JobStatus) {
 func FormatAge(d time.Duration) string {
 	switch {
 	case d < 0:
-		return "-" + FormatAge(-d)
+		// -d of the most negative duration is itself (time.Sub
+		// saturates to it for times a server may send): it recursed
+		// until the stack overflowed
+		return "-" + FormatAge(-max(d, -math.MaxInt64))
 	case d < time.Minute:
 		return fmt.Sprintf("%ds", int(d/time.Second))
 	case d < time.Hour:
@@ -84,7 +88,7 @@ func WriteStatus(w io.Writer, st StatusAnswer) error {
 		if job == "" {
 			job = "-"
 		}
-		state := string(j.State)
+		state := Clean(string(j.State)) // the server's word: any string
 		if j.Revoked {
 			state += " (revoked)"
 		}
@@ -125,7 +129,7 @@ func WriteRuns(w io.Writer, runs []RunRecord) error {
 	fmt.Fprintln(tw, "HOST\tJOB\tSTART\tDURATION\tSTATUS\tFILES\tREAD\tNEW\tSTORED\tERRORS\tCHANGED")
 	for _, r := range runs {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%d\t%d\n", Clean(r.Host), Clean(r.Job), r.Start.Local().Format("2006-01-02 15:04:05"),
-			r.End.Sub(r.Start).Round(time.Second), r.Status, r.Files, FormatBytes(r.BytesRead), FormatBytes(r.BytesNew), FormatBytes(r.BytesStored), r.Errors, r.FilesChanged)
+			r.End.Sub(r.Start).Round(time.Second), Clean(string(r.Status)), r.Files, FormatBytes(r.BytesRead), FormatBytes(r.BytesNew), FormatBytes(r.BytesStored), r.Errors, r.FilesChanged)
 	}
 	return tw.Flush()
 }
@@ -149,7 +153,7 @@ func WriteReport(w io.Writer, st StatusAnswer, runs []RunRecord, since time.Time
 	} else {
 		fmt.Fprintln(w, "NEEDS ATTENTION")
 		for _, j := range attention {
-			line := fmt.Sprintf("  %-8s %s %s", j.State, Clean(j.Host), Clean(j.Job))
+			line := fmt.Sprintf("  %-8s %s %s", Clean(string(j.State)), Clean(j.Host), Clean(j.Job))
 			switch {
 			case j.State == StateFailed && j.LastRun != nil && j.LastRun.Error != "":
 				line += ": " + Clean(j.LastRun.Error)

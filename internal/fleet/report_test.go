@@ -40,3 +40,16 @@ func TestStatusAndReportText(t *testing.T) {
 		t.Error("an escape sequence reached the report")
 	}
 }
+
+// The most negative duration (what time.Sub gives for a last success a
+// server dates far in the future) prints, instead of recursing until the
+// stack overflows.
+func TestFormatAgeExtremes(t *testing.T) {
+	min := time.Time{}.Sub(time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC))
+	if got := FormatAge(min); !strings.HasPrefix(got, "-") || !strings.HasSuffix(got, "d") {
+		t.Fatalf("FormatAge(%d) = %q", min, got)
+	}
+	if got := FormatAge(-90 * time.Second); got != "-1m" {
+		t.Fatalf("FormatAge(-90s) = %q", got)
+	}
+}

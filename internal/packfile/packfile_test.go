@@ -258,3 +258,44 @@ func FuzzCheckIndex(f *testing.F) {
 type readerFunc func([]byte, int64) (int, error)
 
 func (f readerFunc) ReadAt(b []byte, off int64) (int, error) { return f(b, off) }
+
+// An index file that lists one entry again and again (the format lets a
+// file list a pack more than once) costs one open of the pack and one
+// hash of the entry, not one per listing: a client with a backup
+// credential could otherwise make a server hash a 64 MiB entry per 71
+// bytes of index file.
+func TestCheckIndexRepeatedEntries(t *testing.T) {
+	data, blobs := makePack(bytes.Repeat([]byte("x"), 3000), bytes.Repeat([]byte("y"), 50))
+	pid := hash.Sum(data)
+	// bytes of the pack under another type: a valid entry the header
+	// does not list, so a verifier that remembers headers hashes it
+	other := Blob{Type: Tree, ID: BlobID(Tree, data[:3000]), Offset: 0, Length: 3000}
+	var x Index
+	for range 1000 {
+		x.Packs = append(x.Packs, Pack{ID: pid, Blobs: []Blob{other, blobs[1]}})
+	}
+	idx, _ := EncodeIndex(&x, nil)
+	opens, read := 0, 0
+	open := func(p hash.ID) (StoredPack, error) {
+		opens++
+		if p != pid {
+			return StoredPack{}, errors.New("no such pack")
+		}
+		r := readerFunc(func(b []byte, off int64) (int, error) { read += len(b); return bytes.NewReader(data).ReadAt(b, off) })
+		return StoredPack{R: r, Size: int64(len(data))}, nil
+	}
+	if err := CheckIndex(idx, open); err != nil {
+		t.Fatal(err)
+	}
+	if opens != 1 || read > 2*(3000+50) {
+		t.Fatalf("1000 listings of 2 entries: %d opens, %d bytes read", opens, read)
+	}
+	// a bad listing among the repeated ones is still found
+	bad := other
+	bad.ID[0] ^= 1
+	x.Packs = append(x.Packs, Pack{ID: pid, Blobs: []Blob{bad}})
+	idx, _ = EncodeIndex(&x, nil)
+	if err := CheckIndex(idx, open); err == nil || !strings.Contains(err.Error(), "does not hash") {
+		t.Fatalf("a forged entry among repeated ones: %v", err)
+	}
+}

@@ -159,24 +159,41 @@ func ParseURL(loc string) (base, hostport, repo string, err error) {
 	}
 	shown := *u
 	shown.User = nil
+	shownLoc := redactLocation(shown.String())
 	if u.User != nil {
-		return "", "", "", fmt.Errorf("repository location %s: %w", shown.String(), ErrCredentialsInURL)
+		return "", "", "", fmt.Errorf("repository location %s: %w", shownLoc, ErrCredentialsInURL)
 	}
 	if u.Scheme != "https" {
-		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: a floe server is reached with https://HOST:PORT/REPO", shownLoc)
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.Host == "" {
-		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO", shownLoc)
 	}
 	repo = strings.TrimSuffix(strings.TrimPrefix(u.Path, "/"), "/")
 	if repo == "" || strings.Contains(repo, "/") || u.RawPath != "" {
-		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO with one repository name", shown.String())
+		return "", "", "", fmt.Errorf("repository location %s: want https://HOST:PORT/REPO with one repository name", shownLoc)
 	}
 	hostport = u.Host
 	if u.Port() == "" {
 		hostport = net.JoinHostPort(u.Hostname(), "443")
 	}
 	return "https://" + u.Host, hostport, repo, nil
+}
+
+// redactLocation is loc for an error message about a location that is
+// not of the form wanted: what precedes its last '@' (after a scheme's
+// "://") may be a password typed in a wrong form ("user:pw@host/repo"
+// without https://, "ssh://user:pw@/path"), so it is not repeated.
+func redactLocation(loc string) string {
+	at := strings.LastIndex(loc, "@")
+	if at < 0 {
+		return loc
+	}
+	start := 0
+	if i := strings.Index(loc, "://"); i >= 0 && i < at {
+		start = i + len("://")
+	}
+	return loc[:start] + "***" + loc[at:]
 }
 
 // redactErr keeps only the reason of a url.Parse error, which would
@@ -531,6 +548,9 @@ type request struct {
 	// maxBody, if > 0, bounds a successful answer: a longer one is
 	// refused (errBodyTooLarge) before it is read
 	maxBody int64
+	// exact: the caller asked for exactly maxBody bytes (a range): the
+	// buffer is sized from the Content-Length at once
+	exact bool
 	// stream: a 200 answer's body is not read but handed back in
 	// response.body, for the caller to read and close (OpenStream)
 	stream bool
@@ -562,6 +582,11 @@ var maxListAnswer int64 = 1 << 30
 
 // maxErrorBody bounds what is read of an error answer.
 const maxErrorBody = 64 << 10
+
+// maxPrealloc bounds what an answer's announced Content-Length may make
+// the client allocate before its bytes arrive, where the caller did not
+// ask for exactly that length (lists, whole objects).
+const maxPrealloc = 16 << 20
 
 // do sends req, retrying connection errors, 5xx and 429 with backoff,
 // and reads the whole answer.
@@ -704,9 +729,29 @@ func (b *Backend) once(ctx context.Context, req request) (_ response, err error)
 	// bytes.MinRead more than the answer: bytes.Buffer.ReadFrom grows a
 	// buffer with less room than that left before it reads on, and the
 	// last read (the one that finds EOF) would copy the whole answer into
-	// a buffer twice its size.
-	buf := bytes.NewBuffer(make([]byte, 0, max(0, min(resp.ContentLength, limit))+bytes.MinRead))
-	if _, err := io.Copy(buf, io.LimitReader(resp.Body, limit)); err != nil {
+	// a buffer twice its size. The Content-Length is the server's word,
+	// not bytes received: unless the caller asked for exactly that many
+	// bytes (a range), at most maxPrealloc is allocated on it, and the
+	// rest once that much has come. One header of a hostile server
+	// crashed the client (makeslice: cap out of range), and under a
+	// maxBody (a list's 1 GiB, a whole pack's 4 GiB) still made it
+	// allocate the bound before a byte arrived.
+	want := max(0, min(resp.ContentLength, limit))
+	prealloc := want
+	if !req.exact {
+		prealloc = min(prealloc, maxPrealloc)
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, prealloc+bytes.MinRead))
+	rest := io.LimitReader(resp.Body, limit)
+	if want > prealloc {
+		if _, err := io.CopyN(buf, rest, prealloc); err != nil && err != io.EOF {
+			return res, fmt.Errorf("reading the answer: %w", err)
+		}
+		if int64(buf.Len()) == prealloc {
+			buf.Grow(int(want-prealloc) + bytes.MinRead)
+		}
+	}
+	if _, err := io.Copy(buf, rest); err != nil {
 		return res, fmt.Errorf("reading the answer: %w", err)
 	}
 	if resp.ContentLength >= 0 && resp.StatusCode < 300 && int64(buf.Len()) != resp.ContentLength {
@@ -833,7 +878,7 @@ func (b *Backend) Load(ctx context.Context, h storage.Handle, offset, length int
 	}
 	// a range's answer is bounded by its length: a server that sends
 	// more (or without end) is refused after length+1 bytes
-	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, maxBody: length})
+	res, err := b.do(ctx, request{method: http.MethodGet, path: b.objectPath(h), query: q, maxBody: length, exact: length > 0})
 	var tooLarge errBodyTooLarge
 	if errors.As(err, &tooLarge) {
 		return nil, fmt.Errorf("load %s: server sent more than the %d-byte range (%s)", h, length, tooLarge)

@@ -93,6 +93,7 @@ func TestParseSSH(t *testing.T) {
 	}{
 		{"ssh://vault/srv/floe/web1", SSHTarget{Host: "vault", Path: "/srv/floe/web1"}, "ssh -T -- vault floe serve --stdio --root '/srv/floe/web1'"},
 		{"ssh://root@10.0.0.1:2222/r", SSHTarget{User: "root", Host: "10.0.0.1", Port: "2222", Path: "/r"}, "ssh -T -p 2222 -- root@10.0.0.1 floe serve --stdio --root '/r'"},
+		{"ssh://[::1]:22/r", SSHTarget{Host: "::1", Port: "22", Path: "/r"}, "ssh -T -p 22 -- ::1 floe serve --stdio --root '/r'"},
 	} {
 		got, err := ParseSSH(ok.in)
 		if err != nil || got != ok.want {
@@ -108,7 +109,8 @@ func TestParseSSH(t *testing.T) {
 	}
 	// nothing that a remote shell would interpret, no options, no password
 	for _, bad := range []string{"ssh://h", "ssh://h/", "ssh://h/a'b", "ssh://h/a;rm", "ssh://h/$(x)", "ssh://h/a b",
-		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`"} {
+		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`",
+		"ssh://:/r", "ssh://u@:22/r", "ssh://::/r"} {
 		if _, err := ParseSSH(bad); err == nil {
 			t.Errorf("ParseSSH(%q): no error", bad)
 		} else if strings.Contains(err.Error(), "secret") {
@@ -147,5 +149,23 @@ func TestStreamBodyLength(t *testing.T) {
 				t.Errorf("buffered %v: a read after Close: %v", buffered, err)
 			}
 		}
+	}
+}
+
+// A password typed into a location of the wrong form is not repeated by
+// the error about it (found by FuzzParseSSH and FuzzParseURL).
+func TestLocationErrorsHidePasswords(t *testing.T) {
+	for _, loc := range []string{"ssh://u:secret@/r", "ssh:/u:secret@h/r", "u:secret@vault/fleet", "0#:secret@", "ssh://u:secret@h/a b"} {
+		if _, err := ParseSSH(loc); err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseSSH(%q): %v", loc, err)
+		}
+	}
+	for _, loc := range []string{"A:secret@", "floe:secret@vault:8443/fleet", "https://u:secret@vault/fleet", "http://u:secret@vault/fleet"} {
+		if _, _, _, err := ParseURL(loc); err == nil || strings.Contains(err.Error(), "secret") {
+			t.Errorf("ParseURL(%q): %v", loc, err)
+		}
+	}
+	if got := redactLocation("ssh://h/srv/floe"); got != "ssh://h/srv/floe" {
+		t.Errorf("a location without '@' is shown as %q", got)
 	}
 }

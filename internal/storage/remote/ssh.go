@@ -38,31 +38,36 @@ type SSHTarget struct {
 // directory on HOST (absolute); a forced command in authorized_keys
 // decides it instead.
 func ParseSSH(loc string) (SSHTarget, error) {
+	shown := redactLocation(loc) // for errors: no password typed in a wrong form
 	u, err := url.Parse(loc)
 	if err != nil {
 		return SSHTarget{}, fmt.Errorf("repository location is not a URL: %v", redactErr(err))
 	}
-	if u.Scheme != "ssh" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return SSHTarget{}, fmt.Errorf("repository location %q: want ssh://[USER@]HOST[:PORT]/PATH", loc)
+	// Hostname, not Host: "ssh://:/r" has the Host ":" and no host name,
+	// and ran ssh with an empty destination
+	if u.Scheme != "ssh" || u.Hostname() == "" || u.RawQuery != "" || u.Fragment != "" {
+		return SSHTarget{}, fmt.Errorf("repository location %q: want ssh://[USER@]HOST[:PORT]/PATH", shown)
 	}
 	if _, ok := u.User.Password(); ok {
 		return SSHTarget{}, errors.New("repository location: a password does not go in an ssh:// URL; use a key (ssh-agent or ~/.ssh/config)")
 	}
 	t := SSHTarget{User: u.User.Username(), Host: u.Hostname(), Port: u.Port(), Path: u.Path}
 	if t.Path == "" || t.Path == "/" {
-		return SSHTarget{}, fmt.Errorf("repository location %q: no repository directory: want ssh://[USER@]HOST[:PORT]/PATH", loc)
+		return SSHTarget{}, fmt.Errorf("repository location %q: no repository directory: want ssh://[USER@]HOST[:PORT]/PATH", shown)
 	}
 	// the path and user go to a remote shell: plain characters only, so
 	// that quoting cannot be escaped
 	for _, s := range []string{t.Path, t.User, t.Host} {
 		for _, c := range s {
 			if c < 0x20 || c == 0x7f || strings.ContainsRune("'\"`$\\;&|<>(){}*?!#~ ", c) {
-				return SSHTarget{}, fmt.Errorf("repository location %q: character %q is not allowed in an ssh:// location", loc, c)
+				return SSHTarget{}, fmt.Errorf("repository location %q: character %q is not allowed in an ssh:// location", shown, c)
 			}
 		}
 	}
-	if strings.HasPrefix(t.Host, "-") || strings.HasPrefix(t.User, "-") {
-		return SSHTarget{}, fmt.Errorf("repository location %q: bad host", loc)
+	// a colon only in a bracketed IPv6 address: "ssh://::/r" gave the
+	// host name ":"
+	if strings.HasPrefix(t.Host, "-") || strings.HasPrefix(t.User, "-") || strings.Contains(t.Host, ":") && !strings.HasPrefix(u.Host, "[") {
+		return SSHTarget{}, fmt.Errorf("repository location %q: bad host", shown)
 	}
 	return t, nil
 }
@@ -74,7 +79,11 @@ func (t SSHTarget) String() string {
 	if t.User != "" {
 		s += t.User + "@"
 	}
-	s += t.Host
+	if strings.Contains(t.Host, ":") {
+		s += "[" + t.Host + "]" // an IPv6 address, as it was given
+	} else {
+		s += t.Host
+	}
 	if t.Port != "" {
 		s += ":" + t.Port
 	}
