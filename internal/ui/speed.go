@@ -171,6 +171,6 @@ func BackupLine(m *Meter, up *UploadLine, queued, uploaded int64) string {
 	if up.Now != nil {
 		now = up.Now()
 	}
-	return fmt.Sprintf("[%s] %s: %d/%d files, %s/%s read; %s", Duration(now.Sub(since)), phase,
-		items, itemsTotal, Bytes(uint64(bytes)), Bytes(uint64(bytesTotal)), upload)
+	return fmt.Sprintf("[%s] %s: %d/%s, %s/%s read; %s", Duration(now.Sub(since)), phase,
+		items, Count(itemsTotal, "file"), Bytes(uint64(bytes)), Bytes(uint64(bytesTotal)), upload)
 }
