@@ -99,34 +99,10 @@ func TestHostileStall(t *testing.T) {
 	} {
 		b := hostile(t, c.h, Options{IdleTimeout: 300 * time.Millisecond})
 		ops := map[string]func() error{
-			"load": func() error { _, err := b.Load(ctx, hostileHandle, 0, 5000000); return err },
-			"stream": func() error {
-				rc, err := b.OpenStream(ctx, hostileHandle, 0, 5000000)
-				if err != nil {
-					return err
-				}
-				defer rc.Close()
-				buf := make([]byte, 1<<20)
-				for {
-					if _, err := rc.Read(buf); err != nil {
-						return err
-					}
-				}
-			},
-			"small stream": func() error {
-				rc, err := b.OpenStream(ctx, hostileHandle, 0, 0)
-				if err != nil {
-					return err
-				}
-				defer rc.Close()
-				buf := make([]byte, 1<<20)
-				for {
-					if _, err := rc.Read(buf); err != nil {
-						return err
-					}
-				}
-			},
-			"list": func() error { return b.List(ctx, storage.Pack, func(storage.FileInfo) error { return nil }) },
+			"load":         func() error { _, err := b.Load(ctx, hostileHandle, 0, 5000000); return err },
+			"stream":       func() error { return readStream(b, 5000000) },
+			"small stream": func() error { return readStream(b, 0) },
+			"list":         func() error { return b.List(ctx, storage.Pack, func(storage.FileInfo) error { return nil }) },
 			// 64 MiB: more than TCP and TLS buffer when nobody reads
 			"upload": func() error { return b.Save(ctx, hostileHandle, make([]byte, 64<<20)) },
 			"save":   func() error { return b.Save(ctx, hostileIndex, make([]byte, 8<<20)) },
@@ -148,6 +124,22 @@ func TestHostileStall(t *testing.T) {
 			case <-time.After(30 * time.Second):
 				t.Fatalf("%s: the client hangs on a server that stalls (%s)", name, c.name)
 			}
+		}
+	}
+}
+
+// readStream opens a stream of the hostile object (length 0: to its end)
+// and reads it until an error, which it returns.
+func readStream(b *Backend, length int64) error {
+	rc, err := b.OpenStream(context.Background(), hostileHandle, 0, length)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := rc.Read(buf); err != nil {
+			return err
 		}
 	}
 }
