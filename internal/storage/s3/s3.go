@@ -628,7 +628,10 @@ func (b *Backend) List(ctx context.Context, t storage.FileType, fn func(storage.
 		} else if rel != name {
 			return nil
 		}
-		if (storage.Handle{Type: t, Name: name}).Validate() != nil {
+		// a size below zero is no object's: a hostile or broken server's
+		// listing, which must not reach callers that add sizes up or
+		// allocate by them (the floe server's client skips them too)
+		if (storage.Handle{Type: t, Name: name}).Validate() != nil || size < 0 {
 			return nil
 		}
 		return fn(storage.FileInfo{Name: name, Size: size})

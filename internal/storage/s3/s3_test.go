@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -422,6 +423,48 @@ func TestListSkipsStrays(t *testing.T) {
 		if len(got) != 1 || got[0] != good {
 			t.Errorf("List %s: %q, want only %s", ft, got, good)
 		}
+	}
+}
+
+// A listing whose sizes are negative (a hostile or broken server) lists
+// nothing of them; the other entries are listed with their sizes.
+func TestListSkipsNegativeSizes(t *testing.T) {
+	srv := s3test.Start(t)
+	ft := newFaultTransport(t)
+	b := backendWith(t, srv, Config{Transport: ft})
+	ctx := context.Background()
+	keep, bad := storagetest.Name("keep"), storagetest.Name("negative")
+	for _, n := range []string{keep, bad} {
+		if err := b.Save(ctx, storage.Handle{Type: storage.Key, Name: n}, []byte("12345")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// the listing's <Key>…bad</Key> entry gets <Size>-5</Size>
+	entry := regexp.MustCompile(`(<Key>[^<]*` + bad + `</Key>(?:[^<]|<[^S/]|</[^C])*?<Size>)5(</Size>)`)
+	ft.fault = func(req *http.Request, resp *http.Response) (*http.Response, error) {
+		if req.Method != http.MethodGet || req.URL.Query().Get("list-type") != "2" || resp.StatusCode != http.StatusOK {
+			return resp, nil
+		}
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		changed := entry.ReplaceAll(body, []byte("${1}-5${2}"))
+		if bytes.Equal(changed, body) {
+			t.Errorf("the listing has no size to change:\n%s", body)
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(changed))
+		resp.ContentLength = int64(len(changed))
+		resp.Header.Del("Content-Length")
+		return resp, nil
+	}
+	var got []storage.FileInfo
+	if err := b.List(ctx, storage.Key, func(fi storage.FileInfo) error { got = append(got, fi); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != keep || got[0].Size != 5 {
+		t.Errorf("List: %+v, want only %s of 5 bytes", got, keep)
 	}
 }
 
