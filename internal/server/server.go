@@ -437,7 +437,7 @@ func (s *Server) list(q *request, route Route) {
 		}
 	}
 	q.w.Header().Set("Content-Type", "application/x-ndjson")
-	enc := json.NewEncoder(&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout})
+	enc := json.NewEncoder(s.answerWriter(q))
 	err := be.List(q.r.Context(), route.Handle.Type, func(fi storage.FileInfo) error {
 		e := ListEntry{Name: fi.Name, Size: fi.Size}
 		if rec, ok := uploads[fi.Name]; ok {
@@ -504,7 +504,7 @@ func (s *Server) load(q *request, route Route) {
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.Itoa(len(data)))
 	q.w.WriteHeader(http.StatusOK)
-	sent, _ := (&idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}).Write(data)
+	sent, _ := s.answerWriter(q).Write(data)
 	q.sent = int64(sent)
 }
 
@@ -564,7 +564,7 @@ func (s *Server) loadStream(q *request, ro storage.RangeOpener, h storage.Handle
 	q.w.Header().Set("Content-Type", "application/octet-stream")
 	q.w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 	q.w.WriteHeader(http.StatusOK)
-	iw := &idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}
+	iw := s.answerWriter(q)
 	for pos, data := off, first; pos < end; {
 		if data == nil {
 			if data, err = chunk(pos); err != nil {
@@ -601,6 +601,11 @@ type idleWriter struct {
 	rc    *http.ResponseController
 	idle  time.Duration
 	renew time.Time
+}
+
+// answerWriter is q's answer body under the server's idle timeout.
+func (s *Server) answerWriter(q *request) *idleWriter {
+	return &idleWriter{w: q.w, rc: http.NewResponseController(q.w), idle: s.opts.BodyIdleTimeout}
 }
 
 func (i *idleWriter) Write(p []byte) (int, error) {
