@@ -138,31 +138,6 @@ func (s *Status) Stop() {
 	s.mu.Unlock()
 }
 
-// FilesLine formats a progress line of files: done/total files and bytes,
-// rate, ETA.
-func FilesLine(start time.Time, files, filesTotal, bytes, bytesTotal int64, scanDone bool, current string) string {
-	el := time.Since(start)
-	var b strings.Builder
-	fmt.Fprintf(&b, "[%s] %d", Duration(el), files)
-	if filesTotal > 0 {
-		fmt.Fprintf(&b, "/%d", filesTotal)
-	}
-	fmt.Fprintf(&b, " files, %s", Bytes(uint64(bytes)))
-	if bytesTotal > 0 {
-		pct := 100 * float64(bytes) / float64(bytesTotal)
-		fmt.Fprintf(&b, "/%s (%.0f%%)", Bytes(uint64(bytesTotal)), min(pct, 100))
-	}
-	fmt.Fprintf(&b, ", %s", Rate(bytes, el))
-	if scanDone && bytesTotal > 0 && bytes > 0 && bytes < bytesTotal {
-		eta := time.Duration(float64(el) * float64(bytesTotal-bytes) / float64(bytes))
-		fmt.Fprintf(&b, ", ETA %s", Duration(eta))
-	}
-	if current != "" {
-		fmt.Fprintf(&b, "  %s", current)
-	}
-	return b.String()
-}
-
 // Path returns p for people: as is, or quoted when it holds control
 // characters or bytes that are not UTF-8 (which could garble a terminal or
 // a line-based pipe, or smuggle escape sequences into an admin's terminal).
