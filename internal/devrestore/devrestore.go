@@ -186,6 +186,9 @@ func Run(ctx context.Context, r *repo.Repository, node *snapshot.Node, name stri
 	}
 	if dw != nil {
 		defer unix.Close(dfd)
+		// its workers wait for the disk in direct writes, as a restore's
+		// do (restore.Run)
+		defer directio.SpareProcs(2)()
 	}
 	maxChunk := r.ChunkerParams().Max
 	err = writeData(ctx, r, name, chunks, output{f: f, dw: dw, maxChunk: maxChunk}, opts.Workers, opts.Progress)

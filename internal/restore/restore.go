@@ -398,6 +398,11 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if opts.Workers <= 0 {
 		opts.Workers = 2 * runtime.GOMAXPROCS(0)
 	}
+	if !opts.BufferedIO {
+		// large files are written direct, and a worker waiting for the
+		// disk keeps its P: two spare ones measured best (one and two tried)
+		defer directio.SpareProcs(2)()
+	}
 	incl, excl, err := checkOptions(&opts)
 	if err != nil {
 		return nil, err
