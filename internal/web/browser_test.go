@@ -45,7 +45,16 @@ func findChromium(t *testing.T) string {
 func browser(t *testing.T) (context.Context, func() []string) {
 	t.Helper()
 	exe := findChromium(t)
+	// Chromium makes its singleton socket's directory in TMPDIR and
+	// leaves it there when it is killed: give it one of the test's own,
+	// short (a socket's path holds at most 107 bytes), removed after it
+	tmp, err := os.MkdirTemp("", "chromium")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
 	opts := []chromedp.ExecAllocatorOption{
+		chromedp.Env("TMPDIR=" + tmp),
 		chromedp.ExecPath(exe),
 		chromedp.Headless,
 		chromedp.NoSandbox, // tests run as root
