@@ -94,6 +94,8 @@ func TestParseSSH(t *testing.T) {
 		{"ssh://vault/srv/floe/web1", SSHTarget{Host: "vault", Path: "/srv/floe/web1"}, "ssh -T -- vault floe serve --stdio --root '/srv/floe/web1'"},
 		{"ssh://root@10.0.0.1:2222/r", SSHTarget{User: "root", Host: "10.0.0.1", Port: "2222", Path: "/r"}, "ssh -T -p 2222 -- root@10.0.0.1 floe serve --stdio --root '/r'"},
 		{"ssh://[::1]:22/r", SSHTarget{Host: "::1", Port: "22", Path: "/r"}, "ssh -T -p 22 -- ::1 floe serve --stdio --root '/r'"},
+		// prints escaped, so that it parses back the same
+		{"ssh://h/a%25b", SSHTarget{Host: "h", Path: "/a%b"}, "ssh -T -- h floe serve --stdio --root '/a%b'"},
 	} {
 		got, err := ParseSSH(ok.in)
 		if err != nil || got != ok.want {
@@ -110,7 +112,7 @@ func TestParseSSH(t *testing.T) {
 	// nothing that a remote shell would interpret, no options, no password
 	for _, bad := range []string{"ssh://h", "ssh://h/", "ssh://h/a'b", "ssh://h/a;rm", "ssh://h/$(x)", "ssh://h/a b",
 		"ssh://-oProxyCommand=x/r", "ssh://-l@h/r", "ssh://u:secret@h/r", "ssh://h/r?x=1", "ssh:///r", "ssh://h/`x`",
-		"ssh://:/r", "ssh://u@:22/r", "ssh://::/r"} {
+		"ssh://:/r", "ssh://u@:22/r", "ssh://::/r", "ssh://%80@h/r", "ssh://h/%ff"} {
 		if _, err := ParseSSH(bad); err == nil {
 			t.Errorf("ParseSSH(%q): no error", bad)
 		} else if strings.Contains(err.Error(), "secret") {

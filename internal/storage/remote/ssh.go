@@ -14,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // StdioRepo is the repository name in request paths over ssh: `floe
@@ -58,6 +59,9 @@ func ParseSSH(loc string) (SSHTarget, error) {
 	// the path and user go to a remote shell: plain characters only, so
 	// that quoting cannot be escaped
 	for _, s := range []string{t.Path, t.User, t.Host} {
+		if !utf8.ValidString(s) {
+			return SSHTarget{}, fmt.Errorf("repository location %q: not valid UTF-8 once its %%-escapes are decoded", shown)
+		}
 		for _, c := range s {
 			if c < 0x20 || c == 0x7f || strings.ContainsRune("'\"`$\\;&|<>(){}*?!#~ ", c) {
 				return SSHTarget{}, fmt.Errorf("repository location %q: character %q is not allowed in an ssh:// location", shown, c)
@@ -73,21 +77,21 @@ func ParseSSH(loc string) (SSHTarget, error) {
 }
 
 // String is the location without anything secret (there is nothing
-// secret in it: ssh authenticates with keys).
+// secret in it: ssh authenticates with keys), escaped as a URL so that it
+// parses back to the same target ("%" in a path, "@" in a user name).
 func (t SSHTarget) String() string {
-	s := "ssh://"
-	if t.User != "" {
-		s += t.User + "@"
-	}
-	if strings.Contains(t.Host, ":") {
-		s += "[" + t.Host + "]" // an IPv6 address, as it was given
-	} else {
-		s += t.Host
+	host := t.Host
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]" // an IPv6 address, as it was given
 	}
 	if t.Port != "" {
-		s += ":" + t.Port
+		host += ":" + t.Port
 	}
-	return s + t.Path
+	u := url.URL{Scheme: "ssh", Host: host, Path: t.Path}
+	if t.User != "" {
+		u.User = url.User(t.User)
+	}
+	return u.String()
 }
 
 // Command is the ssh command line that runs the server on the host:
