@@ -2,7 +2,6 @@ package packfile
 
 import (
 	"bytes"
-	"cmp"
 	"fmt"
 	"io"
 	"slices"
@@ -174,17 +173,7 @@ func CheckIndex(data []byte, open PackOpener) error {
 		if c := bytes.Compare(pa.ID[:], pb.ID[:]); c != 0 {
 			return c
 		}
-		ba, bb := &pa.Blobs[a.b], &pb.Blobs[b.b]
-		if c := cmp.Compare(ba.Offset, bb.Offset); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ba.Length, bb.Length); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(ba.Type, bb.Type); c != 0 {
-			return c
-		}
-		return bytes.Compare(ba.ID[:], bb.ID[:])
+		return CompareBlobs(pa.Blobs[a.b], pb.Blobs[b.b])
 	})
 	buf := make([]byte, copyBuf)
 	var (

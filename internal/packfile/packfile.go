@@ -6,6 +6,8 @@
 package packfile
 
 import (
+	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -77,6 +79,21 @@ type Blob struct {
 	ID     hash.ID `json:"id"`
 	Offset uint32  `json:"offset"`
 	Length uint32  `json:"length"`
+}
+
+// CompareBlobs orders the blobs of one pack by where they lie (offset,
+// then length), then by type and ID, so that equal entries sort together.
+func CompareBlobs(a, b Blob) int {
+	if c := cmp.Compare(a.Offset, b.Offset); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Length, b.Length); c != 0 {
+		return c
+	}
+	if c := cmp.Compare(a.Type, b.Type); c != 0 {
+		return c
+	}
+	return bytes.Compare(a.ID[:], b.ID[:])
 }
 
 const (

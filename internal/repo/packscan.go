@@ -8,8 +8,6 @@ package repo
 // range reading.)
 
 import (
-	"bytes"
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -115,18 +113,7 @@ const rangeGap = 64 << 10
 func (s *PackScanner) read(ctx context.Context, id hash.ID, blobs []PackedBlob, whole, hashPack bool, fn func(b PackedBlob, c []byte, err error) error) (ScanResult, error) {
 	hashPack = hashPack && whole
 	sorted := slices.Clone(blobs)
-	slices.SortFunc(sorted, func(a, b PackedBlob) int {
-		if c := cmp.Compare(a.Offset, b.Offset); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Length, b.Length); c != 0 {
-			return c
-		}
-		if c := cmp.Compare(a.Type, b.Type); c != 0 {
-			return c
-		}
-		return bytes.Compare(a.ID[:], b.ID[:])
-	})
+	slices.SortFunc(sorted, packfile.CompareBlobs)
 	sorted = slices.Compact(sorted)
 	h := storage.Handle{Type: storage.Pack, Name: id.String()}
 	if s.ranges == nil {
