@@ -12,6 +12,9 @@ import (
 // page (the zero page, then a copy on write) and flushes the other core's
 // TLB on the second fault.
 func TestDeriveKeyFaultsOncePerPage(t *testing.T) {
+	if raceDetector {
+		t.Skip("the race detector faults its shadow memory in as well")
+	}
 	p := DefaultKDFParams()
 	pages := int64(p.MemoryKiB) / 4
 	var before, after syscall.Rusage
