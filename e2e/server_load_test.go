@@ -238,9 +238,6 @@ func TestServerManyClients(t *testing.T) {
 		t.Logf("floe serve peak RSS with %d concurrent clients: %.1f MiB", clients, float64(ru.Maxrss)/1024)
 	}
 	t.Logf("wall time %v", time.Since(start))
-	if wall := time.Since(start); wall > time.Minute {
-		t.Errorf("the test took %v, want under a minute", wall)
-	}
 }
 
 // On a local repository, check compares snapshot times with now.
