@@ -68,6 +68,13 @@ echo "== go test"
 export FLOE_E2E_REQUIRE_SSHD=1
 go test -count=1 -timeout 20m ./...
 
+echo "== go test -race (unit tests)"
+# Restore, backup, the server and the agent are concurrent throughout.
+# The end-to-end tests are left out here (they take about 20 minutes
+# under the race detector on 2 cores); `go test -race ./e2e` builds the
+# floe under test with it too.
+go test -race -count=1 -timeout 30m ./internal/...
+
 echo "== fuzz (each target briefly)"
 fuzztime=${FUZZTIME:-4s}
 for pkg in $(go list ./...); do
