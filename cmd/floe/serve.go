@@ -294,7 +294,7 @@ Roles, combinable with commas: backup, restore, admin.`,
 	add.Flags().StringVar(&host, "host", "", "host `name` the token is for (shown in the audit log)")
 	add.Flags().StringVar(&roles, "role", "", "`roles`: backup, restore, admin (comma-separated)")
 	add.Flags().StringVar(&output, "output", "", "write the token to this new `file` (mode 0600) instead of standard output")
-	add.Flags().StringVar(&quota, "quota", "", "most bytes of new objects this token may store (`size`: 500MiB, 20G, ...; default none)")
+	add.Flags().StringVar(&quota, "quota", "", "most bytes of new objects this token may store, each counted in whole 4 KiB blocks (`size`: 500MiB, 20G, ...; default none)")
 
 	list := &cobra.Command{
 		Use:     "list",

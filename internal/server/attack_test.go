@@ -232,7 +232,7 @@ func memState(t *testing.T, b *countingBackend) string {
 func TestUploadBodyLies(t *testing.T) {
 	root, repos := fleetRoot(t)
 	s := startServer(t, repos, server.Options{Verifier: server.NewFormatVerifier(), SpoolDir: t.TempDir()})
-	tok, tk, err := s.tokens.AddWithQuota("fleet", "web1", server.RoleBackup, 1000)
+	tok, tk, err := s.tokens.AddWithQuota("fleet", "web1", server.RoleBackup, 2*server.ObjectBlock)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,11 +284,12 @@ func TestUploadBodyLies(t *testing.T) {
 	if got, err := os.ReadFile(filepath.Join(root, "fleet", "snapshots", name)); err != nil || !bytes.Equal(got, rec) {
 		t.Errorf("stored %q, %v", got, err)
 	}
-	if u := s.ledger.TokenUsage()[tk.ID]; u != int64(len(rec)) {
-		t.Errorf("usage %d after one upload of %d bytes", u, len(rec))
+	if u := s.ledger.TokenUsage()[tk.ID]; u != server.ObjectBlock {
+		t.Errorf("usage %d after one upload of %d bytes, want one block", u, len(rec))
 	}
-	// over the quota by one byte: 507 before the body is read
-	big := bytes.Repeat([]byte("q"), 1000-len(rec)+1)
+	// over the quota by one byte (two blocks where one is left): 507
+	// before the body is read
+	big := bytes.Repeat([]byte("q"), server.ObjectBlock+1)
 	if got := rawDo(t, addr, put(nameOf(big), fmt.Sprintf("Content-Length: %d\r\n", len(big)), big)); got != http.StatusInsufficientStorage {
 		t.Errorf("one byte over the quota: %d, want 507", got)
 	}

@@ -27,8 +27,23 @@ const (
 // quota (507).
 var ErrQuota = errors.New("quota exceeded")
 
-// Ledger keeps the quotas and what counts against them: the bytes of new
-// objects each token stored (persisted in usage.json, so that it survives
+// ObjectBlock is the unit in which quotas count an object: its size
+// rounded up to whole blocks, and at least one block, as a file system
+// stores it (du). Counted by their bytes alone, a `backup` token could
+// store millions of objects of a few bytes (snapshot records, which the
+// server cannot verify) within its quota, each costing the server a file
+// and an inode, and every client that lists snapshots a load; counted so,
+// a quota of Q bytes holds at most Q/4 KiB objects. Packs (16 MiB) count
+// at most 0.03% more than their bytes.
+const ObjectBlock = 4096
+
+// Charged is what an object of size bytes counts against quotas.
+func Charged(size int64) int64 {
+	return max(ObjectBlock, (size+ObjectBlock-1)/ObjectBlock*ObjectBlock)
+}
+
+// Ledger keeps the quotas and what counts against them (in whole blocks
+// per object, Charged): the bytes of new objects each token stored (persisted in usage.json, so that it survives
 // restarts; identical re-uploads do not count) and the bytes each
 // repository holds (counted by listing it the first time an upload needs
 // it, then kept up to date by saves and removes). An upload reserves its
@@ -173,23 +188,26 @@ func (l *Ledger) TokenUsage() map[string]int64 {
 	return out
 }
 
-// RepoSize counts the bytes stored in be.
+// RepoSize counts what the objects stored in be count against a quota
+// (Charged).
 func RepoSize(ctx context.Context, be storage.Backend) (int64, error) {
 	var n int64
 	if fi, err := be.Stat(ctx, storage.Handle{Type: storage.Config}); err == nil {
-		n += fi.Size
+		n += Charged(fi.Size)
 	}
 	for _, t := range storage.AllTypes {
-		if err := be.List(ctx, t, func(fi storage.FileInfo) error { n += fi.Size; return nil }); err != nil {
+		if err := be.List(ctx, t, func(fi storage.FileInfo) error { n += Charged(fi.Size); return nil }); err != nil {
 			return 0, err
 		}
 	}
 	return n, nil
 }
 
-// reserve books size bytes for an upload by tok to repo, or refuses it
-// with ErrQuota. done(created) ends the reservation; created uploads count.
+// reserve books an upload of size bytes by tok to repo (what it counts,
+// Charged), or refuses it with ErrQuota. done(created) ends the
+// reservation; created uploads count.
 func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, repo string, size int64) (func(created bool), error) {
+	size = Charged(size)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err := l.reloadQuotasLocked(); err != nil {
@@ -206,11 +224,11 @@ func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, rep
 		l.repoUsed[repo] = n
 	}
 	if tok.Quota > 0 && l.tokenUsed[tok.ID]+l.reservedTok[tok.ID]+size > tok.Quota {
-		return nil, fmt.Errorf("%w: token %s (host %s) has stored %s of its quota of %s; this upload is %s",
+		return nil, fmt.Errorf("%w: token %s (host %s) has stored %s of its quota of %s; this upload counts %s",
 			ErrQuota, tok.ID, tok.Host, FormatSize(l.tokenUsed[tok.ID]+l.reservedTok[tok.ID]), FormatSize(tok.Quota), FormatSize(size))
 	}
 	if used, known := l.repoUsed[repo]; known && rq > 0 && used+l.reservedRepo[repo]+size > rq {
-		return nil, fmt.Errorf("%w: repository %s holds %s of its quota of %s; this upload is %s",
+		return nil, fmt.Errorf("%w: repository %s holds %s of its quota of %s; this upload counts %s",
 			ErrQuota, repo, FormatSize(used+l.reservedRepo[repo]), FormatSize(rq), FormatSize(size))
 	}
 	l.reservedTok[tok.ID] += size
@@ -235,12 +253,12 @@ func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, rep
 	}, nil
 }
 
-// removed records that size bytes left repo.
+// removed records that an object of size bytes left repo.
 func (l *Ledger) removed(repo string, size int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, known := l.repoUsed[repo]; known {
-		l.repoUsed[repo] -= size
+		l.repoUsed[repo] -= Charged(size)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -27,8 +28,11 @@ func TestParseSize(t *testing.T) {
 
 // Token and repository quotas refuse an upload before any byte is stored,
 // with a clear error; identical re-uploads do not count; removes free
-// repository quota; token usage survives a restart of the ledger.
+// repository quota; token usage survives a restart of the ledger. Objects
+// count in whole blocks (server.Charged), so that a host cannot store
+// millions of tiny objects within a byte quota.
 func TestQuotas(t *testing.T) {
+	const block = server.ObjectBlock
 	ctx := context.Background()
 	root := t.TempDir()
 	repos, err := server.NewRootDir(root)
@@ -42,7 +46,7 @@ func TestQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, _, err := s.tokens.AddWithQuota("fleet", "small", server.RoleBackup, 1000)
+	small, _, err := s.tokens.AddWithQuota("fleet", "small", server.RoleBackup, 3*block)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,22 +55,22 @@ func TestQuotas(t *testing.T) {
 		d := bytes.Repeat([]byte{c}, n)
 		return d, storage.Handle{Type: storage.Pack, Name: nameOf(d)}
 	}
-	d1, h1 := obj('a', 600)
+	d1, h1 := obj('a', 600) // counts one block
 	if err := b.Save(ctx, h1, d1); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Save(ctx, h1, d1); !errors.Is(err, storage.ErrExist) {
 		t.Fatalf("identical: %v", err) // and it does not count
 	}
-	d2, h2 := obj('b', 401)
+	d2, h2 := obj('b', 2*block+1) // three blocks: one too many
 	err = b.Save(ctx, h2, d2)
-	if !errors.Is(err, remote.ErrQuota) || !errors.Is(err, storage.ErrDenied) || !strings.Contains(err.Error(), "quota of 1000 B") {
+	if !errors.Is(err, remote.ErrQuota) || !errors.Is(err, storage.ErrDenied) || !strings.Contains(err.Error(), "quota of 12.0 KiB") || !strings.Contains(err.Error(), "this upload counts 12.0 KiB") {
 		t.Fatalf("over the token quota: %v", err)
 	}
 	if _, err := admin.Stat(ctx, h2); !errors.Is(err, storage.ErrNotExist) {
 		t.Errorf("a refused upload was stored: %v", err)
 	}
-	d3, h3 := obj('c', 400)
+	d3, h3 := obj('c', 2*block)
 	if err := b.Save(ctx, h3, d3); err != nil {
 		t.Fatalf("exactly up to the quota: %v", err)
 	}
@@ -79,19 +83,44 @@ func TestQuotas(t *testing.T) {
 	for _, n := range l2.TokenUsage() {
 		used = max(used, n)
 	}
-	if used != 1000 {
-		t.Errorf("persisted usage %d, want 1000", used)
+	if used != 3*block {
+		t.Errorf("persisted usage %d, want %d", used, 3*block)
 	}
 
-	// a repository quota: the repository holds config + 1000 bytes
+	// An attacker's many tiny objects: snapshot records of a few bytes
+	// (the server cannot verify them) fit ten to a 40 KiB quota, not
+	// four thousand.
+	tinyTok, _, err := s.tokens.AddWithQuota("fleet", "tiny", server.RoleBackup, 10*block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tiny := s.client(t, "fleet", tinyTok)
+	stored := 0
+	for i := range 20 {
+		d := []byte(fmt.Sprintf("snapshot %02d", i))
+		err := tiny.Save(ctx, storage.Handle{Type: storage.Snapshot, Name: nameOf(d)}, d)
+		if errors.Is(err, remote.ErrQuota) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored++
+	}
+	if stored != 10 {
+		t.Errorf("%d tiny objects stored under a quota of 10 blocks, want 10", stored)
+	}
+
+	// a repository quota: the repository holds the config, d1, d3 and
+	// the ten tiny objects: 1 + 1 + 2 + 10 blocks
 	cfg := []byte("config")
 	if err := admin.Save(ctx, storage.Handle{Type: storage.Config}, cfg); err != nil {
 		t.Fatal(err)
 	}
-	if err := ledger.SetRepoQuota("fleet", 2000); err != nil {
+	if err := ledger.SetRepoQuota("fleet", 15*block); err != nil {
 		t.Fatal(err)
 	}
-	d4, h4 := obj('d', 995)
+	d4, h4 := obj('d', block+1) // two blocks
 	if err := admin.Save(ctx, h4, d4); !errors.Is(err, remote.ErrQuota) || !strings.Contains(err.Error(), "repository fleet") {
 		t.Fatalf("over the repository quota: %v", err)
 	}
@@ -105,10 +134,18 @@ func TestQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 1 || rs[0].Repo != "fleet" || rs[0].Bytes != int64(len(cfg))+400+995 || rs[0].Quota != 2000 {
+	if len(rs) != 1 || rs[0].Repo != "fleet" || rs[0].Bytes != 15*block || rs[0].Quota != 15*block {
 		t.Errorf("usage report repositories: %+v", rs)
 	}
-	if len(ts) != 2 {
+	if len(ts) != 3 {
 		t.Errorf("usage report tokens: %+v", ts)
+	}
+}
+
+func TestCharged(t *testing.T) {
+	for size, want := range map[int64]int64{0: 4096, 1: 4096, 4096: 4096, 4097: 8192, 16 << 20: 16 << 20, 16<<20 + 1: 16<<20 + 4096} {
+		if got := server.Charged(size); got != want {
+			t.Errorf("Charged(%d) = %d, want %d", size, got, want)
+		}
 	}
 }
