@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -20,6 +21,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/storage/remote"
 )
 
 // auditLines returns the audit log's records.
@@ -711,5 +713,48 @@ func TestTrickledUpload(t *testing.T) {
 	// 16 KiB every 20 ms (800 KiB/s): stored
 	if code, err := upload(bytes.Repeat([]byte("s"), 320<<10), 16<<10, 20*time.Millisecond); err != nil || code != http.StatusCreated {
 		t.Errorf("a steady upload: %d %v", code, err)
+	}
+}
+
+// A replay: a host that kept a copy of a snapshot record uploads it again
+// after forget removed it. Its backup token is refused (and nothing is
+// stored), whoever removed it; an admin may bring it back (floe import).
+func TestSnapshotReplayRefused(t *testing.T) {
+	ctx := context.Background()
+	root, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{})
+	admin := s.client(t, "fleet", s.token(t, "fleet", "admin"))
+	host := s.client(t, "fleet", s.token(t, "fleet", "backup"))
+	other := s.client(t, "fleet", s.token(t, "fleet", "backup"))
+	rec := []byte("a sealed snapshot record, kept by the host")
+	h := storage.Handle{Type: storage.Snapshot, Name: nameOf(rec)}
+	if err := host.Save(ctx, h, rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Save(ctx, h, rec); !errors.Is(err, storage.ErrExist) {
+		t.Fatalf("identical re-upload of a stored record: %v", err)
+	}
+	if err := admin.Remove(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	for name, b := range map[string]*remote.Backend{"the host": host, "another host": other} {
+		err := b.Save(ctx, h, rec)
+		if !errors.Is(err, remote.ErrForbidden) || !strings.Contains(err.Error(), "was removed on") {
+			t.Errorf("%s replays a removed record: %v", name, err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "fleet", "snapshots", h.Name)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a replayed record was stored: %v", err)
+	}
+	// other snapshot records still go in
+	rec2 := []byte("the next backup's record")
+	if err := host.Save(ctx, storage.Handle{Type: storage.Snapshot, Name: nameOf(rec2)}, rec2); err != nil {
+		t.Errorf("a new record after a refused replay: %v", err)
+	}
+	if err := admin.Save(ctx, h, rec); err != nil {
+		t.Fatalf("an admin brings a removed record back: %v", err)
+	}
+	if err := host.Save(ctx, h, rec); !errors.Is(err, storage.ErrExist) {
+		t.Errorf("identical re-upload once an admin restored it: %v", err)
 	}
 }

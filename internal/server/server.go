@@ -708,7 +708,7 @@ func (s *Server) save(q *request, route Route) {
 		defer m.uploading.Dec()
 	}
 	be, ok := s.backend(q, route)
-	if !ok {
+	if !ok || s.replayed(q, route) {
 		return
 	}
 	ctx := q.r.Context()

@@ -2,10 +2,12 @@ package server
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -121,6 +123,67 @@ func parseJournal(f interface{ Read([]byte) (int, error) }) (map[string]UploadRe
 		return nil, fmt.Errorf("upload journal: %w", err)
 	}
 	return m, nil
+}
+
+// removedAt tells whether the last record of name in the journal of
+// type t is its removal, and when that was.
+func (j *journal) removedAt(dir string, t storage.FileType, name string) (time.Time, bool, error) {
+	f, err := os.Open(journalFile(dir, t))
+	if errors.Is(err, fs.ErrNotExist) {
+		return time.Time{}, false, nil
+	}
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("upload journal: %w", err)
+	}
+	defer f.Close()
+	var last *UploadRecord
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		if !bytes.Contains(sc.Bytes(), []byte(name)) {
+			continue
+		}
+		var rec UploadRecord
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Name != name {
+			continue
+		}
+		last = &rec
+	}
+	if err := sc.Err(); err != nil {
+		return time.Time{}, false, fmt.Errorf("upload journal: %w", err)
+	}
+	if last == nil || !last.Removed {
+		return time.Time{}, false, nil
+	}
+	return last.Time, true, nil
+}
+
+// replayed refuses the upload of a snapshot record that was removed
+// before (forget), unless by an admin: a host that kept a copy of a
+// record (its own, or one it read) could otherwise bring it back after
+// forget, and prune would then keep what it references, or check report
+// the blobs a prune had already deleted. An admin may (floe import of an
+// export that holds it). Snapshot records are never made twice: each
+// holds its own time and tree.
+func (s *Server) replayed(q *request, route Route) bool {
+	if route.Handle.Type != storage.Snapshot || q.tok.Roles&RoleAdmin != 0 {
+		return false
+	}
+	dir := s.journalDir(route.Repo)
+	if dir == "" {
+		return false
+	}
+	when, removed, err := s.journal.removedAt(dir, storage.Snapshot, route.Handle.Name)
+	if err != nil {
+		s.storageError(q, err)
+		return true
+	}
+	if removed {
+		q.fail(s, http.StatusForbidden, CodeForbidden, fmt.Errorf("%s was removed on %s (forget); %s may not upload a removed snapshot record again",
+			route.Handle, when.UTC().Format(time.RFC3339), q.tok.Describe()))
+		return true
+	}
+	return false
 }
 
 // journalDir is the journal of repository repo, or "" when the server's
