@@ -29,8 +29,11 @@ import (
 
 // floeServer is a `floe serve` process serving e.root.
 type floeServer struct {
-	e           *floeEnv
-	root, addr  string
+	e          *floeEnv
+	root, addr string
+	// stateArgs name the server's state for `floe serve token` and the
+	// like: --root ROOT, or --state-dir DIR for one with --storage
+	stateArgs   []string
 	fingerprint string
 	metrics     string // URL of the metrics, with --metrics-listen
 	cmd         *exec.Cmd
@@ -54,7 +57,19 @@ func freePort(t *testing.T) string {
 // until it prints its fingerprint.
 func (e *floeEnv) startServer(root, addr string, extra ...string) *floeServer {
 	e.t.Helper()
-	cmd := exec.Command(floeBin, append([]string{"serve", "--root", root, "--listen", addr}, extra...)...)
+	return e.startServerWith([]string{"--root", root}, root, addr, extra...)
+}
+
+// startStorageServer starts `floe serve --storage storage --state-dir
+// state --listen addr`.
+func (e *floeEnv) startStorageServer(storage, state, addr string, extra ...string) *floeServer {
+	e.t.Helper()
+	return e.startServerWith([]string{"--state-dir", state}, "", addr, append([]string{"--storage", storage}, extra...)...)
+}
+
+func (e *floeEnv) startServerWith(stateArgs []string, root, addr string, extra ...string) *floeServer {
+	e.t.Helper()
+	cmd := exec.Command(floeBin, append(append([]string{"serve", "--listen", addr}, stateArgs...), extra...)...)
 	cmd.Env = e.environ()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -65,7 +80,7 @@ func (e *floeEnv) startServer(root, addr string, extra ...string) *floeServer {
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
-	s := &floeServer{e: e, root: root, addr: addr, cmd: cmd, done: make(chan error, 1)}
+	s := &floeServer{e: e, root: root, addr: addr, stateArgs: stateArgs, cmd: cmd, done: make(chan error, 1)}
 	lines := make(chan string)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -124,7 +139,7 @@ func (s *floeServer) stop(sig syscall.Signal) error {
 // token runs `floe serve token add` and writes the token to a 0600 file.
 func (s *floeServer) token(repo, host, role string) string {
 	s.e.t.Helper()
-	r := s.e.run("serve", "token", "add", "--root", s.root, "--repo", repo, "--host", host, "--role", role)
+	r := s.e.run(append(append([]string{"serve", "token", "add"}, s.stateArgs...), "--repo", repo, "--host", host, "--role", role)...)
 	expectCode(s.e.t, r, 0)
 	tok := strings.TrimSpace(r.stdout)
 	if !strings.HasPrefix(tok, "floe_") || strings.Contains(tok, "\n") {

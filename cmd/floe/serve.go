@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,22 +11,40 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
 type serveFlags struct {
-	root, stateDir string
+	root, stateDir, storage string
 }
 
 func (f *serveFlags) state() (string, error) {
 	switch {
 	case f.stateDir != "":
 		return f.stateDir, nil
+	case f.storage != "":
+		return "", usageError{errors.New("with --storage, give --state-dir DIR (tokens, quotas, audit log, certificate)")}
 	case f.root != "":
 		return server.StateDirFor(f.root), nil
 	}
 	return "", usageError{errors.New("give --root (or --state-dir)")}
+}
+
+// prefixRepos serves the repositories that are prefixes of --storage.
+func (f *serveFlags) prefixRepos(ctx context.Context) (*server.PrefixRepos, error) {
+	if f.root != "" {
+		return nil, usageError{errors.New("give --root DIR or --storage s3:..., not both")}
+	}
+	if !strings.HasPrefix(f.storage, "s3:") {
+		return nil, usageError{errors.New("--storage takes an S3 location: s3:https://HOST[:PORT]/BUCKET[/PREFIX]")}
+	}
+	open, where, err := location.S3Prefixes(ctx, f.storage)
+	if err != nil {
+		return nil, err
+	}
+	return server.NewPrefixRepos(where, open), nil
 }
 
 // makeState returns the state directory, made if missing: for the
@@ -66,6 +85,9 @@ func newServeCommand(g *globals) *cobra.Command {
 		Short: "Serve repositories to hosts over HTTPS (append-only credentials)",
 		Long: `Serve the repositories in the subdirectories of --root over HTTP/2 and TLS.
 Hosts reach them as -r https://HOST:PORT/REPO with a token (--token-file).
+With --storage s3:https://HOST/BUCKET[/PREFIX] (and --state-dir) the
+repositories are PREFIX/REPO of a bucket instead; several servers can stand
+in front of one bucket (give them one state directory).
 
 The server holds no keys: it moves encrypted objects. It checks that every
 uploaded object is named by the BLAKE3-256 of its bytes and never
@@ -97,6 +119,7 @@ output for one repository (--root is its directory) and one credential
 command in authorized_keys, so that the key can do only that:
   command="floe serve --stdio --root /srv/floe/web1 --role backup --host web1",restrict ssh-ed25519 AAAA...`,
 		Example: `  floe serve --root /srv/floe --listen :8443
+  floe serve --storage s3:https://s3.example.net/backups/floe --state-dir /var/lib/floe-serve --listen :8443
   floe serve --root /srv/floe --listen :8443 --metrics-listen 127.0.0.1:9464
   floe serve token add --root /srv/floe --repo fleet --host admin --role admin > admin.token
   floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
@@ -118,8 +141,8 @@ command in authorized_keys, so that the key can do only that:
 			// server holds without reading it back
 			cfg.Verifier = server.NewFormatVerifier()
 			if stdio {
-				if sf.root == "" {
-					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory)")}
+				if sf.root == "" || sf.storage != "" {
+					return usageError{errors.New("serve --stdio needs --root DIR (the repository's directory), not --storage")}
 				}
 				for _, name := range []string{"listen", "tls-cert", "tls-key", "tls-name", "metrics-listen"} {
 					if cmd.Flags().Changed(name) {
@@ -142,8 +165,23 @@ command in authorized_keys, so that the key can do only that:
 				return usageError{errors.New("--role and --host go with --stdio (tokens carry them otherwise)")}
 			}
 			cfg.Root, cfg.StateDir = sf.root, sf.stateDir
-			if cfg.Root == "" {
-				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository)")}
+			served := cfg.Root
+			switch {
+			case sf.storage != "":
+				if _, err := sf.state(); err != nil {
+					return err
+				}
+				if cfg.BufferedIO {
+					return usageError{errors.New("--buffered-io is for --root (a directory)")}
+				}
+				if cfg.Storage, err = sf.prefixRepos(cmd.Context()); err != nil {
+					return err
+				}
+				served = cfg.Storage.Where()
+			case cfg.Root == "":
+				return usageError{errors.New("serve needs --root DIR (one subdirectory per repository) or --storage s3:...")}
+			default:
+				served, _ = filepath.Abs(cfg.Root)
 			}
 			if err := ff.apply(&cfg); err != nil {
 				return err
@@ -154,8 +192,7 @@ command in authorized_keys, so that the key can do only that:
 				if created {
 					g.say("created a self-signed TLS certificate")
 				}
-				root, _ := filepath.Abs(cfg.Root)
-				g.say("serving repositories in %s on https://%s", root, addr)
+				g.say("serving repositories in %s on https://%s", served, addr)
 				g.say("certificate fingerprint: %s", fp)
 			}
 			return server.Run(cmd.Context(), cfg)
@@ -164,6 +201,7 @@ command in authorized_keys, so that the key can do only that:
 	f := c.Flags()
 	c.PersistentFlags().StringVar(&sf.root, "root", "", "directory holding one subdirectory per repository")
 	c.PersistentFlags().StringVar(&sf.stateDir, "state-dir", "", "tokens, audit log and certificate (default ROOT/.floe-server)")
+	c.PersistentFlags().StringVar(&sf.storage, "storage", "", "instead of --root: an S3 `location` s3:https://HOST[:PORT]/BUCKET[/PREFIX] whose PREFIX/REPO are the repositories (with --state-dir; several servers may share it)")
 	f.StringVar(&cfg.Listen, "listen", ":8443", "`address` to listen on (host:port)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "TLS certificate `file` (PEM; default: a self-signed one in the state directory)")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "TLS private key `file` (PEM)")
@@ -406,14 +444,24 @@ func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
 		Example: `  floe serve usage --root /srv/floe`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if sf.root == "" {
-				return usageError{errors.New("usage needs --root")}
+			if sf.root == "" && sf.storage == "" {
+				return usageError{errors.New("usage needs --root or --storage")}
 			}
 			state, err := sf.state()
 			if err != nil {
 				return err
 			}
-			repos, tokens, err := server.UsageReport(cmd.Context(), sf.root, state)
+			var repos []server.RepoUsage
+			var tokens []server.TokenUsageLine
+			if sf.storage != "" {
+				pr, perr := sf.prefixRepos(cmd.Context())
+				if perr != nil {
+					return perr
+				}
+				repos, tokens, err = server.UsageReportOf(cmd.Context(), pr, state)
+			} else {
+				repos, tokens, err = server.UsageReport(cmd.Context(), sf.root, state)
+			}
 			if err != nil {
 				return err
 			}

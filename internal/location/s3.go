@@ -161,3 +161,28 @@ func createS3(loc string) (storage.Backend, error) {
 	}
 	return b, nil
 }
+
+// S3Prefixes is, for floe serve --storage, the opener of the repositories
+// that are prefixes of the S3 location loc: repository NAME (already
+// checked by the server) is the repository at PREFIX/NAME. It checks that
+// the bucket is there, so that a wrong location fails at the start and
+// not at a host's first backup. where is the location without
+// credentials, for messages.
+func S3Prefixes(ctx context.Context, loc string) (open func(ctx context.Context, name string, create bool) (storage.Backend, error), where string, err error) {
+	base, err := ParseS3(loc)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := s3.CheckBucket(ctx, base); err != nil {
+		return nil, "", err
+	}
+	open = func(ctx context.Context, name string, create bool) (storage.Backend, error) {
+		cfg := base
+		cfg.Prefix = strings.TrimPrefix(base.Prefix+"/"+name, "/")
+		if create {
+			return s3.Create(ctx, cfg)
+		}
+		return s3.Open(ctx, cfg)
+	}
+	return open, base.URL(), nil
+}

@@ -30,15 +30,11 @@ func Accounting(ctx context.Context, repos Repositories, repo string) (StoredByU
 	if err != nil {
 		return out, fmt.Errorf("repository %s: %w", repo, err)
 	}
-	var dir string
-	if uj, ok := repos.(UploadJournals); ok {
-		dir = uj.UploadsDir(repo)
-	}
-	var j journal
+	j := journalOf(repos, repo, be, &journal{})
 	for _, t := range []storage.FileType{storage.Pack, storage.Index, storage.Snapshot, storage.Key} {
 		who := map[string]UploadRecord{}
-		if dir != "" {
-			if who, err = j.read(dir, t); err != nil {
+		if j != nil {
+			if who, err = j.read(ctx, t); err != nil {
 				return out, err
 			}
 		}

@@ -11,7 +11,7 @@ import (
 // Env is what a front end mounted beside the repository protocol (the
 // fleet API, the dashboard) gets of a running server.
 type Env struct {
-	Root, StateDir string
+	Root, StateDir string // Root: "" when the repositories are a storage location's prefixes (--storage)
 	Tokens         *TokenStore
 	Ledger         *Ledger
 	// Audit is the server's audit log (nil: none).

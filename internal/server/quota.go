@@ -319,6 +319,30 @@ func UsageReport(ctx context.Context, root, stateDir string) ([]RepoUsage, []Tok
 	if err != nil {
 		return nil, nil, err
 	}
+	entries, err := os.ReadDir(repos.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	var names []string
+	for _, e := range entries {
+		if e.IsDir() && ValidRepoName(e.Name()) == nil {
+			names = append(names, e.Name())
+		}
+	}
+	return usageReport(ctx, repos, names, stateDir)
+}
+
+// UsageReportOf is UsageReport for repositories that cannot be listed (a
+// bucket's prefixes, --storage): those that a token or a quota names.
+func UsageReportOf(ctx context.Context, repos Repositories, stateDir string) ([]RepoUsage, []TokenUsageLine, error) {
+	ts, err := OpenTokenStore(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := ts.List()
+	if err != nil {
+		return nil, nil, err
+	}
 	l, err := OpenLedger(stateDir)
 	if err != nil {
 		return nil, nil, err
@@ -327,24 +351,45 @@ func UsageReport(ctx context.Context, root, stateDir string) ([]RepoUsage, []Tok
 	if err != nil {
 		return nil, nil, err
 	}
-	entries, err := os.ReadDir(repos.dir)
+	seen := map[string]bool{}
+	var names []string
+	add := func(n string) {
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	for _, t := range list {
+		add(t.Repo)
+	}
+	for n := range quotas {
+		add(n)
+	}
+	return usageReport(ctx, repos, names, stateDir)
+}
+
+// usageReport is UsageReport of the repositories names of repos (names
+// that are not repositories are left out).
+func usageReport(ctx context.Context, repos Repositories, names []string, stateDir string) ([]RepoUsage, []TokenUsageLine, error) {
+	l, err := OpenLedger(stateDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	quotas, err := l.RepoQuotas()
 	if err != nil {
 		return nil, nil, err
 	}
 	var ru []RepoUsage
-	for _, e := range entries {
-		if !e.IsDir() || ValidRepoName(e.Name()) != nil {
-			continue
-		}
-		be, err := repos.Open(ctx, e.Name())
+	for _, name := range names {
+		be, err := repos.Open(ctx, name)
 		if err != nil {
 			continue // not a repository
 		}
 		n, err := RepoSize(ctx, be)
 		if err != nil {
-			return nil, nil, fmt.Errorf("repository %s: %w", e.Name(), err)
+			return nil, nil, fmt.Errorf("repository %s: %w", name, err)
 		}
-		ru = append(ru, RepoUsage{Repo: e.Name(), Bytes: n, Quota: quotas[e.Name()]})
+		ru = append(ru, RepoUsage{Repo: name, Bytes: n, Quota: quotas[name]})
 	}
 	ts, err := OpenTokenStore(stateDir)
 	if err != nil {

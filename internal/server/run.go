@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log"
 	"net"
@@ -16,7 +17,11 @@ import (
 
 // Config is what `floe serve` runs.
 type Config struct {
-	Root     string // one subdirectory per repository
+	Root string // one subdirectory per repository
+	// Storage, instead of Root: repositories that are prefixes of one
+	// storage location (floe serve --storage s3:...); StateDir is then
+	// required.
+	Storage  *PrefixRepos
 	StateDir string // tokens, audit log, self-signed certificate; default StateDirFor(Root)
 	Listen   string // host:port
 	TLSCert  string // certificate and key files; empty: self-signed in StateDir
@@ -85,16 +90,29 @@ const maxHeaderBytes = 64 << 10
 // accepting, lets requests in progress finish (an upload either completes
 // or leaves nothing), and returns nil.
 func Run(ctx context.Context, cfg Config) error {
-	if cfg.Root == "" {
+	var repos Repositories
+	var sweepRepos func()
+	envRoot := ""
+	switch {
+	case cfg.Storage != nil && cfg.Root != "":
+		return errors.New("serve: give --root or --storage, not both")
+	case cfg.Storage != nil:
+		if cfg.StateDir == "" {
+			return errors.New("serve --storage needs --state-dir DIR (tokens, audit log, certificate)")
+		}
+		repos, sweepRepos = cfg.Storage, cfg.Storage.Sweep
+	case cfg.Root != "":
+		rd, err := NewRootDir(cfg.Root)
+		if err != nil {
+			return err
+		}
+		rd.SetBufferedIO(cfg.BufferedIO)
+		if cfg.StateDir == "" {
+			cfg.StateDir = StateDirFor(rd.dir)
+		}
+		repos, sweepRepos, envRoot = rd, rd.Sweep, rd.dir
+	default:
 		return fmt.Errorf("serve: %w", ErrNoRoot)
-	}
-	repos, err := NewRootDir(cfg.Root)
-	if err != nil {
-		return err
-	}
-	repos.SetBufferedIO(cfg.BufferedIO)
-	if cfg.StateDir == "" {
-		cfg.StateDir = StateDirFor(repos.dir)
 	}
 	audit, spool, err := openState(cfg.StateDir, cfg.AuditLog)
 	if err != nil {
@@ -121,7 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	var handler http.Handler = h
 	if cfg.Mounts != nil {
-		mounts, err := cfg.Mounts(ctx, Env{Root: repos.dir, StateDir: cfg.StateDir, Tokens: tokens, Ledger: ledger, Audit: audit, Metrics: metrics.Registry(), Repos: repos})
+		mounts, err := cfg.Mounts(ctx, Env{Root: envRoot, StateDir: cfg.StateDir, Tokens: tokens, Ledger: ledger, Audit: audit, Metrics: metrics.Registry(), Repos: repos})
 		if err != nil {
 			return err
 		}
@@ -181,7 +199,7 @@ wait:
 		case err := <-errc:
 			return fmt.Errorf("serve: %w", err)
 		case <-sweep.C:
-			go repos.Sweep()
+			go sweepRepos()
 		case <-ctx.Done():
 			break wait
 		}

@@ -428,9 +428,9 @@ func (s *Server) list(q *request, route Route) {
 		return
 	}
 	if withUploads {
-		if dir := s.journalDir(route.Repo); dir != "" {
+		if j := journalOf(s.opts.Repos, route.Repo, be, &s.journal); j != nil {
 			var err error
-			if uploads, err = s.journal.read(dir, route.Handle.Type); err != nil {
+			if uploads, err = j.read(q.r.Context(), route.Handle.Type); err != nil {
 				s.storageError(q, err)
 				return
 			}
@@ -644,7 +644,7 @@ func (s *Server) remove(q *request, route Route) {
 	if size >= 0 {
 		s.opts.Ledger.removed(route.Repo, size)
 	}
-	s.recordUpload(q, route.Repo, route.Handle, true)
+	s.recordUpload(q, route.Repo, be, route.Handle, true)
 	q.w.WriteHeader(http.StatusNoContent)
 	q.done(s, http.StatusNoContent, "ok")
 }
@@ -708,7 +708,7 @@ func (s *Server) save(q *request, route Route) {
 		defer m.uploading.Dec()
 	}
 	be, ok := s.backend(q, route)
-	if !ok || s.replayed(q, route) {
+	if !ok || s.replayed(q, route, be) {
 		return
 	}
 	ctx := q.r.Context()
@@ -773,7 +773,7 @@ func (s *Server) save(q *request, route Route) {
 		return
 	}
 	created = true
-	s.recordUpload(q, route.Repo, h, false)
+	s.recordUpload(q, route.Repo, be, h, false)
 	q.w.Header().Set(HeaderResult, "created")
 	q.w.WriteHeader(http.StatusCreated)
 	q.done(s, http.StatusCreated, "ok")

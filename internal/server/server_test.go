@@ -73,9 +73,12 @@ type testServer struct {
 func startServer(t *testing.T, repos server.Repositories, opts server.Options) *testServer {
 	t.Helper()
 	state := t.TempDir()
-	tokens, err := server.OpenTokenStore(state)
-	if err != nil {
-		t.Fatal(err)
+	tokens := opts.Tokens // nil: a token store of its own
+	if tokens == nil {
+		var err error
+		if tokens, err = server.OpenTokenStore(state); err != nil {
+			t.Fatal(err)
+		}
 	}
 	audit, err := server.OpenAuditLog(filepath.Join(state, "audit.log"))
 	if err != nil {

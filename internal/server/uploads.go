@@ -3,13 +3,17 @@ package server
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -158,6 +162,132 @@ func (j *journal) removedAt(dir string, t storage.FileType, name string) (time.T
 	return last.Time, true, nil
 }
 
+// uploadJournal is where one repository's upload records are kept: a
+// file per type in a directory beside it (dirJournal, RootDir), or
+// marker objects beside its objects in a bucket (markerJournal).
+type uploadJournal interface {
+	append(ctx context.Context, t storage.FileType, rec UploadRecord) error
+	// read returns the current record of every object of type t that
+	// has one (none once removed).
+	read(ctx context.Context, t storage.FileType) (map[string]UploadRecord, error)
+	// removedAt tells whether name's last record is its removal.
+	removedAt(ctx context.Context, t storage.FileType, name string) (time.Time, bool, error)
+}
+
+type dirJournal struct {
+	j   *journal
+	dir string
+}
+
+func (d dirJournal) append(_ context.Context, t storage.FileType, rec UploadRecord) error {
+	return d.j.append(d.dir, t, rec)
+}
+
+func (d dirJournal) read(_ context.Context, t storage.FileType) (map[string]UploadRecord, error) {
+	return d.j.read(d.dir, t)
+}
+
+func (d dirJournal) removedAt(_ context.Context, t storage.FileType, name string) (time.Time, bool, error) {
+	return d.j.removedAt(d.dir, t, name)
+}
+
+// MarkerStore is a backend that keeps empty marker objects beside a
+// repository's layout, their keys under UploadsDirName/ (storage/s3): a
+// server whose repositories are prefixes of a bucket keeps its journal
+// there, so that several servers in front of one bucket agree.
+type MarkerStore interface {
+	PutMarker(ctx context.Context, rel string) error
+	ListMarkers(ctx context.Context, relPrefix string, fn func(rel string) error) error
+}
+
+// markerJournal keeps each record as the key of an empty object:
+// UploadsDirName/TYPE/NAME/TIME-RECORD, TIME the record's in nanoseconds
+// (20 digits, so that keys sort by it) and RECORD its JSON in base64url.
+// One listing of a type reads every record of it; an object never
+// changes, so servers that append at once never lose a record.
+type markerJournal struct{ m MarkerStore }
+
+func markerDir(t storage.FileType) string {
+	if t == storage.Config {
+		return UploadsDirName + "/config/"
+	}
+	return UploadsDirName + "/" + string(t) + "/"
+}
+
+func (mj markerJournal) append(ctx context.Context, t storage.FileType, rec UploadRecord) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	key := fmt.Sprintf("%s%s/%020d-%s", markerDir(t), rec.Name, rec.Time.UnixNano(), base64.RawURLEncoding.EncodeToString(b))
+	if err := mj.m.PutMarker(ctx, key); err != nil {
+		return fmt.Errorf("upload journal: %w", err)
+	}
+	return nil
+}
+
+// records calls fn with the records under prefix, oldest first; keys
+// that do not decode are skipped.
+func (mj markerJournal) records(ctx context.Context, prefix string, fn func(UploadRecord)) error {
+	var recs []UploadRecord
+	err := mj.m.ListMarkers(ctx, prefix, func(rel string) error {
+		_, enc, ok := strings.Cut(path.Base(rel), "-")
+		if !ok {
+			return nil
+		}
+		b, err := base64.RawURLEncoding.DecodeString(enc)
+		var rec UploadRecord
+		if err != nil || json.Unmarshal(b, &rec) != nil || rec.Name == "" || path.Base(path.Dir(rel)) != rec.Name {
+			return nil
+		}
+		recs = append(recs, rec)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("upload journal: %w", err)
+	}
+	// a listing is in key order: by name, then time; the records of one
+	// name are what matters, and those are in time order
+	for _, r := range recs {
+		fn(r)
+	}
+	return nil
+}
+
+func (mj markerJournal) read(ctx context.Context, t storage.FileType) (map[string]UploadRecord, error) {
+	m := map[string]UploadRecord{}
+	err := mj.records(ctx, markerDir(t), func(rec UploadRecord) {
+		if rec.Removed {
+			delete(m, rec.Name)
+		} else {
+			m[rec.Name] = rec
+		}
+	})
+	return m, err
+}
+
+func (mj markerJournal) removedAt(ctx context.Context, t storage.FileType, name string) (time.Time, bool, error) {
+	var last *UploadRecord
+	err := mj.records(ctx, markerDir(t)+name+"/", func(rec UploadRecord) { last = &rec })
+	if err != nil || last == nil || !last.Removed {
+		return time.Time{}, false, err
+	}
+	return last.Time, true, nil
+}
+
+// journalOf is repository repo's journal: a directory beside it when the
+// repositories keep one (RootDir), marker objects beside its objects when
+// its backend keeps those (a bucket prefix), else nil.
+func journalOf(repos Repositories, repo string, be storage.Backend, j *journal) uploadJournal {
+	if uj, ok := repos.(UploadJournals); ok {
+		return dirJournal{j, uj.UploadsDir(repo)}
+	}
+	if ms, ok := be.(MarkerStore); ok {
+		return markerJournal{ms}
+	}
+	return nil
+}
+
 // replayed refuses the upload of a snapshot record that was removed
 // before (forget), unless by an admin: a host that kept a copy of a
 // record (its own, or one it read) could otherwise bring it back after
@@ -165,15 +295,15 @@ func (j *journal) removedAt(dir string, t storage.FileType, name string) (time.T
 // the blobs a prune had already deleted. An admin may (floe import of an
 // export that holds it). Snapshot records are never made twice: each
 // holds its own time and tree.
-func (s *Server) replayed(q *request, route Route) bool {
+func (s *Server) replayed(q *request, route Route, be storage.Backend) bool {
 	if route.Handle.Type != storage.Snapshot || q.tok.Roles&RoleAdmin != 0 {
 		return false
 	}
-	dir := s.journalDir(route.Repo)
-	if dir == "" {
+	j := journalOf(s.opts.Repos, route.Repo, be, &s.journal)
+	if j == nil {
 		return false
 	}
-	when, removed, err := s.journal.removedAt(dir, storage.Snapshot, route.Handle.Name)
+	when, removed, err := j.removedAt(q.r.Context(), storage.Snapshot, route.Handle.Name)
 	if err != nil {
 		s.storageError(q, err)
 		return true
@@ -186,20 +316,11 @@ func (s *Server) replayed(q *request, route Route) bool {
 	return false
 }
 
-// journalDir is the journal of repository repo, or "" when the server's
-// repositories keep none.
-func (s *Server) journalDir(repo string) string {
-	if uj, ok := s.opts.Repos.(UploadJournals); ok {
-		return uj.UploadsDir(repo)
-	}
-	return ""
-}
-
 // recordUpload notes who stored h. A failure is reported, not fatal: the
 // object is stored; it shows as of unknown origin.
-func (s *Server) recordUpload(q *request, repo string, h storage.Handle, removed bool) {
-	dir := s.journalDir(repo)
-	if dir == "" {
+func (s *Server) recordUpload(q *request, repo string, be storage.Backend, h storage.Handle, removed bool) {
+	j := journalOf(s.opts.Repos, repo, be, &s.journal)
+	if j == nil {
 		return
 	}
 	name := h.Name
@@ -210,7 +331,7 @@ func (s *Server) recordUpload(q *request, repo string, h storage.Handle, removed
 	if !removed {
 		rec.Token, rec.Host = q.tok.ID, q.tok.Host
 	}
-	if err := s.journal.append(dir, h.Type, rec); err != nil {
+	if err := j.append(q.r.Context(), h.Type, rec); err != nil {
 		fmt.Fprintf(os.Stderr, "floe serve: repository %s: %s: %v\n", repo, h, err)
 	}
 }
