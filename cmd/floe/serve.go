@@ -481,9 +481,23 @@ func newServeUsageCommand(g *globals, sf *serveFlags) *cobra.Command {
 				return server.FormatSize(n)
 			}
 			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "REPOSITORY\tSTORED\tQUOTA")
+			fmt.Fprintln(tw, "REPOSITORY\tOBJECTS\tSTORED\tCOUNTED\tQUOTA")
 			for _, r := range repos {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", r.Repo, server.FormatSize(r.Bytes), quota(r.Quota))
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\n", r.Repo, r.Objects, server.FormatSize(r.Bytes), server.FormatSize(r.Counted), quota(r.Quota))
+			}
+			fmt.Fprintln(tw, "\nREPOSITORY\tHOST\tOBJECTS\tSTORED\tUPLOADED 24H\tUPLOADED 30D\tLAST WRITE")
+			for _, r := range repos {
+				for _, h := range r.Hosts {
+					host, last := ui.Sanitize(h.Host), "-"
+					if h.Host == "" {
+						host = "(not recorded)"
+					}
+					if h.LastWrite != nil {
+						last = h.LastWrite.UTC().Format("2006-01-02 15:04 UTC")
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", r.Repo, host, h.Objects, server.FormatSize(h.Bytes),
+						server.FormatSize(h.UploadedDay), server.FormatSize(h.UploadedMonth), last)
+				}
 			}
 			fmt.Fprintln(tw, "\nTOKEN\tREPO\tHOST\tSTORED\tQUOTA")
 			for _, t := range tokens {

@@ -296,11 +296,27 @@ func FormatSize(n int64) string {
 	return strconv.FormatInt(n, 10) + " B"
 }
 
-// RepoUsage is one line of `floe serve usage`.
+// RepoUsage is one repository of `floe serve usage`.
 type RepoUsage struct {
-	Repo  string `json:"repo"`
-	Bytes int64  `json:"bytes"`
-	Quota int64  `json:"quota,omitempty"`
+	Repo    string `json:"repo"`
+	Objects int64  `json:"objects"`
+	Bytes   int64  `json:"bytes"`
+	// Counted is what the objects count against the quota (Charged).
+	Counted int64       `json:"counted"`
+	Quota   int64       `json:"quota,omitempty"`
+	Hosts   []HostUsage `json:"hosts"`
+}
+
+// HostUsage is what one host (the host of the credentials that uploaded
+// them; "" for objects nobody recorded) stores in a repository and
+// uploaded lately.
+type HostUsage struct {
+	Host          string     `json:"host"`
+	Objects       int64      `json:"objects"`
+	Bytes         int64      `json:"bytes"`
+	UploadedDay   int64      `json:"uploaded_day"`
+	UploadedMonth int64      `json:"uploaded_month"`
+	LastWrite     *time.Time `json:"last_write,omitempty"`
 }
 
 // TokenUsageLine is one token's line of `floe serve usage`.
@@ -380,16 +396,34 @@ func usageReport(ctx context.Context, repos Repositories, names []string, stateD
 		return nil, nil, err
 	}
 	var ru []RepoUsage
+	now := time.Now()
 	for _, name := range names {
-		be, err := repos.Open(ctx, name)
-		if err != nil {
+		if _, err := repos.Open(ctx, name); err != nil {
 			continue // not a repository
 		}
-		n, err := RepoSize(ctx, be)
+		a, err := AccountingAt(ctx, repos, name, now)
 		if err != nil {
-			return nil, nil, fmt.Errorf("repository %s: %w", name, err)
+			return nil, nil, err
 		}
-		ru = append(ru, RepoUsage{Repo: name, Bytes: n, Quota: quotas[name]})
+		u := RepoUsage{Repo: name, Objects: a.Objects, Bytes: a.Bytes, Counted: a.Counted, Quota: quotas[name], Hosts: []HostUsage{}}
+		hosts := map[string]bool{}
+		for h := range a.ByHost {
+			hosts[h] = true
+		}
+		for h := range a.Uploads {
+			hosts[h] = true
+		}
+		for h := range hosts {
+			up := a.Uploads[h]
+			hu := HostUsage{Host: h, Objects: a.ObjectsByHost[h], Bytes: a.ByHost[h], UploadedDay: up.Day, UploadedMonth: up.Month}
+			if !up.Last.IsZero() {
+				last := up.Last
+				hu.LastWrite = &last
+			}
+			u.Hosts = append(u.Hosts, hu)
+		}
+		sort.Slice(u.Hosts, func(i, j int) bool { return u.Hosts[i].Host < u.Hosts[j].Host })
+		ru = append(ru, u)
 	}
 	ts, err := OpenTokenStore(stateDir)
 	if err != nil {

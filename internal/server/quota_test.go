@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
@@ -134,8 +135,29 @@ func TestQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rs) != 1 || rs[0].Repo != "fleet" || rs[0].Bytes != 15*block || rs[0].Quota != 15*block {
-		t.Errorf("usage report repositories: %+v", rs)
+	// stored: d3 and d4 (packs) and the ten records; counted against the
+	// quota: those in blocks, and the config
+	if len(rs) != 1 || rs[0].Repo != "fleet" || rs[0].Objects != 12 || rs[0].Bytes != 2*block+block+1+110 || rs[0].Counted != 15*block || rs[0].Quota != 15*block {
+		t.Fatalf("usage report repositories: %+v", rs)
+	}
+	// by host: what each stores now, and what it uploaded (d1 too,
+	// though removed since)
+	byHost := map[string]server.HostUsage{}
+	for _, h := range rs[0].Hosts {
+		byHost[h.Host] = h
+	}
+	if h := byHost["small"]; h.Objects != 1 || h.Bytes != 2*block || h.UploadedDay != 600+2*block || h.UploadedMonth != h.UploadedDay || h.LastWrite == nil {
+		t.Errorf("usage of host small: %+v", h)
+	}
+	if h := byHost["tiny"]; h.Objects != 10 || h.Bytes != 110 || h.UploadedDay != 110 {
+		t.Errorf("usage of host tiny: %+v", h)
+	}
+	later, err := server.AccountingAt(ctx, repos, "fleet", time.Now().Add(48*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u := later.Uploads["small"]; u.Day != 0 || u.Month != 600+2*block {
+		t.Errorf("uploads of small two days later: %+v", u)
 	}
 	if len(ts) != 3 {
 		t.Errorf("usage report tokens: %+v", ts)

@@ -48,6 +48,9 @@ type UploadRecord struct {
 	// Removed: the object was removed (prune, forget); a later upload
 	// of the same name starts a new record.
 	Removed bool `json:"removed,omitempty"`
+	// Size of an upload, in bytes (records from before November 30, 2026
+	// have none).
+	Size int64 `json:"size,omitempty"`
 }
 
 // UploadJournals is implemented by Repositories that keep a journal of
@@ -172,6 +175,9 @@ type uploadJournal interface {
 	read(ctx context.Context, t storage.FileType) (map[string]UploadRecord, error)
 	// removedAt tells whether name's last record is its removal.
 	removedAt(ctx context.Context, t storage.FileType, name string) (time.Time, bool, error)
+	// each calls fn with every record of type t, those of one name in
+	// the order they were written.
+	each(ctx context.Context, t storage.FileType, fn func(UploadRecord)) error
 }
 
 type dirJournal struct {
@@ -189,6 +195,29 @@ func (d dirJournal) read(_ context.Context, t storage.FileType) (map[string]Uplo
 
 func (d dirJournal) removedAt(_ context.Context, t storage.FileType, name string) (time.Time, bool, error) {
 	return d.j.removedAt(d.dir, t, name)
+}
+
+func (d dirJournal) each(_ context.Context, t storage.FileType, fn func(UploadRecord)) error {
+	f, err := os.Open(journalFile(d.dir, t))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("upload journal: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		var rec UploadRecord
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Name != "" {
+			fn(rec)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("upload journal: %w", err)
+	}
+	return nil
 }
 
 // MarkerStore is a backend that keeps empty marker objects beside a
@@ -252,6 +281,10 @@ func (mj markerJournal) records(ctx context.Context, prefix string, fn func(Uplo
 		fn(r)
 	}
 	return nil
+}
+
+func (mj markerJournal) each(ctx context.Context, t storage.FileType, fn func(UploadRecord)) error {
+	return mj.records(ctx, markerDir(t), fn)
 }
 
 func (mj markerJournal) read(ctx context.Context, t storage.FileType) (map[string]UploadRecord, error) {
@@ -329,7 +362,7 @@ func (s *Server) recordUpload(q *request, repo string, be storage.Backend, h sto
 	}
 	rec := UploadRecord{Name: name, Time: time.Now().UTC(), Removed: removed}
 	if !removed {
-		rec.Token, rec.Host = q.tok.ID, q.tok.Host
+		rec.Token, rec.Host, rec.Size = q.tok.ID, q.tok.Host, q.rec.Size
 	}
 	if err := j.append(q.r.Context(), h.Type, rec); err != nil {
 		fmt.Fprintf(os.Stderr, "floe serve: repository %s: %s: %v\n", repo, h, err)
