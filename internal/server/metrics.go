@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,38 @@ type Metrics struct {
 	bytesOut  *prometheus.CounterVec
 	refused   *prometheus.CounterVec
 	uploading prometheus.Gauge
+	lastWrite *prometheus.GaugeVec
+	// ledger, when set (SetLedger), gives the bytes each repository
+	// holds at every scrape
+	ledger atomic.Pointer[Ledger]
+}
+
+// repoBytesDesc is the gauge of what each repository holds.
+var repoBytesDesc = prometheus.NewDesc("floe_server_repository_bytes",
+	"Bytes each repository holds, counted as quotas count them (each object in whole 4 KiB blocks), for the repositories opened since the server started.",
+	[]string{"repo"}, nil)
+
+// repoCollector reads the ledger's repository sizes at a scrape.
+type repoCollector struct{ m *Metrics }
+
+func (c repoCollector) Describe(ch chan<- *prometheus.Desc) { ch <- repoBytesDesc }
+
+func (c repoCollector) Collect(ch chan<- prometheus.Metric) {
+	l := c.m.ledger.Load()
+	if l == nil {
+		return
+	}
+	for repo, v := range l.RepoUsage() {
+		ch <- prometheus.MustNewConstMetric(repoBytesDesc, prometheus.GaugeValue, float64(v[0]), repo)
+	}
+}
+
+// SetLedger makes the metrics report the repositories' sizes the ledger
+// keeps.
+func (m *Metrics) SetLedger(l *Ledger) {
+	if m != nil {
+		m.ledger.Store(l)
+	}
 }
 
 // NewMetrics returns the server's metrics in their own registry (plus the
@@ -29,8 +62,8 @@ func NewMetrics() *Metrics {
 	m := &Metrics{
 		reg: prometheus.NewRegistry(),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "floe_server_requests_total", Help: "Requests by operation and HTTP status.",
-		}, []string{"op", "status"}),
+			Name: "floe_server_requests_total", Help: "Requests by operation, the roles of their credential (none: not authenticated) and HTTP status.",
+		}, []string{"op", "role", "status"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "floe_server_request_duration_seconds", Help: "Time to answer a request, by operation.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
@@ -47,8 +80,11 @@ func NewMetrics() *Metrics {
 		uploading: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "floe_server_uploads_in_progress", Help: "Uploads being received.",
 		}),
+		lastWrite: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "floe_server_last_write_timestamp_seconds", Help: "When each host (of its credential) last stored a new object in a repository, since the server started (Unix time).",
+		}, []string{"repo", "host"}),
 	}
-	m.reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.refused, m.uploading,
+	m.reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.refused, m.uploading, m.lastWrite, repoCollector{m},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -69,13 +105,18 @@ func (m *Metrics) observe(q *request, start time.Time) {
 	default:
 		op = "invalid" // bounded label values: never the client's method
 	}
-	m.requests.WithLabelValues(op, strconv.Itoa(q.status)).Inc()
+	role := "none"
+	if q.tok.ID != "" {
+		role = q.tok.Roles.String()
+	}
+	m.requests.WithLabelValues(op, role, strconv.Itoa(q.status)).Inc()
 	m.duration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if q.code != "" && q.code != CodeInternal && q.status != http.StatusNotFound && q.status != http.StatusRequestedRangeNotSatisfiable {
 		m.refused.WithLabelValues(q.code).Inc()
 	}
 	if q.status == http.StatusCreated && Op(op) == OpSave {
 		m.bytesIn.WithLabelValues(q.rec.Repo).Add(float64(q.rec.Size))
+		m.lastWrite.WithLabelValues(q.rec.Repo, q.tok.Host).Set(float64(time.Now().Unix()))
 	}
 	if q.status == http.StatusOK && Op(op) == OpLoad {
 		m.bytesOut.WithLabelValues(q.rec.Repo).Add(float64(q.sent))

@@ -64,8 +64,9 @@ func withMounts(repos http.Handler, mounts []Mount) http.Handler {
 func (m *Metrics) Registry() prometheus.Registerer { return m.reg }
 
 // RepoUsage returns, for every repository whose size the ledger knows
-// (it learns it at the first upload after the server starts), the bytes
-// it holds and its quota (0: none).
+// (it learns it when a server with metrics first opens it, or at the
+// first upload after the server starts), what it holds (in whole blocks,
+// Charged) and its quota (0: none).
 func (l *Ledger) RepoUsage() map[string][2]int64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()

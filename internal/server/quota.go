@@ -59,6 +59,8 @@ type Ledger struct {
 	repoUsed     map[string]int64 // known repositories only
 	reservedTok  map[string]int64
 	reservedRepo map[string]int64
+	// counting: repositories whose count track has started
+	counting map[string]bool
 }
 
 type quotaFile struct {
@@ -68,7 +70,7 @@ type quotaFile struct {
 // OpenLedger opens the ledger in stateDir.
 func OpenLedger(stateDir string) (*Ledger, error) {
 	l := &Ledger{dir: stateDir, tokenUsed: map[string]int64{}, repoUsed: map[string]int64{},
-		reservedTok: map[string]int64{}, reservedRepo: map[string]int64{}}
+		reservedTok: map[string]int64{}, reservedRepo: map[string]int64{}, counting: map[string]bool{}}
 	b, err := os.ReadFile(filepath.Join(stateDir, UsageFile))
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("usage ledger: %w", err)
@@ -242,9 +244,7 @@ func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, rep
 			return
 		}
 		l.tokenUsed[tok.ID] += size
-		if _, known := l.repoUsed[repo]; known {
-			l.repoUsed[repo] += size
-		}
+		l.addLocked(repo, size)
 		// written at once (not fsynced): a crash loses at most the
 		// accounting of uploads whose rename did not reach the disk
 		if err := writeJSONFile(filepath.Join(l.dir, UsageFile), l.tokenUsed); err != nil {
@@ -257,9 +257,45 @@ func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, rep
 func (l *Ledger) removed(repo string, size int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.addLocked(repo, -Charged(size))
+}
+
+// addLocked adds n to what repo holds, if the ledger knows it.
+func (l *Ledger) addLocked(repo string, n int64) {
 	if _, known := l.repoUsed[repo]; known {
-		l.repoUsed[repo] -= Charged(size)
+		l.repoUsed[repo] += n
 	}
+}
+
+// track counts what repository repo holds, once, so that its size is
+// known (floe_server_repository_bytes) before an upload to it needs it.
+// The count runs in the background but under the ledger's lock, as an
+// upload's own first count does, so that no save or remove is missed or
+// counted twice: uploads wait for it (a listing of the repository, once
+// per repository and server start).
+func (l *Ledger) track(be storage.Backend, repo string) {
+	l.mu.Lock()
+	_, known := l.repoUsed[repo]
+	if known || l.counting[repo] {
+		l.mu.Unlock()
+		return
+	}
+	l.counting[repo] = true
+	l.mu.Unlock()
+	go func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		delete(l.counting, repo)
+		if _, known := l.repoUsed[repo]; known {
+			return
+		}
+		n, err := RepoSize(context.Background(), be)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "floe serve: repository %s: counting what it holds: %v\n", repo, err)
+			return
+		}
+		l.repoUsed[repo] = n
+	}()
 }
 
 var sizeUnits = []struct {

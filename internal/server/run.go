@@ -132,6 +132,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	metrics := NewMetrics()
+	metrics.SetLedger(ledger)
 	h, err := New(Options{Repos: repos, Tokens: tokens, Audit: audit, SpoolDir: spool, Ledger: ledger, Metrics: metrics, Verifier: cfg.Verifier,
 		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
 	if err != nil {

@@ -382,6 +382,9 @@ func (s *Server) backend(q *request, route Route) (storage.Backend, bool) {
 		s.storageError(q, fmt.Errorf("repository %s: %w", route.Repo, err))
 		return nil, false
 	}
+	if s.opts.Ledger != nil && s.opts.Metrics != nil {
+		s.opts.Ledger.track(be, route.Repo)
+	}
 	return be, true
 }
 
