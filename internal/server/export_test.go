@@ -2,6 +2,9 @@ package server
 
 import (
 	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
 	"time"
 )
 
@@ -11,6 +14,15 @@ func (s *Server) UploadsInProgress(id string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.uploads[id]
+}
+
+// ParseMarker is parseMarker for the fuzz test.
+var ParseMarker = parseMarker
+
+// MarkerKey is the key markerJournal writes for rec of type t.
+func MarkerKey(t string, rec UploadRecord) string {
+	b, _ := json.Marshal(rec)
+	return fmt.Sprintf("%s%s/%020d-%s", UploadsDirName+"/"+t+"/", rec.Name, rec.Time.UnixNano(), base64.RawURLEncoding.EncodeToString(b))
 }
 
 // ParseJournal is parseJournal for the fuzz test.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"path"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
@@ -135,6 +137,34 @@ func FuzzParseJournal(f *testing.F) {
 			if name == "" || rec.Name != name || rec.Removed {
 				t.Fatalf("record %q: %+v", name, rec)
 			}
+		}
+	})
+}
+
+// FuzzParseMarker: whatever keys a bucket lists under a repository's
+// upload markers (damaged, or written by whoever controls the storage),
+// decoding them neither panics nor yields a record without a name or
+// under another name's directory; a record written decodes to itself.
+func FuzzParseMarker(f *testing.F) {
+	n := strings.Repeat("b", 64)
+	rec := server.UploadRecord{Name: n, Token: "t", Host: "web1", Time: time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC), Size: 42}
+	f.Add(server.MarkerKey("snapshots", rec), "web1")
+	f.Add(".floe-uploads/snapshots/x/00000000000000000001-e30", "")
+	f.Add(".floe-uploads/snapshots/"+n+"/1-!!", "")
+	f.Fuzz(func(t *testing.T, key, host string) {
+		if got, ok := server.ParseMarker(key); ok {
+			if got.Name == "" || path.Base(path.Dir(key)) != got.Name {
+				t.Fatalf("key %q: record %+v", key, got)
+			}
+		}
+		if strings.ContainsAny(host, "/") || !utf8.ValidString(host) {
+			return // JSON keeps valid UTF-8 only, as tokens.json does
+		}
+		r := rec
+		r.Host = host
+		got, ok := server.ParseMarker(server.MarkerKey("index", r))
+		if !ok || got.Name != r.Name || got.Host != host || !got.Time.Equal(r.Time) || got.Size != r.Size {
+			t.Fatalf("record %+v came back as %+v, %v", r, got, ok)
 		}
 	})
 }

@@ -260,16 +260,9 @@ func (mj markerJournal) append(ctx context.Context, t storage.FileType, rec Uplo
 func (mj markerJournal) records(ctx context.Context, prefix string, fn func(UploadRecord)) error {
 	var recs []UploadRecord
 	err := mj.m.ListMarkers(ctx, prefix, func(rel string) error {
-		_, enc, ok := strings.Cut(path.Base(rel), "-")
-		if !ok {
-			return nil
+		if rec, ok := parseMarker(rel); ok {
+			recs = append(recs, rec)
 		}
-		b, err := base64.RawURLEncoding.DecodeString(enc)
-		var rec UploadRecord
-		if err != nil || json.Unmarshal(b, &rec) != nil || rec.Name == "" || path.Base(path.Dir(rel)) != rec.Name {
-			return nil
-		}
-		recs = append(recs, rec)
 		return nil
 	})
 	if err != nil {
@@ -281,6 +274,22 @@ func (mj markerJournal) records(ctx context.Context, prefix string, fn func(Uplo
 		fn(r)
 	}
 	return nil
+}
+
+// parseMarker decodes the record a marker's key holds; ok is false for
+// a key that is not one (anything the storage lists there, hostile or
+// damaged, is skipped).
+func parseMarker(rel string) (UploadRecord, bool) {
+	_, enc, ok := strings.Cut(path.Base(rel), "-")
+	if !ok {
+		return UploadRecord{}, false
+	}
+	b, err := base64.RawURLEncoding.DecodeString(enc)
+	var rec UploadRecord
+	if err != nil || json.Unmarshal(b, &rec) != nil || rec.Name == "" || path.Base(path.Dir(rel)) != rec.Name {
+		return UploadRecord{}, false
+	}
+	return rec, true
 }
 
 func (mj markerJournal) each(ctx context.Context, t storage.FileType, fn func(UploadRecord)) error {
