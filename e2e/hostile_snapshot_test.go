@@ -12,9 +12,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 )
 
@@ -50,5 +54,48 @@ func TestAttackHugeXattrList(t *testing.T) {
 		if !strings.Contains(res.stderr, "extended attributes: a tree holds at most") {
 			t.Errorf("floe %s: want the xattr bound named: %s", args[0], res)
 		}
+	}
+}
+
+// A file whose chunk sizes claim more than any chunk can hold (up to 4
+// GiB each; the chunker's maximum is 8 MiB): resuming a restore over a
+// file of that size, or a dry run, read it back in buffers of the claimed
+// size. Restore refuses the file before touching the target, and says why.
+func TestAttackChunkSizes(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	r := e.openInProcess()
+	data := []byte("a few bytes of content")
+	id := saveBlob(t, r, repo.DataBlob, data)
+	const claimed = 4<<30 - 1
+	sid := saveTree(t, r,
+		&snapshot.Node{Name: "big", Type: snapshot.TypeFile, Mode: 0o644, ModTime: time.Now(), Size: claimed,
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{claimed}},
+		&snapshot.Node{Name: "good", Type: snapshot.TypeFile, Mode: 0o644, ModTime: time.Now(), Size: uint64(len(data)),
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}},
+	)
+	target := e.mkdir("target")
+	// what a first restore, or anything else, left there: a file of the
+	// size the snapshot says (sparse: it costs nothing)
+	if err := os.WriteFile(filepath.Join(target, "big"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(filepath.Join(target, "big"), claimed); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"restore", sid, "--target", target, "-n"},
+		{"restore", sid, "--target", target, "--verify"},
+	} {
+		res := e.limited(args...)
+		if res.code != 3 || !strings.Contains(res.stderr, "big") || !strings.Contains(res.stderr, "larger than any chunk") {
+			t.Errorf("floe %s: want exit 3, big refused saying why: %s", strings.Join(args, " "), res)
+		}
+	}
+	if fi, err := os.Stat(filepath.Join(target, "big")); err != nil || fi.Size() != claimed {
+		t.Errorf("the refused file's predecessor was touched: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(target, "good")); err != nil || string(got) != string(data) {
+		t.Errorf("good: %q, %v", got, err)
 	}
 }

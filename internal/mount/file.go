@@ -54,12 +54,18 @@ func (n *fileNode) layout() (*layout, error) {
 	if n.n.Sparse {
 		l.hole = make([]bool, len(l.ids))
 	}
+	maxChunk := n.f.r.ChunkerParams().Max
 	for i, id := range l.ids {
 		loc, ok := idx.Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id.ID})
 		if !ok {
 			return nil, fmt.Errorf("%s: data blob %s: %w", n.name, id.Short(), repo.ErrBlobNotFound)
 		}
 		size := n.n.ChunkSizes[i]
+		if size > maxChunk {
+			// a damaged or hostile tree: zeroID would hash (and
+			// allocate) that many zeros, up to 4 GiB per size
+			return nil, fmt.Errorf("%s: a chunk of %d bytes, larger than any chunk (%d): damaged tree", n.name, size, maxChunk)
+		}
 		l.off[i+1] = l.off[i] + int64(size)
 		// Holes are stored as blobs of zeros, which compress to almost
 		// nothing: only such blobs are worth hashing zeros for.

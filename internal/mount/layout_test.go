@@ -187,3 +187,36 @@ func TestBlobCache(t *testing.T) {
 		t.Errorf("get of a missing blob succeeded")
 	}
 }
+
+// A sparse file whose tree claims a chunk longer than any chunk: its
+// layout (every stat of the file) hashed that many zeros, allocating them
+// (up to 4 GiB per distinct size, under the lock every stat takes). It is
+// a damaged file instead.
+func TestLayoutRefusesHugeChunks(t *testing.T) {
+	r, _ := testutil.NewRepo(t)
+	ctx := context.Background()
+	data := []byte("a few bytes")
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fsys{r: r, zeroIDs: map[uint32]hash.ID{}, errShown: map[string]bool{}}
+	huge := r.ChunkerParams().Max + 1
+	n := &fileNode{entry: entry{f: f, n: &snapshot.Node{Name: "f", Type: snapshot.TypeFile, Sparse: true,
+		Size: uint64(huge), Content: []hash.Ref{id}, ChunkSizes: []uint32{huge}}}, name: "ids/x/f"}
+	if _, err := n.layout(); err == nil || !strings.Contains(err.Error(), "larger than any chunk") {
+		t.Fatalf("layout of a chunk of %d bytes: %v, want refused", huge, err)
+	}
+	if len(f.zeroIDs) != 0 {
+		t.Errorf("hashed zeros for the claimed size")
+	}
+	ok := &fileNode{entry: entry{f: f, n: &snapshot.Node{Name: "g", Type: snapshot.TypeFile,
+		Size: uint64(len(data)), Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}}}, name: "ids/x/g"}
+	if _, err := ok.layout(); err != nil {
+		t.Fatal(err)
+	}
+}

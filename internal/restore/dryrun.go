@@ -153,6 +153,13 @@ func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir 
 			continue
 		}
 		any = true
+		if n.Type == snapshot.TypeFile {
+			// as restore would refuse it, before reading anything back
+			if err := checkContent(n, d.r.ChunkerParams().Max); err != nil {
+				d.res.Errors = append(d.res.Errors, fmt.Errorf("restore %s: %w", rel, err))
+				continue
+			}
+		}
 		d.entry(rel, n)
 	}
 	if del && d.root != nil {

@@ -602,6 +602,13 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			continue
 		}
 		any = true
+		if n.Type == snapshot.TypeFile {
+			// before anything in the target is touched for it
+			if err := checkContent(n, rs.r.ChunkerParams().Max); err != nil {
+				rs.fail(fmt.Errorf("restore %s: %w", rel, err))
+				continue
+			}
+		}
 		var existing, keep bool
 		if !rs.fresh[relDir] {
 			var err error
@@ -644,6 +651,27 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		}
 	}
 	return any
+}
+
+// checkContent refuses a file whose chunks cannot be its content, as a
+// damaged or hostile tree can say: chunk sizes that do not add up to its
+// size (the file would be cut short or padded, and a size far beyond the
+// content would make restore create, and for sparse files hash, that
+// much), or a chunk longer than any the repository's chunker makes (a
+// resumed restore, --verify and --dry-run read files back in buffers of
+// a chunk's size: up to 4 GiB each).
+func checkContent(n *snapshot.Node, maxChunk uint32) error {
+	var sum uint64
+	for _, size := range n.ChunkSizes {
+		if size > maxChunk {
+			return fmt.Errorf("%w: a chunk of %d bytes, larger than any chunk (%d); not restored", ErrSizeMismatch, size, maxChunk)
+		}
+		sum += uint64(size)
+	}
+	if len(n.ChunkSizes) != len(n.Content) || sum != n.Size {
+		return fmt.Errorf("%w: the snapshot says %d bytes but its content holds %d; not restored", ErrSizeMismatch, n.Size, sum)
+	}
+	return nil
 }
 
 // hard links are made after the first copy's content is written.
@@ -964,14 +992,6 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 				break
 			}
 			off += int64(job.node.ChunkSizes[i])
-		}
-		if !missing && uint64(off) != job.node.Size {
-			// A damaged or hostile tree: the file would be cut short or
-			// padded, and a size far beyond the content would make restore
-			// create (and, for sparse files, hash) that much.
-			rs.fail(fmt.Errorf("restore %s: %w: the snapshot says %d bytes but its content holds %d; not restored",
-				job.rel, ErrSizeMismatch, job.node.Size, off))
-			missing = true
 		}
 		if missing {
 			f.pending.Store(1)
