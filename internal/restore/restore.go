@@ -436,6 +436,9 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if opts.Delete {
 		rs.deleteExtra()
 	}
+	if testHookAfterPlan != nil {
+		testHookAfterPlan(opts.Target)
+	}
 	rs.skipIdentical(ctx)
 	rs.restoreFiles(ctx)
 	// Directory metadata last, deepest first: writing into a directory
@@ -457,6 +460,12 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	}
 	return &rs.res, ctx.Err()
 }
+
+// testHookAfterPlan, when set (by tests), is called with the target once
+// the plan has made directories and special files, before any file is
+// read back or written: what a case-insensitive directory would have made
+// of two names of the snapshot, tests make there.
+var testHookAfterPlan func(target string)
 
 // checkOptions fills in the default overwrite mode, rejects an unknown one
 // and compiles the include and exclude patterns: Run and DryRun must agree
@@ -1301,13 +1310,14 @@ func (f *openFile) open(direct bool) error {
 		if err == nil {
 			f.created.Mode = f.createMode
 		} else if errors.Is(err, unix.EEXIST) {
-			// something is there after all (a name twice in a damaged
-			// tree): replaced as in a directory restore did not make
-			f.excl = false
+			// Only this restore puts anything in a directory it made:
+			// another name of the snapshot is this one here (a
+			// case-insensitive directory takes "A" and "a" for one),
+			// and what it made may be a FIFO or a device node.
+			err = errCollision
 		}
-	}
-	if !f.excl {
-		fd, err = unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	} else {
+		fd, err = openRegular(f.dirFd, name)
 	}
 	if err == nil && f.job.node.Sparse && f.job.node.Size > 0 {
 		if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
@@ -1322,6 +1332,42 @@ func (f *openFile) open(direct bool) error {
 		f.dw = newDirectFile(fd, int64(f.job.node.Size))
 	}
 	return nil
+}
+
+// errCollision: something appeared at a file's name after restore cleared
+// the way (prepareEntry) or in a directory it made.
+var errCollision = errors.New("something else is there now: another name of the snapshot was restored as this one (a case-insensitive directory?); not overwritten")
+
+// openRegular opens name in dirFd for writing, emptied, or creates it. It
+// opens nothing but a regular file: a FIFO there (its open would wait for a
+// reader forever) or a device node (a write would go to the device) is
+// refused without being opened. Either can be there although restore
+// cleared the way: when the snapshot has another name that this directory
+// takes for the same one (case-insensitive directories), restore made
+// that entry meanwhile.
+func openRegular(dirFd int, name string) (int, error) {
+	fd, err := unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if !errors.Is(err, unix.EEXIST) {
+		return fd, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirFd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return -1, errCollision
+	}
+	// O_NONBLOCK: should a FIFO have replaced it since, the open fails
+	// rather than waits (it changes nothing for a regular file)
+	fd, err = unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, errCollision
+	}
+	return fd, nil
 }
 
 // prepareCreate decides, for a file created in a directory this restore
@@ -1460,13 +1506,19 @@ func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 	var f *os.File
 	err := rs.inParent(job.rel, func(dir *os.Root, name string) error {
 		var err error
-		f, err = dir.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		// O_NONBLOCK: a FIFO at the name (see openRegular) must not
+		// make the open wait for a writer
+		f, err = dir.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 		return err
 	})
 	if err != nil {
 		return buf, fmt.Errorf("verify %s: %w", job.rel, err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		// a device node or FIFO: never read
+		return buf, fmt.Errorf("verify %s: not a regular file", job.rel)
+	}
 	var off int64
 	var zeroKeys map[uint32]hash.ID
 	if job.node.Sparse {
