@@ -9,13 +9,17 @@ package e2e
 // (docs/SECURITY.md "A hostile snapshot").
 
 import (
+	"archive/tar"
 	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -97,5 +101,191 @@ func TestAttackChunkSizes(t *testing.T) {
 	}
 	if got, err := os.ReadFile(filepath.Join(target, "good")); err != nil || string(got) != string(data) {
 		t.Errorf("good: %q, %v", got, err)
+	}
+}
+
+// Names, link targets and owner names of a snapshot are the writer's
+// choice: escape sequences (ESC, the C1 CSI, OSC to retitle the terminal),
+// carriage returns and newlines in them must reach no output raw, so
+// that they can neither drive the admin's terminal nor forge a line.
+func TestAttackHostileTreeStringsEscaped(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	r := e.openInProcess()
+	data := []byte("content")
+	id := saveBlob(t, r, repo.DataBlob, data)
+	now := time.Now()
+	file := func(name string) *snapshot.Node {
+		return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: 0o644, ModTime: now, Size: uint64(len(data)),
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))},
+			User: "u\x1b[31m\nFORGED user", Group: "g\rFORGED group"}
+	}
+	sid1 := saveTree(t, r, file("plain"))
+	nodes := []*snapshot.Node{
+		file("plain"),
+		file("esc\x1b[2J\x1b]0;owned\x07"),
+		file("cr\rFORGED cr"),
+		file("nl\nFORGED nl"),
+		file("csi\u009b31m"),
+		&snapshot.Node{Name: "link\nFORGED link", Type: snapshot.TypeSymlink, ModTime: now, LinkTarget: "t\x1b]0;title\x07\nFORGED target"},
+		// a socket: dump skips it with a warning that names it
+		&snapshot.Node{Name: "sock\nFORGED sock\x1b[2J", Type: snapshot.TypeSocket, Mode: 0o600, ModTime: now},
+	}
+	sid2 := saveTree(t, r, nodes...)
+	// a device number no system has: restore reports it by name (and
+	// dump refuses the snapshot: tar cannot hold it)
+	sid3 := saveTree(t, r, append(nodes, &snapshot.Node{Name: "dev\nFORGED dev\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 40})...)
+	target := e.path("target")
+	for _, args := range [][]string{
+		{"ls", "-l", sid3},
+		{"ls", sid3},
+		{"find", "*"},
+		{"diff", sid1, sid3},
+		{"restore", sid3, "--target", target, "-n", "-v"},
+		{"restore", sid3, "--target", target},
+		{"dump", sid2 + ":/", "--output", e.path("out.tar")},
+		{"dump", sid3 + ":/", "--output", e.path("out.tar")},
+	} {
+		res := e.floe(args...)
+		out := res.stdout + res.stderr
+		if strings.Contains(out, "panic") {
+			t.Errorf("floe %s panicked: %s", args[0], res)
+		}
+		if i := strings.IndexAny(out, "\x1b\r\u009b\x07"); i >= 0 {
+			t.Errorf("floe %s: a raw control character at %d: %q", strings.Join(args, " "), i, out)
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "FORGED") {
+				t.Errorf("floe %s: a name forged the line %q:\n%s", strings.Join(args, " "), line, res)
+			}
+		}
+	}
+}
+
+// A snapshot written to harm whoever restores it as root: a symlink out of
+// the target, hard links to it, to a FIFO and to a device node, a setuid
+// root file, file capabilities, a socket. Restore (with --verify, resumed,
+// with --overwrite always --delete) writes nothing outside the target,
+// never blocks on the FIFO, and restores what docs/SECURITY.md ("A
+// hostile snapshot") says it does: special files, setuid bits and
+// capabilities as backed up, in a target it creates mode 0700. dump
+// writes relative names, hard links to names inside the archive.
+func TestAttackHostileTreeRestoreAsRoot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: device nodes, owners, capabilities")
+	}
+	e := newEnv(t)
+	e.init()
+	r := e.openInProcess()
+	outside := e.mkdir("outside")
+	sentinel := filepath.Join(outside, "sentinel")
+	if err := os.WriteFile(sentinel, []byte("outside"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("#!/bin/sh\necho pwned\n")
+	id := saveBlob(t, r, repo.DataBlob, data)
+	now := time.Now()
+	file := func(name string, mode uint32, links, inode uint64) *snapshot.Node {
+		return &snapshot.Node{Name: name, Type: snapshot.TypeFile, Mode: mode, ModTime: now, Size: uint64(len(data)),
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}, Links: links, Inode: inode, Device: 1}
+	}
+	// CAP_NET_RAW, effective: struct vfs_cap_data, revision 2
+	capability := []byte{0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+	capFile := file("cap", 0o755, 1, 0)
+	capFile.Xattrs = []snapshot.Xattr{{Name: "security.capability", Value: capability}, {Name: "trusted.floe", Value: []byte("x")}}
+	sub, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: []*snapshot.Node{file("passwd", 0o644, 1, 0)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	subID := saveBlob(t, r, repo.TreeBlob, sub)
+	sid := saveTree(t, r,
+		// a symlink out, then a hard link to it, a directory whose name
+		// sorts after it, and a file through it are all inside
+		&snapshot.Node{Name: "a", Type: snapshot.TypeSymlink, ModTime: now, LinkTarget: outside, Links: 2, Inode: 11, Device: 1},
+		file("a-link", 0o644, 2, 11),
+		&snapshot.Node{Name: "etc", Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: subID},
+		capFile,
+		&snapshot.Node{Name: "dev", Type: snapshot.TypeCharDev, Mode: 0o666, ModTime: now, Rdev: uint64(unix.Mkdev(1, 3)), Links: 2, Inode: 12, Device: 1},
+		file("dev-link", 0o644, 2, 12),
+		&snapshot.Node{Name: "fifo", Type: snapshot.TypeFIFO, Mode: 0o644, ModTime: now, Links: 2, Inode: 10, Device: 1},
+		file("fifo-link", 0o644, 2, 10),
+		&snapshot.Node{Name: "sock", Type: snapshot.TypeSocket, Mode: 0o777, ModTime: now},
+		&snapshot.Node{Name: "suid", Type: snapshot.TypeFile, Mode: 0o4755, ModTime: now, Size: uint64(len(data)),
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}},
+	)
+	target := e.path("target")
+	for _, args := range [][]string{
+		{"restore", sid, "--target", target, "--verify"},
+		{"restore", sid, "--target", target, "--verify"}, // resumed over itself
+		{"restore", sid, "--target", target, "--overwrite", "always", "--delete"},
+	} {
+		res := e.limited(args...)
+		expectCode(t, res, 0)
+	}
+	if b, err := os.ReadFile(sentinel); err != nil || string(b) != "outside" {
+		t.Errorf("sentinel: %q, %v", b, err)
+	}
+	if entries, _ := os.ReadDir(outside); len(entries) != 1 {
+		t.Errorf("restore wrote %d entries outside", len(entries)-1)
+	}
+	lstat := func(name string) *unix.Stat_t {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(target, name), &st); err != nil {
+			t.Fatal(err)
+		}
+		return &st
+	}
+	if st := lstat("."); st.Mode&0o7777 != 0o700 {
+		t.Errorf("target created mode %o, want 0700", st.Mode&0o7777)
+	}
+	for name, typ := range map[string]uint32{"a-link": unix.S_IFLNK, "fifo-link": unix.S_IFIFO, "dev-link": unix.S_IFCHR, "etc/passwd": unix.S_IFREG} {
+		if st := lstat(name); st.Mode&unix.S_IFMT != typ {
+			t.Errorf("%s: type %o, want %o", name, st.Mode&unix.S_IFMT, typ)
+		}
+	}
+	if st := lstat("dev"); st.Rdev != unix.Mkdev(1, 3) || st.Mode&0o7777 != 0o666 {
+		t.Errorf("dev: rdev %x mode %o", st.Rdev, st.Mode&0o7777)
+	}
+	if st := lstat("suid"); st.Mode&0o7777 != 0o4755 || st.Uid != 0 {
+		t.Errorf("suid: mode %o uid %d, want 4755 root (restored as backed up)", st.Mode&0o7777, st.Uid)
+	}
+	for _, x := range capFile.Xattrs {
+		buf := make([]byte, 64)
+		n, err := unix.Lgetxattr(filepath.Join(target, "cap"), x.Name, buf)
+		if err != nil || string(buf[:n]) != string(x.Value) {
+			t.Errorf("cap: %s %x, %v; want it restored as backed up", x.Name, buf[:max(n, 0)], err)
+		}
+	}
+	if _, err := os.Lstat(filepath.Join(target, "sock")); !os.IsNotExist(err) {
+		t.Errorf("a socket was made: %v", err)
+	}
+
+	// the tar of it: relative names, hard links to names inside
+	res := e.ok("dump", sid+":/", "--output", e.path("out.tar"))
+	f, err := os.Open(e.path("out.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	names := map[string]bool{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%v: %s", err, res)
+		}
+		if !filepath.IsLocal(h.Name) {
+			t.Errorf("tar name %q is not local", h.Name)
+		}
+		if h.Typeflag == tar.TypeLink && !names[h.Linkname] {
+			t.Errorf("hard link %s -> %q: not an earlier entry", h.Name, h.Linkname)
+		}
+		names[strings.TrimSuffix(h.Name, "/")] = true
+	}
+	if !names["etc/passwd"] || !names["fifo-link"] {
+		t.Errorf("tar entries: %v", names)
 	}
 }
