@@ -260,8 +260,36 @@ func TestAttackHostileTreeRestoreAsRoot(t *testing.T) {
 		t.Errorf("a socket was made: %v", err)
 	}
 
+	// --untrusted: none of it
+	untrusted := e.path("untrusted")
+	res := e.limited("restore", sid, "--target", untrusted, "--untrusted", "--verify")
+	expectCode(t, res, 0)
+	if !strings.Contains(res.stdout, "of 3 entries (--untrusted)") {
+		t.Errorf("want 3 entries reported withheld: %s", res)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(filepath.Join(untrusted, "dev"), &st); err == nil {
+		t.Errorf("--untrusted made the device node")
+	}
+	if err := unix.Lstat(filepath.Join(untrusted, "dev-link"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		t.Errorf("dev-link: %v %o, want the file restored by itself", err, st.Mode)
+	}
+	if err := unix.Lstat(filepath.Join(untrusted, "suid"), &st); err != nil || st.Mode&0o7777 != 0o755 {
+		t.Errorf("suid: %v %o, want 0755", err, st.Mode&0o7777)
+	}
+	if n, _ := unix.Llistxattr(filepath.Join(untrusted, "cap"), make([]byte, 256)); n > 0 {
+		for _, x := range capFile.Xattrs {
+			if _, err := unix.Lgetxattr(filepath.Join(untrusted, "cap"), x.Name, make([]byte, 64)); err == nil {
+				t.Errorf("--untrusted restored %s", x.Name)
+			}
+		}
+	}
+	if err := unix.Lstat(filepath.Join(untrusted, "fifo-link"), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFIFO {
+		t.Errorf("fifo-link: %v %o, want the FIFO", err, st.Mode)
+	}
+
 	// the tar of it: relative names, hard links to names inside
-	res := e.ok("dump", sid+":/", "--output", e.path("out.tar"))
+	res = e.ok("dump", sid+":/", "--output", e.path("out.tar"))
 	f, err := os.Open(e.path("out.tar"))
 	if err != nil {
 		t.Fatal(err)

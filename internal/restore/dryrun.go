@@ -127,6 +127,9 @@ func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir 
 			rel = relDir + "/" + n.Name
 		}
 		restore, descend := d.rs.selected(sp, n.Type == snapshot.TypeDir)
+		if d.opts.Untrusted && (n.Type == snapshot.TypeCharDev || n.Type == snapshot.TypeBlockDev) {
+			continue // as restore: not made
+		}
 		if n.Type == snapshot.TypeDir {
 			if !restore && !descend {
 				continue

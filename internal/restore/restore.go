@@ -49,6 +49,13 @@ type Options struct {
 	Delete bool
 	// NumericOwner restores uid/gid as stored instead of by user/group name.
 	NumericOwner bool
+	// Untrusted restores a snapshot that may be hostile (any host with a
+	// write-only key can write one) without what would give its writer
+	// privileges here: no device nodes, no setuid bit (nor setgid on
+	// anything but a directory), no security.* or trusted.* extended
+	// attributes (file capabilities, SELinux labels). Result.Withheld
+	// counts the entries concerned.
+	Untrusted bool
 	// Progress hears of the restore: one phase, "restore", whose items
 	// are the files and bytes their contents; the totals grow as the
 	// snapshot's trees are walked (nil: ui.NoProgress). If it keeps
@@ -76,6 +83,7 @@ type Result struct {
 	Skipped             uint64 // existing files left alone (identical, or --overwrite never)
 	Deleted             uint64 // entries removed by Delete
 	Verified            uint64 // files read back and found identical
+	Withheld            uint64 // entries of which Untrusted left something out
 	Errors              []error
 }
 
@@ -567,6 +575,16 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			rel = relDir + "/" + n.Name
 		}
 		restore, descend := rs.selected(sp, n.Type == snapshot.TypeDir)
+		if rs.opts.Untrusted && (restore || descend) {
+			safe, withheld := untrustedNode(n)
+			if withheld && restore {
+				rs.res.Withheld++
+			}
+			if safe == nil {
+				continue // a device node: not made
+			}
+			n = safe
+		}
 		if n.Type == snapshot.TypeDir {
 			if !restore && !descend {
 				continue
@@ -660,6 +678,36 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		}
 	}
 	return any
+}
+
+// untrustedNode returns n as Options.Untrusted restores it: nil for a
+// device node (not made), else n without the setuid bit (and setgid, but
+// on directories, where it only decides new files' group) and without
+// security.* and trusted.* extended attributes. withheld says whether
+// anything was left out. What stays (owners, permissions, ACLs, user.*
+// attributes) gives no one more than mode bits can.
+func untrustedNode(n *snapshot.Node) (safe *snapshot.Node, withheld bool) {
+	if n.Type == snapshot.TypeCharDev || n.Type == snapshot.TypeBlockDev {
+		return nil, true
+	}
+	drop := uint32(unix.S_ISUID)
+	if n.Type != snapshot.TypeDir {
+		drop |= unix.S_ISGID
+	}
+	privileged := func(x snapshot.Xattr) bool {
+		return strings.HasPrefix(x.Name, "security.") || strings.HasPrefix(x.Name, "trusted.")
+	}
+	xattrs := n.Xattrs
+	if slices.ContainsFunc(xattrs, privileged) {
+		xattrs = slices.DeleteFunc(slices.Clone(xattrs), privileged)
+	}
+	if n.Mode&drop == 0 && len(xattrs) == len(n.Xattrs) {
+		return n, false
+	}
+	c := *n
+	c.Mode &^= drop
+	c.Xattrs = xattrs
+	return &c, true
 }
 
 // checkContent refuses a file whose chunks cannot be its content, as a
