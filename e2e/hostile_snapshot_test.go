@@ -120,7 +120,17 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))},
 			User: "u\x1b[31m\nFORGED user", Group: "g\rFORGED group"}
 	}
-	sid1 := saveTree(t, r, file("plain"))
+	// below /crafted, the path the snapshot records say they backed up
+	// (audit looks there)
+	crafted := func(nodes ...*snapshot.Node) string {
+		plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub := saveBlob(t, r, repo.TreeBlob, plain)
+		return saveTree(t, r, &snapshot.Node{Name: "crafted", Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: sub})
+	}
+	sid1 := crafted(file("plain"))
 	nodes := []*snapshot.Node{
 		file("plain"),
 		file("esc\x1b[2J\x1b]0;owned\x07"),
@@ -131,12 +141,17 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 		// a socket: dump skips it with a warning that names it
 		&snapshot.Node{Name: "sock\nFORGED sock\x1b[2J", Type: snapshot.TypeSocket, Mode: 0o600, ModTime: now},
 	}
-	sid2 := saveTree(t, r, nodes...)
+	sid2 := crafted(nodes...)
 	// a device number no system has: restore reports it by name (and
 	// dump refuses the snapshot: tar cannot hold it)
-	sid3 := saveTree(t, r, append(nodes, &snapshot.Node{Name: "dev\nFORGED dev\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 40})...)
+	sid3 := crafted(append(nodes, &snapshot.Node{Name: "dev\nFORGED dev\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 40})...)
 	target := e.path("target")
+	rules := e.path("audit.rules")
+	if err := os.WriteFile(rules, []byte("/ R\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, args := range [][]string{
+		{"audit", sid1, "--against-snapshot", sid3, "--rules", rules},
 		{"ls", "-l", sid3},
 		{"ls", sid3},
 		{"find", "*"},
@@ -148,6 +163,9 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 	} {
 		res := e.floe(args...)
 		out := res.stdout + res.stderr
+		if args[0] == "audit" && !strings.Contains(out, "FORGED nl") {
+			t.Errorf("floe audit did not report the names: %s", res)
+		}
 		if strings.Contains(out, "panic") {
 			t.Errorf("floe %s panicked: %s", args[0], res)
 		}
