@@ -10,6 +10,7 @@ package e2e
 
 import (
 	"archive/tar"
+	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -333,5 +334,49 @@ func TestAttackHostileTreeRestoreAsRoot(t *testing.T) {
 	}
 	if !names["etc/passwd"] || !names["fifo-link"] {
 		t.Errorf("tar entries: %v", names)
+	}
+}
+
+// chainTree stores a snapshot of a chain of depth directories, each the
+// only entry of its parent, all named name, and returns its ID.
+func chainTree(t *testing.T, r *repo.Repository, depth int, name string) string {
+	t.Helper()
+	ctx := context.Background()
+	w := r.StartWriting()
+	now := time.Now()
+	var nodes []*snapshot.Node
+	for i := 0; i < depth; i++ {
+		plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tid, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = []*snapshot.Node{{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: tid}}
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return saveTree(t, r, nodes...)
+}
+
+// A chain of 3,000 directories of 255-byte names is a 1 MB snapshot whose
+// deepest path is 768 KB long. Walks that kept every level's path while
+// they walked the levels below used memory quadratic in the depth: find
+// and stats ran out of memory (find also remembered every directory's
+// matches by path). They now keep one path.
+func TestAttackDeepLongPaths(t *testing.T) {
+	e := newEnv(t)
+	e.init()
+	sid := chainTree(t, e.openInProcess(), 3000, strings.Repeat("d", 255))
+	for _, args := range [][]string{{"find", "nothing-matches"}, {"stats", sid}} {
+		res := e.limited(args...)
+		expectCode(t, res, 0)
+	}
+	res := e.limited("stats", sid)
+	if !strings.Contains(res.stdout, "3000") && !strings.Contains(res.stdout, "3,000") {
+		t.Errorf("stats: want the 3000 directories counted: %s", res)
 	}
 }
