@@ -366,12 +366,19 @@ func chainTree(t *testing.T, r *repo.Repository, depth int, name string) string 
 // deepest path is 768 KB long. Walks that kept every level's path while
 // they walked the levels below used memory quadratic in the depth: find
 // and stats ran out of memory (find also remembered every directory's
-// matches by path). They now keep one path.
+// matches by path); restore kept every directory's path to set its
+// metadata last. They now keep one path, and restore each directory as
+// its parent's number and its name.
 func TestAttackDeepLongPaths(t *testing.T) {
 	e := newEnv(t)
 	e.init()
 	sid := chainTree(t, e.openInProcess(), 3000, strings.Repeat("d", 255))
-	for _, args := range [][]string{{"find", "nothing-matches"}, {"stats", sid}} {
+	for _, args := range [][]string{
+		{"find", "nothing-matches"},
+		{"stats", sid},
+		{"restore", sid, "--target", e.path("target")},
+		{"restore", sid, "--target", e.path("elsewhere"), "-n"},
+	} {
 		res := e.limited(args...)
 		expectCode(t, res, 0)
 	}
