@@ -338,13 +338,14 @@ func TestAttackHostileTreeRestoreAsRoot(t *testing.T) {
 }
 
 // chainTree stores a snapshot of a chain of depth directories, each the
-// only entry of its parent, all named name, and returns its ID.
-func chainTree(t *testing.T, r *repo.Repository, depth int, name string) string {
+// only entry of its parent, all named name, the deepest holding bottom,
+// and returns its ID.
+func chainTree(t *testing.T, r *repo.Repository, depth int, name string, bottom ...*snapshot.Node) string {
 	t.Helper()
 	ctx := context.Background()
 	w := r.StartWriting()
 	now := time.Now()
-	var nodes []*snapshot.Node
+	nodes := bottom
 	for i := 0; i < depth; i++ {
 		plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
 		if err != nil {
@@ -366,21 +367,27 @@ func chainTree(t *testing.T, r *repo.Repository, depth int, name string) string 
 // deepest path is 768 KB long. Walks that kept every level's path while
 // they walked the levels below used memory quadratic in the depth: find
 // and stats ran out of memory (find also remembered every directory's
-// matches by path); restore kept every directory's path to set its
-// metadata last. They now keep one path, and restore each directory as
-// its parent's number and its name.
+// matches by path), and so did diff comparing two such chains; restore
+// kept every directory's path to set its metadata last. They now keep one
+// path, and restore each directory as its parent's number and its name.
 func TestAttackDeepLongPaths(t *testing.T) {
 	e := newEnv(t)
 	e.init()
-	sid := chainTree(t, e.openInProcess(), 3000, strings.Repeat("d", 255))
+	r := e.openInProcess()
+	name := strings.Repeat("d", 255)
+	sid := chainTree(t, r, 3000, name)
+	// the same chain, a FIFO at the bottom: every level differs
+	other := chainTree(t, r, 3000, name, &snapshot.Node{Name: "fifo", Type: snapshot.TypeFIFO, Mode: 0o600, ModTime: time.Now()})
 	for _, args := range [][]string{
 		{"find", "nothing-matches"},
+		{"diff", sid, other},
 		{"stats", sid},
 		{"restore", sid, "--target", e.path("target")},
 		{"restore", sid, "--target", e.path("elsewhere"), "-n"},
 	} {
 		res := e.limited(args...)
 		expectCode(t, res, 0)
+		t.Logf("floe %s: %v wall, %v CPU", args[0], res.wall, res.cpu)
 	}
 	res := e.limited("stats", sid)
 	if !strings.Contains(res.stdout, "3000") && !strings.Contains(res.stdout, "3,000") {

@@ -67,8 +67,9 @@ func Visit(ctx context.Context, l snapshot.TreeLoader, dir string, tree hash.Ref
 	return err
 }
 
-// appendJoin is Join on a buffer holding dir.
-func appendJoin(dir []byte, name string) []byte {
+// AppendJoin is Join on a buffer holding dir: walks that build paths in
+// one buffer keep memory linear in the depth.
+func AppendJoin(dir []byte, name string) []byte {
 	if len(dir) == 0 || (len(dir) == 1 && dir[0] == '/') {
 		return append(append(dir[:0], '/'), name...)
 	}
@@ -90,7 +91,7 @@ func visit(ctx context.Context, l snapshot.TreeLoader, buf *[]byte, tree hash.Re
 	}
 	dirLen := len(*buf)
 	for _, n := range t.Nodes {
-		*buf = appendJoin((*buf)[:dirLen], n.Name)
+		*buf = AppendJoin((*buf)[:dirLen], n.Name)
 		p := string(*buf)
 		err := v.Node(p, n)
 		if n.Type != snapshot.TypeDir {
@@ -113,7 +114,7 @@ func visit(ctx context.Context, l snapshot.TreeLoader, buf *[]byte, tree hash.Re
 			}
 		}
 		if v.Leave != nil {
-			*buf = appendJoin((*buf)[:dirLen], n.Name)
+			*buf = AppendJoin((*buf)[:dirLen], n.Name)
 			if err := v.Leave(string(*buf), n); err != nil && err != SkipDir {
 				return err
 			}
