@@ -367,7 +367,7 @@ func chainTree(t *testing.T, r *repo.Repository, depth int, name string, bottom 
 // deepest path is 768 KB long. Walks that kept every level's path while
 // they walked the levels below used memory quadratic in the depth: find
 // and stats ran out of memory (find also remembered every directory's
-// matches by path), and so did diff comparing two such chains; restore
+// matches by path), and so did diff comparing two such chains and rewrite; restore
 // kept every directory's path to set its metadata last. They now keep one
 // path, and restore each directory as its parent's number and its name.
 func TestAttackDeepLongPaths(t *testing.T) {
@@ -381,6 +381,7 @@ func TestAttackDeepLongPaths(t *testing.T) {
 	for _, args := range [][]string{
 		{"find", "nothing-matches"},
 		{"diff", sid, other},
+		{"rewrite", other, "--exclude", "/fifo", "--dry-run"},
 		{"stats", sid},
 		{"restore", sid, "--target", e.path("target")},
 		{"restore", sid, "--target", e.path("elsewhere"), "-n"},
