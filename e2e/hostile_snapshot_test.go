@@ -381,10 +381,11 @@ func TestAttackDeepLongPaths(t *testing.T) {
 	for _, args := range [][]string{
 		{"find", "nothing-matches"},
 		{"diff", sid, other},
-		{"rewrite", other, "--exclude", "/fifo", "--dry-run"},
+		// an unanchored pattern is tried at every level (it took hours)
+		{"rewrite", other, "--exclude", "fifo", "--dry-run"},
 		{"stats", sid},
 		{"restore", sid, "--target", e.path("target")},
-		{"restore", sid, "--target", e.path("elsewhere"), "-n"},
+		{"restore", sid, "--target", e.path("elsewhere"), "-n", "--exclude", "*.tmp"},
 	} {
 		res := e.limited(args...)
 		expectCode(t, res, 0)
