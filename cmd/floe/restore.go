@@ -44,6 +44,7 @@ func newRestoreCommand(g *globals) *cobra.Command {
 		target             string
 		includes, excludes []string
 		verify, numeric    bool
+		untrusted          bool
 		overwrite          string
 		del                bool
 		dryRun, verbose    bool
@@ -75,7 +76,17 @@ exists. --delete removes what the snapshot does not have, so the restored
 directories match it exactly.
 
 Nothing is ever written outside the target: names with .. or /, and
-symlinks, in the snapshot or already in the target, cannot escape it.
+symlinks, in the snapshot or already in the target, cannot escape it. A
+target restore creates is mode 0700 until you move what it holds.
+
+Run as root, restore makes what the snapshot holds as it says, as tar -p,
+restic and borg do: device nodes, setuid and setgid files owned by root,
+file capabilities and SELinux labels (security.* xattrs), trusted.*
+xattrs. A host with a write-only key can write a snapshot of anything, so
+restoring its snapshot into a place others can reach can give them a
+device or root: --untrusted makes no device nodes and restores no setuid
+bits (nor setgid on files) and no security.* or trusted.* xattrs. FIFOs
+are made, never opened; sockets are not made.
 
 Files of 8 MiB and more are written around the page cache (O_DIRECT), where
 the file system allows: on many machines taking fresh page-cache pages
@@ -107,8 +118,8 @@ the device back and compares it with the snapshot.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			if toDevice != "" {
-				if target != "" || len(includes) > 0 || len(excludes) > 0 || del || numeric || dryRun {
-					return usageError{errors.New("--to-device writes one image onto a device: no --target, --include, --exclude, --delete, --numeric-owner, --dry-run")}
+				if target != "" || len(includes) > 0 || len(excludes) > 0 || del || numeric || dryRun || untrusted {
+					return usageError{errors.New("--to-device writes one image onto a device: no --target, --include, --exclude, --delete, --numeric-owner, --dry-run, --untrusted")}
 				}
 				return restoreToDevice(ctx, g, args[0], toDevice, writeZeros, verify, bufferedIO, filter)
 			}
@@ -139,7 +150,7 @@ the device back and compares it with the snapshot.`,
 				return err
 			}
 			opts := restore.Options{Target: target, Includes: includes,
-				Excludes: excludes, Verify: verify, NumericOwner: numeric, Overwrite: overwrite, Delete: del,
+				Excludes: excludes, Verify: verify, NumericOwner: numeric, Overwrite: overwrite, Delete: del, Untrusted: untrusted,
 				BufferedIO: bufferedIO}
 			if dryRun {
 				return restoreDryRun(ctx, g, r, sn, sub, opts, verbose)
@@ -178,7 +189,7 @@ the device back and compares it with the snapshot.`,
 				}
 				stdoutJSON.summary(map[string]any{"snapshot": sn.ID.String(), "target": target, "files": res.Files,
 					"dirs": res.Dirs, "others": res.Others, "bytes": res.Bytes, "verified": res.Verified, "errors": errs,
-					"skipped": res.Skipped, "deleted": res.Deleted,
+					"skipped": res.Skipped, "deleted": res.Deleted, "withheld": res.Withheld,
 					"duration_seconds": time.Since(start).Seconds()})
 			} else {
 				for _, e := range res.Errors {
@@ -191,6 +202,9 @@ the device back and compares it with the snapshot.`,
 				}
 				if verify {
 					g.say("verified %s against the snapshot", ui.Count(res.Verified, "file"))
+				}
+				if res.Withheld > 0 {
+					g.say("withheld device nodes, setuid/setgid bits or security/trusted attributes of %s (--untrusted)", ui.Count(res.Withheld, "entry", "entries"))
 				}
 			}
 			if len(res.Errors) > 0 {
@@ -205,6 +219,7 @@ the device back and compares it with the snapshot.`,
 	c.Flags().StringArrayVarP(&excludes, "exclude", "e", nil, "do not restore paths matching `PATTERN`, e.g. --exclude 'cache/'; repeatable")
 	c.Flags().BoolVar(&verify, "verify", false, "read back every restored file and compare it with the snapshot")
 	c.Flags().BoolVar(&numeric, "numeric-owner", false, "restore numeric uid/gid instead of mapping user and group names")
+	c.Flags().BoolVar(&untrusted, "untrusted", false, "the snapshot may be hostile (a host with a write-only key wrote it): make no device nodes, restore no setuid bits (nor setgid on files) and no security.* or trusted.* xattrs (capabilities, SELinux labels)")
 	c.Flags().StringVar(&overwrite, "overwrite", "if-changed", "existing files: always, if-changed (leave identical ones alone) or never")
 	c.Flags().BoolVar(&bufferedIO, "buffered-io", false, "write every file, or the device of --to-device, through the page cache (default: files of 8 MiB and more and devices around it, with O_DIRECT where the file system or device allows)")
 	c.Flags().BoolVar(&del, "delete", false, "delete files in the target that the snapshot does not have")

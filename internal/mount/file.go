@@ -13,13 +13,14 @@ import (
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // fileNode is a regular file of a snapshot.
 type fileNode struct {
 	fs.Inode
 	entry
-	name string // for messages: the path in the mount
+	dir *dirNode // the directory it was looked up in
 
 	mu  sync.Mutex
 	lay *layout
@@ -43,6 +44,14 @@ type layout struct {
 // layout computes (once) where each blob of the file starts, from the
 // chunk sizes its tree records, so that a read at any offset finds its
 // blob by binary search.
+// name returns the file's path in the mount (for messages).
+func (n *fileNode) name() string {
+	if n.dir == nil {
+		return n.n.Name
+	}
+	return n.dir.view + walk.Join(n.dir.path(), n.n.Name)
+}
+
 func (n *fileNode) layout() (*layout, error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -54,12 +63,18 @@ func (n *fileNode) layout() (*layout, error) {
 	if n.n.Sparse {
 		l.hole = make([]bool, len(l.ids))
 	}
+	maxChunk := n.f.r.ChunkerParams().Max
 	for i, id := range l.ids {
 		loc, ok := idx.Lookup(repo.BlobHandle{Type: repo.DataBlob, ID: id.ID})
 		if !ok {
-			return nil, fmt.Errorf("%s: data blob %s: %w", n.name, id.Short(), repo.ErrBlobNotFound)
+			return nil, fmt.Errorf("%s: data blob %s: %w", n.name(), id.Short(), repo.ErrBlobNotFound)
 		}
 		size := n.n.ChunkSizes[i]
+		if size > maxChunk {
+			// a damaged or hostile tree: zeroID would hash (and
+			// allocate) that many zeros, up to 4 GiB per size
+			return nil, fmt.Errorf("%s: a chunk of %d bytes, larger than any chunk (%d): damaged tree", n.name(), size, maxChunk)
+		}
 		l.off[i+1] = l.off[i] + int64(size)
 		// Holes are stored as blobs of zeros, which compress to almost
 		// nothing: only such blobs are worth hashing zeros for.
@@ -135,10 +150,10 @@ func (h *fileHandle) Read(ctx context.Context, dest []byte, off int64) (fuse.Rea
 				if ctx.Err() != nil {
 					return nil, syscall.EINTR
 				}
-				return nil, h.n.f.fail(fmt.Errorf("%s at offset %d: %w", h.n.name, pos, err))
+				return nil, h.n.f.fail(fmt.Errorf("%s at offset %d: %w", h.n.name(), pos, err))
 			}
 			if int64(len(data)) != end-start {
-				return nil, h.n.f.fail(fmt.Errorf("%s: blob %s has %d bytes, the index says %d", h.n.name, l.ids[i].Short(), len(data), end-start))
+				return nil, h.n.f.fail(fmt.Errorf("%s: blob %s has %d bytes, the index says %d", h.n.name(), l.ids[i].Short(), len(data), end-start))
 			}
 			n += copy(dest[n:], data[pos-start:])
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 func rec(id string, host string, t time.Time) *snapshot.Record {
@@ -185,5 +186,58 @@ func TestBlobCache(t *testing.T) {
 	missing.ID[0] = 0xee
 	if _, err := c.get(ctx, missing); err == nil {
 		t.Errorf("get of a missing blob succeeded")
+	}
+}
+
+// A sparse file whose tree claims a chunk longer than any chunk: its
+// layout (every stat of the file) hashed that many zeros, allocating them
+// (up to 4 GiB per distinct size, under the lock every stat takes). It is
+// a damaged file instead.
+func TestLayoutRefusesHugeChunks(t *testing.T) {
+	r, _ := testutil.NewRepo(t)
+	ctx := context.Background()
+	data := []byte("a few bytes")
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fsys{r: r, zeroIDs: map[uint32]hash.ID{}, errShown: map[string]bool{}}
+	huge := r.ChunkerParams().Max + 1
+	n := &fileNode{entry: entry{f: f, n: &snapshot.Node{Name: "f", Type: snapshot.TypeFile, Sparse: true,
+		Size: uint64(huge), Content: []hash.Ref{id}, ChunkSizes: []uint32{huge}}}}
+	if _, err := n.layout(); err == nil || !strings.Contains(err.Error(), "larger than any chunk") {
+		t.Fatalf("layout of a chunk of %d bytes: %v, want refused", huge, err)
+	}
+	if len(f.zeroIDs) != 0 {
+		t.Errorf("hashed zeros for the claimed size")
+	}
+	ok := &fileNode{entry: entry{f: f, n: &snapshot.Node{Name: "g", Type: snapshot.TypeFile,
+		Size: uint64(len(data)), Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}}}}
+	if _, err := ok.layout(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A directory's entries are numbered inoOf(view, path), though no
+// directory keeps its path.
+func TestChildInoIsInoOfPath(t *testing.T) {
+	root := &dirNode{view: "ids/abc", state: viewState("ids/abc")}
+	a := &dirNode{view: root.view, parent: root, state: root.childState("a"), entry: entry{n: &snapshot.Node{Name: "a", Type: snapshot.TypeDir}}}
+	b := &dirNode{view: root.view, parent: a, state: a.childState("b\xff"), entry: entry{n: &snapshot.Node{Name: "b\xff", Type: snapshot.TypeDir}}}
+	for _, c := range []struct {
+		d    *dirNode
+		path string
+	}{{root, "/"}, {a, "/a"}, {b, "/a/b\xff"}} {
+		if got := c.d.path(); got != c.path {
+			t.Errorf("path %q, want %q", got, c.path)
+		}
+		want := inoOf("ids/abc", walk.Join(c.path, "x"))
+		if got := c.d.childIno(&snapshot.Node{Name: "x", Type: snapshot.TypeFile}); got != want {
+			t.Errorf("%s/x: ino %x, want %x", c.path, got, want)
+		}
 	}
 }

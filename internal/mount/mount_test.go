@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/floe-backup/floe/internal/backup"
+	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
@@ -400,4 +402,128 @@ func countBlobs(t *testing.T, r *repo.Repository, sn *snapshot.Record, p string)
 		node = n.Subtree
 	}
 	return 0
+}
+
+// A snapshot whose writer put a setuid root executable and a world-writable
+// device node of its choice in it: through the mount, neither the setuid
+// bit nor the device works (nosuid, nodev), so browsing a hostile
+// snapshot gives nobody, root included, a way to the device or to root.
+// (fusermount3 adds nosuid and nodev unless root asks for suid or dev;
+// Mount asks for them itself too. Mounted with "suid" and "dev", this
+// test fails, and the device node opens.)
+func TestMountHostileSnapshot(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	data := []byte("#!/bin/sh\nid\n")
+	w := r.StartWriting()
+	id, _, _, err := w.SaveBlob(ctx, repo.DataBlob, r.BlobKey(data), data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: []*snapshot.Node{
+		{Name: "suid", Type: snapshot.TypeFile, Mode: 0o4755, ModTime: now, Size: uint64(len(data)),
+			Content: []hash.Ref{id}, ChunkSizes: []uint32{uint32(len(data))}},
+		{Name: "zero", Type: snapshot.TypeCharDev, Mode: 0o666, ModTime: now, Rdev: uint64(unix.Mkdev(1, 5))},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sid, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: now, Hostname: "h", Paths: []string{"/"}, Tree: tree})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := mountOrSkip(t, r, Options{})
+	dir := filepath.Join(mnt, "ids", sid.Short())
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	for flag, name := range map[int64]string{unix.ST_NOSUID: "nosuid", unix.ST_NODEV: "nodev", unix.ST_RDONLY: "ro"} {
+		if st.Flags&flag == 0 {
+			t.Errorf("the mount is not %s (flags %#x)", name, st.Flags)
+		}
+	}
+	fi, err := os.Lstat(filepath.Join(dir, "suid"))
+	if err != nil || fi.Mode()&os.ModeSetuid == 0 {
+		t.Fatalf("suid: %v %v, want shown as backed up", fi, err)
+	}
+	fi, err = os.Lstat(filepath.Join(dir, "zero"))
+	if err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		t.Fatalf("zero: %v %v, want shown as backed up", fi, err)
+	}
+	if f, err := os.OpenFile(filepath.Join(dir, "zero"), os.O_RDONLY, 0); err == nil {
+		f.Close()
+		t.Errorf("the device node opened through the mount")
+	}
+}
+
+// Browsing down a chain of directories of 255-byte names: each directory
+// of the mount kept its path, memory quadratic in the depth (a chain of
+// 3,000, a 1 MB snapshot, took gigabytes). The mount now holds about its
+// entries' names.
+func TestMountDeepChain(t *testing.T) {
+	r := newRepo(t)
+	ctx := context.Background()
+	const depth = 1500
+	name := strings.Repeat("d", 255)
+	w := r.StartWriting()
+	now := time.Now()
+	var nodes []*snapshot.Node
+	for i := 0; i < depth; i++ {
+		plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tid, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = []*snapshot.Node{{Name: name, Type: snapshot.TypeDir, Mode: 0o755, ModTime: now, Subtree: tid}}
+	}
+	plain, err := snapshot.EncodeTree(&snapshot.Tree{Nodes: nodes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, _, _, err := w.SaveBlob(ctx, repo.TreeBlob, r.BlobKey(plain), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Finish(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sid, err := snapshot.Save(ctx, r, &snapshot.Snapshot{Time: now, Hostname: "h", Paths: []string{"/"}, Tree: tree})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, mnt := mountOrSkip(t, r, Options{})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	fd, err := unix.Open(filepath.Join(mnt, "ids", sid.Short()), unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < depth; i++ {
+		next, err := unix.Openat(fd, name, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		unix.Close(fd)
+		if err != nil {
+			t.Fatalf("depth %d: %v", i, err)
+		}
+		fd = next
+	}
+	unix.Close(fd)
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	// the paths of the old way: 255 * 1500^2 / 2 = 287 MB
+	if grown := int64(after.HeapInuse) - int64(before.HeapInuse); grown > 64<<20 {
+		t.Errorf("browsing %d levels down kept %d MB", depth, grown>>20)
+	}
 }

@@ -68,12 +68,34 @@ func inoOf(parts ...string) uint64 {
 		h.Write([]byte(p))
 		h.Write([]byte{0})
 	}
-	ino := h.Sum64()
+	return inoFromHash(h.Sum64())
+}
+
+func inoFromHash(ino uint64) uint64 {
 	if ino <= fuse.FUSE_ROOT_ID || ino == ^uint64(0) {
 		ino += 2
 	}
 	return ino
 }
+
+// FNV-1a, 64 bits, continued from a state byte by byte: inoOf(view, path)
+// of a directory's entries from the state after the directory's path.
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+func fnvString(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime
+	}
+	return h
+}
+
+// viewState is the FNV-1a state after view and its NUL: a snapshot
+// root's dirNode.state.
+func viewState(view string) uint64 { return fnvString(fnvString(fnvOffset, view), "\x00") }
 
 func typeBits(t snapshot.NodeType) uint32 {
 	switch t {
@@ -181,7 +203,15 @@ type dirNode struct {
 	fs.Inode
 	entry
 	view string // path of the snapshot's root in the mount: the inode number space
-	path string // in the snapshot, "/" for the root
+	// parent is nil at the snapshot's root. A directory knows its path
+	// through its parents, not as a string of its own: paths kept per
+	// directory cost memory quadratic in the depth (a chain of 3,000
+	// directories of 255-byte names, a 1 MB snapshot, took gigabytes).
+	parent *dirNode
+	// state is the FNV-1a state of inoOf(view, path) before the path's
+	// final NUL, without the root's "/": an entry's number continues it
+	// with "/" and the entry's name.
+	state uint64
 }
 
 var (
@@ -203,15 +233,26 @@ func (d *dirNode) tree(ctx context.Context) (*snapshot.Tree, syscall.Errno) {
 	return t, 0
 }
 
-func (d *dirNode) childPath(name string) string { return walk.Join(d.path, name) }
+// path returns the directory's path in the snapshot, "/" for the root
+// (for messages).
+func (d *dirNode) path() string {
+	if d.parent == nil {
+		return "/"
+	}
+	return walk.Join(d.parent.path(), d.n.Name)
+}
 
-// childIno: names of one snapshot view get their own numbers; the names
-// of a hard-linked file share its number, as on the original file system.
+// childState is the state of the entry name (dirNode.state).
+func (d *dirNode) childState(name string) uint64 { return fnvString(fnvString(d.state, "/"), name) }
+
+// childIno: names of one snapshot view get their own numbers, those of
+// inoOf(view, path); the names of a hard-linked file share its number,
+// as on the original file system.
 func (d *dirNode) childIno(n *snapshot.Node) uint64 {
 	if n.Type != snapshot.TypeDir && n.Links > 1 && n.Inode != 0 {
 		return inoOf(d.view, "\x00hardlink", strconv.FormatUint(n.Device, 10), strconv.FormatUint(n.Inode, 10))
 	}
-	return inoOf(d.view, d.childPath(n.Name))
+	return inoFromHash(fnvString(d.childState(n.Name), "\x00"))
 }
 
 func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {
@@ -227,9 +268,9 @@ func (d *dirNode) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (
 	var ops fs.InodeEmbedder
 	switch n.Type {
 	case snapshot.TypeDir:
-		ops = &dirNode{entry: e, view: d.view, path: d.childPath(name)}
+		ops = &dirNode{entry: e, view: d.view, parent: d, state: d.childState(name)}
 	case snapshot.TypeFile:
-		ops = &fileNode{entry: e, name: d.view + d.childPath(name)}
+		ops = &fileNode{entry: e, dir: d}
 	case snapshot.TypeSymlink:
 		ops = &symlinkNode{entry: e}
 	default:
@@ -329,7 +370,7 @@ func (f *fsys) materialize(ctx context.Context, parent *fs.Inode, v *vnode) {
 			root := &snapshot.Node{Name: c.name, Type: snapshot.TypeDir, Mode: 0o755, UID: sn.UID, GID: sn.GID,
 				ModTime: sn.Time, AccessTime: sn.Time, ChangeTime: sn.Time, Subtree: sn.Tree}
 			ino := inoOf("floe-mount", c.path)
-			ch = parent.NewPersistentInode(ctx, &dirNode{entry: entry{f: f, n: root, ino: ino, snap: sn.Time}, view: c.path, path: "/"},
+			ch = parent.NewPersistentInode(ctx, &dirNode{entry: entry{f: f, n: root, ino: ino, snap: sn.Time}, view: c.path, state: viewState(c.path)},
 				fs.StableAttr{Mode: syscall.S_IFDIR, Ino: ino})
 		default:
 			nlink := uint32(2)

@@ -160,3 +160,41 @@ func FuzzMatch(f *testing.F) {
 		m.Unmatchable([]string{path, "/"})
 	})
 }
+
+// One-component unanchored patterns are tried one component at a time:
+// the same answers as "**/"+pattern against the path and its parents,
+// in time linear in the depth (a path of 3,000 components took seconds
+// per match, hours for a walk of it).
+func TestOneComponentPatterns(t *testing.T) {
+	patterns := []string{"*.tmp", "cache", "cache/", "!keep", "[ab]?c", "{x,y}z", "*", "Cache", ".*"}
+	paths := []string{"/", "/a", "/cache", "/a/cache", "/a/cache/b", "/x/abc/d", "/yz", "/a/b/c.tmp", "/a/.git/x", "/CACHE/x", "/keep", "/a/keep/b", "/a.tmp/b"}
+	for _, ignoreCase := range []bool{false, true} {
+		for _, pat := range patterns {
+			fast := &Matcher{}
+			if err := fast.Add([]string{pat}, ignoreCase); err != nil {
+				t.Fatal(err)
+			}
+			if fast.rules[0].comp == "" {
+				t.Fatalf("%q: not a one-component rule", pat)
+			}
+			slow := &Matcher{rules: []rule{fast.rules[0]}}
+			slow.rules[0].comp = ""
+			for _, p := range paths {
+				for _, isDir := range []bool{false, true} {
+					if got, want := fast.Match(p, isDir), slow.Match(p, isDir); got != want {
+						t.Errorf("%q (ignore case %v) Match(%q, %v) = %v, want %v", pat, ignoreCase, p, isDir, got, want)
+					}
+					if got, want := fast.MatchSelf(p, isDir), slow.MatchSelf(p, isDir); got != want {
+						t.Errorf("%q (ignore case %v) MatchSelf(%q, %v) = %v, want %v", pat, ignoreCase, p, isDir, got, want)
+					}
+				}
+			}
+		}
+	}
+	deep := "/" + strings.Repeat(strings.Repeat("d", 255)+"/", 3000) + "f"
+	m, _ := New([]string{"*.tmp"})
+	// milliseconds now; 15 s before, for each
+	if m.Match(deep, false) {
+		t.Fatal("matched")
+	}
+}

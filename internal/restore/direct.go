@@ -89,7 +89,7 @@ func (s *stager) flush(rs *restorer) {
 	if s.n > 0 && !f.failed.Load() {
 		err = f.dw.WriteRun(s.buf, s.start, s.n)
 		if err != nil {
-			err = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, s.start, err)
+			err = fmt.Errorf("restore %s at offset %d: %w", rs.relOf(f.job.entryRef), s.start, err)
 		}
 	}
 	if err != nil && s.chunks == 0 {

@@ -233,7 +233,7 @@ func TestStagerSplitsLongRuns(t *testing.T) {
 	data, _ := testContent(size, 9, false)
 	rs := &restorer{opts: Options{Progress: ui.NoProgress}}
 	node := &snapshot.Node{Type: snapshot.TypeFile, Mode: 0o600, Size: uint64(size)}
-	f := &openFile{job: &fileJob{rel: "f", node: node}, fd: fd, dirFd: -1}
+	f := &openFile{job: &fileJob{entryRef: entryRef{name: "f"}, node: node}, fd: fd, dirFd: -1}
 	f.dw = newDirectFile(fd, size)
 	f.pending.Store(3)
 	var st stager

@@ -63,7 +63,8 @@ func DryRun(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath 
 	if err != nil {
 		return nil, err
 	}
-	d.walk(ctx, tree, snapDir, "", opts.Delete)
+	d.sp = []byte(snapDir)
+	d.walk(ctx, tree, opts.Delete)
 	return d.res, ctx.Err()
 }
 
@@ -76,6 +77,21 @@ type dryRun struct {
 	root  *os.Root  // nil: the target does not exist
 	res   *DryRunResult
 	buf   []byte
+	// sp and rel hold the snapshot path and the path in the target of
+	// the directory walk is in (each level keeps their lengths, not
+	// strings of its own: memory linear in the depth, see restorer.dtab)
+	sp, rel []byte
+}
+
+// join puts name after the directory path buf[:n] ("" for the target,
+// "/" for the snapshot's root) and returns the result as a string.
+func join(buf *[]byte, n int, name string, sep bool) string {
+	b := (*buf)[:n]
+	if sep && n > 0 && b[n-1] != '/' {
+		b = append(b, '/')
+	}
+	*buf = append(b, name...)
+	return string(*buf)
 }
 
 func (d *dryRun) report(action, rel string, size uint64) {
@@ -111,22 +127,27 @@ func (d *dryRun) lstat(rel string) fs.FileInfo {
 }
 
 // walk mirrors Run's plan; it returns whether anything below is restored.
-func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir string, del bool) bool {
+func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, del bool) bool {
 	any := false
+	spLen, relLen := len(d.sp), len(d.rel)
+	defer func() { d.sp, d.rel = d.sp[:spLen], d.rel[:relLen] }()
 	for _, n := range tree.Nodes {
 		if ctx.Err() != nil {
 			return any
 		}
 		if err := snapshot.CheckName(n.Name); err != nil {
-			d.res.Errors = append(d.res.Errors, fmt.Errorf("%s: %w: %v", path.Join(snapDir, n.Name), ErrUnsafeName, err))
+			d.res.Errors = append(d.res.Errors, fmt.Errorf("%s: %w: %v", path.Join(string(d.sp[:spLen]), n.Name), ErrUnsafeName, err))
 			continue
 		}
-		sp := path.Join(snapDir, n.Name)
-		rel := n.Name
-		if relDir != "" {
-			rel = relDir + "/" + n.Name
+		sp := join(&d.sp, spLen, n.Name, true)
+		if spLen == 0 {
+			sp = join(&d.sp, 0, "/"+n.Name, false)
 		}
+		rel := join(&d.rel, relLen, n.Name, true)
 		restore, descend := d.rs.selected(sp, n.Type == snapshot.TypeDir)
+		if d.opts.Untrusted && (n.Type == snapshot.TypeCharDev || n.Type == snapshot.TypeBlockDev) {
+			continue // as restore: not made
+		}
 		if n.Type == snapshot.TypeDir {
 			if !restore && !descend {
 				continue
@@ -140,11 +161,11 @@ func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir 
 			if fi != nil && !fi.IsDir() && (restore || d.rs.incl.Empty()) {
 				d.report(ActionOverwrite, rel, 0) // a file where the snapshot has a directory
 			}
-			if d.walk(ctx, sub, sp, rel, d.opts.Delete) || restore || d.rs.incl.Empty() {
+			if d.walk(ctx, sub, d.opts.Delete) || restore || d.rs.incl.Empty() {
 				d.res.Dirs++
 				any = true
 				if fi == nil {
-					d.report(ActionNew, rel+"/", 0)
+					d.report(ActionNew, join(&d.rel, relLen, n.Name, true)+"/", 0)
 				}
 			}
 			continue
@@ -153,15 +174,21 @@ func (d *dryRun) walk(ctx context.Context, tree *snapshot.Tree, snapDir, relDir 
 			continue
 		}
 		any = true
+		if n.Type == snapshot.TypeFile {
+			// as restore would refuse it, before reading anything back
+			if err := checkContent(n, d.r.ChunkerParams().Max); err != nil {
+				d.res.Errors = append(d.res.Errors, fmt.Errorf("restore %s: %w", rel, err))
+				continue
+			}
+		}
 		d.entry(rel, n)
 	}
 	if del && d.root != nil {
-		d.extra(tree, relDir)
+		d.extra(tree, string(d.rel[:relLen]))
 	}
 	return any
 }
 
-// entry reports one file, symlink or special file.
 func (d *dryRun) entry(rel string, n *snapshot.Node) {
 	size := uint64(0)
 	if n.Type == snapshot.TypeFile {

@@ -49,6 +49,13 @@ type Options struct {
 	Delete bool
 	// NumericOwner restores uid/gid as stored instead of by user/group name.
 	NumericOwner bool
+	// Untrusted restores a snapshot that may be hostile (any host with a
+	// write-only key can write one) without what would give its writer
+	// privileges here: no device nodes, no setuid bit (nor setgid on
+	// anything but a directory), no security.* or trusted.* extended
+	// attributes (file capabilities, SELinux labels). Result.Withheld
+	// counts the entries concerned.
+	Untrusted bool
 	// Progress hears of the restore: one phase, "restore", whose items
 	// are the files and bytes their contents; the totals grow as the
 	// snapshot's trees are walked (nil: ui.NoProgress). If it keeps
@@ -76,6 +83,7 @@ type Result struct {
 	Skipped             uint64 // existing files left alone (identical, or --overwrite never)
 	Deleted             uint64 // entries removed by Delete
 	Verified            uint64 // files read back and found identical
+	Withheld            uint64 // entries of which Untrusted left something out
 	Errors              []error
 }
 
@@ -95,9 +103,19 @@ type restorer struct {
 	res   Result
 	mu    sync.Mutex
 	dirs  []dirMeta
-	links map[[2]uint64]string // (device, inode) -> first restored path
+	links map[[2]uint64]entryRef // (device, inode) -> first restored name
 	files []*fileJob
 	seen  []dirNames
+
+	// dtab holds the directories of the target the plan uses, dtab[0]
+	// the target itself: each by its parent's number and its name, not
+	// its path. Paths kept per directory and file cost memory quadratic
+	// in the depth (a chain of 3,000 directories of 255-byte names, a 1
+	// MB snapshot, took gigabytes); they are built where needed, mostly
+	// for messages. Appended to by plan only, read by everything after.
+	dtab []dirEnt
+	// spBuf holds the snapshot path of the directory plan is in.
+	spBuf []byte
 
 	// trees loads the trees plan walks, reading each directory's
 	// subtrees ahead by stretches of their packs (snapshot.ReadAheadTrees,
@@ -107,21 +125,73 @@ type restorer struct {
 	trees *snapshot.ReadAheadTrees
 
 	dirsMu   sync.Mutex
-	dirRoot  map[string]*dirHandle
+	dirRoot  map[dirID]*dirHandle
 	dirClock uint64   // orders uses of dirRoot's handles (least recent is closed first)
 	dirIdle  [2]int   // handles of dirRoot that nobody holds: [0] others, [1] checkpoints
 	rootDir  *os.File // the target opened as a file (acquireDirFd)
 	rootInfo dirInfo
-
-	// fresh holds the directories this restore created (and the target, if
-	// it was empty): nothing can be in the way inside them, so their
-	// entries need no look at what exists.
-	fresh map[string]bool
-	// freshInfo holds the dirInfo of directories this restore created
-	// where their parent's tells it (inheritDirInfo): two system calls
-	// per directory fewer, and their owner is known (no lchown).
-	freshInfo map[string]dirInfo
 }
+
+// dirID numbers a directory of the target in restorer.dtab; 0 is the
+// target.
+type dirID int32
+
+// dirEnt is a directory of the target.
+type dirEnt struct {
+	parent dirID
+	name   string
+	depth  int32 // 1 for an entry of the target
+	// fresh: this restore created it (or it is the target, and was
+	// empty): nothing can be in the way inside it, so its entries need
+	// no look at what exists.
+	fresh bool
+	// freshInfo is the dirInfo of a directory this restore created
+	// where its parent's tells it (inheritDirInfo): two system calls per
+	// directory fewer, and its owner is known (no lchown). Its known is
+	// false where not.
+	freshInfo dirInfo
+}
+
+// entryRef names an entry of the target: a name in a directory.
+type entryRef struct {
+	dir  dirID
+	name string
+}
+
+// relDir returns the path of directory dir relative to the target ("" for
+// the target).
+func (rs *restorer) relDir(dir dirID) string {
+	if dir == 0 {
+		return ""
+	}
+	n := 0
+	for d := dir; d != 0; d = rs.dtab[d].parent {
+		n += len(rs.dtab[d].name) + 1
+	}
+	b := make([]byte, n-1)
+	at := n - 1
+	for d := dir; d != 0; d = rs.dtab[d].parent {
+		name := rs.dtab[d].name
+		at -= len(name)
+		copy(b[at:], name)
+		if at > 0 {
+			at--
+			b[at] = '/'
+		}
+	}
+	return string(b)
+}
+
+// rel returns the path of name in directory dir relative to the target.
+func (rs *restorer) rel(dir dirID, name string) string {
+	if dir == 0 {
+		return name
+	}
+	return rs.relDir(dir) + "/" + name
+}
+
+// relOf returns e's path relative to the target.
+func (rs *restorer) relOf(e entryRef) string { return rs.rel(e.dir, e.name) }
 
 // dirHandle is a directory of the target opened once (as an os.Root) for
 // everything done in it. A directory is opened from its parent's handle,
@@ -154,31 +224,31 @@ const (
 	dirCheckpoint      = 64
 )
 
-// isCheckpoint reports whether directory rel is at a checkpoint depth.
-func isCheckpoint(rel string) int {
-	if (strings.Count(rel, "/")+1)%dirCheckpoint == 0 {
+// isCheckpoint reports whether directory dir is at a checkpoint depth.
+func (rs *restorer) isCheckpoint(dir dirID) int {
+	if rs.dtab[dir].depth%dirCheckpoint == 0 {
 		return 1
 	}
 	return 0
 }
 
-// acquireDir returns the handle of directory rel ("" is the target); the
-// caller calls releaseDir(rel) when done with it.
-func (rs *restorer) acquireDir(rel string) (*os.Root, error) {
+// acquireDir returns the handle of directory dir (0 is the target); the
+// caller calls releaseDir(dir) when done with it.
+func (rs *restorer) acquireDir(dir dirID) (*os.Root, error) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
-	return rs.acquireDirLocked(rel)
+	return rs.acquireDirLocked(dir)
 }
 
-func (rs *restorer) acquireDirLocked(rel string) (*os.Root, error) {
-	if rel == "" || rel == "." {
+func (rs *restorer) acquireDirLocked(dir dirID) (*os.Root, error) {
+	if dir == 0 {
 		return rs.root, nil
 	}
 	if rs.dirRoot == nil {
-		rs.dirRoot = map[string]*dirHandle{}
+		rs.dirRoot = map[dirID]*dirHandle{}
 	}
 	rs.dirClock++
-	if d, ok := rs.dirRoot[rel]; ok {
+	if d, ok := rs.dirRoot[dir]; ok {
 		if d.refs == 0 {
 			rs.dirIdle[d.cp]--
 		}
@@ -186,29 +256,38 @@ func (rs *restorer) acquireDirLocked(rel string) (*os.Root, error) {
 		d.used = rs.dirClock
 		return d.root, nil
 	}
-	parent, name := path.Split(rel)
-	parent = strings.TrimSuffix(parent, "/")
-	pr, err := rs.acquireDirLocked(parent)
+	// Opened raw from the parent's descriptor, one component that must be
+	// a directory and not a symlink (so inside the target), and made an
+	// os.Root through /proc: the parent's Root.OpenRoot would do the same
+	// but name the new Root by its full path, which every handle of the
+	// cache then held (memory quadratic in the depth).
+	parent := rs.dtab[dir].parent
+	pfd, _, err := rs.acquireDirFdLocked(parent, false)
 	if err != nil {
 		return nil, err
 	}
-	r, err := pr.OpenRoot(name)
+	fd, err := unix.Openat(pfd, rs.dtab[dir].name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	rs.releaseDirLocked(parent)
 	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: rs.relDir(dir), Err: err}
+	}
+	r, err := os.OpenRoot("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		unix.Close(fd)
 		return nil, err
 	}
-	rs.dirRoot[rel] = &dirHandle{root: r, fd: -1, refs: 1, used: rs.dirClock, cp: isCheckpoint(rel)}
+	rs.dirRoot[dir] = &dirHandle{root: r, fd: fd, refs: 1, used: rs.dirClock, cp: rs.isCheckpoint(dir)}
 	return r, nil
 }
 
-func (rs *restorer) releaseDir(rel string) {
+func (rs *restorer) releaseDir(dir dirID) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
-	rs.releaseDirLocked(rel)
+	rs.releaseDirLocked(dir)
 }
 
-func (rs *restorer) releaseDirLocked(rel string) {
-	d := rs.dirRoot[rel]
+func (rs *restorer) releaseDirLocked(dir dirID) {
+	d := rs.dirRoot[dir]
 	if d == nil {
 		return
 	}
@@ -221,10 +300,10 @@ func (rs *restorer) releaseDirLocked(rel string) {
 		return
 	}
 	// close the least recently used idle handle of the same class
-	var oldest string
+	var oldest dirID
 	var oldestUse uint64
 	for r, h := range rs.dirRoot {
-		if h.refs == 0 && h.cp == cp && (oldest == "" || h.used < oldestUse) {
+		if h.refs == 0 && h.cp == cp && (oldest == 0 || h.used < oldestUse) {
 			oldest, oldestUse = r, h.used
 		}
 	}
@@ -237,9 +316,9 @@ func (rs *restorer) releaseDirLocked(rel string) {
 func (rs *restorer) closeDirs() {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
-	for rel, h := range rs.dirRoot {
+	for dir, h := range rs.dirRoot {
 		h.close()
-		delete(rs.dirRoot, rel)
+		delete(rs.dirRoot, dir)
 	}
 	rs.dirIdle = [2]int{}
 	if rs.rootDir != nil {
@@ -283,28 +362,28 @@ func dirInfoOf(fd int) dirInfo {
 // create files with openat: an *os.File per restored file would register
 // each one with the runtime's poller (two fcntl calls and a failing
 // epoll_ctl per file), which regular files gain nothing from. The caller
-// calls releaseDir(rel) when done with it.
-func (rs *restorer) acquireDirFd(rel string) (int, error) {
+// calls releaseDir(dir) when done with it.
+func (rs *restorer) acquireDirFd(dir dirID) (int, error) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
-	fd, _, err := rs.acquireDirFdLocked(rel, false)
+	fd, _, err := rs.acquireDirFdLocked(dir, false)
 	return fd, err
 }
 
 // acquireDirFdInfo is acquireDirFd that also returns the directory's
 // dirInfo (looked up once per handle).
-func (rs *restorer) acquireDirFdInfo(rel string) (int, dirInfo, error) {
+func (rs *restorer) acquireDirFdInfo(dir dirID) (int, dirInfo, error) {
 	rs.dirsMu.Lock()
 	defer rs.dirsMu.Unlock()
-	return rs.acquireDirFdLocked(rel, true)
+	return rs.acquireDirFdLocked(dir, true)
 }
 
-func (rs *restorer) acquireDirFdLocked(rel string, wantInfo bool) (int, dirInfo, error) {
-	r, err := rs.acquireDirLocked(rel)
+func (rs *restorer) acquireDirFdLocked(dir dirID, wantInfo bool) (int, dirInfo, error) {
+	r, err := rs.acquireDirLocked(dir)
 	if err != nil {
 		return -1, dirInfo{}, err
 	}
-	d := rs.dirRoot[rel]
+	d := rs.dirRoot[dir]
 	if d == nil || r != d.root {
 		// the target itself
 		if rs.rootDir == nil {
@@ -324,24 +403,23 @@ func (rs *restorer) acquireDirFdLocked(rel string, wantInfo bool) (int, dirInfo,
 		// os.Root, inside the target): Root.Open(".") would make an
 		// *os.File and register it with the poller, five more system
 		// calls per directory.
-		parent, name := path.Split(rel)
-		parent = strings.TrimSuffix(parent, "/")
+		parent := rs.dtab[dir].parent
 		pfd, _, err := rs.acquireDirFdLocked(parent, false)
 		if err == nil {
-			d.fd, err = unix.Openat(pfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			d.fd, err = unix.Openat(pfd, rs.dtab[dir].name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 			rs.releaseDirLocked(parent)
 			if err != nil {
 				d.fd = -1
-				err = &os.PathError{Op: "open", Path: rel, Err: err}
+				err = &os.PathError{Op: "open", Path: rs.relDir(dir), Err: err}
 			}
 		}
 		if err != nil {
-			rs.releaseDirLocked(rel)
+			rs.releaseDirLocked(dir)
 			return -1, dirInfo{}, err
 		}
 	}
 	if wantInfo && !d.info.known {
-		if info, ok := rs.freshInfo[rel]; ok {
+		if info := rs.dtab[dir].freshInfo; info.known {
 			d.info = info
 		} else {
 			d.info = dirInfoOf(d.fd)
@@ -350,37 +428,37 @@ func (rs *restorer) acquireDirFdLocked(rel string, wantInfo bool) (int, dirInfo,
 	return d.fd, d.info, nil
 }
 
-// inParent calls fn with the handle of rel's directory and rel's last
-// component.
-func (rs *restorer) inParent(rel string, fn func(dir *os.Root, name string) error) error {
-	parent, name := path.Split(rel)
-	parent = strings.TrimSuffix(parent, "/")
-	d, err := rs.acquireDir(parent)
+// inParent calls fn with the handle of e's directory and e's name.
+func (rs *restorer) inParent(e entryRef, fn func(dir *os.Root, name string) error) error {
+	d, err := rs.acquireDir(e.dir)
 	if err != nil {
 		return err
 	}
-	defer rs.releaseDir(parent)
-	return fn(d, name)
+	defer rs.releaseDir(e.dir)
+	return fn(d, e.name)
 }
 
 type dirMeta struct {
-	rel  string
+	dir  dirID
 	node *snapshot.Node
 }
 
 type fileJob struct {
-	rel  string
+	entryRef
 	node *snapshot.Node
 	// exists: a regular file of the same size is already there; with
 	// if-changed its content is compared before anything is written.
 	exists bool
 	skip   bool
+	// link: a hard link (node.Type 0) to first, made after every file
+	link  bool
+	first entryRef
 }
 
 // dirNames records, per restored directory, the names the snapshot has
 // (for Delete).
 type dirNames struct {
-	rel   string
+	dir   dirID
 	names map[string]bool
 }
 
@@ -415,10 +493,10 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 		return nil, fmt.Errorf("open target: %w", err)
 	}
 	defer root.Close()
-	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]string{}, fresh: map[string]bool{}, freshInfo: map[string]dirInfo{}}
+	rs := &restorer{r: r, opts: opts, root: root, incl: incl, excl: excl, links: map[[2]uint64]entryRef{}, dtab: []dirEnt{{}}}
 	defer rs.closeDirs()
 	if names, err := root.FS().(fs.ReadDirFS).ReadDir("."); err == nil && len(names) == 0 {
-		rs.fresh[""] = true
+		rs.dtab[0].fresh = true
 	}
 
 	tree, snapDir, err := subtree(ctx, snapshot.RepoTrees{Repo: r}, rootTree, subpath)
@@ -427,7 +505,8 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	}
 	rs.trees = snapshot.NewReadAheadTrees(r)
 	rs.trees.Hint(tree)
-	rs.plan(ctx, tree, snapDir, "")
+	rs.spBuf = []byte(snapDir)
+	rs.plan(ctx, tree, 0)
 	rs.trees = nil          // what it holds is not needed past the plan
 	opts.Progress.Counted() // the plan holds every file
 	if err := ctx.Err(); err != nil {
@@ -436,6 +515,9 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	if opts.Delete {
 		rs.deleteExtra()
 	}
+	if testHookAfterPlan != nil {
+		testHookAfterPlan(opts.Target)
+	}
 	rs.skipIdentical(ctx)
 	rs.restoreFiles(ctx)
 	// Directory metadata last, deepest first: writing into a directory
@@ -443,12 +525,12 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	for i := len(rs.dirs) - 1; i >= 0; i-- {
 		d := rs.dirs[i]
 		opts := fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner}
-		if info, ok := rs.freshInfo[d.rel]; ok {
+		if info := rs.dtab[d.dir].freshInfo; info.known {
 			// made by this restore: owned by us, its group known
 			euid, _ := fsmeta.EffectiveIDs()
 			opts.Created = &fsmeta.Created{UID: uint32(euid), GID: info.gid, Mode: fsmeta.ModeUnknown}
 		}
-		if err := rs.applyOpts(d.rel, d.node, opts); err != nil {
+		if err := rs.applyOpts(entryRef{rs.dtab[d.dir].parent, rs.dtab[d.dir].name}, d.node, opts); err != nil {
 			rs.fail(err)
 		}
 	}
@@ -457,6 +539,12 @@ func Run(ctx context.Context, r *repo.Repository, rootTree hash.Ref, subpath str
 	}
 	return &rs.res, ctx.Err()
 }
+
+// testHookAfterPlan, when set (by tests), is called with the target once
+// the plan has made directories and special files, before any file is
+// read back or written: what a case-insensitive directory would have made
+// of two names of the snapshot, tests make there.
+var testHookAfterPlan func(target string)
 
 // checkOptions fills in the default overwrite mode, rejects an unknown one
 // and compiles the include and exclude patterns: Run and DryRun must agree
@@ -535,66 +623,85 @@ func (rs *restorer) selected(snapPath string, isDir bool) (restore, descend bool
 // plan creates directories and special files and collects regular files.
 // It returns whether anything was restored below (so that directories are
 // created only when needed with --include).
-func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relDir string) bool {
+func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, dir dirID) bool {
 	any := false
 	if rs.opts.Delete {
 		names := make(map[string]bool, len(tree.Nodes))
 		for _, n := range tree.Nodes {
 			names[n.Name] = true
 		}
-		rs.seen = append(rs.seen, dirNames{relDir, names})
+		rs.seen = append(rs.seen, dirNames{dir, names})
 	}
+	// rs.spBuf holds this directory's snapshot path; each entry's is
+	// built after it, and only for as long as the entry needs it
+	spLen := len(rs.spBuf)
+	defer func() { rs.spBuf = rs.spBuf[:spLen] }()
 	for _, n := range tree.Nodes {
 		if ctx.Err() != nil {
 			return any
 		}
 		if err := snapshot.CheckName(n.Name); err != nil {
-			rs.fail(fmt.Errorf("%s: %w: %v", path.Join(snapDir, n.Name), ErrUnsafeName, err))
+			rs.fail(fmt.Errorf("%s: %w: %v", path.Join(string(rs.spBuf[:spLen]), n.Name), ErrUnsafeName, err))
 			continue
 		}
-		sp := path.Join(snapDir, n.Name)
-		rel := n.Name
-		if relDir != "" {
-			rel = relDir + "/" + n.Name
+		rs.spBuf = rs.spBuf[:spLen]
+		if spLen == 0 || rs.spBuf[spLen-1] != '/' {
+			rs.spBuf = append(rs.spBuf, '/')
 		}
+		rs.spBuf = append(rs.spBuf, n.Name...)
+		sp := string(rs.spBuf)
+		e := entryRef{dir, n.Name}
 		restore, descend := rs.selected(sp, n.Type == snapshot.TypeDir)
+		if rs.opts.Untrusted && (restore || descend) {
+			safe, withheld := untrustedNode(n)
+			if withheld && restore {
+				rs.res.Withheld++
+			}
+			if safe == nil {
+				continue // a device node: not made
+			}
+			n = safe
+		}
 		if n.Type == snapshot.TypeDir {
 			if !restore && !descend {
 				continue
 			}
 			if restore || rs.incl.Empty() {
-				if err := rs.mkdir(rel); err != nil {
+				sub, err := rs.mkdir(e)
+				if err != nil {
 					rs.fail(err)
 					continue
 				}
-				rs.dirs = append(rs.dirs, dirMeta{rel, n})
+				rs.dirs = append(rs.dirs, dirMeta{sub, n})
 				rs.res.Dirs++
 				any = true
-				if sub, err := rs.trees.LoadTree(ctx, n.Subtree); err != nil {
+				if t, err := rs.trees.LoadTree(ctx, n.Subtree); err != nil {
 					rs.fail(fmt.Errorf("%s: %w", sp, err))
 				} else {
-					rs.plan(ctx, sub, sp, rel)
+					rs.plan(ctx, t, sub)
 				}
 				continue
 			}
 			// Only an include below may select something: create the
 			// directory afterwards if it did.
-			sub, err := rs.trees.LoadTree(ctx, n.Subtree)
+			t, err := rs.trees.LoadTree(ctx, n.Subtree)
 			if err != nil {
 				rs.fail(fmt.Errorf("%s: %w", sp, err))
 				continue
 			}
 			idx := len(rs.dirs)
-			if err := rs.mkdir(rel); err != nil {
+			sub, err := rs.mkdir(e)
+			if err != nil {
 				rs.fail(err)
 				continue
 			}
-			if rs.plan(ctx, sub, sp, rel) {
-				rs.dirs = append(rs.dirs[:idx], append([]dirMeta{{rel, n}}, rs.dirs[idx:]...)...)
+			if rs.plan(ctx, t, sub) {
+				rs.dirs = append(rs.dirs[:idx], append([]dirMeta{{sub, n}}, rs.dirs[idx:]...)...)
 				rs.res.Dirs++
 				any = true
 			} else {
-				rs.root.Remove(rel) // empty: nothing selected below
+				// empty: nothing selected below
+				rs.inParent(e, func(d *os.Root, name string) error { return d.Remove(name) })
 			}
 			continue
 		}
@@ -602,10 +709,17 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 			continue
 		}
 		any = true
+		if n.Type == snapshot.TypeFile {
+			// before anything in the target is touched for it
+			if err := checkContent(n, rs.r.ChunkerParams().Max); err != nil {
+				rs.fail(fmt.Errorf("restore %s: %w", rs.relOf(e), err))
+				continue
+			}
+		}
 		var existing, keep bool
-		if !rs.fresh[relDir] {
+		if !rs.dtab[dir].fresh {
 			var err error
-			if existing, keep, err = rs.prepareEntry(rel, n); err != nil {
+			if existing, keep, err = rs.prepareEntry(e, n); err != nil {
 				rs.fail(err)
 				continue
 			}
@@ -617,26 +731,26 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 		if n.Links > 1 && n.Type != snapshot.TypeDir {
 			key := [2]uint64{n.Device, n.Inode}
 			if first, ok := rs.links[key]; ok {
-				rs.linkLater(rel, first, n)
+				rs.linkLater(e, first)
 				continue
 			}
-			rs.links[key] = rel
+			rs.links[key] = e
 		}
 		switch n.Type {
 		case snapshot.TypeFile:
-			rs.files = append(rs.files, &fileJob{rel: rel, node: n, exists: existing})
+			rs.files = append(rs.files, &fileJob{entryRef: e, node: n, exists: existing})
 			rs.opts.Progress.Grow(1, int64(n.Size))
 		case snapshot.TypeSymlink:
-			if err := rs.inParent(rel, func(dir *os.Root, name string) error { return dir.Symlink(n.LinkTarget, name) }); err != nil {
-				rs.fail(fmt.Errorf("restore symlink %s: %w", rel, err))
+			if err := rs.inParent(e, func(dir *os.Root, name string) error { return dir.Symlink(n.LinkTarget, name) }); err != nil {
+				rs.fail(fmt.Errorf("restore symlink %s: %w", rs.relOf(e), err))
 				continue
 			}
 			rs.res.Others++
-			if err := rs.apply(rel, n); err != nil {
+			if err := rs.apply(e, n); err != nil {
 				rs.fail(err)
 			}
 		default:
-			if err := rs.special(rel, n); err != nil {
+			if err := rs.special(e, n); err != nil {
 				rs.fail(err)
 				continue
 			}
@@ -646,18 +760,72 @@ func (rs *restorer) plan(ctx context.Context, tree *snapshot.Tree, snapDir, relD
 	return any
 }
 
-// hard links are made after the first copy's content is written.
-func (rs *restorer) linkLater(rel, first string, n *snapshot.Node) {
-	rs.files = append(rs.files, &fileJob{rel: rel, node: &snapshot.Node{Name: n.Name, Type: 0, LinkTarget: first}})
+// untrustedNode returns n as Options.Untrusted restores it: nil for a
+// device node (not made), else n without the setuid bit (and setgid, but
+// on directories, where it only decides new files' group) and without
+// security.* and trusted.* extended attributes. withheld says whether
+// anything was left out. What stays (owners, permissions, ACLs, user.*
+// attributes) gives no one more than mode bits can.
+func untrustedNode(n *snapshot.Node) (safe *snapshot.Node, withheld bool) {
+	if n.Type == snapshot.TypeCharDev || n.Type == snapshot.TypeBlockDev {
+		return nil, true
+	}
+	drop := uint32(unix.S_ISUID)
+	if n.Type != snapshot.TypeDir {
+		drop |= unix.S_ISGID
+	}
+	privileged := func(x snapshot.Xattr) bool {
+		return strings.HasPrefix(x.Name, "security.") || strings.HasPrefix(x.Name, "trusted.")
+	}
+	xattrs := n.Xattrs
+	if slices.ContainsFunc(xattrs, privileged) {
+		xattrs = slices.DeleteFunc(slices.Clone(xattrs), privileged)
+	}
+	if n.Mode&drop == 0 && len(xattrs) == len(n.Xattrs) {
+		return n, false
+	}
+	c := *n
+	c.Mode &^= drop
+	c.Xattrs = xattrs
+	return &c, true
 }
 
-func (rs *restorer) mkdir(rel string) error {
-	err := rs.inParent(rel, func(dir *os.Root, name string) error {
+// checkContent refuses a file whose chunks cannot be its content, as a
+// damaged or hostile tree can say: chunk sizes that do not add up to its
+// size (the file would be cut short or padded, and a size far beyond the
+// content would make restore create, and for sparse files hash, that
+// much), or a chunk longer than any the repository's chunker makes (a
+// resumed restore, --verify and --dry-run read files back in buffers of
+// a chunk's size: up to 4 GiB each).
+func checkContent(n *snapshot.Node, maxChunk uint32) error {
+	var sum uint64
+	for _, size := range n.ChunkSizes {
+		if size > maxChunk {
+			return fmt.Errorf("%w: a chunk of %d bytes, larger than any chunk (%d); not restored", ErrSizeMismatch, size, maxChunk)
+		}
+		sum += uint64(size)
+	}
+	if len(n.ChunkSizes) != len(n.Content) || sum != n.Size {
+		return fmt.Errorf("%w: the snapshot says %d bytes but its content holds %d; not restored", ErrSizeMismatch, n.Size, sum)
+	}
+	return nil
+}
+
+// hard links are made after the first copy's content is written.
+func (rs *restorer) linkLater(e, first entryRef) {
+	rs.files = append(rs.files, &fileJob{entryRef: e, node: &snapshot.Node{Name: e.name}, link: true, first: first})
+}
+
+// mkdir makes directory e (or keeps the one there) and returns its number.
+func (rs *restorer) mkdir(e entryRef) (dirID, error) {
+	id := dirID(len(rs.dtab))
+	rs.dtab = append(rs.dtab, dirEnt{parent: e.dir, name: e.name, depth: rs.dtab[e.dir].depth + 1})
+	err := rs.inParent(e, func(dir *os.Root, name string) error {
 		err := dir.Mkdir(name, 0o700)
 		if err == nil {
-			rs.fresh[rel] = true
-			if info, ok := rs.inheritDirInfo(rel); ok {
-				rs.freshInfo[rel] = info
+			rs.dtab[id].fresh = true
+			if info, ok := rs.inheritDirInfo(id); ok {
+				rs.dtab[id].freshInfo = info
 			}
 			return nil
 		}
@@ -675,25 +843,25 @@ func (rs *restorer) mkdir(rel string) error {
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("restore directory %s: %w", rel, err)
+		return 0, fmt.Errorf("restore directory %s: %w", rs.relOf(e), err)
 	}
-	return nil
+	return id, nil
 }
 
-// inheritDirInfo tells the dirInfo of directory rel, just created, from
+// inheritDirInfo tells the dirInfo of directory dir, just created, from
 // its parent's: a new directory inherits its parent's default ACL, and its
 // group and setgid bit where the parent is setgid; otherwise its group is
 // ours, unless a grpid mount gives it the parent's, which is the same
 // when the parent's group is ours. ok is false when that does not decide.
-func (rs *restorer) inheritDirInfo(rel string) (dirInfo, bool) {
-	parent := strings.TrimSuffix(path.Dir(rel), ".")
+func (rs *restorer) inheritDirInfo(dir dirID) (dirInfo, bool) {
+	parent := rs.dtab[dir].parent
 	var p dirInfo
-	if parent == "" {
+	if parent == 0 {
 		rs.dirsMu.Lock()
-		_, p, _ = rs.acquireDirFdLocked("", true)
+		_, p, _ = rs.acquireDirFdLocked(0, true)
 		rs.dirsMu.Unlock()
 	} else {
-		p = rs.freshInfo[parent]
+		p = rs.dtab[parent].freshInfo
 	}
 	_, egid := fsmeta.EffectiveIDs()
 	switch {
@@ -712,10 +880,10 @@ func (rs *restorer) inheritDirInfo(rel string) (dirInfo, bool) {
 // already matches), and sameSize when a regular file of the snapshot's size
 // is there (its content is compared later). Anything else in the way is
 // removed so that the entry can be created afresh: never written through.
-func (rs *restorer) prepareEntry(rel string, n *snapshot.Node) (sameSize, keep bool, err error) {
+func (rs *restorer) prepareEntry(e entryRef, n *snapshot.Node) (sameSize, keep bool, err error) {
 	var fi os.FileInfo
 	var linkMatches bool
-	err = rs.inParent(rel, func(dir *os.Root, name string) error {
+	err = rs.inParent(e, func(dir *os.Root, name string) error {
 		var lerr error
 		if fi, lerr = dir.Lstat(name); lerr != nil {
 			fi = nil // nothing there
@@ -741,13 +909,13 @@ func (rs *restorer) prepareEntry(rel string, n *snapshot.Node) (sameSize, keep b
 	})
 	switch {
 	case err != nil:
-		return false, false, fmt.Errorf("restore %s: remove what is in the way: %w", rel, err)
+		return false, false, fmt.Errorf("restore %s: remove what is in the way: %w", rs.relOf(e), err)
 	case fi == nil:
 		return false, false, nil
 	case rs.opts.Overwrite == OverwriteNever:
 		return false, true, nil
 	case linkMatches:
-		return false, true, rs.apply(rel, n)
+		return false, true, rs.apply(e, n)
 	}
 	return sameSize, false, nil
 }
@@ -779,20 +947,16 @@ func (rs *restorer) skipIdentical(ctx context.Context) {
 // does not have.
 func (rs *restorer) deleteExtra() {
 	for _, d := range rs.seen {
-		dir := d.rel
-		if dir == "" {
-			dir = "."
-		}
-		droot, err := rs.acquireDir(d.rel)
+		droot, err := rs.acquireDir(d.dir)
 		if err != nil {
 			continue // not restored (e.g. not selected)
 		}
-		rs.deleteIn(droot, d, dir)
-		rs.releaseDir(d.rel)
+		rs.deleteIn(droot, d)
+		rs.releaseDir(d.dir)
 	}
 }
 
-func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
+func (rs *restorer) deleteIn(droot *os.Root, d dirNames) {
 	f, err := droot.Open(".")
 	if err != nil {
 		return // not restored (e.g. not selected)
@@ -800,6 +964,10 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 	names, err := f.Readdirnames(-1)
 	f.Close()
 	if err != nil {
+		dir := rs.relDir(d.dir)
+		if dir == "" {
+			dir = "."
+		}
 		rs.fail(fmt.Errorf("list %s to delete what the snapshot lacks: %w", dir, err))
 		return
 	}
@@ -807,54 +975,48 @@ func (rs *restorer) deleteIn(droot *os.Root, d dirNames, dir string) {
 		if d.names[name] {
 			continue
 		}
-		rel := name
-		if d.rel != "" {
-			rel = d.rel + "/" + name
-		}
 		if err := droot.RemoveAll(name); err != nil {
-			rs.fail(fmt.Errorf("delete %s (not in the snapshot): %w", rel, err))
+			rs.fail(fmt.Errorf("delete %s (not in the snapshot): %w", rs.rel(d.dir, name), err))
 			continue
 		}
 		rs.res.Deleted++
 	}
 }
 
-// procPath names rel through an open file descriptor of its parent
-// directory, so that calls which take a path (xattrs, mknod, lutimes) act on
-// the entry inside the target without following any symlink to reach it.
-func (rs *restorer) withParent(rel string, fn func(p string) error) error {
+// withParent names e through an open file descriptor of its directory,
+// so that calls which take a path (xattrs, mknod, lutimes) act on the
+// entry inside the target without following any symlink to reach it.
+func (rs *restorer) withParent(e entryRef, fn func(p string) error) error {
 	// The parent's descriptor held open for the restore (acquireDirFd),
 	// not one opened for each call: an open, its poller registration and
 	// a close per directory and special file.
-	parent, name := path.Split(rel)
-	parent = strings.TrimSuffix(parent, "/")
-	fd, err := rs.acquireDirFd(parent)
+	fd, err := rs.acquireDirFd(e.dir)
 	if err != nil {
 		return err
 	}
-	defer rs.releaseDir(parent)
-	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + name)
+	defer rs.releaseDir(e.dir)
+	return fn("/proc/self/fd/" + strconv.Itoa(fd) + "/" + e.name)
 }
 
-func (rs *restorer) special(rel string, n *snapshot.Node) error {
-	err := rs.withParent(rel, func(p string) error {
+func (rs *restorer) special(e entryRef, n *snapshot.Node) error {
+	err := rs.withParent(e, func(p string) error {
 		if err := fsmeta.Create(p, n); err != nil {
 			return err
 		}
 		return fsmeta.Apply(p, n, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner})
 	})
 	if err != nil {
-		return fmt.Errorf("restore %s %s: %w", n.Type, rel, err)
+		return fmt.Errorf("restore %s %s: %w", n.Type, rs.relOf(e), err)
 	}
 	return nil
 }
 
-func (rs *restorer) apply(rel string, n *snapshot.Node) error {
-	return rs.applyOpts(rel, n, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner})
+func (rs *restorer) apply(e entryRef, n *snapshot.Node) error {
+	return rs.applyOpts(e, n, fsmeta.ApplyOptions{NumericOwner: rs.opts.NumericOwner})
 }
 
-func (rs *restorer) applyOpts(rel string, n *snapshot.Node, opts fsmeta.ApplyOptions) error {
-	return rs.withParent(rel, func(p string) error {
+func (rs *restorer) applyOpts(e entryRef, n *snapshot.Node, opts fsmeta.ApplyOptions) error {
+	return rs.withParent(e, func(p string) error {
 		return fsmeta.Apply(p, n, opts)
 	})
 }
@@ -946,7 +1108,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		if job.skip {
 			rs.res.Skipped++
 			rs.opts.Progress.Done(1, int64(job.node.Size))
-			if err := rs.apply(job.rel, job.node); err != nil {
+			if err := rs.apply(job.entryRef, job.node); err != nil {
 				rs.fail(err)
 			}
 			continue
@@ -959,19 +1121,11 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 		for i, ref := range job.node.Content {
 			offsets[i] = off
 			if !rs.r.Index().Has(repo.BlobHandle{Type: repo.DataBlob, ID: ref.ID}) {
-				rs.fail(fmt.Errorf("restore %s: data blob %s: %w", job.rel, ref.Short(), repo.ErrBlobNotFound))
+				rs.fail(fmt.Errorf("restore %s: data blob %s: %w", rs.relOf(job.entryRef), ref.Short(), repo.ErrBlobNotFound))
 				missing = true
 				break
 			}
 			off += int64(job.node.ChunkSizes[i])
-		}
-		if !missing && uint64(off) != job.node.Size {
-			// A damaged or hostile tree: the file would be cut short or
-			// padded, and a size far beyond the content would make restore
-			// create (and, for sparse files, hash) that much.
-			rs.fail(fmt.Errorf("restore %s: %w: the snapshot says %d bytes but its content holds %d; not restored",
-				job.rel, ErrSizeMismatch, job.node.Size, off))
-			missing = true
 		}
 		if missing {
 			f.pending.Store(1)
@@ -997,14 +1151,14 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			}
 			todo = append(todo, i)
 		}
-		f.dirRel = strings.TrimSuffix(path.Dir(job.rel), ".")
-		d, info, err := rs.acquireDirFdInfo(f.dirRel)
+		f.dir = job.dir
+		d, info, err := rs.acquireDirFdInfo(f.dir)
 		if err != nil {
-			rs.fail(fmt.Errorf("restore %s: %w", job.rel, err))
+			rs.fail(fmt.Errorf("restore %s: %w", rs.relOf(job.entryRef), err))
 			continue
 		}
 		f.dirFd = d
-		if rs.fresh[f.dirRel] && !job.exists {
+		if rs.dtab[f.dir].fresh && !job.exists {
 			rs.prepareCreate(f, info)
 		}
 		// Created here, one after another: on ext4 concurrent creates in
@@ -1021,14 +1175,14 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			openSlots <- struct{}{}
 		}
 		f.slots = openSlots
-		err = f.open(!rs.opts.BufferedIO && job.node.Size >= directThreshold)
+		err = f.open(rs, !rs.opts.BufferedIO && job.node.Size >= directThreshold)
 		if err == nil && f.dw != nil {
 			preallocate(f.fd, todo, offsets, job.node.ChunkSizes)
 			// the skipped zero chunks' share of the blocks they have
 			// in common with data
 			for _, i := range zeros {
 				if err = f.dw.Zero(offsets[i], int64(job.node.ChunkSizes[i])); err != nil {
-					err = fmt.Errorf("restore %s at offset %d: %w", job.rel, offsets[i], err)
+					err = fmt.Errorf("restore %s at offset %d: %w", rs.relOf(job.entryRef), offsets[i], err)
 					break
 				}
 			}
@@ -1055,20 +1209,21 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	close(jobs)
 	wg.Wait()
 	for _, job := range links {
-		if fi, err := rs.root.Lstat(job.rel); err == nil {
-			if first, err := rs.root.Lstat(job.node.LinkTarget); err == nil && os.SameFile(fi, first) {
+		rel, first := rs.relOf(job.entryRef), rs.relOf(job.first)
+		if fi, err := rs.root.Lstat(rel); err == nil {
+			if ffi, err := rs.root.Lstat(first); err == nil && os.SameFile(fi, ffi) {
 				continue // already linked (resumed restore)
 			}
 			if rs.opts.Overwrite == OverwriteNever {
 				continue
 			}
-			if err := rs.root.Remove(job.rel); err != nil {
-				rs.fail(fmt.Errorf("restore hard link %s: %w", job.rel, err))
+			if err := rs.root.Remove(rel); err != nil {
+				rs.fail(fmt.Errorf("restore hard link %s: %w", rel, err))
 				continue
 			}
 		}
-		if err := rs.root.Link(job.node.LinkTarget, job.rel); err != nil {
-			rs.fail(fmt.Errorf("restore hard link %s: %w", job.rel, err))
+		if err := rs.root.Link(first, rel); err != nil {
+			rs.fail(fmt.Errorf("restore hard link %s: %w", rel, err))
 		}
 	}
 }
@@ -1239,7 +1394,7 @@ func (rs *restorer) deliver(ctx context.Context, targets []target, data []byte, 
 			}
 		}
 		if werr != nil {
-			werr = fmt.Errorf("restore %s at offset %d: %w", f.job.rel, t.offset, werr)
+			werr = fmt.Errorf("restore %s at offset %d: %w", rs.relOf(f.job.entryRef), t.offset, werr)
 		}
 		f.done(rs, werr)
 	}
@@ -1253,7 +1408,7 @@ type openFile struct {
 	createMode uint32 // the mode it is created with (fsmeta.ModeUnknown: 0600)
 	created    fsmeta.Created
 	dirFd      int // the file's directory (acquireDirFd), held until done; -1 if none
-	dirRel     string
+	dir        dirID
 	fd         int            // -1 until created
 	dw         *directio.File // written around the page cache; nil: buffered
 	slots      chan struct{}  // the open-file slot it holds (restoreFiles), nil if none
@@ -1268,8 +1423,8 @@ type openFile struct {
 // made its full size first (holes where nothing is written); any other
 // file is written whole, which sets its size. With direct, the file is
 // written around the page cache where the file system allows (f.dw).
-func (f *openFile) open(direct bool) error {
-	name := path.Base(f.job.rel)
+func (f *openFile) open(rs *restorer, direct bool) error {
+	name := f.job.name
 	var fd int
 	var err error
 	if f.excl {
@@ -1281,13 +1436,14 @@ func (f *openFile) open(direct bool) error {
 		if err == nil {
 			f.created.Mode = f.createMode
 		} else if errors.Is(err, unix.EEXIST) {
-			// something is there after all (a name twice in a damaged
-			// tree): replaced as in a directory restore did not make
-			f.excl = false
+			// Only this restore puts anything in a directory it made:
+			// another name of the snapshot is this one here (a
+			// case-insensitive directory takes "A" and "a" for one),
+			// and what it made may be a FIFO or a device node.
+			err = errCollision
 		}
-	}
-	if !f.excl {
-		fd, err = unix.Openat(f.dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	} else {
+		fd, err = openRegular(f.dirFd, name)
 	}
 	if err == nil && f.job.node.Sparse && f.job.node.Size > 0 {
 		if err = unix.Ftruncate(fd, int64(f.job.node.Size)); err != nil {
@@ -1295,13 +1451,50 @@ func (f *openFile) open(direct bool) error {
 		}
 	}
 	if err != nil {
-		return fmt.Errorf("restore %s: %w", f.job.rel, &os.PathError{Op: "open", Path: f.job.rel, Err: err})
+		rel := rs.relOf(f.job.entryRef)
+		return fmt.Errorf("restore %s: %w", rel, &os.PathError{Op: "open", Path: rel, Err: err})
 	}
 	f.fd = fd
 	if direct {
 		f.dw = newDirectFile(fd, int64(f.job.node.Size))
 	}
 	return nil
+}
+
+// errCollision: something appeared at a file's name after restore cleared
+// the way (prepareEntry) or in a directory it made.
+var errCollision = errors.New("something else is there now: another name of the snapshot was restored as this one (a case-insensitive directory?); not overwritten")
+
+// openRegular opens name in dirFd for writing, emptied, or creates it. It
+// opens nothing but a regular file: a FIFO there (its open would wait for a
+// reader forever) or a device node (a write would go to the device) is
+// refused without being opened. Either can be there although restore
+// cleared the way: when the snapshot has another name that this directory
+// takes for the same one (case-insensitive directories), restore made
+// that entry meanwhile.
+func openRegular(dirFd int, name string) (int, error) {
+	fd, err := unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if !errors.Is(err, unix.EEXIST) {
+		return fd, err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirFd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return -1, err
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return -1, errCollision
+	}
+	// O_NONBLOCK: should a FIFO have replaced it since, the open fails
+	// rather than waits (it changes nothing for a regular file)
+	fd, err = unix.Openat(dirFd, name, unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	if err := unix.Fstat(fd, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		unix.Close(fd)
+		return -1, errCollision
+	}
+	return fd, nil
 }
 
 // prepareCreate decides, for a file created in a directory this restore
@@ -1341,7 +1534,7 @@ func (f *openFile) done(rs *restorer, err error) {
 	}
 	rs.opts.Progress.Done(1, 0)
 	if f.dirFd >= 0 {
-		defer rs.releaseDir(f.dirRel)
+		defer rs.releaseDir(f.dir)
 	}
 	if f.slots != nil {
 		defer func() { <-f.slots }()
@@ -1359,7 +1552,7 @@ func (f *openFile) done(rs *restorer, err error) {
 			unix.Ftruncate(f.fd, 0)
 		} else if err := f.dw.Finish(); err != nil {
 			f.failed.Store(true)
-			rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, err))
+			rs.fail(fmt.Errorf("restore %s: %w", rs.relOf(f.job.entryRef), err))
 		}
 	}
 	if !f.failed.Load() {
@@ -1368,17 +1561,17 @@ func (f *openFile) done(rs *restorer, err error) {
 		if f.excl {
 			opts.Created = &f.created
 		}
-		if err := fsmeta.ApplyFd(f.fd, f.job.rel, f.job.node, opts); err != nil {
-			rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, err))
+		if err := fsmeta.ApplyFd(f.fd, f.job.name, f.job.node, opts); err != nil {
+			rs.fail(fmt.Errorf("restore %s: %w", rs.relOf(f.job.entryRef), err))
 		}
 	}
 	if cerr := unix.Close(f.fd); cerr != nil && !f.failed.Load() {
 		f.failed.Store(true)
-		rs.fail(fmt.Errorf("restore %s: %w", f.job.rel, cerr))
+		rs.fail(fmt.Errorf("restore %s: %w", rs.relOf(f.job.entryRef), cerr))
 	}
 	f.fd = -1
 	if f.hostile.Load() && f.dirFd >= 0 {
-		unix.Unlinkat(f.dirFd, path.Base(f.job.rel), 0)
+		unix.Unlinkat(f.dirFd, f.job.name, 0)
 	}
 	if f.failed.Load() {
 		return
@@ -1421,7 +1614,9 @@ func (rs *restorer) verify(ctx context.Context) {
 			files = append(files, j)
 		}
 	}
-	sort.Slice(files, func(i, j int) bool { return files[i].rel < files[j].rel })
+	// in the order they were planned (depth first, by name), as files
+	// sorted by path would be
+	sort.SliceStable(files, func(i, j int) bool { return files[i].dir < files[j].dir })
 	workers := runtime.GOMAXPROCS(0)
 	bufs := make([][]byte, workers)
 	par.For(ctx, len(files), workers, func(w, i int) {
@@ -1438,15 +1633,22 @@ func (rs *restorer) verify(ctx context.Context) {
 
 func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 	var f *os.File
-	err := rs.inParent(job.rel, func(dir *os.Root, name string) error {
+	rel := func() string { return rs.relOf(job.entryRef) } // for errors only
+	err := rs.inParent(job.entryRef, func(dir *os.Root, name string) error {
 		var err error
-		f, err = dir.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		// O_NONBLOCK: a FIFO at the name (see openRegular) must not
+		// make the open wait for a writer
+		f, err = dir.OpenFile(name, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 		return err
 	})
 	if err != nil {
-		return buf, fmt.Errorf("verify %s: %w", job.rel, err)
+		return buf, fmt.Errorf("verify %s: %w", rel(), err)
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		// a device node or FIFO: never read
+		return buf, fmt.Errorf("verify %s: not a regular file", rel())
+	}
 	var off int64
 	var zeroKeys map[uint32]hash.ID
 	if job.node.Sparse {
@@ -1463,15 +1665,15 @@ func (rs *restorer) verifyFile(job *fileJob, buf []byte) ([]byte, error) {
 		}
 		buf = buf[:size]
 		if _, err := f.ReadAt(buf, off); err != nil {
-			return buf, fmt.Errorf("verify %s: %w", job.rel, err)
+			return buf, fmt.Errorf("verify %s: %w", rel(), err)
 		}
 		if rs.r.BlobKey(buf) != ref.Key {
-			return buf, fmt.Errorf("verify %s: content at offset %d differs from the snapshot", job.rel, off)
+			return buf, fmt.Errorf("verify %s: content at offset %d differs from the snapshot", rel(), off)
 		}
 		off += int64(size)
 	}
 	if n, err := f.ReadAt(make([]byte, 1), off); n != 0 || err != io.EOF {
-		return buf, fmt.Errorf("verify %s: file is longer than in the snapshot", job.rel)
+		return buf, fmt.Errorf("verify %s: file is longer than in the snapshot", rel())
 	}
 	return buf, nil
 }

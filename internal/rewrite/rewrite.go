@@ -9,12 +9,12 @@ package rewrite
 import (
 	"context"
 	"fmt"
-	"path"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/snapshot"
+	"github.com/floe-backup/floe/internal/walk"
 )
 
 // Options tune Run.
@@ -69,7 +69,8 @@ func Run(ctx context.Context, r *repo.Repository, snaps []*snapshot.Record, opts
 			w.out = r.StartWriting()
 		}
 		res := Result{Old: rec.ID}
-		root, changed, err := w.tree("/", rec.Tree)
+		w.buf = append(w.buf[:0], '/')
+		root, changed, err := w.tree(rec.Tree)
 		if err != nil {
 			if w.out != nil {
 				_ = w.out.Abort(context.WithoutCancel(ctx)) // index what was stored, for the next run
@@ -122,19 +123,28 @@ type writer struct {
 	removed uint64
 	bytes   uint64
 	paths   []string
+	// buf holds the path of the directory tree and count are in: each
+	// level keeps its length, not a string of its own (paths kept per
+	// level cost memory quadratic in the depth: a chain of 3,000
+	// directories of 255-byte names, a 1 MB snapshot, took gigabytes)
+	buf []byte
 }
 
-// tree returns the Ref of the tree at dir without the excluded entries,
-// storing it when it changed, and whether it changed.
-func (w *writer) tree(dir string, ref hash.Ref) (hash.Ref, bool, error) {
+// tree returns the Ref of the tree at the path w.buf holds without the
+// excluded entries, storing it when it changed, and whether it changed.
+func (w *writer) tree(ref hash.Ref) (hash.Ref, bool, error) {
+	dirLen := len(w.buf)
+	defer func() { w.buf = w.buf[:dirLen] }()
+	dir := func() string { return string(w.buf[:dirLen]) } // for errors
 	t, err := w.trees.LoadTree(w.ctx, ref)
 	if err != nil {
-		return hash.Ref{}, false, fmt.Errorf("load tree of %s: %w", dir, err)
+		return hash.Ref{}, false, fmt.Errorf("load tree of %s: %w", dir(), err)
 	}
 	nt := &snapshot.Tree{Nodes: make([]*snapshot.Node, 0, len(t.Nodes))}
 	changed := false
 	for _, n := range t.Nodes {
-		p := path.Join(dir, n.Name)
+		w.buf = walk.AppendJoin(w.buf[:dirLen], n.Name)
+		p := string(w.buf)
 		isDir := n.Type == snapshot.TypeDir
 		if w.excl.Match(p, isDir) {
 			changed = true
@@ -142,13 +152,13 @@ func (w *writer) tree(dir string, ref hash.Ref) (hash.Ref, bool, error) {
 			if len(w.paths) < 1000 {
 				w.paths = append(w.paths, p)
 			}
-			if err := w.count(n, p); err != nil {
+			if err := w.count(n); err != nil {
 				return hash.Ref{}, false, err
 			}
 			continue
 		}
 		if isDir && !n.Subtree.IsNull() {
-			sub, subChanged, err := w.tree(p, n.Subtree)
+			sub, subChanged, err := w.tree(n.Subtree)
 			if err != nil {
 				return hash.Ref{}, false, err
 			}
@@ -166,17 +176,18 @@ func (w *writer) tree(dir string, ref hash.Ref) (hash.Ref, bool, error) {
 	}
 	raw, err := snapshot.EncodeTree(nt)
 	if err != nil {
-		return hash.Ref{}, false, fmt.Errorf("tree of %s: %w", dir, err)
+		return hash.Ref{}, false, fmt.Errorf("tree of %s: %w", dir(), err)
 	}
 	id, _, _, err := w.out.SaveBlob(w.ctx, repo.TreeBlob, w.r.BlobKey(raw), raw)
 	if err != nil {
-		return hash.Ref{}, false, fmt.Errorf("save tree of %s: %w", dir, err)
+		return hash.Ref{}, false, fmt.Errorf("save tree of %s: %w", dir(), err)
 	}
 	return id, true, nil
 }
 
-// count adds the size of the files at and below an excluded node.
-func (w *writer) count(n *snapshot.Node, p string) error {
+// count adds the size of the files at and below an excluded node, whose
+// path w.buf holds.
+func (w *writer) count(n *snapshot.Node) error {
 	if n.Type == snapshot.TypeFile {
 		w.bytes += n.Size
 		return nil
@@ -186,10 +197,13 @@ func (w *writer) count(n *snapshot.Node, p string) error {
 	}
 	t, err := w.trees.LoadTree(w.ctx, n.Subtree)
 	if err != nil {
-		return fmt.Errorf("load tree of %s: %w", p, err)
+		return fmt.Errorf("load tree of %s: %w", w.buf, err)
 	}
+	dirLen := len(w.buf)
+	defer func() { w.buf = w.buf[:dirLen] }()
 	for _, c := range t.Nodes {
-		if err := w.count(c, path.Join(p, c.Name)); err != nil {
+		w.buf = walk.AppendJoin(w.buf[:dirLen], c.Name)
+		if err := w.count(c); err != nil {
 			return err
 		}
 	}

@@ -49,6 +49,11 @@ const (
 	// MaxTreeSize is the most bytes an encoded tree may have (the content
 	// lists of its files included).
 	MaxTreeSize = 256 << 20
+	// MaxTreeXattrs is the most extended attributes the nodes of a tree
+	// may have in all: a decoded attribute costs about 130 bytes where it
+	// encodes to as few as 10, so a 200 MB tree of one file with 20
+	// million of them decoded to 2.7 GB.
+	MaxTreeXattrs = 1 << 20 // 1,048,576
 )
 
 // Field tags of docs/FORMAT.md "Trees". Tag 0 ends a node.
@@ -124,9 +129,13 @@ func EncodeTree(t *Tree) ([]byte, error) {
 	buf = append(buf, treeMagic...)
 	buf = append(buf, TreeVersion)
 	buf = binary.AppendUvarint(buf, uint64(len(nodes)))
+	xattrs := 0
 	for i, n := range nodes {
 		if i > 0 && nodes[i-1].Name == n.Name {
 			return nil, treeErr("duplicate name %q", n.Name)
+		}
+		if xattrs += len(n.Xattrs); xattrs > MaxTreeXattrs {
+			return nil, treeErr("directory of more than %d extended attributes in all: a tree holds at most %d", MaxTreeXattrs, MaxTreeXattrs)
 		}
 		var err error
 		buf, err = appendNode(buf, n)
@@ -267,7 +276,8 @@ func checkXattrName(name string) error {
 
 // decoder reads from a byte slice; every read is bounds-checked.
 type decoder struct {
-	rest []byte
+	rest   []byte
+	xattrs int // extended attributes decoded so far (MaxTreeXattrs)
 }
 
 func (d *decoder) uvarint(what string) (uint64, error) {
@@ -368,7 +378,13 @@ func (d *decoder) node() (*Node, error) {
 		if tag > maxKnownTag {
 			continue // a later version's field
 		}
-		if tag != tagXattr {
+		if tag == tagXattr {
+			// counted before decoding: past the bound, nothing more is
+			// allocated
+			if d.xattrs++; d.xattrs > MaxTreeXattrs {
+				return nil, treeErr("too many extended attributes: a tree holds at most %d", MaxTreeXattrs)
+			}
+		} else {
 			if seen&(1<<tag) != 0 {
 				return nil, treeErr("repeated %s", what)
 			}

@@ -410,3 +410,57 @@ func TestDecodeTreeBounded(t *testing.T) {
 		t.Errorf("EncodeTree of %d entries: %v, want refused", len(nodes), err)
 	}
 }
+
+// xattrTree encodes one file node with n extended attributes by hand
+// (EncodeTree refuses more than MaxTreeXattrs).
+func xattrTree(n int) []byte {
+	buf := append([]byte(treeMagic), TreeVersion)
+	buf = binary.AppendUvarint(buf, 1)
+	buf = append(buf, tagName, 1, 'f', tagType, 1, byte(TypeFile))
+	for i := 0; i < n; i++ {
+		name := fmt.Sprintf("u.%07x", i)
+		buf = append(buf, tagXattr, byte(1+len(name)), byte(len(name)))
+		buf = append(buf, name...)
+	}
+	return append(buf, tagEnd)
+}
+
+// Extended attributes are bounded per tree: one costs about 130 bytes
+// decoded where it encodes to 10, so a 200 MB tree of one file with 20
+// million of them decoded to 2.7 GB in every reader. Decoding stops at
+// the bound, and EncodeTree refuses to write such a tree.
+func TestDecodeTreeXattrsBounded(t *testing.T) {
+	if _, err := DecodeTree(xattrTree(MaxTreeXattrs)); err != nil {
+		t.Fatalf("%d xattrs: %v", MaxTreeXattrs, err)
+	}
+	data := xattrTree(3 * MaxTreeXattrs)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	_, err := DecodeTree(data)
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), "extended attributes: a tree holds at most 1048576") {
+		t.Fatalf("%d xattrs: %v, want an error naming the limit", 3*MaxTreeXattrs, err)
+	}
+	// what the bound allows (about 250 MB allocated, half of it kept),
+	// not three times that
+	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 320<<20 {
+		t.Errorf("refusing %d xattrs allocated %d MB", 3*MaxTreeXattrs, alloc>>20)
+	}
+	// spread over many nodes, the same
+	nodes := make([]*Node, 1024)
+	per := MaxTreeXattrs/len(nodes) + 1
+	for i := range nodes {
+		nodes[i] = &Node{Name: fmt.Sprintf("%04d", i), Type: TypeFile, Xattrs: make([]Xattr, per)}
+		for j := range nodes[i].Xattrs {
+			nodes[i].Xattrs[j] = Xattr{Name: fmt.Sprintf("user.%04d", j)}
+		}
+	}
+	if _, err := EncodeTree(&Tree{Nodes: nodes}); !errors.Is(err, ErrInvalidTree) || !strings.Contains(err.Error(), "extended attributes in all: a tree holds at most") {
+		t.Errorf("EncodeTree of %d xattrs: %v, want refused", per*len(nodes), err)
+	}
+	nodes = nodes[:len(nodes)-1]
+	if _, err := EncodeTree(&Tree{Nodes: nodes}); err != nil {
+		t.Errorf("EncodeTree of %d xattrs: %v", per*len(nodes), err)
+	}
+}

@@ -6,8 +6,10 @@ package stats
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -135,29 +137,61 @@ type counter struct {
 // tree returns the counts below the directory tree id (at path dir) and
 // adds its blobs to the set.
 func (c *counter) tree(ctx context.Context, dir string, ref hash.Ref) (counts, error) {
+	sum, err := c.subtree(ctx, ref)
+	var te *treeError
+	if errors.As(err, &te) {
+		return counts{}, fmt.Errorf("load tree of %s (%s): %w", walk.Join(dir, strings.TrimPrefix(te.path, "/")), te.ref.Short(), te.err)
+	}
+	return sum, err
+}
+
+// treeError is a tree that could not be loaded, below the tree subtree
+// started from: path is built as the error goes back up, so that the walk
+// down keeps no path per level (paths kept per level cost memory quadratic
+// in the depth: a chain of 3,000 directories of 255-byte names, a 1 MB
+// snapshot, took gigabytes).
+type treeError struct {
+	path string // "" for the tree itself, else "/a/b"
+	ref  hash.Ref
+	err  error
+}
+
+func (e *treeError) Error() string { return e.err.Error() }
+
+// subtree counts the tree ref and everything below it (counter.tree).
+func (c *counter) subtree(ctx context.Context, ref hash.Ref) (counts, error) {
 	id := ref.ID
 	if n, ok := c.memo[id]; ok {
 		return n, nil
 	}
-	raw, err := treeSize(ctx, c.l, ref)
+	if err := ctx.Err(); err != nil {
+		return counts{}, err
+	}
+	t, err := c.l.LoadTree(ctx, ref)
+	if err != nil {
+		return counts{}, &treeError{ref: ref, err: err}
+	}
+	b, err := snapshot.EncodeTree(t)
 	if err != nil {
 		return counts{}, err
 	}
-	c.blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = raw
+	c.blobs[repo.BlobHandle{Type: repo.TreeBlob, ID: id}] = uint64(len(b))
 	var sum counts
-	err = walk.Walk(ctx, c.l, dir, ref, func(p string, n *snapshot.Node) error {
+	for _, n := range t.Nodes {
 		switch n.Type {
 		case snapshot.TypeDir:
 			sum.dirs++
 			if n.Subtree.IsNull() {
-				return walk.SkipDir
+				continue
 			}
-			sub, err := c.tree(ctx, p, n.Subtree)
+			sub, err := c.subtree(ctx, n.Subtree)
+			if te, ok := err.(*treeError); ok {
+				te.path = "/" + n.Name + te.path
+			}
 			if err != nil {
-				return err
+				return counts{}, err
 			}
 			sum.add(sub)
-			return walk.SkipDir
 		case snapshot.TypeFile:
 			sum.files++
 			sum.size += n.Size
@@ -167,10 +201,6 @@ func (c *counter) tree(ctx context.Context, dir string, ref hash.Ref) (counts, e
 		default:
 			sum.others++
 		}
-		return nil
-	})
-	if err != nil {
-		return counts{}, err
 	}
 	c.memo[id] = sum
 	return sum, nil

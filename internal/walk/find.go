@@ -9,8 +9,14 @@ import (
 	"github.com/floe-backup/floe/internal/snapshot"
 )
 
-// findMemoMax bounds the directories whose matches Find remembers.
-const findMemoMax = 1 << 20
+// findMemoMax bounds the directories whose matches Find remembers, and
+// findMemoPath the paths it remembers them by: a chain of directories
+// would otherwise be remembered by paths of every length up to its depth,
+// memory quadratic in the depth.
+const (
+	findMemoMax  = 1 << 20
+	findMemoPath = 4096
+)
 
 type match struct {
 	path string
@@ -50,7 +56,7 @@ func Find(ctx context.Context, l snapshot.TreeLoader, m *pathmatch.Matcher, sel 
 			Leave: func(p string, n *snapshot.Node) error {
 				start := stack[len(stack)-1]
 				stack = stack[:len(stack)-1]
-				if len(memo) < findMemoMax {
+				if len(memo) < findMemoMax && len(p) <= findMemoPath {
 					memo[key{p, n.Subtree.ID}] = cur[start:len(cur):len(cur)]
 				}
 				return nil
