@@ -642,12 +642,15 @@ func TestServerKilledMidBackup(t *testing.T) {
 }
 
 // A token quota and a repository quota refuse uploads with a clear error
-// (exit 14) and leave no partial object; `floe serve usage` reports them.
+// (exit 14) and leave no partial object; check passes after a refusal;
+// with the token's quota raised (serve token quota) the next backup
+// succeeds and reuses the pack that arrived; `floe serve usage` reports
+// them.
 func TestServerQuota(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	s, admin := e.startFleetServer("--metrics-listen", "127.0.0.1:0")
-	r := e.run("serve", "token", "add", "--root", s.root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "2MiB")
+	r := e.run("serve", "token", "add", "--root", s.root, "--repo", "fleet", "--host", "web2", "--role", "backup", "--quota", "24MiB")
 	expectCode(t, r, 0)
 	tok := strings.TrimSpace(r.stdout)
 	addSecret(tok)
@@ -655,14 +658,32 @@ func TestServerQuota(t *testing.T) {
 	if err := os.WriteFile(web2, []byte(tok+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// 40 MiB of new data: the first pack (16 MiB) fits the quota, the
+	// second does not
 	src := e.mkdir("src")
-	testutil.WriteRandom(t, filepath.Join(src, "big"), 5<<20, 9)
+	testutil.WriteRandom(t, filepath.Join(src, "big1"), 20<<20, 9)
+	testutil.WriteRandom(t, filepath.Join(src, "big2"), 20<<20, 10)
 	// the token file from the environment this time
-	r = e.runWith(runOpts{env: []string{"FLOE_TOKEN_FILE=" + web2, "FLOE_SERVER_FINGERPRINT=" + s.fingerprint}},
-		"-r", s.url("fleet"), "--password-file", e.pwFile, "backup", src)
+	web2Env := runOpts{env: []string{"FLOE_TOKEN_FILE=" + web2, "FLOE_SERVER_FINGERPRINT=" + s.fingerprint}}
+	r = e.runWith(web2Env, "-r", s.url("fleet"), "--password-file", e.pwFile, "backup", src)
 	expectCode(t, r, 14)
-	if !strings.Contains(r.stderr, "quota of 2.0 MiB") {
+	if !strings.Contains(r.stderr, "quota of 24.0 MiB") {
 		t.Errorf("over quota: unclear error:\n%s", r)
+	}
+	// the refusal left the repository sound
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check"), 0)
+	// the quota raised, the next backup succeeds and reuses what arrived
+	var web2ID string
+	for _, tk := range decodeJSON[struct{ Tokens []struct{ ID, Host string } }](t, e.run("serve", "token", "list", "--root", s.root, "--json")).Tokens {
+		if tk.Host == "web2" {
+			web2ID = tk.ID
+		}
+	}
+	expectCode(t, e.run("serve", "token", "quota", "--root", s.root, web2ID, "128MiB"), 0)
+	r = e.runWith(web2Env, "-r", s.url("fleet"), "--password-file", e.pwFile, "backup", "--json", src)
+	expectCode(t, r, 0)
+	if added := decodeJSON[backupOut](t, r).Summary.DataAdded; added == 0 || added > 30<<20 {
+		t.Errorf("after the quota was raised the backup added %d bytes of 40 MiB: it did not reuse the pack that arrived", added)
 	}
 	filepath.WalkDir(filepath.Join(s.root, "fleet"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.HasPrefix(d.Name(), ".tmp-") {
@@ -689,7 +710,7 @@ func TestServerQuota(t *testing.T) {
 		t.Errorf("usage: repositories %+v", u.Repositories)
 	}
 	for _, tk := range u.Tokens {
-		if tk.Host == "web2" && (tk.Quota != 2<<20 || tk.Bytes > tk.Quota) {
+		if tk.Host == "web2" && (tk.Quota != 128<<20 || tk.Bytes > tk.Quota || tk.Bytes < 40<<20) {
 			t.Errorf("usage: token %+v", tk)
 		}
 	}

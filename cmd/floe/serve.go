@@ -257,7 +257,7 @@ func newServeFingerprintCommand(g *globals, sf *serveFlags) *cobra.Command {
 func newServeTokenCommand(g *globals, sf *serveFlags) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "token",
-		Short: "Manage the credentials of hosts (add, list, revoke)",
+		Short: "Manage the credentials of hosts (add, list, revoke, quota)",
 		Example: `  floe serve token add --root /srv/floe --repo fleet --host web1 --role backup > web1.token
   floe serve token list --root /srv/floe
   floe serve token revoke --root /srv/floe 3f2a9c1e0b7d4a55`,
@@ -391,7 +391,41 @@ Roles, combinable with commas: backup, restore, admin.`,
 			return nil
 		},
 	}
-	c.AddCommand(add, list, revoke)
+	setQuota := &cobra.Command{
+		Use:   "quota ID SIZE",
+		Short: "Set a token's quota (0: none); a running server applies it at once",
+		Long: `Set the most bytes of objects a token may have stored (each object counted in
+whole 4 KiB blocks), 0 for none. What it stored counts until the objects are
+removed (prune, forget): raise the quota, or prune, when a host is refused with
+"quota exceeded".`,
+		Example: `  floe serve token quota --root /srv/floe 3f2a9c1e0b7d4a55 100GiB
+  floe serve token quota --root /srv/floe 3f2a9c1e0b7d4a55 0`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := server.ParseSize(args[1])
+			if err != nil {
+				return usageError{err}
+			}
+			ts, err := sf.tokenStore(false)
+			if err != nil {
+				return err
+			}
+			t, err := ts.SetQuota(strings.TrimSpace(args[0]), n)
+			if err != nil {
+				return err
+			}
+			if g.json {
+				return writeDocument(map[string]any{"id": t.ID, "repo": t.Repo, "host": t.Host, "quota": t.Quota})
+			}
+			if n == 0 {
+				g.say("token %s (host %s): no quota", t.ID, ui.Sanitize(t.Host))
+			} else {
+				g.say("token %s (host %s): quota %s", t.ID, ui.Sanitize(t.Host), server.FormatSize(n))
+			}
+			return nil
+		},
+	}
+	c.AddCommand(add, list, revoke, setQuota)
 	return c
 }
 

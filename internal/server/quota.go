@@ -253,6 +253,22 @@ func (l *Ledger) reserve(ctx context.Context, be storage.Backend, tok Token, rep
 	}, nil
 }
 
+// credit gives the quota of token id back what an object of size bytes
+// it uploaded counted, when the object is removed (prune, forget): a
+// token's usage is what its objects still stored count.
+func (l *Ledger) credit(id string, size int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	used, ok := l.tokenUsed[id]
+	if !ok {
+		return
+	}
+	l.tokenUsed[id] = max(0, used-Charged(size))
+	if err := writeJSONFile(filepath.Join(l.dir, UsageFile), l.tokenUsed); err != nil {
+		fmt.Fprintf(os.Stderr, "floe serve: usage ledger: %v\n", err)
+	}
+}
+
 // removed records that an object of size bytes left repo.
 func (l *Ledger) removed(repo string, size int64) {
 	l.mu.Lock()

@@ -47,7 +47,7 @@ func TestQuotas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, _, err := s.tokens.AddWithQuota("fleet", "small", server.RoleBackup, 3*block)
+	small, smallTok, err := s.tokens.AddWithQuota("fleet", "small", server.RoleBackup, 3*block)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +128,9 @@ func TestQuotas(t *testing.T) {
 	if err := admin.Remove(ctx, h1); err != nil {
 		t.Fatal(err)
 	}
+	if u := ledger.TokenUsage()[smallTok.ID]; u != 2*block {
+		t.Errorf("small's usage after its d1 was removed: %d, want %d", u, 2*block)
+	}
 	if err := admin.Save(ctx, h4, d4); err != nil {
 		t.Fatalf("after a remove freed space: %v", err)
 	}
@@ -169,5 +172,54 @@ func TestCharged(t *testing.T) {
 		if got := server.Charged(size); got != want {
 			t.Errorf("Charged(%d) = %d, want %d", size, got, want)
 		}
+	}
+}
+
+// A token's quota can be raised (floe serve token quota), and removing
+// what it uploaded (prune, forget) gives its quota back, so that a host
+// with a quota is not refused for good.
+func TestTokenQuotaRaisedAndFreed(t *testing.T) {
+	const block = server.ObjectBlock
+	ctx := context.Background()
+	_, repos := fleetRoot(t)
+	s := startServer(t, repos, server.Options{})
+	admin := s.client(t, "fleet", s.token(t, "fleet", "admin"))
+	secret, tok, err := s.tokens.AddWithQuota("fleet", "web1", server.RoleBackup, block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := s.client(t, "fleet", secret)
+	save := func(c byte) (storage.Handle, error) {
+		d := bytes.Repeat([]byte{c}, 100)
+		h := storage.Handle{Type: storage.Pack, Name: nameOf(d)}
+		return h, host.Save(ctx, h, d)
+	}
+	h1, err := save('1')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := save('2'); !errors.Is(err, remote.ErrQuota) {
+		t.Fatalf("over a quota of one block: %v", err)
+	}
+	if _, err := s.tokens.SetQuota(tok.ID, 2*block); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := save('2'); err != nil {
+		t.Fatalf("after the quota was raised: %v", err)
+	}
+	if _, err := save('3'); !errors.Is(err, remote.ErrQuota) {
+		t.Fatalf("over the raised quota: %v", err)
+	}
+	if err := admin.Remove(ctx, h1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := save('3'); err != nil {
+		t.Fatalf("after a removal gave a block back: %v", err)
+	}
+	if u := s.ledger.TokenUsage()[tok.ID]; u != 2*block {
+		t.Errorf("usage %d, want %d", u, 2*block)
+	}
+	if _, err := s.tokens.SetQuota("0123456789abcdef", block); !errors.Is(err, server.ErrNoToken) {
+		t.Errorf("quota of an unknown token: %v", err)
 	}
 }

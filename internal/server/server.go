@@ -120,7 +120,10 @@ type Server struct {
 	uploads map[string]int // token id -> uploads in progress
 	loads   map[string]int // token id -> loads in progress
 	journal journal
-	mem     *memBudget // buffers of uploads received into memory
+	// uploaders: who uploaded each object, so that a removal gives its
+	// uploader's quota back
+	uploaders uploaderCache
+	mem       *memBudget // buffers of uploads received into memory
 }
 
 // New returns a server.
@@ -635,9 +638,13 @@ func (s *Server) remove(q *request, route Route) {
 		return
 	}
 	var size int64 = -1
+	uploader := ""
 	if s.opts.Ledger != nil {
 		if fi, err := be.Stat(q.r.Context(), route.Handle); err == nil {
 			size = fi.Size
+		}
+		if j := journalOf(s.opts.Repos, route.Repo, be, &s.journal); j != nil {
+			uploader = s.uploaders.get(q.r.Context(), j, route.Repo, route.Handle)
 		}
 	}
 	if err := be.Remove(q.r.Context(), route.Handle); err != nil {
@@ -646,6 +653,9 @@ func (s *Server) remove(q *request, route Route) {
 	}
 	if size >= 0 {
 		s.opts.Ledger.removed(route.Repo, size)
+		if uploader != "" {
+			s.opts.Ledger.credit(uploader, size)
+		}
 	}
 	s.recordUpload(q, route.Repo, be, route.Handle, true)
 	q.w.WriteHeader(http.StatusNoContent)

@@ -243,6 +243,26 @@ func (s *TokenStore) Revoke(id string) error {
 	return s.writeLocked()
 }
 
+// SetQuota sets the quota of credential id in bytes (0: none); a running
+// server applies it at its next request.
+func (s *TokenStore) SetQuota(id string, bytes int64) (Token, error) {
+	if bytes < 0 {
+		return Token{}, errors.New("a quota is 0 (none) or more bytes")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.reloadLocked(); err != nil {
+		return Token{}, err
+	}
+	t, ok := s.tokens[id]
+	if !ok {
+		return Token{}, fmt.Errorf("%w: id %q", ErrNoToken, id)
+	}
+	t.Quota = bytes
+	s.tokens[id] = t
+	return t, s.writeLocked()
+}
+
 // Authenticate checks an Authorization header ("Bearer TOKEN") and returns
 // the credential. Errors wrap ErrUnauthorized and never contain the token.
 func (s *TokenStore) Authenticate(header string) (Token, error) {

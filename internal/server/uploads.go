@@ -376,4 +376,70 @@ func (s *Server) recordUpload(q *request, repo string, be storage.Backend, h sto
 	if err := j.append(q.r.Context(), h.Type, rec); err != nil {
 		fmt.Fprintf(os.Stderr, "floe serve: repository %s: %s: %v\n", repo, h, err)
 	}
+	s.uploaders.note(repo, h, rec)
+}
+
+// uploaderCache knows who uploaded each object of a repository and type,
+// read from the journal the first time a removal needs it and kept up to
+// date by this server's uploads and removals: a prune removes thousands
+// of objects, each of which gives its uploader's quota back, and reading
+// the journal for each would take time growing with the square of the
+// repository's size. An object it does not know (uploaded through
+// another server in front of the same bucket, or before journals were
+// kept) makes it read the journal again, at most once a minute.
+type uploaderCache struct {
+	mu sync.Mutex
+	m  map[string]map[string]string // REPO/TYPE → name → token id
+	at map[string]time.Time         // when each was read
+}
+
+func uploaderKey(repo string, h storage.Handle) (key, name string) {
+	name = h.Name
+	if h.Type == storage.Config {
+		name = "config"
+	}
+	return repo + "/" + string(h.Type), name
+}
+
+// get returns the id of the token that uploaded h in repo ("" when
+// unknown).
+func (c *uploaderCache) get(ctx context.Context, j uploadJournal, repo string, h storage.Handle) string {
+	key, name := uploaderKey(repo, h)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if tok, ok := c.m[key][name]; ok {
+		return tok
+	}
+	if at, ok := c.at[key]; ok && time.Since(at) < time.Minute {
+		return ""
+	}
+	recs, err := j.read(ctx, h.Type)
+	if err != nil {
+		return ""
+	}
+	m := make(map[string]string, len(recs))
+	for n, r := range recs {
+		m[n] = r.Token
+	}
+	if c.m == nil {
+		c.m, c.at = map[string]map[string]string{}, map[string]time.Time{}
+	}
+	c.m[key], c.at[key] = m, time.Now()
+	return m[name]
+}
+
+// note records rec, just appended to the journal, if the cache holds h's
+// repository and type.
+func (c *uploaderCache) note(repo string, h storage.Handle, rec UploadRecord) {
+	key, name := uploaderKey(repo, h)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m, ok := c.m[key]
+	switch {
+	case !ok:
+	case rec.Removed:
+		delete(m, name)
+	default:
+		m[name] = rec.Token
+	}
 }
