@@ -50,7 +50,7 @@ var errNoRepoGiven = connect.ErrNoRepoGiven
 
 func (g *globals) addFlags(c *cobra.Command) {
 	f := c.PersistentFlags()
-	f.StringVarP(&g.repo, "repo", "r", "", "repository location: a directory, or s3:https://HOST/BUCKET[/PREFIX] (env FLOE_REPOSITORY; default: the local default repository)")
+	f.StringVarP(&g.repo, "repo", "r", "", "repository location: a directory, s3:https://HOST/BUCKET[/PREFIX], https://HOST:PORT/REPO (a floe server) or ssh://[USER@]HOST[:PORT]/PATH (env FLOE_REPOSITORY; default: the local default repository)")
 	f.StringVar(&g.passwordFile, "password-file", "", "read the repository password from this file (env FLOE_PASSWORD_FILE)")
 	f.StringVar(&g.passwordCommand, "password-command", "", "run this shell command to get the password (env FLOE_PASSWORD_COMMAND)")
 	f.StringVar(&g.keyFile, "key-file", "", "open the repository with this key file (env FLOE_KEY_FILE)")
