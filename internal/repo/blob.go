@@ -234,6 +234,24 @@ func (r *Repository) LoadBlob(ctx context.Context, t BlobType, ref hash.Ref, buf
 	return r.openBlob(t, ref, c, buf)
 }
 
+// LoadBlobSealed is LoadBlob that also returns the blob's stored bytes,
+// which hash to ref.ID (the plaintext is checked against the ref's key
+// as LoadBlob does). copy stores them as they are in a repository that
+// shares the chunk ID key: compressed anew, a blob could get other bytes
+// and so another ID than the one the copied trees name (a disk image's
+// blobs are compressed at another level than files', and two
+// repositories may be set to different levels).
+func (r *Repository) LoadBlobSealed(ctx context.Context, t BlobType, ref hash.Ref, buf []byte) (plain, sealed []byte, err error) {
+	c, err := r.loadGoodCopy(ctx, t, ref, func(ctx context.Context, loc Location) ([]byte, error) {
+		return r.be.Load(ctx, storage.Handle{Type: storage.Pack, Name: loc.Pack.String()}, int64(loc.Offset), int64(loc.Length))
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	plain, err = r.openBlob(t, ref, c, buf)
+	return plain, c, err
+}
+
 // loadGoodCopy returns the stored bytes of the first copy of ref, best
 // first, that read returns and that hash to ref.ID; a copy whose bytes do
 // not is reported (ForgedCopies) and the next one tried. LoadBlob and

@@ -233,20 +233,30 @@ func (c *copier) worker() {
 }
 
 // copyBlob copies one data blob and returns its ref in the destination
-// (the same as in the source when the chunk ID keys are shared).
+// (the same as in the source when the chunk ID keys are shared: the
+// stored bytes then move as they are, since the copied trees name the
+// source's IDs, and a blob compressed anew could get another ID: a disk
+// image's blobs are compressed at another level than files').
 func (c *copier) copyBlob(src hash.Ref, buf *[]byte) (hash.Ref, error) {
-	plain, err := c.src.LoadBlob(c.ctx, repo.DataBlob, src, *buf)
+	var plain, sealed []byte
+	var err error
+	if c.shared {
+		plain, sealed, err = c.src.LoadBlobSealed(c.ctx, repo.DataBlob, src, *buf)
+	} else {
+		plain, err = c.src.LoadBlob(c.ctx, repo.DataBlob, src, *buf)
+	}
 	if err != nil {
 		return hash.Ref{}, fmt.Errorf("load from the source: %w", err)
 	}
 	*buf = plain
 	c.prog.read(len(plain))
-	key := src.Key
-	if !c.shared {
-		key = c.dst.BlobKey(plain)
-	}
+	id, isNew := src, false
 	c.saveMu.RLock()
-	id, isNew, _, err := c.w.SaveBlob(c.ctx, repo.DataBlob, key, plain)
+	if c.shared {
+		isNew, err = c.w.SaveRawBlob(c.ctx, repo.DataBlob, src.ID, sealed, len(plain), false)
+	} else {
+		id, isNew, _, err = c.w.SaveBlob(c.ctx, repo.DataBlob, c.dst.BlobKey(plain), plain)
+	}
 	c.saveMu.RUnlock()
 	if err != nil {
 		return hash.Ref{}, fmt.Errorf("save data blob %s into the destination: %w", id.Short(), err)
