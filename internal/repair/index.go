@@ -10,7 +10,6 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
-	"github.com/floe-backup/floe/internal/ui"
 )
 
 // badEntry is an index entry whose copy cannot be read as its blob.
@@ -113,20 +112,18 @@ func describeBad(bad []badEntry, total int) string {
 	return fmt.Sprintf("%d of its %d entries point to forged or missing copies: %s", len(bad), total, strings.Join(ex, "; "))
 }
 
-// ErrIndexUnreadable: index files in use cannot be loaded, so the repair
-// cannot tell their entries good from bad (a check says what is wrong).
-var ErrIndexUnreadable = errors.New("index files are damaged")
-
 // findBadIndexEntries hashes every entry of the index files in use
-// against the stored packs.
+// against the stored packs. The files that cannot be loaded are
+// findUnindexedPacks' (their packs are indexed anew).
 func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error {
-	files, errs, err := r.LoadIndexFiles(ctx)
-	if err != nil {
-		return err
+	st := p.index
+	if st == nil {
+		var err error
+		if st, err = loadIndexState(ctx, r); err != nil {
+			return err
+		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s cannot be loaded (%v)", ErrIndexUnreadable, ui.Count(len(errs), "index file"), errors.Join(errs...))
-	}
+	files := st.files
 	v, err := newEntryVerifier(ctx, r)
 	if err != nil {
 		return err
