@@ -132,7 +132,7 @@ func (c *checker) mergePack(res *packResult) {
 		}
 		msg := fmt.Sprintf("pack %s is unreferenced (left by an interrupted backup; harmless, prune removes it)", res.id.Short())
 		if c.indexDamaged > 0 {
-			msg = fmt.Sprintf("pack %s is in no readable index file; since an index file is damaged, it may hold data that snapshots need: do not prune", res.id.Short())
+			msg = fmt.Sprintf("pack %s is in no readable index file; since an index file is damaged, it may hold data that snapshots need: do not prune; `floe repair` rebuilds the index from the packs", res.id.Short())
 		}
 		if len(res.issues) > 0 {
 			msg += "; also, it " + strings.Join(res.issues, "; ")

@@ -132,26 +132,16 @@ func verifyPack(ctx context.Context, r *repo.Repository, sc *repo.PackScanner, i
 	case err != nil:
 		return packVerdict{err: err}
 	case nbad > 0:
-		return packVerdict{bad: fmt.Sprintf("%d of the %s its header lists %s not hash to %s IDs (damaged or forged; first: %s)",
-			nbad, ui.Count(len(hdr.Blobs), "blob"), doesDo(nbad), itsTheir(nbad), first)}
+		verb := "does not hash to its ID"
+		if nbad > 1 {
+			verb = "do not hash to their IDs"
+		}
+		return packVerdict{bad: fmt.Sprintf("%s of %d that its header lists %s (damaged or forged; first: %s)",
+			ui.Count(nbad, "blob"), len(hdr.Blobs), verb, first)}
 	case scan.Sum != id:
 		return packVerdict{bad: "its content does not match its name (damaged)"}
 	}
 	return packVerdict{blobs: hdr.Blobs}
-}
-
-func doesDo(n int) string {
-	if n == 1 {
-		return "does"
-	}
-	return "do"
-}
-
-func itsTheir(n int) string {
-	if n == 1 {
-		return "its"
-	}
-	return "their"
 }
 
 // verifyPacks verifies the given packs on a few goroutines, each with its
