@@ -168,6 +168,13 @@ func TestReindex(t *testing.T) {
 			bad := f.add(t, storage.Index, []byte("FLIX\x02 not an index file"))
 			return want{removed: []hash.ID{bad}, reason: "decode index"}
 		}},
+		{"index file hidden by a signed one that supersedes it", func(t *testing.T, f *reindexFixture) want {
+			// what a full key with a floe server's backup token can do
+			if _, err := f.r.SaveIndexFile(context.Background(), &repo.IndexFile{Supersedes: []hash.ID{f.index1}, Packs: []repo.PackInfo{}}); err != nil {
+				t.Fatal(err)
+			}
+			return want{indexed: sortedIDs(f.data1, f.tree1)}
+		}},
 		{"a damaged blob in one of the packs", func(t *testing.T, f *reindexFixture) want {
 			f.remove(t, storage.Index, f.index1)
 			f.remove(t, storage.Index, f.index2)
