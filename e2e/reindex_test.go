@@ -305,3 +305,40 @@ func TestRepairIgnoresForgedPack(t *testing.T) {
 	f.e.ok("check", "--read-data")
 	f.verifyAll("after prune")
 }
+
+// Through a floe server, rebuilding the index needs a token that may read
+// packs and remove files: a backup token is refused (exit 14) and nothing
+// changes; an admin token repairs.
+func TestRepairThroughServer(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	s, admin := e.startFleetServer()
+	backupTok := s.token("fleet", "web", "backup")
+	src := e.mkdir("src")
+	testutil.WriteRandom(t, filepath.Join(src, "f"), 2<<20, 21)
+	man := testutil.Manifest(t, src)
+	r := s.remote("fleet", admin, "--password-file", e.pwFile, "backup", "--json", src)
+	expectCode(t, r, 0)
+	snap := decodeJSON[backupOut](t, r).Snapshot
+	index := objects(t, filepath.Join(s.root, "fleet", "index"))
+	if len(index) != 1 {
+		t.Fatalf("index files: %v", index)
+	}
+	flip(t, index[0])
+
+	before := treeState(t, filepath.Join(s.root, "fleet"))
+	r = s.remote("fleet", backupTok, "--password-file", e.pwFile, "repair", "--yes")
+	expectCode(t, r, 14)
+	if treeState(t, filepath.Join(s.root, "fleet")) != before {
+		t.Fatal("a refused repair changed the repository")
+	}
+	r = s.remote("fleet", admin, "--password-file", e.pwFile, "repair", "--yes")
+	expectCode(t, r, 0)
+	if !strings.Contains(r.stdout, "index 2 packs") || !strings.Contains(r.stdout, "repaired: 3 of 3") {
+		t.Errorf("repair through the server: %s", r)
+	}
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
+	dst := e.path("restored")
+	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", snap+":"+src, "--target", dst, "--verify"), 0)
+	testutil.DiffManifest(t, man, dst)
+}
