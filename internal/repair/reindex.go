@@ -24,6 +24,7 @@ import (
 	"sync"
 
 	"github.com/floe-backup/floe/internal/hash"
+	"github.com/floe-backup/floe/internal/packfile"
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
@@ -334,15 +335,38 @@ func indexPacks(ctx context.Context, r *repo.Repository, p *Plan, acts []Action)
 	// split like every writer's: the supersedes come after every pack,
 	// so a repair killed between two files leaves the damaged files in
 	// force and no pack unlisted
-	if _, err := r.SaveIndexFiles(ctx, nf); err != nil {
-		err = fmt.Errorf("save the index files that list the packs: %w", err)
-		for i := range errs {
-			if blobs[i] != nil {
-				errs[i] = err
+	for _, part := range repo.SplitIndexFile(nf, packfile.MaxIndexEntries) {
+		if err := saveNewIndexFile(ctx, r, st, part); err != nil {
+			err = fmt.Errorf("save the index files that list the packs: %w", err)
+			for i := range errs {
+				if blobs[i] != nil {
+					errs[i] = err
+				}
 			}
+			break
 		}
 	}
 	return errs, nil
+}
+
+// saveNewIndexFile stores f as a new object. Index files are named by
+// their content, so f may be a file that a signed file supersedes (hidden,
+// stored or not), or one whose stored bytes are damaged (f was their
+// original content): saving it would change nothing, and the packs would
+// stay unlisted. f then also supersedes that name, its twin, which lists
+// the same packs: f gets a new name, and nothing is hidden.
+func saveNewIndexFile(ctx context.Context, r *repo.Repository, st *indexState, f *repo.IndexFile) error {
+	id, err := r.IndexFileID(f)
+	if err != nil {
+		return err
+	}
+	_, loads := st.files[id]
+	_, damaged := st.damaged[id]
+	if loads || damaged || repo.Superseded(st.files)[id] {
+		f.Supersedes = append(f.Supersedes, id)
+	}
+	_, err = r.SaveIndexFile(ctx, f)
+	return err
 }
 
 // removeDamagedIndex removes an index file that still cannot be loaded

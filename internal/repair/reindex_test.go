@@ -175,6 +175,44 @@ func TestReindex(t *testing.T) {
 			}
 			return want{indexed: sortedIDs(f.data1, f.tree1)}
 		}},
+		{"hidden index file with the very content repair writes", func(t *testing.T, f *reindexFixture) want {
+			// the file repair would write is this one (names are hashes):
+			// it must supersede it, or the packs stay hidden
+			ctx := context.Background()
+			x, err := f.r.LoadIndexFile(ctx, f.index1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(x.Packs, func(a, b repo.PackInfo) int { return compareIDs(a.ID, b.ID) })
+			twin, err := f.r.SaveIndexFile(ctx, &repo.IndexFile{Packs: x.Packs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if twin != f.index1 { // the writer may have listed them in that order
+				f.remove(t, storage.Index, f.index1)
+			}
+			if _, err := f.r.SaveIndexFile(ctx, &repo.IndexFile{Supersedes: []hash.ID{twin}, Packs: []repo.PackInfo{}}); err != nil {
+				t.Fatal(err)
+			}
+			return want{indexed: sortedIDs(f.data1, f.tree1)}
+		}},
+		{"the name of the file repair writes superseded, no such file stored", func(t *testing.T, f *reindexFixture) want {
+			ctx := context.Background()
+			x, err := f.r.LoadIndexFile(ctx, f.index1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			slices.SortFunc(x.Packs, func(a, b repo.PackInfo) int { return compareIDs(a.ID, b.ID) })
+			name, err := f.r.IndexFileID(&repo.IndexFile{Packs: x.Packs})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.remove(t, storage.Index, f.index1)
+			if _, err := f.r.SaveIndexFile(ctx, &repo.IndexFile{Supersedes: []hash.ID{name}, Packs: []repo.PackInfo{}}); err != nil {
+				t.Fatal(err)
+			}
+			return want{indexed: sortedIDs(f.data1, f.tree1)}
+		}},
 		{"a damaged blob in one of the packs", func(t *testing.T, f *reindexFixture) want {
 			f.remove(t, storage.Index, f.index1)
 			f.remove(t, storage.Index, f.index2)
