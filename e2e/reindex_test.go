@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
@@ -341,4 +344,93 @@ func TestRepairThroughServer(t *testing.T) {
 	dst := e.path("restored")
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", snap+":"+src, "--target", dst, "--verify"), 0)
 	testutil.DiffManifest(t, man, dst)
+}
+
+// Killed at any moment, a repair that rebuilds the index leaves a
+// repository that the next repair finishes: check --read-data then passes
+// and every snapshot restores byte for byte. Each round starts from the
+// same damaged repository and kills the repair at another moment (the
+// window between writing the new index files and removing the damaged
+// ones is short: internal/repair TestReindexKilledBeforeRemoval stops a
+// repair there every time).
+func TestRepairCrashSafety(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.init()
+	type snap struct {
+		id, src  string
+		manifest map[string]string
+	}
+	var snaps []snap
+	for i := range 4 {
+		src := e.mkdir(fmt.Sprintf("src%d", i))
+		testutil.WriteRandom(t, filepath.Join(src, "f"), 6<<20, uint64(40+i))
+		out, _ := e.backup(src)
+		snaps = append(snaps, snap{out.Snapshot, src, testutil.Manifest(t, src)})
+	}
+	for _, p := range objects(t, filepath.Join(e.repo, "index")) {
+		flip(t, p)
+	}
+	pristine := e.path("damaged")
+	copyDir(t, e.repo, pristine)
+
+	// how long a whole repair takes here
+	start := time.Now()
+	e.ok("repair", "--yes")
+	took := time.Since(start)
+	t.Logf("a whole repair took %v", took)
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
+	for round := range 6 {
+		if err := os.RemoveAll(e.repo); err != nil {
+			t.Fatal(err)
+		}
+		copyDir(t, pristine, e.repo)
+		delay := took/4 + time.Duration(rng.Int64N(int64(took)))
+		finished, _, _ := e.killAfter(delay, "repair", "--yes")
+		// where it was killed: the damaged files (all still there?) and
+		// the new ones (written yet?)
+		var damaged, written int
+		for _, p := range objects(t, filepath.Join(e.repo, "index")) {
+			if _, err := os.Stat(filepath.Join(pristine, "index", filepath.Base(p))); err == nil {
+				damaged++
+			} else {
+				written++
+			}
+		}
+		t.Logf("round %d: killed after %v (finished before: %v): %d damaged index files left, %d written", round, delay, finished, damaged, written)
+		again := e.ok("repair", "--yes")
+		if r := e.floe("check", "--read-data"); r.code != 0 {
+			t.Fatalf("round %d: check --read-data after a killed repair and another: %s\nthe second repair: %s", round, r, again)
+		}
+		for _, s := range snaps {
+			e.restoreAndCompare(fmt.Sprintf("round %d", round), s.id, s.src, s.manifest, false)
+		}
+	}
+}
+
+// copyDir copies the regular files and directories below src to dst.
+func copyDir(t *testing.T, src, dst string) {
+	t.Helper()
+	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(src, p)
+		to := filepath.Join(dst, rel)
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(to, fi.Mode().Perm())
+		}
+		data, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(to, data, fi.Mode().Perm())
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
