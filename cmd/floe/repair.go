@@ -67,12 +67,25 @@ in full, so it takes about as long as check --read-data.`,
 			if !g.json {
 				printRepairPlan(g, plan)
 			}
+			// packs that could not be read: the repair cannot finish
+			var incomplete error
+			if n := plan.Incomplete(); n > 0 {
+				incomplete = fmt.Errorf("%s that no index file lists could not be read (see above): run repair again once the storage reads them", ui.Count(n, "pack"))
+			}
 			if plan.Empty() || dryRun {
 				if g.json {
-					return writeDocument(map[string]any{"plan": plan, "applied": false})
+					doc := map[string]any{"plan": plan, "applied": false}
+					if incomplete != nil && !dryRun {
+						g.exitCode = ExitError
+						doc["error"] = incomplete.Error()
+					}
+					return writeDocument(doc)
 				}
 				if dryRun && !plan.Empty() {
 					g.say("dry run: nothing was changed")
+				}
+				if !dryRun {
+					return incomplete
 				}
 				return nil
 			}
@@ -86,6 +99,9 @@ in full, so it takes about as long as check --read-data.`,
 				}
 			}
 			res, err := repair.Apply(ctx, r, plan)
+			if err == nil {
+				err = incomplete
+			}
 			if g.json {
 				doc := map[string]any{"plan": plan, "applied": true, "result": res}
 				if err != nil {
@@ -153,7 +169,7 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 		g.say("left alone (%s):", ui.Count(len(plan.Left), "object"))
 		for _, a := range plan.Left {
 			switch a.Kind {
-			case repair.LeavePack:
+			case repair.LeavePack, repair.UnreadablePack:
 				g.say("  pack %s (%s): %s", a.ID.Short(), ui.Bytes(uint64(a.Bytes)), a.Reason)
 			case repair.LeaveIndex:
 				g.say("  damaged index file %s: %s", a.ID.Short(), a.Reason)

@@ -210,7 +210,7 @@ func findUnindexedPacks(ctx context.Context, r *repo.Repository, p *Plan) error 
 		case v.gone:
 		case v.err != nil:
 			unreadable++
-			p.Left = append(p.Left, Action{Kind: LeavePack, ID: id, Bytes: sizes[id],
+			p.Left = append(p.Left, Action{Kind: UnreadablePack, ID: id, Bytes: sizes[id],
 				Reason: fmt.Sprintf("in no readable index file, and it cannot be read now (%v): repair indexes it once it can", trimPrefix(v.err, "pack", id))})
 		case v.bad != "":
 			p.Left = append(p.Left, Action{Kind: LeavePack, ID: id, Bytes: sizes[id],

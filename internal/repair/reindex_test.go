@@ -419,7 +419,7 @@ func TestReindexUnreadable(t *testing.T) {
 	if got := idsOf(plan.Actions, IndexPack); !slices.Equal(got, []hash.ID{f.tree1}) || len(plan.Actions) != 1 {
 		t.Errorf("plan %+v, want only tree pack %s indexed", plan.Actions, f.tree1.Short())
 	}
-	if !slices.Equal(idsOf(plan.Left, LeavePack), []hash.ID{f.data1}) || !slices.Equal(idsOf(plan.Left, LeaveIndex), []hash.ID{f.index1}) {
+	if !slices.Equal(idsOf(plan.Left, UnreadablePack), []hash.ID{f.data1}) || !slices.Equal(idsOf(plan.Left, LeaveIndex), []hash.ID{f.index1}) || plan.Incomplete() != 1 {
 		t.Errorf("left %+v, want pack %s and index %s", plan.Left, f.data1.Short(), f.index1.Short())
 	}
 	if _, err := Apply(ctx, r, plan); err != nil {

@@ -67,12 +67,28 @@ const (
 	// LeavePack is a pack that no index file lists and that repair does
 	// not index: its header does not decode, a blob does not hash to its
 	// ID or the pack to its name (damaged, or garbage a write-only host
-	// uploaded), or it cannot be read now.
+	// uploaded). Prune removes it once no snapshot needs it.
 	LeavePack Kind = "leave-pack"
+	// UnreadablePack is a pack that no index file lists and that could not
+	// be read now (a storage error): it may be fine, and the next repair
+	// looks at it again.
+	UnreadablePack Kind = "unreadable-pack"
 	// LeaveIndex is a damaged index file kept because a pack that it may
 	// have listed could not be read.
 	LeaveIndex Kind = "leave-index"
 )
+
+// Incomplete returns how many packs that no index file lists could not
+// be read (UnreadablePack): a repair that leaves them is not finished.
+func (p *Plan) Incomplete() int {
+	n := 0
+	for _, a := range p.Left {
+		if a.Kind == UnreadablePack {
+			n++
+		}
+	}
+	return n
+}
 
 // Action is one change of a Plan.
 type Action struct {
