@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,7 +61,11 @@ in full, so it takes about as long as check --read-data.`,
 				return err
 			}
 			defer r.Close()
-			plan, err := repair.Find(ctx, r)
+			prog := &ui.Meter{}
+			st := g.status()
+			st.Run(200*time.Millisecond, func() string { return "repair: " + prog.Line() })
+			plan, err := repair.FindProgress(ctx, r, prog)
+			st.Stop()
 			if err != nil {
 				return err
 			}

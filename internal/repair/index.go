@@ -10,6 +10,7 @@ import (
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/storage"
+	"github.com/floe-backup/floe/internal/ui"
 )
 
 // badEntry is an index entry whose copy cannot be read as its blob.
@@ -136,11 +137,17 @@ func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error
 		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	prog := p.prog
+	if prog == nil {
+		prog = ui.NoProgress
+	}
+	prog.Phase("hashing the entries of the index files", int64(len(ids)), 0)
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		bad, total, err := v.badEntries(ctx, files[id])
+		prog.Done(1, 0)
 		if err != nil {
 			return fmt.Errorf("index %s: %w", id.Short(), err)
 		}

@@ -146,8 +146,17 @@ func verifyPack(ctx context.Context, r *repo.Repository, sc *repo.PackScanner, i
 }
 
 // verifyPacks verifies the given packs on a few goroutines, each with its
-// own scanner (they reuse their buffers from pack to pack).
-func verifyPacks(ctx context.Context, r *repo.Repository, ids []hash.ID, sizes map[hash.ID]int64) ([]packVerdict, error) {
+// own scanner (they reuse their buffers from pack to pack), telling prog
+// (may be nil).
+func verifyPacks(ctx context.Context, r *repo.Repository, ids []hash.ID, sizes map[hash.ID]int64, prog ui.Progress) ([]packVerdict, error) {
+	if prog == nil {
+		prog = ui.NoProgress
+	}
+	var total int64
+	for _, id := range ids {
+		total += sizes[id]
+	}
+	prog.Phase("reading the packs that no index file lists", int64(len(ids)), total)
 	out := make([]packVerdict, len(ids))
 	workers := min(4, max(2, runtime.NumCPU()))
 	scanners := make([]*repo.PackScanner, workers)
@@ -158,6 +167,7 @@ func verifyPacks(ctx context.Context, r *repo.Repository, ids []hash.ID, sizes m
 	var denied error
 	par.For(ctx, len(ids), workers, func(w, i int) {
 		v := verifyPack(ctx, r, scanners[w], ids[i], sizes[ids[i]])
+		prog.Done(1, sizes[ids[i]])
 		if errors.Is(v.err, storage.ErrDenied) {
 			mu.Lock()
 			denied = v.err
@@ -199,7 +209,7 @@ func findUnindexedPacks(ctx context.Context, r *repo.Repository, p *Plan) error 
 		}
 	}
 	slices.SortFunc(cands, compareIDs)
-	verdicts, err := verifyPacks(ctx, r, cands, sizes)
+	verdicts, err := verifyPacks(ctx, r, cands, sizes, p.prog)
 	if err != nil {
 		return err
 	}
@@ -298,7 +308,7 @@ func indexPacks(ctx context.Context, r *repo.Repository, p *Plan, acts []Action)
 		for j, i := range todo {
 			ids[j] = acts[i].ID
 		}
-		verdicts, err := verifyPacks(ctx, r, ids, sizes)
+		verdicts, err := verifyPacks(ctx, r, ids, sizes, nil)
 		if err != nil {
 			return nil, err
 		}

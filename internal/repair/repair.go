@@ -111,6 +111,8 @@ type Plan struct {
 	verified map[hash.ID]verifiedPack
 	// index is the index files as Find loaded them (the finders share it)
 	index *indexState
+	// prog is told what Find reads (the packs: the long part)
+	prog ui.Progress
 }
 
 // Empty reports whether there is nothing to repair.
@@ -125,10 +127,17 @@ var finders = []finder{findUndecodableSnapshots, findUnindexedPacks, findBadInde
 // Find looks for every problem repair can fix and returns the plan. It
 // changes nothing. It needs a full key (it reads snapshot records).
 func Find(ctx context.Context, r *repo.Repository) (*Plan, error) {
+	return FindProgress(ctx, r, ui.NoProgress)
+}
+
+// FindProgress is Find telling prog what it reads: it reads whole packs
+// (those no index file lists, and those whose entries it hashes), which
+// takes about as long as check --read-data.
+func FindProgress(ctx context.Context, r *repo.Repository, prog ui.Progress) (*Plan, error) {
 	if r.WriteOnly() {
 		return nil, repo.ErrWriteOnly
 	}
-	p := &Plan{Actions: []Action{}}
+	p := &Plan{Actions: []Action{}, prog: prog}
 	for _, f := range finders {
 		if err := f(ctx, r, p); err != nil {
 			return nil, err
