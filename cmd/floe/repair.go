@@ -158,7 +158,7 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 			if shown++; shown <= maxPacksShown || packs == maxPacksShown+1 {
 				g.say("    pack %s: %s, %s", a.ID.Short(), ui.Count(a.Blobs, "blob"), ui.Bytes(uint64(a.Bytes)))
 			} else if shown == maxPacksShown+1 {
-				g.say("    and %d more packs", packs-maxPacksShown)
+				g.say("    and %s", ui.Count(packs-maxPacksShown, "more pack"))
 			}
 		case repair.RemoveDamagedIndex:
 			g.say("  remove damaged index file %s (its packs are indexed anew): %s", a.ID.Short(), a.Reason)
