@@ -17,7 +17,6 @@ import (
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
-	"github.com/floe-backup/floe/internal/repair"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
@@ -222,7 +221,7 @@ func hintFor(err error) string {
 		return "use --fs-snapshot btrfs for paths on btrfs"
 	case errors.Is(err, fssnap.ErrNoRoom), errors.Is(err, fssnap.ErrOverflowed):
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
-	case errors.As(err, new(*repo.IndexLoadError)), errors.Is(err, repair.ErrIndexUnreadable):
+	case errors.As(err, new(*repo.IndexLoadError)):
 		return "run `floe check`"
 	case errors.As(err, new(*repo.LeaseHeldError)):
 		return "if that prune died, wait until its lease ends or use --force-unlock"

@@ -14,7 +14,6 @@ import (
 	"github.com/floe-backup/floe/internal/fssnap"
 	"github.com/floe-backup/floe/internal/location"
 	"github.com/floe-backup/floe/internal/prune"
-	"github.com/floe-backup/floe/internal/repair"
 	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/server/fleetsrv"
@@ -55,7 +54,6 @@ func TestHintsNameFlagsAndCommands(t *testing.T) {
 		{transfer.ErrSourceDamaged, "`floe check` on the source"},
 		{transfer.ErrDestinationDamaged, "`floe check` on the destination"},
 		{&repo.IndexLoadError{Errs: []error{errors.New("bad magic")}}, "`floe check`"},
-		{repair.ErrIndexUnreadable, "`floe check`"},
 		{&repo.LeaseHeldError{Lease: repo.Lease{Holder: "h"}}, "--force-unlock"},
 		{devrestore.ErrNotDevice, "--target"},
 		{backup.ErrImageType, "--image"},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -24,6 +25,15 @@ without losing anything readable, show it, and remove it once confirmed:
   snapshot records that do not decode (damaged, or written by a write-only
   key that uploaded garbage): they reference nothing anyone can read;
 
+  packs that no readable index file lists, because an index file is
+  damaged (bit rot, a truncated upload), was deleted, or a backup was
+  killed before writing it: each pack's header (plaintext) names its blobs;
+  every blob is hashed against its ID and the pack against its name, and
+  the packs that verify are listed in new index files, signed by the
+  repository's authority; then the index files that cannot be loaded are
+  removed. A pack that does not verify (damaged, or garbage a write-only
+  key uploaded) is reported and left to prune, never indexed;
+
   index entries that point to forged or missing copies (found by hashing
   every entry against its pack, as check --read-data does): a new index
   file, signed by the repository's authority, supersedes each index file
@@ -35,7 +45,9 @@ without losing anything readable, show it, and remove it once confirmed:
 
 repair first shows what it will do. It asks for confirmation on a terminal;
 elsewhere it needs --yes. --dry-run only shows the plan. Every action checks
-its reason again just before it is carried out. repair needs a full key.`,
+its reason again just before it is carried out. repair needs a full key
+(through a floe server, a token with the admin role). It reads every pack
+in full, so it takes about as long as check --read-data.`,
 		Example: `  floe repair --dry-run
   floe repair --yes`,
 		Args: cobra.NoArgs,
@@ -49,19 +61,36 @@ its reason again just before it is carried out. repair needs a full key.`,
 				return err
 			}
 			defer r.Close()
-			plan, err := repair.Find(ctx, r)
+			prog := &ui.Meter{}
+			st := g.status()
+			st.Run(200*time.Millisecond, func() string { return "repair: " + prog.Line() })
+			plan, err := repair.FindProgress(ctx, r, prog)
+			st.Stop()
 			if err != nil {
 				return err
 			}
 			if !g.json {
 				printRepairPlan(g, plan)
 			}
+			// packs that could not be read: the repair cannot finish
+			var incomplete error
+			if n := plan.Incomplete(); n > 0 {
+				incomplete = fmt.Errorf("%s that no index file lists could not be read (see above): run repair again once the storage reads them", ui.Count(n, "pack"))
+			}
 			if plan.Empty() || dryRun {
 				if g.json {
-					return writeDocument(map[string]any{"plan": plan, "applied": false})
+					doc := map[string]any{"plan": plan, "applied": false}
+					if incomplete != nil && !dryRun {
+						g.exitCode = ExitError
+						doc["error"] = incomplete.Error()
+					}
+					return writeDocument(doc)
 				}
 				if dryRun && !plan.Empty() {
 					g.say("dry run: nothing was changed")
+				}
+				if !dryRun {
+					return incomplete
 				}
 				return nil
 			}
@@ -75,6 +104,9 @@ its reason again just before it is carried out. repair needs a full key.`,
 				}
 			}
 			res, err := repair.Apply(ctx, r, plan)
+			if err == nil {
+				err = incomplete
+			}
 			if g.json {
 				doc := map[string]any{"plan": plan, "applied": true, "result": res}
 				if err != nil {
@@ -100,13 +132,36 @@ its reason again just before it is carried out. repair needs a full key.`,
 func printRepairPlan(g *globals, plan *repair.Plan) {
 	if plan.Empty() {
 		g.say("nothing to repair")
-		return
+	} else {
+		g.say("repair plan (%s):", ui.Count(len(plan.Actions), "action"))
 	}
-	g.say("repair plan (%s):", ui.Count(len(plan.Actions), "action"))
+	var packs, blobs int
+	var bytes int64
+	for _, a := range plan.Actions {
+		if a.Kind == repair.IndexPack {
+			packs++
+			blobs += a.Blobs
+			bytes += a.Bytes
+		}
+	}
+	if packs > 0 {
+		g.say("  index %s that no readable index file lists (%s, %s), every blob verified by hashing, in new index files signed by this repository's authority:",
+			ui.Count(packs, "pack"), ui.Count(blobs, "blob"), ui.Bytes(uint64(bytes)))
+	}
+	shown := 0
 	for _, a := range plan.Actions {
 		switch a.Kind {
 		case repair.RemoveSnapshot:
 			g.say("  remove snapshot record %s: %s", a.ID.Short(), a.Reason)
+		case repair.IndexPack:
+			// a lost index file of a prune may have listed thousands
+			if shown++; shown <= maxPacksShown || packs == maxPacksShown+1 {
+				g.say("    pack %s: %s, %s", a.ID.Short(), ui.Count(a.Blobs, "blob"), ui.Bytes(uint64(a.Bytes)))
+			} else if shown == maxPacksShown+1 {
+				g.say("    and %s", ui.Count(packs-maxPacksShown, "more pack"))
+			}
+		case repair.RemoveDamagedIndex:
+			g.say("  remove damaged index file %s (its packs are indexed anew): %s", a.ID.Short(), a.Reason)
 		case repair.RewriteIndex:
 			g.say("  supersede index file %s with a signed one of its good entries: %s", a.ID.Short(), a.Reason)
 		case repair.RemoveMark:
@@ -115,7 +170,23 @@ func printRepairPlan(g *globals, plan *repair.Plan) {
 			g.say("  %s %s: %s", a.Kind, a.ID.Short(), a.Reason)
 		}
 	}
+	if len(plan.Left) > 0 {
+		g.say("left alone (%s):", ui.Count(len(plan.Left), "object"))
+		for _, a := range plan.Left {
+			switch a.Kind {
+			case repair.LeavePack, repair.UnreadablePack:
+				g.say("  pack %s (%s): %s", a.ID.Short(), ui.Bytes(uint64(a.Bytes)), a.Reason)
+			case repair.LeaveIndex:
+				g.say("  damaged index file %s: %s", a.ID.Short(), a.Reason)
+			default:
+				g.say("  %s %s: %s", a.Kind, a.ID.Short(), a.Reason)
+			}
+		}
+	}
 }
+
+// maxPacksShown is how many packs to index the plan names one by one.
+const maxPacksShown = 20
 
 // confirm asks a yes/no question on the terminal; without one it refuses
 // (a script must say --yes).

@@ -228,6 +228,10 @@ func (c *checker) loadIndex(ctx context.Context) error {
 	for i, id := range ids {
 		if errs[i] != nil {
 			c.indexDamaged++
+			if errors.Is(errs[i], repo.ErrDamagedIndex) || errors.Is(errs[i], storage.ErrTooLarge) {
+				c.problem(Error, KindIndex, "index/"+id.String(), "%v; do not prune: `floe repair` rebuilds the index from the intact packs", errs[i])
+				continue
+			}
 			c.problem(Error, KindIndex, "index/"+id.String(), "%v", errs[i])
 			continue
 		}
@@ -359,11 +363,11 @@ func (c *checker) finish() {
 		msg := strings.Join(parts, " and ") + " that snapshots need " + isAre(total) + " in no index file"
 		switch {
 		case c.missingOrphan == 1 && total == 1:
-			msg += "; it is still in an unreferenced pack (its index file is damaged or lost): do not prune"
+			msg += "; it is still in an unreferenced pack (its index file is damaged or lost): do not prune; `floe repair` rebuilds the index from the intact packs"
 		case c.missingOrphan == total:
-			msg += "; all are still in unreferenced packs (their index file is damaged or lost): do not prune"
+			msg += "; all are still in unreferenced packs (their index file is damaged or lost): do not prune; `floe repair` rebuilds the index from the intact packs"
 		case c.missingOrphan > 0:
-			msg += fmt.Sprintf("; %d of them %s still in unreferenced packs (their index file is damaged or lost): do not prune", c.missingOrphan, isAre(c.missingOrphan))
+			msg += fmt.Sprintf("; %d of them %s still in unreferenced packs (their index file is damaged or lost): do not prune; `floe repair` rebuilds the index from the intact packs", c.missingOrphan, isAre(c.missingOrphan))
 		case c.indexDamaged > 0:
 			msg += "; a damaged index file may have listed them"
 		}

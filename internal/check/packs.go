@@ -132,7 +132,7 @@ func (c *checker) mergePack(res *packResult) {
 		}
 		msg := fmt.Sprintf("pack %s is unreferenced (left by an interrupted backup; harmless, prune removes it)", res.id.Short())
 		if c.indexDamaged > 0 {
-			msg = fmt.Sprintf("pack %s is in no readable index file; since an index file is damaged, it may hold data that snapshots need: do not prune", res.id.Short())
+			msg = fmt.Sprintf("pack %s is in no readable index file; since an index file is damaged, it may hold data that snapshots need: do not prune; `floe repair` rebuilds the index from the intact packs", res.id.Short())
 		}
 		if len(res.issues) > 0 {
 			msg += "; also, it " + strings.Join(res.issues, "; ")
@@ -157,10 +157,12 @@ func (c *checker) checkPack(ctx context.Context, id hash.ID, read bool, sc *repo
 	st := &res.state
 
 	if !res.referenced {
-		if c.indexDamaged > 0 {
-			if hdr, err := c.r.LoadPackHeader(ctx, id, size); err == nil {
-				res.header = hdr
-			}
+		// its header says which blobs it holds: if snapshots need one,
+		// its index file was damaged or lost (also deleted, which leaves
+		// no trace), and the missing blobs' problem says so (two small
+		// reads; unreferenced packs are few)
+		if hdr, err := c.r.LoadPackHeader(ctx, id, size); err == nil {
+			res.header = hdr
 		}
 		if read {
 			scan, err := sc.Scan(ctx, id, nil, true, nil)

@@ -290,7 +290,7 @@ func (p *pruner) load(ctx context.Context) error {
 		return err
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
+		return fmt.Errorf("%w: %s cannot be loaded (%v); the packs listed there would look unused; `floe repair` rebuilds the index from the intact packs", ErrUnsafe, ui.Count(len(errs), "index file"), errors.Join(errs...))
 	}
 	p.files = files
 	// Supersedes counts only in signed index files: otherwise a write-only

@@ -113,20 +113,18 @@ func describeBad(bad []badEntry, total int) string {
 	return fmt.Sprintf("%d of its %d entries point to forged or missing copies: %s", len(bad), total, strings.Join(ex, "; "))
 }
 
-// ErrIndexUnreadable: index files in use cannot be loaded, so the repair
-// cannot tell their entries good from bad (a check says what is wrong).
-var ErrIndexUnreadable = errors.New("index files are damaged")
-
 // findBadIndexEntries hashes every entry of the index files in use
-// against the stored packs.
+// against the stored packs. The files that cannot be loaded are
+// findUnindexedPacks' (their packs are indexed anew).
 func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error {
-	files, errs, err := r.LoadIndexFiles(ctx)
-	if err != nil {
-		return err
+	st := p.index
+	if st == nil {
+		var err error
+		if st, err = loadIndexState(ctx, r); err != nil {
+			return err
+		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%w: %s cannot be loaded (%v)", ErrIndexUnreadable, ui.Count(len(errs), "index file"), errors.Join(errs...))
-	}
+	files := st.files
 	v, err := newEntryVerifier(ctx, r)
 	if err != nil {
 		return err
@@ -139,11 +137,17 @@ func findBadIndexEntries(ctx context.Context, r *repo.Repository, p *Plan) error
 		}
 	}
 	sort.Slice(ids, func(i, j int) bool { return string(ids[i][:]) < string(ids[j][:]) })
+	prog := p.prog
+	if prog == nil {
+		prog = ui.NoProgress
+	}
+	prog.Phase("hashing the entries of the index files", int64(len(ids)), 0)
 	for _, id := range ids {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		bad, total, err := v.badEntries(ctx, files[id])
+		prog.Done(1, 0)
 		if err != nil {
 			return fmt.Errorf("index %s: %w", id.Short(), err)
 		}

@@ -8,6 +8,13 @@
 //   - snapshot records that do not decode (repo.ErrDamagedSnapshot), which
 //     block nothing any more (prune and forget skip them) but clutter every
 //     listing with warnings;
+//   - packs that no readable index file lists (an index file is damaged
+//     or lost, or a backup was killed before it wrote one): each blob of
+//     such a pack is hashed against its ID and the pack against its name,
+//     and the packs that verify are listed in new index files signed by
+//     the authority; then the index files that cannot be loaded are
+//     removed (reindex.go). A pack that does not verify is reported and
+//     left to prune;
 //   - index entries that point to forged or missing copies (found by
 //     hashing, as check --read-data does): readers skip them, but check
 //     reports them every time, and they cost every reader a failed read;
@@ -43,18 +50,69 @@ const (
 	// RemoveMark removes a gc mark that no full key signed: prune and
 	// backups ignore it, so it marks nothing.
 	RemoveMark Kind = "remove-mark"
+	// IndexPack lists a pack that no readable index file lists, each of
+	// its blobs verified, in a new index file signed by the authority.
+	// All of a plan's IndexPack actions are carried out together (the
+	// entries are split into files as every writer splits them).
+	IndexPack Kind = "index-pack"
+	// RemoveDamagedIndex removes an index file whose stored bytes do not
+	// load (damaged, undecodable, a signature that does not verify),
+	// after the IndexPack actions before it: its packs are among them.
+	RemoveDamagedIndex Kind = "remove-damaged-index"
 )
+
+// Kinds of what a plan leaves alone (Plan.Left): they are reported, not
+// acted on.
+const (
+	// LeavePack is a pack that no index file lists and that repair does
+	// not index: its header does not decode, a blob does not hash to its
+	// ID or the pack to its name (damaged, or garbage a write-only host
+	// uploaded). Prune removes it once no snapshot needs it.
+	LeavePack Kind = "leave-pack"
+	// UnreadablePack is a pack that no index file lists and that could not
+	// be read now (a storage error): it may be fine, and the next repair
+	// looks at it again.
+	UnreadablePack Kind = "unreadable-pack"
+	// LeaveIndex is a damaged index file kept because a pack that it may
+	// have listed could not be read.
+	LeaveIndex Kind = "leave-index"
+)
+
+// Incomplete returns how many packs that no index file lists could not
+// be read (UnreadablePack): a repair that leaves them is not finished.
+func (p *Plan) Incomplete() int {
+	n := 0
+	for _, a := range p.Left {
+		if a.Kind == UnreadablePack {
+			n++
+		}
+	}
+	return n
+}
 
 // Action is one change of a Plan.
 type Action struct {
 	Kind   Kind    `json:"kind"`
 	ID     hash.ID `json:"id"`     // the object acted on
 	Reason string  `json:"reason"` // why, for people
+	// Blobs and Bytes are the blobs an IndexPack action lists and the
+	// stored size of its pack (of a LeavePack: the pack's size).
+	Blobs int   `json:"blobs,omitempty"`
+	Bytes int64 `json:"bytes,omitempty"`
 }
 
 // Plan is what Apply will do.
 type Plan struct {
 	Actions []Action `json:"actions"`
+	// Left is what Find found wrong but leaves alone, and why.
+	Left []Action `json:"left,omitempty"`
+	// verified holds the blobs of the packs of the IndexPack actions, as
+	// Find verified them: Apply does not read those packs again.
+	verified map[hash.ID]verifiedPack
+	// index is the index files as Find loaded them (the finders share it)
+	index *indexState
+	// prog is told what Find reads (the packs: the long part)
+	prog ui.Progress
 }
 
 // Empty reports whether there is nothing to repair.
@@ -64,15 +122,22 @@ func (p *Plan) Empty() bool { return len(p.Actions) == 0 }
 type finder func(ctx context.Context, r *repo.Repository, p *Plan) error
 
 // finders run in this order; their actions are applied in the same order.
-var finders = []finder{findUndecodableSnapshots, findBadIndexEntries, findUnsignedMarks}
+var finders = []finder{findUndecodableSnapshots, findUnindexedPacks, findBadIndexEntries, findUnsignedMarks}
 
 // Find looks for every problem repair can fix and returns the plan. It
 // changes nothing. It needs a full key (it reads snapshot records).
 func Find(ctx context.Context, r *repo.Repository) (*Plan, error) {
+	return FindProgress(ctx, r, ui.NoProgress)
+}
+
+// FindProgress is Find telling prog what it reads: it reads whole packs
+// (those no index file lists, and those whose entries it hashes), which
+// takes about as long as check --read-data.
+func FindProgress(ctx context.Context, r *repo.Repository, prog ui.Progress) (*Plan, error) {
 	if r.WriteOnly() {
 		return nil, repo.ErrWriteOnly
 	}
-	p := &Plan{Actions: []Action{}}
+	p := &Plan{Actions: []Action{}, prog: prog}
 	for _, f := range finders {
 		if err := f(ctx, r, p); err != nil {
 			return nil, err
@@ -122,12 +187,43 @@ type Failed struct {
 // after a failed action and returns an error if any failed.
 func Apply(ctx context.Context, r *repo.Repository, p *Plan) (*Result, error) {
 	res := &Result{Done: []Action{}}
+	// the IndexPack actions, carried out together at the first of them
+	var indexActs []Action
+	for _, a := range p.Actions {
+		if a.Kind == IndexPack {
+			indexActs = append(indexActs, a)
+		}
+	}
+	indexErrs := map[hash.ID]error{}
+	indexed, indexFailed := false, false
 	for _, a := range p.Actions {
 		if err := ctx.Err(); err != nil {
 			return res, err
 		}
 		var err error
 		switch a.Kind {
+		case IndexPack:
+			if !indexed {
+				indexed = true
+				errs, err := indexPacks(ctx, r, p, indexActs)
+				for i, ia := range indexActs {
+					switch {
+					case err != nil:
+						indexErrs[ia.ID] = err
+					case errs[i] != nil:
+						indexErrs[ia.ID] = errs[i]
+					}
+				}
+				indexFailed = len(indexErrs) > 0
+			}
+			err = indexErrs[a.ID]
+		case RemoveDamagedIndex:
+			if indexFailed {
+				// it may have listed a pack that is not indexed yet
+				err = errors.New("not removed: not every pack that no index file lists was indexed")
+			} else {
+				err = removeDamagedIndex(ctx, r, a.ID)
+			}
 		case RemoveSnapshot:
 			err = removeUndecodable(ctx, r, a.ID)
 		case RewriteIndex:

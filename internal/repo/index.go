@@ -478,6 +478,21 @@ func (r *Repository) DecodeIndexFile(data []byte) (*IndexFile, error) {
 	return f, nil
 }
 
+// ErrDamagedIndex is matched (errors.Is) by the errors of LoadIndexFile
+// that say the stored file itself is bad: its content does not match its
+// name, does not decode, or its signature does not verify (a file larger
+// than any index file fails with storage.ErrTooLarge). Other errors are
+// the storage's: the file may be fine. repair removes only damaged files.
+var ErrDamagedIndex = errors.New("index file is damaged")
+
+// damagedIndexError keeps the message of a damaged index file and makes
+// it match ErrDamagedIndex.
+type damagedIndexError struct{ err error }
+
+func (e damagedIndexError) Error() string        { return e.err.Error() }
+func (e damagedIndexError) Unwrap() error        { return e.err }
+func (e damagedIndexError) Is(target error) bool { return target == ErrDamagedIndex }
+
 // LoadIndexFile reads, verifies and decodes one index file.
 func (r *Repository) LoadIndexFile(ctx context.Context, id hash.ID) (*IndexFile, error) {
 	data, err := storage.LoadAll(ctx, r.be, storage.Handle{Type: storage.Index, Name: id.String()}, maxIndexSize)
@@ -485,11 +500,11 @@ func (r *Repository) LoadIndexFile(ctx context.Context, id hash.ID) (*IndexFile,
 		return nil, err
 	}
 	if hash.Sum(data) != id {
-		return nil, fmt.Errorf("index %s: content does not match its name (damaged)", id.Short())
+		return nil, damagedIndexError{fmt.Errorf("index %s: content does not match its name (damaged)", id.Short())}
 	}
 	f, err := r.DecodeIndexFile(data)
 	if err != nil {
-		return nil, fmt.Errorf("index %s: %w", id.Short(), err)
+		return nil, damagedIndexError{fmt.Errorf("index %s: %w", id.Short(), err)}
 	}
 	if r.verifiesUploads {
 		f.Verified = true

@@ -7,6 +7,7 @@ package repo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/floe-backup/floe/internal/crypto"
@@ -96,11 +97,26 @@ type PackHeader struct {
 	Blobs []PackedBlob
 }
 
+// ErrDamagedPackHeader is matched (errors.Is) by the errors of
+// LoadPackHeader that say the stored pack itself is bad (too short, no
+// trailer, a header that does not decode), as opposed to a storage that
+// could not be read: repair leaves such a pack unindexed for good, but
+// retries one it could not read.
+var ErrDamagedPackHeader = errors.New("pack header is damaged")
+
+// headerError keeps the message of a header that does not decode and
+// makes it match ErrDamagedPackHeader.
+type headerError struct{ err error }
+
+func (e headerError) Error() string        { return e.err.Error() }
+func (e headerError) Unwrap() error        { return e.err }
+func (e headerError) Is(target error) bool { return target == ErrDamagedPackHeader }
+
 // LoadPackHeader reads and decodes the header of a pack of the given size.
 func (r *Repository) LoadPackHeader(ctx context.Context, id hash.ID, size int64) (*PackHeader, error) {
 	h := storage.Handle{Type: storage.Pack, Name: id.String()}
 	if size < int64(packfile.TrailerLen)+2+packfile.UniqueLen {
-		return nil, fmt.Errorf("pack %s: %d bytes is too short for a pack", id.Short(), size)
+		return nil, headerError{fmt.Errorf("pack %s: %d bytes is too short for a pack", id.Short(), size)}
 	}
 	trailer, err := r.be.Load(ctx, h, size-int64(packfile.TrailerLen), int64(packfile.TrailerLen))
 	if err != nil {
@@ -108,7 +124,7 @@ func (r *Repository) LoadPackHeader(ctx context.Context, id hash.ID, size int64)
 	}
 	n, err := packfile.HeaderLen(trailer, size)
 	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+		return nil, headerError{fmt.Errorf("pack %s: %w", id.Short(), err)}
 	}
 	body := size - int64(packfile.TrailerLen) - n
 	hdr, err := r.be.Load(ctx, h, body, n)
@@ -117,7 +133,7 @@ func (r *Repository) LoadPackHeader(ctx context.Context, id hash.ID, size int64)
 	}
 	blobs, err := packfile.DecodeHeader(hdr, body)
 	if err != nil {
-		return nil, fmt.Errorf("pack %s: %w", id.Short(), err)
+		return nil, headerError{fmt.Errorf("pack %s: %w", id.Short(), err)}
 	}
 	return &PackHeader{Blobs: blobs}, nil
 }
