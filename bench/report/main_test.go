@@ -201,3 +201,24 @@ func TestDurableRestore(t *testing.T) {
 		t.Errorf("a failed sync makes restore+sync %q, want not ok", c.Status)
 	}
 }
+
+// Issue 12's "restore within 2x of cp -a" is a target row: floe ÷ cp.
+func TestCPTarget(t *testing.T) {
+	nan := math.NaN()
+	in := &Input{Datasets: []Dataset{{"goroot", 10, 1000}, {"large", 2, 2000}}, Rows: []Row{
+		{1, "goroot", "floe", "restore", 1.5, 80, nan, "ok", 1},
+		{1, "goroot", "cp", "restore", 1, 2, nan, "ok", 1},
+		{1, "large", "floe", "restore", 2.5, 80, nan, "ok", 1},
+		{1, "large", "cp", "restore", 1, 2, nan, "ok", 1},
+	}}
+	var b strings.Builder
+	write(&b, in)
+	for _, want := range []string{
+		"| goroot | restore time | 1.500× | floe ÷ cp -a ≤ 2× | met |",
+		"| large | restore time | 2.500× | floe ÷ cp -a ≤ 2× | **NOT MET** |",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, b.String())
+		}
+	}
+}
