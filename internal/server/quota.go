@@ -387,22 +387,47 @@ func UsageReport(ctx context.Context, root, stateDir string) ([]RepoUsage, []Tok
 	if err != nil {
 		return nil, nil, err
 	}
-	entries, err := os.ReadDir(repos.dir)
-	if err != nil {
-		return nil, nil, err
-	}
-	var names []string
-	for _, e := range entries {
-		if e.IsDir() && ValidRepoName(e.Name()) == nil {
-			names = append(names, e.Name())
+	return usageReport(ctx, repos, stateDir, func([]Token, map[string]int64) ([]string, error) {
+		entries, err := os.ReadDir(repos.dir)
+		if err != nil {
+			return nil, err
 		}
-	}
-	return usageReport(ctx, repos, names, stateDir)
+		var names []string
+		for _, e := range entries {
+			if e.IsDir() && ValidRepoName(e.Name()) == nil {
+				names = append(names, e.Name())
+			}
+		}
+		return names, nil
+	})
 }
 
 // UsageReportOf is UsageReport for repositories that cannot be listed (a
 // bucket's prefixes, --storage): those that a token or a quota names.
 func UsageReportOf(ctx context.Context, repos Repositories, stateDir string) ([]RepoUsage, []TokenUsageLine, error) {
+	return usageReport(ctx, repos, stateDir, func(tokens []Token, quotas map[string]int64) ([]string, error) {
+		seen := map[string]bool{}
+		var names []string
+		for _, t := range tokens {
+			if !seen[t.Repo] {
+				seen[t.Repo] = true
+				names = append(names, t.Repo)
+			}
+		}
+		for n := range quotas {
+			if !seen[n] {
+				seen[n] = true
+				names = append(names, n)
+			}
+		}
+		return names, nil
+	})
+}
+
+// usageReport is UsageReport of the repositories of repos that names
+// gives, from the tokens and the repository quotas (names that are not
+// repositories are left out).
+func usageReport(ctx context.Context, repos Repositories, stateDir string, names func([]Token, map[string]int64) ([]string, error)) ([]RepoUsage, []TokenUsageLine, error) {
 	ts, err := OpenTokenStore(stateDir)
 	if err != nil {
 		return nil, nil, err
@@ -419,37 +444,13 @@ func UsageReportOf(ctx context.Context, repos Repositories, stateDir string) ([]
 	if err != nil {
 		return nil, nil, err
 	}
-	seen := map[string]bool{}
-	var names []string
-	add := func(n string) {
-		if !seen[n] {
-			seen[n] = true
-			names = append(names, n)
-		}
-	}
-	for _, t := range list {
-		add(t.Repo)
-	}
-	for n := range quotas {
-		add(n)
-	}
-	return usageReport(ctx, repos, names, stateDir)
-}
-
-// usageReport is UsageReport of the repositories names of repos (names
-// that are not repositories are left out).
-func usageReport(ctx context.Context, repos Repositories, names []string, stateDir string) ([]RepoUsage, []TokenUsageLine, error) {
-	l, err := OpenLedger(stateDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	quotas, err := l.RepoQuotas()
+	repoNames, err := names(list, quotas)
 	if err != nil {
 		return nil, nil, err
 	}
 	var ru []RepoUsage
 	now := time.Now()
-	for _, name := range names {
+	for _, name := range repoNames {
 		if _, err := repos.Open(ctx, name); err != nil {
 			continue // not a repository
 		}
@@ -476,14 +477,6 @@ func usageReport(ctx context.Context, repos Repositories, names []string, stateD
 		}
 		sort.Slice(u.Hosts, func(i, j int) bool { return u.Hosts[i].Host < u.Hosts[j].Host })
 		ru = append(ru, u)
-	}
-	ts, err := OpenTokenStore(stateDir)
-	if err != nil {
-		return nil, nil, err
-	}
-	list, err := ts.List()
-	if err != nil {
-		return nil, nil, err
 	}
 	used := l.TokenUsage()
 	var tu []TokenUsageLine
