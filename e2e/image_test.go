@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"math/rand"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -628,5 +629,142 @@ func TestImageRestoreToDeviceDamaged(t *testing.T) {
 	expectFail(t, r)
 	if !strings.Contains(r.stderr, img+" at offset ") || !strings.Contains(r.stderr, "damaged or forged") {
 		t.Fatalf("a damaged blob is not reported with its offset:\n%s", r)
+	}
+}
+
+// nbdfuseMount shows the NBD export on the Unix socket sock as a file
+// (nbdfuse, over FUSE: no kernel nbd module) under the directory mnt until
+// the test ends, and returns that file once it has the export's size.
+func nbdfuseMount(t *testing.T, mnt, sock string, size int64) string {
+	t.Helper()
+	nbdtest.NeedTools(t, "nbdfuse")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	fuse := exec.Command("nbdfuse", "--readonly", mnt, "--unix", sock)
+	var out lockedBuffer
+	fuse.Stdout, fuse.Stderr = &out, &out
+	if err := fuse.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { fuse.Wait(); close(done) }()
+	t.Cleanup(func() {
+		exec.Command("fusermount3", "-u", mnt).Run()
+		exec.Command("umount", mnt).Run()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			fuse.Process.Kill()
+			<-done
+		}
+	})
+	file := filepath.Join(mnt, "nbd")
+	for i := 0; ; i++ {
+		if fi, err := os.Stat(file); err == nil && fi.Size() == size {
+			return file
+		}
+		if i == 100 {
+			t.Fatalf("nbdfuse did not show %s:\n%s", file, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sectorsRead is the count of sectors read from a block device so far
+// (the third field of /sys/block/DEV/stat).
+func sectorsRead(t *testing.T, dev string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		t.Fatalf("%s stat: %q", dev, b)
+	}
+	n, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A device that goes away while it is read: a loop device over a file of
+// an NBD export (nbdkit, slowed down, shown by nbdfuse) whose server is
+// killed once the backup has read 4 MiB of it, as a network disk whose
+// server or link goes. The device's reads then fail with EIO. The backup
+// goes on to its end, exits 3 with an error that names the device and says
+// what happened, and the snapshot holds no image of it.
+func TestImageDeviceGoneMidRead(t *testing.T) {
+	nbdtest.NeedTools(t, "nbdkit", "nbdfuse")
+	e := newEnv(t)
+	e.init()
+	img := e.path("disk.raw")
+	const size = 32 << 20
+	testutil.WriteRandom(t, img, size, 7)
+	dir, err := os.MkdirTemp("", "floe-kit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	// 40 ms per read: the backup takes seconds, so it is still reading
+	// when the server goes
+	kit := exec.Command("nbdkit", "-f", "-U", sock, "--filter=delay", "file", img, "delay-read=40ms")
+	var kitOut lockedBuffer
+	kit.Stdout, kit.Stderr = &kitOut, &kitOut
+	if err := kit.Start(); err != nil {
+		t.Fatal(err)
+	}
+	kitDone := make(chan struct{})
+	go func() { kit.Wait(); close(kitDone) }()
+	t.Cleanup(func() { kit.Process.Kill(); <-kitDone })
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("nbdkit is not listening:\n%s", kitOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	file := nbdfuseMount(t, e.mkdir("fuse"), sock, size)
+	dev := attachLoop(t, file, true)
+
+	read0 := sectorsRead(t, dev)
+	done := make(chan result, 1)
+	go func() { done <- e.floe("backup", "--json", "--image", dev) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for sectorsRead(t, dev)-read0 < 4<<20/512 {
+		select {
+		case r := <-done:
+			t.Fatalf("the backup ended before the device went away:\n%s", r)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backup read less than 4 MiB of the device in 60 s")
+		}
+	}
+	kit.Process.Kill()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the backup did not end after its device went away")
+	}
+	expectCode(t, r, 3)
+	out := decodeJSON[backupOut](t, r)
+	if len(out.Errors) != 1 || out.Errors[0].Path != dev || !strings.Contains(out.Errors[0].Error, "I/O error") ||
+		!strings.Contains(out.Errors[0].Error, "not saved") {
+		t.Fatalf("want one error that says the device %s failed:\n%s", dev, r)
+	}
+	t.Log(out.Errors[0].Error)
+	if strings.Contains(r.stderr, "panic") {
+		t.Fatalf("panic:\n%s", r)
+	}
+	if r := e.floe("ls", "-l", "latest:"+dev); r.code == 0 {
+		t.Fatalf("the snapshot lists the image that could not be read:\n%s", r)
 	}
 }
