@@ -5,6 +5,7 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand"
 	"net"
 	"os"
@@ -767,4 +768,105 @@ func TestImageDeviceGoneMidRead(t *testing.T) {
 	if r := e.floe("ls", "-l", "latest:"+dev); r.code == 0 {
 		t.Fatalf("the snapshot lists the image that could not be read:\n%s", r)
 	}
+}
+
+// A file read out of a partitioned disk image (a VM's disk: a GPT with a
+// small first partition and the root file system in the second) without
+// restoring it, as README shows: floe nbd, nbdfuse, a read-only loop
+// device with its partitions (partx where the kernel does not scan
+// them), then a read-only mount of the partition, or debugfs on it; and,
+// without root, debugfs at the partition's offset in the nbdfuse file.
+func TestImagePartitionedFileOut(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "partx", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian: fdisk, util-linux, e2fsprogs)", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices (losetup)")
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("losetup is not installed (Debian: mount)")
+	}
+	e := newEnv(t)
+	e.init()
+	// two file systems, each with its own /hello.txt
+	bootDir, rootDir := e.mkdir("boot"), e.mkdir("root")
+	os.WriteFile(filepath.Join(bootDir, "hello.txt"), []byte("the boot partition\n"), 0o644)
+	writeTree(t, rootDir, 3, 4)
+	const (
+		sector             = 512
+		size               = 64 << 20
+		p1Start, p1Sects   = 2048, 16384   // 8 MiB at 1 MiB
+		p2Start, p2Sectors = 18432, 100000 // about 49 MiB after it
+	)
+	img := e.path("vm.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	f.Close()
+	table := fmt.Sprintf("label: gpt\nstart=%d, size=%d, type=L\nstart=%d, size=%d, type=L\n", p1Start, p1Sects, p2Start, p2Sectors)
+	sf := exec.Command("sfdisk", "-q", img)
+	sf.Stdin = strings.NewReader(table)
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	for _, p := range []struct {
+		dir          string
+		start, sects int64
+	}{{bootDir, p1Start, p1Sects}, {rootDir, p2Start, p2Sectors}} {
+		part := e.path(filepath.Base(p.dir) + ".fs")
+		ext4Image(t, part, p.sects*sector, p.dir)
+		if out, err := exec.Command("dd", "if="+part, "of="+img, "bs=512", "seek="+strconv.FormatInt(p.start, 10), "conv=notrunc,sparse", "status=none").CombinedOutput(); err != nil {
+			t.Fatalf("dd: %v: %s", err, out)
+		}
+	}
+	want, _ := os.ReadFile(filepath.Join(rootDir, "hello.txt"))
+	e.backup("--image", img)
+
+	sock, _ := nbdSocket(t)
+	e.startNBD(sock, "latest:"+img)
+	disk := nbdfuseMount(t, e.mkdir("fuse"), sock, size)
+
+	// without root: debugfs at the partition's offset in the file
+	start := strings.TrimSpace(nbdRun(t, "partx", "-g", "-o", "START", "-n", "2", disk))
+	if start != strconv.Itoa(p2Start) {
+		t.Fatalf("partx says partition 2 starts at %q, want %d", start, p2Start)
+	}
+	n, _ := strconv.Atoi(start)
+	got, err := exec.Command("debugfs", "-R", "cat /hello.txt", fmt.Sprintf("%s?offset=%d", disk, n*sector)).Output()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("debugfs at the offset of partition 2: %v, read %d bytes, want %d", err, len(got), len(want))
+	}
+
+	// with root: a loop device and its partitions
+	out, err := exec.Command("losetup", "--find", "--show", "--read-only", "--partscan", disk).CombinedOutput()
+	if err != nil {
+		t.Skipf("no loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		for i := 0; i < 10 && exec.Command("losetup", "--detach", dev).Run() != nil; i++ {
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+	nbdRun(t, "partx", "--update", dev) // where the kernel did not read the table itself
+	part := dev + "p2"
+	if _, err := os.Stat(part); err != nil {
+		t.Fatalf("no %s after losetup --partscan and partx --update: %v", part, err)
+	}
+	got, err = exec.Command("debugfs", "-R", "cat /hello.txt", part).Output()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("debugfs on %s: %v, read %d bytes, want %d", part, err, len(got), len(want))
+	}
+	mnt := e.mkdir("mnt")
+	nbdRun(t, "mount", "-o", "ro,noload", part, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	got, err = os.ReadFile(filepath.Join(mnt, "hello.txt"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("hello.txt of the mounted partition: %v, read %d bytes, want %d", err, len(got), len(want))
+	}
+	cmpFiles(t, filepath.Join(rootDir, "d1", "f1"), filepath.Join(mnt, "d1", "f1"), 0)
 }
