@@ -853,6 +853,9 @@ func TestImagePartitionedFileOut(t *testing.T) {
 		}
 	})
 	nbdRun(t, "partx", "--update", dev) // where the kernel did not read the table itself
+	if out := nbdRun(t, "lsblk", "-rno", "NAME", dev); !strings.Contains(out, filepath.Base(dev)+"p2") {
+		t.Fatalf("lsblk %s shows no partition 2:\n%s", dev, out)
+	}
 	part := dev + "p2"
 	if _, err := os.Stat(part); err != nil {
 		t.Fatalf("no %s after losetup --partscan and partx --update: %v", part, err)
