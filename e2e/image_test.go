@@ -5,7 +5,9 @@ package e2e
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -629,4 +631,245 @@ func TestImageRestoreToDeviceDamaged(t *testing.T) {
 	if !strings.Contains(r.stderr, img+" at offset ") || !strings.Contains(r.stderr, "damaged or forged") {
 		t.Fatalf("a damaged blob is not reported with its offset:\n%s", r)
 	}
+}
+
+// nbdfuseMount shows the NBD export on the Unix socket sock as a file
+// (nbdfuse, over FUSE: no kernel nbd module) under the directory mnt until
+// the test ends, and returns that file once it has the export's size.
+func nbdfuseMount(t *testing.T, mnt, sock string, size int64) string {
+	t.Helper()
+	nbdtest.NeedTools(t, "nbdfuse")
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("no /dev/fuse")
+	}
+	fuse := exec.Command("nbdfuse", "--readonly", mnt, "--unix", sock)
+	var out lockedBuffer
+	fuse.Stdout, fuse.Stderr = &out, &out
+	if err := fuse.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { fuse.Wait(); close(done) }()
+	t.Cleanup(func() {
+		exec.Command("fusermount3", "-u", mnt).Run()
+		exec.Command("umount", mnt).Run()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			fuse.Process.Kill()
+			<-done
+		}
+	})
+	file := filepath.Join(mnt, "nbd")
+	for i := 0; ; i++ {
+		if fi, err := os.Stat(file); err == nil && fi.Size() == size {
+			return file
+		}
+		if i == 100 {
+			t.Fatalf("nbdfuse did not show %s:\n%s", file, out.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// sectorsRead is the count of sectors read from a block device so far
+// (the third field of /sys/block/DEV/stat).
+func sectorsRead(t *testing.T, dev string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "stat"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		t.Fatalf("%s stat: %q", dev, b)
+	}
+	n, err := strconv.ParseInt(f[2], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// A device that goes away while it is read: a loop device over a file of
+// an NBD export (nbdkit, slowed down, shown by nbdfuse) whose server is
+// killed once the backup has read 4 MiB of it, as a network disk whose
+// server or link goes. The device's reads then fail with EIO. The backup
+// goes on to its end, exits 3 with an error that names the device and says
+// what happened, and the snapshot holds no image of it.
+func TestImageDeviceGoneMidRead(t *testing.T) {
+	nbdtest.NeedTools(t, "nbdkit", "nbdfuse")
+	e := newEnv(t)
+	e.init()
+	img := e.path("disk.raw")
+	const size = 32 << 20
+	testutil.WriteRandom(t, img, size, 7)
+	dir, err := os.MkdirTemp("", "floe-kit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s")
+	// 40 ms per read: the backup takes seconds, so it is still reading
+	// when the server goes
+	kit := exec.Command("nbdkit", "-f", "-U", sock, "--filter=delay", "file", img, "delay-read=40ms")
+	var kitOut lockedBuffer
+	kit.Stdout, kit.Stderr = &kitOut, &kitOut
+	if err := kit.Start(); err != nil {
+		t.Fatal(err)
+	}
+	kitDone := make(chan struct{})
+	go func() { kit.Wait(); close(kitDone) }()
+	t.Cleanup(func() { kit.Process.Kill(); <-kitDone })
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			break
+		}
+		if i == 100 {
+			t.Fatalf("nbdkit is not listening:\n%s", kitOut.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	file := nbdfuseMount(t, e.mkdir("fuse"), sock, size)
+	dev := attachLoop(t, file, true)
+
+	read0 := sectorsRead(t, dev)
+	done := make(chan result, 1)
+	go func() { done <- e.floe("backup", "--json", "--image", dev) }()
+	deadline := time.Now().Add(60 * time.Second)
+	for sectorsRead(t, dev)-read0 < 4<<20/512 {
+		select {
+		case r := <-done:
+			t.Fatalf("the backup ended before the device went away:\n%s", r)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the backup read less than 4 MiB of the device in 60 s")
+		}
+	}
+	kit.Process.Kill()
+	var r result
+	select {
+	case r = <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the backup did not end after its device went away")
+	}
+	expectCode(t, r, 3)
+	out := decodeJSON[backupOut](t, r)
+	if len(out.Errors) != 1 || out.Errors[0].Path != dev || !strings.Contains(out.Errors[0].Error, "I/O error") ||
+		!strings.Contains(out.Errors[0].Error, "not saved") {
+		t.Fatalf("want one error that says the device %s failed:\n%s", dev, r)
+	}
+	t.Log(out.Errors[0].Error)
+	if strings.Contains(r.stderr, "panic") {
+		t.Fatalf("panic:\n%s", r)
+	}
+	if r := e.floe("ls", "-l", "latest:"+dev); r.code == 0 {
+		t.Fatalf("the snapshot lists the image that could not be read:\n%s", r)
+	}
+}
+
+// A file read out of a partitioned disk image (a VM's disk: a GPT with a
+// small first partition and the root file system in the second) without
+// restoring it, as README shows: floe nbd, nbdfuse, a read-only loop
+// device with its partitions (partx where the kernel does not scan
+// them), then a read-only mount of the partition, or debugfs on it; and,
+// without root, debugfs at the partition's offset in the nbdfuse file.
+func TestImagePartitionedFileOut(t *testing.T) {
+	for _, tool := range []string{"sfdisk", "partx", "debugfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s is not installed (Debian: fdisk, util-linux, e2fsprogs)", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices (losetup)")
+	}
+	if _, err := exec.LookPath("losetup"); err != nil {
+		t.Skip("losetup is not installed (Debian: mount)")
+	}
+	e := newEnv(t)
+	e.init()
+	// two file systems, each with its own /hello.txt
+	bootDir, rootDir := e.mkdir("boot"), e.mkdir("root")
+	os.WriteFile(filepath.Join(bootDir, "hello.txt"), []byte("the boot partition\n"), 0o644)
+	writeTree(t, rootDir, 3, 4)
+	const (
+		sector             = 512
+		size               = 64 << 20
+		p1Start, p1Sects   = 2048, 16384   // 8 MiB at 1 MiB
+		p2Start, p2Sectors = 18432, 100000 // about 49 MiB after it
+	)
+	img := e.path("vm.img")
+	f, err := os.Create(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(size)
+	f.Close()
+	table := fmt.Sprintf("label: gpt\nstart=%d, size=%d, type=L\nstart=%d, size=%d, type=L\n", p1Start, p1Sects, p2Start, p2Sectors)
+	sf := exec.Command("sfdisk", "-q", img)
+	sf.Stdin = strings.NewReader(table)
+	if out, err := sf.CombinedOutput(); err != nil {
+		t.Fatalf("sfdisk: %v: %s", err, out)
+	}
+	for _, p := range []struct {
+		dir          string
+		start, sects int64
+	}{{bootDir, p1Start, p1Sects}, {rootDir, p2Start, p2Sectors}} {
+		part := e.path(filepath.Base(p.dir) + ".fs")
+		ext4Image(t, part, p.sects*sector, p.dir)
+		if out, err := exec.Command("dd", "if="+part, "of="+img, "bs=512", "seek="+strconv.FormatInt(p.start, 10), "conv=notrunc,sparse", "status=none").CombinedOutput(); err != nil {
+			t.Fatalf("dd: %v: %s", err, out)
+		}
+	}
+	want, _ := os.ReadFile(filepath.Join(rootDir, "hello.txt"))
+	e.backup("--image", img)
+
+	sock, _ := nbdSocket(t)
+	e.startNBD(sock, "latest:"+img)
+	disk := nbdfuseMount(t, e.mkdir("fuse"), sock, size)
+
+	// without root: debugfs at the partition's offset in the file
+	start := strings.TrimSpace(nbdRun(t, "partx", "-g", "-o", "START", "-n", "2", disk))
+	if start != strconv.Itoa(p2Start) {
+		t.Fatalf("partx says partition 2 starts at %q, want %d", start, p2Start)
+	}
+	n, _ := strconv.Atoi(start)
+	got, err := exec.Command("debugfs", "-R", "cat /hello.txt", fmt.Sprintf("%s?offset=%d", disk, n*sector)).Output()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("debugfs at the offset of partition 2: %v, read %d bytes, want %d", err, len(got), len(want))
+	}
+
+	// with root: a loop device and its partitions
+	out, err := exec.Command("losetup", "--find", "--show", "--read-only", "--partscan", disk).CombinedOutput()
+	if err != nil {
+		t.Skipf("no loop device: %v: %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	t.Cleanup(func() {
+		for i := 0; i < 10 && exec.Command("losetup", "--detach", dev).Run() != nil; i++ {
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+	nbdRun(t, "partx", "--update", dev) // where the kernel did not read the table itself
+	if out := nbdRun(t, "lsblk", "-rno", "NAME", dev); !strings.Contains(out, filepath.Base(dev)+"p2") {
+		t.Fatalf("lsblk %s shows no partition 2:\n%s", dev, out)
+	}
+	part := dev + "p2"
+	if _, err := os.Stat(part); err != nil {
+		t.Fatalf("no %s after losetup --partscan and partx --update: %v", part, err)
+	}
+	got, err = exec.Command("debugfs", "-R", "cat /hello.txt", part).Output()
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("debugfs on %s: %v, read %d bytes, want %d", part, err, len(got), len(want))
+	}
+	mnt := e.mkdir("mnt")
+	nbdRun(t, "mount", "-o", "ro,noload", part, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	got, err = os.ReadFile(filepath.Join(mnt, "hello.txt"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("hello.txt of the mounted partition: %v, read %d bytes, want %d", err, len(got), len(want))
+	}
+	cmpFiles(t, filepath.Join(rootDir, "d1", "f1"), filepath.Join(mnt, "d1", "f1"), 0)
 }

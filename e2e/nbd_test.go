@@ -5,14 +5,17 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math/rand"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,10 +28,78 @@ import (
 // stop is called) and waits for its socket.
 func (e *floeEnv) startNBD(sock string, args ...string) (stop func()) {
 	e.t.Helper()
-	cmd := exec.Command(floeBin, append(append(e.repoArgs(), "nbd", "--listen", "unix:"+sock), args...)...)
+	stop, _ = e.runNBD(append([]string{"--listen", "unix:" + sock}, args...), func(*lockedBuffer) bool {
+		c, err := net.Dial("unix", sock)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return stop
+}
+
+// nbdServed is what `floe --json nbd` says it serves.
+type nbdServed struct {
+	URI     string `json:"uri"`
+	Exports []struct {
+		Name string `json:"name"`
+		URI  string `json:"uri"`
+		Path string `json:"path"`
+	} `json:"exports"`
+}
+
+// startNBDTCP runs `floe --json nbd` listening on a free TCP port of the
+// loopback interface, and returns what it serves (the URIs, with the port
+// it was given) once it takes connections.
+func (e *floeEnv) startNBDTCP(args ...string) (stop func(), served nbdServed) {
+	e.t.Helper()
+	stop, _ = e.runNBD(append([]string{"--json", "--listen", "127.0.0.1:0"}, args...), func(out *lockedBuffer) bool {
+		if json.Unmarshal(out.Bytes(), &served) != nil {
+			return false
+		}
+		u, err := url.Parse(served.URI)
+		if err != nil {
+			e.t.Fatalf("floe nbd serves at %q: %v", served.URI, err)
+		}
+		c, err := net.Dial("tcp", u.Host)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return stop, served
+}
+
+// lockedBuffer is a bytes.Buffer that a running command writes to while
+// the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.b.Bytes())
+}
+
+func (b *lockedBuffer) String() string { return string(b.Bytes()) }
+
+// runNBD runs `floe nbd args` in the background until the test ends (or
+// stop is called), and waits until ready, given its standard output, says
+// it serves.
+func (e *floeEnv) runNBD(args []string, ready func(stdout *lockedBuffer) bool) (stop func(), stdout *lockedBuffer) {
+	e.t.Helper()
+	cmd := exec.Command(floeBin, append(append(e.repoArgs(), "nbd"), args...)...)
 	cmd.Env = e.environ()
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	var out, errOut lockedBuffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)
 	}
@@ -45,28 +116,27 @@ func (e *floeEnv) startNBD(sock string, args ...string) (stop func()) {
 		select {
 		case <-exited:
 			if code := cmd.ProcessState.ExitCode(); code != 0 {
-				e.t.Errorf("floe nbd exited %d after SIGINT:\n%s", code, out.String())
+				e.t.Errorf("floe nbd exited %d after SIGINT:\n%s%s", code, out.String(), errOut.String())
 			}
 		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
 			<-exited
-			e.t.Errorf("floe nbd did not end after SIGINT:\n%s", out.String())
+			e.t.Errorf("floe nbd did not end after SIGINT:\n%s%s", out.String(), errOut.String())
 		}
 	}
 	e.t.Cleanup(stop)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return stop
+		if ready(&out) {
+			return stop, &out
 		}
 		select {
 		case <-exited:
-			e.t.Fatalf("floe nbd exited: %d\n%s", cmd.ProcessState.ExitCode(), out.String())
+			e.t.Fatalf("floe nbd exited: %d\n%s%s", cmd.ProcessState.ExitCode(), out.String(), errOut.String())
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			e.t.Fatalf("floe nbd is not listening after 60 s:\n%s", out.String())
+			e.t.Fatalf("floe nbd is not listening after 60 s:\n%s%s", out.String(), errOut.String())
 		}
 	}
 }
@@ -289,4 +359,119 @@ func nbdSocket(t *testing.T) (sock, uri string) {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	sock = filepath.Join(dir, "s")
 	return sock, "nbd+unix:///disk.img?socket=" + sock
+}
+
+// sparseImage writes a sparse image of size bytes with random data in a
+// few places (the rest holes), different for each seed.
+func sparseImage(t *testing.T, path string, size int64, seed int64) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewSource(seed))
+	for _, off := range []int64{0, size / 2, size - 256<<10} {
+		b := make([]byte, 256<<10)
+		rng.Read(b)
+		if _, err := f.WriteAt(b, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// Several images, of two snapshots, served by one `floe nbd` over TCP:
+// each under its own export name (--name in order, else the file's name),
+// the first also as the default export, all listed by nbdinfo --list;
+// writable with one overlay per export; names or overlays that clash are
+// usage errors; the older `floe nbd SNAPSHOT PATH` still works.
+func TestNBDSeveralExports(t *testing.T) {
+	nbdtest.NeedTools(t, "qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
+	e := newEnv(t)
+	e.init()
+	vm, other := e.mkdir("vm"), e.mkdir("other")
+	sys, data, sys2 := filepath.Join(vm, "sys.img"), filepath.Join(vm, "data.img"), filepath.Join(other, "sys.img")
+	sparseImage(t, sys, 8<<20, 1)
+	sparseImage(t, data, 6<<20, 2)
+	sparseImage(t, sys2, 4<<20, 3)
+	b1, _ := e.backup(vm)
+	b2, _ := e.backup(other)
+	s1, s2 := b1.Snapshot, b2.Snapshot
+
+	stop, served := e.startNBDTCP(s1+":"+sys, s1+":"+data, s2+":"+sys2, "--name", "sys", "--name", "data")
+	base := strings.TrimSuffix(served.URI, "sys")
+	if !strings.HasPrefix(base, "nbd://127.0.0.1:") || len(served.Exports) != 3 {
+		t.Fatalf("floe nbd --json: %+v", served)
+	}
+	for i, want := range []string{"sys", "data", "sys.img"} {
+		if x := served.Exports[i]; x.Name != want || x.URI != base+want {
+			t.Fatalf("export %d: %+v, want %s at %s", i, x, want, base+want)
+		}
+	}
+	var list struct {
+		Exports []struct {
+			Name string `json:"export-name"`
+			Size int64  `json:"export-size"`
+		} `json:"exports"`
+	}
+	if err := json.Unmarshal([]byte(nbdRun(t, "nbdinfo", "--list", "--json", base)), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Exports) != 3 || list.Exports[0].Name != "sys" || list.Exports[1].Name != "data" || list.Exports[2].Name != "sys.img" ||
+		list.Exports[0].Size != 8<<20 || list.Exports[1].Size != 6<<20 || list.Exports[2].Size != 4<<20 {
+		t.Fatalf("nbdinfo --list: %+v", list)
+	}
+	sameImage(t, sys, base+"sys")
+	copied := e.path("data.copy")
+	nbdRun(t, "nbdcopy", base+"data", copied)
+	sameFile(t, data, copied)
+	sameImage(t, sys2, base+"sys.img")
+	sameImage(t, sys, base) // the default export: the first
+	stop()
+
+	// clashes are usage errors, found before anything is served
+	sock, _ := nbdSocket(t)
+	for i, args := range [][]string{
+		{s1 + ":" + sys, s2 + ":" + sys2},                               // both sys.img
+		{s1 + ":" + sys, s1 + ":" + data, "--name", "x", "--name", "x"}, // one name twice
+		{s1 + ":" + sys, s1 + ":" + data, "--name", "a", "--name", "b", "--name", "c"},
+		{s1 + ":" + sys, s1 + ":" + data, "--name", "a", "--name", ""}, // only the first may be the empty name
+		{s1 + ":" + sys, s1 + ":" + data, "--writable", "--overlay", e.path("o1")},
+		{s1 + ":" + sys, s1 + ":" + data, "--writable", "--overlay", e.path("o1"), "--overlay", e.path("o1")},
+		{s1 + ":" + sys, data}, // several exports need SNAPSHOT:PATH each
+		{s1, sys, data},
+	} {
+		r := e.floe(append([]string{"nbd", "--listen", "unix:" + sock}, args...)...)
+		expectCode(t, r, 2)
+		if i == 0 && !strings.Contains(r.stderr, `two exports named "sys.img"`) {
+			t.Fatalf("no clear error for two exports of one name:\n%s", r)
+		}
+	}
+	if _, err := os.Stat(e.path("o1")); err == nil {
+		t.Fatal("an overlay was made by a refused command")
+	}
+
+	// writable: each export's writes land in its own overlay
+	ovSys, ovData := e.path("sys.overlay"), e.path("data.overlay")
+	stop = e.startNBD(sock, s1+":"+sys, s1+":"+data, "--writable", "--overlay", ovSys, "--overlay", ovData)
+	dataURI, sysURI := "nbd+unix:///data.img?socket="+sock, "nbd+unix:///sys.img?socket="+sock
+	nbdRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0xcd 1M 64k", dataURI)
+	want, _ := os.ReadFile(data)
+	copy(want[1<<20:], bytes.Repeat([]byte{0xcd}, 64<<10))
+	expected := e.path("data.expected")
+	os.WriteFile(expected, want, 0o600)
+	sameImage(t, expected, dataURI)
+	sameImage(t, sys, sysURI)
+	stop()
+	if _, err := os.Stat(ovData + ".map"); err != nil {
+		t.Fatalf("no overlay map for the written export: %v", err)
+	}
+
+	// the older spelling, SNAPSHOT PATH
+	e.startNBD(sock, s1, data)
+	sameImage(t, data, "nbd+unix://?socket="+sock)
+	e.ok("check")
 }

@@ -17,6 +17,9 @@ command -v file >/dev/null 2>&1 || need+=(file)
 # e2fsprogs also gives chattr (e2e/attack_test.go: a gc directory that cannot be written)
 # and debugfs (e2e/image_test.go: a file read out of an image served by floe nbd through nbdfuse)
 have mkfs.ext4 && have chattr && have debugfs || need+=(e2fsprogs)
+# sfdisk writes the partition table of a VM disk image out of which a file
+# is read through floe nbd (e2e/image_test.go: TestImagePartitionedFileOut)
+have sfdisk || need+=(fdisk)
 # floe agent install (e2e/agent_test.go): the unit is checked with systemd-analyze verify
 have systemd-analyze || need+=(systemd)
 # ssh:// locations (e2e/ssh_test.go): a real sshd on a loopback port

@@ -102,10 +102,14 @@ type readRes struct {
 // readAt reads want bytes at off into buf; a short read is an image that
 // shrank.
 func (s *imageScan) readAt(buf []byte, off, want int64) readRes {
+	var got int
+	var err error
 	if testHookImageFill != nil {
-		testHookImageFill(s.f, off)
+		err = testHookImageFill(s.f, off)
 	}
-	got, err := s.f.ReadAt(buf[:want], off)
+	if err == nil {
+		got, err = s.f.ReadAt(buf[:want], off)
+	}
 	if errors.Is(err, unix.EINVAL) && got == 0 && s.direct() {
 		// a device that refuses this direct read (an alignment it needs
 		// that a page is not): read through the page cache from here on
@@ -116,10 +120,27 @@ func (s *imageScan) readAt(buf []byte, off, want int64) readRes {
 	if int64(got) < want {
 		if err == nil || err == io.EOF {
 			err = fmt.Errorf("%w: it ended at %d bytes of %d", errShrank, off+int64(got), s.size)
+		} else {
+			err = readFailed(off+int64(got), s.size, err)
 		}
 		return readRes{buf: buf, err: err}
 	}
 	return readRes{buf: buf, n: got}
+}
+
+// readFailed says what a failed read of an image means, where: a device
+// that went away (detached, unplugged: ENXIO, ENODEV) or that fails (EIO)
+// leaves an image that cannot be saved, and the person who reads the
+// error needs to know it was the device, not floe, and how far it got.
+func readFailed(off, size int64, err error) error {
+	what := "read failed"
+	switch {
+	case errors.Is(err, unix.ENXIO), errors.Is(err, unix.ENODEV):
+		what = "the device went away (detached or removed?)"
+	case errors.Is(err, unix.EIO):
+		what = "I/O error (a failing or vanished device?)"
+	}
+	return fmt.Errorf("%s at byte %d of %d: %w; the image is not saved", what, off, size, err)
 }
 
 // direct reports whether the image was opened with O_DIRECT.
@@ -255,8 +276,9 @@ func (s *imageScan) step() error {
 	return nil
 }
 
-// testHookImageFill lets tests change an image while it is read.
-var testHookImageFill func(f *os.File, off int64)
+// testHookImageFill lets tests change an image while it is read; an error
+// it returns is the read's (a device that fails).
+var testHookImageFill func(f *os.File, off int64) error
 
 // block returns the n bytes at s.pos, reading ahead into the buffer.
 func (s *imageScan) block(n int64) ([]byte, error) {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 	"unsafe"
 
@@ -177,11 +178,12 @@ func TestImageTruncatedMidRead(t *testing.T) {
 	p := filepath.Join(dir, "vm.raw")
 	testutil.WriteRandom(t, p, 12<<20, 1)
 	hookMu.Lock()
-	testHookImageFill = func(f *os.File, off int64) {
+	testHookImageFill = func(f *os.File, off int64) error {
 		// cut 1 MiB off before every read: a file being truncated
 		if fi, err := os.Stat(p); err == nil && fi.Size() > 1<<20 {
 			os.Truncate(p, fi.Size()-1<<20)
 		}
+		return nil
 	}
 	t.Cleanup(func() { testHookImageFill = nil; hookMu.Unlock() })
 	res, err := Run(context.Background(), newRepo(t), Options{Images: []string{p}, Retries: 2})
@@ -190,6 +192,60 @@ func TestImageTruncatedMidRead(t *testing.T) {
 	}
 	if len(res.Errors) != 1 || !strings.Contains(res.Errors[0].Error(), "truncated") || !strings.Contains(res.Errors[0].Error(), "not saved") {
 		t.Fatalf("errors %v, want the image reported as truncated", res.Errors)
+	}
+}
+
+// A device that goes away while it is read (detached, unplugged: reads
+// fail with ENXIO) or fails (EIO) part way: the backup goes on with the
+// other images and ends with an error that names the device, what
+// happened and where; the snapshot holds no node for the image, so nothing
+// claims a partial image is the image.
+func TestImageDeviceVanishesMidRead(t *testing.T) {
+	for _, tc := range []struct {
+		errno syscall.Errno
+		want  string
+	}{
+		{syscall.ENXIO, "the device went away"},
+		{syscall.EIO, "I/O error"},
+	} {
+		t.Run(tc.errno.Error(), func(t *testing.T) {
+			dir := t.TempDir()
+			gone, ok := filepath.Join(dir, "vdb.raw"), filepath.Join(dir, "vdc.raw")
+			testutil.WriteRandom(t, gone, 12<<20, 1)
+			testutil.WriteRandom(t, ok, 1<<20, 2)
+			hookMu.Lock()
+			testHookImageFill = func(f *os.File, off int64) error {
+				if f.Name() == gone && off >= 4<<20 {
+					return &os.PathError{Op: "read", Path: f.Name(), Err: tc.errno}
+				}
+				return nil
+			}
+			t.Cleanup(func() { testHookImageFill = nil; hookMu.Unlock() })
+			r := newRepo(t)
+			res, err := Run(context.Background(), r, Options{Images: []string{gone, ok}, Retries: 2})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(res.Errors) != 1 {
+				t.Fatalf("errors %v, want one for %s", res.Errors, gone)
+			}
+			msg := res.Errors[0].Error()
+			t.Log(msg)
+			for _, want := range []string{gone + ": ", tc.want, "at byte 4194304 of 12582912", tc.errno.Error(), "not saved"} {
+				if !strings.Contains(msg, want) {
+					t.Fatalf("error %q does not say %q", msg, want)
+				}
+			}
+			var names []string
+			walkFind(t, context.Background(), r, res.Snapshot.Tree, func(n *snapshot.Node) {
+				if n.Type == snapshot.TypeFile {
+					names = append(names, n.Name)
+				}
+			})
+			if !reflect.DeepEqual(names, []string{"vdc.raw"}) {
+				t.Fatalf("the snapshot holds %v, want only vdc.raw (not the image that failed)", names)
+			}
+		})
 	}
 }
 

@@ -35,6 +35,8 @@ type Export struct {
 
 // Server serves exports to NBD clients.
 type Server struct {
+	// Exports are found by name; the first is also the default export,
+	// the one a client asking for the empty name gets.
 	Exports []Export
 	// TLSConfig, when set, makes TLS mandatory (the protocol's FORCEDTLS
 	// mode): every option but NBD_OPT_STARTTLS and NBD_OPT_ABORT is refused
@@ -194,8 +196,9 @@ func (c *conn) findExport(name string) *Export {
 			return &c.s.Exports[i]
 		}
 	}
-	// The empty name is the default export: the only one, if only one.
-	if name == "" && len(c.s.Exports) == 1 {
+	// The empty name is the default export: the first one (clients
+	// given no name, qemu's nbd://host/ among them, get it).
+	if name == "" && len(c.s.Exports) > 0 {
 		return &c.s.Exports[0]
 	}
 	return nil

@@ -289,7 +289,6 @@ func TestOptions(t *testing.T) {
 		{"info with a bad count", optInfo, append(goData("a"), 0, 1), repErrInvalid},
 		{"info with a name longer than the data", optInfo, []byte{0, 0, 1, 0, 0, 0}, repErrInvalid},
 		{"go on an unknown export", optGo, goData("c"), repErrUnknown},
-		{"default export when there are two", optGo, goData(""), repErrUnknown},
 		{"starttls without TLS", optStartTLS, nil, repErrPolicy},
 		{"meta context before structured replies", optSetMetaContext, metaData("a", metaBaseAllocation), repErrInvalid},
 		{"structured reply with data", optStructuredReply, []byte{1}, repErrInvalid},
@@ -337,6 +336,22 @@ func TestOptions(t *testing.T) {
 	if !sawName || !sawDesc || !sawExport {
 		t.Fatalf("info: %+v", r)
 	}
+	// The empty name is the default export, the first of several: "a".
+	r = tc.option(optInfo, goData("", infoName))
+	sawName, sawExport = false, false
+	for _, x := range r {
+		if x.typ == repInfo {
+			switch binary.BigEndian.Uint16(x.data) {
+			case infoName:
+				sawName = string(x.data[2:]) == "a"
+			case infoExport:
+				sawExport = binary.BigEndian.Uint64(x.data[2:]) == testSize
+			}
+		}
+	}
+	if !sawName || !sawExport || r[len(r)-1].typ != repAck {
+		t.Fatalf("info on the default export of two: %+v", r)
+	}
 	// Selected for "a", then GO to "b": the context does not carry over.
 	tc.goExport("b")
 	if errno := tc.simple(cmdBlockStatus, 0, 0, 4096, nil); errno != errInval {
@@ -352,6 +367,16 @@ func TestOptions(t *testing.T) {
 	tc.full(b[:])
 	if binary.BigEndian.Uint64(b[:]) != 8192 {
 		t.Fatalf("export name: size %d", binary.BigEndian.Uint64(b[:]))
+	}
+	tc.disc(done)
+
+	// ... and with the empty name, the first export.
+	tc, done = dialPipe(t, s)
+	tc.greet()
+	tc.write(optBytes(optExportName, nil))
+	tc.full(b[:])
+	if binary.BigEndian.Uint64(b[:]) != testSize {
+		t.Fatalf("default export name: size %d, want the first export's %d", binary.BigEndian.Uint64(b[:]), testSize)
 	}
 	tc.disc(done)
 }
