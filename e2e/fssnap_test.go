@@ -112,6 +112,20 @@ func btrfsVolume(t *testing.T, e *floeEnv, size int64) (mnt, vol string) {
 // volume of lvSize bytes, mounted; it returns the mount point and the VG.
 func lvmVolume(t *testing.T, e *floeEnv, lvSize string) (mnt, vg string) {
 	t.Helper()
+	lv, vg := lvmLV(t, e, lvSize)
+	if out, err := sh("mkfs.ext4", "-q", lv); err != nil {
+		t.Fatalf("mkfs.ext4 %s: %v: %s", lv, err, out)
+	}
+	mnt = e.path("mnt")
+	mountDev(t, lv, mnt)
+	return mnt, vg
+}
+
+// lvmLV makes a volume group on a loop device with a logical volume
+// "data" of lvSize bytes; it returns the LV's device (/dev/VG/data) and
+// the VG, removed when the test ends. It skips where LVM cannot work.
+func lvmLV(t *testing.T, e *floeEnv, lvSize string) (lv, vg string) {
+	t.Helper()
 	for _, tool := range []string{"pvcreate", "vgcreate", "lvcreate", "lvs", "vgremove"} {
 		needTool(t, tool, "lvm2")
 	}
@@ -139,13 +153,7 @@ func lvmVolume(t *testing.T, e *floeEnv, lvSize string) (mnt, vg string) {
 		}
 		t.Skipf("%s: lvcreate -n data -L %s %s: %v: %s", reason, lvSize, vg, err, out)
 	}
-	lv := "/dev/" + vg + "/data"
-	if out, err := sh("mkfs.ext4", "-q", lv); err != nil {
-		t.Fatalf("mkfs.ext4 %s: %v: %s", lv, err, out)
-	}
-	mnt = e.path("mnt")
-	mountDev(t, lv, mnt)
-	return mnt, vg
+	return "/dev/" + vg + "/data", vg
 }
 
 // leftovers lists what of floe's snapshots of the test's file system is

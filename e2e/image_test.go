@@ -437,6 +437,149 @@ func TestImageFsSnapshotBtrfs(t *testing.T) {
 	}
 }
 
+// A logical volume given as an image with --fs-snapshot lvm is read from
+// an LVM snapshot of itself: the image restores byte for byte as the LV
+// was when the snapshot was made, although a "VM" writes to the LV all
+// through the backup; the snapshot LV is removed afterwards; the
+// consistency record says frozen, nothing changed. The same backup
+// without the snapshot sees the writes (the writer really overlaps the
+// read: a floe reading the live LV instead of its snapshot would fail
+// both the comparison and the consistency check).
+func TestImageFsSnapshotLVM(t *testing.T) {
+	e := newEnv(t)
+	lv, vg := lvmLV(t, e, "96M")
+	e.init()
+	src := e.mkdir("src")
+	writeTree(t, src, 5, 16)
+	// the file system is made from a directory, never mounted: the LV's
+	// bytes change only when the test writes to it
+	if out, err := sh("mkfs.ext4", "-q", "-F", "-E", "nodiscard", "-d", src, lv); err != nil {
+		t.Fatalf("mkfs.ext4 -d %s %s: %v: %s", src, lv, err, out)
+	}
+	// on the disk, where the snapshot reads it, as in the page cache
+	if out, err := sh("sync"); err != nil {
+		t.Fatalf("sync: %v: %s", err, out)
+	}
+	ref := e.path("lv-before.raw")
+	if out, err := sh("dd", "if="+lv, "of="+ref, "bs=1M", "status=none"); err != nil {
+		t.Fatalf("dd %s: %v: %s", lv, err, out)
+	}
+	size := int64(96 << 20)
+	if fi, err := os.Stat(ref); err != nil || fi.Size() != size {
+		t.Fatalf("copy of the LV: %v %v", fi, err)
+	}
+
+	// a VM writing to its disk: the first 4 KiB of every MiB, from the
+	// end backwards (floe reads from the start, so they meet), again and
+	// again with another byte until stopped; synchronous, so every write
+	// reaches the LV (and, with a snapshot, is copied out first)
+	writer := func() (stop func() int) {
+		f, err := os.OpenFile(lv, os.O_WRONLY|syscall.O_SYNC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		quit, done := make(chan struct{}), make(chan int)
+		go func() {
+			passes := 0
+			defer func() { f.Close(); done <- passes }()
+			for b := byte(0xE0); ; b++ {
+				block := bytes.Repeat([]byte{b}, 4096)
+				for off := size - 1<<20; off >= 0; off -= 1 << 20 {
+					select {
+					case <-quit:
+						return
+					default:
+					}
+					if _, err := f.WriteAt(block, off); err != nil {
+						t.Errorf("write to %s: %v", lv, err)
+						return
+					}
+				}
+				passes++
+			}
+		}()
+		return func() int { close(quit); return <-done }
+	}
+
+	// the backup, with the writer started once floe says it reads from
+	// the snapshot (lvcreate has returned: the snapshot holds)
+	cmd := exec.Command(floeBin, append(e.repoArgs(), "backup", "--fs-snapshot", "lvm", "--image", lv)...)
+	cmd.Env, cmd.Dir = e.environ(), e.dir
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderrPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	var stop func() int
+	reading := "reading from the LVM snapshot " + vg + "/floe-snap-"
+	buf := make([]byte, 4096)
+	for {
+		n, rerr := stderrPipe.Read(buf)
+		stderr.Write(buf[:n])
+		if stop == nil && strings.Contains(stderr.String(), reading) {
+			stop = writer()
+		}
+		if rerr != nil {
+			break
+		}
+	}
+	werr := cmd.Wait()
+	passes := -1
+	if stop != nil {
+		passes = stop()
+	}
+	r := fmt.Sprintf("floe backup --fs-snapshot lvm --image %s: %v\nstdout:\n%s\nstderr:\n%s", lv, werr, stdout.String(), stderr.String())
+	if werr != nil || stop == nil {
+		t.Fatalf("want a backup that says it reads from the snapshot (%q): %s", reading, r)
+	}
+	if !strings.Contains(stderr.String(), "read as the device") {
+		t.Errorf("the backup does not say it reads the snapshot as a device: %s", r)
+	}
+	t.Logf("the writer made %d passes over the LV during the backup", passes)
+	expectNoLeftovers(t, "after the image backup", "", vg)
+
+	// the record: read from a frozen view, nothing changed while read
+	snaps := e.snapshots()
+	if len(snaps) != 1 {
+		t.Fatalf("%d snapshots", len(snaps))
+	}
+	if c := snaps[0].Consistency; !c.Checked || !c.Frozen || c.ChangedCount != 0 || len(c.ChangedDuringRead) != 0 {
+		t.Fatalf("an image read from an LVM snapshot: consistency %+v\n%s", c, r)
+	}
+	if snaps[0].Summary.TotalBytes != uint64(size) {
+		t.Fatalf("the image's size: %+v", snaps[0].Summary)
+	}
+	// restored: the LV as it was, not as the writer left it
+	dst := e.path("r")
+	e.ok("restore", "latest:"+lv, "--target", dst, "--verify")
+	got := filepath.Join(dst, filepath.Base(lv))
+	cmpFiles(t, ref, got, 0)
+	if out, err := sh("cmp", "-s", ref, lv); err == nil {
+		t.Fatalf("the writer did not change the LV (%s): the test proves nothing", out)
+	}
+	if _, err := exec.LookPath("debugfs"); err == nil {
+		cat, err := exec.Command("debugfs", "-R", "cat /hello.txt", got).Output()
+		want, _ := os.ReadFile(filepath.Join(src, "hello.txt"))
+		if err != nil || !bytes.Equal(cat, want) {
+			t.Fatalf("debugfs cat /hello.txt in the restored image: %v, %d bytes, want %d", err, len(cat), len(want))
+		}
+	}
+
+	// the same writer without a snapshot: the live LV is read, its write
+	// counters move, and that is recorded
+	stop = writer()
+	out, br := e.backup("--image", lv)
+	stop()
+	if out.Consistency.Frozen || out.Consistency.ChangedCount != 1 {
+		t.Fatalf("the live LV written while read: consistency %+v\n%s", out.Consistency, br)
+	}
+}
+
 // A block device written to while it is read: its write counters in
 // /sys/dev/block/*/stat move, so the backup reads it again and records it.
 func TestImageDeviceWrittenDuringRead(t *testing.T) {

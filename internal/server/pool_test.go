@@ -22,6 +22,7 @@ import (
 	"github.com/floe-backup/floe/internal/server"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/remote"
+	"github.com/floe-backup/floe/internal/storage/storagetest"
 )
 
 // TestMain lets the test binary play `floe serve --stdio` for the ssh
@@ -31,7 +32,8 @@ func TestMain(m *testing.M) {
 	if root := os.Getenv("FLOE_TEST_STDIO_ROOT"); root != "" {
 		role, err := server.ParseRoles(os.Getenv("FLOE_TEST_STDIO_ROLE"))
 		if err == nil {
-			err = server.RunStdio(context.Background(), server.StdioConfig{Root: root, Role: role, Host: "tester", In: os.Stdin, Out: os.Stdout})
+			err = server.RunStdio(context.Background(), server.StdioConfig{Root: root, Role: role, Host: "tester", In: os.Stdin, Out: os.Stdout,
+				AllowAnyName: os.Getenv("FLOE_TEST_STDIO_ANY_NAME") == "1"})
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "stdio server:", err)
@@ -203,6 +205,31 @@ func TestStdio(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "Permission denied") {
 		t.Errorf("ssh refused: %v", err)
 	}
+}
+
+// TestStdioConformance runs the storage suite against the remote client
+// of an ssh:// location speaking to RunStdio: the "ssh" command is this
+// test binary (TestMain serves --stdio), so the protocol runs over the
+// pipes of a real process as it does under sshd, each backend on a fresh
+// root, with an admin role and, as in TestConformance, the name check
+// off (the suite stores arbitrary bytes under arbitrary names).
+func TestStdioConformance(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/env"); err != nil {
+		t.Skip("no /usr/bin/env")
+	}
+	self := mustExe(t)
+	storagetest.TestBackend(t, func(t *testing.T) storage.Backend {
+		root := filepath.Join(t.TempDir(), "repo")
+		sshCmd := []string{"env", "FLOE_TEST_STDIO_ROOT=" + root, "FLOE_TEST_STDIO_ROLE=admin", "FLOE_TEST_STDIO_ANY_NAME=1", self}
+		// two connections: requests spread over two server processes
+		// of the same root, as --connections 2 does
+		b, err := remote.Create(context.Background(), "ssh://tester@localhost/ignored",
+			remote.Options{SSHCommand: sshCmd, Retries: 1, RetryDelay: 1, Connections: 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	})
 }
 
 func mustExe(t *testing.T) string {

@@ -39,6 +39,10 @@ type StdioConfig struct {
 	MaxObjectSize      int64
 	MaxUploadsPerToken int
 	BufferedIO         bool // see Config.BufferedIO
+	// AllowAnyName is Options.AllowAnyName: only the storage conformance
+	// suite sets it (it stores arbitrary bytes under arbitrary names);
+	// floe serve --stdio never.
+	AllowAnyName bool
 
 	In  io.ReadCloser
 	Out io.WriteCloser
@@ -74,7 +78,7 @@ func RunStdio(ctx context.Context, cfg StdioConfig) error {
 	}
 	cred := &Token{ID: "ssh", Repo: StdioRepo, Host: host, Roles: cfg.Role, SSH: true}
 	h, err := New(Options{Repos: repos, Credential: cred, Audit: audit, SpoolDir: spool, Verifier: cfg.Verifier,
-		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken})
+		MaxObjectSize: cfg.MaxObjectSize, MaxUploadsPerToken: cfg.MaxUploadsPerToken, AllowAnyName: cfg.AllowAnyName})
 	if err != nil {
 		return err
 	}
