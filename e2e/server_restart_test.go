@@ -180,6 +180,12 @@ func TestServerDownMidBackup(t *testing.T) {
 	}
 	t.Logf("%d packs (%d bytes) had arrived before the kill; the next backup added %d of %d bytes",
 		packs, packBytes, next.Summary.DataAdded, k.files*k.fileSize)
+	// what arrived is reused (the writer noted each pack before sending
+	// it; the next backup indexed those that had arrived)
+	if packs > 0 && int64(next.Summary.DataAdded)+packBytes > int64(k.files*k.fileSize)+2<<20 {
+		t.Errorf("the next backup added %d bytes of %d although %d bytes of packs had arrived: it did not reuse them",
+			next.Summary.DataAdded, k.files*k.fileSize, packBytes)
+	}
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "check", "--read-data"), 0)
 	dst := e.path("restored")
 	expectCode(t, s.remote("fleet", admin, "--password-file", e.pwFile, "restore", "latest:"+src, "--target", dst), 0)

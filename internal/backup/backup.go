@@ -267,6 +267,13 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	}
 
 	if !opts.DryRun {
+		// packs an earlier backup sent but could not index (its server
+		// went away) are indexed first, so that this one reuses them; a
+		// failure here leaves their notes for the next backup, and the
+		// backup finds out about the storage itself
+		if _, err := r.IndexUnindexed(ctx); err != nil && ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		a.w = r.StartWriting()
 		if c, ok := opts.Progress.(ui.Counters); ok {
 			// the progress line shows the uploads a slow link (or

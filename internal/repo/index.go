@@ -145,6 +145,14 @@ func (x *Index) rank(c copyLoc) int {
 	return r
 }
 
+// hasPack tells whether x lists pack.
+func (x *Index) hasPack(pack hash.ID) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	_, ok := x.packNumber(pack)
+	return ok
+}
+
 // addPacks merges packs; trusted says their entries are vouched for, own
 // that this repository stored them (their blobs count as referenced).
 func (x *Index) addPacks(packs []PackInfo, trusted, own bool) {

@@ -420,6 +420,7 @@ func (w *Writer) store(ctx context.Context, p *openPack) error {
 	}
 	p.buf = packfile.AppendHeader(p.buf, packUnique(), p.blobs)
 	id := hash.Sum(p.buf)
+	w.r.noteUnindexed(PackInfo{ID: id, Blobs: p.blobs})
 	if err := w.r.be.Save(ctx, storage.Handle{Type: storage.Pack, Name: id.String()}, p.buf); err != nil {
 		return fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
@@ -441,6 +442,7 @@ func (w *Writer) storeStreamed(ctx context.Context, p *openPack) error {
 		return fmt.Errorf("write pack: %w", err)
 	}
 	id := p.name.Sum()
+	w.r.noteUnindexed(PackInfo{ID: id, Blobs: p.blobs})
 	if err := p.out.Commit(ctx, id.String()); err != nil {
 		return fmt.Errorf("save pack %s: %w", id.Short(), err)
 	}
@@ -483,6 +485,9 @@ func (w *Writer) saveIndex(ctx context.Context, packs []PackInfo) error {
 		w.r.idx.files[id] = true
 	}
 	w.r.idx.mu.Unlock()
+	if err == nil {
+		w.r.dropUnindexed(packs)
+	}
 	return err
 }
 
