@@ -180,45 +180,12 @@ func TestImageBackupRestore(t *testing.T) {
 	// read one file out of the image without restoring it: floe nbd,
 	// nbdfuse (FUSE, not the kernel's nbd module) and debugfs
 	t.Run("nbdfuse", func(t *testing.T) {
-		nbdtest.NeedTools(t, "nbdfuse")
 		if _, err := exec.LookPath("debugfs"); err != nil {
 			t.Skip("debugfs is not installed (Debian: e2fsprogs)")
 		}
-		if _, err := os.Stat("/dev/fuse"); err != nil {
-			t.Skip("no /dev/fuse")
-		}
 		sock := e.path("nbd.sock")
 		e.startNBD(sock, "latest:"+dev)
-		mnt := e.mkdir("nbdmnt")
-		fuse := exec.Command("nbdfuse", "--readonly", mnt, "--unix", sock)
-		var fout bytes.Buffer
-		fuse.Stdout, fuse.Stderr = &fout, &fout
-		if err := fuse.Start(); err != nil {
-			t.Fatal(err)
-		}
-		done := make(chan struct{})
-		go func() { fuse.Wait(); close(done) }()
-		defer func() {
-			exec.Command("fusermount3", "-u", mnt).Run()
-			exec.Command("fusermount", "-u", mnt).Run()
-			exec.Command("umount", mnt).Run()
-			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				fuse.Process.Kill()
-				<-done
-			}
-		}()
-		exported := filepath.Join(mnt, "nbd")
-		for i := 0; ; i++ {
-			if fi, err := os.Stat(exported); err == nil && fi.Size() == size {
-				break
-			}
-			if i == 100 {
-				t.Fatalf("nbdfuse did not show %s:\n%s", exported, fout.String())
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		exported := nbdfuseMount(t, e.mkdir("nbdmnt"), sock, size)
 		cat, err := exec.Command("debugfs", "-R", "cat /hello.txt", exported).Output()
 		if err != nil {
 			t.Fatalf("debugfs: %v", err)
