@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/http"
 	"os"
@@ -97,37 +98,76 @@ func (j *journal) append(dir string, t storage.FileType, rec UploadRecord) error
 	return f.Close()
 }
 
-// read returns the current record of every object of type t that has
-// one. A damaged line (a crash mid-write) is skipped.
-func (j *journal) read(dir string, t storage.FileType) (map[string]UploadRecord, error) {
+// openJournal opens the journal of type t in dir; nil, nil when there is
+// none yet.
+func openJournal(dir string, t storage.FileType) (*os.File, error) {
 	f, err := os.Open(journalFile(dir, t))
 	if errors.Is(err, fs.ErrNotExist) {
-		return map[string]UploadRecord{}, nil
+		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("upload journal: %w", err)
+	}
+	return f, nil
+}
+
+// scanJournal calls fn with every record of a journal file, in the order
+// written; a line that does not decode (cut off by a crash) is skipped.
+// keep, if not nil, says first whether a line is worth decoding.
+func scanJournal(r io.Reader, keep func(line []byte) bool, fn func(UploadRecord)) error {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 1<<20)
+	for sc.Scan() {
+		if keep != nil && !keep(sc.Bytes()) {
+			continue
+		}
+		var rec UploadRecord
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Name != "" {
+			fn(rec)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("upload journal: %w", err)
+	}
+	return nil
+}
+
+// currentRecords folds records, in the order written, into the current
+// record of every object: a removal ends it.
+type currentRecords map[string]UploadRecord
+
+func (m currentRecords) add(rec UploadRecord) {
+	if rec.Removed {
+		delete(m, rec.Name)
+	} else {
+		m[rec.Name] = rec
+	}
+}
+
+// lastRemoval tells whether last, the last record of a name, is its
+// removal, and when.
+func lastRemoval(last *UploadRecord) (time.Time, bool) {
+	if last == nil || !last.Removed {
+		return time.Time{}, false
+	}
+	return last.Time, true
+}
+
+// read returns the current record of every object of type t that has
+// one. A damaged line (a crash mid-write) is skipped.
+func (j *journal) read(dir string, t storage.FileType) (map[string]UploadRecord, error) {
+	f, err := openJournal(dir, t)
+	if f == nil {
+		return map[string]UploadRecord{}, err
 	}
 	defer f.Close()
 	return parseJournal(f)
 }
 
-func parseJournal(f interface{ Read([]byte) (int, error) }) (map[string]UploadRecord, error) {
-	m := map[string]UploadRecord{}
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		var rec UploadRecord
-		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Name == "" {
-			continue
-		}
-		if rec.Removed {
-			delete(m, rec.Name)
-			continue
-		}
-		m[rec.Name] = rec
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("upload journal: %w", err)
+func parseJournal(f io.Reader) (map[string]UploadRecord, error) {
+	m := currentRecords{}
+	if err := scanJournal(f, nil, m.add); err != nil {
+		return nil, err
 	}
 	return m, nil
 }
@@ -135,34 +175,22 @@ func parseJournal(f interface{ Read([]byte) (int, error) }) (map[string]UploadRe
 // removedAt tells whether the last record of name in the journal of
 // type t is its removal, and when that was.
 func (j *journal) removedAt(dir string, t storage.FileType, name string) (time.Time, bool, error) {
-	f, err := os.Open(journalFile(dir, t))
-	if errors.Is(err, fs.ErrNotExist) {
-		return time.Time{}, false, nil
-	}
-	if err != nil {
-		return time.Time{}, false, fmt.Errorf("upload journal: %w", err)
+	f, err := openJournal(dir, t)
+	if f == nil {
+		return time.Time{}, false, err
 	}
 	defer f.Close()
 	var last *UploadRecord
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		if !bytes.Contains(sc.Bytes(), []byte(name)) {
-			continue
+	err = scanJournal(f, func(line []byte) bool { return bytes.Contains(line, []byte(name)) }, func(rec UploadRecord) {
+		if rec.Name == name {
+			last = &rec
 		}
-		var rec UploadRecord
-		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec.Name != name {
-			continue
-		}
-		last = &rec
+	})
+	if err != nil {
+		return time.Time{}, false, err
 	}
-	if err := sc.Err(); err != nil {
-		return time.Time{}, false, fmt.Errorf("upload journal: %w", err)
-	}
-	if last == nil || !last.Removed {
-		return time.Time{}, false, nil
-	}
-	return last.Time, true, nil
+	when, removed := lastRemoval(last)
+	return when, removed, nil
 }
 
 // uploadJournal is where one repository's upload records are kept: a
@@ -198,26 +226,12 @@ func (d dirJournal) removedAt(_ context.Context, t storage.FileType, name string
 }
 
 func (d dirJournal) each(_ context.Context, t storage.FileType, fn func(UploadRecord)) error {
-	f, err := os.Open(journalFile(d.dir, t))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("upload journal: %w", err)
+	f, err := openJournal(d.dir, t)
+	if f == nil {
+		return err
 	}
 	defer f.Close()
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	for sc.Scan() {
-		var rec UploadRecord
-		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Name != "" {
-			fn(rec)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("upload journal: %w", err)
-	}
-	return nil
+	return scanJournal(f, nil, fn)
 }
 
 // MarkerStore is a backend that keeps empty marker objects beside a
@@ -297,24 +311,18 @@ func (mj markerJournal) each(ctx context.Context, t storage.FileType, fn func(Up
 }
 
 func (mj markerJournal) read(ctx context.Context, t storage.FileType) (map[string]UploadRecord, error) {
-	m := map[string]UploadRecord{}
-	err := mj.records(ctx, markerDir(t), func(rec UploadRecord) {
-		if rec.Removed {
-			delete(m, rec.Name)
-		} else {
-			m[rec.Name] = rec
-		}
-	})
+	m := currentRecords{}
+	err := mj.records(ctx, markerDir(t), m.add)
 	return m, err
 }
 
 func (mj markerJournal) removedAt(ctx context.Context, t storage.FileType, name string) (time.Time, bool, error) {
 	var last *UploadRecord
-	err := mj.records(ctx, markerDir(t)+name+"/", func(rec UploadRecord) { last = &rec })
-	if err != nil || last == nil || !last.Removed {
+	if err := mj.records(ctx, markerDir(t)+name+"/", func(rec UploadRecord) { last = &rec }); err != nil {
 		return time.Time{}, false, err
 	}
-	return last.Time, true, nil
+	when, removed := lastRemoval(last)
+	return when, removed, nil
 }
 
 // journalOf is repository repo's journal: a directory beside it when the
