@@ -118,13 +118,7 @@ func (r *Repository) IndexUnindexed(ctx context.Context) (int, error) {
 	if len(found) == 0 {
 		return 0, nil
 	}
-	ids, err := r.SaveIndexFiles(ctx, &IndexFile{Packs: found})
-	r.idx.mu.Lock()
-	for _, id := range ids {
-		r.idx.files[id] = true
-	}
-	r.idx.mu.Unlock()
-	if err != nil {
+	if err := r.indexPacks(ctx, found); err != nil {
 		return 0, fmt.Errorf("index the packs an earlier backup sent: %w", err)
 	}
 	// trusted only where the storage checked the index file against the
@@ -133,6 +127,5 @@ func (r *Repository) IndexUnindexed(ctx context.Context) (int, error) {
 	// seen; elsewhere a backup reads such a copy once before relying on
 	// it, as it does another host's
 	r.idx.addPacks(found, r.verifiesUploads, true)
-	r.dropUnindexed(found)
 	return len(found), nil
 }

@@ -479,14 +479,21 @@ func (w *Writer) stored(ctx context.Context, p *openPack, id hash.ID) error {
 }
 
 func (w *Writer) saveIndex(ctx context.Context, packs []PackInfo) error {
-	ids, err := w.r.SaveIndexFiles(ctx, &IndexFile{Packs: packs})
-	w.r.idx.mu.Lock()
+	return w.r.indexPacks(ctx, packs)
+}
+
+// indexPacks writes index files listing packs, which the in-memory index
+// then counts as loaded, and drops the packs' notes (unindexed.go) once
+// every file is stored.
+func (r *Repository) indexPacks(ctx context.Context, packs []PackInfo) error {
+	ids, err := r.SaveIndexFiles(ctx, &IndexFile{Packs: packs})
+	r.idx.mu.Lock()
 	for _, id := range ids {
-		w.r.idx.files[id] = true
+		r.idx.files[id] = true
 	}
-	w.r.idx.mu.Unlock()
+	r.idx.mu.Unlock()
 	if err == nil {
-		w.r.dropUnindexed(packs)
+		r.dropUnindexed(packs)
 	}
 	return err
 }
