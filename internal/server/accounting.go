@@ -106,3 +106,20 @@ func AccountingAt(ctx context.Context, repos Repositories, repo string, now time
 	}
 	return out, nil
 }
+
+// lastUploads is the time of each host's latest upload recorded in a
+// repository's journal (removals are not writes).
+func lastUploads(ctx context.Context, j uploadJournal) (map[string]time.Time, error) {
+	last := map[string]time.Time{}
+	for _, t := range []storage.FileType{storage.Pack, storage.Index, storage.Snapshot, storage.Key} {
+		err := j.each(ctx, t, func(rec UploadRecord) {
+			if !rec.Removed && rec.Time.After(last[rec.Host]) {
+				last[rec.Host] = rec.Time
+			}
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return last, nil
+}

@@ -3,6 +3,7 @@ package server
 import (
 	"net/http"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +24,12 @@ type Metrics struct {
 	refused   *prometheus.CounterVec
 	uploading prometheus.Gauge
 	lastWrite *prometheus.GaugeVec
+	// lastWrites is what lastWrite holds, so that a write seen live and a
+	// journal read at a repository's first use (seedLastWrites) keep the
+	// later of the two; seeded marks the repositories read
+	lastMu     sync.Mutex
+	lastWrites map[[2]string]time.Time
+	seeded     map[string]bool
 	// ledger, when set (SetLedger), gives the bytes each repository
 	// holds at every scrape
 	ledger atomic.Pointer[Ledger]
@@ -81,7 +88,7 @@ func NewMetrics() *Metrics {
 			Name: "floe_server_uploads_in_progress", Help: "Uploads being received.",
 		}),
 		lastWrite: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "floe_server_last_write_timestamp_seconds", Help: "When each host (of its credential) last stored a new object in a repository, since the server started (Unix time).",
+			Name: "floe_server_last_write_timestamp_seconds", Help: "When each host (of its credential) last stored a new object in a repository (Unix time); a repository's hosts appear from its upload journal once the server has served it since it started.",
 		}, []string{"repo", "host"}),
 	}
 	m.reg.MustRegister(m.requests, m.duration, m.bytesIn, m.bytesOut, m.refused, m.uploading, m.lastWrite, repoCollector{m},
@@ -116,9 +123,55 @@ func (m *Metrics) observe(q *request, start time.Time) {
 	}
 	if q.status == http.StatusCreated && Op(op) == OpSave {
 		m.bytesIn.WithLabelValues(q.rec.Repo).Add(float64(q.rec.Size))
-		m.lastWrite.WithLabelValues(q.rec.Repo, q.tok.Host).Set(float64(time.Now().Unix()))
+		m.noteWrite(q.rec.Repo, q.tok.Host, time.Now())
 	}
 	if q.status == http.StatusOK && Op(op) == OpLoad {
 		m.bytesOut.WithLabelValues(q.rec.Repo).Add(float64(q.sent))
 	}
+}
+
+// noteWrite records that host stored an object in repo at t, unless a
+// later write of it is known already.
+func (m *Metrics) noteWrite(repo, host string, t time.Time) {
+	m.lastMu.Lock()
+	defer m.lastMu.Unlock()
+	k := [2]string{repo, host}
+	if last, ok := m.lastWrites[k]; ok && !t.After(last) {
+		return
+	}
+	if m.lastWrites == nil {
+		m.lastWrites = map[[2]string]time.Time{}
+	}
+	m.lastWrites[k] = t
+	m.lastWrite.WithLabelValues(repo, host).Set(float64(t.Unix()))
+}
+
+// seedLastWrites gives repo's hosts their last writes from before the
+// server started, once per repository: each is the latest upload of the
+// host in the repository's journal, read in the background (a bucket's
+// journal is a listing). Without it a host that has not written since a
+// restart would have no metric, and an alert on its age would not fire.
+func (m *Metrics) seedLastWrites(repo string, read func() (map[string]time.Time, error)) {
+	m.lastMu.Lock()
+	if m.seeded[repo] {
+		m.lastMu.Unlock()
+		return
+	}
+	if m.seeded == nil {
+		m.seeded = map[string]bool{}
+	}
+	m.seeded[repo] = true
+	m.lastMu.Unlock()
+	go func() {
+		last, err := read()
+		if err != nil {
+			m.lastMu.Lock()
+			delete(m.seeded, repo) // read again at the repository's next request
+			m.lastMu.Unlock()
+			return
+		}
+		for host, t := range last {
+			m.noteWrite(repo, host, t)
+		}
+	}()
 }

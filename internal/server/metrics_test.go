@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,5 +65,64 @@ func TestMetrics(t *testing.T) {
 		if !strings.Contains(body, want) {
 			t.Errorf("metrics lack %s", want)
 		}
+	}
+}
+
+// A restarted server reports each host's last write from the upload
+// journal as soon as it serves the repository, not only after the host's
+// next write: an alert on the metric's age must not wait for a host that
+// has stopped writing.
+func TestMetricsLastWriteSurvivesRestart(t *testing.T) {
+	ctx := context.Background()
+	root := t.TempDir()
+	repos, err := server.NewRootDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := repos.Create(ctx, "fleet"); err != nil {
+		t.Fatal(err)
+	}
+	first := startServer(t, repos, server.Options{Metrics: server.NewMetrics()})
+	b := first.client(t, "fleet", first.token(t, "fleet", "backup"))
+	data := []byte("written before the restart")
+	if err := b.Save(ctx, storage.Handle{Type: storage.Index, Name: nameOf(data)}, data); err != nil {
+		t.Fatal(err)
+	}
+	written := time.Now().Unix()
+	first.srv.Close()
+
+	fresh, err := server.NewRootDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := server.NewMetrics()
+	second := startServer(t, fresh, server.Options{Metrics: m, Tokens: first.tokens})
+	r := second.client(t, "fleet", second.token(t, "fleet", "restore"))
+	if err := r.List(ctx, storage.Index, func(storage.FileInfo) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		rec := httptest.NewRecorder()
+		m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		var got int64
+		for _, line := range strings.Split(rec.Body.String(), "\n") {
+			if v, ok := strings.CutPrefix(line, `floe_server_last_write_timestamp_seconds{host="testhost",repo="fleet"} `); ok {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatalf("last write %q: %v", v, err)
+				}
+				got = int64(f)
+			}
+		}
+		if got != 0 {
+			if got > written || got < written-60 {
+				t.Fatalf("last write after the restart is %d, the write was at %d", got, written)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted server does not report the host's last write")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

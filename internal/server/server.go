@@ -388,6 +388,11 @@ func (s *Server) backend(q *request, route Route) (storage.Backend, bool) {
 	if s.opts.Ledger != nil && s.opts.Metrics != nil {
 		s.opts.Ledger.track(be, route.Repo)
 	}
+	if j := journalOf(s.opts.Repos, route.Repo, be, &s.journal); j != nil && s.opts.Metrics != nil {
+		s.opts.Metrics.seedLastWrites(route.Repo, func() (map[string]time.Time, error) {
+			return lastUploads(context.Background(), j)
+		})
+	}
 	return be, true
 }
 
