@@ -187,3 +187,32 @@ func TestRewriteIndexWithForgedEntries(t *testing.T) {
 		t.Fatalf("old plan applied again: %d index files, were %d", len(after), len(before))
 	}
 }
+
+// A prune's lease in gc/ (of a prune running now, or of one that died) is
+// neither a mark nor damaged: Find goes on and plans nothing for it.
+func TestFindSkipsLeases(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	l, err := r.AcquireLease(ctx, "pruner", 4242, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Find(ctx, r)
+	if err != nil {
+		t.Fatalf("Find beside a prune's lease: %v", err)
+	}
+	if !plan.Empty() {
+		t.Fatalf("a plan for a lease: %+v", plan.Actions)
+	}
+	// nor does applying an old plan that names it remove it
+	leases, err := r.Leases(ctx)
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("leases: %+v, %v", leases, err)
+	}
+	if err := removeUnsignedMark(ctx, r, leases[0].ID); err == nil {
+		t.Fatal("a lease was removed as an unsigned mark")
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
