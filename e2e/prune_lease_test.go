@@ -51,7 +51,7 @@ func TestPruneLease(t *testing.T) {
 	first, out := start()
 	r := e.floe("prune")
 	expectCode(t, r, 1)
-	if !strings.Contains(r.stderr, "another prune is running") || !strings.Contains(r.stderr, host) {
+	if !strings.Contains(r.stderr, "a prune is running") || !strings.Contains(r.stderr, host) {
 		t.Errorf("the second prune's message does not name the holder: %s", r)
 	}
 	if first.ProcessState != nil {

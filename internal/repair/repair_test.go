@@ -193,7 +193,7 @@ func TestRewriteIndexWithForgedEntries(t *testing.T) {
 func TestFindSkipsLeases(t *testing.T) {
 	ctx := context.Background()
 	r, _ := testutil.NewRepo(t)
-	l, err := r.AcquireLease(ctx, "pruner", 4242, time.Minute)
+	l, err := r.AcquireLease(ctx, repo.LeaseOptions{Holder: "pruner", PID: 4242})
 	if err != nil {
 		t.Fatal(err)
 	}
