@@ -26,32 +26,11 @@ func TestPruneLease(t *testing.T) {
 	e.backup(src)
 	host, _ := os.Hostname()
 
-	// a slow prune: its reads are limited to 4 KB/s
-	start := func() (*exec.Cmd, *bytes.Buffer) {
-		cmd := exec.Command(floeBin, append(e.repoArgs(), "prune", "--lease-ttl", "2s", "--limit-download", "4")...)
-		cmd.Env = e.environ()
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-		// its lease is the first object in gc/ (there are no marks yet)
-		deadline := time.Now().Add(20 * time.Second)
-		for {
-			if gcObjects(e) > 0 {
-				return cmd, &out
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("the first prune wrote no lease:\n%s", out.String())
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	start := func() (*exec.Cmd, *bytes.Buffer) { return startSlowPrune(t, e) }
 	first, out := start()
 	r := e.floe("prune")
 	expectCode(t, r, 1)
-	if !strings.Contains(r.stderr, "another prune is running") || !strings.Contains(r.stderr, host) {
+	if !strings.Contains(r.stderr, "a prune is running") || !strings.Contains(r.stderr, host) {
 		t.Errorf("the second prune's message does not name the holder: %s", r)
 	}
 	if first.ProcessState != nil {
@@ -77,6 +56,85 @@ func TestPruneLease(t *testing.T) {
 	r = e.ok("prune", "--force-unlock", "--yes")
 	if !strings.Contains(r.stderr, host) || !strings.Contains(r.stderr, "removed 1 prune lease") {
 		t.Errorf("--force-unlock: %s", r)
+	}
+	e.ok("check")
+}
+
+// startSlowPrune starts a prune whose reads are limited to 4 KB/s and
+// whose lease lasts 2 s without renewal, and returns once its lease is
+// stored (the repository must have no gc marks yet).
+func startSlowPrune(t *testing.T, e *floeEnv) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(floeBin, append(e.repoArgs(), "prune", "--lease-ttl", "2s", "--limit-download", "4")...)
+	cmd.Env = e.environ()
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	// its lease is the first object in gc/ (there are no marks yet)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if gcObjects(e) > 0 {
+			return cmd, &out
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the prune wrote no lease:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// repair refuses while a prune holds the lease (exit 1, naming the
+// prune's host, nothing changed); --dry-run needs no lease; once the
+// prune died, --force-unlock takes its lease away and repair runs, and
+// leaves no lease behind.
+func TestRepairLease(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	testutil.ManyFiles(t, src, 300, 1<<10, 72)
+	e.backup(src)
+	sealed, junk := e.badSnapshotRecords()
+	host, _ := os.Hostname()
+
+	pr, out := startSlowPrune(t, e)
+	r := e.floe("repair", "--yes")
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "a prune is running on this repository") || !strings.Contains(r.stderr, host) ||
+		!strings.Contains(r.stderr, "--force-unlock") {
+		t.Errorf("repair beside a prune: no clear message naming the prune: %s", r)
+	}
+	for _, id := range []string{sealed, junk} {
+		if _, err := os.Stat(filepath.Join(e.repo, "snapshots", id)); err != nil {
+			t.Fatalf("repair beside a prune removed %s: %v", id[:8], err)
+		}
+	}
+	r = e.floe("repair", "--json", "--yes")
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stdout, `"exit_code":1`) || !strings.Contains(r.stdout, "a prune is running") {
+		t.Errorf("repair --json beside a prune: %s", r)
+	}
+	r = e.ok("repair", "--dry-run")
+	if !strings.Contains(r.stdout, "remove snapshot record "+sealed[:8]) {
+		t.Errorf("repair --dry-run beside a prune: %s", r)
+	}
+	if pr.ProcessState != nil {
+		t.Fatalf("the prune ended already; the test proves nothing:\n%s", out.String())
+	}
+
+	// the prune dies: its lease counts until it expires, or --force-unlock
+	pr.Process.Kill()
+	pr.Wait()
+	expectCode(t, e.floe("repair", "--yes"), 1)
+	r = e.ok("repair", "--yes", "--force-unlock")
+	if !strings.Contains(r.stderr, "removed 1 prune lease") || !strings.Contains(r.stdout, "repaired: 2 of 2") {
+		t.Errorf("repair --force-unlock: %s", r)
+	}
+	if n := gcObjects(e); n != 0 {
+		t.Errorf("a lease is left after repair ended: %d objects in gc/", n)
 	}
 	e.ok("check")
 }

@@ -398,7 +398,10 @@ func TestRepairCrashSafety(t *testing.T) {
 			}
 		}
 		t.Logf("round %d: killed after %v (finished before: %v): %d damaged index files left, %d written", round, delay, finished, damaged, written)
-		again := e.ok("repair", "--yes")
+		// a repair killed while it applied its plan leaves its lease,
+		// which stops the next one until it expires: remove it, as the
+		// operator would once sure that the repair is dead
+		again := e.ok("repair", "--yes", "--force-unlock")
 		if r := e.floe("check", "--read-data"); r.code != 0 {
 			t.Fatalf("round %d: check --read-data after a killed repair and another: %s\nthe second repair: %s", round, r, again)
 		}

@@ -188,6 +188,7 @@ func restoreHint(errs []error) string {
 // agent's configuration, a library user) spell them differently.
 func hintFor(err error) string {
 	var he hintedError
+	var held *repo.LeaseHeldError
 	switch {
 	case errors.As(err, &he):
 		return he.hint
@@ -223,8 +224,8 @@ func hintFor(err error) string {
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
 	case errors.As(err, new(*repo.IndexLoadError)):
 		return "run `floe check`"
-	case errors.As(err, new(*repo.LeaseHeldError)):
-		return "if that prune died, wait until its lease ends or use --force-unlock"
+	case errors.As(err, &held):
+		return fmt.Sprintf("if that %s died, wait until its lease ends, or remove the lease with --force-unlock (of prune or repair; it asks first)", held.Lease.TaskName())
 	case errors.Is(err, devrestore.ErrNotDevice):
 		return "restore an image into a file with --target"
 	case errors.Is(err, server.ErrNoRoot):

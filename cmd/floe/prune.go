@@ -66,13 +66,15 @@ that started before a mark and writes its snapshot after the next prune
 has read the snapshots can lose data it deduplicated against. Use it only
 when you know that no backup runs.
 
-One prune at a time: a prune takes a lease first (a signed object in gc/
-naming its host and pid, renewed every third of --lease-ttl, default 5m,
-and removed at the end). A second prune refuses to start while the lease
-counts, with a message naming the holder (exit 1). If the holder died, its
-lease expires after --lease-ttl and the next prune takes it over;
---force-unlock removes it at once, after you confirm (--yes in scripts)
-that no prune runs: two prunes at once can delete data a snapshot needs.
+One prune at a time, and never beside a repair: a prune takes a lease
+first (a signed object in gc/ naming its host and pid, renewed every third
+of --lease-ttl, default 5m, and removed at the end), the same lease that
+repair takes while it applies its plan. A second prune refuses to start
+while the lease counts, with a message naming the holder (exit 1), and so
+does a repair. If the holder died, its lease expires after --lease-ttl and
+the next prune takes it over; --force-unlock removes it at once, after you
+confirm (--yes in scripts) that no prune or repair runs: two prunes, or a
+prune and a repair, at once can delete data a snapshot needs.
 --dry-run takes no lease. prune needs a full key (it reads the snapshots).
 A prune that is interrupted leaves a repository that check passes; the
 next prune finishes the job. --dry-run shows the plan and changes nothing.`,
@@ -97,7 +99,7 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 			}
 			defer r.Close()
 			if forceUnlock {
-				if err := forceUnlockPrune(cmd.Context(), g, r, yes); err != nil {
+				if err := forceUnlockLeases(cmd.Context(), g, r, yes); err != nil {
 					return err
 				}
 			}
@@ -115,20 +117,21 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 	}
 	f.add(c.Flags(), "")
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "show what would be deleted, repacked and marked; change nothing")
-	c.Flags().BoolVar(&forceUnlock, "force-unlock", false, "remove the lease of a prune that died (asks first), then prune")
+	c.Flags().BoolVar(&forceUnlock, "force-unlock", false, "remove the lease of a prune or repair that died (asks first), then prune")
 	c.Flags().BoolVar(&yes, "yes", false, "with --force-unlock: do not ask")
 	c.Flags().DurationVar(&leaseTTL, "lease-ttl", prune.DefaultLeaseTTL, "how long this prune's lease counts without renewal (if it dies)")
 	return c
 }
 
-// forceUnlockPrune removes the prune leases after the user confirmed.
-func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes bool) error {
+// forceUnlockLeases removes the prune leases (of prunes and repairs)
+// after the user confirmed. prune and repair both offer it.
+func forceUnlockLeases(ctx context.Context, g *globals, r *repo.Repository, yes bool) error {
 	leases, err := r.Leases(ctx)
 	if err != nil {
 		return err
 	}
 	if len(leases) == 0 {
-		g.say("no prune lease to remove")
+		g.say("no prune lease to remove (no prune or repair holds one)")
 		return nil
 	}
 	now := time.Now()
@@ -137,10 +140,10 @@ func forceUnlockPrune(ctx context.Context, g *globals, r *repo.Repository, yes b
 		if l.Expired(now) {
 			state = "expired"
 		}
-		g.warn("prune lease of %s (pid %d), renewed %s, %s", ui.Path(l.Holder), l.PID, l.Time.Local().Format(time.RFC3339), state)
+		g.warn("prune lease of %s (pid %d, a %s), renewed %s, %s", ui.Path(l.Holder), l.PID, l.TaskName(), l.Time.Local().Format(time.RFC3339), state)
 	}
 	if !yes {
-		ok, err := confirm(g, "remove it? Only if that prune is not running: two prunes at once can delete data. [y/N] ")
+		ok, err := confirm(g, "remove it? Only if that prune or repair is not running: a prune beside another prune or a repair can delete data. [y/N] ")
 		if err != nil {
 			return err
 		}

@@ -11,11 +11,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/floe-backup/floe/internal/repair"
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/ui"
 )
 
 func newRepairCommand(g *globals) *cobra.Command {
-	var yes, dryRun bool
+	var yes, dryRun, forceUnlock bool
+	var leaseTTL time.Duration
 	c := &cobra.Command{
 		Use:   "repair [--yes | --dry-run]",
 		Short: "Remove what makes the repository unusable and holds nothing readable",
@@ -47,7 +49,20 @@ repair first shows what it will do. It asks for confirmation on a terminal;
 elsewhere it needs --yes. --dry-run only shows the plan. Every action checks
 its reason again just before it is carried out. repair needs a full key
 (through a floe server, a token with the admin role). It reads every pack
-in full, so it takes about as long as check --read-data.`,
+in full, so it takes about as long as check --read-data.
+
+repair never runs beside a prune or another repair: while it applies its
+plan it holds the lease that prune takes (a signed object in gc/ naming its
+host and pid, renewed every third of --lease-ttl, default 5m, and removed
+at the end), and a prune that starts meanwhile refuses. A repair (not
+--dry-run) refuses to start while a prune or another repair holds the
+lease, with a message naming the holder (exit 1). If the holder died, its
+lease expires after its --lease-ttl and is taken over; --force-unlock
+removes it at once, after you confirm (--yes in scripts) that no prune or
+repair runs. Reading the repository and --dry-run take no lease. Backups
+may run meanwhile: repair deletes no pack (the packs it does not index are
+left to prune and its grace period), and a pack a backup uploads while
+repair runs is at worst indexed twice.`,
 		Example: `  floe repair --dry-run
   floe repair --yes`,
 		Args: cobra.NoArgs,
@@ -55,12 +70,27 @@ in full, so it takes about as long as check --read-data.`,
 			if yes && dryRun {
 				return usageError{errors.New("--yes and --dry-run exclude each other")}
 			}
+			if leaseTTL < time.Second {
+				return usageError{fmt.Errorf("--lease-ttl %s: at least 1s", leaseTTL)}
+			}
 			ctx := cmd.Context()
 			r, err := g.openRepo(ctx, false)
 			if err != nil {
 				return err
 			}
 			defer r.Close()
+			if forceUnlock {
+				if err := forceUnlockLeases(ctx, g, r, yes); err != nil {
+					return err
+				}
+			}
+			if !dryRun && !r.WriteOnly() {
+				// Apply takes the lease; refuse now rather than after
+				// reading every pack if a prune or repair holds it
+				if err := r.CheckLease(ctx); err != nil {
+					return err
+				}
+			}
 			prog := &ui.Meter{}
 			st := g.status()
 			st.Run(200*time.Millisecond, func() string { return "repair: " + prog.Line() })
@@ -103,7 +133,12 @@ in full, so it takes about as long as check --read-data.`,
 					return errors.New("not confirmed: nothing was changed")
 				}
 			}
-			res, err := repair.Apply(ctx, r, plan)
+			res, err := repair.Apply(ctx, r, plan, repair.ApplyOptions{LeaseTTL: leaseTTL})
+			if res == nil && err != nil {
+				// nothing was applied (a prune or repair holds the lease
+				// now): reported as any failed command, with its hint
+				return err
+			}
 			if err == nil {
 				err = incomplete
 			}
@@ -124,8 +159,10 @@ in full, so it takes about as long as check --read-data.`,
 			return err
 		},
 	}
-	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply the repairs without asking")
+	c.Flags().BoolVarP(&yes, "yes", "y", false, "apply the repairs (and with --force-unlock remove the lease) without asking")
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "only show what would be done")
+	c.Flags().BoolVar(&forceUnlock, "force-unlock", false, "remove the lease of a prune or repair that died (asks first), then repair")
+	c.Flags().DurationVar(&leaseTTL, "lease-ttl", repo.DefaultLeaseTTL, "how long this repair's lease counts without renewal (if it dies)")
 	return c
 }
 

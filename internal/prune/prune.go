@@ -7,7 +7,8 @@
 // that ran longer than half the grace period re-checks what it relies on
 // before it writes its snapshot (repo.Repository.VerifyReferences).
 //
-// Only one prune should run at a time.
+// Only one prune, or repair, runs at a time: Run (but a dry run) holds
+// the repository's prune lease (repo.Repository.HoldLease) while it works.
 package prune
 
 import (
@@ -63,8 +64,9 @@ type Options struct {
 	indexEntries int
 }
 
-// DefaultLeaseTTL: a prune that died stops others for at most this long.
-const DefaultLeaseTTL = 5 * time.Minute
+// DefaultLeaseTTL: a prune that died stops other prunes and repairs for
+// at most this long.
+const DefaultLeaseTTL = repo.DefaultLeaseTTL
 
 // Count is a number of packs and their stored bytes.
 type Count struct {
@@ -200,23 +202,14 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err 
 		opts.Progress = ui.NoProgress
 	}
 	if !opts.DryRun {
-		lease, err := takeLease(ctx, r, opts)
+		// err is Run's result (not shadowed): Release tells why the
+		// prune stopped if its lease could not be renewed
+		var held *repo.HeldLease
+		held, ctx, err = r.HoldLease(ctx, repo.LeaseOptions{Task: repo.LeasePrune, Holder: opts.Holder, TTL: opts.LeaseTTL})
 		if err != nil {
 			return nil, err
 		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithCancel(ctx)
-		defer cancel()
-		stop := lease.keep(ctx, cancel)
-		defer func() {
-			stop()
-			_ = lease.l.Release(context.WithoutCancel(ctx))
-		}()
-		defer func() {
-			if lerr := lease.err(); lerr != nil && err == nil {
-				err = lerr
-			}
-		}()
+		defer func() { err = held.Release(err) }()
 	}
 	p := &pruner{r: r, opts: opts, res: &Result{DryRun: opts.DryRun, GraceSeconds: opts.Grace.Seconds(),
 		MaxUnused: opts.MaxUnused, Marks: []MarkInfo{}}}

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -726,7 +727,7 @@ func TestKilledPruneLeavesConsistentRepository(t *testing.T) {
 		// the killed prune's lease stays until it expires: the operator
 		// removes it (prune --force-unlock), then the next prunes finish
 		// the job
-		if _, err := Run(ctx, openOn(t, be), Options{MaxUnused: 0.1}); n > 0 && !errors.Is(err, repo.ErrPruneRunning) {
+		if _, err := Run(ctx, openOn(t, be), Options{MaxUnused: 0.1}); n > 0 && !errors.Is(err, repo.ErrLeaseHeld) {
 			t.Fatalf("killed after %d: a prune ran beside the dead one's lease: %v", n, err)
 		}
 		if _, err := openOn(t, be).BreakLeases(ctx); err != nil {
@@ -1005,4 +1006,52 @@ func must[T any](v T, ok bool) T {
 		panic("missing")
 	}
 	return v
+}
+
+// stuckRenewal: after the first save in gc/ (the lease), saves there fail,
+// and loads of snapshot records wait until the prune is cancelled.
+type stuckRenewal struct {
+	storage.Backend
+	saved atomic.Bool
+}
+
+func (s *stuckRenewal) Save(ctx context.Context, h storage.Handle, data []byte) error {
+	if h.Type == storage.GCMark && s.saved.Swap(true) {
+		return errors.New("injected: the storage refuses writes")
+	}
+	return s.Backend.Save(ctx, h, data)
+}
+
+func (s *stuckRenewal) Load(ctx context.Context, h storage.Handle, off, n int64) ([]byte, error) {
+	if h.Type == storage.Snapshot {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return s.Backend.Load(ctx, h, off, n)
+}
+
+// A prune whose lease cannot be renewed stops and says why (not only
+// "context canceled"), and changes nothing.
+func TestPruneStopsWhenLeaseCannotBeRenewed(t *testing.T) {
+	w := newWorld(t)
+	src := t.TempDir()
+	files(t, src, "f", 2, 10<<10, 1)
+	w.mustBackup(src)
+	packs := w.count(storage.Pack)
+	done := make(chan error, 1)
+	go func() {
+		_, err := Run(ctx, openOn(t, &stuckRenewal{Backend: w.be}), Options{LeaseTTL: 150 * time.Millisecond})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "prune stopped: its lease could not be renewed") || !strings.Contains(err.Error(), "injected") {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the prune went on without its lease")
+	}
+	if n := w.count(storage.Pack); n != packs || w.count(storage.GCMark) != 0 {
+		t.Fatalf("packs %d -> %d, %d objects in gc/", packs, n, w.count(storage.GCMark))
+	}
 }

@@ -225,6 +225,10 @@ func findUnsignedMarks(ctx context.Context, r *repo.Repository, p *Plan) error {
 		_, err := r.LoadGCMark(ctx, id)
 		switch {
 		case err == nil, storage.IsNotExist(err):
+		case errors.Is(err, repo.ErrIsLease):
+			// the lease of a prune or repair (running, or dead and
+			// expired): neither a mark nor damaged; prune and repair
+			// take leases over, --force-unlock removes them
 		case errors.Is(err, repo.ErrDamagedMark):
 			p.Actions = append(p.Actions, Action{Kind: RemoveMark, ID: id, Reason: err.Error() + "; prune and backups ignore it"})
 		default:

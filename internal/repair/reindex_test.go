@@ -283,7 +283,7 @@ func TestReindex(t *testing.T) {
 					t.Errorf("action %+v does not say how much it indexes", a)
 				}
 			}
-			if res, err := Apply(ctx, r, plan); err != nil || len(res.Done) != len(plan.Actions) {
+			if res, err := Apply(ctx, r, plan, ApplyOptions{}); err != nil || len(res.Done) != len(plan.Actions) {
 				t.Fatalf("Apply: %+v, %v", res, err)
 			}
 
@@ -322,7 +322,7 @@ func TestReindex(t *testing.T) {
 			}
 			// applying the old plan again changes nothing
 			before, _ := r2.ListIDs(ctx, storage.Index)
-			if _, err := Apply(ctx, r2, plan); err != nil {
+			if _, err := Apply(ctx, r2, plan, ApplyOptions{}); err != nil {
 				t.Fatalf("old plan applied again: %v", err)
 			}
 			if after, _ := r2.ListIDs(ctx, storage.Index); len(after) != len(before) {
@@ -340,7 +340,8 @@ func TestReindexKilledBeforeRemoval(t *testing.T) {
 	f := newReindexFixture(t)
 	f.replace(storage.Index, f.index1, func(b []byte) []byte { b[10] ^= 1; return b })
 	// killed before it removes anything: here, the storage refuses
-	// removals
+	// removals (but of its lease, so that the next repair need not wait
+	// for it to expire)
 	r, err := repo.Open(ctx, &noRemove{f.be}, repo.Credential{Password: []byte(testutil.Password)}, repo.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +350,7 @@ func TestReindexKilledBeforeRemoval(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Apply(ctx, r, plan)
+	res, err := Apply(ctx, r, plan, ApplyOptions{})
 	if err == nil || len(res.Done) != 2 || len(res.Failed) != 1 || res.Failed[0].Kind != RemoveDamagedIndex {
 		t.Fatalf("Apply: %+v, %v", res, err)
 	}
@@ -367,7 +368,7 @@ func TestReindexKilledBeforeRemoval(t *testing.T) {
 	if len(again.Actions) != 1 || again.Actions[0].Kind != RemoveDamagedIndex || again.Actions[0].ID != f.index1 {
 		t.Fatalf("plan after the interrupted repair: %+v", again.Actions)
 	}
-	if _, err := Apply(ctx, f.r, again); err != nil {
+	if _, err := Apply(ctx, f.r, again, ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if err := testutil.Reopen(t, f.be).Index().Len(); err != 6 {
@@ -375,9 +376,13 @@ func TestReindexKilledBeforeRemoval(t *testing.T) {
 	}
 }
 
+// noRemove refuses every removal but of leases (in gc/).
 type noRemove struct{ storage.Backend }
 
-func (noRemove) Remove(ctx context.Context, h storage.Handle) error {
+func (b noRemove) Remove(ctx context.Context, h storage.Handle) error {
+	if h.Type == storage.GCMark {
+		return b.Backend.Remove(ctx, h)
+	}
 	return fmt.Errorf("remove %s: %w", h, storage.ErrDenied)
 }
 
@@ -422,7 +427,7 @@ func TestReindexUnreadable(t *testing.T) {
 	if !slices.Equal(idsOf(plan.Left, UnreadablePack), []hash.ID{f.data1}) || !slices.Equal(idsOf(plan.Left, LeaveIndex), []hash.ID{f.index1}) || plan.Incomplete() != 1 {
 		t.Errorf("left %+v, want pack %s and index %s", plan.Left, f.data1.Short(), f.index1.Short())
 	}
-	if _, err := Apply(ctx, r, plan); err != nil {
+	if _, err := Apply(ctx, r, plan, ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := f.be.Get(f.handle(storage.Index, f.index1)); !ok {
@@ -437,7 +442,7 @@ func TestReindexUnreadable(t *testing.T) {
 	if !slices.Equal(idsOf(plan.Actions, IndexPack), []hash.ID{f.data1}) || !slices.Equal(idsOf(plan.Actions, RemoveDamagedIndex), []hash.ID{f.index1}) {
 		t.Fatalf("plan %+v", plan.Actions)
 	}
-	if _, err := Apply(ctx, r, plan); err != nil {
+	if _, err := Apply(ctx, r, plan, ApplyOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if n := testutil.Reopen(t, f.be).Index().Len(); n != 6 {
@@ -454,7 +459,7 @@ func TestReindexApplyVerifies(t *testing.T) {
 	f.replace(storage.Pack, f.data2, func(b []byte) []byte { b[5] ^= 1; return b })
 	f.remove(t, storage.Index, f.index1)
 	plan := &Plan{Actions: []Action{{Kind: IndexPack, ID: f.data1}, {Kind: IndexPack, ID: f.data2}, {Kind: IndexPack, ID: f.tree1}}}
-	res, err := Apply(ctx, f.r, plan)
+	res, err := Apply(ctx, f.r, plan, ApplyOptions{})
 	if err == nil || len(res.Done) != 2 || len(res.Failed) != 1 || res.Failed[0].ID != f.data2 || !strings.Contains(res.Failed[0].Error, "not indexed") {
 		t.Fatalf("Apply: %+v, %v", res, err)
 	}

@@ -27,6 +27,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
@@ -181,12 +182,42 @@ type Failed struct {
 	Error string `json:"error"`
 }
 
+// ApplyOptions tune Apply.
+type ApplyOptions struct {
+	// Holder names this repair in its lease (docs/FORMAT.md "Prune
+	// leases"); default the host name.
+	Holder string
+	// LeaseTTL is how long the lease counts without renewal (default
+	// repo.DefaultLeaseTTL); it is renewed every third of it while Apply
+	// works.
+	LeaseTTL time.Duration
+}
+
 // Apply carries out the plan. Each action checks its premise again first
 // (the repository may have changed since Find), so applying an old plan
 // never removes something that has become readable or needed. It goes on
 // after a failed action and returns an error if any failed.
-func Apply(ctx context.Context, r *repo.Repository, p *Plan) (*Result, error) {
+//
+// A plan with actions is carried out under the repository's prune lease,
+// as a prune is (repo.Repository.HoldLease): a prune beside it could
+// delete a pack it has just indexed, or sweep packs that the index files
+// it writes list, and two repairs could supersede each other's files.
+// While a prune or another repair holds the lease, Apply changes nothing
+// and fails with a *repo.LeaseHeldError (and a nil Result). Find takes
+// no lease: it only reads, and Apply checks what it found again.
+func Apply(ctx context.Context, r *repo.Repository, p *Plan, opts ApplyOptions) (_ *Result, err error) {
 	res := &Result{Done: []Action{}}
+	if p.Empty() {
+		return res, nil // nothing to write: no lease
+	}
+	var held *repo.HeldLease
+	held, ctx, err = r.HoldLease(ctx, repo.LeaseOptions{Task: repo.LeaseRepair, Holder: opts.Holder, TTL: opts.LeaseTTL})
+	if err != nil {
+		return nil, err
+	}
+	// err is Apply's result: Release tells why the repair stopped if its
+	// lease could not be renewed
+	defer func() { err = held.Release(err) }()
 	// the IndexPack actions, carried out together at the first of them
 	var indexActs []Action
 	for _, a := range p.Actions {

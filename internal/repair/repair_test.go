@@ -52,7 +52,7 @@ func TestFindAndApply(t *testing.T) {
 	if ids, _ := r.ListIDs(ctx, storage.Snapshot); len(ids) != 3 {
 		t.Fatalf("%d snapshot records after Find, want 3", len(ids))
 	}
-	res, err := Apply(ctx, r, plan)
+	res, err := Apply(ctx, r, plan, ApplyOptions{})
 	if err != nil || len(res.Done) != 2 {
 		t.Fatalf("Apply: %+v, %v", res, err)
 	}
@@ -64,7 +64,7 @@ func TestFindAndApply(t *testing.T) {
 		t.Fatalf("second Find: %+v, %v", plan, err)
 	}
 	// applying an old plan is harmless
-	if res, err := Apply(ctx, r, &Plan{Actions: []Action{{Kind: RemoveSnapshot, ID: good}}}); err == nil || len(res.Done) != 0 {
+	if res, err := Apply(ctx, r, &Plan{Actions: []Action{{Kind: RemoveSnapshot, ID: good}}}, ApplyOptions{}); err == nil || len(res.Done) != 0 {
 		t.Fatalf("Apply removed a snapshot that decodes: %+v, %v", res, err)
 	}
 	if ids, _ := r.ListIDs(ctx, storage.Snapshot); len(ids) != 1 {
@@ -147,7 +147,7 @@ func TestRewriteIndexWithForgedEntries(t *testing.T) {
 	if _, err := be.Stat(ctx, storage.Handle{Type: storage.Index, Name: forgedIndex.String()}); err != nil {
 		t.Fatal("Find changed something")
 	}
-	if res, err := Apply(ctx, r, plan); err != nil || len(res.Done) != 2 {
+	if res, err := Apply(ctx, r, plan, ApplyOptions{}); err != nil || len(res.Done) != 2 {
 		t.Fatalf("Apply: %+v, %v", res, err)
 	}
 	for _, h := range []storage.Handle{{Type: storage.Index, Name: forgedIndex.String()}, {Type: storage.GCMark, Name: markID.String()}} {
@@ -180,10 +180,39 @@ func TestRewriteIndexWithForgedEntries(t *testing.T) {
 	}
 	// applying the old plan again changes nothing (what it acted on is gone)
 	before, _ := r2.ListIDs(ctx, storage.Index)
-	if _, err := Apply(ctx, r2, plan); err != nil {
+	if _, err := Apply(ctx, r2, plan, ApplyOptions{}); err != nil {
 		t.Fatalf("old plan applied again: %v", err)
 	}
 	if after, _ := r2.ListIDs(ctx, storage.Index); len(after) != len(before) {
 		t.Fatalf("old plan applied again: %d index files, were %d", len(after), len(before))
+	}
+}
+
+// A prune's lease in gc/ (of a prune running now, or of one that died) is
+// neither a mark nor damaged: Find goes on and plans nothing for it.
+func TestFindSkipsLeases(t *testing.T) {
+	ctx := context.Background()
+	r, _ := testutil.NewRepo(t)
+	l, err := r.AcquireLease(ctx, repo.LeaseOptions{Holder: "pruner", PID: 4242})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan, err := Find(ctx, r)
+	if err != nil {
+		t.Fatalf("Find beside a prune's lease: %v", err)
+	}
+	if !plan.Empty() {
+		t.Fatalf("a plan for a lease: %+v", plan.Actions)
+	}
+	// nor does applying an old plan that names it remove it
+	leases, err := r.Leases(ctx)
+	if err != nil || len(leases) != 1 {
+		t.Fatalf("leases: %+v, %v", leases, err)
+	}
+	if err := removeUnsignedMark(ctx, r, leases[0].ID); err == nil {
+		t.Fatal("a lease was removed as an unsigned mark")
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
 	}
 }

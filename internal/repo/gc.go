@@ -87,15 +87,17 @@ func (r *Repository) LoadGCMark(ctx context.Context, id hash.ID) (*GCMark, error
 	m, err := r.DecodeGCMark(data)
 	if err != nil {
 		if _, lerr := r.decodeLease(data); lerr == nil {
-			return nil, fmt.Errorf("gc/%s: %w", id.Short(), errIsLease)
+			return nil, fmt.Errorf("gc/%s: %w", id.Short(), ErrIsLease)
 		}
 		return nil, fmt.Errorf("gc mark %s: %w", id.Short(), err)
 	}
 	return m, nil
 }
 
-// errIsLease: a gc object is a prune lease (lease.go), not a mark.
-var errIsLease = errors.New("a prune lease, not a mark")
+// ErrIsLease is wrapped by LoadGCMark's error for an object in gc/ that
+// is a prune lease (lease.go), not a mark: neither a mark nor damaged, so
+// that whoever reads marks one by one (repair) skips it.
+var ErrIsLease = errors.New("a prune lease, not a mark")
 
 // DecodeGCMark verifies the authority's signature over a stored mark (the
 // JSON, then 64 bytes of signature) and decodes it. Errors wrap
@@ -138,7 +140,7 @@ func (r *Repository) LoadGCMarks(ctx context.Context) (marks map[hash.ID]*GCMark
 		switch {
 		case err == nil:
 			marks[id] = m
-		case storage.IsNotExist(err), errors.Is(err, errIsLease):
+		case storage.IsNotExist(err), errors.Is(err, ErrIsLease):
 		case errors.Is(err, ErrDamagedMark):
 			damaged = append(damaged, err)
 		default:

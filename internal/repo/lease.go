@@ -1,9 +1,11 @@
 package repo
 
 // Prune leases (docs/FORMAT.md "Prune leases"): an expiring, signed
-// object in gc/ that says a prune is running, who runs it and until when
-// it counts. Objects stay immutable and named by their hash: a renewal is
-// a new object, after which the previous one is removed.
+// object in gc/ that says a prune (or a repair, which must not run beside
+// one either) is running, who runs it and until when it counts. Objects
+// stay immutable and named by their hash: a renewal is a new object,
+// after which the previous one is removed. HoldLease is what prune and
+// repair call: it takes the lease and renews it while they work.
 
 import (
 	"context"
@@ -12,7 +14,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/floe-backup/floe/internal/crypto"
@@ -22,15 +26,30 @@ import (
 
 const (
 	domainLease = "floe v2 prune lease"
-	leaseKind   = "prune lease"
+	// leaseKind stays "prune lease" whoever takes it: a floe that knows
+	// no other task reads a repair's lease as a prune's and waits too.
+	leaseKind = "prune lease"
 	// maxLeaseSize bounds a lease read from gc/: a lease is a few hundred
 	// bytes; anything larger is a mark (or garbage) and is read as one.
 	maxLeaseSize = 4 << 10
 )
 
+// Tasks that take the prune lease (Lease.Task).
+const (
+	LeasePrune  = "prune"
+	LeaseRepair = "repair"
+)
+
+// DefaultLeaseTTL: a holder that died stops prunes and repairs for at most
+// this long.
+const DefaultLeaseTTL = 5 * time.Minute
+
 // Lease is the content of a prune lease.
 type Lease struct {
-	Kind    string    `json:"kind"` // "prune lease"
+	Kind string `json:"kind"` // "prune lease"
+	// Task is what holds it: LeasePrune or LeaseRepair; empty in the
+	// leases of a floe that only prunes took it (a prune).
+	Task    string    `json:"task,omitempty"`
 	Holder  string    `json:"holder"`
 	PID     int       `json:"pid"`
 	Run     string    `json:"run"` // random, the same for every renewal of one run
@@ -41,20 +60,39 @@ type Lease struct {
 // Expired reports whether the lease no longer counts at now.
 func (l *Lease) Expired(now time.Time) bool { return !now.Before(l.Expires) }
 
-// ErrPruneRunning is wrapped by the error of AcquireLease when another
-// prune holds an unexpired lease.
-var ErrPruneRunning = errors.New("another prune is running on this repository")
+// TaskName is what holds the lease, for people: "prune", "repair", or
+// "unknown task" for a name this floe does not know (a newer floe's).
+func (l *Lease) TaskName() string {
+	switch l.Task {
+	case "", LeasePrune:
+		return LeasePrune
+	case LeaseRepair:
+		return LeaseRepair
+	}
+	return taskUnknown
+}
 
-// LeaseHeldError names the holder of the lease that stops a prune.
+const taskUnknown = "unknown task"
+
+// ErrLeaseHeld is wrapped by the error of AcquireLease (and HoldLease,
+// CheckLease) when a prune or a repair holds an unexpired lease.
+var ErrLeaseHeld = errors.New("the prune lease of this repository is held")
+
+// LeaseHeldError names the holder of the lease that stops a prune or a
+// repair.
 type LeaseHeldError struct{ Lease Lease }
 
 func (e *LeaseHeldError) Error() string {
-	return fmt.Sprintf("%v: held by %s (pid %d) since %s, renewed %s, until %s",
-		ErrPruneRunning, e.Lease.Holder, e.Lease.PID, e.Lease.Time.Local().Format(time.RFC3339),
-		e.Lease.Time.Local().Format("15:04:05"), e.Lease.Expires.Local().Format("15:04:05"))
+	what := "a " + e.Lease.TaskName()
+	if e.Lease.TaskName() == taskUnknown {
+		what = "an " + taskUnknown
+	}
+	return fmt.Sprintf("%s is running on this repository: its lease is held by %s (pid %d), renewed %s, until %s",
+		what, e.Lease.Holder, e.Lease.PID, e.Lease.Time.Local().Format(time.RFC3339),
+		e.Lease.Expires.Local().Format("15:04:05"))
 }
 
-func (e *LeaseHeldError) Unwrap() error { return ErrPruneRunning }
+func (e *LeaseHeldError) Unwrap() error { return ErrLeaseHeld }
 
 // errNotLease: a gc object that is not a (valid) lease.
 var errNotLease = errors.New("not a prune lease")
@@ -121,17 +159,66 @@ type PruneLease struct {
 	ttl   time.Duration
 }
 
-// AcquireLease takes the prune lease of r for holder (host name, pid):
-// it fails with a *LeaseHeldError when another unexpired lease exists,
-// removes expired ones (a prune that died), and writes its own. Then it
-// looks again: if another unexpired lease appeared (a prune that started
-// at the same moment), it removes its own and fails, so that at most one
-// of them goes on (both may fail: run again). ttl is how long a lease counts without
-// renewal; Renew must be called well within it.
-func (r *Repository) AcquireLease(ctx context.Context, holder string, pid int, ttl time.Duration) (*PruneLease, error) {
+// LeaseOptions say who takes a lease.
+type LeaseOptions struct {
+	// Task is what takes it (LeasePrune, LeaseRepair), named in the
+	// error of whoever it stops; default LeasePrune.
+	Task string
+	// Holder names the holder for people; default the host name.
+	Holder string
+	// PID is the holder's process; default this process.
+	PID int
+	// TTL is how long the lease counts without renewal; default
+	// DefaultLeaseTTL. Renew must be called well within it (HoldLease
+	// renews every third of it).
+	TTL time.Duration
+}
+
+func (o LeaseOptions) withDefaults() LeaseOptions {
+	if o.Task == "" {
+		o.Task = LeasePrune
+	}
+	if o.Holder == "" {
+		o.Holder, _ = os.Hostname()
+	}
+	if o.PID == 0 {
+		o.PID = os.Getpid()
+	}
+	if o.TTL <= 0 {
+		o.TTL = DefaultLeaseTTL
+	}
+	return o
+}
+
+// CheckLease returns a *LeaseHeldError if a prune or a repair holds an
+// unexpired lease, and nil if none does. It takes nothing: it lets a
+// task that reads for long before it writes (repair) refuse at once
+// rather than after its reading.
+func (r *Repository) CheckLease(ctx context.Context) error {
+	leases, err := r.Leases(ctx)
+	if err != nil {
+		return fmt.Errorf("read prune leases: %w", err)
+	}
+	now := time.Now()
+	for _, l := range leases {
+		if !l.Expired(now) {
+			return &LeaseHeldError{Lease: l.Lease}
+		}
+	}
+	return nil
+}
+
+// AcquireLease takes the prune lease of r: it fails with a
+// *LeaseHeldError when another unexpired lease exists (a prune's or a
+// repair's), removes expired ones (a holder that died), and writes its
+// own. Then it looks again: if another unexpired lease appeared (a task
+// that started at the same moment), it removes its own and fails, so that
+// at most one of them goes on (both may fail: run again).
+func (r *Repository) AcquireLease(ctx context.Context, o LeaseOptions) (*PruneLease, error) {
 	if !r.Authority() {
 		return nil, fmt.Errorf("take the prune lease: %w", ErrNotAuthority)
 	}
+	o = o.withDefaults()
 	leases, err := r.Leases(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read prune leases: %w", err)
@@ -146,11 +233,11 @@ func (r *Repository) AcquireLease(ctx context.Context, holder string, pid int, t
 	}
 	var run [16]byte
 	_, _ = rand.Read(run[:])
-	p := &PruneLease{r: r, ttl: ttl, lease: Lease{Kind: leaseKind, Holder: holder, PID: pid, Run: hex.EncodeToString(run[:])}}
+	p := &PruneLease{r: r, ttl: o.TTL, lease: Lease{Kind: leaseKind, Task: o.Task, Holder: o.Holder, PID: o.PID, Run: hex.EncodeToString(run[:])}}
 	if err := p.write(ctx); err != nil {
 		return nil, err
 	}
-	// look again: another prune may have written its lease meanwhile
+	// look again: another task may have written its lease meanwhile
 	leases, err = r.Leases(ctx)
 	if err != nil {
 		_ = p.Release(context.WithoutCancel(ctx))
@@ -161,14 +248,14 @@ func (r *Repository) AcquireLease(ctx context.Context, holder string, pid int, t
 		if l.Run == p.lease.Run || l.Expired(now) {
 			continue
 		}
-		// Another prune wrote a lease meanwhile. Whoever sees another
+		// Another task wrote a lease meanwhile. Whoever sees another
 		// lease backs off: no rule of precedence would be safe, as two
-		// prunes may see each other's leases at different moments. Both
+		// tasks may see each other's leases at different moments. Both
 		// may back off; never both go on.
 		_ = p.Release(context.WithoutCancel(ctx))
 		return nil, &LeaseHeldError{Lease: l.Lease}
 	}
-	// taken over: the leases of prunes that died
+	// taken over: the leases of holders that died
 	for _, id := range stale {
 		_ = r.RemoveGCMark(ctx, id)
 	}
@@ -216,8 +303,8 @@ func (p *PruneLease) Release(ctx context.Context) error {
 // Lease returns the lease as last written.
 func (p *PruneLease) Lease() Lease { return p.lease }
 
-// BreakLeases removes every prune lease (prune --force-unlock, after the
-// user confirmed that no prune runs) and returns them.
+// BreakLeases removes every prune lease (--force-unlock of prune and
+// repair, after the user confirmed that neither runs) and returns them.
 func (r *Repository) BreakLeases(ctx context.Context) ([]LeaseInfo, error) {
 	if !r.Authority() {
 		return nil, fmt.Errorf("remove prune leases: %w", ErrNotAuthority)
@@ -232,4 +319,91 @@ func (r *Repository) BreakLeases(ctx context.Context) ([]LeaseInfo, error) {
 		}
 	}
 	return leases, nil
+}
+
+// HeldLease is the lease of a running prune or repair, renewed in the
+// background until Release.
+type HeldLease struct {
+	l      *PruneLease
+	parent context.Context // for the removal, without its cancellation
+	cancel context.CancelFunc
+	done   chan struct{}
+	wg     sync.WaitGroup
+	// failed is why renewal failed (the holder's context was cancelled);
+	// written by the renewals, read by Release after they ended
+	failed error
+}
+
+// HoldLease takes r's prune lease (AcquireLease) and keeps it: it renews
+// it every third of its time to live until Release. Whatever the holder
+// does under the lease must use the returned context: if a renewal fails
+// twice in a row, the lease may expire and another prune or repair start,
+// so the context is cancelled and Release returns why. The caller must
+// call Release, also after an error:
+//
+//	held, ctx, err := r.HoldLease(ctx, repo.LeaseOptions{Task: repo.LeaseRepair})
+//	if err != nil {
+//		return err
+//	}
+//	defer func() { err = held.Release(err) }()
+func (r *Repository) HoldLease(ctx context.Context, o LeaseOptions) (*HeldLease, context.Context, error) {
+	l, err := r.AcquireLease(ctx, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	task := l.lease.TaskName()
+	parent := ctx
+	ctx, cancel := context.WithCancel(ctx)
+	h := &HeldLease{l: l, parent: parent, cancel: cancel, done: make(chan struct{})}
+	every := l.ttl / 3
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		t := time.NewTicker(every)
+		defer t.Stop()
+		failed := 0
+		for {
+			select {
+			case <-h.done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if err := l.Renew(ctx); err != nil {
+				if ctx.Err() != nil {
+					return // the holder stopped: not a failure of the lease
+				}
+				if failed++; failed >= 2 {
+					h.failed = fmt.Errorf("%s stopped: its lease could not be renewed (a prune or repair could start beside it): %w", task, err)
+					cancel()
+					return
+				}
+				continue
+			}
+			failed = 0
+		}
+	}()
+	return h, ctx, nil
+}
+
+// Release stops the renewals and removes the lease (a lease that cannot
+// be removed expires by itself). Call it once. It returns err, the
+// holder's own result, or, if the lease could not be renewed (which
+// cancelled the holder's context, so err is most likely that
+// cancellation), why.
+func (h *HeldLease) Release(err error) error {
+	close(h.done)
+	h.wg.Wait()
+	h.cancel()
+	// the renewals ended: h.l is this goroutine's now
+	_ = h.l.Release(context.WithoutCancel(h.parent))
+	failed := h.failed
+	switch {
+	case failed == nil:
+		return err
+	case err == nil, errors.Is(err, context.Canceled):
+		return failed
+	}
+	return fmt.Errorf("%w (%w)", err, failed)
 }

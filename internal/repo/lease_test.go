@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,13 +17,13 @@ import (
 func TestLeaseExcludesASecondPrune(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newRepo(t)
-	a, err := r.AcquireLease(ctx, "hostA", 1, time.Minute)
+	a, err := r.AcquireLease(ctx, LeaseOptions{Holder: "hostA", PID: 1, TTL: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.AcquireLease(ctx, "hostB", 2, time.Minute)
+	_, err = r.AcquireLease(ctx, LeaseOptions{Holder: "hostB", PID: 2, TTL: time.Minute})
 	var held *LeaseHeldError
-	if !errors.As(err, &held) || held.Lease.Holder != "hostA" || !errors.Is(err, ErrPruneRunning) {
+	if !errors.As(err, &held) || held.Lease.Holder != "hostA" || !errors.Is(err, ErrLeaseHeld) {
 		t.Fatalf("second lease: %v", err)
 	}
 	// renewal: a new object, the old one gone; marks do not see leases
@@ -40,7 +42,7 @@ func TestLeaseExcludesASecondPrune(t *testing.T) {
 	if err := a.Release(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b, err := r.AcquireLease(ctx, "hostB", 2, time.Minute)
+	b, err := r.AcquireLease(ctx, LeaseOptions{Holder: "hostB", PID: 2, TTL: time.Minute})
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}
@@ -50,14 +52,14 @@ func TestLeaseExcludesASecondPrune(t *testing.T) {
 func TestLeaseOfADeadPruneIsTakenOverAfterItExpires(t *testing.T) {
 	ctx := context.Background()
 	r, _ := newRepo(t)
-	if _, err := r.AcquireLease(ctx, "dead", 1, 300*time.Millisecond); err != nil {
+	if _, err := r.AcquireLease(ctx, LeaseOptions{Holder: "dead", PID: 1, TTL: 300 * time.Millisecond}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.AcquireLease(ctx, "next", 2, time.Minute); !errors.Is(err, ErrPruneRunning) {
+	if _, err := r.AcquireLease(ctx, LeaseOptions{Holder: "next", PID: 2, TTL: time.Minute}); !errors.Is(err, ErrLeaseHeld) {
 		t.Fatalf("before expiry: %v", err)
 	}
 	time.Sleep(400 * time.Millisecond)
-	n, err := r.AcquireLease(ctx, "next", 2, time.Minute)
+	n, err := r.AcquireLease(ctx, LeaseOptions{Holder: "next", PID: 2, TTL: time.Minute})
 	if err != nil {
 		t.Fatalf("after expiry: %v", err)
 	}
@@ -78,7 +80,7 @@ func TestLeaseRaceHasOneWinner(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				got[i], _ = r.AcquireLease(ctx, "h", i, time.Minute)
+				got[i], _ = r.AcquireLease(ctx, LeaseOptions{Holder: "h", PID: i, TTL: time.Minute})
 			}()
 		}
 		wg.Wait()
@@ -102,8 +104,112 @@ func TestLeaseNeedsAuthority(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := wo.AcquireLease(ctx, "h", 1, time.Minute); !errors.Is(err, ErrNotAuthority) {
+	if _, err := wo.AcquireLease(ctx, LeaseOptions{Holder: "h", PID: 1, TTL: time.Minute}); !errors.Is(err, ErrNotAuthority) {
 		t.Fatalf("write-only: %v", err)
+	}
+}
+
+// HoldLease renews the lease while its holder works: past its TTL it
+// still stops others, naming the task; Release removes it.
+func TestHoldLeaseRenewsUntilReleased(t *testing.T) {
+	ctx := context.Background()
+	r, _ := newRepo(t)
+	held, hctx, err := r.HoldLease(ctx, LeaseOptions{Task: LeaseRepair, Holder: "fixer", TTL: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first, _ := r.Leases(ctx)
+	time.Sleep(700 * time.Millisecond) // over two TTLs: renewed, or it would have expired
+	_, err = r.AcquireLease(ctx, LeaseOptions{Holder: "pruner"})
+	var he *LeaseHeldError
+	if !errors.As(err, &he) || he.Lease.Holder != "fixer" || he.Lease.Task != LeaseRepair || !strings.Contains(err.Error(), "a repair is running") {
+		t.Fatalf("while held: %v", err)
+	}
+	if err := r.CheckLease(ctx); !errors.As(err, &he) {
+		t.Fatalf("CheckLease while held: %v", err)
+	}
+	now, _ := r.Leases(ctx)
+	if len(first) != 1 || len(now) != 1 || now[0].ID == first[0].ID || now[0].Run != first[0].Run {
+		t.Fatalf("not renewed as one run: %+v then %+v", first, now)
+	}
+	if hctx.Err() != nil {
+		t.Fatal("the holder's context was cancelled")
+	}
+	if err := held.Release(nil); err != nil {
+		t.Fatal(err)
+	}
+	if l, _ := r.Leases(ctx); len(l) != 0 {
+		t.Fatalf("left after Release: %+v", l)
+	}
+	if err := r.CheckLease(ctx); err != nil {
+		t.Fatalf("CheckLease after Release: %v", err)
+	}
+	// the holder's own error is returned as it is
+	held, _, err = r.HoldLease(ctx, LeaseOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := errors.New("mine")
+	if err := held.Release(mine); err != mine {
+		t.Fatalf("Release(mine) = %v", err)
+	}
+}
+
+// gcSaveFails makes saves in gc/ fail while fail is set: renewals fail.
+type gcSaveFails struct {
+	storage.Backend
+	fail atomic.Bool
+}
+
+func (b *gcSaveFails) Save(ctx context.Context, h storage.Handle, data []byte) error {
+	if h.Type == storage.GCMark && b.fail.Load() {
+		return errors.New("injected: no space left")
+	}
+	return b.Backend.Save(ctx, h, data)
+}
+
+// A holder whose lease cannot be renewed is stopped (its context
+// cancelled) and told why, rather than work on after its lease expired.
+func TestHoldLeaseStopsTheHolderWhenRenewalFails(t *testing.T) {
+	ctx := context.Background()
+	r0, _ := newRepo(t)
+	be := &gcSaveFails{Backend: r0.be}
+	r, err := newRepository(be, r0.cfg, r0.secrets, r0.keyID, r0.kdf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held, hctx, err := r.HoldLease(ctx, LeaseOptions{Task: LeasePrune, TTL: 150 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	be.fail.Store(true)
+	select {
+	case <-hctx.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the holder went on although its lease could not be renewed")
+	}
+	err = held.Release(hctx.Err())
+	if err == nil || !strings.Contains(err.Error(), "prune stopped: its lease could not be renewed") || !strings.Contains(err.Error(), "injected") {
+		t.Fatalf("Release: %v", err)
+	}
+	if l, _ := r.Leases(ctx); len(l) != 0 {
+		t.Fatalf("left after Release: %+v", l)
+	}
+}
+
+func TestLeaseTaskNames(t *testing.T) {
+	for task, want := range map[string]string{"": "prune", LeasePrune: "prune", LeaseRepair: "repair", "rm -rf\n": "unknown task"} {
+		l := Lease{Task: task, Holder: "h"}
+		if got := l.TaskName(); got != want {
+			t.Errorf("TaskName of %q = %q, want %q", task, got, want)
+		}
+		what := "a " + want
+		if want == "unknown task" {
+			what = "an unknown task"
+		}
+		if msg := (&LeaseHeldError{Lease: l}).Error(); !strings.HasPrefix(msg, what+" is running on this repository: its lease is held by h") {
+			t.Errorf("message for %q: %s", task, msg)
+		}
 	}
 }
 
