@@ -159,8 +159,8 @@ func sameImage(t *testing.T, file, uri string) {
 
 // A disk image in a snapshot, served with `floe nbd`: qemu-img sees the
 // same bytes, nbdinfo the holes, nbdcopy copies it over two connections;
-// a writable export keeps its writes in the overlay and the snapshot is
-// unchanged.
+// a writable export keeps its writes in the overlay, and the repository
+// is unchanged (its files, check --read-data, a restore of the snapshot).
 func TestNBD(t *testing.T) {
 	nbdtest.NeedTools(t, "qemu-img", "qemu-io", "nbdinfo", "nbdcopy")
 	e := newEnv(t)
@@ -226,6 +226,7 @@ func TestNBD(t *testing.T) {
 	stop()
 
 	// writable: writes land in the overlay only
+	repoBefore := testutil.Manifest(t, e.repo)
 	overlay := e.path("disk.overlay")
 	stop = e.startNBD(sock, "latest:"+img, "--writable", "--overlay", overlay)
 	nbdRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 40M 4k", uri)
@@ -246,7 +247,14 @@ func TestNBD(t *testing.T) {
 	stop()
 	e.startNBD(sock, b.Snapshot+":"+img)
 	sameImage(t, img, uri)
-	e.ok("check")
+	// the repository is unchanged: the same files with the same bytes,
+	// every blob of it still decrypts and verifies, and the snapshot
+	// restores the image as it was backed up
+	testutil.DiffManifest(t, repoBefore, e.repo)
+	e.ok("check", "--read-data")
+	restored := e.path("restored")
+	e.ok("restore", b.Snapshot+":"+img, "--target", restored, "--verify")
+	sameFile(t, img, filepath.Join(restored, filepath.Base(img)))
 }
 
 func sameFile(t *testing.T, a, b string) {
@@ -473,5 +481,5 @@ func TestNBDSeveralExports(t *testing.T) {
 	// the older spelling, SNAPSHOT PATH
 	e.startNBD(sock, s1, data)
 	sameImage(t, data, "nbd+unix://?socket="+sock)
-	e.ok("check")
+	e.ok("check", "--read-data")
 }

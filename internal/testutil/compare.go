@@ -55,6 +55,32 @@ func CompareTreesOpts(t testing.TB, src, dst string, opts CompareOptions) {
 	}
 }
 
+// CompareFiles fails t unless the files a and b have the same size and
+// bytes. It reads what compareContent reads: a's data, and in a's holes
+// only b's data, so comparing two sparse images costs their data, not
+// their size (cmp(1) reads every hole as zeros through the page cache).
+func CompareFiles(t testing.TB, a, b string) {
+	t.Helper()
+	fa, err := os.Stat(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb, err := os.Stat(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fa.Size() != fb.Size() {
+		t.Fatalf("%s has %d bytes, %s %d", a, fa.Size(), b, fb.Size())
+	}
+	d, err := compareContent(a, b, fa.Size())
+	if err != nil {
+		t.Fatalf("compare %s with %s: %v", a, b, err)
+	}
+	if d != "" {
+		t.Fatalf("%s and %s: %s", a, b, d)
+	}
+}
+
 // entry is what DiffTrees knows of one path.
 type entry struct {
 	st     unix.Stat_t

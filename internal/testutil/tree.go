@@ -4,6 +4,7 @@ package testutil
 
 import (
 	"bytes"
+	"errors"
 	"hash/fnv"
 	"math/rand/v2"
 	"os"
@@ -88,6 +89,41 @@ func Allocated(t testing.TB, path string) int64 {
 		t.Fatal(err)
 	}
 	return st.Blocks * 512
+}
+
+// DataRegions lists the data regions of path in order, as SEEK_DATA and
+// SEEK_HOLE show them; what lies between them (and after the last) are
+// holes. A file system that keeps no holes shows all of the file as data.
+func DataRegions(t testing.TB, path string) []Region {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := int(f.Fd())
+	var rs []Region
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // holes to the end
+		}
+		if err != nil {
+			t.Fatalf("SEEK_DATA in %s at %d: %v", path, off, err)
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			t.Fatalf("SEEK_HOLE in %s at %d: %v", path, data, err)
+		}
+		hole = min(hole, fi.Size())
+		rs = append(rs, Region{data, hole - data})
+		off = hole
+	}
+	return rs
 }
 
 // SetTimes sets the access and modification times of path itself (not of
