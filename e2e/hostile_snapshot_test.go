@@ -383,9 +383,13 @@ func TestAttackDeepLongPaths(t *testing.T) {
 		{"diff", sid, other},
 		// an unanchored pattern is tried at every level (it took hours)
 		{"rewrite", other, "--exclude", "fifo", "--dry-run"},
+		// and so were patterns of several components, anchored or not
+		{"rewrite", other, "--exclude", "d*/fifo", "--exclude", "/d*/**/d*/nothing", "--dry-run"},
+		{"find", "d*/d*/nothing", "/d*/*/fifo"},
 		{"stats", sid},
 		{"restore", sid, "--target", e.path("target")},
 		{"restore", sid, "--target", e.path("elsewhere"), "-n", "--exclude", "*.tmp"},
+		{"restore", other, "--target", e.path("third"), "-n", "--include", "d*/**/fifo", "--exclude", "x/**/y"},
 	} {
 		res := e.limited(args...)
 		expectCode(t, res, 0)
