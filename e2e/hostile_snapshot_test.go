@@ -143,9 +143,13 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 		&snapshot.Node{Name: "sock\nFORGED sock\x1b[2J", Type: snapshot.TypeSocket, Mode: 0o600, ModTime: now},
 	}
 	sid2 := crafted(nodes...)
-	// a device number no system has: restore reports it by name (and
-	// dump refuses the snapshot: tar cannot hold it)
-	sid3 := crafted(append(nodes, &snapshot.Node{Name: "dev\nFORGED dev\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 40})...)
+	// device numbers no system has: restore reports them by name; dump
+	// writes the first with a GNU header (a PAX one cannot hold minor
+	// 2^28) and skips the second (major 2^31, more than GNU tar reads)
+	// with a warning that names it
+	sid3 := crafted(append(nodes,
+		&snapshot.Node{Name: "dev\nFORGED dev\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 40},
+		&snapshot.Node{Name: "huge\nFORGED huge\x1b[2J", Type: snapshot.TypeCharDev, Mode: 0o600, ModTime: now, Rdev: 1 << 63})...)
 	target := e.path("target")
 	rules := e.path("audit.rules")
 	if err := os.WriteFile(rules, []byte("/ R\n"), 0o644); err != nil {
@@ -170,6 +174,9 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 		if strings.Contains(out, "panic") {
 			t.Errorf("floe %s panicked: %s", args[0], res)
 		}
+		if args[0] == "dump" && (res.code != 0 || !strings.Contains(res.stderr, "skipped /crafted/sock")) {
+			t.Errorf("floe %s: want the archive, the socket skipped: %s", strings.Join(args, " "), res)
+		}
 		if i := strings.IndexAny(out, "\x1b\r\u009b\x07"); i >= 0 {
 			t.Errorf("floe %s: a raw control character at %d: %q", strings.Join(args, " "), i, out)
 		}
@@ -178,6 +185,32 @@ func TestAttackHostileTreeStringsEscaped(t *testing.T) {
 				t.Errorf("floe %s: a name forged the line %q:\n%s", strings.Join(args, " "), line, res)
 			}
 		}
+		if strings.Join(args[:2], " ") == "dump "+sid3+":/" && !strings.Contains(res.stderr, "skipped /crafted/huge") {
+			t.Errorf("dump: the device it cannot hold is not named: %s", res)
+		}
+	}
+	// the last dump, of sid3
+	f, err := os.Open(e.path("out.tar"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	devs := map[string][2]int64{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("out.tar: %v", err)
+		}
+		if h.Typeflag == tar.TypeChar {
+			devs[h.Name] = [2]int64{h.Devmajor, h.Devminor}
+		}
+	}
+	if len(devs) != 1 || devs["crafted/dev\nFORGED dev\x1b[2J"] != [2]int64{0, 1 << 28} {
+		t.Errorf("devices in the dump: %v", devs)
 	}
 }
 
@@ -383,9 +416,13 @@ func TestAttackDeepLongPaths(t *testing.T) {
 		{"diff", sid, other},
 		// an unanchored pattern is tried at every level (it took hours)
 		{"rewrite", other, "--exclude", "fifo", "--dry-run"},
+		// and so were patterns of several components, anchored or not
+		{"rewrite", other, "--exclude", "d*/fifo", "--exclude", "/d*/**/d*/nothing", "--dry-run"},
+		{"find", "d*/d*/nothing", "/d*/*/fifo"},
 		{"stats", sid},
 		{"restore", sid, "--target", e.path("target")},
 		{"restore", sid, "--target", e.path("elsewhere"), "-n", "--exclude", "*.tmp"},
+		{"restore", other, "--target", e.path("third"), "-n", "--include", "d*/**/fifo", "--exclude", "x/**/y"},
 	} {
 		res := e.limited(args...)
 		expectCode(t, res, 0)

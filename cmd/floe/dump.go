@@ -35,7 +35,10 @@ and user/group names, mtime/atime/ctime to the nanosecond, symlinks, hard
 links (later names of a file as links to the first), FIFOs, devices and
 xattrs (SCHILY.xattr records, which GNU tar restores with --xattrs).
 Sparse files are written with their holes as zeros. Sockets cannot be
-stored in tar and are skipped with a warning.
+stored in tar and are skipped with a warning. A device number larger than
+a PAX header holds (no Linux system has one) is written with a GNU tar
+header (whole seconds, no xattrs), one larger than GNU tar reads
+(2147483647) is skipped with a warning.
 
 floe refuses to write an archive to a terminal.`,
 		Example: `  floe dump latest /etc/passwd

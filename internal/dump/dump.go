@@ -1,6 +1,9 @@
 // Package dump streams what a snapshot holds: a file's content, or a
 // directory (or any node) as a tar archive in PAX format, to an io.Writer
-// such as standard output or a tape.
+// such as standard output or a tape. A device node whose numbers a PAX
+// header cannot hold is written with a GNU header, which GNU tar reads in
+// any archive; what no tar header holds is left out with a warning
+// (Result.Skipped), never failing the archive.
 //
 // Tar names are relative to the parent of the dumped path, as
 // `tar -C PARENT -c NAME` would write them: dumping /etc gives "etc/",
@@ -16,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"path"
 	"strings"
 	"time"
@@ -121,12 +125,20 @@ func writeContent(ctx context.Context, bl BlobLoader, ids []hash.Ref, w io.Write
 	return total, err
 }
 
+// Device numbers a tar header holds. Linux's are at most 4095,1048575,
+// which a ustar header holds; only a hostile or damaged snapshot has more.
+const (
+	ustarMaxDev = 1<<21 - 1     // 7 octal digits (ustar, PAX)
+	gnuMaxDev   = math.MaxInt32 // GNU tar's major_t and minor_t: "out of minor_t range" beyond
+)
+
 // Result counts what Tar wrote.
 type Result struct {
 	Files, Dirs, Links, Others uint64
 	Bytes                      uint64
 	// Skipped lists what a tar archive cannot hold (sockets, xattrs whose
-	// names contain '='), with a reason.
+	// names contain '=', device numbers beyond what tar readers read, a
+	// header archive/tar cannot encode), with a reason.
 	Skipped []string
 }
 
@@ -203,33 +215,32 @@ func (d *tarDumper) entry(ctx context.Context, p string, n *snapshot.Node) error
 		hdr.ModTime = time.Unix(0, 0)
 	}
 	var content []hash.Ref
+	var count *uint64 // what the entry adds to once its header is written
+	var linkKey [2]uint64
 	switch n.Type {
 	case snapshot.TypeFile:
-		key := [2]uint64{n.Device, n.Inode}
-		if first, ok := d.links[key]; ok && n.Links > 1 && n.Inode != 0 {
+		linkKey = [2]uint64{n.Device, n.Inode}
+		if first, ok := d.links[linkKey]; ok && n.Links > 1 && n.Inode != 0 {
 			hdr.Typeflag = tar.TypeLink
 			hdr.Linkname = first
-			d.res.Links++
+			count = &d.res.Links
 			break
-		}
-		if n.Links > 1 && n.Inode != 0 {
-			d.links[key] = name
 		}
 		hdr.Typeflag = tar.TypeReg
 		hdr.Size = int64(n.Size)
 		content = n.Content
-		d.res.Files++
+		count = &d.res.Files
 	case snapshot.TypeDir:
 		hdr.Typeflag = tar.TypeDir
 		hdr.Name += "/"
-		d.res.Dirs++
+		count = &d.res.Dirs
 	case snapshot.TypeSymlink:
 		hdr.Typeflag = tar.TypeSymlink
 		hdr.Linkname = n.LinkTarget
-		d.res.Others++
+		count = &d.res.Others
 	case snapshot.TypeFIFO:
 		hdr.Typeflag = tar.TypeFifo
-		d.res.Others++
+		count = &d.res.Others
 	case snapshot.TypeCharDev, snapshot.TypeBlockDev:
 		hdr.Typeflag = tar.TypeChar
 		if n.Type == snapshot.TypeBlockDev {
@@ -237,7 +248,19 @@ func (d *tarDumper) entry(ctx context.Context, p string, n *snapshot.Node) error
 		}
 		hdr.Devmajor = int64(unix.Major(n.Rdev))
 		hdr.Devminor = int64(unix.Minor(n.Rdev))
-		d.res.Others++
+		if hdr.Devmajor > gnuMaxDev || hdr.Devminor > gnuMaxDev {
+			d.res.Skipped = append(d.res.Skipped, fmt.Sprintf("%s: device number %d,%d: tar readers hold at most %d (GNU tar)",
+				p, hdr.Devmajor, hdr.Devminor, gnuMaxDev))
+			return nil
+		}
+		if hdr.Devmajor > ustarMaxDev || hdr.Devminor > ustarMaxDev {
+			// A ustar (and so PAX) header holds 7 octal digits; a GNU
+			// header holds more, in base 256, and GNU tar, bsdtar and Go
+			// read it. No PAX record holds them that GNU tar reads: it
+			// ignores star's SCHILY.devmajor and would make 0,0.
+			hdr.Format = tar.FormatGNU
+		}
+		count = &d.res.Others
 	default:
 		d.res.Skipped = append(d.res.Skipped, fmt.Sprintf("%s: a %s cannot be stored in a tar archive", p, n.Type))
 		return nil
@@ -247,13 +270,28 @@ func (d *tarDumper) entry(ctx context.Context, p string, n *snapshot.Node) error
 			d.res.Skipped = append(d.res.Skipped, fmt.Sprintf("%s: xattr %q: a name with '=' cannot be stored in a tar archive", p, x.Name))
 			continue
 		}
+		if hdr.Format == tar.FormatGNU {
+			d.res.Skipped = append(d.res.Skipped, fmt.Sprintf("%s: xattr %q: the GNU header its device number needs cannot hold it", p, x.Name))
+			continue
+		}
 		if hdr.PAXRecords == nil {
 			hdr.PAXRecords = map[string]string{}
 		}
 		hdr.PAXRecords["SCHILY.xattr."+x.Name] = string(x.Value)
 	}
 	if err := d.tw.WriteHeader(hdr); err != nil {
-		return fmt.Errorf("%s: tar header: %w", p, err)
+		if d.tw.Flush() != nil {
+			// the writer failed (the output): nothing more can be written
+			return fmt.Errorf("%s: tar header: %w", p, err)
+		}
+		// archive/tar refuses a header it cannot encode before writing a
+		// byte of it: this entry is left out, the archive goes on
+		d.res.Skipped = append(d.res.Skipped, fmt.Sprintf("%s: %v", p, err))
+		return nil
+	}
+	*count++
+	if hdr.Typeflag == tar.TypeReg && n.Links > 1 && n.Inode != 0 {
+		d.links[linkKey] = name // later links to it name this entry
 	}
 	if hdr.Typeflag == tar.TypeReg {
 		written, err := writeContent(ctx, d.bl, content, d.tw)

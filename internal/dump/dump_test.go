@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -265,4 +266,91 @@ func TestFile(t *testing.T) {
 	if _, err := dump.File(ctx, f.blobs, dir, io.Discard); err == nil {
 		t.Fatal("File of a directory succeeded")
 	}
+}
+
+// A device number a ustar (and so PAX) header cannot hold (more than 7
+// octal digits: none on Linux, but a snapshot says what its writer
+// wants) is written with a GNU header, which GNU tar reads; one GNU tar
+// cannot read either, and any header archive/tar refuses to encode, is
+// left out with a warning. The archive goes on either way: it failed
+// whole, at the first such entry.
+func TestTarUnusualDevices(t *testing.T) {
+	f := newFixture()
+	ctx := context.Background()
+	mtime := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	dev := func(name string, typ snapshot.NodeType, major, minor uint32) *snapshot.Node {
+		return &snapshot.Node{Name: name, Type: typ, Mode: 0o600, ModTime: mtime, Rdev: unix.Mkdev(major, minor)}
+	}
+	big := dev("big", snapshot.TypeCharDev, 3000000, 4000000)
+	big.Xattrs = []snapshot.Xattr{{Name: "user.x", Value: []byte("y")}}
+	// a GNU header holds a long name (in a record of its own) and whole
+	// seconds
+	long := dev(longName, snapshot.TypeCharDev, 3000000, 1)
+	long.ModTime = f.mtime
+	nodes := []*snapshot.Node{
+		big, long,
+		dev("bigminor", snapshot.TypeBlockDev, 8, 1<<28),
+		dev("edge", snapshot.TypeCharDev, 1<<21-1, 1<<21-1), // the most ustar holds
+		dev("huge", snapshot.TypeCharDev, 1<<31, 1),         // more than GNU tar reads
+		wt.Symlink("nul-link", "é\x00x"),                    // no tar header holds a NUL in a link target
+		wt.File("after", 3, f.blobs.add("abc")),
+	}
+	var buf bytes.Buffer
+	res, err := dump.Tar(ctx, f.blobs, f.trees, "/d", wt.Dir("d", f.trees.Add(nodes...)), &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readTar(t, buf.Bytes())
+	for name, want := range map[string][3]int64{
+		"d/big": {tar.TypeChar, 3000000, 4000000}, "d/bigminor": {tar.TypeBlock, 8, 1 << 28}, "d/edge": {tar.TypeChar, 1<<21 - 1, 1<<21 - 1},
+	} {
+		h := got[name].hdr
+		if h == nil || int64(h.Typeflag) != want[0] || h.Devmajor != want[1] || h.Devminor != want[2] || !h.ModTime.Equal(mtime) {
+			t.Errorf("%s: %+v, want type %c and %d,%d", name, h, want[0], want[1], want[2])
+		}
+	}
+	if h := got["d/big"].hdr; h != nil && h.Format != tar.FormatGNU {
+		t.Errorf("d/big: format %v, want GNU", h.Format)
+	}
+	if h := got["d/"+longName].hdr; h == nil || h.Devmajor != 3000000 || !h.ModTime.Equal(f.mtime.Truncate(time.Second)) {
+		t.Errorf("long name: %+v", h)
+	}
+	if got["d/after"].data != "abc" {
+		t.Errorf("the entry after them: %q", got["d/after"].data)
+	}
+	for _, absent := range []string{"d/huge", "d/nul-link"} {
+		if _, ok := got[absent]; ok {
+			t.Errorf("%s written", absent)
+		}
+	}
+	skipped := strings.Join(res.Skipped, "\n")
+	for _, want := range []string{`/d/big: xattr "user.x"`, "/d/huge: device number 2147483648,1", "/d/nul-link: "} {
+		if !strings.Contains(skipped, want) {
+			t.Errorf("skipped lacks %q:\n%s", want, skipped)
+		}
+	}
+	if len(res.Skipped) != 3 || res.Others != 4 || res.Files != 1 || res.Dirs != 1 {
+		t.Errorf("result %+v", res)
+	}
+
+	// what GNU tar, the tar of most systems, reads back
+	tarBin, err := exec.LookPath("tar")
+	if err != nil {
+		t.Skip("no tar to read the archive")
+	}
+	if v, _ := exec.Command(tarBin, "--version").Output(); !strings.Contains(string(v), "GNU tar") {
+		t.Skipf("%s is not GNU tar", tarBin)
+	}
+	cmd := exec.Command(tarBin, "-tvf", "-")
+	cmd.Stdin = bytes.NewReader(buf.Bytes())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar -tvf: %v\n%s", err, out)
+	}
+	for _, want := range []string{"3000000,4000000", "8,268435456", "2097151,2097151", "3000000,1 2026-01-02 03:04 d/" + longName, "d/after"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("tar -tvf lacks %q:\n%s", want, out)
+		}
+	}
+	t.Logf("tar -tvf:\n%s", out)
 }

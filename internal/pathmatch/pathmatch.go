@@ -1,7 +1,10 @@
 // Package pathmatch decides which paths a pattern list selects, for backup
-// excludes, restore includes and excludes, and find. Patterns are matched
-// by github.com/bmatcuk/doublestar (see docs/DEPENDENCIES.md); this package
-// adds the rules restic users know (see Matcher).
+// excludes, restore includes and excludes, and find. The pattern syntax is
+// github.com/bmatcuk/doublestar's (see docs/DEPENDENCIES.md), which checks
+// patterns and expands --files-from globs; matching is this package's own
+// automaton with doublestar's answers (glob.go), in time linear in a
+// path's length, whatever the path. This package adds the rules restic
+// users know (see Matcher).
 package pathmatch
 
 import (
@@ -57,25 +60,22 @@ func HasFile(dir, name, header string) bool {
 //   - A leading "!" re-includes what an earlier pattern selected; the last
 //     pattern that matches a path decides.
 //
+// A pattern's braces may make at most 1,024 patterns ("{a,b}" makes two).
+// Matching a path costs time linear in its length, its parents included.
+//
 // Empty lines and lines starting with "#" are ignored.
 type Matcher struct {
 	rules []rule
 }
 
 type rule struct {
-	text       string // as given, for messages
-	pattern    string // doublestar pattern against a path without its leading "/"
+	text       string   // as given, for messages
+	pattern    string   // doublestar pattern against a path without its leading "/"
+	prog       *program // pattern, compiled
 	negate     bool
 	dirOnly    bool
 	anchored   bool
 	ignoreCase bool
-	// comp is the pattern of an unanchored pattern of one component
-	// ("*.tmp", "cache"): it matches a path whose last component it
-	// matches, and that is how matches tries it, one component at a time.
-	// Tried as "**/"+comp against the path and each of its parents, the
-	// time was quadratic in the path's depth, cubic for a walk of a
-	// chain (a hostile snapshot's 3,000 nested directories: hours).
-	comp string
 }
 
 // New checks and compiles patterns.
@@ -106,9 +106,6 @@ func (m *Matcher) Add(patterns []string, ignoreCase bool) error {
 			p = strings.TrimRight(p, "/")
 		}
 		if !r.anchored && p != "" {
-			if !strings.Contains(p, "/") && !strings.Contains(p, "**") {
-				r.comp = p
-			}
 			p = "**/" + p
 		}
 		if p == "" {
@@ -119,12 +116,15 @@ func (m *Matcher) Add(patterns []string, ignoreCase bool) error {
 		}
 		if ignoreCase {
 			p = strings.ToLower(p)
-			r.comp = strings.ToLower(r.comp)
 		}
 		if !doublestar.ValidatePattern(p) {
 			return fmt.Errorf("pattern %q: %w", r.text, doublestar.ErrBadPattern)
 		}
-		r.pattern = p
+		prog, err := compile(p)
+		if err != nil {
+			return fmt.Errorf("pattern %q: %w", r.text, err)
+		}
+		r.pattern, r.prog = p, prog
 		m.rules = append(m.rules, r)
 	}
 	return nil
@@ -191,38 +191,10 @@ func (m *Matcher) match(path string, isDir, parents bool) bool {
 }
 
 // matches tests the path p (without its leading "/") and, with parents,
-// each of its parent directories.
+// each of its parent directories, in one pass over p (see glob.go).
 func (r rule) matches(p string, isDir, parents bool) bool {
-	if r.comp != "" {
-		if p == "" {
-			return false // "/": "**/comp" needs a component
-		}
-		// the last component, then each parent's last component
-		last := strings.LastIndexByte(p, '/')
-		if (!r.dirOnly || isDir) && match(r.comp, p[last+1:]) {
-			return true
-		}
-		for parents && last > 0 {
-			p = p[:last]
-			last = strings.LastIndexByte(p, '/')
-			if match(r.comp, p[last+1:]) {
-				return true
-			}
-		}
-		return false
-	}
-	if (!r.dirOnly || isDir) && match(r.pattern, p) {
-		return true
-	}
-	if !parents {
-		return false
-	}
-	for i := len(p) - 1; i > 0; i-- {
-		if p[i] == '/' && match(r.pattern, p[:i]) {
-			return true
-		}
-	}
-	return false
+	ok, _ := r.prog.match(p, !r.dirOnly || isDir, parents)
+	return ok
 }
 
 func match(pattern, p string) bool {
