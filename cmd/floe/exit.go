@@ -225,7 +225,7 @@ func hintFor(err error) string {
 	case errors.As(err, new(*repo.IndexLoadError)):
 		return "run `floe check`"
 	case errors.As(err, &held):
-		return fmt.Sprintf("if that %s died, wait until its lease ends, or remove the lease with `floe prune --force-unlock` (it asks first)", held.Lease.TaskName())
+		return fmt.Sprintf("if that %s died, wait until its lease ends, or remove the lease with `floe prune --force-unlock` or `floe repair --force-unlock` (each asks first)", held.Lease.TaskName())
 	case errors.Is(err, devrestore.ErrNotDevice):
 		return "restore an image into a file with --target"
 	case errors.Is(err, server.ErrNoRoot):
