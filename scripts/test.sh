@@ -34,11 +34,63 @@ have nbdkit || need+=(nbdkit)
 /usr/bin/python3 -c 'import nbd' >/dev/null 2>&1 || need+=(python3-libnbd)
 # the dashboard driven in real headless Chromium (internal/web/browser_test.go)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
-if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-  echo "installing test dependencies: ${need[*]}"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}") >/dev/null 2>&1 ||
-    echo "warning: could not install ${need[*]}; tests that need them are skipped"
+# The LVM snapshot tests need the kernel's device-mapper, which the kernel
+# of the development machines and CI lacks: TestLVMInVM (e2e/lvm_vm_test.go)
+# runs them in a VM under qemu's software emulation, booting Debian's kernel
+# (unpacked below, not installed) with an initramfs of busybox. Without
+# recommends: qemu-system-x86's would bring a GUI.
+need_norec=()
+have qemu-system-x86_64 || need_norec+=(qemu-system-x86)
+# the initramfs has no libraries: the static busybox, not Debian's default one
+dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need_norec+=(busybox-static)
+updated=""
+if [ $((${#need[@]} + ${#need_norec[@]})) -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing test dependencies: ${need[*]} ${need_norec[*]}"
+  apt-get update -qq >/dev/null 2>&1 && updated=1
+  if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 ||
+      echo "warning: could not install ${need[*]}; tests that need them are skipped"
+  fi
+  if [ ${#need_norec[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_norec[@]}" >/dev/null 2>&1 ||
+      echo "warning: could not install ${need_norec[*]}; TestLVMInVM will fail"
+  fi
 fi
+
+# The VM's kernel: the package Debian's linux-image-amd64 points to, fetched
+# with apt-get download and unpacked with dpkg-deb -x into a cache directory
+# (about 70 MB to fetch, 400 MB unpacked, kept between runs; an older one is
+# removed when Debian moves on). FLOE_E2E_VM_KERNEL tells TestLVMInVM where
+# it is; FLOE_REQUIRE_LVM_VM=1 makes a missing qemu, busybox or kernel a
+# failure of that test instead of a skip.
+vm_cache="${XDG_CACHE_HOME:-$HOME/.cache}/floe-test-vm"
+kernel_pkg() { apt-cache depends linux-image-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -1; }
+vm_kernel_pkg=""
+if command -v apt-get >/dev/null 2>&1; then
+  vm_kernel_pkg=$(kernel_pkg)
+  if [ -z "$vm_kernel_pkg" ] && [ -z "$updated" ] && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq >/dev/null 2>&1 && vm_kernel_pkg=$(kernel_pkg)
+  fi
+fi
+if [ -n "$vm_kernel_pkg" ]; then
+  vm_kernel="$vm_cache/$vm_kernel_pkg"
+  if ! ls "$vm_kernel"/boot/vmlinuz-* >/dev/null 2>&1; then
+    echo "fetching the test VM's kernel: $vm_kernel_pkg"
+    vm_tmp=$(mktemp -d)
+    if (cd "$vm_tmp" && apt-get download -qq "$vm_kernel_pkg") >/dev/null 2>&1 &&
+      rm -rf "$vm_kernel.part" && mkdir -p "$vm_kernel.part" &&
+      dpkg-deb -x "$vm_tmp"/"$vm_kernel_pkg"_*.deb "$vm_kernel.part" && mv "$vm_kernel.part" "$vm_kernel"; then
+      find "$vm_cache" -mindepth 1 -maxdepth 1 ! -name "$vm_kernel_pkg" -exec rm -rf {} +
+    else
+      echo "warning: could not fetch and unpack $vm_kernel_pkg; TestLVMInVM will fail"
+    fi
+    rm -rf "$vm_tmp"
+  fi
+  export FLOE_E2E_VM_KERNEL="$vm_kernel"
+else
+  echo "warning: no Debian kernel package found (apt-cache depends linux-image-amd64); TestLVMInVM will fail"
+fi
+export FLOE_REQUIRE_LVM_VM=1
 
 # S3 tests (internal/storage/s3, e2e/s3_test.go) run against a real S3
 # server, versitygw, started by the tests on loopback. Installed pinned with
