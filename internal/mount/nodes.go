@@ -228,6 +228,13 @@ func (d *dirNode) tree(ctx context.Context) (*snapshot.Tree, syscall.Errno) {
 	}
 	t, err := d.f.trees.LoadTree(ctx, d.n.Subtree)
 	if err != nil {
+		if ctx.Err() != nil {
+			// The kernel interrupted the request: a signal reached the
+			// caller in its system call (Go's own preemption signal
+			// does, often). EINTR has it asked again; EIO would tell
+			// it the snapshot is damaged, and log so.
+			return nil, syscall.EINTR
+		}
 		return nil, d.f.fail(err)
 	}
 	return t, 0
