@@ -205,29 +205,17 @@ func classEnd(s string) int {
 
 // closingBrace returns the index in s of the "}" that closes a "{" just
 // before s, or -1.
-func closingBrace(s string) int {
-	depth := 1
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '\\':
-			i++
-		case '[':
-			i += classEnd(s[i:])
-		case '{':
-			depth++
-		case '}':
-			if depth--; depth == 0 {
-				return i
-			}
-		}
-	}
-	return -1
-}
+func closingBrace(s string) int { return scanBrace(s, false) }
 
 // nextAlternative returns the index of the first "," in the body of a
 // brace that separates alternatives (not one inside a nested brace or a
 // class), or -1.
-func nextAlternative(s string) int {
+func nextAlternative(s string) int { return scanBrace(s, true) }
+
+// scanBrace reads the body of a brace, s, skipping escapes, classes and
+// nested braces, to the "}" that closes it or, when comma, to the first
+// "," of its own before that; it returns that index, or -1.
+func scanBrace(s string, comma bool) int {
 	depth := 0
 	for i := 0; i < len(s); i++ {
 		switch s[i] {
@@ -238,9 +226,15 @@ func nextAlternative(s string) int {
 		case '{':
 			depth++
 		case '}':
+			if depth == 0 {
+				if comma {
+					return -1
+				}
+				return i
+			}
 			depth--
 		case ',':
-			if depth == 0 {
+			if comma && depth == 0 {
 				return i
 			}
 		}
