@@ -463,8 +463,11 @@ func TestImageClones(t *testing.T) {
 	// image's chunks but for a few around its changes: the chunk with the
 	// change in data and the next one or two whose cut it may move, and in
 	// the zeros the changed blocks' own chunk and the two zero chunks of
-	// new lengths around it. Zeros chunked as data, or cut elsewhere,
-	// would make new chunks at every edge of the data.
+	// new lengths around it: 6. A cut moved by a change can take more
+	// than one chunk to fall back in step with the golden image's (8 new
+	// chunks in one clone of a CI run), so the bound is 16. Zeros chunked
+	// as data, or cut elsewhere, would make new chunks at every edge of
+	// the data, far more; the repository's growth below bounds the rest.
 	chunksOf := func(snap, path string) (sparse bool, content []string) {
 		t.Helper()
 		tree := decodeJSON[struct {
@@ -495,7 +498,7 @@ func TestImageClones(t *testing.T) {
 				fresh++
 			}
 		}
-		if !sparse || fresh > 6 {
+		if !sparse || fresh > 16 {
 			t.Errorf("clone %d: %d of its %d chunks are not the golden image's (%d), sparse %v", i, fresh, len(content), len(goldenChunks), sparse)
 		}
 	}
@@ -504,9 +507,12 @@ func TestImageClones(t *testing.T) {
 	// in is longer, about 1.3 MiB) and now and then the next one, each
 	// change in zeros its own blocks, each snapshot its record, an index
 	// file and a tree with the image's chunk list (some 30 KiB). Measured:
-	// about 1.3 MiB a clone. Two average chunks a clone is a sliver of one
-	// copy of the data (800 MiB a clone, 16 GiB for all of them).
-	limit := int64(20 * (change + 2<<20))
+	// about 1.3 MiB a clone (26-32 MB for the 20 in the runs so far: each
+	// repository has its own chunker seed, so its own chunk sizes, and
+	// a change that falls in an 8 MiB chunk costs all of it). Four
+	// average chunks a clone leave room for that, and are still a sliver
+	// of one copy of the data (800 MiB a clone, 16 GiB for all of them).
+	limit := int64(20 * (change + 4<<20))
 	t.Logf("golden image: %d bytes of data (%d in short holes) in %d, added %d (stored %d); 20 clones with %d bytes of changes each: added %d (stored %d, zero chunks of new lengths count in added), the repository grew by %d bytes (limit %d); the clones' backups took %s of CPU",
 		dataBytes, shortHoles, size, golden.Summary.DataAdded, golden.Summary.DataAddedStored, change, added, storedB, grown, limit, cpu)
 	if grown > limit || int64(storedB) > grown {
