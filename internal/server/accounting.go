@@ -52,7 +52,7 @@ func AccountingAt(ctx context.Context, repos Repositories, repo string, now time
 		return out, fmt.Errorf("repository %s: %w", repo, err)
 	}
 	j := journalOf(repos, repo, be, &journal{})
-	for _, t := range []storage.FileType{storage.Pack, storage.Index, storage.Snapshot, storage.Key} {
+	for _, t := range journaledTypes {
 		who := map[string]UploadRecord{}
 		if j != nil {
 			if who, err = j.read(ctx, t); err != nil {
@@ -107,11 +107,14 @@ func AccountingAt(ctx context.Context, repos Repositories, repo string, now time
 	return out, nil
 }
 
+// journaledTypes are the object types whose uploads the journal records.
+var journaledTypes = []storage.FileType{storage.Pack, storage.Index, storage.Snapshot, storage.Key}
+
 // lastUploads is the time of each host's latest upload recorded in a
 // repository's journal (removals are not writes).
 func lastUploads(ctx context.Context, j uploadJournal) (map[string]time.Time, error) {
 	last := map[string]time.Time{}
-	for _, t := range []storage.FileType{storage.Pack, storage.Index, storage.Snapshot, storage.Key} {
+	for _, t := range journaledTypes {
 		err := j.each(ctx, t, func(rec UploadRecord) {
 			if !rec.Removed && rec.Time.After(last[rec.Host]) {
 				last[rec.Host] = rec.Time

@@ -388,8 +388,12 @@ func (s *Server) backend(q *request, route Route) (storage.Backend, bool) {
 	if s.opts.Ledger != nil && s.opts.Metrics != nil {
 		s.opts.Ledger.track(be, route.Repo)
 	}
-	if j := journalOf(s.opts.Repos, route.Repo, be, &s.journal); j != nil && s.opts.Metrics != nil {
+	if s.opts.Metrics != nil {
 		s.opts.Metrics.seedLastWrites(route.Repo, func() (map[string]time.Time, error) {
+			j := journalOf(s.opts.Repos, route.Repo, be, &s.journal)
+			if j == nil {
+				return nil, nil // no journal: nothing from before the start
+			}
 			return lastUploads(context.Background(), j)
 		})
 	}
