@@ -119,7 +119,7 @@ next prune finishes the job. --dry-run shows the plan and changes nothing.`,
 	c.Flags().BoolVarP(&dryRun, "dry-run", "n", false, "show what would be deleted, repacked and marked; change nothing")
 	c.Flags().BoolVar(&forceUnlock, "force-unlock", false, "remove the lease of a prune or repair that died (asks first), then prune")
 	c.Flags().BoolVar(&yes, "yes", false, "with --force-unlock: do not ask")
-	c.Flags().DurationVar(&leaseTTL, "lease-ttl", prune.DefaultLeaseTTL, "how long this prune's lease counts without renewal (if it dies)")
+	c.Flags().DurationVar(&leaseTTL, "lease-ttl", repo.DefaultLeaseTTL, "how long this prune's lease counts without renewal (if it dies)")
 	return c
 }
 

@@ -56,17 +56,13 @@ type Options struct {
 	// leases"); default the host name.
 	Holder string
 	// LeaseTTL is how long the lease counts without renewal (default
-	// DefaultLeaseTTL); it is renewed every third of it while Run works.
+	// repo.DefaultLeaseTTL); it is renewed every third of it while Run works.
 	LeaseTTL time.Duration
 
 	// indexEntries is where the sweep splits its index files (default
 	// packfile.MaxIndexEntries); tests set it small.
 	indexEntries int
 }
-
-// DefaultLeaseTTL: a prune that died stops other prunes and repairs for
-// at most this long.
-const DefaultLeaseTTL = repo.DefaultLeaseTTL
 
 // Count is a number of packs and their stored bytes.
 type Count struct {
