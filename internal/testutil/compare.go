@@ -416,20 +416,9 @@ func compareContent(pa, pb string, size int64) (string, error) {
 	}
 	zeroRange := func(off, end int64) (string, error) {
 		// only b's data regions inside [off, end) can hold non-zero bytes
-		for off < end {
-			data, err := unix.Seek(int(fb.Fd()), off, unix.SEEK_DATA)
-			if errors.Is(err, unix.ENXIO) || (err == nil && data >= end) {
-				return "", nil
-			}
-			if err != nil {
-				data = off
-			}
-			hole, err := unix.Seek(int(fb.Fd()), data, unix.SEEK_HOLE)
-			if err != nil || hole > end {
-				hole = end
-			}
-			for p := data; p < hole; {
-				n := min(hole-p, int64(len(bufB)))
+		for _, r := range dataRegions(int(fb.Fd()), off, end) {
+			for p := r.Off; p < r.Off+r.Len; {
+				n := min(r.Off+r.Len-p, int64(len(bufB)))
 				if _, err := fb.ReadAt(bufB[:n], p); err != nil && err != io.EOF {
 					return "", err
 				}
@@ -440,39 +429,22 @@ func compareContent(pa, pb string, size int64) (string, error) {
 				}
 				p += n
 			}
-			off = hole
 		}
 		return "", nil
 	}
 
-	fd := int(fa.Fd())
+	// a's data compared byte by byte, a's holes against b's data
 	var off int64
-	for off < size {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		switch {
-		case errors.Is(err, unix.ENXIO):
-			data = size
-		case err != nil: // no SEEK_DATA: compare everything
-			return equalRange(off, size)
-		}
-		data = min(data, size)
-		if data > off {
-			if d, err := zeroRange(off, data); d != "" || err != nil {
+	for _, r := range append(dataRegions(int(fa.Fd()), 0, size), Region{size, 0}) {
+		if r.Off > off {
+			if d, err := zeroRange(off, r.Off); d != "" || err != nil {
 				return d, err
 			}
 		}
-		if data >= size {
-			break
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			hole = size
-		}
-		hole = min(hole, size)
-		if d, err := equalRange(data, hole); d != "" || err != nil {
+		if d, err := equalRange(r.Off, r.Off+r.Len); d != "" || err != nil {
 			return d, err
 		}
-		off = hole
+		off = r.Off + r.Len
 	}
 	return "", nil
 }
