@@ -369,26 +369,13 @@ func nbdSocket(t *testing.T) (sock, uri string) {
 	return sock, "nbd+unix:///disk.img?socket=" + sock
 }
 
-// sparseImage writes a sparse image of size bytes with random data in a
-// few places (the rest holes), different for each seed.
-func sparseImage(t *testing.T, path string, size int64, seed int64) {
+// sparseImage writes a sparse image of size bytes with random data in
+// three places (the rest holes), different for each seed.
+func sparseImage(t *testing.T, path string, size int64, seed uint64) {
 	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	rng := rand.New(rand.NewSource(seed))
-	for _, off := range []int64{0, size / 2, size - 256<<10} {
-		b := make([]byte, 256<<10)
-		rng.Read(b)
-		if _, err := f.WriteAt(b, off); err != nil {
-			t.Fatal(err)
-		}
-	}
+	const n = 256 << 10
+	testutil.WriteSparse(t, path, size, 10*seed, testutil.Region{Off: 0, Len: n},
+		testutil.Region{Off: size / 2, Len: n}, testutil.Region{Off: size - n, Len: n})
 }
 
 // Several images, of two snapshots, served by one `floe nbd` over TCP:
