@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,15 +156,17 @@ func TestHoldLeaseRenewsUntilReleased(t *testing.T) {
 	}
 }
 
-// gcSaveFails makes saves in gc/ fail while fail is set: renewals fail.
-type gcSaveFails struct {
+// saveFails makes every save of objects of type typ fail while fail is
+// set: a full disk, or a server that went away.
+type saveFails struct {
 	storage.Backend
+	typ  storage.FileType
 	fail atomic.Bool
 }
 
-func (b *gcSaveFails) Save(ctx context.Context, h storage.Handle, data []byte) error {
-	if h.Type == storage.GCMark && b.fail.Load() {
-		return errors.New("injected: no space left")
+func (b *saveFails) Save(ctx context.Context, h storage.Handle, data []byte) error {
+	if h.Type == b.typ && b.fail.Load() {
+		return fmt.Errorf("injected: %s saves fail", b.typ)
 	}
 	return b.Backend.Save(ctx, h, data)
 }
@@ -173,7 +176,7 @@ func (b *gcSaveFails) Save(ctx context.Context, h storage.Handle, data []byte) e
 func TestHoldLeaseStopsTheHolderWhenRenewalFails(t *testing.T) {
 	ctx := context.Background()
 	r0, _ := newRepo(t)
-	be := &gcSaveFails{Backend: r0.be}
+	be := &saveFails{Backend: r0.be, typ: storage.GCMark}
 	r, err := newRepository(be, r0.cfg, r0.secrets, r0.keyID, r0.kdf)
 	if err != nil {
 		t.Fatal(err)

@@ -3,10 +3,8 @@ package repo
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
-	"sync/atomic"
 	"testing"
 
 	"github.com/floe-backup/floe/internal/hash"
@@ -15,26 +13,12 @@ import (
 	"github.com/floe-backup/floe/internal/storage/mem"
 )
 
-// indexRefuser fails every save of an index file while refuse is set, as
-// a server that went away after the packs arrived does.
-type indexRefuser struct {
-	*mem.Backend
-	refuse atomic.Bool
-}
-
-func (b *indexRefuser) Save(ctx context.Context, h storage.Handle, data []byte) error {
-	if h.Type == storage.Index && b.refuse.Load() {
-		return errors.New("server unreachable")
-	}
-	return b.Backend.Save(ctx, h, data)
-}
-
 // A pack sent but left unindexed (the index file could not be saved) is
 // indexed by the next IndexUnindexed, and its blobs are then known; notes
 // of packs that never arrived, and notes that are not notes, are dropped.
 func TestIndexUnindexed(t *testing.T) {
 	ctx := context.Background()
-	be := &indexRefuser{Backend: mem.New()}
+	be := &saveFails{Backend: mem.New(), typ: storage.Index} // a server gone after the packs arrived
 	r, _, err := Init(ctx, be, Credential{Password: []byte("pw")}, InitOptions{KDF: cheapKDF()})
 	if err != nil {
 		t.Fatal(err)
@@ -54,14 +38,14 @@ func TestIndexUnindexed(t *testing.T) {
 	}
 
 	// the index cannot be saved: the pack stays noted
-	be.refuse.Store(true)
+	be.fail.Store(true)
 	data := bytes.Repeat([]byte("b"), 100<<10)
 	w = r.StartWriting()
 	ref := saveWith(t, w, r, data)
 	if err := w.Finish(ctx); err == nil {
 		t.Fatal("Finish saved an index file the storage refused")
 	}
-	be.refuse.Store(false)
+	be.fail.Store(false)
 	left, _ := os.ReadDir(notes)
 	if len(left) != 1 {
 		t.Fatalf("%d notes after a refused index file, want 1", len(left))
