@@ -4,6 +4,9 @@ package e2e
 
 import (
 	"bytes"
+	"context"
+	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,12 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/floe-backup/floe/internal/repo"
 	"github.com/floe-backup/floe/internal/testutil"
 )
 
-// Two prunes at once: the second refuses, naming the first; a lease left
-// by a prune that died is taken over once it expires, or at once with
-// --force-unlock.
+// Two prunes at once: the second refuses, naming the first. A prune
+// killed on this machine leaves its lease, which the next prune here takes
+// over at once (its process is gone); the lease of a holder elsewhere is
+// taken over once it expires, or at once with --force-unlock.
 func TestPruneLease(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -26,8 +31,7 @@ func TestPruneLease(t *testing.T) {
 	e.backup(src)
 	host, _ := os.Hostname()
 
-	start := func() (*exec.Cmd, *bytes.Buffer) { return startSlowPrune(t, e) }
-	first, out := start()
+	first, out := startSlowPrune(t, e)
 	r := e.floe("prune")
 	expectCode(t, r, 1)
 	if !strings.Contains(r.stderr, "a prune is running") || !strings.Contains(r.stderr, host) {
@@ -36,28 +40,58 @@ func TestPruneLease(t *testing.T) {
 	if first.ProcessState != nil {
 		t.Fatalf("the first prune ended already; the test proves nothing:\n%s", out.String())
 	}
-	// the holder dies: its lease still counts, then expires
+	// the holder is killed: its process is gone, the next prune goes on
 	first.Process.Kill()
 	first.Wait()
+	if n := gcObjects(e); n != 1 {
+		t.Fatalf("the killed prune left %d objects in gc/, want its lease", n)
+	}
+	r = e.ok("prune")
+	if !strings.Contains(r.stderr, "took over the lease of a prune that no longer runs") ||
+		!strings.Contains(r.stderr, fmt.Sprintf("pid %d", first.Process.Pid)) {
+		t.Errorf("the prune after a killed one does not say it took over its lease: %s", r)
+	}
+	if n := gcObjects(e); n != 0 {
+		t.Errorf("a lease is left after prune ended: %d objects in gc/", n)
+	}
+
+	// a holder elsewhere (one whose process cannot be looked up here):
+	// its lease counts until it expires
+	leaseFromElsewhere(t, e, 2*time.Second)
 	r = e.floe("prune")
 	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "elsewhere") {
+		t.Errorf("the prune's message does not name the holder elsewhere: %s", r)
+	}
 	time.Sleep(2500 * time.Millisecond)
-	e.ok("prune")
+	r = e.ok("prune")
+	if strings.Contains(r.stderr, "took over") {
+		t.Errorf("an expired lease reported as taken over: %s", r)
+	}
 	if n := gcObjects(e); n != 0 {
 		t.Errorf("a lease is left after prune ended: %d objects in gc/", n)
 	}
 
 	// --force-unlock: asks (no terminal: refuses), --yes removes at once
-	second, _ := start()
-	second.Process.Kill()
-	second.Wait()
+	leaseFromElsewhere(t, e, time.Hour)
 	expectCode(t, e.floe("prune", "--force-unlock"), 2)
 	expectCode(t, e.floe("prune"), 1)
 	r = e.ok("prune", "--force-unlock", "--yes")
-	if !strings.Contains(r.stderr, host) || !strings.Contains(r.stderr, "removed 1 prune lease") {
+	if !strings.Contains(r.stderr, "elsewhere") || !strings.Contains(r.stderr, "removed 1 prune lease") {
 		t.Errorf("--force-unlock: %s", r)
 	}
 	e.ok("check")
+}
+
+// leaseFromElsewhere stores a prune lease of holder "elsewhere" that
+// counts for ttl, as another machine's prune (or an earlier floe's) would:
+// it does not name a process this machine can look up.
+func leaseFromElsewhere(t *testing.T, e *floeEnv, ttl time.Duration) {
+	t.Helper()
+	r := e.openInProcess()
+	if _, err := r.AcquireLease(context.Background(), repo.LeaseOptions{Holder: "elsewhere", PID: math.MaxInt32, TTL: ttl}); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // startSlowPrune starts a prune whose reads are limited to 4 KB/s and
@@ -88,8 +122,8 @@ func startSlowPrune(t *testing.T, e *floeEnv) (*exec.Cmd, *bytes.Buffer) {
 
 // repair refuses while a prune holds the lease (exit 1, naming the
 // prune's host, nothing changed); --dry-run needs no lease; once the
-// prune died, --force-unlock takes its lease away and repair runs, and
-// leaves no lease behind.
+// prune was killed, repair takes its lease over and runs; a lease from
+// elsewhere only --force-unlock takes away; no lease is left behind.
 func TestRepairLease(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -125,12 +159,27 @@ func TestRepairLease(t *testing.T) {
 		t.Fatalf("the prune ended already; the test proves nothing:\n%s", out.String())
 	}
 
-	// the prune dies: its lease counts until it expires, or --force-unlock
+	// the prune is killed: repair takes its lease over at once
 	pr.Process.Kill()
 	pr.Wait()
-	expectCode(t, e.floe("repair", "--yes"), 1)
+	r = e.ok("repair", "--yes")
+	if !strings.Contains(r.stderr, "took over the lease of a prune that no longer runs") || !strings.Contains(r.stdout, "repaired: 2 of 2") {
+		t.Errorf("repair after a killed prune: %s", r)
+	}
+	if n := gcObjects(e); n != 0 {
+		t.Errorf("a lease is left after repair ended: %d objects in gc/", n)
+	}
+
+	// a holder elsewhere: repair refuses at once, --force-unlock removes
+	// its lease
+	leaseFromElsewhere(t, e, time.Hour)
+	r = e.floe("repair", "--yes")
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "elsewhere") {
+		t.Errorf("repair beside a lease from elsewhere: %s", r)
+	}
 	r = e.ok("repair", "--yes", "--force-unlock")
-	if !strings.Contains(r.stderr, "removed 1 prune lease") || !strings.Contains(r.stdout, "repaired: 2 of 2") {
+	if !strings.Contains(r.stderr, "removed 1 prune lease") {
 		t.Errorf("repair --force-unlock: %s", r)
 	}
 	if n := gcObjects(e); n != 0 {

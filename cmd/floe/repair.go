@@ -151,6 +151,9 @@ repair runs is at worst indexed twice.`,
 				return writeDocument(doc)
 			}
 			if res != nil {
+				for _, w := range res.Warnings {
+					g.warn("warning: %s", w)
+				}
 				for _, f := range res.Failed {
 					g.warn("error: %s %s: %s", f.Kind, f.ID.Short(), f.Error)
 				}

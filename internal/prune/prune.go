@@ -197,10 +197,10 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err 
 	if opts.Progress == nil {
 		opts.Progress = ui.NoProgress
 	}
+	var held *repo.HeldLease
 	if !opts.DryRun {
 		// err is Run's result (not shadowed): Release tells why the
 		// prune stopped if its lease could not be renewed
-		var held *repo.HeldLease
 		held, ctx, err = r.HoldLease(ctx, repo.LeaseOptions{Task: repo.LeasePrune, Holder: opts.Holder, TTL: opts.LeaseTTL})
 		if err != nil {
 			return nil, err
@@ -209,6 +209,11 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err 
 	}
 	p := &pruner{r: r, opts: opts, res: &Result{DryRun: opts.DryRun, GraceSeconds: opts.Grace.Seconds(),
 		MaxUnused: opts.MaxUnused, Marks: []MarkInfo{}}}
+	if held != nil {
+		for _, l := range held.TakenOver() {
+			p.res.Warnings = append(p.res.Warnings, repo.TakeOverNote(l))
+		}
+	}
 	if err := p.load(ctx); err != nil {
 		return nil, err
 	}

@@ -174,6 +174,9 @@ func findUndecodableSnapshots(ctx context.Context, r *repo.Repository, p *Plan) 
 type Result struct {
 	Done   []Action `json:"done"`
 	Failed []Failed `json:"failed,omitempty"`
+	// Warnings are notes for people: a lease taken over from a prune or
+	// repair that no longer runs.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Failed is an action that could not be carried out.
@@ -218,6 +221,9 @@ func Apply(ctx context.Context, r *repo.Repository, p *Plan, opts ApplyOptions) 
 	// err is Apply's result: Release tells why the repair stopped if its
 	// lease could not be renewed
 	defer func() { err = held.Release(err) }()
+	for _, l := range held.TakenOver() {
+		res.Warnings = append(res.Warnings, repo.TakeOverNote(l))
+	}
 	// the IndexPack actions, carried out together at the first of them
 	var indexActs []Action
 	for _, a := range p.Actions {

@@ -55,10 +55,29 @@ type Lease struct {
 	Run     string    `json:"run"` // random, the same for every renewal of one run
 	Time    time.Time `json:"time"`
 	Expires time.Time `json:"expires"`
+	// Boot, PIDNS and Start name the holder's process on its machine
+	// (Linux: the boot ID, the PID namespace, the process's start time in
+	// clock ticks after boot; leaseproc_linux.go), so that a prune or
+	// repair on the same machine and in the same PID namespace can tell
+	// that the holder is gone. Empty in leases of earlier versions and
+	// where they could not be read: such a lease counts until it expires.
+	Boot  string `json:"boot,omitempty"`
+	PIDNS string `json:"pidns,omitempty"`
+	Start uint64 `json:"start,omitempty"`
 }
 
 // Expired reports whether the lease no longer counts at now.
 func (l *Lease) Expired(now time.Time) bool { return !now.Before(l.Expires) }
+
+// counts reports whether l stops a prune or a repair at now: it has not
+// expired and its holder is not known to be gone (Gone).
+func (l *Lease) counts(now time.Time) bool { return !l.Expired(now) && !l.Gone() }
+
+// Gone reports whether the holder of l is known to have stopped: it ran
+// on this machine, in this boot and this PID namespace, and its process
+// no longer runs. A lease of another machine, or one that does not name
+// its process, is never known to be gone: it counts until it expires.
+func (l *Lease) Gone() bool { return holderGone(l) }
 
 // TaskName is what holds the lease, for people: "prune", "repair", or
 // "unknown task" for a name this floe does not know (a newer floe's).
@@ -153,10 +172,11 @@ func (r *Repository) Leases(ctx context.Context) ([]LeaseInfo, error) {
 
 // PruneLease is a lease this process holds.
 type PruneLease struct {
-	r     *Repository
-	lease Lease
-	id    hash.ID
-	ttl   time.Duration
+	r         *Repository
+	lease     Lease
+	id        hash.ID
+	ttl       time.Duration
+	takenOver []Lease
 }
 
 // LeaseOptions say who takes a lease.
@@ -201,7 +221,7 @@ func (r *Repository) CheckLease(ctx context.Context) error {
 	}
 	now := time.Now()
 	for _, l := range leases {
-		if !l.Expired(now) {
+		if l.counts(now) {
 			return &LeaseHeldError{Lease: l.Lease}
 		}
 	}
@@ -210,8 +230,9 @@ func (r *Repository) CheckLease(ctx context.Context) error {
 
 // AcquireLease takes the prune lease of r: it fails with a
 // *LeaseHeldError when another unexpired lease exists (a prune's or a
-// repair's), removes expired ones (a holder that died), and writes its
-// own. Then it looks again: if another unexpired lease appeared (a task
+// repair's) whose holder is not known to be gone, removes the others
+// (holders that died: expired leases, and those of processes of this
+// machine that no longer run, Lease.Gone), and writes its own. Then it looks again: if another unexpired lease appeared (a task
 // that started at the same moment), it removes its own and fails, so that
 // at most one of them goes on (both may fail: run again).
 func (r *Repository) AcquireLease(ctx context.Context, o LeaseOptions) (*PruneLease, error) {
@@ -224,16 +245,19 @@ func (r *Repository) AcquireLease(ctx context.Context, o LeaseOptions) (*PruneLe
 		return nil, fmt.Errorf("read prune leases: %w", err)
 	}
 	now := time.Now()
-	var stale []hash.ID
+	var stale []LeaseInfo
 	for _, l := range leases {
-		if !l.Expired(now) {
+		if l.counts(now) {
 			return nil, &LeaseHeldError{Lease: l.Lease}
 		}
-		stale = append(stale, l.ID)
+		stale = append(stale, l)
 	}
 	var run [16]byte
 	_, _ = rand.Read(run[:])
 	p := &PruneLease{r: r, ttl: o.TTL, lease: Lease{Kind: leaseKind, Task: o.Task, Holder: o.Holder, PID: o.PID, Run: hex.EncodeToString(run[:])}}
+	if boot, pidNS, start, ok := procIdentity(o.PID); ok {
+		p.lease.Boot, p.lease.PIDNS, p.lease.Start = boot, pidNS, start
+	}
 	if err := p.write(ctx); err != nil {
 		return nil, err
 	}
@@ -245,7 +269,7 @@ func (r *Repository) AcquireLease(ctx context.Context, o LeaseOptions) (*PruneLe
 	}
 	now = time.Now()
 	for _, l := range leases {
-		if l.Run == p.lease.Run || l.Expired(now) {
+		if l.Run == p.lease.Run || !l.counts(now) {
 			continue
 		}
 		// Another task wrote a lease meanwhile. Whoever sees another
@@ -256,11 +280,18 @@ func (r *Repository) AcquireLease(ctx context.Context, o LeaseOptions) (*PruneLe
 		return nil, &LeaseHeldError{Lease: l.Lease}
 	}
 	// taken over: the leases of holders that died
-	for _, id := range stale {
-		_ = r.RemoveGCMark(ctx, id)
+	for _, l := range stale {
+		_ = r.RemoveGCMark(ctx, l.ID)
+		if !l.Expired(now) {
+			p.takenOver = append(p.takenOver, l.Lease)
+		}
 	}
 	return p, nil
 }
+
+// TakenOver returns the unexpired leases AcquireLease took over because
+// their holders were gone (Lease.Gone), for a note to the user.
+func (p *PruneLease) TakenOver() []Lease { return p.takenOver }
 
 // write stores the lease with a fresh time and removes the previous one.
 func (p *PruneLease) write(ctx context.Context) error {
@@ -385,6 +416,17 @@ func (r *Repository) HoldLease(ctx context.Context, o LeaseOptions) (*HeldLease,
 		}
 	}()
 	return h, ctx, nil
+}
+
+// TakenOver returns the unexpired leases taken over when the lease was
+// taken, because their holders were gone (PruneLease.TakenOver).
+func (h *HeldLease) TakenOver() []Lease { return h.l.TakenOver() }
+
+// TakeOverNote says, for people, that l was taken over from a holder
+// that is gone.
+func TakeOverNote(l Lease) string {
+	return fmt.Sprintf("took over the lease of a %s that no longer runs (%s, pid %d, renewed %s)",
+		l.TaskName(), l.Holder, l.PID, l.Time.Local().Format(time.RFC3339))
 }
 
 // Release stops the renewals and removes the lease (a lease that cannot
