@@ -2,9 +2,12 @@ package repo
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // A lease names its holder's process precisely enough that a prune or a
@@ -72,14 +75,21 @@ func statStart(b []byte) (uint64, bool) {
 
 // holderGone reports whether l's holder ran on this machine (this boot,
 // this PID namespace) and is no longer running: no process has its PID,
-// or the one that has it started at another time.
+// or the one that has it started at another time. Whether the PID exists
+// is asked of kill(2), not /proc: /proc mounted with hidepid hides the
+// processes of other users, which must not look gone.
 func holderGone(l *Lease) bool {
-	if l.Boot == "" || l.PIDNS == "" || l.Start == 0 {
+	if l.Boot == "" || l.PIDNS == "" || l.Start == 0 || l.PID <= 0 {
 		return false
 	}
 	if boot, pidNS := machineIdentity(); boot != l.Boot || pidNS != l.PIDNS {
 		return false
 	}
-	start, alive := procStart(l.PID)
-	return !alive || start != l.Start
+	if err := unix.Kill(l.PID, 0); errors.Is(err, unix.ESRCH) {
+		return true
+	}
+	// it exists (we may not be allowed to signal it): gone only if it is
+	// another process that was given the PID since
+	start, ok := procStart(l.PID)
+	return ok && start != l.Start
 }

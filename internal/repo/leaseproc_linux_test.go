@@ -89,6 +89,8 @@ func TestLeaseHolderGone(t *testing.T) {
 		{"another boot", func(l *Lease) { l.PID, l.Boot = gonePID, "00000000-0000-0000-0000-000000000000" }, false},
 		{"another PID namespace", func(l *Lease) { l.PID, l.PIDNS = gonePID, "pid:[1]" }, false},
 		{"no process named (an earlier version)", func(l *Lease) { l.PID, l.Boot, l.PIDNS, l.Start = gonePID, "", "", 0 }, false},
+		{"PID 0 (kill would signal the process group)", func(l *Lease) { l.PID = 0 }, false},
+		{"a negative PID", func(l *Lease) { l.PID = -1 }, false},
 	}
 	for _, c := range cases {
 		l := self
