@@ -2,4 +2,4 @@
 
 package crypto
 
-func adviseHugePages([]byte) {}
+func adviseHugePages([]byte) (withdraw func()) { return func() {} }

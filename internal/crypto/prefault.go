@@ -34,14 +34,15 @@ import (
 // its own (with two, on the bench VM: 15 ms instead of 21 at best of 20 runs,
 // when both cores were free; the same when they were not).
 //
-// The buffer is first advised to the kernel for transparent huge pages
-// (Linux, THP "madvise" or "always"): one fault then maps 2 MiB, 23
-// faults instead of 11,800. On the next bench VM (AMD, Linux 6.18, THP
-// "madvise"), where a 4 KiB fault on fresh memory cost about 8 us, the
-// prefault took 0.16-0.22 s of every command's CPU, a tenth of a large
-// restore; touching 46 MiB this way took 3-27 ms instead of 165-180
-// (a test program, 5 runs each). The runtime keeps the huge pages when
-// the buffer is collected, so argon2's allocation gets them.
+// Where THP is "madvise", the buffer is first advised for transparent
+// huge pages: one fault then maps 2 MiB, 23 faults instead of 11,800. On
+// the next bench VM (AMD, Linux 6.18), where a 4 KiB fault on fresh
+// memory cost about 8 us, the prefault took 0.16-0.22 s of every
+// command's CPU, a tenth of a large restore; touching 46 MiB this way
+// took 3-27 ms instead of 165-180 (a test program, 5 runs each). The
+// advice is withdrawn once the pages are mapped (hugepage_linux.go says
+// why); they stay huge when the buffer is collected, so argon2's
+// allocation gets them.
 // Not when the heap is large (a long-running agent): the collection would
 // cost more than it saves.
 const prefaultMaxLive = 64 << 20
@@ -58,7 +59,7 @@ func prefaultArgon2(memoryKiB uint32, lanes int) {
 		return // a 32-bit address space: argon2 cannot have it either
 	}
 	b := make([]byte, int(size))
-	adviseHugePages(b)
+	withdraw := adviseHugePages(b)
 	parts := max(1, min(lanes, runtime.GOMAXPROCS(0)))
 	per := (len(b)/parts + page - 1) &^ (page - 1)
 	var wg sync.WaitGroup
@@ -71,6 +72,7 @@ func prefaultArgon2(memoryKiB uint32, lanes int) {
 		})
 	}
 	wg.Wait()
+	withdraw()
 	runtime.KeepAlive(b)
 	runtime.GC()
 }
