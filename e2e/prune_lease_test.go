@@ -37,6 +37,10 @@ func TestPruneLease(t *testing.T) {
 	if !strings.Contains(r.stderr, "a prune is running") || !strings.Contains(r.stderr, host) {
 		t.Errorf("the second prune's message does not name the holder: %s", r)
 	}
+	// the holder runs here: the hint says to wait, not to remove its lease
+	if !strings.Contains(r.stderr, "still running on this machine") || strings.Contains(r.stderr, "--force-unlock") {
+		t.Errorf("the second prune's hint beside a prune running here: %s", r)
+	}
 	if first.ProcessState != nil {
 		t.Fatalf("the first prune ended already; the test proves nothing:\n%s", out.String())
 	}
@@ -60,8 +64,8 @@ func TestPruneLease(t *testing.T) {
 	leaseFromElsewhere(t, e, 2*time.Second)
 	r = e.floe("prune")
 	expectCode(t, r, 1)
-	if !strings.Contains(r.stderr, "elsewhere") {
-		t.Errorf("the prune's message does not name the holder elsewhere: %s", r)
+	if !strings.Contains(r.stderr, "elsewhere") || !strings.Contains(r.stderr, "--force-unlock") {
+		t.Errorf("the prune's message does not name the holder elsewhere, or how to remove its lease: %s", r)
 	}
 	time.Sleep(2500 * time.Millisecond)
 	r = e.ok("prune")
@@ -138,7 +142,7 @@ func TestRepairLease(t *testing.T) {
 	r := e.floe("repair", "--yes")
 	expectCode(t, r, 1)
 	if !strings.Contains(r.stderr, "a prune is running on this repository") || !strings.Contains(r.stderr, host) ||
-		!strings.Contains(r.stderr, "--force-unlock") {
+		!strings.Contains(r.stderr, "still running on this machine") {
 		t.Errorf("repair beside a prune: no clear message naming the prune: %s", r)
 	}
 	for _, id := range []string{sealed, junk} {
@@ -175,7 +179,7 @@ func TestRepairLease(t *testing.T) {
 	leaseFromElsewhere(t, e, time.Hour)
 	r = e.floe("repair", "--yes")
 	expectCode(t, r, 1)
-	if !strings.Contains(r.stderr, "elsewhere") {
+	if !strings.Contains(r.stderr, "elsewhere") || !strings.Contains(r.stderr, "--force-unlock") {
 		t.Errorf("repair beside a lease from elsewhere: %s", r)
 	}
 	r = e.ok("repair", "--yes", "--force-unlock")

@@ -224,8 +224,10 @@ func hintFor(err error) string {
 		return "give the LVM snapshot the room it needs with --fs-snapshot-size"
 	case errors.As(err, new(*repo.IndexLoadError)):
 		return "run `floe check`"
+	case errors.As(err, &held) && held.Lease.RunsHere():
+		return fmt.Sprintf("that %s is still running on this machine (pid %d): wait for it to end; do not remove its lease", held.Lease.TaskName(), held.Lease.PID)
 	case errors.As(err, &held):
-		return fmt.Sprintf("if that %s died, wait until its lease ends, or remove the lease with `floe prune --force-unlock` or `floe repair --force-unlock` (each asks first)", held.Lease.TaskName())
+		return fmt.Sprintf("if that %s died on another machine, wait until its lease ends, or remove the lease with `floe prune --force-unlock` or `floe repair --force-unlock` (each asks first); a %s that died on this machine is noticed by the next one", held.Lease.TaskName(), held.Lease.TaskName())
 	case errors.Is(err, devrestore.ErrNotDevice):
 		return "restore an image into a file with --target"
 	case errors.Is(err, server.ErrNoRoot):

@@ -71,10 +71,12 @@ first (a signed object in gc/ naming its host and pid, renewed every third
 of --lease-ttl, default 5m, and removed at the end), the same lease that
 repair takes while it applies its plan. A second prune refuses to start
 while the lease counts, with a message naming the holder (exit 1), and so
-does a repair. If the holder died, its lease expires after --lease-ttl and
-the next prune takes it over; --force-unlock removes it at once, after you
-confirm (--yes in scripts) that no prune or repair runs: two prunes, or a
-prune and a repair, at once can delete data a snapshot needs.
+does a repair. If the holder died on this machine (its process is gone),
+the next prune takes its lease over at once; if it died elsewhere, its
+lease expires after --lease-ttl and is taken over then; --force-unlock
+removes it at once, after you confirm (--yes in scripts) that no prune or
+repair runs: two prunes, or a prune and a repair, at once can delete data
+a snapshot needs.
 --dry-run takes no lease. prune needs a full key (it reads the snapshots).
 A prune that is interrupted leaves a repository that check passes; the
 next prune finishes the job. --dry-run shows the plan and changes nothing.`,

@@ -56,10 +56,11 @@ plan it holds the lease that prune takes (a signed object in gc/ naming its
 host and pid, renewed every third of --lease-ttl, default 5m, and removed
 at the end), and a prune that starts meanwhile refuses. A repair (not
 --dry-run) refuses to start while a prune or another repair holds the
-lease, with a message naming the holder (exit 1). If the holder died, its
-lease expires after its --lease-ttl and is taken over; --force-unlock
-removes it at once, after you confirm (--yes in scripts) that no prune or
-repair runs. Reading the repository and --dry-run take no lease. Backups
+lease, with a message naming the holder (exit 1). If the holder died on
+this machine (its process is gone), its lease is taken over at once; if it
+died elsewhere, its lease expires after its --lease-ttl and is taken over
+then; --force-unlock removes it at once, after you confirm (--yes in
+scripts) that no prune or repair runs. Reading the repository and --dry-run take no lease. Backups
 may run meanwhile: repair deletes no pack (the packs it does not index are
 left to prune and its grace period), and a pack a backup uploads while
 repair runs is at worst indexed twice.`,

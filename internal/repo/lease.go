@@ -79,6 +79,11 @@ func (l *Lease) counts(now time.Time) bool { return !l.Expired(now) && !l.Gone()
 // its process, is never known to be gone: it counts until it expires.
 func (l *Lease) Gone() bool { return holderGone(l) }
 
+// RunsHere reports whether the holder of l is known to be running on this
+// machine (the same boot and PID namespace, its process alive): then its
+// lease must not be removed by hand.
+func (l *Lease) RunsHere() bool { return holderRunsHere(l) }
+
 // TaskName is what holds the lease, for people: "prune", "repair", or
 // "unknown task" for a name this floe does not know (a newer floe's).
 func (l *Lease) TaskName() string {

@@ -79,10 +79,7 @@ func statStart(b []byte) (uint64, bool) {
 // is asked of kill(2), not /proc: /proc mounted with hidepid hides the
 // processes of other users, which must not look gone.
 func holderGone(l *Lease) bool {
-	if l.Boot == "" || l.PIDNS == "" || l.Start == 0 || l.PID <= 0 {
-		return false
-	}
-	if boot, pidNS := machineIdentity(); boot != l.Boot || pidNS != l.PIDNS {
+	if !ranHere(l) {
 		return false
 	}
 	if err := unix.Kill(l.PID, 0); errors.Is(err, unix.ESRCH) {
@@ -92,4 +89,25 @@ func holderGone(l *Lease) bool {
 	// another process that was given the PID since
 	start, ok := procStart(l.PID)
 	return ok && start != l.Start
+}
+
+// holderRunsHere reports whether l's holder is known to be running on this
+// machine: this boot, this PID namespace, and a process with its PID and
+// start time.
+func holderRunsHere(l *Lease) bool {
+	if !ranHere(l) {
+		return false
+	}
+	start, ok := procStart(l.PID)
+	return ok && start == l.Start
+}
+
+// ranHere reports whether l names a process of this boot and this PID
+// namespace.
+func ranHere(l *Lease) bool {
+	if l.Boot == "" || l.PIDNS == "" || l.Start == 0 || l.PID <= 0 {
+		return false
+	}
+	boot, pidNS := machineIdentity()
+	return boot == l.Boot && pidNS == l.PIDNS
 }

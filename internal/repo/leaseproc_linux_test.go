@@ -98,6 +98,11 @@ func TestLeaseHolderGone(t *testing.T) {
 		if got := l.Gone(); got != c.gone {
 			t.Errorf("%s: Gone() = %v, want %v", c.name, got, c.gone)
 		}
+		// running here: this process only (the others are gone, or
+		// cannot be looked up)
+		if got, want := l.RunsHere(), c.name == "this process"; got != want {
+			t.Errorf("%s: RunsHere() = %v, want %v", c.name, got, want)
+		}
 	}
 }
 
