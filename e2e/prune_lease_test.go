@@ -41,6 +41,12 @@ func TestPruneLease(t *testing.T) {
 	if !strings.Contains(r.stderr, "still running on this machine") || strings.Contains(r.stderr, "--force-unlock") {
 		t.Errorf("the second prune's hint beside a prune running here: %s", r)
 	}
+	// nor is its lease removed by --force-unlock, even with --yes
+	r = e.floe("prune", "--force-unlock", "--yes")
+	expectCode(t, r, 1)
+	if !strings.Contains(r.stderr, "still running on this machine") || gcObjects(e) != 1 {
+		t.Errorf("--force-unlock beside a prune running here: %s (%d objects in gc/)", r, gcObjects(e))
+	}
 	if first.ProcessState != nil {
 		t.Fatalf("the first prune ended already; the test proves nothing:\n%s", out.String())
 	}

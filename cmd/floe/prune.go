@@ -76,7 +76,7 @@ the next prune takes its lease over at once; if it died elsewhere, its
 lease expires after --lease-ttl and is taken over then; --force-unlock
 removes it at once, after you confirm (--yes in scripts) that no prune or
 repair runs: two prunes, or a prune and a repair, at once can delete data
-a snapshot needs.
+a snapshot needs (it refuses while the holder runs on this machine).
 --dry-run takes no lease. prune needs a full key (it reads the snapshots).
 A prune that is interrupted leaves a repository that check passes; the
 next prune finishes the job. --dry-run shows the plan and changes nothing.`,
@@ -136,11 +136,21 @@ func forceUnlockLeases(ctx context.Context, g *globals, r *repo.Repository, yes 
 		g.say("no prune lease to remove (no prune or repair holds one)")
 		return nil
 	}
+	for _, l := range leases {
+		// removing the lease of a prune that runs is how two prunes come
+		// to run at once: not for one known to run here, even with --yes
+		if l.RunsHere() {
+			return fmt.Errorf("the %s holding the prune lease (pid %d) is still running on this machine: wait for it to end; no lease was removed", l.TaskName(), l.PID)
+		}
+	}
 	now := time.Now()
 	for _, l := range leases {
 		state := "counts until " + l.Expires.Local().Format(time.RFC3339)
-		if l.Expired(now) {
+		switch {
+		case l.Expired(now):
 			state = "expired"
+		case l.Gone():
+			state = "its process on this machine is gone"
 		}
 		g.warn("prune lease of %s (pid %d, a %s), renewed %s, %s", ui.Path(l.Holder), l.PID, l.TaskName(), l.Time.Local().Format(time.RFC3339), state)
 	}

@@ -60,7 +60,8 @@ lease, with a message naming the holder (exit 1). If the holder died on
 this machine (its process is gone), its lease is taken over at once; if it
 died elsewhere, its lease expires after its --lease-ttl and is taken over
 then; --force-unlock removes it at once, after you confirm (--yes in
-scripts) that no prune or repair runs. Reading the repository and --dry-run take no lease. Backups
+scripts) that no prune or repair runs (it refuses while the holder runs on
+this machine). Reading the repository and --dry-run take no lease. Backups
 may run meanwhile: repair deletes no pack (the packs it does not index are
 left to prune and its grace period), and a pack a backup uploads while
 repair runs is at worst indexed twice.`,
