@@ -24,11 +24,7 @@ import (
 // taken over once it expires, or at once with --force-unlock.
 func TestPruneLease(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	e.init()
-	src := e.mkdir("src")
-	testutil.ManyFiles(t, src, 300, 1<<10, 71)
-	e.backup(src)
+	e := newLeaseEnv(t, 71)
 	host, _ := os.Hostname()
 
 	first, out := startSlowPrune(t, e)
@@ -104,6 +100,17 @@ func leaseFromElsewhere(t *testing.T, e *floeEnv, ttl time.Duration) {
 	}
 }
 
+// newLeaseEnv is a repository with one backup of 300 small files (seed
+// makes their content).
+func newLeaseEnv(t *testing.T, seed uint64) *floeEnv {
+	e := newEnv(t)
+	e.init()
+	src := e.mkdir("src")
+	testutil.ManyFiles(t, src, 300, 1<<10, seed)
+	e.backup(src)
+	return e
+}
+
 // startSlowPrune starts a prune whose reads are limited to 4 KB/s and
 // whose lease lasts 2 s without renewal, and returns once its lease is
 // stored (the repository must have no gc marks yet).
@@ -136,11 +143,7 @@ func startSlowPrune(t *testing.T, e *floeEnv) (*exec.Cmd, *bytes.Buffer) {
 // elsewhere only --force-unlock takes away; no lease is left behind.
 func TestRepairLease(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
-	e.init()
-	src := e.mkdir("src")
-	testutil.ManyFiles(t, src, 300, 1<<10, 72)
-	e.backup(src)
+	e := newLeaseEnv(t, 72)
 	sealed, junk := e.badSnapshotRecords()
 	host, _ := os.Hostname()
 

@@ -43,6 +43,7 @@ import (
 // advice is withdrawn once the pages are mapped (hugepage_linux.go says
 // why); they stay huge when the buffer is collected, so argon2's
 // allocation gets them.
+//
 // Not when the heap is large (a long-running agent): the collection would
 // cost more than it saves.
 const prefaultMaxLive = 64 << 20

@@ -210,9 +210,7 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (_ *Result, err 
 	p := &pruner{r: r, opts: opts, res: &Result{DryRun: opts.DryRun, GraceSeconds: opts.Grace.Seconds(),
 		MaxUnused: opts.MaxUnused, Marks: []MarkInfo{}}}
 	if held != nil {
-		for _, l := range held.TakenOver() {
-			p.res.Warnings = append(p.res.Warnings, repo.TakeOverNote(l))
-		}
+		p.res.Warnings = held.TakeOverNotes()
 	}
 	if err := p.load(ctx); err != nil {
 		return nil, err

@@ -221,9 +221,7 @@ func Apply(ctx context.Context, r *repo.Repository, p *Plan, opts ApplyOptions) 
 	// err is Apply's result: Release tells why the repair stopped if its
 	// lease could not be renewed
 	defer func() { err = held.Release(err) }()
-	for _, l := range held.TakenOver() {
-		res.Warnings = append(res.Warnings, repo.TakeOverNote(l))
-	}
+	res.Warnings = held.TakeOverNotes()
 	// the IndexPack actions, carried out together at the first of them
 	var indexActs []Action
 	for _, a := range p.Actions {

@@ -423,15 +423,16 @@ func (r *Repository) HoldLease(ctx context.Context, o LeaseOptions) (*HeldLease,
 	return h, ctx, nil
 }
 
-// TakenOver returns the unexpired leases taken over when the lease was
-// taken, because their holders were gone (PruneLease.TakenOver).
-func (h *HeldLease) TakenOver() []Lease { return h.l.TakenOver() }
-
-// TakeOverNote says, for people, that l was taken over from a holder
-// that is gone.
-func TakeOverNote(l Lease) string {
-	return fmt.Sprintf("took over the lease of a %s that no longer runs (%s, pid %d, renewed %s)",
-		l.TaskName(), l.Holder, l.PID, l.Time.Local().Format(time.RFC3339))
+// TakeOverNotes says, for people, which unexpired leases were taken over
+// when the lease was taken because their holders were gone
+// (PruneLease.TakenOver): prune and repair report them as warnings.
+func (h *HeldLease) TakeOverNotes() []string {
+	var notes []string
+	for _, l := range h.l.TakenOver() {
+		notes = append(notes, fmt.Sprintf("took over the lease of a %s that no longer runs (%s, pid %d, renewed %s)",
+			l.TaskName(), l.Holder, l.PID, l.Time.Local().Format(time.RFC3339)))
+	}
+	return notes
 }
 
 // Release stops the renewals and removes the lease (a lease that cannot

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,8 +32,9 @@ func procIdentity(pid int) (boot, pidNS string, start uint64, ok bool) {
 }
 
 // machineIdentity returns this boot's ID and this process's PID
-// namespace, "" where they cannot be read.
-func machineIdentity() (boot, pidNS string) {
+// namespace, "" where they cannot be read. Neither changes while the
+// process runs: read once.
+var machineIdentity = sync.OnceValues(func() (boot, pidNS string) {
 	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return "", ""
@@ -42,7 +44,7 @@ func machineIdentity() (boot, pidNS string) {
 		return "", ""
 	}
 	return strings.TrimSpace(string(b)), ns
-}
+})
 
 // procStart reads the start time of pid (clock ticks after boot, field 22
 // of /proc/PID/stat); ok is false if there is no such process.
