@@ -224,6 +224,9 @@ func FuzzLeases(f *testing.F) {
 	f.Add([]byte(`{"kind":"prune lease","holder":"h","pid":1,"run":"ab","time":"2026-11-29T00:00:00Z","expires":"2026-11-29T00:05:00Z"}`), true)
 	f.Add([]byte(`{"kind":"prune lease"}`), false)
 	f.Add([]byte(`null`), true)
+	// a lease naming a process, with PIDs kill(2) must never be given
+	f.Add([]byte(`{"kind":"prune lease","holder":"h","pid":-1,"run":"ab","time":"2026-11-29T00:00:00Z","expires":"2999-01-01T00:00:00Z","boot":"x","pidns":"pid:[1]","start":1}`), true)
+	f.Add([]byte(`{"kind":"prune lease","holder":"h","pid":0,"run":"ab","expires":"2999-01-01T00:00:00Z","boot":"x","pidns":"y","start":18446744073709551615}`), true)
 	f.Fuzz(func(t *testing.T, plain []byte, sign bool) {
 		data := bytes.Clone(plain)
 		if sign {
@@ -239,6 +242,9 @@ func FuzzLeases(f *testing.F) {
 		}
 		if lerr == nil && l.Kind != leaseKind {
 			t.Fatalf("a lease of kind %q", l.Kind)
+		}
+		if lerr == nil && l.PID <= 0 && (l.Gone() || l.RunsHere()) {
+			t.Fatalf("a lease of pid %d taken for a process of this machine", l.PID)
 		}
 		if _, err := r.LoadGCMark(ctx, id); err == nil && lerr == nil {
 			t.Fatal("one object read as a lease and as a mark")
