@@ -19,6 +19,9 @@
 #   BENCH_QUIET_SECONDS  wait after a sync before measuring, for earlier
 #                    deletions to stop slowing restores (see quiet)  [370]
 #   BENCH_CP_REFERENCE 1 = also time `cp -a` of each data set (tool "cp") [1]
+#   BENCH_DISK_REFERENCE 1 = also time a direct-I/O copy of the large set's
+#                    files (tool "disk": the disk's floor for a restore whose
+#                    data is on the disk when it ends)  [1]
 #
 # Exit status: 0 when every tool that was built ran every step and every
 # restore matched its source; 1 otherwise (a floe that is not built yet, i.e.
@@ -39,6 +42,7 @@ KEEP=${BENCH_KEEP:-0}
 RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
 QUIET_SECONDS=${BENCH_QUIET_SECONDS:-370}
 CP_REFERENCE=${BENCH_CP_REFERENCE:-1}
+DISK_REFERENCE=${BENCH_DISK_REFERENCE:-1}
 
 MiB=$((1024 * 1024))
 case $SCALE in
@@ -189,6 +193,10 @@ tool_cmd() {
 	borg:backup2)  CMD=(borg create --stats --compression "$BORG_COMPRESSION" "$REPO::bench-2" "$SRC") ;;
 	borg:restore)  CMD=(borg extract "$REPO::bench-2"); CWD=$DST ;;
 	cp:restore)    CMD=(cp -a "$SRC/." "$DST/") ;; # the reference: a copy of the tree from the page cache
+	# the disk's floor: every file of the set copied from the page cache
+	# around it (O_DIRECT), all at once, as floe's restore writes large
+	# files (the large set's sizes are whole MiB, as O_DIRECT needs)
+	disk:restore)  CMD=(bash -c 'rc=0 pids=(); for f in "$1"/*; do dd if="$f" of="$2/${f##*/}" bs=1M iflag=fullblock oflag=direct status=none & pids+=($!); done; for p in "${pids[@]}"; do wait "$p" || rc=1; done; exit $rc' disk-copy "$SRC" "$DST") ;;
 	*:sync)        CMD=(sync) ;; # right after the restore: what it left for write-back, to the disk
 	*) die "no command for $1 $2" ;;
 	esac
@@ -228,6 +236,20 @@ cp_reference() {
 	rm -rf "$base"
 	mkdir -p "$DST"
 	timed "$rep" "$ds" cp restore && timed "$rep" "$ds" cp sync || true
+	cleanup_tool "$base"
+}
+
+# disk_reference REP DS: the same files written around the page cache by
+# dd, timed like a restore (tool "disk"): no restore that leaves its data
+# on the disk, as floe's does for large files, can be faster. Only for the
+# large set: its two files are all bytes and no metadata.
+disk_reference() {
+	local rep=$1 ds=$2 base=$RUN/$1/disk/$2
+	SRC=$DATA/$ds
+	REPO=$base/repo DST=$base/restore
+	rm -rf "$base"
+	mkdir -p "$DST"
+	timed "$rep" "$ds" disk restore && timed "$rep" "$ds" disk sync || true
 	cleanup_tool "$base"
 }
 
@@ -433,6 +455,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 		warm "$DATA/$ds"
 		for tool in $TOOLS; do run_tool "$rep" "$ds" "$tool"; done
 		[[ $CP_REFERENCE == 1 ]] && cp_reference "$rep" "$ds"
+		[[ $DISK_REFERENCE == 1 && $ds == large ]] && disk_reference "$rep" "$ds"
 	done
 done
 

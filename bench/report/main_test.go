@@ -222,3 +222,46 @@ func TestCPTarget(t *testing.T) {
 		}
 	}
 }
+
+// With a "disk" reference the report says whether the restore target asks
+// floe for less than the disk's own time for the same bytes, and says
+// nothing of the kind without one.
+func TestDiskFloor(t *testing.T) {
+	nan := math.NaN()
+	report := func(disk float64) string {
+		in := &Input{Datasets: []Dataset{{"goroot", 10, 1000}, {"large", 2, 2000}}, Rows: []Row{
+			{1, "goroot", "floe", "restore", 0.7, 80, nan, "ok", 1},
+			{1, "goroot", "restic", "restore", 2.2, 110, nan, "ok", 3},
+			{1, "large", "floe", "restore", 1.6, 80, nan, "ok", 3},
+			{1, "large", "restic", "restore", 3.6, 170, nan, "ok", 9},
+		}}
+		if !math.IsNaN(disk) {
+			in.Rows = append(in.Rows, Row{1, "large", "disk", "restore", disk, 2, nan, "ok", 0.5})
+		}
+		var b strings.Builder
+		write(&b, in)
+		return b.String()
+	}
+	slow := report(1.5) // 3.6 / 2.5 = 1.44 s asked, the disk took 1.5
+	for _, want := range []string{
+		"## The disk's floor (large)",
+		"| floe (files of 8 MiB and more written around the page cache: on the disk when it ends) | 1.60 s | 1.067× |",
+		"| what restic ÷ floe ≥ 2.5× asks of floe | 1.44 s | 0.960× |",
+		"The restore target asks floe for 1.44 s, less than the disk took to write the same bytes (1.50 s)",
+		"at most 2.400× restic's speed",
+	} {
+		if !strings.Contains(slow, want) {
+			t.Errorf("report lacks %q:\n%s", want, slow)
+		}
+	}
+	if !strings.Contains(slow, "| step | floe time | floe peak RSS | restic time | restic peak RSS |\n") ||
+		!strings.Contains(slow, "| step | floe time | floe peak RSS | restic time | restic peak RSS | disk time | disk peak RSS |\n") {
+		t.Errorf("the disk's columns are missing from the large set's table or shown in goroot's:\n%s", slow)
+	}
+	if fast := report(1.0); !strings.Contains(fast, "The disk allows the restore target here: restic ÷ the direct copy is 3.600×.") {
+		t.Errorf("a disk faster than the target asks is not said to allow it:\n%s", fast)
+	}
+	if none := report(nan); strings.Contains(none, "disk's floor") {
+		t.Errorf("a report without the disk reference shows its floor:\n%s", none)
+	}
+}
