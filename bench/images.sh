@@ -35,7 +35,11 @@ trap 'losetup -d $dev' EXIT
 cat "$img" >/dev/null   # page cache: every tool reads from memory
 echo "image: $(stat -c %s "$img") bytes, $(du -B1 "$img" | cut -f1) allocated, on $dev"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg); cores: $(nproc)"
-t() { local name=$1; shift; /usr/bin/time -f "$name %e s wall, %U s user, %S s sys, %M KiB max RSS" "$@" >/dev/null 2>"$B/run/err" || { cat "$B/run/err"; exit 1; }; tail -1 "$B/run/err"; }
+t() { local name=$1; shift; /usr/bin/time -f "$name %e s wall, %U s user, %S s sys, %M KiB max RSS" "$@" >/dev/null 2>"$B/run/err" || { cat "$B/run/err"; exit 1; }; tail -1 "$B/run/err"; LAST=$(tail -1 "$B/run/err"); }
+# wall / cpu LINE: the wall time, or user + sys, of a line t printed
+wall() { sed -E 's/.* ([0-9.]+) s wall,.*/\1/' <<<"$1"; }
+cpusum() { sed -E 's/.* ([0-9.]+) s user, ([0-9.]+) s sys,.*/\1 \2/' <<<"$1" | awk '{ printf "%.2f", $1 + $2 }'; }
+cores=$(nproc)
 export FLOE_PASSWORD_FILE=$B/run/pw RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
 echo bench > "$FLOE_PASSWORD_FILE"
 F="$B/floe -r $B/run/floe"
@@ -45,9 +49,14 @@ $FD init -q --compression default --copy-chunker-params-from "$B/run/floe" --fro
 "$RESTIC" init -q -r "$B/run/restic"
 borg init -e repokey-blake2 "$B/run/borg"
 t "floe   initial " $F backup -q --image "$dev"
+floe_initial=$LAST
 t "floe-default initial " $FD backup -q --image "$dev"
 t "restic initial " sh -c "\"$RESTIC\" backup -q -r $B/run/restic --stdin --stdin-filename disk.raw < $dev"
 t "borg   initial " borg create --read-special "$B/run/borg::a" "$dev"
+# floe compresses on every core, borg on one: on this machine floe's
+# initial backup cannot take less than its CPU time over the cores
+awk -v c="$(cpusum "$floe_initial")" -v n="$cores" -v b="$(wall "$LAST")" 'BEGIN {
+	printf "floe initial: %.2f CPU-s over %d cores is at least %.2f s: at most %.2fx borg'"'"'s %.2f s at this CPU time\n", c, n, c / n, b / (c / n), b }'
 t "sequential read (dd bs=4M)" dd if="$dev" of=/dev/null bs=4M
 t "floe   unchanged" $F backup -q --image "$dev"
 t "floe-default unchanged" $FD backup -q --image "$dev"
@@ -61,6 +70,7 @@ rm -rf "$B/run/r"
 # default skips (O_DIRECT): a buffered restore is the like-for-like
 # reference for "nbdcopy within 1.2x of a restore"
 t "floe restore --buffered-io" $F restore -q "latest:$dev" --target "$B/run/r" --buffered-io
+buffered_restore=$LAST
 rm -rf "$B/run/r"
 t "floe-default restore" $FD restore -q "latest:$dev" --target "$B/run/r"
 cmp "$img" "$B/run/r/$(basename "$dev")" && echo "floe-default restore: identical"
@@ -76,6 +86,12 @@ uri="nbd+unix:///?socket=$B/run/nbd.sock"
 serve
 t "nbdcopy from floe nbd" nbdcopy "$uri" "$B/run/copy.raw"
 echo "floe nbd during nbdcopy: $(cpu $nbdpid)"
+# floe nbd and nbdcopy share the cores: the copy cannot take less than
+# their CPU time together over the cores, whatever either does per byte
+nbd_cpu=$(awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' /proc/$nbdpid/stat)
+awk -v a="$nbd_cpu" -v b="$(cpusum "$LAST")" -v n="$cores" -v r="$(wall "$buffered_restore")" 'BEGIN {
+	f = (a + b) / n
+	printf "nbdcopy: floe nbd %.2f + nbdcopy %.2f CPU-s over %d cores is at least %.2f s, %.2fx the buffered restore (%.2f s)\n", a, b, n, f, f / r, r }'
 kill -INT $nbdpid; wait $nbdpid || true
 serve   # a fresh server: its cache of decrypted blobs is empty
 "$root/bench/nbd-latency.py" "$uri" cold 400
