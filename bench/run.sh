@@ -226,30 +226,22 @@ quiet() {
 	sleep "$QUIET_SECONDS"
 }
 
-# cp_reference REP DS: `cp -a` of what the tools restore, timed like a
-# restore: the "copy speed" a restore is compared with (tool "cp").
-cp_reference() {
-	local rep=$1 ds=$2 base=$RUN/$1/cp/$2
+# reference TOOL REP DS: a reference that is not a backup tool, timed like
+# a restore, step restore and its sync:
+#   cp    `cp -a` of what the tools restore: the "copy speed" a restore is
+#         compared with;
+#   disk  the same files written around the page cache by dd: no restore
+#         that leaves its data on the disk, as floe's does for large files,
+#         can be faster (only for the large set: its two files are all
+#         bytes and no metadata).
+reference() {
+	local tool=$1 rep=$2 ds=$3 base=$RUN/$2/$1/$3
 	SRC=$DATA/$ds
 	[[ $ds == smallstored ]] && SRC=$DATA/$ds/2
 	REPO=$base/repo DST=$base/restore
 	rm -rf "$base"
 	mkdir -p "$DST"
-	timed "$rep" "$ds" cp restore && timed "$rep" "$ds" cp sync || true
-	cleanup_tool "$base"
-}
-
-# disk_reference REP DS: the same files written around the page cache by
-# dd, timed like a restore (tool "disk"): no restore that leaves its data
-# on the disk, as floe's does for large files, can be faster. Only for the
-# large set: its two files are all bytes and no metadata.
-disk_reference() {
-	local rep=$1 ds=$2 base=$RUN/$1/disk/$2
-	SRC=$DATA/$ds
-	REPO=$base/repo DST=$base/restore
-	rm -rf "$base"
-	mkdir -p "$DST"
-	timed "$rep" "$ds" disk restore && timed "$rep" "$ds" disk sync || true
+	timed "$rep" "$ds" "$tool" restore && timed "$rep" "$ds" "$tool" sync || true
 	cleanup_tool "$base"
 }
 
@@ -454,8 +446,8 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
 		for tool in $TOOLS; do run_tool "$rep" "$ds" "$tool"; done
-		[[ $CP_REFERENCE == 1 ]] && cp_reference "$rep" "$ds"
-		[[ $DISK_REFERENCE == 1 && $ds == large ]] && disk_reference "$rep" "$ds"
+		[[ $CP_REFERENCE == 1 ]] && reference cp "$rep" "$ds"
+		[[ $DISK_REFERENCE == 1 && $ds == large ]] && reference disk "$rep" "$ds"
 	done
 done
 
