@@ -263,8 +263,9 @@ func Run(ctx context.Context, r *repo.Repository, opts Options) (*Result, error)
 	nbufs := 2*workers + 2
 	a.bufs = make(chan []byte, nbufs)
 	for i := 0; i < nbufs; i++ {
-		a.bufs <- nil
+		a.bufs <- nil // made when needed: see chunks.read
 	}
+	defer a.returnBufs()
 
 	if !opts.DryRun {
 		// packs an earlier backup sent but could not index (its server

@@ -17,6 +17,7 @@ import (
 	"github.com/floe-backup/floe/internal/fsmeta"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/slab"
 	"github.com/floe-backup/floe/internal/snapshot"
 )
 
@@ -278,6 +279,17 @@ func (c *chunks) read(ctx context.Context, ch *chunker.Chunker, rd io.Reader) er
 			return ctx.Err()
 		}
 		buf := <-c.a.bufs
+		if cap(buf) < int(c.a.params.Max) {
+			// A buffer for a file of several chunks is one from the slab,
+			// as large as a chunk may be: the chunker never grows it (a
+			// copy of all it holds at every step), and its pages are
+			// faulted in once, not again after every collection. Small
+			// files, read by readSmall, keep buffers of their size from
+			// the heap, which reuses memory already faulted in: in a
+			// backup of only small files a slab's fresh pages cost more
+			// than they saved.
+			buf = slab.Get(int(c.a.params.Max))
+		}
 		data, err := ch.Next(buf)
 		if err == io.EOF {
 			c.a.bufs <- data
@@ -348,6 +360,22 @@ func (a *archiver) zeroKey(n int) hash.ID {
 // goroutine that reads it (chunkFile).
 const smallFile = 256 << 10
 
+// returnBufs gives the chunk buffers back once every reader and saver has
+// stopped, and the pages of the slab's free buffers back to the kernel: a
+// long-running process (the agent) does not hold a backup's buffers until
+// its next one.
+func (a *archiver) returnBufs() {
+	for {
+		select {
+		case b := <-a.bufs:
+			slab.Put(b, 0)
+		default:
+			slab.Trim()
+			return
+		}
+	}
+}
+
 // blobSaver hashes and stores chunks.
 func (a *archiver) blobSaver(ctx context.Context) {
 	for job := range a.chunkJobs {
@@ -371,10 +399,9 @@ func (a *archiver) saveChunk(ctx context.Context, job *chunkJob) {
 		}
 	}
 	if job.release {
-		data := job.data[:0]
-		if cap(data) > 4*int(a.params.Avg) {
-			data = nil // a rare huge chunk: do not keep its buffer
-		}
+		// A rare huge chunk does not leave its buffer holding the memory:
+		// only the first 4x the average size stays resident.
+		data, _ := slab.Shrink(job.data, 4*int(a.params.Avg))
 		a.bufs <- data
 	}
 	job.wg.Done()

@@ -12,6 +12,7 @@ import (
 	"github.com/floe-backup/floe/internal/compress"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/packfile"
+	"github.com/floe-backup/floe/internal/slab"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/ui"
 )
@@ -58,8 +59,8 @@ type Writer struct {
 	unsaved []PackInfo              // stored packs not yet in an index file
 	err     error                   // first upload error; sticky
 	ended   bool                    // Finish or Abort was called
-	scratch sync.Pool
-	free    chan []byte // pack buffers to reuse
+	scratch sync.Pool               // seal buffers of small blobs
+	free    chan []byte             // pack buffers to reuse
 	stats   SaveStats
 	counts  ui.Counters // CountQueued, CountUploaded; nil: nobody asked
 }
@@ -176,19 +177,43 @@ func (w *Writer) SaveBlobOf(ctx context.Context, t BlobType, c compress.Content,
 	if id, ok := r.knownID(t, key); ok && r.HasBlob(BlobHandle{t, id}) {
 		return hash.Ref{ID: id, Key: key}, false, 0, nil
 	}
-	sp, _ := w.scratch.Get().(*[]byte)
-	if sp == nil {
-		b := make([]byte, 0, len(data)+64)
-		sp = &b
+	// A large blob is sealed in a buffer from the slab, with room for the
+	// largest data blob: as a sync.Pool's, buffers made in the heap were
+	// dropped at every collection and faulted in again (a sixth of a
+	// large backup's allocations). Its first 4x the average chunk size
+	// stay resident while it waits to be reused, as the backup's chunk
+	// buffers' (pages are given back only after a larger blob, which may
+	// have written past them: zstd's output for data it cannot shrink is
+	// a little longer than the data); the backup gives the rest back when
+	// it ends (slab.Trim). Small blobs (trees, small files), saved by
+	// many goroutines at once, keep small buffers from the heap: a slab
+	// buffer each would hold at least a huge page.
+	var buf, sealed []byte
+	if len(data) >= slabSealMin {
+		buf = slab.Get(r.maxRaw(DataBlob) + sealOverhead)
+		keep := 4 * int(r.chunker.Avg)
+		if len(data)+len(data)/64+sealOverhead+4096 <= keep {
+			keep = cap(buf)
+		}
+		defer slab.Put(buf, keep)
+	} else {
+		sp, _ := w.scratch.Get().(*[]byte)
+		if sp == nil {
+			b := make([]byte, 0, len(data)+sealOverhead)
+			sp = &b
+		}
+		buf = *sp
+		defer func() {
+			*sp = sealed // grown for a larger blob, if it was
+			w.scratch.Put(sp)
+		}()
 	}
-	defer w.scratch.Put(sp)
-	sealed := sealBlob(*sp, r.level.For(c), t, key, data)
+	sealed = sealBlob(buf, r.level.For(c), t, key, data)
 	if t == DataBlob {
 		w.mu.Lock()
 		w.stats.EncodedData++
 		w.mu.Unlock()
 	}
-	*sp = sealed
 	id := packfile.BlobID(t, sealed)
 	ref := hash.Ref{ID: id, Key: key}
 	h := BlobHandle{t, id}
@@ -592,3 +617,7 @@ func (r *Repository) SavedStats() SaveStats {
 	}
 	return s
 }
+
+// slabSealMin is the size from which a blob is sealed in a slab buffer
+// (SaveBlobOf): a file's chunks, not trees or small files.
+const slabSealMin = 256 << 10
