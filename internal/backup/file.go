@@ -284,7 +284,7 @@ func (c *chunks) read(ctx context.Context, ch *chunker.Chunker, rd io.Reader) er
 			// as large as a chunk may be: the chunker never grows it (a
 			// copy of all it holds at every step), and its pages are
 			// faulted in once, not again after every collection. Small
-			// files, read by readSmall, keep buffers of their size from
+			// files, read by saveWhole, keep buffers of their size from
 			// the heap, which reuses memory already faulted in: in a
 			// backup of only small files a slab's fresh pages cost more
 			// than they saved.

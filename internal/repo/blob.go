@@ -162,15 +162,15 @@ func (r *Repository) ForgedCopies() []ForgedCopy {
 	return out
 }
 
+// sealOverhead is how much longer than its data a sealed blob may be when
+// its data is stored as it is: the header byte, the length and the tag.
+const sealOverhead = 1 + binary.MaxVarintLen64 + crypto.BlobOverhead
+
 // sealBlob returns the stored form of a blob, in buf's storage when it is
 // large enough: the payload (flag, raw length, data compressed or not)
 // encrypted in place under the key derived from K (docs/FORMAT.md
 // "Blobs"), compressed at level. The same plaintext always gives the same
 // bytes at the same level.
-// sealOverhead is how much longer than its data a sealed blob may be when
-// its data is stored as it is: the header byte, the length and the tag.
-const sealOverhead = 1 + binary.MaxVarintLen64 + crypto.BlobOverhead
-
 func sealBlob(buf []byte, level compress.Level, t BlobType, key hash.ID, data []byte) []byte {
 	// room for the stored case and the tag, so that nothing reallocates
 	if need := len(data) + sealOverhead; cap(buf) < need {
