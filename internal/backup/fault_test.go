@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/slab"
 	"github.com/floe-backup/floe/internal/storage"
 	"github.com/floe-backup/floe/internal/storage/mem"
 	"github.com/floe-backup/floe/internal/testutil"
@@ -56,6 +57,9 @@ func TestBackupStoppedIndexesStoredPacks(t *testing.T) {
 	if _, err := Run(ctx, r, Options{Paths: []string{src}}); err == nil {
 		t.Fatal("backup on a full disk succeeded")
 	}
+	if n := slab.Lent(); n != 0 {
+		t.Errorf("%d chunk or seal buffers not given back by the stopped backup", n)
+	}
 	if disk.packs != 2 {
 		t.Fatalf("%d packs stored before the disk filled up, want 2", disk.packs)
 	}
@@ -72,6 +76,9 @@ func TestBackupStoppedIndexesStoredPacks(t *testing.T) {
 	}
 	if _, err := Run(ctx, r2, Options{Paths: []string{src}}); err != nil {
 		t.Fatal(err)
+	}
+	if n := slab.Lent(); n != 0 {
+		t.Errorf("%d chunk or seal buffers not given back by the backup", n)
 	}
 	// 48 MiB in 16 MiB packs: the retry stores the third pack's worth (and
 	// a tree pack), not the two packs that reached storage.

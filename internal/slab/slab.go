@@ -103,6 +103,19 @@ func Trim() {
 	}
 }
 
+// Lent returns how many buffers mapped here are out: lent and not given
+// back. Between jobs it should be 0; more means a buffer was lost, and its
+// pages with it.
+func Lent() int {
+	mu.Lock()
+	defer mu.Unlock()
+	n := len(mapped)
+	for _, l := range free {
+		n -= len(l)
+	}
+	return n
+}
+
 func roundUp(n int) int {
 	return max(0, (n+pageSize-1)&^(pageSize-1))
 }

@@ -21,6 +21,9 @@ func TestGetPutReuses(t *testing.T) {
 		t.Fatalf("kept bytes changed: %q", c[:5])
 	}
 	Put(c, size)
+	if n := Lent(); n != 0 {
+		t.Fatalf("%d buffers out after all were given back", n)
+	}
 }
 
 func TestForeignSlicesLeftAlone(t *testing.T) {
