@@ -44,7 +44,7 @@ var layers = map[string]int{
 	"internal/directio":  layerStorage, // used by storage/local, image backups and restores
 	"internal/netbatch":  layerStorage, // beneath TLS in storage/remote and the server
 	"internal/idle":      layerStorage, // the idle timeout of the clients of floe serve and S3
-	"internal/slab":      layerStorage, // large buffers outside the Go heap: backup's chunks and seals
+	"internal/slab":      layerStorage, // large buffers outside the Go heap: backup's chunks and seals, restore's plaintexts
 	"internal/pathmatch": layerLeaf,
 	"internal/ui":        layerLeaf,
 	"internal/hook":      layerLeaf,

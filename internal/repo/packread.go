@@ -162,14 +162,14 @@ func (l *BlobLoader) LoadRange(ctx context.Context, t BlobType, pr PackRange, fn
 // place.
 func (l *BlobLoader) deliver(ctx context.Context, t BlobType, b RangeBlob, c []byte, owned bool, fn func(b RangeBlob, plain []byte, err error) error) error {
 	if c != nil {
-		if plain, inBuf, ok := l.openRange(t, b.Ref, c, owned, l.out, owned); ok {
+		if plain, inBuf, ok := l.openRange(t, b.Ref, c, owned, l.outBuf(), owned); ok {
 			if inBuf {
 				l.out = plain
 			}
 			return fn(b, plain, nil)
 		}
 	}
-	plain, err := l.Load(ctx, t, b.Ref, l.out)
+	plain, err := l.Load(ctx, t, b.Ref, l.outBuf())
 	if err != nil && ctx.Err() != nil {
 		return ctx.Err()
 	}
@@ -301,10 +301,7 @@ func (l *BlobLoader) streamRange(ctx context.Context, so storage.RangeStreamer, 
 				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
 				break
 			}
-			if cap(l.rangeBuf) < int(b.Length) {
-				l.rangeBuf = make([]byte, b.Length)
-			}
-			c = l.rangeBuf[:b.Length]
+			c = l.rangeRoom(int(b.Length))
 			if _, err := io.ReadFull(body, c); err != nil {
 				rerr = fmt.Errorf("pack %s: %w", pr.Pack.Short(), err)
 				c = nil
@@ -355,10 +352,7 @@ func (l *BlobLoader) readRange(ctx context.Context, pr PackRange) ([]byte, error
 	if err := l.openPack(ctx, pr.Pack); err != nil {
 		return nil, err
 	}
-	if int64(cap(l.rangeBuf)) < n {
-		l.rangeBuf = make([]byte, n)
-	}
-	buf := l.rangeBuf[:n]
+	buf := l.rangeRoom(int(n))
 	if _, err := l.obj.ReadAt(buf, pr.Start); err != nil {
 		return nil, err
 	}

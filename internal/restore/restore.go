@@ -28,6 +28,7 @@ import (
 	"github.com/floe-backup/floe/internal/par"
 	"github.com/floe-backup/floe/internal/pathmatch"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/slab"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/ui"
 	"github.com/floe-backup/floe/internal/walk"
@@ -1038,6 +1039,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 			// One loader per worker: its buffers and the pack it holds
 			// open are reused from one range to the next.
 			loader := rs.r.NewBlobLoader()
+			loader.PoolBuffers() // deliver copies or writes every plaintext before the next
 			defer loader.Close()
 			if c, ok := rs.opts.Progress.(ui.Counters); ok {
 				loader.OnFetched(func(n int64) { c.Count(repo.CountFetched, n) })
@@ -1208,6 +1210,7 @@ func (rs *restorer) restoreFiles(ctx context.Context) {
 	<-dispatched
 	close(jobs)
 	wg.Wait()
+	slab.Trim() // the loaders' buffers: a long-running process keeps none
 	for _, job := range links {
 		rel, first := rs.relOf(job.entryRef), rs.relOf(job.first)
 		if fi, err := rs.root.Lstat(rel); err == nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/floe-backup/floe/internal/backup"
 	"github.com/floe-backup/floe/internal/hash"
 	"github.com/floe-backup/floe/internal/repo"
+	"github.com/floe-backup/floe/internal/slab"
 	"github.com/floe-backup/floe/internal/snapshot"
 	"github.com/floe-backup/floe/internal/testutil"
 	"github.com/floe-backup/floe/internal/testutil/backuptest"
@@ -56,6 +57,9 @@ func TestRoundTripAndResume(t *testing.T) {
 		t.Fatalf("files %d verified %d, want 3", res.Files, res.Verified)
 	}
 	testutil.CompareTrees(t, src, target)
+	if n := slab.Lent(); n != 0 {
+		t.Errorf("%d loader buffers not given back by the restore", n)
+	}
 
 	// Re-running leaves identical files alone...
 	res, err = Run(ctx, r, tree, src, Options{Target: target})
