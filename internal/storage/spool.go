@@ -6,6 +6,8 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+
+	"github.com/floe-backup/floe/internal/slab"
 )
 
 // Spool holds an object written piece by piece (a PendingObject of a
@@ -46,7 +48,7 @@ const spoolChunk = 1 << 20
 
 var (
 	// spoolChunks are the chunks not in use. They come from one arena
-	// outside the Go heap where the system allows (spoolArena): in the
+	// outside the Go heap where the system allows (slab.Map): in the
 	// heap, 40 MiB held would raise the collector's goal by as much
 	// again, and chunks freed and allocated anew cost page faults
 	spoolChunks = make(chan *[]byte, SpoolMemory/spoolChunk)
@@ -56,7 +58,7 @@ var (
 
 func getChunk() *[]byte {
 	arenaOnce.Do(func() {
-		arena := spoolArena(SpoolMemory)
+		arena := slab.Map(SpoolMemory)
 		for i := 0; i+spoolChunk <= len(arena); i += spoolChunk {
 			c := arena[i : i : i+spoolChunk]
 			spoolChunks <- &c
