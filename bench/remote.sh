@@ -264,6 +264,7 @@ cycle() {
 	shift 5
 	SRC=$DATA/$ds BASE=$RUN/c/$sec-$ds-$tool-$REP DST=$RUN/c/$sec-$ds-$tool-$REP/restore
 	fresh_client
+	fill_page_cache # bench/run.sh: the last cycle's deletions freed memory
 	say "$sec $ds: $tool (run $REP/$REMOTE_REPEAT)"
 	[[ $kind == restic ]] && init=(init --repository-version 2)
 	measure "$sec" "$ds" "$tool" init "$@" "${init[@]}" || return 0
@@ -943,6 +944,7 @@ if has_part far && ! command -v tc >/dev/null; then
 fi
 mkdir -p "$WORK" "$DATA"
 rm -rf "$RUN"
+rm -f "$WORK"/fill.* # an interrupted run's (sparse: no disk, only cache)
 mkdir -p "$LOGS" "$RUN/c"
 [[ -f $PW ]] || echo "floe-bench-password-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$PW"
 chmod 600 "$PW"
@@ -978,6 +980,7 @@ fi
 	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
 	printf 'go\t%s\n' "$(cd / && go version)"
+	[[ $FILL_CACHE == 1 ]] && printf 'page cache\t%s\n' "filled before each cycle (free memory down to the kernel's reserve; see bench/README.md)"
 	rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 	[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev="$rev + uncommitted changes"
 	printf 'floe\t%s\n' "${BENCH_FLOE_BIN:+binary }${BENCH_FLOE_BIN:-source $rev}"
@@ -992,6 +995,7 @@ fi
 quiet # bench/run.sh: earlier deletions must not slow the restores
 for p in $PARTS; do "part_$p"; done
 ((${#LATER[@]} == 0)) || rm -rf "${LATER[@]}"
+rm -f "$WORK"/fill.*
 
 {
 	printf 'load average at end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

@@ -22,6 +22,9 @@
 #   BENCH_DISK_REFERENCE 1 = also time a direct-I/O copy of the large set's
 #                    files (tool "disk": the disk's floor for a restore whose
 #                    data is on the disk when it ends)  [1]
+#   BENCH_FILL_CACHE 1 = fill the page cache before each data set's runs,
+#                    so that no step finds free memory the VM handed back to
+#                    its host (see fill_page_cache)  [1]
 #
 # Exit status: 0 when every tool that was built ran every step and every
 # restore matched its source; 1 otherwise (a floe that is not built yet, i.e.
@@ -41,6 +44,7 @@ KEEP=${BENCH_KEEP:-0}
 # restore): built from the Go module proxy at a pinned version into WORK.
 RESTIC_VERSION=${BENCH_RESTIC_VERSION:-v0.19.1}
 QUIET_SECONDS=${BENCH_QUIET_SECONDS:-370}
+FILL_CACHE=${BENCH_FILL_CACHE:-1}
 CP_REFERENCE=${BENCH_CP_REFERENCE:-1}
 DISK_REFERENCE=${BENCH_DISK_REFERENCE:-1}
 
@@ -52,6 +56,7 @@ small) RANDOM_BYTES=$((64 * MiB));   TEXT_BYTES=$((64 * MiB));   GOROOT_SUBSET=s
 esac
 [[ $REPEAT =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_REPEAT must be a positive integer" >&2; exit 2; }
 [[ $QUIET_SECONDS =~ ^[0-9]+$ ]] || { echo "run.sh: BENCH_QUIET_SECONDS must be a number of seconds" >&2; exit 2; }
+[[ $FILL_CACHE == [01] ]] || { echo "run.sh: BENCH_FILL_CACHE must be 0 or 1" >&2; exit 2; }
 for t in $TOOLS; do case $t in floe|restic|borg) ;; *) echo "run.sh: unknown tool '$t'" >&2; exit 2 ;; esac; done
 for d in $DATASETS; do case $d in goroot|large|smallstored) ;; *) echo "run.sh: unknown data set '$d'" >&2; exit 2 ;; esac; done
 
@@ -256,6 +261,33 @@ steal_ticks() { awk '$1 == "cpu" { print $9; exit }' /proc/stat; }
 # spends more system time than one that finds free memory.
 memory_free() { awk '/^MemFree:/ { f = $2 } /^Cached:/ { c = $2 } END { printf "free %.1f GiB, cache %.1f GiB", f / 1048576, c / 1048576 }' /proc/meminfo; }
 
+# fill_page_cache: read a sparse file as large as free memory, so that free
+# memory is down to the kernel's reserve and every step's new pages come
+# from reclaiming the page cache, as on a server that has run for a while.
+# Where a VM reports its free memory to the host (virtio-balloon free page
+# reporting: this benchmark machine reports every free 2 MiB block at
+# once), the host takes that memory back, and the next page the guest
+# takes there costs a fault in the host: measured here, writing 1 GiB into
+# a new file cost 3.1-4.1 s of system time when free memory had been
+# handed back, 0.3-0.65 s when the page cache was full (docs/PERFORMANCE.md,
+# "Free memory the host took back"). That cost lands on whichever tool
+# grows its memory or page cache first, and swung the large set's initial
+# backup by 3-7 s. The file's holes read as zero-filled cache pages and
+# take no disk; the pages are clean, so reclaim drops them first. A file
+# system that maps holes to one shared zero page (tmpfs) leaves memory
+# free; the log says so.
+FILL_FILES=()
+fill_page_cache() {
+	[[ $FILL_CACHE == 1 ]] || return 0
+	local free f=$WORK/fill.${#FILL_FILES[@]}
+	free=$(awk '/^MemFree:/ { print $2 * 1024 }' /proc/meminfo)
+	((free > 256 * 1048576)) || return 0
+	truncate -s "$free" "$f"
+	FILL_FILES+=("$f")
+	cat "$f" >/dev/null
+	say "page cache filled: $(memory_free)"
+}
+
 # timed REP DS TOOL STEP: run the step under GNU time; record a row; return
 # non-zero when the step failed.
 timed() {
@@ -388,6 +420,7 @@ ensure_deps
 command -v go >/dev/null || die "go not found"
 mkdir -p "$WORK" "$DATA"
 rm -rf "$RUN"
+rm -f "$WORK"/fill.* # an interrupted run's (sparse: no disk, only cache)
 mkdir -p "$LOGS"
 [[ -f $PW ]] || echo "floe-bench-password-$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')" >"$PW"
 chmod 600 "$PW"
@@ -420,6 +453,9 @@ for ds in $DATASETS; do "prepare_$ds"; done
 	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
 	printf 'go\t%s\n' "$(cd / && go version)"
 	printf 'before the run\t%s\n' "sync, then ${QUIET_SECONDS} s without deletions; a sync before each step"
+	if [[ $FILL_CACHE == 1 ]]; then
+		printf 'page cache\t%s\n' "filled before each data set's runs (free memory down to the kernel's reserve; see bench/README.md)"
+	fi
 	if has floe; then
 		rev=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo "no commit")
 		[[ -z $(git -C "$ROOT" status --porcelain 2>/dev/null) ]] || rev="$rev + uncommitted changes"
@@ -443,6 +479,7 @@ done >"$RUN/datasets.tsv"
 quiet
 for ((rep = 1; rep <= REPEAT; rep++)); do
 	for ds in $DATASETS; do
+		fill_page_cache
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
 		for tool in $TOOLS; do run_tool "$rep" "$ds" "$tool"; done
@@ -452,6 +489,7 @@ for ((rep = 1; rep <= REPEAT; rep++)); do
 done
 
 ((${#CLEANUP[@]} == 0)) || rm -rf "${CLEANUP[@]}"
+rm -f "$WORK"/fill.*
 
 {
 	printf 'load average at end\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
