@@ -279,10 +279,10 @@ memory_free() { awk '/^MemFree:/ { f = $2 } /^Cached:/ { c = $2 } END { printf "
 FILL_FILES=()
 fill_page_cache() {
 	[[ $FILL_CACHE == 1 ]] || return 0
-	local free f=$WORK/fill.${#FILL_FILES[@]}
-	free=$(awk '/^MemFree:/ { print $2 * 1024 }' /proc/meminfo)
-	((free > 256 * 1048576)) || return 0
-	truncate -s "$free" "$f"
+	local kib f=$WORK/fill.${#FILL_FILES[@]}
+	kib=$(awk '/^MemFree:/ { print $2 }' /proc/meminfo) # mawk prints large products as 1.8e+10
+	((kib > 256 * 1024)) || return 0
+	truncate -s "$((kib * 1024))" "$f"
 	FILL_FILES+=("$f")
 	cat "$f" >/dev/null
 	say "page cache filled: $(memory_free)"
