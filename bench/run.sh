@@ -449,7 +449,6 @@ for ds in $DATASETS; do "prepare_$ds"; done
 	printf 'cpu\t%s\n' "$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 	printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 	printf 'kernel\t%s\n' "$(uname -sr)"
-	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
 	printf 'go\t%s\n' "$(cd / && go version)"
 	printf 'before the run\t%s\n' "sync, then ${QUIET_SECONDS} s without deletions; a sync before each step"
@@ -477,6 +476,10 @@ for ds in $DATASETS; do
 done >"$RUN/datasets.tsv"
 
 quiet
+# After the wait, not before it: what ran just before the script (a build,
+# the data sets' preparation) is over by now and would only mark the round
+# busy; this is the load the tools meet.
+printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.tsv"
 for ((rep = 1; rep <= REPEAT; rep++)); do
 	for ds in $DATASETS; do
 		fill_page_cache
