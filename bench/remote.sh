@@ -977,7 +977,6 @@ fi
 	printf 'cpu\t%s\n' "$(awk -F': *' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
 	printf 'memory\t%s\n' "$(awk '/^MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo)"
 	printf 'kernel\t%s\n' "$(uname -sr)"
-	printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"
 	printf 'filesystem\t%s\n' "$(df -PT "$WORK" | awk 'NR == 2 {print $2 " (" $1 ")"}')"
 	printf 'go\t%s\n' "$(cd / && go version)"
 	[[ $FILL_CACHE == 1 ]] && printf 'page cache\t%s\n' "filled before each cycle (free memory down to the kernel's reserve; see bench/README.md)"
@@ -993,6 +992,8 @@ fi
 } >"$RUN/meta.tsv"
 
 quiet # bench/run.sh: earlier deletions must not slow the restores
+# after the wait, as bench/run.sh: the load the parts meet, not a build's
+printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.tsv"
 for p in $PARTS; do "part_$p"; done
 ((${#LATER[@]} == 0)) || rm -rf "${LATER[@]}"
 rm -f "$WORK"/fill.*
