@@ -992,8 +992,7 @@ fi
 } >"$RUN/meta.tsv"
 
 quiet # bench/run.sh: earlier deletions must not slow the restores
-# after the wait, as bench/run.sh: the load the parts meet, not a build's
-printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.tsv"
+record_start_load
 for p in $PARTS; do "part_$p"; done
 ((${#LATER[@]} == 0)) || rm -rf "${LATER[@]}"
 rm -f "$WORK"/fill.*

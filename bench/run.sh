@@ -231,6 +231,12 @@ quiet() {
 	sleep "$QUIET_SECONDS"
 }
 
+# record_start_load: the load average the measurements start at, into
+# RUN/meta.tsv. Called after quiet, not before it: what ran just before the
+# script (a build, the data sets' preparation) is over by then and would
+# only mark the round busy.
+record_start_load() { printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.tsv"; }
+
 # reference TOOL REP DS: a reference that is not a backup tool, timed like
 # a restore, step restore and its sync:
 #   cp    `cp -a` of what the tools restore: the "copy speed" a restore is
@@ -476,10 +482,7 @@ for ds in $DATASETS; do
 done >"$RUN/datasets.tsv"
 
 quiet
-# After the wait, not before it: what ran just before the script (a build,
-# the data sets' preparation) is over by now and would only mark the round
-# busy; this is the load the tools meet.
-printf 'load average at start\t%s\n' "$(cut -d' ' -f1-3 /proc/loadavg)" >>"$RUN/meta.tsv"
+record_start_load
 for ((rep = 1; rep <= REPEAT; rep++)); do
 	for ds in $DATASETS; do
 		fill_page_cache
