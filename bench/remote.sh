@@ -287,40 +287,69 @@ cycle() {
 LATER=()
 
 # ---------------------------------------------------------------- parts
+# rotated N WORD...: the words, starting with the Nth (counted from 1,
+# round the end). The loopback and S3 parts run their tools' cycles in an
+# order that rotates with the repetition, so that no tool always runs
+# first: the VM's speed drifts during a run (Dec 2: the served goroot
+# restore took 1.05, 1.87 and 1.97 s in three cycles that each followed
+# the local one, whose restores took 0.90-1.24 s), and a ratio of two
+# tools should not carry the drift between their places in the order.
+rotated() {
+	local n=$1 i
+	shift
+	for ((i = 0; i < $#; i++)); do
+		echo "${@:$(((n - 1 + i) % $# + 1)):1}"
+	done
+}
+
+# The loopback part's cycles, one per tool; they use part_loopback's ds,
+# srv, rs and tok.
+loopback_floe_local() {
+	cycle loopback "$ds" floe floe-local "$RUN/c/local-$ds/repo" \
+		"$FLOE" -r "$RUN/c/local-$ds/repo" --password-file "$PW"
+	rm -rf "$RUN/c/local-$ds"
+}
+
+loopback_floe_serve() {
+	local port
+	port=$(free_port)
+	start_server "floe-$ds" 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
+		--tls-cert "$CERT" --tls-key "$CERTKEY"
+	floe_token "$srv" "$ds" bench admin "$tok"
+	cycle loopback "$ds" floe floe-serve "$srv/$ds" \
+		"$FLOE" -r "https://127.0.0.1:$port/$ds" --token-file "$tok" --server-fingerprint "$FP" --password-file "$PW"
+	stop_server
+	rm -rf "${srv:?}/$ds"
+}
+
+loopback_restic_rest() {
+	local port
+	port=$(free_port)
+	start_server "rest-$ds" 127.0.0.1 "$port" - "$REST_SERVER_BIN" --path "$rs" --listen "127.0.0.1:$port" \
+		--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
+	cycle loopback "$ds" restic restic-rest "$rs/$ds" \
+		restic -r "rest:https://127.0.0.1:$port/$ds/" --cacert "$CERT"
+	stop_server
+	rm -rf "${rs:?}/$ds"
+}
+
 part_loopback() {
-	local ds port srv=$RUN/floe-serve rs=$RUN/rest-server tok=$RUN/admin.token
+	local ds tool srv=$RUN/floe-serve rs=$RUN/rest-server tok=$RUN/admin.token
 	mkdir -p "$srv" "$rs"
 	for ds in $DATASETS; do
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
 		for ((REP = 1; REP <= REMOTE_REPEAT; REP++)); do
 			SERVER_PID=
-			cycle loopback "$ds" floe floe-local "$RUN/c/local-$ds/repo" \
-				"$FLOE" -r "$RUN/c/local-$ds/repo" --password-file "$PW"
-			rm -rf "$RUN/c/local-$ds"
-
-			port=$(free_port)
-			start_server "floe-$ds" 127.0.0.1 "$port" - "$FLOE" serve --root "$srv" --listen "127.0.0.1:$port" \
-				--tls-cert "$CERT" --tls-key "$CERTKEY"
-			floe_token "$srv" "$ds" bench admin "$tok"
-			cycle loopback "$ds" floe floe-serve "$srv/$ds" \
-				"$FLOE" -r "https://127.0.0.1:$port/$ds" --token-file "$tok" --server-fingerprint "$FP" --password-file "$PW"
-			stop_server
-			rm -rf "${srv:?}/$ds"
-
-			port=$(free_port)
-			start_server "rest-$ds" 127.0.0.1 "$port" - "$REST_SERVER_BIN" --path "$rs" --listen "127.0.0.1:$port" \
-				--append-only --no-auth --tls --tls-cert "$CERT" --tls-key "$CERTKEY"
-			cycle loopback "$ds" restic restic-rest "$rs/$ds" \
-				restic -r "rest:https://127.0.0.1:$port/$ds/" --cacert "$CERT"
-			stop_server
-			rm -rf "${rs:?}/$ds"
+			for tool in $(rotated "$REP" floe_local floe_serve restic_rest); do
+				"loopback_$tool"
+			done
 		done
 	done
 }
 
 part_s3() {
-	local ds port dir=$RUN/s3
+	local ds port tool dir=$RUN/s3
 	mkdir -p "$dir"
 	port=$(free_port)
 	export AWS_ACCESS_KEY_ID=floebench$RANDOM AWS_SECRET_ACCESS_KEY=secret$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
@@ -330,10 +359,14 @@ part_s3() {
 		say "$ds: warming the page cache"
 		warm "$DATA/$ds"
 		for ((REP = 1; REP <= REMOTE_REPEAT; REP++)); do
-			cycle s3 "$ds" floe floe-s3 "$dir/floe-$ds" \
-				"$FLOE" -r "s3:http://127.0.0.1:$port/floe-$ds" --password-file "$PW"
-			cycle s3 "$ds" restic restic-s3 "$dir/restic-$ds" \
-				restic -r "s3:http://127.0.0.1:$port/restic-$ds"
+			for tool in $(rotated "$REP" floe restic); do
+				case $tool in
+				floe) cycle s3 "$ds" floe floe-s3 "$dir/floe-$ds" \
+					"$FLOE" -r "s3:http://127.0.0.1:$port/floe-$ds" --password-file "$PW" ;;
+				restic) cycle s3 "$ds" restic restic-s3 "$dir/restic-$ds" \
+					restic -r "s3:http://127.0.0.1:$port/restic-$ds" ;;
+				esac
+			done
 			rm -rf "${dir:?}/floe-$ds" "${dir:?}/restic-$ds"
 		done
 	done
