@@ -1,4 +1,5 @@
-// Package netbatch gathers the records TLS writes into larger writes.
+// Package netbatch gathers the records TLS writes into larger writes, and
+// its reads into larger reads (read.go).
 package netbatch
 
 import (
@@ -30,7 +31,13 @@ var batchBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-// Listener wraps the connections it accepts in Conn.
+// Listener wraps the connections it accepts in Conn, with their writes
+// gathered but not their reads: a server keeps up with what one client
+// sends, so its reads find a record or two waiting and a larger buffer
+// gathers nothing (the large bench set through floe serve, 6 alternated
+// backups: the server's CPU 2.57-2.87 s without, 2.62-3.21 s with), while
+// a buffer held by each of hundreds of connections whose handler waits
+// on its disk would add up.
 type Listener struct{ net.Listener }
 
 // Accept implements net.Listener.
@@ -39,11 +46,14 @@ func (l Listener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewConn(c), nil
+	return &batchConn{Conn: c, delay: batchDelay}, nil
 }
 
-// NewConn returns c with its writes gathered; put TLS on top of it.
-func NewConn(c net.Conn) net.Conn { return &batchConn{Conn: c, delay: batchDelay} }
+// NewConn returns c with its writes and reads gathered; put TLS on top
+// of it. For a client's connections: see Listener for a server's.
+func NewConn(c net.Conn) net.Conn {
+	return &batchConn{Conn: c, delay: batchDelay, rd: newReader(c)}
+}
 
 type batchConn struct {
 	net.Conn
@@ -54,6 +64,7 @@ type batchConn struct {
 	// delay is how long full records wait for the end of their TLS
 	// write: batchDelay, or what a test sets
 	delay time.Duration
+	rd    reader
 }
 
 func (c *batchConn) Write(p []byte) (int, error) {
