@@ -43,7 +43,7 @@ func Get(size int) []byte {
 		return b
 	}
 	mu.Unlock()
-	b := mapAnon(size)
+	b := Map(size)
 	if b == nil {
 		return make([]byte, 0, size)
 	}
