@@ -14,23 +14,25 @@ import (
 // (the window update, then the next segments, in a softirq on the
 // reader's core), and on a paravirtualised VM every interrupt enable in
 // that path is a trip to the hypervisor: the client's system time was
-// 2.0 s of its 6.5 CPU-s. Conn, put beneath TLS, reads what the socket
-// holds, up to readSize, into a pooled buffer and hands it to TLS from
-// there: 4 alternated pairs, client CPU 6.5-6.8 -> 5.0-5.9 s, system
-// time 1.9-2.2 -> 1.2 s, wall 4.9-5.3 -> 3.8-4.4 s (docs/PERFORMANCE.md,
-// "Reads gathered beneath TLS").
+// 2.0 s of its 6.5 CPU-s. Conn, put beneath a client's TLS, reads what
+// the socket holds, up to readSize, into a buffer from readBufs and hands
+// it to TLS from there: 12 alternated pairs, wall 9% less, client CPU
+// 5.4-6.5 -> 4.6-5.6 s (docs/PERFORMANCE.md, "Reads gathered beneath
+// TLS"; a server's connections do not, see Listener).
 //
-// The buffer is taken from the pool only once the socket has bytes, and
-// goes back as soon as TLS has taken them all, so an idle connection (a
-// server's thousands, a client's pool blocked in its read loop) holds
-// none.
+// The buffer is taken only once the socket has bytes, and goes back as
+// soon as TLS has taken them all, so an idle connection (a client's pool
+// blocked in its read loop) holds none.
 const readSize = 2 << 20
 
 // readBufs holds the buffers no connection is using. Not a sync.Pool:
 // the collector empties one at every cycle, and a restore of many small
 // files (GOROOT through floe serve) then zeroed a fresh 2 MiB for most of
 // its reads: 0.45 CPU-s more than reading without a buffer. At most
-// freeBufs wait here; a buffer beyond them is left to the collector.
+// freeBufs wait here; a buffer beyond them is left to the collector. Not
+// internal/slab either: a connection closed with unread bytes drops its
+// buffer, which the slab, whose buffers must be given back (its Lent
+// count is checked after every backup), would count as lost.
 var readBufs = bufList{free: make(chan *[]byte, freeBufs)}
 
 const freeBufs = 8
